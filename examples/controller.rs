@@ -1,0 +1,142 @@
+//! The heli controller: runs a target and lets clients attach a debugger to
+//! it later.
+//!
+//! ```text
+//! cargo run --example controller -- examples/target.py
+//! cargo run --example controller -- -- ./my-server --port 8080
+//! ```
+
+mod common;
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use heli::core::{Controller, Granter, Supervisor};
+use heli::grant::{NoopGranter, ProcessSupervisor, PtraceScope};
+use heli::transport::FifoTransport;
+use log::{info, warn};
+
+/// Runs a target process under supervision; clients can then get the right
+/// to attach a debugger (pdb -p) to it, even under Yama ptrace_scope=1.
+///
+/// The controller exits with the target's exit code, or 128 + the signal
+/// that killed it; 125 when the controller itself fails.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+#[command(
+    override_usage = "controller [OPTIONS] SCRIPT.py [ARGS]...\n       controller [OPTIONS] -- COMMAND [ARGS]..."
+)]
+struct Args {
+    /// Python interpreter for SCRIPT.py [default: $HELI_PYTHON, else
+    /// python3.14, else python3]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+
+    /// Directory of the named pipes [default:
+    /// /tmp/heliparent_debug/user_<name>]
+    #[arg(long, value_name = "DIR")]
+    fifo_dir: Option<PathBuf>,
+
+    /// Seconds the target gets to exit after SIGTERM before SIGKILL
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    grace: f64,
+
+    /// A Python script and its arguments, or (after --) any command
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TARGET"
+    )]
+    target: Vec<String>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            common::report("controller", err.as_ref());
+            std::process::exit(125);
+        }
+    }
+}
+
+fn run() -> Result<i32, Box<dyn Error>> {
+    let args = Args::parse();
+    if !(args.grace.is_finite() && args.grace >= 0.0) {
+        return Err("--grace must be a number of seconds >= 0".into());
+    }
+    let command = target_command(&args)?;
+    let transport = match &args.fifo_dir {
+        Some(dir) => FifoTransport::new(dir),
+        None => FifoTransport::for_current_user()?,
+    };
+    let granter = choose_granter()?;
+    let supervisor = ProcessSupervisor::new(command);
+    serve(
+        transport,
+        granter,
+        supervisor,
+        Duration::from_secs_f64(args.grace),
+    )
+}
+
+fn serve(
+    transport: FifoTransport,
+    granter: impl Granter,
+    supervisor: impl Supervisor,
+    grace: Duration,
+) -> Result<i32, Box<dyn Error>> {
+    let status = Controller::new(transport, granter, supervisor)
+        .grace(grace)
+        .handle_signals(true)
+        .run()?;
+    info!("exiting with status {}", status.shell_code());
+    Ok(status.shell_code())
+}
+
+/// `SCRIPT.py ARGS` runs under Python; `-- COMMAND ARGS` (or anything not
+/// ending in .py) runs as it is.
+fn target_command(args: &Args) -> Result<Command, Box<dyn Error>> {
+    let after_dashes = std::env::args()
+        .skip(1)
+        .skip_while(|a| a != "--")
+        .skip(1)
+        .collect::<Vec<_>>();
+    let explicit_command = !after_dashes.is_empty() && after_dashes == args.target;
+    let (first, rest) = args.target.split_first().ok_or("no target given")?;
+    if explicit_command || !first.ends_with(".py") {
+        let mut command = Command::new(first);
+        command.args(rest);
+        return Ok(command);
+    }
+    let python = common::configured_python(args.python.as_deref())
+        .ok_or("no Python found: install Python 3.14, or pass --python / set HELI_PYTHON")?;
+    if !python.is_supported() {
+        warn!(
+            "{} is older than 3.14: the target will run, but pdb cannot attach to it",
+            python.describe()
+        );
+    }
+    info!("running {first} with {}", python.describe());
+    let mut command = Command::new(&python.exe);
+    command.arg(first).args(rest);
+    Ok(command)
+}
+
+/// Until the Yama granter lands, only kernels that need no grant are served
+/// by a working grant.
+fn choose_granter() -> Result<NoopGranter, Box<dyn Error>> {
+    let scope = PtraceScope::current()?;
+    match scope {
+        PtraceScope::NoYama | PtraceScope::Classic => info!("granter: noop ({})", scope.explain()),
+        _ => warn!("granter: noop, but {}", scope.explain()),
+    }
+    Ok(NoopGranter)
+}

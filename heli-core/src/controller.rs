@@ -1,0 +1,352 @@
+//! The controller: one event loop over requests, the target's exit and
+//! signals.
+
+use std::io;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
+use log::{debug, info, warn};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::low_level::siginfo::{Cause, Origin};
+
+use crate::granter::Granter;
+use crate::protocol::{Reply, Request};
+use crate::supervisor::{ExitStatus, Supervisor};
+use crate::transport::{Event, Incoming, Listener, Stopper, Transport};
+
+/// Signals that end the controller: they are passed to the target, which is
+/// killed if it still runs after the grace period.
+pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+
+/// Signals only passed on to the target.
+pub const PASS_SIGNALS: [i32; 2] = [SIGUSR1, SIGUSR2];
+
+/// Default time a target gets to end after SIGTERM before SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// Supervises a target and answers clients: the heart of heli.
+///
+/// It composes a [`Transport`] (how clients reach it), a [`Granter`] (how a
+/// client gets ptrace rights) and a [`Supervisor`] (how the target runs), all
+/// chosen statically. [`run`](Controller::run) spawns the target and serves
+/// until the target has ended, then returns its [`ExitStatus`].
+///
+/// The event loop is a single `select!` over the listener's requests, the
+/// target's exit, forwarded signals, a shutdown handle and the kill timer.
+/// Requests are answered in the order they arrive.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn demo<T: heli_core::Transport, G: heli_core::Granter, S: heli_core::Supervisor>(
+/// #     transport: T, granter: G, supervisor: S) -> std::io::Result<()> {
+/// use heli_core::Controller;
+/// use std::time::Duration;
+///
+/// let status = Controller::new(transport, granter, supervisor)
+///     .grace(Duration::from_secs(5))
+///     .handle_signals(true)
+///     .run()?;
+/// std::process::exit(status.shell_code());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Controller<T, G, S> {
+    transport: T,
+    granter: G,
+    supervisor: S,
+    grace: Duration,
+    handle_signals: bool,
+    shutdown: (Sender<()>, Receiver<()>),
+}
+
+/// Asks a running [`Controller`] to stop its target and return.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Sender<()>);
+
+impl ShutdownHandle {
+    /// Stops the controller as `TERMINATE` would. Returns at once.
+    pub fn shutdown(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
+    /// A controller that will serve on `transport`, grant with `granter` and
+    /// run the target with `supervisor`.
+    pub fn new(transport: T, granter: G, supervisor: S) -> Self {
+        Controller {
+            transport,
+            granter,
+            supervisor,
+            grace: DEFAULT_GRACE,
+            handle_signals: false,
+            shutdown: bounded(1),
+        }
+    }
+
+    /// How long the target may take to end after being asked before it is
+    /// killed (default 2 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Whether to catch [`STOP_SIGNALS`] and [`PASS_SIGNALS`] and pass them
+    /// to the target (default: no; a program's `main` wants yes).
+    ///
+    /// A stop signal also stops the controller: the target is killed if it
+    /// still runs after the grace period. A signal the terminal sent to the
+    /// whole foreground process group (Ctrl-C, Ctrl-\, hang-up) reached the
+    /// target already and is not sent twice.
+    pub fn handle_signals(mut self, yes: bool) -> Self {
+        self.handle_signals = yes;
+        self
+    }
+
+    /// A handle to stop the controller from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.0.clone())
+    }
+
+    /// Listens, spawns the target, serves until the target has ended, cleans
+    /// up, and returns how the target ended.
+    ///
+    /// # Parent-death signal
+    ///
+    /// Call it from a thread that outlives the target (it does, as `run`
+    /// returns only after the target ended): a supervisor that asks the
+    /// kernel to kill the target when its parent dies ties that to the thread
+    /// that spawned it.
+    ///
+    /// # Errors
+    ///
+    /// When listening, spawning, or catching signals fails; the target is
+    /// not left running.
+    pub fn run(mut self) -> io::Result<ExitStatus> {
+        let mut listener = self.transport.listen()?;
+        info!("listening on {}", self.transport.describe());
+        let signals = if self.handle_signals {
+            Some(SignalThread::start()?)
+        } else {
+            None
+        };
+        let exits = self.supervisor.exits();
+        let target = self.supervisor.spawn()?;
+        info!(
+            "target started with PID {target}; granter: {}",
+            self.granter.name()
+        );
+
+        let stopper = listener.stopper();
+        let (events_tx, events) = bounded(64);
+        let serving = thread::Builder::new()
+            .name("heli-listener".into())
+            .spawn(move || {
+                let result = listener.serve(&events_tx);
+                (listener, result)
+            })?;
+
+        let mut state = State {
+            target,
+            kill_at: None,
+        };
+        let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
+        let status = loop {
+            let kill_timer = match state.kill_at {
+                Some(at) => after(at.saturating_duration_since(Instant::now())),
+                None => never(),
+            };
+            select! {
+                recv(exits) -> exit => {
+                    let exit = exit.map_err(|_| io::Error::other("supervisor lost its target"))?;
+                    if exit.pid == state.target {
+                        if state.kill_at.is_none() {
+                            warn!("target process {} ended on its own ({})", exit.pid, exit.status);
+                        } else {
+                            info!("target process {} ended ({})", exit.pid, exit.status);
+                        }
+                        break exit.status;
+                    }
+                }
+                recv(events) -> event => match event {
+                    Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
+                    Ok(Event::Disconnected(peer)) => debug!("client {peer:?} disconnected"),
+                    Err(_) => {
+                        warn!("listener stopped; stopping the target");
+                        self.begin_stop(&mut state, None);
+                    }
+                },
+                recv(signal_rx) -> origin => {
+                    if let Ok(origin) = origin {
+                        self.on_signal(&mut state, &origin);
+                    }
+                }
+                recv(self.shutdown.1) -> _ => self.begin_stop(&mut state, None),
+                recv(kill_timer) -> _ => {
+                    warn!("target still running {:?} after being asked to stop: killing it", self.grace);
+                    if let Err(err) = self.supervisor.kill() {
+                        warn!("cannot kill the target: {err}");
+                    }
+                    state.kill_at = Some(Instant::now() + Duration::from_secs(3600));
+                }
+            }
+        };
+
+        stopper.stop();
+        // Answer whatever is queued so no client waits on a reply that never comes.
+        while let Ok(event) = events.try_recv() {
+            if let Event::Request(incoming) = event {
+                incoming.reply(not_running());
+            }
+        }
+        drop(events);
+        match serving.join() {
+            Ok((listener, result)) => {
+                drop(listener);
+                if let Err(err) = result {
+                    warn!("listener failed: {err}");
+                }
+            }
+            Err(_) => warn!("listener thread panicked"),
+        }
+        drop(signals);
+        Ok(status)
+    }
+
+    fn answer(&mut self, state: &mut State, incoming: Incoming) {
+        let peer = incoming.peer();
+        let request = match incoming.request() {
+            Ok(request) => request,
+            Err(err) => {
+                warn!("bad request from {peer:?}: {err}");
+                let reply = Reply::error(err);
+                incoming.reply(reply);
+                return;
+            }
+        };
+        debug!("request {request} from {peer:?}");
+        let reply = match request {
+            Request::GetTargetPid => Reply::TargetPid(state.target),
+            Request::GrantAccess(client) => {
+                if state.kill_at.is_some() {
+                    Reply::Error("The controller is shutting down".into())
+                } else {
+                    match self.granter.grant(state.target, client) {
+                        Ok(()) => {
+                            info!("granted PID {client} access to target {}", state.target);
+                            Reply::Ready
+                        }
+                        Err(err) => {
+                            warn!("grant for PID {client} failed: {err}");
+                            Reply::Error(format!("Grant failed: {err}"))
+                        }
+                    }
+                }
+            }
+            Request::Revoke => match self.granter.revoke(state.target) {
+                Ok(()) => {
+                    info!("revoked access to target {}", state.target);
+                    Reply::Ready
+                }
+                Err(err) => Reply::Error(format!("Revoke failed: {err}")),
+            },
+            Request::Terminate => {
+                info!("TERMINATE requested by {peer:?}");
+                incoming.reply(Reply::Ready);
+                self.begin_stop(state, None);
+                return;
+            }
+        };
+        incoming.reply(reply);
+    }
+
+    /// Asks the target to end, with `signal` if given, else with the
+    /// supervisor's polite stop, and arms the kill timer.
+    fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
+        let result = match signal {
+            Some(signal) => self.supervisor.signal(signal),
+            None => self.supervisor.terminate(),
+        };
+        if let Err(err) = result {
+            warn!("cannot signal the target: {err}");
+        }
+        if state.kill_at.is_none() {
+            state.kill_at = Some(Instant::now() + self.grace);
+        }
+    }
+
+    fn on_signal(&mut self, state: &mut State, origin: &Origin) {
+        let signal = origin.signal;
+        // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
+        // foreground process group, the target included: do not double them.
+        let from_terminal = origin.cause == Cause::Kernel;
+        if STOP_SIGNALS.contains(&signal) {
+            info!("got signal {signal}; stopping the target");
+            if from_terminal {
+                if state.kill_at.is_none() {
+                    state.kill_at = Some(Instant::now() + self.grace);
+                }
+            } else {
+                self.begin_stop(state, Some(signal));
+            }
+        } else if !from_terminal {
+            debug!("passing signal {signal} to the target");
+            if let Err(err) = self.supervisor.signal(signal) {
+                warn!("cannot pass signal {signal} to the target: {err}");
+            }
+        }
+    }
+}
+
+fn not_running() -> Reply {
+    Reply::Error("Target process not running".into())
+}
+
+#[derive(Debug)]
+struct State {
+    target: u32,
+    /// When the target gets SIGKILL, once it was asked to stop.
+    kill_at: Option<Instant>,
+}
+
+/// Forwards caught signals into a channel from a thread of its own.
+struct SignalThread {
+    rx: Receiver<Origin>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SignalThread {
+    fn start() -> io::Result<SignalThread> {
+        let mut signals = SignalsInfo::<WithOrigin>::new(STOP_SIGNALS.iter().chain(&PASS_SIGNALS))?;
+        let handle = signals.handle();
+        let (tx, rx) = bounded(16);
+        let thread = thread::Builder::new()
+            .name("heli-signals".into())
+            .spawn(move || {
+                for origin in signals.forever() {
+                    if tx.send(origin).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(SignalThread {
+            rx,
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SignalThread {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The error type of heli's protocol and client.
+
+use std::fmt;
+use std::io;
+
+/// An error of the line protocol or of a client request.
+///
+/// Inspect [`Error::kind`] to decide what to do; the [`Display`](fmt::Display)
+/// form is a sentence meant for the user, and for protocol errors it is exactly
+/// the message sent back in an `ERROR:` reply.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<io::Error>,
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request named a command the protocol does not have.
+    UnknownCommand,
+    /// `GRANT_ACCESS` came without a valid process id.
+    InvalidPid,
+    /// A command came with arguments it does not take.
+    UnexpectedArgument,
+    /// The line was longer than [`MAX_LINE`](crate::protocol::MAX_LINE) bytes.
+    LineTooLong,
+    /// The line was not UTF-8.
+    NotUtf8,
+    /// The line held nothing but white space.
+    EmptyLine,
+    /// A reply could not be understood, or did not answer the request.
+    MalformedReply,
+    /// No controller is listening where the client looked.
+    NotRunning,
+    /// The controller did not answer within the deadline.
+    Timeout,
+    /// The controller answered with `ERROR: <message>`; the message is this
+    /// error's message.
+    Refused,
+    /// Another I/O error; see [`std::error::Error::source`].
+    Io,
+}
+
+impl Error {
+    /// Creates an error of `kind` with a message for the user.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Wraps an I/O error that happened while doing `what`.
+    ///
+    /// `NotFound` and `ConnectionRefused` become [`ErrorKind::NotRunning`],
+    /// `TimedOut` and `WouldBlock` become [`ErrorKind::Timeout`]: transports
+    /// report a missing controller and an expired deadline that way.
+    pub fn io(what: impl Into<String>, err: io::Error) -> Self {
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ErrorKind::NotRunning,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
+        };
+        Error {
+            kind,
+            message: format!("{}: {}", what.into(), err),
+            source: Some(err),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message for the user (without the kind).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.kind {
+            ErrorKind::NotRunning => io::ErrorKind::NotFound,
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::Io => match &err.source {
+                Some(source) => source.kind(),
+                None => io::ErrorKind::Other,
+            },
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, err)
+    }
+}

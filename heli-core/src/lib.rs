@@ -1,0 +1,136 @@
+//! The core of heli: traits, line protocol, controller and client.
+//!
+//! heli lets a user attach a debugger (first of all Python 3.14's
+//! `pdb -p`) to a long-running process *later*, from another terminal, even
+//! where Yama's `ptrace_scope=1` forbids non-ancestors to ptrace. A
+//! **controller** spawns and supervises the target; a **client** asks it for
+//! access; the controller has the target name the client as its ptracer; the
+//! client (or a debugger it spawns) then attaches directly.
+//!
+//! This crate holds what does not depend on the platform, and no `unsafe`:
+//!
+//! - three traits, the extension points:
+//!   - [`Transport`]: how clients reach the controller (its [`Listener`] end
+//!     and a client's [`Connection`] end);
+//!   - [`Granter`]: how a client gets the right to ptrace the target;
+//!   - [`Supervisor`]: how the target is run, signalled and reaped;
+//! - the [line protocol](protocol) both sides speak;
+//! - the [`Controller`], which composes one implementation of each trait
+//!   (static dispatch) in a single event loop, and the [`Client`].
+//!
+//! Implementations live in sibling crates: `heli-transport` (named pipes,
+//! Unix socket) and `heli-grant` (the Yama granter, the no-op granter and the
+//! process supervisor; all of heli's `unsafe` code is there).
+//!
+//! # Examples
+//!
+//! A transport that passes requests in memory, a granter that records grants
+//! and a supervisor with a pretend target are enough to run a controller and
+//! talk to it; this is how the crate tests itself:
+//!
+//! ```
+//! # use std::{io, time::{Duration, Instant}};
+//! # use crossbeam_channel::{bounded, Receiver, Sender};
+//! use heli_core::{Client, Controller, Exit, ExitStatus, Granter, Supervisor};
+//! use heli_core::{exchange, Connection, Event, Listener, Peer, Stopper, Transport};
+//!
+//! /// Requests travel as (line, reply channel) pairs.
+//! #[derive(Clone)]
+//! struct Memory(Sender<(Vec<u8>, Sender<Vec<u8>>)>, Receiver<(Vec<u8>, Sender<Vec<u8>>)>);
+//! struct MemoryListener(Receiver<(Vec<u8>, Sender<Vec<u8>>)>, Sender<()>, Receiver<()>);
+//! struct MemoryStop(Sender<()>);
+//! struct MemoryConnection(Sender<(Vec<u8>, Sender<Vec<u8>>)>);
+//!
+//! impl Transport for Memory {
+//!     type Listener = MemoryListener;
+//!     type Connection = MemoryConnection;
+//!     fn listen(&self) -> io::Result<MemoryListener> {
+//!         let (stop_tx, stop_rx) = bounded(1);
+//!         Ok(MemoryListener(self.1.clone(), stop_tx, stop_rx))
+//!     }
+//!     fn connect(&self, _: Duration) -> io::Result<MemoryConnection> {
+//!         Ok(MemoryConnection(self.0.clone()))
+//!     }
+//!     fn describe(&self) -> String { "memory".into() }
+//! }
+//! impl Listener for MemoryListener {
+//!     type Stopper = MemoryStop;
+//!     fn stopper(&self) -> MemoryStop { MemoryStop(self.1.clone()) }
+//!     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
+//!         loop {
+//!             crossbeam_channel::select! {
+//!                 recv(self.0) -> msg => {
+//!                     let (line, reply_to) = msg.unwrap();
+//!                     let Some(reply) = exchange(events, Peer::default(), Ok(line)) else { return Ok(()) };
+//!                     let _ = reply_to.send(reply.into_bytes());
+//!                 }
+//!                 recv(self.2) -> _ => return Ok(()),
+//!             }
+//!         }
+//!     }
+//! }
+//! impl Stopper for MemoryStop { fn stop(&self) { let _ = self.0.try_send(()); } }
+//! impl Connection for MemoryConnection {
+//!     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+//!         let (tx, rx) = bounded(1);
+//!         self.0.send((line.to_vec(), tx)).unwrap();
+//!         rx.recv_deadline(deadline).map_err(|_| io::ErrorKind::TimedOut.into())
+//!     }
+//! }
+//!
+//! /// Grants succeed and are remembered.
+//! struct Record(Vec<u32>);
+//! impl Granter for Record {
+//!     fn name(&self) -> &str { "record" }
+//!     fn grant(&mut self, _target: u32, client: u32) -> io::Result<()> { self.0.push(client); Ok(()) }
+//!     fn revoke(&mut self, _target: u32) -> io::Result<()> { Ok(()) }
+//! }
+//!
+//! /// A pretend target with PID 4242 that ends when told to.
+//! struct Pretend(Sender<Exit>, Receiver<Exit>, bool);
+//! impl Supervisor for Pretend {
+//!     fn spawn(&mut self) -> io::Result<u32> { self.2 = true; Ok(4242) }
+//!     fn exits(&self) -> Receiver<Exit> { self.1.clone() }
+//!     fn pid(&self) -> Option<u32> { self.2.then_some(4242) }
+//!     fn signal(&mut self, signal: i32) -> io::Result<()> {
+//!         self.2 = false;
+//!         self.0.send(Exit { pid: 4242, status: ExitStatus::Signal(signal) }).unwrap();
+//!         Ok(())
+//!     }
+//!     fn terminate(&mut self) -> io::Result<()> { self.signal(15) }
+//!     fn kill(&mut self) -> io::Result<()> { self.signal(9) }
+//! }
+//!
+//! let (tx, rx) = bounded(8);
+//! let memory = Memory(tx, rx);
+//! let (exit_tx, exit_rx) = bounded(1);
+//! let controller = Controller::new(memory.clone(), Record(vec![]), Pretend(exit_tx, exit_rx, false));
+//! let running = std::thread::spawn(move || controller.run());
+//!
+//! let client = Client::new(memory);
+//! assert_eq!(client.target_pid().unwrap(), 4242);
+//! client.grant_access(std::process::id()).unwrap();
+//! client.terminate().unwrap();
+//! assert_eq!(running.join().unwrap().unwrap(), ExitStatus::Signal(15));
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod controller;
+mod error;
+mod granter;
+pub mod protocol;
+mod supervisor;
+mod transport;
+
+pub use client::{Client, DEFAULT_TIMEOUT};
+pub use controller::{Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS};
+pub use error::{Error, ErrorKind};
+pub use granter::Granter;
+pub use supervisor::{Exit, ExitStatus, Supervisor};
+pub use transport::{exchange, Connection, Event, Incoming, Listener, Peer, Stopper, Transport};
+
+#[cfg(test)]
+mod tests;

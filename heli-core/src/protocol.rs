@@ -1,0 +1,578 @@
+//! The line protocol spoken between clients and the controller.
+//!
+//! Every message is one line of UTF-8 ending in `\n`, at most [`MAX_LINE`]
+//! bytes long including the newline. A client sends one request and reads one
+//! reply:
+//!
+//! | request | reply |
+//! |---|---|
+//! | `GET_TARGET_PID` | `TARGET_PID <pid>` |
+//! | `GRANT_ACCESS <pid>` | `READY` once `<pid>` may ptrace the target |
+//! | `REVOKE` | `READY` once the grant is withdrawn |
+//! | `TERMINATE` | `READY`, then the controller stops the target and exits |
+//!
+//! Any request may instead be answered by `ERROR: <message>`.
+//!
+//! Commands are case-insensitive and the reply follows the request's case
+//! ([`Dialect`]): the published Python implementation of this system speaks
+//! lowercase (`get_target_pid` -> `target_pid 123`, errors as
+//! `error : <message>`), its README documents uppercase. Replies are parsed
+//! in either form.
+//!
+//! # Examples
+//!
+//! ```
+//! use heli_core::protocol::{parse_request, Dialect, Reply, Request};
+//!
+//! let (request, dialect) = parse_request(b"grant_access 42").unwrap();
+//! assert_eq!(request, Request::GrantAccess(42));
+//! assert_eq!(dialect, Dialect::Lower);
+//! assert_eq!(Reply::Ready.encode(dialect), "ready\n");
+//!
+//! let err = parse_request(b"GRANT_ACCESS -1").unwrap_err();
+//! assert_eq!(Reply::error(&err).encode(Dialect::Upper), "ERROR: Invalid PID\n");
+//! ```
+
+use std::fmt;
+
+use crate::error::{Error, ErrorKind};
+
+/// The longest line either side accepts, newline included.
+///
+/// It equals `PIPE_BUF` on Linux, so a request written to a FIFO in one
+/// `write` is never interleaved with another client's.
+pub const MAX_LINE: usize = 4096;
+
+/// A request from a client to the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Request {
+    /// `GET_TARGET_PID`: which process is the target?
+    GetTargetPid,
+    /// `GRANT_ACCESS <pid>`: let process `<pid>` (and its descendants) ptrace
+    /// the target.
+    GrantAccess(u32),
+    /// `REVOKE`: withdraw the grant given to the asking client.
+    Revoke,
+    /// `TERMINATE`: stop the target and the controller.
+    Terminate,
+}
+
+impl Request {
+    /// The command word, in `dialect`.
+    pub fn command(&self, dialect: Dialect) -> &'static str {
+        let upper = match self {
+            Request::GetTargetPid => "GET_TARGET_PID",
+            Request::GrantAccess(_) => "GRANT_ACCESS",
+            Request::Revoke => "REVOKE",
+            Request::Terminate => "TERMINATE",
+        };
+        dialect.apply(upper)
+    }
+
+    /// The request as a line, newline included.
+    pub fn encode(&self, dialect: Dialect) -> String {
+        match self {
+            Request::GrantAccess(pid) => format!("{} {}\n", self.command(dialect), pid),
+            _ => format!("{}\n", self.command(dialect)),
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode(Dialect::Upper).trim_end())
+    }
+}
+
+/// A reply from the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// `TARGET_PID <pid>`.
+    TargetPid(u32),
+    /// `READY`: the request was carried out.
+    Ready,
+    /// `ERROR: <message>`.
+    Error(String),
+}
+
+impl Reply {
+    /// The reply that reports `err` to the client.
+    pub fn error(err: &Error) -> Reply {
+        Reply::Error(err.message().to_owned())
+    }
+
+    /// The reply as a line in `dialect`, newline included.
+    ///
+    /// Newlines inside an error message are replaced by spaces so that a reply
+    /// is always exactly one line.
+    pub fn encode(&self, dialect: Dialect) -> String {
+        match self {
+            Reply::TargetPid(pid) => format!("{} {}\n", dialect.apply("TARGET_PID"), pid),
+            Reply::Ready => format!("{}\n", dialect.apply("READY")),
+            Reply::Error(message) => {
+                let message = message.replace(['\n', '\r'], " ");
+                match dialect {
+                    Dialect::Upper => format!("ERROR: {message}\n"),
+                    Dialect::Lower => format!("error : {message}\n"),
+                }
+            }
+        }
+    }
+
+    /// Parses a reply line (with or without its newline) in either dialect.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::MalformedReply`] when the line is none of the replies.
+    pub fn parse(line: &str) -> Result<Reply, Error> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let malformed = || {
+            Error::new(
+                ErrorKind::MalformedReply,
+                format!("Unexpected reply from the controller: {line:?}"),
+            )
+        };
+        let (word, rest) = match line.find(|c: char| c == ' ' || c == ':') {
+            Some(at) => (&line[..at], &line[at..]),
+            None => (line, ""),
+        };
+        if word.eq_ignore_ascii_case("error") {
+            let message = rest.trim_start().strip_prefix(':').ok_or_else(malformed)?;
+            return Ok(Reply::Error(message.trim_start().to_owned()));
+        }
+        if word.eq_ignore_ascii_case("ready") && rest.trim().is_empty() {
+            return Ok(Reply::Ready);
+        }
+        if word.eq_ignore_ascii_case("target_pid") {
+            return match parse_pid(rest.trim()) {
+                Some(pid) => Ok(Reply::TargetPid(pid)),
+                None => Err(malformed()),
+            };
+        }
+        Err(malformed())
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode(Dialect::Upper).trim_end())
+    }
+}
+
+/// The letter case a client speaks; replies are written in the request's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// `GET_TARGET_PID` / `ERROR: ...`, as the original README documents.
+    #[default]
+    Upper,
+    /// `get_target_pid` / `error : ...`, as the original Python code speaks.
+    Lower,
+}
+
+impl Dialect {
+    /// The dialect of a command word: lowercase only if it has no uppercase
+    /// letter.
+    pub fn of(word: &str) -> Dialect {
+        if word.chars().any(|c| c.is_ascii_uppercase()) {
+            Dialect::Upper
+        } else {
+            Dialect::Lower
+        }
+    }
+
+    fn apply(self, upper: &'static str) -> &'static str {
+        match (self, upper) {
+            (Dialect::Upper, _) => upper,
+            (Dialect::Lower, "GET_TARGET_PID") => "get_target_pid",
+            (Dialect::Lower, "GRANT_ACCESS") => "grant_access",
+            (Dialect::Lower, "REVOKE") => "revoke",
+            (Dialect::Lower, "TERMINATE") => "terminate",
+            (Dialect::Lower, "TARGET_PID") => "target_pid",
+            (Dialect::Lower, "READY") => "ready",
+            (Dialect::Lower, other) => other,
+        }
+    }
+}
+
+/// Parses one request line, with or without its trailing newline.
+///
+/// On error, the [`Dialect`] to answer in is still known when the line was
+/// text: use [`dialect_of_line`].
+///
+/// # Errors
+///
+/// [`ErrorKind::LineTooLong`], [`ErrorKind::NotUtf8`],
+/// [`ErrorKind::EmptyLine`], [`ErrorKind::UnknownCommand`],
+/// [`ErrorKind::InvalidPid`] or [`ErrorKind::UnexpectedArgument`]; the
+/// error's message is the one to send back.
+pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
+    let line = strip_newline(line);
+    if line.len() >= MAX_LINE {
+        return Err(too_long());
+    }
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Error::new(ErrorKind::NotUtf8, "Request is not valid UTF-8"))?;
+    let mut words = text.split_ascii_whitespace();
+    let Some(command) = words.next() else {
+        return Err(Error::new(ErrorKind::EmptyLine, "Empty request"));
+    };
+    let dialect = Dialect::of(command);
+    let request = if command.eq_ignore_ascii_case("GET_TARGET_PID") {
+        Request::GetTargetPid
+    } else if command.eq_ignore_ascii_case("TERMINATE") {
+        Request::Terminate
+    } else if command.eq_ignore_ascii_case("REVOKE") {
+        Request::Revoke
+    } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
+        let pid = words.next().and_then(parse_pid);
+        match (pid, words.next()) {
+            (Some(pid), None) => Request::GrantAccess(pid),
+            _ => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+        }
+    } else {
+        let mut shown: String = command.chars().take(64).collect();
+        if shown.len() < command.len() {
+            shown.push_str("...");
+        }
+        return Err(Error::new(
+            ErrorKind::UnknownCommand,
+            format!("Unknown command: {}", shown.escape_debug()),
+        ));
+    };
+    if words.next().is_some() {
+        return Err(Error::new(
+            ErrorKind::UnexpectedArgument,
+            format!("{} takes no argument", request.command(dialect)),
+        ));
+    }
+    Ok((request, dialect))
+}
+
+/// The dialect to answer a line in, even a line that does not parse.
+pub fn dialect_of_line(line: &[u8]) -> Dialect {
+    let first = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .unwrap_or_default();
+    Dialect::of(&String::from_utf8_lossy(first))
+}
+
+/// A process id as the protocol writes it: decimal, 1 to `i32::MAX`.
+fn parse_pid(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match text.parse::<u32>() {
+        Ok(pid) if pid > 0 && pid <= i32::MAX as u32 => Some(pid),
+        _ => None,
+    }
+}
+
+fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn too_long() -> Error {
+    Error::new(
+        ErrorKind::LineTooLong,
+        format!("Request longer than {MAX_LINE} bytes"),
+    )
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes.
+///
+/// Transports feed it what they read and take complete lines out. A line that
+/// grows past the limit yields one [`ErrorKind::LineTooLong`] error as soon as
+/// it does, and the rest of it, up to its newline, is dropped: a peer can make
+/// the buffer grow no larger than the limit.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::protocol::LineBuffer;
+///
+/// let mut lines = LineBuffer::new();
+/// lines.extend(b"GET_TARGET_PID\nTERM");
+/// assert_eq!(lines.next_line().unwrap().unwrap(), b"GET_TARGET_PID\n");
+/// assert!(lines.next_line().is_none());
+/// lines.extend(b"INATE\n");
+/// assert_eq!(lines.next_line().unwrap().unwrap(), b"TERMINATE\n");
+/// ```
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already searched for a newline.
+    scanned: usize,
+    /// Dropping an over-long line until its newline.
+    discarding: bool,
+}
+
+impl LineBuffer {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        LineBuffer::default()
+    }
+
+    /// Appends bytes read from the peer.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Whether part of a line is waiting for its newline.
+    pub fn has_partial_line(&self) -> bool {
+        !self.buf.is_empty() || self.discarding
+    }
+
+    /// The next complete line (newline included), an error for an over-long
+    /// line, or `None` until more bytes arrive.
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, Error>> {
+        loop {
+            match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    let end = self.scanned + at + 1;
+                    let line: Vec<u8> = self.buf.drain(..end).collect();
+                    self.scanned = 0;
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    if line.len() > MAX_LINE {
+                        return Some(Err(too_long()));
+                    }
+                    return Some(Ok(line));
+                }
+                None if self.discarding => {
+                    self.buf.clear();
+                    self.scanned = 0;
+                    return None;
+                }
+                None if self.buf.len() >= MAX_LINE => {
+                    self.buf.clear();
+                    self.scanned = 0;
+                    self.discarding = true;
+                    return Some(Err(too_long()));
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_in_both_dialects() {
+        let cases: &[(&[u8], Request, Dialect)] = &[
+            (b"GET_TARGET_PID\n", Request::GetTargetPid, Dialect::Upper),
+            (b"get_target_pid\n", Request::GetTargetPid, Dialect::Lower),
+            (b"Get_Target_Pid", Request::GetTargetPid, Dialect::Upper),
+            (
+                b"GRANT_ACCESS 42\n",
+                Request::GrantAccess(42),
+                Dialect::Upper,
+            ),
+            (
+                b"grant_access 42\r\n",
+                Request::GrantAccess(42),
+                Dialect::Lower,
+            ),
+            (b"  TERMINATE  \n", Request::Terminate, Dialect::Upper),
+            (b"terminate\n", Request::Terminate, Dialect::Lower),
+            (b"REVOKE\n", Request::Revoke, Dialect::Upper),
+            (
+                b"grant_access\t2147483647\n",
+                Request::GrantAccess(2147483647),
+                Dialect::Lower,
+            ),
+        ];
+        for (line, request, dialect) in cases {
+            assert_eq!(
+                parse_request(line).unwrap(),
+                (*request, *dialect),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for request in [
+            Request::GetTargetPid,
+            Request::GrantAccess(7),
+            Request::Revoke,
+            Request::Terminate,
+        ] {
+            for dialect in [Dialect::Upper, Dialect::Lower] {
+                let line = request.encode(dialect);
+                assert_eq!(parse_request(line.as_bytes()).unwrap(), (request, dialect));
+            }
+        }
+    }
+
+    #[test]
+    fn request_errors() {
+        let cases: &[(&[u8], ErrorKind, &str)] = &[
+            (b"FOO\n", ErrorKind::UnknownCommand, "Unknown command: FOO"),
+            (
+                b"attach now\n",
+                ErrorKind::UnknownCommand,
+                "Unknown command: attach",
+            ),
+            (b"GRANT_ACCESS\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"GRANT_ACCESS abc\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"GRANT_ACCESS -5\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"GRANT_ACCESS +5\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"GRANT_ACCESS 0\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (
+                b"GRANT_ACCESS 2147483648\n",
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+            ),
+            (
+                b"GRANT_ACCESS 99999999999999999999\n",
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+            ),
+            (b"GRANT_ACCESS 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (
+                b"TERMINATE now\n",
+                ErrorKind::UnexpectedArgument,
+                "TERMINATE takes no argument",
+            ),
+            (b"\n", ErrorKind::EmptyLine, "Empty request"),
+            (b"   \n", ErrorKind::EmptyLine, "Empty request"),
+            (
+                b"\xff\xfe\n",
+                ErrorKind::NotUtf8,
+                "Request is not valid UTF-8",
+            ),
+            (
+                b"GET\0PID\n",
+                ErrorKind::UnknownCommand,
+                "Unknown command: GET\\0PID",
+            ),
+        ];
+        for (line, kind, message) in cases {
+            let err = parse_request(line).unwrap_err();
+            assert_eq!(err.kind(), *kind, "{line:?}");
+            assert_eq!(err.to_string(), *message, "{line:?}");
+        }
+        let long = vec![b'A'; MAX_LINE];
+        assert_eq!(
+            parse_request(&long).unwrap_err().kind(),
+            ErrorKind::LineTooLong
+        );
+        let long_unknown = "X".repeat(1000);
+        let err = parse_request(long_unknown.as_bytes()).unwrap_err();
+        assert!(err.to_string().len() < 100, "{err}");
+    }
+
+    #[test]
+    fn replies_follow_the_dialect() {
+        assert_eq!(
+            Reply::TargetPid(12).encode(Dialect::Upper),
+            "TARGET_PID 12\n"
+        );
+        assert_eq!(
+            Reply::TargetPid(12).encode(Dialect::Lower),
+            "target_pid 12\n"
+        );
+        assert_eq!(Reply::Ready.encode(Dialect::Lower), "ready\n");
+        assert_eq!(
+            Reply::Error("x".into()).encode(Dialect::Upper),
+            "ERROR: x\n"
+        );
+        assert_eq!(
+            Reply::Error("x".into()).encode(Dialect::Lower),
+            "error : x\n"
+        );
+        assert_eq!(
+            Reply::Error("a\nb".into()).encode(Dialect::Upper),
+            "ERROR: a b\n"
+        );
+        let err = parse_request(b"bogus").unwrap_err();
+        assert_eq!(
+            Reply::error(&err).encode(dialect_of_line(b"bogus")),
+            "error : Unknown command: bogus\n"
+        );
+    }
+
+    #[test]
+    fn replies_parse_in_both_dialects() {
+        for dialect in [Dialect::Upper, Dialect::Lower] {
+            for reply in [
+                Reply::TargetPid(99),
+                Reply::Ready,
+                Reply::Error("Target process not running".into()),
+            ] {
+                assert_eq!(Reply::parse(&reply.encode(dialect)).unwrap(), reply);
+            }
+        }
+        assert_eq!(
+            Reply::parse("ERROR:no space").unwrap(),
+            Reply::Error("no space".into())
+        );
+        for bad in [
+            "",
+            "READY now",
+            "TARGET_PID",
+            "TARGET_PID x",
+            "ERRORS: x",
+            "hello",
+        ] {
+            assert_eq!(
+                Reply::parse(bad).unwrap_err().kind(),
+                ErrorKind::MalformedReply,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_buffer_splits_and_limits() {
+        let mut lines = LineBuffer::new();
+        lines.extend(b"a\nb\n\nc");
+        assert_eq!(lines.next_line().unwrap().unwrap(), b"a\n");
+        assert_eq!(lines.next_line().unwrap().unwrap(), b"b\n");
+        assert_eq!(lines.next_line().unwrap().unwrap(), b"\n");
+        assert!(lines.next_line().is_none());
+        assert!(lines.has_partial_line());
+
+        // An over-long line is reported once, as soon as it is too long, and
+        // dropped up to its newline; the next line is intact.
+        let mut lines = LineBuffer::new();
+        lines.extend(&vec![b'x'; MAX_LINE + 10]);
+        assert_eq!(
+            lines.next_line().unwrap().unwrap_err().kind(),
+            ErrorKind::LineTooLong
+        );
+        assert!(lines.next_line().is_none());
+        lines.extend(&vec![b'x'; 3 * MAX_LINE]);
+        assert!(lines.next_line().is_none());
+        assert!(lines.buf.len() <= MAX_LINE);
+        lines.extend(b"xx\nREADY\n");
+        assert_eq!(lines.next_line().unwrap().unwrap(), b"READY\n");
+        assert!(lines.next_line().is_none());
+        assert!(!lines.has_partial_line());
+
+        // Exactly MAX_LINE bytes with the newline is accepted; one more is not.
+        let mut ok = vec![b'y'; MAX_LINE - 1];
+        ok.push(b'\n');
+        let mut lines = LineBuffer::new();
+        lines.extend(&ok);
+        assert_eq!(lines.next_line().unwrap().unwrap().len(), MAX_LINE);
+        let mut bad = vec![b'y'; MAX_LINE];
+        bad.push(b'\n');
+        lines.extend(&bad);
+        assert!(lines.next_line().unwrap().is_err());
+        assert!(lines.next_line().is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! How the controller runs the target.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+/// How a target process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal with this number killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal.
+    ///
+    /// The controller exits with this status.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+/// A target process that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Exit {
+    /// Its process id (no longer valid).
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Runs the target process and watches it.
+///
+/// # Examples
+///
+/// A supervisor's contract in brief, from the controller's side:
+///
+/// ```no_run
+/// # fn demo(mut supervisor: impl heli_core::Supervisor) -> std::io::Result<()> {
+/// use std::time::Duration;
+///
+/// let exits = supervisor.exits();
+/// let pid = supervisor.spawn()?;
+/// println!("target is {pid}");
+/// let exit = supervisor.stop(Duration::from_secs(2))?;
+/// assert_eq!(exit.pid, pid);
+/// # drop(exits); Ok(()) }
+/// ```
+pub trait Supervisor {
+    /// Starts the target and returns its process id.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be started (program not found, ...).
+    fn spawn(&mut self) -> io::Result<u32>;
+
+    /// The channel on which every spawned target's [`Exit`] arrives, once,
+    /// after it was reaped.
+    fn exits(&self) -> Receiver<Exit>;
+
+    /// The running target's process id, if one runs.
+    fn pid(&self) -> Option<u32>;
+
+    /// Sends signal number `signal` to the target.
+    ///
+    /// # Errors
+    ///
+    /// When no target runs or the signal could not be sent.
+    fn signal(&mut self, signal: i32) -> io::Result<()>;
+
+    /// Asks the target to end (SIGTERM for a process).
+    ///
+    /// # Errors
+    ///
+    /// As [`signal`](Supervisor::signal).
+    fn terminate(&mut self) -> io::Result<()>;
+
+    /// Ends the target at once (SIGKILL for a process).
+    ///
+    /// # Errors
+    ///
+    /// As [`signal`](Supervisor::signal).
+    fn kill(&mut self) -> io::Result<()>;
+
+    /// Asks the target to end, kills it if it still runs after `grace`, and
+    /// returns how it ended.
+    ///
+    /// # Errors
+    ///
+    /// When no target runs, or signalling it failed.
+    fn stop(&mut self, grace: Duration) -> io::Result<Exit> {
+        let exits = self.exits();
+        let gone = || {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "supervisor dropped its exit channel",
+            )
+        };
+        self.terminate()?;
+        match exits.recv_timeout(grace) {
+            Ok(exit) => Ok(exit),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                self.kill()?;
+                exits.recv().map_err(|_| gone())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(gone()),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! How requests travel between clients and the controller.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, ErrorKind};
+use crate::protocol::{dialect_of_line, parse_request, Dialect, Reply, Request};
+
+/// A way for clients to reach a controller: named pipes, a Unix socket, ...
+///
+/// A `Transport` value is an *address* (a directory, a socket path). The
+/// controller turns it into a [`Listener`] with [`listen`](Transport::listen);
+/// a client turns it into a [`Connection`] with
+/// [`connect`](Transport::connect). Both sides speak the line protocol of
+/// [`protocol`](crate::protocol).
+pub trait Transport {
+    /// The controller's end.
+    type Listener: Listener;
+    /// A client's end.
+    type Connection: Connection;
+
+    /// Creates the controller's end (files, sockets) and starts accepting.
+    ///
+    /// # Errors
+    ///
+    /// When the address is unsafe to use, already served by a live
+    /// controller, or cannot be created; the error says which.
+    fn listen(&self) -> io::Result<Self::Listener>;
+
+    /// Connects to a listening controller, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` or `ConnectionRefused` when no controller listens there,
+    /// `TimedOut` when the deadline passed.
+    fn connect(&self, timeout: Duration) -> io::Result<Self::Connection>;
+
+    /// Where this transport listens, for messages to the user.
+    fn describe(&self) -> String;
+}
+
+/// The controller's end of a [`Transport`].
+///
+/// The controller runs [`serve`](Listener::serve) on a thread of its own:
+/// it delivers every request as an [`Event`] and writes back the reply the
+/// controller gives. Dropping the listener removes what
+/// [`Transport::listen`] created.
+pub trait Listener: Send + 'static {
+    /// Interrupts a running [`serve`](Listener::serve).
+    type Stopper: Stopper;
+
+    /// A handle that makes [`serve`](Listener::serve) return.
+    fn stopper(&self) -> Self::Stopper;
+
+    /// Serves requests until stopped or until `events` has no receiver.
+    ///
+    /// Must not block forever on any one client: every read and write of a
+    /// client has a deadline.
+    ///
+    /// # Errors
+    ///
+    /// When the listener itself fails (not when a client misbehaves).
+    fn serve(&mut self, events: &Sender<Event>) -> io::Result<()>;
+}
+
+/// Makes a [`Listener::serve`] return; cheap to call more than once.
+pub trait Stopper: Send + 'static {
+    /// Asks the listener to stop. Returns at once.
+    fn stop(&self);
+}
+
+/// A client's end of a [`Transport`].
+pub trait Connection {
+    /// Sends one request line and returns the reply line, both including
+    /// their newline, waiting until `deadline` at most.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` when the deadline passes, `UnexpectedEof` or
+    /// `BrokenPipe` when the controller went away.
+    fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>>;
+
+    /// Sends `request` and parses its reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`], [`ErrorKind::NotRunning`],
+    /// [`ErrorKind::MalformedReply`] or [`ErrorKind::Io`]. An `ERROR:` reply
+    /// is returned as `Ok(Reply::Error(..))`.
+    fn request(&mut self, request: Request, timeout: Duration) -> Result<Reply, Error> {
+        let line = request.encode(Dialect::Upper);
+        let reply = self
+            .round_trip(line.as_bytes(), Instant::now() + timeout)
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::TimedOut => Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Timeout waiting for response to {request} ({:.1} s): the controller may be busy or hung",
+                        timeout.as_secs_f64()
+                    ),
+                ),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => Error::io(
+                    "The controller went away before answering",
+                    err,
+                ),
+                _ => Error::io(format!("Sending {request}"), err),
+            })?;
+        let text = String::from_utf8(reply).map_err(|_| {
+            Error::new(
+                ErrorKind::MalformedReply,
+                "The controller's reply is not UTF-8",
+            )
+        })?;
+        Reply::parse(&text)
+    }
+}
+
+/// Who sent a request, as far as the transport can tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Tells connections apart within one listener; 0 where a transport has
+    /// no connections (named pipes).
+    pub connection: u64,
+    /// The peer's process id, when the transport knows it.
+    pub pid: Option<u32>,
+    /// The peer's user id, when the transport knows it.
+    pub uid: Option<u32>,
+}
+
+/// What a [`Listener`] tells the controller.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A request line arrived; answer it with [`Incoming::reply`].
+    Request(Incoming),
+    /// A connection closed: the controller drops what was tied to it.
+    Disconnected(Peer),
+}
+
+/// A request waiting for its reply.
+#[derive(Debug)]
+pub struct Incoming {
+    peer: Peer,
+    dialect: Dialect,
+    request: Result<Request, Error>,
+    reply_to: Sender<String>,
+}
+
+impl Incoming {
+    /// Parses `line` from `peer`; the returned receiver gets the encoded reply
+    /// once the controller has answered, or is disconnected if it never will.
+    pub fn new(peer: Peer, line: &[u8]) -> (Incoming, Receiver<String>) {
+        let (reply_to, reply) = crossbeam_channel::bounded(1);
+        let (request, dialect) = match parse_request(line) {
+            Ok((request, dialect)) => (Ok(request), dialect),
+            Err(err) => (Err(err), dialect_of_line(line)),
+        };
+        let incoming = Incoming {
+            peer,
+            dialect,
+            request,
+            reply_to,
+        };
+        (incoming, reply)
+    }
+
+    /// Who asked.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// The dialect the reply will be written in.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The request, or why the line is not one.
+    pub fn request(&self) -> Result<Request, &Error> {
+        self.request.as_ref().copied()
+    }
+
+    /// Answers the request.
+    pub fn reply(self, reply: Reply) {
+        // The transport may have given up on the client already: nothing to do.
+        let _ = self.reply_to.send(reply.encode(self.dialect));
+    }
+}
+
+/// Hands `line` from `peer` to the controller and waits for its reply.
+///
+/// This is what a [`Listener`] does with each complete line; an over-long
+/// line (`Err` from [`LineBuffer`](crate::protocol::LineBuffer)) is answered
+/// here without bothering the controller. Returns `None` when the controller
+/// is gone and the listener should stop.
+pub fn exchange(
+    events: &Sender<Event>,
+    peer: Peer,
+    line: Result<Vec<u8>, Error>,
+) -> Option<String> {
+    match line {
+        Ok(line) => {
+            let (incoming, reply) = Incoming::new(peer, &line);
+            events.send(Event::Request(incoming)).ok()?;
+            reply.recv().ok()
+        }
+        Err(err) => Some(Reply::error(&err).encode(Dialect::Upper)),
+    }
+}

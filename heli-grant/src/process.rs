@@ -1,0 +1,190 @@
+//! The supervisor of a target process.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use heli_core::{Exit, ExitStatus, Supervisor};
+use log::{debug, warn};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+
+use crate::sys::{kill_with_parent, pidfd_open, pidfd_send_signal};
+
+/// Runs the target as a child process and reaps it.
+///
+/// - The child inherits stdin, stdout and stderr (configure the
+///   [`Command`] to change that).
+/// - It gets SIGKILL if the thread that spawned it dies
+///   (`PR_SET_PDEATHSIG`), so a controller killed with SIGKILL leaves no
+///   orphan that nobody could attach to.
+/// - It is signalled and reaped through a pidfd: a signal never reaches a
+///   later process that reused its pid, and the reaper waits for *this*
+///   child only (`poll` on the pidfd, then `waitid(P_PIDFD)`), never with
+///   `waitpid(-1)`, which would steal ptrace stops from a granter.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{ExitStatus, Supervisor};
+/// use heli_grant::ProcessSupervisor;
+/// use std::process::Command;
+///
+/// let mut command = Command::new("sh");
+/// command.args(["-c", "exit 3"]);
+/// let mut supervisor = ProcessSupervisor::new(command);
+/// let exits = supervisor.exits();
+/// let pid = supervisor.spawn()?;
+/// let exit = exits.recv()?;
+/// assert_eq!((exit.pid, exit.status), (pid, ExitStatus::Code(3)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct ProcessSupervisor {
+    command: Command,
+    running: Option<Running>,
+    exits: (Sender<Exit>, Receiver<Exit>),
+}
+
+#[derive(Debug)]
+struct Running {
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    alive: Arc<AtomicBool>,
+}
+
+impl ProcessSupervisor {
+    /// A supervisor that runs `command` when asked to spawn.
+    pub fn new(mut command: Command) -> Self {
+        kill_with_parent(&mut command);
+        ProcessSupervisor {
+            command,
+            running: None,
+            exits: unbounded(),
+        }
+    }
+
+    /// The command it runs.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    fn running(&self) -> io::Result<&Running> {
+        match &self.running {
+            Some(running) if running.alive.load(Ordering::Acquire) => Ok(running),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "Target process not running",
+            )),
+        }
+    }
+}
+
+impl Supervisor for ProcessSupervisor {
+    fn spawn(&mut self) -> io::Result<u32> {
+        if self.running().is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the target is already running",
+            ));
+        }
+        let child = self.command.spawn().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot start {:?}: {err}", self.command.get_program()),
+            )
+        })?;
+        let pid = child.id();
+        // The child is ours until reaped, so its pid cannot be reused yet.
+        let pidfd = Arc::new(pidfd_open(pid)?);
+        let alive = Arc::new(AtomicBool::new(true));
+        let reaper = Reaper {
+            pid,
+            pidfd: pidfd.clone(),
+            alive: alive.clone(),
+            exits: self.exits.0.clone(),
+        };
+        thread::Builder::new()
+            .name(format!("heli-reaper-{pid}"))
+            .spawn(move || reaper.run())?;
+        // `child` only wraps the pid; dropping it neither waits nor kills.
+        drop(child);
+        debug!("spawned {:?} as PID {pid}", self.command.get_program());
+        self.running = Some(Running { pid, pidfd, alive });
+        Ok(pid)
+    }
+
+    fn exits(&self) -> Receiver<Exit> {
+        self.exits.1.clone()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.running().ok().map(|r| r.pid)
+    }
+
+    fn signal(&mut self, signal: i32) -> io::Result<()> {
+        let running = self.running()?;
+        match pidfd_send_signal(running.pidfd.as_fd(), signal) {
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "Target process not running",
+            )),
+            other => other,
+        }
+    }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGTERM)
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+}
+
+/// Waits for one child to exit, reaps it, and reports how it ended.
+struct Reaper {
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    alive: Arc<AtomicBool>,
+    exits: Sender<Exit>,
+}
+
+impl Reaper {
+    fn run(self) {
+        let status = loop {
+            // A pidfd becomes readable only when the process has exited:
+            // ptrace stops do not wake us.
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(err) => {
+                    warn!("cannot watch PID {}: {err}", self.pid);
+                    return;
+                }
+            }
+            match waitid(
+                Id::PIDFd(self.pidfd.as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signal(signal as i32),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(err) => {
+                    warn!("cannot reap PID {}: {err}", self.pid);
+                    return;
+                }
+            }
+        };
+        self.alive.store(false, Ordering::Release);
+        let _ = self.exits.send(Exit {
+            pid: self.pid,
+            status,
+        });
+    }
+}

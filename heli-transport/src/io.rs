@@ -1,0 +1,107 @@
+//! Deadline-bounded waits and reads shared by the transports.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
+
+use heli_core::protocol::LineBuffer;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Waits until `fd` shows one of `events` (or an error/hang-up), or until
+/// `deadline` (`None`: no deadline).
+///
+/// Returns the events seen; `TimedOut` when the deadline passed first.
+pub(crate) fn wait(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    deadline: Option<Instant>,
+) -> io::Result<PollFlags> {
+    Ok(wait_any(&[(fd, events)], deadline)?[0])
+}
+
+/// Waits until one of `fds` shows its events (or an error/hang-up), or until
+/// `deadline`; returns the events seen on each, `TimedOut` at the deadline.
+pub(crate) fn wait_any<const N: usize>(
+    fds: &[(BorrowedFd<'_>, PollFlags); N],
+    deadline: Option<Instant>,
+) -> io::Result<[PollFlags; N]> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                // Round up so that we never wake just before the deadline.
+                let ms = left.as_micros().div_ceil(1000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut polled = fds.map(|(fd, events)| PollFd::new(fd, events));
+        match poll(&mut polled, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(polled.map(|p| p.revents().unwrap_or(PollFlags::empty()))),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Reads from the non-blocking `fd` until `lines` holds a complete line or
+/// the deadline passes, and returns that line.
+///
+/// `UnexpectedEof` when the writer went away first, `TimedOut` at the
+/// deadline, `InvalidData` for an over-long line.
+pub(crate) fn read_line(
+    fd: impl AsFd,
+    lines: &mut LineBuffer,
+    deadline: Instant,
+) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(line) = lines.next_line() {
+            return line.map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err));
+        }
+        match nix::unistd::read(fd.as_fd(), &mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => lines.extend(&buf[..n]),
+            Err(Errno::EAGAIN) => {
+                let seen = wait(fd.as_fd(), PollFlags::POLLIN, Some(deadline))?;
+                if !seen.contains(PollFlags::POLLIN)
+                    && seen.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+                {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Writes all of `data` to the non-blocking `fd` before `deadline`.
+pub(crate) fn write_all(fd: impl AsFd, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd.as_fd(), data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EAGAIN) => {
+                wait(fd.as_fd(), PollFlags::POLLOUT, Some(deadline))?;
+            }
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and throws away whatever the non-blocking `fd` holds now.
+pub(crate) fn drain(fd: impl AsFd) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = nix::unistd::read(fd.as_fd(), &mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Transports for heli: how clients reach a controller.
+//!
+//! Each implementation of [`heli_core::Transport`] lives in a file of its
+//! own:
+//!
+//! - [`FifoTransport`]: two named pipes in a private directory, the layout
+//!   and wire format of the original Python helicopter-parent, so its
+//!   clients work unchanged.
+//!
+//! All of them speak the line protocol of [`heli_core::protocol`], bound
+//! every wait by a deadline, and are stopped through a [`StopHandle`].
+//!
+//! # Examples
+//!
+//! A controller end and a client end in a private directory:
+//!
+//! ```
+//! use heli_core::{Connection, Listener, Stopper, Transport, exchange};
+//! use heli_core::protocol::Request;
+//! use heli_transport::FifoTransport;
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let transport = FifoTransport::new(dir.path().join("pipes"));
+//! let mut listener = transport.listen()?;
+//! let stop = listener.stopper();
+//! let (events_tx, events) = crossbeam_channel::bounded(1);
+//! let server = std::thread::spawn(move || listener.serve(&events_tx));
+//!
+//! // A controller that answers every request with READY.
+//! let answer = std::thread::spawn(move || {
+//!     if let Ok(heli_core::Event::Request(incoming)) = events.recv() {
+//!         incoming.reply(heli_core::protocol::Reply::Ready);
+//!     }
+//! });
+//! let mut connection = transport.connect(Duration::from_secs(2))?;
+//! let reply = connection.request(Request::Terminate, Duration::from_secs(2))?;
+//! assert_eq!(reply, heli_core::protocol::Reply::Ready);
+//! answer.join().unwrap();
+//! stop.stop();
+//! server.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod fifo;
+mod io;
+mod stop;
+
+pub use fifo::{FifoConnection, FifoListener, FifoTransport};
+pub use stop::StopHandle;

@@ -1,0 +1,17 @@
+//! heli: attach a debugger to a supervised process later, even under Yama
+//! `ptrace_scope=1`.
+//!
+//! This facade re-exports the three crates heli is made of:
+//! [`core`] (traits, protocol, controller, client), [`transport`] (named
+//! pipes, Unix socket) and [`grant`] (granters and the process supervisor).
+//! See the README for the design and the examples for the controller/client
+//! pair.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use heli_core as core;
+pub use heli_grant as grant;
+pub use heli_transport as transport;
+
+pub use heli_core::{Client, Controller, Error, ErrorKind, Granter, Supervisor, Transport};

@@ -1,0 +1,1 @@
+//! heli's end-to-end tests: one binary, real processes.
