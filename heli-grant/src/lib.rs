@@ -35,5 +35,5 @@ mod scope;
 mod sys;
 
 pub use noop::NoopGranter;
-pub use process::ProcessSupervisor;
+pub use process::{ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};

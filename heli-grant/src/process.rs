@@ -1,10 +1,11 @@
 //! The supervisor of a target process.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -49,6 +50,46 @@ pub struct ProcessSupervisor {
     command: Command,
     running: Option<Running>,
     exits: (Sender<Exit>, Receiver<Exit>),
+    waits: ChildWaits,
+}
+
+/// Who may wait for the supervisor's children, shared by its reaper and a
+/// granter that ptraces them.
+///
+/// A thread that waits for a traced child sees its ptrace stops, whatever
+/// flags it passes: the reaper must not wait while a granter traces the
+/// child, and a granter whose child dies while traced reaps it and must hand
+/// the status on. Both hold [`ChildWaits::lock`] while they wait; a granter
+/// that reaped a child records its status with [`ChildWaitsGuard::reaped`],
+/// and the reaper reports it.
+#[derive(Clone, Debug, Default)]
+pub struct ChildWaits(Arc<Mutex<HashMap<u32, ExitStatus>>>);
+
+/// Exclusive right to wait for the supervisor's children; see [`ChildWaits`].
+#[derive(Debug)]
+pub struct ChildWaitsGuard<'a>(MutexGuard<'a, HashMap<u32, ExitStatus>>);
+
+impl ChildWaits {
+    /// Takes the right to wait for the children, blocking until the holder
+    /// lets go.
+    pub fn lock(&self) -> ChildWaitsGuard<'_> {
+        ChildWaitsGuard(
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+impl ChildWaitsGuard<'_> {
+    /// Records that the holder reaped child `pid`, which ended with `status`.
+    pub fn reaped(&mut self, pid: u32, status: ExitStatus) {
+        self.0.insert(pid, status);
+    }
+
+    fn take(&mut self, pid: u32) -> Option<ExitStatus> {
+        self.0.remove(&pid)
+    }
 }
 
 #[derive(Debug)]
@@ -66,7 +107,14 @@ impl ProcessSupervisor {
             command,
             running: None,
             exits: unbounded(),
+            waits: ChildWaits::default(),
         }
+    }
+
+    /// The lock its reaper takes before it waits for a child; a granter that
+    /// ptraces the children must take it too.
+    pub fn child_waits(&self) -> ChildWaits {
+        self.waits.clone()
     }
 
     /// The command it runs.
@@ -108,6 +156,7 @@ impl Supervisor for ProcessSupervisor {
             pidfd: pidfd.clone(),
             alive: alive.clone(),
             exits: self.exits.0.clone(),
+            waits: self.waits.clone(),
         };
         thread::Builder::new()
             .name(format!("heli-reaper-{pid}"))
@@ -153,6 +202,7 @@ struct Reaper {
     pidfd: Arc<OwnedFd>,
     alive: Arc<AtomicBool>,
     exits: Sender<Exit>,
+    waits: ChildWaits,
 }
 
 impl Reaper {
@@ -168,6 +218,11 @@ impl Reaper {
                     return;
                 }
             }
+            // Not while a granter traces the child: we would steal its stops.
+            let mut waits = self.waits.lock();
+            if let Some(status) = waits.take(self.pid) {
+                break status;
+            }
             match waitid(
                 Id::PIDFd(self.pidfd.as_fd()),
                 WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
@@ -175,6 +230,14 @@ impl Reaper {
                 Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signal(signal as i32),
                 Ok(_) | Err(Errno::EINTR) => continue,
+                // A granter reaped it and recorded the status just now.
+                Err(Errno::ECHILD) => match waits.take(self.pid) {
+                    Some(status) => break status,
+                    None => {
+                        warn!("PID {} was reaped by someone else", self.pid);
+                        return;
+                    }
+                },
                 Err(err) => {
                     warn!("cannot reap PID {}: {err}", self.pid);
                     return;
