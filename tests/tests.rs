@@ -1,1 +1,15 @@
-//! heli's end-to-end tests: one binary, real processes.
+//! heli's end-to-end tests: one binary, real processes, real Python 3.14.
+//!
+//! The example binaries are built by `cargo test` itself; the tests find
+//! them next to this binary. Python 3.14 comes from `$HELI_PYTHON` or the
+//! private install of `scripts/install-python314.sh`: without it the tests
+//! that need it fail (they never skip).
+
+#![allow(unreachable_pub)]
+
+#[allow(dead_code)]
+mod util;
+
+mod attach;
+mod dialect;
+mod supervise;

@@ -1,0 +1,128 @@
+//! The user's story in a pseudo-terminal: controller on the demo target,
+//! client `attach`, real pdb, `p counter`, detach, attach again, terminate.
+
+use std::time::Duration;
+
+use rexpect::session::{spawn_with_options, Options, PtySession};
+
+use crate::util::{alive, serial, wait_for, Controller, SOON};
+
+fn client_session(controller: &Controller) -> PtySession {
+    let options = Options::new()
+        .timeout_ms(Some(30_000))
+        .strip_ansi_escape_codes(true);
+    spawn_with_options(controller.client(), options).unwrap()
+}
+
+/// Attaches, prints `counter`, detaches; returns the counter.
+fn attach_and_read_counter(session: &mut PtySession, controller: &Controller) -> u64 {
+    session.send_line("attach").unwrap();
+    session
+        .exp_string("Requesting ptrace permission for client PID")
+        .unwrap();
+    // rexpect reads Latin-1: match the words after the emoji.
+    session.exp_string("Permission granted").unwrap();
+    session.exp_string("Attaching pdb to target PID").unwrap();
+    if let Err(err) = session.exp_string("(Pdb) ") {
+        panic!(
+            "no pdb prompt: {err}\ncontroller log:\n{}",
+            controller.log_text()
+        );
+    }
+    // Echoed input must not match: print a tuple the input does not contain.
+    session.send_line("p ('counter', counter)").unwrap();
+    let (_, printed) = session.exp_regex(r"\('counter', \d+\)").unwrap();
+    let counter = printed
+        .trim_start_matches("('counter', ")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    session.exp_string("(Pdb) ").unwrap();
+    session.send_line("q").unwrap();
+    session.exp_string("Debugger detached").unwrap();
+    session.exp_string(">>> ").unwrap();
+    counter
+}
+
+#[test]
+fn attach_detach_attach_terminate_in_a_terminal() {
+    let _serial = serial();
+    let mut controller = Controller::start(&["examples/target.py"]);
+    let target = controller.target_pid();
+    assert!(alive(target));
+
+    let mut session = client_session(&controller);
+    session.exp_string(">>> ").unwrap();
+    let first = attach_and_read_counter(&mut session, &controller);
+    assert!(alive(target), "target died after detaching");
+
+    // The target kept running: wait until its counter has moved on.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = attach_and_read_counter(&mut session, &controller);
+    assert!(
+        second > first,
+        "counter did not grow: {first} then {second}"
+    );
+
+    session.send_line("help").unwrap();
+    session.exp_string("terminate").unwrap();
+    session.exp_string(">>> ").unwrap();
+    session.send_line("frobnicate").unwrap();
+    session.exp_string("Unknown command: frobnicate").unwrap();
+    session.exp_string(">>> ").unwrap();
+
+    session.send_line("terminate").unwrap();
+    session.exp_eof().unwrap();
+    let status = controller.wait();
+    // The demo target dies of the SIGTERM it was sent: 128 + 15.
+    assert_eq!(status.code(), Some(143), "{}", controller.log_text());
+    wait_for("target gone", SOON, || !alive(target));
+    assert_eq!(controller.fifo_dir_entries(), Vec::<String>::new());
+    let log = controller.log_text();
+    assert!(log.contains("granted PID"), "{log}");
+}
+
+#[test]
+fn end_of_input_ends_the_client_and_leaves_the_controller() {
+    let _serial = serial();
+    let controller = Controller::start(&["examples/target.py"]);
+    let mut session = client_session(&controller);
+    session.exp_string(">>> ").unwrap();
+    session.send_control('d').unwrap();
+    session.exp_string("Goodbye!").unwrap();
+    session.exp_eof().unwrap();
+    // The controller still serves.
+    assert!(controller.target_pid() > 0);
+}
+
+#[test]
+fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb() {
+    let _serial = serial();
+    let controller = Controller::start(&["examples/target.py"]);
+    let options = Options::new()
+        .timeout_ms(Some(30_000))
+        .strip_ansi_escape_codes(true);
+    let mut command = controller.client();
+    command.arg("attach");
+    let mut session = spawn_with_options(command, options).unwrap();
+    session.exp_string("(Pdb) ").unwrap();
+    session.send_line("p ('counter', counter)").unwrap();
+    session.exp_regex(r"\('counter', \d+\)").unwrap();
+    // Let the target run, then Ctrl-C: it must reach pdb (which stops the
+    // target again), not kill the client.
+    session.exp_string("(Pdb) ").unwrap();
+    session.send_line("c").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    session.send_control('c').unwrap();
+    session.exp_string("(Pdb) ").unwrap();
+    session.send_line("p ('still', counter)").unwrap();
+    session.exp_regex(r"\('still', \d+\)").unwrap();
+    session.send_line("q").unwrap();
+    session.exp_string("Debugger detached").unwrap();
+    session.exp_eof().unwrap();
+    let status = session.process().wait().unwrap();
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
+        "{status:?}"
+    );
+}

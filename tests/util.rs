@@ -1,0 +1,243 @@
+//! What the end-to-end tests share: finding binaries and Python, running a
+//! controller in a private directory, bounded waits.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything that should take well under a second.
+pub const SOON: Duration = Duration::from_secs(20);
+
+/// Serializes tests that start controllers: they fork, forward signals and
+/// print to files; two at once on 2 cores slow each other to timeouts.
+static PROCESSES: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    PROCESSES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `target/<profile>/examples/<name>`, built by `cargo test`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Python 3.14: `$HELI_PYTHON`, else the project's private install.
+pub fn python314() -> PathBuf {
+    let candidates = std::env::var_os("HELI_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")]);
+    for candidate in candidates {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON");
+}
+
+/// Waits for `condition` until `limit`; panics with `what` on timeout.
+pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` to exit, killing it and panicking after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still running after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// A controller example running in a private FIFO directory, killed (with
+/// its target) when dropped.
+pub struct Controller {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub fifo_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    /// Starts `controller --fifo-dir DIR ARGS` and waits until it listens.
+    pub fn start(args: &[&str]) -> Controller {
+        Self::start_at(None, args)
+    }
+
+    /// As [`start`](Self::start), with the pipes in `fifo_dir` if given.
+    pub fn start_at(fifo_dir: Option<&Path>, args: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo_dir = fifo_dir.map_or_else(|| dir.path().join("pipes"), Path::to_path_buf);
+        let log = dir.path().join("controller.log");
+        let mut command = Command::new(example("controller"));
+        command
+            .arg("--fifo-dir")
+            .arg(&fifo_dir)
+            .args(args)
+            .current_dir(repo())
+            .env("HELI_PYTHON", python314())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("target.out")).unwrap())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = command.spawn().unwrap();
+        let mut controller = Controller {
+            child,
+            dir,
+            fifo_dir,
+            log,
+        };
+        // Listening once the pid file names it (stale pipes may be there
+        // before).
+        let pid_file = controller.fifo_dir.join("controller.pid");
+        let me = controller.child.id().to_string();
+        let deadline = Instant::now() + SOON;
+        while fs::read_to_string(&pid_file).ok().as_deref() != Some(me.as_str())
+            || !controller.fifo_dir.join("response").exists()
+        {
+            if let Some(status) = controller.child.try_wait().unwrap() {
+                panic!(
+                    "controller exited with {status} before listening:\n{}",
+                    controller.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller not listening:\n{}",
+                controller.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        controller
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn target_output(&self) -> String {
+        fs::read_to_string(self.dir.path().join("target.out")).unwrap_or_default()
+    }
+
+    /// A client command talking to this controller.
+    pub fn client(&self) -> Command {
+        let mut command = Command::new(example("client"));
+        command
+            .arg("--fifo-dir")
+            .arg(&self.fifo_dir)
+            .env("HELI_PYTHON", python314())
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// Runs `client ARGS` and returns (status, stdout, stderr).
+    pub fn run_client(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut child = self
+            .client()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, SOON);
+        let output = child.wait_with_output().unwrap();
+        (
+            status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// The target's pid, asked through the client.
+    pub fn target_pid(&self) -> u32 {
+        let (status, out, err) = self.run_client(&["pid"]);
+        assert!(
+            status.success(),
+            "client pid failed: {out}{err}\n{}",
+            self.log_text()
+        );
+        out.trim().parse().unwrap()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::try_from(signal).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Waits for the controller to exit and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child, SOON)
+    }
+
+    /// Entries left in the FIFO directory (none or no directory: empty).
+    pub fn fifo_dir_entries(&self) -> Vec<String> {
+        match fs::read_dir(&self.fifo_dir) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes a small Python program into `dir` and returns its path.
+pub fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
