@@ -15,3 +15,8 @@ pub use heli_grant as grant;
 pub use heli_transport as transport;
 
 pub use heli_core::{Client, Controller, Error, ErrorKind, Granter, Supervisor, Transport};
+
+/// The README's code blocks, compiled as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
