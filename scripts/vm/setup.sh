@@ -2,7 +2,7 @@
 # Install what scripts/vm/run.sh needs to boot a real Debian kernel (with the
 # Yama LSM) under qemu via virtme-ng:
 #
-#   apt:      qemu-system-x86 kmod busybox-static udev python3-venv util-linux
+#   apt:      qemu-system-x86 kmod busybox-static udev python3(-venv) util-linux binutils file
 #   venv:     ${HELI_DEPS:-/opt/heli}/venv        (virtme-ng, command `vng`)
 #   kernel:   ${HELI_DEPS:-/opt/heli}/kernel/vmlinuz-VERSION (+ config, System.map)
 #             ${HELI_DEPS:-/opt/heli}/kernel/version          (VERSION, one line)
@@ -35,7 +35,8 @@ VENV=$DEPS/venv
 KDIR=$DEPS/kernel
 VNG_VERSION=${HELI_VNG_VERSION:-1.42}
 FORCE=${HELI_VM_FORCE:-0}
-APT_PKGS=(qemu-system-x86 kmod busybox-static udev python3-venv util-linux)
+# binutils: vng reads the kernel version of a vmlinux with `strings`.
+APT_PKGS=(qemu-system-x86 kmod busybox-static udev python3 python3-venv util-linux binutils file)
 
 log() { printf '[vm-setup] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -134,8 +135,9 @@ if [[ $FORCE == 1 ]] || ! kernel_ok; then
   # apt drops privileges to _apt for downloads; give it a dir it can write.
   chown _apt "$stage" 2>/dev/null || true
   (cd "$stage" && retry 3 apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
-  deb=$(ls "$stage"/linux-image-*.deb 2>/dev/null | head -n1)
-  [[ -n $deb ]] || die "no .deb downloaded"
+  debs=("$stage"/linux-image-*.deb)
+  deb=${debs[0]}
+  [[ -f $deb ]] || die "no .deb downloaded"
   log "unpacking $(basename "$deb")"
   dpkg -x "$deb" "$stage/root" || die "dpkg -x failed"
   r=$stage/root
@@ -145,12 +147,17 @@ if [[ $FORCE == 1 ]] || ! kernel_ok; then
   [[ -d $moddir ]] || die "no modules for $kver in $deb"
   grep -q '^CONFIG_SECURITY_YAMA=y' "$r/boot/config-$kver" || die "$kver has no Yama"
 
-  log "installing modules into /lib/modules/$kver"
-  mkdir -p /lib/modules
-  rm -rf -- "/lib/modules/$kver"
-  cp -a "$moddir" "/lib/modules/$kver"
-  depmod -a "$kver" || die "depmod failed"
-  touch "/lib/modules/$kver/.heli-complete"
+  stamp=$(basename "$deb")
+  if [[ $FORCE != 1 && $(cat "/lib/modules/$kver/.heli-complete" 2>/dev/null) == "$stamp" ]]; then
+    log "/lib/modules/$kver already holds $stamp"
+  else
+    log "installing modules into /lib/modules/$kver"
+    mkdir -p /lib/modules
+    rm -rf -- "/lib/modules/$kver"
+    cp -a "$moddir" "/lib/modules/$kver"
+    depmod -a "$kver" || die "depmod failed"
+    echo "$stamp" >"/lib/modules/$kver/.heli-complete"
+  fi
 
   # Only the image, config and System.map live under $KDIR: with no
   # lib/modules next to the image, vng uses the host root's /lib/modules.
@@ -164,4 +171,33 @@ if [[ $FORCE == 1 ]] || ! kernel_ok; then
 fi
 
 kver=$(<"$KDIR/version")
+if [[ ! -s $KDIR/vmlinux-$kver ]]; then
+  # Uncompressed ELF image for qemu's PVH boot: decompressing the bzImage
+  # under TCG takes ~6 s per boot.  run.sh falls back to vmlinuz without it.
+  log "extracting vmlinux-$kver"
+  if "$VENV/bin/python" - "$KDIR/vmlinuz-$kver" "$KDIR/vmlinux-$kver.tmp" <<'PY'
+import lzma, sys, zlib
+data = open(sys.argv[1], "rb").read()
+decoders = ((b"\xfd7zXZ\x00", lzma.LZMADecompressor),
+            (b"\x1f\x8b\x08", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)))
+for magic, decoder in decoders:
+    i = data.find(magic)
+    while i >= 0:
+        try:
+            out = decoder().decompress(data[i:])
+        except Exception:
+            out = b""
+        if out[:4] == b"\x7fELF" and b"Linux version " in out:
+            open(sys.argv[2], "wb").write(out)
+            sys.exit(0)
+        i = data.find(magic, i + 1)
+sys.exit(1)
+PY
+  then
+    mv -f "$KDIR/vmlinux-$kver.tmp" "$KDIR/vmlinux-$kver"
+  else
+    rm -f "$KDIR/vmlinux-$kver.tmp"
+    log "warning: could not extract vmlinux (boots will be ~6 s slower)"
+  fi
+fi
 log "ready: vng $VNG_VERSION in $VENV, kernel $KDIR/vmlinuz-$kver, modules /lib/modules/$kver"
