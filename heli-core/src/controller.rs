@@ -155,28 +155,37 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             kill_at: None,
         };
         let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
+        let mut listening = true;
         let status = loop {
             let kill_timer = match state.kill_at {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
                 None => never(),
             };
+            // Once the listener has stopped, its closed channel would be
+            // ready on every turn: stop watching it.
+            let requests = if listening { events.clone() } else { never() };
             select! {
                 recv(exits) -> exit => {
-                    let exit = exit.map_err(|_| io::Error::other("supervisor lost its target"))?;
+                    let Ok(exit) = exit else {
+                        warn!("supervisor lost its target; killing it");
+                        let _ = self.supervisor.kill();
+                        break Err(io::Error::other("supervisor lost its target"));
+                    };
                     if exit.pid == state.target {
                         if state.kill_at.is_none() {
                             warn!("target process {} ended on its own ({})", exit.pid, exit.status);
                         } else {
                             info!("target process {} ended ({})", exit.pid, exit.status);
                         }
-                        break exit.status;
+                        break Ok(exit.status);
                     }
                 }
-                recv(events) -> event => match event {
+                recv(requests) -> event => match event {
                     Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
                     Ok(Event::Disconnected(peer)) => debug!("client {peer:?} disconnected"),
                     Err(_) => {
                         warn!("listener stopped; stopping the target");
+                        listening = false;
                         self.begin_stop(&mut state, None);
                     }
                 },
@@ -197,13 +206,13 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         };
 
         stopper.stop();
-        // Answer whatever is queued so no client waits on a reply that never comes.
-        while let Ok(event) = events.try_recv() {
+        // Answer whatever is queued, and whatever the listener sends until it
+        // has stopped, so no client waits on a reply that never comes.
+        for event in events.iter() {
             if let Event::Request(incoming) = event {
                 incoming.reply(not_running());
             }
         }
-        drop(events);
         match serving.join() {
             Ok((listener, result)) => {
                 drop(listener);
@@ -214,7 +223,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             Err(_) => warn!("listener thread panicked"),
         }
         drop(signals);
-        Ok(status)
+        status
     }
 
     fn answer(&mut self, state: &mut State, incoming: Incoming) {

@@ -134,7 +134,7 @@ impl Reply {
                 format!("Unexpected reply from the controller: {line:?}"),
             )
         };
-        let (word, rest) = match line.find(|c: char| c == ' ' || c == ':') {
+        let (word, rest) = match line.find([' ', ':']) {
             Some(at) => (&line[..at], &line[at..]),
             None => (line, ""),
         };
@@ -172,13 +172,15 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The dialect of a command word: lowercase only if it has no uppercase
-    /// letter.
+    /// The dialect of a command word: lowercase if it has lowercase letters
+    /// and no uppercase one; uppercase otherwise (an empty word too).
     pub fn of(word: &str) -> Dialect {
-        if word.chars().any(|c| c.is_ascii_uppercase()) {
-            Dialect::Upper
-        } else {
+        let lower = word.chars().any(|c| c.is_ascii_lowercase());
+        let upper = word.chars().any(|c| c.is_ascii_uppercase());
+        if lower && !upper {
             Dialect::Lower
+        } else {
+            Dialect::Upper
         }
     }
 

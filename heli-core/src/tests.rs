@@ -1,1 +1,1123 @@
-// filled below
+//! Unit tests of the [`Controller`] and the [`Client`] with in-memory fakes.
+//!
+//! The fakes are deliberately tiny and live here, not in the sibling crates:
+//!
+//! - [`Fake`], a [`Transport`] whose requests travel over channels, one
+//!   thread per request on the listener side (so several requests can wait
+//!   for the controller at once), with switches to make `listen`, `connect`
+//!   or `serve` fail and a gate that holds [`Stopper::stop`];
+//! - [`Recorder`], a [`Granter`] that remembers grants and revokes and can be
+//!   told to fail;
+//! - [`Pretend`], a [`Supervisor`] whose "target" ends when the test says so,
+//!   and can be told to ignore `terminate()` or to fail to spawn.
+//!
+//! Whatever could hang is bounded by [`HANG`]: the controller runs on a
+//! thread whose result is awaited with a deadline, and every round trip has
+//! one.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::protocol::{Reply, MAX_LINE};
+use crate::{
+    exchange, Client, Connection, Controller, ErrorKind, Event, Exit, ExitStatus, Granter,
+    Incoming, Listener, Peer, Stopper, Supervisor, Transport,
+};
+
+/// The pretend target's process id.
+const PID: u32 = 4242;
+/// Generous bound on anything that should be quick: past it, a test fails
+/// instead of hanging.
+const HANG: Duration = Duration::from_secs(10);
+/// A short grace period for tests where the kill timer must fire.
+const SHORT_GRACE: Duration = Duration::from_millis(100);
+/// A grace period no test waits for.
+const LONG_GRACE: Duration = Duration::from_secs(600);
+
+// ---------------------------------------------------------------------------
+// The fake transport.
+
+/// A request line and where its reply goes.
+type Wire = (Vec<u8>, Sender<Vec<u8>>);
+
+#[derive(Default)]
+struct FakeConfig {
+    listen_error: Option<io::ErrorKind>,
+    connect_error: Option<io::ErrorKind>,
+    /// `serve` fails at once.
+    serve_error: bool,
+    /// `serve` handles one request at a time, with [`exchange`], as a
+    /// transport over named pipes does.
+    serial: bool,
+    /// `serve` takes this long to return once stopped.
+    linger: Duration,
+    /// `stop()` reports on the first channel, then waits for the second.
+    stop_gate: Option<(Sender<()>, Receiver<()>)>,
+}
+
+struct Wires {
+    config: FakeConfig,
+    to_server: Sender<Wire>,
+    from_clients: Receiver<Wire>,
+    /// One message per request handed to the controller.
+    queued: (Sender<()>, Receiver<()>),
+    /// Every reply line the listener got from the controller.
+    delivered: (Sender<String>, Receiver<String>),
+    listens: AtomicUsize,
+    serving: AtomicBool,
+    served: AtomicBool,
+    stops: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+/// An in-memory [`Transport`]; clones share the same "address".
+#[derive(Clone)]
+struct Fake(Arc<Wires>);
+
+impl Fake {
+    fn new() -> Fake {
+        Fake::with(FakeConfig::default())
+    }
+
+    fn with(config: FakeConfig) -> Fake {
+        let (to_server, from_clients) = unbounded();
+        Fake(Arc::new(Wires {
+            config,
+            to_server,
+            from_clients,
+            queued: unbounded(),
+            delivered: unbounded(),
+            listens: AtomicUsize::new(0),
+            serving: AtomicBool::new(false),
+            served: AtomicBool::new(false),
+            stops: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Sends `line` as it is and returns the reply.
+    fn raw(&self, line: &[u8]) -> String {
+        let mut connection = self.connect(HANG).unwrap();
+        let reply = connection
+            .round_trip(line, Instant::now() + HANG)
+            .unwrap_or_else(|err| panic!("no reply to {:?}: {err}", lossy(line)));
+        String::from_utf8(reply).unwrap()
+    }
+
+    /// Sends `line` from a thread of its own; the reply arrives later.
+    fn raw_async(&self, line: &[u8]) -> Receiver<io::Result<Vec<u8>>> {
+        let (tx, rx) = bounded(1);
+        let mut connection = self.connect(HANG).unwrap();
+        let line = line.to_vec();
+        thread::spawn(move || {
+            let _ = tx.send(connection.round_trip(&line, Instant::now() + HANG));
+        });
+        rx
+    }
+
+    /// A client that will not give up before [`HANG`].
+    fn client(&self) -> Client<Fake> {
+        Client::new(self.clone()).timeout(HANG)
+    }
+}
+
+impl Transport for Fake {
+    type Listener = FakeListener;
+    type Connection = FakeConnection;
+
+    fn listen(&self) -> io::Result<FakeListener> {
+        self.0.listens.fetch_add(1, SeqCst);
+        if let Some(kind) = self.0.config.listen_error {
+            return Err(io::Error::new(kind, "fake listen failure"));
+        }
+        Ok(FakeListener {
+            wires: self.0.clone(),
+            stop: bounded(1),
+        })
+    }
+
+    fn connect(&self, _timeout: Duration) -> io::Result<FakeConnection> {
+        if let Some(kind) = self.0.config.connect_error {
+            return Err(io::Error::new(kind, "fake connect failure"));
+        }
+        Ok(FakeConnection(self.0.to_server.clone()))
+    }
+
+    fn describe(&self) -> String {
+        "the fake address".into()
+    }
+}
+
+struct FakeListener {
+    wires: Arc<Wires>,
+    stop: (Sender<()>, Receiver<()>),
+}
+
+impl FakeListener {
+    fn serve_until_stopped(&mut self, events: &Sender<Event>) -> io::Result<()> {
+        if self.wires.config.serve_error {
+            return Err(io::Error::other("fake listener broke"));
+        }
+        loop {
+            select! {
+                recv(self.stop.1) -> _ => return Ok(()),
+                recv(self.wires.from_clients) -> wire => {
+                    let (line, reply_to) = wire.expect("Wires holds a sender");
+                    if self.wires.config.serial {
+                        let Some(reply) = exchange(events, Peer::default(), Ok(line)) else {
+                            return Ok(());
+                        };
+                        let _ = reply_to.send(reply.into_bytes());
+                        continue;
+                    }
+                    let events = events.clone();
+                    let wires = self.wires.clone();
+                    thread::spawn(move || forward(&wires, events, &line, reply_to));
+                }
+            }
+        }
+    }
+}
+
+/// What a transport does with one request line: hand it to the controller,
+/// pass its reply back.
+fn forward(wires: &Wires, events: Sender<Event>, line: &[u8], reply_to: Sender<Vec<u8>>) {
+    let peer = Peer::default();
+    let (incoming, reply) = Incoming::new(peer, line);
+    if events.send(Event::Request(incoming)).is_err() {
+        return; // The controller is gone: dropping `reply_to` tells the client.
+    }
+    let _ = wires.queued.0.send(());
+    if let Ok(reply) = reply.recv() {
+        let _ = wires.delivered.0.send(reply.clone());
+        let _ = reply_to.send(reply.into_bytes());
+    }
+    let _ = events.send(Event::Disconnected(peer));
+}
+
+impl Listener for FakeListener {
+    type Stopper = FakeStopper;
+
+    fn stopper(&self) -> FakeStopper {
+        FakeStopper {
+            wires: self.wires.clone(),
+            stop: self.stop.0.clone(),
+        }
+    }
+
+    fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
+        self.wires.serving.store(true, SeqCst);
+        let result = self.serve_until_stopped(events);
+        thread::sleep(self.wires.config.linger);
+        self.wires.served.store(true, SeqCst);
+        result
+    }
+}
+
+impl Drop for FakeListener {
+    fn drop(&mut self) {
+        self.wires.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+struct FakeStopper {
+    wires: Arc<Wires>,
+    stop: Sender<()>,
+}
+
+impl Stopper for FakeStopper {
+    fn stop(&self) {
+        self.wires.stops.fetch_add(1, SeqCst);
+        if let Some((entered, go)) = &self.wires.config.stop_gate {
+            let _ = entered.send(());
+            let _ = go.recv_timeout(HANG);
+        }
+        let _ = self.stop.try_send(());
+    }
+}
+
+struct FakeConnection(Sender<Wire>);
+
+impl Connection for FakeConnection {
+    fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+        let (tx, rx) = bounded(1);
+        self.0
+            .send((line.to_vec(), tx))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        rx.recv_deadline(deadline).map_err(|err| match err {
+            RecvTimeoutError::Timeout => io::ErrorKind::TimedOut.into(),
+            RecvTimeoutError::Disconnected => io::ErrorKind::UnexpectedEof.into(),
+        })
+    }
+}
+
+/// Plays the controller's part by hand: answers each request with the next
+/// of `replies` (`None`: hang up without answering), and returns the request
+/// lines it got.
+fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandle<Vec<String>> {
+    let wires = fake.0.clone();
+    thread::spawn(move || {
+        let mut seen = vec![];
+        for reply in replies {
+            let (line, reply_to) = wires
+                .from_clients
+                .recv_timeout(HANG)
+                .expect("the client sent no request");
+            seen.push(lossy(&line));
+            if let Some(reply) = reply {
+                reply_to.send(reply.to_vec()).unwrap();
+            }
+        }
+        seen
+    })
+}
+
+fn lossy(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// The recording granter.
+
+#[derive(Default)]
+struct Grants {
+    /// Successful grants, as (target, client).
+    granted: Vec<(u32, u32)>,
+    /// Every call to `grant`, failed or not.
+    attempts: usize,
+    /// Successful revokes, by target.
+    revoked: Vec<u32>,
+    /// When set, `grant` and `revoke` fail with this message.
+    fail: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Grants>>);
+
+impl Recorder {
+    fn fail(&self, message: Option<&str>) {
+        self.0.lock().unwrap().fail = message.map(str::to_owned);
+    }
+    fn granted(&self) -> Vec<(u32, u32)> {
+        self.0.lock().unwrap().granted.clone()
+    }
+    fn attempts(&self) -> usize {
+        self.0.lock().unwrap().attempts
+    }
+    fn revoked(&self) -> Vec<u32> {
+        self.0.lock().unwrap().revoked.clone()
+    }
+}
+
+impl Granter for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+        let mut grants = self.0.lock().unwrap();
+        grants.attempts += 1;
+        if let Some(message) = &grants.fail {
+            return Err(io::Error::other(message.clone()));
+        }
+        grants.granted.push((target, client));
+        Ok(())
+    }
+
+    fn revoke(&mut self, target: u32) -> io::Result<()> {
+        let mut grants = self.0.lock().unwrap();
+        if let Some(message) = &grants.fail {
+            return Err(io::Error::other(message.clone()));
+        }
+        grants.revoked.push(target);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The pretend supervisor.
+
+struct Target {
+    exit_tx: Mutex<Option<Sender<Exit>>>,
+    exit_rx: Receiver<Exit>,
+    running: AtomicBool,
+    spawn_error: Option<io::ErrorKind>,
+    ignore_terminate: bool,
+    /// When set, `terminate()` first waits for a reply to be delivered and
+    /// records it in `seen_before_terminate`.
+    reply_before_terminate: Option<Receiver<String>>,
+    seen_before_terminate: Mutex<Vec<Option<String>>>,
+    spawns: AtomicUsize,
+    terminates: AtomicUsize,
+    kills: AtomicUsize,
+    signals: Mutex<Vec<i32>>,
+}
+
+/// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
+/// the test, `terminate` or `kill` ends it.
+#[derive(Clone)]
+struct Pretend(Arc<Target>);
+
+#[derive(Default)]
+struct PretendConfig {
+    spawn_error: Option<io::ErrorKind>,
+    ignore_terminate: bool,
+    reply_before_terminate: Option<Receiver<String>>,
+}
+
+impl Pretend {
+    fn new() -> Pretend {
+        Pretend::with(PretendConfig::default())
+    }
+
+    fn stubborn() -> Pretend {
+        Pretend::with(PretendConfig {
+            ignore_terminate: true,
+            ..PretendConfig::default()
+        })
+    }
+
+    fn with(config: PretendConfig) -> Pretend {
+        let (exit_tx, exit_rx) = bounded(16);
+        Pretend(Arc::new(Target {
+            exit_tx: Mutex::new(Some(exit_tx)),
+            exit_rx,
+            running: AtomicBool::new(false),
+            spawn_error: config.spawn_error,
+            ignore_terminate: config.ignore_terminate,
+            reply_before_terminate: config.reply_before_terminate,
+            seen_before_terminate: Mutex::new(vec![]),
+            spawns: AtomicUsize::new(0),
+            terminates: AtomicUsize::new(0),
+            kills: AtomicUsize::new(0),
+            signals: Mutex::new(vec![]),
+        }))
+    }
+
+    /// Reports that process `pid` ended with `status`.
+    fn report(&self, pid: u32, status: ExitStatus) {
+        if pid == PID {
+            self.0.running.store(false, SeqCst);
+        }
+        if let Some(tx) = &*self.0.exit_tx.lock().unwrap() {
+            tx.try_send(Exit { pid, status }).unwrap();
+        }
+    }
+
+    /// The target ends on its own.
+    fn exit(&self, status: ExitStatus) {
+        self.report(PID, status);
+    }
+
+    /// The supervisor loses track of its target: the exit channel closes.
+    fn lose_target(&self) {
+        self.0.exit_tx.lock().unwrap().take();
+    }
+
+    fn spawns(&self) -> usize {
+        self.0.spawns.load(SeqCst)
+    }
+    fn terminates(&self) -> usize {
+        self.0.terminates.load(SeqCst)
+    }
+    fn kills(&self) -> usize {
+        self.0.kills.load(SeqCst)
+    }
+}
+
+impl Supervisor for Pretend {
+    fn spawn(&mut self) -> io::Result<u32> {
+        self.0.spawns.fetch_add(1, SeqCst);
+        if let Some(kind) = self.0.spawn_error {
+            return Err(io::Error::new(kind, "fake spawn failure"));
+        }
+        self.0.running.store(true, SeqCst);
+        Ok(PID)
+    }
+
+    fn exits(&self) -> Receiver<Exit> {
+        self.0.exit_rx.clone()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.0.running.load(SeqCst).then_some(PID)
+    }
+
+    fn signal(&mut self, signal: i32) -> io::Result<()> {
+        self.0.signals.lock().unwrap().push(signal);
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        self.0.terminates.fetch_add(1, SeqCst);
+        if let Some(replies) = &self.0.reply_before_terminate {
+            let seen = replies.recv_timeout(HANG).ok();
+            self.0.seen_before_terminate.lock().unwrap().push(seen);
+        }
+        if !self.0.ignore_terminate && self.0.running.load(SeqCst) {
+            self.report(PID, ExitStatus::Signal(15));
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        self.0.kills.fetch_add(1, SeqCst);
+        if self.0.running.load(SeqCst) {
+            self.report(PID, ExitStatus::Signal(9));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running a controller with a deadline.
+
+/// A controller running on a thread of its own.
+struct Running(Receiver<io::Result<ExitStatus>>);
+
+fn start<G: Granter + Send + 'static>(controller: Controller<Fake, G, Pretend>) -> Running {
+    let (tx, rx) = bounded(1);
+    thread::spawn(move || {
+        let _ = tx.send(controller.run());
+    });
+    Running(rx)
+}
+
+impl Running {
+    /// What `run` returned; fails the test if it did not return within
+    /// [`HANG`] (or panicked).
+    fn join(self) -> io::Result<ExitStatus> {
+        match self.0.recv_timeout(HANG) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("Controller::run did not return within {HANG:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("Controller::run panicked"),
+        }
+    }
+
+    /// Asserts `run` has not returned (yet).
+    fn assert_running(&self) {
+        assert!(
+            self.0.is_empty(),
+            "Controller::run returned early: {:?}",
+            self.0.try_recv()
+        );
+    }
+}
+
+/// The usual set-up: a fresh fake transport, recorder and pretend target.
+fn controller() -> (Fake, Recorder, Pretend) {
+    (Fake::new(), Recorder::default(), Pretend::new())
+}
+
+/// Asserts that `run` stopped, joined and dropped the listener.
+fn assert_listener_cleaned_up(fake: &Fake) {
+    let wires = &fake.0;
+    assert!(wires.stops.load(SeqCst) >= 1, "stopper not called");
+    assert!(wires.served.load(SeqCst), "serve() had not returned");
+    assert_eq!(wires.dropped.load(SeqCst), 1, "listener not dropped");
+}
+
+// ---------------------------------------------------------------------------
+// Requests.
+
+#[test]
+fn get_target_pid_names_the_spawned_target() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
+    assert_eq!(fake.raw(b"Get_Target_Pid"), "TARGET_PID 4242\n");
+    assert_eq!(target.spawns(), 1);
+    assert_eq!(target.terminates(), 0);
+    running.assert_running();
+
+    fake.client().terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+}
+
+#[test]
+fn grant_access_grants_the_client_on_the_target() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    fake.client().grant_access(77).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.raw(b"GRANT_ACCESS 78\n"), "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77), (PID, 78)]);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn failed_grant_is_an_error_reply() {
+    let (fake, granter, target) = controller();
+    granter.fail(Some("no ptrace for you"));
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 77\n"),
+        "ERROR: Grant failed: no ptrace for you\n"
+    );
+    let err = fake.client().grant_access(77).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "Grant failed: no ptrace for you");
+    assert_eq!(granter.attempts(), 2);
+    assert!(granter.granted().is_empty());
+
+    // The controller carries on, and a later grant can succeed.
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    granter.fail(None);
+    fake.client().grant_access(77).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77)]);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn revoke_withdraws_the_grant() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    fake.client().grant_access(77).unwrap();
+    fake.client().revoke().unwrap();
+    assert_eq!(granter.revoked(), [PID]);
+    assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
+    assert_eq!(granter.revoked(), [PID, PID]);
+
+    granter.fail(Some("prctl failed"));
+    assert_eq!(
+        fake.raw(b"REVOKE\n"),
+        "ERROR: Revoke failed: prctl failed\n"
+    );
+    let err = fake.client().revoke().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "Revoke failed: prctl failed");
+    assert_eq!(granter.revoked(), [PID, PID]);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn bad_requests_get_an_error_and_serving_goes_on() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(
+        fake.clone(),
+        granter.clone(),
+        target.clone(),
+    ));
+
+    let mut long = b"GET_TARGET_PID ".to_vec();
+    long.resize(MAX_LINE + 1000, b'A');
+    long.push(b'\n');
+    let cases: &[(&[u8], &str)] = &[
+        (b"FOO\n", "ERROR: Unknown command: FOO\n"),
+        (b"ATTACH 12\n", "ERROR: Unknown command: ATTACH\n"),
+        (b"GRANT_ACCESS abc\n", "ERROR: Invalid PID\n"),
+        (b"GRANT_ACCESS 0\n", "ERROR: Invalid PID\n"),
+        (b"GRANT_ACCESS -3\n", "ERROR: Invalid PID\n"),
+        (b"GRANT_ACCESS\n", "ERROR: Invalid PID\n"),
+        (b"GRANT_ACCESS 1 2\n", "ERROR: Invalid PID\n"),
+        (b"TERMINATE now\n", "ERROR: TERMINATE takes no argument\n"),
+        (&long, "ERROR: Request longer than 4096 bytes\n"),
+    ];
+    for (line, reply) in cases {
+        assert_eq!(fake.raw(line), *reply, "{:?}", lossy(line));
+        // Still serving, and nothing was done on the bad request's behalf.
+        assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
+    }
+    // Lines without a command word are answered in the documented
+    // (uppercase) form.
+    let wordless: &[(&[u8], &str)] = &[
+        (b"\n", "ERROR: Empty request\n"),
+        (b"  \n", "ERROR: Empty request\n"),
+        (b"\xff\xfe\n", "ERROR: Request is not valid UTF-8\n"),
+    ];
+    for (line, reply) in wordless {
+        assert_eq!(fake.raw(line), *reply, "{:?}", lossy(line));
+        assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
+    }
+    assert_eq!(granter.attempts(), 0);
+    assert_eq!(target.terminates(), 0);
+    running.assert_running();
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn lowercase_dialect_round_trip() {
+    // Through a one-request-at-a-time listener built on `exchange`.
+    let fake = Fake::with(FakeConfig {
+        serial: true,
+        ..FakeConfig::default()
+    });
+    let (granter, target) = (Recorder::default(), Pretend::new());
+    let running = start(Controller::new(
+        fake.clone(),
+        granter.clone(),
+        target.clone(),
+    ));
+
+    assert_eq!(fake.raw(b"get_target_pid\n"), "target_pid 4242\n");
+    assert_eq!(fake.raw(b"grant_access 42\n"), "ready\n");
+    assert_eq!(granter.granted(), [(PID, 42)]);
+    assert_eq!(fake.raw(b"revoke\n"), "ready\n");
+    assert_eq!(fake.raw(b"bogus\n"), "error : Unknown command: bogus\n");
+    assert_eq!(fake.raw(b"grant_access x\n"), "error : Invalid PID\n");
+    granter.fail(Some("nope"));
+    assert_eq!(
+        fake.raw(b"grant_access 42\n"),
+        "error : Grant failed: nope\n"
+    );
+    assert_eq!(fake.raw(b"terminate\n"), "ready\n");
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(target.terminates(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Stopping.
+
+#[test]
+fn terminate_replies_ready_then_stops_the_target() {
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        reply_before_terminate: Some(fake.0.delivered.1.clone()),
+        ..PretendConfig::default()
+    });
+    let running = start(Controller::new(
+        fake.clone(),
+        Recorder::default(),
+        target.clone(),
+    ));
+
+    fake.client().terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 0, "killed although it obeyed terminate()");
+    // terminate() came after the READY had been sent, not before.
+    assert_eq!(
+        *target.0.seen_before_terminate.lock().unwrap(),
+        [Some("READY\n".to_owned())]
+    );
+    assert_listener_cleaned_up(&fake);
+}
+
+#[test]
+fn target_ignoring_terminate_is_killed_after_the_grace_period() {
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let running = start(
+        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+    );
+
+    fake.client().terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 1);
+    assert_listener_cleaned_up(&fake);
+}
+
+#[test]
+fn no_grant_while_shutting_down() {
+    let (fake, granter, _) = controller();
+    let target = Pretend::stubborn();
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+
+    fake.client().terminate().unwrap();
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 77\n"),
+        "ERROR: The controller is shutting down\n"
+    );
+    let err = fake.client().grant_access(77).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "The controller is shutting down");
+    assert_eq!(granter.attempts(), 0);
+    // Other requests are still answered while the target is ending.
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    running.assert_running();
+
+    target.exit(ExitStatus::Code(0));
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(target.kills(), 0);
+}
+
+#[test]
+fn shutdown_handle_stops_the_controller() {
+    let (fake, granter, target) = controller();
+    let controller = Controller::new(fake.clone(), granter, target.clone());
+    let handle = controller.shutdown_handle();
+    let running = start(controller);
+
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    running.assert_running();
+    handle.shutdown();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 0);
+    assert_listener_cleaned_up(&fake);
+    handle.shutdown(); // harmless once the controller is gone
+}
+
+#[test]
+fn shutdown_handle_kills_a_stubborn_target() {
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let controller =
+        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE);
+    let handle = controller.shutdown_handle();
+    // Asked before it even runs: it starts the target, then stops it.
+    handle.shutdown();
+    let running = start(controller);
+
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(target.spawns(), 1);
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The target ending on its own.
+
+#[test]
+fn run_returns_the_status_of_a_target_that_ended_on_its_own() {
+    for status in [
+        ExitStatus::Code(0),
+        ExitStatus::Code(3),
+        ExitStatus::Signal(11),
+    ] {
+        let (fake, granter, target) = controller();
+        let running = start(Controller::new(fake.clone(), granter, target.clone()));
+        assert_eq!(fake.client().target_pid().unwrap(), PID);
+
+        // Another process's exit is not the target's.
+        target.report(999, ExitStatus::Code(1));
+        assert_eq!(fake.client().target_pid().unwrap(), PID);
+        running.assert_running();
+
+        target.exit(status);
+        assert_eq!(running.join().unwrap(), status);
+        assert_eq!(target.terminates(), 0, "{status}");
+        assert_eq!(target.kills(), 0, "{status}");
+        assert_listener_cleaned_up(&fake);
+    }
+}
+
+#[test]
+fn requests_pending_when_the_target_ends_are_answered() {
+    let (entered_tx, entered) = bounded(1);
+    let (go, go_rx) = bounded(1);
+    let fake = Fake::with(FakeConfig {
+        stop_gate: Some((entered_tx, go_rx)),
+        ..FakeConfig::default()
+    });
+    let (granter, target) = (Recorder::default(), Pretend::new());
+    let running = start(Controller::new(
+        fake.clone(),
+        granter.clone(),
+        target.clone(),
+    ));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    fake.0.queued.1.recv_timeout(HANG).unwrap(); // that request's
+
+    // The target ends; the controller, on its way out, stops the listener
+    // (held at the gate) while requests are still coming in.
+    target.exit(ExitStatus::Code(0));
+    entered
+        .recv_timeout(HANG)
+        .expect("the controller did not stop the listener");
+    let lines: [&[u8]; 3] = [
+        b"GET_TARGET_PID\n",
+        b"GRANT_ACCESS 5\n",
+        b"get_target_pid\n",
+    ];
+    let replies: Vec<_> = lines.iter().map(|line| fake.raw_async(line)).collect();
+    for _ in lines {
+        fake.0
+            .queued
+            .1
+            .recv_timeout(HANG)
+            .expect("request not handed to the controller");
+    }
+    go.send(()).unwrap();
+
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    let replies: Vec<_> = replies
+        .into_iter()
+        .map(|reply| {
+            let reply = reply.recv_timeout(HANG).expect("a client hangs");
+            lossy(&reply.expect("no reply"))
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            "ERROR: Target process not running\n",
+            "ERROR: Target process not running\n",
+            "error : Target process not running\n",
+        ]
+    );
+    assert_eq!(granter.attempts(), 0);
+    assert_listener_cleaned_up(&fake);
+}
+
+#[test]
+fn losing_the_target_is_an_error_and_cleans_up() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+
+    target.lose_target();
+    let err = running.join().unwrap_err();
+    assert!(err.to_string().contains("lost its target"), "{err}");
+    // Documented: on error, the target is not left running.
+    assert_eq!(target.kills(), 1);
+    assert_listener_cleaned_up(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// Start-up failures and clean-up.
+
+#[test]
+fn listen_failure_is_returned_and_nothing_is_spawned() {
+    let fake = Fake::with(FakeConfig {
+        listen_error: Some(io::ErrorKind::AddrInUse),
+        ..FakeConfig::default()
+    });
+    let target = Pretend::new();
+    let err = start(Controller::new(
+        fake.clone(),
+        Recorder::default(),
+        target.clone(),
+    ))
+    .join()
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    assert_eq!(fake.0.listens.load(SeqCst), 1);
+    assert_eq!(target.spawns(), 0);
+}
+
+#[test]
+fn spawn_failure_is_returned_and_the_listener_dropped() {
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        spawn_error: Some(io::ErrorKind::NotFound),
+        ..PretendConfig::default()
+    });
+    let err = start(Controller::new(
+        fake.clone(),
+        Recorder::default(),
+        target.clone(),
+    ))
+    .join()
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    assert_eq!(target.spawns(), 1);
+    assert_eq!(fake.0.listens.load(SeqCst), 1);
+    assert_eq!(fake.0.dropped.load(SeqCst), 1, "listener not cleaned up");
+    assert!(!fake.0.serving.load(SeqCst), "served without a target");
+}
+
+#[test]
+fn run_joins_the_listener_before_returning() {
+    // A listener slow to wind down: `run` must wait for it, then drop it.
+    let fake = Fake::with(FakeConfig {
+        linger: Duration::from_millis(200),
+        ..FakeConfig::default()
+    });
+    let target = Pretend::new();
+    let running = start(Controller::new(
+        fake.clone(),
+        Recorder::default(),
+        target.clone(),
+    ));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+
+    target.exit(ExitStatus::Code(0));
+    running.join().unwrap();
+    assert_eq!(fake.0.stops.load(SeqCst), 1);
+    assert_listener_cleaned_up(&fake);
+}
+
+#[test]
+fn listener_failure_stops_the_target_once() {
+    let fake = Fake::with(FakeConfig {
+        serve_error: true,
+        ..FakeConfig::default()
+    });
+    let target = Pretend::stubborn();
+    let running = start(
+        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+    );
+
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(
+        target.terminates(),
+        1,
+        "asked the target to stop more than once"
+    );
+    assert_eq!(target.kills(), 1);
+    assert_listener_cleaned_up(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// The client.
+
+/// Runs `f` on a thread and returns its result, failing after [`HANG`].
+fn within<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = bounded(1);
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(HANG).expect("hung, or panicked")
+}
+
+#[test]
+fn client_without_a_controller_is_not_running() {
+    for kind in [io::ErrorKind::NotFound, io::ErrorKind::ConnectionRefused] {
+        let fake = Fake::with(FakeConfig {
+            connect_error: Some(kind),
+            ..FakeConfig::default()
+        });
+        let err = fake.client().target_pid().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotRunning, "{kind:?}");
+        assert_eq!(
+            err.message(),
+            "Controller not running (nothing listens at the fake address)"
+        );
+    }
+
+    let fake = Fake::with(FakeConfig {
+        connect_error: Some(io::ErrorKind::PermissionDenied),
+        ..FakeConfig::default()
+    });
+    let err = fake.client().target_pid().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(
+        err.message()
+            .starts_with("Cannot reach the controller at the fake address"),
+        "{err}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn client_times_out_naming_the_request() {
+    // Nobody serves: requests wait on the wire forever.
+    let fake = Fake::new();
+    let client = Client::new(fake).timeout(Duration::from_millis(100));
+    let (pid, grant) = within(move || (client.target_pid(), client.grant_access(7)));
+
+    let err = pid.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(
+        err.message()
+            .starts_with("Timeout waiting for response to GET_TARGET_PID"),
+        "{err}"
+    );
+    let err = grant.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.message().contains("GRANT_ACCESS 7"), "{err}");
+}
+
+#[test]
+fn client_turns_error_replies_into_refused() {
+    let fake = Fake::new();
+    let server = script(
+        &fake,
+        vec![
+            Some(b"ERROR: Grant failed: nope\n"),
+            Some(b"error : Target process not running\n"),
+        ],
+    );
+    let client = fake.client();
+    let (first, second) = within(move || (client.grant_access(9), client.target_pid()));
+
+    let err = first.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "Grant failed: nope");
+    let err = second.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "Target process not running");
+    assert_eq!(
+        server.join().unwrap(),
+        ["GRANT_ACCESS 9\n", "GET_TARGET_PID\n"]
+    );
+}
+
+#[test]
+fn client_rejects_replies_of_the_wrong_type() {
+    let fake = Fake::new();
+    let server = script(
+        &fake,
+        vec![
+            Some(b"READY\n"),
+            Some(b"TARGET_PID 5\n"),
+            Some(b"hello\n"),
+            Some(b"TARGET_PID \xff\n"),
+            Some(b"TARGET_PID 5\n"),
+        ],
+    );
+    let client = fake.client();
+    let results = within(move || {
+        [
+            client.target_pid().map(drop),
+            client.grant_access(9),
+            client.terminate(),
+            client.target_pid().map(drop),
+            client.revoke(),
+        ]
+    });
+    for result in results {
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::MalformedReply);
+    }
+    // The client speaks the documented (uppercase) dialect.
+    assert_eq!(
+        server.join().unwrap(),
+        [
+            "GET_TARGET_PID\n",
+            "GRANT_ACCESS 9\n",
+            "TERMINATE\n",
+            "GET_TARGET_PID\n",
+            "REVOKE\n"
+        ]
+    );
+}
+
+#[test]
+fn client_reports_a_controller_that_went_away() {
+    let fake = Fake::new();
+    let server = script(&fake, vec![None]);
+    let client = fake.client();
+    let err = within(move || client.target_pid()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.message().contains("went away"), "{err}");
+    server.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Exit status.
+
+#[test]
+fn exit_status_shell_code() {
+    assert_eq!(ExitStatus::Code(0).shell_code(), 0);
+    assert_eq!(ExitStatus::Code(3).shell_code(), 3);
+    assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    assert_eq!(ExitStatus::Signal(15).shell_code(), 143);
+    assert!(ExitStatus::Code(0).success());
+    assert!(!ExitStatus::Code(1).success());
+    assert!(!ExitStatus::Signal(15).success());
+    assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+    assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9");
+}

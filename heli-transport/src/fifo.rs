@@ -13,12 +13,12 @@ use heli_core::protocol::LineBuffer;
 use heli_core::{exchange, Connection, Event, Listener, Peer, Transport};
 use log::{debug, warn};
 use nix::errno::Errno;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::{openat, Flock, FlockArg, Flockable, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{mkfifoat, unlinkat, Uid, UnlinkatFlags};
 
-use crate::io::{drain, read_line, wait_any, write_all};
+use crate::io::{drain, has_input, read_line, wait_any, write_all};
 use crate::stop::{StopHandle, StopSignal};
 
 const CONTROL: &str = "control";
@@ -51,7 +51,11 @@ const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 /// response pipe waits in the pipe instead of being lost, and every read and
 /// write has a deadline. Clients of this crate take a lock on the control
 /// pipe for the length of a request, so two of them never read each other's
-/// replies; stale replies (of a client that gave up) are drained first.
+/// replies. The controller holds a lock on the response pipe from reading a
+/// request until its reply is written; a client waits until no request is
+/// unread and that lock is free, then drains stale replies (of a client
+/// that gave up) before sending its own, so a late reply never reaches the
+/// next client.
 ///
 /// # Examples
 ///
@@ -221,26 +225,29 @@ impl Transport for FifoTransport {
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
-        .map_err(|err| annotate(err.into(), &self.dir.join(PID_FILE)))?;
-        let mut pid_file = File::from(pid_fd);
-        if let Err(err) = pid_file.try_lock() {
-            let mut text = String::new();
-            let _ = pid_file.read_to_string(&mut text);
-            let who = match text.trim().parse::<u32>() {
-                Ok(pid) => format!("PID {pid}"),
-                Err(_) => "another process".to_owned(),
-            };
-            return Err(match err {
-                std::fs::TryLockError::WouldBlock => io::Error::new(
+        .map_err(|err| match err {
+            Errno::ELOOP => refuse(&self.dir.join(PID_FILE), "is a symbolic link"),
+            err => annotate(err.into(), &self.dir.join(PID_FILE)),
+        })?;
+        let mut pid_file = match Flock::lock(File::from(pid_fd), FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((mut pid_file, Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = pid_file.read_to_string(&mut text);
+                let who = match text.trim().parse::<u32>() {
+                    Ok(pid) => format!("PID {pid}"),
+                    Err(_) => "another process".to_owned(),
+                };
+                return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
                         "another controller ({who}) is already serving {}; stop it first or use another directory",
                         self.dir.display()
                     ),
-                ),
-                std::fs::TryLockError::Error(err) => err,
-            });
-        }
+                ));
+            }
+            Err((_, err)) => return Err(err.into()),
+        };
         pid_file.set_len(0)?;
         pid_file.rewind()?;
         write!(pid_file, "{}", std::process::id())?;
@@ -304,6 +311,7 @@ impl Transport for FifoTransport {
                     io::ErrorKind::NotFound,
                     format!("{} not found", path.display()),
                 ),
+                Errno::ELOOP => refuse(&path, "is a symbolic link"),
                 err => annotate(err.into(), &path),
             })?;
             check_fifo(&fd, &path)?;
@@ -311,31 +319,68 @@ impl Transport for FifoTransport {
         };
         let control = File::from(open(CONTROL, OFlag::O_WRONLY)?);
         let response = open(RESPONSE, OFlag::O_RDONLY)?;
+        // Only to see whether requests wait unread; never read from.
+        let unread = open(CONTROL, OFlag::O_RDONLY)?;
 
-        // One request at a time among our clients; wait for the lock until
-        // the deadline (flock has no timeout of its own).
+        // One request at a time among our clients.
+        let control = lock_until(
+            control,
+            FlockArg::LockExclusiveNonblock,
+            deadline,
+            "another client kept the controller busy",
+        )?;
+        // A client that gave up may have left a request the controller is
+        // still answering. The controller holds the response pipe's lock
+        // from before it reads a request until its reply is written: once
+        // no request is unread and *then* the lock is free, every earlier
+        // reply is in the pipe, and draining it leaves ours alone.
         loop {
-            match control.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
+            if !has_input(unread.as_fd())? {
+                // Unlocked again at once.
+                match Flock::lock(response.try_clone()?, FlockArg::LockSharedNonblock) {
+                    Ok(_idle) => break,
+                    Err((_, Errno::EWOULDBLOCK)) => {}
+                    Err((_, err)) => return Err(err.into()),
                 }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "another client kept the controller busy",
-                    ))
-                }
-                Err(std::fs::TryLockError::Error(err)) => return Err(err),
             }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the controller is still busy with an earlier request",
+                ));
+            }
+            std::thread::sleep(LOCK_RETRY);
         }
-        // A reply left by a client that gave up is not ours.
         drain(&response);
         Ok(FifoConnection { control, response })
     }
 
     fn describe(&self) -> String {
         format!("{} (named pipes)", self.dir.display())
+    }
+}
+
+/// How often a waiting lock is tried again (flock has no timeout).
+const LOCK_RETRY: Duration = Duration::from_millis(2);
+
+/// Takes the flock(2) lock `arg` (a non-blocking one) of `fd`'s open file,
+/// trying again until `deadline`; `TimedOut` saying `what` then.
+fn lock_until<T: Flockable>(
+    mut fd: T,
+    arg: FlockArg,
+    deadline: Instant,
+    what: &str,
+) -> io::Result<Flock<T>> {
+    loop {
+        match Flock::lock(fd, arg) {
+            Ok(locked) => return Ok(locked),
+            Err((back, Errno::EWOULDBLOCK)) if Instant::now() < deadline => fd = back,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()))
+            }
+            Err((_, err)) => return Err(err.into()),
+        }
+        std::thread::sleep(LOCK_RETRY);
     }
 }
 
@@ -348,9 +393,29 @@ pub struct FifoListener {
     created_dir: bool,
     control: OwnedFd,
     response: OwnedFd,
-    _pid_file: File,
+    _pid_file: Flock<File>,
     stop: StopSignal,
     reply_timeout: Duration,
+}
+
+impl FifoListener {
+    /// Takes the response pipe's lock, held while answering the requests
+    /// read (see [`FifoTransport::connect`]); unlocked when dropped.
+    fn busy(&self) -> Option<Flock<OwnedFd>> {
+        // Clients hold it for an instant only; still, never wait unbounded.
+        let deadline = Instant::now() + self.reply_timeout;
+        let locked = self.response.try_clone().and_then(|response| {
+            lock_until(
+                response,
+                FlockArg::LockExclusiveNonblock,
+                deadline,
+                "a client holds it",
+            )
+        });
+        locked
+            .inspect_err(|err| warn!("answering without the response pipe's lock: {err}"))
+            .ok()
+    }
 }
 
 impl Listener for FifoListener {
@@ -386,6 +451,9 @@ impl Listener for FifoListener {
             if !seen[1].is_empty() {
                 return Ok(());
             }
+            // Before reading, so that a client never sees the request gone
+            // from the pipe and the lock free while it is being answered.
+            let _busy = self.busy();
             match nix::unistd::read(&self.control, &mut buf) {
                 Ok(n) => lines.extend(&buf[..n]),
                 Err(Errno::EAGAIN | Errno::EINTR) => continue,
@@ -426,13 +494,13 @@ impl Drop for FifoListener {
 /// A client's end of a [`FifoTransport`], holding the request lock.
 #[derive(Debug)]
 pub struct FifoConnection {
-    control: File,
+    control: Flock<File>,
     response: OwnedFd,
 }
 
 impl Connection for FifoConnection {
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
-        write_all(&self.control, line, deadline)?;
+        write_all(&*self.control, line, deadline)?;
         let mut lines = LineBuffer::new();
         read_line(&self.response, &mut lines, deadline)
     }

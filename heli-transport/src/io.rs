@@ -49,6 +49,22 @@ pub(crate) fn wait_any<const N: usize>(
     }
 }
 
+/// Whether `fd` has bytes to read right now.
+pub(crate) fn has_input(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        let mut polled = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut polled, PollTimeout::ZERO) {
+            Ok(_) => {
+                return Ok(polled[0]
+                    .revents()
+                    .is_some_and(|seen| seen.contains(PollFlags::POLLIN)))
+            }
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// Reads from the non-blocking `fd` until `lines` holds a complete line or
 /// the deadline passes, and returns that line.
 ///

@@ -1,0 +1,1075 @@
+//! `FifoTransport` with real named pipes in temporary directories.
+//!
+//! Every test runs its body under a watchdog ([`bounded`]): a hang is a
+//! failure, never a stuck test run. The controller is a tiny fake: a thread
+//! that answers each [`Event::Request`] with a closure's reply.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{chown, symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use heli_core::protocol::{Reply, Request};
+use heli_core::{Client, Connection, ErrorKind, Event, Listener, Stopper, Transport};
+use heli_transport::{FifoTransport, StopHandle};
+use nix::sys::stat::Mode;
+
+/// The pid the fake controller reports for its target.
+const TARGET: u32 = 4242;
+
+/// A uid nobody in these tests runs as.
+const NOBODY: u32 = 65534;
+
+/// Runs `body` on a thread and fails the test if it takes longer than
+/// `secs` seconds; a panic in `body` is the test's panic.
+fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    let runner = thread::spawn(move || {
+        let _ = done.send(body());
+    });
+    match result.recv_timeout(Duration::from_secs(secs)) {
+        Ok(value) => {
+            let _ = runner.join();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test still running after {secs} s: something hangs")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match runner.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body returned without sending its result"),
+        },
+    }
+}
+
+/// Waits for `thread` to finish, at most `limit`.
+fn join_within<T>(thread: JoinHandle<T>, limit: Duration) -> T {
+    let deadline = Instant::now() + limit;
+    while !thread.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "thread still running after {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    match thread.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// What the fake controller was asked: the request, or the parse error.
+type Seen = Arc<Mutex<Vec<Result<Request, String>>>>;
+
+/// The usual answers: the target's pid, `READY`, and `ERROR: <pid>` for
+/// `GRANT_ACCESS <pid>` so that every client can tell its reply from others'.
+fn standard(request: Result<Request, String>) -> Reply {
+    match request {
+        Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
+        Ok(Request::GrantAccess(pid)) => Reply::Error(pid.to_string()),
+        Ok(_) => Reply::Ready,
+        Err(message) => Reply::Error(message),
+    }
+}
+
+/// A listener served on a thread, answered by a fake controller thread.
+struct Server {
+    transport: FifoTransport,
+    stop: StopHandle,
+    serve: Option<JoinHandle<io::Result<()>>>,
+    seen: Seen,
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    /// Serves `<tempdir>/pipes`, answering with [`standard`].
+    fn start() -> Server {
+        Server::answering(standard)
+    }
+
+    /// Serves `<tempdir>/pipes`, answering with `answer`.
+    fn answering(answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let transport = FifoTransport::new(tmp.path().join("pipes"));
+        Server::on(tmp, transport, answer)
+    }
+
+    fn on(
+        tmp: tempfile::TempDir,
+        transport: FifoTransport,
+        mut answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static,
+    ) -> Server {
+        let mut listener = transport.listen().expect("listen");
+        let stop = listener.stopper();
+        let (events_tx, events) = crossbeam_channel::bounded(0);
+        let serve = thread::spawn(move || listener.serve(&events_tx));
+        let seen = Seen::default();
+        let log = Arc::clone(&seen);
+        // Ends when `serve` returns and drops the sender.
+        thread::spawn(move || {
+            for event in events.iter() {
+                if let Event::Request(incoming) = event {
+                    let request = incoming.request().map_err(|err| err.to_string());
+                    log.lock().unwrap().push(request.clone());
+                    incoming.reply(answer(request));
+                }
+            }
+        });
+        Server {
+            transport,
+            stop,
+            serve: Some(serve),
+            seen,
+            _tmp: tmp,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.transport.dir()
+    }
+
+    fn client(&self) -> Client<FifoTransport> {
+        Client::new(self.transport.clone())
+    }
+
+    fn seen(&self) -> Vec<Result<Request, String>> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops `serve` and returns its result; the listener is dropped.
+    fn shut_down(mut self) -> io::Result<()> {
+        self.stop.stop();
+        join_within(self.serve.take().unwrap(), Duration::from_secs(2))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(serve) = self.serve.take() {
+            // Never hang here: the watchdog reports a stuck test.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !serve.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Waits until the fake controller has been asked `n` requests.
+fn wait_seen(server: &Server, n: usize) {
+    let start = Instant::now();
+    while server.seen().len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the controller saw {:?}, expected {n} requests",
+            server.seen()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+/// A private directory, as `listen` would make it.
+fn private_dir(path: &Path) {
+    fs::create_dir(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Opens a FIFO without blocking (a writer fails with ENXIO when nobody reads).
+fn open_nonblocking(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// What the original Python client does: blocking `open()` of `control` for
+/// writing, write the line, close; blocking `open()` of `response` for
+/// reading, read one line.
+fn original_client(dir: &Path, line: &str) -> String {
+    let mut control = OpenOptions::new()
+        .write(true)
+        .open(dir.join("control"))
+        .unwrap();
+    control.write_all(line.as_bytes()).unwrap();
+    drop(control);
+    let response = File::open(dir.join("response")).unwrap();
+    let mut reply = String::new();
+    BufReader::new(response).read_line(&mut reply).unwrap();
+    reply
+}
+
+fn expect_refused(err: io::Error, needle: &str) {
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("refusing"), "{text}");
+    assert!(text.contains(needle), "{text:?} should say {needle:?}");
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn listen_makes_private_pipes_and_a_pid_file() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        let listener = FifoTransport::new(&dir).listen().unwrap();
+
+        assert!(fs::symlink_metadata(&dir).unwrap().is_dir());
+        assert_eq!(mode_of(&dir), 0o700);
+        for name in ["control", "response"] {
+            let meta = fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_fifo(), "{name} is not a FIFO");
+            assert_eq!(meta.mode() & 0o7777, 0o600, "{name}");
+            assert_eq!(meta.uid(), nix::unistd::Uid::effective().as_raw());
+        }
+        let pid = fs::read_to_string(dir.join("controller.pid")).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        assert_eq!(mode_of(&dir.join("controller.pid")) & 0o077, 0);
+        drop(listener);
+    })
+}
+
+#[test]
+fn a_second_listener_is_refused_and_named() {
+    bounded(10, || {
+        let server = Server::start();
+        let err = FifoTransport::new(server.dir()).listen().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("PID {}", std::process::id())),
+            "{text:?} should name the running controller"
+        );
+        assert!(text.contains(&server.dir().display().to_string()), "{text}");
+
+        // The refused attempt took nothing away from the running one.
+        assert_eq!(
+            names_in(server.dir()),
+            ["control", "controller.pid", "response"]
+        );
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn dropping_the_listener_removes_what_it_made() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+
+        // listen made the directory: all gone.
+        let made = tmp.path().join("made");
+        drop(FifoTransport::new(&made).listen().unwrap());
+        assert!(!made.exists(), "directory made by listen was left behind");
+
+        // The directory was there before: it stays, empty.
+        let kept = tmp.path().join("kept");
+        private_dir(&kept);
+        drop(FifoTransport::new(&kept).listen().unwrap());
+        assert!(kept.is_dir());
+        assert!(names_in(&kept).is_empty(), "{:?}", names_in(&kept));
+
+        // Someone put a file in the directory listen made: the file stays.
+        let shared = tmp.path().join("shared");
+        let listener = FifoTransport::new(&shared).listen().unwrap();
+        fs::write(shared.join("notes"), "mine").unwrap();
+        drop(listener);
+        assert_eq!(names_in(&shared), ["notes"]);
+
+        // After a served listener stopped, clients find nobody.
+        let transport = FifoTransport::new(tmp.path().join("served"));
+        let server = Server::on(tempfile::tempdir().unwrap(), transport.clone(), standard);
+        server.shut_down().unwrap();
+        assert!(!transport.dir().exists());
+        let err = transport.connect(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+
+        // A new controller can take the same directory again.
+        let again = FifoTransport::new(transport.dir()).listen().unwrap();
+        drop(again);
+    })
+}
+
+#[test]
+fn leftovers_of_a_dead_controller_are_replaced() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        private_dir(&dir);
+        // A FIFO holding half a request, a regular file where a FIFO belongs
+        // (holding a bogus reply), and a pid file naming a live process
+        // that holds no lock: none of it counts.
+        mkfifo(&dir.join("control"));
+        fs::write(dir.join("response"), "TARGET_PID 1\n").unwrap();
+        fs::write(dir.join("controller.pid"), "1\n").unwrap();
+        let transport = FifoTransport::new(&dir);
+
+        // Stale pipes: nobody reads them.
+        let err = transport.connect(Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+
+        let server = Server::on(tmp, transport, standard);
+        for name in ["control", "response"] {
+            let meta = fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_fifo(), "{name}");
+            assert_eq!(meta.mode() & 0o7777, 0o600, "{name}");
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join("controller.pid"))
+                .unwrap()
+                .trim(),
+            std::process::id().to_string()
+        );
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_symlinked_directory_is_refused() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        private_dir(&real);
+        let link = tmp.path().join("link");
+        symlink(&real, &link).unwrap();
+
+        let transport = FifoTransport::new(&link);
+        expect_refused(transport.listen().unwrap_err(), "symbolic link");
+        expect_refused(
+            transport.connect(Duration::from_secs(1)).unwrap_err(),
+            "symbolic link",
+        );
+        assert!(names_in(&real).is_empty(), "followed the link");
+
+        // A dangling link: listen must not create the directory it names.
+        let nowhere = tmp.path().join("nowhere");
+        let dangling = tmp.path().join("dangling");
+        symlink(&nowhere, &dangling).unwrap();
+        expect_refused(
+            FifoTransport::new(&dangling).listen().unwrap_err(),
+            "symbolic link",
+        );
+        assert!(!nowhere.exists(), "created the directory behind a link");
+
+        // A live controller's directory reached through a link is refused
+        // too, and the controller hears nothing.
+        let server = Server::start();
+        let via = tmp.path().join("via");
+        symlink(server.dir(), &via).unwrap();
+        let err = Client::new(FifoTransport::new(&via))
+            .target_pid()
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(server.seen().is_empty());
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_directory_owned_by_someone_else_is_refused() {
+    bounded(10, || {
+        if !is_root() {
+            eprintln!("skipped: chown to another uid needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        private_dir(&dir);
+        chown(&dir, Some(NOBODY), None).unwrap();
+        let transport = FifoTransport::new(&dir);
+        let needle = format!("owned by uid {NOBODY}");
+        expect_refused(transport.listen().unwrap_err(), &needle);
+        expect_refused(
+            transport.connect(Duration::from_secs(1)).unwrap_err(),
+            &needle,
+        );
+        assert!(names_in(&dir).is_empty());
+        assert_eq!(fs::metadata(&dir).unwrap().uid(), NOBODY);
+
+        // Foreign-owned pipes in our own directory: a client refuses them
+        // even with a reader on the other end.
+        let server = Server::start();
+        chown(server.dir().join("control"), Some(NOBODY), None).unwrap();
+        expect_refused(
+            server
+                .transport
+                .connect(Duration::from_secs(1))
+                .unwrap_err(),
+            &needle,
+        );
+        assert!(server.seen().is_empty());
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_directory_open_to_group_or_others_is_refused() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        for mode in [0o755, 0o770, 0o750, 0o707, 0o701, 0o710, 0o711, 0o1777] {
+            let dir = tmp.path().join(format!("mode{mode:o}"));
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let transport = FifoTransport::new(&dir);
+            let needle = format!("{mode:04o}");
+            expect_refused(transport.listen().unwrap_err(), &needle);
+            expect_refused(
+                transport.connect(Duration::from_secs(1)).unwrap_err(),
+                &needle,
+            );
+            assert_eq!(mode_of(&dir), mode, "the mode was changed behind our back");
+            assert!(names_in(&dir).is_empty());
+        }
+
+        // A served directory opened up later: clients refuse it.
+        let server = Server::start();
+        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o770)).unwrap();
+        let err = server.client().target_pid().unwrap_err();
+        assert!(err.to_string().contains("0770"), "{err}");
+        assert!(server.seen().is_empty());
+        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_client_refuses_pipes_that_are_regular_files() {
+    bounded(10, || {
+        for name in ["control", "response"] {
+            let server = Server::start();
+            let path = server.dir().join(name);
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, "keep me\n").unwrap();
+            expect_refused(
+                server
+                    .transport
+                    .connect(Duration::from_secs(1))
+                    .unwrap_err(),
+                "not a named pipe",
+            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), "keep me\n");
+            assert!(server.seen().is_empty());
+            server.shut_down().unwrap();
+        }
+    })
+}
+
+#[test]
+fn a_client_never_follows_a_symlinked_pipe() {
+    bounded(10, || {
+        // Links to a live controller's pipes: following them would reach it.
+        let server = Server::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("links");
+        private_dir(&dir);
+        for name in ["control", "response"] {
+            symlink(server.dir().join(name), dir.join(name)).unwrap();
+        }
+        let err = FifoTransport::new(&dir)
+            .connect(Duration::from_secs(1))
+            .unwrap_err();
+        expect_refused(err, "symbolic link");
+
+        // Only one of them a link, in the served directory itself.
+        let outside = tmp.path().join("outside");
+        mkfifo(&outside);
+        let _reader = open_nonblocking(&outside, false).unwrap();
+        for name in ["control", "response"] {
+            let path = server.dir().join(name);
+            let saved = server.dir().join(format!("{name}.saved"));
+            fs::rename(&path, &saved).unwrap();
+            symlink(&outside, &path).unwrap();
+            let err = server
+                .transport
+                .connect(Duration::from_secs(1))
+                .unwrap_err();
+            expect_refused(err, "symbolic link");
+            fs::remove_file(&path).unwrap();
+            fs::rename(&saved, &path).unwrap();
+        }
+        assert!(server.seen().is_empty());
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn listen_never_follows_a_symlink_in_the_directory() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        private_dir(&dir);
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+
+        // Links where the pipes go are replaced, their target untouched.
+        symlink(&victim, dir.join("control")).unwrap();
+        symlink(&victim, dir.join("response")).unwrap();
+        let listener = FifoTransport::new(&dir).listen().unwrap();
+        for name in ["control", "response"] {
+            let meta = fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_fifo(), "{name}");
+        }
+        drop(listener);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
+
+        // A linked pid file is refused: writing our pid would clobber the
+        // target.
+        symlink(&victim, dir.join("controller.pid")).unwrap();
+        expect_refused(
+            FifoTransport::new(&dir).listen().unwrap_err(),
+            "symbolic link",
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(fs::symlink_metadata(dir.join("controller.pid"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    })
+}
+
+#[test]
+fn connect_without_a_controller_fails_at_once() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        let transport = FifoTransport::new(&dir);
+        let patience = Duration::from_secs(5);
+
+        // No directory.
+        let start = Instant::now();
+        let err = transport.connect(patience).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let err = Client::new(transport.clone())
+            .timeout(patience)
+            .target_pid()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
+        assert!(err.to_string().contains("Controller not running"), "{err}");
+
+        // A directory, no pipes.
+        private_dir(&dir);
+        let err = transport.connect(patience).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(!dir.join("control").exists(), "connect created a pipe");
+
+        // Pipes nobody reads: stale, refused without waiting.
+        mkfifo(&dir.join("control"));
+        mkfifo(&dir.join("response"));
+        let start = Instant::now();
+        let err = transport.connect(patience).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            start.elapsed()
+        );
+        let start = Instant::now();
+        let err = Client::new(transport.clone())
+            .timeout(patience)
+            .target_pid()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+
+        // Only the response pipe is missing.
+        fs::remove_file(dir.join("response")).unwrap();
+        let _reader = open_nonblocking(&dir.join("control"), false).unwrap();
+        let err = transport.connect(patience).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    })
+}
+
+#[test]
+fn requests_round_trip_in_both_dialects() {
+    bounded(10, || {
+        let server = Server::start();
+        let client = server.client();
+        assert_eq!(client.target_pid().unwrap(), TARGET);
+        let err = client.grant_access(77).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert_eq!(err.to_string(), "77");
+        client.terminate().unwrap();
+        client.revoke().unwrap();
+
+        let deadline = || Instant::now() + Duration::from_secs(2);
+        for (line, reply) in [
+            (&b"get_target_pid\n"[..], &b"target_pid 4242\n"[..]),
+            (b"GET_TARGET_PID\n", b"TARGET_PID 4242\n"),
+            (b"grant_access 9\n", b"error : 9\n"),
+            (b"terminate\n", b"ready\n"),
+            (b"bogus\n", b"error : Unknown command: bogus\n"),
+            (b"GRANT_ACCESS x\n", b"ERROR: Invalid PID\n"),
+        ] {
+            let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
+            let got = connection.round_trip(line, deadline()).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(reply)
+            );
+        }
+        assert_eq!(server.seen().len(), 10);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn no_reply_is_lost_when_the_controller_is_slow() {
+    bounded(10, || {
+        let server = Server::answering(|request| {
+            thread::sleep(Duration::from_millis(300));
+            standard(request)
+        });
+        for _ in 0..3 {
+            let start = Instant::now();
+            assert_eq!(server.client().target_pid().unwrap(), TARGET);
+            assert!(start.elapsed() >= Duration::from_millis(300));
+        }
+        // The original client too: it blocks in open() and read().
+        let dir = server.dir().to_owned();
+        let reply = join_within(
+            thread::spawn(move || original_client(&dir, "get_target_pid\n")),
+            Duration::from_secs(3),
+        );
+        assert_eq!(reply, "target_pid 4242\n");
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_reply_written_before_the_client_reads_is_kept() {
+    bounded(10, || {
+        let server = Server::start();
+        let dir = server.dir().to_owned();
+
+        // The original's lost reply: the request is answered before the
+        // client has opened the response pipe.
+        let mut control = OpenOptions::new()
+            .write(true)
+            .open(dir.join("control"))
+            .unwrap();
+        control.write_all(b"get_target_pid\n").unwrap();
+        drop(control);
+        wait_seen(&server, 1);
+        thread::sleep(Duration::from_millis(300));
+        let reader = thread::spawn(move || {
+            let mut reply = String::new();
+            BufReader::new(File::open(dir.join("response")).unwrap())
+                .read_line(&mut reply)
+                .unwrap();
+            reply
+        });
+        assert_eq!(
+            join_within(reader, Duration::from_secs(2)),
+            "target_pid 4242\n"
+        );
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn the_original_blocking_client_works() {
+    bounded(10, || {
+        let server = Server::start();
+        for (line, reply) in [
+            ("get_target_pid\n", "target_pid 4242\n"),
+            ("grant_access 31\n", "error : 31\n"),
+            ("GET_TARGET_PID\n", "TARGET_PID 4242\n"),
+            ("terminate\n", "ready\n"),
+        ] {
+            let dir = server.dir().to_owned();
+            let got = join_within(
+                thread::spawn(move || original_client(&dir, line)),
+                Duration::from_secs(3),
+            );
+            assert_eq!(got, reply);
+        }
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_client_that_gave_up_does_not_steal_the_next_reply() {
+    bounded(20, || {
+        // GRANT_ACCESS for pids from 1000 is answered long after its client
+        // (waiting 300 ms) gave up.
+        let server = Server::answering(|request| {
+            if matches!(request, Ok(Request::GrantAccess(pid)) if pid >= 1000) {
+                thread::sleep(Duration::from_millis(600));
+            }
+            standard(request)
+        });
+
+        // Who reads the late reply first, the next client or the
+        // controller's drain, is a race: try a few times.
+        for round in 1..=4 {
+            let start = Instant::now();
+            let err = server
+                .client()
+                .timeout(Duration::from_millis(300))
+                .grant_access(1000 + round)
+                .unwrap_err();
+            let waited = start.elapsed();
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(err.to_string().contains("Timeout"), "{err}");
+            assert!(
+                waited >= Duration::from_millis(300) && waited < Duration::from_millis(900),
+                "gave up after {waited:?}"
+            );
+
+            // The next client, at once: it gets its own reply, not the
+            // late one.
+            let err = server
+                .client()
+                .timeout(Duration::from_secs(3))
+                .grant_access(round)
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+            assert_eq!(err.to_string(), round.to_string(), "got another's reply");
+        }
+        // And the late replies left nothing behind.
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_controller_that_never_answers_times_clients_out() {
+    bounded(20, || {
+        let (release, released) = mpsc::channel::<()>();
+        let server = Server::answering(move |request| {
+            if request == Ok(Request::Terminate) {
+                // Hung until the test lets go.
+                let _ = released.recv();
+            }
+            standard(request)
+        });
+        let client = server.client().timeout(Duration::from_millis(300));
+        let start = Instant::now();
+        assert_eq!(client.terminate().unwrap_err().kind(), ErrorKind::Timeout);
+        // The controller is still stuck: the next client times out too,
+        // in time, rather than hanging.
+        let start2 = Instant::now();
+        assert_eq!(client.target_pid().unwrap_err().kind(), ErrorKind::Timeout);
+        assert!(start2.elapsed() < Duration::from_secs(1));
+        assert!(start.elapsed() < Duration::from_secs(2));
+
+        // Unstuck: the late READY goes to nobody, every client its own reply.
+        release.send(()).unwrap();
+        for pid in [11, 12, 13] {
+            let err = server
+                .client()
+                .timeout(Duration::from_secs(3))
+                .grant_access(pid)
+                .unwrap_err();
+            assert_eq!(err.to_string(), pid.to_string(), "got another's reply");
+        }
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn a_stale_reply_in_the_response_pipe_is_drained() {
+    bounded(10, || {
+        let server = Server::start();
+        let response = server.dir().join("response");
+        let stale = |text: &str| {
+            open_nonblocking(&response, true)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        };
+
+        stale("TARGET_PID 1\n");
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+
+        // The original client does not drain: the controller does, before
+        // it answers. (Reading the response pipe before the answer is
+        // written would race with that drain: the client reads it later.)
+        stale("ready\nready\n");
+        let mut control = OpenOptions::new()
+            .write(true)
+            .open(server.dir().join("control"))
+            .unwrap();
+        control.write_all(b"get_target_pid\n").unwrap();
+        drop(control);
+        wait_seen(&server, 2);
+        thread::sleep(Duration::from_millis(200));
+        let dir = server.dir().to_owned();
+        let reader = thread::spawn(move || {
+            let mut response = BufReader::new(File::open(dir.join("response")).unwrap());
+            let mut reply = String::new();
+            response.read_line(&mut reply).unwrap();
+            reply
+        });
+        assert_eq!(
+            join_within(reader, Duration::from_secs(2)),
+            "target_pid 4242\n"
+        );
+        let mut spare = [0u8; 64];
+        let err = open_nonblocking(&response, false)
+            .unwrap()
+            .read(&mut spare)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "stale bytes left");
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn an_over_long_line_gets_one_error_reply() {
+    bounded(10, || {
+        let server = Server::start();
+        let deadline = || Instant::now() + Duration::from_secs(2);
+
+        let mut long = vec![b'A'; 5000];
+        long.push(b'\n');
+        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
+        let reply = connection.round_trip(&long, deadline()).unwrap();
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            "ERROR: Request longer than 4096 bytes\n"
+        );
+        drop(connection);
+        // Exactly one reply: nothing else shows up.
+        thread::sleep(Duration::from_millis(300));
+        let mut spare = [0u8; 64];
+        let err = open_nonblocking(&server.dir().join("response"), false)
+            .unwrap()
+            .read(&mut spare)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "a second reply");
+        assert!(server.seen().is_empty(), "{:?}", server.seen());
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+
+        // The limit is 4096 bytes with the newline.
+        let mut longest = vec![b'A'; 4095];
+        longest.push(b'\n');
+        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
+        let reply = connection.round_trip(&longest, deadline()).unwrap();
+        assert!(reply.starts_with(b"ERROR: Unknown command: AAAA"));
+        drop(connection);
+        longest.insert(0, b'A');
+        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
+        let reply = connection.round_trip(&longest, deadline()).unwrap();
+        assert_eq!(reply, b"ERROR: Request longer than 4096 bytes\n");
+        drop(connection);
+        assert_eq!(server.seen().len(), 2, "{:?}", server.seen());
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn half_a_line_is_dropped_after_silence() {
+    bounded(15, || {
+        let server = Server::start();
+        let control = server.dir().join("control");
+        let write = |text: &str| {
+            open_nonblocking(&control, true)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        };
+
+        // The rest of a line arriving soon is joined to it.
+        write("GET_TARG");
+        thread::sleep(Duration::from_millis(300));
+        write("ET_PID\n");
+        wait_seen(&server, 1);
+        assert_eq!(server.seen(), [Ok(Request::GetTargetPid)]);
+
+        // A writer that died mid-line: after 2 s of silence the fragment
+        // is dropped and the next client's line parses cleanly.
+        write("GRANT_ACC");
+        thread::sleep(Duration::from_millis(2600));
+        let err = server.client().grant_access(5).unwrap_err();
+        assert_eq!(err.to_string(), "5");
+        assert_eq!(
+            server.seen(),
+            [Ok(Request::GetTargetPid), Ok(Request::GrantAccess(5))]
+        );
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn the_stop_handle_ends_serve_promptly() {
+    bounded(10, || {
+        // An idle listener.
+        let server = Server::start();
+        let dir = server.dir().to_owned();
+        thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        server.shut_down().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(!dir.exists());
+
+        // Asked before serve runs, and more than once, from a clone.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listener = FifoTransport::new(tmp.path().join("p")).listen().unwrap();
+        let stop = listener.stopper();
+        stop.clone().stop();
+        stop.stop();
+        let (events_tx, _events) = crossbeam_channel::bounded(0);
+        let serve = thread::spawn(move || listener.serve(&events_tx));
+        join_within(serve, Duration::from_secs(1)).unwrap();
+
+        // With half a line pending (serve is waiting on a deadline then).
+        let server = Server::start();
+        open_nonblocking(&server.dir().join("control"), true)
+            .unwrap()
+            .write_all(b"GET_")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        server.shut_down().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+    })
+}
+
+#[test]
+fn serve_returns_when_the_controller_is_gone() {
+    bounded(10, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let transport = FifoTransport::new(tmp.path().join("p"));
+        let mut listener = transport.listen().unwrap();
+        let (events_tx, events) = crossbeam_channel::bounded(0);
+        drop(events);
+        let serve = thread::spawn(move || listener.serve(&events_tx));
+        let err = Client::new(transport.clone())
+            .timeout(Duration::from_millis(500))
+            .target_pid()
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Io),
+            "{err}"
+        );
+        join_within(serve, Duration::from_secs(2)).unwrap();
+        assert!(!transport.dir().exists());
+    })
+}
+
+#[test]
+fn many_clients_in_a_row_each_get_their_reply() {
+    bounded(60, || {
+        let mut next = 0;
+        let server = Server::answering(move |_| {
+            next += 1;
+            Reply::TargetPid(next)
+        });
+        for n in 1..=200 {
+            assert_eq!(server.client().target_pid().unwrap(), n);
+        }
+        assert_eq!(server.seen().len(), 200);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn concurrent_clients_never_get_each_others_reply() {
+    bounded(60, || {
+        let server = Server::start();
+        let threads: Vec<_> = (0..8u32)
+            .map(|t| {
+                let client = server.client().timeout(Duration::from_secs(20));
+                thread::spawn(move || {
+                    for i in 0..20u32 {
+                        let pid = 1000 * (t + 1) + i;
+                        let err = client.grant_access(pid).unwrap_err();
+                        assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+                        assert_eq!(err.to_string(), pid.to_string(), "a mixed-up reply");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            join_within(thread, Duration::from_secs(50));
+        }
+        let mut seen: Vec<_> = server.seen().into_iter().map(Result::unwrap).collect();
+        seen.sort_by_key(|r| match r {
+            Request::GrantAccess(pid) => *pid,
+            _ => 0,
+        });
+        seen.dedup();
+        assert_eq!(seen.len(), 160);
+        server.shut_down().unwrap();
+    })
+}
+
+#[test]
+fn impatient_clients_under_a_slow_controller_never_mix_replies() {
+    bounded(60, || {
+        // Some requests take longer than their client waits.
+        let server = Server::answering(|request| {
+            if let Ok(Request::GrantAccess(pid)) = request {
+                thread::sleep(Duration::from_millis(u64::from(pid % 5) * 40));
+            }
+            standard(request)
+        });
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let client = server.client().timeout(Duration::from_millis(150));
+                thread::spawn(move || {
+                    let (mut answered, mut timed_out) = (0, 0);
+                    for i in 0..15u32 {
+                        let pid = 100 * (t + 1) + i;
+                        let err = client.grant_access(pid).unwrap_err();
+                        match err.kind() {
+                            ErrorKind::Refused => {
+                                assert_eq!(err.to_string(), pid.to_string(), "a mixed-up reply");
+                                answered += 1;
+                            }
+                            ErrorKind::Timeout => timed_out += 1,
+                            _ => panic!("{err}"),
+                        }
+                    }
+                    (answered, timed_out)
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for thread in threads {
+            answered += join_within(thread, Duration::from_secs(50)).0;
+        }
+        assert!(answered > 0, "no client was ever answered");
+        // Calm again: prompt answers for everyone.
+        for pid in [7001, 7002, 7003] {
+            let err = server
+                .client()
+                .timeout(Duration::from_secs(3))
+                .grant_access(pid)
+                .unwrap_err();
+            assert_eq!(err.to_string(), pid.to_string());
+        }
+        server.shut_down().unwrap();
+    })
+}
