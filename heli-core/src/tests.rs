@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::protocol::{Reply, MAX_LINE};
+use crate::protocol::MAX_LINE;
 use crate::{
     exchange, Client, Connection, Controller, ErrorKind, Event, Exit, ExitStatus, Granter,
     Incoming, Listener, Peer, Stopper, Supervisor, Transport,
