@@ -334,6 +334,7 @@ impl Transport for FifoTransport {
         // from before it reads a request until its reply is written: once
         // no request is unread and *then* the lock is free, every earlier
         // reply is in the pipe, and draining it leaves ours alone.
+        let mut backoff = Backoff::new();
         loop {
             if !has_input(unread.as_fd())? {
                 // Unlocked again at once.
@@ -349,7 +350,7 @@ impl Transport for FifoTransport {
                     "the controller is still busy with an earlier request",
                 ));
             }
-            std::thread::sleep(LOCK_RETRY);
+            backoff.sleep();
         }
         drain(&response);
         Ok(FifoConnection { control, response })
@@ -360,8 +361,22 @@ impl Transport for FifoTransport {
     }
 }
 
-/// How often a waiting lock is tried again (flock has no timeout).
-const LOCK_RETRY: Duration = Duration::from_millis(2);
+/// Waits between tries of a lock (flock has no timeout): short at first,
+/// since the controller holds its lock only for microseconds after a reply,
+/// then longer, up to 2 ms.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_micros(20))
+    }
+
+    fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(2));
+    }
+}
 
 /// Takes the flock(2) lock `arg` (a non-blocking one) of `fd`'s open file,
 /// trying again until `deadline`; `TimedOut` saying `what` then.
@@ -371,6 +386,7 @@ fn lock_until<T: Flockable>(
     deadline: Instant,
     what: &str,
 ) -> io::Result<Flock<T>> {
+    let mut backoff = Backoff::new();
     loop {
         match Flock::lock(fd, arg) {
             Ok(locked) => return Ok(locked),
@@ -380,7 +396,7 @@ fn lock_until<T: Flockable>(
             }
             Err((_, err)) => return Err(err.into()),
         }
-        std::thread::sleep(LOCK_RETRY);
+        backoff.sleep();
     }
 }
 
