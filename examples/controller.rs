@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use heli::core::{Controller, Granter, Supervisor};
-use heli::grant::{NoopGranter, ProcessSupervisor, PtraceScope};
+use heli::grant::{AutoGranter, GranterChoice, ProcessSupervisor};
 use heli::transport::FifoTransport;
 use log::{info, warn};
 
@@ -39,6 +39,11 @@ struct Args {
     /// /tmp/heliparent_debug/user_<name>]
     #[arg(long, value_name = "DIR")]
     fifo_dir: Option<PathBuf>,
+
+    /// How clients get ptrace rights: auto (what the kernel's ptrace_scope
+    /// needs), yama (inject prctl(PR_SET_PTRACER) into the target), noop
+    #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
+    granter: GranterChoice,
 
     /// Seconds the target gets to exit after SIGTERM before SIGKILL
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
@@ -77,8 +82,10 @@ fn run() -> Result<i32, Box<dyn Error>> {
         Some(dir) => FifoTransport::new(dir),
         None => FifoTransport::for_current_user()?,
     };
-    let granter = choose_granter()?;
     let supervisor = ProcessSupervisor::new(command);
+    // A Yama granter ptraces the target: it must share the reaper's lock.
+    let granter = AutoGranter::choose(args.granter, supervisor.child_waits())?;
+    info!("granter: {}", granter.name());
     serve(
         transport,
         granter,
@@ -128,15 +135,4 @@ fn target_command(args: &Args) -> Result<Command, Box<dyn Error>> {
     let mut command = Command::new(&python.exe);
     command.arg(first).args(rest);
     Ok(command)
-}
-
-/// Until the Yama granter lands, only kernels that need no grant are served
-/// by a working grant.
-fn choose_granter() -> Result<NoopGranter, Box<dyn Error>> {
-    let scope = PtraceScope::current()?;
-    match scope {
-        PtraceScope::NoYama | PtraceScope::Classic => info!("granter: noop ({})", scope.explain()),
-        _ => warn!("granter: noop, but {}", scope.explain()),
-    }
-    Ok(NoopGranter)
 }

@@ -2,6 +2,11 @@
 //!
 //! - [`NoopGranter`]: for kernels where any process of the user may ptrace
 //!   the target (no Yama, or `ptrace_scope=0`).
+//! - [`YamaGranter`]: for `ptrace_scope=1`; the controller, the target's
+//!   parent, has the target call `prctl(PR_SET_PTRACER, client)` by
+//!   injecting that one system call with ptrace ([`SyscallInjector`]), and
+//!   checks that it returned 0.
+//! - [`AutoGranter`] and [`auto`]: the granter the running kernel needs.
 //! - [`PtraceScope`]: reads Yama's setting and explains it.
 //! - [`ProcessSupervisor`]: runs the target as a child, kills it with its
 //!   parent, signals and reaps it through a pidfd.
@@ -29,11 +34,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
+mod auto;
 mod noop;
 mod process;
+mod ptrace_inject;
 mod scope;
 mod sys;
+mod yama;
 
+pub use auto::{auto, AutoGranter, GranterChoice};
 pub use noop::NoopGranter;
 pub use process::{ChildWaits, ChildWaitsGuard, ProcessSupervisor};
+pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
+pub use yama::{Holder, YamaGranter};

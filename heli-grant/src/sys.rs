@@ -58,3 +58,130 @@ pub(crate) fn kill_with_parent(command: &mut Command) {
         command.pre_exec(hook);
     }
 }
+
+/// `waitpid(tid, &status, __WALL)`, retried on EINTR: the raw status of
+/// thread `tid`, a child or a tracee of the calling thread.
+///
+/// nix's `waitpid` cannot describe a stop for a real-time signal (its
+/// `Signal` has none) and fails *after* consuming the status; this one
+/// returns every status as the kernel gives it.
+pub(crate) fn waitpid_all(tid: libc::pid_t) -> Result<libc::c_int, Errno> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable c_int for the duration of the
+        // call; the other arguments are integers.
+        let res = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        match Errno::result(res) {
+            Ok(_) => return Ok(status),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// `ptrace(PTRACE_DETACH, tid, 0, signal)`: lets a stopped tracee go,
+/// delivering `signal` (any number, real-time ones too; 0 for none) when it
+/// is detached from a signal-delivery-stop.
+pub(crate) fn ptrace_detach(tid: libc::pid_t, signal: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: PTRACE_DETACH reads no memory: `addr` is ignored and `data` is
+    // the signal number passed as an integer.
+    let res = unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            signal as libc::c_long as *mut libc::c_void,
+        )
+    };
+    Errno::result(res).map(drop)
+}
+
+/// `rt_tgsigqueueinfo(tgid, tid, signal, info)`: queues `signal` with the
+/// given information for thread `tid` of process `tgid`. The kernel refuses
+/// (EPERM) to let another process forge a `kill`/`tgkill` or kernel origin
+/// (`si_code >= 0` or `SI_TKILL`).
+pub(crate) fn rt_tgsigqueueinfo(
+    tgid: libc::pid_t,
+    tid: libc::pid_t,
+    signal: libc::c_int,
+    info: &libc::siginfo_t,
+) -> Result<(), Errno> {
+    // SAFETY: `info` points to a whole, initialised siginfo_t that the kernel
+    // only reads during the call.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            tgid,
+            tid,
+            signal,
+            info as *const libc::siginfo_t,
+        )
+    };
+    Errno::result(res).map(drop)
+}
+
+/// `kill(pid, signal)` with any signal number, real-time ones too.
+pub(crate) fn kill_raw(pid: libc::pid_t, signal: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    Errno::result(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// `tgkill(tgid, tid, signal)` with any signal number, real-time ones too.
+pub(crate) fn tgkill_raw(
+    tgid: libc::pid_t,
+    tid: libc::pid_t,
+    signal: libc::c_int,
+) -> Result<(), Errno> {
+    // SAFETY: tgkill takes three integers and touches no memory of ours.
+    Errno::result(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, signal) }).map(drop)
+}
+
+/// `NT_ARM_SYSTEM_CALL`: the register set holding the number of the system
+/// call an arm64 tracee is in (-1 for none), which the kernel's restart
+/// logic reads.
+#[cfg(target_arch = "aarch64")]
+const NT_ARM_SYSTEM_CALL: libc::c_int = 0x404;
+
+/// `PTRACE_GETREGSET(NT_ARM_SYSTEM_CALL)`: the system call number the
+/// stopped arm64 tracee `tid` is in, -1 for none.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn ptrace_get_syscall_nr(tid: libc::pid_t) -> Result<libc::c_int, Errno> {
+    let mut nr: libc::c_int = -1;
+    let mut iov = libc::iovec {
+        iov_base: (&mut nr as *mut libc::c_int).cast(),
+        iov_len: std::mem::size_of::<libc::c_int>(),
+    };
+    // SAFETY: `iov` describes `nr`, a writable c_int that outlives the call;
+    // the kernel writes at most `iov_len` bytes there.
+    let res = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            tid,
+            NT_ARM_SYSTEM_CALL as libc::c_long as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    };
+    Errno::result(res).map(|_| nr)
+}
+
+/// `PTRACE_SETREGSET(NT_ARM_SYSTEM_CALL)`: sets the system call number of
+/// the stopped arm64 tracee `tid` (-1: not in a system call).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn ptrace_set_syscall_nr(tid: libc::pid_t, nr: libc::c_int) -> Result<(), Errno> {
+    let mut nr = nr;
+    let mut iov = libc::iovec {
+        iov_base: (&mut nr as *mut libc::c_int).cast(),
+        iov_len: std::mem::size_of::<libc::c_int>(),
+    };
+    // SAFETY: `iov` describes `nr`, a c_int that outlives the call and that
+    // the kernel only reads.
+    let res = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid,
+            NT_ARM_SYSTEM_CALL as libc::c_long as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    };
+    Errno::result(res).map(drop)
+}

@@ -1,0 +1,198 @@
+//! The granter the running kernel needs, chosen at run time.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use heli_core::Granter;
+use log::{info, warn};
+
+use crate::noop::NoopGranter;
+use crate::process::ChildWaits;
+use crate::scope::PtraceScope;
+use crate::yama::YamaGranter;
+
+/// One of the granters, chosen at run time; a [`Granter`] by delegation.
+///
+/// | `ptrace_scope` | granter | why |
+/// |---|---|---|
+/// | no Yama, 0 | [`NoopGranter`] | any process of the user may attach |
+/// | 1 | [`YamaGranter`] | the target must name the client |
+/// | 2, 3 | [`NoopGranter`], with a warning | `PR_SET_PTRACER` changes nothing there; only `CAP_SYS_PTRACE` (2) or nobody (3) may attach |
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::Granter;
+/// use heli_grant::{AutoGranter, ChildWaits, GranterChoice, PtraceScope};
+///
+/// let granter = AutoGranter::for_scope(PtraceScope::Restricted, ChildWaits::default());
+/// assert_eq!(granter.name(), "yama");
+/// let forced = AutoGranter::choose("noop".parse::<GranterChoice>()?, ChildWaits::default())?;
+/// assert_eq!(forced.name(), "noop");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub enum AutoGranter {
+    /// Nothing to grant.
+    Noop(NoopGranter),
+    /// `prctl(PR_SET_PTRACER)` injected into the target.
+    Yama(YamaGranter),
+}
+
+/// Which granter to use: the one the kernel needs, or a forced one (for
+/// tests, or a `--granter` option). Parses from and displays as `auto`,
+/// `noop`, `yama`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GranterChoice {
+    /// The one the running kernel's `ptrace_scope` needs.
+    #[default]
+    Auto,
+    /// [`NoopGranter`], whatever the kernel.
+    Noop,
+    /// [`YamaGranter`], whatever the kernel.
+    Yama,
+}
+
+/// The granter the running kernel needs; see [`AutoGranter`].
+///
+/// # Errors
+///
+/// When Yama's setting cannot be read.
+pub fn auto(waits: ChildWaits) -> io::Result<AutoGranter> {
+    AutoGranter::choose(GranterChoice::Auto, waits)
+}
+
+impl AutoGranter {
+    /// The granter for `scope`; logs which, and why.
+    pub fn for_scope(scope: PtraceScope, waits: ChildWaits) -> AutoGranter {
+        match scope {
+            PtraceScope::Restricted => {
+                info!("{}", scope.explain());
+                AutoGranter::Yama(YamaGranter::new(waits))
+            }
+            PtraceScope::AdminOnly | PtraceScope::NoAttach => {
+                warn!("{}", scope.explain());
+                AutoGranter::Noop(NoopGranter)
+            }
+            _ => {
+                info!("{}", scope.explain());
+                AutoGranter::Noop(NoopGranter)
+            }
+        }
+    }
+
+    /// The granter `choice` names, reading the kernel's setting for
+    /// [`GranterChoice::Auto`].
+    ///
+    /// # Errors
+    ///
+    /// When Yama's setting cannot be read.
+    pub fn choose(choice: GranterChoice, waits: ChildWaits) -> io::Result<AutoGranter> {
+        Ok(match choice {
+            GranterChoice::Auto => Self::for_scope(PtraceScope::current()?, waits),
+            GranterChoice::Noop => AutoGranter::Noop(NoopGranter),
+            GranterChoice::Yama => AutoGranter::Yama(YamaGranter::new(waits)),
+        })
+    }
+}
+
+impl From<NoopGranter> for AutoGranter {
+    fn from(granter: NoopGranter) -> Self {
+        AutoGranter::Noop(granter)
+    }
+}
+
+impl From<YamaGranter> for AutoGranter {
+    fn from(granter: YamaGranter) -> Self {
+        AutoGranter::Yama(granter)
+    }
+}
+
+impl Granter for AutoGranter {
+    fn name(&self) -> &str {
+        match self {
+            AutoGranter::Noop(granter) => granter.name(),
+            AutoGranter::Yama(granter) => granter.name(),
+        }
+    }
+
+    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+        match self {
+            AutoGranter::Noop(granter) => granter.grant(target, client),
+            AutoGranter::Yama(granter) => granter.grant(target, client),
+        }
+    }
+
+    fn revoke(&mut self, target: u32) -> io::Result<()> {
+        match self {
+            AutoGranter::Noop(granter) => granter.revoke(target),
+            AutoGranter::Yama(granter) => granter.revoke(target),
+        }
+    }
+}
+
+impl FromStr for GranterChoice {
+    type Err = io::Error;
+
+    fn from_str(name: &str) -> io::Result<GranterChoice> {
+        match name {
+            "auto" => Ok(GranterChoice::Auto),
+            "noop" => Ok(GranterChoice::Noop),
+            "yama" => Ok(GranterChoice::Yama),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown granter {name:?}: expected auto, noop or yama"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for GranterChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GranterChoice::Auto => "auto",
+            GranterChoice::Noop => "noop",
+            GranterChoice::Yama => "yama",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_the_scope() {
+        let name = |scope| {
+            AutoGranter::for_scope(scope, ChildWaits::default())
+                .name()
+                .to_owned()
+        };
+        assert_eq!(name(PtraceScope::NoYama), "noop");
+        assert_eq!(name(PtraceScope::Classic), "noop");
+        assert_eq!(name(PtraceScope::Restricted), "yama");
+        assert_eq!(name(PtraceScope::AdminOnly), "noop");
+        assert_eq!(name(PtraceScope::NoAttach), "noop");
+    }
+
+    #[test]
+    fn parses_choices() {
+        for choice in [
+            GranterChoice::Auto,
+            GranterChoice::Noop,
+            GranterChoice::Yama,
+        ] {
+            assert_eq!(choice.to_string().parse::<GranterChoice>().unwrap(), choice);
+        }
+        assert!("ptrace".parse::<GranterChoice>().is_err());
+        let forced = AutoGranter::choose(GranterChoice::Yama, ChildWaits::default()).unwrap();
+        assert_eq!(forced.name(), "yama");
+        let auto = auto(ChildWaits::default()).unwrap();
+        let expected = match PtraceScope::current().unwrap() {
+            PtraceScope::Restricted => "yama",
+            _ => "noop",
+        };
+        assert_eq!(auto.name(), expected);
+    }
+}

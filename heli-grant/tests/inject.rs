@@ -1,0 +1,900 @@
+//! System call injection into real processes: every state a target may be
+//! in, signals arriving meanwhile, seccomp, and the reaper's exit statuses.
+//!
+//! The targets are Python one-liners (`$HELI_PYTHON`, the project's Python
+//! 3.14, or `python3`) and a small C helper built here with `cc` (for a busy
+//! C loop, signal handlers that report their sender, and seccomp filters).
+//! Each test holds a global lock (ptrace and timing tests must not overlap)
+//! and a watchdog that aborts the run after a minute.
+
+#![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use heli_core::{Exit, ExitStatus, Granter, Supervisor};
+use heli_grant::{
+    ChildWaits, Holder, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter,
+};
+use nix::fcntl::OFlag;
+
+const SOON: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- harness
+
+static PTRACE: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests and aborts the run if one hangs.
+struct Serial {
+    _watchdog: Watchdog,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn serial(name: &'static str) -> Serial {
+    let lock = PTRACE.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _watchdog: Watchdog::new(name, Duration::from_secs(60)),
+        _lock: lock,
+    }
+}
+
+/// Aborts the process unless dropped within its limit.
+struct Watchdog(#[allow(dead_code)] Sender<()>);
+
+impl Watchdog {
+    fn new(name: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = bounded::<()>(0);
+        thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                eprintln!("{name}: still running after {limit:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(tx)
+    }
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("HELI_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")])
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+const HELPER_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+static void put(const char *s) { (void)!write(1, s, strlen(s)); }
+
+static char *num(char *p, long v) {
+    char digits[24]; int n = 0;
+    if (v < 0) { *p++ = '-'; v = -v; }
+    do { digits[n++] = '0' + v % 10; v /= 10; } while (v);
+    while (n) *p++ = digits[--n];
+    return p;
+}
+
+/* Async-signal-safe: "sig=N pid=N code=N\n". */
+static void on_signal(int sig, siginfo_t *info, void *ctx) {
+    char line[96], *p = line;
+    (void)ctx;
+    memcpy(p, "sig=", 4); p = num(p + 4, sig);
+    memcpy(p, " pid=", 5); p = num(p + 5, info->si_pid);
+    memcpy(p, " code=", 6); p = num(p + 6, info->si_code);
+    *p++ = '\n';
+    (void)!write(1, line, p - line);
+}
+
+static void filter_prctl(unsigned int action) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, action),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "busy")) {
+        put("ready\n");
+        for (;;) __asm__ volatile("" ::: "memory");
+    }
+    if (!strcmp(mode, "signals-busy") || !strcmp(mode, "signals-sleep")) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_signal;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGRTMIN + 1, &sa, NULL);
+        put("ready\n");
+        if (!strcmp(mode, "signals-busy"))
+            for (;;) __asm__ volatile("" ::: "memory");
+        for (;;) {
+            struct timespec ts = { 600, 0 };
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!strncmp(mode, "seccomp-", 8)) {
+        if (!strcmp(mode, "seccomp-errno")) filter_prctl(SECCOMP_RET_ERRNO | EPERM);
+        else if (!strcmp(mode, "seccomp-trap")) filter_prctl(SECCOMP_RET_TRAP);
+        else filter_prctl(SECCOMP_RET_KILL_PROCESS);
+        put("ready\n");
+        for (;;) pause();
+    }
+    fprintf(stderr, "unknown mode %s\n", mode);
+    return 2;
+}
+"#;
+
+/// The C helper, built once per run.
+fn helper() -> &'static Path {
+    static HELPER: OnceLock<PathBuf> = OnceLock::new();
+    HELPER.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let exe = dir.join("heli-inject-helper");
+        let tmp = dir.join(format!("heli-inject-helper-{}", std::process::id()));
+        let src = tmp.with_extension("c");
+        fs::write(&src, HELPER_C).unwrap();
+        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+        let status = Command::new(&cc)
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|err| panic!("cannot run {cc:?} to build the test helper: {err}"));
+        assert!(status.success(), "building the test helper failed");
+        fs::remove_file(&src).unwrap();
+        fs::rename(&tmp, &exe).unwrap();
+        exe
+    })
+}
+
+/// A supervised target whose stdout lines we read and stdin we write.
+struct Target {
+    supervisor: ProcessSupervisor,
+    pid: u32,
+    exits: Receiver<Exit>,
+    lines: Receiver<String>,
+    stdin: File,
+    exited: bool,
+}
+
+impl Target {
+    fn spawn(program: impl AsRef<OsStr>, args: &[&str]) -> Target {
+        let (stdin_read, stdin_write) = pipe();
+        let (stdout_read, stdout_write) = pipe();
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::from(stdin_read))
+            .stdout(Stdio::from(stdout_write));
+        let mut supervisor = ProcessSupervisor::new(command);
+        let exits = supervisor.exits();
+        let pid = supervisor.spawn().unwrap();
+        let (tx, lines) = unbounded();
+        thread::spawn(move || {
+            for line in BufReader::new(File::from(stdout_read)).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let target = Target {
+            supervisor,
+            pid,
+            exits,
+            lines,
+            stdin: File::from(stdin_write),
+            exited: false,
+        };
+        assert_eq!(target.line(), "ready");
+        target
+    }
+
+    fn python(code: &str) -> Target {
+        Target::spawn(python(), &["-c", code, "heli-named"])
+    }
+
+    fn helper(mode: &str) -> Target {
+        Target::spawn(helper(), &[mode, "heli-named"])
+    }
+
+    fn waits(&self) -> ChildWaits {
+        self.supervisor.child_waits()
+    }
+
+    fn injector(&self) -> SyscallInjector {
+        SyscallInjector::new(self.waits())
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(SOON)
+            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
+    }
+
+    /// Skips lines until `expected`.
+    fn line_matching(&self, expected: &str) {
+        let deadline = Instant::now() + SOON;
+        while self.line() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "no line {expected:?} from PID {}",
+                self.pid
+            );
+        }
+    }
+
+    fn no_line(&self, wait: Duration) {
+        if let Ok(line) = self.lines.recv_timeout(wait) {
+            panic!("unexpected line from PID {}: {line:?}", self.pid);
+        }
+    }
+
+    fn exit(&mut self) -> Exit {
+        let exit = self
+            .exits
+            .recv_timeout(SOON)
+            .unwrap_or_else(|err| panic!("the reaper reported no exit of PID {}: {err}", self.pid));
+        self.exited = true;
+        exit
+    }
+
+    fn threads(&self) -> Vec<u32> {
+        let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{}/task", self.pid))
+            .unwrap()
+            .map(|entry| {
+                entry
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        tids.sort();
+        tids
+    }
+
+    /// Waits until thread `tid` is blocked in one of `calls`.
+    fn wait_in(&self, tid: u32, calls: &[libc::c_long]) {
+        let path = format!("/proc/{}/task/{tid}/syscall", self.pid);
+        wait_for(&format!("thread {tid} in one of {calls:?}"), || {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let nr = text
+                .split_whitespace()
+                .next()
+                .and_then(|nr| nr.parse().ok());
+            nr.is_some_and(|nr| calls.contains(&nr))
+        });
+    }
+
+    fn state(&self) -> char {
+        stat_field(self.pid, 3).chars().next().unwrap()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.supervisor.kill();
+            let _ = self.exits.recv_timeout(SOON);
+        }
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Field `n` (from 1) of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(n - 3).unwrap().to_owned()
+}
+
+/// Where the target's argument `arg` lies in its memory (its argv area).
+fn argument_address(pid: u32, arg: &str) -> u64 {
+    let start: u64 = stat_field(pid, 48).parse().unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let needle = format!("\0{arg}\0");
+    let offset = cmdline
+        .windows(needle.len())
+        .position(|window| window == needle.as_bytes())
+        .unwrap_or_else(|| panic!("{arg:?} not among the arguments of PID {pid}"));
+    start + offset as u64 + 1
+}
+
+fn comm(pid: u32, tid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
+
+#[cfg(target_arch = "x86_64")]
+const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
+#[cfg(not(target_arch = "x86_64"))]
+const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
+
+/// Injects calls whose results and effects can be checked from outside.
+fn exercise(target: &Target) {
+    let pid = target.pid;
+    let injector = target.injector();
+    for _ in 0..20 {
+        assert_eq!(
+            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+            u64::from(pid)
+        );
+    }
+    let dumpable = injector
+        .syscall(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .unwrap();
+    assert_eq!(dumpable, 1);
+    // An errno comes back as the call's result, and as an error.
+    let injection = injector
+        .inject(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .unwrap();
+    assert_eq!(injection.ret, -i64::from(libc::EINVAL));
+    let err = injector
+        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    // setpgid(0, 0): a process-wide effect, seen in /proc/PID/stat.
+    assert_ne!(stat_field(pid, 5), pid.to_string());
+    assert_eq!(
+        injector.syscall(pid, libc::SYS_setpgid, &[0, 0]).unwrap(),
+        0
+    );
+    assert_eq!(stat_field(pid, 5), pid.to_string());
+    // PR_SET_NAME reads a string in the target's memory: its own argument.
+    let name = argument_address(pid, "heli-named");
+    let injection = injector
+        .inject(pid, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])
+        .unwrap();
+    assert_eq!(injection.ret, 0);
+    assert_eq!(comm(pid, injection.tid), "heli-named");
+}
+
+// ---------------------------------------------------------------- states
+
+const BUSY_PY: &str = "
+print('ready', flush=True)
+i = 0
+while True:
+    i += 1
+    if i % 300000 == 0:
+        print(i, flush=True)
+";
+
+#[test]
+fn python_running_bytecode() {
+    let _serial = serial("python_running_bytecode");
+    let target = Target::python(BUSY_PY);
+    exercise(&target);
+    // Still counting, from where it was.
+    let a: u64 = target.line().parse().unwrap();
+    let b: u64 = target.line().parse().unwrap();
+    assert!(b > a);
+}
+
+#[test]
+fn python_in_long_sleep() {
+    let _serial = serial("python_in_long_sleep");
+    let target =
+        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
+    target.wait_in(target.pid, SLEEPS);
+    exercise(&target);
+    // Back in the same sleep, not woken early.
+    target.wait_in(target.pid, SLEEPS);
+    target.no_line(Duration::from_millis(200));
+    assert_eq!(target.state(), 'S');
+}
+
+#[test]
+fn python_blocked_in_read() {
+    let _serial = serial("python_blocked_in_read");
+    let mut target = Target::python(
+        "import os, time\nprint('ready', flush=True)\ndata = os.read(0, 100)\n\
+         print(repr(data), flush=True)\ntime.sleep(600)",
+    );
+    target.wait_in(target.pid, &[libc::SYS_read]);
+    exercise(&target);
+    target.wait_in(target.pid, &[libc::SYS_read]);
+    target.no_line(Duration::from_millis(100));
+    target.stdin.write_all(b"hello\n").unwrap();
+    assert_eq!(target.line(), r"b'hello\n'");
+}
+
+#[test]
+fn busy_in_c_loop() {
+    let _serial = serial("busy_in_c_loop");
+    let target = Target::helper("busy");
+    exercise(&target);
+    let cpu = |pid| stat_field(pid, 14).parse::<u64>().unwrap();
+    let before = cpu(target.pid);
+    wait_for("the C loop to go on using the CPU", || {
+        cpu(target.pid) > before + 5
+    });
+    assert_eq!(target.state(), 'R');
+}
+
+#[test]
+fn multi_threaded_python() {
+    let _serial = serial("multi_threaded_python");
+    // One os.write per line: lines from several threads never mix.
+    let mut target = Target::python(
+        "import os, threading, time
+def busy():
+    i = 0
+    while True:
+        i += 1
+        if i % 300000 == 0:
+            os.write(1, b'busy\\n')
+def reader():
+    os.write(1, b'read ' + os.read(0, 100))
+threading.Thread(target=reader, daemon=True).start()
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+os.write(1, b'ready\\n')
+threading.Thread(target=busy, daemon=True).start()
+time.sleep(600)",
+    );
+    wait_for("four threads", || target.threads().len() == 4);
+    exercise(&target);
+    let injector = target.injector();
+    let mut used = Vec::new();
+    for _ in 0..50 {
+        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        assert_eq!(injection.ret, i64::from(target.pid));
+        used.push(injection.tid);
+    }
+    used.sort();
+    used.dedup();
+    eprintln!("threads {:?}; injected into {used:?}", target.threads());
+    // All still at work: the busy one counts, the reader reads, sleepers sleep.
+    target.line_matching("busy");
+    target.stdin.write_all(b"data\n").unwrap();
+    target.line_matching("read data");
+    // Only the reader has finished.
+    wait_for("three threads", || target.threads().len() == 3);
+}
+
+#[test]
+fn prefers_a_thread_that_restarts_over_epoll_wait() {
+    let _serial = serial("prefers_a_thread_that_restarts_over_epoll_wait");
+    let target = Target::python(
+        "import select, threading, time
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+ep = select.epoll()
+print('ready', flush=True)
+ep.poll(600)",
+    );
+    wait_for("two threads", || target.threads().len() == 2);
+    let sleeper = *target
+        .threads()
+        .iter()
+        .find(|&&tid| tid != target.pid)
+        .unwrap();
+    target.wait_in(target.pid, EPOLLS);
+    target.wait_in(sleeper, SLEEPS);
+    let injector = target.injector();
+    for _ in 0..20 {
+        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        assert_eq!(
+            injection.tid, sleeper,
+            "injected into the thread in epoll_wait"
+        );
+    }
+    target.wait_in(target.pid, EPOLLS);
+}
+
+#[test]
+fn stopped_target_stays_stopped() {
+    let _serial = serial("stopped_target_stays_stopped");
+    let target =
+        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
+    target.wait_in(target.pid, SLEEPS);
+    let pid = nix::unistd::Pid::from_raw(target.pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+    wait_for("the target to stop", || target.state() == 'T');
+    let injector = target.injector();
+    for _ in 0..10 {
+        assert_eq!(
+            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
+            u64::from(target.pid)
+        );
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(target.state(), 'T');
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGCONT).unwrap();
+    target.wait_in(target.pid, SLEEPS);
+    target.no_line(Duration::from_millis(100));
+}
+
+// ---------------------------------------------------------------- timing
+
+/// 100 injections spread over a 2 s sleep, which must end at 2.0-2.2 s.
+fn inject_during(target: &Target) {
+    let injector = target.injector();
+    for _ in 0..100 {
+        assert_eq!(
+            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
+            u64::from(target.pid)
+        );
+        thread::sleep(Duration::from_millis(12));
+    }
+}
+
+#[test]
+fn python_sleep_ends_on_time() {
+    let _serial = serial("python_sleep_ends_on_time");
+    let target = Target::python(
+        "import time\nprint('ready', flush=True)\nt = time.monotonic()\ntime.sleep(2)\n\
+         print(time.monotonic() - t, flush=True)",
+    );
+    target.wait_in(target.pid, SLEEPS);
+    inject_during(&target);
+    let slept: f64 = target.line().parse().unwrap();
+    assert!((2.0..2.2).contains(&slept), "slept {slept} s");
+}
+
+/// coreutils' sleep uses a relative nanosleep, restarted through
+/// `restart_syscall` (an x86_64 fact: arm64 re-runs it from the start).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn relative_nanosleep_ends_on_time() {
+    let _serial = serial("relative_nanosleep_ends_on_time");
+    let mut command = Command::new("sleep");
+    command.arg("2");
+    let mut supervisor = ProcessSupervisor::new(command);
+    let exits = supervisor.exits();
+    let start = Instant::now();
+    let pid = supervisor.spawn().unwrap();
+    let path = format!("/proc/{pid}/syscall");
+    wait_for("sleep to sleep", || {
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        text.split_whitespace()
+            .next()
+            .and_then(|nr| nr.parse().ok())
+            .is_some_and(|nr: libc::c_long| SLEEPS.contains(&nr))
+    });
+    let injector = SyscallInjector::new(supervisor.child_waits());
+    for _ in 0..100 {
+        assert_eq!(
+            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+            u64::from(pid)
+        );
+        thread::sleep(Duration::from_millis(12));
+    }
+    let exit = exits.recv_timeout(SOON).unwrap();
+    let slept = start.elapsed().as_secs_f64();
+    assert_eq!(exit.status, ExitStatus::Code(0));
+    assert!((2.0..2.2).contains(&slept), "slept {slept} s");
+}
+
+// ---------------------------------------------------------------- signals
+
+/// Sends a signal during each injection (as soon as the target shows a
+/// tracing stop, or after a varying delay): every signal must reach the
+/// target's handler once, with our pid as its sender.
+fn signals_during_injections(mode: &str) {
+    let target = Target::helper(mode);
+    let pid = target.pid;
+    let injector = target.injector();
+    let (go, orders) = bounded::<(i32, Option<u32>)>(0);
+    let sender = thread::spawn(move || {
+        let stat = format!("/proc/{pid}/stat");
+        for (signal, delay_ns) in orders {
+            let start = Instant::now();
+            match delay_ns {
+                Some(delay_ns) => {
+                    while start.elapsed() < Duration::from_nanos(u64::from(delay_ns)) {}
+                }
+                None => {
+                    while start.elapsed() < Duration::from_millis(20)
+                        && !fs::read_to_string(&stat).unwrap().contains(") t ")
+                    {
+                    }
+                }
+            }
+            // SAFETY: kill takes two integers (nix's `kill` has no real-time
+            // signals).
+            nix::errno::Errno::result(unsafe { libc::kill(pid as i32, signal) }).unwrap();
+        }
+    });
+    let me = std::process::id();
+    let rounds = 300;
+    let mut seed = 0x2545_f491u32;
+    let mut held = 0;
+    for round in 0..rounds {
+        let signal = if round % 2 == 0 {
+            libc::SIGUSR1
+        } else {
+            libc::SIGRTMIN() + 1
+        };
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let delay = (round % 4 >= 2).then_some((seed >> 8) % 80_000);
+        go.send((signal, delay)).unwrap();
+        let injection = injector.inject(pid, libc::SYS_getpid, &[]).unwrap();
+        assert_eq!(injection.ret, i64::from(pid));
+        if !injection.redelivered.is_empty() {
+            assert_eq!(injection.redelivered, [signal]);
+            held += 1;
+        }
+        assert_eq!(
+            target.line(),
+            format!("sig={signal} pid={me} code={}", libc::SI_USER)
+        );
+    }
+    drop(go);
+    sender.join().unwrap();
+    target.no_line(Duration::from_millis(300));
+    eprintln!("{mode}: {held} of {rounds} signals arrived during an injection");
+    assert!(
+        held > 0,
+        "no signal arrived during an injection: the test proved nothing"
+    );
+}
+
+#[test]
+fn signals_during_injection_into_busy_thread() {
+    let _serial = serial("signals_during_injection_into_busy_thread");
+    signals_during_injections("signals-busy");
+}
+
+#[test]
+fn signals_during_injection_into_sleeping_thread() {
+    let _serial = serial("signals_during_injection_into_sleeping_thread");
+    signals_during_injections("signals-sleep");
+}
+
+// ---------------------------------------------------------------- seccomp
+
+#[test]
+fn seccomp_filtered_target_is_refused() {
+    let _serial = serial("seccomp_filtered_target_is_refused");
+    let target = Target::helper("seccomp-errno");
+    let pid = target.pid;
+    let err = target
+        .injector()
+        .inject(pid, libc::SYS_getpid, &[])
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("seccomp"), "{err}");
+    let mut granter = YamaGranter::new(target.waits());
+    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    assert!(err.to_string().contains("seccomp"), "{err}");
+    // Allowed anyway, the filter's verdict shows as the call's errno.
+    let injector = target.injector().allow_seccomp(true);
+    assert_eq!(
+        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        u64::from(pid)
+    );
+    let injection = injector
+        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .unwrap();
+    assert_eq!(injection.ret, -i64::from(libc::EPERM));
+    // Back in pause(), alive.
+    wait_for("the target to sleep again", || target.state() == 'S');
+}
+
+#[test]
+fn seccomp_trap_is_suppressed() {
+    let _serial = serial("seccomp_trap_is_suppressed");
+    let target = Target::helper("seccomp-trap");
+    let pid = target.pid;
+    let injector = target.injector().allow_seccomp(true);
+    let err = injector
+        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("trapped"), "{err}");
+    // No SIGSYS reached it: it lives on, and takes further calls.
+    assert_eq!(
+        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        u64::from(pid)
+    );
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(target.state(), 'S');
+}
+
+/// The injected call kills the target: the injector reaps it, and the
+/// supervisor still reports how it ended.
+#[test]
+fn target_killed_by_the_injected_call_is_reported() {
+    let _serial = serial("target_killed_by_the_injected_call_is_reported");
+    let mut target = Target::helper("seccomp-kill");
+    let pid = target.pid;
+    let injector = target.injector().allow_seccomp(true);
+    let err = injector
+        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("exited during the grant"), "{err}");
+    let exit = target.exit();
+    assert_eq!(
+        exit,
+        Exit {
+            pid,
+            status: ExitStatus::Signal(libc::SIGSYS)
+        }
+    );
+}
+
+// ---------------------------------------------------------------- reaper
+
+#[test]
+fn reaper_keeps_exit_status_of_target_killed_during_injections() {
+    let _serial = serial("reaper_keeps_exit_status_of_target_killed_during_injections");
+    let rounds = 20;
+    let mut reaped_by_injector = 0;
+    for round in 0..rounds {
+        let mut target = Target::python(BUSY_PY);
+        let pid = target.pid;
+        let injector = target.injector();
+        let (started, first) = bounded(1);
+        let worker = thread::spawn(move || {
+            let mut done = 0;
+            loop {
+                match injector.inject(pid, libc::SYS_getpid, &[]) {
+                    Ok(injection) => {
+                        assert_eq!(injection.ret, i64::from(pid));
+                        done += 1;
+                        let _ = started.try_send(());
+                    }
+                    Err(err) => return (done, err),
+                }
+            }
+        });
+        first.recv_timeout(SOON).expect("no injection succeeded");
+        thread::sleep(Duration::from_millis(1 + round * 7 % 20));
+        target.supervisor.kill().unwrap();
+        let exit = target.exit();
+        assert_eq!(
+            exit,
+            Exit {
+                pid,
+                status: ExitStatus::Signal(libc::SIGKILL)
+            }
+        );
+        let (done, err) = worker.join().unwrap();
+        assert!(done > 0);
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+        if err.to_string().contains("during the grant") {
+            reaped_by_injector += 1;
+        }
+    }
+    eprintln!("the injector reaped the target in {reaped_by_injector} of {rounds} rounds");
+}
+
+// ---------------------------------------------------------------- granter
+
+#[test]
+fn yama_granter_on_this_kernel() {
+    let _serial = serial("yama_granter_on_this_kernel");
+    let target =
+        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
+    let pid = target.pid;
+    let me = std::process::id();
+    let mut granter = YamaGranter::new(target.waits());
+    assert_eq!(granter.name(), "yama");
+    if PtraceScope::current().unwrap() == PtraceScope::NoYama {
+        // prctl(PR_SET_PTRACER) itself fails without Yama: the error says so.
+        let err = granter.grant(pid, me).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("EINVAL") && text.contains("Yama"), "{text}");
+        assert_eq!(granter.holder(pid), None);
+        assert!(granter
+            .revoke(pid)
+            .unwrap_err()
+            .to_string()
+            .contains("EINVAL"));
+    } else {
+        granter.grant(pid, me).unwrap();
+        assert_eq!(granter.holder(pid), Some(Holder::current(me).unwrap()));
+        granter.revoke(pid).unwrap();
+        assert_eq!(granter.holder(pid), None);
+    }
+    let err = granter.grant(pid, i32::MAX as u32).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    target.wait_in(pid, SLEEPS);
+    target.no_line(Duration::from_millis(100));
+}
+
+// ---------------------------------------------------------------- benchmark
+
+fn percentiles(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "{name:<48} n={} median {:>6.1} µs  p99 {:>6.1} µs  max {:>7.1} µs",
+        samples.len(),
+        at(0.5).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6,
+        at(1.0).as_secs_f64() * 1e6,
+    );
+}
+
+/// `cargo test -p heli-grant --release --test inject -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+fn bench_injection_latency() {
+    let _serial = serial("bench_injection_latency");
+    // One target at a time: two busy ones would take both CPUs of a small
+    // machine from the injector.
+    type Spawn = fn() -> Target;
+    let targets: [(&str, Spawn); 4] = [
+        ("asleep (Python time.sleep)", || {
+            Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)")
+        }),
+        ("busy (Python bytecode)", || Target::python(BUSY_PY)),
+        ("busy (C loop)", || Target::helper("busy")),
+        ("blocked in read (Python)", || {
+            Target::python("import os\nprint('ready', flush=True)\nos.read(0, 1)")
+        }),
+    ];
+    for (name, spawn) in targets {
+        let target = spawn();
+        thread::sleep(Duration::from_millis(100));
+        let injector = target.injector();
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            let start = Instant::now();
+            let ret = injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(ret, u64::from(target.pid));
+        }
+        percentiles(&format!("getpid, {name}"), samples);
+        let mut granter = YamaGranter::new(target.waits());
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            let start = Instant::now();
+            // Without Yama the prctl fails (EINVAL): the path is the same.
+            let _ = granter.grant(target.pid, std::process::id());
+            samples.push(start.elapsed());
+        }
+        percentiles(&format!("YamaGranter::grant, {name}"), samples);
+    }
+}
