@@ -196,7 +196,7 @@ impl App {
                 Ok(())
             }
             Cmd::Revoke => {
-                self.client.revoke()?;
+                self.client.revoke(std::process::id())?;
                 println!("Permission withdrawn");
                 Ok(())
             }
@@ -218,8 +218,8 @@ impl App {
         println!("✅ Permission granted");
         let result = self.debug(target, scope);
         // The grant is no longer needed once the debugger is gone.
-        if let Err(err) = self.client.revoke() {
-            log::warn!("could not withdraw the grant: {err}");
+        if let Err(err) = self.client.revoke(me) {
+            println!("Note: the grant was not withdrawn: {err}");
         }
         result
     }

@@ -110,13 +110,14 @@ impl<T: Transport> Client<T> {
         self.expect_ready(Request::GrantAccess(pid))
     }
 
-    /// `REVOKE`: withdraws the grant.
+    /// `REVOKE <pid>`: withdraws the grant, if `pid` holds it (the
+    /// controller refuses when another client took the grant over since).
     ///
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn revoke(&self) -> Result<(), Error> {
-        self.expect_ready(Request::Revoke)
+    pub fn revoke(&self, pid: u32) -> Result<(), Error> {
+        self.expect_ready(Request::Revoke(Some(pid)))
     }
 
     /// `TERMINATE`: the controller stops the target and exits.

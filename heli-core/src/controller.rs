@@ -244,9 +244,16 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 if state.kill_at.is_some() {
                     Reply::Error("The controller is shutting down".into())
                 } else {
+                    let previous = self.granter.holder_pid(state.target);
                     match self.granter.grant(state.target, client) {
                         Ok(()) => {
-                            info!("granted PID {client} access to target {}", state.target);
+                            match previous {
+                                Some(old) if old != client => info!(
+                                    "granted PID {client} access to target {}, replacing the grant of PID {old}",
+                                    state.target
+                                ),
+                                _ => info!("granted PID {client} access to target {}", state.target),
+                            }
                             Reply::Ready
                         }
                         Err(err) => {
@@ -256,13 +263,13 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                     }
                 }
             }
-            Request::Revoke => match self.granter.revoke(state.target) {
-                Ok(()) => {
-                    info!("revoked access to target {}", state.target);
-                    Reply::Ready
-                }
-                Err(err) => Reply::Error(format!("Revoke failed: {err}")),
+            Request::Revoke(Some(client)) => match self.granter.holder_pid(state.target) {
+                Some(holder) if holder != client => Reply::Error(format!(
+                    "The grant is held by client PID {holder}, not PID {client}: nothing revoked"
+                )),
+                _ => self.revoke(state.target),
             },
+            Request::Revoke(None) => self.revoke(state.target),
             Request::Terminate => {
                 info!("TERMINATE requested by {peer:?}");
                 incoming.reply(Reply::Ready);
@@ -271,6 +278,16 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             }
         };
         incoming.reply(reply);
+    }
+
+    fn revoke(&mut self, target: u32) -> Reply {
+        match self.granter.revoke(target) {
+            Ok(()) => {
+                info!("revoked access to target {target}");
+                Reply::Ready
+            }
+            Err(err) => Reply::Error(format!("Revoke failed: {err}")),
+        }
     }
 
     /// Asks the target to end, with `signal` if given, else with the

@@ -30,6 +30,14 @@ pub trait Granter {
     ///
     /// When the grant could not be withdrawn.
     fn revoke(&mut self, target: u32) -> io::Result<()>;
+
+    /// The process that holds the grant on `target` now, if the granter
+    /// tracks it (the default: it does not). Checked against the running
+    /// processes, never a stale record: `None` once the holder exited.
+    fn holder_pid(&self, target: u32) -> Option<u32> {
+        let _ = target;
+        None
+    }
 }
 
 impl<G: Granter + ?Sized> Granter for &mut G {
@@ -42,6 +50,9 @@ impl<G: Granter + ?Sized> Granter for &mut G {
     fn revoke(&mut self, target: u32) -> io::Result<()> {
         (**self).revoke(target)
     }
+    fn holder_pid(&self, target: u32) -> Option<u32> {
+        (**self).holder_pid(target)
+    }
 }
 
 impl<G: Granter + ?Sized> Granter for Box<G> {
@@ -53,5 +64,8 @@ impl<G: Granter + ?Sized> Granter for Box<G> {
     }
     fn revoke(&mut self, target: u32) -> io::Result<()> {
         (**self).revoke(target)
+    }
+    fn holder_pid(&self, target: u32) -> Option<u32> {
+        (**self).holder_pid(target)
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET_TARGET_PID` | `TARGET_PID <pid>` |
 //! | `GRANT_ACCESS <pid>` | `READY` once `<pid>` may ptrace the target |
-//! | `REVOKE` | `READY` once the grant is withdrawn |
+//! | `REVOKE [<pid>]` | `READY` once the grant is withdrawn (only if `<pid>` holds it, when given) |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
@@ -52,8 +52,10 @@ pub enum Request {
     /// `GRANT_ACCESS <pid>`: let process `<pid>` (and its descendants) ptrace
     /// the target.
     GrantAccess(u32),
-    /// `REVOKE`: withdraw the grant given to the asking client.
-    Revoke,
+    /// `REVOKE [<pid>]`: withdraw the grant on the target; with a pid, only
+    /// if that process holds it (a client that detached must not withdraw
+    /// the grant another client took over since).
+    Revoke(Option<u32>),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
 }
@@ -64,7 +66,7 @@ impl Request {
         let upper = match self {
             Request::GetTargetPid => "GET_TARGET_PID",
             Request::GrantAccess(_) => "GRANT_ACCESS",
-            Request::Revoke => "REVOKE",
+            Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
         };
         dialect.apply(upper)
@@ -73,7 +75,9 @@ impl Request {
     /// The request as a line, newline included.
     pub fn encode(&self, dialect: Dialect) -> String {
         match self {
-            Request::GrantAccess(pid) => format!("{} {}\n", self.command(dialect), pid),
+            Request::GrantAccess(pid) | Request::Revoke(Some(pid)) => {
+                format!("{} {}\n", self.command(dialect), pid)
+            }
             _ => format!("{}\n", self.command(dialect)),
         }
     }
@@ -226,7 +230,14 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     } else if command.eq_ignore_ascii_case("TERMINATE") {
         Request::Terminate
     } else if command.eq_ignore_ascii_case("REVOKE") {
-        Request::Revoke
+        match (words.next(), words.next()) {
+            (None, _) => Request::Revoke(None),
+            (Some(word), None) => match parse_pid(word) {
+                Some(pid) => Request::Revoke(Some(pid)),
+                None => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+            },
+            (Some(_), Some(_)) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+        }
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
         let pid = words.next().and_then(parse_pid);
         match (pid, words.next()) {
@@ -388,7 +399,8 @@ mod tests {
             ),
             (b"  TERMINATE  \n", Request::Terminate, Dialect::Upper),
             (b"terminate\n", Request::Terminate, Dialect::Lower),
-            (b"REVOKE\n", Request::Revoke, Dialect::Upper),
+            (b"REVOKE\n", Request::Revoke(None), Dialect::Upper),
+            (b"revoke 17\n", Request::Revoke(Some(17)), Dialect::Lower),
             (
                 b"grant_access\t2147483647\n",
                 Request::GrantAccess(2147483647),
@@ -409,7 +421,8 @@ mod tests {
         for request in [
             Request::GetTargetPid,
             Request::GrantAccess(7),
-            Request::Revoke,
+            Request::Revoke(None),
+            Request::Revoke(Some(8)),
             Request::Terminate,
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
@@ -444,6 +457,8 @@ mod tests {
                 "Invalid PID",
             ),
             (b"GRANT_ACCESS 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"REVOKE x\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (b"REVOKE 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
             (
                 b"TERMINATE now\n",
                 ErrorKind::UnexpectedArgument,

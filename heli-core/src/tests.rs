@@ -294,6 +294,8 @@ struct Grants {
     revoked: Vec<u32>,
     /// When set, `grant` and `revoke` fail with this message.
     fail: Option<String>,
+    /// Who holds the grant (one holder, as under Yama).
+    holder: Option<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -326,6 +328,7 @@ impl Granter for Recorder {
             return Err(io::Error::other(message.clone()));
         }
         grants.granted.push((target, client));
+        grants.holder = Some(client);
         Ok(())
     }
 
@@ -335,7 +338,12 @@ impl Granter for Recorder {
             return Err(io::Error::other(message.clone()));
         }
         grants.revoked.push(target);
+        grants.holder = None;
         Ok(())
+    }
+
+    fn holder_pid(&self, _target: u32) -> Option<u32> {
+        self.0.lock().unwrap().holder
     }
 }
 
@@ -589,7 +597,7 @@ fn revoke_withdraws_the_grant() {
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
     fake.client().grant_access(77).unwrap();
-    fake.client().revoke().unwrap();
+    fake.client().revoke(77).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -599,10 +607,39 @@ fn revoke_withdraws_the_grant() {
         fake.raw(b"REVOKE\n"),
         "ERROR: Revoke failed: prctl failed\n"
     );
-    let err = fake.client().revoke().unwrap_err();
+    let err = fake.client().revoke(77).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_client_cannot_revoke_a_grant_another_client_took_over() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    fake.client().grant_access(77).unwrap();
+    // A second client takes the grant over (Yama keeps one ptracer).
+    fake.client().grant_access(88).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77), (PID, 88)]);
+    // The first one detaches and revokes: the second keeps its grant.
+    let err = fake.client().revoke(77).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(
+        err.message(),
+        "The grant is held by client PID 88, not PID 77: nothing revoked"
+    );
+    assert!(granter.revoked().is_empty());
+    assert_eq!(
+        fake.raw(b"revoke 77\n"),
+        "error : The grant is held by client PID 88, not PID 77: nothing revoked\n"
+    );
+    // The holder itself may revoke.
+    fake.client().revoke(88).unwrap();
+    assert_eq!(granter.revoked(), [PID]);
 
     fake.client().terminate().unwrap();
     running.join().unwrap();
@@ -1076,7 +1113,7 @@ fn client_rejects_replies_of_the_wrong_type() {
             client.grant_access(9),
             client.terminate(),
             client.target_pid().map(drop),
-            client.revoke(),
+            client.revoke(9),
         ]
     });
     for result in results {
@@ -1090,7 +1127,7 @@ fn client_rejects_replies_of_the_wrong_type() {
             "GRANT_ACCESS 9\n",
             "TERMINATE\n",
             "GET_TARGET_PID\n",
-            "REVOKE\n"
+            "REVOKE 9\n"
         ]
     );
 }

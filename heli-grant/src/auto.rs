@@ -130,6 +130,13 @@ impl Granter for AutoGranter {
             AutoGranter::Yama(granter) => granter.revoke(target),
         }
     }
+
+    fn holder_pid(&self, target: u32) -> Option<u32> {
+        match self {
+            AutoGranter::Noop(granter) => granter.holder_pid(target),
+            AutoGranter::Yama(granter) => granter.holder_pid(target),
+        }
+    }
 }
 
 impl FromStr for GranterChoice {

@@ -163,6 +163,10 @@ impl Granter for YamaGranter {
         "yama"
     }
 
+    fn holder_pid(&self, target: u32) -> Option<u32> {
+        self.holder(target).map(|holder| holder.pid)
+    }
+
     /// Injects `prctl(PR_SET_PTRACER, client)` into `target`; succeeds when
     /// it returned 0. `client` may be a thread: its process is named.
     fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
@@ -194,11 +198,11 @@ impl Granter for YamaGranter {
             },
         );
         match previous {
-            Some(old) if old.holder != holder && old.holder.is_running() => info!(
+            Some(old) if old.holder != holder && old.holder.is_running() => debug!(
                 "PID {target} may now be ptraced by PID {client}, no longer by PID {}",
                 old.holder.pid
             ),
-            _ => info!("PID {target} may now be ptraced by PID {client}"),
+            _ => debug!("PID {target} may now be ptraced by PID {client}"),
         }
         Ok(())
     }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The Yama suite, run as root inside a Yama kernel by scripts/vm/test-yama.sh:
+#
+#   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON
+#
+# Sets ptrace_scope 1, 0, 2, 3 in turn (3 last: it cannot be lowered) and
+# runs the real controller, client and pdb as an unprivileged user. Ends with
+# "yama: N passed, N failed" and exits non-zero if anything failed.
+set -uo pipefail
+here=$(dirname "${BASH_SOURCE[0]}")
+. "$here/guest-lib.sh"
+
+examples=$1 python=$2
+repo=$(realpath "$here/../..")
+passes=0 fails=0
+ok() { echo "ok   - $*"; passes=$((passes + 1)); }
+fail() { echo "FAIL - $*"; fails=$((fails + 1)); }
+# expect DESC PATTERN TEXT: TEXT must match the extended regex PATTERN.
+expect() {
+  if grep -Eq -- "$2" <<<"$3"; then ok "$1"; else fail "$1: expected /$2/ in: $3"; fi
+}
+
+user=$(heli_vm_user)
+work=$(heli_vm_workdir)
+cp "$examples/controller" "$examples/client" "$repo/examples/target.py" \
+  "$repo/tests/yama_client.py" "$work/"
+chown "$user:" "$work"/*
+echo "kernel $(uname -r), user $(id "$user"), python $python"
+
+pipes=/tmp/heliparent_debug/user_$user
+client() { as_user "$work/client" --python "$python" --timeout 30 "$@"; }
+
+controller_pid=
+start_controller() {
+  as_user env HELI_PYTHON="$python" RUST_LOG=info "$work/controller" "$work/target.py" \
+    >"$work/controller.log" 2>&1 &
+  controller_pid=$!
+  for _ in $(seq 600); do
+    [[ -p $pipes/response ]] && client pid >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  fail "controller did not start: $(cat "$work/controller.log")"
+  return 1
+}
+stop_controller() {
+  client terminate >/dev/null 2>&1
+  for _ in $(seq 300); do kill -0 "$controller_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$controller_pid" 2>/dev/null; then
+    fail "controller still running after terminate"
+    kill -9 "$controller_pid"
+  fi
+  wait "$controller_pid" 2>/dev/null
+}
+attach() { # attach: one client attach, pdb reads the counter
+  printf "p ('counter', counter)\nq\n" | client attach 2>&1
+}
+
+echo "--- ptrace_scope 1"
+set_ptrace_scope 1 || fail "cannot set scope 1"
+if start_controller; then
+  expect "controller chose the Yama granter" "granter: yama" "$(cat "$work/controller.log")"
+  # The very first attach of a fresh client reaches pdb and reads the
+  # counter (the original's first attach was denied: its grant was late).
+  expect "first attach reaches (Pdb) and prints counter" "\('counter', [0-9]+\)" "$(attach)"
+  target=$(client pid)
+  # Negative control first: without a grant the same process is denied;
+  # with it allowed; after REVOKE denied again.
+  out=$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" pdb 'GRANT_ACCESS $PID' pdb REVOKE pdb)
+  expect "no grant: pdb -p denied" "^pdb denied" "$(sed -n 1p <<<"$out")"
+  expect "grant answered READY" "^READY$" "$(sed -n 2p <<<"$out")"
+  expect "granted: pdb -p as the client's child allowed" "^pdb allowed" "$(sed -n 3p <<<"$out")"
+  expect "revoke answered READY" "^READY$" "$(sed -n 4p <<<"$out")"
+  expect "revoked: pdb -p denied again" "^pdb denied" "$(sed -n 5p <<<"$out")"
+  # Yama keeps one ptracer: a grant to another process replaces ours, and
+  # our REVOKE then must not take the other's grant away.
+  out=$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" 'GRANT_ACCESS $PID' \
+    'GRANT_ACCESS $CHILD' pdb 'REVOKE $PID' 'GRANT_ACCESS $PID' pdb 'REVOKE $PID' pdb)
+  expect "grant to another process answered READY" "^READY$" "$(sed -n 2p <<<"$out")"
+  expect "replaced: our pdb -p denied" "^pdb denied" "$(sed -n 3p <<<"$out")"
+  expect "REVOKE of a replaced grant refused, naming the holder" \
+    "^ERROR: The grant is held by client PID [0-9]+, not PID [0-9]+: nothing revoked$" "$(sed -n 4p <<<"$out")"
+  expect "granted again: pdb -p allowed" "^pdb allowed" "$(sed -n 6p <<<"$out")"
+  expect "our REVOKE: pdb -p denied" "^pdb denied" "$(sed -n 8p <<<"$out")"
+  good=0
+  for i in $(seq 20); do
+    out=$(attach)
+    if grep -Eq "\('counter', [0-9]+\)" <<<"$out"; then good=$((good + 1)); else echo "cycle $i: $out"; fi
+  done
+  expect "20 attach/detach cycles in a row" "^20$" "$good"
+  # A grant for a process that does not exist is refused by the kernel.
+  expect "grant for a missing pid refused" "ERROR: Grant failed" \
+    "$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" 'GRANT_ACCESS 2147483000')"
+  expect "target survived the grants" "^[0-9]+$" "$(client pid)"
+  stop_controller
+  kill -0 "$target" 2>/dev/null && fail "target $target left running" || ok "target ended with the controller"
+fi
+
+echo "--- ptrace_scope 0"
+set_ptrace_scope 0 || fail "cannot set scope 0"
+if start_controller; then
+  expect "controller chose the no-op granter" "granter: noop" "$(cat "$work/controller.log")"
+  expect "attach works through the no-op path" "\('counter', [0-9]+\)" "$(attach)"
+  stop_controller
+fi
+
+for scope in 2 3; do
+  echo "--- ptrace_scope $scope"
+  start_controller || continue
+  set_ptrace_scope $scope || fail "cannot set scope $scope"
+  start=$(date +%s)
+  out=$(client attach </dev/null 2>&1); rc=$?
+  took=$(($(date +%s) - start))
+  expect "scope $scope: client exits 5" "^5$" "$rc"
+  case $scope in
+    2) expect "scope 2: message names CAP_SYS_PTRACE" "ptrace_scope 2 \(admin-only\).*CAP_SYS_PTRACE" "$out" ;;
+    3) expect "scope 3: message says disabled until reboot" "disabled until reboot" "$out" ;;
+  esac
+  expect "scope $scope: client answered within its timeout" "^([0-9]|[12][0-9])$" "$took"
+  stop_controller
+done
+
+echo "yama: $passes passed, $fails failed"
+((fails == 0))
