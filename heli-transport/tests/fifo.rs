@@ -618,7 +618,7 @@ fn requests_round_trip_in_both_dialects() {
         assert_eq!(err.kind(), ErrorKind::Refused);
         assert_eq!(err.to_string(), "77");
         client.terminate().unwrap();
-        client.revoke().unwrap();
+        client.revoke(77).unwrap();
 
         let deadline = || Instant::now() + Duration::from_secs(2);
         for (line, reply) in [
