@@ -1,9 +1,9 @@
 //! The client side: one request per connection, each with a deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Reply, Request, Status};
 use crate::transport::{Connection, Transport};
 
 /// How long a client waits for the controller by default.
@@ -53,18 +53,17 @@ impl<T: Transport> Client<T> {
         &self.transport
     }
 
-    /// Sends `request` and returns the reply; an `ERROR:` reply becomes an
-    /// [`ErrorKind::Refused`] error carrying the controller's message.
+    /// Connects for several requests on one connection: a grant asked on a
+    /// [`Session`] lasts as long as the session where the transport has
+    /// connections (Unix socket), so keep it open while the debugger runs.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotRunning`] when no controller listens,
-    /// [`ErrorKind::Timeout`], [`ErrorKind::Refused`],
-    /// [`ErrorKind::MalformedReply`] or [`ErrorKind::Io`].
-    pub fn request(&self, request: Request) -> Result<Reply, Error> {
-        let deadline = Instant::now() + self.timeout;
-        let mut connection = self.transport.connect(self.timeout).map_err(|err| {
-            let mut error = Error::io(
+    /// [`ErrorKind::NotRunning`] when no controller listens, else as
+    /// [`request`](Client::request).
+    pub fn session(&self) -> Result<Session<T::Connection>, Error> {
+        let connection = self.transport.connect(self.timeout).map_err(|err| {
+            let error = Error::io(
                 format!(
                     "Cannot reach the controller at {}",
                     self.transport.describe()
@@ -72,21 +71,34 @@ impl<T: Transport> Client<T> {
                 err,
             );
             if error.kind() == ErrorKind::NotRunning {
-                error = Error::new(
+                Error::new(
                     ErrorKind::NotRunning,
                     format!(
                         "Controller not running (nothing listens at {})",
                         self.transport.describe()
                     ),
-                );
+                )
+            } else {
+                error
             }
-            error
         })?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match connection.request(request, remaining)? {
-            Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
-            reply => Ok(reply),
-        }
+        Ok(Session {
+            connection,
+            timeout: self.timeout,
+        })
+    }
+
+    /// Sends `request` on a connection of its own and returns the reply;
+    /// an `ERROR:` reply becomes an [`ErrorKind::Refused`] error carrying the
+    /// controller's message.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotRunning`] when no controller listens,
+    /// [`ErrorKind::Timeout`], [`ErrorKind::Refused`],
+    /// [`ErrorKind::MalformedReply`] or [`ErrorKind::Io`].
+    pub fn request(&self, request: Request) -> Result<Reply, Error> {
+        self.session()?.request(request)
     }
 
     /// `GET_TARGET_PID`: the target's process id.
@@ -95,19 +107,20 @@ impl<T: Transport> Client<T> {
     ///
     /// As [`request`](Client::request).
     pub fn target_pid(&self) -> Result<u32, Error> {
-        match self.request(Request::GetTargetPid)? {
-            Reply::TargetPid(pid) => Ok(pid),
-            other => Err(unexpected(Request::GetTargetPid, &other)),
-        }
+        self.session()?.target_pid()
     }
 
     /// `GRANT_ACCESS <pid>`: returns once `pid` may ptrace the target.
+    ///
+    /// On a transport with connections (Unix socket) a grant ends when the
+    /// connection that asked for it closes — here, as soon as this call
+    /// returns: keep a [`Session`] open for as long as the grant is needed.
     ///
     /// # Errors
     ///
     /// As [`request`](Client::request).
     pub fn grant_access(&self, pid: u32) -> Result<(), Error> {
-        self.expect_ready(Request::GrantAccess(pid))
+        self.session()?.grant_access(pid)
     }
 
     /// `REVOKE <pid>`: withdraws the grant, if `pid` holds it (the
@@ -117,7 +130,16 @@ impl<T: Transport> Client<T> {
     ///
     /// As [`request`](Client::request).
     pub fn revoke(&self, pid: u32) -> Result<(), Error> {
-        self.expect_ready(Request::Revoke(Some(pid)))
+        self.session()?.revoke(pid)
+    }
+
+    /// `STATUS`: what the controller and its target are doing.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn status(&self) -> Result<Status, Error> {
+        self.session()?.status()
     }
 
     /// `TERMINATE`: the controller stops the target and exits.
@@ -126,10 +148,95 @@ impl<T: Transport> Client<T> {
     ///
     /// As [`request`](Client::request).
     pub fn terminate(&self) -> Result<(), Error> {
+        self.session()?.terminate()
+    }
+}
+
+/// One connection to a controller, for several requests; see
+/// [`Client::session`]. Each request waits at most the client's timeout.
+#[derive(Debug)]
+pub struct Session<C> {
+    connection: C,
+    timeout: Duration,
+}
+
+impl<C: Connection> Session<C> {
+    /// Sends `request` and returns the reply; an `ERROR:` reply becomes an
+    /// [`ErrorKind::Refused`] error carrying the controller's message.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn request(&mut self, request: Request) -> Result<Reply, Error> {
+        match self.connection.request(request, self.timeout)? {
+            Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// `GET_TARGET_PID`; see [`Client::target_pid`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn target_pid(&mut self) -> Result<u32, Error> {
+        match self.request(Request::GetTargetPid)? {
+            Reply::TargetPid(pid) => Ok(pid),
+            other => Err(unexpected(Request::GetTargetPid, &other)),
+        }
+    }
+
+    /// `GRANT_ACCESS <pid>`; see [`Client::grant_access`]. Refused while
+    /// another client holds the grant.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn grant_access(&mut self, pid: u32) -> Result<(), Error> {
+        self.expect_ready(Request::GrantAccess(pid))
+    }
+
+    /// `GRANT_ACCESS <pid> FORCE`: as [`grant_access`](Self::grant_access),
+    /// taking the grant over from whichever client holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn take_over(&mut self, pid: u32) -> Result<(), Error> {
+        self.expect_ready(Request::TakeOver(pid))
+    }
+
+    /// `REVOKE <pid>`; see [`Client::revoke`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn revoke(&mut self, pid: u32) -> Result<(), Error> {
+        self.expect_ready(Request::Revoke(Some(pid)))
+    }
+
+    /// `STATUS`; see [`Client::status`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn status(&mut self) -> Result<Status, Error> {
+        match self.request(Request::Status)? {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected(Request::Status, &other)),
+        }
+    }
+
+    /// `TERMINATE`; see [`Client::terminate`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn terminate(&mut self) -> Result<(), Error> {
         self.expect_ready(Request::Terminate)
     }
 
-    fn expect_ready(&self, request: Request) -> Result<(), Error> {
+    fn expect_ready(&mut self, request: Request) -> Result<(), Error> {
         match self.request(request)? {
             Reply::Ready => Ok(()),
             other => Err(unexpected(request, &other)),

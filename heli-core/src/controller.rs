@@ -13,9 +13,9 @@ use signal_hook::iterator::SignalsInfo;
 use signal_hook::low_level::siginfo::{Cause, Origin};
 
 use crate::granter::Granter;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Reply, Request, Status};
 use crate::supervisor::{ExitStatus, Supervisor};
-use crate::transport::{Event, Incoming, Listener, Stopper, Transport};
+use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
 
 /// Signals that end the controller: they are passed to the target, which is
 /// killed if it still runs after the grace period.
@@ -60,6 +60,7 @@ pub struct Controller<T, G, S> {
     supervisor: S,
     grace: Duration,
     handle_signals: bool,
+    status_fields: Vec<(String, String)>,
     shutdown: (Sender<()>, Receiver<()>),
 }
 
@@ -84,6 +85,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             supervisor,
             grace: DEFAULT_GRACE,
             handle_signals: false,
+            status_fields: Vec::new(),
             shutdown: bounded(1),
         }
     }
@@ -104,6 +106,13 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// target already and is not sent twice.
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = yes;
+        self
+    }
+
+    /// Adds a `key=value` fact to every `STATUS` reply (for instance the
+    /// kernel's `ptrace_scope`, which this crate cannot read itself).
+    pub fn status_field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.status_fields.push((key.into(), value.into()));
         self
     }
 
@@ -152,7 +161,9 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
 
         let mut state = State {
             target,
+            started: Instant::now(),
             kill_at: None,
+            grant: None,
         };
         let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
         let mut listening = true;
@@ -182,7 +193,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 }
                 recv(requests) -> event => match event {
                     Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
-                    Ok(Event::Disconnected(peer)) => debug!("client {peer:?} disconnected"),
+                    Ok(Event::Disconnected(peer)) => self.disconnected(&mut state, peer),
                     Err(_) => {
                         warn!("listener stopped; stopping the target");
                         listening = false;
@@ -240,36 +251,18 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         debug!("request {request} from {peer:?}");
         let reply = match request {
             Request::GetTargetPid => Reply::TargetPid(state.target),
-            Request::GrantAccess(client) => {
-                if state.kill_at.is_some() {
-                    Reply::Error("The controller is shutting down".into())
-                } else {
-                    let previous = self.granter.holder_pid(state.target);
-                    match self.granter.grant(state.target, client) {
-                        Ok(()) => {
-                            match previous {
-                                Some(old) if old != client => info!(
-                                    "granted PID {client} access to target {}, replacing the grant of PID {old}",
-                                    state.target
-                                ),
-                                _ => info!("granted PID {client} access to target {}", state.target),
-                            }
-                            Reply::Ready
-                        }
-                        Err(err) => {
-                            warn!("grant for PID {client} failed: {err}");
-                            Reply::Error(format!("Grant failed: {err}"))
-                        }
-                    }
-                }
+            Request::GrantAccess(client) | Request::TakeOver(client) => {
+                let force = matches!(request, Request::TakeOver(_));
+                self.grant(state, peer, client, force)
             }
+            Request::Status => Reply::Status(self.status(state)),
             Request::Revoke(Some(client)) => match self.granter.holder_pid(state.target) {
                 Some(holder) if holder != client => Reply::Error(format!(
                     "The grant is held by client PID {holder}, not PID {client}: nothing revoked"
                 )),
-                _ => self.revoke(state.target),
+                _ => self.revoke(state),
             },
-            Request::Revoke(None) => self.revoke(state.target),
+            Request::Revoke(None) => self.revoke(state),
             Request::Terminate => {
                 info!("TERMINATE requested by {peer:?}");
                 incoming.reply(Reply::Ready);
@@ -280,13 +273,90 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         incoming.reply(reply);
     }
 
-    fn revoke(&mut self, target: u32) -> Reply {
-        match self.granter.revoke(target) {
+    /// Grants `client` access, unless another client holds the grant and
+    /// `force` is not set (Yama keeps one ptracer per target).
+    fn grant(&mut self, state: &mut State, peer: Peer, client: u32, force: bool) -> Reply {
+        if state.kill_at.is_some() {
+            return Reply::Error("The controller is shutting down".into());
+        }
+        let previous = self.granter.holder_pid(state.target);
+        if let Some(holder) = previous.filter(|&holder| holder != client && !force) {
+            return Reply::Error(format!(
+                "target is being debugged by client PID {holder} (attach --force takes it over)"
+            ));
+        }
+        match self.granter.grant(state.target, client) {
             Ok(()) => {
-                info!("revoked access to target {target}");
+                match previous {
+                    Some(old) if old != client => info!(
+                        "granted PID {client} access to target {}, taking it over from PID {old}",
+                        state.target
+                    ),
+                    _ => info!("granted PID {client} access to target {}", state.target),
+                }
+                state.grant = Some(GrantRecord {
+                    client,
+                    connection: peer.connection,
+                });
+                Reply::Ready
+            }
+            Err(err) => {
+                warn!("grant for PID {client} failed: {err}");
+                Reply::Error(format!("Grant failed: {err}"))
+            }
+        }
+    }
+
+    fn revoke(&mut self, state: &mut State) -> Reply {
+        state.grant = None;
+        match self.granter.revoke(state.target) {
+            Ok(()) => {
+                info!("revoked access to target {}", state.target);
                 Reply::Ready
             }
             Err(err) => Reply::Error(format!("Revoke failed: {err}")),
+        }
+    }
+
+    /// A connection closed: the grant it asked for, if still in force,
+    /// goes with it.
+    fn disconnected(&mut self, state: &mut State, peer: Peer) {
+        debug!("client {peer:?} disconnected");
+        let Some(record) = state.grant.filter(|r| r.connection == peer.connection) else {
+            return;
+        };
+        // Connectionless transports (named pipes) tie no grant to a peer.
+        if peer.connection == 0 {
+            return;
+        }
+        match self.granter.holder_pid(state.target) {
+            Some(holder) if holder != record.client => state.grant = None,
+            _ => {
+                info!(
+                    "the connection of client PID {} closed: revoking its grant",
+                    record.client
+                );
+                if let Reply::Error(message) = self.revoke(state) {
+                    warn!("{message}");
+                }
+            }
+        }
+    }
+
+    fn status(&self, state: &State) -> Status {
+        Status {
+            pid: state.target,
+            state: if state.kill_at.is_some() {
+                "stopping"
+            } else {
+                "running"
+            }
+            .to_owned(),
+            uptime_secs: state.started.elapsed().as_secs(),
+            granter: self.granter.name().to_owned(),
+            holder: self.granter.holder_pid(state.target),
+            extra: self.status_fields.clone(),
+            command: self.supervisor.describe(),
         }
     }
 
@@ -335,8 +405,17 @@ fn not_running() -> Reply {
 #[derive(Debug)]
 struct State {
     target: u32,
+    started: Instant,
     /// When the target gets SIGKILL, once it was asked to stop.
     kill_at: Option<Instant>,
+    /// The last grant made, and on which connection.
+    grant: Option<GrantRecord>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GrantRecord {
+    client: u32,
+    connection: u64,
 }
 
 /// Forwards caught signals into a channel from a thread of its own.

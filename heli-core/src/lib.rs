@@ -125,7 +125,7 @@ pub mod protocol;
 mod supervisor;
 mod transport;
 
-pub use client::{Client, DEFAULT_TIMEOUT};
+pub use client::{Client, Session, DEFAULT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS};
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;

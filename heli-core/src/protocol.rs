@@ -8,6 +8,8 @@
 //! |---|---|
 //! | `GET_TARGET_PID` | `TARGET_PID <pid>` |
 //! | `GRANT_ACCESS <pid>` | `READY` once `<pid>` may ptrace the target |
+//! | `GRANT_ACCESS <pid> FORCE` | the same, taking the grant over from another client |
+//! | `STATUS` | `STATUS pid=<pid> state=<state> ... command=<command line>` |
 //! | `REVOKE [<pid>]` | `READY` once the grant is withdrawn (only if `<pid>` holds it, when given) |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
@@ -52,6 +54,11 @@ pub enum Request {
     /// `GRANT_ACCESS <pid>`: let process `<pid>` (and its descendants) ptrace
     /// the target.
     GrantAccess(u32),
+    /// `GRANT_ACCESS <pid> FORCE`: as [`GrantAccess`](Request::GrantAccess),
+    /// even while another client holds the grant (which it then loses).
+    TakeOver(u32),
+    /// `STATUS`: what the controller and its target are doing.
+    Status,
     /// `REVOKE [<pid>]`: withdraw the grant on the target; with a pid, only
     /// if that process holds it (a client that detached must not withdraw
     /// the grant another client took over since).
@@ -65,7 +72,8 @@ impl Request {
     pub fn command(&self, dialect: Dialect) -> &'static str {
         let upper = match self {
             Request::GetTargetPid => "GET_TARGET_PID",
-            Request::GrantAccess(_) => "GRANT_ACCESS",
+            Request::GrantAccess(_) | Request::TakeOver(_) => "GRANT_ACCESS",
+            Request::Status => "STATUS",
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
         };
@@ -78,7 +86,26 @@ impl Request {
             Request::GrantAccess(pid) | Request::Revoke(Some(pid)) => {
                 format!("{} {}\n", self.command(dialect), pid)
             }
+            Request::TakeOver(pid) => {
+                format!(
+                    "{} {} {}\n",
+                    self.command(dialect),
+                    pid,
+                    dialect.apply("FORCE")
+                )
+            }
             _ => format!("{}\n", self.command(dialect)),
+        }
+    }
+}
+
+impl Request {
+    /// The process a `GRANT_ACCESS` (with or without `FORCE`) asks rights
+    /// for; `None` for other requests.
+    pub fn grant_pid(&self) -> Option<u32> {
+        match *self {
+            Request::GrantAccess(pid) | Request::TakeOver(pid) => Some(pid),
+            _ => None,
         }
     }
 }
@@ -99,6 +126,103 @@ pub enum Reply {
     Ready,
     /// `ERROR: <message>`.
     Error(String),
+    /// `STATUS key=value ... command=<command line>`.
+    Status(Status),
+}
+
+/// The controller's answer to `STATUS`.
+///
+/// On the wire: `STATUS` then `key=value` words, `command=` last, taking the
+/// rest of the line (so it may hold spaces). Other values hold no white space.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The target's process id.
+    pub pid: u32,
+    /// `running`, or `stopping` once asked to end.
+    pub state: String,
+    /// Seconds since the target started.
+    pub uptime_secs: u64,
+    /// The granter in use.
+    pub granter: String,
+    /// The process that holds the grant, if any.
+    pub holder: Option<u32>,
+    /// More facts, in order (for instance `ptrace_scope`).
+    pub extra: Vec<(String, String)>,
+    /// The target's command line.
+    pub command: String,
+}
+
+impl Status {
+    fn encode(&self) -> String {
+        let word = |value: &str| -> String {
+            let cleaned: String = value
+                .chars()
+                .map(|c| {
+                    if c.is_whitespace() || c == '=' {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if cleaned.is_empty() {
+                "-".to_owned()
+            } else {
+                cleaned
+            }
+        };
+        let mut line = format!(
+            "pid={} state={} uptime={} granter={} holder={}",
+            self.pid,
+            word(&self.state),
+            self.uptime_secs,
+            word(&self.granter),
+            self.holder
+                .map_or_else(|| "none".to_owned(), |pid| pid.to_string()),
+        );
+        for (key, value) in &self.extra {
+            line.push_str(&format!(" {}={}", word(key), word(value)));
+        }
+        line.push_str(" command=");
+        line.push_str(&self.command.replace(['\n', '\r'], " "));
+        line
+    }
+
+    fn parse(text: &str) -> Option<Status> {
+        let (fields, command) = match text.find("command=") {
+            Some(at) => (&text[..at], text[at + "command=".len()..].to_owned()),
+            None => (text, String::new()),
+        };
+        let mut status = Status {
+            command,
+            ..Status::default()
+        };
+        let mut has_pid = false;
+        for field in fields.split_ascii_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "pid" => {
+                    status.pid = parse_pid(value)?;
+                    has_pid = true;
+                }
+                "state" => status.state = value.to_owned(),
+                "uptime" => status.uptime_secs = value.parse().ok()?,
+                "granter" => status.granter = value.to_owned(),
+                "holder" if value == "none" => status.holder = None,
+                "holder" => status.holder = Some(parse_pid(value)?),
+                _ => status.extra.push((key.to_owned(), value.to_owned())),
+            }
+        }
+        has_pid.then_some(status)
+    }
+
+    /// The value of an [`extra`](Status::extra) fact.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Reply {
@@ -115,6 +239,7 @@ impl Reply {
         match self {
             Reply::TargetPid(pid) => format!("{} {}\n", dialect.apply("TARGET_PID"), pid),
             Reply::Ready => format!("{}\n", dialect.apply("READY")),
+            Reply::Status(status) => format!("{} {}\n", dialect.apply("STATUS"), status.encode()),
             Reply::Error(message) => {
                 let message = message.replace(['\n', '\r'], " ");
                 match dialect {
@@ -148,6 +273,9 @@ impl Reply {
         }
         if word.eq_ignore_ascii_case("ready") && rest.trim().is_empty() {
             return Ok(Reply::Ready);
+        }
+        if word.eq_ignore_ascii_case("status") {
+            return Status::parse(rest).map(Reply::Status).ok_or_else(malformed);
         }
         if word.eq_ignore_ascii_case("target_pid") {
             return match parse_pid(rest.trim()) {
@@ -197,6 +325,8 @@ impl Dialect {
             (Dialect::Lower, "TERMINATE") => "terminate",
             (Dialect::Lower, "TARGET_PID") => "target_pid",
             (Dialect::Lower, "READY") => "ready",
+            (Dialect::Lower, "STATUS") => "status",
+            (Dialect::Lower, "FORCE") => "force",
             (Dialect::Lower, other) => other,
         }
     }
@@ -238,10 +368,15 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             },
             (Some(_), Some(_)) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
         }
+    } else if command.eq_ignore_ascii_case("STATUS") {
+        Request::Status
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
         let pid = words.next().and_then(parse_pid);
-        match (pid, words.next()) {
-            (Some(pid), None) => Request::GrantAccess(pid),
+        match (pid, words.next(), words.next()) {
+            (Some(pid), None, _) => Request::GrantAccess(pid),
+            (Some(pid), Some(force), None) if force.eq_ignore_ascii_case("FORCE") => {
+                Request::TakeOver(pid)
+            }
             _ => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
         }
     } else {
@@ -400,6 +535,17 @@ mod tests {
             (b"  TERMINATE  \n", Request::Terminate, Dialect::Upper),
             (b"terminate\n", Request::Terminate, Dialect::Lower),
             (b"REVOKE\n", Request::Revoke(None), Dialect::Upper),
+            (
+                b"GRANT_ACCESS 5 FORCE\n",
+                Request::TakeOver(5),
+                Dialect::Upper,
+            ),
+            (
+                b"grant_access 5 force\n",
+                Request::TakeOver(5),
+                Dialect::Lower,
+            ),
+            (b"status\n", Request::Status, Dialect::Lower),
             (b"revoke 17\n", Request::Revoke(Some(17)), Dialect::Lower),
             (
                 b"grant_access\t2147483647\n",
@@ -423,6 +569,8 @@ mod tests {
             Request::GrantAccess(7),
             Request::Revoke(None),
             Request::Revoke(Some(8)),
+            Request::TakeOver(9),
+            Request::Status,
             Request::Terminate,
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
@@ -458,6 +606,21 @@ mod tests {
             ),
             (b"GRANT_ACCESS 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
             (b"REVOKE x\n", ErrorKind::InvalidPid, "Invalid PID"),
+            (
+                b"GRANT_ACCESS 5 NOW\n",
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+            ),
+            (
+                b"GRANT_ACCESS 5 FORCE x\n",
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+            ),
+            (
+                b"STATUS now\n",
+                ErrorKind::UnexpectedArgument,
+                "STATUS takes no argument",
+            ),
             (b"REVOKE 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
             (
                 b"TERMINATE now\n",
@@ -520,6 +683,63 @@ mod tests {
             Reply::error(&err).encode(dialect_of_line(b"bogus")),
             "error : Unknown command: bogus\n"
         );
+    }
+
+    #[test]
+    fn status_round_trips_with_spaces_in_the_command() {
+        let status = Status {
+            pid: 42,
+            state: "running".into(),
+            uptime_secs: 3600,
+            granter: "yama".into(),
+            holder: Some(77),
+            extra: vec![
+                ("ptrace_scope".into(), "1".into()),
+                ("name".into(), "web 1".into()),
+            ],
+            command: "python3.14 worker.py --queue a=b".into(),
+        };
+        let line = Reply::Status(status.clone()).encode(Dialect::Upper);
+        assert_eq!(
+            line,
+            "STATUS pid=42 state=running uptime=3600 granter=yama holder=77 ptrace_scope=1 name=web_1 command=python3.14 worker.py --queue a=b\n"
+        );
+        let mut expected = status.clone();
+        expected.extra[1].1 = "web_1".into();
+        assert_eq!(
+            Reply::parse(&line).unwrap(),
+            Reply::Status(expected.clone())
+        );
+        let lower = Reply::Status(status).encode(Dialect::Lower);
+        assert!(lower.starts_with("status pid=42 "));
+        assert_eq!(
+            Reply::parse(&lower).unwrap(),
+            Reply::Status(expected.clone())
+        );
+        assert_eq!(expected.get("ptrace_scope"), Some("1"));
+        let none = Reply::Status(Status {
+            pid: 1,
+            holder: None,
+            ..Status::default()
+        })
+        .encode(Dialect::Upper);
+        assert_eq!(
+            none,
+            "STATUS pid=1 state=- uptime=0 granter=- holder=none command=\n"
+        );
+        for bad in [
+            "STATUS",
+            "STATUS state=running",
+            "STATUS pid=x",
+            "STATUS pid=1 uptime=soon",
+            "STATUS pid=1 junk",
+        ] {
+            assert_eq!(
+                Reply::parse(bad).unwrap_err().kind(),
+                ErrorKind::MalformedReply,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub trait Supervisor {
     /// The running target's process id, if one runs.
     fn pid(&self) -> Option<u32>;
 
+    /// The target's command line, for status reports (default: empty).
+    fn describe(&self) -> String {
+        String::new()
+    }
+
     /// Sends signal number `signal` to the target.
     ///
     /// # Errors

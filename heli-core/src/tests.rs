@@ -16,7 +16,7 @@
 //! one.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,8 +42,9 @@ const LONG_GRACE: Duration = Duration::from_secs(600);
 // ---------------------------------------------------------------------------
 // The fake transport.
 
-/// A request line and where its reply goes.
-type Wire = (Vec<u8>, Sender<Vec<u8>>);
+/// Who sent it, and a request line with where its reply goes (`None`: the
+/// connection closed).
+type Wire = (Peer, Option<(Vec<u8>, Sender<Vec<u8>>)>);
 
 #[derive(Default)]
 struct FakeConfig {
@@ -73,6 +74,8 @@ struct Wires {
     served: AtomicBool,
     stops: AtomicUsize,
     dropped: AtomicUsize,
+    /// The last connection id handed out.
+    connections: AtomicU64,
 }
 
 /// An in-memory [`Transport`]; clones share the same "address".
@@ -97,6 +100,7 @@ impl Fake {
             served: AtomicBool::new(false),
             stops: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
+            connections: AtomicU64::new(0),
         }))
     }
 
@@ -145,7 +149,12 @@ impl Transport for Fake {
         if let Some(kind) = self.0.config.connect_error {
             return Err(io::Error::new(kind, "fake connect failure"));
         }
-        Ok(FakeConnection(self.0.to_server.clone()))
+        let peer = Peer {
+            connection: self.0.connections.fetch_add(1, SeqCst) + 1,
+            pid: None,
+            uid: None,
+        };
+        Ok(FakeConnection(peer, self.0.to_server.clone()))
     }
 
     fn describe(&self) -> String {
@@ -167,9 +176,13 @@ impl FakeListener {
             select! {
                 recv(self.stop.1) -> _ => return Ok(()),
                 recv(self.wires.from_clients) -> wire => {
-                    let (line, reply_to) = wire.expect("Wires holds a sender");
+                    let (peer, request) = wire.expect("Wires holds a sender");
+                    let Some((line, reply_to)) = request else {
+                        let _ = events.send(Event::Disconnected(peer));
+                        continue;
+                    };
                     if self.wires.config.serial {
-                        let Some(reply) = exchange(events, Peer::default(), Ok(line)) else {
+                        let Some(reply) = exchange(events, peer, Ok(line)) else {
                             return Ok(());
                         };
                         let _ = reply_to.send(reply.into_bytes());
@@ -177,7 +190,7 @@ impl FakeListener {
                     }
                     let events = events.clone();
                     let wires = self.wires.clone();
-                    thread::spawn(move || forward(&wires, events, &line, reply_to));
+                    thread::spawn(move || forward(&wires, events, peer, &line, reply_to));
                 }
             }
         }
@@ -186,8 +199,13 @@ impl FakeListener {
 
 /// What a transport does with one request line: hand it to the controller,
 /// pass its reply back.
-fn forward(wires: &Wires, events: Sender<Event>, line: &[u8], reply_to: Sender<Vec<u8>>) {
-    let peer = Peer::default();
+fn forward(
+    wires: &Wires,
+    events: Sender<Event>,
+    peer: Peer,
+    line: &[u8],
+    reply_to: Sender<Vec<u8>>,
+) {
     let (incoming, reply) = Incoming::new(peer, line);
     if events.send(Event::Request(incoming)).is_err() {
         return; // The controller is gone: dropping `reply_to` tells the client.
@@ -197,7 +215,6 @@ fn forward(wires: &Wires, events: Sender<Event>, line: &[u8], reply_to: Sender<V
         let _ = wires.delivered.0.send(reply.clone());
         let _ = reply_to.send(reply.into_bytes());
     }
-    let _ = events.send(Event::Disconnected(peer));
 }
 
 impl Listener for FakeListener {
@@ -241,13 +258,19 @@ impl Stopper for FakeStopper {
     }
 }
 
-struct FakeConnection(Sender<Wire>);
+struct FakeConnection(Peer, Sender<Wire>);
+
+impl Drop for FakeConnection {
+    fn drop(&mut self) {
+        let _ = self.1.send((self.0, None));
+    }
+}
 
 impl Connection for FakeConnection {
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
         let (tx, rx) = bounded(1);
-        self.0
-            .send((line.to_vec(), tx))
+        self.1
+            .send((self.0, Some((line.to_vec(), tx))))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
         rx.recv_deadline(deadline).map_err(|err| match err {
             RecvTimeoutError::Timeout => io::ErrorKind::TimedOut.into(),
@@ -264,10 +287,16 @@ fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandl
     thread::spawn(move || {
         let mut seen = vec![];
         for reply in replies {
-            let (line, reply_to) = wires
-                .from_clients
-                .recv_timeout(HANG)
-                .expect("the client sent no request");
+            // Skip the notes of closed connections.
+            let (line, reply_to) = loop {
+                let (_, request) = wires
+                    .from_clients
+                    .recv_timeout(HANG)
+                    .expect("the client sent no request");
+                if let Some(request) = request {
+                    break request;
+                }
+            };
             seen.push(lossy(&line));
             if let Some(reply) = reply {
                 reply_to.send(reply.to_vec()).unwrap();
@@ -439,6 +468,10 @@ impl Pretend {
 }
 
 impl Supervisor for Pretend {
+    fn describe(&self) -> String {
+        "pretend-target --flag".into()
+    }
+
     fn spawn(&mut self) -> io::Result<u32> {
         self.0.spawns.fetch_add(1, SeqCst);
         if let Some(kind) = self.0.spawn_error {
@@ -556,10 +589,26 @@ fn grant_access_grants_the_client_on_the_target() {
     let (fake, granter, target) = controller();
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
-    fake.client().grant_access(77).unwrap();
+    // The grant lasts as long as the connection that asked for it.
+    let mut holder = fake.client().session().unwrap();
+    holder.grant_access(77).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
-    assert_eq!(fake.raw(b"GRANT_ACCESS 78\n"), "READY\n");
-    assert_eq!(granter.granted(), [(PID, 77), (PID, 78)]);
+    // The holder may ask again.
+    holder.grant_access(77).unwrap();
+    // Another client may not, unless it takes the grant over.
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 78\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    assert_eq!(granter.attempts(), 2);
+    let mut other = fake.connect(HANG).unwrap();
+    let reply = other
+        .round_trip(b"grant_access 78 force\n", Instant::now() + HANG)
+        .unwrap();
+    assert_eq!(reply, b"ready\n");
+    assert_eq!(granter.granted(), [(PID, 77), (PID, 77), (PID, 78)]);
+    let status = fake.client().status().unwrap();
+    assert_eq!((status.pid, status.holder), (PID, Some(78)));
 
     fake.client().terminate().unwrap();
     running.join().unwrap();
@@ -596,8 +645,9 @@ fn revoke_withdraws_the_grant() {
     let (fake, granter, target) = controller();
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
-    fake.client().grant_access(77).unwrap();
-    fake.client().revoke(77).unwrap();
+    let mut session = fake.client().session().unwrap();
+    session.grant_access(77).unwrap();
+    session.revoke(77).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -607,7 +657,7 @@ fn revoke_withdraws_the_grant() {
         fake.raw(b"REVOKE\n"),
         "ERROR: Revoke failed: prctl failed\n"
     );
-    let err = fake.client().revoke(77).unwrap_err();
+    let err = session.revoke(77).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -621,12 +671,14 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     let (fake, granter, target) = controller();
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
-    fake.client().grant_access(77).unwrap();
+    let mut first = fake.client().session().unwrap();
+    first.grant_access(77).unwrap();
     // A second client takes the grant over (Yama keeps one ptracer).
-    fake.client().grant_access(88).unwrap();
+    let mut second = fake.client().session().unwrap();
+    second.take_over(88).unwrap();
     assert_eq!(granter.granted(), [(PID, 77), (PID, 88)]);
     // The first one detaches and revokes: the second keeps its grant.
-    let err = fake.client().revoke(77).unwrap_err();
+    let err = first.revoke(77).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(
         err.message(),
@@ -638,7 +690,7 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
         "error : The grant is held by client PID 88, not PID 77: nothing revoked\n"
     );
     // The holder itself may revoke.
-    fake.client().revoke(88).unwrap();
+    second.revoke(88).unwrap();
     assert_eq!(granter.revoked(), [PID]);
 
     fake.client().terminate().unwrap();
@@ -1157,4 +1209,76 @@ fn exit_status_shell_code() {
     assert!(!ExitStatus::Signal(15).success());
     assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
     assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9");
+}
+
+#[test]
+fn a_grant_ends_with_the_connection_that_asked_for_it() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    let client = fake.client();
+    let mut session = client.session().unwrap();
+    session.grant_access(77).unwrap();
+    // Other connections come and go: the grant stays.
+    assert_eq!(client.status().unwrap().holder, Some(77));
+    assert!(granter.revoked().is_empty());
+    // The connection that asked closes: the grant is revoked.
+    drop(session);
+    let deadline = Instant::now() + HANG;
+    while granter.revoked().is_empty() {
+        assert!(Instant::now() < deadline, "grant not revoked on disconnect");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(granter.revoked(), [PID]);
+    assert_eq!(client.status().unwrap().holder, None);
+
+    // A grant taken over by another connection is not revoked when the
+    // first connection closes.
+    let mut first = client.session().unwrap();
+    first.grant_access(77).unwrap();
+    let mut second = client.session().unwrap();
+    second.take_over(88).unwrap();
+    drop(first);
+    assert_eq!(client.status().unwrap().holder, Some(88));
+    assert_eq!(granter.revoked(), [PID]);
+    drop(second);
+    let deadline = Instant::now() + HANG;
+    while granter.revoked().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "taken-over grant not revoked on disconnect"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    client.terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn status_reports_target_grant_and_extra_fields() {
+    let (fake, granter, target) = controller();
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target)
+            .status_field("ptrace_scope", "1")
+            .status_field("name", "demo"),
+    );
+    let client = fake.client();
+    let status = client.status().unwrap();
+    assert_eq!(status.pid, PID);
+    assert_eq!(status.state, "running");
+    assert_eq!(status.granter, "recorder");
+    assert_eq!(status.holder, None);
+    assert_eq!(status.command, "pretend-target --flag");
+    assert_eq!(status.get("ptrace_scope"), Some("1"));
+    assert_eq!(status.get("name"), Some("demo"));
+    let mut session = client.session().unwrap();
+    session.grant_access(5).unwrap();
+    assert_eq!(client.status().unwrap().holder, Some(5));
+    assert!(fake
+        .raw(b"status\n")
+        .starts_with("status pid=4242 state=running uptime="));
+
+    client.terminate().unwrap();
+    running.join().unwrap();
 }

@@ -73,11 +73,11 @@ impl AutoGranter {
             }
             PtraceScope::AdminOnly | PtraceScope::NoAttach => {
                 warn!("{}", scope.explain());
-                AutoGranter::Noop(NoopGranter)
+                AutoGranter::Noop(NoopGranter::default())
             }
             _ => {
                 info!("{}", scope.explain());
-                AutoGranter::Noop(NoopGranter)
+                AutoGranter::Noop(NoopGranter::default())
             }
         }
     }
@@ -91,7 +91,7 @@ impl AutoGranter {
     pub fn choose(choice: GranterChoice, waits: ChildWaits) -> io::Result<AutoGranter> {
         Ok(match choice {
             GranterChoice::Auto => Self::for_scope(PtraceScope::current()?, waits),
-            GranterChoice::Noop => AutoGranter::Noop(NoopGranter),
+            GranterChoice::Noop => AutoGranter::Noop(NoopGranter::default()),
             GranterChoice::Yama => AutoGranter::Yama(YamaGranter::new(waits)),
         })
     }

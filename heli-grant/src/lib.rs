@@ -26,7 +26,7 @@
 //! let scope = PtraceScope::current()?;
 //! println!("ptrace_scope: {scope}: {}", scope.explain());
 //! if matches!(scope, PtraceScope::NoYama | PtraceScope::Classic) {
-//!     let _granter = NoopGranter;
+//!     let _granter = NoopGranter::default();
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```

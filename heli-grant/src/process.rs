@@ -43,6 +43,7 @@ use crate::sys::{kill_with_parent, pidfd_open, pidfd_send_signal};
 /// let pid = supervisor.spawn()?;
 /// let exit = exits.recv()?;
 /// assert_eq!((exit.pid, exit.status), (pid, ExitStatus::Code(3)));
+/// assert_eq!(supervisor.describe(), "sh -c exit 3");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -166,6 +167,14 @@ impl Supervisor for ProcessSupervisor {
         debug!("spawned {:?} as PID {pid}", self.command.get_program());
         self.running = Some(Running { pid, pidfd, alive });
         Ok(pid)
+    }
+
+    fn describe(&self) -> String {
+        std::iter::once(self.command.get_program())
+            .chain(self.command.get_args())
+            .map(|word| word.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn exits(&self) -> Receiver<Exit> {
