@@ -287,8 +287,8 @@ impl Transport for FifoTransport {
         })
     }
 
-    fn connect(&self, timeout: Duration) -> io::Result<FifoConnection> {
-        let deadline = Instant::now() + timeout;
+    /// Opens the pipes; never blocks (the timeout applies to each request).
+    fn connect(&self, _timeout: Duration) -> io::Result<FifoConnection> {
         let dir = self.open_dir()?;
         let open = |name: &str, flags: OFlag| -> io::Result<OwnedFd> {
             let path = self.dir.join(name);
@@ -322,38 +322,11 @@ impl Transport for FifoTransport {
         // Only to see whether requests wait unread; never read from.
         let unread = open(CONTROL, OFlag::O_RDONLY)?;
 
-        // One request at a time among our clients.
-        let control = lock_until(
+        Ok(FifoConnection {
             control,
-            FlockArg::LockExclusiveNonblock,
-            deadline,
-            "another client kept the controller busy",
-        )?;
-        // A client that gave up may have left a request the controller is
-        // still answering. The controller holds the response pipe's lock
-        // from before it reads a request until its reply is written: once
-        // no request is unread and *then* the lock is free, every earlier
-        // reply is in the pipe, and draining it leaves ours alone.
-        let mut backoff = Backoff::new();
-        loop {
-            if !has_input(unread.as_fd())? {
-                // Unlocked again at once.
-                match Flock::lock(response.try_clone()?, FlockArg::LockSharedNonblock) {
-                    Ok(_idle) => break,
-                    Err((_, Errno::EWOULDBLOCK)) => {}
-                    Err((_, err)) => return Err(err.into()),
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the controller is still busy with an earlier request",
-                ));
-            }
-            backoff.sleep();
-        }
-        drain(&response);
-        Ok(FifoConnection { control, response })
+            response,
+            unread,
+        })
     }
 
     fn describe(&self) -> String {
@@ -510,13 +483,51 @@ impl Drop for FifoListener {
 /// A client's end of a [`FifoTransport`], holding the request lock.
 #[derive(Debug)]
 pub struct FifoConnection {
-    control: Flock<File>,
+    control: File,
     response: OwnedFd,
+    /// The control pipe opened for reading, only to see whether requests
+    /// wait unread; never read from.
+    unread: OwnedFd,
 }
 
 impl Connection for FifoConnection {
+    /// Takes the request lock for the length of one round trip, so a
+    /// connection may be kept open (say, while a debugger runs) without
+    /// holding other clients up.
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
-        write_all(&*self.control, line, deadline)?;
+        // One request at a time among our clients. The lock belongs to the
+        // open file, which the clone shares; dropping it unlocks.
+        let _turn = lock_until(
+            self.control.try_clone()?,
+            FlockArg::LockExclusiveNonblock,
+            deadline,
+            "another client kept the controller busy",
+        )?;
+        // A client that gave up may have left a request the controller is
+        // still answering. The controller holds the response pipe's lock
+        // from before it reads a request until its reply is written: once
+        // no request is unread and *then* the lock is free, every earlier
+        // reply is in the pipe, and draining it leaves ours alone.
+        let mut backoff = Backoff::new();
+        loop {
+            if !has_input(self.unread.as_fd())? {
+                // Unlocked again at once.
+                match Flock::lock(self.response.try_clone()?, FlockArg::LockSharedNonblock) {
+                    Ok(_idle) => break,
+                    Err((_, Errno::EWOULDBLOCK)) => {}
+                    Err((_, err)) => return Err(err.into()),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the controller is still busy with an earlier request",
+                ));
+            }
+            backoff.sleep();
+        }
+        drain(&self.response);
+        write_all(&self.control, line, deadline)?;
         let mut lines = LineBuffer::new();
         read_line(&self.response, &mut lines, deadline)
     }

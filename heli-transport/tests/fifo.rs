@@ -1073,3 +1073,20 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
         server.shut_down().unwrap();
     })
 }
+
+#[test]
+fn a_connection_kept_open_does_not_hold_other_clients_up() {
+    bounded(10, || {
+        let server = Server::start();
+        let client = server.client();
+        // A client keeps its connection while its debugger runs ...
+        let mut session = client.session().unwrap();
+        assert_eq!(session.target_pid().unwrap(), TARGET);
+        // ... and other clients are still served, promptly.
+        for _ in 0..5 {
+            assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        }
+        // The kept connection still works afterwards.
+        assert_eq!(session.target_pid().unwrap(), TARGET);
+    });
+}
