@@ -4,11 +4,11 @@
 //! ```text
 //! cargo run --example client              # interactive: attach, quit, terminate, help
 //! cargo run --example client -- attach    # one command, then exit
+//! cargo run --example client -- --list    # the running sessions
 //! ```
 
 mod common;
 
-use std::error::Error;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -17,20 +17,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use heli::core::{Client, ErrorKind};
+use common::TransportKind;
+use heli::core::{Client, ErrorKind, Transport};
 use heli::grant::PtraceScope;
-use heli::transport::FifoTransport;
+use heli::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 /// Attaches pdb to the target of a running heli controller.
 ///
 /// Without a command, reads commands at a `>>> ` prompt. Exit status: 0 on
 /// success, 1 when the controller refused or the debugger failed, 2 for bad
-/// usage, 3 when no controller runs, 4 on timeout, 5 when attaching is
-/// impossible here (ptrace_scope, no Python 3.14).
+/// usage (or several sessions and no --session), 3 when no controller runs,
+/// 4 on timeout, 5 when attaching is impossible here (ptrace_scope, no
+/// Python 3.14).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Directory of the named pipes [default:
+    /// How to reach the controller
+    #[arg(long, value_enum, default_value_t = TransportKind::Socket, global = true)]
+    transport: TransportKind,
+
+    /// The session to talk to (socket transport) [default: the only one
+    /// running]
+    #[arg(long, value_name = "NAME", global = true)]
+    session: Option<String>,
+
+    /// List the running sessions and exit
+    #[arg(long)]
+    list: bool,
+
+    /// Directory of the named pipes (fifo transport) [default:
     /// /tmp/heliparent_debug/user_<name>]
     #[arg(long, value_name = "DIR", global = true)]
     fifo_dir: Option<PathBuf>,
@@ -51,9 +66,15 @@ struct Args {
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
     /// Get ptrace permission and attach pdb to the target
-    Attach,
+    Attach {
+        /// Take the grant over from another client that holds it
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the target's PID
     Pid,
+    /// Show what the controller and its target are doing
+    Status,
     /// Withdraw the ptrace permission given to this client
     Revoke,
     /// Stop the target and the controller
@@ -84,16 +105,23 @@ impl From<heli::core::Error> for Failure {
         };
         let mut message = err.to_string();
         if err.kind() == ErrorKind::NotRunning {
-            message.push_str(
-                "\nStart the controller first, e.g.: cargo run --example controller -- examples/target.py",
-            );
+            message.push_str(START_HINT);
         }
         Failure { code, message }
     }
 }
 
-struct App {
-    client: Client<FifoTransport>,
+impl From<std::io::Error> for Failure {
+    fn from(err: std::io::Error) -> Self {
+        Failure::new(1, err.to_string())
+    }
+}
+
+const START_HINT: &str =
+    "\nStart the controller first, e.g.: cargo run --example controller -- examples/target.py";
+
+struct App<T> {
+    client: Client<T>,
     python: Option<PathBuf>,
     /// Cleared while a debugger runs: Ctrl-C is then the debugger's, not ours.
     at_prompt: Arc<AtomicBool>,
@@ -102,33 +130,129 @@ struct App {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
-    match App::new(&args) {
-        Ok(app) => match args.command {
-            Some(command) => match app.execute(command) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(failure) => {
-                    eprintln!("❌ {}", failure.message);
-                    ExitCode::from(failure.code)
-                }
-            },
-            None => app.interactive(),
-        },
-        Err(err) => {
-            common::report("client", err.as_ref());
-            ExitCode::from(1)
+    let result = if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        Err(Failure::new(
+            2,
+            "--timeout must be a positive number of seconds",
+        ))
+    } else if args.list {
+        list_sessions(&args)
+    } else {
+        match args.transport {
+            TransportKind::Fifo => fifo_transport(&args).and_then(|t| run(t, &args)),
+            TransportKind::Socket => socket_transport(&args).and_then(|t| run(t, &args)),
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("❌ {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
 
-impl App {
-    fn new(args: &Args) -> Result<App, Box<dyn Error>> {
-        if !(args.timeout.is_finite() && args.timeout > 0.0) {
-            return Err("--timeout must be a positive number of seconds".into());
+fn fifo_transport(args: &Args) -> Result<FifoTransport, Failure> {
+    Ok(match &args.fifo_dir {
+        Some(dir) => FifoTransport::new(dir),
+        None => FifoTransport::for_current_user()?,
+    })
+}
+
+/// The session named by `--session`, else the only live one.
+fn socket_transport(args: &Args) -> Result<UnixSocketTransport, Failure> {
+    if let Some(name) = &args.session {
+        return Ok(UnixSocketTransport::session(name)?);
+    }
+    let live: Vec<_> = UnixSocketTransport::sessions()?
+        .into_iter()
+        .filter(|entry| entry.state == SessionState::Live)
+        .collect();
+    match live.as_slice() {
+        [] => Err(Failure::new(
+            3,
+            format!(
+                "Controller not running: no heli session in {}{START_HINT}",
+                UnixSocketTransport::runtime_dir()?.display()
+            ),
+        )),
+        [only] => Ok(only.transport()),
+        several => Err(Failure::new(
+            2,
+            format!(
+                "Several sessions are running ({}): choose one with --session NAME (see client --list)",
+                several.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+fn run<T: Transport>(transport: T, args: &Args) -> Result<ExitCode, Failure> {
+    let app = App::new(transport, args)?;
+    Ok(match args.command {
+        Some(command) => {
+            app.execute(command)?;
+            ExitCode::SUCCESS
         }
-        let transport = match &args.fifo_dir {
-            Some(dir) => FifoTransport::new(dir),
-            None => FifoTransport::for_current_user()?,
-        };
+        None => app.interactive(),
+    })
+}
+
+/// `--list`: every session of the user, with what its controller says.
+fn list_sessions(args: &Args) -> Result<ExitCode, Failure> {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let entries = UnixSocketTransport::sessions()?;
+    if entries.is_empty() {
+        println!(
+            "No heli session is running (none in {}).",
+            UnixSocketTransport::runtime_dir()?.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:>8} {:>10} {:<10} COMMAND",
+        "NAME", "PID", "UPTIME", "STATE"
+    );
+    for entry in entries {
+        match &entry.state {
+            SessionState::Live => match Client::new(entry.transport()).timeout(timeout).status() {
+                Ok(status) => println!(
+                    "{:<24} {:>8} {:>10} {:<10} {}",
+                    entry.name,
+                    status.pid,
+                    uptime(status.uptime_secs),
+                    status.state,
+                    status.command
+                ),
+                Err(err) => println!(
+                    "{:<24} {:>8} {:>10} {:<10} ({err})",
+                    entry.name, "-", "-", "no answer"
+                ),
+            },
+            SessionState::Dead => {
+                eprintln!(
+                    "removed the stale socket of session {} (its controller died)",
+                    entry.name
+                )
+            }
+            SessionState::Foreign(why) => eprintln!("ignored {}: {why}", entry.path.display()),
+            _ => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `3725` -> `1h02m05s`.
+fn uptime(secs: u64) -> String {
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+impl<T: Transport> App<T> {
+    fn new(transport: T, args: &Args) -> Result<App<T>, Failure> {
         let at_prompt = Arc::new(AtomicBool::new(true));
         sigint_at_prompt_only(&at_prompt)?;
         Ok(App {
@@ -160,23 +284,32 @@ impl App {
                     return ExitCode::from(1);
                 }
             }
-            let word = line.trim();
-            let command = match word.to_ascii_lowercase().as_str() {
-                "" => continue,
-                "attach" => Cmd::Attach,
-                "pid" => Cmd::Pid,
-                "revoke" => Cmd::Revoke,
-                "terminate" => Cmd::Terminate,
-                "help" | "?" => {
+            let words: Vec<String> = line
+                .split_whitespace()
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let command = match words.as_slice() {
+                [] => continue,
+                ["attach"] => Cmd::Attach { force: false },
+                ["attach", "--force"] => Cmd::Attach { force: true },
+                ["pid"] => Cmd::Pid,
+                ["status"] => Cmd::Status,
+                ["revoke"] => Cmd::Revoke,
+                ["terminate"] => Cmd::Terminate,
+                ["help"] | ["?"] => {
                     print_help();
                     continue;
                 }
-                "quit" | "exit" => {
+                ["quit"] | ["exit"] => {
                     println!("Goodbye!");
                     return ExitCode::SUCCESS;
                 }
                 _ => {
-                    println!("Unknown command: {word}. Type 'help' for the list of commands.");
+                    println!(
+                        "Unknown command: {}. Type 'help' for the list of commands.",
+                        line.trim()
+                    );
                     continue;
                 }
             };
@@ -190,9 +323,36 @@ impl App {
 
     fn execute(&self, command: Cmd) -> Result<(), Failure> {
         match command {
-            Cmd::Attach => self.attach(),
+            Cmd::Attach { force } => self.attach(force),
             Cmd::Pid => {
                 println!("{}", self.client.target_pid()?);
+                Ok(())
+            }
+            Cmd::Status => {
+                let status = self.client.status()?;
+                let mut rows = vec![
+                    ("target PID", status.pid.to_string()),
+                    ("command", status.command.clone()),
+                    ("state", status.state.clone()),
+                    ("uptime", uptime(status.uptime_secs)),
+                    ("granter", status.granter.clone()),
+                    (
+                        "ptrace_scope",
+                        status.get("ptrace_scope").unwrap_or("?").to_owned(),
+                    ),
+                    (
+                        "grant holder",
+                        status
+                            .holder
+                            .map_or("none".to_owned(), |p| format!("PID {p}")),
+                    ),
+                ];
+                if let Some(session) = status.get("session") {
+                    rows.insert(0, ("session", session.to_owned()));
+                }
+                for (key, value) in rows {
+                    println!("{key:<13} {value}");
+                }
                 Ok(())
             }
             Cmd::Revoke => {
@@ -208,17 +368,25 @@ impl App {
         }
     }
 
-    fn attach(&self) -> Result<(), Failure> {
+    /// Asks for the grant on a connection kept open while pdb runs: with
+    /// the socket transport the grant ends when that connection closes, even
+    /// if this client is killed.
+    fn attach(&self, force: bool) -> Result<(), Failure> {
         let scope = PtraceScope::current().unwrap_or(PtraceScope::Restricted);
         check_scope(scope)?;
-        let target = self.client.target_pid()?;
+        let mut session = self.client.session()?;
+        let target = session.target_pid()?;
         let me = std::process::id();
         println!("Requesting ptrace permission for client PID {me}...");
-        self.client.grant_access(me)?;
+        if force {
+            session.take_over(me)?;
+        } else {
+            session.grant_access(me)?;
+        }
         println!("✅ Permission granted");
         let result = self.debug(target, scope);
         // The grant is no longer needed once the debugger is gone.
-        if let Err(err) = self.client.revoke(me) {
+        if let Err(err) = session.revoke(me) {
             println!("Note: the grant was not withdrawn: {err}");
         }
         result
@@ -329,6 +497,8 @@ fn sigint_at_prompt_only(at_prompt: &Arc<AtomicBool>) -> std::io::Result<()> {
 fn print_help() {
     println!("Available commands:");
     println!("  attach     - Attach debugger to the target process");
+    println!("  attach --force - Attach, taking the grant over from another client");
+    println!("  status     - Show the target, its uptime and who holds the grant");
     println!("  pid        - Print the target process PID");
     println!("  revoke     - Withdraw this client's ptrace permission");
     println!("  quit       - Exit client (leave controller running)");

@@ -14,9 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
-use heli::core::{Controller, Granter, Supervisor};
-use heli::grant::{AutoGranter, GranterChoice, ProcessSupervisor};
-use heli::transport::FifoTransport;
+use common::TransportKind;
+use heli::core::{Controller, Granter, Supervisor, Transport};
+use heli::grant::{AutoGranter, GranterChoice, ProcessSupervisor, PtraceScope};
+use heli::transport::{FifoTransport, UnixSocketTransport};
 use log::{info, warn};
 
 /// Runs a target process under supervision; clients can then get the right
@@ -35,7 +36,16 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
 
-    /// Directory of the named pipes [default:
+    /// How clients reach the controller
+    #[arg(long, value_enum, default_value_t = TransportKind::Socket)]
+    transport: TransportKind,
+
+    /// Session name, unique per user (socket transport) [default: the
+    /// target's name and the controller's PID, e.g. target-1234]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Directory of the named pipes (fifo transport) [default:
     /// /tmp/heliparent_debug/user_<name>]
     #[arg(long, value_name = "DIR")]
     fifo_dir: Option<PathBuf>,
@@ -78,34 +88,79 @@ fn run() -> Result<i32, Box<dyn Error>> {
         return Err("--grace must be a number of seconds >= 0".into());
     }
     let command = target_command(&args)?;
-    let transport = match &args.fifo_dir {
-        Some(dir) => FifoTransport::new(dir),
-        None => FifoTransport::for_current_user()?,
-    };
     let supervisor = ProcessSupervisor::new(command);
     // A Yama granter ptraces the target: it must share the reaper's lock.
     let granter = AutoGranter::choose(args.granter, supervisor.child_waits())?;
     info!("granter: {}", granter.name());
-    serve(
-        transport,
-        granter,
-        supervisor,
-        Duration::from_secs_f64(args.grace),
-    )
+    let scope = PtraceScope::current()?;
+    let grace = Duration::from_secs_f64(args.grace);
+    match args.transport {
+        TransportKind::Fifo => {
+            let transport = match &args.fifo_dir {
+                Some(dir) => FifoTransport::new(dir),
+                None => FifoTransport::for_current_user()?,
+            };
+            serve(transport, granter, supervisor, grace, scope, None)
+        }
+        TransportKind::Socket => {
+            let name = match &args.name {
+                Some(name) => name.clone(),
+                None => default_session_name(&args.target[0]),
+            };
+            let transport = UnixSocketTransport::session(&name)?;
+            serve(transport, granter, supervisor, grace, scope, Some(name))
+        }
+    }
 }
 
-fn serve(
-    transport: FifoTransport,
+fn serve<T: Transport>(
+    transport: T,
     granter: impl Granter,
     supervisor: impl Supervisor,
     grace: Duration,
+    scope: PtraceScope,
+    session: Option<String>,
 ) -> Result<i32, Box<dyn Error>> {
-    let status = Controller::new(transport, granter, supervisor)
+    let mut controller = Controller::new(transport, granter, supervisor)
         .grace(grace)
         .handle_signals(true)
-        .run()?;
+        .status_field(
+            "ptrace_scope",
+            scope.value().map_or("none".to_owned(), |v| v.to_string()),
+        );
+    if let Some(name) = session {
+        info!("session {name}: attach with `client --session {name} attach`");
+        controller = controller.status_field("session", name);
+    }
+    let status = controller.run()?;
     info!("exiting with status {}", status.shell_code());
     Ok(status.shell_code())
+}
+
+/// `<target's file stem>-<controller pid>`, made of the characters a
+/// session name may hold.
+fn default_session_name(target: &str) -> String {
+    let stem = std::path::Path::new(target)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let stem = if stem.is_empty() {
+        "target".to_owned()
+    } else {
+        stem
+    };
+    format!("{stem}-{}", std::process::id())
 }
 
 /// `SCRIPT.py ARGS` runs under Python; `-- COMMAND ARGS` (or anything not

@@ -5,7 +5,13 @@ use std::time::Duration;
 
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{alive, serial, wait_for, Controller, SOON};
+use crate::util::{alive, serial, wait_for, Controller, Kind, SOON};
+
+crate::per_transport!(
+    attach_detach_attach_terminate_in_a_terminal,
+    end_of_input_ends_the_client_and_leaves_the_controller,
+    attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb,
+);
 
 fn client_session(controller: &Controller) -> PtySession {
     let options = Options::new()
@@ -44,10 +50,9 @@ fn attach_and_read_counter(session: &mut PtySession, controller: &Controller) ->
     counter
 }
 
-#[test]
-fn attach_detach_attach_terminate_in_a_terminal() {
+fn attach_detach_attach_terminate_in_a_terminal(kind: Kind) {
     let _serial = serial();
-    let mut controller = Controller::start(&["examples/target.py"]);
+    let mut controller = Controller::start_on(kind, &["examples/target.py"]);
     let target = controller.target_pid();
     assert!(alive(target));
 
@@ -82,10 +87,9 @@ fn attach_detach_attach_terminate_in_a_terminal() {
     assert!(log.contains("granted PID"), "{log}");
 }
 
-#[test]
-fn end_of_input_ends_the_client_and_leaves_the_controller() {
+fn end_of_input_ends_the_client_and_leaves_the_controller(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start(&["examples/target.py"]);
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
     let mut session = client_session(&controller);
     session.exp_string(">>> ").unwrap();
     session.send_control('d').unwrap();
@@ -95,10 +99,9 @@ fn end_of_input_ends_the_client_and_leaves_the_controller() {
     assert!(controller.target_pid() > 0);
 }
 
-#[test]
-fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb() {
+fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start(&["examples/target.py"]);
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
     let options = Options::new()
         .timeout_ms(Some(30_000))
         .strip_ansi_escape_codes(true);

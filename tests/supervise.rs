@@ -6,12 +6,22 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{alive, script, serial, wait_for, Controller, SOON};
+use crate::util::{alive, script, serial, wait_for, Controller, Kind, SOON};
 
-#[test]
-fn exit_code_of_the_target_is_the_controllers() {
+crate::per_transport!(
+    exit_code_of_the_target_is_the_controllers,
+    death_by_signal_becomes_128_plus_signal,
+    script_mode_runs_python_with_arguments,
+    signals_are_forwarded_to_the_target,
+    a_target_that_ignores_sigterm_is_killed_after_the_grace_period,
+    terminate_request_stops_target_and_controller,
+    a_second_controller_for_the_same_session_refuses_and_names_the_first,
+    client_without_controller_fails_fast_with_advice,
+);
+
+fn exit_code_of_the_target_is_the_controllers(kind: Kind) {
     let _serial = serial();
-    let mut controller = Controller::start(&["--", "sh", "-c", "sleep 0.5; exit 7"]);
+    let mut controller = Controller::start_on(kind, &["--", "sh", "-c", "sleep 0.5; exit 7"]);
     assert_eq!(
         controller.wait().code(),
         Some(7),
@@ -22,11 +32,12 @@ fn exit_code_of_the_target_is_the_controllers() {
     assert_eq!(controller.fifo_dir_entries(), Vec::<String>::new());
 }
 
-#[test]
-fn death_by_signal_becomes_128_plus_signal() {
+fn death_by_signal_becomes_128_plus_signal(kind: Kind) {
     let _serial = serial();
-    let mut controller =
-        Controller::start(&["--", "sh", "-c", "sleep 0.5; kill -USR2 $$; sleep 5"]);
+    let mut controller = Controller::start_on(
+        kind,
+        &["--", "sh", "-c", "sleep 0.5; kill -USR2 $$; sleep 5"],
+    );
     assert_eq!(
         controller.wait().code(),
         Some(128 + 12),
@@ -35,8 +46,7 @@ fn death_by_signal_becomes_128_plus_signal() {
     );
 }
 
-#[test]
-fn script_mode_runs_python_with_arguments() {
+fn script_mode_runs_python_with_arguments(kind: Kind) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = script(
@@ -44,7 +54,7 @@ fn script_mode_runs_python_with_arguments() {
         "args.py",
         "import sys, time\ntime.sleep(0.5)\nsys.exit(int(sys.argv[1]) + len(sys.argv))\n",
     );
-    let mut controller = Controller::start(&[path.to_str().unwrap(), "40", "x"]);
+    let mut controller = Controller::start_on(kind, &[path.to_str().unwrap(), "40", "x"]);
     assert_eq!(
         controller.wait().code(),
         Some(43),
@@ -79,12 +89,11 @@ while True:
     (path, out)
 }
 
-#[test]
-fn signals_are_forwarded_to_the_target() {
+fn signals_are_forwarded_to_the_target(kind: Kind) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, out) = recorder(dir.path());
-    let mut controller = Controller::start(&[path.to_str().unwrap()]);
+    let mut controller = Controller::start_on(kind, &[path.to_str().unwrap()]);
     let read = || fs::read_to_string(&out).unwrap_or_default();
     wait_for("target ready", SOON, || read().contains("ready"));
     controller.signal(Signal::SIGUSR1 as i32);
@@ -98,8 +107,7 @@ fn signals_are_forwarded_to_the_target() {
     assert_eq!(controller.fifo_dir_entries(), Vec::<String>::new());
 }
 
-#[test]
-fn a_target_that_ignores_sigterm_is_killed_after_the_grace_period() {
+fn a_target_that_ignores_sigterm_is_killed_after_the_grace_period(kind: Kind) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");
@@ -111,7 +119,7 @@ fn a_target_that_ignores_sigterm_is_killed_after_the_grace_period() {
             ready.to_str().unwrap()
         ),
     );
-    let mut controller = Controller::start(&["--grace", "0.5", path.to_str().unwrap()]);
+    let mut controller = Controller::start_on(kind, &["--grace", "0.5", path.to_str().unwrap()]);
     let target = controller.target_pid();
     wait_for("target ready", SOON, || ready.exists());
     let asked = Instant::now();
@@ -126,12 +134,11 @@ fn a_target_that_ignores_sigterm_is_killed_after_the_grace_period() {
     assert!(controller.log_text().contains("killing it"));
 }
 
-#[test]
-fn terminate_request_stops_target_and_controller() {
+fn terminate_request_stops_target_and_controller(kind: Kind) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, out) = recorder(dir.path());
-    let mut controller = Controller::start(&[path.to_str().unwrap()]);
+    let mut controller = Controller::start_on(kind, &[path.to_str().unwrap()]);
     wait_for("target ready", SOON, || {
         fs::read_to_string(&out)
             .unwrap_or_default()
@@ -165,23 +172,32 @@ fn no_orphan_when_the_controller_is_killed_and_the_next_one_replaces_stale_pipes
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("Controller not running"), "{stderr}");
     // ... and the next controller on the same directory replaces them.
-    let next = Controller::start_at(Some(&controller.fifo_dir), &["examples/target.py"]);
+    let next = Controller::start_at(&controller.fifo_dir, &["examples/target.py"]);
     let new_target = next.target_pid();
     assert_ne!(new_target, target);
 }
 
-#[test]
-fn a_second_controller_on_the_same_directory_refuses_and_names_the_first() {
+fn a_second_controller_for_the_same_session_refuses_and_names_the_first(kind: Kind) {
     let _serial = serial();
-    let first = Controller::start(&["examples/target.py"]);
-    let output = std::process::Command::new(crate::util::example("controller"))
-        .arg("--fifo-dir")
-        .arg(&first.fifo_dir)
+    let first = Controller::start_on(kind, &["examples/target.py"]);
+    let mut command = std::process::Command::new(crate::util::example("controller"));
+    match kind {
+        Kind::Fifo => command
+            .args(["--transport", "fifo", "--fifo-dir"])
+            .arg(&first.fifo_dir),
+        Kind::Socket => command
+            .args(["--transport", "socket", "--name", "test"])
+            .env("XDG_RUNTIME_DIR", first.dir.path()),
+    };
+    let mut second = command
         .args(["--", "sleep", "100"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(output.status.code(), Some(125));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let status = crate::util::wait_exit(&mut second, SOON);
+    assert_eq!(status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&second.wait_with_output().unwrap().stderr).into_owned();
     assert!(
         stderr.contains(&format!("PID {}", first.child.id())),
         "{stderr}"
@@ -190,16 +206,18 @@ fn a_second_controller_on_the_same_directory_refuses_and_names_the_first() {
     assert!(first.target_pid() > 0);
 }
 
-#[test]
-fn client_without_controller_fails_fast_with_advice() {
+fn client_without_controller_fails_fast_with_advice(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let output = std::process::Command::new(crate::util::example("client"))
-        .arg("--fifo-dir")
-        .arg(dir.path().join("nothing-here"))
-        .arg("attach")
-        .output()
-        .unwrap();
+    let mut command = std::process::Command::new(crate::util::example("client"));
+    match kind {
+        Kind::Fifo => command
+            .args(["--transport", "fifo", "--fifo-dir"])
+            .arg(dir.path().join("nothing-here")),
+        // An empty runtime directory: no session at all.
+        Kind::Socket => command.env("XDG_RUNTIME_DIR", dir.path()),
+    };
+    let output = command.arg("attach").output().unwrap();
     assert!(started.elapsed() < SOON);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);

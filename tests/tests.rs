@@ -12,4 +12,5 @@ mod util;
 
 mod attach;
 mod dialect;
+mod sessions;
 mod supervise;

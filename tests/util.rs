@@ -91,30 +91,81 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// A controller example running in a private FIFO directory, killed (with
-/// its target) when dropped.
+/// How the examples talk in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Named pipes in a private directory.
+    Fifo,
+    /// A Unix socket, session `test`, in a private runtime directory.
+    Socket,
+}
+
+/// Runs `$body(kind)` as one test per transport, in modules `fifo` and
+/// `socket`.
+#[macro_export]
+macro_rules! per_transport {
+    ($($name:ident),* $(,)?) => {
+        mod fifo {
+            $(#[test] fn $name() { super::$name($crate::util::Kind::Fifo) })*
+        }
+        mod socket {
+            $(#[test] fn $name() { super::$name($crate::util::Kind::Socket) })*
+        }
+    };
+}
+
+/// A controller example running in private directories (the pipes, or the
+/// runtime directory of the socket), killed (with its target) when dropped.
 pub struct Controller {
     pub child: Child,
+    pub kind: Kind,
     pub dir: tempfile::TempDir,
+    /// The pipes (fifo), or `$XDG_RUNTIME_DIR/heli` (socket).
     pub fifo_dir: PathBuf,
     pub log: PathBuf,
 }
 
 impl Controller {
-    /// Starts `controller --fifo-dir DIR ARGS` and waits until it listens.
+    /// Starts `controller ARGS` on named pipes and waits until it listens.
     pub fn start(args: &[&str]) -> Controller {
-        Self::start_at(None, args)
+        Self::start_on(Kind::Fifo, args)
     }
 
-    /// As [`start`](Self::start), with the pipes in `fifo_dir` if given.
-    pub fn start_at(fifo_dir: Option<&Path>, args: &[&str]) -> Controller {
+    /// Starts `controller ARGS` on `kind` and waits until it listens.
+    pub fn start_on(kind: Kind, args: &[&str]) -> Controller {
+        Self::launch(kind, None, args)
+    }
+
+    /// As [`start`](Self::start), with the pipes in `fifo_dir`.
+    pub fn start_at(fifo_dir: &Path, args: &[&str]) -> Controller {
+        Self::launch(Kind::Fifo, Some(fifo_dir), args)
+    }
+
+    fn launch(kind: Kind, fifo_dir: Option<&Path>, args: &[&str]) -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        let fifo_dir = fifo_dir.map_or_else(|| dir.path().join("pipes"), Path::to_path_buf);
+        let (fifo_dir, ready) = match kind {
+            Kind::Fifo => {
+                let fifo_dir = fifo_dir.map_or_else(|| dir.path().join("pipes"), Path::to_path_buf);
+                let ready = fifo_dir.join("response");
+                (fifo_dir, ready)
+            }
+            Kind::Socket => {
+                let runtime = dir.path().join("heli");
+                let ready = runtime.join("test.sock");
+                (runtime, ready)
+            }
+        };
         let log = dir.path().join("controller.log");
         let mut command = Command::new(example("controller"));
+        match kind {
+            Kind::Fifo => command
+                .args(["--transport", "fifo", "--fifo-dir"])
+                .arg(&fifo_dir),
+            Kind::Socket => command
+                .args(["--transport", "socket", "--name", "test"])
+                .env("XDG_RUNTIME_DIR", dir.path()),
+        };
         command
-            .arg("--fifo-dir")
-            .arg(&fifo_dir)
             .args(args)
             .current_dir(repo())
             .env("HELI_PYTHON", python314())
@@ -125,18 +176,23 @@ impl Controller {
         let child = command.spawn().unwrap();
         let mut controller = Controller {
             child,
+            kind,
             dir,
             fifo_dir,
             log,
         };
         // Listening once the pid file names it (stale pipes may be there
-        // before).
+        // before), or once the socket is there.
         let pid_file = controller.fifo_dir.join("controller.pid");
         let me = controller.child.id().to_string();
+        let listening = |c: &Controller| match c.kind {
+            Kind::Fifo => {
+                fs::read_to_string(&pid_file).ok().as_deref() == Some(me.as_str()) && ready.exists()
+            }
+            Kind::Socket => ready.exists(),
+        };
         let deadline = Instant::now() + SOON;
-        while fs::read_to_string(&pid_file).ok().as_deref() != Some(me.as_str())
-            || !controller.fifo_dir.join("response").exists()
-        {
+        while !listening(&controller) {
             if let Some(status) = controller.child.try_wait().unwrap() {
                 panic!(
                     "controller exited with {status} before listening:\n{}",
@@ -164,9 +220,14 @@ impl Controller {
     /// A client command talking to this controller.
     pub fn client(&self) -> Command {
         let mut command = Command::new(example("client"));
+        match self.kind {
+            Kind::Fifo => command
+                .args(["--transport", "fifo", "--fifo-dir"])
+                .arg(&self.fifo_dir),
+            // The only session in its runtime directory: picked without --session.
+            Kind::Socket => command.env("XDG_RUNTIME_DIR", self.dir.path()),
+        };
         command
-            .arg("--fifo-dir")
-            .arg(&self.fifo_dir)
             .env("HELI_PYTHON", python314())
             .env_remove("RUST_LOG");
         command

@@ -8,6 +8,16 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// How clients reach the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// A Unix socket per session in the user's runtime directory
+    /// (authenticated, many clients at once)
+    Socket,
+    /// The original's named pipes (one client at a time)
+    Fifo,
+}
+
 /// The Python version pdb -p needs on both sides.
 pub const MIN_PYTHON: (u32, u32) = (3, 14);
 

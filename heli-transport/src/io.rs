@@ -121,3 +121,44 @@ pub(crate) fn drain(fd: impl AsFd) {
         }
     }
 }
+
+/// Sends all of `data` on the non-blocking socket `fd` before `deadline`,
+/// without `SIGPIPE` when the peer is gone (`BrokenPipe` instead).
+///
+/// With `stop`, gives up (`Interrupted`) as soon as that descriptor is
+/// readable: a listener being stopped does not wait on a slow reader.
+pub(crate) fn send_all(
+    fd: impl AsFd,
+    mut data: &[u8],
+    deadline: Instant,
+    stop: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+
+    while !data.is_empty() {
+        match send(fd.as_fd().as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EAGAIN) => match stop {
+                None => {
+                    wait(fd.as_fd(), PollFlags::POLLOUT, Some(deadline))?;
+                }
+                Some(stop) => {
+                    let seen = wait_any(
+                        &[(fd.as_fd(), PollFlags::POLLOUT), (stop, PollFlags::POLLIN)],
+                        Some(deadline),
+                    )?;
+                    if !seen[1].is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            "the listener is stopping",
+                        ));
+                    }
+                }
+            },
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}

@@ -3,6 +3,11 @@
 //! Each implementation of [`heli_core::Transport`] lives in a file of its
 //! own:
 //!
+//! - [`UnixSocketTransport`]: one Unix socket per controller (a named
+//!   *session*) in a private runtime directory; many clients at once, each
+//!   authenticated by its peer credentials, and `GRANT_ACCESS` only for the
+//!   client itself or its descendants; [`UnixSocketTransport::sessions`]
+//!   lists the sessions.
 //! - [`FifoTransport`]: two named pipes in a private directory, the layout
 //!   and wire format of the original Python helicopter-parent, so its
 //!   clients work unchanged.
@@ -47,7 +52,12 @@
 
 mod fifo;
 mod io;
+mod proc;
 mod stop;
+mod unix_socket;
 
 pub use fifo::{FifoConnection, FifoListener, FifoTransport};
 pub use stop::StopHandle;
+pub use unix_socket::{
+    SessionEntry, SessionState, UnixSocketConnection, UnixSocketListener, UnixSocketTransport,
+};

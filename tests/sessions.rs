@@ -1,0 +1,274 @@
+//! The Unix socket transport end to end: sessions and their listing, grants
+//! tied to connections, take-over, spoofed grants, a killed controller.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+
+use crate::util::{alive, example, python314, serial, wait_exit, wait_for, Controller, Kind, SOON};
+
+/// A Python process that connects to the session socket, asks for a grant
+/// for itself, prints the reply and then does what `then` says: `hold` keeps
+/// the connection until killed, `close` closes it and stays alive.
+fn grant_holder(controller: &Controller, then: &str) -> (std::process::Child, String) {
+    let socket = controller.fifo_dir.join("test.sock");
+    let code = format!(
+        r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect({socket:?})
+s.sendall(f"GRANT_ACCESS {{os.getpid()}}\n".encode())
+print(s.makefile().readline().strip(), flush=True)
+if {then:?} == "close":
+    s.close()
+time.sleep(600)
+"#,
+        socket = socket.to_str().unwrap(),
+    );
+    let mut child = Command::new(python314())
+        .args(["-c", &code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
+/// `STATUS` over the socket, as (holder, whole line).
+fn status(controller: &Controller) -> (Option<u32>, String) {
+    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream.write_all(b"STATUS\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    let holder = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("holder="))
+        .and_then(|h| h.parse().ok());
+    (holder, line)
+}
+
+fn holder_becomes(controller: &Controller, expected: Option<u32>) {
+    wait_for(&format!("grant holder {expected:?}"), SOON, || {
+        status(controller).0 == expected
+    });
+}
+
+#[test]
+fn a_grant_ends_when_its_connection_closes_or_its_client_dies() {
+    let _serial = serial();
+    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+
+    let (mut holder, reply) = grant_holder(&controller, "hold");
+    assert_eq!(reply, "READY");
+    holder_becomes(&controller, Some(holder.id()));
+    // The client crashes: its connection closes, the grant is revoked.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    holder_becomes(&controller, None);
+    wait_for("the revocation", SOON, || {
+        controller.log_text().contains("closed: revoking its grant")
+    });
+
+    // The client closes its connection but lives on: revoked all the same.
+    let (mut closer, reply) = grant_holder(&controller, "close");
+    assert_eq!(reply, "READY");
+    holder_becomes(&controller, None);
+    assert!(alive(closer.id()));
+    closer.kill().unwrap();
+    closer.wait().unwrap();
+}
+
+#[test]
+fn a_second_client_is_refused_unless_it_takes_over() {
+    let _serial = serial();
+    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let (mut holder, reply) = grant_holder(&controller, "hold");
+    assert_eq!(reply, "READY");
+
+    let (status_code, _, stderr) = controller.run_client(&["attach"]);
+    assert_eq!(status_code.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "target is being debugged by client PID {}",
+            holder.id()
+        )),
+        "{stderr}"
+    );
+    // --force takes it over; pdb runs (and ends at once: stdin is empty).
+    let (status_code, stdout, stderr) = controller.run_client(&["attach", "--force"]);
+    assert!(stdout.contains("Permission granted"), "{stdout}{stderr}");
+    assert!(stdout.contains("Debugger detached"), "{stdout}{stderr}");
+    let _ = status_code;
+    // The take-over is in the log; the old holder's grant is gone.
+    assert!(
+        controller.log_text().contains("taking it over from PID"),
+        "{}",
+        controller.log_text()
+    );
+    assert_ne!(status(&controller).0, Some(holder.id()));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn grants_for_processes_other_than_the_client_or_its_descendants_are_refused() {
+    let _serial = serial();
+    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+    let mut ask = |request: String| {
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    // Not ours: init, our parent. (The controller and its target are this
+    // test's descendants: the transport's own tests cover unrelated pids.)
+    for pid in [1, std::os::unix::process::parent_id()] {
+        let reply = ask(format!("GRANT_ACCESS {pid} FORCE"));
+        assert!(
+            reply.starts_with(&format!("ERROR: GRANT_ACCESS {pid} refused")),
+            "{pid}: {reply}"
+        );
+    }
+    // Ours: ourselves and our child.
+    assert_eq!(
+        ask(format!("GRANT_ACCESS {}", std::process::id())),
+        "READY\n"
+    );
+    assert_eq!(ask(format!("GRANT_ACCESS {} FORCE", child.id())), "READY\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sessions_are_listed_chosen_and_cleaned() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        Command::new(example("controller"))
+            .args(["--name", name])
+            .arg("examples/target.py")
+            .current_dir(crate::util::repo())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("HELI_PYTHON", python314())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = |args: &[&str]| {
+        let mut child = Command::new(example("client"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, SOON);
+        let output = child.wait_with_output().unwrap();
+        (
+            status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let runtime = dir.path().join("heli");
+    let mut web = start("web");
+    wait_for("session web", SOON, || runtime.join("web.sock").exists());
+    // One session: picked without --session.
+    let (code, out, err) = client(&["pid"]);
+    assert_eq!(code, Some(0), "{err}");
+    let web_target: u32 = out.trim().parse().unwrap();
+
+    let mut worker = start("worker");
+    wait_for("session worker", SOON, || {
+        runtime.join("worker.sock").exists()
+    });
+    // Two: the client asks which.
+    let (code, _, err) = client(&["pid"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("Several sessions are running (web, worker)") || err.contains("(worker, web)"),
+        "{err}"
+    );
+    assert!(err.contains("--session NAME"), "{err}");
+    let (code, out, _) = client(&["--session", "web", "pid"]);
+    assert_eq!(
+        (code, out.trim().parse::<u32>().unwrap()),
+        (Some(0), web_target)
+    );
+
+    // A dead controller's socket, and a file that is no session.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    std::fs::write(runtime.join("notes.sock"), "not a socket").unwrap();
+    let (code, out, err) = client(&["--list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("web"), "{out}");
+    assert!(out.contains("examples/target.py"), "{out}");
+    assert!(out.contains("running"), "{out}");
+    assert!(!out.contains("worker"), "{out}");
+    assert!(
+        err.contains("removed the stale socket of session worker"),
+        "{err}"
+    );
+    assert!(err.contains("notes.sock"), "{err}");
+    assert!(!runtime.join("worker.sock").exists());
+    assert!(runtime.join("notes.sock").exists());
+
+    // Status in words.
+    let (code, out, err) = client(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    for field in [
+        "session",
+        "target PID",
+        "command",
+        "uptime",
+        "granter",
+        "ptrace_scope",
+        "grant holder",
+    ] {
+        assert!(out.contains(field), "{field}: {out}");
+    }
+    web.kill().unwrap();
+    web.wait().unwrap();
+}
+
+#[test]
+fn a_killed_controller_takes_its_target_along_and_its_session_is_replaced() {
+    let _serial = serial();
+    let mut controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let target = controller.target_pid();
+    controller.signal(Signal::SIGKILL as i32);
+    controller.wait();
+    wait_for("target killed with its controller", SOON, || !alive(target));
+    assert!(
+        controller.fifo_dir.join("test.sock").exists(),
+        "the stale socket is left"
+    );
+    let (code, _, stderr) = controller.run_client(&["pid"]);
+    assert_eq!(code.code(), Some(3), "{stderr}");
+    // The next controller with that name replaces the stale socket.
+    let mut next = Command::new(example("controller"))
+        .args(["--name", "test", "--", "sleep", "100"])
+        .env("XDG_RUNTIME_DIR", controller.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the new controller serves", SOON, || {
+        controller.run_client(&["pid"]).0.success()
+    });
+    next.kill().unwrap();
+    next.wait().unwrap();
+}
