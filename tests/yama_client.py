@@ -1,24 +1,47 @@
-"""One client process that asks for a grant over the FIFOs and runs pdb -p
-as its own child, to prove what Yama allows it.
+"""One client process that asks for a grant and runs pdb -p as its own
+child, to prove what Yama allows it.
 
-Usage: yama_client.py PYTHON FIFO_DIR STEP...
+Usage: yama_client.py PYTHON ADDRESS STEP...
 
-Steps: `pdb` runs `PYTHON -m pdb -p TARGET` as a child and prints
+ADDRESS is a FIFO directory, or a session socket (`*.sock`, one connection
+kept for all steps: a grant lasts as long as its connection).
+
+Steps: `close` closes the socket connection (the process lives on); `pdb` runs `PYTHON -m pdb -p TARGET` as a child and prints
 `pdb allowed <output>` or `pdb denied <output>`; any other step is sent as a
 request (`$PID` is this process's pid, `$CHILD` the pid of a child it keeps
 sleeping, another process a grant can go to) and its reply printed.
 """
 
 import os
+import socket
 import subprocess
 import sys
 
 
-def send(directory, command):
-    with open(os.path.join(directory, "control"), "w") as control:
-        control.write(command + "\n")
-    with open(os.path.join(directory, "response")) as response:
-        return response.readline().rstrip("\n")
+def fifo_sender(directory):
+    def send(command):
+        with open(os.path.join(directory, "control"), "w") as control:
+            control.write(command + "\n")
+        with open(os.path.join(directory, "response")) as response:
+            return response.readline().rstrip("\n")
+
+    return send
+
+
+def socket_sender(path):
+    connection = socket.socket(socket.AF_UNIX)
+    connection.connect(path)
+    replies = connection.makefile()
+
+    def send(command):
+        if command == "close":
+            replies.close()
+            connection.close()
+            return "closed"
+        connection.sendall((command + "\n").encode())
+        return replies.readline().rstrip("\n")
+
+    return send
 
 
 def pdb(python, target):
@@ -41,8 +64,9 @@ def pdb(python, target):
 
 
 if __name__ == "__main__":
-    python, directory = sys.argv[1], sys.argv[2]
-    target = int(send(directory, "GET_TARGET_PID").split()[1])
+    python, address = sys.argv[1], sys.argv[2]
+    send = socket_sender(address) if address.endswith(".sock") else fifo_sender(address)
+    target = int(send("GET_TARGET_PID").split()[1])
     child = subprocess.Popen(["sleep", "1000"])
     try:
         for step in sys.argv[3:]:
@@ -50,6 +74,6 @@ if __name__ == "__main__":
                 print(pdb(python, target), flush=True)
             else:
                 step = step.replace("$PID", str(os.getpid())).replace("$CHILD", str(child.pid))
-                print(send(directory, step), flush=True)
+                print(send(step), flush=True)
     finally:
         child.kill()

@@ -28,15 +28,24 @@ chown "$user:" "$work"/*
 echo "kernel $(uname -r), user $(id "$user"), python $python"
 
 pipes=/tmp/heliparent_debug/user_$user
-client() { as_user "$work/client" --python "$python" --timeout 30 "$@"; }
+socket=/run/user/$HELI_VM_UID/heli/yama.sock
+mkdir -p "/run/user/$HELI_VM_UID" && chown "$user:" "/run/user/$HELI_VM_UID" && chmod 0700 "/run/user/$HELI_VM_UID"
+transport=socket
+client() {
+  as_user env XDG_RUNTIME_DIR="/run/user/$HELI_VM_UID" "$work/client" --transport "$transport" \
+    --python "$python" --timeout 30 "$@"
+}
+address() { if [[ $transport == fifo ]]; then echo "$pipes"; else echo "$socket"; fi; }
+yama_client() { as_user "$python" "$work/yama_client.py" "$python" "$(address)" "$@"; }
 
 controller_pid=
 start_controller() {
-  as_user env HELI_PYTHON="$python" RUST_LOG=info "$work/controller" "$work/target.py" \
+  as_user env HELI_PYTHON="$python" RUST_LOG=info XDG_RUNTIME_DIR="/run/user/$HELI_VM_UID" \
+    "$work/controller" --transport "$transport" --name yama "$work/target.py" \
     >"$work/controller.log" 2>&1 &
   controller_pid=$!
   for _ in $(seq 600); do
-    [[ -p $pipes/response ]] && client pid >/dev/null 2>&1 && return 0
+    client pid >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   fail "controller did not start: $(cat "$work/controller.log")"
@@ -55,9 +64,10 @@ attach() { # attach: one client attach, pdb reads the counter
   printf "p ('counter', counter)\nq\n" | client attach 2>&1
 }
 
-echo "--- ptrace_scope 1"
 set_ptrace_scope 1 || fail "cannot set scope 1"
-if start_controller; then
+for transport in socket fifo; do
+  echo "--- ptrace_scope 1, $transport transport"
+  start_controller || continue
   expect "controller chose the Yama granter" "granter: yama" "$(cat "$work/controller.log")"
   # The very first attach of a fresh client reaches pdb and reads the
   # counter (the original's first attach was denied: its grant was late).
@@ -65,7 +75,7 @@ if start_controller; then
   target=$(client pid)
   # Negative control first: without a grant the same process is denied;
   # with it allowed; after REVOKE denied again.
-  out=$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" pdb 'GRANT_ACCESS $PID' pdb REVOKE pdb)
+  out=$(yama_client pdb 'GRANT_ACCESS $PID' pdb 'REVOKE $PID' pdb)
   expect "no grant: pdb -p denied" "^pdb denied" "$(sed -n 1p <<<"$out")"
   expect "grant answered READY" "^READY$" "$(sed -n 2p <<<"$out")"
   expect "granted: pdb -p as the client's child allowed" "^pdb allowed" "$(sed -n 3p <<<"$out")"
@@ -73,28 +83,36 @@ if start_controller; then
   expect "revoked: pdb -p denied again" "^pdb denied" "$(sed -n 5p <<<"$out")"
   # Yama keeps one ptracer: a grant to another process replaces ours, and
   # our REVOKE then must not take the other's grant away.
-  out=$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" 'GRANT_ACCESS $PID' \
-    'GRANT_ACCESS $CHILD' pdb 'REVOKE $PID' 'GRANT_ACCESS $PID' pdb 'REVOKE $PID' pdb)
-  expect "grant to another process answered READY" "^READY$" "$(sed -n 2p <<<"$out")"
-  expect "replaced: our pdb -p denied" "^pdb denied" "$(sed -n 3p <<<"$out")"
-  expect "REVOKE of a replaced grant refused, naming the holder" \
-    "^ERROR: The grant is held by client PID [0-9]+, not PID [0-9]+: nothing revoked$" "$(sed -n 4p <<<"$out")"
-  expect "granted again: pdb -p allowed" "^pdb allowed" "$(sed -n 6p <<<"$out")"
-  expect "our REVOKE: pdb -p denied" "^pdb denied" "$(sed -n 8p <<<"$out")"
+  out=$(yama_client 'GRANT_ACCESS $PID' 'GRANT_ACCESS $CHILD' 'GRANT_ACCESS $CHILD FORCE' pdb \
+    'REVOKE $PID' 'GRANT_ACCESS $PID FORCE' pdb 'REVOKE $PID' pdb)
+  expect "a second grant is refused while one is held" "^ERROR: target is being debugged by client PID" "$(sed -n 2p <<<"$out")"
+  expect "FORCE takes the grant over" "^READY$" "$(sed -n 3p <<<"$out")"
+  expect "taken over: our pdb -p denied" "^pdb denied" "$(sed -n 4p <<<"$out")"
+  expect "REVOKE of a taken-over grant refused, naming the holder" \
+    "^ERROR: The grant is held by client PID [0-9]+, not PID [0-9]+: nothing revoked$" "$(sed -n 5p <<<"$out")"
+  expect "granted again: pdb -p allowed" "^pdb allowed" "$(sed -n 7p <<<"$out")"
+  expect "our REVOKE: pdb -p denied" "^pdb denied" "$(sed -n 9p <<<"$out")"
+  if [[ $transport == socket ]]; then
+    # The grant goes with its connection: closed, the client (alive) and
+    # its children are denied again.
+    out=$(yama_client 'GRANT_ACCESS $PID' pdb close pdb)
+    expect "socket: granted pdb -p allowed" "^pdb allowed" "$(sed -n 2p <<<"$out")"
+    expect "socket: connection closed, grant revoked: pdb -p denied" "^pdb denied" "$(sed -n 4p <<<"$out")"
+  fi
   good=0
   for i in $(seq 20); do
     out=$(attach)
     if grep -Eq "\('counter', [0-9]+\)" <<<"$out"; then good=$((good + 1)); else echo "cycle $i: $out"; fi
   done
   expect "20 attach/detach cycles in a row" "^20$" "$good"
-  # A grant for a process that does not exist is refused by the kernel.
-  expect "grant for a missing pid refused" "ERROR: Grant failed" \
-    "$(as_user "$python" "$work/yama_client.py" "$python" "$pipes" 'GRANT_ACCESS 2147483000')"
+  # A grant for a process that does not exist is refused.
+  expect "grant for a missing pid refused" "^ERROR" "$(yama_client 'GRANT_ACCESS 2147483000 FORCE')"
   expect "target survived the grants" "^[0-9]+$" "$(client pid)"
   stop_controller
   kill -0 "$target" 2>/dev/null && fail "target $target left running" || ok "target ended with the controller"
-fi
+done
 
+transport=socket
 echo "--- ptrace_scope 0"
 set_ptrace_scope 0 || fail "cannot set scope 0"
 if start_controller; then
