@@ -14,6 +14,7 @@ use signal_hook::low_level::siginfo::{Cause, Origin};
 
 use crate::granter::Granter;
 use crate::protocol::{Reply, Request, Status};
+use crate::restart::RestartPolicy;
 use crate::supervisor::{ExitStatus, Supervisor};
 use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
 
@@ -60,6 +61,7 @@ pub struct Controller<T, G, S> {
     supervisor: S,
     grace: Duration,
     handle_signals: bool,
+    restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
     shutdown: (Sender<()>, Receiver<()>),
 }
@@ -85,6 +87,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             supervisor,
             grace: DEFAULT_GRACE,
             handle_signals: false,
+            restart: RestartPolicy::default(),
             status_fields: Vec::new(),
             shutdown: bounded(1),
         }
@@ -106,6 +109,13 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// target already and is not sent twice.
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = yes;
+        self
+    }
+
+    /// When to start the target again after it ended on its own (default:
+    /// never). A new target is a new process: no grant carries over.
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
         self
     }
 
@@ -161,17 +171,26 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
 
         let mut state = State {
             target,
+            running: true,
             started: Instant::now(),
             kill_at: None,
+            respawn_at: None,
+            last_exit: None,
             grant: None,
         };
         let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
         let mut listening = true;
         let status = loop {
-            let kill_timer = match state.kill_at {
+            if !state.running && state.respawn_at.is_none() {
+                // Asked to stop while waiting to restart.
+                break Ok(state.last_exit.unwrap_or(ExitStatus::Code(0)));
+            }
+            let timer = |at: Option<Instant>| match at {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
                 None => never(),
             };
+            let kill_timer = timer(state.kill_at.filter(|_| state.running));
+            let respawn_timer = timer(state.respawn_at);
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening { events.clone() } else { never() };
@@ -182,13 +201,45 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                         let _ = self.supervisor.kill();
                         break Err(io::Error::other("supervisor lost its target"));
                     };
-                    if exit.pid == state.target {
-                        if state.kill_at.is_none() {
-                            warn!("target process {} ended on its own ({})", exit.pid, exit.status);
-                        } else {
-                            info!("target process {} ended ({})", exit.pid, exit.status);
+                    if exit.pid == state.target && state.running {
+                        state.running = false;
+                        state.last_exit = Some(exit.status);
+                        state.grant = None;
+                        // The granter may still remember a grant on this
+                        // pid: a later process must not inherit it.
+                        if self.granter.holder_pid(exit.pid).is_some() {
+                            let _ = self.granter.revoke(exit.pid);
                         }
-                        break Ok(exit.status);
+                        if state.kill_at.is_some() {
+                            info!("target process {} ended ({})", exit.pid, exit.status);
+                            break Ok(exit.status);
+                        }
+                        warn!("target process {} ended on its own ({})", exit.pid, exit.status);
+                        match self.restart.next_delay(exit.status, state.started.elapsed()) {
+                            Some(delay) => {
+                                info!("restarting the target in {delay:?} (restart {})", self.restart.restarts());
+                                state.respawn_at = Some(Instant::now() + delay);
+                            }
+                            None => break Ok(exit.status),
+                        }
+                    }
+                }
+                recv(respawn_timer) -> _ => {
+                    state.respawn_at = None;
+                    match self.supervisor.spawn() {
+                        Ok(pid) => {
+                            info!("target restarted with PID {pid}");
+                            state.target = pid;
+                            state.running = true;
+                            state.started = Instant::now();
+                        }
+                        Err(err) => {
+                            warn!("cannot restart the target: {err}");
+                            match self.restart.next_delay(ExitStatus::Code(127), Duration::ZERO) {
+                                Some(delay) => state.respawn_at = Some(Instant::now() + delay),
+                                None => break Err(err),
+                            }
+                        }
                     }
                 }
                 recv(requests) -> event => match event {
@@ -250,12 +301,27 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         };
         debug!("request {request} from {peer:?}");
         let reply = match request {
+            Request::Status => Reply::Status(self.status(state)),
+            Request::Terminate => {
+                info!("TERMINATE requested by {peer:?}");
+                incoming.reply(Reply::Ready);
+                self.begin_stop(state, None);
+                return;
+            }
+            // Between a target's end and its restart there is nobody to
+            // grant access to.
+            _ if !state.running => match state.respawn_at {
+                Some(at) => Reply::Error(format!(
+                    "Target process not running (restarting in {} ms)",
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                )),
+                None => not_running(),
+            },
             Request::GetTargetPid => Reply::TargetPid(state.target),
             Request::GrantAccess(client) | Request::TakeOver(client) => {
                 let force = matches!(request, Request::TakeOver(_));
                 self.grant(state, peer, client, force)
             }
-            Request::Status => Reply::Status(self.status(state)),
             Request::Revoke(Some(client)) => match self.granter.holder_pid(state.target) {
                 Some(holder) if holder != client => Reply::Error(format!(
                     "The grant is held by client PID {holder}, not PID {client}: nothing revoked"
@@ -263,12 +329,6 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 _ => self.revoke(state),
             },
             Request::Revoke(None) => self.revoke(state),
-            Request::Terminate => {
-                info!("TERMINATE requested by {peer:?}");
-                incoming.reply(Reply::Ready);
-                self.begin_stop(state, None);
-                return;
-            }
         };
         incoming.reply(reply);
     }
@@ -344,18 +404,26 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     }
 
     fn status(&self, state: &State) -> Status {
+        let mut extra = vec![("restarts".to_owned(), self.restart.restarts().to_string())];
+        if let Some(exit) = state.last_exit {
+            extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
+        }
+        extra.extend(self.status_fields.iter().cloned());
         Status {
             pid: state.target,
-            state: if state.kill_at.is_some() {
-                "stopping"
-            } else {
-                "running"
+            state: match (state.running, state.kill_at.is_some()) {
+                (false, _) => "restarting",
+                (true, true) => "stopping",
+                (true, false) => "running",
             }
             .to_owned(),
             uptime_secs: state.started.elapsed().as_secs(),
             granter: self.granter.name().to_owned(),
-            holder: self.granter.holder_pid(state.target),
-            extra: self.status_fields.clone(),
+            holder: self
+                .granter
+                .holder_pid(state.target)
+                .filter(|_| state.running),
+            extra,
             command: self.supervisor.describe(),
         }
     }
@@ -363,6 +431,12 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// Asks the target to end, with `signal` if given, else with the
     /// supervisor's polite stop, and arms the kill timer.
     fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
+        if !state.running {
+            // Waiting to restart: there is nothing to stop; end now.
+            state.respawn_at = None;
+            state.kill_at = Some(Instant::now());
+            return;
+        }
         let result = match signal {
             Some(signal) => self.supervisor.signal(signal),
             None => self.supervisor.terminate(),
@@ -404,10 +478,15 @@ fn not_running() -> Reply {
 
 #[derive(Debug)]
 struct State {
+    /// The current target, or the last one while waiting to restart.
     target: u32,
+    running: bool,
     started: Instant,
     /// When the target gets SIGKILL, once it was asked to stop.
     kill_at: Option<Instant>,
+    /// When the ended target starts again.
+    respawn_at: Option<Instant>,
+    last_exit: Option<ExitStatus>,
     /// The last grant made, and on which connection.
     grant: Option<GrantRecord>,
 }

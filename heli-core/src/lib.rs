@@ -122,6 +122,7 @@ mod controller;
 mod error;
 mod granter;
 pub mod protocol;
+mod restart;
 mod supervisor;
 mod transport;
 
@@ -129,6 +130,7 @@ pub use client::{Client, Session, DEFAULT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS};
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
+pub use restart::{Restart, RestartPolicy};
 pub use supervisor::{Exit, ExitStatus, Supervisor};
 pub use transport::{exchange, Connection, Event, Incoming, Listener, Peer, Stopper, Transport};
 

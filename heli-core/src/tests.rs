@@ -26,7 +26,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, 
 use crate::protocol::MAX_LINE;
 use crate::{
     exchange, Client, Connection, Controller, ErrorKind, Event, Exit, ExitStatus, Granter,
-    Incoming, Listener, Peer, Stopper, Supervisor, Transport,
+    Incoming, Listener, Peer, Restart, RestartPolicy, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
@@ -1281,4 +1281,83 @@ fn status_reports_target_grant_and_extra_fields() {
 
     client.terminate().unwrap();
     running.join().unwrap();
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_failed_target_is_restarted_up_to_the_limit() {
+    let (fake, granter, target) = controller();
+    let policy = RestartPolicy::new(Restart::OnFailure)
+        .delays(Duration::from_millis(20), Duration::from_millis(40))
+        .max_restarts(2);
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let client = fake.client();
+
+    // A grant never carries over to the next process.
+    let mut session = client.session().unwrap();
+    session.grant_access(77).unwrap();
+    for restart in 1..=2 {
+        wait_until("the target running", || target.spawns() == restart);
+        target.exit(ExitStatus::Signal(11));
+        wait_until("the restart", || target.spawns() == restart + 1);
+        let status = client.status().unwrap();
+        assert_eq!(status.get("restarts"), Some(restart.to_string().as_str()));
+        assert_eq!(status.get("last_exit"), Some("139"));
+        assert_eq!(status.holder, None);
+    }
+    // Past the limit the controller exits with the target's status.
+    target.exit(ExitStatus::Code(4));
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(4));
+    assert_eq!(target.spawns(), 3);
+    drop(session);
+}
+
+#[test]
+fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
+    let (fake, granter, target) = controller();
+    // A long delay: the controller is waiting to restart while we ask.
+    let policy = RestartPolicy::new(Restart::Always)
+        .delays(Duration::from_secs(600), Duration::from_secs(600));
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let client = fake.client();
+    wait_until("the target running", || target.spawns() == 1);
+    target.exit(ExitStatus::Code(0));
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    let err = client.target_pid().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert!(
+        err.message()
+            .starts_with("Target process not running (restarting in"),
+        "{err}"
+    );
+    assert!(client.grant_access(5).is_err());
+    assert_eq!(granter.attempts(), 0);
+    // Nothing to stop: the controller ends at once with the last status.
+    client.terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(target.spawns(), 1);
+    assert_eq!(target.terminates(), 0);
+}
+
+#[test]
+fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
+    let (fake, granter, target) = controller();
+    let policy = RestartPolicy::new(Restart::OnFailure)
+        .delays(Duration::from_millis(1), Duration::from_millis(1));
+    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    wait_until("the target running", || target.spawns() == 1);
+    target.exit(ExitStatus::Code(0));
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(target.spawns(), 1);
 }
