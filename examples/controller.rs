@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::TransportKind;
-use heli::core::{Controller, Granter, Supervisor, Transport};
-use heli::grant::{AutoGranter, GranterChoice, ProcessSupervisor, PtraceScope};
+use heli::core::{Controller, Granter, Restart, RestartPolicy, Supervisor, Transport};
+use heli::grant::{become_subreaper, AutoGranter, GranterChoice, ProcessSupervisor, PtraceScope};
 use heli::transport::{FifoTransport, UnixSocketTransport};
 use log::{info, warn};
 
@@ -55,6 +55,24 @@ struct Args {
     #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
     granter: GranterChoice,
 
+    /// Start the target again when it ends: never, on-failure (non-zero exit
+    /// or killed by a signal) or always; with back-off from 100 ms to 30 s
+    #[arg(long, value_name = "WHEN", default_value_t = Restart::Never)]
+    restart: Restart,
+
+    /// Give up after this many restarts
+    #[arg(long, value_name = "N")]
+    max_restarts: Option<u32>,
+
+    /// Become a child subreaper: orphans of the target's descendants are
+    /// re-parented to the controller, which reaps them (automatic as PID 1)
+    #[arg(long)]
+    subreaper: bool,
+
+    /// Run the target in its own process group and signal the whole group
+    #[arg(long)]
+    kill_group: bool,
+
     /// Seconds the target gets to exit after SIGTERM before SIGKILL
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
@@ -88,19 +106,37 @@ fn run() -> Result<i32, Box<dyn Error>> {
         return Err("--grace must be a number of seconds >= 0".into());
     }
     let command = target_command(&args)?;
-    let supervisor = ProcessSupervisor::new(command);
+    let mut supervisor = ProcessSupervisor::new(command).kill_group(args.kill_group);
+    if args.subreaper {
+        become_subreaper()?;
+    }
+    if args.subreaper || std::process::id() == 1 {
+        info!("reaping every child, orphans included");
+        supervisor = supervisor.reap_orphans()?;
+    }
     // A Yama granter ptraces the target: it must share the reaper's lock.
     let granter = AutoGranter::choose(args.granter, supervisor.child_waits())?;
     info!("granter: {}", granter.name());
     let scope = PtraceScope::current()?;
     let grace = Duration::from_secs_f64(args.grace);
+    let mut restart = RestartPolicy::new(args.restart);
+    if let Some(max) = args.max_restarts {
+        restart = restart.max_restarts(max);
+    }
     match args.transport {
         TransportKind::Fifo => {
             let transport = match &args.fifo_dir {
                 Some(dir) => FifoTransport::new(dir),
                 None => FifoTransport::for_current_user()?,
             };
-            serve(transport, granter, supervisor, grace, scope, None)
+            serve(
+                transport,
+                granter,
+                supervisor,
+                (grace, restart),
+                scope,
+                None,
+            )
         }
         TransportKind::Socket => {
             let name = match &args.name {
@@ -108,7 +144,14 @@ fn run() -> Result<i32, Box<dyn Error>> {
                 None => default_session_name(&args.target[0]),
             };
             let transport = UnixSocketTransport::session(&name)?;
-            serve(transport, granter, supervisor, grace, scope, Some(name))
+            serve(
+                transport,
+                granter,
+                supervisor,
+                (grace, restart),
+                scope,
+                Some(name),
+            )
         }
     }
 }
@@ -117,12 +160,13 @@ fn serve<T: Transport>(
     transport: T,
     granter: impl Granter,
     supervisor: impl Supervisor,
-    grace: Duration,
+    (grace, restart): (Duration, RestartPolicy),
     scope: PtraceScope,
     session: Option<String>,
 ) -> Result<i32, Box<dyn Error>> {
     let mut controller = Controller::new(transport, granter, supervisor)
         .grace(grace)
+        .restart(restart)
         .handle_signals(true)
         .status_field(
             "ptrace_scope",

@@ -64,7 +64,7 @@ fn script_mode_runs_python_with_arguments(kind: Kind) {
 }
 
 /// A target that records the signals it gets in `out` and exits on SIGTERM.
-fn recorder(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn recorder(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let out = dir.join("signals.txt");
     let path = script(
         dir,
@@ -75,9 +75,10 @@ import os, signal, sys, time
 out = open({out:?}, "a", buffering=1)
 def record(signum, frame):
     out.write(f"{{signal.Signals(signum).name}}\n")
-    if signum == signal.SIGTERM:
+    if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         sys.exit(0)
-for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM):
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM,
+          signal.SIGINT, signal.SIGQUIT):
     signal.signal(s, record)
 out.write("ready\n")
 while True:
@@ -100,10 +101,12 @@ fn signals_are_forwarded_to_the_target(kind: Kind) {
     wait_for("SIGUSR1 forwarded", SOON, || read().contains("SIGUSR1"));
     controller.signal(Signal::SIGUSR2 as i32);
     wait_for("SIGUSR2 forwarded", SOON, || read().contains("SIGUSR2"));
+    controller.signal(Signal::SIGWINCH as i32);
+    wait_for("SIGWINCH forwarded", SOON, || read().contains("SIGWINCH"));
     controller.signal(Signal::SIGTERM as i32);
     let status = controller.wait();
     assert_eq!(status.code(), Some(0), "{}", controller.log_text());
-    assert_eq!(read(), "ready\nSIGUSR1\nSIGUSR2\nSIGTERM\n");
+    assert_eq!(read(), "ready\nSIGUSR1\nSIGUSR2\nSIGWINCH\nSIGTERM\n");
     assert_eq!(controller.fifo_dir_entries(), Vec::<String>::new());
 }
 

@@ -12,5 +12,6 @@ mod util;
 
 mod attach;
 mod dialect;
+mod init;
 mod sessions;
 mod supervise;

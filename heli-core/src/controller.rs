@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
 use log::{debug, info, warn};
-use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::signal::{
+    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGTERM, SIGURG, SIGUSR1, SIGUSR2,
+    SIGVTALRM, SIGWINCH,
+};
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::low_level::siginfo::{Cause, Origin};
@@ -22,8 +25,13 @@ use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
 /// killed if it still runs after the grace period.
 pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
 
-/// Signals only passed on to the target.
-pub const PASS_SIGNALS: [i32; 2] = [SIGUSR1, SIGUSR2];
+/// Signals only passed on to the target. Not SIGCHLD, not the job-control
+/// stops (the controller stops with its target on Ctrl-Z), and not the
+/// synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
+/// SIGSYS), which concern the controller itself.
+pub const PASS_SIGNALS: [i32; 8] = [
+    SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGURG, SIGPROF, SIGVTALRM,
+];
 
 /// Default time a target gets to end after SIGTERM before SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -453,7 +461,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         let signal = origin.signal;
         // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
         // foreground process group, the target included: do not double them.
-        let from_terminal = origin.cause == Cause::Kernel;
+        let from_terminal = origin.cause == Cause::Kernel && self.supervisor.shares_terminal();
         if STOP_SIGNALS.contains(&signal) {
             info!("got signal {signal}; stopping the target");
             if from_terminal {

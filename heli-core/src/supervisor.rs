@@ -82,6 +82,14 @@ pub trait Supervisor {
     /// The running target's process id, if one runs.
     fn pid(&self) -> Option<u32>;
 
+    /// Whether the target is in the controller's process group (default:
+    /// yes), so that what the terminal sends to the foreground group
+    /// (Ctrl-C, Ctrl-\\, hang-up) reaches it directly and must not be passed
+    /// on again.
+    fn shares_terminal(&self) -> bool {
+        true
+    }
+
     /// The target's command line, for status reports (default: empty).
     fn describe(&self) -> String {
         String::new()

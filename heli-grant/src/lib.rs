@@ -44,7 +44,7 @@ mod yama;
 
 pub use auto::{auto, AutoGranter, GranterChoice};
 pub use noop::NoopGranter;
-pub use process::{ChildWaits, ChildWaitsGuard, ProcessSupervisor};
+pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use yama::{Holder, YamaGranter};

@@ -1,6 +1,6 @@
 //! The supervisor of a target process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
@@ -52,6 +52,8 @@ pub struct ProcessSupervisor {
     running: Option<Running>,
     exits: (Sender<Exit>, Receiver<Exit>),
     waits: ChildWaits,
+    kill_group: bool,
+    orphans: Option<OrphanReaper>,
 }
 
 /// Who may wait for the supervisor's children, shared by its reaper and a
@@ -64,11 +66,19 @@ pub struct ProcessSupervisor {
 /// that reaped a child records its status with [`ChildWaitsGuard::reaped`],
 /// and the reaper reports it.
 #[derive(Clone, Debug, Default)]
-pub struct ChildWaits(Arc<Mutex<HashMap<u32, ExitStatus>>>);
+pub struct ChildWaits(Arc<Mutex<Waits>>);
+
+#[derive(Debug, Default)]
+struct Waits {
+    /// Statuses of targets reaped by someone other than their reaper.
+    reaped: HashMap<u32, ExitStatus>,
+    /// Targets whose reaper has not reported them yet.
+    targets: HashSet<u32>,
+}
 
 /// Exclusive right to wait for the supervisor's children; see [`ChildWaits`].
 #[derive(Debug)]
-pub struct ChildWaitsGuard<'a>(MutexGuard<'a, HashMap<u32, ExitStatus>>);
+pub struct ChildWaitsGuard<'a>(MutexGuard<'a, Waits>);
 
 impl ChildWaits {
     /// Takes the right to wait for the children, blocking until the holder
@@ -85,11 +95,11 @@ impl ChildWaits {
 impl ChildWaitsGuard<'_> {
     /// Records that the holder reaped child `pid`, which ended with `status`.
     pub fn reaped(&mut self, pid: u32, status: ExitStatus) {
-        self.0.insert(pid, status);
+        self.0.reaped.insert(pid, status);
     }
 
     fn take(&mut self, pid: u32) -> Option<ExitStatus> {
-        self.0.remove(&pid)
+        self.0.reaped.remove(&pid)
     }
 }
 
@@ -109,7 +119,38 @@ impl ProcessSupervisor {
             running: None,
             exits: unbounded(),
             waits: ChildWaits::default(),
+            kill_group: false,
+            orphans: None,
         }
+    }
+
+    /// Runs the target in a process group of its own and sends every signal
+    /// to the whole group, so the target's own children get them too (as
+    /// `docker stop` does for a container). The terminal's Ctrl-C then no
+    /// longer reaches the target directly: the controller passes it on.
+    pub fn kill_group(mut self, yes: bool) -> Self {
+        self.kill_group = yes;
+        if yes {
+            std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
+        }
+        self
+    }
+
+    /// Reaps every child of this process that exits, not only the target:
+    /// what a PID 1 or a child subreaper (see [`become_subreaper`]) must do
+    /// with the orphans re-parented to it, or they stay zombies.
+    ///
+    /// It waits with `waitid(P_ALL)` only while holding [`ChildWaits`], so it
+    /// never steals a granter's ptrace stops; a target it reaps is handed to
+    /// the target's own reaper. Nothing else in this process may wait for
+    /// children (`Command::status` and the like) once this runs.
+    ///
+    /// # Errors
+    ///
+    /// When SIGCHLD cannot be caught.
+    pub fn reap_orphans(mut self) -> io::Result<Self> {
+        self.orphans = Some(OrphanReaper::start(self.waits.clone())?);
+        Ok(self)
     }
 
     /// The lock its reaper takes before it waits for a child; a granter that
@@ -142,6 +183,9 @@ impl Supervisor for ProcessSupervisor {
                 "the target is already running",
             ));
         }
+        // Registered as a target before anyone may reap it: an orphan reaper
+        // waits for the same lock.
+        let mut waits = self.waits.lock();
         let child = self.command.spawn().map_err(|err| {
             io::Error::new(
                 err.kind(),
@@ -149,6 +193,8 @@ impl Supervisor for ProcessSupervisor {
             )
         })?;
         let pid = child.id();
+        waits.0.targets.insert(pid);
+        drop(waits);
         // The child is ours until reaped, so its pid cannot be reused yet.
         let pidfd = Arc::new(pidfd_open(pid)?);
         let alive = Arc::new(AtomicBool::new(true));
@@ -169,6 +215,10 @@ impl Supervisor for ProcessSupervisor {
         Ok(pid)
     }
 
+    fn shares_terminal(&self) -> bool {
+        !self.kill_group
+    }
+
     fn describe(&self) -> String {
         std::iter::once(self.command.get_program())
             .chain(self.command.get_args())
@@ -187,7 +237,16 @@ impl Supervisor for ProcessSupervisor {
 
     fn signal(&mut self, signal: i32) -> io::Result<()> {
         let running = self.running()?;
-        match pidfd_send_signal(running.pidfd.as_fd(), signal) {
+        let sent = if self.kill_group {
+            // The group outlives no member: while the target runs, its pid
+            // names its group.
+            let signal = nix::sys::signal::Signal::try_from(signal)?;
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(running.pid as i32), signal)
+                .map_err(io::Error::from)
+        } else {
+            pidfd_send_signal(running.pidfd.as_fd(), signal)
+        };
+        match sent {
             Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "Target process not running",
@@ -253,10 +312,85 @@ impl Reaper {
                 }
             }
         };
+        self.waits.lock().0.targets.remove(&self.pid);
         self.alive.store(false, Ordering::Release);
         let _ = self.exits.send(Exit {
             pid: self.pid,
             status,
         });
     }
+}
+
+/// Reaps whatever child of this process exits, on SIGCHLD; see
+/// [`ProcessSupervisor::reap_orphans`].
+#[derive(Debug)]
+struct OrphanReaper {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl OrphanReaper {
+    fn start(waits: ChildWaits) -> io::Result<OrphanReaper> {
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGCHLD])?;
+        let handle = signals.handle();
+        let thread = thread::Builder::new()
+            .name("heli-orphans".into())
+            .spawn(move || {
+                // Children that ended before we caught SIGCHLD, then each
+                // batch: one signal may stand for many children.
+                reap_all(&waits);
+                for _ in signals.forever() {
+                    reap_all(&waits);
+                }
+            })?;
+        Ok(OrphanReaper {
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for OrphanReaper {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reaps every child that has exited; a target's status goes to its reaper.
+fn reap_all(waits: &ChildWaits) {
+    // No granter traces a child while we hold this: no stop to steal.
+    let mut guard = waits.lock();
+    loop {
+        let (pid, status) = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, ExitStatus::Signal(signal as i32)),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(err) => {
+                warn!("cannot reap children: {err}");
+                return;
+            }
+        };
+        let pid = pid.as_raw() as u32;
+        if guard.0.targets.contains(&pid) {
+            guard.reaped(pid, status);
+        } else {
+            debug!("reaped orphan PID {pid} ({status})");
+        }
+    }
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans
+/// of its descendants are re-parented to it instead of to PID 1, so it can
+/// reap them (see [`ProcessSupervisor::reap_orphans`]) and they stay in its
+/// view. A PID 1 is one already.
+///
+/// # Errors
+///
+/// When the kernel refuses (it does not before Linux 3.4).
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }

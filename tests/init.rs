@@ -1,0 +1,315 @@
+//! The controller as a container's entrypoint: stop signals, restarts,
+//! orphans and zombies (as a subreaper and as PID 1), a killed target,
+//! hostile input.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::supervise::recorder;
+use crate::util::{example, script, serial, wait_exit, wait_for, Controller, Kind, SOON};
+
+/// Children of `pid` that are zombies, and all its children.
+fn children(pid: u32) -> (usize, usize) {
+    let (mut zombies, mut all) = (0, 0);
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1) == Some(&pid.to_string().as_str()) {
+            all += 1;
+            if fields[0] == "Z" {
+                zombies += 1;
+            }
+        }
+    }
+    (zombies, all)
+}
+
+#[test]
+fn every_stop_signal_reaches_the_target_and_ends_the_controller_cleanly() {
+    let _serial = serial();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, out) = recorder(dir.path());
+        let mut controller = Controller::start_on(Kind::Socket, &[path.to_str().unwrap()]);
+        let read = || fs::read_to_string(&out).unwrap_or_default();
+        wait_for("target ready", SOON, || read().contains("ready"));
+        controller.signal(signal as i32);
+        let status = controller.wait();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{signal}: {}",
+            controller.log_text()
+        );
+        assert_eq!(read(), format!("ready\n{}\n", signal.as_str()));
+        assert_eq!(
+            controller.fifo_dir_entries(),
+            Vec::<String>::new(),
+            "{signal}"
+        );
+    }
+}
+
+#[test]
+fn a_killed_target_ends_the_controller_and_clients_are_told() {
+    let _serial = serial();
+    let mut controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let target = controller.target_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(target as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(controller.wait().code(), Some(128 + 9));
+    assert!(
+        controller
+            .log_text()
+            .contains("ended on its own (signal 9)"),
+        "{}",
+        controller.log_text()
+    );
+    let (status, _, stderr) = controller.run_client(&["pid"]);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+}
+
+#[test]
+fn a_failing_target_is_restarted_with_a_new_pid_then_given_up() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        dir.path(),
+        "flaky.py",
+        "import time\ntime.sleep(1)\nraise SystemExit(3)\n",
+    );
+    let mut controller = Controller::start_on(
+        Kind::Socket,
+        &[
+            "--restart",
+            "on-failure",
+            "--max-restarts",
+            "2",
+            path.to_str().unwrap(),
+        ],
+    );
+    let first = controller.target_pid();
+    let mut seen = vec![first];
+    let deadline = Instant::now() + SOON;
+    while seen.len() < 3 && Instant::now() < deadline {
+        let (status, out, _) = controller.run_client(&["pid"]);
+        if let Some(pid) = status
+            .success()
+            .then(|| out.trim().parse::<u32>().ok())
+            .flatten()
+        {
+            if !seen.contains(&pid) {
+                seen.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "clients saw {seen:?}\n{}",
+        controller.log_text()
+    );
+    // Three runs, then the controller exits with the target's status.
+    assert_eq!(
+        controller.wait().code(),
+        Some(3),
+        "{}",
+        controller.log_text()
+    );
+    assert_eq!(
+        controller
+            .log_text()
+            .matches("restarting the target in")
+            .count(),
+        2
+    );
+}
+
+/// A target that leaves `count` orphans behind, each living `life`
+/// seconds, then waits.
+fn orphan_maker(dir: &std::path::Path, count: u32, life: f64) -> std::path::PathBuf {
+    script(
+        dir,
+        "orphans.sh",
+        &format!("for i in $(seq {count}); do (sleep {life} &); done\nsleep 600\n"),
+    )
+}
+
+#[test]
+fn a_subreaper_controller_reaps_100_orphaned_grandchildren() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let maker = orphan_maker(dir.path(), 100, 1.0);
+    let controller = Controller::start_on(
+        Kind::Socket,
+        &["--subreaper", "--", "sh", maker.to_str().unwrap()],
+    );
+    let me = controller.child.id();
+    // The orphans are re-parented to the controller (not to PID 1) ...
+    wait_for("orphans re-parented to the controller", SOON, || {
+        children(me).1 >= 50
+    });
+    // ... and once they have exited, none is left a zombie.
+    std::thread::sleep(Duration::from_millis(1500));
+    wait_for("no zombies", SOON, || children(me) == (0, 1));
+    assert!(
+        controller.log_text().contains("reaping every child"),
+        "{}",
+        controller.log_text()
+    );
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_the_controller_reaps_every_orphan() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // The target counts the zombies of its namespace after its orphans died,
+    // and exits with that count.
+    let check = script(
+        dir.path(),
+        "pid1.sh",
+        "for i in $(seq 100); do (sleep 0.3 &); done\nsleep 2\n\
+         zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')\n\
+         echo \"zombies: $zombies\"\nexit $zombies\n",
+    );
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(example("controller"))
+        .args(["--transport", "socket", "--name", "pid1", "--", "sh"])
+        .arg(&check)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, SOON);
+    let output = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(err.contains("reaping every child"), "{err}");
+    assert!(out.contains("zombies: 0"), "{out}\n{err}");
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+}
+
+/// 100,000 lines of random bytes, over-long lines, NULs, empty lines.
+fn hostile_lines(seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..100_000)
+        .map(|i| {
+            let len = match i % 1000 {
+                0 => 5000 + (next() % 3000) as usize,
+                _ => (next() % 120) as usize,
+            };
+            let mut line: Vec<u8> = (0..len)
+                .map(|_| (next() % 255) as u8)
+                .filter(|&b| b != b'\n')
+                .collect();
+            if i % 7 == 0 {
+                line.splice(0..0, b"GRANT_ACCESS ".iter().copied());
+            }
+            line.push(b'\n');
+            line
+        })
+        .collect()
+}
+
+fn hostile_input_leaves_the_controller_serving(kind: Kind) {
+    let _serial = serial();
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let lines = hostile_lines(0x5eed + kind as u64);
+    let replies = match kind {
+        Kind::Socket => {
+            // Bursts: many lines per write, read back on another thread.
+            let stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
+            stream.set_read_timeout(Some(SOON)).unwrap();
+            let reader = stream.try_clone().unwrap();
+            let expected = lines.len();
+            let counting = std::thread::spawn(move || {
+                let mut reader = BufReader::new(reader);
+                let mut line = Vec::new();
+                let mut replies = 0;
+                while replies < expected {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    replies += 1;
+                }
+                replies
+            });
+            let mut writer = stream;
+            for burst in lines.chunks(100) {
+                writer.write_all(&burst.concat()).unwrap();
+            }
+            counting.join().unwrap()
+        }
+        Kind::Fifo => {
+            // One client at a time: each line a request of its own.
+            let transport = heli::transport::FifoTransport::new(&controller.fifo_dir);
+            let mut connection = heli::core::Transport::connect(&transport, SOON).unwrap();
+            lines
+                .iter()
+                .filter(|line| {
+                    heli::core::Connection::round_trip(&mut connection, line, Instant::now() + SOON)
+                        .is_ok()
+                })
+                .count()
+        }
+    };
+    assert_eq!(replies, lines.len(), "every complete line gets one reply");
+    // Still serving a real attach. Named pipes cannot tell who asks, so a
+    // random `GRANT_ACCESS <pid>` may have granted some live pid (as the
+    // original did): take the grant over there. The socket refused them all.
+    let attach: &[&str] = match kind {
+        Kind::Fifo => &["attach", "--force"],
+        Kind::Socket => &["attach"],
+    };
+    let mut client = controller
+        .client()
+        .args(attach)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"p ('counter', counter)\nq\n")
+        .unwrap();
+    let status = wait_exit(&mut client, SOON);
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("('counter', "), "{stdout}");
+}
+
+crate::per_transport!(hostile_input_leaves_the_controller_serving);
