@@ -1,0 +1,204 @@
+//! The controller's footprint: start to ready, memory, idle wake-ups.
+//!
+//! `cargo bench --bench footprint` runs the release controller example on
+//! `examples/target.py` (Unix socket transport) and prints a table:
+//!
+//! - start to ready: from spawning the controller until its socket answers a
+//!   `STATUS` request (median and max of 20 starts);
+//! - RSS of the controller once ready and after 1,000 requests;
+//! - context switches of all the controller's threads over 10 s without a
+//!   request (no periodic wake-ups: 0 expected).
+//!
+//! Under `cargo test` it checks the same things briefly (1 start, 1 s idle).
+
+#![allow(missing_docs)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The controller example of this profile. `cargo test` builds it;
+/// `cargo bench` does not: then build (or bring up to date) it first.
+fn controller_exe() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = profile_dir();
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    BUILT.call_once(|| {
+        if !benchmarking {
+            return;
+        }
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--example", "controller"]);
+        if dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        assert!(
+            cargo.status().unwrap().success(),
+            "cannot build the controller example"
+        );
+    });
+    dir.join("examples/controller")
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("HELI_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
+        })
+        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
+}
+
+struct Running {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(socket: &PathBuf) -> Option<String> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"STATUS\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    line.starts_with("STATUS").then_some(line)
+}
+
+/// Starts a controller and returns it with the time it took to answer.
+fn start(target: &[&str]) -> (Running, Duration) {
+    let exe = controller_exe();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("heli/bench.sock");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let started = Instant::now();
+    let child = Command::new(exe)
+        .args(["--name", "bench"])
+        .args(target)
+        .current_dir(repo)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("HELI_PYTHON", python())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running {
+        child,
+        socket,
+        _dir: dir,
+    };
+    loop {
+        if status(&running.socket).is_some() {
+            return (running, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "controller never ready"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Voluntary plus involuntary context switches of every thread of `pid`.
+fn switches(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|task| {
+            let text = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                })
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (starts, idle) = if benchmarking {
+        (20, Duration::from_secs(10))
+    } else {
+        (1, Duration::from_secs(1))
+    };
+    let median_max = |target: &[&str]| {
+        let mut times: Vec<Duration> = (0..starts).map(|_| start(target).1).collect();
+        times.sort();
+        (times[times.len() / 2], *times.last().unwrap())
+    };
+    let python_target = median_max(&["examples/target.py"]);
+    let sleep_target = median_max(&["--", "sleep", "600"]);
+    let (running, _) = start(&["examples/target.py"]);
+    let pid = running.child.id();
+    let rss_ready = rss_kib(pid);
+    for _ in 0..1000 {
+        status(&running.socket).unwrap();
+    }
+    let rss_served = rss_kib(pid);
+    // Settle, then watch it idle.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = switches(pid);
+    std::thread::sleep(idle);
+    let idle_switches = switches(pid) - before;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "\ncontroller footprint ({} build, {starts} starts)",
+        if profile_dir().ends_with("release") {
+            "release"
+        } else {
+            "debug"
+        }
+    );
+    println!("| measure | heli | target |");
+    println!("|---|---|---|");
+    println!(
+        "| start to ready, target.py, median / max | {:.2} / {:.2} ms | <= 5 ms |",
+        ms(python_target.0),
+        ms(python_target.1)
+    );
+    println!(
+        "| start to ready, `sleep`, median / max | {:.2} / {:.2} ms | <= 5 ms |",
+        ms(sleep_target.0),
+        ms(sleep_target.1)
+    );
+    println!(
+        "| RSS when ready | {:.2} MB | <= 3 MB |",
+        rss_ready as f64 / 1024.0
+    );
+    println!(
+        "| RSS after 1,000 requests | {:.2} MB | <= 3 MB |",
+        rss_served as f64 / 1024.0
+    );
+    println!(
+        "| context switches idle over {} s | {idle_switches} | 0 |",
+        idle.as_secs()
+    );
+}
