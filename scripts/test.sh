@@ -15,6 +15,26 @@ HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
 export HELI_PYTHON
 "$HELI_PYTHON" --version >&2
 
+step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI)"
+missing=()
+for tool in gdb strace; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+fi
+HELI_TOOLS=${HELI_DEPS:-/opt/heli}/tools
+HELI_PY_SPY=$HELI_TOOLS/bin/py-spy
+if [ ! -x "$HELI_PY_SPY" ]; then
+    python3 -m venv "$HELI_TOOLS" >&2 \
+        || { apt-get install -y -q --no-install-recommends python3-venv >&2 && python3 -m venv --clear "$HELI_TOOLS" >&2; }
+    "$HELI_TOOLS/bin/pip" install -q 'py-spy==0.4.3' >&2
+fi
+export HELI_PY_SPY
+"$HELI_PY_SPY" --version >&2
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -22,6 +42,9 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
+# The end-to-end tests run the example binaries: build them as programs
+# (--all-targets alone builds examples as test harnesses).
+cargo build --examples --locked
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 

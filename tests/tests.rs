@@ -12,6 +12,9 @@ mod util;
 
 mod attach;
 mod dialect;
+mod embed;
 mod init;
+mod repl;
 mod sessions;
 mod supervise;
+mod with_tool;

@@ -25,7 +25,7 @@ pub fn example(name: &str) -> PathBuf {
     let path = profile_dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test` (it builds the examples)",
+        "{} is missing: build the examples first (`cargo build --examples`), or run scripts/test.sh",
         path.display()
     );
     path
@@ -227,8 +227,10 @@ impl Controller {
             // The only session in its runtime directory: picked without --session.
             Kind::Socket => command.env("XDG_RUNTIME_DIR", self.dir.path()),
         };
+        // The REPL's history goes to the test's directory, not the user's.
         command
             .env("HELI_PYTHON", python314())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env_remove("RUST_LOG");
         command
     }
