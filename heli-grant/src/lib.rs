@@ -8,6 +8,10 @@
 //!   checks that it returned 0.
 //! - [`AutoGranter`] and [`auto`]: the granter the running kernel needs.
 //! - [`PtraceScope`]: reads Yama's setting and explains it.
+//! - [`PyProcess`]: CPython 3.14's remote debugging interface (PEP 768),
+//!   natively: read-only stack dumps ([`stack_dump`]) and remote execution
+//!   of a script ([`remote_exec`]; [`remote_exec_prctl`] grants with it),
+//!   through the target's memory, without stopping it.
 //! - [`ProcessSupervisor`]: runs the target as a child, kills it with its
 //!   parent, signals and reaps it through a pidfd.
 //!
@@ -36,6 +40,7 @@
 
 mod auto;
 mod noop;
+mod pep768;
 mod process;
 mod ptrace_inject;
 mod scope;
@@ -44,6 +49,10 @@ mod yama;
 
 pub use auto::{auto, AutoGranter, GranterChoice};
 pub use noop::NoopGranter;
+pub use pep768::{
+    remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
+    Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
+};
 pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};

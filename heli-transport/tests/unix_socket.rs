@@ -260,6 +260,15 @@ fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// For the parts that need another uid: fails (never skips) when not root.
+fn require_root() -> bool {
+    assert!(
+        is_root(),
+        "this test needs root for another uid: run it as root (CI does)"
+    );
+    true
+}
+
 fn my_uid() -> u32 {
     nix::unistd::Uid::effective().as_raw()
 }
@@ -668,10 +677,10 @@ fn grants_for_other_processes_are_refused() {
 #[test]
 fn a_peer_of_another_uid_is_refused() {
     bounded(20, || {
-        if !is_root() {
-            eprintln!("skipped: connecting as another uid needs root");
-            return;
-        }
+        assert!(
+            is_root(),
+            "connecting as another uid needs root: run the tests as root (CI does)"
+        );
         let server = Server::start();
         // Let uid 65534 reach the socket: only the credentials stop it.
         fs::set_permissions(
@@ -987,7 +996,7 @@ fn sessions_are_listed_and_dead_ones_removed() {
         symlink(dir.join("live.sock"), dir.join("link.sock")).unwrap();
         dead_socket(&dir.join(".hidden.sock"));
         fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        if is_root() {
+        if require_root() {
             dead_socket(&dir.join("theirs.sock"));
             chown(dir.join("theirs.sock"), Some(NOBODY), Some(NOBODY)).unwrap();
         }
@@ -1006,7 +1015,7 @@ fn sessions_are_listed_and_dead_ones_removed() {
             ("live", SessionState::Live),
             ("lockless", SessionState::Dead),
         ];
-        if is_root() {
+        if require_root() {
             expected.push(("theirs", foreign(&format!("owned by uid {NOBODY}"))));
         }
         let expected: Vec<(&str, &SessionState)> = expected
@@ -1028,7 +1037,7 @@ fn sessions_are_listed_and_dead_ones_removed() {
             "live.sock",
             "notes.txt",
         ];
-        if is_root() {
+        if require_root() {
             left.push("theirs.sock");
         }
         assert_eq!(names_in(&dir), left);
@@ -1319,14 +1328,12 @@ fn hostile_runtime_directories_are_refused() {
         check(&file, "is not a directory");
 
         // Another user's.
-        if is_root() {
+        if require_root() {
             let theirs = tmp.path().join("theirs");
             private_dir(&theirs);
             chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
             check(&theirs, &format!("is owned by uid {NOBODY}, not by you"));
             assert!(names_in(&theirs).is_empty());
-        } else {
-            eprintln!("part skipped: chown to another uid needs root");
         }
 
         // A served directory opened up later: clients refuse it.
@@ -1338,7 +1345,7 @@ fn hostile_runtime_directories_are_refused() {
         fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
         // A socket of another user in our directory is refused too.
-        if is_root() {
+        if require_root() {
             chown(server.transport.path(), Some(NOBODY), None).unwrap();
             expect_refused(
                 server

@@ -1,0 +1,1242 @@
+//! PEP 768 natively, on real processes: the ELF and `_Py_DebugOffsets`
+//! parsing on the real CPython binaries (and corrupt copies), locating
+//! `_PyRuntime` in a static `python3.14`, a `libpython3.14.so` embedding
+//! host and a deleted executable, the error for each kind of target, remote
+//! execution, grants by `prctl`, and stack dumps checked against what the
+//! target knows of itself.
+//!
+//! The targets are Debian's CPython 3.14 (`$HELI_PYTHON` or
+//! `/opt/heli/py314/usr/bin/python3.14`) and pyenv's 3.13
+//! (`$HELI_PYTHON313`); a test whose Python is missing says so and passes.
+//! Each test holds a global lock (timing tests must not overlap) and a
+//! watchdog that aborts the run after a minute.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use heli_grant::{
+    remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
+    PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
+};
+
+const SOON: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- harness
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests and aborts the run if one hangs.
+struct Serial {
+    _watchdog: Watchdog,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn serial(name: &'static str) -> Serial {
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _watchdog: Watchdog::new(name, Duration::from_secs(60)),
+        _lock: lock,
+    }
+}
+
+/// Aborts the process unless dropped within its limit.
+struct Watchdog(#[allow(dead_code)] Sender<()>);
+
+impl Watchdog {
+    fn new(name: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = bounded::<()>(0);
+        thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                eprintln!("{name}: still running after {limit:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(tx)
+    }
+}
+
+fn existing(var: &str, default: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(default)])
+        .find(|path| path.exists())
+}
+
+fn python314() -> Option<PathBuf> {
+    existing("HELI_PYTHON", "/opt/heli/py314/usr/bin/python3.14")
+}
+
+fn python313() -> Option<PathBuf> {
+    existing(
+        "HELI_PYTHON313",
+        "/root/.pyenv/versions/3.13.0/bin/python3.13",
+    )
+}
+
+/// The interpreter, or a failure saying how to get it (never a skip).
+macro_rules! need {
+    ($python:expr) => {
+        match $python {
+            Some(path) => path,
+            None => panic!(
+                "Python not found: run scripts/test.sh (it installs Python 3.14), \
+                 or set HELI_PYTHON / HELI_PYTHON313"
+            ),
+        }
+    };
+}
+
+/// A target whose stdout lines we read; killed when dropped.
+struct Target {
+    child: Child,
+    pid: u32,
+    lines: Receiver<String>,
+}
+
+impl Target {
+    fn spawn(command: &mut Command) -> Target {
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = unbounded();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id();
+        let target = Target { child, pid, lines };
+        target.line_matching("ready");
+        target
+    }
+
+    fn python(python: &Path, code: &str) -> Target {
+        Target::spawn(Command::new(python).args(["-c", code]))
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(SOON)
+            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
+    }
+
+    fn line_matching(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let line = self.line();
+            if line.starts_with(prefix) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {prefix:?} from PID {}",
+                self.pid
+            );
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("heli-pep768-test-")
+        .tempdir()
+        .unwrap()
+}
+
+fn heli_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|name| name.starts_with("heli-pep768-") && !name.contains("test"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Python that counts in a loop forever, printing `ready` first.
+const BUSY_PY: &str = "
+import os
+print('ready', os.getpid(), flush=True)
+def spin():
+    i = 0
+    while True:
+        i += 1
+spin()
+";
+
+const SLEEP_PY: &str = "import time\nprint('ready', flush=True)\ntime.sleep(600)";
+
+// ---------------------------------------------------------------- ELF files
+
+/// The note's byte positions and the values measured on Debian's 3.14.10.
+const NOTE_TABLE: &[(&str, &str, usize, u64)] = &[
+    ("header", "version", 8, 0x030E_0AF0),
+    ("header", "free_threaded", 16, 0),
+    ("runtime_state", "size", 24, 0x4d4c8),
+    ("runtime_state", "interpreters_head", 40, 0x328),
+    ("interpreter_state", "id", 56, 0x1c70),
+    ("interpreter_state", "next", 64, 0x1c68),
+    ("interpreter_state", "threads_head", 72, 0x1cb0),
+    ("interpreter_state", "threads_main", 80, 0x1cc0),
+    ("thread_state", "next", 192, 0x8),
+    ("thread_state", "native_thread_id", 224, 0xa0),
+    ("debugger_support", "eval_breaker", 712, 0x18),
+    ("debugger_support", "remote_debugger_support", 720, 0x130),
+    ("debugger_support", "remote_debugging_enabled", 728, 0x1f8c),
+    ("debugger_support", "debugger_pending_call", 736, 0),
+    ("debugger_support", "debugger_script_path", 744, 4),
+    ("debugger_support", "debugger_script_path_size", 752, 512),
+];
+
+fn libpython314() -> Option<PathBuf> {
+    let python = python314()?;
+    let lib = python
+        .parent()?
+        .parent()?
+        .join("lib/x86_64-linux-gnu/libpython3.14.so.1.0");
+    lib.exists().then_some(lib)
+}
+
+/// `readelf`'s view of `.PyRuntime`: address, file offset.
+fn readelf_section(path: &Path) -> Option<(u64, u64)> {
+    let output = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|line| line.contains(".PyRuntime"))?;
+    let fields: Vec<&str> = line.split(']').nth(1)?.split_whitespace().collect();
+    Some((
+        u64::from_str_radix(fields[2], 16).ok()?,
+        u64::from_str_radix(fields[3], 16).ok()?,
+    ))
+}
+
+#[test]
+fn elf_and_offsets_of_the_real_binaries() {
+    let _serial = serial("elf_and_offsets_of_the_real_binaries");
+    let python = need!(python314());
+    let mut files = vec![python.clone()];
+    files.extend(libpython314());
+    for file in &files {
+        let section = PyRuntimeSection::find(file).unwrap().expect(".PyRuntime");
+        if let Some((addr, offset)) = readelf_section(file) {
+            assert_eq!(
+                (section.sh_addr, section.sh_offset),
+                (addr, offset),
+                "{file:?}"
+            );
+        }
+        let raw = section
+            .read_initial_bytes(file, DebugOffsets::SIZE)
+            .unwrap();
+        let offsets = DebugOffsets::parse(&raw).unwrap();
+        assert_eq!((offsets.version().major, offsets.version().minor), (3, 14));
+        assert_eq!(offsets.fields().count(), 95);
+        for &(group, field, position, value) in NOTE_TABLE {
+            assert_eq!(DebugOffsets::position(group, field), Some(position));
+            assert_eq!(
+                u64::from_le_bytes(raw[position..position + 8].try_into().unwrap()),
+                offsets.get(group, field).unwrap()
+            );
+            // The values are the note's for the release it measured.
+            if offsets.version().to_string() == "3.14.10" && group != "header" {
+                assert_eq!(offsets.get(group, field), Some(value), "{group}.{field}");
+            }
+        }
+        eprintln!(
+            "{}: CPython {}, .PyRuntime at {:#x} (load base {:#x})",
+            file.display(),
+            offsets.version(),
+            section.sh_addr,
+            section.load_base
+        );
+    }
+    // The 3.13 library has the cookie, and is refused for its version.
+    if let Some(python313) = python313() {
+        let lib = python313
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("lib/libpython3.13.so.1.0");
+        let file = if lib.exists() { lib } else { python313 };
+        let section = PyRuntimeSection::find(&file).unwrap().expect(".PyRuntime");
+        let raw = section.read_initial_bytes(&file, 16).unwrap();
+        let err = DebugOffsets::parse(&raw).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::TooOld, "{err}");
+        assert!(err.to_string().contains("3.13.0"), "{err}");
+    }
+    // Not an ELF file; an ELF file without the section.
+    assert_eq!(
+        PyRuntimeSection::find(Path::new("/etc/passwd"))
+            .unwrap_err()
+            .kind(),
+        Pep768ErrorKind::Corrupt
+    );
+    assert_eq!(
+        PyRuntimeSection::find(Path::new("/bin/sleep")).unwrap(),
+        None
+    );
+    assert_eq!(
+        PyRuntimeSection::find(Path::new("/nonexistent"))
+            .unwrap_err()
+            .kind(),
+        Pep768ErrorKind::Io
+    );
+}
+
+#[test]
+fn corrupt_copies_of_the_real_binary() {
+    let _serial = serial("corrupt_copies_of_the_real_binary");
+    let python = need!(python314());
+    let elf = fs::read(&python).unwrap();
+    let good = PyRuntimeSection::parse(&elf).unwrap().unwrap();
+    let le64 = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let shoff = le64(40) as usize;
+    // Truncated anywhere before the end of the section headers: an error.
+    for len in [
+        0,
+        3,
+        16,
+        63,
+        64,
+        200,
+        4096,
+        shoff - 1,
+        shoff + 100,
+        elf.len() - 1,
+    ] {
+        let err = PyRuntimeSection::parse(&elf[..len]).unwrap_err();
+        assert!(
+            matches!(err.kind(), Pep768ErrorKind::Corrupt | Pep768ErrorKind::Io),
+            "{len} bytes: {err}"
+        );
+    }
+    let patched = |at: usize, bytes: &[u8]| {
+        let mut bad = elf.clone();
+        bad[at..at + bytes.len()].copy_from_slice(bytes);
+        PyRuntimeSection::parse(&bad)
+    };
+    // Wrong magic, 32-bit class, section table far away, absurd counts,
+    // names in a section that does not exist, no program headers.
+    assert!(patched(0, b"\x7fELG").is_err());
+    assert_eq!(
+        patched(4, &[1]).unwrap_err().kind(),
+        Pep768ErrorKind::Unsupported
+    );
+    assert!(patched(40, &u64::MAX.to_le_bytes()).is_err());
+    assert!(patched(40, &(elf.len() as u64 - 10).to_le_bytes()).is_err());
+    assert!(patched(60, &0xfffeu16.to_le_bytes()).is_err());
+    assert!(patched(62, &0xfff0u16.to_le_bytes()).is_err());
+    assert!(patched(56, &0u16.to_le_bytes()).is_err());
+    assert!(patched(58, &8u16.to_le_bytes()).is_err());
+    // Every section's name offset pointing past the name table: no section
+    // found, or an error; never a panic. Likewise for random garbage in
+    // the section headers.
+    let shentsize = u16::from_le_bytes([elf[58], elf[59]]) as usize;
+    let shnum = u16::from_le_bytes([elf[60], elf[61]]) as usize;
+    let mut bad = elf.clone();
+    for i in 0..shnum {
+        let at = shoff + i * shentsize;
+        bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    }
+    assert_eq!(PyRuntimeSection::parse(&bad).unwrap(), None);
+    let mut seed = 0x9e37_79b9u32;
+    for _ in 0..2000 {
+        let mut bad = elf[..].to_vec();
+        for _ in 0..4 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let at = shoff + (seed as usize >> 4) % (shnum * shentsize);
+            bad[at] = (seed >> 24) as u8;
+        }
+        match PyRuntimeSection::parse(&bad) {
+            Ok(Some(section)) if section == good => {}
+            _ => {}
+        }
+    }
+    // A bad cookie in the section's data.
+    let mut raw = good
+        .read_initial_bytes(&python, DebugOffsets::SIZE)
+        .unwrap();
+    raw[3] ^= 0x20;
+    assert_eq!(
+        DebugOffsets::parse(&raw).unwrap_err().kind(),
+        Pep768ErrorKind::NotPython
+    );
+}
+
+// ---------------------------------------------------------------- locating
+
+#[test]
+fn finds_the_runtime_of_a_static_python() {
+    let _serial = serial("finds_the_runtime_of_a_static_python");
+    let python = need!(python314());
+    let target = Target::python(&python, SLEEP_PY);
+    let start = Instant::now();
+    let process = PyProcess::open(target.pid).unwrap();
+    eprintln!("opened PID {} in {:?}", target.pid, start.elapsed());
+    assert_eq!(process.pid(), target.pid);
+    assert!(
+        process.library().ends_with("python3.14"),
+        "{:?}",
+        process.library()
+    );
+    assert_eq!((process.version().major, process.version().minor), (3, 14));
+    // What the running interpreter holds is what it was built with.
+    let section = PyRuntimeSection::find(&python).unwrap().unwrap();
+    let built = section
+        .read_initial_bytes(&python, DebugOffsets::SIZE)
+        .unwrap();
+    assert_eq!(
+        process.debug_offsets(),
+        &DebugOffsets::parse(&built).unwrap()
+    );
+    // A non-PIE executable: the section's link-time address.
+    if section.load_base != 0 {
+        assert_eq!(process.runtime_address(), section.sh_addr);
+    }
+    assert!(process.remote_debugging_enabled().unwrap());
+}
+
+const EMBED_HOST_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);
+    if (!lib) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 1; }
+    void (*init)(void) = (void (*)(void))dlsym(lib, "Py_Initialize");
+    int (*run)(const char *) = (int (*)(const char *))dlsym(lib, "PyRun_SimpleString");
+    if (!init || !run) { fprintf(stderr, "dlsym: %s\n", dlerror()); return 1; }
+    init();
+    return run(argv[2]) ? 1 : 0;
+}
+"#;
+
+/// A C program that loads libpython3.14.so and runs code with it, as an
+/// application embedding Python does (no thread is the "main" one there).
+fn embedding_host() -> &'static Path {
+    static HOST: OnceLock<PathBuf> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let exe = dir.join("heli-embed-host");
+        let tmp = dir.join(format!("heli-embed-host-{}", std::process::id()));
+        let src = tmp.with_extension("c");
+        fs::write(&src, EMBED_HOST_C).unwrap();
+        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+        let status = Command::new(&cc)
+            .args(["-O1", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .unwrap_or_else(|err| panic!("cannot run {cc:?}: {err}"));
+        assert!(status.success(), "building the embedding host failed");
+        fs::remove_file(&src).unwrap();
+        fs::rename(&tmp, &exe).unwrap();
+        exe
+    })
+}
+
+/// Runs `code` in the embedding host with the project's libpython3.14.so
+/// (and the C library it was built for).
+fn embedded(code: &str) -> Option<Target> {
+    let lib = libpython314()?;
+    let libdir = lib.parent()?;
+    let loader = libdir.join("ld-linux-x86-64.so.2");
+    let home = libdir.parent()?.parent()?;
+    let mut command = Command::new(loader);
+    command
+        .arg("--library-path")
+        .arg(libdir)
+        .arg(embedding_host())
+        .arg(&lib)
+        .arg(code)
+        .env("PYTHONHOME", home);
+    Some(Target::spawn(&mut command))
+}
+
+#[test]
+fn finds_the_runtime_in_libpython_of_an_embedding_host() {
+    let _serial = serial("finds_the_runtime_in_libpython_of_an_embedding_host");
+    let Some(target) = embedded(
+        "import time\ndef host_loop():\n    print('ready', flush=True)\n    \
+         while True:\n        time.sleep(0.01)\nhost_loop()",
+    ) else {
+        panic!("no libpython3.14.so: run scripts/install-python314.sh (libpython3.14 package)");
+    };
+    let process = PyProcess::open(target.pid).unwrap();
+    assert!(
+        process.library().ends_with("libpython3.14.so.1.0"),
+        "{:?}",
+        process.library()
+    );
+    let section = PyRuntimeSection::find(process.library()).unwrap().unwrap();
+    assert_eq!(section.load_base, 0);
+    // No main thread in an embedding host: the dump still finds the one
+    // thread, and remote execution uses it.
+    let stacks = process.stack_dump().unwrap();
+    assert_eq!(stacks.len(), 1, "{stacks:?}");
+    assert!(!stacks[0].main);
+    assert_eq!(stacks[0].native_thread_id, u64::from(target.pid));
+    let names: Vec<&str> = stacks[0].frames.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["<module>", "host_loop"]);
+    let dir = tempdir();
+    let script = dir.path().join("hello.py");
+    fs::write(&script, "print('embedded ran', flush=True)\n").unwrap();
+    let request = process.remote_exec(&script).unwrap();
+    assert_eq!(request.thread(), u64::from(target.pid));
+    request.wait_started(SOON).unwrap();
+    assert_eq!(target.line_matching("embedded"), "embedded ran");
+}
+
+#[test]
+fn finds_the_runtime_of_a_deleted_executable() {
+    let _serial = serial("finds_the_runtime_of_a_deleted_executable");
+    let python = need!(python314());
+    let home = python.parent().unwrap().parent().unwrap();
+    let dir = tempdir();
+    let copy = dir.path().join("python3.14-copy");
+    fs::copy(&python, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let target = Target::spawn(
+        Command::new(&copy)
+            .args(["-c", SLEEP_PY])
+            .env("PYTHONHOME", home),
+    );
+    fs::remove_file(&copy).unwrap();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", target.pid)).unwrap();
+    assert!(maps.contains("python3.14-copy (deleted)"));
+    let process = PyProcess::open(target.pid).unwrap();
+    assert_eq!(
+        process.library(),
+        Path::new(&format!("/proc/{}/exe", target.pid))
+    );
+    assert!(!process.stack_dump().unwrap()[0].frames.is_empty());
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn refuses_python_3_13() {
+    let _serial = serial("refuses_python_3_13");
+    let python = need!(python313());
+    let target = Target::python(&python, SLEEP_PY);
+    let err = PyProcess::open(target.pid).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::TooOld, "{err}");
+    assert!(err.to_string().contains("CPython 3.13.0"), "{err}");
+    assert!(err.to_string().contains("3.14"), "{err}");
+    assert_eq!(
+        err.python_version().map(|v| (v.major, v.minor)),
+        Some((3, 13))
+    );
+    let err = stack_dump(target.pid).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::TooOld);
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::Unsupported);
+    eprintln!("3.13: {io}");
+}
+
+#[test]
+fn refuses_a_process_that_is_not_python() {
+    let _serial = serial("refuses_a_process_that_is_not_python");
+    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    let err = PyProcess::open(child.id()).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
+    assert!(err.to_string().contains("not a Python process"), "{err}");
+    eprintln!("sleep: {err}");
+    let err = remote_exec(child.id(), Path::new("/dev/null")).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::NotPython);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = stack_dump(child.id()).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
+}
+
+#[test]
+fn reports_remote_debugging_disabled() {
+    let _serial = serial("reports_remote_debugging_disabled");
+    let python = need!(python314());
+    let dir = tempdir();
+    let script = dir.path().join("never.py");
+    fs::write(&script, "print('must not run', flush=True)\n").unwrap();
+    let by_env = Target::spawn(
+        Command::new(&python)
+            .args(["-c", BUSY_PY])
+            .env("PYTHON_DISABLE_REMOTE_DEBUG", "1"),
+    );
+    let by_option =
+        Target::spawn(Command::new(&python).args(["-X", "disable-remote-debug", "-c", BUSY_PY]));
+    for (target, switch) in [
+        (&by_env, "PYTHON_DISABLE_REMOTE_DEBUG"),
+        (&by_option, "-X disable-remote-debug"),
+    ] {
+        let process = PyProcess::open(target.pid).unwrap();
+        assert!(!process.remote_debugging_enabled().unwrap());
+        let err = process.remote_exec(&script).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
+        assert!(err.to_string().contains(switch), "{err}");
+        eprintln!("{err}");
+        let err = remote_exec_prctl(target.pid, std::process::id(), SOON).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
+        // Reading stacks needs no consent.
+        let stacks = process.stack_dump().unwrap();
+        assert!(stacks[0].frames.iter().any(|f| f.name == "spin"));
+    }
+    assert!(by_env
+        .lines
+        .recv_timeout(Duration::from_millis(200))
+        .is_err());
+}
+
+#[test]
+fn permission_denied_explains_ptrace_rights() {
+    let _serial = serial("permission_denied_explains_ptrace_rights");
+    let python = need!(python314());
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test drops a thread to another user: run it as root (CI does)"
+    );
+    let target = Target::python(&python, SLEEP_PY);
+    let pid = target.pid;
+    // A thread of ours as nobody: the raw system call changes the calling
+    // thread's credentials only (glibc's setresuid would change all).
+    let err = thread::spawn(move || {
+        // SAFETY: setresuid takes three integers and touches no memory.
+        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
+        PyProcess::open(pid).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(err.kind(), Pep768ErrorKind::PermissionDenied, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("ptrace") && text.contains("PR_SET_PTRACER"),
+        "{text}"
+    );
+    eprintln!("as nobody: {text}");
+}
+
+// ---------------------------------------------------------------- remote exec
+
+#[test]
+fn remote_exec_runs_a_script_in_a_busy_target() {
+    let _serial = serial("remote_exec_runs_a_script_in_a_busy_target");
+    let python = need!(python314());
+    let target = Target::python(&python, BUSY_PY);
+    let dir = tempdir();
+    let script = dir.path().join("hello.py");
+    let marker = dir.path().join("marker");
+    fs::write(
+        &script,
+        format!(
+            "import os, sys\nopen({marker:?}, 'w').write(str(os.getpid()))\n\
+             print('ran in', sys._getframe(1).f_code.co_name, __name__, flush=True)\n",
+        ),
+    )
+    .unwrap();
+    let request = remote_exec(target.pid, &script).unwrap();
+    assert_eq!(request.thread(), u64::from(target.pid));
+    assert_eq!(request.script(), script);
+    let waited = request.wait_started(SOON).unwrap();
+    assert!(!request.is_pending().unwrap());
+    assert_eq!(target.line_matching("ran in"), "ran in spin builtins");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), target.pid.to_string());
+    eprintln!("the busy target began the script after {waited:?}");
+    // Again, and again: each request runs once.
+    for _ in 0..5 {
+        remote_exec(target.pid, &script)
+            .unwrap()
+            .wait_started(SOON)
+            .unwrap();
+        target.line_matching("ran in");
+    }
+    // A relative path is made absolute from our working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = pathdiff(&script, &cwd);
+    let request = remote_exec(target.pid, &relative).unwrap();
+    assert_eq!(request.script(), cwd.join(&relative));
+    request.wait_started(SOON).unwrap();
+    target.line_matching("ran in");
+}
+
+/// `path` relative to `base` (both absolute).
+fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+    let ups = base.components().count() - 1;
+    let mut relative = PathBuf::new();
+    for _ in 0..ups {
+        relative.push("..");
+    }
+    relative.join(path.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn remote_exec_refuses_bad_paths() {
+    let _serial = serial("remote_exec_refuses_bad_paths");
+    let python = need!(python314());
+    let target = Target::python(&python, SLEEP_PY);
+    let process = PyProcess::open(target.pid).unwrap();
+    let size = process
+        .debug_offsets()
+        .get("debugger_support", "debugger_script_path_size")
+        .unwrap() as usize;
+    // 511 bytes pass the length check (then fail for not existing), 512 do
+    // not.
+    let dir = tempdir();
+    let base = dir.path().to_str().unwrap().len() + 1;
+    for (len, fits) in [(size - 1, true), (size, false)] {
+        let path = dir.path().join("x".repeat(len - base));
+        assert_eq!(path.as_os_str().len(), len);
+        let err = process.remote_exec(&path).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::BadPath, "{err}");
+        assert_eq!(err.to_string().contains("at most 511"), !fits, "{err}");
+    }
+    let err = process
+        .remote_exec(Path::new("/no/such/script.py"))
+        .unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::BadPath);
+}
+
+#[test]
+fn remote_exec_chooses_the_main_interpreter() {
+    let _serial = serial("remote_exec_chooses_the_main_interpreter");
+    let python = need!(python314());
+    // A subinterpreter, newer than the main one, heads the list.
+    let target = Target::python(
+        &python,
+        "import threading
+from concurrent import interpreters
+sub = interpreters.create()
+threading.Thread(target=sub.exec, args=('import time; time.sleep(600)',), daemon=True).start()
+import time; time.sleep(0.2)
+print('ready', flush=True)
+def spin():
+    while True:
+        pass
+spin()",
+    );
+    let dir = tempdir();
+    let script = dir.path().join("which.py");
+    fs::write(
+        &script,
+        "from concurrent import interpreters\nprint('interp', interpreters.get_current().id, \
+         flush=True)\n",
+    )
+    .unwrap();
+    remote_exec(target.pid, &script)
+        .unwrap()
+        .wait_started(SOON)
+        .unwrap();
+    assert_eq!(target.line_matching("interp"), "interp 0");
+    let stacks = stack_dump(target.pid).unwrap();
+    let interpreters: Vec<u64> = stacks.iter().map(|s| s.interpreter_id).collect();
+    assert!(
+        interpreters.contains(&0) && interpreters.iter().any(|&id| id != 0),
+        "{stacks:?}"
+    );
+    assert_eq!(stacks[0].interpreter_id, 0);
+}
+
+#[test]
+fn remote_prctl_reports_the_call() {
+    let _serial = serial("remote_prctl_reports_the_call");
+    let python = need!(python314());
+    let target = Target::python(&python, BUSY_PY);
+    let pid = target.pid;
+    let before = heli_dirs();
+    // A per-thread setting anyone can read back: the timer slack of the
+    // thread that ran the script (the main one).
+    let slack = || {
+        fs::read_to_string(format!("/proc/{pid}/timerslack_ns"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_ne!(slack(), "123457");
+    let start = Instant::now();
+    assert_eq!(
+        remote_prctl(pid, libc::PR_SET_TIMERSLACK, 123_457, SOON).unwrap(),
+        0
+    );
+    eprintln!(
+        "first remote-exec prctl (the target imports ctypes): {:?}",
+        start.elapsed()
+    );
+    assert_eq!(slack(), "123457");
+    // A return value comes back as it is.
+    assert_eq!(
+        remote_prctl(pid, libc::PR_GET_DUMPABLE, 0, SOON).unwrap(),
+        1
+    );
+    // An errno comes back as an error.
+    let err = remote_prctl(pid, 0x7fff_0000, 0, SOON).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::CallFailed, "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    // The grant itself: refused without Yama, and the error says why.
+    let me = std::process::id();
+    match PtraceScope::current().unwrap() {
+        PtraceScope::NoYama => {
+            let err = remote_exec_prctl(pid, me, SOON).unwrap_err();
+            assert_eq!(err.kind(), Pep768ErrorKind::CallFailed, "{err}");
+            assert!(err.to_string().contains("Yama"), "{err}");
+            eprintln!("without Yama: {err}");
+        }
+        _ => remote_exec_prctl(pid, me, SOON).unwrap(),
+    }
+    // Latency of a grant to a busy target.
+    let mut samples = Vec::new();
+    for _ in 0..30 {
+        let start = Instant::now();
+        remote_prctl(pid, libc::PR_SET_TIMERSLACK, 50_000, SOON).unwrap();
+        samples.push(start.elapsed());
+    }
+    let max = *samples.iter().max().unwrap();
+    eprintln!(
+        "remote-exec prctl round trip to a busy target: median {:?}, max {max:?}",
+        median(samples)
+    );
+    // Nothing left behind, and the target carries on.
+    assert_eq!(heli_dirs(), before);
+    let mut target = target;
+    assert!(target.alive());
+}
+
+#[test]
+fn remote_prctl_times_out_on_a_target_blocked_in_c() {
+    let _serial = serial("remote_prctl_times_out_on_a_target_blocked_in_c");
+    let python = need!(python314());
+    let mut target = Target::python(&python, &format!("{SLEEP_PY}\nprint('woke', flush=True)"));
+    let before = heli_dirs();
+    let timeout = Duration::from_millis(700);
+    let start = Instant::now();
+    let err = remote_prctl(target.pid, libc::PR_GET_DUMPABLE, 0, timeout).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind(), Pep768ErrorKind::Timeout, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("within 0.7 s") && text.contains("blocked in C code"),
+        "{text}"
+    );
+    assert!(took < timeout + Duration::from_millis(300), "took {took:?}");
+    eprintln!("{text}");
+    // The request was withdrawn and the files removed; the target sleeps on.
+    let process = PyProcess::open(target.pid).unwrap();
+    assert!(process.remote_debugging_enabled().unwrap());
+    assert_eq!(heli_dirs(), before);
+    assert!(target
+        .lines
+        .recv_timeout(Duration::from_millis(100))
+        .is_err());
+    assert!(target.alive());
+}
+
+#[test]
+fn remote_prctl_waits_for_a_target_between_sleeps() {
+    let _serial = serial("remote_prctl_waits_for_a_target_between_sleeps");
+    let python = need!(python314());
+    let target = Target::python(
+        &python,
+        "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.05)",
+    );
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert_eq!(
+            remote_prctl(target.pid, libc::PR_GET_DUMPABLE, 0, SOON).unwrap(),
+            1
+        );
+        samples.push(start.elapsed());
+    }
+    eprintln!(
+        "remote-exec prctl to a target sleeping 50 ms at a time: median {:?}",
+        median(samples)
+    );
+}
+
+// ---------------------------------------------------------------- stacks
+
+/// A target whose threads' stacks the test knows: each line that matters
+/// carries a `# @name` marker, found in the source to learn its number.
+const THREADS_PY: &str = r#"import hashlib, os, threading, time
+
+def sleeper_inner():
+    time.sleep(600)  # @sleeper_sleep
+
+def sleeper_outer():
+    sleeper_inner()  # @sleeper_call
+
+def busy_loop():
+    x = 0
+    while True:  # @busy_first
+        x += 1
+        if x % 1000 == 0:
+            x -= 1000  # @busy_last
+
+def busy_outer():
+    busy_loop()  # @busy_call
+
+def hash_forever(data):
+    while True:
+        hashlib.sha256(data).digest()  # @hash_call
+
+def hash_outer():
+    hash_forever(b"x" * (64 << 20))  # @hash_outer
+
+def recurse(n):
+    if n == 0:
+        time.sleep(600)  # @recurse_sleep
+    recurse(n - 1)  # @recurse_call
+
+class Worker:
+    def run_deep(self):
+        recurse(17)  # @deep_call
+
+ids = {}
+
+def report(name):
+    ids[name] = (threading.get_native_id(), threading.get_ident())
+
+def start(name, target):
+    def body():
+        report(name)
+        target()
+    threading.Thread(target=body, name=name, daemon=True).start()
+
+start("sleeper", sleeper_outer)
+start("busy", busy_outer)
+start("hasher", hash_outer)
+start("deep", Worker().run_deep)
+report("MainThread")
+while len(ids) < 5:
+    time.sleep(0.01)
+print("ready", flush=True)
+for name, (native, ident) in ids.items():
+    print("tid", name, native, ident, flush=True)
+
+def main_wait():
+    time.sleep(600)  # @main_sleep
+
+main_wait()  # @main_call
+"#;
+
+fn marker_lines(source: &str) -> HashMap<String, u32> {
+    source
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (_, marker) = line.split_once("# @")?;
+            Some((marker.trim().to_owned(), i as u32 + 1))
+        })
+        .collect()
+}
+
+/// The threads' native and Python ids, by name, as the target printed them.
+fn thread_ids(target: &Target, count: usize) -> HashMap<String, (u64, u64)> {
+    let mut ids = HashMap::new();
+    while ids.len() < count {
+        let line = target.line_matching("tid ");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        ids.insert(
+            fields[1].to_owned(),
+            (fields[2].parse().unwrap(), fields[3].parse().unwrap()),
+        );
+    }
+    ids
+}
+
+fn frame_names(stack: &ThreadStack) -> Vec<&str> {
+    stack.frames.iter().map(|f| f.qualname.as_str()).collect()
+}
+
+#[test]
+fn stack_dump_of_a_multi_threaded_target() {
+    let _serial = serial("stack_dump_of_a_multi_threaded_target");
+    let python = need!(python314());
+    let dir = tempdir();
+    let file = dir.path().join("threads.py");
+    fs::write(&file, THREADS_PY).unwrap();
+    let filename = file.to_str().unwrap();
+    let target = Target::spawn(Command::new(&python).arg(&file));
+    let ids = thread_ids(&target, 5);
+    let lines = marker_lines(THREADS_PY);
+    let line = |marker: &str| Some(lines[marker]);
+    // Let the busy thread and the hasher run a little.
+    thread::sleep(Duration::from_millis(100));
+    for round in 0..20 {
+        let stacks = stack_dump(target.pid).unwrap();
+        assert_eq!(stacks.len(), 5, "{stacks:#?}");
+        let by_tid: HashMap<u64, &ThreadStack> =
+            stacks.iter().map(|s| (s.native_thread_id, s)).collect();
+        let mut by_name: HashMap<&str, &ThreadStack> = HashMap::new();
+        for (name, &(native, ident)) in &ids {
+            let stack = by_tid[&native];
+            by_name.insert(name, stack);
+            assert_eq!(stack.thread_id, ident);
+            // Python names its threads for the OS (the main one keeps the
+            // program's name).
+            if name != "MainThread" {
+                assert_eq!(stack.name.as_deref(), Some(name.as_str()));
+            }
+            assert_eq!(stack.main, name == "MainThread");
+            assert_eq!(stack.interpreter_id, 0);
+            assert_eq!(stack.incomplete, None, "{stack}");
+            assert!(stack
+                .frames
+                .iter()
+                .all(|f| f.filename == filename || f.filename.contains("threading")));
+        }
+        // The main thread comes first, and sleeps in main_wait.
+        assert!(stacks[0].main);
+        let main = by_name["MainThread"];
+        assert_eq!(frame_names(main), ["<module>", "main_wait"]);
+        assert_eq!(main.frames[0].line, line("main_call"));
+        assert_eq!(main.frames[1].line, line("main_sleep"));
+        // The others run body() under threading's bootstrap.
+        let ours = |stack: &ThreadStack| -> Vec<String> {
+            let at = stack
+                .frames
+                .iter()
+                .position(|f| f.qualname == "start.<locals>.body")
+                .unwrap_or_else(|| panic!("no body() in {stack}"));
+            assert!(stack.frames[..at]
+                .iter()
+                .all(|f| f.filename.ends_with("threading.py")));
+            stack.frames[at + 1..]
+                .iter()
+                .map(|f| f.qualname.clone())
+                .collect()
+        };
+        let sleeper = by_name["sleeper"];
+        assert_eq!(ours(sleeper), ["sleeper_outer", "sleeper_inner"]);
+        let n = sleeper.frames.len();
+        assert_eq!(sleeper.frames[n - 2].line, line("sleeper_call"));
+        assert_eq!(sleeper.frames[n - 1].line, line("sleeper_sleep"));
+        let busy = by_name["busy"];
+        assert_eq!(ours(busy), ["busy_outer", "busy_loop"]);
+        let busy_line = busy.frames.last().unwrap().line.unwrap();
+        assert!(
+            (lines["busy_first"]..=lines["busy_last"]).contains(&busy_line),
+            "busy at line {busy_line}"
+        );
+        let hasher = by_name["hasher"];
+        assert_eq!(ours(hasher), ["hash_outer", "hash_forever"]);
+        let n = hasher.frames.len();
+        assert_eq!(hasher.frames[n - 2].line, line("hash_outer"));
+        let hash_line = hasher.frames[n - 1].line.unwrap();
+        assert!(
+            hash_line == lines["hash_call"] || hash_line == lines["hash_call"] - 1,
+            "hasher at line {hash_line}"
+        );
+        let deep = by_name["deep"];
+        let mut expected = vec!["Worker.run_deep".to_owned()];
+        expected.extend(std::iter::repeat_n("recurse".to_owned(), 18));
+        assert_eq!(ours(deep), expected);
+        let n = deep.frames.len();
+        assert_eq!(deep.frames[n - 19].line, line("deep_call"));
+        assert!(deep.frames[n - 18..n - 1]
+            .iter()
+            .all(|f| f.line == line("recurse_call")));
+        assert_eq!(deep.frames[n - 1].line, line("recurse_sleep"));
+        if round == 0 {
+            for stack in &stacks {
+                eprint!("{stack}");
+            }
+        }
+    }
+}
+
+/// py-spy's view of the same target, where py-spy can read CPython 3.14.
+#[test]
+fn stack_dump_agrees_with_py_spy() {
+    let _serial = serial("stack_dump_agrees_with_py_spy");
+    let python = need!(python314());
+    let Some(py_spy) = existing("HELI_PY_SPY", "/opt/heli/tools/bin/py-spy") else {
+        panic!("no py-spy: run scripts/test.sh (it installs py-spy) or set HELI_PY_SPY");
+    };
+    let dir = tempdir();
+    let file = dir.path().join("threads.py");
+    fs::write(&file, THREADS_PY).unwrap();
+    let target = Target::spawn(Command::new(&python).arg(&file));
+    thread_ids(&target, 5);
+    let output = Command::new(&py_spy)
+        .args(["dump", "--pid", &target.pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} cannot read this CPython: {}",
+        py_spy.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // py-spy prints "    function (file:line)", innermost first, per thread.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let ours = stack_dump(target.pid).unwrap();
+    for stack in ours.iter().filter(|s| s.name.as_deref() != Some("busy")) {
+        let section = text
+            .split("Thread ")
+            .find(|part| {
+                part.contains(&format!("{:#x}", stack.thread_id))
+                    || part.starts_with(&stack.native_thread_id.to_string())
+            })
+            .unwrap_or_else(|| {
+                panic!("py-spy shows no thread {}:\n{text}", stack.native_thread_id)
+            });
+        for frame in stack.frames.iter().rev().take(3) {
+            let base = Path::new(&frame.filename).file_name().unwrap();
+            let needle = format!(
+                "{} ({}:{})",
+                frame.name,
+                base.to_str().unwrap(),
+                frame.line.unwrap()
+            );
+            assert!(
+                section.contains(&needle),
+                "py-spy lacks {needle}:\n{section}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stack_dump_timing() {
+    let _serial = serial("stack_dump_timing");
+    let python = need!(python314());
+    for threads in [1usize, 10, 100] {
+        // `threads` threads in all, each 20 frames deep, sleeping.
+        let code = format!(
+            "import threading, time
+def deep(n):
+    if n == 0:
+        time.sleep(600)
+    deep(n - 1)
+for _ in range({}):
+    threading.Thread(target=deep, args=(20,), daemon=True).start()
+time.sleep(0.2)
+print('ready', flush=True)
+deep(19)",
+            threads - 1
+        );
+        let target = Target::python(&python, &code);
+        let process = PyProcess::open(target.pid).unwrap();
+        wait_for("every thread asleep", || {
+            process
+                .stack_dump()
+                .unwrap()
+                .iter()
+                .all(|s| s.frames.last().is_some_and(|f| f.name == "deep") && s.frames.len() >= 20)
+        });
+        let mut samples = Vec::new();
+        for _ in 0..50 {
+            let start = Instant::now();
+            let stacks = process.stack_dump().unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(stacks.len(), threads);
+        }
+        let start = Instant::now();
+        let stacks = stack_dump(target.pid).unwrap();
+        let with_open = start.elapsed();
+        let depth = stacks[0].frames.len();
+        eprintln!(
+            "stack dump, {threads} thread(s) of depth {depth}: median {:?} \
+             (with PyProcess::open: {with_open:?})",
+            median(samples)
+        );
+    }
+}
+
+#[test]
+fn stack_dump_of_a_busy_target_stays_consistent() {
+    let _serial = serial("stack_dump_of_a_busy_target_stays_consistent");
+    let python = need!(python314());
+    // Calls and returns all the time: the hardest case for a reader that
+    // does not stop the target.
+    let target = Target::python(
+        &python,
+        "def leaf(x):
+    return x + 1
+def middle(x):
+    return leaf(x) + leaf(x)
+def top():
+    x = 0
+    while True:
+        x = middle(x) % 1000
+print('ready', flush=True)
+top()",
+    );
+    let process = PyProcess::open(target.pid).unwrap();
+    wait_for("top() to run", || {
+        process.stack_dump().unwrap()[0]
+            .frames
+            .iter()
+            .any(|f| f.name == "top")
+    });
+    let mut incomplete = 0;
+    for _ in 0..500 {
+        let stacks = process.stack_dump().unwrap();
+        let stack = &stacks[0];
+        if let Some(why) = &stack.incomplete {
+            if incomplete < 3 {
+                eprintln!("incomplete: {why}");
+            }
+            incomplete += 1;
+            continue;
+        }
+        let names: Vec<&str> = stack.frames.iter().map(|f| f.name.as_str()).collect();
+        assert!(
+            matches!(
+                names[..],
+                ["<module>", "top"]
+                    | ["<module>", "top", "middle"]
+                    | ["<module>", "top", "middle", "leaf"]
+            ),
+            "{stack}"
+        );
+    }
+    eprintln!("{incomplete} of 500 dumps of a busy thread were incomplete");
+    assert!(incomplete < 10);
+}
