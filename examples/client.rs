@@ -97,6 +97,9 @@ enum Cmd {
     Pid,
     /// Show what the controller and its target are doing (--json for scripts)
     Status,
+    /// Print every thread's Python stack in the target, read from its
+    /// memory without stopping it (no ptrace right needed)
+    Stack,
     /// Withdraw the ptrace permission given to this client
     Revoke,
     /// Stop the target and the controller
@@ -449,6 +452,7 @@ fn parse_line(line: &str) -> Result<Option<Repl>, String> {
                 Repl::Run(Cmd::Attach { force, with }, false)
             }
             ("pid", []) => Repl::Run(Cmd::Pid, false),
+            ("stack", []) => Repl::Run(Cmd::Stack, false),
             ("status", []) => Repl::Run(Cmd::Status, false),
             ("status", ["--json"]) => Repl::Run(Cmd::Status, true),
             ("revoke", []) => Repl::Run(Cmd::Revoke, false),
@@ -469,9 +473,10 @@ enum Repl {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "attach",
     "pid",
+    "stack",
     "status",
     "revoke",
     "terminate",
@@ -638,6 +643,10 @@ impl<T: Transport> App<T> {
             Cmd::Attach { force, with } => self.attach(*force, with.as_deref()),
             Cmd::Pid => {
                 println!("{}", self.client.target_pid()?);
+                Ok(())
+            }
+            Cmd::Stack => {
+                println!("{}", self.client.stack()?);
                 Ok(())
             }
             Cmd::Status => {
@@ -1022,6 +1031,7 @@ fn print_help(history: Option<&Path>) {
     println!("                          e.g. attach --with 'gdb -p {{pid}}'");
     println!("  status [--json]         the target, its uptime and who holds the grant");
     println!("  pid                     print the target's PID");
+    println!("  stack                   every thread's Python stack, read without stopping it");
     println!("  revoke                  withdraw this client's ptrace permission");
     println!("  terminate               stop the target and the controller, and exit");
     println!("  help                    this help");

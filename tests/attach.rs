@@ -11,6 +11,7 @@ crate::per_transport!(
     attach_detach_attach_terminate_in_a_terminal,
     end_of_input_ends_the_client_and_leaves_the_controller,
     attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb,
+    stack_reads_the_target_without_a_grant,
 );
 
 fn client_session(controller: &Controller) -> PtySession {
@@ -128,4 +129,30 @@ fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
         matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
         "{status:?}"
     );
+}
+
+fn stack_reads_the_target_without_a_grant(kind: Kind) {
+    let _serial = serial();
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let target = controller.target_pid();
+    // The target may still be importing at first: wait for its work loop.
+    let mut last = String::new();
+    wait_for("a stack in work_loop", SOON, || {
+        let (status, out, err) = controller.run_client(&["stack"]);
+        assert!(status.success(), "{out}{err}\n{}", controller.log_text());
+        last = out;
+        last.contains("in work_loop")
+    });
+    let out = last;
+    assert!(out.starts_with(&format!("Thread {target}")), "{out}");
+    assert!(out.contains("most recent call last"), "{out}");
+    assert!(out.contains("examples/target.py\", line "), "{out}");
+    assert!(out.contains("in work_loop"), "{out}");
+    // No grant was made, and the target kept running.
+    assert!(
+        !controller.log_text().contains("granted PID"),
+        "{}",
+        controller.log_text()
+    );
+    assert!(alive(target));
 }

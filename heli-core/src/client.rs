@@ -142,6 +142,16 @@ impl<T: Transport> Client<T> {
         self.session()?.status()
     }
 
+    /// `STACK`: every thread's stack in the target, read without stopping
+    /// it or running anything in it; no ptrace right is given to the client.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn stack(&self) -> Result<String, Error> {
+        self.session()?.stack()
+    }
+
     /// `TERMINATE`: the controller stops the target and exits.
     ///
     /// # Errors
@@ -224,6 +234,18 @@ impl<C: Connection> Session<C> {
         match self.request(Request::Status)? {
             Reply::Status(status) => Ok(status),
             other => Err(unexpected(Request::Status, &other)),
+        }
+    }
+
+    /// `STACK`; see [`Client::stack`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn stack(&mut self) -> Result<String, Error> {
+        match self.request(Request::Stack)? {
+            Reply::Stack(text) => Ok(text),
+            other => Err(unexpected(Request::Stack, &other)),
         }
     }
 

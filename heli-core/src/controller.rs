@@ -326,6 +326,10 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 None => not_running(),
             },
             Request::GetTargetPid => Reply::TargetPid(state.target),
+            Request::Stack => match self.supervisor.stack_dump() {
+                Ok(text) => Reply::Stack(text),
+                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
+            },
             Request::GrantAccess(client) | Request::TakeOver(client) => {
                 let force = matches!(request, Request::TakeOver(_));
                 self.grant(state, peer, client, force)

@@ -10,6 +10,7 @@
 //! | `GRANT_ACCESS <pid>` | `READY` once `<pid>` may ptrace the target |
 //! | `GRANT_ACCESS <pid> FORCE` | the same, taking the grant over from another client |
 //! | `STATUS` | `STATUS pid=<pid> state=<state> ... command=<command line>` |
+//! | `STACK` | `STACK <text>`: every thread's Python stack, read without running anything in the target; newlines in the text are written `\n`, backslashes `\\` |
 //! | `REVOKE [<pid>]` | `READY` once the grant is withdrawn (only if `<pid>` holds it, when given) |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
@@ -59,6 +60,8 @@ pub enum Request {
     TakeOver(u32),
     /// `STATUS`: what the controller and its target are doing.
     Status,
+    /// `STACK`: the target's stacks, read without stopping it.
+    Stack,
     /// `REVOKE [<pid>]`: withdraw the grant on the target; with a pid, only
     /// if that process holds it (a client that detached must not withdraw
     /// the grant another client took over since).
@@ -74,6 +77,7 @@ impl Request {
             Request::GetTargetPid => "GET_TARGET_PID",
             Request::GrantAccess(_) | Request::TakeOver(_) => "GRANT_ACCESS",
             Request::Status => "STATUS",
+            Request::Stack => "STACK",
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
         };
@@ -128,6 +132,8 @@ pub enum Reply {
     Error(String),
     /// `STATUS key=value ... command=<command line>`.
     Status(Status),
+    /// `STACK <text>`, the text on one line (see [`Reply::encode`]).
+    Stack(String),
 }
 
 /// The controller's answer to `STATUS`.
@@ -240,6 +246,10 @@ impl Reply {
             Reply::TargetPid(pid) => format!("{} {}\n", dialect.apply("TARGET_PID"), pid),
             Reply::Ready => format!("{}\n", dialect.apply("READY")),
             Reply::Status(status) => format!("{} {}\n", dialect.apply("STATUS"), status.encode()),
+            Reply::Stack(text) => {
+                let escaped = text.replace('\\', "\\\\").replace('\n', "\\n");
+                format!("{} {escaped}\n", dialect.apply("STACK"))
+            }
             Reply::Error(message) => {
                 let message = message.replace(['\n', '\r'], " ");
                 match dialect {
@@ -273,6 +283,11 @@ impl Reply {
         }
         if word.eq_ignore_ascii_case("ready") && rest.trim().is_empty() {
             return Ok(Reply::Ready);
+        }
+        if word.eq_ignore_ascii_case("stack") {
+            return Ok(Reply::Stack(unescape(
+                rest.strip_prefix(' ').unwrap_or(rest),
+            )));
         }
         if word.eq_ignore_ascii_case("status") {
             return Status::parse(rest).map(Reply::Status).ok_or_else(malformed);
@@ -326,6 +341,7 @@ impl Dialect {
             (Dialect::Lower, "TARGET_PID") => "target_pid",
             (Dialect::Lower, "READY") => "ready",
             (Dialect::Lower, "STATUS") => "status",
+            (Dialect::Lower, "STACK") => "stack",
             (Dialect::Lower, "FORCE") => "force",
             (Dialect::Lower, other) => other,
         }
@@ -370,6 +386,8 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         }
     } else if command.eq_ignore_ascii_case("STATUS") {
         Request::Status
+    } else if command.eq_ignore_ascii_case("STACK") {
+        Request::Stack
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
         let pid = words.next().and_then(parse_pid);
         match (pid, words.next(), words.next()) {
@@ -416,6 +434,24 @@ fn parse_pid(text: &str) -> Option<u32> {
         Ok(pid) if pid > 0 && pid <= i32::MAX as u32 => Some(pid),
         _ => None,
     }
+}
+
+/// Undoes the escaping of [`Reply::Stack`]: `\n` is a newline, `\\` a
+/// backslash.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 fn strip_newline(line: &[u8]) -> &[u8] {
@@ -571,6 +607,7 @@ mod tests {
             Request::Revoke(Some(8)),
             Request::TakeOver(9),
             Request::Status,
+            Request::Stack,
             Request::Terminate,
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
@@ -740,6 +777,17 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn stacks_travel_on_one_line() {
+        let text = "Thread 1 \"main\"\n  File \"C:\\x\\n.py\", line 3, in f\n";
+        for dialect in [Dialect::Upper, Dialect::Lower] {
+            let line = Reply::Stack(text.into()).encode(dialect);
+            assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+            assert_eq!(Reply::parse(&line).unwrap(), Reply::Stack(text.into()));
+        }
+        assert_eq!(Reply::parse("STACK ").unwrap(), Reply::Stack(String::new()));
     }
 
     #[test]

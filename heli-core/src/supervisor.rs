@@ -90,6 +90,19 @@ pub trait Supervisor {
         true
     }
 
+    /// Every thread's stack in the target, as text for the user, read
+    /// without running anything in it (default: not supported).
+    ///
+    /// # Errors
+    ///
+    /// When the target cannot be inspected; the message says why.
+    fn stack_dump(&self) -> io::Result<String> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this supervisor cannot read its target's stacks",
+        ))
+    }
+
     /// The target's command line, for status reports (default: empty).
     fn describe(&self) -> String {
         String::new()

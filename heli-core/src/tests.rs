@@ -1361,3 +1361,18 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
     assert_eq!(target.spawns(), 1);
 }
+
+#[test]
+fn stack_is_the_supervisors_to_give() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter, target));
+    // The pretend supervisor cannot read stacks: the client is told why.
+    let err = fake.client().stack().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(
+        err.message(),
+        "Cannot read the target's stacks: this supervisor cannot read its target's stacks"
+    );
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}

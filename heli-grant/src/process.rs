@@ -215,6 +215,18 @@ impl Supervisor for ProcessSupervisor {
         Ok(pid)
     }
 
+    /// Reads the target's Python stacks from its memory (PEP 768's debug
+    /// offsets), without stopping it or running anything in it.
+    fn stack_dump(&self) -> io::Result<String> {
+        let running = self.running()?;
+        let threads = crate::pep768::stack_dump(running.pid)?;
+        Ok(threads
+            .iter()
+            .map(|thread| thread.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     fn shares_terminal(&self) -> bool {
         !self.kill_group
     }

@@ -73,6 +73,10 @@ for transport in socket fifo; do
   # counter (the original's first attach was denied: its grant was late).
   expect "first attach reaches (Pdb) and prints counter" "\('counter', [0-9]+\)" "$(attach)"
   target=$(client pid)
+  # A read-only stack dump needs no grant, and gives none.
+  expect "stack read without a grant" "in work_loop" "$(client stack 2>&1)"
+  out=$(yama_client pdb)
+  expect "after the stack dump: pdb -p still denied" "^pdb denied" "$out"
   # Negative control first: without a grant the same process is denied;
   # with it allowed; after REVOKE denied again.
   out=$(yama_client pdb 'GRANT_ACCESS $PID' pdb 'REVOKE $PID' pdb)
