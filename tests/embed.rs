@@ -1,23 +1,14 @@
 //! `examples/embed.rs`, another tool composing a `Controller` from a
 //! `Supervisor` of its own, runs to its end.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::util::{example, serial, wait_exit, SOON};
+use crate::util::{example, run, serial};
 
 #[test]
 fn embed_example_runs_its_own_supervisor_to_the_end() {
     let _serial = serial();
-    let mut child = Command::new(example("embed"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, SOON);
-    let output = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    let err = String::from_utf8_lossy(&output.stderr);
+    let (status, out, err) = run(Command::new(example("embed")));
     assert!(status.success(), "{out}{err}");
     let target: u32 = out
         .lines()

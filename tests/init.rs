@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::supervise::recorder;
-use crate::util::{example, script, serial, wait_exit, wait_for, Controller, Kind, SOON};
+use crate::util::{example, run, script, serial, wait_exit, wait_for, Controller, Kind, SOON};
 
 /// Children of `pid` that are zombies, and all its children.
 fn children(pid: u32) -> (usize, usize) {
@@ -187,22 +187,14 @@ fn as_pid_1_of_a_pid_namespace_the_controller_reaps_every_orphan() {
          zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')\n\
          echo \"zombies: $zombies\"\nexit $zombies\n",
     );
-    let mut child = Command::new("unshare")
+    let mut unshare = Command::new("unshare");
+    unshare
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(example("controller"))
         .args(["--transport", "socket", "--name", "pid1", "--", "sh"])
         .arg(&check)
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, SOON);
-    let output = child.wait_with_output().unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
+        .env("XDG_RUNTIME_DIR", dir.path());
+    let (status, out, err) = run(unshare);
     assert!(err.contains("reaping every child"), "{err}");
     assert!(out.contains("zombies: 0"), "{out}\n{err}");
     assert_eq!(status.code(), Some(0), "{out}\n{err}");

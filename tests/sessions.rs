@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{alive, example, python314, serial, wait_exit, wait_for, Controller, Kind, SOON};
+use crate::util::{alive, example, python314, run, serial, wait_for, Controller, Kind, SOON};
 
 /// A Python process that connects to the session socket, asks for a grant
 /// for itself, prints the reply and then does what `then` says: `hold` keeps
@@ -166,21 +166,10 @@ fn sessions_are_listed_chosen_and_cleaned() {
             .unwrap()
     };
     let client = |args: &[&str]| {
-        let mut child = Command::new(example("client"))
-            .args(args)
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_exit(&mut child, SOON);
-        let output = child.wait_with_output().unwrap();
-        (
-            status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let mut client = Command::new(example("client"));
+        client.args(args).env("XDG_RUNTIME_DIR", dir.path());
+        let (status, out, err) = run(client);
+        (status.code(), out, err)
     };
     let runtime = dir.path().join("heli");
     let mut web = start("web");

@@ -77,6 +77,24 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Runs `command` (stdin empty) to its end, bounded by [`SOON`], and returns
+/// (status, stdout, stderr).
+pub fn run(mut command: Command) -> (ExitStatus, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, SOON);
+    let output = child.wait_with_output().unwrap();
+    (
+        status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Whether `pid` is a live process (a zombie counts as dead).
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -237,21 +255,9 @@ impl Controller {
 
     /// Runs `client ARGS` and returns (status, stdout, stderr).
     pub fn run_client(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let mut child = self
-            .client()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_exit(&mut child, SOON);
-        let output = child.wait_with_output().unwrap();
-        (
-            status,
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let mut client = self.client();
+        client.args(args);
+        run(client)
     }
 
     /// The target's pid, asked through the client.

@@ -4,9 +4,9 @@
 //! debugging disabled in the target, target gone).
 
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 
-use crate::util::{alive, python314, serial, wait_exit, wait_for, Controller, Kind, SOON};
+use crate::util::{alive, python314, run, serial, wait_for, Controller, Kind, SOON};
 
 crate::per_transport!(gdb_attaches_through_the_grant_and_the_target_carries_on);
 
@@ -31,23 +31,6 @@ fn py_spy() -> PathBuf {
         }
     }
     panic!("py-spy not found: run scripts/test.sh (it installs it) or set HELI_PY_SPY");
-}
-
-/// Runs `command` to its end (bounded) and returns (status, stdout, stderr).
-fn run(mut command: Command) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, SOON);
-    let output = child.wait_with_output().unwrap();
-    (
-        status,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// The demo target logs one line per iteration (to the controller's log).

@@ -18,7 +18,7 @@ use nix::poll::PollFlags;
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{mkfifoat, unlinkat, Uid, UnlinkatFlags};
 
-use crate::io::{drain, has_input, read_line, wait_any, write_all};
+use crate::io::{annotate, drain, has_input, read_line, refuse, wait_any, write_all};
 use crate::stop::{StopHandle, StopSignal};
 
 const CONTROL: &str = "control";
@@ -182,17 +182,6 @@ fn make_shared_base(base: &Path) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-fn refuse(path: &Path, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!("refusing to use {}: it {why}", path.display()),
-    )
-}
-
-fn annotate(err: io::Error, path: &Path) -> io::Error {
-    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
 /// Checks that `fd` is a FIFO owned by the user.

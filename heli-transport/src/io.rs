@@ -162,3 +162,16 @@ pub(crate) fn send_all(
     }
     Ok(())
 }
+
+/// A refusal to use `path`, saying `why` ("it {why}").
+pub(crate) fn refuse(path: &std::path::Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("refusing to use {}: it {why}", path.display()),
+    )
+}
+
+/// `err`, naming the `path` it happened on.
+pub(crate) fn annotate(err: io::Error, path: &std::path::Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+}

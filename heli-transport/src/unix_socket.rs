@@ -25,7 +25,7 @@ use nix::sys::socket::{Backlog, UnixAddr, UnixCredentials};
 use nix::sys::stat::{fchmod, fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
-use crate::io::{read_line, send_all, wait_any};
+use crate::io::{annotate, read_line, refuse, send_all, wait_any};
 use crate::proc;
 use crate::stop::{StopHandle, StopSignal};
 
@@ -589,17 +589,6 @@ fn check_name(name: &str) -> io::Result<()> {
             ),
         ))
     }
-}
-
-fn refuse(path: &Path, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!("refusing to use {}: it {why}", path.display()),
-    )
-}
-
-fn annotate(err: io::Error, path: &Path) -> io::Error {
-    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
 fn file_type(stat: &FileStat) -> SFlag {
