@@ -4,6 +4,11 @@
 //! failure, never a stuck test run. The controller is a tiny fake: a thread
 //! that answers each [`Event::Request`] with a closure's reply.
 
+mod common;
+
+use common::{
+    bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY, TARGET,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{chown, symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -16,50 +21,6 @@ use heli_core::protocol::{Reply, Request};
 use heli_core::{Client, Connection, ErrorKind, Event, Listener, Stopper, Transport};
 use heli_transport::{FifoTransport, StopHandle};
 use nix::sys::stat::Mode;
-
-/// The pid the fake controller reports for its target.
-const TARGET: u32 = 4242;
-
-/// A uid nobody in these tests runs as.
-const NOBODY: u32 = 65534;
-
-/// Runs `body` on a thread and fails the test if it takes longer than
-/// `secs` seconds; a panic in `body` is the test's panic.
-fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    let runner = thread::spawn(move || {
-        let _ = done.send(body());
-    });
-    match result.recv_timeout(Duration::from_secs(secs)) {
-        Ok(value) => {
-            let _ = runner.join();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test still running after {secs} s: something hangs")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match runner.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body returned without sending its result"),
-        },
-    }
-}
-
-/// Waits for `thread` to finish, at most `limit`.
-fn join_within<T>(thread: JoinHandle<T>, limit: Duration) -> T {
-    let deadline = Instant::now() + limit;
-    while !thread.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "thread still running after {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-    match thread.join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
 
 /// What the fake controller was asked: the request, or the parse error.
 type Seen = Arc<Mutex<Vec<Result<Request, String>>>>;
@@ -172,22 +133,8 @@ fn wait_seen(server: &Server, n: usize) {
     }
 }
 
-fn mode_of(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().mode() & 0o7777
-}
-
 fn mkfifo(path: &Path) {
     nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).unwrap();
-}
-
-/// A private directory, as `listen` would make it.
-fn private_dir(path: &Path) {
-    fs::create_dir(path).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
 }
 
 /// Opens a FIFO without blocking (a writer fails with ENXIO when nobody reads).
@@ -213,22 +160,6 @@ fn original_client(dir: &Path, line: &str) -> String {
     let mut reply = String::new();
     BufReader::new(response).read_line(&mut reply).unwrap();
     reply
-}
-
-fn expect_refused(err: io::Error, needle: &str) {
-    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-    let text = err.to_string();
-    assert!(text.contains("refusing"), "{text}");
-    assert!(text.contains(needle), "{text:?} should say {needle:?}");
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

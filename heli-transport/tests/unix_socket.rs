@@ -7,6 +7,11 @@
 //! reply. Child processes (`sleep`, `/usr/bin/python3`) are killed and
 //! reaped by guards.
 
+mod common;
+
+use common::{
+    bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY, TARGET,
+};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -23,52 +28,8 @@ use heli_core::protocol::{Reply, Request};
 use heli_core::{Client, Connection, ErrorKind, Event, Listener, Peer, Stopper, Transport};
 use heli_transport::{SessionState, StopHandle, UnixSocketConnection, UnixSocketTransport};
 
-/// The pid the fake controller reports for its target.
-const TARGET: u32 = 4242;
-
-/// A uid nobody in these tests runs as.
-const NOBODY: u32 = 65534;
-
 /// The system's Python, reachable by any user (not a shim under /root).
 const PYTHON: &str = "/usr/bin/python3";
-
-/// Runs `body` on a thread and fails the test if it takes longer than
-/// `secs` seconds; a panic in `body` is the test's panic.
-fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    let runner = thread::spawn(move || {
-        let _ = done.send(body());
-    });
-    match result.recv_timeout(Duration::from_secs(secs)) {
-        Ok(value) => {
-            let _ = runner.join();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test still running after {secs} s: something hangs")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match runner.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body returned without sending its result"),
-        },
-    }
-}
-
-/// Waits for `thread` to finish, at most `limit`.
-fn join_within<T>(thread: JoinHandle<T>, limit: Duration) -> T {
-    let deadline = Instant::now() + limit;
-    while !thread.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "thread still running after {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-    match thread.join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
 
 /// Polls `done` until it holds, failing with `what` after `limit`.
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -256,10 +217,6 @@ fn still_open(stream: &UnixStream) -> bool {
     open
 }
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// For the parts that need another uid: fails (never skips) when not root.
 fn require_root() -> bool {
     assert!(
@@ -273,36 +230,10 @@ fn my_uid() -> u32 {
     nix::unistd::Uid::effective().as_raw()
 }
 
-fn mode_of(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().mode() & 0o7777
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
-/// A private directory, as `listen` would make it.
-fn private_dir(path: &Path) {
-    fs::create_dir(path).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
-}
-
 /// A socket file nobody listens on: what a controller killed with SIGKILL
 /// leaves behind (std's listener does not remove its file).
 fn dead_socket(path: &Path) {
     drop(UnixListener::bind(path).unwrap());
-}
-
-fn expect_refused(err: io::Error, needle: &str) {
-    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-    let text = err.to_string();
-    assert!(text.contains("refusing"), "{text}");
-    assert!(text.contains(needle), "{text:?} should say {needle:?}");
 }
 
 /// A child process, killed and reaped when dropped.
