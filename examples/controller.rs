@@ -16,7 +16,9 @@ use std::time::Duration;
 use clap::Parser;
 use common::TransportKind;
 use heli::core::{Controller, Granter, Restart, RestartPolicy, Supervisor, Transport};
-use heli::grant::{become_subreaper, AutoGranter, GranterChoice, ProcessSupervisor, PtraceScope};
+use heli::grant::{
+    become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
+};
 use heli::transport::{FifoTransport, UnixSocketTransport};
 use log::{info, warn};
 
@@ -54,6 +56,12 @@ struct Args {
     /// needs), yama (inject prctl(PR_SET_PTRACER) into the target), noop
     #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
     granter: GranterChoice,
+
+    /// How the yama granter has the target call prctl: auto (ptrace
+    /// injection, else PEP 768 remote exec when the target is already
+    /// traced), ptrace, remote-exec (a CPython 3.14 target runs it itself)
+    #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
+    grant_method: GrantMethod,
 
     /// Start the target again when it ends: never, on-failure (non-zero exit
     /// or killed by a signal) or always; with back-off from 100 ms to 30 s
@@ -115,8 +123,13 @@ fn run() -> Result<i32, Box<dyn Error>> {
         supervisor = supervisor.reap_orphans()?;
     }
     // A Yama granter ptraces the target: it must share the reaper's lock.
-    let granter = AutoGranter::choose(args.granter, supervisor.child_waits())?;
+    let granter =
+        AutoGranter::choose(args.granter, supervisor.child_waits())?.with_method(args.grant_method);
     info!("granter: {}", granter.name());
+    let grant_method = granter
+        .grant_method()
+        .map_or("none".to_owned(), |method| method.to_string());
+    info!("grant method: {grant_method}");
     let scope = PtraceScope::current()?;
     let grace = Duration::from_secs_f64(args.grace);
     let mut restart = RestartPolicy::new(args.restart);
@@ -134,7 +147,7 @@ fn run() -> Result<i32, Box<dyn Error>> {
                 granter,
                 supervisor,
                 (grace, restart),
-                scope,
+                (scope, grant_method),
                 None,
             )
         }
@@ -149,7 +162,7 @@ fn run() -> Result<i32, Box<dyn Error>> {
                 granter,
                 supervisor,
                 (grace, restart),
-                scope,
+                (scope, grant_method),
                 Some(name),
             )
         }
@@ -161,7 +174,7 @@ fn serve<T: Transport>(
     granter: impl Granter,
     supervisor: impl Supervisor,
     (grace, restart): (Duration, RestartPolicy),
-    scope: PtraceScope,
+    (scope, grant_method): (PtraceScope, String),
     session: Option<String>,
 ) -> Result<i32, Box<dyn Error>> {
     let mut controller = Controller::new(transport, granter, supervisor)
@@ -171,7 +184,8 @@ fn serve<T: Transport>(
         .status_field(
             "ptrace_scope",
             scope.value().map_or("none".to_owned(), |v| v.to_string()),
-        );
+        )
+        .status_field("grant_method", grant_method);
     if let Some(name) = session {
         info!("session {name}: attach with `client --session {name} attach`");
         controller = controller.status_field("session", name);

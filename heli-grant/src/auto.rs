@@ -10,7 +10,7 @@ use log::{info, warn};
 use crate::noop::NoopGranter;
 use crate::process::ChildWaits;
 use crate::scope::PtraceScope;
-use crate::yama::YamaGranter;
+use crate::yama::{GrantMethod, YamaGranter};
 
 /// One of the granters, chosen at run time; a [`Granter`] by delegation.
 ///
@@ -94,6 +94,25 @@ impl AutoGranter {
             GranterChoice::Noop => AutoGranter::Noop(NoopGranter::default()),
             GranterChoice::Yama => AutoGranter::Yama(YamaGranter::new(waits)),
         })
+    }
+}
+
+impl AutoGranter {
+    /// Has a [`YamaGranter`] grant by `method`; a [`NoopGranter`], which
+    /// has nothing to run in the target, ignores it.
+    pub fn with_method(self, method: GrantMethod) -> Self {
+        match self {
+            AutoGranter::Yama(granter) => AutoGranter::Yama(granter.method(method)),
+            noop => noop,
+        }
+    }
+
+    /// The grant method of a [`YamaGranter`]; `None` for a [`NoopGranter`].
+    pub fn grant_method(&self) -> Option<GrantMethod> {
+        match self {
+            AutoGranter::Noop(_) => None,
+            AutoGranter::Yama(granter) => Some(granter.grant_method()),
+        }
     }
 }
 
@@ -193,6 +212,12 @@ mod tests {
             assert_eq!(choice.to_string().parse::<GranterChoice>().unwrap(), choice);
         }
         assert!("ptrace".parse::<GranterChoice>().is_err());
+        let remote = AutoGranter::choose(GranterChoice::Yama, ChildWaits::default())
+            .unwrap()
+            .with_method(GrantMethod::RemoteExec);
+        assert_eq!(remote.grant_method(), Some(GrantMethod::RemoteExec));
+        let noop = AutoGranter::from(NoopGranter::default()).with_method(GrantMethod::Ptrace);
+        assert_eq!(noop.grant_method(), None);
         let forced = AutoGranter::choose(GranterChoice::Yama, ChildWaits::default()).unwrap();
         assert_eq!(forced.name(), "yama");
         let auto = auto(ChildWaits::default()).unwrap();

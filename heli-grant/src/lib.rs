@@ -56,4 +56,4 @@ pub use pep768::{
 pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
-pub use yama::{Holder, YamaGranter};
+pub use yama::{GrantMethod, Holder, YamaGranter};

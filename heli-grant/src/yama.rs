@@ -2,13 +2,17 @@
 //! the target, injected by its parent.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs;
 use std::io;
+use std::str::FromStr;
+use std::time::Duration;
 
 use heli_core::Granter;
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
+use crate::pep768::{remote_exec_prctl, remote_prctl};
 use crate::process::ChildWaits;
 use crate::ptrace_inject::SyscallInjector;
 
@@ -35,6 +39,16 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// The descendants of the client may attach too (Yama checks the declared
 /// process's descendants): a client may run the debugger as its child.
 ///
+/// # Grant methods
+///
+/// When the injection is impossible (another tracer, a debugger, is
+/// attached to the target, or it runs under seccomp), the default
+/// [`GrantMethod::Auto`] falls back to CPython 3.14's remote execution
+/// (PEP 768, [`remote_exec_prctl`](crate::remote_exec_prctl)): the target
+/// runs the `prctl` itself when it next executes Python code, and reports
+/// the result. [`method`](Self::method) forces one or the other; a grant is
+/// revoked by the method that made it.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -55,7 +69,29 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 pub struct YamaGranter {
     injector: SyscallInjector,
     grants: HashMap<u32, Grant>,
+    method: GrantMethod,
+    timeout: Duration,
+    last_method: Option<GrantMethod>,
 }
+
+/// How a [`YamaGranter`] has the target call `prctl(PR_SET_PTRACER)`.
+/// Parses from and displays as `auto`, `ptrace`, `remote-exec`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GrantMethod {
+    /// Ptrace injection; remote execution when the injection is impossible
+    /// (the target is already traced, or runs under seccomp).
+    #[default]
+    Auto,
+    /// Ptrace injection only: works whatever the target runs and whatever
+    /// it is doing.
+    Ptrace,
+    /// Remote execution only (PEP 768): a CPython 3.14 target runs the call
+    /// itself, when one of its threads next executes Python code.
+    RemoteExec,
+}
+
+/// How long a target gets to run a remote-executed grant by default.
+const REMOTE_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The process a target named as its ptracer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +127,9 @@ impl Holder {
 struct Grant {
     target: Holder,
     holder: Holder,
+    /// How it was made: [`Ptrace`](GrantMethod::Ptrace) or
+    /// [`RemoteExec`](GrantMethod::RemoteExec).
+    method: GrantMethod,
 }
 
 impl YamaGranter {
@@ -106,7 +145,34 @@ impl YamaGranter {
         YamaGranter {
             injector,
             grants: HashMap::new(),
+            method: GrantMethod::Auto,
+            timeout: REMOTE_EXEC_TIMEOUT,
+            last_method: None,
         }
+    }
+
+    /// Grants with `method` (default [`GrantMethod::Auto`]).
+    pub fn method(mut self, method: GrantMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// How long a target gets to run a remote-executed grant (default 5 s).
+    pub fn remote_exec_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The method it was told to use ([`method`](Self::method)).
+    pub fn grant_method(&self) -> GrantMethod {
+        self.method
+    }
+
+    /// The method the last grant or revoke used, [`Ptrace`](GrantMethod::Ptrace)
+    /// or [`RemoteExec`](GrantMethod::RemoteExec), whether it succeeded or
+    /// not; `None` before the first.
+    pub fn last_method(&self) -> Option<GrantMethod> {
+        self.last_method
     }
 
     /// The client that now holds the right to ptrace `target`, if any.
@@ -118,25 +184,94 @@ impl YamaGranter {
         (grant.target.is_running() && grant.holder.is_running()).then_some(grant.holder)
     }
 
-    fn set_ptracer(&self, target: u32, ptracer: u32) -> io::Result<()> {
+    /// Has `target` call `prctl(PR_SET_PTRACER, ptracer)` by `method`;
+    /// returns the method that made the call.
+    fn set_ptracer(
+        &mut self,
+        target: u32,
+        ptracer: u32,
+        method: GrantMethod,
+    ) -> io::Result<GrantMethod> {
         let what = format!("prctl(PR_SET_PTRACER, {ptracer}) in PID {target}");
-        let injection = self
-            .injector
-            .inject(
-                target,
-                libc::SYS_prctl,
-                &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
+        let cannot = |err: io::Error| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot run {what} by ptrace injection: {err}"),
             )
-            .map_err(|err| io::Error::new(err.kind(), format!("cannot run {what}: {err}")))?;
-        match injection.ret {
-            0 => {
-                debug!("{what} returned 0 (thread {})", injection.tid);
-                Ok(())
+        };
+        if method == GrantMethod::RemoteExec {
+            return self.by_remote_exec(target, ptracer).map(|()| method);
+        }
+        self.last_method = Some(GrantMethod::Ptrace);
+        match self.by_ptrace(target, ptracer, &what) {
+            Ok(result) => result.map(|()| GrantMethod::Ptrace),
+            Err(err) if method == GrantMethod::Auto && injection_impossible(&err) => {
+                warn!("{what}: ptrace injection impossible ({err}): falling back to remote exec");
+                self.by_remote_exec(target, ptracer)
+                    .map(|()| GrantMethod::RemoteExec)
+                    .map_err(|remote| {
+                        io::Error::new(
+                            remote.kind(),
+                            format!("ptrace injection impossible ({err}); {remote}"),
+                        )
+                    })
             }
-            ret if ret < 0 => Err(prctl_error(&what, -ret as i32)),
-            ret => Err(io::Error::other(format!("{what} returned {ret}"))),
+            Err(err) => Err(cannot(err)),
         }
     }
+
+    /// Injects the call: `Err` when it could not be made, else what it
+    /// returned.
+    fn by_ptrace(&self, target: u32, ptracer: u32, what: &str) -> io::Result<io::Result<()>> {
+        let injection = self.injector.inject(
+            target,
+            libc::SYS_prctl,
+            &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
+        )?;
+        Ok(match injection.ret {
+            0 => {
+                info!(
+                    "{what} returned 0 (ptrace injection, thread {})",
+                    injection.tid
+                );
+                Ok(())
+            }
+            ret if ret < 0 => Err(prctl_error(what, -ret as i32)),
+            ret => Err(io::Error::other(format!("{what} returned {ret}"))),
+        })
+    }
+
+    /// Has the target run the call itself (PEP 768) and report it.
+    fn by_remote_exec(&mut self, target: u32, ptracer: u32) -> io::Result<()> {
+        self.last_method = Some(GrantMethod::RemoteExec);
+        let result = if ptracer == 0 {
+            remote_prctl(target, libc::PR_SET_PTRACER, 0, self.timeout).map(drop)
+        } else {
+            remote_exec_prctl(target, ptracer, self.timeout)
+        };
+        match result {
+            Ok(()) => {
+                info!("prctl(PR_SET_PTRACER, {ptracer}) in PID {target} returned 0 (remote exec)");
+                Ok(())
+            }
+            Err(err) => {
+                let err = io::Error::from(err);
+                Err(io::Error::new(
+                    err.kind(),
+                    format!("by remote exec (PEP 768): {err}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Whether an injection failed because it cannot be made at all (another
+/// tracer, seccomp), where remote execution may still work.
+fn injection_impossible(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ResourceBusy | io::ErrorKind::PermissionDenied
+    )
 }
 
 /// The error for `prctl(PR_SET_PTRACER)` returning `errno`: the errno, its
@@ -167,8 +302,9 @@ impl Granter for YamaGranter {
         self.holder(target).map(|holder| holder.pid)
     }
 
-    /// Injects `prctl(PR_SET_PTRACER, client)` into `target`; succeeds when
-    /// it returned 0. `client` may be a thread: its process is named.
+    /// Has `target` call `prctl(PR_SET_PTRACER, client)` by the
+    /// [method](Self::method) chosen; succeeds when it returned 0. `client`
+    /// may be a thread: its process is named.
     fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
         let client = process_of(client)?;
         let holder = Holder::current(client)?;
@@ -178,13 +314,13 @@ impl Granter for YamaGranter {
                 format!("target PID {target} is not running"),
             )
         })?;
-        self.set_ptracer(target, client)?;
+        let method = self.set_ptracer(target, client, self.method)?;
         // The client may have exited in the meantime, and its pid gone to
         // another process: then take the grant back.
         if !holder.is_running() {
             warn!("client PID {client} exited during its grant: revoking");
             self.grants.remove(&target);
-            let _ = self.set_ptracer(target, 0);
+            let _ = self.set_ptracer(target, 0, method);
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("client PID {client} exited during its grant"),
@@ -195,6 +331,7 @@ impl Granter for YamaGranter {
             Grant {
                 target: target_now,
                 holder,
+                method,
             },
         );
         match previous {
@@ -207,11 +344,15 @@ impl Granter for YamaGranter {
         Ok(())
     }
 
-    /// Injects `prctl(PR_SET_PTRACER, 0)` into `target`; a target that is
-    /// gone has nothing left to revoke.
+    /// Has `target` call `prctl(PR_SET_PTRACER, 0)`, by the method that
+    /// made its grant; a target that is gone has nothing left to revoke.
     fn revoke(&mut self, target: u32) -> io::Result<()> {
-        match self.set_ptracer(target, 0) {
-            Ok(()) => {
+        let method = self
+            .grants
+            .get(&target)
+            .map_or(self.method, |grant| grant.method);
+        match self.set_ptracer(target, 0, method) {
+            Ok(_) => {
                 if let Some(old) = self.grants.remove(&target) {
                     info!(
                         "PID {target} may no longer be ptraced by PID {}",
@@ -227,6 +368,32 @@ impl Granter for YamaGranter {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+impl FromStr for GrantMethod {
+    type Err = io::Error;
+
+    fn from_str(name: &str) -> io::Result<GrantMethod> {
+        match name {
+            "auto" => Ok(GrantMethod::Auto),
+            "ptrace" => Ok(GrantMethod::Ptrace),
+            "remote-exec" => Ok(GrantMethod::RemoteExec),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown grant method {name:?}: expected auto, ptrace or remote-exec"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for GrantMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GrantMethod::Auto => "auto",
+            GrantMethod::Ptrace => "ptrace",
+            GrantMethod::RemoteExec => "remote-exec",
+        })
     }
 }
 
@@ -303,6 +470,22 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("EINVAL") && text.contains("Yama"), "{text}");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn parses_methods() {
+        for method in [
+            GrantMethod::Auto,
+            GrantMethod::Ptrace,
+            GrantMethod::RemoteExec,
+        ] {
+            assert_eq!(method.to_string().parse::<GrantMethod>().unwrap(), method);
+        }
+        assert_eq!(GrantMethod::RemoteExec.to_string(), "remote-exec");
+        assert!("remote_exec".parse::<GrantMethod>().is_err());
+        let granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
+        assert_eq!(granter.grant_method(), GrantMethod::Ptrace);
+        assert_eq!(granter.last_method(), None);
     }
 
     #[test]

@@ -39,9 +39,9 @@ address() { if [[ $transport == fifo ]]; then echo "$pipes"; else echo "$socket"
 yama_client() { as_user "$python" "$work/yama_client.py" "$python" "$(address)" "$@"; }
 
 controller_pid=
-start_controller() {
+start_controller() { # start_controller [CONTROLLER OPTIONS...]
   as_user env HELI_PYTHON="$python" RUST_LOG=info XDG_RUNTIME_DIR="/run/user/$HELI_VM_UID" \
-    "$work/controller" --transport "$transport" --name yama "$work/target.py" \
+    "$work/controller" --transport "$transport" --name yama "$@" "$work/target.py" \
     >"$work/controller.log" 2>&1 &
   controller_pid=$!
   for _ in $(seq 600); do
@@ -114,6 +114,15 @@ for transport in socket fifo; do
   expect "target survived the grants" "^[0-9]+$" "$(client pid)"
   stop_controller
   kill -0 "$target" 2>/dev/null && fail "target $target left running" || ok "target ended with the controller"
+  if [[ $transport == socket ]] && start_controller --grant-method remote-exec; then
+    # The same grant made by the target itself (PEP 768 remote exec), no ptrace.
+    expect "remote-exec: attach reaches (Pdb) and prints counter" "\('counter', [0-9]+\)" "$(attach)"
+    log=$(cat "$work/controller.log")
+    expect "remote-exec: the grant was made by remote exec" \
+      "prctl\(PR_SET_PTRACER, [1-9][0-9]*\) in PID [0-9]+ returned 0 \(remote exec\)" "$log"
+    expect "remote-exec: STATUS shows the method" '"grant_method": "remote-exec"' "$(client status --json 2>&1)"
+    stop_controller
+  fi
 done
 
 transport=socket

@@ -1,0 +1,210 @@
+//! `YamaGranter`'s grant methods on a real CPython 3.14 target. This
+//! machine may have no Yama, where `prctl(PR_SET_PTRACER)` itself fails
+//! with `EINVAL`: the tests check the mechanism (which method ran, and that
+//! the call was made in the target), not the right it gives.
+//!
+//! Each test holds a global lock and a watchdog that aborts the run after
+//! a minute.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use heli_core::Granter;
+use heli_grant::{ChildWaits, GrantMethod, PtraceScope, YamaGranter};
+
+const SOON: Duration = Duration::from_secs(10);
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests and aborts the run if one hangs.
+struct Serial {
+    _watchdog: Sender<()>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn serial(name: &'static str) -> Serial {
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (tx, rx) = bounded::<()>(0);
+    thread::spawn(move || {
+        if rx.recv_timeout(Duration::from_secs(60)) == Err(RecvTimeoutError::Timeout) {
+            eprintln!("{name}: still running after a minute: aborting");
+            std::process::abort();
+        }
+    });
+    Serial {
+        _watchdog: tx,
+        _lock: lock,
+    }
+}
+
+fn python314() -> PathBuf {
+    std::env::var_os("HELI_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")])
+        .find(|path| path.exists())
+        .expect("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON")
+}
+
+/// A child process, killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Python 3.14 target busy in a pure-Python loop, once it runs it.
+fn busy_target() -> Killed {
+    let mut child = Command::new(python314())
+        .args([
+            "-c",
+            "print('ready', flush=True)\ni = 0\nwhile True:\n    i += 1\n",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    Killed(child)
+}
+
+fn tracer_of(pid: u32) -> u32 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("TracerPid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `strace` attached to `pid` until dropped.
+fn traced(pid: u32) -> Killed {
+    let strace = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace is needed to trace the target");
+    let strace = Killed(strace);
+    let deadline = Instant::now() + SOON;
+    while tracer_of(pid) != strace.0.id() {
+        assert!(Instant::now() < deadline, "strace did not attach to {pid}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    strace
+}
+
+/// The private directories of remote execution now in the temp directory.
+fn heli_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|name| name.starts_with("heli-pep768-") && !name.contains("test"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Without Yama the call fails with EINVAL; with Yama it succeeds.
+fn has_yama() -> bool {
+    PtraceScope::current().unwrap() != PtraceScope::NoYama
+}
+
+#[test]
+fn remote_exec_runs_the_prctl_in_the_target() {
+    let _serial = serial("remote_exec_runs_the_prctl_in_the_target");
+    let target = busy_target();
+    let pid = target.0.id();
+    let before = heli_dirs();
+    let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::RemoteExec);
+    let result = granter.grant(pid, std::process::id());
+    assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
+    if has_yama() {
+        result.unwrap();
+        assert_eq!(granter.holder_pid(pid), Some(std::process::id()));
+        granter.revoke(pid).unwrap();
+        assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
+    } else {
+        let err = result.unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("by remote exec (PEP 768): "), "{text}");
+        assert!(
+            text.contains(&format!("in PID {pid} failed with errno 22 (EINVAL")),
+            "{text}"
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{text}");
+        assert_eq!(granter.holder_pid(pid), None);
+    }
+    let left: Vec<_> = heli_dirs()
+        .into_iter()
+        .filter(|dir| !before.contains(dir))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
+    let _serial = serial("auto_falls_back_to_remote_exec_when_the_target_is_traced");
+    let target = busy_target();
+    let pid = target.0.id();
+    let strace = traced(pid);
+    let mut granter = YamaGranter::new(ChildWaits::default());
+    assert_eq!(granter.grant_method(), GrantMethod::Auto);
+    let result = granter.grant(pid, std::process::id());
+    assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
+    if has_yama() {
+        result.unwrap();
+    } else {
+        let err = result.unwrap_err();
+        let text = err.to_string();
+        // The prctl ran and failed: not the injector's "already traced".
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{text}");
+        assert!(text.contains("by remote exec (PEP 768): "), "{text}");
+        assert!(text.contains("failed with errno 22 (EINVAL"), "{text}");
+        // The reason for the fallback is given.
+        let tracer = format!("already traced by PID {}", strace.0.id());
+        assert!(text.starts_with("ptrace injection impossible ("), "{text}");
+        assert!(text.contains(&tracer), "{text}");
+    }
+    assert_eq!(tracer_of(pid), strace.0.id(), "the tracer was disturbed");
+}
+
+#[test]
+fn ptrace_only_names_the_tracer_of_a_traced_target() {
+    let _serial = serial("ptrace_only_names_the_tracer_of_a_traced_target");
+    let target = busy_target();
+    let pid = target.0.id();
+    let strace = traced(pid);
+    let before = heli_dirs();
+    let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
+    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{text}");
+    assert!(text.contains("by ptrace injection"), "{text}");
+    assert!(
+        text.contains(&format!("already traced by PID {}", strace.0.id())),
+        "{text}"
+    );
+    assert_eq!(granter.last_method(), Some(GrantMethod::Ptrace));
+    assert_eq!(heli_dirs(), before, "remote exec was tried");
+}
