@@ -14,6 +14,7 @@ mod attach;
 mod dialect;
 mod embed;
 mod init;
+mod inspect;
 mod remote_grant;
 mod repl;
 mod sessions;

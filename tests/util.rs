@@ -151,15 +151,26 @@ impl Controller {
 
     /// Starts `controller ARGS` on `kind` and waits until it listens.
     pub fn start_on(kind: Kind, args: &[&str]) -> Controller {
-        Self::launch(kind, None, args)
+        Self::launch(kind, None, args, &[])
+    }
+
+    /// As [`start_on`](Self::start_on), with more environment variables
+    /// (the target inherits them).
+    pub fn start_with_env(kind: Kind, args: &[&str], env: &[(&str, &str)]) -> Controller {
+        Self::launch(kind, None, args, env)
     }
 
     /// As [`start`](Self::start), with the pipes in `fifo_dir`.
     pub fn start_at(fifo_dir: &Path, args: &[&str]) -> Controller {
-        Self::launch(Kind::Fifo, Some(fifo_dir), args)
+        Self::launch(Kind::Fifo, Some(fifo_dir), args, &[])
     }
 
-    fn launch(kind: Kind, fifo_dir: Option<&Path>, args: &[&str]) -> Controller {
+    fn launch(
+        kind: Kind,
+        fifo_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let (fifo_dir, ready) = match kind {
             Kind::Fifo => {
@@ -185,6 +196,7 @@ impl Controller {
         };
         command
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(repo())
             .env("HELI_PYTHON", python314())
             .env("RUST_LOG", "debug")

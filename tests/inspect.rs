@@ -1,0 +1,69 @@
+//! Native PEP 768 through the controller: the errors a user sees for targets
+//! that cannot be inspected.
+
+use crate::util::{serial, wait_for, Controller, Kind, SOON};
+
+/// The first line `client ARGS` prints to stderr once the target runs.
+fn client_error(controller: &Controller, args: &[&str]) -> (Option<i32>, String) {
+    let (status, _, stderr) = controller.run_client(args);
+    (status.code(), stderr)
+}
+
+#[test]
+fn stack_of_a_program_that_is_not_python_says_so() {
+    let _serial = serial();
+    let controller = Controller::start_on(Kind::Socket, &["--", "sleep", "600"]);
+    let (code, err) = client_error(&controller, &["stack"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("Cannot read the target's stacks"), "{err}");
+    assert!(err.contains("is not a Python process"), "{err}");
+}
+
+#[test]
+fn stack_of_python_3_13_names_the_version() {
+    let _serial = serial();
+    let python313 = std::env::var("HELI_PYTHON313")
+        .unwrap_or_else(|_| "/root/.pyenv/versions/3.13.0/bin/python3.13".into());
+    assert!(
+        std::path::Path::new(&python313).exists(),
+        "Python 3.13 not found at {python313}: set HELI_PYTHON313"
+    );
+    let controller = Controller::start_on(
+        Kind::Socket,
+        &["--python", &python313, "examples/target.py"],
+    );
+    let mut last = String::new();
+    // Until the interpreter has mapped its libraries.
+    wait_for("the 3.13 error", SOON, || {
+        let (code, err) = client_error(&controller, &["stack"]);
+        assert_eq!(code, Some(1), "{err}");
+        last = err;
+        last.contains("3.13")
+    });
+    assert!(last.contains("CPython 3.14"), "{last}");
+}
+
+#[test]
+fn a_remote_exec_grant_into_a_target_that_disabled_remote_debugging_names_the_switch() {
+    let _serial = serial();
+    let controller = Controller::start_with_env(
+        Kind::Socket,
+        &[
+            "--granter",
+            "yama",
+            "--grant-method",
+            "remote-exec",
+            "examples/target.py",
+        ],
+        &[("PYTHON_DISABLE_REMOTE_DEBUG", "1")],
+    );
+    let (code, err) = client_error(&controller, &["attach"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("PYTHON_DISABLE_REMOTE_DEBUG"), "{err}");
+    // Stack dumps read memory only: they still work (once it runs target.py).
+    wait_for("a stack in target.py", SOON, || {
+        let (status, out, err) = controller.run_client(&["stack"]);
+        assert!(status.success(), "{err}");
+        out.contains("target.py")
+    });
+}
