@@ -31,5 +31,12 @@ fn remote_exec_grant_method_is_shown_and_used() {
         assert!(text.contains("EINVAL"), "{text}\n{log}");
     }
     assert!(log.contains("grant method: remote-exec"), "{log}");
+    // How the grant was actually made shows in STATUS.
+    let (status, out, err) = controller.run_client(&["status", "--json"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains(r#""last_grant_method": "remote-exec""#),
+        "{out}"
+    );
     assert!(alive(target));
 }

@@ -421,6 +421,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
         }
         extra.extend(self.status_fields.iter().cloned());
+        extra.extend(self.granter.status_fields());
         Status {
             pid: state.target,
             state: match (state.running, state.kill_at.is_some()) {

@@ -38,6 +38,12 @@ pub trait Granter {
         let _ = target;
         None
     }
+
+    /// Facts about the granter for `STATUS` replies, as `key=value` pairs
+    /// (default: none); for instance how the last grant was made.
+    fn status_fields(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 impl<G: Granter + ?Sized> Granter for &mut G {
@@ -53,6 +59,9 @@ impl<G: Granter + ?Sized> Granter for &mut G {
     fn holder_pid(&self, target: u32) -> Option<u32> {
         (**self).holder_pid(target)
     }
+    fn status_fields(&self) -> Vec<(String, String)> {
+        (**self).status_fields()
+    }
 }
 
 impl<G: Granter + ?Sized> Granter for Box<G> {
@@ -67,5 +76,8 @@ impl<G: Granter + ?Sized> Granter for Box<G> {
     }
     fn holder_pid(&self, target: u32) -> Option<u32> {
         (**self).holder_pid(target)
+    }
+    fn status_fields(&self) -> Vec<(String, String)> {
+        (**self).status_fields()
     }
 }

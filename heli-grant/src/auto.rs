@@ -156,6 +156,13 @@ impl Granter for AutoGranter {
             AutoGranter::Yama(granter) => granter.holder_pid(target),
         }
     }
+
+    fn status_fields(&self) -> Vec<(String, String)> {
+        match self {
+            AutoGranter::Noop(granter) => granter.status_fields(),
+            AutoGranter::Yama(granter) => granter.status_fields(),
+        }
+    }
 }
 
 impl FromStr for GranterChoice {

@@ -298,6 +298,14 @@ impl Granter for YamaGranter {
         "yama"
     }
 
+    /// `last_grant_method`: how the last grant or revoke was made (ptrace
+    /// or remote-exec), so a fallback shows in `STATUS`.
+    fn status_fields(&self) -> Vec<(String, String)> {
+        self.last_method
+            .map(|method| vec![("last_grant_method".to_owned(), method.to_string())])
+            .unwrap_or_default()
+    }
+
     fn holder_pid(&self, target: u32) -> Option<u32> {
         self.holder(target).map(|holder| holder.pid)
     }
