@@ -9,58 +9,28 @@
 
 #![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 
+mod common;
+
+use common::{serial, SOON};
+
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver};
 use heli_core::{Exit, ExitStatus, Granter, Supervisor};
 use heli_grant::{
     ChildWaits, Holder, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter,
 };
 use nix::fcntl::OFlag;
 
-const SOON: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------- harness
-
-static PTRACE: Mutex<()> = Mutex::new(());
-
-/// Serializes the tests and aborts the run if one hangs.
-struct Serial {
-    _watchdog: Watchdog,
-    _lock: MutexGuard<'static, ()>,
-}
-
-fn serial(name: &'static str) -> Serial {
-    let lock = PTRACE.lock().unwrap_or_else(|e| e.into_inner());
-    Serial {
-        _watchdog: Watchdog::new(name, Duration::from_secs(60)),
-        _lock: lock,
-    }
-}
-
-/// Aborts the process unless dropped within its limit.
-struct Watchdog(#[allow(dead_code)] Sender<()>);
-
-impl Watchdog {
-    fn new(name: &'static str, limit: Duration) -> Watchdog {
-        let (tx, rx) = bounded::<()>(0);
-        thread::spawn(move || {
-            if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
-                eprintln!("{name}: still running after {limit:?}: aborting");
-                std::process::abort();
-            }
-        });
-        Watchdog(tx)
-    }
-}
 
 fn python() -> PathBuf {
     std::env::var_os("HELI_PYTHON")

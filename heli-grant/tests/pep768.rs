@@ -11,58 +11,27 @@
 //! Each test holds a global lock (timing tests must not overlap) and a
 //! watchdog that aborts the run after a minute.
 
+mod common;
+
+use common::{heli_dirs, serial, SOON};
+
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{unbounded, Receiver};
 use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
     PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
 };
 
-const SOON: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------- harness
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-/// Serializes the tests and aborts the run if one hangs.
-struct Serial {
-    _watchdog: Watchdog,
-    _lock: MutexGuard<'static, ()>,
-}
-
-fn serial(name: &'static str) -> Serial {
-    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    Serial {
-        _watchdog: Watchdog::new(name, Duration::from_secs(60)),
-        _lock: lock,
-    }
-}
-
-/// Aborts the process unless dropped within its limit.
-struct Watchdog(#[allow(dead_code)] Sender<()>);
-
-impl Watchdog {
-    fn new(name: &'static str, limit: Duration) -> Watchdog {
-        let (tx, rx) = bounded::<()>(0);
-        thread::spawn(move || {
-            if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
-                eprintln!("{name}: still running after {limit:?}: aborting");
-                std::process::abort();
-            }
-        });
-        Watchdog(tx)
-    }
-}
 
 fn existing(var: &str, default: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -175,20 +144,6 @@ fn tempdir() -> tempfile::TempDir {
         .prefix("heli-pep768-test-")
         .tempdir()
         .unwrap()
-}
-
-fn heli_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(OsStr::to_str)
-                .is_some_and(|name| name.starts_with("heli-pep768-") && !name.contains("test"))
-        })
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -6,43 +6,19 @@
 //! Each test holds a global lock and a watchdog that aborts the run after
 //! a minute.
 
-use std::ffi::OsStr;
+mod common;
+
+use common::{heli_dirs, serial, SOON};
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use heli_core::Granter;
 use heli_grant::{ChildWaits, GrantMethod, PtraceScope, YamaGranter};
-
-const SOON: Duration = Duration::from_secs(10);
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-/// Serializes the tests and aborts the run if one hangs.
-struct Serial {
-    _watchdog: Sender<()>,
-    _lock: MutexGuard<'static, ()>,
-}
-
-fn serial(name: &'static str) -> Serial {
-    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let (tx, rx) = bounded::<()>(0);
-    thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(60)) == Err(RecvTimeoutError::Timeout) {
-            eprintln!("{name}: still running after a minute: aborting");
-            std::process::abort();
-        }
-    });
-    Serial {
-        _watchdog: tx,
-        _lock: lock,
-    }
-}
 
 fn python314() -> PathBuf {
     std::env::var_os("HELI_PYTHON")
@@ -108,21 +84,6 @@ fn traced(pid: u32) -> Killed {
         thread::sleep(Duration::from_millis(10));
     }
     strace
-}
-
-/// The private directories of remote execution now in the temp directory.
-fn heli_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(OsStr::to_str)
-                .is_some_and(|name| name.starts_with("heli-pep768-") && !name.contains("test"))
-        })
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 /// Without Yama the call fails with EINVAL; with Yama it succeeds.
