@@ -9,6 +9,7 @@
 mod common;
 
 use std::error::Error;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -118,9 +119,17 @@ fn run() -> Result<i32, Box<dyn Error>> {
     if args.subreaper {
         become_subreaper()?;
     }
-    if args.subreaper || std::process::id() == 1 {
+    let init = std::process::id() == 1;
+    if args.subreaper || init {
         info!("reaping every child, orphans included");
         supervisor = supervisor.reap_orphans()?;
+    }
+    // An init with a terminal hands it to the target, as dumb-init does.
+    if init && std::io::stdin().is_terminal() {
+        match supervisor.give_terminal() {
+            Ok(()) => info!("the target gets the terminal (a foreground process group of its own)"),
+            Err(err) => warn!("the target shares the controller's terminal: {err}"),
+        }
     }
     // A Yama granter ptraces the target: it must share the reaper's lock.
     let granter =

@@ -19,4 +19,5 @@ mod remote_grant;
 mod repl;
 mod sessions;
 mod supervise;
+mod terminal;
 mod with_tool;

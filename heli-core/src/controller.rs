@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
 use log::{debug, info, warn};
 use signal_hook::consts::signal::{
-    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGTERM, SIGURG, SIGUSR1, SIGUSR2,
-    SIGVTALRM, SIGWINCH,
+    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGURG, SIGUSR1,
+    SIGUSR2, SIGVTALRM, SIGWINCH,
 };
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
@@ -25,13 +25,19 @@ use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
 /// killed if it still runs after the grace period.
 pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
 
-/// Signals only passed on to the target. Not SIGCHLD, not the job-control
-/// stops (the controller stops with its target on Ctrl-Z), and not the
-/// synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
+/// Signals only passed on to the target. Not SIGCHLD, not SIGTTIN and
+/// SIGTTOU (which concern the controller's own use of the terminal), and not
+/// the synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
 /// SIGSYS), which concern the controller itself.
 pub const PASS_SIGNALS: [i32; 8] = [
     SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGURG, SIGPROF, SIGVTALRM,
 ];
+
+/// Signals that suspend the controller with its target, as under dumb-init:
+/// the target gets the signal, then the controller stops itself (SIGSTOP),
+/// so a shell sees its job stopped; SIGCONT (in [`PASS_SIGNALS`]) continues
+/// both.
+pub const SUSPEND_SIGNALS: [i32; 1] = [SIGTSTP];
 
 /// Default time a target gets to end after SIGTERM before SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -108,8 +114,9 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         self
     }
 
-    /// Whether to catch [`STOP_SIGNALS`] and [`PASS_SIGNALS`] and pass them
-    /// to the target (default: no; a program's `main` wants yes).
+    /// Whether to catch [`STOP_SIGNALS`], [`PASS_SIGNALS`] and
+    /// [`SUSPEND_SIGNALS`] and pass them to the target (default: no; a
+    /// program's `main` wants yes).
     ///
     /// A stop signal also stops the controller: the target is killed if it
     /// still runs after the grace period. A signal the terminal sent to the
@@ -469,17 +476,27 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         let from_terminal = origin.cause == Cause::Kernel && self.supervisor.shares_terminal();
         if STOP_SIGNALS.contains(&signal) {
             info!("got signal {signal}; stopping the target");
-            if from_terminal {
+            if from_terminal && state.running {
                 if state.kill_at.is_none() {
                     state.kill_at = Some(Instant::now() + self.grace);
                 }
             } else {
                 self.begin_stop(state, Some(signal));
             }
-        } else if !from_terminal {
+            return;
+        }
+        if !from_terminal && state.running {
             debug!("passing signal {signal} to the target");
             if let Err(err) = self.supervisor.signal(signal) {
                 warn!("cannot pass signal {signal} to the target: {err}");
+            }
+        }
+        if SUSPEND_SIGNALS.contains(&signal) {
+            info!("got signal {signal}; suspending (SIGCONT continues)");
+            // A PID 1 cannot be stopped from inside its namespace: then the
+            // target alone stops.
+            if let Err(err) = signal_hook::low_level::raise(SIGSTOP) {
+                warn!("cannot stop: {err}");
             }
         }
     }
@@ -519,7 +536,12 @@ struct SignalThread {
 
 impl SignalThread {
     fn start() -> io::Result<SignalThread> {
-        let mut signals = SignalsInfo::<WithOrigin>::new(STOP_SIGNALS.iter().chain(&PASS_SIGNALS))?;
+        let mut signals = SignalsInfo::<WithOrigin>::new(
+            STOP_SIGNALS
+                .iter()
+                .chain(&PASS_SIGNALS)
+                .chain(&SUSPEND_SIGNALS),
+        )?;
         let handle = signals.handle();
         let (tx, rx) = bounded(16);
         let thread = thread::Builder::new()

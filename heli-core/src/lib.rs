@@ -127,7 +127,9 @@ mod supervisor;
 mod transport;
 
 pub use client::{Client, Session, DEFAULT_TIMEOUT};
-pub use controller::{Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS};
+pub use controller::{
+    Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS,
+};
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
 pub use restart::{Restart, RestartPolicy};

@@ -14,8 +14,11 @@ use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
-use crate::sys::{kill_with_parent, pidfd_open, pidfd_send_signal};
+use crate::sys::{
+    ignore_terminal_stops, kill_with_parent, pidfd_open, pidfd_send_signal, take_terminal_in_child,
+};
 
 /// Runs the target as a child process and reaps it.
 ///
@@ -53,6 +56,7 @@ pub struct ProcessSupervisor {
     exits: (Sender<Exit>, Receiver<Exit>),
     waits: ChildWaits,
     kill_group: bool,
+    foreground: bool,
     orphans: Option<OrphanReaper>,
 }
 
@@ -120,6 +124,7 @@ impl ProcessSupervisor {
             exits: unbounded(),
             waits: ChildWaits::default(),
             kill_group: false,
+            foreground: false,
             orphans: None,
         }
     }
@@ -134,6 +139,52 @@ impl ProcessSupervisor {
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         }
         self
+    }
+
+    /// Gives the terminal to the target, as an init with a terminal must
+    /// (dumb-init does the same): the target runs in a process group of its
+    /// own that is the terminal's foreground process group, so Ctrl-C,
+    /// Ctrl-\\ and Ctrl-Z reach it and not this process, and it may read the
+    /// terminal. When it ends, the terminal comes back to this process's
+    /// group, until a restarted target takes it again.
+    ///
+    /// The terminal is this process's standard input, which the target
+    /// inherits. This process ignores SIGTTIN and SIGTTOU from now on, as an
+    /// interactive shell does (from a background group it still writes to
+    /// the terminal and hands it over); the target gets their default action
+    /// back.
+    ///
+    /// # Errors
+    ///
+    /// When standard input is not this process's controlling terminal, or
+    /// this process is not in its foreground process group (then it has no
+    /// terminal to give); the supervisor is then unchanged.
+    pub fn give_terminal(&mut self) -> io::Result<()> {
+        let stdin = std::io::stdin();
+        let foreground = nix::unistd::tcgetpgrp(stdin.as_fd()).map_err(|err| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("standard input is not a controlling terminal ({err})"),
+            )
+        })?;
+        if foreground != nix::unistd::getpgrp() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this process is not in the terminal's foreground process group",
+            ));
+        }
+        ignore_terminal_stops()?;
+        if foreground.as_raw() == 0 {
+            // Our group lies outside our pid namespace (a PID 1 started by
+            // `unshare --fork`): we could not name it to take the terminal
+            // back. Make a group of our own, in the foreground.
+            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+            nix::unistd::tcsetpgrp(stdin.as_fd(), nix::unistd::getpgrp())?;
+        }
+        std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
+        take_terminal_in_child(&mut self.command);
+        self.foreground = true;
+        Ok(())
     }
 
     /// Reaps every child of this process that exits, not only the target:
@@ -204,6 +255,7 @@ impl Supervisor for ProcessSupervisor {
             alive: alive.clone(),
             exits: self.exits.0.clone(),
             waits: self.waits.clone(),
+            foreground: self.foreground,
         };
         thread::Builder::new()
             .name(format!("heli-reaper-{pid}"))
@@ -228,7 +280,9 @@ impl Supervisor for ProcessSupervisor {
     }
 
     fn shares_terminal(&self) -> bool {
-        !self.kill_group
+        // In a group of its own, the target gets what the terminal sends
+        // only if its group is the foreground one.
+        !self.kill_group || self.foreground
     }
 
     fn describe(&self) -> String {
@@ -253,7 +307,7 @@ impl Supervisor for ProcessSupervisor {
             // The group outlives no member: while the target runs, its pid
             // names its group.
             let signal = nix::sys::signal::Signal::try_from(signal)?;
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(running.pid as i32), signal)
+            nix::sys::signal::killpg(Pid::from_raw(running.pid as i32), signal)
                 .map_err(io::Error::from)
         } else {
             pidfd_send_signal(running.pidfd.as_fd(), signal)
@@ -283,6 +337,8 @@ struct Reaper {
     alive: Arc<AtomicBool>,
     exits: Sender<Exit>,
     waits: ChildWaits,
+    /// Whether the target had the terminal, to take back once it ended.
+    foreground: bool,
 }
 
 impl Reaper {
@@ -325,11 +381,30 @@ impl Reaper {
             }
         };
         self.waits.lock().0.targets.remove(&self.pid);
+        if self.foreground {
+            take_back_terminal();
+        }
         self.alive.store(false, Ordering::Release);
         let _ = self.exits.send(Exit {
             pid: self.pid,
             status,
         });
+    }
+}
+
+/// Makes this process's group the terminal's foreground process group again
+/// (see [`ProcessSupervisor::give_terminal`]), so that Ctrl-C reaches the
+/// controller while no target runs.
+fn take_back_terminal() {
+    let stdin = std::io::stdin();
+    let ours = nix::unistd::getpgrp();
+    match nix::unistd::tcgetpgrp(stdin.as_fd()) {
+        Ok(group) if group == ours => {}
+        // SIGTTOU is ignored: a background group may set it.
+        _ => match nix::unistd::tcsetpgrp(stdin.as_fd(), ours) {
+            Ok(()) => debug!("took the terminal back"),
+            Err(err) => warn!("cannot take the terminal back: {err}"),
+        },
     }
 }
 

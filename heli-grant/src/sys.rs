@@ -185,3 +185,44 @@ pub(crate) fn ptrace_set_syscall_nr(tid: libc::pid_t, nr: libc::c_int) -> Result
     };
     Errno::result(res).map(drop)
 }
+
+/// Ignores SIGTTIN and SIGTTOU in this whole process, as an interactive
+/// shell does: then it may set the terminal's foreground process group and
+/// write to the terminal from a background group without being stopped.
+pub(crate) fn ignore_terminal_stops() -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for stop in [Signal::SIGTTIN, Signal::SIGTTOU] {
+        // SAFETY: SIG_IGN installs no handler code, so no Rust code runs in
+        // signal context; nothing else in this program handles these two.
+        unsafe { signal(stop, SigHandler::SigIgn) }?;
+    }
+    Ok(())
+}
+
+/// Makes the child spawned by `command` the terminal's foreground process
+/// group before it runs: its process group (one of its own: see
+/// `CommandExt::process_group`) takes the terminal on its standard input,
+/// then SIGTTIN and SIGTTOU get their default action back (the parent
+/// ignores them: see [`ignore_terminal_stops`], which lets a child in a
+/// background group take the terminal at all).
+pub(crate) fn take_terminal_in_child(command: &mut Command) {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let hook = || -> io::Result<()> {
+        // SAFETY: descriptor 0 stays open for the rest of this function: the
+        // child closes nothing before exec.
+        let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+        nix::unistd::tcsetpgrp(stdin, nix::unistd::getpgrp())?;
+        for stop in [Signal::SIGTTIN, Signal::SIGTTOU] {
+            // SAFETY: SIG_DFL installs no handler code; the child is single
+            // threaded between fork and exec.
+            unsafe { signal(stop, SigHandler::SigDfl) }?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and makes only
+    // system calls (getpgrp, ioctl, rt_sigaction); it builds an error only on
+    // failure, touching no lock or state shared with the parent's threads.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}

@@ -1,0 +1,264 @@
+//! Job control: the terminal's foreground process group for a PID 1's
+//! target, and SIGTSTP suspending the controller with its target as under
+//! dumb-init.
+
+use std::fs;
+use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rexpect::session::{spawn_with_options, Options, PtySession};
+
+use crate::util::{example, python314, script, serial, wait_for, Controller, Kind, SOON};
+
+/// The state letter of process `pid` (`R`, `S`, `T`, ...), if it exists.
+fn state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The children of `pid`, from every thread's `children` file.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let text = fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        children.extend(text.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
+    }
+    children
+}
+
+/// The only child of `pid`, once it has one.
+fn only_child(pid: u32) -> u32 {
+    let mut child = 0;
+    wait_for("a child process", SOON, || match children_of(pid)[..] {
+        [only] => {
+            child = only;
+            true
+        }
+        _ => false,
+    });
+    child
+}
+
+fn terminal(command: Command) -> PtySession {
+    spawn_with_options(
+        command,
+        Options::new()
+            .timeout_ms(Some(SOON.as_millis() as u64))
+            .strip_ansi_escape_codes(true),
+    )
+    .unwrap()
+}
+
+/// A target that says whether it has the terminal; on its first run it
+/// reads a line, counts Ctrl-C, reads another line and exits 7; on its
+/// second run it exits 0.
+fn terminal_target(dir: &std::path::Path) -> std::path::PathBuf {
+    let marker = dir.join("first-run-done");
+    script(
+        dir,
+        "tty_target.py",
+        &format!(
+            r#"
+import os, signal, sys
+first = not os.path.exists({marker:?})
+open({marker:?}, "a").close()
+print(f"target fg={{os.tcgetpgrp(0) == os.getpgrp()}} own-group={{os.getpgrp() == os.getpid()}}", flush=True)
+if not first:
+    sys.exit(0)
+hits = []
+def on_int(signum, frame):
+    hits.append(signum)
+    print("target got SIGINT", flush=True)
+signal.signal(signal.SIGINT, on_int)
+print("target reading", flush=True)
+print("target read", sys.stdin.readline().strip(), flush=True)
+print("target read", sys.stdin.readline().strip(), f"sigints={{len(hits)}}", flush=True)
+sys.exit(7)
+"#,
+            marker = marker.to_str().unwrap()
+        ),
+    )
+}
+
+#[test]
+fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let target = terminal_target(dir.path());
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(example("controller"))
+        .args(["--transport", "socket", "--name", "tty"])
+        .args(["--restart", "on-failure", "--max-restarts", "1", "--"])
+        .arg(python314())
+        .arg(&target)
+        .env("XDG_RUNTIME_DIR", dir.path());
+    let mut session = terminal(unshare);
+    let mut seen = String::new();
+    let mut expect = |session: &mut PtySession, text: &str| {
+        let before = session.exp_string(text).unwrap_or_else(|err| {
+            panic!("waiting for {text:?}: {err}\nafter:\n{seen}");
+        });
+        seen.push_str(&before);
+        seen.push_str(text);
+    };
+    expect(&mut session, "reaping every child");
+    expect(&mut session, "the target gets the terminal");
+    expect(&mut session, "target fg=True own-group=True");
+    expect(&mut session, "target reading");
+
+    // SIGTSTP from outside the namespace stops the target; PID 1 itself
+    // cannot be stopped from inside its namespace and goes on; SIGCONT
+    // continues the target.
+    let unshare = children_of(std::process::id())
+        .into_iter()
+        .find(|&pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "unshare\n"
+        })
+        .expect("the unshare process");
+    let controller = only_child(unshare);
+    let target_pid = only_child(controller);
+    kill(Pid::from_raw(controller as i32), Signal::SIGTSTP).unwrap();
+    wait_for("the target to stop", SOON, || {
+        state(target_pid) == Some('T')
+    });
+    assert_ne!(state(controller), Some('T'));
+    kill(Pid::from_raw(controller as i32), Signal::SIGCONT).unwrap();
+    wait_for("the target to continue", SOON, || {
+        state(target_pid).is_some_and(|s| s != 'T')
+    });
+
+    // It reads the terminal (a background group would be stopped by
+    // SIGTTIN), and Ctrl-C reaches the target once, the controller not.
+    session.send_line("hello").unwrap();
+    expect(&mut session, "target read hello");
+    session.send_control('c').unwrap();
+    expect(&mut session, "target got SIGINT");
+    session.send_line("again").unwrap();
+    expect(&mut session, "target read again sigints=1");
+
+    // It exits 7; the controller takes the terminal back and restarts it:
+    // the new target has the terminal again.
+    expect(&mut session, "restarting the target");
+    expect(&mut session, "target fg=True own-group=True");
+    let rest = session.exp_eof().unwrap();
+    seen.push_str(&rest);
+    assert!(rest.contains("exiting with status 0"), "{seen}");
+    assert!(
+        !seen.contains("got signal 2;"),
+        "the controller got SIGINT:\n{seen}"
+    );
+    let status = session.process().wait().unwrap();
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
+        "{status:?}\n{seen}"
+    );
+}
+
+/// Between a target's end and its restart the controller has the terminal
+/// back: Ctrl-C during the back-off ends it, with the last exit status.
+#[test]
+fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(example("controller"))
+        .args(["--transport", "socket", "--name", "tty"])
+        .args(["--restart", "always", "--", "sh", "-c", "exit 7"])
+        .env("XDG_RUNTIME_DIR", dir.path());
+    let mut session = terminal(unshare);
+    session.exp_string("the target gets the terminal").unwrap();
+    // The sixth restart waits 3.2 s: time enough to press Ctrl-C.
+    session.exp_string("(restart 6)").unwrap();
+    session.send_control('c').unwrap();
+    session
+        .exp_string("got signal 2; stopping the target")
+        .unwrap();
+    let rest = session.exp_eof().unwrap();
+    assert!(rest.contains("exiting with status 7"), "{rest}");
+    let status = session.process().wait().unwrap();
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 7)),
+        "{status:?}\n{rest}"
+    );
+}
+
+#[test]
+fn not_as_pid_1_the_target_shares_the_controllers_group() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let target = terminal_target(dir.path());
+    fs::write(dir.path().join("first-run-done"), "").unwrap();
+    let mut command = Command::new(example("controller"));
+    command
+        .args(["--transport", "socket", "--name", "tty", "--"])
+        .arg(python314())
+        .arg(&target)
+        .env("XDG_RUNTIME_DIR", dir.path());
+    let mut session = terminal(command);
+    session
+        .exp_string("target fg=True own-group=False")
+        .unwrap();
+    let rest = session.exp_eof().unwrap();
+    assert!(!rest.contains("gets the terminal"), "{rest}");
+}
+
+/// SIGTSTP sent to the controller stops its target and then the controller
+/// itself, as dumb-init does (so a shell sees its job stopped); SIGCONT
+/// continues both. With `--kill-group` the target's whole group stops.
+#[test]
+fn sigtstp_suspends_the_target_and_the_controller_until_sigcont() {
+    let _serial = serial();
+    for extra in [&[][..], &["--kill-group"][..]] {
+        let mut args = extra.to_vec();
+        args.extend(["--", "sh", "-c", "sleep 1000 & wait"]);
+        let mut controller = Controller::start_on(Kind::Socket, &args);
+        let target = controller.target_pid();
+        let mut grandchild = 0;
+        wait_for(
+            "the target's child",
+            SOON,
+            || match children_of(target)[..] {
+                [only] => {
+                    grandchild = only;
+                    true
+                }
+                _ => false,
+            },
+        );
+        let pid = controller.child.id();
+        let all = [pid, target, grandchild];
+        controller.signal(Signal::SIGTSTP as i32);
+        wait_for("the controller and its target to stop", SOON, || {
+            state(pid) == Some('T') && state(target) == Some('T')
+        });
+        // Alone in the controller's group, the target's child stays; in a
+        // group of its own, the whole group stops.
+        let grandchild_state = if extra.is_empty() { 'S' } else { 'T' };
+        wait_for("the target's child state", SOON, || {
+            state(grandchild) == Some(grandchild_state)
+        });
+        controller.signal(Signal::SIGCONT as i32);
+        wait_for("all of them to continue", SOON, || {
+            all.iter().all(|&pid| state(pid).is_some_and(|s| s != 'T'))
+        });
+        let (status, out, err) = controller.run_client(&["status"]);
+        assert!(status.success(), "{out}{err}");
+        controller.signal(Signal::SIGTERM as i32);
+        let status = controller.wait();
+        assert_eq!(status.code(), Some(143), "{}", controller.log_text());
+        assert!(
+            controller.log_text().contains("suspending"),
+            "{}",
+            controller.log_text()
+        );
+        let _ = kill(Pid::from_raw(grandchild as i32), Signal::SIGKILL);
+    }
+}
