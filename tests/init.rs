@@ -1,6 +1,6 @@
 //! The controller as a container's entrypoint: stop signals, restarts,
-//! orphans and zombies (as a subreaper and as PID 1), a killed target,
-//! hostile input.
+//! orphans and zombies (as a subreaper and as PID 1), a killed target, a
+//! client killed while waiting for its reply, hostile input.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -304,4 +304,57 @@ fn hostile_input_leaves_the_controller_serving(kind: Kind) {
     assert!(stdout.contains("('counter', "), "{stdout}");
 }
 
-crate::per_transport!(hostile_input_leaves_the_controller_serving);
+crate::per_transport!(
+    hostile_input_leaves_the_controller_serving,
+    a_client_killed_while_waiting_for_ready_leaves_the_controller_serving,
+);
+
+/// A grant by remote exec into a target asleep in C code takes the whole
+/// remote-exec deadline: the client is killed meanwhile. The controller
+/// answers into the void, and the next client gets its own reply.
+fn a_client_killed_while_waiting_for_ready_leaves_the_controller_serving(kind: Kind) {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = script(dir.path(), "sleeper.py", "import time\ntime.sleep(1000)\n");
+    let controller = Controller::start_on(
+        kind,
+        &[
+            "--granter",
+            "yama",
+            "--grant-method",
+            "remote-exec",
+            sleeper.to_str().unwrap(),
+        ],
+    );
+    let target = controller.target_pid();
+    // Asleep in C code, not still starting up in Python.
+    wait_for("the target to sleep", SOON, || {
+        fs::read_to_string(format!("/proc/{target}/syscall"))
+            .is_ok_and(|s| s.split(' ').next() == Some(&libc::SYS_clock_nanosleep.to_string()))
+    });
+    let mut client = controller.client();
+    client
+        .args(["--timeout", "30", "attach"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = client.spawn().unwrap();
+    let request = format!("request GRANT_ACCESS {}", client.id());
+    wait_for("the grant request", SOON, || {
+        controller.log_text().contains(&request)
+    });
+    client.kill().unwrap();
+    client.wait().unwrap();
+    wait_for("the grant to give up", SOON, || {
+        controller.log_text().contains("grant for PID")
+    });
+    assert!(
+        controller.log_text().contains("blocked in C code"),
+        "{}",
+        controller.log_text()
+    );
+    assert_eq!(controller.target_pid(), target);
+    let (status, out, err) = controller.run_client(&["status"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(crate::util::alive(target));
+}
