@@ -140,6 +140,27 @@ fn a_failing_target_is_restarted_with_a_new_pid_then_given_up() {
     );
 }
 
+/// A target that fails at once, again and again, is restarted after ever
+/// longer pauses (100 ms doubling): a handful of restarts in 3 s, not the
+/// thousands of a loop without back-off.
+#[test]
+fn a_crash_looping_target_does_not_make_the_controller_spin() {
+    let _serial = serial();
+    let controller = Controller::start_on(
+        Kind::Socket,
+        &["--restart", "always", "--", "sh", "-c", "exit 1"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, out, err) = controller.run_client(&["status", "--json"]);
+    assert!(status.success(), "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let restarts = json["restarts"].as_u64().unwrap();
+    // Counted when planned; pauses of 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s: at
+    // most 6 planned in 3 s.
+    assert!((3..=6).contains(&restarts), "{restarts} restarts\n{out}");
+    assert_eq!(json["last_exit"], 1, "{out}");
+}
+
 /// A target that leaves `count` orphans behind, each living `life`
 /// seconds, then waits.
 fn orphan_maker(dir: &std::path::Path, count: u32, life: f64) -> std::path::PathBuf {
