@@ -82,10 +82,11 @@ pub trait Supervisor {
     /// The running target's process id, if one runs.
     fn pid(&self) -> Option<u32>;
 
-    /// Whether the target is in the controller's process group (default:
-    /// yes), so that what the terminal sends to the foreground group
-    /// (Ctrl-C, Ctrl-\\, hang-up) reaches it directly and must not be passed
-    /// on again.
+    /// Whether what the terminal sends to its foreground process group
+    /// (Ctrl-C, Ctrl-\\, hang-up) reaches the target directly, so that it
+    /// must not be passed on again (default: yes, the target is in the
+    /// controller's group; also when the target's own group has the
+    /// terminal).
     fn shares_terminal(&self) -> bool {
         true
     }
