@@ -210,7 +210,7 @@ fn as_pid_1_of_a_pid_namespace_the_controller_reaps_every_orphan() {
     );
     let mut unshare = Command::new("unshare");
     unshare
-        .args(["--pid", "--fork", "--mount-proc"])
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(example("controller"))
         .args(["--transport", "socket", "--name", "pid1", "--", "sh"])
         .arg(&check)

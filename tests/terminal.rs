@@ -91,7 +91,7 @@ fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let target = terminal_target(dir.path());
     let mut unshare = Command::new("unshare");
     unshare
-        .args(["--pid", "--fork", "--mount-proc"])
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(example("controller"))
         .args(["--transport", "socket", "--name", "tty"])
         .args(["--restart", "on-failure", "--max-restarts", "1", "--"])
@@ -168,7 +168,7 @@ fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut unshare = Command::new("unshare");
     unshare
-        .args(["--pid", "--fork", "--mount-proc"])
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(example("controller"))
         .args(["--transport", "socket", "--name", "tty"])
         .args(["--restart", "always", "--", "sh", "-c", "exit 7"])
