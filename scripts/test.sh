@@ -51,6 +51,9 @@ cargo test --workspace --doc --locked
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
+step "protocol fuzzing (cargo fuzz, a short run of every target in fuzz/)"
+scripts/fuzz.sh
+
 if [ -f scripts/vm/test-yama.sh ] && [ "${HELI_SKIP_VM:-0}" != 1 ]; then
     step "Yama kernel suite under qemu"
     scripts/vm/test-yama.sh

@@ -1,7 +1,7 @@
 //! Native PEP 768 through the controller: the errors a user sees for targets
 //! that cannot be inspected.
 
-use crate::util::{serial, wait_for, Controller, Kind, SOON};
+use crate::util::{script, serial, wait_for, Controller, Kind, SOON};
 
 /// The first line `client ARGS` prints to stderr once the target runs.
 fn client_error(controller: &Controller, args: &[&str]) -> (Option<i32>, String) {
@@ -66,4 +66,31 @@ fn a_remote_exec_grant_into_a_target_that_disabled_remote_debugging_names_the_sw
         assert!(status.success(), "{err}");
         out.contains("target.py")
     });
+}
+
+crate::per_transport!(a_stack_dump_longer_than_a_request_line_reaches_the_client);
+
+/// 20 threads 60 frames deep: a `STACK` reply of about 100 kB, far over the
+/// 4096 bytes a request may take, arrives whole on either transport.
+fn a_stack_dump_longer_than_a_request_line_reaches_the_client(kind: Kind) {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let deep = script(
+        dir.path(),
+        "deep.py",
+        "import threading, time\n\
+         def deep(n):\n    if n == 0:\n        time.sleep(1000)\n    return deep(n - 1)\n\
+         for _ in range(19):\n    threading.Thread(target=deep, args=(60,), daemon=True).start()\n\
+         deep(60)\n",
+    );
+    let controller = Controller::start_on(kind, &[deep.to_str().unwrap()]);
+    let mut last = String::new();
+    wait_for("20 threads asleep 60 frames deep", SOON, || {
+        let (status, out, err) = controller.run_client(&["stack"]);
+        assert!(status.success(), "{out}{err}\n{}", controller.log_text());
+        last = out;
+        last.matches("in deep").count() == 20 * 61
+    });
+    assert!(last.len() > 50_000, "{} bytes", last.len());
+    assert_eq!(last.matches("Thread ").count(), 20, "{last}");
 }

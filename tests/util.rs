@@ -86,13 +86,18 @@ pub fn run(mut command: Command) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read while it runs: a full pipe would block it.
+    fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
     let status = wait_exit(&mut child, SOON);
-    let output = child.wait_with_output().unwrap();
-    (
-        status,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 /// Whether `pid` is a live process (a zombie counts as dead).

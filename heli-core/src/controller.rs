@@ -16,7 +16,7 @@ use signal_hook::iterator::SignalsInfo;
 use signal_hook::low_level::siginfo::{Cause, Origin};
 
 use crate::granter::Granter;
-use crate::protocol::{Reply, Request, Status};
+use crate::protocol::{Reply, Request, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
 use crate::supervisor::{ExitStatus, Supervisor};
 use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
@@ -334,7 +334,7 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             },
             Request::GetTargetPid => Reply::TargetPid(state.target),
             Request::Stack => match self.supervisor.stack_dump() {
-                Ok(text) => Reply::Stack(text),
+                Ok(text) => Reply::Stack(fit_reply(text)),
                 Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
             },
             Request::GrantAccess(client) | Request::TakeOver(client) => {
@@ -502,6 +502,24 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     }
 }
 
+/// Cuts a stack dump that would not fit in a reply line ([`MAX_REPLY`];
+/// escaping at most doubles its size), saying so at its end.
+fn fit_reply(mut text: String) -> String {
+    const ROOM: usize = MAX_REPLY / 2 - 100;
+    if text.len() > ROOM {
+        let mut end = ROOM;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!(
+            "\n... (cut: the whole dump is {total} bytes, a reply holds {ROOM})"
+        ));
+    }
+    text
+}
+
 fn not_running() -> Reply {
     Reply::Error("Target process not running".into())
 }
@@ -567,5 +585,33 @@ impl Drop for SignalThread {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Dialect, LineBuffer};
+
+    #[test]
+    fn a_stack_dump_too_long_for_a_reply_is_cut_and_says_so() {
+        let short = "Thread 1\n  File \"a.py\", line 1\n".to_owned();
+        assert_eq!(fit_reply(short.clone()), short);
+        // Backslashes and newlines double in size when escaped: the worst.
+        let huge = "\\\n\u{e9}".repeat(MAX_REPLY / 2);
+        let cut = fit_reply(huge);
+        assert!(
+            cut.ends_with("a reply holds 2097052)"),
+            "{}",
+            &cut[cut.len() - 80..]
+        );
+        let line = Reply::Stack(cut.clone()).encode(Dialect::Upper);
+        let mut lines = LineBuffer::for_replies();
+        lines.extend(line.as_bytes());
+        let back = lines.next_line().unwrap().unwrap();
+        assert_eq!(
+            Reply::parse(std::str::from_utf8(&back).unwrap()).unwrap(),
+            Reply::Stack(cut)
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The line protocol spoken between clients and the controller.
 //!
 //! Every message is one line of UTF-8 ending in `\n`, at most [`MAX_LINE`]
-//! bytes long including the newline. A client sends one request and reads one
-//! reply:
+//! bytes long including the newline for a request, [`MAX_REPLY`] for a reply.
+//! A client sends one request and reads one reply:
 //!
 //! | request | reply |
 //! |---|---|
@@ -40,11 +40,16 @@ use std::fmt;
 
 use crate::error::{Error, ErrorKind};
 
-/// The longest line either side accepts, newline included.
+/// The longest request line a controller accepts, newline included.
 ///
 /// It equals `PIPE_BUF` on Linux, so a request written to a FIFO in one
 /// `write` is never interleaved with another client's.
 pub const MAX_LINE: usize = 4096;
+
+/// The longest reply line a client accepts, newline included: a `STACK`
+/// reply carries every thread's traceback (see [`LineBuffer::for_replies`]).
+/// A controller cuts a stack dump to fit.
+pub const MAX_REPLY: usize = 4 << 20;
 
 /// A request from a client to the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -195,7 +200,12 @@ impl Status {
     }
 
     fn parse(text: &str) -> Option<Status> {
-        let (fields, command) = match text.find("command=") {
+        // `command=` starts a word: an extra fact may be named `last_command`.
+        let command_at = text
+            .match_indices("command=")
+            .map(|(at, _)| at)
+            .find(|&at| at == 0 || text.as_bytes()[at - 1].is_ascii_whitespace());
+        let (fields, command) = match command_at {
             Some(at) => (&text[..at], text[at + "command=".len()..].to_owned()),
             None => (text, String::new()),
         };
@@ -362,7 +372,7 @@ impl Dialect {
 pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     let line = strip_newline(line);
     if line.len() >= MAX_LINE {
-        return Err(too_long());
+        return Err(LineBuffer::new().too_long());
     }
     let text = std::str::from_utf8(line)
         .map_err(|_| Error::new(ErrorKind::NotUtf8, "Request is not valid UTF-8"))?;
@@ -459,14 +469,8 @@ fn strip_newline(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn too_long() -> Error {
-    Error::new(
-        ErrorKind::LineTooLong,
-        format!("Request longer than {MAX_LINE} bytes"),
-    )
-}
-
-/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes.
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes (requests),
+/// or [`MAX_REPLY`] bytes for [`for_replies`](LineBuffer::for_replies).
 ///
 /// Transports feed it what they read and take complete lines out. A line that
 /// grows past the limit yields one [`ErrorKind::LineTooLong`] error as soon as
@@ -485,19 +489,51 @@ fn too_long() -> Error {
 /// lines.extend(b"INATE\n");
 /// assert_eq!(lines.next_line().unwrap().unwrap(), b"TERMINATE\n");
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
     /// Bytes at the front of `buf` already searched for a newline.
     scanned: usize,
     /// Dropping an over-long line until its newline.
     discarding: bool,
+    /// The longest line, newline included.
+    limit: usize,
+    /// What its lines are, for the error message.
+    what: &'static str,
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        LineBuffer::new()
+    }
 }
 
 impl LineBuffer {
-    /// An empty buffer.
+    /// An empty buffer for requests: lines of at most [`MAX_LINE`] bytes.
     pub fn new() -> Self {
-        LineBuffer::default()
+        LineBuffer {
+            buf: Vec::new(),
+            scanned: 0,
+            discarding: false,
+            limit: MAX_LINE,
+            what: "Request",
+        }
+    }
+
+    /// An empty buffer for replies: lines of at most [`MAX_REPLY`] bytes.
+    pub fn for_replies() -> Self {
+        LineBuffer {
+            limit: MAX_REPLY,
+            what: "Reply",
+            ..LineBuffer::new()
+        }
+    }
+
+    fn too_long(&self) -> Error {
+        Error::new(
+            ErrorKind::LineTooLong,
+            format!("{} longer than {} bytes", self.what, self.limit),
+        )
     }
 
     /// Appends bytes read from the peer.
@@ -523,8 +559,8 @@ impl LineBuffer {
                         self.discarding = false;
                         continue;
                     }
-                    if line.len() > MAX_LINE {
-                        return Some(Err(too_long()));
+                    if line.len() > self.limit {
+                        return Some(Err(self.too_long()));
                     }
                     return Some(Ok(line));
                 }
@@ -533,11 +569,11 @@ impl LineBuffer {
                     self.scanned = 0;
                     return None;
                 }
-                None if self.buf.len() >= MAX_LINE => {
+                None if self.buf.len() >= self.limit => {
                     self.buf.clear();
                     self.scanned = 0;
                     self.discarding = true;
-                    return Some(Err(too_long()));
+                    return Some(Err(self.too_long()));
                 }
                 None => {
                     self.scanned = self.buf.len();
@@ -780,6 +816,30 @@ mod tests {
     }
 
     #[test]
+    fn status_extra_fact_ending_in_command() {
+        // Found by fuzz/fuzz_targets/round_trip.rs: `command=` inside a key
+        // was taken for the command line, and the reply did not parse.
+        let status = Status {
+            pid: 42,
+            holder: None,
+            extra: vec![("last_command".into(), "attach".into())],
+            command: "python3.14 app.py".into(),
+            ..Status::default()
+        };
+        let line = Reply::Status(status.clone()).encode(Dialect::Upper);
+        assert_eq!(
+            line,
+            "STATUS pid=42 state=- uptime=0 granter=- holder=none last_command=attach command=python3.14 app.py\n"
+        );
+        let expected = Status {
+            state: "-".into(),
+            granter: "-".into(),
+            ..status
+        };
+        assert_eq!(Reply::parse(&line).unwrap(), Reply::Status(expected));
+    }
+
+    #[test]
     fn stacks_travel_on_one_line() {
         let text = "Thread 1 \"main\"\n  File \"C:\\x\\n.py\", line 3, in f\n";
         for dialect in [Dialect::Upper, Dialect::Lower] {
@@ -859,5 +919,22 @@ mod tests {
         lines.extend(&bad);
         assert!(lines.next_line().unwrap().is_err());
         assert!(lines.next_line().is_none());
+    }
+
+    #[test]
+    fn reply_buffers_take_long_lines_up_to_their_own_limit() {
+        let mut long = vec![b'z'; 100_000];
+        long.push(b'\n');
+        let mut lines = LineBuffer::for_replies();
+        lines.extend(&long);
+        assert_eq!(lines.next_line().unwrap().unwrap().len(), 100_001);
+        let mut lines = LineBuffer::for_replies();
+        lines.extend(&vec![b'z'; MAX_REPLY]);
+        let err = lines.next_line().unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LineTooLong);
+        assert_eq!(
+            err.to_string(),
+            format!("Reply longer than {MAX_REPLY} bytes")
+        );
     }
 }

@@ -517,7 +517,7 @@ impl Connection for FifoConnection {
         }
         drain(&self.response);
         write_all(&self.control, line, deadline)?;
-        let mut lines = LineBuffer::new();
+        let mut lines = LineBuffer::for_replies();
         read_line(&self.response, &mut lines, deadline)
     }
 }

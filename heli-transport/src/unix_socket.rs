@@ -856,7 +856,7 @@ impl Transport for UnixSocketTransport {
         }
         Ok(UnixSocketConnection {
             stream,
-            lines: LineBuffer::new(),
+            lines: LineBuffer::for_replies(),
             unanswered: 0,
             broken: false,
             server_pid: u32::try_from(server.pid()).unwrap_or(0),
