@@ -245,9 +245,12 @@ impl Supervisor for ProcessSupervisor {
         })?;
         let pid = child.id();
         waits.0.targets.insert(pid);
+        // The child is ours until reaped, and nobody reaps it while we hold
+        // the lock (an orphan reaper would, were it quick to exit): its pid
+        // still names it.
+        let pidfd = pidfd_open(pid);
         drop(waits);
-        // The child is ours until reaped, so its pid cannot be reused yet.
-        let pidfd = Arc::new(pidfd_open(pid)?);
+        let pidfd = Arc::new(pidfd?);
         let alive = Arc::new(AtomicBool::new(true));
         let reaper = Reaper {
             pid,
