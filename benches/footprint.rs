@@ -4,7 +4,9 @@
 //! `examples/target.py` (Unix socket transport) and prints a table:
 //!
 //! - start to ready: from spawning the controller until its socket answers a
-//!   `STATUS` request (median and max of 20 starts);
+//!   `STATUS` request (median, 90th percentile and max of 20 starts; on two
+//!   cores the times cluster around 2-3 ms, and a start that had to wait for
+//!   a CPU beside its busy Python target takes a 4 ms scheduler tick more);
 //! - RSS of the controller once ready and after 1,000 requests;
 //! - context switches of all the controller's threads over 10 s without a
 //!   request (no periodic wake-ups: 0 expected).
@@ -148,13 +150,14 @@ fn main() {
     } else {
         (1, Duration::from_secs(1))
     };
-    let median_max = |target: &[&str]| {
+    let spread = |target: &[&str]| {
         let mut times: Vec<Duration> = (0..starts).map(|_| start(target).1).collect();
         times.sort();
-        (times[times.len() / 2], *times.last().unwrap())
+        let p90 = times[(times.len() - 1) * 9 / 10];
+        (times[times.len() / 2], p90, *times.last().unwrap())
     };
-    let python_target = median_max(&["examples/target.py"]);
-    let sleep_target = median_max(&["--", "sleep", "600"]);
+    let python_target = spread(&["examples/target.py"]);
+    let sleep_target = spread(&["--", "sleep", "600"]);
     let (running, _) = start(&["examples/target.py"]);
     let pid = running.child.id();
     let rss_ready = rss_kib(pid);
@@ -180,14 +183,16 @@ fn main() {
     println!("| measure | heli | target |");
     println!("|---|---|---|");
     println!(
-        "| start to ready, target.py, median / max | {:.2} / {:.2} ms | <= 5 ms |",
+        "| start to ready, target.py, median / p90 / max | {:.2} / {:.2} / {:.2} ms | <= 5 ms |",
         ms(python_target.0),
-        ms(python_target.1)
+        ms(python_target.1),
+        ms(python_target.2)
     );
     println!(
-        "| start to ready, `sleep`, median / max | {:.2} / {:.2} ms | <= 5 ms |",
+        "| start to ready, `sleep`, median / p90 / max | {:.2} / {:.2} / {:.2} ms | <= 5 ms |",
         ms(sleep_target.0),
-        ms(sleep_target.1)
+        ms(sleep_target.1),
+        ms(sleep_target.2)
     );
     println!(
         "| RSS when ready | {:.2} MB | <= 3 MB |",

@@ -97,6 +97,8 @@ struct Args {
 }
 
 fn main() {
+    // Before any thread starts: the controller's threads share one arena.
+    heli::grant::one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

@@ -14,6 +14,8 @@
 //!   through the target's memory, without stopping it.
 //! - [`ProcessSupervisor`]: runs the target as a child, kills it with its
 //!   parent, signals and reaps it through a pidfd.
+//! - [`one_malloc_arena`]: one `malloc` arena for all of a controller's
+//!   threads, which keeps its memory small.
 //!
 //! The supervisor lives here, beside the granters, because the controller is
 //! both the target's reaper and (with Yama) its tracer: the two must agree on
@@ -56,4 +58,5 @@ pub use pep768::{
 pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
+pub use sys::one_malloc_arena;
 pub use yama::{GrantMethod, Holder, YamaGranter};

@@ -226,3 +226,35 @@ pub(crate) fn take_terminal_in_child(command: &mut Command) {
         command.pre_exec(hook);
     }
 }
+
+/// Has the C library's `malloc` serve every thread of this process from one
+/// arena (glibc's `mallopt(M_ARENA_MAX, 1)`). Call it first thing in `main`,
+/// before any thread starts; it returns whether the setting took effect
+/// (`false` with another C library, where it does nothing).
+///
+/// glibc gives each thread that allocates an arena of its own, and an arena
+/// keeps the memory it once used up to its trim threshold (128 KiB): a
+/// controller, whose few threads sleep nearly all the time and would never
+/// contend for one allocator lock, ends up holding 0.1 to 0.3 MB more after
+/// serving a thousand connections, each on a thread of its own.
+///
+/// # Examples
+///
+/// ```
+/// // First thing in `main`, before any thread starts:
+/// let one = heli_grant::one_malloc_arena();
+/// assert_eq!(one, cfg!(target_env = "gnu"));
+/// ```
+pub fn one_malloc_arena() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt takes two integers and changes one setting of
+        // glibc's allocator under the allocator's own lock; it touches no
+        // memory of ours.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}

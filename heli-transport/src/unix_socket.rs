@@ -9,7 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -97,9 +98,11 @@ const MAX_NAME: usize = 64;
 ///
 /// Each connection is served on a thread of its own (at most
 /// [`max_connections`](UnixSocketTransport::max_connections) at once; more
-/// are refused with an `ERROR:` line). An idle connection may stay open; a
-/// request line begun must be finished within 2 s, and writing a reply may
-/// take 2 s, or the connection is closed. When a connection closes, the
+/// are refused with an `ERROR:` line): the thread that accepted it, which
+/// first starts the thread that accepts the next one, so a client's first
+/// request never waits for a new thread to be scheduled. An idle connection
+/// may stay open; a request line begun must be finished within 2 s, and
+/// writing a reply may take 2 s, or the connection is closed. When a connection closes, the
 /// controller gets [`Event::Disconnected`] once the connection's last
 /// request was answered. Connections turned away (another user, too many)
 /// are never announced to the controller.
@@ -898,16 +901,9 @@ impl UnixSocketListener {
         &self.path
     }
 
-    /// Accepts connections until stopped, each served on a thread of
-    /// `scope`.
-    fn accept_loop<'scope, 'env>(
-        &'env self,
-        scope: &'scope thread::Scope<'scope, 'env>,
-        events: &'env Sender<Event>,
-        stopping: &Receiver<()>,
-        active: &'env AtomicUsize,
-    ) -> io::Result<()> {
-        let mut next_id = 0;
+    /// Waits for the next connection and admits it; `None` once stopped.
+    /// Connections turned away are closed here.
+    fn accept_one<'env>(&'env self, serving: &Serving<'env>) -> io::Result<Option<Served<'env>>> {
         let mut starved = false;
         loop {
             let seen = wait_any(
@@ -918,7 +914,7 @@ impl UnixSocketListener {
                 None,
             )?;
             if !seen[1].is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             loop {
                 let stream = match self.socket.accept() {
@@ -951,22 +947,22 @@ impl UnixSocketListener {
                     Err(err) => return Err(annotate(err, &self.path)),
                 };
                 starved = false;
-                next_id += 1;
-                self.admit(scope, stream, next_id, events, stopping, active);
+                let id = serving.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(served) = self.admit(stream, id, serving) {
+                    return Ok(Some(served));
+                }
             }
         }
     }
 
-    /// Authenticates a new connection and starts serving it.
-    fn admit<'scope, 'env>(
+    /// Authenticates a new connection: what serving it takes, counted as
+    /// active, or `None` when it was turned away.
+    fn admit<'env>(
         &'env self,
-        scope: &'scope thread::Scope<'scope, 'env>,
         stream: UnixStream,
         id: u64,
-        events: &'env Sender<Event>,
-        stopping: &Receiver<()>,
-        active: &'env AtomicUsize,
-    ) {
+        serving: &Serving<'env>,
+    ) -> Option<Served<'env>> {
         let cred = match stream
             .set_nonblocking(true)
             .and_then(|()| credentials(&stream))
@@ -974,7 +970,7 @@ impl UnixSocketListener {
             Ok(cred) => cred,
             Err(err) => {
                 warn!("closing a connection to session {}: {err}", self.name);
-                return;
+                return None;
             }
         };
         let me = Uid::effective().as_raw();
@@ -991,9 +987,9 @@ impl UnixSocketListener {
                     self.name
                 ),
             );
-            return;
+            return None;
         }
-        if active.load(Ordering::SeqCst) >= self.max_connections {
+        if serving.active.load(Ordering::SeqCst) >= self.max_connections {
             warn!(
                 "refused a connection to session {} from PID {pid}: {} connections are open",
                 self.name, self.max_connections
@@ -1005,7 +1001,7 @@ impl UnixSocketListener {
                     self.name, self.max_connections
                 ),
             );
-            return;
+            return None;
         }
         let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0);
         let peer = Peer {
@@ -1017,26 +1013,86 @@ impl UnixSocketListener {
         let peer_start = pid
             .and_then(|pid| proc::stat(pid).ok().flatten())
             .map(|stat| stat.start);
-        let served = Served {
+        serving.active.fetch_add(1, Ordering::SeqCst);
+        Some(Served {
             listener: self,
             stream,
             peer,
             peer_start,
-            events,
-            stopping: stopping.clone(),
-        };
-        active.fetch_add(1, Ordering::SeqCst);
-        let spawned = thread::Builder::new()
-            .name(format!("heli-conn-{id}"))
-            .stack_size(CONNECTION_STACK)
-            .spawn_scoped(scope, move || {
-                served.run();
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(err) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
-            warn!("cannot serve a connection of {peer:?}: {err}");
+            events: serving.events,
+            stopping: serving.stopping.clone(),
+        })
+    }
+}
+
+/// What the threads serving a [`UnixSocketListener`] share.
+struct Serving<'env> {
+    listener: &'env UnixSocketListener,
+    events: &'env Sender<Event>,
+    /// Disconnected once accepting has ended: connection threads then never
+    /// wait on a controller that may no longer listen.
+    stopping: Receiver<()>,
+    /// Its sender, dropped by the thread that ends accepting.
+    accepting: Mutex<Option<Sender<()>>>,
+    /// Connections being served.
+    active: AtomicUsize,
+    /// The last connection id given.
+    next_id: AtomicU64,
+    /// Why accepting ended, if it failed.
+    failure: Mutex<Option<io::Error>>,
+}
+
+impl<'env> Serving<'env> {
+    /// Accepts the next connection, starts a thread of `scope` that accepts
+    /// the one after, then serves the connection on this thread until it
+    /// closes. Returns at once when accepting ends (stopped, or failed).
+    ///
+    /// The connection is served by the thread that accepted it, which is
+    /// already running: its first request does not wait for a new thread
+    /// to be scheduled (at start-up, beside a target busy starting, that
+    /// wait can be a scheduler tick).
+    fn lead<'scope>(&'env self, scope: &'scope thread::Scope<'scope, 'env>) {
+        loop {
+            let served = match self.listener.accept_one(self) {
+                Ok(Some(served)) => served,
+                Ok(None) => return self.end_accepting(None),
+                Err(err) => return self.end_accepting(Some(err)),
+            };
+            let next = thread::Builder::new()
+                .name("heli-conn".into())
+                .stack_size(CONNECTION_STACK)
+                .spawn_scoped(scope, move || self.lead(scope));
+            match next {
+                Ok(_) => {
+                    served.run();
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                // The connection is closed; this thread goes on accepting.
+                Err(err) => {
+                    warn!("cannot serve a connection of {:?}: {err}", served.peer);
+                    drop(served);
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         }
+    }
+
+    /// Lets the connection threads know that nobody accepts any more; on a
+    /// failure, closes the connections too and keeps the error for `serve`.
+    fn end_accepting(&self, failure: Option<io::Error>) {
+        if let Some(err) = failure {
+            let name = &self.listener.name;
+            warn!("session {name} stops accepting connections: {err}");
+            self.listener.stop.handle().stop();
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(err);
+        }
+        drop(
+            self.accepting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -1070,22 +1126,27 @@ impl Listener for UnixSocketListener {
     }
 
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
-        let this = &*self;
-        // Disconnected once serving ends: connection threads then never
-        // wait on a controller that may no longer listen.
-        let (stopping_tx, stopping) = crossbeam_channel::bounded::<()>(0);
-        let active = AtomicUsize::new(0);
-        thread::scope(|scope| {
-            let result = this.accept_loop(scope, events, &stopping, &active);
-            if let Err(err) = &result {
-                warn!("session {} stops accepting connections: {err}", this.name);
-                // The connection threads end too.
-                this.stop.handle().stop();
-            }
-            drop(stopping_tx);
-            result
-            // Every connection thread is joined here.
-        })
+        let (accepting, stopping) = crossbeam_channel::bounded::<()>(0);
+        let serving = Serving {
+            listener: &*self,
+            events,
+            stopping,
+            accepting: Mutex::new(Some(accepting)),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        };
+        // This thread accepts the first connection; every thread started for
+        // the others is joined at the end of the scope.
+        thread::scope(|scope| serving.lead(scope));
+        match serving
+            .failure
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 }
 
