@@ -53,6 +53,19 @@ fn terminal(command: Command) -> PtySession {
     .unwrap()
 }
 
+/// `controller --transport socket --name tty ARGS` as PID 1 of a new pid
+/// namespace, killed with `unshare` should the test fail.
+fn pid_1_controller(runtime_dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(example("controller"))
+        .args(["--transport", "socket", "--name", "tty"])
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir);
+    unshare
+}
+
 /// A target that says whether it has the terminal; on its first run it
 /// reads a line, counts Ctrl-C, reads another line and exits 7; on its
 /// second run it exits 0.
@@ -89,16 +102,19 @@ fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let target = terminal_target(dir.path());
-    let mut unshare = Command::new("unshare");
-    unshare
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(example("controller"))
-        .args(["--transport", "socket", "--name", "tty"])
-        .args(["--restart", "on-failure", "--max-restarts", "1", "--"])
-        .arg(python314())
-        .arg(&target)
-        .env("XDG_RUNTIME_DIR", dir.path());
-    let mut session = terminal(unshare);
+    let python = python314();
+    let mut session = terminal(pid_1_controller(
+        dir.path(),
+        &[
+            "--restart",
+            "on-failure",
+            "--max-restarts",
+            "1",
+            "--",
+            python.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ],
+    ));
     let mut seen = String::new();
     let mut expect = |session: &mut PtySession, text: &str| {
         let before = session.exp_string(text).unwrap_or_else(|err| {
@@ -166,14 +182,10 @@ fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
 fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut unshare = Command::new("unshare");
-    unshare
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(example("controller"))
-        .args(["--transport", "socket", "--name", "tty"])
-        .args(["--restart", "always", "--", "sh", "-c", "exit 7"])
-        .env("XDG_RUNTIME_DIR", dir.path());
-    let mut session = terminal(unshare);
+    let mut session = terminal(pid_1_controller(
+        dir.path(),
+        &["--restart", "always", "--", "sh", "-c", "exit 7"],
+    ));
     session.exp_string("the target gets the terminal").unwrap();
     // The sixth restart waits 3.2 s: time enough to press Ctrl-C.
     session.exp_string("(restart 6)").unwrap();
