@@ -54,11 +54,16 @@ fn terminal(command: Command) -> PtySession {
 }
 
 /// `controller --transport socket --name tty ARGS` as PID 1 of a new pid
-/// namespace, killed with `unshare` should the test fail.
-fn pid_1_controller(runtime_dir: &std::path::Path, args: &[&str]) -> Command {
+/// namespace, killed with `unshare` should the test fail. With `session`, it
+/// leads a session of its own with the terminal, as a container's PID 1
+/// does (`setsid --ctty`).
+fn pid_1_controller(runtime_dir: &std::path::Path, session: bool, args: &[&str]) -> Command {
     let mut unshare = Command::new("unshare");
+    unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+    if session {
+        unshare.args(["setsid", "--ctty"]);
+    }
     unshare
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(example("controller"))
         .args(["--transport", "socket", "--name", "tty"])
         .args(args)
@@ -105,6 +110,7 @@ fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let python = python314();
     let mut session = terminal(pid_1_controller(
         dir.path(),
+        true,
         &[
             "--restart",
             "on-failure",
@@ -184,6 +190,7 @@ fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut session = terminal(pid_1_controller(
         dir.path(),
+        true,
         &["--restart", "always", "--", "sh", "-c", "exit 7"],
     ));
     session.exp_string("the target gets the terminal").unwrap();
@@ -200,6 +207,57 @@ fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
         matches!(status, rexpect::process::WaitStatus::Exited(_, 7)),
         "{status:?}\n{rest}"
     );
+}
+
+/// A restart whose exec fails (the program was removed) has given the
+/// terminal to a child that is gone: the controller takes it back, and
+/// Ctrl-C during the next back-off still ends it.
+#[test]
+fn as_pid_1_a_failed_restart_gives_the_terminal_back() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("vanishing");
+    fs::copy("/bin/sh", &program).unwrap();
+    let program = program.to_str().unwrap();
+    let script = format!("rm -f {program}; exit 3");
+    let mut session = terminal(pid_1_controller(
+        dir.path(),
+        true,
+        &["--restart", "always", "--", program, "-c", &script],
+    ));
+    session.exp_string("the target gets the terminal").unwrap();
+    session.exp_string("cannot restart the target").unwrap();
+    session.send_control('c').unwrap();
+    session
+        .exp_string("got signal 2; stopping the target")
+        .unwrap();
+    let rest = session.exp_eof().unwrap();
+    assert!(rest.contains("exiting with status 3"), "{rest}");
+}
+
+/// A PID 1 whose process group lies outside its namespace (`unshare --pid
+/// --fork` alone) cannot tell whether it has the terminal: it might be a
+/// background job, and taking the terminal would take it from the shell.
+/// It says so and keeps the target in its own group.
+#[test]
+fn as_pid_1_that_cannot_tell_it_has_the_terminal_it_gives_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let target = terminal_target(dir.path());
+    fs::write(dir.path().join("first-run-done"), "").unwrap();
+    let python = python314();
+    let mut session = terminal(pid_1_controller(
+        dir.path(),
+        false,
+        &["--", python.to_str().unwrap(), target.to_str().unwrap()],
+    ));
+    session
+        .exp_string("cannot tell whether it has the terminal")
+        .unwrap();
+    session
+        .exp_string("target fg=True own-group=False")
+        .unwrap();
+    session.exp_eof().unwrap();
 }
 
 #[test]
@@ -231,7 +289,7 @@ fn sigtstp_suspends_the_target_and_the_controller_until_sigcont() {
     for extra in [&[][..], &["--kill-group"][..]] {
         let mut args = extra.to_vec();
         args.extend(["--", "sh", "-c", "sleep 1000 & wait"]);
-        let mut controller = Controller::start_on(Kind::Socket, &args);
+        let mut controller = Controller::start_job(Kind::Socket, &args);
         let target = controller.target_pid();
         let mut grandchild = 0;
         wait_for(

@@ -156,18 +156,25 @@ impl Controller {
 
     /// Starts `controller ARGS` on `kind` and waits until it listens.
     pub fn start_on(kind: Kind, args: &[&str]) -> Controller {
-        Self::launch(kind, None, args, &[])
+        Self::launch(kind, None, args, &[], false)
     }
 
     /// As [`start_on`](Self::start_on), with more environment variables
     /// (the target inherits them).
     pub fn start_with_env(kind: Kind, args: &[&str], env: &[(&str, &str)]) -> Controller {
-        Self::launch(kind, None, args, env)
+        Self::launch(kind, None, args, env, false)
     }
 
     /// As [`start`](Self::start), with the pipes in `fifo_dir`.
     pub fn start_at(fifo_dir: &Path, args: &[&str]) -> Controller {
-        Self::launch(Kind::Fifo, Some(fifo_dir), args, &[])
+        Self::launch(Kind::Fifo, Some(fifo_dir), args, &[], false)
+    }
+
+    /// As [`start_on`](Self::start_on), in a process group of its own, as a
+    /// shell starts a job: with this test as its parent in the same session,
+    /// the group is not orphaned, and the kernel lets SIGTSTP stop it.
+    pub fn start_job(kind: Kind, args: &[&str]) -> Controller {
+        Self::launch(kind, None, args, &[], true)
     }
 
     fn launch(
@@ -175,6 +182,7 @@ impl Controller {
         fifo_dir: Option<&Path>,
         args: &[&str],
         env: &[(&str, &str)],
+        job: bool,
     ) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let (fifo_dir, ready) = match kind {
@@ -208,6 +216,9 @@ impl Controller {
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.path().join("target.out")).unwrap())
             .stderr(fs::File::create(&log).unwrap());
+        if job {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
         let child = command.spawn().unwrap();
         let mut controller = Controller {
             child,

@@ -148,39 +148,45 @@ impl ProcessSupervisor {
     /// terminal. When it ends, the terminal comes back to this process's
     /// group, until a restarted target takes it again.
     ///
-    /// The terminal is this process's standard input, which the target
-    /// inherits. This process ignores SIGTTIN and SIGTTOU from now on, as an
-    /// interactive shell does (from a background group it still writes to
-    /// the terminal and hands it over); the target gets their default action
-    /// back.
+    /// The terminal is this process's standard input, which the target must
+    /// inherit (the default). This process ignores SIGTTIN and SIGTTOU from
+    /// now on, as an interactive shell does (from a background group it
+    /// still writes to the terminal and hands it over); the target gets their
+    /// default action back. A terminal that hung up is not given: the target
+    /// starts all the same.
     ///
     /// # Errors
     ///
-    /// When standard input is not this process's controlling terminal, or
+    /// When standard input is not this process's controlling terminal, when
     /// this process is not in its foreground process group (then it has no
-    /// terminal to give); the supervisor is then unchanged.
+    /// terminal to give), or when it cannot tell: its process group lies
+    /// outside its pid namespace (a PID 1 started by `unshare --pid --fork`
+    /// without a session of its own, such as `setsid --ctty` makes), and the
+    /// terminal's group may too. The supervisor is then unchanged.
     pub fn give_terminal(&mut self) -> io::Result<()> {
         let stdin = std::io::stdin();
+        let unsupported = |message: String| io::Error::new(io::ErrorKind::Unsupported, message);
         let foreground = nix::unistd::tcgetpgrp(stdin.as_fd()).map_err(|err| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("standard input is not a controlling terminal ({err})"),
-            )
+            unsupported(format!(
+                "standard input is not a controlling terminal ({err})"
+            ))
         })?;
-        if foreground != nix::unistd::getpgrp() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this process is not in the terminal's foreground process group",
+        let ours = nix::unistd::getpgrp();
+        if ours.as_raw() == 0 {
+            // Both read 0 whether or not our group has the terminal: taking
+            // it from a background job would take it from the user's shell.
+            return Err(unsupported(
+                "this process's group lies outside its pid namespace: it cannot tell whether \
+                 it has the terminal (give it a session of its own, e.g. `setsid --ctty`)"
+                    .into(),
+            ));
+        }
+        if foreground != ours {
+            return Err(unsupported(
+                "this process is not in the terminal's foreground process group".into(),
             ));
         }
         ignore_terminal_stops()?;
-        if foreground.as_raw() == 0 {
-            // Our group lies outside our pid namespace (a PID 1 started by
-            // `unshare --fork`): we could not name it to take the terminal
-            // back. Make a group of our own, in the foreground.
-            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-            nix::unistd::tcsetpgrp(stdin.as_fd(), nix::unistd::getpgrp())?;
-        }
         std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         take_terminal_in_child(&mut self.command);
         self.foreground = true;
@@ -237,32 +243,57 @@ impl Supervisor for ProcessSupervisor {
         // Registered as a target before anyone may reap it: an orphan reaper
         // waits for the same lock.
         let mut waits = self.waits.lock();
-        let child = self.command.spawn().map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot start {:?}: {err}", self.command.get_program()),
-            )
-        })?;
+        let mut child = match self.command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                drop(waits);
+                // The child may have taken the terminal before its exec failed.
+                if self.foreground {
+                    take_back_terminal();
+                }
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("cannot start {:?}: {err}", self.command.get_program()),
+                ));
+            }
+        };
         let pid = child.id();
-        waits.0.targets.insert(pid);
         // The child is ours until reaped, and nobody reaps it while we hold
         // the lock (an orphan reaper would, were it quick to exit): its pid
         // still names it.
-        let pidfd = pidfd_open(pid);
-        drop(waits);
-        let pidfd = Arc::new(pidfd?);
-        let alive = Arc::new(AtomicBool::new(true));
-        let reaper = Reaper {
-            pid,
-            pidfd: pidfd.clone(),
-            alive: alive.clone(),
-            exits: self.exits.0.clone(),
-            waits: self.waits.clone(),
-            foreground: self.foreground,
+        let watched = pidfd_open(pid).and_then(|pidfd| {
+            let pidfd = Arc::new(pidfd);
+            let alive = Arc::new(AtomicBool::new(true));
+            let reaper = Reaper {
+                pid,
+                pidfd: pidfd.clone(),
+                alive: alive.clone(),
+                exits: self.exits.0.clone(),
+                waits: self.waits.clone(),
+                foreground: self.foreground,
+            };
+            thread::Builder::new()
+                .name(format!("heli-reaper-{pid}"))
+                .spawn(move || reaper.run())?;
+            Ok((pidfd, alive))
+        });
+        let (pidfd, alive) = match watched {
+            Ok(watched) => {
+                waits.0.targets.insert(pid);
+                watched
+            }
+            Err(err) => {
+                // Nobody would watch it: it must not run unsupervised.
+                let _ = child.kill();
+                let _ = child.wait();
+                drop(waits);
+                if self.foreground {
+                    take_back_terminal();
+                }
+                return Err(err);
+            }
         };
-        thread::Builder::new()
-            .name(format!("heli-reaper-{pid}"))
-            .spawn(move || reaper.run())?;
+        drop(waits);
         // `child` only wraps the pid; dropping it neither waits nor kills.
         drop(child);
         debug!("spawned {:?} as PID {pid}", self.command.get_program());

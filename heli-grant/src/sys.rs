@@ -211,7 +211,11 @@ pub(crate) fn take_terminal_in_child(command: &mut Command) {
         // SAFETY: descriptor 0 stays open for the rest of this function: the
         // child closes nothing before exec.
         let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
-        nix::unistd::tcsetpgrp(stdin, nix::unistd::getpgrp())?;
+        match nix::unistd::tcsetpgrp(stdin, nix::unistd::getpgrp()) {
+            // A terminal that hung up has nobody to give: run all the same.
+            Ok(()) | Err(Errno::ENOTTY | Errno::EIO | Errno::ENXIO) => {}
+            Err(err) => return Err(err.into()),
+        }
         for stop in [Signal::SIGTTIN, Signal::SIGTTOU] {
             // SAFETY: SIG_DFL installs no handler code; the child is single
             // threaded between fork and exec.
