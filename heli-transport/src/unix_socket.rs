@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -1053,7 +1054,11 @@ impl<'env> Serving<'env> {
     /// wait can be a scheduler tick).
     fn lead<'scope>(&'env self, scope: &'scope thread::Scope<'scope, 'env>) {
         loop {
-            let served = match self.listener.accept_one(self) {
+            // A bug that panics here must not leave the session deaf: it
+            // ends accepting as a failure would, and the controller hears.
+            let accepted = panic::catch_unwind(AssertUnwindSafe(|| self.listener.accept_one(self)))
+                .unwrap_or_else(|_| Err(io::Error::other("accepting a connection panicked")));
+            let served = match accepted {
                 Ok(Some(served)) => served,
                 Ok(None) => return self.end_accepting(None),
                 Err(err) => return self.end_accepting(Some(err)),
@@ -1064,7 +1069,8 @@ impl<'env> Serving<'env> {
                 .spawn_scoped(scope, move || self.lead(scope));
             match next {
                 Ok(_) => {
-                    served.run();
+                    // A panic ends this connection only, and frees its slot.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| served.run()));
                     self.active.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
