@@ -109,7 +109,8 @@ impl Holder {
     ///
     /// # Errors
     ///
-    /// [`NotFound`](io::ErrorKind::NotFound) when there is no such process.
+    /// [`NotFound`](io::ErrorKind::NotFound) when there is no such process,
+    /// or only its zombie: it has exited, and nobody has reaped it yet.
     pub fn current(pid: u32) -> io::Result<Holder> {
         Ok(Holder {
             pid,
@@ -433,15 +434,26 @@ fn start_time(pid: u32) -> io::Result<u64> {
             format!("no process with PID {pid}"),
         )
     })?;
-    parse_start_time(&stat)
-        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: unexpected content")))
+    match parse_stat(&stat) {
+        Some(('Z' | 'X', _)) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("PID {pid} has exited"),
+        )),
+        Some((_, start_time)) => Ok(start_time),
+        None => Err(io::Error::other(format!(
+            "/proc/{pid}/stat: unexpected content"
+        ))),
+    }
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+/// The state (field 3) and the start time (field 22) of a `/proc/PID/stat`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it follow the last ')'. Field 3 comes first there.
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(22 - 4)?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -449,11 +461,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_start_time() {
+    fn parses_state_and_start_time() {
         let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 \
                     987654 12345678 300 18446744073709551615";
-        assert_eq!(parse_start_time(stat), Some(987654));
-        assert_eq!(parse_start_time("1 (x) S 0"), None);
+        assert_eq!(parse_stat(stat), Some(('S', 987654)));
+        assert_eq!(parse_stat("1 (x) S 0"), None);
+    }
+
+    #[test]
+    fn a_zombie_is_not_running() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let holder = Holder::current(child.id()).unwrap();
+        // Exited, not yet reaped: a zombie, waitable still.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        nix::sys::wait::waitid(nix::sys::wait::Id::Pid(pid), flags).unwrap();
+        assert!(!holder.is_running());
+        let err = Holder::current(child.id()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        child.wait().unwrap();
     }
 
     #[test]
