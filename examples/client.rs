@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use common::TransportKind;
 use heli::core::protocol::Status;
 use heli::core::{Client, ErrorKind, Transport};
-use heli::grant::PtraceScope;
+use heli::grant::{kill_with_parent, PtraceScope};
 use heli::transport::{FifoTransport, SessionState, UnixSocketTransport};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -753,6 +753,9 @@ impl<T: Transport> App<T> {
                 (command, tool_name(&argv[0]))
             }
         };
+        // A killed client takes its debugger along: an orphaned pdb would
+        // hold the target stopped, and be stopped itself by the shell.
+        kill_with_parent(&mut command);
         println!();
         let _ = std::io::stdout().flush();
         self.at_prompt.store(false, Ordering::SeqCst);

@@ -1,8 +1,11 @@
 //! The user's story in a pseudo-terminal: controller on the demo target,
 //! client `attach`, real pdb, `p counter`, detach, attach again, terminate.
 
+use std::process::Command;
 use std::time::Duration;
 
+use nix::sys::signal::{self, Signal};
+use nix::unistd::{getpgid, Pid};
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
 use crate::util::{alive, serial, wait_for, Controller, Kind, SOON};
@@ -12,6 +15,7 @@ crate::per_transport!(
     end_of_input_ends_the_client_and_leaves_the_controller,
     attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb,
     stack_reads_the_target_without_a_grant,
+    a_client_killed_while_attached_leaves_pdb_target_and_controller_working,
 );
 
 fn client_session(controller: &Controller) -> PtySession {
@@ -100,16 +104,90 @@ fn end_of_input_ends_the_client_and_leaves_the_controller(kind: Kind) {
     assert!(controller.target_pid() > 0);
 }
 
-fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
-    let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+/// `client attach` in a terminal of its own, at its first `(Pdb) ` prompt.
+fn attached_session(controller: &Controller) -> PtySession {
+    let mut command = controller.client();
+    command.arg("attach");
+    pdb_prompt(controller, command)
+}
+
+/// `client attach` run by a shell in a terminal, as a user runs it: the
+/// shell, not the client, leads the terminal's session. The shell says how
+/// the client ended, then waits.
+fn attached_session_in_shell(controller: &Controller) -> PtySession {
+    let client = controller.client();
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "\"$@\"; echo \"client ended: $?\"; exec sleep 600",
+            "sh",
+        ])
+        .arg(client.get_program())
+        .args(client.get_args())
+        .arg("attach");
+    for (key, value) in client.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    pdb_prompt(controller, command)
+}
+
+fn pdb_prompt(controller: &Controller, command: Command) -> PtySession {
     let options = Options::new()
         .timeout_ms(Some(30_000))
         .strip_ansi_escape_codes(true);
-    let mut command = controller.client();
-    command.arg("attach");
     let mut session = spawn_with_options(command, options).unwrap();
-    session.exp_string("(Pdb) ").unwrap();
+    if let Err(err) = session.exp_string("(Pdb) ") {
+        panic!("no pdb prompt: {err}\n{}", controller.log_text());
+    }
+    session
+}
+
+/// How many iterations the demo target has logged.
+fn iterations(controller: &Controller) -> usize {
+    controller.log_text().matches("target: Iteration ").count()
+}
+
+/// Checks that the demo target, which logs an iteration a second, is
+/// stopped; returns how many iterations it logged.
+fn stopped_at(controller: &Controller) -> usize {
+    let stopped = iterations(controller);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(iterations(controller), stopped, "the target is not stopped");
+    stopped
+}
+
+/// `holder=` as `client status --json` reports it.
+fn grant_holder(controller: &Controller) -> Option<u64> {
+    let (status, out, err) = controller.run_client(&["status", "--json"]);
+    assert!(status.success(), "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["holder"].as_u64()
+}
+
+/// The children of `pid`.
+fn children(pid: u64) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect()
+}
+
+/// The pid of the last client granted access, from the controller's log.
+fn granted(controller: &Controller) -> u64 {
+    let log = controller.log_text();
+    let (_, rest) = log.rsplit_once("granted PID ").expect("no grant logged");
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
+    let _serial = serial();
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let mut session = attached_session(&controller);
     session.send_line("p ('counter', counter)").unwrap();
     session.exp_regex(r"\('counter', \d+\)").unwrap();
     // Let the target run, then Ctrl-C: it must reach pdb (which stops the
@@ -155,4 +233,52 @@ fn stack_reads_the_target_without_a_grant(kind: Kind) {
         controller.log_text()
     );
     assert!(alive(target));
+}
+
+fn a_client_killed_while_attached_leaves_pdb_target_and_controller_working(kind: Kind) {
+    let _serial = serial();
+    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let target = controller.target_pid();
+
+    // The client dies while its pdb is attached and has stopped the target:
+    // pdb dies with it, the target runs on, and the socket revokes the grant
+    // with the client's connection (named pipes cannot tell).
+    let mut session = attached_session_in_shell(&controller);
+    let client = granted(&controller);
+    if kind == Kind::Socket {
+        assert_eq!(grant_holder(&controller), Some(client));
+    }
+    let pdb = children(client);
+    assert_eq!(pdb.len(), 1, "{pdb:?}");
+    let stopped = stopped_at(&controller);
+    signal::kill(Pid::from_raw(client as i32), Signal::SIGKILL).unwrap();
+    session.exp_string("client ended: 137").unwrap();
+    wait_for("pdb gone", SOON, || !alive(pdb[0]));
+    wait_for("the target running again", SOON, || {
+        iterations(&controller) > stopped
+    });
+    if kind == Kind::Socket {
+        wait_for("the grant revoked", SOON, || {
+            grant_holder(&controller).is_none()
+        });
+    }
+    drop(session);
+
+    // The terminal goes away with everything on it: the same.
+    let session = attached_session_in_shell(&controller);
+    let stopped = stopped_at(&controller);
+    let group = getpgid(Some(Pid::from_raw(granted(&controller) as i32))).unwrap();
+    signal::killpg(group, Signal::SIGKILL).unwrap();
+    wait_for("the target running again", SOON, || {
+        iterations(&controller) > stopped
+    });
+    drop(session);
+
+    // Nothing of this reached the controller: the next attach works.
+    assert!(alive(target));
+    assert_eq!(controller.target_pid(), target);
+    let mut session = attached_session(&controller);
+    session.send_line("q").unwrap();
+    session.exp_string("Debugger detached").unwrap();
+    session.exp_eof().unwrap();
 }

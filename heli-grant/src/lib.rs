@@ -58,5 +58,5 @@ pub use pep768::{
 pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
-pub use sys::one_malloc_arena;
+pub use sys::{kill_with_parent, one_malloc_arena};
 pub use yama::{GrantMethod, Holder, YamaGranter};

@@ -35,19 +35,33 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
     Errno::result(res).map(drop).map_err(Into::into)
 }
 
-/// Makes the child spawned by `command` get SIGKILL when the thread that
-/// spawned it exits, so a killed controller leaves no orphan behind; if that
-/// thread is already gone when the child starts, the child exits at once.
-pub(crate) fn kill_with_parent(command: &mut Command) {
+/// Makes every child `command` spawns get SIGKILL when the thread that
+/// spawned it exits (`PR_SET_PDEATHSIG`); if that thread is already gone
+/// when the child starts, the spawn fails. A process that supervises a
+/// child or hands it the terminal (the controller its target, a client its
+/// debugger) then never leaves it behind, even when it is itself killed
+/// with SIGKILL.
+///
+/// The signal follows the spawning *thread*: spawn from a thread that lives
+/// as long as the child should.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+///
+/// let mut command = Command::new("true");
+/// heli_grant::kill_with_parent(&mut command);
+/// assert!(command.status().unwrap().success());
+/// ```
+pub fn kill_with_parent(command: &mut Command) {
     let parent = nix::unistd::getpid();
     let hook = move || -> io::Result<()> {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
         // The parent may have died between fork and prctl: then nobody
         // delivers the signal, and we are already someone else's child.
         if nix::unistd::getppid() != parent {
-            return Err(io::Error::other(
-                "the controller died while starting the target",
-            ));
+            return Err(io::Error::other("the parent died before the child started"));
         }
         Ok(())
     };
