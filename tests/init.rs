@@ -37,15 +37,19 @@ fn children(pid: u32) -> (usize, usize) {
 #[test]
 fn every_stop_signal_reaches_the_target_and_ends_the_controller_cleanly() {
     let _serial = serial();
-    for signal in [
+    let signals = [
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGQUIT,
-    ] {
+    ];
+    for (signal, kind) in signals
+        .into_iter()
+        .flat_map(|s| [(s, Kind::Fifo), (s, Kind::Socket)])
+    {
         let dir = tempfile::tempdir().unwrap();
         let (path, out) = recorder(dir.path());
-        let mut controller = Controller::start_on(Kind::Socket, &[path.to_str().unwrap()]);
+        let mut controller = Controller::start_on(kind, &[path.to_str().unwrap()]);
         let read = || fs::read_to_string(&out).unwrap_or_default();
         wait_for("target ready", SOON, || read().contains("ready"));
         controller.signal(signal as i32);
@@ -53,14 +57,14 @@ fn every_stop_signal_reaches_the_target_and_ends_the_controller_cleanly() {
         assert_eq!(
             status.code(),
             Some(0),
-            "{signal}: {}",
+            "{signal} ({kind:?}): {}",
             controller.log_text()
         );
         assert_eq!(read(), format!("ready\n{}\n", signal.as_str()));
         assert_eq!(
             controller.fifo_dir_entries(),
             Vec::<String>::new(),
-            "{signal}"
+            "{signal} ({kind:?})"
         );
     }
 }
