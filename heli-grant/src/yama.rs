@@ -470,8 +470,14 @@ mod tests {
 
     #[test]
     fn a_zombie_is_not_running() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // `cat` runs until its input closes.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let holder = Holder::current(child.id()).unwrap();
+        assert!(holder.is_running());
+        drop(child.stdin.take());
         // Exited, not yet reaped: a zombie, waitable still.
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
