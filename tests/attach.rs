@@ -8,7 +8,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::{getpgid, Pid};
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{alive, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{alive, children_of, serial, wait_for, Controller, Kind, SOON};
 
 crate::per_transport!(
     attach_detach_attach_terminate_in_a_terminal,
@@ -161,24 +161,15 @@ fn stopped_at(controller: &Controller) -> usize {
 }
 
 /// `holder=` as `client status --json` reports it.
-fn grant_holder(controller: &Controller) -> Option<u64> {
+fn grant_holder(controller: &Controller) -> Option<u32> {
     let (status, out, err) = controller.run_client(&["status", "--json"]);
     assert!(status.success(), "{out}{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    json["holder"].as_u64()
-}
-
-/// The children of `pid`.
-fn children(pid: u64) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|c| c.parse().unwrap())
-        .collect()
+    json["holder"].as_u64().map(|pid| pid.try_into().unwrap())
 }
 
 /// The pid of the last client granted access, from the controller's log.
-fn granted(controller: &Controller) -> u64 {
+fn granted(controller: &Controller) -> u32 {
     let log = controller.log_text();
     let (_, rest) = log.rsplit_once("granted PID ").expect("no grant logged");
     rest.split_whitespace().next().unwrap().parse().unwrap()
@@ -248,7 +239,7 @@ fn a_client_killed_while_attached_leaves_pdb_target_and_controller_working(kind:
     if kind == Kind::Socket {
         assert_eq!(grant_holder(&controller), Some(client));
     }
-    let pdb = children(client);
+    let pdb = children_of(client);
     assert_eq!(pdb.len(), 1, "{pdb:?}");
     let stopped = stopped_at(&controller);
     signal::kill(Pid::from_raw(client as i32), Signal::SIGKILL).unwrap();

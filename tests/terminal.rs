@@ -9,25 +9,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{example, python314, script, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{
+    children_of, example, python314, script, serial, wait_for, Controller, Kind, SOON,
+};
 
 /// The state letter of process `pid` (`R`, `S`, `T`, ...), if it exists.
 fn state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// The children of `pid`, from every thread's `children` file.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for task in fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-    {
-        let text = fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        children.extend(text.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
-    }
-    children
 }
 
 /// The only child of `pid`, once it has one.
@@ -196,16 +185,25 @@ fn as_pid_1_the_terminal_comes_back_while_waiting_to_restart() {
     session.exp_string("the target gets the terminal").unwrap();
     // The sixth restart waits 3.2 s: time enough to press Ctrl-C.
     session.exp_string("(restart 6)").unwrap();
+    ctrl_c_ends_the_controller_with(&mut session, 7);
+}
+
+/// Ctrl-C on the terminal while no target runs reaches the controller, which
+/// ends with `status`, the last exit status of its target.
+fn ctrl_c_ends_the_controller_with(session: &mut PtySession, status: i32) {
     session.send_control('c').unwrap();
     session
         .exp_string("got signal 2; stopping the target")
         .unwrap();
     let rest = session.exp_eof().unwrap();
-    assert!(rest.contains("exiting with status 7"), "{rest}");
-    let status = session.process().wait().unwrap();
     assert!(
-        matches!(status, rexpect::process::WaitStatus::Exited(_, 7)),
-        "{status:?}\n{rest}"
+        rest.contains(&format!("exiting with status {status}")),
+        "{rest}"
+    );
+    let ended = session.process().wait().unwrap();
+    assert!(
+        matches!(ended, rexpect::process::WaitStatus::Exited(_, code) if code == status),
+        "{ended:?}\n{rest}"
     );
 }
 
@@ -227,12 +225,7 @@ fn as_pid_1_a_failed_restart_gives_the_terminal_back() {
     ));
     session.exp_string("the target gets the terminal").unwrap();
     session.exp_string("cannot restart the target").unwrap();
-    session.send_control('c').unwrap();
-    session
-        .exp_string("got signal 2; stopping the target")
-        .unwrap();
-    let rest = session.exp_eof().unwrap();
-    assert!(rest.contains("exiting with status 3"), "{rest}");
+    ctrl_c_ends_the_controller_with(&mut session, 3);
 }
 
 /// A PID 1 whose process group lies outside its namespace (`unshare --pid

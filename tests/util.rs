@@ -137,6 +137,19 @@ macro_rules! per_transport {
     };
 }
 
+/// The children of `pid`, from every thread's `children` file.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let text = fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        children.extend(text.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
+    }
+    children
+}
+
 /// A controller example running in private directories (the pipes, or the
 /// runtime directory of the socket), killed (with its target) when dropped.
 pub struct Controller {

@@ -103,10 +103,10 @@ const MAX_NAME: usize = 64;
 /// first starts the thread that accepts the next one, so a client's first
 /// request never waits for a new thread to be scheduled. An idle connection
 /// may stay open; a request line begun must be finished within 2 s, and
-/// writing a reply may take 2 s, or the connection is closed. When a connection closes, the
-/// controller gets [`Event::Disconnected`] once the connection's last
-/// request was answered. Connections turned away (another user, too many)
-/// are never announced to the controller.
+/// writing a reply may take 2 s, or the connection is closed. When a
+/// connection closes, the controller gets [`Event::Disconnected`] once the
+/// connection's last request was answered. Connections turned away (another
+/// user, too many) are never announced to the controller.
 ///
 /// # Examples
 ///
