@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
+use crate::process::Pid;
 use crate::protocol::{Reply, Request, Status};
 use crate::transport::{Connection, Transport};
 
@@ -21,9 +22,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// # fn demo<T: heli_core::Transport>(transport: T) -> Result<(), heli_core::Error> {
 /// use heli_core::Client;
 ///
+/// use heli_core::Pid;
+///
 /// let client = Client::new(transport);
 /// let target = client.target_pid()?;
-/// client.grant_access(std::process::id())?;
+/// client.grant_access(Pid::this())?;
 /// println!("may now ptrace {target}");
 /// # Ok(()) }
 /// ```
@@ -106,7 +109,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn target_pid(&self) -> Result<u32, Error> {
+    pub fn target_pid(&self) -> Result<Pid, Error> {
         self.session()?.target_pid()
     }
 
@@ -119,7 +122,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn grant_access(&self, pid: u32) -> Result<(), Error> {
+    pub fn grant_access(&self, pid: Pid) -> Result<(), Error> {
         self.session()?.grant_access(pid)
     }
 
@@ -129,7 +132,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn revoke(&self, pid: u32) -> Result<(), Error> {
+    pub fn revoke(&self, pid: Pid) -> Result<(), Error> {
         self.session()?.revoke(pid)
     }
 
@@ -189,7 +192,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn target_pid(&mut self) -> Result<u32, Error> {
+    pub fn target_pid(&mut self) -> Result<Pid, Error> {
         match self.request(Request::GetTargetPid)? {
             Reply::TargetPid(pid) => Ok(pid),
             other => Err(unexpected(Request::GetTargetPid, &other)),
@@ -202,7 +205,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn grant_access(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn grant_access(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::GrantAccess(pid))
     }
 
@@ -212,7 +215,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn take_over(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn take_over(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::TakeOver(pid))
     }
 
@@ -221,7 +224,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn revoke(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn revoke(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::Revoke(Some(pid)))
     }
 

@@ -7,51 +7,45 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
 use log::{debug, info, warn};
-use signal_hook::consts::signal::{
-    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGURG, SIGUSR1,
-    SIGUSR2, SIGVTALRM, SIGWINCH,
-};
-use signal_hook::iterator::exfiltrator::WithOrigin;
-use signal_hook::iterator::SignalsInfo;
-use signal_hook::low_level::siginfo::{Cause, Origin};
 
+use crate::authorize::{self, GrantRecord};
 use crate::granter::Granter;
+use crate::inspector::{Inspector, NoInspector};
+use crate::process::Pid;
 use crate::protocol::{Reply, Request, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
-use crate::supervisor::{ExitStatus, Supervisor};
+use crate::signals::{self, Caught, SignalThread, STOP_SIGNALS, SUSPEND_SIGNALS};
+use crate::supervisor::{Exit, ExitStatus, Supervisor};
 use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
-
-/// Signals that end the controller: they are passed to the target, which is
-/// killed if it still runs after the grace period.
-pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
-
-/// Signals only passed on to the target. Not SIGCHLD, not SIGTTIN and
-/// SIGTTOU (which concern the controller's own use of the terminal), and not
-/// the synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
-/// SIGSYS), which concern the controller itself.
-pub const PASS_SIGNALS: [i32; 8] = [
-    SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGURG, SIGPROF, SIGVTALRM,
-];
-
-/// Signals that suspend the controller with its target, as under dumb-init:
-/// the target gets the signal, then the controller stops itself (SIGSTOP),
-/// so a shell sees its job stopped; SIGCONT (in [`PASS_SIGNALS`]) continues
-/// both.
-pub const SUSPEND_SIGNALS: [i32; 1] = [SIGTSTP];
-
-/// Default time a target gets to end after SIGTERM before SIGKILL.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
 /// Supervises a target and answers clients: the heart of heli.
 ///
 /// It composes a [`Transport`] (how clients reach it), a [`Granter`] (how a
-/// client gets ptrace rights) and a [`Supervisor`] (how the target runs), all
+/// client gets ptrace rights), a [`Supervisor`] (how the target runs) and,
+/// optionally, an [`Inspector`] (how to read the target's stacks), all
 /// chosen statically. [`run`](Controller::run) spawns the target and serves
 /// until the target has ended, then returns its [`ExitStatus`].
 ///
 /// The event loop is a single `select!` over the listener's requests, the
-/// target's exit, forwarded signals, a shutdown handle and the kill timer.
-/// Requests are answered in the order they arrive.
+/// target's exit, forwarded signals, a shutdown handle and the timers of
+/// its [phase](Phase). Requests are answered in the order they arrive.
+///
+/// # Authorization
+///
+/// The controller decides who may be granted what, by one policy for every
+/// transport, from what the transport verified about each request's
+/// [`Peer`] and what the supervisor's [`Processes`] table says:
+///
+/// - `GRANT_ACCESS <pid>` from an authenticated peer (a Unix socket's)
+///   names the peer itself or one of its descendants, checked with start
+///   times so a reused pid does not pass; from a transport that cannot
+///   authenticate (named pipes), any process. A thread stands for its
+///   process.
+/// - One client holds the grant at a time (Yama keeps one ptracer per
+///   target): another is refused unless it asks to take it over (`FORCE`).
+/// - The grant ends with the connection that asked for it, with its
+///   holder's exit, or with the target's.
+/// - `REVOKE <pid>` withdraws it only when `<pid>` holds it.
 ///
 /// # Examples
 ///
@@ -69,15 +63,28 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Controller<T, G, S> {
+pub struct Controller<T, G, S, I = NoInspector> {
     transport: T,
     granter: G,
     supervisor: S,
+    inspector: I,
     grace: Duration,
-    handle_signals: bool,
+    signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
     shutdown: (Sender<()>, Receiver<()>),
+}
+
+/// Where the controller's signals come from.
+#[derive(Debug)]
+enum Signals {
+    /// It catches none.
+    Ignored,
+    /// It catches them itself (see [`Controller::handle_signals`]).
+    Caught,
+    /// A test hands them over, and records the controller's suspensions.
+    #[cfg(test)]
+    Fake(Receiver<Caught>, Sender<()>),
 }
 
 /// Asks a running [`Controller`] to stop its target and return.
@@ -93,17 +100,36 @@ impl ShutdownHandle {
 
 impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// A controller that will serve on `transport`, grant with `granter` and
-    /// run the target with `supervisor`.
+    /// run the target with `supervisor`; it cannot read its target's stacks
+    /// until given an [`inspector`](Controller::inspector).
     pub fn new(transport: T, granter: G, supervisor: S) -> Self {
         Controller {
             transport,
             granter,
             supervisor,
-            grace: DEFAULT_GRACE,
-            handle_signals: false,
+            inspector: NoInspector,
+            grace: signals::DEFAULT_GRACE,
+            signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
             shutdown: bounded(1),
+        }
+    }
+}
+
+impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, I> {
+    /// Reads the target's stacks (`STACK`) with `inspector`.
+    pub fn inspector<J: Inspector>(self, inspector: J) -> Controller<T, G, S, J> {
+        Controller {
+            transport: self.transport,
+            granter: self.granter,
+            supervisor: self.supervisor,
+            inspector,
+            grace: self.grace,
+            signals: self.signals,
+            restart: self.restart,
+            status_fields: self.status_fields,
+            shutdown: self.shutdown,
         }
     }
 
@@ -122,8 +148,23 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// still runs after the grace period. A signal the terminal sent to the
     /// whole foreground process group (Ctrl-C, Ctrl-\, hang-up) reached the
     /// target already and is not sent twice.
+    ///
+    /// [`PASS_SIGNALS`]: crate::PASS_SIGNALS
     pub fn handle_signals(mut self, yes: bool) -> Self {
-        self.handle_signals = yes;
+        self.signals = if yes {
+            Signals::Caught
+        } else {
+            Signals::Ignored
+        };
+        self
+    }
+
+    /// Hands the controller its signals through `signals` instead of
+    /// catching them, and reports every suspension on `suspended` instead
+    /// of stopping the process.
+    #[cfg(test)]
+    pub(crate) fn fake_signals(mut self, signals: Receiver<Caught>, suspended: Sender<()>) -> Self {
+        self.signals = Signals::Fake(signals, suspended);
         self
     }
 
@@ -163,10 +204,15 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     pub fn run(mut self) -> io::Result<ExitStatus> {
         let mut listener = self.transport.listen()?;
         info!("listening on {}", self.transport.describe());
-        let signals = if self.handle_signals {
-            Some(SignalThread::start()?)
-        } else {
-            None
+        let caught = match self.signals {
+            Signals::Caught => Some(SignalThread::start()?),
+            _ => None,
+        };
+        let signal_rx = match (&caught, &self.signals) {
+            (Some(thread), _) => thread.rx.clone(),
+            #[cfg(test)]
+            (None, Signals::Fake(rx, _)) => rx.clone(),
+            _ => never(),
         };
         let exits = self.supervisor.exits();
         let target = self.supervisor.spawn()?;
@@ -185,78 +231,35 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             })?;
 
         let mut state = State {
-            target,
-            running: true,
-            started: Instant::now(),
-            kill_at: None,
-            respawn_at: None,
+            run: Run::new(target),
+            phase: Phase::Running,
             last_exit: None,
             grant: None,
         };
-        let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
         let mut listening = true;
         let status = loop {
-            if !state.running && state.respawn_at.is_none() {
-                // Asked to stop while waiting to restart.
-                break Ok(state.last_exit.unwrap_or(ExitStatus::Code(0)));
+            if let Phase::Ended(result) = &mut state.phase {
+                break std::mem::replace(result, Ok(ExitStatus::Code(0)));
             }
             let timer = |at: Option<Instant>| match at {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
                 None => never(),
             };
-            let kill_timer = timer(state.kill_at.filter(|_| state.running));
-            let respawn_timer = timer(state.respawn_at);
+            let kill_timer = timer(state.phase.kill_at());
+            let respawn_timer = timer(state.phase.respawn_at());
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening { events.clone() } else { never() };
             select! {
-                recv(exits) -> exit => {
-                    let Ok(exit) = exit else {
+                recv(exits) -> exit => match exit {
+                    Ok(exit) => self.target_exited(&mut state, exit),
+                    Err(_) => {
                         warn!("supervisor lost its target; killing it");
                         let _ = self.supervisor.kill();
-                        break Err(io::Error::other("supervisor lost its target"));
-                    };
-                    if exit.pid == state.target && state.running {
-                        state.running = false;
-                        state.last_exit = Some(exit.status);
-                        state.grant = None;
-                        // The granter may still remember a grant on this
-                        // pid: a later process must not inherit it.
-                        if self.granter.holder_pid(exit.pid).is_some() {
-                            let _ = self.granter.revoke(exit.pid);
-                        }
-                        if state.kill_at.is_some() {
-                            info!("target process {} ended ({})", exit.pid, exit.status);
-                            break Ok(exit.status);
-                        }
-                        warn!("target process {} ended on its own ({})", exit.pid, exit.status);
-                        match self.restart.next_delay(exit.status, state.started.elapsed()) {
-                            Some(delay) => {
-                                info!("restarting the target in {delay:?} (restart {})", self.restart.restarts());
-                                state.respawn_at = Some(Instant::now() + delay);
-                            }
-                            None => break Ok(exit.status),
-                        }
+                        state.phase = Phase::Ended(Err(io::Error::other("supervisor lost its target")));
                     }
-                }
-                recv(respawn_timer) -> _ => {
-                    state.respawn_at = None;
-                    match self.supervisor.spawn() {
-                        Ok(pid) => {
-                            info!("target restarted with PID {pid}");
-                            state.target = pid;
-                            state.running = true;
-                            state.started = Instant::now();
-                        }
-                        Err(err) => {
-                            warn!("cannot restart the target: {err}");
-                            match self.restart.next_delay(ExitStatus::Code(127), Duration::ZERO) {
-                                Some(delay) => state.respawn_at = Some(Instant::now() + delay),
-                                None => break Err(err),
-                            }
-                        }
-                    }
-                }
+                },
+                recv(respawn_timer) -> _ => self.respawn(&mut state),
                 recv(requests) -> event => match event {
                     Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
                     Ok(Event::Disconnected(peer)) => self.disconnected(&mut state, peer),
@@ -266,9 +269,9 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                         self.begin_stop(&mut state, None);
                     }
                 },
-                recv(signal_rx) -> origin => {
-                    if let Ok(origin) = origin {
-                        self.on_signal(&mut state, &origin);
+                recv(signal_rx) -> caught => {
+                    if let Ok(caught) = caught {
+                        self.on_signal(&mut state, caught);
                     }
                 }
                 recv(self.shutdown.1) -> _ => self.begin_stop(&mut state, None),
@@ -277,7 +280,9 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                     if let Err(err) = self.supervisor.kill() {
                         warn!("cannot kill the target: {err}");
                     }
-                    state.kill_at = Some(Instant::now() + Duration::from_secs(3600));
+                    if let Phase::Stopping { kill_at } = &mut state.phase {
+                        *kill_at = None;
+                    }
                 }
             }
         };
@@ -299,8 +304,67 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             }
             Err(_) => warn!("listener thread panicked"),
         }
-        drop(signals);
+        drop(caught);
         status
+    }
+
+    /// The target (or a former one) ended.
+    fn target_exited(&mut self, state: &mut State, exit: Exit) {
+        if !(state.phase.is_live() && state.run.target == exit.pid) {
+            return;
+        }
+        let ran = state.run.started.elapsed();
+        state.last_exit = Some(exit.status);
+        // A later process must not inherit the grant.
+        if let Some(grant) = state.grant.take() {
+            if let Err(err) = self.granter.revoke(grant.target) {
+                debug!("withdrawing the grant on the ended target: {err}");
+            }
+        }
+        if let Phase::Stopping { .. } = state.phase {
+            info!("target process {} ended ({})", exit.pid, exit.status);
+            state.phase = Phase::Ended(Ok(exit.status));
+            return;
+        }
+        warn!(
+            "target process {} ended on its own ({})",
+            exit.pid, exit.status
+        );
+        state.phase = match self.restart.next_delay(exit.status, ran) {
+            Some(delay) => {
+                info!(
+                    "restarting the target in {delay:?} (restart {})",
+                    self.restart.restarts()
+                );
+                Phase::Restarting {
+                    at: Instant::now() + delay,
+                }
+            }
+            None => Phase::Ended(Ok(exit.status)),
+        };
+    }
+
+    /// The restart timer fired: start the target again.
+    fn respawn(&mut self, state: &mut State) {
+        if !matches!(state.phase, Phase::Restarting { .. }) {
+            return;
+        }
+        state.phase = match self.supervisor.spawn() {
+            Ok(pid) => {
+                info!("target restarted with PID {pid}");
+                state.run = Run::new(pid);
+                Phase::Running
+            }
+            Err(err) => {
+                warn!("cannot restart the target: {err}");
+                match self.restart.next_delay(ExitStatus::Code(127), Duration::ZERO) {
+                    Some(delay) => Phase::Restarting {
+                        at: Instant::now() + delay,
+                    },
+                    None => Phase::Ended(Err(err)),
+                }
+            }
+        };
     }
 
     fn answer(&mut self, state: &mut State, incoming: Incoming) {
@@ -323,74 +387,118 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 self.begin_stop(state, None);
                 return;
             }
-            // Between a target's end and its restart there is nobody to
-            // grant access to.
-            _ if !state.running => match state.respawn_at {
-                Some(at) => Reply::Error(format!(
+            _ => match state.phase {
+                // Between a target's end and its restart there is nobody to
+                // grant access to.
+                Phase::Restarting { at } => Reply::Error(format!(
                     "Target process not running (restarting in {} ms)",
                     at.saturating_duration_since(Instant::now()).as_millis()
                 )),
-                None => not_running(),
+                Phase::Running | Phase::Stopping { .. } => {
+                    let target = state.run.target;
+                    match request {
+                        Request::GetTargetPid => Reply::TargetPid(target),
+                        Request::Stack => match self.inspector.stack_dump(target) {
+                            Ok(text) => Reply::Stack(fit_reply(text)),
+                            Err(err) => {
+                                Reply::Error(format!("Cannot read the target's stacks: {err}"))
+                            }
+                        },
+                        Request::GrantAccess(client) | Request::TakeOver(client) => {
+                            let force = matches!(request, Request::TakeOver(_));
+                            self.grant(state, peer, client, force)
+                        }
+                        Request::Revoke(named) => {
+                            let holder = self.holder(state);
+                            match authorize::may_revoke(holder.as_ref(), named) {
+                                Ok(()) => self.revoke(state),
+                                Err(refusal) => Reply::Error(refusal),
+                            }
+                        }
+                        _ => not_running(),
+                    }
+                }
+                Phase::Ended(_) => not_running(),
             },
-            Request::GetTargetPid => Reply::TargetPid(state.target),
-            Request::Stack => match self.supervisor.stack_dump() {
-                Ok(text) => Reply::Stack(fit_reply(text)),
-                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
-            },
-            Request::GrantAccess(client) | Request::TakeOver(client) => {
-                let force = matches!(request, Request::TakeOver(_));
-                self.grant(state, peer, client, force)
-            }
-            Request::Revoke(Some(client)) => match self.granter.holder_pid(state.target) {
-                Some(holder) if holder != client => Reply::Error(format!(
-                    "The grant is held by client PID {holder}, not PID {client}: nothing revoked"
-                )),
-                _ => self.revoke(state),
-            },
-            Request::Revoke(None) => self.revoke(state),
         };
         incoming.reply(reply);
     }
 
-    /// Grants `client` access, unless another client holds the grant and
-    /// `force` is not set (Yama keeps one ptracer per target).
-    fn grant(&mut self, state: &mut State, peer: Peer, client: u32, force: bool) -> Reply {
-        if state.kill_at.is_some() {
+    /// The grant in force, if its holder still runs.
+    fn holder(&self, state: &State) -> Option<GrantRecord> {
+        state
+            .grant
+            .filter(|grant| self.supervisor.is_running(grant.holder))
+    }
+
+    /// Grants the process `requested` names access, unless the policy
+    /// refuses it, or another client holds the grant and `force` is not set
+    /// (Yama keeps one ptracer per target).
+    fn grant(&mut self, state: &mut State, peer: Peer, requested: Pid, force: bool) -> Reply {
+        if !matches!(state.phase, Phase::Running) {
             return Reply::Error("The controller is shutting down".into());
         }
-        let previous = self.granter.holder_pid(state.target);
-        if let Some(holder) = previous.filter(|&holder| holder != client && !force) {
+        let target = state.run.target;
+        let client = match authorize::grantee(&peer, requested, &self.supervisor) {
+            Ok(client) => client,
+            Err(refusal) => {
+                warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
+                return Reply::Error(refusal);
+            }
+        };
+        let previous = self.holder(state);
+        if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
             return Reply::Error(format!(
-                "target is being debugged by client PID {holder} (attach --force takes it over)"
+                "target is being debugged by client PID {} (attach --force takes it over)",
+                holder.holder.pid
             ));
         }
-        match self.granter.grant(state.target, client) {
+        let target_id = match self.supervisor.identity(target) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return Reply::Error(format!(
+                    "Grant failed: target PID {target} is not running"
+                ))
+            }
+            Err(err) => return Reply::Error(format!("Grant failed: {err}")),
+        };
+        match self.granter.grant(target_id, client) {
             Ok(()) => {
                 match previous {
-                    Some(old) if old != client => info!(
-                        "granted PID {client} access to target {}, taking it over from PID {old}",
-                        state.target
+                    Some(old) if old.holder != client => info!(
+                        "granted PID {} access to target {target}, taking it over from PID {}",
+                        client.pid, old.holder.pid
                     ),
-                    _ => info!("granted PID {client} access to target {}", state.target),
+                    _ => info!("granted PID {} access to target {target}", client.pid),
                 }
                 state.grant = Some(GrantRecord {
-                    client,
+                    holder: client,
+                    target: target_id,
                     connection: peer.connection,
                 });
                 Reply::Ready
             }
             Err(err) => {
-                warn!("grant for PID {client} failed: {err}");
+                warn!("grant for PID {} failed: {err}", client.pid);
                 Reply::Error(format!("Grant failed: {err}"))
             }
         }
     }
 
     fn revoke(&mut self, state: &mut State) -> Reply {
-        state.grant = None;
-        match self.granter.revoke(state.target) {
+        let target = state.run.target;
+        let recorded = state.grant.take().map(|grant| grant.target);
+        let target_id = match recorded {
+            Some(id) => Some(id),
+            None => self.supervisor.identity(target).ok().flatten(),
+        };
+        let Some(target_id) = target_id else {
+            // Nothing runs there any more: nothing to withdraw.
+            return Reply::Ready;
+        };
+        match self.granter.revoke(target_id) {
             Ok(()) => {
-                info!("revoked access to target {}", state.target);
+                info!("revoked access to target {target}");
                 Reply::Ready
             }
             Err(err) => Reply::Error(format!("Revoke failed: {err}")),
@@ -401,24 +509,19 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// goes with it.
     fn disconnected(&mut self, state: &mut State, peer: Peer) {
         debug!("client {peer:?} disconnected");
-        let Some(record) = state.grant.filter(|r| r.connection == peer.connection) else {
+        // Connectionless transports (named pipes) tie no grant to a peer.
+        let Some(grant) = state
+            .grant
+            .filter(|grant| grant.connection == peer.connection && peer.connection != 0)
+        else {
             return;
         };
-        // Connectionless transports (named pipes) tie no grant to a peer.
-        if peer.connection == 0 {
-            return;
-        }
-        match self.granter.holder_pid(state.target) {
-            Some(holder) if holder != record.client => state.grant = None,
-            _ => {
-                info!(
-                    "the connection of client PID {} closed: revoking its grant",
-                    record.client
-                );
-                if let Reply::Error(message) = self.revoke(state) {
-                    warn!("{message}");
-                }
-            }
+        info!(
+            "the connection of client PID {} closed: revoking its grant",
+            grant.holder.pid
+        );
+        if let Reply::Error(message) = self.revoke(state) {
+            warn!("{message}");
         }
     }
 
@@ -429,20 +532,21 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         }
         extra.extend(self.status_fields.iter().cloned());
         extra.extend(self.granter.status_fields());
+        let state_name = match state.phase {
+            Phase::Running => "running",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Restarting { .. } => "restarting",
+            Phase::Ended(_) => "ended",
+        };
         Status {
-            pid: state.target,
-            state: match (state.running, state.kill_at.is_some()) {
-                (false, _) => "restarting",
-                (true, true) => "stopping",
-                (true, false) => "running",
-            }
-            .to_owned(),
-            uptime_secs: state.started.elapsed().as_secs(),
+            pid: state.run.target,
+            state: state_name.to_owned(),
+            uptime_secs: state.run.started.elapsed().as_secs(),
             granter: self.granter.name().to_owned(),
             holder: self
-                .granter
-                .holder_pid(state.target)
-                .filter(|_| state.running),
+                .holder(state)
+                .filter(|_| state.phase.is_live())
+                .map(|grant| grant.holder.pid),
             extra,
             command: self.supervisor.describe(),
         }
@@ -451,11 +555,15 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     /// Asks the target to end, with `signal` if given, else with the
     /// supervisor's polite stop, and arms the kill timer.
     fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
-        if !state.running {
+        match state.phase {
+            Phase::Running | Phase::Stopping { .. } => {}
             // Waiting to restart: there is nothing to stop; end now.
-            state.respawn_at = None;
-            state.kill_at = Some(Instant::now());
-            return;
+            Phase::Restarting { .. } => {
+                let last = state.last_exit.unwrap_or(ExitStatus::Code(0));
+                state.phase = Phase::Ended(Ok(last));
+                return;
+            }
+            Phase::Ended(_) => return,
         }
         let result = match signal {
             Some(signal) => self.supervisor.signal(signal),
@@ -464,28 +572,35 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
         if let Err(err) = result {
             warn!("cannot signal the target: {err}");
         }
-        if state.kill_at.is_none() {
-            state.kill_at = Some(Instant::now() + self.grace);
+        self.arm_kill_timer(state);
+    }
+
+    /// Moves a running target to the stopping phase, where it is killed
+    /// after the grace period; a stopping one keeps its timer.
+    fn arm_kill_timer(&self, state: &mut State) {
+        if let Phase::Running = state.phase {
+            state.phase = Phase::Stopping {
+                kill_at: Some(Instant::now() + self.grace),
+            };
         }
     }
 
-    fn on_signal(&mut self, state: &mut State, origin: &Origin) {
-        let signal = origin.signal;
+    fn on_signal(&mut self, state: &mut State, caught: Caught) {
+        let signal = caught.signal;
         // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
         // foreground process group, the target included: do not double them.
-        let from_terminal = origin.cause == Cause::Kernel && self.supervisor.shares_terminal();
+        let from_terminal = caught.from_kernel && self.supervisor.shares_terminal();
+        let live = state.phase.is_live();
         if STOP_SIGNALS.contains(&signal) {
             info!("got signal {signal}; stopping the target");
-            if from_terminal && state.running {
-                if state.kill_at.is_none() {
-                    state.kill_at = Some(Instant::now() + self.grace);
-                }
+            if from_terminal && live {
+                self.arm_kill_timer(state);
             } else {
                 self.begin_stop(state, Some(signal));
             }
             return;
         }
-        if !from_terminal && state.running {
+        if !from_terminal && live {
             debug!("passing signal {signal} to the target");
             if let Err(err) = self.supervisor.signal(signal) {
                 warn!("cannot pass signal {signal} to the target: {err}");
@@ -495,10 +610,19 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             info!("got signal {signal}; suspending (SIGCONT continues)");
             // A PID 1 cannot be stopped from inside its namespace: then the
             // target alone stops.
-            if let Err(err) = signal_hook::low_level::raise(SIGSTOP) {
+            if let Err(err) = self.suspend() {
                 warn!("cannot stop: {err}");
             }
         }
+    }
+
+    fn suspend(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Signals::Fake(_, suspended) = &self.signals {
+            let _ = suspended.send(());
+            return Ok(());
+        }
+        signals::stop_self()
     }
 }
 
@@ -524,66 +648,65 @@ fn not_running() -> Reply {
     Reply::Error("Target process not running".into())
 }
 
+/// What the loop knows between events.
 #[derive(Debug)]
 struct State {
-    /// The current target, or the last one while waiting to restart.
-    target: u32,
-    running: bool,
-    started: Instant,
-    /// When the target gets SIGKILL, once it was asked to stop.
-    kill_at: Option<Instant>,
-    /// When the ended target starts again.
-    respawn_at: Option<Instant>,
+    /// The current run of the target, or the last one while restarting.
+    run: Run,
+    phase: Phase,
+    /// How the last target ended, once one did.
     last_exit: Option<ExitStatus>,
-    /// The last grant made, and on which connection.
+    /// The grant in force, as the controller made it.
     grant: Option<GrantRecord>,
 }
 
+/// One run of the target.
 #[derive(Clone, Copy, Debug)]
-struct GrantRecord {
-    client: u32,
-    connection: u64,
+struct Run {
+    target: Pid,
+    started: Instant,
 }
 
-/// Forwards caught signals into a channel from a thread of its own.
-struct SignalThread {
-    rx: Receiver<Origin>,
-    handle: signal_hook::iterator::Handle,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl SignalThread {
-    fn start() -> io::Result<SignalThread> {
-        let mut signals = SignalsInfo::<WithOrigin>::new(
-            STOP_SIGNALS
-                .iter()
-                .chain(&PASS_SIGNALS)
-                .chain(&SUSPEND_SIGNALS),
-        )?;
-        let handle = signals.handle();
-        let (tx, rx) = bounded(16);
-        let thread = thread::Builder::new()
-            .name("heli-signals".into())
-            .spawn(move || {
-                for origin in signals.forever() {
-                    if tx.send(origin).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(SignalThread {
-            rx,
-            handle,
-            thread: Some(thread),
-        })
+impl Run {
+    fn new(target: Pid) -> Run {
+        Run {
+            target,
+            started: Instant::now(),
+        }
     }
 }
 
-impl Drop for SignalThread {
-    fn drop(&mut self) {
-        self.handle.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// Where the controller is in its target's life.
+#[derive(Debug)]
+enum Phase {
+    /// The target runs.
+    Running,
+    /// The target was asked to end; it is killed at `kill_at`, or was
+    /// killed already (`None`) and its exit is awaited.
+    Stopping { kill_at: Option<Instant> },
+    /// The last target ended on its own; a new one starts `at`.
+    Restarting { at: Instant },
+    /// The controller is done: `run` returns this.
+    Ended(io::Result<ExitStatus>),
+}
+
+impl Phase {
+    /// Whether a target runs (it may be stopping).
+    fn is_live(&self) -> bool {
+        matches!(self, Phase::Running | Phase::Stopping { .. })
+    }
+
+    fn kill_at(&self) -> Option<Instant> {
+        match self {
+            Phase::Stopping { kill_at } => *kill_at,
+            _ => None,
+        }
+    }
+
+    fn respawn_at(&self) -> Option<Instant> {
+        match self {
+            Phase::Restarting { at } => Some(*at),
+            _ => None,
         }
     }
 }
@@ -592,6 +715,17 @@ impl Drop for SignalThread {
 mod tests {
     use super::*;
     use crate::protocol::{Dialect, LineBuffer};
+
+    fn round_trip(text: &str) -> String {
+        let line = Reply::Stack(text.to_owned()).encode(Dialect::Upper);
+        let mut lines = LineBuffer::for_replies();
+        lines.extend(line.as_bytes());
+        let back = lines.next_line().unwrap().unwrap();
+        match Reply::parse(std::str::from_utf8(&back).unwrap()).unwrap() {
+            Reply::Stack(text) => text,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_stack_dump_too_long_for_a_reply_is_cut_and_says_so() {
@@ -605,13 +739,27 @@ mod tests {
             "{}",
             &cut[cut.len() - 80..]
         );
-        let line = Reply::Stack(cut.clone()).encode(Dialect::Upper);
-        let mut lines = LineBuffer::for_replies();
-        lines.extend(line.as_bytes());
-        let back = lines.next_line().unwrap().unwrap();
+        assert_eq!(round_trip(&cut), cut);
+    }
+
+    #[test]
+    fn a_cut_steps_back_to_a_character_boundary() {
+        const ROOM: usize = MAX_REPLY / 2 - 100;
+        // A 4-byte character straddles the cut: one byte before it, three
+        // after. The cut keeps the bytes before the character, whole.
+        let text = format!("{}\u{1F980}{}", "a".repeat(ROOM - 1), "b".repeat(10));
+        let cut = fit_reply(text);
+        let (kept, note) = cut.split_once('\n').unwrap();
+        assert_eq!(kept, "a".repeat(ROOM - 1));
         assert_eq!(
-            Reply::parse(std::str::from_utf8(&back).unwrap()).unwrap(),
-            Reply::Stack(cut)
+            note,
+            format!(
+                "... (cut: the whole dump is {} bytes, a reply holds {ROOM})",
+                ROOM + 13
+            )
         );
+        // Exactly at the limit, nothing is cut.
+        let full = "é".repeat(ROOM / 2);
+        assert_eq!(fit_reply(full.clone()), full);
     }
 }

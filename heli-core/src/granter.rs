@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::process::ProcessId;
+
 /// Gives a client process the right to ptrace the target, and takes it back.
 ///
 /// Under Yama `ptrace_scope=1` only ancestors may ptrace a process, unless the
@@ -9,35 +11,58 @@ use std::io;
 /// makes that happen *in the target* on the controller's behalf. Where the
 /// kernel needs nothing (no Yama, or scope 0), a granter may do nothing.
 ///
-/// A grant returns only once it is in force: a client told `READY` can
-/// attach at once.
+/// A granter only carries grants out: the controller decides who may have
+/// one, keeps track of who holds it, and withdraws it when its holder goes
+/// (see [`Controller`](crate::Controller)). A grant returns only once it is
+/// in force: a client told `READY` can attach at once.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Granter, Pid, ProcessId};
+///
+/// /// Remembers who may ptrace what.
+/// #[derive(Default)]
+/// struct Notebook(Vec<(ProcessId, ProcessId)>);
+/// impl Granter for Notebook {
+///     fn name(&self) -> &str { "notebook" }
+///     fn grant(&mut self, target: ProcessId, client: ProcessId) -> std::io::Result<()> {
+///         self.0.retain(|(t, _)| *t != target);
+///         self.0.push((target, client));
+///         Ok(())
+///     }
+///     fn revoke(&mut self, target: ProcessId) -> std::io::Result<()> {
+///         self.0.retain(|(t, _)| *t != target);
+///         Ok(())
+///     }
+/// }
+/// let id = |pid| ProcessId { pid: Pid::new(pid).unwrap(), start_time: 1 };
+/// let mut granter = Notebook::default();
+/// granter.grant(id(10), id(20))?;
+/// granter.grant(id(10), id(30))?;
+/// assert_eq!(granter.0, [(id(10), id(30))]);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Granter {
     /// A short name for logs and status ("noop", "yama", ...).
     fn name(&self) -> &str;
 
-    /// Lets `client` (and its descendants) ptrace `target`, replacing any
-    /// earlier grant on `target`.
+    /// Lets process `client` (and its descendants) ptrace process `target`,
+    /// replacing any earlier grant on `target`.
     ///
     /// # Errors
     ///
     /// When the grant could not be made or verified; the message is shown to
-    /// the client after `ERROR:`.
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()>;
+    /// the client after `ERROR: Grant failed:`.
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()>;
 
-    /// Withdraws any grant on `target`.
+    /// Withdraws any grant on `target`; a target that is gone has nothing
+    /// left to withdraw.
     ///
     /// # Errors
     ///
     /// When the grant could not be withdrawn.
-    fn revoke(&mut self, target: u32) -> io::Result<()>;
-
-    /// The process that holds the grant on `target` now, if the granter
-    /// tracks it (the default: it does not). Checked against the running
-    /// processes, never a stale record: `None` once the holder exited.
-    fn holder_pid(&self, target: u32) -> Option<u32> {
-        let _ = target;
-        None
-    }
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()>;
 
     /// Facts about the granter for `STATUS` replies, as `key=value` pairs
     /// (default: none); for instance how the last grant was made.
@@ -50,14 +75,11 @@ impl<G: Granter + ?Sized> Granter for &mut G {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
         (**self).grant(target, client)
     }
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
         (**self).revoke(target)
-    }
-    fn holder_pid(&self, target: u32) -> Option<u32> {
-        (**self).holder_pid(target)
     }
     fn status_fields(&self) -> Vec<(String, String)> {
         (**self).status_fields()
@@ -68,14 +90,11 @@ impl<G: Granter + ?Sized> Granter for Box<G> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
         (**self).grant(target, client)
     }
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
         (**self).revoke(target)
-    }
-    fn holder_pid(&self, target: u32) -> Option<u32> {
-        (**self).holder_pid(target)
     }
     fn status_fields(&self) -> Vec<(String, String)> {
         (**self).status_fields()

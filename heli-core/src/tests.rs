@@ -23,14 +23,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::process::table::{pid, Table};
 use crate::protocol::MAX_LINE;
 use crate::{
-    exchange, Client, Connection, Controller, ErrorKind, Event, Exit, ExitStatus, Granter,
-    Incoming, Listener, Peer, Restart, RestartPolicy, Stopper, Supervisor, Transport,
+    exchange, Client, Connection, Controller, Credentials, ErrorKind, Event, Exit, ExitStatus,
+    Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo, Processes, Restart,
+    RestartPolicy, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
-const PID: u32 = 4242;
+const PID: Pid = Pid::new(4242).unwrap();
+/// Pretend clients: processes that exist in the pretend supervisor's table.
+const CLIENTS: [u32; 8] = [5, 7, 9, 42, 77, 78, 88, 99];
 /// Generous bound on anything that should be quick: past it, a test fails
 /// instead of hanging.
 const HANG: Duration = Duration::from_secs(10);
@@ -76,6 +80,8 @@ struct Wires {
     dropped: AtomicUsize,
     /// The last connection id handed out.
     connections: AtomicU64,
+    /// What new connections say the transport verified about them.
+    credentials: Mutex<Option<Credentials>>,
 }
 
 /// An in-memory [`Transport`]; clones share the same "address".
@@ -101,7 +107,14 @@ impl Fake {
             stops: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
             connections: AtomicU64::new(0),
+            credentials: Mutex::new(None),
         }))
+    }
+
+    /// New connections come from `process` of uid 1000, as a transport
+    /// that authenticates its peers (a Unix socket) reports them.
+    fn authenticate(&self, process: Option<ProcessId>) {
+        *self.0.credentials.lock().unwrap() = Some(Credentials { uid: 1000, process });
     }
 
     /// Sends `line` as it is and returns the reply.
@@ -151,8 +164,7 @@ impl Transport for Fake {
         }
         let peer = Peer {
             connection: self.0.connections.fetch_add(1, SeqCst) + 1,
-            pid: None,
-            uid: None,
+            credentials: *self.0.credentials.lock().unwrap(),
         };
         Ok(FakeConnection(peer, self.0.to_server.clone()))
     }
@@ -316,15 +328,13 @@ fn lossy(line: &[u8]) -> String {
 #[derive(Default)]
 struct Grants {
     /// Successful grants, as (target, client).
-    granted: Vec<(u32, u32)>,
+    granted: Vec<(Pid, u32)>,
     /// Every call to `grant`, failed or not.
     attempts: usize,
     /// Successful revokes, by target.
-    revoked: Vec<u32>,
+    revoked: Vec<Pid>,
     /// When set, `grant` and `revoke` fail with this message.
     fail: Option<String>,
-    /// Who holds the grant (one holder, as under Yama).
-    holder: Option<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -334,13 +344,13 @@ impl Recorder {
     fn fail(&self, message: Option<&str>) {
         self.0.lock().unwrap().fail = message.map(str::to_owned);
     }
-    fn granted(&self) -> Vec<(u32, u32)> {
+    fn granted(&self) -> Vec<(Pid, u32)> {
         self.0.lock().unwrap().granted.clone()
     }
     fn attempts(&self) -> usize {
         self.0.lock().unwrap().attempts
     }
-    fn revoked(&self) -> Vec<u32> {
+    fn revoked(&self) -> Vec<Pid> {
         self.0.lock().unwrap().revoked.clone()
     }
 }
@@ -350,29 +360,23 @@ impl Granter for Recorder {
         "recorder"
     }
 
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
         let mut grants = self.0.lock().unwrap();
         grants.attempts += 1;
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
-        grants.granted.push((target, client));
-        grants.holder = Some(client);
+        grants.granted.push((target.pid, client.pid.get()));
         Ok(())
     }
 
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
         let mut grants = self.0.lock().unwrap();
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
-        grants.revoked.push(target);
-        grants.holder = None;
+        grants.revoked.push(target.pid);
         Ok(())
-    }
-
-    fn holder_pid(&self, _target: u32) -> Option<u32> {
-        self.0.lock().unwrap().holder
     }
 }
 
@@ -393,6 +397,9 @@ struct Target {
     terminates: AtomicUsize,
     kills: AtomicUsize,
     signals: Mutex<Vec<i32>>,
+    shares_terminal: bool,
+    /// The processes of its pretend world: init, the target, the clients.
+    table: Table,
 }
 
 /// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
@@ -405,6 +412,8 @@ struct PretendConfig {
     spawn_error: Option<io::ErrorKind>,
     ignore_terminate: bool,
     reply_before_terminate: Option<Receiver<String>>,
+    /// In a process group of its own, without the terminal.
+    own_group: bool,
 }
 
 impl Pretend {
@@ -421,6 +430,11 @@ impl Pretend {
 
     fn with(config: PretendConfig) -> Pretend {
         let (exit_tx, exit_rx) = bounded(16);
+        let table = Table::default();
+        table.add(1, 0, 1);
+        for client in CLIENTS {
+            table.add(client, 1, u64::from(client));
+        }
         Pretend(Arc::new(Target {
             exit_tx: Mutex::new(Some(exit_tx)),
             exit_rx,
@@ -433,13 +447,16 @@ impl Pretend {
             terminates: AtomicUsize::new(0),
             kills: AtomicUsize::new(0),
             signals: Mutex::new(vec![]),
+            shares_terminal: !config.own_group,
+            table,
         }))
     }
 
     /// Reports that process `pid` ended with `status`.
-    fn report(&self, pid: u32, status: ExitStatus) {
+    fn report(&self, pid: Pid, status: ExitStatus) {
         if pid == PID {
             self.0.running.store(false, SeqCst);
+            self.0.table.remove(PID.get());
         }
         if let Some(tx) = &*self.0.exit_tx.lock().unwrap() {
             tx.try_send(Exit { pid, status }).unwrap();
@@ -465,6 +482,19 @@ impl Pretend {
     fn kills(&self) -> usize {
         self.0.kills.load(SeqCst)
     }
+    fn signals(&self) -> Vec<i32> {
+        self.0.signals.lock().unwrap().clone()
+    }
+    /// Who the target is now.
+    fn identity(&self) -> ProcessId {
+        self.0.table.identity(PID).unwrap().unwrap()
+    }
+}
+
+impl Processes for Pretend {
+    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+        self.0.table.process(pid)
+    }
 }
 
 impl Supervisor for Pretend {
@@ -472,20 +502,26 @@ impl Supervisor for Pretend {
         "pretend-target --flag".into()
     }
 
-    fn spawn(&mut self) -> io::Result<u32> {
-        self.0.spawns.fetch_add(1, SeqCst);
+    fn spawn(&mut self) -> io::Result<Pid> {
+        let spawns = self.0.spawns.fetch_add(1, SeqCst) + 1;
         if let Some(kind) = self.0.spawn_error {
             return Err(io::Error::new(kind, "fake spawn failure"));
         }
+        // Each run is another process, which happens to get the same pid.
+        self.0.table.add(PID.get(), 1, 1000 + spawns as u64);
         self.0.running.store(true, SeqCst);
         Ok(PID)
+    }
+
+    fn shares_terminal(&self) -> bool {
+        self.0.shares_terminal
     }
 
     fn exits(&self) -> Receiver<Exit> {
         self.0.exit_rx.clone()
     }
 
-    fn pid(&self) -> Option<u32> {
+    fn pid(&self) -> Option<Pid> {
         self.0.running.load(SeqCst).then_some(PID)
     }
 
@@ -521,7 +557,9 @@ impl Supervisor for Pretend {
 /// A controller running on a thread of its own.
 struct Running(Receiver<io::Result<ExitStatus>>);
 
-fn start<G: Granter + Send + 'static>(controller: Controller<Fake, G, Pretend>) -> Running {
+fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + 'static>(
+    controller: Controller<Fake, G, Pretend, I>,
+) -> Running {
     let (tx, rx) = bounded(1);
     thread::spawn(move || {
         let _ = tx.send(controller.run());
@@ -591,10 +629,10 @@ fn grant_access_grants_the_client_on_the_target() {
 
     // The grant lasts as long as the connection that asked for it.
     let mut holder = fake.client().session().unwrap();
-    holder.grant_access(77).unwrap();
+    holder.grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
     // The holder may ask again.
-    holder.grant_access(77).unwrap();
+    holder.grant_access(pid(77)).unwrap();
     // Another client may not, unless it takes the grant over.
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 78\n"),
@@ -608,7 +646,7 @@ fn grant_access_grants_the_client_on_the_target() {
     assert_eq!(reply, b"ready\n");
     assert_eq!(granter.granted(), [(PID, 77), (PID, 77), (PID, 78)]);
     let status = fake.client().status().unwrap();
-    assert_eq!((status.pid, status.holder), (PID, Some(78)));
+    assert_eq!((status.pid, status.holder), (PID, Some(pid(78))));
 
     fake.client().terminate().unwrap();
     running.join().unwrap();
@@ -624,7 +662,7 @@ fn failed_grant_is_an_error_reply() {
         fake.raw(b"GRANT_ACCESS 77\n"),
         "ERROR: Grant failed: no ptrace for you\n"
     );
-    let err = fake.client().grant_access(77).unwrap_err();
+    let err = fake.client().grant_access(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "Grant failed: no ptrace for you");
     assert_eq!(granter.attempts(), 2);
@@ -633,7 +671,7 @@ fn failed_grant_is_an_error_reply() {
     // The controller carries on, and a later grant can succeed.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     granter.fail(None);
-    fake.client().grant_access(77).unwrap();
+    fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
 
     fake.client().terminate().unwrap();
@@ -646,8 +684,8 @@ fn revoke_withdraws_the_grant() {
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
     let mut session = fake.client().session().unwrap();
-    session.grant_access(77).unwrap();
-    session.revoke(77).unwrap();
+    session.grant_access(pid(77)).unwrap();
+    session.revoke(pid(77)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -657,7 +695,7 @@ fn revoke_withdraws_the_grant() {
         fake.raw(b"REVOKE\n"),
         "ERROR: Revoke failed: prctl failed\n"
     );
-    let err = session.revoke(77).unwrap_err();
+    let err = session.revoke(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -672,13 +710,13 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
     let mut first = fake.client().session().unwrap();
-    first.grant_access(77).unwrap();
+    first.grant_access(pid(77)).unwrap();
     // A second client takes the grant over (Yama keeps one ptracer).
     let mut second = fake.client().session().unwrap();
-    second.take_over(88).unwrap();
+    second.take_over(pid(88)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77), (PID, 88)]);
     // The first one detaches and revokes: the second keeps its grant.
-    let err = first.revoke(77).unwrap_err();
+    let err = first.revoke(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(
         err.message(),
@@ -690,7 +728,7 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
         "error : The grant is held by client PID 88, not PID 77: nothing revoked\n"
     );
     // The holder itself may revoke.
-    second.revoke(88).unwrap();
+    second.revoke(pid(88)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
 
     fake.client().terminate().unwrap();
@@ -829,7 +867,7 @@ fn no_grant_while_shutting_down() {
         fake.raw(b"GRANT_ACCESS 77\n"),
         "ERROR: The controller is shutting down\n"
     );
-    let err = fake.client().grant_access(77).unwrap_err();
+    let err = fake.client().grant_access(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "The controller is shutting down");
     assert_eq!(granter.attempts(), 0);
@@ -891,7 +929,7 @@ fn run_returns_the_status_of_a_target_that_ended_on_its_own() {
         assert_eq!(fake.client().target_pid().unwrap(), PID);
 
         // Another process's exit is not the target's.
-        target.report(999, ExitStatus::Code(1));
+        target.report(pid(999), ExitStatus::Code(1));
         assert_eq!(fake.client().target_pid().unwrap(), PID);
         running.assert_running();
 
@@ -1106,7 +1144,7 @@ fn client_times_out_naming_the_request() {
     // Nobody serves: requests wait on the wire forever.
     let fake = Fake::new();
     let client = Client::new(fake).timeout(Duration::from_millis(100));
-    let (pid, grant) = within(move || (client.target_pid(), client.grant_access(7)));
+    let (pid, grant) = within(move || (client.target_pid(), client.grant_access(pid(7))));
 
     let err = pid.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -1131,7 +1169,7 @@ fn client_turns_error_replies_into_refused() {
         ],
     );
     let client = fake.client();
-    let (first, second) = within(move || (client.grant_access(9), client.target_pid()));
+    let (first, second) = within(move || (client.grant_access(pid(9)), client.target_pid()));
 
     let err = first.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
@@ -1162,10 +1200,10 @@ fn client_rejects_replies_of_the_wrong_type() {
     let results = within(move || {
         [
             client.target_pid().map(drop),
-            client.grant_access(9),
+            client.grant_access(pid(9)),
             client.terminate(),
             client.target_pid().map(drop),
-            client.revoke(9),
+            client.revoke(pid(9)),
         ]
     });
     for result in results {
@@ -1218,9 +1256,9 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
 
     let client = fake.client();
     let mut session = client.session().unwrap();
-    session.grant_access(77).unwrap();
+    session.grant_access(pid(77)).unwrap();
     // Other connections come and go: the grant stays.
-    assert_eq!(client.status().unwrap().holder, Some(77));
+    assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
     // The connection that asked closes: the grant is revoked.
     drop(session);
@@ -1235,11 +1273,11 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
     let mut first = client.session().unwrap();
-    first.grant_access(77).unwrap();
+    first.grant_access(pid(77)).unwrap();
     let mut second = client.session().unwrap();
-    second.take_over(88).unwrap();
+    second.take_over(pid(88)).unwrap();
     drop(first);
-    assert_eq!(client.status().unwrap().holder, Some(88));
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     assert_eq!(granter.revoked(), [PID]);
     drop(second);
     let deadline = Instant::now() + HANG;
@@ -1273,8 +1311,8 @@ fn status_reports_target_grant_and_extra_fields() {
     assert_eq!(status.get("ptrace_scope"), Some("1"));
     assert_eq!(status.get("name"), Some("demo"));
     let mut session = client.session().unwrap();
-    session.grant_access(5).unwrap();
-    assert_eq!(client.status().unwrap().holder, Some(5));
+    session.grant_access(pid(5)).unwrap();
+    assert_eq!(client.status().unwrap().holder, Some(pid(5)));
     assert!(fake
         .raw(b"status\n")
         .starts_with("status pid=4242 state=running uptime="));
@@ -1303,7 +1341,7 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
 
     // A grant never carries over to the next process.
     let mut session = client.session().unwrap();
-    session.grant_access(77).unwrap();
+    session.grant_access(pid(77)).unwrap();
     for restart in 1..=2 {
         wait_until("the target running", || target.spawns() == restart);
         target.exit(ExitStatus::Signal(11));
@@ -1341,7 +1379,7 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
             .starts_with("Target process not running (restarting in"),
         "{err}"
     );
-    assert!(client.grant_access(5).is_err());
+    assert!(client.grant_access(pid(5)).is_err());
     assert_eq!(granter.attempts(), 0);
     // Nothing to stop: the controller ends at once with the last status.
     client.terminate().unwrap();
@@ -1363,16 +1401,367 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
 }
 
 #[test]
-fn stack_is_the_supervisors_to_give() {
+fn stack_is_the_inspectors_to_give() {
     let (fake, granter, target) = controller();
     let running = start(Controller::new(fake.clone(), granter, target));
-    // The pretend supervisor cannot read stacks: the client is told why.
+    // Without an inspector the controller cannot read stacks, and says so.
     let err = fake.client().stack().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(
         err.message(),
-        "Cannot read the target's stacks: this supervisor cannot read its target's stacks"
+        "Cannot read the target's stacks: this controller cannot read its target's stacks"
     );
     fake.client().terminate().unwrap();
     running.join().unwrap();
+
+    /// Reads the stack of whichever process it is asked about.
+    struct Reader;
+    impl crate::Inspector for Reader {
+        fn stack_dump(&self, pid: Pid) -> io::Result<String> {
+            Ok(format!("Thread {pid}\n  File \"a.py\", line 1, in <module>\n"))
+        }
+    }
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter, target).inspector(Reader));
+    assert_eq!(
+        fake.client().stack().unwrap(),
+        "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
+    );
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Authorization.
+
+#[test]
+fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    // 77 runs a debugger, 700, which runs a helper, 701; 88 is a stranger.
+    table.add(700, 77, 700);
+    table.add(701, 700, 701);
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let client = table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(client));
+
+    for (line, reply) in [
+        ("GRANT_ACCESS 88\n", "ERROR: GRANT_ACCESS 88 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("grant_access 1 force\n", "error : GRANT_ACCESS 1 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("GRANT_ACCESS 4242\n", "ERROR: GRANT_ACCESS 4242 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("GRANT_ACCESS 31337\n", "ERROR: GRANT_ACCESS 31337 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+    ] {
+        assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
+    }
+    // Nothing reached the granter.
+    assert_eq!(granter.attempts(), 0);
+    assert_eq!(fake.raw(b"GRANT_ACCESS 701\n"), "READY\n");
+    assert_eq!(fake.raw(b"GRANT_ACCESS 77\n"), "READY\n");
+    assert_eq!(granter.granted(), [(PID, 701), (PID, 77)]);
+
+    // A peer whose pid the transport could not tell may ask for nothing.
+    fake.authenticate(None);
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 77\n"),
+        "ERROR: GRANT_ACCESS 77 refused: it must be your own process or one of its descendants (your PID is unknown)\n"
+    );
+    // Nor may a peer whose pid now names another process.
+    fake.authenticate(Some(ProcessId {
+        start_time: client.start_time + 1,
+        ..client
+    }));
+    assert!(fake.raw(b"GRANT_ACCESS 77\n").starts_with("ERROR: GRANT_ACCESS 77 refused"));
+    assert_eq!(granter.attempts(), 2);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 31337\n"),
+        "ERROR: Grant failed: no process with PID 31337\n"
+    );
+    assert_eq!(granter.attempts(), 0);
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    // 7701 is a thread of process 77.
+    table.add(7701, 1, 7701);
+    table.edit(7701, |info| info.process = pid(77));
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let client = fake.client();
+
+    let mut session = client.session().unwrap();
+    session.grant_access(pid(7701)).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, Some(pid(77)));
+    // Another client is told who holds it: the process.
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    // The connection closes: the grant, recorded under the process, goes.
+    drop(session);
+    wait_until("the grant revoked", || granter.revoked() == [PID]);
+    assert_eq!(client.status().unwrap().holder, None);
+
+    client.terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_holder_that_exited_holds_nothing() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let client = fake.client();
+    let mut first = client.session().unwrap();
+    first.grant_access(pid(77)).unwrap();
+    // 77 exits; its pid goes to another process.
+    table.remove(77);
+    assert_eq!(client.status().unwrap().holder, None);
+    table.add(77, 1, 7777);
+    assert_eq!(client.status().unwrap().holder, None);
+    // So a second client needs no FORCE, and a REVOKE naming 88 is no
+    // longer refused for 77's sake.
+    let mut second = client.session().unwrap();
+    second.grant_access(pid(88)).unwrap();
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+    // The first connection closes: the grant is no longer its own.
+    drop(first);
+    thread::sleep(Duration::from_millis(50));
+    assert!(granter.revoked().is_empty());
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+
+    client.terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_made_over_named_pipes_outlives_every_connection() {
+    // Connection 0: a transport without connections (named pipes).
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let client = fake.client();
+    client.grant_access(pid(77)).unwrap();
+    // Every connection of the fake closed; the grant was tied to one of
+    // them. A grant through a connectionless peer is tied to none:
+    let wires = fake.0.clone();
+    let (tx, rx) = bounded(1);
+    wires
+        .to_server
+        .send((
+            Peer::default(),
+            Some((b"GRANT_ACCESS 88 FORCE\n".to_vec(), tx)),
+        ))
+        .unwrap();
+    assert_eq!(rx.recv_timeout(HANG).unwrap(), b"READY\n");
+    wires.to_server.send((Peer::default(), None)).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+    // Only the first grant's connection closing revoked anything.
+    assert_eq!(granter.revoked(), [PID]);
+
+    client.terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
+    let (fake, granter, target) = controller();
+    let policy = RestartPolicy::new(Restart::Always)
+        .delays(Duration::from_millis(1), Duration::from_millis(1));
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let client = fake.client();
+    let mut session = client.session().unwrap();
+    session.grant_access(pid(77)).unwrap();
+    let first = target.identity();
+    target.exit(ExitStatus::Code(1));
+    wait_until("the restart", || target.spawns() == 2);
+    assert_eq!(granter.revoked(), [PID]);
+    assert_ne!(target.identity(), first, "a restart is another process");
+    assert_eq!(client.status().unwrap().holder, None);
+    // The old grant's connection closing withdraws nothing more.
+    drop(session);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(granter.revoked(), [PID]);
+
+    client.terminate().unwrap();
+    running.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Signals.
+
+/// A controller whose signals the test hands over: (signals, suspensions).
+fn with_fake_signals(
+    controller: Controller<Fake, Recorder, Pretend>,
+) -> (Running, Sender<crate::signals::Caught>, Receiver<()>) {
+    let (signals, signal_rx) = bounded(16);
+    let (suspended_tx, suspended) = unbounded();
+    let running = start(controller.fake_signals(signal_rx, suspended_tx));
+    (running, signals, suspended)
+}
+
+fn caught(signal: i32, from_kernel: bool) -> crate::signals::Caught {
+    crate::signals::Caught {
+        signal,
+        from_kernel,
+    }
+}
+
+#[test]
+fn a_stop_signal_from_a_process_is_passed_on_and_ends_the_controller() {
+    for signal in crate::STOP_SIGNALS {
+        let (fake, granter, target) = controller();
+        let (running, signals, _) =
+            with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
+        assert_eq!(fake.client().target_pid().unwrap(), PID);
+        signals.send(caught(signal, false)).unwrap();
+        wait_until("the signal passed on", || target.signals() == [signal]);
+        target.exit(ExitStatus::Signal(signal));
+        assert_eq!(running.join().unwrap(), ExitStatus::Signal(signal));
+        assert_eq!(target.terminates(), 0);
+        assert_eq!(target.kills(), 0);
+    }
+}
+
+#[test]
+fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controller() {
+    // The target shares the terminal: the kernel sent it the signal too.
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let (running, signals, _) = with_fake_signals(
+        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+    );
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let asked = Instant::now();
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    // It ignores the terminal's Ctrl-C: killed after the grace period.
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert!(asked.elapsed() >= SHORT_GRACE, "killed before the grace period");
+    assert!(target.signals().is_empty(), "{:?}", target.signals());
+    assert_eq!(target.kills(), 1);
+
+    // More of them while stopping do not re-arm the timer: sent every
+    // 50 ms for up to 10 s, they would put the kill off past that.
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let (running, signals, _) = with_fake_signals(
+        Controller::new(fake.clone(), Recorder::default(), target.clone())
+            .grace(Duration::from_millis(500)),
+    );
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let until = Instant::now() + Duration::from_secs(10);
+    while target.kills() == 0 && Instant::now() < until {
+        let _ = signals.try_send(caught(libc_sigint(), true));
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(target.kills(), 1, "the kill timer was put off");
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+}
+
+#[test]
+fn a_terminal_signal_reaches_a_target_in_its_own_group() {
+    // In a group of its own the target does not share the terminal: the
+    // controller passes what the terminal sent.
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        own_group: true,
+        ..PretendConfig::default()
+    });
+    let (running, signals, _) = with_fake_signals(Controller::new(
+        fake.clone(),
+        Recorder::default(),
+        target.clone(),
+    ));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    signals.send(caught(libc_sigwinch(), true)).unwrap();
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    wait_until("both passed on", || target.signals().len() == 2);
+    assert_eq!(target.signals(), [libc_sigwinch(), libc_sigint()]);
+    target.exit(ExitStatus::Code(0));
+    running.join().unwrap();
+}
+
+#[test]
+fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
+    let (fake, granter, target) = controller();
+    let (running, signals, suspended) =
+        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    for signal in crate::PASS_SIGNALS {
+        signals.send(caught(signal, false)).unwrap();
+        signals.send(caught(signal, true)).unwrap();
+    }
+    wait_until("all passed on", || {
+        target.signals().len() == crate::PASS_SIGNALS.len()
+    });
+    // A status round trip: every signal has been handled by now.
+    fake.client().status().unwrap();
+    assert_eq!(target.signals(), crate::PASS_SIGNALS);
+    assert!(suspended.is_empty());
+    running.assert_running();
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
+    let (fake, granter, target) = controller();
+    let (running, signals, suspended) =
+        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let tstp = crate::SUSPEND_SIGNALS[0];
+    signals.send(caught(tstp, false)).unwrap();
+    suspended.recv_timeout(HANG).expect("the controller did not suspend");
+    assert_eq!(target.signals(), [tstp]);
+    // From the terminal, the target got it already: only the controller stops.
+    signals.send(caught(tstp, true)).unwrap();
+    suspended.recv_timeout(HANG).expect("the controller did not suspend");
+    assert_eq!(target.signals(), [tstp]);
+    running.assert_running();
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
+    let (fake, granter, target) = controller();
+    let policy = RestartPolicy::new(Restart::Always)
+        .delays(Duration::from_secs(600), Duration::from_secs(600));
+    let (running, signals, _) = with_fake_signals(
+        Controller::new(fake.clone(), granter, target.clone()).restart(policy),
+    );
+    let client = fake.client();
+    wait_until("the target running", || target.spawns() == 1);
+    target.exit(ExitStatus::Code(3));
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    signals.send(caught(libc_sigwinch(), false)).unwrap();
+    client.status().unwrap();
+    assert!(target.signals().is_empty());
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(3));
+    assert!(target.signals().is_empty());
+    assert_eq!(target.spawns(), 1);
+}
+
+fn libc_sigint() -> i32 {
+    crate::STOP_SIGNALS[0]
+}
+
+fn libc_sigwinch() -> i32 {
+    crate::PASS_SIGNALS[2]
 }

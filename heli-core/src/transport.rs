@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ErrorKind};
+use crate::process::ProcessId;
 use crate::protocol::{dialect_of_line, parse_request, Dialect, Reply, Request};
 
 /// A way for clients to reach a controller: named pipes, a Unix socket, ...
@@ -118,15 +119,37 @@ pub trait Connection {
 }
 
 /// Who sent a request, as far as the transport can tell.
+///
+/// A transport reports only what it verified; the controller decides what
+/// the peer may do by one policy for every transport (see
+/// [`Controller`](crate::Controller)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// Tells connections apart within one listener; 0 where a transport has
     /// no connections (named pipes).
     pub connection: u64,
-    /// The peer's process id, when the transport knows it.
-    pub pid: Option<u32>,
-    /// The peer's user id, when the transport knows it.
-    pub uid: Option<u32>,
+    /// What the transport verified about the process at the other end;
+    /// `None` where it cannot authenticate its peers (named pipes).
+    pub credentials: Option<Credentials>,
+}
+
+/// What a transport verified about a peer (for a Unix socket, from the
+/// kernel's `SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// Its user id.
+    pub uid: u32,
+    /// The process that connected, when known: `None` when its pid is not
+    /// visible here (another pid namespace) or could not be tied to one
+    /// process.
+    pub process: Option<ProcessId>,
+}
+
+impl Peer {
+    /// The verified process at the other end, if any.
+    pub fn process(&self) -> Option<ProcessId> {
+        self.credentials.and_then(|credentials| credentials.process)
+    }
 }
 
 /// What a [`Listener`] tells the controller.
