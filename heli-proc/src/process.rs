@@ -1,0 +1,321 @@
+//! One process of `/proc`, opened once, and the [`Processes`] table.
+
+use std::io;
+use std::path::PathBuf;
+
+use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
+use procfs::process::Process;
+
+use crate::error::{no_such_process, unless_gone};
+use crate::maps::Mapping;
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// One process (or thread) of `/proc`, opened once: every fact is read
+/// relative to its directory, so a later process that reuses the pid can
+/// never be mixed in (reads then fail as if the process were gone).
+///
+/// Every reader returns `Ok(None)` when the process is gone (exited and
+/// reaped, or never was), and an error only when `/proc` could not be read
+/// (no permission, an unexpected format).
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Pid, ProcessState};
+/// use heli_proc::Proc;
+///
+/// let me = Proc::open(Pid::this())?.expect("this process runs");
+/// let info = me.info()?.unwrap();
+/// assert_eq!(info.process, Pid::this());
+/// assert!(!info.state.is_gone());
+/// assert!(me.threads()?.contains(&Pid::this()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Proc {
+    pid: Pid,
+    dir: Process,
+}
+
+/// What a thread's `/proc/PID/task/TID/status` says, as far as ptrace is
+/// concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadStatus {
+    /// What it is doing.
+    pub state: ProcessState,
+    /// The process it belongs to (`Tgid`).
+    pub process: Pid,
+    /// How many threads that process has.
+    pub threads: u64,
+    /// Who traces it, if anyone (`TracerPid`).
+    pub tracer: Option<Pid>,
+    /// Its seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+}
+
+/// Where a thread is, by `/proc/PID/task/TID/syscall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    /// On a CPU, or ready to run.
+    Running,
+    /// Not in a system call (in user mode, but not running).
+    User,
+    /// Blocked in system call number `nr`.
+    In(i64),
+}
+
+impl Proc {
+    /// Opens process (or thread) `pid`; `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn open(pid: Pid) -> io::Result<Option<Proc>> {
+        let opened = Process::new(pid.get() as i32);
+        Ok(unless_gone(opened, format_args!("/proc/{pid}"))?.map(|dir| Proc { pid, dir }))
+    }
+
+    /// Opens `pid`; a process that is gone is an error
+    /// ([`NotFound`](io::ErrorKind::NotFound): "no process with PID ...").
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Proc::open), and when there is no such process.
+    pub fn open_existing(pid: Pid) -> io::Result<Proc> {
+        Proc::open(pid)?.ok_or_else(|| no_such_process(pid))
+    }
+
+    /// The pid it was opened with.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Facts about it now (`/proc/PID/stat` and `/proc/PID/status`).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn info(&self) -> io::Result<Option<ProcessInfo>> {
+        let pid = self.pid;
+        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(None);
+        };
+        let Some(status) = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ProcessInfo {
+            id: ProcessId {
+                pid,
+                start_time: stat.starttime,
+            },
+            parent: u32::try_from(stat.ppid).ok().and_then(Pid::new),
+            process: tgid(status.tgid, pid),
+            state: ProcessState::from_code(stat.state),
+            uid: status.ruid,
+            euid: status.euid,
+            kernel_thread: stat.flags & PF_KTHREAD != 0,
+        }))
+    }
+
+    /// Who it is now: pid and start time, `None` once it has exited (a
+    /// zombie counts as gone).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn identity(&self) -> io::Result<Option<ProcessId>> {
+        let pid = self.pid;
+        let stat = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))?;
+        Ok(stat
+            .filter(|stat| !ProcessState::from_code(stat.state).is_gone())
+            .map(|stat| ProcessId {
+                pid,
+                start_time: stat.starttime,
+            }))
+    }
+
+    /// Its status as ptrace cares about it (`/proc/PID/status`: for a
+    /// process, its main thread's).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn status(&self) -> io::Result<Option<ThreadStatus>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| thread_status(&status, pid)))
+    }
+
+    /// Thread `tid`'s status (`/proc/PID/task/TID/status`).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_status(&self, tid: Pid) -> io::Result<Option<ThreadStatus>> {
+        let what = format_args!("/proc/{}/task/{tid}/status", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), &what)? else {
+            return Ok(None);
+        };
+        Ok(unless_gone(task.status(), &what)?.map(|status| thread_status(&status, self.pid)))
+    }
+
+    /// Where thread `tid` is (`/proc/PID/task/TID/syscall`; reading it needs
+    /// the right to ptrace the process).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_syscall(&self, tid: Pid) -> io::Result<Option<Syscall>> {
+        let what = format_args!("/proc/{}/task/{tid}/syscall", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), &what)? else {
+            return Ok(None);
+        };
+        Ok(unless_gone(task.syscall(), &what)?.map(|syscall| match syscall {
+            procfs::process::Syscall::Blocked { syscall_number, .. } if syscall_number < 0 => {
+                Syscall::User
+            }
+            procfs::process::Syscall::Blocked { syscall_number, .. } => Syscall::In(syscall_number),
+            _ => Syscall::Running,
+        }))
+    }
+
+    /// The ids of its threads (`/proc/PID/task`), the main thread's
+    /// included, in the order `/proc` lists them.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read; a process that is gone has none.
+    pub fn threads(&self) -> io::Result<Vec<Pid>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), &what)? else {
+            return Ok(Vec::new());
+        };
+        Ok(tasks
+            .filter_map(|task| task.ok())
+            .filter_map(|task| u32::try_from(task.tid).ok().and_then(Pid::new))
+            .collect())
+    }
+
+    /// Thread `tid`'s name (`/proc/PID/task/TID/comm`), if it can be read.
+    pub fn thread_name(&self, tid: u64) -> Option<String> {
+        let task = self.dir.task_from_tid(i32::try_from(tid).ok()?).ok()?;
+        let mut name: String = task.read::<_, Comm>("comm").ok()?.0;
+        if name.ends_with('\n') {
+            name.pop();
+        }
+        Some(name)
+    }
+
+    /// Its memory map (`/proc/PID/maps`), in address order.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read: [`NotFound`](io::ErrorKind::NotFound) for a
+    /// process that is gone, [`PermissionDenied`](io::ErrorKind::PermissionDenied)
+    /// without the right to ptrace it.
+    pub fn maps(&self) -> io::Result<Vec<Mapping>> {
+        let pid = self.pid;
+        let maps = unless_gone(self.dir.maps(), format_args!("/proc/{pid}/maps"))?
+            .ok_or_else(|| no_such_process(pid))?;
+        Ok(maps.into_iter().map(Mapping::from).collect())
+    }
+
+    /// The value of `key` in its auxiliary vector (`/proc/PID/auxv`), for
+    /// instance `AT_SYSINFO_EHDR` (33), the vDSO's address.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read.
+    pub fn auxv(&self, key: u64) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let auxv = unless_gone(self.dir.auxv(), format_args!("/proc/{pid}/auxv"))?;
+        Ok(auxv.and_then(|auxv| auxv.get(&key).copied()))
+    }
+
+    /// The program it runs (`/proc/PID/exe`).
+    ///
+    /// # Errors
+    ///
+    /// When the link cannot be read (a kernel thread has none; another
+    /// user's process needs the right to ptrace it).
+    pub fn exe(&self) -> io::Result<PathBuf> {
+        let pid = self.pid;
+        unless_gone(self.dir.exe(), format_args!("/proc/{pid}/exe"))?
+            .ok_or_else(|| no_such_process(pid))
+    }
+
+    /// Its effective capabilities (`CapEff` in `/proc/PID/status`), as a
+    /// bit set: bit 19 is `CAP_SYS_PTRACE`.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn capabilities(&self) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| status.capeff))
+    }
+}
+
+/// The process a `Tgid` names; `fallback` if it is not a pid.
+fn tgid(tgid: i32, fallback: Pid) -> Pid {
+    u32::try_from(tgid).ok().and_then(Pid::new).unwrap_or(fallback)
+}
+
+fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {
+    ThreadStatus {
+        state: ProcessState::from_code(status.state.chars().next().unwrap_or('?')),
+        process: tgid(status.tgid, pid),
+        threads: status.threads,
+        tracer: u32::try_from(status.tracerpid).ok().and_then(Pid::new),
+        seccomp: status.seccomp.unwrap_or(0),
+    }
+}
+
+/// The whole of a `comm` file.
+struct Comm(String);
+
+impl procfs::FromRead for Comm {
+    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
+        let mut text = String::new();
+        read.read_to_string(&mut text)?;
+        Ok(Comm(text))
+    }
+}
+
+/// Linux's process table, read from `/proc`: the [`Processes`] the
+/// controller asks about clients and targets.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Pid, Processes};
+/// use heli_proc::ProcFs;
+///
+/// let me = ProcFs.identity(Pid::this())?.unwrap();
+/// assert!(ProcFs.is_running(me));
+/// assert!(ProcFs.is_self_or_descendant(Pid::this(), me)?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcFs;
+
+impl Processes for ProcFs {
+    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+        match Proc::open(pid)? {
+            Some(proc) => proc.info(),
+            None => Ok(None),
+        }
+    }
+
+    /// One read of `/proc/PID/stat`.
+    fn identity(&self, pid: Pid) -> io::Result<Option<ProcessId>> {
+        match Proc::open(pid)? {
+            Some(proc) => proc.identity(),
+            None => Ok(None),
+        }
+    }
+}
