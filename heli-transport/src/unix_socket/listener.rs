@@ -1,0 +1,345 @@
+//! The controller's end: accepting connections, admitting them (peer
+//! credentials, the connection limit), and the threads that serve them.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use heli_core::protocol::{Dialect, Reply};
+use heli_core::{Event, Listener, Peer, Stopper};
+use log::warn;
+use nix::errno::Errno;
+use nix::fcntl::Flock;
+use nix::poll::PollFlags;
+use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
+
+use super::peer::credentials;
+use super::runtime_dir::stat_at;
+use super::serve::Served;
+use crate::io::{annotate, send_all, wait_any};
+use crate::proc;
+use crate::stop::{StopHandle, StopSignal};
+
+/// A connection thread's stack: it reads lines and waits on channels.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// The controller's end of a [`UnixSocketTransport`]; dropping it removes
+/// the socket and the lock file it made (the directory stays: other
+/// sessions may use it).
+#[derive(Debug)]
+pub struct UnixSocketListener {
+    pub(super) name: String,
+    pub(super) path: PathBuf,
+    pub(super) dir: OwnedFd,
+    pub(super) file: OsString,
+    pub(super) lock: OsString,
+    /// The bound socket's device and inode: only that file is removed.
+    pub(super) socket_id: (nix::libc::dev_t, nix::libc::ino_t),
+    pub(super) socket: UnixListener,
+    pub(super) max_connections: usize,
+    pub(super) stop: StopSignal,
+    /// Held until the files are removed (fields drop after `drop`).
+    pub(super) _locked: Flock<File>,
+}
+
+impl UnixSocketListener {
+    /// The session's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the next connection and admits it; `None` once stopped.
+    /// Connections turned away are closed here.
+    fn accept_one<'env>(&'env self, serving: &Serving<'env>) -> io::Result<Option<Served<'env>>> {
+        let mut starved = false;
+        loop {
+            let seen = wait_any(
+                &[
+                    (self.socket.as_fd(), PollFlags::POLLIN),
+                    (self.stop.as_fd(), PollFlags::POLLIN),
+                ],
+                None,
+            )?;
+            if !seen[1].is_empty() {
+                return Ok(None);
+            }
+            loop {
+                let stream = match self.socket.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(err)
+                        if matches!(
+                            err.raw_os_error().map(Errno::from_raw),
+                            Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
+                        ) =>
+                    {
+                        if !starved {
+                            warn!(
+                                "cannot accept connections on {}: {err}; retrying",
+                                self.path.display()
+                            );
+                            starved = true;
+                        }
+                        thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                    Err(err) => return Err(annotate(err, &self.path)),
+                };
+                starved = false;
+                let id = serving.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(served) = self.admit(stream, id, serving) {
+                    return Ok(Some(served));
+                }
+            }
+        }
+    }
+
+    /// Authenticates a new connection: what serving it takes, counted as
+    /// active, or `None` when it was turned away.
+    fn admit<'env>(
+        &'env self,
+        stream: UnixStream,
+        id: u64,
+        serving: &Serving<'env>,
+    ) -> Option<Served<'env>> {
+        let cred = match stream
+            .set_nonblocking(true)
+            .and_then(|()| credentials(&stream))
+        {
+            Ok(cred) => cred,
+            Err(err) => {
+                warn!("closing a connection to session {}: {err}", self.name);
+                return None;
+            }
+        };
+        let me = Uid::effective().as_raw();
+        let (pid, uid) = (cred.pid(), cred.uid());
+        if uid != me {
+            warn!(
+                "refused a connection to session {} from PID {pid} of uid {uid}: only uid {me} may use it",
+                self.name
+            );
+            refuse_connection(
+                &stream,
+                &format!(
+                    "permission denied: session {} belongs to uid {me}, not to uid {uid}",
+                    self.name
+                ),
+            );
+            return None;
+        }
+        if serving.active.load(Ordering::SeqCst) >= self.max_connections {
+            warn!(
+                "refused a connection to session {} from PID {pid}: {} connections are open",
+                self.name, self.max_connections
+            );
+            refuse_connection(
+                &stream,
+                &format!(
+                    "too many connections to session {} ({}); try again later",
+                    self.name, self.max_connections
+                ),
+            );
+            return None;
+        }
+        let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0);
+        let peer = Peer {
+            connection: id,
+            pid,
+            uid: Some(uid),
+        };
+        // Who connected: a pid alone may be reused later.
+        let peer_start = pid
+            .and_then(|pid| proc::stat(pid).ok().flatten())
+            .map(|stat| stat.start);
+        serving.active.fetch_add(1, Ordering::SeqCst);
+        Some(Served {
+            listener: self,
+            stream,
+            peer,
+            peer_start,
+            events: serving.events,
+            stopping: serving.stopping.clone(),
+        })
+    }
+}
+
+/// What the threads serving a [`UnixSocketListener`] share.
+struct Serving<'env> {
+    listener: &'env UnixSocketListener,
+    events: &'env Sender<Event>,
+    /// Disconnected once accepting has ended: connection threads then never
+    /// wait on a controller that may no longer listen.
+    stopping: Receiver<()>,
+    /// Its sender, dropped by the thread that ends accepting.
+    accepting: Mutex<Option<Sender<()>>>,
+    /// Connections being served.
+    active: AtomicUsize,
+    /// The last connection id given.
+    next_id: AtomicU64,
+    /// Why accepting ended, if it failed.
+    failure: Mutex<Option<io::Error>>,
+}
+
+impl<'env> Serving<'env> {
+    /// Accepts the next connection, starts a thread of `scope` that accepts
+    /// the one after, then serves the connection on this thread until it
+    /// closes. Returns at once when accepting ends (stopped, or failed).
+    ///
+    /// The connection is served by the thread that accepted it, which is
+    /// already running: its first request does not wait for a new thread
+    /// to be scheduled (at start-up, beside a target busy starting, that
+    /// wait can be a scheduler tick).
+    fn lead<'scope>(&'env self, scope: &'scope thread::Scope<'scope, 'env>) {
+        loop {
+            // A bug that panics here must not leave the session deaf: it
+            // ends accepting as a failure would, and the controller hears.
+            let accepted = panic::catch_unwind(AssertUnwindSafe(|| self.listener.accept_one(self)))
+                .unwrap_or_else(|_| Err(io::Error::other("accepting a connection panicked")));
+            let served = match accepted {
+                Ok(Some(served)) => served,
+                Ok(None) => return self.end_accepting(None),
+                Err(err) => return self.end_accepting(Some(err)),
+            };
+            let next = thread::Builder::new()
+                .name("heli-conn".into())
+                .stack_size(CONNECTION_STACK)
+                .spawn_scoped(scope, move || self.lead(scope));
+            match next {
+                Ok(_) => {
+                    // A panic ends this connection only, and frees its slot.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| served.run()));
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                // The connection is closed; this thread goes on accepting.
+                Err(err) => {
+                    warn!("cannot serve a connection of {:?}: {err}", served.peer);
+                    drop(served);
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Lets the connection threads know that nobody accepts any more; on a
+    /// failure, closes the connections too and keeps the error for `serve`.
+    fn end_accepting(&self, failure: Option<io::Error>) {
+        if let Some(err) = failure {
+            let name = &self.listener.name;
+            warn!("session {name} stops accepting connections: {err}");
+            self.listener.stop.handle().stop();
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(err);
+        }
+        drop(
+            self.accepting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+}
+
+/// Tells a client why it is turned away, and closes its connection.
+fn refuse_connection(stream: &UnixStream, message: &str) {
+    // Whatever it sent already: closing with unread data would make its
+    // end see a reset instead of our line. Bounded: a peer writing without
+    // end must not hold up the accept loop.
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match nix::unistd::read(stream, &mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let line = Reply::Error(message.to_owned()).encode(Dialect::Upper);
+    let _ = send_all(
+        stream,
+        line.as_bytes(),
+        Instant::now() + Duration::from_millis(100),
+        None,
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+impl Listener for UnixSocketListener {
+    type Stopper = StopHandle;
+
+    fn stopper(&self) -> StopHandle {
+        self.stop.handle()
+    }
+
+    fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
+        let (accepting, stopping) = crossbeam_channel::bounded::<()>(0);
+        let serving = Serving {
+            listener: &*self,
+            events,
+            stopping,
+            accepting: Mutex::new(Some(accepting)),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        };
+        // This thread accepts the first connection; every thread started for
+        // the others is joined at the end of the scope.
+        thread::scope(|scope| serving.lead(scope));
+        match serving
+            .failure
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for UnixSocketListener {
+    fn drop(&mut self) {
+        match stat_at(&self.dir, &self.file) {
+            Ok(stat) if (stat.st_dev, stat.st_ino) == self.socket_id => {
+                if let Err(err) =
+                    unlinkat(&self.dir, self.file.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                {
+                    warn!("cannot remove {}: {err}", self.path.display());
+                }
+            }
+            Ok(_) => warn!(
+                "{} was replaced by another file: leaving it",
+                self.path.display()
+            ),
+            Err(Errno::ENOENT) => {}
+            Err(err) => warn!("cannot remove {}: {err}", self.path.display()),
+        }
+        // We hold its lock: nobody else removes or replaces it.
+        match unlinkat(&self.dir, self.lock.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(err) => warn!(
+                "cannot remove the lock file of session {}: {err}",
+                self.name
+            ),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Sessions: their names, their lock files, listing them and removing
+//! the dead ones.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::fcntl::{openat, Flock, FlockArg, OFlag};
+use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
+use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
+
+use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
+use super::runtime_dir::{file_type, stat_at};
+use super::UnixSocketTransport;
+use crate::io::{annotate, refuse};
+
+/// The longest session name.
+pub(super) const MAX_NAME: usize = 64;
+
+/// One `*.sock` entry of a runtime directory, as
+/// [`UnixSocketTransport::sessions_in`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionEntry {
+    /// The file name without `.sock`.
+    pub name: String,
+    /// The socket's path.
+    pub path: PathBuf,
+    /// What is behind it.
+    pub state: SessionState,
+    /// The controller's process id, for a live session (from its
+    /// credentials; `None` when it could not be read).
+    pub pid: Option<u32>,
+}
+
+impl SessionEntry {
+    /// The transport to reach this session.
+    pub fn transport(&self) -> UnixSocketTransport {
+        UnixSocketTransport::at(&self.path)
+    }
+}
+
+/// What [`UnixSocketTransport::sessions_in`] found behind a socket file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionState {
+    /// A controller accepts connections.
+    Live,
+    /// Nobody listens (its controller died); the socket was removed unless
+    /// a controller was just taking the session over.
+    Dead,
+    /// Not a session of this user (the reason says why); left alone.
+    Foreign(String),
+}
+
+/// Inspects the entry `file` of `dir`; `None` when it vanished meanwhile.
+pub(super) fn inspect(dir_fd: &OwnedFd, dir: &Path, file: &OsStr) -> Option<SessionEntry> {
+    let bytes = file.as_bytes();
+    let name = String::from_utf8_lossy(&bytes[..bytes.len() - ".sock".len()]).into_owned();
+    let path = dir.join(file);
+    let entry = |state: SessionState, pid: Option<u32>| {
+        Some(SessionEntry {
+            name: name.clone(),
+            path: path.clone(),
+            state,
+            pid,
+        })
+    };
+    let foreign = |why: String| entry(SessionState::Foreign(why), None);
+    let stat = match stat_at(dir_fd, file) {
+        Ok(stat) => stat,
+        Err(Errno::ENOENT) => return None,
+        Err(err) => return foreign(format!("cannot inspect it: {err}")),
+    };
+    match file_type(&stat) {
+        SFlag::S_IFSOCK => {}
+        SFlag::S_IFLNK => return foreign("a symbolic link".to_owned()),
+        _ => return foreign("not a socket".to_owned()),
+    }
+    let me = Uid::effective().as_raw();
+    if stat.st_uid != me {
+        return foreign(format!("owned by uid {}", stat.st_uid));
+    }
+    if check_name(&name).is_err() {
+        return foreign("not a session name".to_owned());
+    }
+    match connect_socket(&path, Instant::now() + PROBE_TIMEOUT) {
+        Ok(stream) => match credentials(&stream) {
+            Ok(server) if server.uid() != me => foreign(format!("served by uid {}", server.uid())),
+            _ => entry(SessionState::Live, server_pid(&stream)),
+        },
+        Err(err) if err.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => {
+            remove_dead(dir_fd, dir, file, &stat);
+            entry(SessionState::Dead, None)
+        }
+        // Its backlog is full: somebody listens.
+        Err(err) if err.kind() == io::ErrorKind::TimedOut => entry(SessionState::Live, None),
+        Err(err) => foreign(format!("cannot connect: {err}")),
+    }
+}
+
+/// Removes the dead socket `file` (last seen as `seen`) and its lock file,
+/// under the session's lock; leaves them to a controller holding the lock.
+fn remove_dead(dir_fd: &OwnedFd, dir: &Path, file: &OsStr, seen: &FileStat) {
+    let lock = lock_name(file);
+    let path = dir.join(file);
+    let _locked = match lock_session(dir_fd, dir, &lock, Duration::ZERO) {
+        Ok(Some(locked)) => locked,
+        Ok(None) => {
+            debug!(
+                "not removing {}: a controller holds its lock",
+                path.display()
+            );
+            return;
+        }
+        Err(err) => {
+            debug!("not removing {}: {err}", path.display());
+            return;
+        }
+    };
+    // Still the same socket, and still nobody behind it?
+    let same = stat_at(dir_fd, file)
+        .is_ok_and(|now| (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino));
+    let refused = connect_socket(&path, Instant::now() + PROBE_TIMEOUT)
+        .is_err_and(|err| err.raw_os_error() == Some(Errno::ECONNREFUSED as i32));
+    if !(same && refused) {
+        return;
+    }
+    match unlinkat(dir_fd, file, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => info!(
+            "removed the stale socket {} (its controller died)",
+            path.display()
+        ),
+        Err(err) => warn!("cannot remove the stale socket {}: {err}", path.display()),
+    }
+    let _ = unlinkat(dir_fd, lock.as_os_str(), UnlinkatFlags::NoRemoveDir);
+}
+
+/// `x.sock` -> `x.lock`; another name gets `.lock` appended.
+pub(super) fn lock_name(file: &OsStr) -> OsString {
+    let bytes = file.as_bytes();
+    let stem = bytes.strip_suffix(b".sock").unwrap_or(bytes);
+    let mut lock = OsStr::from_bytes(stem).to_owned();
+    lock.push(".lock");
+    lock
+}
+
+pub(super) fn check_name(name: &str) -> io::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid session name {name:?}: use 1 to {MAX_NAME} ASCII letters, digits, '.', '_' or '-', not starting with '.'"
+            ),
+        ))
+    }
+}
+
+/// Takes the exclusive lock of the session's lock file `lock` in `dir`,
+/// creating it (mode 0600) if need be, trying for `wait` at most; `None`
+/// when another process holds it.
+///
+/// A lock file is removed by whoever holds its lock: after locking, the
+/// file must still be the one at that name, else we locked a removed file
+/// and try again.
+pub(super) fn lock_session(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    lock: &OsStr,
+    wait: Duration,
+) -> io::Result<Option<Flock<File>>> {
+    let path = dir_path.join(lock);
+    let deadline = Instant::now() + wait;
+    let mut backoff = Duration::from_micros(50);
+    loop {
+        let fd = openat(
+            dir,
+            lock,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|err| match err {
+            Errno::ELOOP => refuse(&path, "is a symbolic link"),
+            err => annotate(err.into(), &path),
+        })?;
+        let mine = fstat(&fd)?;
+        if file_type(&mine) != SFlag::S_IFREG {
+            return Err(refuse(&path, "is not a regular file"));
+        }
+        if mine.st_uid != Uid::effective().as_raw() {
+            return Err(refuse(
+                &path,
+                &format!("is owned by uid {}, not by you", mine.st_uid),
+            ));
+        }
+        match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => {
+                let current = stat_at(dir, lock);
+                if current.is_ok_and(|now| (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)) {
+                    return Ok(Some(locked));
+                }
+                // Removed (or replaced) before we got the lock: again.
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+            }
+            Err((_, err)) => return Err(annotate(err.into(), &path)),
+        }
+    }
+}
