@@ -1,10 +1,11 @@
 //! The controller's end: accepting connections, admitting them (peer
 //! credentials, the connection limit), and the threads that serve them.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -16,42 +17,97 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use heli_core::protocol::{Dialect, Reply};
 use heli_core::{Event, Listener, Peer, Stopper};
-use log::warn;
+use log::{info, warn};
 use nix::errno::Errno;
-use nix::fcntl::Flock;
+use nix::fcntl::{openat, Flock, OFlag};
 use nix::poll::PollFlags;
+use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
-use super::peer::credentials;
-use super::runtime_dir::stat_at;
+use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
+use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
+use super::session::{file_names, lock_session, socket_dir};
 use crate::io::{annotate, send_all, wait_any};
 use crate::proc;
 use crate::stop::{StopHandle, StopSignal};
 
+/// How long `listen` waits for a session's lock, held briefly by clients
+/// that clean up stale sockets.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+/// Pending connections the kernel queues for the accept loop.
+const BACKLOG: i32 = 1024;
 /// A connection thread's stack: it reads lines and waits on channels.
 const CONNECTION_STACK: usize = 256 * 1024;
 
-/// The controller's end of a [`UnixSocketTransport`]; dropping it removes
+/// The controller's end of a
+/// [`UnixSocketTransport`](crate::UnixSocketTransport); dropping it removes
 /// the socket and the lock file it made (the directory stays: other
 /// sessions may use it).
 #[derive(Debug)]
 pub struct UnixSocketListener {
-    pub(super) name: String,
-    pub(super) path: PathBuf,
-    pub(super) dir: OwnedFd,
-    pub(super) file: OsString,
-    pub(super) lock: OsString,
+    name: String,
+    path: PathBuf,
+    dir: OwnedFd,
+    file: OsString,
+    lock: OsString,
     /// The bound socket's device and inode: only that file is removed.
-    pub(super) socket_id: (nix::libc::dev_t, nix::libc::ino_t),
-    pub(super) socket: UnixListener,
-    pub(super) max_connections: usize,
-    pub(super) stop: StopSignal,
+    socket_id: (nix::libc::dev_t, nix::libc::ino_t),
+    socket: UnixListener,
+    max_connections: usize,
+    stop: StopSignal,
     /// Held until the files are removed (fields drop after `drop`).
-    pub(super) _locked: Flock<File>,
+    _locked: Flock<File>,
 }
 
 impl UnixSocketListener {
+    /// Listens on the socket `path` of session `name`: see
+    /// [`Transport::listen`](heli_core::Transport::listen), and
+    /// [`UnixSocketTransport`](crate::UnixSocketTransport#race-conditions)
+    /// for the lock file.
+    pub(super) fn bind(name: &str, path: &Path, max_connections: usize) -> io::Result<Self> {
+        let (file, lock) = file_names(path)?;
+        let dir_path = socket_dir(path);
+        let dir = make_private_dir(dir_path)?;
+
+        // One controller per session name. A live one is named at once; a
+        // client cleaning up stale sockets holds the lock for an instant.
+        let locked = match lock_session(&dir, dir_path, &lock, Duration::ZERO)? {
+            Some(locked) => locked,
+            None => {
+                if let Ok(stream) = connect_socket(path, Instant::now() + PROBE_TIMEOUT) {
+                    return Err(served_by(name, server_pid(&stream)));
+                }
+                match lock_session(&dir, dir_path, &lock, LOCK_WAIT)? {
+                    Some(locked) => locked,
+                    None => return Err(in_use(name, path, &dir, &lock)),
+                }
+            }
+        };
+        let mut locked = Some(locked);
+        match bind_locked(name, path, &dir, file, &mut locked) {
+            Ok((socket, socket_id)) => Ok(UnixSocketListener {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                file: file.to_owned(),
+                lock,
+                socket_id,
+                socket,
+                max_connections,
+                stop: StopSignal::new()?,
+                dir,
+                _locked: locked.take().expect("the lock is held"),
+            }),
+            Err(err) => {
+                // Removed while still locked, so nobody locks a removed file.
+                let _ = unlinkat(&dir, lock.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                drop(locked);
+                Err(err)
+            }
+        }
+    }
+
     /// The session's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -176,7 +232,8 @@ impl UnixSocketListener {
             .map(|stat| stat.start);
         serving.active.fetch_add(1, Ordering::SeqCst);
         Some(Served {
-            listener: self,
+            session: &self.name,
+            stop: &self.stop,
             stream,
             peer,
             peer_start,
@@ -184,6 +241,108 @@ impl UnixSocketListener {
             stopping: serving.stopping.clone(),
         })
     }
+}
+
+/// With the lock of session `name` held: records our pid in the lock
+/// file, removes a stale socket at `path`, binds and listens. Returns the
+/// listening socket and its file's device and inode; on error, nothing is
+/// left but the lock file.
+fn bind_locked(
+    name: &str,
+    path: &Path,
+    dir: &OwnedFd,
+    file: &OsStr,
+    locked: &mut Option<Flock<File>>,
+) -> io::Result<(UnixListener, (nix::libc::dev_t, nix::libc::ino_t))> {
+    if let Some(locked) = locked.as_mut() {
+        locked.set_len(0)?;
+        locked.rewind()?;
+        writeln!(locked, "{}", std::process::id())?;
+    }
+    match stat_at(dir, file) {
+        Err(Errno::ENOENT) => {}
+        Err(err) => return Err(annotate(err.into(), path)),
+        Ok(stat) => {
+            check_socket(&stat, path)?;
+            match connect_socket(path, Instant::now() + PROBE_TIMEOUT) {
+                // A controller that does not use the lock file.
+                Ok(stream) => return Err(served_by(name, server_pid(&stream))),
+                Err(err) if err.raw_os_error() == Some(Errno::ECONNREFUSED as i32) => {
+                    match unlinkat(dir, file, UnlinkatFlags::NoRemoveDir) {
+                        Ok(()) | Err(Errno::ENOENT) => {}
+                        Err(err) => return Err(annotate(err.into(), path)),
+                    }
+                    info!("replaced the stale socket of session {name} (its controller died)");
+                }
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                    return Err(served_by(name, None))
+                }
+                Err(err) => return Err(annotate(err, path)),
+            }
+        }
+    }
+
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path).map_err(|err| annotate(err.into(), path))?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(|err| annotate(err.into(), path))?;
+    // Nobody can connect before `listen`, and the private directory
+    // keeps others out until the mode is set.
+    let listening = stat_at(dir, file)
+        .map_err(io::Error::from)
+        .and_then(|bound| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+            Ok((bound.st_dev, bound.st_ino))
+        });
+    match listening {
+        Ok(socket_id) => Ok((UnixListener::from(fd), socket_id)),
+        Err(err) => {
+            let _ = unlinkat(dir, file, UnlinkatFlags::NoRemoveDir);
+            Err(annotate(err, path))
+        }
+    }
+}
+
+/// Why `listen` cannot take the lock of session `name`.
+fn in_use(name: &str, path: &Path, dir: &OwnedFd, lock: &OsStr) -> io::Error {
+    if let Ok(stream) = connect_socket(path, Instant::now() + PROBE_TIMEOUT) {
+        return served_by(name, server_pid(&stream));
+    }
+    let holder = openat(
+        dir,
+        lock,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .and_then(|fd| {
+        let mut text = String::new();
+        File::from(fd).read_to_string(&mut text).ok()?;
+        text.trim().parse::<u32>().ok()
+    });
+    let who = holder.map_or_else(|| "another process".to_owned(), |pid| format!("PID {pid}"));
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "session {name} is locked by {who} (a controller starting or stopping?); try again or choose another name"
+        ),
+    )
+}
+
+/// Why `listen` refuses: a controller (`pid`) serves session `name`.
+fn served_by(name: &str, pid: Option<u32>) -> io::Error {
+    let who = pid.map_or_else(|| "PID unknown".to_owned(), |pid| format!("PID {pid}"));
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "a controller already serves session {name} ({who}); stop it or choose another name"
+        ),
+    )
 }
 
 /// What the threads serving a [`UnixSocketListener`] share.

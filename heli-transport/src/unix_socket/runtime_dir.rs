@@ -1,18 +1,54 @@
-//! The runtime directory: opening and creating private directories, and
-//! checking the files in them.
+//! The runtime directory: where it is (`XDG_RUNTIME_DIR` or `/tmp`),
+//! opening and creating private directories, and checking the files in
+//! them.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
+use log::debug;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::Uid;
 
 use crate::io::{annotate, refuse};
+
+/// The runtime directory of this process's effective user, given its
+/// `XDG_RUNTIME_DIR` (see [`choose`]), if it is private or missing.
+pub(super) fn current() -> io::Result<PathBuf> {
+    let dir = choose(
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        Uid::effective().as_raw(),
+    );
+    match open_private_dir(&dir) {
+        Ok(_) => Ok(dir),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(dir),
+        Err(err) => Err(err),
+    }
+}
+
+/// The runtime directory for user `uid` given `XDG_RUNTIME_DIR`:
+/// `<XDG_RUNTIME_DIR>/heli` when that is an absolute path to an existing
+/// directory (not a symbolic link) owned by `uid`, else `/tmp/heli-<uid>`.
+pub(super) fn choose(xdg_runtime_dir: Option<&OsStr>, uid: u32) -> PathBuf {
+    if let Some(xdg) = xdg_runtime_dir {
+        // Without a trailing slash, which would make lstat follow a link.
+        let xdg: PathBuf = Path::new(xdg).components().collect();
+        let usable = xdg.is_absolute()
+            && std::fs::symlink_metadata(&xdg).is_ok_and(|meta| meta.is_dir() && meta.uid() == uid);
+        if usable {
+            return xdg.join("heli");
+        }
+        debug!(
+            "XDG_RUNTIME_DIR={} is not an absolute path to a directory of uid {uid}: not using it",
+            xdg.display()
+        );
+    }
+    PathBuf::from(format!("/tmp/heli-{uid}"))
+}
 
 pub(super) fn file_type(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())

@@ -13,9 +13,9 @@ use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 
-use super::listener::UnixSocketListener;
 use crate::io::{send_all, wait_any};
 use crate::proc;
+use crate::stop::StopSignal;
 
 /// How long a client may take to finish a request line it has begun.
 const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
@@ -27,7 +27,11 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// One accepted, authenticated connection and what serving it needs.
 pub(super) struct Served<'a> {
-    pub(super) listener: &'a UnixSocketListener,
+    /// The session's name.
+    pub(super) session: &'a str,
+    /// The listener's stop signal: it ends the connection, and a
+    /// connection that finds the controller gone raises it.
+    pub(super) stop: &'a StopSignal,
     pub(super) stream: UnixStream,
     pub(super) peer: Peer,
     /// When the peer process started, if it could be read.
@@ -49,7 +53,7 @@ impl Served<'_> {
     pub(super) fn run(self) {
         debug!(
             "client {:?} connected to session {}",
-            self.peer, self.listener.name
+            self.peer, self.session
         );
         self.serve_lines();
         let Served {
@@ -70,7 +74,7 @@ impl Served<'_> {
     /// Reads request lines and answers them until the client leaves, breaks
     /// a deadline, or the listener stops.
     fn serve_lines(&self) {
-        let stop = self.listener.stop.as_fd();
+        let stop = self.stop.as_fd();
         let mut lines = LineBuffer::new();
         // When the unfinished line began.
         let mut partial_since: Option<Instant> = None;
@@ -122,7 +126,7 @@ impl Served<'_> {
                     Answer::Reply(reply) => reply,
                     Answer::Close => return,
                     Answer::Gone => {
-                        self.listener.stop.handle().stop();
+                        self.stop.handle().stop();
                         return;
                     }
                 };
@@ -144,7 +148,7 @@ impl Served<'_> {
             &self.stream,
             reply.as_bytes(),
             Instant::now() + WRITE_DEADLINE,
-            Some(self.listener.stop.as_fd()),
+            Some(self.stop.as_fd()),
         )
     }
 
@@ -210,7 +214,7 @@ impl Served<'_> {
         );
         warn!(
             "refused {what} from {:?} on session {}: not the client or one of its descendants",
-            self.peer, self.listener.name
+            self.peer, self.session
         );
         Some(
             Reply::Error(format!(

@@ -17,15 +17,14 @@ use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
 use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
-use super::runtime_dir::{file_type, stat_at};
-use super::UnixSocketTransport;
+use super::runtime_dir::{file_type, open_private_dir, stat_at};
 use crate::io::{annotate, refuse};
 
 /// The longest session name.
 pub(super) const MAX_NAME: usize = 64;
 
 /// One `*.sock` entry of a runtime directory, as
-/// [`UnixSocketTransport::sessions_in`] found it.
+/// [`UnixSocketTransport::sessions_in`](crate::UnixSocketTransport::sessions_in) found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionEntry {
@@ -40,14 +39,7 @@ pub struct SessionEntry {
     pub pid: Option<u32>,
 }
 
-impl SessionEntry {
-    /// The transport to reach this session.
-    pub fn transport(&self) -> UnixSocketTransport {
-        UnixSocketTransport::at(&self.path)
-    }
-}
-
-/// What [`UnixSocketTransport::sessions_in`] found behind a socket file.
+/// What [`UnixSocketTransport::sessions_in`](crate::UnixSocketTransport::sessions_in) found behind a socket file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionState {
@@ -60,8 +52,32 @@ pub enum SessionState {
     Foreign(String),
 }
 
+/// The sessions of `dir`, for
+/// [`UnixSocketTransport::sessions_in`](crate::UnixSocketTransport::sessions_in).
+pub(super) fn list(dir: &Path) -> io::Result<Vec<SessionEntry>> {
+    let dir_fd = match open_private_dir(dir) {
+        Ok(fd) => fd,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut files = Vec::new();
+    let mut listing = nix::dir::Dir::from_fd(dir_fd.try_clone()?)?;
+    for entry in listing.iter() {
+        let entry = entry?;
+        let file = entry.file_name().to_bytes();
+        if file.len() > ".sock".len() && file.ends_with(b".sock") {
+            files.push(OsStr::from_bytes(file).to_owned());
+        }
+    }
+    files.sort();
+    Ok(files
+        .iter()
+        .filter_map(|file| inspect(&dir_fd, dir, file))
+        .collect())
+}
+
 /// Inspects the entry `file` of `dir`; `None` when it vanished meanwhile.
-pub(super) fn inspect(dir_fd: &OwnedFd, dir: &Path, file: &OsStr) -> Option<SessionEntry> {
+fn inspect(dir_fd: &OwnedFd, dir: &Path, file: &OsStr) -> Option<SessionEntry> {
     let bytes = file.as_bytes();
     let name = String::from_utf8_lossy(&bytes[..bytes.len() - ".sock".len()]).into_owned();
     let path = dir.join(file);
@@ -143,8 +159,27 @@ fn remove_dead(dir_fd: &OwnedFd, dir: &Path, file: &OsStr, seen: &FileStat) {
     let _ = unlinkat(dir_fd, lock.as_os_str(), UnlinkatFlags::NoRemoveDir);
 }
 
+/// The directory of the socket at `path`.
+pub(super) fn socket_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// The file names of the socket at `path` and of its lock.
+pub(super) fn file_names(path: &Path) -> io::Result<(&OsStr, OsString)> {
+    let Some(file) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a socket file", path.display()),
+        ));
+    };
+    Ok((file, lock_name(file)))
+}
+
 /// `x.sock` -> `x.lock`; another name gets `.lock` appended.
-pub(super) fn lock_name(file: &OsStr) -> OsString {
+fn lock_name(file: &OsStr) -> OsString {
     let bytes = file.as_bytes();
     let stem = bytes.strip_suffix(b".sock").unwrap_or(bytes);
     let mut lock = OsStr::from_bytes(stem).to_owned();
@@ -225,5 +260,40 @@ pub(super) fn lock_session(
             }
             Err((_, err)) => return Err(annotate(err.into(), &path)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names() {
+        for good in ["a", "target-123", "my.app_2", &"x".repeat(64)] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
+            let err = check_name(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+            assert!(err.to_string().contains("session name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn lock_names() {
+        assert_eq!(lock_name(OsStr::new("a.sock")), "a.lock");
+        assert_eq!(lock_name(OsStr::new("control")), "control.lock");
+        assert_eq!(socket_dir(Path::new("/x/y/demo.sock")), Path::new("/x/y"));
+        assert_eq!(socket_dir(Path::new("rel.sock")), Path::new("."));
+        assert!(file_names(Path::new("/")).is_err());
     }
 }
