@@ -28,13 +28,13 @@ use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
 use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
-use super::session::{file_names, lock_session, socket_dir};
+use super::session::{file_names, lock_session, socket_dir, sweep};
 use crate::io::{annotate, send_all, wait_any};
 use crate::proc;
 use crate::stop::{StopHandle, StopSignal};
 
 /// How long `listen` waits for a session's lock, held briefly by clients
-/// that clean up stale sockets.
+/// and starting controllers that clean up stale sockets.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Pending connections the kernel queues for the accept loop.
 const BACKLOG: i32 = 1024;
@@ -70,9 +70,12 @@ impl UnixSocketListener {
         let (file, lock) = file_names(path)?;
         let dir_path = socket_dir(path);
         let dir = make_private_dir(dir_path)?;
+        // Sockets of controllers that died, ours or others', go first.
+        sweep(dir_path);
 
         // One controller per session name. A live one is named at once; a
-        // client cleaning up stale sockets holds the lock for an instant.
+        // client or a controller cleaning up stale sockets holds the lock
+        // for an instant.
         let locked = match lock_session(&dir, dir_path, &lock, Duration::ZERO)? {
             Some(locked) => locked,
             None => {

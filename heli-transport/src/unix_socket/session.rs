@@ -76,6 +76,18 @@ pub(super) fn list(dir: &Path) -> io::Result<Vec<SessionEntry>> {
         .collect())
 }
 
+/// Removes the dead sessions of `dir`, socket and lock file, as [`list`]
+/// does: what a controller starting there does first, so that those of
+/// controllers killed outright do not pile up. Live sessions, sessions
+/// whose lock is held and foreign entries are left alone; no lock is
+/// waited for, and each probe is bounded by [`PROBE_TIMEOUT`]. A failure
+/// is logged: it never keeps a controller from starting.
+pub(super) fn sweep(dir: &Path) {
+    if let Err(err) = list(dir) {
+        warn!("cannot look for dead sessions in {}: {err}", dir.display());
+    }
+}
+
 /// Inspects the entry `file` of `dir`; `None` when it vanished meanwhile.
 fn inspect(dir_fd: &OwnedFd, dir: &Path, file: &OsStr) -> Option<SessionEntry> {
     let bytes = file.as_bytes();

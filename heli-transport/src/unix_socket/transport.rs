@@ -54,9 +54,10 @@ use super::session::{self, check_name, SessionEntry};
 ///
 /// Two controllers starting with one name take turns on a lock file,
 /// `<name>.lock`: the second one sees the first and refuses. A socket left
-/// by a controller that died (connecting is refused) is replaced by the
-/// next controller of that name, or removed by
-/// [`sessions`](UnixSocketTransport::sessions) under the same lock.
+/// by a controller that died (connecting is refused) is removed, with its
+/// lock file and under the same lock, by the next controller to `listen` in
+/// that directory (whatever its name) or by
+/// [`sessions`](UnixSocketTransport::sessions).
 ///
 /// # Deadlines
 ///
@@ -226,9 +227,10 @@ impl UnixSocketTransport {
     /// for its `STATUS` yourself.
     ///
     /// Dead sockets are removed, with their lock file, unless a controller
-    /// holds the session's lock (it is replacing them). Foreign entries are
-    /// left alone, and sockets of other users are never connected to. A
-    /// missing `dir` holds no sessions.
+    /// holds the session's lock (it is replacing them); `listen` removes
+    /// them the same way before it binds. Foreign entries are left alone,
+    /// and sockets of other users are never connected to. A missing `dir`
+    /// holds no sessions.
     ///
     /// # Errors
     ///
