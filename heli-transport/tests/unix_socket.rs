@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use heli_core::protocol::{Reply, Request};
 use heli_core::{Client, Connection, ErrorKind, Event, Listener, Peer, Stopper, Transport};
 use heli_transport::{SessionState, StopHandle, UnixSocketConnection, UnixSocketTransport};
+use nix::fcntl::{Flock, FlockArg};
 
 /// The system's Python, reachable by any user (not a shim under /root).
 const PYTHON: &str = "/usr/bin/python3";
@@ -1059,6 +1060,88 @@ fn controllers_racing_for_one_name_get_it_once() {
             drop(results);
             assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
         }
+    })
+}
+
+#[test]
+fn a_starting_controller_removes_dead_sessions() {
+    bounded(20, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let live = UnixSocketTransport::session_in(&dir, "live").unwrap();
+        let server = Server::on(None, live, standard);
+
+        // A controller killed with SIGKILL: its socket and its lock file
+        // stay (the kernel only lets go of the lock).
+        let script = "import fcntl, os, socket, sys, time\n\
+                      lock = open(os.path.join(sys.argv[1], 'killed.lock'), 'w')\n\
+                      fcntl.flock(lock, fcntl.LOCK_EX)\n\
+                      lock.write(f'{os.getpid()}\\n')\n\
+                      lock.flush()\n\
+                      s = socket.socket(socket.AF_UNIX)\n\
+                      s.bind(os.path.join(sys.argv[1], 'killed.sock'))\n\
+                      s.listen()\n\
+                      print('listening', flush=True)\n\
+                      time.sleep(60)\n";
+        let mut killed = Reaped::spawn(
+            Command::new(PYTHON)
+                .args(["-c", script])
+                .arg(&dir)
+                .stdout(Stdio::piped()),
+        );
+        assert_eq!(killed.line().trim(), "listening");
+        killed.0.kill().unwrap();
+        killed.0.wait().unwrap();
+        // A dead socket without a lock file; a dead one whose lock a
+        // controller holds (it is taking the session over); and entries that
+        // are no sessions of ours.
+        dead_socket(&dir.join("lockless.sock"));
+        dead_socket(&dir.join("starting.sock"));
+        let starting = fs::File::create(dir.join("starting.lock")).unwrap();
+        let starting = Flock::lock(starting, FlockArg::LockExclusiveNonblock).unwrap();
+        fs::write(dir.join("file.sock"), "not a socket").unwrap();
+        dead_socket(&dir.join(".hidden.sock"));
+        fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        if require_root() {
+            dead_socket(&dir.join("theirs.sock"));
+            chown(dir.join("theirs.sock"), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        assert!(names_in(&dir).contains(&"killed.sock".to_owned()));
+        assert!(names_in(&dir).contains(&"killed.lock".to_owned()));
+
+        // Another name in that directory: the dead sessions go, and nothing
+        // holds up the start (no lock is waited for).
+        let started = Instant::now();
+        let fresh = UnixSocketTransport::session_in(&dir, "fresh")
+            .unwrap()
+            .listen()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut left = vec![
+            ".hidden.sock",
+            "file.sock",
+            "fresh.lock",
+            "fresh.sock",
+            "live.lock",
+            "live.sock",
+            "notes.txt",
+            "starting.lock",
+            "starting.sock",
+        ];
+        if require_root() {
+            left.push("theirs.sock");
+        }
+        assert_eq!(names_in(&dir), left);
+        // The live session saw no request, and serves on.
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        drop(fresh);
+        drop(starting);
+        server.shut_down().unwrap();
     })
 }
 

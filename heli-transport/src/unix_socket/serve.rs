@@ -1,0 +1,226 @@
+//! Serving one accepted connection: reading request lines within their
+//! deadlines, answering them, and telling the controller when it closes.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use heli_core::protocol::{parse_request, Dialect, LineBuffer, Reply};
+use heli_core::{Event, Incoming, Peer, Stopper};
+use log::{debug, warn};
+use nix::errno::Errno;
+use nix::poll::PollFlags;
+
+use crate::io::{send_all, wait_any};
+use crate::proc;
+use crate::stop::StopSignal;
+
+/// How long a client may take to finish a request line it has begun.
+const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long writing a reply to a client may take.
+const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a stopping listener still waits for the controller's reply to
+/// a request it had passed on.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// One accepted, authenticated connection and what serving it needs.
+pub(super) struct Served<'a> {
+    /// The session's name.
+    pub(super) session: &'a str,
+    /// The listener's stop signal: it ends the connection, and a
+    /// connection that finds the controller gone raises it.
+    pub(super) stop: &'a StopSignal,
+    pub(super) stream: UnixStream,
+    pub(super) peer: Peer,
+    /// When the peer process started, if it could be read.
+    pub(super) peer_start: Option<u64>,
+    pub(super) events: &'a Sender<Event>,
+    pub(super) stopping: Receiver<()>,
+}
+
+/// What became of a request passed on to the controller.
+enum Answer {
+    Reply(String),
+    /// Close the connection (the listener is stopping).
+    Close,
+    /// The controller is gone: stop the listener.
+    Gone,
+}
+
+impl Served<'_> {
+    pub(super) fn run(self) {
+        debug!(
+            "client {:?} connected to session {}",
+            self.peer, self.session
+        );
+        self.serve_lines();
+        let Served {
+            stream,
+            peer,
+            events,
+            stopping,
+            ..
+        } = self;
+        drop(stream);
+        debug!("client {peer:?} disconnected");
+        select! {
+            send(events, Event::Disconnected(peer)) -> _ => {}
+            recv(stopping) -> _ => {}
+        }
+    }
+
+    /// Reads request lines and answers them until the client leaves, breaks
+    /// a deadline, or the listener stops.
+    fn serve_lines(&self) {
+        let stop = self.stop.as_fd();
+        let mut lines = LineBuffer::new();
+        // When the unfinished line began.
+        let mut partial_since: Option<Instant> = None;
+        let mut buf = [0u8; 4096];
+        loop {
+            let deadline = partial_since.map(|since| since + PARTIAL_LINE_DEADLINE);
+            let seen = match wait_any(
+                &[
+                    (self.stream.as_fd(), PollFlags::POLLIN),
+                    (stop, PollFlags::POLLIN),
+                ],
+                deadline,
+            ) {
+                Ok(seen) => seen,
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                    warn!(
+                        "closing the connection of {:?}: its request line was not finished within {PARTIAL_LINE_DEADLINE:?}",
+                        self.peer
+                    );
+                    let reply = Reply::Error(format!(
+                        "Request line not finished within {} s; closing the connection",
+                        PARTIAL_LINE_DEADLINE.as_secs()
+                    ));
+                    let _ = self.send(&reply.encode(Dialect::Upper));
+                    return;
+                }
+                Err(err) => {
+                    warn!("connection of {:?}: {err}", self.peer);
+                    return;
+                }
+            };
+            if !seen[1].is_empty() {
+                return;
+            }
+            let read_at = Instant::now();
+            match nix::unistd::read(&self.stream, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => lines.extend(&buf[..n]),
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(err) => {
+                    debug!("reading from {:?}: {err}", self.peer);
+                    return;
+                }
+            }
+            let mut answered = false;
+            while let Some(line) = lines.next_line() {
+                answered = true;
+                let reply = match self.answer(line) {
+                    Answer::Reply(reply) => reply,
+                    Answer::Close => return,
+                    Answer::Gone => {
+                        self.stop.handle().stop();
+                        return;
+                    }
+                };
+                if let Err(err) = self.send(&reply) {
+                    debug!("cannot answer {:?}: {err}", self.peer);
+                    return;
+                }
+            }
+            partial_since = match (lines.has_partial_line(), answered) {
+                (false, _) => None,
+                (true, true) => Some(read_at),
+                (true, false) => partial_since.or(Some(read_at)),
+            };
+        }
+    }
+
+    fn send(&self, reply: &str) -> io::Result<()> {
+        send_all(
+            &self.stream,
+            reply.as_bytes(),
+            Instant::now() + WRITE_DEADLINE,
+            Some(self.stop.as_fd()),
+        )
+    }
+
+    /// The reply to one line: from the listener itself for an over-long
+    /// line or a refused grant, else from the controller.
+    fn answer(&self, line: Result<Vec<u8>, heli_core::Error>) -> Answer {
+        let line = match line {
+            Ok(line) => line,
+            Err(err) => return Answer::Reply(Reply::error(&err).encode(Dialect::Upper)),
+        };
+        if let Some(refusal) = self.refuse_grant(&line) {
+            return Answer::Reply(refusal);
+        }
+        let (incoming, reply) = Incoming::new(self.peer, &line);
+        let dialect = incoming.dialect();
+        select! {
+            send(self.events, Event::Request(incoming)) -> sent => {
+                if sent.is_err() {
+                    return Answer::Gone;
+                }
+            }
+            recv(self.stopping) -> _ => return Answer::Close,
+        }
+        let reply = select! {
+            recv(reply) -> reply => reply.ok(),
+            recv(self.stopping) -> _ => match reply.recv_timeout(STOP_GRACE) {
+                Ok(reply) => Some(reply),
+                Err(_) => return Answer::Close,
+            },
+        };
+        Answer::Reply(reply.unwrap_or_else(|| {
+            Reply::Error("The controller dropped the request without answering".into())
+                .encode(dialect)
+        }))
+    }
+
+    /// The `ERROR:` reply to a `GRANT_ACCESS` for a process that is neither
+    /// the peer nor one of its descendants; `None` for any other line.
+    fn refuse_grant(&self, line: &[u8]) -> Option<String> {
+        let (request, dialect) = parse_request(line).ok()?;
+        if request.command(Dialect::Upper) != "GRANT_ACCESS" {
+            return None;
+        }
+        let pid = request.grant_pid();
+        let allowed = match (pid, self.peer.pid, self.peer_start) {
+            (Some(pid), Some(peer), Some(start)) => proc::is_self_or_descendant(pid, peer, start)
+                .unwrap_or_else(|err| {
+                    warn!("cannot tell whether PID {pid} descends from PID {peer}: {err}");
+                    false
+                }),
+            _ => false,
+        };
+        if allowed {
+            return None;
+        }
+        let you = self.peer.pid.map_or_else(
+            || "your PID is unknown".to_owned(),
+            |pid| format!("you are PID {pid}"),
+        );
+        let what = pid.map_or_else(
+            || "GRANT_ACCESS".to_owned(),
+            |pid| format!("GRANT_ACCESS {pid}"),
+        );
+        warn!(
+            "refused {what} from {:?} on session {}: not the client or one of its descendants",
+            self.peer, self.session
+        );
+        Some(
+            Reply::Error(format!(
+                "{what} refused: it must be your own process or one of its descendants ({you})"
+            ))
+            .encode(dialect),
+        )
+    }
+}
