@@ -7,6 +7,7 @@
 mod common;
 
 use common::{
+    as_pid,
     bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY, TARGET,
 };
 use std::fs::{self, File, OpenOptions};
@@ -545,11 +546,11 @@ fn requests_round_trip_in_both_dialects() {
         let server = Server::start();
         let client = server.client();
         assert_eq!(client.target_pid().unwrap(), TARGET);
-        let err = client.grant_access(77).unwrap_err();
+        let err = client.grant_access(as_pid(77)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Refused);
         assert_eq!(err.to_string(), "77");
         client.terminate().unwrap();
-        client.revoke(77).unwrap();
+        client.revoke(as_pid(77)).unwrap();
 
         let deadline = || Instant::now() + Duration::from_secs(2);
         for (line, reply) in [
@@ -653,7 +654,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
         // GRANT_ACCESS for pids from 1000 is answered long after its client
         // (waiting 300 ms) gave up.
         let server = Server::answering(|request| {
-            if matches!(request, Ok(Request::GrantAccess(pid)) if pid >= 1000) {
+            if matches!(request, Ok(Request::GrantAccess(pid)) if pid.get() >= 1000) {
                 thread::sleep(Duration::from_millis(600));
             }
             standard(request)
@@ -666,7 +667,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
             let err = server
                 .client()
                 .timeout(Duration::from_millis(300))
-                .grant_access(1000 + round)
+                .grant_access(as_pid(1000 + round))
                 .unwrap_err();
             let waited = start.elapsed();
             assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
@@ -681,7 +682,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
             let err = server
                 .client()
                 .timeout(Duration::from_secs(3))
-                .grant_access(round)
+                .grant_access(as_pid(round))
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
             assert_eq!(err.to_string(), round.to_string(), "got another's reply");
@@ -719,7 +720,7 @@ fn a_controller_that_never_answers_times_clients_out() {
             let err = server
                 .client()
                 .timeout(Duration::from_secs(3))
-                .grant_access(pid)
+                .grant_access(as_pid(pid))
                 .unwrap_err();
             assert_eq!(err.to_string(), pid.to_string(), "got another's reply");
         }
@@ -842,11 +843,11 @@ fn half_a_line_is_dropped_after_silence() {
         // is dropped and the next client's line parses cleanly.
         write("GRANT_ACC");
         thread::sleep(Duration::from_millis(2600));
-        let err = server.client().grant_access(5).unwrap_err();
+        let err = server.client().grant_access(as_pid(5)).unwrap_err();
         assert_eq!(err.to_string(), "5");
         assert_eq!(
             server.seen(),
-            [Ok(Request::GetTargetPid), Ok(Request::GrantAccess(5))]
+            [Ok(Request::GetTargetPid), Ok(Request::GrantAccess(as_pid(5)))]
         );
         server.shut_down().unwrap();
     })
@@ -915,10 +916,10 @@ fn many_clients_in_a_row_each_get_their_reply() {
         let mut next = 0;
         let server = Server::answering(move |_| {
             next += 1;
-            Reply::TargetPid(next)
+            Reply::TargetPid(as_pid(next))
         });
         for n in 1..=200 {
-            assert_eq!(server.client().target_pid().unwrap(), n);
+            assert_eq!(server.client().target_pid().unwrap(), as_pid(n));
         }
         assert_eq!(server.seen().len(), 200);
         server.shut_down().unwrap();
@@ -935,7 +936,7 @@ fn concurrent_clients_never_get_each_others_reply() {
                 thread::spawn(move || {
                     for i in 0..20u32 {
                         let pid = 1000 * (t + 1) + i;
-                        let err = client.grant_access(pid).unwrap_err();
+                        let err = client.grant_access(as_pid(pid)).unwrap_err();
                         assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
                         assert_eq!(err.to_string(), pid.to_string(), "a mixed-up reply");
                     }
@@ -947,7 +948,7 @@ fn concurrent_clients_never_get_each_others_reply() {
         }
         let mut seen: Vec<_> = server.seen().into_iter().map(Result::unwrap).collect();
         seen.sort_by_key(|r| match r {
-            Request::GrantAccess(pid) => *pid,
+            Request::GrantAccess(pid) => pid.get(),
             _ => 0,
         });
         seen.dedup();
@@ -962,7 +963,7 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
         // Some requests take longer than their client waits.
         let server = Server::answering(|request| {
             if let Ok(Request::GrantAccess(pid)) = request {
-                thread::sleep(Duration::from_millis(u64::from(pid % 5) * 40));
+                thread::sleep(Duration::from_millis(u64::from(pid.get() % 5) * 40));
             }
             standard(request)
         });
@@ -973,7 +974,7 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
                     let (mut answered, mut timed_out) = (0, 0);
                     for i in 0..15u32 {
                         let pid = 100 * (t + 1) + i;
-                        let err = client.grant_access(pid).unwrap_err();
+                        let err = client.grant_access(as_pid(pid)).unwrap_err();
                         match err.kind() {
                             ErrorKind::Refused => {
                                 assert_eq!(err.to_string(), pid.to_string(), "a mixed-up reply");
@@ -997,7 +998,7 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
             let err = server
                 .client()
                 .timeout(Duration::from_secs(3))
-                .grant_access(pid)
+                .grant_access(as_pid(pid))
                 .unwrap_err();
             assert_eq!(err.to_string(), pid.to_string());
         }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use heli_core::protocol::{Dialect, Reply};
-use heli_core::{Event, Listener, Peer, Stopper};
+use heli_core::{Credentials, Event, Listener, Peer, Pid, Processes, Stopper};
+use heli_proc::ProcFs;
 use log::{info, warn};
 use nix::errno::Errno;
 use nix::fcntl::{openat, Flock, OFlag};
@@ -30,7 +31,6 @@ use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
 use super::session::{file_names, lock_session, socket_dir, sweep};
 use crate::io::{annotate, send_all, wait_any};
-use crate::proc;
 use crate::stop::{StopHandle, StopSignal};
 
 /// How long `listen` waits for a session's lock, held briefly by clients
@@ -223,23 +223,23 @@ impl UnixSocketListener {
             );
             return None;
         }
-        let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0);
+        // Who connected, with its start time: a pid alone may be reused
+        // later. A pid the kernel could not show here (another pid
+        // namespace) is 0.
+        let process = u32::try_from(pid)
+            .ok()
+            .and_then(Pid::new)
+            .and_then(|pid| ProcFs.identity(pid).ok().flatten());
         let peer = Peer {
             connection: id,
-            pid,
-            uid: Some(uid),
+            credentials: Some(Credentials { uid, process }),
         };
-        // Who connected: a pid alone may be reused later.
-        let peer_start = pid
-            .and_then(|pid| proc::stat(pid).ok().flatten())
-            .map(|stat| stat.start);
         serving.active.fetch_add(1, Ordering::SeqCst);
         Some(Served {
             session: &self.name,
             stop: &self.stop,
             stream,
             peer,
-            peer_start,
             events: serving.events,
             stopping: serving.stopping.clone(),
         })

@@ -7,14 +7,13 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use heli_core::protocol::{parse_request, Dialect, LineBuffer, Reply};
+use heli_core::protocol::{Dialect, LineBuffer, Reply};
 use heli_core::{Event, Incoming, Peer, Stopper};
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 
 use crate::io::{send_all, wait_any};
-use crate::proc;
 use crate::stop::StopSignal;
 
 /// How long a client may take to finish a request line it has begun.
@@ -34,8 +33,6 @@ pub(super) struct Served<'a> {
     pub(super) stop: &'a StopSignal,
     pub(super) stream: UnixStream,
     pub(super) peer: Peer,
-    /// When the peer process started, if it could be read.
-    pub(super) peer_start: Option<u64>,
     pub(super) events: &'a Sender<Event>,
     pub(super) stopping: Receiver<()>,
 }
@@ -153,15 +150,12 @@ impl Served<'_> {
     }
 
     /// The reply to one line: from the listener itself for an over-long
-    /// line or a refused grant, else from the controller.
+    /// line, else from the controller.
     fn answer(&self, line: Result<Vec<u8>, heli_core::Error>) -> Answer {
         let line = match line {
             Ok(line) => line,
             Err(err) => return Answer::Reply(Reply::error(&err).encode(Dialect::Upper)),
         };
-        if let Some(refusal) = self.refuse_grant(&line) {
-            return Answer::Reply(refusal);
-        }
         let (incoming, reply) = Incoming::new(self.peer, &line);
         let dialect = incoming.dialect();
         select! {
@@ -183,44 +177,5 @@ impl Served<'_> {
             Reply::Error("The controller dropped the request without answering".into())
                 .encode(dialect)
         }))
-    }
-
-    /// The `ERROR:` reply to a `GRANT_ACCESS` for a process that is neither
-    /// the peer nor one of its descendants; `None` for any other line.
-    fn refuse_grant(&self, line: &[u8]) -> Option<String> {
-        let (request, dialect) = parse_request(line).ok()?;
-        if request.command(Dialect::Upper) != "GRANT_ACCESS" {
-            return None;
-        }
-        let pid = request.grant_pid();
-        let allowed = match (pid, self.peer.pid, self.peer_start) {
-            (Some(pid), Some(peer), Some(start)) => proc::is_self_or_descendant(pid, peer, start)
-                .unwrap_or_else(|err| {
-                    warn!("cannot tell whether PID {pid} descends from PID {peer}: {err}");
-                    false
-                }),
-            _ => false,
-        };
-        if allowed {
-            return None;
-        }
-        let you = self.peer.pid.map_or_else(
-            || "your PID is unknown".to_owned(),
-            |pid| format!("you are PID {pid}"),
-        );
-        let what = pid.map_or_else(
-            || "GRANT_ACCESS".to_owned(),
-            |pid| format!("GRANT_ACCESS {pid}"),
-        );
-        warn!(
-            "refused {what} from {:?} on session {}: not the client or one of its descendants",
-            self.peer, self.session
-        );
-        Some(
-            Reply::Error(format!(
-                "{what} refused: it must be your own process or one of its descendants ({you})"
-            ))
-            .encode(dialect),
-        )
     }
 }

@@ -35,22 +35,20 @@ use super::session::{self, check_name, SessionEntry};
 ///   a process of another user gets `ERROR: permission denied: ...` and is
 ///   disconnected, and the attempt is logged. The controller never hears of
 ///   it.
-/// - `GRANT_ACCESS <pid>` (with or without `FORCE`) reaches the controller
-///   only when `<pid>` is the connected process itself or one of its
-///   descendants, as `/proc` shows them (see below); anything else is
-///   answered `ERROR: GRANT_ACCESS <pid> refused: ...` by the listener. The
-///   pid in a request is never trusted on its own.
+/// - Every request reaches the controller with the [`Credentials`] the
+///   kernel gave for its connection: the user, and the process that
+///   connected with its start time, read when the connection was accepted
+///   (a pid alone may be reused later). The controller decides from them
+///   (`GRANT_ACCESS <pid>` only for the connected process itself or one of
+///   its descendants; see [`Controller`]); the pid in a request is never
+///   trusted on its own.
 /// - A client checks that the process serving the socket runs as the same
 ///   user before it sends anything.
 ///
-/// # Race conditions
+/// [`Credentials`]: heli_core::Credentials
+/// [`Controller`]: heli_core::Controller
 ///
-/// The descendant check walks parent links in `/proc/<pid>/stat` and
-/// compares start times: each parent must have started no later than its
-/// child (a reused pid is younger than its "child"), the connected process
-/// must still be the one that connected (its start time is read when the
-/// connection is accepted), and the candidate must show the same start time
-/// and parent after the walk as before it.
+/// # Race conditions
 ///
 /// Two controllers starting with one name take turns on a lock file,
 /// `<name>.lock`: the second one sees the first and refuses. A socket left
@@ -75,11 +73,12 @@ use super::session::{self, check_name, SessionEntry};
 /// # Examples
 ///
 /// ```
-/// use heli_core::{Connection, Listener, Stopper, Transport};
+/// use heli_core::{Connection, Listener, Pid, Stopper, Transport};
 /// use heli_core::protocol::{Reply, Request};
 /// use heli_transport::UnixSocketTransport;
 /// use std::time::Duration;
 ///
+/// const TARGET: Pid = Pid::new(42).unwrap();
 /// let tmp = tempfile::tempdir()?;
 /// let transport = UnixSocketTransport::session_in(tmp.path().join("run"), "demo")?;
 /// let mut listener = transport.listen()?;
@@ -90,7 +89,7 @@ use super::session::{self, check_name, SessionEntry};
 /// std::thread::spawn(move || {
 ///     for event in events {
 ///         if let heli_core::Event::Request(incoming) = event {
-///             incoming.reply(Reply::TargetPid(42));
+///             incoming.reply(Reply::TargetPid(TARGET));
 ///         }
 ///     }
 /// });
@@ -99,7 +98,7 @@ use super::session::{self, check_name, SessionEntry};
 /// let mut connection = transport.connect(Duration::from_secs(2))?;
 /// for _ in 0..3 {
 ///     let reply = connection.request(Request::GetTargetPid, Duration::from_secs(2))?;
-///     assert_eq!(reply, Reply::TargetPid(42));
+///     assert_eq!(reply, Reply::TargetPid(TARGET));
 /// }
 /// let sessions = UnixSocketTransport::sessions_in(&tmp.path().join("run"))?;
 /// assert_eq!(sessions[0].name, "demo");

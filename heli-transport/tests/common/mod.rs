@@ -11,7 +11,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// The pid the fake controller reports for its target.
-pub(crate) const TARGET: u32 = 4242;
+pub(crate) const TARGET: heli_core::Pid = heli_core::Pid::new(4242).unwrap();
+
+/// `raw` as a pid.
+pub(crate) fn as_pid(raw: u32) -> heli_core::Pid {
+    heli_core::Pid::new(raw).unwrap()
+}
 
 /// A uid nobody in these tests runs as.
 pub(crate) const NOBODY: u32 = 65534;
