@@ -8,8 +8,8 @@ use heli_core::Granter;
 use log::{info, warn};
 
 use crate::noop::NoopGranter;
-use crate::process::ChildWaits;
 use crate::scope::PtraceScope;
+use crate::wait::ChildWaits;
 use crate::yama::{GrantMethod, YamaGranter};
 
 /// One of the granters, chosen at run time; a [`Granter`] by delegation.

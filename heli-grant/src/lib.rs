@@ -47,6 +47,7 @@ mod process;
 mod ptrace_inject;
 mod scope;
 mod sys;
+mod wait;
 mod yama;
 
 pub use auto::{auto, AutoGranter, GranterChoice};
@@ -55,8 +56,9 @@ pub use pep768::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
 };
-pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
+pub use process::{become_subreaper, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use sys::{kill_with_parent, one_malloc_arena};
+pub use wait::{ChildWaits, ChildWaitsGuard};
 pub use yama::{GrantMethod, Holder, YamaGranter};

@@ -32,11 +32,11 @@ use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 
-use crate::process::{ChildWaits, ChildWaitsGuard};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::scope::PtraceScope;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::sys;
+use crate::wait::{ChildWaits, ChildWaitsGuard};
 
 /// Makes one thread of another process run one system call, and reads what
 /// it returned, with ptrace; the process carries on as if nothing happened.
