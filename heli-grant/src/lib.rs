@@ -43,9 +43,9 @@
 mod auto;
 mod noop;
 mod pep768;
-mod process;
 mod ptrace_inject;
 mod scope;
+mod supervisor;
 mod sys;
 mod wait;
 mod yama;
@@ -56,9 +56,9 @@ pub use pep768::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
 };
-pub use process::{become_subreaper, ProcessSupervisor};
 pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
+pub use supervisor::{become_subreaper, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena};
 pub use wait::{ChildWaits, ChildWaitsGuard};
 pub use yama::{GrantMethod, Holder, YamaGranter};
