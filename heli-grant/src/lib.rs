@@ -40,18 +40,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
-mod auto;
-mod noop;
+mod granter;
 mod pep768;
 mod ptrace_inject;
 mod scope;
 mod supervisor;
 mod sys;
 mod wait;
-mod yama;
 
-pub use auto::{auto, AutoGranter, GranterChoice};
-pub use noop::NoopGranter;
+pub use granter::{
+    auto, AutoGranter, GrantMethod, GranterChoice, Holder, NoopGranter, YamaGranter,
+};
 pub use pep768::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
@@ -61,4 +60,3 @@ pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use supervisor::{become_subreaper, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena};
 pub use wait::{ChildWaits, ChildWaitsGuard};
-pub use yama::{GrantMethod, Holder, YamaGranter};
