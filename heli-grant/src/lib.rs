@@ -42,7 +42,7 @@
 
 mod granter;
 mod pep768;
-mod ptrace_inject;
+mod ptrace;
 mod scope;
 mod supervisor;
 mod sys;
@@ -55,7 +55,7 @@ pub use pep768::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
 };
-pub use ptrace_inject::{Injection, SyscallInjector};
+pub use ptrace::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use supervisor::{become_subreaper, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena};

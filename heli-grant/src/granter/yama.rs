@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 use nix::errno::Errno;
 
 use crate::pep768::{remote_exec_prctl, remote_prctl};
-use crate::ptrace_inject::SyscallInjector;
+use crate::ptrace::SyscallInjector;
 use crate::wait::ChildWaits;
 
 /// `PR_SET_PTRACER`, Yama's prctl ("Yama" in ASCII).
