@@ -21,6 +21,7 @@
     allow(dead_code, unused_imports)
 )]
 
+mod arch;
 mod inject;
 
 pub use inject::{Injection, SyscallInjector};
