@@ -5,7 +5,7 @@
 //!   attach.
 //! - [`YamaGranter`] (`yama.rs`): has the target name the client with
 //!   `prctl(PR_SET_PTRACER)`, by ptrace or by CPython's remote execution.
-//! - [`AutoGranter`] and [`auto`] (`auto.rs`): one of the two, as the
+//! - [`AutoGranter`] and [`auto()`] (`auto.rs`): one of the two, as the
 //!   running kernel needs.
 
 mod auto;

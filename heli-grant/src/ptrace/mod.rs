@@ -15,6 +15,11 @@
 //!    had come, so sleeps end on time and blocked reads carry on.
 //!
 //! Never `PTRACE_SYSCALL` or `PTRACE_CONT`: they break those restarts.
+//!
+//! `inject.rs` follows the recipe ([`SyscallInjector`]); it asks
+//! `thread.rs` which thread to seize and `insn.rs` which instruction to
+//! step over (step 3); both read `/proc` through `procfs.rs`, and what
+//! differs per processor is in `arch/`.
 
 #![cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -23,5 +28,8 @@
 
 mod arch;
 mod inject;
+mod insn;
+mod procfs;
+mod thread;
 
 pub use inject::{Injection, SyscallInjector};
