@@ -41,8 +41,8 @@
 #![deny(missing_docs)]
 
 mod granter;
-mod pep768;
 mod ptrace;
+mod python;
 mod scope;
 mod supervisor;
 mod sys;
@@ -51,11 +51,11 @@ mod wait;
 pub use granter::{
     auto, AutoGranter, GrantMethod, GranterChoice, Holder, NoopGranter, YamaGranter,
 };
-pub use pep768::{
+pub use ptrace::{Injection, SyscallInjector};
+pub use python::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
 };
-pub use ptrace::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use supervisor::{become_subreaper, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena};

@@ -258,7 +258,7 @@ impl Supervisor for ProcessSupervisor {
     /// offsets), without stopping it or running anything in it.
     fn stack_dump(&self) -> io::Result<String> {
         let running = self.running()?;
-        let threads = crate::pep768::stack_dump(running.pid)?;
+        let threads = crate::python::stack_dump(running.pid)?;
         Ok(threads
             .iter()
             .map(|thread| thread.to_string())
