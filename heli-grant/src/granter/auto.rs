@@ -7,10 +7,11 @@ use std::str::FromStr;
 use heli_core::Granter;
 use log::{info, warn};
 
-use crate::noop::NoopGranter;
-use crate::process::ChildWaits;
 use crate::scope::PtraceScope;
-use crate::yama::{GrantMethod, YamaGranter};
+use crate::wait::ChildWaits;
+
+use super::noop::NoopGranter;
+use super::yama::{GrantMethod, YamaGranter};
 
 /// One of the granters, chosen at run time; a [`Granter`] by delegation.
 ///

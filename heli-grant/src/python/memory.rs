@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 
-use super::{Pep768Error, Pep768ErrorKind};
+use super::error::{Pep768Error, Pep768ErrorKind};
 
 /// Reads and writes process `pid`'s memory.
 #[derive(Clone, Debug)]

@@ -1,225 +1,21 @@
-//! CPython 3.14's remote debugging interface (PEP 768), natively: find a
-//! target's `_PyRuntime`, validate its `_Py_DebugOffsets`, read its thread
-//! stacks, and ask it to run a script.
-//!
-//! Nothing here runs Python in the calling process, attaches with ptrace or
-//! stops the target: it reads and writes the target's memory with
-//! `process_vm_readv`/`process_vm_writev` (or `/proc/PID/mem`), which needs
-//! the right to ptrace the target, as its parent has under Yama
-//! `ptrace_scope=1`.
-//!
-//! - [`PyProcess::open`]: walks `/proc/PID/maps` for files whose name
-//!   contains `python`, finds the `.PyRuntime` section in their ELF headers
-//!   ([`PyRuntimeSection`]), and validates the [`DebugOffsets`] found there.
-//! - [`PyProcess::stack_dump`]: every thread's Python stack.
-//! - [`PyProcess::remote_exec`]: `sys.remote_exec`'s write sequence;
-//!   [`remote_prctl`] and [`remote_exec_prctl`] build a grant on it.
-//!
-//! Offsets are never hard-coded: each is read from the target; only the
-//! order of the fields of `_Py_DebugOffsets` is known per minor version.
+//! The target as a CPython: which file it maps holds the runtime, and the
+//! handle ([`PyProcess`]) that the stack reader and the remote execution
+//! work through.
 
 use std::collections::HashSet;
-use std::error::Error as StdError;
 use std::ffi::OsStr;
-use std::fmt;
 use std::fs;
-use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use log::debug;
 
-use crate::scope::PtraceScope;
-
-mod elf;
-mod memory;
-mod offsets;
-mod remote_exec;
-mod stack;
-
-pub use elf::PyRuntimeSection;
-pub use offsets::{DebugOffsets, PyVersion};
-pub use remote_exec::{remote_exec, remote_exec_prctl, remote_prctl, RemoteExec};
-pub use stack::{stack_dump, PyFrame, ThreadStack};
-
-use memory::RemoteMemory;
-use offsets::Offsets;
-
-/// What went wrong inspecting or driving a Python process; see
-/// [`Pep768Error::kind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Pep768ErrorKind {
-    /// There is no such process.
-    NoSuchProcess,
-    /// The process maps no CPython (no file named `*python*` with a
-    /// `.PyRuntime` section and a valid cookie).
-    NotPython,
-    /// A CPython before 3.14 ([`Pep768Error::python_version`] says which,
-    /// when known).
-    TooOld,
-    /// A CPython whose `_Py_DebugOffsets` layout heli does not know: newer
-    /// than 3.14, or a 3.14 pre-release.
-    UnknownLayout,
-    /// A free-threaded build (`python3.14t`), not supported yet.
-    FreeThreaded,
-    /// The target runs with remote debugging disabled.
-    RemoteDebugDisabled,
-    /// The interpreter has no thread to run a script.
-    NoThread,
-    /// The script's path is too long for the target, or not a path it can
-    /// open.
-    BadPath,
-    /// The caller may not read or write the target's memory.
-    PermissionDenied,
-    /// The target did not run the script in time.
-    Timeout,
-    /// The target ran the script, which failed or did not report.
-    ScriptFailed,
-    /// The call the script made failed: [`Pep768Error::raw_os_error`] is
-    /// its errno.
-    CallFailed,
-    /// Inconsistent data: a corrupt ELF file or `_Py_DebugOffsets`, or a
-    /// pointer that led nowhere (memory changing under the reader).
-    Corrupt,
-    /// A 32-bit or big-endian binary.
-    Unsupported,
-    /// Another system error.
-    Io,
-}
-
-/// An error of [`PyProcess`] and its functions: a [kind](Pep768ErrorKind)
-/// and a message that says what to do about it.
-///
-/// Converts into an [`io::Error`] (of a matching [`io::ErrorKind`]) that
-/// keeps it as its inner error.
-#[derive(Debug)]
-pub struct Pep768Error {
-    kind: Pep768ErrorKind,
-    message: String,
-    version: Option<PyVersion>,
-    errno: Option<i32>,
-    source: Option<io::Error>,
-}
-
-impl Pep768Error {
-    pub(crate) fn new(kind: Pep768ErrorKind, message: String) -> Pep768Error {
-        Pep768Error {
-            kind,
-            message,
-            version: None,
-            errno: None,
-            source: None,
-        }
-    }
-
-    pub(crate) fn io(message: String, err: io::Error) -> Pep768Error {
-        Pep768Error {
-            errno: err.raw_os_error(),
-            source: Some(err),
-            ..Pep768Error::new(Pep768ErrorKind::Io, message)
-        }
-    }
-
-    pub(crate) fn permission_denied(pid: u32, what: &str, err: io::Error) -> Pep768Error {
-        let scope = match PtraceScope::current() {
-            Ok(scope) => format!("Yama's ptrace_scope here: {scope} ({})", scope.explain()),
-            Err(_) => "Yama's ptrace_scope cannot be read".to_owned(),
-        };
-        Pep768Error {
-            errno: err.raw_os_error(),
-            source: Some(err),
-            ..Pep768Error::new(
-                Pep768ErrorKind::PermissionDenied,
-                format!(
-                    "permission denied to {what} PID {pid}: that needs the right to ptrace it \
-                     (the same user, a dumpable target, and under Yama ptrace_scope=1 being its \
-                     ancestor, as the controller is, or named by it with PR_SET_PTRACER; or \
-                     CAP_SYS_PTRACE). {scope}"
-                ),
-            )
-        }
-    }
-
-    pub(crate) fn with_version(mut self, version: PyVersion) -> Pep768Error {
-        self.version = Some(version);
-        self
-    }
-
-    pub(crate) fn with_errno(mut self, errno: i32) -> Pep768Error {
-        self.errno = Some(errno);
-        self
-    }
-
-    /// Prefixes the message with `what` (a file, a process).
-    pub(crate) fn context(mut self, what: &str) -> Pep768Error {
-        self.message = format!("{what}: {}", self.message);
-        self
-    }
-
-    /// What went wrong.
-    pub fn kind(&self) -> Pep768ErrorKind {
-        self.kind
-    }
-
-    /// The target's CPython version, when known (for
-    /// [`TooOld`](Pep768ErrorKind::TooOld) and
-    /// [`UnknownLayout`](Pep768ErrorKind::UnknownLayout) in particular).
-    pub fn python_version(&self) -> Option<PyVersion> {
-        self.version
-    }
-
-    /// The errno behind it, if any (the failed call's, for
-    /// [`CallFailed`](Pep768ErrorKind::CallFailed)).
-    pub fn raw_os_error(&self) -> Option<i32> {
-        self.errno
-    }
-}
-
-impl fmt::Display for Pep768Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for Pep768Error {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_ref().map(|err| err as _)
-    }
-}
-
-impl From<Pep768Error> for io::Error {
-    fn from(err: Pep768Error) -> io::Error {
-        use Pep768ErrorKind as K;
-        let kind = match err.kind {
-            K::NoSuchProcess | K::NoThread => io::ErrorKind::NotFound,
-            K::PermissionDenied => io::ErrorKind::PermissionDenied,
-            K::Timeout => io::ErrorKind::TimedOut,
-            K::BadPath => io::ErrorKind::InvalidInput,
-            K::Corrupt => io::ErrorKind::InvalidData,
-            K::CallFailed => err.errno.map_or(io::ErrorKind::Other, |errno| {
-                io::Error::from_raw_os_error(errno).kind()
-            }),
-            K::Io => err
-                .source
-                .as_ref()
-                .map_or(io::ErrorKind::Other, io::Error::kind),
-            K::NotPython
-            | K::TooOld
-            | K::UnknownLayout
-            | K::FreeThreaded
-            | K::RemoteDebugDisabled
-            | K::Unsupported => io::ErrorKind::Unsupported,
-            K::ScriptFailed => io::ErrorKind::Other,
-        };
-        io::Error::new(kind, err)
-    }
-}
+use super::elf::PyRuntimeSection;
+use super::error::{Pep768Error, Pep768ErrorKind};
+use super::memory::RemoteMemory;
+use super::offsets::{DebugOffsets, Offsets};
+use super::version::{version_from_name, PyVersion};
 
 /// A running CPython 3.14 whose `_PyRuntime` was found and validated: the
 /// handle to read its stacks and to ask it to run scripts.
@@ -571,16 +367,6 @@ fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
     })
 }
 
-/// `(3, 13)` from names such as `python3.13`, `libpython3.13.so.1.0`.
-fn version_from_name(path: &str) -> Option<(u8, u8)> {
-    let name = Path::new(path).file_name()?.to_str()?;
-    let at = name.find("python")? + "python".len();
-    let rest = &name[at..];
-    let (major, tail) = rest.split_once('.')?;
-    let minor: String = tail.chars().take_while(char::is_ascii_digit).collect();
-    Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
 /// The name of thread `tid` of process `pid` (`/proc/PID/task/TID/comm`).
 pub(crate) fn comm(pid: u32, tid: u64) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
@@ -638,26 +424,6 @@ mod tests {
                 path: "/a b/c"
             }
         );
-    }
-
-    #[test]
-    fn versions_from_names() {
-        assert_eq!(version_from_name("/usr/bin/python3.13"), Some((3, 13)));
-        assert_eq!(version_from_name("/x/libpython3.12.so.1.0"), Some((3, 12)));
-        assert_eq!(version_from_name("/usr/bin/python3"), None);
-        assert_eq!(version_from_name("/usr/bin/python"), None);
-    }
-
-    #[test]
-    fn errors_convert_to_io() {
-        let err = Pep768Error::new(Pep768ErrorKind::TooOld, "old".to_owned());
-        let io: io::Error = err.into();
-        assert_eq!(io.kind(), io::ErrorKind::Unsupported);
-        let inner = io.get_ref().unwrap().downcast_ref::<Pep768Error>().unwrap();
-        assert_eq!(inner.kind(), Pep768ErrorKind::TooOld);
-        let err =
-            Pep768Error::new(Pep768ErrorKind::CallFailed, "x".to_owned()).with_errno(libc::EINVAL);
-        assert_eq!(io::Error::from(err).kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

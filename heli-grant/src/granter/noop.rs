@@ -5,7 +5,7 @@ use std::io;
 
 use heli_core::Granter;
 
-use crate::yama::Holder;
+use super::yama::Holder;
 
 /// Grants nothing, because nothing is needed: without Yama, or with
 /// `ptrace_scope=0`, any process of the user may ptrace the target.

@@ -1,11 +1,10 @@
 //! The supervisor of a target process.
 
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -19,6 +18,7 @@ use nix::unistd::Pid;
 use crate::sys::{
     ignore_terminal_stops, kill_with_parent, pidfd_open, pidfd_send_signal, take_terminal_in_child,
 };
+use crate::wait::ChildWaits;
 
 /// Runs the target as a child process and reaps it.
 ///
@@ -58,53 +58,6 @@ pub struct ProcessSupervisor {
     kill_group: bool,
     foreground: bool,
     orphans: Option<OrphanReaper>,
-}
-
-/// Who may wait for the supervisor's children, shared by its reaper and a
-/// granter that ptraces them.
-///
-/// A thread that waits for a traced child sees its ptrace stops, whatever
-/// flags it passes: the reaper must not wait while a granter traces the
-/// child, and a granter whose child dies while traced reaps it and must hand
-/// the status on. Both hold [`ChildWaits::lock`] while they wait; a granter
-/// that reaped a child records its status with [`ChildWaitsGuard::reaped`],
-/// and the reaper reports it.
-#[derive(Clone, Debug, Default)]
-pub struct ChildWaits(Arc<Mutex<Waits>>);
-
-#[derive(Debug, Default)]
-struct Waits {
-    /// Statuses of targets reaped by someone other than their reaper.
-    reaped: HashMap<u32, ExitStatus>,
-    /// Targets whose reaper has not reported them yet.
-    targets: HashSet<u32>,
-}
-
-/// Exclusive right to wait for the supervisor's children; see [`ChildWaits`].
-#[derive(Debug)]
-pub struct ChildWaitsGuard<'a>(MutexGuard<'a, Waits>);
-
-impl ChildWaits {
-    /// Takes the right to wait for the children, blocking until the holder
-    /// lets go.
-    pub fn lock(&self) -> ChildWaitsGuard<'_> {
-        ChildWaitsGuard(
-            self.0
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-}
-
-impl ChildWaitsGuard<'_> {
-    /// Records that the holder reaped child `pid`, which ended with `status`.
-    pub fn reaped(&mut self, pid: u32, status: ExitStatus) {
-        self.0.reaped.insert(pid, status);
-    }
-
-    fn take(&mut self, pid: u32) -> Option<ExitStatus> {
-        self.0.reaped.remove(&pid)
-    }
 }
 
 #[derive(Debug)]
@@ -279,7 +232,7 @@ impl Supervisor for ProcessSupervisor {
         });
         let (pidfd, alive) = match watched {
             Ok(watched) => {
-                waits.0.targets.insert(pid);
+                waits.add_target(pid);
                 watched
             }
             Err(err) => {
@@ -305,7 +258,7 @@ impl Supervisor for ProcessSupervisor {
     /// offsets), without stopping it or running anything in it.
     fn stack_dump(&self) -> io::Result<String> {
         let running = self.running()?;
-        let threads = crate::pep768::stack_dump(running.pid)?;
+        let threads = crate::python::stack_dump(running.pid)?;
         Ok(threads
             .iter()
             .map(|thread| thread.to_string())
@@ -414,7 +367,7 @@ impl Reaper {
                 }
             }
         };
-        self.waits.lock().0.targets.remove(&self.pid);
+        self.waits.lock().remove_target(self.pid);
         if self.foreground {
             take_back_terminal();
         }
@@ -496,7 +449,7 @@ fn reap_all(waits: &ChildWaits) {
             }
         };
         let pid = pid.as_raw() as u32;
-        if guard.0.targets.contains(&pid) {
+        if guard.is_target(pid) {
             guard.reaped(pid, status);
         } else {
             debug!("reaped orphan PID {pid} ({status})");

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
+use super::error::{Pep768Error, Pep768ErrorKind};
 use super::offsets::Offsets;
-use super::{comm, Pep768Error, Pep768ErrorKind, PyProcess, MAX_INTERPRETERS};
+use super::process::{comm, PyProcess, MAX_INTERPRETERS};
 
 /// How often a thread's walk, or the whole dump, is tried.
 const ATTEMPTS: usize = 3;

@@ -16,8 +16,9 @@ use log::{debug, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
+use super::error::{Pep768Error, Pep768ErrorKind};
 use super::memory::RemoteMemory;
-use super::{Pep768Error, Pep768ErrorKind, PyProcess};
+use super::process::PyProcess;
 
 /// `_PY_EVAL_PLEASE_STOP_BIT`: makes the thread handle pending events,
 /// remote execution among them, at its next check.

@@ -12,9 +12,9 @@ use heli_core::Granter;
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
-use crate::pep768::{remote_exec_prctl, remote_prctl};
-use crate::process::ChildWaits;
-use crate::ptrace_inject::SyscallInjector;
+use crate::ptrace::SyscallInjector;
+use crate::python::{remote_exec_prctl, remote_prctl};
+use crate::wait::ChildWaits;
 
 /// `PR_SET_PTRACER`, Yama's prctl ("Yama" in ASCII).
 const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;

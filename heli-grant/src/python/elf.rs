@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{Pep768Error, Pep768ErrorKind};
+use super::error::{Pep768Error, Pep768ErrorKind};
 
 /// The section CPython puts `_PyRuntime` in.
 pub(crate) const SECTION: &[u8] = b".PyRuntime";
