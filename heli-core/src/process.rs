@@ -68,6 +68,25 @@ impl From<Pid> for u32 {
     }
 }
 
+impl From<Pid> for u64 {
+    fn from(pid: Pid) -> u64 {
+        u64::from(pid.get())
+    }
+}
+
+impl From<Pid> for i64 {
+    fn from(pid: Pid) -> i64 {
+        i64::from(pid.get())
+    }
+}
+
+/// As the C library's `pid_t`: every pid fits.
+impl From<Pid> for i32 {
+    fn from(pid: Pid) -> i32 {
+        pid.get() as i32
+    }
+}
+
 /// The error of parsing a [`Pid`]: not decimal digits, or out of range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidPid;
@@ -408,6 +427,8 @@ mod tests {
         assert_eq!(Pid::try_from(7u32), Ok(pid(7)));
         assert_eq!(Pid::try_from(0u32), Err(InvalidPid));
         assert_eq!(u32::from(pid(9)), 9);
+        assert_eq!(u64::from(pid(9)), 9);
+        assert_eq!(i32::from(Pid::new(Pid::MAX).unwrap()), i32::MAX);
         assert_eq!(Pid::this().get(), std::process::id());
         assert_eq!(InvalidPid.to_string(), "Invalid PID");
     }

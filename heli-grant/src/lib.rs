@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 mod granter;
+mod inspector;
 mod ptrace;
 mod python;
 mod scope;
@@ -49,8 +50,9 @@ mod sys;
 mod wait;
 
 pub use granter::{
-    auto, AutoGranter, GrantMethod, GranterChoice, Holder, NoopGranter, YamaGranter,
+    auto, AutoGranter, GrantMethod, GranterChoice, NoopGranter, YamaGranter,
 };
+pub use inspector::PythonInspector;
 pub use ptrace::{Injection, SyscallInjector};
 pub use python::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use heli_core::{Exit, ExitStatus, Supervisor};
+use heli_core::{Exit, ExitStatus, ProcessInfo, Processes, Supervisor};
+use heli_proc::ProcFs;
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -185,8 +186,19 @@ impl ProcessSupervisor {
     }
 }
 
+/// The processes of the system the target runs on, as `/proc` shows them.
+impl Processes for ProcessSupervisor {
+    fn process(&self, pid: heli_core::Pid) -> io::Result<Option<ProcessInfo>> {
+        ProcFs.process(pid)
+    }
+
+    fn identity(&self, pid: heli_core::Pid) -> io::Result<Option<heli_core::ProcessId>> {
+        ProcFs.identity(pid)
+    }
+}
+
 impl Supervisor for ProcessSupervisor {
-    fn spawn(&mut self) -> io::Result<u32> {
+    fn spawn(&mut self) -> io::Result<heli_core::Pid> {
         if self.running().is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -251,19 +263,7 @@ impl Supervisor for ProcessSupervisor {
         drop(child);
         debug!("spawned {:?} as PID {pid}", self.command.get_program());
         self.running = Some(Running { pid, pidfd, alive });
-        Ok(pid)
-    }
-
-    /// Reads the target's Python stacks from its memory (PEP 768's debug
-    /// offsets), without stopping it or running anything in it.
-    fn stack_dump(&self) -> io::Result<String> {
-        let running = self.running()?;
-        let threads = crate::python::stack_dump(running.pid)?;
-        Ok(threads
-            .iter()
-            .map(|thread| thread.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(heli_core::Pid::new(pid).expect("the kernel gives pids from 1 to i32::MAX"))
     }
 
     fn shares_terminal(&self) -> bool {
@@ -284,8 +284,10 @@ impl Supervisor for ProcessSupervisor {
         self.exits.1.clone()
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.running().ok().map(|r| r.pid)
+    fn pid(&self) -> Option<heli_core::Pid> {
+        self.running()
+            .ok()
+            .and_then(|running| heli_core::Pid::new(running.pid))
     }
 
     fn signal(&mut self, signal: i32) -> io::Result<()> {
@@ -373,7 +375,7 @@ impl Reaper {
         }
         self.alive.store(false, Ordering::Release);
         let _ = self.exits.send(Exit {
-            pid: self.pid,
+            pid: heli_core::Pid::new(self.pid).expect("a pid the kernel gave"),
             status,
         });
     }
@@ -449,10 +451,9 @@ fn reap_all(waits: &ChildWaits) {
             }
         };
         let pid = pid.as_raw() as u32;
-        if guard.is_target(pid) {
-            guard.reaped(pid, status);
-        } else {
-            debug!("reaped orphan PID {pid} ({status})");
+        match heli_core::Pid::new(pid).filter(|_| guard.is_target(pid)) {
+            Some(target) => guard.reaped(target, status),
+            None => debug!("reaped orphan PID {pid} ({status})"),
         }
     }
 }

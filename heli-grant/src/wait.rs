@@ -44,8 +44,8 @@ impl ChildWaits {
 
 impl ChildWaitsGuard<'_> {
     /// Records that the holder reaped child `pid`, which ended with `status`.
-    pub fn reaped(&mut self, pid: u32, status: ExitStatus) {
-        self.0.reaped.insert(pid, status);
+    pub fn reaped(&mut self, pid: heli_core::Pid, status: ExitStatus) {
+        self.0.reaped.insert(pid.get(), status);
     }
 
     /// The status of target `pid` if someone else reaped it, taken out.

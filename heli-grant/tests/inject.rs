@@ -24,10 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
-use heli_core::{Exit, ExitStatus, Granter, Supervisor};
-use heli_grant::{
-    ChildWaits, Holder, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter,
-};
+use heli_core::{Exit, ExitStatus, Granter, Pid, ProcessId, Processes, Supervisor};
+use heli_grant::{ChildWaits, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
+use heli_proc::ProcFs;
 use nix::fcntl::OFlag;
 
 // ---------------------------------------------------------------- harness
@@ -151,7 +150,7 @@ fn helper() -> &'static Path {
 /// A supervised target whose stdout lines we read and stdin we write.
 struct Target {
     supervisor: ProcessSupervisor,
-    pid: u32,
+    pid: Pid,
     exits: Receiver<Exit>,
     lines: Receiver<String>,
     stdin: File,
@@ -240,8 +239,8 @@ impl Target {
         exit
     }
 
-    fn threads(&self) -> Vec<u32> {
-        let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{}/task", self.pid))
+    fn threads(&self) -> Vec<Pid> {
+        let mut tids: Vec<Pid> = fs::read_dir(format!("/proc/{}/task", self.pid))
             .unwrap()
             .map(|entry| {
                 entry
@@ -258,7 +257,7 @@ impl Target {
     }
 
     /// Waits until thread `tid` is blocked in one of `calls`.
-    fn wait_in(&self, tid: u32, calls: &[libc::c_long]) {
+    fn wait_in(&self, tid: Pid, calls: &[libc::c_long]) {
         let path = format!("/proc/{}/task/{tid}/syscall", self.pid);
         wait_for(&format!("thread {tid} in one of {calls:?}"), || {
             let text = fs::read_to_string(&path).unwrap_or_default();
@@ -297,14 +296,14 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Field `n` (from 1) of `/proc/PID/stat`.
-fn stat_field(pid: u32, n: usize) -> String {
+fn stat_field(pid: Pid, n: usize) -> String {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let (_, rest) = stat.rsplit_once(')').unwrap();
     rest.split_whitespace().nth(n - 3).unwrap().to_owned()
 }
 
 /// Where the target's argument `arg` lies in its memory (its argv area).
-fn argument_address(pid: u32, arg: &str) -> u64 {
+fn argument_address(pid: Pid, arg: &str) -> u64 {
     let start: u64 = stat_field(pid, 48).parse().unwrap();
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let needle = format!("\0{arg}\0");
@@ -315,7 +314,17 @@ fn argument_address(pid: u32, arg: &str) -> u64 {
     start + offset as u64 + 1
 }
 
-fn comm(pid: u32, tid: u32) -> String {
+/// Who `pid` is now.
+fn identity(pid: Pid) -> ProcessId {
+    ProcFs.identity(pid).unwrap().expect("a running process")
+}
+
+/// This test process.
+fn me() -> ProcessId {
+    identity(Pid::this())
+}
+
+fn comm(pid: Pid, tid: Pid) -> String {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
         .unwrap()
         .trim_end()
@@ -506,7 +515,7 @@ fn stopped_target_stays_stopped() {
     let target =
         Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
     target.wait_in(target.pid, SLEEPS);
-    let pid = nix::unistd::Pid::from_raw(target.pid as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::from(target.pid));
     nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
     wait_for("the target to stop", || target.state() == 'T');
     let injector = target.injector();
@@ -611,7 +620,7 @@ fn signals_during_injections(mode: &str) {
             }
             // SAFETY: kill takes two integers (nix's `kill` has no real-time
             // signals).
-            nix::errno::Errno::result(unsafe { libc::kill(pid as i32, signal) }).unwrap();
+            nix::errno::Errno::result(unsafe { libc::kill(i32::from(pid), signal) }).unwrap();
         }
     });
     let me = std::process::id();
@@ -674,7 +683,7 @@ fn seccomp_filtered_target_is_refused() {
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
     let mut granter = YamaGranter::new(target.waits());
-    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    let err = granter.grant(identity(pid), me()).unwrap_err();
     assert!(err.to_string().contains("seccomp"), "{err}");
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
@@ -786,8 +795,8 @@ fn yama_granter_on_this_kernel() {
     let _serial = serial("yama_granter_on_this_kernel");
     let target =
         Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    let pid = target.pid;
-    let me = std::process::id();
+    let pid = identity(target.pid);
+    let me = me();
     let mut granter = YamaGranter::new(target.waits());
     assert_eq!(granter.name(), "yama");
     if PtraceScope::current().unwrap() == PtraceScope::NoYama {
@@ -803,12 +812,16 @@ fn yama_granter_on_this_kernel() {
             .contains("EINVAL"));
     } else {
         granter.grant(pid, me).unwrap();
-        assert_eq!(granter.holder(pid), Some(Holder::current(me).unwrap()));
+        assert_eq!(granter.holder(pid), Some(me));
         granter.revoke(pid).unwrap();
         assert_eq!(granter.holder(pid), None);
     }
-    let err = granter.grant(pid, i32::MAX as u32).unwrap_err();
+    let nobody = ProcessId {
+        pid: Pid::new(i32::MAX as u32).unwrap(),
+        start_time: 1,
+    };
+    let err = granter.grant(pid, nobody).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-    target.wait_in(pid, SLEEPS);
+    target.wait_in(target.pid, SLEEPS);
     target.no_line(Duration::from_millis(100));
 }

@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
+use heli_core::Pid;
 use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
     PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
@@ -68,7 +69,7 @@ macro_rules! need {
 /// A target whose stdout lines we read; killed when dropped.
 struct Target {
     child: Child,
-    pid: u32,
+    pid: Pid,
     lines: Receiver<String>,
 }
 
@@ -88,7 +89,7 @@ impl Target {
                 }
             }
         });
-        let pid = child.id();
+        let pid = Pid::new(child.id()).unwrap();
         let target = Target { child, pid, lines };
         target.line_matching("ready");
         target
@@ -540,15 +541,15 @@ fn refuses_python_3_13() {
 fn refuses_a_process_that_is_not_python() {
     let _serial = serial("refuses_a_process_that_is_not_python");
     let mut child = Command::new("sleep").arg("600").spawn().unwrap();
-    let err = PyProcess::open(child.id()).unwrap_err();
+    let err = PyProcess::open(Pid::new(child.id()).unwrap()).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
     assert!(err.to_string().contains("not a Python process"), "{err}");
     eprintln!("sleep: {err}");
-    let err = remote_exec(child.id(), Path::new("/dev/null")).unwrap_err();
+    let err = remote_exec(Pid::new(child.id()).unwrap(), Path::new("/dev/null")).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NotPython);
     child.kill().unwrap();
     child.wait().unwrap();
-    let err = stack_dump(child.id()).unwrap_err();
+    let err = stack_dump(Pid::new(child.id()).unwrap()).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
 }
 
@@ -576,7 +577,7 @@ fn reports_remote_debugging_disabled() {
         assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
         assert!(err.to_string().contains(switch), "{err}");
         eprintln!("{err}");
-        let err = remote_exec_prctl(target.pid, std::process::id(), SOON).unwrap_err();
+        let err = remote_exec_prctl(target.pid, Pid::this(), SOON).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
         // Reading stacks needs no consent.
         let stacks = process.stack_dump().unwrap();
@@ -773,7 +774,7 @@ fn remote_prctl_reports_the_call() {
     assert_eq!(err.kind(), Pep768ErrorKind::CallFailed, "{err}");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // The grant itself: refused without Yama, and the error says why.
-    let me = std::process::id();
+    let me = Pid::this();
     match PtraceScope::current().unwrap() {
         PtraceScope::NoYama => {
             let err = remote_exec_prctl(pid, me, SOON).unwrap_err();

@@ -17,8 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::Granter;
+use heli_core::{Granter, Pid, ProcessId, Processes};
 use heli_grant::{ChildWaits, GrantMethod, PtraceScope, YamaGranter};
+use heli_proc::ProcFs;
 
 fn python314() -> PathBuf {
     std::env::var_os("HELI_PYTHON")
@@ -86,6 +87,19 @@ fn traced(pid: u32) -> Killed {
     strace
 }
 
+/// Who `pid` is now.
+fn identity(pid: u32) -> ProcessId {
+    ProcFs
+        .identity(Pid::new(pid).unwrap())
+        .unwrap()
+        .expect("a running process")
+}
+
+/// This test process.
+fn me() -> ProcessId {
+    identity(std::process::id())
+}
+
 /// Without Yama the call fails with EINVAL; with Yama it succeeds.
 fn has_yama() -> bool {
     PtraceScope::current().unwrap() != PtraceScope::NoYama
@@ -98,12 +112,12 @@ fn remote_exec_runs_the_prctl_in_the_target() {
     let pid = target.0.id();
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::RemoteExec);
-    let result = granter.grant(pid, std::process::id());
+    let result = granter.grant(identity(pid), me());
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
-        assert_eq!(granter.holder_pid(pid), Some(std::process::id()));
-        granter.revoke(pid).unwrap();
+        assert_eq!(granter.holder(identity(pid)), Some(me()));
+        granter.revoke(identity(pid)).unwrap();
         assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     } else {
         let err = result.unwrap_err();
@@ -114,7 +128,7 @@ fn remote_exec_runs_the_prctl_in_the_target() {
             "{text}"
         );
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{text}");
-        assert_eq!(granter.holder_pid(pid), None);
+        assert_eq!(granter.holder(identity(pid)), None);
     }
     let left: Vec<_> = heli_dirs()
         .into_iter()
@@ -131,7 +145,7 @@ fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
     let strace = traced(pid);
     let mut granter = YamaGranter::new(ChildWaits::default());
     assert_eq!(granter.grant_method(), GrantMethod::Auto);
-    let result = granter.grant(pid, std::process::id());
+    let result = granter.grant(identity(pid), me());
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
@@ -158,7 +172,7 @@ fn ptrace_only_names_the_tracer_of_a_traced_target() {
     let strace = traced(pid);
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
-    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    let err = granter.grant(identity(pid), me()).unwrap_err();
     let text = err.to_string();
     assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{text}");
     assert!(text.contains("by ptrace injection"), "{text}");

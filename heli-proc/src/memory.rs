@@ -1,6 +1,7 @@
 //! Another process's memory: `process_vm_readv`/`process_vm_writev`, with
 //! `/proc/PID/mem` as the fallback (for kernels or seccomp profiles
-//! without those calls, and special mappings they refuse). Both need the
+//! without those calls, and for reads of special mappings, such as the
+//! vDSO, that `process_vm_readv` refuses). Both need the
 //! right to ptrace the process (`PTRACE_MODE_ATTACH`), not a ptrace
 //! attachment: the process never stops.
 
@@ -90,16 +91,15 @@ impl Memory {
                 base: addr as usize,
                 len: buf.len(),
             }];
-            let len = buf.len();
             match process_vm_readv(self.target(), &mut [IoSliceMut::new(buf)], &remote) {
-                Ok(n) if n == len => return Ok(()),
-                // The range runs into an unmapped page.
-                Ok(_) | Err(Errno::EFAULT) => return Err(self.unmapped("read", addr, len)),
+                Ok(n) if n == remote[0].len => return Ok(()),
                 Err(Errno::ESRCH) => return Err(no_such_process(self.pid)),
                 Err(Errno::ENOSYS) => self.inner.proc_only.store(true, Ordering::Relaxed),
-                // EPERM and the rest: /proc/PID/mem gives a second opinion,
-                // and its own error.
-                Err(_) => {}
+                // A short read or EFAULT (the range runs into an unmapped
+                // page, or a special mapping such as the vDSO that the call
+                // refuses), EPERM and the rest: /proc/PID/mem gives a second
+                // opinion, and its own error.
+                Ok(_) | Err(_) => {}
             }
         }
         let mem = match self.inner.mem.get() {
@@ -135,6 +135,7 @@ impl Memory {
             }];
             match process_vm_writev(self.target(), &[IoSlice::new(data)], &remote) {
                 Ok(n) if n == data.len() => return Ok(()),
+                // Nothing was written past an unmapped page: say so.
                 Ok(_) | Err(Errno::EFAULT) => return Err(self.unmapped("write", addr, data.len())),
                 Err(Errno::ESRCH) => return Err(no_such_process(self.pid)),
                 Err(Errno::ENOSYS) => self.inner.proc_only.store(true, Ordering::Relaxed),

@@ -319,3 +319,77 @@ impl Processes for ProcFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_gone_but_still_has_facts() {
+        // `cat` runs until its input closes.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let id = ProcFs.identity(pid).unwrap().unwrap();
+        assert!(ProcFs.is_running(id));
+        drop(child.stdin.take());
+        // Exited, not yet reaped: a zombie, waitable still.
+        let raw = nix::unistd::Pid::from_raw(child.id() as i32);
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        nix::sys::wait::waitid(nix::sys::wait::Id::Pid(raw), flags).unwrap();
+        assert!(!ProcFs.is_running(id));
+        assert_eq!(ProcFs.identity(pid).unwrap(), None);
+        let info = ProcFs.process(pid).unwrap().unwrap();
+        assert_eq!(info.state, ProcessState::Zombie);
+        assert_eq!((info.id, info.parent), (id, Some(Pid::this())));
+        child.wait().unwrap();
+        assert_eq!(ProcFs.process(pid).unwrap(), None);
+        assert!(Proc::open(pid).unwrap().is_none());
+        assert_eq!(
+            Proc::open_existing(pid).unwrap_err().to_string(),
+            format!("no process with PID {pid}")
+        );
+    }
+
+    #[test]
+    fn knows_this_process_and_its_threads() {
+        let me = Proc::open_existing(Pid::this()).unwrap();
+        let info = me.info().unwrap().unwrap();
+        assert_eq!(info.id, me.identity().unwrap().unwrap());
+        assert_eq!(info.parent, Pid::new(std::os::unix::process::parent_id()));
+        assert_eq!(info.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(info.euid, nix::unistd::geteuid().as_raw());
+        assert!(!info.kernel_thread);
+        let status = me.status().unwrap().unwrap();
+        assert_eq!((status.process, status.tracer), (Pid::this(), None));
+        assert_eq!(status.threads as usize, me.threads().unwrap().len());
+        // A thread of ours: its own pid, its process ours.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            done.recv().ok();
+        });
+        let tid = Pid::new(rx.recv().unwrap()).unwrap();
+        let thread_info = ProcFs.process(tid).unwrap().unwrap();
+        assert_eq!(thread_info.process, Pid::this());
+        assert_ne!(thread_info.id.pid, Pid::this());
+        assert!(me.threads().unwrap().contains(&tid));
+        assert_eq!(me.thread_status(tid).unwrap().unwrap().process, Pid::this());
+        assert!(matches!(
+            me.thread_syscall(tid).unwrap(),
+            Some(Syscall::In(_) | Syscall::Running)
+        ));
+        drop(done_tx);
+        thread.join().unwrap();
+        // Kernel threads are told apart (kthreadd is PID 2 outside containers).
+        if let Some(kthreadd) = ProcFs.process(Pid::new(2).unwrap()).unwrap() {
+            if kthreadd.parent.is_none() {
+                assert!(kthreadd.kernel_thread);
+            }
+        }
+        assert!(me.capabilities().unwrap().is_some());
+    }
+}

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-use heli_core::Granter;
+use heli_core::{Granter, ProcessId};
 use log::{info, warn};
 
 use crate::scope::PtraceScope;
@@ -24,7 +24,7 @@ use super::yama::{GrantMethod, YamaGranter};
 /// # Examples
 ///
 /// ```
-/// use heli_core::Granter;
+/// use heli_core::{Granter, ProcessId};
 /// use heli_grant::{AutoGranter, ChildWaits, GranterChoice, PtraceScope};
 ///
 /// let granter = AutoGranter::for_scope(PtraceScope::Restricted, ChildWaits::default());
@@ -74,11 +74,11 @@ impl AutoGranter {
             }
             PtraceScope::AdminOnly | PtraceScope::NoAttach => {
                 warn!("{}", scope.explain());
-                AutoGranter::Noop(NoopGranter::default())
+                AutoGranter::Noop(NoopGranter)
             }
             _ => {
                 info!("{}", scope.explain());
-                AutoGranter::Noop(NoopGranter::default())
+                AutoGranter::Noop(NoopGranter)
             }
         }
     }
@@ -92,7 +92,7 @@ impl AutoGranter {
     pub fn choose(choice: GranterChoice, waits: ChildWaits) -> io::Result<AutoGranter> {
         Ok(match choice {
             GranterChoice::Auto => Self::for_scope(PtraceScope::current()?, waits),
-            GranterChoice::Noop => AutoGranter::Noop(NoopGranter::default()),
+            GranterChoice::Noop => AutoGranter::Noop(NoopGranter),
             GranterChoice::Yama => AutoGranter::Yama(YamaGranter::new(waits)),
         })
     }
@@ -137,24 +137,17 @@ impl Granter for AutoGranter {
         }
     }
 
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
         match self {
             AutoGranter::Noop(granter) => granter.grant(target, client),
             AutoGranter::Yama(granter) => granter.grant(target, client),
         }
     }
 
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
         match self {
             AutoGranter::Noop(granter) => granter.revoke(target),
             AutoGranter::Yama(granter) => granter.revoke(target),
-        }
-    }
-
-    fn holder_pid(&self, target: u32) -> Option<u32> {
-        match self {
-            AutoGranter::Noop(granter) => granter.holder_pid(target),
-            AutoGranter::Yama(granter) => granter.holder_pid(target),
         }
     }
 
@@ -224,7 +217,7 @@ mod tests {
             .unwrap()
             .with_method(GrantMethod::RemoteExec);
         assert_eq!(remote.grant_method(), Some(GrantMethod::RemoteExec));
-        let noop = AutoGranter::from(NoopGranter::default()).with_method(GrantMethod::Ptrace);
+        let noop = AutoGranter::from(NoopGranter).with_method(GrantMethod::Ptrace);
         assert_eq!(noop.grant_method(), None);
         let forced = AutoGranter::choose(GranterChoice::Yama, ChildWaits::default()).unwrap();
         assert_eq!(forced.name(), "yama");

@@ -14,4 +14,4 @@ mod yama;
 
 pub use auto::{auto, AutoGranter, GranterChoice};
 pub use noop::NoopGranter;
-pub use yama::{GrantMethod, Holder, YamaGranter};
+pub use yama::{GrantMethod, YamaGranter};

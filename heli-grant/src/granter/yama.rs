@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
 use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
-use heli_core::Granter;
+use heli_core::{Granter, Pid, ProcessId, Processes};
+use heli_proc::ProcFs;
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
@@ -33,8 +33,9 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// the previous one, and [`revoke`](Granter::revoke) injects
 /// `prctl(PR_SET_PTRACER, 0)`. The granter remembers who holds each target
 /// ([`holder`](Self::holder)), as process id and start time, so a client
-/// that exited and whose pid was reused is never taken for the holder. It
-/// never grants `PR_SET_PTRACER_ANY`.
+/// that exited and whose pid was reused is never taken for the holder, and
+/// it never injects into a process that is not the target it was given
+/// (same pid, same start time). It never grants `PR_SET_PTRACER_ANY`.
 ///
 /// The descendants of the client may attach too (Yama checks the declared
 /// process's descendants): a client may run the debugger as its child.
@@ -52,23 +53,25 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// # Examples
 ///
 /// ```no_run
-/// use heli_core::{Granter, Supervisor};
+/// use heli_core::{Granter, Pid, Processes, Supervisor};
 /// use heli_grant::{ProcessSupervisor, YamaGranter};
 /// use std::process::Command;
 ///
 /// let mut supervisor = ProcessSupervisor::new(Command::new("python3"));
-/// let target = supervisor.spawn()?;
+/// let pid = supervisor.spawn()?;
+/// let target = supervisor.identity(pid)?.expect("it runs");
 /// let mut granter = YamaGranter::new(supervisor.child_waits());
-/// let client = 4242; // the pid of the client process
+/// // The client process: who it is, start time included.
+/// let client = supervisor.identity(Pid::new(4242).unwrap())?.expect("it runs");
 /// granter.grant(target, client)?;
-/// assert_eq!(granter.holder(target).map(|holder| holder.pid), Some(client));
+/// assert_eq!(granter.holder(target), Some(client));
 /// granter.revoke(target)?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct YamaGranter {
     injector: SyscallInjector,
-    grants: HashMap<u32, Grant>,
+    grants: HashMap<ProcessId, Grant>,
     method: GrantMethod,
     timeout: Duration,
     last_method: Option<GrantMethod>,
@@ -93,41 +96,9 @@ pub enum GrantMethod {
 /// How long a target gets to run a remote-executed grant by default.
 const REMOTE_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The process a target named as its ptracer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Holder {
-    /// Its process id.
-    pub pid: u32,
-    /// Its start time, in clock ticks after boot (`/proc/PID/stat` field
-    /// 22): with the pid, it tells the process apart from a later one that
-    /// reused the pid.
-    pub start_time: u64,
-}
-
-impl Holder {
-    /// The process `pid` as it is now.
-    ///
-    /// # Errors
-    ///
-    /// [`NotFound`](io::ErrorKind::NotFound) when there is no such process,
-    /// or only its zombie: it has exited, and nobody has reaped it yet.
-    pub fn current(pid: u32) -> io::Result<Holder> {
-        Ok(Holder {
-            pid,
-            start_time: start_time(pid)?,
-        })
-    }
-
-    /// Whether this very process still runs (not a later one with its pid).
-    pub fn is_running(&self) -> bool {
-        Holder::current(self.pid).is_ok_and(|now| now == *self)
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Grant {
-    target: Holder,
-    holder: Holder,
+    holder: ProcessId,
     /// How it was made: [`Ptrace`](GrantMethod::Ptrace) or
     /// [`RemoteExec`](GrantMethod::RemoteExec).
     method: GrantMethod,
@@ -180,20 +151,21 @@ impl YamaGranter {
     ///
     /// Checked against the running processes on every call: `None` once the
     /// holder exited (Yama then forgets it too) or the target did.
-    pub fn holder(&self, target: u32) -> Option<Holder> {
+    pub fn holder(&self, target: ProcessId) -> Option<ProcessId> {
         let grant = self.grants.get(&target)?;
-        (grant.target.is_running() && grant.holder.is_running()).then_some(grant.holder)
+        (ProcFs.is_running(target) && ProcFs.is_running(grant.holder)).then_some(grant.holder)
     }
 
-    /// Has `target` call `prctl(PR_SET_PTRACER, ptracer)` by `method`;
-    /// returns the method that made the call.
+    /// Has `target` call `prctl(PR_SET_PTRACER, ptracer)` (0 for `None`) by
+    /// `method`; returns the method that made the call.
     fn set_ptracer(
         &mut self,
-        target: u32,
-        ptracer: u32,
+        target: Pid,
+        ptracer: Option<Pid>,
         method: GrantMethod,
     ) -> io::Result<GrantMethod> {
-        let what = format!("prctl(PR_SET_PTRACER, {ptracer}) in PID {target}");
+        let named = ptracer.map_or(0, Pid::get);
+        let what = format!("prctl(PR_SET_PTRACER, {named}) in PID {target}");
         let cannot = |err: io::Error| {
             io::Error::new(
                 err.kind(),
@@ -204,7 +176,7 @@ impl YamaGranter {
             return self.by_remote_exec(target, ptracer).map(|()| method);
         }
         self.last_method = Some(GrantMethod::Ptrace);
-        match self.by_ptrace(target, ptracer, &what) {
+        match self.by_ptrace(target, named, &what) {
             Ok(result) => result.map(|()| GrantMethod::Ptrace),
             Err(err) if method == GrantMethod::Auto && injection_impossible(&err) => {
                 warn!("{what}: ptrace injection impossible ({err}): falling back to remote exec");
@@ -223,7 +195,7 @@ impl YamaGranter {
 
     /// Injects the call: `Err` when it could not be made, else what it
     /// returned.
-    fn by_ptrace(&self, target: u32, ptracer: u32, what: &str) -> io::Result<io::Result<()>> {
+    fn by_ptrace(&self, target: Pid, ptracer: u32, what: &str) -> io::Result<io::Result<()>> {
         let injection = self.injector.inject(
             target,
             libc::SYS_prctl,
@@ -243,16 +215,16 @@ impl YamaGranter {
     }
 
     /// Has the target run the call itself (PEP 768) and report it.
-    fn by_remote_exec(&mut self, target: u32, ptracer: u32) -> io::Result<()> {
+    fn by_remote_exec(&mut self, target: Pid, ptracer: Option<Pid>) -> io::Result<()> {
         self.last_method = Some(GrantMethod::RemoteExec);
-        let result = if ptracer == 0 {
-            remote_prctl(target, libc::PR_SET_PTRACER, 0, self.timeout).map(drop)
-        } else {
-            remote_exec_prctl(target, ptracer, self.timeout)
+        let result = match ptracer {
+            None => remote_prctl(target, libc::PR_SET_PTRACER, 0, self.timeout).map(drop),
+            Some(ptracer) => remote_exec_prctl(target, ptracer, self.timeout),
         };
+        let named = ptracer.map_or(0, Pid::get);
         match result {
             Ok(()) => {
-                info!("prctl(PR_SET_PTRACER, {ptracer}) in PID {target} returned 0 (remote exec)");
+                info!("prctl(PR_SET_PTRACER, {named}) in PID {target} returned 0 (remote exec)");
                 Ok(())
             }
             Err(err) => {
@@ -307,75 +279,82 @@ impl Granter for YamaGranter {
             .unwrap_or_default()
     }
 
-    fn holder_pid(&self, target: u32) -> Option<u32> {
-        self.holder(target).map(|holder| holder.pid)
-    }
-
     /// Has `target` call `prctl(PR_SET_PTRACER, client)` by the
-    /// [method](Self::method) chosen; succeeds when it returned 0. `client`
-    /// may be a thread: its process is named.
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
-        let client = process_of(client)?;
-        let holder = Holder::current(client)?;
-        let target_now = Holder::current(target).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("target PID {target} is not running"),
-            )
-        })?;
-        let method = self.set_ptracer(target, client, self.method)?;
-        // The client may have exited in the meantime, and its pid gone to
-        // another process: then take the grant back.
-        if !holder.is_running() {
-            warn!("client PID {client} exited during its grant: revoking");
-            self.grants.remove(&target);
-            let _ = self.set_ptracer(target, 0, method);
+    /// [method](Self::method) chosen; succeeds when it returned 0. Refused
+    /// when `target` is no longer the process it names.
+    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
+        if !ProcFs.is_running(target) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("client PID {client} exited during its grant"),
+                format!("target PID {} is not running", target.pid),
+            ));
+        }
+        if !ProcFs.is_running(client) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("client PID {} is not running", client.pid),
+            ));
+        }
+        let method = self.set_ptracer(target.pid, Some(client.pid), self.method)?;
+        // The client may have exited in the meantime, and its pid gone to
+        // another process: then take the grant back.
+        if !ProcFs.is_running(client) {
+            warn!("client PID {} exited during its grant: revoking", client.pid);
+            self.grants.remove(&target);
+            let _ = self.set_ptracer(target.pid, None, method);
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("client PID {} exited during its grant", client.pid),
             ));
         }
         let previous = self.grants.insert(
             target,
             Grant {
-                target: target_now,
-                holder,
+                holder: client,
                 method,
             },
         );
         match previous {
-            Some(old) if old.holder != holder && old.holder.is_running() => debug!(
-                "PID {target} may now be ptraced by PID {client}, no longer by PID {}",
-                old.holder.pid
+            Some(old) if old.holder != client && ProcFs.is_running(old.holder) => debug!(
+                "PID {} may now be ptraced by PID {}, no longer by PID {}",
+                target.pid, client.pid, old.holder.pid
             ),
-            _ => debug!("PID {target} may now be ptraced by PID {client}"),
+            _ => debug!("PID {} may now be ptraced by PID {}", target.pid, client.pid),
         }
         Ok(())
     }
 
     /// Has `target` call `prctl(PR_SET_PTRACER, 0)`, by the method that
-    /// made its grant; a target that is gone has nothing left to revoke.
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
-        let method = self
-            .grants
-            .get(&target)
-            .map_or(self.method, |grant| grant.method);
-        match self.set_ptracer(target, 0, method) {
+    /// made its grant; a target that is gone (or whose pid now names
+    /// another process) has nothing left to revoke.
+    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
+        let grant = self.grants.remove(&target);
+        if !ProcFs.is_running(target) {
+            debug!("nothing to revoke: target PID {} is gone", target.pid);
+            return Ok(());
+        }
+        let method = grant.map_or(self.method, |grant| grant.method);
+        match self.set_ptracer(target.pid, None, method) {
             Ok(_) => {
-                if let Some(old) = self.grants.remove(&target) {
+                if let Some(old) = grant {
                     info!(
-                        "PID {target} may no longer be ptraced by PID {}",
-                        old.holder.pid
+                        "PID {} may no longer be ptraced by PID {}",
+                        target.pid, old.holder.pid
                     );
                 }
                 Ok(())
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                self.grants.remove(&target);
                 debug!("nothing to revoke: {err}");
                 Ok(())
             }
-            Err(err) => Err(err),
+            Err(err) => {
+                // Still in force: keep the record.
+                if let Some(grant) = grant {
+                    self.grants.insert(target, grant);
+                }
+                Err(err)
+            }
         }
     }
 }
@@ -406,103 +385,9 @@ impl fmt::Display for GrantMethod {
     }
 }
 
-/// The process `pid` belongs to (itself, unless it is a thread).
-fn process_of(pid: u32) -> io::Result<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no process with PID {pid}"),
-        )
-    })?;
-    let tgid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))
-        .and_then(|value| value.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/status has no Tgid")))?;
-    if tgid != pid {
-        debug!("PID {pid} is a thread of process {tgid}: naming the process");
-    }
-    Ok(tgid)
-}
-
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
-/// after boot.
-fn start_time(pid: u32) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no process with PID {pid}"),
-        )
-    })?;
-    match parse_stat(&stat) {
-        Some(('Z' | 'X', _)) => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("PID {pid} has exited"),
-        )),
-        Some((_, start_time)) => Ok(start_time),
-        None => Err(io::Error::other(format!(
-            "/proc/{pid}/stat: unexpected content"
-        ))),
-    }
-}
-
-/// The state (field 3) and the start time (field 22) of a `/proc/PID/stat`.
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    // The command name (field 2) may hold spaces and parentheses: the
-    // fields after it follow the last ')'. Field 3 comes first there.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(22 - 4)?.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_state_and_start_time() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 \
-                    987654 12345678 300 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(('S', 987654)));
-        assert_eq!(parse_stat("1 (x) S 0"), None);
-    }
-
-    #[test]
-    fn a_zombie_is_not_running() {
-        // `cat` runs until its input closes.
-        let mut child = std::process::Command::new("cat")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let holder = Holder::current(child.id()).unwrap();
-        assert!(holder.is_running());
-        drop(child.stdin.take());
-        // Exited, not yet reaped: a zombie, waitable still.
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
-        nix::sys::wait::waitid(nix::sys::wait::Id::Pid(pid), flags).unwrap();
-        assert!(!holder.is_running());
-        let err = Holder::current(child.id()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn knows_this_process() {
-        let me = Holder::current(std::process::id()).unwrap();
-        assert!(me.is_running());
-        assert!(!Holder {
-            start_time: me.start_time + 1,
-            ..me
-        }
-        .is_running());
-        assert_eq!(process_of(std::process::id()).unwrap(), std::process::id());
-        assert_eq!(
-            Holder::current(i32::MAX as u32).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-    }
 
     #[test]
     fn explains_errors() {
@@ -529,10 +414,18 @@ mod tests {
     }
 
     #[test]
-    fn refuses_missing_client() {
+    fn refuses_a_target_that_is_not_the_process_named() {
         let mut granter = YamaGranter::new(ChildWaits::default());
-        let err = granter.grant(1, i32::MAX as u32).unwrap_err();
+        let me = ProcFs.identity(Pid::this()).unwrap().unwrap();
+        let reused = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        let err = granter.grant(reused, me).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        assert_eq!(granter.holder(1), None);
+        assert_eq!(err.to_string(), format!("target PID {} is not running", me.pid));
+        assert_eq!(granter.holder(reused), None);
+        // Nothing to revoke there either.
+        granter.revoke(reused).unwrap();
     }
 }

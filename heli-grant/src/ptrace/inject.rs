@@ -3,6 +3,7 @@
 use std::io;
 
 use heli_core::ExitStatus;
+use heli_proc::Proc;
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -15,7 +16,6 @@ use crate::wait::{ChildWaits, ChildWaitsGuard};
 
 use super::arch;
 use super::insn;
-use super::procfs::TaskStatus;
 use super::thread::choose_thread;
 
 /// Makes one thread of another process run one system call, and reads what
@@ -117,7 +117,7 @@ pub struct SyscallInjector {
 #[non_exhaustive]
 pub struct Injection {
     /// The thread that made the call.
-    pub tid: u32,
+    pub tid: heli_core::Pid,
     /// What the call returned, as the kernel does: a value, or minus an
     /// errno (-4095..=-1).
     pub ret: i64,
@@ -173,7 +173,7 @@ impl SyscallInjector {
     ///
     /// As [`inject`](Self::inject); and when the call returned an errno,
     /// that errno ([`io::Error::raw_os_error`]).
-    pub fn syscall(&self, pid: u32, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {
+    pub fn syscall(&self, pid: heli_core::Pid, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {
         self.inject(pid, nr, args)?.result()
     }
 
@@ -195,7 +195,12 @@ impl SyscallInjector {
     /// - [`InvalidInput`](io::ErrorKind::InvalidInput): more than six
     ///   arguments, or `pid` is a thread of another process;
     /// - others for failures of ptrace itself.
-    pub fn inject(&self, pid: u32, nr: libc::c_long, args: &[u64]) -> io::Result<Injection> {
+    pub fn inject(
+        &self,
+        pid: heli_core::Pid,
+        nr: libc::c_long,
+        args: &[u64],
+    ) -> io::Result<Injection> {
         if args.len() > 6 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -222,18 +227,25 @@ impl SyscallInjector {
     }
 
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn inject_native(&self, pid: u32, nr: libc::c_long, args: &[u64; 6]) -> io::Result<Injection> {
-        let status = TaskStatus::read(pid, None)?;
-        if status.tgid != pid {
+    fn inject_native(
+        &self,
+        pid: heli_core::Pid,
+        nr: libc::c_long,
+        args: &[u64; 6],
+    ) -> io::Result<Injection> {
+        let process = Proc::open(pid)?.ok_or_else(|| exited_before(pid.get()))?;
+        let pid = pid.get();
+        let status = process.status()?.ok_or_else(|| exited_before(pid))?;
+        if status.process.get() != pid {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "{pid} is a thread of process {}; pass a process ID",
-                    status.tgid
+                    status.process
                 ),
             ));
         }
-        if status.exited() {
+        if status.state.is_gone() {
             return Err(exited_before(pid));
         }
         // From here until the detach, nobody else waits for our children: the
@@ -243,15 +255,24 @@ impl SyscallInjector {
         let mut tries = 0;
         loop {
             let tid = if status.threads == 1 {
-                pid
+                process.pid()
             } else {
-                choose_thread(pid)?
+                choose_thread(&process)?
             };
-            let status = if tid == pid {
+            let status = if tid == process.pid() {
                 status.clone()
             } else {
-                TaskStatus::read(pid, Some(tid))?
+                match process.thread_status(tid)? {
+                    Some(status) => status,
+                    // That thread exited in between: choose again.
+                    None if tries < 3 => {
+                        tries += 1;
+                        continue;
+                    }
+                    None => return Err(exited_before(pid)),
+                }
             };
+            let tid = tid.get();
             if status.seccomp != 0 && !self.allow_seccomp {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -263,12 +284,11 @@ impl SyscallInjector {
                     ),
                 ));
             }
-            if status.tracer != 0 {
+            if let Some(tracer) = status.tracer {
                 return Err(io::Error::new(
                     io::ErrorKind::ResourceBusy,
                     format!(
-                        "thread {tid} of PID {pid} is already traced by PID {} (a debugger?)",
-                        status.tracer
+                        "thread {tid} of PID {pid} is already traced by PID {tracer} (a debugger?)"
                     ),
                 ));
             }
@@ -280,10 +300,11 @@ impl SyscallInjector {
                     tries += 1;
                     continue;
                 }
-                Err(err) => return Err(seize_error(pid, tid, err)),
+                Err(err) => return Err(seize_error(&process, tid, err)),
             }
             debug!("seized thread {tid} of PID {pid} to inject system call {nr}");
             let mut tracee = Tracee {
+                process: &process,
                 pid,
                 tid: Pid::from_raw(tid as i32),
                 waits: &mut waits,
@@ -302,7 +323,7 @@ impl SyscallInjector {
             }
             let ret = ret?;
             return Ok(Injection {
-                tid,
+                tid: heli_core::Pid::new(tid).expect("a thread id the kernel gave"),
                 ret,
                 redelivered: redelivered?,
             });
@@ -337,6 +358,8 @@ enum Stop {
 /// A thread we seized, and what we must give back.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 struct Tracee<'a, 'w> {
+    /// The process, opened once.
+    process: &'a Proc,
     pid: u32,
     tid: Pid,
     waits: &'a mut ChildWaitsGuard<'w>,
@@ -374,7 +397,7 @@ impl Tracee<'_, '_> {
             ));
         }
         self.saved = Some(saved);
-        let insn = insn::syscall_insn(self.pid, &saved)?;
+        let insn = insn::syscall_insn(self.process, &saved)?;
         let regs = arch::prepare(&saved, insn, nr, args);
         self.modified = true;
         arch::set(self.tid, &regs).map_err(|e| self.fail(e, "setting the registers"))?;
@@ -473,7 +496,7 @@ impl Tracee<'_, '_> {
             };
             if self.tid.as_raw() as u32 == self.pid {
                 // We reaped our child: the reaper will find it here.
-                self.waits.reaped(self.pid, exit);
+                self.waits.reaped(self.process.pid(), exit);
             }
             self.died = Some(exit);
             return Err(exited_during(self.pid, exit));
@@ -608,8 +631,11 @@ fn requeue(pid: u32, tid: i32, info: &libc::siginfo_t) {
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn seize_error(pid: u32, tid: u32, err: Errno) -> io::Error {
-    let gone = TaskStatus::read(pid, None).map_or(true, |status| status.exited());
+fn seize_error(process: &Proc, tid: u32, err: Errno) -> io::Error {
+    let pid = process.pid().get();
+    let gone = process
+        .status()
+        .map_or(true, |status| status.is_none_or(|status| status.state.is_gone()));
     if gone {
         return exited_before(pid);
     }
@@ -649,7 +675,7 @@ mod tests {
     #[test]
     fn maps_errno_results() {
         let ok = Injection {
-            tid: 1,
+            tid: heli_core::Pid::new(1).unwrap(),
             ret: 5,
             redelivered: Vec::new(),
         };
@@ -661,9 +687,9 @@ mod tests {
     #[test]
     fn refuses_bad_requests() {
         let injector = SyscallInjector::new(ChildWaits::default());
-        let err = injector.inject(1, 0, &[0; 7]).unwrap_err();
+        let err = injector.inject(heli_core::Pid::new(1).unwrap(), 0, &[0; 7]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        let err = injector.inject(i32::MAX as u32, 0, &[]).unwrap_err();
+        let err = injector.inject(heli_core::Pid::new(i32::MAX as u32).unwrap(), 0, &[]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
@@ -673,7 +699,7 @@ mod tests {
         // The kernel refuses to let a process trace its own threads.
         let injector = SyscallInjector::new(ChildWaits::default());
         let err = injector
-            .inject(std::process::id(), libc::SYS_getpid, &[])
+            .inject(heli_core::Pid::this(), libc::SYS_getpid, &[])
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     }

@@ -18,7 +18,7 @@
 //!
 //! `inject.rs` follows the recipe ([`SyscallInjector`]); it asks
 //! `thread.rs` which thread to seize and `insn.rs` which instruction to
-//! step over (step 3); both read `/proc` through `procfs.rs`, and what
+//! step over (step 3); both read `/proc` through `heli-proc`, and what
 //! differs per processor is in `arch/`.
 
 #![cfg_attr(
@@ -29,7 +29,6 @@
 mod arch;
 mod inject;
 mod insn;
-mod procfs;
 mod thread;
 
 pub use inject::{Injection, SyscallInjector};

@@ -1,27 +1,26 @@
 //! Which thread makes the call: the one that a stop disturbs least.
 
-use std::fs;
 use std::io;
 
+use heli_core::Pid;
+use heli_proc::{Proc, Syscall};
 use log::debug;
 
 use super::arch;
-use super::procfs::proc_error;
 
-/// The thread to inject into: the best by [`rank`], the main thread first
-/// among equals.
-pub(super) fn choose_thread(pid: u32) -> io::Result<u32> {
-    let path = format!("/proc/{pid}/task");
-    let dir = fs::read_dir(&path).map_err(|err| proc_error(pid, &path, err))?;
-    let tids: Vec<u32> = dir
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+/// The thread of `process` to inject into: the best by [`rank`], the main
+/// thread first among equals.
+pub(super) fn choose_thread(process: &Proc) -> io::Result<Pid> {
+    let pid = process.pid();
+    let tids = process.threads()?;
     if tids.len() <= 1 {
         return Ok(tids.first().copied().unwrap_or(pid));
     }
     let ranked = tids.iter().map(|&tid| {
-        let rank = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
-            .map_or(Rank::Unknown, |text| rank(&text));
+        let rank = match process.thread_syscall(tid) {
+            Ok(Some(syscall)) => rank(syscall),
+            _ => Rank::Unknown,
+        };
         (rank, tid != pid, tid)
     });
     let (rank, _, tid) = ranked.min().expect("at least two threads");
@@ -44,18 +43,13 @@ enum Rank {
     Eintr,
 }
 
-/// Ranks a thread by its `/proc/PID/task/TID/syscall`: `running`, `-1 sp
-/// pc` (user mode), or `nr args... sp pc`.
-fn rank(syscall: &str) -> Rank {
-    let first = syscall.split_whitespace().next().unwrap_or("");
-    if first == "running" {
-        return Rank::Running;
-    }
-    match first.parse::<i64>() {
-        Ok(-1) => Rank::User,
-        Ok(nr) if arch::EINTR_PRONE.contains(&nr) => Rank::Eintr,
-        Ok(_) => Rank::Restartable,
-        Err(_) => Rank::Unknown,
+/// Ranks a thread by where its `/proc/PID/task/TID/syscall` says it is.
+fn rank(syscall: Syscall) -> Rank {
+    match syscall {
+        Syscall::Running => Rank::Running,
+        Syscall::User => Rank::User,
+        Syscall::In(nr) if arch::EINTR_PRONE.contains(&nr) => Rank::Eintr,
+        Syscall::In(_) => Rank::Restartable,
     }
 }
 
@@ -65,16 +59,10 @@ mod tests {
 
     #[test]
     fn ranks_threads() {
-        assert_eq!(rank("running\n"), Rank::Running);
-        assert_eq!(rank("-1 0x7ffc 0x5555\n"), Rank::User);
-        let read = "0 0x3 0x7f 0x64 0x0 0x0 0x0 0x7ffc 0x7f12\n";
-        assert_eq!(rank(read), Rank::Restartable);
-        let epoll = format!(
-            "{} 0x3 0x7f 0x64 0x0 0x0 0x0 0x7ffc 0x7f12\n",
-            arch::EINTR_PRONE[0]
-        );
-        assert_eq!(rank(&epoll), Rank::Eintr);
-        assert_eq!(rank(""), Rank::Unknown);
+        assert_eq!(rank(Syscall::Running), Rank::Running);
+        assert_eq!(rank(Syscall::User), Rank::User);
+        assert_eq!(rank(Syscall::In(0)), Rank::Restartable);
+        assert_eq!(rank(Syscall::In(arch::EINTR_PRONE[0])), Rank::Eintr);
         assert!(Rank::Running < Rank::Restartable && Rank::Unknown < Rank::Eintr);
     }
 }

@@ -5,10 +5,13 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use heli_core::Pid;
+use heli_proc::{Mapping, Proc};
 use log::debug;
 
 use super::elf::PyRuntimeSection;
@@ -30,7 +33,7 @@ use super::version::{version_from_name, PyVersion};
 /// ```no_run
 /// use heli_grant::PyProcess;
 ///
-/// let python = PyProcess::open(4242)?;
+/// let python = PyProcess::open(heli_core::Pid::new(4242).unwrap())?;
 /// println!("CPython {} in {}", python.version(), python.library().display());
 /// for thread in python.stack_dump()? {
 ///     print!("{thread}");
@@ -60,18 +63,23 @@ impl PyProcess {
     /// [`UnknownLayout`](Pep768ErrorKind::UnknownLayout),
     /// [`FreeThreaded`](Pep768ErrorKind::FreeThreaded), and
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) or [`Io`](Pep768ErrorKind::Io).
-    pub fn open(pid: u32) -> Result<PyProcess, Pep768Error> {
-        let memory = RemoteMemory::new(pid);
-        let maps_path = format!("/proc/{pid}/maps");
-        let maps = fs::read_to_string(&maps_path).map_err(|err| match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => Pep768Error::new(
+    pub fn open(pid: Pid) -> Result<PyProcess, Pep768Error> {
+        let memory = RemoteMemory::new(pid.get());
+        let no_such_process = || {
+            Pep768Error::new(
                 Pep768ErrorKind::NoSuchProcess,
                 format!("no process with PID {pid}"),
-            ),
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                Pep768Error::permission_denied(pid, "read the memory map of", err)
+            )
+        };
+        let process = Proc::open(pid)
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
+            .ok_or_else(no_such_process)?;
+        let maps = process.maps().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => no_such_process(),
+            io::ErrorKind::PermissionDenied => {
+                Pep768Error::permission_denied(pid.get(), "read the memory map of", err)
             }
-            _ => Pep768Error::io(format!("cannot read {maps_path}"), err),
+            _ => Pep768Error::io(format!("cannot read /proc/{pid}/maps"), err),
         })?;
         let candidates = candidates(&maps);
         if candidates.is_empty() {
@@ -80,7 +88,9 @@ impl PyProcess {
                 format!(
                     "PID {pid} ({}) is not a Python process: it maps no file whose name contains \
                      \"python\"",
-                    comm(pid, u64::from(pid)).unwrap_or_else(|| "?".to_owned())
+                    process
+                        .thread_name(u64::from(pid.get()))
+                        .unwrap_or_else(|| "?".to_owned())
                 ),
             ));
         }
@@ -173,8 +183,8 @@ impl PyProcess {
     }
 
     /// The target's process id.
-    pub fn pid(&self) -> u32 {
-        self.memory.pid()
+    pub fn pid(&self) -> Pid {
+        Pid::new(self.memory.pid()).expect("opened by pid")
     }
 
     /// Its CPython version.
@@ -304,23 +314,22 @@ impl Mapped {
 
 /// The files in `maps` whose base name contains `python`, in order of first
 /// appearance, each with the start of its mapping of file offset 0.
-fn candidates(maps: &str) -> Vec<Mapped> {
+fn candidates(maps: &[Mapping]) -> Vec<Mapped> {
     let mut found: Vec<Mapped> = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    for line in maps.lines() {
-        let Some(map) = parse_maps_line(line) else {
+    let mut seen: HashSet<&Path> = HashSet::new();
+    for map in maps {
+        let Some(path) = map.file() else {
             continue;
         };
-        let basename = Path::new(map.path).file_name().unwrap_or(OsStr::new(""));
+        let basename = path.file_name().unwrap_or(OsStr::new(""));
         if !basename.as_bytes().windows(6).any(|w| w == b"python") {
             continue;
         }
-        if map.offset != 0 || seen.contains(map.path) {
+        if map.offset != 0 || !seen.insert(path) {
             continue;
         }
-        seen.insert(map.path.to_owned());
         found.push(Mapped {
-            path: map.path.to_owned(),
+            path: path.to_string_lossy().into_owned(),
             base: map.start,
             end: map.end,
             inode: map.inode,
@@ -329,69 +338,44 @@ fn candidates(maps: &str) -> Vec<Mapped> {
     found
 }
 
-/// One line of `/proc/PID/maps`.
-#[derive(Debug, PartialEq, Eq)]
-struct MapsLine<'a> {
-    start: u64,
-    end: u64,
-    offset: u64,
-    inode: u64,
-    path: &'a str,
-}
-
-fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
-    // start-end perms offset dev inode path (the path may hold spaces).
-    let mut rest = line;
-    let mut field = || {
-        let trimmed = rest.trim_start();
-        let end = trimmed.find(' ').unwrap_or(trimmed.len());
-        let (word, tail) = trimmed.split_at(end);
-        rest = tail;
-        word
-    };
-    let (start, end) = field().split_once('-')?;
-    let _perms = field();
-    let offset = u64::from_str_radix(field(), 16).ok()?;
-    let _dev = field();
-    let inode = field().parse().ok()?;
-    let path = rest.trim_start();
-    if !path.starts_with('/') {
-        return None;
-    }
-    Some(MapsLine {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        offset,
-        inode,
-        path,
-    })
-}
-
 /// The name of thread `tid` of process `pid` (`/proc/PID/task/TID/comm`).
 pub(crate) fn comm(pid: u32, tid: u64) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-        .ok()
-        .map(|name| name.trim_end_matches('\n').to_owned())
+    Proc::open(Pid::new(pid)?).ok()??.thread_name(tid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heli_proc::Mapped;
 
-    const MAPS: &str = "\
-003ff000-00400000 r--p 00000000 08:01 1234 /opt/py/usr/bin/python3.14
-00400000-00422000 r--p 00001000 08:01 1234 /opt/py/usr/bin/python3.14
-00ba0000-00bf0000 rw-p 007a1000 08:01 1234 /opt/py/usr/bin/python3.14
-01000000-01100000 rw-p 00000000 00:00 0 [heap]
-7f0000000000-7f0000100000 r--p 00000000 08:01 99 /usr/lib/libpython3.13.so.1.0
-7f0000200000-7f0000300000 r-xp 00000000 08:01 77 /usr/lib/libc.so.6
-7f0000400000-7f0000500000 r--p 00000000 08:01 55 /tmp/my python (deleted)
-7f0000600000-7f0000700000 r--p 00001000 08:01 56 /usr/lib/python3.14/lib-dynload/x.so
-";
+    fn map(range: (u64, u64), offset: u64, inode: u64, what: &str) -> Mapping {
+        Mapping {
+            start: range.0,
+            end: range.1,
+            readable: true,
+            executable: false,
+            offset,
+            inode,
+            what: match what {
+                "" => Mapped::Other,
+                path => Mapped::File(path.into()),
+            },
+        }
+    }
 
     #[test]
     fn picks_python_files_with_their_base() {
-        let found = candidates(MAPS);
+        let maps = [
+            map((0x3ff000, 0x400000), 0, 1234, "/opt/py/usr/bin/python3.14"),
+            map((0x400000, 0x422000), 0x1000, 1234, "/opt/py/usr/bin/python3.14"),
+            map((0xba0000, 0xbf0000), 0x7a1000, 1234, "/opt/py/usr/bin/python3.14"),
+            map((0x1000000, 0x1100000), 0, 0, ""),
+            map((0x7f00_0000_0000, 0x7f00_0010_0000), 0, 99, "/usr/lib/libpython3.13.so.1.0"),
+            map((0x7f00_0020_0000, 0x7f00_0030_0000), 0, 77, "/usr/lib/libc.so.6"),
+            map((0x7f00_0040_0000, 0x7f00_0050_0000), 0, 55, "/tmp/my python (deleted)"),
+            map((0x7f00_0060_0000, 0x7f00_0070_0000), 0x1000, 56, "/usr/lib/python3.14/x.so"),
+        ];
+        let found = candidates(&maps);
         let summary: Vec<(&str, u64)> = found.iter().map(|m| (m.path.as_str(), m.base)).collect();
         assert_eq!(
             summary,
@@ -406,31 +390,10 @@ mod tests {
     }
 
     #[test]
-    fn parses_maps_lines() {
-        assert_eq!(
-            parse_maps_line("00400000-00401000 r--p 00000000 08:01 1234"),
-            None
-        );
-        assert_eq!(parse_maps_line("garbage"), None);
-        assert_eq!(parse_maps_line(""), None);
-        let line = parse_maps_line("10-20 r--p 00000030 08:01 42    /a b/c").unwrap();
-        assert_eq!(
-            line,
-            MapsLine {
-                start: 0x10,
-                end: 0x20,
-                offset: 0x30,
-                inode: 42,
-                path: "/a b/c"
-            }
-        );
-    }
-
-    #[test]
     fn not_python() {
-        let err = PyProcess::open(std::process::id()).unwrap_err();
+        let err = PyProcess::open(Pid::this()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
-        let err = PyProcess::open(i32::MAX as u32).unwrap_err();
+        let err = PyProcess::open(Pid::new(i32::MAX as u32).unwrap()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use heli_core::Pid;
 use log::{debug, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -52,7 +53,7 @@ pub struct RemoteExec {
 /// # Errors
 ///
 /// As those two.
-pub fn remote_exec(pid: u32, script: &Path) -> Result<RemoteExec, Pep768Error> {
+pub fn remote_exec(pid: Pid, script: &Path) -> Result<RemoteExec, Pep768Error> {
     PyProcess::open(pid)?.remote_exec(script)
 }
 
@@ -133,7 +134,7 @@ impl PyProcess {
         let interp = self.main_interpreter()?;
         let enabled = self.memory().read_i32(interp + d.enabled)?;
         if enabled != 1 {
-            return Err(disabled(pid, enabled));
+            return Err(disabled(pid.get(), enabled));
         }
         let (tstate, thread) = self.script_thread(interp)?;
         let memory = self.memory();
@@ -236,8 +237,8 @@ fn disabled(pid: u32, value: i32) -> Pep768Error {
 
 impl RemoteExec {
     /// The target's process id.
-    pub fn pid(&self) -> u32 {
-        self.memory.pid()
+    pub fn pid(&self) -> Pid {
+        Pid::new(self.memory.pid()).expect("opened by pid")
     }
 
     /// The native id of the thread that will run the script.
@@ -275,7 +276,7 @@ impl RemoteExec {
         while self.is_pending()? {
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(not_run(self.pid(), timeout));
+                return Err(not_run(self.pid().get(), timeout));
             }
             thread::sleep(nap.min(timeout - waited));
             nap = (nap * 2).min(Duration::from_millis(5));
@@ -333,8 +334,8 @@ const PR_SET_PTRACER: i32 = libc::PR_SET_PTRACER;
 ///
 /// As [`remote_prctl`]; [`CallFailed`](Pep768ErrorKind::CallFailed) with
 /// `EINVAL` on a kernel without Yama.
-pub fn remote_exec_prctl(pid: u32, client: u32, timeout: Duration) -> Result<(), Pep768Error> {
-    remote_prctl(pid, PR_SET_PTRACER, u64::from(client), timeout).map(drop)
+pub fn remote_exec_prctl(pid: Pid, client: Pid, timeout: Duration) -> Result<(), Pep768Error> {
+    remote_prctl(pid, PR_SET_PTRACER, u64::from(client.get()), timeout).map(drop)
 }
 
 /// Has process `pid` call `prctl(option, arg, 0, 0, 0)` from Python (with
@@ -361,13 +362,14 @@ pub fn remote_exec_prctl(pid: u32, client: u32, timeout: Duration) -> Result<(),
 ///   [`Pep768Error::raw_os_error`] is its errno;
 /// - those of [`PyProcess::open`] and [`PyProcess::remote_exec`].
 pub fn remote_prctl(
-    pid: u32,
+    pid: Pid,
     option: i32,
     arg: u64,
     timeout: Duration,
 ) -> Result<u64, Pep768Error> {
     let start = Instant::now();
     let python = PyProcess::open(pid)?;
+    let pid = pid.get();
     let other_user = target_uid(pid).is_some_and(|uid| uid != nix::unistd::geteuid().as_raw());
     let dir = PrivateDir::create(other_user)?;
     let socket_path = dir.path.join("report");

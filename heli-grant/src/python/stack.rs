@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
+use heli_core::Pid;
+
 use super::error::{Pep768Error, Pep768ErrorKind};
 use super::offsets::Offsets;
 use super::process::{comm, PyProcess, MAX_INTERPRETERS};
@@ -121,7 +123,7 @@ impl fmt::Display for ThreadStack {
 /// # Errors
 ///
 /// As those two.
-pub fn stack_dump(pid: u32) -> Result<Vec<ThreadStack>, Pep768Error> {
+pub fn stack_dump(pid: Pid) -> Result<Vec<ThreadStack>, Pep768Error> {
     PyProcess::open(pid)?.stack_dump()
 }
 
@@ -245,7 +247,7 @@ impl<'a> Walker<'a> {
         let mut stack = ThreadStack {
             native_thread_id,
             thread_id: word(t.thread_id),
-            name: comm(self.py.pid(), native_thread_id),
+            name: comm(self.py.pid().get(), native_thread_id),
             interpreter_id,
             main,
             frames: Vec::new(),
