@@ -14,6 +14,9 @@ pub use heli_core as core;
 pub use heli_grant as grant;
 pub use heli_transport as transport;
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 pub use heli_core::{Client, Controller, Error, ErrorKind, Granter, Supervisor, Transport};
 
 /// The README's code blocks, compiled as doc tests so they stay true.

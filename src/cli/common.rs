@@ -1,4 +1,4 @@
-//! What the controller and client examples share: finding a Python and
+//! What the controller and client programs share: finding a Python and
 //! printing errors.
 
 #![allow(dead_code, unreachable_pub)]

@@ -1,0 +1,262 @@
+//! The heli controller: runs a target and lets clients attach a debugger to
+//! it later.
+//!
+//! ```text
+//! cargo run --example controller -- examples/target.py
+//! cargo run --example controller -- -- ./my-server --port 8080
+//! ```
+
+
+use std::error::Error;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use super::common::{self, TransportKind};
+use crate::core::{Controller, Granter, Restart, RestartPolicy, Supervisor, Transport};
+use crate::grant::{
+    become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
+};
+use crate::transport::{FifoTransport, UnixSocketTransport};
+use log::{info, warn};
+
+/// Runs a target process under supervision; clients can then get the right
+/// to attach a debugger (pdb -p) to it, even under Yama ptrace_scope=1.
+///
+/// The controller exits with the target's exit code, or 128 + the signal
+/// that killed it; 125 when the controller itself fails.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+#[command(
+    override_usage = "controller [OPTIONS] SCRIPT.py [ARGS]...\n       controller [OPTIONS] -- COMMAND [ARGS]..."
+)]
+struct Args {
+    /// Python interpreter for SCRIPT.py [default: $HELI_PYTHON, else
+    /// python3.14, else python3]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+
+    /// How clients reach the controller
+    #[arg(long, value_enum, default_value_t = TransportKind::Socket)]
+    transport: TransportKind,
+
+    /// Session name, unique per user (socket transport) [default: the
+    /// target's name and the controller's PID, e.g. target-1234]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Directory of the named pipes (fifo transport) [default:
+    /// /tmp/heliparent_debug/user_<name>]
+    #[arg(long, value_name = "DIR")]
+    fifo_dir: Option<PathBuf>,
+
+    /// How clients get ptrace rights: auto (what the kernel's ptrace_scope
+    /// needs), yama (inject prctl(PR_SET_PTRACER) into the target), noop
+    #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
+    granter: GranterChoice,
+
+    /// How the yama granter has the target call prctl: auto (ptrace
+    /// injection, else PEP 768 remote exec when the target is already
+    /// traced), ptrace, remote-exec (a CPython 3.14 target runs it itself)
+    #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
+    grant_method: GrantMethod,
+
+    /// Start the target again when it ends: never, on-failure (non-zero exit
+    /// or killed by a signal) or always; with back-off from 100 ms to 30 s
+    #[arg(long, value_name = "WHEN", default_value_t = Restart::Never)]
+    restart: Restart,
+
+    /// Give up after this many restarts
+    #[arg(long, value_name = "N")]
+    max_restarts: Option<u32>,
+
+    /// Become a child subreaper: orphans of the target's descendants are
+    /// re-parented to the controller, which reaps them (automatic as PID 1)
+    #[arg(long)]
+    subreaper: bool,
+
+    /// Run the target in its own process group and signal the whole group
+    #[arg(long)]
+    kill_group: bool,
+
+    /// Seconds the target gets to exit after SIGTERM before SIGKILL
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    grace: f64,
+
+    /// A Python script and its arguments, or (after --) any command
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TARGET"
+    )]
+    target: Vec<String>,
+}
+
+/// The controller program.
+pub fn main() -> std::process::ExitCode {
+    // Before any thread starts: the controller's threads share one arena.
+    crate::grant::one_malloc_arena();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run() {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(err) => {
+            common::report("controller", err.as_ref());
+            std::process::ExitCode::from(125)
+        }
+    }
+}
+
+fn run() -> Result<i32, Box<dyn Error>> {
+    let args = Args::parse();
+    if !(args.grace.is_finite() && args.grace >= 0.0) {
+        return Err("--grace must be a number of seconds >= 0".into());
+    }
+    let command = target_command(&args)?;
+    let mut supervisor = ProcessSupervisor::new(command).kill_group(args.kill_group);
+    if args.subreaper {
+        become_subreaper()?;
+    }
+    let init = std::process::id() == 1;
+    if args.subreaper || init {
+        info!("reaping every child, orphans included");
+        supervisor = supervisor.reap_orphans()?;
+    }
+    // An init with a terminal hands it to the target, as dumb-init does.
+    if init && std::io::stdin().is_terminal() {
+        match supervisor.give_terminal() {
+            Ok(()) => info!("the target gets the terminal (a foreground process group of its own)"),
+            Err(err) => warn!("the target shares the controller's terminal: {err}"),
+        }
+    }
+    // A Yama granter ptraces the target: it must share the reaper's lock.
+    let granter =
+        AutoGranter::choose(args.granter, supervisor.child_waits())?.with_method(args.grant_method);
+    info!("granter: {}", granter.name());
+    let grant_method = granter
+        .grant_method()
+        .map_or("none".to_owned(), |method| method.to_string());
+    info!("grant method: {grant_method}");
+    let scope = PtraceScope::current()?;
+    let grace = Duration::from_secs_f64(args.grace);
+    let mut restart = RestartPolicy::new(args.restart);
+    if let Some(max) = args.max_restarts {
+        restart = restart.max_restarts(max);
+    }
+    match args.transport {
+        TransportKind::Fifo => {
+            let transport = match &args.fifo_dir {
+                Some(dir) => FifoTransport::new(dir),
+                None => FifoTransport::for_current_user()?,
+            };
+            serve(
+                transport,
+                granter,
+                supervisor,
+                (grace, restart),
+                (scope, grant_method),
+                None,
+            )
+        }
+        TransportKind::Socket => {
+            let name = match &args.name {
+                Some(name) => name.clone(),
+                None => default_session_name(&args.target[0]),
+            };
+            let transport = UnixSocketTransport::session(&name)?;
+            serve(
+                transport,
+                granter,
+                supervisor,
+                (grace, restart),
+                (scope, grant_method),
+                Some(name),
+            )
+        }
+    }
+}
+
+fn serve<T: Transport>(
+    transport: T,
+    granter: impl Granter,
+    supervisor: impl Supervisor,
+    (grace, restart): (Duration, RestartPolicy),
+    (scope, grant_method): (PtraceScope, String),
+    session: Option<String>,
+) -> Result<i32, Box<dyn Error>> {
+    let mut controller = Controller::new(transport, granter, supervisor)
+        .grace(grace)
+        .restart(restart)
+        .handle_signals(true)
+        .status_field(
+            "ptrace_scope",
+            scope.value().map_or("none".to_owned(), |v| v.to_string()),
+        )
+        .status_field("grant_method", grant_method);
+    if let Some(name) = session {
+        info!("session {name}: attach with `client --session {name} attach`");
+        controller = controller.status_field("session", name);
+    }
+    let status = controller.run()?;
+    info!("exiting with status {}", status.shell_code());
+    Ok(status.shell_code())
+}
+
+/// `<target's file stem>-<controller pid>`, made of the characters a
+/// session name may hold.
+fn default_session_name(target: &str) -> String {
+    let stem = std::path::Path::new(target)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let stem = if stem.is_empty() {
+        "target".to_owned()
+    } else {
+        stem
+    };
+    format!("{stem}-{}", std::process::id())
+}
+
+/// `SCRIPT.py ARGS` runs under Python; `-- COMMAND ARGS` (or anything not
+/// ending in .py) runs as it is.
+fn target_command(args: &Args) -> Result<Command, Box<dyn Error>> {
+    let after_dashes = std::env::args()
+        .skip(1)
+        .skip_while(|a| a != "--")
+        .skip(1)
+        .collect::<Vec<_>>();
+    let explicit_command = !after_dashes.is_empty() && after_dashes == args.target;
+    let (first, rest) = args.target.split_first().ok_or("no target given")?;
+    if explicit_command || !first.ends_with(".py") {
+        let mut command = Command::new(first);
+        command.args(rest);
+        return Ok(command);
+    }
+    let python = common::configured_python(args.python.as_deref())
+        .ok_or("no Python found: install Python 3.14, or pass --python / set HELI_PYTHON")?;
+    if !python.is_supported() {
+        warn!(
+            "{} is older than 3.14: the target will run, but pdb cannot attach to it",
+            python.describe()
+        );
+    }
+    info!("running {first} with {}", python.describe());
+    let mut command = Command::new(&python.exe);
+    command.arg(first).args(rest);
+    Ok(command)
+}

@@ -1,0 +1,5 @@
+//! The `controller` and `client` programs (feature `cli`).
+
+pub mod client;
+mod common;
+pub mod controller;
