@@ -1,26 +1,32 @@
-//! The heli controller: runs a target and lets clients attach a debugger to
-//! it later.
+//! The controller program: runs a target and lets clients attach a
+//! debugger to it later.
 //!
 //! ```text
 //! cargo run --example controller -- examples/target.py
 //! cargo run --example controller -- -- ./my-server --port 8080
 //! ```
-
+//!
+//! Its exit statuses are [`ControllerExit`].
 
 use std::error::Error;
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::Parser;
-use super::common::{self, TransportKind};
-use crate::core::{Controller, Granter, Restart, RestartPolicy, Supervisor, Transport};
+use log::{info, warn};
+
+use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
 use crate::grant::{
     become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
 };
 use crate::transport::{FifoTransport, UnixSocketTransport};
-use log::{info, warn};
+
+use super::exit::ControllerExit;
+use super::python::configured_python;
+use super::transport::TransportKind;
 
 /// Runs a target process under supervision; clients can then get the right
 /// to attach a debugger (pdb -p) to it, even under Yama ptrace_scope=1.
@@ -95,28 +101,76 @@ struct Args {
     target: Vec<String>,
 }
 
-/// The controller program.
-pub fn main() -> std::process::ExitCode {
+/// The controller program, as `cargo run --example controller` runs it:
+/// one malloc arena for all its threads, info-level logs to stderr
+/// (`RUST_LOG` changes that), then [`run_with_args`] with this process's
+/// arguments.
+///
+/// # Panics
+///
+/// If a logger is already set.
+pub fn main() -> ExitCode {
     // Before any thread starts: the controller's threads share one arena.
     crate::grant::one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    match run() {
-        Ok(code) => std::process::ExitCode::from(code as u8),
+    run_with_args(std::env::args_os()).into()
+}
+
+/// Runs the controller with a command line (the program's name first)
+/// until its target ends for good; prints a failure to stderr, and says
+/// how to exit.
+///
+/// It handles SIGINT, SIGTERM and the other signals it forwards to the
+/// target for as long as it runs, and with `--subreaper` (or as PID 1) it
+/// reaps every child of this process: call it from a program of its own.
+pub fn run_with_args<I, T>(args: I) -> ControllerExit
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let raw: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let args = match Args::try_parse_from(&raw) {
+        Ok(args) => args,
         Err(err) => {
-            common::report("controller", err.as_ref());
-            std::process::ExitCode::from(125)
+            let _ = err.print();
+            return ControllerExit::for_clap(&err);
+        }
+    };
+    match run(&args, explicit_command(&raw, &args.target)) {
+        Ok(status) => ControllerExit::from(status),
+        Err(err) => {
+            report("controller", err.as_ref());
+            ControllerExit::Failed
         }
     }
 }
 
-fn run() -> Result<i32, Box<dyn Error>> {
-    let args = Args::parse();
+/// Prints `err` and its chain of sources to stderr.
+fn report(program: &str, err: &dyn Error) {
+    eprintln!("{program}: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !err.to_string().contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        source = cause.source();
+    }
+}
+
+/// What clap cannot check: a usable `--grace`.
+fn check(args: &Args) -> Result<(), Box<dyn Error>> {
     if !(args.grace.is_finite() && args.grace >= 0.0) {
         return Err("--grace must be a number of seconds >= 0".into());
     }
-    let command = target_command(&args)?;
+    Ok(())
+}
+
+fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>> {
+    check(args)?;
+    let command = target_command(args, explicit_command)?;
     let mut supervisor = ProcessSupervisor::new(command).kill_group(args.kill_group);
     if args.subreaper {
         become_subreaper()?;
@@ -165,7 +219,7 @@ fn run() -> Result<i32, Box<dyn Error>> {
         TransportKind::Socket => {
             let name = match &args.name {
                 Some(name) => name.clone(),
-                None => default_session_name(&args.target[0]),
+                None => default_session_name(&args.target[0], std::process::id()),
             };
             let transport = UnixSocketTransport::session(&name)?;
             serve(
@@ -187,7 +241,7 @@ fn serve<T: Transport>(
     (grace, restart): (Duration, RestartPolicy),
     (scope, grant_method): (PtraceScope, String),
     session: Option<String>,
-) -> Result<i32, Box<dyn Error>> {
+) -> Result<ExitStatus, Box<dyn Error>> {
     let mut controller = Controller::new(transport, granter, supervisor)
         .grace(grace)
         .restart(restart)
@@ -203,12 +257,12 @@ fn serve<T: Transport>(
     }
     let status = controller.run()?;
     info!("exiting with status {}", status.shell_code());
-    Ok(status.shell_code())
+    Ok(status)
 }
 
 /// `<target's file stem>-<controller pid>`, made of the characters a
 /// session name may hold.
-fn default_session_name(target: &str) -> String {
+fn default_session_name(target: &str, controller: u32) -> String {
     let stem = std::path::Path::new(target)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -229,25 +283,36 @@ fn default_session_name(target: &str) -> String {
     } else {
         stem
     };
-    format!("{stem}-{}", std::process::id())
+    format!("{stem}-{controller}")
+}
+
+/// Whether the target came after `--` on the command line `raw`: then it
+/// is a command even if it ends in .py.
+fn explicit_command(raw: &[OsString], target: &[String]) -> bool {
+    let after_dashes: Vec<&OsString> = raw
+        .iter()
+        .skip(1)
+        .skip_while(|a| a.as_os_str() != "--")
+        .skip(1)
+        .collect();
+    !after_dashes.is_empty()
+        && after_dashes.len() == target.len()
+        && after_dashes
+            .iter()
+            .zip(target)
+            .all(|(a, t)| a.as_os_str() == t.as_str())
 }
 
 /// `SCRIPT.py ARGS` runs under Python; `-- COMMAND ARGS` (or anything not
 /// ending in .py) runs as it is.
-fn target_command(args: &Args) -> Result<Command, Box<dyn Error>> {
-    let after_dashes = std::env::args()
-        .skip(1)
-        .skip_while(|a| a != "--")
-        .skip(1)
-        .collect::<Vec<_>>();
-    let explicit_command = !after_dashes.is_empty() && after_dashes == args.target;
+fn target_command(args: &Args, explicit_command: bool) -> Result<Command, Box<dyn Error>> {
     let (first, rest) = args.target.split_first().ok_or("no target given")?;
     if explicit_command || !first.ends_with(".py") {
         let mut command = Command::new(first);
         command.args(rest);
         return Ok(command);
     }
-    let python = common::configured_python(args.python.as_deref())
+    let python = configured_python(args.python.as_deref())
         .ok_or("no Python found: install Python 3.14, or pass --python / set HELI_PYTHON")?;
     if !python.is_supported() {
         warn!(

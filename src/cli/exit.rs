@@ -1,0 +1,186 @@
+//! The programs' exit statuses, a contract with the scripts that run them,
+//! and the client's failures that lead to them.
+
+use std::io;
+use std::process::ExitCode;
+
+use crate::core::{Error, ErrorKind, ExitStatus};
+
+/// How the client exits. Scripts rely on these values: they do not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientExit {
+    /// 0: the command succeeded, the interactive client ended (`quit`,
+    /// Ctrl-D, `terminate`), or `--help` or `--version` printed its text.
+    Success = 0,
+    /// 1: the controller refused the request, the debugger failed, the
+    /// target exited, or another error (reading the terminal, listing the
+    /// sessions).
+    Failed = 1,
+    /// 2: bad usage (an unknown option, `--json` without `status` or
+    /// `--list`, a `--timeout` that is not a positive number, an empty
+    /// `--with`), or several sessions are running and no `--session` chose
+    /// one.
+    Usage = 2,
+    /// 3: no controller is running where the client looked.
+    NotRunning = 3,
+    /// 4: the controller did not answer within `--timeout`.
+    Timeout = 4,
+    /// 5: attaching is impossible here: `ptrace_scope` is 3, or 2 without
+    /// `CAP_SYS_PTRACE`; no Python 3.14 to run pdb; the `--with` tool is not
+    /// installed; remote debugging is disabled in the target.
+    Impossible = 5,
+}
+
+impl ClientExit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The status for an error of the protocol or of a client request:
+    /// [`NotRunning`](Self::NotRunning) and [`Timeout`](Self::Timeout) for
+    /// theirs, [`Failed`](Self::Failed) for any other (a refusal included).
+    pub fn for_error(kind: ErrorKind) -> ClientExit {
+        match kind {
+            ErrorKind::NotRunning => ClientExit::NotRunning,
+            ErrorKind::Timeout => ClientExit::Timeout,
+            _ => ClientExit::Failed,
+        }
+    }
+
+    /// The status when the debugger cannot be started: a program that is not
+    /// there makes attaching [`Impossible`](Self::Impossible), anything else
+    /// [`Failed`](Self::Failed).
+    pub fn for_debugger_start(err: &io::Error) -> ClientExit {
+        if err.kind() == io::ErrorKind::NotFound {
+            ClientExit::Impossible
+        } else {
+            ClientExit::Failed
+        }
+    }
+
+    /// The status for a command line clap rejected, or for the text
+    /// (`--help`, `--version`) it printed instead of running.
+    pub(crate) fn for_clap(err: &clap::Error) -> ClientExit {
+        if err.use_stderr() {
+            ClientExit::Usage
+        } else {
+            ClientExit::Success
+        }
+    }
+}
+
+impl From<ErrorKind> for ClientExit {
+    fn from(kind: ErrorKind) -> ClientExit {
+        ClientExit::for_error(kind)
+    }
+}
+
+impl From<ClientExit> for ExitCode {
+    fn from(exit: ClientExit) -> ExitCode {
+        ExitCode::from(exit.code())
+    }
+}
+
+/// How the controller exits: as its target did, so that it can stand in
+/// for the target (in a container's entrypoint, a service manager, a
+/// script), or 125 when it fails itself (as `env` and `docker run` do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ControllerExit {
+    /// The target ended: its exit code, or 128 + the number of the signal
+    /// that killed it, as a shell's `$?` shows it.
+    Target(u8),
+    /// 0: `--help` or `--version` printed its text.
+    Help,
+    /// 2: the command line could not be parsed (an unknown option, a
+    /// missing target, a value of the wrong type).
+    Usage,
+    /// 125: the controller itself failed: a bad `--grace`, no Python for
+    /// `SCRIPT.py`, a transport it cannot listen on, a target that cannot
+    /// start.
+    Failed,
+}
+
+impl ControllerExit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            ControllerExit::Target(code) => code,
+            ControllerExit::Help => 0,
+            ControllerExit::Usage => 2,
+            ControllerExit::Failed => 125,
+        }
+    }
+
+    /// The status for a command line clap rejected, or for the text
+    /// (`--help`, `--version`) it printed instead of running.
+    pub(crate) fn for_clap(err: &clap::Error) -> ControllerExit {
+        if err.use_stderr() {
+            ControllerExit::Usage
+        } else {
+            ControllerExit::Help
+        }
+    }
+}
+
+impl From<ExitStatus> for ControllerExit {
+    /// The target's [`shell_code`](ExitStatus::shell_code), kept to its low
+    /// eight bits as the kernel keeps an exit status.
+    fn from(status: ExitStatus) -> ControllerExit {
+        ControllerExit::Target((status.shell_code() & 0xff) as u8)
+    }
+}
+
+impl From<ControllerExit> for ExitCode {
+    fn from(exit: ControllerExit) -> ExitCode {
+        ExitCode::from(exit.code())
+    }
+}
+
+/// What the client says when no controller answers.
+pub(crate) const START_HINT: &str =
+    "\nStart the controller first, e.g.: cargo run --example controller -- examples/target.py";
+
+/// A failure of the client: the message for the user and how to exit.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) exit: ClientExit,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(exit: ClientExit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    /// The error's sentence, with a hint to start a controller when none
+    /// runs, and in plain words when the target is gone.
+    fn from(err: Error) -> Self {
+        let exit = ClientExit::for_error(err.kind());
+        let mut message = err.to_string();
+        if err.kind() == ErrorKind::NotRunning {
+            message.push_str(START_HINT);
+        }
+        if err.kind() == ErrorKind::Refused {
+            if let Some(rest) = message.strip_prefix("Target process not running") {
+                message = format!(
+                    "The target is not running{}: it exited, nothing to attach to. \
+                     `status` shows what the controller is doing.",
+                    rest.trim_end()
+                );
+            }
+        }
+        Failure { exit, message }
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(err: io::Error) -> Self {
+        Failure::new(ClientExit::Failed, err.to_string())
+    }
+}
