@@ -283,3 +283,107 @@ fn alive(pid: u32) -> bool {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn scopes_where_a_grant_helps() {
+        for scope in [
+            PtraceScope::NoYama,
+            PtraceScope::Classic,
+            PtraceScope::Restricted,
+        ] {
+            for cap in [false, true] {
+                assert!(scope_allows(scope, cap).is_ok(), "{scope:?} {cap}");
+            }
+        }
+        assert!(scope_allows(PtraceScope::AdminOnly, true).is_ok());
+    }
+
+    #[test]
+    fn admin_only_without_the_capability_is_impossible() {
+        let failure = scope_allows(PtraceScope::AdminOnly, false).unwrap_err();
+        assert_eq!(failure.exit, ClientExit::Impossible);
+        assert_eq!(
+            failure.message,
+            format!(
+                "Cannot attach: {}.\nAs root: sysctl kernel.yama.ptrace_scope=1 (heli grants access at scope 1).",
+                PtraceScope::AdminOnly.explain()
+            )
+        );
+    }
+
+    #[test]
+    fn no_attach_is_impossible_even_with_the_capability() {
+        for cap in [false, true] {
+            let failure = scope_allows(PtraceScope::NoAttach, cap).unwrap_err();
+            assert_eq!(failure.exit, ClientExit::Impossible);
+            assert_eq!(
+                failure.message,
+                format!(
+                    "Cannot attach: {}.\nOnly a reboot (with a lower kernel.yama.ptrace_scope) lifts it.",
+                    PtraceScope::NoAttach.explain()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn check_scope_asks_this_process_for_the_capability() {
+        assert_eq!(
+            check_scope(PtraceScope::AdminOnly).is_ok(),
+            has_cap_sys_ptrace()
+        );
+        assert!(check_scope(PtraceScope::NoAttach).is_err());
+        assert!(check_scope(PtraceScope::Restricted).is_ok());
+    }
+
+    #[test]
+    fn alive_processes_and_zombies() {
+        assert!(alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        // Not reaped yet: a zombie once it has exited, which counts as dead.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive(child.id()) {
+            assert!(Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        assert!(stat.contains(") Z"), "{stat}");
+        child.wait().unwrap();
+        assert!(!alive(child.id()));
+    }
+
+    #[test]
+    fn pdb_refusing_remote_debugging_is_recognised() {
+        let mut pdb = Command::new("sh");
+        pdb.args([
+            "-c",
+            &format!("echo 'Error: {REMOTE_DEBUG_DISABLED} in PID 1' >&2; exit 1"),
+        ]);
+        let (status, disabled) = run_on_terminal(&mut pdb, true).unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert!(disabled);
+        let mut other = Command::new("sh");
+        other.args(["-c", "echo 'Permission denied' >&2; exit 1"]);
+        let (status, disabled) = run_on_terminal(&mut other, true).unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert!(!disabled);
+        // Without scanning, standard error is the terminal's alone.
+        let mut tool = Command::new("sh");
+        tool.args(["-c", &format!("echo '{REMOTE_DEBUG_DISABLED}' >&2; exit 3")]);
+        let (status, disabled) = run_on_terminal(&mut tool, false).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(!disabled);
+    }
+
+    #[test]
+    fn a_debugger_that_is_not_there_makes_attaching_impossible() {
+        let mut missing = Command::new("/nonexistent/heli-debugger");
+        let err = run_on_terminal(&mut missing, true).unwrap_err();
+        assert_eq!(ClientExit::for_debugger_start(&err), ClientExit::Impossible);
+    }
+}

@@ -279,3 +279,165 @@ impl<T: Transport> App<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from([&["client"], args].concat()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn usage(args: &[&str]) -> String {
+        check(&parse(args)).map_or_else(
+            |failure| {
+                assert_eq!(failure.exit, ClientExit::Usage, "{args:?}");
+                failure.message
+            },
+            |()| panic!("{args:?} passed"),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]);
+        assert_eq!(args.transport, TransportKind::Socket);
+        assert_eq!(args.session, None);
+        assert!(!args.list);
+        assert!(!args.json);
+        assert_eq!(args.fifo_dir, None);
+        assert_eq!(args.timeout, 2.0);
+        assert_eq!(args.python, None);
+        assert_eq!(args.command, None);
+        assert!(check(&args).is_ok());
+    }
+
+    #[test]
+    fn commands_and_their_options() {
+        assert_eq!(parse(&["pid"]).command, Some(Cmd::Pid));
+        assert_eq!(parse(&["stack"]).command, Some(Cmd::Stack));
+        assert_eq!(parse(&["revoke"]).command, Some(Cmd::Revoke));
+        assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
+        assert_eq!(
+            parse(&["attach"]).command,
+            Some(Cmd::Attach {
+                force: false,
+                with: None
+            })
+        );
+        assert_eq!(
+            parse(&["attach", "--force", "--with", "gdb -p {pid}"]).command,
+            Some(Cmd::Attach {
+                force: true,
+                with: Some("gdb -p {pid}".into())
+            })
+        );
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        for args in [
+            &[
+                "--transport",
+                "fifo",
+                "--fifo-dir",
+                "/d",
+                "--timeout",
+                "0.5",
+                "status",
+            ][..],
+            &[
+                "status",
+                "--transport",
+                "fifo",
+                "--fifo-dir",
+                "/d",
+                "--timeout",
+                "0.5",
+            ],
+        ] {
+            let args = parse(args);
+            assert_eq!(args.transport, TransportKind::Fifo);
+            assert_eq!(args.fifo_dir, Some(PathBuf::from("/d")));
+            assert_eq!(args.timeout, 0.5);
+            assert_eq!(args.command, Some(Cmd::Status));
+        }
+        let args = parse(&[
+            "pid",
+            "--session",
+            "web-1",
+            "--python",
+            "/usr/bin/python3.14",
+        ]);
+        assert_eq!(args.session.as_deref(), Some("web-1"));
+        assert_eq!(args.python, Some(PathBuf::from("/usr/bin/python3.14")));
+    }
+
+    #[test]
+    fn json_only_with_status_or_list() {
+        for args in [
+            &["--json", "status"][..],
+            &["status", "--json"],
+            &["--list", "--json"],
+            &["--json", "--list"],
+        ] {
+            assert!(check(&parse(args)).is_ok(), "{args:?}");
+        }
+        for args in [&["--json"][..], &["--json", "pid"], &["attach", "--json"]] {
+            assert_eq!(usage(args), "--json goes with status or --list");
+        }
+    }
+
+    #[test]
+    fn timeout_must_be_a_positive_number() {
+        for timeout in ["0", "-1", "inf", "NaN", "-0.5"] {
+            assert_eq!(
+                usage(&[&format!("--timeout={timeout}"), "pid"]),
+                "--timeout must be a positive number of seconds",
+                "{timeout}"
+            );
+        }
+        assert!(check(&parse(&["--timeout", "0.001", "pid"])).is_ok());
+        let err = Args::try_parse_from(["client", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage);
+    }
+
+    #[test]
+    fn unknown_options_and_transports_are_usage_errors() {
+        for args in [
+            &["client", "--bogus"][..],
+            &["client", "--transport", "carrier-pigeon"],
+            &["client", "frobnicate"],
+            &["client", "pid", "12"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bad_usage_exits_2_before_any_connection() {
+        assert_eq!(
+            run_with_args(["client", "--json", "pid"]),
+            ClientExit::Usage
+        );
+        assert_eq!(
+            run_with_args(["client", "--timeout", "0", "status"]),
+            ClientExit::Usage
+        );
+        assert_eq!(run_with_args(["client", "--bogus"]), ClientExit::Usage);
+    }
+
+    #[test]
+    fn no_controller_exits_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo_dir = dir.path().join("pipes");
+        let args = ["client", "--transport", "fifo", "--fifo-dir"];
+        let exit = run_with_args(
+            args.iter()
+                .map(OsString::from)
+                .chain([fifo_dir.into_os_string(), "pid".into()]),
+        );
+        assert_eq!(exit, ClientExit::NotRunning);
+    }
+}

@@ -325,3 +325,180 @@ fn target_command(args: &Args, explicit_command: bool) -> Result<Command, Box<dy
     command.arg(first).args(rest);
     Ok(command)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(args: &[&str]) -> Vec<OsString> {
+        ["controller"]
+            .iter()
+            .chain(args)
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(raw(args)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The program and arguments the controller would run.
+    fn target(args: &[&str]) -> (String, Vec<String>) {
+        let parsed = parse(args);
+        let command = target_command(&parsed, explicit_command(&raw(args), &parsed.target))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let program = command.get_program().to_string_lossy().into_owned();
+        let args = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        (program, args)
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&["examples/target.py"]);
+        assert_eq!(args.python, None);
+        assert_eq!(args.transport, TransportKind::Socket);
+        assert_eq!(args.name, None);
+        assert_eq!(args.fifo_dir, None);
+        assert_eq!(args.granter, GranterChoice::Auto);
+        assert_eq!(args.grant_method, GrantMethod::Auto);
+        assert_eq!(args.restart, Restart::Never);
+        assert_eq!(args.max_restarts, None);
+        assert!(!args.subreaper);
+        assert!(!args.kill_group);
+        assert_eq!(args.grace, 2.0);
+        assert_eq!(args.target, ["examples/target.py"]);
+        assert!(check(&args).is_ok());
+    }
+
+    #[test]
+    fn options() {
+        let args = parse(&[
+            "--transport",
+            "fifo",
+            "--fifo-dir",
+            "/d",
+            "--name",
+            "web",
+            "--granter",
+            "yama",
+            "--grant-method",
+            "remote-exec",
+            "--restart",
+            "on-failure",
+            "--max-restarts",
+            "3",
+            "--subreaper",
+            "--kill-group",
+            "--grace",
+            "0.5",
+            "app.py",
+        ]);
+        assert_eq!(args.transport, TransportKind::Fifo);
+        assert_eq!(args.fifo_dir, Some(PathBuf::from("/d")));
+        assert_eq!(args.name.as_deref(), Some("web"));
+        assert_eq!(args.granter, GranterChoice::Yama);
+        assert_eq!(args.grant_method, GrantMethod::RemoteExec);
+        assert_eq!(args.restart, Restart::OnFailure);
+        assert_eq!(args.max_restarts, Some(3));
+        assert!(args.subreaper && args.kill_group);
+        assert_eq!(args.grace, 0.5);
+    }
+
+    #[test]
+    fn a_target_is_required() {
+        let err = Args::try_parse_from(raw(&[])).unwrap_err();
+        assert_eq!(ControllerExit::for_clap(&err), ControllerExit::Usage);
+        assert_eq!(run_with_args(raw(&[])), ControllerExit::Usage);
+    }
+
+    #[test]
+    fn grace_must_be_a_number_of_seconds() {
+        for grace in ["-1", "inf", "NaN"] {
+            let args = parse(&[&format!("--grace={grace}"), "--", "true"]);
+            let err = check(&args).unwrap_err();
+            assert_eq!(err.to_string(), "--grace must be a number of seconds >= 0");
+        }
+        assert!(check(&parse(&["--grace", "0", "--", "true"])).is_ok());
+        // Refused before anything starts, with the controller's own status.
+        assert_eq!(
+            run_with_args(raw(&["--grace=-1", "--", "true"])),
+            ControllerExit::Failed
+        );
+        let err = Args::try_parse_from(raw(&["--grace", "soon", "x"])).unwrap_err();
+        assert_eq!(ControllerExit::for_clap(&err), ControllerExit::Usage);
+    }
+
+    #[test]
+    fn a_script_runs_under_python() {
+        let python = "/nonexistent/python3.14";
+        assert_eq!(
+            target(&["--python", python, "app.py", "-v", "--port", "80"]),
+            (
+                python.into(),
+                vec!["app.py".into(), "-v".into(), "--port".into(), "80".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_runs_as_it_is() {
+        assert_eq!(
+            target(&["./server", "--port", "8080"]),
+            ("./server".into(), vec!["--port".into(), "8080".into()])
+        );
+        assert_eq!(
+            target(&["--", "sleep", "60"]),
+            ("sleep".into(), vec!["60".into()])
+        );
+    }
+
+    #[test]
+    fn after_dashes_even_a_script_is_a_command() {
+        let python = "/nonexistent/python3.14";
+        assert_eq!(
+            target(&["--python", python, "--", "tool.py", "x"]),
+            ("tool.py".into(), vec!["x".into()])
+        );
+        // Dashes after the script are the script's.
+        let (program, args) = target(&["--python", python, "app.py", "--", "x"]);
+        assert_eq!(program, python);
+        assert_eq!(args[0], "app.py");
+        assert_eq!(args.last().map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn explicit_commands() {
+        let target = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(explicit_command(&raw(&["--", "a.py"]), &target(&["a.py"])));
+        assert!(explicit_command(
+            &raw(&["--grace", "1", "--", "a.py", "b"]),
+            &target(&["a.py", "b"])
+        ));
+        assert!(!explicit_command(&raw(&["a.py"]), &target(&["a.py"])));
+        assert!(!explicit_command(
+            &raw(&["a.py", "--", "b"]),
+            &target(&["a.py", "--", "b"])
+        ));
+        assert!(!explicit_command(&raw(&["--"]), &target(&[])));
+    }
+
+    #[test]
+    fn default_session_names() {
+        assert_eq!(
+            default_session_name("examples/target.py", 1234),
+            "target-1234"
+        );
+        assert_eq!(default_session_name("./my server!.sh", 7), "my_server_-7");
+        assert_eq!(default_session_name("/usr/bin/héllo", 7), "h_llo-7");
+        assert_eq!(default_session_name("", 5), "target-5");
+        assert_eq!(default_session_name("/", 5), "target-5");
+        let long = "x".repeat(60);
+        assert_eq!(
+            default_session_name(&long, 1),
+            format!("{}-1", "x".repeat(40))
+        );
+    }
+}

@@ -184,3 +184,130 @@ impl From<io::Error> for Failure {
         Failure::new(ClientExit::Failed, err.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_exit_codes_are_the_documented_ones() {
+        let codes = [
+            (ClientExit::Success, 0),
+            (ClientExit::Failed, 1),
+            (ClientExit::Usage, 2),
+            (ClientExit::NotRunning, 3),
+            (ClientExit::Timeout, 4),
+            (ClientExit::Impossible, 5),
+        ];
+        for (exit, code) in codes {
+            assert_eq!(exit.code(), code, "{exit:?}");
+            assert_eq!(ExitCode::from(exit), ExitCode::from(code), "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn controller_exit_codes_are_the_documented_ones() {
+        let codes = [
+            (ControllerExit::Target(0), 0),
+            (ControllerExit::Target(3), 3),
+            (ControllerExit::Target(143), 143),
+            (ControllerExit::Help, 0),
+            (ControllerExit::Usage, 2),
+            (ControllerExit::Failed, 125),
+        ];
+        for (exit, code) in codes {
+            assert_eq!(exit.code(), code, "{exit:?}");
+            assert_eq!(ExitCode::from(exit), ExitCode::from(code), "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn controller_exits_as_its_target_did() {
+        assert_eq!(
+            ControllerExit::from(ExitStatus::Code(0)),
+            ControllerExit::Target(0)
+        );
+        assert_eq!(
+            ControllerExit::from(ExitStatus::Code(7)),
+            ControllerExit::Target(7)
+        );
+        // SIGTERM and SIGKILL: 128 + the signal, as a shell says.
+        assert_eq!(
+            ControllerExit::from(ExitStatus::Signal(15)),
+            ControllerExit::Target(143)
+        );
+        assert_eq!(ControllerExit::from(ExitStatus::Signal(9)).code(), 137);
+    }
+
+    #[test]
+    fn error_kinds_map_to_client_exits() {
+        let expected = [
+            (ErrorKind::NotRunning, ClientExit::NotRunning),
+            (ErrorKind::Timeout, ClientExit::Timeout),
+            (ErrorKind::Refused, ClientExit::Failed),
+            (ErrorKind::MalformedReply, ClientExit::Failed),
+            (ErrorKind::Io, ClientExit::Failed),
+            (ErrorKind::UnknownCommand, ClientExit::Failed),
+        ];
+        for (kind, exit) in expected {
+            assert_eq!(ClientExit::for_error(kind), exit, "{kind:?}");
+            assert_eq!(ClientExit::from(kind), exit, "{kind:?}");
+            let failure = Failure::from(Error::new(kind, "it went wrong"));
+            assert_eq!(failure.exit, exit, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn io_errors_map_to_client_exits() {
+        let failure = Failure::from(io::Error::new(io::ErrorKind::PermissionDenied, "no way"));
+        assert_eq!(failure.exit, ClientExit::Failed);
+        assert_eq!(failure.message, "no way");
+        let missing = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(
+            ClientExit::for_debugger_start(&missing),
+            ClientExit::Impossible
+        );
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(ClientExit::for_debugger_start(&denied), ClientExit::Failed);
+    }
+
+    #[test]
+    fn clap_errors_are_usage_and_help_is_success() {
+        let command = || clap::Command::new("x").version("1");
+        let bad = command()
+            .try_get_matches_from(["x", "--bogus"])
+            .unwrap_err();
+        assert_eq!(ClientExit::for_clap(&bad), ClientExit::Usage);
+        assert_eq!(ControllerExit::for_clap(&bad), ControllerExit::Usage);
+        for asked in ["--help", "--version"] {
+            let printed = command().try_get_matches_from(["x", asked]).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&printed), ClientExit::Success);
+            assert_eq!(ControllerExit::for_clap(&printed), ControllerExit::Help);
+        }
+    }
+
+    #[test]
+    fn no_controller_comes_with_a_hint_to_start_one() {
+        let failure = Failure::from(Error::new(ErrorKind::NotRunning, "Controller not running"));
+        assert_eq!(
+            failure.message,
+            format!("Controller not running{START_HINT}")
+        );
+    }
+
+    #[test]
+    fn a_gone_target_is_said_in_plain_words() {
+        let failure = Failure::from(Error::new(
+            ErrorKind::Refused,
+            "Target process not running (restarting in 400 ms)",
+        ));
+        assert_eq!(failure.exit, ClientExit::Failed);
+        assert_eq!(
+            failure.message,
+            "The target is not running (restarting in 400 ms): it exited, nothing to attach to. \
+             `status` shows what the controller is doing."
+        );
+        let other = Failure::from(Error::new(ErrorKind::Refused, "Access held by PID 7"));
+        assert_eq!(other.message, "Access held by PID 7");
+    }
+}

@@ -244,3 +244,214 @@ pub(crate) fn uptime(secs: u64) -> String {
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).expect("JSON values always serialize")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            pid: 42,
+            state: "running".into(),
+            uptime_secs: 65,
+            granter: "yama".into(),
+            holder: Some(7),
+            extra: vec![
+                ("ptrace_scope".into(), "1".into()),
+                ("session".into(), "target-9".into()),
+                ("grant_method".into(), "ptrace".into()),
+            ],
+            command: "python3.14 examples/target.py".into(),
+        }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert_eq!(Paint::choose(true, None), Paint(true));
+        assert_eq!(Paint::choose(true, Some(OsStr::new(""))), Paint(true));
+        assert_eq!(Paint::choose(true, Some(OsStr::new("1"))), Paint(false));
+        assert_eq!(Paint::choose(false, None), Paint(false));
+        assert_eq!(Paint(true).good("ok"), "\x1b[32mok\x1b[0m");
+        assert_eq!(Paint(true).bad("no"), "\x1b[31mno\x1b[0m");
+        assert_eq!(Paint(true).heading("H"), "\x1b[1mH\x1b[0m");
+        assert_eq!(Paint(false).good("ok"), "ok");
+        assert_eq!(Paint(false).bad("no"), "no");
+        assert_eq!(Paint(false).heading("H"), "H");
+    }
+
+    #[test]
+    fn uptimes() {
+        let expected = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (65, "1m05s"),
+            (3599, "59m59s"),
+            (3600, "1h00m00s"),
+            (3725, "1h02m05s"),
+            (100 * 3600 + 1, "100h00m01s"),
+        ];
+        for (secs, text) in expected {
+            assert_eq!(uptime(secs), text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn status_as_text() {
+        assert_eq!(
+            status_text(&status(), Paint(false)),
+            "session      target-9\n\
+             target PID   42\n\
+             command      python3.14 examples/target.py\n\
+             state        running\n\
+             uptime       1m05s\n\
+             granter      yama\n\
+             ptrace_scope 1\n\
+             grant holder PID 7\n\
+             grant_method ptrace\n"
+        );
+    }
+
+    #[test]
+    fn status_as_text_with_little_to_say() {
+        let status = Status {
+            holder: None,
+            extra: Vec::new(),
+            ..status()
+        };
+        assert_eq!(
+            status_text(&status, Paint(false)),
+            "target PID   42\n\
+             command      python3.14 examples/target.py\n\
+             state        running\n\
+             uptime       1m05s\n\
+             granter      yama\n\
+             ptrace_scope ?\n\
+             grant holder none\n"
+        );
+    }
+
+    #[test]
+    fn status_keys_are_bold_on_a_terminal() {
+        let text = status_text(&status(), Paint(true));
+        assert!(
+            text.starts_with(
+                "\x1b[1msession     \x1b[0m target-9\n\x1b[1mtarget PID  \x1b[0m 42\n"
+            ),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn status_as_json() {
+        let facts = Status {
+            extra: vec![
+                ("ptrace_scope".into(), "1".into()),
+                ("session".into(), "none".into()),
+                ("grant_method".into(), "none".into()),
+                // An extra fact cannot replace one of the protocol's.
+                ("pid".into(), "99".into()),
+            ],
+            ..status()
+        };
+        assert_eq!(
+            status_json_text(&facts),
+            r#"{
+  "command": "python3.14 examples/target.py",
+  "grant_method": null,
+  "granter": "yama",
+  "holder": 7,
+  "pid": 42,
+  "ptrace_scope": 1,
+  "session": "none",
+  "state": "running",
+  "uptime_secs": 65
+}
+"#
+        );
+        let nobody = Status {
+            holder: None,
+            ..status()
+        };
+        let json: Value = serde_json::from_str(&status_json_text(&nobody)).unwrap();
+        assert_eq!(json["holder"], Value::Null);
+        assert_eq!(json["session"], "target-9");
+        assert_eq!(json["grant_method"], "ptrace");
+    }
+
+    fn sessions() -> Vec<Listed> {
+        vec![
+            Listed {
+                name: "target-1234".into(),
+                socket: "/run/user/1000/heli/target-1234.sock".into(),
+                answer: Ok(Status {
+                    pid: 1240,
+                    uptime_secs: 3725,
+                    holder: Some(99),
+                    ..status()
+                }),
+            },
+            Listed {
+                name: "web-77".into(),
+                socket: "/run/user/1000/heli/web-77.sock".into(),
+                answer: Err("Timed out".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn list_as_a_table() {
+        assert_eq!(
+            list_table(&sessions(), Paint(false)),
+            "NAME          PID    UPTIME  STATE      HOLDER  COMMAND\n\
+             target-1234  1240  1h02m05s  running        99  python3.14 examples/target.py\n\
+             web-77          -         -  no answer       -  (Timed out)\n"
+        );
+        let painted = list_table(&sessions(), Paint(true));
+        assert!(
+            painted.starts_with("\x1b[1mNAME          PID    UPTIME  STATE      HOLDER  COMMAND\x1b[0m\ntarget-1234  1240"),
+            "{painted:?}"
+        );
+    }
+
+    #[test]
+    fn list_as_json() {
+        let json: Value = serde_json::from_str(&list_json_text(&sessions())).unwrap();
+        let sessions = json.as_array().unwrap();
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(sessions[0]["name"], "target-1234");
+        assert_eq!(
+            sessions[0]["socket"],
+            "/run/user/1000/heli/target-1234.sock"
+        );
+        assert_eq!(sessions[0]["pid"], 1240);
+        assert_eq!(sessions[0]["holder"], 99);
+        assert_eq!(sessions[0]["ptrace_scope"], 1);
+        assert_eq!(sessions[0]["command"], "python3.14 examples/target.py");
+        assert_eq!(
+            sessions[1],
+            serde_json::json!({
+                "name": "web-77",
+                "socket": "/run/user/1000/heli/web-77.sock",
+                "state": "no answer",
+                "error": "Timed out",
+            })
+        );
+        assert_eq!(list_json_text(&[]), "[]\n");
+    }
+
+    #[test]
+    fn list_without_sessions() {
+        assert_eq!(
+            no_sessions(Path::new("/run/user/1000/heli")),
+            "No heli session is running (none in /run/user/1000/heli).\n"
+        );
+    }
+
+    #[test]
+    fn stacks_are_printed_as_they_came() {
+        let stack = "Thread 12 (main):\n  File \"target.py\", line 43, in work_loop";
+        assert_eq!(stack_text(stack), format!("{stack}\n"));
+        assert_eq!(stack_text(""), "\n");
+    }
+}

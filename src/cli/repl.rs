@@ -298,3 +298,179 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(line: &str) -> Option<Repl> {
+        parse_line(line).unwrap_or_else(|message| panic!("{line:?}: {message}"))
+    }
+
+    fn attach(force: bool, with: Option<&str>) -> Option<Repl> {
+        Some(Repl::Run(
+            Cmd::Attach {
+                force,
+                with: with.map(str::to_owned),
+            },
+            false,
+        ))
+    }
+
+    #[test]
+    fn every_command() {
+        assert_eq!(run("attach"), attach(false, None));
+        assert_eq!(run("pid"), Some(Repl::Run(Cmd::Pid, false)));
+        assert_eq!(run("stack"), Some(Repl::Run(Cmd::Stack, false)));
+        assert_eq!(run("status"), Some(Repl::Run(Cmd::Status, false)));
+        assert_eq!(run("status --json"), Some(Repl::Run(Cmd::Status, true)));
+        assert_eq!(run("revoke"), Some(Repl::Run(Cmd::Revoke, false)));
+        assert_eq!(run("terminate"), Some(Repl::Run(Cmd::Terminate, false)));
+        assert_eq!(run("help"), Some(Repl::Help));
+        assert_eq!(run("?"), Some(Repl::Help));
+        assert_eq!(run("quit"), Some(Repl::Quit));
+        assert_eq!(run("exit"), Some(Repl::Quit));
+    }
+
+    #[test]
+    fn commands_ignore_case_and_blanks() {
+        assert_eq!(run("  PID \t"), Some(Repl::Run(Cmd::Pid, false)));
+        assert_eq!(run("Status   --json"), Some(Repl::Run(Cmd::Status, true)));
+        assert_eq!(run("QUIT"), Some(Repl::Quit));
+    }
+
+    #[test]
+    fn blank_lines_are_nothing() {
+        assert_eq!(run(""), None);
+        assert_eq!(run("   \t "), None);
+    }
+
+    #[test]
+    fn attach_options() {
+        assert_eq!(run("attach --force"), attach(true, None));
+        assert_eq!(
+            run("attach --with 'gdb -p {pid}'"),
+            attach(false, Some("gdb -p {pid}"))
+        );
+        assert_eq!(
+            run(r#"attach --force --with "py-spy dump --pid {pid}""#),
+            attach(true, Some("py-spy dump --pid {pid}"))
+        );
+        assert_eq!(
+            run("attach --with 'gdb -p {pid}' --force"),
+            attach(true, Some("gdb -p {pid}"))
+        );
+        assert_eq!(run("attach --with=gdb"), attach(false, Some("gdb")));
+        assert_eq!(
+            run("attach '--with=strace -p {pid}'"),
+            attach(false, Some("strace -p {pid}"))
+        );
+        // The last --with wins.
+        assert_eq!(run("attach --with a --with b"), attach(false, Some("b")));
+    }
+
+    #[test]
+    fn attach_with_needs_a_command() {
+        assert_eq!(
+            parse_line("attach --with"),
+            Err("attach --with needs a command, e.g. attach --with 'gdb -p {pid}'".into())
+        );
+    }
+
+    #[test]
+    fn unknown_commands_and_options() {
+        for line in [
+            "frobnicate",
+            "attach --bogus",
+            "attach gdb",
+            "pid 12",
+            "status --xml",
+            "status --json --json",
+            "help me",
+            "quit now",
+            "--json",
+        ] {
+            assert_eq!(
+                parse_line(line),
+                Err(format!(
+                    "Unknown command: {}. Type 'help' for the list of commands.",
+                    line.trim()
+                )),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            parse_line("  bogus  "),
+            Err("Unknown command: bogus. Type 'help' for the list of commands.".into())
+        );
+    }
+
+    #[test]
+    fn unmatched_quotes() {
+        assert_eq!(
+            parse_line(" attach --with 'gdb -p {pid} "),
+            Err("Unmatched quote in: attach --with 'gdb -p {pid}".into())
+        );
+        assert_eq!(
+            parse_line("status \""),
+            Err("Unmatched quote in: status \"".into())
+        );
+    }
+
+    #[test]
+    fn tab_completes_commands_and_options() {
+        assert_eq!(completions("", 0), (0, COMMANDS.to_vec()));
+        assert_eq!(completions("st", 2), (0, vec!["stack", "status"]));
+        assert_eq!(completions("ATT", 3), (0, vec!["attach"]));
+        assert_eq!(completions("e", 1), (0, vec!["exit"]));
+        assert_eq!(completions("attach ", 7), (7, vec!["--force", "--with"]));
+        assert_eq!(completions("attach --f", 10), (7, vec!["--force"]));
+        assert_eq!(completions("attach --force ", 15), (15, vec!["--with"]));
+        assert_eq!(completions("status --", 9), (7, vec!["--json"]));
+        assert_eq!(completions("pid ", 4), (4, vec![]));
+        assert_eq!(completions("attach --with ", 14), (14, vec![]));
+        // Only what is before the cursor counts.
+        assert_eq!(completions("st pid", 2), (0, vec!["stack", "status"]));
+    }
+
+    #[test]
+    fn history_lives_in_the_state_directory() {
+        let path = |xdg: Option<&str>, home: Option<&str>| {
+            history_path_in(xdg.map(Into::into), home.map(Into::into))
+        };
+        assert_eq!(
+            path(Some("/x/state"), Some("/home/u")),
+            Some(PathBuf::from("/x/state/heli/history"))
+        );
+        assert_eq!(
+            path(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/heli/history"))
+        );
+        // Relative directories do not count.
+        assert_eq!(
+            path(Some("state"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/heli/history"))
+        );
+        assert_eq!(path(Some("state"), Some("home")), None);
+        assert_eq!(path(None, None), None);
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let text = help_text(None);
+        assert!(text.starts_with("Commands:\n  attach "), "{text}");
+        for command in COMMANDS
+            .iter()
+            .chain(&["attach --with 'gdb -p {pid}'", "status [--json]"])
+        {
+            assert!(text.contains(command), "{command}: {text}");
+        }
+        assert!(!text.contains("{{"), "{text}");
+        assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
+        assert_eq!(text.lines().count(), 13);
+        let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
+        assert!(text.ends_with(
+            "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"
+        ));
+    }
+}

@@ -74,3 +74,149 @@ pub(crate) fn tool_name(program: &str) -> String {
         .file_name()
         .map_or_else(|| program.to_owned(), |n| n.to_string_lossy().into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(tool: &Tool) -> Vec<&str> {
+        tool.0.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn with_is_split_like_a_shell_would() {
+        let tool = Tool::parse("gdb -p {pid}").unwrap();
+        assert_eq!(words(&tool), ["gdb", "-p", "{pid}"]);
+        let tool = Tool::parse("  'py-spy' dump   --pid \"{pid}\" ").unwrap();
+        assert_eq!(words(&tool), ["py-spy", "dump", "--pid", "{pid}"]);
+        let tool = Tool::parse(r#"sh -c 'echo "a b" {pid}'"#).unwrap();
+        assert_eq!(words(&tool), ["sh", "-c", r#"echo "a b" {pid}"#]);
+    }
+
+    #[test]
+    fn an_empty_or_unbalanced_with_is_bad_usage() {
+        for empty in ["", "   ", " \t "] {
+            let failure = Tool::parse(empty).unwrap_err();
+            assert_eq!(failure.exit, ClientExit::Usage, "{empty:?}");
+            assert_eq!(
+                failure.message,
+                "--with needs a command, e.g. --with 'gdb -p {pid}'"
+            );
+        }
+        let failure = Tool::parse("gdb 'unclosed").unwrap_err();
+        assert_eq!(failure.exit, ClientExit::Usage);
+        assert_eq!(
+            failure.message,
+            r#"--with "gdb 'unclosed": unmatched quote"#
+        );
+    }
+
+    #[test]
+    fn every_pid_is_replaced() {
+        let tool = Tool::parse("strace -p {pid} -o /tmp/trace.{pid} --x={pid}{pid}").unwrap();
+        assert_eq!(
+            tool.for_target(4321),
+            [
+                "strace",
+                "-p",
+                "4321",
+                "-o",
+                "/tmp/trace.4321",
+                "--x=43214321"
+            ]
+        );
+        let tool = Tool::parse("true").unwrap();
+        assert_eq!(tool.for_target(1), ["true"]);
+    }
+
+    #[test]
+    fn an_installed_tool_resolves() {
+        let argv = Tool::parse("sh -c 'exit {pid}'")
+            .unwrap()
+            .resolve(42)
+            .unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(argv, ["sh", "-c", "exit 42"]);
+        let argv = Tool::parse("/bin/sh -c true").unwrap().resolve(42);
+        assert!(argv.is_ok());
+    }
+
+    #[test]
+    fn a_missing_tool_makes_attaching_impossible() {
+        let failure = Tool::parse("heli-no-such-tool -p {pid}")
+            .unwrap()
+            .resolve(42)
+            .unwrap_err();
+        assert_eq!(failure.exit, ClientExit::Impossible);
+        assert_eq!(
+            failure.message,
+            "heli-no-such-tool not found in PATH: install it, or give its full path"
+        );
+        let failure = Tool::parse("/nonexistent/bin/tool").unwrap().resolve(42);
+        assert_eq!(
+            failure.unwrap_err().message,
+            "/nonexistent/bin/tool not found or not executable"
+        );
+        // A tool heli knows: how to install it.
+        let failure = Tool::parse("/nonexistent/bin/gdb -p {pid}")
+            .unwrap()
+            .resolve(42);
+        assert_eq!(
+            failure.unwrap_err().message,
+            "gdb not found: install it, e.g. apt-get install gdb"
+        );
+    }
+
+    #[test]
+    fn not_installed_says_how_to_install() {
+        let expected = [
+            ("gdb", "gdb not found: install it, e.g. apt-get install gdb"),
+            (
+                "strace",
+                "strace not found: install it, e.g. apt-get install strace",
+            ),
+            (
+                "ltrace",
+                "ltrace not found: install it, e.g. apt-get install ltrace",
+            ),
+            (
+                "lldb",
+                "lldb not found: install it, e.g. apt-get install lldb",
+            ),
+            (
+                "py-spy",
+                "py-spy not found: install it, e.g. pip install py-spy",
+            ),
+            (
+                "pystack",
+                "pystack not found: install it, e.g. pip install pystack",
+            ),
+            (
+                "memray",
+                "memray not found: install it, e.g. pip install memray",
+            ),
+            (
+                "austin",
+                "austin not found: install it, e.g. pip install austin-dist",
+            ),
+            (
+                "/usr/local/bin/py-spy",
+                "py-spy not found: install it, e.g. pip install py-spy",
+            ),
+            ("./mytool", "./mytool not found or not executable"),
+            (
+                "mytool",
+                "mytool not found in PATH: install it, or give its full path",
+            ),
+        ];
+        for (program, message) in expected {
+            assert_eq!(not_installed(program), message, "{program}");
+        }
+    }
+
+    #[test]
+    fn tool_names_are_file_names() {
+        assert_eq!(tool_name("/usr/bin/gdb"), "gdb");
+        assert_eq!(tool_name("gdb"), "gdb");
+        assert_eq!(tool_name("./bin/py-spy"), "py-spy");
+    }
+}
