@@ -96,8 +96,8 @@ pub enum ControllerExit {
     /// missing target, a value of the wrong type).
     Usage,
     /// 125: the controller itself failed: a bad `--grace`, no Python for
-    /// `SCRIPT.py`, a transport it cannot listen on, a target that cannot
-    /// start.
+    /// `SCRIPT.py`, another controller serving the same session or
+    /// directory, a target that cannot start.
     Failed,
 }
 
