@@ -4,8 +4,11 @@
 //! This facade re-exports the three crates heli is made of:
 //! [`core`] (traits, protocol, controller, client), [`transport`] (named
 //! pipes, Unix socket) and [`grant`] (granters and the process supervisor).
-//! See the README for the design and the examples for the controller/client
-//! pair.
+//! With the `cli` feature (on by default) it also holds `heli::cli`, the
+//! controller and client programs that `examples/controller.rs` and
+//! `examples/client.rs` run; `default-features = false` leaves them, and
+//! their dependencies (clap, rustyline, ...), out. See the README for the
+//! design.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -13,6 +16,9 @@
 pub use heli_core as core;
 pub use heli_grant as grant;
 pub use heli_transport as transport;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 
 pub use heli_core::{Client, Controller, Error, ErrorKind, Granter, Supervisor, Transport};
 
