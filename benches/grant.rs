@@ -90,7 +90,7 @@ impl Running {
 
     /// One grant; `Ok` for READY and for the EINVAL of a kernel without Yama.
     fn grant(&self) {
-        match self.client.grant_access(std::process::id()) {
+        match self.client.grant_access(heli::core::Pid::this()) {
             Ok(()) => {}
             Err(err) if err.kind() == ErrorKind::Refused && err.message().contains("EINVAL") => {}
             Err(err) => panic!("grant failed: {err}"),
@@ -127,10 +127,10 @@ impl Bare {
     }
 
     fn inject(&self) {
-        let pid = self.child.id();
+        let pid = heli::core::Pid::new(self.child.id()).unwrap();
         assert_eq!(
             self.injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            pid as u64
+            u64::from(pid)
         );
     }
 }

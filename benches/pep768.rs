@@ -92,7 +92,7 @@ fn main() {
         let samples = (0..rounds)
             .map(|_| {
                 let start = Instant::now();
-                let stacks = stack_dump(target.0.id()).unwrap();
+                let stacks = stack_dump(heli::core::Pid::new(target.0.id()).unwrap()).unwrap();
                 let took = start.elapsed();
                 assert_eq!(stacks.len(), threads);
                 took
@@ -109,7 +109,7 @@ fn main() {
             // PR_GET_DUMPABLE: a prctl that works without Yama, run by the
             // target itself, reported back: the same path as the grant.
             let dumpable = remote_prctl(
-                target.0.id(),
+                heli::core::Pid::new(target.0.id()).unwrap(),
                 libc::PR_GET_DUMPABLE,
                 0,
                 Duration::from_secs(5),

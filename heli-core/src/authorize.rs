@@ -146,7 +146,10 @@ mod tests {
         // Unauthenticated (named pipes): the thread's process is named.
         assert_eq!(grantee(&Peer::default(), pid(201), &table), Ok(client));
         // Authenticated: a thread of the asking process is the process.
-        assert_eq!(grantee(&authenticated(Some(client)), pid(201), &table), Ok(client));
+        assert_eq!(
+            grantee(&authenticated(Some(client)), pid(201), &table),
+            Ok(client)
+        );
     }
 
     #[test]
@@ -185,7 +188,10 @@ mod tests {
         // An authenticated peer learns nothing more than "not yours".
         for gone in [300, 999] {
             let refusal = grantee(&peer, pid(gone), &table).unwrap_err();
-            assert!(refusal.starts_with(&format!("GRANT_ACCESS {gone} refused")), "{refusal}");
+            assert!(
+                refusal.starts_with(&format!("GRANT_ACCESS {gone} refused")),
+                "{refusal}"
+            );
         }
     }
 

@@ -357,7 +357,10 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
             }
             Err(err) => {
                 warn!("cannot restart the target: {err}");
-                match self.restart.next_delay(ExitStatus::Code(127), Duration::ZERO) {
+                match self
+                    .restart
+                    .next_delay(ExitStatus::Code(127), Duration::ZERO)
+                {
                     Some(delay) => Phase::Restarting {
                         at: Instant::now() + delay,
                     },
@@ -456,9 +459,7 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
         let target_id = match self.supervisor.identity(target) {
             Ok(Some(id)) => id,
             Ok(None) => {
-                return Reply::Error(format!(
-                    "Grant failed: target PID {target} is not running"
-                ))
+                return Reply::Error(format!("Grant failed: target PID {target} is not running"))
             }
             Err(err) => return Reply::Error(format!("Grant failed: {err}")),
         };

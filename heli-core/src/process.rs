@@ -106,7 +106,10 @@ impl FromStr for Pid {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(InvalidPid);
         }
-        text.parse::<u32>().ok().and_then(Pid::new).ok_or(InvalidPid)
+        text.parse::<u32>()
+            .ok()
+            .and_then(Pid::new)
+            .ok_or(InvalidPid)
     }
 }
 
@@ -438,7 +441,18 @@ mod tests {
         assert_eq!("1".parse(), Ok(pid(1)));
         assert_eq!("0042".parse(), Ok(pid(42)));
         assert_eq!("2147483647".parse(), Ok(pid(Pid::MAX)));
-        for bad in ["", "0", "-1", "+1", " 1", "1 ", "2147483648", "99999999999", "1e3", "x"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "2147483648",
+            "99999999999",
+            "1e3",
+            "x",
+        ] {
             assert_eq!(bad.parse::<Pid>(), Err(InvalidPid), "{bad:?}");
         }
     }
@@ -461,7 +475,9 @@ mod tests {
             pid: pid(ancestor),
             start_time: start,
         };
-        table.is_self_or_descendant(pid(candidate), ancestor).unwrap()
+        table
+            .is_self_or_descendant(pid(candidate), ancestor)
+            .unwrap()
     }
 
     /// 1 -> 10 -> 20 -> 30 -> 40; 50 is 1's other child.
@@ -593,7 +609,8 @@ mod tests {
         assert!(!table.is_running(id));
         assert_eq!(table.identity(pid(20)).unwrap(), None);
         // Through a reference and a box too.
-        assert!((&table).is_running(table.identity(pid(10)).unwrap().unwrap()));
+        let by_ref: &dyn Processes = &table;
+        assert!(by_ref.is_running(table.identity(pid(10)).unwrap().unwrap()));
         let boxed: Box<dyn Processes> = Box::new(table.clone());
         assert!(boxed.identity(pid(10)).unwrap().is_some());
     }

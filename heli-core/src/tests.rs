@@ -1418,7 +1418,9 @@ fn stack_is_the_inspectors_to_give() {
     struct Reader;
     impl crate::Inspector for Reader {
         fn stack_dump(&self, pid: Pid) -> io::Result<String> {
-            Ok(format!("Thread {pid}\n  File \"a.py\", line 1, in <module>\n"))
+            Ok(format!(
+                "Thread {pid}\n  File \"a.py\", line 1, in <module>\n"
+            ))
         }
     }
     let (fake, granter, target) = controller();
@@ -1470,7 +1472,9 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
         start_time: client.start_time + 1,
         ..client
     }));
-    assert!(fake.raw(b"GRANT_ACCESS 77\n").starts_with("ERROR: GRANT_ACCESS 77 refused"));
+    assert!(fake
+        .raw(b"GRANT_ACCESS 77\n")
+        .starts_with("ERROR: GRANT_ACCESS 77 refused"));
     assert_eq!(granter.attempts(), 2);
 
     fake.client().terminate().unwrap();
@@ -1649,7 +1653,10 @@ fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controll
     signals.send(caught(libc_sigint(), true)).unwrap();
     // It ignores the terminal's Ctrl-C: killed after the grace period.
     assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
-    assert!(asked.elapsed() >= SHORT_GRACE, "killed before the grace period");
+    assert!(
+        asked.elapsed() >= SHORT_GRACE,
+        "killed before the grace period"
+    );
     assert!(target.signals().is_empty(), "{:?}", target.signals());
     assert_eq!(target.kills(), 1);
 
@@ -1724,11 +1731,15 @@ fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     let tstp = crate::SUSPEND_SIGNALS[0];
     signals.send(caught(tstp, false)).unwrap();
-    suspended.recv_timeout(HANG).expect("the controller did not suspend");
+    suspended
+        .recv_timeout(HANG)
+        .expect("the controller did not suspend");
     assert_eq!(target.signals(), [tstp]);
     // From the terminal, the target got it already: only the controller stops.
     signals.send(caught(tstp, true)).unwrap();
-    suspended.recv_timeout(HANG).expect("the controller did not suspend");
+    suspended
+        .recv_timeout(HANG)
+        .expect("the controller did not suspend");
     assert_eq!(target.signals(), [tstp]);
     running.assert_running();
     fake.client().terminate().unwrap();
@@ -1740,9 +1751,8 @@ fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
     let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::Always)
         .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let (running, signals, _) = with_fake_signals(
-        Controller::new(fake.clone(), granter, target.clone()).restart(policy),
-    );
+    let (running, signals, _) =
+        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(3));

@@ -49,9 +49,7 @@ mod supervisor;
 mod sys;
 mod wait;
 
-pub use granter::{
-    auto, AutoGranter, GrantMethod, GranterChoice, NoopGranter, YamaGranter,
-};
+pub use granter::{auto, AutoGranter, GrantMethod, GranterChoice, NoopGranter, YamaGranter};
 pub use inspector::PythonInspector;
 pub use ptrace::{Injection, SyscallInjector};
 pub use python::{

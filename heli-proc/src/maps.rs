@@ -105,9 +105,10 @@ mod tests {
         assert!(maps.iter().any(|m| m.what == Mapped::Vdso && m.executable));
         assert!(maps.windows(2).all(|pair| pair[0].end <= pair[1].start));
         // Once reaped, there is no map to read.
-        let err = Proc::open(pid)
-            .unwrap()
-            .map_or_else(|| crate::error::no_such_process(pid), |p| p.maps().unwrap_err());
+        let err = Proc::open(pid).unwrap().map_or_else(
+            || crate::error::no_such_process(pid),
+            |p| p.maps().unwrap_err(),
+        );
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     }
 }

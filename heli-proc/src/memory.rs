@@ -211,7 +211,10 @@ impl Memory {
             Some(libc::ESRCH) | Some(libc::ENOENT) => no_such_process(self.pid),
             Some(libc::EPERM) | Some(libc::EACCES) => io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("permission denied to {what} the memory of PID {}: {err}", self.pid),
+                format!(
+                    "permission denied to {what} the memory of PID {}: {err}",
+                    self.pid
+                ),
             ),
             _ => io::Error::new(
                 err.kind(),

@@ -156,10 +156,10 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn thread_status(&self, tid: Pid) -> io::Result<Option<ThreadStatus>> {
         let what = format_args!("/proc/{}/task/{tid}/status", self.pid);
-        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), &what)? else {
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
             return Ok(None);
         };
-        Ok(unless_gone(task.status(), &what)?.map(|status| thread_status(&status, self.pid)))
+        Ok(unless_gone(task.status(), what)?.map(|status| thread_status(&status, self.pid)))
     }
 
     /// Where thread `tid` is (`/proc/PID/task/TID/syscall`; reading it needs
@@ -170,16 +170,20 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn thread_syscall(&self, tid: Pid) -> io::Result<Option<Syscall>> {
         let what = format_args!("/proc/{}/task/{tid}/syscall", self.pid);
-        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), &what)? else {
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
             return Ok(None);
         };
-        Ok(unless_gone(task.syscall(), &what)?.map(|syscall| match syscall {
-            procfs::process::Syscall::Blocked { syscall_number, .. } if syscall_number < 0 => {
-                Syscall::User
-            }
-            procfs::process::Syscall::Blocked { syscall_number, .. } => Syscall::In(syscall_number),
-            _ => Syscall::Running,
-        }))
+        Ok(
+            unless_gone(task.syscall(), what)?.map(|syscall| match syscall {
+                procfs::process::Syscall::Blocked { syscall_number, .. } if syscall_number < 0 => {
+                    Syscall::User
+                }
+                procfs::process::Syscall::Blocked { syscall_number, .. } => {
+                    Syscall::In(syscall_number)
+                }
+                _ => Syscall::Running,
+            }),
+        )
     }
 
     /// The ids of its threads (`/proc/PID/task`), the main thread's
@@ -190,7 +194,7 @@ impl Proc {
     /// When `/proc` cannot be read; a process that is gone has none.
     pub fn threads(&self) -> io::Result<Vec<Pid>> {
         let what = format_args!("/proc/{}/task", self.pid);
-        let Some(tasks) = unless_gone(self.dir.tasks(), &what)? else {
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
             return Ok(Vec::new());
         };
         Ok(tasks
@@ -262,7 +266,10 @@ impl Proc {
 
 /// The process a `Tgid` names; `fallback` if it is not a pid.
 fn tgid(tgid: i32, fallback: Pid) -> Pid {
-    u32::try_from(tgid).ok().and_then(Pid::new).unwrap_or(fallback)
+    u32::try_from(tgid)
+        .ok()
+        .and_then(Pid::new)
+        .unwrap_or(fallback)
 }
 
 fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {

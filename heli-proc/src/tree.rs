@@ -130,7 +130,10 @@ mod tests {
             }
         }
         assert!(grandchild > 0 && orphan > 0);
-        let root = ProcFs.identity(Pid::new(shell.id()).unwrap()).unwrap().unwrap();
+        let root = ProcFs
+            .identity(Pid::new(shell.id()).unwrap())
+            .unwrap()
+            .unwrap();
         let tree = descendants(root).unwrap();
         let listed: Vec<u32> = tree.iter().map(|info| info.id.pid.get()).collect();
         let _ = Command::new("kill")
@@ -147,7 +150,10 @@ mod tests {
         for info in &tree[1..] {
             let parent = info.parent.unwrap().get();
             let at = listed.iter().position(|&pid| pid == parent).unwrap();
-            let me = listed.iter().position(|&pid| pid == info.id.pid.get()).unwrap();
+            let me = listed
+                .iter()
+                .position(|&pid| pid == info.id.pid.get())
+                .unwrap();
             assert!(at < me, "{listed:?}");
         }
         // sh, sleep, sh, sleep: at least four.

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    as_pid,
-    bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY, TARGET,
+    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY,
+    TARGET,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -847,7 +847,10 @@ fn half_a_line_is_dropped_after_silence() {
         assert_eq!(err.to_string(), "5");
         assert_eq!(
             server.seen(),
-            [Ok(Request::GetTargetPid), Ok(Request::GrantAccess(as_pid(5)))]
+            [
+                Ok(Request::GetTargetPid),
+                Ok(Request::GrantAccess(as_pid(5)))
+            ]
         );
         server.shut_down().unwrap();
     })

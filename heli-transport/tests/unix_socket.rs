@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    as_pid,
-    bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY, TARGET,
+    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY,
+    TARGET,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -474,10 +474,19 @@ fn grant_requests_reach_the_controller_with_the_askers_credentials() {
         let me = std::process::id();
         let mut connection = server.connect();
         let child = Reaped::spawn(Command::new("sleep").arg("30"));
-        let pids = [me, child.id(), 1, std::os::unix::process::parent_id(), i32::MAX as u32];
+        let pids = [
+            me,
+            child.id(),
+            1,
+            std::os::unix::process::parent_id(),
+            i32::MAX as u32,
+        ];
         for pid in pids {
             assert_eq!(
-                ask(&mut connection, format!("GRANT_ACCESS {pid} FORCE\n").as_bytes()),
+                ask(
+                    &mut connection,
+                    format!("GRANT_ACCESS {pid} FORCE\n").as_bytes()
+                ),
                 "READY\n"
             );
         }

@@ -8,8 +8,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::core::{Client, Transport};
+use crate::core::{Client, Pid, Processes, Transport};
 use crate::grant::{kill_with_parent, PtraceScope};
+use crate::proc::{Proc, ProcFs};
 
 use super::exit::{ClientExit, Failure};
 use super::python::{configured_python, is_python_name, Python};
@@ -68,7 +69,7 @@ impl Debugging {
             Some(tool) => Debugger::Tool(tool.resolve(target)?),
             None => Debugger::Pdb(self.pdb_python(target)?),
         };
-        let me = std::process::id();
+        let me = Pid::this();
         println!("Requesting ptrace permission for client PID {me}...");
         if force {
             session.take_over(me)?;
@@ -84,7 +85,7 @@ impl Debugging {
         result
     }
 
-    fn debug(&self, debugger: &Debugger, target: u32, scope: PtraceScope) -> Result<(), Failure> {
+    fn debug(&self, debugger: &Debugger, target: Pid, scope: PtraceScope) -> Result<(), Failure> {
         println!();
         let (mut command, name) = match debugger {
             Debugger::Pdb(python) => {
@@ -140,7 +141,7 @@ impl Debugging {
                 ),
             ));
         }
-        if !alive(target) {
+        if ProcFs.identity(target).ok().flatten().is_none() {
             return Err(Failure::new(
                 ClientExit::Failed,
                 format!(
@@ -161,8 +162,11 @@ impl Debugging {
 
     /// The target's own interpreter when it is Python 3.14+, else the
     /// configured one.
-    fn pdb_python(&self, target: u32) -> Result<Python, Failure> {
-        let own = std::fs::read_link(format!("/proc/{target}/exe")).ok();
+    fn pdb_python(&self, target: Pid) -> Result<Python, Failure> {
+        let own = Proc::open(target)
+            .ok()
+            .flatten()
+            .and_then(|process| process.exe().ok());
         if let Some(exe) = own.filter(|exe| is_python_name(exe)) {
             let python = Python::at(exe);
             if python.is_supported() {
@@ -214,14 +218,10 @@ pub(crate) fn scope_allows(scope: PtraceScope, cap_sys_ptrace: bool) -> Result<(
 /// Whether this process has CAP_SYS_PTRACE in its effective set.
 pub(crate) fn has_cap_sys_ptrace() -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
-    std::fs::read_to_string("/proc/self/status")
+    Proc::open(Pid::this())
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+        .flatten()
+        .and_then(|me| me.capabilities().ok().flatten())
         .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
@@ -272,22 +272,9 @@ fn run_on_terminal(command: &mut Command, scan: bool) -> std::io::Result<(ExitSt
     Ok((status, copier.join().unwrap_or(false)))
 }
 
-/// Whether `pid` is a live process (a zombie counts as dead).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !matches!(
-            stat.rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next()),
-            Some("Z" | "X")
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn scopes_where_a_grant_helps() {
@@ -339,22 +326,6 @@ mod tests {
         );
         assert!(check_scope(PtraceScope::NoAttach).is_err());
         assert!(check_scope(PtraceScope::Restricted).is_ok());
-    }
-
-    #[test]
-    fn alive_processes_and_zombies() {
-        assert!(alive(std::process::id()));
-        let mut child = Command::new("true").spawn().unwrap();
-        // Not reaped yet: a zombie once it has exited, which counts as dead.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while alive(child.id()) {
-            assert!(Instant::now() < deadline, "`true` did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        assert!(stat.contains(") Z"), "{stat}");
-        child.wait().unwrap();
-        assert!(!alive(child.id()));
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl<T: Transport> App<T> {
                 Ok(())
             }
             Cmd::Revoke => {
-                self.client.revoke(std::process::id())?;
+                self.client.revoke(crate::core::Pid::this())?;
                 println!("{}", self.out.good("✅ Permission withdrawn"));
                 Ok(())
             }

@@ -21,6 +21,7 @@ use log::{info, warn};
 use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
 use crate::grant::{
     become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
+    PythonInspector,
 };
 use crate::transport::{FifoTransport, UnixSocketTransport};
 
@@ -243,6 +244,7 @@ fn serve<T: Transport>(
     session: Option<String>,
 ) -> Result<ExitStatus, Box<dyn Error>> {
     let mut controller = Controller::new(transport, granter, supervisor)
+        .inspector(PythonInspector)
         .grace(grace)
         .restart(restart)
         .handle_signals(true)

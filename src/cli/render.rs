@@ -107,11 +107,11 @@ pub(crate) fn status_json_text(status: &Status) -> String {
 /// controller's extra facts (numbers as numbers, `none` as null).
 fn status_json(status: &Status) -> Map<String, Value> {
     let mut object = Map::new();
-    object.insert("pid".into(), status.pid.into());
+    object.insert("pid".into(), status.pid.get().into());
     object.insert("state".into(), status.state.clone().into());
     object.insert("uptime_secs".into(), status.uptime_secs.into());
     object.insert("granter".into(), status.granter.clone().into());
-    object.insert("holder".into(), status.holder.into());
+    object.insert("holder".into(), status.holder.map(|pid| pid.get()).into());
     object.insert("command".into(), status.command.clone().into());
     for (key, value) in &status.extra {
         let value = match value.parse::<u64>() {
@@ -249,13 +249,17 @@ fn pretty(value: &Value) -> String {
 mod tests {
     use super::*;
 
+    fn pid(raw: u32) -> crate::core::Pid {
+        crate::core::Pid::new(raw).unwrap()
+    }
+
     fn status() -> Status {
         Status {
-            pid: 42,
+            pid: pid(42),
             state: "running".into(),
             uptime_secs: 65,
             granter: "yama".into(),
-            holder: Some(7),
+            holder: Some(pid(7)),
             extra: vec![
                 ("ptrace_scope".into(), "1".into()),
                 ("session".into(), "target-9".into()),
@@ -385,9 +389,9 @@ mod tests {
                 name: "target-1234".into(),
                 socket: "/run/user/1000/heli/target-1234.sock".into(),
                 answer: Ok(Status {
-                    pid: 1240,
+                    pid: pid(1240),
                     uptime_secs: 3725,
-                    holder: Some(99),
+                    holder: Some(pid(99)),
                     ..status()
                 }),
             },

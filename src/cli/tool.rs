@@ -27,7 +27,7 @@ impl Tool {
     }
 
     /// The command line for `target`: every `{pid}` replaced.
-    pub(crate) fn for_target(&self, target: u32) -> Vec<String> {
+    pub(crate) fn for_target(&self, target: crate::core::Pid) -> Vec<String> {
         self.0
             .iter()
             .map(|word| word.replace("{pid}", &target.to_string()))
@@ -37,7 +37,7 @@ impl Tool {
     /// The command line for `target`, its program found in `PATH` (or, named
     /// with a `/`, executable); a missing program makes attaching
     /// impossible.
-    pub(crate) fn resolve(self, target: u32) -> Result<Vec<String>, Failure> {
+    pub(crate) fn resolve(self, target: crate::core::Pid) -> Result<Vec<String>, Failure> {
         let argv = self.for_target(target);
         let program = Path::new(&argv[0]);
         let found = if argv[0].contains('/') {
@@ -79,6 +79,10 @@ pub(crate) fn tool_name(program: &str) -> String {
 mod tests {
     use super::*;
 
+    fn pid(raw: u32) -> crate::core::Pid {
+        crate::core::Pid::new(raw).unwrap()
+    }
+
     fn words(tool: &Tool) -> Vec<&str> {
         tool.0.iter().map(String::as_str).collect()
     }
@@ -115,7 +119,7 @@ mod tests {
     fn every_pid_is_replaced() {
         let tool = Tool::parse("strace -p {pid} -o /tmp/trace.{pid} --x={pid}{pid}").unwrap();
         assert_eq!(
-            tool.for_target(4321),
+            tool.for_target(pid(4321)),
             [
                 "strace",
                 "-p",
@@ -126,17 +130,17 @@ mod tests {
             ]
         );
         let tool = Tool::parse("true").unwrap();
-        assert_eq!(tool.for_target(1), ["true"]);
+        assert_eq!(tool.for_target(pid(1)), ["true"]);
     }
 
     #[test]
     fn an_installed_tool_resolves() {
         let argv = Tool::parse("sh -c 'exit {pid}'")
             .unwrap()
-            .resolve(42)
+            .resolve(pid(42))
             .unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(argv, ["sh", "-c", "exit 42"]);
-        let argv = Tool::parse("/bin/sh -c true").unwrap().resolve(42);
+        let argv = Tool::parse("/bin/sh -c true").unwrap().resolve(pid(42));
         assert!(argv.is_ok());
     }
 
@@ -144,14 +148,16 @@ mod tests {
     fn a_missing_tool_makes_attaching_impossible() {
         let failure = Tool::parse("heli-no-such-tool -p {pid}")
             .unwrap()
-            .resolve(42)
+            .resolve(pid(42))
             .unwrap_err();
         assert_eq!(failure.exit, ClientExit::Impossible);
         assert_eq!(
             failure.message,
             "heli-no-such-tool not found in PATH: install it, or give its full path"
         );
-        let failure = Tool::parse("/nonexistent/bin/tool").unwrap().resolve(42);
+        let failure = Tool::parse("/nonexistent/bin/tool")
+            .unwrap()
+            .resolve(pid(42));
         assert_eq!(
             failure.unwrap_err().message,
             "/nonexistent/bin/tool not found or not executable"
@@ -159,7 +165,7 @@ mod tests {
         // A tool heli knows: how to install it.
         let failure = Tool::parse("/nonexistent/bin/gdb -p {pid}")
             .unwrap()
-            .resolve(42);
+            .resolve(pid(42));
         assert_eq!(
             failure.unwrap_err().message,
             "gdb not found: install it, e.g. apt-get install gdb"

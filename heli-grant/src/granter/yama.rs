@@ -299,7 +299,10 @@ impl Granter for YamaGranter {
         // The client may have exited in the meantime, and its pid gone to
         // another process: then take the grant back.
         if !ProcFs.is_running(client) {
-            warn!("client PID {} exited during its grant: revoking", client.pid);
+            warn!(
+                "client PID {} exited during its grant: revoking",
+                client.pid
+            );
             self.grants.remove(&target);
             let _ = self.set_ptracer(target.pid, None, method);
             return Err(io::Error::new(
@@ -319,7 +322,10 @@ impl Granter for YamaGranter {
                 "PID {} may now be ptraced by PID {}, no longer by PID {}",
                 target.pid, client.pid, old.holder.pid
             ),
-            _ => debug!("PID {} may now be ptraced by PID {}", target.pid, client.pid),
+            _ => debug!(
+                "PID {} may now be ptraced by PID {}",
+                target.pid, client.pid
+            ),
         }
         Ok(())
     }
@@ -423,7 +429,10 @@ mod tests {
         };
         let err = granter.grant(reused, me).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        assert_eq!(err.to_string(), format!("target PID {} is not running", me.pid));
+        assert_eq!(
+            err.to_string(),
+            format!("target PID {} is not running", me.pid)
+        );
         assert_eq!(granter.holder(reused), None);
         // Nothing to revoke there either.
         granter.revoke(reused).unwrap();

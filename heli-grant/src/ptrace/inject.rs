@@ -633,9 +633,9 @@ fn requeue(pid: u32, tid: i32, info: &libc::siginfo_t) {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn seize_error(process: &Proc, tid: u32, err: Errno) -> io::Error {
     let pid = process.pid().get();
-    let gone = process
-        .status()
-        .map_or(true, |status| status.is_none_or(|status| status.state.is_gone()));
+    let gone = process.status().map_or(true, |status| {
+        status.is_none_or(|status| status.state.is_gone())
+    });
     if gone {
         return exited_before(pid);
     }
@@ -687,9 +687,13 @@ mod tests {
     #[test]
     fn refuses_bad_requests() {
         let injector = SyscallInjector::new(ChildWaits::default());
-        let err = injector.inject(heli_core::Pid::new(1).unwrap(), 0, &[0; 7]).unwrap_err();
+        let err = injector
+            .inject(heli_core::Pid::new(1).unwrap(), 0, &[0; 7])
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        let err = injector.inject(heli_core::Pid::new(i32::MAX as u32).unwrap(), 0, &[]).unwrap_err();
+        let err = injector
+            .inject(heli_core::Pid::new(i32::MAX as u32).unwrap(), 0, &[])
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 

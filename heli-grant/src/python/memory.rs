@@ -76,7 +76,9 @@ impl RemoteMemory {
             io::ErrorKind::PermissionDenied => {
                 Pep768Error::permission_denied(self.pid, &format!("{what} the memory of"), err)
             }
-            io::ErrorKind::InvalidData => Pep768Error::new(Pep768ErrorKind::Corrupt, err.to_string()),
+            io::ErrorKind::InvalidData => {
+                Pep768Error::new(Pep768ErrorKind::Corrupt, err.to_string())
+            }
             _ => Pep768Error::io(format!("cannot {what} the memory of PID {}", self.pid), err),
         }
     }
@@ -90,7 +92,10 @@ mod tests {
     fn errors_are_told_as_pep768_errors() {
         let me = RemoteMemory::new(std::process::id());
         let word = 0x1122_3344_5566_7788u64.to_le_bytes();
-        assert_eq!(me.read_u64(word.as_ptr() as u64).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(
+            me.read_u64(word.as_ptr() as u64).unwrap(),
+            0x1122_3344_5566_7788
+        );
         let err = me.read_u64(8).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::Corrupt, "{err}");
         for nobody in [0, i32::MAX as u32] {

@@ -367,13 +367,43 @@ mod tests {
     fn picks_python_files_with_their_base() {
         let maps = [
             map((0x3ff000, 0x400000), 0, 1234, "/opt/py/usr/bin/python3.14"),
-            map((0x400000, 0x422000), 0x1000, 1234, "/opt/py/usr/bin/python3.14"),
-            map((0xba0000, 0xbf0000), 0x7a1000, 1234, "/opt/py/usr/bin/python3.14"),
+            map(
+                (0x400000, 0x422000),
+                0x1000,
+                1234,
+                "/opt/py/usr/bin/python3.14",
+            ),
+            map(
+                (0xba0000, 0xbf0000),
+                0x7a1000,
+                1234,
+                "/opt/py/usr/bin/python3.14",
+            ),
             map((0x1000000, 0x1100000), 0, 0, ""),
-            map((0x7f00_0000_0000, 0x7f00_0010_0000), 0, 99, "/usr/lib/libpython3.13.so.1.0"),
-            map((0x7f00_0020_0000, 0x7f00_0030_0000), 0, 77, "/usr/lib/libc.so.6"),
-            map((0x7f00_0040_0000, 0x7f00_0050_0000), 0, 55, "/tmp/my python (deleted)"),
-            map((0x7f00_0060_0000, 0x7f00_0070_0000), 0x1000, 56, "/usr/lib/python3.14/x.so"),
+            map(
+                (0x7f00_0000_0000, 0x7f00_0010_0000),
+                0,
+                99,
+                "/usr/lib/libpython3.13.so.1.0",
+            ),
+            map(
+                (0x7f00_0020_0000, 0x7f00_0030_0000),
+                0,
+                77,
+                "/usr/lib/libc.so.6",
+            ),
+            map(
+                (0x7f00_0040_0000, 0x7f00_0050_0000),
+                0,
+                55,
+                "/tmp/my python (deleted)",
+            ),
+            map(
+                (0x7f00_0060_0000, 0x7f00_0070_0000),
+                0x1000,
+                56,
+                "/usr/lib/python3.14/x.so",
+            ),
         ];
         let found = candidates(&maps);
         let summary: Vec<(&str, u64)> = found.iter().map(|m| (m.path.as_str(), m.base)).collect();
