@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
+use heli::core::Processes;
 use nix::sys::signal::Signal;
 
 use crate::util::{alive, example, python314, run, serial, wait_for, Controller, Kind, SOON};
@@ -147,6 +148,119 @@ fn grants_for_processes_other_than_the_client_or_its_descendants_are_refused() {
     assert_eq!(ask(format!("GRANT_ACCESS {} FORCE", child.id())), "READY\n");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// The controller's rule against a hundred processes that are not the
+/// client's: init, the test's parent, an orphan that was its descendant, a
+/// reaped child, live processes older than the test, and pids above
+/// `pid_max`. Each gets the same exact refusal, in the request's dialect;
+/// the connection goes on, and nobody holds the grant.
+#[test]
+fn a_hundred_grants_for_processes_not_the_clients_are_refused() {
+    let _serial = serial();
+    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let me = std::process::id();
+    let my_start = start_time(me).unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+
+    // Our parent, init, and a process that was our descendant until its
+    // parent exited (it is init's, or a subreaper's, now).
+    let mut pids = vec![1, std::os::unix::process::parent_id()];
+    let mut orphaner = Command::new("sh")
+        .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(orphaner.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    orphaner.wait().unwrap();
+    let orphan: u32 = line.trim().parse().unwrap();
+    pids.push(orphan);
+    // A child of ours that ended and was reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    pids.push(gone_pid);
+    // Live processes older than us: none of them can descend from us.
+    let older: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid: &u32| pid != me && start_time(pid).is_some_and(|start| start < my_start))
+        .collect();
+    let mut shuffled: Vec<(u64, u32)> = older.into_iter().map(|pid| (rng.next(), pid)).collect();
+    shuffled.sort_unstable();
+    pids.extend(shuffled.into_iter().take(40).map(|(_, pid)| pid));
+    // Pids that no process can have (above pid_max).
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    while pids.len() < 100 {
+        let span = u64::from(i32::MAX as u32 - pid_max);
+        pids.push(pid_max + 1 + (rng.next() % span) as u32);
+    }
+    assert_eq!(pids.len(), 100);
+
+    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ask = |request: &str| {
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let refusal = |pid: u32| {
+        format!(
+            "ERROR: GRANT_ACCESS {pid} refused: it must be your own process or one of its \
+             descendants (you are PID {me})\n"
+        )
+    };
+    for (n, pid) in pids.iter().enumerate() {
+        let (line, expected) = if n % 2 == 0 {
+            (format!("GRANT_ACCESS {pid}\n"), refusal(*pid))
+        } else {
+            (
+                format!("grant_access {pid} force\n"),
+                refusal(*pid).replacen("ERROR:", "error :", 1),
+            )
+        };
+        assert_eq!(ask(&line), expected, "pid {pid} (seed {seed})");
+    }
+    let _ = Command::new("kill").arg(orphan.to_string()).status();
+    // The connection still works, and nobody holds the grant.
+    assert!(ask("GET_TARGET_PID\n").starts_with("TARGET_PID "));
+    assert_eq!(status(&controller).0, None, "seed {seed}");
+}
+
+/// When process `pid` started, in clock ticks after boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let pid = heli::core::Pid::new(pid)?;
+    heli::proc::ProcFs
+        .identity(pid)
+        .ok()
+        .flatten()
+        .map(|id| id.start_time)
+}
+
+/// A small xorshift generator: no dependency, seed printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }
 
 #[test]

@@ -203,6 +203,40 @@ impl Proc {
             .collect())
     }
 
+    /// The children of every thread of it (`/proc/PID/task/TID/children`),
+    /// in no particular order; `Ok(None)` when the kernel has no such files
+    /// (built without `CONFIG_PROC_CHILDREN`). A process that is gone has
+    /// none.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn children(&self) -> io::Result<Option<Vec<Pid>>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut children = Vec::new();
+        let mut read_one = false;
+        for task in tasks.filter_map(|task| task.ok()) {
+            match task.children() {
+                Ok(pids) => {
+                    read_one = true;
+                    children.extend(pids.into_iter().filter_map(Pid::new));
+                }
+                // A thread that exited meanwhile, or no such file at all.
+                Err(err) if crate::error::is_gone(&err) => {}
+                Err(err) => return Err(crate::error::to_io(err, what)),
+            }
+        }
+        // Not one thread's file could be read, yet the process is there:
+        // the kernel has none.
+        if !read_one && self.identity()?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(children))
+    }
+
     /// Thread `tid`'s name (`/proc/PID/task/TID/comm`), if it can be read.
     pub fn thread_name(&self, tid: u64) -> Option<String> {
         let task = self.dir.task_from_tid(i32::try_from(tid).ok()?).ok()?;

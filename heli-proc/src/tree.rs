@@ -12,21 +12,22 @@ use crate::process::Proc;
 /// children (children in pid order): the tree a supervisor is responsible
 /// for. Empty when `root` is no longer the process it names.
 ///
-/// One pass over `/proc` reads every process's parent and start time; only
-/// the tree's members are then read in full.
+/// Where the kernel lists each thread's children (`/proc/PID/task/TID/
+/// children`), only the tree's members are read; elsewhere one pass over
+/// `/proc` reads every process's parent first.
 ///
 /// # Race conditions
 ///
 /// Processes come and go while `/proc` is read. A process is listed only
 /// when the chain to `root` was consistent: each child started no earlier
 /// than its parent (a pid reused by a younger process is never taken for a
-/// parent), and it still had its parent and start time when read in full.
-/// A process born during the pass may be missing; one that left the tree
-/// (re-parented elsewhere) is not listed. Zombies are left out.
+/// parent), and it still had its parent when read in full. A process born
+/// during the walk may be missing; one that left the tree (re-parented
+/// elsewhere) is not listed. Zombies are left out.
 ///
 /// # Errors
 ///
-/// When `/proc` cannot be listed.
+/// When `/proc` cannot be read.
 ///
 /// # Examples
 ///
@@ -44,9 +45,51 @@ use crate::process::Proc;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn descendants(root: ProcessId) -> io::Result<Vec<ProcessInfo>> {
+    let mut tree = Vec::new();
+    let Some(first) = read(root.pid)?.filter(|info| info.id == root) else {
+        return Ok(tree);
+    };
+    tree.push(first);
+    // parent -> children, from a scan of /proc when the kernel has no
+    // children files.
+    let mut scanned: Option<HashMap<u32, Vec<Pid>>> = None;
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next].id;
+        next += 1;
+        let listed = match (&scanned, Proc::open(parent.pid)?) {
+            (None, Some(proc)) => proc.children()?,
+            _ => None,
+        };
+        let mut kids = match listed {
+            Some(kids) => kids,
+            None => {
+                let table = match scanned.take() {
+                    Some(table) => table,
+                    None => scan()?,
+                };
+                let kids = table.get(&parent.pid.get()).cloned().unwrap_or_default();
+                scanned = Some(table);
+                kids
+            }
+        };
+        kids.sort_unstable();
+        kids.dedup();
+        for pid in kids {
+            let Some(info) = read(pid)? else { continue };
+            // A reused pid is younger than its supposed child.
+            if info.parent == Some(parent.pid) && info.id.start_time >= parent.start_time {
+                tree.push(info);
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Every process's children, from one pass over `/proc`.
+fn scan() -> io::Result<HashMap<u32, Vec<Pid>>> {
     let all = procfs::process::all_processes().map_err(|err| to_io(err, "/proc"))?;
-    // parent -> (child, its start time)
-    let mut children: HashMap<u32, Vec<(Pid, u64)>> = HashMap::new();
+    let mut children: HashMap<u32, Vec<Pid>> = HashMap::new();
     for process in all {
         // A process that vanished since the listing: skip it.
         let Ok(process) = process else { continue };
@@ -55,37 +98,10 @@ pub fn descendants(root: ProcessId) -> io::Result<Vec<ProcessInfo>> {
             continue;
         };
         if let Some(pid) = Pid::new(pid) {
-            children
-                .entry(ppid)
-                .or_default()
-                .push((pid, stat.starttime));
+            children.entry(ppid).or_default().push(pid);
         }
     }
-    let mut tree = Vec::new();
-    let Some(first) = read(root.pid)?.filter(|info| info.id == root) else {
-        return Ok(tree);
-    };
-    tree.push(first);
-    let mut next = 0;
-    while next < tree.len() {
-        let parent = tree[next].id;
-        next += 1;
-        let Some(kids) = children.get_mut(&parent.pid.get()) else {
-            continue;
-        };
-        kids.sort_unstable();
-        for &(pid, start_time) in kids.iter() {
-            // A reused pid is younger than its supposed child.
-            if start_time < parent.start_time {
-                continue;
-            }
-            let Some(info) = read(pid)? else { continue };
-            if info.parent == Some(parent.pid) && info.id.start_time == start_time {
-                tree.push(info);
-            }
-        }
-    }
-    Ok(tree)
+    Ok(children)
 }
 
 /// Facts about `pid`, unless it is gone or a zombie.
@@ -158,6 +174,26 @@ mod tests {
         }
         // sh, sleep, sh, sleep: at least four.
         assert!(tree.len() >= 4, "{listed:?}");
+    }
+
+    #[test]
+    fn the_scan_finds_what_the_children_files_find() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let table = scan().unwrap();
+        let kids = table.get(&std::process::id()).cloned().unwrap_or_default();
+        let listed = Proc::open(Pid::this())
+            .unwrap()
+            .unwrap()
+            .children()
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let child = Pid::new(child.id()).unwrap();
+        assert!(kids.contains(&child), "{kids:?}");
+        // Where the kernel has children files, they agree.
+        if let Some(listed) = listed {
+            assert!(listed.contains(&child), "{listed:?}");
+        }
     }
 
     #[test]
