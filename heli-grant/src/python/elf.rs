@@ -1,28 +1,23 @@
-//! Finding the `.PyRuntime` section in an ELF file, by hand from the ELF
-//! specification: the ELF header, the program headers (for the first
-//! `PT_LOAD`) and the section headers with their name table. Only 64-bit
-//! little-endian files (x86_64, aarch64); every number read is checked
-//! against the file's size, so a truncated or corrupt file is an error,
-//! never a panic.
+//! Finding the `.PyRuntime` section in an ELF file, with the `object`
+//! crate's ELF reader: the ELF header, the program headers (for the first
+//! `PT_LOAD`) and the section headers with their name table, read from the
+//! file as needed (never the whole file). Only 64-bit little-endian files
+//! (x86_64, aarch64); every read is checked against the file's size, so a
+//! truncated or corrupt file is an error, never a panic.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use object::elf::{FileHeader64, ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_LOAD, SHT_NOBITS};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
+use object::read::{ReadCache, ReadRef, StringTable};
+use object::LittleEndian;
 
 use super::error::{Pep768Error, Pep768ErrorKind};
 
 /// The section CPython puts `_PyRuntime` in.
 pub(crate) const SECTION: &[u8] = b".PyRuntime";
-
-const PT_LOAD: u32 = 1;
-const SHT_NOBITS: u32 = 8;
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const SHDR_SIZE: usize = 64;
-/// More than any real file has: bounds what a corrupt header makes us read.
-const MAX_SECTIONS: u64 = 1 << 20;
-const MAX_STRTAB: u64 = 64 << 20;
 
 /// Where `.PyRuntime` lies in an ELF file (a `python3.14` executable or a
 /// `libpython3.14.so`), and how to find it in a process that mapped the
@@ -80,95 +75,89 @@ impl PyRuntimeSection {
     ///
     /// As [`find`](Self::find).
     pub fn parse(elf: &[u8]) -> Result<Option<PyRuntimeSection>, Pep768Error> {
-        Self::find_in(elf)
+        Self::find_in_data(elf)
     }
 
-    pub(crate) fn find_in<R: ReadAt + ?Sized>(
-        file: &R,
+    /// [`find`](Self::find) on an open file, reading only its headers.
+    pub(crate) fn find_in(file: &File) -> Result<Option<PyRuntimeSection>, Pep768Error> {
+        Self::find_in_data(&ReadCache::new(file))
+    }
+
+    fn find_in_data<'data, R: ReadRef<'data>>(
+        data: R,
     ) -> Result<Option<PyRuntimeSection>, Pep768Error> {
-        let len = file.size()?;
-        let ehdr = read(file, len, 0, EHDR_SIZE as u64, "ELF header")?;
-        if ehdr[..4] != *b"\x7fELF" {
+        let header = data
+            .read_at::<FileHeader64<LittleEndian>>(0)
+            .map_err(|()| corrupt("no ELF header"))?;
+        let ident = &header.e_ident;
+        if ident.magic != ELFMAG {
             return Err(corrupt("not an ELF file"));
         }
-        if ehdr[4] != 2 || ehdr[5] != 1 {
+        if ident.class != ELFCLASS64 || ident.data != ELFDATA2LSB {
             return Err(Pep768Error::new(
                 Pep768ErrorKind::Unsupported,
                 format!(
                     "an ELF file of class {} and byte order {}: only 64-bit little-endian ones \
                      are supported",
-                    ehdr[4], ehdr[5]
+                    ident.class.0, ident.data.0
                 ),
             ));
         }
-        let phoff = le64(&ehdr, 32);
-        let shoff = le64(&ehdr, 40);
-        let phentsize = u64::from(le16(&ehdr, 54));
-        let mut phnum = u64::from(le16(&ehdr, 56));
-        let shentsize = u64::from(le16(&ehdr, 58));
-        let mut shnum = u64::from(le16(&ehdr, 60));
-        let mut shstrndx = u64::from(le16(&ehdr, 62));
-        if shoff == 0 {
+        // The rest of the identification (its version).
+        let header = FileHeader64::<LittleEndian>::parse(data).map_err(bad)?;
+        let endian = LittleEndian;
+        if header.e_shoff.get(endian) == 0 {
             return Ok(None);
         }
-        if shentsize < SHDR_SIZE as u64 {
-            return Err(corrupt(&format!("section header size {shentsize}")));
+        let load_base = header
+            .program_headers(endian, data)
+            .map_err(bad)?
+            .iter()
+            .find(|phdr| phdr.p_type(endian) == PT_LOAD)
+            .map(|phdr| {
+                let (vaddr, align) = (phdr.p_vaddr(endian), phdr.p_align(endian));
+                if align > 1 {
+                    vaddr - vaddr % align
+                } else {
+                    vaddr
+                }
+            })
+            .ok_or_else(|| corrupt("no PT_LOAD program header"))?;
+        let headers = header.section_headers(endian, data).map_err(bad)?;
+        if headers.is_empty() {
+            return Ok(None);
         }
-        // Extended numbering keeps the real counts in section header 0.
-        if shnum == 0 || shstrndx == 0xffff || phnum == 0xffff {
-            let first = read(file, len, shoff, SHDR_SIZE as u64, "section header 0")?;
-            if shnum == 0 {
-                shnum = le64(&first, 32);
-            }
-            if shstrndx == 0xffff {
-                shstrndx = u64::from(le32(&first, 40));
-            }
-            if phnum == 0xffff {
-                phnum = u64::from(le32(&first, 44));
-            }
-        }
-        if shnum == 0 || shnum > MAX_SECTIONS || shstrndx >= shnum {
+        // The name table in one read: object's `sections` would read each
+        // name on its own (from a file, a seek and a read per section).
+        let index = header.section_strings_index(endian, data).map_err(bad)?;
+        let (offset, size) = headers
+            .get(index.0)
+            .and_then(|names| names.file_range(endian))
+            .ok_or_else(|| corrupt("section name table"))?;
+        let names = data
+            .read_bytes_at(offset, size)
+            .map_err(|()| corrupt("section name table past the end of the file"))?;
+        let sections = SectionTable::<FileHeader64<LittleEndian>, &[u8]>::new(
+            headers,
+            StringTable::new(names, 0, size),
+        );
+        let Some((_, section)) = sections.section_by_name(endian, SECTION) else {
+            return Ok(None);
+        };
+        let found = PyRuntimeSection {
+            sh_addr: section.sh_addr(endian),
+            sh_offset: section.sh_offset(endian),
+            sh_size: section.sh_size(endian),
+            load_base,
+            nobits: section.sh_type(endian) == SHT_NOBITS,
+        };
+        if found.sh_addr < load_base {
             return Err(corrupt(&format!(
-                "{shnum} sections, names in section {shstrndx}"
+                ".PyRuntime at {:#x}, below the first PT_LOAD ({load_base:#x})",
+                found.sh_addr
             )));
         }
-        let load_base = first_load(file, len, phoff, phentsize, phnum)?;
-        let table = read(file, len, shoff, shnum * shentsize, "section headers")?;
-        let header = |index: u64| {
-            let at = (index * shentsize) as usize;
-            &table[at..at + SHDR_SIZE]
-        };
-        let names = header(shstrndx);
-        let (names_offset, names_size) = (le64(names, 24), le64(names, 32));
-        if names_size > MAX_STRTAB || le32(names, 4) == SHT_NOBITS {
-            return Err(corrupt("section name table"));
-        }
-        let names = read(file, len, names_offset, names_size, "section names")?;
-        for index in 0..shnum {
-            let section = header(index);
-            let name = le32(section, 0) as usize;
-            let matches = names.get(name..).is_some_and(|rest| {
-                rest.starts_with(SECTION) && rest.get(SECTION.len()) == Some(&0)
-            });
-            if !matches {
-                continue;
-            }
-            let found = PyRuntimeSection {
-                sh_addr: le64(section, 16),
-                sh_offset: le64(section, 24),
-                sh_size: le64(section, 32),
-                load_base,
-                nobits: le32(section, 4) == SHT_NOBITS,
-            };
-            if found.sh_addr < load_base {
-                return Err(corrupt(&format!(
-                    ".PyRuntime at {:#x}, below the first PT_LOAD ({load_base:#x})",
-                    found.sh_addr
-                )));
-            }
-            return Ok(Some(found));
-        }
-        Ok(None)
+        Ok(Some(found))
     }
 
     /// The section's address in a process that mapped the file's offset 0
@@ -195,112 +184,35 @@ impl PyRuntimeSection {
                 if self.nobits { 0 } else { self.sh_size }
             )));
         }
-        read(
-            &file,
-            file.size()?,
-            self.sh_offset,
-            len as u64,
-            ".PyRuntime",
-        )
-    }
-}
-
-/// The first `PT_LOAD`'s `p_vaddr`, rounded down to its alignment.
-fn first_load<R: ReadAt + ?Sized>(
-    file: &R,
-    len: u64,
-    phoff: u64,
-    phentsize: u64,
-    phnum: u64,
-) -> Result<u64, Pep768Error> {
-    if phentsize < PHDR_SIZE as u64 || phnum == 0 || phnum > MAX_SECTIONS {
-        return Err(corrupt(&format!(
-            "{phnum} program headers of {phentsize} bytes"
-        )));
-    }
-    let table = read(file, len, phoff, phnum * phentsize, "program headers")?;
-    table
-        .chunks_exact(phentsize as usize)
-        .find(|phdr| le32(phdr, 0) == PT_LOAD)
-        .map(|phdr| {
-            let (vaddr, align) = (le64(phdr, 16), le64(phdr, 48));
-            if align > 1 {
-                vaddr - vaddr % align
-            } else {
-                vaddr
-            }
-        })
-        .ok_or_else(|| corrupt("no PT_LOAD program header"))
-}
-
-/// Reads `size` bytes at `offset`, after checking they lie in the file.
-fn read<R: ReadAt + ?Sized>(
-    file: &R,
-    len: u64,
-    offset: u64,
-    size: u64,
-    what: &str,
-) -> Result<Vec<u8>, Pep768Error> {
-    match offset.checked_add(size) {
-        Some(end) if end <= len && size <= MAX_STRTAB => {}
-        _ => {
+        let size = file
+            .metadata()
+            .map_err(|err| Pep768Error::io(format!("cannot stat {}", path.display()), err))?
+            .len();
+        if self
+            .sh_offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > size)
+        {
             return Err(corrupt(&format!(
-                "{what} ({size} bytes at {offset:#x}) past the end of the file ({len} bytes)"
-            )))
+                ".PyRuntime ({len} bytes at {:#x}) past the end of the file ({size} bytes)",
+                self.sh_offset
+            )));
         }
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, self.sh_offset)
+            .map_err(|err| Pep768Error::io("cannot read the .PyRuntime".to_owned(), err))?;
+        Ok(bytes)
     }
-    file.read_exact_at_vec(offset, size as usize)
-        .map_err(|err| Pep768Error::io(format!("cannot read the {what}"), err))
+}
+
+/// An error of the `object` crate's ELF reader: a corrupt file (or one that
+/// could not be read: the reader does not tell them apart).
+fn bad(err: object::read::Error) -> Pep768Error {
+    corrupt(&err.to_string())
 }
 
 fn corrupt(what: &str) -> Pep768Error {
     Pep768Error::new(Pep768ErrorKind::Corrupt, format!("bad ELF file: {what}"))
-}
-
-fn le16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn le32(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le64(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// What the parser reads from: a file, or bytes in memory.
-pub(crate) trait ReadAt {
-    fn size(&self) -> Result<u64, Pep768Error>;
-    fn read_exact_at_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
-}
-
-impl ReadAt for File {
-    fn size(&self) -> Result<u64, Pep768Error> {
-        self.metadata()
-            .map(|meta| meta.len())
-            .map_err(|err| Pep768Error::io("cannot stat the ELF file".to_owned(), err))
-    }
-
-    fn read_exact_at_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn size(&self) -> Result<u64, Pep768Error> {
-        Ok(<[u8]>::len(self) as u64)
-    }
-
-    fn read_exact_at_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        usize::try_from(offset)
-            .ok()
-            .and_then(|start| self.get(start..start.checked_add(len)?))
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
-    }
 }
 
 #[cfg(test)]
@@ -315,7 +227,7 @@ mod tests {
         let names_at = phoff + 56;
         let shoff = (names_at + names.len() as u64 + 7) & !7;
         let mut elf = vec![0u8; shoff as usize + 3 * 64];
-        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         elf[32..40].copy_from_slice(&phoff.to_le_bytes());
         elf[40..48].copy_from_slice(&shoff.to_le_bytes());
         elf[54..56].copy_from_slice(&56u16.to_le_bytes());
@@ -324,7 +236,7 @@ mod tests {
         elf[60..62].copy_from_slice(&3u16.to_le_bytes());
         elf[62..64].copy_from_slice(&2u16.to_le_bytes());
         let ph = phoff as usize;
-        elf[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
         elf[ph + 16..ph + 24].copy_from_slice(&vaddr.to_le_bytes());
         elf[ph + 48..ph + 56].copy_from_slice(&align.to_le_bytes());
         elf[names_at as usize..names_at as usize + names.len()].copy_from_slice(names);
