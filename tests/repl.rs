@@ -214,6 +214,10 @@ fn status_json_has_the_fields(kind: Kind) {
     assert!(json.get("ptrace_scope").is_some(), "{json}");
     if kind == Kind::Socket {
         assert_eq!(json["session"], "test", "{json}");
+        assert_eq!(json["clients"], "authenticated", "{json}");
+    } else {
+        // Named pipes cannot tell who asks: STATUS says so.
+        assert_eq!(json["clients"], "unauthenticated", "{json}");
     }
     // --json only goes with status and --list.
     let (status, _, err) = controller.run_client(&["pid", "--json"]);

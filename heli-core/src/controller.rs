@@ -527,7 +527,15 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
     }
 
     fn status(&self, state: &State) -> Status {
-        let mut extra = vec![("restarts".to_owned(), self.restart.restarts().to_string())];
+        let clients = if self.transport.authenticates() {
+            "authenticated"
+        } else {
+            "unauthenticated"
+        };
+        let mut extra = vec![
+            ("restarts".to_owned(), self.restart.restarts().to_string()),
+            ("clients".to_owned(), clients.to_owned()),
+        ];
         if let Some(exit) = state.last_exit {
             extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
         }

@@ -172,6 +172,11 @@ impl Transport for Fake {
     fn describe(&self) -> String {
         "the fake address".into()
     }
+
+    /// As one that authenticates once it is told who connects.
+    fn authenticates(&self) -> bool {
+        self.0.credentials.lock().unwrap().is_some()
+    }
 }
 
 struct FakeListener {
@@ -1310,6 +1315,8 @@ fn status_reports_target_grant_and_extra_fields() {
     assert_eq!(status.command, "pretend-target --flag");
     assert_eq!(status.get("ptrace_scope"), Some("1"));
     assert_eq!(status.get("name"), Some("demo"));
+    // The fake transport cannot tell who asks, and says so.
+    assert_eq!(status.get("clients"), Some("unauthenticated"));
     let mut session = client.session().unwrap();
     session.grant_access(pid(5)).unwrap();
     assert_eq!(client.status().unwrap().holder, Some(pid(5)));
@@ -1457,6 +1464,10 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
     }
     // Nothing reached the granter.
     assert_eq!(granter.attempts(), 0);
+    assert_eq!(
+        fake.client().status().unwrap().get("clients"),
+        Some("authenticated")
+    );
     assert_eq!(fake.raw(b"GRANT_ACCESS 701\n"), "READY\n");
     assert_eq!(fake.raw(b"GRANT_ACCESS 77\n"), "READY\n");
     assert_eq!(granter.granted(), [(PID, 701), (PID, 77)]);

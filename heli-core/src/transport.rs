@@ -40,6 +40,13 @@ pub trait Transport {
 
     /// Where this transport listens, for messages to the user.
     fn describe(&self) -> String;
+
+    /// Whether its listener tells the controller who sends each request
+    /// ([`Peer::credentials`]); default: no. The controller says so in
+    /// `STATUS` (`clients=authenticated` or `clients=unauthenticated`).
+    fn authenticates(&self) -> bool {
+        false
+    }
 }
 
 /// The controller's end of a [`Transport`].

@@ -267,6 +267,11 @@ impl Transport for UnixSocketTransport {
     fn describe(&self) -> String {
         format!("{} (session {})", self.path.display(), self.name)
     }
+
+    /// Every request comes with the kernel's credentials of its connection.
+    fn authenticates(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
