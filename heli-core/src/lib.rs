@@ -141,6 +141,7 @@
 mod authorize;
 mod client;
 mod controller;
+mod deadline;
 mod error;
 mod granter;
 mod inspector;
@@ -153,6 +154,7 @@ mod transport;
 
 pub use client::{Client, Session, DEFAULT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle};
+pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
 pub use inspector::{Inspector, NoInspector};
