@@ -16,7 +16,7 @@ use crate::protocol::{Reply, Request, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
 use crate::signals::{self, Caught, SignalThread, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
-use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
+use crate::transport::{Event, GrantHolder, Incoming, Listener, Peer, Stopper, Transport};
 
 /// Supervises a target and answers clients: the heart of heli.
 ///
@@ -221,6 +221,8 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
             self.granter.name()
         );
 
+        let holder = GrantHolder::default();
+        listener.watch_grant(holder.clone());
         let stopper = listener.stopper();
         let (events_tx, events) = bounded(64);
         let serving = thread::Builder::new()
@@ -235,6 +237,7 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
             phase: Phase::Running,
             last_exit: None,
             grant: None,
+            holder,
         };
         let mut listening = true;
         let status = loop {
@@ -316,7 +319,7 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
         let ran = state.run.started.elapsed();
         state.last_exit = Some(exit.status);
         // A later process must not inherit the grant.
-        if let Some(grant) = state.grant.take() {
+        if let Some(grant) = state.take_grant() {
             if let Err(err) = self.granter.revoke(grant.target) {
                 debug!("withdrawing the grant on the ended target: {err}");
             }
@@ -472,7 +475,7 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
                     ),
                     _ => info!("granted PID {} access to target {target}", client.pid),
                 }
-                state.grant = Some(GrantRecord {
+                state.set_grant(GrantRecord {
                     holder: client,
                     target: target_id,
                     connection: peer.connection,
@@ -488,7 +491,7 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
 
     fn revoke(&mut self, state: &mut State) -> Reply {
         let target = state.run.target;
-        let recorded = state.grant.take().map(|grant| grant.target);
+        let recorded = state.take_grant().map(|grant| grant.target);
         let target_id = match recorded {
             Some(id) => Some(id),
             None => self.supervisor.identity(target).ok().flatten(),
@@ -667,6 +670,20 @@ struct State {
     last_exit: Option<ExitStatus>,
     /// The grant in force, as the controller made it.
     grant: Option<GrantRecord>,
+    /// Its connection, as the listener sees it.
+    holder: GrantHolder,
+}
+
+impl State {
+    fn set_grant(&mut self, grant: GrantRecord) {
+        self.holder.set(Some(grant.connection));
+        self.grant = Some(grant);
+    }
+
+    fn take_grant(&mut self) -> Option<GrantRecord> {
+        self.holder.set(None);
+        self.grant.take()
+    }
 }
 
 /// One run of the target.

@@ -163,7 +163,8 @@ pub use restart::{Restart, RestartPolicy};
 pub use signals::{DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS};
 pub use supervisor::{Exit, ExitStatus, Supervisor};
 pub use transport::{
-    exchange, Connection, Credentials, Event, Incoming, Listener, Peer, Stopper, Transport,
+    exchange, Connection, Credentials, Event, GrantHolder, Incoming, Listener, Peer, Stopper,
+    Transport,
 };
 
 #[cfg(test)]

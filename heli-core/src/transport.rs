@@ -1,6 +1,8 @@
 //! How requests travel between clients and the controller.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -71,6 +73,42 @@ pub trait Listener: Send + 'static {
     ///
     /// When the listener itself fails (not when a client misbehaves).
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()>;
+
+    /// Hands the listener the controller's note of which connection holds
+    /// the grant, before [`serve`](Listener::serve): a listener that closes
+    /// idle connections must never close that one (its grant would go with
+    /// it). Default: ignored.
+    fn watch_grant(&mut self, holder: GrantHolder) {
+        let _ = holder;
+    }
+}
+
+/// Which connection holds the grant now, as the controller keeps it up to
+/// date for its listener (see [`Listener::watch_grant`]). Clones share it.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::GrantHolder;
+///
+/// let holder = GrantHolder::default();
+/// assert_eq!(holder.connection(), None);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct GrantHolder(Arc<AtomicU64>);
+
+impl GrantHolder {
+    /// The connection (its [`Peer::connection`]) that holds the grant, if
+    /// one does.
+    pub fn connection(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|&connection| connection != 0)
+    }
+
+    /// Notes that `connection` holds the grant now (`None`: nobody, or a
+    /// connectionless peer).
+    pub(crate) fn set(&self, connection: Option<u64>) {
+        self.0.store(connection.unwrap_or(0), Ordering::SeqCst);
+    }
 }
 
 /// Makes a [`Listener::serve`] return; cheap to call more than once.
