@@ -124,13 +124,16 @@ where
     }
 }
 
+/// The longest `--timeout`: an hour.
+const MAX_TIMEOUT: f64 = 3600.0;
+
 /// What clap cannot check: a usable `--timeout`, `--json` where it means
 /// something.
 fn check(args: &Args) -> Result<(), Failure> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+    if !(args.timeout > 0.0 && args.timeout <= MAX_TIMEOUT) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--timeout must be a positive number of seconds",
+            format!("--timeout must be a number of seconds above 0, at most {MAX_TIMEOUT}"),
         ))
     } else if args.json && !args.list && args.command != Some(Cmd::Status) {
         Err(Failure::new(
@@ -390,14 +393,16 @@ mod tests {
 
     #[test]
     fn timeout_must_be_a_positive_number() {
-        for timeout in ["0", "-1", "inf", "NaN", "-0.5"] {
+        for timeout in ["0", "-1", "inf", "NaN", "-0.5", "1e12", "3601"] {
             assert_eq!(
                 usage(&[&format!("--timeout={timeout}"), "pid"]),
-                "--timeout must be a positive number of seconds",
+                "--timeout must be a number of seconds above 0, at most 3600",
                 "{timeout}"
             );
         }
-        assert!(check(&parse(&["--timeout", "0.001", "pid"])).is_ok());
+        for timeout in ["0.001", "3600"] {
+            assert!(check(&parse(&["--timeout", timeout, "pid"])).is_ok());
+        }
         let err = Args::try_parse_from(["client", "--timeout", "soon"]).unwrap_err();
         assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage);
     }

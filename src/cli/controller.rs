@@ -161,10 +161,13 @@ fn report(program: &str, err: &dyn Error) {
     }
 }
 
+/// The longest `--grace`: an hour.
+const MAX_GRACE: f64 = 3600.0;
+
 /// What clap cannot check: a usable `--grace`.
 fn check(args: &Args) -> Result<(), Box<dyn Error>> {
-    if !(args.grace.is_finite() && args.grace >= 0.0) {
-        return Err("--grace must be a number of seconds >= 0".into());
+    if !(0.0..=MAX_GRACE).contains(&args.grace) {
+        return Err(format!("--grace must be a number of seconds from 0 to {MAX_GRACE}").into());
     }
     Ok(())
 }
@@ -418,12 +421,18 @@ mod tests {
 
     #[test]
     fn grace_must_be_a_number_of_seconds() {
-        for grace in ["-1", "inf", "NaN"] {
+        for grace in ["-1", "inf", "NaN", "1e12", "3600.5"] {
             let args = parse(&[&format!("--grace={grace}"), "--", "true"]);
             let err = check(&args).unwrap_err();
-            assert_eq!(err.to_string(), "--grace must be a number of seconds >= 0");
+            assert_eq!(
+                err.to_string(),
+                "--grace must be a number of seconds from 0 to 3600",
+                "{grace}"
+            );
         }
-        assert!(check(&parse(&["--grace", "0", "--", "true"])).is_ok());
+        for grace in ["0", "0.25", "3600"] {
+            assert!(check(&parse(&["--grace", grace, "--", "true"])).is_ok());
+        }
         // Refused before anything starts, with the controller's own status.
         assert_eq!(
             run_with_args(raw(&["--grace=-1", "--", "true"])),
