@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use heli_core::{Exit, ExitStatus, ProcessInfo, Processes, Supervisor};
@@ -319,6 +320,10 @@ impl Supervisor for ProcessSupervisor {
     }
 }
 
+/// The longest wait between two attempts to reap an exited child that
+/// another tracer still holds.
+const MAX_REAP_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Waits for one child to exit, reaps it, and reports how it ended.
 struct Reaper {
     pid: u32,
@@ -332,6 +337,9 @@ struct Reaper {
 
 impl Reaper {
     fn run(self) {
+        // How long to wait before asking again when the exited child cannot
+        // be reaped yet (see below); doubles up to its cap.
+        let mut backoff = Duration::from_millis(1);
         let status = loop {
             // A pidfd becomes readable only when the process has exited:
             // ptrace stops do not wake us.
@@ -354,7 +362,17 @@ impl Reaper {
             ) {
                 Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signal(signal as i32),
-                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(Errno::EINTR) => continue,
+                // Exited (the pidfd is readable), yet not ours to reap yet:
+                // another tracer (a debugger) holds the dead child until it
+                // has waited for it itself. The pidfd stays readable, so
+                // polling it again would spin: wait a while instead.
+                Ok(_) => {
+                    drop(waits);
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_REAP_BACKOFF);
+                    continue;
+                }
                 // A granter reaped it and recorded the status just now.
                 Err(Errno::ECHILD) => match waits.take(self.pid) {
                     Some(status) => break status,

@@ -137,6 +137,19 @@ impl Proc {
             }))
     }
 
+    /// The CPU time it has used, user and system, in clock ticks
+    /// (`/proc/PID/stat` fields 14 and 15; for a thread's pid, that
+    /// thread's).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn cpu_ticks(&self) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let stat = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))?;
+        Ok(stat.map(|stat| stat.utime + stat.stime))
+    }
+
     /// Its status as ptrace cares about it (`/proc/PID/status`: for a
     /// process, its main thread's).
     ///
