@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use heli_core::{Exit, ExitStatus, ProcessInfo, Processes, Supervisor};
 use heli_proc::ProcFs;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
@@ -57,7 +57,9 @@ pub struct ProcessSupervisor {
     running: Option<Running>,
     exits: (Sender<Exit>, Receiver<Exit>),
     waits: ChildWaits,
-    kill_group: bool,
+    /// In a group of its own, signalled as a group: how long what is left
+    /// of the group when the target ends may take to go.
+    kill_group: Option<Duration>,
     foreground: bool,
     orphans: Option<OrphanReaper>,
 }
@@ -78,7 +80,7 @@ impl ProcessSupervisor {
             running: None,
             exits: unbounded(),
             waits: ChildWaits::default(),
-            kill_group: false,
+            kill_group: None,
             foreground: false,
             orphans: None,
         }
@@ -88,10 +90,35 @@ impl ProcessSupervisor {
     /// to the whole group, so the target's own children get them too (as
     /// `docker stop` does for a container). The terminal's Ctrl-C then no
     /// longer reaches the target directly: the controller passes it on.
+    ///
+    /// When the target ends, whatever is left of its group (children it
+    /// left behind) gets SIGTERM, and SIGKILL if it is still there after
+    /// [`group_grace`](Self::group_grace) (2 s by default), before the
+    /// target is reported as ended. (The target is reaped only then: until
+    /// it is, its pid, which names the group, cannot be taken by another
+    /// process.)
+    ///
+    /// What is not covered: if this process is killed with SIGKILL, the
+    /// kernel kills the target (its parent-death signal), but nothing of
+    /// the kernel's reaches the target's own children for an unprivileged
+    /// process (a parent-death signal reaches direct children only, a
+    /// subreaper acts only while it lives, and a PID namespace or a
+    /// delegated cgroup would change what the target sees). They are left
+    /// running, re-parented to the nearest subreaper or PID 1.
     pub fn kill_group(mut self, yes: bool) -> Self {
-        self.kill_group = yes;
+        self.kill_group = yes.then_some(heli_core::DEFAULT_GRACE);
         if yes {
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
+        }
+        self
+    }
+
+    /// How long what is left of the target's group when the target ends
+    /// may take to go after SIGTERM before it gets SIGKILL (default 2 s);
+    /// see [`kill_group`](Self::kill_group).
+    pub fn group_grace(mut self, grace: Duration) -> Self {
+        if let Some(current) = self.kill_group.as_mut() {
+            *current = grace;
         }
         self
     }
@@ -237,6 +264,7 @@ impl Supervisor for ProcessSupervisor {
                 exits: self.exits.0.clone(),
                 waits: self.waits.clone(),
                 foreground: self.foreground,
+                group: self.kill_group,
             };
             thread::Builder::new()
                 .name(format!("heli-reaper-{pid}"))
@@ -270,7 +298,7 @@ impl Supervisor for ProcessSupervisor {
     fn shares_terminal(&self) -> bool {
         // In a group of its own, the target gets what the terminal sends
         // only if its group is the foreground one.
-        !self.kill_group || self.foreground
+        self.kill_group.is_none() || self.foreground
     }
 
     fn describe(&self) -> String {
@@ -293,7 +321,7 @@ impl Supervisor for ProcessSupervisor {
 
     fn signal(&mut self, signal: i32) -> io::Result<()> {
         let running = self.running()?;
-        let sent = if self.kill_group {
+        let sent = if self.kill_group.is_some() {
             // The group outlives no member: while the target runs, its pid
             // names its group.
             let signal = nix::sys::signal::Signal::try_from(signal)?;
@@ -333,10 +361,13 @@ struct Reaper {
     waits: ChildWaits,
     /// Whether the target had the terminal, to take back once it ended.
     foreground: bool,
+    /// Whether it leads a group of its own, and how long what is left of
+    /// the group when it ends may take to go.
+    group: Option<Duration>,
 }
 
 impl Reaper {
-    fn run(self) {
+    fn run(mut self) {
         // How long to wait before asking again when the exited child cannot
         // be reaped yet (see below); doubles up to its cap.
         let mut backoff = Duration::from_millis(1);
@@ -350,6 +381,9 @@ impl Reaper {
                     warn!("cannot watch PID {}: {err}", self.pid);
                     return;
                 }
+            }
+            if let Some(grace) = self.group.take() {
+                end_leftovers(self.pid, grace);
             }
             // Not while a granter traces the child: we would steal its stops.
             let mut waits = self.waits.lock();
@@ -396,6 +430,48 @@ impl Reaper {
             pid: heli_core::Pid::new(self.pid).expect("a pid the kernel gave"),
             status,
         });
+    }
+}
+
+/// Ends what is left of the process group of target `leader`, which has
+/// exited (and is not reaped yet, so its pid, the group's, is not free):
+/// SIGTERM, then SIGKILL after `grace` for what is still there.
+fn end_leftovers(leader: u32, grace: Duration) {
+    let Some(group) = heli_core::Pid::new(leader) else {
+        return;
+    };
+    let left = || {
+        heli_proc::group_members(group)
+            .map(|members| members.into_iter().filter(|&pid| pid != group).count())
+            .unwrap_or_else(|err| {
+                warn!("cannot list the members of process group {group}: {err}");
+                0
+            })
+    };
+    let count = left();
+    if count == 0 {
+        return;
+    }
+    let pgrp = Pid::from_raw(leader as i32);
+    info!("the target's process group {group} still has {count} process(es): SIGTERM");
+    let _ = nix::sys::signal::killpg(pgrp, nix::sys::signal::Signal::SIGTERM);
+    let gone_within = |limit: Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        while left() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        true
+    };
+    if !gone_within(grace) {
+        warn!("process group {group} still there {grace:?} after SIGTERM: SIGKILL");
+        let _ = nix::sys::signal::killpg(pgrp, nix::sys::signal::Signal::SIGKILL);
+        // SIGKILL is not refused, but dying takes a moment.
+        if !gone_within(Duration::from_secs(1)) {
+            warn!("process group {group} still there after SIGKILL");
+        }
     }
 }
 

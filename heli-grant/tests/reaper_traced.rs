@@ -32,7 +32,11 @@ fn reaper_thread() -> Pid {
 }
 
 fn cpu_ticks(tid: Pid) -> u64 {
-    Proc::open_existing(tid).unwrap().cpu_ticks().unwrap().unwrap()
+    Proc::open_existing(tid)
+        .unwrap()
+        .cpu_ticks()
+        .unwrap()
+        .unwrap()
 }
 
 /// A traced target dies while its tracer (strace, stopped) does not wait
@@ -60,7 +64,10 @@ fn a_dead_target_held_by_another_tracer_is_awaited_without_spinning() {
     kill(tracer_pid, Signal::SIGSTOP).unwrap();
     supervisor.kill().unwrap();
     thread::sleep(Duration::from_millis(300));
-    assert!(exits.try_recv().is_err(), "reaped while its tracer holds it");
+    assert!(
+        exits.try_recv().is_err(),
+        "reaped while its tracer holds it"
+    );
     let reaper = reaper_thread();
     let before = cpu_ticks(reaper);
     thread::sleep(Duration::from_secs(2));

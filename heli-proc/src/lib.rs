@@ -11,7 +11,7 @@
 //!   and [system call](Proc::thread_syscall) (what ptrace cares about), its
 //!   [memory map](Proc::maps), auxiliary vector, program and capabilities.
 //! - [`descendants`]: a process and its living descendants, for a
-//!   supervisor's whole tree.
+//!   supervisor's whole tree; [`group_members`]: a process group's.
 //! - [`Memory`]: another process's memory, read (and written) without
 //!   stopping it.
 //!
@@ -47,4 +47,4 @@ mod tree;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
-pub use tree::descendants;
+pub use tree::{descendants, group_members};

@@ -86,6 +86,37 @@ pub fn descendants(root: ProcessId) -> io::Result<Vec<ProcessInfo>> {
     Ok(tree)
 }
 
+/// The living members of process group `group` (a zombie left out), from
+/// one pass over `/proc`, in pid order.
+///
+/// # Errors
+///
+/// When `/proc` cannot be listed.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::Pid;
+///
+/// let mine = nix::unistd::getpgrp().as_raw() as u32;
+/// let members = heli_proc::group_members(Pid::new(mine).unwrap())?;
+/// assert!(members.contains(&Pid::this()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn group_members(group: Pid) -> io::Result<Vec<Pid>> {
+    let all = procfs::process::all_processes().map_err(|err| to_io(err, "/proc"))?;
+    let mut members: Vec<Pid> = all
+        .filter_map(|process| process.ok()?.stat().ok())
+        .filter(|stat| {
+            u32::try_from(stat.pgrp).ok() == Some(group.get())
+                && !ProcessState::from_code(stat.state).is_gone()
+        })
+        .filter_map(|stat| u32::try_from(stat.pid).ok().and_then(Pid::new))
+        .collect();
+    members.sort_unstable();
+    Ok(members)
+}
+
 /// Every process's children, from one pass over `/proc`.
 fn scan() -> io::Result<HashMap<u32, Vec<Pid>>> {
     let all = procfs::process::all_processes().map_err(|err| to_io(err, "/proc"))?;

@@ -175,7 +175,10 @@ fn check(args: &Args) -> Result<(), Box<dyn Error>> {
 fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>> {
     check(args)?;
     let command = target_command(args, explicit_command)?;
-    let mut supervisor = ProcessSupervisor::new(command).kill_group(args.kill_group);
+    let grace = Duration::from_secs_f64(args.grace);
+    let mut supervisor = ProcessSupervisor::new(command)
+        .kill_group(args.kill_group)
+        .group_grace(grace);
     if args.subreaper {
         become_subreaper()?;
     }
@@ -200,7 +203,6 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         .map_or("none".to_owned(), |method| method.to_string());
     info!("grant method: {grant_method}");
     let scope = PtraceScope::current()?;
-    let grace = Duration::from_secs_f64(args.grace);
     let mut restart = RestartPolicy::new(args.restart);
     if let Some(max) = args.max_restarts {
         restart = restart.max_restarts(max);
