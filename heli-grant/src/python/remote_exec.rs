@@ -172,14 +172,15 @@ impl PyProcess {
     /// bit 5 of its eval breaker. Returns at once; the script runs later
     /// (see [`RemoteExec`], which withdraws the request when dropped).
     ///
-    /// The thread is the interpreter's main thread. Where there is none
-    /// (an embedding host), it is the thread whose state CPython keeps
-    /// inside `_PyRuntime` (the one that initialised Python), else the
-    /// process's first thread (whose id is the process id). Any other
-    /// thread state may be freed at any moment, by a thread that ends, and
-    /// writing into freed memory would corrupt the target: those are
-    /// refused. A thread state outside `_PyRuntime` is found again in the
-    /// interpreter's list before every write.
+    /// The thread is the one whose state CPython keeps inside `_PyRuntime`
+    /// and never frees: the interpreter's main thread in a `python`
+    /// process, the thread that initialised Python in an embedding host.
+    /// When no thread has it, it is the main thread, else the process's
+    /// first thread (whose id is the process id), whose state is on the
+    /// heap: it is found again in the interpreter's list before every
+    /// write. Any other thread state may be freed at any moment, by a
+    /// thread that ends, and writing into freed memory would corrupt the
+    /// target: those are refused.
     ///
     /// A relative `script` is made absolute from this process's working
     /// directory (the target's may differ). The target opens it as its own
@@ -463,7 +464,8 @@ impl RemoteExec {
     /// deadline was called off (the request stays pending either way: drop
     /// or [`cancel`](Self::cancel) it);
     /// [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess) when the target
-    /// exited.
+    /// exited; [`NoThread`](Pep768ErrorKind::NoThread) when the thread
+    /// ended.
     pub fn wait_started_until(&self, deadline: &Deadline) -> Result<Duration, Pep768Error> {
         let start = Instant::now();
         let mut nap = Duration::from_micros(20);
@@ -588,7 +590,8 @@ pub fn remote_exec_prctl(pid: Pid, client: Pid, timeout: Duration) -> Result<(),
 }
 
 /// Has process `pid` call `prctl(option, arg, 0, 0, 0)` from Python, within
-/// `timeout`: [`PyProcess::open`] then [`PyProcess::remote_prctl`].
+/// `timeout`: [`PyProcess::open`] then [`PyProcess::remote_prctl`] (which
+/// takes a [`Deadline`] its owner may call off).
 ///
 /// # Errors
 ///
@@ -646,6 +649,9 @@ impl PyProcess {
     ) -> Result<u64, Pep768Error> {
         let start = Instant::now();
         let pid = self.pid().get();
+        if deadline.expired() {
+            return Err(expired(pid, deadline, start));
+        }
         let other_user = target_uid(pid).is_some_and(|uid| uid != nix::unistd::geteuid().as_raw());
         let dir = ScriptDir::create(other_user)?;
         let socket_path = dir.path().join("report");
