@@ -635,6 +635,14 @@ fn a_grant_that_fails_after_its_request_withdraws_it() {
         .env("HELI_SAFETY_TARGET", target.pid.to_string())
         .output()
         .unwrap();
+    // The child could not remove the directory without descriptors (it
+    // says so on its stderr): it is in the per-user one, where no one
+    // else can write.
+    for dir in request_dirs() {
+        if !before.contains(&dir) {
+            fs::remove_dir_all(dir).unwrap();
+        }
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -661,13 +669,6 @@ fn a_grant_that_fails_after_its_request_withdraws_it() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(target.timerslack(), slack);
     assert!(!target.stderr().contains("script"), "{}", target.stderr());
-    // The child could not remove the directory without descriptors; it is
-    // in the per-user one, where no one else can write.
-    for dir in request_dirs() {
-        if !before.contains(&dir) {
-            fs::remove_dir_all(dir).unwrap();
-        }
-    }
 }
 
 /// Before the fix, the script's directory was `/tmp/heli-pep768-XXXXXX`,
