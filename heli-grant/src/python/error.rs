@@ -38,6 +38,9 @@ pub enum Pep768ErrorKind {
     PermissionDenied,
     /// The target did not run the script in time.
     Timeout,
+    /// The caller called the work off (its
+    /// [`Deadline`](heli_core::Deadline) was cancelled) before it was done.
+    Cancelled,
     /// The target ran the script, which failed or did not report.
     ScriptFailed,
     /// The call the script made failed: [`Pep768Error::raw_os_error`] is
@@ -163,6 +166,7 @@ impl From<Pep768Error> for io::Error {
             K::NoSuchProcess | K::NoThread => io::ErrorKind::NotFound,
             K::PermissionDenied => io::ErrorKind::PermissionDenied,
             K::Timeout => io::ErrorKind::TimedOut,
+            K::Cancelled => io::ErrorKind::Interrupted,
             K::BadPath => io::ErrorKind::InvalidInput,
             K::Corrupt => io::ErrorKind::InvalidData,
             K::CallFailed => err.errno.map_or(io::ErrorKind::Other, |errno| {

@@ -12,8 +12,10 @@
 //!   contains `python`, finds the `.PyRuntime` section in their ELF headers
 //!   ([`PyRuntimeSection`]), and validates the [`DebugOffsets`] found there.
 //! - [`PyProcess::stack_dump`]: every thread's Python stack.
-//! - [`PyProcess::remote_exec`]: `sys.remote_exec`'s write sequence;
-//!   [`remote_prctl`] and [`remote_exec_prctl`] build a grant on it.
+//! - [`PyProcess::remote_exec`]: `sys.remote_exec`'s write sequence, made
+//!   safe for the target (see `remote_exec.rs`);
+//!   [`PyProcess::remote_prctl`], [`remote_prctl`] and [`remote_exec_prctl`]
+//!   build a grant on it.
 //!
 //! Offsets are never hard-coded: each is read from the target; only the
 //! order of the fields of `_Py_DebugOffsets` is known per minor version.
@@ -22,7 +24,8 @@
 //! ([`Pep768Error`]); `memory.rs` (the target's memory), `elf.rs` (the
 //! `.PyRuntime` section) and `offsets.rs` ([`DebugOffsets`]); `process.rs`
 //! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]) and
-//! `remote_exec.rs` ([`remote_exec()`]).
+//! `remote_exec.rs` ([`remote_exec()`]), which writes its scripts where
+//! `script_dir.rs` says.
 
 mod elf;
 mod error;
@@ -30,6 +33,7 @@ mod memory;
 mod offsets;
 mod process;
 mod remote_exec;
+mod script_dir;
 mod stack;
 mod version;
 
