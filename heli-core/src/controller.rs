@@ -2,21 +2,32 @@
 //! signals.
 
 use std::io;
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
-use log::{debug, info, warn};
+use crossbeam_channel::{bounded, never, unbounded, Receiver, Sender};
+use log::{info, warn};
 
-use crate::authorize::{self, GrantRecord};
+use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
-use crate::process::Pid;
-use crate::protocol::{Reply, Request, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
-use crate::signals::{self, Caught, SignalThread, STOP_SIGNALS, SUSPEND_SIGNALS};
-use crate::supervisor::{Exit, ExitStatus, Supervisor};
-use crate::transport::{Event, GrantHolder, Incoming, Listener, Peer, Stopper, Transport};
+#[cfg(test)]
+use crate::signals::Caught;
+use crate::signals::{self, SignalThread};
+use crate::supervisor::{ExitStatus, Supervisor};
+use crate::transport::{Event, GrantHolder, Listener, Stopper, Transport};
+use crate::worker::{GrantWorker, StackWorker};
+
+/// How long a grant or revoke may take by default: the Yama granter's
+/// longest way, a remote execution, waits this long for the target to run
+/// its script.
+pub const DEFAULT_GRANT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a stack read may take by default: less than a client's default
+/// wait ([`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)), so it hears why.
+pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// Supervises a target and answers clients: the heart of heli.
 ///
@@ -27,14 +38,22 @@ use crate::transport::{Event, GrantHolder, Incoming, Listener, Peer, Stopper, Tr
 /// until the target has ended, then returns its [`ExitStatus`].
 ///
 /// The event loop is a single `select!` over the listener's requests, the
-/// target's exit, forwarded signals, a shutdown handle and the timers of
-/// its [phase](Phase). Requests are answered in the order they arrive.
+/// target's exit, forwarded signals, a shutdown handle, the results of work
+/// and its timers. It never waits on the target itself: the granter and
+/// the inspector run on threads of their own, each grant, revoke and stack
+/// read with a deadline ([`grant_deadline`](Controller::grant_deadline),
+/// [`stack_deadline`](Controller::stack_deadline)); meanwhile every other
+/// request is served. Work past its deadline is answered with why (the
+/// target frozen, or in uninterruptible sleep); a grant that completes
+/// after its client was told it failed is withdrawn at once. Stopping the
+/// controller calls off work in progress.
 ///
 /// # Authorization
 ///
 /// The controller decides who may be granted what, by one policy for every
 /// transport, from what the transport verified about each request's
-/// [`Peer`] and what the supervisor's [`Processes`] table says:
+/// [`Peer`](crate::Peer) and what the supervisor's
+/// [`Processes`](crate::Processes) table says:
 ///
 /// - `GRANT_ACCESS <pid>` from an authenticated peer (a Unix socket's)
 ///   names the peer itself or one of its descendants, checked with start
@@ -69,6 +88,8 @@ pub struct Controller<T, G, S, I = NoInspector> {
     supervisor: S,
     inspector: I,
     grace: Duration,
+    grant_deadline: Duration,
+    stack_deadline: Duration,
     signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
@@ -98,7 +119,12 @@ impl ShutdownHandle {
     }
 }
 
-impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
+impl<T, G, S> Controller<T, G, S>
+where
+    T: Transport,
+    G: Granter + Send + 'static,
+    S: Supervisor,
+{
     /// A controller that will serve on `transport`, grant with `granter` and
     /// run the target with `supervisor`; it cannot read its target's stacks
     /// until given an [`inspector`](Controller::inspector).
@@ -109,6 +135,8 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             supervisor,
             inspector: NoInspector,
             grace: signals::DEFAULT_GRACE,
+            grant_deadline: DEFAULT_GRANT_DEADLINE,
+            stack_deadline: DEFAULT_STACK_DEADLINE,
             signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
@@ -117,15 +145,26 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     }
 }
 
-impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, I> {
+impl<T, G, S, I> Controller<T, G, S, I>
+where
+    T: Transport,
+    G: Granter + Send + 'static,
+    S: Supervisor,
+    I: Inspector + Send + Sync + 'static,
+{
     /// Reads the target's stacks (`STACK`) with `inspector`.
-    pub fn inspector<J: Inspector>(self, inspector: J) -> Controller<T, G, S, J> {
+    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J>
+    where
+        J: Inspector + Send + Sync + 'static,
+    {
         Controller {
             transport: self.transport,
             granter: self.granter,
             supervisor: self.supervisor,
             inspector,
             grace: self.grace,
+            grant_deadline: self.grant_deadline,
+            stack_deadline: self.stack_deadline,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -140,8 +179,23 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
         self
     }
 
-    /// Whether to catch [`STOP_SIGNALS`], [`PASS_SIGNALS`] and
-    /// [`SUSPEND_SIGNALS`] and pass them to the target (default: no; a
+    /// How long a grant or revoke may take before the client is told it
+    /// failed, and why (default [`DEFAULT_GRANT_DEADLINE`]).
+    pub fn grant_deadline(mut self, deadline: Duration) -> Self {
+        self.grant_deadline = deadline;
+        self
+    }
+
+    /// How long a stack read may take before the client is told it failed,
+    /// and why (default [`DEFAULT_STACK_DEADLINE`]).
+    pub fn stack_deadline(mut self, deadline: Duration) -> Self {
+        self.stack_deadline = deadline;
+        self
+    }
+
+    /// Whether to catch [`STOP_SIGNALS`](crate::STOP_SIGNALS),
+    /// [`PASS_SIGNALS`] and [`SUSPEND_SIGNALS`](crate::SUSPEND_SIGNALS)
+    /// and pass them to the target (default: no; a
     /// program's `main` wants yes).
     ///
     /// A stop signal also stops the controller: the target is killed if it
@@ -197,29 +251,50 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
     /// kernel to kill the target when its parent dies ties that to the thread
     /// that spawned it.
     ///
+    /// # Threads
+    ///
+    /// The granter and the inspector run on threads of their own. `run`
+    /// does not wait for them when it returns: a piece of work stuck on a
+    /// target that never answers (frozen for good) keeps its thread, which
+    /// ends with the work.
+    ///
     /// # Errors
     ///
     /// When listening, spawning, or catching signals fails; the target is
     /// not left running.
-    pub fn run(mut self) -> io::Result<ExitStatus> {
-        let mut listener = self.transport.listen()?;
-        info!("listening on {}", self.transport.describe());
-        let caught = match self.signals {
-            Signals::Caught => Some(SignalThread::start()?),
-            _ => None,
-        };
-        let signal_rx = match (&caught, &self.signals) {
-            (Some(thread), _) => thread.rx.clone(),
+    pub fn run(self) -> io::Result<ExitStatus> {
+        let Controller {
+            transport,
+            granter,
+            mut supervisor,
+            inspector,
+            grace,
+            grant_deadline,
+            stack_deadline,
+            signals,
+            restart,
+            status_fields,
+            shutdown,
+        } = self;
+        let mut listener = transport.listen()?;
+        info!("listening on {}", transport.describe());
+        let (caught, signal_rx, suspended) = match signals {
+            Signals::Caught => {
+                let thread = SignalThread::start()?;
+                let rx = thread.rx.clone();
+                (Some(thread), rx, None)
+            }
+            Signals::Ignored => (None, never(), None),
             #[cfg(test)]
-            (None, Signals::Fake(rx, _)) => rx.clone(),
-            _ => never(),
+            Signals::Fake(rx, suspended) => (None, rx, Some(suspended)),
         };
-        let exits = self.supervisor.exits();
-        let target = self.supervisor.spawn()?;
-        info!(
-            "target started with PID {target}; granter: {}",
-            self.granter.name()
-        );
+        let granter_name = granter.name().to_owned();
+        let (done_tx, done) = unbounded();
+        let grants = GrantWorker::start(granter, done_tx.clone())?;
+        let stacks = StackWorker::start(Arc::new(inspector), done_tx)?;
+        let exits = supervisor.exits();
+        let target = supervisor.spawn()?;
+        info!("target started with PID {target}; granter: {granter_name}");
 
         let holder = GrantHolder::default();
         listener.watch_grant(holder.clone());
@@ -232,68 +307,32 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
                 (listener, result)
             })?;
 
-        let mut state = State {
-            run: Run::new(target),
-            phase: Phase::Running,
-            last_exit: None,
-            grant: None,
-            holder,
+        let mut event_loop = Loop {
+            supervisor,
+            grants,
+            stacks,
+            done,
+            granter_name,
+            grace,
+            grant_deadline,
+            stack_deadline,
+            restart,
+            status_fields,
+            authenticates: transport.authenticates(),
+            suspended,
         };
-        let mut listening = true;
-        let status = loop {
-            if let Phase::Ended(result) = &mut state.phase {
-                break std::mem::replace(result, Ok(ExitStatus::Code(0)));
-            }
-            let timer = |at: Option<Instant>| match at {
-                Some(at) => after(at.saturating_duration_since(Instant::now())),
-                None => never(),
-            };
-            let kill_timer = timer(state.phase.kill_at());
-            let respawn_timer = timer(state.phase.respawn_at());
-            // Once the listener has stopped, its closed channel would be
-            // ready on every turn: stop watching it.
-            let requests = if listening { events.clone() } else { never() };
-            select! {
-                recv(exits) -> exit => match exit {
-                    Ok(exit) => self.target_exited(&mut state, exit),
-                    Err(_) => {
-                        warn!("supervisor lost its target; killing it");
-                        let _ = self.supervisor.kill();
-                        state.phase = Phase::Ended(Err(io::Error::other("supervisor lost its target")));
-                    }
-                },
-                recv(respawn_timer) -> _ => self.respawn(&mut state),
-                recv(requests) -> event => match event {
-                    Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
-                    Ok(Event::Disconnected(peer)) => self.disconnected(&mut state, peer),
-                    Err(_) => {
-                        warn!("listener stopped; stopping the target");
-                        listening = false;
-                        self.begin_stop(&mut state, None);
-                    }
-                },
-                recv(signal_rx) -> caught => {
-                    if let Ok(caught) = caught {
-                        self.on_signal(&mut state, caught);
-                    }
-                }
-                recv(self.shutdown.1) -> _ => self.begin_stop(&mut state, None),
-                recv(kill_timer) -> _ => {
-                    warn!("target still running {:?} after being asked to stop: killing it", self.grace);
-                    if let Err(err) = self.supervisor.kill() {
-                        warn!("cannot kill the target: {err}");
-                    }
-                    if let Phase::Stopping { kill_at } = &mut state.phase {
-                        *kill_at = None;
-                    }
-                }
-            }
+        let inputs = Inputs {
+            exits,
+            events,
+            signals: signal_rx,
+            shutdown: shutdown.1,
         };
+        let status = event_loop.run(target, holder, &inputs);
 
         stopper.stop();
         // Answer whatever is queued, and whatever the listener sends until it
         // has stopped, so no client waits on a reply that never comes.
-        for event in events.iter() {
+        for event in inputs.events.iter() {
             if let Event::Request(incoming) = event {
                 incoming.reply(not_running());
             }
@@ -310,437 +349,12 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
         drop(caught);
         status
     }
-
-    /// The target (or a former one) ended.
-    fn target_exited(&mut self, state: &mut State, exit: Exit) {
-        if !(state.phase.is_live() && state.run.target == exit.pid) {
-            return;
-        }
-        let ran = state.run.started.elapsed();
-        state.last_exit = Some(exit.status);
-        // A later process must not inherit the grant.
-        if let Some(grant) = state.take_grant() {
-            if let Err(err) = self.granter.revoke(grant.target) {
-                debug!("withdrawing the grant on the ended target: {err}");
-            }
-        }
-        if let Phase::Stopping { .. } = state.phase {
-            info!("target process {} ended ({})", exit.pid, exit.status);
-            state.phase = Phase::Ended(Ok(exit.status));
-            return;
-        }
-        warn!(
-            "target process {} ended on its own ({})",
-            exit.pid, exit.status
-        );
-        state.phase = match self.restart.next_delay(exit.status, ran) {
-            Some(delay) => {
-                info!(
-                    "restarting the target in {delay:?} (restart {})",
-                    self.restart.restarts()
-                );
-                Phase::Restarting {
-                    at: Instant::now() + delay,
-                }
-            }
-            None => Phase::Ended(Ok(exit.status)),
-        };
-    }
-
-    /// The restart timer fired: start the target again.
-    fn respawn(&mut self, state: &mut State) {
-        if !matches!(state.phase, Phase::Restarting { .. }) {
-            return;
-        }
-        state.phase = match self.supervisor.spawn() {
-            Ok(pid) => {
-                info!("target restarted with PID {pid}");
-                state.run = Run::new(pid);
-                Phase::Running
-            }
-            Err(err) => {
-                warn!("cannot restart the target: {err}");
-                match self
-                    .restart
-                    .next_delay(ExitStatus::Code(127), Duration::ZERO)
-                {
-                    Some(delay) => Phase::Restarting {
-                        at: Instant::now() + delay,
-                    },
-                    None => Phase::Ended(Err(err)),
-                }
-            }
-        };
-    }
-
-    fn answer(&mut self, state: &mut State, incoming: Incoming) {
-        let peer = incoming.peer();
-        let request = match incoming.request() {
-            Ok(request) => request,
-            Err(err) => {
-                warn!("bad request from {peer:?}: {err}");
-                let reply = Reply::error(err);
-                incoming.reply(reply);
-                return;
-            }
-        };
-        debug!("request {request} from {peer:?}");
-        let reply = match request {
-            Request::Status => Reply::Status(self.status(state)),
-            Request::Terminate => {
-                info!("TERMINATE requested by {peer:?}");
-                incoming.reply(Reply::Ready);
-                self.begin_stop(state, None);
-                return;
-            }
-            _ => match state.phase {
-                // Between a target's end and its restart there is nobody to
-                // grant access to.
-                Phase::Restarting { at } => Reply::Error(format!(
-                    "Target process not running (restarting in {} ms)",
-                    at.saturating_duration_since(Instant::now()).as_millis()
-                )),
-                Phase::Running | Phase::Stopping { .. } => {
-                    let target = state.run.target;
-                    match request {
-                        Request::GetTargetPid => Reply::TargetPid(target),
-                        Request::Stack => match self.inspector.stack_dump(target) {
-                            Ok(text) => Reply::Stack(fit_reply(text)),
-                            Err(err) => {
-                                Reply::Error(format!("Cannot read the target's stacks: {err}"))
-                            }
-                        },
-                        Request::GrantAccess(client) | Request::TakeOver(client) => {
-                            let force = matches!(request, Request::TakeOver(_));
-                            self.grant(state, peer, client, force)
-                        }
-                        Request::Revoke(named) => {
-                            let holder = self.holder(state);
-                            match authorize::may_revoke(holder.as_ref(), named) {
-                                Ok(()) => self.revoke(state),
-                                Err(refusal) => Reply::Error(refusal),
-                            }
-                        }
-                        _ => not_running(),
-                    }
-                }
-                Phase::Ended(_) => not_running(),
-            },
-        };
-        incoming.reply(reply);
-    }
-
-    /// The grant in force, if its holder still runs.
-    fn holder(&self, state: &State) -> Option<GrantRecord> {
-        state
-            .grant
-            .filter(|grant| self.supervisor.is_running(grant.holder))
-    }
-
-    /// Grants the process `requested` names access, unless the policy
-    /// refuses it, or another client holds the grant and `force` is not set
-    /// (Yama keeps one ptracer per target).
-    fn grant(&mut self, state: &mut State, peer: Peer, requested: Pid, force: bool) -> Reply {
-        if !matches!(state.phase, Phase::Running) {
-            return Reply::Error("The controller is shutting down".into());
-        }
-        let target = state.run.target;
-        let client = match authorize::grantee(&peer, requested, &self.supervisor) {
-            Ok(client) => client,
-            Err(refusal) => {
-                warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
-                return Reply::Error(refusal);
-            }
-        };
-        let previous = self.holder(state);
-        if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
-            return Reply::Error(format!(
-                "target is being debugged by client PID {} (attach --force takes it over)",
-                holder.holder.pid
-            ));
-        }
-        let target_id = match self.supervisor.identity(target) {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                return Reply::Error(format!("Grant failed: target PID {target} is not running"))
-            }
-            Err(err) => return Reply::Error(format!("Grant failed: {err}")),
-        };
-        match self.granter.grant(target_id, client) {
-            Ok(()) => {
-                match previous {
-                    Some(old) if old.holder != client => info!(
-                        "granted PID {} access to target {target}, taking it over from PID {}",
-                        client.pid, old.holder.pid
-                    ),
-                    _ => info!("granted PID {} access to target {target}", client.pid),
-                }
-                state.set_grant(GrantRecord {
-                    holder: client,
-                    target: target_id,
-                    connection: peer.connection,
-                });
-                Reply::Ready
-            }
-            Err(err) => {
-                warn!("grant for PID {} failed: {err}", client.pid);
-                Reply::Error(format!("Grant failed: {err}"))
-            }
-        }
-    }
-
-    fn revoke(&mut self, state: &mut State) -> Reply {
-        let target = state.run.target;
-        let recorded = state.take_grant().map(|grant| grant.target);
-        let target_id = match recorded {
-            Some(id) => Some(id),
-            None => self.supervisor.identity(target).ok().flatten(),
-        };
-        let Some(target_id) = target_id else {
-            // Nothing runs there any more: nothing to withdraw.
-            return Reply::Ready;
-        };
-        match self.granter.revoke(target_id) {
-            Ok(()) => {
-                info!("revoked access to target {target}");
-                Reply::Ready
-            }
-            Err(err) => Reply::Error(format!("Revoke failed: {err}")),
-        }
-    }
-
-    /// A connection closed: the grant it asked for, if still in force,
-    /// goes with it.
-    fn disconnected(&mut self, state: &mut State, peer: Peer) {
-        debug!("client {peer:?} disconnected");
-        // Connectionless transports (named pipes) tie no grant to a peer.
-        let Some(grant) = state
-            .grant
-            .filter(|grant| grant.connection == peer.connection && peer.connection != 0)
-        else {
-            return;
-        };
-        info!(
-            "the connection of client PID {} closed: revoking its grant",
-            grant.holder.pid
-        );
-        if let Reply::Error(message) = self.revoke(state) {
-            warn!("{message}");
-        }
-    }
-
-    fn status(&self, state: &State) -> Status {
-        let clients = if self.transport.authenticates() {
-            "authenticated"
-        } else {
-            "unauthenticated"
-        };
-        let mut extra = vec![
-            ("restarts".to_owned(), self.restart.restarts().to_string()),
-            ("clients".to_owned(), clients.to_owned()),
-        ];
-        if let Some(exit) = state.last_exit {
-            extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
-        }
-        extra.extend(self.status_fields.iter().cloned());
-        extra.extend(self.granter.status_fields());
-        let state_name = match state.phase {
-            Phase::Running => "running",
-            Phase::Stopping { .. } => "stopping",
-            Phase::Restarting { .. } => "restarting",
-            Phase::Ended(_) => "ended",
-        };
-        Status {
-            pid: state.run.target,
-            state: state_name.to_owned(),
-            uptime_secs: state.run.started.elapsed().as_secs(),
-            granter: self.granter.name().to_owned(),
-            holder: self
-                .holder(state)
-                .filter(|_| state.phase.is_live())
-                .map(|grant| grant.holder.pid),
-            extra,
-            command: self.supervisor.describe(),
-        }
-    }
-
-    /// Asks the target to end, with `signal` if given, else with the
-    /// supervisor's polite stop, and arms the kill timer.
-    fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
-        match state.phase {
-            Phase::Running | Phase::Stopping { .. } => {}
-            // Waiting to restart: there is nothing to stop; end now.
-            Phase::Restarting { .. } => {
-                let last = state.last_exit.unwrap_or(ExitStatus::Code(0));
-                state.phase = Phase::Ended(Ok(last));
-                return;
-            }
-            Phase::Ended(_) => return,
-        }
-        let result = match signal {
-            Some(signal) => self.supervisor.signal(signal),
-            None => self.supervisor.terminate(),
-        };
-        if let Err(err) = result {
-            warn!("cannot signal the target: {err}");
-        }
-        self.arm_kill_timer(state);
-    }
-
-    /// Moves a running target to the stopping phase, where it is killed
-    /// after the grace period; a stopping one keeps its timer.
-    fn arm_kill_timer(&self, state: &mut State) {
-        if let Phase::Running = state.phase {
-            state.phase = Phase::Stopping {
-                kill_at: Some(Instant::now() + self.grace),
-            };
-        }
-    }
-
-    fn on_signal(&mut self, state: &mut State, caught: Caught) {
-        let signal = caught.signal;
-        // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
-        // foreground process group, the target included: do not double them.
-        let from_terminal = caught.from_kernel && self.supervisor.shares_terminal();
-        let live = state.phase.is_live();
-        if STOP_SIGNALS.contains(&signal) {
-            info!("got signal {signal}; stopping the target");
-            if from_terminal && live {
-                self.arm_kill_timer(state);
-            } else {
-                self.begin_stop(state, Some(signal));
-            }
-            return;
-        }
-        if !from_terminal && live {
-            debug!("passing signal {signal} to the target");
-            if let Err(err) = self.supervisor.signal(signal) {
-                warn!("cannot pass signal {signal} to the target: {err}");
-            }
-        }
-        if SUSPEND_SIGNALS.contains(&signal) {
-            info!("got signal {signal}; suspending (SIGCONT continues)");
-            // A PID 1 cannot be stopped from inside its namespace: then the
-            // target alone stops.
-            if let Err(err) = self.suspend() {
-                warn!("cannot stop: {err}");
-            }
-        }
-    }
-
-    fn suspend(&self) -> io::Result<()> {
-        #[cfg(test)]
-        if let Signals::Fake(_, suspended) = &self.signals {
-            let _ = suspended.send(());
-            return Ok(());
-        }
-        signals::stop_self()
-    }
-}
-
-/// Cuts a stack dump that would not fit in a reply line ([`MAX_REPLY`];
-/// escaping at most doubles its size), saying so at its end.
-fn fit_reply(mut text: String) -> String {
-    const ROOM: usize = MAX_REPLY / 2 - 100;
-    if text.len() > ROOM {
-        let mut end = ROOM;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let total = text.len();
-        text.truncate(end);
-        text.push_str(&format!(
-            "\n... (cut: the whole dump is {total} bytes, a reply holds {ROOM})"
-        ));
-    }
-    text
-}
-
-fn not_running() -> Reply {
-    Reply::Error("Target process not running".into())
-}
-
-/// What the loop knows between events.
-#[derive(Debug)]
-struct State {
-    /// The current run of the target, or the last one while restarting.
-    run: Run,
-    phase: Phase,
-    /// How the last target ended, once one did.
-    last_exit: Option<ExitStatus>,
-    /// The grant in force, as the controller made it.
-    grant: Option<GrantRecord>,
-    /// Its connection, as the listener sees it.
-    holder: GrantHolder,
-}
-
-impl State {
-    fn set_grant(&mut self, grant: GrantRecord) {
-        self.holder.set(Some(grant.connection));
-        self.grant = Some(grant);
-    }
-
-    fn take_grant(&mut self) -> Option<GrantRecord> {
-        self.holder.set(None);
-        self.grant.take()
-    }
-}
-
-/// One run of the target.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    target: Pid,
-    started: Instant,
-}
-
-impl Run {
-    fn new(target: Pid) -> Run {
-        Run {
-            target,
-            started: Instant::now(),
-        }
-    }
-}
-
-/// Where the controller is in its target's life.
-#[derive(Debug)]
-enum Phase {
-    /// The target runs.
-    Running,
-    /// The target was asked to end; it is killed at `kill_at`, or was
-    /// killed already (`None`) and its exit is awaited.
-    Stopping { kill_at: Option<Instant> },
-    /// The last target ended on its own; a new one starts `at`.
-    Restarting { at: Instant },
-    /// The controller is done: `run` returns this.
-    Ended(io::Result<ExitStatus>),
-}
-
-impl Phase {
-    /// Whether a target runs (it may be stopping).
-    fn is_live(&self) -> bool {
-        matches!(self, Phase::Running | Phase::Stopping { .. })
-    }
-
-    fn kill_at(&self) -> Option<Instant> {
-        match self {
-            Phase::Stopping { kill_at } => *kill_at,
-            _ => None,
-        }
-    }
-
-    fn respawn_at(&self) -> Option<Instant> {
-        match self {
-            Phase::Restarting { at } => Some(*at),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::protocol::{Dialect, LineBuffer};
+    use crate::event_loop::fit_reply;
+    use crate::protocol::{Dialect, LineBuffer, Reply, MAX_REPLY};
 
     fn round_trip(text: &str) -> String {
         let line = Reply::Stack(text.to_owned()).encode(Dialect::Upper);

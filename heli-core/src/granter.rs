@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::deadline::Deadline;
 use crate::process::ProcessId;
 
 /// Gives a client process the right to ptrace the target, and takes it back.
@@ -19,27 +20,29 @@ use crate::process::ProcessId;
 /// # Examples
 ///
 /// ```
-/// use heli_core::{Granter, Pid, ProcessId};
+/// use heli_core::{Deadline, Granter, Pid, ProcessId};
+/// use std::time::Duration;
 ///
 /// /// Remembers who may ptrace what.
 /// #[derive(Default)]
 /// struct Notebook(Vec<(ProcessId, ProcessId)>);
 /// impl Granter for Notebook {
 ///     fn name(&self) -> &str { "notebook" }
-///     fn grant(&mut self, target: ProcessId, client: ProcessId) -> std::io::Result<()> {
+///     fn grant(&mut self, target: ProcessId, client: ProcessId, _: &Deadline) -> std::io::Result<()> {
 ///         self.0.retain(|(t, _)| *t != target);
 ///         self.0.push((target, client));
 ///         Ok(())
 ///     }
-///     fn revoke(&mut self, target: ProcessId) -> std::io::Result<()> {
+///     fn revoke(&mut self, target: ProcessId, _: &Deadline) -> std::io::Result<()> {
 ///         self.0.retain(|(t, _)| *t != target);
 ///         Ok(())
 ///     }
 /// }
 /// let id = |pid| ProcessId { pid: Pid::new(pid).unwrap(), start_time: 1 };
+/// let soon = Deadline::after(Duration::from_secs(5));
 /// let mut granter = Notebook::default();
-/// granter.grant(id(10), id(20))?;
-/// granter.grant(id(10), id(30))?;
+/// granter.grant(id(10), id(20), &soon)?;
+/// granter.grant(id(10), id(30), &soon)?;
 /// assert_eq!(granter.0, [(id(10), id(30))]);
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -48,21 +51,31 @@ pub trait Granter {
     fn name(&self) -> &str;
 
     /// Lets process `client` (and its descendants) ptrace process `target`,
-    /// replacing any earlier grant on `target`.
+    /// replacing any earlier grant on `target`, by `deadline`.
+    ///
+    /// The controller runs it on a thread of its own, so it may wait on the
+    /// target; it must not wait past `deadline` (or once it is called off)
+    /// and must then leave the target as it found it.
     ///
     /// # Errors
     ///
-    /// When the grant could not be made or verified; the message is shown to
-    /// the client after `ERROR: Grant failed:`.
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()>;
+    /// When the grant could not be made or verified, or `deadline` came
+    /// first; the message is shown to the client after `ERROR: Grant
+    /// failed:`.
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()>;
 
-    /// Withdraws any grant on `target`; a target that is gone has nothing
-    /// left to withdraw.
+    /// Withdraws any grant on `target`, by `deadline`; a target that is
+    /// gone has nothing left to withdraw.
     ///
     /// # Errors
     ///
     /// When the grant could not be withdrawn.
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()>;
+    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()>;
 
     /// Facts about the granter for `STATUS` replies, as `key=value` pairs
     /// (default: none); for instance how the last grant was made.
@@ -75,11 +88,16 @@ impl<G: Granter + ?Sized> Granter for &mut G {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
-        (**self).grant(target, client)
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
+        (**self).grant(target, client, deadline)
     }
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
-        (**self).revoke(target)
+    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
+        (**self).revoke(target, deadline)
     }
     fn status_fields(&self) -> Vec<(String, String)> {
         (**self).status_fields()
@@ -90,11 +108,16 @@ impl<G: Granter + ?Sized> Granter for Box<G> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
-        (**self).grant(target, client)
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
+        (**self).grant(target, client, deadline)
     }
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
-        (**self).revoke(target)
+    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
+        (**self).revoke(target, deadline)
     }
     fn status_fields(&self) -> Vec<(String, String)> {
         (**self).status_fields()

@@ -291,6 +291,18 @@ pub trait Processes {
         self.identity(id.pid).is_ok_and(|now| now == Some(id))
     }
 
+    /// Whether process `pid` is frozen (a cgroup freezer holds it, as
+    /// `docker pause` does): it runs no code, takes no signal and reaches no
+    /// ptrace stop until thawed (default: the table cannot tell, `false`).
+    ///
+    /// # Errors
+    ///
+    /// When the platform could not be asked.
+    fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        let _ = pid;
+        Ok(false)
+    }
+
     /// Whether process `candidate` is `ancestor` itself or one of its
     /// descendants.
     ///
@@ -348,17 +360,23 @@ pub trait Processes {
     }
 }
 
-impl<P: Processes + ?Sized> Processes for &P {
-    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
-        (**self).process(pid)
-    }
+macro_rules! forward_processes {
+    ($($wrapper:ty),*) => {$(
+        impl<P: Processes + ?Sized> Processes for $wrapper {
+            fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+                (**self).process(pid)
+            }
+            fn identity(&self, pid: Pid) -> io::Result<Option<ProcessId>> {
+                (**self).identity(pid)
+            }
+            fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+                (**self).is_frozen(pid)
+            }
+        }
+    )*};
 }
 
-impl<P: Processes + ?Sized> Processes for Box<P> {
-    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
-        (**self).process(pid)
-    }
-}
+forward_processes!(&P, Box<P>);
 
 #[cfg(test)]
 pub(crate) mod table {

@@ -26,8 +26,8 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, 
 use crate::process::table::{pid, Table};
 use crate::protocol::MAX_LINE;
 use crate::{
-    exchange, Client, Connection, Controller, Credentials, ErrorKind, Event, Exit, ExitStatus,
-    Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo, Processes, Restart,
+    exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
+    ExitStatus, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo, Processes, Restart,
     RestartPolicy, Stopper, Supervisor, Transport,
 };
 
@@ -340,6 +340,23 @@ struct Grants {
     revoked: Vec<Pid>,
     /// When set, `grant` and `revoke` fail with this message.
     fail: Option<String>,
+    /// When set, the next grants wait on a target that does not answer.
+    stuck: Option<Stuck>,
+    /// Told when a grant starts (when set).
+    started: Option<Sender<()>>,
+    /// Deadlines the grants were given, in order.
+    deadlines: Vec<Deadline>,
+}
+
+/// How a grant waits on a target that does not answer.
+#[derive(Clone, Copy)]
+enum Stuck {
+    /// Until its deadline (or its calling off), as a granter must: then it
+    /// gives up, as after a frozen target.
+    UntilDeadline,
+    /// This long whatever the deadline, then succeeds: as a grant whose
+    /// call was already under way when the target froze.
+    Late(Duration),
 }
 
 #[derive(Clone, Default)]
@@ -358,6 +375,18 @@ impl Recorder {
     fn revoked(&self) -> Vec<Pid> {
         self.0.lock().unwrap().revoked.clone()
     }
+    /// Grants wait on a target that does not answer (or no longer do);
+    /// each start is told on the returned channel.
+    fn stick(&self, stuck: Option<Stuck>) -> Receiver<()> {
+        let (tx, rx) = unbounded();
+        let mut grants = self.0.lock().unwrap();
+        grants.stuck = stuck;
+        grants.started = Some(tx);
+        rx
+    }
+    fn deadlines(&self) -> Vec<Deadline> {
+        self.0.lock().unwrap().deadlines.clone()
+    }
 }
 
 impl Granter for Recorder {
@@ -365,9 +394,35 @@ impl Granter for Recorder {
         "recorder"
     }
 
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
+        let (stuck, started) = {
+            let mut grants = self.0.lock().unwrap();
+            grants.attempts += 1;
+            grants.deadlines.push(deadline.clone());
+            (grants.stuck, grants.started.clone())
+        };
+        if let Some(started) = started {
+            let _ = started.send(());
+        }
+        match stuck {
+            Some(Stuck::UntilDeadline) => {
+                while !deadline.expired() {
+                    thread::sleep(Duration::from_millis(2));
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the pretend target did not stop in time",
+                ));
+            }
+            Some(Stuck::Late(delay)) => thread::sleep(delay),
+            None => {}
+        }
         let mut grants = self.0.lock().unwrap();
-        grants.attempts += 1;
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
@@ -375,7 +430,7 @@ impl Granter for Recorder {
         Ok(())
     }
 
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId, _deadline: &Deadline) -> io::Result<()> {
         let mut grants = self.0.lock().unwrap();
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
@@ -405,6 +460,8 @@ struct Target {
     shares_terminal: bool,
     /// The processes of its pretend world: init, the target, the clients.
     table: Table,
+    /// Whether the target is frozen (cgroup freezer).
+    frozen: AtomicBool,
 }
 
 /// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
@@ -454,6 +511,7 @@ impl Pretend {
             signals: Mutex::new(vec![]),
             shares_terminal: !config.own_group,
             table,
+            frozen: AtomicBool::new(false),
         }))
     }
 
@@ -499,6 +557,10 @@ impl Pretend {
 impl Processes for Pretend {
     fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
         self.0.table.process(pid)
+    }
+
+    fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        Ok(pid == PID && self.0.frozen.load(SeqCst))
     }
 }
 
@@ -562,7 +624,7 @@ impl Supervisor for Pretend {
 /// A controller running on a thread of its own.
 struct Running(Receiver<io::Result<ExitStatus>>);
 
-fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + 'static>(
+fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
     controller: Controller<Fake, G, Pretend, I>,
 ) -> Running {
     let (tx, rx) = bounded(1);
@@ -1785,4 +1847,138 @@ fn libc_sigint() -> i32 {
 
 fn libc_sigwinch() -> i32 {
     crate::PASS_SIGNALS[2]
+}
+
+// ---------------------------------------------------------------------------
+// Work off the loop: grants and stack reads with deadlines.
+
+#[test]
+fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    target.0.frozen.store(true, SeqCst);
+    let deadline = Duration::from_millis(1500);
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target.clone()).grant_deadline(deadline),
+    );
+    let asked = Instant::now();
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    // Meanwhile everything else is answered at once.
+    let client = fake.client().timeout(Duration::from_millis(500));
+    for _ in 0..20 {
+        assert_eq!(client.target_pid().unwrap(), PID);
+        let status = client.status().unwrap();
+        assert_eq!(status.get("target_state"), Some("frozen"));
+    }
+    assert!(
+        asked.elapsed() < deadline,
+        "other requests waited for the grant"
+    );
+    // The grant's client hears why, after the deadline and not long after.
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    let took = asked.elapsed();
+    assert!(
+        reply.starts_with("ERROR: Grant failed: ") && reply.contains("did not stop in time"),
+        "{reply}"
+    );
+    assert!(took >= deadline, "answered before the deadline: {took:?}");
+    assert!(granter.granted().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    // Thawed, the next grant goes through.
+    target.0.frozen.store(false, SeqCst);
+    granter.stick(None);
+    fake.client().grant_access(pid(77)).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
+    // The granter overruns its deadline: the controller does not wait for
+    // it, says what it sees of the target, and withdraws the grant when it
+    // does complete, as its client was told it failed.
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target.clone())
+            .grant_deadline(Duration::from_millis(300)),
+    );
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    target.0.table.edit(PID.get(), |info| {
+        info.state = crate::ProcessState::DiskSleep
+    });
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).unwrap();
+    assert_eq!(
+        fake.client().status().unwrap().get("target_state"),
+        Some("uninterruptible-sleep")
+    );
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        "ERROR: Grant failed: no answer within its deadline: the target is in uninterruptible \
+         sleep (state D)\n"
+    );
+    // The late grant went through in the granter, and was withdrawn at once.
+    wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn stopping_calls_off_a_grant_in_progress() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target.clone())
+            .grant_deadline(Duration::from_secs(600)),
+    );
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).unwrap();
+    let asked = Instant::now();
+    fake.client().terminate().unwrap();
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(reply, "ERROR: The controller is shutting down\n");
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert!(asked.elapsed() < Duration::from_secs(60));
+    // The granter was told to give up.
+    wait_until("the deadline called off", || {
+        granter.deadlines().iter().all(Deadline::is_cancelled)
+    });
+}
+
+#[test]
+fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
+    /// Reads a stack only after the test says so.
+    struct Gated(Mutex<Receiver<()>>);
+    impl crate::Inspector for Gated {
+        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+            let _ = self.0.lock().unwrap().recv_timeout(HANG);
+            Ok("Thread 1\n".into())
+        }
+    }
+    let (go, gate) = bounded(1);
+    let (fake, granter, target) = controller();
+    let running = start(
+        Controller::new(fake.clone(), granter, target)
+            .inspector(Gated(Mutex::new(gate)))
+            .stack_deadline(Duration::from_millis(300)),
+    );
+    let reply = fake.raw_async(b"STACK\n");
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert!(
+        reply.starts_with("ERROR: Cannot read the target's stacks: no answer within its deadline"),
+        "{reply}"
+    );
+    // Once the reader is free again, the next read is answered.
+    go.send(()).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
 }

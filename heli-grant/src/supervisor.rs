@@ -223,6 +223,10 @@ impl Processes for ProcessSupervisor {
     fn identity(&self, pid: heli_core::Pid) -> io::Result<Option<heli_core::ProcessId>> {
         ProcFs.identity(pid)
     }
+
+    fn is_frozen(&self, pid: heli_core::Pid) -> io::Result<bool> {
+        ProcFs.is_frozen(pid)
+    }
 }
 
 impl Supervisor for ProcessSupervisor {

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
-use heli_core::{Exit, ExitStatus, Granter, Pid, ProcessId, Processes, Supervisor};
+use heli_core::{Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, Processes, Supervisor};
 use heli_grant::{ChildWaits, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
 use nix::fcntl::OFlag;
@@ -683,7 +683,9 @@ fn seccomp_filtered_target_is_refused() {
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
     let mut granter = YamaGranter::new(target.waits());
-    let err = granter.grant(identity(pid), me()).unwrap_err();
+    let err = granter
+        .grant(identity(pid), me(), &Deadline::after(SOON))
+        .unwrap_err();
     assert!(err.to_string().contains("seccomp"), "{err}");
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
@@ -801,26 +803,28 @@ fn yama_granter_on_this_kernel() {
     assert_eq!(granter.name(), "yama");
     if PtraceScope::current().unwrap() == PtraceScope::NoYama {
         // prctl(PR_SET_PTRACER) itself fails without Yama: the error says so.
-        let err = granter.grant(pid, me).unwrap_err();
+        let err = granter.grant(pid, me, &Deadline::after(SOON)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("EINVAL") && text.contains("Yama"), "{text}");
         assert_eq!(granter.holder(pid), None);
         assert!(granter
-            .revoke(pid)
+            .revoke(pid, &Deadline::after(SOON))
             .unwrap_err()
             .to_string()
             .contains("EINVAL"));
     } else {
-        granter.grant(pid, me).unwrap();
+        granter.grant(pid, me, &Deadline::after(SOON)).unwrap();
         assert_eq!(granter.holder(pid), Some(me));
-        granter.revoke(pid).unwrap();
+        granter.revoke(pid, &Deadline::after(SOON)).unwrap();
         assert_eq!(granter.holder(pid), None);
     }
     let nobody = ProcessId {
         pid: Pid::new(i32::MAX as u32).unwrap(),
         start_time: 1,
     };
-    let err = granter.grant(pid, nobody).unwrap_err();
+    let err = granter
+        .grant(pid, nobody, &Deadline::after(SOON))
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     target.wait_in(target.pid, SLEEPS);
     target.no_line(Duration::from_millis(100));

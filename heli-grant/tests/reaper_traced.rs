@@ -75,7 +75,10 @@ fn a_dead_target_held_by_another_tracer_is_awaited_without_spinning() {
         thread::sleep(Duration::from_millis(10));
     }
     thread::sleep(Duration::from_millis(300));
-    assert!(exits.try_recv().is_err(), "reaped while its tracer holds it");
+    assert!(
+        exits.try_recv().is_err(),
+        "reaped while its tracer holds it"
+    );
     let reaper = reaper_thread();
     let before = cpu_ticks(reaper);
     thread::sleep(Duration::from_secs(2));

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Granter, Pid, ProcessId, Processes};
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
 use heli_grant::{ChildWaits, GrantMethod, PtraceScope, YamaGranter};
 use heli_proc::ProcFs;
 
@@ -112,12 +112,14 @@ fn remote_exec_runs_the_prctl_in_the_target() {
     let pid = target.0.id();
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::RemoteExec);
-    let result = granter.grant(identity(pid), me());
+    let result = granter.grant(identity(pid), me(), &Deadline::after(SOON));
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
         assert_eq!(granter.holder(identity(pid)), Some(me()));
-        granter.revoke(identity(pid)).unwrap();
+        granter
+            .revoke(identity(pid), &Deadline::after(SOON))
+            .unwrap();
         assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     } else {
         let err = result.unwrap_err();
@@ -145,7 +147,7 @@ fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
     let strace = traced(pid);
     let mut granter = YamaGranter::new(ChildWaits::default());
     assert_eq!(granter.grant_method(), GrantMethod::Auto);
-    let result = granter.grant(identity(pid), me());
+    let result = granter.grant(identity(pid), me(), &Deadline::after(SOON));
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
@@ -172,7 +174,9 @@ fn ptrace_only_names_the_tracer_of_a_traced_target() {
     let strace = traced(pid);
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
-    let err = granter.grant(identity(pid), me()).unwrap_err();
+    let err = granter
+        .grant(identity(pid), me(), &Deadline::after(SOON))
+        .unwrap_err();
     let text = err.to_string();
     assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{text}");
     assert!(text.contains("by ptrace injection"), "{text}");

@@ -9,7 +9,8 @@
 //!   `/proc` directory (so a reused pid cannot mix in): its
 //!   [info](Proc::info), its threads and [their status](Proc::thread_status)
 //!   and [system call](Proc::thread_syscall) (what ptrace cares about), its
-//!   [memory map](Proc::maps), auxiliary vector, program and capabilities.
+//!   [memory map](Proc::maps), auxiliary vector, program and capabilities,
+//!   and whether a cgroup freezer holds it ([`is_frozen`]).
 //! - [`descendants`]: a process and its living descendants, for a
 //!   supervisor's whole tree; [`group_members`]: a process group's.
 //! - [`Memory`]: another process's memory, read (and written) without
@@ -38,12 +39,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cgroup;
 mod error;
 mod maps;
 mod memory;
 mod process;
 mod tree;
 
+pub use cgroup::is_frozen;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};

@@ -372,6 +372,10 @@ impl Processes for ProcFs {
             None => Ok(None),
         }
     }
+
+    fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        crate::is_frozen(pid)
+    }
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
 
 fn serve<T: Transport>(
     transport: T,
-    granter: impl Granter,
+    granter: impl Granter + Send + 'static,
     supervisor: impl Supervisor,
     (grace, restart): (Duration, RestartPolicy),
     (scope, grant_method): (PtraceScope, String),

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-use heli_core::{Granter, ProcessId};
+use heli_core::{Deadline, Granter, ProcessId};
 use log::{info, warn};
 
 use crate::scope::PtraceScope;
@@ -24,7 +24,7 @@ use super::yama::{GrantMethod, YamaGranter};
 /// # Examples
 ///
 /// ```
-/// use heli_core::{Granter, ProcessId};
+/// use heli_core::{Deadline, Granter, ProcessId};
 /// use heli_grant::{AutoGranter, ChildWaits, GranterChoice, PtraceScope};
 ///
 /// let granter = AutoGranter::for_scope(PtraceScope::Restricted, ChildWaits::default());
@@ -137,17 +137,22 @@ impl Granter for AutoGranter {
         }
     }
 
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
         match self {
-            AutoGranter::Noop(granter) => granter.grant(target, client),
-            AutoGranter::Yama(granter) => granter.grant(target, client),
+            AutoGranter::Noop(granter) => granter.grant(target, client, deadline),
+            AutoGranter::Yama(granter) => granter.grant(target, client, deadline),
         }
     }
 
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
         match self {
-            AutoGranter::Noop(granter) => granter.revoke(target),
-            AutoGranter::Yama(granter) => granter.revoke(target),
+            AutoGranter::Noop(granter) => granter.revoke(target, deadline),
+            AutoGranter::Yama(granter) => granter.revoke(target, deadline),
         }
     }
 

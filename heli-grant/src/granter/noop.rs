@@ -2,7 +2,7 @@
 
 use std::io;
 
-use heli_core::{Granter, ProcessId};
+use heli_core::{Deadline, Granter, ProcessId};
 
 /// Grants nothing, because nothing is needed: without Yama, or with
 /// `ptrace_scope=0`, any process of the user may ptrace the target.
@@ -13,14 +13,16 @@ use heli_core::{Granter, ProcessId};
 /// # Examples
 ///
 /// ```
-/// use heli_core::{Granter, Pid, ProcessId};
+/// use heli_core::{Deadline, Granter, Pid, ProcessId};
 /// use heli_grant::NoopGranter;
+/// use std::time::Duration;
 ///
 /// let mut granter = NoopGranter;
 /// assert_eq!(granter.name(), "noop");
 /// let anyone = ProcessId { pid: Pid::this(), start_time: 1 };
-/// granter.grant(anyone, anyone).unwrap();
-/// granter.revoke(anyone).unwrap();
+/// let soon = Deadline::after(Duration::from_secs(1));
+/// granter.grant(anyone, anyone, &soon).unwrap();
+/// granter.revoke(anyone, &soon).unwrap();
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoopGranter;
@@ -30,11 +32,11 @@ impl Granter for NoopGranter {
         "noop"
     }
 
-    fn grant(&mut self, _target: ProcessId, _client: ProcessId) -> io::Result<()> {
+    fn grant(&mut self, _: ProcessId, _: ProcessId, _: &Deadline) -> io::Result<()> {
         Ok(())
     }
 
-    fn revoke(&mut self, _target: ProcessId) -> io::Result<()> {
+    fn revoke(&mut self, _: ProcessId, _: &Deadline) -> io::Result<()> {
         Ok(())
     }
 }

@@ -7,13 +7,13 @@ use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
-use heli_core::{Granter, Pid, ProcessId, Processes};
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
 use heli_proc::ProcFs;
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
 use crate::ptrace::SyscallInjector;
-use crate::python::{remote_exec_prctl, remote_prctl};
+use crate::python::PyProcess;
 use crate::wait::ChildWaits;
 
 /// `PR_SET_PTRACER`, Yama's prctl ("Yama" in ASCII).
@@ -73,7 +73,6 @@ pub struct YamaGranter {
     injector: SyscallInjector,
     grants: HashMap<ProcessId, Grant>,
     method: GrantMethod,
-    timeout: Duration,
     last_method: Option<GrantMethod>,
 }
 
@@ -93,8 +92,8 @@ pub enum GrantMethod {
     RemoteExec,
 }
 
-/// How long a target gets to run a remote-executed grant by default.
-const REMOTE_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long taking back a grant whose client exited during it may take.
+const UNDO_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug)]
 struct Grant {
@@ -118,7 +117,6 @@ impl YamaGranter {
             injector,
             grants: HashMap::new(),
             method: GrantMethod::Auto,
-            timeout: REMOTE_EXEC_TIMEOUT,
             last_method: None,
         }
     }
@@ -126,12 +124,6 @@ impl YamaGranter {
     /// Grants with `method` (default [`GrantMethod::Auto`]).
     pub fn method(mut self, method: GrantMethod) -> Self {
         self.method = method;
-        self
-    }
-
-    /// How long a target gets to run a remote-executed grant (default 5 s).
-    pub fn remote_exec_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
         self
     }
 
@@ -163,6 +155,7 @@ impl YamaGranter {
         target: Pid,
         ptracer: Option<Pid>,
         method: GrantMethod,
+        deadline: &Deadline,
     ) -> io::Result<GrantMethod> {
         let named = ptracer.map_or(0, Pid::get);
         let what = format!("prctl(PR_SET_PTRACER, {named}) in PID {target}");
@@ -173,14 +166,16 @@ impl YamaGranter {
             )
         };
         if method == GrantMethod::RemoteExec {
-            return self.by_remote_exec(target, ptracer).map(|()| method);
+            return self
+                .by_remote_exec(target, ptracer, deadline)
+                .map(|()| method);
         }
         self.last_method = Some(GrantMethod::Ptrace);
         match self.by_ptrace(target, named, &what) {
             Ok(result) => result.map(|()| GrantMethod::Ptrace),
             Err(err) if method == GrantMethod::Auto && injection_impossible(&err) => {
                 warn!("{what}: ptrace injection impossible ({err}): falling back to remote exec");
-                self.by_remote_exec(target, ptracer)
+                self.by_remote_exec(target, ptracer, deadline)
                     .map(|()| GrantMethod::RemoteExec)
                     .map_err(|remote| {
                         io::Error::new(
@@ -215,13 +210,17 @@ impl YamaGranter {
     }
 
     /// Has the target run the call itself (PEP 768) and report it.
-    fn by_remote_exec(&mut self, target: Pid, ptracer: Option<Pid>) -> io::Result<()> {
+    fn by_remote_exec(
+        &mut self,
+        target: Pid,
+        ptracer: Option<Pid>,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
         self.last_method = Some(GrantMethod::RemoteExec);
-        let result = match ptracer {
-            None => remote_prctl(target, libc::PR_SET_PTRACER, 0, self.timeout).map(drop),
-            Some(ptracer) => remote_exec_prctl(target, ptracer, self.timeout),
-        };
-        let named = ptracer.map_or(0, Pid::get);
+        let named = u64::from(ptracer.map_or(0, Pid::get));
+        let result = PyProcess::open(target)
+            .and_then(|python| python.remote_prctl(libc::PR_SET_PTRACER, named, deadline))
+            .map(drop);
         match result {
             Ok(()) => {
                 info!("prctl(PR_SET_PTRACER, {named}) in PID {target} returned 0 (remote exec)");
@@ -279,7 +278,12 @@ impl Granter for YamaGranter {
     /// Has `target` call `prctl(PR_SET_PTRACER, client)` by the
     /// [method](Self::method) chosen; succeeds when it returned 0. Refused
     /// when `target` is no longer the process it names.
-    fn grant(&mut self, target: ProcessId, client: ProcessId) -> io::Result<()> {
+    fn grant(
+        &mut self,
+        target: ProcessId,
+        client: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
         if !ProcFs.is_running(target) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -292,7 +296,7 @@ impl Granter for YamaGranter {
                 format!("client PID {} is not running", client.pid),
             ));
         }
-        let method = self.set_ptracer(target.pid, Some(client.pid), self.method)?;
+        let method = self.set_ptracer(target.pid, Some(client.pid), self.method, deadline)?;
         // The client may have exited in the meantime, and its pid gone to
         // another process: then take the grant back.
         if !ProcFs.is_running(client) {
@@ -301,7 +305,7 @@ impl Granter for YamaGranter {
                 client.pid
             );
             self.grants.remove(&target);
-            let _ = self.set_ptracer(target.pid, None, method);
+            let _ = self.set_ptracer(target.pid, None, method, &Deadline::after(UNDO_DEADLINE));
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("client PID {} exited during its grant", client.pid),
@@ -330,14 +334,14 @@ impl Granter for YamaGranter {
     /// Has `target` call `prctl(PR_SET_PTRACER, 0)`, by the method that
     /// made its grant; a target that is gone (or whose pid now names
     /// another process) has nothing left to revoke.
-    fn revoke(&mut self, target: ProcessId) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
         let grant = self.grants.remove(&target);
         if !ProcFs.is_running(target) {
             debug!("nothing to revoke: target PID {} is gone", target.pid);
             return Ok(());
         }
         let method = grant.map_or(self.method, |grant| grant.method);
-        match self.set_ptracer(target.pid, None, method) {
+        match self.set_ptracer(target.pid, None, method, deadline) {
             Ok(_) => {
                 if let Some(old) = grant {
                     info!(
@@ -428,7 +432,8 @@ mod tests {
             start_time: me.start_time + 1,
             ..me
         };
-        let err = granter.grant(reused, me).unwrap_err();
+        let soon = Deadline::after(Duration::from_secs(5));
+        let err = granter.grant(reused, me, &soon).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(
             err.to_string(),
@@ -436,6 +441,6 @@ mod tests {
         );
         assert_eq!(granter.holder(reused), None);
         // Nothing to revoke there either.
-        granter.revoke(reused).unwrap();
+        granter.revoke(reused, &soon).unwrap();
     }
 }

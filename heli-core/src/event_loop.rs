@@ -1,0 +1,826 @@
+//! The controller's event loop: one `select!` over requests, the target's
+//! exit, signals, the results of work run off the loop, and timers. It never
+//! waits on the target itself: grants, revokes and stack reads run on
+//! worker threads, each with a deadline, and the loop serves every other
+//! request meanwhile.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, Receiver, Sender};
+use log::{debug, info, warn};
+
+use crate::authorize::{self, GrantRecord};
+use crate::deadline::Deadline;
+use crate::process::{Pid, ProcessId, ProcessState};
+use crate::protocol::{Reply, Request, Status, MAX_REPLY};
+use crate::restart::RestartPolicy;
+use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
+use crate::supervisor::{Exit, ExitStatus, Supervisor};
+use crate::transport::{Event, GrantHolder, Incoming, Peer};
+use crate::worker::{Claim, Done, GrantWork, GrantWorker, JobId, StackWorker};
+
+/// How long after a piece of work's deadline the loop still waits for the
+/// worker's own report (which says best what happened) before it answers
+/// for it.
+const WORKER_GRACE: Duration = Duration::from_millis(250);
+
+/// What the loop needs besides its state: the supervisor, the workers, and
+/// the controller's settings.
+pub(crate) struct Loop<S> {
+    pub(crate) supervisor: S,
+    pub(crate) grants: GrantWorker,
+    pub(crate) stacks: StackWorker,
+    pub(crate) done: Receiver<Done>,
+    pub(crate) granter_name: String,
+    pub(crate) grace: Duration,
+    pub(crate) grant_deadline: Duration,
+    pub(crate) stack_deadline: Duration,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) status_fields: Vec<(String, String)>,
+    pub(crate) authenticates: bool,
+    /// Where suspensions are reported instead of stopping the process
+    /// (tests).
+    pub(crate) suspended: Option<Sender<()>>,
+}
+
+/// The loop's inputs besides the work's results.
+pub(crate) struct Inputs {
+    pub(crate) exits: Receiver<Exit>,
+    pub(crate) events: Receiver<Event>,
+    pub(crate) signals: Receiver<Caught>,
+    pub(crate) shutdown: Receiver<()>,
+}
+
+impl<S: Supervisor> Loop<S> {
+    /// Serves from `target`'s start until the controller is done; returns
+    /// how the target ended. Work still pending is called off and answered.
+    pub(crate) fn run(
+        &mut self,
+        target: Pid,
+        holder: GrantHolder,
+        inputs: &Inputs,
+    ) -> io::Result<ExitStatus> {
+        let mut state = State::new(target, holder);
+        let mut listening = true;
+        let status = loop {
+            if let Phase::Ended(result) = &mut state.phase {
+                break std::mem::replace(result, Ok(ExitStatus::Code(0)));
+            }
+            let timer = |at: Option<Instant>| match at {
+                Some(at) => after(at.saturating_duration_since(Instant::now())),
+                None => never(),
+            };
+            let kill_timer = timer(state.phase.kill_at());
+            let respawn_timer = timer(state.phase.respawn_at());
+            let work_timer = timer(state.next_give_up());
+            // Once the listener has stopped, its closed channel would be
+            // ready on every turn: stop watching it.
+            let requests = if listening {
+                inputs.events.clone()
+            } else {
+                never()
+            };
+            select! {
+                recv(inputs.exits) -> exit => match exit {
+                    Ok(exit) => self.target_exited(&mut state, exit),
+                    Err(_) => {
+                        warn!("supervisor lost its target; killing it");
+                        let _ = self.supervisor.kill();
+                        state.phase = Phase::Ended(Err(io::Error::other("supervisor lost its target")));
+                    }
+                },
+                recv(respawn_timer) -> _ => self.respawn(&mut state),
+                recv(requests) -> event => match event {
+                    Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
+                    Ok(Event::Disconnected(peer)) => self.disconnected(&mut state, peer),
+                    Err(_) => {
+                        warn!("listener stopped; stopping the target");
+                        listening = false;
+                        self.begin_stop(&mut state, None);
+                    }
+                },
+                recv(self.done) -> done => {
+                    if let Ok(done) = done {
+                        self.work_done(&mut state, done);
+                    }
+                }
+                recv(work_timer) -> _ => self.give_up_late_work(&mut state),
+                recv(inputs.signals) -> caught => {
+                    if let Ok(caught) = caught {
+                        self.on_signal(&mut state, caught);
+                    }
+                }
+                recv(inputs.shutdown) -> _ => self.begin_stop(&mut state, None),
+                recv(kill_timer) -> _ => {
+                    warn!("target still running {:?} after being asked to stop: killing it", self.grace);
+                    if let Err(err) = self.supervisor.kill() {
+                        warn!("cannot kill the target: {err}");
+                    }
+                    if let Phase::Stopping { kill_at } = &mut state.phase {
+                        *kill_at = None;
+                    }
+                }
+            }
+        };
+        state.call_off_work(not_running);
+        status
+    }
+
+    /// The target (or a former one) ended.
+    fn target_exited(&mut self, state: &mut State, exit: Exit) {
+        if !(state.phase.is_live() && state.run.target == exit.pid) {
+            return;
+        }
+        let ran = state.run.started.elapsed();
+        state.last_exit = Some(exit.status);
+        // A later process must not inherit the grant.
+        if let Some(grant) = state.take_grant() {
+            self.submit_revoke(state, grant.target);
+        }
+        if let Phase::Stopping { .. } = state.phase {
+            info!("target process {} ended ({})", exit.pid, exit.status);
+            state.phase = Phase::Ended(Ok(exit.status));
+            return;
+        }
+        warn!(
+            "target process {} ended on its own ({})",
+            exit.pid, exit.status
+        );
+        state.phase = match self.restart.next_delay(exit.status, ran) {
+            Some(delay) => {
+                info!(
+                    "restarting the target in {delay:?} (restart {})",
+                    self.restart.restarts()
+                );
+                Phase::Restarting {
+                    at: Instant::now() + delay,
+                }
+            }
+            None => Phase::Ended(Ok(exit.status)),
+        };
+    }
+
+    /// The restart timer fired: start the target again.
+    fn respawn(&mut self, state: &mut State) {
+        if !matches!(state.phase, Phase::Restarting { .. }) {
+            return;
+        }
+        state.phase = match self.supervisor.spawn() {
+            Ok(pid) => {
+                info!("target restarted with PID {pid}");
+                state.run = Run::new(pid);
+                Phase::Running
+            }
+            Err(err) => {
+                warn!("cannot restart the target: {err}");
+                match self
+                    .restart
+                    .next_delay(ExitStatus::Code(127), Duration::ZERO)
+                {
+                    Some(delay) => Phase::Restarting {
+                        at: Instant::now() + delay,
+                    },
+                    None => Phase::Ended(Err(err)),
+                }
+            }
+        };
+    }
+
+    fn answer(&mut self, state: &mut State, incoming: Incoming) {
+        let peer = incoming.peer();
+        let request = match incoming.request() {
+            Ok(request) => request,
+            Err(err) => {
+                warn!("bad request from {peer:?}: {err}");
+                let reply = Reply::error(err);
+                incoming.reply(reply);
+                return;
+            }
+        };
+        debug!("request {request} from {peer:?}");
+        let reply = match request {
+            Request::Status => Reply::Status(self.status(state)),
+            Request::Terminate => {
+                info!("TERMINATE requested by {peer:?}");
+                incoming.reply(Reply::Ready);
+                self.begin_stop(state, None);
+                return;
+            }
+            _ => match state.phase {
+                // Between a target's end and its restart there is nobody to
+                // grant access to.
+                Phase::Restarting { at } => Reply::Error(format!(
+                    "Target process not running (restarting in {} ms)",
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                )),
+                Phase::Running | Phase::Stopping { .. } => {
+                    let target = state.run.target;
+                    match request {
+                        Request::GetTargetPid => Reply::TargetPid(target),
+                        Request::Stack => {
+                            let deadline = Deadline::after(self.stack_deadline);
+                            let (id, claim) = state.new_job();
+                            self.stacks
+                                .submit(id, target, deadline.clone(), claim.clone());
+                            state.wait_for(id, incoming, deadline, claim, Waiting::Stack);
+                            return;
+                        }
+                        Request::GrantAccess(client) | Request::TakeOver(client) => {
+                            let force = matches!(request, Request::TakeOver(_));
+                            match self.grant(state, peer, client, force) {
+                                Ok(waiting) => {
+                                    let (id, deadline, claim) = waiting;
+                                    state.wait_for(id, incoming, deadline, claim, Waiting::Grant);
+                                    return;
+                                }
+                                Err(reply) => reply,
+                            }
+                        }
+                        Request::Revoke(named) => {
+                            let holder = self.holder(state);
+                            match authorize::may_revoke(holder.as_ref(), named) {
+                                Ok(()) => match self.revoke(state) {
+                                    Some((id, deadline, claim)) => {
+                                        state.wait_for(
+                                            id,
+                                            incoming,
+                                            deadline,
+                                            claim,
+                                            Waiting::Revoke,
+                                        );
+                                        return;
+                                    }
+                                    // Nothing runs there any more: nothing to
+                                    // withdraw.
+                                    None => Reply::Ready,
+                                },
+                                Err(refusal) => Reply::Error(refusal),
+                            }
+                        }
+                        _ => not_running(),
+                    }
+                }
+                Phase::Ended(_) => not_running(),
+            },
+        };
+        incoming.reply(reply);
+    }
+
+    /// The grant in force, if its holder still runs.
+    fn holder(&self, state: &State) -> Option<GrantRecord> {
+        state
+            .grant
+            .filter(|grant| self.supervisor.is_running(grant.holder))
+    }
+
+    /// Starts granting the process `requested` names access, unless the
+    /// policy refuses it, or another client holds the grant and `force` is
+    /// not set (Yama keeps one ptracer per target): the work's id, deadline
+    /// and claim, or the refusal.
+    fn grant(
+        &mut self,
+        state: &mut State,
+        peer: Peer,
+        requested: Pid,
+        force: bool,
+    ) -> Result<(JobId, Deadline, Claim), Reply> {
+        if !matches!(state.phase, Phase::Running) {
+            return Err(Reply::Error("The controller is shutting down".into()));
+        }
+        let target = state.run.target;
+        let client = authorize::grantee(&peer, requested, &self.supervisor).map_err(|refusal| {
+            warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
+            Reply::Error(refusal)
+        })?;
+        let previous = self.holder(state);
+        if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
+            return Err(Reply::Error(format!(
+                "target is being debugged by client PID {} (attach --force takes it over)",
+                holder.holder.pid
+            )));
+        }
+        let target_id = match self.supervisor.identity(target) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return Err(Reply::Error(format!(
+                    "Grant failed: target PID {target} is not running"
+                )))
+            }
+            Err(err) => return Err(Reply::Error(format!("Grant failed: {err}"))),
+        };
+        let deadline = Deadline::after(self.grant_deadline);
+        let (id, claim) = state.new_job();
+        self.grants.submit(
+            id,
+            GrantWork::Grant {
+                target: target_id,
+                client,
+            },
+            deadline.clone(),
+            claim.clone(),
+        );
+        state.granting.push((
+            id,
+            GrantRecord {
+                holder: client,
+                target: target_id,
+                connection: peer.connection,
+            },
+            previous,
+        ));
+        Ok((id, deadline, claim))
+    }
+
+    /// Starts withdrawing the grant on the target: the work's id, deadline
+    /// and claim; `None` when no target runs to withdraw it from.
+    fn revoke(&mut self, state: &mut State) -> Option<(JobId, Deadline, Claim)> {
+        let recorded = state.take_grant().map(|grant| grant.target);
+        let target = match recorded {
+            Some(id) => id,
+            None => self.supervisor.identity(state.run.target).ok().flatten()?,
+        };
+        let deadline = Deadline::after(self.grant_deadline);
+        let (id, claim) = state.new_job();
+        self.grants.submit(
+            id,
+            GrantWork::Revoke { target },
+            deadline.clone(),
+            claim.clone(),
+        );
+        Some((id, deadline, claim))
+    }
+
+    /// Withdraws the grant on `target` with nobody waiting for the answer.
+    fn submit_revoke(&mut self, state: &mut State, target: ProcessId) {
+        let (id, claim) = state.new_job();
+        self.grants.submit(
+            id,
+            GrantWork::Revoke { target },
+            Deadline::after(self.grant_deadline),
+            claim,
+        );
+    }
+
+    /// A worker finished a piece of work the loop may still wait for.
+    fn work_done(&mut self, state: &mut State, done: Done) {
+        let (id, reply) = match done {
+            Done::Grant {
+                id,
+                result,
+                status_fields,
+            } => {
+                state.granter_fields = status_fields;
+                let granted = state.take_granting(id);
+                let reply = match (granted, result) {
+                    (Some((record, previous)), Ok(())) => self.granted(state, record, previous),
+                    (Some((record, _)), Err(err)) => {
+                        warn!("grant for PID {} failed: {err}", record.holder.pid);
+                        Reply::Error(format!("Grant failed: {err}"))
+                    }
+                    (None, Ok(())) => {
+                        info!("revoked access to target {}", state.run.target);
+                        Reply::Ready
+                    }
+                    (None, Err(err)) => Reply::Error(format!("Revoke failed: {err}")),
+                };
+                (id, reply)
+            }
+            Done::Stack { id, result } => {
+                let reply = match result {
+                    Ok(text) => Reply::Stack(fit_reply(text)),
+                    Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
+                };
+                (id, reply)
+            }
+        };
+        match state.take_waiting(id) {
+            Some(waiting) => waiting.incoming.reply(reply),
+            None => {
+                if let Reply::Error(message) = reply {
+                    debug!("work {id} that nobody waits for: {message}");
+                }
+            }
+        }
+    }
+
+    /// A grant is in force: record it, unless its target ended meanwhile.
+    fn granted(
+        &mut self,
+        state: &mut State,
+        record: GrantRecord,
+        previous: Option<GrantRecord>,
+    ) -> Reply {
+        let target = state.run.target;
+        if !(state.phase.is_live() && record.target.pid == target) {
+            return Reply::Error(format!(
+                "Grant failed: target PID {} exited during the grant",
+                record.target.pid
+            ));
+        }
+        match previous {
+            Some(old) if old.holder != record.holder => info!(
+                "granted PID {} access to target {target}, taking it over from PID {}",
+                record.holder.pid, old.holder.pid
+            ),
+            _ => info!(
+                "granted PID {} access to target {target}",
+                record.holder.pid
+            ),
+        }
+        state.set_grant(record);
+        Reply::Ready
+    }
+
+    /// Answers for work past its deadline (and the worker's grace) that the
+    /// worker has not reported: the worker cleans up after it.
+    fn give_up_late_work(&mut self, state: &mut State) {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < state.waiting.len() {
+            let waiting = &state.waiting[index];
+            if waiting.deadline.instant() + WORKER_GRACE > now || !waiting.claim.abandon() {
+                index += 1;
+                continue;
+            }
+            let waiting = state.waiting.remove(index);
+            let why = self.why_no_answer(state.run.target);
+            let reply = match waiting.what {
+                Waiting::Grant => {
+                    state.take_granting(waiting.id);
+                    warn!("a grant got no answer in time: {why}");
+                    Reply::Error(format!("Grant failed: {why}"))
+                }
+                Waiting::Revoke => Reply::Error(format!("Revoke failed: {why}")),
+                Waiting::Stack => Reply::Error(format!("Cannot read the target's stacks: {why}")),
+            };
+            waiting.incoming.reply(reply);
+        }
+    }
+
+    /// Why work on the target got no answer in time, as far as the
+    /// supervisor can tell.
+    fn why_no_answer(&self, target: Pid) -> String {
+        let condition = match self.condition(target) {
+            Some("frozen") => "the target is frozen (cgroup freezer)".to_owned(),
+            Some(_) => "the target is in uninterruptible sleep (state D)".to_owned(),
+            None => match self.supervisor.process(target) {
+                Ok(Some(info)) => format!("the target is in state {}", info.state.code()),
+                Ok(None) => "the target is gone".to_owned(),
+                Err(err) => format!("the target's state cannot be read: {err}"),
+            },
+        };
+        format!("no answer within its deadline: {condition}")
+    }
+
+    /// A connection closed: the grant it asked for, if still in force,
+    /// goes with it.
+    fn disconnected(&mut self, state: &mut State, peer: Peer) {
+        debug!("client {peer:?} disconnected");
+        // Connectionless transports (named pipes) tie no grant to a peer.
+        let Some(grant) = state
+            .grant
+            .filter(|grant| grant.connection == peer.connection && peer.connection != 0)
+        else {
+            return;
+        };
+        info!(
+            "the connection of client PID {} closed: revoking its grant",
+            grant.holder.pid
+        );
+        if let Some(grant) = state.take_grant() {
+            self.submit_revoke(state, grant.target);
+        }
+    }
+
+    fn status(&self, state: &State) -> Status {
+        let clients = if self.authenticates {
+            "authenticated"
+        } else {
+            "unauthenticated"
+        };
+        let mut extra = vec![
+            ("restarts".to_owned(), self.restart.restarts().to_string()),
+            ("clients".to_owned(), clients.to_owned()),
+        ];
+        if let Some(exit) = state.last_exit {
+            extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
+        }
+        if state.phase.is_live() {
+            if let Some(condition) = self.condition(state.run.target) {
+                extra.push(("target_state".to_owned(), condition.to_owned()));
+            }
+        }
+        extra.extend(self.status_fields.iter().cloned());
+        extra.extend(state.granter_fields.iter().cloned());
+        let state_name = match state.phase {
+            Phase::Running => "running",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Restarting { .. } => "restarting",
+            Phase::Ended(_) => "ended",
+        };
+        Status {
+            pid: state.run.target,
+            state: state_name.to_owned(),
+            uptime_secs: state.run.started.elapsed().as_secs(),
+            granter: self.granter_name.clone(),
+            holder: self
+                .holder(state)
+                .filter(|_| state.phase.is_live())
+                .map(|grant| grant.holder.pid),
+            extra,
+            command: self.supervisor.describe(),
+        }
+    }
+
+    /// How the target is doing when that holds up work on it: frozen, or
+    /// in uninterruptible sleep.
+    fn condition(&self, target: Pid) -> Option<&'static str> {
+        if self.supervisor.is_frozen(target).unwrap_or(false) {
+            return Some("frozen");
+        }
+        match self.supervisor.process(target) {
+            Ok(Some(info)) if info.state == ProcessState::DiskSleep => {
+                Some("uninterruptible-sleep")
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the target to end, with `signal` if given, else with the
+    /// supervisor's polite stop, and arms the kill timer. Work in progress
+    /// is called off.
+    fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
+        state.call_off_work(|| Reply::Error("The controller is shutting down".into()));
+        match state.phase {
+            Phase::Running | Phase::Stopping { .. } => {}
+            // Waiting to restart: there is nothing to stop; end now.
+            Phase::Restarting { .. } => {
+                let last = state.last_exit.unwrap_or(ExitStatus::Code(0));
+                state.phase = Phase::Ended(Ok(last));
+                return;
+            }
+            Phase::Ended(_) => return,
+        }
+        let result = match signal {
+            Some(signal) => self.supervisor.signal(signal),
+            None => self.supervisor.terminate(),
+        };
+        if let Err(err) = result {
+            warn!("cannot signal the target: {err}");
+        }
+        self.arm_kill_timer(state);
+    }
+
+    /// Moves a running target to the stopping phase, where it is killed
+    /// after the grace period; a stopping one keeps its timer.
+    fn arm_kill_timer(&self, state: &mut State) {
+        if let Phase::Running = state.phase {
+            state.phase = Phase::Stopping {
+                kill_at: Some(Instant::now() + self.grace),
+            };
+        }
+    }
+
+    fn on_signal(&mut self, state: &mut State, caught: Caught) {
+        let signal = caught.signal;
+        // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
+        // foreground process group, the target included: do not double them.
+        let from_terminal = caught.from_kernel && self.supervisor.shares_terminal();
+        let live = state.phase.is_live();
+        if STOP_SIGNALS.contains(&signal) {
+            info!("got signal {signal}; stopping the target");
+            if from_terminal && live {
+                state.call_off_work(|| Reply::Error("The controller is shutting down".into()));
+                self.arm_kill_timer(state);
+            } else {
+                self.begin_stop(state, Some(signal));
+            }
+            return;
+        }
+        if !from_terminal && live {
+            debug!("passing signal {signal} to the target");
+            if let Err(err) = self.supervisor.signal(signal) {
+                warn!("cannot pass signal {signal} to the target: {err}");
+            }
+        }
+        if SUSPEND_SIGNALS.contains(&signal) {
+            info!("got signal {signal}; suspending (SIGCONT continues)");
+            // A PID 1 cannot be stopped from inside its namespace: then the
+            // target alone stops.
+            if let Err(err) = self.suspend() {
+                warn!("cannot stop: {err}");
+            }
+        }
+    }
+
+    fn suspend(&self) -> io::Result<()> {
+        match &self.suspended {
+            Some(suspended) => {
+                let _ = suspended.send(());
+                Ok(())
+            }
+            None => signals::stop_self(),
+        }
+    }
+}
+
+/// Cuts a stack dump that would not fit in a reply line ([`MAX_REPLY`];
+/// escaping at most doubles its size), saying so at its end.
+pub(crate) fn fit_reply(mut text: String) -> String {
+    const ROOM: usize = MAX_REPLY / 2 - 100;
+    if text.len() > ROOM {
+        let mut end = ROOM;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!(
+            "\n... (cut: the whole dump is {total} bytes, a reply holds {ROOM})"
+        ));
+    }
+    text
+}
+
+pub(crate) fn not_running() -> Reply {
+    Reply::Error("Target process not running".into())
+}
+
+/// What the loop knows between events.
+#[derive(Debug)]
+struct State {
+    /// The current run of the target, or the last one while restarting.
+    run: Run,
+    phase: Phase,
+    /// How the last target ended, once one did.
+    last_exit: Option<ExitStatus>,
+    /// The grant in force, as the controller made it.
+    grant: Option<GrantRecord>,
+    /// Its connection, as the listener sees it.
+    holder: GrantHolder,
+    /// Requests waiting for work off the loop, oldest first.
+    waiting: Vec<WaitingRequest>,
+    /// Grants in progress: what to record when each succeeds, and who held
+    /// the grant before.
+    granting: Vec<(JobId, GrantRecord, Option<GrantRecord>)>,
+    /// The granter's facts for `STATUS`, as of its last piece of work.
+    granter_fields: Vec<(String, String)>,
+    next_job: JobId,
+}
+
+/// A request whose answer waits for work off the loop.
+#[derive(Debug)]
+struct WaitingRequest {
+    id: JobId,
+    incoming: Incoming,
+    deadline: Deadline,
+    claim: Claim,
+    what: Waiting,
+}
+
+/// What a waiting request waits for.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    Grant,
+    Revoke,
+    Stack,
+}
+
+impl State {
+    fn new(target: Pid, holder: GrantHolder) -> State {
+        State {
+            run: Run::new(target),
+            phase: Phase::Running,
+            last_exit: None,
+            grant: None,
+            holder,
+            waiting: Vec::new(),
+            granting: Vec::new(),
+            granter_fields: Vec::new(),
+            next_job: 0,
+        }
+    }
+
+    fn set_grant(&mut self, grant: GrantRecord) {
+        self.holder.set(Some(grant.connection));
+        self.grant = Some(grant);
+    }
+
+    fn take_grant(&mut self) -> Option<GrantRecord> {
+        self.holder.set(None);
+        self.grant.take()
+    }
+
+    fn new_job(&mut self) -> (JobId, Claim) {
+        self.next_job += 1;
+        (self.next_job, Claim::default())
+    }
+
+    fn wait_for(
+        &mut self,
+        id: JobId,
+        incoming: Incoming,
+        deadline: Deadline,
+        claim: Claim,
+        what: Waiting,
+    ) {
+        self.waiting.push(WaitingRequest {
+            id,
+            incoming,
+            deadline,
+            claim,
+            what,
+        });
+    }
+
+    fn take_waiting(&mut self, id: JobId) -> Option<WaitingRequest> {
+        let at = self.waiting.iter().position(|waiting| waiting.id == id)?;
+        Some(self.waiting.remove(at))
+    }
+
+    fn take_granting(&mut self, id: JobId) -> Option<(GrantRecord, Option<GrantRecord>)> {
+        let at = self.granting.iter().position(|(job, ..)| *job == id)?;
+        let (_, record, previous) = self.granting.remove(at);
+        Some((record, previous))
+    }
+
+    /// When the loop next gives up on work past its deadline.
+    fn next_give_up(&self) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .map(|waiting| waiting.deadline.instant() + WORKER_GRACE)
+            .min()
+    }
+
+    /// Calls off all work in progress and answers its requests with
+    /// `reply()`; work a worker has just finished is answered when its
+    /// result comes.
+    fn call_off_work(&mut self, reply: impl Fn() -> Reply) {
+        let mut index = 0;
+        while index < self.waiting.len() {
+            let waiting = &self.waiting[index];
+            waiting.deadline.cancel();
+            if !waiting.claim.abandon() {
+                index += 1;
+                continue;
+            }
+            let waiting = self.waiting.remove(index);
+            if let Waiting::Grant = waiting.what {
+                self.take_granting(waiting.id);
+            }
+            waiting.incoming.reply(reply());
+        }
+    }
+}
+
+/// One run of the target.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    target: Pid,
+    started: Instant,
+}
+
+impl Run {
+    fn new(target: Pid) -> Run {
+        Run {
+            target,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Where the controller is in its target's life.
+#[derive(Debug)]
+enum Phase {
+    /// The target runs.
+    Running,
+    /// The target was asked to end; it is killed at `kill_at`, or was
+    /// killed already (`None`) and its exit is awaited.
+    Stopping { kill_at: Option<Instant> },
+    /// The last target ended on its own; a new one starts `at`.
+    Restarting { at: Instant },
+    /// The controller is done: `run` returns this.
+    Ended(io::Result<ExitStatus>),
+}
+
+impl Phase {
+    /// Whether a target runs (it may be stopping).
+    fn is_live(&self) -> bool {
+        matches!(self, Phase::Running | Phase::Stopping { .. })
+    }
+
+    fn kill_at(&self) -> Option<Instant> {
+        match self {
+            Phase::Stopping { kill_at } => *kill_at,
+            _ => None,
+        }
+    }
+
+    fn respawn_at(&self) -> Option<Instant> {
+        match self {
+            Phase::Restarting { at } => Some(*at),
+            _ => None,
+        }
+    }
+}
