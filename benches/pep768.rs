@@ -16,12 +16,9 @@ use std::time::{Duration, Instant};
 
 use heli::grant::{remote_prctl, stack_dump};
 
+/// The Python the programs run: `$HELI_PYTHON`, else `python3.14`.
 fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
+    heli::cli::python::find()
         .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
 }
 

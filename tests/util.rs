@@ -35,18 +35,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Python 3.14: `$HELI_PYTHON`, else the project's private install.
+/// Python 3.14, found as the programs find it ([`heli::cli::python::find`]).
 pub fn python314() -> PathBuf {
-    let candidates = std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")]);
-    for candidate in candidates {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON");
+    heli::cli::python::find()
+        .expect("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON")
 }
 
 /// Waits for `condition` until `limit`; panics with `what` on timeout.
