@@ -7,132 +7,23 @@
 mod common;
 
 use common::{
-    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY,
-    TARGET,
+    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir,
+    standard, NOBODY, TARGET,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{chown, symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use heli_core::protocol::{Reply, Request};
-use heli_core::{Client, Connection, ErrorKind, Event, Listener, Stopper, Transport};
-use heli_transport::{FifoTransport, StopHandle};
+use heli_core::{Client, Connection, ErrorKind, Listener, Stopper, Transport};
+use heli_transport::FifoTransport;
 use nix::sys::stat::Mode;
 
-/// What the fake controller was asked: the request, or the parse error.
-type Seen = Arc<Mutex<Vec<Result<Request, String>>>>;
-
-/// The usual answers: the target's pid, `READY`, and `ERROR: <pid>` for
-/// `GRANT_ACCESS <pid>` so that every client can tell its reply from others'.
-fn standard(request: Result<Request, String>) -> Reply {
-    match request {
-        Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
-        Ok(Request::GrantAccess(pid)) => Reply::Error(pid.to_string()),
-        Ok(_) => Reply::Ready,
-        Err(message) => Reply::Error(message),
-    }
-}
-
-/// A listener served on a thread, answered by a fake controller thread.
-struct Server {
-    transport: FifoTransport,
-    stop: StopHandle,
-    serve: Option<JoinHandle<io::Result<()>>>,
-    seen: Seen,
-    _tmp: tempfile::TempDir,
-}
-
-impl Server {
-    /// Serves `<tempdir>/pipes`, answering with [`standard`].
-    fn start() -> Server {
-        Server::answering(standard)
-    }
-
-    /// Serves `<tempdir>/pipes`, answering with `answer`.
-    fn answering(answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let transport = FifoTransport::new(tmp.path().join("pipes"));
-        Server::on(tmp, transport, answer)
-    }
-
-    fn on(
-        tmp: tempfile::TempDir,
-        transport: FifoTransport,
-        mut answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static,
-    ) -> Server {
-        let mut listener = transport.listen().expect("listen");
-        let stop = listener.stopper();
-        let (events_tx, events) = crossbeam_channel::bounded(0);
-        let serve = thread::spawn(move || listener.serve(&events_tx));
-        let seen = Seen::default();
-        let log = Arc::clone(&seen);
-        // Ends when `serve` returns and drops the sender.
-        thread::spawn(move || {
-            for event in events.iter() {
-                if let Event::Request(incoming) = event {
-                    let request = incoming.request().map_err(|err| err.to_string());
-                    log.lock().unwrap().push(request.clone());
-                    incoming.reply(answer(request));
-                }
-            }
-        });
-        Server {
-            transport,
-            stop,
-            serve: Some(serve),
-            seen,
-            _tmp: tmp,
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.transport.dir()
-    }
-
-    fn client(&self) -> Client<FifoTransport> {
-        Client::new(self.transport.clone())
-    }
-
-    fn seen(&self) -> Vec<Result<Request, String>> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Stops `serve` and returns its result; the listener is dropped.
-    fn shut_down(mut self) -> io::Result<()> {
-        self.stop.stop();
-        join_within(self.serve.take().unwrap(), Duration::from_secs(2))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(serve) = self.serve.take() {
-            // Never hang here: the watchdog reports a stuck test.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !serve.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-/// Waits until the fake controller has been asked `n` requests.
-fn wait_seen(server: &Server, n: usize) {
-    let start = Instant::now();
-    while server.seen().len() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the controller saw {:?}, expected {n} requests",
-            server.seen()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+type Server = common::Server<FifoTransport>;
 
 fn mkfifo(path: &Path) {
     nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).unwrap();
@@ -234,7 +125,7 @@ fn dropping_the_listener_removes_what_it_made() {
 
         // After a served listener stopped, clients find nobody.
         let transport = FifoTransport::new(tmp.path().join("served"));
-        let server = Server::on(tempfile::tempdir().unwrap(), transport.clone(), standard);
+        let server = Server::on(None, transport.clone(), standard);
         server.shut_down().unwrap();
         assert!(!transport.dir().exists());
         let err = transport.connect(Duration::from_secs(1)).unwrap_err();
@@ -264,7 +155,7 @@ fn leftovers_of_a_dead_controller_are_replaced() {
         let err = transport.connect(Duration::from_secs(5)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
 
-        let server = Server::on(tmp, transport, standard);
+        let server = Server::on(Some(tmp), transport, standard);
         for name in ["control", "response"] {
             let meta = fs::symlink_metadata(dir.join(name)).unwrap();
             assert!(meta.file_type().is_fifo(), "{name}");
@@ -317,7 +208,7 @@ fn a_symlinked_directory_is_refused() {
             .target_pid()
             .unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        assert!(server.seen().is_empty());
+        assert!(server.asked().is_empty());
         server.shut_down().unwrap();
     })
 }
@@ -354,7 +245,7 @@ fn a_directory_owned_by_someone_else_is_refused() {
                 .unwrap_err(),
             &needle,
         );
-        assert!(server.seen().is_empty());
+        assert!(server.asked().is_empty());
         server.shut_down().unwrap();
     })
 }
@@ -383,7 +274,7 @@ fn a_directory_open_to_group_or_others_is_refused() {
         fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o770)).unwrap();
         let err = server.client().target_pid().unwrap_err();
         assert!(err.to_string().contains("0770"), "{err}");
-        assert!(server.seen().is_empty());
+        assert!(server.asked().is_empty());
         fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
         server.shut_down().unwrap();
@@ -406,7 +297,7 @@ fn a_client_refuses_pipes_that_are_regular_files() {
                 "not a named pipe",
             );
             assert_eq!(fs::read_to_string(&path).unwrap(), "keep me\n");
-            assert!(server.seen().is_empty());
+            assert!(server.asked().is_empty());
             server.shut_down().unwrap();
         }
     })
@@ -445,7 +336,7 @@ fn a_client_never_follows_a_symlinked_pipe() {
             fs::remove_file(&path).unwrap();
             fs::rename(&saved, &path).unwrap();
         }
-        assert!(server.seen().is_empty());
+        assert!(server.asked().is_empty());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
         server.shut_down().unwrap();
     })
@@ -568,7 +459,7 @@ fn requests_round_trip_in_both_dialects() {
                 String::from_utf8_lossy(reply)
             );
         }
-        assert_eq!(server.seen().len(), 10);
+        assert_eq!(server.asked().len(), 10);
         server.shut_down().unwrap();
     })
 }
@@ -610,7 +501,7 @@ fn a_reply_written_before_the_client_reads_is_kept() {
             .unwrap();
         control.write_all(b"get_target_pid\n").unwrap();
         drop(control);
-        wait_seen(&server, 1);
+        server.wait_asked(1);
         thread::sleep(Duration::from_millis(300));
         let reader = thread::spawn(move || {
             let mut reply = String::new();
@@ -753,7 +644,7 @@ fn a_stale_reply_in_the_response_pipe_is_drained() {
             .unwrap();
         control.write_all(b"get_target_pid\n").unwrap();
         drop(control);
-        wait_seen(&server, 2);
+        server.wait_asked(2);
         thread::sleep(Duration::from_millis(200));
         let dir = server.dir().to_owned();
         let reader = thread::spawn(move || {
@@ -799,7 +690,7 @@ fn an_over_long_line_gets_one_error_reply() {
             .read(&mut spare)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "a second reply");
-        assert!(server.seen().is_empty(), "{:?}", server.seen());
+        assert!(server.asked().is_empty(), "{:?}", server.asked());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
 
         // The limit is 4096 bytes with the newline.
@@ -814,7 +705,7 @@ fn an_over_long_line_gets_one_error_reply() {
         let reply = connection.round_trip(&longest, deadline()).unwrap();
         assert_eq!(reply, b"ERROR: Request longer than 4096 bytes\n");
         drop(connection);
-        assert_eq!(server.seen().len(), 2, "{:?}", server.seen());
+        assert_eq!(server.asked().len(), 2, "{:?}", server.asked());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
         server.shut_down().unwrap();
     })
@@ -836,8 +727,8 @@ fn half_a_line_is_dropped_after_silence() {
         write("GET_TARG");
         thread::sleep(Duration::from_millis(300));
         write("ET_PID\n");
-        wait_seen(&server, 1);
-        assert_eq!(server.seen(), [Ok(Request::GetTargetPid)]);
+        server.wait_asked(1);
+        assert_eq!(server.asked(), [Ok(Request::GetTargetPid)]);
 
         // A writer that died mid-line: after 2 s of silence the fragment
         // is dropped and the next client's line parses cleanly.
@@ -846,7 +737,7 @@ fn half_a_line_is_dropped_after_silence() {
         let err = server.client().grant_access(as_pid(5)).unwrap_err();
         assert_eq!(err.to_string(), "5");
         assert_eq!(
-            server.seen(),
+            server.asked(),
             [
                 Ok(Request::GetTargetPid),
                 Ok(Request::GrantAccess(as_pid(5)))
@@ -924,7 +815,7 @@ fn many_clients_in_a_row_each_get_their_reply() {
         for n in 1..=200 {
             assert_eq!(server.client().target_pid().unwrap(), as_pid(n));
         }
-        assert_eq!(server.seen().len(), 200);
+        assert_eq!(server.asked().len(), 200);
         server.shut_down().unwrap();
     })
 }
@@ -949,7 +840,7 @@ fn concurrent_clients_never_get_each_others_reply() {
         for thread in threads {
             join_within(thread, Duration::from_secs(50));
         }
-        let mut seen: Vec<_> = server.seen().into_iter().map(Result::unwrap).collect();
+        let mut seen: Vec<_> = server.asked().into_iter().map(Result::unwrap).collect();
         seen.sort_by_key(|r| match r {
             Request::GrantAccess(pid) => pid.get(),
             _ => 0,

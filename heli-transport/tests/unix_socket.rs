@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir, NOBODY,
-    TARGET,
+    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir,
+    standard, wait_until, Seen, NOBODY, TARGET,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -22,140 +22,24 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use heli_core::protocol::{Reply, Request};
 use heli_core::{
-    Client, Connection, Credentials, ErrorKind, Event, Listener, Peer, Pid, ProcessId, Processes,
-    Stopper, Transport,
+    Client, Connection, Credentials, ErrorKind, Listener, Peer, Pid, ProcessId, Processes, Stopper,
+    Transport,
 };
 use heli_proc::ProcFs;
-use heli_transport::{SessionState, StopHandle, UnixSocketConnection, UnixSocketTransport};
+use heli_transport::{SessionState, UnixSocketConnection, UnixSocketTransport};
 use nix::fcntl::{Flock, FlockArg};
 
 /// The system's Python, reachable by any user (not a shim under /root).
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Polls `done` until it holds, failing with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "after {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// What the fake controller heard.
-#[derive(Clone, Debug, PartialEq)]
-enum Seen {
-    Request(Result<Request, String>, Peer),
-    Disconnected(Peer),
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
-/// The usual answers: the target's pid, and `READY` for the rest.
-fn standard(request: Result<Request, String>) -> Reply {
-    match request {
-        Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
-        Ok(_) => Reply::Ready,
-        Err(message) => Reply::Error(message),
-    }
-}
-
-/// A listener served on a thread, answered by a fake controller thread.
-struct Server {
-    transport: UnixSocketTransport,
-    stop: StopHandle,
-    serve: Option<JoinHandle<io::Result<()>>>,
-    log: Log,
-    /// The temporary directory, when the server owns it.
-    tmp: Option<tempfile::TempDir>,
-}
+type Server = common::Server<UnixSocketTransport>;
 
 impl Server {
-    /// Serves session `test` in `<tempdir>/run`, answering with [`standard`].
-    fn start() -> Server {
-        Server::answering(standard)
-    }
-
-    fn answering(answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let transport = UnixSocketTransport::session_in(tmp.path().join("run"), "test").unwrap();
-        Server::on(Some(tmp), transport, answer)
-    }
-
-    fn on(
-        tmp: Option<tempfile::TempDir>,
-        transport: UnixSocketTransport,
-        mut answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static,
-    ) -> Server {
-        let mut listener = transport.listen().expect("listen");
-        let stop = listener.stopper();
-        let (events_tx, events) = crossbeam_channel::bounded(64);
-        let serve = thread::spawn(move || listener.serve(&events_tx));
-        let log = Log::default();
-        let seen = Arc::clone(&log);
-        // Ends when `serve` returns and drops the sender.
-        thread::spawn(move || {
-            for event in events.iter() {
-                match event {
-                    Event::Request(incoming) => {
-                        let request = incoming.request().map_err(|err| err.to_string());
-                        seen.lock()
-                            .unwrap()
-                            .push(Seen::Request(request.clone(), incoming.peer()));
-                        incoming.reply(answer(request));
-                    }
-                    Event::Disconnected(peer) => {
-                        seen.lock().unwrap().push(Seen::Disconnected(peer));
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Server {
-            transport,
-            stop,
-            serve: Some(serve),
-            log,
-            tmp,
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.transport.path().parent().unwrap().to_owned()
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn requests(&self) -> Vec<(Result<Request, String>, Peer)> {
-        self.seen()
-            .into_iter()
-            .filter_map(|seen| match seen {
-                Seen::Request(request, peer) => Some((request, peer)),
-                Seen::Disconnected(_) => None,
-            })
-            .collect()
-    }
-
-    fn disconnected(&self) -> Vec<Peer> {
-        self.seen()
-            .into_iter()
-            .filter_map(|seen| match seen {
-                Seen::Disconnected(peer) => Some(peer),
-                Seen::Request(..) => None,
-            })
-            .collect()
-    }
-
-    fn connect(&self) -> UnixSocketConnection {
-        self.transport.connect(Duration::from_secs(2)).unwrap()
-    }
-
     /// A plain socket to the session, with a read timeout.
     fn raw(&self) -> UnixStream {
         let stream = UnixStream::connect(self.transport.path()).unwrap();
@@ -163,29 +47,6 @@ impl Server {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         stream
-    }
-
-    fn client(&self) -> Client<UnixSocketTransport> {
-        Client::new(self.transport.clone())
-    }
-
-    /// Stops `serve` and returns its result; the listener is dropped.
-    fn shut_down(mut self) -> io::Result<()> {
-        self.stop.stop();
-        join_within(self.serve.take().unwrap(), Duration::from_secs(3))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(serve) = self.serve.take() {
-            // Never hang here: the watchdog reports a stuck test.
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while !serve.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
     }
 }
 
