@@ -1,14 +1,15 @@
 //! `FifoTransport` with real named pipes in temporary directories.
 //!
 //! Every test runs its body under a watchdog ([`bounded`]): a hang is a
-//! failure, never a stuck test run. The controller is a tiny fake: a thread
-//! that answers each [`Event::Request`] with a closure's reply.
+//! failure, never a stuck test run. The controller is a tiny fake
+//! ([`common::Server`]): a thread that answers each request with a
+//! closure's reply.
 
 mod common;
 
 use common::{
-    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir,
-    standard, NOBODY, TARGET,
+    as_pid, ask, bounded, counting, expect_refused, expect_unusable, is_root, join_within, line_of,
+    mode_of, names_in, private_dir, standard, NOBODY, TARGET,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -18,8 +19,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::protocol::{Reply, Request};
-use heli_core::{Client, Connection, ErrorKind, Listener, Stopper, Transport};
+use heli_core::protocol::Request;
+use heli_core::{Client, ErrorKind, Listener, Stopper, Transport};
 use heli_transport::FifoTransport;
 use nix::sys::stat::Mode;
 
@@ -38,20 +39,51 @@ fn open_nonblocking(path: &Path, write: bool) -> io::Result<File> {
         .open(path)
 }
 
-/// What the original Python client does: blocking `open()` of `control` for
-/// writing, write the line, close; blocking `open()` of `response` for
-/// reading, read one line.
-fn original_client(dir: &Path, line: &str) -> String {
+/// Writes `text` into the FIFO at `path`, which someone reads.
+fn write_to(path: &Path, text: &str) {
+    open_nonblocking(path, true)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// Fails unless the FIFO at `path` is empty; `what` it would hold else.
+fn assert_empty(path: &Path, what: &str) {
+    let mut spare = [0u8; 64];
+    let err = open_nonblocking(path, false)
+        .unwrap()
+        .read(&mut spare)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{what}");
+}
+
+/// What the original Python client does to send a request: a blocking
+/// `open()` of `control` for writing, write the line, close.
+fn send_as_original(dir: &Path, line: &str) {
     let mut control = OpenOptions::new()
         .write(true)
         .open(dir.join("control"))
         .unwrap();
     control.write_all(line.as_bytes()).unwrap();
-    drop(control);
-    let response = File::open(dir.join("response")).unwrap();
+}
+
+/// What the original Python client does to read the reply: a blocking
+/// `open()` of `response` for reading, read one line.
+fn reply_as_original(dir: &Path) -> String {
     let mut reply = String::new();
-    BufReader::new(response).read_line(&mut reply).unwrap();
+    BufReader::new(File::open(dir.join("response")).unwrap())
+        .read_line(&mut reply)
+        .unwrap();
     reply
+}
+
+/// The original client, whole: `line`, and its reply within 3 s.
+fn original_client(dir: &Path, line: &'static str) -> String {
+    let dir = dir.to_owned();
+    bounded(3, move || {
+        send_as_original(&dir, line);
+        reply_as_original(&dir)
+    })
 }
 
 #[test]
@@ -110,8 +142,7 @@ fn dropping_the_listener_removes_what_it_made() {
         assert!(!made.exists(), "directory made by listen was left behind");
 
         // The directory was there before: it stays, empty.
-        let kept = tmp.path().join("kept");
-        private_dir(&kept);
+        let kept = private_dir(tmp.path().join("kept"));
         drop(FifoTransport::new(&kept).listen().unwrap());
         assert!(kept.is_dir());
         assert!(names_in(&kept).is_empty(), "{:?}", names_in(&kept));
@@ -141,8 +172,7 @@ fn dropping_the_listener_removes_what_it_made() {
 fn leftovers_of_a_dead_controller_are_replaced() {
     bounded(10, || {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("pipes");
-        private_dir(&dir);
+        let dir = private_dir(tmp.path().join("pipes"));
         // A FIFO holding half a request, a regular file where a FIFO belongs
         // (holding a bogus reply), and a pid file naming a live process
         // that holds no lock: none of it counts.
@@ -176,17 +206,11 @@ fn leftovers_of_a_dead_controller_are_replaced() {
 fn a_symlinked_directory_is_refused() {
     bounded(10, || {
         let tmp = tempfile::tempdir().unwrap();
-        let real = tmp.path().join("real");
-        private_dir(&real);
+        let real = private_dir(tmp.path().join("real"));
         let link = tmp.path().join("link");
         symlink(&real, &link).unwrap();
 
-        let transport = FifoTransport::new(&link);
-        expect_refused(transport.listen().unwrap_err(), "symbolic link");
-        expect_refused(
-            transport.connect(Duration::from_secs(1)).unwrap_err(),
-            "symbolic link",
-        );
+        expect_unusable(&FifoTransport::new(&link), "symbolic link");
         assert!(names_in(&real).is_empty(), "followed the link");
 
         // A dangling link: listen must not create the directory it names.
@@ -221,16 +245,10 @@ fn a_directory_owned_by_someone_else_is_refused() {
             "chown to another uid needs root: run the tests as root (CI does)"
         );
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("pipes");
-        private_dir(&dir);
+        let dir = private_dir(tmp.path().join("pipes"));
         chown(&dir, Some(NOBODY), None).unwrap();
-        let transport = FifoTransport::new(&dir);
         let needle = format!("owned by uid {NOBODY}");
-        expect_refused(transport.listen().unwrap_err(), &needle);
-        expect_refused(
-            transport.connect(Duration::from_secs(1)).unwrap_err(),
-            &needle,
-        );
+        expect_unusable(&FifoTransport::new(&dir), &needle);
         assert!(names_in(&dir).is_empty());
         assert_eq!(fs::metadata(&dir).unwrap().uid(), NOBODY);
 
@@ -258,26 +276,12 @@ fn a_directory_open_to_group_or_others_is_refused() {
             let dir = tmp.path().join(format!("mode{mode:o}"));
             fs::create_dir(&dir).unwrap();
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-            let transport = FifoTransport::new(&dir);
-            let needle = format!("{mode:04o}");
-            expect_refused(transport.listen().unwrap_err(), &needle);
-            expect_refused(
-                transport.connect(Duration::from_secs(1)).unwrap_err(),
-                &needle,
-            );
+            expect_unusable(&FifoTransport::new(&dir), &format!("{mode:04o}"));
             assert_eq!(mode_of(&dir), mode, "the mode was changed behind our back");
             assert!(names_in(&dir).is_empty());
         }
 
-        // A served directory opened up later: clients refuse it.
-        let server = Server::start();
-        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o770)).unwrap();
-        let err = server.client().target_pid().unwrap_err();
-        assert!(err.to_string().contains("0770"), "{err}");
-        assert!(server.asked().is_empty());
-        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(server.client().target_pid().unwrap(), TARGET);
-        server.shut_down().unwrap();
+        Server::start().refused_when_opened_up(0o770);
     })
 }
 
@@ -309,8 +313,7 @@ fn a_client_never_follows_a_symlinked_pipe() {
         // Links to a live controller's pipes: following them would reach it.
         let server = Server::start();
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("links");
-        private_dir(&dir);
+        let dir = private_dir(tmp.path().join("links"));
         for name in ["control", "response"] {
             symlink(server.dir().join(name), dir.join(name)).unwrap();
         }
@@ -346,8 +349,7 @@ fn a_client_never_follows_a_symlinked_pipe() {
 fn listen_never_follows_a_symlink_in_the_directory() {
     bounded(10, || {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("pipes");
-        private_dir(&dir);
+        let dir = private_dir(tmp.path().join("pipes"));
         let victim = tmp.path().join("victim");
         fs::write(&victim, "precious\n").unwrap();
 
@@ -399,7 +401,7 @@ fn connect_without_a_controller_fails_at_once() {
         assert!(err.to_string().contains("Controller not running"), "{err}");
 
         // A directory, no pipes.
-        private_dir(&dir);
+        private_dir(dir.clone());
         let err = transport.connect(patience).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
         assert!(!dir.join("control").exists(), "connect created a pipe");
@@ -443,21 +445,15 @@ fn requests_round_trip_in_both_dialects() {
         client.terminate().unwrap();
         client.revoke(as_pid(77)).unwrap();
 
-        let deadline = || Instant::now() + Duration::from_secs(2);
         for (line, reply) in [
-            (&b"get_target_pid\n"[..], &b"target_pid 4242\n"[..]),
-            (b"GET_TARGET_PID\n", b"TARGET_PID 4242\n"),
-            (b"grant_access 9\n", b"error : 9\n"),
-            (b"terminate\n", b"ready\n"),
-            (b"bogus\n", b"error : Unknown command: bogus\n"),
-            (b"GRANT_ACCESS x\n", b"ERROR: Invalid PID\n"),
+            ("get_target_pid\n", "target_pid 4242\n"),
+            ("GET_TARGET_PID\n", "TARGET_PID 4242\n"),
+            ("grant_access 9\n", "error : 9\n"),
+            ("terminate\n", "ready\n"),
+            ("bogus\n", "error : Unknown command: bogus\n"),
+            ("GRANT_ACCESS x\n", "ERROR: Invalid PID\n"),
         ] {
-            let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
-            let got = connection.round_trip(line, deadline()).unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(reply)
-            );
+            assert_eq!(ask(&mut server.connect(), line.as_bytes()), reply);
         }
         assert_eq!(server.asked().len(), 10);
         server.shut_down().unwrap();
@@ -477,11 +473,7 @@ fn no_reply_is_lost_when_the_controller_is_slow() {
             assert!(start.elapsed() >= Duration::from_millis(300));
         }
         // The original client too: it blocks in open() and read().
-        let dir = server.dir().to_owned();
-        let reply = join_within(
-            thread::spawn(move || original_client(&dir, "get_target_pid\n")),
-            Duration::from_secs(3),
-        );
+        let reply = original_client(&server.dir(), "get_target_pid\n");
         assert_eq!(reply, "target_pid 4242\n");
         server.shut_down().unwrap();
     })
@@ -491,29 +483,15 @@ fn no_reply_is_lost_when_the_controller_is_slow() {
 fn a_reply_written_before_the_client_reads_is_kept() {
     bounded(10, || {
         let server = Server::start();
-        let dir = server.dir().to_owned();
+        let dir = server.dir();
 
         // The original's lost reply: the request is answered before the
         // client has opened the response pipe.
-        let mut control = OpenOptions::new()
-            .write(true)
-            .open(dir.join("control"))
-            .unwrap();
-        control.write_all(b"get_target_pid\n").unwrap();
-        drop(control);
+        send_as_original(&dir, "get_target_pid\n");
         server.wait_asked(1);
         thread::sleep(Duration::from_millis(300));
-        let reader = thread::spawn(move || {
-            let mut reply = String::new();
-            BufReader::new(File::open(dir.join("response")).unwrap())
-                .read_line(&mut reply)
-                .unwrap();
-            reply
-        });
-        assert_eq!(
-            join_within(reader, Duration::from_secs(2)),
-            "target_pid 4242\n"
-        );
+        let reply = bounded(2, move || reply_as_original(&dir));
+        assert_eq!(reply, "target_pid 4242\n");
         server.shut_down().unwrap();
     })
 }
@@ -528,12 +506,7 @@ fn the_original_blocking_client_works() {
             ("GET_TARGET_PID\n", "TARGET_PID 4242\n"),
             ("terminate\n", "ready\n"),
         ] {
-            let dir = server.dir().to_owned();
-            let got = join_within(
-                thread::spawn(move || original_client(&dir, line)),
-                Duration::from_secs(3),
-            );
-            assert_eq!(got, reply);
+            assert_eq!(original_client(&server.dir(), line), reply);
         }
         server.shut_down().unwrap();
     })
@@ -570,13 +543,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
 
             // The next client, at once: it gets its own reply, not the
             // late one.
-            let err = server
-                .client()
-                .timeout(Duration::from_secs(3))
-                .grant_access(as_pid(round))
-                .unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
-            assert_eq!(err.to_string(), round.to_string(), "got another's reply");
+            server.each_gets_its_own_reply([round]);
         }
         // And the late replies left nothing behind.
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
@@ -607,14 +574,7 @@ fn a_controller_that_never_answers_times_clients_out() {
 
         // Unstuck: the late READY goes to nobody, every client its own reply.
         release.send(()).unwrap();
-        for pid in [11, 12, 13] {
-            let err = server
-                .client()
-                .timeout(Duration::from_secs(3))
-                .grant_access(as_pid(pid))
-                .unwrap_err();
-            assert_eq!(err.to_string(), pid.to_string(), "got another's reply");
-        }
+        server.each_gets_its_own_reply([11, 12, 13]);
         server.shut_down().unwrap();
     })
 }
@@ -623,46 +583,21 @@ fn a_controller_that_never_answers_times_clients_out() {
 fn a_stale_reply_in_the_response_pipe_is_drained() {
     bounded(10, || {
         let server = Server::start();
-        let response = server.dir().join("response");
-        let stale = |text: &str| {
-            open_nonblocking(&response, true)
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        };
-
-        stale("TARGET_PID 1\n");
+        let dir = server.dir();
+        let response = dir.join("response");
+        write_to(&response, "TARGET_PID 1\n");
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
 
         // The original client does not drain: the controller does, before
         // it answers. (Reading the response pipe before the answer is
         // written would race with that drain: the client reads it later.)
-        stale("ready\nready\n");
-        let mut control = OpenOptions::new()
-            .write(true)
-            .open(server.dir().join("control"))
-            .unwrap();
-        control.write_all(b"get_target_pid\n").unwrap();
-        drop(control);
+        write_to(&response, "ready\nready\n");
+        send_as_original(&dir, "get_target_pid\n");
         server.wait_asked(2);
         thread::sleep(Duration::from_millis(200));
-        let dir = server.dir().to_owned();
-        let reader = thread::spawn(move || {
-            let mut response = BufReader::new(File::open(dir.join("response")).unwrap());
-            let mut reply = String::new();
-            response.read_line(&mut reply).unwrap();
-            reply
-        });
-        assert_eq!(
-            join_within(reader, Duration::from_secs(2)),
-            "target_pid 4242\n"
-        );
-        let mut spare = [0u8; 64];
-        let err = open_nonblocking(&response, false)
-            .unwrap()
-            .read(&mut spare)
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "stale bytes left");
+        let reply = bounded(2, move || reply_as_original(&dir));
+        assert_eq!(reply, "target_pid 4242\n");
+        assert_empty(&response, "stale bytes left");
         server.shut_down().unwrap();
     })
 }
@@ -671,40 +606,18 @@ fn a_stale_reply_in_the_response_pipe_is_drained() {
 fn an_over_long_line_gets_one_error_reply() {
     bounded(10, || {
         let server = Server::start();
-        let deadline = || Instant::now() + Duration::from_secs(2);
-
-        let mut long = vec![b'A'; 5000];
-        long.push(b'\n');
-        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
-        let reply = connection.round_trip(&long, deadline()).unwrap();
-        assert_eq!(
-            String::from_utf8(reply).unwrap(),
-            "ERROR: Request longer than 4096 bytes\n"
-        );
-        drop(connection);
+        let too_long = "ERROR: Request longer than 4096 bytes\n";
+        assert_eq!(ask(&mut server.connect(), &line_of(b'A', 5000)), too_long);
         // Exactly one reply: nothing else shows up.
         thread::sleep(Duration::from_millis(300));
-        let mut spare = [0u8; 64];
-        let err = open_nonblocking(&server.dir().join("response"), false)
-            .unwrap()
-            .read(&mut spare)
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "a second reply");
+        assert_empty(&server.dir().join("response"), "a second reply");
         assert!(server.asked().is_empty(), "{:?}", server.asked());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
 
         // The limit is 4096 bytes with the newline.
-        let mut longest = vec![b'A'; 4095];
-        longest.push(b'\n');
-        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
-        let reply = connection.round_trip(&longest, deadline()).unwrap();
-        assert!(reply.starts_with(b"ERROR: Unknown command: AAAA"));
-        drop(connection);
-        longest.insert(0, b'A');
-        let mut connection = server.transport.connect(Duration::from_secs(2)).unwrap();
-        let reply = connection.round_trip(&longest, deadline()).unwrap();
-        assert_eq!(reply, b"ERROR: Request longer than 4096 bytes\n");
-        drop(connection);
+        let reply = ask(&mut server.connect(), &line_of(b'A', 4095));
+        assert!(reply.starts_with("ERROR: Unknown command: AAAA"), "{reply}");
+        assert_eq!(ask(&mut server.connect(), &line_of(b'A', 4096)), too_long);
         assert_eq!(server.asked().len(), 2, "{:?}", server.asked());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
         server.shut_down().unwrap();
@@ -716,12 +629,7 @@ fn half_a_line_is_dropped_after_silence() {
     bounded(15, || {
         let server = Server::start();
         let control = server.dir().join("control");
-        let write = |text: &str| {
-            open_nonblocking(&control, true)
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        };
+        let write = |text: &str| write_to(&control, text);
 
         // The rest of a line arriving soon is joined to it.
         write("GET_TARG");
@@ -771,10 +679,7 @@ fn the_stop_handle_ends_serve_promptly() {
 
         // With half a line pending (serve is waiting on a deadline then).
         let server = Server::start();
-        open_nonblocking(&server.dir().join("control"), true)
-            .unwrap()
-            .write_all(b"GET_")
-            .unwrap();
+        write_to(&server.dir().join("control"), "GET_");
         thread::sleep(Duration::from_millis(100));
         let start = Instant::now();
         server.shut_down().unwrap();
@@ -807,11 +712,7 @@ fn serve_returns_when_the_controller_is_gone() {
 #[test]
 fn many_clients_in_a_row_each_get_their_reply() {
     bounded(60, || {
-        let mut next = 0;
-        let server = Server::answering(move |_| {
-            next += 1;
-            Reply::TargetPid(as_pid(next))
-        });
+        let server = Server::answering(counting());
         for n in 1..=200 {
             assert_eq!(server.client().target_pid().unwrap(), as_pid(n));
         }
@@ -888,14 +789,7 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
         }
         assert!(answered > 0, "no client was ever answered");
         // Calm again: prompt answers for everyone.
-        for pid in [7001, 7002, 7003] {
-            let err = server
-                .client()
-                .timeout(Duration::from_secs(3))
-                .grant_access(as_pid(pid))
-                .unwrap_err();
-            assert_eq!(err.to_string(), pid.to_string());
-        }
+        server.each_gets_its_own_reply([7001, 7002, 7003]);
         server.shut_down().unwrap();
     })
 }

@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    as_pid, bounded, expect_refused, is_root, join_within, mode_of, names_in, private_dir,
-    standard, wait_until, Seen, NOBODY, TARGET,
+    as_pid, ask, bounded, counting, expect_refused, expect_unusable, is_root, join_within, line_of,
+    mode_of, names_in, private_dir, standard, wait_until, Seen, NOBODY, TARGET,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -50,12 +50,12 @@ impl Server {
     }
 }
 
-/// Sends `line` on `connection` and returns the reply line.
-fn ask(connection: &mut UnixSocketConnection, line: &[u8]) -> String {
-    let reply = connection
-        .round_trip(line, Instant::now() + Duration::from_secs(3))
-        .unwrap();
-    String::from_utf8(reply).unwrap()
+/// Sends each line on `connection` in turn, checking its reply.
+fn converse(connection: &mut UnixSocketConnection, exchanges: &[(&[u8], &str)]) {
+    for &(line, reply) in exchanges {
+        let line_text = String::from_utf8_lossy(line);
+        assert_eq!(ask(connection, line), reply, "the reply to {line_text:?}");
+    }
 }
 
 /// Reads `stream` until the other end closes it (end of file or reset);
@@ -101,6 +101,31 @@ fn my_uid() -> u32 {
 /// leaves behind (std's listener does not remove its file).
 fn dead_socket(path: &Path) {
     drop(UnixListener::bind(path).unwrap());
+}
+
+/// What no controller may take for a dead session of its own, and one it
+/// may, in `dir`: `lockless.sock` (dead, without a lock file), `file.sock`
+/// (no socket), `.hidden.sock` (no session name), `notes.txt` and (as root)
+/// another user's `theirs.sock`. Returns the names that must stay.
+fn strangers_in(dir: &Path) -> Vec<&'static str> {
+    dead_socket(&dir.join("lockless.sock"));
+    fs::write(dir.join("file.sock"), "not a socket").unwrap();
+    dead_socket(&dir.join(".hidden.sock"));
+    fs::write(dir.join("notes.txt"), "ignored").unwrap();
+    let mut stay = vec![".hidden.sock", "file.sock", "notes.txt"];
+    if require_root() {
+        dead_socket(&dir.join("theirs.sock"));
+        chown(dir.join("theirs.sock"), Some(NOBODY), Some(NOBODY)).unwrap();
+        stay.push("theirs.sock");
+    }
+    stay
+}
+
+/// Fails unless `dir` holds `stay` and `also`, and nothing else.
+fn assert_left<'a>(dir: &Path, mut stay: Vec<&'a str>, also: &[&'a str]) {
+    stay.extend(also);
+    stay.sort();
+    assert_eq!(names_in(dir), stay);
 }
 
 /// A child process, killed and reaped when dropped.
@@ -172,18 +197,14 @@ fn round_trips_in_both_dialects() {
     bounded(10, || {
         let server = Server::start();
         let mut connection = server.connect();
-        assert_eq!(
-            ask(&mut connection, b"GET_TARGET_PID\n"),
-            "TARGET_PID 4242\n"
-        );
-        assert_eq!(
-            ask(&mut connection, b"get_target_pid\n"),
-            "target_pid 4242\n"
-        );
-        assert_eq!(ask(&mut connection, b"terminate\n"), "ready\n");
-        assert_eq!(
-            ask(&mut connection, b"frobnicate\n"),
-            "error : Unknown command: frobnicate\n"
+        converse(
+            &mut connection,
+            &[
+                (b"GET_TARGET_PID\n", "TARGET_PID 4242\n"),
+                (b"get_target_pid\n", "target_pid 4242\n"),
+                (b"terminate\n", "ready\n"),
+                (b"frobnicate\n", "error : Unknown command: frobnicate\n"),
+            ],
         );
         assert_eq!(
             connection
@@ -207,11 +228,7 @@ fn round_trips_in_both_dialects() {
 #[test]
 fn one_connection_carries_many_requests() {
     bounded(20, || {
-        let mut next = 0;
-        let server = Server::answering(move |_| {
-            next += 1;
-            Reply::TargetPid(as_pid(next))
-        });
+        let server = Server::answering(counting());
         let mut connection = server.connect();
         for n in 1..=200 {
             let reply = connection
@@ -559,53 +576,33 @@ fn garbage_and_over_long_lines_get_errors_and_the_connection_goes_on() {
     bounded(10, || {
         let server = Server::start();
         let mut connection = server.connect();
-        assert_eq!(
-            ask(&mut connection, b"\xff\xfe\n"),
-            "ERROR: Request is not valid UTF-8\n"
-        );
-        assert_eq!(
-            ask(&mut connection, b"GET\0PID\n"),
-            "ERROR: Unknown command: GET\\0PID\n"
-        );
-        assert_eq!(ask(&mut connection, b"\n"), "ERROR: Empty request\n");
-        assert_eq!(
-            ask(&mut connection, b"GRANT_ACCESS x\n"),
-            "ERROR: Invalid PID\n"
-        );
-        assert_eq!(
-            ask(&mut connection, b"GET_TARGET_PID\n"),
-            "TARGET_PID 4242\n"
-        );
-
-        let mut long = vec![b'A'; 5000];
-        long.push(b'\n');
-        assert_eq!(
-            ask(&mut connection, &long),
-            "ERROR: Request longer than 4096 bytes\n"
-        );
-        // Much longer, in pieces: still one error.
-        let mut longer = vec![b'B'; 100_000];
-        longer.push(b'\n');
-        assert_eq!(
-            ask(&mut connection, &longer),
-            "ERROR: Request longer than 4096 bytes\n"
-        );
-        assert_eq!(
-            ask(&mut connection, b"get_target_pid\n"),
-            "target_pid 4242\n"
+        let too_long = "ERROR: Request longer than 4096 bytes\n";
+        converse(
+            &mut connection,
+            &[
+                (b"\xff\xfe\n", "ERROR: Request is not valid UTF-8\n"),
+                (b"GET\0PID\n", "ERROR: Unknown command: GET\\0PID\n"),
+                (b"\n", "ERROR: Empty request\n"),
+                (b"GRANT_ACCESS x\n", "ERROR: Invalid PID\n"),
+                (b"GET_TARGET_PID\n", "TARGET_PID 4242\n"),
+                (&line_of(b'A', 5000), too_long),
+                // Much longer, in pieces: still one error.
+                (&line_of(b'B', 100_000), too_long),
+                (b"get_target_pid\n", "target_pid 4242\n"),
+            ],
         );
         // The limit is 4096 bytes with the newline.
-        let mut longest = vec![b'A'; 4095];
-        longest.push(b'\n');
-        assert!(ask(&mut connection, &longest).starts_with("ERROR: Unknown command: AAAA"));
-        longest.insert(0, b'A');
-        assert_eq!(
-            ask(&mut connection, &longest),
-            "ERROR: Request longer than 4096 bytes\n"
+        let longest = ask(&mut connection, &line_of(b'A', 4095));
+        assert!(
+            longest.starts_with("ERROR: Unknown command: AAAA"),
+            "{longest}"
         );
-        assert_eq!(
-            ask(&mut connection, b"GET_TARGET_PID\n"),
-            "TARGET_PID 4242\n"
+        converse(
+            &mut connection,
+            &[
+                (&line_of(b'A', 4096), too_long),
+                (b"GET_TARGET_PID\n", "TARGET_PID 4242\n"),
+            ],
         );
         // Over-long lines never reached the controller; the rest did.
         let requests = server.requests();
@@ -651,13 +648,13 @@ fn connections_beyond_the_limit_are_refused() {
 #[test]
 fn a_timed_out_round_trip_does_not_mix_up_replies() {
     bounded(20, || {
-        let mut next = 0;
-        let server = Server::answering(move |_| {
-            next += 1;
-            if next == 1 {
+        let mut count = counting();
+        let mut first = true;
+        let server = Server::answering(move |request| {
+            if std::mem::take(&mut first) {
                 thread::sleep(Duration::from_millis(600));
             }
-            Reply::TargetPid(as_pid(next))
+            count(request)
         });
         let mut connection = server.connect();
         let err = connection
@@ -685,15 +682,8 @@ fn sessions_are_listed_and_dead_ones_removed() {
         let server = Server::on(None, live, standard);
         dead_socket(&dir.join("dead.sock"));
         fs::write(dir.join("dead.lock"), "1\n").unwrap();
-        dead_socket(&dir.join("lockless.sock"));
-        fs::write(dir.join("file.sock"), "not a socket").unwrap();
         symlink(dir.join("live.sock"), dir.join("link.sock")).unwrap();
-        dead_socket(&dir.join(".hidden.sock"));
-        fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        if require_root() {
-            dead_socket(&dir.join("theirs.sock"));
-            chown(dir.join("theirs.sock"), Some(NOBODY), Some(NOBODY)).unwrap();
-        }
+        let strangers = strangers_in(&dir);
 
         let sessions = UnixSocketTransport::sessions_in(&dir).unwrap();
         let found: Vec<(&str, &SessionState)> = sessions
@@ -723,18 +713,7 @@ fn sessions_are_listed_and_dead_ones_removed() {
         assert_eq!(live.transport().path(), live.path);
 
         // Dead sockets (and their locks) are gone; the rest is untouched.
-        let mut left = vec![
-            ".hidden.sock",
-            "file.sock",
-            "link.sock",
-            "live.lock",
-            "live.sock",
-            "notes.txt",
-        ];
-        if require_root() {
-            left.push("theirs.sock");
-        }
-        assert_eq!(names_in(&dir), left);
+        assert_left(&dir, strangers, &["link.sock", "live.lock", "live.sock"]);
         // The live session did not notice more than a connection coming
         // and going.
         assert_eq!(Client::new(live.transport()).target_pid().unwrap(), TARGET);
@@ -764,7 +743,7 @@ fn a_second_controller_of_a_live_session_is_refused() {
             "{text}"
         );
         // The refused attempt took nothing away from the running one.
-        assert_eq!(names_in(&server.dir()), ["test.lock", "test.sock"]);
+        assert_eq!(names_in(server.dir()), ["test.lock", "test.sock"]);
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
 
         // Another name in the same directory is fine.
@@ -854,20 +833,13 @@ fn a_starting_controller_removes_dead_sessions() {
         assert_eq!(killed.line().trim(), "listening");
         killed.0.kill().unwrap();
         killed.0.wait().unwrap();
-        // A dead socket without a lock file; a dead one whose lock a
-        // controller holds (it is taking the session over); and entries that
+        // A dead socket whose lock a controller holds (it is taking the
+        // session over); a dead one without a lock file and entries that
         // are no sessions of ours.
-        dead_socket(&dir.join("lockless.sock"));
         dead_socket(&dir.join("starting.sock"));
         let starting = fs::File::create(dir.join("starting.lock")).unwrap();
         let starting = Flock::lock(starting, FlockArg::LockExclusiveNonblock).unwrap();
-        fs::write(dir.join("file.sock"), "not a socket").unwrap();
-        dead_socket(&dir.join(".hidden.sock"));
-        fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        if require_root() {
-            dead_socket(&dir.join("theirs.sock"));
-            chown(dir.join("theirs.sock"), Some(NOBODY), Some(NOBODY)).unwrap();
-        }
+        let strangers = strangers_in(&dir);
         assert!(names_in(&dir).contains(&"killed.sock".to_owned()));
         assert!(names_in(&dir).contains(&"killed.lock".to_owned()));
 
@@ -883,21 +855,15 @@ fn a_starting_controller_removes_dead_sessions() {
             "{:?}",
             started.elapsed()
         );
-        let mut left = vec![
-            ".hidden.sock",
-            "file.sock",
+        let ours = [
             "fresh.lock",
             "fresh.sock",
             "live.lock",
             "live.sock",
-            "notes.txt",
             "starting.lock",
             "starting.sock",
         ];
-        if require_root() {
-            left.push("theirs.sock");
-        }
-        assert_eq!(names_in(&dir), left);
+        assert_left(&dir, strangers, &ours);
         // The live session saw no request, and serves on.
         assert!(server.requests().is_empty(), "{:?}", server.requests());
         assert_eq!(server.client().target_pid().unwrap(), TARGET);
@@ -911,8 +877,7 @@ fn a_starting_controller_removes_dead_sessions() {
 fn a_stale_socket_is_replaced() {
     bounded(10, || {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("run");
-        private_dir(&dir);
+        let dir = private_dir(tmp.path().join("run"));
         dead_socket(&dir.join("test.sock"));
         fs::write(dir.join("test.lock"), "1\n").unwrap();
         let transport = UnixSocketTransport::session_in(&dir, "test").unwrap();
@@ -1062,19 +1027,13 @@ fn hostile_runtime_directories_are_refused() {
     bounded(20, || {
         let tmp = tempfile::tempdir().unwrap();
         let check = |dir: &Path, needle: &str| {
-            let transport = UnixSocketTransport::session_in(dir, "s").unwrap();
-            expect_refused(transport.listen().unwrap_err(), needle);
-            expect_refused(
-                transport.connect(Duration::from_secs(1)).unwrap_err(),
-                needle,
-            );
+            expect_unusable(&UnixSocketTransport::session_in(dir, "s").unwrap(), needle);
             expect_refused(UnixSocketTransport::sessions_in(dir).unwrap_err(), needle);
         };
 
         // A symbolic link, to a private directory or to nowhere: nothing is
         // made behind it.
-        let real = tmp.path().join("real");
-        private_dir(&real);
+        let real = private_dir(tmp.path().join("real"));
         let link = tmp.path().join("link");
         symlink(&real, &link).unwrap();
         check(&link, "is a symbolic link");
@@ -1105,22 +1064,16 @@ fn hostile_runtime_directories_are_refused() {
 
         // Another user's.
         if require_root() {
-            let theirs = tmp.path().join("theirs");
-            private_dir(&theirs);
+            let theirs = private_dir(tmp.path().join("theirs"));
             chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
             check(&theirs, &format!("is owned by uid {NOBODY}, not by you"));
             assert!(names_in(&theirs).is_empty());
         }
 
         // A served directory opened up later: clients refuse it.
-        let server = Server::start();
-        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-        let err = server.client().target_pid().unwrap_err();
-        assert!(err.to_string().contains("0755"), "{err}");
-        assert!(server.seen().is_empty());
-        fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(server.client().target_pid().unwrap(), TARGET);
+        Server::start().refused_when_opened_up(0o755);
         // A socket of another user in our directory is refused too.
+        let server = Server::start();
         if require_root() {
             chown(server.transport.path(), Some(NOBODY), None).unwrap();
             expect_refused(

@@ -2,14 +2,16 @@
 //! that records every [`Event`] and answers each request with a closure's
 //! reply.
 
+use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use heli_core::protocol::{Reply, Request};
-use heli_core::{Client, Event, Listener, Peer, Pid, Stopper, Transport};
+use heli_core::{Client, Connection, ErrorKind, Event, Listener, Peer, Pid, Stopper, Transport};
 use heli_transport::{FifoTransport, UnixSocketTransport};
 
 use super::watch::{join_within, wait_until};
@@ -72,6 +74,30 @@ pub(crate) fn standard(request: Result<Request, String>) -> Reply {
         Ok(_) => Reply::Ready,
         Err(message) => Reply::Error(message),
     }
+}
+
+/// Answers the n-th request with `TARGET_PID n`, whatever it asks.
+pub(crate) fn counting() -> impl FnMut(Result<Request, String>) -> Reply + Send + 'static {
+    let mut next = 0;
+    move |_| {
+        next += 1;
+        Reply::TargetPid(as_pid(next))
+    }
+}
+
+/// Sends `line` on `connection` and returns the reply line (within 3 s).
+pub(crate) fn ask(connection: &mut impl Connection, line: &[u8]) -> String {
+    let reply = connection
+        .round_trip(line, std::time::Instant::now() + Duration::from_secs(3))
+        .unwrap();
+    String::from_utf8(reply).unwrap()
+}
+
+/// A request line: `len` bytes `byte`, then a newline.
+pub(crate) fn line_of(byte: u8, len: usize) -> Vec<u8> {
+    let mut line = vec![byte; len];
+    line.push(b'\n');
+    line
 }
 
 /// How long stopping a server may take.
@@ -201,6 +227,34 @@ impl<T: Fresh> Server<T> {
     /// heli-core's client of it.
     pub(crate) fn client(&self) -> Client<T> {
         Client::new(self.transport.clone())
+    }
+
+    /// Asks for grants to `pids`, a client each (waiting 3 s): the
+    /// [`standard`] answers refuse each naming its pid, so each client
+    /// must get its own reply, never another's.
+    pub(crate) fn each_gets_its_own_reply(&self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            let err = self
+                .client()
+                .timeout(Duration::from_secs(3))
+                .grant_access(as_pid(pid))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+            assert_eq!(err.to_string(), pid.to_string(), "got another's reply");
+        }
+    }
+
+    /// Opens the served directory to others (`mode`): clients refuse it,
+    /// naming the mode, and the controller hears nothing; private again, it
+    /// serves. Then shuts down.
+    pub(crate) fn refused_when_opened_up(self, mode: u32) {
+        fs::set_permissions(self.dir(), fs::Permissions::from_mode(mode)).unwrap();
+        let err = self.client().target_pid().unwrap_err();
+        assert!(err.to_string().contains(&format!("{mode:04o}")), "{err}");
+        assert!(self.seen().is_empty());
+        fs::set_permissions(self.dir(), fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(self.client().target_pid().unwrap(), TARGET);
+        self.shut_down().unwrap();
     }
 
     /// Stops `serve` and returns its result; the listener is dropped.
