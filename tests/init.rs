@@ -8,30 +8,22 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use heli::core::Pid;
+use heli::core::ProcessState::Zombie;
+use heli::proc::Syscall;
 use nix::sys::signal::Signal;
 
 use crate::supervise::recorder;
-use crate::util::{example, run, script, serial, wait_exit, wait_for, Controller, Kind, SOON};
+use crate::util::{
+    children_of, example, proc, run, script, serial, state, wait_exit, wait_for, Controller, Kind,
+    SOON,
+};
 
 /// Children of `pid` that are zombies, and all its children.
 fn children(pid: u32) -> (usize, usize) {
-    let (mut zombies, mut all) = (0, 0);
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1) == Some(&pid.to_string().as_str()) {
-            all += 1;
-            if fields[0] == "Z" {
-                zombies += 1;
-            }
-        }
-    }
-    (zombies, all)
+    let all = children_of(pid);
+    let zombies = all.iter().filter(|&&child| state(child) == Some(Zombie));
+    (zombies.count(), all.len())
 }
 
 #[test]
@@ -354,8 +346,8 @@ fn a_client_killed_while_waiting_for_ready_leaves_the_controller_serving(kind: K
     let target = controller.target_pid();
     // Asleep in C code, not still starting up in Python.
     wait_for("the target to sleep", SOON, || {
-        fs::read_to_string(format!("/proc/{target}/syscall"))
-            .is_ok_and(|s| s.split(' ').next() == Some(&libc::SYS_clock_nanosleep.to_string()))
+        let syscall = proc(target).unwrap().thread_syscall(Pid::new(target).unwrap());
+        syscall.unwrap() == Some(Syscall::In(libc::SYS_clock_nanosleep))
     });
     let mut client = controller.client();
     client

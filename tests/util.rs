@@ -7,6 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use heli::core::{Pid, ProcessState, Processes};
+use heli::proc::{Proc, ProcFs};
+
 /// Generous bound for anything that should take well under a second.
 pub const SOON: Duration = Duration::from_secs(20);
 
@@ -92,18 +95,26 @@ pub fn run(mut command: Command) -> (ExitStatus, String, String) {
     (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
+/// Process `pid`, opened in `/proc` by heli-proc, if it is there.
+pub fn proc(pid: u32) -> Option<Proc> {
+    Proc::open(Pid::new(pid)?).unwrap()
+}
+
 /// Whether `pid` is a live process (a zombie counts as dead).
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
+    Pid::new(pid).is_some_and(|pid| ProcFs.identity(pid).unwrap().is_some())
+}
+
+/// What process `pid` is doing, if it is there.
+pub fn state(pid: u32) -> Option<ProcessState> {
+    Some(ProcFs.process(Pid::new(pid)?).unwrap()?.state)
+}
+
+/// The children of `pid` (zombies included), from every thread's
+/// `children` file.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let children = proc(pid).map(|proc| proc.children().unwrap().expect("children files"));
+    children.into_iter().flatten().map(u32::from).collect()
 }
 
 /// How the examples talk in a test.
@@ -127,19 +138,6 @@ macro_rules! per_transport {
             $(#[test] fn $name() { super::$name($crate::util::Kind::Socket) })*
         }
     };
-}
-
-/// The children of `pid`, from every thread's `children` file.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for task in fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-    {
-        let text = fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        children.extend(text.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
-    }
-    children
 }
 
 /// A controller example running in private directories (the pipes, or the
