@@ -57,10 +57,14 @@ fn pid_1_controller(runtime_dir: &std::path::Path, session: bool, args: &[&str])
 
 /// A target that says whether it has the terminal; on its first run it
 /// reads a line, counts Ctrl-C, reads another line and exits 7; on its
-/// second run it exits 0.
-fn terminal_target(dir: &std::path::Path) -> std::path::PathBuf {
+/// second run it exits 0. With `run_before`, its first run is behind it.
+/// Returns the command that runs it: Python 3.14 and the script, in `dir`.
+fn terminal_target(dir: &std::path::Path, run_before: bool) -> [String; 2] {
     let marker = dir.join("first-run-done");
-    script(
+    if run_before {
+        fs::write(&marker, "").unwrap();
+    }
+    let script = script(
         dir,
         "tty_target.py",
         &format!(
@@ -83,28 +87,19 @@ sys.exit(7)
 "#,
             marker = marker.to_str().unwrap()
         ),
-    )
+    );
+    let python = python314();
+    [python, script].map(|path| path.to_str().unwrap().to_owned())
 }
 
 #[test]
 fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    let python = python314();
-    let mut session = terminal(pid_1_controller(
-        dir.path(),
-        true,
-        &[
-            "--restart",
-            "on-failure",
-            "--max-restarts",
-            "1",
-            "--",
-            python.to_str().unwrap(),
-            target.to_str().unwrap(),
-        ],
-    ));
+    let [python, target] = terminal_target(dir.path(), false);
+    let restart_once = ["--restart", "on-failure", "--max-restarts", "1"];
+    let args = [&restart_once[..], &["--", &python, &target]].concat();
+    let mut session = terminal(pid_1_controller(dir.path(), true, &args));
     let mut seen = String::new();
     let mut expect = |session: &mut PtySession, text: &str| {
         let before = session.exp_string(text).unwrap_or_else(|err| {
@@ -231,13 +226,11 @@ fn as_pid_1_a_failed_restart_gives_the_terminal_back() {
 fn as_pid_1_that_cannot_tell_it_has_the_terminal_it_gives_nothing() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    fs::write(dir.path().join("first-run-done"), "").unwrap();
-    let python = python314();
+    let [python, target] = terminal_target(dir.path(), true);
     let mut session = terminal(pid_1_controller(
         dir.path(),
         false,
-        &["--", python.to_str().unwrap(), target.to_str().unwrap()],
+        &["--", &python, &target],
     ));
     session
         .exp_string("cannot tell whether it has the terminal")
@@ -252,13 +245,11 @@ fn as_pid_1_that_cannot_tell_it_has_the_terminal_it_gives_nothing() {
 fn not_as_pid_1_the_target_shares_the_controllers_group() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    fs::write(dir.path().join("first-run-done"), "").unwrap();
+    let target = terminal_target(dir.path(), true);
     let mut command = Command::new(example("controller"));
     command
         .args(["--transport", "socket", "--name", "tty", "--"])
-        .arg(python314())
-        .arg(&target)
+        .args(target)
         .env("XDG_RUNTIME_DIR", dir.path());
     let mut session = terminal(command);
     session
@@ -294,7 +285,8 @@ fn sigtstp_suspends_the_target_and_the_controller_until_sigcont() {
         });
         controller.signal(Signal::SIGCONT as i32);
         wait_for("all of them to continue", SOON, || {
-            all.iter().all(|&pid| state(pid).is_some_and(|s| s != Stopped))
+            all.iter()
+                .all(|&pid| state(pid).is_some_and(|s| s != Stopped))
         });
         let (status, out, err) = controller.run_client(&["status"]);
         assert!(status.success(), "{out}{err}");
