@@ -162,12 +162,14 @@ mod tests {
     #[test]
     fn otherwise_the_interpreter_is_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let answers = script(dir.path(), "mypython", "echo 3 12");
-        assert_eq!(python_version(&answers), Some((3, 12)));
-        let garbage = script(dir.path(), "notpython", "echo hello");
-        assert_eq!(python_version(&garbage), None);
-        let failing = script(dir.path(), "broken", "echo 3 14; exit 1");
-        assert_eq!(python_version(&failing), None);
+        for (name, answer, version) in [
+            ("mypython", "echo 3 12", Some((3, 12))),
+            ("notpython", "echo hello", None),
+            ("broken", "echo 3 14; exit 1", None),
+        ] {
+            let exe = script(dir.path(), name, answer);
+            assert_eq!(python_version(&exe), version, "{answer}");
+        }
         assert_eq!(python_version(&dir.path().join("missing")), None);
     }
 
