@@ -161,6 +161,13 @@ impl Target {
         Target::spawn(python314(), &["-c", code, "heli-named"])
     }
 
+    /// Python asleep for ten minutes, once it is.
+    fn asleep() -> Target {
+        let target = Target::python(SLEEP_PY);
+        target.wait_in(target.pid, SLEEPS);
+        target
+    }
+
     fn helper(mode: &str) -> Target {
         Target::spawn(helper(), &[mode, "heli-named"])
     }
@@ -250,6 +257,9 @@ fn me() -> ProcessId {
     identity(Pid::this())
 }
 
+/// Python that sleeps ten minutes, and says so if woken early.
+const SLEEP_PY: &str = "import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')";
+
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
 
 #[cfg(target_arch = "x86_64")]
@@ -257,15 +267,20 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
 #[cfg(not(target_arch = "x86_64"))]
 const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 
+/// An injected `getpid` in `pid` returns `pid`.
+fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
+    assert_eq!(
+        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        u64::from(pid)
+    );
+}
+
 /// Injects calls whose results and effects can be checked from outside.
 fn exercise(target: &Target) {
     let pid = target.pid;
     let injector = target.injector();
     for _ in 0..20 {
-        assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(pid)
-        );
+        getpid_answers(&injector, pid);
     }
     let dumpable = injector
         .syscall(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
@@ -322,9 +337,7 @@ fn python_running_bytecode() {
 #[test]
 fn python_in_long_sleep() {
     let _serial = serial("python_in_long_sleep");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    target.wait_in(target.pid, SLEEPS);
+    let target = Target::asleep();
     exercise(&target);
     // Back in the same sleep, not woken early.
     target.wait_in(target.pid, SLEEPS);
@@ -432,9 +445,7 @@ ep.poll(600)",
 #[test]
 fn stopped_target_stays_stopped() {
     let _serial = serial("stopped_target_stays_stopped");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    target.wait_in(target.pid, SLEEPS);
+    let target = Target::asleep();
     let pid = nix::unistd::Pid::from_raw(i32::from(target.pid));
     nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
     wait_for("the target to stop", || {
@@ -442,10 +453,7 @@ fn stopped_target_stays_stopped() {
     });
     let injector = target.injector();
     for _ in 0..10 {
-        assert_eq!(
-            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(target.pid)
-        );
+        getpid_answers(&injector, target.pid);
     }
     thread::sleep(Duration::from_millis(100));
     assert_eq!(target.state(), ProcessState::Stopped);
@@ -460,10 +468,7 @@ fn stopped_target_stays_stopped() {
 /// 2.0-2.2 s.
 fn inject_during(injector: &SyscallInjector, pid: Pid) {
     for _ in 0..100 {
-        assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(pid)
-        );
+        getpid_answers(injector, pid);
         thread::sleep(Duration::from_millis(12));
     }
 }
@@ -594,10 +599,7 @@ fn seccomp_filtered_target_is_refused() {
     assert!(err.to_string().contains("seccomp"), "{err}");
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
-    assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-        u64::from(pid)
-    );
+    getpid_answers(&injector, pid);
     let injection = injector
         .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
         .unwrap();
@@ -608,22 +610,26 @@ fn seccomp_filtered_target_is_refused() {
     });
 }
 
+/// The seccomp filter of `target` (a helper in a `seccomp-` mode) stops
+/// `prctl`: injected with seccomp allowed, `prctl(PR_GET_DUMPABLE)` fails
+/// with an error of `kind` that says `says`. Returns the injector.
+fn filtered_prctl_fails(target: &Target, kind: std::io::ErrorKind, says: &str) -> SyscallInjector {
+    let injector = target.injector().allow_seccomp(true);
+    let err = injector
+        .inject(target.pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .unwrap_err();
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(err.to_string().contains(says), "{err}");
+    injector
+}
+
 #[test]
 fn seccomp_trap_is_suppressed() {
     let _serial = serial("seccomp_trap_is_suppressed");
     let target = Target::helper("seccomp-trap");
-    let pid = target.pid;
-    let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-    assert!(err.to_string().contains("trapped"), "{err}");
+    let injector = filtered_prctl_fails(&target, std::io::ErrorKind::PermissionDenied, "trapped");
     // No SIGSYS reached it: it lives on, and takes further calls.
-    assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-        u64::from(pid)
-    );
+    getpid_answers(&injector, target.pid);
     thread::sleep(Duration::from_millis(100));
     assert_eq!(target.state(), ProcessState::Sleeping);
 }
@@ -634,18 +640,13 @@ fn seccomp_trap_is_suppressed() {
 fn target_killed_by_the_injected_call_is_reported() {
     let _serial = serial("target_killed_by_the_injected_call_is_reported");
     let mut target = Target::helper("seccomp-kill");
-    let pid = target.pid;
-    let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-    assert!(err.to_string().contains("exited during the grant"), "{err}");
+    let killed = "exited during the grant";
+    filtered_prctl_fails(&target, std::io::ErrorKind::NotFound, killed);
     let exit = target.exit();
     assert_eq!(
         exit,
         Exit {
-            pid,
+            pid: target.pid,
             status: ExitStatus::Signal(libc::SIGSYS)
         }
     );
@@ -702,8 +703,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
 #[test]
 fn yama_granter_on_this_kernel() {
     let _serial = serial("yama_granter_on_this_kernel");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
+    let target = Target::python(SLEEP_PY);
     let pid = identity(target.pid);
     let me = me();
     let mut granter = YamaGranter::new(target.waits());

@@ -48,6 +48,14 @@ fn tempdir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// A file `name` holding `text`, in a test directory of its own.
+fn written(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let path = dir.path().join(name);
+    fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -348,9 +356,7 @@ fn finds_the_runtime_in_libpython_of_an_embedding_host() {
     assert_eq!(stacks[0].native_thread_id, u64::from(target.pid));
     let names: Vec<&str> = stacks[0].frames.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["<module>", "host_loop"]);
-    let dir = tempdir();
-    let script = dir.path().join("hello.py");
-    fs::write(&script, "print('embedded ran', flush=True)\n").unwrap();
+    let (_dir, script) = written("hello.py", "print('embedded ran', flush=True)\n");
     let request = process.remote_exec(&script).unwrap();
     assert_eq!(request.thread(), u64::from(target.pid));
     request.wait_started(SOON).unwrap();
@@ -424,9 +430,7 @@ fn refuses_a_process_that_is_not_python() {
 fn reports_remote_debugging_disabled() {
     let _serial = serial("reports_remote_debugging_disabled");
     let python = python314();
-    let dir = tempdir();
-    let script = dir.path().join("never.py");
-    fs::write(&script, "print('must not run', flush=True)\n").unwrap();
+    let (_dir, script) = written("never.py", "print('must not run', flush=True)\n");
     let by_env = Target::spawn(
         Command::new(&python)
             .args(["-c", BUSY_PY])
@@ -575,14 +579,11 @@ def spin():
         pass
 spin()",
     );
-    let dir = tempdir();
-    let script = dir.path().join("which.py");
-    fs::write(
-        &script,
+    let (_dir, script) = written(
+        "which.py",
         "from concurrent import interpreters\nprint('interp', interpreters.get_current().id, \
          flush=True)\n",
-    )
-    .unwrap();
+    );
     remote_exec(target.pid, &script)
         .unwrap()
         .wait_started(SOON)
@@ -804,12 +805,9 @@ fn frame_names(stack: &ThreadStack) -> Vec<&str> {
 #[test]
 fn stack_dump_of_a_multi_threaded_target() {
     let _serial = serial("stack_dump_of_a_multi_threaded_target");
-    let python = python314();
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
+    let (_dir, file) = written("threads.py", THREADS_PY);
     let filename = file.to_str().unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     let ids = thread_ids(&target, 5);
     let lines = marker_lines(THREADS_PY);
     let line = |marker: &str| Some(lines[marker]);
@@ -902,14 +900,11 @@ fn stack_dump_of_a_multi_threaded_target() {
 #[test]
 fn stack_dump_agrees_with_py_spy() {
     let _serial = serial("stack_dump_agrees_with_py_spy");
-    let python = python314();
     let Some(py_spy) = existing("HELI_PY_SPY", "/opt/heli/tools/bin/py-spy") else {
         panic!("no py-spy: run scripts/test.sh (it installs py-spy) or set HELI_PY_SPY");
     };
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let (_dir, file) = written("threads.py", THREADS_PY);
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     thread_ids(&target, 5);
     let output = Command::new(&py_spy)
         .args(["dump", "--pid", &target.pid.to_string()])

@@ -51,6 +51,13 @@ fn traced(pid: Pid) -> Killed {
     strace
 }
 
+/// A [`busy_target`] that `strace` traces until dropped.
+fn traced_busy_target() -> (Target, Killed) {
+    let target = busy_target();
+    let strace = traced(target.pid);
+    (target, strace)
+}
+
 /// Who `pid` is now.
 fn identity(pid: Pid) -> ProcessId {
     ProcFs.identity(pid).unwrap().expect("a running process")
@@ -101,9 +108,8 @@ fn remote_exec_runs_the_prctl_in_the_target() {
 #[test]
 fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
     let _serial = serial("auto_falls_back_to_remote_exec_when_the_target_is_traced");
-    let target = busy_target();
+    let (target, strace) = traced_busy_target();
     let pid = target.pid;
-    let strace = traced(pid);
     let mut granter = YamaGranter::new(ChildWaits::default());
     assert_eq!(granter.grant_method(), GrantMethod::Auto);
     let result = granter.grant(identity(pid), me());
@@ -132,9 +138,8 @@ fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
 #[test]
 fn ptrace_only_names_the_tracer_of_a_traced_target() {
     let _serial = serial("ptrace_only_names_the_tracer_of_a_traced_target");
-    let target = busy_target();
+    let (target, strace) = traced_busy_target();
     let pid = target.pid;
-    let strace = traced(pid);
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
     let err = granter.grant(identity(pid), me()).unwrap_err();
