@@ -253,6 +253,12 @@ impl<T: Fresh> Server<T> {
         assert!(err.to_string().contains(&format!("{mode:04o}")), "{err}");
         assert!(self.seen().is_empty());
         fs::set_permissions(self.dir(), fs::Permissions::from_mode(0o700)).unwrap();
+        self.still_serves();
+    }
+
+    /// The controller still answers clients; then it stops, its `serve`
+    /// ending without an error.
+    pub(crate) fn still_serves(self) {
         assert_eq!(self.client().target_pid().unwrap(), TARGET);
         self.shut_down().unwrap();
     }

@@ -29,6 +29,18 @@ pub(crate) fn bounded<T: Send + 'static>(
     }
 }
 
+/// Declares each `name: secs` as a test, in a module `watched`, that runs
+/// the function `name` under a watchdog of `secs` seconds ([`bounded`]).
+/// A function left out of the list is never used, and the compiler says so.
+#[macro_export]
+macro_rules! watched {
+    ($($name:ident: $secs:literal),* $(,)?) => {
+        mod watched {
+            $(#[test] fn $name() { $crate::common::bounded($secs, super::$name) })*
+        }
+    };
+}
+
 /// Waits for `thread` to finish, at most `limit`.
 pub(crate) fn join_within<T>(thread: JoinHandle<T>, limit: Duration) -> T {
     wait_until(limit, "the thread is still running", || {
