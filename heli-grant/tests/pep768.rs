@@ -30,6 +30,7 @@ use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
     PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
 };
+use heli_proc::{Mapping, Proc};
 
 // ---------------------------------------------------------------- harness
 
@@ -378,8 +379,12 @@ fn finds_the_runtime_of_a_deleted_executable() {
             .env("PYTHONHOME", home),
     );
     fs::remove_file(&copy).unwrap();
-    let maps = fs::read_to_string(format!("/proc/{}/maps", target.pid)).unwrap();
-    assert!(maps.contains("python3.14-copy (deleted)"));
+    let maps = Proc::open_existing(target.pid).unwrap().maps().unwrap();
+    let deleted = |m: &Mapping| {
+        m.file()
+            .is_some_and(|f| f.ends_with("python3.14-copy (deleted)"))
+    };
+    assert!(maps.iter().any(deleted), "{maps:#?}");
     let process = PyProcess::open(target.pid).unwrap();
     assert_eq!(
         process.library(),
