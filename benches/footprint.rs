@@ -15,12 +15,16 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{benchmarking, python};
 
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -32,9 +36,8 @@ fn profile_dir() -> PathBuf {
 fn controller_exe() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let dir = profile_dir();
-    let benchmarking = std::env::args().any(|a| a == "--bench");
     BUILT.call_once(|| {
-        if !benchmarking {
+        if !benchmarking() {
             return;
         }
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -48,15 +51,6 @@ fn controller_exe() -> PathBuf {
         );
     });
     dir.join("examples/controller")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
-        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
 }
 
 struct Running {
@@ -144,8 +138,7 @@ fn switches(pid: u32) -> u64 {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let (starts, idle) = if benchmarking {
+    let (starts, idle) = if benchmarking() {
         (20, Duration::from_secs(10))
     } else {
         (1, Duration::from_secs(1))

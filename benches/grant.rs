@@ -14,8 +14,9 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,20 +26,13 @@ use heli::core::{Client, Controller, ErrorKind};
 use heli::grant::{AutoGranter, ChildWaits, GranterChoice, ProcessSupervisor, SyscallInjector};
 use heli::transport::FifoTransport;
 
+use common::{benchmarking, percentiles, python, time_each};
+
 const STATES: [(&str, &str); 3] = [
     ("busy in Python", "while True: pass"),
     ("asleep", "import time; time.sleep(100000)"),
     ("blocked in read()", "import sys; sys.stdin.buffer.read()"),
 ];
-
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
-        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
-}
 
 /// The target's command; its stdin is a pipe whose writing end the caller
 /// keeps open and never writes to, so the `read()` case blocks on it.
@@ -142,14 +136,7 @@ impl Drop for Bare {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99), *samples.last().unwrap())
-}
-
 fn table(rounds: usize) {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "\n{rounds} grants per case (kernel ptrace_scope: {})",
         heli::grant::PtraceScope::current().unwrap()
@@ -159,36 +146,15 @@ fn table(rounds: usize) {
     for (state, code) in STATES {
         for choice in [GranterChoice::Noop, GranterChoice::Yama] {
             let running = Running::start(code, choice);
-            let samples: Vec<Duration> = (0..rounds)
-                .map(|_| {
-                    let start = Instant::now();
-                    running.grant();
-                    start.elapsed()
-                })
-                .collect();
+            let samples = time_each(rounds, || running.grant(), drop);
             let (median, p99, max) = percentiles(samples);
             println!(
-                "| GRANT_ACCESS -> reply, {choice} granter | {state} | {:.3} | {:.3} | {:.3} |",
-                ms(median),
-                ms(p99),
-                ms(max)
+                "| GRANT_ACCESS -> reply, {choice} granter | {state} | {median:.3} | {p99:.3} | {max:.3} |"
             );
         }
         let bare = Bare::start(code);
-        let samples: Vec<Duration> = (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                bare.inject();
-                start.elapsed()
-            })
-            .collect();
-        let (median, p99, max) = percentiles(samples);
-        println!(
-            "| injection of getpid alone | {state} | {:.3} | {:.3} | {:.3} |",
-            ms(median),
-            ms(p99),
-            ms(max)
-        );
+        let (median, p99, max) = percentiles(time_each(rounds, || bare.inject(), drop));
+        println!("| injection of getpid alone | {state} | {median:.3} | {p99:.3} | {max:.3} |");
     }
     let _ = std::io::stdout().flush();
 }
@@ -211,9 +177,8 @@ criterion_group! {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    table(if benchmarking { 1000 } else { 5 });
-    if benchmarking {
+    table(if benchmarking() { 1000 } else { 5 });
+    if benchmarking() {
         benches();
         Criterion::default().configure_from_args().final_summary();
     }

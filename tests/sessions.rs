@@ -1,19 +1,20 @@
 //! The Unix socket transport end to end: sessions and their listing, grants
 //! tied to connections, take-over, spoofed grants, a killed controller.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
 use heli::core::Processes;
 use nix::sys::signal::Signal;
 
-use crate::util::{alive, example, python314, run, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{
+    alive, end, example, python314, python_saying, run, saying, serial, wait_for, Controller, Kind,
+    SOON,
+};
 
 /// A Python process that connects to the session socket, asks for a grant
-/// for itself, prints the reply and then does what `then` says: `hold` keeps
-/// the connection until killed, `close` closes it and stays alive.
-fn grant_holder(controller: &Controller, then: &str) -> (std::process::Child, String) {
+/// for itself, is granted (`READY`) and then does what `then` says: `hold`
+/// keeps the connection until killed, `close` closes it and stays alive.
+fn grant_holder(controller: &Controller, then: &str) -> std::process::Child {
     let socket = controller.fifo_dir.join("test.sock");
     let code = format!(
         r#"
@@ -28,25 +29,14 @@ time.sleep(600)
 "#,
         socket = socket.to_str().unwrap(),
     );
-    let mut child = Command::new(python314())
-        .args(["-c", &code])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_owned())
+    let (holder, reply) = python_saying(&code);
+    assert_eq!(reply, "READY");
+    holder
 }
 
 /// `STATUS` over the socket, as (holder, whole line).
 fn status(controller: &Controller) -> (Option<u32>, String) {
-    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
-    stream.set_read_timeout(Some(SOON)).unwrap();
-    stream.write_all(b"STATUS\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
+    let line = controller.session().ask("STATUS\n");
     let holder = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("holder="))
@@ -63,34 +53,29 @@ fn holder_becomes(controller: &Controller, expected: Option<u32>) {
 #[test]
 fn a_grant_ends_when_its_connection_closes_or_its_client_dies() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
 
-    let (mut holder, reply) = grant_holder(&controller, "hold");
-    assert_eq!(reply, "READY");
+    let holder = grant_holder(&controller, "hold");
     holder_becomes(&controller, Some(holder.id()));
     // The client crashes: its connection closes, the grant is revoked.
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    end(holder);
     holder_becomes(&controller, None);
     wait_for("the revocation", SOON, || {
         controller.log_text().contains("closed: revoking its grant")
     });
 
     // The client closes its connection but lives on: revoked all the same.
-    let (mut closer, reply) = grant_holder(&controller, "close");
-    assert_eq!(reply, "READY");
+    let closer = grant_holder(&controller, "close");
     holder_becomes(&controller, None);
     assert!(alive(closer.id()));
-    closer.kill().unwrap();
-    closer.wait().unwrap();
+    end(closer);
 }
 
 #[test]
 fn a_second_client_is_refused_unless_it_takes_over() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
-    let (mut holder, reply) = grant_holder(&controller, "hold");
-    assert_eq!(reply, "READY");
+    let controller = Controller::demo(Kind::Socket);
+    let holder = grant_holder(&controller, "hold");
 
     let (status_code, _, stderr) = controller.run_client(&["attach"]);
     assert_eq!(status_code.code(), Some(1), "{stderr}");
@@ -113,24 +98,16 @@ fn a_second_client_is_refused_unless_it_takes_over() {
         controller.log_text()
     );
     assert_ne!(status(&controller).0, Some(holder.id()));
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    end(holder);
 }
 
 #[test]
 fn grants_for_processes_other_than_the_client_or_its_descendants_are_refused() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
-    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
-    stream.set_read_timeout(Some(SOON)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut child = Command::new("sleep").arg("100").spawn().unwrap();
-    let mut ask = |request: String| {
-        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    };
+    let controller = Controller::demo(Kind::Socket);
+    let mut session = controller.session();
+    let child = Command::new("sleep").arg("100").spawn().unwrap();
+    let mut ask = |request: String| session.ask(&format!("{request}\n"));
     // Not ours: init, our parent. (The controller and its target are this
     // test's descendants: the transport's own tests cover unrelated pids.)
     for pid in [1, std::os::unix::process::parent_id()] {
@@ -146,8 +123,7 @@ fn grants_for_processes_other_than_the_client_or_its_descendants_are_refused() {
         "READY\n"
     );
     assert_eq!(ask(format!("GRANT_ACCESS {} FORCE", child.id())), "READY\n");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    end(child);
 }
 
 /// The controller's rule against a hundred processes that are not the
@@ -158,7 +134,7 @@ fn grants_for_processes_other_than_the_client_or_its_descendants_are_refused() {
 #[test]
 fn a_hundred_grants_for_processes_not_the_clients_are_refused() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let me = std::process::id();
     let my_start = start_time(me).unwrap();
     let seed = std::time::SystemTime::now()
@@ -171,17 +147,11 @@ fn a_hundred_grants_for_processes_not_the_clients_are_refused() {
     // Our parent, init, and a process that was our descendant until its
     // parent exited (it is init's, or a subreaper's, now).
     let mut pids = vec![1, std::os::unix::process::parent_id()];
-    let mut orphaner = Command::new("sh")
-        .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(orphaner.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut orphaner = Command::new("sh");
+    orphaner.args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"]);
+    let (mut orphaner, line) = saying(orphaner);
     orphaner.wait().unwrap();
-    let orphan: u32 = line.trim().parse().unwrap();
+    let orphan: u32 = line.parse().unwrap();
     pids.push(orphan);
     // A child of ours that ended and was reaped.
     let mut gone = Command::new("true").spawn().unwrap();
@@ -209,15 +179,8 @@ fn a_hundred_grants_for_processes_not_the_clients_are_refused() {
     }
     assert_eq!(pids.len(), 100);
 
-    let mut stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
-    stream.set_read_timeout(Some(SOON)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut ask = |request: &str| {
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    };
+    let mut session = controller.session();
+    let mut ask = |request: &str| session.ask(request);
     let refusal = |pid: u32| {
         format!(
             "ERROR: GRANT_ACCESS {pid} refused: it must be your own process or one of its \
@@ -286,14 +249,14 @@ fn sessions_are_listed_chosen_and_cleaned() {
         (status.code(), out, err)
     };
     let runtime = dir.path().join("heli");
-    let mut web = start("web");
+    let web = start("web");
     wait_for("session web", SOON, || runtime.join("web.sock").exists());
     // One session: picked without --session.
     let (code, out, err) = client(&["pid"]);
     assert_eq!(code, Some(0), "{err}");
     let web_target: u32 = out.trim().parse().unwrap();
 
-    let mut worker = start("worker");
+    let worker = start("worker");
     wait_for("session worker", SOON, || {
         runtime.join("worker.sock").exists()
     });
@@ -312,8 +275,7 @@ fn sessions_are_listed_chosen_and_cleaned() {
     );
 
     // A dead controller's socket, and a file that is no session.
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    end(worker);
     std::fs::write(runtime.join("notes.sock"), "not a socket").unwrap();
     let (code, out, err) = client(&["--list"]);
     assert_eq!(code, Some(0), "{err}");
@@ -343,14 +305,13 @@ fn sessions_are_listed_chosen_and_cleaned() {
     ] {
         assert!(out.contains(field), "{field}: {out}");
     }
-    web.kill().unwrap();
-    web.wait().unwrap();
+    end(web);
 }
 
 #[test]
 fn a_killed_controller_takes_its_target_along_and_its_session_is_replaced() {
     let _serial = serial();
-    let mut controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let mut controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
     controller.signal(Signal::SIGKILL as i32);
     controller.wait();
@@ -362,7 +323,7 @@ fn a_killed_controller_takes_its_target_along_and_its_session_is_replaced() {
     let (code, _, stderr) = controller.run_client(&["pid"]);
     assert_eq!(code.code(), Some(3), "{stderr}");
     // The next controller with that name replaces the stale socket.
-    let mut next = Command::new(example("controller"))
+    let next = Command::new(example("controller"))
         .args(["--name", "test", "--", "sleep", "100"])
         .env("XDG_RUNTIME_DIR", controller.dir.path())
         .stdout(Stdio::null())
@@ -372,6 +333,5 @@ fn a_killed_controller_takes_its_target_along_and_its_session_is_replaced() {
     wait_for("the new controller serves", SOON, || {
         controller.run_client(&["pid"]).0.success()
     });
-    next.kill().unwrap();
-    next.wait().unwrap();
+    end(next);
 }

@@ -7,45 +7,34 @@
 //!
 //! The targets are Debian's CPython 3.14 (`$HELI_PYTHON` or
 //! `/opt/heli/py314/usr/bin/python3.14`) and pyenv's 3.13
-//! (`$HELI_PYTHON313`); a test whose Python is missing says so and passes.
+//! (`$HELI_PYTHON313`); a test whose Python is missing fails saying how to
+//! get it (never a skip).
 //! Each test holds a global lock (timing tests must not overlap) and a
 //! watchdog that aborts the run after a minute.
 
 mod common;
 
-use common::{heli_dirs, serial, SOON};
+use common::{build_c, existing, heli_dirs, python314, serial, wait_for, Target, SOON};
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
 use heli_core::Pid;
 use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
     PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
 };
+use heli_proc::{Mapping, Proc};
 
 // ---------------------------------------------------------------- harness
 
-fn existing(var: &str, default: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(default)])
-        .find(|path| path.exists())
-}
-
-fn python314() -> Option<PathBuf> {
-    existing("HELI_PYTHON", "/opt/heli/py314/usr/bin/python3.14")
-}
-
+/// pyenv's CPython 3.13, if it is installed.
 fn python313() -> Option<PathBuf> {
     existing(
         "HELI_PYTHON313",
@@ -53,98 +42,19 @@ fn python313() -> Option<PathBuf> {
     )
 }
 
-/// The interpreter, or a failure saying how to get it (never a skip).
-macro_rules! need {
-    ($python:expr) => {
-        match $python {
-            Some(path) => path,
-            None => panic!(
-                "Python not found: run scripts/test.sh (it installs Python 3.14), \
-                 or set HELI_PYTHON / HELI_PYTHON313"
-            ),
-        }
-    };
-}
-
-/// A target whose stdout lines we read; killed when dropped.
-struct Target {
-    child: Child,
-    pid: Pid,
-    lines: Receiver<String>,
-}
-
-impl Target {
-    fn spawn(command: &mut Command) -> Target {
-        command.stdin(Stdio::null()).stdout(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let pid = Pid::new(child.id()).unwrap();
-        let target = Target { child, pid, lines };
-        target.line_matching("ready");
-        target
-    }
-
-    fn python(python: &Path, code: &str) -> Target {
-        Target::spawn(Command::new(python).args(["-c", code]))
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
-    }
-
-    fn line_matching(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let line = self.line();
-            if line.starts_with(prefix) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} from PID {}",
-                self.pid
-            );
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("heli-pep768-test-")
         .tempdir()
         .unwrap()
+}
+
+/// A file `name` holding `text`, in a test directory of its own.
+fn written(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let path = dir.path().join(name);
+    fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -167,28 +77,12 @@ const SLEEP_PY: &str = "import time\nprint('ready', flush=True)\ntime.sleep(600)
 
 // ---------------------------------------------------------------- ELF files
 
-/// The note's byte positions and the values measured on Debian's 3.14.10.
-const NOTE_TABLE: &[(&str, &str, usize, u64)] = &[
-    ("header", "version", 8, 0x030E_0AF0),
-    ("header", "free_threaded", 16, 0),
-    ("runtime_state", "size", 24, 0x4d4c8),
-    ("runtime_state", "interpreters_head", 40, 0x328),
-    ("interpreter_state", "id", 56, 0x1c70),
-    ("interpreter_state", "next", 64, 0x1c68),
-    ("interpreter_state", "threads_head", 72, 0x1cb0),
-    ("interpreter_state", "threads_main", 80, 0x1cc0),
-    ("thread_state", "next", 192, 0x8),
-    ("thread_state", "native_thread_id", 224, 0xa0),
-    ("debugger_support", "eval_breaker", 712, 0x18),
-    ("debugger_support", "remote_debugger_support", 720, 0x130),
-    ("debugger_support", "remote_debugging_enabled", 728, 0x1f8c),
-    ("debugger_support", "debugger_pending_call", 736, 0),
-    ("debugger_support", "debugger_script_path", 744, 4),
-    ("debugger_support", "debugger_script_path_size", 752, 512),
-];
+/// The note's byte positions and the values measured on Debian's 3.14.10
+/// (the unit tests of `DebugOffsets` share them).
+const NOTE_TABLE: &[(&str, &str, usize, u64)] = include!("data/debug_offsets_3_14_10.rs");
 
 fn libpython314() -> Option<PathBuf> {
-    let python = python314()?;
+    let python = python314();
     let lib = python
         .parent()?
         .parent()?
@@ -215,7 +109,7 @@ fn readelf_section(path: &Path) -> Option<(u64, u64)> {
 #[test]
 fn elf_and_offsets_of_the_real_binaries() {
     let _serial = serial("elf_and_offsets_of_the_real_binaries");
-    let python = need!(python314());
+    let python = python314();
     let mut files = vec![python.clone()];
     files.extend(libpython314());
     for file in &files {
@@ -289,7 +183,7 @@ fn elf_and_offsets_of_the_real_binaries() {
 #[test]
 fn corrupt_copies_of_the_real_binary() {
     let _serial = serial("corrupt_copies_of_the_real_binary");
-    let python = need!(python314());
+    let python = python314();
     let elf = fs::read(&python).unwrap();
     let good = PyRuntimeSection::parse(&elf).unwrap().unwrap();
     let le64 = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
@@ -371,8 +265,8 @@ fn corrupt_copies_of_the_real_binary() {
 #[test]
 fn finds_the_runtime_of_a_static_python() {
     let _serial = serial("finds_the_runtime_of_a_static_python");
-    let python = need!(python314());
-    let target = Target::python(&python, SLEEP_PY);
+    let python = python314();
+    let target = Target::python(SLEEP_PY);
     let start = Instant::now();
     let process = PyProcess::open(target.pid).unwrap();
     eprintln!("opened PID {} in {:?}", target.pid, start.elapsed());
@@ -417,25 +311,7 @@ int main(int argc, char **argv) {
 /// application embedding Python does (no thread is the "main" one there).
 fn embedding_host() -> &'static Path {
     static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-embed-host");
-        let tmp = dir.join(format!("heli-embed-host-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, EMBED_HOST_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?}: {err}"));
-        assert!(status.success(), "building the embedding host failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
+    HOST.get_or_init(|| build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"]))
 }
 
 /// Runs `code` in the embedding host with the project's libpython3.14.so
@@ -481,19 +357,17 @@ fn finds_the_runtime_in_libpython_of_an_embedding_host() {
     assert_eq!(stacks[0].native_thread_id, u64::from(target.pid));
     let names: Vec<&str> = stacks[0].frames.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["<module>", "host_loop"]);
-    let dir = tempdir();
-    let script = dir.path().join("hello.py");
-    fs::write(&script, "print('embedded ran', flush=True)\n").unwrap();
+    let (_dir, script) = written("hello.py", "print('embedded ran', flush=True)\n");
     let request = process.remote_exec(&script).unwrap();
     assert_eq!(request.thread(), u64::from(target.pid));
     request.wait_started(SOON).unwrap();
-    assert_eq!(target.line_matching("embedded"), "embedded ran");
+    assert_eq!(target.lines.skip_to("embedded"), "embedded ran");
 }
 
 #[test]
 fn finds_the_runtime_of_a_deleted_executable() {
     let _serial = serial("finds_the_runtime_of_a_deleted_executable");
-    let python = need!(python314());
+    let python = python314();
     let home = python.parent().unwrap().parent().unwrap();
     let dir = tempdir();
     let copy = dir.path().join("python3.14-copy");
@@ -505,8 +379,12 @@ fn finds_the_runtime_of_a_deleted_executable() {
             .env("PYTHONHOME", home),
     );
     fs::remove_file(&copy).unwrap();
-    let maps = fs::read_to_string(format!("/proc/{}/maps", target.pid)).unwrap();
-    assert!(maps.contains("python3.14-copy (deleted)"));
+    let maps = Proc::open_existing(target.pid).unwrap().maps().unwrap();
+    let deleted = |m: &Mapping| {
+        m.file()
+            .is_some_and(|f| f.ends_with("python3.14-copy (deleted)"))
+    };
+    assert!(maps.iter().any(deleted), "{maps:#?}");
     let process = PyProcess::open(target.pid).unwrap();
     assert_eq!(
         process.library(),
@@ -520,8 +398,8 @@ fn finds_the_runtime_of_a_deleted_executable() {
 #[test]
 fn refuses_python_3_13() {
     let _serial = serial("refuses_python_3_13");
-    let python = need!(python313());
-    let target = Target::python(&python, SLEEP_PY);
+    let python = python313().expect("Python 3.13 not found: set HELI_PYTHON313");
+    let target = Target::spawn(Command::new(python).args(["-c", SLEEP_PY]));
     let err = PyProcess::open(target.pid).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::TooOld, "{err}");
     assert!(err.to_string().contains("CPython 3.13.0"), "{err}");
@@ -556,10 +434,8 @@ fn refuses_a_process_that_is_not_python() {
 #[test]
 fn reports_remote_debugging_disabled() {
     let _serial = serial("reports_remote_debugging_disabled");
-    let python = need!(python314());
-    let dir = tempdir();
-    let script = dir.path().join("never.py");
-    fs::write(&script, "print('must not run', flush=True)\n").unwrap();
+    let python = python314();
+    let (_dir, script) = written("never.py", "print('must not run', flush=True)\n");
     let by_env = Target::spawn(
         Command::new(&python)
             .args(["-c", BUSY_PY])
@@ -583,21 +459,17 @@ fn reports_remote_debugging_disabled() {
         let stacks = process.stack_dump().unwrap();
         assert!(stacks[0].frames.iter().any(|f| f.name == "spin"));
     }
-    assert!(by_env
-        .lines
-        .recv_timeout(Duration::from_millis(200))
-        .is_err());
+    by_env.lines.none_within(Duration::from_millis(200));
 }
 
 #[test]
 fn permission_denied_explains_ptrace_rights() {
     let _serial = serial("permission_denied_explains_ptrace_rights");
-    let python = need!(python314());
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test drops a thread to another user: run it as root (CI does)"
     );
-    let target = Target::python(&python, SLEEP_PY);
+    let target = Target::python(SLEEP_PY);
     let pid = target.pid;
     // A thread of ours as nobody: the raw system call changes the calling
     // thread's credentials only (glibc's setresuid would change all).
@@ -623,8 +495,7 @@ fn permission_denied_explains_ptrace_rights() {
 #[test]
 fn remote_exec_runs_a_script_in_a_busy_target() {
     let _serial = serial("remote_exec_runs_a_script_in_a_busy_target");
-    let python = need!(python314());
-    let target = Target::python(&python, BUSY_PY);
+    let target = Target::python(BUSY_PY);
     let dir = tempdir();
     let script = dir.path().join("hello.py");
     let marker = dir.path().join("marker");
@@ -641,7 +512,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
     assert_eq!(request.script(), script);
     let waited = request.wait_started(SOON).unwrap();
     assert!(!request.is_pending().unwrap());
-    assert_eq!(target.line_matching("ran in"), "ran in spin builtins");
+    assert_eq!(target.lines.skip_to("ran in"), "ran in spin builtins");
     assert_eq!(fs::read_to_string(&marker).unwrap(), target.pid.to_string());
     eprintln!("the busy target began the script after {waited:?}");
     // Again, and again: each request runs once.
@@ -650,7 +521,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
             .unwrap()
             .wait_started(SOON)
             .unwrap();
-        target.line_matching("ran in");
+        target.lines.skip_to("ran in");
     }
     // A relative path is made absolute from our working directory.
     let cwd = std::env::current_dir().unwrap();
@@ -658,7 +529,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
     let request = remote_exec(target.pid, &relative).unwrap();
     assert_eq!(request.script(), cwd.join(&relative));
     request.wait_started(SOON).unwrap();
-    target.line_matching("ran in");
+    target.lines.skip_to("ran in");
 }
 
 /// `path` relative to `base` (both absolute).
@@ -674,8 +545,7 @@ fn pathdiff(path: &Path, base: &Path) -> PathBuf {
 #[test]
 fn remote_exec_refuses_bad_paths() {
     let _serial = serial("remote_exec_refuses_bad_paths");
-    let python = need!(python314());
-    let target = Target::python(&python, SLEEP_PY);
+    let target = Target::python(SLEEP_PY);
     let process = PyProcess::open(target.pid).unwrap();
     let size = process
         .debug_offsets()
@@ -701,10 +571,8 @@ fn remote_exec_refuses_bad_paths() {
 #[test]
 fn remote_exec_chooses_the_main_interpreter() {
     let _serial = serial("remote_exec_chooses_the_main_interpreter");
-    let python = need!(python314());
     // A subinterpreter, newer than the main one, heads the list.
     let target = Target::python(
-        &python,
         "import threading
 from concurrent import interpreters
 sub = interpreters.create()
@@ -716,19 +584,16 @@ def spin():
         pass
 spin()",
     );
-    let dir = tempdir();
-    let script = dir.path().join("which.py");
-    fs::write(
-        &script,
+    let (_dir, script) = written(
+        "which.py",
         "from concurrent import interpreters\nprint('interp', interpreters.get_current().id, \
          flush=True)\n",
-    )
-    .unwrap();
+    );
     remote_exec(target.pid, &script)
         .unwrap()
         .wait_started(SOON)
         .unwrap();
-    assert_eq!(target.line_matching("interp"), "interp 0");
+    assert_eq!(target.lines.skip_to("interp"), "interp 0");
     let stacks = stack_dump(target.pid).unwrap();
     let interpreters: Vec<u64> = stacks.iter().map(|s| s.interpreter_id).collect();
     assert!(
@@ -741,8 +606,7 @@ spin()",
 #[test]
 fn remote_prctl_reports_the_call() {
     let _serial = serial("remote_prctl_reports_the_call");
-    let python = need!(python314());
-    let target = Target::python(&python, BUSY_PY);
+    let target = Target::python(BUSY_PY);
     let pid = target.pid;
     let before = heli_dirs();
     // A per-thread setting anyone can read back: the timer slack of the
@@ -805,8 +669,7 @@ fn remote_prctl_reports_the_call() {
 #[test]
 fn remote_prctl_times_out_on_a_target_blocked_in_c() {
     let _serial = serial("remote_prctl_times_out_on_a_target_blocked_in_c");
-    let python = need!(python314());
-    let mut target = Target::python(&python, &format!("{SLEEP_PY}\nprint('woke', flush=True)"));
+    let mut target = Target::python(&format!("{SLEEP_PY}\nprint('woke', flush=True)"));
     let before = heli_dirs();
     let timeout = Duration::from_millis(700);
     let start = Instant::now();
@@ -824,19 +687,14 @@ fn remote_prctl_times_out_on_a_target_blocked_in_c() {
     let process = PyProcess::open(target.pid).unwrap();
     assert!(process.remote_debugging_enabled().unwrap());
     assert_eq!(heli_dirs(), before);
-    assert!(target
-        .lines
-        .recv_timeout(Duration::from_millis(100))
-        .is_err());
+    target.lines.none_within(Duration::from_millis(100));
     assert!(target.alive());
 }
 
 #[test]
 fn remote_prctl_waits_for_a_target_between_sleeps() {
     let _serial = serial("remote_prctl_waits_for_a_target_between_sleeps");
-    let python = need!(python314());
     let target = Target::python(
-        &python,
         "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.05)",
     );
     let mut samples = Vec::new();
@@ -935,7 +793,7 @@ fn marker_lines(source: &str) -> HashMap<String, u32> {
 fn thread_ids(target: &Target, count: usize) -> HashMap<String, (u64, u64)> {
     let mut ids = HashMap::new();
     while ids.len() < count {
-        let line = target.line_matching("tid ");
+        let line = target.lines.skip_to("tid ");
         let fields: Vec<&str> = line.split_whitespace().collect();
         ids.insert(
             fields[1].to_owned(),
@@ -952,12 +810,9 @@ fn frame_names(stack: &ThreadStack) -> Vec<&str> {
 #[test]
 fn stack_dump_of_a_multi_threaded_target() {
     let _serial = serial("stack_dump_of_a_multi_threaded_target");
-    let python = need!(python314());
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
+    let (_dir, file) = written("threads.py", THREADS_PY);
     let filename = file.to_str().unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     let ids = thread_ids(&target, 5);
     let lines = marker_lines(THREADS_PY);
     let line = |marker: &str| Some(lines[marker]);
@@ -1050,14 +905,11 @@ fn stack_dump_of_a_multi_threaded_target() {
 #[test]
 fn stack_dump_agrees_with_py_spy() {
     let _serial = serial("stack_dump_agrees_with_py_spy");
-    let python = need!(python314());
     let Some(py_spy) = existing("HELI_PY_SPY", "/opt/heli/tools/bin/py-spy") else {
         panic!("no py-spy: run scripts/test.sh (it installs py-spy) or set HELI_PY_SPY");
     };
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let (_dir, file) = written("threads.py", THREADS_PY);
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     thread_ids(&target, 5);
     let output = Command::new(&py_spy)
         .args(["dump", "--pid", &target.pid.to_string()])
@@ -1101,7 +953,6 @@ fn stack_dump_agrees_with_py_spy() {
 #[test]
 fn stack_dump_timing() {
     let _serial = serial("stack_dump_timing");
-    let python = need!(python314());
     for threads in [1usize, 10, 100] {
         // `threads` threads in all, each 20 frames deep, sleeping.
         let code = format!(
@@ -1117,7 +968,7 @@ print('ready', flush=True)
 deep(19)",
             threads - 1
         );
-        let target = Target::python(&python, &code);
+        let target = Target::python(&code);
         let process = PyProcess::open(target.pid).unwrap();
         wait_for("every thread asleep", || {
             process
@@ -1148,11 +999,9 @@ deep(19)",
 #[test]
 fn stack_dump_of_a_busy_target_stays_consistent() {
     let _serial = serial("stack_dump_of_a_busy_target_stays_consistent");
-    let python = need!(python314());
     // Calls and returns all the time: the hardest case for a reader that
     // does not stop the target.
     let target = Target::python(
-        &python,
         "def leaf(x):
     return x + 1
 def middle(x):

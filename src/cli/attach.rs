@@ -290,30 +290,31 @@ mod tests {
         assert!(scope_allows(PtraceScope::AdminOnly, true).is_ok());
     }
 
+    /// At `scope`, with the capability or not (`cap`), attaching is
+    /// impossible: the message explains the scope, then gives `advice`.
+    fn assert_impossible(scope: PtraceScope, cap: bool, advice: &str) {
+        let failure = scope_allows(scope, cap).unwrap_err();
+        assert_eq!(failure.exit, ClientExit::Impossible);
+        let explained = format!("Cannot attach: {}.\n{advice}", scope.explain());
+        assert_eq!(failure.message, explained);
+    }
+
     #[test]
     fn admin_only_without_the_capability_is_impossible() {
-        let failure = scope_allows(PtraceScope::AdminOnly, false).unwrap_err();
-        assert_eq!(failure.exit, ClientExit::Impossible);
-        assert_eq!(
-            failure.message,
-            format!(
-                "Cannot attach: {}.\nAs root: sysctl kernel.yama.ptrace_scope=1 (heli grants access at scope 1).",
-                PtraceScope::AdminOnly.explain()
-            )
+        assert_impossible(
+            PtraceScope::AdminOnly,
+            false,
+            "As root: sysctl kernel.yama.ptrace_scope=1 (heli grants access at scope 1).",
         );
     }
 
     #[test]
     fn no_attach_is_impossible_even_with_the_capability() {
         for cap in [false, true] {
-            let failure = scope_allows(PtraceScope::NoAttach, cap).unwrap_err();
-            assert_eq!(failure.exit, ClientExit::Impossible);
-            assert_eq!(
-                failure.message,
-                format!(
-                    "Cannot attach: {}.\nOnly a reboot (with a lower kernel.yama.ptrace_scope) lifts it.",
-                    PtraceScope::NoAttach.explain()
-                )
+            assert_impossible(
+                PtraceScope::NoAttach,
+                cap,
+                "Only a reboot (with a lower kernel.yama.ptrace_scope) lifts it.",
             );
         }
     }

@@ -339,27 +339,19 @@ mod tests {
 
     #[test]
     fn global_options_go_before_or_after_the_command() {
+        let options = [
+            "--transport",
+            "fifo",
+            "--fifo-dir",
+            "/d",
+            "--timeout",
+            "0.5",
+        ];
         for args in [
-            &[
-                "--transport",
-                "fifo",
-                "--fifo-dir",
-                "/d",
-                "--timeout",
-                "0.5",
-                "status",
-            ][..],
-            &[
-                "status",
-                "--transport",
-                "fifo",
-                "--fifo-dir",
-                "/d",
-                "--timeout",
-                "0.5",
-            ],
+            [&options[..], &["status"]].concat(),
+            [&["status"][..], &options].concat(),
         ] {
-            let args = parse(args);
+            let args = parse(&args);
             assert_eq!(args.transport, TransportKind::Fifo);
             assert_eq!(args.fifo_dir, Some(PathBuf::from("/d")));
             assert_eq!(args.timeout, 0.5);

@@ -207,20 +207,19 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
     if let Some(max) = args.max_restarts {
         restart = restart.max_restarts(max);
     }
+    let settings = Settings {
+        grace,
+        restart,
+        scope,
+        grant_method,
+    };
     match args.transport {
         TransportKind::Fifo => {
             let transport = match &args.fifo_dir {
                 Some(dir) => FifoTransport::new(dir),
                 None => FifoTransport::for_current_user()?,
             };
-            serve(
-                transport,
-                granter,
-                supervisor,
-                (grace, restart),
-                (scope, grant_method),
-                None,
-            )
+            serve(transport, granter, supervisor, settings, None)
         }
         TransportKind::Socket => {
             let name = match &args.name {
@@ -228,36 +227,38 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
                 None => default_session_name(&args.target[0], std::process::id()),
             };
             let transport = UnixSocketTransport::session(&name)?;
-            serve(
-                transport,
-                granter,
-                supervisor,
-                (grace, restart),
-                (scope, grant_method),
-                Some(name),
-            )
+            serve(transport, granter, supervisor, settings, Some(name))
         }
     }
+}
+
+/// What the controller is set to, whichever transport it serves on.
+struct Settings {
+    grace: Duration,
+    restart: RestartPolicy,
+    /// Shown in `STATUS`, as are the grant method and the session.
+    scope: PtraceScope,
+    grant_method: String,
 }
 
 fn serve<T: Transport>(
     transport: T,
     granter: impl Granter + Send + 'static,
     supervisor: impl Supervisor,
-    (grace, restart): (Duration, RestartPolicy),
-    (scope, grant_method): (PtraceScope, String),
+    settings: Settings,
     session: Option<String>,
 ) -> Result<ExitStatus, Box<dyn Error>> {
+    let scope = settings.scope.value();
     let mut controller = Controller::new(transport, granter, supervisor)
         .inspector(PythonInspector)
-        .grace(grace)
-        .restart(restart)
+        .grace(settings.grace)
+        .restart(settings.restart)
         .handle_signals(true)
         .status_field(
             "ptrace_scope",
-            scope.value().map_or("none".to_owned(), |v| v.to_string()),
+            scope.map_or("none".to_owned(), |v| v.to_string()),
         )
-        .status_field("grant_method", grant_method);
+        .status_field("grant_method", settings.grant_method);
     if let Some(name) = session {
         info!("session {name}: attach with `client --session {name} attach`");
         controller = controller.status_field("session", name);

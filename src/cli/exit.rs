@@ -62,11 +62,7 @@ impl ClientExit {
     /// The status for a command line clap rejected, or for the text
     /// (`--help`, `--version`) it printed instead of running.
     pub(crate) fn for_clap(err: &clap::Error) -> ClientExit {
-        if err.use_stderr() {
-            ClientExit::Usage
-        } else {
-            ClientExit::Success
-        }
+        usage_or(err, ClientExit::Usage, ClientExit::Success)
     }
 }
 
@@ -115,11 +111,7 @@ impl ControllerExit {
     /// The status for a command line clap rejected, or for the text
     /// (`--help`, `--version`) it printed instead of running.
     pub(crate) fn for_clap(err: &clap::Error) -> ControllerExit {
-        if err.use_stderr() {
-            ControllerExit::Usage
-        } else {
-            ControllerExit::Help
-        }
+        usage_or(err, ControllerExit::Usage, ControllerExit::Help)
     }
 }
 
@@ -134,6 +126,16 @@ impl From<ExitStatus> for ControllerExit {
 impl From<ControllerExit> for ExitCode {
     fn from(exit: ControllerExit) -> ExitCode {
         ExitCode::from(exit.code())
+    }
+}
+
+/// `usage` for a command line clap rejected, `printed` for the text
+/// (`--help`, `--version`) it printed instead of running.
+fn usage_or<E>(err: &clap::Error, usage: E, printed: E) -> E {
+    if err.use_stderr() {
+        usage
+    } else {
+        printed
     }
 }
 
@@ -189,9 +191,20 @@ impl From<io::Error> for Failure {
 mod tests {
     use super::*;
 
+    /// Each exit has its code, as `code` says it and as the process ends.
+    fn assert_codes<E>(codes: &[(E, u8)], code: fn(E) -> u8)
+    where
+        E: Copy + std::fmt::Debug + Into<ExitCode>,
+    {
+        for &(exit, expected) in codes {
+            assert_eq!(code(exit), expected, "{exit:?}");
+            assert_eq!(exit.into(), ExitCode::from(expected), "{exit:?}");
+        }
+    }
+
     #[test]
-    fn client_exit_codes_are_the_documented_ones() {
-        let codes = [
+    fn exit_codes_are_the_documented_ones() {
+        let client = [
             (ClientExit::Success, 0),
             (ClientExit::Failed, 1),
             (ClientExit::Usage, 2),
@@ -199,15 +212,8 @@ mod tests {
             (ClientExit::Timeout, 4),
             (ClientExit::Impossible, 5),
         ];
-        for (exit, code) in codes {
-            assert_eq!(exit.code(), code, "{exit:?}");
-            assert_eq!(ExitCode::from(exit), ExitCode::from(code), "{exit:?}");
-        }
-    }
-
-    #[test]
-    fn controller_exit_codes_are_the_documented_ones() {
-        let codes = [
+        assert_codes(&client, ClientExit::code);
+        let controller = [
             (ControllerExit::Target(0), 0),
             (ControllerExit::Target(3), 3),
             (ControllerExit::Target(143), 143),
@@ -215,10 +221,7 @@ mod tests {
             (ControllerExit::Usage, 2),
             (ControllerExit::Failed, 125),
         ];
-        for (exit, code) in codes {
-            assert_eq!(exit.code(), code, "{exit:?}");
-            assert_eq!(ExitCode::from(exit), ExitCode::from(code), "{exit:?}");
-        }
+        assert_codes(&controller, ControllerExit::code);
     }
 
     #[test]

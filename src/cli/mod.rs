@@ -19,7 +19,7 @@ pub mod client;
 mod command;
 pub mod controller;
 mod exit;
-mod python;
+pub mod python;
 mod render;
 mod repl;
 mod tool;

@@ -1,5 +1,6 @@
 //! Finding a Python: the one that runs `SCRIPT.py` under the controller and
-//! the one that runs `pdb -p` in the client.
+//! the one that runs `pdb -p` in the client. [`find`] answers for programs
+//! (and tests) that want to start a target with that same interpreter.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,23 @@ pub(crate) fn configured_python(explicit: Option<&Path>) -> Option<Python> {
     }
     let exe = which(OsStr::new("python3"))?;
     Some(Python::at(exe))
+}
+
+/// The Python 3.14 (or newer) that `controller` and `client` run when not
+/// given `--python`: `$HELI_PYTHON`, else `python3.14`, else `python3`
+/// (looked up in `PATH`); `None` when that interpreter is missing or older.
+///
+/// # Examples
+///
+/// ```no_run
+/// let python = heli::cli::python::find().expect("Python 3.14 or newer");
+/// let status = std::process::Command::new(python).arg("--version").status()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn find() -> Option<PathBuf> {
+    configured_python(None)
+        .filter(Python::is_supported)
+        .map(|python| python.exe)
 }
 
 /// The `major.minor` of the Python at `exe`, if it is one.
@@ -144,12 +162,14 @@ mod tests {
     #[test]
     fn otherwise_the_interpreter_is_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let answers = script(dir.path(), "mypython", "echo 3 12");
-        assert_eq!(python_version(&answers), Some((3, 12)));
-        let garbage = script(dir.path(), "notpython", "echo hello");
-        assert_eq!(python_version(&garbage), None);
-        let failing = script(dir.path(), "broken", "echo 3 14; exit 1");
-        assert_eq!(python_version(&failing), None);
+        for (name, answer, version) in [
+            ("mypython", "echo 3 12", Some((3, 12))),
+            ("notpython", "echo hello", None),
+            ("broken", "echo 3 14; exit 1", None),
+        ] {
+            let exe = script(dir.path(), name, answer);
+            assert_eq!(python_version(&exe), version, "{answer}");
+        }
         assert_eq!(python_version(&dir.path().join("missing")), None);
     }
 

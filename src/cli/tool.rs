@@ -146,30 +146,25 @@ mod tests {
 
     #[test]
     fn a_missing_tool_makes_attaching_impossible() {
-        let failure = Tool::parse("heli-no-such-tool -p {pid}")
-            .unwrap()
-            .resolve(pid(42))
-            .unwrap_err();
-        assert_eq!(failure.exit, ClientExit::Impossible);
-        assert_eq!(
-            failure.message,
-            "heli-no-such-tool not found in PATH: install it, or give its full path"
-        );
-        let failure = Tool::parse("/nonexistent/bin/tool")
-            .unwrap()
-            .resolve(pid(42));
-        assert_eq!(
-            failure.unwrap_err().message,
-            "/nonexistent/bin/tool not found or not executable"
-        );
-        // A tool heli knows: how to install it.
-        let failure = Tool::parse("/nonexistent/bin/gdb -p {pid}")
-            .unwrap()
-            .resolve(pid(42));
-        assert_eq!(
-            failure.unwrap_err().message,
-            "gdb not found: install it, e.g. apt-get install gdb"
-        );
+        for (tool, message) in [
+            (
+                "heli-no-such-tool -p {pid}",
+                "heli-no-such-tool not found in PATH: install it, or give its full path",
+            ),
+            (
+                "/nonexistent/bin/tool",
+                "/nonexistent/bin/tool not found or not executable",
+            ),
+            // A tool heli knows: how to install it.
+            (
+                "/nonexistent/bin/gdb -p {pid}",
+                "gdb not found: install it, e.g. apt-get install gdb",
+            ),
+        ] {
+            let failure = Tool::parse(tool).unwrap().resolve(pid(42)).unwrap_err();
+            assert_eq!(failure.exit, ClientExit::Impossible, "{tool}");
+            assert_eq!(failure.message, message);
+        }
     }
 
     #[test]

@@ -590,6 +590,12 @@ fn corrupt(what: &str) -> Pep768Error {
     )
 }
 
+/// How the tests find Python 3.14: the integration tests' own way.
+#[cfg(test)]
+#[path = "../../tests/common/python.rs"]
+#[allow(dead_code)]
+mod test_python;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,11 +632,7 @@ mod tests {
     /// (`co_lines`), against ours from their `co_linetable`.
     #[test]
     fn lines_match_cpython() {
-        let python = std::path::Path::new("/opt/heli/py314/usr/bin/python3.14");
-        if !python.exists() {
-            eprintln!("skipped: no {}", python.display());
-            return;
-        }
+        let python = test_python::python314();
         let script = r#"
 import dis, json, inspect, textwrap, collections
 def samples():

@@ -22,11 +22,11 @@ use log::{info, warn};
 use nix::errno::Errno;
 use nix::fcntl::{openat, Flock, OFlag};
 use nix::poll::PollFlags;
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, Backlog, UnixAddr};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
-use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
+use super::peer::{connect_socket, credentials, server_pid, stream_socket, PROBE_TIMEOUT};
 use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
 use super::session::{file_names, lock_session, socket_dir, sweep};
@@ -285,12 +285,7 @@ fn bind_locked(
         }
     }
 
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd = stream_socket()?;
     let addr = UnixAddr::new(path).map_err(|err| annotate(err.into(), path))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|err| annotate(err.into(), path))?;
     // Nobody can connect before `listen`, and the private directory

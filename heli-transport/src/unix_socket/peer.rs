@@ -1,7 +1,7 @@
 //! Connecting to a session's socket, and who is at the other end.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread;
@@ -16,6 +16,17 @@ use crate::io::annotate;
 /// How long probing a socket (is a controller behind it?) may take.
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A new Unix stream socket, close-on-exec and non-blocking, to connect or
+/// to bind.
+pub(super) fn stream_socket() -> io::Result<OwnedFd> {
+    Ok(socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?)
+}
+
 /// Connects to the socket at `path` without blocking past `deadline`.
 ///
 /// Errors keep their `errno` (`ENOENT`, `ECONNREFUSED`, ...); `TimedOut`
@@ -24,12 +35,7 @@ pub(super) fn connect_socket(path: &Path, deadline: Instant) -> io::Result<UnixS
     let addr = UnixAddr::new(path).map_err(|err| annotate(err.into(), path))?;
     let mut backoff = Duration::from_micros(20);
     loop {
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
+        let fd = stream_socket()?;
         match socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) => return Ok(UnixStream::from(fd)),
             // The listener's backlog is full (a Unix socket never answers
