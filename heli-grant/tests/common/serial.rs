@@ -56,16 +56,23 @@ pub(crate) fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// The private directories of remote execution now in the temp directory
-/// (not the tests' own `heli-pep768-test-*` ones).
+/// The per-request directories of remote execution that exist now
+/// (`<tmp>/heli-remote-exec-<euid>/pep768-*`): every request removes its
+/// own, so a test compares them before and after.
 pub(crate) fn heli_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-        .unwrap()
+    let parent = std::env::temp_dir().join(format!(
+        "heli-remote-exec-{}",
+        nix::unistd::geteuid().as_raw()
+    ));
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| {
             path.file_name()
                 .and_then(OsStr::to_str)
-                .is_some_and(|name| name.starts_with("heli-pep768-") && !name.contains("test"))
+                .is_some_and(|name| name.starts_with("pep768-"))
         })
         .collect();
     dirs.sort();
