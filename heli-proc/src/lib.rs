@@ -10,6 +10,9 @@
 //!   [info](Proc::info), its threads and [their status](Proc::thread_status)
 //!   and [system call](Proc::thread_syscall) (what ptrace cares about), its
 //!   [memory map](Proc::maps), auxiliary vector, program and capabilities.
+//! - [`ProcessHandle`]: one process held by a pidfd, which tells when it
+//!   has exited however soon its pid is reused (what a listener keeps of
+//!   a connected client).
 //! - [`descendants`]: a process and its living descendants, for a
 //!   supervisor's whole tree.
 //! - [`Memory`]: another process's memory, read (and written) without
@@ -39,11 +42,13 @@
 #![deny(missing_docs)]
 
 mod error;
+mod handle;
 mod maps;
 mod memory;
 mod process;
 mod tree;
 
+pub use handle::ProcessHandle;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
