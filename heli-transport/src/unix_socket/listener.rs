@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use heli_core::protocol::{Dialect, Reply};
-use heli_core::{Credentials, Event, Listener, Peer, Pid, Processes, Stopper};
-use heli_proc::ProcFs;
+use heli_core::{Credentials, Event, Listener, Peer, Stopper};
+use heli_proc::ProcessHandle;
 use log::{info, warn};
 use nix::errno::Errno;
 use nix::fcntl::{openat, Flock, OFlag};
@@ -26,7 +26,7 @@ use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAdd
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
-use super::peer::{connect_socket, credentials, server_pid, PROBE_TIMEOUT};
+use super::peer::{connect_socket, credentials, peer_process, server_pid, PROBE_TIMEOUT};
 use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
 use super::session::{file_names, lock_session, socket_dir, sweep};
@@ -223,16 +223,15 @@ impl UnixSocketListener {
             );
             return None;
         }
-        // Who connected, with its start time: a pid alone may be reused
-        // later. A pid the kernel could not show here (another pid
-        // namespace) is 0.
-        let process = u32::try_from(pid)
-            .ok()
-            .and_then(Pid::new)
-            .and_then(|pid| ProcFs.identity(pid).ok().flatten());
+        // Who connected, held by a pidfd: its pid alone may be reused
+        // (with a start time equal to the clock tick) once it has exited.
+        let process = peer_process(&stream, pid);
         let peer = Peer {
             connection: id,
-            credentials: Some(Credentials { uid, process }),
+            credentials: Some(Credentials {
+                uid,
+                process: process.as_ref().and_then(ProcessHandle::identity),
+            }),
         };
         serving.active.fetch_add(1, Ordering::SeqCst);
         Some(Served {
@@ -240,6 +239,7 @@ impl UnixSocketListener {
             stop: &self.stop,
             stream,
             peer,
+            process,
             events: serving.events,
             stopping: serving.stopping.clone(),
         })

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use heli_core::protocol::{Dialect, LineBuffer, Reply};
-use heli_core::{Event, Incoming, Peer, Stopper};
+use heli_core::{Credentials, Event, Incoming, Peer, Stopper};
+use heli_proc::ProcessHandle;
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
@@ -32,7 +33,11 @@ pub(super) struct Served<'a> {
     /// connection that finds the controller gone raises it.
     pub(super) stop: &'a StopSignal,
     pub(super) stream: UnixStream,
+    /// The peer as admitted.
     pub(super) peer: Peer,
+    /// The process that connected, if it could be told: once it has
+    /// exited, requests come with no process (see [`Served::asking`]).
+    pub(super) process: Option<ProcessHandle>,
     pub(super) events: &'a Sender<Event>,
     pub(super) stopping: Receiver<()>,
 }
@@ -149,6 +154,23 @@ impl Served<'_> {
         )
     }
 
+    /// Who asks now: the peer as admitted while the process that connected
+    /// runs; once it has exited, no process (its pid may name another
+    /// one by now, even with its start time; a process it left the
+    /// connection to is not the one the kernel vouched for).
+    fn asking(&self) -> Peer {
+        match (&self.process, self.peer.credentials) {
+            (Some(process), Some(credentials)) if !process.is_alive() => Peer {
+                credentials: Some(Credentials {
+                    process: None,
+                    ..credentials
+                }),
+                ..self.peer
+            },
+            _ => self.peer,
+        }
+    }
+
     /// The reply to one line: from the listener itself for an over-long
     /// line, else from the controller.
     fn answer(&self, line: Result<Vec<u8>, heli_core::Error>) -> Answer {
@@ -156,7 +178,7 @@ impl Served<'_> {
             Ok(line) => line,
             Err(err) => return Answer::Reply(Reply::error(&err).encode(Dialect::Upper)),
         };
-        let (incoming, reply) = Incoming::new(self.peer, &line);
+        let (incoming, reply) = Incoming::new(self.asking(), &line);
         let dialect = incoming.dialect();
         select! {
             send(self.events, Event::Request(incoming)) -> sent => {

@@ -37,8 +37,13 @@ use super::session::{self, check_name, SessionEntry};
 ///   it.
 /// - Every request reaches the controller with the [`Credentials`] the
 ///   kernel gave for its connection: the user, and the process that
-///   connected with its start time, read when the connection was accepted
-///   (a pid alone may be reused later). The controller decides from them
+///   connected (pid and start time). That process is held by a pidfd from
+///   the moment the connection is accepted (`SO_PEERPIDFD`; before Linux
+///   6.5, `pidfd_open` of its pid, checked against its start time): once
+///   it has exited, the connection's requests name no process, whatever
+///   has its pid by then (a pid may be reused, and a start time counts in
+///   clock ticks), and a child it left the connection to cannot ask in
+///   its name. The controller decides from them
 ///   (`GRANT_ACCESS <pid>` only for the connected process itself or one of
 ///   its descendants; see [`Controller`]); the pid in a request is never
 ///   trusted on its own.
