@@ -42,7 +42,9 @@ const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 /// (not a symbolic link), owned by the user, and closed to group and others
 /// (mode 0700); the pipes must be FIFOs owned by the user. Anything else is
 /// refused with an error saying what is wrong. Every file is opened relative
-/// to a descriptor of the checked directory, never following a link.
+/// to a descriptor of the checked directory, never following a link (the
+/// controller's fresh read ends of the control pipe are opened through its
+/// own `/proc/self/fd` entry of the pipe it holds already).
 ///
 /// # No lost replies, no hangs
 ///
@@ -76,7 +78,10 @@ const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 /// never legitimate without knowing the asker. A writer that does not take
 /// the lock can still interleave its bytes with a client's request in the
 /// pipe, or read a reply meant for someone else; a fragment written while
-/// another writer holds the pipe open is dropped only after 2 s. Use the
+/// another writer holds the pipe open is dropped only after 2 s, and a
+/// writer that adds a byte to its line every second or so, without ending
+/// it, holds clients of this crate up until it reaches the line length
+/// limit. Use the
 /// [`UnixSocketTransport`](crate::UnixSocketTransport) where that matters.
 ///
 /// # Examples
