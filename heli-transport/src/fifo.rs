@@ -13,7 +13,7 @@ use heli_core::protocol::LineBuffer;
 use heli_core::{exchange, Connection, Event, Listener, Peer, Transport};
 use log::{debug, warn};
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, FlockArg, Flockable, OFlag};
+use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, Flockable, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{mkfifoat, unlinkat, Uid, UnlinkatFlags};
@@ -49,7 +49,9 @@ const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 /// # No lost replies, no hangs
 ///
 /// The controller keeps the response pipe open for reading *and* writing,
-/// and the control pipe open for reading. So a client's open never blocks,
+/// and the control pipe open for reading, from before they appear (each is
+/// made and opened under a temporary name, then renamed into place). So a
+/// client's open never blocks,
 /// a reply written before the client opened the response pipe waits in the
 /// pipe instead of being lost, and every read and write has a deadline.
 /// Clients of this crate take a lock on the control pipe for the length of
@@ -299,25 +301,39 @@ impl Transport for FifoTransport {
         write!(pid_file, "{}", std::process::id())?;
 
         // We hold the lock: whatever pipes are there belong to a dead
-        // controller. Replace them.
+        // controller. Replace them, each with a pipe made and opened under
+        // a temporary name first: once `response` is there, both pipes are
+        // open (a client that finds them never finds nobody reading, or
+        // nobody keeping the response pipe open).
         let open_fifo = |name: &str, mode: OFlag| -> io::Result<OwnedFd> {
             let path = self.dir.join(name);
-            match unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
-                Ok(()) => debug!("removed stale {}", path.display()),
-                Err(Errno::ENOENT) => {}
-                Err(err) => return Err(annotate(err.into(), &path)),
+            let temporary = format!(".{name}.new");
+            match unlinkat(&dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(err) => return Err(annotate(err.into(), &self.dir.join(&temporary))),
             }
-            mkfifoat(&dir, name, Mode::from_bits_truncate(0o600))
+            mkfifoat(&dir, temporary.as_str(), Mode::from_bits_truncate(0o600))
                 .map_err(|err| annotate(err.into(), &path))?;
-            let fd = openat(
+            let opened = openat(
                 &dir,
-                name,
+                temporary.as_str(),
                 mode | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|err| annotate(err.into(), &path))?;
-            check_fifo(&fd, &path)?;
-            Ok(fd)
+            .map_err(|err| annotate(err.into(), &path))
+            .and_then(|fd| {
+                check_fifo(&fd, &path)?;
+                if nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+                    debug!("replacing stale {}", path.display());
+                }
+                renameat(&dir, temporary.as_str(), &dir, name)
+                    .map_err(|err| annotate(err.into(), &path))?;
+                Ok(fd)
+            });
+            if opened.is_err() {
+                let _ = unlinkat(&dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            opened
         };
         // Read only: the controller sees when every writer has closed it
         // (see `ControlPipe`).

@@ -710,3 +710,105 @@ fn a_fragment_of_a_writer_that_stays_silent_is_dropped_before_a_client_writes() 
         server.shut_down().unwrap();
     })
 }
+
+// ---------------------------------------------------------------------------
+// A listener found before it listens (both transports)
+// ---------------------------------------------------------------------------
+
+/// Runs `listen` while another thread waits, spinning, for `file` to show
+/// up and then `probe`s it at once; what the probe saw, each of `rounds`
+/// times.
+fn probe_while_listening<T: Transport>(
+    rounds: usize,
+    make: impl Fn(&Path) -> (T, std::path::PathBuf),
+    probe: impl Fn(&Path) -> io::Result<()> + Send + Sync + 'static,
+) -> Vec<io::Result<()>> {
+    let probe = Arc::new(probe);
+    (0..rounds)
+        .map(|_| {
+            let tmp = tempfile::tempdir().unwrap();
+            let (transport, file) = make(tmp.path());
+            let watcher = {
+                let probe = Arc::clone(&probe);
+                thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while std::fs::symlink_metadata(&file).is_err() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{} never showed up",
+                            file.display()
+                        );
+                        std::hint::spin_loop();
+                    }
+                    probe(&file)
+                })
+            };
+            let listener = transport.listen().unwrap();
+            let seen = join_within(watcher, Duration::from_secs(6));
+            drop(listener);
+            seen
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_socket_is_listening_once_it_is_there() {
+    let _serial = serial();
+    bounded(60, || {
+        let seen = probe_while_listening(
+            400,
+            |dir| {
+                let transport = UnixSocketTransport::session_in(dir.join("run"), "s").unwrap();
+                let file = transport.path().to_owned();
+                (transport, file)
+            },
+            |file| UnixStream::connect(file).map(drop),
+        );
+        let refused: Vec<_> = seen.iter().filter_map(|seen| seen.as_ref().err()).collect();
+        assert!(
+            refused.is_empty(),
+            "{} of 400: {:?}",
+            refused.len(),
+            refused[0]
+        );
+    })
+}
+
+#[test]
+fn named_pipes_are_open_once_they_are_there() {
+    let _serial = serial();
+    bounded(60, || {
+        let seen = probe_while_listening(
+            400,
+            |dir| {
+                let transport = FifoTransport::new(dir.join("pipes"));
+                let file = transport.dir().join("response");
+                (transport, file)
+            },
+            // Nobody holding the response pipe open for writing: a read
+            // finds end of file instead of waiting for a reply.
+            |file| {
+                let mut response = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NONBLOCK)
+                    .open(file)?;
+                match response.read(&mut [0u8; 16]) {
+                    Ok(0) => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "nobody writes it",
+                    )),
+                    Ok(_) => Ok(()),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    Err(err) => Err(err),
+                }
+            },
+        );
+        let failed: Vec<_> = seen.iter().filter_map(|seen| seen.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of 400: {:?}",
+            failed.len(),
+            failed[0]
+        );
+    })
+}

@@ -21,7 +21,7 @@ use heli_core::{Credentials, Event, GrantHolder, Listener, Peer, Stopper};
 use heli_proc::ProcessHandle;
 use log::{info, warn};
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, OFlag};
+use nix::fcntl::{openat, renameat, Flock, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::Mode;
@@ -303,21 +303,43 @@ fn bind_locked(
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
-    let addr = UnixAddr::new(path).map_err(|err| annotate(err.into(), path))?;
+    // Bound under a temporary name, made private and listening, then
+    // renamed into place: a client that finds the socket finds it
+    // listening (a controller just started is asked at once). Where the
+    // temporary name would be too long for a socket address, the socket is
+    // bound in place, and connecting may be refused until it listens.
+    let mut temporary = OsString::from(".");
+    temporary.push(file);
+    temporary.push(".new");
+    let temporary_path = socket_dir(path).join(&temporary);
+    let (bound, bound_path) = match UnixAddr::new(&temporary_path) {
+        Ok(_) => {
+            match unlinkat(dir, temporary.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(err) => return Err(annotate(err.into(), &temporary_path)),
+            }
+            (temporary.as_os_str(), temporary_path.as_path())
+        }
+        Err(_) => (file, path),
+    };
+    let addr = UnixAddr::new(bound_path).map_err(|err| annotate(err.into(), path))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|err| annotate(err.into(), path))?;
     // Nobody can connect before `listen`, and the private directory
     // keeps others out until the mode is set.
-    let listening = stat_at(dir, file)
+    let listening = stat_at(dir, bound)
         .map_err(io::Error::from)
-        .and_then(|bound| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        .and_then(|stat| {
+            std::fs::set_permissions(bound_path, std::fs::Permissions::from_mode(0o600))?;
             socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
-            Ok((bound.st_dev, bound.st_ino))
+            if bound != file {
+                renameat(dir, bound, dir, file)?;
+            }
+            Ok((stat.st_dev, stat.st_ino))
         });
     match listening {
         Ok(socket_id) => Ok((UnixListener::from(fd), socket_id)),
         Err(err) => {
-            let _ = unlinkat(dir, file, UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(dir, bound, UnlinkatFlags::NoRemoveDir);
             Err(annotate(err, path))
         }
     }

@@ -29,9 +29,11 @@ use super::session::{self, check_name, SessionEntry};
 ///   owned by the user, and closed to group and others (mode 0700): it is
 ///   opened without following a link and checked with `fstat` before every
 ///   use, and anything else is refused with an error saying what is wrong.
-///   `listen` creates it with mode 0700 when missing. The socket is made
-///   mode 0600 right after `bind`, before `listen`; the private directory
-///   is what keeps others out in between.
+///   `listen` creates it with mode 0700 when missing. The socket is bound
+///   under a temporary name (`.<name>.sock.new`), made mode 0600 and
+///   listening, then renamed into place, so a client that finds it finds
+///   it listening; the private directory is what keeps others out in
+///   between.
 /// - The listener reads every connection's peer credentials (`SO_PEERCRED`):
 ///   a process of another user gets `ERROR: permission denied: ...` and is
 ///   disconnected, and the attempt is logged. The controller never hears of
