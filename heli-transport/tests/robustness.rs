@@ -1,7 +1,8 @@
 //! What hostile or unlucky clients must not be able to do to either
 //! transport: pass for a process whose pid they inherited, lock everyone out
 //! with idle connections, or glue their half of a line onto the next
-//! client's request.
+//! client's request; and what an unlucky client must not meet: a pipe or
+//! socket that is there but not served yet.
 //!
 //! Every test runs under a watchdog ([`bounded`]) and, one at a time, under
 //! [`SERIAL`]: one of them allocates pids on purpose, another opens a
