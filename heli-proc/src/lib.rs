@@ -11,6 +11,9 @@
 //!   and [system call](Proc::thread_syscall) (what ptrace cares about), its
 //!   [memory map](Proc::maps), auxiliary vector, program and capabilities,
 //!   and whether a cgroup freezer holds it ([`is_frozen`]).
+//! - [`ProcessHandle`]: one process held by a pidfd, which tells when it
+//!   has exited however soon its pid is reused (what a listener keeps of
+//!   a connected client).
 //! - [`descendants`]: a process and its living descendants, for a
 //!   supervisor's whole tree; [`group_members`]: a process group's.
 //! - [`Memory`]: another process's memory, read (and written) without
@@ -41,12 +44,14 @@
 
 mod cgroup;
 mod error;
+mod handle;
 mod maps;
 mod memory;
 mod process;
 mod tree;
 
 pub use cgroup::is_frozen;
+pub use handle::ProcessHandle;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};

@@ -6,8 +6,9 @@
 //! - [`UnixSocketTransport`]: one Unix socket per controller (a named
 //!   *session*) in a private runtime directory; many clients at once, each
 //!   authenticated by its peer credentials (user, process and its start
-//!   time, reported with every request as [`heli_core::Credentials`], from
-//!   which the controller decides what it may be granted);
+//!   time, reported with every request as [`heli_core::Credentials`] while
+//!   that process runs, from which the controller decides what it may be
+//!   granted); idle connections are closed, and make room at the limit;
 //!   [`UnixSocketTransport::sessions`] lists the sessions.
 //! - [`FifoTransport`]: two named pipes in a private directory, the layout
 //!   and wire format of the original Python helicopter-parent, so its

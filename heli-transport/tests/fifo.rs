@@ -597,17 +597,21 @@ fn half_a_line_is_dropped_after_silence() {
     let control = server.dir().join("control");
     let write = |text: &str| write_to(&control, text);
 
-    // The rest of a line arriving soon is joined to it.
-    write("GET_TARG");
+    // The rest of a line arriving soon from a writer that kept the pipe
+    // open is joined to it.
+    let mut writer = open_nonblocking(&control, true).unwrap();
+    writer.write_all(b"GET_TARG").unwrap();
     thread::sleep(Duration::from_millis(300));
-    write("ET_PID\n");
+    writer.write_all(b"ET_PID\n").unwrap();
+    drop(writer);
     server.wait_asked(1);
     assert_eq!(server.asked(), [Ok(Request::GetTargetPid)]);
 
-    // A writer that died mid-line: after 2 s of silence the fragment
-    // is dropped and the next client's line parses cleanly.
+    // A writer that closed mid-line: its fragment is dropped (at once; a
+    // silent writer that keeps its end open, after 2 s) and the next
+    // client's line parses cleanly.
     write("GRANT_ACC");
-    thread::sleep(Duration::from_millis(2600));
+    thread::sleep(Duration::from_millis(300));
     let err = server.client().grant_access(as_pid(5)).unwrap_err();
     assert_eq!(err.to_string(), "5");
     assert_eq!(

@@ -115,6 +115,11 @@ impl Connection for UnixSocketConnection {
         }
         if let Err(err) = send_all(&self.stream, line, deadline, None) {
             self.broken = true;
+            // Closed by the controller (idle too long, say), which may
+            // have said why: that is the answer.
+            if let Ok(why) = read_line(&self.stream, &mut self.lines, Instant::now()) {
+                return Ok(why);
+            }
             return Err(err);
         }
         self.unanswered += line.iter().filter(|&&b| b == b'\n').count();

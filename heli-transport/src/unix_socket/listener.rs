@@ -1,5 +1,6 @@
 //! The controller's end: accepting connections, admitting them (peer
-//! credentials, the connection limit), and the threads that serve them.
+//! credentials, the connection table's limit), and the threads that serve
+//! them.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -9,24 +10,27 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use heli_core::protocol::{Dialect, Reply};
-use heli_core::{Credentials, Event, Listener, Peer, Pid, Processes, Stopper};
-use heli_proc::ProcFs;
+use heli_core::{Credentials, Event, GrantHolder, Listener, Peer, Stopper};
+use heli_proc::ProcessHandle;
 use log::{info, warn};
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, OFlag};
+use nix::fcntl::{openat, renameat, Flock, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, Backlog, UnixAddr};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, Uid, UnlinkatFlags};
 
-use super::peer::{connect_socket, credentials, server_pid, stream_socket, PROBE_TIMEOUT};
+use super::connections::{Connections, Limits};
+use super::peer::{
+    connect_socket, credentials, peer_process, server_pid, stream_socket, PROBE_TIMEOUT,
+};
 use super::runtime_dir::{check_socket, make_private_dir, stat_at};
 use super::serve::Served;
 use super::session::{file_names, lock_session, socket_dir, sweep};
@@ -55,7 +59,9 @@ pub struct UnixSocketListener {
     /// The bound socket's device and inode: only that file is removed.
     socket_id: (nix::libc::dev_t, nix::libc::ino_t),
     socket: UnixListener,
-    max_connections: usize,
+    limits: Limits,
+    /// Which connection holds the grant, as the controller says.
+    holder: GrantHolder,
     stop: StopSignal,
     /// Held until the files are removed (fields drop after `drop`).
     _locked: Flock<File>,
@@ -66,7 +72,7 @@ impl UnixSocketListener {
     /// [`Transport::listen`](heli_core::Transport::listen), and
     /// [`UnixSocketTransport`](crate::UnixSocketTransport#race-conditions)
     /// for the lock file.
-    pub(super) fn bind(name: &str, path: &Path, max_connections: usize) -> io::Result<Self> {
+    pub(super) fn bind(name: &str, path: &Path, limits: Limits) -> io::Result<Self> {
         let (file, lock) = file_names(path)?;
         let dir_path = socket_dir(path);
         let dir = make_private_dir(dir_path)?;
@@ -97,7 +103,8 @@ impl UnixSocketListener {
                 lock,
                 socket_id,
                 socket,
-                max_connections,
+                limits,
+                holder: GrantHolder::default(),
                 stop: StopSignal::new()?,
                 dir,
                 _locked: locked.take().expect("the lock is held"),
@@ -123,7 +130,10 @@ impl UnixSocketListener {
 
     /// Waits for the next connection and admits it; `None` once stopped.
     /// Connections turned away are closed here.
-    fn accept_one<'env>(&'env self, serving: &Serving<'env>) -> io::Result<Option<Served<'env>>> {
+    fn accept_one<'env>(
+        &'env self,
+        serving: &'env Serving<'env>,
+    ) -> io::Result<Option<Served<'env>>> {
         let mut starved = false;
         loop {
             let seen = wait_any(
@@ -175,13 +185,13 @@ impl UnixSocketListener {
         }
     }
 
-    /// Authenticates a new connection: what serving it takes, counted as
-    /// active, or `None` when it was turned away.
+    /// Authenticates a new connection: what serving it takes, counted in
+    /// the table, or `None` when it was turned away.
     fn admit<'env>(
         &'env self,
         stream: UnixStream,
         id: u64,
-        serving: &Serving<'env>,
+        serving: &'env Serving<'env>,
     ) -> Option<Served<'env>> {
         let cred = match stream
             .set_nonblocking(true)
@@ -209,37 +219,41 @@ impl UnixSocketListener {
             );
             return None;
         }
-        if serving.active.load(Ordering::SeqCst) >= self.max_connections {
-            warn!(
-                "refused a connection to session {} from PID {pid}: {} connections are open",
-                self.name, self.max_connections
-            );
-            refuse_connection(
-                &stream,
-                &format!(
-                    "too many connections to session {} ({}); try again later",
-                    self.name, self.max_connections
-                ),
-            );
-            return None;
-        }
-        // Who connected, with its start time: a pid alone may be reused
-        // later. A pid the kernel could not show here (another pid
-        // namespace) is 0.
-        let process = u32::try_from(pid)
-            .ok()
-            .and_then(Pid::new)
-            .and_then(|pid| ProcFs.identity(pid).ok().flatten());
+        let slot = match serving.connections.admit(id, stream) {
+            Ok(slot) => slot,
+            Err(stream) => {
+                let max = self.limits.max_connections;
+                warn!(
+                    "refused a connection to session {} from PID {pid}: {max} connections are open, none idle long enough to make room",
+                    self.name
+                );
+                refuse_connection(
+                    &stream,
+                    &format!(
+                        "too many connections to session {} ({max}); try again later",
+                        self.name
+                    ),
+                );
+                return None;
+            }
+        };
+        // Who connected, held by a pidfd: its pid alone may be reused
+        // (with a start time equal to the clock tick) once it has exited.
+        let process = peer_process(&slot.stream, pid);
         let peer = Peer {
             connection: id,
-            credentials: Some(Credentials { uid, process }),
+            credentials: Some(Credentials {
+                uid,
+                process: process.as_ref().and_then(ProcessHandle::identity),
+            }),
         };
-        serving.active.fetch_add(1, Ordering::SeqCst);
         Some(Served {
             session: &self.name,
             stop: &self.stop,
-            stream,
+            slot,
+            connections: &serving.connections,
             peer,
+            process,
             events: serving.events,
             stopping: serving.stopping.clone(),
         })
@@ -286,21 +300,43 @@ fn bind_locked(
     }
 
     let fd = stream_socket()?;
-    let addr = UnixAddr::new(path).map_err(|err| annotate(err.into(), path))?;
+    // Bound under a temporary name, made private and listening, then
+    // renamed into place: a client that finds the socket finds it
+    // listening (a controller just started is asked at once). Where the
+    // temporary name would be too long for a socket address, the socket is
+    // bound in place, and connecting may be refused until it listens.
+    let mut temporary = OsString::from(".");
+    temporary.push(file);
+    temporary.push(".new");
+    let temporary_path = socket_dir(path).join(&temporary);
+    let (bound, bound_path) = match UnixAddr::new(&temporary_path) {
+        Ok(_) => {
+            match unlinkat(dir, temporary.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(err) => return Err(annotate(err.into(), &temporary_path)),
+            }
+            (temporary.as_os_str(), temporary_path.as_path())
+        }
+        Err(_) => (file, path),
+    };
+    let addr = UnixAddr::new(bound_path).map_err(|err| annotate(err.into(), path))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|err| annotate(err.into(), path))?;
     // Nobody can connect before `listen`, and the private directory
     // keeps others out until the mode is set.
-    let listening = stat_at(dir, file)
+    let listening = stat_at(dir, bound)
         .map_err(io::Error::from)
-        .and_then(|bound| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        .and_then(|stat| {
+            std::fs::set_permissions(bound_path, std::fs::Permissions::from_mode(0o600))?;
             socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
-            Ok((bound.st_dev, bound.st_ino))
+            if bound != file {
+                renameat(dir, bound, dir, file)?;
+            }
+            Ok((stat.st_dev, stat.st_ino))
         });
     match listening {
         Ok(socket_id) => Ok((UnixListener::from(fd), socket_id)),
         Err(err) => {
-            let _ = unlinkat(dir, file, UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(dir, bound, UnlinkatFlags::NoRemoveDir);
             Err(annotate(err, path))
         }
     }
@@ -352,8 +388,8 @@ struct Serving<'env> {
     stopping: Receiver<()>,
     /// Its sender, dropped by the thread that ends accepting.
     accepting: Mutex<Option<Sender<()>>>,
-    /// Connections being served.
-    active: AtomicUsize,
+    /// The connections being served.
+    connections: Connections,
     /// The last connection id given.
     next_id: AtomicU64,
     /// Why accepting ended, if it failed.
@@ -388,14 +424,13 @@ impl<'env> Serving<'env> {
                 Ok(_) => {
                     // A panic ends this connection only, and frees its slot.
                     let _ = panic::catch_unwind(AssertUnwindSafe(|| served.run()));
-                    self.active.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
-                // The connection is closed; this thread goes on accepting.
+                // The connection is closed (and counted out); this thread
+                // goes on accepting.
                 Err(err) => {
                     warn!("cannot serve a connection of {:?}: {err}", served.peer);
                     drop(served);
-                    self.active.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         }
@@ -455,7 +490,7 @@ impl Listener for UnixSocketListener {
             events,
             stopping,
             accepting: Mutex::new(Some(accepting)),
-            active: AtomicUsize::new(0),
+            connections: Connections::new(&self.name, self.limits, self.holder.clone()),
             next_id: AtomicU64::new(0),
             failure: Mutex::new(None),
         };
@@ -470,6 +505,12 @@ impl Listener for UnixSocketListener {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+
+    /// The connection holding the grant is never closed, however long it
+    /// stays idle, nor to make room for another.
+    fn watch_grant(&mut self, holder: GrantHolder) {
+        self.holder = holder;
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use heli_core::Transport;
 
 use super::client::UnixSocketConnection;
+use super::connections::{Limits, EVICTABLE_AFTER};
 use super::listener::UnixSocketListener;
 use super::runtime_dir;
 use super::session::{self, check_name, SessionEntry};
@@ -28,17 +29,24 @@ use super::session::{self, check_name, SessionEntry};
 ///   owned by the user, and closed to group and others (mode 0700): it is
 ///   opened without following a link and checked with `fstat` before every
 ///   use, and anything else is refused with an error saying what is wrong.
-///   `listen` creates it with mode 0700 when missing. The socket is made
-///   mode 0600 right after `bind`, before `listen`; the private directory
-///   is what keeps others out in between.
+///   `listen` creates it with mode 0700 when missing. The socket is bound
+///   under a temporary name (`.<name>.sock.new`), made mode 0600 and
+///   listening, then renamed into place, so a client that finds it finds
+///   it listening; the private directory is what keeps others out in
+///   between.
 /// - The listener reads every connection's peer credentials (`SO_PEERCRED`):
 ///   a process of another user gets `ERROR: permission denied: ...` and is
 ///   disconnected, and the attempt is logged. The controller never hears of
 ///   it.
 /// - Every request reaches the controller with the [`Credentials`] the
 ///   kernel gave for its connection: the user, and the process that
-///   connected with its start time, read when the connection was accepted
-///   (a pid alone may be reused later). The controller decides from them
+///   connected (pid and start time). That process is held by a pidfd from
+///   the moment the connection is accepted (`SO_PEERPIDFD`; before Linux
+///   6.5, `pidfd_open` of its pid, checked against its start time): once
+///   it has exited, the connection's requests name no process, whatever
+///   has its pid by then (a pid may be reused, and a start time counts in
+///   clock ticks), and a child it left the connection to cannot ask in
+///   its name. The controller decides from them
 ///   (`GRANT_ACCESS <pid>` only for the connected process itself or one of
 ///   its descendants; see [`Controller`]); the pid in a request is never
 ///   trusted on its own.
@@ -60,15 +68,27 @@ use super::session::{self, check_name, SessionEntry};
 /// # Deadlines
 ///
 /// Each connection is served on a thread of its own (at most
-/// [`max_connections`](UnixSocketTransport::max_connections) at once; more
-/// are refused with an `ERROR:` line): the thread that accepted it, which
-/// first starts the thread that accepts the next one, so a client's first
-/// request never waits for a new thread to be scheduled. An idle connection
-/// may stay open; a request line begun must be finished within 2 s, and
-/// writing a reply may take 2 s, or the connection is closed. When a
-/// connection closes, the controller gets [`Event::Disconnected`](heli_core::Event::Disconnected) once the
-/// connection's last request was answered. Connections turned away (another
-/// user, too many) are never announced to the controller.
+/// [`max_connections`](UnixSocketTransport::max_connections) at once): the
+/// thread that accepted it, which first starts the thread that accepts the
+/// next one, so a client's first request never waits for a new thread to
+/// be scheduled. A request line begun must be finished within 2 s, and
+/// writing a reply may take 2 s, or the connection is closed. A connection
+/// may stay idle for a [minute](UnixSocketTransport::idle_timeout), and is
+/// then closed (told why in an `ERROR:` line), unless it holds the grant
+/// (see [`Listener::watch_grant`](heli_core::Listener::watch_grant)). When
+/// a connection closes, the controller gets
+/// [`Event::Disconnected`](heli_core::Event::Disconnected) once the
+/// connection's last request was answered. Connections turned away
+/// (another user, too many) are never announced to the controller.
+///
+/// # Too many connections
+///
+/// Idle connections cannot lock clients out: at the limit, the connection
+/// idle longest (for a second at least) is closed to make room for the new
+/// one, unless it holds the grant; a connection with a request in flight
+/// is never closed. What is left: clients of the user that keep every
+/// connection busy (a request every second on each) still fill the
+/// session, as any process of the user could stop the controller anyway.
 ///
 /// # Examples
 ///
@@ -111,12 +131,20 @@ use super::session::{self, check_name, SessionEntry};
 pub struct UnixSocketTransport {
     name: String,
     path: PathBuf,
-    max_connections: usize,
+    limits: Limits,
 }
 
 impl UnixSocketTransport {
     /// How many connections a listener serves at once by default.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+    /// How long a connection may stay idle by default: a minute.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// How long a connection must have been idle before it may be closed
+    /// to make room for another (see
+    /// [`max_connections`](UnixSocketTransport::max_connections)).
+    pub const EVICTABLE_AFTER: Duration = EVICTABLE_AFTER;
 
     /// The socket of session `name` in the [runtime
     /// directory](UnixSocketTransport::runtime_dir).
@@ -144,7 +172,7 @@ impl UnixSocketTransport {
         Ok(UnixSocketTransport {
             name: name.to_owned(),
             path: dir.into().join(format!("{name}.sock")),
-            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            limits: Self::DEFAULT_LIMITS,
         })
     }
 
@@ -164,15 +192,36 @@ impl UnixSocketTransport {
         UnixSocketTransport {
             name,
             path,
-            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            limits: Self::DEFAULT_LIMITS,
         }
     }
 
+    const DEFAULT_LIMITS: Limits = Limits {
+        max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+    };
+
     /// How many connections the listener serves at once (default
-    /// [`DEFAULT_MAX_CONNECTIONS`](UnixSocketTransport::DEFAULT_MAX_CONNECTIONS));
-    /// further ones get an `ERROR:` line and are closed. At least 1.
+    /// [`DEFAULT_MAX_CONNECTIONS`](UnixSocketTransport::DEFAULT_MAX_CONNECTIONS)),
+    /// at least 1. At the limit, a new connection takes the place of the
+    /// one idle longest, if it has been idle for
+    /// [`EVICTABLE_AFTER`](UnixSocketTransport::EVICTABLE_AFTER) at least
+    /// and does not hold the grant; that one is told why in an `ERROR:`
+    /// line, and closed. When none may go, the new connection gets an
+    /// `ERROR:` line and is closed.
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.limits.max_connections = max.max(1);
+        self
+    }
+
+    /// How long a connection may stay idle (nothing unanswered, no line
+    /// begun) before the listener closes it, after telling it why in an
+    /// `ERROR:` line (default
+    /// [`DEFAULT_IDLE_TIMEOUT`](UnixSocketTransport::DEFAULT_IDLE_TIMEOUT)).
+    /// The connection that holds the grant is never closed: the grant
+    /// would go with it.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_timeout = timeout;
         self
     }
 
@@ -257,7 +306,7 @@ impl Transport for UnixSocketTransport {
     type Connection = UnixSocketConnection;
 
     fn listen(&self) -> io::Result<UnixSocketListener> {
-        UnixSocketListener::bind(&self.name, &self.path, self.max_connections)
+        UnixSocketListener::bind(&self.name, &self.path, self.limits)
     }
 
     fn connect(&self, timeout: Duration) -> io::Result<UnixSocketConnection> {
