@@ -10,10 +10,18 @@ use crate::transport::{Connection, Transport};
 /// How long a client waits for the controller by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a client waits for the answer to a grant or revoke at least:
+/// the controller gives one up to
+/// [`DEFAULT_GRANT_DEADLINE`](crate::DEFAULT_GRANT_DEADLINE) (a remote
+/// execution waits that long for the target), then says why it failed.
+pub const GRANT_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Talks to a controller over a [`Transport`].
 ///
 /// Every call connects, sends one request and waits for its reply for at
-/// most the [timeout](Client::timeout) (2 s by default): a client never hangs
+/// most the [timeout](Client::timeout) (2 s by default; a grant or revoke
+/// at least [`GRANT_TIMEOUT`], as the controller may take that long to
+/// answer, and says why when it fails): a client never hangs
 /// on a controller that is gone, busy or broken.
 ///
 /// # Examples
@@ -34,6 +42,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Client<T> {
     transport: T,
     timeout: Duration,
+    grant_timeout: Duration,
 }
 
 impl<T: Transport> Client<T> {
@@ -42,12 +51,21 @@ impl<T: Transport> Client<T> {
         Client {
             transport,
             timeout: DEFAULT_TIMEOUT,
+            grant_timeout: GRANT_TIMEOUT,
         }
     }
 
     /// How long to wait for each reply, connecting included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait at least for the answer to a grant or revoke
+    /// (default [`GRANT_TIMEOUT`]; the [timeout](Client::timeout) when that
+    /// is longer).
+    pub fn grant_timeout(mut self, timeout: Duration) -> Self {
+        self.grant_timeout = timeout;
         self
     }
 
@@ -88,6 +106,7 @@ impl<T: Transport> Client<T> {
         Ok(Session {
             connection,
             timeout: self.timeout,
+            grant_timeout: self.grant_timeout.max(self.timeout),
         })
     }
 
@@ -171,6 +190,7 @@ impl<T: Transport> Client<T> {
 pub struct Session<C> {
     connection: C,
     timeout: Duration,
+    grant_timeout: Duration,
 }
 
 impl<C: Connection> Session<C> {
@@ -181,7 +201,13 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn request(&mut self, request: Request) -> Result<Reply, Error> {
-        match self.connection.request(request, self.timeout)? {
+        let timeout = match request {
+            Request::GrantAccess(_) | Request::TakeOver(_) | Request::Revoke(_) => {
+                self.grant_timeout
+            }
+            _ => self.timeout,
+        };
+        match self.connection.request(request, timeout)? {
             Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
             reply => Ok(reply),
         }

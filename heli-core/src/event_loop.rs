@@ -239,7 +239,7 @@ impl<S: Supervisor> Loop<S> {
                         }
                         Request::Revoke(named) => {
                             let holder = self.holder(state);
-                            match authorize::may_revoke(holder.as_ref(), named) {
+                            match authorize::may_revoke(holder.as_ref(), &peer, named) {
                                 Ok(()) => match self.revoke(state) {
                                     Some((id, deadline, claim)) => {
                                         state.wait_for(
@@ -289,10 +289,11 @@ impl<S: Supervisor> Loop<S> {
             return Err(Reply::Error("The controller is shutting down".into()));
         }
         let target = state.run.target;
-        let client = authorize::grantee(&peer, requested, &self.supervisor).map_err(|refusal| {
-            warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
-            Reply::Error(refusal)
-        })?;
+        let client =
+            authorize::grantee(&peer, requested, target, &self.supervisor).map_err(|refusal| {
+                warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
+                Reply::Error(refusal)
+            })?;
         let previous = self.holder(state);
         if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
             return Err(Reply::Error(format!(

@@ -154,7 +154,7 @@ mod supervisor;
 mod transport;
 mod worker;
 
-pub use client::{Client, Session, DEFAULT_TIMEOUT};
+pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};
 pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};

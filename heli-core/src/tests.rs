@@ -494,6 +494,8 @@ impl Pretend {
         let (exit_tx, exit_rx) = bounded(16);
         let table = Table::default();
         table.add(1, 0, 1);
+        // The controller itself: the test process.
+        table.add(Pid::this().get(), 1, 2);
         for client in CLIENTS {
             table.add(client, 1, u64::from(client));
         }
@@ -1210,8 +1212,18 @@ fn client_without_a_controller_is_not_running() {
 fn client_times_out_naming_the_request() {
     // Nobody serves: requests wait on the wire forever.
     let fake = Fake::new();
-    let client = Client::new(fake).timeout(Duration::from_millis(100));
-    let (pid, grant) = within(move || (client.target_pid(), client.grant_access(pid(7))));
+    let client = Client::new(fake.clone()).timeout(Duration::from_millis(100));
+    let quick = Client::new(fake)
+        .timeout(Duration::from_millis(100))
+        .grant_timeout(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (pid, grant) = within(move || (client.target_pid(), quick.grant_access(pid(7))));
+    // A grant is waited for longer: the controller may take long to answer.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        asked.elapsed()
+    );
 
     let err = pid.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -1979,6 +1991,41 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     go.send(()).unwrap();
     go.send(()).unwrap();
     assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn only_the_grants_connection_or_its_holder_may_revoke_it() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let holder = table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(holder));
+    let mut session = fake.client().session().unwrap();
+    session.grant_access(pid(77)).unwrap();
+
+    // Another process, on another connection: refused, both ways of asking.
+    let stranger = table.identity(pid(88)).unwrap().unwrap();
+    fake.authenticate(Some(stranger));
+    let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
+                   connection or that process may withdraw it (attach --force takes it over)\n";
+    assert_eq!(fake.raw(b"REVOKE\n"), refusal);
+    assert_eq!(fake.raw(b"REVOKE 77\n"), refusal);
+    assert!(granter.revoked().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+
+    // The holder process itself, on another connection: withdrawn.
+    fake.authenticate(Some(holder));
+    assert_eq!(fake.raw(b"REVOKE 77\n"), "READY\n");
+    wait_until("the revoke", || granter.revoked() == [PID]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+
+    // And on the grant's own connection, whoever holds its end.
+    session.grant_access(pid(77)).unwrap();
+    fake.authenticate(Some(stranger));
+    session.revoke(pid(77)).unwrap();
+    wait_until("the second revoke", || granter.revoked().len() == 2);
     fake.client().terminate().unwrap();
     running.join().unwrap();
 }
