@@ -50,6 +50,9 @@ fn target_command(code: &str) -> (Command, std::os::fd::OwnedFd) {
 struct Running {
     client: Client<FifoTransport>,
     thread: Option<thread::JoinHandle<()>>,
+    /// The process the grants go to (a grant never goes to the controller,
+    /// which runs in this process).
+    grantee: std::process::Child,
     _dir: tempfile::TempDir,
     _stdin: std::os::fd::OwnedFd,
 }
@@ -74,9 +77,14 @@ impl Running {
         }
         // Let the interpreter reach its steady state.
         thread::sleep(Duration::from_millis(300));
+        let grantee = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
         Running {
             client,
             thread: Some(thread),
+            grantee,
             _dir: dir,
             _stdin: stdin,
         }
@@ -84,7 +92,8 @@ impl Running {
 
     /// One grant; `Ok` for READY and for the EINVAL of a kernel without Yama.
     fn grant(&self) {
-        match self.client.grant_access(heli::core::Pid::this()) {
+        let grantee = heli::core::Pid::new(self.grantee.id()).unwrap();
+        match self.client.grant_access(grantee) {
             Ok(()) => {}
             Err(err) if err.kind() == ErrorKind::Refused && err.message().contains("EINVAL") => {}
             Err(err) => panic!("grant failed: {err}"),
@@ -95,6 +104,8 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.client.terminate();
+        let _ = self.grantee.kill();
+        let _ = self.grantee.wait();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

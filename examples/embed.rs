@@ -51,8 +51,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let (pid, status) = (client.target_pid()?, client.status()?);
     println!("embed: target {pid} runs {}", status.command);
-    client.grant_access(Pid::this())?;
+    let mut debugger = Command::new("sleep").arg("60").spawn()?; // a debugger of ours
+    client.grant_access(Pid::new(debugger.id()).ok_or("no pid")?)?;
     client.terminate()?;
+    debugger.kill()?;
     println!("embed: target ended with {}", running.join().unwrap()?);
     Ok(())
 }

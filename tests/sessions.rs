@@ -202,6 +202,23 @@ fn a_hundred_grants_for_processes_not_the_clients_are_refused() {
     // The connection still works, and nobody holds the grant.
     assert!(ask("GET_TARGET_PID\n").starts_with("TARGET_PID "));
     assert_eq!(status(&controller).0, None, "seed {seed}");
+    // A peer's refusals (and its bad requests) log a few lines, then are
+    // only counted: 100 refused grants and 1,000 bad lines do not become
+    // 1,100 warnings.
+    for n in 0..1000 {
+        assert!(ask(&format!("NO_SUCH_REQUEST {n}\n")).starts_with("ERROR: "));
+    }
+    let log = controller.log_text();
+    let warned = log
+        .lines()
+        .filter(|line| line.contains("refused GRANT_ACCESS") || line.contains("bad request"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        warned.len(),
+        heli::core::log_limit::PER_KEY as usize,
+        "{log}"
+    );
+    assert!(warned.last().unwrap().contains("held back"), "{log}");
 }
 
 /// When process `pid` started, in clock ticks after boot.

@@ -284,12 +284,23 @@ fn sigtstp_suspends_the_target_and_the_controller_until_sigcont() {
             state(grandchild) == Some(grandchild_state)
         });
         controller.signal(Signal::SIGCONT as i32);
-        wait_for("all of them to continue", SOON, || {
+        // Should one stay stopped, the controller's log says what it did.
+        let continued = || {
             all.iter()
                 .all(|&pid| state(pid).is_some_and(|s| s != Stopped))
-        });
+        };
+        let deadline = std::time::Instant::now() + SOON;
+        while !continued() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            continued(),
+            "not all continued: {:?} of {all:?}\n{}",
+            all.map(state),
+            controller.log_text()
+        );
         let (status, out, err) = controller.run_client(&["status"]);
-        assert!(status.success(), "{out}{err}");
+        assert!(status.success(), "{out}{err}\n{}", controller.log_text());
         controller.signal(Signal::SIGTERM as i32);
         let status = controller.wait();
         assert_eq!(status.code(), Some(143), "{}", controller.log_text());

@@ -69,7 +69,7 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 /// # Examples
 ///
 /// ```no_run
-/// # fn demo<T: heli_core::Transport, G: heli_core::Granter, S: heli_core::Supervisor>(
+/// # fn demo<T: heli_core::Transport, G: heli_core::Granter + Send + 'static, S: heli_core::Supervisor>(
 /// #     transport: T, granter: G, supervisor: S) -> std::io::Result<()> {
 /// use heli_core::Controller;
 /// use std::time::Duration;

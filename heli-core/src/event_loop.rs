@@ -4,6 +4,7 @@
 //! worker threads, each with a deadline, and the loop serves every other
 //! request meanwhile.
 
+use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use log::{debug, info, warn};
 
 use crate::authorize::{self, GrantRecord};
 use crate::deadline::Deadline;
+use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::protocol::{Reply, Request, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
@@ -192,7 +194,7 @@ impl<S: Supervisor> Loop<S> {
         let request = match incoming.request() {
             Ok(request) => request,
             Err(err) => {
-                warn!("bad request from {peer:?}: {err}");
+                state.warn_about(&peer, format_args!("bad request from {peer:?}: {err}"));
                 let reply = Reply::error(err);
                 incoming.reply(reply);
                 return;
@@ -255,7 +257,13 @@ impl<S: Supervisor> Loop<S> {
                                     // withdraw.
                                     None => Reply::Ready,
                                 },
-                                Err(refusal) => Reply::Error(refusal),
+                                Err(refusal) => {
+                                    state.warn_about(
+                                        &peer,
+                                        format_args!("refused REVOKE from {peer:?}: {refusal}"),
+                                    );
+                                    Reply::Error(refusal)
+                                }
                             }
                         }
                         _ => not_running(),
@@ -289,11 +297,16 @@ impl<S: Supervisor> Loop<S> {
             return Err(Reply::Error("The controller is shutting down".into()));
         }
         let target = state.run.target;
-        let client =
-            authorize::grantee(&peer, requested, target, &self.supervisor).map_err(|refusal| {
-                warn!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}");
-                Reply::Error(refusal)
-            })?;
+        let client = match authorize::grantee(&peer, requested, target, &self.supervisor) {
+            Ok(client) => client,
+            Err(refusal) => {
+                state.warn_about(
+                    &peer,
+                    format_args!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}"),
+                );
+                return Err(Reply::Error(refusal));
+            }
+        };
         let previous = self.holder(state);
         if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
             return Err(Reply::Error(format!(
@@ -668,6 +681,9 @@ struct State {
     /// The granter's facts for `STATUS`, as of its last piece of work.
     granter_fields: Vec<(String, String)>,
     next_job: JobId,
+    /// Warnings peers cause (bad requests, refusals), limited per peer
+    /// process (peers a transport cannot tell apart share one allowance).
+    warnings: LogLimit<Option<ProcessId>>,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -700,6 +716,14 @@ impl State {
             granting: Vec::new(),
             granter_fields: Vec::new(),
             next_job: 0,
+            warnings: LogLimit::new(),
+        }
+    }
+
+    /// Logs `what` a peer caused, within the peer's allowance.
+    fn warn_about(&mut self, peer: &Peer, what: fmt::Arguments<'_>) {
+        if let Some(note) = self.warnings.check(peer.process(), Instant::now()) {
+            warn!("{what}{note}");
         }
     }
 

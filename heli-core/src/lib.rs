@@ -38,7 +38,7 @@
 //! ```
 //! # use std::{io, time::{Duration, Instant}};
 //! # use crossbeam_channel::{bounded, Receiver, Sender};
-//! use heli_core::{Client, Controller, Exit, ExitStatus, Granter, Supervisor};
+//! use heli_core::{Client, Controller, Deadline, Exit, ExitStatus, Granter, Supervisor};
 //! use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 //! use heli_core::{exchange, Connection, Event, Listener, Peer, Stopper, Transport};
 //!
@@ -90,11 +90,11 @@
 //! struct Record(Vec<ProcessId>);
 //! impl Granter for Record {
 //!     fn name(&self) -> &str { "record" }
-//!     fn grant(&mut self, _target: ProcessId, client: ProcessId) -> io::Result<()> {
+//!     fn grant(&mut self, _target: ProcessId, client: ProcessId, _: &Deadline) -> io::Result<()> {
 //!         self.0.push(client);
 //!         Ok(())
 //!     }
-//!     fn revoke(&mut self, _target: ProcessId) -> io::Result<()> { Ok(()) }
+//!     fn revoke(&mut self, _target: ProcessId, _: &Deadline) -> io::Result<()> { Ok(()) }
 //! }
 //!
 //! /// A pretend target with PID 4242 that ends when told to, in a world
@@ -130,7 +130,8 @@
 //!
 //! let client = Client::new(memory);
 //! assert_eq!(client.target_pid().unwrap(), TARGET);
-//! client.grant_access(Pid::this()).unwrap();
+//! // A debugger the client runs (a grant never goes to the controller).
+//! client.grant_access(Pid::new(77).unwrap()).unwrap();
 //! client.terminate().unwrap();
 //! assert_eq!(running.join().unwrap().unwrap(), ExitStatus::Signal(15));
 //! ```
@@ -146,6 +147,7 @@ mod error;
 mod event_loop;
 mod granter;
 mod inspector;
+pub mod log_limit;
 mod process;
 pub mod protocol;
 mod restart;
@@ -160,6 +162,7 @@ pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
 pub use inspector::{Inspector, NoInspector};
+pub use log_limit::LogLimit;
 pub use process::{InvalidPid, Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 pub use restart::{Restart, RestartPolicy};
 pub use signals::{DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS};

@@ -1524,9 +1524,9 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
     // 77 runs a debugger, 700, which runs a helper, 701; 88 is a stranger.
     table.add(700, 77, 700);
     table.add(701, 700, 701);
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
     let client = table.identity(pid(77)).unwrap().unwrap();
     fake.authenticate(Some(client));
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
 
     for (line, reply) in [
         ("GRANT_ACCESS 88\n", "ERROR: GRANT_ACCESS 88 refused: it must be your own process or one of its descendants (you are PID 77)\n"),

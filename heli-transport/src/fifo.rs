@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use heli_core::protocol::LineBuffer;
-use heli_core::{exchange, Connection, Event, Listener, Peer, Transport};
+use heli_core::{exchange, Connection, Event, Listener, LogLimit, Peer, Transport};
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, Flockable, OFlag};
@@ -517,6 +517,8 @@ impl Listener for FifoListener {
         let peer = Peer::default();
         // The response pipe's lock, while a request is read or answered.
         let mut busy = None;
+        // Any writer can cause these warnings, as often as it likes.
+        let mut dropped = LogLimit::new();
         loop {
             let deadline = lines
                 .has_partial_line()
@@ -530,7 +532,9 @@ impl Listener for FifoListener {
             ) {
                 Ok(seen) => seen,
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                    warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}");
+                    if let Some(note) = dropped.check((), Instant::now()) {
+                        warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}{note}");
+                    }
                     lines = LineBuffer::new();
                     busy = None;
                     continue;
@@ -549,7 +553,9 @@ impl Listener for FifoListener {
                 // Every writer has closed the pipe.
                 Ok(0) => {
                     if lines.has_partial_line() {
-                        warn!("dropping a request line left unfinished by a writer that closed the control pipe");
+                        if let Some(note) = dropped.check((), Instant::now()) {
+                            warn!("dropping a request line left unfinished by a writer that closed the control pipe{note}");
+                        }
                         lines = LineBuffer::new();
                     }
                     self.control.reopen()?;

@@ -511,6 +511,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
         let err = server
             .client()
             .timeout(Duration::from_millis(300))
+            .grant_timeout(Duration::from_millis(300))
             .grant_access(as_pid(1000 + round))
             .unwrap_err();
         let waited = start.elapsed();

@@ -579,8 +579,12 @@ fn the_grant_holder_is_never_closed() {
             || client.target_pid().is_ok(),
         );
 
+        // The controller runs in this process, and a grant never goes to
+        // the controller: the debugger is a child of ours.
+        let mut debugger = Command::new("sleep").arg("60").spawn().unwrap();
+        let debugger_pid = Pid::new(debugger.id()).unwrap();
         let mut holder = client.session().unwrap();
-        holder.grant_access(Pid::this()).unwrap();
+        holder.grant_access(debugger_pid).unwrap();
         let granted = Instant::now();
         let mut other = transport.connect(Duration::from_secs(2)).unwrap();
         assert!(other
@@ -590,7 +594,7 @@ fn the_grant_holder_is_never_closed() {
         // other one goes.
         thread::sleep(UnixSocketTransport::EVICTABLE_AFTER + Duration::from_millis(200));
         let status = client.status().unwrap();
-        assert_eq!(status.holder, Some(Pid::this()));
+        assert_eq!(status.holder, Some(debugger_pid));
         let reply = other.request(Request::GetTargetPid, Duration::from_secs(2));
         assert_eq!(
             reply.unwrap(),
@@ -600,8 +604,10 @@ fn the_grant_holder_is_never_closed() {
         );
         // Idle for twice the idle timeout: still open, still the holder.
         thread::sleep((granted + idle_timeout * 2).saturating_duration_since(Instant::now()));
-        assert_eq!(holder.status().unwrap().holder, Some(Pid::this()));
+        assert_eq!(holder.status().unwrap().holder, Some(debugger_pid));
         drop(holder);
+        let _ = debugger.kill();
+        let _ = debugger.wait();
         shutdown.shutdown();
         join_within(run, Duration::from_secs(10)).unwrap();
     })

@@ -102,6 +102,44 @@ for transport in socket fifo; do
     out=$(yama_client 'GRANT_ACCESS $PID' pdb close pdb)
     expect "socket: granted pdb -p allowed" "^pdb allowed" "$(sed -n 2p <<<"$out")"
     expect "socket: connection closed, grant revoked: pdb -p denied" "^pdb denied" "$(sed -n 4p <<<"$out")"
+    # Another process of the same user cannot take our grant away, by pid
+    # or without one; ours still works after both tries.
+    out=$(yama_client 'GRANT_ACCESS $PID' 'other:REVOKE $PID' 'other:REVOKE' pdb 'REVOKE' pdb)
+    expect "socket: another process's REVOKE <holder> refused" \
+      "^ERROR: REVOKE refused: the grant is held by client PID [0-9]+; only its connection" "$(sed -n 2p <<<"$out")"
+    expect "socket: another process's bare REVOKE refused" "^ERROR: REVOKE refused" "$(sed -n 3p <<<"$out")"
+    expect "socket: after both, the holder's pdb -p still allowed" "^pdb allowed" "$(sed -n 4p <<<"$out")"
+    expect "socket: the holder's own REVOKE: pdb -p denied" "^pdb denied" "$(sed -n 6p <<<"$out")"
+    # PID reuse: A connects and exits, leaving its connection to its child
+    # C; A's pid goes to a new process N of the same user; C then asks for
+    # a grant for "its own" pid, which is N's now: refused.
+    stamp=$work/handoff
+    rm -f "$stamp" "$stamp.go"
+    yama_client "handoff:$stamp" 'GRANT_ACCESS $PID' >"$work/handoff.out" 2>&1 &
+    handoff=$!
+    for _ in $(seq 300); do [[ -s $stamp ]] && break; sleep 0.1; done
+    a=$(cat "$stamp" 2>/dev/null)
+    for _ in $(seq 100); do [[ -n $a && -e /proc/$a ]] || break; sleep 0.1; done
+    reused=
+    for _ in $(seq 5); do
+      echo $((a - 1)) >/proc/sys/kernel/ns_last_pid
+      setpriv --reuid="$HELI_VM_UID" --regid="$HELI_VM_UID" --clear-groups sleep 60 &
+      n=$!
+      if ((n == a)); then reused=$n; break; fi
+      kill "$n"
+    done
+    if [[ -n $reused ]]; then
+      ok "pid $a reused by a new process of the user"
+      : >"$stamp.go"
+      for _ in $(seq 300); do [[ -s $work/handoff.out ]] && break; sleep 0.1; done
+      expect "socket: a grant for an exited client's reused pid refused" \
+        "^ERROR: GRANT_ACCESS $a refused: .*\(your PID is unknown\)" "$(cat "$work/handoff.out")"
+      kill "$reused"
+    else
+      fail "could not give pid $a to a new process"
+      : >"$stamp.go"
+    fi
+    wait "$handoff"
   fi
   good=0
   for i in $(seq 20); do

@@ -53,9 +53,10 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// # Examples
 ///
 /// ```no_run
-/// use heli_core::{Granter, Pid, Processes, Supervisor};
+/// use heli_core::{Deadline, Granter, Pid, Processes, Supervisor};
 /// use heli_grant::{ProcessSupervisor, YamaGranter};
 /// use std::process::Command;
+/// use std::time::Duration;
 ///
 /// let mut supervisor = ProcessSupervisor::new(Command::new("python3"));
 /// let pid = supervisor.spawn()?;
@@ -63,9 +64,10 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// let mut granter = YamaGranter::new(supervisor.child_waits());
 /// // The client process: who it is, start time included.
 /// let client = supervisor.identity(Pid::new(4242).unwrap())?.expect("it runs");
-/// granter.grant(target, client)?;
+/// // Given up (the target left untouched) if it takes over a second.
+/// granter.grant(target, client, &Deadline::after(Duration::from_secs(1)))?;
 /// assert_eq!(granter.holder(target), Some(client));
-/// granter.revoke(target)?;
+/// granter.revoke(target, &Deadline::after(Duration::from_secs(1)))?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug)]

@@ -16,8 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use heli_core::log_limit::Allowed;
 use heli_core::protocol::{Dialect, Reply};
-use heli_core::{Credentials, Event, GrantHolder, Listener, Peer, Stopper};
+use heli_core::{Credentials, Event, GrantHolder, Listener, LogLimit, Peer, Stopper};
 use heli_proc::ProcessHandle;
 use log::{info, warn};
 use nix::errno::Errno;
@@ -206,10 +207,12 @@ impl UnixSocketListener {
         let me = Uid::effective().as_raw();
         let (pid, uid) = (cred.pid(), cred.uid());
         if uid != me {
-            warn!(
-                "refused a connection to session {} from PID {pid} of uid {uid}: only uid {me} may use it",
-                self.name
-            );
+            if let Some(note) = serving.refused(pid) {
+                warn!(
+                    "refused a connection to session {} from PID {pid} of uid {uid}: only uid {me} may use it{note}",
+                    self.name
+                );
+            }
             refuse_connection(
                 &stream,
                 &format!(
@@ -223,10 +226,12 @@ impl UnixSocketListener {
             Ok(slot) => slot,
             Err(stream) => {
                 let max = self.limits.max_connections;
-                warn!(
-                    "refused a connection to session {} from PID {pid}: {max} connections are open, none idle long enough to make room",
-                    self.name
-                );
+                if let Some(note) = serving.refused(pid) {
+                    warn!(
+                        "refused a connection to session {} from PID {pid}: {max} connections are open, none idle long enough to make room{note}",
+                        self.name
+                    );
+                }
                 refuse_connection(
                     &stream,
                     &format!(
@@ -394,9 +399,20 @@ struct Serving<'env> {
     next_id: AtomicU64,
     /// Why accepting ended, if it failed.
     failure: Mutex<Option<io::Error>>,
+    /// Warnings about refused connections, limited per connecting pid.
+    refusals: Mutex<LogLimit<i32>>,
 }
 
 impl<'env> Serving<'env> {
+    /// Whether a refused connection of `pid` may be logged: see
+    /// [`LogLimit`].
+    fn refused(&self, pid: i32) -> Option<Allowed> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(pid, Instant::now())
+    }
+
     /// Accepts the next connection, starts a thread of `scope` that accepts
     /// the one after, then serves the connection on this thread until it
     /// closes. Returns at once when accepting ends (stopped, or failed).
@@ -493,6 +509,7 @@ impl Listener for UnixSocketListener {
             connections: Connections::new(&self.name, self.limits, self.holder.clone()),
             next_id: AtomicU64::new(0),
             failure: Mutex::new(None),
+            refusals: Mutex::new(LogLimit::new()),
         };
         // This thread accepts the first connection; every thread started for
         // the others is joined at the end of the scope.
