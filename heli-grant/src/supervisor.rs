@@ -378,9 +378,12 @@ impl Reaper {
         let status = loop {
             // A pidfd becomes readable only when the process has exited:
             // ptrace stops do not wake us.
+            // A signal handled on this thread (or the controller stopped
+            // and continued) interrupts the wait: that is no exit.
             let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
                 Err(err) => {
                     warn!("cannot watch PID {}: {err}", self.pid);
                     return;
