@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Yama suite, run as root inside a Yama kernel by scripts/vm/test-yama.sh:
 #
-#   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON
+#   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON [CYCLES]
 #
 # Sets ptrace_scope 1, 0, 2, 3 in turn (3 last: it cannot be lowered) and
 # runs the real controller, client and pdb as an unprivileged user. Ends with
@@ -10,7 +10,7 @@ set -uo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 . "$here/guest-lib.sh"
 
-examples=$1 python=$2
+examples=$1 python=$2 cycles=${3:-1000} # grant/revoke cycles of the endurance run
 repo=$(realpath "$here/../..")
 passes=0 fails=0
 ok() { echo "ok   - $*"; passes=$((passes + 1)); }
@@ -164,6 +164,47 @@ for transport in socket fifo; do
 done
 
 transport=socket
+echo "--- ptrace_scope 1, endurance: $cycles grant/revoke cycles, frozen and thawed halfway"
+# As the hostile probe ran it: the target frozen by the cgroup freezer (what
+# `docker pause` does) while a grant waits must hold no other request up.
+if start_controller; then
+  target=$(client pid)
+  stamp=$work/endurance
+  rm -f "$stamp".*
+  cp "$repo/tests/yama_endurance.py" "$work/" && chown "$user:" "$work/yama_endurance.py"
+  as_user "$python" "$work/yama_endurance.py" "$(address)" "$cycles" "$stamp" \
+    >"$work/endurance.out" 2>&1 &
+  endurance=$!
+  freezer=/sys/fs/cgroup/heli-endurance
+  froze=
+  for _ in $(seq 6000); do
+    kill -0 "$endurance" 2>/dev/null || break
+    if [[ -z $froze && -e $stamp.freeze ]]; then
+      mkdir -p "$freezer" && echo "$target" >"$freezer/cgroup.procs" && echo 1 >"$freezer/cgroup.freeze"
+      for _ in $(seq 100); do grep -q "frozen 1" "$freezer/cgroup.events" && break; sleep 0.05; done
+      grep -q "frozen 1" "$freezer/cgroup.events" && froze=1 || froze=failed
+      : >"$stamp.frozen"
+    fi
+    if [[ $froze == 1 && -e $stamp.thaw && ! -e $stamp.thawed ]]; then
+      echo 0 >"$freezer/cgroup.freeze"
+      : >"$stamp.thawed"
+    fi
+    sleep 0.1
+  done
+  wait "$endurance"; rc=$?
+  out=$(cat "$work/endurance.out")
+  echo "$out" | sed 's/^/    /'
+  expect "endurance: the target was frozen by the cgroup freezer" "^1$" "$froze"
+  expect "endurance: every cycle granted and revoked as Yama shows, target untouched" "^problems 0$" "$out"
+  expect "endurance: no request hung" "^hangs 0$" "$out"
+  expect "endurance: the grant into the frozen target failed in time, saying why" \
+    "^frozen_grant_reply ERROR: Grant failed: .*frozen" "$out"
+  expect "endurance: exit 0" "^0$" "$rc"
+  expect "endurance: target survived" "^$target$" "$(client pid)"
+  stop_controller
+  rmdir "$freezer" 2>/dev/null
+fi
+
 echo "--- ptrace_scope 0"
 set_ptrace_scope 0 || fail "cannot set scope 0"
 if start_controller; then
