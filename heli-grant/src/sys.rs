@@ -73,24 +73,96 @@ pub fn kill_with_parent(command: &mut Command) {
     }
 }
 
-/// `waitpid(tid, &status, __WALL)`, retried on EINTR: the raw status of
-/// thread `tid`, a child or a tracee of the calling thread.
+/// `waitpid(tid, &status, WNOHANG | __WALL)`, retried on EINTR: the raw
+/// status of thread `tid` (a child or a tracee of the calling thread) if it
+/// has one to report now, `None` if not; never blocks.
 ///
 /// nix's `waitpid` cannot describe a stop for a real-time signal (its
 /// `Signal` has none) and fails *after* consuming the status; this one
 /// returns every status as the kernel gives it.
-pub(crate) fn waitpid_all(tid: libc::pid_t) -> Result<libc::c_int, Errno> {
+pub(crate) fn waitpid_nohang(tid: libc::pid_t) -> Result<Option<libc::c_int>, Errno> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is a valid, writable c_int for the duration of the
         // call; the other arguments are integers.
-        let res = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        let res = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
         match Errno::result(res) {
-            Ok(_) => return Ok(status),
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(err),
         }
     }
+}
+
+/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+
+/// `struct ptrace_rseq_configuration`: where a thread registered its rseq
+/// area, and the signature its abort handlers carry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RseqConfig {
+    /// The address of its `struct rseq` (0: none registered).
+    pub(crate) rseq_abi_pointer: u64,
+    /// Its size.
+    pub(crate) rseq_abi_size: u32,
+    /// The 32-bit value that must precede every abort handler.
+    pub(crate) signature: u32,
+    pub(crate) flags: u32,
+    pad: u32,
+}
+
+/// `ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, sizeof, &config)`: the rseq
+/// registration of the stopped tracee `tid`.
+pub(crate) fn ptrace_get_rseq_config(tid: libc::pid_t) -> Result<RseqConfig, Errno> {
+    let mut config = RseqConfig::default();
+    // SAFETY: `config` is a writable repr(C) struct of the size passed as
+    // `addr`, which bounds what the kernel writes; it outlives the call.
+    let res = unsafe {
+        libc::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            std::mem::size_of::<RseqConfig>() as libc::c_long as *mut libc::c_void,
+            &mut config as *mut RseqConfig,
+        )
+    };
+    Errno::result(res).map(|_| config)
+}
+
+/// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (Linux 6.2).
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+
+/// `struct ptrace_sud_config`: a thread's Syscall User Dispatch setting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SudConfig {
+    /// `PR_SYS_DISPATCH_OFF` (0) or `PR_SYS_DISPATCH_ON` (1).
+    pub(crate) mode: u64,
+    /// The address of its selector byte.
+    pub(crate) selector: u64,
+    /// The start of the region whose system calls are never dispatched.
+    pub(crate) offset: u64,
+    /// That region's length.
+    pub(crate) len: u64,
+}
+
+/// `ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, tid, sizeof, &config)`:
+/// the Syscall User Dispatch setting of the stopped tracee `tid`.
+pub(crate) fn ptrace_get_sud_config(tid: libc::pid_t) -> Result<SudConfig, Errno> {
+    let mut config = SudConfig::default();
+    // SAFETY: `config` is a writable repr(C) struct of the size passed as
+    // `addr`, which the kernel checks and which bounds what it writes; it
+    // outlives the call.
+    let res = unsafe {
+        libc::ptrace(
+            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            tid,
+            std::mem::size_of::<SudConfig>() as libc::c_long as *mut libc::c_void,
+            &mut config as *mut SudConfig,
+        )
+    };
+    Errno::result(res).map(|_| config)
 }
 
 /// `ptrace(PTRACE_DETACH, tid, 0, signal)`: lets a stopped tracee go,

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
-use heli_core::{Exit, ExitStatus, Granter, Pid, ProcessId, Processes, Supervisor};
+use heli_core::{Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, Processes, Supervisor};
 use heli_grant::{ChildWaits, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
 use nix::fcntl::OFlag;
@@ -283,6 +283,11 @@ impl Drop for Target {
     }
 }
 
+/// A deadline no healthy injection comes near.
+fn soon() -> Deadline {
+    Deadline::after(SOON)
+}
+
 fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
@@ -344,34 +349,48 @@ fn exercise(target: &Target) {
     let injector = target.injector();
     for _ in 0..20 {
         assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+            injector
+                .syscall(pid, libc::SYS_getpid, &[], &soon())
+                .unwrap(),
             u64::from(pid)
         );
     }
     let dumpable = injector
-        .syscall(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .syscall(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(dumpable, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EINVAL));
     let err = injector
-        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // setpgid(0, 0): a process-wide effect, seen in /proc/PID/stat.
     assert_ne!(stat_field(pid, 5), pid.to_string());
     assert_eq!(
-        injector.syscall(pid, libc::SYS_setpgid, &[0, 0]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_setpgid, &[0, 0], &soon())
+            .unwrap(),
         0
     );
     assert_eq!(stat_field(pid, 5), pid.to_string());
     // PR_SET_NAME reads a string in the target's memory: its own argument.
     let name = argument_address(pid, "heli-named");
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, name],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(injection.ret, 0);
     assert_eq!(comm(pid, injection.tid), "heli-named");
@@ -465,7 +484,9 @@ time.sleep(600)",
     let injector = target.injector();
     let mut used = Vec::new();
     for _ in 0..50 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(target.pid));
         used.push(injection.tid);
     }
@@ -500,7 +521,9 @@ ep.poll(600)",
     target.wait_in(sleeper, SLEEPS);
     let injector = target.injector();
     for _ in 0..20 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(
             injection.tid, sleeper,
             "injected into the thread in epoll_wait"
@@ -521,7 +544,9 @@ fn stopped_target_stays_stopped() {
     let injector = target.injector();
     for _ in 0..10 {
         assert_eq!(
-            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
+            injector
+                .syscall(target.pid, libc::SYS_getpid, &[], &soon())
+                .unwrap(),
             u64::from(target.pid)
         );
     }
@@ -539,7 +564,9 @@ fn inject_during(target: &Target) {
     let injector = target.injector();
     for _ in 0..100 {
         assert_eq!(
-            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
+            injector
+                .syscall(target.pid, libc::SYS_getpid, &[], &soon())
+                .unwrap(),
             u64::from(target.pid)
         );
         thread::sleep(Duration::from_millis(12));
@@ -582,7 +609,9 @@ fn relative_nanosleep_ends_on_time() {
     let injector = SyscallInjector::new(supervisor.child_waits());
     for _ in 0..100 {
         assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+            injector
+                .syscall(pid, libc::SYS_getpid, &[], &soon())
+                .unwrap(),
             u64::from(pid)
         );
         thread::sleep(Duration::from_millis(12));
@@ -636,7 +665,9 @@ fn signals_during_injections(mode: &str) {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let delay = (round % 4 >= 2).then_some((seed >> 8) % 80_000);
         go.send((signal, delay)).unwrap();
-        let injection = injector.inject(pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(pid));
         if !injection.redelivered.is_empty() {
             assert_eq!(injection.redelivered, [signal]);
@@ -678,7 +709,7 @@ fn seccomp_filtered_target_is_refused() {
     let pid = target.pid;
     let err = target
         .injector()
-        .inject(pid, libc::SYS_getpid, &[])
+        .inject(pid, libc::SYS_getpid, &[], &soon())
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
@@ -688,11 +719,18 @@ fn seccomp_filtered_target_is_refused() {
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
     assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap(),
         u64::from(pid)
     );
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EPERM));
     // Back in pause(), alive.
@@ -706,13 +744,20 @@ fn seccomp_trap_is_suppressed() {
     let pid = target.pid;
     let injector = target.injector().allow_seccomp(true);
     let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("trapped"), "{err}");
     // No SIGSYS reached it: it lives on, and takes further calls.
     assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap(),
         u64::from(pid)
     );
     thread::sleep(Duration::from_millis(100));
@@ -728,7 +773,12 @@ fn target_killed_by_the_injected_call_is_reported() {
     let pid = target.pid;
     let injector = target.injector().allow_seccomp(true);
     let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     assert!(err.to_string().contains("exited during the grant"), "{err}");
@@ -757,7 +807,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         let worker = thread::spawn(move || {
             let mut done = 0;
             loop {
-                match injector.inject(pid, libc::SYS_getpid, &[]) {
+                match injector.inject(pid, libc::SYS_getpid, &[], &soon()) {
                     Ok(injection) => {
                         assert_eq!(injection.ret, i64::from(pid));
                         done += 1;

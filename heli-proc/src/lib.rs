@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod freezer;
 mod maps;
 mod memory;
 mod process;

@@ -7,7 +7,7 @@ use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
-use heli_core::{Granter, Pid, ProcessId, Processes};
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
 use heli_proc::ProcFs;
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -92,6 +92,10 @@ pub enum GrantMethod {
     /// itself, when one of its threads next executes Python code.
     RemoteExec,
 }
+
+/// How long a ptrace injection may take (a frozen target, or one in
+/// uninterruptible sleep, never stops for it).
+const INJECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a target gets to run a remote-executed grant by default.
 const REMOTE_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,10 +200,12 @@ impl YamaGranter {
     /// Injects the call: `Err` when it could not be made, else what it
     /// returned.
     fn by_ptrace(&self, target: Pid, ptracer: u32, what: &str) -> io::Result<io::Result<()>> {
+        let deadline = Deadline::after(INJECTION_TIMEOUT);
         let injection = self.injector.inject(
             target,
             libc::SYS_prctl,
             &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
+            &deadline,
         )?;
         Ok(match injection.ret {
             0 => {

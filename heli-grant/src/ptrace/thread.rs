@@ -9,10 +9,14 @@ use log::debug;
 use super::arch;
 
 /// The thread of `process` to inject into: the best by [`rank`], the main
-/// thread first among equals.
-pub(super) fn choose_thread(process: &Proc) -> io::Result<Pid> {
+/// thread first among equals. `main_exited`: its main thread has exited
+/// (it lingers as a zombie while others run on), so it is never chosen.
+pub(super) fn choose_thread(process: &Proc, main_exited: bool) -> io::Result<Pid> {
     let pid = process.pid();
-    let tids = process.threads()?;
+    let mut tids = process.threads()?;
+    if main_exited {
+        tids.retain(|&tid| tid != pid);
+    }
     if tids.len() <= 1 {
         return Ok(tids.first().copied().unwrap_or(pid));
     }

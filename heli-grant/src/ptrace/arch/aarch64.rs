@@ -38,6 +38,7 @@ pub(crate) const EINTR_PRONE: &[i64] = &[
     libc::SYS_accept,
     libc::SYS_accept4,
     libc::SYS_connect,
+    libc::SYS_io_uring_enter,
 ];
 
 /// PSTATE's bit for an AArch32 task.
@@ -57,6 +58,10 @@ pub(crate) fn set(tid: Pid, regs: &Regs) -> nix::Result<()> {
 
 pub(crate) fn pc(regs: &Regs) -> u64 {
     regs.gp.pc
+}
+
+pub(crate) fn set_pc(regs: &mut Regs, pc: u64) {
+    regs.gp.pc = pc;
 }
 
 pub(crate) fn ret(regs: &Regs) -> i64 {

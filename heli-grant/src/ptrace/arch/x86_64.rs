@@ -30,6 +30,7 @@ pub(crate) const EINTR_PRONE: &[i64] = &[
     libc::SYS_accept,
     libc::SYS_accept4,
     libc::SYS_connect,
+    libc::SYS_io_uring_enter,
 ];
 
 /// The user code segment of 32-bit tasks.
@@ -45,6 +46,10 @@ pub(crate) fn set(tid: Pid, regs: &Regs) -> nix::Result<()> {
 
 pub(crate) fn pc(regs: &Regs) -> u64 {
     regs.rip
+}
+
+pub(crate) fn set_pc(regs: &mut Regs, pc: u64) {
+    regs.rip = pc;
 }
 
 pub(crate) fn ret(regs: &Regs) -> i64 {

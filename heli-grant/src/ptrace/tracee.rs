@@ -1,0 +1,668 @@
+//! One seized thread: its stops, the call, and giving it back.
+
+use std::io;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use heli_core::{Deadline, ExitStatus};
+use heli_proc::{Memory, Proc};
+use log::{debug, warn};
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::unistd::Pid;
+
+use crate::sys;
+use crate::wait::ChildWaitsGuard;
+
+use super::handoff::{Handoff, Stage};
+use super::{arch, dispatch, insn, rseq};
+
+/// `PTRACE_EVENT_STOP` in the high byte of a wait status: a stop after
+/// `PTRACE_INTERRUPT`, or a group-stop, of a seized thread.
+const PTRACE_EVENT_STOP: i32 = 128;
+
+/// `si_code` of a SIGSYS from a seccomp filter's `SECCOMP_RET_TRAP`.
+const SYS_SECCOMP: i32 = 1;
+
+/// At most this many stops while stepping over the call (each one is a
+/// signal that arrived meanwhile, or a group-stop); then the registers are
+/// put back and the injection starts over.
+const MAX_STOPS: usize = 32;
+
+/// The longest pause between two looks for a stop.
+const MAX_PAUSE: Duration = Duration::from_millis(1);
+
+/// Where the injection stands with the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Seized and interrupted, no stop seen yet: should the tracer thread
+    /// end now, the kernel would let the thread go as it was.
+    Seized,
+    /// Stopped, with its own registers.
+    Stopped,
+    /// Stopped or stepping, with registers set for the call: they must be
+    /// put back before it goes.
+    Borrowed,
+    /// Given back, or gone.
+    Released,
+    /// Given up on before it stopped: the tracer thread must end, which
+    /// lets it go.
+    Abandoned,
+}
+
+/// What a wait reported about the traced thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The interrupt, or a group-stop: no signal to hold.
+    Event,
+    /// A signal-delivery-stop for this signal.
+    Signal(i32),
+}
+
+/// How the thread left without being given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    /// The whole process exited.
+    Process,
+    /// This thread exited; the process lives on.
+    Thread,
+    /// It is no longer ours and no death was reported: another thread's
+    /// `execve` ended it (the process runs a new program).
+    Replaced,
+}
+
+/// How stepping over the call ended.
+enum Step {
+    /// The call returned this.
+    Returned(i64),
+    /// It has not run, and too many stops came: start over.
+    Again(io::Error),
+}
+
+/// How one injection attempt ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The call was made and returned this value (or minus an errno).
+    Returned(i64),
+    /// The call was not made and the thread is given back untouched (or
+    /// is gone while the process lives on): another attempt may succeed.
+    Retry(io::Error),
+    /// The injection failed.
+    Failed(io::Error),
+    /// The thread did not stop by the deadline: the tracer thread must end
+    /// now (the kernel then lets the thread go, untouched).
+    Abandoned(io::Error),
+}
+
+/// What the injection needs to know of the target while tracing it.
+pub(super) struct Target<'a> {
+    /// The process, opened once.
+    pub(super) process: &'a Proc,
+    /// Where its memory map and auxiliary vector are read: the process,
+    /// or the traced thread when the main thread has exited.
+    pub(super) code: &'a Proc,
+    pub(super) deadline: &'a Deadline,
+    pub(super) handoff: &'a dyn StageSink,
+}
+
+/// Where a tracee reports its stage (a [`Handoff`]).
+pub(super) trait StageSink {
+    fn stage(&self, stage: Stage);
+}
+
+impl<R> StageSink for Handoff<R> {
+    fn stage(&self, stage: Stage) {
+        self.set_stage(stage);
+    }
+}
+
+/// A thread we seized, and what we must give back.
+pub(super) struct Tracee<'a, 'w> {
+    target: Target<'a>,
+    memory: Memory,
+    pid: u32,
+    tid: Pid,
+    /// The tracer thread (this one): what `TracerPid` of the thread shows
+    /// while we trace it.
+    tracer: i32,
+    waits: &'a mut ChildWaitsGuard<'w>,
+    phase: Phase,
+    /// Whether its registers were ever set for the call.
+    borrowed: bool,
+    /// Whether it is in a ptrace stop now (where requests work).
+    stopped: bool,
+    gone: Option<Gone>,
+    saved: Option<arch::Regs>,
+    /// Whether the last stop was a signal-delivery-stop, where a detach can
+    /// deliver a signal.
+    in_signal_stop: bool,
+    held: Vec<libc::siginfo_t>,
+    seized_at: Instant,
+}
+
+impl<'a, 'w> Tracee<'a, 'w> {
+    /// Seizes thread `tid` of `target` (without `PTRACE_O_EXITKILL`: a
+    /// tracer thread that ends before the registers change must leave it
+    /// alive).
+    pub(super) fn seize(
+        target: Target<'a>,
+        tid: Pid,
+        waits: &'a mut ChildWaitsGuard<'w>,
+    ) -> Result<Tracee<'a, 'w>, Errno> {
+        ptrace::seize(tid, Options::empty())?;
+        let pid = target.process.pid().get();
+        debug!("seized thread {tid} of PID {pid}");
+        Ok(Tracee {
+            target,
+            memory: Memory::new(heli_core::Pid::new(tid.as_raw() as u32).expect("a thread id")),
+            pid,
+            tid,
+            tracer: nix::unistd::gettid().as_raw(),
+            waits,
+            phase: Phase::Seized,
+            borrowed: false,
+            stopped: false,
+            gone: None,
+            saved: None,
+            in_signal_stop: false,
+            held: Vec::new(),
+            seized_at: Instant::now(),
+        })
+    }
+
+    /// The whole injection: the call, then the thread given back; and the
+    /// signals held meanwhile and delivered after it.
+    pub(super) fn run(mut self, nr: libc::c_long, args: &[u64; 6]) -> (Outcome, Vec<i32>) {
+        let step = self.call(nr, args);
+        if self.phase == Phase::Abandoned {
+            let err = step.err().unwrap_or_else(|| io::Error::other("abandoned"));
+            return (Outcome::Abandoned(err), Vec::new());
+        }
+        let released = self.release();
+        if self.phase == Phase::Abandoned {
+            let err = released
+                .err()
+                .unwrap_or_else(|| io::Error::other("abandoned"));
+            return (Outcome::Abandoned(err), Vec::new());
+        }
+        let (redelivered, release_err) = match released {
+            Ok(redelivered) => (redelivered, None),
+            Err(err) => (Vec::new(), Some(err)),
+        };
+        // Whatever failed first, its death is the story.
+        let outcome = match (self.gone, step) {
+            (Some(Gone::Thread | Gone::Replaced), Err(err)) if !self.borrowed => {
+                Outcome::Retry(err)
+            }
+            (Some(_), Err(err)) => Outcome::Failed(err),
+            (Some(gone), Ok(_)) => Outcome::Failed(
+                release_err.unwrap_or_else(|| io::Error::other(format!("{gone:?}"))),
+            ),
+            (None, Err(err)) => Outcome::Failed(err),
+            (None, Ok(_)) if release_err.is_some() => {
+                Outcome::Failed(release_err.expect("checked"))
+            }
+            (None, Ok(Step::Returned(ret))) => Outcome::Returned(ret),
+            (None, Ok(Step::Again(err))) => Outcome::Retry(err),
+        };
+        (outcome, redelivered)
+    }
+
+    /// Steps 1 to 5 of the recipe; [`release`](Self::release) then gives
+    /// the thread back, whatever happened.
+    fn call(&mut self, nr: libc::c_long, args: &[u64; 6]) -> io::Result<Step> {
+        ptrace::interrupt(self.tid).map_err(|e| self.fail(e, "PTRACE_INTERRUPT"))?;
+        // A signal being delivered as we interrupted shows up first: hold it
+        // (our interrupt's stop then comes later, while stepping).
+        if let Stop::Signal(signal) = self.wait()? {
+            let info = self.siginfo()?;
+            self.hold(signal, info);
+        }
+        let mut saved = arch::get(self.tid).map_err(|e| self.fail(e, "reading the registers"))?;
+        if let Some(what) = arch::foreign(&saved) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "thread {} of PID {} is {what}: cannot inject into it",
+                    self.tid, self.pid
+                ),
+            ));
+        }
+        dispatch::refuse_if_on(self.tid, self.pid)?;
+        rseq::abort_critical_section(self.tid, self.pid, &self.memory, &mut saved)?;
+        self.saved = Some(saved);
+        let insn = insn::syscall_insn(self.target.code, &self.memory, &saved)?;
+        let regs = arch::prepare(&saved, insn, nr, args);
+        // Should this process die while the thread holds our registers, the
+        // thread dies too, rather than run on with them.
+        ptrace::setoptions(self.tid, Options::PTRACE_O_EXITKILL)
+            .map_err(|e| self.fail(e, "PTRACE_SETOPTIONS"))?;
+        self.phase = Phase::Borrowed;
+        self.borrowed = true;
+        self.target.handoff.stage(Stage::Borrowed {
+            tid: heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id"),
+        });
+        arch::set(self.tid, &regs).map_err(|e| self.fail(e, "setting the registers"))?;
+        self.step()?;
+        let after = insn + arch::INSN.len() as u64;
+        let mut refused_by = None;
+        let mut stops = 0;
+        loop {
+            let stop = self.wait()?;
+            stops += 1;
+            if let Stop::Signal(signal) = stop {
+                let info = self.siginfo()?;
+                let from_kernel = info.si_code > 0;
+                if signal == libc::SIGTRAP && from_kernel {
+                    let regs =
+                        arch::get(self.tid).map_err(|e| self.fail(e, "reading the registers"))?;
+                    let pc = arch::pc(&regs);
+                    if pc == after {
+                        return match refused_by {
+                            Some((by, did)) => Err(io::Error::new(
+                                io::ErrorKind::PermissionDenied,
+                                format!(
+                                    "{by} of PID {} {did} the injected system call {nr} (its \
+                                     SIGSYS was suppressed): the call was not made",
+                                    self.pid
+                                ),
+                            )),
+                            None => Ok(Step::Returned(arch::ret(&regs))),
+                        };
+                    }
+                    if pc != insn {
+                        return Err(io::Error::other(format!(
+                            "unexpected SIGTRAP at {pc:#x} in thread {} of PID {} while \
+                             stepping over {insn:#x}",
+                            self.tid, self.pid
+                        )));
+                    }
+                    // The target's own trap, pending from before: hold it.
+                    self.hold(signal, info);
+                } else if signal == libc::SIGSYS && info.si_code == SYS_SECCOMP {
+                    // Our call's SIGSYS: suppress it, and step on to the trap
+                    // that ends the step.
+                    refused_by = Some(("a seccomp filter", "trapped"));
+                } else if signal == libc::SIGSYS
+                    && info.si_code == dispatch::SYS_USER_DISPATCH
+                    // SAFETY: a SIGSYS from the kernel holds the _sigsys
+                    // member, whose call address lies where si_addr does.
+                    && unsafe { info.si_addr() } as u64 == after
+                {
+                    // Dispatched to the program's handler: drop it.
+                    refused_by = Some(("Syscall User Dispatch", "dispatched"));
+                } else if from_kernel
+                    && matches!(
+                        signal,
+                        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+                    )
+                    // SAFETY: the kernel generated this fault signal (si_code
+                    // > 0), so the siginfo holds the _sigfault member.
+                    && unsafe { info.si_addr() } as u64 == insn
+                {
+                    return Err(io::Error::other(format!(
+                        "the system call instruction at {insn:#x} in PID {} faulted (signal \
+                         {signal}, suppressed)",
+                        self.pid
+                    )));
+                } else {
+                    self.hold(signal, info);
+                }
+            }
+            if stops >= MAX_STOPS {
+                return self.too_many_stops(insn, stops);
+            }
+            self.step()?;
+        }
+    }
+
+    /// At a stop, after `stops` of them: whether the call ran after all,
+    /// or must be tried again.
+    fn too_many_stops(&mut self, insn: u64, stops: usize) -> io::Result<Step> {
+        let regs = arch::get(self.tid).map_err(|e| self.fail(e, "reading the registers"))?;
+        let pc = arch::pc(&regs);
+        if pc == insn + arch::INSN.len() as u64 {
+            return Ok(Step::Returned(arch::ret(&regs)));
+        }
+        if pc != insn {
+            return Err(io::Error::other(format!(
+                "thread {} of PID {} is at {pc:#x}, neither before nor after the system call \
+                 instruction at {insn:#x}, after {stops} stops",
+                self.tid, self.pid
+            )));
+        }
+        Ok(Step::Again(io::Error::other(format!(
+            "signals kept arriving at thread {} of PID {} ({stops} stops) before it could \
+             make the injected call: it was given back untouched, the signals delivered",
+            self.tid, self.pid
+        ))))
+    }
+
+    fn step(&mut self) -> io::Result<()> {
+        self.in_signal_stop = false;
+        self.stopped = false;
+        ptrace::step(self.tid, None).map_err(|e| self.fail(e, "PTRACE_SINGLESTEP"))
+    }
+
+    fn siginfo(&mut self) -> io::Result<libc::siginfo_t> {
+        ptrace::getsiginfo(self.tid).map_err(|e| self.fail(e, "PTRACE_GETSIGINFO"))
+    }
+
+    /// Waits for the thread's next stop, looking with `WNOHANG` after a
+    /// pause that grows from none to [`MAX_PAUSE`]. Before the first stop
+    /// it gives up at the deadline (the thread is then abandoned); once it
+    /// holds our registers it waits as long as it takes. Its death, or its
+    /// end by another thread's `execve`, is an error.
+    fn wait(&mut self) -> io::Result<Stop> {
+        let mut pause = Pause::default();
+        loop {
+            let status = match sys::waitpid_nohang(self.tid.as_raw()) {
+                Ok(Some(status)) => status,
+                Ok(None) => {
+                    if self.phase == Phase::Seized && self.target.deadline.expired() {
+                        self.phase = Phase::Abandoned;
+                        return Err(self.not_stopped());
+                    }
+                    if pause.wait() && !self.still_ours() {
+                        // A last look: a death may have come meanwhile.
+                        match sys::waitpid_nohang(self.tid.as_raw()) {
+                            Ok(Some(status)) => status,
+                            _ => return Err(self.replaced()),
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+                // Not our tracee, nor our child: replaced.
+                Err(Errno::ECHILD) => return Err(self.replaced()),
+                Err(err) => {
+                    return Err(io::Error::other(format!(
+                        "waiting for thread {} of PID {}: {err}",
+                        self.tid, self.pid
+                    )))
+                }
+            };
+            return self.decode(status);
+        }
+    }
+
+    /// What a wait status says.
+    fn decode(&mut self, status: libc::c_int) -> io::Result<Stop> {
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            let exit = if libc::WIFEXITED(status) {
+                ExitStatus::Code(libc::WEXITSTATUS(status))
+            } else {
+                ExitStatus::Signal(libc::WTERMSIG(status))
+            };
+            self.stopped = false;
+            self.phase = Phase::Released;
+            if self.tid.as_raw() as u32 == self.pid {
+                // The main thread is reported only with the whole process:
+                // we reaped our child, and the reaper will find it here.
+                self.waits.reaped(self.target.process.pid(), exit);
+                self.gone = Some(Gone::Process);
+                return Err(exited_during(self.pid, exit));
+            }
+            let lives = self.target.process.identity().ok().flatten().is_some();
+            if !lives {
+                self.gone = Some(Gone::Process);
+                return Err(exited_during(self.pid, exit));
+            }
+            self.gone = Some(Gone::Thread);
+            return Err(io::Error::other(format!(
+                "thread {} of PID {} exited during the injection ({exit}); the process \
+                 lives on",
+                self.tid, self.pid
+            )));
+        }
+        if libc::WIFSTOPPED(status) {
+            self.stopped = true;
+            if self.phase == Phase::Seized {
+                self.phase = Phase::Stopped;
+            }
+            let signal = libc::WSTOPSIG(status);
+            if status >> 16 == 0 {
+                self.in_signal_stop = true;
+                return Ok(Stop::Signal(signal));
+            }
+            if status >> 16 == PTRACE_EVENT_STOP {
+                self.in_signal_stop = false;
+                return Ok(Stop::Event);
+            }
+        }
+        Err(io::Error::other(format!(
+            "unexpected wait status {status:#x} of thread {} of PID {}",
+            self.tid, self.pid
+        )))
+    }
+
+    /// Whether the thread is still traced by this tracer thread.
+    fn still_ours(&self) -> bool {
+        let tid = heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id");
+        match self.target.process.thread_status(tid) {
+            Ok(Some(status)) => status.tracer.map(heli_core::Pid::get) == Some(self.tracer as u32),
+            Ok(None) => false,
+            // Cannot tell: keep waiting.
+            Err(_) => true,
+        }
+    }
+
+    /// The error for a thread that left us without a death reported.
+    fn replaced(&mut self) -> io::Error {
+        self.stopped = false;
+        self.phase = Phase::Released;
+        self.gone = Some(Gone::Replaced);
+        io::Error::other(format!(
+            "thread {} of PID {} left the injection without exiting: another thread of the \
+             process called execve, which ended it (the process runs a new program)",
+            self.tid, self.pid
+        ))
+    }
+
+    /// The error for a thread that did not stop by the deadline, saying why
+    /// as far as `/proc` tells.
+    fn not_stopped(&self) -> io::Error {
+        let waited = self.seized_at.elapsed().as_millis();
+        let process = self.target.process;
+        let tid = heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id");
+        let state = match process.thread_status(tid) {
+            Ok(Some(status)) => status.state.code(),
+            _ => '?',
+        };
+        let why = if self.target.deadline.is_cancelled() {
+            format!("the injection was called off (state {state})")
+        } else if let Ok(Some(cgroup)) = process.thread_frozen(tid) {
+            format!(
+                "it is frozen by the cgroup freezer ({}; state {state})",
+                cgroup.display()
+            )
+        } else if state == 'D' {
+            "it is in uninterruptible sleep (state D)".to_owned()
+        } else {
+            format!("state {state}")
+        };
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "thread {} of PID {} did not stop for the injection within {waited} ms: {why}; \
+                 it was let go untouched",
+                self.tid, self.pid
+            ),
+        )
+    }
+
+    /// The error for a failed ptrace request. A stopped tracee leaves its
+    /// stop only when killed: then this collects its death.
+    fn fail(&mut self, err: Errno, what: &str) -> io::Error {
+        if err == Errno::ESRCH && self.stopped {
+            self.stopped = false;
+            match self.wait() {
+                Err(err) => return err,
+                Ok(stop) => warn!(
+                    "{what} failed with ESRCH, yet thread {} is in {stop:?}",
+                    self.tid
+                ),
+            }
+        }
+        io::Error::other(format!(
+            "{what} on thread {} of PID {}: {err}",
+            self.tid, self.pid
+        ))
+    }
+
+    /// Keeps a signal that arrived during the injection, for later.
+    fn hold(&mut self, signal: i32, info: libc::siginfo_t) {
+        // A standard signal is pending at most once: merge, as the kernel does.
+        if signal < libc::SIGRTMIN() && self.held.iter().any(|held| held.si_signo == signal) {
+            debug!(
+                "signal {signal} for PID {} arrived twice during an injection",
+                self.pid
+            );
+            return;
+        }
+        debug!(
+            "holding signal {signal} for PID {} until the injection ends",
+            self.pid
+        );
+        self.held.push(info);
+    }
+
+    /// Step 6: puts the registers back, detaches, and delivers the held
+    /// signals. Never gives up on a thread that holds our registers.
+    fn release(&mut self) -> io::Result<Vec<i32>> {
+        match self.phase {
+            Phase::Released | Phase::Abandoned => return Ok(Vec::new()),
+            // Not stopped yet (the interrupt failed): only a stop, or the
+            // end of this thread, lets it go.
+            Phase::Seized => {
+                if let Stop::Signal(signal) = self.wait()? {
+                    let info = self.siginfo()?;
+                    self.hold(signal, info);
+                }
+            }
+            Phase::Stopped | Phase::Borrowed => {}
+        }
+        if self.phase == Phase::Borrowed {
+            // Registers are touched only at a stop: wait for one first if
+            // a failure left the thread stepping.
+            while !self.stopped {
+                if let Stop::Signal(signal) = self.wait()? {
+                    let info = self.siginfo()?;
+                    self.hold(signal, info);
+                }
+            }
+            let saved = self.saved.expect("registers borrowed before being saved");
+            arch::set(self.tid, &saved).map_err(|e| self.fail(e, "restoring the registers"))?;
+            // Its own registers again: this process's death may spare it.
+            if let Err(err) = ptrace::setoptions(self.tid, Options::empty()) {
+                debug!("PTRACE_SETOPTIONS on thread {}: {err}", self.tid);
+            }
+            self.phase = Phase::Stopped;
+            self.target.handoff.stage(Stage::Working);
+        }
+        let mut held = std::mem::take(&mut self.held);
+        let mut signal = 0;
+        if self.in_signal_stop && !held.is_empty() {
+            // SETSIGINFO keeps the sender when the detach delivers it.
+            match ptrace::setsiginfo(self.tid, &held[0]) {
+                Ok(()) => signal = held.remove(0).si_signo,
+                Err(err) => warn!("PTRACE_SETSIGINFO on thread {}: {err}", self.tid),
+            }
+        }
+        if let Err(err) = sys::ptrace_detach(self.tid.as_raw(), signal) {
+            return Err(self.fail(err, "PTRACE_DETACH"));
+        }
+        self.phase = Phase::Released;
+        self.stopped = false;
+        let mut delivered = Vec::new();
+        if signal != 0 {
+            delivered.push(signal);
+        }
+        for info in &held {
+            requeue(self.pid, self.tid.as_raw(), info);
+            delivered.push(info.si_signo);
+        }
+        Ok(delivered)
+    }
+}
+
+/// The pauses between two looks for a stop: none at first (a running or
+/// sleeping thread stops within microseconds), then 10 µs, doubling up to
+/// [`MAX_PAUSE`]. This thread's timer slack is set to 1 ns, so that short
+/// sleeps are as short as asked.
+#[derive(Default)]
+struct Pause {
+    round: u32,
+    since_check: Duration,
+}
+
+impl Pause {
+    /// Pauses; returns whether it is time for a slower check (every
+    /// millisecond or so of waiting).
+    fn wait(&mut self) -> bool {
+        self.round += 1;
+        if self.round <= 2 {
+            thread::yield_now();
+            return false;
+        }
+        let pause = Duration::from_micros(10 << (self.round - 3).min(7)).min(MAX_PAUSE);
+        thread::sleep(pause);
+        self.since_check += pause;
+        if self.since_check >= MAX_PAUSE {
+            self.since_check = Duration::ZERO;
+            return true;
+        }
+        false
+    }
+}
+
+/// Sends again a held signal that the detach could not deliver.
+fn requeue(pid: u32, tid: i32, info: &libc::siginfo_t) {
+    let signal = info.si_signo;
+    let res = if info.si_code < 0 && info.si_code != libc::SI_TKILL {
+        // A sigqueue, timer, mq or AIO signal: the kernel lets its info be
+        // queued again as it was.
+        sys::rt_tgsigqueueinfo(pid as i32, tid, signal, info)
+    } else {
+        warn!(
+            "signal {signal} for PID {pid} arrived during an injection, after another one; \
+             sending it again without its sender's identity"
+        );
+        if info.si_code == libc::SI_TKILL {
+            sys::tgkill_raw(pid as i32, tid, signal)
+        } else {
+            sys::kill_raw(pid as i32, signal)
+        }
+    };
+    if let Err(err) = res {
+        warn!("cannot deliver signal {signal} to PID {pid} again: {err}");
+    }
+}
+
+pub(super) fn exited_during(pid: u32, exit: ExitStatus) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("target PID {pid} exited during the grant ({exit})"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_a_millisecond() {
+        let mut pause = Pause::default();
+        let start = Instant::now();
+        let mut checks = 0;
+        for _ in 0..20 {
+            if pause.wait() {
+                checks += 1;
+            }
+        }
+        let waited = start.elapsed();
+        // 0, 0, 10, 20, ... 640, then 1000 µs: about 11 ms in all.
+        assert!(waited >= Duration::from_millis(10), "{waited:?}");
+        assert!(checks >= 8, "{checks} checks");
+    }
+}
