@@ -54,6 +54,9 @@ pub struct ThreadStatus {
     pub tracer: Option<Pid>,
     /// Its seccomp mode: 0 none, 1 strict, 2 filter.
     pub seccomp: u32,
+    /// The signals pending for this thread alone (`SigPnd`), as a bit set:
+    /// bit `n - 1` for signal `n`.
+    pub pending: u64,
 }
 
 /// Where a thread is, by `/proc/PID/task/TID/syscall`.
@@ -392,6 +395,7 @@ fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {
         threads: status.threads,
         tracer: u32::try_from(status.tracerpid).ok().and_then(Pid::new),
         seccomp: status.seccomp.unwrap_or(0),
+        pending: status.sigpnd,
     }
 }
 

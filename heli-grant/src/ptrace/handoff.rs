@@ -17,6 +17,10 @@ pub(super) enum Stage {
     /// The registers of thread `tid` are set for the call: the tracer
     /// thread stays with it until it can put them back.
     Borrowed { tid: Pid },
+    /// The registers of thread `tid` are back, but the call was interrupted
+    /// in its course (it blocks) and left its single-step trap pending: the
+    /// tracer thread stays until the thread can drop it.
+    Draining { tid: Pid },
 }
 
 /// The meeting point of a caller and its tracer thread, shared by both.

@@ -414,14 +414,17 @@ impl Job {
         // From here until the thread is let go, nobody else waits for our
         // children: the reaper would see its stops, and if the target dies
         // while traced, we reap it and hand its status on.
+        let queued = Instant::now();
         let mut waits = self.waits.lock();
         if self.deadline.expired() {
+            let why = if queued.elapsed() >= Duration::from_millis(1) {
+                "the reaper or another injection held the right to wait for children"
+            } else {
+                "its thread got no processor in time"
+            };
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "could not start the injection into PID {pid} by the deadline: the reaper \
-                     or another injection held the right to wait for children"
-                ),
+                format!("could not start the injection into PID {pid} by the deadline: {why}"),
             ));
         }
         self.handoff.set_stage(Stage::Working);
@@ -453,16 +456,13 @@ impl Job {
                 None => {
                     // With the main thread gone, its /proc entry shows no
                     // memory: read the thread's own.
-                    let thread_proc;
-                    let code = if main_exited {
-                        thread_proc = Proc::open_existing(tid)?;
-                        &thread_proc
-                    } else {
-                        &process
+                    let thread_proc = match main_exited {
+                        true => Some(Proc::open_existing(tid)?),
+                        false => None,
                     };
                     let target = Target {
                         process: &process,
-                        code,
+                        code: thread_proc.as_ref(),
                         deadline: &self.deadline,
                         handoff: &*self.handoff,
                     };
@@ -607,18 +607,36 @@ fn gave_up(pid: Pid, nr: libc::c_long, stage: Stage, deadline: &Deadline) -> io:
         Stage::Working => format!(
             "the injection into PID {pid} {ended} and is being given up; the call was not made"
         ),
-        Stage::Borrowed { tid } => {
-            let state = Proc::open(pid)
-                .ok()
-                .flatten()
+        Stage::Borrowed { tid } | Stage::Draining { tid } => {
+            let process = Proc::open(pid).ok().flatten();
+            let state = process
+                .as_ref()
                 .and_then(|process| process.thread_status(tid).ok().flatten())
                 .map_or('?', |status| status.state.code());
-            format!(
-                "the injection into PID {pid} {ended} while thread {tid} held the registers \
-                 for system call {nr} and stopped responding (state {state}: frozen?): a thread \
-                 of this process puts its registers back when it stops again, and the call may \
-                 run then (its result will be logged)"
-            )
+            let frozen = process
+                .as_ref()
+                .and_then(|process| process.thread_frozen(tid).ok().flatten());
+            let why = match frozen {
+                Some(cgroup) => format!(
+                    "is frozen by the cgroup freezer ({}; state {state})",
+                    cgroup.display()
+                ),
+                None => format!("stopped responding (state {state})"),
+            };
+            if let Stage::Draining { .. } = stage {
+                format!(
+                    "the injection into PID {pid} {ended} while system call {nr} blocked in \
+                     thread {tid}: it was interrupted and the registers put back, but the \
+                     thread {why}, and stays traced until it can drop the trap the call left"
+                )
+            } else {
+                format!(
+                    "the injection into PID {pid} {ended} while thread {tid} held the \
+                     registers for system call {nr} and {why}: a thread of this process puts \
+                     its registers back when it stops again, and the call may run then (its \
+                     result will be logged)"
+                )
+            }
         }
     };
     io::Error::new(io::ErrorKind::TimedOut, message)

@@ -45,6 +45,8 @@ enum Rank {
     Unknown,
     /// In a call that returns `EINTR` when stopped (with a timeout).
     Eintr,
+    /// In `execve`: about to replace the program, and the thread ids.
+    Exec,
 }
 
 /// Ranks a thread by where its `/proc/PID/task/TID/syscall` says it is.
@@ -52,6 +54,7 @@ fn rank(syscall: Syscall) -> Rank {
     match syscall {
         Syscall::Running => Rank::Running,
         Syscall::User => Rank::User,
+        Syscall::In(nr) if arch::EXEC.contains(&nr) => Rank::Exec,
         Syscall::In(nr) if arch::EINTR_PRONE.contains(&nr) => Rank::Eintr,
         Syscall::In(_) => Rank::Restartable,
     }
@@ -67,6 +70,8 @@ mod tests {
         assert_eq!(rank(Syscall::User), Rank::User);
         assert_eq!(rank(Syscall::In(0)), Rank::Restartable);
         assert_eq!(rank(Syscall::In(arch::EINTR_PRONE[0])), Rank::Eintr);
+        assert_eq!(rank(Syscall::In(arch::EXEC[0])), Rank::Exec);
         assert!(Rank::Running < Rank::Restartable && Rank::Unknown < Rank::Eintr);
+        assert!(Rank::Eintr < Rank::Exec);
     }
 }

@@ -1,6 +1,7 @@
 //! One seized thread: its stops, the call, and giving it back.
 
 use std::io;
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -98,9 +99,9 @@ pub(super) enum Outcome {
 pub(super) struct Target<'a> {
     /// The process, opened once.
     pub(super) process: &'a Proc,
-    /// Where its memory map and auxiliary vector are read: the process,
-    /// or the traced thread when the main thread has exited.
-    pub(super) code: &'a Proc,
+    /// Where its memory map and auxiliary vector are read when not from
+    /// the process: the traced thread, when the main thread has exited.
+    pub(super) code: Option<&'a Proc>,
     pub(super) deadline: &'a Deadline,
     pub(super) handoff: &'a dyn StageSink,
 }
@@ -138,6 +139,14 @@ pub(super) struct Tracee<'a, 'w> {
     in_signal_stop: bool,
     held: Vec<libc::siginfo_t>,
     seized_at: Instant,
+    /// Whether we asked it to stop again while it held our registers (it
+    /// was frozen, or the deadline passed): the next stop ends the step.
+    asked_to_stop: bool,
+    /// The cgroup that froze it, once seen.
+    frozen: Option<PathBuf>,
+    /// Whether the single-step trap of the call is pending, to be dropped
+    /// before the thread goes.
+    step_trap: bool,
 }
 
 impl<'a, 'w> Tracee<'a, 'w> {
@@ -167,6 +176,9 @@ impl<'a, 'w> Tracee<'a, 'w> {
             in_signal_stop: false,
             held: Vec::new(),
             seized_at: Instant::now(),
+            asked_to_stop: false,
+            frozen: None,
+            step_trap: false,
         })
     }
 
@@ -231,7 +243,8 @@ impl<'a, 'w> Tracee<'a, 'w> {
         dispatch::refuse_if_on(self.tid, self.pid)?;
         rseq::abort_critical_section(self.tid, self.pid, &self.memory, &mut saved)?;
         self.saved = Some(saved);
-        let insn = insn::syscall_insn(self.target.code, &self.memory, &saved)?;
+        let code = self.target.code.unwrap_or(self.target.process);
+        let insn = insn::syscall_insn(code, &self.memory, &saved)?;
         let regs = arch::prepare(&saved, insn, nr, args);
         // Should this process die while the thread holds our registers, the
         // thread dies too, rather than run on with them.
@@ -309,19 +322,38 @@ impl<'a, 'w> Tracee<'a, 'w> {
                     self.hold(signal, info);
                 }
             }
-            if stops >= MAX_STOPS {
-                return self.too_many_stops(insn, stops);
+            // At a stop the registers can always be put back: give up the
+            // step there when signals keep coming, the thread is frozen, or
+            // time is up.
+            if stops >= MAX_STOPS || self.asked_to_stop || self.target.deadline.expired() {
+                return self.interrupted(nr, insn, stops);
             }
             self.step()?;
         }
     }
 
-    /// At a stop, after `stops` of them: whether the call ran after all,
-    /// or must be tried again.
-    fn too_many_stops(&mut self, insn: u64, stops: usize) -> io::Result<Step> {
+    /// At a stop, after `stops` of them (too many, the thread frozen, or
+    /// the deadline passed): whether the call ran after all, or must be
+    /// tried again.
+    fn interrupted(&mut self, nr: libc::c_long, insn: u64, stops: usize) -> io::Result<Step> {
         let regs = arch::get(self.tid).map_err(|e| self.fail(e, "reading the registers"))?;
         let pc = arch::pc(&regs);
         if pc == insn + arch::INSN.len() as u64 {
+            // The step's own trap is pending (this stop came first): it
+            // must be dropped before the thread goes.
+            self.step_trap = self.step_trap_pending()?;
+            if arch::restarting(&regs) {
+                // Our stop interrupted the call itself: it blocks.
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the system call {nr} injected into thread {} of PID {} had not \
+                         returned by the deadline: it was interrupted, and the thread given \
+                         back",
+                        self.tid, self.pid
+                    ),
+                ));
+            }
             return Ok(Step::Returned(arch::ret(&regs)));
         }
         if pc != insn {
@@ -331,11 +363,66 @@ impl<'a, 'w> Tracee<'a, 'w> {
                 self.tid, self.pid
             )));
         }
+        let (tid, pid) = (self.tid, self.pid);
+        let why = if let Some(cgroup) = &self.frozen {
+            format!(
+                "thread {tid} of PID {pid} is frozen by the cgroup freezer ({}): it stopped, \
+                 but cannot run the injected call",
+                cgroup.display()
+            )
+        } else if stops >= MAX_STOPS {
+            format!(
+                "signals kept arriving at thread {tid} of PID {pid} ({stops} stops) before it \
+                 could make the injected call"
+            )
+        } else {
+            format!(
+                "thread {tid} of PID {pid} had not made the injected call by the deadline \
+                 ({stops} stops, {} signals held meanwhile)",
+                self.held.len()
+            )
+        };
         Ok(Step::Again(io::Error::other(format!(
-            "signals kept arriving at thread {} of PID {} ({stops} stops) before it could \
-             make the injected call: it was given back untouched, the signals delivered",
-            self.tid, self.pid
+            "{why}: it was given back untouched"
         ))))
+    }
+
+    /// Whether the single-step `SIGTRAP` of the system call instruction is
+    /// pending (it ran, or was interrupted, and this stop came first).
+    fn step_trap_pending(&self) -> io::Result<bool> {
+        let tid = heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id");
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        Ok(self
+            .target
+            .process
+            .thread_status(tid)?
+            .is_some_and(|status| status.pending & trap != 0))
+    }
+
+    /// With the registers back, and the single-step `SIGTRAP` of the call
+    /// pending: resumes the thread into that `SIGTRAP`'s delivery stop
+    /// (the kernel dequeues synchronous signals first, before any
+    /// instruction runs), where it is dropped. Let go with it pending, the
+    /// thread would die of it. A thread frozen meanwhile (cgroup v2 freezes
+    /// it before it dequeues signals) is waited for: it holds its own
+    /// registers.
+    fn drop_step_trap(&mut self) -> io::Result<()> {
+        let tid = heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id");
+        self.target.handoff.stage(Stage::Draining { tid });
+        loop {
+            self.step()?;
+            match self.wait()? {
+                Stop::Signal(libc::SIGTRAP) => break,
+                Stop::Signal(signal) => {
+                    let info = self.siginfo()?;
+                    self.hold(signal, info);
+                }
+                Stop::Event => {}
+            }
+        }
+        self.step_trap = false;
+        self.target.handoff.stage(Stage::Working);
+        Ok(())
     }
 
     fn step(&mut self) -> io::Result<()> {
@@ -363,17 +450,24 @@ impl<'a, 'w> Tracee<'a, 'w> {
                         self.phase = Phase::Abandoned;
                         return Err(self.not_stopped());
                     }
-                    if pause.wait() && !self.still_ours() {
-                        // A last look: a death may have come meanwhile.
-                        match sys::waitpid_nohang(self.tid.as_raw()) {
-                            Ok(Some(status)) => status,
-                            _ => return Err(self.replaced()),
-                        }
-                    } else {
+                    if !pause.wait() {
                         continue;
                     }
+                    // A millisecond or more without a stop: look closer.
+                    if self.still_ours() {
+                        self.ask_to_stop_if_stuck();
+                        continue;
+                    }
+                    // A last look: a death may have come meanwhile.
+                    match sys::waitpid_nohang(self.tid.as_raw()) {
+                        Ok(Some(status)) => status,
+                        _ if self.took_over_main() => continue,
+                        _ => return Err(self.replaced()),
+                    }
                 }
-                // Not our tracee, nor our child: replaced.
+                // Not our tracee, nor our child: it exec'd (and is now the
+                // main thread), or was ended by another thread's execve.
+                Err(Errno::ECHILD) if self.took_over_main() => continue,
                 Err(Errno::ECHILD) => return Err(self.replaced()),
                 Err(err) => {
                     return Err(io::Error::other(format!(
@@ -410,7 +504,7 @@ impl<'a, 'w> Tracee<'a, 'w> {
             }
             self.gone = Some(Gone::Thread);
             return Err(io::Error::other(format!(
-                "thread {} of PID {} exited during the injection ({exit}); the process \
+                "thread {} of PID {} ended during the injection ({exit}); the process \
                  lives on",
                 self.tid, self.pid
             )));
@@ -445,6 +539,59 @@ impl<'a, 'w> Tracee<'a, 'w> {
             // Cannot tell: keep waiting.
             Err(_) => true,
         }
+    }
+
+    /// While it holds our registers without reaching its next stop: when
+    /// it is frozen (cgroup v2 freezes a thread in the signal code, where
+    /// it stops for ptrace but cannot step), or once the deadline has
+    /// passed, asks it to stop again (`PTRACE_INTERRUPT`), to put the
+    /// registers back at that stop.
+    fn ask_to_stop_if_stuck(&mut self) {
+        if self.phase != Phase::Borrowed || self.asked_to_stop {
+            return;
+        }
+        if self.frozen.is_none() {
+            let tid = heli_core::Pid::new(self.tid.as_raw() as u32).expect("a thread id");
+            self.frozen = self.target.process.thread_frozen(tid).ok().flatten();
+        }
+        if self.frozen.is_some() || self.target.deadline.expired() {
+            debug!(
+                "thread {} of PID {} is stuck with our registers ({}): interrupting it",
+                self.tid,
+                self.pid,
+                match &self.frozen {
+                    Some(cgroup) => format!("frozen by {}", cgroup.display()),
+                    None => "past the deadline".to_owned(),
+                }
+            );
+            self.asked_to_stop = true;
+            if let Err(err) = ptrace::interrupt(self.tid) {
+                debug!("PTRACE_INTERRUPT on thread {}: {err}", self.tid);
+            }
+        }
+    }
+
+    /// Whether our thread called execve itself, and so became the main
+    /// thread, with the process's id (which we then follow).
+    fn took_over_main(&mut self) -> bool {
+        let main = self.target.process.pid();
+        if self.tid.as_raw() as u32 == main.get() {
+            return false;
+        }
+        let ours = match self.target.process.thread_status(main) {
+            Ok(Some(status)) => status.tracer.map(heli_core::Pid::get) == Some(self.tracer as u32),
+            _ => false,
+        };
+        if ours {
+            debug!(
+                "thread {} of PID {main} called execve: it is the main thread now",
+                self.tid
+            );
+            self.tid = Pid::from_raw(main.get() as i32);
+            self.memory = Memory::new(main);
+            self.target.code = None;
+        }
+        ours
     }
 
     /// The error for a thread that left us without a death reported.
@@ -559,6 +706,9 @@ impl<'a, 'w> Tracee<'a, 'w> {
             }
             self.phase = Phase::Stopped;
             self.target.handoff.stage(Stage::Working);
+        }
+        if self.step_trap {
+            self.drop_step_trap()?;
         }
         let mut held = std::mem::take(&mut self.held);
         let mut signal = 0;
