@@ -13,7 +13,7 @@ use heli_core::Deadline;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use heli_core::{Pid, Processes};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use heli_proc::{Proc, ProcFs};
+use heli_proc::{Proc, ProcFs, ThreadStatus};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use log::{debug, info, warn};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -29,6 +29,8 @@ use super::handoff::{Handoff, Stage};
 use super::thread::choose_thread;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::tracee::{Outcome, Target, Tracee};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::tracer::{Tracers, Work};
 
 /// Makes one thread of another process run one system call, and reads what
 /// it returned, with ptrace; the process carries on as if nothing happened.
@@ -47,13 +49,16 @@ use super::tracee::{Outcome, Target, Tracee};
 ///
 /// # Deadline
 ///
-/// Every injection takes a [`Deadline`], and the call returns by it (give
-/// or take a millisecond), whatever the target does: a thread frozen by the
-/// cgroup freezer (`docker pause`) or in uninterruptible sleep (a parent
-/// waiting in `vfork`) never reaches the stop the injection waits for; it is
-/// then let go untouched, neither traced nor stopped, and the injection
-/// fails with [`TimedOut`](io::ErrorKind::TimedOut), saying which. The
-/// module documentation tells how.
+/// Every injection takes a [`Deadline`], and the call returns by it (a
+/// millisecond or so later; 50 ms at most), whatever the target does: a
+/// thread frozen by the cgroup freezer (`docker pause`) or in
+/// uninterruptible sleep (a parent waiting in `vfork`) never reaches the
+/// stop the injection waits for; it is then let go untouched, neither
+/// traced nor stopped, and the injection fails with
+/// [`TimedOut`](io::ErrorKind::TimedOut), saying which. The injection runs
+/// on a tracer thread of the injector's own, which may outlive the call
+/// when the thread froze in the middle of it; the module documentation
+/// tells how.
 ///
 /// # Which thread
 ///
@@ -152,6 +157,8 @@ use super::tracee::{Outcome, Target, Tracee};
 pub struct SyscallInjector {
     waits: ChildWaits,
     allow_seccomp: bool,
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    tracers: Tracers<Job>,
 }
 
 /// What an injected system call did.
@@ -199,6 +206,8 @@ impl SyscallInjector {
         SyscallInjector {
             waits,
             allow_seccomp: false,
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            tracers: Tracers::default(),
         }
     }
 
@@ -310,10 +319,16 @@ impl SyscallInjector {
             deadline: deadline.clone(),
             handoff: handoff.clone(),
         };
-        let tracer = thread::Builder::new()
-            .name("heli-inject".to_owned())
-            .spawn(move || job.run())?;
+        self.tracers.run(job)?;
+        // A healthy injection takes tens of microseconds: look for its
+        // report without sleeping at first, yielding the processor to the
+        // tracer thread and the target.
         let mut report = None;
+        let start = Instant::now();
+        while report.is_none() && start.elapsed() < CALLER_SPIN && !deadline.expired() {
+            thread::yield_now();
+            report = handoff.try_take();
+        }
         while report.is_none() && !deadline.expired() {
             report = handoff.wait(deadline.remaining().min(CALLER_TICK));
         }
@@ -332,12 +347,15 @@ impl SyscallInjector {
         };
         if let Some(abandoned) = report.abandoned {
             // The kernel lets the thread go as its tracer thread ends.
-            let _ = tracer.join();
             wait_until_let_go(pid, abandoned);
         }
         report.result
     }
 }
+
+/// How long a caller looks for its report before it sleeps.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const CALLER_SPIN: Duration = Duration::from_micros(100);
 
 /// How often a waiting caller looks at its deadline (it may be called off).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -377,15 +395,13 @@ struct Abandoned {
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-impl Job {
-    /// The tracer thread's body: injects, and hands the report over (or
-    /// logs it, when the caller gave up meanwhile).
-    fn run(self) {
-        // Short sleeps between looks for a stop stay short.
-        if let Err(err) = nix::sys::prctl::set_timerslack(1) {
-            debug!("PR_SET_TIMERSLACK: {err}");
-        }
+impl Work for Job {
+    /// Injects on the tracer thread, and hands the report over (or logs it,
+    /// when the caller gave up meanwhile); the thread must end if it gave a
+    /// thread up.
+    fn run(self) -> bool {
         let report = self.inject();
+        let end = report.abandoned.is_some();
         if let Err(late) = self.handoff.finish(report) {
             match late.result {
                 Ok(injection) => warn!(
@@ -399,8 +415,12 @@ impl Job {
                 ),
             }
         }
+        end
     }
+}
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl Job {
     fn inject(&self) -> Report {
         let mut abandoned = None;
         let result = self.attempts(&mut abandoned);
@@ -451,7 +471,12 @@ impl Job {
             } else {
                 choose_thread(&process, main_exited)?
             };
-            let outcome = match self.check(&process, tid)? {
+            let thread_status = if tid == process.pid() {
+                Some(status)
+            } else {
+                process.thread_status(tid)?
+            };
+            let outcome = match self.check(tid, thread_status)? {
                 Some(busy) => Outcome::Retry(busy),
                 None => {
                     // With the main thread gone, its /proc entry shows no
@@ -515,12 +540,13 @@ impl Job {
         }
     }
 
-    /// Checks thread `tid` before seizing it: an error when it cannot be
+    /// Checks thread `tid`, whose status is `status` (`None`: it exited),
+    /// before seizing it: an error when it cannot be
     /// injected into; `Ok(Some)` when it is still traced by a tracer thread
     /// of ours that is ending (try again).
-    fn check(&self, process: &Proc, tid: Pid) -> io::Result<Option<io::Error>> {
+    fn check(&self, tid: Pid, status: Option<ThreadStatus>) -> io::Result<Option<io::Error>> {
         let pid = self.pid.get();
-        let Some(status) = process.thread_status(tid)? else {
+        let Some(status) = status else {
             return Ok(Some(io::Error::other(format!(
                 "thread {tid} of PID {pid} exited before it was seized"
             ))));

@@ -736,26 +736,40 @@ impl<'a, 'w> Tracee<'a, 'w> {
     }
 }
 
-/// The pauses between two looks for a stop: none at first (a running or
-/// sleeping thread stops within microseconds), then 10 µs, doubling up to
-/// [`MAX_PAUSE`]. This thread's timer slack is set to 1 ns, so that short
-/// sleeps are as short as asked.
-#[derive(Default)]
+/// The pauses between two looks for a stop: none for the first [`SPIN`]
+/// (a running or sleeping thread stops within microseconds, sooner than a
+/// sleep of ours would end), then 10 µs, doubling up to [`MAX_PAUSE`].
+/// This thread's timer slack is set to 1 ns, so that short sleeps are as
+/// short as asked.
 struct Pause {
+    start: Instant,
     round: u32,
     since_check: Duration,
+}
+
+/// How long a wait looks for a stop without pausing.
+const SPIN: Duration = Duration::from_micros(100);
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause {
+            start: Instant::now(),
+            round: 0,
+            since_check: Duration::ZERO,
+        }
+    }
 }
 
 impl Pause {
     /// Pauses; returns whether it is time for a slower check (every
     /// millisecond or so of waiting).
     fn wait(&mut self) -> bool {
-        self.round += 1;
-        if self.round <= 2 {
+        if self.round == 0 && self.start.elapsed() < SPIN {
             thread::yield_now();
             return false;
         }
-        let pause = Duration::from_micros(10 << (self.round - 3).min(7)).min(MAX_PAUSE);
+        self.round += 1;
+        let pause = Duration::from_micros(10 << (self.round - 1).min(7)).min(MAX_PAUSE);
         thread::sleep(pause);
         self.since_check += pause;
         if self.since_check >= MAX_PAUSE {
@@ -805,14 +819,17 @@ mod tests {
         let mut pause = Pause::default();
         let start = Instant::now();
         let mut checks = 0;
-        for _ in 0..20 {
+        while start.elapsed() < SPIN {
+            assert!(!pause.wait());
+        }
+        // Then 10, 20, ... 640 µs, then 1000 µs at a time.
+        for _ in 0..16 {
             if pause.wait() {
                 checks += 1;
             }
         }
         let waited = start.elapsed();
-        // 0, 0, 10, 20, ... 640, then 1000 µs: about 11 ms in all.
-        assert!(waited >= Duration::from_millis(10), "{waited:?}");
-        assert!(checks >= 8, "{checks} checks");
+        assert!(waited >= Duration::from_millis(9), "{waited:?}");
+        assert!((8..=10).contains(&checks), "{checks} checks");
     }
 }
