@@ -72,11 +72,6 @@ impl<R> Handoff<R> {
         Ok(())
     }
 
-    /// The caller: the report, if it is there.
-    pub(super) fn try_take(&self) -> Option<R> {
-        self.lock().report.take()
-    }
-
     /// The caller: the report, if it comes within `timeout`.
     pub(super) fn wait(&self, timeout: Duration) -> Option<R> {
         let shared = self.lock();

@@ -320,15 +320,7 @@ impl SyscallInjector {
             handoff: handoff.clone(),
         };
         self.tracers.run(job)?;
-        // A healthy injection takes tens of microseconds: look for its
-        // report without sleeping at first, yielding the processor to the
-        // tracer thread and the target.
         let mut report = None;
-        let start = Instant::now();
-        while report.is_none() && start.elapsed() < CALLER_SPIN && !deadline.expired() {
-            thread::yield_now();
-            report = handoff.try_take();
-        }
         while report.is_none() && !deadline.expired() {
             report = handoff.wait(deadline.remaining().min(CALLER_TICK));
         }
@@ -352,10 +344,6 @@ impl SyscallInjector {
         report.result
     }
 }
-
-/// How long a caller looks for its report before it sleeps.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const CALLER_SPIN: Duration = Duration::from_micros(100);
 
 /// How often a waiting caller looks at its deadline (it may be called off).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

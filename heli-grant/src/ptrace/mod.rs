@@ -40,12 +40,12 @@
 //!   go waits up to 5 s for the next injection, which then starts without a
 //!   new thread (`tracer.rs`);
 //! - the tracer seizes *without* `PTRACE_O_EXITKILL`, and waits for stops
-//!   with `waitpid(tid, WNOHANG | __WALL)`: for 100 µs again and again,
-//!   yielding the processor in between (the stop of a running or sleeping
-//!   thread comes within microseconds, and the target may need this very
-//!   processor to reach it), then after pauses of 10 µs doubling up to 1 ms
-//!   (its timer slack is 1 ns, so they last what they say), looking at the
-//!   deadline between two looks;
+//!   with `waitpid(tid, WNOHANG | __WALL)`: for 100 µs again and again
+//!   (the stop of a running or sleeping thread comes within microseconds,
+//!   sooner than a sleep would end; a yield would hand the processor to
+//!   any busy task for a whole time slice), then after pauses of 10 µs
+//!   doubling up to 1 ms (its timer slack is 1 ns, so they last what they
+//!   say), looking at the deadline between two looks;
 //! - if the deadline passes, or is called off, before the first stop, the
 //!   tracer thread reports `TimedOut` (saying whether the thread is frozen,
 //!   from its cgroup, or in state `D`) and ends, which lets the thread go;
@@ -63,10 +63,7 @@
 //!   interrupted. A thread that does not stop even then (frozen by cgroup
 //!   v1 in the middle of the step) is waited for as long as it takes; its
 //!   caller gets `TimedOut` 50 ms after its deadline, and should the call
-//!   run after all, the tracer thread logs its result;
-//! - the caller looks for the report for 100 µs, yielding, before it
-//!   sleeps: a healthy injection takes tens of microseconds, and a sleep
-//!   and a wake-up would add as much again.
+//!   run after all, the tracer thread logs its result.
 //!
 //! Measured on a loaded two-processor machine (`cargo bench --bench
 //! grant`, and 2,000 injections of `getpid` into `sleep`), a healthy

@@ -436,7 +436,8 @@ impl<'a, 'w> Tracee<'a, 'w> {
     }
 
     /// Waits for the thread's next stop, looking with `WNOHANG` after a
-    /// pause that grows from none to [`MAX_PAUSE`]. Before the first stop
+    /// pause that grows from none to [`MAX_PAUSE`] ([`Pause`]). Before the
+    /// first stop
     /// it gives up at the deadline (the thread is then abandoned); once it
     /// holds our registers it waits as long as it takes. Its death, or its
     /// end by another thread's `execve`, is an error.
@@ -738,42 +739,59 @@ impl<'a, 'w> Tracee<'a, 'w> {
 
 /// The pauses between two looks for a stop: none for the first [`SPIN`]
 /// (a running or sleeping thread stops within microseconds, sooner than a
-/// sleep of ours would end), then 10 µs, doubling up to [`MAX_PAUSE`].
-/// This thread's timer slack is set to 1 ns, so that short sleeps are as
-/// short as asked.
+/// sleep of ours would end; yielding instead would hand the processor to
+/// any busy task for a whole time slice), then 10 µs, doubling up to
+/// [`FINE_PAUSE`] until [`FINE`] has passed (a thread that waits for a busy
+/// processor stops within milliseconds: seen within 100 µs), then up to
+/// [`MAX_PAUSE`]. This thread's timer slack is set to 1 ns, so that short
+/// sleeps are as short as asked.
 struct Pause {
     start: Instant,
-    round: u32,
-    since_check: Duration,
+    pause: Duration,
+    next_check: Duration,
 }
 
 /// How long a wait looks for a stop without pausing.
 const SPIN: Duration = Duration::from_micros(100);
 
+/// How long the pauses stay short.
+const FINE: Duration = Duration::from_millis(20);
+
+/// The longest pause until [`FINE`] has passed.
+const FINE_PAUSE: Duration = Duration::from_micros(100);
+
+/// The shortest pause.
+const MIN_PAUSE: Duration = Duration::from_micros(10);
+
 impl Default for Pause {
     fn default() -> Self {
         Pause {
             start: Instant::now(),
-            round: 0,
-            since_check: Duration::ZERO,
+            pause: Duration::ZERO,
+            next_check: MAX_PAUSE,
         }
     }
 }
 
 impl Pause {
     /// Pauses; returns whether it is time for a slower check (every
-    /// millisecond or so of waiting).
+    /// millisecond of waiting).
     fn wait(&mut self) -> bool {
-        if self.round == 0 && self.start.elapsed() < SPIN {
-            thread::yield_now();
+        let elapsed = self.start.elapsed();
+        if elapsed < SPIN {
+            std::hint::spin_loop();
             return false;
         }
-        self.round += 1;
-        let pause = Duration::from_micros(10 << (self.round - 1).min(7)).min(MAX_PAUSE);
-        thread::sleep(pause);
-        self.since_check += pause;
-        if self.since_check >= MAX_PAUSE {
-            self.since_check = Duration::ZERO;
+        let longest = if elapsed < FINE {
+            FINE_PAUSE
+        } else {
+            MAX_PAUSE
+        };
+        self.pause = (self.pause * 2).clamp(MIN_PAUSE, longest);
+        thread::sleep(self.pause);
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.next_check {
+            self.next_check = elapsed + MAX_PAUSE;
             return true;
         }
         false
@@ -818,18 +836,30 @@ mod tests {
     fn pauses_grow_to_a_millisecond() {
         let mut pause = Pause::default();
         let start = Instant::now();
-        let mut checks = 0;
         while start.elapsed() < SPIN {
             assert!(!pause.wait());
         }
-        // Then 10, 20, ... 640 µs, then 1000 µs at a time.
-        for _ in 0..16 {
+        // 10, 20, 40, 80, then 100 µs at a time for 20 ms, with a check
+        // every millisecond.
+        let mut checks = 0;
+        let mut rounds = 0;
+        while start.elapsed() < FINE {
+            rounds += 1;
             if pause.wait() {
                 checks += 1;
             }
         }
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(9), "{waited:?}");
-        assert!((8..=10).contains(&checks), "{checks} checks");
+        assert_eq!(pause.pause, FINE_PAUSE);
+        assert!((15..=20).contains(&checks), "{checks} checks");
+        assert!(rounds <= 200, "{rounds} rounds");
+        // Then 200, 400, 800 µs, and 1 ms at a time, each followed by a
+        // check.
+        for _ in 0..3 {
+            pause.wait();
+        }
+        for _ in 0..3 {
+            assert!(pause.wait());
+        }
+        assert_eq!(pause.pause, MAX_PAUSE);
     }
 }
