@@ -572,6 +572,30 @@ fn identity(pid: Pid) -> ProcessId {
 
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
 
+// ---------------------------------------------------------------- waits
+
+/// A tracer thread waits for stops blocked, woken by them, and by a timer
+/// of its own (`/proc/self/timers` shows it) that ticks through a signal
+/// with a handler; see `polling_waits.rs` for the other way.
+#[test]
+fn tracer_threads_wait_with_a_timer_of_their_own() {
+    let _serial = serial("tracer_threads_wait_with_a_timer_of_their_own");
+    let target = Target::spawn("tick", &[]);
+    assert_injects(&target);
+    let timers = fs::read_to_string("/proc/self/timers").unwrap();
+    let signal = timers
+        .lines()
+        .find_map(|line| line.strip_prefix("signal: "))
+        .and_then(|signal| signal.split('/').next())
+        .and_then(|signal| signal.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no timer: {timers:?}"));
+    assert!(
+        (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal),
+        "{timers}"
+    );
+    assert!(timers.contains("/tid."), "{timers}");
+}
+
 // ---------------------------------------------------------------- frozen
 
 /// A cgroup of our own in a freezer hierarchy, removed when dropped.

@@ -1,10 +1,14 @@
 //! Between the caller of an injection and its tracer thread: where the
 //! injection stands, its result, and whether the caller still waits for it.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::io;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use heli_core::Pid;
+use log::debug;
+
+use super::bell::Bell;
 
 /// Where the tracer thread is, for the caller's error if it gives up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +31,8 @@ pub(super) enum Stage {
 #[derive(Debug)]
 pub(super) struct Handoff<R> {
     shared: Mutex<Shared<R>>,
-    done: Condvar,
+    /// Rung when the report is there.
+    done: Bell,
 }
 
 #[derive(Debug)]
@@ -38,15 +43,15 @@ struct Shared<R> {
 }
 
 impl<R> Handoff<R> {
-    pub(super) fn new() -> Handoff<R> {
-        Handoff {
+    pub(super) fn new() -> io::Result<Handoff<R>> {
+        Ok(Handoff {
             shared: Mutex::new(Shared {
                 stage: Stage::Queued,
                 report: None,
                 caller_gone: false,
             }),
-            done: Condvar::new(),
-        }
+            done: Bell::new()?,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared<R>> {
@@ -68,18 +73,20 @@ impl<R> Handoff<R> {
             return Err(report);
         }
         shared.report = Some(report);
-        self.done.notify_all();
+        drop(shared);
+        if let Err(err) = self.done.ring() {
+            debug!("cannot ring the caller of an injection: {err}");
+        }
         Ok(())
     }
 
     /// The caller: the report, if it comes within `timeout`.
     pub(super) fn wait(&self, timeout: Duration) -> Option<R> {
-        let shared = self.lock();
-        let (mut shared, _) = self
-            .done
-            .wait_timeout_while(shared, timeout, |shared| shared.report.is_none())
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        shared.report.take()
+        if let Some(report) = self.lock().report.take() {
+            return Some(report);
+        }
+        self.done.wait(Some(timeout));
+        self.lock().report.take()
     }
 
     /// The caller: gives up, unless the report came meanwhile; else where
@@ -103,14 +110,14 @@ mod tests {
 
     #[test]
     fn hands_over_or_tells_the_tracer_it_is_late() {
-        let handoff = Arc::new(Handoff::new());
+        let handoff = Arc::new(Handoff::new().unwrap());
         assert_eq!(handoff.wait(Duration::from_millis(1)), None);
         let tracer = handoff.clone();
         let thread = std::thread::spawn(move || tracer.finish(7));
         assert_eq!(handoff.wait(Duration::from_secs(10)), Some(7));
         assert_eq!(thread.join().unwrap(), Ok(()));
 
-        let late = Handoff::new();
+        let late = Handoff::new().unwrap();
         late.set_stage(Stage::Borrowed {
             tid: Pid::new(9).unwrap(),
         });
@@ -122,7 +129,7 @@ mod tests {
         );
         assert_eq!(late.finish(8), Err(8));
 
-        let just_in_time = Handoff::new();
+        let just_in_time = Handoff::new().unwrap();
         just_in_time.finish(5).unwrap();
         assert_eq!(just_in_time.give_up(), Ok(5));
     }

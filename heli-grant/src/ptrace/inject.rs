@@ -21,6 +21,8 @@ use nix::errno::Errno;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::scope::PtraceScope;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::sys::ThreadTimer;
 use crate::wait::ChildWaits;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -309,7 +311,7 @@ impl SyscallInjector {
         args: [u64; 6],
         deadline: &Deadline,
     ) -> io::Result<Injection> {
-        let handoff = Arc::new(Handoff::new());
+        let handoff = Arc::new(Handoff::new()?);
         let job = Job {
             waits: self.waits.clone(),
             allow_seccomp: self.allow_seccomp,
@@ -387,8 +389,8 @@ impl Work for Job {
     /// Injects on the tracer thread, and hands the report over (or logs it,
     /// when the caller gave up meanwhile); the thread must end if it gave a
     /// thread up.
-    fn run(self) -> bool {
-        let report = self.inject();
+    fn run(self, timer: Option<&ThreadTimer>) -> bool {
+        let report = self.inject(timer);
         let end = report.abandoned.is_some();
         if let Err(late) = self.handoff.finish(report) {
             match late.result {
@@ -409,14 +411,18 @@ impl Work for Job {
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 impl Job {
-    fn inject(&self) -> Report {
+    fn inject(&self, timer: Option<&ThreadTimer>) -> Report {
         let mut abandoned = None;
-        let result = self.attempts(&mut abandoned);
+        let result = self.attempts(timer, &mut abandoned);
         Report { result, abandoned }
     }
 
     /// Tries until the call is made, it fails, or the deadline passes.
-    fn attempts(&self, abandoned: &mut Option<Abandoned>) -> io::Result<Injection> {
+    fn attempts(
+        &self,
+        timer: Option<&ThreadTimer>,
+        abandoned: &mut Option<Abandoned>,
+    ) -> io::Result<Injection> {
         let pid = self.pid.get();
         let process = Proc::open(self.pid)?.ok_or_else(|| exited_before(pid))?;
         // From here until the thread is let go, nobody else waits for our
@@ -478,6 +484,7 @@ impl Job {
                         code: thread_proc.as_ref(),
                         deadline: &self.deadline,
                         handoff: &*self.handoff,
+                        timer,
                     };
                     let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
                     match Tracee::seize(target, raw, &mut waits) {

@@ -3,6 +3,9 @@
 //! injection (which then saves starting a thread), and one that gave a
 //! tracee up (it never stopped) ends at once, which is what lets that
 //! tracee go.
+//!
+//! Work is handed over through a [`Bell`] (a pipe), not a futex: see
+//! `bell.rs`.
 
 use std::fmt;
 use std::io;
@@ -10,30 +13,33 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use log::debug;
+
+use crate::sys::ThreadTimer;
+
+use super::bell::Bell;
 
 /// How long an idle tracer thread waits for another injection.
 const IDLE: Duration = Duration::from_secs(5);
 
 /// What a tracer thread runs.
 pub(super) trait Work: Send + 'static {
-    /// Runs on the tracer thread; returns whether the thread must end
-    /// after it (it gave up a tracee that the end of the thread lets go).
-    fn run(self) -> bool;
+    /// Runs on the tracer thread, whose timer (if it has one) it may use;
+    /// returns whether the thread must end after it (it gave up a tracee
+    /// that the end of the thread lets go).
+    fn run(self, timer: Option<&ThreadTimer>) -> bool;
 }
 
 /// The tracer threads of one injector (clones share them): at most one of
 /// them idle at a time.
 pub(super) struct Tracers<W> {
-    idle: Arc<Mutex<Option<Idle<W>>>>,
+    idle: Arc<Mutex<Option<Arc<Tracer<W>>>>>,
 }
 
-/// An idle tracer thread: where to send it work.
-struct Idle<W> {
-    work: Sender<W>,
-    /// Tells it apart from the threads that follow it.
-    id: u64,
+/// One tracer thread's mailbox: the work, and the bell that says it came.
+struct Tracer<W> {
+    work: Mutex<Option<W>>,
+    bell: Bell,
 }
 
 impl<W> Clone for Tracers<W> {
@@ -41,17 +47,6 @@ impl<W> Clone for Tracers<W> {
         Tracers {
             idle: self.idle.clone(),
         }
-    }
-}
-
-impl<W> fmt::Debug for Tracers<W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let idle = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|idle| idle.as_ref().map(|idle| idle.id));
-        f.debug_struct("Tracers").field("idle", &idle).finish()
     }
 }
 
@@ -63,8 +58,15 @@ impl<W> Default for Tracers<W> {
     }
 }
 
+impl<W> fmt::Debug for Tracers<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idle = self.idle.lock().is_ok_and(|idle| idle.is_some());
+        f.debug_struct("Tracers").field("idle", &idle).finish()
+    }
+}
+
 impl<W: Work> Tracers<W> {
-    fn lock(&self) -> MutexGuard<'_, Option<Idle<W>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Arc<Tracer<W>>>> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -73,70 +75,72 @@ impl<W: Work> Tracers<W> {
     /// Runs `work` on the idle tracer thread, or on a new one.
     pub(super) fn run(&self, work: W) -> io::Result<()> {
         let idle = self.lock().take();
-        let work = match idle {
-            Some(idle) => match idle.work.send(work) {
-                Ok(()) => return Ok(()),
-                // It ended meanwhile.
-                Err(unsent) => unsent.into_inner(),
-            },
-            None => work,
-        };
+        if let Some(tracer) = idle {
+            *lock(&tracer.work) = Some(work);
+            return tracer.bell.ring();
+        }
+        let tracer = Arc::new(Tracer {
+            work: Mutex::new(None),
+            bell: Bell::new()?,
+        });
         let tracers = self.clone();
         thread::Builder::new()
             .name("heli-tracer".to_owned())
-            .spawn(move || tracers.serve(work))?;
+            .spawn(move || tracers.serve(&tracer, work))?;
         Ok(())
     }
 
     /// The body of a tracer thread.
-    fn serve(self, first: W) {
+    fn serve(self, tracer: &Arc<Tracer<W>>, first: W) {
         // Short sleeps between looks for a stop stay short.
         if let Err(err) = nix::sys::prctl::set_timerslack(1) {
             debug!("PR_SET_TIMERSLACK: {err}");
         }
-        let id = nix::unistd::gettid().as_raw() as u64;
-        let (sender, receiver) = bounded(1);
+        let timer = ThreadTimer::new().unwrap_or_else(|err| {
+            debug!("no timer for the tracer thread: {err}");
+            None
+        });
         let mut work = first;
         loop {
-            if work.run() {
+            if work.run(timer.as_ref()) {
                 return;
             }
-            match self.wait(id, &sender, &receiver) {
+            match self.next(tracer) {
                 Some(next) => work = next,
                 None => return,
             }
         }
     }
 
-    /// Offers this thread (`id`) for the next injection, and waits for it;
-    /// `None` when the thread should end (another one is idle already, or
-    /// none came in time).
-    fn wait(&self, id: u64, sender: &Sender<W>, receiver: &Receiver<W>) -> Option<W> {
+    /// Offers this thread for the next injection, and waits for it; `None`
+    /// when the thread should end (another one is idle already, or none
+    /// came in time).
+    fn next(&self, tracer: &Arc<Tracer<W>>) -> Option<W> {
         {
             let mut idle = self.lock();
             if idle.is_some() {
                 return None;
             }
-            *idle = Some(Idle {
-                work: sender.clone(),
-                id,
-            });
+            *idle = Some(tracer.clone());
         }
-        match receiver.recv_timeout(IDLE) {
-            Ok(work) => Some(work),
-            Err(RecvTimeoutError::Timeout) => {
-                let mut idle = self.lock();
-                if idle.as_ref().is_some_and(|idle| idle.id == id) {
-                    *idle = None;
-                    return None;
-                }
-                drop(idle);
-                // Taken just now: the work is on its way.
-                receiver.recv().ok()
+        if !tracer.bell.wait(Some(IDLE)) {
+            let mut idle = self.lock();
+            if idle.as_ref().is_some_and(|idle| Arc::ptr_eq(idle, tracer)) {
+                *idle = None;
+                return None;
             }
-            Err(RecvTimeoutError::Disconnected) => None,
+            drop(idle);
+            // Taken just now: the work is on its way.
+            tracer.bell.wait(None);
         }
+        lock(&tracer.work).take()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -150,7 +154,7 @@ mod tests {
     }
 
     impl Work for Report {
-        fn run(self) -> bool {
+        fn run(self, _timer: Option<&ThreadTimer>) -> bool {
             self.to
                 .send(nix::unistd::gettid().as_raw())
                 .expect("the test waits");
