@@ -572,6 +572,11 @@ fn identity(pid: Pid) -> ProcessId {
 
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
 
+#[cfg(target_arch = "x86_64")]
+const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
+#[cfg(not(target_arch = "x86_64"))]
+const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
+
 // ---------------------------------------------------------------- waits
 
 /// A tracer thread waits for stops blocked, woken by them, and by a timer
@@ -813,7 +818,7 @@ fn call_that_does_not_return_is_interrupted_at_the_deadline() {
     eprintln!("{err} (after {took:?})");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(err.to_string().contains("had not returned"), "{err}");
-    assert!(took < Duration::from_millis(400), "took {took:?}");
+    assert!(took < Duration::from_millis(600), "took {took:?}");
     target.assert_let_go(pid);
     target.drain();
     target.line_starting("tick");
@@ -844,7 +849,7 @@ fn freeze_mid_call(target: &Target, freezer: &Freezer) -> io::Error {
     let err = result.unwrap_err();
     eprintln!("frozen mid-call: {err} (after {took:?})");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
-    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert!(took < Duration::from_millis(700), "took {took:?}");
     err
 }
 
@@ -952,9 +957,15 @@ fn signal_storm_never_kills_the_target() {
                 assert_eq!(err.kind(), io::ErrorKind::TimedOut, "round {round}: {err}");
                 let text = err.to_string();
                 assert!(
-                    ["signals", "did not stop", "could not start", "given up"]
-                        .iter()
-                        .any(|why| text.contains(why)),
+                    [
+                        "signals",
+                        "did not stop",
+                        "could not start",
+                        "given up",
+                        "held the registers"
+                    ]
+                    .iter()
+                    .any(|why| text.contains(why)),
                     "round {round}: {err}"
                 );
                 refused += 1;
@@ -1207,6 +1218,10 @@ fn thread_killed_during_the_call_is_reported_as_a_thread() {
     let pid = target.pid;
     wait_for("two threads", || target.threads().len() == 2);
     let busy = target.threads()[1];
+    // The main thread in epoll_wait, which the injector takes last.
+    wait_for("the main thread in epoll_wait", || {
+        target.syscall(pid).is_some_and(|nr| EPOLLS.contains(&nr))
+    });
     let injector = target.injector().allow_seccomp(true);
     let (result, _) = inject(
         &injector,

@@ -24,6 +24,8 @@ use crate::scope::PtraceScope;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::sys::ThreadTimer;
 use crate::wait::ChildWaits;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::wait::ChildWaitsGuard;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::handoff::{Handoff, Stage};
@@ -52,7 +54,7 @@ use super::tracer::{Tracers, Work};
 /// # Deadline
 ///
 /// Every injection takes a [`Deadline`], and the call returns by it (a
-/// millisecond or so later; 50 ms at most), whatever the target does: a
+/// millisecond or so later; 200 ms at most), whatever the target does: a
 /// thread frozen by the cgroup freezer (`docker pause`) or in
 /// uninterruptible sleep (a parent waiting in `vfork`) never reaches the
 /// stop the injection waits for; it is then let go untouched, neither
@@ -354,7 +356,7 @@ const CALLER_TICK: Duration = Duration::from_millis(10);
 /// How long past the deadline a caller waits for a tracer thread that is
 /// giving up.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const GRACE: Duration = Duration::from_millis(50);
+const GRACE: Duration = Duration::from_millis(200);
 
 /// One injection, as its tracer thread runs it.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -460,53 +462,42 @@ impl Job {
             if main_exited && process.identity()?.is_none() {
                 return Err(exited_before(pid));
             }
-            let tid = if status.threads == 1 {
-                process.pid()
+            let chosen = if status.threads == 1 {
+                Some(process.pid())
             } else {
                 choose_thread(&process, main_exited)?
             };
-            let thread_status = if tid == process.pid() {
-                Some(status)
-            } else {
-                process.thread_status(tid)?
-            };
-            let outcome = match self.check(tid, thread_status)? {
-                Some(busy) => Outcome::Retry(busy),
-                None => {
-                    // With the main thread gone, its /proc entry shows no
-                    // memory: read the thread's own.
-                    let thread_proc = match main_exited {
-                        true => Some(Proc::open_existing(tid)?),
-                        false => None,
+            let (tid, outcome) = match chosen {
+                Some(tid) => {
+                    let thread_status = if tid == process.pid() {
+                        Some(status)
+                    } else {
+                        process.thread_status(tid)?
                     };
-                    let target = Target {
+                    let attempt = Attempt {
                         process: &process,
-                        code: thread_proc.as_ref(),
-                        deadline: &self.deadline,
-                        handoff: &*self.handoff,
+                        tid,
+                        main_exited,
                         timer,
                     };
-                    let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
-                    match Tracee::seize(target, raw, &mut waits) {
-                        Ok(tracee) => {
-                            let (outcome, redelivered) = tracee.run(self.nr, &self.args);
-                            if let Outcome::Returned(ret) = outcome {
-                                return Ok(Injection {
-                                    tid,
-                                    ret,
-                                    redelivered,
-                                    retries,
-                                });
-                            }
-                            outcome
-                        }
-                        // That thread exited in between: choose again.
-                        Err(Errno::ESRCH) if tid != self.pid => Outcome::Retry(io::Error::other(
-                            format!("thread {tid} of PID {pid} exited before it was seized"),
-                        )),
-                        Err(err) => return Err(seize_error(&process, tid, err)),
+                    let (outcome, redelivered) =
+                        self.on_thread(attempt, thread_status, &mut waits)?;
+                    if let Outcome::Returned(ret) = outcome {
+                        return Ok(Injection {
+                            tid,
+                            ret,
+                            redelivered,
+                            retries,
+                        });
                     }
+                    (tid, outcome)
                 }
+                None => (
+                    process.pid(),
+                    Outcome::Retry(io::Error::other(format!(
+                        "a thread of PID {pid} is in execve: waiting for the new program"
+                    ))),
+                ),
             };
             match outcome {
                 Outcome::Returned(_) => unreachable!("returned above"),
@@ -532,6 +523,51 @@ impl Job {
                     thread::sleep(pause.min(self.deadline.remaining()));
                 }
             }
+        }
+    }
+
+    /// One attempt on the thread chosen, whose status is `status` (`None`:
+    /// it exited): checks it, seizes it, and runs the call.
+    fn on_thread(
+        &self,
+        attempt: Attempt<'_>,
+        status: Option<ThreadStatus>,
+        waits: &mut ChildWaitsGuard<'_>,
+    ) -> io::Result<(Outcome, Vec<i32>)> {
+        let Attempt {
+            process,
+            tid,
+            main_exited,
+            timer,
+        } = attempt;
+        let pid = self.pid.get();
+        if let Some(busy) = self.check(tid, status)? {
+            return Ok((Outcome::Retry(busy), Vec::new()));
+        }
+        // With the main thread gone, its /proc entry shows no memory: read
+        // the thread's own.
+        let thread_proc = match main_exited {
+            true => Some(Proc::open_existing(tid)?),
+            false => None,
+        };
+        let target = Target {
+            process,
+            code: thread_proc.as_ref(),
+            deadline: &self.deadline,
+            handoff: &*self.handoff,
+            timer,
+        };
+        let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
+        match Tracee::seize(target, raw, waits) {
+            Ok(tracee) => Ok(tracee.run(self.nr, &self.args)),
+            // That thread exited in between: choose again.
+            Err(Errno::ESRCH) if tid != self.pid => Ok((
+                Outcome::Retry(io::Error::other(format!(
+                    "thread {tid} of PID {pid} exited before it was seized"
+                ))),
+                Vec::new(),
+            )),
+            Err(err) => Err(seize_error(process, tid, err)),
         }
     }
 
@@ -573,6 +609,16 @@ impl Job {
         }
         Ok(None)
     }
+}
+
+/// The thread an attempt is on.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+struct Attempt<'a> {
+    process: &'a Proc,
+    tid: Pid,
+    /// Whether the process's main thread has exited (others run on).
+    main_exited: bool,
+    timer: Option<&'a ThreadTimer>,
 }
 
 /// The pause before another attempt, times the attempts so far (up to 20).

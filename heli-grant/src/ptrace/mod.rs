@@ -68,7 +68,7 @@
 //!   made, and if it was blocking (which injected calls must not do) it is
 //!   interrupted. A thread that does not stop even then (frozen by cgroup
 //!   v1 in the middle of the step) is waited for as long as it takes; its
-//!   caller gets `TimedOut` 50 ms after its deadline, and should the call
+//!   caller gets `TimedOut` 200 ms after its deadline, and should the call
 //!   run after all, the tracer thread logs its result.
 //!
 //! Measured on this project's two-processor test machine while other

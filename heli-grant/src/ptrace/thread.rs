@@ -9,16 +9,18 @@ use log::debug;
 use super::arch;
 
 /// The thread of `process` to inject into: the best by [`rank`], the main
-/// thread first among equals. `main_exited`: its main thread has exited
-/// (it lingers as a zombie while others run on), so it is never chosen.
-pub(super) fn choose_thread(process: &Proc, main_exited: bool) -> io::Result<Pid> {
+/// thread first among equals; `None` when the best is in `execve` (which is
+/// about to end the others and change its id: try again once it is done).
+/// `main_exited`: its main thread has exited (it lingers as a zombie while
+/// others run on), so it is never chosen.
+pub(super) fn choose_thread(process: &Proc, main_exited: bool) -> io::Result<Option<Pid>> {
     let pid = process.pid();
     let mut tids = process.threads()?;
     if main_exited {
         tids.retain(|&tid| tid != pid);
     }
     if tids.len() <= 1 {
-        return Ok(tids.first().copied().unwrap_or(pid));
+        return Ok(Some(tids.first().copied().unwrap_or(pid)));
     }
     let ranked = tids.iter().map(|&tid| {
         let rank = match process.thread_syscall(tid) {
@@ -29,7 +31,7 @@ pub(super) fn choose_thread(process: &Proc, main_exited: bool) -> io::Result<Pid
     });
     let (rank, _, tid) = ranked.min().expect("at least two threads");
     debug!("PID {pid}: injecting into thread {tid} ({rank:?})");
-    Ok(tid)
+    Ok((rank != Rank::Exec).then_some(tid))
 }
 
 /// How well a thread suits an injection, best first.

@@ -433,9 +433,11 @@ impl<'a, 'w> Tracee<'a, 'w> {
     }
 
     fn step(&mut self) -> io::Result<()> {
+        // A failure leaves it where it was: `fail` looks for its death.
+        ptrace::step(self.tid, None).map_err(|e| self.fail(e, "PTRACE_SINGLESTEP"))?;
         self.in_signal_stop = false;
         self.stopped = false;
-        ptrace::step(self.tid, None).map_err(|e| self.fail(e, "PTRACE_SINGLESTEP"))
+        Ok(())
     }
 
     fn siginfo(&mut self) -> io::Result<libc::siginfo_t> {
@@ -675,10 +677,12 @@ impl<'a, 'w> Tracee<'a, 'w> {
         )
     }
 
-    /// The error for a failed ptrace request. A stopped tracee leaves its
-    /// stop only when killed: then this collects its death.
+    /// The error for a failed ptrace request. A tracee of ours refuses
+    /// requests (`ESRCH`) only when it is not stopped: killed, or ended by
+    /// another thread's `execve`; then this collects its death.
     fn fail(&mut self, err: Errno, what: &str) -> io::Error {
-        if err == Errno::ESRCH && self.stopped {
+        let attached = matches!(self.phase, Phase::Seized | Phase::Stopped | Phase::Borrowed);
+        if err == Errno::ESRCH && attached {
             self.stopped = false;
             match self.wait() {
                 Err(err) => return err,
