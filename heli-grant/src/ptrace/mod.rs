@@ -50,8 +50,7 @@
 //!   the deadline and at the thread (still traced? frozen?). Were no signal
 //!   free, waits would poll with `WNOHANG` instead: a polling tracer wakes
 //!   on its own clock, after the stop, and on a busy machine may wait a
-//!   whole time slice for a processor (measured: 4 ms per injection into
-//!   a busy target beside another busy loop, against 0.15 ms);
+//!   whole time slice for a processor;
 //! - if the deadline passes, or is called off, before the first stop, the
 //!   tracer thread reports `TimedOut` (saying whether the thread is frozen,
 //!   from its cgroup, or in state `D`) and ends, which lets the thread go;
@@ -71,14 +70,16 @@
 //!   caller gets `TimedOut` 200 ms after its deadline, and should the call
 //!   run after all, the tracer thread logs its result.
 //!
-//! Measured on this project's two-processor test machine while other
-//! builds ran (load 8 to 10), 1,000 injections of `getpid` each, side by
-//! side with the former injector (the calling thread as tracer, blocking
-//! waits, no deadline): medians of 117 to 170 µs against 75 to 139 µs into
-//! a sleeping target, 156 to 160 against 124 to 128 into a busy shell
-//! loop, 186 to 204 against 115 to 130 into busy Python: some tens of
-//! microseconds, the price of handing the work to another thread and
-//! back.
+//! The price is two hand-overs between threads. Measured on this
+//! project's two-processor test machine while other builds ran (load 6 to
+//! 11), side by side with the former injector (the calling thread as
+//! tracer, blocking waits, no deadline), three runs of 1,000 injections of
+//! `getpid`: medians of 114 to 152 µs against 77 to 92 µs into a sleeping
+//! target, 163 to 295 against 92 to 134 into a busy shell loop, 158 to 217
+//! against 111 to 150 into busy Python. In `cargo bench --bench grant`, a
+//! whole grant's median moved by -3.6 to +0.06 ms (noise mostly). A first
+//! version, which polled with `WNOHANG` and handed work over through a
+//! channel, took 4 ms per injection into a busy target under that load.
 //!
 //! # Retries
 //!
