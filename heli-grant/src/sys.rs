@@ -1,6 +1,12 @@
 //! The system calls nix does not wrap, the nix way: one small function per
 //! call, the `unsafe` call, `Errno::result`, a `SAFETY:` comment.
 
+// The ptrace ones serve the injector, which other processors lack.
+#![cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;

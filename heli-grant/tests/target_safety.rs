@@ -572,6 +572,12 @@ fn identity(pid: Pid) -> ProcessId {
 
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
 
+/// Where `vfork` waits (arm64 has no vfork call: glibc uses clone).
+#[cfg(target_arch = "x86_64")]
+const VFORKS: &[libc::c_long] = &[libc::SYS_vfork];
+#[cfg(not(target_arch = "x86_64"))]
+const VFORKS: &[libc::c_long] = &[libc::SYS_clone, libc::SYS_clone3];
+
 #[cfg(target_arch = "x86_64")]
 const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
 #[cfg(not(target_arch = "x86_64"))]
@@ -1105,7 +1111,7 @@ fn exec_by_another_thread_ends_the_wait() {
     wait_for("two threads", || target.threads().len() == 2);
     let execer = target.threads()[1];
     wait_for("the main thread to wait in vfork", || {
-        target.state(pid) == 'D' && target.syscall(pid) == Some(libc::SYS_vfork)
+        target.state(pid) == 'D' && target.syscall(pid).is_some_and(|nr| VFORKS.contains(&nr))
     });
     wait_for("the second thread asleep", || {
         target
@@ -1134,7 +1140,10 @@ fn exec_while_another_thread_is_seized() {
     wait_for("three threads", || target.threads().len() == 3);
     let (vforker, execer) = (target.threads()[1], target.threads()[2]);
     wait_for("the second thread to wait in vfork", || {
-        target.state(vforker) == 'D' && target.syscall(vforker) == Some(libc::SYS_vfork)
+        target.state(vforker) == 'D'
+            && target
+                .syscall(vforker)
+                .is_some_and(|nr| VFORKS.contains(&nr))
     });
     wait_for("the third thread asleep", || {
         target
