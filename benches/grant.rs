@@ -134,7 +134,14 @@ impl Bare {
     fn inject(&self) {
         let pid = heli::core::Pid::new(self.child.id()).unwrap();
         assert_eq!(
-            self.injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+            self.injector
+                .syscall(
+                    pid,
+                    libc::SYS_getpid,
+                    &[],
+                    &heli::core::Deadline::after(Duration::from_secs(5))
+                )
+                .unwrap(),
             u64::from(pid)
         );
     }

@@ -219,6 +219,11 @@ impl Drop for Target {
     }
 }
 
+/// A deadline no healthy injection comes near.
+fn soon() -> Deadline {
+    Deadline::after(SOON)
+}
+
 fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
@@ -272,7 +277,9 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 /// An injected `getpid` in `pid` returns `pid`.
 fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
     assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap(),
         u64::from(pid)
     );
 }
@@ -285,29 +292,41 @@ fn exercise(target: &Target) {
         getpid_answers(&injector, pid);
     }
     let dumpable = injector
-        .syscall(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .syscall(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(dumpable, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EINVAL));
     let err = injector
-        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // setpgid(0, 0): a process-wide effect, seen in /proc/PID/stat.
     assert_ne!(stat_field(pid, 5), pid.to_string());
     assert_eq!(
-        injector.syscall(pid, libc::SYS_setpgid, &[0, 0]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_setpgid, &[0, 0], &soon())
+            .unwrap(),
         0
     );
     assert_eq!(stat_field(pid, 5), pid.to_string());
     // PR_SET_NAME reads a string in the target's memory: its own argument.
     let name = argument_address(pid, "heli-named");
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, name],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(injection.ret, 0);
     let name = target.proc.thread_name(injection.tid.into());
@@ -400,7 +419,9 @@ time.sleep(600)",
     let injector = target.injector();
     let mut used = Vec::new();
     for _ in 0..50 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(target.pid));
         used.push(injection.tid);
     }
@@ -435,7 +456,9 @@ ep.poll(600)",
     target.wait_in(sleeper, SLEEPS);
     let injector = target.injector();
     for _ in 0..20 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(
             injection.tid, sleeper,
             "injected into the thread in epoll_wait"
@@ -550,7 +573,9 @@ fn signals_during_injections(mode: &str) {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let delay = (round % 4 >= 2).then_some((seed >> 8) % 80_000);
         go.send((signal, delay)).unwrap();
-        let injection = injector.inject(pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(pid));
         if !injection.redelivered.is_empty() {
             assert_eq!(injection.redelivered, [signal]);
@@ -592,7 +617,7 @@ fn seccomp_filtered_target_is_refused() {
     let pid = target.pid;
     let err = target
         .injector()
-        .inject(pid, libc::SYS_getpid, &[])
+        .inject(pid, libc::SYS_getpid, &[], &soon())
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
@@ -605,7 +630,12 @@ fn seccomp_filtered_target_is_refused() {
     let injector = target.injector().allow_seccomp(true);
     getpid_answers(&injector, pid);
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EPERM));
     // Back in pause(), alive.
@@ -620,7 +650,12 @@ fn seccomp_filtered_target_is_refused() {
 fn filtered_prctl_fails(target: &Target, kind: std::io::ErrorKind, says: &str) -> SyscallInjector {
     let injector = target.injector().allow_seccomp(true);
     let err = injector
-        .inject(target.pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .inject(
+            target.pid,
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            &soon(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), kind, "{err}");
     assert!(err.to_string().contains(says), "{err}");
@@ -671,7 +706,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         let worker = thread::spawn(move || {
             let mut done = 0;
             loop {
-                match injector.inject(pid, libc::SYS_getpid, &[]) {
+                match injector.inject(pid, libc::SYS_getpid, &[], &soon()) {
                     Ok(injection) => {
                         assert_eq!(injection.ret, i64::from(pid));
                         done += 1;

@@ -42,15 +42,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod cgroup;
 mod error;
+mod freezer;
 mod handle;
 mod maps;
 mod memory;
 mod process;
 mod tree;
 
-pub use cgroup::is_frozen;
+pub use freezer::is_frozen;
 pub use handle::ProcessHandle;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 use procfs::process::Process;
+use procfs::ProcessCGroups;
 
 use crate::error::{no_such_process, unless_gone};
 use crate::maps::Mapping;
@@ -53,6 +54,9 @@ pub struct ThreadStatus {
     pub tracer: Option<Pid>,
     /// Its seccomp mode: 0 none, 1 strict, 2 filter.
     pub seccomp: u32,
+    /// The signals pending for this thread alone (`SigPnd`), as a bit set:
+    /// bit `n - 1` for signal `n`.
+    pub pending: u64,
 }
 
 /// Where a thread is, by `/proc/PID/task/TID/syscall`.
@@ -94,6 +98,9 @@ impl Proc {
 
     /// Facts about it now (`/proc/PID/stat` and `/proc/PID/status`).
     ///
+    /// A process whose main thread has exited while other threads run on
+    /// (a "zombie leader") is alive: its state is that of a live thread.
+    ///
     /// # Errors
     ///
     /// When `/proc` cannot be read.
@@ -106,6 +113,10 @@ impl Proc {
         else {
             return Ok(None);
         };
+        let state = match self.state(&stat)? {
+            Some(state) => state,
+            None => ProcessState::from_code(stat.state),
+        };
         Ok(Some(ProcessInfo {
             id: ProcessId {
                 pid,
@@ -113,7 +124,7 @@ impl Proc {
             },
             parent: u32::try_from(stat.ppid).ok().and_then(Pid::new),
             process: tgid(status.tgid, pid),
-            state: ProcessState::from_code(stat.state),
+            state,
             uid: status.ruid,
             euid: status.euid,
             kernel_thread: stat.flags & PF_KTHREAD != 0,
@@ -121,20 +132,64 @@ impl Proc {
     }
 
     /// Who it is now: pid and start time, `None` once it has exited (a
-    /// zombie counts as gone).
+    /// zombie counts as gone; a process whose main thread exited while
+    /// others run on does not).
     ///
     /// # Errors
     ///
     /// When `/proc` cannot be read.
     pub fn identity(&self) -> io::Result<Option<ProcessId>> {
         let pid = self.pid;
-        let stat = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))?;
-        Ok(stat
-            .filter(|stat| !ProcessState::from_code(stat.state).is_gone())
-            .map(|stat| ProcessId {
-                pid,
-                start_time: stat.starttime,
-            }))
+        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(None);
+        };
+        Ok(self.state(&stat)?.map(|_| ProcessId {
+            pid,
+            start_time: stat.starttime,
+        }))
+    }
+
+    /// The state of the process whose main thread's stat is `stat`: that
+    /// thread's, or, when it is a zombie leader, a live thread's; `None`
+    /// once it has exited.
+    ///
+    /// A main thread that called `pthread_exit` stays a zombie until the
+    /// last thread exits (measured on Linux 6.18): its `/proc/PID/stat` and
+    /// `status` show state `Z` and a thread count that still includes it
+    /// (`Threads: 3` for it and two live threads), its `cmdline` is empty,
+    /// `exe` cannot be read, its `syscall` reads `-1 0x0 0x0`, and
+    /// `/proc/PID/task` lists it with the live threads, whose states are
+    /// their own. Only the main thread lingers so: other threads are
+    /// released as they exit.
+    fn state(&self, stat: &procfs::process::Stat) -> io::Result<Option<ProcessState>> {
+        let state = ProcessState::from_code(stat.state);
+        if !state.is_gone() {
+            return Ok(Some(state));
+        }
+        if stat.num_threads <= 1 {
+            return Ok(None);
+        }
+        Ok(self.live_thread()?.map(|(_, state)| state))
+    }
+
+    /// A thread other than the main one that has not exited, and its state.
+    fn live_thread(&self) -> io::Result<Option<(Pid, ProcessState)>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
+            return Ok(None);
+        };
+        for task in tasks.filter_map(|task| task.ok()) {
+            if task.tid == task.pid {
+                continue;
+            }
+            let Ok(stat) = task.stat() else { continue };
+            let state = ProcessState::from_code(stat.state);
+            if !state.is_gone() {
+                let tid = u32::try_from(task.tid).ok().and_then(Pid::new);
+                return Ok(tid.map(|tid| (tid, state)));
+            }
+        }
+        Ok(None)
     }
 
     /// The CPU time it has used, user and system, in clock ticks
@@ -173,6 +228,33 @@ impl Proc {
             return Ok(None);
         };
         Ok(unless_gone(task.status(), what)?.map(|status| thread_status(&status, self.pid)))
+    }
+
+    /// The directory of the cgroup that freezes thread `tid`, when the
+    /// cgroup freezer holds it (cgroup v1 `freezer.state` `FROZEN` or
+    /// `FREEZING`; v2 `cgroup.events` `frozen 1` or `cgroup.freeze` `1`);
+    /// `None` when it is not frozen (or the hierarchy is not mounted in this
+    /// process's mount namespace), or is gone.
+    ///
+    /// A frozen thread shows state `D` (uninterruptible sleep) in `/proc`,
+    /// runs no code, and reaches no ptrace stop until thawed: this tells
+    /// it apart from one waiting for I/O or for a `vfork` child.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_frozen(&self, tid: Pid) -> io::Result<Option<PathBuf>> {
+        let what = format_args!("/proc/{}/task/{tid}/cgroup", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
+            return Ok(None);
+        };
+        let Some(cgroups) = unless_gone(task.read::<_, ProcessCGroups>("cgroup"), what)? else {
+            return Ok(None);
+        };
+        let mounts = Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(|err| crate::error::to_io(err, "/proc/self/mountinfo"))?;
+        Ok(crate::freezer::frozen_cgroup(&cgroups, &mounts))
     }
 
     /// Where thread `tid` is (`/proc/PID/task/TID/syscall`; reading it needs
@@ -326,6 +408,7 @@ fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {
         threads: status.threads,
         tracer: u32::try_from(status.tracerpid).ok().and_then(Pid::new),
         seccomp: status.seccomp.unwrap_or(0),
+        pending: status.sigpnd,
     }
 }
 

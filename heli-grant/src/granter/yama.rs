@@ -173,7 +173,7 @@ impl YamaGranter {
                 .map(|()| method);
         }
         self.last_method = Some(GrantMethod::Ptrace);
-        match self.by_ptrace(target, named, &what) {
+        match self.by_ptrace(target, named, &what, deadline) {
             Ok(result) => result.map(|()| GrantMethod::Ptrace),
             Err(err) if method == GrantMethod::Auto && injection_impossible(&err) => {
                 warn!("{what}: ptrace injection impossible ({err}): falling back to remote exec");
@@ -190,13 +190,21 @@ impl YamaGranter {
         }
     }
 
-    /// Injects the call: `Err` when it could not be made, else what it
-    /// returned.
-    fn by_ptrace(&self, target: Pid, ptracer: u32, what: &str) -> io::Result<io::Result<()>> {
+    /// Injects the call by `deadline` (a target that does not stop for it
+    /// in time, frozen or in uninterruptible sleep, is let go untouched):
+    /// `Err` when it could not be made, else what it returned.
+    fn by_ptrace(
+        &self,
+        target: Pid,
+        ptracer: u32,
+        what: &str,
+        deadline: &Deadline,
+    ) -> io::Result<io::Result<()>> {
         let injection = self.injector.inject(
             target,
             libc::SYS_prctl,
             &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
+            deadline,
         )?;
         Ok(match injection.ret {
             0 => {

@@ -9,17 +9,17 @@ use heli_proc::{Mapped, Memory, Proc};
 
 use super::arch;
 
-/// The address of a system call instruction the thread of `process` whose
-/// registers are `saved` may execute.
+/// The address of a system call instruction the thread whose registers
+/// are `saved` may execute; `process` (the thread's process, or the thread
+/// itself) gives its memory map, `memory` its memory.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(super) fn syscall_insn(process: &Proc, saved: &arch::Regs) -> io::Result<u64> {
-    let memory = Memory::new(process.pid());
+pub(super) fn syscall_insn(process: &Proc, memory: &Memory, saved: &arch::Regs) -> io::Result<u64> {
     if let Some(addr) = arch::current_insn(saved) {
         if memory.read_vec(addr, arch::INSN.len()).ok().as_deref() == Some(arch::INSN) {
             return Ok(addr);
         }
     }
-    find_syscall_insn(process, &memory, arch::pc(saved))
+    find_syscall_insn(process, memory, arch::pc(saved))
 }
 
 /// Where the system call instruction lies in the vDSO, once found (the

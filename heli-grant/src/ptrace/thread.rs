@@ -9,12 +9,18 @@ use log::debug;
 use super::arch;
 
 /// The thread of `process` to inject into: the best by [`rank`], the main
-/// thread first among equals.
-pub(super) fn choose_thread(process: &Proc) -> io::Result<Pid> {
+/// thread first among equals; `None` when the best is in `execve` (which is
+/// about to end the others and change its id: try again once it is done).
+/// `main_exited`: its main thread has exited (it lingers as a zombie while
+/// others run on), so it is never chosen.
+pub(super) fn choose_thread(process: &Proc, main_exited: bool) -> io::Result<Option<Pid>> {
     let pid = process.pid();
-    let tids = process.threads()?;
+    let mut tids = process.threads()?;
+    if main_exited {
+        tids.retain(|&tid| tid != pid);
+    }
     if tids.len() <= 1 {
-        return Ok(tids.first().copied().unwrap_or(pid));
+        return Ok(Some(tids.first().copied().unwrap_or(pid)));
     }
     let ranked = tids.iter().map(|&tid| {
         let rank = match process.thread_syscall(tid) {
@@ -25,7 +31,7 @@ pub(super) fn choose_thread(process: &Proc) -> io::Result<Pid> {
     });
     let (rank, _, tid) = ranked.min().expect("at least two threads");
     debug!("PID {pid}: injecting into thread {tid} ({rank:?})");
-    Ok(tid)
+    Ok((rank != Rank::Exec).then_some(tid))
 }
 
 /// How well a thread suits an injection, best first.
@@ -41,6 +47,8 @@ enum Rank {
     Unknown,
     /// In a call that returns `EINTR` when stopped (with a timeout).
     Eintr,
+    /// In `execve`: about to replace the program, and the thread ids.
+    Exec,
 }
 
 /// Ranks a thread by where its `/proc/PID/task/TID/syscall` says it is.
@@ -48,6 +56,7 @@ fn rank(syscall: Syscall) -> Rank {
     match syscall {
         Syscall::Running => Rank::Running,
         Syscall::User => Rank::User,
+        Syscall::In(nr) if arch::EXEC.contains(&nr) => Rank::Exec,
         Syscall::In(nr) if arch::EINTR_PRONE.contains(&nr) => Rank::Eintr,
         Syscall::In(_) => Rank::Restartable,
     }
@@ -63,6 +72,8 @@ mod tests {
         assert_eq!(rank(Syscall::User), Rank::User);
         assert_eq!(rank(Syscall::In(0)), Rank::Restartable);
         assert_eq!(rank(Syscall::In(arch::EINTR_PRONE[0])), Rank::Eintr);
+        assert_eq!(rank(Syscall::In(arch::EXEC[0])), Rank::Exec);
         assert!(Rank::Running < Rank::Restartable && Rank::Unknown < Rank::Eintr);
+        assert!(Rank::Eintr < Rank::Exec);
     }
 }

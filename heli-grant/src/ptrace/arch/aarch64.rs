@@ -38,7 +38,11 @@ pub(crate) const EINTR_PRONE: &[i64] = &[
     libc::SYS_accept,
     libc::SYS_accept4,
     libc::SYS_connect,
+    libc::SYS_io_uring_enter,
 ];
+
+/// The calls that replace the program (and end the other threads).
+pub(crate) const EXEC: &[i64] = &[libc::SYS_execve, libc::SYS_execveat];
 
 /// PSTATE's bit for an AArch32 task.
 const PSR_MODE32_BIT: u64 = 0x10;
@@ -59,8 +63,19 @@ pub(crate) fn pc(regs: &Regs) -> u64 {
     regs.gp.pc
 }
 
+pub(crate) fn set_pc(regs: &mut Regs, pc: u64) {
+    regs.gp.pc = pc;
+}
+
 pub(crate) fn ret(regs: &Regs) -> i64 {
     regs.gp.regs[0] as i64
+}
+
+/// Whether a thread stopped just after a system call instruction was
+/// interrupted in that call: never so on arm64, where the kernel rewinds
+/// `pc` to the `svc` before the stop.
+pub(crate) fn restarting(_regs: &Regs) -> bool {
+    false
 }
 
 /// What the thread is, if not a 64-bit one.

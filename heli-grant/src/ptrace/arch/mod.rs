@@ -4,7 +4,9 @@
 //! - `INSN`, `INSN_ALIGN`: the system call instruction's bytes, and the
 //!   alignment of an instruction;
 //! - `EINTR_PRONE`: the calls that a ptrace stop ends with `EINTR`;
-//! - `Regs`, `get`, `set`, `pc`, `ret`, `foreign`, `current_insn`,
+//! - `EXEC`: the calls that replace the program;
+//! - `Regs`, `get`, `set`, `pc`, `set_pc`, `ret`, `restarting`, `foreign`,
+//!   `current_insn`,
 //!   `prepare`: a thread's registers, and how a call is set up in them
 //!   (x86_64 and aarch64 only).
 

@@ -30,7 +30,11 @@ pub(crate) const EINTR_PRONE: &[i64] = &[
     libc::SYS_accept,
     libc::SYS_accept4,
     libc::SYS_connect,
+    libc::SYS_io_uring_enter,
 ];
+
+/// The calls that replace the program (and end the other threads).
+pub(crate) const EXEC: &[i64] = &[libc::SYS_execve, libc::SYS_execveat];
 
 /// The user code segment of 32-bit tasks.
 const USER32_CS: u64 = 0x23;
@@ -47,8 +51,19 @@ pub(crate) fn pc(regs: &Regs) -> u64 {
     regs.rip
 }
 
+pub(crate) fn set_pc(regs: &mut Regs, pc: u64) {
+    regs.rip = pc;
+}
+
 pub(crate) fn ret(regs: &Regs) -> i64 {
     regs.rax as i64
+}
+
+/// Whether a thread stopped just after a system call instruction was
+/// interrupted in that call, which the kernel would restart: it is still
+/// "in" the call (`orig_rax` set) and `rax` holds a restart code.
+pub(crate) fn restarting(regs: &Regs) -> bool {
+    (regs.orig_rax as i64) >= 0 && matches!(regs.rax as i64, -512 | -513 | -514 | -516)
 }
 
 /// What the thread is, if not a 64-bit one.
