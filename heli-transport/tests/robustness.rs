@@ -672,14 +672,18 @@ fn a_writer_that_keeps_its_end_open_finishes_its_line() {
             !server.requests().is_empty()
         });
         assert_eq!(server.requests()[0].0, Ok(Request::GetTargetPid));
-        // Its reply waits in the response pipe; a client drains it.
+        // Its reply waits in the response pipe (once written: the request
+        // is seen before it is answered); a client drains it.
         let mut reply = String::new();
         let mut response = OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NONBLOCK)
             .open(server.transport.dir().join("response"))
             .unwrap();
-        let _ = response.read_to_string(&mut reply);
+        wait_until(Duration::from_secs(2), "no reply", || {
+            let _ = response.read_to_string(&mut reply);
+            reply.ends_with('\n')
+        });
         assert_eq!(reply, "TARGET_PID 4242\n");
         drop(raw);
         assert_eq!(
