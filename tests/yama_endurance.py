@@ -15,6 +15,12 @@ fail within the controller's deadline, saying the target is frozen) and
 STATUS (which must say so), writes STAMP.thaw, waits for STAMP.thawed, and
 carries on. A thread asks STATUS on a connection of its own every 20 ms
 throughout. Prints `key value` lines; exits 1 if anything was wrong.
+
+A request counts as hung when it took longer than a client waits (2 s, 6 s
+for grants) beyond any time the whole machine stood still meanwhile: under
+qemu's TCG on a busy host the guest can stall for seconds, which no
+controller could help. Another thread measures those stalls (how late a
+5 ms sleep wakes up), and the longest is printed.
 """
 
 import os
@@ -29,6 +35,37 @@ STATUS_LIMIT = 2.0
 GRANT_LIMIT = 6.0
 
 
+class Stalls(threading.Thread):
+    """Times when the whole machine stood still: a 5 ms sleep that woke up
+    more than 100 ms late."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.gaps = []  # (start, end) of each stall
+        self.lock = threading.Lock()
+
+    def run(self):
+        while True:
+            before = time.monotonic()
+            time.sleep(0.005)
+            after = time.monotonic()
+            if after - before > 0.1:
+                with self.lock:
+                    self.gaps.append((before, after))
+
+    def within(self, start, end):
+        """How long the machine stood still between `start` and `end`."""
+        with self.lock:
+            return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.gaps)
+
+    def longest(self):
+        with self.lock:
+            return max((b - a for a, b in self.gaps), default=0.0)
+
+
+STALLS = Stalls()
+
+
 class Connection:
     def __init__(self, path):
         self.socket = socket.socket(socket.AF_UNIX)
@@ -37,11 +74,13 @@ class Connection:
         self.replies = self.socket.makefile()
 
     def ask(self, request):
-        """The reply to `request`, and how long it took in seconds."""
+        """The reply to `request`, and how long it took in seconds, less the
+        time the whole machine stood still meanwhile."""
         start = time.monotonic()
         self.socket.sendall((request + "\n").encode())
         reply = self.replies.readline().rstrip("\n")
-        return reply, time.monotonic() - start
+        end = time.monotonic()
+        return reply, end - start - STALLS.within(start, end)
 
 
 def proc_status(pid):
@@ -108,6 +147,7 @@ class StatusPoller(threading.Thread):
 
 def main():
     path, cycles, stamp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    STALLS.start()
     me = os.getpid()
     grants = Connection(path)
     target = int(grants.ask("GET_TARGET_PID")[0].split()[1])
@@ -186,6 +226,7 @@ def main():
     grant_times.sort()
     print(f"grant_revoke_median_ms {1000 * grant_times[len(grant_times) // 2]:.2f}")
     print(f"grant_revoke_max_ms {1000 * grant_times[-1]:.2f}")
+    print(f"machine_stall_max_ms {1000 * STALLS.longest():.2f}")
     print(f"hangs {hangs}")
     problems += [f"STATUS: {failure}" for failure in poller.failures]
     for problem in problems[:20]:
