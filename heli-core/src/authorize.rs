@@ -195,6 +195,25 @@ mod tests {
         }
     }
 
+    /// Counts the reads of `table`, pid by pid.
+    struct Counting<'a>(&'a Table, std::cell::RefCell<Vec<u32>>);
+    impl Processes for Counting<'_> {
+        fn process(&self, pid: Pid) -> io::Result<Option<crate::ProcessInfo>> {
+            self.1.borrow_mut().push(pid.get());
+            self.0.process(pid)
+        }
+    }
+
+    #[test]
+    fn a_process_is_judged_on_one_reading_and_a_thread_on_one_more() {
+        let (table, client) = world();
+        let counting = Counting(&table, Default::default());
+        assert_eq!(grantee(&Peer::default(), pid(200), &counting), Ok(client));
+        assert_eq!(counting.1.take(), [200]);
+        assert_eq!(grantee(&Peer::default(), pid(201), &counting), Ok(client));
+        assert_eq!(counting.1.take(), [201, 200]);
+    }
+
     #[test]
     fn revoke_with_a_pid_needs_the_holder() {
         let (_, client) = world();
