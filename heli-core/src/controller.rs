@@ -449,8 +449,9 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
                 return Reply::Error(refusal);
             }
         };
-        let previous = self.holder(state);
-        if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
+        // Another client's grant, if one is in force.
+        let other = self.holder(state).filter(|grant| grant.holder != client);
+        if let Some(holder) = other.filter(|_| !force) {
             return Reply::Error(format!(
                 "target is being debugged by client PID {} (attach --force takes it over)",
                 holder.holder.pid
@@ -465,12 +466,12 @@ impl<T: Transport, G: Granter, S: Supervisor, I: Inspector> Controller<T, G, S, 
         };
         match self.granter.grant(target_id, client) {
             Ok(()) => {
-                match previous {
-                    Some(old) if old.holder != client => info!(
+                match other {
+                    Some(old) => info!(
                         "granted PID {} access to target {target}, taking it over from PID {}",
                         client.pid, old.holder.pid
                     ),
-                    _ => info!("granted PID {} access to target {target}", client.pid),
+                    None => info!("granted PID {} access to target {target}", client.pid),
                 }
                 state.grant = Some(GrantRecord {
                     holder: client,
