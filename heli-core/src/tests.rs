@@ -1841,9 +1841,19 @@ fn caught_signals_sent_by_a_process_are_passed_on() {
     // Real signals: the controller catches them itself. One this process
     // sends itself, as `kill` would, is passed on although the target shares
     // the terminal. SIGWINCH is ignored by default: harmless should nothing
-    // catch it. (Once caught, SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGTSTP
-    // stay ignored in this test process: signal-hook does not restore their
-    // default actions.)
+    // catch it.
+    //
+    // signal-hook never gives a signal its default action back: the stop
+    // signals the controller catches would stay caught, and so ignored, in
+    // this test process for good, a test runner's SIGTERM or a Ctrl-C
+    // included. Their default actions run beside the controller's instead.
+    for signal in crate::STOP_SIGNALS
+        .into_iter()
+        .chain(crate::SUSPEND_SIGNALS)
+    {
+        signal_hook::flag::register_conditional_default(signal, Arc::new(AtomicBool::new(true)))
+            .unwrap();
+    }
     let sigwinch = signal_hook::consts::SIGWINCH;
     let (fake, granter, target) = controller();
     let running =
