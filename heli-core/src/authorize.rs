@@ -265,6 +265,34 @@ mod tests {
         }
     }
 
+    /// Counts the reads of `table`, pid by pid.
+    struct Counting<'a>(&'a Table, std::cell::RefCell<Vec<u32>>);
+    impl Processes for Counting<'_> {
+        fn process(&self, pid: Pid) -> io::Result<Option<crate::ProcessInfo>> {
+            self.1.borrow_mut().push(pid.get());
+            self.0.process(pid)
+        }
+    }
+
+    #[test]
+    fn a_process_is_judged_on_one_reading_and_a_thread_on_one_more() {
+        let (table, client) = world();
+        let counting = Counting(&table, Default::default());
+        // Besides the one of this controller, for its user.
+        let me = Pid::this().get();
+        let target = pid(TARGET);
+        assert_eq!(
+            grantee(&Peer::default(), pid(200), target, &counting),
+            Ok(client)
+        );
+        assert_eq!(counting.1.take(), [200, me]);
+        assert_eq!(
+            grantee(&Peer::default(), pid(201), target, &counting),
+            Ok(client)
+        );
+        assert_eq!(counting.1.take(), [201, 200, me]);
+    }
+
     #[test]
     fn what_is_never_a_debugger_is_refused_whatever_the_transport_tells() {
         let (table, _) = world();

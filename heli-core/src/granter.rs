@@ -123,3 +123,92 @@ impl<G: Granter + ?Sized> Granter for Box<G> {
         (**self).status_fields()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::table::pid;
+
+    fn id(raw: u32) -> ProcessId {
+        ProcessId {
+            pid: pid(raw),
+            start_time: u64::from(raw) * 10,
+        }
+    }
+
+    /// Records grants and revokes, fails those that name PID 13, and says
+    /// how many grants it made.
+    #[derive(Default)]
+    struct Ledger {
+        grants: Vec<(ProcessId, ProcessId)>,
+        revokes: Vec<ProcessId>,
+    }
+
+    impl Granter for Ledger {
+        fn name(&self) -> &str {
+            "ledger"
+        }
+        fn grant(&mut self, target: ProcessId, client: ProcessId, _: &Deadline) -> io::Result<()> {
+            if client.pid.get() == 13 {
+                return Err(io::Error::other("unlucky"));
+            }
+            self.grants.push((target, client));
+            Ok(())
+        }
+        fn revoke(&mut self, target: ProcessId, _: &Deadline) -> io::Result<()> {
+            if target.pid.get() == 13 {
+                return Err(io::Error::other("unlucky"));
+            }
+            self.revokes.push(target);
+            Ok(())
+        }
+        fn status_fields(&self) -> Vec<(String, String)> {
+            vec![("grants".into(), self.grants.len().to_string())]
+        }
+    }
+
+    /// Exercises `granter` as the controller does, through any wrapper.
+    fn check(mut granter: impl Granter) {
+        assert_eq!(granter.name(), "ledger");
+        let soon = Deadline::after(std::time::Duration::from_secs(1));
+        granter.grant(id(1), id(2), &soon).unwrap();
+        assert_eq!(
+            granter.grant(id(1), id(13), &soon).unwrap_err().to_string(),
+            "unlucky"
+        );
+        granter.revoke(id(1), &soon).unwrap();
+        assert_eq!(
+            granter.revoke(id(13), &soon).unwrap_err().to_string(),
+            "unlucky"
+        );
+        assert_eq!(granter.status_fields(), [("grants".into(), "1".into())]);
+    }
+
+    #[test]
+    fn references_and_boxes_are_the_granter_they_hold() {
+        let mut ledger = Ledger::default();
+        check(&mut ledger);
+        assert_eq!(ledger.grants, [(id(1), id(2))]);
+        assert_eq!(ledger.revokes, [id(1)]);
+        check(Box::new(Ledger::default()));
+        let boxed: Box<dyn Granter> = Box::new(Ledger::default());
+        check(boxed);
+    }
+
+    #[test]
+    fn a_granter_reports_no_status_fields_unless_it_says_so() {
+        struct Quiet;
+        impl Granter for Quiet {
+            fn name(&self) -> &str {
+                "quiet"
+            }
+            fn grant(&mut self, _: ProcessId, _: ProcessId, _: &Deadline) -> io::Result<()> {
+                Ok(())
+            }
+            fn revoke(&mut self, _: ProcessId, _: &Deadline) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(Quiet.status_fields().is_empty());
+    }
+}

@@ -72,3 +72,41 @@ impl<I: Inspector + ?Sized> Inspector for std::sync::Arc<I> {
         (**self).stack_dump(pid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Knows the stacks of even pids only.
+    struct Evens;
+    impl Inspector for Evens {
+        fn stack_dump(&self, pid: Pid) -> io::Result<String> {
+            if pid.get() % 2 == 0 {
+                Ok(format!("Thread {pid}\n"))
+            } else {
+                Err(io::Error::new(io::ErrorKind::NotFound, "odd"))
+            }
+        }
+    }
+
+    fn check(inspector: impl Inspector) {
+        let pid = |raw| Pid::new(raw).unwrap();
+        assert_eq!(inspector.stack_dump(pid(4)).unwrap(), "Thread 4\n");
+        let err = inspector.stack_dump(pid(5)).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.to_string()),
+            (io::ErrorKind::NotFound, "odd".into())
+        );
+    }
+
+    #[test]
+    fn references_boxes_and_arcs_are_the_inspector_they_hold() {
+        check(Evens);
+        check(&Evens);
+        check(Box::new(Evens));
+        check(Arc::new(Evens));
+        let shared: Arc<dyn Inspector + Send + Sync> = Arc::new(Evens);
+        check(shared);
+    }
+}

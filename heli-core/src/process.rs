@@ -449,7 +449,9 @@ mod tests {
         assert_eq!(Pid::try_from(0u32), Err(InvalidPid));
         assert_eq!(u32::from(pid(9)), 9);
         assert_eq!(u64::from(pid(9)), 9);
+        assert_eq!(i64::from(pid(9)), 9);
         assert_eq!(i32::from(Pid::new(Pid::MAX).unwrap()), i32::MAX);
+        assert_eq!(i64::from(Pid::new(Pid::MAX).unwrap()), i64::from(i32::MAX));
         assert_eq!(Pid::this().get(), std::process::id());
         assert_eq!(InvalidPid.to_string(), "Invalid PID");
     }
@@ -544,6 +546,19 @@ mod tests {
     }
 
     #[test]
+    fn a_child_may_start_in_the_same_tick_as_its_parent() {
+        // Start times count clock ticks: a child forked at once shares its
+        // parent's.
+        let table = Table::default();
+        table.add(1, 0, 1);
+        table.add(10, 1, 100);
+        table.add(20, 10, 100);
+        table.add(30, 20, 100);
+        assert!(check(&table, 30, 10, 100));
+        assert!(check(&table, 20, 10, 100));
+    }
+
+    #[test]
     fn a_loop_in_the_table_ends() {
         let table = Table::default();
         table.add(5, 6, 10);
@@ -626,10 +641,31 @@ mod tests {
         table.remove(20);
         assert!(!table.is_running(id));
         assert_eq!(table.identity(pid(20)).unwrap(), None);
-        // Through a reference and a box too.
-        let by_ref: &dyn Processes = &table;
-        assert!(by_ref.is_running(table.identity(pid(10)).unwrap().unwrap()));
+    }
+
+    #[test]
+    fn references_and_boxes_are_the_table_they_hold() {
+        fn check(processes: impl Processes, ten: ProcessId) {
+            assert_eq!(processes.identity(pid(10)).unwrap(), Some(ten));
+            assert!(processes.is_running(ten));
+            assert!(processes.is_self_or_descendant(pid(40), ten).unwrap());
+            assert_eq!(processes.process(pid(99)).unwrap(), None);
+        }
+        let table = family();
+        let ten = table.identity(pid(10)).unwrap().unwrap();
+        check(&table, ten);
+        check(Box::new(table.clone()), ten);
         let boxed: Box<dyn Processes> = Box::new(table.clone());
-        assert!(boxed.identity(pid(10)).unwrap().is_some());
+        check(&boxed, ten);
+        check(boxed, ten);
+    }
+
+    #[test]
+    fn a_process_id_is_shown_by_its_pid() {
+        let id = ProcessId {
+            pid: pid(4242),
+            start_time: 17,
+        };
+        assert_eq!(id.to_string(), "PID 4242");
     }
 }

@@ -736,7 +736,25 @@ mod tests {
         );
         let long_unknown = "X".repeat(1000);
         let err = parse_request(long_unknown.as_bytes()).unwrap_err();
-        assert!(err.to_string().len() < 100, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("Unknown command: {}...", "X".repeat(64))
+        );
+        // Up to 64 characters, the command is shown whole.
+        let err = parse_request("é".repeat(64).as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Unknown command: {}", "é".repeat(64))
+        );
+    }
+
+    #[test]
+    fn requests_and_replies_are_shown_as_their_documented_line() {
+        assert_eq!(Request::TakeOver(p(5)).to_string(), "GRANT_ACCESS 5 FORCE");
+        assert_eq!(Request::Revoke(None).to_string(), "REVOKE");
+        assert_eq!(Reply::TargetPid(p(12)).to_string(), "TARGET_PID 12");
+        assert_eq!(Reply::Error("x".into()).to_string(), "ERROR: x");
+        assert_eq!(Reply::Ready.to_string(), "READY");
     }
 
     #[test]

@@ -95,3 +95,80 @@ impl Drop for SignalThread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    use crossbeam_channel::RecvTimeoutError;
+
+    /// Set in the environment of the child process that stops itself.
+    const CHILD: &str = "HELI_CORE_TEST_STOP_SELF";
+    /// Generous bound on anything that should be quick.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// The child's part of `stop_self_stops_the_whole_process`; does
+    /// nothing elsewhere.
+    #[test]
+    #[ignore = "run in a child process by stop_self_stops_the_whole_process"]
+    fn stop_self_in_a_child() {
+        if std::env::var_os(CHILD).is_some() {
+            println!("stopping");
+            stop_self().unwrap();
+            println!("continued");
+        }
+    }
+
+    /// Kills and reaps the child, whatever happens (SIGKILL ends a stopped
+    /// process too).
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn stop_self_stops_the_whole_process() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["signals::tests::stop_self_in_a_child", "--exact"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let child = Reaped(child);
+        let (tx, lines) = bounded(16);
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let _ = tx.send(line.unwrap());
+            }
+        });
+        let next = |within| lines.recv_timeout(within);
+        // The test harness writes "test <name> ... " before the child's line.
+        while !next(HANG)
+            .expect("the child did not start")
+            .ends_with("stopping")
+        {}
+        // Stopped, it says nothing more until continued; running, it would
+        // go on at once.
+        assert_eq!(
+            next(Duration::from_millis(500)),
+            Err(RecvTimeoutError::Timeout),
+            "the child did not stop"
+        );
+        let pid = child.0.id().to_string();
+        let sent = Command::new("sh")
+            .args(["-c", "kill -CONT \"$0\"", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert_eq!(next(HANG).as_deref(), Ok("continued"));
+    }
+}

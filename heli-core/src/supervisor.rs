@@ -149,3 +149,43 @@ pub trait Supervisor: Processes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessInfo;
+
+    /// A supervisor that says only what it must.
+    struct Bare;
+    impl Processes for Bare {
+        fn process(&self, _: Pid) -> io::Result<Option<ProcessInfo>> {
+            Ok(None)
+        }
+    }
+    impl Supervisor for Bare {
+        fn spawn(&mut self) -> io::Result<Pid> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn exits(&self) -> Receiver<Exit> {
+            crossbeam_channel::never()
+        }
+        fn pid(&self) -> Option<Pid> {
+            None
+        }
+        fn signal(&mut self, _: i32) -> io::Result<()> {
+            Ok(())
+        }
+        fn terminate(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn kill(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn by_default_a_target_shares_the_terminal_and_has_no_command_line() {
+        assert!(Bare.shares_terminal());
+        assert_eq!(Bare.describe(), "");
+    }
+}

@@ -447,7 +447,8 @@ struct Target {
     exit_tx: Mutex<Option<Sender<Exit>>>,
     exit_rx: Receiver<Exit>,
     running: AtomicBool,
-    spawn_error: Option<io::ErrorKind>,
+    /// When set, `spawn()` fails with this.
+    spawn_error: Mutex<Option<io::ErrorKind>>,
     ignore_terminate: bool,
     /// When set, `terminate()` first waits for a reply to be delivered and
     /// records it in `seen_before_terminate`.
@@ -503,7 +504,7 @@ impl Pretend {
             exit_tx: Mutex::new(Some(exit_tx)),
             exit_rx,
             running: AtomicBool::new(false),
-            spawn_error: config.spawn_error,
+            spawn_error: Mutex::new(config.spawn_error),
             ignore_terminate: config.ignore_terminate,
             reply_before_terminate: config.reply_before_terminate,
             seen_before_terminate: Mutex::new(vec![]),
@@ -531,6 +532,11 @@ impl Pretend {
     /// The target ends on its own.
     fn exit(&self, status: ExitStatus) {
         self.report(PID, status);
+    }
+
+    /// Every later `spawn()` fails with `kind`.
+    fn fail_spawns(&self, kind: io::ErrorKind) {
+        *self.0.spawn_error.lock().unwrap() = Some(kind);
     }
 
     /// The supervisor loses track of its target: the exit channel closes.
@@ -573,7 +579,7 @@ impl Supervisor for Pretend {
 
     fn spawn(&mut self) -> io::Result<Pid> {
         let spawns = self.0.spawns.fetch_add(1, SeqCst) + 1;
-        if let Some(kind) = self.0.spawn_error {
+        if let Some(kind) = *self.0.spawn_error.lock().unwrap() {
             return Err(io::Error::new(kind, "fake spawn failure"));
         }
         // Each run is another process, which happens to get the same pid.
@@ -1389,8 +1395,18 @@ fn status_reports_target_grant_and_extra_fields() {
     assert_eq!(status.command, "pretend-target --flag");
     assert_eq!(status.get("ptrace_scope"), Some("1"));
     assert_eq!(status.get("name"), Some("demo"));
-    // The fake transport cannot tell who asks, and says so.
-    assert_eq!(status.get("clients"), Some("unauthenticated"));
+    // The fake transport cannot tell who asks, and says so; the recorder
+    // adds no field of its own.
+    let field = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    assert_eq!(
+        status.extra,
+        [
+            field("restarts", "0"),
+            field("clients", "unauthenticated"),
+            field("ptrace_scope", "1"),
+            field("name", "demo"),
+        ]
+    );
     let mut session = client.session().unwrap();
     session.grant_access(pid(5)).unwrap();
     assert_eq!(client.status().unwrap().holder, Some(pid(5)));
@@ -1479,6 +1495,47 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
     target.exit(ExitStatus::Code(0));
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
     assert_eq!(target.spawns(), 1);
+}
+
+#[test]
+fn a_restart_that_fails_is_tried_again_later_then_given_up() {
+    let (fake, granter, target) = controller();
+    // 500 ms before the first restart, 1 s before the second, then no more.
+    let policy = RestartPolicy::new(Restart::Always)
+        .delays(Duration::from_millis(500), Duration::from_secs(600))
+        .max_restarts(2);
+    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let client = fake.client();
+    wait_until("the target running", || target.spawns() == 1);
+    target.fail_spawns(io::ErrorKind::NotFound);
+    let ended = Instant::now();
+    target.exit(ExitStatus::Code(1));
+    wait_until("the first restart to fail", || target.spawns() >= 2);
+
+    let err = client.target_pid().unwrap_err();
+    let asked = Instant::now();
+    let wait: u64 = err
+        .message()
+        .strip_prefix("Target process not running (restarting in ")
+        .and_then(|rest| rest.strip_suffix(" ms)"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(wait <= 1000, "{err}");
+    // The second restart is due 1 s after the first one failed, which was
+    // 500 ms after the target ended at the earliest: unless this test was
+    // held up that long, it is still to come.
+    let due = ended + Duration::from_millis(1500);
+    if let Some(left) = due.checked_duration_since(asked) {
+        assert!(
+            u128::from(wait) >= left.as_millis(),
+            "{err}, asked {:?} after the end",
+            asked - ended
+        );
+    }
+
+    let err = running.join().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    assert_eq!(target.spawns(), 3);
 }
 
 #[test]
@@ -1851,6 +1908,37 @@ fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
     assert_eq!(running.join().unwrap(), ExitStatus::Code(3));
     assert!(target.signals().is_empty());
     assert_eq!(target.spawns(), 1);
+}
+
+#[test]
+fn caught_signals_sent_by_a_process_are_passed_on() {
+    // Real signals: the controller catches them itself. One this process
+    // sends itself, as `kill` would, is passed on although the target shares
+    // the terminal. SIGWINCH is ignored by default: harmless should nothing
+    // catch it.
+    //
+    // signal-hook never gives a signal its default action back: the stop
+    // signals the controller catches would stay caught, and so ignored, in
+    // this test process for good, a test runner's SIGTERM or a Ctrl-C
+    // included. Their default actions run beside the controller's instead.
+    for signal in crate::STOP_SIGNALS
+        .into_iter()
+        .chain(crate::SUSPEND_SIGNALS)
+    {
+        signal_hook::flag::register_conditional_default(signal, Arc::new(AtomicBool::new(true)))
+            .unwrap();
+    }
+    let sigwinch = signal_hook::consts::SIGWINCH;
+    let (fake, granter, target) = controller();
+    let running =
+        start(Controller::new(fake.clone(), granter, target.clone()).handle_signals(true));
+    // Answering, it catches signals already.
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    signal_hook::low_level::raise(sigwinch).unwrap();
+    wait_until("the signal passed on", || target.signals() == [sigwinch]);
+    fake.client().terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(target.signals(), [sigwinch]);
 }
 
 fn libc_sigint() -> i32 {

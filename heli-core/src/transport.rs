@@ -276,3 +276,78 @@ pub fn exchange(
         Err(err) => Some(Reply::error(&err).encode(Dialect::Upper)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Pid;
+
+    /// A transport that says only what it must, and reaches nothing.
+    struct Nowhere;
+    struct Deaf;
+    struct Quiet;
+    impl Transport for Nowhere {
+        type Listener = Deaf;
+        type Connection = Quiet;
+        fn listen(&self) -> io::Result<Deaf> {
+            Ok(Deaf)
+        }
+        fn connect(&self, _: Duration) -> io::Result<Quiet> {
+            Err(io::ErrorKind::NotFound.into())
+        }
+        fn describe(&self) -> String {
+            "nowhere".into()
+        }
+    }
+    impl Listener for Deaf {
+        type Stopper = Deaf;
+        fn stopper(&self) -> Deaf {
+            Deaf
+        }
+        fn serve(&mut self, _: &Sender<Event>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Stopper for Deaf {
+        fn stop(&self) {}
+    }
+    impl Connection for Quiet {
+        fn round_trip(&mut self, _: &[u8], _: Instant) -> io::Result<Vec<u8>> {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+
+    #[test]
+    fn by_default_a_transport_does_not_authenticate() {
+        assert!(!Nowhere.authenticates());
+    }
+
+    #[test]
+    fn a_peer_names_its_process_only_when_verified() {
+        let id = ProcessId {
+            pid: Pid::new(77).unwrap(),
+            start_time: 5,
+        };
+        let verified = |process| Peer {
+            connection: 1,
+            credentials: Some(Credentials { uid: 1000, process }),
+        };
+        assert_eq!(verified(Some(id)).process(), Some(id));
+        assert_eq!(verified(None).process(), None);
+        assert_eq!(Peer::default().process(), None);
+    }
+
+    #[test]
+    fn an_incoming_request_is_answered_in_its_own_dialect() {
+        for (line, dialect, reply) in [
+            (&b"get_target_pid\n"[..], Dialect::Lower, "ready\n"),
+            (b"GET_TARGET_PID\n", Dialect::Upper, "READY\n"),
+            (b"bogus\n", Dialect::Lower, "ready\n"),
+        ] {
+            let (incoming, replies) = Incoming::new(Peer::default(), line);
+            assert_eq!(incoming.dialect(), dialect);
+            incoming.reply(Reply::Ready);
+            assert_eq!(replies.recv().unwrap(), reply);
+        }
+    }
+}
