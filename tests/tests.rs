@@ -13,6 +13,7 @@ mod util;
 mod attach;
 mod dialect;
 mod embed;
+mod frozen;
 mod init;
 mod inspect;
 mod remote_grant;
