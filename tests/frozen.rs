@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -289,7 +289,12 @@ fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
     freezer.add(target);
     freezer.set(true);
     // The grant goes to a child of the test's, on a connection of its own.
-    let mut grantee = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut grantee = Command::new("sleep")
+        .arg("30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut session = controller.session();
     let request = format!("GRANT_ACCESS {}\n", grantee.id());
 
@@ -305,6 +310,8 @@ fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
         let exit = wait_exit(&mut controller.child, Duration::from_secs(6));
         (granting.join().unwrap(), exit, stopped.elapsed())
     });
+    let _ = grantee.kill();
+    let _ = grantee.wait();
     let log = controller.log_text();
     assert!(
         took < Duration::from_secs(4),
@@ -321,6 +328,4 @@ fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
     }
     freezer.set(false);
     wait_for("the target to end once thawed", SOON, || !alive(target));
-    let _ = grantee.kill();
-    let _ = grantee.wait();
 }
