@@ -11,14 +11,13 @@
 //! one they say so and check nothing.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::freezer::Freezer;
 use crate::util::{alive, run, serial, wait_exit, wait_for, Controller, Kind, SOON};
 
 /// The controller's options: the Yama granter, then the demo target.
@@ -32,117 +31,12 @@ const PROMPT: Duration = Duration::from_secs(1);
 /// and be told.
 const GRANT_ANSWERED: Duration = Duration::from_millis(6500);
 
-/// A cgroup of its own in a freezer hierarchy: thawed, emptied and removed
-/// when dropped, whatever the test did.
-struct Freezer {
-    dir: PathBuf,
-    v2: bool,
-}
-
-impl Freezer {
-    /// A new group in cgroup v1's freezer hierarchy, else in the cgroup v2
-    /// hierarchy; `None` (with a note) when neither can be made here.
-    fn new() -> Option<Freezer> {
-        static GROUPS: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "heli-e2e-frozen-{}-{}",
-            std::process::id(),
-            GROUPS.fetch_add(1, Ordering::Relaxed)
-        );
-        let v1 = Path::new("/sys/fs/cgroup/freezer");
-        let (base, v2) = if v1.join("cgroup.procs").exists() {
-            (v1.to_path_buf(), false)
-        } else {
-            (cgroup2_mount()?, true)
-        };
-        let dir = base.join(name);
-        if let Err(err) = fs::create_dir(&dir) {
-            eprintln!("cannot create {}: {err}: skipped", dir.display());
-            return None;
-        }
-        Some(Freezer { dir, v2 })
-    }
-
-    fn add(&self, pid: u32) {
-        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-
-    fn frozen(&self) -> bool {
-        if self.v2 {
-            read(&self.dir.join("cgroup.events")).contains("frozen 1")
-        } else {
-            read(&self.dir.join("freezer.state")).trim() == "FROZEN"
-        }
-    }
-
-    /// Freezes or thaws the group, and waits until it is so.
-    fn set(&self, frozen: bool) {
-        let (file, value) = self.control(frozen);
-        fs::write(self.dir.join(file), value).unwrap();
-        wait_for(
-            &format!("{} frozen: {frozen}", self.dir.display()),
-            SOON,
-            || self.frozen() == frozen,
-        );
-    }
-
-    fn control(&self, frozen: bool) -> (&'static str, &'static str) {
-        match (self.v2, frozen) {
-            (true, true) => ("cgroup.freeze", "1"),
-            (true, false) => ("cgroup.freeze", "0"),
-            (false, true) => ("freezer.state", "FROZEN"),
-            (false, false) => ("freezer.state", "THAWED"),
-        }
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        let (file, thawed) = self.control(false);
-        let _ = fs::write(self.dir.join(file), thawed);
-        let parent = self.dir.parent().unwrap().join("cgroup.procs");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            for pid in read(&self.dir.join("cgroup.procs")).lines() {
-                let _ = fs::write(&parent, pid);
-            }
-            match fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(err) if Instant::now() > deadline => {
-                    eprintln!("cannot remove {}: {err}", self.dir.display());
-                    return;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
-
-/// Where the cgroup v2 hierarchy is mounted, if it is.
-fn cgroup2_mount() -> Option<PathBuf> {
-    read(Path::new("/proc/self/mountinfo"))
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
-        .or_else(|| {
-            eprintln!("no cgroup freezer here: skipped");
-            None
-        })
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
-
 /// A field of each thread's status file, read by the test itself.
 fn thread_fields(pid: u32, field: &str) -> Vec<(String, String)> {
     let mut fields = Vec::new();
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let status = read(&task.join("status"));
+        let status = fs::read_to_string(task.join("status")).unwrap();
         let value = status
             .lines()
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
@@ -214,7 +108,7 @@ fn attach(controller: &Controller) -> (ExitStatus, String, Duration) {
 fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
     let _serial = serial();
     let (mut controller, target) = started();
-    let Some(freezer) = Freezer::new() else {
+    let Some(freezer) = Freezer::new("e2e-frozen") else {
         return;
     };
     freezer.add(target);
@@ -283,7 +177,7 @@ fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
 fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
     let _serial = serial();
     let (mut controller, target) = started();
-    let Some(freezer) = Freezer::new() else {
+    let Some(freezer) = Freezer::new("e2e-frozen") else {
         return;
     };
     freezer.add(target);
