@@ -92,7 +92,8 @@ fn status_json(controller: &Controller) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// `client attach --with true` run to its end: its status, stderr, and how
+/// `client attach --with true` run to its end: its status, its output
+/// (stdout and stderr), and how
 /// long it took.
 fn attach(controller: &Controller) -> (ExitStatus, String, Duration) {
     let mut client = controller.client();
