@@ -24,34 +24,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{benchmarking, python};
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// The controller example of this profile. `cargo test` builds it;
-/// `cargo bench` does not: then build (or bring up to date) it first.
-fn controller_exe() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let dir = profile_dir();
-    BUILT.call_once(|| {
-        if !benchmarking() {
-            return;
-        }
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--example", "controller"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        assert!(
-            cargo.status().unwrap().success(),
-            "cannot build the controller example"
-        );
-    });
-    dir.join("examples/controller")
-}
+use common::{benchmarking, controller_exe, profile_dir, python};
 
 struct Running {
     child: Child,

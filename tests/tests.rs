@@ -13,6 +13,9 @@ mod util;
 mod attach;
 mod dialect;
 mod embed;
+#[allow(dead_code)]
+mod freezer;
+mod frozen;
 mod init;
 mod inspect;
 mod remote_grant;

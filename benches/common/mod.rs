@@ -4,12 +4,41 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The Python the programs run: `$HELI_PYTHON`, else `python3.14`.
 pub(crate) fn python() -> PathBuf {
     heli::cli::python::find()
         .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
+}
+
+/// `target/<profile>`, where this bench runs from.
+pub(crate) fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The controller example of this profile. `cargo test` builds it;
+/// `cargo bench` does not: then build (or bring up to date) it first.
+pub(crate) fn controller_exe() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = profile_dir();
+    BUILT.call_once(|| {
+        if !benchmarking() {
+            return;
+        }
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--example", "controller"]);
+        if dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        assert!(
+            cargo.status().unwrap().success(),
+            "cannot build the controller example"
+        );
+    });
+    dir.join("examples/controller")
 }
 
 /// Whether this is `cargo bench` (full rounds) rather than `cargo test`.

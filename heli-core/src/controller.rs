@@ -174,6 +174,11 @@ where
 
     /// How long the target may take to end after being asked before it is
     /// killed (default 2 s).
+    ///
+    /// A killed target is waited for until it has ended, unless a cgroup
+    /// freezer holds it: under cgroup v1 a frozen process dies only once
+    /// thawed, so the controller ends without it ([`run`](Controller::run)
+    /// returns [`ExitStatus::Signal`]`(9)`) and it ends when thawed.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -242,12 +247,14 @@ where
     }
 
     /// Listens, spawns the target, serves until the target has ended, cleans
-    /// up, and returns how the target ended.
+    /// up, and returns how the target ended (or, for a killed target a
+    /// cgroup freezer holds, that it was killed: see
+    /// [`grace`](Controller::grace)).
     ///
     /// # Parent-death signal
     ///
     /// Call it from a thread that outlives the target (it does, as `run`
-    /// returns only after the target ended): a supervisor that asks the
+    /// returns only after the target ended or was killed): a supervisor that asks the
     /// kernel to kill the target when its parent dies ties that to the thread
     /// that spawned it.
     ///

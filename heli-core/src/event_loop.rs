@@ -27,6 +27,13 @@ use crate::worker::{Claim, Done, GrantWork, GrantWorker, JobId, StackWorker};
 /// for it.
 const WORKER_GRACE: Duration = Duration::from_millis(250);
 
+/// How often the loop looks whether a killed target that has not ended is
+/// frozen by a cgroup freezer (v1 lets such a process die only once thawed).
+const KILLED_CHECK: Duration = Duration::from_millis(500);
+
+/// The signal the kernel reports for a killed process.
+const SIGKILL: i32 = signal_hook::consts::signal::SIGKILL;
+
 /// What the loop needs besides its state: the supervisor, the workers, and
 /// the controller's settings.
 pub(crate) struct Loop<S> {
@@ -73,7 +80,7 @@ impl<S: Supervisor> Loop<S> {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
                 None => never(),
             };
-            let kill_timer = timer(state.phase.kill_at());
+            let stop_timer = timer(state.phase.stop_at());
             let respawn_timer = timer(state.phase.respawn_at());
             let work_timer = timer(state.next_give_up());
             // Once the listener has stopped, its closed channel would be
@@ -114,15 +121,7 @@ impl<S: Supervisor> Loop<S> {
                     }
                 }
                 recv(inputs.shutdown) -> _ => self.begin_stop(&mut state, None),
-                recv(kill_timer) -> _ => {
-                    warn!("target still running {:?} after being asked to stop: killing it", self.grace);
-                    if let Err(err) = self.supervisor.kill() {
-                        warn!("cannot kill the target: {err}");
-                    }
-                    if let Phase::Stopping { kill_at } = &mut state.phase {
-                        *kill_at = None;
-                    }
-                }
+                recv(stop_timer) -> _ => self.stop_step(&mut state),
             }
         };
         state.call_off_work(not_running);
@@ -140,7 +139,7 @@ impl<S: Supervisor> Loop<S> {
         if let Some(grant) = state.take_grant() {
             self.submit_revoke(state, grant.target);
         }
-        if let Phase::Stopping { .. } = state.phase {
+        if let Phase::Stopping(_) = state.phase {
             info!("target process {} ended ({})", exit.pid, exit.status);
             state.phase = Phase::Ended(Ok(exit.status));
             return;
@@ -216,7 +215,7 @@ impl<S: Supervisor> Loop<S> {
                     "Target process not running (restarting in {} ms)",
                     at.saturating_duration_since(Instant::now()).as_millis()
                 )),
-                Phase::Running | Phase::Stopping { .. } => {
+                Phase::Running | Phase::Stopping(_) => {
                     let target = state.run.target;
                     match request {
                         Request::GetTargetPid => Reply::TargetPid(target),
@@ -529,7 +528,7 @@ impl<S: Supervisor> Loop<S> {
         extra.extend(state.granter_fields.iter().cloned());
         let state_name = match state.phase {
             Phase::Running => "running",
-            Phase::Stopping { .. } => "stopping",
+            Phase::Stopping(_) => "stopping",
             Phase::Restarting { .. } => "restarting",
             Phase::Ended(_) => "ended",
         };
@@ -567,7 +566,7 @@ impl<S: Supervisor> Loop<S> {
     fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
         state.call_off_work(|| Reply::Error("The controller is shutting down".into()));
         match state.phase {
-            Phase::Running | Phase::Stopping { .. } => {}
+            Phase::Running | Phase::Stopping(_) => {}
             // Waiting to restart: there is nothing to stop; end now.
             Phase::Restarting { .. } => {
                 let last = state.last_exit.unwrap_or(ExitStatus::Code(0));
@@ -590,10 +589,45 @@ impl<S: Supervisor> Loop<S> {
     /// after the grace period; a stopping one keeps its timer.
     fn arm_kill_timer(&self, state: &mut State) {
         if let Phase::Running = state.phase {
-            state.phase = Phase::Stopping {
-                kill_at: Some(Instant::now() + self.grace),
-            };
+            state.phase = Phase::Stopping(Stop::Asked {
+                kill_at: Instant::now() + self.grace,
+            });
         }
+    }
+
+    /// The stopping phase's timer fired: a target still running after the
+    /// grace period is killed; a killed target that a cgroup v1 freezer
+    /// holds (it dies only when thawed) is
+    /// not waited for: the controller ends, and the target ends when
+    /// thawed, of the SIGKILL it has.
+    fn stop_step(&mut self, state: &mut State) {
+        let Phase::Stopping(stop) = state.phase else {
+            return;
+        };
+        let target = state.run.target;
+        match stop {
+            Stop::Asked { .. } => {
+                warn!(
+                    "target still running {:?} after being asked to stop: killing it",
+                    self.grace
+                );
+                if let Err(err) = self.supervisor.kill() {
+                    warn!("cannot kill the target: {err}");
+                }
+            }
+            Stop::Killed { .. } if self.supervisor.is_frozen(target).unwrap_or(false) => {
+                warn!(
+                    "target process {target} was killed but is frozen by the cgroup freezer: \
+                     it ends when thawed; not waiting for it"
+                );
+                state.phase = Phase::Ended(Ok(ExitStatus::Signal(SIGKILL)));
+                return;
+            }
+            Stop::Killed { .. } => {}
+        }
+        state.phase = Phase::Stopping(Stop::Killed {
+            check_at: Instant::now() + KILLED_CHECK,
+        });
     }
 
     fn on_signal(&mut self, state: &mut State, caught: Caught) {
@@ -820,24 +854,35 @@ impl Run {
 enum Phase {
     /// The target runs.
     Running,
-    /// The target was asked to end; it is killed at `kill_at`, or was
-    /// killed already (`None`) and its exit is awaited.
-    Stopping { kill_at: Option<Instant> },
+    /// The target was asked to end.
+    Stopping(Stop),
     /// The last target ended on its own; a new one starts `at`.
     Restarting { at: Instant },
     /// The controller is done: `run` returns this.
     Ended(io::Result<ExitStatus>),
 }
 
+/// Where a stopping target is.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// Asked to end: killed at `kill_at` if it still runs.
+    Asked { kill_at: Instant },
+    /// Killed: its exit is awaited; at `check_at` the loop looks whether a
+    /// cgroup freezer holds it (then it is not waited for).
+    Killed { check_at: Instant },
+}
+
 impl Phase {
     /// Whether a target runs (it may be stopping).
     fn is_live(&self) -> bool {
-        matches!(self, Phase::Running | Phase::Stopping { .. })
+        matches!(self, Phase::Running | Phase::Stopping(_))
     }
 
-    fn kill_at(&self) -> Option<Instant> {
+    /// When the stopping phase takes its next step.
+    fn stop_at(&self) -> Option<Instant> {
         match self {
-            Phase::Stopping { kill_at } => *kill_at,
+            Phase::Stopping(Stop::Asked { kill_at }) => Some(*kill_at),
+            Phase::Stopping(Stop::Killed { check_at }) => Some(*check_at),
             _ => None,
         }
     }

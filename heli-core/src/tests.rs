@@ -461,8 +461,11 @@ struct Target {
     shares_terminal: bool,
     /// The processes of its pretend world: init, the target, the clients.
     table: Table,
-    /// Whether the target is frozen (cgroup freezer).
+    /// Whether the target is frozen (cgroup freezer, v1): it dies only
+    /// once thawed.
     frozen: AtomicBool,
+    /// `kill()` does not end it (a thread stuck in the kernel).
+    ignore_kill: bool,
 }
 
 /// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
@@ -474,6 +477,7 @@ struct Pretend(Arc<Target>);
 struct PretendConfig {
     spawn_error: Option<io::ErrorKind>,
     ignore_terminate: bool,
+    ignore_kill: bool,
     reply_before_terminate: Option<Receiver<String>>,
     /// In a process group of its own, without the terminal.
     own_group: bool,
@@ -515,6 +519,7 @@ impl Pretend {
             shares_terminal: !config.own_group,
             table,
             frozen: AtomicBool::new(false),
+            ignore_kill: config.ignore_kill,
         }))
     }
 
@@ -611,7 +616,7 @@ impl Supervisor for Pretend {
             let seen = replies.recv_timeout(HANG).ok();
             self.0.seen_before_terminate.lock().unwrap().push(seen);
         }
-        if !self.0.ignore_terminate && self.0.running.load(SeqCst) {
+        if !self.0.ignore_terminate && self.0.running.load(SeqCst) && !self.0.frozen.load(SeqCst) {
             self.report(PID, ExitStatus::Signal(15));
         }
         Ok(())
@@ -619,7 +624,7 @@ impl Supervisor for Pretend {
 
     fn kill(&mut self) -> io::Result<()> {
         self.0.kills.fetch_add(1, SeqCst);
-        if self.0.running.load(SeqCst) {
+        if self.0.running.load(SeqCst) && !self.0.frozen.load(SeqCst) && !self.0.ignore_kill {
             self.report(PID, ExitStatus::Signal(9));
         }
         Ok(())
@@ -928,6 +933,57 @@ fn target_ignoring_terminate_is_killed_after_the_grace_period() {
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 1);
     assert_listener_cleaned_up(&fake);
+}
+
+/// A target frozen by a cgroup v1 freezer dies only once thawed: the
+/// controller kills it and ends without it, the grant that waited on it
+/// answered.
+#[test]
+fn a_killed_target_that_stays_frozen_is_not_waited_for() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    target.0.frozen.store(true, SeqCst);
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target.clone())
+            .grace(SHORT_GRACE)
+            .grant_deadline(HANG),
+    );
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    let asked = Instant::now();
+    fake.client().terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    let took = asked.elapsed();
+    assert!(took < SHORT_GRACE + Duration::from_secs(2), "took {took:?}");
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 1);
+    assert_eq!(
+        String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap(),
+        "ERROR: The controller is shutting down\n"
+    );
+    assert_listener_cleaned_up(&fake);
+}
+
+/// A killed target that is not frozen is waited for, however long it
+/// takes to end.
+#[test]
+fn a_killed_target_that_is_not_frozen_is_waited_for() {
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        ignore_terminate: true,
+        ignore_kill: true,
+        ..PretendConfig::default()
+    });
+    let running = start(
+        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+    );
+    fake.client().terminate().unwrap();
+    // Past the grace period and a few looks at the freezer.
+    thread::sleep(SHORT_GRACE + Duration::from_millis(1600));
+    assert_eq!(target.kills(), 1);
+    running.assert_running();
+    target.exit(ExitStatus::Signal(9));
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
 }
 
 #[test]
