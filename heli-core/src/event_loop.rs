@@ -380,22 +380,30 @@ impl<S: Supervisor> Loop<S> {
         let (id, reply) = match done {
             Done::Grant {
                 id,
+                work,
                 result,
                 status_fields,
             } => {
                 state.granter_fields = status_fields;
-                let granted = state.take_granting(id);
-                let reply = match (granted, result) {
-                    (Some((record, previous)), Ok(())) => self.granted(state, record, previous),
-                    (Some((record, _)), Err(err)) => {
-                        warn!("grant for PID {} failed: {err}", record.holder.pid);
+                let reply = match (work, state.take_granting(id), result) {
+                    (GrantWork::Grant { .. }, Some((record, previous)), Ok(())) => {
+                        self.granted(state, record, previous)
+                    }
+                    (GrantWork::Grant { client, .. }, _, Err(err)) => {
+                        warn!("grant for PID {} failed: {err}", client.pid);
                         Reply::Error(format!("Grant failed: {err}"))
                     }
-                    (None, Ok(())) => {
+                    // Given up or called off meanwhile: the worker withdrew it.
+                    (GrantWork::Grant { .. }, None, Ok(())) => {
+                        Reply::Error("Grant failed: it completed too late".into())
+                    }
+                    (GrantWork::Revoke { .. }, _, Ok(())) => {
                         info!("revoked access to target {}", state.run.target);
                         Reply::Ready
                     }
-                    (None, Err(err)) => Reply::Error(format!("Revoke failed: {err}")),
+                    (GrantWork::Revoke { .. }, _, Err(err)) => {
+                        Reply::Error(format!("Revoke failed: {err}"))
+                    }
                 };
                 (id, reply)
             }

@@ -71,6 +71,7 @@ pub(crate) enum Done {
     /// A grant or revoke ended; with the granter's facts for `STATUS`.
     Grant {
         id: JobId,
+        work: GrantWork,
         result: io::Result<()>,
         status_fields: Vec<(String, String)>,
     },
@@ -117,6 +118,7 @@ impl GrantWorker {
                     if done
                         .send(Done::Grant {
                             id,
+                            work,
                             result,
                             status_fields,
                         })

@@ -86,6 +86,9 @@ impl Memory {
         if buf.is_empty() {
             return Ok(());
         }
+        if !addressable(addr, buf.len()) {
+            return Err(self.unmapped("read", addr, buf.len()));
+        }
         if !self.inner.proc_only.load(Ordering::Relaxed) {
             let remote = [RemoteIoVec {
                 base: addr as usize,
@@ -127,6 +130,9 @@ impl Memory {
     pub fn write(&self, addr: u64, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
+        }
+        if !addressable(addr, data.len()) {
+            return Err(self.unmapped("write", addr, data.len()));
         }
         if !self.inner.proc_only.load(Ordering::Relaxed) {
             let remote = [RemoteIoVec {
@@ -224,9 +230,30 @@ impl Memory {
     }
 }
 
+/// Whether `len` bytes at `addr` lie where a process's memory can be: a
+/// pointer read while the target changed it can be anything, and
+/// `/proc/PID/mem` takes no offset past `i64::MAX` (EINVAL, which would
+/// say nothing of the pointer).
+fn addressable(addr: u64, len: usize) -> bool {
+    addr.checked_add(len as u64)
+        .is_some_and(|end| end <= i64::MAX as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointers_no_memory_can_have_are_not_mapped() {
+        let me = Memory::new(Pid::this());
+        for memory in [me.clone(), Memory::proc_only(Pid::this())] {
+            for addr in [u64::MAX - 3, 1 << 63, (1 << 63) - 4] {
+                let err = memory.read_u64(addr).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{addr:#x}: {err}");
+                assert!(err.to_string().contains("not mapped"), "{err}");
+            }
+        }
+    }
 
     #[test]
     fn reads_and_writes_own_memory_both_ways() {

@@ -70,16 +70,20 @@ impl RemoteMemory {
         )
     }
 
+    /// `err` (from heli-proc, whose message already names the process and
+    /// what failed) as a PEP 768 error, saying it once.
     fn error(&self, what: &str, err: io::Error) -> Pep768Error {
         match err.kind() {
             io::ErrorKind::NotFound => self.gone(),
-            io::ErrorKind::PermissionDenied => {
-                Pep768Error::permission_denied(self.pid, &format!("{what} the memory of"), err)
-            }
+            io::ErrorKind::PermissionDenied => Pep768Error::permission_denied(
+                self.pid,
+                &format!("{what} the memory of"),
+                io::ErrorKind::PermissionDenied.into(),
+            ),
             io::ErrorKind::InvalidData => {
                 Pep768Error::new(Pep768ErrorKind::Corrupt, err.to_string())
             }
-            _ => Pep768Error::io(format!("cannot {what} the memory of PID {}", self.pid), err),
+            _ => Pep768Error::new(Pep768ErrorKind::Io, err.to_string()),
         }
     }
 }
@@ -102,5 +106,18 @@ mod tests {
             let err = RemoteMemory::new(nobody).read_u64(0x1000).unwrap_err();
             assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
         }
+    }
+
+    #[test]
+    fn what_failed_is_said_once() {
+        let me = RemoteMemory::new(std::process::id());
+        let said = "cannot read the memory of PID 7: Invalid argument (os error 22)";
+        let err = me.error("read", io::Error::other(said));
+        assert_eq!(err.to_string(), said);
+        let err = me.error(
+            "read",
+            io::Error::new(io::ErrorKind::PermissionDenied, said),
+        );
+        assert_eq!(err.to_string().matches("memory of").count(), 1, "{err}");
     }
 }
