@@ -66,7 +66,7 @@ attach() { # attach: one client attach, pdb reads the counter
 
 set_ptrace_scope 1 || fail "cannot set scope 1"
 for transport in socket fifo; do
-  echo "--- ptrace_scope 1, $transport transport"
+  echo "--- ptrace_scope 1, $transport transport (at ${SECONDS} s)"
   start_controller || continue
   expect "controller chose the Yama granter" "granter: yama" "$(cat "$work/controller.log")"
   # The very first attach of a fresh client reaches pdb and reads the
@@ -164,7 +164,7 @@ for transport in socket fifo; do
 done
 
 transport=socket
-echo "--- ptrace_scope 1, endurance: $cycles grant/revoke cycles, frozen and thawed halfway"
+echo "--- ptrace_scope 1, endurance: $cycles grant/revoke cycles, frozen and thawed halfway (at ${SECONDS} s)"
 # As the hostile probe ran it: the target frozen by the cgroup freezer (what
 # `docker pause` does) while a grant waits must hold no other request up.
 if start_controller; then
@@ -205,7 +205,7 @@ if start_controller; then
   rmdir "$freezer" 2>/dev/null
 fi
 
-echo "--- ptrace_scope 0"
+echo "--- ptrace_scope 0 (at ${SECONDS} s)"
 set_ptrace_scope 0 || fail "cannot set scope 0"
 if start_controller; then
   expect "controller chose the no-op granter" "granter: noop" "$(cat "$work/controller.log")"
@@ -214,7 +214,7 @@ if start_controller; then
 fi
 
 for scope in 2 3; do
-  echo "--- ptrace_scope $scope"
+  echo "--- ptrace_scope $scope (at ${SECONDS} s)"
   start_controller || continue
   set_ptrace_scope $scope || fail "cannot set scope $scope"
   start=$(date +%s)
@@ -229,5 +229,5 @@ for scope in 2 3; do
   stop_controller
 done
 
-echo "yama: $passes passed, $fails failed"
+echo "yama: $passes passed, $fails failed (in ${SECONDS} s)"
 ((fails == 0))
