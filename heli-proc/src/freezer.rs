@@ -15,9 +15,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use heli_core::Pid;
-use procfs::process::MountInfos;
+use procfs::process::{MountInfos, Process};
 use procfs::ProcessCGroups;
 
+use crate::error::{to_io, unless_gone};
 use crate::process::Proc;
 
 impl Proc {
@@ -32,6 +33,33 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn is_frozen(&self) -> io::Result<bool> {
         Ok(self.thread_frozen(self.pid())?.is_some())
+    }
+
+    /// The directory of the cgroup that freezes thread `tid`, when the
+    /// cgroup freezer holds it (cgroup v1 `freezer.state` `FROZEN` or
+    /// `FREEZING`; v2 `cgroup.events` `frozen 1` or `cgroup.freeze` `1`);
+    /// `None` when it is not frozen (or the hierarchy is not mounted in this
+    /// process's mount namespace), or is gone.
+    ///
+    /// A frozen thread shows state `D` (uninterruptible sleep) in `/proc`,
+    /// runs no code, and reaches no ptrace stop until thawed: this tells
+    /// it apart from one waiting for I/O or for a `vfork` child.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_frozen(&self, tid: Pid) -> io::Result<Option<PathBuf>> {
+        let what = format_args!("/proc/{}/task/{tid}/cgroup", self.pid());
+        let Some(task) = unless_gone(self.dir().task_from_tid(tid.get() as i32), what)? else {
+            return Ok(None);
+        };
+        let Some(cgroups) = unless_gone(task.read::<_, ProcessCGroups>("cgroup"), what)? else {
+            return Ok(None);
+        };
+        let mounts = Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(|err| to_io(err, "/proc/self/mountinfo"))?;
+        Ok(frozen_cgroup(&cgroups, &mounts))
     }
 }
 

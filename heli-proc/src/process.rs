@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 use procfs::process::Process;
-use procfs::ProcessCGroups;
 
 use crate::error::{no_such_process, unless_gone};
 use crate::maps::Mapping;
@@ -230,31 +229,10 @@ impl Proc {
         Ok(unless_gone(task.status(), what)?.map(|status| thread_status(&status, self.pid)))
     }
 
-    /// The directory of the cgroup that freezes thread `tid`, when the
-    /// cgroup freezer holds it (cgroup v1 `freezer.state` `FROZEN` or
-    /// `FREEZING`; v2 `cgroup.events` `frozen 1` or `cgroup.freeze` `1`);
-    /// `None` when it is not frozen (or the hierarchy is not mounted in this
-    /// process's mount namespace), or is gone.
-    ///
-    /// A frozen thread shows state `D` (uninterruptible sleep) in `/proc`,
-    /// runs no code, and reaches no ptrace stop until thawed: this tells
-    /// it apart from one waiting for I/O or for a `vfork` child.
-    ///
-    /// # Errors
-    ///
-    /// When `/proc` cannot be read.
-    pub fn thread_frozen(&self, tid: Pid) -> io::Result<Option<PathBuf>> {
-        let what = format_args!("/proc/{}/task/{tid}/cgroup", self.pid);
-        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
-            return Ok(None);
-        };
-        let Some(cgroups) = unless_gone(task.read::<_, ProcessCGroups>("cgroup"), what)? else {
-            return Ok(None);
-        };
-        let mounts = Process::myself()
-            .and_then(|me| me.mountinfo())
-            .map_err(|err| crate::error::to_io(err, "/proc/self/mountinfo"))?;
-        Ok(crate::freezer::frozen_cgroup(&cgroups, &mounts))
+    /// Its `/proc/PID` directory, opened once (for the other modules of
+    /// this crate).
+    pub(crate) fn dir(&self) -> &Process {
+        &self.dir
     }
 
     /// Where thread `tid` is (`/proc/PID/task/TID/syscall`; reading it needs
