@@ -358,6 +358,33 @@ impl Proc {
             .ok_or_else(|| no_such_process(pid))
     }
 
+    /// Its file-system user id (the fourth `Uid:` field of
+    /// `/proc/PID/status`): whose files it opens as; `None` once gone.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn fs_uid(&self) -> io::Result<Option<u32>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| status.fuid))
+    }
+
+    /// Its environment (`/proc/PID/environ`) as `NAME=value` entries, and its
+    /// command line (`/proc/PID/cmdline`), as raw bytes; empty for what
+    /// cannot be read (a kernel thread, a zombie, another user's process).
+    pub fn environ_and_cmdline(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let read = |name: &str| {
+            let bytes = std::fs::read(format!("/proc/{}/{name}", self.pid)).unwrap_or_default();
+            bytes
+                .split(|&b| b == 0)
+                .filter(|entry| !entry.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        (read("environ"), read("cmdline"))
+    }
+
     /// Its effective capabilities (`CapEff` in `/proc/PID/status`), as a
     /// bit set: bit 19 is `CAP_SYS_PTRACE`.
     ///
@@ -442,6 +469,25 @@ impl Processes for ProcFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_environment_command_line_and_file_system_user() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("HELI_PROC_TEST", "a value")
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        let (environ, cmdline) = proc.environ_and_cmdline();
+        assert!(environ.iter().any(|var| var == b"HELI_PROC_TEST=a value"));
+        assert_eq!(cmdline, [b"sleep".to_vec(), b"30".to_vec()]);
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(proc.fs_uid().unwrap(), Some(me));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(proc.fs_uid().unwrap(), None);
+        assert_eq!(proc.environ_and_cmdline(), (vec![], vec![]));
+    }
 
     #[test]
     fn a_zombie_is_gone_but_still_has_facts() {

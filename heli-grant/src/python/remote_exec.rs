@@ -28,6 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use heli_core::{Deadline, Pid};
+use heli_proc::Proc;
 use log::{debug, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -389,13 +390,15 @@ fn please_stop_byte(breaker_at: u64) -> (u64, u8) {
 /// switch turned it off when the target's environment or command line
 /// tells.
 fn disabled(pid: u32, value: i32) -> Pep768Error {
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let (environ, cmdline) = Pid::new(pid)
+        .and_then(|pid| Proc::open(pid).ok().flatten())
+        .map(|proc| proc.environ_and_cmdline())
+        .unwrap_or_default();
     let by_env = environ
-        .split(|&b| b == 0)
+        .iter()
         .any(|var| var.starts_with(b"PYTHON_DISABLE_REMOTE_DEBUG="));
     let by_option = cmdline
-        .split(|&b| b == 0)
+        .iter()
         .any(|arg| arg.ends_with(b"disable-remote-debug"));
     let why = match (by_env, by_option) {
         (true, _) => "its environment sets PYTHON_DISABLE_REMOTE_DEBUG".to_owned(),
@@ -951,9 +954,7 @@ fn parse_report(what: &str, option: i32, report: &str) -> Result<u64, Pep768Erro
 
 /// The file-system user id of process `pid`.
 fn target_uid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(3)?.parse().ok()
+    Proc::open(Pid::new(pid)?).ok()??.fs_uid().ok()?
 }
 
 #[cfg(test)]
