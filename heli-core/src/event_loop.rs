@@ -417,7 +417,17 @@ impl<S: Supervisor> Loop<S> {
                         self.granted(state, pending.record, pending.previous)
                     }
                     (GrantWork::Grant { client, .. }, _, Err(err)) => {
-                        warn!("grant for PID {} failed: {err}", client.pid);
+                        // A peer may ask for grants that fail as often as it
+                        // likes: its allowance of warnings applies.
+                        let peer = state
+                            .waiting
+                            .iter()
+                            .find(|waiting| waiting.id == id)
+                            .map_or_else(Peer::default, |waiting| waiting.incoming.peer());
+                        state.warn_about(
+                            &peer,
+                            format_args!("grant for PID {} failed: {err}", client.pid),
+                        );
                         Reply::Error(format!("Grant failed: {err}"))
                     }
                     // Given up or called off meanwhile: the worker withdrew it.
