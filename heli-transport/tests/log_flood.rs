@@ -115,10 +115,10 @@ fn connections_closed_to_make_room_log_a_few_lines_only() {
             .collect();
         for _ in 0..6 {
             thread::sleep(UnixSocketTransport::EVICTABLE_AFTER + Duration::from_millis(50));
-            let mut pushed_out: Vec<UnixStream> = streams.drain(..).collect();
-            streams = (0..2)
+            let newcomers = (0..2)
                 .map(|_| UnixStream::connect(&path).unwrap())
                 .collect();
+            let mut pushed_out = std::mem::replace(&mut streams, newcomers);
             for stream in &mut pushed_out {
                 assert!(closed(stream).contains("idle while session test was full"));
             }
