@@ -2305,3 +2305,20 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
     fake.client().terminate().unwrap();
     running.join().unwrap();
 }
+
+#[test]
+fn a_grant_in_progress_survives_another_connection_closing() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let other = fake.connect(HANG).unwrap();
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Only the asking connection's end calls its grant off.
+    drop(other);
+    let (reply, _connection) = text(grant);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    assert!(granter.revoked().is_empty());
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
