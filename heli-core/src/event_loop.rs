@@ -399,15 +399,20 @@ impl<S: Supervisor> Loop<S> {
 
     /// A worker finished a piece of work the loop may still wait for.
     fn work_done(&mut self, state: &mut State, done: Done) {
-        let (id, reply) = match done {
+        let id = match &done {
+            Done::Grant { id, .. } | Done::Stack { id, .. } => *id,
+        };
+        // The request that waits for it, if the loop has not given up.
+        let waiting = state.take_waiting(id);
+        let reply = match done {
             Done::Grant {
-                id,
                 work,
                 result,
                 status_fields,
+                ..
             } => {
                 state.granter_fields = status_fields;
-                let reply = match (work, state.take_granting(id), result) {
+                match (work, state.take_granting(id), result) {
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.revoked => {
                         Reply::Error(
                             "Grant failed: a REVOKE that came during it withdrew it".into(),
@@ -419,10 +424,8 @@ impl<S: Supervisor> Loop<S> {
                     (GrantWork::Grant { client, .. }, _, Err(err)) => {
                         // A peer may ask for grants that fail as often as it
                         // likes: its allowance of warnings applies.
-                        let peer = state
-                            .waiting
-                            .iter()
-                            .find(|waiting| waiting.id == id)
+                        let peer = waiting
+                            .as_ref()
                             .map_or_else(Peer::default, |waiting| waiting.incoming.peer());
                         state.warn_about(
                             &peer,
@@ -441,18 +444,14 @@ impl<S: Supervisor> Loop<S> {
                     (GrantWork::Revoke { .. }, _, Err(err)) => {
                         Reply::Error(format!("Revoke failed: {err}"))
                     }
-                };
-                (id, reply)
+                }
             }
-            Done::Stack { id, result } => {
-                let reply = match result {
-                    Ok(text) => Reply::Stack(fit_reply(text)),
-                    Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
-                };
-                (id, reply)
-            }
+            Done::Stack { result, .. } => match result {
+                Ok(text) => Reply::Stack(fit_reply(text)),
+                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
+            },
         };
-        match state.take_waiting(id) {
+        match waiting {
             Some(waiting) => waiting.incoming.reply(reply),
             None => {
                 if let Reply::Error(message) = reply {
@@ -892,19 +891,18 @@ impl State {
     /// Calls off the work in progress that `which` picks, as
     /// [`call_off_work`](Self::call_off_work) does.
     fn call_off(&mut self, which: impl Fn(&WaitingRequest) -> bool, reply: impl Fn() -> Reply) {
-        let mut index = 0;
-        while index < self.waiting.len() {
-            let waiting = &self.waiting[index];
-            if !which(waiting) {
-                index += 1;
-                continue;
-            }
-            waiting.deadline.cancel();
-            if !waiting.claim.abandon() {
-                index += 1;
-                continue;
-            }
-            let waiting = self.waiting.remove(index);
+        let (called_off, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| {
+                if !which(waiting) {
+                    return false;
+                }
+                waiting.deadline.cancel();
+                // Work a worker has just finished stays: its result comes.
+                waiting.claim.abandon()
+            });
+        self.waiting = left;
+        for waiting in called_off {
             if let Waiting::Grant = waiting.what {
                 self.take_granting(waiting.id);
             }
