@@ -327,8 +327,11 @@ fn a_client_killed_while_waiting_for_ready_leaves_the_controller_serving(kind: K
         .stderr(Stdio::null());
     let client = client.spawn().unwrap();
     let request = format!("request GRANT_ACCESS {}", client.id());
-    wait_for("the grant request", SOON, || {
-        controller.log_text().contains(&request)
+    // Killed once the remote exec waits on the target: killed sooner, the
+    // granter finds it gone before it starts, and fails at once.
+    wait_for("the remote exec to wait on the target", SOON, || {
+        let log = controller.log_text();
+        log.contains(&request) && log.contains("asked thread")
     });
     end(client);
     wait_for("the grant to give up", SOON, || {

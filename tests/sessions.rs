@@ -352,3 +352,39 @@ fn a_killed_controller_takes_its_target_along_and_its_session_is_replaced() {
     });
     end(next);
 }
+
+#[test]
+fn failed_grants_a_peer_asks_for_log_a_few_warnings_only() {
+    let _serial = serial();
+    // Remote exec into a program that is not Python: every grant fails,
+    // with or without Yama.
+    let controller = Controller::start_on(
+        Kind::Socket,
+        &[
+            "--granter",
+            "yama",
+            "--grant-method",
+            "remote-exec",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let me = std::process::id();
+    let mut session = controller.session();
+    for _ in 0..30 {
+        let reply = session.ask(&format!("GRANT_ACCESS {me}\n"));
+        assert!(reply.starts_with("ERROR: Grant failed: "), "{reply}");
+    }
+    let log = controller.log_text();
+    let warned = log
+        .lines()
+        .filter(|line| line.contains("grant for PID"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        warned.len(),
+        heli::core::log_limit::PER_KEY as usize,
+        "{log}"
+    );
+    assert!(warned.last().unwrap().contains("held back"), "{log}");
+}

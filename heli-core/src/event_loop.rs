@@ -239,7 +239,7 @@ impl<S: Supervisor> Loop<S> {
                             }
                         }
                         Request::Revoke(named) => {
-                            let holder = self.holder(state);
+                            let holder = self.holder_to_be(state);
                             match authorize::may_revoke(holder.as_ref(), &peer, named) {
                                 Ok(()) => match self.revoke(state) {
                                     Some((id, deadline, claim)) => {
@@ -281,6 +281,23 @@ impl<S: Supervisor> Loop<S> {
             .filter(|grant| self.supervisor.is_running(grant.holder))
     }
 
+    /// The grant as it will stand once the grants in progress are made:
+    /// the newest of them (the worker makes them in order, and Yama keeps
+    /// one ptracer), else the grant in force. Another client's grant and a
+    /// REVOKE are weighed against it: either, queued behind a grant in
+    /// progress, would take its access away once its client was told
+    /// `READY`.
+    fn holder_to_be(&self, state: &State) -> Option<GrantRecord> {
+        state
+            .granting
+            .iter()
+            .rev()
+            .find(|pending| !pending.revoked)
+            .map(|pending| pending.record)
+            .filter(|grant| self.supervisor.is_running(grant.holder))
+            .or_else(|| self.holder(state))
+    }
+
     /// Starts granting the process `requested` names access, unless the
     /// policy refuses it, or another client holds the grant and `force` is
     /// not set (Yama keeps one ptracer per target): the work's id, deadline
@@ -306,7 +323,7 @@ impl<S: Supervisor> Loop<S> {
                 return Err(Reply::Error(refusal));
             }
         };
-        let previous = self.holder(state);
+        let previous = self.holder_to_be(state);
         if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
             return Err(Reply::Error(format!(
                 "target is being debugged by client PID {} (attach --force takes it over)",
@@ -333,21 +350,26 @@ impl<S: Supervisor> Loop<S> {
             deadline.clone(),
             claim.clone(),
         );
-        state.granting.push((
+        state.granting.push(Pending {
             id,
-            GrantRecord {
+            record: GrantRecord {
                 holder: client,
                 target: target_id,
                 connection: peer.connection,
             },
             previous,
-        ));
+            revoked: false,
+        });
         Ok((id, deadline, claim))
     }
 
     /// Starts withdrawing the grant on the target: the work's id, deadline
     /// and claim; `None` when no target runs to withdraw it from.
     fn revoke(&mut self, state: &mut State) -> Option<(JobId, Deadline, Claim)> {
+        // The revoke runs after the grants in progress: none of them stays.
+        for pending in &mut state.granting {
+            pending.revoked = true;
+        }
         let recorded = state.take_grant().map(|grant| grant.target);
         let target = match recorded {
             Some(id) => id,
@@ -377,20 +399,38 @@ impl<S: Supervisor> Loop<S> {
 
     /// A worker finished a piece of work the loop may still wait for.
     fn work_done(&mut self, state: &mut State, done: Done) {
-        let (id, reply) = match done {
+        let id = match &done {
+            Done::Grant { id, .. } | Done::Stack { id, .. } => *id,
+        };
+        // The request that waits for it, if the loop has not given up.
+        let waiting = state.take_waiting(id);
+        let reply = match done {
             Done::Grant {
-                id,
                 work,
                 result,
                 status_fields,
+                ..
             } => {
                 state.granter_fields = status_fields;
-                let reply = match (work, state.take_granting(id), result) {
-                    (GrantWork::Grant { .. }, Some((record, previous)), Ok(())) => {
-                        self.granted(state, record, previous)
+                match (work, state.take_granting(id), result) {
+                    (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.revoked => {
+                        Reply::Error(
+                            "Grant failed: a REVOKE that came during it withdrew it".into(),
+                        )
+                    }
+                    (GrantWork::Grant { .. }, Some(pending), Ok(())) => {
+                        self.granted(state, pending.record, pending.previous)
                     }
                     (GrantWork::Grant { client, .. }, _, Err(err)) => {
-                        warn!("grant for PID {} failed: {err}", client.pid);
+                        // A peer may ask for grants that fail as often as it
+                        // likes: its allowance of warnings applies.
+                        let peer = waiting
+                            .as_ref()
+                            .map_or_else(Peer::default, |waiting| waiting.incoming.peer());
+                        state.warn_about(
+                            &peer,
+                            format_args!("grant for PID {} failed: {err}", client.pid),
+                        );
                         Reply::Error(format!("Grant failed: {err}"))
                     }
                     // Given up or called off meanwhile: the worker withdrew it.
@@ -404,18 +444,14 @@ impl<S: Supervisor> Loop<S> {
                     (GrantWork::Revoke { .. }, _, Err(err)) => {
                         Reply::Error(format!("Revoke failed: {err}"))
                     }
-                };
-                (id, reply)
+                }
             }
-            Done::Stack { id, result } => {
-                let reply = match result {
-                    Ok(text) => Reply::Stack(fit_reply(text)),
-                    Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
-                };
-                (id, reply)
-            }
+            Done::Stack { result, .. } => match result {
+                Ok(text) => Reply::Stack(fit_reply(text)),
+                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
+            },
         };
-        match state.take_waiting(id) {
+        match waiting {
             Some(waiting) => waiting.incoming.reply(reply),
             None => {
                 if let Reply::Error(message) = reply {
@@ -499,9 +535,23 @@ impl<S: Supervisor> Loop<S> {
     fn disconnected(&mut self, state: &mut State, peer: Peer) {
         debug!("client {peer:?} disconnected");
         // Connectionless transports (named pipes) tie no grant to a peer.
+        if peer.connection == 0 {
+            return;
+        }
+        // A grant it asked for that is still being made would be tied to a
+        // closed connection: it is called off (the worker withdraws it if
+        // it was made meanwhile). One the worker has just reported made is
+        // recorded, and goes when its holder does.
+        state.call_off(
+            |waiting| {
+                matches!(waiting.what, Waiting::Grant)
+                    && waiting.incoming.peer().connection == peer.connection
+            },
+            || Reply::Error("Grant failed: its connection closed".into()),
+        );
         let Some(grant) = state
             .grant
-            .filter(|grant| grant.connection == peer.connection && peer.connection != 0)
+            .filter(|grant| grant.connection == peer.connection)
         else {
             return;
         };
@@ -717,9 +767,8 @@ struct State {
     holder: GrantHolder,
     /// Requests waiting for work off the loop, oldest first.
     waiting: Vec<WaitingRequest>,
-    /// Grants in progress: what to record when each succeeds, and who held
-    /// the grant before.
-    granting: Vec<(JobId, GrantRecord, Option<GrantRecord>)>,
+    /// Grants in progress, oldest first.
+    granting: Vec<Pending>,
     /// The granter's facts for `STATUS`, as of its last piece of work.
     granter_fields: Vec<(String, String)>,
     next_job: JobId,
@@ -736,6 +785,19 @@ struct WaitingRequest {
     deadline: Deadline,
     claim: Claim,
     what: Waiting,
+}
+
+/// A grant in progress.
+#[derive(Debug)]
+struct Pending {
+    id: JobId,
+    /// What to record when it succeeds.
+    record: GrantRecord,
+    /// Who held the grant (or was being granted it) before.
+    previous: Option<GrantRecord>,
+    /// A REVOKE came after it was asked for: that revoke, queued behind
+    /// it, withdraws it, so it is not recorded.
+    revoked: bool,
 }
 
 /// What a waiting request waits for.
@@ -806,10 +868,9 @@ impl State {
         Some(self.waiting.remove(at))
     }
 
-    fn take_granting(&mut self, id: JobId) -> Option<(GrantRecord, Option<GrantRecord>)> {
-        let at = self.granting.iter().position(|(job, ..)| *job == id)?;
-        let (_, record, previous) = self.granting.remove(at);
-        Some((record, previous))
+    fn take_granting(&mut self, id: JobId) -> Option<Pending> {
+        let at = self.granting.iter().position(|pending| pending.id == id)?;
+        Some(self.granting.remove(at))
     }
 
     /// When the loop next gives up on work past its deadline.
@@ -824,15 +885,24 @@ impl State {
     /// `reply()`; work a worker has just finished is answered when its
     /// result comes.
     fn call_off_work(&mut self, reply: impl Fn() -> Reply) {
-        let mut index = 0;
-        while index < self.waiting.len() {
-            let waiting = &self.waiting[index];
-            waiting.deadline.cancel();
-            if !waiting.claim.abandon() {
-                index += 1;
-                continue;
-            }
-            let waiting = self.waiting.remove(index);
+        self.call_off(|_| true, reply);
+    }
+
+    /// Calls off the work in progress that `which` picks, as
+    /// [`call_off_work`](Self::call_off_work) does.
+    fn call_off(&mut self, which: impl Fn(&WaitingRequest) -> bool, reply: impl Fn() -> Reply) {
+        let (called_off, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| {
+                if !which(waiting) {
+                    return false;
+                }
+                waiting.deadline.cancel();
+                // Work a worker has just finished stays: its result comes.
+                waiting.claim.abandon()
+            });
+        self.waiting = left;
+        for waiting in called_off {
             if let Waiting::Grant = waiting.what {
                 self.take_granting(waiting.id);
             }

@@ -2173,3 +2173,152 @@ fn only_the_grants_connection_or_its_holder_may_revoke_it() {
     fake.client().terminate().unwrap();
     running.join().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Grants in progress: another client's grant, a REVOKE, or the asking
+// connection's end while a grant is being made.
+
+/// A request's reply, with its connection, still open.
+type Answered = Receiver<(io::Result<Vec<u8>>, FakeConnection)>;
+
+/// Sends `line` on a connection of its own and waits until the granter has
+/// started on it (it is held there for a while: see [`Stuck::Late`]).
+fn grant_in_progress(fake: &Fake, granter: &Recorder, line: &[u8]) -> Answered {
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
+    let (tx, rx) = bounded(1);
+    let mut connection = fake.connect(HANG).unwrap();
+    let line = line.to_vec();
+    thread::spawn(move || {
+        let reply = connection.round_trip(&line, Instant::now() + HANG);
+        let _ = tx.send((reply, connection));
+    });
+    started.recv_timeout(HANG).expect("the grant started");
+    // Only that one is held up.
+    granter.stick(None);
+    rx
+}
+
+/// The reply, and the connection it came on (a grant lasts as long as it).
+fn text(reply: Answered) -> (String, FakeConnection) {
+    let (reply, connection) = reply.recv_timeout(HANG).unwrap();
+    (String::from_utf8(reply.unwrap()).unwrap(), connection)
+}
+
+#[test]
+fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+
+    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Yama keeps one ptracer: a second grant, made after the first, would
+    // take the first client's access away while it was told READY.
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    let (reply, _first) = text(first);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    // Taking it over stays possible, in progress or not.
+    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    let mut second = fake.connect(HANG).unwrap();
+    let reply = second.round_trip(b"GRANT_ACCESS 88 FORCE\n", Instant::now() + HANG);
+    assert_eq!(reply.unwrap(), b"READY\n");
+    assert_eq!(text(first).0, "READY\n");
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(88)));
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_revoke_from_another_process_during_a_grant_is_refused() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let holder = table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(holder));
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+
+    // Nobody holds the grant yet, but it is being made: a stranger's
+    // REVOKE, queued behind it, would withdraw it once its client was told
+    // READY.
+    fake.authenticate(Some(table.identity(pid(88)).unwrap().unwrap()));
+    let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
+                   connection or that process may withdraw it (attach --force takes it over)\n";
+    assert_eq!(fake.raw(b"REVOKE\n"), refusal);
+    let (reply, _grant) = text(grant);
+    assert_eq!(reply, "READY\n");
+    assert!(granter.revoked().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    fake.authenticate(Some(table.identity(pid(77)).unwrap().unwrap()));
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+
+    // The process being granted withdraws it, on another connection: the
+    // revoke runs after the grant, so nobody holds it in the end.
+    assert_eq!(fake.raw(b"REVOKE 77\n"), "READY\n");
+    assert_eq!(
+        text(grant).0,
+        "ERROR: Grant failed: a REVOKE that came during it withdrew it\n"
+    );
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(granter.revoked(), [PID]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_whose_connection_closed_during_it_does_not_stay() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
+    // The client gives up at once and its connection closes: a grant tied
+    // to a closed connection would never be withdrawn with it.
+    let mut connection = fake.connect(HANG).unwrap();
+    let asked = connection.round_trip(
+        b"GRANT_ACCESS 77\n",
+        Instant::now() + Duration::from_millis(50),
+    );
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    started.recv_timeout(HANG).expect("the grant started");
+    granter.stick(None);
+    drop(connection);
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    // Another client needs no FORCE.
+    fake.client().grant_access(pid(88)).unwrap();
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_grant_in_progress_survives_another_connection_closing() {
+    let (fake, granter, target) = controller();
+    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let other = fake.connect(HANG).unwrap();
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Only the asking connection's end calls its grant off.
+    drop(other);
+    let (reply, _connection) = text(grant);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    assert!(granter.revoked().is_empty());
+
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}

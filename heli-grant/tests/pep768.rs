@@ -1045,3 +1045,57 @@ top()",
     eprintln!("{incomplete} of 500 dumps of a busy thread were incomplete");
     assert!(incomplete < 10);
 }
+
+/// Two threads, each 200 calls deep in code whose file name is 100,000
+/// bytes long: 40 MB of names, all copied into the reader were nothing cut.
+const LONG_NAMES_PY: &str = r#"
+import threading, time
+source = """
+def dive(n, ready):
+    if n == 0:
+        ready.release()
+        time.sleep(600)
+        return
+    dive(n - 1, ready)
+"""
+space = {"time": time}
+exec(compile(source, "x" * 100_000, "exec"), space)
+ready = threading.Semaphore(0)
+for name in ("first", "second"):
+    threading.Thread(target=space["dive"], args=(200, ready), name=name, daemon=True).start()
+ready.acquire()
+ready.acquire()
+print("ready", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn stack_dump_holds_a_bounded_amount_of_text() {
+    let _serial = serial("stack_dump_holds_a_bounded_amount_of_text");
+    let (_dir, file) = written("long_names.py", LONG_NAMES_PY);
+    let target = Target::spawn(Command::new(python314()).arg(&file));
+    let stacks = stack_dump(target.pid).unwrap();
+    let text: usize = stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .map(|frame| frame.filename.len() + frame.qualname.len() + frame.name.len())
+        .sum();
+    assert!(text <= heli_grant::MAX_DUMP_TEXT, "{text} bytes of names");
+    assert_eq!(stacks.len(), 3, "{stacks:#?}");
+    // The main thread is whole. The threads are read newest first: the
+    // second diver keeps its most recent calls, the first has no room
+    // left; each says it was cut.
+    assert!(stacks[0].main);
+    assert_eq!(stacks[0].incomplete, None);
+    assert!(!stacks[0].frames.is_empty());
+    let (first, second) = (&stacks[1], &stacks[2]);
+    assert_eq!(first.name.as_deref(), Some("first"));
+    assert!(second.frames.len() > 50, "{} frames", second.frames.len());
+    assert!(second.frames.iter().all(|frame| frame.qualname == "dive"));
+    assert_eq!(second.frames.last().unwrap().line, Some(5));
+    assert!(first.frames.is_empty(), "{} frames", first.frames.len());
+    for stack in [first, second] {
+        let why = stack.incomplete.as_deref().unwrap_or_default();
+        assert!(why.starts_with("cut: a dump holds at most"), "{why:?}");
+    }
+}

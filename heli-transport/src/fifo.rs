@@ -151,9 +151,14 @@ impl FifoTransport {
         let stat = fstat(&dir)?;
         let me = Uid::effective().as_raw();
         if stat.st_uid != me {
+            // In a shared /tmp only its owner or root can remove it.
             return Err(refuse(
                 &self.dir,
-                &format!("is owned by uid {}, not by you (uid {me})", stat.st_uid),
+                &format!(
+                    "is owned by uid {owner}, not by you (uid {me}); only uid {owner} or root \
+                     can remove it: use a directory of your own",
+                    owner = stat.st_uid
+                ),
             ));
         }
         if stat.st_mode & 0o077 != 0 {

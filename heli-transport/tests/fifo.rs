@@ -260,6 +260,8 @@ fn a_directory_owned_by_someone_else_is_refused() {
     chown(&dir, Some(NOBODY), None).unwrap();
     let needle = format!("owned by uid {NOBODY}");
     expect_unusable(&FifoTransport::new(&dir), &needle);
+    // The user cannot remove it from a shared /tmp: told the way out.
+    expect_unusable(&FifoTransport::new(&dir), "use a directory of your own");
     assert!(names_in(&dir).is_empty());
     assert_eq!(fs::metadata(&dir).unwrap().uid(), NOBODY);
 

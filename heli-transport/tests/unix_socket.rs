@@ -1033,6 +1033,8 @@ fn hostile_runtime_directories_are_refused() {
         let theirs = private_dir(tmp.path().join("theirs"));
         chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
         check(&theirs, &format!("is owned by uid {NOBODY}, not by you"));
+        // The user cannot remove it from a shared /tmp: told the way out.
+        check(&theirs, "set XDG_RUNTIME_DIR to a directory of your own");
         assert!(names_in(&theirs).is_empty());
     }
 

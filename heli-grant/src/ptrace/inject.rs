@@ -82,7 +82,8 @@ use super::tracer::{Tracers, Work};
 /// (`PTRACE_SETSIGINFO` and `PTRACE_DETACH` with the signal). Should a
 /// second one arrive in those microseconds it is queued again after the
 /// detach; the kernel keeps the sender of `sigqueue` signals only, and the
-/// injector logs a warning for others. A standard signal that arrives twice
+/// injector logs a warning for others (a few per target every 10 s: anyone
+/// who may signal the target could otherwise fill the log). A standard signal that arrives twice
 /// is delivered once, as the kernel merges pending standard signals. When
 /// signals keep coming faster than the thread can step over the call, the
 /// injector puts the registers back at a stop (the call not made), lets

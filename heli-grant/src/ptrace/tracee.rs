@@ -2,10 +2,11 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, ExitStatus};
+use heli_core::{Deadline, ExitStatus, LogLimit};
 use heli_proc::{Memory, Proc};
 use log::{debug, warn};
 use nix::errno::Errno;
@@ -839,6 +840,10 @@ impl Pause {
     }
 }
 
+/// Warnings about signals sent again without their sender, per target:
+/// whoever may signal the target can cause them, as often as it likes.
+static SENT_AGAIN: LazyLock<Mutex<LogLimit<u32>>> = LazyLock::new(|| Mutex::new(LogLimit::new()));
+
 /// Sends again a held signal that the detach could not deliver.
 fn requeue(pid: u32, tid: i32, info: &libc::siginfo_t) {
     let signal = info.si_signo;
@@ -847,10 +852,16 @@ fn requeue(pid: u32, tid: i32, info: &libc::siginfo_t) {
         // queued again as it was.
         sys::rt_tgsigqueueinfo(pid as i32, tid, signal, info)
     } else {
-        warn!(
-            "signal {signal} for PID {pid} arrived during an injection, after another one; \
-             sending it again without its sender's identity"
-        );
+        let allowed = SENT_AGAIN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(pid, Instant::now());
+        if let Some(note) = allowed {
+            warn!(
+                "signal {signal} for PID {pid} arrived during an injection, after another \
+                 one; sending it again without its sender's identity{note}"
+            );
+        }
         if info.si_code == libc::SI_TKILL {
             sys::tgkill_raw(pid as i32, tid, signal)
         } else {

@@ -42,5 +42,5 @@ pub use error::{Pep768Error, Pep768ErrorKind};
 pub use offsets::DebugOffsets;
 pub use process::PyProcess;
 pub use remote_exec::{remote_exec, remote_exec_prctl, remote_prctl, RemoteExec};
-pub use stack::{stack_dump, PyFrame, ThreadStack};
+pub use stack::{stack_dump, PyFrame, ThreadStack, MAX_DUMP_TEXT};
 pub use version::PyVersion;

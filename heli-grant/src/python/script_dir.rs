@@ -153,17 +153,26 @@ fn make_parent(path: &Path, uid: u32) -> io::Result<()> {
         Err(err) => return Err(err),
     }
     let meta = fs::symlink_metadata(path)?;
+    // In a sticky directory such as /tmp, only its owner (or root) can
+    // remove what someone else made: the user's way out is another base.
+    let elsewhere = "or set TMPDIR to a directory of your own (heli then writes its scripts \
+                     there)";
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            "it is not a directory (a link?): remove it",
+            format!(
+                "it is not a directory (a link?): remove it if it is yours (uid {}), \
+                 {elsewhere}",
+                meta.uid()
+            ),
         ));
     }
     if meta.uid() != uid {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "it belongs to uid {}, not to you (uid {uid}): someone else made it; remove it",
+                "it belongs to uid {}, not to you (uid {uid}): someone else made it, and only \
+                 they or root can remove it; ask them to, {elsewhere}",
                 meta.uid()
             ),
         ));
@@ -229,6 +238,8 @@ mod tests {
         assert!(err.to_string().contains("not a directory"), "{err}");
         let err = make_parent(&open, uid + 1).unwrap_err();
         assert!(err.to_string().contains("someone else"), "{err}");
+        // The user cannot remove it from a shared /tmp: told the way out.
+        assert!(err.to_string().contains("set TMPDIR"), "{err}");
         make_parent(&open, uid).unwrap();
         assert_eq!(fs::metadata(&open).unwrap().mode() & 0o7777, PARENT_MODE);
     }

@@ -21,6 +21,11 @@ use super::error::{Pep768Error, Pep768ErrorKind};
 use super::offsets::Offsets;
 use super::process::{comm, PyProcess, MAX_INTERPRETERS};
 
+/// What `frame` counts for in [`MAX_DUMP_TEXT`].
+fn frame_text(frame: &PyFrame) -> usize {
+    frame.qualname.len() + frame.name.len() + frame.filename.len() + FRAME_TEXT
+}
+
 /// How often a thread's walk, or the whole dump, is tried.
 const ATTEMPTS: usize = 3;
 /// At most this many frames per thread, threads per interpreter.
@@ -30,6 +35,17 @@ const MAX_THREADS: usize = 1 << 16;
 const MAX_STRING: usize = 1 << 20;
 /// The most read at once to copy a thread's frames.
 const MAX_BLOCK: u64 = 1 << 20;
+/// The most text (names and file names) one dump holds: the target decides
+/// how many threads and frames there are and how long their names are
+/// (65,536 threads of 65,536 frames, names of a MiB), and all of it would
+/// be copied here. 8 MiB is twice what a `STACK` reply carries.
+pub const MAX_DUMP_TEXT: usize = 8 << 20;
+/// What a frame's line costs besides its names.
+const FRAME_TEXT: usize = 32;
+/// The part of [`MAX_DUMP_TEXT`] kept for main threads: threads are read
+/// newest first (as CPython lists them), and the main thread, the oldest,
+/// must not find nothing left.
+const MAIN_RESERVE: usize = 1 << 20;
 /// How much is read at once at a string's address, in the hope that the
 /// whole string is there.
 const STRING_PREFETCH: usize = 256;
@@ -61,7 +77,8 @@ pub struct ThreadStack {
     /// Its frames, outermost first (the most recent call last).
     pub frames: Vec<PyFrame>,
     /// Why the frames stop early, if they do (the stack kept changing
-    /// under the reader, or a frame could not be read).
+    /// under the reader, a frame could not be read, or the dump reached
+    /// [`MAX_DUMP_TEXT`]: then the most recent calls are kept).
     pub incomplete: Option<String>,
 }
 
@@ -134,7 +151,11 @@ impl PyProcess {
     ///
     /// Nothing is executed in the target and it is not stopped. A thread
     /// whose stack changed while it was read is read again (up to three
-    /// times; see [`ThreadStack::incomplete`]).
+    /// times; see [`ThreadStack::incomplete`]). The names and file names of
+    /// the frames come to [`MAX_DUMP_TEXT`] bytes at most: past it, a
+    /// thread keeps its most recent calls that fit, and the threads read
+    /// after it (older ones; each interpreter's main thread has 1 MiB kept
+    /// for it) are listed without frames, each saying so.
     ///
     /// # Errors
     ///
@@ -176,6 +197,8 @@ struct Walker<'a> {
     strings: HashMap<u64, Rc<str>>,
     /// Type objects known to be, or not to be, `code`.
     code_types: HashMap<u64, bool>,
+    /// What is left of [`MAX_DUMP_TEXT`].
+    text_left: usize,
 }
 
 impl<'a> Walker<'a> {
@@ -186,6 +209,7 @@ impl<'a> Walker<'a> {
             codes: HashMap::new(),
             strings: HashMap::new(),
             code_types: HashMap::new(),
+            text_left: MAX_DUMP_TEXT,
         }
     }
 
@@ -253,13 +277,22 @@ impl<'a> Walker<'a> {
             frames: Vec::new(),
             incomplete: None,
         };
+        let limit = match main {
+            true => self.text_left,
+            false => self.text_left.saturating_sub(MAIN_RESERVE),
+        };
         for attempt in 1..=ATTEMPTS {
-            let walked = self.frames(frame, chunk);
+            let walked = self.frames(frame, chunk, limit);
             let now = self.py.memory().read_u64(tstate + t.current_frame)?;
             match walked {
-                Ok(frames) => {
+                Ok((frames, cut)) => {
                     stack.frames = frames;
-                    stack.incomplete = None;
+                    stack.incomplete = cut.then(|| {
+                        format!(
+                            "cut: a dump holds at most {MAX_DUMP_TEXT} bytes of names; \
+                             older calls are left out"
+                        )
+                    });
                     if now == frame {
                         break;
                     }
@@ -275,16 +308,26 @@ impl<'a> Walker<'a> {
             frame = now;
             chunk = self.py.memory().read_u64(tstate + t.datastack_chunk)?;
         }
+        let spent: usize = stack.frames.iter().map(frame_text).sum();
+        self.text_left = self.text_left.saturating_sub(spent);
         Ok((stack, word(t.next)))
     }
 
-    /// The frames from `frame` outwards, outermost first; on an error, the
-    /// ones read so far. `chunk` is the thread's newest data-stack chunk.
+    /// The frames from `frame` outwards, outermost first, and whether they
+    /// were cut short at `limit` bytes of text (see [`MAX_DUMP_TEXT`]); on
+    /// an error, the ones read so far. `chunk` is the thread's newest
+    /// data-stack chunk.
     fn frames(
         &mut self,
         mut frame: u64,
         chunk: u64,
-    ) -> Result<Vec<PyFrame>, (Vec<PyFrame>, Pep768Error)> {
+        limit: usize,
+    ) -> Result<(Vec<PyFrame>, bool), (Vec<PyFrame>, Pep768Error)> {
+        if limit < FRAME_TEXT {
+            // No room for a frame: nothing more is read.
+            return Ok((Vec::new(), true));
+        }
+        let mut text = 0;
         let f = self.o.frame;
         let size = f.size;
         // The chunk's frames, up to the current one, in one read.
@@ -346,12 +389,20 @@ impl<'a> Walker<'a> {
                 continue;
             }
             match self.code(executable) {
-                Ok(code) => frames.push(PyFrame {
-                    qualname: code.qualname.clone(),
-                    name: code.name.clone(),
-                    filename: code.filename.clone(),
-                    line: code.line_at(instr_ptr),
-                }),
+                Ok(code) => {
+                    let read = PyFrame {
+                        qualname: code.qualname.clone(),
+                        name: code.name.clone(),
+                        filename: code.filename.clone(),
+                        line: code.line_at(instr_ptr),
+                    };
+                    text += frame_text(&read);
+                    if text > limit {
+                        frames.reverse();
+                        return Ok((frames, true));
+                    }
+                    frames.push(read);
+                }
                 Err(err) => {
                     frames.reverse();
                     return Err((frames, err));
@@ -359,7 +410,7 @@ impl<'a> Walker<'a> {
             }
         }
         frames.reverse();
-        Ok(frames)
+        Ok((frames, false))
     }
 
     fn code(&mut self, addr: u64) -> Result<Rc<Code>, Pep768Error> {

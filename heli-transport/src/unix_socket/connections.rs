@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use heli_core::protocol::{Dialect, Reply};
-use heli_core::GrantHolder;
+use heli_core::{GrantHolder, LogLimit};
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::io::has_input;
@@ -110,6 +110,9 @@ pub(super) struct Connections {
     limits: Limits,
     holder: GrantHolder,
     open: Mutex<Vec<Arc<Slot>>>,
+    /// Lines about connections closed to make room: anyone may cause them
+    /// (a thousand idle connections, then new ones), as often as it likes.
+    evictions: Mutex<LogLimit<()>>,
 }
 
 impl Connections {
@@ -121,6 +124,7 @@ impl Connections {
             limits,
             holder,
             open: Mutex::new(Vec::new()),
+            evictions: Mutex::new(LogLimit::new()),
         }
     }
 
@@ -176,11 +180,18 @@ impl Connections {
                 continue;
             }
             if slot.close_if_idle(&why) {
-                log::info!(
-                    "closed idle connection {} of session {} to make room for another",
-                    slot.id,
-                    self.session
-                );
+                let allowed = self
+                    .evictions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .check((), now);
+                if let Some(note) = allowed {
+                    log::info!(
+                        "closed idle connection {} of session {} to make room for another{note}",
+                        slot.id,
+                        self.session
+                    );
+                }
                 open.swap_remove(at);
                 return true;
             }

@@ -261,6 +261,8 @@ impl UnixSocketListener {
             process,
             events: serving.events,
             stopping: serving.stopping.clone(),
+            warnings: &serving.warnings,
+            pid,
         })
     }
 }
@@ -399,15 +401,16 @@ struct Serving<'env> {
     next_id: AtomicU64,
     /// Why accepting ended, if it failed.
     failure: Mutex<Option<io::Error>>,
-    /// Warnings about refused connections, limited per connecting pid.
-    refusals: Mutex<LogLimit<i32>>,
+    /// Warnings a peer can cause here, as often as it likes (refused
+    /// connections, unfinished request lines), limited per connecting pid.
+    warnings: Mutex<LogLimit<i32>>,
 }
 
 impl<'env> Serving<'env> {
     /// Whether a refused connection of `pid` may be logged: see
     /// [`LogLimit`].
     fn refused(&self, pid: i32) -> Option<Allowed> {
-        self.refusals
+        self.warnings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check(pid, Instant::now())
@@ -509,7 +512,7 @@ impl Listener for UnixSocketListener {
             connections: Connections::new(&self.name, self.limits, self.holder.clone()),
             next_id: AtomicU64::new(0),
             failure: Mutex::new(None),
-            refusals: Mutex::new(LogLimit::new()),
+            warnings: Mutex::new(LogLimit::new()),
         };
         // This thread accepts the first connection; every thread started for
         // the others is joined at the end of the scope.

@@ -80,9 +80,14 @@ pub(super) fn open_private_dir(path: &Path) -> io::Result<OwnedFd> {
     let stat = fstat(&dir)?;
     let me = Uid::effective().as_raw();
     if stat.st_uid != me {
+        // In a shared /tmp only its owner or root can remove it.
         return Err(refuse(
             path,
-            &format!("is owned by uid {}, not by you (uid {me})", stat.st_uid),
+            &format!(
+                "is owned by uid {owner}, not by you (uid {me}); only uid {owner} or root can \
+                 remove it: set XDG_RUNTIME_DIR to a directory of your own",
+                owner = stat.st_uid
+            ),
         ));
     }
     if stat.st_mode & 0o077 != 0 {

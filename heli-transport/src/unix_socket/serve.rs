@@ -4,12 +4,12 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use heli_core::protocol::{Dialect, LineBuffer, Reply};
-use heli_core::{Credentials, Event, Incoming, Peer, Stopper};
+use heli_core::{Credentials, Event, Incoming, LogLimit, Peer, Stopper};
 use heli_proc::ProcessHandle;
 use log::{debug, warn};
 use nix::errno::Errno;
@@ -45,6 +45,10 @@ pub(super) struct Served<'a> {
     pub(super) process: Option<ProcessHandle>,
     pub(super) events: &'a Sender<Event>,
     pub(super) stopping: Receiver<()>,
+    /// The listener's limit on warnings peers cause.
+    pub(super) warnings: &'a Mutex<LogLimit<i32>>,
+    /// The pid that connected, as the kernel said.
+    pub(super) pid: i32,
 }
 
 /// What became of a request passed on to the controller.
@@ -99,10 +103,17 @@ impl Served<'_> {
             ) {
                 Ok(seen) => seen,
                 Err(err) if err.kind() == io::ErrorKind::TimedOut && partial_since.is_some() => {
-                    warn!(
-                        "closing the connection of {:?}: its request line was not finished within {PARTIAL_LINE_DEADLINE:?}",
-                        self.peer
-                    );
+                    let allowed = self
+                        .warnings
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .check(self.pid, Instant::now());
+                    if let Some(note) = allowed {
+                        warn!(
+                            "closing the connection of {:?}: its request line was not finished within {PARTIAL_LINE_DEADLINE:?}{note}",
+                            self.peer
+                        );
+                    }
                     let reply = Reply::Error(format!(
                         "Request line not finished within {} s; closing the connection",
                         PARTIAL_LINE_DEADLINE.as_secs()
