@@ -5,15 +5,17 @@
 //! - [`Fake`], a [`Transport`] whose requests travel over channels, one
 //!   thread per request on the listener side (so several requests can wait
 //!   for the controller at once), with switches to make `listen`, `connect`
-//!   or `serve` fail and a gate that holds [`Stopper::stop`];
+//!   or `serve` fail and a gate that holds [`Stopper::stop`]; its listener
+//!   keeps the note of which connection holds the grant;
 //! - [`Recorder`], a [`Granter`] that remembers grants and revokes and can be
-//!   told to fail;
+//!   told to fail, to wait on a target that does not answer, or to hold
+//!   back the report of work it has done;
 //! - [`Pretend`], a [`Supervisor`] whose "target" ends when the test says so,
 //!   and can be told to ignore `terminate()` or to fail to spawn.
 //!
 //! Whatever could hang is bounded by [`HANG`]: the controller runs on a
 //! thread whose result is awaited with a deadline, and every round trip has
-//! one.
+//! one. What the controller's loop logs is kept ([`Running::logged`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -2237,6 +2239,29 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(fake.client().status().unwrap().holder, None);
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+/// A grant the granter made in time is answered as made, however late the
+/// granter reports it: the controller never tells a client that a grant in
+/// force failed.
+#[test]
+fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
+    let (fake, granter, target) = controller();
+    let deadline = Duration::from_millis(100);
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target).grant_deadline(deadline));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The report comes past the deadline and the time the controller
+    // gives a worker to report.
+    thread::sleep(deadline + Duration::from_millis(500));
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
     fake.client().terminate().unwrap();
     running.join().unwrap();
 }
