@@ -393,9 +393,15 @@ mod tests {
     fn a_cut_steps_back_to_a_character_boundary() {
         const ROOM: usize = MAX_REPLY / 2 - 100;
         // A 4-byte character straddles the cut: one byte before it, three
-        // after. The cut keeps the bytes before the character, whole.
+        // after. The cut keeps the bytes before the character, whole, and
+        // finds where at once (on a thread, so the test fails rather than
+        // hangs should it search forever).
         let text = format!("{}\u{1F980}{}", "a".repeat(ROOM - 1), "b".repeat(10));
-        let cut = fit_reply(text);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(fit_reply(text)));
+        let cut = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no cut within 10 s");
         let (kept, note) = cut.split_once('\n').unwrap();
         assert_eq!(kept, "a".repeat(ROOM - 1));
         assert_eq!(

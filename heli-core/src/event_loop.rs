@@ -496,7 +496,7 @@ impl<S: Supervisor> Loop<S> {
         let mut index = 0;
         while index < state.waiting.len() {
             let waiting = &state.waiting[index];
-            if waiting.deadline.instant() + WORKER_GRACE > now || !waiting.claim.abandon() {
+            if waiting.due() > now || !waiting.claim.abandon() {
                 index += 1;
                 continue;
             }
@@ -800,6 +800,14 @@ struct Pending {
     revoked: bool,
 }
 
+impl WaitingRequest {
+    /// When the loop gives up on the work if the worker has not reported
+    /// it: past its deadline, after the worker's grace.
+    fn due(&self) -> Instant {
+        self.deadline.instant() + WORKER_GRACE
+    }
+}
+
 /// What a waiting request waits for.
 #[derive(Clone, Copy, Debug)]
 enum Waiting {
@@ -875,10 +883,7 @@ impl State {
 
     /// When the loop next gives up on work past its deadline.
     fn next_give_up(&self) -> Option<Instant> {
-        self.waiting
-            .iter()
-            .map(|waiting| waiting.deadline.instant() + WORKER_GRACE)
-            .min()
+        self.waiting.iter().map(WaitingRequest::due).min()
     }
 
     /// Calls off all work in progress and answers its requests with

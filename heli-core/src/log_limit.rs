@@ -179,6 +179,8 @@ mod tests {
                 held_back: 0,
                 last: false
             }));
+        // Nothing to add to those lines.
+        assert_eq!(lines[0].to_string(), "");
         assert_eq!(
             lines[4],
             Allowed {
@@ -208,6 +210,17 @@ mod tests {
         let now = Instant::now();
         assert_eq!(allowed(&mut limit, 1, now, 20).len(), PER_KEY as usize);
         assert_eq!(allowed(&mut limit, 2, now, 20).len(), PER_KEY as usize);
+    }
+
+    #[test]
+    fn what_a_key_held_back_is_told_with_its_own_next_line() {
+        let mut limit = LogLimit::new();
+        let now = Instant::now();
+        allowed(&mut limit, 1, now, PER_KEY + 3);
+        // Another key's line in the next window says nothing of them.
+        let later = now + WINDOW;
+        assert_eq!(limit.check(2, later).unwrap().held_back, 0);
+        assert_eq!(limit.check(1, later).unwrap().held_back, 3);
     }
 
     #[test]

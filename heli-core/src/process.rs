@@ -457,6 +457,15 @@ mod tests {
     }
 
     #[test]
+    fn a_table_that_cannot_see_freezers_calls_nothing_frozen() {
+        // Else the controller would report every target as frozen, and
+        // stop waiting for a killed one that has not ended yet.
+        let table = Table::default();
+        table.add(10, 1, 5);
+        assert!(!table.is_frozen(pid(10)).unwrap());
+    }
+
+    #[test]
     fn pids_parse_as_the_protocol_writes_them() {
         assert_eq!("1".parse(), Ok(pid(1)));
         assert_eq!("0042".parse(), Ok(pid(42)));

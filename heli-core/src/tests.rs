@@ -5,15 +5,17 @@
 //! - [`Fake`], a [`Transport`] whose requests travel over channels, one
 //!   thread per request on the listener side (so several requests can wait
 //!   for the controller at once), with switches to make `listen`, `connect`
-//!   or `serve` fail and a gate that holds [`Stopper::stop`];
+//!   or `serve` fail and a gate that holds [`Stopper::stop`]; its listener
+//!   keeps the note of which connection holds the grant;
 //! - [`Recorder`], a [`Granter`] that remembers grants and revokes and can be
-//!   told to fail;
+//!   told to fail, to wait on a target that does not answer, or to hold
+//!   back the report of work it has done;
 //! - [`Pretend`], a [`Supervisor`] whose "target" ends when the test says so,
 //!   and can be told to ignore `terminate()` or to fail to spawn.
 //!
 //! Whatever could hang is bounded by [`HANG`]: the controller runs on a
 //! thread whose result is awaited with a deadline, and every round trip has
-//! one.
+//! one. What the controller's loop logs is kept ([`Running::logged`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -27,8 +29,8 @@ use crate::process::table::{pid, Table};
 use crate::protocol::MAX_LINE;
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
-    ExitStatus, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo, Processes, Restart,
-    RestartPolicy, Stopper, Supervisor, Transport,
+    ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
+    Processes, Restart, RestartPolicy, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
@@ -82,6 +84,9 @@ struct Wires {
     connections: AtomicU64,
     /// What new connections say the transport verified about them.
     credentials: Mutex<Option<Credentials>>,
+    /// The controller's note of which connection holds the grant, as
+    /// [`Listener::watch_grant`] hands it over.
+    grant_holder: Mutex<Option<GrantHolder>>,
 }
 
 /// An in-memory [`Transport`]; clones share the same "address".
@@ -108,6 +113,7 @@ impl Fake {
             dropped: AtomicUsize::new(0),
             connections: AtomicU64::new(0),
             credentials: Mutex::new(None),
+            grant_holder: Mutex::new(None),
         }))
     }
 
@@ -140,6 +146,20 @@ impl Fake {
     /// A client that will not give up before [`HANG`].
     fn client(&self) -> Client<Fake> {
         Client::new(self.clone()).timeout(HANG)
+    }
+
+    /// The connection that holds the grant, as the listener is told.
+    fn grant_holder(&self) -> Option<u64> {
+        let holder = self.0.grant_holder.lock().unwrap();
+        holder
+            .as_ref()
+            .expect("watch_grant not called")
+            .connection()
+    }
+
+    /// The last connection handed out.
+    fn last_connection(&self) -> u64 {
+        self.0.connections.load(SeqCst)
     }
 }
 
@@ -244,6 +264,10 @@ impl Listener for FakeListener {
         }
     }
 
+    fn watch_grant(&mut self, holder: GrantHolder) {
+        *self.wires.grant_holder.lock().unwrap() = Some(holder);
+    }
+
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
         self.wires.serving.store(true, SeqCst);
         let result = self.serve_until_stopped(events);
@@ -346,6 +370,9 @@ struct Grants {
     started: Option<Sender<()>>,
     /// Deadlines the grants were given, in order.
     deadlines: Vec<Deadline>,
+    /// When set, the next report of finished work (its status fields)
+    /// tells the first channel, then waits for the second.
+    report_gate: Option<(Sender<()>, Receiver<()>)>,
 }
 
 /// How a grant waits on a target that does not answer.
@@ -386,6 +413,14 @@ impl Recorder {
     }
     fn deadlines(&self) -> Vec<Deadline> {
         self.0.lock().unwrap().deadlines.clone()
+    }
+    /// The next piece of work, once done, is reported only when the test
+    /// says so: (done and waiting, go on).
+    fn hold_next_report(&self) -> (Receiver<()>, Sender<()>) {
+        let (entered_tx, entered) = unbounded();
+        let (go, go_rx) = unbounded();
+        self.0.lock().unwrap().report_gate = Some((entered_tx, go_rx));
+        (entered, go)
     }
 }
 
@@ -438,6 +473,15 @@ impl Granter for Recorder {
         grants.revoked.push(target.pid);
         Ok(())
     }
+
+    fn status_fields(&self) -> Vec<(String, String)> {
+        let gate = self.0.lock().unwrap().report_gate.take();
+        if let Some((entered, go)) = gate {
+            let _ = entered.send(());
+            let _ = go.recv_timeout(HANG);
+        }
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -464,6 +508,8 @@ struct Target {
     /// Whether the target is frozen (cgroup freezer, v1): it dies only
     /// once thawed.
     frozen: AtomicBool,
+    /// How often the controller looked whether it is frozen.
+    frozen_looks: AtomicUsize,
     /// `kill()` does not end it (a thread stuck in the kernel).
     ignore_kill: bool,
 }
@@ -519,6 +565,7 @@ impl Pretend {
             shares_terminal: !config.own_group,
             table,
             frozen: AtomicBool::new(false),
+            frozen_looks: AtomicUsize::new(0),
             ignore_kill: config.ignore_kill,
         }))
     }
@@ -573,6 +620,7 @@ impl Processes for Pretend {
     }
 
     fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        self.0.frozen_looks.fetch_add(1, SeqCst);
         Ok(pid == PID && self.0.frozen.load(SeqCst))
     }
 }
@@ -634,17 +682,56 @@ impl Supervisor for Pretend {
 // ---------------------------------------------------------------------------
 // Running a controller with a deadline.
 
-/// A controller running on a thread of its own.
-struct Running(Receiver<io::Result<ExitStatus>>);
+/// A controller running on a thread of its own: what `run` returns, and
+/// that thread, whose event loop logs as [`Running::logged`] shows.
+struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
 fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
     controller: Controller<Fake, G, Pretend, I>,
 ) -> Running {
+    capture_logs();
     let (tx, rx) = bounded(1);
-    thread::spawn(move || {
+    let thread = thread::spawn(move || {
         let _ = tx.send(controller.run());
     });
-    Running(rx)
+    Running(rx, thread.thread().id())
+}
+
+/// What the threads of this test process logged, each line with its
+/// thread and level.
+static LOGGED: Mutex<Vec<(thread::ThreadId, log::Level, String)>> = Mutex::new(Vec::new());
+
+/// A logger into [`LOGGED`], as an operator's logger would show the lines.
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = (
+                thread::current().id(),
+                record.level(),
+                record.args().to_string(),
+            );
+            LOGGED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Logs go to [`LOGGED`] from now on (information and up).
+fn capture_logs() {
+    static CAPTURE: Capture = Capture;
+    if log::set_logger(&CAPTURE).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 impl Running {
@@ -658,6 +745,19 @@ impl Running {
             }
             Err(RecvTimeoutError::Disconnected) => panic!("Controller::run panicked"),
         }
+    }
+
+    /// The lines the controller's event loop has logged so far, with their
+    /// levels.
+    fn logged(&self) -> Vec<(log::Level, String)> {
+        let logged = LOGGED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        logged
+            .iter()
+            .filter(|(thread, ..)| *thread == self.1)
+            .map(|(_, level, line)| (*level, line.clone()))
+            .collect()
     }
 
     /// Asserts `run` has not returned (yet).
@@ -795,6 +895,23 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     let mut second = fake.client().session().unwrap();
     second.take_over(pid(88)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77), (PID, 88)]);
+    // The log says who took it over from whom; asking again for the grant
+    // one holds takes nothing over.
+    second.grant_access(pid(88)).unwrap();
+    let grants: Vec<String> = running
+        .logged()
+        .into_iter()
+        .filter(|(level, line)| *level == log::Level::Info && line.starts_with("granted"))
+        .map(|(_, line)| line)
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            "granted PID 77 access to target 4242",
+            "granted PID 88 access to target 4242, taking it over from PID 77",
+            "granted PID 88 access to target 4242",
+        ]
+    );
     // The first one detaches and revokes: the second keeps its grant.
     let err = first.revoke(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
@@ -982,6 +1099,9 @@ fn a_killed_target_that_is_not_frozen_is_waited_for() {
     thread::sleep(SHORT_GRACE + Duration::from_millis(1600));
     assert_eq!(target.kills(), 1);
     running.assert_running();
+    // One look every 500 ms, not a busy loop.
+    let looks = target.0.frozen_looks.load(SeqCst);
+    assert!((1..=10).contains(&looks), "{looks} looks at the freezer");
     target.exit(ExitStatus::Signal(9));
     assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
 }
@@ -1398,9 +1518,14 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     let client = fake.client();
     let mut session = client.session().unwrap();
     session.grant_access(pid(77)).unwrap();
+    // The listener knows which connection that is (it must never close it
+    // as idle).
+    let asked_on = fake.last_connection();
+    assert_eq!(fake.grant_holder(), Some(asked_on));
     // Other connections come and go: the grant stays.
     assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
+    assert_eq!(fake.grant_holder(), Some(asked_on));
     // The connection that asked closes: the grant is revoked.
     drop(session);
     let deadline = Instant::now() + HANG;
@@ -1410,6 +1535,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     }
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(client.status().unwrap().holder, None);
+    assert_eq!(fake.grant_holder(), None);
 
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
@@ -1417,6 +1543,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     first.grant_access(pid(77)).unwrap();
     let mut second = client.session().unwrap();
     second.take_over(pid(88)).unwrap();
+    assert_eq!(fake.grant_holder(), Some(fake.last_connection()));
     drop(first);
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     assert_eq!(granter.revoked(), [PID]);
@@ -1790,7 +1917,8 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     let first = target.identity();
     target.exit(ExitStatus::Code(1));
     wait_until("the restart", || target.spawns() == 2);
-    assert_eq!(granter.revoked(), [PID]);
+    // The revoke runs on the granter's thread: it may end after the restart.
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
     assert_ne!(target.identity(), first, "a restart is another process");
     assert_eq!(client.status().unwrap().holder, None);
     // The old grant's connection closing withdraws nothing more.
@@ -1800,6 +1928,36 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
 
     client.terminate().unwrap();
     running.join().unwrap();
+}
+
+/// A grant the granter completes after its target ended is no grant: its
+/// client hears so, and nobody holds a grant.
+#[test]
+fn a_grant_whose_target_ended_meanwhile_fails() {
+    let (fake, granter, target) = controller();
+    let policy = RestartPolicy::new(Restart::Always)
+        .delays(Duration::from_secs(600), Duration::from_secs(600));
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The target ends before the controller hears of the grant.
+    target.exit(ExitStatus::Code(1));
+    let client = fake.client();
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        grant,
+        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+    );
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, None);
+    client.terminate().unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(1));
 }
 
 // ---------------------------------------------------------------------------
@@ -2085,6 +2243,29 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     running.join().unwrap();
 }
 
+/// A grant the granter made in time is answered as made, however late the
+/// granter reports it: the controller never tells a client that a grant in
+/// force failed.
+#[test]
+fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
+    let (fake, granter, target) = controller();
+    let deadline = Duration::from_millis(100);
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target).grant_deadline(deadline));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The report comes past the deadline and the time the controller
+    // gives a worker to report.
+    thread::sleep(deadline + Duration::from_millis(500));
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
 #[test]
 fn stopping_calls_off_a_grant_in_progress() {
     let (fake, granter, target) = controller();
@@ -2117,7 +2298,7 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
             Ok("Thread 1\n".into())
         }
     }
-    let (go, gate) = bounded(1);
+    let (go, gate) = unbounded();
     let (fake, granter, target) = controller();
     let running = start(
         Controller::new(fake.clone(), granter, target)
@@ -2319,6 +2500,116 @@ fn a_grant_in_progress_survives_another_connection_closing() {
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
 
+    fake.client().terminate().unwrap();
+    running.join().unwrap();
+}
+
+#[test]
+fn work_past_its_deadline_is_given_up_alone() {
+    /// Never reads a stack: a target that does not answer.
+    struct Silent;
+    impl crate::Inspector for Silent {
+        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+            thread::sleep(HANG);
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    let running = start(
+        Controller::new(fake.clone(), granter.clone(), target)
+            .inspector(Silent)
+            .grant_deadline(Duration::from_secs(600))
+            .stack_deadline(Duration::from_millis(300)),
+    );
+    // A grant with a long deadline, then a stack read with a short one.
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    let stack = fake.raw(b"STACK\n");
+    assert!(
+        stack.starts_with("ERROR: Cannot read the target's stacks: no answer within its deadline"),
+        "{stack}"
+    );
+    // The grant's deadline has not passed: it still waits, and is called
+    // off only when the controller stops.
+    fake.client().terminate().unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "ERROR: The controller is shutting down\n");
+    running.join().unwrap();
+}
+
+/// A grant the granter completed just as the controller began to stop
+/// (before the loop heard of it) was made: its client hears so, not that
+/// the controller is shutting down, and the grant ends as any other.
+#[test]
+fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
+    let fake = Fake::new();
+    let granter = Recorder::default();
+    let target = Pretend::stubborn();
+    let running =
+        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The grant is made; the controller stops before it hears so.
+    fake.client().terminate().unwrap();
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    // In force, it ends as any other: here with the connection that asked.
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    target.exit(ExitStatus::Signal(15));
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+}
+
+// ---------------------------------------------------------------------------
+// The log.
+
+#[test]
+fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
+    let (fake, granter, target) = controller();
+    let table = target.0.table.clone();
+    let running = start(Controller::new(fake.clone(), granter, target));
+    let warnings = || -> Vec<String> {
+        running
+            .logged()
+            .into_iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, line)| line)
+            .collect()
+    };
+    // Connections a transport cannot tell apart share one allowance.
+    for _ in 0..8 {
+        assert_eq!(fake.raw(b"FOO\n"), "ERROR: Unknown command: FOO\n");
+    }
+    let logged = warnings();
+    assert_eq!(
+        logged.len(),
+        crate::log_limit::PER_KEY as usize,
+        "{logged:?}"
+    );
+    assert!(logged
+        .iter()
+        .all(|line| line.starts_with("bad request from ")));
+    assert!(
+        logged[4].ends_with("(more like it are held back for up to 10 s)"),
+        "{logged:?}"
+    );
+    // A process a transport authenticates has its own: its refusal is
+    // logged, with why.
+    fake.authenticate(table.identity(pid(77)).unwrap());
+    assert!(fake
+        .raw(b"GRANT_ACCESS 88\n")
+        .starts_with("ERROR: GRANT_ACCESS 88 refused"));
+    let logged = warnings();
+    assert_eq!(logged.len(), crate::log_limit::PER_KEY as usize + 1);
+    let refusal = logged.last().unwrap();
+    assert!(
+        refusal.starts_with("refused GRANT_ACCESS 88 from ")
+            && refusal.ends_with("descendants (you are PID 77)"),
+        "{refusal}"
+    );
     fake.client().terminate().unwrap();
     running.join().unwrap();
 }
