@@ -84,11 +84,14 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::new(child.id()).unwrap();
-        // Until it has exec'd, it maps the test binary.
+        // Until it has exec'd, it maps the test binary; the vdso comes
+        // after the program in execve.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let maps = loop {
             let maps = Proc::open(pid).unwrap().unwrap().maps().unwrap();
-            if maps.iter().any(|m| m.file() == Some(program.as_path())) {
+            if maps.iter().any(|m| m.file() == Some(program.as_path()))
+                && maps.iter().any(|m| m.what == Mapped::Vdso)
+            {
                 break maps;
             }
             assert!(std::time::Instant::now() < deadline, "{maps:#?}");

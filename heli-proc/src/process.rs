@@ -478,7 +478,18 @@ mod tests {
             .spawn()
             .unwrap();
         let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
-        let (environ, cmdline) = proc.environ_and_cmdline();
+        // Until the child's execve is done, it shows its parent's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (environ, cmdline) = loop {
+            let (environ, cmdline) = proc.environ_and_cmdline();
+            // The new environment is set last in execve.
+            if environ.iter().any(|var| var == b"HELI_PROC_TEST=a value")
+                || std::time::Instant::now() > deadline
+            {
+                break (environ, cmdline);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert!(environ.iter().any(|var| var == b"HELI_PROC_TEST=a value"));
         assert_eq!(cmdline, [b"sleep".to_vec(), b"30".to_vec()]);
         let me = nix::unistd::geteuid().as_raw();
