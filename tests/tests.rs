@@ -18,6 +18,7 @@ mod freezer;
 mod frozen;
 mod init;
 mod inspect;
+mod refusals;
 mod remote_grant;
 mod repl;
 mod sessions;
