@@ -40,7 +40,7 @@ fn named_pipes_refuse_what_is_never_a_debugger() {
     let target = controller.target_pid();
     let other_user = python_child("os.setuid(65534)");
     let transport = FifoTransport::new(&controller.fifo_dir);
-    let mut ask = |request: String| {
+    let ask = |request: String| {
         let mut connection = transport.connect(SOON).unwrap();
         let reply = connection
             .round_trip(format!("{request}\n").as_bytes(), Instant::now() + SOON)
