@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{bounded, is_root, join_within, TARGET};
+use common::{bounded, is_root, join_within, standard, wait_until, Fresh, Server, TARGET};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,16 +20,16 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::protocol::{Reply, Request, Status};
+use heli_core::protocol::{Reply, Request};
 use heli_core::{
-    Client, Connection, Controller, Credentials, Event, Exit, ExitStatus, Granter, Listener, Peer,
-    Pid, ProcessId, ProcessInfo, Processes, Stopper, Supervisor, Transport,
+    Client, Connection, Controller, Credentials, Exit, ExitStatus, Granter, Peer, Pid, ProcessId,
+    ProcessInfo, Processes, Supervisor, Transport,
 };
 use heli_proc::ProcFs;
-use heli_transport::{FifoTransport, StopHandle, UnixSocketTransport};
+use heli_transport::{FifoTransport, UnixSocketTransport};
 
 /// The system's Python.
 const PYTHON: &str = "/usr/bin/python3";
@@ -41,130 +41,13 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Polls `done` until it holds, failing with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "after {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// What the fake controller heard.
-#[derive(Clone, Debug, PartialEq)]
-enum Seen {
-    Request(Result<Request, String>, Peer),
-    Disconnected(Peer),
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
-/// The fake controller's answers.
-fn standard(request: Result<Request, String>) -> Reply {
-    match request {
-        Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
-        Ok(Request::Status) => Reply::Status(Status::new(TARGET)),
-        Ok(_) => Reply::Ready,
-        Err(message) => Reply::Error(message),
-    }
-}
-
-/// A listener served on a thread, answered by a fake controller thread.
-struct Server<T: Transport> {
-    transport: T,
-    stop: StopHandle,
-    serve: Option<JoinHandle<io::Result<()>>>,
-    log: Log,
-    _tmp: tempfile::TempDir,
-}
-
-impl<T> Server<T>
-where
-    T: Transport + Clone,
-    T::Listener: Listener<Stopper = StopHandle>,
-{
-    fn on(tmp: tempfile::TempDir, transport: T) -> Server<T> {
-        let mut listener = transport.listen().expect("listen");
-        let stop = listener.stopper();
-        let (events_tx, events) = crossbeam_channel::bounded(64);
-        let serve = thread::spawn(move || listener.serve(&events_tx));
-        let log = Log::default();
-        let seen = Arc::clone(&log);
-        // Ends when `serve` returns and drops the sender.
-        thread::spawn(move || {
-            for event in events.iter() {
-                match event {
-                    Event::Request(incoming) => {
-                        let request = incoming.request().map_err(|err| err.to_string());
-                        seen.lock()
-                            .unwrap()
-                            .push(Seen::Request(request.clone(), incoming.peer()));
-                        incoming.reply(standard(request));
-                    }
-                    Event::Disconnected(peer) => {
-                        seen.lock().unwrap().push(Seen::Disconnected(peer));
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Server {
-            transport,
-            stop,
-            serve: Some(serve),
-            log,
-            _tmp: tmp,
-        }
-    }
-
-    fn requests(&self) -> Vec<(Result<Request, String>, Peer)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|seen| match seen {
-                Seen::Request(request, peer) => Some((request.clone(), *peer)),
-                Seen::Disconnected(_) => None,
-            })
-            .collect()
-    }
-
-    fn client(&self) -> Client<T> {
-        Client::new(self.transport.clone())
-    }
-
-    fn shut_down(mut self) -> io::Result<()> {
-        self.stop.stop();
-        join_within(self.serve.take().unwrap(), Duration::from_secs(3))
-    }
-}
-
-impl<T: Transport> Drop for Server<T> {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(serve) = self.serve.take() {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while !serve.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-/// Session `test` in a temporary runtime directory.
+/// Session `test` in a temporary runtime directory, set up by `configure`.
 fn unix_server(
     configure: impl FnOnce(UnixSocketTransport) -> UnixSocketTransport,
 ) -> Server<UnixSocketTransport> {
     let tmp = tempfile::tempdir().unwrap();
-    let transport = UnixSocketTransport::session_in(tmp.path().join("run"), "test").unwrap();
-    Server::on(tmp, configure(transport))
-}
-
-/// Pipes in a temporary directory.
-fn fifo_server() -> Server<FifoTransport> {
-    let tmp = tempfile::tempdir().unwrap();
-    let transport = FifoTransport::new(tmp.path().join("pipes"));
-    Server::on(tmp, transport)
+    let transport = configure(UnixSocketTransport::in_dir(tmp.path()));
+    Server::on(Some(tmp), transport, standard)
 }
 
 // ---------------------------------------------------------------------------
@@ -281,7 +164,7 @@ fn read_line(reader: &mut impl BufRead) -> String {
 fn requests_after_the_connected_process_exited_name_no_process() {
     let _serial = serial();
     bounded(20, || {
-        let server = unix_server(|transport| transport);
+        let server = Server::<UnixSocketTransport>::start();
         let mut inherited = Inherited::make(&server, false);
         let peer = inherited.ask(&server);
         // The same connection, the same user; the process that connected
@@ -307,7 +190,7 @@ fn a_reused_pid_is_not_taken_for_the_process_that_connected() {
     );
     let _serial = serial();
     bounded(60, || {
-        let server = unix_server(|transport| transport);
+        let server = Server::<UnixSocketTransport>::start();
         // Until N gets A's pid and a start time equal to A's, to the clock
         // tick: what the controller would take for A.
         let mut inherited = (0..50)
@@ -350,7 +233,7 @@ fn a_thousand_idle_connections_do_not_lock_clients_out() {
     let _serial = serial();
     bounded(60, || {
         allow_files(4096);
-        let server = unix_server(|transport| transport);
+        let server = Server::<UnixSocketTransport>::start();
         let path = server.transport.path().to_owned();
         // 1,030 connections that never send anything: the limit (1,024) is
         // reached, and a few more are tried.
@@ -630,7 +513,7 @@ fn raw_writer(dir: &Path) -> File {
 fn a_line_left_unfinished_by_a_writer_that_closed_is_dropped() {
     let _serial = serial();
     bounded(20, || {
-        let server = fifo_server();
+        let server = Server::<FifoTransport>::start();
         for _ in 0..20 {
             let mut raw = raw_writer(server.transport.dir());
             raw.write_all(b"GET_TAR").unwrap();
@@ -663,7 +546,7 @@ fn a_line_left_unfinished_by_a_writer_that_closed_is_dropped() {
 fn a_writer_that_keeps_its_end_open_finishes_its_line() {
     let _serial = serial();
     bounded(20, || {
-        let server = fifo_server();
+        let server = Server::<FifoTransport>::start();
         let mut raw = raw_writer(server.transport.dir());
         raw.write_all(b"GET_TARG").unwrap();
         thread::sleep(Duration::from_millis(300));
@@ -698,7 +581,7 @@ fn a_writer_that_keeps_its_end_open_finishes_its_line() {
 fn a_fragment_of_a_writer_that_stays_silent_is_dropped_before_a_client_writes() {
     let _serial = serial();
     bounded(20, || {
-        let server = fifo_server();
+        let server = Server::<FifoTransport>::start();
         // Open, but silent: its fragment is dropped after 2 s, and a
         // client of ours waits for that rather than continue it.
         let mut raw = raw_writer(server.transport.dir());
