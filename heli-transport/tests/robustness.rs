@@ -5,10 +5,10 @@
 //! socket that is there but not served yet.
 //!
 //! Every test runs under a watchdog ([`bounded`]) and, one at a time, under
-//! [`SERIAL`] ([`one_at_a_time`]): one of them allocates pids on purpose, another opens a
-//! thousand connections. The controller is a tiny fake that records every
-//! [`Event`], except where the real [`Controller`] must set the grant
-//! holder.
+//! [`SERIAL`] ([`one_at_a_time`]): one of them allocates pids on purpose,
+//! another opens a thousand connections. The controller is a tiny fake that
+//! records every [`Event`], except where the real [`Controller`] must set
+//! the grant holder.
 
 mod common;
 
