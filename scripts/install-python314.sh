@@ -24,10 +24,7 @@
 set -euo pipefail
 umask 022
 
-LOG_TAG=install-python314
-. "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh"
-
-DEPS=$(heli_deps)
+. "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh" install-python314
 ROOT=$DEPS/py314
 PY=$ROOT/usr/bin/python3.14
 MANIFEST=$ROOT/.heli-py314-manifest

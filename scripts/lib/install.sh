@@ -1,10 +1,17 @@
 # shellcheck shell=bash
 # What the scripts that install heli's dependencies share
 # (scripts/install-python314.sh, scripts/vm/setup.sh): logging, retries and
-# the base directory. Set LOG_TAG, then source it:
+# the base directory. Source it with the tag its log lines start with:
 #
-#   LOG_TAG=vm-setup
-#   . "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh"
+#   . "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh" vm-setup
+#
+# It sets LOG_TAG to that tag and DEPS to the base directory,
+# ${HELI_DEPS:-/opt/heli} as an absolute path without a trailing slash.
+
+LOG_TAG=$1
+DEPS=${HELI_DEPS:-/opt/heli}
+[[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
+DEPS=${DEPS%/}
 
 # log <words...>: one line on stderr, after [$LOG_TAG].
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
@@ -19,12 +26,4 @@ retry() {
     log "attempt $n/$tries failed: $*; retrying in ${delay}s"
     sleep "$delay"; n=$((n + 1)); delay=$((delay * 2))
   done
-}
-
-# heli_deps: the base directory, ${HELI_DEPS:-/opt/heli}, as an absolute
-# path without a trailing slash.
-heli_deps() {
-  local deps=${HELI_DEPS:-/opt/heli}
-  [[ $deps == /* ]] || deps=$PWD/$deps
-  printf '%s\n' "${deps%/}"
 }

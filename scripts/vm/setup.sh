@@ -28,10 +28,7 @@
 set -euo pipefail
 umask 022
 
-LOG_TAG=vm-setup
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh"
-
-DEPS=$(heli_deps)
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh" vm-setup
 VENV=$DEPS/venv
 KDIR=$DEPS/kernel
 VNG_VERSION=${HELI_VNG_VERSION:-1.42}
