@@ -21,10 +21,10 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{benchmarking, controller_exe, profile_dir, python};
+use common::{benchmarking, controller_exe, profile_dir, spawn_controller};
 
 struct Running {
     child: Child,
@@ -53,20 +53,9 @@ fn start(target: &[&str]) -> (Running, Duration) {
     let exe = controller_exe();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("heli/bench.sock");
-    let repo = env!("CARGO_MANIFEST_DIR");
+    let args = [&["--name", "bench"][..], target].concat();
     let started = Instant::now();
-    let child = Command::new(exe)
-        .args(["--name", "bench"])
-        .args(target)
-        .current_dir(repo)
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .env("HELI_PYTHON", python())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_controller(&exe, &args, dir.path(), "warn");
     let running = Running {
         child,
         socket,

@@ -50,7 +50,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{benchmarking, controller_exe, percentiles, python};
+use common::{benchmarking, controller_exe, percentiles, spawn_controller};
 use freezer::Freezer;
 
 /// How long a client waits for an answer: one that takes longer is a
@@ -112,18 +112,20 @@ impl Running {
     fn start(exe: &Path) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("heli/bench.sock");
-        let child = Command::new(exe)
-            .args(["--granter", "yama", "--transport", "socket", "--name"])
-            .args(["bench", "examples/target.py"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("HELI_PYTHON", python())
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_controller(
+            exe,
+            &[
+                "--granter",
+                "yama",
+                "--transport",
+                "socket",
+                "--name",
+                "bench",
+                "examples/target.py",
+            ],
+            dir.path(),
+            "error",
+        );
         let grantee = Command::new("sleep")
             .arg("600")
             .stdout(Stdio::null())

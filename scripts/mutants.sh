@@ -22,15 +22,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+. scripts/lib/checks.sh
 
-CARGO_MUTANTS_VERSION=27.1.0
-CARGO_MUTANTS_ROOT=${HELI_DEPS:-/opt/heli}/cargo-mutants
-if [ "$("$CARGO_MUTANTS_ROOT/bin/cargo-mutants" mutants --version 2>/dev/null)" != "cargo-mutants $CARGO_MUTANTS_VERSION" ]; then
-    step "cargo-mutants $CARGO_MUTANTS_VERSION (crates.io, into $CARGO_MUTANTS_ROOT)"
-    cargo install --locked --version "$CARGO_MUTANTS_VERSION" --root "$CARGO_MUTANTS_ROOT" cargo-mutants
-fi
-export PATH=$CARGO_MUTANTS_ROOT/bin:$PATH
+cargo_tool cargo-mutants 27.1.0 mutants
 
 # Shards for --quick: each commit tests one, the next commit the next one.
 QUICK_SHARDS=6

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+. scripts/lib/checks.sh
 
 step "Python 3.14 (private install from Debian's binary packages)"
 HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)

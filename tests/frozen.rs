@@ -68,14 +68,18 @@ fn iterations(controller: &Controller) -> usize {
 }
 
 /// The controller on the demo target with the Yama granter, its target
-/// running Python, and the target's pid.
-fn started() -> (Controller, u32) {
+/// running Python and then frozen: the controller, the target's pid and
+/// its freezer; `None` without a freezer to use.
+fn started_frozen() -> Option<(Controller, u32, Freezer)> {
     let controller = Controller::start_on(Kind::Socket, &YAMA_DEMO);
     wait_for("the target's first iteration", SOON, || {
         iterations(&controller) > 0
     });
     let target = controller.target_pid();
-    (controller, target)
+    let freezer = Freezer::new("e2e-frozen")?;
+    freezer.add(target);
+    freezer.set(true);
+    Some((controller, target, freezer))
 }
 
 /// `client status --json`, which must answer promptly: the reply as JSON.
@@ -108,12 +112,9 @@ fn attach(controller: &Controller) -> (ExitStatus, String, Duration) {
 #[test]
 fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
     let _serial = serial();
-    let (mut controller, target) = started();
-    let Some(freezer) = Freezer::new("e2e-frozen") else {
+    let Some((mut controller, target, freezer)) = started_frozen() else {
         return;
     };
-    freezer.add(target);
-    freezer.set(true);
     assert_eq!(status_json(&controller)["target_state"], "frozen");
 
     let attaching = thread::scope(|scope| {
@@ -177,12 +178,9 @@ fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
 #[test]
 fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
     let _serial = serial();
-    let (mut controller, target) = started();
-    let Some(freezer) = Freezer::new("e2e-frozen") else {
+    let Some((mut controller, target, freezer)) = started_frozen() else {
         return;
     };
-    freezer.add(target);
-    freezer.set(true);
     // The grant goes to a child of the test's, on a connection of its own.
     let mut grantee = Command::new("sleep")
         .arg("30")

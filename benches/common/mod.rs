@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The Python the programs run: `$HELI_PYTHON`, else `python3.14`.
@@ -39,6 +39,29 @@ pub(crate) fn controller_exe() -> PathBuf {
         );
     });
     dir.join("examples/controller")
+}
+
+/// Spawns the controller `exe` with `args`, run from the repository with
+/// [`python`], its session sockets under `runtime_dir`
+/// (`XDG_RUNTIME_DIR`), logging at `log_level` (`RUST_LOG`), and its
+/// standard streams on `/dev/null`.
+pub(crate) fn spawn_controller(
+    exe: &Path,
+    args: &[&str],
+    runtime_dir: &Path,
+    log_level: &str,
+) -> Child {
+    Command::new(exe)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .env("HELI_PYTHON", python())
+        .env("RUST_LOG", log_level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Whether this is `cargo bench` (full rounds) rather than `cargo test`.

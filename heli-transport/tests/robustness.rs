@@ -5,31 +5,31 @@
 //! socket that is there but not served yet.
 //!
 //! Every test runs under a watchdog ([`bounded`]) and, one at a time, under
-//! [`SERIAL`]: one of them allocates pids on purpose, another opens a
-//! thousand connections. The controller is a tiny fake that records every
-//! [`Event`], except where the real [`Controller`] must set the grant
-//! holder.
+//! [`SERIAL`] ([`one_at_a_time`]): one of them allocates pids on purpose,
+//! another opens a thousand connections. The controller is a tiny fake that
+//! records every [`Event`], except where the real [`Controller`] must set
+//! the grant holder.
 
 mod common;
 
-use common::{bounded, is_root, join_within, TARGET};
+use common::{bounded, is_root, join_within, standard, wait_until, Fresh, Server, TARGET};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::protocol::{Reply, Request, Status};
+use heli_core::protocol::{Reply, Request};
 use heli_core::{
-    Client, Connection, Controller, Credentials, Event, Exit, ExitStatus, Granter, Listener, Peer,
-    Pid, ProcessId, ProcessInfo, Processes, Stopper, Supervisor, Transport,
+    Client, Connection, Controller, Credentials, Exit, ExitStatus, Granter, Peer, Pid, ProcessId,
+    ProcessInfo, Processes, Supervisor, Transport,
 };
 use heli_proc::ProcFs;
-use heli_transport::{FifoTransport, StopHandle, UnixSocketTransport};
+use heli_transport::{FifoTransport, UnixSocketTransport};
 
 /// The system's Python.
 const PYTHON: &str = "/usr/bin/python3";
@@ -37,134 +37,20 @@ const PYTHON: &str = "/usr/bin/python3";
 /// One test at a time in this file.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+/// Runs `body` under a watchdog of `secs` seconds ([`bounded`]), while no
+/// other test of this file runs ([`SERIAL`]).
+fn one_at_a_time<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    bounded(secs, body)
 }
 
-/// Polls `done` until it holds, failing with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "after {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// What the fake controller heard.
-#[derive(Clone, Debug, PartialEq)]
-enum Seen {
-    Request(Result<Request, String>, Peer),
-    Disconnected(Peer),
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
-/// The fake controller's answers.
-fn standard(request: Result<Request, String>) -> Reply {
-    match request {
-        Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
-        Ok(Request::Status) => Reply::Status(Status::new(TARGET)),
-        Ok(_) => Reply::Ready,
-        Err(message) => Reply::Error(message),
-    }
-}
-
-/// A listener served on a thread, answered by a fake controller thread.
-struct Server<T: Transport> {
-    transport: T,
-    stop: StopHandle,
-    serve: Option<JoinHandle<io::Result<()>>>,
-    log: Log,
-    _tmp: tempfile::TempDir,
-}
-
-impl<T> Server<T>
-where
-    T: Transport + Clone,
-    T::Listener: Listener<Stopper = StopHandle>,
-{
-    fn on(tmp: tempfile::TempDir, transport: T) -> Server<T> {
-        let mut listener = transport.listen().expect("listen");
-        let stop = listener.stopper();
-        let (events_tx, events) = crossbeam_channel::bounded(64);
-        let serve = thread::spawn(move || listener.serve(&events_tx));
-        let log = Log::default();
-        let seen = Arc::clone(&log);
-        // Ends when `serve` returns and drops the sender.
-        thread::spawn(move || {
-            for event in events.iter() {
-                match event {
-                    Event::Request(incoming) => {
-                        let request = incoming.request().map_err(|err| err.to_string());
-                        seen.lock()
-                            .unwrap()
-                            .push(Seen::Request(request.clone(), incoming.peer()));
-                        incoming.reply(standard(request));
-                    }
-                    Event::Disconnected(peer) => {
-                        seen.lock().unwrap().push(Seen::Disconnected(peer));
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Server {
-            transport,
-            stop,
-            serve: Some(serve),
-            log,
-            _tmp: tmp,
-        }
-    }
-
-    fn requests(&self) -> Vec<(Result<Request, String>, Peer)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|seen| match seen {
-                Seen::Request(request, peer) => Some((request.clone(), *peer)),
-                Seen::Disconnected(_) => None,
-            })
-            .collect()
-    }
-
-    fn client(&self) -> Client<T> {
-        Client::new(self.transport.clone())
-    }
-
-    fn shut_down(mut self) -> io::Result<()> {
-        self.stop.stop();
-        join_within(self.serve.take().unwrap(), Duration::from_secs(3))
-    }
-}
-
-impl<T: Transport> Drop for Server<T> {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(serve) = self.serve.take() {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while !serve.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-/// Session `test` in a temporary runtime directory.
+/// Session `test` in a temporary runtime directory, set up by `configure`.
 fn unix_server(
     configure: impl FnOnce(UnixSocketTransport) -> UnixSocketTransport,
 ) -> Server<UnixSocketTransport> {
     let tmp = tempfile::tempdir().unwrap();
-    let transport = UnixSocketTransport::session_in(tmp.path().join("run"), "test").unwrap();
-    Server::on(tmp, configure(transport))
-}
-
-/// Pipes in a temporary directory.
-fn fifo_server() -> Server<FifoTransport> {
-    let tmp = tempfile::tempdir().unwrap();
-    let transport = FifoTransport::new(tmp.path().join("pipes"));
-    Server::on(tmp, transport)
+    let transport = configure(UnixSocketTransport::in_dir(tmp.path()));
+    Server::on(Some(tmp), transport, standard)
 }
 
 // ---------------------------------------------------------------------------
@@ -279,9 +165,8 @@ fn read_line(reader: &mut impl BufRead) -> String {
 
 #[test]
 fn requests_after_the_connected_process_exited_name_no_process() {
-    let _serial = serial();
-    bounded(20, || {
-        let server = unix_server(|transport| transport);
+    one_at_a_time(20, || {
+        let server = Server::<UnixSocketTransport>::start();
         let mut inherited = Inherited::make(&server, false);
         let peer = inherited.ask(&server);
         // The same connection, the same user; the process that connected
@@ -305,9 +190,8 @@ fn a_reused_pid_is_not_taken_for_the_process_that_connected() {
         is_root(),
         "this test needs root (ns_last_pid): run it as root"
     );
-    let _serial = serial();
-    bounded(60, || {
-        let server = unix_server(|transport| transport);
+    one_at_a_time(60, || {
+        let server = Server::<UnixSocketTransport>::start();
         // Until N gets A's pid and a start time equal to A's, to the clock
         // tick: what the controller would take for A.
         let mut inherited = (0..50)
@@ -347,10 +231,9 @@ fn allow_files(n: u64) {
 
 #[test]
 fn a_thousand_idle_connections_do_not_lock_clients_out() {
-    let _serial = serial();
-    bounded(60, || {
+    one_at_a_time(60, || {
         allow_files(4096);
-        let server = unix_server(|transport| transport);
+        let server = Server::<UnixSocketTransport>::start();
         let path = server.transport.path().to_owned();
         // 1,030 connections that never send anything: the limit (1,024) is
         // reached, and a few more are tried.
@@ -390,8 +273,7 @@ fn told(stream: &mut UnixStream) -> String {
 
 #[test]
 fn idle_connections_are_closed_and_told_why() {
-    let _serial = serial();
-    bounded(20, || {
+    one_at_a_time(20, || {
         let server = unix_server(|transport| transport.idle_timeout(Duration::from_millis(300)));
         let path = server.transport.path().to_owned();
         let start = Instant::now();
@@ -434,8 +316,7 @@ fn idle_connections_are_closed_and_told_why() {
 
 #[test]
 fn at_the_limit_the_connection_idle_longest_makes_room() {
-    let _serial = serial();
-    bounded(20, || {
+    one_at_a_time(20, || {
         let server = unix_server(|transport| transport.max_connections(3));
         let path = server.transport.path().to_owned();
         let connect = || {
@@ -556,8 +437,7 @@ impl Granter for Pretend {
 
 #[test]
 fn the_grant_holder_is_never_closed() {
-    let _serial = serial();
-    bounded(30, || {
+    one_at_a_time(30, || {
         let tmp = tempfile::tempdir().unwrap();
         let idle_timeout = Duration::from_millis(1500);
         let transport = UnixSocketTransport::session_in(tmp.path().join("run"), "grant")
@@ -617,24 +497,24 @@ fn the_grant_holder_is_never_closed() {
 // Unfinished lines (named pipes)
 // ---------------------------------------------------------------------------
 
-/// The control pipe opened for writing, as any process of the user can.
-fn raw_writer(dir: &Path) -> File {
-    OpenOptions::new()
+/// Opens `server`'s control pipe for writing, as any process of the user
+/// can, and writes `begun` to it: the start of a line.
+fn begin_line(server: &Server<FifoTransport>, begun: &[u8]) -> File {
+    let mut raw = OpenOptions::new()
         .write(true)
         .custom_flags(nix::libc::O_NONBLOCK)
-        .open(dir.join("control"))
-        .unwrap()
+        .open(server.transport.dir().join("control"))
+        .unwrap();
+    raw.write_all(begun).unwrap();
+    raw
 }
 
 #[test]
 fn a_line_left_unfinished_by_a_writer_that_closed_is_dropped() {
-    let _serial = serial();
-    bounded(20, || {
-        let server = fifo_server();
+    one_at_a_time(20, || {
+        let server = Server::<FifoTransport>::start();
         for _ in 0..20 {
-            let mut raw = raw_writer(server.transport.dir());
-            raw.write_all(b"GET_TAR").unwrap();
-            drop(raw);
+            drop(begin_line(&server, b"GET_TAR"));
             // At once: not after the 2 s given to an unfinished line.
             let start = Instant::now();
             assert_eq!(
@@ -661,11 +541,9 @@ fn a_line_left_unfinished_by_a_writer_that_closed_is_dropped() {
 
 #[test]
 fn a_writer_that_keeps_its_end_open_finishes_its_line() {
-    let _serial = serial();
-    bounded(20, || {
-        let server = fifo_server();
-        let mut raw = raw_writer(server.transport.dir());
-        raw.write_all(b"GET_TARG").unwrap();
+    one_at_a_time(20, || {
+        let server = Server::<FifoTransport>::start();
+        let mut raw = begin_line(&server, b"GET_TARG");
         thread::sleep(Duration::from_millis(300));
         raw.write_all(b"ET_PID\n").unwrap();
         wait_until(Duration::from_secs(2), "no request", || {
@@ -696,13 +574,11 @@ fn a_writer_that_keeps_its_end_open_finishes_its_line() {
 
 #[test]
 fn a_fragment_of_a_writer_that_stays_silent_is_dropped_before_a_client_writes() {
-    let _serial = serial();
-    bounded(20, || {
-        let server = fifo_server();
+    one_at_a_time(20, || {
+        let server = Server::<FifoTransport>::start();
         // Open, but silent: its fragment is dropped after 2 s, and a
         // client of ours waits for that rather than continue it.
-        let mut raw = raw_writer(server.transport.dir());
-        raw.write_all(b"GRANT_ACC").unwrap();
+        let raw = begin_line(&server, b"GRANT_ACC");
         thread::sleep(Duration::from_millis(100));
         let start = Instant::now();
         let pid = server
@@ -727,15 +603,15 @@ fn a_fragment_of_a_writer_that_stays_silent_is_dropped_before_a_client_writes() 
 // ---------------------------------------------------------------------------
 
 /// Runs `listen` while another thread waits, spinning, for `file` to show
-/// up and then `probe`s it at once; what the probe saw, each of `rounds`
-/// times.
+/// up and then `probe`s it at once, each of `rounds` times; fails unless
+/// every probe succeeded, saying how many failed and the first error.
 fn probe_while_listening<T: Transport>(
     rounds: usize,
     make: impl Fn(&Path) -> (T, std::path::PathBuf),
     probe: impl Fn(&Path) -> io::Result<()> + Send + Sync + 'static,
-) -> Vec<io::Result<()>> {
+) {
     let probe = Arc::new(probe);
-    (0..rounds)
+    let seen: Vec<io::Result<()>> = (0..rounds)
         .map(|_| {
             let tmp = tempfile::tempdir().unwrap();
             let (transport, file) = make(tmp.path());
@@ -759,14 +635,20 @@ fn probe_while_listening<T: Transport>(
             drop(listener);
             seen
         })
-        .collect()
+        .collect();
+    let failed: Vec<_> = seen.iter().filter_map(|seen| seen.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {rounds}: {:?}",
+        failed.len(),
+        failed[0]
+    );
 }
 
 #[test]
 fn a_session_socket_is_listening_once_it_is_there() {
-    let _serial = serial();
-    bounded(60, || {
-        let seen = probe_while_listening(
+    one_at_a_time(60, || {
+        probe_while_listening(
             400,
             |dir| {
                 let transport = UnixSocketTransport::session_in(dir.join("run"), "s").unwrap();
@@ -775,21 +657,13 @@ fn a_session_socket_is_listening_once_it_is_there() {
             },
             |file| UnixStream::connect(file).map(drop),
         );
-        let refused: Vec<_> = seen.iter().filter_map(|seen| seen.as_ref().err()).collect();
-        assert!(
-            refused.is_empty(),
-            "{} of 400: {:?}",
-            refused.len(),
-            refused[0]
-        );
     })
 }
 
 #[test]
 fn named_pipes_are_open_once_they_are_there() {
-    let _serial = serial();
-    bounded(60, || {
-        let seen = probe_while_listening(
+    one_at_a_time(60, || {
+        probe_while_listening(
             400,
             |dir| {
                 let transport = FifoTransport::new(dir.join("pipes"));
@@ -813,13 +687,6 @@ fn named_pipes_are_open_once_they_are_there() {
                     Err(err) => Err(err),
                 }
             },
-        );
-        let failed: Vec<_> = seen.iter().filter_map(|seen| seen.as_ref().err()).collect();
-        assert!(
-            failed.is_empty(),
-            "{} of 400: {:?}",
-            failed.len(),
-            failed[0]
         );
     })
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use heli_core::protocol::{Reply, Request};
+use heli_core::protocol::{Reply, Request, Status};
 use heli_core::{Client, Connection, ErrorKind, Event, Listener, Peer, Pid, Stopper, Transport};
 use heli_transport::{FifoTransport, UnixSocketTransport};
 
@@ -65,11 +65,13 @@ pub(crate) enum Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
-/// The usual answers: the target's pid, `READY`, and `ERROR: <pid>` for
-/// `GRANT_ACCESS <pid>` so that every client can tell its reply from others'.
+/// The usual answers: the target's pid, its status, `READY`, and
+/// `ERROR: <pid>` for `GRANT_ACCESS <pid>` so that every client can tell its
+/// reply from others'.
 pub(crate) fn standard(request: Result<Request, String>) -> Reply {
     match request {
         Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
+        Ok(Request::Status) => Reply::Status(Status::new(TARGET)),
         Ok(Request::GrantAccess(pid)) => Reply::Error(pid.to_string()),
         Ok(_) => Reply::Ready,
         Err(message) => Reply::Error(message),
