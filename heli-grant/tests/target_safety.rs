@@ -19,10 +19,10 @@
 
 mod common;
 
-use common::{serial, SOON};
+use common::{build_c, serial, wait_for, Lines, SOON};
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
+use crossbeam_channel::Receiver;
 use heli_core::{Deadline, Exit, Granter, Pid, ProcessId, Processes, Supervisor};
 use heli_grant::{ChildWaits, Injection, ProcessSupervisor, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
@@ -305,24 +305,7 @@ int main(int argc, char **argv) {
 /// The C program, built once per run.
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-safety-helper");
-        let tmp = dir.join(format!("heli-safety-helper-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, SAFETY_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-Wall", "-pthread", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?} to build the test helper: {err}"));
-        assert!(status.success(), "building the test helper failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
+    PROGRAM.get_or_init(|| build_c("heli-safety-helper", SAFETY_C, &["-pthread"]))
 }
 
 /// A supervised target whose stdout lines we read and stdin we write.
@@ -330,7 +313,7 @@ struct Target {
     supervisor: ProcessSupervisor,
     pid: Pid,
     exits: Receiver<Exit>,
-    lines: Receiver<String>,
+    lines: Lines,
     stdin: File,
 }
 
@@ -348,23 +331,14 @@ impl Target {
         let mut supervisor = ProcessSupervisor::new(command);
         let exits = supervisor.exits();
         let pid = supervisor.spawn().unwrap();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(File::from(stdout_read)).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let target = Target {
             supervisor,
             pid,
             exits,
-            lines,
+            lines: Lines::read(pid, File::from(stdout_read)),
             stdin: File::from(stdin_write),
         };
-        assert_eq!(target.line(), "ready");
+        assert_eq!(target.lines.line(), "ready");
         target
     }
 
@@ -376,51 +350,12 @@ impl Target {
         self.supervisor.child_waits()
     }
 
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
-    }
-
     /// The value after `prefix` in the next line, which must start so.
     fn value(&self, prefix: &str) -> String {
-        let line = self.line();
+        let line = self.lines.line();
         line.strip_prefix(prefix)
             .unwrap_or_else(|| panic!("{line:?} from PID {} is no {prefix:?}", self.pid))
             .to_owned()
-    }
-
-    /// Skips lines until one that starts with `prefix`.
-    fn line_starting(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let line = self.line();
-            if line.starts_with(prefix) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} from PID {}",
-                self.pid
-            );
-        }
-    }
-
-    /// Fails on any line that starts with `prefix` within `wait`.
-    fn no_line_starting(&self, prefix: &str, wait: Duration) {
-        let until = Instant::now() + wait;
-        while let Ok(line) = self.lines.recv_deadline(until) {
-            assert!(
-                !line.starts_with(prefix),
-                "unexpected line from PID {}: {line:?}",
-                self.pid
-            );
-        }
-    }
-
-    /// Drops the lines read so far.
-    fn drain(&self) {
-        while self.lines.try_recv().is_ok() {}
     }
 
     /// Whether the reaper has seen it exit; panics if so, naming `when`.
@@ -506,14 +441,6 @@ impl Drop for Target {
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Injects in a thread of its own, and fails the test if the injection has
@@ -700,7 +627,7 @@ impl Drop for Freezer {
 fn frozen_target_is_let_go(freezer: Freezer) {
     let target = Target::spawn("tick", &[]);
     let pid = target.pid;
-    target.line_starting("tick 1");
+    target.lines.skip_to("tick 1");
     freezer.add(pid);
     freezer.set(true);
     eprintln!("frozen: state {}", target.state(pid));
@@ -721,13 +648,13 @@ fn frozen_target_is_let_go(freezer: Freezer) {
     assert!(took < Duration::from_millis(800), "took {took:?}");
     target.assert_let_go(pid);
     // Still frozen, so not ticking; thawed, it ticks on.
-    target.drain();
-    target.no_line_starting("tick", Duration::from_millis(100));
+    target.lines.drain();
+    target.lines.none_starting("tick", Duration::from_millis(100));
     freezer.set(false);
-    target.line_starting("tick");
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the thaw");
 }
 
@@ -774,9 +701,9 @@ fn thread_in_uninterruptible_sleep_is_let_go_at_the_deadline() {
     );
     target.assert_let_go(pid);
     assert_eq!(target.state(pid), 'D');
-    assert_eq!(target.line(), "resumed");
+    assert_eq!(target.lines.line(), "resumed");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after its vfork");
 }
 
@@ -826,10 +753,10 @@ fn call_that_does_not_return_is_interrupted_at_the_deadline() {
     assert!(err.to_string().contains("had not returned"), "{err}");
     assert!(took < Duration::from_millis(600), "took {took:?}");
     target.assert_let_go(pid);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the injected sleep");
 }
 
@@ -884,10 +811,10 @@ fn thread_frozen_mid_call_keeps_its_registers_until_thawed() {
     assert!(err.to_string().contains("before it could start"), "{err}");
     freezer.set(false);
     wait_for("the thread to be let go", || target.tracer(pid) == 0);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the thaw");
 }
 
@@ -911,8 +838,8 @@ fn thread_frozen_mid_call_gets_its_registers_back_at_the_deadline() {
     assert!(freezer.frozen());
     freezer.set(false);
     wait_for("the thread to be let go", || target.tracer(pid) == 0);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
     target.assert_alive("after the thaw");
 }
@@ -1088,14 +1015,14 @@ fn syscall_user_dispatch_is_refused() {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
     }
-    target.no_line_starting("sigsys", Duration::from_millis(200));
+    target.lines.none_starting("sigsys", Duration::from_millis(200));
     let mut granter = YamaGranter::new(target.waits());
     let me = identity(Pid::this());
     let err = granter
         .grant(identity(pid), me, &Deadline::after(SOON))
         .unwrap_err();
     assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
-    target.no_line_starting("sigsys", Duration::from_millis(100));
+    target.lines.none_starting("sigsys", Duration::from_millis(100));
     target.assert_let_go(pid);
     target.assert_alive("after the refusals");
 }
@@ -1182,7 +1109,7 @@ fn process_whose_main_thread_exited_takes_injections() {
         assert_ne!(injection.tid, pid);
     }
     target.stdin.write_all(b"?\n").unwrap();
-    assert_eq!(target.line(), "alive");
+    assert_eq!(target.lines.line(), "alive");
     // The granter gets as far as the prctl (EINVAL on a kernel without Yama).
     let mut granter = YamaGranter::new(target.waits());
     match granter.grant(id, identity(Pid::this()), &Deadline::after(SOON)) {
@@ -1216,7 +1143,7 @@ fn thread_in_io_uring_enter_is_taken_last() {
             "injected into the thread in io_uring_enter"
         );
     }
-    target.no_line_starting("io_uring_enter returned", Duration::from_millis(200));
+    target.lines.none_starting("io_uring_enter returned", Duration::from_millis(200));
 }
 
 /// A non-main thread killed by the injected call (its own seccomp filter)
