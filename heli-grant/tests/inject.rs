@@ -11,30 +11,27 @@
 
 mod common;
 
-use common::{build_c, python314, serial, wait_for, Lines, SOON};
+use common::{build_c, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
 
-use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::bounded;
 use heli_core::{
     Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Processes, Supervisor,
 };
-use heli_grant::{ChildWaits, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
+use heli_grant::{ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
 use heli_proc::{Proc, ProcFs, Syscall};
-use nix::fcntl::OFlag;
 
 // ---------------------------------------------------------------- harness
 
+/// The C helper, after [`FILTER_PRCTL_C`].
 const HELPER_C: &str = r#"
-#define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -67,20 +64,6 @@ static void on_signal(int sig, siginfo_t *info, void *ctx) {
     memcpy(p, " code=", 6); p = num(p + 6, info->si_code);
     *p++ = '\n';
     (void)!write(1, line, p - line);
-}
-
-static void filter_prctl(unsigned int action) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
-        perror("seccomp");
-        exit(1);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -120,47 +103,19 @@ int main(int argc, char **argv) {
 /// The C helper, built once per run.
 fn helper() -> &'static Path {
     static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| build_c("heli-inject-helper", HELPER_C, &[]))
+    HELPER.get_or_init(|| {
+        build_c(
+            "heli-inject-helper",
+            &[FILTER_PRCTL_C, HELPER_C].concat(),
+            &[],
+        )
+    })
 }
 
-/// A supervised target whose stdout lines we read and stdin we write.
-struct Target {
-    supervisor: ProcessSupervisor,
-    pid: Pid,
-    proc: Proc,
-    exits: Receiver<Exit>,
-    lines: Lines,
-    stdin: File,
-    exited: bool,
-}
-
+/// The targets here: supervised, their stdout read, their stdin ours.
 impl Target {
-    fn spawn(program: impl AsRef<OsStr>, args: &[&str]) -> Target {
-        let (stdin_read, stdin_write) = pipe();
-        let (stdout_read, stdout_write) = pipe();
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::from(stdout_write));
-        let mut supervisor = ProcessSupervisor::new(command);
-        let exits = supervisor.exits();
-        let pid = supervisor.spawn().unwrap();
-        let target = Target {
-            supervisor,
-            pid,
-            proc: Proc::open_existing(pid).unwrap(),
-            exits,
-            lines: Lines::read(pid, File::from(stdout_read)),
-            stdin: File::from(stdin_write),
-            exited: false,
-        };
-        assert_eq!(target.lines.line(), "ready");
-        target
-    }
-
     fn python(code: &str) -> Target {
-        Target::spawn(python314(), &["-c", code, "heli-named"])
+        Target::start(python314(), &["-c", code, "heli-named"])
     }
 
     /// Python asleep for ten minutes, once it is.
@@ -171,24 +126,7 @@ impl Target {
     }
 
     fn helper(mode: &str) -> Target {
-        Target::spawn(helper(), &[mode, "heli-named"])
-    }
-
-    fn waits(&self) -> ChildWaits {
-        self.supervisor.child_waits()
-    }
-
-    fn injector(&self) -> SyscallInjector {
-        SyscallInjector::new(self.waits())
-    }
-
-    fn exit(&mut self) -> Exit {
-        let exit = self
-            .exits
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("the reaper reported no exit of PID {}: {err}", self.pid));
-        self.exited = true;
-        exit
+        Target::start(helper(), &[mode, "heli-named"])
     }
 
     /// Its threads, in order of their ids.
@@ -210,22 +148,9 @@ impl Target {
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.supervisor.kill();
-            let _ = self.exits.recv_timeout(SOON);
-        }
-    }
-}
-
 /// A deadline no healthy injection comes near.
 fn soon() -> Deadline {
     Deadline::after(SOON)
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
 
 /// Whether thread `tid` of `proc` is blocked in one of `calls`.

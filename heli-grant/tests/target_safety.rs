@@ -19,28 +19,24 @@
 
 mod common;
 
-use common::{build_c, serial, wait_for, Lines, SOON};
+use common::{build_c, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use heli_core::{Deadline, Exit, Granter, Pid, ProcessId, Processes, Supervisor};
-use heli_grant::{ChildWaits, Injection, ProcessSupervisor, SyscallInjector, YamaGranter};
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
+use heli_grant::{Injection, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
-use nix::fcntl::OFlag;
 
 // ---------------------------------------------------------------- harness
 
+/// The C program, after [`FILTER_PRCTL_C`].
 const SAFETY_C: &str = r#"
-#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -128,21 +124,6 @@ static struct timespec half_second = { 0, 500000000L };
 /* Real-time signals counted by their handler. */
 static volatile sig_atomic_t counted;
 static void count(int sig) { (void)sig; counted++; }
-
-static void filter_prctl(unsigned int action) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
-    /* This thread only: no SECCOMP_FILTER_FLAG_TSYNC. */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) {
-        perror("seccomp");
-        exit(1);
-    }
-}
 
 static void *filtered_busy(void *arg) {
     (void)arg;
@@ -305,49 +286,21 @@ int main(int argc, char **argv) {
 /// The C program, built once per run.
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| build_c("heli-safety-helper", SAFETY_C, &["-pthread"]))
+    PROGRAM.get_or_init(|| {
+        build_c(
+            "heli-safety-helper",
+            &[FILTER_PRCTL_C, SAFETY_C].concat(),
+            &["-pthread"],
+        )
+    })
 }
 
-/// A supervised target whose stdout lines we read and stdin we write.
-struct Target {
-    supervisor: ProcessSupervisor,
-    pid: Pid,
-    exits: Receiver<Exit>,
-    lines: Lines,
-    stdin: File,
-}
-
+/// The targets here: the C program, supervised, its stdout read, its
+/// stdin ours.
 impl Target {
     /// Starts the C program in `mode`, and waits for its "ready".
     fn spawn(mode: &str, args: &[&str]) -> Target {
-        let (stdin_read, stdin_write) = pipe();
-        let (stdout_read, stdout_write) = pipe();
-        let mut command = Command::new(program());
-        command
-            .arg(mode)
-            .args(args)
-            .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::from(stdout_write));
-        let mut supervisor = ProcessSupervisor::new(command);
-        let exits = supervisor.exits();
-        let pid = supervisor.spawn().unwrap();
-        let target = Target {
-            supervisor,
-            pid,
-            exits,
-            lines: Lines::read(pid, File::from(stdout_read)),
-            stdin: File::from(stdin_write),
-        };
-        assert_eq!(target.lines.line(), "ready");
-        target
-    }
-
-    fn injector(&self) -> SyscallInjector {
-        SyscallInjector::new(self.supervisor.child_waits())
-    }
-
-    fn waits(&self) -> ChildWaits {
-        self.supervisor.child_waits()
+        Target::start(program(), &[&[mode], args].concat())
     }
 
     /// The value after `prefix` in the next line, which must start so.
@@ -408,6 +361,11 @@ impl Target {
         text.split_whitespace().next()?.parse().ok()
     }
 
+    /// Whether thread `tid` is blocked in one of `calls`.
+    fn blocked_in(&self, tid: Pid, calls: &[libc::c_long]) -> bool {
+        self.syscall(tid).is_some_and(|nr| calls.contains(&nr))
+    }
+
     fn comm(&self) -> String {
         fs::read_to_string(format!("/proc/{}/comm", self.pid))
             .unwrap()
@@ -430,17 +388,6 @@ impl Target {
             self.pid
         );
     }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.supervisor.kill();
-        let _ = self.exits.recv_timeout(SOON);
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
 
 /// Injects in a thread of its own, and fails the test if the injection has
@@ -649,7 +596,9 @@ fn frozen_target_is_let_go(freezer: Freezer) {
     target.assert_let_go(pid);
     // Still frozen, so not ticking; thawed, it ticks on.
     target.lines.drain();
-    target.lines.none_starting("tick", Duration::from_millis(100));
+    target
+        .lines
+        .none_starting("tick", Duration::from_millis(100));
     freezer.set(false);
     target.lines.skip_to("tick");
     target.lines.skip_to("tick");
@@ -1015,19 +964,37 @@ fn syscall_user_dispatch_is_refused() {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
     }
-    target.lines.none_starting("sigsys", Duration::from_millis(200));
+    target
+        .lines
+        .none_starting("sigsys", Duration::from_millis(200));
     let mut granter = YamaGranter::new(target.waits());
     let me = identity(Pid::this());
     let err = granter
         .grant(identity(pid), me, &Deadline::after(SOON))
         .unwrap_err();
     assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
-    target.lines.none_starting("sigsys", Duration::from_millis(100));
+    target
+        .lines
+        .none_starting("sigsys", Duration::from_millis(100));
     target.assert_let_go(pid);
     target.assert_alive("after the refusals");
 }
 
 // ---------------------------------------------------------------- exec
+
+/// Injects into `target` while one of its threads runs `execve`: the
+/// injection starts over, in the new program (`sleep`), within its
+/// deadline; and the next one goes through at once.
+fn assert_injects_across_exec(target: &Target) {
+    let (result, took) = getpid(target, &after(3000));
+    let injection = result.unwrap();
+    eprintln!("exec during the injection: {injection:?} after {took:?}");
+    assert_eq!(injection.ret, i64::from(target.pid));
+    assert!(retries(&injection) >= 1, "{injection:?}");
+    assert!(took < Duration::from_millis(2000), "took {took:?}");
+    assert_eq!(target.comm(), "sleep");
+    assert_injects(target);
+}
 
 /// Another thread's `execve` while the chosen thread has not stopped yet
 /// (the main thread, in vfork) ends the wait: the injection starts over in
@@ -1040,21 +1007,12 @@ fn exec_by_another_thread_ends_the_wait() {
     wait_for("two threads", || target.threads().len() == 2);
     let execer = target.threads()[1];
     wait_for("the main thread to wait in vfork", || {
-        target.state(pid) == 'D' && target.syscall(pid).is_some_and(|nr| VFORKS.contains(&nr))
+        target.state(pid) == 'D' && target.blocked_in(pid, VFORKS)
     });
     wait_for("the second thread asleep", || {
-        target
-            .syscall(execer)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(execer, SLEEPS)
     });
-    let (result, took) = getpid(&target, &after(3000));
-    let injection = result.unwrap();
-    eprintln!("exec during the injection: {injection:?} after {took:?}");
-    assert_eq!(injection.ret, i64::from(pid));
-    assert!(retries(&injection) >= 1, "{injection:?}");
-    assert!(took < Duration::from_millis(2000), "took {took:?}");
-    assert_eq!(target.comm(), "sleep");
-    assert_injects(&target);
+    assert_injects_across_exec(&target);
     target.assert_let_go(pid);
     target.assert_alive("after its exec");
 }
@@ -1065,28 +1023,15 @@ fn exec_by_another_thread_ends_the_wait() {
 fn exec_while_another_thread_is_seized() {
     let _serial = serial("exec_while_another_thread_is_seized");
     let target = Target::spawn("exec-thread", &["300"]);
-    let pid = target.pid;
     wait_for("three threads", || target.threads().len() == 3);
     let (vforker, execer) = (target.threads()[1], target.threads()[2]);
     wait_for("the second thread to wait in vfork", || {
-        target.state(vforker) == 'D'
-            && target
-                .syscall(vforker)
-                .is_some_and(|nr| VFORKS.contains(&nr))
+        target.state(vforker) == 'D' && target.blocked_in(vforker, VFORKS)
     });
     wait_for("the third thread asleep", || {
-        target
-            .syscall(execer)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(execer, SLEEPS)
     });
-    let (result, took) = getpid(&target, &after(3000));
-    let injection = result.unwrap();
-    eprintln!("exec during the injection: {injection:?} after {took:?}");
-    assert_eq!(injection.ret, i64::from(pid));
-    assert!(retries(&injection) >= 1, "{injection:?}");
-    assert!(took < Duration::from_millis(2000), "took {took:?}");
-    assert_eq!(target.comm(), "sleep");
-    assert_injects(&target);
+    assert_injects_across_exec(&target);
     target.assert_alive("after its exec");
 }
 
@@ -1132,9 +1077,7 @@ fn thread_in_io_uring_enter_is_taken_last() {
         target.syscall(pid) == Some(libc::SYS_io_uring_enter)
     });
     wait_for("the second thread asleep", || {
-        target
-            .syscall(sleeper)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(sleeper, SLEEPS)
     });
     for _ in 0..20 {
         let injection = assert_injects(&target);
@@ -1143,7 +1086,9 @@ fn thread_in_io_uring_enter_is_taken_last() {
             "injected into the thread in io_uring_enter"
         );
     }
-    target.lines.none_starting("io_uring_enter returned", Duration::from_millis(200));
+    target
+        .lines
+        .none_starting("io_uring_enter returned", Duration::from_millis(200));
 }
 
 /// A non-main thread killed by the injected call (its own seccomp filter)
@@ -1158,7 +1103,7 @@ fn thread_killed_during_the_call_is_reported_as_a_thread() {
     let busy = target.threads()[1];
     // The main thread in epoll_wait, which the injector takes last.
     wait_for("the main thread in epoll_wait", || {
-        target.syscall(pid).is_some_and(|nr| EPOLLS.contains(&nr))
+        target.blocked_in(pid, EPOLLS)
     });
     let injector = target.injector().allow_seccomp(true);
     let (result, _) = inject(

@@ -7,9 +7,11 @@
 mod build;
 mod python;
 mod serial;
+mod supervised;
 mod target;
 
-pub(crate) use build::build_c;
+pub(crate) use build::{build_c, FILTER_PRCTL_C};
 pub(crate) use python::{existing, python314};
 pub(crate) use serial::{heli_dirs, serial, wait_for, SOON};
+pub(crate) use supervised::Supervised;
 pub(crate) use target::{Lines, Target};
