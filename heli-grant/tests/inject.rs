@@ -11,7 +11,10 @@
 
 mod common;
 
-use common::{build_c, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
+use common::{
+    build_c, getpid_answers, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C,
+    SOON,
+};
 
 use std::fs;
 use std::io::Write;
@@ -25,7 +28,7 @@ use crossbeam_channel::bounded;
 use heli_core::{
     Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Processes, Supervisor,
 };
-use heli_grant::{ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
+use heli_grant::{Injection, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
 use heli_proc::{Proc, ProcFs, Syscall};
 
 // ---------------------------------------------------------------- harness
@@ -199,14 +202,14 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
 #[cfg(not(target_arch = "x86_64"))]
 const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 
-/// An injected `getpid` in `pid` returns `pid`.
-fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
-    assert_eq!(
-        injector
-            .syscall(pid, libc::SYS_getpid, &[], &soon())
-            .unwrap(),
-        u64::from(pid)
-    );
+/// Injects `prctl(PR_GET_DUMPABLE)` into `pid`.
+fn get_dumpable(injector: &SyscallInjector, pid: Pid) -> std::io::Result<Injection> {
+    injector.inject(
+        pid,
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+        &soon(),
+    )
 }
 
 /// Injects calls whose results and effects can be checked from outside.
@@ -216,15 +219,7 @@ fn exercise(target: &Target) {
     for _ in 0..20 {
         getpid_answers(&injector, pid);
     }
-    let dumpable = injector
-        .syscall(
-            pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap();
-    assert_eq!(dumpable, 1);
+    assert_eq!(get_dumpable(&injector, pid).unwrap().ret, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
         .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
@@ -554,14 +549,7 @@ fn seccomp_filtered_target_is_refused() {
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
     getpid_answers(&injector, pid);
-    let injection = injector
-        .inject(
-            pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap();
+    let injection = get_dumpable(&injector, pid).unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EPERM));
     // Back in pause(), alive.
     wait_for("the target to sleep again", || {
@@ -574,14 +562,7 @@ fn seccomp_filtered_target_is_refused() {
 /// with an error of `kind` that says `says`. Returns the injector.
 fn filtered_prctl_fails(target: &Target, kind: std::io::ErrorKind, says: &str) -> SyscallInjector {
     let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(
-            target.pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap_err();
+    let err = get_dumpable(&injector, target.pid).unwrap_err();
     assert_eq!(err.kind(), kind, "{err}");
     assert!(err.to_string().contains(says), "{err}");
     injector

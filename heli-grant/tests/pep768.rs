@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{build_c, existing, heli_dirs, python314, serial, wait_for, Target, SOON};
+use common::{as_nobody, build_c, existing, heli_dirs, python314, serial, wait_for, Target, SOON};
 
 use std::collections::HashMap;
 use std::fs;
@@ -465,22 +465,9 @@ fn reports_remote_debugging_disabled() {
 #[test]
 fn permission_denied_explains_ptrace_rights() {
     let _serial = serial("permission_denied_explains_ptrace_rights");
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test drops a thread to another user: run it as root (CI does)"
-    );
     let target = Target::python(SLEEP_PY);
     let pid = target.pid;
-    // A thread of ours as nobody: the raw system call changes the calling
-    // thread's credentials only (glibc's setresuid would change all).
-    let err = thread::spawn(move || {
-        // SAFETY: setresuid takes three integers and touches no memory.
-        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
-        PyProcess::open(pid).unwrap_err()
-    })
-    .join()
-    .unwrap();
+    let err = as_nobody(move || PyProcess::open(pid).unwrap_err());
     assert_eq!(err.kind(), Pep768ErrorKind::PermissionDenied, "{err}");
     let text = err.to_string();
     assert!(

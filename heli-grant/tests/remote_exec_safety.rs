@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{build_c, python314, serial, Lines, SOON};
+use common::{as_nobody, build_c, python314, serial, Lines, SOON};
 
 use std::ffi::OsStr;
 use std::fs;
@@ -82,6 +82,17 @@ impl Target {
             }
             before.push(line);
         }
+    }
+
+    /// Woken (see [`wake`](Self::wake)), it runs no script: it prints
+    /// nothing before `woke`, its timer slack stays `slack` (the
+    /// `PR_SET_TIMERSLACK` a script would make), and its stderr tells of no
+    /// script.
+    fn assert_no_script_runs(&mut self, slack: &str) {
+        assert_eq!(self.wake(), Vec::<String>::new());
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(self.timerslack(), slack);
+        assert!(!self.stderr().contains("script"), "{}", self.stderr());
     }
 
     fn stderr(&self) -> String {
@@ -158,26 +169,6 @@ fn main_request(pid: Pid) -> (i32, Vec<u8>) {
         .unwrap();
     path.truncate(path.iter().position(|&b| b == 0).unwrap_or(path.len()));
     (pending, path)
-}
-
-/// Runs `f` in a thread of ours whose credentials are user nobody's (the
-/// raw system call changes the calling thread's only).
-fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test acts as another user: run it as root (CI does)"
-    );
-    thread::spawn(move || {
-        // SAFETY: setresgid and setresuid take integers and touch no memory.
-        let res = unsafe { libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresgid: {}", std::io::Error::last_os_error());
-        // SAFETY: as above.
-        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// The per-user directory where heli writes its scripts.
@@ -604,10 +595,7 @@ fn a_grant_that_fails_after_its_request_withdraws_it() {
         String::from_utf8_lossy(&path)
     );
     assert!(path.is_empty(), "{}", String::from_utf8_lossy(&path));
-    assert_eq!(target.wake(), Vec::<String>::new());
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(target.timerslack(), slack);
-    assert!(!target.stderr().contains("script"), "{}", target.stderr());
+    target.assert_no_script_runs(&slack);
 }
 
 /// Before the fix, the script's directory was `/tmp/heli-pep768-XXXXXX`,
@@ -707,10 +695,7 @@ fn a_grant_called_off_withdraws_its_request() {
     assert!(took < Duration::from_millis(400), "took {took:?}");
     assert_eq!(main_request(target.pid), (0, Vec::new()));
     assert_eq!(request_dirs(), before);
-    assert_eq!(target.wake(), Vec::<String>::new());
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(target.timerslack(), slack);
-    assert!(!target.stderr().contains("script"), "{}", target.stderr());
+    target.assert_no_script_runs(&slack);
     // An expired deadline: refused at once, nothing written.
     let gone = Deadline::after(Duration::ZERO);
     let err = process

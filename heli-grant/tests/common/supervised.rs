@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
 use crossbeam_channel::Receiver;
-use heli_core::{Exit, Pid, Supervisor};
+use heli_core::{Deadline, Exit, Pid, Supervisor};
 use heli_grant::{ChildWaits, ProcessSupervisor, SyscallInjector};
 use heli_proc::Proc;
 use nix::fcntl::OFlag;
@@ -83,6 +83,16 @@ impl Drop for Supervised {
             let _ = self.exits.recv_timeout(SOON);
         }
     }
+}
+
+/// An injected `getpid` in `pid` returns `pid`.
+pub(crate) fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
+    assert_eq!(
+        injector
+            .syscall(pid, libc::SYS_getpid, &[], &Deadline::after(SOON))
+            .unwrap(),
+        u64::from(pid)
+    );
 }
 
 /// A pipe whose ends close on exec (the child gets its end as stdin or
