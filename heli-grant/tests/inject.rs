@@ -18,9 +18,7 @@ use common::{
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -103,18 +101,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The C helper, built once per run.
-fn helper() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| {
-        build_c(
-            "heli-inject-helper",
-            &[FILTER_PRCTL_C, HELPER_C].concat(),
-            &[],
-        )
-    })
-}
-
 /// The targets here: supervised, their stdout read, their stdin ours.
 impl Target {
     fn python(code: &str) -> Target {
@@ -129,7 +115,12 @@ impl Target {
     }
 
     fn helper(mode: &str) -> Target {
-        Target::start(helper(), &[mode, "heli-named"])
+        let helper = build_c(
+            "heli-inject-helper",
+            &[FILTER_PRCTL_C, HELPER_C].concat(),
+            &[],
+        );
+        Target::start(helper, &[mode, "heli-named"])
     }
 
     /// Its threads, in order of their ids.

@@ -21,7 +21,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -309,9 +308,8 @@ int main(int argc, char **argv) {
 
 /// A C program that loads libpython3.14.so and runs code with it, as an
 /// application embedding Python does (no thread is the "main" one there).
-fn embedding_host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"]))
+fn embedding_host() -> PathBuf {
+    build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"])
 }
 
 /// Runs `code` in the embedding host with the project's libpython3.14.so

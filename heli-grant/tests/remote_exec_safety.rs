@@ -19,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -368,10 +368,9 @@ fn libpython314() -> PathBuf {
     lib
 }
 
-/// [`HOST_C`], built once.
-fn host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| build_c("heli-safety-host", HOST_C, &["-pthread", "-ldl"]))
+/// [`HOST_C`], built.
+fn host() -> PathBuf {
+    build_c("heli-safety-host", HOST_C, &["-pthread", "-ldl"])
 }
 
 /// Runs [`host`] with the project's libpython3.14.so (and the C library it

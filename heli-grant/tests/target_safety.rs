@@ -25,7 +25,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -283,24 +283,17 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The C program, built once per run.
-fn program() -> &'static Path {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        build_c(
-            "heli-safety-helper",
-            &[FILTER_PRCTL_C, SAFETY_C].concat(),
-            &["-pthread"],
-        )
-    })
-}
-
 /// The targets here: the C program, supervised, its stdout read, its
 /// stdin ours.
 impl Target {
     /// Starts the C program in `mode`, and waits for its "ready".
     fn spawn(mode: &str, args: &[&str]) -> Target {
-        Target::start(program(), &[&[mode], args].concat())
+        let program = build_c(
+            "heli-safety-helper",
+            &[FILTER_PRCTL_C, SAFETY_C].concat(),
+            &["-pthread"],
+        );
+        Target::start(program, &[&[mode], args].concat())
     }
 
     /// The value after `prefix` in the next line, which must start so.

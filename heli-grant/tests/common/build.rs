@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 
 /// C that defines `_GNU_SOURCE` and `filter_prctl(action)`, which gives
 /// the calling thread (only: no `SECCOMP_FILTER_FLAG_TSYNC`) a seccomp
@@ -35,12 +36,18 @@ static void filter_prctl(unsigned int action) {
 "#;
 
 /// Builds `source` with `cc` (or `$CC`) into `name` in the tests' temp
-/// directory, linking `libs`, and returns the program's path. Built under
-/// a name of its own first, so a test binary running meanwhile never finds
-/// half a program.
+/// directory, linking `libs`, and returns the program's path; once per run
+/// of a test binary and `name` (later calls return the path at once).
+/// Built under a name of its own first, so a test binary running meanwhile
+/// never finds half a program.
 pub(crate) fn build_c(name: &str, source: &str, libs: &[&str]) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|err| err.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let exe = dir.join(name);
+    if built.iter().any(|done| done == name) {
+        return exe;
+    }
     let tmp = dir.join(format!("{name}-{}", std::process::id()));
     let src = tmp.with_extension("c");
     fs::write(&src, source).unwrap();
@@ -55,5 +62,6 @@ pub(crate) fn build_c(name: &str, source: &str, libs: &[&str]) -> PathBuf {
     assert!(status.success(), "building {name} failed");
     fs::remove_file(&src).unwrap();
     fs::rename(&tmp, &exe).unwrap();
+    built.push(name.to_owned());
     exe
 }
