@@ -14,7 +14,9 @@
 
 mod common;
 
-use common::{as_nobody, build_c, existing, heli_dirs, python314, serial, wait_for, Target, SOON};
+use common::{
+    as_nobody, build_c, existing, heli_dirs, python314, serial, tempdir, wait_for, Target, SOON,
+};
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,13 +41,6 @@ fn python313() -> Option<PathBuf> {
         "HELI_PYTHON313",
         "/root/.pyenv/versions/3.13.0/bin/python3.13",
     )
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("heli-pep768-test-")
-        .tempdir()
-        .unwrap()
 }
 
 /// A file `name` holding `text`, in a test directory of its own.

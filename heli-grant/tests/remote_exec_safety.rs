@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{as_nobody, build_c, python314, serial, Lines, SOON};
+use common::{as_nobody, build_c, python314, serial, tempdir, Lines, SOON};
 
 use std::ffi::OsStr;
 use std::fs;
@@ -116,13 +116,6 @@ impl Drop for Target {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("heli-pep768-test-")
-        .tempdir()
-        .unwrap()
 }
 
 /// Blocked in C (reading stdin) until a line comes, then prints `woke`
