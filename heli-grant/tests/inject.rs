@@ -615,7 +615,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         });
         first.recv_timeout(SOON).expect("no injection succeeded");
         thread::sleep(Duration::from_millis(1 + round * 7 % 20));
-        target.supervisor.kill().unwrap();
+        target.kill().unwrap();
         let exit = target.exit();
         assert_eq!(
             exit,

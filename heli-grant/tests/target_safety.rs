@@ -304,13 +304,6 @@ impl Target {
             .to_owned()
     }
 
-    /// Whether the reaper has seen it exit; panics if so, naming `when`.
-    fn assert_alive(&self, when: &str) {
-        if let Ok(exit) = self.exits.try_recv() {
-            panic!("PID {} exited {when}: {exit:?}", self.pid);
-        }
-    }
-
     fn threads(&self) -> Vec<Pid> {
         let mut tids: Vec<Pid> = fs::read_dir(format!("/proc/{}/task", self.pid))
             .unwrap()

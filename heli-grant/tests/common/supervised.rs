@@ -19,12 +19,12 @@ use super::target::Lines;
 /// killed when dropped, unless its exit was taken.
 #[derive(Debug)]
 pub(crate) struct Supervised {
-    pub(crate) supervisor: ProcessSupervisor,
     pub(crate) pid: Pid,
     pub(crate) proc: Proc,
-    pub(crate) exits: Receiver<Exit>,
     pub(crate) lines: Lines,
     pub(crate) stdin: File,
+    supervisor: ProcessSupervisor,
+    exits: Receiver<Exit>,
     exited: bool,
 }
 
@@ -43,12 +43,12 @@ impl Supervised {
         let exits = supervisor.exits();
         let pid = supervisor.spawn().unwrap();
         let target = Supervised {
-            supervisor,
             pid,
             proc: Proc::open_existing(pid).unwrap(),
-            exits,
             lines: Lines::read(pid, File::from(stdout_read)),
             stdin: File::from(stdin_write),
+            supervisor,
+            exits,
             exited: false,
         };
         assert_eq!(target.lines.line(), "ready");
@@ -63,6 +63,18 @@ impl Supervised {
     /// An injector that shares those waits.
     pub(crate) fn injector(&self) -> SyscallInjector {
         SyscallInjector::new(self.waits())
+    }
+
+    /// Kills it, as its supervisor does ([`Supervisor::kill`]).
+    pub(crate) fn kill(&mut self) -> std::io::Result<()> {
+        self.supervisor.kill()
+    }
+
+    /// Fails, naming `when`, if the reaper has seen it exit.
+    pub(crate) fn assert_alive(&self, when: &str) {
+        if let Ok(exit) = self.exits.try_recv() {
+            panic!("PID {} exited {when}: {exit:?}", self.pid);
+        }
     }
 
     /// How it ended, as the reaper reports it within [`SOON`].
