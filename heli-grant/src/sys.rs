@@ -225,8 +225,17 @@ impl Drop for ThreadTimer {
     }
 }
 
-/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
-const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// A struct the kernel fills in for `ptrace(REQUEST, tid, size, &config)`:
+/// see [`ptrace_get_config`].
+///
+/// # Safety
+///
+/// An implementor is a `repr(C)` struct of integers only (any bits make a
+/// value), laid out as the kernel's struct for `REQUEST`.
+pub(crate) unsafe trait PtraceConfig: Default {
+    /// The request that fills it in.
+    const REQUEST: libc::c_uint;
+}
 
 /// `struct ptrace_rseq_configuration`: where a thread registered its rseq
 /// area, and the signature its abort handlers carry.
@@ -243,25 +252,11 @@ pub(crate) struct RseqConfig {
     pad: u32,
 }
 
-/// `ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, sizeof, &config)`: the rseq
-/// registration of the stopped tracee `tid`.
-pub(crate) fn ptrace_get_rseq_config(tid: libc::pid_t) -> Result<RseqConfig, Errno> {
-    let mut config = RseqConfig::default();
-    // SAFETY: `config` is a writable repr(C) struct of the size passed as
-    // `addr`, which bounds what the kernel writes; it outlives the call.
-    let res = unsafe {
-        libc::ptrace(
-            PTRACE_GET_RSEQ_CONFIGURATION,
-            tid,
-            std::mem::size_of::<RseqConfig>() as libc::c_long as *mut libc::c_void,
-            &mut config as *mut RseqConfig,
-        )
-    };
-    Errno::result(res).map(|_| config)
+// SAFETY: repr(C), integers only, as `struct ptrace_rseq_configuration`.
+unsafe impl PtraceConfig for RseqConfig {
+    /// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+    const REQUEST: libc::c_uint = 0x420f;
 }
-
-/// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (Linux 6.2).
-const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
 
 /// `struct ptrace_sud_config`: a thread's Syscall User Dispatch setting.
 #[repr(C)]
@@ -277,19 +272,27 @@ pub(crate) struct SudConfig {
     pub(crate) len: u64,
 }
 
-/// `ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, tid, sizeof, &config)`:
-/// the Syscall User Dispatch setting of the stopped tracee `tid`.
-pub(crate) fn ptrace_get_sud_config(tid: libc::pid_t) -> Result<SudConfig, Errno> {
-    let mut config = SudConfig::default();
-    // SAFETY: `config` is a writable repr(C) struct of the size passed as
-    // `addr`, which the kernel checks and which bounds what it writes; it
+// SAFETY: repr(C), integers only, as `struct ptrace_sud_config`.
+unsafe impl PtraceConfig for SudConfig {
+    /// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (Linux 6.2).
+    const REQUEST: libc::c_uint = 0x4211;
+}
+
+/// `ptrace(T::REQUEST, tid, sizeof(T), &config)`: a setting of the stopped
+/// tracee `tid`: its rseq registration ([`RseqConfig`]) or its Syscall
+/// User Dispatch setting ([`SudConfig`]).
+pub(crate) fn ptrace_get_config<T: PtraceConfig>(tid: libc::pid_t) -> Result<T, Errno> {
+    let mut config = T::default();
+    // SAFETY: `config` is a writable repr(C) struct of integers (see
+    // `PtraceConfig`) of the size passed as `addr`, which bounds what the
+    // kernel writes (and which it checks, for Syscall User Dispatch); it
     // outlives the call.
     let res = unsafe {
         libc::ptrace(
-            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            T::REQUEST,
             tid,
-            std::mem::size_of::<SudConfig>() as libc::c_long as *mut libc::c_void,
-            &mut config as *mut SudConfig,
+            std::mem::size_of::<T>() as libc::c_long as *mut libc::c_void,
+            &mut config as *mut T,
         )
     };
     Errno::result(res).map(|_| config)

@@ -11,30 +11,28 @@
 
 mod common;
 
-use common::{build_c, python314, serial, wait_for, Lines, SOON};
+use common::{
+    build_c, getpid_answers, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C,
+    SOON,
+};
 
-use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::bounded;
 use heli_core::{
     Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Processes, Supervisor,
 };
-use heli_grant::{ChildWaits, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
+use heli_grant::{Injection, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
 use heli_proc::{Proc, ProcFs, Syscall};
-use nix::fcntl::OFlag;
 
 // ---------------------------------------------------------------- harness
 
+/// The C helper, after [`FILTER_PRCTL_C`].
 const HELPER_C: &str = r#"
-#define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -67,20 +65,6 @@ static void on_signal(int sig, siginfo_t *info, void *ctx) {
     memcpy(p, " code=", 6); p = num(p + 6, info->si_code);
     *p++ = '\n';
     (void)!write(1, line, p - line);
-}
-
-static void filter_prctl(unsigned int action) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
-        perror("seccomp");
-        exit(1);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -117,50 +101,10 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The C helper, built once per run.
-fn helper() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| build_c("heli-inject-helper", HELPER_C, &[]))
-}
-
-/// A supervised target whose stdout lines we read and stdin we write.
-struct Target {
-    supervisor: ProcessSupervisor,
-    pid: Pid,
-    proc: Proc,
-    exits: Receiver<Exit>,
-    lines: Lines,
-    stdin: File,
-    exited: bool,
-}
-
+/// The targets here: supervised, their stdout read, their stdin ours.
 impl Target {
-    fn spawn(program: impl AsRef<OsStr>, args: &[&str]) -> Target {
-        let (stdin_read, stdin_write) = pipe();
-        let (stdout_read, stdout_write) = pipe();
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::from(stdout_write));
-        let mut supervisor = ProcessSupervisor::new(command);
-        let exits = supervisor.exits();
-        let pid = supervisor.spawn().unwrap();
-        let target = Target {
-            supervisor,
-            pid,
-            proc: Proc::open_existing(pid).unwrap(),
-            exits,
-            lines: Lines::read(pid, File::from(stdout_read)),
-            stdin: File::from(stdin_write),
-            exited: false,
-        };
-        assert_eq!(target.lines.line(), "ready");
-        target
-    }
-
     fn python(code: &str) -> Target {
-        Target::spawn(python314(), &["-c", code, "heli-named"])
+        Target::start(python314(), &["-c", code, "heli-named"])
     }
 
     /// Python asleep for ten minutes, once it is.
@@ -171,24 +115,12 @@ impl Target {
     }
 
     fn helper(mode: &str) -> Target {
-        Target::spawn(helper(), &[mode, "heli-named"])
-    }
-
-    fn waits(&self) -> ChildWaits {
-        self.supervisor.child_waits()
-    }
-
-    fn injector(&self) -> SyscallInjector {
-        SyscallInjector::new(self.waits())
-    }
-
-    fn exit(&mut self) -> Exit {
-        let exit = self
-            .exits
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("the reaper reported no exit of PID {}: {err}", self.pid));
-        self.exited = true;
-        exit
+        let helper = build_c(
+            "heli-inject-helper",
+            &[FILTER_PRCTL_C, HELPER_C].concat(),
+            &[],
+        );
+        Target::start(helper, &[mode, "heli-named"])
     }
 
     /// Its threads, in order of their ids.
@@ -210,22 +142,9 @@ impl Target {
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.supervisor.kill();
-            let _ = self.exits.recv_timeout(SOON);
-        }
-    }
-}
-
 /// A deadline no healthy injection comes near.
 fn soon() -> Deadline {
     Deadline::after(SOON)
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
 }
 
 /// Whether thread `tid` of `proc` is blocked in one of `calls`.
@@ -274,14 +193,14 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
 #[cfg(not(target_arch = "x86_64"))]
 const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 
-/// An injected `getpid` in `pid` returns `pid`.
-fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
-    assert_eq!(
-        injector
-            .syscall(pid, libc::SYS_getpid, &[], &soon())
-            .unwrap(),
-        u64::from(pid)
-    );
+/// Injects `prctl(PR_GET_DUMPABLE)` into `pid`.
+fn get_dumpable(injector: &SyscallInjector, pid: Pid) -> std::io::Result<Injection> {
+    injector.inject(
+        pid,
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+        &soon(),
+    )
 }
 
 /// Injects calls whose results and effects can be checked from outside.
@@ -291,15 +210,7 @@ fn exercise(target: &Target) {
     for _ in 0..20 {
         getpid_answers(&injector, pid);
     }
-    let dumpable = injector
-        .syscall(
-            pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap();
-    assert_eq!(dumpable, 1);
+    assert_eq!(get_dumpable(&injector, pid).unwrap().ret, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
         .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
@@ -629,14 +540,7 @@ fn seccomp_filtered_target_is_refused() {
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
     getpid_answers(&injector, pid);
-    let injection = injector
-        .inject(
-            pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap();
+    let injection = get_dumpable(&injector, pid).unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EPERM));
     // Back in pause(), alive.
     wait_for("the target to sleep again", || {
@@ -649,14 +553,7 @@ fn seccomp_filtered_target_is_refused() {
 /// with an error of `kind` that says `says`. Returns the injector.
 fn filtered_prctl_fails(target: &Target, kind: std::io::ErrorKind, says: &str) -> SyscallInjector {
     let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(
-            target.pid,
-            libc::SYS_prctl,
-            &[libc::PR_GET_DUMPABLE as u64],
-            &soon(),
-        )
-        .unwrap_err();
+    let err = get_dumpable(&injector, target.pid).unwrap_err();
     assert_eq!(err.kind(), kind, "{err}");
     assert!(err.to_string().contains(says), "{err}");
     injector
@@ -718,7 +615,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         });
         first.recv_timeout(SOON).expect("no injection succeeded");
         thread::sleep(Duration::from_millis(1 + round * 7 % 20));
-        target.supervisor.kill().unwrap();
+        target.kill().unwrap();
         let exit = target.exit();
         assert_eq!(
             exit,

@@ -14,14 +14,15 @@
 
 mod common;
 
-use common::{build_c, existing, heli_dirs, python314, serial, wait_for, Target, SOON};
+use common::{
+    as_nobody, build_c, existing, heli_dirs, python314, serial, tempdir, wait_for, Target, SOON,
+};
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,13 +41,6 @@ fn python313() -> Option<PathBuf> {
         "HELI_PYTHON313",
         "/root/.pyenv/versions/3.13.0/bin/python3.13",
     )
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("heli-pep768-test-")
-        .tempdir()
-        .unwrap()
 }
 
 /// A file `name` holding `text`, in a test directory of its own.
@@ -309,9 +303,8 @@ int main(int argc, char **argv) {
 
 /// A C program that loads libpython3.14.so and runs code with it, as an
 /// application embedding Python does (no thread is the "main" one there).
-fn embedding_host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"]))
+fn embedding_host() -> PathBuf {
+    build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"])
 }
 
 /// Runs `code` in the embedding host with the project's libpython3.14.so
@@ -465,22 +458,9 @@ fn reports_remote_debugging_disabled() {
 #[test]
 fn permission_denied_explains_ptrace_rights() {
     let _serial = serial("permission_denied_explains_ptrace_rights");
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test drops a thread to another user: run it as root (CI does)"
-    );
     let target = Target::python(SLEEP_PY);
     let pid = target.pid;
-    // A thread of ours as nobody: the raw system call changes the calling
-    // thread's credentials only (glibc's setresuid would change all).
-    let err = thread::spawn(move || {
-        // SAFETY: setresuid takes three integers and touches no memory.
-        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
-        PyProcess::open(pid).unwrap_err()
-    })
-    .join()
-    .unwrap();
+    let err = as_nobody(move || PyProcess::open(pid).unwrap_err());
     assert_eq!(err.kind(), Pep768ErrorKind::PermissionDenied, "{err}");
     let text = err.to_string();
     assert!(

@@ -8,43 +8,33 @@
 
 mod common;
 
-use common::{serial, SOON};
+use common::{as_nobody, build_c, python314, serial, tempdir, Lines, SOON};
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
 use heli_core::{Deadline, Pid};
 use heli_grant::{remote_exec, remote_prctl, Pep768ErrorKind, PyProcess};
 use heli_proc::Memory;
 
 // ---------------------------------------------------------------- harness
 
-fn python314() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")])
-        .find(|path| path.exists())
-        .expect("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON")
-}
-
 /// A target whose stdout lines we read, with its stdin and stderr (in a
 /// file); killed when dropped.
 struct Target {
     child: Child,
     pid: Pid,
-    lines: Receiver<String>,
+    lines: Lines,
     stdin: Option<ChildStdin>,
     stderr: tempfile::NamedTempFile,
 }
@@ -59,18 +49,9 @@ impl Target {
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let pid = Pid::new(child.id()).unwrap();
+        let lines = Lines::read(pid, child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
         let target = Target {
             child,
             pid,
@@ -78,26 +59,12 @@ impl Target {
             stdin,
             stderr,
         };
-        target.line_matching("ready", SOON);
+        target.lines.skip_to("ready");
         target
     }
 
     fn python(code: &str) -> Target {
         Target::spawn(Command::new(python314()).args(["-c", code]))
-    }
-
-    fn line_matching(&self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|err| panic!("no line {prefix:?} from PID {}: {err}", self.pid));
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
     }
 
     /// Sends a line to a [`BLOCKED_PY`] target, which reads it, prints
@@ -109,15 +76,23 @@ impl Target {
         stdin.flush().unwrap();
         let mut before = Vec::new();
         loop {
-            let line = self
-                .lines
-                .recv_timeout(SOON)
-                .unwrap_or_else(|err| panic!("PID {} did not wake: {err}", self.pid));
+            let line = self.lines.line();
             if line == "woke" {
                 return before;
             }
             before.push(line);
         }
+    }
+
+    /// Woken (see [`wake`](Self::wake)), it runs no script: it prints
+    /// nothing before `woke`, its timer slack stays `slack` (the
+    /// `PR_SET_TIMERSLACK` a script would make), and its stderr tells of no
+    /// script.
+    fn assert_no_script_runs(&mut self, slack: &str) {
+        assert_eq!(self.wake(), Vec::<String>::new());
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(self.timerslack(), slack);
+        assert!(!self.stderr().contains("script"), "{}", self.stderr());
     }
 
     fn stderr(&self) -> String {
@@ -141,13 +116,6 @@ impl Drop for Target {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("heli-pep768-test-")
-        .tempdir()
-        .unwrap()
 }
 
 /// Blocked in C (reading stdin) until a line comes, then prints `woke`
@@ -194,26 +162,6 @@ fn main_request(pid: Pid) -> (i32, Vec<u8>) {
         .unwrap();
     path.truncate(path.iter().position(|&b| b == 0).unwrap_or(path.len()));
     (pending, path)
-}
-
-/// Runs `f` in a thread of ours whose credentials are user nobody's (the
-/// raw system call changes the calling thread's only).
-fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test acts as another user: run it as root (CI does)"
-    );
-    thread::spawn(move || {
-        // SAFETY: setresgid and setresuid take integers and touch no memory.
-        let res = unsafe { libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresgid: {}", std::io::Error::last_os_error());
-        // SAFETY: as above.
-        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// The per-user directory where heli writes its scripts.
@@ -284,7 +232,9 @@ fn remote_exec_never_rolls_back_the_instrumentation_version() {
         if let Err(err) = request.wait_started(Duration::from_secs(3)) {
             panic!("request {served} was not served (the target is stuck?): {err}");
         }
-        let line = target.line_matching("served", Duration::from_secs(3));
+        let line = target
+            .lines
+            .skip_to_within("served", Duration::from_secs(3));
         let n: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(n >= last, "{line} after {last}");
         last = n;
@@ -411,28 +361,9 @@ fn libpython314() -> PathBuf {
     lib
 }
 
-/// [`HOST_C`], built once.
-fn host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-safety-host");
-        let tmp = dir.join(format!("heli-safety-host-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, HOST_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-pthread", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?}: {err}"));
-        assert!(status.success(), "building the embedding host failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
+/// [`HOST_C`], built.
+fn host() -> PathBuf {
+    build_c("heli-safety-host", HOST_C, &["-pthread", "-ldl"])
 }
 
 /// Runs [`host`] with the project's libpython3.14.so (and the C library it
@@ -472,10 +403,7 @@ fn remote_exec_refuses_thread_states_that_may_be_freed_under_it() {
     assert_eq!(err.kind(), Pep768ErrorKind::NoThread, "{err}");
     assert!(err.to_string().contains("freed memory"), "{err}");
     eprintln!("{err}");
-    assert!(target
-        .lines
-        .recv_timeout(Duration::from_millis(200))
-        .is_err());
+    target.lines.none_within(Duration::from_millis(200));
 }
 
 /// A host whose first thread runs Python on a thread state on the heap:
@@ -498,23 +426,20 @@ fn remote_exec_finds_a_heap_thread_state_again_before_touching_it() {
     assert!(request.is_pending().unwrap());
     // The host frees that thread state (its thread waits in C meanwhile).
     target.stdin.as_mut().unwrap().write_all(b"x").unwrap();
-    target.line_matching("swapped", SOON);
-    target.line_matching("second", SOON);
+    target.lines.skip_to("swapped");
+    target.lines.skip_to("second");
     let err = request.is_pending().unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NoThread, "{err}");
     let err = request.wait_started(SOON).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NoThread, "{err}");
     drop(request);
     // The script never runs; the host carries on.
-    assert!(target
-        .lines
-        .recv_timeout(Duration::from_millis(300))
-        .is_err());
+    target.lines.none_within(Duration::from_millis(300));
     assert!(target.alive());
     // The host's new thread state (kept inside _PyRuntime) takes requests.
     let request = remote_exec(target.pid, &script).unwrap();
     request.wait_started(SOON).unwrap();
-    assert_eq!(target.line_matching("ran", SOON), "ran");
+    assert_eq!(target.lines.skip_to("ran"), "ran");
 }
 
 // ---------------------------------------------------------------- every way out
@@ -534,10 +459,7 @@ fn dropping_a_request_withdraws_it() {
     let (pending, path) = main_request(target.pid);
     assert_eq!((pending, path.as_slice()), (0, &b""[..]));
     assert_eq!(target.wake(), Vec::<String>::new());
-    assert!(target
-        .lines
-        .recv_timeout(Duration::from_millis(300))
-        .is_err());
+    target.lines.none_within(Duration::from_millis(300));
     // Cancelled by hand: the same.
     let mut request = remote_exec(target.pid, &script).unwrap();
     assert!(request.cancel().unwrap());
@@ -549,7 +471,7 @@ fn dropping_a_request_withdraws_it() {
     assert_eq!(main_request(target.pid).0, 1);
     let before = target.wake();
     if !before.iter().any(|line| line == "ran") {
-        assert_eq!(target.line_matching("ran", SOON), "ran");
+        assert_eq!(target.lines.skip_to("ran"), "ran");
     }
     assert_eq!(main_request(target.pid).0, 0);
 }
@@ -665,10 +587,7 @@ fn a_grant_that_fails_after_its_request_withdraws_it() {
         String::from_utf8_lossy(&path)
     );
     assert!(path.is_empty(), "{}", String::from_utf8_lossy(&path));
-    assert_eq!(target.wake(), Vec::<String>::new());
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(target.timerslack(), slack);
-    assert!(!target.stderr().contains("script"), "{}", target.stderr());
+    target.assert_no_script_runs(&slack);
 }
 
 /// Before the fix, the script's directory was `/tmp/heli-pep768-XXXXXX`,
@@ -768,10 +687,7 @@ fn a_grant_called_off_withdraws_its_request() {
     assert!(took < Duration::from_millis(400), "took {took:?}");
     assert_eq!(main_request(target.pid), (0, Vec::new()));
     assert_eq!(request_dirs(), before);
-    assert_eq!(target.wake(), Vec::<String>::new());
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(target.timerslack(), slack);
-    assert!(!target.stderr().contains("script"), "{}", target.stderr());
+    target.assert_no_script_runs(&slack);
     // An expired deadline: refused at once, nothing written.
     let gone = Deadline::after(Duration::ZERO);
     let err = process
@@ -852,7 +768,7 @@ spin()
         start.elapsed()
     );
     eprintln!("{err}");
-    target.line_matching("held", SOON);
+    target.lines.skip_to("held");
     thread::sleep(Duration::from_millis(300));
     assert_eq!(target.timerslack(), slack, "the call was made after all");
     assert_eq!(target.stderr(), "");

@@ -19,28 +19,24 @@
 
 mod common;
 
-use common::{serial, SOON};
+use common::{build_c, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
 
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
-use heli_core::{Deadline, Exit, Granter, Pid, ProcessId, Processes, Supervisor};
-use heli_grant::{ChildWaits, Injection, ProcessSupervisor, SyscallInjector, YamaGranter};
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
+use heli_grant::{Injection, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
-use nix::fcntl::OFlag;
 
 // ---------------------------------------------------------------- harness
 
+/// The C program, after [`FILTER_PRCTL_C`].
 const SAFETY_C: &str = r#"
-#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -128,21 +124,6 @@ static struct timespec half_second = { 0, 500000000L };
 /* Real-time signals counted by their handler. */
 static volatile sig_atomic_t counted;
 static void count(int sig) { (void)sig; counted++; }
-
-static void filter_prctl(unsigned int action) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
-    /* This thread only: no SECCOMP_FILTER_FLAG_TSYNC. */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) {
-        perror("seccomp");
-        exit(1);
-    }
-}
 
 static void *filtered_busy(void *arg) {
     (void)arg;
@@ -302,132 +283,25 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The C program, built once per run.
-fn program() -> &'static Path {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-safety-helper");
-        let tmp = dir.join(format!("heli-safety-helper-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, SAFETY_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-Wall", "-pthread", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?} to build the test helper: {err}"));
-        assert!(status.success(), "building the test helper failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
-}
-
-/// A supervised target whose stdout lines we read and stdin we write.
-struct Target {
-    supervisor: ProcessSupervisor,
-    pid: Pid,
-    exits: Receiver<Exit>,
-    lines: Receiver<String>,
-    stdin: File,
-}
-
+/// The targets here: the C program, supervised, its stdout read, its
+/// stdin ours.
 impl Target {
     /// Starts the C program in `mode`, and waits for its "ready".
     fn spawn(mode: &str, args: &[&str]) -> Target {
-        let (stdin_read, stdin_write) = pipe();
-        let (stdout_read, stdout_write) = pipe();
-        let mut command = Command::new(program());
-        command
-            .arg(mode)
-            .args(args)
-            .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::from(stdout_write));
-        let mut supervisor = ProcessSupervisor::new(command);
-        let exits = supervisor.exits();
-        let pid = supervisor.spawn().unwrap();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(File::from(stdout_read)).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let target = Target {
-            supervisor,
-            pid,
-            exits,
-            lines,
-            stdin: File::from(stdin_write),
-        };
-        assert_eq!(target.line(), "ready");
-        target
-    }
-
-    fn injector(&self) -> SyscallInjector {
-        SyscallInjector::new(self.supervisor.child_waits())
-    }
-
-    fn waits(&self) -> ChildWaits {
-        self.supervisor.child_waits()
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
+        let program = build_c(
+            "heli-safety-helper",
+            &[FILTER_PRCTL_C, SAFETY_C].concat(),
+            &["-pthread"],
+        );
+        Target::start(program, &[&[mode], args].concat())
     }
 
     /// The value after `prefix` in the next line, which must start so.
     fn value(&self, prefix: &str) -> String {
-        let line = self.line();
+        let line = self.lines.line();
         line.strip_prefix(prefix)
             .unwrap_or_else(|| panic!("{line:?} from PID {} is no {prefix:?}", self.pid))
             .to_owned()
-    }
-
-    /// Skips lines until one that starts with `prefix`.
-    fn line_starting(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let line = self.line();
-            if line.starts_with(prefix) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} from PID {}",
-                self.pid
-            );
-        }
-    }
-
-    /// Fails on any line that starts with `prefix` within `wait`.
-    fn no_line_starting(&self, prefix: &str, wait: Duration) {
-        let until = Instant::now() + wait;
-        while let Ok(line) = self.lines.recv_deadline(until) {
-            assert!(
-                !line.starts_with(prefix),
-                "unexpected line from PID {}: {line:?}",
-                self.pid
-            );
-        }
-    }
-
-    /// Drops the lines read so far.
-    fn drain(&self) {
-        while self.lines.try_recv().is_ok() {}
-    }
-
-    /// Whether the reaper has seen it exit; panics if so, naming `when`.
-    fn assert_alive(&self, when: &str) {
-        if let Ok(exit) = self.exits.try_recv() {
-            panic!("PID {} exited {when}: {exit:?}", self.pid);
-        }
     }
 
     fn threads(&self) -> Vec<Pid> {
@@ -473,6 +347,11 @@ impl Target {
         text.split_whitespace().next()?.parse().ok()
     }
 
+    /// Whether thread `tid` is blocked in one of `calls`.
+    fn blocked_in(&self, tid: Pid, calls: &[libc::c_long]) -> bool {
+        self.syscall(tid).is_some_and(|nr| calls.contains(&nr))
+    }
+
     fn comm(&self) -> String {
         fs::read_to_string(format!("/proc/{}/comm", self.pid))
             .unwrap()
@@ -494,25 +373,6 @@ impl Target {
             "thread {tid} of PID {} is in a tracing stop",
             self.pid
         );
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.supervisor.kill();
-        let _ = self.exits.recv_timeout(SOON);
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -700,7 +560,7 @@ impl Drop for Freezer {
 fn frozen_target_is_let_go(freezer: Freezer) {
     let target = Target::spawn("tick", &[]);
     let pid = target.pid;
-    target.line_starting("tick 1");
+    target.lines.skip_to("tick 1");
     freezer.add(pid);
     freezer.set(true);
     eprintln!("frozen: state {}", target.state(pid));
@@ -721,13 +581,15 @@ fn frozen_target_is_let_go(freezer: Freezer) {
     assert!(took < Duration::from_millis(800), "took {took:?}");
     target.assert_let_go(pid);
     // Still frozen, so not ticking; thawed, it ticks on.
-    target.drain();
-    target.no_line_starting("tick", Duration::from_millis(100));
+    target.lines.drain();
+    target
+        .lines
+        .none_starting("tick", Duration::from_millis(100));
     freezer.set(false);
-    target.line_starting("tick");
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the thaw");
 }
 
@@ -774,9 +636,9 @@ fn thread_in_uninterruptible_sleep_is_let_go_at_the_deadline() {
     );
     target.assert_let_go(pid);
     assert_eq!(target.state(pid), 'D');
-    assert_eq!(target.line(), "resumed");
+    assert_eq!(target.lines.line(), "resumed");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after its vfork");
 }
 
@@ -826,10 +688,10 @@ fn call_that_does_not_return_is_interrupted_at_the_deadline() {
     assert!(err.to_string().contains("had not returned"), "{err}");
     assert!(took < Duration::from_millis(600), "took {took:?}");
     target.assert_let_go(pid);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the injected sleep");
 }
 
@@ -884,10 +746,10 @@ fn thread_frozen_mid_call_keeps_its_registers_until_thawed() {
     assert!(err.to_string().contains("before it could start"), "{err}");
     freezer.set(false);
     wait_for("the thread to be let go", || target.tracer(pid) == 0);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
-    target.line_starting("tick");
+    target.lines.skip_to("tick");
     target.assert_alive("after the thaw");
 }
 
@@ -911,8 +773,8 @@ fn thread_frozen_mid_call_gets_its_registers_back_at_the_deadline() {
     assert!(freezer.frozen());
     freezer.set(false);
     wait_for("the thread to be let go", || target.tracer(pid) == 0);
-    target.drain();
-    target.line_starting("tick");
+    target.lines.drain();
+    target.lines.skip_to("tick");
     assert_injects(&target);
     target.assert_alive("after the thaw");
 }
@@ -1088,19 +950,37 @@ fn syscall_user_dispatch_is_refused() {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
     }
-    target.no_line_starting("sigsys", Duration::from_millis(200));
+    target
+        .lines
+        .none_starting("sigsys", Duration::from_millis(200));
     let mut granter = YamaGranter::new(target.waits());
     let me = identity(Pid::this());
     let err = granter
         .grant(identity(pid), me, &Deadline::after(SOON))
         .unwrap_err();
     assert!(err.to_string().contains("Syscall User Dispatch"), "{err}");
-    target.no_line_starting("sigsys", Duration::from_millis(100));
+    target
+        .lines
+        .none_starting("sigsys", Duration::from_millis(100));
     target.assert_let_go(pid);
     target.assert_alive("after the refusals");
 }
 
 // ---------------------------------------------------------------- exec
+
+/// Injects into `target` while one of its threads runs `execve`: the
+/// injection starts over, in the new program (`sleep`), within its
+/// deadline; and the next one goes through at once.
+fn assert_injects_across_exec(target: &Target) {
+    let (result, took) = getpid(target, &after(3000));
+    let injection = result.unwrap();
+    eprintln!("exec during the injection: {injection:?} after {took:?}");
+    assert_eq!(injection.ret, i64::from(target.pid));
+    assert!(retries(&injection) >= 1, "{injection:?}");
+    assert!(took < Duration::from_millis(2000), "took {took:?}");
+    assert_eq!(target.comm(), "sleep");
+    assert_injects(target);
+}
 
 /// Another thread's `execve` while the chosen thread has not stopped yet
 /// (the main thread, in vfork) ends the wait: the injection starts over in
@@ -1113,21 +993,12 @@ fn exec_by_another_thread_ends_the_wait() {
     wait_for("two threads", || target.threads().len() == 2);
     let execer = target.threads()[1];
     wait_for("the main thread to wait in vfork", || {
-        target.state(pid) == 'D' && target.syscall(pid).is_some_and(|nr| VFORKS.contains(&nr))
+        target.state(pid) == 'D' && target.blocked_in(pid, VFORKS)
     });
     wait_for("the second thread asleep", || {
-        target
-            .syscall(execer)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(execer, SLEEPS)
     });
-    let (result, took) = getpid(&target, &after(3000));
-    let injection = result.unwrap();
-    eprintln!("exec during the injection: {injection:?} after {took:?}");
-    assert_eq!(injection.ret, i64::from(pid));
-    assert!(retries(&injection) >= 1, "{injection:?}");
-    assert!(took < Duration::from_millis(2000), "took {took:?}");
-    assert_eq!(target.comm(), "sleep");
-    assert_injects(&target);
+    assert_injects_across_exec(&target);
     target.assert_let_go(pid);
     target.assert_alive("after its exec");
 }
@@ -1138,28 +1009,15 @@ fn exec_by_another_thread_ends_the_wait() {
 fn exec_while_another_thread_is_seized() {
     let _serial = serial("exec_while_another_thread_is_seized");
     let target = Target::spawn("exec-thread", &["300"]);
-    let pid = target.pid;
     wait_for("three threads", || target.threads().len() == 3);
     let (vforker, execer) = (target.threads()[1], target.threads()[2]);
     wait_for("the second thread to wait in vfork", || {
-        target.state(vforker) == 'D'
-            && target
-                .syscall(vforker)
-                .is_some_and(|nr| VFORKS.contains(&nr))
+        target.state(vforker) == 'D' && target.blocked_in(vforker, VFORKS)
     });
     wait_for("the third thread asleep", || {
-        target
-            .syscall(execer)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(execer, SLEEPS)
     });
-    let (result, took) = getpid(&target, &after(3000));
-    let injection = result.unwrap();
-    eprintln!("exec during the injection: {injection:?} after {took:?}");
-    assert_eq!(injection.ret, i64::from(pid));
-    assert!(retries(&injection) >= 1, "{injection:?}");
-    assert!(took < Duration::from_millis(2000), "took {took:?}");
-    assert_eq!(target.comm(), "sleep");
-    assert_injects(&target);
+    assert_injects_across_exec(&target);
     target.assert_alive("after its exec");
 }
 
@@ -1182,7 +1040,7 @@ fn process_whose_main_thread_exited_takes_injections() {
         assert_ne!(injection.tid, pid);
     }
     target.stdin.write_all(b"?\n").unwrap();
-    assert_eq!(target.line(), "alive");
+    assert_eq!(target.lines.line(), "alive");
     // The granter gets as far as the prctl (EINVAL on a kernel without Yama).
     let mut granter = YamaGranter::new(target.waits());
     match granter.grant(id, identity(Pid::this()), &Deadline::after(SOON)) {
@@ -1205,9 +1063,7 @@ fn thread_in_io_uring_enter_is_taken_last() {
         target.syscall(pid) == Some(libc::SYS_io_uring_enter)
     });
     wait_for("the second thread asleep", || {
-        target
-            .syscall(sleeper)
-            .is_some_and(|nr| SLEEPS.contains(&nr))
+        target.blocked_in(sleeper, SLEEPS)
     });
     for _ in 0..20 {
         let injection = assert_injects(&target);
@@ -1216,7 +1072,9 @@ fn thread_in_io_uring_enter_is_taken_last() {
             "injected into the thread in io_uring_enter"
         );
     }
-    target.no_line_starting("io_uring_enter returned", Duration::from_millis(200));
+    target
+        .lines
+        .none_starting("io_uring_enter returned", Duration::from_millis(200));
 }
 
 /// A non-main thread killed by the injected call (its own seccomp filter)
@@ -1231,7 +1089,7 @@ fn thread_killed_during_the_call_is_reported_as_a_thread() {
     let busy = target.threads()[1];
     // The main thread in epoll_wait, which the injector takes last.
     wait_for("the main thread in epoll_wait", || {
-        target.syscall(pid).is_some_and(|nr| EPOLLS.contains(&nr))
+        target.blocked_in(pid, EPOLLS)
     });
     let injector = target.injector().allow_seccomp(true);
     let (result, _) = inject(

@@ -83,17 +83,10 @@ impl Memory {
     ///
     /// See [`Memory`].
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        if buf.is_empty() {
+        let Some(remote) = self.remote("read", addr, buf.len())? else {
             return Ok(());
-        }
-        if !addressable(addr, buf.len()) {
-            return Err(self.unmapped("read", addr, buf.len()));
-        }
+        };
         if !self.inner.proc_only.load(Ordering::Relaxed) {
-            let remote = [RemoteIoVec {
-                base: addr as usize,
-                len: buf.len(),
-            }];
             match process_vm_readv(self.target(), &mut [IoSliceMut::new(buf)], &remote) {
                 Ok(n) if n == remote[0].len => return Ok(()),
                 Err(Errno::ESRCH) => return Err(no_such_process(self.pid)),
@@ -128,17 +121,10 @@ impl Memory {
     ///
     /// See [`Memory`].
     pub fn write(&self, addr: u64, data: &[u8]) -> io::Result<()> {
-        if data.is_empty() {
+        let Some(remote) = self.remote("write", addr, data.len())? else {
             return Ok(());
-        }
-        if !addressable(addr, data.len()) {
-            return Err(self.unmapped("write", addr, data.len()));
-        }
+        };
         if !self.inner.proc_only.load(Ordering::Relaxed) {
-            let remote = [RemoteIoVec {
-                base: addr as usize,
-                len: data.len(),
-            }];
             match process_vm_writev(self.target(), &[IoSlice::new(data)], &remote) {
                 Ok(n) if n == data.len() => return Ok(()),
                 // Nothing was written past an unmapped page: say so.
@@ -199,6 +185,22 @@ impl Memory {
 
     fn mem_path(&self) -> String {
         format!("/proc/{}/mem", self.pid)
+    }
+
+    /// The range of `len` bytes at `addr` in the target, for `what` (read
+    /// or write): `None` when it is empty (nothing to do), an error when
+    /// no process could map it.
+    fn remote(&self, what: &str, addr: u64, len: usize) -> io::Result<Option<[RemoteIoVec; 1]>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        if !addressable(addr, len) {
+            return Err(self.unmapped(what, addr, len));
+        }
+        Ok(Some([RemoteIoVec {
+            base: addr as usize,
+            len,
+        }]))
     }
 
     fn unmapped(&self, what: &str, addr: u64, len: usize) -> io::Error {

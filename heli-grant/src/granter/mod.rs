@@ -7,8 +7,12 @@
 //!   `prctl(PR_SET_PTRACER)`, by ptrace or by CPython's remote execution.
 //! - [`AutoGranter`] and [`auto()`] (`auto.rs`): one of the two, as the
 //!   running kernel needs.
+//!
+//! `names.rs`, beneath them: the names [`GranterChoice`] and [`GrantMethod`]
+//! parse from and display as.
 
 mod auto;
+mod names;
 mod noop;
 mod yama;
 

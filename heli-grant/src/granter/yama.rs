@@ -2,9 +2,7 @@
 //! the target, injected by its parent.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
-use std::str::FromStr;
 use std::time::Duration;
 
 use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
@@ -15,6 +13,8 @@ use nix::errno::Errno;
 use crate::ptrace::SyscallInjector;
 use crate::python::PyProcess;
 use crate::wait::ChildWaits;
+
+use super::names::names;
 
 /// `PR_SET_PTRACER`, Yama's prctl ("Yama" in ASCII).
 const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
@@ -376,31 +376,11 @@ impl Granter for YamaGranter {
     }
 }
 
-impl FromStr for GrantMethod {
-    type Err = io::Error;
-
-    fn from_str(name: &str) -> io::Result<GrantMethod> {
-        match name {
-            "auto" => Ok(GrantMethod::Auto),
-            "ptrace" => Ok(GrantMethod::Ptrace),
-            "remote-exec" => Ok(GrantMethod::RemoteExec),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown grant method {name:?}: expected auto, ptrace or remote-exec"),
-            )),
-        }
-    }
-}
-
-impl fmt::Display for GrantMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GrantMethod::Auto => "auto",
-            GrantMethod::Ptrace => "ptrace",
-            GrantMethod::RemoteExec => "remote-exec",
-        })
-    }
-}
+names!(GrantMethod, "grant method", [
+    Auto => "auto",
+    Ptrace => "ptrace",
+    RemoteExec => "remote-exec",
+]);
 
 #[cfg(test)]
 mod tests {
@@ -420,15 +400,6 @@ mod tests {
 
     #[test]
     fn parses_methods() {
-        for method in [
-            GrantMethod::Auto,
-            GrantMethod::Ptrace,
-            GrantMethod::RemoteExec,
-        ] {
-            assert_eq!(method.to_string().parse::<GrantMethod>().unwrap(), method);
-        }
-        assert_eq!(GrantMethod::RemoteExec.to_string(), "remote-exec");
-        assert!("remote_exec".parse::<GrantMethod>().is_err());
         let granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
         assert_eq!(granter.grant_method(), GrantMethod::Ptrace);
         assert_eq!(granter.last_method(), None);

@@ -36,7 +36,7 @@ const DISPATCH_OFF: u64 = 0;
 /// [`PermissionDenied`](io::ErrorKind::PermissionDenied) when it has: the
 /// injection is impossible (a granter may try another way).
 pub(super) fn refuse_if_on(tid: Pid, pid: u32) -> io::Result<()> {
-    let config = match sys::ptrace_get_sud_config(tid.as_raw()) {
+    let config = match sys::ptrace_get_config::<sys::SudConfig>(tid.as_raw()) {
         Ok(config) => config,
         // A kernel before 6.2 (EIO: no such request) cannot say.
         Err(err) => {

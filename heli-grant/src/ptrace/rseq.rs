@@ -97,7 +97,7 @@ pub(super) fn abort_critical_section(
     if arch::current_insn(saved).is_some() {
         return Ok(None);
     }
-    let config = match sys::ptrace_get_rseq_config(tid.as_raw()) {
+    let config = match sys::ptrace_get_config::<sys::RseqConfig>(tid.as_raw()) {
         Ok(config) => config,
         // A kernel before 5.13 (EIO: no such request) cannot say.
         Err(err) => {

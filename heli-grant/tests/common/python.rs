@@ -1,4 +1,4 @@
-//! The interpreters the targets run.
+//! The interpreters the targets run, and where their scripts go.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,14 @@ pub(crate) fn existing(var: &str, default: &str) -> Option<PathBuf> {
         .into_iter()
         .chain([PathBuf::from(default)])
         .find(|path| path.exists())
+}
+
+/// A temp directory for the scripts a test has a target run.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("heli-pep768-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Debian's CPython 3.14: `$HELI_PYTHON`, else the project's private

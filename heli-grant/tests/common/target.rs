@@ -40,27 +40,47 @@ impl Lines {
             .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.from))
     }
 
-    /// Skips lines until one that starts with `prefix`, and returns it.
+    /// Skips lines until one that starts with `prefix`, and returns it;
+    /// it must come within [`SOON`].
     pub(crate) fn skip_to(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + SOON;
+        self.skip_to_within(prefix, SOON)
+    }
+
+    /// Skips lines until one that starts with `prefix`, and returns it; it
+    /// must come within `within`.
+    pub(crate) fn skip_to_within(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
-            let line = self.line();
+            let line = self
+                .lines
+                .recv_deadline(deadline)
+                .unwrap_or_else(|err| panic!("no line {prefix:?} from PID {}: {err}", self.from));
             if line.starts_with(prefix) {
                 return line;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} from PID {}",
-                self.from
-            );
         }
     }
 
     /// Fails if a line comes within `wait`.
     pub(crate) fn none_within(&self, wait: Duration) {
-        if let Ok(line) = self.lines.recv_timeout(wait) {
-            panic!("unexpected line from PID {}: {line:?}", self.from);
+        self.none_starting("", wait);
+    }
+
+    /// Fails if a line that starts with `prefix` comes within `wait`.
+    pub(crate) fn none_starting(&self, prefix: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        while let Ok(line) = self.lines.recv_deadline(until) {
+            assert!(
+                !line.starts_with(prefix),
+                "unexpected line from PID {}: {line:?}",
+                self.from
+            );
         }
+    }
+
+    /// Drops the lines read so far.
+    pub(crate) fn drain(&self) {
+        while self.lines.try_recv().is_ok() {}
     }
 }
 
