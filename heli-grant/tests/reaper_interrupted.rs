@@ -69,7 +69,15 @@ fn signals_on_the_reaper_thread_leave_a_group_leading_target_and_its_children_al
     let child: u32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
     let child = Pid::new(child).unwrap();
 
-    let reapers = threads_named("heli-reaper");
+    // A thread names itself once it runs: the reaper may not have yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reapers = loop {
+        let reapers = threads_named("heli-reaper");
+        if !reapers.is_empty() || std::time::Instant::now() > deadline {
+            break reapers;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(reapers.len(), 1, "{reapers:?}");
     for _ in 0..20 {
         if !signal_thread(reapers[0], libc::SIGUSR1) {
