@@ -429,16 +429,11 @@ impl Granter for Recorder {
         "recorder"
     }
 
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
         let (stuck, started) = {
             let mut grants = self.0.lock().unwrap();
             grants.attempts += 1;
-            grants.deadlines.push(deadline.clone());
+            grants.deadlines.push(due.clone());
             (grants.stuck, grants.started.clone())
         };
         if let Some(started) = started {
@@ -446,7 +441,7 @@ impl Granter for Recorder {
         }
         match stuck {
             Some(Stuck::UntilDeadline) => {
-                while !deadline.expired() {
+                while !due.expired() {
                     thread::sleep(Duration::from_millis(2));
                 }
                 return Err(io::Error::new(
@@ -760,6 +755,13 @@ impl Running {
             .collect()
     }
 
+    /// Asks the controller to terminate, as a client of `fake` does, and
+    /// returns what `run` returned; fails the test if either fails.
+    fn terminate(self, fake: &Fake) -> ExitStatus {
+        fake.client().terminate().unwrap();
+        self.join().unwrap()
+    }
+
     /// Asserts `run` has not returned (yet).
     fn assert_running(&self) {
         assert!(
@@ -798,8 +800,7 @@ fn get_target_pid_names_the_spawned_target() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
 }
 
 #[test]
@@ -828,8 +829,7 @@ fn grant_access_grants_the_client_on_the_target() {
     let status = fake.client().status().unwrap();
     assert_eq!((status.pid, status.holder), (PID, Some(pid(78))));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -854,8 +854,7 @@ fn failed_grant_is_an_error_reply() {
     fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -880,8 +879,7 @@ fn revoke_withdraws_the_grant() {
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -928,8 +926,7 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     second.revoke(pid(88)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -975,8 +972,7 @@ fn bad_requests_get_an_error_and_serving_goes_on() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1025,8 +1021,7 @@ fn terminate_replies_ready_then_stops_the_target() {
         target.clone(),
     ));
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 0, "killed although it obeyed terminate()");
     // terminate() came after the READY had been sent, not before.
@@ -1045,8 +1040,7 @@ fn target_ignoring_terminate_is_killed_after_the_grace_period() {
         Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
     );
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 1);
     assert_listener_cleaned_up(&fake);
@@ -1068,8 +1062,7 @@ fn a_killed_target_that_stays_frozen_is_not_waited_for() {
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
     let asked = Instant::now();
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     let took = asked.elapsed();
     assert!(took < SHORT_GRACE + Duration::from_secs(2), "took {took:?}");
     assert_eq!(target.terminates(), 1);
@@ -1557,8 +1550,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
         thread::sleep(Duration::from_millis(5));
     }
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1597,8 +1589,7 @@ fn status_reports_target_grant_and_extra_fields() {
         .raw(b"status\n")
         .starts_with("status pid=4242 state=running uptime="));
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -1662,8 +1653,7 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
     assert!(client.grant_access(pid(5)).is_err());
     assert_eq!(granter.attempts(), 0);
     // Nothing to stop: the controller ends at once with the last status.
-    client.terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(0));
     assert_eq!(target.spawns(), 1);
     assert_eq!(target.terminates(), 0);
 }
@@ -1732,8 +1722,7 @@ fn stack_is_the_inspectors_to_give() {
         err.message(),
         "Cannot read the target's stacks: this controller cannot read its target's stacks"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 
     /// Reads the stack of whichever process it is asked about.
     struct Reader;
@@ -1750,8 +1739,7 @@ fn stack_is_the_inspectors_to_give() {
         fake.client().stack().unwrap(),
         "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 // ---------------------------------------------------------------------------
@@ -1802,8 +1790,7 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
         .starts_with("ERROR: GRANT_ACCESS 77 refused"));
     assert_eq!(granter.attempts(), 2);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1815,8 +1802,7 @@ fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
         "ERROR: Grant failed: no process with PID 31337\n"
     );
     assert_eq!(granter.attempts(), 0);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1843,8 +1829,7 @@ fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
     wait_until("the grant revoked", || granter.revoked() == [PID]);
     assert_eq!(client.status().unwrap().holder, None);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1871,8 +1856,7 @@ fn a_holder_that_exited_holds_nothing() {
     assert!(granter.revoked().is_empty());
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1900,8 +1884,7 @@ fn a_grant_made_over_named_pipes_outlives_every_connection() {
     // Only the first grant's connection closing revoked anything.
     assert_eq!(granter.revoked(), [PID]);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -1926,8 +1909,7 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     thread::sleep(Duration::from_millis(50));
     assert_eq!(granter.revoked(), [PID]);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 /// A grant the granter completes after its target ended is no grant: its
@@ -1956,8 +1938,7 @@ fn a_grant_whose_target_ended_meanwhile_fails() {
     );
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(client.status().unwrap().holder, None);
-    client.terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Code(1));
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
 }
 
 // ---------------------------------------------------------------------------
@@ -2075,8 +2056,7 @@ fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
     assert_eq!(target.signals(), crate::PASS_SIGNALS);
     assert!(suspended.is_empty());
     running.assert_running();
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2098,8 +2078,7 @@ fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
         .expect("the controller did not suspend");
     assert_eq!(target.signals(), [tstp]);
     running.assert_running();
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2150,8 +2129,7 @@ fn caught_signals_sent_by_a_process_are_passed_on() {
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     signal_hook::low_level::raise(sigwinch).unwrap();
     wait_until("the signal passed on", || target.signals() == [sigwinch]);
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.signals(), [sigwinch]);
 }
 
@@ -2204,8 +2182,7 @@ fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
     granter.stick(None);
     fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2239,8 +2216,7 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(fake.client().status().unwrap().holder, None);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 /// A grant the granter made in time is answered as made, however late the
@@ -2262,8 +2238,7 @@ fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
     let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
     assert_eq!(grant, "READY\n");
     assert_eq!(granter.granted(), [(PID, 77)]);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2316,8 +2291,7 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     go.send(()).unwrap();
     go.send(()).unwrap();
     assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2351,8 +2325,7 @@ fn only_the_grants_connection_or_its_holder_may_revoke_it() {
     fake.authenticate(Some(stranger));
     session.revoke(pid(77)).unwrap();
     wait_until("the second revoke", || granter.revoked().len() == 2);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 // ---------------------------------------------------------------------------
@@ -2409,8 +2382,7 @@ fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
     assert_eq!(text(first).0, "READY\n");
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(88)));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2434,8 +2406,7 @@ fn a_revoke_from_another_process_during_a_grant_is_refused() {
     assert!(granter.revoked().is_empty());
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2457,8 +2428,7 @@ fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.client().status().unwrap().holder, None);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2483,8 +2453,7 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
     // Another client needs no FORCE.
     fake.client().grant_access(pid(88)).unwrap();
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2500,8 +2469,7 @@ fn a_grant_in_progress_survives_another_connection_closing() {
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2610,6 +2578,5 @@ fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
             && refusal.ends_with("descendants (you are PID 77)"),
         "{refusal}"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
