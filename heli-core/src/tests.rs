@@ -777,6 +777,25 @@ fn controller() -> (Fake, Recorder, Pretend) {
     (Fake::new(), Recorder::default(), Pretend::new())
 }
 
+/// The usual set-up, started: a controller over a fresh fake transport,
+/// recorder and pretend target, with its default settings.
+fn started() -> (Fake, Recorder, Pretend, Running) {
+    started_with(|controller| controller)
+}
+
+/// The usual set-up, started with the settings `configure` gives the
+/// controller.
+fn started_with<I: crate::Inspector + Send + Sync + 'static>(
+    configure: impl FnOnce(
+        Controller<Fake, Recorder, Pretend>,
+    ) -> Controller<Fake, Recorder, Pretend, I>,
+) -> (Fake, Recorder, Pretend, Running) {
+    let (fake, granter, target) = controller();
+    let controller = Controller::new(fake.clone(), granter.clone(), target.clone());
+    let running = start(configure(controller));
+    (fake, granter, target, running)
+}
+
 /// Asserts that `run` stopped, joined and dropped the listener.
 fn assert_listener_cleaned_up(fake: &Fake) {
     let wires = &fake.0;
@@ -790,8 +809,7 @@ fn assert_listener_cleaned_up(fake: &Fake) {
 
 #[test]
 fn get_target_pid_names_the_spawned_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
 
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
@@ -805,8 +823,7 @@ fn get_target_pid_names_the_spawned_target() {
 
 #[test]
 fn grant_access_grants_the_client_on_the_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     // The grant lasts as long as the connection that asked for it.
     let mut holder = fake.client().session().unwrap();
@@ -859,8 +876,7 @@ fn failed_grant_is_an_error_reply() {
 
 #[test]
 fn revoke_withdraws_the_grant() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let mut session = fake.client().session().unwrap();
     session.grant_access(pid(77)).unwrap();
@@ -884,8 +900,7 @@ fn revoke_withdraws_the_grant() {
 
 #[test]
 fn a_client_cannot_revoke_a_grant_another_client_took_over() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let mut first = fake.client().session().unwrap();
     first.grant_access(pid(77)).unwrap();
@@ -931,12 +946,7 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
 
 #[test]
 fn bad_requests_get_an_error_and_serving_goes_on() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let (fake, granter, target, running) = started();
 
     let mut long = b"GET_TARGET_PID ".to_vec();
     long.resize(MAX_LINE + 1000, b'A');
@@ -1168,8 +1178,7 @@ fn run_returns_the_status_of_a_target_that_ended_on_its_own() {
         ExitStatus::Code(3),
         ExitStatus::Signal(11),
     ] {
-        let (fake, granter, target) = controller();
-        let running = start(Controller::new(fake.clone(), granter, target.clone()));
+        let (fake, _, target, running) = started();
         assert_eq!(fake.client().target_pid().unwrap(), PID);
 
         // Another process's exit is not the target's.
@@ -1245,8 +1254,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
 
 #[test]
 fn losing_the_target_is_an_error_and_cleans_up() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.lose_target();
@@ -1505,8 +1513,7 @@ fn exit_status_shell_code() {
 
 #[test]
 fn a_grant_ends_with_the_connection_that_asked_for_it() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let client = fake.client();
     let mut session = client.session().unwrap();
@@ -1555,12 +1562,10 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
 
 #[test]
 fn status_reports_target_grant_and_extra_fields() {
-    let (fake, granter, target) = controller();
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target)
-            .status_field("ptrace_scope", "1")
-            .status_field("name", "demo"),
-    );
+    let (fake, _, _, running) = started_with(|c| {
+        c.status_field("ptrace_scope", "1")
+            .status_field("name", "demo")
+    });
     let client = fake.client();
     let status = client.status().unwrap();
     assert_eq!(status.pid, PID);
@@ -1602,12 +1607,10 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn a_failed_target_is_restarted_up_to_the_limit() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::OnFailure)
         .delays(Duration::from_millis(20), Duration::from_millis(40))
         .max_restarts(2);
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
 
     // A grant never carries over to the next process.
@@ -1631,12 +1634,10 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
 
 #[test]
 fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
-    let (fake, granter, target) = controller();
     // A long delay: the controller is waiting to restart while we ask.
     let policy = RestartPolicy::new(Restart::Always)
         .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
@@ -1660,10 +1661,9 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
 
 #[test]
 fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::OnFailure)
         .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (_, _, target, running) = started_with(|c| c.restart(policy));
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
@@ -1672,12 +1672,11 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
 
 #[test]
 fn a_restart_that_fails_is_tried_again_later_then_given_up() {
-    let (fake, granter, target) = controller();
     // 500 ms before the first restart, 1 s before the second, then no more.
     let policy = RestartPolicy::new(Restart::Always)
         .delays(Duration::from_millis(500), Duration::from_secs(600))
         .max_restarts(2);
-    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.fail_spawns(io::ErrorKind::NotFound);
@@ -1713,8 +1712,7 @@ fn a_restart_that_fails_is_tried_again_later_then_given_up() {
 
 #[test]
 fn stack_is_the_inspectors_to_give() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target));
+    let (fake, _, _, running) = started();
     // Without an inspector the controller cannot read stacks, and says so.
     let err = fake.client().stack().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
@@ -1733,8 +1731,7 @@ fn stack_is_the_inspectors_to_give() {
             ))
         }
     }
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target).inspector(Reader));
+    let (fake, _, _, running) = started_with(|c| c.inspector(Reader));
     assert_eq!(
         fake.client().stack().unwrap(),
         "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
@@ -1795,8 +1792,7 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
 
 #[test]
 fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 31337\n"),
         "ERROR: Grant failed: no process with PID 31337\n"
@@ -1862,8 +1858,7 @@ fn a_holder_that_exited_holds_nothing() {
 #[test]
 fn a_grant_made_over_named_pipes_outlives_every_connection() {
     // Connection 0: a transport without connections (named pipes).
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let client = fake.client();
     client.grant_access(pid(77)).unwrap();
     // Every connection of the fake closed; the grant was tied to one of
@@ -1889,11 +1884,9 @@ fn a_grant_made_over_named_pipes_outlives_every_connection() {
 
 #[test]
 fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::Always)
         .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
     let mut session = client.session().unwrap();
     session.grant_access(pid(77)).unwrap();
@@ -1916,11 +1909,9 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
 /// client hears so, and nobody holds a grant.
 #[test]
 fn a_grant_whose_target_ended_meanwhile_fails() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::Always)
         .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -2122,9 +2113,7 @@ fn caught_signals_sent_by_a_process_are_passed_on() {
             .unwrap();
     }
     let sigwinch = signal_hook::consts::SIGWINCH;
-    let (fake, granter, target) = controller();
-    let running =
-        start(Controller::new(fake.clone(), granter, target.clone()).handle_signals(true));
+    let (fake, _, target, running) = started_with(|c| c.handle_signals(true));
     // Answering, it catches signals already.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     signal_hook::low_level::raise(sigwinch).unwrap();
@@ -2274,12 +2263,10 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
         }
     }
     let (go, gate) = unbounded();
-    let (fake, granter, target) = controller();
-    let running = start(
-        Controller::new(fake.clone(), granter, target)
-            .inspector(Gated(Mutex::new(gate)))
-            .stack_deadline(Duration::from_millis(300)),
-    );
+    let (fake, _, _, running) = started_with(|c| {
+        c.inspector(Gated(Mutex::new(gate)))
+            .stack_deadline(Duration::from_millis(300))
+    });
     let reply = fake.raw_async(b"STACK\n");
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
@@ -2360,8 +2347,7 @@ fn text(reply: Answered) -> (String, FakeConnection) {
 
 #[test]
 fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
     // Yama keeps one ptracer: a second grant, made after the first, would
@@ -2433,8 +2419,7 @@ fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
 
 #[test]
 fn a_grant_whose_connection_closed_during_it_does_not_stay() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
     // The client gives up at once and its connection closes: a grant tied
     // to a closed connection would never be withdrawn with it.
@@ -2458,8 +2443,7 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
 
 #[test]
 fn a_grant_in_progress_survives_another_connection_closing() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let other = fake.connect(HANG).unwrap();
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
     // Only the asking connection's end calls its grant off.
