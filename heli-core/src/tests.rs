@@ -15,7 +15,8 @@
 //!
 //! Whatever could hang is bounded by [`HANG`]: the controller runs on a
 //! thread whose result is awaited with a deadline, and every round trip has
-//! one. What the controller's loop logs is kept ([`Running::logged`]).
+//! one. What the controller's loop logs is kept ([`Running::logged`], from
+//! [`test_log`](crate::test_log)).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -684,49 +685,12 @@ struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
     controller: Controller<Fake, G, Pretend, I>,
 ) -> Running {
-    capture_logs();
+    assert!(crate::test_log::capture(log::LevelFilter::Info));
     let (tx, rx) = bounded(1);
     let thread = thread::spawn(move || {
         let _ = tx.send(controller.run());
     });
     Running(rx, thread.thread().id())
-}
-
-/// What the threads of this test process logged, each line with its
-/// thread and level.
-static LOGGED: Mutex<Vec<(thread::ThreadId, log::Level, String)>> = Mutex::new(Vec::new());
-
-/// A logger into [`LOGGED`], as an operator's logger would show the lines.
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let line = (
-                thread::current().id(),
-                record.level(),
-                record.args().to_string(),
-            );
-            LOGGED
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(line);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Logs go to [`LOGGED`] from now on (information and up).
-fn capture_logs() {
-    static CAPTURE: Capture = Capture;
-    if log::set_logger(&CAPTURE).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
 }
 
 impl Running {
@@ -745,13 +709,10 @@ impl Running {
     /// The lines the controller's event loop has logged so far, with their
     /// levels.
     fn logged(&self) -> Vec<(log::Level, String)> {
-        let logged = LOGGED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        logged
-            .iter()
-            .filter(|(thread, ..)| *thread == self.1)
-            .map(|(_, level, line)| (*level, line.clone()))
+        crate::test_log::lines()
+            .into_iter()
+            .filter(|line| line.thread == self.1)
+            .map(|line| (line.level, line.text))
             .collect()
     }
 
