@@ -752,9 +752,27 @@ fn started_with<I: crate::Inspector + Send + Sync + 'static>(
     ) -> Controller<Fake, Recorder, Pretend, I>,
 ) -> (Fake, Recorder, Pretend, Running) {
     let (fake, granter, target) = controller();
-    let controller = Controller::new(fake.clone(), granter.clone(), target.clone());
-    let running = start(configure(controller));
+    let running = start(configure(controller_over(&fake, &granter, &target)));
     (fake, granter, target, running)
+}
+
+/// A controller over (clones of) `fake`, `granter` and `target`.
+fn controller_over(
+    fake: &Fake,
+    granter: &Recorder,
+    target: &Pretend,
+) -> Controller<Fake, Recorder, Pretend> {
+    Controller::new(fake.clone(), granter.clone(), target.clone())
+}
+
+/// Asserts that a grant to process `client` is refused with `message`,
+/// asked for both as a request line and by a [`Client`].
+fn assert_grant_refused(fake: &Fake, client: u32, message: &str) {
+    let line = format!("GRANT_ACCESS {client}\n");
+    assert_eq!(fake.raw(line.as_bytes()), format!("ERROR: {message}\n"));
+    let err = fake.client().grant_access(pid(client)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), message);
 }
 
 /// Asserts that `run` stopped, joined and dropped the listener.
@@ -814,15 +832,9 @@ fn grant_access_grants_the_client_on_the_target() {
 fn failed_grant_is_an_error_reply() {
     let (fake, granter, target) = controller();
     granter.fail(Some("no ptrace for you"));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
 
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: Grant failed: no ptrace for you\n"
-    );
-    let err = fake.client().grant_access(pid(77)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "Grant failed: no ptrace for you");
+    assert_grant_refused(&fake, 77, "Grant failed: no ptrace for you");
     assert_eq!(granter.attempts(), 2);
     assert!(granter.granted().is_empty());
 
@@ -954,11 +966,7 @@ fn lowercase_dialect_round_trip() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
 
     assert_eq!(fake.raw(b"get_target_pid\n"), "target_pid 4242\n");
     assert_eq!(fake.raw(b"grant_access 42\n"), "ready\n");
@@ -986,11 +994,7 @@ fn terminate_replies_ready_then_stops_the_target() {
         reply_before_terminate: Some(fake.0.delivered.1.clone()),
         ..PretendConfig::default()
     });
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
 
     assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.terminates(), 1);
@@ -1007,9 +1011,7 @@ fn terminate_replies_ready_then_stops_the_target() {
 fn target_ignoring_terminate_is_killed_after_the_grace_period() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
     assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     assert_eq!(target.terminates(), 1);
@@ -1026,7 +1028,7 @@ fn a_killed_target_that_stays_frozen_is_not_waited_for() {
     let started = granter.stick(Some(Stuck::UntilDeadline));
     target.0.frozen.store(true, SeqCst);
     let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
+        controller_over(&fake, &granter, &target)
             .grace(SHORT_GRACE)
             .grant_deadline(HANG),
     );
@@ -1055,9 +1057,7 @@ fn a_killed_target_that_is_not_frozen_is_waited_for() {
         ignore_kill: true,
         ..PretendConfig::default()
     });
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
     fake.client().terminate().unwrap();
     // Past the grace period and a few looks at the freezer.
     thread::sleep(SHORT_GRACE + Duration::from_millis(1600));
@@ -1074,17 +1074,10 @@ fn a_killed_target_that_is_not_frozen_is_waited_for() {
 fn no_grant_while_shutting_down() {
     let (fake, granter, _) = controller();
     let target = Pretend::stubborn();
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
 
     fake.client().terminate().unwrap();
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: The controller is shutting down\n"
-    );
-    let err = fake.client().grant_access(pid(77)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "The controller is shutting down");
+    assert_grant_refused(&fake, 77, "The controller is shutting down");
     assert_eq!(granter.attempts(), 0);
     // Other requests are still answered while the target is ending.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
@@ -1098,7 +1091,7 @@ fn no_grant_while_shutting_down() {
 #[test]
 fn shutdown_handle_stops_the_controller() {
     let (fake, granter, target) = controller();
-    let controller = Controller::new(fake.clone(), granter, target.clone());
+    let controller = controller_over(&fake, &granter, &target);
     let handle = controller.shutdown_handle();
     let running = start(controller);
 
@@ -1116,8 +1109,7 @@ fn shutdown_handle_stops_the_controller() {
 fn shutdown_handle_kills_a_stubborn_target() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let controller =
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE);
+    let controller = controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE);
     let handle = controller.shutdown_handle();
     // Asked before it even runs: it starts the target, then stops it.
     handle.shutdown();
@@ -1164,11 +1156,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     fake.0.queued.1.recv_timeout(HANG).unwrap(); // that request's
 
@@ -1236,13 +1224,9 @@ fn listen_failure_is_returned_and_nothing_is_spawned() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
     assert_eq!(target.spawns(), 0);
@@ -1255,13 +1239,9 @@ fn spawn_failure_is_returned_and_the_listener_dropped() {
         spawn_error: Some(io::ErrorKind::NotFound),
         ..PretendConfig::default()
     });
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
     assert_eq!(target.spawns(), 1);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
@@ -1277,11 +1257,7 @@ fn run_joins_the_listener_before_returning() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.exit(ExitStatus::Code(0));
@@ -1297,9 +1273,7 @@ fn listener_failure_stops_the_target_once() {
         ..FakeConfig::default()
     });
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
     assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
     assert_eq!(
@@ -1558,6 +1532,17 @@ fn status_reports_target_grant_and_extra_fields() {
     running.terminate(&fake);
 }
 
+/// Restarts `when` it should, 1 ms after the target ended.
+fn restart_at_once(when: Restart) -> RestartPolicy {
+    RestartPolicy::new(when).delays(Duration::from_millis(1), Duration::from_millis(1))
+}
+
+/// Restarts always, after a delay no test waits for: once the target ends,
+/// a restart stays pending.
+fn pending_restart() -> RestartPolicy {
+    RestartPolicy::new(Restart::Always).delays(Duration::from_secs(600), Duration::from_secs(600))
+}
+
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG;
     while !condition() {
@@ -1595,10 +1580,8 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
 
 #[test]
 fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
-    // A long delay: the controller is waiting to restart while we ask.
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
+    // The controller is waiting to restart while we ask.
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
@@ -1622,9 +1605,7 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
 
 #[test]
 fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
-    let policy = RestartPolicy::new(Restart::OnFailure)
-        .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let (_, _, target, running) = started_with(|c| c.restart(policy));
+    let (_, _, target, running) = started_with(|c| c.restart(restart_at_once(Restart::OnFailure)));
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
@@ -1712,7 +1693,7 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
     table.add(701, 700, 701);
     let client = table.identity(pid(77)).unwrap().unwrap();
     fake.authenticate(Some(client));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
 
     for (line, reply) in [
         ("GRANT_ACCESS 88\n", "ERROR: GRANT_ACCESS 88 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
@@ -1769,7 +1750,7 @@ fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
     // 7701 is a thread of process 77.
     table.add(7701, 1, 7701);
     table.edit(7701, |info| info.process = pid(77));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
     let client = fake.client();
 
     let mut session = client.session().unwrap();
@@ -1793,7 +1774,7 @@ fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
 fn a_holder_that_exited_holds_nothing() {
     let (fake, granter, target) = controller();
     let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
     let client = fake.client();
     let mut first = client.session().unwrap();
     first.grant_access(pid(77)).unwrap();
@@ -1845,9 +1826,8 @@ fn a_grant_made_over_named_pipes_outlives_every_connection() {
 
 #[test]
 fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
+    let (fake, granter, target, running) =
+        started_with(|c| c.restart(restart_at_once(Restart::Always)));
     let client = fake.client();
     let mut session = client.session().unwrap();
     session.grant_access(pid(77)).unwrap();
@@ -1870,9 +1850,7 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
 /// client hears so, and nobody holds a grant.
 #[test]
 fn a_grant_whose_target_ended_meanwhile_fails() {
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let (fake, granter, target, running) = started_with(|c| c.restart(policy));
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -1896,13 +1874,16 @@ fn a_grant_whose_target_ended_meanwhile_fails() {
 // ---------------------------------------------------------------------------
 // Signals.
 
-/// A controller whose signals the test hands over: (signals, suspensions).
+/// Starts `controller`, whose signals the test hands over, and waits until
+/// it answers on `fake`: (its run, signals, suspensions).
 fn with_fake_signals(
+    fake: &Fake,
     controller: Controller<Fake, Recorder, Pretend>,
 ) -> (Running, Sender<crate::signals::Caught>, Receiver<()>) {
     let (signals, signal_rx) = bounded(16);
     let (suspended_tx, suspended) = unbounded();
     let running = start(controller.fake_signals(signal_rx, suspended_tx));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
     (running, signals, suspended)
 }
 
@@ -1918,8 +1899,7 @@ fn a_stop_signal_from_a_process_is_passed_on_and_ends_the_controller() {
     for signal in crate::STOP_SIGNALS {
         let (fake, granter, target) = controller();
         let (running, signals, _) =
-            with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-        assert_eq!(fake.client().target_pid().unwrap(), PID);
+            with_fake_signals(&fake, controller_over(&fake, &granter, &target));
         signals.send(caught(signal, false)).unwrap();
         wait_until("the signal passed on", || target.signals() == [signal]);
         target.exit(ExitStatus::Signal(signal));
@@ -1935,9 +1915,9 @@ fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controll
     let fake = Fake::new();
     let target = Pretend::stubborn();
     let (running, signals, _) = with_fake_signals(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE),
     );
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
     let asked = Instant::now();
     signals.send(caught(libc_sigint(), true)).unwrap();
     // It ignores the terminal's Ctrl-C: killed after the grace period.
@@ -1954,10 +1934,9 @@ fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controll
     let fake = Fake::new();
     let target = Pretend::stubborn();
     let (running, signals, _) = with_fake_signals(
-        Controller::new(fake.clone(), Recorder::default(), target.clone())
-            .grace(Duration::from_millis(500)),
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(Duration::from_millis(500)),
     );
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
     let until = Instant::now() + Duration::from_secs(10);
     while target.kills() == 0 && Instant::now() < until {
         let _ = signals.try_send(caught(libc_sigint(), true));
@@ -1976,12 +1955,8 @@ fn a_terminal_signal_reaches_a_target_in_its_own_group() {
         own_group: true,
         ..PretendConfig::default()
     });
-    let (running, signals, _) = with_fake_signals(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let (running, signals, _) =
+        with_fake_signals(&fake, controller_over(&fake, &Recorder::default(), &target));
     signals.send(caught(libc_sigwinch(), true)).unwrap();
     signals.send(caught(libc_sigint(), true)).unwrap();
     wait_until("both passed on", || target.signals().len() == 2);
@@ -1994,8 +1969,7 @@ fn a_terminal_signal_reaches_a_target_in_its_own_group() {
 fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
     let (fake, granter, target) = controller();
     let (running, signals, suspended) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
     for signal in crate::PASS_SIGNALS {
         signals.send(caught(signal, false)).unwrap();
         signals.send(caught(signal, true)).unwrap();
@@ -2015,8 +1989,7 @@ fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
 fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
     let (fake, granter, target) = controller();
     let (running, signals, suspended) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
     let tstp = crate::SUSPEND_SIGNALS[0];
     signals.send(caught(tstp, false)).unwrap();
     suspended
@@ -2036,10 +2009,10 @@ fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
 #[test]
 fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
     let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let (running, signals, _) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (running, signals, _) = with_fake_signals(
+        &fake,
+        controller_over(&fake, &granter, &target).restart(pending_restart()),
+    );
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(3));
@@ -2100,9 +2073,7 @@ fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
     let started = granter.stick(Some(Stuck::UntilDeadline));
     target.0.frozen.store(true, SeqCst);
     let deadline = Duration::from_millis(1500);
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone()).grant_deadline(deadline),
-    );
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
     let asked = Instant::now();
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
@@ -2142,10 +2113,8 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     // does complete, as its client was told it failed.
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
-            .grant_deadline(Duration::from_millis(300)),
-    );
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     target.0.table.edit(PID.get(), |info| {
         info.state = crate::ProcessState::DiskSleep
@@ -2176,8 +2145,7 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
 fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
     let (fake, granter, target) = controller();
     let deadline = Duration::from_millis(100);
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target).grant_deadline(deadline));
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -2195,10 +2163,8 @@ fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
 fn stopping_calls_off_a_grant_in_progress() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
-            .grant_deadline(Duration::from_secs(600)),
-    );
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_secs(600)));
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).unwrap();
     let asked = Instant::now();
@@ -2246,7 +2212,7 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
 fn only_the_grants_connection_or_its_holder_may_revoke_it() {
     let (fake, granter, target) = controller();
     let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
     let holder = table.identity(pid(77)).unwrap().unwrap();
     fake.authenticate(Some(holder));
     let mut session = fake.client().session().unwrap();
@@ -2336,7 +2302,7 @@ fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
 fn a_revoke_from_another_process_during_a_grant_is_refused() {
     let (fake, granter, target) = controller();
     let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
     let holder = table.identity(pid(77)).unwrap().unwrap();
     fake.authenticate(Some(holder));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
@@ -2360,7 +2326,7 @@ fn a_revoke_from_another_process_during_a_grant_is_refused() {
 fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
     let (fake, granter, target) = controller();
     let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
     fake.authenticate(Some(table.identity(pid(77)).unwrap().unwrap()));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
 
@@ -2430,7 +2396,7 @@ fn work_past_its_deadline_is_given_up_alone() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
     let running = start(
-        Controller::new(fake.clone(), granter.clone(), target)
+        controller_over(&fake, &granter, &target)
             .inspector(Silent)
             .grant_deadline(Duration::from_secs(600))
             .stack_deadline(Duration::from_millis(300)),
@@ -2459,8 +2425,7 @@ fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
     let fake = Fake::new();
     let granter = Recorder::default();
     let target = Pretend::stubborn();
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -2483,7 +2448,7 @@ fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
 fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
     let (fake, granter, target) = controller();
     let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter, target));
+    let running = start(controller_over(&fake, &granter, &target));
     let warnings = || -> Vec<String> {
         running
             .logged()
