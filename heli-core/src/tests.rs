@@ -31,7 +31,7 @@ use crate::protocol::MAX_LINE;
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
-    Processes, Restart, RestartPolicy, Stopper, Supervisor, Transport,
+    Processes, Restart, RestartPolicy, Session, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
@@ -147,6 +147,14 @@ impl Fake {
     /// A client that will not give up before [`HANG`].
     fn client(&self) -> Client<Fake> {
         Client::new(self.clone()).timeout(HANG)
+    }
+
+    /// A session of a client of its own that holds the grant to process
+    /// `client` (as long as the session lasts).
+    fn granted(&self, client: u32) -> Session<FakeConnection> {
+        let mut session = self.client().session().unwrap();
+        session.grant_access(pid(client)).unwrap();
+        session
     }
 
     /// The connection that holds the grant, as the listener is told.
@@ -321,12 +329,14 @@ impl Connection for FakeConnection {
     }
 }
 
-/// Plays the controller's part by hand: answers each request with the next
-/// of `replies` (`None`: hang up without answering), and returns the request
-/// lines it got.
-fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandle<Vec<String>> {
+/// A fake transport whose controller's part is played by hand: a thread
+/// answers each request with the next of `replies` (`None`: hang up without
+/// answering), and returns the request lines it got.
+fn scripted(replies: &[Option<&'static [u8]>]) -> (Fake, thread::JoinHandle<Vec<String>>) {
+    let fake = Fake::new();
     let wires = fake.0.clone();
-    thread::spawn(move || {
+    let replies = replies.to_vec();
+    let server = thread::spawn(move || {
         let mut seen = vec![];
         for reply in replies {
             // Skip the notes of closed connections.
@@ -345,7 +355,8 @@ fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandl
             }
         }
         seen
-    })
+    });
+    (fake, server)
 }
 
 fn lossy(line: &[u8]) -> String {
@@ -604,6 +615,14 @@ impl Pretend {
     fn signals(&self) -> Vec<i32> {
         self.0.signals.lock().unwrap().clone()
     }
+    /// The processes of its pretend world.
+    fn table(&self) -> &Table {
+        &self.0.table
+    }
+    /// Who process `raw` of its pretend world is (it must be there).
+    fn id_of(&self, raw: u32) -> ProcessId {
+        self.0.table.identity(pid(raw)).unwrap().unwrap()
+    }
     /// Who the target is now.
     fn identity(&self) -> ProcessId {
         self.0.table.identity(PID).unwrap().unwrap()
@@ -805,8 +824,7 @@ fn grant_access_grants_the_client_on_the_target() {
     let (fake, granter, _, running) = started();
 
     // The grant lasts as long as the connection that asked for it.
-    let mut holder = fake.client().session().unwrap();
-    holder.grant_access(pid(77)).unwrap();
+    let mut holder = fake.granted(77);
     assert_eq!(granter.granted(), [(PID, 77)]);
     // The holder may ask again.
     holder.grant_access(pid(77)).unwrap();
@@ -843,6 +861,7 @@ fn failed_grant_is_an_error_reply() {
     granter.fail(None);
     fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(granter.attempts(), 3);
 
     running.terminate(&fake);
 }
@@ -851,8 +870,7 @@ fn failed_grant_is_an_error_reply() {
 fn revoke_withdraws_the_grant() {
     let (fake, granter, _, running) = started();
 
-    let mut session = fake.client().session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let mut session = fake.granted(77);
     session.revoke(pid(77)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
@@ -875,8 +893,7 @@ fn revoke_withdraws_the_grant() {
 fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     let (fake, granter, _, running) = started();
 
-    let mut first = fake.client().session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let mut first = fake.granted(77);
     // A second client takes the grant over (Yama keeps one ptracer).
     let mut second = fake.client().session().unwrap();
     second.take_over(pid(88)).unwrap();
@@ -1357,14 +1374,10 @@ fn client_times_out_naming_the_request() {
 
 #[test]
 fn client_turns_error_replies_into_refused() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"ERROR: Grant failed: nope\n"),
-            Some(b"error : Target process not running\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"ERROR: Grant failed: nope\n"),
+        Some(b"error : Target process not running\n"),
+    ]);
     let client = fake.client();
     let (first, second) = within(move || (client.grant_access(pid(9)), client.target_pid()));
 
@@ -1382,17 +1395,13 @@ fn client_turns_error_replies_into_refused() {
 
 #[test]
 fn client_rejects_replies_of_the_wrong_type() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"READY\n"),
-            Some(b"TARGET_PID 5\n"),
-            Some(b"hello\n"),
-            Some(b"TARGET_PID \xff\n"),
-            Some(b"TARGET_PID 5\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"READY\n"),
+        Some(b"TARGET_PID 5\n"),
+        Some(b"hello\n"),
+        Some(b"TARGET_PID \xff\n"),
+        Some(b"TARGET_PID 5\n"),
+    ]);
     let client = fake.client();
     let results = within(move || {
         [
@@ -1421,8 +1430,7 @@ fn client_rejects_replies_of_the_wrong_type() {
 
 #[test]
 fn client_reports_a_controller_that_went_away() {
-    let fake = Fake::new();
-    let server = script(&fake, vec![None]);
+    let (fake, server) = scripted(&[None]);
     let client = fake.client();
     let err = within(move || client.target_pid()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
@@ -1451,8 +1459,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     let (fake, granter, _, running) = started();
 
     let client = fake.client();
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     // The listener knows which connection that is (it must never close it
     // as idle).
     let asked_on = fake.last_connection();
@@ -1474,8 +1481,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
 
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
-    let mut first = client.session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let first = fake.granted(77);
     let mut second = client.session().unwrap();
     second.take_over(pid(88)).unwrap();
     assert_eq!(fake.grant_holder(), Some(fake.last_connection()));
@@ -1522,8 +1528,7 @@ fn status_reports_target_grant_and_extra_fields() {
             field("name", "demo"),
         ]
     );
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(5)).unwrap();
+    let _session = fake.granted(5);
     assert_eq!(client.status().unwrap().holder, Some(pid(5)));
     assert!(fake
         .raw(b"status\n")
@@ -1560,8 +1565,7 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
     let client = fake.client();
 
     // A grant never carries over to the next process.
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     for restart in 1..=2 {
         wait_until("the target running", || target.spawns() == restart);
         target.exit(ExitStatus::Signal(11));
@@ -1614,10 +1618,10 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
 
 #[test]
 fn a_restart_that_fails_is_tried_again_later_then_given_up() {
-    // 500 ms before the first restart, 1 s before the second, then no more.
+    // Two restarts: 500 ms after the end, then 1 s after the first failed.
     let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_millis(500), Duration::from_secs(600))
-        .max_restarts(2);
+        .max_restarts(2)
+        .delays(Duration::from_millis(500), Duration::from_secs(600));
     let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
@@ -1687,11 +1691,10 @@ fn stack_is_the_inspectors_to_give() {
 #[test]
 fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
     let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
     // 77 runs a debugger, 700, which runs a helper, 701; 88 is a stranger.
-    table.add(700, 77, 700);
-    table.add(701, 700, 701);
-    let client = table.identity(pid(77)).unwrap().unwrap();
+    target.table().add(700, 77, 700);
+    target.table().add(701, 700, 701);
+    let client = target.id_of(77);
     fake.authenticate(Some(client));
     let running = start(controller_over(&fake, &granter, &target));
 
@@ -1746,15 +1749,13 @@ fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
 #[test]
 fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
     let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
     // 7701 is a thread of process 77.
-    table.add(7701, 1, 7701);
-    table.edit(7701, |info| info.process = pid(77));
+    target.table().add(7701, 1, 7701);
+    target.table().edit(7701, |info| info.process = pid(77));
     let running = start(controller_over(&fake, &granter, &target));
     let client = fake.client();
 
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(7701)).unwrap();
+    let session = fake.granted(7701);
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     // Another client is told who holds it: the process.
@@ -1772,21 +1773,17 @@ fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
 
 #[test]
 fn a_holder_that_exited_holds_nothing() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(controller_over(&fake, &granter, &target));
+    let (fake, granter, target, running) = started();
     let client = fake.client();
-    let mut first = client.session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let first = fake.granted(77);
     // 77 exits; its pid goes to another process.
-    table.remove(77);
+    target.table().remove(77);
     assert_eq!(client.status().unwrap().holder, None);
-    table.add(77, 1, 7777);
+    target.table().add(77, 1, 7777);
     assert_eq!(client.status().unwrap().holder, None);
     // So a second client needs no FORCE, and a REVOKE naming 88 is no
     // longer refused for 77's sake.
-    let mut second = client.session().unwrap();
-    second.grant_access(pid(88)).unwrap();
+    let _second = fake.granted(88);
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     // The first connection closes: the grant is no longer its own.
     drop(first);
@@ -1829,8 +1826,7 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     let (fake, granter, target, running) =
         started_with(|c| c.restart(restart_at_once(Restart::Always)));
     let client = fake.client();
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     let first = target.identity();
     target.exit(ExitStatus::Code(1));
     wait_until("the restart", || target.spawns() == 2);
@@ -2116,7 +2112,7 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     let running =
         start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
-    target.0.table.edit(PID.get(), |info| {
+    target.table().edit(PID.get(), |info| {
         info.state = crate::ProcessState::DiskSleep
     });
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
@@ -2210,16 +2206,12 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
 
 #[test]
 fn only_the_grants_connection_or_its_holder_may_revoke_it() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(controller_over(&fake, &granter, &target));
-    let holder = table.identity(pid(77)).unwrap().unwrap();
+    let (fake, granter, target, running) = started();
+    let (holder, stranger) = (target.id_of(77), target.id_of(88));
     fake.authenticate(Some(holder));
-    let mut session = fake.client().session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let mut session = fake.granted(77);
 
     // Another process, on another connection: refused, both ways of asking.
-    let stranger = table.identity(pid(88)).unwrap().unwrap();
     fake.authenticate(Some(stranger));
     let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
                    connection or that process may withdraw it (attach --force takes it over)\n";
@@ -2300,17 +2292,15 @@ fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
 
 #[test]
 fn a_revoke_from_another_process_during_a_grant_is_refused() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(controller_over(&fake, &granter, &target));
-    let holder = table.identity(pid(77)).unwrap().unwrap();
+    let (fake, granter, target, running) = started();
+    let holder = target.id_of(77);
     fake.authenticate(Some(holder));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
 
     // Nobody holds the grant yet, but it is being made: a stranger's
     // REVOKE, queued behind it, would withdraw it once its client was told
     // READY.
-    fake.authenticate(Some(table.identity(pid(88)).unwrap().unwrap()));
+    fake.authenticate(Some(target.id_of(88)));
     let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
                    connection or that process may withdraw it (attach --force takes it over)\n";
     assert_eq!(fake.raw(b"REVOKE\n"), refusal);
@@ -2324,10 +2314,8 @@ fn a_revoke_from_another_process_during_a_grant_is_refused() {
 
 #[test]
 fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(controller_over(&fake, &granter, &target));
-    fake.authenticate(Some(table.identity(pid(77)).unwrap().unwrap()));
+    let (fake, granter, target, running) = started();
+    fake.authenticate(Some(target.id_of(77)));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
 
     // The process being granted withdraws it, on another connection: the
@@ -2446,9 +2434,7 @@ fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
 
 #[test]
 fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(controller_over(&fake, &granter, &target));
+    let (fake, _, target, running) = started();
     let warnings = || -> Vec<String> {
         running
             .logged()
@@ -2476,7 +2462,7 @@ fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
     );
     // A process a transport authenticates has its own: its refusal is
     // logged, with why.
-    fake.authenticate(table.identity(pid(77)).unwrap());
+    fake.authenticate(target.table().identity(pid(77)).unwrap());
     assert!(fake
         .raw(b"GRANT_ACCESS 88\n")
         .starts_with("ERROR: GRANT_ACCESS 88 refused"));
