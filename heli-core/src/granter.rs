@@ -44,6 +44,8 @@ use crate::process::ProcessId;
 /// granter.grant(id(10), id(20), &soon)?;
 /// granter.grant(id(10), id(30), &soon)?;
 /// assert_eq!(granter.0, [(id(10), id(30))]);
+/// // It reports no status fields: the trait's default.
+/// assert!(granter.status_fields().is_empty());
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub trait Granter {
@@ -51,31 +53,25 @@ pub trait Granter {
     fn name(&self) -> &str;
 
     /// Lets process `client` (and its descendants) ptrace process `target`,
-    /// replacing any earlier grant on `target`, by `deadline`.
+    /// replacing any earlier grant on `target`, by the deadline `due`.
     ///
     /// The controller runs it on a thread of its own, so it may wait on the
-    /// target; it must not wait past `deadline` (or once it is called off)
-    /// and must then leave the target as it found it.
+    /// target; it must not wait past `due` (or once it is called off) and
+    /// must then leave the target as it found it.
     ///
     /// # Errors
     ///
-    /// When the grant could not be made or verified, or `deadline` came
-    /// first; the message is shown to the client after `ERROR: Grant
-    /// failed:`.
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()>;
+    /// When the grant could not be made or verified, or `due` came first;
+    /// the message is shown to the client after `ERROR: Grant failed:`.
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()>;
 
-    /// Withdraws any grant on `target`, by `deadline`; a target that is
-    /// gone has nothing left to withdraw.
+    /// Withdraws any grant on `target`, by the deadline `due`; a target
+    /// that is gone has nothing left to withdraw.
     ///
     /// # Errors
     ///
     /// When the grant could not be withdrawn.
-    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()>;
+    fn revoke(&mut self, target: ProcessId, due: &Deadline) -> io::Result<()>;
 
     /// Facts about the granter for `STATUS` replies, as `key=value` pairs
     /// (default: none); for instance how the last grant was made.
@@ -84,45 +80,28 @@ pub trait Granter {
     }
 }
 
-impl<G: Granter + ?Sized> Granter for &mut G {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
-        (**self).grant(target, client, deadline)
-    }
-    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
-        (**self).revoke(target, deadline)
-    }
-    fn status_fields(&self) -> Vec<(String, String)> {
-        (**self).status_fields()
-    }
+/// Implements [`Granter`] for wrappers of a granter (`&mut G`, `Box<G>`)
+/// by handing every call to the granter they hold.
+macro_rules! forward_granter {
+    ($($wrapper:ty),*) => {$(
+        impl<G: Granter + ?Sized> Granter for $wrapper {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
+                (**self).grant(target, client, due)
+            }
+            fn revoke(&mut self, target: ProcessId, due: &Deadline) -> io::Result<()> {
+                (**self).revoke(target, due)
+            }
+            fn status_fields(&self) -> Vec<(String, String)> {
+                (**self).status_fields()
+            }
+        }
+    )*};
 }
 
-impl<G: Granter + ?Sized> Granter for Box<G> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
-        (**self).grant(target, client, deadline)
-    }
-    fn revoke(&mut self, target: ProcessId, deadline: &Deadline) -> io::Result<()> {
-        (**self).revoke(target, deadline)
-    }
-    fn status_fields(&self) -> Vec<(String, String)> {
-        (**self).status_fields()
-    }
-}
+forward_granter!(&mut G, Box<G>);
 
 #[cfg(test)]
 mod tests {
@@ -193,22 +172,5 @@ mod tests {
         check(Box::new(Ledger::default()));
         let boxed: Box<dyn Granter> = Box::new(Ledger::default());
         check(boxed);
-    }
-
-    #[test]
-    fn a_granter_reports_no_status_fields_unless_it_says_so() {
-        struct Quiet;
-        impl Granter for Quiet {
-            fn name(&self) -> &str {
-                "quiet"
-            }
-            fn grant(&mut self, _: ProcessId, _: ProcessId, _: &Deadline) -> io::Result<()> {
-                Ok(())
-            }
-            fn revoke(&mut self, _: ProcessId, _: &Deadline) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        assert!(Quiet.status_fields().is_empty());
     }
 }

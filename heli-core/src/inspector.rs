@@ -55,23 +55,19 @@ impl Inspector for NoInspector {
     }
 }
 
-impl<I: Inspector + ?Sized> Inspector for &I {
-    fn stack_dump(&self, pid: Pid) -> io::Result<String> {
-        (**self).stack_dump(pid)
-    }
+/// Implements [`Inspector`] for wrappers of an inspector (`&I`, `Box<I>`,
+/// `Arc<I>`) by handing every call to the inspector they hold.
+macro_rules! forward_inspector {
+    ($($wrapper:ty),*) => {$(
+        impl<I: Inspector + ?Sized> Inspector for $wrapper {
+            fn stack_dump(&self, pid: Pid) -> io::Result<String> {
+                (**self).stack_dump(pid)
+            }
+        }
+    )*};
 }
 
-impl<I: Inspector + ?Sized> Inspector for Box<I> {
-    fn stack_dump(&self, pid: Pid) -> io::Result<String> {
-        (**self).stack_dump(pid)
-    }
-}
-
-impl<I: Inspector + ?Sized> Inspector for std::sync::Arc<I> {
-    fn stack_dump(&self, pid: Pid) -> io::Result<String> {
-        (**self).stack_dump(pid)
-    }
-}
+forward_inspector!(&I, Box<I>, std::sync::Arc<I>);
 
 #[cfg(test)]
 mod tests {

@@ -153,6 +153,8 @@ pub mod protocol;
 mod restart;
 mod signals;
 mod supervisor;
+#[cfg(any(test, feature = "test-log"))]
+pub mod test_log;
 mod transport;
 mod worker;
 

@@ -460,8 +460,7 @@ mod tests {
     fn a_table_that_cannot_see_freezers_calls_nothing_frozen() {
         // Else the controller would report every target as frozen, and
         // stop waiting for a killed one that has not ended yet.
-        let table = Table::default();
-        table.add(10, 1, 5);
+        let table = table_of(&[(10, 1, 5)]);
         assert!(!table.is_frozen(pid(10)).unwrap());
     }
 
@@ -509,20 +508,26 @@ mod tests {
             .unwrap()
     }
 
+    /// A table of running processes, each given as (pid, parent, start
+    /// time).
+    fn table_of(processes: &[(u32, u32, u64)]) -> Table {
+        let table = Table::default();
+        for &(raw, parent, start) in processes {
+            table.add(raw, parent, start);
+        }
+        table
+    }
+
     /// 1 -> 10 -> 20 -> 30 -> 40; 50 is 1's other child.
     fn family() -> Table {
-        let table = Table::default();
-        for (raw, parent, start) in [
+        table_of(&[
             (1, 0, 1),
             (10, 1, 100),
             (20, 10, 200),
             (30, 20, 300),
             (40, 30, 400),
             (50, 1, 500),
-        ] {
-            table.add(raw, parent, start);
-        }
-        table
+        ])
     }
 
     #[test]
@@ -545,11 +550,7 @@ mod tests {
     fn a_reused_pid_is_no_parent() {
         // 30's parent 20 died and its pid went to a younger process whose
         // parent is the ancestor 10: 30 is no descendant of 10 any more.
-        let table = Table::default();
-        table.add(1, 0, 1);
-        table.add(10, 1, 100);
-        table.add(20, 10, 350);
-        table.add(30, 20, 300);
+        let table = table_of(&[(1, 0, 1), (10, 1, 100), (20, 10, 350), (30, 20, 300)]);
         assert!(!check(&table, 30, 10, 100));
         assert!(check(&table, 20, 10, 100));
     }
@@ -558,20 +559,14 @@ mod tests {
     fn a_child_may_start_in_the_same_tick_as_its_parent() {
         // Start times count clock ticks: a child forked at once shares its
         // parent's.
-        let table = Table::default();
-        table.add(1, 0, 1);
-        table.add(10, 1, 100);
-        table.add(20, 10, 100);
-        table.add(30, 20, 100);
+        let table = table_of(&[(1, 0, 1), (10, 1, 100), (20, 10, 100), (30, 20, 100)]);
         assert!(check(&table, 30, 10, 100));
         assert!(check(&table, 20, 10, 100));
     }
 
     #[test]
     fn a_loop_in_the_table_ends() {
-        let table = Table::default();
-        table.add(5, 6, 10);
-        table.add(6, 5, 10);
+        let table = table_of(&[(5, 6, 10), (6, 5, 10)]);
         assert!(!check(&table, 5, 7, 1));
     }
 
@@ -597,10 +592,7 @@ mod tests {
 
     #[test]
     fn the_candidate_must_not_change_during_the_walk() {
-        let table = Table::default();
-        table.add(1, 0, 1);
-        table.add(10, 1, 100);
-        table.add(11, 1, 110);
+        let table = table_of(&[(1, 0, 1), (10, 1, 100), (11, 1, 110)]);
         let thirty = table.add(30, 10, 300);
         let ancestor = table.identity(pid(10)).unwrap().unwrap();
         let before = table.process(thirty.pid).unwrap().unwrap();

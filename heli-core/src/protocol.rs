@@ -601,47 +601,35 @@ mod tests {
 
     #[test]
     fn requests_in_both_dialects() {
-        let cases: &[(&[u8], Request, Dialect)] = &[
-            (b"GET_TARGET_PID\n", Request::GetTargetPid, Dialect::Upper),
-            (b"get_target_pid\n", Request::GetTargetPid, Dialect::Lower),
-            (b"Get_Target_Pid", Request::GetTargetPid, Dialect::Upper),
-            (
-                b"GRANT_ACCESS 42\n",
-                Request::GrantAccess(p(42)),
-                Dialect::Upper,
-            ),
-            (
-                b"grant_access 42\r\n",
-                Request::GrantAccess(p(42)),
-                Dialect::Lower,
-            ),
-            (b"  TERMINATE  \n", Request::Terminate, Dialect::Upper),
-            (b"terminate\n", Request::Terminate, Dialect::Lower),
-            (b"REVOKE\n", Request::Revoke(None), Dialect::Upper),
-            (
-                b"GRANT_ACCESS 5 FORCE\n",
-                Request::TakeOver(p(5)),
-                Dialect::Upper,
-            ),
-            (
-                b"grant_access 5 force\n",
-                Request::TakeOver(p(5)),
-                Dialect::Lower,
-            ),
-            (b"status\n", Request::Status, Dialect::Lower),
-            (b"revoke 17\n", Request::Revoke(Some(p(17))), Dialect::Lower),
+        // Each dialect, with lines in it and what they ask.
+        let upper: &[(&[u8], Request)] = &[
+            (b"GET_TARGET_PID\n", Request::GetTargetPid),
+            (b"Get_Target_Pid", Request::GetTargetPid),
+            (b"GRANT_ACCESS 42\n", Request::GrantAccess(p(42))),
+            (b"  TERMINATE  \n", Request::Terminate),
+            (b"REVOKE\n", Request::Revoke(None)),
+            (b"GRANT_ACCESS 5 FORCE\n", Request::TakeOver(p(5))),
+        ];
+        let lower: &[(&[u8], Request)] = &[
+            (b"get_target_pid\n", Request::GetTargetPid),
+            (b"grant_access 42\r\n", Request::GrantAccess(p(42))),
+            (b"terminate\n", Request::Terminate),
+            (b"grant_access 5 force\n", Request::TakeOver(p(5))),
+            (b"status\n", Request::Status),
+            (b"revoke 17\n", Request::Revoke(Some(p(17)))),
             (
                 b"grant_access\t2147483647\n",
                 Request::GrantAccess(p(2147483647)),
-                Dialect::Lower,
             ),
         ];
-        for (line, request, dialect) in cases {
-            assert_eq!(
-                parse_request(line).unwrap(),
-                (*request, *dialect),
-                "{line:?}"
-            );
+        for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
+            for (line, request) in cases {
+                assert_eq!(
+                    parse_request(line).unwrap(),
+                    (*request, dialect),
+                    "{line:?}"
+                );
+            }
         }
     }
 
@@ -666,68 +654,64 @@ mod tests {
 
     #[test]
     fn request_errors() {
-        let cases: &[(&[u8], ErrorKind, &str)] = &[
-            (b"FOO\n", ErrorKind::UnknownCommand, "Unknown command: FOO"),
+        // Each error, with the lines that get it.
+        let cases: &[(ErrorKind, &str, &[&[u8]])] = &[
             (
-                b"attach now\n",
+                ErrorKind::UnknownCommand,
+                "Unknown command: FOO",
+                &[b"FOO\n"],
+            ),
+            (
                 ErrorKind::UnknownCommand,
                 "Unknown command: attach",
-            ),
-            (b"GRANT_ACCESS\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS abc\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS -5\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS +5\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS 0\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"GRANT_ACCESS 2147483648\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
+                &[b"attach now\n"],
             ),
             (
-                b"GRANT_ACCESS 99999999999999999999\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (b"GRANT_ACCESS 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"REVOKE x\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"GRANT_ACCESS 5 NOW\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (
-                b"GRANT_ACCESS 5 FORCE x\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (
-                b"STATUS now\n",
-                ErrorKind::UnexpectedArgument,
-                "STATUS takes no argument",
-            ),
-            (b"REVOKE 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"TERMINATE now\n",
-                ErrorKind::UnexpectedArgument,
-                "TERMINATE takes no argument",
-            ),
-            (b"\n", ErrorKind::EmptyLine, "Empty request"),
-            (b"   \n", ErrorKind::EmptyLine, "Empty request"),
-            (
-                b"\xff\xfe\n",
-                ErrorKind::NotUtf8,
-                "Request is not valid UTF-8",
-            ),
-            (
-                b"GET\0PID\n",
                 ErrorKind::UnknownCommand,
                 "Unknown command: GET\\0PID",
+                &[b"GET\0PID\n"],
+            ),
+            (
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+                &[
+                    b"GRANT_ACCESS\n",
+                    b"GRANT_ACCESS abc\n",
+                    b"GRANT_ACCESS -5\n",
+                    b"GRANT_ACCESS +5\n",
+                    b"GRANT_ACCESS 0\n",
+                    b"GRANT_ACCESS 2147483648\n",
+                    b"GRANT_ACCESS 99999999999999999999\n",
+                    b"GRANT_ACCESS 1 2\n",
+                    b"REVOKE x\n",
+                    b"GRANT_ACCESS 5 NOW\n",
+                    b"GRANT_ACCESS 5 FORCE x\n",
+                    b"REVOKE 1 2\n",
+                ],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "STATUS takes no argument",
+                &[b"STATUS now\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "TERMINATE takes no argument",
+                &[b"TERMINATE now\n"],
+            ),
+            (ErrorKind::EmptyLine, "Empty request", &[b"\n", b"   \n"]),
+            (
+                ErrorKind::NotUtf8,
+                "Request is not valid UTF-8",
+                &[b"\xff\xfe\n"],
             ),
         ];
-        for (line, kind, message) in cases {
-            let err = parse_request(line).unwrap_err();
-            assert_eq!(err.kind(), *kind, "{line:?}");
-            assert_eq!(err.to_string(), *message, "{line:?}");
+        for (kind, message, lines) in cases {
+            for line in *lines {
+                let err = parse_request(line).unwrap_err();
+                assert_eq!(err.kind(), *kind, "{line:?}");
+                assert_eq!(err.to_string(), *message, "{line:?}");
+            }
         }
         let long = vec![b'A'; MAX_LINE];
         assert_eq!(

@@ -15,7 +15,8 @@
 //!
 //! Whatever could hang is bounded by [`HANG`]: the controller runs on a
 //! thread whose result is awaited with a deadline, and every round trip has
-//! one. What the controller's loop logs is kept ([`Running::logged`]).
+//! one. What the controller's loop logs is kept ([`Running::logged`], from
+//! [`test_log`](crate::test_log)).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -30,7 +31,7 @@ use crate::protocol::MAX_LINE;
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
-    Processes, Restart, RestartPolicy, Stopper, Supervisor, Transport,
+    Processes, Restart, RestartPolicy, Session, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
@@ -146,6 +147,14 @@ impl Fake {
     /// A client that will not give up before [`HANG`].
     fn client(&self) -> Client<Fake> {
         Client::new(self.clone()).timeout(HANG)
+    }
+
+    /// A session of a client of its own that holds the grant to process
+    /// `client` (as long as the session lasts).
+    fn granted(&self, client: u32) -> Session<FakeConnection> {
+        let mut session = self.client().session().unwrap();
+        session.grant_access(pid(client)).unwrap();
+        session
     }
 
     /// The connection that holds the grant, as the listener is told.
@@ -320,12 +329,14 @@ impl Connection for FakeConnection {
     }
 }
 
-/// Plays the controller's part by hand: answers each request with the next
-/// of `replies` (`None`: hang up without answering), and returns the request
-/// lines it got.
-fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandle<Vec<String>> {
+/// A fake transport whose controller's part is played by hand: a thread
+/// answers each request with the next of `replies` (`None`: hang up without
+/// answering), and returns the request lines it got.
+fn scripted(replies: &[Option<&'static [u8]>]) -> (Fake, thread::JoinHandle<Vec<String>>) {
+    let fake = Fake::new();
     let wires = fake.0.clone();
-    thread::spawn(move || {
+    let replies = replies.to_vec();
+    let server = thread::spawn(move || {
         let mut seen = vec![];
         for reply in replies {
             // Skip the notes of closed connections.
@@ -344,7 +355,8 @@ fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandl
             }
         }
         seen
-    })
+    });
+    (fake, server)
 }
 
 fn lossy(line: &[u8]) -> String {
@@ -429,16 +441,11 @@ impl Granter for Recorder {
         "recorder"
     }
 
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
         let (stuck, started) = {
             let mut grants = self.0.lock().unwrap();
             grants.attempts += 1;
-            grants.deadlines.push(deadline.clone());
+            grants.deadlines.push(due.clone());
             (grants.stuck, grants.started.clone())
         };
         if let Some(started) = started {
@@ -446,7 +453,7 @@ impl Granter for Recorder {
         }
         match stuck {
             Some(Stuck::UntilDeadline) => {
-                while !deadline.expired() {
+                while !due.expired() {
                     thread::sleep(Duration::from_millis(2));
                 }
                 return Err(io::Error::new(
@@ -608,6 +615,14 @@ impl Pretend {
     fn signals(&self) -> Vec<i32> {
         self.0.signals.lock().unwrap().clone()
     }
+    /// The processes of its pretend world.
+    fn table(&self) -> &Table {
+        &self.0.table
+    }
+    /// Who process `raw` of its pretend world is (it must be there).
+    fn id_of(&self, raw: u32) -> ProcessId {
+        self.0.table.identity(pid(raw)).unwrap().unwrap()
+    }
     /// Who the target is now.
     fn identity(&self) -> ProcessId {
         self.0.table.identity(PID).unwrap().unwrap()
@@ -689,49 +704,12 @@ struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
     controller: Controller<Fake, G, Pretend, I>,
 ) -> Running {
-    capture_logs();
+    assert!(crate::test_log::capture(log::LevelFilter::Info));
     let (tx, rx) = bounded(1);
     let thread = thread::spawn(move || {
         let _ = tx.send(controller.run());
     });
     Running(rx, thread.thread().id())
-}
-
-/// What the threads of this test process logged, each line with its
-/// thread and level.
-static LOGGED: Mutex<Vec<(thread::ThreadId, log::Level, String)>> = Mutex::new(Vec::new());
-
-/// A logger into [`LOGGED`], as an operator's logger would show the lines.
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let line = (
-                thread::current().id(),
-                record.level(),
-                record.args().to_string(),
-            );
-            LOGGED
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(line);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Logs go to [`LOGGED`] from now on (information and up).
-fn capture_logs() {
-    static CAPTURE: Capture = Capture;
-    if log::set_logger(&CAPTURE).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
 }
 
 impl Running {
@@ -750,14 +728,18 @@ impl Running {
     /// The lines the controller's event loop has logged so far, with their
     /// levels.
     fn logged(&self) -> Vec<(log::Level, String)> {
-        let logged = LOGGED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        logged
-            .iter()
-            .filter(|(thread, ..)| *thread == self.1)
-            .map(|(_, level, line)| (*level, line.clone()))
+        crate::test_log::lines()
+            .into_iter()
+            .filter(|line| line.thread == self.1)
+            .map(|line| (line.level, line.text))
             .collect()
+    }
+
+    /// Asks the controller to terminate, as a client of `fake` does, and
+    /// returns what `run` returned; fails the test if either fails.
+    fn terminate(self, fake: &Fake) -> ExitStatus {
+        fake.client().terminate().unwrap();
+        self.join().unwrap()
     }
 
     /// Asserts `run` has not returned (yet).
@@ -775,6 +757,43 @@ fn controller() -> (Fake, Recorder, Pretend) {
     (Fake::new(), Recorder::default(), Pretend::new())
 }
 
+/// The usual set-up, started: a controller over a fresh fake transport,
+/// recorder and pretend target, with its default settings.
+fn started() -> (Fake, Recorder, Pretend, Running) {
+    started_with(|controller| controller)
+}
+
+/// The usual set-up, started with the settings `configure` gives the
+/// controller.
+fn started_with<I: crate::Inspector + Send + Sync + 'static>(
+    configure: impl FnOnce(
+        Controller<Fake, Recorder, Pretend>,
+    ) -> Controller<Fake, Recorder, Pretend, I>,
+) -> (Fake, Recorder, Pretend, Running) {
+    let (fake, granter, target) = controller();
+    let running = start(configure(controller_over(&fake, &granter, &target)));
+    (fake, granter, target, running)
+}
+
+/// A controller over (clones of) `fake`, `granter` and `target`.
+fn controller_over(
+    fake: &Fake,
+    granter: &Recorder,
+    target: &Pretend,
+) -> Controller<Fake, Recorder, Pretend> {
+    Controller::new(fake.clone(), granter.clone(), target.clone())
+}
+
+/// Asserts that a grant to process `client` is refused with `message`,
+/// asked for both as a request line and by a [`Client`].
+fn assert_grant_refused(fake: &Fake, client: u32, message: &str) {
+    let line = format!("GRANT_ACCESS {client}\n");
+    assert_eq!(fake.raw(line.as_bytes()), format!("ERROR: {message}\n"));
+    let err = fake.client().grant_access(pid(client)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), message);
+}
+
 /// Asserts that `run` stopped, joined and dropped the listener.
 fn assert_listener_cleaned_up(fake: &Fake) {
     let wires = &fake.0;
@@ -788,8 +807,7 @@ fn assert_listener_cleaned_up(fake: &Fake) {
 
 #[test]
 fn get_target_pid_names_the_spawned_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
 
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
@@ -798,18 +816,15 @@ fn get_target_pid_names_the_spawned_target() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
 }
 
 #[test]
 fn grant_access_grants_the_client_on_the_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     // The grant lasts as long as the connection that asked for it.
-    let mut holder = fake.client().session().unwrap();
-    holder.grant_access(pid(77)).unwrap();
+    let mut holder = fake.granted(77);
     assert_eq!(granter.granted(), [(PID, 77)]);
     // The holder may ask again.
     holder.grant_access(pid(77)).unwrap();
@@ -828,23 +843,16 @@ fn grant_access_grants_the_client_on_the_target() {
     let status = fake.client().status().unwrap();
     assert_eq!((status.pid, status.holder), (PID, Some(pid(78))));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn failed_grant_is_an_error_reply() {
     let (fake, granter, target) = controller();
     granter.fail(Some("no ptrace for you"));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
 
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: Grant failed: no ptrace for you\n"
-    );
-    let err = fake.client().grant_access(pid(77)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "Grant failed: no ptrace for you");
+    assert_grant_refused(&fake, 77, "Grant failed: no ptrace for you");
     assert_eq!(granter.attempts(), 2);
     assert!(granter.granted().is_empty());
 
@@ -853,18 +861,16 @@ fn failed_grant_is_an_error_reply() {
     granter.fail(None);
     fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(granter.attempts(), 3);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn revoke_withdraws_the_grant() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
-    let mut session = fake.client().session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let mut session = fake.granted(77);
     session.revoke(pid(77)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
@@ -880,17 +886,14 @@ fn revoke_withdraws_the_grant() {
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_client_cannot_revoke_a_grant_another_client_took_over() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
-    let mut first = fake.client().session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let mut first = fake.granted(77);
     // A second client takes the grant over (Yama keeps one ptracer).
     let mut second = fake.client().session().unwrap();
     second.take_over(pid(88)).unwrap();
@@ -928,18 +931,12 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
     second.revoke(pid(88)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn bad_requests_get_an_error_and_serving_goes_on() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let (fake, granter, target, running) = started();
 
     let mut long = b"GET_TARGET_PID ".to_vec();
     long.resize(MAX_LINE + 1000, b'A');
@@ -975,8 +972,7 @@ fn bad_requests_get_an_error_and_serving_goes_on() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -987,11 +983,7 @@ fn lowercase_dialect_round_trip() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
 
     assert_eq!(fake.raw(b"get_target_pid\n"), "target_pid 4242\n");
     assert_eq!(fake.raw(b"grant_access 42\n"), "ready\n");
@@ -1019,14 +1011,9 @@ fn terminate_replies_ready_then_stops_the_target() {
         reply_before_terminate: Some(fake.0.delivered.1.clone()),
         ..PretendConfig::default()
     });
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 0, "killed although it obeyed terminate()");
     // terminate() came after the READY had been sent, not before.
@@ -1041,12 +1028,9 @@ fn terminate_replies_ready_then_stops_the_target() {
 fn target_ignoring_terminate_is_killed_after_the_grace_period() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 1);
     assert_listener_cleaned_up(&fake);
@@ -1061,15 +1045,14 @@ fn a_killed_target_that_stays_frozen_is_not_waited_for() {
     let started = granter.stick(Some(Stuck::UntilDeadline));
     target.0.frozen.store(true, SeqCst);
     let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
+        controller_over(&fake, &granter, &target)
             .grace(SHORT_GRACE)
             .grant_deadline(HANG),
     );
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
     let asked = Instant::now();
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     let took = asked.elapsed();
     assert!(took < SHORT_GRACE + Duration::from_secs(2), "took {took:?}");
     assert_eq!(target.terminates(), 1);
@@ -1091,9 +1074,7 @@ fn a_killed_target_that_is_not_frozen_is_waited_for() {
         ignore_kill: true,
         ..PretendConfig::default()
     });
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
     fake.client().terminate().unwrap();
     // Past the grace period and a few looks at the freezer.
     thread::sleep(SHORT_GRACE + Duration::from_millis(1600));
@@ -1110,17 +1091,10 @@ fn a_killed_target_that_is_not_frozen_is_waited_for() {
 fn no_grant_while_shutting_down() {
     let (fake, granter, _) = controller();
     let target = Pretend::stubborn();
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
 
     fake.client().terminate().unwrap();
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: The controller is shutting down\n"
-    );
-    let err = fake.client().grant_access(pid(77)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "The controller is shutting down");
+    assert_grant_refused(&fake, 77, "The controller is shutting down");
     assert_eq!(granter.attempts(), 0);
     // Other requests are still answered while the target is ending.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
@@ -1134,7 +1108,7 @@ fn no_grant_while_shutting_down() {
 #[test]
 fn shutdown_handle_stops_the_controller() {
     let (fake, granter, target) = controller();
-    let controller = Controller::new(fake.clone(), granter, target.clone());
+    let controller = controller_over(&fake, &granter, &target);
     let handle = controller.shutdown_handle();
     let running = start(controller);
 
@@ -1152,8 +1126,7 @@ fn shutdown_handle_stops_the_controller() {
 fn shutdown_handle_kills_a_stubborn_target() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let controller =
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE);
+    let controller = controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE);
     let handle = controller.shutdown_handle();
     // Asked before it even runs: it starts the target, then stops it.
     handle.shutdown();
@@ -1175,8 +1148,7 @@ fn run_returns_the_status_of_a_target_that_ended_on_its_own() {
         ExitStatus::Code(3),
         ExitStatus::Signal(11),
     ] {
-        let (fake, granter, target) = controller();
-        let running = start(Controller::new(fake.clone(), granter, target.clone()));
+        let (fake, _, target, running) = started();
         assert_eq!(fake.client().target_pid().unwrap(), PID);
 
         // Another process's exit is not the target's.
@@ -1201,11 +1173,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     fake.0.queued.1.recv_timeout(HANG).unwrap(); // that request's
 
@@ -1252,8 +1220,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
 
 #[test]
 fn losing_the_target_is_an_error_and_cleans_up() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.lose_target();
@@ -1274,13 +1241,9 @@ fn listen_failure_is_returned_and_nothing_is_spawned() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
     assert_eq!(target.spawns(), 0);
@@ -1293,13 +1256,9 @@ fn spawn_failure_is_returned_and_the_listener_dropped() {
         spawn_error: Some(io::ErrorKind::NotFound),
         ..PretendConfig::default()
     });
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
     assert_eq!(target.spawns(), 1);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
@@ -1315,11 +1274,7 @@ fn run_joins_the_listener_before_returning() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.exit(ExitStatus::Code(0));
@@ -1335,9 +1290,7 @@ fn listener_failure_stops_the_target_once() {
         ..FakeConfig::default()
     });
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
     assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
     assert_eq!(
@@ -1421,14 +1374,10 @@ fn client_times_out_naming_the_request() {
 
 #[test]
 fn client_turns_error_replies_into_refused() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"ERROR: Grant failed: nope\n"),
-            Some(b"error : Target process not running\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"ERROR: Grant failed: nope\n"),
+        Some(b"error : Target process not running\n"),
+    ]);
     let client = fake.client();
     let (first, second) = within(move || (client.grant_access(pid(9)), client.target_pid()));
 
@@ -1446,17 +1395,13 @@ fn client_turns_error_replies_into_refused() {
 
 #[test]
 fn client_rejects_replies_of_the_wrong_type() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"READY\n"),
-            Some(b"TARGET_PID 5\n"),
-            Some(b"hello\n"),
-            Some(b"TARGET_PID \xff\n"),
-            Some(b"TARGET_PID 5\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"READY\n"),
+        Some(b"TARGET_PID 5\n"),
+        Some(b"hello\n"),
+        Some(b"TARGET_PID \xff\n"),
+        Some(b"TARGET_PID 5\n"),
+    ]);
     let client = fake.client();
     let results = within(move || {
         [
@@ -1485,8 +1430,7 @@ fn client_rejects_replies_of_the_wrong_type() {
 
 #[test]
 fn client_reports_a_controller_that_went_away() {
-    let fake = Fake::new();
-    let server = script(&fake, vec![None]);
+    let (fake, server) = scripted(&[None]);
     let client = fake.client();
     let err = within(move || client.target_pid()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
@@ -1512,12 +1456,10 @@ fn exit_status_shell_code() {
 
 #[test]
 fn a_grant_ends_with_the_connection_that_asked_for_it() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let client = fake.client();
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     // The listener knows which connection that is (it must never close it
     // as idle).
     let asked_on = fake.last_connection();
@@ -1539,8 +1481,7 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
 
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
-    let mut first = client.session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let first = fake.granted(77);
     let mut second = client.session().unwrap();
     second.take_over(pid(88)).unwrap();
     assert_eq!(fake.grant_holder(), Some(fake.last_connection()));
@@ -1557,18 +1498,15 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
         thread::sleep(Duration::from_millis(5));
     }
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn status_reports_target_grant_and_extra_fields() {
-    let (fake, granter, target) = controller();
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target)
-            .status_field("ptrace_scope", "1")
-            .status_field("name", "demo"),
-    );
+    let (fake, _, _, running) = started_with(|c| {
+        c.status_field("ptrace_scope", "1")
+            .status_field("name", "demo")
+    });
     let client = fake.client();
     let status = client.status().unwrap();
     assert_eq!(status.pid, PID);
@@ -1590,15 +1528,24 @@ fn status_reports_target_grant_and_extra_fields() {
             field("name", "demo"),
         ]
     );
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(5)).unwrap();
+    let _session = fake.granted(5);
     assert_eq!(client.status().unwrap().holder, Some(pid(5)));
     assert!(fake
         .raw(b"status\n")
         .starts_with("status pid=4242 state=running uptime="));
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
+}
+
+/// Restarts `when` it should, 1 ms after the target ended.
+fn restart_at_once(when: Restart) -> RestartPolicy {
+    RestartPolicy::new(when).delays(Duration::from_millis(1), Duration::from_millis(1))
+}
+
+/// Restarts always, after a delay no test waits for: once the target ends,
+/// a restart stays pending.
+fn pending_restart() -> RestartPolicy {
+    RestartPolicy::new(Restart::Always).delays(Duration::from_secs(600), Duration::from_secs(600))
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -1611,17 +1558,14 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn a_failed_target_is_restarted_up_to_the_limit() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::OnFailure)
         .delays(Duration::from_millis(20), Duration::from_millis(40))
         .max_restarts(2);
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
 
     // A grant never carries over to the next process.
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     for restart in 1..=2 {
         wait_until("the target running", || target.spawns() == restart);
         target.exit(ExitStatus::Signal(11));
@@ -1640,12 +1584,8 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
 
 #[test]
 fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
-    let (fake, granter, target) = controller();
-    // A long delay: the controller is waiting to restart while we ask.
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    // The controller is waiting to restart while we ask.
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
@@ -1662,18 +1602,14 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
     assert!(client.grant_access(pid(5)).is_err());
     assert_eq!(granter.attempts(), 0);
     // Nothing to stop: the controller ends at once with the last status.
-    client.terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(0));
     assert_eq!(target.spawns(), 1);
     assert_eq!(target.terminates(), 0);
 }
 
 #[test]
 fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
-    let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::OnFailure)
-        .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (_, _, target, running) = started_with(|c| c.restart(restart_at_once(Restart::OnFailure)));
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
@@ -1682,12 +1618,11 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
 
 #[test]
 fn a_restart_that_fails_is_tried_again_later_then_given_up() {
-    let (fake, granter, target) = controller();
-    // 500 ms before the first restart, 1 s before the second, then no more.
+    // Two restarts: 500 ms after the end, then 1 s after the first failed.
     let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_millis(500), Duration::from_secs(600))
-        .max_restarts(2);
-    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+        .max_restarts(2)
+        .delays(Duration::from_millis(500), Duration::from_secs(600));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.fail_spawns(io::ErrorKind::NotFound);
@@ -1723,8 +1658,7 @@ fn a_restart_that_fails_is_tried_again_later_then_given_up() {
 
 #[test]
 fn stack_is_the_inspectors_to_give() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target));
+    let (fake, _, _, running) = started();
     // Without an inspector the controller cannot read stacks, and says so.
     let err = fake.client().stack().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
@@ -1732,8 +1666,7 @@ fn stack_is_the_inspectors_to_give() {
         err.message(),
         "Cannot read the target's stacks: this controller cannot read its target's stacks"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 
     /// Reads the stack of whichever process it is asked about.
     struct Reader;
@@ -1744,14 +1677,12 @@ fn stack_is_the_inspectors_to_give() {
             ))
         }
     }
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target).inspector(Reader));
+    let (fake, _, _, running) = started_with(|c| c.inspector(Reader));
     assert_eq!(
         fake.client().stack().unwrap(),
         "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 // ---------------------------------------------------------------------------
@@ -1760,13 +1691,12 @@ fn stack_is_the_inspectors_to_give() {
 #[test]
 fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
     let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
     // 77 runs a debugger, 700, which runs a helper, 701; 88 is a stranger.
-    table.add(700, 77, 700);
-    table.add(701, 700, 701);
-    let client = table.identity(pid(77)).unwrap().unwrap();
+    target.table().add(700, 77, 700);
+    target.table().add(701, 700, 701);
+    let client = target.id_of(77);
     fake.authenticate(Some(client));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
 
     for (line, reply) in [
         ("GRANT_ACCESS 88\n", "ERROR: GRANT_ACCESS 88 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
@@ -1802,35 +1732,30 @@ fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
         .starts_with("ERROR: GRANT_ACCESS 77 refused"));
     assert_eq!(granter.attempts(), 2);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 31337\n"),
         "ERROR: Grant failed: no process with PID 31337\n"
     );
     assert_eq!(granter.attempts(), 0);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
     let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
     // 7701 is a thread of process 77.
-    table.add(7701, 1, 7701);
-    table.edit(7701, |info| info.process = pid(77));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    target.table().add(7701, 1, 7701);
+    target.table().edit(7701, |info| info.process = pid(77));
+    let running = start(controller_over(&fake, &granter, &target));
     let client = fake.client();
 
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(7701)).unwrap();
+    let session = fake.granted(7701);
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     // Another client is told who holds it: the process.
@@ -1843,27 +1768,22 @@ fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
     wait_until("the grant revoked", || granter.revoked() == [PID]);
     assert_eq!(client.status().unwrap().holder, None);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_holder_that_exited_holds_nothing() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, target, running) = started();
     let client = fake.client();
-    let mut first = client.session().unwrap();
-    first.grant_access(pid(77)).unwrap();
+    let first = fake.granted(77);
     // 77 exits; its pid goes to another process.
-    table.remove(77);
+    target.table().remove(77);
     assert_eq!(client.status().unwrap().holder, None);
-    table.add(77, 1, 7777);
+    target.table().add(77, 1, 7777);
     assert_eq!(client.status().unwrap().holder, None);
     // So a second client needs no FORCE, and a REVOKE naming 88 is no
     // longer refused for 77's sake.
-    let mut second = client.session().unwrap();
-    second.grant_access(pid(88)).unwrap();
+    let _second = fake.granted(88);
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     // The first connection closes: the grant is no longer its own.
     drop(first);
@@ -1871,15 +1791,13 @@ fn a_holder_that_exited_holds_nothing() {
     assert!(granter.revoked().is_empty());
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_made_over_named_pipes_outlives_every_connection() {
     // Connection 0: a transport without connections (named pipes).
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let client = fake.client();
     client.grant_access(pid(77)).unwrap();
     // Every connection of the fake closed; the grant was tied to one of
@@ -1900,20 +1818,15 @@ fn a_grant_made_over_named_pipes_outlives_every_connection() {
     // Only the first grant's connection closing revoked anything.
     assert_eq!(granter.revoked(), [PID]);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
-    let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, granter, target, running) =
+        started_with(|c| c.restart(restart_at_once(Restart::Always)));
     let client = fake.client();
-    let mut session = client.session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let session = fake.granted(77);
     let first = target.identity();
     target.exit(ExitStatus::Code(1));
     wait_until("the restart", || target.spawns() == 2);
@@ -1926,19 +1839,14 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     thread::sleep(Duration::from_millis(50));
     assert_eq!(granter.revoked(), [PID]);
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 /// A grant the granter completes after its target ended is no grant: its
 /// client hears so, and nobody holds a grant.
 #[test]
 fn a_grant_whose_target_ended_meanwhile_fails() {
-    let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -1956,20 +1864,22 @@ fn a_grant_whose_target_ended_meanwhile_fails() {
     );
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(client.status().unwrap().holder, None);
-    client.terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Code(1));
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
 }
 
 // ---------------------------------------------------------------------------
 // Signals.
 
-/// A controller whose signals the test hands over: (signals, suspensions).
+/// Starts `controller`, whose signals the test hands over, and waits until
+/// it answers on `fake`: (its run, signals, suspensions).
 fn with_fake_signals(
+    fake: &Fake,
     controller: Controller<Fake, Recorder, Pretend>,
 ) -> (Running, Sender<crate::signals::Caught>, Receiver<()>) {
     let (signals, signal_rx) = bounded(16);
     let (suspended_tx, suspended) = unbounded();
     let running = start(controller.fake_signals(signal_rx, suspended_tx));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
     (running, signals, suspended)
 }
 
@@ -1985,8 +1895,7 @@ fn a_stop_signal_from_a_process_is_passed_on_and_ends_the_controller() {
     for signal in crate::STOP_SIGNALS {
         let (fake, granter, target) = controller();
         let (running, signals, _) =
-            with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-        assert_eq!(fake.client().target_pid().unwrap(), PID);
+            with_fake_signals(&fake, controller_over(&fake, &granter, &target));
         signals.send(caught(signal, false)).unwrap();
         wait_until("the signal passed on", || target.signals() == [signal]);
         target.exit(ExitStatus::Signal(signal));
@@ -2002,9 +1911,9 @@ fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controll
     let fake = Fake::new();
     let target = Pretend::stubborn();
     let (running, signals, _) = with_fake_signals(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE),
     );
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
     let asked = Instant::now();
     signals.send(caught(libc_sigint(), true)).unwrap();
     // It ignores the terminal's Ctrl-C: killed after the grace period.
@@ -2021,10 +1930,9 @@ fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controll
     let fake = Fake::new();
     let target = Pretend::stubborn();
     let (running, signals, _) = with_fake_signals(
-        Controller::new(fake.clone(), Recorder::default(), target.clone())
-            .grace(Duration::from_millis(500)),
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(Duration::from_millis(500)),
     );
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
     let until = Instant::now() + Duration::from_secs(10);
     while target.kills() == 0 && Instant::now() < until {
         let _ = signals.try_send(caught(libc_sigint(), true));
@@ -2043,12 +1951,8 @@ fn a_terminal_signal_reaches_a_target_in_its_own_group() {
         own_group: true,
         ..PretendConfig::default()
     });
-    let (running, signals, _) = with_fake_signals(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let (running, signals, _) =
+        with_fake_signals(&fake, controller_over(&fake, &Recorder::default(), &target));
     signals.send(caught(libc_sigwinch(), true)).unwrap();
     signals.send(caught(libc_sigint(), true)).unwrap();
     wait_until("both passed on", || target.signals().len() == 2);
@@ -2061,8 +1965,7 @@ fn a_terminal_signal_reaches_a_target_in_its_own_group() {
 fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
     let (fake, granter, target) = controller();
     let (running, signals, suspended) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
     for signal in crate::PASS_SIGNALS {
         signals.send(caught(signal, false)).unwrap();
         signals.send(caught(signal, true)).unwrap();
@@ -2075,16 +1978,14 @@ fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
     assert_eq!(target.signals(), crate::PASS_SIGNALS);
     assert!(suspended.is_empty());
     running.assert_running();
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
     let (fake, granter, target) = controller();
     let (running, signals, suspended) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()));
-    assert_eq!(fake.client().target_pid().unwrap(), PID);
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
     let tstp = crate::SUSPEND_SIGNALS[0];
     signals.send(caught(tstp, false)).unwrap();
     suspended
@@ -2098,17 +1999,16 @@ fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
         .expect("the controller did not suspend");
     assert_eq!(target.signals(), [tstp]);
     running.assert_running();
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
     let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let (running, signals, _) =
-        with_fake_signals(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (running, signals, _) = with_fake_signals(
+        &fake,
+        controller_over(&fake, &granter, &target).restart(pending_restart()),
+    );
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(3));
@@ -2143,15 +2043,12 @@ fn caught_signals_sent_by_a_process_are_passed_on() {
             .unwrap();
     }
     let sigwinch = signal_hook::consts::SIGWINCH;
-    let (fake, granter, target) = controller();
-    let running =
-        start(Controller::new(fake.clone(), granter, target.clone()).handle_signals(true));
+    let (fake, _, target, running) = started_with(|c| c.handle_signals(true));
     // Answering, it catches signals already.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     signal_hook::low_level::raise(sigwinch).unwrap();
     wait_until("the signal passed on", || target.signals() == [sigwinch]);
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.signals(), [sigwinch]);
 }
 
@@ -2172,9 +2069,7 @@ fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
     let started = granter.stick(Some(Stuck::UntilDeadline));
     target.0.frozen.store(true, SeqCst);
     let deadline = Duration::from_millis(1500);
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone()).grant_deadline(deadline),
-    );
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
     let asked = Instant::now();
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
@@ -2204,8 +2099,7 @@ fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
     granter.stick(None);
     fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2215,12 +2109,10 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     // does complete, as its client was told it failed.
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
-            .grant_deadline(Duration::from_millis(300)),
-    );
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
-    target.0.table.edit(PID.get(), |info| {
+    target.table().edit(PID.get(), |info| {
         info.state = crate::ProcessState::DiskSleep
     });
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
@@ -2239,8 +2131,7 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(fake.client().status().unwrap().holder, None);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 /// A grant the granter made in time is answered as made, however late the
@@ -2250,8 +2141,7 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
 fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
     let (fake, granter, target) = controller();
     let deadline = Duration::from_millis(100);
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target).grant_deadline(deadline));
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -2262,18 +2152,15 @@ fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
     let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
     assert_eq!(grant, "READY\n");
     assert_eq!(granter.granted(), [(PID, 77)]);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn stopping_calls_off_a_grant_in_progress() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target.clone())
-            .grant_deadline(Duration::from_secs(600)),
-    );
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_secs(600)));
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).unwrap();
     let asked = Instant::now();
@@ -2299,12 +2186,10 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
         }
     }
     let (go, gate) = unbounded();
-    let (fake, granter, target) = controller();
-    let running = start(
-        Controller::new(fake.clone(), granter, target)
-            .inspector(Gated(Mutex::new(gate)))
-            .stack_deadline(Duration::from_millis(300)),
-    );
+    let (fake, _, _, running) = started_with(|c| {
+        c.inspector(Gated(Mutex::new(gate)))
+            .stack_deadline(Duration::from_millis(300))
+    });
     let reply = fake.raw_async(b"STACK\n");
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
@@ -2316,22 +2201,17 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     go.send(()).unwrap();
     go.send(()).unwrap();
     assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn only_the_grants_connection_or_its_holder_may_revoke_it() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
-    let holder = table.identity(pid(77)).unwrap().unwrap();
+    let (fake, granter, target, running) = started();
+    let (holder, stranger) = (target.id_of(77), target.id_of(88));
     fake.authenticate(Some(holder));
-    let mut session = fake.client().session().unwrap();
-    session.grant_access(pid(77)).unwrap();
+    let mut session = fake.granted(77);
 
     // Another process, on another connection: refused, both ways of asking.
-    let stranger = table.identity(pid(88)).unwrap().unwrap();
     fake.authenticate(Some(stranger));
     let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
                    connection or that process may withdraw it (attach --force takes it over)\n";
@@ -2351,8 +2231,7 @@ fn only_the_grants_connection_or_its_holder_may_revoke_it() {
     fake.authenticate(Some(stranger));
     session.revoke(pid(77)).unwrap();
     wait_until("the second revoke", || granter.revoked().len() == 2);
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 // ---------------------------------------------------------------------------
@@ -2387,8 +2266,7 @@ fn text(reply: Answered) -> (String, FakeConnection) {
 
 #[test]
 fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
     // Yama keeps one ptracer: a second grant, made after the first, would
@@ -2409,23 +2287,20 @@ fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
     assert_eq!(text(first).0, "READY\n");
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(88)));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_revoke_from_another_process_during_a_grant_is_refused() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
-    let holder = table.identity(pid(77)).unwrap().unwrap();
+    let (fake, granter, target, running) = started();
+    let holder = target.id_of(77);
     fake.authenticate(Some(holder));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
 
     // Nobody holds the grant yet, but it is being made: a stranger's
     // REVOKE, queued behind it, would withdraw it once its client was told
     // READY.
-    fake.authenticate(Some(table.identity(pid(88)).unwrap().unwrap()));
+    fake.authenticate(Some(target.id_of(88)));
     let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
                    connection or that process may withdraw it (attach --force takes it over)\n";
     assert_eq!(fake.raw(b"REVOKE\n"), refusal);
@@ -2434,16 +2309,13 @@ fn a_revoke_from_another_process_during_a_grant_is_refused() {
     assert!(granter.revoked().is_empty());
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
-    fake.authenticate(Some(table.identity(pid(77)).unwrap().unwrap()));
+    let (fake, granter, target, running) = started();
+    fake.authenticate(Some(target.id_of(77)));
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
 
     // The process being granted withdraws it, on another connection: the
@@ -2457,14 +2329,12 @@ fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.client().status().unwrap().holder, None);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_whose_connection_closed_during_it_does_not_stay() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
     // The client gives up at once and its connection closes: a grant tied
     // to a closed connection would never be withdrawn with it.
@@ -2483,14 +2353,12 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
     // Another client needs no FORCE.
     fake.client().grant_access(pid(88)).unwrap();
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_grant_in_progress_survives_another_connection_closing() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
     let other = fake.connect(HANG).unwrap();
     let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
     // Only the asking connection's end calls its grant off.
@@ -2500,8 +2368,7 @@ fn a_grant_in_progress_survives_another_connection_closing() {
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -2517,7 +2384,7 @@ fn work_past_its_deadline_is_given_up_alone() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
     let running = start(
-        Controller::new(fake.clone(), granter.clone(), target)
+        controller_over(&fake, &granter, &target)
             .inspector(Silent)
             .grant_deadline(Duration::from_secs(600))
             .stack_deadline(Duration::from_millis(300)),
@@ -2546,8 +2413,7 @@ fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
     let fake = Fake::new();
     let granter = Recorder::default();
     let target = Pretend::stubborn();
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
     let (done, report) = granter.hold_next_report();
     let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
     done.recv_timeout(HANG).expect("the grant was not made");
@@ -2568,9 +2434,7 @@ fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
 
 #[test]
 fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
-    let (fake, granter, target) = controller();
-    let table = target.0.table.clone();
-    let running = start(Controller::new(fake.clone(), granter, target));
+    let (fake, _, target, running) = started();
     let warnings = || -> Vec<String> {
         running
             .logged()
@@ -2598,7 +2462,7 @@ fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
     );
     // A process a transport authenticates has its own: its refusal is
     // logged, with why.
-    fake.authenticate(table.identity(pid(77)).unwrap());
+    fake.authenticate(target.table().identity(pid(77)).unwrap());
     assert!(fake
         .raw(b"GRANT_ACCESS 88\n")
         .starts_with("ERROR: GRANT_ACCESS 88 refused"));
@@ -2610,6 +2474,5 @@ fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
             && refusal.ends_with("descendants (you are PID 77)"),
         "{refusal}"
     );
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }

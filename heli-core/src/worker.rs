@@ -96,38 +96,26 @@ impl GrantWorker {
         mut granter: G,
         done: Sender<Done>,
     ) -> io::Result<GrantWorker> {
-        let (jobs, queue) = unbounded::<GrantJob>();
-        thread::Builder::new()
-            .name("heli-granter".into())
-            .spawn(move || {
-                for (id, work, deadline, claim) in queue {
-                    let result = if deadline.expired() {
-                        Err(not_started(&deadline))
-                    } else {
-                        match work {
-                            GrantWork::Grant { target, client } => {
-                                granter.grant(target, client, &deadline)
-                            }
-                            GrantWork::Revoke { target } => granter.revoke(target, &deadline),
-                        }
-                    };
-                    if !claim.finish() {
-                        undo_late(&mut granter, work, &result);
-                    }
-                    let status_fields = granter.status_fields();
-                    if done
-                        .send(Done::Grant {
-                            id,
-                            work,
-                            result,
-                            status_fields,
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
+        let jobs = spawn_worker(
+            "heli-granter",
+            move |(id, work, deadline, claim): GrantJob| {
+                let result = unless_expired(&deadline, || match work {
+                    GrantWork::Grant { target, client } => granter.grant(target, client, &deadline),
+                    GrantWork::Revoke { target } => granter.revoke(target, &deadline),
+                });
+                if !claim.finish() {
+                    undo_late(&mut granter, work, &result);
                 }
-            })?;
+                let status_fields = granter.status_fields();
+                done.send(Done::Grant {
+                    id,
+                    work,
+                    result,
+                    status_fields,
+                })
+                .is_ok()
+            },
+        )?;
         Ok(GrantWorker(jobs))
     }
 
@@ -157,6 +145,34 @@ fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()
     }
 }
 
+/// Starts a thread named `name` that hands each job sent on the returned
+/// channel to `each`, in order, until `each` returns false (its results
+/// have nowhere to go) or every sender is gone.
+fn spawn_worker<J: Send + 'static>(
+    name: &str,
+    mut each: impl FnMut(J) -> bool + Send + 'static,
+) -> io::Result<Sender<J>> {
+    let (jobs, queue) = unbounded::<J>();
+    thread::Builder::new().name(name.into()).spawn(move || {
+        for job in queue {
+            if !each(job) {
+                break;
+            }
+        }
+    })?;
+    Ok(jobs)
+}
+
+/// Runs `work`, unless its deadline passed (or it was called off) before it
+/// could start.
+fn unless_expired<T>(deadline: &Deadline, work: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    if deadline.expired() {
+        Err(not_started(deadline))
+    } else {
+        work()
+    }
+}
+
 /// The error for work whose deadline passed before it could start.
 fn not_started(deadline: &Deadline) -> io::Error {
     if deadline.is_cancelled() {
@@ -180,21 +196,13 @@ impl StackWorker {
         inspector: Arc<I>,
         done: Sender<Done>,
     ) -> io::Result<StackWorker> {
-        let (jobs, queue) = unbounded::<StackJob>();
-        thread::Builder::new()
-            .name("heli-inspector".into())
-            .spawn(move || {
-                for (id, pid, deadline, claim) in queue {
-                    let result = if deadline.expired() {
-                        Err(not_started(&deadline))
-                    } else {
-                        inspector.stack_dump(pid)
-                    };
-                    if claim.finish() && done.send(Done::Stack { id, result }).is_err() {
-                        break;
-                    }
-                }
-            })?;
+        let jobs = spawn_worker(
+            "heli-inspector",
+            move |(id, pid, deadline, claim): StackJob| {
+                let result = unless_expired(&deadline, || inspector.stack_dump(pid));
+                !claim.finish() || done.send(Done::Stack { id, result }).is_ok()
+            },
+        )?;
         Ok(StackWorker(jobs))
     }
 

@@ -12,37 +12,17 @@ use common::serial;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{log_limit, Deadline, Processes, Supervisor};
+use heli_core::{log_limit, test_log, Deadline, Processes, Supervisor};
 use heli_grant::{ProcessSupervisor, SyscallInjector};
-
-/// Every warning logged, as text.
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Keep;
-
-impl log::Log for Keep {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            WARNINGS.lock().unwrap().push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
 
 #[test]
 fn signals_sent_again_during_injections_log_a_few_warnings_only() {
     let _serial = serial("signals_sent_again_during_injections_log_a_few_warnings_only");
-    log::set_logger(&Keep).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+    assert!(test_log::capture(log::LevelFilter::Warn));
     let mut command = Command::new("sleep");
     command.arg("600");
     let mut supervisor = ProcessSupervisor::new(command);
@@ -83,7 +63,10 @@ fn signals_sent_again_during_injections_log_a_few_warnings_only() {
     assert!(supervisor.is_running(supervisor.identity(pid).unwrap().unwrap()));
     supervisor.kill().unwrap();
 
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings: Vec<String> = test_log::lines()
+        .into_iter()
+        .map(|line| line.text)
+        .collect();
     let again = warnings
         .iter()
         .filter(|line| line.contains("sending it again without its sender's identity"))

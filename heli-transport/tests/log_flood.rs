@@ -14,48 +14,26 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use heli_core::log_limit;
+use heli_core::{log_limit, test_log};
 use heli_transport::UnixSocketTransport;
-
-/// Every line logged at INFO or above.
-static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// One test at a time: they count lines in one log.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Keep;
-
-impl log::Log for Keep {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            LOGGED.lock().unwrap().push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 /// Takes the test lock, with the logger installed and its lines cleared.
 fn logging() -> MutexGuard<'static, ()> {
     let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    if log::set_logger(&Keep).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
-    LOGGED.lock().unwrap().clear();
+    assert!(test_log::capture(log::LevelFilter::Info));
+    test_log::clear();
     serial
 }
 
 /// The lines logged so far that contain `text`.
 fn logged(text: &str) -> Vec<String> {
-    let lines = LOGGED.lock().unwrap();
-    lines
-        .iter()
+    test_log::lines()
+        .into_iter()
+        .map(|line| line.text)
         .filter(|line| line.contains(text))
-        .cloned()
         .collect()
 }
 

@@ -248,24 +248,19 @@ fn pretty(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::protocol::Reply;
 
     fn pid(raw: u32) -> crate::core::Pid {
         crate::core::Pid::new(raw).unwrap()
     }
 
+    /// A target's status, as the controller reports it.
     fn status() -> Status {
-        Status {
-            pid: pid(42),
-            state: "running".into(),
-            uptime_secs: 65,
-            granter: "yama".into(),
-            holder: Some(pid(7)),
-            extra: vec![
-                ("ptrace_scope".into(), "1".into()),
-                ("session".into(), "target-9".into()),
-                ("grant_method".into(), "ptrace".into()),
-            ],
-            command: "python3.14 examples/target.py".into(),
+        let line = "STATUS pid=42 state=running uptime=65 granter=yama holder=7 ptrace_scope=1 \
+                    session=target-9 grant_method=ptrace command=python3.14 examples/target.py\n";
+        match Reply::parse(line).unwrap() {
+            Reply::Status(status) => status,
+            other => panic!("not a status: {other:?}"),
         }
     }
 

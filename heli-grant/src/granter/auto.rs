@@ -136,15 +136,10 @@ impl Granter for AutoGranter {
         }
     }
 
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
         match self {
-            AutoGranter::Noop(granter) => granter.grant(target, client, deadline),
-            AutoGranter::Yama(granter) => granter.grant(target, client, deadline),
+            AutoGranter::Noop(granter) => granter.grant(target, client, due),
+            AutoGranter::Yama(granter) => granter.grant(target, client, due),
         }
     }
 

@@ -288,12 +288,7 @@ impl Granter for YamaGranter {
     /// Has `target` call `prctl(PR_SET_PTRACER, client)` by the
     /// [method](Self::method) chosen; succeeds when it returned 0. Refused
     /// when `target` is no longer the process it names.
-    fn grant(
-        &mut self,
-        target: ProcessId,
-        client: ProcessId,
-        deadline: &Deadline,
-    ) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
         if !ProcFs.is_running(target) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -306,7 +301,7 @@ impl Granter for YamaGranter {
                 format!("client PID {} is not running", client.pid),
             ));
         }
-        let method = self.set_ptracer(target.pid, Some(client.pid), self.method, deadline)?;
+        let method = self.set_ptracer(target.pid, Some(client.pid), self.method, due)?;
         // The client may have exited in the meantime, and its pid gone to
         // another process: then take the grant back.
         if !ProcFs.is_running(client) {
