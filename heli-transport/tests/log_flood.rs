@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{bounded, standard, Server};
+use common::{bounded, standard, told, Server};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -46,16 +46,6 @@ fn server(max: usize) -> Server<UnixSocketTransport> {
     Server::on(Some(tmp), transport, standard)
 }
 
-/// Waits until the listener closes `stream`; what it said before.
-fn closed(stream: &mut UnixStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut told = String::new();
-    stream.read_to_string(&mut told).unwrap();
-    told
-}
-
 #[test]
 fn unfinished_lines_log_a_few_warnings_only() {
     let _serial = logging();
@@ -71,7 +61,7 @@ fn unfinished_lines_log_a_few_warnings_only() {
             stream.write_all(b"STA").unwrap();
         }
         for stream in &mut streams {
-            assert!(closed(stream).contains("not finished"));
+            assert!(told(stream).contains("not finished"));
         }
         let warned = logged("was not finished within");
         assert_eq!(warned.len(), log_limit::PER_KEY as usize, "{warned:#?}");
@@ -98,7 +88,7 @@ fn connections_closed_to_make_room_log_a_few_lines_only() {
                 .collect();
             let mut pushed_out = std::mem::replace(&mut streams, newcomers);
             for stream in &mut pushed_out {
-                assert!(closed(stream).contains("idle while session test was full"));
+                assert!(told(stream).contains("idle while session test was full"));
             }
         }
         let lines = logged("to make room for another");

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{bounded, is_root, join_within, standard, wait_until, Fresh, Server, TARGET};
+use common::{bounded, is_root, join_within, standard, told, wait_until, Fresh, Server, TARGET};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -259,16 +259,6 @@ fn a_thousand_idle_connections_do_not_lock_clients_out() {
         drop(idle);
         server.shut_down().unwrap();
     })
-}
-
-/// Reads `stream` until the listener closes it; what it said.
-fn told(stream: &mut UnixStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut data = String::new();
-    stream.read_to_string(&mut data).unwrap();
-    data
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! reply.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -283,4 +284,14 @@ impl<T: Fresh> Drop for Server<T> {
             }
         }
     }
+}
+
+/// Reads `stream` until the listener closes it (5 s at most); what it said.
+pub(crate) fn told(stream: &mut UnixStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut data = String::new();
+    stream.read_to_string(&mut data).unwrap();
+    data
 }
