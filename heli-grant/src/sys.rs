@@ -231,7 +231,9 @@ impl Drop for ThreadTimer {
 /// # Safety
 ///
 /// An implementor is a `repr(C)` struct of integers only (any bits make a
-/// value), laid out as the kernel's struct for `REQUEST`.
+/// value), laid out as the kernel's struct for `REQUEST`; and `REQUEST` is
+/// a request that takes the buffer's size in `addr`, writes at most that
+/// many bytes at `data` and touches no other memory of the caller's.
 pub(crate) unsafe trait PtraceConfig: Default {
     /// The request that fills it in.
     const REQUEST: libc::c_uint;
@@ -272,7 +274,12 @@ pub(crate) struct SudConfig {
     pub(crate) len: u64,
 }
 
-// SAFETY: repr(C), integers only, as `struct ptrace_sud_config`.
+// The kernel's sizes (its Syscall User Dispatch request refuses any other).
+const _: () =
+    assert!(std::mem::size_of::<RseqConfig>() == 24 && std::mem::size_of::<SudConfig>() == 32);
+
+// SAFETY: repr(C), integers only, as `struct ptrace_sud_config`. The request
+// reads `addr` (it must be the size) and writes that many bytes at `data`.
 unsafe impl PtraceConfig for SudConfig {
     /// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (Linux 6.2).
     const REQUEST: libc::c_uint = 0x4211;

@@ -8,7 +8,7 @@
 # It sets LOG_TAG to that tag and DEPS to the base directory,
 # ${HELI_DEPS:-/opt/heli} as an absolute path without a trailing slash.
 
-LOG_TAG=$1
+LOG_TAG=${1:?install.sh: source it with the tag of its log lines}
 DEPS=${HELI_DEPS:-/opt/heli}
 [[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
 DEPS=${DEPS%/}
