@@ -254,7 +254,8 @@ pub(crate) struct RseqConfig {
     pad: u32,
 }
 
-// SAFETY: repr(C), integers only, as `struct ptrace_rseq_configuration`.
+// SAFETY: repr(C), integers only, as `struct ptrace_rseq_configuration`. The
+// request writes at most `addr` bytes at `data`.
 unsafe impl PtraceConfig for RseqConfig {
     /// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
     const REQUEST: libc::c_uint = 0x420f;
