@@ -28,7 +28,7 @@
 //! ```
 //!
 //! Without it, the peer is skipped. It needs root and a cgroup freezer (v1,
-//! else v2); without one it says so and measures nothing. On a kernel
+//! else v2); without one it fails, saying so. On a kernel
 //! without Yama the injected `prctl` fails with EINVAL: the grant then ends
 //! in an error reply once it runs, after the thaw.
 //!
@@ -267,9 +267,7 @@ fn round(exe: &Path, plan: &Plan, figures: &mut Figures) -> Result<(), String> {
         .idle
         .ask_until(&running, &mut asking, || Instant::now() >= idle_until);
 
-    let Some(freezer) = Freezer::new("bench-frozen") else {
-        return Err("no cgroup freezer".into());
-    };
+    let freezer = Freezer::new("bench-frozen");
     freezer.add(running.target);
     freezer.set(true);
     // The grant, on a connection of its own; it thaws the group after its

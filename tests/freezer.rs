@@ -22,9 +22,9 @@ pub(crate) struct Freezer {
 impl Freezer {
     /// A new group in cgroup v1's freezer hierarchy, else in the cgroup v2
     /// hierarchy, named after this process and `purpose` (so that runs at
-    /// once never share one); `None` (with a note) when neither can be made
-    /// here (not root, or no hierarchy mounted).
-    pub(crate) fn new(purpose: &str) -> Option<Freezer> {
+    /// once never share one). Panics when neither can be made here (not
+    /// root, or no hierarchy mounted): the tests that need one fail.
+    pub(crate) fn new(purpose: &str) -> Freezer {
         static GROUPS: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "heli-{purpose}-{}-{}",
@@ -37,15 +37,16 @@ impl Freezer {
         } else if let Some(mount) = cgroup2_mount() {
             (mount, true)
         } else {
-            eprintln!("no cgroup freezer here: skipped");
-            return None;
+            panic!("this test needs root and a cgroup freezer (v1 or v2)");
         };
         let dir = base.join(name);
         if let Err(err) = fs::create_dir(&dir) {
-            eprintln!("cannot create {}: {err}: skipped", dir.display());
-            return None;
+            panic!(
+                "cannot create {}: {err}: this test needs root",
+                dir.display()
+            );
         }
-        Some(Freezer { dir, v2 })
+        Freezer { dir, v2 }
     }
 
     /// The group's directory.

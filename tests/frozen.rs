@@ -69,17 +69,17 @@ fn iterations(controller: &Controller) -> usize {
 
 /// The controller on the demo target with the Yama granter, its target
 /// running Python and then frozen: the controller, the target's pid and
-/// its freezer; `None` without a freezer to use.
-fn started_frozen() -> Option<(Controller, u32, Freezer)> {
+/// its freezer.
+fn started_frozen() -> (Controller, u32, Freezer) {
     let controller = Controller::start_on(Kind::Socket, &YAMA_DEMO);
     wait_for("the target's first iteration", SOON, || {
         iterations(&controller) > 0
     });
     let target = controller.target_pid();
-    let freezer = Freezer::new("e2e-frozen")?;
+    let freezer = Freezer::new("e2e-frozen");
     freezer.add(target);
     freezer.set(true);
-    Some((controller, target, freezer))
+    (controller, target, freezer)
 }
 
 /// `client status --json`, which must answer promptly: the reply as JSON.
@@ -112,9 +112,7 @@ fn attach(controller: &Controller) -> (ExitStatus, String, Duration) {
 #[test]
 fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
     let _serial = serial();
-    let Some((mut controller, target, freezer)) = started_frozen() else {
-        return;
-    };
+    let (mut controller, target, freezer) = started_frozen();
     assert_eq!(status_json(&controller)["target_state"], "frozen");
 
     let attaching = thread::scope(|scope| {
@@ -178,9 +176,7 @@ fn a_grant_on_a_frozen_target_holds_up_no_request_and_leaves_it_untouched() {
 #[test]
 fn sigterm_while_a_grant_waits_on_a_frozen_target_ends_the_controller() {
     let _serial = serial();
-    let Some((mut controller, target, freezer)) = started_frozen() else {
-        return;
-    };
+    let (mut controller, target, freezer) = started_frozen();
     // The grant goes to a child of the test's, on a connection of its own.
     let mut grantee = Command::new("sleep")
         .arg("30")

@@ -598,7 +598,7 @@ fn frozen_target_is_let_go_at_the_deadline_v1() {
     let _serial = serial("frozen_target_is_let_go_at_the_deadline_v1");
     match Freezer::v1() {
         Some(freezer) => frozen_target_is_let_go(freezer),
-        None => eprintln!("no cgroup v1 freezer here: skipped"),
+        None => panic!("this test needs root and a cgroup v1 freezer (/sys/fs/cgroup/freezer)"),
     }
 }
 
@@ -607,7 +607,7 @@ fn frozen_target_is_let_go_at_the_deadline_v2() {
     let _serial = serial("frozen_target_is_let_go_at_the_deadline_v2");
     match Freezer::v2() {
         Some(freezer) => frozen_target_is_let_go(freezer),
-        None => eprintln!("no cgroup v2 hierarchy here: skipped"),
+        None => panic!("this test needs root and a cgroup v2 hierarchy"),
     }
 }
 
@@ -729,8 +729,7 @@ fn freeze_mid_call(target: &Target, freezer: &Freezer) -> io::Error {
 fn thread_frozen_mid_call_keeps_its_registers_until_thawed() {
     let _serial = serial("thread_frozen_mid_call_keeps_its_registers_until_thawed");
     let Some(freezer) = Freezer::v1() else {
-        eprintln!("no cgroup v1 freezer here: skipped");
-        return;
+        panic!("this test needs root and a cgroup v1 freezer (/sys/fs/cgroup/freezer)");
     };
     let target = Target::spawn("tick", &[]);
     let pid = target.pid;
@@ -762,8 +761,7 @@ fn thread_frozen_mid_call_keeps_its_registers_until_thawed() {
 fn thread_frozen_mid_call_gets_its_registers_back_at_the_deadline() {
     let _serial = serial("thread_frozen_mid_call_gets_its_registers_back_at_the_deadline");
     let Some(freezer) = Freezer::v2() else {
-        eprintln!("no cgroup v2 hierarchy here: skipped");
-        return;
+        panic!("this test needs root and a cgroup v2 hierarchy");
     };
     let target = Target::spawn("tick", &[]);
     let pid = target.pid;
