@@ -11,53 +11,28 @@
 //! - context switches of all the controller's threads over 10 s without a
 //!   request (no periodic wake-ups: 0 expected).
 //!
-//! Under `cargo test` it checks the same things briefly (1 start, 1 s idle).
+//! - the controller's threads, idle.
+//!
+//! Side by side with a peer, another build of the controller example, whose
+//! starts are run in turns with heli's: its path comes from
+//! `HELI_BENCH_PEER_CONTROLLER` (see `benches/frozen.rs` for building the
+//! previous release). Without it, the peer is skipped.
+//!
+//! Under `cargo test` it checks the same things briefly (1 start, 1 s idle,
+//! no peer).
 
 #![allow(missing_docs)]
+
+mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// The controller example of this profile. `cargo test` builds it;
-/// `cargo bench` does not: then build (or bring up to date) it first.
-fn controller_exe() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let dir = profile_dir();
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    BUILT.call_once(|| {
-        if !benchmarking {
-            return;
-        }
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--example", "controller"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        assert!(
-            cargo.status().unwrap().success(),
-            "cannot build the controller example"
-        );
-    });
-    dir.join("examples/controller")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
-        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
-}
+use common::{benchmarking, controller_exe, profile_dir, spawn_controller};
 
 struct Running {
     child: Child,
@@ -81,25 +56,14 @@ fn status(socket: &PathBuf) -> Option<String> {
     line.starts_with("STATUS").then_some(line)
 }
 
-/// Starts a controller and returns it with the time it took to answer.
-fn start(target: &[&str]) -> (Running, Duration) {
-    let exe = controller_exe();
+/// Starts the controller `exe` and returns it with the time it took to
+/// answer.
+fn start(exe: &Path, target: &[&str]) -> (Running, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("heli/bench.sock");
-    let repo = env!("CARGO_MANIFEST_DIR");
+    let args = [&["--name", "bench"][..], target].concat();
     let started = Instant::now();
-    let child = Command::new(exe)
-        .args(["--name", "bench"])
-        .args(target)
-        .current_dir(repo)
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .env("HELI_PYTHON", python())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_controller(exe, &args, dir.path(), "warn");
     let running = Running {
         child,
         socket,
@@ -143,22 +107,28 @@ fn switches(pid: u32) -> u64 {
         .sum()
 }
 
-fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let (starts, idle) = if benchmarking {
-        (20, Duration::from_secs(10))
-    } else {
-        (1, Duration::from_secs(1))
-    };
-    let spread = |target: &[&str]| {
-        let mut times: Vec<Duration> = (0..starts).map(|_| start(target).1).collect();
-        times.sort();
-        let p90 = times[(times.len() - 1) * 9 / 10];
-        (times[times.len() / 2], p90, *times.last().unwrap())
-    };
-    let python_target = spread(&["examples/target.py"]);
-    let sleep_target = spread(&["--", "sleep", "600"]);
-    let (running, _) = start(&["examples/target.py"]);
+/// Median, 90th percentile and max.
+type Spread = (Duration, Duration, Duration);
+
+fn spread(mut times: Vec<Duration>) -> Spread {
+    times.sort();
+    let p90 = times[(times.len() - 1) * 9 / 10];
+    (times[times.len() / 2], p90, *times.last().unwrap())
+}
+
+/// What one controller build measured.
+struct Figures {
+    python_target: Spread,
+    sleep_target: Spread,
+    rss_ready: u64,
+    rss_served: u64,
+    idle_switches: u64,
+    threads: usize,
+}
+
+/// Starts `exe` once more, serves 1,000 requests and watches it idle.
+fn resident(exe: &Path, idle: Duration) -> (u64, u64, u64, usize) {
+    let (running, _) = start(exe, &["examples/target.py"]);
     let pid = running.child.id();
     let rss_ready = rss_kib(pid);
     for _ in 0..1000 {
@@ -170,8 +140,57 @@ fn main() {
     let before = switches(pid);
     std::thread::sleep(idle);
     let idle_switches = switches(pid) - before;
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    (rss_ready, rss_served, idle_switches, threads)
+}
+
+fn main() {
+    let (starts, idle) = if benchmarking() {
+        (20, Duration::from_secs(10))
+    } else {
+        (1, Duration::from_secs(1))
+    };
+    let peer = std::env::var_os("HELI_BENCH_PEER_CONTROLLER")
+        .filter(|_| benchmarking())
+        .map(PathBuf::from);
+    let mut exes = vec![("heli", controller_exe())];
+    if let Some(peer) = peer {
+        assert!(peer.exists(), "{} is missing", peer.display());
+        exes.push(("peer", peer));
+    }
+    // Starts in turns, so that both sides meet the same machine.
+    let times = |target: &[&str]| {
+        let mut times = vec![Vec::new(); exes.len()];
+        for _ in 0..starts {
+            for (side, (_, exe)) in exes.iter().enumerate() {
+                times[side].push(start(exe, target).1);
+            }
+        }
+        times.into_iter().map(spread).collect::<Vec<_>>()
+    };
+    let python_target = times(&["examples/target.py"]);
+    let sleep_target = times(&["--", "sleep", "600"]);
+    let figures: Vec<Figures> = exes
+        .iter()
+        .enumerate()
+        .map(|(side, (_, exe))| {
+            let (rss_ready, rss_served, idle_switches, threads) = resident(exe, idle);
+            Figures {
+                python_target: python_target[side],
+                sleep_target: sleep_target[side],
+                rss_ready,
+                rss_served,
+                idle_switches,
+                threads,
+            }
+        })
+        .collect();
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let times = |(median, p90, max): Spread| {
+        format!("{:.2} / {:.2} / {:.2} ms", ms(median), ms(p90), ms(max))
+    };
+    let mb = |kib: u64| format!("{:.2} MB", kib as f64 / 1024.0);
     println!(
         "\ncontroller footprint ({} build, {starts} starts)",
         if profile_dir().ends_with("release") {
@@ -180,30 +199,34 @@ fn main() {
             "debug"
         }
     );
-    println!("| measure | heli | target |");
-    println!("|---|---|---|");
-    println!(
-        "| start to ready, target.py, median / p90 / max | {:.2} / {:.2} / {:.2} ms | <= 5 ms |",
-        ms(python_target.0),
-        ms(python_target.1),
-        ms(python_target.2)
+    let names: Vec<&str> = exes.iter().map(|(name, _)| *name).collect();
+    println!("| measure | {} | target |", names.join(" | "));
+    println!("|---|{}---|", "---|".repeat(names.len()));
+    let row = |measure: &str, cell: &dyn Fn(&Figures) -> String, target: &str| {
+        let cells: Vec<String> = figures.iter().map(cell).collect();
+        println!("| {measure} | {} | {target} |", cells.join(" | "));
+    };
+    row(
+        "start to ready, target.py, median / p90 / max",
+        &|f| times(f.python_target),
+        "<= 5 ms",
     );
-    println!(
-        "| start to ready, `sleep`, median / p90 / max | {:.2} / {:.2} / {:.2} ms | <= 5 ms |",
-        ms(sleep_target.0),
-        ms(sleep_target.1),
-        ms(sleep_target.2)
+    row(
+        "start to ready, `sleep`, median / p90 / max",
+        &|f| times(f.sleep_target),
+        "<= 5 ms",
     );
-    println!(
-        "| RSS when ready | {:.2} MB | <= 3 MB |",
-        rss_ready as f64 / 1024.0
+    row("RSS when ready", &|f| mb(f.rss_ready), "<= 3 MB");
+    row("RSS after 1,000 requests", &|f| mb(f.rss_served), "<= 3 MB");
+    row(
+        &format!("context switches idle over {} s", idle.as_secs()),
+        &|f| f.idle_switches.to_string(),
+        "0",
     );
-    println!(
-        "| RSS after 1,000 requests | {:.2} MB | <= 3 MB |",
-        rss_served as f64 / 1024.0
-    );
-    println!(
-        "| context switches idle over {} s | {idle_switches} | 0 |",
-        idle.as_secs()
-    );
+    row("threads, idle", &|f| f.threads.to_string(), "");
+    if exes.len() == 1 && benchmarking() {
+        println!(
+            "(peer skipped: set HELI_BENCH_PEER_CONTROLLER to a controller example to compare)"
+        );
+    }
 }

@@ -14,8 +14,9 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,20 +26,13 @@ use heli::core::{Client, Controller, ErrorKind};
 use heli::grant::{AutoGranter, ChildWaits, GranterChoice, ProcessSupervisor, SyscallInjector};
 use heli::transport::FifoTransport;
 
+use common::{benchmarking, percentiles, python, time_each};
+
 const STATES: [(&str, &str); 3] = [
     ("busy in Python", "while True: pass"),
     ("asleep", "import time; time.sleep(100000)"),
     ("blocked in read()", "import sys; sys.stdin.buffer.read()"),
 ];
-
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
-        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
-}
 
 /// The target's command; its stdin is a pipe whose writing end the caller
 /// keeps open and never writes to, so the `read()` case blocks on it.
@@ -56,6 +50,9 @@ fn target_command(code: &str) -> (Command, std::os::fd::OwnedFd) {
 struct Running {
     client: Client<FifoTransport>,
     thread: Option<thread::JoinHandle<()>>,
+    /// The process the grants go to (a grant never goes to the controller,
+    /// which runs in this process).
+    grantee: std::process::Child,
     _dir: tempfile::TempDir,
     _stdin: std::os::fd::OwnedFd,
 }
@@ -80,9 +77,14 @@ impl Running {
         }
         // Let the interpreter reach its steady state.
         thread::sleep(Duration::from_millis(300));
+        let grantee = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
         Running {
             client,
             thread: Some(thread),
+            grantee,
             _dir: dir,
             _stdin: stdin,
         }
@@ -90,7 +92,8 @@ impl Running {
 
     /// One grant; `Ok` for READY and for the EINVAL of a kernel without Yama.
     fn grant(&self) {
-        match self.client.grant_access(std::process::id()) {
+        let grantee = heli::core::Pid::new(self.grantee.id()).unwrap();
+        match self.client.grant_access(grantee) {
             Ok(()) => {}
             Err(err) if err.kind() == ErrorKind::Refused && err.message().contains("EINVAL") => {}
             Err(err) => panic!("grant failed: {err}"),
@@ -101,6 +104,8 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.client.terminate();
+        let _ = self.grantee.kill();
+        let _ = self.grantee.wait();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -127,10 +132,17 @@ impl Bare {
     }
 
     fn inject(&self) {
-        let pid = self.child.id();
+        let pid = heli::core::Pid::new(self.child.id()).unwrap();
         assert_eq!(
-            self.injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            pid as u64
+            self.injector
+                .syscall(
+                    pid,
+                    libc::SYS_getpid,
+                    &[],
+                    &heli::core::Deadline::after(Duration::from_secs(5))
+                )
+                .unwrap(),
+            u64::from(pid)
         );
     }
 }
@@ -142,14 +154,7 @@ impl Drop for Bare {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99), *samples.last().unwrap())
-}
-
 fn table(rounds: usize) {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "\n{rounds} grants per case (kernel ptrace_scope: {})",
         heli::grant::PtraceScope::current().unwrap()
@@ -159,36 +164,15 @@ fn table(rounds: usize) {
     for (state, code) in STATES {
         for choice in [GranterChoice::Noop, GranterChoice::Yama] {
             let running = Running::start(code, choice);
-            let samples: Vec<Duration> = (0..rounds)
-                .map(|_| {
-                    let start = Instant::now();
-                    running.grant();
-                    start.elapsed()
-                })
-                .collect();
+            let samples = time_each(rounds, || running.grant(), drop);
             let (median, p99, max) = percentiles(samples);
             println!(
-                "| GRANT_ACCESS -> reply, {choice} granter | {state} | {:.3} | {:.3} | {:.3} |",
-                ms(median),
-                ms(p99),
-                ms(max)
+                "| GRANT_ACCESS -> reply, {choice} granter | {state} | {median:.3} | {p99:.3} | {max:.3} |"
             );
         }
         let bare = Bare::start(code);
-        let samples: Vec<Duration> = (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                bare.inject();
-                start.elapsed()
-            })
-            .collect();
-        let (median, p99, max) = percentiles(samples);
-        println!(
-            "| injection of getpid alone | {state} | {:.3} | {:.3} | {:.3} |",
-            ms(median),
-            ms(p99),
-            ms(max)
-        );
+        let (median, p99, max) = percentiles(time_each(rounds, || bare.inject(), drop));
+        println!("| injection of getpid alone | {state} | {median:.3} | {p99:.3} | {max:.3} |");
     }
     let _ = std::io::stdout().flush();
 }
@@ -211,9 +195,8 @@ criterion_group! {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    table(if benchmarking { 1000 } else { 5 });
-    if benchmarking {
+    table(if benchmarking() { 1000 } else { 5 });
+    if benchmarking() {
         benches();
         Criterion::default().configure_from_args().final_summary();
     }

@@ -9,21 +9,15 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heli::grant::{remote_prctl, stack_dump};
 
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from("/opt/heli/py314/usr/bin/python3.14")).filter(|p| p.exists())
-        })
-        .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
-}
+use common::{benchmarking, percentiles, python, time_each};
 
 /// A target with `threads` threads (the main one included), each `depth`
 /// frames deep, sleeping in short steps; killed when dropped.
@@ -74,53 +68,33 @@ impl Drop for Target {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at =
-        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    (at(0.5), at(0.99))
-}
-
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let rounds = if benchmarking { 1000 } else { 5 };
+    let rounds = if benchmarking() { 1000 } else { 5 };
     println!("\n{rounds} rounds per case");
     println!("| case | median ms | p99 ms |");
     println!("|---|---|---|");
     for threads in [1, 10, 100] {
         let target = Target::start(threads, 20, false);
-        let samples = (0..rounds)
-            .map(|_| {
-                let start = Instant::now();
-                let stacks = stack_dump(target.0.id()).unwrap();
-                let took = start.elapsed();
-                assert_eq!(stacks.len(), threads);
-                took
-            })
-            .collect();
-        let (median, p99) = percentiles(samples);
+        let pid = heli::core::Pid::new(target.0.id()).unwrap();
+        let samples = time_each(
+            rounds,
+            || stack_dump(pid).unwrap(),
+            |stacks| assert_eq!(stacks.len(), threads),
+        );
+        let (median, p99, _) = percentiles(samples);
         println!("| stack dump, {threads} thread(s), 20 frames each | {median:.3} | {p99:.3} |");
     }
     let target = Target::start(1, 5, true);
-    let grants = if benchmarking { 200 } else { 3 };
-    let samples = (0..grants)
-        .map(|_| {
-            let start = Instant::now();
-            // PR_GET_DUMPABLE: a prctl that works without Yama, run by the
-            // target itself, reported back: the same path as the grant.
-            let dumpable = remote_prctl(
-                target.0.id(),
-                libc::PR_GET_DUMPABLE,
-                0,
-                Duration::from_secs(5),
-            )
-            .unwrap();
-            let took = start.elapsed();
-            assert_eq!(dumpable, 1);
-            took
-        })
-        .collect();
-    let (median, p99) = percentiles(samples);
+    let grants = if benchmarking() { 200 } else { 3 };
+    let pid = heli::core::Pid::new(target.0.id()).unwrap();
+    // PR_GET_DUMPABLE: a prctl that works without Yama, run by the target
+    // itself, reported back: the same path as the grant.
+    let samples = time_each(
+        grants,
+        || remote_prctl(pid, libc::PR_GET_DUMPABLE, 0, Duration::from_secs(5)).unwrap(),
+        |dumpable| assert_eq!(dumpable, 1),
+    );
+    let (median, p99, _) = percentiles(samples);
     println!(
         "| prctl by remote exec in a busy target ({grants} rounds) | {median:.3} | {p99:.3} |"
     );

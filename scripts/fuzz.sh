@@ -20,15 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+. scripts/lib/checks.sh
 
-CARGO_FUZZ_VERSION=0.13.2
-CARGO_FUZZ_ROOT=${HELI_DEPS:-/opt/heli}/cargo-fuzz
-if [ "$("$CARGO_FUZZ_ROOT/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-    step "cargo-fuzz $CARGO_FUZZ_VERSION (crates.io, into $CARGO_FUZZ_ROOT)"
-    cargo install --locked --version "$CARGO_FUZZ_VERSION" --root "$CARGO_FUZZ_ROOT" cargo-fuzz
-fi
-export PATH=$CARGO_FUZZ_ROOT/bin:$PATH
+cargo_tool cargo-fuzz 0.13.2
 
 seconds=${HELI_FUZZ_SECONDS:-12}
 sanitizer=${HELI_FUZZ_SANITIZER:-none}

@@ -24,9 +24,7 @@
 set -euo pipefail
 umask 022
 
-DEPS=${HELI_DEPS:-/opt/heli}
-[[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
-DEPS=${DEPS%/}
+. "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh" install-python314
 ROOT=$DEPS/py314
 PY=$ROOT/usr/bin/python3.14
 MANIFEST=$ROOT/.heli-py314-manifest
@@ -34,19 +32,6 @@ SUITE=${HELI_DEBIAN_SUITE:-sid}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 CORE_PKGS=(python3.14-minimal libpython3.14-minimal libpython3.14-stdlib python3.14 libpython3.14 libc6)
 VERIFY_CODE='import sys, ctypes, pdb, socket, ssl, json, readline; assert sys.version_info[:2] == (3, 14), sys.version'
-
-log() { printf '[install-python314] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# retry <tries> <cmd...>: exponential backoff starting at 2s.
-retry() {
-  local tries=$1 n=1 delay=2; shift
-  until "$@"; do
-    ((n >= tries)) && { log "giving up after $n attempts: $*"; return 1; }
-    log "attempt $n/$tries failed: $*; retrying in ${delay}s"
-    sleep "$delay"; n=$((n + 1)); delay=$((delay * 2))
-  done
-}
 
 # verify <root>: the checks the rest of heli relies on.  -I so that
 # PYTHONHOME/PYTHONPATH/cwd cannot mask a broken install.

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+. scripts/lib/checks.sh
 
 step "Python 3.14 (private install from Debian's binary packages)"
 HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
@@ -53,6 +53,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "protocol fuzzing (cargo fuzz, a short run of every target in fuzz/)"
 scripts/fuzz.sh
+
+step "mutation testing (cargo mutants, a sixth of heli-core's mutants)"
+scripts/mutants.sh --quick
 
 if [ -f scripts/vm/test-yama.sh ] && [ "${HELI_SKIP_VM:-0}" != 1 ]; then
     step "Yama kernel suite under qemu"

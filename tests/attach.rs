@@ -8,7 +8,9 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::{getpgid, Pid};
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{alive, children_of, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{
+    alive, children_of, command, expect_all, goodbye, serial, wait_for, Controller, Kind, SOON,
+};
 
 crate::per_transport!(
     attach_detach_attach_terminate_in_a_terminal,
@@ -28,12 +30,15 @@ fn client_session(controller: &Controller) -> PtySession {
 /// Attaches, prints `counter`, detaches; returns the counter.
 fn attach_and_read_counter(session: &mut PtySession, controller: &Controller) -> u64 {
     session.send_line("attach").unwrap();
-    session
-        .exp_string("Requesting ptrace permission for client PID")
-        .unwrap();
     // rexpect reads Latin-1: match the words after the emoji.
-    session.exp_string("Permission granted").unwrap();
-    session.exp_string("Attaching pdb to target PID").unwrap();
+    expect_all(
+        session,
+        &[
+            "Requesting ptrace permission for client PID",
+            "Permission granted",
+            "Attaching pdb to target PID",
+        ],
+    );
     if let Err(err) = session.exp_string("(Pdb) ") {
         panic!(
             "no pdb prompt: {err}\ncontroller log:\n{}",
@@ -49,15 +54,13 @@ fn attach_and_read_counter(session: &mut PtySession, controller: &Controller) ->
         .parse()
         .unwrap();
     session.exp_string("(Pdb) ").unwrap();
-    session.send_line("q").unwrap();
-    session.exp_string("Debugger detached").unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(session, "q", &["Debugger detached"]);
     counter
 }
 
 fn attach_detach_attach_terminate_in_a_terminal(kind: Kind) {
     let _serial = serial();
-    let mut controller = Controller::start_on(kind, &["examples/target.py"]);
+    let mut controller = Controller::demo(kind);
     let target = controller.target_pid();
     assert!(alive(target));
 
@@ -74,12 +77,8 @@ fn attach_detach_attach_terminate_in_a_terminal(kind: Kind) {
         "counter did not grow: {first} then {second}"
     );
 
-    session.send_line("help").unwrap();
-    session.exp_string("terminate").unwrap();
-    session.exp_string(">>> ").unwrap();
-    session.send_line("frobnicate").unwrap();
-    session.exp_string("Unknown command: frobnicate").unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(&mut session, "help", &["terminate"]);
+    command(&mut session, "frobnicate", &["Unknown command: frobnicate"]);
 
     session.send_line("terminate").unwrap();
     session.exp_eof().unwrap();
@@ -94,12 +93,11 @@ fn attach_detach_attach_terminate_in_a_terminal(kind: Kind) {
 
 fn end_of_input_ends_the_client_and_leaves_the_controller(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let mut session = client_session(&controller);
     session.exp_string(">>> ").unwrap();
     session.send_control('d').unwrap();
-    session.exp_string("Goodbye!").unwrap();
-    session.exp_eof().unwrap();
+    goodbye(&mut session);
     // The controller still serves.
     assert!(controller.target_pid() > 0);
 }
@@ -177,7 +175,7 @@ fn granted(controller: &Controller) -> u32 {
 
 fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let mut session = attached_session(&controller);
     session.send_line("p ('counter', counter)").unwrap();
     session.exp_regex(r"\('counter', \d+\)").unwrap();
@@ -202,7 +200,7 @@ fn attach_non_interactive_runs_pdb_and_ctrl_c_reaches_pdb(kind: Kind) {
 
 fn stack_reads_the_target_without_a_grant(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let target = controller.target_pid();
     // The target may still be importing at first: wait for its work loop.
     let mut last = String::new();
@@ -228,7 +226,7 @@ fn stack_reads_the_target_without_a_grant(kind: Kind) {
 
 fn a_client_killed_while_attached_leaves_pdb_target_and_controller_working(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let target = controller.target_pid();
 
     // The client dies while its pdb is attached and has stopped the target:

@@ -4,34 +4,25 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use heli::core::Pid;
+use heli::core::ProcessState::Zombie;
+use heli::proc::Syscall;
 use nix::sys::signal::Signal;
 
 use crate::supervise::recorder;
-use crate::util::{example, run, script, serial, wait_exit, wait_for, Controller, Kind, SOON};
+use crate::util::{
+    by_remote_exec, children_of, end, example, proc, run, run_with_input, script, serial, state,
+    temp_script, wait_for, Controller, Kind, SOON,
+};
 
 /// Children of `pid` that are zombies, and all its children.
 fn children(pid: u32) -> (usize, usize) {
-    let (mut zombies, mut all) = (0, 0);
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1) == Some(&pid.to_string().as_str()) {
-            all += 1;
-            if fields[0] == "Z" {
-                zombies += 1;
-            }
-        }
-    }
-    (zombies, all)
+    let all = children_of(pid);
+    let zombies = all.iter().filter(|&&child| state(child) == Some(Zombie));
+    (zombies.count(), all.len())
 }
 
 #[test]
@@ -72,7 +63,7 @@ fn every_stop_signal_reaches_the_target_and_ends_the_controller_cleanly() {
 #[test]
 fn a_killed_target_ends_the_controller_and_clients_are_told() {
     let _serial = serial();
-    let mut controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let mut controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(target as i32), Signal::SIGKILL).unwrap();
     assert_eq!(controller.wait().code(), Some(128 + 9));
@@ -90,9 +81,7 @@ fn a_killed_target_ends_the_controller_and_clients_are_told() {
 #[test]
 fn a_failing_target_is_restarted_with_a_new_pid_then_given_up() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(
-        dir.path(),
+    let (_dir, path) = temp_script(
         "flaky.py",
         "import time\ntime.sleep(1)\nraise SystemExit(3)\n",
     );
@@ -255,13 +244,12 @@ fn hostile_lines(seed: u64) -> Vec<Vec<u8>> {
 
 fn hostile_input_leaves_the_controller_serving(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let lines = hostile_lines(0x5eed + kind as u64);
     let replies = match kind {
         Kind::Socket => {
             // Bursts: many lines per write, read back on another thread.
-            let stream = UnixStream::connect(controller.fifo_dir.join("test.sock")).unwrap();
-            stream.set_read_timeout(Some(SOON)).unwrap();
+            let stream = controller.socket();
             let reader = stream.try_clone().unwrap();
             let expected = lines.len();
             let counting = std::thread::spawn(move || {
@@ -304,28 +292,10 @@ fn hostile_input_leaves_the_controller_serving(kind: Kind) {
         Kind::Fifo => &["attach", "--force"],
         Kind::Socket => &["attach"],
     };
-    let mut client = controller
-        .client()
-        .args(attach)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    client
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"p ('counter', counter)\nq\n")
-        .unwrap();
-    let status = wait_exit(&mut client, SOON);
-    let out = client.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut client = controller.client();
+    client.args(attach);
+    let (status, stdout, stderr) = run_with_input(client, b"p ('counter', counter)\nq\n");
+    assert!(status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("('counter', "), "{stdout}");
 }
 
@@ -339,23 +309,15 @@ crate::per_transport!(
 /// answers into the void, and the next client gets its own reply.
 fn a_client_killed_while_waiting_for_ready_leaves_the_controller_serving(kind: Kind) {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sleeper = script(dir.path(), "sleeper.py", "import time\ntime.sleep(1000)\n");
-    let controller = Controller::start_on(
-        kind,
-        &[
-            "--granter",
-            "yama",
-            "--grant-method",
-            "remote-exec",
-            sleeper.to_str().unwrap(),
-        ],
-    );
+    let (_dir, sleeper) = temp_script("sleeper.py", "import time\ntime.sleep(1000)\n");
+    let controller = Controller::start_on(kind, &by_remote_exec(sleeper.to_str().unwrap()));
     let target = controller.target_pid();
     // Asleep in C code, not still starting up in Python.
     wait_for("the target to sleep", SOON, || {
-        fs::read_to_string(format!("/proc/{target}/syscall"))
-            .is_ok_and(|s| s.split(' ').next() == Some(&libc::SYS_clock_nanosleep.to_string()))
+        let syscall = proc(target)
+            .unwrap()
+            .thread_syscall(Pid::new(target).unwrap());
+        syscall.unwrap() == Some(Syscall::In(libc::SYS_clock_nanosleep))
     });
     let mut client = controller.client();
     client
@@ -363,13 +325,15 @@ fn a_client_killed_while_waiting_for_ready_leaves_the_controller_serving(kind: K
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut client = client.spawn().unwrap();
+    let client = client.spawn().unwrap();
     let request = format!("request GRANT_ACCESS {}", client.id());
-    wait_for("the grant request", SOON, || {
-        controller.log_text().contains(&request)
+    // Killed once the remote exec waits on the target: killed sooner, the
+    // granter finds it gone before it starts, and fails at once.
+    wait_for("the remote exec to wait on the target", SOON, || {
+        let log = controller.log_text();
+        log.contains(&request) && log.contains("asked thread")
     });
-    client.kill().unwrap();
-    client.wait().unwrap();
+    end(client);
     wait_for("the grant to give up", SOON, || {
         controller.log_text().contains("grant for PID")
     });

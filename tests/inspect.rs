@@ -1,7 +1,7 @@
 //! Native PEP 768 through the controller: the errors a user sees for targets
 //! that cannot be inspected.
 
-use crate::util::{script, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{by_remote_exec, serial, temp_script, wait_for, Controller, Kind, SOON};
 
 /// The first line `client ARGS` prints to stderr once the target runs.
 fn client_error(controller: &Controller, args: &[&str]) -> (Option<i32>, String) {
@@ -48,13 +48,7 @@ fn a_remote_exec_grant_into_a_target_that_disabled_remote_debugging_names_the_sw
     let _serial = serial();
     let controller = Controller::start_with_env(
         Kind::Socket,
-        &[
-            "--granter",
-            "yama",
-            "--grant-method",
-            "remote-exec",
-            "examples/target.py",
-        ],
+        &by_remote_exec("examples/target.py"),
         &[("PYTHON_DISABLE_REMOTE_DEBUG", "1")],
     );
     let (code, err) = client_error(&controller, &["attach"]);
@@ -74,9 +68,7 @@ crate::per_transport!(a_stack_dump_longer_than_a_request_line_reaches_the_client
 /// 4096 bytes a request may take, arrives whole on either transport.
 fn a_stack_dump_longer_than_a_request_line_reaches_the_client(kind: Kind) {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let deep = script(
-        dir.path(),
+    let (_dir, deep) = temp_script(
         "deep.py",
         "import threading, time\n\
          def deep(n):\n    if n == 0:\n        time.sleep(1000)\n    return deep(n - 1)\n\

@@ -2,21 +2,12 @@
 //! `prctl` in the target through PEP 768 remote execution (without Yama
 //! the call fails with EINVAL, and the client is told so).
 
-use crate::util::{alive, serial, Controller, Kind};
+use crate::util::{alive, by_remote_exec, serial, Controller, Kind};
 
 #[test]
 fn remote_exec_grant_method_is_shown_and_used() {
     let _serial = serial();
-    let controller = Controller::start_on(
-        Kind::Socket,
-        &[
-            "--granter",
-            "yama",
-            "--grant-method",
-            "remote-exec",
-            "examples/target.py",
-        ],
-    );
+    let controller = Controller::start_on(Kind::Socket, &by_remote_exec("examples/target.py"));
     let target = controller.target_pid();
     let (status, out, err) = controller.run_client(&["status", "--json"]);
     assert!(status.success(), "{out}{err}");

@@ -2,7 +2,6 @@
 //! (history, completion, Ctrl-C, help, unknown commands, end of input),
 //! piped input, colours, and the output for scripts (`--json`).
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +10,7 @@ use rexpect::process::WaitStatus;
 use rexpect::session::{spawn_with_options, Options, PtySession};
 use serde_json::Value;
 
-use crate::util::{serial, wait_exit, Controller, Kind, SOON};
+use crate::util::{command, goodbye, run_with_input, serial, wait_exit, Controller, Kind, SOON};
 
 crate::per_transport!(status_json_has_the_fields);
 
@@ -37,7 +36,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn history_is_recalled_with_up_arrow_and_kept_per_user() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
     let state = tempfile::tempdir().unwrap();
     let xdg_state = state.path().join("state");
@@ -47,18 +46,14 @@ fn history_is_recalled_with_up_arrow_and_kept_per_user() {
         command
     };
 
+    let pid_shown = format!("\n{target}\r\n");
     let mut session = prompt_session(client(), true);
-    session.send_line("pid").unwrap();
-    session.exp_string(&format!("\n{target}\r\n")).unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(&mut session, "pid", &[&pid_shown]);
     // Up-arrow brings `pid` back; Enter runs it again.
     keys(&mut session, "\x1b[A");
-    session.send_line("").unwrap();
-    session.exp_string(&format!("\n{target}\r\n")).unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(&mut session, "", &[&pid_shown]);
     session.send_line("quit").unwrap();
-    session.exp_string("Goodbye!").unwrap();
-    session.exp_eof().unwrap();
+    goodbye(&mut session);
 
     let history = xdg_state.join("heli").join("history");
     let text = std::fs::read_to_string(&history).unwrap();
@@ -69,18 +64,15 @@ fn history_is_recalled_with_up_arrow_and_kept_per_user() {
     // A new client finds it: two Up-arrows pass `quit` and reach `pid`.
     let mut session = prompt_session(client(), true);
     keys(&mut session, "\x1b[A\x1b[A");
-    session.send_line("").unwrap();
-    session.exp_string(&format!("\n{target}\r\n")).unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(&mut session, "", &[&pid_shown]);
     session.send_control('d').unwrap();
-    session.exp_string("Goodbye!").unwrap();
-    session.exp_eof().unwrap();
+    goodbye(&mut session);
 }
 
 #[test]
 fn tab_completes_ctrl_c_clears_help_unknown_and_eof() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
     let mut session = prompt_session(controller.client(), true);
 
@@ -98,9 +90,7 @@ fn tab_completes_ctrl_c_clears_help_unknown_and_eof() {
     session.exp_string(">>> ").unwrap();
     keys(&mut session, "status --j\t");
     session.exp_string("--json").unwrap();
-    session.send_line("").unwrap();
-    session.exp_string("\"uptime_secs\"").unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(&mut session, "", &["\"uptime_secs\""]);
 
     // Ctrl-C drops the line typed so far and keeps the client.
     keys(&mut session, "frob");
@@ -112,18 +102,15 @@ fn tab_completes_ctrl_c_clears_help_unknown_and_eof() {
     assert!(!before.contains("Unknown command"), "{before}");
     session.exp_string(">>> ").unwrap();
 
-    session.send_line("help").unwrap();
-    session.exp_string("attach --with 'CMD'").unwrap();
-    session.exp_string("quit, exit, Ctrl-D").unwrap();
-    session.exp_string(">>> ").unwrap();
-    session.send_line("frobnicate now").unwrap();
-    session
-        .exp_string("Unknown command: frobnicate now. Type 'help'")
-        .unwrap();
-    session.exp_string(">>> ").unwrap();
+    command(
+        &mut session,
+        "help",
+        &["attach --with 'CMD'", "quit, exit, Ctrl-D"],
+    );
+    let unknown = "Unknown command: frobnicate now. Type 'help'";
+    command(&mut session, "frobnicate now", &[unknown]);
     session.send_control('d').unwrap();
-    session.exp_string("Goodbye!").unwrap();
-    session.exp_eof().unwrap();
+    goodbye(&mut session);
     let status = session.process().wait().unwrap();
     assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
     // The controller was not disturbed.
@@ -133,24 +120,9 @@ fn tab_completes_ctrl_c_clears_help_unknown_and_eof() {
 #[test]
 fn piped_commands_run_without_prompt_or_history() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
-    let mut child = controller
-        .client()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"pid\n\nstatus\nnonsense\n")
-        .unwrap();
-    let status = wait_exit(&mut child, SOON);
-    let output = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
+    let (status, out, _) = run_with_input(controller.client(), b"pid\n\nstatus\nnonsense\n");
     assert!(status.success(), "{out}");
     assert!(out.lines().any(|l| l == target.to_string()), "{out}");
     assert!(out.contains("grant holder"), "{out}");
@@ -164,7 +136,7 @@ fn piped_commands_run_without_prompt_or_history() {
 #[test]
 fn colours_only_on_a_terminal_without_no_color() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let bold_heading = "\x1b[1mtarget PID";
 
     let mut session = prompt_session(controller.client(), false);
@@ -194,7 +166,7 @@ fn colours_only_on_a_terminal_without_no_color() {
 
 fn status_json_has_the_fields(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let target = controller.target_pid();
     let (status, out, err) = controller.run_client(&["status", "--json"]);
     assert!(status.success(), "{err}");
@@ -214,6 +186,10 @@ fn status_json_has_the_fields(kind: Kind) {
     assert!(json.get("ptrace_scope").is_some(), "{json}");
     if kind == Kind::Socket {
         assert_eq!(json["session"], "test", "{json}");
+        assert_eq!(json["clients"], "authenticated", "{json}");
+    } else {
+        // Named pipes cannot tell who asks: STATUS says so.
+        assert_eq!(json["clients"], "unauthenticated", "{json}");
     }
     // --json only goes with status and --list.
     let (status, _, err) = controller.run_client(&["pid", "--json"]);
@@ -224,7 +200,7 @@ fn status_json_has_the_fields(kind: Kind) {
 #[test]
 fn list_in_columns_and_as_json() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
 
     let (status, out, err) = controller.run_client(&["--list", "--json"]);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{alive, script, serial, wait_for, Controller, Kind, SOON};
+use crate::util::{alive, script, serial, temp_script, wait_for, Controller, Kind, SOON};
 
 crate::per_transport!(
     exit_code_of_the_target_is_the_controllers,
@@ -48,9 +48,7 @@ fn death_by_signal_becomes_128_plus_signal(kind: Kind) {
 
 fn script_mode_runs_python_with_arguments(kind: Kind) {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(
-        dir.path(),
+    let (_dir, path) = temp_script(
         "args.py",
         "import sys, time\ntime.sleep(0.5)\nsys.exit(int(sys.argv[1]) + len(sys.argv))\n",
     );
@@ -182,7 +180,7 @@ fn no_orphan_when_the_controller_is_killed_and_the_next_one_replaces_stale_pipes
 
 fn a_second_controller_for_the_same_session_refuses_and_names_the_first(kind: Kind) {
     let _serial = serial();
-    let first = Controller::start_on(kind, &["examples/target.py"]);
+    let first = Controller::demo(kind);
     let mut command = std::process::Command::new(crate::util::example("controller"));
     match kind {
         Kind::Fifo => command

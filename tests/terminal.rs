@@ -5,19 +5,14 @@
 use std::fs;
 use std::process::Command;
 
+use heli::core::ProcessState::{Sleeping, Stopped};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
 use crate::util::{
-    children_of, example, python314, script, serial, wait_for, Controller, Kind, SOON,
+    children_of, example, proc, python314, script, serial, state, wait_for, Controller, Kind, SOON,
 };
-
-/// The state letter of process `pid` (`R`, `S`, `T`, ...), if it exists.
-fn state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
 
 /// The only child of `pid`, once it has one.
 fn only_child(pid: u32) -> u32 {
@@ -62,10 +57,14 @@ fn pid_1_controller(runtime_dir: &std::path::Path, session: bool, args: &[&str])
 
 /// A target that says whether it has the terminal; on its first run it
 /// reads a line, counts Ctrl-C, reads another line and exits 7; on its
-/// second run it exits 0.
-fn terminal_target(dir: &std::path::Path) -> std::path::PathBuf {
+/// second run it exits 0. With `run_before`, its first run is behind it.
+/// Returns the command that runs it: Python 3.14 and the script, in `dir`.
+fn terminal_target(dir: &std::path::Path, run_before: bool) -> [String; 2] {
     let marker = dir.join("first-run-done");
-    script(
+    if run_before {
+        fs::write(&marker, "").unwrap();
+    }
+    let script = script(
         dir,
         "tty_target.py",
         &format!(
@@ -88,28 +87,19 @@ sys.exit(7)
 "#,
             marker = marker.to_str().unwrap()
         ),
-    )
+    );
+    let python = python314();
+    [python, script].map(|path| path.to_str().unwrap().to_owned())
 }
 
 #[test]
 fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    let python = python314();
-    let mut session = terminal(pid_1_controller(
-        dir.path(),
-        true,
-        &[
-            "--restart",
-            "on-failure",
-            "--max-restarts",
-            "1",
-            "--",
-            python.to_str().unwrap(),
-            target.to_str().unwrap(),
-        ],
-    ));
+    let [python, target] = terminal_target(dir.path(), false);
+    let restart_once = ["--restart", "on-failure", "--max-restarts", "1"];
+    let args = [&restart_once[..], &["--", &python, &target]].concat();
+    let mut session = terminal(pid_1_controller(dir.path(), true, &args));
     let mut seen = String::new();
     let mut expect = |session: &mut PtySession, text: &str| {
         let before = session.exp_string(text).unwrap_or_else(|err| {
@@ -129,19 +119,19 @@ fn as_pid_1_with_a_terminal_the_target_gets_the_foreground_group() {
     let unshare = children_of(std::process::id())
         .into_iter()
         .find(|&pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "unshare\n"
+            proc(pid).and_then(|proc| proc.thread_name(pid.into())) == Some("unshare".into())
         })
         .expect("the unshare process");
     let controller = only_child(unshare);
     let target_pid = only_child(controller);
     kill(Pid::from_raw(controller as i32), Signal::SIGTSTP).unwrap();
     wait_for("the target to stop", SOON, || {
-        state(target_pid) == Some('T')
+        state(target_pid) == Some(Stopped)
     });
-    assert_ne!(state(controller), Some('T'));
+    assert_ne!(state(controller), Some(Stopped));
     kill(Pid::from_raw(controller as i32), Signal::SIGCONT).unwrap();
     wait_for("the target to continue", SOON, || {
-        state(target_pid).is_some_and(|s| s != 'T')
+        state(target_pid).is_some_and(|s| s != Stopped)
     });
 
     // It reads the terminal (a background group would be stopped by
@@ -236,13 +226,11 @@ fn as_pid_1_a_failed_restart_gives_the_terminal_back() {
 fn as_pid_1_that_cannot_tell_it_has_the_terminal_it_gives_nothing() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    fs::write(dir.path().join("first-run-done"), "").unwrap();
-    let python = python314();
+    let [python, target] = terminal_target(dir.path(), true);
     let mut session = terminal(pid_1_controller(
         dir.path(),
         false,
-        &["--", python.to_str().unwrap(), target.to_str().unwrap()],
+        &["--", &python, &target],
     ));
     session
         .exp_string("cannot tell whether it has the terminal")
@@ -257,13 +245,11 @@ fn as_pid_1_that_cannot_tell_it_has_the_terminal_it_gives_nothing() {
 fn not_as_pid_1_the_target_shares_the_controllers_group() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let target = terminal_target(dir.path());
-    fs::write(dir.path().join("first-run-done"), "").unwrap();
+    let target = terminal_target(dir.path(), true);
     let mut command = Command::new(example("controller"));
     command
         .args(["--transport", "socket", "--name", "tty", "--"])
-        .arg(python314())
-        .arg(&target)
+        .args(target)
         .env("XDG_RUNTIME_DIR", dir.path());
     let mut session = terminal(command);
     session
@@ -284,36 +270,37 @@ fn sigtstp_suspends_the_target_and_the_controller_until_sigcont() {
         args.extend(["--", "sh", "-c", "sleep 1000 & wait"]);
         let mut controller = Controller::start_job(Kind::Socket, &args);
         let target = controller.target_pid();
-        let mut grandchild = 0;
-        wait_for(
-            "the target's child",
-            SOON,
-            || match children_of(target)[..] {
-                [only] => {
-                    grandchild = only;
-                    true
-                }
-                _ => false,
-            },
-        );
+        let grandchild = only_child(target);
         let pid = controller.child.id();
         let all = [pid, target, grandchild];
         controller.signal(Signal::SIGTSTP as i32);
         wait_for("the controller and its target to stop", SOON, || {
-            state(pid) == Some('T') && state(target) == Some('T')
+            state(pid) == Some(Stopped) && state(target) == Some(Stopped)
         });
         // Alone in the controller's group, the target's child stays; in a
         // group of its own, the whole group stops.
-        let grandchild_state = if extra.is_empty() { 'S' } else { 'T' };
+        let grandchild_state = if extra.is_empty() { Sleeping } else { Stopped };
         wait_for("the target's child state", SOON, || {
             state(grandchild) == Some(grandchild_state)
         });
         controller.signal(Signal::SIGCONT as i32);
-        wait_for("all of them to continue", SOON, || {
-            all.iter().all(|&pid| state(pid).is_some_and(|s| s != 'T'))
-        });
+        // Should one stay stopped, the controller's log says what it did.
+        let continued = || {
+            all.iter()
+                .all(|&pid| state(pid).is_some_and(|s| s != Stopped))
+        };
+        let deadline = std::time::Instant::now() + SOON;
+        while !continued() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            continued(),
+            "not all continued: {:?} of {all:?}\n{}",
+            all.map(state),
+            controller.log_text()
+        );
         let (status, out, err) = controller.run_client(&["status"]);
-        assert!(status.success(), "{out}{err}");
+        assert!(status.success(), "{out}{err}\n{}", controller.log_text());
         controller.signal(Signal::SIGTERM as i32);
         let status = controller.wait();
         assert_eq!(status.code(), Some(143), "{}", controller.log_text());

@@ -13,8 +13,12 @@ mod util;
 mod attach;
 mod dialect;
 mod embed;
+#[allow(dead_code)]
+mod freezer;
+mod frozen;
 mod init;
 mod inspect;
+mod refusals;
 mod remote_grant;
 mod repl;
 mod sessions;

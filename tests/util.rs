@@ -2,10 +2,16 @@
 //! controller in a private directory, bounded waits.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use heli::core::{Pid, ProcessState, Processes};
+use heli::proc::{Proc, ProcFs};
+use rexpect::session::PtySession;
 
 /// Generous bound for anything that should take well under a second.
 pub const SOON: Duration = Duration::from_secs(20);
@@ -35,18 +41,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Python 3.14: `$HELI_PYTHON`, else the project's private install.
+/// Python 3.14, found as the programs find it ([`heli::cli::python::find`]).
 pub fn python314() -> PathBuf {
-    let candidates = std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")]);
-    for candidate in candidates {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON");
+    heli::cli::python::find()
+        .expect("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON")
 }
 
 /// Waits for `condition` until `limit`; panics with `what` on timeout.
@@ -79,13 +77,22 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
 
 /// Runs `command` (stdin empty) to its end, bounded by [`SOON`], and returns
 /// (status, stdout, stderr).
-pub fn run(mut command: Command) -> (ExitStatus, String, String) {
+pub fn run(command: Command) -> (ExitStatus, String, String) {
+    run_with_input(command, b"")
+}
+
+/// Runs `command` with `input` on its stdin to its end, bounded by
+/// [`SOON`], and returns (status, stdout, stderr).
+pub fn run_with_input(mut command: Command, input: &[u8]) -> (ExitStatus, String, String) {
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Small enough for the pipe: written at once, then closed.
+    // (It may have ended, or not read it: that is for the caller to judge.)
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
     // Read while it runs: a full pipe would block it.
     fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
@@ -100,18 +107,26 @@ pub fn run(mut command: Command) -> (ExitStatus, String, String) {
     (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
+/// Process `pid`, opened in `/proc` by heli-proc, if it is there.
+pub fn proc(pid: u32) -> Option<Proc> {
+    Proc::open(Pid::new(pid)?).unwrap()
+}
+
 /// Whether `pid` is a live process (a zombie counts as dead).
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
+    Pid::new(pid).is_some_and(|pid| ProcFs.identity(pid).unwrap().is_some())
+}
+
+/// What process `pid` is doing, if it is there.
+pub fn state(pid: u32) -> Option<ProcessState> {
+    Some(ProcFs.process(Pid::new(pid)?).unwrap()?.state)
+}
+
+/// The children of `pid` (zombies included), from every thread's
+/// `children` file.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let children = proc(pid).map(|proc| proc.children().unwrap().expect("children files"));
+    children.into_iter().flatten().map(u32::from).collect()
 }
 
 /// How the examples talk in a test.
@@ -137,19 +152,6 @@ macro_rules! per_transport {
     };
 }
 
-/// The children of `pid`, from every thread's `children` file.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for task in fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-    {
-        let text = fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        children.extend(text.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
-    }
-    children
-}
-
 /// A controller example running in private directories (the pipes, or the
 /// runtime directory of the socket), killed (with its target) when dropped.
 pub struct Controller {
@@ -165,6 +167,12 @@ impl Controller {
     /// Starts `controller ARGS` on named pipes and waits until it listens.
     pub fn start(args: &[&str]) -> Controller {
         Self::start_on(Kind::Fifo, args)
+    }
+
+    /// Starts the controller on the demo target, `examples/target.py`, on
+    /// `kind`, and waits until it listens.
+    pub fn demo(kind: Kind) -> Controller {
+        Self::start_on(kind, &["examples/target.py"])
     }
 
     /// Starts `controller ARGS` on `kind` and waits until it listens.
@@ -294,6 +302,19 @@ impl Controller {
         command
     }
 
+    /// A plain connection to the session socket (on [`Kind::Socket`]), its
+    /// reads bounded by [`SOON`].
+    pub fn socket(&self) -> UnixStream {
+        let stream = UnixStream::connect(self.fifo_dir.join("test.sock")).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        stream
+    }
+
+    /// A connection to the session socket for requests line by line.
+    pub fn session(&self) -> Session {
+        Session(BufReader::new(self.socket()))
+    }
+
     /// Runs `client ARGS` and returns (status, stdout, stderr).
     pub fn run_client(&self, args: &[&str]) -> (ExitStatus, String, String) {
         let mut client = self.client();
@@ -350,4 +371,78 @@ pub fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     fs::write(&path, text).unwrap();
     path
+}
+
+/// A small program `name` in a temporary directory of its own (removed
+/// with the directory), and its path.
+pub fn temp_script(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), name, text);
+    (dir, path)
+}
+
+/// The controller's options to grant by PEP 768 remote execution (a Yama
+/// granter), then `target`.
+pub fn by_remote_exec(target: &str) -> [&str; 5] {
+    ["--granter", "yama", "--grant-method", "remote-exec", target]
+}
+
+/// Waits for each of `texts` in turn in `session`'s output.
+pub fn expect_all(session: &mut PtySession, texts: &[&str]) {
+    for text in texts {
+        if let Err(err) = session.exp_string(text) {
+            panic!("waiting for {text:?}: {err}");
+        }
+    }
+}
+
+/// At the client's `>>> ` prompt in `session`: runs `line`, waits for each
+/// of `shown` in turn, then for the next prompt.
+pub fn command(session: &mut PtySession, line: &str, shown: &[&str]) {
+    session.send_line(line).unwrap();
+    expect_all(session, shown);
+    expect_all(session, &[">>> "]);
+}
+
+/// The client says goodbye and ends.
+pub fn goodbye(session: &mut PtySession) {
+    expect_all(session, &["Goodbye!"]);
+    session.exp_eof().unwrap();
+}
+
+/// A plain connection to a controller's session socket.
+pub struct Session(BufReader<UnixStream>);
+
+impl Session {
+    /// Sends `request` (a line) and returns the reply line.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.0.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        line
+    }
+}
+
+/// Kills `child` and reaps it.
+pub fn end(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Python 3.14 running `code`, with its first line of output (trimmed).
+pub fn python_saying(code: &str) -> (Child, String) {
+    let mut python = Command::new(python314());
+    python.args(["-c", code]);
+    saying(python)
+}
+
+/// `command` started with its stdout ours, and its first line of output
+/// (trimmed).
+pub fn saying(mut command: Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
 }

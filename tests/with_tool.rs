@@ -46,7 +46,7 @@ fn holder(controller: &Controller) -> serde_json::Value {
 
 fn gdb_attaches_through_the_grant_and_the_target_carries_on(kind: Kind) {
     let _serial = serial();
-    let controller = Controller::start_on(kind, &["examples/target.py"]);
+    let controller = Controller::demo(kind);
     let target = controller.target_pid();
     let (status, out, err) = controller.run_client(&[
         "attach",
@@ -82,7 +82,7 @@ fn gdb_attaches_through_the_grant_and_the_target_carries_on(kind: Kind) {
 #[test]
 fn py_spy_dumps_the_target_s_python_stack() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let target = controller.target_pid();
     // Past its imports: in its work loop.
     wait_for("the target's first iteration", SOON, || {
@@ -102,7 +102,7 @@ fn py_spy_dumps_the_target_s_python_stack() {
 #[test]
 fn a_missing_tool_is_named_with_how_to_install_it() {
     let _serial = serial();
-    let controller = Controller::start_on(Kind::Socket, &["examples/target.py"]);
+    let controller = Controller::demo(Kind::Socket);
     let empty = tempfile::tempdir().unwrap();
     let attach_with = |tool: &str| {
         let mut command = controller.client();

@@ -6,16 +6,23 @@ Usage: yama_client.py PYTHON ADDRESS STEP...
 ADDRESS is a FIFO directory, or a session socket (`*.sock`, one connection
 kept for all steps: a grant lasts as long as its connection).
 
-Steps: `close` closes the socket connection (the process lives on); `pdb` runs `PYTHON -m pdb -p TARGET` as a child and prints
-`pdb allowed <output>` or `pdb denied <output>`; any other step is sent as a
-request (`$PID` is this process's pid, `$CHILD` the pid of a child it keeps
-sleeping, another process a grant can go to) and its reply printed.
+Steps: `close` closes the socket connection (the process lives on); `pdb`
+runs `PYTHON -m pdb -p TARGET` as a child and prints `pdb allowed <output>`
+or `pdb denied <output>`; `other:REQUEST` sends REQUEST from another process
+(a child on a connection of its own) and prints its reply; `handoff:FILE`
+forks, the parent writes its pid to FILE and exits, and the child carries on
+with the same connection (and the same `$PID`) once FILE.go exists, so that
+the suite can give the parent's pid to another process meanwhile; any other
+step is sent as a request (`$PID` is this process's pid, `$CHILD` the pid of
+a child it keeps sleeping, another process a grant can go to) and its reply
+printed.
 """
 
 import os
 import socket
 import subprocess
 import sys
+import time
 
 
 def fifo_sender(directory):
@@ -63,17 +70,50 @@ def pdb(python, target):
     return f"pdb failed rc={run.returncode}: {output[-300:]}"
 
 
+def other(python, address, request):
+    """REQUEST's reply when another process (this script, run as a child)
+    sends it on its own connection."""
+    run = subprocess.run(
+        [sys.executable, __file__, python, address, request],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return (run.stdout + run.stderr).strip()
+
+
+def handoff(stamp):
+    """Fork; the parent writes its pid to `stamp` and exits, the child
+    returns once the parent is gone and `stamp`.go exists."""
+    parent = os.getpid()
+    if os.fork():
+        with open(stamp + ".tmp", "w") as out:
+            out.write(f"{parent}\n")
+        os.rename(stamp + ".tmp", stamp)
+        os._exit(0)
+    for _ in range(1200):
+        if os.getppid() != parent and os.path.exists(stamp + ".go"):
+            return
+        time.sleep(0.1)
+    sys.exit("handoff: no go after 120 s")
+
+
 if __name__ == "__main__":
     python, address = sys.argv[1], sys.argv[2]
     send = socket_sender(address) if address.endswith(".sock") else fifo_sender(address)
     target = int(send("GET_TARGET_PID").split()[1])
+    me = os.getpid()
     child = subprocess.Popen(["sleep", "1000"])
     try:
         for step in sys.argv[3:]:
+            step = step.replace("$PID", str(me)).replace("$CHILD", str(child.pid))
             if step == "pdb":
                 print(pdb(python, target), flush=True)
+            elif step.startswith("other:"):
+                print(other(python, address, step[len("other:") :]), flush=True)
+            elif step.startswith("handoff:"):
+                handoff(step[len("handoff:") :])
             else:
-                step = step.replace("$PID", str(os.getpid())).replace("$CHILD", str(child.pid))
                 print(send(step), flush=True)
     finally:
         child.kill()

@@ -3,9 +3,10 @@
 //! `heli_core::protocol` (and, where it says nothing, from what its encoding
 //! can carry) rather than copied from its code.
 //!
-//! - A value is *in the protocol's domain* when it can travel at all: its
-//!   process ids are 1 to `i32::MAX` (the protocol's PIDs), and no extra
-//!   `STATUS` fact is named like a field `STATUS` has itself.
+//! - A value is *in the protocol's domain* when it can travel at all: no
+//!   extra `STATUS` fact is named like a field `STATUS` has itself. (Its
+//!   process ids are the protocol's, 1 to `i32::MAX`, by construction: a
+//!   `Pid` holds no other.)
 //! - Such a value, encoded in either dialect and parsed again, comes back as
 //!   [`normalized`] says: `STATUS` words without white space or `=`, line
 //!   breaks in free text turned into spaces, an error message without
@@ -14,18 +15,13 @@
 
 #![forbid(unsafe_code)]
 
-use heli_core::protocol::{Dialect, Reply, Request, Status};
+use heli_core::protocol::{Dialect, Reply, Status};
 
 /// Both dialects, to check each property in each.
 pub const DIALECTS: [Dialect; 2] = [Dialect::Upper, Dialect::Lower];
 
 /// The fields a `STATUS` reply has by name; an extra fact may not use them.
 pub const STATUS_FIELDS: [&str; 6] = ["pid", "state", "uptime", "granter", "holder", "command"];
-
-/// Whether `pid` is a process id as the protocol writes it (1 to `i32::MAX`).
-pub fn valid_pid(pid: u32) -> bool {
-    (1..=i32::MAX as u32).contains(&pid)
-}
 
 /// Asserts that `line` is exactly one protocol line: it ends in its only
 /// newline.
@@ -38,29 +34,9 @@ pub fn assert_one_line(line: &str) {
     );
 }
 
-/// Whether `request` can be encoded and parsed back.
-pub fn request_in_domain(request: &Request) -> bool {
-    match *request {
-        Request::GrantAccess(pid) | Request::TakeOver(pid) | Request::Revoke(Some(pid)) => {
-            valid_pid(pid)
-        }
-        _ => true,
-    }
-}
-
-/// Whether `reply` can be encoded and parsed back: [`pids_valid`] and
-/// [`extra_facts_free`].
+/// Whether `reply` can be encoded and parsed back: [`extra_facts_free`].
 pub fn reply_in_domain(reply: &Reply) -> bool {
-    pids_valid(reply) && extra_facts_free(reply)
-}
-
-/// Whether every process id in `reply` is one the protocol can write.
-pub fn pids_valid(reply: &Reply) -> bool {
-    match reply {
-        Reply::TargetPid(pid) => valid_pid(*pid),
-        Reply::Status(status) => valid_pid(status.pid) && status.holder.is_none_or(valid_pid),
-        _ => true,
-    }
+    extra_facts_free(reply)
 }
 
 /// Whether no extra `STATUS` fact of `reply` is written with the name of one

@@ -3,16 +3,25 @@
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
+use crate::process::Pid;
 use crate::protocol::{Reply, Request, Status};
 use crate::transport::{Connection, Transport};
 
 /// How long a client waits for the controller by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a client waits for the answer to a grant or revoke at least:
+/// the controller gives one up to
+/// [`DEFAULT_GRANT_DEADLINE`](crate::DEFAULT_GRANT_DEADLINE) (a remote
+/// execution waits that long for the target), then says why it failed.
+pub const GRANT_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Talks to a controller over a [`Transport`].
 ///
 /// Every call connects, sends one request and waits for its reply for at
-/// most the [timeout](Client::timeout) (2 s by default): a client never hangs
+/// most the [timeout](Client::timeout) (2 s by default; a grant or revoke
+/// at least [`GRANT_TIMEOUT`], as the controller may take that long to
+/// answer, and says why when it fails): a client never hangs
 /// on a controller that is gone, busy or broken.
 ///
 /// # Examples
@@ -21,9 +30,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// # fn demo<T: heli_core::Transport>(transport: T) -> Result<(), heli_core::Error> {
 /// use heli_core::Client;
 ///
+/// use heli_core::Pid;
+///
 /// let client = Client::new(transport);
 /// let target = client.target_pid()?;
-/// client.grant_access(std::process::id())?;
+/// client.grant_access(Pid::this())?;
 /// println!("may now ptrace {target}");
 /// # Ok(()) }
 /// ```
@@ -31,6 +42,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Client<T> {
     transport: T,
     timeout: Duration,
+    grant_timeout: Duration,
 }
 
 impl<T: Transport> Client<T> {
@@ -39,12 +51,21 @@ impl<T: Transport> Client<T> {
         Client {
             transport,
             timeout: DEFAULT_TIMEOUT,
+            grant_timeout: GRANT_TIMEOUT,
         }
     }
 
     /// How long to wait for each reply, connecting included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait at least for the answer to a grant or revoke
+    /// (default [`GRANT_TIMEOUT`]; the [timeout](Client::timeout) when that
+    /// is longer).
+    pub fn grant_timeout(mut self, timeout: Duration) -> Self {
+        self.grant_timeout = timeout;
         self
     }
 
@@ -85,6 +106,7 @@ impl<T: Transport> Client<T> {
         Ok(Session {
             connection,
             timeout: self.timeout,
+            grant_timeout: self.grant_timeout.max(self.timeout),
         })
     }
 
@@ -106,7 +128,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn target_pid(&self) -> Result<u32, Error> {
+    pub fn target_pid(&self) -> Result<Pid, Error> {
         self.session()?.target_pid()
     }
 
@@ -119,7 +141,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn grant_access(&self, pid: u32) -> Result<(), Error> {
+    pub fn grant_access(&self, pid: Pid) -> Result<(), Error> {
         self.session()?.grant_access(pid)
     }
 
@@ -129,7 +151,7 @@ impl<T: Transport> Client<T> {
     /// # Errors
     ///
     /// As [`request`](Client::request).
-    pub fn revoke(&self, pid: u32) -> Result<(), Error> {
+    pub fn revoke(&self, pid: Pid) -> Result<(), Error> {
         self.session()?.revoke(pid)
     }
 
@@ -168,6 +190,7 @@ impl<T: Transport> Client<T> {
 pub struct Session<C> {
     connection: C,
     timeout: Duration,
+    grant_timeout: Duration,
 }
 
 impl<C: Connection> Session<C> {
@@ -178,7 +201,13 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn request(&mut self, request: Request) -> Result<Reply, Error> {
-        match self.connection.request(request, self.timeout)? {
+        let timeout = match request {
+            Request::GrantAccess(_) | Request::TakeOver(_) | Request::Revoke(_) => {
+                self.grant_timeout
+            }
+            _ => self.timeout,
+        };
+        match self.connection.request(request, timeout)? {
             Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
             reply => Ok(reply),
         }
@@ -189,7 +218,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn target_pid(&mut self) -> Result<u32, Error> {
+    pub fn target_pid(&mut self) -> Result<Pid, Error> {
         match self.request(Request::GetTargetPid)? {
             Reply::TargetPid(pid) => Ok(pid),
             other => Err(unexpected(Request::GetTargetPid, &other)),
@@ -202,7 +231,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn grant_access(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn grant_access(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::GrantAccess(pid))
     }
 
@@ -212,7 +241,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn take_over(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn take_over(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::TakeOver(pid))
     }
 
@@ -221,7 +250,7 @@ impl<C: Connection> Session<C> {
     /// # Errors
     ///
     /// As [`Client::request`].
-    pub fn revoke(&mut self, pid: u32) -> Result<(), Error> {
+    pub fn revoke(&mut self, pid: Pid) -> Result<(), Error> {
         self.expect_ready(Request::Revoke(Some(pid)))
     }
 

@@ -2,61 +2,74 @@
 //! signals.
 
 use std::io;
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{after, bounded, never, select, Receiver, Sender};
-use log::{debug, info, warn};
-use signal_hook::consts::signal::{
-    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGURG, SIGUSR1,
-    SIGUSR2, SIGVTALRM, SIGWINCH,
-};
-use signal_hook::iterator::exfiltrator::WithOrigin;
-use signal_hook::iterator::SignalsInfo;
-use signal_hook::low_level::siginfo::{Cause, Origin};
+use crossbeam_channel::{bounded, never, unbounded, Receiver, Sender};
+use log::{info, warn};
 
+use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
-use crate::protocol::{Reply, Request, Status, MAX_REPLY};
+use crate::inspector::{Inspector, NoInspector};
 use crate::restart::RestartPolicy;
+#[cfg(test)]
+use crate::signals::Caught;
+use crate::signals::{self, SignalThread};
 use crate::supervisor::{ExitStatus, Supervisor};
-use crate::transport::{Event, Incoming, Listener, Peer, Stopper, Transport};
+use crate::transport::{Event, GrantHolder, Listener, Stopper, Transport};
+use crate::worker::{GrantWorker, StackWorker};
 
-/// Signals that end the controller: they are passed to the target, which is
-/// killed if it still runs after the grace period.
-pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+/// How long a grant or revoke may take by default: the Yama granter's
+/// longest way, a remote execution, waits this long for the target to run
+/// its script.
+pub const DEFAULT_GRANT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Signals only passed on to the target. Not SIGCHLD, not SIGTTIN and
-/// SIGTTOU (which concern the controller's own use of the terminal), and not
-/// the synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
-/// SIGSYS), which concern the controller itself.
-pub const PASS_SIGNALS: [i32; 8] = [
-    SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGURG, SIGPROF, SIGVTALRM,
-];
-
-/// Signals that suspend the controller with its target, as under dumb-init:
-/// the target gets the signal, then the controller stops itself (SIGSTOP),
-/// so a shell sees its job stopped; SIGCONT (in [`PASS_SIGNALS`]) continues
-/// both.
-pub const SUSPEND_SIGNALS: [i32; 1] = [SIGTSTP];
-
-/// Default time a target gets to end after SIGTERM before SIGKILL.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// How long a stack read may take by default: less than a client's default
+/// wait ([`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)), so it hears why.
+pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// Supervises a target and answers clients: the heart of heli.
 ///
 /// It composes a [`Transport`] (how clients reach it), a [`Granter`] (how a
-/// client gets ptrace rights) and a [`Supervisor`] (how the target runs), all
+/// client gets ptrace rights), a [`Supervisor`] (how the target runs) and,
+/// optionally, an [`Inspector`] (how to read the target's stacks), all
 /// chosen statically. [`run`](Controller::run) spawns the target and serves
 /// until the target has ended, then returns its [`ExitStatus`].
 ///
 /// The event loop is a single `select!` over the listener's requests, the
-/// target's exit, forwarded signals, a shutdown handle and the kill timer.
-/// Requests are answered in the order they arrive.
+/// target's exit, forwarded signals, a shutdown handle, the results of work
+/// and its timers. It never waits on the target itself: the granter and
+/// the inspector run on threads of their own, each grant, revoke and stack
+/// read with a deadline ([`grant_deadline`](Controller::grant_deadline),
+/// [`stack_deadline`](Controller::stack_deadline)); meanwhile every other
+/// request is served. Work past its deadline is answered with why (the
+/// target frozen, or in uninterruptible sleep); a grant that completes
+/// after its client was told it failed is withdrawn at once. Stopping the
+/// controller calls off work in progress.
+///
+/// # Authorization
+///
+/// The controller decides who may be granted what, by one policy for every
+/// transport, from what the transport verified about each request's
+/// [`Peer`](crate::Peer) and what the supervisor's
+/// [`Processes`](crate::Processes) table says:
+///
+/// - `GRANT_ACCESS <pid>` from an authenticated peer (a Unix socket's)
+///   names the peer itself or one of its descendants, checked with start
+///   times so a reused pid does not pass; from a transport that cannot
+///   authenticate (named pipes), any process. A thread stands for its
+///   process.
+/// - One client holds the grant at a time (Yama keeps one ptracer per
+///   target): another is refused unless it asks to take it over (`FORCE`).
+/// - The grant ends with the connection that asked for it, with its
+///   holder's exit, or with the target's.
+/// - `REVOKE <pid>` withdraws it only when `<pid>` holds it.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// # fn demo<T: heli_core::Transport, G: heli_core::Granter, S: heli_core::Supervisor>(
+/// # fn demo<T: heli_core::Transport, G: heli_core::Granter + Send + 'static, S: heli_core::Supervisor>(
 /// #     transport: T, granter: G, supervisor: S) -> std::io::Result<()> {
 /// use heli_core::Controller;
 /// use std::time::Duration;
@@ -69,15 +82,30 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Controller<T, G, S> {
+pub struct Controller<T, G, S, I = NoInspector> {
     transport: T,
     granter: G,
     supervisor: S,
+    inspector: I,
     grace: Duration,
-    handle_signals: bool,
+    grant_deadline: Duration,
+    stack_deadline: Duration,
+    signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
     shutdown: (Sender<()>, Receiver<()>),
+}
+
+/// Where the controller's signals come from.
+#[derive(Debug)]
+enum Signals {
+    /// It catches none.
+    Ignored,
+    /// It catches them itself (see [`Controller::handle_signals`]).
+    Caught,
+    /// A test hands them over, and records the controller's suspensions.
+    #[cfg(test)]
+    Fake(Receiver<Caught>, Sender<()>),
 }
 
 /// Asks a running [`Controller`] to stop its target and return.
@@ -91,39 +119,111 @@ impl ShutdownHandle {
     }
 }
 
-impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
+impl<T, G, S> Controller<T, G, S>
+where
+    T: Transport,
+    G: Granter + Send + 'static,
+    S: Supervisor,
+{
     /// A controller that will serve on `transport`, grant with `granter` and
-    /// run the target with `supervisor`.
+    /// run the target with `supervisor`; it cannot read its target's stacks
+    /// until given an [`inspector`](Controller::inspector).
     pub fn new(transport: T, granter: G, supervisor: S) -> Self {
         Controller {
             transport,
             granter,
             supervisor,
-            grace: DEFAULT_GRACE,
-            handle_signals: false,
+            inspector: NoInspector,
+            grace: signals::DEFAULT_GRACE,
+            grant_deadline: DEFAULT_GRANT_DEADLINE,
+            stack_deadline: DEFAULT_STACK_DEADLINE,
+            signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
             shutdown: bounded(1),
         }
     }
+}
+
+impl<T, G, S, I> Controller<T, G, S, I>
+where
+    T: Transport,
+    G: Granter + Send + 'static,
+    S: Supervisor,
+    I: Inspector + Send + Sync + 'static,
+{
+    /// Reads the target's stacks (`STACK`) with `inspector`.
+    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J>
+    where
+        J: Inspector + Send + Sync + 'static,
+    {
+        Controller {
+            transport: self.transport,
+            granter: self.granter,
+            supervisor: self.supervisor,
+            inspector,
+            grace: self.grace,
+            grant_deadline: self.grant_deadline,
+            stack_deadline: self.stack_deadline,
+            signals: self.signals,
+            restart: self.restart,
+            status_fields: self.status_fields,
+            shutdown: self.shutdown,
+        }
+    }
 
     /// How long the target may take to end after being asked before it is
     /// killed (default 2 s).
+    ///
+    /// A killed target is waited for until it has ended, unless a cgroup
+    /// freezer holds it: under cgroup v1 a frozen process dies only once
+    /// thawed, so the controller ends without it ([`run`](Controller::run)
+    /// returns [`ExitStatus::Signal`]`(9)`) and it ends when thawed.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
-    /// Whether to catch [`STOP_SIGNALS`], [`PASS_SIGNALS`] and
-    /// [`SUSPEND_SIGNALS`] and pass them to the target (default: no; a
+    /// How long a grant or revoke may take before the client is told it
+    /// failed, and why (default [`DEFAULT_GRANT_DEADLINE`]).
+    pub fn grant_deadline(mut self, deadline: Duration) -> Self {
+        self.grant_deadline = deadline;
+        self
+    }
+
+    /// How long a stack read may take before the client is told it failed,
+    /// and why (default [`DEFAULT_STACK_DEADLINE`]).
+    pub fn stack_deadline(mut self, deadline: Duration) -> Self {
+        self.stack_deadline = deadline;
+        self
+    }
+
+    /// Whether to catch [`STOP_SIGNALS`](crate::STOP_SIGNALS),
+    /// [`PASS_SIGNALS`] and [`SUSPEND_SIGNALS`](crate::SUSPEND_SIGNALS)
+    /// and pass them to the target (default: no; a
     /// program's `main` wants yes).
     ///
     /// A stop signal also stops the controller: the target is killed if it
     /// still runs after the grace period. A signal the terminal sent to the
     /// whole foreground process group (Ctrl-C, Ctrl-\, hang-up) reached the
     /// target already and is not sent twice.
+    ///
+    /// [`PASS_SIGNALS`]: crate::PASS_SIGNALS
     pub fn handle_signals(mut self, yes: bool) -> Self {
-        self.handle_signals = yes;
+        self.signals = if yes {
+            Signals::Caught
+        } else {
+            Signals::Ignored
+        };
+        self
+    }
+
+    /// Hands the controller its signals through `signals` instead of
+    /// catching them, and reports every suspension on `suspended` instead
+    /// of stopping the process.
+    #[cfg(test)]
+    pub(crate) fn fake_signals(mut self, signals: Receiver<Caught>, suspended: Sender<()>) -> Self {
+        self.signals = Signals::Fake(signals, suspended);
         self
     }
 
@@ -147,34 +247,64 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
     }
 
     /// Listens, spawns the target, serves until the target has ended, cleans
-    /// up, and returns how the target ended.
+    /// up, and returns how the target ended (or, for a killed target a
+    /// cgroup freezer holds, that it was killed: see
+    /// [`grace`](Controller::grace)).
     ///
     /// # Parent-death signal
     ///
     /// Call it from a thread that outlives the target (it does, as `run`
-    /// returns only after the target ended): a supervisor that asks the
+    /// returns only after the target ended or was killed): a supervisor that asks the
     /// kernel to kill the target when its parent dies ties that to the thread
     /// that spawned it.
+    ///
+    /// # Threads
+    ///
+    /// The granter and the inspector run on threads of their own. `run`
+    /// does not wait for them when it returns: a piece of work stuck on a
+    /// target that never answers (frozen for good) keeps its thread, which
+    /// ends with the work.
     ///
     /// # Errors
     ///
     /// When listening, spawning, or catching signals fails; the target is
     /// not left running.
-    pub fn run(mut self) -> io::Result<ExitStatus> {
-        let mut listener = self.transport.listen()?;
-        info!("listening on {}", self.transport.describe());
-        let signals = if self.handle_signals {
-            Some(SignalThread::start()?)
-        } else {
-            None
+    pub fn run(self) -> io::Result<ExitStatus> {
+        let Controller {
+            transport,
+            granter,
+            mut supervisor,
+            inspector,
+            grace,
+            grant_deadline,
+            stack_deadline,
+            signals,
+            restart,
+            status_fields,
+            shutdown,
+        } = self;
+        let mut listener = transport.listen()?;
+        info!("listening on {}", transport.describe());
+        let (caught, signal_rx, suspended) = match signals {
+            Signals::Caught => {
+                let thread = SignalThread::start()?;
+                let rx = thread.rx.clone();
+                (Some(thread), rx, None)
+            }
+            Signals::Ignored => (None, never(), None),
+            #[cfg(test)]
+            Signals::Fake(rx, suspended) => (None, rx, Some(suspended)),
         };
-        let exits = self.supervisor.exits();
-        let target = self.supervisor.spawn()?;
-        info!(
-            "target started with PID {target}; granter: {}",
-            self.granter.name()
-        );
+        let granter_name = granter.name().to_owned();
+        let (done_tx, done) = unbounded();
+        let grants = GrantWorker::start(granter, done_tx.clone())?;
+        let stacks = StackWorker::start(Arc::new(inspector), done_tx)?;
+        let exits = supervisor.exits();
+        let target = supervisor.spawn()?;
+        info!("target started with PID {target}; granter: {granter_name}");
 
+        let holder = GrantHolder::default();
+        listener.watch_grant(holder.clone());
         let stopper = listener.stopper();
         let (events_tx, events) = bounded(64);
         let serving = thread::Builder::new()
@@ -184,108 +314,32 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
                 (listener, result)
             })?;
 
-        let mut state = State {
-            target,
-            running: true,
-            started: Instant::now(),
-            kill_at: None,
-            respawn_at: None,
-            last_exit: None,
-            grant: None,
+        let mut event_loop = Loop {
+            supervisor,
+            grants,
+            stacks,
+            done,
+            granter_name,
+            grace,
+            grant_deadline,
+            stack_deadline,
+            restart,
+            status_fields,
+            authenticates: transport.authenticates(),
+            suspended,
         };
-        let signal_rx = signals.as_ref().map(|s| s.rx.clone()).unwrap_or_else(never);
-        let mut listening = true;
-        let status = loop {
-            if !state.running && state.respawn_at.is_none() {
-                // Asked to stop while waiting to restart.
-                break Ok(state.last_exit.unwrap_or(ExitStatus::Code(0)));
-            }
-            let timer = |at: Option<Instant>| match at {
-                Some(at) => after(at.saturating_duration_since(Instant::now())),
-                None => never(),
-            };
-            let kill_timer = timer(state.kill_at.filter(|_| state.running));
-            let respawn_timer = timer(state.respawn_at);
-            // Once the listener has stopped, its closed channel would be
-            // ready on every turn: stop watching it.
-            let requests = if listening { events.clone() } else { never() };
-            select! {
-                recv(exits) -> exit => {
-                    let Ok(exit) = exit else {
-                        warn!("supervisor lost its target; killing it");
-                        let _ = self.supervisor.kill();
-                        break Err(io::Error::other("supervisor lost its target"));
-                    };
-                    if exit.pid == state.target && state.running {
-                        state.running = false;
-                        state.last_exit = Some(exit.status);
-                        state.grant = None;
-                        // The granter may still remember a grant on this
-                        // pid: a later process must not inherit it.
-                        if self.granter.holder_pid(exit.pid).is_some() {
-                            let _ = self.granter.revoke(exit.pid);
-                        }
-                        if state.kill_at.is_some() {
-                            info!("target process {} ended ({})", exit.pid, exit.status);
-                            break Ok(exit.status);
-                        }
-                        warn!("target process {} ended on its own ({})", exit.pid, exit.status);
-                        match self.restart.next_delay(exit.status, state.started.elapsed()) {
-                            Some(delay) => {
-                                info!("restarting the target in {delay:?} (restart {})", self.restart.restarts());
-                                state.respawn_at = Some(Instant::now() + delay);
-                            }
-                            None => break Ok(exit.status),
-                        }
-                    }
-                }
-                recv(respawn_timer) -> _ => {
-                    state.respawn_at = None;
-                    match self.supervisor.spawn() {
-                        Ok(pid) => {
-                            info!("target restarted with PID {pid}");
-                            state.target = pid;
-                            state.running = true;
-                            state.started = Instant::now();
-                        }
-                        Err(err) => {
-                            warn!("cannot restart the target: {err}");
-                            match self.restart.next_delay(ExitStatus::Code(127), Duration::ZERO) {
-                                Some(delay) => state.respawn_at = Some(Instant::now() + delay),
-                                None => break Err(err),
-                            }
-                        }
-                    }
-                }
-                recv(requests) -> event => match event {
-                    Ok(Event::Request(incoming)) => self.answer(&mut state, incoming),
-                    Ok(Event::Disconnected(peer)) => self.disconnected(&mut state, peer),
-                    Err(_) => {
-                        warn!("listener stopped; stopping the target");
-                        listening = false;
-                        self.begin_stop(&mut state, None);
-                    }
-                },
-                recv(signal_rx) -> origin => {
-                    if let Ok(origin) = origin {
-                        self.on_signal(&mut state, &origin);
-                    }
-                }
-                recv(self.shutdown.1) -> _ => self.begin_stop(&mut state, None),
-                recv(kill_timer) -> _ => {
-                    warn!("target still running {:?} after being asked to stop: killing it", self.grace);
-                    if let Err(err) = self.supervisor.kill() {
-                        warn!("cannot kill the target: {err}");
-                    }
-                    state.kill_at = Some(Instant::now() + Duration::from_secs(3600));
-                }
-            }
+        let inputs = Inputs {
+            exits,
+            events,
+            signals: signal_rx,
+            shutdown: shutdown.1,
         };
+        let status = event_loop.run(target, holder, &inputs);
 
         stopper.stop();
         // Answer whatever is queued, and whatever the listener sends until it
         // has stopped, so no client waits on a reply that never comes.
-        for event in events.iter() {
+        for event in inputs.events.iter() {
             if let Event::Request(incoming) = event {
                 incoming.reply(not_running());
             }
@@ -299,299 +353,26 @@ impl<T: Transport, G: Granter, S: Supervisor> Controller<T, G, S> {
             }
             Err(_) => warn!("listener thread panicked"),
         }
-        drop(signals);
+        drop(caught);
         status
-    }
-
-    fn answer(&mut self, state: &mut State, incoming: Incoming) {
-        let peer = incoming.peer();
-        let request = match incoming.request() {
-            Ok(request) => request,
-            Err(err) => {
-                warn!("bad request from {peer:?}: {err}");
-                let reply = Reply::error(err);
-                incoming.reply(reply);
-                return;
-            }
-        };
-        debug!("request {request} from {peer:?}");
-        let reply = match request {
-            Request::Status => Reply::Status(self.status(state)),
-            Request::Terminate => {
-                info!("TERMINATE requested by {peer:?}");
-                incoming.reply(Reply::Ready);
-                self.begin_stop(state, None);
-                return;
-            }
-            // Between a target's end and its restart there is nobody to
-            // grant access to.
-            _ if !state.running => match state.respawn_at {
-                Some(at) => Reply::Error(format!(
-                    "Target process not running (restarting in {} ms)",
-                    at.saturating_duration_since(Instant::now()).as_millis()
-                )),
-                None => not_running(),
-            },
-            Request::GetTargetPid => Reply::TargetPid(state.target),
-            Request::Stack => match self.supervisor.stack_dump() {
-                Ok(text) => Reply::Stack(fit_reply(text)),
-                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
-            },
-            Request::GrantAccess(client) | Request::TakeOver(client) => {
-                let force = matches!(request, Request::TakeOver(_));
-                self.grant(state, peer, client, force)
-            }
-            Request::Revoke(Some(client)) => match self.granter.holder_pid(state.target) {
-                Some(holder) if holder != client => Reply::Error(format!(
-                    "The grant is held by client PID {holder}, not PID {client}: nothing revoked"
-                )),
-                _ => self.revoke(state),
-            },
-            Request::Revoke(None) => self.revoke(state),
-        };
-        incoming.reply(reply);
-    }
-
-    /// Grants `client` access, unless another client holds the grant and
-    /// `force` is not set (Yama keeps one ptracer per target).
-    fn grant(&mut self, state: &mut State, peer: Peer, client: u32, force: bool) -> Reply {
-        if state.kill_at.is_some() {
-            return Reply::Error("The controller is shutting down".into());
-        }
-        let previous = self.granter.holder_pid(state.target);
-        if let Some(holder) = previous.filter(|&holder| holder != client && !force) {
-            return Reply::Error(format!(
-                "target is being debugged by client PID {holder} (attach --force takes it over)"
-            ));
-        }
-        match self.granter.grant(state.target, client) {
-            Ok(()) => {
-                match previous {
-                    Some(old) if old != client => info!(
-                        "granted PID {client} access to target {}, taking it over from PID {old}",
-                        state.target
-                    ),
-                    _ => info!("granted PID {client} access to target {}", state.target),
-                }
-                state.grant = Some(GrantRecord {
-                    client,
-                    connection: peer.connection,
-                });
-                Reply::Ready
-            }
-            Err(err) => {
-                warn!("grant for PID {client} failed: {err}");
-                Reply::Error(format!("Grant failed: {err}"))
-            }
-        }
-    }
-
-    fn revoke(&mut self, state: &mut State) -> Reply {
-        state.grant = None;
-        match self.granter.revoke(state.target) {
-            Ok(()) => {
-                info!("revoked access to target {}", state.target);
-                Reply::Ready
-            }
-            Err(err) => Reply::Error(format!("Revoke failed: {err}")),
-        }
-    }
-
-    /// A connection closed: the grant it asked for, if still in force,
-    /// goes with it.
-    fn disconnected(&mut self, state: &mut State, peer: Peer) {
-        debug!("client {peer:?} disconnected");
-        let Some(record) = state.grant.filter(|r| r.connection == peer.connection) else {
-            return;
-        };
-        // Connectionless transports (named pipes) tie no grant to a peer.
-        if peer.connection == 0 {
-            return;
-        }
-        match self.granter.holder_pid(state.target) {
-            Some(holder) if holder != record.client => state.grant = None,
-            _ => {
-                info!(
-                    "the connection of client PID {} closed: revoking its grant",
-                    record.client
-                );
-                if let Reply::Error(message) = self.revoke(state) {
-                    warn!("{message}");
-                }
-            }
-        }
-    }
-
-    fn status(&self, state: &State) -> Status {
-        let mut extra = vec![("restarts".to_owned(), self.restart.restarts().to_string())];
-        if let Some(exit) = state.last_exit {
-            extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
-        }
-        extra.extend(self.status_fields.iter().cloned());
-        extra.extend(self.granter.status_fields());
-        Status {
-            pid: state.target,
-            state: match (state.running, state.kill_at.is_some()) {
-                (false, _) => "restarting",
-                (true, true) => "stopping",
-                (true, false) => "running",
-            }
-            .to_owned(),
-            uptime_secs: state.started.elapsed().as_secs(),
-            granter: self.granter.name().to_owned(),
-            holder: self
-                .granter
-                .holder_pid(state.target)
-                .filter(|_| state.running),
-            extra,
-            command: self.supervisor.describe(),
-        }
-    }
-
-    /// Asks the target to end, with `signal` if given, else with the
-    /// supervisor's polite stop, and arms the kill timer.
-    fn begin_stop(&mut self, state: &mut State, signal: Option<i32>) {
-        if !state.running {
-            // Waiting to restart: there is nothing to stop; end now.
-            state.respawn_at = None;
-            state.kill_at = Some(Instant::now());
-            return;
-        }
-        let result = match signal {
-            Some(signal) => self.supervisor.signal(signal),
-            None => self.supervisor.terminate(),
-        };
-        if let Err(err) = result {
-            warn!("cannot signal the target: {err}");
-        }
-        if state.kill_at.is_none() {
-            state.kill_at = Some(Instant::now() + self.grace);
-        }
-    }
-
-    fn on_signal(&mut self, state: &mut State, origin: &Origin) {
-        let signal = origin.signal;
-        // The terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole
-        // foreground process group, the target included: do not double them.
-        let from_terminal = origin.cause == Cause::Kernel && self.supervisor.shares_terminal();
-        if STOP_SIGNALS.contains(&signal) {
-            info!("got signal {signal}; stopping the target");
-            if from_terminal && state.running {
-                if state.kill_at.is_none() {
-                    state.kill_at = Some(Instant::now() + self.grace);
-                }
-            } else {
-                self.begin_stop(state, Some(signal));
-            }
-            return;
-        }
-        if !from_terminal && state.running {
-            debug!("passing signal {signal} to the target");
-            if let Err(err) = self.supervisor.signal(signal) {
-                warn!("cannot pass signal {signal} to the target: {err}");
-            }
-        }
-        if SUSPEND_SIGNALS.contains(&signal) {
-            info!("got signal {signal}; suspending (SIGCONT continues)");
-            // A PID 1 cannot be stopped from inside its namespace: then the
-            // target alone stops.
-            if let Err(err) = signal_hook::low_level::raise(SIGSTOP) {
-                warn!("cannot stop: {err}");
-            }
-        }
-    }
-}
-
-/// Cuts a stack dump that would not fit in a reply line ([`MAX_REPLY`];
-/// escaping at most doubles its size), saying so at its end.
-fn fit_reply(mut text: String) -> String {
-    const ROOM: usize = MAX_REPLY / 2 - 100;
-    if text.len() > ROOM {
-        let mut end = ROOM;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let total = text.len();
-        text.truncate(end);
-        text.push_str(&format!(
-            "\n... (cut: the whole dump is {total} bytes, a reply holds {ROOM})"
-        ));
-    }
-    text
-}
-
-fn not_running() -> Reply {
-    Reply::Error("Target process not running".into())
-}
-
-#[derive(Debug)]
-struct State {
-    /// The current target, or the last one while waiting to restart.
-    target: u32,
-    running: bool,
-    started: Instant,
-    /// When the target gets SIGKILL, once it was asked to stop.
-    kill_at: Option<Instant>,
-    /// When the ended target starts again.
-    respawn_at: Option<Instant>,
-    last_exit: Option<ExitStatus>,
-    /// The last grant made, and on which connection.
-    grant: Option<GrantRecord>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct GrantRecord {
-    client: u32,
-    connection: u64,
-}
-
-/// Forwards caught signals into a channel from a thread of its own.
-struct SignalThread {
-    rx: Receiver<Origin>,
-    handle: signal_hook::iterator::Handle,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl SignalThread {
-    fn start() -> io::Result<SignalThread> {
-        let mut signals = SignalsInfo::<WithOrigin>::new(
-            STOP_SIGNALS
-                .iter()
-                .chain(&PASS_SIGNALS)
-                .chain(&SUSPEND_SIGNALS),
-        )?;
-        let handle = signals.handle();
-        let (tx, rx) = bounded(16);
-        let thread = thread::Builder::new()
-            .name("heli-signals".into())
-            .spawn(move || {
-                for origin in signals.forever() {
-                    if tx.send(origin).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(SignalThread {
-            rx,
-            handle,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for SignalThread {
-    fn drop(&mut self) {
-        self.handle.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::protocol::{Dialect, LineBuffer};
+    use crate::event_loop::fit_reply;
+    use crate::protocol::{Dialect, LineBuffer, Reply, MAX_REPLY};
+
+    fn round_trip(text: &str) -> String {
+        let line = Reply::Stack(text.to_owned()).encode(Dialect::Upper);
+        let mut lines = LineBuffer::for_replies();
+        lines.extend(line.as_bytes());
+        let back = lines.next_line().unwrap().unwrap();
+        match Reply::parse(std::str::from_utf8(&back).unwrap()).unwrap() {
+            Reply::Stack(text) => text,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_stack_dump_too_long_for_a_reply_is_cut_and_says_so() {
@@ -605,13 +386,33 @@ mod tests {
             "{}",
             &cut[cut.len() - 80..]
         );
-        let line = Reply::Stack(cut.clone()).encode(Dialect::Upper);
-        let mut lines = LineBuffer::for_replies();
-        lines.extend(line.as_bytes());
-        let back = lines.next_line().unwrap().unwrap();
+        assert_eq!(round_trip(&cut), cut);
+    }
+
+    #[test]
+    fn a_cut_steps_back_to_a_character_boundary() {
+        const ROOM: usize = MAX_REPLY / 2 - 100;
+        // A 4-byte character straddles the cut: one byte before it, three
+        // after. The cut keeps the bytes before the character, whole, and
+        // finds where at once (on a thread, so the test fails rather than
+        // hangs should it search forever).
+        let text = format!("{}\u{1F980}{}", "a".repeat(ROOM - 1), "b".repeat(10));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(fit_reply(text)));
+        let cut = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no cut within 10 s");
+        let (kept, note) = cut.split_once('\n').unwrap();
+        assert_eq!(kept, "a".repeat(ROOM - 1));
         assert_eq!(
-            Reply::parse(std::str::from_utf8(&back).unwrap()).unwrap(),
-            Reply::Stack(cut)
+            note,
+            format!(
+                "... (cut: the whole dump is {} bytes, a reply holds {ROOM})",
+                ROOM + 13
+            )
         );
+        // Exactly at the limit, nothing is cut.
+        let full = "é".repeat(ROOM / 2);
+        assert_eq!(fit_reply(full.clone()), full);
     }
 }

@@ -111,3 +111,58 @@ impl From<Error> for io::Error {
         io::Error::new(kind, err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_sorted_by_what_the_transport_meant() {
+        for (kind, expected) in [
+            (io::ErrorKind::NotFound, ErrorKind::NotRunning),
+            (io::ErrorKind::ConnectionRefused, ErrorKind::NotRunning),
+            (io::ErrorKind::TimedOut, ErrorKind::Timeout),
+            (io::ErrorKind::WouldBlock, ErrorKind::Timeout),
+            (io::ErrorKind::PermissionDenied, ErrorKind::Io),
+        ] {
+            let err = Error::io("Connecting", io::Error::new(kind, "why"));
+            assert_eq!(err.kind(), expected, "{kind:?}");
+            assert_eq!(err.message(), "Connecting: why");
+            assert_eq!(err.to_string(), "Connecting: why");
+            let source = std::error::Error::source(&err).expect("the io::Error");
+            assert_eq!(source.to_string(), "why");
+        }
+        let plain = Error::new(ErrorKind::Refused, "no");
+        assert!(std::error::Error::source(&plain).is_none());
+    }
+
+    #[test]
+    fn into_io_error_keeps_the_kind_a_caller_can_act_on() {
+        let cases = [
+            (
+                Error::new(ErrorKind::NotRunning, "m"),
+                io::ErrorKind::NotFound,
+            ),
+            (Error::new(ErrorKind::Timeout, "m"), io::ErrorKind::TimedOut),
+            (
+                Error::io("m", io::Error::from(io::ErrorKind::PermissionDenied)),
+                io::ErrorKind::PermissionDenied,
+            ),
+            (Error::new(ErrorKind::Io, "m"), io::ErrorKind::Other),
+            (
+                Error::new(ErrorKind::Refused, "m"),
+                io::ErrorKind::InvalidData,
+            ),
+            (
+                Error::new(ErrorKind::MalformedReply, "m"),
+                io::ErrorKind::InvalidData,
+            ),
+        ];
+        for (err, kind) in cases {
+            let what = format!("{:?}", err.kind());
+            let io_err = io::Error::from(err);
+            assert_eq!(io_err.kind(), kind, "{what}");
+            assert!(io_err.to_string().starts_with('m'), "{what}: {io_err}");
+        }
+    }
+}

@@ -9,18 +9,25 @@
 //!
 //! This crate holds what does not depend on the platform, and no `unsafe`:
 //!
-//! - three traits, the extension points:
+//! - four traits, the extension points:
 //!   - [`Transport`]: how clients reach the controller (its [`Listener`] end
 //!     and a client's [`Connection`] end);
 //!   - [`Granter`]: how a client gets the right to ptrace the target;
-//!   - [`Supervisor`]: how the target is run, signalled and reaped;
+//!   - [`Supervisor`]: how the target is run, signalled and reaped, and what
+//!     the platform says about processes ([`Processes`]);
+//!   - [`Inspector`]: how the target's stacks are read without stopping it;
+//! - the process vocabulary: [`Pid`], [`ProcessId`] (pid and start time, so
+//!   a reused pid is never taken for the process it once named),
+//!   [`ProcessState`] and [`ProcessInfo`];
 //! - the [line protocol](protocol) both sides speak;
 //! - the [`Controller`], which composes one implementation of each trait
-//!   (static dispatch) in a single event loop, and the [`Client`].
+//!   (static dispatch) in a single event loop and decides who may be
+//!   granted what, and the [`Client`].
 //!
-//! Implementations live in sibling crates: `heli-transport` (named pipes,
-//! Unix socket) and `heli-grant` (the Yama granter, the no-op granter and the
-//! process supervisor; all of heli's `unsafe` code is there).
+//! Implementations live in sibling crates: `heli-proc` (process facts from
+//! Linux's `/proc`), `heli-transport` (named pipes, Unix socket) and
+//! `heli-grant` (the Yama granter, the no-op granter, the process supervisor
+//! and the CPython inspector; all of heli's `unsafe` code is there).
 //!
 //! # Examples
 //!
@@ -31,7 +38,8 @@
 //! ```
 //! # use std::{io, time::{Duration, Instant}};
 //! # use crossbeam_channel::{bounded, Receiver, Sender};
-//! use heli_core::{Client, Controller, Exit, ExitStatus, Granter, Supervisor};
+//! use heli_core::{Client, Controller, Deadline, Exit, ExitStatus, Granter, Supervisor};
+//! use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 //! use heli_core::{exchange, Connection, Event, Listener, Peer, Stopper, Transport};
 //!
 //! /// Requests travel as (line, reply channel) pairs.
@@ -79,22 +87,35 @@
 //! }
 //!
 //! /// Grants succeed and are remembered.
-//! struct Record(Vec<u32>);
+//! struct Record(Vec<ProcessId>);
 //! impl Granter for Record {
 //!     fn name(&self) -> &str { "record" }
-//!     fn grant(&mut self, _target: u32, client: u32) -> io::Result<()> { self.0.push(client); Ok(()) }
-//!     fn revoke(&mut self, _target: u32) -> io::Result<()> { Ok(()) }
+//!     fn grant(&mut self, _target: ProcessId, client: ProcessId, _: &Deadline) -> io::Result<()> {
+//!         self.0.push(client);
+//!         Ok(())
+//!     }
+//!     fn revoke(&mut self, _target: ProcessId, _: &Deadline) -> io::Result<()> { Ok(()) }
 //! }
 //!
-//! /// A pretend target with PID 4242 that ends when told to.
+//! /// A pretend target with PID 4242 that ends when told to, in a world
+//! /// where every process is its own, started at tick 1.
 //! struct Pretend(Sender<Exit>, Receiver<Exit>, bool);
+//! const TARGET: Pid = Pid::new(4242).unwrap();
+//! impl Processes for Pretend {
+//!     fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+//!         let id = ProcessId { pid, start_time: 1 };
+//!         let state = ProcessState::Sleeping;
+//!         let (uid, euid, kernel_thread) = (1000, 1000, false);
+//!         Ok(Some(ProcessInfo { id, parent: None, process: pid, state, uid, euid, kernel_thread }))
+//!     }
+//! }
 //! impl Supervisor for Pretend {
-//!     fn spawn(&mut self) -> io::Result<u32> { self.2 = true; Ok(4242) }
+//!     fn spawn(&mut self) -> io::Result<Pid> { self.2 = true; Ok(TARGET) }
 //!     fn exits(&self) -> Receiver<Exit> { self.1.clone() }
-//!     fn pid(&self) -> Option<u32> { self.2.then_some(4242) }
+//!     fn pid(&self) -> Option<Pid> { self.2.then_some(TARGET) }
 //!     fn signal(&mut self, signal: i32) -> io::Result<()> {
 //!         self.2 = false;
-//!         self.0.send(Exit { pid: 4242, status: ExitStatus::Signal(signal) }).unwrap();
+//!         self.0.send(Exit { pid: TARGET, status: ExitStatus::Signal(signal) }).unwrap();
 //!         Ok(())
 //!     }
 //!     fn terminate(&mut self) -> io::Result<()> { self.signal(15) }
@@ -108,8 +129,9 @@
 //! let running = std::thread::spawn(move || controller.run());
 //!
 //! let client = Client::new(memory);
-//! assert_eq!(client.target_pid().unwrap(), 4242);
-//! client.grant_access(std::process::id()).unwrap();
+//! assert_eq!(client.target_pid().unwrap(), TARGET);
+//! // A debugger the client runs (a grant never goes to the controller).
+//! client.grant_access(Pid::new(77).unwrap()).unwrap();
 //! client.terminate().unwrap();
 //! assert_eq!(running.join().unwrap().unwrap(), ExitStatus::Signal(15));
 //! ```
@@ -117,24 +139,40 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod authorize;
 mod client;
 mod controller;
+mod deadline;
 mod error;
+mod event_loop;
 mod granter;
+mod inspector;
+pub mod log_limit;
+mod process;
 pub mod protocol;
 mod restart;
+mod signals;
 mod supervisor;
+#[cfg(any(test, feature = "test-log"))]
+pub mod test_log;
 mod transport;
+mod worker;
 
-pub use client::{Client, Session, DEFAULT_TIMEOUT};
-pub use controller::{
-    Controller, ShutdownHandle, DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS,
-};
+pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
+pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};
+pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
+pub use inspector::{Inspector, NoInspector};
+pub use log_limit::LogLimit;
+pub use process::{InvalidPid, Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 pub use restart::{Restart, RestartPolicy};
+pub use signals::{DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS};
 pub use supervisor::{Exit, ExitStatus, Supervisor};
-pub use transport::{exchange, Connection, Event, Incoming, Listener, Peer, Stopper, Transport};
+pub use transport::{
+    exchange, Connection, Credentials, Event, GrantHolder, Incoming, Listener, Peer, Stopper,
+    Transport,
+};
 
 #[cfg(test)]
 mod tests;

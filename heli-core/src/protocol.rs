@@ -26,9 +26,10 @@
 //!
 //! ```
 //! use heli_core::protocol::{parse_request, Dialect, Reply, Request};
+//! use heli_core::Pid;
 //!
 //! let (request, dialect) = parse_request(b"grant_access 42").unwrap();
-//! assert_eq!(request, Request::GrantAccess(42));
+//! assert_eq!(request, Request::GrantAccess(Pid::new(42).unwrap()));
 //! assert_eq!(dialect, Dialect::Lower);
 //! assert_eq!(Reply::Ready.encode(dialect), "ready\n");
 //!
@@ -39,6 +40,7 @@
 use std::fmt;
 
 use crate::error::{Error, ErrorKind};
+use crate::process::Pid;
 
 /// The longest request line a controller accepts, newline included.
 ///
@@ -59,10 +61,10 @@ pub enum Request {
     GetTargetPid,
     /// `GRANT_ACCESS <pid>`: let process `<pid>` (and its descendants) ptrace
     /// the target.
-    GrantAccess(u32),
+    GrantAccess(Pid),
     /// `GRANT_ACCESS <pid> FORCE`: as [`GrantAccess`](Request::GrantAccess),
     /// even while another client holds the grant (which it then loses).
-    TakeOver(u32),
+    TakeOver(Pid),
     /// `STATUS`: what the controller and its target are doing.
     Status,
     /// `STACK`: the target's stacks, read without stopping it.
@@ -70,7 +72,7 @@ pub enum Request {
     /// `REVOKE [<pid>]`: withdraw the grant on the target; with a pid, only
     /// if that process holds it (a client that detached must not withdraw
     /// the grant another client took over since).
-    Revoke(Option<u32>),
+    Revoke(Option<Pid>),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
 }
@@ -111,7 +113,7 @@ impl Request {
 impl Request {
     /// The process a `GRANT_ACCESS` (with or without `FORCE`) asks rights
     /// for; `None` for other requests.
-    pub fn grant_pid(&self) -> Option<u32> {
+    pub fn grant_pid(&self) -> Option<Pid> {
         match *self {
             Request::GrantAccess(pid) | Request::TakeOver(pid) => Some(pid),
             _ => None,
@@ -130,7 +132,7 @@ impl fmt::Display for Request {
 #[non_exhaustive]
 pub enum Reply {
     /// `TARGET_PID <pid>`.
-    TargetPid(u32),
+    TargetPid(Pid),
     /// `READY`: the request was carried out.
     Ready,
     /// `ERROR: <message>`.
@@ -145,10 +147,10 @@ pub enum Reply {
 ///
 /// On the wire: `STATUS` then `key=value` words, `command=` last, taking the
 /// rest of the line (so it may hold spaces). Other values hold no white space.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     /// The target's process id.
-    pub pid: u32,
+    pub pid: Pid,
     /// `running`, or `stopping` once asked to end.
     pub state: String,
     /// Seconds since the target started.
@@ -156,7 +158,7 @@ pub struct Status {
     /// The granter in use.
     pub granter: String,
     /// The process that holds the grant, if any.
-    pub holder: Option<u32>,
+    pub holder: Option<Pid>,
     /// More facts, in order (for instance `ptrace_scope`).
     pub extra: Vec<(String, String)>,
     /// The target's command line.
@@ -164,6 +166,19 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status of target `pid` with every other field empty.
+    pub fn new(pid: Pid) -> Status {
+        Status {
+            pid,
+            state: String::new(),
+            uptime_secs: 0,
+            granter: String::new(),
+            holder: None,
+            extra: Vec::new(),
+            command: String::new(),
+        }
+    }
+
     fn encode(&self) -> String {
         let word = |value: &str| -> String {
             let cleaned: String = value
@@ -209,27 +224,30 @@ impl Status {
             Some(at) => (&text[..at], text[at + "command=".len()..].to_owned()),
             None => (text, String::new()),
         };
-        let mut status = Status {
-            command,
-            ..Status::default()
-        };
-        let mut has_pid = false;
+        let mut pid = None;
+        let (mut state, mut uptime_secs, mut granter) = (String::new(), 0, String::new());
+        let (mut holder, mut extra) = (None, Vec::new());
         for field in fields.split_ascii_whitespace() {
             let (key, value) = field.split_once('=')?;
             match key {
-                "pid" => {
-                    status.pid = parse_pid(value)?;
-                    has_pid = true;
-                }
-                "state" => status.state = value.to_owned(),
-                "uptime" => status.uptime_secs = value.parse().ok()?,
-                "granter" => status.granter = value.to_owned(),
-                "holder" if value == "none" => status.holder = None,
-                "holder" => status.holder = Some(parse_pid(value)?),
-                _ => status.extra.push((key.to_owned(), value.to_owned())),
+                "pid" => pid = Some(value.parse().ok()?),
+                "state" => state = value.to_owned(),
+                "uptime" => uptime_secs = value.parse().ok()?,
+                "granter" => granter = value.to_owned(),
+                "holder" if value == "none" => holder = None,
+                "holder" => holder = Some(value.parse().ok()?),
+                _ => extra.push((key.to_owned(), value.to_owned())),
             }
         }
-        has_pid.then_some(status)
+        Some(Status {
+            pid: pid?,
+            state,
+            uptime_secs,
+            granter,
+            holder,
+            extra,
+            command,
+        })
     }
 
     /// The value of an [`extra`](Status::extra) fact.
@@ -303,9 +321,9 @@ impl Reply {
             return Status::parse(rest).map(Reply::Status).ok_or_else(malformed);
         }
         if word.eq_ignore_ascii_case("target_pid") {
-            return match parse_pid(rest.trim()) {
-                Some(pid) => Ok(Reply::TargetPid(pid)),
-                None => Err(malformed()),
+            return match rest.trim().parse() {
+                Ok(pid) => Ok(Reply::TargetPid(pid)),
+                Err(_) => Err(malformed()),
             };
         }
         Err(malformed())
@@ -388,9 +406,9 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     } else if command.eq_ignore_ascii_case("REVOKE") {
         match (words.next(), words.next()) {
             (None, _) => Request::Revoke(None),
-            (Some(word), None) => match parse_pid(word) {
-                Some(pid) => Request::Revoke(Some(pid)),
-                None => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+            (Some(word), None) => match word.parse() {
+                Ok(pid) => Request::Revoke(Some(pid)),
+                Err(_) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
             },
             (Some(_), Some(_)) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
         }
@@ -399,7 +417,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     } else if command.eq_ignore_ascii_case("STACK") {
         Request::Stack
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
-        let pid = words.next().and_then(parse_pid);
+        let pid = words.next().and_then(|word| word.parse::<Pid>().ok());
         match (pid, words.next(), words.next()) {
             (Some(pid), None, _) => Request::GrantAccess(pid),
             (Some(pid), Some(force), None) if force.eq_ignore_ascii_case("FORCE") => {
@@ -433,17 +451,6 @@ pub fn dialect_of_line(line: &[u8]) -> Dialect {
         .find(|w| !w.is_empty())
         .unwrap_or_default();
     Dialect::of(&String::from_utf8_lossy(first))
-}
-
-/// A process id as the protocol writes it: decimal, 1 to `i32::MAX`.
-fn parse_pid(text: &str) -> Option<u32> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    match text.parse::<u32>() {
-        Ok(pid) if pid > 0 && pid <= i32::MAX as u32 => Some(pid),
-        _ => None,
-    }
 }
 
 /// Undoes the escaping of [`Reply::Stack`]: `\n` is a newline, `\\` a
@@ -588,49 +595,41 @@ impl LineBuffer {
 mod tests {
     use super::*;
 
+    fn p(raw: u32) -> Pid {
+        Pid::new(raw).unwrap()
+    }
+
     #[test]
     fn requests_in_both_dialects() {
-        let cases: &[(&[u8], Request, Dialect)] = &[
-            (b"GET_TARGET_PID\n", Request::GetTargetPid, Dialect::Upper),
-            (b"get_target_pid\n", Request::GetTargetPid, Dialect::Lower),
-            (b"Get_Target_Pid", Request::GetTargetPid, Dialect::Upper),
-            (
-                b"GRANT_ACCESS 42\n",
-                Request::GrantAccess(42),
-                Dialect::Upper,
-            ),
-            (
-                b"grant_access 42\r\n",
-                Request::GrantAccess(42),
-                Dialect::Lower,
-            ),
-            (b"  TERMINATE  \n", Request::Terminate, Dialect::Upper),
-            (b"terminate\n", Request::Terminate, Dialect::Lower),
-            (b"REVOKE\n", Request::Revoke(None), Dialect::Upper),
-            (
-                b"GRANT_ACCESS 5 FORCE\n",
-                Request::TakeOver(5),
-                Dialect::Upper,
-            ),
-            (
-                b"grant_access 5 force\n",
-                Request::TakeOver(5),
-                Dialect::Lower,
-            ),
-            (b"status\n", Request::Status, Dialect::Lower),
-            (b"revoke 17\n", Request::Revoke(Some(17)), Dialect::Lower),
+        // Each dialect, with lines in it and what they ask.
+        let upper: &[(&[u8], Request)] = &[
+            (b"GET_TARGET_PID\n", Request::GetTargetPid),
+            (b"Get_Target_Pid", Request::GetTargetPid),
+            (b"GRANT_ACCESS 42\n", Request::GrantAccess(p(42))),
+            (b"  TERMINATE  \n", Request::Terminate),
+            (b"REVOKE\n", Request::Revoke(None)),
+            (b"GRANT_ACCESS 5 FORCE\n", Request::TakeOver(p(5))),
+        ];
+        let lower: &[(&[u8], Request)] = &[
+            (b"get_target_pid\n", Request::GetTargetPid),
+            (b"grant_access 42\r\n", Request::GrantAccess(p(42))),
+            (b"terminate\n", Request::Terminate),
+            (b"grant_access 5 force\n", Request::TakeOver(p(5))),
+            (b"status\n", Request::Status),
+            (b"revoke 17\n", Request::Revoke(Some(p(17)))),
             (
                 b"grant_access\t2147483647\n",
-                Request::GrantAccess(2147483647),
-                Dialect::Lower,
+                Request::GrantAccess(p(2147483647)),
             ),
         ];
-        for (line, request, dialect) in cases {
-            assert_eq!(
-                parse_request(line).unwrap(),
-                (*request, *dialect),
-                "{line:?}"
-            );
+        for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
+            for (line, request) in cases {
+                assert_eq!(
+                    parse_request(line).unwrap(),
+                    (*request, dialect),
+                    "{line:?}"
+                );
+            }
         }
     }
 
@@ -638,10 +637,10 @@ mod tests {
     fn every_request_round_trips() {
         for request in [
             Request::GetTargetPid,
-            Request::GrantAccess(7),
+            Request::GrantAccess(p(7)),
             Request::Revoke(None),
-            Request::Revoke(Some(8)),
-            Request::TakeOver(9),
+            Request::Revoke(Some(p(8))),
+            Request::TakeOver(p(9)),
             Request::Status,
             Request::Stack,
             Request::Terminate,
@@ -655,68 +654,64 @@ mod tests {
 
     #[test]
     fn request_errors() {
-        let cases: &[(&[u8], ErrorKind, &str)] = &[
-            (b"FOO\n", ErrorKind::UnknownCommand, "Unknown command: FOO"),
+        // Each error, with the lines that get it.
+        let cases: &[(ErrorKind, &str, &[&[u8]])] = &[
             (
-                b"attach now\n",
+                ErrorKind::UnknownCommand,
+                "Unknown command: FOO",
+                &[b"FOO\n"],
+            ),
+            (
                 ErrorKind::UnknownCommand,
                 "Unknown command: attach",
-            ),
-            (b"GRANT_ACCESS\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS abc\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS -5\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS +5\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"GRANT_ACCESS 0\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"GRANT_ACCESS 2147483648\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
+                &[b"attach now\n"],
             ),
             (
-                b"GRANT_ACCESS 99999999999999999999\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (b"GRANT_ACCESS 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (b"REVOKE x\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"GRANT_ACCESS 5 NOW\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (
-                b"GRANT_ACCESS 5 FORCE x\n",
-                ErrorKind::InvalidPid,
-                "Invalid PID",
-            ),
-            (
-                b"STATUS now\n",
-                ErrorKind::UnexpectedArgument,
-                "STATUS takes no argument",
-            ),
-            (b"REVOKE 1 2\n", ErrorKind::InvalidPid, "Invalid PID"),
-            (
-                b"TERMINATE now\n",
-                ErrorKind::UnexpectedArgument,
-                "TERMINATE takes no argument",
-            ),
-            (b"\n", ErrorKind::EmptyLine, "Empty request"),
-            (b"   \n", ErrorKind::EmptyLine, "Empty request"),
-            (
-                b"\xff\xfe\n",
-                ErrorKind::NotUtf8,
-                "Request is not valid UTF-8",
-            ),
-            (
-                b"GET\0PID\n",
                 ErrorKind::UnknownCommand,
                 "Unknown command: GET\\0PID",
+                &[b"GET\0PID\n"],
+            ),
+            (
+                ErrorKind::InvalidPid,
+                "Invalid PID",
+                &[
+                    b"GRANT_ACCESS\n",
+                    b"GRANT_ACCESS abc\n",
+                    b"GRANT_ACCESS -5\n",
+                    b"GRANT_ACCESS +5\n",
+                    b"GRANT_ACCESS 0\n",
+                    b"GRANT_ACCESS 2147483648\n",
+                    b"GRANT_ACCESS 99999999999999999999\n",
+                    b"GRANT_ACCESS 1 2\n",
+                    b"REVOKE x\n",
+                    b"GRANT_ACCESS 5 NOW\n",
+                    b"GRANT_ACCESS 5 FORCE x\n",
+                    b"REVOKE 1 2\n",
+                ],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "STATUS takes no argument",
+                &[b"STATUS now\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "TERMINATE takes no argument",
+                &[b"TERMINATE now\n"],
+            ),
+            (ErrorKind::EmptyLine, "Empty request", &[b"\n", b"   \n"]),
+            (
+                ErrorKind::NotUtf8,
+                "Request is not valid UTF-8",
+                &[b"\xff\xfe\n"],
             ),
         ];
-        for (line, kind, message) in cases {
-            let err = parse_request(line).unwrap_err();
-            assert_eq!(err.kind(), *kind, "{line:?}");
-            assert_eq!(err.to_string(), *message, "{line:?}");
+        for (kind, message, lines) in cases {
+            for line in *lines {
+                let err = parse_request(line).unwrap_err();
+                assert_eq!(err.kind(), *kind, "{line:?}");
+                assert_eq!(err.to_string(), *message, "{line:?}");
+            }
         }
         let long = vec![b'A'; MAX_LINE];
         assert_eq!(
@@ -725,17 +720,35 @@ mod tests {
         );
         let long_unknown = "X".repeat(1000);
         let err = parse_request(long_unknown.as_bytes()).unwrap_err();
-        assert!(err.to_string().len() < 100, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("Unknown command: {}...", "X".repeat(64))
+        );
+        // Up to 64 characters, the command is shown whole.
+        let err = parse_request("é".repeat(64).as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Unknown command: {}", "é".repeat(64))
+        );
+    }
+
+    #[test]
+    fn requests_and_replies_are_shown_as_their_documented_line() {
+        assert_eq!(Request::TakeOver(p(5)).to_string(), "GRANT_ACCESS 5 FORCE");
+        assert_eq!(Request::Revoke(None).to_string(), "REVOKE");
+        assert_eq!(Reply::TargetPid(p(12)).to_string(), "TARGET_PID 12");
+        assert_eq!(Reply::Error("x".into()).to_string(), "ERROR: x");
+        assert_eq!(Reply::Ready.to_string(), "READY");
     }
 
     #[test]
     fn replies_follow_the_dialect() {
         assert_eq!(
-            Reply::TargetPid(12).encode(Dialect::Upper),
+            Reply::TargetPid(p(12)).encode(Dialect::Upper),
             "TARGET_PID 12\n"
         );
         assert_eq!(
-            Reply::TargetPid(12).encode(Dialect::Lower),
+            Reply::TargetPid(p(12)).encode(Dialect::Lower),
             "target_pid 12\n"
         );
         assert_eq!(Reply::Ready.encode(Dialect::Lower), "ready\n");
@@ -761,11 +774,11 @@ mod tests {
     #[test]
     fn status_round_trips_with_spaces_in_the_command() {
         let status = Status {
-            pid: 42,
+            pid: p(42),
             state: "running".into(),
             uptime_secs: 3600,
             granter: "yama".into(),
-            holder: Some(77),
+            holder: Some(p(77)),
             extra: vec![
                 ("ptrace_scope".into(), "1".into()),
                 ("name".into(), "web 1".into()),
@@ -791,9 +804,8 @@ mod tests {
         );
         assert_eq!(expected.get("ptrace_scope"), Some("1"));
         let none = Reply::Status(Status {
-            pid: 1,
             holder: None,
-            ..Status::default()
+            ..Status::new(p(1))
         })
         .encode(Dialect::Upper);
         assert_eq!(
@@ -820,11 +832,10 @@ mod tests {
         // Found by fuzz/fuzz_targets/round_trip.rs: `command=` inside a key
         // was taken for the command line, and the reply did not parse.
         let status = Status {
-            pid: 42,
             holder: None,
             extra: vec![("last_command".into(), "attach".into())],
             command: "python3.14 app.py".into(),
-            ..Status::default()
+            ..Status::new(p(42))
         };
         let line = Reply::Status(status.clone()).encode(Dialect::Upper);
         assert_eq!(
@@ -837,6 +848,22 @@ mod tests {
             ..status
         };
         assert_eq!(Reply::parse(&line).unwrap(), Reply::Status(expected));
+    }
+
+    #[test]
+    fn grant_pid_names_the_process_of_a_grant_only() {
+        assert_eq!(Request::GrantAccess(p(7)).grant_pid(), Some(p(7)));
+        assert_eq!(Request::TakeOver(p(8)).grant_pid(), Some(p(8)));
+        for other in [
+            Request::GetTargetPid,
+            Request::Status,
+            Request::Stack,
+            Request::Revoke(Some(p(9))),
+            Request::Revoke(None),
+            Request::Terminate,
+        ] {
+            assert_eq!(other.grant_pid(), None, "{other}");
+        }
     }
 
     #[test]
@@ -854,7 +881,7 @@ mod tests {
     fn replies_parse_in_both_dialects() {
         for dialect in [Dialect::Upper, Dialect::Lower] {
             for reply in [
-                Reply::TargetPid(99),
+                Reply::TargetPid(p(99)),
                 Reply::Ready,
                 Reply::Error("Target process not running".into()),
             ] {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use crate::process::{Pid, Processes};
+
 /// How a target process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitStatus {
@@ -45,12 +47,16 @@ impl fmt::Display for ExitStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Exit {
     /// Its process id (no longer valid).
-    pub pid: u32,
+    pub pid: Pid,
     /// How it ended.
     pub status: ExitStatus,
 }
 
 /// Runs the target process and watches it.
+///
+/// A supervisor also answers for the platform its target runs on: it is a
+/// [`Processes`] table, which the controller asks who a client is before it
+/// grants anything.
 ///
 /// # Examples
 ///
@@ -58,29 +64,30 @@ pub struct Exit {
 ///
 /// ```no_run
 /// # fn demo(mut supervisor: impl heli_core::Supervisor) -> std::io::Result<()> {
+/// use heli_core::Processes;
 /// use std::time::Duration;
 ///
 /// let exits = supervisor.exits();
 /// let pid = supervisor.spawn()?;
-/// println!("target is {pid}");
+/// println!("target is {pid}, started at {:?}", supervisor.identity(pid)?);
 /// let exit = supervisor.stop(Duration::from_secs(2))?;
 /// assert_eq!(exit.pid, pid);
 /// # drop(exits); Ok(()) }
 /// ```
-pub trait Supervisor {
+pub trait Supervisor: Processes {
     /// Starts the target and returns its process id.
     ///
     /// # Errors
     ///
     /// When it cannot be started (program not found, ...).
-    fn spawn(&mut self) -> io::Result<u32>;
+    fn spawn(&mut self) -> io::Result<Pid>;
 
     /// The channel on which every spawned target's [`Exit`] arrives, once,
     /// after it was reaped.
     fn exits(&self) -> Receiver<Exit>;
 
     /// The running target's process id, if one runs.
-    fn pid(&self) -> Option<u32>;
+    fn pid(&self) -> Option<Pid>;
 
     /// Whether what the terminal sends to its foreground process group
     /// (Ctrl-C, Ctrl-\\, hang-up) reaches the target directly, so that it
@@ -89,19 +96,6 @@ pub trait Supervisor {
     /// terminal).
     fn shares_terminal(&self) -> bool {
         true
-    }
-
-    /// Every thread's stack in the target, as text for the user, read
-    /// without running anything in it (default: not supported).
-    ///
-    /// # Errors
-    ///
-    /// When the target cannot be inspected; the message says why.
-    fn stack_dump(&self) -> io::Result<String> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this supervisor cannot read its target's stacks",
-        ))
     }
 
     /// The target's command line, for status reports (default: empty).
@@ -153,5 +147,45 @@ pub trait Supervisor {
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(gone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessInfo;
+
+    /// A supervisor that says only what it must.
+    struct Bare;
+    impl Processes for Bare {
+        fn process(&self, _: Pid) -> io::Result<Option<ProcessInfo>> {
+            Ok(None)
+        }
+    }
+    impl Supervisor for Bare {
+        fn spawn(&mut self) -> io::Result<Pid> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn exits(&self) -> Receiver<Exit> {
+            crossbeam_channel::never()
+        }
+        fn pid(&self) -> Option<Pid> {
+            None
+        }
+        fn signal(&mut self, _: i32) -> io::Result<()> {
+            Ok(())
+        }
+        fn terminate(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn kill(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn by_default_a_target_shares_the_terminal_and_has_no_command_line() {
+        assert!(Bare.shares_terminal());
+        assert_eq!(Bare.describe(), "");
     }
 }

@@ -5,15 +5,18 @@
 //! - [`Fake`], a [`Transport`] whose requests travel over channels, one
 //!   thread per request on the listener side (so several requests can wait
 //!   for the controller at once), with switches to make `listen`, `connect`
-//!   or `serve` fail and a gate that holds [`Stopper::stop`];
+//!   or `serve` fail and a gate that holds [`Stopper::stop`]; its listener
+//!   keeps the note of which connection holds the grant;
 //! - [`Recorder`], a [`Granter`] that remembers grants and revokes and can be
-//!   told to fail;
+//!   told to fail, to wait on a target that does not answer, or to hold
+//!   back the report of work it has done;
 //! - [`Pretend`], a [`Supervisor`] whose "target" ends when the test says so,
 //!   and can be told to ignore `terminate()` or to fail to spawn.
 //!
 //! Whatever could hang is bounded by [`HANG`]: the controller runs on a
 //! thread whose result is awaited with a deadline, and every round trip has
-//! one.
+//! one. What the controller's loop logs is kept ([`Running::logged`], from
+//! [`test_log`](crate::test_log)).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -23,14 +26,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::process::table::{pid, Table};
 use crate::protocol::MAX_LINE;
 use crate::{
-    exchange, Client, Connection, Controller, ErrorKind, Event, Exit, ExitStatus, Granter,
-    Incoming, Listener, Peer, Restart, RestartPolicy, Stopper, Supervisor, Transport,
+    exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
+    ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
+    Processes, Restart, RestartPolicy, Session, Stopper, Supervisor, Transport,
 };
 
 /// The pretend target's process id.
-const PID: u32 = 4242;
+const PID: Pid = Pid::new(4242).unwrap();
+/// Pretend clients: processes that exist in the pretend supervisor's table.
+const CLIENTS: [u32; 8] = [5, 7, 9, 42, 77, 78, 88, 99];
 /// Generous bound on anything that should be quick: past it, a test fails
 /// instead of hanging.
 const HANG: Duration = Duration::from_secs(10);
@@ -76,6 +83,11 @@ struct Wires {
     dropped: AtomicUsize,
     /// The last connection id handed out.
     connections: AtomicU64,
+    /// What new connections say the transport verified about them.
+    credentials: Mutex<Option<Credentials>>,
+    /// The controller's note of which connection holds the grant, as
+    /// [`Listener::watch_grant`] hands it over.
+    grant_holder: Mutex<Option<GrantHolder>>,
 }
 
 /// An in-memory [`Transport`]; clones share the same "address".
@@ -101,7 +113,15 @@ impl Fake {
             stops: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
             connections: AtomicU64::new(0),
+            credentials: Mutex::new(None),
+            grant_holder: Mutex::new(None),
         }))
+    }
+
+    /// New connections come from `process` of uid 1000, as a transport
+    /// that authenticates its peers (a Unix socket) reports them.
+    fn authenticate(&self, process: Option<ProcessId>) {
+        *self.0.credentials.lock().unwrap() = Some(Credentials { uid: 1000, process });
     }
 
     /// Sends `line` as it is and returns the reply.
@@ -128,6 +148,28 @@ impl Fake {
     fn client(&self) -> Client<Fake> {
         Client::new(self.clone()).timeout(HANG)
     }
+
+    /// A session of a client of its own that holds the grant to process
+    /// `client` (as long as the session lasts).
+    fn granted(&self, client: u32) -> Session<FakeConnection> {
+        let mut session = self.client().session().unwrap();
+        session.grant_access(pid(client)).unwrap();
+        session
+    }
+
+    /// The connection that holds the grant, as the listener is told.
+    fn grant_holder(&self) -> Option<u64> {
+        let holder = self.0.grant_holder.lock().unwrap();
+        holder
+            .as_ref()
+            .expect("watch_grant not called")
+            .connection()
+    }
+
+    /// The last connection handed out.
+    fn last_connection(&self) -> u64 {
+        self.0.connections.load(SeqCst)
+    }
 }
 
 impl Transport for Fake {
@@ -151,14 +193,18 @@ impl Transport for Fake {
         }
         let peer = Peer {
             connection: self.0.connections.fetch_add(1, SeqCst) + 1,
-            pid: None,
-            uid: None,
+            credentials: *self.0.credentials.lock().unwrap(),
         };
         Ok(FakeConnection(peer, self.0.to_server.clone()))
     }
 
     fn describe(&self) -> String {
         "the fake address".into()
+    }
+
+    /// As one that authenticates once it is told who connects.
+    fn authenticates(&self) -> bool {
+        self.0.credentials.lock().unwrap().is_some()
     }
 }
 
@@ -227,6 +273,10 @@ impl Listener for FakeListener {
         }
     }
 
+    fn watch_grant(&mut self, holder: GrantHolder) {
+        *self.wires.grant_holder.lock().unwrap() = Some(holder);
+    }
+
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
         self.wires.serving.store(true, SeqCst);
         let result = self.serve_until_stopped(events);
@@ -279,12 +329,14 @@ impl Connection for FakeConnection {
     }
 }
 
-/// Plays the controller's part by hand: answers each request with the next
-/// of `replies` (`None`: hang up without answering), and returns the request
-/// lines it got.
-fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandle<Vec<String>> {
+/// A fake transport whose controller's part is played by hand: a thread
+/// answers each request with the next of `replies` (`None`: hang up without
+/// answering), and returns the request lines it got.
+fn scripted(replies: &[Option<&'static [u8]>]) -> (Fake, thread::JoinHandle<Vec<String>>) {
+    let fake = Fake::new();
     let wires = fake.0.clone();
-    thread::spawn(move || {
+    let replies = replies.to_vec();
+    let server = thread::spawn(move || {
         let mut seen = vec![];
         for reply in replies {
             // Skip the notes of closed connections.
@@ -303,7 +355,8 @@ fn script(fake: &Fake, replies: Vec<Option<&'static [u8]>>) -> thread::JoinHandl
             }
         }
         seen
-    })
+    });
+    (fake, server)
 }
 
 fn lossy(line: &[u8]) -> String {
@@ -316,15 +369,33 @@ fn lossy(line: &[u8]) -> String {
 #[derive(Default)]
 struct Grants {
     /// Successful grants, as (target, client).
-    granted: Vec<(u32, u32)>,
+    granted: Vec<(Pid, u32)>,
     /// Every call to `grant`, failed or not.
     attempts: usize,
     /// Successful revokes, by target.
-    revoked: Vec<u32>,
+    revoked: Vec<Pid>,
     /// When set, `grant` and `revoke` fail with this message.
     fail: Option<String>,
-    /// Who holds the grant (one holder, as under Yama).
-    holder: Option<u32>,
+    /// When set, the next grants wait on a target that does not answer.
+    stuck: Option<Stuck>,
+    /// Told when a grant starts (when set).
+    started: Option<Sender<()>>,
+    /// Deadlines the grants were given, in order.
+    deadlines: Vec<Deadline>,
+    /// When set, the next report of finished work (its status fields)
+    /// tells the first channel, then waits for the second.
+    report_gate: Option<(Sender<()>, Receiver<()>)>,
+}
+
+/// How a grant waits on a target that does not answer.
+#[derive(Clone, Copy)]
+enum Stuck {
+    /// Until its deadline (or its calling off), as a granter must: then it
+    /// gives up, as after a frozen target.
+    UntilDeadline,
+    /// This long whatever the deadline, then succeeds: as a grant whose
+    /// call was already under way when the target froze.
+    Late(Duration),
 }
 
 #[derive(Clone, Default)]
@@ -334,14 +405,34 @@ impl Recorder {
     fn fail(&self, message: Option<&str>) {
         self.0.lock().unwrap().fail = message.map(str::to_owned);
     }
-    fn granted(&self) -> Vec<(u32, u32)> {
+    fn granted(&self) -> Vec<(Pid, u32)> {
         self.0.lock().unwrap().granted.clone()
     }
     fn attempts(&self) -> usize {
         self.0.lock().unwrap().attempts
     }
-    fn revoked(&self) -> Vec<u32> {
+    fn revoked(&self) -> Vec<Pid> {
         self.0.lock().unwrap().revoked.clone()
+    }
+    /// Grants wait on a target that does not answer (or no longer do);
+    /// each start is told on the returned channel.
+    fn stick(&self, stuck: Option<Stuck>) -> Receiver<()> {
+        let (tx, rx) = unbounded();
+        let mut grants = self.0.lock().unwrap();
+        grants.stuck = stuck;
+        grants.started = Some(tx);
+        rx
+    }
+    fn deadlines(&self) -> Vec<Deadline> {
+        self.0.lock().unwrap().deadlines.clone()
+    }
+    /// The next piece of work, once done, is reported only when the test
+    /// says so: (done and waiting, go on).
+    fn hold_next_report(&self) -> (Receiver<()>, Sender<()>) {
+        let (entered_tx, entered) = unbounded();
+        let (go, go_rx) = unbounded();
+        self.0.lock().unwrap().report_gate = Some((entered_tx, go_rx));
+        (entered, go)
     }
 }
 
@@ -350,29 +441,53 @@ impl Granter for Recorder {
         "recorder"
     }
 
-    fn grant(&mut self, target: u32, client: u32) -> io::Result<()> {
+    fn grant(&mut self, target: ProcessId, client: ProcessId, due: &Deadline) -> io::Result<()> {
+        let (stuck, started) = {
+            let mut grants = self.0.lock().unwrap();
+            grants.attempts += 1;
+            grants.deadlines.push(due.clone());
+            (grants.stuck, grants.started.clone())
+        };
+        if let Some(started) = started {
+            let _ = started.send(());
+        }
+        match stuck {
+            Some(Stuck::UntilDeadline) => {
+                while !due.expired() {
+                    thread::sleep(Duration::from_millis(2));
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the pretend target did not stop in time",
+                ));
+            }
+            Some(Stuck::Late(delay)) => thread::sleep(delay),
+            None => {}
+        }
         let mut grants = self.0.lock().unwrap();
-        grants.attempts += 1;
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
-        grants.granted.push((target, client));
-        grants.holder = Some(client);
+        grants.granted.push((target.pid, client.pid.get()));
         Ok(())
     }
 
-    fn revoke(&mut self, target: u32) -> io::Result<()> {
+    fn revoke(&mut self, target: ProcessId, _deadline: &Deadline) -> io::Result<()> {
         let mut grants = self.0.lock().unwrap();
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
-        grants.revoked.push(target);
-        grants.holder = None;
+        grants.revoked.push(target.pid);
         Ok(())
     }
 
-    fn holder_pid(&self, _target: u32) -> Option<u32> {
-        self.0.lock().unwrap().holder
+    fn status_fields(&self) -> Vec<(String, String)> {
+        let gate = self.0.lock().unwrap().report_gate.take();
+        if let Some((entered, go)) = gate {
+            let _ = entered.send(());
+            let _ = go.recv_timeout(HANG);
+        }
+        Vec::new()
     }
 }
 
@@ -383,7 +498,8 @@ struct Target {
     exit_tx: Mutex<Option<Sender<Exit>>>,
     exit_rx: Receiver<Exit>,
     running: AtomicBool,
-    spawn_error: Option<io::ErrorKind>,
+    /// When set, `spawn()` fails with this.
+    spawn_error: Mutex<Option<io::ErrorKind>>,
     ignore_terminate: bool,
     /// When set, `terminate()` first waits for a reply to be delivered and
     /// records it in `seen_before_terminate`.
@@ -393,6 +509,16 @@ struct Target {
     terminates: AtomicUsize,
     kills: AtomicUsize,
     signals: Mutex<Vec<i32>>,
+    shares_terminal: bool,
+    /// The processes of its pretend world: init, the target, the clients.
+    table: Table,
+    /// Whether the target is frozen (cgroup freezer, v1): it dies only
+    /// once thawed.
+    frozen: AtomicBool,
+    /// How often the controller looked whether it is frozen.
+    frozen_looks: AtomicUsize,
+    /// `kill()` does not end it (a thread stuck in the kernel).
+    ignore_kill: bool,
 }
 
 /// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
@@ -404,7 +530,10 @@ struct Pretend(Arc<Target>);
 struct PretendConfig {
     spawn_error: Option<io::ErrorKind>,
     ignore_terminate: bool,
+    ignore_kill: bool,
     reply_before_terminate: Option<Receiver<String>>,
+    /// In a process group of its own, without the terminal.
+    own_group: bool,
 }
 
 impl Pretend {
@@ -421,11 +550,18 @@ impl Pretend {
 
     fn with(config: PretendConfig) -> Pretend {
         let (exit_tx, exit_rx) = bounded(16);
+        let table = Table::default();
+        table.add(1, 0, 1);
+        // The controller itself: the test process.
+        table.add(Pid::this().get(), 1, 2);
+        for client in CLIENTS {
+            table.add(client, 1, u64::from(client));
+        }
         Pretend(Arc::new(Target {
             exit_tx: Mutex::new(Some(exit_tx)),
             exit_rx,
             running: AtomicBool::new(false),
-            spawn_error: config.spawn_error,
+            spawn_error: Mutex::new(config.spawn_error),
             ignore_terminate: config.ignore_terminate,
             reply_before_terminate: config.reply_before_terminate,
             seen_before_terminate: Mutex::new(vec![]),
@@ -433,13 +569,19 @@ impl Pretend {
             terminates: AtomicUsize::new(0),
             kills: AtomicUsize::new(0),
             signals: Mutex::new(vec![]),
+            shares_terminal: !config.own_group,
+            table,
+            frozen: AtomicBool::new(false),
+            frozen_looks: AtomicUsize::new(0),
+            ignore_kill: config.ignore_kill,
         }))
     }
 
     /// Reports that process `pid` ended with `status`.
-    fn report(&self, pid: u32, status: ExitStatus) {
+    fn report(&self, pid: Pid, status: ExitStatus) {
         if pid == PID {
             self.0.running.store(false, SeqCst);
+            self.0.table.remove(PID.get());
         }
         if let Some(tx) = &*self.0.exit_tx.lock().unwrap() {
             tx.try_send(Exit { pid, status }).unwrap();
@@ -449,6 +591,11 @@ impl Pretend {
     /// The target ends on its own.
     fn exit(&self, status: ExitStatus) {
         self.report(PID, status);
+    }
+
+    /// Every later `spawn()` fails with `kind`.
+    fn fail_spawns(&self, kind: io::ErrorKind) {
+        *self.0.spawn_error.lock().unwrap() = Some(kind);
     }
 
     /// The supervisor loses track of its target: the exit channel closes.
@@ -465,6 +612,32 @@ impl Pretend {
     fn kills(&self) -> usize {
         self.0.kills.load(SeqCst)
     }
+    fn signals(&self) -> Vec<i32> {
+        self.0.signals.lock().unwrap().clone()
+    }
+    /// The processes of its pretend world.
+    fn table(&self) -> &Table {
+        &self.0.table
+    }
+    /// Who process `raw` of its pretend world is (it must be there).
+    fn id_of(&self, raw: u32) -> ProcessId {
+        self.0.table.identity(pid(raw)).unwrap().unwrap()
+    }
+    /// Who the target is now.
+    fn identity(&self) -> ProcessId {
+        self.0.table.identity(PID).unwrap().unwrap()
+    }
+}
+
+impl Processes for Pretend {
+    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+        self.0.table.process(pid)
+    }
+
+    fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        self.0.frozen_looks.fetch_add(1, SeqCst);
+        Ok(pid == PID && self.0.frozen.load(SeqCst))
+    }
 }
 
 impl Supervisor for Pretend {
@@ -472,20 +645,26 @@ impl Supervisor for Pretend {
         "pretend-target --flag".into()
     }
 
-    fn spawn(&mut self) -> io::Result<u32> {
-        self.0.spawns.fetch_add(1, SeqCst);
-        if let Some(kind) = self.0.spawn_error {
+    fn spawn(&mut self) -> io::Result<Pid> {
+        let spawns = self.0.spawns.fetch_add(1, SeqCst) + 1;
+        if let Some(kind) = *self.0.spawn_error.lock().unwrap() {
             return Err(io::Error::new(kind, "fake spawn failure"));
         }
+        // Each run is another process, which happens to get the same pid.
+        self.0.table.add(PID.get(), 1, 1000 + spawns as u64);
         self.0.running.store(true, SeqCst);
         Ok(PID)
+    }
+
+    fn shares_terminal(&self) -> bool {
+        self.0.shares_terminal
     }
 
     fn exits(&self) -> Receiver<Exit> {
         self.0.exit_rx.clone()
     }
 
-    fn pid(&self) -> Option<u32> {
+    fn pid(&self) -> Option<Pid> {
         self.0.running.load(SeqCst).then_some(PID)
     }
 
@@ -500,7 +679,7 @@ impl Supervisor for Pretend {
             let seen = replies.recv_timeout(HANG).ok();
             self.0.seen_before_terminate.lock().unwrap().push(seen);
         }
-        if !self.0.ignore_terminate && self.0.running.load(SeqCst) {
+        if !self.0.ignore_terminate && self.0.running.load(SeqCst) && !self.0.frozen.load(SeqCst) {
             self.report(PID, ExitStatus::Signal(15));
         }
         Ok(())
@@ -508,7 +687,7 @@ impl Supervisor for Pretend {
 
     fn kill(&mut self) -> io::Result<()> {
         self.0.kills.fetch_add(1, SeqCst);
-        if self.0.running.load(SeqCst) {
+        if self.0.running.load(SeqCst) && !self.0.frozen.load(SeqCst) && !self.0.ignore_kill {
             self.report(PID, ExitStatus::Signal(9));
         }
         Ok(())
@@ -518,15 +697,19 @@ impl Supervisor for Pretend {
 // ---------------------------------------------------------------------------
 // Running a controller with a deadline.
 
-/// A controller running on a thread of its own.
-struct Running(Receiver<io::Result<ExitStatus>>);
+/// A controller running on a thread of its own: what `run` returns, and
+/// that thread, whose event loop logs as [`Running::logged`] shows.
+struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
-fn start<G: Granter + Send + 'static>(controller: Controller<Fake, G, Pretend>) -> Running {
+fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
+    controller: Controller<Fake, G, Pretend, I>,
+) -> Running {
+    assert!(crate::test_log::capture(log::LevelFilter::Info));
     let (tx, rx) = bounded(1);
-    thread::spawn(move || {
+    let thread = thread::spawn(move || {
         let _ = tx.send(controller.run());
     });
-    Running(rx)
+    Running(rx, thread.thread().id())
 }
 
 impl Running {
@@ -540,6 +723,23 @@ impl Running {
             }
             Err(RecvTimeoutError::Disconnected) => panic!("Controller::run panicked"),
         }
+    }
+
+    /// The lines the controller's event loop has logged so far, with their
+    /// levels.
+    fn logged(&self) -> Vec<(log::Level, String)> {
+        crate::test_log::lines()
+            .into_iter()
+            .filter(|line| line.thread == self.1)
+            .map(|line| (line.level, line.text))
+            .collect()
+    }
+
+    /// Asks the controller to terminate, as a client of `fake` does, and
+    /// returns what `run` returned; fails the test if either fails.
+    fn terminate(self, fake: &Fake) -> ExitStatus {
+        fake.client().terminate().unwrap();
+        self.join().unwrap()
     }
 
     /// Asserts `run` has not returned (yet).
@@ -557,6 +757,43 @@ fn controller() -> (Fake, Recorder, Pretend) {
     (Fake::new(), Recorder::default(), Pretend::new())
 }
 
+/// The usual set-up, started: a controller over a fresh fake transport,
+/// recorder and pretend target, with its default settings.
+fn started() -> (Fake, Recorder, Pretend, Running) {
+    started_with(|controller| controller)
+}
+
+/// The usual set-up, started with the settings `configure` gives the
+/// controller.
+fn started_with<I: crate::Inspector + Send + Sync + 'static>(
+    configure: impl FnOnce(
+        Controller<Fake, Recorder, Pretend>,
+    ) -> Controller<Fake, Recorder, Pretend, I>,
+) -> (Fake, Recorder, Pretend, Running) {
+    let (fake, granter, target) = controller();
+    let running = start(configure(controller_over(&fake, &granter, &target)));
+    (fake, granter, target, running)
+}
+
+/// A controller over (clones of) `fake`, `granter` and `target`.
+fn controller_over(
+    fake: &Fake,
+    granter: &Recorder,
+    target: &Pretend,
+) -> Controller<Fake, Recorder, Pretend> {
+    Controller::new(fake.clone(), granter.clone(), target.clone())
+}
+
+/// Asserts that a grant to process `client` is refused with `message`,
+/// asked for both as a request line and by a [`Client`].
+fn assert_grant_refused(fake: &Fake, client: u32, message: &str) {
+    let line = format!("GRANT_ACCESS {client}\n");
+    assert_eq!(fake.raw(line.as_bytes()), format!("ERROR: {message}\n"));
+    let err = fake.client().grant_access(pid(client)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), message);
+}
+
 /// Asserts that `run` stopped, joined and dropped the listener.
 fn assert_listener_cleaned_up(fake: &Fake) {
     let wires = &fake.0;
@@ -570,8 +807,7 @@ fn assert_listener_cleaned_up(fake: &Fake) {
 
 #[test]
 fn get_target_pid_names_the_spawned_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
 
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     assert_eq!(fake.raw(b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
@@ -580,21 +816,18 @@ fn get_target_pid_names_the_spawned_target() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
 }
 
 #[test]
 fn grant_access_grants_the_client_on_the_target() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     // The grant lasts as long as the connection that asked for it.
-    let mut holder = fake.client().session().unwrap();
-    holder.grant_access(77).unwrap();
+    let mut holder = fake.granted(77);
     assert_eq!(granter.granted(), [(PID, 77)]);
     // The holder may ask again.
-    holder.grant_access(77).unwrap();
+    holder.grant_access(pid(77)).unwrap();
     // Another client may not, unless it takes the grant over.
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 78\n"),
@@ -608,46 +841,37 @@ fn grant_access_grants_the_client_on_the_target() {
     assert_eq!(reply, b"ready\n");
     assert_eq!(granter.granted(), [(PID, 77), (PID, 77), (PID, 78)]);
     let status = fake.client().status().unwrap();
-    assert_eq!((status.pid, status.holder), (PID, Some(78)));
+    assert_eq!((status.pid, status.holder), (PID, Some(pid(78))));
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn failed_grant_is_an_error_reply() {
     let (fake, granter, target) = controller();
     granter.fail(Some("no ptrace for you"));
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let running = start(controller_over(&fake, &granter, &target));
 
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: Grant failed: no ptrace for you\n"
-    );
-    let err = fake.client().grant_access(77).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "Grant failed: no ptrace for you");
+    assert_grant_refused(&fake, 77, "Grant failed: no ptrace for you");
     assert_eq!(granter.attempts(), 2);
     assert!(granter.granted().is_empty());
 
     // The controller carries on, and a later grant can succeed.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     granter.fail(None);
-    fake.client().grant_access(77).unwrap();
+    fake.client().grant_access(pid(77)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(granter.attempts(), 3);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn revoke_withdraws_the_grant() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
-    let mut session = fake.client().session().unwrap();
-    session.grant_access(77).unwrap();
-    session.revoke(77).unwrap();
+    let mut session = fake.granted(77);
+    session.revoke(pid(77)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
     assert_eq!(granter.revoked(), [PID, PID]);
@@ -657,28 +881,42 @@ fn revoke_withdraws_the_grant() {
         fake.raw(b"REVOKE\n"),
         "ERROR: Revoke failed: prctl failed\n"
     );
-    let err = session.revoke(77).unwrap_err();
+    let err = session.revoke(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(err.message(), "Revoke failed: prctl failed");
     assert_eq!(granter.revoked(), [PID, PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn a_client_cannot_revoke_a_grant_another_client_took_over() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
-    let mut first = fake.client().session().unwrap();
-    first.grant_access(77).unwrap();
+    let mut first = fake.granted(77);
     // A second client takes the grant over (Yama keeps one ptracer).
     let mut second = fake.client().session().unwrap();
-    second.take_over(88).unwrap();
+    second.take_over(pid(88)).unwrap();
     assert_eq!(granter.granted(), [(PID, 77), (PID, 88)]);
+    // The log says who took it over from whom; asking again for the grant
+    // one holds takes nothing over.
+    second.grant_access(pid(88)).unwrap();
+    let grants: Vec<String> = running
+        .logged()
+        .into_iter()
+        .filter(|(level, line)| *level == log::Level::Info && line.starts_with("granted"))
+        .map(|(_, line)| line)
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            "granted PID 77 access to target 4242",
+            "granted PID 88 access to target 4242, taking it over from PID 77",
+            "granted PID 88 access to target 4242",
+        ]
+    );
     // The first one detaches and revokes: the second keeps its grant.
-    let err = first.revoke(77).unwrap_err();
+    let err = first.revoke(pid(77)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(
         err.message(),
@@ -690,21 +928,15 @@ fn a_client_cannot_revoke_a_grant_another_client_took_over() {
         "error : The grant is held by client PID 88, not PID 77: nothing revoked\n"
     );
     // The holder itself may revoke.
-    second.revoke(88).unwrap();
+    second.revoke(pid(88)).unwrap();
     assert_eq!(granter.revoked(), [PID]);
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn bad_requests_get_an_error_and_serving_goes_on() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let (fake, granter, target, running) = started();
 
     let mut long = b"GET_TARGET_PID ".to_vec();
     long.resize(MAX_LINE + 1000, b'A');
@@ -740,8 +972,7 @@ fn bad_requests_get_an_error_and_serving_goes_on() {
     assert_eq!(target.terminates(), 0);
     running.assert_running();
 
-    fake.client().terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
@@ -752,11 +983,7 @@ fn lowercase_dialect_round_trip() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
 
     assert_eq!(fake.raw(b"get_target_pid\n"), "target_pid 4242\n");
     assert_eq!(fake.raw(b"grant_access 42\n"), "ready\n");
@@ -784,14 +1011,9 @@ fn terminate_replies_ready_then_stops_the_target() {
         reply_before_terminate: Some(fake.0.delivered.1.clone()),
         ..PretendConfig::default()
     });
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 0, "killed although it obeyed terminate()");
     // terminate() came after the READY had been sent, not before.
@@ -806,32 +1028,73 @@ fn terminate_replies_ready_then_stops_the_target() {
 fn target_ignoring_terminate_is_killed_after_the_grace_period() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
-    fake.client().terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     assert_eq!(target.terminates(), 1);
     assert_eq!(target.kills(), 1);
     assert_listener_cleaned_up(&fake);
+}
+
+/// A target frozen by a cgroup v1 freezer dies only once thawed: the
+/// controller kills it and ends without it, the grant that waited on it
+/// answered.
+#[test]
+fn a_killed_target_that_stays_frozen_is_not_waited_for() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    target.0.frozen.store(true, SeqCst);
+    let running = start(
+        controller_over(&fake, &granter, &target)
+            .grace(SHORT_GRACE)
+            .grant_deadline(HANG),
+    );
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    let asked = Instant::now();
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
+    let took = asked.elapsed();
+    assert!(took < SHORT_GRACE + Duration::from_secs(2), "took {took:?}");
+    assert_eq!(target.terminates(), 1);
+    assert_eq!(target.kills(), 1);
+    assert_eq!(
+        String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap(),
+        "ERROR: The controller is shutting down\n"
+    );
+    assert_listener_cleaned_up(&fake);
+}
+
+/// A killed target that is not frozen is waited for, however long it
+/// takes to end.
+#[test]
+fn a_killed_target_that_is_not_frozen_is_waited_for() {
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        ignore_terminate: true,
+        ignore_kill: true,
+        ..PretendConfig::default()
+    });
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
+    fake.client().terminate().unwrap();
+    // Past the grace period and a few looks at the freezer.
+    thread::sleep(SHORT_GRACE + Duration::from_millis(1600));
+    assert_eq!(target.kills(), 1);
+    running.assert_running();
+    // One look every 500 ms, not a busy loop.
+    let looks = target.0.frozen_looks.load(SeqCst);
+    assert!((1..=10).contains(&looks), "{looks} looks at the freezer");
+    target.exit(ExitStatus::Signal(9));
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
 }
 
 #[test]
 fn no_grant_while_shutting_down() {
     let (fake, granter, _) = controller();
     let target = Pretend::stubborn();
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).grace(LONG_GRACE));
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
 
     fake.client().terminate().unwrap();
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 77\n"),
-        "ERROR: The controller is shutting down\n"
-    );
-    let err = fake.client().grant_access(77).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Refused);
-    assert_eq!(err.message(), "The controller is shutting down");
+    assert_grant_refused(&fake, 77, "The controller is shutting down");
     assert_eq!(granter.attempts(), 0);
     // Other requests are still answered while the target is ending.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
@@ -845,7 +1108,7 @@ fn no_grant_while_shutting_down() {
 #[test]
 fn shutdown_handle_stops_the_controller() {
     let (fake, granter, target) = controller();
-    let controller = Controller::new(fake.clone(), granter, target.clone());
+    let controller = controller_over(&fake, &granter, &target);
     let handle = controller.shutdown_handle();
     let running = start(controller);
 
@@ -863,8 +1126,7 @@ fn shutdown_handle_stops_the_controller() {
 fn shutdown_handle_kills_a_stubborn_target() {
     let fake = Fake::new();
     let target = Pretend::stubborn();
-    let controller =
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE);
+    let controller = controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE);
     let handle = controller.shutdown_handle();
     // Asked before it even runs: it starts the target, then stops it.
     handle.shutdown();
@@ -886,12 +1148,11 @@ fn run_returns_the_status_of_a_target_that_ended_on_its_own() {
         ExitStatus::Code(3),
         ExitStatus::Signal(11),
     ] {
-        let (fake, granter, target) = controller();
-        let running = start(Controller::new(fake.clone(), granter, target.clone()));
+        let (fake, _, target, running) = started();
         assert_eq!(fake.client().target_pid().unwrap(), PID);
 
         // Another process's exit is not the target's.
-        target.report(999, ExitStatus::Code(1));
+        target.report(pid(999), ExitStatus::Code(1));
         assert_eq!(fake.client().target_pid().unwrap(), PID);
         running.assert_running();
 
@@ -912,11 +1173,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
         ..FakeConfig::default()
     });
     let (granter, target) = (Recorder::default(), Pretend::new());
-    let running = start(Controller::new(
-        fake.clone(),
-        granter.clone(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &granter, &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     fake.0.queued.1.recv_timeout(HANG).unwrap(); // that request's
 
@@ -963,8 +1220,7 @@ fn requests_pending_when_the_target_ends_are_answered() {
 
 #[test]
 fn losing_the_target_is_an_error_and_cleans_up() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target.clone()));
+    let (fake, _, target, running) = started();
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.lose_target();
@@ -985,13 +1241,9 @@ fn listen_failure_is_returned_and_nothing_is_spawned() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
     assert_eq!(target.spawns(), 0);
@@ -1004,13 +1256,9 @@ fn spawn_failure_is_returned_and_the_listener_dropped() {
         spawn_error: Some(io::ErrorKind::NotFound),
         ..PretendConfig::default()
     });
-    let err = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ))
-    .join()
-    .unwrap_err();
+    let err = start(controller_over(&fake, &Recorder::default(), &target))
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
     assert_eq!(target.spawns(), 1);
     assert_eq!(fake.0.listens.load(SeqCst), 1);
@@ -1026,11 +1274,7 @@ fn run_joins_the_listener_before_returning() {
         ..FakeConfig::default()
     });
     let target = Pretend::new();
-    let running = start(Controller::new(
-        fake.clone(),
-        Recorder::default(),
-        target.clone(),
-    ));
+    let running = start(controller_over(&fake, &Recorder::default(), &target));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
 
     target.exit(ExitStatus::Code(0));
@@ -1046,9 +1290,7 @@ fn listener_failure_stops_the_target_once() {
         ..FakeConfig::default()
     });
     let target = Pretend::stubborn();
-    let running = start(
-        Controller::new(fake.clone(), Recorder::default(), target.clone()).grace(SHORT_GRACE),
-    );
+    let running = start(controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE));
 
     assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
     assert_eq!(
@@ -1105,8 +1347,18 @@ fn client_without_a_controller_is_not_running() {
 fn client_times_out_naming_the_request() {
     // Nobody serves: requests wait on the wire forever.
     let fake = Fake::new();
-    let client = Client::new(fake).timeout(Duration::from_millis(100));
-    let (pid, grant) = within(move || (client.target_pid(), client.grant_access(7)));
+    let client = Client::new(fake.clone()).timeout(Duration::from_millis(100));
+    let quick = Client::new(fake)
+        .timeout(Duration::from_millis(100))
+        .grant_timeout(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (pid, grant) = within(move || (client.target_pid(), quick.grant_access(pid(7))));
+    // A grant is waited for longer: the controller may take long to answer.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        asked.elapsed()
+    );
 
     let err = pid.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -1122,16 +1374,12 @@ fn client_times_out_naming_the_request() {
 
 #[test]
 fn client_turns_error_replies_into_refused() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"ERROR: Grant failed: nope\n"),
-            Some(b"error : Target process not running\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"ERROR: Grant failed: nope\n"),
+        Some(b"error : Target process not running\n"),
+    ]);
     let client = fake.client();
-    let (first, second) = within(move || (client.grant_access(9), client.target_pid()));
+    let (first, second) = within(move || (client.grant_access(pid(9)), client.target_pid()));
 
     let err = first.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
@@ -1147,25 +1395,21 @@ fn client_turns_error_replies_into_refused() {
 
 #[test]
 fn client_rejects_replies_of_the_wrong_type() {
-    let fake = Fake::new();
-    let server = script(
-        &fake,
-        vec![
-            Some(b"READY\n"),
-            Some(b"TARGET_PID 5\n"),
-            Some(b"hello\n"),
-            Some(b"TARGET_PID \xff\n"),
-            Some(b"TARGET_PID 5\n"),
-        ],
-    );
+    let (fake, server) = scripted(&[
+        Some(b"READY\n"),
+        Some(b"TARGET_PID 5\n"),
+        Some(b"hello\n"),
+        Some(b"TARGET_PID \xff\n"),
+        Some(b"TARGET_PID 5\n"),
+    ]);
     let client = fake.client();
     let results = within(move || {
         [
             client.target_pid().map(drop),
-            client.grant_access(9),
+            client.grant_access(pid(9)),
             client.terminate(),
             client.target_pid().map(drop),
-            client.revoke(9),
+            client.revoke(pid(9)),
         ]
     });
     for result in results {
@@ -1186,8 +1430,7 @@ fn client_rejects_replies_of_the_wrong_type() {
 
 #[test]
 fn client_reports_a_controller_that_went_away() {
-    let fake = Fake::new();
-    let server = script(&fake, vec![None]);
+    let (fake, server) = scripted(&[None]);
     let client = fake.client();
     let err = within(move || client.target_pid()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
@@ -1213,15 +1456,18 @@ fn exit_status_shell_code() {
 
 #[test]
 fn a_grant_ends_with_the_connection_that_asked_for_it() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter.clone(), target));
+    let (fake, granter, _, running) = started();
 
     let client = fake.client();
-    let mut session = client.session().unwrap();
-    session.grant_access(77).unwrap();
+    let session = fake.granted(77);
+    // The listener knows which connection that is (it must never close it
+    // as idle).
+    let asked_on = fake.last_connection();
+    assert_eq!(fake.grant_holder(), Some(asked_on));
     // Other connections come and go: the grant stays.
-    assert_eq!(client.status().unwrap().holder, Some(77));
+    assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
+    assert_eq!(fake.grant_holder(), Some(asked_on));
     // The connection that asked closes: the grant is revoked.
     drop(session);
     let deadline = Instant::now() + HANG;
@@ -1231,15 +1477,16 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     }
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(client.status().unwrap().holder, None);
+    assert_eq!(fake.grant_holder(), None);
 
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
-    let mut first = client.session().unwrap();
-    first.grant_access(77).unwrap();
+    let first = fake.granted(77);
     let mut second = client.session().unwrap();
-    second.take_over(88).unwrap();
+    second.take_over(pid(88)).unwrap();
+    assert_eq!(fake.grant_holder(), Some(fake.last_connection()));
     drop(first);
-    assert_eq!(client.status().unwrap().holder, Some(88));
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     assert_eq!(granter.revoked(), [PID]);
     drop(second);
     let deadline = Instant::now() + HANG;
@@ -1251,18 +1498,15 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
         thread::sleep(Duration::from_millis(5));
     }
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
 }
 
 #[test]
 fn status_reports_target_grant_and_extra_fields() {
-    let (fake, granter, target) = controller();
-    let running = start(
-        Controller::new(fake.clone(), granter.clone(), target)
-            .status_field("ptrace_scope", "1")
-            .status_field("name", "demo"),
-    );
+    let (fake, _, _, running) = started_with(|c| {
+        c.status_field("ptrace_scope", "1")
+            .status_field("name", "demo")
+    });
     let client = fake.client();
     let status = client.status().unwrap();
     assert_eq!(status.pid, PID);
@@ -1272,15 +1516,36 @@ fn status_reports_target_grant_and_extra_fields() {
     assert_eq!(status.command, "pretend-target --flag");
     assert_eq!(status.get("ptrace_scope"), Some("1"));
     assert_eq!(status.get("name"), Some("demo"));
-    let mut session = client.session().unwrap();
-    session.grant_access(5).unwrap();
-    assert_eq!(client.status().unwrap().holder, Some(5));
+    // The fake transport cannot tell who asks, and says so; the recorder
+    // adds no field of its own.
+    let field = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    assert_eq!(
+        status.extra,
+        [
+            field("restarts", "0"),
+            field("clients", "unauthenticated"),
+            field("ptrace_scope", "1"),
+            field("name", "demo"),
+        ]
+    );
+    let _session = fake.granted(5);
+    assert_eq!(client.status().unwrap().holder, Some(pid(5)));
     assert!(fake
         .raw(b"status\n")
         .starts_with("status pid=4242 state=running uptime="));
 
-    client.terminate().unwrap();
-    running.join().unwrap();
+    running.terminate(&fake);
+}
+
+/// Restarts `when` it should, 1 ms after the target ended.
+fn restart_at_once(when: Restart) -> RestartPolicy {
+    RestartPolicy::new(when).delays(Duration::from_millis(1), Duration::from_millis(1))
+}
+
+/// Restarts always, after a delay no test waits for: once the target ends,
+/// a restart stays pending.
+fn pending_restart() -> RestartPolicy {
+    RestartPolicy::new(Restart::Always).delays(Duration::from_secs(600), Duration::from_secs(600))
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -1293,17 +1558,14 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn a_failed_target_is_restarted_up_to_the_limit() {
-    let (fake, granter, target) = controller();
     let policy = RestartPolicy::new(Restart::OnFailure)
         .delays(Duration::from_millis(20), Duration::from_millis(40))
         .max_restarts(2);
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
     let client = fake.client();
 
     // A grant never carries over to the next process.
-    let mut session = client.session().unwrap();
-    session.grant_access(77).unwrap();
+    let session = fake.granted(77);
     for restart in 1..=2 {
         wait_until("the target running", || target.spawns() == restart);
         target.exit(ExitStatus::Signal(11));
@@ -1322,12 +1584,8 @@ fn a_failed_target_is_restarted_up_to_the_limit() {
 
 #[test]
 fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
-    let (fake, granter, target) = controller();
-    // A long delay: the controller is waiting to restart while we ask.
-    let policy = RestartPolicy::new(Restart::Always)
-        .delays(Duration::from_secs(600), Duration::from_secs(600));
-    let running =
-        start(Controller::new(fake.clone(), granter.clone(), target.clone()).restart(policy));
+    // The controller is waiting to restart while we ask.
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
     let client = fake.client();
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
@@ -1341,21 +1599,17 @@ fn requests_while_restarting_say_so_and_terminate_ends_at_once() {
             .starts_with("Target process not running (restarting in"),
         "{err}"
     );
-    assert!(client.grant_access(5).is_err());
+    assert!(client.grant_access(pid(5)).is_err());
     assert_eq!(granter.attempts(), 0);
     // Nothing to stop: the controller ends at once with the last status.
-    client.terminate().unwrap();
-    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(0));
     assert_eq!(target.spawns(), 1);
     assert_eq!(target.terminates(), 0);
 }
 
 #[test]
 fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
-    let (fake, granter, target) = controller();
-    let policy = RestartPolicy::new(Restart::OnFailure)
-        .delays(Duration::from_millis(1), Duration::from_millis(1));
-    let running = start(Controller::new(fake.clone(), granter, target.clone()).restart(policy));
+    let (_, _, target, running) = started_with(|c| c.restart(restart_at_once(Restart::OnFailure)));
     wait_until("the target running", || target.spawns() == 1);
     target.exit(ExitStatus::Code(0));
     assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
@@ -1363,16 +1617,862 @@ fn a_target_that_succeeds_is_not_restarted_on_failure_only() {
 }
 
 #[test]
-fn stack_is_the_supervisors_to_give() {
-    let (fake, granter, target) = controller();
-    let running = start(Controller::new(fake.clone(), granter, target));
-    // The pretend supervisor cannot read stacks: the client is told why.
+fn a_restart_that_fails_is_tried_again_later_then_given_up() {
+    // Two restarts: 500 ms after the end, then 1 s after the first failed.
+    let policy = RestartPolicy::new(Restart::Always)
+        .max_restarts(2)
+        .delays(Duration::from_millis(500), Duration::from_secs(600));
+    let (fake, _, target, running) = started_with(|c| c.restart(policy));
+    let client = fake.client();
+    wait_until("the target running", || target.spawns() == 1);
+    target.fail_spawns(io::ErrorKind::NotFound);
+    let ended = Instant::now();
+    target.exit(ExitStatus::Code(1));
+    wait_until("the first restart to fail", || target.spawns() >= 2);
+
+    let err = client.target_pid().unwrap_err();
+    let asked = Instant::now();
+    let wait: u64 = err
+        .message()
+        .strip_prefix("Target process not running (restarting in ")
+        .and_then(|rest| rest.strip_suffix(" ms)"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(wait <= 1000, "{err}");
+    // The second restart is due 1 s after the first one failed, which was
+    // 500 ms after the target ended at the earliest: unless this test was
+    // held up that long, it is still to come.
+    let due = ended + Duration::from_millis(1500);
+    if let Some(left) = due.checked_duration_since(asked) {
+        assert!(
+            u128::from(wait) >= left.as_millis(),
+            "{err}, asked {:?} after the end",
+            asked - ended
+        );
+    }
+
+    let err = running.join().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    assert_eq!(target.spawns(), 3);
+}
+
+#[test]
+fn stack_is_the_inspectors_to_give() {
+    let (fake, _, _, running) = started();
+    // Without an inspector the controller cannot read stacks, and says so.
     let err = fake.client().stack().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert_eq!(
         err.message(),
-        "Cannot read the target's stacks: this supervisor cannot read its target's stacks"
+        "Cannot read the target's stacks: this controller cannot read its target's stacks"
     );
-    fake.client().terminate().unwrap();
+    running.terminate(&fake);
+
+    /// Reads the stack of whichever process it is asked about.
+    struct Reader;
+    impl crate::Inspector for Reader {
+        fn stack_dump(&self, pid: Pid) -> io::Result<String> {
+            Ok(format!(
+                "Thread {pid}\n  File \"a.py\", line 1, in <module>\n"
+            ))
+        }
+    }
+    let (fake, _, _, running) = started_with(|c| c.inspector(Reader));
+    assert_eq!(
+        fake.client().stack().unwrap(),
+        "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
+    );
+    running.terminate(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// Authorization.
+
+#[test]
+fn an_authenticated_client_is_granted_only_itself_and_its_descendants() {
+    let (fake, granter, target) = controller();
+    // 77 runs a debugger, 700, which runs a helper, 701; 88 is a stranger.
+    target.table().add(700, 77, 700);
+    target.table().add(701, 700, 701);
+    let client = target.id_of(77);
+    fake.authenticate(Some(client));
+    let running = start(controller_over(&fake, &granter, &target));
+
+    for (line, reply) in [
+        ("GRANT_ACCESS 88\n", "ERROR: GRANT_ACCESS 88 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("grant_access 1 force\n", "error : GRANT_ACCESS 1 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("GRANT_ACCESS 4242\n", "ERROR: GRANT_ACCESS 4242 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+        ("GRANT_ACCESS 31337\n", "ERROR: GRANT_ACCESS 31337 refused: it must be your own process or one of its descendants (you are PID 77)\n"),
+    ] {
+        assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
+    }
+    // Nothing reached the granter.
+    assert_eq!(granter.attempts(), 0);
+    assert_eq!(
+        fake.client().status().unwrap().get("clients"),
+        Some("authenticated")
+    );
+    assert_eq!(fake.raw(b"GRANT_ACCESS 701\n"), "READY\n");
+    assert_eq!(fake.raw(b"GRANT_ACCESS 77\n"), "READY\n");
+    assert_eq!(granter.granted(), [(PID, 701), (PID, 77)]);
+
+    // A peer whose pid the transport could not tell may ask for nothing.
+    fake.authenticate(None);
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 77\n"),
+        "ERROR: GRANT_ACCESS 77 refused: it must be your own process or one of its descendants (your PID is unknown)\n"
+    );
+    // Nor may a peer whose pid now names another process.
+    fake.authenticate(Some(ProcessId {
+        start_time: client.start_time + 1,
+        ..client
+    }));
+    assert!(fake
+        .raw(b"GRANT_ACCESS 77\n")
+        .starts_with("ERROR: GRANT_ACCESS 77 refused"));
+    assert_eq!(granter.attempts(), 2);
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_to_a_missing_process_is_refused_without_a_granter_call() {
+    let (fake, granter, _, running) = started();
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 31337\n"),
+        "ERROR: Grant failed: no process with PID 31337\n"
+    );
+    assert_eq!(granter.attempts(), 0);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_asked_for_a_thread_is_made_revoked_and_closed_as_its_process() {
+    let (fake, granter, target) = controller();
+    // 7701 is a thread of process 77.
+    target.table().add(7701, 1, 7701);
+    target.table().edit(7701, |info| info.process = pid(77));
+    let running = start(controller_over(&fake, &granter, &target));
+    let client = fake.client();
+
+    let session = fake.granted(7701);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, Some(pid(77)));
+    // Another client is told who holds it: the process.
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    // The connection closes: the grant, recorded under the process, goes.
+    drop(session);
+    wait_until("the grant revoked", || granter.revoked() == [PID]);
+    assert_eq!(client.status().unwrap().holder, None);
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_holder_that_exited_holds_nothing() {
+    let (fake, granter, target, running) = started();
+    let client = fake.client();
+    let first = fake.granted(77);
+    // 77 exits; its pid goes to another process.
+    target.table().remove(77);
+    assert_eq!(client.status().unwrap().holder, None);
+    target.table().add(77, 1, 7777);
+    assert_eq!(client.status().unwrap().holder, None);
+    // So a second client needs no FORCE, and a REVOKE naming 88 is no
+    // longer refused for 77's sake.
+    let _second = fake.granted(88);
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+    // The first connection closes: the grant is no longer its own.
+    drop(first);
+    thread::sleep(Duration::from_millis(50));
+    assert!(granter.revoked().is_empty());
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_made_over_named_pipes_outlives_every_connection() {
+    // Connection 0: a transport without connections (named pipes).
+    let (fake, granter, _, running) = started();
+    let client = fake.client();
+    client.grant_access(pid(77)).unwrap();
+    // Every connection of the fake closed; the grant was tied to one of
+    // them. A grant through a connectionless peer is tied to none:
+    let wires = fake.0.clone();
+    let (tx, rx) = bounded(1);
+    wires
+        .to_server
+        .send((
+            Peer::default(),
+            Some((b"GRANT_ACCESS 88 FORCE\n".to_vec(), tx)),
+        ))
+        .unwrap();
+    assert_eq!(rx.recv_timeout(HANG).unwrap(), b"READY\n");
+    wires.to_server.send((Peer::default(), None)).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(client.status().unwrap().holder, Some(pid(88)));
+    // Only the first grant's connection closing revoked anything.
+    assert_eq!(granter.revoked(), [PID]);
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
+    let (fake, granter, target, running) =
+        started_with(|c| c.restart(restart_at_once(Restart::Always)));
+    let client = fake.client();
+    let session = fake.granted(77);
+    let first = target.identity();
+    target.exit(ExitStatus::Code(1));
+    wait_until("the restart", || target.spawns() == 2);
+    // The revoke runs on the granter's thread: it may end after the restart.
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    assert_ne!(target.identity(), first, "a restart is another process");
+    assert_eq!(client.status().unwrap().holder, None);
+    // The old grant's connection closing withdraws nothing more.
+    drop(session);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(granter.revoked(), [PID]);
+
+    running.terminate(&fake);
+}
+
+/// A grant the granter completes after its target ended is no grant: its
+/// client hears so, and nobody holds a grant.
+#[test]
+fn a_grant_whose_target_ended_meanwhile_fails() {
+    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The target ends before the controller hears of the grant.
+    target.exit(ExitStatus::Code(1));
+    let client = fake.client();
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        grant,
+        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+    );
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, None);
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+}
+
+// ---------------------------------------------------------------------------
+// Signals.
+
+/// Starts `controller`, whose signals the test hands over, and waits until
+/// it answers on `fake`: (its run, signals, suspensions).
+fn with_fake_signals(
+    fake: &Fake,
+    controller: Controller<Fake, Recorder, Pretend>,
+) -> (Running, Sender<crate::signals::Caught>, Receiver<()>) {
+    let (signals, signal_rx) = bounded(16);
+    let (suspended_tx, suspended) = unbounded();
+    let running = start(controller.fake_signals(signal_rx, suspended_tx));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    (running, signals, suspended)
+}
+
+fn caught(signal: i32, from_kernel: bool) -> crate::signals::Caught {
+    crate::signals::Caught {
+        signal,
+        from_kernel,
+    }
+}
+
+#[test]
+fn a_stop_signal_from_a_process_is_passed_on_and_ends_the_controller() {
+    for signal in crate::STOP_SIGNALS {
+        let (fake, granter, target) = controller();
+        let (running, signals, _) =
+            with_fake_signals(&fake, controller_over(&fake, &granter, &target));
+        signals.send(caught(signal, false)).unwrap();
+        wait_until("the signal passed on", || target.signals() == [signal]);
+        target.exit(ExitStatus::Signal(signal));
+        assert_eq!(running.join().unwrap(), ExitStatus::Signal(signal));
+        assert_eq!(target.terminates(), 0);
+        assert_eq!(target.kills(), 0);
+    }
+}
+
+#[test]
+fn a_stop_signal_from_the_terminal_is_not_sent_twice_but_still_ends_the_controller() {
+    // The target shares the terminal: the kernel sent it the signal too.
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let (running, signals, _) = with_fake_signals(
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(SHORT_GRACE),
+    );
+    let asked = Instant::now();
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    // It ignores the terminal's Ctrl-C: killed after the grace period.
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+    assert!(
+        asked.elapsed() >= SHORT_GRACE,
+        "killed before the grace period"
+    );
+    assert!(target.signals().is_empty(), "{:?}", target.signals());
+    assert_eq!(target.kills(), 1);
+
+    // More of them while stopping do not re-arm the timer: sent every
+    // 50 ms for up to 10 s, they would put the kill off past that.
+    let fake = Fake::new();
+    let target = Pretend::stubborn();
+    let (running, signals, _) = with_fake_signals(
+        &fake,
+        controller_over(&fake, &Recorder::default(), &target).grace(Duration::from_millis(500)),
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while target.kills() == 0 && Instant::now() < until {
+        let _ = signals.try_send(caught(libc_sigint(), true));
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(target.kills(), 1, "the kill timer was put off");
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(9));
+}
+
+#[test]
+fn a_terminal_signal_reaches_a_target_in_its_own_group() {
+    // In a group of its own the target does not share the terminal: the
+    // controller passes what the terminal sent.
+    let fake = Fake::new();
+    let target = Pretend::with(PretendConfig {
+        own_group: true,
+        ..PretendConfig::default()
+    });
+    let (running, signals, _) =
+        with_fake_signals(&fake, controller_over(&fake, &Recorder::default(), &target));
+    signals.send(caught(libc_sigwinch(), true)).unwrap();
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    wait_until("both passed on", || target.signals().len() == 2);
+    assert_eq!(target.signals(), [libc_sigwinch(), libc_sigint()]);
+    target.exit(ExitStatus::Code(0));
     running.join().unwrap();
+}
+
+#[test]
+fn other_signals_are_passed_on_once_and_only_when_not_from_the_terminal() {
+    let (fake, granter, target) = controller();
+    let (running, signals, suspended) =
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
+    for signal in crate::PASS_SIGNALS {
+        signals.send(caught(signal, false)).unwrap();
+        signals.send(caught(signal, true)).unwrap();
+    }
+    wait_until("all passed on", || {
+        target.signals().len() == crate::PASS_SIGNALS.len()
+    });
+    // A status round trip: every signal has been handled by now.
+    fake.client().status().unwrap();
+    assert_eq!(target.signals(), crate::PASS_SIGNALS);
+    assert!(suspended.is_empty());
+    running.assert_running();
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_suspend_signal_is_passed_on_then_suspends_the_controller() {
+    let (fake, granter, target) = controller();
+    let (running, signals, suspended) =
+        with_fake_signals(&fake, controller_over(&fake, &granter, &target));
+    let tstp = crate::SUSPEND_SIGNALS[0];
+    signals.send(caught(tstp, false)).unwrap();
+    suspended
+        .recv_timeout(HANG)
+        .expect("the controller did not suspend");
+    assert_eq!(target.signals(), [tstp]);
+    // From the terminal, the target got it already: only the controller stops.
+    signals.send(caught(tstp, true)).unwrap();
+    suspended
+        .recv_timeout(HANG)
+        .expect("the controller did not suspend");
+    assert_eq!(target.signals(), [tstp]);
+    running.assert_running();
+    running.terminate(&fake);
+}
+
+#[test]
+fn signals_while_restarting_reach_no_target_and_a_stop_signal_ends_at_once() {
+    let (fake, granter, target) = controller();
+    let (running, signals, _) = with_fake_signals(
+        &fake,
+        controller_over(&fake, &granter, &target).restart(pending_restart()),
+    );
+    let client = fake.client();
+    wait_until("the target running", || target.spawns() == 1);
+    target.exit(ExitStatus::Code(3));
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    signals.send(caught(libc_sigwinch(), false)).unwrap();
+    client.status().unwrap();
+    assert!(target.signals().is_empty());
+    signals.send(caught(libc_sigint(), true)).unwrap();
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(3));
+    assert!(target.signals().is_empty());
+    assert_eq!(target.spawns(), 1);
+}
+
+#[test]
+fn caught_signals_sent_by_a_process_are_passed_on() {
+    // Real signals: the controller catches them itself. One this process
+    // sends itself, as `kill` would, is passed on although the target shares
+    // the terminal. SIGWINCH is ignored by default: harmless should nothing
+    // catch it.
+    //
+    // signal-hook never gives a signal its default action back: the stop
+    // signals the controller catches would stay caught, and so ignored, in
+    // this test process for good, a test runner's SIGTERM or a Ctrl-C
+    // included. Their default actions run beside the controller's instead.
+    for signal in crate::STOP_SIGNALS
+        .into_iter()
+        .chain(crate::SUSPEND_SIGNALS)
+    {
+        signal_hook::flag::register_conditional_default(signal, Arc::new(AtomicBool::new(true)))
+            .unwrap();
+    }
+    let sigwinch = signal_hook::consts::SIGWINCH;
+    let (fake, _, target, running) = started_with(|c| c.handle_signals(true));
+    // Answering, it catches signals already.
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    signal_hook::low_level::raise(sigwinch).unwrap();
+    wait_until("the signal passed on", || target.signals() == [sigwinch]);
+    assert_eq!(running.terminate(&fake), ExitStatus::Signal(15));
+    assert_eq!(target.signals(), [sigwinch]);
+}
+
+fn libc_sigint() -> i32 {
+    crate::STOP_SIGNALS[0]
+}
+
+fn libc_sigwinch() -> i32 {
+    crate::PASS_SIGNALS[2]
+}
+
+// ---------------------------------------------------------------------------
+// Work off the loop: grants and stack reads with deadlines.
+
+#[test]
+fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    target.0.frozen.store(true, SeqCst);
+    let deadline = Duration::from_millis(1500);
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
+    let asked = Instant::now();
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    // Meanwhile everything else is answered at once.
+    let client = fake.client().timeout(Duration::from_millis(500));
+    for _ in 0..20 {
+        assert_eq!(client.target_pid().unwrap(), PID);
+        let status = client.status().unwrap();
+        assert_eq!(status.get("target_state"), Some("frozen"));
+    }
+    assert!(
+        asked.elapsed() < deadline,
+        "other requests waited for the grant"
+    );
+    // The grant's client hears why, after the deadline and not long after.
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    let took = asked.elapsed();
+    assert!(
+        reply.starts_with("ERROR: Grant failed: ") && reply.contains("did not stop in time"),
+        "{reply}"
+    );
+    assert!(took >= deadline, "answered before the deadline: {took:?}");
+    assert!(granter.granted().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    // Thawed, the next grant goes through.
+    target.0.frozen.store(false, SeqCst);
+    granter.stick(None);
+    fake.client().grant_access(pid(77)).unwrap();
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
+    // The granter overruns its deadline: the controller does not wait for
+    // it, says what it sees of the target, and withdraws the grant when it
+    // does complete, as its client was told it failed.
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    target.table().edit(PID.get(), |info| {
+        info.state = crate::ProcessState::DiskSleep
+    });
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).unwrap();
+    assert_eq!(
+        fake.client().status().unwrap().get("target_state"),
+        Some("uninterruptible-sleep")
+    );
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        "ERROR: Grant failed: no answer within its deadline: the target is in uninterruptible \
+         sleep (state D)\n"
+    );
+    // The late grant went through in the granter, and was withdrawn at once.
+    wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    running.terminate(&fake);
+}
+
+/// A grant the granter made in time is answered as made, however late the
+/// granter reports it: the controller never tells a client that a grant in
+/// force failed.
+#[test]
+fn a_grant_made_in_time_and_reported_late_is_answered_as_made() {
+    let (fake, granter, target) = controller();
+    let deadline = Duration::from_millis(100);
+    let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The report comes past the deadline and the time the controller
+    // gives a worker to report.
+    thread::sleep(deadline + Duration::from_millis(500));
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn stopping_calls_off_a_grant_in_progress() {
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_secs(600)));
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).unwrap();
+    let asked = Instant::now();
+    fake.client().terminate().unwrap();
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(reply, "ERROR: The controller is shutting down\n");
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+    assert!(asked.elapsed() < Duration::from_secs(60));
+    // The granter was told to give up.
+    wait_until("the deadline called off", || {
+        granter.deadlines().iter().all(Deadline::is_cancelled)
+    });
+}
+
+#[test]
+fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
+    /// Reads a stack only after the test says so.
+    struct Gated(Mutex<Receiver<()>>);
+    impl crate::Inspector for Gated {
+        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+            let _ = self.0.lock().unwrap().recv_timeout(HANG);
+            Ok("Thread 1\n".into())
+        }
+    }
+    let (go, gate) = unbounded();
+    let (fake, _, _, running) = started_with(|c| {
+        c.inspector(Gated(Mutex::new(gate)))
+            .stack_deadline(Duration::from_millis(300))
+    });
+    let reply = fake.raw_async(b"STACK\n");
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert!(
+        reply.starts_with("ERROR: Cannot read the target's stacks: no answer within its deadline"),
+        "{reply}"
+    );
+    // Once the reader is free again, the next read is answered.
+    go.send(()).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
+    running.terminate(&fake);
+}
+
+#[test]
+fn only_the_grants_connection_or_its_holder_may_revoke_it() {
+    let (fake, granter, target, running) = started();
+    let (holder, stranger) = (target.id_of(77), target.id_of(88));
+    fake.authenticate(Some(holder));
+    let mut session = fake.granted(77);
+
+    // Another process, on another connection: refused, both ways of asking.
+    fake.authenticate(Some(stranger));
+    let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
+                   connection or that process may withdraw it (attach --force takes it over)\n";
+    assert_eq!(fake.raw(b"REVOKE\n"), refusal);
+    assert_eq!(fake.raw(b"REVOKE 77\n"), refusal);
+    assert!(granter.revoked().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+
+    // The holder process itself, on another connection: withdrawn.
+    fake.authenticate(Some(holder));
+    assert_eq!(fake.raw(b"REVOKE 77\n"), "READY\n");
+    wait_until("the revoke", || granter.revoked() == [PID]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+
+    // And on the grant's own connection, whoever holds its end.
+    session.grant_access(pid(77)).unwrap();
+    fake.authenticate(Some(stranger));
+    session.revoke(pid(77)).unwrap();
+    wait_until("the second revoke", || granter.revoked().len() == 2);
+    running.terminate(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// Grants in progress: another client's grant, a REVOKE, or the asking
+// connection's end while a grant is being made.
+
+/// A request's reply, with its connection, still open.
+type Answered = Receiver<(io::Result<Vec<u8>>, FakeConnection)>;
+
+/// Sends `line` on a connection of its own and waits until the granter has
+/// started on it (it is held there for a while: see [`Stuck::Late`]).
+fn grant_in_progress(fake: &Fake, granter: &Recorder, line: &[u8]) -> Answered {
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
+    let (tx, rx) = bounded(1);
+    let mut connection = fake.connect(HANG).unwrap();
+    let line = line.to_vec();
+    thread::spawn(move || {
+        let reply = connection.round_trip(&line, Instant::now() + HANG);
+        let _ = tx.send((reply, connection));
+    });
+    started.recv_timeout(HANG).expect("the grant started");
+    // Only that one is held up.
+    granter.stick(None);
+    rx
+}
+
+/// The reply, and the connection it came on (a grant lasts as long as it).
+fn text(reply: Answered) -> (String, FakeConnection) {
+    let (reply, connection) = reply.recv_timeout(HANG).unwrap();
+    (String::from_utf8(reply.unwrap()).unwrap(), connection)
+}
+
+#[test]
+fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
+    let (fake, granter, _, running) = started();
+
+    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Yama keeps one ptracer: a second grant, made after the first, would
+    // take the first client's access away while it was told READY.
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    let (reply, _first) = text(first);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    // Taking it over stays possible, in progress or not.
+    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    let mut second = fake.connect(HANG).unwrap();
+    let reply = second.round_trip(b"GRANT_ACCESS 88 FORCE\n", Instant::now() + HANG);
+    assert_eq!(reply.unwrap(), b"READY\n");
+    assert_eq!(text(first).0, "READY\n");
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(88)));
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_revoke_from_another_process_during_a_grant_is_refused() {
+    let (fake, granter, target, running) = started();
+    let holder = target.id_of(77);
+    fake.authenticate(Some(holder));
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+
+    // Nobody holds the grant yet, but it is being made: a stranger's
+    // REVOKE, queued behind it, would withdraw it once its client was told
+    // READY.
+    fake.authenticate(Some(target.id_of(88)));
+    let refusal = "ERROR: REVOKE refused: the grant is held by client PID 77; only its \
+                   connection or that process may withdraw it (attach --force takes it over)\n";
+    assert_eq!(fake.raw(b"REVOKE\n"), refusal);
+    let (reply, _grant) = text(grant);
+    assert_eq!(reply, "READY\n");
+    assert!(granter.revoked().is_empty());
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_revoke_by_the_holder_during_its_grant_leaves_nobody_recorded() {
+    let (fake, granter, target, running) = started();
+    fake.authenticate(Some(target.id_of(77)));
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+
+    // The process being granted withdraws it, on another connection: the
+    // revoke runs after the grant, so nobody holds it in the end.
+    assert_eq!(fake.raw(b"REVOKE 77\n"), "READY\n");
+    assert_eq!(
+        text(grant).0,
+        "ERROR: Grant failed: a REVOKE that came during it withdrew it\n"
+    );
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(granter.revoked(), [PID]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_whose_connection_closed_during_it_does_not_stay() {
+    let (fake, granter, _, running) = started();
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(300))));
+    // The client gives up at once and its connection closes: a grant tied
+    // to a closed connection would never be withdrawn with it.
+    let mut connection = fake.connect(HANG).unwrap();
+    let asked = connection.round_trip(
+        b"GRANT_ACCESS 77\n",
+        Instant::now() + Duration::from_millis(50),
+    );
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    started.recv_timeout(HANG).expect("the grant started");
+    granter.stick(None);
+    drop(connection);
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    // Another client needs no FORCE.
+    fake.client().grant_access(pid(88)).unwrap();
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_in_progress_survives_another_connection_closing() {
+    let (fake, granter, _, running) = started();
+    let other = fake.connect(HANG).unwrap();
+    let grant = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Only the asking connection's end calls its grant off.
+    drop(other);
+    let (reply, _connection) = text(grant);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    assert!(granter.revoked().is_empty());
+
+    running.terminate(&fake);
+}
+
+#[test]
+fn work_past_its_deadline_is_given_up_alone() {
+    /// Never reads a stack: a target that does not answer.
+    struct Silent;
+    impl crate::Inspector for Silent {
+        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+            thread::sleep(HANG);
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
+    let (fake, granter, target) = controller();
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    let running = start(
+        controller_over(&fake, &granter, &target)
+            .inspector(Silent)
+            .grant_deadline(Duration::from_secs(600))
+            .stack_deadline(Duration::from_millis(300)),
+    );
+    // A grant with a long deadline, then a stack read with a short one.
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).expect("the grant did not start");
+    let stack = fake.raw(b"STACK\n");
+    assert!(
+        stack.starts_with("ERROR: Cannot read the target's stacks: no answer within its deadline"),
+        "{stack}"
+    );
+    // The grant's deadline has not passed: it still waits, and is called
+    // off only when the controller stops.
+    fake.client().terminate().unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "ERROR: The controller is shutting down\n");
+    running.join().unwrap();
+}
+
+/// A grant the granter completed just as the controller began to stop
+/// (before the loop heard of it) was made: its client hears so, not that
+/// the controller is shutting down, and the grant ends as any other.
+#[test]
+fn a_grant_done_as_the_controller_stops_is_answered_with_its_result() {
+    let fake = Fake::new();
+    let granter = Recorder::default();
+    let target = Pretend::stubborn();
+    let running = start(controller_over(&fake, &granter, &target).grace(LONG_GRACE));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    // The grant is made; the controller stops before it hears so.
+    fake.client().terminate().unwrap();
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(grant, "READY\n");
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    // In force, it ends as any other: here with the connection that asked.
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    target.exit(ExitStatus::Signal(15));
+    assert_eq!(running.join().unwrap(), ExitStatus::Signal(15));
+}
+
+// ---------------------------------------------------------------------------
+// The log.
+
+#[test]
+fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
+    let (fake, _, target, running) = started();
+    let warnings = || -> Vec<String> {
+        running
+            .logged()
+            .into_iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, line)| line)
+            .collect()
+    };
+    // Connections a transport cannot tell apart share one allowance.
+    for _ in 0..8 {
+        assert_eq!(fake.raw(b"FOO\n"), "ERROR: Unknown command: FOO\n");
+    }
+    let logged = warnings();
+    assert_eq!(
+        logged.len(),
+        crate::log_limit::PER_KEY as usize,
+        "{logged:?}"
+    );
+    assert!(logged
+        .iter()
+        .all(|line| line.starts_with("bad request from ")));
+    assert!(
+        logged[4].ends_with("(more like it are held back for up to 10 s)"),
+        "{logged:?}"
+    );
+    // A process a transport authenticates has its own: its refusal is
+    // logged, with why.
+    fake.authenticate(target.table().identity(pid(77)).unwrap());
+    assert!(fake
+        .raw(b"GRANT_ACCESS 88\n")
+        .starts_with("ERROR: GRANT_ACCESS 88 refused"));
+    let logged = warnings();
+    assert_eq!(logged.len(), crate::log_limit::PER_KEY as usize + 1);
+    let refusal = logged.last().unwrap();
+    assert!(
+        refusal.starts_with("refused GRANT_ACCESS 88 from ")
+            && refusal.ends_with("descendants (you are PID 77)"),
+        "{refusal}"
+    );
+    running.terminate(&fake);
 }

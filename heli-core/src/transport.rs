@@ -1,11 +1,14 @@
 //! How requests travel between clients and the controller.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ErrorKind};
+use crate::process::ProcessId;
 use crate::protocol::{dialect_of_line, parse_request, Dialect, Reply, Request};
 
 /// A way for clients to reach a controller: named pipes, a Unix socket, ...
@@ -39,6 +42,13 @@ pub trait Transport {
 
     /// Where this transport listens, for messages to the user.
     fn describe(&self) -> String;
+
+    /// Whether its listener tells the controller who sends each request
+    /// ([`Peer::credentials`]); default: no. The controller says so in
+    /// `STATUS` (`clients=authenticated` or `clients=unauthenticated`).
+    fn authenticates(&self) -> bool {
+        false
+    }
 }
 
 /// The controller's end of a [`Transport`].
@@ -63,6 +73,42 @@ pub trait Listener: Send + 'static {
     ///
     /// When the listener itself fails (not when a client misbehaves).
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()>;
+
+    /// Hands the listener the controller's note of which connection holds
+    /// the grant, before [`serve`](Listener::serve): a listener that closes
+    /// idle connections must never close that one (its grant would go with
+    /// it). Default: ignored.
+    fn watch_grant(&mut self, holder: GrantHolder) {
+        let _ = holder;
+    }
+}
+
+/// Which connection holds the grant now, as the controller keeps it up to
+/// date for its listener (see [`Listener::watch_grant`]). Clones share it.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::GrantHolder;
+///
+/// let holder = GrantHolder::default();
+/// assert_eq!(holder.connection(), None);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct GrantHolder(Arc<AtomicU64>);
+
+impl GrantHolder {
+    /// The connection (its [`Peer::connection`]) that holds the grant, if
+    /// one does.
+    pub fn connection(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|&connection| connection != 0)
+    }
+
+    /// Notes that `connection` holds the grant now (`None`: nobody, or a
+    /// connectionless peer).
+    pub(crate) fn set(&self, connection: Option<u64>) {
+        self.0.store(connection.unwrap_or(0), Ordering::SeqCst);
+    }
 }
 
 /// Makes a [`Listener::serve`] return; cheap to call more than once.
@@ -118,15 +164,37 @@ pub trait Connection {
 }
 
 /// Who sent a request, as far as the transport can tell.
+///
+/// A transport reports only what it verified; the controller decides what
+/// the peer may do by one policy for every transport (see
+/// [`Controller`](crate::Controller)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// Tells connections apart within one listener; 0 where a transport has
     /// no connections (named pipes).
     pub connection: u64,
-    /// The peer's process id, when the transport knows it.
-    pub pid: Option<u32>,
-    /// The peer's user id, when the transport knows it.
-    pub uid: Option<u32>,
+    /// What the transport verified about the process at the other end;
+    /// `None` where it cannot authenticate its peers (named pipes).
+    pub credentials: Option<Credentials>,
+}
+
+/// What a transport verified about a peer (for a Unix socket, from the
+/// kernel's `SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// Its user id.
+    pub uid: u32,
+    /// The process that connected, when known: `None` when its pid is not
+    /// visible here (another pid namespace) or could not be tied to one
+    /// process.
+    pub process: Option<ProcessId>,
+}
+
+impl Peer {
+    /// The verified process at the other end, if any.
+    pub fn process(&self) -> Option<ProcessId> {
+        self.credentials.and_then(|credentials| credentials.process)
+    }
 }
 
 /// What a [`Listener`] tells the controller.
@@ -206,5 +274,80 @@ pub fn exchange(
             reply.recv().ok()
         }
         Err(err) => Some(Reply::error(&err).encode(Dialect::Upper)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Pid;
+
+    /// A transport that says only what it must, and reaches nothing.
+    struct Nowhere;
+    struct Deaf;
+    struct Quiet;
+    impl Transport for Nowhere {
+        type Listener = Deaf;
+        type Connection = Quiet;
+        fn listen(&self) -> io::Result<Deaf> {
+            Ok(Deaf)
+        }
+        fn connect(&self, _: Duration) -> io::Result<Quiet> {
+            Err(io::ErrorKind::NotFound.into())
+        }
+        fn describe(&self) -> String {
+            "nowhere".into()
+        }
+    }
+    impl Listener for Deaf {
+        type Stopper = Deaf;
+        fn stopper(&self) -> Deaf {
+            Deaf
+        }
+        fn serve(&mut self, _: &Sender<Event>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Stopper for Deaf {
+        fn stop(&self) {}
+    }
+    impl Connection for Quiet {
+        fn round_trip(&mut self, _: &[u8], _: Instant) -> io::Result<Vec<u8>> {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+
+    #[test]
+    fn by_default_a_transport_does_not_authenticate() {
+        assert!(!Nowhere.authenticates());
+    }
+
+    #[test]
+    fn a_peer_names_its_process_only_when_verified() {
+        let id = ProcessId {
+            pid: Pid::new(77).unwrap(),
+            start_time: 5,
+        };
+        let verified = |process| Peer {
+            connection: 1,
+            credentials: Some(Credentials { uid: 1000, process }),
+        };
+        assert_eq!(verified(Some(id)).process(), Some(id));
+        assert_eq!(verified(None).process(), None);
+        assert_eq!(Peer::default().process(), None);
+    }
+
+    #[test]
+    fn an_incoming_request_is_answered_in_its_own_dialect() {
+        for (line, dialect, reply) in [
+            (&b"get_target_pid\n"[..], Dialect::Lower, "ready\n"),
+            (b"GET_TARGET_PID\n", Dialect::Upper, "READY\n"),
+            (b"bogus\n", Dialect::Lower, "ready\n"),
+        ] {
+            let (incoming, replies) = Incoming::new(Peer::default(), line);
+            assert_eq!(incoming.dialect(), dialect);
+            incoming.reply(Reply::Ready);
+            assert_eq!(replies.recv().unwrap(), reply);
+        }
     }
 }

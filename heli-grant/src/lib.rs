@@ -40,23 +40,24 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
-mod auto;
-mod noop;
-mod pep768;
-mod process;
-mod ptrace_inject;
+mod granter;
+mod inspector;
+mod ptrace;
+mod python;
 mod scope;
+mod supervisor;
 mod sys;
-mod yama;
+mod wait;
 
-pub use auto::{auto, AutoGranter, GranterChoice};
-pub use noop::NoopGranter;
-pub use pep768::{
+pub use granter::{auto, AutoGranter, GrantMethod, GranterChoice, NoopGranter, YamaGranter};
+pub use inspector::PythonInspector;
+pub use ptrace::{Injection, SyscallInjector};
+pub use python::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
     Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
+    MAX_DUMP_TEXT,
 };
-pub use process::{become_subreaper, ChildWaits, ChildWaitsGuard, ProcessSupervisor};
-pub use ptrace_inject::{Injection, SyscallInjector};
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
+pub use supervisor::{become_subreaper, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena};
-pub use yama::{GrantMethod, Holder, YamaGranter};
+pub use wait::{ChildWaits, ChildWaitsGuard};

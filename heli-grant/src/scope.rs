@@ -116,9 +116,8 @@ mod tests {
 
     #[test]
     fn reads_every_value_and_absence() {
-        let dir = std::env::temp_dir().join(format!("heli-scope-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("ptrace_scope");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ptrace_scope");
         for value in 0..=3u8 {
             std::fs::write(&file, format!("{value}\n")).unwrap();
             let scope = PtraceScope::read_from(&file).unwrap();
@@ -129,7 +128,6 @@ mod tests {
         assert!(PtraceScope::read_from(&file).is_err());
         std::fs::remove_file(&file).unwrap();
         assert_eq!(PtraceScope::read_from(&file).unwrap(), PtraceScope::NoYama);
-        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The system calls nix does not wrap, the nix way: one small function per
 //! call, the `unsafe` call, `Errno::result`, a `SAFETY:` comment.
 
+// The ptrace ones serve the injector, which other processors lack.
+#![cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 
@@ -73,24 +80,230 @@ pub fn kill_with_parent(command: &mut Command) {
     }
 }
 
-/// `waitpid(tid, &status, __WALL)`, retried on EINTR: the raw status of
-/// thread `tid`, a child or a tracee of the calling thread.
+/// `waitpid(tid, &status, WNOHANG | __WALL)`, retried on EINTR: the raw
+/// status of thread `tid` (a child or a tracee of the calling thread) if it
+/// has one to report now, `None` if not; never blocks.
 ///
 /// nix's `waitpid` cannot describe a stop for a real-time signal (its
 /// `Signal` has none) and fails *after* consuming the status; this one
 /// returns every status as the kernel gives it.
-pub(crate) fn waitpid_all(tid: libc::pid_t) -> Result<libc::c_int, Errno> {
+pub(crate) fn waitpid_nohang(tid: libc::pid_t) -> Result<Option<libc::c_int>, Errno> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is a valid, writable c_int for the duration of the
         // call; the other arguments are integers.
-        let res = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        let res = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
         match Errno::result(res) {
-            Ok(_) => return Ok(status),
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(err),
         }
     }
+}
+
+/// `waitpid(tid, &status, __WALL)`: the raw status of thread `tid` (a
+/// child or a tracee of the calling thread), blocking until it has one;
+/// `EINTR` when a signal with a handler (a [`ThreadTimer`] tick) came
+/// first.
+pub(crate) fn waitpid_interruptible(tid: libc::pid_t) -> Result<libc::c_int, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable c_int for the duration of the
+    // call; the other arguments are integers.
+    let res = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+    Errno::result(res).map(|_| status)
+}
+
+/// The signal that interrupts a tracer thread's blocking wait: a real-time
+/// signal that nothing else in this process handles, to which this
+/// process then gives a handler that does nothing, without `SA_RESTART`
+/// (so the wait returns `EINTR`); `None` when every candidate is taken.
+/// It is only ever sent to a tracer thread, by its own [`ThreadTimer`].
+pub(crate) fn wake_signal() -> Option<libc::c_int> {
+    static SIGNAL: OnceLock<Option<libc::c_int>> = OnceLock::new();
+    *SIGNAL.get_or_init(|| {
+        // The highest ones first: glibc keeps the lowest for itself, and
+        // programs that pick one mostly count from SIGRTMIN.
+        let candidates = (libc::SIGRTMIN() + 8..=libc::SIGRTMAX()).rev().take(8);
+        candidates.into_iter().find(|&signal| take_signal(signal))
+    })
+}
+
+extern "C" fn wake(_signal: libc::c_int) {}
+
+/// Gives `signal` our do-nothing handler if it has none (`SIG_DFL`).
+fn take_signal(signal: libc::c_int) -> bool {
+    // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, no flags,
+    // an empty mask).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a NULL new action only reads the current one into `old`, a
+    // valid, writable sigaction.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) } != 0
+        || old.sa_sigaction != libc::SIG_DFL
+    {
+        return false;
+    }
+    // SAFETY: as above.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = wake as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: `new` is a valid sigaction whose handler does nothing (so it
+    // is async-signal-safe) and whose mask is empty; no SA_RESTART.
+    unsafe { libc::sigaction(signal, &new, std::ptr::null_mut()) == 0 }
+}
+
+/// `pthread_sigmask(SIG_UNBLOCK, {signal})`: lets `signal` reach the
+/// calling thread (a thread inherits the mask of the one that started it).
+fn unblock_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t for both calls, and
+    // `signal` a valid signal number.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+    }
+    // SAFETY: `set` is read during the call; the old mask is not asked for.
+    match unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// A per-thread POSIX timer (`timer_create` with `SIGEV_THREAD_ID`) that,
+/// while armed, sends [`wake_signal`] to the thread that made it: a tick
+/// that interrupts its blocking waits. Deleted when dropped.
+#[derive(Debug)]
+pub(crate) struct ThreadTimer {
+    timer: libc::timer_t,
+}
+
+impl ThreadTimer {
+    /// A timer for the calling thread, which gets the signal unblocked;
+    /// `None` without a [`wake_signal`].
+    pub(crate) fn new() -> io::Result<Option<ThreadTimer>> {
+        let Some(signal) = wake_signal() else {
+            return Ok(None);
+        };
+        unblock_signal(signal)?;
+        // SAFETY: an all-zero sigevent is valid (its padding included).
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = signal;
+        event.sigev_notify_thread_id = nix::unistd::gettid().as_raw();
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `timer` are valid for the call; the kernel
+        // reads the first and writes the id of the new timer into the second.
+        Errno::result(unsafe {
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer)
+        })?;
+        Ok(Some(ThreadTimer { timer }))
+    }
+
+    /// Ticks every `period`, from `period` on (zero: stops).
+    pub(crate) fn set(&self, period: std::time::Duration) -> Result<(), Errno> {
+        let spec = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos() as libc::c_long,
+        };
+        let value = libc::itimerspec {
+            it_interval: spec,
+            it_value: spec,
+        };
+        // SAFETY: `self.timer` is a live timer of this process; `value` is
+        // read during the call, and the old value is not asked for.
+        Errno::result(unsafe { libc::timer_settime(self.timer, 0, &value, std::ptr::null_mut()) })
+            .map(drop)
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer is live and deleted once, here.
+        unsafe {
+            libc::timer_delete(self.timer);
+        }
+    }
+}
+
+/// A struct the kernel fills in for `ptrace(REQUEST, tid, size, &config)`:
+/// see [`ptrace_get_config`].
+///
+/// # Safety
+///
+/// An implementor is a `repr(C)` struct of integers only (any bits make a
+/// value), laid out as the kernel's struct for `REQUEST`; and `REQUEST` is
+/// a request that takes the buffer's size in `addr`, writes at most that
+/// many bytes at `data` and touches no other memory of the caller's.
+pub(crate) unsafe trait PtraceConfig: Default {
+    /// The request that fills it in.
+    const REQUEST: libc::c_uint;
+}
+
+/// `struct ptrace_rseq_configuration`: where a thread registered its rseq
+/// area, and the signature its abort handlers carry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RseqConfig {
+    /// The address of its `struct rseq` (0: none registered).
+    pub(crate) rseq_abi_pointer: u64,
+    /// Its size.
+    pub(crate) rseq_abi_size: u32,
+    /// The 32-bit value that must precede every abort handler.
+    pub(crate) signature: u32,
+    pub(crate) flags: u32,
+    pad: u32,
+}
+
+// SAFETY: repr(C), integers only, as `struct ptrace_rseq_configuration`. The
+// request writes at most `addr` bytes at `data`.
+unsafe impl PtraceConfig for RseqConfig {
+    /// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+    const REQUEST: libc::c_uint = 0x420f;
+}
+
+/// `struct ptrace_sud_config`: a thread's Syscall User Dispatch setting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SudConfig {
+    /// `PR_SYS_DISPATCH_OFF` (0) or `PR_SYS_DISPATCH_ON` (1).
+    pub(crate) mode: u64,
+    /// The address of its selector byte.
+    pub(crate) selector: u64,
+    /// The start of the region whose system calls are never dispatched.
+    pub(crate) offset: u64,
+    /// That region's length.
+    pub(crate) len: u64,
+}
+
+// The kernel's sizes (its Syscall User Dispatch request refuses any other).
+const _: () =
+    assert!(std::mem::size_of::<RseqConfig>() == 24 && std::mem::size_of::<SudConfig>() == 32);
+
+// SAFETY: repr(C), integers only, as `struct ptrace_sud_config`. The request
+// reads `addr` (it must be the size) and writes that many bytes at `data`.
+unsafe impl PtraceConfig for SudConfig {
+    /// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (Linux 6.2).
+    const REQUEST: libc::c_uint = 0x4211;
+}
+
+/// `ptrace(T::REQUEST, tid, sizeof(T), &config)`: a setting of the stopped
+/// tracee `tid`: its rseq registration ([`RseqConfig`]) or its Syscall
+/// User Dispatch setting ([`SudConfig`]).
+pub(crate) fn ptrace_get_config<T: PtraceConfig>(tid: libc::pid_t) -> Result<T, Errno> {
+    let mut config = T::default();
+    // SAFETY: `config` is a writable repr(C) struct of integers (see
+    // `PtraceConfig`) of the size passed as `addr`, which bounds what the
+    // kernel writes (and which it checks, for Syscall User Dispatch); it
+    // outlives the call.
+    let res = unsafe {
+        libc::ptrace(
+            T::REQUEST,
+            tid,
+            std::mem::size_of::<T>() as libc::c_long as *mut libc::c_void,
+            &mut config as *mut T,
+        )
+    };
+    Errno::result(res).map(|_| config)
 }
 
 /// `ptrace(PTRACE_DETACH, tid, 0, signal)`: lets a stopped tracee go,

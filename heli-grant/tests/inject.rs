@@ -1,8 +1,8 @@
 //! System call injection into real processes: every state a target may be
 //! in, signals arriving meanwhile, seccomp, and the reaper's exit statuses.
 //!
-//! The targets are Python one-liners (`$HELI_PYTHON`, the project's Python
-//! 3.14, or `python3`) and a small C helper built here with `cc` (for a busy
+//! The targets are Python one-liners (`$HELI_PYTHON`, or the project's
+//! Python 3.14) and a small C helper built here with `cc` (for a busy
 //! C loop, signal handlers that report their sender, and seccomp filters).
 //! Each test holds a global lock (ptrace and timing tests must not overlap)
 //! and a watchdog that aborts the run after a minute.
@@ -11,38 +11,28 @@
 
 mod common;
 
-use common::{serial, SOON};
+use common::{
+    build_c, getpid_answers, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C,
+    SOON,
+};
 
-use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::fs;
+use std::io::Write;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver};
-use heli_core::{Exit, ExitStatus, Granter, Supervisor};
-use heli_grant::{
-    ChildWaits, Holder, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter,
+use crossbeam_channel::bounded;
+use heli_core::{
+    Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Processes, Supervisor,
 };
-use nix::fcntl::OFlag;
+use heli_grant::{Injection, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
+use heli_proc::{Proc, ProcFs, Syscall};
 
 // ---------------------------------------------------------------- harness
 
-fn python() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")])
-        .find(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("python3"))
-}
-
+/// The C helper, after [`FILTER_PRCTL_C`].
 const HELPER_C: &str = r#"
-#define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -75,20 +65,6 @@ static void on_signal(int sig, siginfo_t *info, void *ctx) {
     memcpy(p, " code=", 6); p = num(p + 6, info->si_code);
     *p++ = '\n';
     (void)!write(1, line, p - line);
-}
-
-static void filter_prctl(unsigned int action) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_prctl, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, action),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
-        perror("seccomp");
-        exit(1);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -125,186 +101,68 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The C helper, built once per run.
-fn helper() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-inject-helper");
-        let tmp = dir.join(format!("heli-inject-helper-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, HELPER_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?} to build the test helper: {err}"));
-        assert!(status.success(), "building the test helper failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
-}
-
-/// A supervised target whose stdout lines we read and stdin we write.
-struct Target {
-    supervisor: ProcessSupervisor,
-    pid: u32,
-    exits: Receiver<Exit>,
-    lines: Receiver<String>,
-    stdin: File,
-    exited: bool,
-}
-
+/// The targets here: supervised, their stdout read, their stdin ours.
 impl Target {
-    fn spawn(program: impl AsRef<OsStr>, args: &[&str]) -> Target {
-        let (stdin_read, stdin_write) = pipe();
-        let (stdout_read, stdout_write) = pipe();
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::from(stdout_write));
-        let mut supervisor = ProcessSupervisor::new(command);
-        let exits = supervisor.exits();
-        let pid = supervisor.spawn().unwrap();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(File::from(stdout_read)).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let target = Target {
-            supervisor,
-            pid,
-            exits,
-            lines,
-            stdin: File::from(stdin_write),
-            exited: false,
-        };
-        assert_eq!(target.line(), "ready");
+    fn python(code: &str) -> Target {
+        Target::start(python314(), &["-c", code, "heli-named"])
+    }
+
+    /// Python asleep for ten minutes, once it is.
+    fn asleep() -> Target {
+        let target = Target::python(SLEEP_PY);
+        target.wait_in(target.pid, SLEEPS);
         target
     }
 
-    fn python(code: &str) -> Target {
-        Target::spawn(python(), &["-c", code, "heli-named"])
-    }
-
     fn helper(mode: &str) -> Target {
-        Target::spawn(helper(), &[mode, "heli-named"])
+        let helper = build_c(
+            "heli-inject-helper",
+            &[FILTER_PRCTL_C, HELPER_C].concat(),
+            &[],
+        );
+        Target::start(helper, &[mode, "heli-named"])
     }
 
-    fn waits(&self) -> ChildWaits {
-        self.supervisor.child_waits()
-    }
-
-    fn injector(&self) -> SyscallInjector {
-        SyscallInjector::new(self.waits())
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
-    }
-
-    /// Skips lines until `expected`.
-    fn line_matching(&self, expected: &str) {
-        let deadline = Instant::now() + SOON;
-        while self.line() != expected {
-            assert!(
-                Instant::now() < deadline,
-                "no line {expected:?} from PID {}",
-                self.pid
-            );
-        }
-    }
-
-    fn no_line(&self, wait: Duration) {
-        if let Ok(line) = self.lines.recv_timeout(wait) {
-            panic!("unexpected line from PID {}: {line:?}", self.pid);
-        }
-    }
-
-    fn exit(&mut self) -> Exit {
-        let exit = self
-            .exits
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("the reaper reported no exit of PID {}: {err}", self.pid));
-        self.exited = true;
-        exit
-    }
-
-    fn threads(&self) -> Vec<u32> {
-        let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{}/task", self.pid))
-            .unwrap()
-            .map(|entry| {
-                entry
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+    /// Its threads, in order of their ids.
+    fn threads(&self) -> Vec<Pid> {
+        let mut tids = self.proc.threads().unwrap();
         tids.sort();
         tids
     }
 
     /// Waits until thread `tid` is blocked in one of `calls`.
-    fn wait_in(&self, tid: u32, calls: &[libc::c_long]) {
-        let path = format!("/proc/{}/task/{tid}/syscall", self.pid);
+    fn wait_in(&self, tid: Pid, calls: &[libc::c_long]) {
         wait_for(&format!("thread {tid} in one of {calls:?}"), || {
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            let nr = text
-                .split_whitespace()
-                .next()
-                .and_then(|nr| nr.parse().ok());
-            nr.is_some_and(|nr| calls.contains(&nr))
+            blocked_in(&self.proc, tid, calls)
         });
     }
 
-    fn state(&self) -> char {
-        stat_field(self.pid, 3).chars().next().unwrap()
+    fn state(&self) -> ProcessState {
+        self.proc.status().unwrap().expect("a running target").state
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.supervisor.kill();
-            let _ = self.exits.recv_timeout(SOON);
-        }
-    }
+/// A deadline no healthy injection comes near.
+fn soon() -> Deadline {
+    Deadline::after(SOON)
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
+/// Whether thread `tid` of `proc` is blocked in one of `calls`.
+fn blocked_in(proc: &Proc, tid: Pid, calls: &[libc::c_long]) -> bool {
+    matches!(proc.thread_syscall(tid), Ok(Some(Syscall::In(nr))) if calls.contains(&nr))
 }
 
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Field `n` (from 1) of `/proc/PID/stat`.
-fn stat_field(pid: u32, n: usize) -> String {
+/// Field `n` (from 1) of `/proc/PID/stat`, for what heli-proc does not
+/// read: the process group (5), user time (14), where the arguments start
+/// (48).
+fn stat_field(pid: Pid, n: usize) -> String {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let (_, rest) = stat.rsplit_once(')').unwrap();
     rest.split_whitespace().nth(n - 3).unwrap().to_owned()
 }
 
 /// Where the target's argument `arg` lies in its memory (its argv area).
-fn argument_address(pid: u32, arg: &str) -> u64 {
+fn argument_address(pid: Pid, arg: &str) -> u64 {
     let start: u64 = stat_field(pid, 48).parse().unwrap();
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let needle = format!("\0{arg}\0");
@@ -315,12 +173,18 @@ fn argument_address(pid: u32, arg: &str) -> u64 {
     start + offset as u64 + 1
 }
 
-fn comm(pid: u32, tid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-        .unwrap()
-        .trim_end()
-        .to_owned()
+/// Who `pid` is now.
+fn identity(pid: Pid) -> ProcessId {
+    ProcFs.identity(pid).unwrap().expect("a running process")
 }
+
+/// This test process.
+fn me() -> ProcessId {
+    identity(Pid::this())
+}
+
+/// Python that sleeps ten minutes, and says so if woken early.
+const SLEEP_PY: &str = "import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')";
 
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];
 
@@ -329,43 +193,55 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
 #[cfg(not(target_arch = "x86_64"))]
 const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 
+/// Injects `prctl(PR_GET_DUMPABLE)` into `pid`.
+fn get_dumpable(injector: &SyscallInjector, pid: Pid) -> std::io::Result<Injection> {
+    injector.inject(
+        pid,
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+        &soon(),
+    )
+}
+
 /// Injects calls whose results and effects can be checked from outside.
 fn exercise(target: &Target) {
     let pid = target.pid;
     let injector = target.injector();
     for _ in 0..20 {
-        assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(pid)
-        );
+        getpid_answers(&injector, pid);
     }
-    let dumpable = injector
-        .syscall(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap();
-    assert_eq!(dumpable, 1);
+    assert_eq!(get_dumpable(&injector, pid).unwrap().ret, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EINVAL));
     let err = injector
-        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000])
+        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // setpgid(0, 0): a process-wide effect, seen in /proc/PID/stat.
     assert_ne!(stat_field(pid, 5), pid.to_string());
     assert_eq!(
-        injector.syscall(pid, libc::SYS_setpgid, &[0, 0]).unwrap(),
+        injector
+            .syscall(pid, libc::SYS_setpgid, &[0, 0], &soon())
+            .unwrap(),
         0
     );
     assert_eq!(stat_field(pid, 5), pid.to_string());
     // PR_SET_NAME reads a string in the target's memory: its own argument.
     let name = argument_address(pid, "heli-named");
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])
+        .inject(
+            pid,
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, name],
+            &soon(),
+        )
         .unwrap();
     assert_eq!(injection.ret, 0);
-    assert_eq!(comm(pid, injection.tid), "heli-named");
+    let name = target.proc.thread_name(injection.tid.into());
+    assert_eq!(name.as_deref(), Some("heli-named"));
 }
 
 // ---------------------------------------------------------------- states
@@ -385,22 +261,20 @@ fn python_running_bytecode() {
     let target = Target::python(BUSY_PY);
     exercise(&target);
     // Still counting, from where it was.
-    let a: u64 = target.line().parse().unwrap();
-    let b: u64 = target.line().parse().unwrap();
+    let a: u64 = target.lines.line().parse().unwrap();
+    let b: u64 = target.lines.line().parse().unwrap();
     assert!(b > a);
 }
 
 #[test]
 fn python_in_long_sleep() {
     let _serial = serial("python_in_long_sleep");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    target.wait_in(target.pid, SLEEPS);
+    let target = Target::asleep();
     exercise(&target);
     // Back in the same sleep, not woken early.
     target.wait_in(target.pid, SLEEPS);
-    target.no_line(Duration::from_millis(200));
-    assert_eq!(target.state(), 'S');
+    target.lines.none_within(Duration::from_millis(200));
+    assert_eq!(target.state(), ProcessState::Sleeping);
 }
 
 #[test]
@@ -413,9 +287,9 @@ fn python_blocked_in_read() {
     target.wait_in(target.pid, &[libc::SYS_read]);
     exercise(&target);
     target.wait_in(target.pid, &[libc::SYS_read]);
-    target.no_line(Duration::from_millis(100));
+    target.lines.none_within(Duration::from_millis(100));
     target.stdin.write_all(b"hello\n").unwrap();
-    assert_eq!(target.line(), r"b'hello\n'");
+    assert_eq!(target.lines.line(), r"b'hello\n'");
 }
 
 #[test]
@@ -428,7 +302,7 @@ fn busy_in_c_loop() {
     wait_for("the C loop to go on using the CPU", || {
         cpu(target.pid) > before + 5
     });
-    assert_eq!(target.state(), 'R');
+    assert_eq!(target.state(), ProcessState::Running);
 }
 
 #[test]
@@ -456,7 +330,9 @@ time.sleep(600)",
     let injector = target.injector();
     let mut used = Vec::new();
     for _ in 0..50 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(target.pid));
         used.push(injection.tid);
     }
@@ -464,9 +340,9 @@ time.sleep(600)",
     used.dedup();
     eprintln!("threads {:?}; injected into {used:?}", target.threads());
     // All still at work: the busy one counts, the reader reads, sleepers sleep.
-    target.line_matching("busy");
+    assert_eq!(target.lines.skip_to("busy"), "busy");
     target.stdin.write_all(b"data\n").unwrap();
-    target.line_matching("read data");
+    assert_eq!(target.lines.skip_to("read data"), "read data");
     // Only the reader has finished.
     wait_for("three threads", || target.threads().len() == 3);
 }
@@ -491,7 +367,9 @@ ep.poll(600)",
     target.wait_in(sleeper, SLEEPS);
     let injector = target.injector();
     for _ in 0..20 {
-        let injection = injector.inject(target.pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(
             injection.tid, sleeper,
             "injected into the thread in epoll_wait"
@@ -503,36 +381,30 @@ ep.poll(600)",
 #[test]
 fn stopped_target_stays_stopped() {
     let _serial = serial("stopped_target_stays_stopped");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    target.wait_in(target.pid, SLEEPS);
-    let pid = nix::unistd::Pid::from_raw(target.pid as i32);
+    let target = Target::asleep();
+    let pid = nix::unistd::Pid::from_raw(i32::from(target.pid));
     nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
-    wait_for("the target to stop", || target.state() == 'T');
+    wait_for("the target to stop", || {
+        target.state() == ProcessState::Stopped
+    });
     let injector = target.injector();
     for _ in 0..10 {
-        assert_eq!(
-            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(target.pid)
-        );
+        getpid_answers(&injector, target.pid);
     }
     thread::sleep(Duration::from_millis(100));
-    assert_eq!(target.state(), 'T');
+    assert_eq!(target.state(), ProcessState::Stopped);
     nix::sys::signal::kill(pid, nix::sys::signal::SIGCONT).unwrap();
     target.wait_in(target.pid, SLEEPS);
-    target.no_line(Duration::from_millis(100));
+    target.lines.none_within(Duration::from_millis(100));
 }
 
 // ---------------------------------------------------------------- timing
 
-/// 100 injections spread over a 2 s sleep, which must end at 2.0-2.2 s.
-fn inject_during(target: &Target) {
-    let injector = target.injector();
+/// 100 injections into `pid` spread over a 2 s sleep, which must end at
+/// 2.0-2.2 s.
+fn inject_during(injector: &SyscallInjector, pid: Pid) {
     for _ in 0..100 {
-        assert_eq!(
-            injector.syscall(target.pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(target.pid)
-        );
+        getpid_answers(injector, pid);
         thread::sleep(Duration::from_millis(12));
     }
 }
@@ -545,8 +417,8 @@ fn python_sleep_ends_on_time() {
          print(time.monotonic() - t, flush=True)",
     );
     target.wait_in(target.pid, SLEEPS);
-    inject_during(&target);
-    let slept: f64 = target.line().parse().unwrap();
+    inject_during(&target.injector(), target.pid);
+    let slept: f64 = target.lines.line().parse().unwrap();
     assert!((2.0..2.2).contains(&slept), "slept {slept} s");
 }
 
@@ -562,22 +434,9 @@ fn relative_nanosleep_ends_on_time() {
     let exits = supervisor.exits();
     let start = Instant::now();
     let pid = supervisor.spawn().unwrap();
-    let path = format!("/proc/{pid}/syscall");
-    wait_for("sleep to sleep", || {
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        text.split_whitespace()
-            .next()
-            .and_then(|nr| nr.parse().ok())
-            .is_some_and(|nr: libc::c_long| SLEEPS.contains(&nr))
-    });
-    let injector = SyscallInjector::new(supervisor.child_waits());
-    for _ in 0..100 {
-        assert_eq!(
-            injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-            u64::from(pid)
-        );
-        thread::sleep(Duration::from_millis(12));
-    }
+    let proc = Proc::open_existing(pid).unwrap();
+    wait_for("sleep to sleep", || blocked_in(&proc, pid, SLEEPS));
+    inject_during(&SyscallInjector::new(supervisor.child_waits()), pid);
     let exit = exits.recv_timeout(SOON).unwrap();
     let slept = start.elapsed().as_secs_f64();
     assert_eq!(exit.status, ExitStatus::Code(0));
@@ -594,24 +453,22 @@ fn signals_during_injections(mode: &str) {
     let pid = target.pid;
     let injector = target.injector();
     let (go, orders) = bounded::<(i32, Option<u32>)>(0);
+    let proc = Proc::open_existing(pid).unwrap();
+    let in_tracing_stop = move || {
+        proc.status().unwrap().map(|status| status.state) == Some(ProcessState::TracingStop)
+    };
     let sender = thread::spawn(move || {
-        let stat = format!("/proc/{pid}/stat");
         for (signal, delay_ns) in orders {
             let start = Instant::now();
             match delay_ns {
                 Some(delay_ns) => {
                     while start.elapsed() < Duration::from_nanos(u64::from(delay_ns)) {}
                 }
-                None => {
-                    while start.elapsed() < Duration::from_millis(20)
-                        && !fs::read_to_string(&stat).unwrap().contains(") t ")
-                    {
-                    }
-                }
+                None => while start.elapsed() < Duration::from_millis(20) && !in_tracing_stop() {},
             }
             // SAFETY: kill takes two integers (nix's `kill` has no real-time
             // signals).
-            nix::errno::Errno::result(unsafe { libc::kill(pid as i32, signal) }).unwrap();
+            nix::errno::Errno::result(unsafe { libc::kill(i32::from(pid), signal) }).unwrap();
         }
     });
     let me = std::process::id();
@@ -627,20 +484,22 @@ fn signals_during_injections(mode: &str) {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let delay = (round % 4 >= 2).then_some((seed >> 8) % 80_000);
         go.send((signal, delay)).unwrap();
-        let injection = injector.inject(pid, libc::SYS_getpid, &[]).unwrap();
+        let injection = injector
+            .inject(pid, libc::SYS_getpid, &[], &soon())
+            .unwrap();
         assert_eq!(injection.ret, i64::from(pid));
         if !injection.redelivered.is_empty() {
             assert_eq!(injection.redelivered, [signal]);
             held += 1;
         }
         assert_eq!(
-            target.line(),
+            target.lines.line(),
             format!("sig={signal} pid={me} code={}", libc::SI_USER)
         );
     }
     drop(go);
     sender.join().unwrap();
-    target.no_line(Duration::from_millis(300));
+    target.lines.none_within(Duration::from_millis(300));
     eprintln!("{mode}: {held} of {rounds} signals arrived during an injection");
     assert!(
         held > 0,
@@ -669,45 +528,46 @@ fn seccomp_filtered_target_is_refused() {
     let pid = target.pid;
     let err = target
         .injector()
-        .inject(pid, libc::SYS_getpid, &[])
+        .inject(pid, libc::SYS_getpid, &[], &soon())
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
     let mut granter = YamaGranter::new(target.waits());
-    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    let err = granter
+        .grant(identity(pid), me(), &Deadline::after(SOON))
+        .unwrap_err();
     assert!(err.to_string().contains("seccomp"), "{err}");
     // Allowed anyway, the filter's verdict shows as the call's errno.
     let injector = target.injector().allow_seccomp(true);
-    assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-        u64::from(pid)
-    );
-    let injection = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap();
+    getpid_answers(&injector, pid);
+    let injection = get_dumpable(&injector, pid).unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EPERM));
     // Back in pause(), alive.
-    wait_for("the target to sleep again", || target.state() == 'S');
+    wait_for("the target to sleep again", || {
+        target.state() == ProcessState::Sleeping
+    });
+}
+
+/// The seccomp filter of `target` (a helper in a `seccomp-` mode) stops
+/// `prctl`: injected with seccomp allowed, `prctl(PR_GET_DUMPABLE)` fails
+/// with an error of `kind` that says `says`. Returns the injector.
+fn filtered_prctl_fails(target: &Target, kind: std::io::ErrorKind, says: &str) -> SyscallInjector {
+    let injector = target.injector().allow_seccomp(true);
+    let err = get_dumpable(&injector, target.pid).unwrap_err();
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(err.to_string().contains(says), "{err}");
+    injector
 }
 
 #[test]
 fn seccomp_trap_is_suppressed() {
     let _serial = serial("seccomp_trap_is_suppressed");
     let target = Target::helper("seccomp-trap");
-    let pid = target.pid;
-    let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-    assert!(err.to_string().contains("trapped"), "{err}");
+    let injector = filtered_prctl_fails(&target, std::io::ErrorKind::PermissionDenied, "trapped");
     // No SIGSYS reached it: it lives on, and takes further calls.
-    assert_eq!(
-        injector.syscall(pid, libc::SYS_getpid, &[]).unwrap(),
-        u64::from(pid)
-    );
+    getpid_answers(&injector, target.pid);
     thread::sleep(Duration::from_millis(100));
-    assert_eq!(target.state(), 'S');
+    assert_eq!(target.state(), ProcessState::Sleeping);
 }
 
 /// The injected call kills the target: the injector reaps it, and the
@@ -716,18 +576,13 @@ fn seccomp_trap_is_suppressed() {
 fn target_killed_by_the_injected_call_is_reported() {
     let _serial = serial("target_killed_by_the_injected_call_is_reported");
     let mut target = Target::helper("seccomp-kill");
-    let pid = target.pid;
-    let injector = target.injector().allow_seccomp(true);
-    let err = injector
-        .inject(pid, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-    assert!(err.to_string().contains("exited during the grant"), "{err}");
+    let killed = "exited during the grant";
+    filtered_prctl_fails(&target, std::io::ErrorKind::NotFound, killed);
     let exit = target.exit();
     assert_eq!(
         exit,
         Exit {
-            pid,
+            pid: target.pid,
             status: ExitStatus::Signal(libc::SIGSYS)
         }
     );
@@ -748,7 +603,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         let worker = thread::spawn(move || {
             let mut done = 0;
             loop {
-                match injector.inject(pid, libc::SYS_getpid, &[]) {
+                match injector.inject(pid, libc::SYS_getpid, &[], &soon()) {
                     Ok(injection) => {
                         assert_eq!(injection.ret, i64::from(pid));
                         done += 1;
@@ -760,7 +615,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         });
         first.recv_timeout(SOON).expect("no injection succeeded");
         thread::sleep(Duration::from_millis(1 + round * 7 % 20));
-        target.supervisor.kill().unwrap();
+        target.kill().unwrap();
         let exit = target.exit();
         assert_eq!(
             exit,
@@ -784,31 +639,36 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
 #[test]
 fn yama_granter_on_this_kernel() {
     let _serial = serial("yama_granter_on_this_kernel");
-    let target =
-        Target::python("import time\nprint('ready', flush=True)\ntime.sleep(600)\nprint('woke')");
-    let pid = target.pid;
-    let me = std::process::id();
+    let target = Target::python(SLEEP_PY);
+    let pid = identity(target.pid);
+    let me = me();
     let mut granter = YamaGranter::new(target.waits());
     assert_eq!(granter.name(), "yama");
     if PtraceScope::current().unwrap() == PtraceScope::NoYama {
         // prctl(PR_SET_PTRACER) itself fails without Yama: the error says so.
-        let err = granter.grant(pid, me).unwrap_err();
+        let err = granter.grant(pid, me, &Deadline::after(SOON)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("EINVAL") && text.contains("Yama"), "{text}");
         assert_eq!(granter.holder(pid), None);
         assert!(granter
-            .revoke(pid)
+            .revoke(pid, &Deadline::after(SOON))
             .unwrap_err()
             .to_string()
             .contains("EINVAL"));
     } else {
-        granter.grant(pid, me).unwrap();
-        assert_eq!(granter.holder(pid), Some(Holder::current(me).unwrap()));
-        granter.revoke(pid).unwrap();
+        granter.grant(pid, me, &Deadline::after(SOON)).unwrap();
+        assert_eq!(granter.holder(pid), Some(me));
+        granter.revoke(pid, &Deadline::after(SOON)).unwrap();
         assert_eq!(granter.holder(pid), None);
     }
-    let err = granter.grant(pid, i32::MAX as u32).unwrap_err();
+    let nobody = ProcessId {
+        pid: Pid::new(i32::MAX as u32).unwrap(),
+        start_time: 1,
+    };
+    let err = granter
+        .grant(pid, nobody, &Deadline::after(SOON))
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-    target.wait_in(pid, SLEEPS);
-    target.no_line(Duration::from_millis(100));
+    target.wait_in(target.pid, SLEEPS);
+    target.lines.none_within(Duration::from_millis(100));
 }

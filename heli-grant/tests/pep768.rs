@@ -7,44 +7,35 @@
 //!
 //! The targets are Debian's CPython 3.14 (`$HELI_PYTHON` or
 //! `/opt/heli/py314/usr/bin/python3.14`) and pyenv's 3.13
-//! (`$HELI_PYTHON313`); a test whose Python is missing says so and passes.
+//! (`$HELI_PYTHON313`); a test whose Python is missing fails saying how to
+//! get it (never a skip).
 //! Each test holds a global lock (timing tests must not overlap) and a
 //! watchdog that aborts the run after a minute.
 
 mod common;
 
-use common::{heli_dirs, serial, SOON};
+use common::{
+    as_nobody, build_c, existing, heli_dirs, python314, serial, tempdir, wait_for, Target, SOON,
+};
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
+use heli_core::Pid;
 use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
     PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
 };
+use heli_proc::{Mapping, Proc};
 
 // ---------------------------------------------------------------- harness
 
-fn existing(var: &str, default: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(default)])
-        .find(|path| path.exists())
-}
-
-fn python314() -> Option<PathBuf> {
-    existing("HELI_PYTHON", "/opt/heli/py314/usr/bin/python3.14")
-}
-
+/// pyenv's CPython 3.13, if it is installed.
 fn python313() -> Option<PathBuf> {
     existing(
         "HELI_PYTHON313",
@@ -52,98 +43,12 @@ fn python313() -> Option<PathBuf> {
     )
 }
 
-/// The interpreter, or a failure saying how to get it (never a skip).
-macro_rules! need {
-    ($python:expr) => {
-        match $python {
-            Some(path) => path,
-            None => panic!(
-                "Python not found: run scripts/test.sh (it installs Python 3.14), \
-                 or set HELI_PYTHON / HELI_PYTHON313"
-            ),
-        }
-    };
-}
-
-/// A target whose stdout lines we read; killed when dropped.
-struct Target {
-    child: Child,
-    pid: u32,
-    lines: Receiver<String>,
-}
-
-impl Target {
-    fn spawn(command: &mut Command) -> Target {
-        command.stdin(Stdio::null()).stdout(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = unbounded();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let pid = child.id();
-        let target = Target { child, pid, lines };
-        target.line_matching("ready");
-        target
-    }
-
-    fn python(python: &Path, code: &str) -> Target {
-        Target::spawn(Command::new(python).args(["-c", code]))
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(SOON)
-            .unwrap_or_else(|err| panic!("no line from PID {}: {err}", self.pid))
-    }
-
-    fn line_matching(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let line = self.line();
-            if line.starts_with(prefix) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {prefix:?} from PID {}",
-                self.pid
-            );
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("heli-pep768-test-")
-        .tempdir()
-        .unwrap()
+/// A file `name` holding `text`, in a test directory of its own.
+fn written(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let path = dir.path().join(name);
+    fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -166,28 +71,12 @@ const SLEEP_PY: &str = "import time\nprint('ready', flush=True)\ntime.sleep(600)
 
 // ---------------------------------------------------------------- ELF files
 
-/// The note's byte positions and the values measured on Debian's 3.14.10.
-const NOTE_TABLE: &[(&str, &str, usize, u64)] = &[
-    ("header", "version", 8, 0x030E_0AF0),
-    ("header", "free_threaded", 16, 0),
-    ("runtime_state", "size", 24, 0x4d4c8),
-    ("runtime_state", "interpreters_head", 40, 0x328),
-    ("interpreter_state", "id", 56, 0x1c70),
-    ("interpreter_state", "next", 64, 0x1c68),
-    ("interpreter_state", "threads_head", 72, 0x1cb0),
-    ("interpreter_state", "threads_main", 80, 0x1cc0),
-    ("thread_state", "next", 192, 0x8),
-    ("thread_state", "native_thread_id", 224, 0xa0),
-    ("debugger_support", "eval_breaker", 712, 0x18),
-    ("debugger_support", "remote_debugger_support", 720, 0x130),
-    ("debugger_support", "remote_debugging_enabled", 728, 0x1f8c),
-    ("debugger_support", "debugger_pending_call", 736, 0),
-    ("debugger_support", "debugger_script_path", 744, 4),
-    ("debugger_support", "debugger_script_path_size", 752, 512),
-];
+/// The note's byte positions and the values measured on Debian's 3.14.10
+/// (the unit tests of `DebugOffsets` share them).
+const NOTE_TABLE: &[(&str, &str, usize, u64)] = include!("data/debug_offsets_3_14_10.rs");
 
 fn libpython314() -> Option<PathBuf> {
-    let python = python314()?;
+    let python = python314();
     let lib = python
         .parent()?
         .parent()?
@@ -214,7 +103,7 @@ fn readelf_section(path: &Path) -> Option<(u64, u64)> {
 #[test]
 fn elf_and_offsets_of_the_real_binaries() {
     let _serial = serial("elf_and_offsets_of_the_real_binaries");
-    let python = need!(python314());
+    let python = python314();
     let mut files = vec![python.clone()];
     files.extend(libpython314());
     for file in &files {
@@ -288,7 +177,7 @@ fn elf_and_offsets_of_the_real_binaries() {
 #[test]
 fn corrupt_copies_of_the_real_binary() {
     let _serial = serial("corrupt_copies_of_the_real_binary");
-    let python = need!(python314());
+    let python = python314();
     let elf = fs::read(&python).unwrap();
     let good = PyRuntimeSection::parse(&elf).unwrap().unwrap();
     let le64 = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
@@ -370,8 +259,8 @@ fn corrupt_copies_of_the_real_binary() {
 #[test]
 fn finds_the_runtime_of_a_static_python() {
     let _serial = serial("finds_the_runtime_of_a_static_python");
-    let python = need!(python314());
-    let target = Target::python(&python, SLEEP_PY);
+    let python = python314();
+    let target = Target::python(SLEEP_PY);
     let start = Instant::now();
     let process = PyProcess::open(target.pid).unwrap();
     eprintln!("opened PID {} in {:?}", target.pid, start.elapsed());
@@ -414,27 +303,8 @@ int main(int argc, char **argv) {
 
 /// A C program that loads libpython3.14.so and runs code with it, as an
 /// application embedding Python does (no thread is the "main" one there).
-fn embedding_host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let exe = dir.join("heli-embed-host");
-        let tmp = dir.join(format!("heli-embed-host-{}", std::process::id()));
-        let src = tmp.with_extension("c");
-        fs::write(&src, EMBED_HOST_C).unwrap();
-        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-        let status = Command::new(&cc)
-            .args(["-O1", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run {cc:?}: {err}"));
-        assert!(status.success(), "building the embedding host failed");
-        fs::remove_file(&src).unwrap();
-        fs::rename(&tmp, &exe).unwrap();
-        exe
-    })
+fn embedding_host() -> PathBuf {
+    build_c("heli-embed-host", EMBED_HOST_C, &["-ldl"])
 }
 
 /// Runs `code` in the embedding host with the project's libpython3.14.so
@@ -480,19 +350,17 @@ fn finds_the_runtime_in_libpython_of_an_embedding_host() {
     assert_eq!(stacks[0].native_thread_id, u64::from(target.pid));
     let names: Vec<&str> = stacks[0].frames.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["<module>", "host_loop"]);
-    let dir = tempdir();
-    let script = dir.path().join("hello.py");
-    fs::write(&script, "print('embedded ran', flush=True)\n").unwrap();
+    let (_dir, script) = written("hello.py", "print('embedded ran', flush=True)\n");
     let request = process.remote_exec(&script).unwrap();
     assert_eq!(request.thread(), u64::from(target.pid));
     request.wait_started(SOON).unwrap();
-    assert_eq!(target.line_matching("embedded"), "embedded ran");
+    assert_eq!(target.lines.skip_to("embedded"), "embedded ran");
 }
 
 #[test]
 fn finds_the_runtime_of_a_deleted_executable() {
     let _serial = serial("finds_the_runtime_of_a_deleted_executable");
-    let python = need!(python314());
+    let python = python314();
     let home = python.parent().unwrap().parent().unwrap();
     let dir = tempdir();
     let copy = dir.path().join("python3.14-copy");
@@ -504,8 +372,12 @@ fn finds_the_runtime_of_a_deleted_executable() {
             .env("PYTHONHOME", home),
     );
     fs::remove_file(&copy).unwrap();
-    let maps = fs::read_to_string(format!("/proc/{}/maps", target.pid)).unwrap();
-    assert!(maps.contains("python3.14-copy (deleted)"));
+    let maps = Proc::open_existing(target.pid).unwrap().maps().unwrap();
+    let deleted = |m: &Mapping| {
+        m.file()
+            .is_some_and(|f| f.ends_with("python3.14-copy (deleted)"))
+    };
+    assert!(maps.iter().any(deleted), "{maps:#?}");
     let process = PyProcess::open(target.pid).unwrap();
     assert_eq!(
         process.library(),
@@ -519,8 +391,8 @@ fn finds_the_runtime_of_a_deleted_executable() {
 #[test]
 fn refuses_python_3_13() {
     let _serial = serial("refuses_python_3_13");
-    let python = need!(python313());
-    let target = Target::python(&python, SLEEP_PY);
+    let python = python313().expect("Python 3.13 not found: set HELI_PYTHON313");
+    let target = Target::spawn(Command::new(python).args(["-c", SLEEP_PY]));
     let err = PyProcess::open(target.pid).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::TooOld, "{err}");
     assert!(err.to_string().contains("CPython 3.13.0"), "{err}");
@@ -540,25 +412,23 @@ fn refuses_python_3_13() {
 fn refuses_a_process_that_is_not_python() {
     let _serial = serial("refuses_a_process_that_is_not_python");
     let mut child = Command::new("sleep").arg("600").spawn().unwrap();
-    let err = PyProcess::open(child.id()).unwrap_err();
+    let err = PyProcess::open(Pid::new(child.id()).unwrap()).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
     assert!(err.to_string().contains("not a Python process"), "{err}");
     eprintln!("sleep: {err}");
-    let err = remote_exec(child.id(), Path::new("/dev/null")).unwrap_err();
+    let err = remote_exec(Pid::new(child.id()).unwrap(), Path::new("/dev/null")).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NotPython);
     child.kill().unwrap();
     child.wait().unwrap();
-    let err = stack_dump(child.id()).unwrap_err();
+    let err = stack_dump(Pid::new(child.id()).unwrap()).unwrap_err();
     assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
 }
 
 #[test]
 fn reports_remote_debugging_disabled() {
     let _serial = serial("reports_remote_debugging_disabled");
-    let python = need!(python314());
-    let dir = tempdir();
-    let script = dir.path().join("never.py");
-    fs::write(&script, "print('must not run', flush=True)\n").unwrap();
+    let python = python314();
+    let (_dir, script) = written("never.py", "print('must not run', flush=True)\n");
     let by_env = Target::spawn(
         Command::new(&python)
             .args(["-c", BUSY_PY])
@@ -576,38 +446,21 @@ fn reports_remote_debugging_disabled() {
         assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
         assert!(err.to_string().contains(switch), "{err}");
         eprintln!("{err}");
-        let err = remote_exec_prctl(target.pid, std::process::id(), SOON).unwrap_err();
+        let err = remote_exec_prctl(target.pid, Pid::this(), SOON).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
         // Reading stacks needs no consent.
         let stacks = process.stack_dump().unwrap();
         assert!(stacks[0].frames.iter().any(|f| f.name == "spin"));
     }
-    assert!(by_env
-        .lines
-        .recv_timeout(Duration::from_millis(200))
-        .is_err());
+    by_env.lines.none_within(Duration::from_millis(200));
 }
 
 #[test]
 fn permission_denied_explains_ptrace_rights() {
     let _serial = serial("permission_denied_explains_ptrace_rights");
-    let python = need!(python314());
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test drops a thread to another user: run it as root (CI does)"
-    );
-    let target = Target::python(&python, SLEEP_PY);
+    let target = Target::python(SLEEP_PY);
     let pid = target.pid;
-    // A thread of ours as nobody: the raw system call changes the calling
-    // thread's credentials only (glibc's setresuid would change all).
-    let err = thread::spawn(move || {
-        // SAFETY: setresuid takes three integers and touches no memory.
-        let res = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(res, 0, "setresuid: {}", std::io::Error::last_os_error());
-        PyProcess::open(pid).unwrap_err()
-    })
-    .join()
-    .unwrap();
+    let err = as_nobody(move || PyProcess::open(pid).unwrap_err());
     assert_eq!(err.kind(), Pep768ErrorKind::PermissionDenied, "{err}");
     let text = err.to_string();
     assert!(
@@ -622,8 +475,7 @@ fn permission_denied_explains_ptrace_rights() {
 #[test]
 fn remote_exec_runs_a_script_in_a_busy_target() {
     let _serial = serial("remote_exec_runs_a_script_in_a_busy_target");
-    let python = need!(python314());
-    let target = Target::python(&python, BUSY_PY);
+    let target = Target::python(BUSY_PY);
     let dir = tempdir();
     let script = dir.path().join("hello.py");
     let marker = dir.path().join("marker");
@@ -640,7 +492,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
     assert_eq!(request.script(), script);
     let waited = request.wait_started(SOON).unwrap();
     assert!(!request.is_pending().unwrap());
-    assert_eq!(target.line_matching("ran in"), "ran in spin builtins");
+    assert_eq!(target.lines.skip_to("ran in"), "ran in spin builtins");
     assert_eq!(fs::read_to_string(&marker).unwrap(), target.pid.to_string());
     eprintln!("the busy target began the script after {waited:?}");
     // Again, and again: each request runs once.
@@ -649,7 +501,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
             .unwrap()
             .wait_started(SOON)
             .unwrap();
-        target.line_matching("ran in");
+        target.lines.skip_to("ran in");
     }
     // A relative path is made absolute from our working directory.
     let cwd = std::env::current_dir().unwrap();
@@ -657,7 +509,7 @@ fn remote_exec_runs_a_script_in_a_busy_target() {
     let request = remote_exec(target.pid, &relative).unwrap();
     assert_eq!(request.script(), cwd.join(&relative));
     request.wait_started(SOON).unwrap();
-    target.line_matching("ran in");
+    target.lines.skip_to("ran in");
 }
 
 /// `path` relative to `base` (both absolute).
@@ -673,8 +525,7 @@ fn pathdiff(path: &Path, base: &Path) -> PathBuf {
 #[test]
 fn remote_exec_refuses_bad_paths() {
     let _serial = serial("remote_exec_refuses_bad_paths");
-    let python = need!(python314());
-    let target = Target::python(&python, SLEEP_PY);
+    let target = Target::python(SLEEP_PY);
     let process = PyProcess::open(target.pid).unwrap();
     let size = process
         .debug_offsets()
@@ -700,10 +551,8 @@ fn remote_exec_refuses_bad_paths() {
 #[test]
 fn remote_exec_chooses_the_main_interpreter() {
     let _serial = serial("remote_exec_chooses_the_main_interpreter");
-    let python = need!(python314());
     // A subinterpreter, newer than the main one, heads the list.
     let target = Target::python(
-        &python,
         "import threading
 from concurrent import interpreters
 sub = interpreters.create()
@@ -715,19 +564,16 @@ def spin():
         pass
 spin()",
     );
-    let dir = tempdir();
-    let script = dir.path().join("which.py");
-    fs::write(
-        &script,
+    let (_dir, script) = written(
+        "which.py",
         "from concurrent import interpreters\nprint('interp', interpreters.get_current().id, \
          flush=True)\n",
-    )
-    .unwrap();
+    );
     remote_exec(target.pid, &script)
         .unwrap()
         .wait_started(SOON)
         .unwrap();
-    assert_eq!(target.line_matching("interp"), "interp 0");
+    assert_eq!(target.lines.skip_to("interp"), "interp 0");
     let stacks = stack_dump(target.pid).unwrap();
     let interpreters: Vec<u64> = stacks.iter().map(|s| s.interpreter_id).collect();
     assert!(
@@ -740,8 +586,7 @@ spin()",
 #[test]
 fn remote_prctl_reports_the_call() {
     let _serial = serial("remote_prctl_reports_the_call");
-    let python = need!(python314());
-    let target = Target::python(&python, BUSY_PY);
+    let target = Target::python(BUSY_PY);
     let pid = target.pid;
     let before = heli_dirs();
     // A per-thread setting anyone can read back: the timer slack of the
@@ -773,7 +618,7 @@ fn remote_prctl_reports_the_call() {
     assert_eq!(err.kind(), Pep768ErrorKind::CallFailed, "{err}");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // The grant itself: refused without Yama, and the error says why.
-    let me = std::process::id();
+    let me = Pid::this();
     match PtraceScope::current().unwrap() {
         PtraceScope::NoYama => {
             let err = remote_exec_prctl(pid, me, SOON).unwrap_err();
@@ -804,8 +649,7 @@ fn remote_prctl_reports_the_call() {
 #[test]
 fn remote_prctl_times_out_on_a_target_blocked_in_c() {
     let _serial = serial("remote_prctl_times_out_on_a_target_blocked_in_c");
-    let python = need!(python314());
-    let mut target = Target::python(&python, &format!("{SLEEP_PY}\nprint('woke', flush=True)"));
+    let mut target = Target::python(&format!("{SLEEP_PY}\nprint('woke', flush=True)"));
     let before = heli_dirs();
     let timeout = Duration::from_millis(700);
     let start = Instant::now();
@@ -823,19 +667,14 @@ fn remote_prctl_times_out_on_a_target_blocked_in_c() {
     let process = PyProcess::open(target.pid).unwrap();
     assert!(process.remote_debugging_enabled().unwrap());
     assert_eq!(heli_dirs(), before);
-    assert!(target
-        .lines
-        .recv_timeout(Duration::from_millis(100))
-        .is_err());
+    target.lines.none_within(Duration::from_millis(100));
     assert!(target.alive());
 }
 
 #[test]
 fn remote_prctl_waits_for_a_target_between_sleeps() {
     let _serial = serial("remote_prctl_waits_for_a_target_between_sleeps");
-    let python = need!(python314());
     let target = Target::python(
-        &python,
         "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.05)",
     );
     let mut samples = Vec::new();
@@ -934,7 +773,7 @@ fn marker_lines(source: &str) -> HashMap<String, u32> {
 fn thread_ids(target: &Target, count: usize) -> HashMap<String, (u64, u64)> {
     let mut ids = HashMap::new();
     while ids.len() < count {
-        let line = target.line_matching("tid ");
+        let line = target.lines.skip_to("tid ");
         let fields: Vec<&str> = line.split_whitespace().collect();
         ids.insert(
             fields[1].to_owned(),
@@ -951,12 +790,9 @@ fn frame_names(stack: &ThreadStack) -> Vec<&str> {
 #[test]
 fn stack_dump_of_a_multi_threaded_target() {
     let _serial = serial("stack_dump_of_a_multi_threaded_target");
-    let python = need!(python314());
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
+    let (_dir, file) = written("threads.py", THREADS_PY);
     let filename = file.to_str().unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     let ids = thread_ids(&target, 5);
     let lines = marker_lines(THREADS_PY);
     let line = |marker: &str| Some(lines[marker]);
@@ -1049,14 +885,11 @@ fn stack_dump_of_a_multi_threaded_target() {
 #[test]
 fn stack_dump_agrees_with_py_spy() {
     let _serial = serial("stack_dump_agrees_with_py_spy");
-    let python = need!(python314());
     let Some(py_spy) = existing("HELI_PY_SPY", "/opt/heli/tools/bin/py-spy") else {
         panic!("no py-spy: run scripts/test.sh (it installs py-spy) or set HELI_PY_SPY");
     };
-    let dir = tempdir();
-    let file = dir.path().join("threads.py");
-    fs::write(&file, THREADS_PY).unwrap();
-    let target = Target::spawn(Command::new(&python).arg(&file));
+    let (_dir, file) = written("threads.py", THREADS_PY);
+    let target = Target::spawn(Command::new(python314()).arg(&file));
     thread_ids(&target, 5);
     let output = Command::new(&py_spy)
         .args(["dump", "--pid", &target.pid.to_string()])
@@ -1100,7 +933,6 @@ fn stack_dump_agrees_with_py_spy() {
 #[test]
 fn stack_dump_timing() {
     let _serial = serial("stack_dump_timing");
-    let python = need!(python314());
     for threads in [1usize, 10, 100] {
         // `threads` threads in all, each 20 frames deep, sleeping.
         let code = format!(
@@ -1116,7 +948,7 @@ print('ready', flush=True)
 deep(19)",
             threads - 1
         );
-        let target = Target::python(&python, &code);
+        let target = Target::python(&code);
         let process = PyProcess::open(target.pid).unwrap();
         wait_for("every thread asleep", || {
             process
@@ -1147,11 +979,9 @@ deep(19)",
 #[test]
 fn stack_dump_of_a_busy_target_stays_consistent() {
     let _serial = serial("stack_dump_of_a_busy_target_stays_consistent");
-    let python = need!(python314());
     // Calls and returns all the time: the hardest case for a reader that
     // does not stop the target.
     let target = Target::python(
-        &python,
         "def leaf(x):
     return x + 1
 def middle(x):
@@ -1194,4 +1024,58 @@ top()",
     }
     eprintln!("{incomplete} of 500 dumps of a busy thread were incomplete");
     assert!(incomplete < 10);
+}
+
+/// Two threads, each 200 calls deep in code whose file name is 100,000
+/// bytes long: 40 MB of names, all copied into the reader were nothing cut.
+const LONG_NAMES_PY: &str = r#"
+import threading, time
+source = """
+def dive(n, ready):
+    if n == 0:
+        ready.release()
+        time.sleep(600)
+        return
+    dive(n - 1, ready)
+"""
+space = {"time": time}
+exec(compile(source, "x" * 100_000, "exec"), space)
+ready = threading.Semaphore(0)
+for name in ("first", "second"):
+    threading.Thread(target=space["dive"], args=(200, ready), name=name, daemon=True).start()
+ready.acquire()
+ready.acquire()
+print("ready", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn stack_dump_holds_a_bounded_amount_of_text() {
+    let _serial = serial("stack_dump_holds_a_bounded_amount_of_text");
+    let (_dir, file) = written("long_names.py", LONG_NAMES_PY);
+    let target = Target::spawn(Command::new(python314()).arg(&file));
+    let stacks = stack_dump(target.pid).unwrap();
+    let text: usize = stacks
+        .iter()
+        .flat_map(|stack| &stack.frames)
+        .map(|frame| frame.filename.len() + frame.qualname.len() + frame.name.len())
+        .sum();
+    assert!(text <= heli_grant::MAX_DUMP_TEXT, "{text} bytes of names");
+    assert_eq!(stacks.len(), 3, "{stacks:#?}");
+    // The main thread is whole. The threads are read newest first: the
+    // second diver keeps its most recent calls, the first has no room
+    // left; each says it was cut.
+    assert!(stacks[0].main);
+    assert_eq!(stacks[0].incomplete, None);
+    assert!(!stacks[0].frames.is_empty());
+    let (first, second) = (&stacks[1], &stacks[2]);
+    assert_eq!(first.name.as_deref(), Some("first"));
+    assert!(second.frames.len() > 50, "{} frames", second.frames.len());
+    assert!(second.frames.iter().all(|frame| frame.qualname == "dive"));
+    assert_eq!(second.frames.last().unwrap().line, Some(5));
+    assert!(first.frames.is_empty(), "{} frames", first.frames.len());
+    for stack in [first, second] {
+        let why = stack.incomplete.as_deref().unwrap_or_default();
+        assert!(why.starts_with("cut: a dump holds at most"), "{why:?}");
+    }
 }

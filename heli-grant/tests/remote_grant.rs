@@ -8,26 +8,13 @@
 
 mod common;
 
-use common::{heli_dirs, serial, SOON};
+use common::{heli_dirs, serial, wait_for, Target, SOON};
 
-use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use heli_core::Granter;
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
 use heli_grant::{ChildWaits, GrantMethod, PtraceScope, YamaGranter};
-
-fn python314() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/opt/heli/py314/usr/bin/python3.14")])
-        .find(|path| path.exists())
-        .expect("Python 3.14 not found: run scripts/test.sh (it installs it) or set HELI_PYTHON")
-}
+use heli_proc::{Proc, ProcFs};
 
 /// A child process, killed when dropped.
 struct Killed(Child);
@@ -40,37 +27,17 @@ impl Drop for Killed {
 }
 
 /// A Python 3.14 target busy in a pure-Python loop, once it runs it.
-fn busy_target() -> Killed {
-    let mut child = Command::new(python314())
-        .args([
-            "-c",
-            "print('ready', flush=True)\ni = 0\nwhile True:\n    i += 1\n",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Killed(child)
+fn busy_target() -> Target {
+    Target::python("print('ready', flush=True)\ni = 0\nwhile True:\n    i += 1\n")
 }
 
-fn tracer_of(pid: u32) -> u32 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("TracerPid:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+/// Who traces `pid` (`TracerPid`), if anyone.
+fn tracer_of(pid: Pid) -> Option<Pid> {
+    Proc::open_existing(pid).unwrap().status().unwrap()?.tracer
 }
 
 /// `strace` attached to `pid` until dropped.
-fn traced(pid: u32) -> Killed {
+fn traced(pid: Pid) -> Killed {
     let strace = Command::new("strace")
         .args(["-o", "/dev/null", "-p", &pid.to_string()])
         .stdin(Stdio::null())
@@ -78,12 +45,27 @@ fn traced(pid: u32) -> Killed {
         .spawn()
         .expect("strace is needed to trace the target");
     let strace = Killed(strace);
-    let deadline = Instant::now() + SOON;
-    while tracer_of(pid) != strace.0.id() {
-        assert!(Instant::now() < deadline, "strace did not attach to {pid}");
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&format!("strace to attach to {pid}"), || {
+        tracer_of(pid) == Pid::new(strace.0.id())
+    });
     strace
+}
+
+/// A [`busy_target`] that `strace` traces until dropped.
+fn traced_busy_target() -> (Target, Killed) {
+    let target = busy_target();
+    let strace = traced(target.pid);
+    (target, strace)
+}
+
+/// Who `pid` is now.
+fn identity(pid: Pid) -> ProcessId {
+    ProcFs.identity(pid).unwrap().expect("a running process")
+}
+
+/// This test process.
+fn me() -> ProcessId {
+    identity(Pid::this())
 }
 
 /// Without Yama the call fails with EINVAL; with Yama it succeeds.
@@ -95,15 +77,17 @@ fn has_yama() -> bool {
 fn remote_exec_runs_the_prctl_in_the_target() {
     let _serial = serial("remote_exec_runs_the_prctl_in_the_target");
     let target = busy_target();
-    let pid = target.0.id();
+    let pid = target.pid;
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::RemoteExec);
-    let result = granter.grant(pid, std::process::id());
+    let result = granter.grant(identity(pid), me(), &Deadline::after(SOON));
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
-        assert_eq!(granter.holder_pid(pid), Some(std::process::id()));
-        granter.revoke(pid).unwrap();
+        assert_eq!(granter.holder(identity(pid)), Some(me()));
+        granter
+            .revoke(identity(pid), &Deadline::after(SOON))
+            .unwrap();
         assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     } else {
         let err = result.unwrap_err();
@@ -114,7 +98,7 @@ fn remote_exec_runs_the_prctl_in_the_target() {
             "{text}"
         );
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{text}");
-        assert_eq!(granter.holder_pid(pid), None);
+        assert_eq!(granter.holder(identity(pid)), None);
     }
     let left: Vec<_> = heli_dirs()
         .into_iter()
@@ -126,12 +110,11 @@ fn remote_exec_runs_the_prctl_in_the_target() {
 #[test]
 fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
     let _serial = serial("auto_falls_back_to_remote_exec_when_the_target_is_traced");
-    let target = busy_target();
-    let pid = target.0.id();
-    let strace = traced(pid);
+    let (target, strace) = traced_busy_target();
+    let pid = target.pid;
     let mut granter = YamaGranter::new(ChildWaits::default());
     assert_eq!(granter.grant_method(), GrantMethod::Auto);
-    let result = granter.grant(pid, std::process::id());
+    let result = granter.grant(identity(pid), me(), &Deadline::after(SOON));
     assert_eq!(granter.last_method(), Some(GrantMethod::RemoteExec));
     if has_yama() {
         result.unwrap();
@@ -147,18 +130,23 @@ fn auto_falls_back_to_remote_exec_when_the_target_is_traced() {
         assert!(text.starts_with("ptrace injection impossible ("), "{text}");
         assert!(text.contains(&tracer), "{text}");
     }
-    assert_eq!(tracer_of(pid), strace.0.id(), "the tracer was disturbed");
+    assert_eq!(
+        tracer_of(pid),
+        Pid::new(strace.0.id()),
+        "the tracer was disturbed"
+    );
 }
 
 #[test]
 fn ptrace_only_names_the_tracer_of_a_traced_target() {
     let _serial = serial("ptrace_only_names_the_tracer_of_a_traced_target");
-    let target = busy_target();
-    let pid = target.0.id();
-    let strace = traced(pid);
+    let (target, strace) = traced_busy_target();
+    let pid = target.pid;
     let before = heli_dirs();
     let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::Ptrace);
-    let err = granter.grant(pid, std::process::id()).unwrap_err();
+    let err = granter
+        .grant(identity(pid), me(), &Deadline::after(SOON))
+        .unwrap_err();
     let text = err.to_string();
     assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{text}");
     assert!(text.contains("by ptrace injection"), "{text}");

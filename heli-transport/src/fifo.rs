@@ -3,17 +3,17 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use heli_core::protocol::LineBuffer;
-use heli_core::{exchange, Connection, Event, Listener, Peer, Transport};
+use heli_core::{exchange, Connection, Event, Listener, LogLimit, Peer, Transport};
 use log::{debug, warn};
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, FlockArg, Flockable, OFlag};
+use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, Flockable, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{mkfifoat, unlinkat, Uid, UnlinkatFlags};
@@ -42,20 +42,49 @@ const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 /// (not a symbolic link), owned by the user, and closed to group and others
 /// (mode 0700); the pipes must be FIFOs owned by the user. Anything else is
 /// refused with an error saying what is wrong. Every file is opened relative
-/// to a descriptor of the checked directory, never following a link.
+/// to a descriptor of the checked directory, never following a link (the
+/// controller's fresh read ends of the control pipe are opened through its
+/// own `/proc/self/fd` entry of the pipe it holds already).
 ///
 /// # No lost replies, no hangs
 ///
-/// The controller keeps both pipes open for reading *and* writing. So a
-/// client's open never blocks, a reply written before the client opened the
-/// response pipe waits in the pipe instead of being lost, and every read and
-/// write has a deadline. Clients of this crate take a lock on the control
-/// pipe for the length of a request, so two of them never read each other's
-/// replies. The controller holds a lock on the response pipe from reading a
+/// The controller keeps the response pipe open for reading *and* writing,
+/// and the control pipe open for reading, from before they appear (each is
+/// made and opened under a temporary name, then renamed into place). So a
+/// client's open never blocks,
+/// a reply written before the client opened the response pipe waits in the
+/// pipe instead of being lost, and every read and write has a deadline.
+/// Clients of this crate take a lock on the control pipe for the length of
+/// a request, so two of them never read each other's replies, and hold the
+/// control pipe open for writing only while they write. The controller
+/// holds a lock on the response pipe from reading the first byte of a
 /// request until its reply is written; a client waits until no request is
 /// unread and that lock is free, then drains stale replies (of a client
 /// that gave up) before sending its own, so a late reply never reaches the
 /// next client.
+///
+/// # Unfinished lines
+///
+/// A line is a request once its newline arrives. A line left unfinished is
+/// dropped when every writer of the control pipe has closed it (its writer
+/// is gone: nobody will finish it), or after 2 s without a byte; clients of
+/// this crate wait for either before they write, so their request never
+/// continues someone else's fragment. A writer that keeps the pipe open may
+/// finish its line in several writes.
+///
+/// # What named pipes cannot prevent
+///
+/// Any process of the user can open the pipes and write anything, and the
+/// controller cannot tell who wrote a line (requests come with no
+/// [`Credentials`](heli_core::Credentials)): its policy refuses what is
+/// never legitimate without knowing the asker. A writer that does not take
+/// the lock can still interleave its bytes with a client's request in the
+/// pipe, or read a reply meant for someone else; a fragment written while
+/// another writer holds the pipe open is dropped only after 2 s, and a
+/// writer that adds a byte to its line every second or so, without ending
+/// it, holds clients of this crate up until it reaches the line length
+/// limit. Use the
+/// [`UnixSocketTransport`](crate::UnixSocketTransport) where that matters.
 ///
 /// # Examples
 ///
@@ -122,9 +151,14 @@ impl FifoTransport {
         let stat = fstat(&dir)?;
         let me = Uid::effective().as_raw();
         if stat.st_uid != me {
+            // In a shared /tmp only its owner or root can remove it.
             return Err(refuse(
                 &self.dir,
-                &format!("is owned by uid {}, not by you (uid {me})", stat.st_uid),
+                &format!(
+                    "is owned by uid {owner}, not by you (uid {me}); only uid {owner} or root \
+                     can remove it: use a directory of your own",
+                    owner = stat.st_uid
+                ),
             ));
         }
         if stat.st_mode & 0o077 != 0 {
@@ -199,6 +233,36 @@ fn check_fifo(fd: &OwnedFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens pipe `name` of the directory `dir` (at `dir_path`) for a client,
+/// without blocking or following a link, and checks it.
+fn open_pipe(dir: &OwnedFd, dir_path: &Path, name: &str, mode: OFlag) -> io::Result<OwnedFd> {
+    let path = dir_path.join(name);
+    let fd = openat(
+        dir,
+        name,
+        mode | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| match err {
+        // Opening a FIFO for writing with nobody reading it.
+        Errno::ENXIO => io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "no controller reads {} (left by a controller that died?)",
+                path.display()
+            ),
+        ),
+        Errno::ENOENT => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} not found", path.display()),
+        ),
+        Errno::ELOOP => refuse(&path, "is a symbolic link"),
+        err => annotate(err.into(), &path),
+    })?;
+    check_fifo(&fd, &path)?;
+    Ok(fd)
+}
+
 impl Transport for FifoTransport {
     type Listener = FifoListener;
     type Connection = FifoConnection;
@@ -242,28 +306,45 @@ impl Transport for FifoTransport {
         write!(pid_file, "{}", std::process::id())?;
 
         // We hold the lock: whatever pipes are there belong to a dead
-        // controller. Replace them.
-        let open_fifo = |name: &str| -> io::Result<OwnedFd> {
+        // controller. Replace them, each with a pipe made and opened under
+        // a temporary name first: once `response` is there, both pipes are
+        // open (a client that finds them never finds nobody reading, or
+        // nobody keeping the response pipe open).
+        let open_fifo = |name: &str, mode: OFlag| -> io::Result<OwnedFd> {
             let path = self.dir.join(name);
-            match unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
-                Ok(()) => debug!("removed stale {}", path.display()),
-                Err(Errno::ENOENT) => {}
-                Err(err) => return Err(annotate(err.into(), &path)),
+            let temporary = format!(".{name}.new");
+            match unlinkat(&dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(err) => return Err(annotate(err.into(), &self.dir.join(&temporary))),
             }
-            mkfifoat(&dir, name, Mode::from_bits_truncate(0o600))
+            mkfifoat(&dir, temporary.as_str(), Mode::from_bits_truncate(0o600))
                 .map_err(|err| annotate(err.into(), &path))?;
-            let fd = openat(
+            let opened = openat(
                 &dir,
-                name,
-                OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                temporary.as_str(),
+                mode | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|err| annotate(err.into(), &path))?;
-            check_fifo(&fd, &path)?;
-            Ok(fd)
+            .map_err(|err| annotate(err.into(), &path))
+            .and_then(|fd| {
+                check_fifo(&fd, &path)?;
+                if nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+                    debug!("replacing stale {}", path.display());
+                }
+                renameat(&dir, temporary.as_str(), &dir, name)
+                    .map_err(|err| annotate(err.into(), &path))?;
+                Ok(fd)
+            });
+            if opened.is_err() {
+                let _ = unlinkat(&dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            opened
         };
-        let control = open_fifo(CONTROL)?;
-        let response = open_fifo(RESPONSE)?;
+        // Read only: the controller sees when every writer has closed it
+        // (see `ControlPipe`).
+        let control = ControlPipe(open_fifo(CONTROL, OFlag::O_RDONLY)?);
+        // Read and write: a reply waits there for its client.
+        let response = open_fifo(RESPONSE, OFlag::O_RDWR)?;
         Ok(FifoListener {
             path: self.dir.clone(),
             dir,
@@ -279,40 +360,17 @@ impl Transport for FifoTransport {
     /// Opens the pipes; never blocks (the timeout applies to each request).
     fn connect(&self, _timeout: Duration) -> io::Result<FifoConnection> {
         let dir = self.open_dir()?;
-        let open = |name: &str, flags: OFlag| -> io::Result<OwnedFd> {
-            let path = self.dir.join(name);
-            let fd = openat(
-                &dir,
-                name,
-                flags | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|err| match err {
-                // Opening a FIFO for writing with nobody reading it.
-                Errno::ENXIO => io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "no controller reads {} (left by a controller that died?)",
-                        path.display()
-                    ),
-                ),
-                Errno::ENOENT => io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{} not found", path.display()),
-                ),
-                Errno::ELOOP => refuse(&path, "is a symbolic link"),
-                err => annotate(err.into(), &path),
-            })?;
-            check_fifo(&fd, &path)?;
-            Ok(fd)
-        };
-        let control = File::from(open(CONTROL, OFlag::O_WRONLY)?);
-        let response = open(RESPONSE, OFlag::O_RDONLY)?;
-        // Only to see whether requests wait unread; never read from.
-        let unread = open(CONTROL, OFlag::O_RDONLY)?;
+        // Someone reads the control pipe (else it is left by a controller
+        // that died); it is opened for writing again for each request.
+        drop(open_pipe(&dir, &self.dir, CONTROL, OFlag::O_WRONLY)?);
+        let response = open_pipe(&dir, &self.dir, RESPONSE, OFlag::O_RDONLY)?;
+        // Only to see whether requests wait unread, and to hold the
+        // clients' lock; never read from.
+        let unread = open_pipe(&dir, &self.dir, CONTROL, OFlag::O_RDONLY)?;
 
         Ok(FifoConnection {
-            control,
+            dir,
+            path: self.dir.clone(),
             response,
             unread,
         })
@@ -369,16 +427,71 @@ pub struct FifoListener {
     path: PathBuf,
     dir: OwnedFd,
     created_dir: bool,
-    control: OwnedFd,
+    control: ControlPipe,
     response: OwnedFd,
     _pid_file: Flock<File>,
     stop: StopSignal,
     reply_timeout: Duration,
 }
 
+/// The control pipe's read end, the controller's only end of it, so that
+/// it sees every writer close.
+///
+/// What Linux does with a FIFO's read end (checked on 6.18: open a read
+/// end, open a writer, write, close it, and poll each end):
+///
+/// - Opening it `O_RDONLY | O_NONBLOCK` never blocks. Until a writer has
+///   opened the pipe, `poll` shows nothing.
+/// - Once a writer has opened the pipe and every writer has closed it,
+///   `poll` shows `POLLHUP` (with `POLLIN` while bytes are left), and
+///   `read` returns the bytes left, then 0. The hang-up lasts as long as
+///   no writer has the pipe open (a writer opening clears it, closing
+///   raises it again): to wait for more, the controller needs another
+///   read end.
+/// - The hang-up belongs to the open file, not to the pipe: a read end
+///   opened after the last writer closed shows no `POLLHUP`, only the
+///   bytes still in the pipe (which stay there while any end is open).
+/// - A writer's `O_WRONLY | O_NONBLOCK` open fails (`ENXIO`) while no read
+///   end is open: the new read end is opened before the old one closes.
+///
+/// So a `read` of 0 here means that every writer has closed the pipe:
+/// a line left unfinished then has nobody to finish it.
+#[derive(Debug)]
+struct ControlPipe(OwnedFd);
+
+impl ControlPipe {
+    /// A new read end of the same pipe, opened through this one's
+    /// `/proc/self/fd` entry (the kernel's link to this very pipe, even if
+    /// its name was removed or replaced), without its hang-up; this one is
+    /// closed after.
+    fn reopen(&mut self) -> io::Result<()> {
+        let own = format!("/proc/self/fd/{}", self.0.as_raw_fd());
+        let fresh = nix::fcntl::open(
+            own.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|err| {
+            io::Error::new(
+                io::Error::from(err).kind(),
+                format!("cannot open the control pipe again through {own}: {err}"),
+            )
+        })?;
+        self.0 = fresh;
+        Ok(())
+    }
+}
+
+impl AsFd for ControlPipe {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl FifoListener {
-    /// Takes the response pipe's lock, held while answering the requests
-    /// read (see [`FifoTransport::connect`]); unlocked when dropped.
+    /// Takes the response pipe's lock, held from reading the first byte of
+    /// a request until its reply is written (see [`FifoTransport`]);
+    /// unlocked when dropped.
     fn busy(&self) -> Option<Flock<OwnedFd>> {
         // Clients hold it for an instant only; still, never wait unbounded.
         let deadline = Instant::now() + self.reply_timeout;
@@ -407,6 +520,10 @@ impl Listener for FifoListener {
         let mut lines = LineBuffer::new();
         let mut buf = [0u8; 4096];
         let peer = Peer::default();
+        // The response pipe's lock, while a request is read or answered.
+        let mut busy = None;
+        // Any writer can cause these warnings, as often as it likes.
+        let mut dropped = LogLimit::new();
         loop {
             let deadline = lines
                 .has_partial_line()
@@ -420,8 +537,11 @@ impl Listener for FifoListener {
             ) {
                 Ok(seen) => seen,
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                    warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}");
+                    if let Some(note) = dropped.check((), Instant::now()) {
+                        warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}{note}");
+                    }
                     lines = LineBuffer::new();
+                    busy = None;
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -431,10 +551,29 @@ impl Listener for FifoListener {
             }
             // Before reading, so that a client never sees the request gone
             // from the pipe and the lock free while it is being answered.
-            let _busy = self.busy();
+            if busy.is_none() {
+                busy = self.busy();
+            }
             match nix::unistd::read(&self.control, &mut buf) {
+                // Every writer has closed the pipe.
+                Ok(0) => {
+                    if lines.has_partial_line() {
+                        if let Some(note) = dropped.check((), Instant::now()) {
+                            warn!("dropping a request line left unfinished by a writer that closed the control pipe{note}");
+                        }
+                        lines = LineBuffer::new();
+                    }
+                    self.control.reopen()?;
+                    busy = None;
+                    continue;
+                }
                 Ok(n) => lines.extend(&buf[..n]),
-                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(Errno::EAGAIN | Errno::EINTR) => {
+                    if !lines.has_partial_line() {
+                        busy = None;
+                    }
+                    continue;
+                }
                 Err(err) => return Err(err.into()),
             }
             while let Some(line) = lines.next_line() {
@@ -448,6 +587,11 @@ impl Listener for FifoListener {
                 if let Err(err) = write_all(&self.response, reply.as_bytes(), deadline) {
                     warn!("cannot write reply {:?}: {err}", reply.trim_end());
                 }
+            }
+            // A line begun keeps the lock: no client of ours writes until
+            // it is finished or dropped.
+            if !lines.has_partial_line() {
+                busy = None;
             }
         }
     }
@@ -469,13 +613,15 @@ impl Drop for FifoListener {
     }
 }
 
-/// A client's end of a [`FifoTransport`], holding the request lock.
+/// A client's end of a [`FifoTransport`].
 #[derive(Debug)]
 pub struct FifoConnection {
-    control: File,
+    /// The checked directory, and its path.
+    dir: OwnedFd,
+    path: PathBuf,
     response: OwnedFd,
     /// The control pipe opened for reading, only to see whether requests
-    /// wait unread; never read from.
+    /// wait unread, and for the clients' lock; never read from.
     unread: OwnedFd,
 }
 
@@ -487,16 +633,18 @@ impl Connection for FifoConnection {
         // One request at a time among our clients. The lock belongs to the
         // open file, which the clone shares; dropping it unlocks.
         let _turn = lock_until(
-            self.control.try_clone()?,
+            self.unread.try_clone()?,
             FlockArg::LockExclusiveNonblock,
             deadline,
             "another client kept the controller busy",
         )?;
         // A client that gave up may have left a request the controller is
-        // still answering. The controller holds the response pipe's lock
-        // from before it reads a request until its reply is written: once
-        // no request is unread and *then* the lock is free, every earlier
-        // reply is in the pipe, and draining it leaves ours alone.
+        // still answering, and any writer may have left half a line. The
+        // controller holds the response pipe's lock from before it reads a
+        // request until its reply is written, and while a line is
+        // unfinished: once no request is unread and *then* the lock is
+        // free, every earlier reply is in the pipe (draining it leaves ours
+        // alone), and our line starts a line.
         let mut backoff = Backoff::new();
         loop {
             if !has_input(self.unread.as_fd())? {
@@ -516,8 +664,25 @@ impl Connection for FifoConnection {
             backoff.sleep();
         }
         drain(&self.response);
-        write_all(&self.control, line, deadline)?;
+        // Open for writing only now, and closed once written: a writer
+        // keeping the pipe open would hide from the controller that
+        // another writer left half a line.
+        let control = open_pipe(&self.dir, &self.path, CONTROL, OFlag::O_WRONLY)?;
+        if !same_file(&control, &self.unread)? {
+            return Err(refuse(
+                &self.path.join(CONTROL),
+                "was replaced by another pipe",
+            ));
+        }
+        write_all(&control, line, deadline)?;
+        drop(control);
         let mut lines = LineBuffer::for_replies();
         read_line(&self.response, &mut lines, deadline)
     }
+}
+
+/// Whether `a` and `b` are open files of one file.
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> io::Result<bool> {
+    let (a, b) = (fstat(a)?, fstat(b)?);
+    Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
 }

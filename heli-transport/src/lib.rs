@@ -5,12 +5,14 @@
 //!
 //! - [`UnixSocketTransport`]: one Unix socket per controller (a named
 //!   *session*) in a private runtime directory; many clients at once, each
-//!   authenticated by its peer credentials, and `GRANT_ACCESS` only for the
-//!   client itself or its descendants; [`UnixSocketTransport::sessions`]
-//!   lists the sessions.
+//!   authenticated by its peer credentials (user, process and its start
+//!   time, reported with every request as [`heli_core::Credentials`] while
+//!   that process runs, from which the controller decides what it may be
+//!   granted); idle connections are closed, and make room at the limit;
+//!   [`UnixSocketTransport::sessions`] lists the sessions.
 //! - [`FifoTransport`]: two named pipes in a private directory, the layout
 //!   and wire format of the original Python helicopter-parent, so its
-//!   clients work unchanged.
+//!   clients work unchanged; it cannot authenticate its clients.
 //!
 //! All of them speak the line protocol of [`heli_core::protocol`], bound
 //! every wait by a deadline, and are stopped through a [`StopHandle`].
@@ -52,7 +54,6 @@
 
 mod fifo;
 mod io;
-mod proc;
 mod stop;
 mod unix_socket;
 

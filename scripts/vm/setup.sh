@@ -28,28 +28,13 @@
 set -euo pipefail
 umask 022
 
-DEPS=${HELI_DEPS:-/opt/heli}
-[[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
-DEPS=${DEPS%/}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh" vm-setup
 VENV=$DEPS/venv
 KDIR=$DEPS/kernel
 VNG_VERSION=${HELI_VNG_VERSION:-1.42}
 FORCE=${HELI_VM_FORCE:-0}
 # binutils: vng reads the kernel version of a vmlinux with `strings`.
 APT_PKGS=(qemu-system-x86 kmod busybox-static udev python3 python3-venv util-linux binutils file)
-
-log() { printf '[vm-setup] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# retry <tries> <cmd...>: exponential backoff starting at 2s.
-retry() {
-  local tries=$1 n=1 delay=2; shift
-  until "$@"; do
-    ((n >= tries)) && { log "giving up after $n attempts: $*"; return 1; }
-    log "attempt $n/$tries failed: $*; retrying in ${delay}s"
-    sleep "$delay"; n=$((n + 1)); delay=$((delay * 2))
-  done
-}
 
 [[ $(id -u) == 0 ]] || die "must run as root (apt-get, /lib/modules)"
 [[ $(uname -m) == x86_64 ]] || die "only x86_64 hosts are supported"

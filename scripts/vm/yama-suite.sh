@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Yama suite, run as root inside a Yama kernel by scripts/vm/test-yama.sh:
 #
-#   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON
+#   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON [CYCLES]
 #
 # Sets ptrace_scope 1, 0, 2, 3 in turn (3 last: it cannot be lowered) and
 # runs the real controller, client and pdb as an unprivileged user. Ends with
@@ -10,7 +10,7 @@ set -uo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 . "$here/guest-lib.sh"
 
-examples=$1 python=$2
+examples=$1 python=$2 cycles=${3:-1000} # grant/revoke cycles of the endurance run
 repo=$(realpath "$here/../..")
 passes=0 fails=0
 ok() { echo "ok   - $*"; passes=$((passes + 1)); }
@@ -66,7 +66,7 @@ attach() { # attach: one client attach, pdb reads the counter
 
 set_ptrace_scope 1 || fail "cannot set scope 1"
 for transport in socket fifo; do
-  echo "--- ptrace_scope 1, $transport transport"
+  echo "--- ptrace_scope 1, $transport transport (at ${SECONDS} s)"
   start_controller || continue
   expect "controller chose the Yama granter" "granter: yama" "$(cat "$work/controller.log")"
   # The very first attach of a fresh client reaches pdb and reads the
@@ -102,6 +102,44 @@ for transport in socket fifo; do
     out=$(yama_client 'GRANT_ACCESS $PID' pdb close pdb)
     expect "socket: granted pdb -p allowed" "^pdb allowed" "$(sed -n 2p <<<"$out")"
     expect "socket: connection closed, grant revoked: pdb -p denied" "^pdb denied" "$(sed -n 4p <<<"$out")"
+    # Another process of the same user cannot take our grant away, by pid
+    # or without one; ours still works after both tries.
+    out=$(yama_client 'GRANT_ACCESS $PID' 'other:REVOKE $PID' 'other:REVOKE' pdb 'REVOKE' pdb)
+    expect "socket: another process's REVOKE <holder> refused" \
+      "^ERROR: REVOKE refused: the grant is held by client PID [0-9]+; only its connection" "$(sed -n 2p <<<"$out")"
+    expect "socket: another process's bare REVOKE refused" "^ERROR: REVOKE refused" "$(sed -n 3p <<<"$out")"
+    expect "socket: after both, the holder's pdb -p still allowed" "^pdb allowed" "$(sed -n 4p <<<"$out")"
+    expect "socket: the holder's own REVOKE: pdb -p denied" "^pdb denied" "$(sed -n 6p <<<"$out")"
+    # PID reuse: A connects and exits, leaving its connection to its child
+    # C; A's pid goes to a new process N of the same user; C then asks for
+    # a grant for "its own" pid, which is N's now: refused.
+    stamp=$work/handoff
+    rm -f "$stamp" "$stamp.go"
+    yama_client "handoff:$stamp" 'GRANT_ACCESS $PID' >"$work/handoff.out" 2>&1 &
+    handoff=$!
+    for _ in $(seq 300); do [[ -s $stamp ]] && break; sleep 0.1; done
+    a=$(cat "$stamp" 2>/dev/null)
+    for _ in $(seq 100); do [[ -n $a && -e /proc/$a ]] || break; sleep 0.1; done
+    reused=
+    for _ in $(seq 5); do
+      echo $((a - 1)) >/proc/sys/kernel/ns_last_pid
+      setpriv --reuid="$HELI_VM_UID" --regid="$HELI_VM_UID" --clear-groups sleep 60 &
+      n=$!
+      if ((n == a)); then reused=$n; break; fi
+      kill "$n"
+    done
+    if [[ -n $reused ]]; then
+      ok "pid $a reused by a new process of the user"
+      : >"$stamp.go"
+      for _ in $(seq 300); do [[ -s $work/handoff.out ]] && break; sleep 0.1; done
+      expect "socket: a grant for an exited client's reused pid refused" \
+        "^ERROR: GRANT_ACCESS $a refused: .*\(your PID is unknown\)" "$(cat "$work/handoff.out")"
+      kill "$reused"
+    else
+      fail "could not give pid $a to a new process"
+      : >"$stamp.go"
+    fi
+    wait "$handoff"
   fi
   good=0
   for i in $(seq 20); do
@@ -126,7 +164,48 @@ for transport in socket fifo; do
 done
 
 transport=socket
-echo "--- ptrace_scope 0"
+echo "--- ptrace_scope 1, endurance: $cycles grant/revoke cycles, frozen and thawed halfway (at ${SECONDS} s)"
+# As the hostile probe ran it: the target frozen by the cgroup freezer (what
+# `docker pause` does) while a grant waits must hold no other request up.
+if start_controller; then
+  target=$(client pid)
+  stamp=$work/endurance
+  rm -f "$stamp".*
+  cp "$repo/tests/yama_endurance.py" "$work/" && chown "$user:" "$work/yama_endurance.py"
+  as_user "$python" "$work/yama_endurance.py" "$(address)" "$cycles" "$stamp" \
+    >"$work/endurance.out" 2>&1 &
+  endurance=$!
+  freezer=/sys/fs/cgroup/heli-endurance
+  froze=
+  for _ in $(seq 6000); do
+    kill -0 "$endurance" 2>/dev/null || break
+    if [[ -z $froze && -e $stamp.freeze ]]; then
+      mkdir -p "$freezer" && echo "$target" >"$freezer/cgroup.procs" && echo 1 >"$freezer/cgroup.freeze"
+      for _ in $(seq 100); do grep -q "frozen 1" "$freezer/cgroup.events" && break; sleep 0.05; done
+      grep -q "frozen 1" "$freezer/cgroup.events" && froze=1 || froze=failed
+      : >"$stamp.frozen"
+    fi
+    if [[ $froze == 1 && -e $stamp.thaw && ! -e $stamp.thawed ]]; then
+      echo 0 >"$freezer/cgroup.freeze"
+      : >"$stamp.thawed"
+    fi
+    sleep 0.1
+  done
+  wait "$endurance"; rc=$?
+  out=$(cat "$work/endurance.out")
+  echo "$out" | sed 's/^/    /'
+  expect "endurance: the target was frozen by the cgroup freezer" "^1$" "$froze"
+  expect "endurance: every cycle granted and revoked as Yama shows, target untouched" "^problems 0$" "$out"
+  expect "endurance: no request hung" "^hangs 0$" "$out"
+  expect "endurance: the grant into the frozen target failed in time, saying why" \
+    "^frozen_grant_reply ERROR: Grant failed: .*frozen" "$out"
+  expect "endurance: exit 0" "^0$" "$rc"
+  expect "endurance: target survived" "^$target$" "$(client pid)"
+  stop_controller
+  rmdir "$freezer" 2>/dev/null
+fi
+
+echo "--- ptrace_scope 0 (at ${SECONDS} s)"
 set_ptrace_scope 0 || fail "cannot set scope 0"
 if start_controller; then
   expect "controller chose the no-op granter" "granter: noop" "$(cat "$work/controller.log")"
@@ -135,7 +214,7 @@ if start_controller; then
 fi
 
 for scope in 2 3; do
-  echo "--- ptrace_scope $scope"
+  echo "--- ptrace_scope $scope (at ${SECONDS} s)"
   start_controller || continue
   set_ptrace_scope $scope || fail "cannot set scope $scope"
   start=$(date +%s)
@@ -150,5 +229,5 @@ for scope in 2 3; do
   stop_controller
 done
 
-echo "yama: $passes passed, $fails failed"
+echo "yama: $passes passed, $fails failed (in ${SECONDS} s)"
 ((fails == 0))

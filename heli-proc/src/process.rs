@@ -1,0 +1,571 @@
+//! One process of `/proc`, opened once, and the [`Processes`] table.
+
+use std::io;
+use std::path::PathBuf;
+
+use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
+use procfs::process::Process;
+
+use crate::error::{no_such_process, unless_gone};
+use crate::maps::Mapping;
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// One process (or thread) of `/proc`, opened once: every fact is read
+/// relative to its directory, so a later process that reuses the pid can
+/// never be mixed in (reads then fail as if the process were gone).
+///
+/// Every reader returns `Ok(None)` when the process is gone (exited and
+/// reaped, or never was), and an error only when `/proc` could not be read
+/// (no permission, an unexpected format).
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Pid, ProcessState};
+/// use heli_proc::Proc;
+///
+/// let me = Proc::open(Pid::this())?.expect("this process runs");
+/// let info = me.info()?.unwrap();
+/// assert_eq!(info.process, Pid::this());
+/// assert!(!info.state.is_gone());
+/// assert!(me.threads()?.contains(&Pid::this()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Proc {
+    pid: Pid,
+    dir: Process,
+}
+
+/// What a thread's `/proc/PID/task/TID/status` says, as far as ptrace is
+/// concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadStatus {
+    /// What it is doing.
+    pub state: ProcessState,
+    /// The process it belongs to (`Tgid`).
+    pub process: Pid,
+    /// How many threads that process has.
+    pub threads: u64,
+    /// Who traces it, if anyone (`TracerPid`).
+    pub tracer: Option<Pid>,
+    /// Its seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    /// The signals pending for this thread alone (`SigPnd`), as a bit set:
+    /// bit `n - 1` for signal `n`.
+    pub pending: u64,
+}
+
+/// Where a thread is, by `/proc/PID/task/TID/syscall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    /// On a CPU, or ready to run.
+    Running,
+    /// Not in a system call (in user mode, but not running).
+    User,
+    /// Blocked in system call number `nr`.
+    In(i64),
+}
+
+impl Proc {
+    /// Opens process (or thread) `pid`; `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn open(pid: Pid) -> io::Result<Option<Proc>> {
+        let opened = Process::new(pid.get() as i32);
+        Ok(unless_gone(opened, format_args!("/proc/{pid}"))?.map(|dir| Proc { pid, dir }))
+    }
+
+    /// Opens `pid`; a process that is gone is an error
+    /// ([`NotFound`](io::ErrorKind::NotFound): "no process with PID ...").
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Proc::open), and when there is no such process.
+    pub fn open_existing(pid: Pid) -> io::Result<Proc> {
+        Proc::open(pid)?.ok_or_else(|| no_such_process(pid))
+    }
+
+    /// The pid it was opened with.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Facts about it now (`/proc/PID/stat` and `/proc/PID/status`).
+    ///
+    /// A process whose main thread has exited while other threads run on
+    /// (a "zombie leader") is alive: its state is that of a live thread.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn info(&self) -> io::Result<Option<ProcessInfo>> {
+        let pid = self.pid;
+        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(None);
+        };
+        let Some(status) = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?
+        else {
+            return Ok(None);
+        };
+        let state = match self.state(&stat)? {
+            Some(state) => state,
+            None => ProcessState::from_code(stat.state),
+        };
+        Ok(Some(ProcessInfo {
+            id: ProcessId {
+                pid,
+                start_time: stat.starttime,
+            },
+            parent: u32::try_from(stat.ppid).ok().and_then(Pid::new),
+            process: tgid(status.tgid, pid),
+            state,
+            uid: status.ruid,
+            euid: status.euid,
+            kernel_thread: stat.flags & PF_KTHREAD != 0,
+        }))
+    }
+
+    /// Who it is now: pid and start time, `None` once it has exited (a
+    /// zombie counts as gone; a process whose main thread exited while
+    /// others run on does not).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn identity(&self) -> io::Result<Option<ProcessId>> {
+        let pid = self.pid;
+        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(None);
+        };
+        Ok(self.state(&stat)?.map(|_| ProcessId {
+            pid,
+            start_time: stat.starttime,
+        }))
+    }
+
+    /// The state of the process whose main thread's stat is `stat`: that
+    /// thread's, or, when it is a zombie leader, a live thread's; `None`
+    /// once it has exited.
+    ///
+    /// A main thread that called `pthread_exit` stays a zombie until the
+    /// last thread exits (measured on Linux 6.18): its `/proc/PID/stat` and
+    /// `status` show state `Z` and a thread count that still includes it
+    /// (`Threads: 3` for it and two live threads), its `cmdline` is empty,
+    /// `exe` cannot be read, its `syscall` reads `-1 0x0 0x0`, and
+    /// `/proc/PID/task` lists it with the live threads, whose states are
+    /// their own. Only the main thread lingers so: other threads are
+    /// released as they exit.
+    fn state(&self, stat: &procfs::process::Stat) -> io::Result<Option<ProcessState>> {
+        let state = ProcessState::from_code(stat.state);
+        if !state.is_gone() {
+            return Ok(Some(state));
+        }
+        if stat.num_threads <= 1 {
+            return Ok(None);
+        }
+        Ok(self.live_thread()?.map(|(_, state)| state))
+    }
+
+    /// A thread other than the main one that has not exited, and its state.
+    fn live_thread(&self) -> io::Result<Option<(Pid, ProcessState)>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
+            return Ok(None);
+        };
+        for task in tasks.filter_map(|task| task.ok()) {
+            if task.tid == task.pid {
+                continue;
+            }
+            let Ok(stat) = task.stat() else { continue };
+            let state = ProcessState::from_code(stat.state);
+            if !state.is_gone() {
+                let tid = u32::try_from(task.tid).ok().and_then(Pid::new);
+                return Ok(tid.map(|tid| (tid, state)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The CPU time it has used, user and system, in clock ticks
+    /// (`/proc/PID/stat` fields 14 and 15; for a thread's pid, that
+    /// thread's).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn cpu_ticks(&self) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let stat = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))?;
+        Ok(stat.map(|stat| stat.utime + stat.stime))
+    }
+
+    /// Its status as ptrace cares about it (`/proc/PID/status`: for a
+    /// process, its main thread's).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn status(&self) -> io::Result<Option<ThreadStatus>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| thread_status(&status, pid)))
+    }
+
+    /// Thread `tid`'s status (`/proc/PID/task/TID/status`).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_status(&self, tid: Pid) -> io::Result<Option<ThreadStatus>> {
+        let what = format_args!("/proc/{}/task/{tid}/status", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
+            return Ok(None);
+        };
+        Ok(unless_gone(task.status(), what)?.map(|status| thread_status(&status, self.pid)))
+    }
+
+    /// Its `/proc/PID` directory, opened once (for the other modules of
+    /// this crate).
+    pub(crate) fn dir(&self) -> &Process {
+        &self.dir
+    }
+
+    /// Where thread `tid` is (`/proc/PID/task/TID/syscall`; reading it needs
+    /// the right to ptrace the process).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_syscall(&self, tid: Pid) -> io::Result<Option<Syscall>> {
+        let what = format_args!("/proc/{}/task/{tid}/syscall", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
+            return Ok(None);
+        };
+        Ok(
+            unless_gone(task.syscall(), what)?.map(|syscall| match syscall {
+                procfs::process::Syscall::Blocked { syscall_number, .. } if syscall_number < 0 => {
+                    Syscall::User
+                }
+                procfs::process::Syscall::Blocked { syscall_number, .. } => {
+                    Syscall::In(syscall_number)
+                }
+                _ => Syscall::Running,
+            }),
+        )
+    }
+
+    /// The ids of its threads (`/proc/PID/task`), the main thread's
+    /// included, in the order `/proc` lists them.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read; a process that is gone has none.
+    pub fn threads(&self) -> io::Result<Vec<Pid>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
+            return Ok(Vec::new());
+        };
+        Ok(tasks
+            .filter_map(|task| task.ok())
+            .filter_map(|task| u32::try_from(task.tid).ok().and_then(Pid::new))
+            .collect())
+    }
+
+    /// The children of every thread of it (`/proc/PID/task/TID/children`),
+    /// in no particular order; `Ok(None)` when the kernel has no such files
+    /// (built without `CONFIG_PROC_CHILDREN`). A process that is gone has
+    /// none.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn children(&self) -> io::Result<Option<Vec<Pid>>> {
+        let what = format_args!("/proc/{}/task", self.pid);
+        let Some(tasks) = unless_gone(self.dir.tasks(), what)? else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut children = Vec::new();
+        let mut read_one = false;
+        for task in tasks.filter_map(|task| task.ok()) {
+            match task.children() {
+                Ok(pids) => {
+                    read_one = true;
+                    children.extend(pids.into_iter().filter_map(Pid::new));
+                }
+                // A thread that exited meanwhile, or no such file at all.
+                Err(err) if crate::error::is_gone(&err) => {}
+                Err(err) => return Err(crate::error::to_io(err, what)),
+            }
+        }
+        // Not one thread's file could be read, yet the process is there:
+        // the kernel has none.
+        if !read_one && self.identity()?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(children))
+    }
+
+    /// Thread `tid`'s name (`/proc/PID/task/TID/comm`), if it can be read.
+    pub fn thread_name(&self, tid: u64) -> Option<String> {
+        let task = self.dir.task_from_tid(i32::try_from(tid).ok()?).ok()?;
+        let mut name: String = task.read::<_, Comm>("comm").ok()?.0;
+        if name.ends_with('\n') {
+            name.pop();
+        }
+        Some(name)
+    }
+
+    /// Its memory map (`/proc/PID/maps`), in address order.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read: [`NotFound`](io::ErrorKind::NotFound) for a
+    /// process that is gone, [`PermissionDenied`](io::ErrorKind::PermissionDenied)
+    /// without the right to ptrace it.
+    pub fn maps(&self) -> io::Result<Vec<Mapping>> {
+        let pid = self.pid;
+        let maps = unless_gone(self.dir.maps(), format_args!("/proc/{pid}/maps"))?
+            .ok_or_else(|| no_such_process(pid))?;
+        Ok(maps.into_iter().map(Mapping::from).collect())
+    }
+
+    /// The value of `key` in its auxiliary vector (`/proc/PID/auxv`), for
+    /// instance `AT_SYSINFO_EHDR` (33), the vDSO's address.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read.
+    pub fn auxv(&self, key: u64) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let auxv = unless_gone(self.dir.auxv(), format_args!("/proc/{pid}/auxv"))?;
+        Ok(auxv.and_then(|auxv| auxv.get(&key).copied()))
+    }
+
+    /// The program it runs (`/proc/PID/exe`).
+    ///
+    /// # Errors
+    ///
+    /// When the link cannot be read (a kernel thread has none; another
+    /// user's process needs the right to ptrace it).
+    pub fn exe(&self) -> io::Result<PathBuf> {
+        let pid = self.pid;
+        unless_gone(self.dir.exe(), format_args!("/proc/{pid}/exe"))?
+            .ok_or_else(|| no_such_process(pid))
+    }
+
+    /// Its file-system user id (the fourth `Uid:` field of
+    /// `/proc/PID/status`): whose files it opens as; `None` once gone.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn fs_uid(&self) -> io::Result<Option<u32>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| status.fuid))
+    }
+
+    /// Its environment (`/proc/PID/environ`) as `NAME=value` entries, and its
+    /// command line (`/proc/PID/cmdline`), as raw bytes; empty for what
+    /// cannot be read (a kernel thread, a zombie, another user's process).
+    pub fn environ_and_cmdline(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let read = |name: &str| {
+            let bytes = std::fs::read(format!("/proc/{}/{name}", self.pid)).unwrap_or_default();
+            bytes
+                .split(|&b| b == 0)
+                .filter(|entry| !entry.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        (read("environ"), read("cmdline"))
+    }
+
+    /// Its effective capabilities (`CapEff` in `/proc/PID/status`), as a
+    /// bit set: bit 19 is `CAP_SYS_PTRACE`.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn capabilities(&self) -> io::Result<Option<u64>> {
+        let pid = self.pid;
+        let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
+        Ok(status.map(|status| status.capeff))
+    }
+}
+
+/// The process a `Tgid` names; `fallback` if it is not a pid.
+fn tgid(tgid: i32, fallback: Pid) -> Pid {
+    u32::try_from(tgid)
+        .ok()
+        .and_then(Pid::new)
+        .unwrap_or(fallback)
+}
+
+fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {
+    ThreadStatus {
+        state: ProcessState::from_code(status.state.chars().next().unwrap_or('?')),
+        process: tgid(status.tgid, pid),
+        threads: status.threads,
+        tracer: u32::try_from(status.tracerpid).ok().and_then(Pid::new),
+        seccomp: status.seccomp.unwrap_or(0),
+        pending: status.sigpnd,
+    }
+}
+
+/// The whole of a `comm` file.
+struct Comm(String);
+
+impl procfs::FromRead for Comm {
+    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
+        let mut text = String::new();
+        read.read_to_string(&mut text)?;
+        Ok(Comm(text))
+    }
+}
+
+/// Linux's process table, read from `/proc`: the [`Processes`] the
+/// controller asks about clients and targets.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Pid, Processes};
+/// use heli_proc::ProcFs;
+///
+/// let me = ProcFs.identity(Pid::this())?.unwrap();
+/// assert!(ProcFs.is_running(me));
+/// assert!(ProcFs.is_self_or_descendant(Pid::this(), me)?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcFs;
+
+impl Processes for ProcFs {
+    fn process(&self, pid: Pid) -> io::Result<Option<ProcessInfo>> {
+        match Proc::open(pid)? {
+            Some(proc) => proc.info(),
+            None => Ok(None),
+        }
+    }
+
+    /// One read of `/proc/PID/stat`.
+    fn identity(&self, pid: Pid) -> io::Result<Option<ProcessId>> {
+        match Proc::open(pid)? {
+            Some(proc) => proc.identity(),
+            None => Ok(None),
+        }
+    }
+
+    fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
+        crate::is_frozen(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_environment_command_line_and_file_system_user() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("HELI_PROC_TEST", "a value")
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        // Until the child's execve is done, it shows its parent's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (environ, cmdline) = loop {
+            let (environ, cmdline) = proc.environ_and_cmdline();
+            // The new environment is set last in execve.
+            if environ.iter().any(|var| var == b"HELI_PROC_TEST=a value")
+                || std::time::Instant::now() > deadline
+            {
+                break (environ, cmdline);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(environ.iter().any(|var| var == b"HELI_PROC_TEST=a value"));
+        assert_eq!(cmdline, [b"sleep".to_vec(), b"30".to_vec()]);
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(proc.fs_uid().unwrap(), Some(me));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(proc.fs_uid().unwrap(), None);
+        assert_eq!(proc.environ_and_cmdline(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_zombie_is_gone_but_still_has_facts() {
+        // `cat` runs until its input closes.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let id = ProcFs.identity(pid).unwrap().unwrap();
+        assert!(ProcFs.is_running(id));
+        drop(child.stdin.take());
+        // Exited, not yet reaped: a zombie, waitable still.
+        let raw = nix::unistd::Pid::from_raw(child.id() as i32);
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        nix::sys::wait::waitid(nix::sys::wait::Id::Pid(raw), flags).unwrap();
+        assert!(!ProcFs.is_running(id));
+        assert_eq!(ProcFs.identity(pid).unwrap(), None);
+        let info = ProcFs.process(pid).unwrap().unwrap();
+        assert_eq!(info.state, ProcessState::Zombie);
+        assert_eq!((info.id, info.parent), (id, Some(Pid::this())));
+        child.wait().unwrap();
+        assert_eq!(ProcFs.process(pid).unwrap(), None);
+        assert!(Proc::open(pid).unwrap().is_none());
+        assert_eq!(
+            Proc::open_existing(pid).unwrap_err().to_string(),
+            format!("no process with PID {pid}")
+        );
+    }
+
+    #[test]
+    fn knows_this_process_and_its_threads() {
+        let me = Proc::open_existing(Pid::this()).unwrap();
+        let info = me.info().unwrap().unwrap();
+        assert_eq!(info.id, me.identity().unwrap().unwrap());
+        assert_eq!(info.parent, Pid::new(std::os::unix::process::parent_id()));
+        assert_eq!(info.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(info.euid, nix::unistd::geteuid().as_raw());
+        assert!(!info.kernel_thread);
+        let status = me.status().unwrap().unwrap();
+        assert_eq!((status.process, status.tracer), (Pid::this(), None));
+        assert_eq!(status.threads as usize, me.threads().unwrap().len());
+        // A thread of ours: its own pid, its process ours.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            done.recv().ok();
+        });
+        let tid = Pid::new(rx.recv().unwrap()).unwrap();
+        let thread_info = ProcFs.process(tid).unwrap().unwrap();
+        assert_eq!(thread_info.process, Pid::this());
+        assert_ne!(thread_info.id.pid, Pid::this());
+        assert!(me.threads().unwrap().contains(&tid));
+        assert_eq!(me.thread_status(tid).unwrap().unwrap().process, Pid::this());
+        assert!(matches!(
+            me.thread_syscall(tid).unwrap(),
+            Some(Syscall::In(_) | Syscall::Running)
+        ));
+        drop(done_tx);
+        thread.join().unwrap();
+        // Kernel threads are told apart (kthreadd is PID 2 outside containers).
+        if let Some(kthreadd) = ProcFs.process(Pid::new(2).unwrap()).unwrap() {
+            if kthreadd.parent.is_none() {
+                assert!(kthreadd.kernel_thread);
+            }
+        }
+        assert!(me.capabilities().unwrap().is_some());
+    }
+}

@@ -1,0 +1,361 @@
+//! `attach`: where attaching is impossible, getting the grant, running pdb
+//! (or the `--with` tool) on this terminal while holding it, and explaining
+//! a debugger's failure.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::core::{Client, Pid, Processes, Transport};
+use crate::grant::{kill_with_parent, PtraceScope};
+use crate::proc::{Proc, ProcFs};
+
+use super::exit::{ClientExit, Failure};
+use super::python::{configured_python, is_python_name, Python};
+use super::render::Paint;
+use super::tool::{tool_name, Tool};
+
+/// What pdb prints when the target runs with remote debugging disabled.
+const REMOTE_DEBUG_DISABLED: &str = "Remote debugging is not enabled";
+
+/// What running a debugger needs besides the client.
+#[derive(Debug)]
+pub(crate) struct Debugging {
+    /// `--python`: the Python for pdb when the target's is not 3.14+.
+    python: Option<PathBuf>,
+    /// Cleared while a debugger runs: Ctrl-C is then the debugger's, not ours.
+    at_prompt: Arc<AtomicBool>,
+    out: Paint,
+}
+
+/// The debugger an `attach` runs.
+enum Debugger {
+    Pdb(Python),
+    /// `--with`: the command line, `{pid}` replaced.
+    Tool(Vec<String>),
+}
+
+impl Debugging {
+    /// Ready to run debuggers: SIGINT ends the client only while no
+    /// debugger runs.
+    pub(crate) fn new(python: Option<PathBuf>, out: Paint) -> std::io::Result<Debugging> {
+        let at_prompt = Arc::new(AtomicBool::new(true));
+        sigint_at_prompt_only(&at_prompt)?;
+        Ok(Debugging {
+            python,
+            at_prompt,
+            out,
+        })
+    }
+
+    /// Asks for the grant on a connection kept open while the debugger
+    /// runs: with the socket transport the grant ends when that connection
+    /// closes, even if this client is killed.
+    pub(crate) fn attach<T: Transport>(
+        &self,
+        client: &Client<T>,
+        force: bool,
+        with: Option<&str>,
+    ) -> Result<(), Failure> {
+        let scope = PtraceScope::current().unwrap_or(PtraceScope::Restricted);
+        check_scope(scope)?;
+        let tool = with.map(Tool::parse).transpose()?;
+        let mut session = client.session()?;
+        let target = session.target_pid()?;
+        // Everything the debugger needs is checked before the grant.
+        let debugger = match tool {
+            Some(tool) => Debugger::Tool(tool.resolve(target)?),
+            None => Debugger::Pdb(self.pdb_python(target)?),
+        };
+        let me = Pid::this();
+        println!("Requesting ptrace permission for client PID {me}...");
+        if force {
+            session.take_over(me)?;
+        } else {
+            session.grant_access(me)?;
+        }
+        println!("{}", self.out.good("✅ Permission granted"));
+        let result = self.debug(&debugger, target, scope);
+        // The grant is no longer needed once the debugger is gone.
+        if let Err(err) = session.revoke(me) {
+            println!("Note: the grant was not withdrawn: {err}");
+        }
+        result
+    }
+
+    fn debug(&self, debugger: &Debugger, target: Pid, scope: PtraceScope) -> Result<(), Failure> {
+        println!();
+        let (mut command, name) = match debugger {
+            Debugger::Pdb(python) => {
+                println!("Attaching pdb to target PID {target}...");
+                println!("Type pdb commands (list, next, print, etc.) or 'quit' to detach");
+                let mut command = Command::new(&python.exe);
+                command.args(["-m", "pdb", "-p", &target.to_string()]);
+                (command, "pdb".to_owned())
+            }
+            Debugger::Tool(argv) => {
+                let shown = shlex::try_join(argv.iter().map(String::as_str))
+                    .unwrap_or_else(|_| argv.join(" "));
+                println!("Running {shown} on target PID {target}...");
+                let mut command = Command::new(&argv[0]);
+                command.args(&argv[1..]);
+                (command, tool_name(&argv[0]))
+            }
+        };
+        // A killed client takes its debugger along: an orphaned pdb would
+        // hold the target stopped, and be stopped itself by the shell.
+        kill_with_parent(&mut command);
+        println!();
+        let _ = std::io::stdout().flush();
+        self.at_prompt.store(false, Ordering::SeqCst);
+        // pdb's errors go through us on their way to the terminal, to
+        // recognise the ones we can explain.
+        let scan = matches!(debugger, Debugger::Pdb(_));
+        let result = run_on_terminal(&mut command, scan);
+        self.at_prompt.store(true, Ordering::SeqCst);
+        let (status, remote_debug_disabled) = result.map_err(|err| {
+            Failure::new(
+                ClientExit::for_debugger_start(&err),
+                format!("cannot run {name}: {err}"),
+            )
+        })?;
+        println!();
+        match debugger {
+            Debugger::Pdb(_) => println!("Debugger detached"),
+            Debugger::Tool(_) => println!("{name} exited"),
+        }
+        if status.success() {
+            return Ok(());
+        }
+        if remote_debug_disabled {
+            return Err(Failure::new(
+                ClientExit::Impossible,
+                format!(
+                    "Remote debugging is disabled in the target (PID {target}): it was started with \
+                     PYTHON_DISABLE_REMOTE_DEBUG set or with -X disable-remote-debug (or its Python \
+                     was built --without-remote-debug), so pdb -p cannot attach.\n\
+                     Restart the target without them, or use a tool that needs no help from it: \
+                     attach --with 'gdb -p {{pid}}' or attach --with 'py-spy dump --pid {{pid}}'."
+                ),
+            ));
+        }
+        if ProcFs.identity(target).ok().flatten().is_none() {
+            return Err(Failure::new(
+                ClientExit::Failed,
+                format!(
+                    "The target (PID {target}) exited: nothing to attach to. \
+                     `status` shows what the controller is doing."
+                ),
+            ));
+        }
+        let mut message = format!("{name} exited with {status}.");
+        if scope != PtraceScope::NoYama {
+            message.push_str(&format!(
+                "\nIf it said permission denied: ptrace_scope is {scope}: {}.",
+                scope.explain()
+            ));
+        }
+        Err(Failure::new(ClientExit::Failed, message))
+    }
+
+    /// The target's own interpreter when it is Python 3.14+, else the
+    /// configured one.
+    fn pdb_python(&self, target: Pid) -> Result<Python, Failure> {
+        let own = Proc::open(target)
+            .ok()
+            .flatten()
+            .and_then(|process| process.exe().ok());
+        if let Some(exe) = own.filter(|exe| is_python_name(exe)) {
+            let python = Python::at(exe);
+            if python.is_supported() {
+                return Ok(python);
+            }
+        }
+        match configured_python(self.python.as_deref()) {
+            Some(python) if python.is_supported() => Ok(python),
+            found => Err(Failure::new(
+                ClientExit::Impossible,
+                format!(
+                    "Python 3.14+ required to run pdb -p (found: {}).\n\
+                     Install it (scripts/install-python314.sh) and pass --python or set HELI_PYTHON, \
+                     or use another debugger: attach --with 'gdb -p {{pid}}'",
+                    found.map_or_else(|| "none".to_owned(), |p| p.describe())
+                ),
+            )),
+        }
+    }
+}
+
+/// Refuses early where no grant can help.
+pub(crate) fn check_scope(scope: PtraceScope) -> Result<(), Failure> {
+    scope_allows(scope, has_cap_sys_ptrace())
+}
+
+/// Whether a process with (or without) `CAP_SYS_PTRACE` may attach under
+/// `scope` once granted; if not, why.
+pub(crate) fn scope_allows(scope: PtraceScope, cap_sys_ptrace: bool) -> Result<(), Failure> {
+    match scope {
+        PtraceScope::NoAttach => Err(Failure::new(
+            ClientExit::Impossible,
+            format!(
+                "Cannot attach: {}.\nOnly a reboot (with a lower kernel.yama.ptrace_scope) lifts it.",
+                scope.explain()
+            ),
+        )),
+        PtraceScope::AdminOnly if !cap_sys_ptrace => Err(Failure::new(
+            ClientExit::Impossible,
+            format!(
+                "Cannot attach: {}.\nAs root: sysctl kernel.yama.ptrace_scope=1 (heli grants access at scope 1).",
+                scope.explain()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether this process has CAP_SYS_PTRACE in its effective set.
+pub(crate) fn has_cap_sys_ptrace() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    Proc::open(Pid::this())
+        .ok()
+        .flatten()
+        .and_then(|me| me.capabilities().ok().flatten())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// SIGINT keeps its default action (end the client) while `at_prompt` is
+/// set; while a debugger runs it is cleared, and Ctrl-C belongs to the
+/// debugger, which shares our terminal. (At the line editor's prompt the
+/// terminal is in raw mode: Ctrl-C arrives as a key and clears the line.)
+fn sigint_at_prompt_only(at_prompt: &Arc<AtomicBool>) -> std::io::Result<()> {
+    signal_hook::flag::register_conditional_default(
+        signal_hook::consts::SIGINT,
+        at_prompt.clone(),
+    )?;
+    Ok(())
+}
+
+/// Runs `command` on this terminal and waits for it. With `scan`, its
+/// standard error is copied to ours and searched for
+/// [`REMOTE_DEBUG_DISABLED`]; returns the exit status and whether it was
+/// found.
+fn run_on_terminal(command: &mut Command, scan: bool) -> std::io::Result<(ExitStatus, bool)> {
+    if !scan {
+        return Ok((command.status()?, false));
+    }
+    let mut child = command.stderr(Stdio::piped()).spawn()?;
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let copier = std::thread::spawn(move || {
+        const KEEP: usize = 64 * 1024;
+        let mut seen = Vec::new();
+        let mut buffer = [0; 4096];
+        let mut stderr = std::io::stderr();
+        loop {
+            match pipe.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let _ = stderr.write_all(&buffer[..n]);
+                    seen.extend_from_slice(&buffer[..n]);
+                    if seen.len() > 2 * KEEP {
+                        seen.drain(..seen.len() - KEEP);
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&seen).contains(REMOTE_DEBUG_DISABLED)
+    });
+    let status = child.wait()?;
+    Ok((status, copier.join().unwrap_or(false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_where_a_grant_helps() {
+        for scope in [
+            PtraceScope::NoYama,
+            PtraceScope::Classic,
+            PtraceScope::Restricted,
+        ] {
+            for cap in [false, true] {
+                assert!(scope_allows(scope, cap).is_ok(), "{scope:?} {cap}");
+            }
+        }
+        assert!(scope_allows(PtraceScope::AdminOnly, true).is_ok());
+    }
+
+    /// At `scope`, with the capability or not (`cap`), attaching is
+    /// impossible: the message explains the scope, then gives `advice`.
+    fn assert_impossible(scope: PtraceScope, cap: bool, advice: &str) {
+        let failure = scope_allows(scope, cap).unwrap_err();
+        assert_eq!(failure.exit, ClientExit::Impossible);
+        let explained = format!("Cannot attach: {}.\n{advice}", scope.explain());
+        assert_eq!(failure.message, explained);
+    }
+
+    #[test]
+    fn admin_only_without_the_capability_is_impossible() {
+        assert_impossible(
+            PtraceScope::AdminOnly,
+            false,
+            "As root: sysctl kernel.yama.ptrace_scope=1 (heli grants access at scope 1).",
+        );
+    }
+
+    #[test]
+    fn no_attach_is_impossible_even_with_the_capability() {
+        for cap in [false, true] {
+            assert_impossible(
+                PtraceScope::NoAttach,
+                cap,
+                "Only a reboot (with a lower kernel.yama.ptrace_scope) lifts it.",
+            );
+        }
+    }
+
+    #[test]
+    fn check_scope_asks_this_process_for_the_capability() {
+        assert_eq!(
+            check_scope(PtraceScope::AdminOnly).is_ok(),
+            has_cap_sys_ptrace()
+        );
+        assert!(check_scope(PtraceScope::NoAttach).is_err());
+        assert!(check_scope(PtraceScope::Restricted).is_ok());
+    }
+
+    #[test]
+    fn pdb_refusing_remote_debugging_is_recognised() {
+        let mut pdb = Command::new("sh");
+        pdb.args([
+            "-c",
+            &format!("echo 'Error: {REMOTE_DEBUG_DISABLED} in PID 1' >&2; exit 1"),
+        ]);
+        let (status, disabled) = run_on_terminal(&mut pdb, true).unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert!(disabled);
+        let mut other = Command::new("sh");
+        other.args(["-c", "echo 'Permission denied' >&2; exit 1"]);
+        let (status, disabled) = run_on_terminal(&mut other, true).unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert!(!disabled);
+        // Without scanning, standard error is the terminal's alone.
+        let mut tool = Command::new("sh");
+        tool.args(["-c", &format!("echo '{REMOTE_DEBUG_DISABLED}' >&2; exit 3")]);
+        let (status, disabled) = run_on_terminal(&mut tool, false).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(!disabled);
+    }
+
+    #[test]
+    fn a_debugger_that_is_not_there_makes_attaching_impossible() {
+        let mut missing = Command::new("/nonexistent/heli-debugger");
+        let err = run_on_terminal(&mut missing, true).unwrap_err();
+        assert_eq!(ClientExit::for_debugger_start(&err), ClientExit::Impossible);
+    }
+}

@@ -1,0 +1,440 @@
+//! The client program: asks the controller for ptrace rights over its target
+//! and attaches pdb (or another ptrace tool) to it; or shows the target's
+//! status, PID or Python stacks, lists the sessions, ends the target.
+//!
+//! ```text
+//! cargo run --example client                # interactive: attach, status, quit, help
+//! cargo run --example client -- attach      # one command, then exit
+//! cargo run --example client -- attach --with 'gdb -p {pid}'
+//! cargo run --example client -- --list      # the running sessions (--json for scripts)
+//! ```
+//!
+//! Its exit statuses are [`ClientExit`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::core::{Client, Transport};
+use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
+
+use super::attach::Debugging;
+use super::command::Cmd;
+use super::exit::{ClientExit, Failure, START_HINT};
+use super::render::{self, Listed, Paint};
+use super::repl;
+use super::transport::TransportKind;
+
+/// Attaches pdb, or any ptrace tool, to the target of a running heli
+/// controller.
+///
+/// Without a command, reads commands at a `>>> ` prompt (line editing,
+/// history, Tab completion). Exit status: 0 on success, 1 when the
+/// controller refused or the debugger failed, 2 for bad usage (or several
+/// sessions and no --session), 3 when no controller runs, 4 on timeout, 5
+/// when attaching is impossible here (ptrace_scope, no Python 3.14, the
+/// debugger not installed, remote debugging disabled in the target).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// How to reach the controller
+    #[arg(long, value_enum, default_value_t = TransportKind::Socket, global = true)]
+    transport: TransportKind,
+
+    /// The session to talk to (socket transport) [default: the only one
+    /// running]
+    #[arg(long, value_name = "NAME", global = true)]
+    session: Option<String>,
+
+    /// List the running sessions and exit
+    #[arg(long)]
+    list: bool,
+
+    /// Print `status` or `--list` as JSON, for scripts
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Directory of the named pipes (fifo transport) [default:
+    /// /tmp/heliparent_debug/user_<name>]
+    #[arg(long, value_name = "DIR", global = true)]
+    fifo_dir: Option<PathBuf>,
+
+    /// Seconds to wait for each reply of the controller
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, global = true)]
+    timeout: f64,
+
+    /// Python 3.14+ to run pdb with, when the target's own interpreter is not
+    /// one [default: $HELI_PYTHON, else python3.14, else python3]
+    #[arg(long, value_name = "PATH", global = true)]
+    python: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+/// The client program, as `cargo run --example client` runs it: logs
+/// warnings to stderr (`RUST_LOG` changes that), then
+/// [`run_with_args`] with this process's arguments.
+///
+/// # Panics
+///
+/// If a logger is already set.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    run_with_args(std::env::args_os()).into()
+}
+
+/// Runs the client with a command line (the program's name first), talks
+/// to the controller and the terminal, prints a failure to stderr, and
+/// says how to exit.
+pub fn run_with_args<I, T>(args: I) -> ClientExit
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(err) => {
+            let _ = err.print();
+            return ClientExit::for_clap(&err);
+        }
+    };
+    let result = check(&args).and_then(|()| {
+        if args.list {
+            list_sessions(&args)
+        } else {
+            match args.transport {
+                TransportKind::Fifo => fifo_transport(&args).and_then(|t| run(t, &args)),
+                TransportKind::Socket => socket_transport(&args).and_then(|t| run(t, &args)),
+            }
+        }
+    });
+    match result {
+        Ok(exit) => exit,
+        Err(failure) => {
+            eprintln!(
+                "{}",
+                Paint::stderr().bad(&format!("❌ {}", failure.message))
+            );
+            failure.exit
+        }
+    }
+}
+
+/// The longest `--timeout`: an hour.
+const MAX_TIMEOUT: f64 = 3600.0;
+
+/// What clap cannot check: a usable `--timeout`, `--json` where it means
+/// something.
+fn check(args: &Args) -> Result<(), Failure> {
+    if !(args.timeout > 0.0 && args.timeout <= MAX_TIMEOUT) {
+        Err(Failure::new(
+            ClientExit::Usage,
+            format!("--timeout must be a number of seconds above 0, at most {MAX_TIMEOUT}"),
+        ))
+    } else if args.json && !args.list && args.command != Some(Cmd::Status) {
+        Err(Failure::new(
+            ClientExit::Usage,
+            "--json goes with status or --list",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn fifo_transport(args: &Args) -> Result<FifoTransport, Failure> {
+    Ok(match &args.fifo_dir {
+        Some(dir) => FifoTransport::new(dir),
+        None => FifoTransport::for_current_user()?,
+    })
+}
+
+/// The session named by `--session`, else the only live one.
+fn socket_transport(args: &Args) -> Result<UnixSocketTransport, Failure> {
+    if let Some(name) = &args.session {
+        return Ok(UnixSocketTransport::session(name)?);
+    }
+    let live: Vec<_> = UnixSocketTransport::sessions()?
+        .into_iter()
+        .filter(|entry| entry.state == SessionState::Live)
+        .collect();
+    match live.as_slice() {
+        [] => Err(Failure::new(
+            ClientExit::NotRunning,
+            format!(
+                "Controller not running: no heli session in {}{START_HINT}\n\
+                 (as the same user and with the same XDG_RUNTIME_DIR; \
+                 a controller started with --transport fifo needs it here too)",
+                UnixSocketTransport::runtime_dir()?.display()
+            ),
+        )),
+        [only] => Ok(only.transport()),
+        several => Err(Failure::new(
+            ClientExit::Usage,
+            format!(
+                "Several sessions are running ({}): choose one with --session NAME (see client --list)",
+                several.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+fn run<T: Transport>(transport: T, args: &Args) -> Result<ClientExit, Failure> {
+    let app = App::new(transport, args)?;
+    Ok(match &args.command {
+        Some(command) => {
+            app.execute(command, args.json)?;
+            ClientExit::Success
+        }
+        None => repl::interactive(|command, json| app.execute(command, json), app.out),
+    })
+}
+
+/// `--list`: every session of the user, with what its controller says.
+fn list_sessions(args: &Args) -> Result<ClientExit, Failure> {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut listed = Vec::new();
+    for entry in UnixSocketTransport::sessions()? {
+        match &entry.state {
+            SessionState::Live => listed.push(Listed {
+                answer: Client::new(entry.transport())
+                    .timeout(timeout)
+                    .status()
+                    .map_err(|err| err.to_string()),
+                name: entry.name.clone(),
+                socket: entry.path.display().to_string(),
+            }),
+            SessionState::Dead => {
+                eprintln!(
+                    "removed the stale socket of session {} (its controller died)",
+                    entry.name
+                )
+            }
+            SessionState::Foreign(why) => eprintln!("ignored {}: {why}", entry.path.display()),
+            _ => {}
+        }
+    }
+    if args.json {
+        print!("{}", render::list_json_text(&listed));
+    } else if listed.is_empty() {
+        print!(
+            "{}",
+            render::no_sessions(&UnixSocketTransport::runtime_dir()?)
+        );
+    } else {
+        print!("{}", render::list_table(&listed, Paint::stdout()));
+    }
+    Ok(ClientExit::Success)
+}
+
+/// A client of one controller, and how it runs debuggers.
+struct App<T> {
+    client: Client<T>,
+    debugging: Debugging,
+    out: Paint,
+}
+
+impl<T: Transport> App<T> {
+    fn new(transport: T, args: &Args) -> Result<App<T>, Failure> {
+        let out = Paint::stdout();
+        Ok(App {
+            debugging: Debugging::new(args.python.clone(), out)?,
+            client: Client::new(transport).timeout(Duration::from_secs_f64(args.timeout)),
+            out,
+        })
+    }
+
+    fn execute(&self, command: &Cmd, json: bool) -> Result<(), Failure> {
+        match command {
+            Cmd::Attach { force, with } => {
+                self.debugging.attach(&self.client, *force, with.as_deref())
+            }
+            Cmd::Pid => {
+                println!("{}", self.client.target_pid()?);
+                Ok(())
+            }
+            Cmd::Stack => {
+                print!("{}", render::stack_text(&self.client.stack()?));
+                Ok(())
+            }
+            Cmd::Status => {
+                let status = self.client.status()?;
+                if json {
+                    print!("{}", render::status_json_text(&status));
+                } else {
+                    print!("{}", render::status_text(&status, self.out));
+                }
+                Ok(())
+            }
+            Cmd::Revoke => {
+                self.client.revoke(crate::core::Pid::this())?;
+                println!("{}", self.out.good("✅ Permission withdrawn"));
+                Ok(())
+            }
+            Cmd::Terminate => {
+                self.client.terminate()?;
+                println!("Controller is stopping the target and exiting");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from([&["client"], args].concat()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn usage(args: &[&str]) -> String {
+        check(&parse(args)).map_or_else(
+            |failure| {
+                assert_eq!(failure.exit, ClientExit::Usage, "{args:?}");
+                failure.message
+            },
+            |()| panic!("{args:?} passed"),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]);
+        assert_eq!(args.transport, TransportKind::Socket);
+        assert_eq!(args.session, None);
+        assert!(!args.list);
+        assert!(!args.json);
+        assert_eq!(args.fifo_dir, None);
+        assert_eq!(args.timeout, 2.0);
+        assert_eq!(args.python, None);
+        assert_eq!(args.command, None);
+        assert!(check(&args).is_ok());
+    }
+
+    #[test]
+    fn commands_and_their_options() {
+        assert_eq!(parse(&["pid"]).command, Some(Cmd::Pid));
+        assert_eq!(parse(&["stack"]).command, Some(Cmd::Stack));
+        assert_eq!(parse(&["revoke"]).command, Some(Cmd::Revoke));
+        assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
+        assert_eq!(
+            parse(&["attach"]).command,
+            Some(Cmd::Attach {
+                force: false,
+                with: None
+            })
+        );
+        assert_eq!(
+            parse(&["attach", "--force", "--with", "gdb -p {pid}"]).command,
+            Some(Cmd::Attach {
+                force: true,
+                with: Some("gdb -p {pid}".into())
+            })
+        );
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let options = [
+            "--transport",
+            "fifo",
+            "--fifo-dir",
+            "/d",
+            "--timeout",
+            "0.5",
+        ];
+        for args in [
+            [&options[..], &["status"]].concat(),
+            [&["status"][..], &options].concat(),
+        ] {
+            let args = parse(&args);
+            assert_eq!(args.transport, TransportKind::Fifo);
+            assert_eq!(args.fifo_dir, Some(PathBuf::from("/d")));
+            assert_eq!(args.timeout, 0.5);
+            assert_eq!(args.command, Some(Cmd::Status));
+        }
+        let args = parse(&[
+            "pid",
+            "--session",
+            "web-1",
+            "--python",
+            "/usr/bin/python3.14",
+        ]);
+        assert_eq!(args.session.as_deref(), Some("web-1"));
+        assert_eq!(args.python, Some(PathBuf::from("/usr/bin/python3.14")));
+    }
+
+    #[test]
+    fn json_only_with_status_or_list() {
+        for args in [
+            &["--json", "status"][..],
+            &["status", "--json"],
+            &["--list", "--json"],
+            &["--json", "--list"],
+        ] {
+            assert!(check(&parse(args)).is_ok(), "{args:?}");
+        }
+        for args in [&["--json"][..], &["--json", "pid"], &["attach", "--json"]] {
+            assert_eq!(usage(args), "--json goes with status or --list");
+        }
+    }
+
+    #[test]
+    fn timeout_must_be_a_positive_number() {
+        for timeout in ["0", "-1", "inf", "NaN", "-0.5", "1e12", "3601"] {
+            assert_eq!(
+                usage(&[&format!("--timeout={timeout}"), "pid"]),
+                "--timeout must be a number of seconds above 0, at most 3600",
+                "{timeout}"
+            );
+        }
+        for timeout in ["0.001", "3600"] {
+            assert!(check(&parse(&["--timeout", timeout, "pid"])).is_ok());
+        }
+        let err = Args::try_parse_from(["client", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage);
+    }
+
+    #[test]
+    fn unknown_options_and_transports_are_usage_errors() {
+        for args in [
+            &["client", "--bogus"][..],
+            &["client", "--transport", "carrier-pigeon"],
+            &["client", "frobnicate"],
+            &["client", "pid", "12"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bad_usage_exits_2_before_any_connection() {
+        assert_eq!(
+            run_with_args(["client", "--json", "pid"]),
+            ClientExit::Usage
+        );
+        assert_eq!(
+            run_with_args(["client", "--timeout", "0", "status"]),
+            ClientExit::Usage
+        );
+        assert_eq!(run_with_args(["client", "--bogus"]), ClientExit::Usage);
+    }
+
+    #[test]
+    fn no_controller_exits_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo_dir = dir.path().join("pipes");
+        let args = ["client", "--transport", "fifo", "--fifo-dir"];
+        let exit = run_with_args(
+            args.iter()
+                .map(OsString::from)
+                .chain([fifo_dir.into_os_string(), "pid".into()]),
+        );
+        assert_eq!(exit, ClientExit::NotRunning);
+    }
+}

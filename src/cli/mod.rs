@@ -1,0 +1,28 @@
+//! The `controller` and `client` programs, for `cargo run --example
+//! controller` and `cargo run --example client` (or a `main.rs` of your
+//! own): their options, output and exit statuses. Needs the `cli` feature
+//! (on by default); without it the facade is the three crates alone, and
+//! clap, rustyline and the programs' other dependencies are not built.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     heli::cli::client::main()
+//! }
+//! ```
+//!
+//! What scripts may rely on: the exit statuses ([`ClientExit`],
+//! [`ControllerExit`]), and the JSON of `client status --json` and
+//! `client --list --json`.
+
+mod attach;
+pub mod client;
+mod command;
+pub mod controller;
+mod exit;
+pub mod python;
+mod render;
+mod repl;
+mod tool;
+mod transport;
+
+pub use exit::{ClientExit, ControllerExit};
