@@ -65,8 +65,9 @@ struct Args {
     granter: GranterChoice,
 
     /// How the yama granter has the target call prctl: auto (ptrace
-    /// injection, else PEP 768 remote exec when the target is already
-    /// traced), ptrace, remote-exec (a CPython 3.14 target runs it itself)
+    /// injection, else PEP 768 remote exec when the target cannot be
+    /// injected into: already traced, seccomp, Syscall User Dispatch),
+    /// ptrace, remote-exec (a CPython 3.14 target runs it itself)
     #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
     grant_method: GrantMethod,
 

@@ -1,7 +1,7 @@
 //! The `controller` and `client` programs, for `cargo run --example
 //! controller` and `cargo run --example client` (or a `main.rs` of your
 //! own): their options, output and exit statuses. Needs the `cli` feature
-//! (on by default); without it the facade is the three crates alone, and
+//! (on by default); without it the facade is the four crates alone, and
 //! clap, rustyline and the programs' other dependencies are not built.
 //!
 //! ```no_run
