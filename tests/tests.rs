@@ -25,3 +25,4 @@ mod sessions;
 mod supervise;
 mod terminal;
 mod with_tool;
+mod zombie_leader;
