@@ -96,3 +96,28 @@ fn a_target_whose_main_thread_exited_is_running_and_can_be_granted() {
     assert_eq!(field(&status, "state"), Some("running"), "{status}");
     end(grantee);
 }
+
+/// The same in Python (its main thread calls `pthread_exit` through
+/// ctypes): `client stack` reads the live threads' stacks through one of
+/// them, since the main thread's own memory map is empty.
+#[test]
+fn the_stacks_of_a_python_target_whose_main_thread_exited_are_read() {
+    let _serial = serial();
+    let (_dir, script) = crate::util::temp_script(
+        "leader_exits.py",
+        "import ctypes, threading, time\n\
+         def waiting_in_a_worker():\n\
+         \x20   while True:\n\
+         \x20       time.sleep(0.05)\n\
+         threading.Thread(target=waiting_in_a_worker).start()\n\
+         ctypes.CDLL(None).pthread_exit(None)\n",
+    );
+    let controller = Controller::start_on(Kind::Socket, &[script.to_str().unwrap()]);
+    let target = controller.target_pid();
+    wait_for("the main thread to exit", Duration::from_secs(10), || {
+        thread_state(target, target) == Some('Z')
+    });
+    let (status, stdout, stderr) = controller.run_client(&["stack"]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("in waiting_in_a_worker"), "{stdout}");
+}

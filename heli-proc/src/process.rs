@@ -329,9 +329,41 @@ impl Proc {
     /// without the right to ptrace it.
     pub fn maps(&self) -> io::Result<Vec<Mapping>> {
         let pid = self.pid;
-        let maps = unless_gone(self.dir.maps(), format_args!("/proc/{pid}/maps"))?
-            .ok_or_else(|| no_such_process(pid))?;
+        let via = self.memory_thread()?;
+        let maps = if via == pid {
+            unless_gone(self.dir.maps(), format_args!("/proc/{pid}/maps"))?
+        } else {
+            // A zombie leader's own map is empty: a live thread's is the
+            // process's.
+            let what = format_args!("/proc/{pid}/task/{via}/maps");
+            let task =
+                procfs::process::Process::new_with_root(format!("/proc/{pid}/task/{via}").into());
+            match unless_gone(task, what)? {
+                Some(task) => unless_gone(task.maps(), what)?,
+                None => None,
+            }
+        }
+        .ok_or_else(|| no_such_process(pid))?;
         Ok(maps.into_iter().map(Mapping::from).collect())
+    }
+
+    /// The thread through which its memory and memory map are read: the
+    /// main thread, or, when that has exited while others run on (a
+    /// zombie leader, whose own map is empty and whose memory cannot be
+    /// read by its pid), a live thread.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn memory_thread(&self) -> io::Result<Pid> {
+        let pid = self.pid;
+        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(pid);
+        };
+        if !ProcessState::from_code(stat.state).is_gone() || stat.num_threads <= 1 {
+            return Ok(pid);
+        }
+        Ok(self.live_thread()?.map_or(pid, |(tid, _)| tid))
     }
 
     /// The value of `key` in its auxiliary vector (`/proc/PID/auxv`), for

@@ -64,7 +64,6 @@ impl PyProcess {
     /// [`FreeThreaded`](Pep768ErrorKind::FreeThreaded), and
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) or [`Io`](Pep768ErrorKind::Io).
     pub fn open(pid: Pid) -> Result<PyProcess, Pep768Error> {
-        let memory = RemoteMemory::new(pid.get());
         let no_such_process = || {
             Pep768Error::new(
                 Pep768ErrorKind::NoSuchProcess,
@@ -74,6 +73,11 @@ impl PyProcess {
         let process = Proc::open(pid)
             .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
             .ok_or_else(no_such_process)?;
+        // Through a live thread when the main one has exited.
+        let via = process
+            .memory_thread()
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?;
+        let memory = RemoteMemory::new(via.get());
         let maps = process.maps().map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => no_such_process(),
             io::ErrorKind::PermissionDenied => {
