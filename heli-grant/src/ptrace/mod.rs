@@ -93,8 +93,9 @@
 //! A thread that dies while it holds the call's registers is reported as
 //! such, never retried: the call may have run, or killed it.
 //!
-//! `inject.rs` runs the attempts ([`SyscallInjector`]) on a tracer thread
-//! (`tracer.rs`), and hands the report to its caller (`handoff.rs`); it
+//! `inject.rs` is the face ([`SyscallInjector`]); `job.rs` runs the
+//! attempts on a tracer thread (`tracer.rs`), and hands the report to its
+//! caller (`handoff.rs`); it
 //! asks `thread.rs` which thread to seize; `tracee.rs` follows the recipe
 //! on it, asking `insn.rs` which instruction to step over (step 3),
 //! `rseq.rs` and `dispatch.rs` about step 2; they read `/proc` and memory
@@ -114,6 +115,8 @@ mod dispatch;
 mod handoff;
 mod inject;
 mod insn;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod job;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod rseq;
 mod thread;

@@ -1,0 +1,447 @@
+//! One injection on a tracer thread: the job it runs (seize a thread,
+//! wait for its stop, borrow its registers for one system call, put
+//! everything back, let it go) and the caller's wait for its report until
+//! the deadline. x86_64 and aarch64 only; [`SyscallInjector`] is the face.
+//!
+//! [`SyscallInjector`]: super::SyscallInjector
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use heli_core::{Deadline, Pid, Processes};
+use heli_proc::{Proc, ProcFs, ThreadStatus};
+use log::{debug, info, warn};
+use nix::errno::Errno;
+
+use crate::scope::PtraceScope;
+use crate::sys::ThreadTimer;
+use crate::wait::{ChildWaits, ChildWaitsGuard};
+
+use super::handoff::{Handoff, Stage};
+use super::inject::Injection;
+use super::thread::choose_thread;
+use super::tracee::{Outcome, Target, Tracee};
+use super::tracer::{Tracers, Work};
+
+/// Starts the tracer thread, and waits for its report until the
+/// deadline (and a short grace, for a tracer thread that is giving up).
+pub(super) fn inject(
+    tracers: &Tracers<Job>,
+    waits: &ChildWaits,
+    allow_seccomp: bool,
+    pid: Pid,
+    nr: libc::c_long,
+    args: [u64; 6],
+    deadline: &Deadline,
+) -> io::Result<Injection> {
+    let handoff = Arc::new(Handoff::new()?);
+    let job = Job {
+        waits: waits.clone(),
+        allow_seccomp,
+        pid,
+        nr,
+        args,
+        deadline: deadline.clone(),
+        handoff: handoff.clone(),
+    };
+    tracers.run(job)?;
+    let mut report = None;
+    while report.is_none() && !deadline.expired() {
+        report = handoff.wait(deadline.remaining().min(CALLER_TICK));
+    }
+    let report = match report {
+        Some(report) => report,
+        // A tracer thread gives up within a pause of the deadline, unless
+        // the thread holds its registers.
+        None => match handoff
+            .wait(GRACE)
+            .ok_or(())
+            .or_else(|()| handoff.give_up())
+        {
+            Ok(report) => report,
+            Err(stage) => return Err(gave_up(pid, nr, stage, deadline)),
+        },
+    };
+    if let Some(abandoned) = report.abandoned {
+        // The kernel lets the thread go as its tracer thread ends.
+        wait_until_let_go(pid, abandoned);
+    }
+    report.result
+}
+
+/// How often a waiting caller looks at its deadline (it may be called off).
+const CALLER_TICK: Duration = Duration::from_millis(10);
+
+/// How long past the deadline a caller waits for a tracer thread that is
+/// giving up.
+const GRACE: Duration = Duration::from_millis(200);
+
+/// One injection, as its tracer thread runs it.
+pub(super) struct Job {
+    waits: ChildWaits,
+    allow_seccomp: bool,
+    pid: heli_core::Pid,
+    nr: libc::c_long,
+    args: [u64; 6],
+    deadline: Deadline,
+    handoff: Arc<Handoff<Report>>,
+}
+
+/// What a tracer thread reports.
+struct Report {
+    result: io::Result<Injection>,
+    /// The thread it gave up on before it stopped, and itself: the kernel
+    /// lets the thread go once this tracer thread ends.
+    abandoned: Option<Abandoned>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Abandoned {
+    tid: Pid,
+    tracer: u32,
+}
+
+impl Work for Job {
+    /// Injects on the tracer thread, and hands the report over (or logs it,
+    /// when the caller gave up meanwhile); the thread must end if it gave a
+    /// thread up.
+    fn run(self, timer: Option<&ThreadTimer>) -> bool {
+        let report = self.inject(timer);
+        let end = report.abandoned.is_some();
+        if let Err(late) = self.handoff.finish(report) {
+            match late.result {
+                Ok(injection) => warn!(
+                    "system call {} injected into thread {} of PID {} ran after its caller had \
+                     given up at the deadline: it returned {}",
+                    self.nr, injection.tid, self.pid, injection.ret
+                ),
+                Err(err) => info!(
+                    "the injection into PID {} ended after its caller had given up: {err}",
+                    self.pid
+                ),
+            }
+        }
+        end
+    }
+}
+
+impl Job {
+    fn inject(&self, timer: Option<&ThreadTimer>) -> Report {
+        let mut abandoned = None;
+        let result = self.attempts(timer, &mut abandoned);
+        Report { result, abandoned }
+    }
+
+    /// Tries until the call is made, it fails, or the deadline passes.
+    fn attempts(
+        &self,
+        timer: Option<&ThreadTimer>,
+        abandoned: &mut Option<Abandoned>,
+    ) -> io::Result<Injection> {
+        let pid = self.pid.get();
+        let process = Proc::open(self.pid)?.ok_or_else(|| exited_before(pid))?;
+        // From here until the thread is let go, nobody else waits for our
+        // children: the reaper would see its stops, and if the target dies
+        // while traced, we reap it and hand its status on.
+        let queued = Instant::now();
+        let mut waits = self.waits.lock();
+        if self.deadline.expired() {
+            let why = if queued.elapsed() >= Duration::from_millis(1) {
+                "the reaper or another injection held the right to wait for children"
+            } else {
+                "its thread got no processor in time"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("could not start the injection into PID {pid} by the deadline: {why}"),
+            ));
+        }
+        self.handoff.set_stage(Stage::Working);
+        let mut retries = 0;
+        loop {
+            let status = process.status()?.ok_or_else(|| exited_before(pid))?;
+            if status.process.get() != pid {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{pid} is a thread of process {}; pass a process ID",
+                        status.process
+                    ),
+                ));
+            }
+            // A main thread that exited lingers as a zombie while other
+            // threads run on: the process lives.
+            let main_exited = status.state.is_gone();
+            if main_exited && process.identity()?.is_none() {
+                return Err(exited_before(pid));
+            }
+            let chosen = if status.threads == 1 {
+                Some(process.pid())
+            } else {
+                choose_thread(&process, main_exited)?
+            };
+            let (tid, outcome) = match chosen {
+                Some(tid) => {
+                    let thread_status = if tid == process.pid() {
+                        Some(status)
+                    } else {
+                        process.thread_status(tid)?
+                    };
+                    let attempt = Attempt {
+                        process: &process,
+                        tid,
+                        main_exited,
+                        timer,
+                    };
+                    let (outcome, redelivered) =
+                        self.on_thread(attempt, thread_status, &mut waits)?;
+                    if let Outcome::Returned(ret) = outcome {
+                        return Ok(Injection {
+                            tid,
+                            ret,
+                            redelivered,
+                            retries,
+                        });
+                    }
+                    (tid, outcome)
+                }
+                None => (
+                    process.pid(),
+                    Outcome::Retry(io::Error::other(format!(
+                        "a thread of PID {pid} is in execve: waiting for the new program"
+                    ))),
+                ),
+            };
+            match outcome {
+                Outcome::Returned(_) => unreachable!("returned above"),
+                Outcome::Failed(err) => return Err(err),
+                Outcome::Abandoned(err) => {
+                    *abandoned = Some(Abandoned {
+                        tid,
+                        tracer: nix::unistd::gettid().as_raw() as u32,
+                    });
+                    return Err(err);
+                }
+                Outcome::Retry(err) => {
+                    retries += 1;
+                    if self.deadline.expired() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("{err}; no time left to try again ({retries} attempts)"),
+                        ));
+                    }
+                    debug!("injection into PID {pid}, attempt {retries}: {err}; trying again");
+                    // Let the target handle what interrupted us.
+                    let pause = RETRY_PAUSE * retries.min(20);
+                    thread::sleep(pause.min(self.deadline.remaining()));
+                }
+            }
+        }
+    }
+
+    /// One attempt on the thread chosen, whose status is `status` (`None`:
+    /// it exited): checks it, seizes it, and runs the call.
+    fn on_thread(
+        &self,
+        attempt: Attempt<'_>,
+        status: Option<ThreadStatus>,
+        waits: &mut ChildWaitsGuard<'_>,
+    ) -> io::Result<(Outcome, Vec<i32>)> {
+        let Attempt {
+            process,
+            tid,
+            main_exited,
+            timer,
+        } = attempt;
+        let pid = self.pid.get();
+        if let Some(busy) = self.check(tid, status)? {
+            return Ok((Outcome::Retry(busy), Vec::new()));
+        }
+        // With the main thread gone, its /proc entry shows no memory: read
+        // the thread's own.
+        let thread_proc = match main_exited {
+            true => Some(Proc::open_existing(tid)?),
+            false => None,
+        };
+        let target = Target {
+            process,
+            code: thread_proc.as_ref(),
+            deadline: &self.deadline,
+            handoff: &*self.handoff,
+            timer,
+        };
+        let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
+        match Tracee::seize(target, raw, waits) {
+            Ok(tracee) => Ok(tracee.run(self.nr, &self.args)),
+            // That thread exited in between: choose again.
+            Err(Errno::ESRCH) if tid != self.pid => Ok((
+                Outcome::Retry(io::Error::other(format!(
+                    "thread {tid} of PID {pid} exited before it was seized"
+                ))),
+                Vec::new(),
+            )),
+            Err(err) => Err(seize_error(process, tid, err)),
+        }
+    }
+
+    /// Checks thread `tid`, whose status is `status` (`None`: it exited),
+    /// before seizing it: an error when it cannot be
+    /// injected into; `Ok(Some)` when it is still traced by a tracer thread
+    /// of ours that is ending (try again).
+    fn check(&self, tid: Pid, status: Option<ThreadStatus>) -> io::Result<Option<io::Error>> {
+        let pid = self.pid.get();
+        let Some(status) = status else {
+            return Ok(Some(io::Error::other(format!(
+                "thread {tid} of PID {pid} exited before it was seized"
+            ))));
+        };
+        if status.seccomp != 0 && !self.allow_seccomp {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "thread {tid} of PID {pid} runs under seccomp (mode {}), whose filter \
+                     applies to an injected system call too and could make it fail or kill \
+                     the process: refusing to inject",
+                    status.seccomp
+                ),
+            ));
+        }
+        if let Some(tracer) = status.tracer {
+            if is_our_thread(tracer) {
+                return Ok(Some(io::Error::other(format!(
+                    "thread {tid} of PID {pid} is still traced by thread {tracer} of this \
+                     process, which is ending"
+                ))));
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "thread {tid} of PID {pid} is already traced by PID {tracer} (a debugger?)"
+                ),
+            ));
+        }
+        Ok(None)
+    }
+}
+
+/// The thread an attempt is on.
+struct Attempt<'a> {
+    process: &'a Proc,
+    tid: Pid,
+    /// Whether the process's main thread has exited (others run on).
+    main_exited: bool,
+    timer: Option<&'a ThreadTimer>,
+}
+
+/// The pause before another attempt, times the attempts so far (up to 20).
+const RETRY_PAUSE: Duration = Duration::from_micros(100);
+
+/// Whether `tid` is a thread of this process.
+fn is_our_thread(tid: Pid) -> bool {
+    ProcFs
+        .process(tid)
+        .ok()
+        .flatten()
+        .is_some_and(|info| info.process == Pid::this())
+}
+
+/// Waits (up to 100 ms) until the kernel has let go thread `abandoned.tid`
+/// of `pid`, whose tracer thread has just ended.
+fn wait_until_let_go(pid: Pid, abandoned: Abandoned) {
+    let Ok(Some(process)) = Proc::open(pid) else {
+        return;
+    };
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        match process.thread_status(abandoned.tid) {
+            Ok(Some(status)) if status.tracer.map(Pid::get) == Some(abandoned.tracer) => {
+                thread::sleep(Duration::from_micros(100));
+            }
+            _ => return,
+        }
+    }
+    warn!(
+        "thread {} of PID {pid} is still traced by ended thread {}",
+        abandoned.tid, abandoned.tracer
+    );
+}
+
+/// The error for a caller that gives up while its tracer thread is at
+/// `stage`.
+fn gave_up(pid: Pid, nr: libc::c_long, stage: Stage, deadline: &Deadline) -> io::Error {
+    let ended = if deadline.is_cancelled() {
+        "was called off"
+    } else {
+        "reached its deadline"
+    };
+    let message = match stage {
+        Stage::Queued => format!(
+            "the injection into PID {pid} {ended} before it could start: the reaper or another \
+             injection held the right to wait for children; the call was not made"
+        ),
+        Stage::Working => format!(
+            "the injection into PID {pid} {ended} and is being given up; the call was not made"
+        ),
+        Stage::Borrowed { tid } | Stage::Draining { tid } => {
+            let process = Proc::open(pid).ok().flatten();
+            let state = process
+                .as_ref()
+                .and_then(|process| process.thread_status(tid).ok().flatten())
+                .map_or('?', |status| status.state.code());
+            let frozen = process
+                .as_ref()
+                .and_then(|process| process.thread_frozen(tid).ok().flatten());
+            let why = match frozen {
+                Some(cgroup) => format!(
+                    "is frozen by the cgroup freezer ({}; state {state})",
+                    cgroup.display()
+                ),
+                None => format!("stopped responding (state {state})"),
+            };
+            if let Stage::Draining { .. } = stage {
+                format!(
+                    "the injection into PID {pid} {ended} while system call {nr} blocked in \
+                     thread {tid}: it was interrupted and the registers put back, but the \
+                     thread {why}, and stays traced until it can drop the trap the call left"
+                )
+            } else {
+                format!(
+                    "the injection into PID {pid} {ended} while thread {tid} held the \
+                     registers for system call {nr} and {why}: a thread of this process puts \
+                     its registers back when it stops again, and the call may run then (its \
+                     result will be logged)"
+                )
+            }
+        }
+    };
+    io::Error::new(io::ErrorKind::TimedOut, message)
+}
+
+fn seize_error(process: &Proc, tid: Pid, err: Errno) -> io::Error {
+    let pid = process.pid().get();
+    let gone = process.identity().map_or(true, |id| id.is_none());
+    if gone {
+        return exited_before(pid);
+    }
+    let kind = match err {
+        Errno::EPERM | Errno::EACCES => io::ErrorKind::PermissionDenied,
+        _ => io::ErrorKind::Other,
+    };
+    let scope = match PtraceScope::current() {
+        Ok(scope) => format!("ptrace_scope {scope}: {}", scope.explain()),
+        Err(err) => format!("ptrace_scope unknown: {err}"),
+    };
+    io::Error::new(
+        kind,
+        format!("cannot ptrace thread {tid} of PID {pid}: {err} ({scope})"),
+    )
+}
+
+fn exited_before(pid: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("target PID {pid} is not running"),
+    )
+}
