@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
-use crate::protocol::{Reply, Request, Status};
+use crate::protocol::{GrantRequest, Reply, Request, RevokeRequest, Scope, Status};
+use crate::stacks::ProcessStacks;
 use crate::transport::{Connection, Transport};
+use crate::tree::Tree;
 
 /// How long a client waits for the controller by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -145,14 +147,55 @@ impl<T: Transport> Client<T> {
         self.session()?.grant_access(pid)
     }
 
-    /// `REVOKE <pid>`: withdraws the grant, if `pid` holds it (the
-    /// controller refuses when another client took the grant over since).
+    /// `GRANT_ACCESS <client> [TARGET <pid>] [FORCE]`: returns once the
+    /// client may ptrace the process of the tree `grant` names; as
+    /// [`grant_access`](Client::grant_access) otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn grant(&self, grant: GrantRequest) -> Result<(), Error> {
+        self.session()?.grant(grant)
+    }
+
+    /// `REVOKE <pid>`: withdraws the grant on the target, if `pid` holds it
+    /// (the controller refuses when another client took the grant over
+    /// since).
     ///
     /// # Errors
     ///
     /// As [`request`](Client::request).
     pub fn revoke(&self, pid: Pid) -> Result<(), Error> {
         self.session()?.revoke(pid)
+    }
+
+    /// `REVOKE [<client>] [TARGET <pid>]`: withdraws the grant `revoke`
+    /// names.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn revoke_grant(&self, revoke: RevokeRequest) -> Result<(), Error> {
+        self.session()?.revoke_grant(revoke)
+    }
+
+    /// `PS`: the supervised tree.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn ps(&self) -> Result<Tree, Error> {
+        self.session()?.ps()
+    }
+
+    /// `STACKS [<pid>|ALL]`: the stacks of the processes of the tree
+    /// `scope` names, read without stopping them.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn stacks(&self, scope: Scope) -> Result<Vec<ProcessStacks>, Error> {
+        self.session()?.stacks(scope)
     }
 
     /// `STATUS`: what the controller and its target are doing.
@@ -202,9 +245,7 @@ impl<C: Connection> Session<C> {
     /// As [`Client::request`].
     pub fn request(&mut self, request: Request) -> Result<Reply, Error> {
         let timeout = match request {
-            Request::GrantAccess(_) | Request::TakeOver(_) | Request::Revoke(_) => {
-                self.grant_timeout
-            }
+            Request::GrantAccess(_) | Request::Revoke(_) => self.grant_timeout,
             _ => self.timeout,
         };
         match self.connection.request(request, timeout)? {
@@ -232,7 +273,7 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn grant_access(&mut self, pid: Pid) -> Result<(), Error> {
-        self.expect_ready(Request::GrantAccess(pid))
+        self.grant(GrantRequest::new(pid))
     }
 
     /// `GRANT_ACCESS <pid> FORCE`: as [`grant_access`](Self::grant_access),
@@ -242,7 +283,7 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn take_over(&mut self, pid: Pid) -> Result<(), Error> {
-        self.expect_ready(Request::TakeOver(pid))
+        self.grant(GrantRequest::new(pid).force(true))
     }
 
     /// `REVOKE <pid>`; see [`Client::revoke`].
@@ -251,7 +292,50 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn revoke(&mut self, pid: Pid) -> Result<(), Error> {
-        self.expect_ready(Request::Revoke(Some(pid)))
+        self.revoke_grant(RevokeRequest::new().client(pid))
+    }
+
+    /// `GRANT_ACCESS <client> [TARGET <pid>] [FORCE]`; see [`Client::grant`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn grant(&mut self, grant: GrantRequest) -> Result<(), Error> {
+        self.expect_ready(Request::GrantAccess(grant))
+    }
+
+    /// `REVOKE [<client>] [TARGET <pid>]`; see [`Client::revoke_grant`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn revoke_grant(&mut self, revoke: RevokeRequest) -> Result<(), Error> {
+        self.expect_ready(Request::Revoke(revoke))
+    }
+
+    /// `PS`; see [`Client::ps`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn ps(&mut self) -> Result<Tree, Error> {
+        match self.request(Request::Ps)? {
+            Reply::Ps(tree) => Ok(tree),
+            other => Err(unexpected(Request::Ps, &other)),
+        }
+    }
+
+    /// `STACKS [<pid>|ALL]`; see [`Client::stacks`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn stacks(&mut self, scope: Scope) -> Result<Vec<ProcessStacks>, Error> {
+        let request = Request::Stacks(scope);
+        match self.request(request)? {
+            Reply::Stacks(stacks) => Ok(stacks),
+            other => Err(unexpected(request, &other)),
+        }
     }
 
     /// `STATUS`; see [`Client::status`].
@@ -272,9 +356,10 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn stack(&mut self) -> Result<String, Error> {
-        match self.request(Request::Stack)? {
+        let request = Request::Stack(Scope::Target);
+        match self.request(request)? {
             Reply::Stack(text) => Ok(text),
-            other => Err(unexpected(Request::Stack, &other)),
+            other => Err(unexpected(request, &other)),
         }
     }
 

@@ -15,7 +15,7 @@ use crate::authorize::{self, GrantRecord};
 use crate::deadline::Deadline;
 use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
-use crate::protocol::{Reply, Request, Status, MAX_REPLY};
+use crate::protocol::{Reply, Request, Scope, Status, MAX_REPLY};
 use crate::restart::RestartPolicy;
 use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
@@ -219,7 +219,8 @@ impl<S: Supervisor> Loop<S> {
                     let target = state.run.target;
                     match request {
                         Request::GetTargetPid => Reply::TargetPid(target),
-                        Request::Stack => {
+                        // TODO(tree-core): scopes other than the target, PS, STACKS.
+                        Request::Stack(Scope::Target) => {
                             let deadline = Deadline::after(self.stack_deadline);
                             let (id, claim) = state.new_job();
                             self.stacks
@@ -227,8 +228,8 @@ impl<S: Supervisor> Loop<S> {
                             state.wait_for(id, incoming, deadline, claim, Waiting::Stack);
                             return;
                         }
-                        Request::GrantAccess(client) | Request::TakeOver(client) => {
-                            let force = matches!(request, Request::TakeOver(_));
+                        Request::GrantAccess(grant) if grant.process.is_none() => {
+                            let (client, force) = (grant.client, grant.force);
                             match self.grant(state, peer, client, force) {
                                 Ok(waiting) => {
                                     let (id, deadline, claim) = waiting;
@@ -238,7 +239,8 @@ impl<S: Supervisor> Loop<S> {
                                 Err(reply) => reply,
                             }
                         }
-                        Request::Revoke(named) => {
+                        Request::Revoke(revoke) if revoke.process.is_none() => {
+                            let named = revoke.client;
                             let holder = self.holder_to_be(state);
                             match authorize::may_revoke(holder.as_ref(), &peer, named) {
                                 Ok(()) => match self.revoke(state) {
@@ -265,7 +267,7 @@ impl<S: Supervisor> Loop<S> {
                                 }
                             }
                         }
-                        _ => not_running(),
+                        _ => Reply::Error("not implemented yet".into()),
                     }
                 }
                 Phase::Ended(_) => not_running(),
@@ -595,6 +597,7 @@ impl<S: Supervisor> Loop<S> {
             state: state_name.to_owned(),
             uptime_secs: state.run.started.elapsed().as_secs(),
             granter: self.granter_name.clone(),
+            grants: Vec::new(),
             holder: self
                 .holder(state)
                 .filter(|_| state.phase.is_live())
@@ -840,12 +843,12 @@ impl State {
     }
 
     fn set_grant(&mut self, grant: GrantRecord) {
-        self.holder.set(Some(grant.connection));
+        self.holder.set([grant.connection]);
         self.grant = Some(grant);
     }
 
     fn take_grant(&mut self) -> Option<GrantRecord> {
-        self.holder.set(None);
+        self.holder.set([]);
         self.grant.take()
     }
 

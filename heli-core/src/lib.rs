@@ -152,10 +152,12 @@ mod process;
 pub mod protocol;
 mod restart;
 mod signals;
+pub mod stacks;
 mod supervisor;
 #[cfg(any(test, feature = "test-log"))]
 pub mod test_log;
 mod transport;
+pub mod tree;
 mod worker;
 
 pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};

@@ -26,7 +26,10 @@ use std::str::FromStr;
 /// assert!("-1".parse::<Pid>().is_err());
 /// assert!(Pid::new(i32::MAX as u32 + 1).is_none());
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct Pid(NonZeroU32);
 
 impl Pid {

@@ -41,6 +41,8 @@ use std::fmt;
 
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
+use crate::stacks::ProcessStacks;
+use crate::tree::Tree;
 
 /// The longest request line a controller accepts, newline included.
 ///
@@ -59,22 +61,120 @@ pub const MAX_REPLY: usize = 4 << 20;
 pub enum Request {
     /// `GET_TARGET_PID`: which process is the target?
     GetTargetPid,
-    /// `GRANT_ACCESS <pid>`: let process `<pid>` (and its descendants) ptrace
-    /// the target.
-    GrantAccess(Pid),
-    /// `GRANT_ACCESS <pid> FORCE`: as [`GrantAccess`](Request::GrantAccess),
-    /// even while another client holds the grant (which it then loses).
-    TakeOver(Pid),
+    /// `GRANT_ACCESS <client> [TARGET <pid>] [FORCE]`: let process
+    /// `<client>` (and its descendants) ptrace the target, or the process
+    /// `<pid>` of the target's tree.
+    GrantAccess(GrantRequest),
     /// `STATUS`: what the controller and its target are doing.
     Status,
-    /// `STACK`: the target's stacks, read without stopping it.
-    Stack,
-    /// `REVOKE [<pid>]`: withdraw the grant on the target; with a pid, only
-    /// if that process holds it (a client that detached must not withdraw
-    /// the grant another client took over since).
-    Revoke(Option<Pid>),
+    /// `PS`: the supervised tree (the target and its descendants).
+    Ps,
+    /// `STACK [<pid>|ALL]`: the stacks of the target, of process `<pid>` of
+    /// its tree, or of every process of the tree, as text, read without
+    /// stopping anything.
+    Stack(Scope),
+    /// `STACKS [<pid>|ALL]`: as [`Stack`](Request::Stack), as JSON (a list
+    /// of [`ProcessStacks`]).
+    Stacks(Scope),
+    /// `REVOKE [<client>] [TARGET <pid>]`: withdraw the grant on the target
+    /// (or on process `<pid>`); with a client, only if that process holds
+    /// it (a client that detached must not withdraw the grant another
+    /// client took over since).
+    Revoke(RevokeRequest),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
+}
+
+/// What `GRANT_ACCESS` asks for.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::protocol::{GrantRequest, Request};
+/// use heli_core::Pid;
+///
+/// let pid = |raw| Pid::new(raw).unwrap();
+/// let grant = GrantRequest::new(pid(4242)).process(pid(4250)).force(true);
+/// assert_eq!(
+///     Request::GrantAccess(grant).to_string(),
+///     "GRANT_ACCESS 4242 TARGET 4250 FORCE"
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct GrantRequest {
+    /// The process to be let in (a client, or the debugger it runs).
+    pub client: Pid,
+    /// The process of the tree to let it into; `None`: the target.
+    pub process: Option<Pid>,
+    /// Take the grant over from another client that holds it.
+    pub force: bool,
+}
+
+impl GrantRequest {
+    /// A grant for `client` on the target, not forced.
+    pub fn new(client: Pid) -> GrantRequest {
+        GrantRequest {
+            client,
+            process: None,
+            force: false,
+        }
+    }
+
+    /// The same grant on `process` of the tree instead.
+    pub fn process(mut self, process: Pid) -> GrantRequest {
+        self.process = Some(process);
+        self
+    }
+
+    /// The same grant, taken over from another holder when `force`.
+    pub fn force(mut self, force: bool) -> GrantRequest {
+        self.force = force;
+        self
+    }
+}
+
+/// What `REVOKE` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RevokeRequest {
+    /// Withdraw the grant only if this process holds it.
+    pub client: Option<Pid>,
+    /// The process of the tree whose grant is withdrawn; `None`: the
+    /// target.
+    pub process: Option<Pid>,
+}
+
+impl RevokeRequest {
+    /// Withdraws the grant on the target, whoever holds it.
+    pub fn new() -> RevokeRequest {
+        RevokeRequest::default()
+    }
+
+    /// Only if `client` holds it.
+    pub fn client(mut self, client: Pid) -> RevokeRequest {
+        self.client = Some(client);
+        self
+    }
+
+    /// On `process` of the tree instead of the target.
+    pub fn process(mut self, process: Pid) -> RevokeRequest {
+        self.process = Some(process);
+        self
+    }
+}
+
+/// Which processes of the tree a stack request reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scope {
+    /// The target.
+    #[default]
+    Target,
+    /// One process of the tree.
+    Process(Pid),
+    /// Every process of the tree.
+    All,
 }
 
 impl Request {
@@ -82,9 +182,11 @@ impl Request {
     pub fn command(&self, dialect: Dialect) -> &'static str {
         let upper = match self {
             Request::GetTargetPid => "GET_TARGET_PID",
-            Request::GrantAccess(_) | Request::TakeOver(_) => "GRANT_ACCESS",
+            Request::GrantAccess(_) => "GRANT_ACCESS",
             Request::Status => "STATUS",
-            Request::Stack => "STACK",
+            Request::Ps => "PS",
+            Request::Stack(_) => "STACK",
+            Request::Stacks(_) => "STACKS",
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
         };
@@ -93,29 +195,48 @@ impl Request {
 
     /// The request as a line, newline included.
     pub fn encode(&self, dialect: Dialect) -> String {
-        match self {
-            Request::GrantAccess(pid) | Request::Revoke(Some(pid)) => {
-                format!("{} {}\n", self.command(dialect), pid)
+        let mut line = self.command(dialect).to_owned();
+        let mut word = |text: &str| {
+            line.push(' ');
+            line.push_str(text);
+        };
+        let target = dialect.apply("TARGET");
+        match *self {
+            Request::GrantAccess(grant) => {
+                word(&grant.client.to_string());
+                if let Some(process) = grant.process {
+                    word(target);
+                    word(&process.to_string());
+                }
+                if grant.force {
+                    word(dialect.apply("FORCE"));
+                }
             }
-            Request::TakeOver(pid) => {
-                format!(
-                    "{} {} {}\n",
-                    self.command(dialect),
-                    pid,
-                    dialect.apply("FORCE")
-                )
+            Request::Revoke(revoke) => {
+                if let Some(client) = revoke.client {
+                    word(&client.to_string());
+                }
+                if let Some(process) = revoke.process {
+                    word(target);
+                    word(&process.to_string());
+                }
             }
-            _ => format!("{}\n", self.command(dialect)),
+            Request::Stack(scope) | Request::Stacks(scope) => match scope {
+                Scope::Target => {}
+                Scope::Process(pid) => word(&pid.to_string()),
+                Scope::All => word(dialect.apply("ALL")),
+            },
+            Request::GetTargetPid | Request::Status | Request::Ps | Request::Terminate => {}
         }
+        line.push('\n');
+        line
     }
-}
 
-impl Request {
-    /// The process a `GRANT_ACCESS` (with or without `FORCE`) asks rights
-    /// for; `None` for other requests.
+    /// The client a `GRANT_ACCESS` asks rights for; `None` for other
+    /// requests.
     pub fn grant_pid(&self) -> Option<Pid> {
         match *self {
-            Request::GrantAccess(pid) | Request::TakeOver(pid) => Some(pid),
+            Request::GrantAccess(grant) => Some(grant.client),
             _ => None,
         }
     }
@@ -128,7 +249,7 @@ impl fmt::Display for Request {
 }
 
 /// A reply from the controller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {
     /// `TARGET_PID <pid>`.
@@ -141,6 +262,11 @@ pub enum Reply {
     Status(Status),
     /// `STACK <text>`, the text on one line (see [`Reply::encode`]).
     Stack(String),
+    /// `PS <json>`: the supervised tree, as one line of JSON.
+    Ps(Tree),
+    /// `STACKS <json>`: the stacks of the processes asked for, as one line
+    /// of JSON (a list of [`ProcessStacks`]).
+    Stacks(Vec<ProcessStacks>),
 }
 
 /// The controller's answer to `STATUS`.
@@ -157,12 +283,25 @@ pub struct Status {
     pub uptime_secs: u64,
     /// The granter in use.
     pub granter: String,
-    /// The process that holds the grant, if any.
+    /// The process that holds the grant on the target, if any.
     pub holder: Option<Pid>,
+    /// Every grant in force in the tree, the target's first (one ptracer
+    /// per process under Yama). On the wire:
+    /// `grants=<process>:<client>,...` (`grants=none`).
+    pub grants: Vec<TreeGrant>,
     /// More facts, in order (for instance `ptrace_scope`).
     pub extra: Vec<(String, String)>,
     /// The target's command line.
     pub command: String,
+}
+
+/// A grant in force on one process of the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TreeGrant {
+    /// The process of the tree the client may ptrace.
+    pub process: Pid,
+    /// The client that holds the grant.
+    pub client: Pid,
 }
 
 impl Status {
@@ -174,6 +313,7 @@ impl Status {
             uptime_secs: 0,
             granter: String::new(),
             holder: None,
+            grants: Vec::new(),
             extra: Vec::new(),
             command: String::new(),
         }
@@ -206,6 +346,16 @@ impl Status {
             self.holder
                 .map_or_else(|| "none".to_owned(), |pid| pid.to_string()),
         );
+        if self.grants.is_empty() {
+            line.push_str(" grants=none");
+        } else {
+            let grants: Vec<String> = self
+                .grants
+                .iter()
+                .map(|grant| format!("{}:{}", grant.process, grant.client))
+                .collect();
+            line.push_str(&format!(" grants={}", grants.join(",")));
+        }
         for (key, value) in &self.extra {
             line.push_str(&format!(" {}={}", word(key), word(value)));
         }
@@ -226,7 +376,7 @@ impl Status {
         };
         let mut pid = None;
         let (mut state, mut uptime_secs, mut granter) = (String::new(), 0, String::new());
-        let (mut holder, mut extra) = (None, Vec::new());
+        let (mut holder, mut grants, mut extra) = (None, Vec::new(), Vec::new());
         for field in fields.split_ascii_whitespace() {
             let (key, value) = field.split_once('=')?;
             match key {
@@ -236,6 +386,16 @@ impl Status {
                 "granter" => granter = value.to_owned(),
                 "holder" if value == "none" => holder = None,
                 "holder" => holder = Some(value.parse().ok()?),
+                "grants" if value == "none" => grants.clear(),
+                "grants" => {
+                    for pair in value.split(',') {
+                        let (process, client) = pair.split_once(':')?;
+                        grants.push(TreeGrant {
+                            process: process.parse().ok()?,
+                            client: client.parse().ok()?,
+                        });
+                    }
+                }
                 _ => extra.push((key.to_owned(), value.to_owned())),
             }
         }
@@ -245,6 +405,7 @@ impl Status {
             uptime_secs,
             granter,
             holder,
+            grants,
             extra,
             command,
         })
@@ -278,6 +439,8 @@ impl Reply {
                 let escaped = text.replace('\\', "\\\\").replace('\n', "\\n");
                 format!("{} {escaped}\n", dialect.apply("STACK"))
             }
+            Reply::Ps(tree) => format!("{} {}\n", dialect.apply("PS"), json(tree)),
+            Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
             Reply::Error(message) => {
                 let message = message.replace(['\n', '\r'], " ");
                 match dialect {
@@ -311,6 +474,16 @@ impl Reply {
         }
         if word.eq_ignore_ascii_case("ready") && rest.trim().is_empty() {
             return Ok(Reply::Ready);
+        }
+        if word.eq_ignore_ascii_case("stacks") {
+            return serde_json::from_str(rest)
+                .map(Reply::Stacks)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("ps") {
+            return serde_json::from_str(rest)
+                .map(Reply::Ps)
+                .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("stack") {
             return Ok(Reply::Stack(unescape(
@@ -371,6 +544,10 @@ impl Dialect {
             (Dialect::Lower, "STATUS") => "status",
             (Dialect::Lower, "STACK") => "stack",
             (Dialect::Lower, "FORCE") => "force",
+            (Dialect::Lower, "TARGET") => "target",
+            (Dialect::Lower, "ALL") => "all",
+            (Dialect::Lower, "PS") => "ps",
+            (Dialect::Lower, "STACKS") => "stacks",
             (Dialect::Lower, other) => other,
         }
     }
@@ -399,32 +576,47 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         return Err(Error::new(ErrorKind::EmptyLine, "Empty request"));
     };
     let dialect = Dialect::of(command);
+    let invalid_pid = || Error::new(ErrorKind::InvalidPid, "Invalid PID");
     let request = if command.eq_ignore_ascii_case("GET_TARGET_PID") {
         Request::GetTargetPid
     } else if command.eq_ignore_ascii_case("TERMINATE") {
         Request::Terminate
     } else if command.eq_ignore_ascii_case("REVOKE") {
-        match (words.next(), words.next()) {
-            (None, _) => Request::Revoke(None),
-            (Some(word), None) => match word.parse() {
-                Ok(pid) => Request::Revoke(Some(pid)),
-                Err(_) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
-            },
-            (Some(_), Some(_)) => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+        // REVOKE [<client>] [TARGET <pid>]
+        let mut revoke = RevokeRequest::new();
+        let mut next = words.next();
+        if let Some(word) = next.filter(|word| !word.eq_ignore_ascii_case("TARGET")) {
+            revoke.client = Some(word.parse().map_err(|_| invalid_pid())?);
+            next = words.next();
         }
+        if next.is_some() {
+            revoke.process = Some(target_pid(words.next())?);
+        }
+        Request::Revoke(revoke)
     } else if command.eq_ignore_ascii_case("STATUS") {
         Request::Status
+    } else if command.eq_ignore_ascii_case("PS") {
+        Request::Ps
     } else if command.eq_ignore_ascii_case("STACK") {
-        Request::Stack
+        Request::Stack(scope(words.next())?)
+    } else if command.eq_ignore_ascii_case("STACKS") {
+        Request::Stacks(scope(words.next())?)
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
-        let pid = words.next().and_then(|word| word.parse::<Pid>().ok());
-        match (pid, words.next(), words.next()) {
-            (Some(pid), None, _) => Request::GrantAccess(pid),
-            (Some(pid), Some(force), None) if force.eq_ignore_ascii_case("FORCE") => {
-                Request::TakeOver(pid)
-            }
-            _ => return Err(Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+        // GRANT_ACCESS <client> [TARGET <pid>] [FORCE]
+        let client = words.next().and_then(|word| word.parse::<Pid>().ok());
+        let mut grant = GrantRequest::new(client.ok_or_else(invalid_pid)?);
+        let mut next = words.next();
+        if next.is_some_and(|word| word.eq_ignore_ascii_case("TARGET")) {
+            grant.process = Some(target_pid(words.next())?);
+            next = words.next();
         }
+        if let Some(word) = next {
+            if !word.eq_ignore_ascii_case("FORCE") {
+                return Err(invalid_pid());
+            }
+            grant.force = true;
+        }
+        Request::GrantAccess(grant)
     } else {
         let mut shown: String = command.chars().take(64).collect();
         if shown.len() < command.len() {
@@ -444,6 +636,24 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     Ok((request, dialect))
 }
 
+/// The pid after `TARGET`.
+fn target_pid(word: Option<&str>) -> Result<Pid, Error> {
+    word.and_then(|word| word.parse().ok())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidPid, "Invalid PID after TARGET"))
+}
+
+/// The scope of `STACK` and `STACKS`: nothing (the target), a pid, or `ALL`.
+fn scope(word: Option<&str>) -> Result<Scope, Error> {
+    match word {
+        None => Ok(Scope::Target),
+        Some(word) if word.eq_ignore_ascii_case("ALL") => Ok(Scope::All),
+        Some(word) => word
+            .parse()
+            .map(Scope::Process)
+            .map_err(|_| Error::new(ErrorKind::InvalidPid, "Invalid PID")),
+    }
+}
+
 /// The dialect to answer a line in, even a line that does not parse.
 pub fn dialect_of_line(line: &[u8]) -> Dialect {
     let first = line
@@ -451,6 +661,11 @@ pub fn dialect_of_line(line: &[u8]) -> Dialect {
         .find(|w| !w.is_empty())
         .unwrap_or_default();
     Dialect::of(&String::from_utf8_lossy(first))
+}
+
+/// `value` as one line of JSON (serde_json escapes newlines in strings).
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
 }
 
 /// Undoes the escaping of [`Reply::Stack`]: `\n` is a newline, `\\` a

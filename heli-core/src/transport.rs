@@ -1,8 +1,7 @@
 //! How requests travel between clients and the controller.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -74,16 +73,16 @@ pub trait Listener: Send + 'static {
     /// When the listener itself fails (not when a client misbehaves).
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()>;
 
-    /// Hands the listener the controller's note of which connection holds
-    /// the grant, before [`serve`](Listener::serve): a listener that closes
-    /// idle connections must never close that one (its grant would go with
-    /// it). Default: ignored.
+    /// Hands the listener the controller's note of which connections hold
+    /// grants, before [`serve`](Listener::serve): a listener that closes
+    /// idle connections must never close those (their grants would go with
+    /// them). Default: ignored.
     fn watch_grant(&mut self, holder: GrantHolder) {
         let _ = holder;
     }
 }
 
-/// Which connection holds the grant now, as the controller keeps it up to
+/// Which connections hold grants now, as the controller keeps it up to
 /// date for its listener (see [`Listener::watch_grant`]). Clones share it.
 ///
 /// # Examples
@@ -91,23 +90,37 @@ pub trait Listener: Send + 'static {
 /// ```
 /// use heli_core::GrantHolder;
 ///
-/// let holder = GrantHolder::default();
-/// assert_eq!(holder.connection(), None);
+/// let holders = GrantHolder::default();
+/// assert!(!holders.holds(7));
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct GrantHolder(Arc<AtomicU64>);
+pub struct GrantHolder(Arc<Mutex<Vec<u64>>>);
 
 impl GrantHolder {
-    /// The connection (its [`Peer::connection`]) that holds the grant, if
-    /// one does.
-    pub fn connection(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::SeqCst)).filter(|&connection| connection != 0)
+    /// Whether `connection` (a [`Peer::connection`]) holds a grant.
+    pub fn holds(&self, connection: u64) -> bool {
+        connection != 0 && self.lock().contains(&connection)
     }
 
-    /// Notes that `connection` holds the grant now (`None`: nobody, or a
-    /// connectionless peer).
-    pub(crate) fn set(&self, connection: Option<u64>) {
-        self.0.store(connection.unwrap_or(0), Ordering::SeqCst);
+    /// Notes that `connections` hold the grants now (connectionless peers,
+    /// 0, hold none).
+    pub(crate) fn set(&self, connections: impl IntoIterator<Item = u64>) {
+        let mut held = self.lock();
+        held.clear();
+        held.extend(
+            connections
+                .into_iter()
+                .filter(|&connection| connection != 0),
+        );
+        held.sort_unstable();
+        held.dedup();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        // The list is replaced whole: one a panic left is still a list.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -199,7 +199,11 @@ impl StackWorker {
         let jobs = spawn_worker(
             "heli-inspector",
             move |(id, pid, deadline, claim): StackJob| {
-                let result = unless_expired(&deadline, || inspector.stack_dump(pid));
+                let result = unless_expired(&deadline, || {
+                    inspector
+                        .stacks(pid)
+                        .map(|threads| crate::stacks::threads_text(&threads))
+                });
                 !claim.finish() || done.send(Done::Stack { id, result }).is_ok()
             },
         )?;

@@ -2,6 +2,7 @@
 
 use std::io;
 
+use heli_core::stacks::{Frame, ThreadStack};
 use heli_core::{Inspector, Pid};
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
@@ -18,19 +19,33 @@ use heli_core::{Inspector, Pid};
 /// use heli_grant::PythonInspector;
 ///
 /// // Every thread, most recent call last.
-/// print!("{}", PythonInspector.stack_dump(Pid::new(4242).unwrap())?);
+/// let threads = PythonInspector.stacks(Pid::new(4242).unwrap())?;
+/// print!("{}", heli_core::stacks::threads_text(&threads));
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PythonInspector;
 
 impl Inspector for PythonInspector {
-    fn stack_dump(&self, pid: Pid) -> io::Result<String> {
+    // TODO(tree-facts): the reader yields heli_core's types itself; tree().
+    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
         let threads = crate::python::stack_dump(pid)?;
         Ok(threads
-            .iter()
-            .map(|thread| thread.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"))
+            .into_iter()
+            .map(|thread| {
+                let mut stack = ThreadStack::new(thread.native_thread_id);
+                stack.thread_id = thread.thread_id;
+                stack.name = thread.name;
+                stack.interpreter_id = thread.interpreter_id;
+                stack.main = thread.main;
+                stack.incomplete = thread.incomplete;
+                stack.frames = thread
+                    .frames
+                    .into_iter()
+                    .map(|frame| Frame::new(frame.qualname, frame.filename, frame.line))
+                    .collect();
+                stack
+            })
+            .collect())
     }
 }

@@ -500,7 +500,7 @@ fn a_client_that_gave_up_does_not_steal_the_next_reply() {
     // GRANT_ACCESS for pids from 1000 is answered long after its client
     // (waiting 300 ms) gave up.
     let server = Server::answering(|request| {
-        if matches!(request, Ok(Request::GrantAccess(pid)) if pid.get() >= 1000) {
+        if matches!(request, Ok(Request::GrantAccess(pid)) if pid.client.get() >= 1000) {
             thread::sleep(Duration::from_millis(600));
         }
         standard(request)
@@ -621,7 +621,9 @@ fn half_a_line_is_dropped_after_silence() {
         server.asked(),
         [
             Ok(Request::GetTargetPid),
-            Ok(Request::GrantAccess(as_pid(5)))
+            Ok(Request::GrantAccess(
+                heli_core::protocol::GrantRequest::new(as_pid(5))
+            ))
         ]
     );
     server.shut_down().unwrap();
@@ -704,7 +706,7 @@ fn concurrent_clients_never_get_each_others_reply() {
     }
     let mut seen: Vec<_> = server.asked().into_iter().map(Result::unwrap).collect();
     seen.sort_by_key(|r| match r {
-        Request::GrantAccess(pid) => pid.get(),
+        Request::GrantAccess(pid) => pid.client.get(),
         _ => 0,
     });
     seen.dedup();
@@ -716,7 +718,7 @@ fn impatient_clients_under_a_slow_controller_never_mix_replies() {
     // Some requests take longer than their client waits.
     let server = Server::answering(|request| {
         if let Ok(Request::GrantAccess(pid)) = request {
-            thread::sleep(Duration::from_millis(u64::from(pid.get() % 5) * 40));
+            thread::sleep(Duration::from_millis(u64::from(pid.client.get() % 5) * 40));
         }
         standard(request)
     });

@@ -136,7 +136,7 @@ impl Connections {
     /// Whether connection `id` holds the grant: it is never closed for
     /// being idle.
     pub(super) fn holds_grant(&self, id: u64) -> bool {
-        self.holder.connection() == Some(id)
+        self.holder.holds(id)
     }
 
     /// Counts connection `id` in, idle from now on. At the limit, the

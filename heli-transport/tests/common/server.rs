@@ -73,7 +73,7 @@ pub(crate) fn standard(request: Result<Request, String>) -> Reply {
     match request {
         Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
         Ok(Request::Status) => Reply::Status(Status::new(TARGET)),
-        Ok(Request::GrantAccess(pid)) => Reply::Error(pid.to_string()),
+        Ok(Request::GrantAccess(grant)) => Reply::Error(grant.client.to_string()),
         Ok(_) => Reply::Ready,
         Err(message) => Reply::Error(message),
     }
