@@ -1,9 +1,8 @@
 //! The controller's event loop: one `select!` over requests, the target's
 //! exit, signals, the results of work run off the loop, and timers. It never
 //! waits on the target itself: grants, revokes, stack reads and tree
-//! listings run on
-//! worker threads, each with a deadline, and the loop serves every other
-//! request meanwhile.
+//! listings run on worker threads, each with a deadline, and the loop serves
+//! every other request meanwhile.
 
 use std::fmt;
 use std::io;
