@@ -475,16 +475,18 @@ impl<S: Supervisor> Loop<S> {
                     Some(Scope::Process(pid)) => {
                         let process =
                             authorize::tree_member(pid, root, &self.supervisor, Use::Stacks)?;
+                        let failed = if process == root {
+                            "Cannot read the target's stacks".to_owned()
+                        } else {
+                            format!("Cannot read the stacks of PID {}", process.pid)
+                        };
                         (
                             Inspection::Stacks {
                                 root,
                                 only: Some(process),
                                 me: None,
                             },
-                            format!(
-                                "Cannot read the stacks of {}",
-                                Self::name_of(state, process.pid)
-                            ),
+                            failed,
                         )
                     }
                 }

@@ -3027,6 +3027,11 @@ fn without_an_inspector_ps_and_stacks_say_so() {
             "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
              stacks\n",
         ),
+        (
+            "STACKS 4242\n",
+            "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
+             stacks\n",
+        ),
     ] {
         assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
     }
