@@ -70,17 +70,9 @@ impl FileId {
     }
 }
 
-impl Proc {
-    /// Its use of the machine now (`/proc/PID/stat`); `None` once gone.
-    ///
-    /// # Errors
-    ///
-    /// When `/proc` cannot be read.
-    pub fn usage(&self) -> io::Result<Option<Usage>> {
-        let pid = self.pid();
-        let Some(stat) = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))? else {
-            return Ok(None);
-        };
+impl Usage {
+    /// What `stat` (a `/proc/PID/stat`) says, now.
+    pub(crate) fn from_stat(stat: procfs::process::Stat) -> Usage {
         let hz = procfs::ticks_per_second().max(1) as f64;
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         let now = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
@@ -90,7 +82,7 @@ impl Proc {
             true => cpu / age * 100.0,
             false => 0.0,
         };
-        Ok(Some(Usage {
+        Usage {
             state: stat.state,
             name: stat.comm,
             threads: u32::try_from(stat.num_threads).unwrap_or(0),
@@ -99,7 +91,20 @@ impl Proc {
             rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
             vm_bytes: stat.vsize,
             uptime_secs: age as u64,
-        }))
+        }
+    }
+}
+
+impl Proc {
+    /// Its use of the machine now (`/proc/PID/stat`); `None` once gone.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn usage(&self) -> io::Result<Option<Usage>> {
+        let pid = self.pid();
+        let stat = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))?;
+        Ok(stat.map(Usage::from_stat))
     }
 
     /// Its command line (`/proc/PID/cmdline`), arguments joined by spaces,
