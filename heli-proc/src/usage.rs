@@ -46,16 +46,24 @@ pub struct Usage {
     pub uptime_secs: u64,
 }
 
-/// A file, by the device and inode that hold it, and when it last changed:
-/// what tells two program files apart even when they have the same name.
+/// A file, by the device and inode that hold it, its size and when it last
+/// changed: what tells two program files apart even when they have the
+/// same name.
+///
+/// A file replaced (a new file renamed over it, as package managers do) or
+/// an inode reused is another `FileId`; so is a file rewritten in place,
+/// unless it kept its size and was rewritten within the file system's
+/// timestamp granularity (a few milliseconds). A running program's file
+/// cannot be opened for writing at all (`ETXTBSY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// The device (`st_dev`).
     pub dev: u64,
     /// The inode (`st_ino`).
     pub inode: u64,
-    /// Its last status change (`st_ctime`, seconds and nanoseconds): a
-    /// file rewritten in place, or an inode reused, shows a new one.
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its last status change (`st_ctime`, seconds and nanoseconds).
     pub changed: (i64, i64),
 }
 
@@ -65,6 +73,7 @@ impl FileId {
         FileId {
             dev: meta.dev(),
             inode: meta.ino(),
+            size: meta.size(),
             changed: (meta.ctime(), meta.ctime_nsec()),
         }
     }
