@@ -144,7 +144,7 @@ fn check(args: &Args) -> Result<(), Failure> {
     } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--json goes with status, ps, stack or --list",
+            "--json goes with status or --list (and ps, stack)",
         ))
     } else {
         Ok(())
@@ -520,7 +520,10 @@ mod tests {
             &["attach", "--json"],
             &["revoke", "--json"],
         ] {
-            assert_eq!(usage(args), "--json goes with status, ps, stack or --list");
+            assert_eq!(
+                usage(args),
+                "--json goes with status or --list (and ps, stack)"
+            );
         }
     }
 

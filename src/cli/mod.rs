@@ -11,8 +11,6 @@
 //! ```
 //!
 //! What scripts may rely on: the exit statuses ([`ClientExit`],
-//! [`ControllerExit`]), and the JSON of `client status --json` and
-//! `client --list --json`.
 
 mod attach;
 pub mod client;
