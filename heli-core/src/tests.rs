@@ -3027,6 +3027,11 @@ fn without_an_inspector_ps_and_stacks_say_so() {
             "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
              stacks\n",
         ),
+        (
+            "STACKS 4242\n",
+            "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
+             stacks\n",
+        ),
     ] {
         assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
     }
@@ -3068,4 +3073,60 @@ fn a_hanging_tree_read_holds_up_no_other_request_and_gets_an_answer() {
     assert_eq!(tree.processes.len(), 4);
     assert_eq!(tree.processes[1].holder, Some(pid(77)));
     running.terminate(&fake);
+}
+
+#[test]
+fn a_worker_grant_the_granter_does_not_report_names_the_worker() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    target.table().edit(5001, |info| {
+        info.state = crate::ProcessState::DiskSleep;
+    });
+    let reply = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5001\n");
+    started.recv_timeout(HANG).unwrap();
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        "ERROR: Grant failed: no answer within its deadline: PID 5001 is in uninterruptible \
+         sleep (state D)\n"
+    );
+    // The late grant is withdrawn from that process at once, and recorded
+    // nowhere.
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_stacks_reply_too_long_for_a_line_leaves_the_last_threads_out() {
+    let big = |raw: u32| {
+        let mut process = crate::stacks::ProcessStacks::new(pid(raw));
+        let mut thread = ThreadStack::new(raw.into());
+        let name = "f".repeat(1000);
+        for _ in 0..1000 {
+            thread
+                .frames
+                .push(Frame::new(name.clone(), "a.py", Some(1)));
+        }
+        process.threads.push(thread);
+        process
+    };
+    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
+    let small = vec![big(1), big(2)];
+    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(big).collect());
+    let line = Reply::Stacks(fitted.clone()).encode(crate::protocol::Dialect::Upper);
+    assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    let kept: Vec<usize> = fitted.iter().map(|p| p.threads.len()).collect();
+    assert_eq!(kept, [1, 1, 1, 1, 0, 0]);
+    assert_eq!(
+        fitted[5].skipped.as_deref(),
+        Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
+    );
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(fitted));
 }
