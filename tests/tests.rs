@@ -24,5 +24,6 @@ mod repl;
 mod sessions;
 mod supervise;
 mod terminal;
+mod tree;
 mod with_tool;
 mod zombie_leader;
