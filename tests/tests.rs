@@ -16,6 +16,7 @@ mod embed;
 #[allow(dead_code)]
 mod freezer;
 mod frozen;
+mod gunicorn;
 mod init;
 mod inspect;
 mod refusals;
