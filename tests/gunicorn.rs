@@ -21,23 +21,9 @@ use crate::tree::{
 use crate::util::{python314, serial, temp_script, wait_for, Controller, Kind, SOON};
 use crate::with_tool::py_spy;
 
-/// The app: `/` answers its worker's pid; `/slow` hangs in
-/// `slow_handler` (until its worker's parent goes) after saying `slow PID`.
-const APP: &str = r#"
-import os, time
-
-def slow_handler():
-    print(f"slow {os.getpid()}", flush=True)
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(0.05)
-
-def app(environ, start_response):
-    if environ["PATH_INFO"] == "/slow":
-        slow_handler()
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"%d\n" % os.getpid()]
-"#;
+/// The app (`/` answers its worker's pid, `/slow` hangs in `slow_handler`
+/// after saying `slow PID`), shared with the Yama VM suite.
+const APP: &str = include_str!("gunicorn_app.py");
 
 /// Where scripts/test.sh installed gunicorn: `$HELI_GUNICORN_PATH`, else
 /// its default directory.
