@@ -7,7 +7,12 @@
 //!   of the domain: only that it does not panic is checked).
 #![no_main]
 
-use heli_core::protocol::{dialect_of_line, parse_request, Reply, Request, Status, MAX_LINE};
+use heli_core::protocol::{
+    dialect_of_line, parse_request, GrantRequest, Reply, Request, RevokeRequest, Scope, Status,
+    TreeGrant, MAX_LINE,
+};
+use heli_core::stacks::{Activity, Frame, ProcessStacks, ThreadStack};
+use heli_core::tree::{Tree, TreeProcess};
 use heli_core::Pid;
 use heli_fuzz::{assert_one_line, normalized, reply_in_domain, DIALECTS};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
@@ -29,34 +34,142 @@ fn pid(u: &mut Unstructured<'_>) -> Result<Pid> {
     Ok(Pid::new(raw).expect("in range"))
 }
 
+/// Maybe a pid.
+fn some_pid(u: &mut Unstructured<'_>) -> Result<Option<Pid>> {
+    Ok(if u.arbitrary()? { Some(pid(u)?) } else { None })
+}
+
+fn scope(u: &mut Unstructured<'_>) -> Result<Scope> {
+    Ok(match u.choose_index(3)? {
+        0 => Scope::Target,
+        1 => Scope::Process(pid(u)?),
+        _ => Scope::All,
+    })
+}
+
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
     Ok(match u.choose_index(8)? {
         0 => Request::GetTargetPid,
-        1 => Request::GrantAccess(pid(u)?),
-        2 => Request::TakeOver(pid(u)?),
-        3 => Request::Status,
-        4 => Request::Stack,
-        5 => Request::Revoke(None),
-        6 => Request::Revoke(Some(pid(u)?)),
+        1 => {
+            let mut grant = GrantRequest::new(pid(u)?).force(u.arbitrary()?);
+            if let Some(process) = some_pid(u)? {
+                grant = grant.process(process);
+            }
+            Request::GrantAccess(grant)
+        }
+        2 => Request::Status,
+        3 => Request::Ps,
+        4 => Request::Stack(scope(u)?),
+        5 => Request::Stacks(scope(u)?),
+        6 => {
+            let mut revoke = RevokeRequest::new();
+            if let Some(client) = some_pid(u)? {
+                revoke = revoke.client(client);
+            }
+            if let Some(process) = some_pid(u)? {
+                revoke = revoke.process(process);
+            }
+            Request::Revoke(revoke)
+        }
         _ => Request::Terminate,
     })
 }
 
+/// A process of a tree. Its CPU share is a whole number of percent: JSON
+/// carries any other finite number too, but a NaN not at all.
+fn tree_process(u: &mut Unstructured<'_>) -> Result<TreeProcess> {
+    let mut process = TreeProcess::new(pid(u)?);
+    process.parent = some_pid(u)?;
+    process.target = u.arbitrary()?;
+    process.state = u.arbitrary()?;
+    process.threads = u.arbitrary()?;
+    process.cpu_percent = f64::from(u.arbitrary::<u16>()?);
+    process.rss_bytes = u.arbitrary()?;
+    process.uptime_secs = u.arbitrary()?;
+    process.uid = u.arbitrary()?;
+    process.python = u.arbitrary()?;
+    process.holder = some_pid(u)?;
+    process.command = u.arbitrary()?;
+    Ok(process)
+}
+
+fn thread_stack(u: &mut Unstructured<'_>) -> Result<ThreadStack> {
+    let mut thread = ThreadStack::new(u.arbitrary()?);
+    thread.thread_id = u.arbitrary()?;
+    thread.name = u.arbitrary()?;
+    thread.interpreter_id = u.arbitrary()?;
+    thread.main = u.arbitrary()?;
+    thread.activity = match u.choose_index(3)? {
+        0 => None,
+        1 => Some(Activity::Running),
+        _ => Some(Activity::Idle),
+    };
+    thread.gil = u.arbitrary()?;
+    for _ in 0..u.choose_index(4)? {
+        let mut frame = Frame::new(
+            u.arbitrary::<String>()?,
+            u.arbitrary::<String>()?,
+            u.arbitrary()?,
+        );
+        frame.source = u.arbitrary()?;
+        thread.frames.push(frame);
+    }
+    thread.incomplete = u.arbitrary()?;
+    Ok(thread)
+}
+
+fn process_stacks(u: &mut Unstructured<'_>) -> Result<ProcessStacks> {
+    let mut stacks = ProcessStacks::new(pid(u)?);
+    stacks.parent = some_pid(u)?;
+    stacks.target = u.arbitrary()?;
+    stacks.command = u.arbitrary()?;
+    stacks.python = u.arbitrary()?;
+    for _ in 0..u.choose_index(3)? {
+        stacks.threads.push(thread_stack(u)?);
+    }
+    stacks.skipped = u.arbitrary()?;
+    Ok(stacks)
+}
+
 fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
-    Ok(match u.choose_index(5)? {
+    Ok(match u.choose_index(7)? {
         0 => Reply::TargetPid(pid(u)?),
         1 => Reply::Ready,
         2 => Reply::Error(u.arbitrary()?),
         3 => Reply::Stack(u.arbitrary()?),
-        _ => Reply::Status(Status {
-            pid: pid(u)?,
-            state: u.arbitrary()?,
-            uptime_secs: u.arbitrary()?,
-            granter: u.arbitrary()?,
-            holder: if u.arbitrary()? { Some(pid(u)?) } else { None },
-            extra: u.arbitrary()?,
-            command: u.arbitrary()?,
-        }),
+        4 => {
+            let mut processes = Vec::new();
+            for _ in 0..u.choose_index(4)? {
+                processes.push(tree_process(u)?);
+            }
+            Reply::Ps(Tree::new(processes, u.arbitrary()?))
+        }
+        5 => {
+            let mut stacks = Vec::new();
+            for _ in 0..u.choose_index(4)? {
+                stacks.push(process_stacks(u)?);
+            }
+            Reply::Stacks(stacks)
+        }
+        _ => {
+            let mut grants = Vec::new();
+            for _ in 0..u.choose_index(4)? {
+                grants.push(TreeGrant {
+                    process: pid(u)?,
+                    client: pid(u)?,
+                });
+            }
+            Reply::Status(Status {
+                pid: pid(u)?,
+                state: u.arbitrary()?,
+                uptime_secs: u.arbitrary()?,
+                granter: u.arbitrary()?,
+                holder: some_pid(u)?,
+                grants,
+                extra: u.arbitrary()?,
+                command: u.arbitrary()?,
+            })
+        }
     })
 }
 

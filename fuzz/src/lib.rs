@@ -21,7 +21,9 @@ use heli_core::protocol::{Dialect, Reply, Status};
 pub const DIALECTS: [Dialect; 2] = [Dialect::Upper, Dialect::Lower];
 
 /// The fields a `STATUS` reply has by name; an extra fact may not use them.
-pub const STATUS_FIELDS: [&str; 6] = ["pid", "state", "uptime", "granter", "holder", "command"];
+pub const STATUS_FIELDS: [&str; 7] = [
+    "pid", "state", "uptime", "granter", "holder", "grants", "command",
+];
 
 /// Asserts that `line` is exactly one protocol line: it ends in its only
 /// newline.
@@ -84,6 +86,7 @@ pub fn normalized(reply: &Reply) -> Reply {
             uptime_secs: status.uptime_secs,
             granter: word(&status.granter),
             holder: status.holder,
+            grants: status.grants.clone(),
             extra: status
                 .extra
                 .iter()

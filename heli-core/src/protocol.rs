@@ -7,11 +7,13 @@
 //! | request | reply |
 //! |---|---|
 //! | `GET_TARGET_PID` | `TARGET_PID <pid>` |
-//! | `GRANT_ACCESS <pid>` | `READY` once `<pid>` may ptrace the target |
-//! | `GRANT_ACCESS <pid> FORCE` | the same, taking the grant over from another client |
-//! | `STATUS` | `STATUS pid=<pid> state=<state> ... command=<command line>` |
-//! | `STACK` | `STACK <text>`: every thread's Python stack, read without running anything in the target; newlines in the text are written `\n`, backslashes `\\` |
-//! | `REVOKE [<pid>]` | `READY` once the grant is withdrawn (only if `<pid>` holds it, when given) |
+//! | `GRANT_ACCESS <client> [TARGET <pid>] [FORCE]` | `READY` once process `<client>` may ptrace the target, or process `<pid>` of the target's tree (the target or a descendant of it at the moment of the grant); `FORCE` takes the grant on that process over from another client |
+//! | `REVOKE [<client>] [TARGET <pid>]` | `READY` once the grant on the target (or on process `<pid>`) is withdrawn; with `<client>`, only if that process holds it |
+//! | `STATUS` | `STATUS pid=<pid> state=<state> ... holder=<client> grants=<process>:<client>,... command=<command line>`: `holder` is the client holding the grant on the target (`none`), `grants` every grant of the tree, the target's first (`none`) |
+//! | `PS` | `PS <json>`: the supervised tree, a [`Tree`] as one line of JSON |
+//! | `STACK` | `STACK <text>`: every thread's Python stack in the target, read without running anything in it; newlines in the text are written `\n`, backslashes `\\` |
+//! | `STACK <pid>`, `STACK ALL` | the same for process `<pid>` of the tree, or for every process of it, each under a header `Process <pid> (<role>)...` |
+//! | `STACKS [<pid>\|ALL]` | `STACKS <json>`: the same stacks as a list of [`ProcessStacks`], one line of JSON (a process whose stacks cannot be read is listed with `skipped`, for `ALL`) |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
@@ -25,11 +27,11 @@
 //! # Examples
 //!
 //! ```
-//! use heli_core::protocol::{parse_request, Dialect, Reply, Request};
+//! use heli_core::protocol::{parse_request, Dialect, GrantRequest, Reply, Request};
 //! use heli_core::Pid;
 //!
 //! let (request, dialect) = parse_request(b"grant_access 42").unwrap();
-//! assert_eq!(request, Request::GrantAccess(Pid::new(42).unwrap()));
+//! assert_eq!(request, Request::GrantAccess(GrantRequest::new(Pid::new(42).unwrap())));
 //! assert_eq!(dialect, Dialect::Lower);
 //! assert_eq!(Reply::Ready.encode(dialect), "ready\n");
 //!
@@ -589,8 +591,14 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             revoke.client = Some(word.parse().map_err(|_| invalid_pid())?);
             next = words.next();
         }
-        if next.is_some() {
+        if let Some(word) = next {
+            if !word.eq_ignore_ascii_case("TARGET") {
+                return Err(invalid_pid());
+            }
             revoke.process = Some(target_pid(words.next())?);
+        }
+        if words.next().is_some() {
+            return Err(invalid_pid());
         }
         Request::Revoke(revoke)
     } else if command.eq_ignore_ascii_case("STATUS") {
@@ -616,6 +624,9 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             }
             grant.force = true;
         }
+        if words.next().is_some() {
+            return Err(invalid_pid());
+        }
         Request::GrantAccess(grant)
     } else {
         let mut shown: String = command.chars().take(64).collect();
@@ -628,9 +639,13 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         ));
     };
     if words.next().is_some() {
+        let takes = match request {
+            Request::Stack(_) | Request::Stacks(_) => "one argument at most (a PID or ALL)",
+            _ => "no argument",
+        };
         return Err(Error::new(
             ErrorKind::UnexpectedArgument,
-            format!("{} takes no argument", request.command(dialect)),
+            format!("{} takes {takes}", request.command(dialect)),
         ));
     }
     Ok((request, dialect))
@@ -814,28 +829,69 @@ mod tests {
         Pid::new(raw).unwrap()
     }
 
+    fn grant(client: u32) -> Request {
+        Request::GrantAccess(GrantRequest::new(p(client)))
+    }
+
+    fn take_over(client: u32) -> Request {
+        Request::GrantAccess(GrantRequest::new(p(client)).force(true))
+    }
+
+    fn grant_on(client: u32, process: u32) -> GrantRequest {
+        GrantRequest::new(p(client)).process(p(process))
+    }
+
+    fn revoke(client: Option<u32>, process: Option<u32>) -> Request {
+        let mut revoke = RevokeRequest::new();
+        revoke.client = client.map(p);
+        revoke.process = process.map(p);
+        Request::Revoke(revoke)
+    }
+
     #[test]
     fn requests_in_both_dialects() {
         // Each dialect, with lines in it and what they ask.
         let upper: &[(&[u8], Request)] = &[
             (b"GET_TARGET_PID\n", Request::GetTargetPid),
             (b"Get_Target_Pid", Request::GetTargetPid),
-            (b"GRANT_ACCESS 42\n", Request::GrantAccess(p(42))),
+            (b"GRANT_ACCESS 42\n", grant(42)),
             (b"  TERMINATE  \n", Request::Terminate),
-            (b"REVOKE\n", Request::Revoke(None)),
-            (b"GRANT_ACCESS 5 FORCE\n", Request::TakeOver(p(5))),
+            (b"REVOKE\n", revoke(None, None)),
+            (b"GRANT_ACCESS 5 FORCE\n", take_over(5)),
+            (
+                b"GRANT_ACCESS 5 TARGET 4243\n",
+                Request::GrantAccess(grant_on(5, 4243)),
+            ),
+            (
+                b"GRANT_ACCESS 5 Target 4243 FORCE\n",
+                Request::GrantAccess(grant_on(5, 4243).force(true)),
+            ),
+            (b"REVOKE 5 TARGET 4243\n", revoke(Some(5), Some(4243))),
+            (b"REVOKE TARGET 4243\n", revoke(None, Some(4243))),
+            (b"PS\n", Request::Ps),
+            (b"STACK\n", Request::Stack(Scope::Target)),
+            (b"STACK 4243\n", Request::Stack(Scope::Process(p(4243)))),
+            (b"STACK ALL\n", Request::Stack(Scope::All)),
+            (b"STACKS\n", Request::Stacks(Scope::Target)),
+            (b"STACKS 0042\n", Request::Stacks(Scope::Process(p(42)))),
+            (b"STACKS All\n", Request::Stacks(Scope::All)),
         ];
         let lower: &[(&[u8], Request)] = &[
             (b"get_target_pid\n", Request::GetTargetPid),
-            (b"grant_access 42\r\n", Request::GrantAccess(p(42))),
+            (b"grant_access 42\r\n", grant(42)),
             (b"terminate\n", Request::Terminate),
-            (b"grant_access 5 force\n", Request::TakeOver(p(5))),
+            (b"grant_access 5 force\n", take_over(5)),
             (b"status\n", Request::Status),
-            (b"revoke 17\n", Request::Revoke(Some(p(17)))),
+            (b"revoke 17\n", revoke(Some(17), None)),
+            (b"grant_access\t2147483647\n", grant(2147483647)),
             (
-                b"grant_access\t2147483647\n",
-                Request::GrantAccess(p(2147483647)),
+                b"grant_access 5 target 6 force\n",
+                Request::GrantAccess(grant_on(5, 6).force(true)),
             ),
+            (b"revoke target 6\n", revoke(None, Some(6))),
+            (b"ps\n", Request::Ps),
+            (b"stack all\n", Request::Stack(Scope::All)),
+            (b"stacks 6\n", Request::Stacks(Scope::Process(p(6)))),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -852,12 +908,22 @@ mod tests {
     fn every_request_round_trips() {
         for request in [
             Request::GetTargetPid,
-            Request::GrantAccess(p(7)),
-            Request::Revoke(None),
-            Request::Revoke(Some(p(8))),
-            Request::TakeOver(p(9)),
+            grant(7),
+            revoke(None, None),
+            revoke(Some(8), None),
+            revoke(None, Some(10)),
+            revoke(Some(8), Some(10)),
+            take_over(9),
+            Request::GrantAccess(grant_on(9, 10)),
+            Request::GrantAccess(grant_on(9, 10).force(true)),
             Request::Status,
-            Request::Stack,
+            Request::Ps,
+            Request::Stack(Scope::Target),
+            Request::Stack(Scope::Process(p(11))),
+            Request::Stack(Scope::All),
+            Request::Stacks(Scope::Target),
+            Request::Stacks(Scope::Process(p(11))),
+            Request::Stacks(Scope::All),
             Request::Terminate,
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
@@ -902,7 +968,45 @@ mod tests {
                     b"GRANT_ACCESS 5 NOW\n",
                     b"GRANT_ACCESS 5 FORCE x\n",
                     b"REVOKE 1 2\n",
+                    b"REVOKE 1 2 3\n",
+                    b"REVOKE 1 FOO 3\n",
+                    b"GRANT_ACCESS 5 TARGET 6 NOW\n",
+                    b"GRANT_ACCESS 5 TARGET 6 FORCE x\n",
+                    b"GRANT_ACCESS 5 FORCE TARGET 6\n",
+                    b"REVOKE 5 TARGET 6 7\n",
+                    b"STACK abc\n",
+                    b"STACKS -1\n",
+                    b"STACK 0\n",
+                    b"STACKS ALLE\n",
                 ],
+            ),
+            (
+                ErrorKind::InvalidPid,
+                "Invalid PID after TARGET",
+                &[
+                    b"GRANT_ACCESS 5 TARGET\n",
+                    b"GRANT_ACCESS 5 TARGET abc\n",
+                    b"GRANT_ACCESS 5 TARGET FORCE\n",
+                    b"GRANT_ACCESS 5 TARGET 0\n",
+                    b"REVOKE TARGET\n",
+                    b"REVOKE 5 TARGET x\n",
+                    b"revoke target -3\n",
+                ],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "STACK takes one argument at most (a PID or ALL)",
+                &[b"STACK 5 6\n", b"STACK ALL now\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "STACKS takes one argument at most (a PID or ALL)",
+                &[b"STACKS ALL ALL\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "PS takes no argument",
+                &[b"PS ALL\n", b"PS 5\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,
@@ -949,8 +1053,24 @@ mod tests {
 
     #[test]
     fn requests_and_replies_are_shown_as_their_documented_line() {
-        assert_eq!(Request::TakeOver(p(5)).to_string(), "GRANT_ACCESS 5 FORCE");
-        assert_eq!(Request::Revoke(None).to_string(), "REVOKE");
+        assert_eq!(take_over(5).to_string(), "GRANT_ACCESS 5 FORCE");
+        assert_eq!(revoke(None, None).to_string(), "REVOKE");
+        assert_eq!(
+            Request::GrantAccess(grant_on(5, 6).force(true)).to_string(),
+            "GRANT_ACCESS 5 TARGET 6 FORCE"
+        );
+        assert_eq!(
+            revoke(Some(5), Some(6)).encode(Dialect::Lower),
+            "revoke 5 target 6\n"
+        );
+        assert_eq!(revoke(None, Some(6)).to_string(), "REVOKE TARGET 6");
+        assert_eq!(Request::Stack(Scope::Target).to_string(), "STACK");
+        assert_eq!(Request::Stacks(Scope::All).to_string(), "STACKS ALL");
+        assert_eq!(
+            Request::Stack(Scope::Process(p(7))).encode(Dialect::Lower),
+            "stack 7\n"
+        );
+        assert_eq!(Request::Ps.encode(Dialect::Lower), "ps\n");
         assert_eq!(Reply::TargetPid(p(12)).to_string(), "TARGET_PID 12");
         assert_eq!(Reply::Error("x".into()).to_string(), "ERROR: x");
         assert_eq!(Reply::Ready.to_string(), "READY");
@@ -994,6 +1114,16 @@ mod tests {
             uptime_secs: 3600,
             granter: "yama".into(),
             holder: Some(p(77)),
+            grants: vec![
+                TreeGrant {
+                    process: p(42),
+                    client: p(77),
+                },
+                TreeGrant {
+                    process: p(43),
+                    client: p(78),
+                },
+            ],
             extra: vec![
                 ("ptrace_scope".into(), "1".into()),
                 ("name".into(), "web 1".into()),
@@ -1003,7 +1133,7 @@ mod tests {
         let line = Reply::Status(status.clone()).encode(Dialect::Upper);
         assert_eq!(
             line,
-            "STATUS pid=42 state=running uptime=3600 granter=yama holder=77 ptrace_scope=1 name=web_1 command=python3.14 worker.py --queue a=b\n"
+            "STATUS pid=42 state=running uptime=3600 granter=yama holder=77 grants=42:77,43:78 ptrace_scope=1 name=web_1 command=python3.14 worker.py --queue a=b\n"
         );
         let mut expected = status.clone();
         expected.extra[1].1 = "web_1".into();
@@ -1025,7 +1155,7 @@ mod tests {
         .encode(Dialect::Upper);
         assert_eq!(
             none,
-            "STATUS pid=1 state=- uptime=0 granter=- holder=none command=\n"
+            "STATUS pid=1 state=- uptime=0 granter=- holder=none grants=none command=\n"
         );
         for bad in [
             "STATUS",
@@ -1033,6 +1163,10 @@ mod tests {
             "STATUS pid=x",
             "STATUS pid=1 uptime=soon",
             "STATUS pid=1 junk",
+            "STATUS pid=1 grants=5",
+            "STATUS pid=1 grants=5:x",
+            "STATUS pid=1 grants=5:6,",
+            "STATUS pid=1 grants=0:6",
         ] {
             assert_eq!(
                 Reply::parse(bad).unwrap_err().kind(),
@@ -1055,7 +1189,7 @@ mod tests {
         let line = Reply::Status(status.clone()).encode(Dialect::Upper);
         assert_eq!(
             line,
-            "STATUS pid=42 state=- uptime=0 granter=- holder=none last_command=attach command=python3.14 app.py\n"
+            "STATUS pid=42 state=- uptime=0 granter=- holder=none grants=none last_command=attach command=python3.14 app.py\n"
         );
         let expected = Status {
             state: "-".into(),
@@ -1067,14 +1201,18 @@ mod tests {
 
     #[test]
     fn grant_pid_names_the_process_of_a_grant_only() {
-        assert_eq!(Request::GrantAccess(p(7)).grant_pid(), Some(p(7)));
-        assert_eq!(Request::TakeOver(p(8)).grant_pid(), Some(p(8)));
+        assert_eq!(grant(7).grant_pid(), Some(p(7)));
+        assert_eq!(take_over(8).grant_pid(), Some(p(8)));
+        assert_eq!(Request::GrantAccess(grant_on(8, 9)).grant_pid(), Some(p(8)));
         for other in [
             Request::GetTargetPid,
             Request::Status,
-            Request::Stack,
-            Request::Revoke(Some(p(9))),
-            Request::Revoke(None),
+            Request::Ps,
+            Request::Stack(Scope::Target),
+            Request::Stacks(Scope::Process(p(9))),
+            revoke(Some(9), None),
+            revoke(None, None),
+            revoke(Some(9), Some(8)),
             Request::Terminate,
         ] {
             assert_eq!(other.grant_pid(), None, "{other}");
@@ -1114,6 +1252,111 @@ mod tests {
             "TARGET_PID x",
             "ERRORS: x",
             "hello",
+        ] {
+            assert_eq!(
+                Reply::parse(bad).unwrap_err().kind(),
+                ErrorKind::MalformedReply,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_status_without_grants_says_none_and_an_old_one_parses() {
+        // A controller of the previous release sends no `grants=`.
+        let old = "STATUS pid=42 state=running uptime=1 granter=yama holder=77 command=x";
+        let Reply::Status(status) = Reply::parse(old).unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!((status.holder, status.grants.len()), (Some(p(77)), 0));
+        let one = Status {
+            grants: vec![TreeGrant {
+                process: p(43),
+                client: p(9),
+            }],
+            ..Status::new(p(42))
+        };
+        let line = Reply::Status(one.clone()).encode(Dialect::Lower);
+        assert!(line.contains(" holder=none grants=43:9 "), "{line}");
+        let Reply::Status(back) = Reply::parse(&line).unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!(back.grants, one.grants);
+    }
+
+    #[test]
+    fn ps_and_stacks_replies_round_trip_as_one_line_of_json() {
+        use crate::stacks::{Activity, Frame, ThreadStack};
+        use crate::tree::TreeProcess;
+
+        let mut target = TreeProcess::new(p(4242));
+        target.parent = Some(p(1));
+        target.target = true;
+        target.state = 'S';
+        target.threads = 3;
+        target.cpu_percent = 12.5;
+        target.rss_bytes = 1 << 20;
+        target.python = Some("3.14.0".into());
+        target.holder = Some(p(77));
+        target.command = "python3.14 -m gunicorn -w 2 app:app\n\"quoted\"".into();
+        let mut worker = TreeProcess::new(p(4243));
+        worker.parent = Some(p(4242));
+        worker.state = 'R';
+        worker.command = "gunicorn: worker [app]".into();
+        let tree = Tree::new(vec![target, worker], true);
+
+        let mut thread = ThreadStack::new(4243);
+        thread.name = Some("main\\thread".into());
+        thread.main = true;
+        thread.activity = Some(Activity::Idle);
+        thread.gil = Some(false);
+        thread
+            .frames
+            .push(Frame::new("handle", "/srv/app.py", Some(12)));
+        thread
+            .frames
+            .push(Frame::new("<module>", "C:\\x\n.py", None));
+        let mut stacks = ProcessStacks::new(p(4243));
+        stacks.parent = Some(p(4242));
+        stacks.python = Some("3.14.0".into());
+        stacks.threads.push(thread);
+        let mut skipped = ProcessStacks::new(p(4244));
+        skipped.skipped = Some("not a Python process".into());
+        skipped.command = "sh -c 'sleep 1'".into();
+
+        for dialect in [Dialect::Upper, Dialect::Lower] {
+            for reply in [
+                Reply::Ps(tree.clone()),
+                Reply::Ps(Tree::default()),
+                Reply::Stacks(vec![stacks.clone(), skipped.clone()]),
+                Reply::Stacks(Vec::new()),
+            ] {
+                let line = reply.encode(dialect);
+                assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+                assert_eq!(Reply::parse(&line).unwrap(), reply, "{line:?}");
+            }
+        }
+        assert!(Reply::Ps(Tree::default())
+            .encode(Dialect::Lower)
+            .starts_with("ps {"));
+        assert!(Reply::Stacks(Vec::new())
+            .encode(Dialect::Upper)
+            .starts_with("STACKS ["));
+        // Facts the controller fills in may be left out by an older sender.
+        let line = r#"PS {"processes":[{"pid":7,"parent":null,"state":"S","threads":1,"cpu_percent":0.0,"rss_bytes":0,"uptime_secs":0,"uid":0,"python":null,"command":""}],"subreaper":false}"#;
+        let Reply::Ps(tree) = Reply::parse(line).unwrap() else {
+            panic!("not a tree");
+        };
+        assert_eq!(tree.processes[0].holder, None);
+        assert!(!tree.processes[0].target);
+        for bad in [
+            "PS",
+            "PS {",
+            "PS []",
+            "STACKS {}",
+            "STACKS [{\"pid\":0}]",
+            "STACKS",
+            r#"PS {"processes":[{"pid":-1}],"subreaper":false}"#,
         ] {
             assert_eq!(
                 Reply::parse(bad).unwrap_err().kind(),

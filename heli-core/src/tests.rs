@@ -28,6 +28,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, 
 
 use crate::process::table::{pid, Table};
 use crate::protocol::MAX_LINE;
+use crate::stacks::{Frame, ThreadStack};
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
@@ -157,13 +158,13 @@ impl Fake {
         session
     }
 
-    /// The connection that holds the grant, as the listener is told.
-    fn grant_holder(&self) -> Option<u64> {
+    /// The connections that hold grants, as the listener is told.
+    fn grant_holders(&self) -> Vec<u64> {
         let holder = self.0.grant_holder.lock().unwrap();
-        holder
-            .as_ref()
-            .expect("watch_grant not called")
-            .connection()
+        let holder = holder.as_ref().expect("watch_grant not called");
+        (0..=self.last_connection() + 1)
+            .filter(|&connection| holder.holds(connection))
+            .collect()
     }
 
     /// The last connection handed out.
@@ -1463,11 +1464,11 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     // The listener knows which connection that is (it must never close it
     // as idle).
     let asked_on = fake.last_connection();
-    assert_eq!(fake.grant_holder(), Some(asked_on));
+    assert_eq!(fake.grant_holders(), [asked_on]);
     // Other connections come and go: the grant stays.
     assert_eq!(client.status().unwrap().holder, Some(pid(77)));
     assert!(granter.revoked().is_empty());
-    assert_eq!(fake.grant_holder(), Some(asked_on));
+    assert_eq!(fake.grant_holders(), [asked_on]);
     // The connection that asked closes: the grant is revoked.
     drop(session);
     let deadline = Instant::now() + HANG;
@@ -1477,14 +1478,14 @@ fn a_grant_ends_with_the_connection_that_asked_for_it() {
     }
     assert_eq!(granter.revoked(), [PID]);
     assert_eq!(client.status().unwrap().holder, None);
-    assert_eq!(fake.grant_holder(), None);
+    assert!(fake.grant_holders().is_empty());
 
     // A grant taken over by another connection is not revoked when the
     // first connection closes.
     let first = fake.granted(77);
     let mut second = client.session().unwrap();
     second.take_over(pid(88)).unwrap();
-    assert_eq!(fake.grant_holder(), Some(fake.last_connection()));
+    assert_eq!(fake.grant_holders(), [fake.last_connection()]);
     drop(first);
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));
     assert_eq!(granter.revoked(), [PID]);
@@ -1671,16 +1672,16 @@ fn stack_is_the_inspectors_to_give() {
     /// Reads the stack of whichever process it is asked about.
     struct Reader;
     impl crate::Inspector for Reader {
-        fn stack_dump(&self, pid: Pid) -> io::Result<String> {
-            Ok(format!(
-                "Thread {pid}\n  File \"a.py\", line 1, in <module>\n"
-            ))
+        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+            let mut thread = ThreadStack::new(pid.get().into());
+            thread.frames.push(Frame::new("<module>", "a.py", Some(1)));
+            Ok(vec![thread])
         }
     }
     let (fake, _, _, running) = started_with(|c| c.inspector(Reader));
     assert_eq!(
         fake.client().stack().unwrap(),
-        "Thread 4242\n  File \"a.py\", line 1, in <module>\n"
+        "Thread 4242, most recent call last:\n  File \"a.py\", line 1, in <module>\n"
     );
     running.terminate(&fake);
 }
@@ -2180,9 +2181,9 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     /// Reads a stack only after the test says so.
     struct Gated(Mutex<Receiver<()>>);
     impl crate::Inspector for Gated {
-        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
             let _ = self.0.lock().unwrap().recv_timeout(HANG);
-            Ok("Thread 1\n".into())
+            Ok(vec![ThreadStack::new(1)])
         }
     }
     let (go, gate) = unbounded();
@@ -2200,7 +2201,10 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     // Once the reader is free again, the next read is answered.
     go.send(()).unwrap();
     go.send(()).unwrap();
-    assert_eq!(fake.client().stack().unwrap(), "Thread 1\n");
+    assert_eq!(
+        fake.client().stack().unwrap(),
+        "Thread 1, most recent call last:\n  (no Python frame)\n"
+    );
     running.terminate(&fake);
 }
 
@@ -2376,7 +2380,7 @@ fn work_past_its_deadline_is_given_up_alone() {
     /// Never reads a stack: a target that does not answer.
     struct Silent;
     impl crate::Inspector for Silent {
-        fn stack_dump(&self, _pid: Pid) -> io::Result<String> {
+        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
             thread::sleep(HANG);
             Err(io::ErrorKind::TimedOut.into())
         }

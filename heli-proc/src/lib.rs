@@ -10,7 +10,10 @@
 //!   [info](Proc::info), its threads and [their status](Proc::thread_status)
 //!   and [system call](Proc::thread_syscall) (what ptrace cares about), its
 //!   [memory map](Proc::maps), auxiliary vector, program and capabilities,
-//!   and whether a cgroup freezer holds it ([`is_frozen`]).
+//!   and whether a cgroup freezer holds it ([`is_frozen`]); what `ps`
+//!   shows of it ([`usage`](Proc::usage),
+//!   [`command_line`](Proc::command_line)) and which program file it runs
+//!   ([`exe_id`](Proc::exe_id)).
 //! - [`ProcessHandle`]: one process held by a pidfd, which tells when it
 //!   has exited however soon its pid is reused (what a listener keeps of
 //!   a connected client).
@@ -49,6 +52,7 @@ mod maps;
 mod memory;
 mod process;
 mod tree;
+mod usage;
 
 pub use freezer::is_frozen;
 pub use handle::ProcessHandle;
@@ -56,3 +60,4 @@ pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
 pub use tree::{descendants, group_members};
+pub use usage::{FileId, Usage};

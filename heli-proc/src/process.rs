@@ -310,6 +310,21 @@ impl Proc {
         Ok(Some(children))
     }
 
+    /// Thread `tid`'s state (`/proc/PID/task/TID/stat`): whether it is on a
+    /// CPU ([`Running`](ProcessState::Running)), asleep, stopped...; `None`
+    /// once it has exited.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn thread_state(&self, tid: Pid) -> io::Result<Option<ProcessState>> {
+        let what = format_args!("/proc/{}/task/{tid}/stat", self.pid);
+        let Some(task) = unless_gone(self.dir.task_from_tid(tid.get() as i32), what)? else {
+            return Ok(None);
+        };
+        Ok(unless_gone(task.stat(), what)?.map(|stat| ProcessState::from_code(stat.state)))
+    }
+
     /// Thread `tid`'s name (`/proc/PID/task/TID/comm`), if it can be read.
     pub fn thread_name(&self, tid: u64) -> Option<String> {
         let task = self.dir.task_from_tid(i32::try_from(tid).ok()?).ok()?;
@@ -586,6 +601,16 @@ mod tests {
         assert_ne!(thread_info.id.pid, Pid::this());
         assert!(me.threads().unwrap().contains(&tid));
         assert_eq!(me.thread_status(tid).unwrap().unwrap().process, Pid::this());
+        assert!(matches!(
+            me.thread_state(tid).unwrap(),
+            Some(ProcessState::Sleeping | ProcessState::Running)
+        ));
+        // This thread reads its own state while it runs.
+        let this_thread = Pid::new(nix::unistd::gettid().as_raw() as u32).unwrap();
+        assert_eq!(
+            me.thread_state(this_thread).unwrap(),
+            Some(ProcessState::Running)
+        );
         assert!(matches!(
             me.thread_syscall(tid).unwrap(),
             Some(Syscall::In(_) | Syscall::Running)

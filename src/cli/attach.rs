@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::core::protocol::{GrantRequest, RevokeRequest};
 use crate::core::{Client, Pid, Processes, Transport};
 use crate::grant::{kill_with_parent, PtraceScope};
 use crate::proc::{Proc, ProcFs};
@@ -30,6 +31,41 @@ pub(crate) struct Debugging {
     out: Paint,
 }
 
+/// The process an `attach` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Process {
+    /// The target (`attach`, or `--pid` naming it): granted as always.
+    Target(Pid),
+    /// Another process of the target's tree (`--pid`).
+    InTree(Pid),
+}
+
+impl Process {
+    fn pid(self) -> Pid {
+        match self {
+            Process::Target(pid) | Process::InTree(pid) => pid,
+        }
+    }
+
+    /// `the target` or `process`, as a message's subject.
+    fn noun(self) -> &'static str {
+        match self {
+            Process::Target(_) => "the target",
+            Process::InTree(_) => "the process",
+        }
+    }
+}
+
+impl std::fmt::Display for Process {
+    /// `target PID 4242`, `PID 4243`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Process::Target(pid) => write!(f, "target PID {pid}"),
+            Process::InTree(pid) => write!(f, "PID {pid}"),
+        }
+    }
+}
+
 /// The debugger an `attach` runs.
 enum Debugger {
     Pdb(Python),
@@ -50,12 +86,14 @@ impl Debugging {
         })
     }
 
-    /// Asks for the grant on a connection kept open while the debugger
-    /// runs: with the socket transport the grant ends when that connection
-    /// closes, even if this client is killed.
+    /// Asks for the grant on `pid` (the target when `None`) on a
+    /// connection kept open while the debugger runs: with the socket
+    /// transport the grant ends when that connection closes, even if this
+    /// client is killed. Once the debugger is gone, withdraws it.
     pub(crate) fn attach<T: Transport>(
         &self,
         client: &Client<T>,
+        pid: Option<Pid>,
         force: bool,
         with: Option<&str>,
     ) -> Result<(), Failure> {
@@ -64,41 +102,59 @@ impl Debugging {
         let tool = with.map(Tool::parse).transpose()?;
         let mut session = client.session()?;
         let target = session.target_pid()?;
+        let process = match pid {
+            Some(pid) if pid != target => Process::InTree(pid),
+            _ => Process::Target(target),
+        };
         // Everything the debugger needs is checked before the grant.
         let debugger = match tool {
-            Some(tool) => Debugger::Tool(tool.resolve(target)?),
-            None => Debugger::Pdb(self.pdb_python(target)?),
+            Some(tool) => Debugger::Tool(tool.resolve(process.pid())?),
+            None => Debugger::Pdb(self.pdb_python(process.pid())?),
         };
         let me = Pid::this();
         println!("Requesting ptrace permission for client PID {me}...");
-        if force {
-            session.take_over(me)?;
-        } else {
-            session.grant_access(me)?;
+        match process {
+            Process::Target(_) if force => session.take_over(me)?,
+            Process::Target(_) => session.grant_access(me)?,
+            Process::InTree(pid) => {
+                session.grant(GrantRequest::new(me).process(pid).force(force))?
+            }
         }
         println!("{}", self.out.good("✅ Permission granted"));
-        let result = self.debug(&debugger, target, scope);
+        let result = self.debug(&debugger, process, scope);
         // The grant is no longer needed once the debugger is gone.
-        if let Err(err) = session.revoke(me) {
+        let revoked = match process {
+            Process::Target(_) => session.revoke(me),
+            Process::InTree(pid) => {
+                session.revoke_grant(RevokeRequest::new().client(me).process(pid))
+            }
+        };
+        if let Err(err) = revoked {
             println!("Note: the grant was not withdrawn: {err}");
         }
         result
     }
 
-    fn debug(&self, debugger: &Debugger, target: Pid, scope: PtraceScope) -> Result<(), Failure> {
+    fn debug(
+        &self,
+        debugger: &Debugger,
+        process: Process,
+        scope: PtraceScope,
+    ) -> Result<(), Failure> {
+        let pid = process.pid();
         println!();
         let (mut command, name) = match debugger {
             Debugger::Pdb(python) => {
-                println!("Attaching pdb to target PID {target}...");
+                println!("Attaching pdb to {process}...");
                 println!("Type pdb commands (list, next, print, etc.) or 'quit' to detach");
                 let mut command = Command::new(&python.exe);
-                command.args(["-m", "pdb", "-p", &target.to_string()]);
+                command.args(["-m", "pdb", "-p", &pid.to_string()]);
                 (command, "pdb".to_owned())
             }
             Debugger::Tool(argv) => {
                 let shown = shlex::try_join(argv.iter().map(String::as_str))
                     .unwrap_or_else(|_| argv.join(" "));
-                println!("Running {shown} on target PID {target}...");
+                println!("Running {shown} on {process}...");
                 let mut command = Command::new(&argv[0]);
                 command.args(&argv[1..]);
                 (command, tool_name(&argv[0]))
@@ -133,21 +189,28 @@ impl Debugging {
             return Err(Failure::new(
                 ClientExit::Impossible,
                 format!(
-                    "Remote debugging is disabled in the target (PID {target}): it was started with \
+                    "Remote debugging is disabled in {} (PID {pid}): it was started with \
                      PYTHON_DISABLE_REMOTE_DEBUG set or with -X disable-remote-debug (or its Python \
                      was built --without-remote-debug), so pdb -p cannot attach.\n\
                      Restart the target without them, or use a tool that needs no help from it: \
-                     attach --with 'gdb -p {{pid}}' or attach --with 'py-spy dump --pid {{pid}}'."
+                     attach --with 'gdb -p {{pid}}' or attach --with 'py-spy dump --pid {{pid}}'.",
+                    process.noun()
                 ),
             ));
         }
-        if ProcFs.identity(target).ok().flatten().is_none() {
+        if ProcFs.identity(pid).ok().flatten().is_none() {
             return Err(Failure::new(
                 ClientExit::Failed,
-                format!(
-                    "The target (PID {target}) exited: nothing to attach to. \
-                     `status` shows what the controller is doing."
-                ),
+                match process {
+                    Process::Target(_) => format!(
+                        "The target (PID {pid}) exited: nothing to attach to. \
+                         `status` shows what the controller is doing."
+                    ),
+                    Process::InTree(_) => format!(
+                        "PID {pid} exited: nothing to attach to. \
+                         `ps` shows the processes of the target's tree."
+                    ),
+                },
             ));
         }
         let mut message = format!("{name} exited with {status}.");
@@ -160,7 +223,7 @@ impl Debugging {
         Err(Failure::new(ClientExit::Failed, message))
     }
 
-    /// The target's own interpreter when it is Python 3.14+, else the
+    /// The process's own interpreter when it is Python 3.14+, else the
     /// configured one.
     fn pdb_python(&self, target: Pid) -> Result<Python, Failure> {
         let own = Proc::open(target)

@@ -1,11 +1,15 @@
 //! The client program: asks the controller for ptrace rights over its target
-//! and attaches pdb (or another ptrace tool) to it; or shows the target's
-//! status, PID or Python stacks, lists the sessions, ends the target.
+//! (or any process of the target's tree) and attaches pdb (or another ptrace
+//! tool) to it; or shows the target's status, PID, process tree or Python
+//! stacks, lists the sessions, ends the target.
 //!
 //! ```text
 //! cargo run --example client                # interactive: attach, status, quit, help
 //! cargo run --example client -- attach      # one command, then exit
 //! cargo run --example client -- attach --with 'gdb -p {pid}'
+//! cargo run --example client -- ps          # the supervised tree (--json for scripts)
+//! cargo run --example client -- attach --pid 4243
+//! cargo run --example client -- stack --all # every process's stacks (--json for scripts)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
@@ -18,14 +22,16 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::core::{Client, Transport};
+use crate::core::protocol::{RevokeRequest, Scope};
+use crate::core::{Client, Pid, Transport};
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
-use super::command::Cmd;
+use super::command::{stack_scope, Cmd};
 use super::exit::{ClientExit, Failure, START_HINT};
 use super::render::{self, Listed, Paint};
 use super::repl;
+use super::source::Sources;
 use super::transport::TransportKind;
 
 /// Attaches pdb, or any ptrace tool, to the target of a running heli
@@ -53,7 +59,7 @@ struct Args {
     #[arg(long)]
     list: bool,
 
-    /// Print `status` or `--list` as JSON, for scripts
+    /// Print `status`, `ps`, `stack` or `--list` as JSON, for scripts
     #[arg(long, global = true)]
     json: bool,
 
@@ -135,10 +141,10 @@ fn check(args: &Args) -> Result<(), Failure> {
             ClientExit::Usage,
             format!("--timeout must be a number of seconds above 0, at most {MAX_TIMEOUT}"),
         ))
-    } else if args.json && !args.list && args.command != Some(Cmd::Status) {
+    } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--json goes with status or --list",
+            "--json goes with status or --list (and ps, stack)",
         ))
     } else {
         Ok(())
@@ -189,7 +195,11 @@ fn run<T: Transport>(transport: T, args: &Args) -> Result<ClientExit, Failure> {
             app.execute(command, args.json)?;
             ClientExit::Success
         }
-        None => repl::interactive(|command, json| app.execute(command, json), app.out),
+        None => repl::interactive(
+            |command, json| app.execute(command, json),
+            || app.tree_pids(),
+            app.out,
+        ),
     })
 }
 
@@ -249,29 +259,52 @@ impl<T: Transport> App<T> {
 
     fn execute(&self, command: &Cmd, json: bool) -> Result<(), Failure> {
         match command {
-            Cmd::Attach { force, with } => {
-                self.debugging.attach(&self.client, *force, with.as_deref())
+            Cmd::Attach { pid, force, with } => {
+                self.debugging
+                    .attach(&self.client, *pid, *force, with.as_deref())
             }
             Cmd::Pid => {
                 println!("{}", self.client.target_pid()?);
                 Ok(())
             }
-            Cmd::Stack => {
-                print!("{}", render::stack_text(&self.client.stack()?));
+            Cmd::Ps => {
+                let tree = self.client.ps()?;
+                if json {
+                    print!("{}", render::ps_json_text(&tree));
+                } else {
+                    print!("{}", render::ps_text(&tree, self.out));
+                }
                 Ok(())
             }
+            Cmd::Stack { pid, all } => self.stack(stack_scope(*pid, *all), json),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
                     print!("{}", render::status_json_text(&status));
                 } else {
-                    print!("{}", render::status_text(&status, self.out));
+                    // The roles of the processes granted, when not only the
+                    // target is.
+                    let tree = render::grants_beyond_the_target(&status)
+                        .then(|| self.client.ps().ok())
+                        .flatten();
+                    print!("{}", render::status_text(&status, tree.as_ref(), self.out));
                 }
                 Ok(())
             }
-            Cmd::Revoke => {
-                self.client.revoke(crate::core::Pid::this())?;
-                println!("{}", self.out.good("✅ Permission withdrawn"));
+            Cmd::Revoke { pid } => {
+                let mut revoke = RevokeRequest::new().client(Pid::this());
+                if let Some(pid) = pid {
+                    revoke = revoke.process(*pid);
+                }
+                self.client.revoke_grant(revoke)?;
+                match pid {
+                    Some(pid) => println!(
+                        "{}",
+                        self.out
+                            .good(&format!("✅ Permission on PID {pid} withdrawn"))
+                    ),
+                    None => println!("{}", self.out.good("✅ Permission withdrawn")),
+                }
                 Ok(())
             }
             Cmd::Terminate => {
@@ -280,6 +313,44 @@ impl<T: Transport> App<T> {
                 Ok(())
             }
         }
+    }
+
+    /// `stack`: the processes' stacks with the source lines this client
+    /// can read. The target alone prints its threads (as `stack` always
+    /// did) and fails when they cannot be read; `--pid` and `--all` print
+    /// each process under a header, a skipped one with the reason.
+    fn stack(&self, scope: Scope, json: bool) -> Result<(), Failure> {
+        let mut stacks = self.client.stacks(scope)?;
+        Sources::new().fill(&mut stacks);
+        if json {
+            print!("{}", render::stacks_json_text(&stacks));
+            return Ok(());
+        }
+        match (scope, stacks.as_slice()) {
+            (Scope::Target, [target]) => match &target.skipped {
+                Some(why) => Err(Failure::new(
+                    ClientExit::Failed,
+                    format!("Cannot read the target's stacks: {why}"),
+                )),
+                None => {
+                    print!("{}", render::threads_stack_text(target));
+                    Ok(())
+                }
+            },
+            _ => {
+                print!("{}", render::processes_stack_text(&stacks));
+                Ok(())
+            }
+        }
+    }
+
+    /// The pids of the target's tree, for Tab completion; none when the
+    /// controller does not answer (within the client's timeout).
+    fn tree_pids(&self) -> Vec<Pid> {
+        self.client.ps().map_or_else(
+            |_| Vec::new(),
+            |tree| tree.processes.iter().map(|process| process.pid).collect(),
+        )
     }
 }
 
@@ -318,23 +389,84 @@ mod tests {
     #[test]
     fn commands_and_their_options() {
         assert_eq!(parse(&["pid"]).command, Some(Cmd::Pid));
-        assert_eq!(parse(&["stack"]).command, Some(Cmd::Stack));
-        assert_eq!(parse(&["revoke"]).command, Some(Cmd::Revoke));
-        assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
+        assert_eq!(parse(&["ps"]).command, Some(Cmd::Ps));
         assert_eq!(
-            parse(&["attach"]).command,
-            Some(Cmd::Attach {
-                force: false,
-                with: None
+            parse(&["stack"]).command,
+            Some(Cmd::Stack {
+                pid: None,
+                all: false
             })
         );
         assert_eq!(
+            parse(&["stack", "--pid", "4243"]).command,
+            Some(Cmd::Stack {
+                pid: Some(pid(4243)),
+                all: false
+            })
+        );
+        assert_eq!(
+            parse(&["stack", "--all"]).command,
+            Some(Cmd::Stack {
+                pid: None,
+                all: true
+            })
+        );
+        assert_eq!(parse(&["revoke"]).command, Some(Cmd::Revoke { pid: None }));
+        assert_eq!(
+            parse(&["revoke", "--pid", "4243"]).command,
+            Some(Cmd::Revoke {
+                pid: Some(pid(4243))
+            })
+        );
+        assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
+        assert_eq!(parse(&["attach"]).command, Some(Cmd::attach()));
+        assert_eq!(
             parse(&["attach", "--force", "--with", "gdb -p {pid}"]).command,
             Some(Cmd::Attach {
+                pid: None,
                 force: true,
                 with: Some("gdb -p {pid}".into())
             })
         );
+        assert_eq!(
+            parse(&["attach", "--pid=4243", "--with", "gdb -p {pid}"]).command,
+            Some(Cmd::Attach {
+                pid: Some(pid(4243)),
+                force: false,
+                with: Some("gdb -p {pid}".into())
+            })
+        );
+    }
+
+    fn pid(raw: u32) -> Pid {
+        Pid::new(raw).unwrap()
+    }
+
+    #[test]
+    fn a_pid_that_is_no_pid_or_both_pid_and_all_is_bad_usage() {
+        for args in [
+            &["client", "attach", "--pid", "abc"][..],
+            &["client", "attach", "--pid", "0"],
+            &["client", "attach", "--pid", "-1"],
+            &["client", "attach", "--pid", ""],
+            &["client", "attach", "--pid"],
+            &["client", "stack", "--pid", "12x"],
+            &["client", "stack", "--pid", "4243", "--all"],
+            &["client", "stack", "--all", "--pid=1"],
+            &["client", "revoke", "--pid", "nope"],
+            &["client", "ps", "--pid", "1"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+            assert_eq!(run_with_args(args), ClientExit::Usage, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn stack_options_choose_the_processes() {
+        assert_eq!(stack_scope(None, false), Scope::Target);
+        assert_eq!(stack_scope(Some(pid(7)), false), Scope::Process(pid(7)));
+        assert_eq!(stack_scope(None, true), Scope::All);
     }
 
     #[test]
@@ -369,17 +501,29 @@ mod tests {
     }
 
     #[test]
-    fn json_only_with_status_or_list() {
+    fn json_only_with_status_ps_stack_or_list() {
         for args in [
             &["--json", "status"][..],
             &["status", "--json"],
+            &["ps", "--json"],
+            &["--json", "stack"],
+            &["stack", "--all", "--json"],
+            &["stack", "--json", "--pid", "3"],
             &["--list", "--json"],
             &["--json", "--list"],
         ] {
             assert!(check(&parse(args)).is_ok(), "{args:?}");
         }
-        for args in [&["--json"][..], &["--json", "pid"], &["attach", "--json"]] {
-            assert_eq!(usage(args), "--json goes with status or --list");
+        for args in [
+            &["--json"][..],
+            &["--json", "pid"],
+            &["attach", "--json"],
+            &["revoke", "--json"],
+        ] {
+            assert_eq!(
+                usage(args),
+                "--json goes with status or --list (and ps, stack)"
+            );
         }
     }
 

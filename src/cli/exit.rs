@@ -16,8 +16,9 @@ pub enum ClientExit {
     /// target exited, or another error (reading the terminal, listing the
     /// sessions).
     Failed = 1,
-    /// 2: bad usage (an unknown option, `--json` without `status` or
-    /// `--list`, a `--timeout` that is not a positive number, an empty
+    /// 2: bad usage (an unknown option, `--json` without `status`, `ps`,
+    /// `stack` or `--list`, a `--pid` that is not a PID or given with
+    /// `--all`, a `--timeout` that is not a positive number, an empty
     /// `--with`), or several sessions are running and no `--session` chose
     /// one.
     Usage = 2,

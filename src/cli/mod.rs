@@ -11,8 +11,8 @@
 //! ```
 //!
 //! What scripts may rely on: the exit statuses ([`ClientExit`],
-//! [`ControllerExit`]), and the JSON of `client status --json` and
-//! `client --list --json`.
+//! [`ControllerExit`]), and the JSON of `client status --json`,
+//! `client ps --json`, `client stack --json` and `client --list --json`.
 
 mod attach;
 pub mod client;
@@ -22,6 +22,7 @@ mod exit;
 pub mod python;
 mod render;
 mod repl;
+mod source;
 mod tool;
 mod transport;
 

@@ -1,7 +1,8 @@
-//! What the client prints: `status`, `--list` and `stack`, as text for
-//! people (coloured on a terminal) and as JSON for scripts. Each renderer
-//! returns the exact text to print, newlines included.
+//! What the client prints: `status`, `--list`, `ps` and `stack`, as text
+//! for people (coloured on a terminal) and as JSON for scripts. Each
+//! renderer returns the exact text to print, newlines included.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -9,6 +10,9 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::core::protocol::Status;
+use crate::core::stacks::{threads_text, ProcessStacks};
+use crate::core::tree::{Tree, TreeProcess};
+use crate::core::Pid;
 
 /// ANSI colours for one output stream: only on a terminal, and only when
 /// `NO_COLOR` is unset or empty (<https://no-color.org>).
@@ -59,8 +63,9 @@ impl Paint {
     }
 }
 
-/// `status`: one fact a line, the keys in a column.
-pub(crate) fn status_text(status: &Status, out: Paint) -> String {
+/// `status`: one fact a line, the keys in a column, then the grants in
+/// force, one a line, each process with its role in `tree` (when known).
+pub(crate) fn status_text(status: &Status, tree: Option<&Tree>, out: Paint) -> String {
     let mut rows = Vec::new();
     if let Some(session) = status.get("session") {
         rows.push(("session", session.to_owned()));
@@ -95,7 +100,34 @@ pub(crate) fn status_text(status: &Status, out: Paint) -> String {
             out.heading(&format!("{key:<width$}"))
         ));
     }
+    if status.grants.is_empty() {
+        text.push_str(&format!("{} none\n", out.heading("grants:")));
+    } else {
+        text.push_str(&format!("{}\n", out.heading("grants:")));
+        for grant in &status.grants {
+            let role = if grant.process == status.pid {
+                " (target)".to_owned()
+            } else {
+                tree.and_then(|tree| tree.processes.iter().find(|p| p.pid == grant.process))
+                    .and_then(|process| process.parent)
+                    .map_or_else(String::new, |parent| format!(" (child of {parent})"))
+            };
+            text.push_str(&format!(
+                "  PID {}{role}: client PID {}\n",
+                grant.process, grant.client
+            ));
+        }
+    }
     text
+}
+
+/// Whether `status` shows a grant on a process other than the target:
+/// then `status` lists the tree too, to name the processes' roles.
+pub(crate) fn grants_beyond_the_target(status: &Status) -> bool {
+    status
+        .grants
+        .iter()
+        .any(|grant| grant.process != status.pid)
 }
 
 /// `status --json`.
@@ -113,6 +145,12 @@ fn status_json(status: &Status) -> Map<String, Value> {
     object.insert("granter".into(), status.granter.clone().into());
     object.insert("holder".into(), status.holder.map(|pid| pid.get()).into());
     object.insert("command".into(), status.command.clone().into());
+    let grants = status
+        .grants
+        .iter()
+        .map(|grant| json!({"process": grant.process.get(), "client": grant.client.get()}))
+        .collect();
+    object.insert("grants".into(), Value::Array(grants));
     for (key, value) in &status.extra {
         let value = match value.parse::<u64>() {
             Ok(number) => Value::from(number),
@@ -193,15 +231,139 @@ pub(crate) fn list_json_text(sessions: &[Listed]) -> String {
     format!("{}\n", pretty(&Value::Array(objects)))
 }
 
-/// `stack`: the controller's text as it came.
-pub(crate) fn stack_text(stack: &str) -> String {
-    format!("{stack}\n")
+/// `stack` of the target alone: its threads, as tracebacks.
+pub(crate) fn threads_stack_text(process: &ProcessStacks) -> String {
+    threads_text(&process.threads)
+}
+
+/// `stack --pid PID` and `stack --all`: each process under a header (pid,
+/// role, Python version, command), then its threads or why they were
+/// skipped; a blank line between processes.
+pub(crate) fn processes_stack_text(stacks: &[ProcessStacks]) -> String {
+    stacks
+        .iter()
+        .map(ProcessStacks::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `stack --json`: the processes' stacks, always a list.
+pub(crate) fn stacks_json_text(stacks: &[ProcessStacks]) -> String {
+    let text = serde_json::to_string_pretty(stacks).expect("stacks always serialize");
+    format!("{text}\n")
+}
+
+/// What `ps` says under the tree when the controller is not a subreaper.
+pub(crate) const NOT_A_SUBREAPER: &str = "note: the controller is not a subreaper: \
+    a process that daemonises (double fork) leaves this tree";
+
+/// `ps`: the tree as a table, each process under its parent, its command
+/// indented two spaces per generation (as `ps f` does); the target first.
+pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
+    let rows: Vec<[String; 10]> = tree_order(&tree.processes)
+        .into_iter()
+        .map(|(process, depth)| {
+            [
+                process.pid.to_string(),
+                process.parent.map_or("-".to_owned(), |p| p.to_string()),
+                process.state.to_string(),
+                process.threads.to_string(),
+                format!("{:.1}", process.cpu_percent),
+                size(process.rss_bytes),
+                uptime(process.uptime_secs),
+                process.python.clone().unwrap_or_else(|| "-".to_owned()),
+                process.holder.map_or("-".to_owned(), |p| p.to_string()),
+                format!("{}{}", "  ".repeat(depth), process.command),
+            ]
+        })
+        .collect();
+    let mut text = table(
+        [
+            "PID", "PPID", "S", "THR", "CPU%", "RSS", "UPTIME", "PYTHON", "GRANT", "COMMAND",
+        ],
+        &rows,
+        out,
+    );
+    if !tree.subreaper && tree.processes.len() > 1 {
+        text.push_str(NOT_A_SUBREAPER);
+        text.push('\n');
+    }
+    text
+}
+
+/// `ps --json`: the tree as `PS` sent it.
+pub(crate) fn ps_json_text(tree: &Tree) -> String {
+    let text = serde_json::to_string_pretty(tree).expect("a tree always serializes");
+    format!("{text}\n")
+}
+
+/// The processes depth first, each with its depth: the ones whose parent is
+/// not listed (the target first) at 0, each followed by its children in
+/// the order listed.
+fn tree_order(processes: &[TreeProcess]) -> Vec<(&TreeProcess, usize)> {
+    let listed: HashSet<Pid> = processes.iter().map(|p| p.pid).collect();
+    let mut children: HashMap<Pid, Vec<&TreeProcess>> = HashMap::new();
+    let mut roots = Vec::new();
+    for process in processes {
+        match process.parent.filter(|parent| listed.contains(parent)) {
+            Some(parent) if parent != process.pid => {
+                children.entry(parent).or_default().push(process)
+            }
+            _ => roots.push(process),
+        }
+    }
+    roots.sort_by_key(|process| !process.target);
+    let mut order = Vec::with_capacity(processes.len());
+    let mut seen = HashSet::new();
+    let mut pending: Vec<(&TreeProcess, usize)> = roots
+        .into_iter()
+        .rev()
+        .map(|process| (process, 0))
+        .collect();
+    while let Some((process, depth)) = pending.pop() {
+        if !seen.insert(process.pid) {
+            continue;
+        }
+        order.push((process, depth));
+        if let Some(children) = children.get(&process.pid) {
+            pending.extend(children.iter().rev().map(|child| (*child, depth + 1)));
+        }
+    }
+    // Parents that name each other (a snapshot of recycled pids): listed
+    // anyway, at the top.
+    for process in processes {
+        if !seen.contains(&process.pid) {
+            seen.insert(process.pid);
+            order.push((process, 0));
+        }
+    }
+    order
+}
+
+/// Bytes, as `ps` and `top` show sizes: `512B`, `4.0K`, `12.3M`, `1.5G`.
+pub(crate) fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
 }
 
 /// Rows in columns as wide as their widest cell; numbers to the right, the
 /// last column unpadded.
 fn table<const N: usize>(headings: [&str; N], rows: &[[String; N]], out: Paint) -> String {
-    let right = |column: usize| matches!(headings[column], "PID" | "UPTIME" | "HOLDER");
+    let right = |column: usize| {
+        matches!(
+            headings[column],
+            "PID" | "PPID" | "THR" | "CPU%" | "RSS" | "UPTIME" | "HOLDER" | "GRANT"
+        )
+    };
     let widths: Vec<usize> = (0..N)
         .map(|c| {
             rows.iter()
@@ -256,8 +418,10 @@ mod tests {
 
     /// A target's status, as the controller reports it.
     fn status() -> Status {
-        let line = "STATUS pid=42 state=running uptime=65 granter=yama holder=7 ptrace_scope=1 \
-                    session=target-9 grant_method=ptrace command=python3.14 examples/target.py\n";
+        let line =
+            "STATUS pid=42 state=running uptime=65 granter=yama holder=7 grants=42:7,4250:8 \
+                    ptrace_scope=1 session=target-9 grant_method=ptrace \
+                    command=python3.14 examples/target.py\n";
         match Reply::parse(line).unwrap() {
             Reply::Status(status) => status,
             other => panic!("not a status: {other:?}"),
@@ -298,7 +462,7 @@ mod tests {
     #[test]
     fn status_as_text() {
         assert_eq!(
-            status_text(&status(), Paint(false)),
+            status_text(&status(), None, Paint(false)),
             "session      target-9\n\
              target PID   42\n\
              command      python3.14 examples/target.py\n\
@@ -307,32 +471,58 @@ mod tests {
              granter      yama\n\
              ptrace_scope 1\n\
              grant holder PID 7\n\
-             grant_method ptrace\n"
+             grant_method ptrace\n\
+             grants:\n  \
+               PID 42 (target): client PID 7\n  \
+               PID 4250: client PID 8\n"
         );
+    }
+
+    #[test]
+    fn status_names_the_roles_of_the_processes_granted() {
+        let mut worker = TreeProcess::new(pid(4250));
+        worker.parent = Some(pid(42));
+        let tree = Tree::new(vec![TreeProcess::new(pid(42)), worker], true);
+        let text = status_text(&status(), Some(&tree), Paint(false));
+        assert!(
+            text.ends_with(
+                "\ngrants:\n  PID 42 (target): client PID 7\n  PID 4250 (child of 42): client PID 8\n"
+            ),
+            "{text}"
+        );
+        assert!(grants_beyond_the_target(&status()));
+        let target_only = Status {
+            grants: status().grants[..1].to_vec(),
+            ..status()
+        };
+        assert!(!grants_beyond_the_target(&target_only));
+        assert!(!grants_beyond_the_target(&Status::new(pid(42))));
     }
 
     #[test]
     fn status_as_text_with_little_to_say() {
         let status = Status {
             holder: None,
+            grants: Vec::new(),
             extra: Vec::new(),
             ..status()
         };
         assert_eq!(
-            status_text(&status, Paint(false)),
+            status_text(&status, None, Paint(false)),
             "target PID   42\n\
              command      python3.14 examples/target.py\n\
              state        running\n\
              uptime       1m05s\n\
              granter      yama\n\
              ptrace_scope ?\n\
-             grant holder none\n"
+             grant holder none\n\
+             grants: none\n"
         );
     }
 
     #[test]
     fn status_keys_are_bold_on_a_terminal() {
-        let text = status_text(&status(), Paint(true));
+        let text = status_text(&status(), None, Paint(true));
         assert!(
             text.starts_with(
                 "\x1b[1msession     \x1b[0m target-9\n\x1b[1mtarget PID  \x1b[0m 42\n"
@@ -359,6 +549,16 @@ mod tests {
   "command": "python3.14 examples/target.py",
   "grant_method": null,
   "granter": "yama",
+  "grants": [
+    {
+      "client": 7,
+      "process": 42
+    },
+    {
+      "client": 8,
+      "process": 4250
+    }
+  ],
   "holder": 7,
   "pid": 42,
   "ptrace_scope": 1,
@@ -447,10 +647,202 @@ mod tests {
         );
     }
 
+    /// A gunicorn-like tree: the arbiter (the target), two workers, one with
+    /// a child of its own, and a shell that is not Python.
+    fn tree() -> Tree {
+        let process = |raw, parent: Option<u32>, command: &str| {
+            let mut process = TreeProcess::new(pid(raw));
+            process.parent = parent.map(pid);
+            process.state = 'S';
+            process.threads = 1;
+            process.python = Some("3.14.0".into());
+            process.command = command.into();
+            process
+        };
+        let mut arbiter = process(4242, Some(1000), "python3.14 -m gunicorn -w 2 app:app");
+        arbiter.target = true;
+        arbiter.cpu_percent = 1.25;
+        arbiter.rss_bytes = 12_900_000;
+        arbiter.uptime_secs = 192;
+        arbiter.threads = 2;
+        let mut worker = process(4243, Some(4242), "gunicorn: worker [app:app]");
+        worker.state = 'R';
+        worker.cpu_percent = 99.0;
+        worker.rss_bytes = 2_500_000_000;
+        worker.uptime_secs = 3725;
+        worker.holder = Some(pid(777));
+        let mut shell = process(4250, Some(4243), "sh -c sleep 100");
+        shell.python = None;
+        shell.rss_bytes = 900;
+        let other = process(4244, Some(4242), "gunicorn: worker [app:app]");
+        // Listed parents first, but not depth first.
+        Tree::new(vec![arbiter, worker, other, shell], false)
+    }
+
     #[test]
-    fn stacks_are_printed_as_they_came() {
-        let stack = "Thread 12 (main):\n  File \"target.py\", line 43, in work_loop";
-        assert_eq!(stack_text(stack), format!("{stack}\n"));
-        assert_eq!(stack_text(""), "\n");
+    fn ps_is_a_tree() {
+        assert_eq!(
+            ps_text(&tree(), Paint(false)),
+            " PID  PPID  S  THR  CPU%    RSS    UPTIME  PYTHON  GRANT  COMMAND\n\
+             4242  1000  S    2   1.2  12.3M     3m12s  3.14.0      -  python3.14 -m gunicorn -w 2 app:app\n\
+             4243  4242  R    1  99.0   2.3G  1h02m05s  3.14.0    777    gunicorn: worker [app:app]\n\
+             4250  4243  S    1   0.0   900B        0s  -           -      sh -c sleep 100\n\
+             4244  4242  S    1   0.0     0B        0s  3.14.0      -    gunicorn: worker [app:app]\n\
+             note: the controller is not a subreaper: a process that daemonises (double fork) leaves this tree\n"
+        );
+    }
+
+    #[test]
+    fn ps_notes_a_missing_subreaper_only_when_there_are_children() {
+        let mut tree = tree();
+        tree.subreaper = true;
+        assert!(!ps_text(&tree, Paint(false)).contains("note:"));
+        let mut alone = self::tree();
+        alone.processes.truncate(1);
+        let text = ps_text(&alone, Paint(false));
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains("note:"));
+        assert_eq!(
+            ps_text(&Tree::default(), Paint(false)),
+            "PID  PPID  S  THR  CPU%  RSS  UPTIME  PYTHON  GRANT  COMMAND\n"
+        );
+    }
+
+    #[test]
+    fn ps_puts_the_target_first_and_survives_odd_parents() {
+        let mut tree = tree();
+        // The target listed last, a process whose parent is gone, and two
+        // that name each other.
+        tree.processes.rotate_left(1);
+        let mut orphan = TreeProcess::new(pid(9000));
+        orphan.parent = Some(pid(8999));
+        let mut a = TreeProcess::new(pid(9001));
+        a.parent = Some(pid(9002));
+        let mut b = TreeProcess::new(pid(9002));
+        b.parent = Some(pid(9001));
+        tree.processes.extend([orphan, a, b]);
+        let order: Vec<(u32, usize)> = tree_order(&tree.processes)
+            .into_iter()
+            .map(|(process, depth)| (process.pid.get(), depth))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (4242, 0),
+                (4243, 1),
+                (4250, 2),
+                (4244, 1),
+                (9000, 0),
+                (9001, 0),
+                (9002, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn ps_as_json_is_the_tree() {
+        let text = ps_json_text(&tree());
+        let back: Tree = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, tree());
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["subreaper"], false);
+        assert_eq!(json["processes"][1]["pid"], 4243);
+        assert_eq!(json["processes"][1]["holder"], 777);
+        assert_eq!(json["processes"][3]["python"], Value::Null);
+    }
+
+    #[test]
+    fn sizes() {
+        let expected = [
+            (0, "0B"),
+            (1023, "1023B"),
+            (1024, "1.0K"),
+            (1536, "1.5K"),
+            (1024 * 1024 - 1, "1.0M"),
+            (12_900_000, "12.3M"),
+            (1 << 30, "1.0G"),
+            (5 << 40, "5.0T"),
+            (u64::MAX, "16384.0P"),
+        ];
+        for (bytes, text) in expected {
+            assert_eq!(size(bytes), text, "{bytes}");
+        }
+    }
+
+    /// The arbiter's stacks (one thread holding the GIL, with a source
+    /// line; one idle) and a worker that is not Python.
+    fn stacks() -> Vec<ProcessStacks> {
+        use crate::core::stacks::{Activity, Frame, ThreadStack};
+        let mut main = ThreadStack::new(4242);
+        main.main = true;
+        main.name = Some("python3.14".into());
+        main.activity = Some(Activity::Running);
+        main.gil = Some(true);
+        let mut frame = Frame::new("<module>", "app.py", Some(3));
+        frame.source = Some("serve()".into());
+        main.frames = vec![frame, Frame::new("serve", "/srv/lib.py", Some(10))];
+        let mut idle = ThreadStack::new(4245);
+        idle.activity = Some(Activity::Idle);
+        idle.gil = Some(false);
+        idle.frames = vec![Frame::new("wait", "threading.py", None)];
+        let mut arbiter = ProcessStacks::new(pid(4242));
+        arbiter.target = true;
+        arbiter.python = Some("3.14.0".into());
+        arbiter.command = "python3.14 app.py".into();
+        arbiter.threads = vec![main, idle];
+        let mut shell = ProcessStacks::new(pid(4250));
+        shell.parent = Some(pid(4242));
+        shell.command = "sh -c sleep 100".into();
+        shell.skipped = Some("PID 4250 is not a Python process".into());
+        vec![arbiter, shell]
+    }
+
+    const ARBITER_THREADS: &str = "\
+Thread 4242 \"python3.14\" (main) [running, holds the GIL], most recent call last:
+  File \"app.py\", line 3, in <module>
+    serve()
+  File \"/srv/lib.py\", line 10, in serve
+
+Thread 4245 [idle], most recent call last:
+  File \"threading.py\", line ?, in wait
+";
+
+    #[test]
+    fn the_target_s_stack_is_its_threads() {
+        assert_eq!(threads_stack_text(&stacks()[0]), ARBITER_THREADS);
+    }
+
+    #[test]
+    fn stacks_of_several_processes_each_under_a_header() {
+        assert_eq!(
+            processes_stack_text(&stacks()),
+            format!(
+                "Process 4242 (target) Python 3.14.0: python3.14 app.py\n\
+                 {ARBITER_THREADS}\n\
+                 Process 4250 (child of 4242): sh -c sleep 100\n  \
+                 (skipped: PID 4250 is not a Python process)\n"
+            )
+        );
+        assert_eq!(processes_stack_text(&[]), "");
+    }
+
+    #[test]
+    fn stacks_as_json_are_always_a_list() {
+        let text = stacks_json_text(&stacks()[..1]);
+        let json: Value = serde_json::from_str(&text).unwrap();
+        let processes = json.as_array().unwrap();
+        assert_eq!(processes.len(), 1);
+        let main = &processes[0]["threads"][0];
+        assert_eq!(main["native_thread_id"], 4242);
+        assert_eq!(main["activity"], "running");
+        assert_eq!(main["gil"], true);
+        assert_eq!(main["frames"][0]["file"], "app.py");
+        assert_eq!(main["frames"][0]["line"], 3);
+        assert_eq!(main["frames"][0]["function"], "<module>");
+        assert_eq!(main["frames"][0]["source"], "serve()");
+        assert_eq!(main["frames"][1].get("source"), None);
+        let back: Vec<ProcessStacks> = serde_json::from_str(&stacks_json_text(&stacks())).unwrap();
+        assert_eq!(back, stacks());
+        assert_eq!(stacks_json_text(&[]), "[]\n");
     }
 }

@@ -4,6 +4,8 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -13,17 +15,21 @@ use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
+use crate::core::Pid;
+
 use super::command::Cmd;
 use super::exit::{ClientExit, Failure};
 use super::render::Paint;
 
 /// Reads commands at the `>>> ` prompt and runs each with `execute`
 /// (the command, and whether to print JSON) until `quit`, Ctrl-D or a
-/// `terminate` that worked. On a terminal: line editing, Tab completion and
-/// history kept in the XDG state directory; Ctrl-C clears the line.
-/// Elsewhere: reads lines, no prompt, no history.
+/// `terminate` that worked. On a terminal: line editing, Tab completion
+/// (of the tree's pids too, from `tree_pids`) and history kept in the XDG
+/// state directory; Ctrl-C clears the line. Elsewhere: reads lines, no
+/// prompt, no history.
 pub(crate) fn interactive(
     mut execute: impl FnMut(&Cmd, bool) -> Result<(), Failure>,
+    tree_pids: impl Fn() -> Vec<Pid>,
     out: Paint,
 ) -> ClientExit {
     let config = Config::builder()
@@ -33,14 +39,15 @@ pub(crate) fn interactive(
         .max_history_size(1000)
         .and_then(|config| config.history_ignore_dups(true))
         .map(|config| config.build());
-    let mut editor: Editor<Completion, FileHistory> = match config.and_then(Editor::with_config) {
+    let mut editor: Editor<Completion<_>, FileHistory> = match config.and_then(Editor::with_config)
+    {
         Ok(editor) => editor,
         Err(err) => {
             eprintln!("client: cannot read the terminal: {err}");
             return ClientExit::Failed;
         }
     };
-    editor.set_helper(Some(Completion));
+    editor.set_helper(Some(Completion::new(tree_pids)));
     let history = std::io::stdin()
         .is_terminal()
         .then(history_path)
@@ -126,10 +133,14 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
             line.trim()
         )
     };
+    let pid = |word: &str| -> Result<Pid, String> {
+        word.parse()
+            .map_err(|_| format!("Not a PID: {word} (see ps for the tree's)"))
+    };
     let command =
         match (first.to_ascii_lowercase().as_str(), rest.as_slice()) {
             ("attach", options) => {
-                let (mut force, mut with) = (false, None);
+                let (mut process, mut force, mut with) = (None, false, None);
                 let mut options = options.iter();
                 while let Some(option) = options.next() {
                     match *option {
@@ -141,19 +152,59 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
                                     .into(),
                             ),
                         },
-                        other => match other.strip_prefix("--with=") {
-                            Some(tool) => with = Some(tool.to_owned()),
-                            None => return Err(unknown()),
+                        "--pid" => match options.next() {
+                            Some(word) => process = Some(pid(word)?),
+                            None => return Err("attach --pid needs a PID".into()),
                         },
+                        other if other.starts_with("--with=") => {
+                            with = Some(other["--with=".len()..].to_owned())
+                        }
+                        other if other.starts_with("--pid=") => {
+                            process = Some(pid(&other["--pid=".len()..])?)
+                        }
+                        other if !other.starts_with('-') && process.is_none() => {
+                            process = Some(pid(other)?)
+                        }
+                        _ => return Err(unknown()),
                     }
                 }
-                Repl::Run(Cmd::Attach { force, with }, false)
+                Repl::Run(
+                    Cmd::Attach {
+                        pid: process,
+                        force,
+                        with,
+                    },
+                    false,
+                )
             }
             ("pid", []) => Repl::Run(Cmd::Pid, false),
-            ("stack", []) => Repl::Run(Cmd::Stack, false),
+            ("ps", []) => Repl::Run(Cmd::Ps, false),
+            ("ps", ["--json"]) => Repl::Run(Cmd::Ps, true),
+            ("stack", options) => {
+                let lower: Vec<String> = options.iter().map(|w| w.to_ascii_lowercase()).collect();
+                let options: Vec<&str> = lower.iter().map(String::as_str).collect();
+                let (json, options) = match options.as_slice() {
+                    [options @ .., "--json"] => (true, options),
+                    options => (false, options),
+                };
+                let (process, all) = match options {
+                    [] => (None, false),
+                    ["all" | "--all"] => (None, true),
+                    ["--pid", word] | [word] if !word.starts_with('-') => (Some(pid(word)?), false),
+                    _ => return Err(unknown()),
+                };
+                Repl::Run(Cmd::Stack { pid: process, all }, json)
+            }
             ("status", []) => Repl::Run(Cmd::Status, false),
             ("status", ["--json"]) => Repl::Run(Cmd::Status, true),
-            ("revoke", []) => Repl::Run(Cmd::Revoke, false),
+            ("revoke", options) => {
+                let process = match options {
+                    [] => None,
+                    ["--pid", word] | [word] if !word.starts_with('-') => Some(pid(word)?),
+                    _ => return Err(unknown()),
+                };
+                Repl::Run(Cmd::Revoke { pid: process }, false)
+            }
             ("terminate", []) => Repl::Run(Cmd::Terminate, false),
             ("help" | "?", []) => Repl::Help,
             ("quit" | "exit", []) => Repl::Quit,
@@ -163,9 +214,10 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 10] = [
     "attach",
     "pid",
+    "ps",
     "stack",
     "status",
     "revoke",
@@ -176,36 +228,92 @@ const COMMANDS: [&str; 9] = [
 ];
 
 /// What Tab offers with the cursor at `pos` in `line`: the command word,
-/// and `attach`'s and `status`'s options. Returns where the word being
-/// completed starts, and its completions.
-pub(crate) fn completions(line: &str, pos: usize) -> (usize, Vec<&'static str>) {
+/// the commands' options, and after `attach`, `stack` and `revoke` the
+/// pids of the target's tree (`pids` is called only then). Returns where
+/// the word being completed starts, and its completions.
+pub(crate) fn completions(
+    line: &str,
+    pos: usize,
+    pids: impl FnOnce() -> Vec<Pid>,
+) -> (usize, Vec<String>) {
     let before = &line[..pos];
     let start = before.rfind(char::is_whitespace).map_or(0, |at| at + 1);
-    let word = &before[start..];
+    let word = before[start..].to_ascii_lowercase();
     let previous: Vec<String> = before[..start]
         .split_whitespace()
         .map(str::to_ascii_lowercase)
         .collect();
-    let choices: &[&'static str] = match previous.iter().map(String::as_str).collect::<Vec<_>>()[..]
-    {
-        [] => &COMMANDS,
-        ["attach"] => &["--force", "--with"],
-        ["attach", "--force"] => &["--with"],
-        ["status"] => &["--json"],
-        _ => &[],
+    let previous: Vec<&str> = previous.iter().map(String::as_str).collect();
+    let is_pid = |word: &str| word.parse::<Pid>().is_ok();
+    // The options still to give, and whether a pid may come here.
+    let (options, pid): (Vec<&str>, bool) = match previous[..] {
+        [] => (COMMANDS.to_vec(), false),
+        ["attach", ref given @ ..] => match given.last() {
+            Some(&"--with") => (vec![], false),
+            Some(&"--pid") => (vec![], true),
+            _ => {
+                let has_pid = given.iter().any(|w| is_pid(w) || w.starts_with("--pid"));
+                let options = ["--force", "--with"]
+                    .into_iter()
+                    .filter(|option| !given.contains(option))
+                    .collect();
+                (options, !has_pid)
+            }
+        },
+        ["stack"] => (vec!["all", "--json"], true),
+        ["stack", "--pid"] => (vec![], true),
+        ["stack", last] if last == "all" || last == "--all" || is_pid(last) => {
+            (vec!["--json"], false)
+        }
+        ["revoke"] => (vec![], true),
+        ["revoke", "--pid"] => (vec![], true),
+        ["status" | "ps"] => (vec!["--json"], false),
+        _ => (vec![], false),
     };
-    let candidates = choices
-        .iter()
-        .filter(|choice| choice.starts_with(&word.to_ascii_lowercase()))
-        .copied()
-        .collect();
+    let mut candidates: Vec<String> = Vec::new();
+    if pid && !word.starts_with('-') {
+        candidates.extend(pids().into_iter().map(|pid| pid.to_string()));
+    }
+    candidates.extend(options.into_iter().map(str::to_owned));
+    candidates.retain(|choice| choice.starts_with(&word));
     (start, candidates)
 }
 
-/// The line editor's helper: Tab completion, nothing else.
-struct Completion;
+/// How long the tree's pids serve Tab before `PS` is asked again.
+const PIDS_FRESH: Duration = Duration::from_secs(1);
 
-impl Completer for Completion {
+/// The line editor's helper: Tab completion, nothing else.
+struct Completion<F> {
+    /// Asks the controller for the tree's pids (within the client's
+    /// timeout: completion never waits longer).
+    fetch: F,
+    /// The last answer, and when it came.
+    pids: Mutex<Option<(Instant, Vec<Pid>)>>,
+}
+
+impl<F: Fn() -> Vec<Pid>> Completion<F> {
+    fn new(fetch: F) -> Completion<F> {
+        Completion {
+            fetch,
+            pids: Mutex::new(None),
+        }
+    }
+
+    /// The tree's pids, asked for at most once every [`PIDS_FRESH`].
+    fn pids(&self) -> Vec<Pid> {
+        let mut cached = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((when, pids)) if when.elapsed() < PIDS_FRESH => pids.clone(),
+            _ => {
+                let pids = (self.fetch)();
+                *cached = Some((Instant::now(), pids.clone()));
+                pids
+            }
+        }
+    }
+}
+
+impl<F: Fn() -> Vec<Pid>> Completer for Completion<F> {
     type Candidate = Pair;
 
     fn complete(
@@ -214,24 +322,24 @@ impl Completer for Completion {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let (start, choices) = completions(line, pos);
+        let (start, choices) = completions(line, pos, || self.pids());
         let candidates = choices
             .into_iter()
             .map(|choice| Pair {
-                display: choice.to_owned(),
-                replacement: choice.to_owned(),
+                display: choice.clone(),
+                replacement: choice,
             })
             .collect();
         Ok((start, candidates))
     }
 }
 
-impl Hinter for Completion {
+impl<F: Fn() -> Vec<Pid>> Hinter for Completion<F> {
     type Hint = String;
 }
-impl Highlighter for Completion {}
-impl Validator for Completion {}
-impl Helper for Completion {}
+impl<F: Fn() -> Vec<Pid>> Highlighter for Completion<F> {}
+impl<F: Fn() -> Vec<Pid>> Validator for Completion<F> {}
+impl<F: Fn() -> Vec<Pid>> Helper for Completion<F> {}
 
 /// `$XDG_STATE_HOME/heli/history`, else `~/.local/state/heli/history`.
 fn history_path() -> Option<PathBuf> {
@@ -256,8 +364,8 @@ pub(crate) fn history_path_in(
 }
 
 /// Loads the history at `path`, creating its directory (mode 0700).
-fn prepare_history(
-    editor: &mut Editor<Completion, FileHistory>,
+fn prepare_history<F: Fn() -> Vec<Pid>>(
+    editor: &mut Editor<Completion<F>, FileHistory>,
     path: &Path,
 ) -> Result<(), ReadlineError> {
     if let Some(dir) = path.parent() {
@@ -276,14 +384,16 @@ fn prepare_history(
 pub(crate) fn help_text(history: Option<&Path>) -> String {
     let mut text = String::from(
         "Commands:
-  attach                  attach pdb to the target
+  attach [PID]            attach pdb to the target, or to process PID of its tree
   attach --force          the same, taking the grant over from another client
   attach --with 'CMD'     run another ptrace tool instead, {pid} replaced,
                           e.g. attach --with 'gdb -p {pid}'
-  status [--json]         the target, its uptime and who holds the grant
+  ps [--json]             the target's process tree: pids, Python, grants
+  status [--json]         the target, its uptime and the grants in force
   pid                     print the target's PID
-  stack                   every thread's Python stack, read without stopping it
-  revoke                  withdraw this client's ptrace permission
+  stack [PID|all]         every thread's Python stack (the target's, process
+        [--json]          PID's, or every process's), read without stopping it
+  revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
   help                    this help
   quit, exit, Ctrl-D      leave (the controller keeps running)
@@ -308,10 +418,38 @@ mod tests {
     }
 
     fn attach(force: bool, with: Option<&str>) -> Option<Repl> {
+        attach_to(None, force, with)
+    }
+
+    fn attach_to(pid: Option<u32>, force: bool, with: Option<&str>) -> Option<Repl> {
         Some(Repl::Run(
             Cmd::Attach {
+                pid: pid.map(self::pid),
                 force,
                 with: with.map(str::to_owned),
+            },
+            false,
+        ))
+    }
+
+    fn pid(raw: u32) -> Pid {
+        Pid::new(raw).unwrap()
+    }
+
+    fn stack(pid: Option<u32>, all: bool, json: bool) -> Option<Repl> {
+        Some(Repl::Run(
+            Cmd::Stack {
+                pid: pid.map(self::pid),
+                all,
+            },
+            json,
+        ))
+    }
+
+    fn revoke(pid: Option<u32>) -> Option<Repl> {
+        Some(Repl::Run(
+            Cmd::Revoke {
+                pid: pid.map(self::pid),
             },
             false,
         ))
@@ -320,11 +458,14 @@ mod tests {
     #[test]
     fn every_command() {
         assert_eq!(run("attach"), attach(false, None));
+        assert_eq!(run("attach"), Some(Repl::Run(Cmd::attach(), false)));
         assert_eq!(run("pid"), Some(Repl::Run(Cmd::Pid, false)));
-        assert_eq!(run("stack"), Some(Repl::Run(Cmd::Stack, false)));
+        assert_eq!(run("ps"), Some(Repl::Run(Cmd::Ps, false)));
+        assert_eq!(run("ps --json"), Some(Repl::Run(Cmd::Ps, true)));
+        assert_eq!(run("stack"), stack(None, false, false));
         assert_eq!(run("status"), Some(Repl::Run(Cmd::Status, false)));
         assert_eq!(run("status --json"), Some(Repl::Run(Cmd::Status, true)));
-        assert_eq!(run("revoke"), Some(Repl::Run(Cmd::Revoke, false)));
+        assert_eq!(run("revoke"), revoke(None));
         assert_eq!(run("terminate"), Some(Repl::Run(Cmd::Terminate, false)));
         assert_eq!(run("help"), Some(Repl::Help));
         assert_eq!(run("?"), Some(Repl::Help));
@@ -370,6 +511,75 @@ mod tests {
     }
 
     #[test]
+    fn attach_to_a_process_of_the_tree() {
+        assert_eq!(run("attach 4243"), attach_to(Some(4243), false, None));
+        assert_eq!(run("attach --pid 4243"), attach_to(Some(4243), false, None));
+        assert_eq!(run("attach --pid=4243"), attach_to(Some(4243), false, None));
+        assert_eq!(
+            run("attach 4243 --force --with 'gdb -p {pid}'"),
+            attach_to(Some(4243), true, Some("gdb -p {pid}"))
+        );
+        assert_eq!(
+            run("attach --with 'gdb -p {pid}' 4243"),
+            attach_to(Some(4243), false, Some("gdb -p {pid}"))
+        );
+        for line in [
+            "attach abc",
+            "attach --pid 0",
+            "attach --pid=x1",
+            "attach -- 12",
+        ] {
+            let message = parse_line(line).unwrap_err();
+            assert!(
+                message.starts_with("Not a PID: ") || message.starts_with("Unknown command"),
+                "{line}: {message}"
+            );
+        }
+        assert_eq!(
+            parse_line("attach abc"),
+            Err("Not a PID: abc (see ps for the tree's)".into())
+        );
+        assert_eq!(
+            parse_line("attach --pid"),
+            Err("attach --pid needs a PID".into())
+        );
+        // One process per attach.
+        assert!(parse_line("attach 12 13").is_err());
+    }
+
+    #[test]
+    fn stack_of_one_process_or_all() {
+        assert_eq!(run("stack 4243"), stack(Some(4243), false, false));
+        assert_eq!(run("stack --pid 4243"), stack(Some(4243), false, false));
+        assert_eq!(run("stack all"), stack(None, true, false));
+        assert_eq!(run("STACK ALL"), stack(None, true, false));
+        assert_eq!(run("stack --all"), stack(None, true, false));
+        assert_eq!(run("stack --json"), stack(None, false, true));
+        assert_eq!(run("stack all --json"), stack(None, true, true));
+        assert_eq!(run("stack 12 --json"), stack(Some(12), false, true));
+        assert_eq!(
+            parse_line("stack abc"),
+            Err("Not a PID: abc (see ps for the tree's)".into())
+        );
+        for line in [
+            "stack 12 all",
+            "stack --json all",
+            "stack --pid",
+            "stack -3",
+        ] {
+            assert!(parse_line(line).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn revoke_one_process() {
+        assert_eq!(run("revoke 4243"), revoke(Some(4243)));
+        assert_eq!(run("revoke --pid 4243"), revoke(Some(4243)));
+        assert!(parse_line("revoke x").is_err());
+        assert!(parse_line("revoke 1 2").is_err());
+    }
+
+    #[test]
     fn attach_with_needs_a_command() {
         assert_eq!(
             parse_line("attach --with"),
@@ -382,8 +592,8 @@ mod tests {
         for line in [
             "frobnicate",
             "attach --bogus",
-            "attach gdb",
             "pid 12",
+            "ps all",
             "status --xml",
             "status --json --json",
             "help me",
@@ -417,20 +627,96 @@ mod tests {
         );
     }
 
+    /// Completions where the tree's pids must not be asked for.
+    fn complete(line: &str, pos: usize) -> (usize, Vec<String>) {
+        completions(line, pos, || panic!("{line:?}: pids asked for"))
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| (*word).to_owned()).collect()
+    }
+
     #[test]
     fn tab_completes_commands_and_options() {
-        assert_eq!(completions("", 0), (0, COMMANDS.to_vec()));
-        assert_eq!(completions("st", 2), (0, vec!["stack", "status"]));
-        assert_eq!(completions("ATT", 3), (0, vec!["attach"]));
-        assert_eq!(completions("e", 1), (0, vec!["exit"]));
-        assert_eq!(completions("attach ", 7), (7, vec!["--force", "--with"]));
-        assert_eq!(completions("attach --f", 10), (7, vec!["--force"]));
-        assert_eq!(completions("attach --force ", 15), (15, vec!["--with"]));
-        assert_eq!(completions("status --", 9), (7, vec!["--json"]));
-        assert_eq!(completions("pid ", 4), (4, vec![]));
-        assert_eq!(completions("attach --with ", 14), (14, vec![]));
+        assert_eq!(complete("", 0), (0, strings(&COMMANDS)));
+        assert_eq!(complete("st", 2), (0, strings(&["stack", "status"])));
+        assert_eq!(complete("ATT", 3), (0, strings(&["attach"])));
+        assert_eq!(complete("e", 1), (0, strings(&["exit"])));
+        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps"])));
+        assert_eq!(complete("attach --f", 10), (7, strings(&["--force"])));
+        assert_eq!(
+            complete("attach --force --", 17),
+            (15, strings(&["--with"]))
+        );
+        assert_eq!(complete("status --", 9), (7, strings(&["--json"])));
+        assert_eq!(complete("ps ", 3), (3, strings(&["--json"])));
+        assert_eq!(complete("pid ", 4), (4, vec![]));
+        assert_eq!(complete("attach --with ", 14), (14, vec![]));
+        assert_eq!(complete("stack all ", 10), (10, strings(&["--json"])));
+        assert_eq!(complete("stack 12 ", 9), (9, strings(&["--json"])));
+        assert_eq!(
+            complete("attach 12 ", 10),
+            (10, strings(&["--force", "--with"]))
+        );
         // Only what is before the cursor counts.
-        assert_eq!(completions("st pid", 2), (0, vec!["stack", "status"]));
+        assert_eq!(complete("st pid", 2), (0, strings(&["stack", "status"])));
+    }
+
+    #[test]
+    fn tab_completes_the_tree_s_pids() {
+        let tree = || vec![pid(4242), pid(4243), pid(5000)];
+        let all = strings(&["4242", "4243", "5000"]);
+        let with = |extra: &[&str]| [all.clone(), strings(extra)].concat();
+        assert_eq!(
+            completions("attach ", 7, tree),
+            (7, with(&["--force", "--with"]))
+        );
+        assert_eq!(
+            completions("attach 42", 9, tree),
+            (7, strings(&["4242", "4243"]))
+        );
+        assert_eq!(
+            completions("attach --force ", 15, tree),
+            (15, with(&["--with"]))
+        );
+        assert_eq!(completions("attach --pid ", 13, tree), (13, all.clone()));
+        assert_eq!(
+            completions("stack ", 6, tree),
+            (6, with(&["all", "--json"]))
+        );
+        assert_eq!(completions("stack 5", 7, tree), (6, strings(&["5000"])));
+        assert_eq!(completions("stack a", 7, tree), (6, strings(&["all"])));
+        assert_eq!(
+            completions("stack --pid 4", 13, tree),
+            (12, strings(&["4242", "4243"]))
+        );
+        assert_eq!(completions("revoke ", 7, tree), (7, all.clone()));
+        // An option being typed needs no pid; nor does a controller that
+        // did not answer.
+        assert_eq!(
+            complete("attach --", 9),
+            (7, strings(&["--force", "--with"]))
+        );
+        assert_eq!(complete("stack --", 8), (6, strings(&["--json"])));
+        assert_eq!(
+            completions("attach ", 7, Vec::new),
+            (7, strings(&["--force", "--with"]))
+        );
+    }
+
+    #[test]
+    fn the_tree_s_pids_are_asked_for_at_most_once_a_second() {
+        let asked = std::cell::Cell::new(0);
+        let completion = Completion::new(|| {
+            asked.set(asked.get() + 1);
+            vec![pid(asked.get())]
+        });
+        assert_eq!(completion.pids(), [pid(1)]);
+        assert_eq!(completion.pids(), [pid(1)]);
+        assert_eq!(asked.get(), 1);
+        *completion.pids.lock().unwrap() = Some((Instant::now() - PIDS_FRESH, vec![pid(1)]));
+        assert_eq!(completion.pids(), [pid(2)]);
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]
@@ -459,15 +745,19 @@ mod tests {
     fn help_lists_every_command() {
         let text = help_text(None);
         assert!(text.starts_with("Commands:\n  attach "), "{text}");
-        for command in COMMANDS
-            .iter()
-            .chain(&["attach --with 'gdb -p {pid}'", "status [--json]"])
-        {
+        for command in COMMANDS.iter().chain(&[
+            "attach --with 'gdb -p {pid}'",
+            "attach [PID]",
+            "stack [PID|all]",
+            "ps [--json]",
+            "status [--json]",
+            "revoke [PID]",
+        ]) {
             assert!(text.contains(command), "{command}: {text}");
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 13);
+        assert_eq!(text.lines().count(), 15);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"

@@ -1,0 +1,239 @@
+//! What `ps` shows of a process: its use of the machine
+//! (`/proc/PID/stat`), its command line, and which program file it runs.
+
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+
+use crate::error::{to_io, unless_gone};
+use crate::process::Proc;
+
+/// A process's use of the machine, from one read of `/proc/PID/stat`, as
+/// `ps` shows it.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::Pid;
+/// use heli_proc::Proc;
+///
+/// let usage = Proc::open_existing(Pid::this())?.usage()?.unwrap();
+/// assert!(usage.threads >= 1 && usage.rss_bytes > 0);
+/// assert!(usage.cpu_percent >= 0.0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// The kernel's one-letter state of its main thread (`R`, `S`, `D`,
+    /// `Z`...).
+    pub state: char,
+    /// Its name (`comm`: the program's base name, cut to 15 bytes).
+    pub name: String,
+    /// How many threads it has.
+    pub threads: u32,
+    /// When it started, in clock ticks since boot (its identity's
+    /// [`start_time`](heli_core::ProcessId::start_time)).
+    pub start_time: u64,
+    /// CPU time used (user and system) over its lifetime, as a percentage
+    /// of one CPU: `ps`'s `%CPU`.
+    pub cpu_percent: f64,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+}
+
+/// A file, by the device and inode that hold it, and when it last changed:
+/// what tells two program files apart even when they have the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device (`st_dev`).
+    pub dev: u64,
+    /// The inode (`st_ino`).
+    pub inode: u64,
+    /// Its last status change (`st_ctime`, seconds and nanoseconds): a
+    /// file rewritten in place, or an inode reused, shows a new one.
+    pub changed: (i64, i64),
+}
+
+impl FileId {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl Proc {
+    /// Its use of the machine now (`/proc/PID/stat`); `None` once gone.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn usage(&self) -> io::Result<Option<Usage>> {
+        let pid = self.pid();
+        let Some(stat) = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))? else {
+            return Ok(None);
+        };
+        let hz = procfs::ticks_per_second().max(1) as f64;
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let now = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
+        let age = (now - stat.starttime as f64 / hz).max(0.0);
+        let cpu = (stat.utime + stat.stime) as f64 / hz;
+        let cpu_percent = match age > 0.0 {
+            true => cpu / age * 100.0,
+            false => 0.0,
+        };
+        Ok(Some(Usage {
+            state: stat.state,
+            name: stat.comm,
+            threads: u32::try_from(stat.num_threads).unwrap_or(0),
+            start_time: stat.starttime,
+            cpu_percent,
+            rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+            uptime_secs: age as u64,
+        }))
+    }
+
+    /// Its command line (`/proc/PID/cmdline`), arguments joined by spaces,
+    /// bytes that are not UTF-8 replaced; empty when it has none (a kernel
+    /// thread, a zombie) or it is gone.
+    ///
+    /// # Race conditions
+    ///
+    /// The kernel reads the command line from the process's memory, under
+    /// its memory map's lock: a process stopped in a rare state holding
+    /// that lock (a frozen `mmap`) makes this wait. Call it where waiting
+    /// is allowed, or with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn command_line(&self) -> io::Result<String> {
+        let pid = self.pid();
+        let what = format_args!("/proc/{pid}/cmdline");
+        let mut bytes = Vec::new();
+        let read = match self.dir().open_relative("cmdline") {
+            Ok(mut file) => file
+                .read_to_end(&mut bytes)
+                .map(drop)
+                .map_err(|err| procfs::ProcError::Io(err, None)),
+            Err(err) => Err(err),
+        };
+        if unless_gone(read, what)?.is_none() {
+            return Ok(String::new());
+        }
+        Ok(bytes
+            .split(|&b| b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    /// The identity of the program file it runs (`/proc/PID/exe`, followed):
+    /// a process that calls `execve` runs another file, or the same file
+    /// anew; `None` once gone, or for a process without one (a kernel
+    /// thread, a zombie).
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read: another user's process needs the right to
+    /// ptrace it ([`PermissionDenied`](io::ErrorKind::PermissionDenied)).
+    pub fn exe_id(&self) -> io::Result<Option<FileId>> {
+        let pid = self.pid();
+        let what = format_args!("/proc/{pid}/exe");
+        let file = match self.dir().open_relative("exe") {
+            Ok(file) => file,
+            Err(err) if crate::error::is_gone(&err) => return Ok(None),
+            Err(err) => return Err(to_io(err, what)),
+        };
+        let meta = file.metadata()?;
+        Ok(Some(FileId::of(&meta)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heli_core::Pid;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_sleeping_child_uses_nothing_and_has_its_command_line() {
+        use std::os::unix::ffi::OsStrExt;
+        // A shell waiting for its sleep, with arguments holding a space
+        // and a byte that is not UTF-8.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30; :", "a b"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff"))
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        let sh = std::fs::metadata("/bin/sh").unwrap();
+        // Until its execve is done, it is a copy of this test; then it
+        // waits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(
+            proc.usage().unwrap().unwrap(),
+            Usage { state: 'S', ref name, .. } if name == "sh"
+        ) || proc.children().unwrap().is_some_and(|kids| kids.is_empty())
+        {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let usage = proc.usage().unwrap().unwrap();
+        let me = crate::ProcFs;
+        let id = heli_core::Processes::identity(&me, proc.pid())
+            .unwrap()
+            .unwrap();
+        assert_eq!(usage.start_time, id.start_time);
+        assert_eq!(usage.threads, 1);
+        assert!(usage.rss_bytes > 0 && usage.uptime_secs < 60, "{usage:?}");
+        assert!(usage.cpu_percent < 50.0, "{usage:?}");
+        assert_eq!(
+            proc.command_line().unwrap(),
+            "/bin/sh -c sleep 30; : a b \u{fffd}"
+        );
+        let exe = proc.exe_id().unwrap().unwrap();
+        assert_eq!(exe, FileId::of(&sh));
+        let mine = Proc::open_existing(Pid::this())
+            .unwrap()
+            .exe_id()
+            .unwrap()
+            .unwrap();
+        assert_ne!(exe, mine);
+        for sleep in proc.children().unwrap().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(sleep.get() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Gone: nothing, and no error.
+        assert_eq!(proc.usage().unwrap(), None);
+        assert_eq!(proc.command_line().unwrap(), "");
+        assert_eq!(proc.exe_id().unwrap(), None);
+    }
+
+    #[test]
+    fn a_busy_process_uses_a_cpu() {
+        let mut child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let usage = proc.usage().unwrap().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        // On a shared machine it may get less than a whole CPU, never none.
+        assert!(usage.cpu_percent > 5.0, "{usage:?}");
+        assert!(usage.cpu_percent < 150.0, "{usage:?}");
+    }
+}
