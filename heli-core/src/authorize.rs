@@ -14,13 +14,14 @@ use crate::transport::Peer;
 /// A refusal: the message for the client, after `ERROR:`.
 pub(crate) type Refusal = String;
 
-/// The grant currently in force, as the controller made it.
+/// A grant in force on one process of the tree, as the controller made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GrantRecord {
-    /// The process that may ptrace the target.
+    /// The process that may ptrace `process`.
     pub(crate) holder: ProcessId,
-    /// The target it may ptrace.
-    pub(crate) target: ProcessId,
+    /// The process of the tree it may ptrace (the target, or a descendant
+    /// of it).
+    pub(crate) process: ProcessId,
     /// The connection that asked for it (0 on a connectionless transport,
     /// where no grant is tied to a connection).
     pub(crate) connection: u64,
@@ -108,6 +109,73 @@ pub(crate) fn grantee(
         )));
     }
     Ok(process.id)
+}
+
+/// What a process of the tree is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// A grant (`GRANT_ACCESS ... TARGET <pid>`).
+    Grant,
+    /// Its stacks (`STACK <pid>`, `STACKS <pid>`).
+    Stacks,
+}
+
+/// The process `requested` names, if the controller may let a client into
+/// it (or read its stacks for one): the `target` itself or one of its
+/// descendants at this moment (checked with start times, so a reused pid
+/// does not pass), a process (not a thread of one) that has not exited,
+/// not this controller, of this controller's user (real and effective: not
+/// a setuid child).
+///
+/// The controller is the ancestor of its tree: it may do there what no
+/// client may, and must not let that reach anything else.
+pub(crate) fn tree_member(
+    requested: Pid,
+    target: ProcessId,
+    processes: &impl Processes,
+    what: Use,
+) -> Result<ProcessId, Refusal> {
+    let lookup = |pid: Pid| {
+        processes
+            .process(pid)
+            .map_err(|err| format!("Cannot look up PID {pid}: {err}"))
+    };
+    let Some(info) = lookup(requested)? else {
+        return Err(format!("PID {requested} is not running"));
+    };
+    if requested == Pid::this() {
+        return Err(format!("PID {requested} is the controller itself"));
+    }
+    if info.process != requested {
+        return Err(format!(
+            "PID {requested} is a thread of process {}, not a process",
+            info.process
+        ));
+    }
+    if info.state.is_gone() {
+        return Err(format!("PID {requested} has exited (zombie)"));
+    }
+    if !descends(processes, requested, target) {
+        let verb = match what {
+            Use::Grant => "granted",
+            Use::Stacks => "read",
+        };
+        return Err(format!(
+            "PID {requested} is not in the target's process tree (only the target, PID {}, \
+             and its descendants may be {verb})",
+            target.pid
+        ));
+    }
+    let me = lookup(Pid::this())?
+        .map(|me| me.euid)
+        .ok_or_else(|| "Cannot tell who this controller runs as".to_owned())?;
+    if info.uid != me || info.euid != me {
+        return Err(format!(
+            "PID {requested} runs as another user (uid {}, euid {}; the controller runs as {me})",
+            info.uid, info.euid
+        ));
+    }
+    Ok(info.id)
 }
 
 /// Whether `candidate` is `ancestor` or one of its descendants; an error of
@@ -359,12 +427,136 @@ mod tests {
         );
     }
 
+    /// The target's tree beside `world()`: 50 (the target) -> 51 -> 52;
+    /// 53 a thread of 51, 54 a zombie child, 55 a setuid child, 56 a child
+    /// of another user.
+    fn tree() -> (Table, ProcessId) {
+        let (table, _) = world();
+        let target = table.identity(pid(TARGET)).unwrap().unwrap();
+        table.add(51, TARGET, 5);
+        table.add(52, 51, 6);
+        table.add(53, TARGET, 5);
+        table.edit(53, |info| info.process = pid(51));
+        table.add(54, TARGET, 7);
+        table.edit(54, |info| info.state = crate::process::ProcessState::Zombie);
+        table.add(55, TARGET, 8);
+        table.edit(55, |info| info.euid = 0);
+        table.add(56, 51, 9);
+        table.edit(56, |info| (info.uid, info.euid) = (2000, 2000));
+        (table, target)
+    }
+
+    fn member(requested: u32, table: &Table, target: ProcessId) -> Result<ProcessId, Refusal> {
+        tree_member(pid(requested), target, table, Use::Grant)
+    }
+
+    #[test]
+    fn the_target_and_its_descendants_are_members_of_its_tree() {
+        let (table, target) = tree();
+        assert_eq!(member(TARGET, &table, target), Ok(target));
+        for (raw, start_time) in [(51, 5), (52, 6)] {
+            let id = ProcessId {
+                pid: pid(raw),
+                start_time,
+            };
+            assert_eq!(member(raw, &table, target), Ok(id));
+            assert_eq!(tree_member(pid(raw), target, &table, Use::Stacks), Ok(id));
+        }
+    }
+
+    #[test]
+    fn every_process_outside_the_rules_is_refused_by_name() {
+        let (table, target) = tree();
+        let me = Pid::this().get();
+        let outside = |n: u32| {
+            format!(
+                "PID {n} is not in the target's process tree (only the target, PID {TARGET}, \
+                 and its descendants may be granted)"
+            )
+        };
+        for (requested, refusal) in [
+            (1, outside(1)),
+            (100, outside(100)),
+            (200, outside(200)),
+            (400, outside(400)),
+            (me, format!("PID {me} is the controller itself")),
+            (
+                53,
+                "PID 53 is a thread of process 51, not a process".to_owned(),
+            ),
+            (54, "PID 54 has exited (zombie)".to_owned()),
+            (999, "PID 999 is not running".to_owned()),
+            (
+                55,
+                "PID 55 runs as another user (uid 1000, euid 0; the controller runs as 1000)"
+                    .to_owned(),
+            ),
+            (
+                56,
+                "PID 56 runs as another user (uid 2000, euid 2000; the controller runs as 1000)"
+                    .to_owned(),
+            ),
+        ] {
+            assert_eq!(
+                member(requested, &table, target),
+                Err(refusal),
+                "{requested}"
+            );
+        }
+        // For stacks, the same rule says what it is for.
+        assert_eq!(
+            tree_member(pid(400), target, &table, Use::Stacks),
+            Err(
+                "PID 400 is not in the target's process tree (only the target, PID 50, and its \
+                 descendants may be read)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_process_of_a_former_target_or_a_reused_pid_is_not_a_member() {
+        let (table, target) = tree();
+        // The target as it was before a restart: nothing is in its tree.
+        let former = ProcessId {
+            start_time: target.start_time - 1,
+            ..target
+        };
+        assert!(member(51, &table, former)
+            .unwrap_err()
+            .contains("is not in the target's process tree"));
+        assert!(member(TARGET, &table, former)
+            .unwrap_err()
+            .contains("is not in the target's process tree"));
+        // 52's pid went to a process older than its parent claims to be: a
+        // reused pid, whatever its parent field says.
+        table.add(52, 51, 4);
+        assert!(member(52, &table, target)
+            .unwrap_err()
+            .contains("is not in the target's process tree"));
+        // Re-parented to init (its parent died, no subreaper): outside.
+        table.add(52, 1, 6);
+        assert!(member(52, &table, target)
+            .unwrap_err()
+            .contains("is not in the target's process tree"));
+    }
+
+    #[test]
+    fn a_tree_member_is_refused_when_the_controllers_user_is_unknown() {
+        let (table, target) = tree();
+        table.remove(Pid::this().get());
+        assert_eq!(
+            member(51, &table, target),
+            Err("Cannot tell who this controller runs as".into())
+        );
+    }
+
     #[test]
     fn revoke_needs_the_grants_connection_or_its_holder() {
         let (_, client) = world();
         let grant = GrantRecord {
             holder: client,
-            target: client,
+            process: client,
             connection: 3,
         };
         let on = |connection: u64, process: Option<ProcessId>| Peer {

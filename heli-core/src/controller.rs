@@ -60,11 +60,28 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 ///   times so a reused pid does not pass; from a transport that cannot
 ///   authenticate (named pipes), any process. A thread stands for its
 ///   process.
-/// - One client holds the grant at a time (Yama keeps one ptracer per
-///   target): another is refused unless it asks to take it over (`FORCE`).
-/// - The grant ends with the connection that asked for it, with its
-///   holder's exit, or with the target's.
-/// - `REVOKE <pid>` withdraws it only when `<pid>` holds it.
+/// - `GRANT_ACCESS <pid> TARGET <process>` lets the client into a process
+///   of the target's tree instead: the target or one of its descendants at
+///   the moment of the grant (checked with start times), a process (not a
+///   thread), not exited, not this controller, of this controller's user
+///   (real and effective). Anything else is refused, naming the rule, and
+///   nothing is injected anywhere. `STACK <pid>` and `STACKS <pid>` read
+///   only such a process too.
+/// - Grants are per process (Yama keeps one ptracer per process), keyed by
+///   the process's pid and start time: a client may hold grants on several
+///   processes; another client's grant on the same process is refused
+///   unless it asks to take it over (`FORCE`), naming the holder.
+/// - A grant ends with the connection that asked for it (every grant of
+///   that connection), with its process's exit (noticed at the next
+///   `STATUS`, `PS`, grant or revoke; a recycled pid never inherits it),
+///   or with the target's exit (every grant of the tree). Its holder's
+///   exit makes it count for nothing.
+/// - `REVOKE <pid> [TARGET <process>]` withdraws it only when `<pid>`
+///   holds it, and only from its connection or its holder.
+///
+/// `PS` and every stack read run on the inspector's thread with the stack
+/// deadline (reading a frozen process's command line can block): the loop
+/// never waits on them.
 ///
 /// # Examples
 ///
@@ -93,6 +110,7 @@ pub struct Controller<T, G, S, I = NoInspector> {
     signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
+    subreaper: bool,
     shutdown: (Sender<()>, Receiver<()>),
 }
 
@@ -140,6 +158,7 @@ where
             signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
+            subreaper: false,
             shutdown: bounded(1),
         }
     }
@@ -168,6 +187,7 @@ where
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
+            subreaper: self.subreaper,
             shutdown: self.shutdown,
         }
     }
@@ -241,6 +261,17 @@ where
         self
     }
 
+    /// Tells `PS` whether this controller is a child subreaper
+    /// (`PR_SET_CHILD_SUBREAPER`, or PID 1 of its namespace), default no:
+    /// if it is not, a process of the tree that daemonises (double fork) is
+    /// re-parented out of the tree and no longer listed, and a client says
+    /// so. This crate cannot tell by itself; the program that made the
+    /// process a subreaper can.
+    pub fn subreaper(mut self, yes: bool) -> Self {
+        self.subreaper = yes;
+        self
+    }
+
     /// A handle to stop the controller from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.0.clone())
@@ -281,6 +312,7 @@ where
             signals,
             restart,
             status_fields,
+            subreaper,
             shutdown,
         } = self;
         let mut listener = transport.listen()?;
@@ -326,6 +358,7 @@ where
             restart,
             status_fields,
             authenticates: transport.authenticates(),
+            subreaper,
             suspended,
         };
         let inputs = Inputs {

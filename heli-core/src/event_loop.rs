@@ -1,6 +1,7 @@
 //! The controller's event loop: one `select!` over requests, the target's
 //! exit, signals, the results of work run off the loop, and timers. It never
-//! waits on the target itself: grants, revokes and stack reads run on
+//! waits on the target itself: grants, revokes, stack reads and tree
+//! listings run on
 //! worker threads, each with a deadline, and the loop serves every other
 //! request meanwhile.
 
@@ -11,16 +12,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
-use crate::authorize::{self, GrantRecord};
+use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
+use crate::grants::{GrantBook, Pending};
 use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
-use crate::protocol::{Reply, Request, Scope, Status, MAX_REPLY};
+use crate::protocol::{
+    GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
+};
 use crate::restart::RestartPolicy;
 use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
+use crate::stacks::{threads_text, ProcessStacks};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
 use crate::transport::{Event, GrantHolder, Incoming, Peer};
-use crate::worker::{Claim, Done, GrantWork, GrantWorker, JobId, StackWorker};
+use crate::tree::Tree;
+use crate::worker::{
+    Claim, Done, GrantWork, GrantWorker, Inspected, Inspection, JobId, StackWorker,
+};
 
 /// How long after a piece of work's deadline the loop still waits for the
 /// worker's own report (which says best what happened) before it answers
@@ -48,6 +56,8 @@ pub(crate) struct Loop<S> {
     pub(crate) restart: RestartPolicy,
     pub(crate) status_fields: Vec<(String, String)>,
     pub(crate) authenticates: bool,
+    /// Whether the controller is a child subreaper (`PS` says so).
+    pub(crate) subreaper: bool,
     /// Where suspensions are reported instead of stopping the process
     /// (tests).
     pub(crate) suspended: Option<Sender<()>>,
@@ -135,9 +145,11 @@ impl<S: Supervisor> Loop<S> {
         }
         let ran = state.run.started.elapsed();
         state.last_exit = Some(exit.status);
-        // A later process must not inherit the grant.
-        if let Some(grant) = state.take_grant() {
-            self.submit_revoke(state, grant.target);
+        // Every grant of its tree goes with it (a later process must not
+        // inherit one; its descendants that live on are no longer its
+        // tree); grants still being made fail when they are reported.
+        for grant in state.grants.take(|_| true) {
+            self.submit_revoke(state, grant.process);
         }
         if let Phase::Stopping(_) = state.phase {
             info!("target process {} ended ({})", exit.pid, exit.status);
@@ -170,7 +182,7 @@ impl<S: Supervisor> Loop<S> {
         state.phase = match self.supervisor.spawn() {
             Ok(pid) => {
                 info!("target restarted with PID {pid}");
-                state.run = Run::new(pid);
+                state.run = state.run.next(pid);
                 Phase::Running
             }
             Err(err) => {
@@ -216,58 +228,24 @@ impl<S: Supervisor> Loop<S> {
                     at.saturating_duration_since(Instant::now()).as_millis()
                 )),
                 Phase::Running | Phase::Stopping(_) => {
-                    let target = state.run.target;
-                    match request {
-                        Request::GetTargetPid => Reply::TargetPid(target),
-                        // TODO(tree-core): scopes other than the target, PS, STACKS.
-                        Request::Stack(Scope::Target) => {
-                            let deadline = Deadline::after(self.stack_deadline);
-                            let (id, claim) = state.new_job();
-                            self.stacks
-                                .submit(id, target, deadline.clone(), claim.clone());
-                            state.wait_for(id, incoming, deadline, claim, Waiting::Stack);
+                    let work = match request {
+                        Request::GetTargetPid => Ok(None),
+                        Request::GrantAccess(grant) => self.grant(state, peer, grant).map(Some),
+                        Request::Revoke(revoke) => self.revoke(state, peer, revoke),
+                        Request::Ps => self.inspect(state, Ask::Ps).map(Some),
+                        Request::Stack(scope) => self.inspect(state, Ask::Stack(scope)).map(Some),
+                        Request::Stacks(scope) => self.inspect(state, Ask::Stacks(scope)).map(Some),
+                        // Answered above.
+                        Request::Status | Request::Terminate => Ok(None),
+                    };
+                    match (work, request) {
+                        (Ok(Some(work)), _) => {
+                            state.wait_for(work, incoming);
                             return;
                         }
-                        Request::GrantAccess(grant) if grant.process.is_none() => {
-                            let (client, force) = (grant.client, grant.force);
-                            match self.grant(state, peer, client, force) {
-                                Ok(waiting) => {
-                                    let (id, deadline, claim) = waiting;
-                                    state.wait_for(id, incoming, deadline, claim, Waiting::Grant);
-                                    return;
-                                }
-                                Err(reply) => reply,
-                            }
-                        }
-                        Request::Revoke(revoke) if revoke.process.is_none() => {
-                            let named = revoke.client;
-                            let holder = self.holder_to_be(state);
-                            match authorize::may_revoke(holder.as_ref(), &peer, named) {
-                                Ok(()) => match self.revoke(state) {
-                                    Some((id, deadline, claim)) => {
-                                        state.wait_for(
-                                            id,
-                                            incoming,
-                                            deadline,
-                                            claim,
-                                            Waiting::Revoke,
-                                        );
-                                        return;
-                                    }
-                                    // Nothing runs there any more: nothing to
-                                    // withdraw.
-                                    None => Reply::Ready,
-                                },
-                                Err(refusal) => {
-                                    state.warn_about(
-                                        &peer,
-                                        format_args!("refused REVOKE from {peer:?}: {refusal}"),
-                                    );
-                                    Reply::Error(refusal)
-                                }
-                            }
-                        }
-                        _ => Reply::Error("not implemented yet".into()),
+                        (Ok(None), Request::GetTargetPid) => Reply::TargetPid(state.run.target),
+                        (Ok(None), _) => Reply::Ready,
+                        (Err(refusal), _) => Reply::Error(refusal),
                     }
                 }
                 Phase::Ended(_) => not_running(),
@@ -276,133 +254,280 @@ impl<S: Supervisor> Loop<S> {
         incoming.reply(reply);
     }
 
-    /// The grant in force, if its holder still runs.
-    fn holder(&self, state: &State) -> Option<GrantRecord> {
-        state
-            .grant
-            .filter(|grant| self.supervisor.is_running(grant.holder))
+    /// Whether process `id` still runs (an error of the table counts as
+    /// no).
+    fn runs(&self) -> impl Fn(ProcessId) -> bool + '_ {
+        |id| self.supervisor.is_running(id)
     }
 
-    /// The grant as it will stand once the grants in progress are made:
-    /// the newest of them (the worker makes them in order, and Yama keeps
-    /// one ptracer), else the grant in force. Another client's grant and a
-    /// REVOKE are weighed against it: either, queued behind a grant in
-    /// progress, would take its access away once its client was told
-    /// `READY`.
-    fn holder_to_be(&self, state: &State) -> Option<GrantRecord> {
-        state
-            .granting
-            .iter()
-            .rev()
-            .find(|pending| !pending.revoked)
-            .map(|pending| pending.record)
-            .filter(|grant| self.supervisor.is_running(grant.holder))
-            .or_else(|| self.holder(state))
+    /// Drops the grants on processes that exited (or whose pid now names
+    /// another process); the granter forgets them through a revoke.
+    fn prune(&mut self, state: &mut State) {
+        let gone = state
+            .grants
+            .take(|grant| !self.supervisor.is_running(grant.process));
+        for grant in gone {
+            info!(
+                "PID {} exited: the grant of client PID {} on it is dropped",
+                grant.process.pid, grant.holder.pid
+            );
+            self.submit_revoke(state, grant.process);
+        }
     }
 
-    /// Starts granting the process `requested` names access, unless the
-    /// policy refuses it, or another client holds the grant and `force` is
-    /// not set (Yama keeps one ptracer per target): the work's id, deadline
-    /// and claim, or the refusal.
+    /// How a process of the tree is named in messages.
+    fn name_of(state: &State, process: Pid) -> String {
+        if process == state.run.target {
+            "target".to_owned()
+        } else {
+            format!("PID {process}")
+        }
+    }
+
+    /// Starts granting the process `request` names access to the target or
+    /// to a process of its tree, unless the policy refuses it, or another
+    /// client holds the grant on that process and `FORCE` is not set (Yama
+    /// keeps one ptracer per process): the work, or the refusal.
     fn grant(
         &mut self,
         state: &mut State,
         peer: Peer,
-        requested: Pid,
-        force: bool,
-    ) -> Result<(JobId, Deadline, Claim), Reply> {
+        request: GrantRequest,
+    ) -> Result<Work, Refusal> {
         if !matches!(state.phase, Phase::Running) {
-            return Err(Reply::Error("The controller is shutting down".into()));
+            return Err("The controller is shutting down".into());
         }
+        self.prune(state);
         let target = state.run.target;
-        let client = match authorize::grantee(&peer, requested, target, &self.supervisor) {
-            Ok(client) => client,
-            Err(refusal) => {
-                state.warn_about(
-                    &peer,
-                    format_args!("refused GRANT_ACCESS {requested} from {peer:?}: {refusal}"),
-                );
-                return Err(Reply::Error(refusal));
-            }
+        let asked = Request::GrantAccess(request);
+        let refused = |state: &mut State, refusal: String| {
+            state.warn_about(
+                &peer,
+                format_args!("refused {asked} from {peer:?}: {refusal}"),
+            );
+            refusal
         };
-        let previous = self.holder_to_be(state);
-        if let Some(holder) = previous.filter(|grant| grant.holder != client && !force) {
-            return Err(Reply::Error(format!(
-                "target is being debugged by client PID {} (attach --force takes it over)",
-                holder.holder.pid
-            )));
-        }
+        let client = match authorize::grantee(&peer, request.client, target, &self.supervisor) {
+            Ok(client) => client,
+            Err(refusal) => return Err(refused(state, refusal)),
+        };
         let target_id = match self.supervisor.identity(target) {
             Ok(Some(id)) => id,
-            Ok(None) => {
-                return Err(Reply::Error(format!(
-                    "Grant failed: target PID {target} is not running"
-                )))
-            }
-            Err(err) => return Err(Reply::Error(format!("Grant failed: {err}"))),
+            Ok(None) => return Err(format!("Grant failed: target PID {target} is not running")),
+            Err(err) => return Err(format!("Grant failed: {err}")),
         };
+        let process = match request.process.filter(|&process| process != target) {
+            None => target_id,
+            Some(pid) => {
+                match authorize::tree_member(pid, target_id, &self.supervisor, Use::Grant) {
+                    Ok(process) => process,
+                    Err(refusal) => return Err(refused(state, refusal)),
+                }
+            }
+        };
+        let previous = state.grants.to_be(process, self.runs());
+        if let Some(holder) = previous.filter(|grant| grant.holder != client && !request.force) {
+            return Err(format!(
+                "{} is being debugged by client PID {} (attach --force takes it over)",
+                Self::name_of(state, process.pid),
+                holder.holder.pid
+            ));
+        }
         let deadline = Deadline::after(self.grant_deadline);
         let (id, claim) = state.new_job();
         self.grants.submit(
             id,
             GrantWork::Grant {
-                target: target_id,
+                target: process,
                 client,
             },
             deadline.clone(),
             claim.clone(),
         );
-        state.granting.push(Pending {
+        state.grants.ask(Pending {
             id,
             record: GrantRecord {
                 holder: client,
-                target: target_id,
+                process,
                 connection: peer.connection,
             },
             previous,
             revoked: false,
+            run: state.run.number,
+            target,
         });
-        Ok((id, deadline, claim))
+        Ok(Work {
+            id,
+            deadline,
+            claim,
+            what: Waiting::Grant,
+        })
     }
 
-    /// Starts withdrawing the grant on the target: the work's id, deadline
-    /// and claim; `None` when no target runs to withdraw it from.
-    fn revoke(&mut self, state: &mut State) -> Option<(JobId, Deadline, Claim)> {
-        // The revoke runs after the grants in progress: none of them stays.
-        for pending in &mut state.granting {
-            pending.revoked = true;
-        }
-        let recorded = state.take_grant().map(|grant| grant.target);
-        let target = match recorded {
-            Some(id) => id,
-            None => self.supervisor.identity(state.run.target).ok().flatten()?,
+    /// Starts withdrawing the grant on the target or on a process of its
+    /// tree, if the policy lets `peer` withdraw it: the work (`None` when
+    /// there is nothing to withdraw: `READY` at once), or the refusal.
+    fn revoke(
+        &mut self,
+        state: &mut State,
+        peer: Peer,
+        request: RevokeRequest,
+    ) -> Result<Option<Work>, Refusal> {
+        self.prune(state);
+        let target = state.run.target;
+        let process = match request.process.filter(|&process| process != target) {
+            // The target: whatever the book says, the granter withdraws
+            // any grant on it.
+            None => self.supervisor.identity(target).ok().flatten(),
+            // Another process: only one a grant is on (or is being made
+            // for) has anything to withdraw; nothing is done to any other.
+            Some(pid) => state.grants.process_of(pid),
         };
+        // Nothing runs there any more: nothing to withdraw.
+        let Some(process) = process else {
+            return Ok(None);
+        };
+        let holder = state.grants.to_be(process, self.runs());
+        if let Err(refusal) = authorize::may_revoke(holder.as_ref(), &peer, request.client) {
+            state.warn_about(
+                &peer,
+                format_args!(
+                    "refused {} from {peer:?}: {refusal}",
+                    Request::Revoke(request)
+                ),
+            );
+            return Err(refusal);
+        }
+        // The revoke runs after the grants in progress: none of them on
+        // that process stays.
+        state.grants.withdraw_pending(process);
+        state.grants.take(|grant| grant.process == process);
         let deadline = Deadline::after(self.grant_deadline);
         let (id, claim) = state.new_job();
         self.grants.submit(
             id,
-            GrantWork::Revoke { target },
+            GrantWork::Revoke { target: process },
             deadline.clone(),
             claim.clone(),
         );
-        Some((id, deadline, claim))
+        Ok(Some(Work {
+            id,
+            deadline,
+            claim,
+            what: Waiting::Revoke,
+        }))
     }
 
-    /// Withdraws the grant on `target` with nobody waiting for the answer.
-    fn submit_revoke(&mut self, state: &mut State, target: ProcessId) {
+    /// Withdraws the grant on `process` with nobody waiting for the answer.
+    fn submit_revoke(&mut self, state: &mut State, process: ProcessId) {
         let (id, claim) = state.new_job();
         self.grants.submit(
             id,
-            GrantWork::Revoke { target },
+            GrantWork::Revoke { target: process },
             Deadline::after(self.grant_deadline),
             claim,
         );
     }
 
+    /// Starts a read of the inspector's, on its thread with the stack
+    /// deadline: the work, or the refusal.
+    fn inspect(&mut self, state: &mut State, ask: Ask) -> Result<Work, Refusal> {
+        let target = state.run.target;
+        let (inspection, failed) = match ask {
+            // Today's `STACK`: the target's threads, as text.
+            Ask::Stack(Scope::Target) => (
+                Inspection::Threads(target),
+                "Cannot read the target's stacks".to_owned(),
+            ),
+            _ => {
+                self.prune(state);
+                let root = match self.supervisor.identity(target) {
+                    Ok(Some(root)) => root,
+                    Ok(None) => return Err("Target process not running".into()),
+                    Err(err) => {
+                        return Err(format!("Cannot look up the target, PID {target}: {err}"))
+                    }
+                };
+                let scope = match ask {
+                    Ask::Ps => None,
+                    Ask::Stack(scope) | Ask::Stacks(scope) => Some(scope),
+                };
+                match scope {
+                    None => (
+                        Inspection::Tree(root),
+                        "Cannot list the target's tree".to_owned(),
+                    ),
+                    Some(Scope::All) => (
+                        Inspection::Stacks {
+                            root,
+                            only: None,
+                            me: self.controller_user(),
+                        },
+                        "Cannot list the target's tree".to_owned(),
+                    ),
+                    Some(Scope::Target) => (
+                        Inspection::Stacks {
+                            root,
+                            only: Some(root),
+                            me: None,
+                        },
+                        "Cannot read the target's stacks".to_owned(),
+                    ),
+                    Some(Scope::Process(pid)) => {
+                        let process =
+                            authorize::tree_member(pid, root, &self.supervisor, Use::Stacks)?;
+                        (
+                            Inspection::Stacks {
+                                root,
+                                only: Some(process),
+                                me: None,
+                            },
+                            format!(
+                                "Cannot read the stacks of {}",
+                                Self::name_of(state, process.pid)
+                            ),
+                        )
+                    }
+                }
+            }
+        };
+        let on = match inspection {
+            Inspection::Stacks {
+                only: Some(process),
+                ..
+            } => process.pid,
+            _ => target,
+        };
+        let answer = match ask {
+            Ask::Ps => Answer::Ps,
+            Ask::Stack(Scope::Target) => Answer::Threads,
+            Ask::Stack(_) => Answer::Text,
+            Ask::Stacks(_) => Answer::Json,
+        };
+        let deadline = Deadline::after(self.stack_deadline);
+        let (id, claim) = state.new_job();
+        self.stacks
+            .submit(id, inspection, deadline.clone(), claim.clone());
+        Ok(Work {
+            id,
+            deadline,
+            claim,
+            what: Waiting::Inspect { answer, failed, on },
+        })
+    }
+
+    /// The effective user this controller runs as, if the table tells.
+    fn controller_user(&self) -> Option<u32> {
+        match self.supervisor.process(Pid::this()) {
+            Ok(Some(me)) => Some(me.euid),
+            _ => None,
+        }
+    }
+
     /// A worker finished a piece of work the loop may still wait for.
     fn work_done(&mut self, state: &mut State, done: Done) {
         let id = match &done {
-            Done::Grant { id, .. } | Done::Stack { id, .. } => *id,
+            Done::Grant { id, .. } | Done::Inspect { id, .. } => *id,
         };
         // The request that waits for it, if the loop has not given up.
         let waiting = state.take_waiting(id);
@@ -414,14 +539,14 @@ impl<S: Supervisor> Loop<S> {
                 ..
             } => {
                 state.granter_fields = status_fields;
-                match (work, state.take_granting(id), result) {
+                match (work, state.grants.take_pending(id), result) {
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.revoked => {
                         Reply::Error(
                             "Grant failed: a REVOKE that came during it withdrew it".into(),
                         )
                     }
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) => {
-                        self.granted(state, pending.record, pending.previous)
+                        self.granted(state, pending)
                     }
                     (GrantWork::Grant { client, .. }, _, Err(err)) => {
                         // A peer may ask for grants that fail as often as it
@@ -439,8 +564,12 @@ impl<S: Supervisor> Loop<S> {
                     (GrantWork::Grant { .. }, None, Ok(())) => {
                         Reply::Error("Grant failed: it completed too late".into())
                     }
-                    (GrantWork::Revoke { .. }, _, Ok(())) => {
-                        info!("revoked access to target {}", state.run.target);
+                    (GrantWork::Revoke { target }, _, Ok(())) => {
+                        if target.pid == state.run.target {
+                            info!("revoked access to target {}", state.run.target);
+                        } else {
+                            info!("revoked access to PID {}", target.pid);
+                        }
                         Reply::Ready
                     }
                     (GrantWork::Revoke { .. }, _, Err(err)) => {
@@ -448,9 +577,12 @@ impl<S: Supervisor> Loop<S> {
                     }
                 }
             }
-            Done::Stack { result, .. } => match result {
-                Ok(text) => Reply::Stack(fit_reply(text)),
-                Err(err) => Reply::Error(format!("Cannot read the target's stacks: {err}")),
+            Done::Inspect { result, .. } => match waiting.as_ref().map(|waiting| &waiting.what) {
+                Some(Waiting::Inspect { answer, failed, .. }) => match result {
+                    Ok(inspected) => self.inspected(state, *answer, inspected),
+                    Err(err) => Reply::Error(format!("{failed}: {err}")),
+                },
+                _ => Reply::Error("a read nobody waits for".into()),
             },
         };
         match waiting {
@@ -463,31 +595,64 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
+    /// The reply for what the inspector read: what only the controller
+    /// knows added (the target, who holds a grant where).
+    fn inspected(&self, state: &State, answer: Answer, inspected: Inspected) -> Reply {
+        match (answer, inspected) {
+            (Answer::Threads, Inspected::Threads(threads)) => {
+                Reply::Stack(fit_reply(threads_text(&threads)))
+            }
+            (Answer::Ps, Inspected::Tree(mut processes)) => {
+                let live = state.phase.is_live();
+                for process in &mut processes {
+                    process.target = live && process.pid == state.run.target;
+                    process.holder = state
+                        .grants
+                        .held()
+                        .iter()
+                        .filter(|grant| live && grant.process.pid == process.pid)
+                        .find(|grant| self.supervisor.is_running(grant.holder))
+                        .map(|grant| grant.holder.pid);
+                }
+                Reply::Ps(Tree::new(processes, self.subreaper))
+            }
+            (Answer::Text, Inspected::Stacks(stacks)) => {
+                let text: Vec<String> = stacks.iter().map(ToString::to_string).collect();
+                Reply::Stack(fit_reply(text.join("\n")))
+            }
+            (Answer::Json, Inspected::Stacks(stacks)) => Reply::Stacks(fit_stacks(stacks)),
+            (answer, inspected) => Reply::Error(format!(
+                "the inspector's thread read {inspected:?} for {answer:?}"
+            )),
+        }
+    }
+
     /// A grant is in force: record it, unless its target ended meanwhile.
-    fn granted(
-        &mut self,
-        state: &mut State,
-        record: GrantRecord,
-        previous: Option<GrantRecord>,
-    ) -> Reply {
-        let target = state.run.target;
-        if !(state.phase.is_live() && record.target.pid == target) {
+    fn granted(&mut self, state: &mut State, pending: Pending) -> Reply {
+        let Pending {
+            record, previous, ..
+        } = pending;
+        if !(state.phase.is_live() && pending.run == state.run.number) {
+            // Whatever was granted on a process of a former target's tree
+            // does not stay.
+            self.submit_revoke(state, record.process);
             return Reply::Error(format!(
                 "Grant failed: target PID {} exited during the grant",
-                record.target.pid
+                pending.target
             ));
         }
+        let on = match Self::name_of(state, record.process.pid).as_str() {
+            "target" => format!("target {}", state.run.target),
+            other => format!("{other} of the target's tree"),
+        };
         match previous {
             Some(old) if old.holder != record.holder => info!(
-                "granted PID {} access to target {target}, taking it over from PID {}",
+                "granted PID {} access to {on}, taking it over from PID {}",
                 record.holder.pid, old.holder.pid
             ),
-            _ => info!(
-                "granted PID {} access to target {target}",
-                record.holder.pid
-            ),
+            _ => info!("granted PID {} access to {on}", record.holder.pid),
         }
-        state.set_grant(record);
+        state.grants.record(record);
         Reply::Ready
     }
 
@@ -503,37 +668,48 @@ impl<S: Supervisor> Loop<S> {
                 continue;
             }
             let waiting = state.waiting.remove(index);
-            let why = self.why_no_answer(state.run.target);
-            let reply = match waiting.what {
+            let reply = match &waiting.what {
                 Waiting::Grant => {
-                    state.take_granting(waiting.id);
+                    let why = self.why_no_answer(state, state.run.target);
+                    state.grants.take_pending(waiting.id);
                     warn!("a grant got no answer in time: {why}");
                     Reply::Error(format!("Grant failed: {why}"))
                 }
-                Waiting::Revoke => Reply::Error(format!("Revoke failed: {why}")),
-                Waiting::Stack => Reply::Error(format!("Cannot read the target's stacks: {why}")),
+                Waiting::Revoke => {
+                    let why = self.why_no_answer(state, state.run.target);
+                    Reply::Error(format!("Revoke failed: {why}"))
+                }
+                Waiting::Inspect { failed, on, .. } => {
+                    let why = self.why_no_answer(state, *on);
+                    Reply::Error(format!("{failed}: {why}"))
+                }
             };
             waiting.incoming.reply(reply);
         }
     }
 
-    /// Why work on the target got no answer in time, as far as the
-    /// supervisor can tell.
-    fn why_no_answer(&self, target: Pid) -> String {
-        let condition = match self.condition(target) {
-            Some("frozen") => "the target is frozen (cgroup freezer)".to_owned(),
-            Some(_) => "the target is in uninterruptible sleep (state D)".to_owned(),
-            None => match self.supervisor.process(target) {
-                Ok(Some(info)) => format!("the target is in state {}", info.state.code()),
-                Ok(None) => "the target is gone".to_owned(),
-                Err(err) => format!("the target's state cannot be read: {err}"),
+    /// Why work on `process` (the target, or a process of its tree) got no
+    /// answer in time, as far as the supervisor can tell.
+    fn why_no_answer(&self, state: &State, process: Pid) -> String {
+        let name = if process == state.run.target {
+            "the target".to_owned()
+        } else {
+            format!("PID {process}")
+        };
+        let condition = match self.condition(process) {
+            Some("frozen") => format!("{name} is frozen (cgroup freezer)"),
+            Some(_) => format!("{name} is in uninterruptible sleep (state D)"),
+            None => match self.supervisor.process(process) {
+                Ok(Some(info)) => format!("{name} is in state {}", info.state.code()),
+                Ok(None) => format!("{name} is gone"),
+                Err(err) => format!("{name}'s state cannot be read: {err}"),
             },
         };
         format!("no answer within its deadline: {condition}")
     }
 
-    /// A connection closed: the grant it asked for, if still in force,
-    /// goes with it.
+    /// A connection closed: the grants it asked for, those still in force,
+    /// go with it.
     fn disconnected(&mut self, state: &mut State, peer: Peer) {
         debug!("client {peer:?} disconnected");
         // Connectionless transports (named pipes) tie no grant to a peer.
@@ -551,22 +727,21 @@ impl<S: Supervisor> Loop<S> {
             },
             || Reply::Error("Grant failed: its connection closed".into()),
         );
-        let Some(grant) = state
-            .grant
-            .filter(|grant| grant.connection == peer.connection)
-        else {
-            return;
-        };
-        info!(
-            "the connection of client PID {} closed: revoking its grant",
-            grant.holder.pid
-        );
-        if let Some(grant) = state.take_grant() {
-            self.submit_revoke(state, grant.target);
+        let closed = state
+            .grants
+            .take(|grant| grant.connection == peer.connection);
+        for grant in closed {
+            info!(
+                "the connection of client PID {} closed: revoking its grant on {}",
+                grant.holder.pid,
+                Self::name_of(state, grant.process.pid)
+            );
+            self.submit_revoke(state, grant.process);
         }
     }
 
-    fn status(&self, state: &State) -> Status {
+    fn status(&mut self, state: &mut State) -> Status {
+        self.prune(state);
         let clients = if self.authenticates {
             "authenticated"
         } else {
@@ -592,16 +767,29 @@ impl<S: Supervisor> Loop<S> {
             Phase::Restarting { .. } => "restarting",
             Phase::Ended(_) => "ended",
         };
+        let target = state.run.target;
+        // The grants whose holders still run, the target's first.
+        let mut grants: Vec<TreeGrant> = state
+            .grants
+            .held()
+            .iter()
+            .filter(|grant| state.phase.is_live() && self.supervisor.is_running(grant.holder))
+            .map(|grant| TreeGrant {
+                process: grant.process.pid,
+                client: grant.holder.pid,
+            })
+            .collect();
+        grants.sort_by_key(|grant| (grant.process != target, grant.process));
         Status {
-            pid: state.run.target,
+            pid: target,
             state: state_name.to_owned(),
             uptime_secs: state.run.started.elapsed().as_secs(),
             granter: self.granter_name.clone(),
-            grants: Vec::new(),
-            holder: self
-                .holder(state)
-                .filter(|_| state.phase.is_live())
-                .map(|grant| grant.holder.pid),
+            holder: grants
+                .first()
+                .filter(|grant| grant.process == target)
+                .map(|grant| grant.client),
+            grants,
             extra,
             command: self.supervisor.describe(),
         }
@@ -756,6 +944,31 @@ pub(crate) fn not_running() -> Reply {
     Reply::Error("Target process not running".into())
 }
 
+/// Cuts a `STACKS` reply that would not fit in a reply line
+/// ([`MAX_REPLY`]): the last processes' threads are left out, each saying
+/// so, until it fits.
+pub(crate) fn fit_stacks(mut stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
+    const ROOM: usize = MAX_REPLY - 100;
+    let size =
+        |process: &ProcessStacks| serde_json::to_string(process).map_or(0, |json| json.len());
+    let mut total: usize = stacks.iter().map(|process| size(process) + 1).sum();
+    for process in stacks.iter_mut().rev() {
+        if total <= ROOM {
+            break;
+        }
+        if process.threads.is_empty() {
+            continue;
+        }
+        total -= size(process);
+        process.threads.clear();
+        process.skipped = Some(format!(
+            "cut: the stacks of every process would not fit in a reply of {MAX_REPLY} bytes"
+        ));
+        total += size(process);
+    }
+    stacks
+}
+
 /// What the loop knows between events.
 #[derive(Debug)]
 struct State {
@@ -764,14 +977,10 @@ struct State {
     phase: Phase,
     /// How the last target ended, once one did.
     last_exit: Option<ExitStatus>,
-    /// The grant in force, as the controller made it.
-    grant: Option<GrantRecord>,
-    /// Its connection, as the listener sees it.
-    holder: GrantHolder,
+    /// The grants of the tree, in force and in progress.
+    grants: GrantBook,
     /// Requests waiting for work off the loop, oldest first.
     waiting: Vec<WaitingRequest>,
-    /// Grants in progress, oldest first.
-    granting: Vec<Pending>,
     /// The granter's facts for `STATUS`, as of its last piece of work.
     granter_fields: Vec<(String, String)>,
     next_job: JobId,
@@ -790,17 +999,13 @@ struct WaitingRequest {
     what: Waiting,
 }
 
-/// A grant in progress.
+/// Work handed to a worker, for a request to wait on.
 #[derive(Debug)]
-struct Pending {
+struct Work {
     id: JobId,
-    /// What to record when it succeeds.
-    record: GrantRecord,
-    /// Who held the grant (or was being granted it) before.
-    previous: Option<GrantRecord>,
-    /// A REVOKE came after it was asked for: that revoke, queued behind
-    /// it, withdraws it, so it is not recorded.
-    revoked: bool,
+    deadline: Deadline,
+    claim: Claim,
+    what: Waiting,
 }
 
 impl WaitingRequest {
@@ -812,23 +1017,48 @@ impl WaitingRequest {
 }
 
 /// What a waiting request waits for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Waiting {
     Grant,
     Revoke,
-    Stack,
+    /// A read of the inspector's, on process `on`: answered as `answer`
+    /// says, or with `failed: <why>`.
+    Inspect {
+        answer: Answer,
+        failed: String,
+        on: Pid,
+    },
+}
+
+/// What a client asked the inspector for.
+#[derive(Clone, Copy, Debug)]
+enum Ask {
+    Ps,
+    Stack(Scope),
+    Stacks(Scope),
+}
+
+/// The reply a read of the inspector's becomes.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// `STACK`: the target's threads as text, as ever.
+    Threads,
+    /// `STACK <pid>|ALL`: each process under its header, as text.
+    Text,
+    /// `STACKS`.
+    Json,
+    /// `PS`.
+    Ps,
 }
 
 impl State {
     fn new(target: Pid, holder: GrantHolder) -> State {
         State {
-            run: Run::new(target),
+            run: Run::first(target),
             phase: Phase::Running,
             last_exit: None,
-            grant: None,
-            holder,
+            grants: GrantBook::new(holder),
             waiting: Vec::new(),
-            granting: Vec::new(),
             granter_fields: Vec::new(),
             next_job: 0,
             warnings: LogLimit::new(),
@@ -842,46 +1072,24 @@ impl State {
         }
     }
 
-    fn set_grant(&mut self, grant: GrantRecord) {
-        self.holder.set([grant.connection]);
-        self.grant = Some(grant);
-    }
-
-    fn take_grant(&mut self) -> Option<GrantRecord> {
-        self.holder.set([]);
-        self.grant.take()
-    }
-
     fn new_job(&mut self) -> (JobId, Claim) {
         self.next_job += 1;
         (self.next_job, Claim::default())
     }
 
-    fn wait_for(
-        &mut self,
-        id: JobId,
-        incoming: Incoming,
-        deadline: Deadline,
-        claim: Claim,
-        what: Waiting,
-    ) {
+    fn wait_for(&mut self, work: Work, incoming: Incoming) {
         self.waiting.push(WaitingRequest {
-            id,
+            id: work.id,
             incoming,
-            deadline,
-            claim,
-            what,
+            deadline: work.deadline,
+            claim: work.claim,
+            what: work.what,
         });
     }
 
     fn take_waiting(&mut self, id: JobId) -> Option<WaitingRequest> {
         let at = self.waiting.iter().position(|waiting| waiting.id == id)?;
         Some(self.waiting.remove(at))
-    }
-
-    fn take_granting(&mut self, id: JobId) -> Option<Pending> {
-        let at = self.granting.iter().position(|pending| pending.id == id)?;
-        Some(self.granting.remove(at))
     }
 
     /// When the loop next gives up on work past its deadline.
@@ -912,7 +1120,7 @@ impl State {
         self.waiting = left;
         for waiting in called_off {
             if let Waiting::Grant = waiting.what {
-                self.take_granting(waiting.id);
+                self.grants.take_pending(waiting.id);
             }
             waiting.incoming.reply(reply());
         }
@@ -924,13 +1132,24 @@ impl State {
 struct Run {
     target: Pid,
     started: Instant,
+    /// Counts the runs: 1 for the first target, one more per restart.
+    number: u64,
 }
 
 impl Run {
-    fn new(target: Pid) -> Run {
+    fn first(target: Pid) -> Run {
         Run {
             target,
             started: Instant::now(),
+            number: 1,
+        }
+    }
+
+    /// The run of a restarted target, `target`.
+    fn next(self, target: Pid) -> Run {
+        Run {
+            number: self.number + 1,
+            ..Run::first(target)
         }
     }
 }

@@ -146,6 +146,7 @@ mod deadline;
 mod error;
 mod event_loop;
 mod granter;
+mod grants;
 mod inspector;
 pub mod log_limit;
 mod process;

@@ -1,6 +1,7 @@
 //! Work the controller runs off its loop, each piece with a deadline:
-//! grants and revokes on the granter's own thread, stack reads on the
-//! inspector's. The loop hands work over and goes on serving; the result
+//! grants and revokes on the granter's own thread, stack reads and tree
+//! listings on the inspector's (reading `/proc/PID/cmdline` or a process's
+//! memory can block on a frozen process's memory lock: never on the loop). The loop hands work over and goes on serving; the result
 //! comes back on a channel, or the loop gives up on it at its deadline.
 
 use std::io;
@@ -16,6 +17,8 @@ use crate::deadline::Deadline;
 use crate::granter::Granter;
 use crate::inspector::Inspector;
 use crate::process::{Pid, ProcessId};
+use crate::stacks::{ProcessStacks, ThreadStack};
+use crate::tree::TreeProcess;
 
 /// Tells a piece of work from the others.
 pub(crate) type JobId = u64;
@@ -75,15 +78,40 @@ pub(crate) enum Done {
         result: io::Result<()>,
         status_fields: Vec<(String, String)>,
     },
-    /// A stack read ended.
-    Stack {
+    /// A read of the inspector's ended.
+    Inspect {
         id: JobId,
-        result: io::Result<String>,
+        result: io::Result<Inspected>,
     },
 }
 
+/// What the inspector's thread reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Inspection {
+    /// The threads of process `pid` (`STACK` of the target).
+    Threads(Pid),
+    /// The tree under `root` (`PS`).
+    Tree(ProcessId),
+    /// The stacks of process `only` of the tree under `root`, or of every
+    /// process of it (`STACKS`, `STACK <pid>|ALL`). A process not of the
+    /// controller's user (`me`, when known) is skipped.
+    Stacks {
+        root: ProcessId,
+        only: Option<ProcessId>,
+        me: Option<u32>,
+    },
+}
+
+/// What the inspector's thread read.
+#[derive(Debug)]
+pub(crate) enum Inspected {
+    Threads(Vec<ThreadStack>),
+    Tree(Vec<TreeProcess>),
+    Stacks(Vec<ProcessStacks>),
+}
+
 type GrantJob = (JobId, GrantWork, Deadline, Claim);
-type StackJob = (JobId, Pid, Deadline, Claim);
+type InspectJob = (JobId, Inspection, Deadline, Claim);
 
 /// The granter, on a thread of its own that does one piece of work at a
 /// time, in order.
@@ -185,10 +213,9 @@ fn not_started(deadline: &Deadline) -> io::Error {
     }
 }
 
-/// The inspector, on a thread of its own that reads one stack dump at a
-/// time.
+/// The inspector, on a thread of its own that does one read at a time.
 #[derive(Debug)]
-pub(crate) struct StackWorker(Sender<StackJob>);
+pub(crate) struct StackWorker(Sender<InspectJob>);
 
 impl StackWorker {
     /// Shares `inspector` with a new thread; results go to `done`.
@@ -198,23 +225,96 @@ impl StackWorker {
     ) -> io::Result<StackWorker> {
         let jobs = spawn_worker(
             "heli-inspector",
-            move |(id, pid, deadline, claim): StackJob| {
-                let result = unless_expired(&deadline, || {
-                    inspector
-                        .stacks(pid)
-                        .map(|threads| crate::stacks::threads_text(&threads))
-                });
-                !claim.finish() || done.send(Done::Stack { id, result }).is_ok()
+            move |(id, inspection, deadline, claim): InspectJob| {
+                let result =
+                    unless_expired(&deadline, || inspect(&*inspector, inspection, &deadline));
+                !claim.finish() || done.send(Done::Inspect { id, result }).is_ok()
             },
         )?;
         Ok(StackWorker(jobs))
     }
 
-    /// Queues a stack read of `pid`; its result comes back as
-    /// [`Done::Stack`] with `id`, unless the loop gave up on it.
-    pub(crate) fn submit(&self, id: JobId, pid: Pid, deadline: Deadline, claim: Claim) {
-        let _ = self.0.send((id, pid, deadline, claim));
+    /// Queues `inspection`; its result comes back as [`Done::Inspect`] with
+    /// `id`, unless the loop gave up on it.
+    pub(crate) fn submit(
+        &self,
+        id: JobId,
+        inspection: Inspection,
+        deadline: Deadline,
+        claim: Claim,
+    ) {
+        let _ = self.0.send((id, inspection, deadline, claim));
     }
+}
+
+/// Carries `inspection` out with `inspector`, within `deadline` as far as
+/// it can tell (a read that hangs is the loop's to give up on).
+fn inspect(
+    inspector: &impl Inspector,
+    inspection: Inspection,
+    deadline: &Deadline,
+) -> io::Result<Inspected> {
+    match inspection {
+        Inspection::Threads(pid) => inspector.stacks(pid).map(Inspected::Threads),
+        Inspection::Tree(root) => inspector.tree(root).map(Inspected::Tree),
+        Inspection::Stacks {
+            root,
+            only: Some(process),
+            ..
+        } => {
+            // The header's facts, when the inspector can tell them.
+            let facts = inspector
+                .tree(process)
+                .ok()
+                .and_then(|tree| tree.into_iter().find(|facts| facts.pid == process.pid))
+                .unwrap_or_else(|| TreeProcess::new(process.pid));
+            let mut stacks = stacks_header(&facts, root);
+            stacks.threads = inspector.stacks(process.pid)?;
+            Ok(Inspected::Stacks(vec![stacks]))
+        }
+        Inspection::Stacks {
+            root,
+            only: None,
+            me,
+        } => {
+            let tree = inspector.tree(root)?;
+            let stacks = tree
+                .iter()
+                .map(|process| {
+                    let mut stacks = stacks_header(process, root);
+                    let skipped = if deadline.expired() {
+                        Some("not read: the request's deadline passed".to_owned())
+                    } else if let Some(me) = me.filter(|&me| me != process.uid) {
+                        Some(format!(
+                            "runs as another user (uid {}; the controller runs as {me})",
+                            process.uid
+                        ))
+                    } else {
+                        match inspector.stacks(process.pid) {
+                            Ok(threads) => {
+                                stacks.threads = threads;
+                                None
+                            }
+                            Err(err) => Some(err.to_string()),
+                        }
+                    };
+                    stacks.skipped = skipped;
+                    stacks
+                })
+                .collect();
+            Ok(Inspected::Stacks(stacks))
+        }
+    }
+}
+
+/// A process's stacks, without threads yet, with its facts from the tree.
+fn stacks_header(process: &TreeProcess, root: ProcessId) -> ProcessStacks {
+    let mut stacks = ProcessStacks::new(process.pid);
+    stacks.parent = process.parent;
+    stacks.target = process.pid == root.pid;
+    stacks.command = process.command.clone();
+    stacks.python = process.python.clone();
+    stacks
 }
 
 #[cfg(test)]
@@ -231,6 +331,134 @@ mod tests {
         let claim = Claim::default();
         assert!(claim.abandon());
         assert!(!claim.finish());
+    }
+
+    /// A tree 10 -> 11 -> 12 and 13 (uid 2000): 10 and 12 are Python
+    /// processes, 11 is not.
+    struct Forest;
+    impl Inspector for Forest {
+        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+            match pid.get() {
+                10 | 12 => Ok(vec![ThreadStack::new(pid.get().into())]),
+                _ => Err(io::Error::other("not a Python process")),
+            }
+        }
+        fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            let facts = |raw: u32, parent: u32, uid: u32| {
+                let mut facts = TreeProcess::new(Pid::new(raw).unwrap());
+                facts.parent = Pid::new(parent);
+                facts.uid = uid;
+                facts.command = format!("cmd {raw}");
+                facts.python = (raw % 2 == 0).then(|| "3.14.0".to_owned());
+                facts
+            };
+            let all = [
+                facts(10, 1, 1000),
+                facts(11, 10, 1000),
+                facts(12, 11, 1000),
+                facts(13, 10, 2000),
+            ];
+            let start = all
+                .iter()
+                .position(|p| p.pid == root.pid)
+                .unwrap_or(all.len());
+            Ok(all[start..].to_vec())
+        }
+    }
+
+    fn id(raw: u32) -> ProcessId {
+        ProcessId {
+            pid: Pid::new(raw).unwrap(),
+            start_time: 1,
+        }
+    }
+
+    fn stacks(inspection: Inspection, deadline: &Deadline) -> Vec<ProcessStacks> {
+        match inspect(&Forest, inspection, deadline).unwrap() {
+            Inspected::Stacks(stacks) => stacks,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_stacks_list_every_process_and_skip_with_the_reason() {
+        let soon = Deadline::after(Duration::from_secs(60));
+        let all = Inspection::Stacks {
+            root: id(10),
+            only: None,
+            me: Some(1000),
+        };
+        let got = stacks(all, &soon);
+        let summary: Vec<_> = got
+            .iter()
+            .map(|p| (p.pid.get(), p.target, p.threads.len(), p.skipped.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (10, true, 1, None),
+                (11, false, 0, Some("not a Python process".into())),
+                (12, false, 1, None),
+                (
+                    13,
+                    false,
+                    0,
+                    Some("runs as another user (uid 2000; the controller runs as 1000)".into())
+                ),
+            ]
+        );
+        assert_eq!(got[2].role(), "child of 11");
+        assert_eq!(got[2].python.as_deref(), Some("3.14.0"));
+        assert_eq!(got[2].command, "cmd 12");
+        // Past the deadline, what is left is listed, not read.
+        let late = Deadline::after(Duration::ZERO);
+        for process in stacks(all, &late) {
+            assert_eq!(
+                process.skipped.as_deref(),
+                Some("not read: the request's deadline passed")
+            );
+        }
+    }
+
+    #[test]
+    fn one_process_stacks_carry_its_facts_or_fail() {
+        let soon = Deadline::after(Duration::from_secs(60));
+        let one = |raw| Inspection::Stacks {
+            root: id(10),
+            only: Some(id(raw)),
+            me: None,
+        };
+        let got = stacks(one(12), &soon);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].pid.get(), got[0].target), (12, false));
+        assert_eq!(got[0].parent, Pid::new(11));
+        assert_eq!(got[0].threads.len(), 1);
+        assert!(stacks(one(10), &soon)[0].target);
+        let err = inspect(&Forest, one(11), &soon).unwrap_err();
+        assert_eq!(err.to_string(), "not a Python process");
+        // An inspector that cannot list the tree still reads the stacks.
+        struct Bare;
+        impl Inspector for Bare {
+            fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+                Forest.stacks(pid)
+            }
+        }
+        match inspect(&Bare, one(12), &soon).unwrap() {
+            Inspected::Stacks(got) => {
+                assert_eq!((got[0].pid.get(), got[0].threads.len()), (12, 1));
+                assert_eq!(got[0].command, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        let all = Inspection::Stacks {
+            root: id(10),
+            only: None,
+            me: None,
+        };
+        assert_eq!(
+            inspect(&Bare, all, &soon).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
     }
 
     #[test]

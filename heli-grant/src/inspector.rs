@@ -1,51 +1,96 @@
-//! The inspector of CPython 3.14 targets: their stacks, read from memory.
+//! The inspector of CPython 3.14 targets: their stacks, read from memory,
+//! and their process tree, read from `/proc`.
 
 use std::io;
 
-use heli_core::stacks::{Frame, ThreadStack};
-use heli_core::{Inspector, Pid};
+use heli_core::stacks::ThreadStack;
+use heli_core::tree::TreeProcess;
+use heli_core::{Inspector, Pid, ProcessId};
+use heli_proc::Proc;
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
 /// its debug offsets (PEP 768), without stopping it or running anything in
-/// it; what a controller answers `STACK` with.
+/// it; and lists the tree of processes a controller supervises, saying
+/// which are such CPythons. What a controller answers `STACK`, `STACKS`
+/// and `PS` with.
 ///
-/// It needs the right to read the target's memory, which the controller,
-/// the target's parent, has under Yama `ptrace_scope=1`.
+/// It needs the right to read the processes' memory, which the
+/// controller, their ancestor, has under Yama `ptrace_scope=1`.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use heli_core::{Inspector, Pid};
+/// use heli_core::{Inspector, Pid, Processes};
 /// use heli_grant::PythonInspector;
 ///
 /// // Every thread, most recent call last.
 /// let threads = PythonInspector.stacks(Pid::new(4242).unwrap())?;
 /// print!("{}", heli_core::stacks::threads_text(&threads));
+/// // The tree under it, and which of its processes run Python.
+/// let root = heli_proc::ProcFs.identity(Pid::new(4242).unwrap())?.unwrap();
+/// for process in PythonInspector.tree(root)? {
+///     println!("{} {:?} {}", process.pid, process.python, process.command);
+/// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PythonInspector;
 
 impl Inspector for PythonInspector {
-    // TODO(tree-facts): the reader yields heli_core's types itself; tree().
+    /// Every thread's stack ([`stack_dump`](crate::stack_dump)), with its
+    /// activity and whether it holds the GIL where that can be told.
     fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-        let threads = crate::python::stack_dump(pid)?;
-        Ok(threads
-            .into_iter()
-            .map(|thread| {
-                let mut stack = ThreadStack::new(thread.native_thread_id);
-                stack.thread_id = thread.thread_id;
-                stack.name = thread.name;
-                stack.interpreter_id = thread.interpreter_id;
-                stack.main = thread.main;
-                stack.incomplete = thread.incomplete;
-                stack.frames = thread
-                    .frames
-                    .into_iter()
-                    .map(|frame| Frame::new(frame.qualname, frame.filename, frame.line))
-                    .collect();
-                stack
-            })
-            .collect())
+        Ok(crate::python::stack_dump(pid)?)
+    }
+
+    /// `root` and its living descendants ([`heli_proc::descendants`]),
+    /// each with what `ps` shows of it ([`Proc::usage`],
+    /// [`Proc::command_line`]: `[name]` when it has none, as `ps` shows a
+    /// kernel thread) and its CPython version when it is a CPython 3.14
+    /// whose stacks [`stacks`](Self::stacks) can read.
+    ///
+    /// Which processes are CPythons is remembered from one call to the
+    /// next, per process and program file (a process that calls `execve`,
+    /// or a pid reused, is found out afresh), so that a call costs a few
+    /// reads of `/proc` per process. A process that ends during the call is
+    /// left out.
+    ///
+    /// # Race conditions
+    ///
+    /// Reading a process's command line or memory map waits for its
+    /// memory map's lock, which a process stopped in a rare state may
+    /// hold: call it where a wait is allowed (the controller does, on a
+    /// thread of its own with a deadline).
+    fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+        let members = heli_proc::descendants(root)?;
+        let mut tree = Vec::with_capacity(members.len());
+        for info in members {
+            let Some(proc) = Proc::open(info.id.pid)? else {
+                continue;
+            };
+            // Gone meanwhile, or its pid already reused.
+            let Some(usage) = proc.usage()? else { continue };
+            if usage.start_time != info.id.start_time {
+                continue;
+            }
+            let mut process = TreeProcess::new(info.id.pid);
+            process.parent = info.parent;
+            process.state = info.state.code();
+            process.threads = usage.threads;
+            process.cpu_percent = usage.cpu_percent;
+            process.rss_bytes = usage.rss_bytes;
+            process.uptime_secs = usage.uptime_secs;
+            process.uid = info.uid;
+            process.command = proc.command_line()?;
+            if process.command.is_empty() {
+                process.command = format!("[{}]", usage.name);
+            }
+            // Unreadable (another user's, a zombie leader): asked afresh.
+            let exe = proc.exe_id().ok().flatten();
+            process.python = crate::python::python_version(info.id, exe, usage.vm_bytes)
+                .map(|version| version.to_string());
+            tree.push(process);
+        }
+        Ok(tree)
     }
 }

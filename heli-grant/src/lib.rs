@@ -54,8 +54,7 @@ pub use inspector::PythonInspector;
 pub use ptrace::{Injection, SyscallInjector};
 pub use python::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768Error,
-    Pep768ErrorKind, PyFrame, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, ThreadStack,
-    MAX_DUMP_TEXT,
+    Pep768ErrorKind, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, MAX_DUMP_TEXT,
 };
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use supervisor::{become_subreaper, ProcessSupervisor};

@@ -26,10 +26,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use heli_core::stacks::ThreadStack;
 use heli_core::Pid;
 use heli_grant::{
     remote_exec, remote_exec_prctl, remote_prctl, stack_dump, DebugOffsets, Pep768ErrorKind,
-    PtraceScope, PyProcess, PyRuntimeSection, ThreadStack,
+    PtraceScope, PyProcess, PyRuntimeSection,
 };
 use heli_proc::{Mapping, Proc};
 
@@ -348,7 +349,11 @@ fn finds_the_runtime_in_libpython_of_an_embedding_host() {
     assert_eq!(stacks.len(), 1, "{stacks:?}");
     assert!(!stacks[0].main);
     assert_eq!(stacks[0].native_thread_id, u64::from(target.pid));
-    let names: Vec<&str> = stacks[0].frames.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = stacks[0]
+        .frames
+        .iter()
+        .map(|f| f.function.as_str())
+        .collect();
     assert_eq!(names, ["<module>", "host_loop"]);
     let (_dir, script) = written("hello.py", "print('embedded ran', flush=True)\n");
     let request = process.remote_exec(&script).unwrap();
@@ -450,7 +455,7 @@ fn reports_remote_debugging_disabled() {
         assert_eq!(err.kind(), Pep768ErrorKind::RemoteDebugDisabled, "{err}");
         // Reading stacks needs no consent.
         let stacks = process.stack_dump().unwrap();
-        assert!(stacks[0].frames.iter().any(|f| f.name == "spin"));
+        assert!(stacks[0].frames.iter().any(|f| f.function == "spin"));
     }
     by_env.lines.none_within(Duration::from_millis(200));
 }
@@ -784,7 +789,7 @@ fn thread_ids(target: &Target, count: usize) -> HashMap<String, (u64, u64)> {
 }
 
 fn frame_names(stack: &ThreadStack) -> Vec<&str> {
-    stack.frames.iter().map(|f| f.qualname.as_str()).collect()
+    stack.frames.iter().map(|f| f.function.as_str()).collect()
 }
 
 #[test]
@@ -819,7 +824,7 @@ fn stack_dump_of_a_multi_threaded_target() {
             assert!(stack
                 .frames
                 .iter()
-                .all(|f| f.filename == filename || f.filename.contains("threading")));
+                .all(|f| f.file == filename || f.file.contains("threading")));
         }
         // The main thread comes first, and sleeps in main_wait.
         assert!(stacks[0].main);
@@ -832,14 +837,14 @@ fn stack_dump_of_a_multi_threaded_target() {
             let at = stack
                 .frames
                 .iter()
-                .position(|f| f.qualname == "start.<locals>.body")
+                .position(|f| f.function == "start.<locals>.body")
                 .unwrap_or_else(|| panic!("no body() in {stack}"));
             assert!(stack.frames[..at]
                 .iter()
-                .all(|f| f.filename.ends_with("threading.py")));
+                .all(|f| f.file.ends_with("threading.py")));
             stack.frames[at + 1..]
                 .iter()
-                .map(|f| f.qualname.clone())
+                .map(|f| f.function.clone())
                 .collect()
         };
         let sleeper = by_name["sleeper"];
@@ -915,10 +920,11 @@ fn stack_dump_agrees_with_py_spy() {
                 panic!("py-spy shows no thread {}:\n{text}", stack.native_thread_id)
             });
         for frame in stack.frames.iter().rev().take(3) {
-            let base = Path::new(&frame.filename).file_name().unwrap();
+            let base = Path::new(&frame.file).file_name().unwrap();
             let needle = format!(
                 "{} ({}:{})",
-                frame.name,
+                // py-spy shows co_name, the last part of co_qualname.
+                frame.function.rsplit('.').next().unwrap(),
                 base.to_str().unwrap(),
                 frame.line.unwrap()
             );
@@ -951,11 +957,9 @@ deep(19)",
         let target = Target::python(&code);
         let process = PyProcess::open(target.pid).unwrap();
         wait_for("every thread asleep", || {
-            process
-                .stack_dump()
-                .unwrap()
-                .iter()
-                .all(|s| s.frames.last().is_some_and(|f| f.name == "deep") && s.frames.len() >= 20)
+            process.stack_dump().unwrap().iter().all(|s| {
+                s.frames.last().is_some_and(|f| f.function == "deep") && s.frames.len() >= 20
+            })
         });
         let mut samples = Vec::new();
         for _ in 0..50 {
@@ -998,7 +1002,7 @@ top()",
         process.stack_dump().unwrap()[0]
             .frames
             .iter()
-            .any(|f| f.name == "top")
+            .any(|f| f.function == "top")
     });
     let mut incomplete = 0;
     for _ in 0..500 {
@@ -1011,7 +1015,7 @@ top()",
             incomplete += 1;
             continue;
         }
-        let names: Vec<&str> = stack.frames.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = stack.frames.iter().map(|f| f.function.as_str()).collect();
         assert!(
             matches!(
                 names[..],
@@ -1058,7 +1062,7 @@ fn stack_dump_holds_a_bounded_amount_of_text() {
     let text: usize = stacks
         .iter()
         .flat_map(|stack| &stack.frames)
-        .map(|frame| frame.filename.len() + frame.qualname.len() + frame.name.len())
+        .map(|frame| frame.file.len() + frame.function.len())
         .sum();
     assert!(text <= heli_grant::MAX_DUMP_TEXT, "{text} bytes of names");
     assert_eq!(stacks.len(), 3, "{stacks:#?}");
@@ -1071,7 +1075,7 @@ fn stack_dump_holds_a_bounded_amount_of_text() {
     let (first, second) = (&stacks[1], &stacks[2]);
     assert_eq!(first.name.as_deref(), Some("first"));
     assert!(second.frames.len() > 50, "{} frames", second.frames.len());
-    assert!(second.frames.iter().all(|frame| frame.qualname == "dive"));
+    assert!(second.frames.iter().all(|frame| frame.function == "dive"));
     assert_eq!(second.frames.last().unwrap().line, Some(5));
     assert!(first.frames.is_empty(), "{} frames", first.frames.len());
     for stack in [first, second] {

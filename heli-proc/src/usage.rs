@@ -39,6 +39,9 @@ pub struct Usage {
     pub cpu_percent: f64,
     /// Resident memory, in bytes.
     pub rss_bytes: u64,
+    /// The size of its address space, in bytes (`ps`'s `VSZ`): it changes
+    /// when a file, such as a library, is mapped or unmapped.
+    pub vm_bytes: u64,
     /// Seconds since it started.
     pub uptime_secs: u64,
 }
@@ -94,6 +97,7 @@ impl Proc {
             start_time: stat.starttime,
             cpu_percent,
             rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+            vm_bytes: stat.vsize,
             uptime_secs: age as u64,
         }))
     }
@@ -194,6 +198,7 @@ mod tests {
         assert_eq!(usage.start_time, id.start_time);
         assert_eq!(usage.threads, 1);
         assert!(usage.rss_bytes > 0 && usage.uptime_secs < 60, "{usage:?}");
+        assert!(usage.vm_bytes > usage.rss_bytes, "{usage:?}");
         assert!(usage.cpu_percent < 50.0, "{usage:?}");
         assert_eq!(
             proc.command_line().unwrap(),

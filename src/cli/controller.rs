@@ -213,6 +213,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         restart,
         scope,
         grant_method,
+        subreaper: args.subreaper || init,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -240,6 +241,9 @@ struct Settings {
     /// Shown in `STATUS`, as are the grant method and the session.
     scope: PtraceScope,
     grant_method: String,
+    /// Whether orphans of the tree are re-parented to the controller (`PS`
+    /// says so).
+    subreaper: bool,
 }
 
 fn serve<T: Transport>(
@@ -255,6 +259,7 @@ fn serve<T: Transport>(
         .grace(settings.grace)
         .restart(settings.restart)
         .handle_signals(true)
+        .subreaper(settings.subreaper)
         .status_field(
             "ptrace_scope",
             scope.map_or("none".to_owned(), |v| v.to_string()),

@@ -4,10 +4,18 @@
 //! file as needed (never the whole file). Only 64-bit little-endian files
 //! (x86_64, aarch64); every read is checked against the file's size, so a
 //! truncated or corrupt file is an error, never a panic.
+//!
+//! What a file's headers say is remembered, by the file's identity
+//! ([`FileId`]: device, inode and last change), for the next process that
+//! maps the same file: a CPython's files are read once, not at every `PS`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use heli_proc::FileId;
 
 use object::elf::{FileHeader64, ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_LOAD, SHT_NOBITS};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
@@ -18,6 +26,13 @@ use super::error::{Pep768Error, Pep768ErrorKind};
 
 /// The section CPython puts `_PyRuntime` in.
 pub(crate) const SECTION: &[u8] = b".PyRuntime";
+
+/// What the headers of the files read so far say, by file.
+static FILES: LazyLock<Mutex<HashMap<FileId, Option<PyRuntimeSection>>>> =
+    LazyLock::new(Mutex::default);
+/// At most this many files are remembered (a machine has a few CPythons;
+/// past this, the memory starts afresh).
+const MAX_FILES: usize = 64;
 
 /// Where `.PyRuntime` lies in an ELF file (a `python3.14` executable or a
 /// `libpython3.14.so`), and how to find it in a process that mapped the
@@ -78,9 +93,25 @@ impl PyRuntimeSection {
         Self::find_in_data(elf)
     }
 
-    /// [`find`](Self::find) on an open file, reading only its headers.
+    /// [`find`](Self::find) on an open file, reading only its headers,
+    /// unless a file with its identity was read before.
     pub(crate) fn find_in(file: &File) -> Result<Option<PyRuntimeSection>, Pep768Error> {
-        Self::find_in_data(&ReadCache::new(file))
+        let id = file.metadata().ok().map(|meta| FileId::of(&meta));
+        let known = |files: &HashMap<FileId, Option<PyRuntimeSection>>| {
+            id.and_then(|id| files.get(&id).copied())
+        };
+        if let Some(found) = known(&FILES.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(found);
+        }
+        let found = Self::find_in_data(&ReadCache::new(file))?;
+        if let Some(id) = id {
+            let mut files = FILES.lock().unwrap_or_else(PoisonError::into_inner);
+            if files.len() >= MAX_FILES {
+                files.clear();
+            }
+            files.insert(id, found);
+        }
+        Ok(found)
     }
 
     fn find_in_data<'data, R: ReadRef<'data>>(

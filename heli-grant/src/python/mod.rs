@@ -11,7 +11,8 @@
 //! - [`PyProcess::open`]: walks `/proc/PID/maps` for files whose name
 //!   contains `python`, finds the `.PyRuntime` section in their ELF headers
 //!   ([`PyRuntimeSection`]), and validates the [`DebugOffsets`] found there.
-//! - [`PyProcess::stack_dump`]: every thread's Python stack.
+//! - [`PyProcess::stack_dump`]: every thread's Python stack, as
+//!   [`heli_core::stacks::ThreadStack`]s.
 //! - [`PyProcess::remote_exec`]: `sys.remote_exec`'s write sequence, made
 //!   safe for the target (see `remote_exec.rs`);
 //!   [`PyProcess::remote_prctl`], [`remote_prctl`] and [`remote_exec_prctl`]
@@ -23,7 +24,8 @@
 //! The parts, from the bottom: `version.rs` ([`PyVersion`]) and `error.rs`
 //! ([`Pep768Error`]); `memory.rs` (the target's memory), `elf.rs` (the
 //! `.PyRuntime` section) and `offsets.rs` ([`DebugOffsets`]); `process.rs`
-//! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]) and
+//! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]), `probe.rs`
+//! (which processes are CPythons, remembered for `PS`) and
 //! `remote_exec.rs` ([`remote_exec()`]), which writes its scripts where
 //! `script_dir.rs` says.
 
@@ -31,6 +33,7 @@ mod elf;
 mod error;
 mod memory;
 mod offsets;
+mod probe;
 mod process;
 mod remote_exec;
 mod script_dir;
@@ -40,7 +43,8 @@ mod version;
 pub use elf::PyRuntimeSection;
 pub use error::{Pep768Error, Pep768ErrorKind};
 pub use offsets::DebugOffsets;
+pub(crate) use probe::python_version;
 pub use process::PyProcess;
 pub use remote_exec::{remote_exec, remote_exec_prctl, remote_prctl, RemoteExec};
-pub use stack::{stack_dump, PyFrame, ThreadStack, MAX_DUMP_TEXT};
+pub use stack::{stack_dump, MAX_DUMP_TEXT};
 pub use version::PyVersion;

@@ -324,6 +324,13 @@ impl DebugOffsets {
                 length: get("unicode_object", "length"),
                 asciiobject_size: get("unicode_object", "asciiobject_size"),
             },
+            gil: GilOffsets::from_interpreter_state(
+                get("interpreter_state", "size"),
+                get("interpreter_state", "ceval_gil"),
+                get("interpreter_state", "gil_runtime_state"),
+                get("interpreter_state", "gil_runtime_state_locked"),
+                get("interpreter_state", "gil_runtime_state_holder"),
+            ),
             debugger: DebuggerOffsets {
                 eval_breaker: get("debugger_support", "eval_breaker"),
                 support: get("debugger_support", "remote_debugger_support"),
@@ -396,7 +403,59 @@ pub(crate) struct Offsets {
     pub(crate) tp_name: u64,
     pub(crate) bytes: BytesOffsets,
     pub(crate) unicode: UnicodeOffsets,
+    /// Where the GIL tells who holds it; `None` when the offsets do not
+    /// say (they contradict each other).
+    pub(crate) gil: Option<GilOffsets>,
     pub(crate) debugger: DebuggerOffsets,
+}
+
+/// Where an interpreter's GIL is and who holds it.
+///
+/// An interpreter points (`ceval.gil`) at the GIL it uses: its own
+/// (`_gil`, a `struct _gil_runtime_state`), or the main interpreter's when
+/// it shares it. In that structure, `locked` (an `int`: 1 while held) and
+/// `last_holder` (the `PyThreadState *` that holds it or held it last) are
+/// where the debug offsets put `_gil.locked` and `_gil.last_holder`, less
+/// where they put `_gil`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GilOffsets {
+    /// The pointer to the GIL used, in the interpreter state.
+    pub(crate) ceval_gil: u64,
+    /// `locked`, in the GIL's structure.
+    pub(crate) locked: u64,
+    /// `last_holder`, in the GIL's structure.
+    pub(crate) holder: u64,
+}
+
+impl GilOffsets {
+    /// From the interpreter state's offsets, if they agree with each other.
+    fn from_interpreter_state(
+        size: u64,
+        ceval_gil: u64,
+        gil: u64,
+        locked: u64,
+        holder: u64,
+    ) -> Option<GilOffsets> {
+        let inside =
+            |offset: u64, width: u64| offset.checked_add(width).is_some_and(|end| end <= size);
+        let relative = |field: u64| field.checked_sub(gil).filter(|&at| at < 256);
+        let offsets = GilOffsets {
+            ceval_gil,
+            locked: relative(locked)?,
+            holder: relative(holder)?,
+        };
+        (gil != 0
+            && inside(ceval_gil, 8)
+            && inside(locked, 4)
+            && inside(holder, 8)
+            && offsets.locked.abs_diff(offsets.holder) >= 4)
+            .then_some(offsets)
+    }
+
+    /// How many bytes of the GIL's structure hold both fields.
+    pub(crate) fn span(&self) -> u64 {
+        (self.locked + 4).max(self.holder + 8)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -632,6 +691,10 @@ mod tests {
         set("unicode_object", "state", 0x20);
         set("unicode_object", "length", 0x10);
         set("unicode_object", "asciiobject_size", 0x28);
+        set("interpreter_state", "ceval_gil", 0x10);
+        set("interpreter_state", "gil_runtime_state", 0x1e68);
+        set("interpreter_state", "gil_runtime_state_locked", 0x1e78);
+        set("interpreter_state", "gil_runtime_state_holder", 0x1e70);
         raw
     }
 
@@ -655,6 +718,13 @@ mod tests {
         }
         let typed = offsets.typed().unwrap();
         assert_eq!(typed.debugger.script_path_size, 512);
+        let gil = GilOffsets {
+            ceval_gil: 0x10,
+            locked: 0x10,
+            holder: 0x8,
+        };
+        assert_eq!(typed.gil, Some(gil));
+        assert_eq!(gil.span(), 0x14);
         assert_eq!(offsets.fields().count(), 95);
     }
 
@@ -684,6 +754,20 @@ mod tests {
             err.to_string().contains("remote_debugging_enabled"),
             "{err}"
         );
+        // GIL offsets that contradict each other leave the GIL unknown,
+        // and the rest readable.
+        for (field, value) in [
+            ("gil_runtime_state_locked", 0x1e00),
+            ("gil_runtime_state_holder", 0x4000_0000),
+            ("gil_runtime_state", 0),
+            ("ceval_gil", u64::MAX),
+        ] {
+            let mut raw = synthetic();
+            let at = position("interpreter_state", field).unwrap();
+            raw[at..at + 8].copy_from_slice(&u64::to_le_bytes(value));
+            let typed = DebugOffsets::parse(&raw).unwrap().typed().unwrap();
+            assert_eq!(typed.gil, None, "{field} = {value:#x}");
+        }
         let at = position("debugger_support", "debugger_script_path_size").unwrap();
         assert_eq!(with(at, 0).kind(), Pep768ErrorKind::Corrupt);
         assert_eq!(with(at, u64::MAX).kind(), Pep768ErrorKind::Corrupt);

@@ -342,11 +342,6 @@ fn candidates(maps: &[Mapping]) -> Vec<Mapped> {
     found
 }
 
-/// The name of thread `tid` of process `pid` (`/proc/PID/task/TID/comm`).
-pub(crate) fn comm(pid: u32, tid: u64) -> Option<String> {
-    Proc::open(Pid::new(pid)?).ok()??.thread_name(tid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

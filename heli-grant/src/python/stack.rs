@@ -10,20 +10,27 @@
 //! the C stack, older chunks) are read one by one. A walk that meets a
 //! frame being set up or cleared, a pointer leading nowhere, or whose
 //! thread's current frame changed meanwhile, is retried.
+//!
+//! Each thread is a [`heli_core::stacks::ThreadStack`] (the one type for a
+//! thread's stack from the reader to the client): besides its frames, its
+//! name and whether it was on a CPU come from `/proc/PID/task/TID`, and
+//! whether it held the GIL from the interpreter's GIL (`locked` and
+//! `last_holder`, where the debug offsets place them).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::rc::Rc;
 
-use heli_core::Pid;
+use heli_core::stacks::{Activity, Frame, ThreadStack};
+use heli_core::{Pid, ProcessState};
+use heli_proc::Proc;
 
 use super::error::{Pep768Error, Pep768ErrorKind};
 use super::offsets::Offsets;
-use super::process::{comm, PyProcess, MAX_INTERPRETERS};
+use super::process::{PyProcess, MAX_INTERPRETERS};
 
 /// What `frame` counts for in [`MAX_DUMP_TEXT`].
-fn frame_text(frame: &PyFrame) -> usize {
-    frame.qualname.len() + frame.name.len() + frame.filename.len() + FRAME_TEXT
+fn frame_text(frame: &Frame) -> usize {
+    frame.function.len() + frame.file.len() + FRAME_TEXT
 }
 
 /// How often a thread's walk, or the whole dump, is tried.
@@ -56,90 +63,27 @@ const TAG_BITS: u64 = 0b11;
 const OWNED_BY_FRAME_OBJECT: u8 = 2;
 const OWNED_BY_CSTACK: u8 = 4;
 
-/// One thread's Python stack, outermost call first.
-///
-/// Displays like a traceback, most recent call last.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ThreadStack {
-    /// The kernel's id of the thread (`PyThreadState.native_thread_id`),
-    /// as in `/proc/PID/task`.
-    pub native_thread_id: u64,
-    /// Python's `threading.get_ident()` (`pthread_self()`).
-    pub thread_id: u64,
-    /// Its name (`/proc/PID/task/TID/comm`: what `threading` sets, cut to
-    /// 15 bytes), if the thread still runs.
-    pub name: Option<String>,
-    /// Its interpreter's id (0 for the main one).
-    pub interpreter_id: u64,
-    /// Whether it is the thread that runs the interpreter's `__main__`.
-    pub main: bool,
-    /// Its frames, outermost first (the most recent call last).
-    pub frames: Vec<PyFrame>,
-    /// Why the frames stop early, if they do (the stack kept changing
-    /// under the reader, a frame could not be read, or the dump reached
-    /// [`MAX_DUMP_TEXT`]: then the most recent calls are kept).
-    pub incomplete: Option<String>,
-}
-
-/// One Python frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PyFrame {
-    /// The code object's `co_qualname` (`Class.method`).
-    pub qualname: String,
-    /// Its `co_name` (`method`).
-    pub name: String,
-    /// Its `co_filename`.
-    pub filename: String,
-    /// The line being run, from the code's location table; `None` for an
-    /// instruction without a line.
-    pub line: Option<u32>,
-}
-
-impl fmt::Display for PyFrame {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "File \"{}\", ", self.filename)?;
-        match self.line {
-            Some(line) => write!(f, "line {line}, ")?,
-            None => f.write_str("line ?, ")?,
-        }
-        write!(f, "in {}", self.qualname)
-    }
-}
-
-impl fmt::Display for ThreadStack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Thread {}", self.native_thread_id)?;
-        if let Some(name) = &self.name {
-            write!(f, " \"{name}\"")?;
-        }
-        if self.main {
-            f.write_str(" (main)")?;
-        }
-        if self.interpreter_id != 0 {
-            write!(f, " (interpreter {})", self.interpreter_id)?;
-        }
-        f.write_str(", most recent call last:\n")?;
-        for frame in &self.frames {
-            writeln!(f, "  {frame}")?;
-        }
-        if self.frames.is_empty() {
-            f.write_str("  (no Python frame)\n")?;
-        }
-        if let Some(why) = &self.incomplete {
-            writeln!(f, "  (incomplete: {why})")?;
-        }
-        Ok(())
-    }
-}
-
 /// Every thread's Python stack in process `pid`: [`PyProcess::open`] then
 /// [`PyProcess::stack_dump`].
 ///
 /// # Errors
 ///
 /// As those two.
+///
+/// # Examples
+///
+/// ```no_run
+/// use heli_core::stacks::threads_text;
+/// use heli_core::Pid;
+///
+/// let threads = heli_grant::stack_dump(Pid::new(4242).unwrap())?;
+/// // Like a traceback, most recent call last, each thread under a header
+/// // such as `Thread 4242 "python3" (main) [running, holds the GIL]`.
+/// print!("{}", threads_text(&threads));
+/// let busy = threads.iter().filter(|thread| thread.gil == Some(true)).count();
+/// assert!(busy <= 1, "one thread at most holds a GIL");
+/// # Ok::<(), heli_grant::Pep768Error>(())
+/// ```
 pub fn stack_dump(pid: Pid) -> Result<Vec<ThreadStack>, Pep768Error> {
     PyProcess::open(pid)?.stack_dump()
 }
@@ -156,6 +100,17 @@ impl PyProcess {
     /// thread keeps its most recent calls that fit, and the threads read
     /// after it (older ones; each interpreter's main thread has 1 MiB kept
     /// for it) are listed without frames, each saying so.
+    ///
+    /// Each thread also says, as read at that moment:
+    /// [`name`](ThreadStack::name) (`/proc/PID/task/TID/comm`: what
+    /// `threading` sets, cut to 15 bytes); [`activity`](ThreadStack::activity):
+    /// [`Running`](Activity::Running) when the kernel has it on a CPU or
+    /// ready to run (`R`), [`Idle`](Activity::Idle) otherwise (asleep in a
+    /// system call, waiting for a lock or for the GIL);
+    /// [`gil`](ThreadStack::gil): whether it held its interpreter's GIL
+    /// (the GIL is locked and its `last_holder` is this thread's state).
+    /// These are `None` when they could not be read (a thread that exited
+    /// meanwhile, debug offsets that do not place the GIL).
     ///
     /// # Errors
     ///
@@ -181,7 +136,6 @@ impl PyProcess {
 #[derive(Debug)]
 struct Code {
     qualname: String,
-    name: String,
     filename: String,
     linetable: Vec<u8>,
     firstlineno: i32,
@@ -189,10 +143,27 @@ struct Code {
     bytecode: u64,
 }
 
+/// Who held an interpreter's GIL when it was read.
+#[derive(Clone, Copy, Debug)]
+struct Gil {
+    locked: bool,
+    /// The thread state that holds it, or held it last.
+    holder: u64,
+}
+
+impl Gil {
+    /// Whether thread state `tstate` holds it.
+    fn held_by(self, tstate: u64) -> bool {
+        self.locked && self.holder == tstate
+    }
+}
+
 /// One dump's reads, with what it learnt on the way.
 struct Walker<'a> {
     py: &'a PyProcess,
     o: &'a Offsets,
+    /// The target's `/proc` directory: its threads' names and states.
+    proc: Option<Proc>,
     codes: HashMap<u64, Rc<Code>>,
     strings: HashMap<u64, Rc<str>>,
     /// Type objects known to be, or not to be, `code`.
@@ -206,6 +177,7 @@ impl<'a> Walker<'a> {
         Walker {
             py,
             o: py.offsets(),
+            proc: Proc::open(py.pid()).ok().flatten(),
             codes: HashMap::new(),
             strings: HashMap::new(),
             code_types: HashMap::new(),
@@ -226,12 +198,13 @@ impl<'a> Walker<'a> {
             let next = memory.read_u64(interp + i.next)?;
             let main = memory.read_u64(interp + i.threads_main)?;
             let mut tstate = memory.read_u64(interp + i.threads_head)?;
+            let gil = self.gil(interp);
             let mut threads = Vec::new();
             while tstate != 0 {
                 if threads.len() >= MAX_THREADS {
                     return Err(corrupt("the list of threads does not end"));
                 }
-                let (thread, next) = self.thread(tstate, id, tstate == main)?;
+                let (thread, next) = self.thread(tstate, id, tstate == main, gil)?;
                 threads.push(thread);
                 tstate = next;
             }
@@ -244,12 +217,36 @@ impl<'a> Walker<'a> {
         Ok(interpreters.into_iter().flatten().collect())
     }
 
+    /// The state of the GIL that interpreter `interp` uses (its own, or
+    /// the main interpreter's it shares); `None` when the offsets do not
+    /// tell or it cannot be read.
+    fn gil(&self, interp: u64) -> Option<Gil> {
+        let g = self.o.gil?;
+        let memory = self.py.memory();
+        let gil = memory.read_u64(interp + g.ceval_gil).ok()?;
+        if gil == 0 {
+            return None;
+        }
+        // Both fields in one read, as close together in time as can be.
+        let raw = memory.read_vec(gil, g.span() as usize).ok()?;
+        let locked = i32::from_le_bytes(
+            raw[g.locked as usize..g.locked as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        Some(Gil {
+            locked: locked == 1,
+            holder: le64(&raw, g.holder as usize),
+        })
+    }
+
     /// Thread state `tstate`'s stack, and the next thread state.
     fn thread(
         &mut self,
         tstate: u64,
         interpreter_id: u64,
         main: bool,
+        gil: Option<Gil>,
     ) -> Result<(ThreadStack, u64), Pep768Error> {
         let t = &self.o.tstate;
         let need = [
@@ -268,15 +265,20 @@ impl<'a> Walker<'a> {
         let native_thread_id = word(t.native_thread_id);
         let mut frame = word(t.current_frame);
         let mut chunk = word(t.datastack_chunk);
-        let mut stack = ThreadStack {
-            native_thread_id,
-            thread_id: word(t.thread_id),
-            name: comm(self.py.pid().get(), native_thread_id),
-            interpreter_id,
-            main,
-            frames: Vec::new(),
-            incomplete: None,
-        };
+        let mut stack = ThreadStack::new(native_thread_id);
+        stack.thread_id = word(t.thread_id);
+        stack.interpreter_id = interpreter_id;
+        stack.main = main;
+        stack.gil = gil.map(|gil| gil.held_by(tstate));
+        if let Some(proc) = &self.proc {
+            let tid = u32::try_from(native_thread_id).ok().and_then(Pid::new);
+            stack.name = proc.thread_name(native_thread_id);
+            stack.activity = match tid.map(|tid| proc.thread_state(tid)) {
+                Some(Ok(Some(ProcessState::Running))) => Some(Activity::Running),
+                Some(Ok(Some(state))) if !state.is_gone() => Some(Activity::Idle),
+                _ => None,
+            };
+        }
         let limit = match main {
             true => self.text_left,
             false => self.text_left.saturating_sub(MAIN_RESERVE),
@@ -322,7 +324,7 @@ impl<'a> Walker<'a> {
         mut frame: u64,
         chunk: u64,
         limit: usize,
-    ) -> Result<(Vec<PyFrame>, bool), (Vec<PyFrame>, Pep768Error)> {
+    ) -> Result<(Vec<Frame>, bool), (Vec<Frame>, Pep768Error)> {
         if limit < FRAME_TEXT {
             // No room for a frame: nothing more is read.
             return Ok((Vec::new(), true));
@@ -390,12 +392,11 @@ impl<'a> Walker<'a> {
             }
             match self.code(executable) {
                 Ok(code) => {
-                    let read = PyFrame {
-                        qualname: code.qualname.clone(),
-                        name: code.name.clone(),
-                        filename: code.filename.clone(),
-                        line: code.line_at(instr_ptr),
-                    };
+                    let read = Frame::new(
+                        code.qualname.clone(),
+                        code.filename.clone(),
+                        code.line_at(instr_ptr),
+                    );
                     text += frame_text(&read);
                     if text > limit {
                         frames.reverse();
@@ -426,7 +427,6 @@ impl<'a> Walker<'a> {
         let firstlineno = &raw[c.firstlineno as usize..c.firstlineno as usize + 4];
         let code = Rc::new(Code {
             qualname: self.string(word(c.qualname))?.to_string(),
-            name: self.string(word(c.name))?.to_string(),
             filename: self.string(word(c.filename))?.to_string(),
             linetable: self.bytes(word(c.linetable))?,
             firstlineno: i32::from_le_bytes(firstlineno.try_into().expect("4 bytes")),

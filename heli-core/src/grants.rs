@@ -1,0 +1,232 @@
+//! The grants of the supervised tree as the controller keeps them: at most
+//! one in force per process (Yama keeps one ptracer per process), each
+//! keyed by the process's identity (pid and start time, so a recycled pid
+//! inherits nothing), the grants being made, and the note of which
+//! connections hold grants that the listener reads.
+//!
+//! The book only keeps the facts; the event loop decides when they change
+//! and has the granter carry the changes out.
+
+use crate::authorize::GrantRecord;
+use crate::process::{Pid, ProcessId};
+use crate::transport::GrantHolder;
+use crate::worker::JobId;
+
+/// A grant being made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    pub(crate) id: JobId,
+    /// What to record when it succeeds.
+    pub(crate) record: GrantRecord,
+    /// Who held the grant on that process (or was being granted it) before.
+    pub(crate) previous: Option<GrantRecord>,
+    /// A REVOKE of that process came after it was asked for: that revoke,
+    /// queued behind it, withdraws it, so it is not recorded.
+    pub(crate) revoked: bool,
+    /// The run of the target it was asked for in, and that target: a
+    /// grant made for a target that has since ended is no grant.
+    pub(crate) run: u64,
+    pub(crate) target: Pid,
+}
+
+/// The grants in force and in progress.
+#[derive(Debug)]
+pub(crate) struct GrantBook {
+    /// In force, oldest first; one per process at most.
+    held: Vec<GrantRecord>,
+    /// Being made, oldest first (the granter makes them in order).
+    pending: Vec<Pending>,
+    /// The connections of `held`, as the listener sees them.
+    holder: GrantHolder,
+}
+
+impl GrantBook {
+    /// An empty book that keeps `holder` equal to the connections holding
+    /// grants.
+    pub(crate) fn new(holder: GrantHolder) -> GrantBook {
+        holder.set([]);
+        GrantBook {
+            held: Vec::new(),
+            pending: Vec::new(),
+            holder,
+        }
+    }
+
+    /// The grants in force, oldest first.
+    pub(crate) fn held(&self) -> &[GrantRecord] {
+        &self.held
+    }
+
+    /// The grant in force on `process`, if its holder `runs`.
+    pub(crate) fn held_on(
+        &self,
+        process: ProcessId,
+        runs: impl Fn(ProcessId) -> bool,
+    ) -> Option<GrantRecord> {
+        self.held
+            .iter()
+            .find(|grant| grant.process == process)
+            .copied()
+            .filter(|grant| runs(grant.holder))
+    }
+
+    /// The grant on `process` as it will stand once the grants in progress
+    /// are made: the newest of them not withdrawn (the granter makes them in
+    /// order, and Yama keeps one ptracer), else the one in force; either
+    /// only if its holder `runs`. Another client's grant and a REVOKE are
+    /// weighed against it: either, queued behind a grant in progress, would
+    /// take its access away once its client was told `READY`.
+    pub(crate) fn to_be(
+        &self,
+        process: ProcessId,
+        runs: impl Fn(ProcessId) -> bool,
+    ) -> Option<GrantRecord> {
+        self.pending
+            .iter()
+            .rev()
+            .find(|pending| !pending.revoked && pending.record.process == process)
+            .map(|pending| pending.record)
+            .filter(|grant| runs(grant.holder))
+            .or_else(|| self.held_on(process, runs))
+    }
+
+    /// The process of pid `pid` that a grant is on or is being made for.
+    pub(crate) fn process_of(&self, pid: Pid) -> Option<ProcessId> {
+        let pending = self.pending.iter().rev().filter(|pending| !pending.revoked);
+        pending
+            .map(|pending| pending.record.process)
+            .chain(self.held.iter().map(|grant| grant.process))
+            .find(|process| process.pid == pid)
+    }
+
+    /// Notes a grant being made.
+    pub(crate) fn ask(&mut self, pending: Pending) {
+        self.pending.push(pending);
+    }
+
+    /// The grant being made as work `id`, no longer pending.
+    pub(crate) fn take_pending(&mut self, id: JobId) -> Option<Pending> {
+        let at = self.pending.iter().position(|pending| pending.id == id)?;
+        Some(self.pending.remove(at))
+    }
+
+    /// A revoke of `process` is queued: none of the grants being made on
+    /// it stays.
+    pub(crate) fn withdraw_pending(&mut self, process: ProcessId) {
+        for pending in &mut self.pending {
+            if pending.record.process == process {
+                pending.revoked = true;
+            }
+        }
+    }
+
+    /// Records a grant in force, in place of any other on its process.
+    pub(crate) fn record(&mut self, grant: GrantRecord) {
+        self.held.retain(|held| held.process != grant.process);
+        self.held.push(grant);
+        self.sync();
+    }
+
+    /// Takes the grants in force that `which` picks out of the book.
+    pub(crate) fn take(&mut self, which: impl Fn(&GrantRecord) -> bool) -> Vec<GrantRecord> {
+        let (taken, kept) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|grant| which(grant));
+        self.held = kept;
+        self.sync();
+        taken
+    }
+
+    /// Keeps the listener's note equal to the connections holding grants.
+    fn sync(&self) {
+        self.holder
+            .set(self.held.iter().map(|grant| grant.connection));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(pid: u32, start_time: u64) -> ProcessId {
+        ProcessId {
+            pid: Pid::new(pid).unwrap(),
+            start_time,
+        }
+    }
+
+    fn grant(process: ProcessId, holder: u32, connection: u64) -> GrantRecord {
+        GrantRecord {
+            holder: id(holder, 1),
+            process,
+            connection,
+        }
+    }
+
+    fn pending(id: JobId, record: GrantRecord) -> Pending {
+        Pending {
+            id,
+            record,
+            previous: None,
+            revoked: false,
+            run: 1,
+            target: Pid::new(10).unwrap(),
+        }
+    }
+
+    #[test]
+    fn one_grant_per_process_and_the_listener_sees_their_connections() {
+        let holder = GrantHolder::default();
+        let mut book = GrantBook::new(holder.clone());
+        let (target, worker) = (id(10, 5), id(11, 6));
+        book.record(grant(target, 77, 3));
+        book.record(grant(worker, 88, 4));
+        assert!(holder.holds(3) && holder.holds(4));
+        // A take-over replaces the grant on its process only.
+        book.record(grant(target, 99, 5));
+        assert_eq!(book.held().len(), 2);
+        assert!(!holder.holds(3) && holder.holds(4) && holder.holds(5));
+        assert_eq!(book.held_on(target, |_| true).unwrap().holder.pid.get(), 99);
+        // A holder that no longer runs holds nothing.
+        assert_eq!(book.held_on(target, |_| false), None);
+        // Taking a connection's grants leaves the others.
+        let taken = book.take(|grant| grant.connection == 4);
+        assert_eq!(taken, [grant(worker, 88, 4)]);
+        assert!(!holder.holds(4) && holder.holds(5));
+        // A recycled pid is another process: it holds nothing.
+        assert_eq!(book.held_on(id(10, 7), |_| true), None);
+        assert_eq!(book.process_of(Pid::new(10).unwrap()), Some(target));
+        assert_eq!(book.process_of(Pid::new(11).unwrap()), None);
+    }
+
+    #[test]
+    fn the_grant_to_be_is_the_newest_pending_one_not_withdrawn() {
+        let mut book = GrantBook::new(GrantHolder::default());
+        let (target, worker) = (id(10, 5), id(11, 6));
+        book.record(grant(target, 77, 3));
+        book.ask(pending(1, grant(target, 88, 4)));
+        book.ask(pending(2, grant(worker, 99, 5)));
+        let holder_of = |book: &GrantBook, process| {
+            book.to_be(process, |_| true)
+                .map(|grant| grant.holder.pid.get())
+        };
+        assert_eq!(holder_of(&book, target), Some(88));
+        assert_eq!(holder_of(&book, worker), Some(99));
+        assert_eq!(
+            book.process_of(Pid::new(11).unwrap()),
+            Some(worker),
+            "a pending grant names its process"
+        );
+        // A revoke of the worker withdraws its pending grant only.
+        book.withdraw_pending(worker);
+        assert_eq!(holder_of(&book, worker), None);
+        assert_eq!(holder_of(&book, target), Some(88));
+        // The pending grant's holder has exited: the one in force counts,
+        // if its own holder runs.
+        let runs = |holder: ProcessId| holder.pid.get() != 88;
+        assert_eq!(book.to_be(target, runs).unwrap().holder.pid.get(), 77);
+        assert_eq!(book.take_pending(1).unwrap().record.holder.pid.get(), 88);
+        assert!(book.take_pending(1).is_none());
+        assert_eq!(holder_of(&book, target), Some(77));
+    }
+}
