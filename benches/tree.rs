@@ -278,8 +278,10 @@ fn grants(rounds: usize) {
         let took = start.elapsed();
         // READY on a Yama kernel, the injected prctl's EINVAL without Yama.
         assert!(reply == "READY" || reply.contains("EINVAL"), "{reply}");
+        // The same for withdrawing it (on the target, the granter always
+        // clears the target's ptracer).
         let reply = connection.ask(&format!("REVOKE {me} TARGET {pid}"));
-        assert_eq!(reply, "READY");
+        assert!(reply == "READY" || reply.contains("EINVAL"), "{reply}");
         took
     };
     let (mut into_worker, mut into_target) = (Vec::new(), Vec::new());
