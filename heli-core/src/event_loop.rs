@@ -1,9 +1,8 @@
 //! The controller's event loop: one `select!` over requests, the target's
 //! exit, signals, the results of work run off the loop, and timers. It never
 //! waits on the target itself: grants, revokes, stack reads and tree
-//! listings run on
-//! worker threads, each with a deadline, and the loop serves every other
-//! request meanwhile.
+//! listings run on worker threads, each with a deadline, and the loop serves
+//! every other request meanwhile.
 
 use std::fmt;
 use std::io;
@@ -360,7 +359,7 @@ impl<S: Supervisor> Loop<S> {
             id,
             deadline,
             claim,
-            what: Waiting::Grant,
+            what: Waiting::Grant { on: process.pid },
         })
     }
 
@@ -414,7 +413,7 @@ impl<S: Supervisor> Loop<S> {
             id,
             deadline,
             claim,
-            what: Waiting::Revoke,
+            what: Waiting::Revoke { on: process.pid },
         }))
     }
 
@@ -476,16 +475,18 @@ impl<S: Supervisor> Loop<S> {
                     Some(Scope::Process(pid)) => {
                         let process =
                             authorize::tree_member(pid, root, &self.supervisor, Use::Stacks)?;
+                        let failed = if process == root {
+                            "Cannot read the target's stacks".to_owned()
+                        } else {
+                            format!("Cannot read the stacks of PID {}", process.pid)
+                        };
                         (
                             Inspection::Stacks {
                                 root,
                                 only: Some(process),
                                 me: None,
                             },
-                            format!(
-                                "Cannot read the stacks of {}",
-                                Self::name_of(state, process.pid)
-                            ),
+                            failed,
                         )
                     }
                 }
@@ -669,14 +670,14 @@ impl<S: Supervisor> Loop<S> {
             }
             let waiting = state.waiting.remove(index);
             let reply = match &waiting.what {
-                Waiting::Grant => {
-                    let why = self.why_no_answer(state, state.run.target);
+                Waiting::Grant { on } => {
+                    let why = self.why_no_answer(state, *on);
                     state.grants.take_pending(waiting.id);
                     warn!("a grant got no answer in time: {why}");
                     Reply::Error(format!("Grant failed: {why}"))
                 }
-                Waiting::Revoke => {
-                    let why = self.why_no_answer(state, state.run.target);
+                Waiting::Revoke { on } => {
+                    let why = self.why_no_answer(state, *on);
                     Reply::Error(format!("Revoke failed: {why}"))
                 }
                 Waiting::Inspect { failed, on, .. } => {
@@ -722,7 +723,7 @@ impl<S: Supervisor> Loop<S> {
         // recorded, and goes when its holder does.
         state.call_off(
             |waiting| {
-                matches!(waiting.what, Waiting::Grant)
+                matches!(waiting.what, Waiting::Grant { .. })
                     && waiting.incoming.peer().connection == peer.connection
             },
             || Reply::Error("Grant failed: its connection closed".into()),
@@ -1019,8 +1020,10 @@ impl WaitingRequest {
 /// What a waiting request waits for.
 #[derive(Clone, Debug)]
 enum Waiting {
-    Grant,
-    Revoke,
+    /// A grant on process `on` (the target, or one of its tree).
+    Grant { on: Pid },
+    /// A revoke on process `on`.
+    Revoke { on: Pid },
     /// A read of the inspector's, on process `on`: answered as `answer`
     /// says, or with `failed: <why>`.
     Inspect {
@@ -1119,7 +1122,7 @@ impl State {
             });
         self.waiting = left;
         for waiting in called_off {
-            if let Waiting::Grant = waiting.what {
+            if let Waiting::Grant { .. } = waiting.what {
                 self.grants.take_pending(waiting.id);
             }
             waiting.incoming.reply(reply());

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::process::table::{pid, Table};
-use crate::protocol::MAX_LINE;
+use crate::protocol::{GrantRequest, Reply, RevokeRequest, Scope, MAX_LINE};
 use crate::stacks::{Frame, ThreadStack};
+use crate::tree::TreeProcess;
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
@@ -2479,4 +2480,653 @@ fn what_peers_get_wrong_is_logged_without_flooding_the_log() {
         "{refusal}"
     );
     running.terminate(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// The supervised tree: grants per process, PS and the stacks of the tree.
+
+/// Adds workers to `target`'s pretend world: 5000 and 5001 children of
+/// the target, 5002 a child of 5001.
+fn add_workers(target: &Pretend) {
+    target.table().add(5000, PID.get(), 5000);
+    target.table().add(5001, PID.get(), 5001);
+    target.table().add(5002, 5001, 5002);
+}
+
+/// The usual set-up with the workers in the pretend world.
+fn started_tree_with<I: crate::Inspector + Send + Sync + 'static>(
+    configure: impl FnOnce(
+        Controller<Fake, Recorder, Pretend>,
+    ) -> Controller<Fake, Recorder, Pretend, I>,
+) -> (Fake, Recorder, Pretend, Running) {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(configure(controller_over(&fake, &granter, &target)));
+    (fake, granter, target, running)
+}
+
+fn started_tree() -> (Fake, Recorder, Pretend, Running) {
+    started_tree_with(|controller| controller)
+}
+
+/// `GRANT_ACCESS <client> TARGET <process>` on a session of its own, which
+/// holds the grant as long as it lasts.
+fn granted_on(fake: &Fake, client: u32, process: u32) -> Session<FakeConnection> {
+    let mut session = fake.client().session().unwrap();
+    session
+        .grant(GrantRequest::new(pid(client)).process(pid(process)))
+        .unwrap();
+    session
+}
+
+/// The grants `STATUS` lists, as (process, client).
+fn grants_listed(fake: &Fake) -> Vec<(u32, u32)> {
+    let status = fake.client().status().unwrap();
+    status
+        .grants
+        .iter()
+        .map(|grant| (grant.process.get(), grant.client.get()))
+        .collect()
+}
+
+#[test]
+fn two_clients_hold_grants_on_two_processes_of_the_tree() {
+    let (fake, granter, _, running) = started_tree();
+    let _on_worker = granted_on(&fake, 88, 5001);
+    let worker_connection = fake.last_connection();
+    let mut on_target = fake.granted(77);
+    let target_connection = fake.last_connection();
+    assert_eq!(granter.granted(), [(pid(5001), 88), (PID, 77)]);
+    // The target's grant first, on the wire too.
+    assert_eq!(grants_listed(&fake), [(4242, 77), (5001, 88)]);
+    assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
+    assert!(fake
+        .raw(b"STATUS\n")
+        .contains(" holder=77 grants=4242:77,5001:88 "));
+    // The listener keeps both connections open.
+    assert_eq!(fake.grant_holders(), [worker_connection, target_connection]);
+    // Naming the target as the process is the target.
+    on_target
+        .grant(GrantRequest::new(pid(77)).process(PID))
+        .unwrap();
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 99 TARGET 4242\n"),
+        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    // One client may hold grants on several processes.
+    assert_eq!(fake.raw(b"GRANT_ACCESS 88 TARGET 5002\n"), "READY\n");
+    let logged: Vec<String> = running
+        .logged()
+        .into_iter()
+        .map(|(_, line)| line)
+        .filter(|line| line.starts_with("granted"))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            "granted PID 88 access to PID 5001 of the target's tree",
+            "granted PID 77 access to target 4242",
+            "granted PID 77 access to target 4242",
+            "granted PID 88 access to PID 5002 of the target's tree",
+        ]
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_on_a_process_is_taken_over_only_there_and_only_with_force() {
+    let (fake, granter, _, running) = started_tree();
+    let _first = granted_on(&fake, 77, 5000);
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88 TARGET 5000\n"),
+        "ERROR: PID 5000 is being debugged by client PID 77 (attach --force takes it over)\n"
+    );
+    // Other processes are free: Yama keeps one ptracer per process.
+    let _on_target = fake.granted(88);
+    let mut second = fake.client().session().unwrap();
+    second
+        .grant(GrantRequest::new(pid(88)).process(pid(5000)).force(true))
+        .unwrap();
+    assert_eq!(grants_listed(&fake), [(4242, 88), (5000, 88)]);
+    assert_eq!(
+        granter.granted(),
+        [(pid(5000), 77), (PID, 88), (pid(5000), 88)]
+    );
+    assert!(running.logged().iter().any(|(_, line)| line
+        == "granted PID 88 access to PID 5000 of the target's tree, taking it over from PID 77"));
+    // The first client detaches: the grant it lost stays with the second.
+    assert_eq!(
+        fake.raw(b"REVOKE 77 TARGET 5000\n"),
+        "ERROR: The grant is held by client PID 88, not PID 77: nothing revoked\n"
+    );
+    assert!(granter.revoked().is_empty());
+    second
+        .revoke_grant(RevokeRequest::new().client(pid(88)).process(pid(5000)))
+        .unwrap();
+    assert_eq!(granter.revoked(), [pid(5000)]);
+    assert_eq!(grants_listed(&fake), [(4242, 88)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn revoking_a_process_with_no_grant_touches_nothing() {
+    let (fake, granter, _, running) = started_tree();
+    for line in [
+        "REVOKE TARGET 5000\n",
+        "REVOKE 77 TARGET 5001\n",
+        "REVOKE TARGET 1\n",
+        "REVOKE TARGET 31337\n",
+    ] {
+        assert_eq!(fake.raw(line.as_bytes()), "READY\n", "{line:?}");
+    }
+    // No grant there: nothing was withdrawn, nothing injected.
+    assert!(granter.revoked().is_empty());
+    // Another connection may not withdraw a grant on a worker.
+    let _session = granted_on(&fake, 77, 5000);
+    fake.authenticate(Some(ProcessId {
+        pid: pid(88),
+        start_time: 88,
+    }));
+    assert_eq!(
+        fake.raw(b"REVOKE TARGET 5000\n"),
+        "ERROR: REVOKE refused: the grant is held by client PID 77; only its connection or \
+         that process may withdraw it (attach --force takes it over)\n"
+    );
+    assert!(granter.revoked().is_empty());
+    assert_eq!(grants_listed(&fake), [(5000, 77)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_closed_connection_revokes_every_grant_it_holds_and_no_other() {
+    let (fake, granter, _, running) = started_tree();
+    let mut session = granted_on(&fake, 77, 5000);
+    session
+        .grant(GrantRequest::new(pid(77)).process(pid(5002)))
+        .unwrap();
+    session.grant_access(pid(77)).unwrap();
+    let _other = granted_on(&fake, 88, 5001);
+    let other_connection = fake.last_connection();
+    assert_eq!(
+        grants_listed(&fake),
+        [(4242, 77), (5000, 77), (5001, 88), (5002, 77)]
+    );
+    drop(session);
+    wait_until("three revokes", || granter.revoked().len() == 3);
+    let mut revoked = granter.revoked();
+    revoked.sort();
+    assert_eq!(revoked, [PID, pid(5000), pid(5002)]);
+    assert_eq!(grants_listed(&fake), [(5001, 88)]);
+    assert_eq!(fake.client().status().unwrap().holder, None);
+    assert_eq!(fake.grant_holders(), [other_connection]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_process_that_exits_drops_its_grant_and_a_recycled_pid_inherits_nothing() {
+    let (fake, granter, target, running) = started_tree();
+    let first = granted_on(&fake, 77, 5000);
+    let _on_5001 = granted_on(&fake, 88, 5001);
+    let connection_5001 = fake.last_connection();
+    assert_eq!(grants_listed(&fake), [(5000, 77), (5001, 88)]);
+    // 5000 exits: the next STATUS no longer lists its grant, and the
+    // granter forgets it.
+    target.table().remove(5000);
+    assert_eq!(grants_listed(&fake), [(5001, 88)]);
+    wait_until("the exited process's grant revoked", || {
+        granter.revoked() == [pid(5000)]
+    });
+    assert_eq!(fake.grant_holders(), [connection_5001]);
+    // A new worker gets pid 5000 (a later start time): no grant on it, so
+    // another client needs no FORCE there.
+    target.table().add(5000, PID.get(), 6000);
+    assert_eq!(grants_listed(&fake), [(5001, 88)]);
+    let _second = granted_on(&fake, 99, 5000);
+    assert_eq!(grants_listed(&fake), [(5000, 99), (5001, 88)]);
+    // The first grant's connection closing takes nothing from the new
+    // process.
+    drop(first);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(granter.revoked(), [pid(5000)]);
+    assert_eq!(grants_listed(&fake), [(5000, 99), (5001, 88)]);
+    // A worker that exits while a client asks for it: refused, by name.
+    target.table().edit(5001, |info| {
+        info.state = crate::ProcessState::Zombie;
+    });
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n"),
+        "ERROR: PID 5001 has exited (zombie)\n"
+    );
+    assert_eq!(grants_listed(&fake), [(5000, 99)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn the_targets_exit_revokes_every_grant_of_its_tree() {
+    let (fake, granter, target, running) =
+        started_tree_with(|c| c.restart(restart_at_once(Restart::Always)));
+    let _on_target = fake.granted(77);
+    let _on_worker = granted_on(&fake, 88, 5001);
+    target.exit(ExitStatus::Code(1));
+    wait_until("the restart", || target.spawns() == 2);
+    wait_until("both grants withdrawn", || granter.revoked().len() == 2);
+    let mut revoked = granter.revoked();
+    revoked.sort();
+    assert_eq!(revoked, [PID, pid(5001)]);
+    // The worker lives on, out of the new target's tree: its parent's pid
+    // names a process that started after it (the pretend supervisor gives
+    // the new target the same pid; its start time is what tells).
+    target.table().add(PID.get(), 1, 9000);
+    assert!(grants_listed(&fake).is_empty());
+    assert!(fake.grant_holders().is_empty());
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88 TARGET 5001\n"),
+        "ERROR: PID 5001 is not in the target's process tree (only the target, PID 4242, \
+         and its descendants may be granted)\n"
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_worker_grant_made_as_the_target_ended_does_not_stay() {
+    let (fake, granter, target, running) = started_tree_with(|c| c.restart(pending_restart()));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5000\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    target.exit(ExitStatus::Code(1));
+    let client = fake.client();
+    wait_until("the restart to be pending", || {
+        client.status().is_ok_and(|s| s.state == "restarting")
+    });
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        grant,
+        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+    );
+    // It was made: it is withdrawn again.
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5000)]
+    });
+    assert!(client.status().unwrap().grants.is_empty());
+    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+}
+
+#[test]
+fn processes_outside_the_rules_are_refused_by_name_and_nothing_is_injected() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let me = Pid::this().get();
+    // 5003 a thread of 5001, 5004 a zombie, 5005 setuid, 5006 another user's.
+    let table = target.table();
+    table.add(5003, PID.get(), 5001);
+    table.edit(5003, |info| info.process = pid(5001));
+    table.add(5004, PID.get(), 5004);
+    table.edit(5004, |info| info.state = crate::ProcessState::Zombie);
+    table.add(5005, 5001, 5005);
+    table.edit(5005, |info| info.euid = 0);
+    table.add(5006, 5002, 5006);
+    table.edit(5006, |info| (info.uid, info.euid) = (2000, 2000));
+    let running = start(controller_over(&fake, &granter, &target));
+    let outside = |n: u32| {
+        format!(
+            "ERROR: PID {n} is not in the target's process tree (only the target, PID 4242, \
+             and its descendants may be granted)\n"
+        )
+    };
+    for (process, reply) in [
+        (1, outside(1)),
+        (77, outside(77)),
+        (me, format!("ERROR: PID {me} is the controller itself\n")),
+        (
+            5003,
+            "ERROR: PID 5003 is a thread of process 5001, not a process\n".to_owned(),
+        ),
+        (5004, "ERROR: PID 5004 has exited (zombie)\n".to_owned()),
+        (31337, "ERROR: PID 31337 is not running\n".to_owned()),
+        (
+            5005,
+            "ERROR: PID 5005 runs as another user (uid 1000, euid 0; the controller runs as 1000)\n"
+                .to_owned(),
+        ),
+        (
+            5006,
+            "ERROR: PID 5006 runs as another user (uid 2000, euid 2000; the controller runs as \
+             1000)\n"
+                .to_owned(),
+        ),
+    ] {
+        for force in ["", " FORCE"] {
+            let line = format!("GRANT_ACCESS 77 TARGET {process}{force}\n");
+            assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
+        }
+    }
+    // Bad input never reaches the controller's rules.
+    for (line, reply) in [
+        (
+            "GRANT_ACCESS 77 TARGET\n",
+            "ERROR: Invalid PID after TARGET\n",
+        ),
+        (
+            "GRANT_ACCESS 77 TARGET abc\n",
+            "ERROR: Invalid PID after TARGET\n",
+        ),
+        ("STACK abc\n", "ERROR: Invalid PID\n"),
+    ] {
+        assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
+    }
+    // Nothing reached the granter, the refusals are logged, and the
+    // controller serves on.
+    assert_eq!(granter.attempts(), 0);
+    assert!(running
+        .logged()
+        .iter()
+        .any(|(_, line)| line.starts_with("refused GRANT_ACCESS 77 TARGET 1 from ")));
+    assert_eq!(fake.raw(b"GRANT_ACCESS 77 TARGET 5002\n"), "READY\n");
+    assert_eq!(granter.granted(), [(pid(5002), 77)]);
+    running.terminate(&fake);
+}
+
+/// An inspector over the pretend world's table: the tree is what the table
+/// says descends from the root; only `python` processes have stacks; a
+/// read of the tree waits for `gate` when one is set.
+#[derive(Clone)]
+struct Family {
+    table: Table,
+    python: Vec<u32>,
+    gate: Option<Arc<Mutex<Receiver<()>>>>,
+}
+
+impl Family {
+    fn of(target: &Pretend, python: &[u32]) -> Family {
+        Family {
+            table: target.table().clone(),
+            python: python.to_vec(),
+            gate: None,
+        }
+    }
+}
+
+impl crate::Inspector for Family {
+    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+        if !self.python.contains(&pid.get()) {
+            return Err(io::Error::other("not a Python 3.14 process"));
+        }
+        let mut thread = ThreadStack::new(pid.get().into());
+        thread
+            .frames
+            .push(Frame::new("work", "app.py", Some(pid.get() % 100)));
+        Ok(vec![thread])
+    }
+
+    fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+        if let Some(gate) = &self.gate {
+            let _ = gate.lock().unwrap().recv_timeout(HANG);
+        }
+        let mut pids: Vec<u32> = self.table.0.lock().unwrap().keys().copied().collect();
+        pids.sort_unstable();
+        let mut tree = Vec::new();
+        for raw in pids {
+            if !self.table.is_self_or_descendant(pid(raw), root)? {
+                continue;
+            }
+            let info = self.table.process(pid(raw))?.unwrap();
+            let mut process = TreeProcess::new(pid(raw));
+            process.parent = info.parent;
+            process.uid = info.uid;
+            process.command = format!("worker {raw}");
+            process.python = self.python.contains(&raw).then(|| "3.14.0".to_owned());
+            tree.push(process);
+        }
+        Ok(tree)
+    }
+}
+
+#[test]
+fn ps_lists_the_tree_with_the_target_its_grants_and_the_subreaper() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let family = Family::of(&target, &[4242, 5000, 5002]);
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(family)
+            .subreaper(true),
+    );
+    let _session = granted_on(&fake, 88, 5002);
+    let tree = fake.client().ps().unwrap();
+    assert!(tree.subreaper);
+    let rows: Vec<(u32, bool, Option<u32>, bool)> = tree
+        .processes
+        .iter()
+        .map(|p| (p.pid.get(), p.target, p.holder.map(Pid::get), p.is_python()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (4242, true, None, true),
+            (5000, false, None, true),
+            (5001, false, None, false),
+            (5002, false, Some(88), true),
+        ]
+    );
+    // A worker that exits is gone from the tree and from the grants.
+    target.table().remove(5002);
+    let tree = fake.client().ps().unwrap();
+    assert_eq!(tree.processes.len(), 3);
+    assert!(grants_listed(&fake).is_empty());
+    assert!(fake.raw(b"ps\n").starts_with("ps {\"processes\":[{"));
+    running.terminate(&fake);
+
+    // Not a subreaper unless told.
+    let (fake, _, _, running) = started_tree_with(|c| c.inspector(Family::of(&target, &[])));
+    assert!(!fake.client().ps().unwrap().subreaper);
+    running.terminate(&fake);
+}
+
+#[test]
+fn stacks_of_the_tree_list_every_process_and_skip_those_that_cannot_be_read() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let family = Family::of(&target, &[4242, 5000, 5002]);
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    let client = fake.client();
+
+    let all = client.stacks(Scope::All).unwrap();
+    let rows: Vec<(u32, String, usize, Option<String>)> = all
+        .iter()
+        .map(|p| (p.pid.get(), p.role(), p.threads.len(), p.skipped.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (4242, "target".into(), 1, None),
+            (5000, "child of 4242".into(), 1, None),
+            (
+                5001,
+                "child of 4242".into(),
+                0,
+                Some("not a Python 3.14 process".into())
+            ),
+            (5002, "child of 5001".into(), 1, None),
+        ]
+    );
+    // One process: its stacks, with its facts; a process that is not
+    // Python is an error there.
+    let one = client.stacks(Scope::Process(pid(5002))).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        (one[0].pid, one[0].parent, one[0].python.as_deref()),
+        (pid(5002), Some(pid(5001)), Some("3.14.0"))
+    );
+    assert_eq!(one[0].threads[0].frames[0].line, Some(2));
+    let target_only = client.stacks(Scope::Target).unwrap();
+    assert_eq!((target_only.len(), target_only[0].target), (1, true));
+    assert_eq!(
+        fake.raw(b"STACKS 5001\n"),
+        "ERROR: Cannot read the stacks of PID 5001: not a Python 3.14 process\n"
+    );
+    // Outside the tree: refused by the rule, not read.
+    assert_eq!(
+        fake.raw(b"STACKS 77\n"),
+        "ERROR: PID 77 is not in the target's process tree (only the target, PID 4242, and \
+         its descendants may be read)\n"
+    );
+    assert_eq!(
+        fake.raw(b"STACK 1\n"),
+        "ERROR: PID 1 is not in the target's process tree (only the target, PID 4242, and \
+         its descendants may be read)\n"
+    );
+    // As text: `STACK` alone is the target's threads, as ever; with a
+    // scope, each process under its header.
+    assert_eq!(
+        client.stack().unwrap(),
+        "Thread 4242, most recent call last:\n  File \"app.py\", line 42, in work\n"
+    );
+    let Reply::Stack(text) = Reply::parse(&fake.raw(b"STACK ALL\n")).unwrap() else {
+        panic!("not a stack reply");
+    };
+    assert_eq!(
+        text,
+        "Process 4242 (target) Python 3.14.0: worker 4242\n\
+         Thread 4242, most recent call last:\n  File \"app.py\", line 42, in work\n\n\
+         Process 5000 (child of 4242) Python 3.14.0: worker 5000\n\
+         Thread 5000, most recent call last:\n  File \"app.py\", line 0, in work\n\n\
+         Process 5001 (child of 4242): worker 5001\n  (skipped: not a Python 3.14 process)\n\n\
+         Process 5002 (child of 5001) Python 3.14.0: worker 5002\n\
+         Thread 5002, most recent call last:\n  File \"app.py\", line 2, in work\n"
+    );
+    let Reply::Stack(text) = Reply::parse(&fake.raw(b"stack 5000\n")).unwrap() else {
+        panic!("not a stack reply");
+    };
+    assert!(
+        text.starts_with("Process 5000 (child of 4242) Python 3.14.0: worker 5000\nThread 5000"),
+        "{text}"
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn without_an_inspector_ps_and_stacks_say_so() {
+    let (fake, _, _, running) = started_tree();
+    for (line, reply) in [
+        (
+            "PS\n",
+            "ERROR: Cannot list the target's tree: this controller cannot list its target's tree\n",
+        ),
+        (
+            "STACKS ALL\n",
+            "ERROR: Cannot list the target's tree: this controller cannot list its target's tree\n",
+        ),
+        (
+            "STACKS 5000\n",
+            "ERROR: Cannot read the stacks of PID 5000: this controller cannot read its target's \
+             stacks\n",
+        ),
+        (
+            "STACK\n",
+            "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
+             stacks\n",
+        ),
+        (
+            "STACKS 4242\n",
+            "ERROR: Cannot read the target's stacks: this controller cannot read its target's \
+             stacks\n",
+        ),
+    ] {
+        assert_eq!(fake.raw(line.as_bytes()), reply, "{line:?}");
+    }
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_hanging_tree_read_holds_up_no_other_request_and_gets_an_answer() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let (go, gate) = unbounded();
+    let family = Family {
+        gate: Some(Arc::new(Mutex::new(gate))),
+        ..Family::of(&target, &[4242])
+    };
+    let running = start(
+        controller_over(&fake, &granter, &target)
+            .inspector(family)
+            .stack_deadline(Duration::from_millis(300)),
+    );
+    let ps = fake.raw_async(b"PS\n");
+    let all = fake.raw_async(b"STACKS ALL\n");
+    // Meanwhile the loop serves, grants included.
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let _session = granted_on(&fake, 77, 5000);
+    for reply in [ps, all] {
+        let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            reply,
+            "ERROR: Cannot list the target's tree: no answer within its deadline: the target is \
+             in state S\n"
+        );
+    }
+    // Once the reader is free again, the next listing is answered.
+    for _ in 0..3 {
+        go.send(()).unwrap();
+    }
+    let tree = fake.client().ps().unwrap();
+    assert_eq!(tree.processes.len(), 4);
+    assert_eq!(tree.processes[1].holder, Some(pid(77)));
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_worker_grant_the_granter_does_not_report_names_the_worker() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    target.table().edit(5001, |info| {
+        info.state = crate::ProcessState::DiskSleep;
+    });
+    let reply = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5001\n");
+    started.recv_timeout(HANG).unwrap();
+    let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        "ERROR: Grant failed: no answer within its deadline: PID 5001 is in uninterruptible \
+         sleep (state D)\n"
+    );
+    // The late grant is withdrawn from that process at once, and recorded
+    // nowhere.
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_stacks_reply_too_long_for_a_line_leaves_the_last_threads_out() {
+    let big = |raw: u32| {
+        let mut process = crate::stacks::ProcessStacks::new(pid(raw));
+        let mut thread = ThreadStack::new(raw.into());
+        let name = "f".repeat(1000);
+        for _ in 0..1000 {
+            thread
+                .frames
+                .push(Frame::new(name.clone(), "a.py", Some(1)));
+        }
+        process.threads.push(thread);
+        process
+    };
+    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
+    let small = vec![big(1), big(2)];
+    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(big).collect());
+    let line = Reply::Stacks(fitted.clone()).encode(crate::protocol::Dialect::Upper);
+    assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    let kept: Vec<usize> = fitted.iter().map(|p| p.threads.len()).collect();
+    assert_eq!(kept, [1, 1, 1, 1, 0, 0]);
+    assert_eq!(
+        fitted[5].skipped.as_deref(),
+        Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
+    );
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(fitted));
 }

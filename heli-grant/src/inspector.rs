@@ -6,7 +6,6 @@ use std::io;
 use heli_core::stacks::ThreadStack;
 use heli_core::tree::TreeProcess;
 use heli_core::{Inspector, Pid, ProcessId};
-use heli_proc::Proc;
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
 /// its debug offsets (PEP 768), without stopping it or running anything in
@@ -43,9 +42,10 @@ impl Inspector for PythonInspector {
         Ok(crate::python::stack_dump(pid)?)
     }
 
-    /// `root` and its living descendants ([`heli_proc::descendants`]),
-    /// each with what `ps` shows of it ([`Proc::usage`],
-    /// [`Proc::command_line`]: `[name]` when it has none, as `ps` shows a
+    /// `root` and its living descendants ([`heli_proc::members`]), each
+    /// with what `ps` shows of it ([`heli_proc::Usage`],
+    /// [`command_line`](heli_proc::Proc::command_line): `[name]` when it
+    /// has none, as `ps` shows a
     /// kernel thread) and its CPython version when it is a CPython 3.14
     /// whose stacks [`stacks`](Self::stacks) can read.
     ///
@@ -62,17 +62,10 @@ impl Inspector for PythonInspector {
     /// hold: call it where a wait is allowed (the controller does, on a
     /// thread of its own with a deadline).
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-        let members = heli_proc::descendants(root)?;
+        let members = heli_proc::members(root)?;
         let mut tree = Vec::with_capacity(members.len());
-        for info in members {
-            let Some(proc) = Proc::open(info.id.pid)? else {
-                continue;
-            };
-            // Gone meanwhile, or its pid already reused.
-            let Some(usage) = proc.usage()? else { continue };
-            if usage.start_time != info.id.start_time {
-                continue;
-            }
+        for member in members {
+            let (proc, info, usage) = (member.proc, member.info, member.usage);
             let mut process = TreeProcess::new(info.id.pid);
             process.parent = info.parent;
             process.state = info.state.code();

@@ -108,11 +108,20 @@ impl Proc {
         let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
             return Ok(None);
         };
-        let Some(status) = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?
-        else {
+        self.info_from(&stat)
+    }
+
+    /// [`info`](Proc::info), its `/proc/PID/stat` read already.
+    pub(crate) fn info_from(
+        &self,
+        stat: &procfs::process::Stat,
+    ) -> io::Result<Option<ProcessInfo>> {
+        let pid = self.pid;
+        let what = format_args!("/proc/{pid}/status");
+        let Some(ids) = unless_gone(self.dir.read::<_, StatusIds>("status"), what)? else {
             return Ok(None);
         };
-        let state = match self.state(&stat)? {
+        let state = match self.state(stat)? {
             Some(state) => state,
             None => ProcessState::from_code(stat.state),
         };
@@ -122,10 +131,10 @@ impl Proc {
                 start_time: stat.starttime,
             },
             parent: u32::try_from(stat.ppid).ok().and_then(Pid::new),
-            process: tgid(status.tgid, pid),
+            process: tgid(ids.tgid, pid),
             state,
-            uid: status.ruid,
-            euid: status.euid,
+            uid: ids.ruid,
+            euid: ids.euid,
             kernel_thread: stat.flags & PF_KTHREAD != 0,
         }))
     }
@@ -325,6 +334,19 @@ impl Proc {
         Ok(unless_gone(task.stat(), what)?.map(|stat| ProcessState::from_code(stat.state)))
     }
 
+    /// [`children`](Proc::children) of a process that has `threads`
+    /// threads: one file read for a process of one thread.
+    pub(crate) fn children_of(&self, threads: u32) -> io::Result<Option<Vec<Pid>>> {
+        if threads == 1 {
+            let pid = self.pid;
+            if let Ok(PidList(pids)) = self.dir.read(format!("task/{pid}/children")) {
+                return Ok(Some(pids));
+            }
+        }
+        // Threads, or the file is missing: each thread's, or none.
+        self.children()
+    }
+
     /// Thread `tid`'s name (`/proc/PID/task/TID/comm`), if it can be read.
     pub fn thread_name(&self, tid: u64) -> Option<String> {
         let task = self.dir.task_from_tid(i32::try_from(tid).ok()?).ok()?;
@@ -461,6 +483,54 @@ fn thread_status(status: &procfs::process::Status, pid: Pid) -> ThreadStatus {
         tracer: u32::try_from(status.tracerpid).ok().and_then(Pid::new),
         seccomp: status.seccomp.unwrap_or(0),
         pending: status.sigpnd,
+    }
+}
+
+/// The ids of `/proc/PID/status` that [`ProcessInfo`] holds: `Tgid`, and
+/// the first two of `Uid` (real, effective). Only these lines are looked
+/// at: the full parse of the file's fifty-odd lines costs several times
+/// the kernel's writing them, and `PS` reads one per process.
+struct StatusIds {
+    tgid: i32,
+    ruid: u32,
+    euid: u32,
+}
+
+impl procfs::FromRead for StatusIds {
+    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
+        let mut text = String::new();
+        read.read_to_string(&mut text)?;
+        let mut tgid = None;
+        for line in text.lines() {
+            if let Some(value) = line.strip_prefix("Tgid:") {
+                tgid = value.trim().parse().ok();
+            } else if let Some(value) = line.strip_prefix("Uid:") {
+                // Uid comes after Tgid.
+                let mut uids = value.split_whitespace().map(str::parse);
+                if let (Some(tgid), Some(Ok(ruid)), Some(Ok(euid))) =
+                    (tgid, uids.next(), uids.next())
+                {
+                    return Ok(StatusIds { tgid, ruid, euid });
+                }
+                break;
+            }
+        }
+        Err(procfs::ProcError::Incomplete(None))
+    }
+}
+
+/// A `children` file: pids separated by spaces.
+struct PidList(Vec<Pid>);
+
+impl procfs::FromRead for PidList {
+    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
+        let mut text = String::new();
+        read.read_to_string(&mut text)?;
+        text.split_whitespace()
+            .map(|pid| pid.parse().ok().and_then(Pid::new))
+            .collect::<Option<Vec<Pid>>>()
+            .map(PidList)
+            .ok_or(procfs::ProcError::Incomplete(None))
     }
 }
 

@@ -46,16 +46,24 @@ pub struct Usage {
     pub uptime_secs: u64,
 }
 
-/// A file, by the device and inode that hold it, and when it last changed:
-/// what tells two program files apart even when they have the same name.
+/// A file, by the device and inode that hold it, its size and when it last
+/// changed: what tells two program files apart even when they have the
+/// same name.
+///
+/// A file replaced (a new file renamed over it, as package managers do) or
+/// an inode reused is another `FileId`; so is a file rewritten in place,
+/// unless it kept its size and was rewritten within the file system's
+/// timestamp granularity (a few milliseconds). A running program's file
+/// cannot be opened for writing at all (`ETXTBSY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// The device (`st_dev`).
     pub dev: u64,
     /// The inode (`st_ino`).
     pub inode: u64,
-    /// Its last status change (`st_ctime`, seconds and nanoseconds): a
-    /// file rewritten in place, or an inode reused, shows a new one.
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its last status change (`st_ctime`, seconds and nanoseconds).
     pub changed: (i64, i64),
 }
 
@@ -65,7 +73,33 @@ impl FileId {
         FileId {
             dev: meta.dev(),
             inode: meta.ino(),
+            size: meta.size(),
             changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl Usage {
+    /// What `stat` (a `/proc/PID/stat`) says, now.
+    pub(crate) fn from_stat(stat: procfs::process::Stat) -> Usage {
+        let hz = procfs::ticks_per_second().max(1) as f64;
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let now = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
+        let age = (now - stat.starttime as f64 / hz).max(0.0);
+        let cpu = (stat.utime + stat.stime) as f64 / hz;
+        let cpu_percent = match age > 0.0 {
+            true => cpu / age * 100.0,
+            false => 0.0,
+        };
+        Usage {
+            state: stat.state,
+            name: stat.comm,
+            threads: u32::try_from(stat.num_threads).unwrap_or(0),
+            start_time: stat.starttime,
+            cpu_percent,
+            rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+            vm_bytes: stat.vsize,
+            uptime_secs: age as u64,
         }
     }
 }
@@ -78,28 +112,8 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn usage(&self) -> io::Result<Option<Usage>> {
         let pid = self.pid();
-        let Some(stat) = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))? else {
-            return Ok(None);
-        };
-        let hz = procfs::ticks_per_second().max(1) as f64;
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        let now = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
-        let age = (now - stat.starttime as f64 / hz).max(0.0);
-        let cpu = (stat.utime + stat.stime) as f64 / hz;
-        let cpu_percent = match age > 0.0 {
-            true => cpu / age * 100.0,
-            false => 0.0,
-        };
-        Ok(Some(Usage {
-            state: stat.state,
-            name: stat.comm,
-            threads: u32::try_from(stat.num_threads).unwrap_or(0),
-            start_time: stat.starttime,
-            cpu_percent,
-            rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
-            vm_bytes: stat.vsize,
-            uptime_secs: age as u64,
-        }))
+        let stat = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))?;
+        Ok(stat.map(Usage::from_stat))
     }
 
     /// Its command line (`/proc/PID/cmdline`), arguments joined by spaces,

@@ -113,19 +113,11 @@ pub(crate) fn resolve(pid: Pid, file: &str) -> Option<PathBuf> {
 /// invalid bytes replaced; a line cut by the limit left out), and the bytes
 /// read.
 fn read_lines(path: &Path, limit: usize) -> std::io::Result<(Vec<String>, usize)> {
-    let not_regular = || std::io::Error::other("not a regular file");
     // Not opened at all unless a regular file: opening a device may act.
     if !std::fs::metadata(path)?.is_file() {
         return Err(not_regular());
     }
-    // Replaced by a FIFO since: the open must not wait for a writer.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_regular());
-    }
+    let file = open_regular(path)?;
     let mut bytes = Vec::new();
     File::take(file, limit as u64 + 1).read_to_end(&mut bytes)?;
     let read = bytes.len().min(limit);
@@ -139,6 +131,24 @@ fn read_lines(path: &Path, limit: usize) -> std::io::Result<(Vec<String>, usize)
     }
     let text = String::from_utf8_lossy(&bytes);
     Ok((text.lines().map(str::to_owned).collect(), read))
+}
+
+/// Opens `path` for reading if it is a regular file. It may have been
+/// replaced by a FIFO since it was looked at: the open does not wait for a
+/// writer, and what was opened is checked.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+fn not_regular() -> std::io::Error {
+    std::io::Error::other("not a regular file")
 }
 
 #[cfg(test)]
@@ -233,9 +243,16 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("reading a FIFO named as a source file blocked");
         assert_eq!(line, None);
-        // Even when it passed the type check first.
-        let opened = std::thread::spawn(move || read_lines(&fifo, 100).is_err());
-        assert!(opened.join().unwrap());
+        // Swapped in after the type check, it is opened without waiting
+        // for a writer, and refused.
+        let (done, opened) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(open_regular(&fifo).map(drop).map_err(|e| e.to_string()));
+        });
+        let opened = opened
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO blocked");
+        assert_eq!(opened, Err("not a regular file".to_owned()));
     }
 
     #[test]

@@ -300,6 +300,38 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_read_again_once_it_is_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libpython3.14.so");
+        let find = |path: &Path| {
+            PyRuntimeSection::find_in(&File::open(path).unwrap())
+                .unwrap()
+                .map(|section| section.sh_addr)
+        };
+        std::fs::write(&path, tiny(0, 0x1000, 0x5000)).unwrap();
+        assert_eq!(find(&path), Some(0x5000));
+        // Remembered: the same answer.
+        assert_eq!(find(&path), Some(0x5000));
+        // Rewritten in place (the same inode), another size.
+        let mut other = tiny(0, 0x1000, 0x6000);
+        other.push(0);
+        std::fs::write(&path, &other).unwrap();
+        assert_eq!(find(&path), Some(0x6000));
+        // Replaced by another file (renamed over it).
+        let new = dir.path().join("new");
+        let mut none = tiny(0, 0x1000, 0x7000);
+        let at = none.windows(10).position(|w| w == SECTION).unwrap();
+        none[at + 1] = b'X';
+        std::fs::write(&new, &none).unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(find(&path), None);
+        // A file that is not ELF: an error each time, not remembered.
+        std::fs::write(&path, b"not an ELF file").unwrap();
+        assert!(PyRuntimeSection::find_in(&File::open(&path).unwrap()).is_err());
+        assert!(PyRuntimeSection::find_in(&File::open(&path).unwrap()).is_err());
+    }
+
+    #[test]
     fn no_section_is_none() {
         let mut elf = tiny(0, 0x1000, 0x5000);
         let at = elf.windows(10).position(|w| w == SECTION).unwrap();

@@ -148,6 +148,7 @@ mod tests {
             exe: FileId {
                 dev: 0x801,
                 inode,
+                size: 8 << 20,
                 changed: (1_700_000_000, 0),
             },
         }
@@ -176,6 +177,9 @@ mod tests {
         let mut changed = key(100, 5, 7);
         changed.exe.changed.1 = 1;
         assert_eq!(known.get(changed, 1 << 20), None);
+        let mut rewritten = key(100, 5, 7);
+        rewritten.exe.size += 1;
+        assert_eq!(known.get(rewritten, 1 << 20), None);
         let mut elsewhere = key(100, 5, 7);
         elsewhere.exe.dev = 0x802;
         assert_eq!(known.get(elsewhere, 1 << 20), None);

@@ -67,13 +67,13 @@ pub(crate) enum Seen {
 type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// The usual answers: the target's pid, its status, `READY`, and
-/// `ERROR: <pid>` for `GRANT_ACCESS <pid>` so that every client can tell its
-/// reply from others'.
+/// `ERROR: <pid>` for `GRANT_ACCESS <pid>` (without `FORCE`) so that every
+/// client can tell its reply from others'.
 pub(crate) fn standard(request: Result<Request, String>) -> Reply {
     match request {
         Ok(Request::GetTargetPid) => Reply::TargetPid(TARGET),
         Ok(Request::Status) => Reply::Status(Status::new(TARGET)),
-        Ok(Request::GrantAccess(grant)) => Reply::Error(grant.client.to_string()),
+        Ok(Request::GrantAccess(grant)) if !grant.force => Reply::Error(grant.client.to_string()),
         Ok(_) => Reply::Ready,
         Err(message) => Reply::Error(message),
     }
