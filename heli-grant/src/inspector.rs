@@ -62,10 +62,8 @@ impl Inspector for PythonInspector {
     /// hold: call it where a wait is allowed (the controller does, on a
     /// thread of its own with a deadline).
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-        let members = heli_proc::members(root)?;
-        let mut tree = Vec::with_capacity(members.len());
-        for member in members {
-            let (proc, info, usage) = (member.proc, member.info, member.usage);
+        heli_proc::members(root, |member| {
+            let (proc, info, usage) = (&member.proc, &member.info, &member.usage);
             let mut process = TreeProcess::new(info.id.pid);
             process.parent = info.parent;
             process.state = info.state.code();
@@ -82,8 +80,7 @@ impl Inspector for PythonInspector {
             let exe = proc.exe_id().ok().flatten();
             process.python = crate::python::python_version(info.id, exe, usage.vm_bytes)
                 .map(|version| version.to_string());
-            tree.push(process);
-        }
-        Ok(tree)
+            Ok(process)
+        })
     }
 }

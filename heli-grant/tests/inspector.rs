@@ -299,12 +299,11 @@ fn tree_of_a_hundred_processes() {
     let root = target.id();
     // Every child past its execve, before the inspector first sees them.
     wait_for("the whole tree", || {
-        let members = heli_proc::members(root).unwrap();
-        members.len() == 105
-            && members[1..].iter().all(|member| {
-                let command = member.proc.command_line().unwrap();
-                command == "sleep 600" || command.ends_with("time.sleep(600)")
-            })
+        let commands = heli_proc::members(root, |member| member.proc.command_line()).unwrap();
+        commands.len() == 105
+            && commands[1..]
+                .iter()
+                .all(|command| command == "sleep 600" || command.ends_with("time.sleep(600)"))
     });
     let start = Instant::now();
     let tree = PythonInspector.tree(root).unwrap();

@@ -9,9 +9,10 @@ use crate::error::to_io;
 use crate::process::Proc;
 use crate::usage::Usage;
 
-/// Process `root` and every living descendant of it, parents before their
-/// children (children in pid order): the tree a supervisor is responsible
-/// for. Empty when `root` is no longer the process it names.
+/// Process `root` and every living descendant of it, each before its
+/// children (children in pid order, depth first: the order of `ps f`): the
+/// tree a supervisor is responsible for. Empty when `root` is no longer
+/// the process it names.
 ///
 /// Where the kernel lists each thread's children (`/proc/PID/task/TID/
 /// children`), only the tree's members are read; elsewhere one pass over
@@ -46,13 +47,10 @@ use crate::usage::Usage;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn descendants(root: ProcessId) -> io::Result<Vec<ProcessInfo>> {
-    Ok(members(root)?
-        .into_iter()
-        .map(|member| member.info)
-        .collect())
+    members(root, |member| Ok(member.info.clone()))
 }
 
-/// One process of a tree, as [`members`] read it: opened, its facts and
+/// One process of a tree, as [`members`] shows it: opened, its facts and
 /// its use of the machine (from the same read of `/proc/PID/stat`).
 #[derive(Debug)]
 #[non_exhaustive]
@@ -66,13 +64,16 @@ pub struct Member {
     pub usage: Usage,
 }
 
-/// [`descendants`], each with what `ps` shows of it and its `/proc`
-/// directory still open: what a listing of the tree needs, in about three
-/// reads of `/proc` per process (`stat`, `status` and its children).
+/// [`descendants`], each shown to `visit` with what `ps` shows of it and
+/// its `/proc` directory open, in about three reads of `/proc` per process
+/// (`stat`, `status` and its children): what a listing of the tree needs.
+/// The answers of `visit`, in the order of [`descendants`].
+///
+/// One process is open at a time, however large the tree.
 ///
 /// # Errors
 ///
-/// When `/proc` cannot be read.
+/// When `/proc` cannot be read, or `visit` fails (the walk stops there).
 ///
 /// # Examples
 ///
@@ -81,55 +82,60 @@ pub struct Member {
 /// use heli_proc::{members, ProcFs};
 ///
 /// let me = ProcFs.identity(Pid::this())?.unwrap();
-/// let tree = members(me)?;
-/// assert_eq!(tree[0].info.id, me);
-/// assert!(tree[0].usage.threads >= 1);
-/// assert!(tree[0].proc.command_line()?.len() > 0);
+/// let commands = members(me, |member| {
+///     assert!(member.usage.threads >= 1);
+///     member.proc.command_line()
+/// })?;
+/// assert!(commands[0].len() > 0);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn members(root: ProcessId) -> io::Result<Vec<Member>> {
+pub fn members<T>(
+    root: ProcessId,
+    mut visit: impl FnMut(&Member) -> io::Result<T>,
+) -> io::Result<Vec<T>> {
     let mut tree = Vec::new();
     let Some(first) = read(root.pid)?.filter(|member| member.info.id == root) else {
         return Ok(tree);
     };
-    tree.push(first);
     // parent -> children, from a scan of /proc when the kernel has no
     // children files.
     let mut scanned: Option<HashMap<u32, Vec<Pid>>> = None;
-    let mut next = 0;
-    while next < tree.len() {
-        let parent = &tree[next];
-        next += 1;
-        let listed = match &scanned {
-            None => parent.proc.children_of(parent.usage.threads)?,
-            Some(_) => None,
-        };
-        let parent = parent.info.id;
-        let mut kids = match listed {
-            Some(kids) => kids,
-            None => {
-                let table = match scanned.take() {
-                    Some(table) => table,
-                    None => scan()?,
-                };
-                let kids = table.get(&parent.pid.get()).cloned().unwrap_or_default();
-                scanned = Some(table);
-                kids
-            }
-        };
-        kids.sort_unstable();
-        kids.dedup();
-        for pid in kids {
-            let Some(member) = read(pid)? else { continue };
-            // A reused pid is younger than its supposed child.
-            if member.info.parent == Some(parent.pid)
-                && member.info.id.start_time >= parent.start_time
-            {
-                tree.push(member);
-            }
+    // What is left to read, the next on top, with the parent it must have.
+    let mut todo: Vec<(ProcessId, Pid)> = Vec::new();
+    let mut next = Some(first);
+    loop {
+        if let Some(member) = next.take() {
+            tree.push(visit(&member)?);
+            let mut kids = children(&member, &mut scanned)?;
+            kids.sort_unstable();
+            kids.dedup();
+            todo.extend(kids.into_iter().rev().map(|kid| (member.info.id, kid)));
         }
+        let Some((parent, pid)) = todo.pop() else {
+            break;
+        };
+        // A reused pid is younger than its supposed child.
+        next = read(pid)?.filter(|member| {
+            member.info.parent == Some(parent.pid) && member.info.id.start_time >= parent.start_time
+        });
     }
     Ok(tree)
+}
+
+/// The children of `member`: from its children files, or from a scan of
+/// `/proc` (made once, kept in `scanned`) when the kernel has none.
+fn children(member: &Member, scanned: &mut Option<HashMap<u32, Vec<Pid>>>) -> io::Result<Vec<Pid>> {
+    if scanned.is_none() {
+        if let Some(kids) = member.proc.children_of(member.usage.threads)? {
+            return Ok(kids);
+        }
+        *scanned = Some(scan()?);
+    }
+    let table = scanned.as_ref().expect("scanned above");
+    Ok(table
+        .get(&member.info.id.pid.get())
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// The living members of process group `group` (a zombie left out), from
@@ -210,12 +216,13 @@ mod tests {
 
     #[test]
     fn lists_children_and_grandchildren_but_not_strangers_or_orphans() {
-        // sh -> sleep (child), sh -> sh -> sleep (grandchild); and an orphan
+        // sh -> sh -> sleep (grandchild), sh -> sleep (child, started
+        // after the inner sh: listed after its subtree); and an orphan
         // whose parent exited (re-parented: no longer ours).
         let mut shell = Command::new("sh")
             .args([
                 "-c",
-                "sleep 30 & sh -c 'sleep 30 & echo grandchild $!; wait' & \
+                "sh -c 'sleep 30 & echo grandchild $!; wait' & sleep 30 & \
                  (sleep 30 & echo orphan $!) ; sleep 0.2; echo ready; wait",
             ])
             .stdout(Stdio::piped())
@@ -257,6 +264,23 @@ mod tests {
                 .position(|&pid| pid == info.id.pid.get())
                 .unwrap();
             assert!(at < me, "{listed:?}");
+        }
+        // Depth first (`ps f`): each process's parent is the one before it
+        // or an ancestor of that one.
+        let parent_of = |pid: u32| {
+            tree.iter()
+                .find(|info| info.id.pid.get() == pid)
+                .and_then(|info| info.parent)
+                .map(Pid::get)
+        };
+        for pair in listed.windows(2) {
+            let (before, pid) = (pair[0], pair[1]);
+            let parent = parent_of(pid).unwrap();
+            let mut ancestor = Some(before);
+            while ancestor.is_some_and(|a| a != parent) {
+                ancestor = ancestor.and_then(parent_of);
+            }
+            assert_eq!(ancestor, Some(parent), "{listed:?}");
         }
         // sh, sleep, sh, sleep: at least four.
         assert!(tree.len() >= 4, "{listed:?}");
