@@ -213,6 +213,15 @@ fn ps_of_100(rounds: usize) {
     row("`client ps --json`, end to end", samples);
     let samples = time_each(
         rounds,
+        || running.client(&["pid"]),
+        |out| assert_eq!(out.trim(), running.target.to_string()),
+    );
+    row(
+        "`client pid` (the client's start and one request), end to end",
+        samples,
+    );
+    let samples = time_each(
+        rounds,
         || running.connect().unwrap().ask("PS"),
         |reply| assert!(reply.starts_with("PS ")),
     );
