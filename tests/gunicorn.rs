@@ -18,7 +18,7 @@ use crate::tree::{
     client_ok, grants, listed, parent_of, pids, processes, ps, stack_sections, wait_announced,
     Leftovers,
 };
-use crate::util::{python314, serial, temp_script, wait_for, Controller, Kind, SOON};
+use crate::util::{alive, python314, serial, temp_script, wait_for, Controller, Kind, SOON};
 use crate::with_tool::py_spy;
 
 /// The app (`/` answers its worker's pid, `/slow` hangs in `slow_handler`
@@ -67,15 +67,20 @@ fn served_by(port: u16) -> Option<u32> {
     get(port, "/")?.trim().parse().ok()
 }
 
-/// gunicorn with `workers` sync workers on a free port, under a
-/// controller (socket), and the port.
-fn gunicorn(workers: usize, more: &[&str]) -> (Controller, u16, tempfile::TempDir) {
+/// gunicorn with `workers` sync workers and options `more` on a free port,
+/// under a controller (socket) with `options`, and the port.
+fn gunicorn(
+    options: &[&str],
+    workers: usize,
+    more: &[&str],
+) -> (Controller, u16, tempfile::TempDir) {
     let (dir, _) = temp_script("app.py", APP);
     let port = free_port();
     let python = python314();
     let bind = format!("127.0.0.1:{port}");
     let workers = workers.to_string();
-    let mut args = vec![
+    let mut args = options.to_vec();
+    args.extend([
         "--",
         python.to_str().unwrap(),
         "-m",
@@ -91,7 +96,7 @@ fn gunicorn(workers: usize, more: &[&str]) -> (Controller, u16, tempfile::TempDi
         "--no-control-socket",
         "--chdir",
         dir.path().to_str().unwrap(),
-    ];
+    ]);
     args.extend_from_slice(more);
     args.push("app:app");
     let path = gunicorn_path();
@@ -122,7 +127,7 @@ fn workers_in(tree: &Value, arbiter: u32) -> Vec<u32> {
 #[test]
 fn gunicorn_workers_are_listed_stacked_and_attached_while_serving() {
     let _serial = serial();
-    let (controller, port, _dir) = gunicorn(3, &[]);
+    let (controller, port, _dir) = gunicorn(&[], 3, &[]);
     let mut leftovers = Leftovers::default();
     let arbiter = controller.target_pid();
     let mut tree = Value::Null;
@@ -279,11 +284,31 @@ fn gunicorn_workers_are_listed_stacked_and_attached_while_serving() {
 /// gunicorn recycles its workers (`--max-requests 5`) under a request loop
 /// while `ps`, `stack --all` and grants run: every failure says the worker
 /// has gone, every grant is on a worker of this arbiter, and the controller
-/// answers throughout.
+/// answers throughout. The granter the controller chooses (no-op on a
+/// kernel without Yama): the grants' bookkeeping, and the tool run.
 #[test]
 fn gunicorn_workers_recycled_under_ps_stack_and_grants() {
+    churn(&[]);
+}
+
+/// The same with the Yama granter, whose grant is a ptrace injection into
+/// the worker: on a kernel without Yama the injected `prctl` fails with
+/// EINVAL, and its error names the process it ran in, which must be the
+/// worker asked for (or the worker had gone).
+#[test]
+fn gunicorn_workers_recycled_under_injected_grants() {
+    churn(&["--granter", "yama"]);
+}
+
+/// The process a Yama grant's injected `prctl` ran in, from its error.
+fn injected_into(reply: &str) -> Option<u32> {
+    let (_, rest) = reply.split_once(") in PID ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn churn(options: &[&str]) {
     let _serial = serial();
-    let (controller, port, _dir) = gunicorn(2, &["--max-requests", "5"]);
+    let (controller, port, _dir) = gunicorn(options, 2, &["--max-requests", "5"]);
     let leftovers = Arc::new(Mutex::new(Leftovers::default()));
     let arbiter = controller.target_pid();
     wait_for("gunicorn serving", SOON, || served_by(port).is_some());
@@ -311,9 +336,9 @@ fn gunicorn_workers_recycled_under_ps_stack_and_grants() {
             .iter()
             .any(|word| message.contains(word))
     };
-    let (mut granted, mut refused, mut rounds, mut tools) = (0, 0, 0, 0);
+    let (mut granted, mut injected, mut refused, mut rounds, mut tools) = (0, 0, 0, 0, 0);
     let mut slowest_status = Duration::ZERO;
-    let deadline = Instant::now() + Duration::from_secs(12);
+    let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
         rounds += 1;
         let start = Instant::now();
@@ -351,13 +376,18 @@ fn gunicorn_workers_recycled_under_ps_stack_and_grants() {
                 parent.is_none() || parent == Some(arbiter),
                 "granted {worker}, parent {parent:?}"
             );
+            // Listed unless it exited meanwhile (its grant then dropped).
             let status = session.ask("STATUS\n");
             assert!(
-                status.contains(&format!("{worker}:{me}")) || parent_of(worker).is_none(),
+                status.contains(&format!("{worker}:{me}")) || !alive(worker),
                 "{status}"
             );
             let reply = session.ask(&format!("REVOKE {me} TARGET {worker}\n"));
             assert!(reply.trim() == "READY" || gone(&reply), "{reply}");
+        } else if reply.contains("EINVAL") {
+            // The injection ran: in that worker.
+            injected += 1;
+            assert_eq!(injected_into(&reply), Some(worker), "{reply}");
         } else {
             refused += 1;
             assert!(reply.starts_with("ERROR"), "{reply}");
@@ -382,6 +412,9 @@ fn gunicorn_workers_recycled_under_ps_stack_and_grants() {
                 out.contains(&format!("PPid:\t{arbiter}")) || out.contains("gone"),
                 "{out}"
             );
+        } else if err.contains("EINVAL") {
+            assert_eq!(status.code(), Some(1), "{out}{err}");
+            assert_eq!(injected_into(&err), Some(worker), "{err}");
         } else {
             assert_eq!(status.code(), Some(1), "{out}{err}");
             assert!(gone(&err), "attach refused, not for a gone worker: {err}");
@@ -391,14 +424,18 @@ fn gunicorn_workers_recycled_under_ps_stack_and_grants() {
     requests.join().unwrap();
     let served = served.lock().unwrap().len();
     eprintln!(
-        "churn: {rounds} rounds, {served} workers served, {granted} grants, {refused} refused (gone), \
-         {tools} tools run, slowest STATUS {slowest_status:?}"
+        "churn {options:?}: {rounds} rounds, {served} workers served, {granted} grants, \
+         {injected} injected (EINVAL: no Yama), {refused} refused (gone), {tools} tools run, \
+         slowest STATUS {slowest_status:?}"
     );
     assert!(
         served >= 6,
         "workers were not recycled: {served} served requests"
     );
-    assert!(granted >= 3, "{granted} grants in {rounds} rounds");
+    assert!(
+        granted + injected >= 3,
+        "{granted} grants, {injected} injected in {rounds} rounds"
+    );
     assert!(slowest_status < SOON);
     // Our grants were revoked or dropped with their workers.
     wait_for("no grant left", SOON, || grants(&controller).is_empty());
