@@ -144,7 +144,7 @@ pub fn wait_announced(controller: &Controller, word: &str, n: usize) -> Vec<u32>
     announced(controller, word)
 }
 
-/// The pids of the functions named in a `STACKS` JSON entry's frames.
+/// The functions named in a `STACKS` JSON entry's frames.
 pub fn functions(entry: &Value) -> Vec<String> {
     entry["threads"]
         .as_array()
