@@ -35,6 +35,19 @@ fi
 export HELI_PY_SPY
 "$HELI_PY_SPY" --version >&2
 
+step "gunicorn from PyPI for the process-tree tests (a private directory on Python 3.14's PYTHONPATH)"
+# Pure Python wheels, installed by the tools venv's pip for Python 3.14
+# (the private Python 3.14 has no pip); never into a site-packages.
+HELI_GUNICORN_PATH=$HELI_TOOLS/gunicorn
+gunicorn_version=27.0.1
+if [ "$(PYTHONPATH=$HELI_GUNICORN_PATH "$HELI_PYTHON" -c 'import gunicorn; print(gunicorn.__version__)' 2>/dev/null)" != "$gunicorn_version" ]; then
+    rm -rf "$HELI_GUNICORN_PATH"
+    "$HELI_TOOLS/bin/pip" install -q --target "$HELI_GUNICORN_PATH" --python-version 3.14 \
+        --only-binary=:all: --no-compile "gunicorn==$gunicorn_version" 'packaging==26.4' >&2
+fi
+export HELI_GUNICORN_PATH
+PYTHONPATH=$HELI_GUNICORN_PATH "$HELI_PYTHON" -m gunicorn --version >&2
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -16,6 +16,7 @@ mod embed;
 #[allow(dead_code)]
 mod freezer;
 mod frozen;
+mod gunicorn;
 mod init;
 mod inspect;
 mod refusals;
@@ -24,5 +25,6 @@ mod repl;
 mod sessions;
 mod supervise;
 mod terminal;
+mod tree;
 mod with_tool;
 mod zombie_leader;

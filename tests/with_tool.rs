@@ -11,7 +11,7 @@ use crate::util::{alive, python314, run, serial, wait_for, Controller, Kind, SOO
 crate::per_transport!(gdb_attaches_through_the_grant_and_the_target_carries_on);
 
 /// py-spy: `$HELI_PY_SPY`, else scripts/test.sh's install, else `PATH`.
-fn py_spy() -> PathBuf {
+pub fn py_spy() -> PathBuf {
     let candidates = std::env::var_os("HELI_PY_SPY")
         .map(PathBuf::from)
         .into_iter()

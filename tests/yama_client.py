@@ -8,14 +8,16 @@ kept for all steps: a grant lasts as long as its connection).
 
 Steps: `close` closes the socket connection (the process lives on); `pdb`
 runs `PYTHON -m pdb -p TARGET` as a child and prints `pdb allowed <output>`
-or `pdb denied <output>`; `other:REQUEST` sends REQUEST from another process
+or `pdb denied <output>`; `pdb:PID` the same for process PID (a worker of
+the target's tree); `kill:PID` kills process PID (SIGKILL) and waits until
+it is gone or a zombie, printing `killed PID`; `other:REQUEST` sends REQUEST from another process
 (a child on a connection of its own) and prints its reply; `handoff:FILE`
 forks, the parent writes its pid to FILE and exits, and the child carries on
 with the same connection (and the same `$PID`) once FILE.go exists, so that
 the suite can give the parent's pid to another process meanwhile; any other
 step is sent as a request (`$PID` is this process's pid, `$CHILD` the pid of
 a child it keeps sleeping, another process a grant can go to) and its reply
-printed.
+printed; `$PARENT` is this process's parent.
 """
 
 import os
@@ -70,6 +72,19 @@ def pdb(python, target):
     return f"pdb failed rc={run.returncode}: {output[-300:]}"
 
 
+def kill(pid):
+    os.kill(pid, 9)
+    for _ in range(600):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    return f"killed {pid}"
+
+
 def other(python, address, request):
     """REQUEST's reply when another process (this script, run as a child)
     sends it on its own connection."""
@@ -107,8 +122,13 @@ if __name__ == "__main__":
     try:
         for step in sys.argv[3:]:
             step = step.replace("$PID", str(me)).replace("$CHILD", str(child.pid))
+            step = step.replace("$PARENT", str(os.getppid()))
             if step == "pdb":
                 print(pdb(python, target), flush=True)
+            elif step.startswith("pdb:"):
+                print(pdb(python, int(step[len("pdb:") :])), flush=True)
+            elif step.startswith("kill:"):
+                print(kill(int(step[len("kill:") :])), flush=True)
             elif step.startswith("other:"):
                 print(other(python, address, step[len("other:") :]), flush=True)
             elif step.startswith("handoff:"):

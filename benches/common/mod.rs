@@ -22,23 +22,28 @@ pub(crate) fn profile_dir() -> PathBuf {
 /// The controller example of this profile. `cargo test` builds it;
 /// `cargo bench` does not: then build (or bring up to date) it first.
 pub(crate) fn controller_exe() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
+    example_exe("controller")
+}
+
+/// Example `name` of this profile, built (or brought up to date) first
+/// under `cargo bench`, which does not build examples.
+pub(crate) fn example_exe(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = profile_dir();
-    BUILT.call_once(|| {
-        if !benchmarking() {
-            return;
-        }
+    let mut built = BUILT.lock().unwrap();
+    if benchmarking() && !built.iter().any(|b| b == name) {
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--example", "controller"]);
+        cargo.args(["build", "--example", name]);
         if dir.ends_with("release") {
             cargo.arg("--release");
         }
         assert!(
             cargo.status().unwrap().success(),
-            "cannot build the controller example"
+            "cannot build the {name} example"
         );
-    });
-    dir.join("examples/controller")
+        built.push(name.to_owned());
+    }
+    dir.join("examples").join(name)
 }
 
 /// Spawns the controller `exe` with `args`, run from the repository with

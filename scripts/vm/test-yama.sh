@@ -7,4 +7,7 @@ python=${HELI_PYTHON:-$(scripts/install-python314.sh | tail -n 1)}
 scripts/vm/setup.sh
 cargo build --examples --locked
 examples=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/examples
-bash scripts/vm/run.sh scripts/vm/yama-suite.sh "$examples" "$python"
+# The tree's checks run scripts/test.sh's gunicorn (its path passed in).
+export HELI_GUNICORN_PATH=${HELI_GUNICORN_PATH:-${HELI_DEPS:-/opt/heli}/tools/gunicorn}
+HELI_VM_PASSENV="${HELI_VM_PASSENV-RUST_BACKTRACE RUST_LOG} HELI_GUNICORN_PATH" \
+    bash scripts/vm/run.sh scripts/vm/yama-suite.sh "$examples" "$python"

@@ -4,7 +4,9 @@
 #   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON [CYCLES]
 #
 # Sets ptrace_scope 1, 0, 2, 3 in turn (3 last: it cannot be lowered) and
-# runs the real controller, client and pdb as an unprivileged user. Ends with
+# runs the real controller, client and pdb as an unprivileged user; at scope
+# 1 also a real gunicorn's tree (from $HELI_GUNICORN_PATH, default
+# ${HELI_DEPS:-/opt/heli}/tools/gunicorn, as scripts/test.sh installs it). Ends with
 # "yama: N passed, N failed" and exits non-zero if anything failed.
 set -uo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
@@ -39,9 +41,12 @@ address() { if [[ $transport == fifo ]]; then echo "$pipes"; else echo "$socket"
 yama_client() { as_user "$python" "$work/yama_client.py" "$python" "$(address)" "$@"; }
 
 controller_pid=
+# What start_controller runs, and in what environment (the tree's section
+# runs gunicorn).
+target_args=("$work/target.py") target_env=()
 start_controller() { # start_controller [CONTROLLER OPTIONS...]
   as_user env HELI_PYTHON="$python" RUST_LOG=info XDG_RUNTIME_DIR="/run/user/$HELI_VM_UID" \
-    "$work/controller" --transport "$transport" --name yama "$@" "$work/target.py" \
+    "${target_env[@]}" "$work/controller" --transport "$transport" --name yama "$@" "${target_args[@]}" \
     >"$work/controller.log" 2>&1 &
   controller_pid=$!
   for _ in $(seq 600); do
@@ -164,6 +169,85 @@ for transport in socket fifo; do
 done
 
 transport=socket
+echo "--- ptrace_scope 1, the tree: a real gunicorn's workers (at ${SECONDS} s)"
+# gunicorn from scripts/test.sh's private directory (the guest sees the
+# host's files), on a Unix socket, 2 sync workers that wake every 0.5 s.
+gunicorn_path=${HELI_GUNICORN_PATH:-${HELI_DEPS:-/opt/heli}/tools/gunicorn}
+# workers: the target's children that ps --json lists as Python processes.
+workers() {
+  client ps --json | as_user "$python" -c 'import json, sys
+tree = json.load(sys.stdin)
+root = tree["processes"][0]["pid"]
+print(" ".join(str(p["pid"]) for p in tree["processes"] if p["parent"] == root and p["python"]))'
+}
+if [[ ! -f $gunicorn_path/gunicorn/__init__.py ]]; then
+  fail "gunicorn not found in $gunicorn_path: run scripts/test.sh (it installs it) or set HELI_GUNICORN_PATH"
+else
+  cp "$repo/tests/gunicorn_app.py" "$work/app.py" && chown "$user:" "$work/app.py"
+  target_env=(PYTHONPATH="$gunicorn_path")
+  target_args=(-- "$python" -m gunicorn --workers 2 --bind "unix:$work/gunicorn.sock" --timeout 0
+    --no-control-socket --chdir "$work" app:app)
+  if start_controller; then
+    arbiter=$(client pid)
+    w=()
+    for _ in $(seq 300); do
+      read -ra w <<<"$(workers)"
+      ((${#w[@]} == 2)) && break
+      sleep 0.1
+    done
+    expect "ps lists gunicorn's 2 workers" "^2$" "${#w[@]}"
+    if ((${#w[@]} == 2)); then
+      w1=${w[0]} w2=${w[1]}
+      out=$(client stack --all 2>&1)
+      expect "stack --all: the arbiter under its header" "^Process $arbiter \(target\) Python 3\.14" "$out"
+      expect "stack --all: worker $w1 under its header" "^Process $w1 \(child of $arbiter\) Python 3\.14" "$out"
+      expect "stack --all: worker $w2 under its header" "^Process $w2 \(child of $arbiter\) Python 3\.14" "$out"
+      out=$(printf "p ('pid', __import__('os').getpid())\nq\n" | client attach --pid "$w1" 2>&1)
+      expect "attach --pid WORKER reaches (Pdb) in the worker: os.getpid() is $w1" "\('pid', $w1\)" "$out"
+      expect "after attach --pid: no grant left" "grants=none" "$(yama_client STATUS)"
+      # One ptracer per process: the arbiter's grant lets the client into
+      # the arbiter only, a worker's into that worker only.
+      out=$(yama_client 'GRANT_ACCESS $PID' "pdb:$w1" pdb 'REVOKE $PID' "GRANT_ACCESS \$PID TARGET $w1" \
+        pdb "pdb:$w1" "pdb:$w2" "REVOKE \$PID TARGET $w1" "pdb:$w1")
+      expect "tree: the arbiter's grant answered READY" "^READY$" "$(sed -n 1p <<<"$out")"
+      expect "tree: the arbiter's grant does not let the client into a worker" "^pdb denied" "$(sed -n 2p <<<"$out")"
+      expect "tree: the arbiter's grant lets it into the arbiter" "^pdb allowed" "$(sed -n 3p <<<"$out")"
+      expect "tree: a worker's grant answered READY" "^READY$" "$(sed -n 5p <<<"$out")"
+      expect "tree: a worker's grant does not let the client into the arbiter" "^pdb denied" "$(sed -n 6p <<<"$out")"
+      expect "tree: a worker's grant lets it into that worker" "^pdb allowed" "$(sed -n 7p <<<"$out")"
+      expect "tree: a worker's grant does not let it into the other worker" "^pdb denied" "$(sed -n 8p <<<"$out")"
+      expect "tree: the worker's grant revoked" "^READY$" "$(sed -n 9p <<<"$out")"
+      expect "tree: revoked, pdb -p on the worker denied again" "^pdb denied" "$(sed -n 10p <<<"$out")"
+      # Outside the tree: pid 1, the client's own parent.
+      out=$(client attach --pid 1 --with 'true {pid}' 2>&1); rc=$?
+      expect "attach --pid 1 refused (exit 1)" "^1$" "$rc"
+      expect "attach --pid 1: the rule named" "PID 1 is not in the target's process tree" "$out"
+      expect "a grant on the client's own parent refused" "^ERROR: .*is not in the target's process tree" \
+        "$(yama_client 'GRANT_ACCESS $PID TARGET $PARENT')"
+      # A worker killed during its grant: the grant goes with it, the
+      # next grant (the other worker, then its replacement) works.
+      out=$(yama_client "GRANT_ACCESS \$PID TARGET $w1" "kill:$w1" STATUS "GRANT_ACCESS \$PID TARGET $w2" \
+        "pdb:$w2" "REVOKE \$PID TARGET $w2")
+      expect "tree: grant on the worker to be killed" "^READY$" "$(sed -n 1p <<<"$out")"
+      expect "tree: a killed worker's grant is dropped" "grants=none" "$(sed -n 3p <<<"$out")"
+      expect "tree: the next grant, on the other worker, READY" "^READY$" "$(sed -n 4p <<<"$out")"
+      expect "tree: and pdb -p reaches it" "^pdb allowed" "$(sed -n 5p <<<"$out")"
+      new=
+      for _ in $(seq 300); do
+        read -ra w <<<"$(workers)"
+        for p in "${w[@]}"; do [[ $p != "$w1" && $p != "$w2" ]] && new=$p; done
+        [[ -n $new ]] && break
+        sleep 0.1
+      done
+      expect "gunicorn replaced the killed worker" "^[0-9]+$" "$new"
+      out=$(printf "p ('pid', __import__('os').getpid())\nq\n" | client attach --pid "$new" 2>&1)
+      expect "attach --pid on the replacement worker: os.getpid() is $new" "\('pid', $new\)" "$out"
+    fi
+    stop_controller
+  fi
+  target_args=("$work/target.py") target_env=()
+fi
+
 echo "--- ptrace_scope 1, endurance: $cycles grant/revoke cycles, frozen and thawed halfway (at ${SECONDS} s)"
 # As the hostile probe ran it: the target frozen by the cgroup freezer (what
 # `docker pause` does) while a grant waits must hold no other request up.
