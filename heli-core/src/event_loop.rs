@@ -1003,26 +1003,72 @@ pub(crate) fn not_running() -> Reply {
 }
 
 /// Cuts a `STACKS` reply that would not fit in a reply line
-/// ([`MAX_REPLY`]): the last processes' threads are left out, each saying
-/// so, until it fits.
-pub(crate) fn fit_stacks(mut stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
+/// ([`MAX_REPLY`]): first the oldest frames of every thread go (the newest
+/// stay, as many in each thread as fit), each thread saying so; if even
+/// one frame per thread does not fit, the last processes' threads are left
+/// out, each process saying so, until it fits.
+pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
     const ROOM: usize = MAX_REPLY - 100;
-    let size =
-        |process: &ProcessStacks| serde_json::to_string(process).map_or(0, |json| json.len());
-    let mut total: usize = stacks.iter().map(|process| size(process) + 1).sum();
-    for process in stacks.iter_mut().rev() {
+    let size = |stacks: &[ProcessStacks]| {
+        serde_json::to_string(stacks).map_or(usize::MAX, |json| json.len())
+    };
+    if size(&stacks) <= ROOM {
+        return stacks;
+    }
+    let deepest = stacks
+        .iter()
+        .flat_map(|process| &process.threads)
+        .map(|thread| thread.frames.len())
+        .max()
+        .unwrap_or(0);
+    // The most frames per thread that fit: keeping `deepest` does not.
+    let (mut fits, mut too_many) = (1, deepest.max(1));
+    let mut kept = newest_frames(&stacks, fits);
+    if size(&kept) <= ROOM {
+        while too_many - fits > 1 {
+            let middle = fits + (too_many - fits) / 2;
+            let candidate = newest_frames(&stacks, middle);
+            if size(&candidate) <= ROOM {
+                (fits, kept) = (middle, candidate);
+            } else {
+                too_many = middle;
+            }
+        }
+        return kept;
+    }
+    let mut total = size(&kept);
+    for process in kept.iter_mut().rev() {
         if total <= ROOM {
             break;
         }
         if process.threads.is_empty() {
             continue;
         }
-        total -= size(process);
+        let before = size(std::slice::from_ref(process));
         process.threads.clear();
         process.skipped = Some(format!(
             "cut: the stacks of every process would not fit in a reply of {MAX_REPLY} bytes"
         ));
-        total += size(process);
+        total = total - before + size(std::slice::from_ref(process));
+    }
+    kept
+}
+
+/// `stacks` with at most the `keep` newest frames of each thread, each
+/// thread cut saying how many of its oldest frames were left out.
+fn newest_frames(stacks: &[ProcessStacks], keep: usize) -> Vec<ProcessStacks> {
+    let mut stacks = stacks.to_vec();
+    for thread in stacks.iter_mut().flat_map(|process| &mut process.threads) {
+        let cut = thread.frames.len().saturating_sub(keep);
+        if cut == 0 {
+            continue;
+        }
+        thread.frames.drain(..cut);
+        let note = format!("its {cut} oldest frames left out to fit a reply of {MAX_REPLY} bytes");
+        thread.incomplete = Some(match thread.incomplete.take() {
+            Some(why) => format!("{why}; {note}"),
+            None => note,
+        });
     }
     stacks
 }

@@ -1847,29 +1847,40 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     running.terminate(&fake);
 }
 
-/// A grant the granter completes after its target ended is no grant: its
-/// client hears so, and nobody holds a grant.
+/// A grant the granter completes after its target ended is no grant, on
+/// the target or on another process of its tree: its client hears so, the
+/// grant is withdrawn again, and nobody holds one.
 #[test]
-fn a_grant_whose_target_ended_meanwhile_fails() {
-    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
-    let (done, report) = granter.hold_next_report();
-    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
-    done.recv_timeout(HANG).expect("the grant was not made");
-    // The target ends before the controller hears of the grant.
-    target.exit(ExitStatus::Code(1));
-    let client = fake.client();
-    wait_until("the restart to be pending", || {
-        client.status().is_ok_and(|s| s.state == "restarting")
-    });
-    report.send(()).unwrap();
-    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
-    assert_eq!(
-        grant,
-        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
-    );
-    assert_eq!(granter.granted(), [(PID, 77)]);
-    assert_eq!(client.status().unwrap().holder, None);
-    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+fn a_grant_whose_target_ended_meanwhile_fails_and_does_not_stay() {
+    for (request, process) in [
+        (&b"GRANT_ACCESS 77\n"[..], PID),
+        (b"GRANT_ACCESS 77 TARGET 5000\n", pid(5000)),
+    ] {
+        let (fake, granter, target, running) = started_tree_with(|c| c.restart(pending_restart()));
+        let (done, report) = granter.hold_next_report();
+        let grant = fake.raw_async(request);
+        done.recv_timeout(HANG).expect("the grant was not made");
+        // The target ends before the controller hears of the grant.
+        target.exit(ExitStatus::Code(1));
+        let client = fake.client();
+        wait_until("the restart to be pending", || {
+            client.status().is_ok_and(|s| s.state == "restarting")
+        });
+        report.send(()).unwrap();
+        let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            grant,
+            "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+        );
+        assert_eq!(granter.granted(), [(process, 77)]);
+        // It was made: it is withdrawn again.
+        wait_until("the late grant withdrawn", || {
+            granter.revoked() == [process]
+        });
+        let status = client.status().unwrap();
+        assert_eq!((status.holder, status.grants.len()), (None, 0));
+        assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -2757,31 +2768,6 @@ fn the_targets_exit_revokes_every_grant_of_its_tree() {
 }
 
 #[test]
-fn a_worker_grant_made_as_the_target_ended_does_not_stay() {
-    let (fake, granter, target, running) = started_tree_with(|c| c.restart(pending_restart()));
-    let (done, report) = granter.hold_next_report();
-    let grant = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5000\n");
-    done.recv_timeout(HANG).expect("the grant was not made");
-    target.exit(ExitStatus::Code(1));
-    let client = fake.client();
-    wait_until("the restart to be pending", || {
-        client.status().is_ok_and(|s| s.state == "restarting")
-    });
-    report.send(()).unwrap();
-    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
-    assert_eq!(
-        grant,
-        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
-    );
-    // It was made: it is withdrawn again.
-    wait_until("the late grant withdrawn", || {
-        granter.revoked() == [pid(5000)]
-    });
-    assert!(client.status().unwrap().grants.is_empty());
-    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
-}
-
-#[test]
 fn processes_outside_the_rules_are_refused_by_name_and_nothing_is_injected() {
     let (fake, granter, target) = controller();
     add_workers(&target);
@@ -3271,31 +3257,70 @@ fn a_worker_grant_the_granter_does_not_report_names_the_worker() {
     running.terminate(&fake);
 }
 
-#[test]
-fn a_stacks_reply_too_long_for_a_line_leaves_the_last_threads_out() {
-    let big = |raw: u32| {
-        let mut process = crate::stacks::ProcessStacks::new(pid(raw));
-        let mut thread = ThreadStack::new(raw.into());
-        let name = "f".repeat(1000);
-        for _ in 0..1000 {
-            thread
-                .frames
-                .push(Frame::new(name.clone(), "a.py", Some(1)));
-        }
-        process.threads.push(thread);
-        process
-    };
-    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
-    let small = vec![big(1), big(2)];
-    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
-    let fitted = crate::event_loop::fit_stacks((1..=6).map(big).collect());
-    let line = Reply::Stacks(fitted.clone()).encode(crate::protocol::Dialect::Upper);
+/// Process `raw` with one thread of `frames` frames, each of a function
+/// named with `name_len` letters, at line 0 to `frames - 1` (the newest).
+fn deep(raw: u32, frames: u32, name_len: usize) -> crate::stacks::ProcessStacks {
+    let mut process = crate::stacks::ProcessStacks::new(pid(raw));
+    let mut thread = ThreadStack::new(raw.into());
+    let name = "f".repeat(name_len);
+    for line in 0..frames {
+        thread
+            .frames
+            .push(Frame::new(name.clone(), "a.py", Some(line)));
+    }
+    process.threads.push(thread);
+    process
+}
+
+/// `stacks` as a reply line, checked to fit and to parse back.
+fn fits_a_reply(stacks: &[crate::stacks::ProcessStacks]) {
+    let line = Reply::Stacks(stacks.to_vec()).encode(crate::protocol::Dialect::Upper);
     assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(stacks.to_vec()));
+}
+
+#[test]
+fn a_stacks_reply_too_long_for_a_line_keeps_every_threads_newest_frames() {
+    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
+    let small = vec![deep(1, 1000, 1000), deep(2, 1000, 1000)];
+    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(|raw| deep(raw, 1000, 1000)).collect());
+    fits_a_reply(&fitted);
+    // Every process keeps its thread, with as many of its newest frames
+    // as fit in all of them: more than half.
+    for process in &fitted {
+        assert_eq!(process.skipped, None);
+        let thread = &process.threads[0];
+        let kept = thread.frames.len();
+        assert!((500..1000).contains(&kept), "{kept}");
+        assert_eq!(thread.frames.last().unwrap().line, Some(999));
+        assert_eq!(thread.frames[0].line, Some(1000 - kept as u32));
+        assert_eq!(
+            thread.incomplete,
+            Some(format!(
+                "its {} oldest frames left out to fit a reply of 4194304 bytes",
+                1000 - kept
+            ))
+        );
+    }
+    // As many in every thread.
+    assert_eq!(
+        fitted.iter().map(|p| p.threads[0].frames.len()).min(),
+        fitted.iter().map(|p| p.threads[0].frames.len()).max()
+    );
+}
+
+#[test]
+fn a_stacks_reply_whose_newest_frames_alone_are_too_long_leaves_the_last_threads_out() {
+    // One frame of about 1 MB each, six processes: the last two go.
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(|raw| deep(raw, 2, 1 << 20)).collect());
+    fits_a_reply(&fitted);
     let kept: Vec<usize> = fitted.iter().map(|p| p.threads.len()).collect();
-    assert_eq!(kept, [1, 1, 1, 1, 0, 0]);
+    assert_eq!(kept, [1, 1, 1, 0, 0, 0]);
+    assert_eq!(fitted[0].threads[0].frames.len(), 1);
+    assert_eq!(fitted[0].threads[0].frames[0].line, Some(1));
     assert_eq!(
         fitted[5].skipped.as_deref(),
         Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
     );
-    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(fitted));
 }

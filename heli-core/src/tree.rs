@@ -182,3 +182,43 @@ impl Tree {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_role_is_the_target_or_child_of_its_parent() {
+        let mut process = TreeProcess::new(Pid::new(12).unwrap());
+        assert_eq!(process.role(), None);
+        process.parent = Pid::new(11);
+        assert_eq!(process.role(), Some(Role::ChildOf(Pid::new(11).unwrap())));
+        process.target = true;
+        assert_eq!(process.role(), Some(Role::Target));
+        process.start_time = 99;
+        assert_eq!(
+            process.id(),
+            ProcessId {
+                pid: Pid::new(12).unwrap(),
+                start_time: 99
+            }
+        );
+    }
+
+    #[test]
+    fn a_tree_from_an_older_controller_reads_with_the_new_facts_unknown() {
+        let old = r#"{"processes":[{"pid":7,"parent":null,"state":"S","threads":1,"cpu_percent":0.0,"rss_bytes":0,"uptime_secs":0,"uid":1000,"python":null,"command":"x"}],"subreaper":false}"#;
+        let tree: Tree = serde_json::from_str(old).unwrap();
+        let process = &tree.processes[0];
+        assert_eq!(
+            (process.start_time, process.euid, tree.forked),
+            (0, 0, false)
+        );
+        let mut new = tree.clone();
+        new.forked = true;
+        new.processes[0].euid = 1000;
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains(r#""euid":1000"#) && json.contains(r#""forked":true"#));
+        assert_eq!(serde_json::from_str::<Tree>(&json).unwrap(), new);
+    }
+}
