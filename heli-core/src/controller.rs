@@ -261,12 +261,15 @@ where
         self
     }
 
-    /// Tells `PS` whether this controller is a child subreaper
-    /// (`PR_SET_CHILD_SUBREAPER`, or PID 1 of its namespace), default no:
-    /// if it is not, a process of the tree that daemonises (double fork) is
-    /// re-parented out of the tree and no longer listed, and a client says
-    /// so. This crate cannot tell by itself; the program that made the
-    /// process a subreaper can.
+    /// Tells the controller whether it is a child subreaper
+    /// (`PR_SET_CHILD_SUBREAPER`, or PID 1 of its namespace), default no.
+    /// If it is, the processes it adopts (a process of the tree that
+    /// daemonises, or whose parent died) stay in the tree: `PS` lists them
+    /// after the target's subtree, and they may be granted and read like
+    /// the target's descendants. If it is not, such a process is
+    /// re-parented out of the tree and no longer listed, and `PS` says so
+    /// (a client notes it). This crate cannot tell by itself; the program
+    /// that made the process a subreaper can.
     pub fn subreaper(mut self, yes: bool) -> Self {
         self.subreaper = yes;
         self

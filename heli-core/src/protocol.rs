@@ -69,7 +69,8 @@ pub enum Request {
     GrantAccess(GrantRequest),
     /// `STATUS`: what the controller and its target are doing.
     Status,
-    /// `PS`: the supervised tree (the target and its descendants).
+    /// `PS`: the supervised tree (the target and its descendants, and the
+    /// processes a subreaper controller adopted).
     Ps,
     /// `STACK [<pid>|ALL]`: the stacks of the target, of process `<pid>` of
     /// its tree, or of every process of the tree, as text, read without

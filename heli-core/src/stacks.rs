@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::process::Pid;
+use crate::tree::Role;
 
 /// One Python frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,11 +104,17 @@ impl fmt::Display for ThreadStack {
         if self.interpreter_id != 0 {
             write!(f, " (interpreter {})", self.interpreter_id)?;
         }
-        match (self.activity, self.gil) {
-            (_, Some(true)) => f.write_str(" [running, holds the GIL]")?,
-            (Some(Activity::Running), _) => f.write_str(" [running]")?,
-            (Some(Activity::Idle), _) => f.write_str(" [idle]")?,
-            (None, _) => {}
+        // What it did and whether it held the GIL, each when known: a
+        // thread may hold the GIL asleep (in a C call that keeps it).
+        let activity = self.activity.map(|activity| match activity {
+            Activity::Running => "running",
+            Activity::Idle => "idle",
+        });
+        match (activity, self.gil == Some(true)) {
+            (Some(activity), true) => write!(f, " [{activity}, holds the GIL]")?,
+            (Some(activity), false) => write!(f, " [{activity}]")?,
+            (None, true) => f.write_str(" [holds the GIL]")?,
+            (None, false) => {}
         }
         f.write_str(", most recent call last:\n")?;
         for frame in &self.frames {
@@ -168,13 +175,11 @@ impl ProcessStacks {
         }
     }
 
-    /// Its role in the tree: `target`, or `child of <parent>`.
-    pub fn role(&self) -> String {
-        match (self.target, self.parent) {
-            (true, _) => "target".to_owned(),
-            (false, Some(parent)) => format!("child of {parent}"),
-            (false, None) => "orphan".to_owned(),
-        }
+    /// Its role in the tree: [`Role::Target`], or [`Role::ChildOf`] its
+    /// parent; `None` for a process that is not the target and whose
+    /// parent is not known.
+    pub fn role(&self) -> Option<Role> {
+        Role::of(self.target, self.parent)
     }
 }
 
@@ -202,10 +207,13 @@ pub fn threads_text(threads: &[ThreadStack]) -> String {
 }
 
 impl fmt::Display for ProcessStacks {
-    /// A header (pid, role, command), then the threads or why they were
-    /// skipped.
+    /// A header (pid, role when known, command), then the threads or why
+    /// they were skipped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Process {} ({})", self.pid, self.role())?;
+        write!(f, "Process {}", self.pid)?;
+        if let Some(role) = self.role() {
+            write!(f, " ({role})")?;
+        }
         if let Some(python) = &self.python {
             write!(f, " Python {python}")?;
         }
@@ -214,5 +222,62 @@ impl fmt::Display for ProcessStacks {
             Some(why) => writeln!(f, "  (skipped: {why})"),
             None => f.write_str(&threads_text(&self.threads)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(activity: Option<Activity>, gil: Option<bool>) -> String {
+        let mut thread = ThreadStack::new(7);
+        thread.activity = activity;
+        thread.gil = gil;
+        thread.to_string().lines().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_threads_activity_and_the_gil_are_shown_each_as_known() {
+        use Activity::{Idle, Running};
+        for (activity, gil, shown) in [
+            (Some(Running), Some(false), " [running]"),
+            (Some(Idle), None, " [idle]"),
+            (Some(Running), Some(true), " [running, holds the GIL]"),
+            (Some(Idle), Some(true), " [idle, holds the GIL]"),
+            (None, Some(true), " [holds the GIL]"),
+            (None, Some(false), ""),
+            (None, None, ""),
+        ] {
+            assert_eq!(
+                header(activity, gil),
+                format!("Thread 7{shown}, most recent call last:"),
+                "{activity:?} {gil:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_process_header_names_its_role_when_known() {
+        let mut process = ProcessStacks::new(Pid::new(12).unwrap());
+        process.command = "python app.py".into();
+        process.skipped = Some("not a Python process".into());
+        let first_line =
+            |process: &ProcessStacks| process.to_string().lines().next().unwrap().to_owned();
+        assert_eq!(first_line(&process), "Process 12: python app.py");
+        process.parent = Pid::new(11);
+        assert_eq!(
+            first_line(&process),
+            "Process 12 (child of 11): python app.py"
+        );
+        assert_eq!(process.role(), Some(Role::ChildOf(Pid::new(11).unwrap())));
+        process.target = true;
+        process.python = Some("3.14.0".into());
+        assert_eq!(
+            first_line(&process),
+            "Process 12 (target) Python 3.14.0: python app.py"
+        );
+        assert!(process
+            .to_string()
+            .ends_with("  (skipped: not a Python process)\n"));
     }
 }

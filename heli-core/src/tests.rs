@@ -29,7 +29,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, 
 use crate::process::table::{pid, Table};
 use crate::protocol::{GrantRequest, Reply, RevokeRequest, Scope, MAX_LINE};
 use crate::stacks::{Frame, ThreadStack};
-use crate::tree::TreeProcess;
+use crate::tree::{Role, Tree, TreeProcess};
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
@@ -652,8 +652,11 @@ impl Supervisor for Pretend {
         if let Some(kind) = *self.0.spawn_error.lock().unwrap() {
             return Err(io::Error::new(kind, "fake spawn failure"));
         }
-        // Each run is another process, which happens to get the same pid.
-        self.0.table.add(PID.get(), 1, 1000 + spawns as u64);
+        // Each run is another process, which happens to get the same pid:
+        // a child of the controller.
+        self.0
+            .table
+            .add(PID.get(), Pid::this().get(), 1000 + spawns as u64);
         self.0.running.store(true, SeqCst);
         Ok(PID)
     }
@@ -1673,8 +1676,8 @@ fn stack_is_the_inspectors_to_give() {
     /// Reads the stack of whichever process it is asked about.
     struct Reader;
     impl crate::Inspector for Reader {
-        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-            let mut thread = ThreadStack::new(pid.get().into());
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            let mut thread = ThreadStack::new(process.pid.get().into());
             thread.frames.push(Frame::new("<module>", "a.py", Some(1)));
             Ok(vec![thread])
         }
@@ -1844,29 +1847,40 @@ fn a_grant_is_withdrawn_when_the_target_ends_and_never_carries_over() {
     running.terminate(&fake);
 }
 
-/// A grant the granter completes after its target ended is no grant: its
-/// client hears so, and nobody holds a grant.
+/// A grant the granter completes after its target ended is no grant, on
+/// the target or on another process of its tree: its client hears so, the
+/// grant is withdrawn again, and nobody holds one.
 #[test]
-fn a_grant_whose_target_ended_meanwhile_fails() {
-    let (fake, granter, target, running) = started_with(|c| c.restart(pending_restart()));
-    let (done, report) = granter.hold_next_report();
-    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
-    done.recv_timeout(HANG).expect("the grant was not made");
-    // The target ends before the controller hears of the grant.
-    target.exit(ExitStatus::Code(1));
-    let client = fake.client();
-    wait_until("the restart to be pending", || {
-        client.status().is_ok_and(|s| s.state == "restarting")
-    });
-    report.send(()).unwrap();
-    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
-    assert_eq!(
-        grant,
-        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
-    );
-    assert_eq!(granter.granted(), [(PID, 77)]);
-    assert_eq!(client.status().unwrap().holder, None);
-    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+fn a_grant_whose_target_ended_meanwhile_fails_and_does_not_stay() {
+    for (request, process) in [
+        (&b"GRANT_ACCESS 77\n"[..], PID),
+        (b"GRANT_ACCESS 77 TARGET 5000\n", pid(5000)),
+    ] {
+        let (fake, granter, target, running) = started_tree_with(|c| c.restart(pending_restart()));
+        let (done, report) = granter.hold_next_report();
+        let grant = fake.raw_async(request);
+        done.recv_timeout(HANG).expect("the grant was not made");
+        // The target ends before the controller hears of the grant.
+        target.exit(ExitStatus::Code(1));
+        let client = fake.client();
+        wait_until("the restart to be pending", || {
+            client.status().is_ok_and(|s| s.state == "restarting")
+        });
+        report.send(()).unwrap();
+        let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            grant,
+            "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+        );
+        assert_eq!(granter.granted(), [(process, 77)]);
+        // It was made: it is withdrawn again.
+        wait_until("the late grant withdrawn", || {
+            granter.revoked() == [process]
+        });
+        let status = client.status().unwrap();
+        assert_eq!((status.holder, status.grants.len()), (None, 0));
+        assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -2182,7 +2196,7 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     /// Reads a stack only after the test says so.
     struct Gated(Mutex<Receiver<()>>);
     impl crate::Inspector for Gated {
-        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
             let _ = self.0.lock().unwrap().recv_timeout(HANG);
             Ok(vec![ThreadStack::new(1)])
         }
@@ -2361,6 +2375,31 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
     running.terminate(&fake);
 }
 
+/// A grant the granter has made, its report on the way, as its connection
+/// closes: it cannot be called off any more; it is withdrawn when the
+/// report comes, not recorded on the closed connection.
+#[test]
+fn a_grant_made_as_its_connection_closes_is_withdrawn_not_recorded() {
+    let (fake, granter, _, running) = started();
+    let (done, report) = granter.hold_next_report();
+    let mut connection = fake.connect(HANG).unwrap();
+    let asked = connection.round_trip(b"GRANT_ACCESS 77\n", Instant::now());
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    done.recv_timeout(HANG).expect("the grant was not made");
+    drop(connection);
+    // Once a later request is answered, the loop has seen the close.
+    let client = fake.client();
+    assert_eq!(client.status().unwrap().holder, None);
+    report.send(()).unwrap();
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, None);
+    assert!(fake.grant_holders().is_empty());
+    // Another client needs no FORCE.
+    client.grant_access(pid(88)).unwrap();
+    running.terminate(&fake);
+}
+
 #[test]
 fn a_grant_in_progress_survives_another_connection_closing() {
     let (fake, granter, _, running) = started();
@@ -2381,7 +2420,7 @@ fn work_past_its_deadline_is_given_up_alone() {
     /// Never reads a stack: a target that does not answer.
     struct Silent;
     impl crate::Inspector for Silent {
-        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
             thread::sleep(HANG);
             Err(io::ErrorKind::TimedOut.into())
         }
@@ -2564,10 +2603,10 @@ fn two_clients_hold_grants_on_two_processes_of_the_tree() {
     assert_eq!(
         logged,
         [
-            "granted PID 88 access to PID 5001 of the target's tree",
+            "granted PID 88 access to PID 5001 (child of 4242)",
             "granted PID 77 access to target 4242",
             "granted PID 77 access to target 4242",
-            "granted PID 88 access to PID 5002 of the target's tree",
+            "granted PID 88 access to PID 5002 (child of 5001)",
         ]
     );
     running.terminate(&fake);
@@ -2579,7 +2618,8 @@ fn a_grant_on_a_process_is_taken_over_only_there_and_only_with_force() {
     let _first = granted_on(&fake, 77, 5000);
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 88 TARGET 5000\n"),
-        "ERROR: PID 5000 is being debugged by client PID 77 (attach --force takes it over)\n"
+        "ERROR: PID 5000 (child of 4242) is being debugged by client PID 77 (attach --force \
+         takes it over)\n"
     );
     // Other processes are free: Yama keeps one ptracer per process.
     let _on_target = fake.granted(88);
@@ -2593,7 +2633,7 @@ fn a_grant_on_a_process_is_taken_over_only_there_and_only_with_force() {
         [(pid(5000), 77), (PID, 88), (pid(5000), 88)]
     );
     assert!(running.logged().iter().any(|(_, line)| line
-        == "granted PID 88 access to PID 5000 of the target's tree, taking it over from PID 77"));
+        == "granted PID 88 access to PID 5000 (child of 4242), taking it over from PID 77"));
     // The first client detaches: the grant it lost stays with the second.
     assert_eq!(
         fake.raw(b"REVOKE 77 TARGET 5000\n"),
@@ -2728,31 +2768,6 @@ fn the_targets_exit_revokes_every_grant_of_its_tree() {
 }
 
 #[test]
-fn a_worker_grant_made_as_the_target_ended_does_not_stay() {
-    let (fake, granter, target, running) = started_tree_with(|c| c.restart(pending_restart()));
-    let (done, report) = granter.hold_next_report();
-    let grant = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5000\n");
-    done.recv_timeout(HANG).expect("the grant was not made");
-    target.exit(ExitStatus::Code(1));
-    let client = fake.client();
-    wait_until("the restart to be pending", || {
-        client.status().is_ok_and(|s| s.state == "restarting")
-    });
-    report.send(()).unwrap();
-    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
-    assert_eq!(
-        grant,
-        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
-    );
-    // It was made: it is withdrawn again.
-    wait_until("the late grant withdrawn", || {
-        granter.revoked() == [pid(5000)]
-    });
-    assert!(client.status().unwrap().grants.is_empty());
-    assert_eq!(running.terminate(&fake), ExitStatus::Code(1));
-}
-
-#[test]
 fn processes_outside_the_rules_are_refused_by_name_and_nothing_is_injected() {
     let (fake, granter, target) = controller();
     add_workers(&target);
@@ -2829,12 +2844,14 @@ fn processes_outside_the_rules_are_refused_by_name_and_nothing_is_injected() {
 
 /// An inspector over the pretend world's table: the tree is what the table
 /// says descends from the root; only `python` processes have stacks; a
-/// read of the tree waits for `gate` when one is set.
+/// read of the tree says so on `entered` and waits for `gate` when they
+/// are set.
 #[derive(Clone)]
 struct Family {
     table: Table,
     python: Vec<u32>,
     gate: Option<Arc<Mutex<Receiver<()>>>>,
+    entered: Option<Sender<()>>,
 }
 
 impl Family {
@@ -2843,12 +2860,18 @@ impl Family {
             table: target.table().clone(),
             python: python.to_vec(),
             gate: None,
+            entered: None,
         }
     }
 }
 
 impl crate::Inspector for Family {
-    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+    fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+        let pid = process.pid;
+        // That process and no other.
+        if !self.table.is_running(process) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "gone"));
+        }
         if !self.python.contains(&pid.get()) {
             return Err(io::Error::other("not a Python 3.14 process"));
         }
@@ -2860,23 +2883,45 @@ impl crate::Inspector for Family {
     }
 
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+        if let Some(entered) = &self.entered {
+            let _ = entered.send(());
+        }
         if let Some(gate) = &self.gate {
             let _ = gate.lock().unwrap().recv_timeout(HANG);
         }
+        // Depth first from the root, children in pid order, as a real
+        // inspector lists them.
         let mut pids: Vec<u32> = self.table.0.lock().unwrap().keys().copied().collect();
         pids.sort_unstable();
         let mut tree = Vec::new();
-        for raw in pids {
-            if !self.table.is_self_or_descendant(pid(raw), root)? {
-                continue;
-            }
-            let info = self.table.process(pid(raw))?.unwrap();
-            let mut process = TreeProcess::new(pid(raw));
+        if !self.table.is_running(root) {
+            return Ok(tree);
+        }
+        let mut next = vec![root.pid];
+        while let Some(parent) = next.pop() {
+            let info = self.table.process(parent)?.unwrap();
+            let mut process = TreeProcess::new(parent);
+            process.start_time = info.id.start_time;
             process.parent = info.parent;
             process.uid = info.uid;
-            process.command = format!("worker {raw}");
-            process.python = self.python.contains(&raw).then(|| "3.14.0".to_owned());
+            process.euid = info.euid;
+            process.command = format!("worker {parent}");
+            process.python = self
+                .python
+                .contains(&parent.get())
+                .then(|| "3.14.0".to_owned());
             tree.push(process);
+            for &raw in pids.iter().rev() {
+                let child = self.table.process(pid(raw))?.unwrap();
+                // Not a thread, nor a process older than its parent (a
+                // reused pid).
+                if child.parent == Some(parent)
+                    && child.process == child.id.pid
+                    && child.id.start_time >= info.id.start_time
+                {
+                    next.push(pid(raw));
+                }
+            }
         }
         Ok(tree)
     }
@@ -2923,6 +2968,113 @@ fn ps_lists_the_tree_with_the_target_its_grants_and_the_subreaper() {
     running.terminate(&fake);
 }
 
+/// The pids of `tree`, in its order.
+fn pids_of(tree: &Tree) -> Vec<u32> {
+    tree.processes.iter().map(|p| p.pid.get()).collect()
+}
+
+#[test]
+fn a_subreapers_tree_holds_the_processes_it_adopted_after_the_targets() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let me = Pid::this().get();
+    // 5001 exited: its child 5002 was adopted by the controller, as was
+    // 4000 (a daemon the target's tree started); 4000's child 4001.
+    let table = target.table();
+    table.remove(5001);
+    table.add(5002, me, 5002);
+    table.add(4000, me, 4000);
+    table.add(4001, 4000, 4001);
+    let family = Family::of(&target, &[4242, 5002]);
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(family.clone())
+            .subreaper(true),
+    );
+    let client = fake.client();
+    let tree = client.ps().unwrap();
+    // The target's subtree first, then each adopted process with its own,
+    // their parent the controller; the controller itself is not listed.
+    assert_eq!(pids_of(&tree), [4242, 5000, 4000, 4001, 5002]);
+    assert_eq!(tree.processes[2].parent, Some(Pid::this()));
+    assert_eq!(tree.processes[4].parent, Some(Pid::this()));
+    assert!(tree.processes[0].target && tree.subreaper);
+    // They may be granted and read like any process of the tree.
+    let _session = granted_on(&fake, 88, 5002);
+    assert_eq!(client.ps().unwrap().processes[4].holder, Some(pid(88)));
+    let all = client.stacks(Scope::All).unwrap();
+    let read: Vec<(u32, usize)> = all.iter().map(|p| (p.pid.get(), p.threads.len())).collect();
+    assert_eq!(
+        read,
+        [(4242, 1), (5000, 0), (4000, 0), (4001, 0), (5002, 1)]
+    );
+    let one = client.stacks(Scope::Process(pid(5002))).unwrap();
+    assert_eq!(one[0].role(), Some(Role::ChildOf(Pid::this())));
+    running.terminate(&fake);
+
+    // Without the subreaper they are outside the tree.
+    let fake = Fake::new();
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    assert_eq!(pids_of(&fake.client().ps().unwrap()), [4242, 5000]);
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88 TARGET 5002\n"),
+        "ERROR: PID 5002 is not in the target's process tree (only the target, PID 4242, \
+         and its descendants may be granted)\n"
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn ps_remembers_that_the_target_forked() {
+    let (fake, _, target) = controller();
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(Family::of(&target, &[4242])),
+    );
+    let client = fake.client();
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, false));
+    // A child seen once...
+    target.table().add(5000, PID.get(), 5000);
+    assert!(client.ps().unwrap().forked);
+    // ...is remembered after it is gone (it may have left the tree: the
+    // controller is no subreaper).
+    target.table().remove(5000);
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, true));
+    running.terminate(&fake);
+}
+
+/// A grant's holder is shown on the process it was made for, not on a
+/// process that took its pid while the tree was read.
+#[test]
+fn ps_shows_a_holder_on_its_process_only() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let (go, gate) = unbounded();
+    let (entered_tx, entered) = unbounded();
+    let family = Family {
+        gate: Some(Arc::new(Mutex::new(gate))),
+        entered: Some(entered_tx),
+        ..Family::of(&target, &[])
+    };
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    let _session = granted_on(&fake, 77, 5000);
+    let ps = fake.raw_async(b"PS\n");
+    entered
+        .recv_timeout(HANG)
+        .expect("the tree read did not start");
+    // 5000 ends and its pid goes to another child of the target.
+    target.table().add(5000, PID.get(), 9000);
+    go.send(()).unwrap();
+    let reply = String::from_utf8(ps.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    let tree: Tree = serde_json::from_str(reply.strip_prefix("PS ").unwrap().trim()).unwrap();
+    let worker = &tree.processes[1];
+    assert_eq!((worker.pid, worker.start_time), (pid(5000), 9000));
+    assert_eq!(worker.holder, None);
+    running.terminate(&fake);
+}
+
 #[test]
 fn stacks_of_the_tree_list_every_process_and_skip_those_that_cannot_be_read() {
     let (fake, _, target) = controller();
@@ -2934,7 +3086,10 @@ fn stacks_of_the_tree_list_every_process_and_skip_those_that_cannot_be_read() {
     let all = client.stacks(Scope::All).unwrap();
     let rows: Vec<(u32, String, usize, Option<String>)> = all
         .iter()
-        .map(|p| (p.pid.get(), p.role(), p.threads.len(), p.skipped.clone()))
+        .map(|p| {
+            let role = p.role().map(|role| role.to_string()).unwrap_or_default();
+            (p.pid.get(), role, p.threads.len(), p.skipped.clone())
+        })
         .collect();
     assert_eq!(
         rows,
@@ -3102,31 +3257,70 @@ fn a_worker_grant_the_granter_does_not_report_names_the_worker() {
     running.terminate(&fake);
 }
 
-#[test]
-fn a_stacks_reply_too_long_for_a_line_leaves_the_last_threads_out() {
-    let big = |raw: u32| {
-        let mut process = crate::stacks::ProcessStacks::new(pid(raw));
-        let mut thread = ThreadStack::new(raw.into());
-        let name = "f".repeat(1000);
-        for _ in 0..1000 {
-            thread
-                .frames
-                .push(Frame::new(name.clone(), "a.py", Some(1)));
-        }
-        process.threads.push(thread);
-        process
-    };
-    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
-    let small = vec![big(1), big(2)];
-    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
-    let fitted = crate::event_loop::fit_stacks((1..=6).map(big).collect());
-    let line = Reply::Stacks(fitted.clone()).encode(crate::protocol::Dialect::Upper);
+/// Process `raw` with one thread of `frames` frames, each of a function
+/// named with `name_len` letters, at line 0 to `frames - 1` (the newest).
+fn deep(raw: u32, frames: u32, name_len: usize) -> crate::stacks::ProcessStacks {
+    let mut process = crate::stacks::ProcessStacks::new(pid(raw));
+    let mut thread = ThreadStack::new(raw.into());
+    let name = "f".repeat(name_len);
+    for line in 0..frames {
+        thread
+            .frames
+            .push(Frame::new(name.clone(), "a.py", Some(line)));
+    }
+    process.threads.push(thread);
+    process
+}
+
+/// `stacks` as a reply line, checked to fit and to parse back.
+fn fits_a_reply(stacks: &[crate::stacks::ProcessStacks]) {
+    let line = Reply::Stacks(stacks.to_vec()).encode(crate::protocol::Dialect::Upper);
     assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(stacks.to_vec()));
+}
+
+#[test]
+fn a_stacks_reply_too_long_for_a_line_keeps_every_threads_newest_frames() {
+    // About 1 MB each: four fit in a reply of 4 MiB, six do not.
+    let small = vec![deep(1, 1000, 1000), deep(2, 1000, 1000)];
+    assert_eq!(crate::event_loop::fit_stacks(small.clone()), small);
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(|raw| deep(raw, 1000, 1000)).collect());
+    fits_a_reply(&fitted);
+    // Every process keeps its thread, with as many of its newest frames
+    // as fit in all of them: more than half.
+    for process in &fitted {
+        assert_eq!(process.skipped, None);
+        let thread = &process.threads[0];
+        let kept = thread.frames.len();
+        assert!((500..1000).contains(&kept), "{kept}");
+        assert_eq!(thread.frames.last().unwrap().line, Some(999));
+        assert_eq!(thread.frames[0].line, Some(1000 - kept as u32));
+        assert_eq!(
+            thread.incomplete,
+            Some(format!(
+                "its {} oldest frames left out to fit a reply of 4194304 bytes",
+                1000 - kept
+            ))
+        );
+    }
+    // As many in every thread.
+    assert_eq!(
+        fitted.iter().map(|p| p.threads[0].frames.len()).min(),
+        fitted.iter().map(|p| p.threads[0].frames.len()).max()
+    );
+}
+
+#[test]
+fn a_stacks_reply_whose_newest_frames_alone_are_too_long_leaves_the_last_threads_out() {
+    // One frame of about 1 MB each, six processes: the last two go.
+    let fitted = crate::event_loop::fit_stacks((1..=6).map(|raw| deep(raw, 2, 1 << 20)).collect());
+    fits_a_reply(&fitted);
     let kept: Vec<usize> = fitted.iter().map(|p| p.threads.len()).collect();
-    assert_eq!(kept, [1, 1, 1, 1, 0, 0]);
+    assert_eq!(kept, [1, 1, 1, 0, 0, 0]);
+    assert_eq!(fitted[0].threads[0].frames.len(), 1);
+    assert_eq!(fitted[0].threads[0].frames[0].line, Some(1));
     assert_eq!(
         fitted[5].skipped.as_deref(),
         Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
     );
-    assert_eq!(Reply::parse(&line).unwrap(), Reply::Stacks(fitted));
 }
