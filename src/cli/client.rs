@@ -23,7 +23,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::core::protocol::{RevokeRequest, Scope};
-use crate::core::{Client, Pid, Transport};
+use crate::core::{Client, Pid, Processes, Transport};
+use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
@@ -287,12 +288,16 @@ impl<T: Transport> App<T> {
                 if json {
                     print!("{}", render::status_json_text(&status));
                 } else {
-                    // The roles of the processes granted, when not only the
-                    // target is.
-                    let tree = render::grants_beyond_the_target(&status)
-                        .then(|| self.client.ps().ok())
-                        .flatten();
-                    print!("{}", render::status_text(&status, tree.as_ref(), self.out));
+                    // A granted child's parent, read here: no PS, which
+                    // would read the whole tree for a line or two.
+                    let parent_of = |pid| {
+                        ProcFs
+                            .process(pid)
+                            .ok()
+                            .flatten()
+                            .and_then(|process| process.parent)
+                    };
+                    print!("{}", render::status_text(&status, parent_of, self.out));
                 }
                 Ok(())
             }
