@@ -8,8 +8,8 @@
 //! cargo run --example client -- attach      # one command, then exit
 //! cargo run --example client -- attach --with 'gdb -p {pid}'
 //! cargo run --example client -- ps          # the supervised tree (--json for scripts)
-//! cargo run --example client -- attach --pid 4243
-//! cargo run --example client -- stack --all # every process's stacks (--json for scripts)
+//! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
+//! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
