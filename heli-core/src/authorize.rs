@@ -121,17 +121,22 @@ pub(crate) enum Use {
 }
 
 /// The process `requested` names, if the controller may let a client into
-/// it (or read its stacks for one): the `target` itself or one of its
-/// descendants at this moment (checked with start times, so a reused pid
-/// does not pass), a process (not a thread of one) that has not exited,
-/// not this controller, of this controller's user (real and effective: not
-/// a setuid child).
+/// it (or read its stacks for one): a process of the tree at this moment
+/// (checked with start times, so a reused pid does not pass), a process
+/// (not a thread of one) that has not exited, not this controller, of this
+/// controller's user ([`other_user`]).
+///
+/// The tree is the `target` and its descendants; when the controller is a
+/// subreaper, `adopter` (the controller's own identity), every descendant
+/// of the controller: the processes of the target's tree that it adopted
+/// once their parent died, too.
 ///
 /// The controller is the ancestor of its tree: it may do there what no
 /// client may, and must not let that reach anything else.
 pub(crate) fn tree_member(
     requested: Pid,
     target: ProcessId,
+    adopter: Option<ProcessId>,
     processes: &impl Processes,
     what: Use,
 ) -> Result<ProcessId, Refusal> {
@@ -155,27 +160,39 @@ pub(crate) fn tree_member(
     if info.state.is_gone() {
         return Err(format!("PID {requested} has exited (zombie)"));
     }
-    if !descends(processes, requested, target) {
+    if !descends(processes, requested, adopter.unwrap_or(target)) {
         let verb = match what {
             Use::Grant => "granted",
             Use::Stacks => "read",
         };
+        let who = match adopter {
+            None => "and its descendants",
+            Some(_) => "its descendants and the processes this controller adopted",
+        };
         return Err(format!(
             "PID {requested} is not in the target's process tree (only the target, PID {}, \
-             and its descendants may be {verb})",
+             {who} may be {verb})",
             target.pid
         ));
     }
     let me = lookup(Pid::this())?
         .map(|me| me.euid)
         .ok_or_else(|| "Cannot tell who this controller runs as".to_owned())?;
-    if info.uid != me || info.euid != me {
-        return Err(format!(
-            "PID {requested} runs as another user (uid {}, euid {}; the controller runs as {me})",
-            info.uid, info.euid
-        ));
+    if let Some(why) = other_user(info.uid, info.euid, me) {
+        return Err(format!("PID {requested} {why}"));
     }
     Ok(info.id)
+}
+
+/// Why a process of the tree whose real user is `uid` and effective user
+/// `euid` is none of the controller's business, when the controller runs
+/// as `me` (its effective user): `None` when both are `me`. A process of
+/// another user (a setuid child, say) is not let into, nor read for a
+/// client, though the controller, its ancestor, might be able to.
+pub(crate) fn other_user(uid: u32, euid: u32, me: u32) -> Option<String> {
+    (uid != me || euid != me).then(|| {
+        format!("runs as another user (uid {uid}, euid {euid}; the controller runs as {me})")
+    })
 }
 
 /// Whether `candidate` is `ancestor` or one of its descendants; an error of
@@ -447,7 +464,7 @@ mod tests {
     }
 
     fn member(requested: u32, table: &Table, target: ProcessId) -> Result<ProcessId, Refusal> {
-        tree_member(pid(requested), target, table, Use::Grant)
+        tree_member(pid(requested), target, None, table, Use::Grant)
     }
 
     #[test]
@@ -460,7 +477,10 @@ mod tests {
                 start_time,
             };
             assert_eq!(member(raw, &table, target), Ok(id));
-            assert_eq!(tree_member(pid(raw), target, &table, Use::Stacks), Ok(id));
+            assert_eq!(
+                tree_member(pid(raw), target, None, &table, Use::Stacks),
+                Ok(id)
+            );
         }
     }
 
@@ -505,7 +525,7 @@ mod tests {
         }
         // For stacks, the same rule says what it is for.
         assert_eq!(
-            tree_member(pid(400), target, &table, Use::Stacks),
+            tree_member(pid(400), target, None, &table, Use::Stacks),
             Err(
                 "PID 400 is not in the target's process tree (only the target, PID 50, and its \
                  descendants may be read)"
@@ -539,6 +559,64 @@ mod tests {
         assert!(member(52, &table, target)
             .unwrap_err()
             .contains("is not in the target's process tree"));
+    }
+
+    #[test]
+    fn a_subreapers_tree_holds_the_processes_it_adopted() {
+        let (table, target) = tree();
+        let me = table.identity(Pid::this()).unwrap().unwrap();
+        // 52's parent died: the controller, a subreaper, adopted it; 57 is
+        // a child of it.
+        table.add(52, Pid::this().get(), 6);
+        table.add(57, 52, 10);
+        for raw in [52, 57] {
+            let adopted = table.identity(pid(raw)).unwrap().unwrap();
+            assert_eq!(
+                tree_member(pid(raw), target, Some(me), &table, Use::Grant),
+                Ok(adopted)
+            );
+            // Not without the subreaper.
+            assert!(member(raw, &table, target)
+                .unwrap_err()
+                .contains("is not in the target's process tree"));
+        }
+        // The target's own descendants still are; the controller itself,
+        // and processes outside it, are not.
+        assert!(tree_member(pid(51), target, Some(me), &table, Use::Grant).is_ok());
+        let myself = Pid::this().get();
+        assert_eq!(
+            tree_member(pid(myself), target, Some(me), &table, Use::Grant),
+            Err(format!("PID {myself} is the controller itself"))
+        );
+        assert_eq!(
+            tree_member(pid(400), target, Some(me), &table, Use::Stacks),
+            Err(format!(
+                "PID 400 is not in the target's process tree (only the target, PID {TARGET}, \
+                 its descendants and the processes this controller adopted may be read)"
+            ))
+        );
+        // The same rules for them: another user's is refused.
+        table.edit(57, |info| info.euid = 0);
+        assert_eq!(
+            tree_member(pid(57), target, Some(me), &table, Use::Grant),
+            Err(
+                "PID 57 runs as another user (uid 1000, euid 0; the controller runs as 1000)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn another_user_is_one_whose_real_or_effective_uid_differs() {
+        assert_eq!(other_user(1000, 1000, 1000), None);
+        for (uid, euid) in [(0, 1000), (1000, 0), (2000, 2000)] {
+            assert_eq!(
+                other_user(uid, euid, 1000),
+                Some(format!(
+                    "runs as another user (uid {uid}, euid {euid}; the controller runs as 1000)"
+                ))
+            );
+        }
     }
 
     #[test]

@@ -24,9 +24,9 @@ use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::stacks::{threads_text, ProcessStacks};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
 use crate::transport::{Event, GrantHolder, Incoming, Peer};
-use crate::tree::Tree;
+use crate::tree::{Role, Tree};
 use crate::worker::{
-    Claim, Done, GrantWork, GrantWorker, Inspected, Inspection, JobId, StackWorker,
+    Claim, Done, GrantWork, GrantWorker, Inspected, Inspection, JobId, StackWorker, TreeRoot,
 };
 
 /// How long after a piece of work's deadline the loop still waits for the
@@ -211,46 +211,61 @@ impl<S: Supervisor> Loop<S> {
             }
         };
         debug!("request {request} from {peer:?}");
-        let reply = match request {
-            Request::Status => Reply::Status(self.status(state)),
-            Request::Terminate => {
+        let reply = match (request, &state.phase) {
+            (Request::Status, _) => Reply::Status(self.status(state)),
+            (Request::Terminate, _) => {
                 info!("TERMINATE requested by {peer:?}");
                 incoming.reply(Reply::Ready);
                 self.begin_stop(state, None);
                 return;
             }
-            _ => match state.phase {
-                // Between a target's end and its restart there is nobody to
-                // grant access to.
-                Phase::Restarting { at } => Reply::Error(format!(
-                    "Target process not running (restarting in {} ms)",
-                    at.saturating_duration_since(Instant::now()).as_millis()
-                )),
-                Phase::Running | Phase::Stopping(_) => {
-                    let work = match request {
-                        Request::GetTargetPid => Ok(None),
-                        Request::GrantAccess(grant) => self.grant(state, peer, grant).map(Some),
-                        Request::Revoke(revoke) => self.revoke(state, peer, revoke),
-                        Request::Ps => self.inspect(state, Ask::Ps).map(Some),
-                        Request::Stack(scope) => self.inspect(state, Ask::Stack(scope)).map(Some),
-                        Request::Stacks(scope) => self.inspect(state, Ask::Stacks(scope)).map(Some),
-                        // Answered above.
-                        Request::Status | Request::Terminate => Ok(None),
-                    };
-                    match (work, request) {
-                        (Ok(Some(work)), _) => {
-                            state.wait_for(work, incoming);
-                            return;
-                        }
-                        (Ok(None), Request::GetTargetPid) => Reply::TargetPid(state.run.target),
-                        (Ok(None), _) => Reply::Ready,
-                        (Err(refusal), _) => Reply::Error(refusal),
+            // Between a target's end and its restart there is nobody to
+            // grant access to.
+            (_, Phase::Restarting { at }) => Reply::Error(format!(
+                "Target process not running (restarting in {} ms)",
+                at.saturating_duration_since(Instant::now()).as_millis()
+            )),
+            (_, Phase::Ended(_)) => not_running(),
+            (request, Phase::Running | Phase::Stopping(_)) => {
+                match self.serve(state, peer, request) {
+                    Ok(Served::Now(reply)) => reply,
+                    Ok(Served::Later(work)) => {
+                        state.wait_for(work, incoming);
+                        return;
                     }
+                    Err(refusal) => Reply::Error(refusal),
                 }
-                Phase::Ended(_) => not_running(),
-            },
+            }
         };
         incoming.reply(reply);
+    }
+
+    /// Serves `request` (any but `STATUS` and `TERMINATE`) while a target
+    /// runs: a reply at once, or work to wait for; or the refusal.
+    fn serve(
+        &mut self,
+        state: &mut State,
+        peer: Peer,
+        request: Request,
+    ) -> Result<Served, Refusal> {
+        Ok(match request {
+            Request::GetTargetPid => Served::Now(Reply::TargetPid(state.run.target)),
+            Request::GrantAccess(grant) => Served::Later(self.grant(state, peer, grant)?),
+            Request::Revoke(revoke) => match self.revoke(state, peer, revoke)? {
+                Some(work) => Served::Later(work),
+                None => Served::Now(Reply::Ready),
+            },
+            Request::Ps => Served::Later(self.inspect(state, Answer::Ps, Scope::All)?),
+            // Today's `STACK`: the target's threads, as text.
+            Request::Stack(Scope::Target) => {
+                Served::Later(self.inspect(state, Answer::Threads, Scope::Target)?)
+            }
+            Request::Stack(scope) => Served::Later(self.inspect(state, Answer::Text, scope)?),
+            Request::Stacks(scope) => Served::Later(self.inspect(state, Answer::Json, scope)?),
+            Request::Status | Request::Terminate => {
+                return Err(format!("{request} is answered in every phase"))
+            }
+        })
     }
 
     /// Whether process `id` still runs (an error of the table counts as
@@ -274,13 +289,21 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
-    /// How a process of the tree is named in messages.
-    fn name_of(state: &State, process: Pid) -> String {
+    /// The role of `process` in the tree, as far as the table tells.
+    fn role_of(&self, state: &State, process: Pid) -> Option<Role> {
         if process == state.run.target {
-            "target".to_owned()
-        } else {
-            format!("PID {process}")
+            return Some(Role::Target);
         }
+        match self.supervisor.process(process) {
+            Ok(Some(info)) => info.parent.map(Role::ChildOf),
+            _ => None,
+        }
+    }
+
+    /// How messages name `process` of the tree: `target 4242`, or
+    /// `PID 5001 (child of 4242)`.
+    fn named(&self, state: &State, process: Pid) -> String {
+        named(process, self.role_of(state, process))
     }
 
     /// Starts granting the process `request` names access to the target or
@@ -318,7 +341,9 @@ impl<S: Supervisor> Loop<S> {
         let process = match request.process.filter(|&process| process != target) {
             None => target_id,
             Some(pid) => {
-                match authorize::tree_member(pid, target_id, &self.supervisor, Use::Grant) {
+                let adopter = self.adopter();
+                match authorize::tree_member(pid, target_id, adopter, &self.supervisor, Use::Grant)
+                {
                     Ok(process) => process,
                     Err(refusal) => return Err(refused(state, refusal)),
                 }
@@ -326,9 +351,13 @@ impl<S: Supervisor> Loop<S> {
         };
         let previous = state.grants.to_be(process, self.runs());
         if let Some(holder) = previous.filter(|grant| grant.holder != client && !request.force) {
+            // The target as ever; another process with its place.
+            let who = match self.role_of(state, process.pid) {
+                Some(Role::Target) => "target".to_owned(),
+                role => named(process.pid, role),
+            };
             return Err(format!(
-                "{} is being debugged by client PID {} (attach --force takes it over)",
-                Self::name_of(state, process.pid),
+                "{who} is being debugged by client PID {} (attach --force takes it over)",
                 holder.holder.pid
             ));
         }
@@ -352,6 +381,7 @@ impl<S: Supervisor> Loop<S> {
             },
             previous,
             revoked: false,
+            closed: false,
             run: state.run.number,
             target,
         });
@@ -429,8 +459,14 @@ impl<S: Supervisor> Loop<S> {
     }
 
     /// Starts a read of the inspector's, on its thread with the stack
-    /// deadline: the work, or the refusal.
-    fn inspect(&mut self, state: &mut State, ask: Ask) -> Result<Work, Refusal> {
+    /// deadline, for `scope` of the tree (`PS`: all of it), to be answered
+    /// as `answer`: the work, or the refusal.
+    fn inspect(
+        &mut self,
+        state: &mut State,
+        answer: Answer,
+        scope: Scope,
+    ) -> Result<Work, Refusal> {
         let target = state.run.target;
         self.prune(state);
         let root = match self.supervisor.identity(target) {
@@ -438,70 +474,37 @@ impl<S: Supervisor> Loop<S> {
             Ok(None) => return Err("Target process not running".into()),
             Err(err) => return Err(format!("Cannot look up the target, PID {target}: {err}")),
         };
-        let (inspection, failed) = match ask {
-            // Today's `STACK`: the target's threads, as text.
-            Ask::Stack(Scope::Target) => (
-                Inspection::Threads(root),
-                "Cannot read the target's stacks".to_owned(),
+        let tree = TreeRoot {
+            target: root,
+            adopter: self.adopter(),
+        };
+        let one = |process| Inspection::Stacks {
+            tree,
+            only: Some(process),
+            me: None,
+        };
+        // The process read, when it is one.
+        let (inspection, on) = match (answer, scope) {
+            (Answer::Ps, _) => (Inspection::Tree(tree), None),
+            (_, Scope::All) => (
+                Inspection::Stacks {
+                    tree,
+                    only: None,
+                    me: self.controller_user(),
+                },
+                None,
             ),
-            _ => {
-                let scope = match ask {
-                    Ask::Ps => None,
-                    Ask::Stack(scope) | Ask::Stacks(scope) => Some(scope),
-                };
-                match scope {
-                    None => (
-                        Inspection::Tree(root),
-                        "Cannot list the target's tree".to_owned(),
-                    ),
-                    Some(Scope::All) => (
-                        Inspection::Stacks {
-                            root,
-                            only: None,
-                            me: self.controller_user(),
-                        },
-                        "Cannot list the target's tree".to_owned(),
-                    ),
-                    Some(Scope::Target) => (
-                        Inspection::Stacks {
-                            root,
-                            only: Some(root),
-                            me: None,
-                        },
-                        "Cannot read the target's stacks".to_owned(),
-                    ),
-                    Some(Scope::Process(pid)) => {
-                        let process =
-                            authorize::tree_member(pid, root, &self.supervisor, Use::Stacks)?;
-                        let failed = if process == root {
-                            "Cannot read the target's stacks".to_owned()
-                        } else {
-                            format!("Cannot read the stacks of PID {}", process.pid)
-                        };
-                        (
-                            Inspection::Stacks {
-                                root,
-                                only: Some(process),
-                                me: None,
-                            },
-                            failed,
-                        )
-                    }
-                }
+            (_, Scope::Target) => (one(root), Some(root)),
+            (_, Scope::Process(pid)) => {
+                let process =
+                    authorize::tree_member(pid, root, tree.adopter, &self.supervisor, Use::Stacks)?;
+                (one(process), Some(process))
             }
         };
-        let on = match inspection {
-            Inspection::Stacks {
-                only: Some(process),
-                ..
-            } => process.pid,
-            _ => target,
-        };
-        let answer = match ask {
-            Ask::Ps => Answer::Ps,
-            Ask::Stack(Scope::Target) => Answer::Threads,
-            Ask::Stack(_) => Answer::Text,
-            Ask::Stacks(_) => Answer::Json,
+        let failed = match on {
+            None => "Cannot list the target's tree".to_owned(),
+            Some(process) if process == root => "Cannot read the target's stacks".to_owned(),
+            Some(process) => format!("Cannot read the stacks of PID {}", process.pid),
         };
         let deadline = Deadline::after(self.stack_deadline);
         let (id, claim) = state.new_job();
@@ -511,7 +514,23 @@ impl<S: Supervisor> Loop<S> {
             id,
             deadline,
             claim,
-            what: Waiting::Inspect { answer, failed, on },
+            what: Waiting::Inspect {
+                answer,
+                failed,
+                on: on.map_or(target, |process| process.pid),
+            },
+        })
+    }
+
+    /// The controller, when it is a subreaper: the processes of the
+    /// target's tree it adopted are of the tree too.
+    fn adopter(&self) -> Option<ProcessId> {
+        if !self.subreaper {
+            return None;
+        }
+        self.supervisor.identity(Pid::this()).unwrap_or_else(|err| {
+            warn!("cannot tell who this controller is: {err}");
+            None
         })
     }
 
@@ -539,6 +558,9 @@ impl<S: Supervisor> Loop<S> {
             } => {
                 state.granter_fields = status_fields;
                 match (work, state.grants.take_pending(id), result) {
+                    (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.closed => {
+                        self.closed_during(state, pending)
+                    }
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.revoked => {
                         Reply::Error(
                             "Grant failed: a REVOKE that came during it withdrew it".into(),
@@ -564,11 +586,7 @@ impl<S: Supervisor> Loop<S> {
                         Reply::Error("Grant failed: it completed too late".into())
                     }
                     (GrantWork::Revoke { target }, _, Ok(())) => {
-                        if target.pid == state.run.target {
-                            info!("revoked access to target {}", state.run.target);
-                        } else {
-                            info!("revoked access to PID {}", target.pid);
-                        }
+                        info!("revoked access to {}", self.named(state, target.pid));
                         Reply::Ready
                     }
                     (GrantWork::Revoke { .. }, _, Err(err)) => {
@@ -578,7 +596,16 @@ impl<S: Supervisor> Loop<S> {
             }
             Done::Inspect { result, .. } => match waiting.as_ref().map(|waiting| &waiting.what) {
                 Some(Waiting::Inspect { answer, failed, .. }) => match result {
-                    Ok(inspected) => self.inspected(state, *answer, inspected),
+                    Ok(inspected) => {
+                        // Whether the target ever forked: what a controller
+                        // that is not a subreaper may miss is then worth a
+                        // note.
+                        state.forked |= match &inspected {
+                            Inspected::Tree(processes) => processes.len() > 1,
+                            Inspected::Stacks(stacks) => stacks.len() > 1,
+                        };
+                        self.inspected(state, *answer, inspected)
+                    }
                     Err(err) => Reply::Error(format!("{failed}: {err}")),
                 },
                 _ => Reply::Error("a read nobody waits for".into()),
@@ -598,22 +625,27 @@ impl<S: Supervisor> Loop<S> {
     /// knows added (the target, who holds a grant where).
     fn inspected(&self, state: &State, answer: Answer, inspected: Inspected) -> Reply {
         match (answer, inspected) {
-            (Answer::Threads, Inspected::Threads(threads)) => {
-                Reply::Stack(fit_reply(threads_text(&threads)))
+            (Answer::Threads, Inspected::Stacks(stacks)) => {
+                let threads = stacks.first().map_or(&[][..], |process| &process.threads);
+                Reply::Stack(fit_reply(threads_text(threads)))
             }
             (Answer::Ps, Inspected::Tree(mut processes)) => {
                 let live = state.phase.is_live();
                 for process in &mut processes {
                     process.target = live && process.pid == state.run.target;
+                    // The holder of a grant on that very process (not on
+                    // one whose pid it took).
                     process.holder = state
                         .grants
                         .held()
                         .iter()
-                        .filter(|grant| live && grant.process.pid == process.pid)
+                        .filter(|grant| live && grant.process == process.id())
                         .find(|grant| self.supervisor.is_running(grant.holder))
                         .map(|grant| grant.holder.pid);
                 }
-                Reply::Ps(Tree::new(processes, self.subreaper))
+                let mut tree = Tree::new(processes, self.subreaper);
+                tree.forked = state.forked;
+                Reply::Ps(tree)
             }
             (Answer::Text, Inspected::Stacks(stacks)) => {
                 let text: Vec<String> = stacks.iter().map(ToString::to_string).collect();
@@ -640,10 +672,7 @@ impl<S: Supervisor> Loop<S> {
                 pending.target
             ));
         }
-        let on = match Self::name_of(state, record.process.pid).as_str() {
-            "target" => format!("target {}", state.run.target),
-            other => format!("{other} of the target's tree"),
-        };
+        let on = self.named(state, record.process.pid);
         match previous {
             Some(old) if old.holder != record.holder => info!(
                 "granted PID {} access to {on}, taking it over from PID {}",
@@ -653,6 +682,25 @@ impl<S: Supervisor> Loop<S> {
         }
         state.grants.record(record);
         Reply::Ready
+    }
+
+    /// A grant made for a connection that closed meanwhile: it is not
+    /// recorded, and is withdrawn, unless a grant being made on the same
+    /// process after it replaces it (or a REVOKE queued after it withdraws
+    /// it): the granter works in order.
+    fn closed_during(&mut self, state: &mut State, pending: Pending) -> Reply {
+        let process = pending.record.process;
+        info!(
+            "the connection of client PID {} closed during its grant on {}: withdrawing it",
+            pending.record.holder.pid,
+            self.named(state, process.pid)
+        );
+        // The grant it took over is no more either.
+        state.grants.take(|grant| grant.process == process);
+        if !state.grants.is_pending(process) {
+            self.submit_revoke(state, process);
+        }
+        Reply::Error("Grant failed: its connection closed".into())
     }
 
     /// Answers for work past its deadline (and the worker's grace) that the
@@ -690,10 +738,9 @@ impl<S: Supervisor> Loop<S> {
     /// Why work on `process` (the target, or a process of its tree) got no
     /// answer in time, as far as the supervisor can tell.
     fn why_no_answer(&self, state: &State, process: Pid) -> String {
-        let name = if process == state.run.target {
-            "the target".to_owned()
-        } else {
-            format!("PID {process}")
+        let name = match self.role_of(state, process) {
+            Some(Role::Target) => "the target".to_owned(),
+            _ => format!("PID {process}"),
         };
         let condition = match self.condition(process) {
             Some("frozen") => format!("{name} is frozen (cgroup freezer)"),
@@ -717,8 +764,8 @@ impl<S: Supervisor> Loop<S> {
         }
         // A grant it asked for that is still being made would be tied to a
         // closed connection: it is called off (the worker withdraws it if
-        // it was made meanwhile). One the worker has just reported made is
-        // recorded, and goes when its holder does.
+        // it was made meanwhile). One the worker has just made, whose
+        // report is on its way, is marked: it is withdrawn when it comes.
         state.call_off(
             |waiting| {
                 matches!(waiting.what, Waiting::Grant { .. })
@@ -726,6 +773,7 @@ impl<S: Supervisor> Loop<S> {
             },
             || Reply::Error("Grant failed: its connection closed".into()),
         );
+        state.grants.close(peer.connection);
         let closed = state
             .grants
             .take(|grant| grant.connection == peer.connection);
@@ -733,7 +781,7 @@ impl<S: Supervisor> Loop<S> {
             info!(
                 "the connection of client PID {} closed: revoking its grant on {}",
                 grant.holder.pid,
-                Self::name_of(state, grant.process.pid)
+                self.named(state, grant.process.pid)
             );
             self.submit_revoke(state, grant.process);
         }
@@ -921,6 +969,17 @@ impl<S: Supervisor> Loop<S> {
     }
 }
 
+/// How messages name `process` of the tree, whose role is `role`:
+/// `target 4242`, `PID 5001 (child of 4242)`, or `PID 5001` when its role
+/// is not known.
+fn named(process: Pid, role: Option<Role>) -> String {
+    match role {
+        Some(Role::Target) => format!("target {process}"),
+        Some(role) => format!("PID {process} ({role})"),
+        None => format!("PID {process}"),
+    }
+}
+
 /// Cuts a stack dump that would not fit in a reply line ([`MAX_REPLY`];
 /// escaping at most doubles its size), saying so at its end.
 pub(crate) fn fit_reply(mut text: String) -> String {
@@ -986,6 +1045,10 @@ struct State {
     /// Warnings peers cause (bad requests, refusals), limited per peer
     /// process (peers a transport cannot tell apart share one allowance).
     warnings: LogLimit<Option<ProcessId>>,
+    /// Whether a read of the tree ever saw more than the target (`PS`
+    /// says so: a controller that is not a subreaper may miss processes
+    /// of it).
+    forked: bool,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -1031,16 +1094,16 @@ enum Waiting {
     },
 }
 
-/// What a client asked the inspector for.
-#[derive(Clone, Copy, Debug)]
-enum Ask {
-    Ps,
-    Stack(Scope),
-    Stacks(Scope),
+/// How the loop serves a request.
+enum Served {
+    /// With this reply, at once.
+    Now(Reply),
+    /// Once this work is done.
+    Later(Work),
 }
 
 /// The reply a read of the inspector's becomes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
     /// `STACK`: the target's threads as text, as ever.
     Threads,
@@ -1063,6 +1126,7 @@ impl State {
             granter_fields: Vec::new(),
             next_job: 0,
             warnings: LogLimit::new(),
+            forked: false,
         }
     }
 

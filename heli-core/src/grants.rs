@@ -23,6 +23,9 @@ pub(crate) struct Pending {
     /// A REVOKE of that process came after it was asked for: that revoke,
     /// queued behind it, withdraws it, so it is not recorded.
     pub(crate) revoked: bool,
+    /// The connection that asked for it closed: it is not recorded, and
+    /// is withdrawn.
+    pub(crate) closed: bool,
     /// The run of the target it was asked for in, and that target: a
     /// grant made for a target that has since ended is no grant.
     pub(crate) run: u64,
@@ -84,7 +87,9 @@ impl GrantBook {
         self.pending
             .iter()
             .rev()
-            .find(|pending| !pending.revoked && pending.record.process == process)
+            .find(|pending| {
+                !pending.revoked && !pending.closed && pending.record.process == process
+            })
             .map(|pending| pending.record)
             .filter(|grant| runs(grant.holder))
             .or_else(|| self.held_on(process, runs))
@@ -108,6 +113,22 @@ impl GrantBook {
     pub(crate) fn take_pending(&mut self, id: JobId) -> Option<Pending> {
         let at = self.pending.iter().position(|pending| pending.id == id)?;
         Some(self.pending.remove(at))
+    }
+
+    /// Whether a grant on `process` is being made.
+    pub(crate) fn is_pending(&self, process: ProcessId) -> bool {
+        self.pending
+            .iter()
+            .any(|pending| pending.record.process == process)
+    }
+
+    /// `connection` closed: none of the grants being made for it stays.
+    pub(crate) fn close(&mut self, connection: u64) {
+        for pending in &mut self.pending {
+            if pending.record.connection == connection {
+                pending.closed = true;
+            }
+        }
     }
 
     /// A revoke of `process` is queued: none of the grants being made on
@@ -169,6 +190,7 @@ mod tests {
             record,
             previous: None,
             revoked: false,
+            closed: false,
             run: 1,
             target: Pid::new(10).unwrap(),
         }
@@ -228,5 +250,22 @@ mod tests {
         assert_eq!(book.take_pending(1).unwrap().record.holder.pid.get(), 88);
         assert!(book.take_pending(1).is_none());
         assert_eq!(holder_of(&book, target), Some(77));
+    }
+
+    #[test]
+    fn a_closed_connections_pending_grants_are_marked_and_count_for_nothing() {
+        let mut book = GrantBook::new(GrantHolder::default());
+        let (target, worker) = (id(10, 5), id(11, 6));
+        book.record(grant(target, 77, 3));
+        book.ask(pending(1, grant(target, 88, 4)));
+        book.ask(pending(2, grant(worker, 99, 5)));
+        assert!(book.is_pending(target) && book.is_pending(worker));
+        book.close(4);
+        // The grant to be on the target is the one in force again.
+        assert_eq!(book.to_be(target, |_| true).unwrap().holder.pid.get(), 77);
+        assert_eq!(book.to_be(worker, |_| true).unwrap().holder.pid.get(), 99);
+        assert!(book.take_pending(1).unwrap().closed);
+        assert!(!book.take_pending(2).unwrap().closed);
+        assert!(!book.is_pending(target));
     }
 }

@@ -29,7 +29,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, 
 use crate::process::table::{pid, Table};
 use crate::protocol::{GrantRequest, Reply, RevokeRequest, Scope, MAX_LINE};
 use crate::stacks::{Frame, ThreadStack};
-use crate::tree::TreeProcess;
+use crate::tree::{Role, Tree, TreeProcess};
 use crate::{
     exchange, Client, Connection, Controller, Credentials, Deadline, ErrorKind, Event, Exit,
     ExitStatus, GrantHolder, Granter, Incoming, Listener, Peer, Pid, ProcessId, ProcessInfo,
@@ -652,8 +652,11 @@ impl Supervisor for Pretend {
         if let Some(kind) = *self.0.spawn_error.lock().unwrap() {
             return Err(io::Error::new(kind, "fake spawn failure"));
         }
-        // Each run is another process, which happens to get the same pid.
-        self.0.table.add(PID.get(), 1, 1000 + spawns as u64);
+        // Each run is another process, which happens to get the same pid:
+        // a child of the controller.
+        self.0
+            .table
+            .add(PID.get(), Pid::this().get(), 1000 + spawns as u64);
         self.0.running.store(true, SeqCst);
         Ok(PID)
     }
@@ -2361,6 +2364,31 @@ fn a_grant_whose_connection_closed_during_it_does_not_stay() {
     running.terminate(&fake);
 }
 
+/// A grant the granter has made, its report on the way, as its connection
+/// closes: it cannot be called off any more; it is withdrawn when the
+/// report comes, not recorded on the closed connection.
+#[test]
+fn a_grant_made_as_its_connection_closes_is_withdrawn_not_recorded() {
+    let (fake, granter, _, running) = started();
+    let (done, report) = granter.hold_next_report();
+    let mut connection = fake.connect(HANG).unwrap();
+    let asked = connection.round_trip(b"GRANT_ACCESS 77\n", Instant::now());
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    done.recv_timeout(HANG).expect("the grant was not made");
+    drop(connection);
+    // Once a later request is answered, the loop has seen the close.
+    let client = fake.client();
+    assert_eq!(client.status().unwrap().holder, None);
+    report.send(()).unwrap();
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(client.status().unwrap().holder, None);
+    assert!(fake.grant_holders().is_empty());
+    // Another client needs no FORCE.
+    client.grant_access(pid(88)).unwrap();
+    running.terminate(&fake);
+}
+
 #[test]
 fn a_grant_in_progress_survives_another_connection_closing() {
     let (fake, granter, _, running) = started();
@@ -2564,10 +2592,10 @@ fn two_clients_hold_grants_on_two_processes_of_the_tree() {
     assert_eq!(
         logged,
         [
-            "granted PID 88 access to PID 5001 of the target's tree",
+            "granted PID 88 access to PID 5001 (child of 4242)",
             "granted PID 77 access to target 4242",
             "granted PID 77 access to target 4242",
-            "granted PID 88 access to PID 5002 of the target's tree",
+            "granted PID 88 access to PID 5002 (child of 5001)",
         ]
     );
     running.terminate(&fake);
@@ -2579,7 +2607,8 @@ fn a_grant_on_a_process_is_taken_over_only_there_and_only_with_force() {
     let _first = granted_on(&fake, 77, 5000);
     assert_eq!(
         fake.raw(b"GRANT_ACCESS 88 TARGET 5000\n"),
-        "ERROR: PID 5000 is being debugged by client PID 77 (attach --force takes it over)\n"
+        "ERROR: PID 5000 (child of 4242) is being debugged by client PID 77 (attach --force \
+         takes it over)\n"
     );
     // Other processes are free: Yama keeps one ptracer per process.
     let _on_target = fake.granted(88);
@@ -2593,7 +2622,7 @@ fn a_grant_on_a_process_is_taken_over_only_there_and_only_with_force() {
         [(pid(5000), 77), (PID, 88), (pid(5000), 88)]
     );
     assert!(running.logged().iter().any(|(_, line)| line
-        == "granted PID 88 access to PID 5000 of the target's tree, taking it over from PID 77"));
+        == "granted PID 88 access to PID 5000 (child of 4242), taking it over from PID 77"));
     // The first client detaches: the grant it lost stays with the second.
     assert_eq!(
         fake.raw(b"REVOKE 77 TARGET 5000\n"),
@@ -2829,12 +2858,14 @@ fn processes_outside_the_rules_are_refused_by_name_and_nothing_is_injected() {
 
 /// An inspector over the pretend world's table: the tree is what the table
 /// says descends from the root; only `python` processes have stacks; a
-/// read of the tree waits for `gate` when one is set.
+/// read of the tree says so on `entered` and waits for `gate` when they
+/// are set.
 #[derive(Clone)]
 struct Family {
     table: Table,
     python: Vec<u32>,
     gate: Option<Arc<Mutex<Receiver<()>>>>,
+    entered: Option<Sender<()>>,
 }
 
 impl Family {
@@ -2843,6 +2874,7 @@ impl Family {
             table: target.table().clone(),
             python: python.to_vec(),
             gate: None,
+            entered: None,
         }
     }
 }
@@ -2865,25 +2897,45 @@ impl crate::Inspector for Family {
     }
 
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+        if let Some(entered) = &self.entered {
+            let _ = entered.send(());
+        }
         if let Some(gate) = &self.gate {
             let _ = gate.lock().unwrap().recv_timeout(HANG);
         }
+        // Depth first from the root, children in pid order, as a real
+        // inspector lists them.
         let mut pids: Vec<u32> = self.table.0.lock().unwrap().keys().copied().collect();
         pids.sort_unstable();
         let mut tree = Vec::new();
-        for raw in pids {
-            if !self.table.is_self_or_descendant(pid(raw), root)? {
-                continue;
-            }
-            let info = self.table.process(pid(raw))?.unwrap();
-            let mut process = TreeProcess::new(pid(raw));
+        if !self.table.is_running(root) {
+            return Ok(tree);
+        }
+        let mut next = vec![root.pid];
+        while let Some(parent) = next.pop() {
+            let info = self.table.process(parent)?.unwrap();
+            let mut process = TreeProcess::new(parent);
             process.start_time = info.id.start_time;
             process.parent = info.parent;
             process.uid = info.uid;
             process.euid = info.euid;
-            process.command = format!("worker {raw}");
-            process.python = self.python.contains(&raw).then(|| "3.14.0".to_owned());
+            process.command = format!("worker {parent}");
+            process.python = self
+                .python
+                .contains(&parent.get())
+                .then(|| "3.14.0".to_owned());
             tree.push(process);
+            for &raw in pids.iter().rev() {
+                let child = self.table.process(pid(raw))?.unwrap();
+                // Not a thread, nor a process older than its parent (a
+                // reused pid).
+                if child.parent == Some(parent)
+                    && child.process == child.id.pid
+                    && child.id.start_time >= info.id.start_time
+                {
+                    next.push(pid(raw));
+                }
+            }
         }
         Ok(tree)
     }
@@ -2927,6 +2979,113 @@ fn ps_lists_the_tree_with_the_target_its_grants_and_the_subreaper() {
     // Not a subreaper unless told.
     let (fake, _, _, running) = started_tree_with(|c| c.inspector(Family::of(&target, &[])));
     assert!(!fake.client().ps().unwrap().subreaper);
+    running.terminate(&fake);
+}
+
+/// The pids of `tree`, in its order.
+fn pids_of(tree: &Tree) -> Vec<u32> {
+    tree.processes.iter().map(|p| p.pid.get()).collect()
+}
+
+#[test]
+fn a_subreapers_tree_holds_the_processes_it_adopted_after_the_targets() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let me = Pid::this().get();
+    // 5001 exited: its child 5002 was adopted by the controller, as was
+    // 4000 (a daemon the target's tree started); 4000's child 4001.
+    let table = target.table();
+    table.remove(5001);
+    table.add(5002, me, 5002);
+    table.add(4000, me, 4000);
+    table.add(4001, 4000, 4001);
+    let family = Family::of(&target, &[4242, 5002]);
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(family.clone())
+            .subreaper(true),
+    );
+    let client = fake.client();
+    let tree = client.ps().unwrap();
+    // The target's subtree first, then each adopted process with its own,
+    // their parent the controller; the controller itself is not listed.
+    assert_eq!(pids_of(&tree), [4242, 5000, 4000, 4001, 5002]);
+    assert_eq!(tree.processes[2].parent, Some(Pid::this()));
+    assert_eq!(tree.processes[4].parent, Some(Pid::this()));
+    assert!(tree.processes[0].target && tree.subreaper);
+    // They may be granted and read like any process of the tree.
+    let _session = granted_on(&fake, 88, 5002);
+    assert_eq!(client.ps().unwrap().processes[4].holder, Some(pid(88)));
+    let all = client.stacks(Scope::All).unwrap();
+    let read: Vec<(u32, usize)> = all.iter().map(|p| (p.pid.get(), p.threads.len())).collect();
+    assert_eq!(
+        read,
+        [(4242, 1), (5000, 0), (4000, 0), (4001, 0), (5002, 1)]
+    );
+    let one = client.stacks(Scope::Process(pid(5002))).unwrap();
+    assert_eq!(one[0].role(), Some(Role::ChildOf(Pid::this())));
+    running.terminate(&fake);
+
+    // Without the subreaper they are outside the tree.
+    let fake = Fake::new();
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    assert_eq!(pids_of(&fake.client().ps().unwrap()), [4242, 5000]);
+    assert_eq!(
+        fake.raw(b"GRANT_ACCESS 88 TARGET 5002\n"),
+        "ERROR: PID 5002 is not in the target's process tree (only the target, PID 4242, \
+         and its descendants may be granted)\n"
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn ps_remembers_that_the_target_forked() {
+    let (fake, _, target) = controller();
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(Family::of(&target, &[4242])),
+    );
+    let client = fake.client();
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, false));
+    // A child seen once...
+    target.table().add(5000, PID.get(), 5000);
+    assert!(client.ps().unwrap().forked);
+    // ...is remembered after it is gone (it may have left the tree: the
+    // controller is no subreaper).
+    target.table().remove(5000);
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, true));
+    running.terminate(&fake);
+}
+
+/// A grant's holder is shown on the process it was made for, not on a
+/// process that took its pid while the tree was read.
+#[test]
+fn ps_shows_a_holder_on_its_process_only() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    let (go, gate) = unbounded();
+    let (entered_tx, entered) = unbounded();
+    let family = Family {
+        gate: Some(Arc::new(Mutex::new(gate))),
+        entered: Some(entered_tx),
+        ..Family::of(&target, &[])
+    };
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    let _session = granted_on(&fake, 77, 5000);
+    let ps = fake.raw_async(b"PS\n");
+    entered
+        .recv_timeout(HANG)
+        .expect("the tree read did not start");
+    // 5000 ends and its pid goes to another child of the target.
+    target.table().add(5000, PID.get(), 9000);
+    go.send(()).unwrap();
+    let reply = String::from_utf8(ps.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    let tree: Tree = serde_json::from_str(reply.strip_prefix("PS ").unwrap().trim()).unwrap();
+    let worker = &tree.processes[1];
+    assert_eq!((worker.pid, worker.start_time), (pid(5000), 9000));
+    assert_eq!(worker.holder, None);
     running.terminate(&fake);
 }
 

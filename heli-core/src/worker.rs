@@ -4,6 +4,7 @@
 //! memory can block on a frozen process's memory lock: never on the loop). The loop hands work over and goes on serving; the result
 //! comes back on a channel, or the loop gives up on it at its deadline.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Sender};
 use log::warn;
 
+use crate::authorize;
 use crate::deadline::Deadline;
 use crate::granter::Granter;
 use crate::inspector::Inspector;
 use crate::process::ProcessId;
-use crate::stacks::{ProcessStacks, ThreadStack};
+use crate::stacks::ProcessStacks;
 use crate::tree::TreeProcess;
 
 /// Tells a piece of work from the others.
@@ -88,24 +90,30 @@ pub(crate) enum Done {
 /// What the inspector's thread reads.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Inspection {
-    /// The threads of a process (`STACK` of the target).
-    Threads(ProcessId),
-    /// The tree under `root` (`PS`).
-    Tree(ProcessId),
-    /// The stacks of process `only` of the tree under `root`, or of every
-    /// process of it (`STACKS`, `STACK <pid>|ALL`). A process not of the
-    /// controller's user (`me`, when known) is skipped.
+    /// The tree (`PS`).
+    Tree(TreeRoot),
+    /// The stacks of process `only` of the tree, or of every process of it
+    /// (`STACKS`, `STACK <pid>|ALL`). A process not of the controller's
+    /// user (`me`, when known) is skipped.
     Stacks {
-        root: ProcessId,
+        tree: TreeRoot,
         only: Option<ProcessId>,
         me: Option<u32>,
     },
 }
 
+/// Where the supervised tree is: under the target, and when the controller
+/// is a subreaper, under the controller (`adopter`) too, which adopts the
+/// processes of the target's tree whose parent died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TreeRoot {
+    pub(crate) target: ProcessId,
+    pub(crate) adopter: Option<ProcessId>,
+}
+
 /// What the inspector's thread read.
 #[derive(Debug)]
 pub(crate) enum Inspected {
-    Threads(Vec<ThreadStack>),
     Tree(Vec<TreeProcess>),
     Stacks(Vec<ProcessStacks>),
 }
@@ -255,41 +263,47 @@ fn inspect(
     deadline: &Deadline,
 ) -> io::Result<Inspected> {
     match inspection {
-        Inspection::Threads(process) => inspector.stacks(process).map(Inspected::Threads),
-        Inspection::Tree(root) => inspector.tree(root).map(Inspected::Tree),
+        Inspection::Tree(root) => read_tree(inspector, root).map(Inspected::Tree),
         Inspection::Stacks {
-            root,
+            tree,
             only: Some(process),
             ..
         } => {
-            // The header's facts, when the inspector can tell them.
-            let facts = inspector
-                .tree(process)
-                .ok()
-                .and_then(|tree| tree.into_iter().find(|facts| facts.pid == process.pid))
-                .unwrap_or_else(|| TreeProcess::new(process.pid));
-            let mut stacks = stacks_header(&facts, root);
+            // That process's facts alone for the header, as far as the
+            // inspector can tell them; none of its tree's.
+            let facts = match inspector.process(process) {
+                Ok(Some(facts)) => facts,
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("PID {} is not running", process.pid),
+                    ))
+                }
+                Err(_) => TreeProcess::new(process.pid),
+            };
+            let mut stacks = stacks_header(&facts, tree.target);
             stacks.threads = inspector.stacks(process)?;
             Ok(Inspected::Stacks(vec![stacks]))
         }
         Inspection::Stacks {
-            root,
+            tree,
             only: None,
             me,
         } => {
-            let tree = inspector.tree(root)?;
-            let stacks = tree
+            let processes = read_tree(inspector, tree)?;
+            let stacks = processes
                 .iter()
                 .map(|process| {
-                    let mut stacks = stacks_header(process, root);
+                    let mut stacks = stacks_header(process, tree.target);
                     let skipped = if deadline.expired() {
                         Some("not read: the request's deadline passed".to_owned())
-                    } else if let Some(me) = me.filter(|&me| me != process.uid) {
-                        Some(format!(
-                            "runs as another user (uid {}; the controller runs as {me})",
-                            process.uid
-                        ))
+                    } else if let Some(why) =
+                        me.and_then(|me| authorize::other_user(process.uid, process.euid, me))
+                    {
+                        Some(why)
                     } else {
+                        // The process the tree listed, not one that took
+                        // its pid since.
                         match inspector.stacks(process.id()) {
                             Ok(threads) => {
                                 stacks.threads = threads;
@@ -307,6 +321,38 @@ fn inspect(
     }
 }
 
+/// The supervised tree, in depth-first order: the target's tree; when the
+/// controller is a subreaper, every process under the controller but the
+/// controller itself, the target's subtree first, then each process the
+/// controller adopted, with its subtree.
+fn read_tree(inspector: &impl Inspector, root: TreeRoot) -> io::Result<Vec<TreeProcess>> {
+    let Some(adopter) = root.adopter else {
+        return inspector.tree(root.target);
+    };
+    let mut all = inspector.tree(adopter)?;
+    all.retain(|process| process.pid != adopter.pid);
+    let Some(start) = all
+        .iter()
+        .position(|process| process.pid == root.target.pid)
+    else {
+        return Ok(all);
+    };
+    // In depth-first order, the target's subtree is the run of processes
+    // after it whose parents are in it.
+    let mut subtree = HashSet::from([root.target.pid]);
+    let mut end = start + 1;
+    while let Some(parent) = all.get(end).and_then(|process| process.parent) {
+        if !subtree.contains(&parent) {
+            break;
+        }
+        subtree.insert(all[end].pid);
+        end += 1;
+    }
+    let mut tree: Vec<TreeProcess> = all.drain(start..end).collect();
+    tree.append(&mut all);
+    Ok(tree)
+}
+
 /// A process's stacks, without threads yet, with its facts from the tree.
 fn stacks_header(process: &TreeProcess, root: ProcessId) -> ProcessStacks {
     let mut stacks = ProcessStacks::new(process.pid);
@@ -321,6 +367,7 @@ fn stacks_header(process: &TreeProcess, root: ProcessId) -> ProcessStacks {
 mod tests {
     use super::*;
     use crate::process::Pid;
+    use crate::stacks::ThreadStack;
     use crate::tree::Role;
 
     #[test]
@@ -335,43 +382,70 @@ mod tests {
         assert!(!claim.finish());
     }
 
-    /// A tree 10 -> 11 -> 12 and 13 (uid 2000): 10 and 12 are Python
-    /// processes, 11 is not.
+    /// Under 1 (the controller): 10 (the target) -> 11 -> 12, 10 -> 13
+    /// (uid 2000) and 5 -> 6, which 1 adopted. The even ones are Python
+    /// processes; each started at the tick of its pid.
     struct Forest;
+
+    fn facts(raw: u32, parent: u32, uid: u32) -> TreeProcess {
+        let mut facts = TreeProcess::new(Pid::new(raw).unwrap());
+        facts.start_time = raw.into();
+        facts.parent = Pid::new(parent);
+        facts.uid = uid;
+        facts.euid = uid;
+        facts.command = format!("cmd {raw}");
+        facts.python = (raw % 2 == 0).then(|| "3.14.0".to_owned());
+        facts
+    }
+
     impl Inspector for Forest {
         fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
-            match process.pid.get() {
-                10 | 12 => Ok(vec![ThreadStack::new(process.pid.get().into())]),
+            let pid = process.pid.get();
+            if process.start_time != u64::from(pid) {
+                return Err(io::Error::other("another process"));
+            }
+            match pid % 2 {
+                0 => Ok(vec![ThreadStack::new(pid.into())]),
                 _ => Err(io::Error::other("not a Python process")),
             }
         }
         fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-            let facts = |raw: u32, parent: u32, uid: u32| {
-                let mut facts = TreeProcess::new(Pid::new(raw).unwrap());
-                facts.parent = Pid::new(parent);
-                facts.uid = uid;
-                facts.command = format!("cmd {raw}");
-                facts.python = (raw % 2 == 0).then(|| "3.14.0".to_owned());
-                facts
-            };
+            // Depth first, children in pid order.
             let all = [
+                facts(1, 0, 1000),
+                facts(5, 1, 1000),
+                facts(6, 5, 1000),
                 facts(10, 1, 1000),
                 facts(11, 10, 1000),
                 facts(12, 11, 1000),
                 facts(13, 10, 2000),
             ];
-            let start = all
-                .iter()
-                .position(|p| p.pid == root.pid)
-                .unwrap_or(all.len());
-            Ok(all[start..].to_vec())
+            let Some(start) = all.iter().position(|p| p.id() == root) else {
+                return Ok(Vec::new());
+            };
+            let mut tree = vec![all[start].clone()];
+            for process in &all[start + 1..] {
+                if !tree.iter().any(|p| Some(p.pid) == process.parent) {
+                    break;
+                }
+                tree.push(process.clone());
+            }
+            Ok(tree)
         }
     }
 
     fn id(raw: u32) -> ProcessId {
         ProcessId {
             pid: Pid::new(raw).unwrap(),
-            start_time: 1,
+            start_time: raw.into(),
+        }
+    }
+
+    /// The target's tree, or with `adopter` 1 the controller's.
+    fn root(adopter: Option<u32>) -> TreeRoot {
+        TreeRoot {
+            target: id(10),
+            adopter: adopter.map(id),
         }
     }
 
@@ -382,11 +456,57 @@ mod tests {
         }
     }
 
+    fn pids(tree: &[TreeProcess]) -> Vec<u32> {
+        tree.iter().map(|p| p.pid.get()).collect()
+    }
+
+    #[test]
+    fn a_subreapers_tree_is_the_targets_then_what_it_adopted() {
+        let target_only = read_tree(&Forest, root(None)).unwrap();
+        assert_eq!(pids(&target_only), [10, 11, 12, 13]);
+        // Every process under the controller but itself, the target's
+        // subtree first: then the adopted ones keep their parent.
+        let with_adopted = read_tree(&Forest, root(Some(1))).unwrap();
+        assert_eq!(pids(&with_adopted), [10, 11, 12, 13, 5, 6]);
+        assert_eq!(with_adopted[4].parent, Pid::new(1));
+        // STACKS ALL walks the same tree.
+        let all = Inspection::Stacks {
+            tree: root(Some(1)),
+            only: None,
+            me: None,
+        };
+        let got = stacks(all, &Deadline::after(Duration::from_secs(60)));
+        let read: Vec<_> = got
+            .iter()
+            .map(|p| (p.pid.get(), p.target, p.threads.len()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (10, true, 1),
+                (11, false, 0),
+                (12, false, 1),
+                (13, false, 0),
+                (5, false, 0),
+                (6, false, 1)
+            ]
+        );
+        // A target no longer under the controller: what is left.
+        let gone = TreeRoot {
+            target: id(30),
+            adopter: Some(id(1)),
+        };
+        assert_eq!(
+            pids(&read_tree(&Forest, gone).unwrap()),
+            [5, 6, 10, 11, 12, 13]
+        );
+    }
+
     #[test]
     fn all_stacks_list_every_process_and_skip_with_the_reason() {
         let soon = Deadline::after(Duration::from_secs(60));
         let all = Inspection::Stacks {
-            root: id(10),
+            tree: root(None),
             only: None,
             me: Some(1000),
         };
@@ -405,7 +525,10 @@ mod tests {
                     13,
                     false,
                     0,
-                    Some("runs as another user (uid 2000; the controller runs as 1000)".into())
+                    Some(
+                        "runs as another user (uid 2000, euid 2000; the controller runs as 1000)"
+                            .into()
+                    )
                 ),
             ]
         );
@@ -422,23 +545,57 @@ mod tests {
         }
     }
 
+    /// Forest, whose tree cannot be listed, but one process's facts can be
+    /// read.
+    struct OneByOne;
+    impl Inspector for OneByOne {
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            Forest.stacks(process)
+        }
+        fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
+            let all = Forest.tree(id(1))?;
+            Ok(all.into_iter().find(|facts| facts.id() == process))
+        }
+    }
+
     #[test]
-    fn one_process_stacks_carry_its_facts_or_fail() {
+    fn one_process_stacks_carry_its_facts_alone_or_fail() {
         let soon = Deadline::after(Duration::from_secs(60));
         let one = |raw| Inspection::Stacks {
-            root: id(10),
+            tree: root(None),
             only: Some(id(raw)),
             me: None,
         };
-        let got = stacks(one(12), &soon);
-        assert_eq!(got.len(), 1);
-        assert_eq!((got[0].pid.get(), got[0].target), (12, false));
-        assert_eq!(got[0].parent, Pid::new(11));
-        assert_eq!(got[0].threads.len(), 1);
+        // Its facts are read without its tree's.
+        for inspector in [&Forest as &dyn Inspector, &OneByOne] {
+            let got = match inspect(&inspector, one(12), &soon).unwrap() {
+                Inspected::Stacks(got) => got,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(got.len(), 1);
+            assert_eq!((got[0].pid.get(), got[0].target), (12, false));
+            assert_eq!(got[0].parent, Pid::new(11));
+            assert_eq!(got[0].command, "cmd 12");
+            assert_eq!(got[0].threads.len(), 1);
+        }
         assert!(stacks(one(10), &soon)[0].target);
         let err = inspect(&Forest, one(11), &soon).unwrap_err();
         assert_eq!(err.to_string(), "not a Python process");
-        // An inspector that cannot list the tree still reads the stacks.
+        // A process whose pid names another one now is not read.
+        let reused = Inspection::Stacks {
+            tree: root(None),
+            only: Some(ProcessId {
+                start_time: 99,
+                ..id(12)
+            }),
+            me: None,
+        };
+        let err = inspect(&OneByOne, reused, &soon).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.to_string()),
+            (io::ErrorKind::NotFound, "PID 12 is not running".into())
+        );
+        // An inspector that cannot tell facts still reads the stacks.
         struct Bare;
         impl Inspector for Bare {
             fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
@@ -453,7 +610,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let all = Inspection::Stacks {
-            root: id(10),
+            tree: root(None),
             only: None,
             me: None,
         };
