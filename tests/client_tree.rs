@@ -55,9 +55,10 @@ fn a_child_of_the_target_through_the_client() {
     wait_for("the child in the tree", Duration::from_secs(20), || {
         tree(&controller).0.len() == 2
     });
-    let (pids, _) = tree(&controller);
+    let (pids, json) = tree(&controller);
     let child = pids[1].0;
     assert_eq!(pids, [(target, pids[0].1), (child, target)]);
+    assert_eq!(json["forked"], true);
 
     // ps: the child's command indented under the target's; the note.
     let (status, out, err) = controller.run_client(&["ps"]);
