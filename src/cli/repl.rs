@@ -674,6 +674,21 @@ mod tests {
     }
 
     #[test]
+    fn tab_completes_every_command_the_parser_knows() {
+        use clap::CommandFactory;
+        let line = Line::command();
+        let mut parsed: Vec<&str> = Vec::new();
+        for command in line.get_subcommands() {
+            parsed.push(command.get_name());
+            parsed.extend(command.get_all_aliases().filter(|alias| *alias != "?"));
+        }
+        parsed.sort_unstable();
+        let mut completed = COMMANDS.to_vec();
+        completed.sort_unstable();
+        assert_eq!(parsed, completed);
+    }
+
+    #[test]
     fn tab_completes_the_tree_s_pids() {
         let tree = || vec![pid(4242), pid(4243), pid(5000)];
         let all = strings(&["4242", "4243", "5000"]);
