@@ -11,6 +11,7 @@
 mod util;
 
 mod attach;
+mod client_tree;
 mod dialect;
 mod embed;
 #[allow(dead_code)]

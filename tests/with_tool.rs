@@ -153,7 +153,7 @@ fn remote_debugging_disabled_in_the_target_is_explained() {
     assert!(err.contains("Remote debugging is not enabled"), "{err}");
     assert!(
         err.contains(&format!(
-            "Remote debugging is disabled in the target (PID {target})"
+            "Remote debugging is disabled in target PID {target}"
         )),
         "{err}"
     );

@@ -1,12 +1,14 @@
 //! One process of `/proc`, opened once, and the [`Processes`] table.
 
+use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 use procfs::process::Process;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use crate::error::{no_such_process, unless_gone};
+use crate::error::{no_such_process, to_io, unless_gone};
 use crate::maps::Mapping;
 
 /// `PF_KTHREAD` in `/proc/PID/stat`'s flags: a kernel thread.
@@ -427,6 +429,49 @@ impl Proc {
             .ok_or_else(|| no_such_process(pid))
     }
 
+    /// Opens for reading the regular file at `path` as this process names
+    /// it: a relative path under its working directory, reached through its
+    /// `/proc/PID/cwd` (which follows the process's `chdir`s, not ours); an
+    /// absolute path as it is.
+    ///
+    /// Never blocks and never acts on a device: anything but a regular file
+    /// is refused without being opened for reading (a FIFO would wait for
+    /// a writer, a device could act on the open), and what was opened is
+    /// checked again (the open does not wait, `O_NONBLOCK`, should a FIFO
+    /// have replaced the file meanwhile). The working directory is taken
+    /// once, relative to the `/proc` directory opened, so a process that
+    /// reused the pid cannot lend its own.
+    ///
+    /// # Errors
+    ///
+    /// When the process is gone ([`NotFound`](io::ErrorKind::NotFound)),
+    /// its working directory cannot be read (another user's process), the
+    /// file cannot be opened, or it is not a regular file
+    /// ([`InvalidInput`](io::ErrorKind::InvalidInput)).
+    pub fn open_in_cwd(&self, path: &Path) -> io::Result<File> {
+        let pid = self.pid;
+        let cwd = self
+            .dir
+            .open_relative_flags("cwd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)
+            .map_err(|err| to_io(err, format_args!("/proc/{pid}/cwd")))?;
+        let not_regular = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", path.display()),
+            )
+        };
+        let stat = rustix::fs::statat(&cwd, path, AtFlags::empty())?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(not_regular());
+        }
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let file = File::from(rustix::fs::openat(&cwd, path, flags, Mode::empty())?);
+        if !file.metadata()?.is_file() {
+            return Err(not_regular());
+        }
+        Ok(file)
+    }
+
     /// Its file-system user id (the fourth `Uid:` field of
     /// `/proc/PID/status`): whose files it opens as; `None` once gone.
     ///
@@ -694,5 +739,57 @@ mod tests {
             }
         }
         assert!(me.capabilities().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_file_is_opened_in_the_process_s_working_directory() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pkg")).unwrap();
+        std::fs::write(dir.path().join("pkg/app.py"), "print('here')\n").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        let mut text = String::new();
+        let relative = proc.open_in_cwd(Path::new("pkg/app.py"));
+        relative.unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "print('here')\n");
+        // Not in ours.
+        let me = Proc::open_existing(Pid::this()).unwrap();
+        let err = me.open_in_cwd(Path::new("pkg/app.py")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        // An absolute path is itself.
+        let absolute = dir.path().join("pkg/app.py");
+        assert!(me.open_in_cwd(&absolute).is_ok());
+        // A directory or a device is refused, unopened.
+        for path in [Path::new("pkg"), Path::new("/dev/zero")] {
+            let err = proc.open_in_cwd(path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().ends_with(": not a regular file"), "{err}");
+        }
+        // Gone: nothing to open through.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let err = proc.open_in_cwd(Path::new("pkg/app.py")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("app.py");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (done, opened) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let me = Proc::open_existing(Pid::this()).unwrap();
+            let _ = done.send(me.open_in_cwd(&fifo).map(drop).map_err(|e| e.kind()));
+        });
+        let opened = opened
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO blocked");
+        assert_eq!(opened, Err(io::ErrorKind::InvalidInput));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::core::protocol::{GrantRequest, RevokeRequest};
+use crate::core::tree::Role;
 use crate::core::{Client, Pid, Processes, Transport};
 use crate::grant::{kill_with_parent, PtraceScope};
 use crate::proc::{Proc, ProcFs};
@@ -31,37 +32,35 @@ pub(crate) struct Debugging {
     out: Paint,
 }
 
-/// The process an `attach` is for.
+/// The process an `attach` is for, and its role in the target's tree
+/// (`None` when not known: it has gone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Process {
-    /// The target (`attach`, or `--pid` naming it): granted as always.
-    Target(Pid),
-    /// Another process of the target's tree (`--pid`).
-    InTree(Pid),
+struct Attached {
+    pid: Pid,
+    role: Option<Role>,
 }
 
-impl Process {
-    fn pid(self) -> Pid {
-        match self {
-            Process::Target(pid) | Process::InTree(pid) => pid,
-        }
-    }
-
-    /// `the target` or `process`, as a message's subject.
-    fn noun(self) -> &'static str {
-        match self {
-            Process::Target(_) => "the target",
-            Process::InTree(_) => "the process",
-        }
+impl Attached {
+    /// Process `pid` of the tree whose target is `target`: the target, or
+    /// the child of its parent (read here, from `/proc`).
+    fn new(pid: Pid, target: Pid) -> Attached {
+        let role = if pid == target {
+            Some(Role::Target)
+        } else {
+            let parent = ProcFs.process(pid).ok().flatten().and_then(|p| p.parent);
+            parent.map(Role::ChildOf)
+        };
+        Attached { pid, role }
     }
 }
 
-impl std::fmt::Display for Process {
-    /// `target PID 4242`, `PID 4243`.
+impl std::fmt::Display for Attached {
+    /// `target PID 4242`, `PID 4243 (child of 4242)`, `PID 4243`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Process::Target(pid) => write!(f, "target PID {pid}"),
-            Process::InTree(pid) => write!(f, "PID {pid}"),
+        match self.role {
+            Some(Role::Target) => write!(f, "target PID {}", self.pid),
+            Some(role) => write!(f, "PID {} ({role})", self.pid),
+            None => write!(f, "PID {}", self.pid),
         }
     }
 }
@@ -102,34 +101,27 @@ impl Debugging {
         let tool = with.map(Tool::parse).transpose()?;
         let mut session = client.session()?;
         let target = session.target_pid()?;
-        let process = match pid {
-            Some(pid) if pid != target => Process::InTree(pid),
-            _ => Process::Target(target),
-        };
+        let process = Attached::new(pid.unwrap_or(target), target);
         // Everything the debugger needs is checked before the grant.
         let debugger = match tool {
-            Some(tool) => Debugger::Tool(tool.resolve(process.pid())?),
-            None => Debugger::Pdb(self.pdb_python(process.pid())?),
+            Some(tool) => Debugger::Tool(tool.resolve(process.pid)?),
+            None => Debugger::Pdb(self.pdb_python(process.pid)?),
         };
         let me = Pid::this();
         println!("Requesting ptrace permission for client PID {me}...");
-        match process {
-            Process::Target(_) if force => session.take_over(me)?,
-            Process::Target(_) => session.grant_access(me)?,
-            Process::InTree(pid) => {
-                session.grant(GrantRequest::new(me).process(pid).force(force))?
-            }
+        // The target's grant asked for as always (no TARGET: any
+        // controller understands it), another process's by its pid.
+        let mut grant = GrantRequest::new(me).force(force);
+        let mut revoke = RevokeRequest::new().client(me);
+        if let Some(pid) = pid {
+            grant = grant.process(pid);
+            revoke = revoke.process(pid);
         }
+        session.grant(grant)?;
         println!("{}", self.out.good("✅ Permission granted"));
         let result = self.debug(&debugger, process, scope);
         // The grant is no longer needed once the debugger is gone.
-        let revoked = match process {
-            Process::Target(_) => session.revoke(me),
-            Process::InTree(pid) => {
-                session.revoke_grant(RevokeRequest::new().client(me).process(pid))
-            }
-        };
-        if let Err(err) = revoked {
+        if let Err(err) = session.revoke_grant(revoke) {
             println!("Note: the grant was not withdrawn: {err}");
         }
         result
@@ -138,10 +130,10 @@ impl Debugging {
     fn debug(
         &self,
         debugger: &Debugger,
-        process: Process,
+        process: Attached,
         scope: PtraceScope,
     ) -> Result<(), Failure> {
-        let pid = process.pid();
+        let pid = process.pid;
         println!();
         let (mut command, name) = match debugger {
             Debugger::Pdb(python) => {
@@ -189,25 +181,24 @@ impl Debugging {
             return Err(Failure::new(
                 ClientExit::Impossible,
                 format!(
-                    "Remote debugging is disabled in {} (PID {pid}): it was started with \
+                    "Remote debugging is disabled in {process}: it was started with \
                      PYTHON_DISABLE_REMOTE_DEBUG set or with -X disable-remote-debug (or its Python \
                      was built --without-remote-debug), so pdb -p cannot attach.\n\
                      Restart the target without them, or use a tool that needs no help from it: \
-                     attach --with 'gdb -p {{pid}}' or attach --with 'py-spy dump --pid {{pid}}'.",
-                    process.noun()
+                     attach --with 'gdb -p {{pid}}' or attach --with 'py-spy dump --pid {{pid}}'."
                 ),
             ));
         }
         if ProcFs.identity(pid).ok().flatten().is_none() {
             return Err(Failure::new(
                 ClientExit::Failed,
-                match process {
-                    Process::Target(_) => format!(
+                match process.role {
+                    Some(Role::Target) => format!(
                         "The target (PID {pid}) exited: nothing to attach to. \
                          `status` shows what the controller is doing."
                     ),
-                    Process::InTree(_) => format!(
-                        "PID {pid} exited: nothing to attach to. \
+                    _ => format!(
+                        "{process} exited: nothing to attach to. \
                          `ps` shows the processes of the target's tree."
                     ),
                 },
@@ -338,6 +329,24 @@ fn run_on_terminal(command: &mut Command, scan: bool) -> std::io::Result<(ExitSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_attached_to_is_named_with_its_role() {
+        let me = Pid::this();
+        let target = Attached::new(me, me);
+        assert_eq!(target.to_string(), format!("target PID {me}"));
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let attached = Attached::new(pid, me);
+        assert_eq!(attached.role, Some(Role::ChildOf(me)));
+        assert_eq!(attached.to_string(), format!("PID {pid} (child of {me})"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Gone: its pid alone.
+        let gone = Attached::new(pid, me);
+        assert_eq!(gone.role, None);
+        assert_eq!(gone.to_string(), format!("PID {pid}"));
+    }
 
     #[test]
     fn scopes_where_a_grant_helps() {

@@ -8,8 +8,8 @@
 //! cargo run --example client -- attach      # one command, then exit
 //! cargo run --example client -- attach --with 'gdb -p {pid}'
 //! cargo run --example client -- ps          # the supervised tree (--json for scripts)
-//! cargo run --example client -- attach --pid 4243
-//! cargo run --example client -- stack --all # every process's stacks (--json for scripts)
+//! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
+//! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
@@ -23,11 +23,12 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::core::protocol::{RevokeRequest, Scope};
-use crate::core::{Client, Pid, Transport};
+use crate::core::{Client, Pid, Processes, Transport};
+use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
-use super::command::{stack_scope, Cmd};
+use super::command::{Cmd, ProcessArg, ScopeArg};
 use super::exit::{ClientExit, Failure, START_HINT};
 use super::render::{self, Listed, Paint};
 use super::repl;
@@ -259,10 +260,13 @@ impl<T: Transport> App<T> {
 
     fn execute(&self, command: &Cmd, json: bool) -> Result<(), Failure> {
         match command {
-            Cmd::Attach { pid, force, with } => {
-                self.debugging
-                    .attach(&self.client, *pid, *force, with.as_deref())
-            }
+            Cmd::Attach {
+                process: ProcessArg(pid),
+                force,
+                with,
+            } => self
+                .debugging
+                .attach(&self.client, *pid, *force, with.as_deref()),
             Cmd::Pid => {
                 println!("{}", self.client.target_pid()?);
                 Ok(())
@@ -276,43 +280,65 @@ impl<T: Transport> App<T> {
                 }
                 Ok(())
             }
-            Cmd::Stack { pid, all } => self.stack(stack_scope(*pid, *all), json),
+            Cmd::Stack {
+                scope: ScopeArg(scope),
+            } => self.stack(*scope, json),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
                     print!("{}", render::status_json_text(&status));
                 } else {
-                    // The roles of the processes granted, when not only the
-                    // target is.
-                    let tree = render::grants_beyond_the_target(&status)
-                        .then(|| self.client.ps().ok())
-                        .flatten();
-                    print!("{}", render::status_text(&status, tree.as_ref(), self.out));
+                    // A granted child's parent, read here: no PS, which
+                    // would read the whole tree for a line or two.
+                    let parent_of = |pid| {
+                        ProcFs
+                            .process(pid)
+                            .ok()
+                            .flatten()
+                            .and_then(|process| process.parent)
+                    };
+                    print!("{}", render::status_text(&status, parent_of, self.out));
                 }
                 Ok(())
             }
-            Cmd::Revoke { pid } => {
-                let mut revoke = RevokeRequest::new().client(Pid::this());
-                if let Some(pid) = pid {
-                    revoke = revoke.process(*pid);
-                }
-                self.client.revoke_grant(revoke)?;
-                match pid {
-                    Some(pid) => println!(
-                        "{}",
-                        self.out
-                            .good(&format!("✅ Permission on PID {pid} withdrawn"))
-                    ),
-                    None => println!("{}", self.out.good("✅ Permission withdrawn")),
-                }
-                Ok(())
-            }
+            Cmd::Revoke {
+                process: ProcessArg(pid),
+            } => self.revoke(*pid),
             Cmd::Terminate => {
                 self.client.terminate()?;
                 println!("Controller is stopping the target and exiting");
                 Ok(())
             }
         }
+    }
+
+    /// `revoke`: withdraws this client's grant on `pid` (the target when
+    /// `None`). Whether it holds one is asked first: the controller answers
+    /// `READY` to a revoke that finds nothing, and only this client makes
+    /// its own grants, so none can appear meanwhile.
+    fn revoke(&self, pid: Option<Pid>) -> Result<(), Failure> {
+        let me = Pid::this();
+        let status = self.client.status()?;
+        let process = pid.unwrap_or(status.pid);
+        let held = status
+            .grants
+            .iter()
+            .any(|grant| grant.process == process && grant.client == me);
+        if !held {
+            println!("This client (PID {me}) holds no grant on PID {process}: nothing to withdraw");
+            return Ok(());
+        }
+        let mut revoke = RevokeRequest::new().client(me);
+        if let Some(pid) = pid {
+            revoke = revoke.process(pid);
+        }
+        self.client.revoke_grant(revoke)?;
+        println!(
+            "{}",
+            self.out
+                .good(&format!("✅ Permission on PID {process} withdrawn"))
+        );
+        Ok(())
     }
 
     /// `stack`: the processes' stacks with the source lines this client
@@ -386,55 +412,56 @@ mod tests {
         assert!(check(&args).is_ok());
     }
 
+    fn stack(scope: Scope) -> Option<Cmd> {
+        Some(Cmd::Stack {
+            scope: ScopeArg(scope),
+        })
+    }
+
+    fn attach(pid: Option<u32>, force: bool, with: Option<&str>) -> Option<Cmd> {
+        Some(Cmd::Attach {
+            process: ProcessArg(pid.map(self::pid)),
+            force,
+            with: with.map(str::to_owned),
+        })
+    }
+
+    fn revoke(pid: Option<u32>) -> Option<Cmd> {
+        Some(Cmd::Revoke {
+            process: ProcessArg(pid.map(self::pid)),
+        })
+    }
+
     #[test]
     fn commands_and_their_options() {
         assert_eq!(parse(&["pid"]).command, Some(Cmd::Pid));
         assert_eq!(parse(&["ps"]).command, Some(Cmd::Ps));
-        assert_eq!(
-            parse(&["stack"]).command,
-            Some(Cmd::Stack {
-                pid: None,
-                all: false
-            })
-        );
-        assert_eq!(
-            parse(&["stack", "--pid", "4243"]).command,
-            Some(Cmd::Stack {
-                pid: Some(pid(4243)),
-                all: false
-            })
-        );
-        assert_eq!(
-            parse(&["stack", "--all"]).command,
-            Some(Cmd::Stack {
-                pid: None,
-                all: true
-            })
-        );
-        assert_eq!(parse(&["revoke"]).command, Some(Cmd::Revoke { pid: None }));
+        assert_eq!(parse(&["stack"]).command, stack(Scope::Target));
+        let one = stack(Scope::Process(pid(4243)));
+        assert_eq!(parse(&["stack", "--pid", "4243"]).command, one);
+        assert_eq!(parse(&["stack", "4243"]).command, one);
+        assert_eq!(parse(&["stack", "--all"]).command, stack(Scope::All));
+        assert_eq!(parse(&["stack", "all"]).command, stack(Scope::All));
+        assert_eq!(parse(&["stack", "ALL"]).command, stack(Scope::All));
+        assert_eq!(parse(&["revoke"]).command, revoke(None));
         assert_eq!(
             parse(&["revoke", "--pid", "4243"]).command,
-            Some(Cmd::Revoke {
-                pid: Some(pid(4243))
-            })
+            revoke(Some(4243))
         );
+        assert_eq!(parse(&["revoke", "4243"]).command, revoke(Some(4243)));
         assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
         assert_eq!(parse(&["attach"]).command, Some(Cmd::attach()));
         assert_eq!(
             parse(&["attach", "--force", "--with", "gdb -p {pid}"]).command,
-            Some(Cmd::Attach {
-                pid: None,
-                force: true,
-                with: Some("gdb -p {pid}".into())
-            })
+            attach(None, true, Some("gdb -p {pid}"))
         );
         assert_eq!(
             parse(&["attach", "--pid=4243", "--with", "gdb -p {pid}"]).command,
-            Some(Cmd::Attach {
-                pid: Some(pid(4243)),
-                force: false,
-                with: Some("gdb -p {pid}".into())
-            })
+            attach(Some(4243), false, Some("gdb -p {pid}"))
+        );
+        assert_eq!(
+            parse(&["attach", "4243", "--force"]).command,
+            attach(Some(4243), true, None)
         );
     }
 
@@ -453,6 +480,13 @@ mod tests {
             &["client", "stack", "--pid", "12x"],
             &["client", "stack", "--pid", "4243", "--all"],
             &["client", "stack", "--all", "--pid=1"],
+            &["client", "stack", "all", "--pid=1"],
+            &["client", "stack", "12", "--all"],
+            &["client", "stack", "12", "13"],
+            &["client", "stack", "any"],
+            &["client", "attach", "12", "--pid", "13"],
+            &["client", "attach", "12", "13"],
+            &["client", "revoke", "12", "--pid", "12"],
             &["client", "revoke", "--pid", "nope"],
             &["client", "ps", "--pid", "1"],
         ] {
@@ -460,13 +494,6 @@ mod tests {
             assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
             assert_eq!(run_with_args(args), ClientExit::Usage, "{args:?}");
         }
-    }
-
-    #[test]
-    fn stack_options_choose_the_processes() {
-        assert_eq!(stack_scope(None, false), Scope::Target);
-        assert_eq!(stack_scope(Some(pid(7)), false), Scope::Process(pid(7)));
-        assert_eq!(stack_scope(None, true), Scope::All);
     }
 
     #[test]

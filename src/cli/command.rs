@@ -1,6 +1,7 @@
-//! The client's commands, given on its command line or at its prompt.
+//! The client's commands, given on its command line or at its prompt: one
+//! `clap` definition parses both, so both accept the same commands.
 
-use clap::Subcommand;
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Args, FromArgMatches, Subcommand};
 
 use crate::core::protocol::Scope;
 use crate::core::Pid;
@@ -11,10 +12,8 @@ pub(crate) enum Cmd {
     /// Get ptrace permission and attach pdb (or the --with tool) to the
     /// target, or to another process of its tree
     Attach {
-        /// The process of the target's tree to attach to (see `ps`)
-        /// [default: the target]
-        #[arg(long, value_name = "PID")]
-        pid: Option<Pid>,
+        #[command(flatten)]
+        process: ProcessArg,
         /// Take the grant over from another client that holds it
         #[arg(long)]
         force: bool,
@@ -35,29 +34,24 @@ pub(crate) enum Cmd {
     /// Print every thread's Python stack, read from memory without
     /// stopping the process (no ptrace right needed; --json for scripts)
     Stack {
-        /// A process of the target's tree instead of the target
-        #[arg(long, value_name = "PID", conflicts_with = "all")]
-        pid: Option<Pid>,
-        /// Every process of the target's tree
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        scope: ScopeArg,
     },
     /// Withdraw the ptrace permission given to this client
     Revoke {
-        /// On this process of the tree [default: the target]
-        #[arg(long, value_name = "PID")]
-        pid: Option<Pid>,
+        #[command(flatten)]
+        process: ProcessArg,
     },
     /// Stop the target and the controller
     Terminate,
 }
 
 impl Cmd {
-    /// `attach` on the target, as the REPL's bare `attach` means.
+    /// `attach` on the target, as a bare `attach` means.
     #[cfg(test)]
     pub(crate) fn attach() -> Cmd {
         Cmd::Attach {
-            pid: None,
+            process: ProcessArg(None),
             force: false,
             with: None,
         }
@@ -69,11 +63,114 @@ impl Cmd {
     }
 }
 
-/// Which processes `stack` reads, from its options.
-pub(crate) fn stack_scope(pid: Option<Pid>, all: bool) -> Scope {
-    match (pid, all) {
-        (_, true) => Scope::All,
-        (Some(pid), false) => Scope::Process(pid),
-        (None, false) => Scope::Target,
+/// The process of the target's tree a command is for: `PID` or `--pid PID`;
+/// `None`: the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ProcessArg(pub(crate) Option<Pid>);
+
+impl FromArgMatches for ProcessArg {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<ProcessArg, clap::Error> {
+        let given = matches
+            .get_one::<Pid>("process")
+            .or_else(|| matches.get_one::<Pid>("pid"));
+        Ok(ProcessArg(given.copied()))
     }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = ProcessArg::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for ProcessArg {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command
+            .arg(
+                Arg::new("process")
+                    .value_name("PID")
+                    .value_parser(value_parser!(Pid))
+                    .help("A process of the target's tree (see `ps`) [default: the target]"),
+            )
+            .arg(
+                Arg::new("pid")
+                    .long("pid")
+                    .value_name("PID")
+                    .value_parser(value_parser!(Pid))
+                    .conflicts_with("process")
+                    .help("The same, as an option"),
+            )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        ProcessArg::augment_args(command)
+    }
+}
+
+/// Which processes `stack` reads: `PID` or `--pid PID`, `all` or `--all`;
+/// none of them: the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ScopeArg(pub(crate) Scope);
+
+impl FromArgMatches for ScopeArg {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<ScopeArg, clap::Error> {
+        let scope = if matches.get_flag("all") {
+            Scope::All
+        } else if let Some(scope) = matches.get_one::<Scope>("process") {
+            *scope
+        } else if let Some(pid) = matches.get_one::<Pid>("pid") {
+            Scope::Process(*pid)
+        } else {
+            Scope::Target
+        };
+        Ok(ScopeArg(scope))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = ScopeArg::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for ScopeArg {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command
+            .arg(
+                Arg::new("process")
+                    .value_name("PID|all")
+                    .value_parser(scope_word)
+                    .help(
+                        "A process of the target's tree instead of the target, \
+                         or all: every one",
+                    ),
+            )
+            .arg(
+                Arg::new("pid")
+                    .long("pid")
+                    .value_name("PID")
+                    .value_parser(value_parser!(Pid))
+                    .conflicts_with_all(["process", "all"])
+                    .help("A process of the target's tree, as an option"),
+            )
+            .arg(
+                Arg::new("all")
+                    .long("all")
+                    .action(ArgAction::SetTrue)
+                    .conflicts_with("process")
+                    .help("Every process of the target's tree"),
+            )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        ScopeArg::augment_args(command)
+    }
+}
+
+/// `stack`'s word: a pid, or `all` (in any case).
+fn scope_word(word: &str) -> Result<Scope, String> {
+    if word.eq_ignore_ascii_case("all") {
+        return Ok(Scope::All);
+    }
+    word.parse()
+        .map(Scope::Process)
+        .map_err(|_| "a PID or all (see ps for the tree's pids)".to_owned())
 }

@@ -2,7 +2,6 @@
 //! for people (coloured on a terminal) and as JSON for scripts. Each
 //! renderer returns the exact text to print, newlines included.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -11,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::protocol::Status;
 use crate::core::stacks::{threads_text, ProcessStacks};
-use crate::core::tree::{Tree, TreeProcess};
+use crate::core::tree::{Role, Tree, TreeProcess};
 use crate::core::Pid;
 
 /// ANSI colours for one output stream: only on a terminal, and only when
@@ -64,8 +63,14 @@ impl Paint {
 }
 
 /// `status`: one fact a line, the keys in a column, then the grants in
-/// force, one a line, each process with its role in `tree` (when known).
-pub(crate) fn status_text(status: &Status, tree: Option<&Tree>, out: Paint) -> String {
+/// force, one a line, each process with its role: the target, or the child
+/// of its parent as `parent_of` finds it (a process that is gone has none:
+/// only its pid is shown).
+pub(crate) fn status_text(
+    status: &Status,
+    parent_of: impl Fn(Pid) -> Option<Pid>,
+    out: Paint,
+) -> String {
     let mut rows = Vec::new();
     if let Some(session) = status.get("session") {
         rows.push(("session", session.to_owned()));
@@ -106,12 +111,11 @@ pub(crate) fn status_text(status: &Status, tree: Option<&Tree>, out: Paint) -> S
         text.push_str(&format!("{}\n", out.heading("grants:")));
         for grant in &status.grants {
             let role = if grant.process == status.pid {
-                " (target)".to_owned()
+                Some(Role::Target)
             } else {
-                tree.and_then(|tree| tree.processes.iter().find(|p| p.pid == grant.process))
-                    .and_then(|process| process.parent)
-                    .map_or_else(String::new, |parent| format!(" (child of {parent})"))
+                parent_of(grant.process).map(Role::ChildOf)
             };
+            let role = role.map_or_else(String::new, |role| format!(" ({role})"));
             text.push_str(&format!(
                 "  PID {}{role}: client PID {}\n",
                 grant.process, grant.client
@@ -119,15 +123,6 @@ pub(crate) fn status_text(status: &Status, tree: Option<&Tree>, out: Paint) -> S
         }
     }
     text
-}
-
-/// Whether `status` shows a grant on a process other than the target:
-/// then `status` lists the tree too, to name the processes' roles.
-pub(crate) fn grants_beyond_the_target(status: &Status) -> bool {
-    status
-        .grants
-        .iter()
-        .any(|grant| grant.process != status.pid)
 }
 
 /// `status --json`.
@@ -257,11 +252,16 @@ pub(crate) fn stacks_json_text(stacks: &[ProcessStacks]) -> String {
 pub(crate) const NOT_A_SUBREAPER: &str = "note: the controller is not a subreaper: \
     a process that daemonises (double fork) leaves this tree";
 
-/// `ps`: the tree as a table, each process under its parent, its command
-/// indented two spaces per generation (as `ps f` does); the target first.
+/// `ps`: the tree as a table, in the order `PS` gives (depth first, the
+/// target first), each process's command indented two spaces per
+/// generation below the first listed (as `ps f` does). Under it, when the
+/// controller is not a subreaper and the target has forked, what it cannot
+/// see.
 pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
-    let rows: Vec<[String; 10]> = tree_order(&tree.processes)
-        .into_iter()
+    let rows: Vec<[String; 10]> = tree
+        .processes
+        .iter()
+        .zip(depths(&tree.processes))
         .map(|(process, depth)| {
             [
                 process.pid.to_string(),
@@ -284,7 +284,7 @@ pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
         &rows,
         out,
     );
-    if !tree.subreaper && tree.processes.len() > 1 {
+    if !tree.subreaper && (tree.processes.len() > 1 || tree.forked) {
         text.push_str(NOT_A_SUBREAPER);
         text.push('\n');
     }
@@ -297,47 +297,27 @@ pub(crate) fn ps_json_text(tree: &Tree) -> String {
     format!("{text}\n")
 }
 
-/// The processes depth first, each with its depth: the ones whose parent is
-/// not listed (the target first) at 0, each followed by its children in
-/// the order listed.
-fn tree_order(processes: &[TreeProcess]) -> Vec<(&TreeProcess, usize)> {
-    let listed: HashSet<Pid> = processes.iter().map(|p| p.pid).collect();
-    let mut children: HashMap<Pid, Vec<&TreeProcess>> = HashMap::new();
-    let mut roots = Vec::new();
-    for process in processes {
-        match process.parent.filter(|parent| listed.contains(parent)) {
-            Some(parent) if parent != process.pid => {
-                children.entry(parent).or_default().push(process)
+/// The depth of each process of `processes`, listed depth first (as
+/// [`Tree::processes`] are): 0 for one whose parent is not among those
+/// above it (the target, a process adopted by the controller), else one
+/// more than its parent's. One pass, with the stack of the ancestors of the
+/// process before: its parent is on it, or the process starts a new root.
+fn depths(processes: &[TreeProcess]) -> Vec<usize> {
+    let mut ancestors: Vec<Pid> = Vec::new();
+    processes
+        .iter()
+        .map(|process| {
+            while ancestors
+                .last()
+                .is_some_and(|&above| Some(above) != process.parent)
+            {
+                ancestors.pop();
             }
-            _ => roots.push(process),
-        }
-    }
-    roots.sort_by_key(|process| !process.target);
-    let mut order = Vec::with_capacity(processes.len());
-    let mut seen = HashSet::new();
-    let mut pending: Vec<(&TreeProcess, usize)> = roots
-        .into_iter()
-        .rev()
-        .map(|process| (process, 0))
-        .collect();
-    while let Some((process, depth)) = pending.pop() {
-        if !seen.insert(process.pid) {
-            continue;
-        }
-        order.push((process, depth));
-        if let Some(children) = children.get(&process.pid) {
-            pending.extend(children.iter().rev().map(|child| (*child, depth + 1)));
-        }
-    }
-    // Parents that name each other (a snapshot of recycled pids): listed
-    // anyway, at the top.
-    for process in processes {
-        if !seen.contains(&process.pid) {
-            seen.insert(process.pid);
-            order.push((process, 0));
-        }
-    }
-    order
+            let depth = ancestors.len();
+            ancestors.push(process.pid);
+            depth
+        })
+        .collect()
 }
 
 /// Bytes, as `ps` and `top` show sizes: `512B`, `4.0K`, `12.3M`, `1.5G`.
@@ -462,7 +442,7 @@ mod tests {
     #[test]
     fn status_as_text() {
         assert_eq!(
-            status_text(&status(), None, Paint(false)),
+            status_text(&status(), |_| None, Paint(false)),
             "session      target-9\n\
              target PID   42\n\
              command      python3.14 examples/target.py\n\
@@ -480,23 +460,20 @@ mod tests {
 
     #[test]
     fn status_names_the_roles_of_the_processes_granted() {
-        let mut worker = TreeProcess::new(pid(4250));
-        worker.parent = Some(pid(42));
-        let tree = Tree::new(vec![TreeProcess::new(pid(42)), worker], true);
-        let text = status_text(&status(), Some(&tree), Paint(false));
+        let parent_of = |process: Pid| {
+            assert_eq!(process, pid(4250), "the target's parent is not asked");
+            Some(pid(42))
+        };
+        let text = status_text(&status(), parent_of, Paint(false));
         assert!(
             text.ends_with(
                 "\ngrants:\n  PID 42 (target): client PID 7\n  PID 4250 (child of 42): client PID 8\n"
             ),
             "{text}"
         );
-        assert!(grants_beyond_the_target(&status()));
-        let target_only = Status {
-            grants: status().grants[..1].to_vec(),
-            ..status()
-        };
-        assert!(!grants_beyond_the_target(&target_only));
-        assert!(!grants_beyond_the_target(&Status::new(pid(42))));
+        // A process that is gone: its pid alone.
+        let text = status_text(&status(), |_| None, Paint(false));
+        assert!(text.ends_with("\n  PID 4250: client PID 8\n"), "{text}");
     }
 
     #[test]
@@ -508,7 +485,7 @@ mod tests {
             ..status()
         };
         assert_eq!(
-            status_text(&status, None, Paint(false)),
+            status_text(&status, |_| None, Paint(false)),
             "target PID   42\n\
              command      python3.14 examples/target.py\n\
              state        running\n\
@@ -522,7 +499,7 @@ mod tests {
 
     #[test]
     fn status_keys_are_bold_on_a_terminal() {
-        let text = status_text(&status(), None, Paint(true));
+        let text = status_text(&status(), |_| None, Paint(true));
         assert!(
             text.starts_with(
                 "\x1b[1msession     \x1b[0m target-9\n\x1b[1mtarget PID  \x1b[0m 42\n"
@@ -675,8 +652,8 @@ mod tests {
         shell.python = None;
         shell.rss_bytes = 900;
         let other = process(4244, Some(4242), "gunicorn: worker [app:app]");
-        // Listed parents first, but not depth first.
-        Tree::new(vec![arbiter, worker, other, shell], false)
+        // Depth first, as PS lists them.
+        Tree::new(vec![arbiter, worker, shell, other], false)
     }
 
     #[test]
@@ -693,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn ps_notes_a_missing_subreaper_only_when_there_are_children() {
+    fn ps_notes_a_missing_subreaper_only_once_the_target_has_forked() {
         let mut tree = tree();
         tree.subreaper = true;
         assert!(!ps_text(&tree, Paint(false)).contains("note:"));
@@ -702,6 +679,13 @@ mod tests {
         let text = ps_text(&alone, Paint(false));
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(!text.contains("note:"));
+        // Its children are gone (or left the tree): the note still says
+        // why a daemonised one would not be listed.
+        alone.forked = true;
+        let text = ps_text(&alone, Paint(false));
+        assert_eq!(text.lines().nth(2), Some(NOT_A_SUBREAPER), "{text}");
+        alone.subreaper = true;
+        assert!(!ps_text(&alone, Paint(false)).contains("note:"));
         assert_eq!(
             ps_text(&Tree::default(), Paint(false)),
             "PID  PPID  S  THR  CPU%  RSS  UPTIME  PYTHON  GRANT  COMMAND\n"
@@ -709,34 +693,29 @@ mod tests {
     }
 
     #[test]
-    fn ps_puts_the_target_first_and_survives_odd_parents() {
-        let mut tree = tree();
-        // The target listed last, a process whose parent is gone, and two
-        // that name each other.
-        tree.processes.rotate_left(1);
-        let mut orphan = TreeProcess::new(pid(9000));
-        orphan.parent = Some(pid(8999));
-        let mut a = TreeProcess::new(pid(9001));
-        a.parent = Some(pid(9002));
-        let mut b = TreeProcess::new(pid(9002));
-        b.parent = Some(pid(9001));
-        tree.processes.extend([orphan, a, b]);
-        let order: Vec<(u32, usize)> = tree_order(&tree.processes)
-            .into_iter()
-            .map(|(process, depth)| (process.pid.get(), depth))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                (4242, 0),
-                (4243, 1),
-                (4250, 2),
-                (4244, 1),
-                (9000, 0),
-                (9001, 0),
-                (9002, 0)
-            ]
-        );
+    fn depths_come_from_the_ancestors_above() {
+        let process = |raw, parent: u32| {
+            let mut process = TreeProcess::new(pid(raw));
+            process.parent = Some(pid(parent));
+            process
+        };
+        // The target's subtree, then two processes the (subreaper)
+        // controller 10 adopted, one with a child; and one whose parent
+        // is not listed at all.
+        let processes = [
+            process(42, 10),
+            process(43, 42),
+            process(45, 43),
+            process(46, 45),
+            process(44, 42),
+            process(47, 44),
+            process(50, 10),
+            process(51, 50),
+            process(60, 10),
+            process(70, 69),
+        ];
+        assert_eq!(depths(&processes), [0, 1, 2, 3, 1, 2, 0, 1, 0, 0]);
+        assert_eq!(depths(&[]), Vec::<usize>::new());
     }
 
     #[test]
@@ -748,7 +727,8 @@ mod tests {
         assert_eq!(json["subreaper"], false);
         assert_eq!(json["processes"][1]["pid"], 4243);
         assert_eq!(json["processes"][1]["holder"], 777);
-        assert_eq!(json["processes"][3]["python"], Value::Null);
+        assert_eq!(json["processes"][2]["python"], Value::Null);
+        assert_eq!(json["forked"], false);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -119,98 +121,71 @@ pub(crate) enum Repl {
     Quit,
 }
 
-/// The words of a REPL line, as a shell would split them: `None` for a
-/// blank line, the message to print for a line that is no command.
+/// A REPL line, as `clap` parses it: the client's commands (the same
+/// [`Cmd`] as on its command line), and the REPL's own.
+#[derive(Parser, Debug)]
+#[command(
+    name = "",
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    disable_version_flag = true
+)]
+struct Line {
+    /// Print status, ps or stack as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Word,
+}
+
+/// The first word of a REPL line.
+#[derive(Subcommand, Debug)]
+enum Word {
+    #[command(flatten)]
+    Run(Cmd),
+    /// List the commands
+    #[command(alias = "?")]
+    Help,
+    /// Leave (the controller keeps running)
+    #[command(alias = "exit")]
+    Quit,
+}
+
+/// A REPL line: its words split as a shell would (the command word in any
+/// case), then parsed as [`Cmd`] is on the command line. `None` for a
+/// blank line; for a line that is no command, the message to print.
 pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
-    let words = shlex::split(line).ok_or_else(|| format!("Unmatched quote in: {}", line.trim()))?;
-    let Some((first, rest)) = words.split_first() else {
+    let mut words =
+        shlex::split(line).ok_or_else(|| format!("Unmatched quote in: {}", line.trim()))?;
+    let Some(first) = words.first_mut() else {
         return Ok(None);
     };
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    first.make_ascii_lowercase();
     let unknown = || {
         format!(
             "Unknown command: {}. Type 'help' for the list of commands.",
             line.trim()
         )
     };
-    let pid = |word: &str| -> Result<Pid, String> {
-        word.parse()
-            .map_err(|_| format!("Not a PID: {word} (see ps for the tree's)"))
-    };
-    let command =
-        match (first.to_ascii_lowercase().as_str(), rest.as_slice()) {
-            ("attach", options) => {
-                let (mut process, mut force, mut with) = (None, false, None);
-                let mut options = options.iter();
-                while let Some(option) = options.next() {
-                    match *option {
-                        "--force" => force = true,
-                        "--with" => match options.next() {
-                            Some(tool) => with = Some((*tool).to_owned()),
-                            None => return Err(
-                                "attach --with needs a command, e.g. attach --with 'gdb -p {pid}'"
-                                    .into(),
-                            ),
-                        },
-                        "--pid" => match options.next() {
-                            Some(word) => process = Some(pid(word)?),
-                            None => return Err("attach --pid needs a PID".into()),
-                        },
-                        other if other.starts_with("--with=") => {
-                            with = Some(other["--with=".len()..].to_owned())
-                        }
-                        other if other.starts_with("--pid=") => {
-                            process = Some(pid(&other["--pid=".len()..])?)
-                        }
-                        other if !other.starts_with('-') && process.is_none() => {
-                            process = Some(pid(other)?)
-                        }
-                        _ => return Err(unknown()),
-                    }
-                }
-                Repl::Run(
-                    Cmd::Attach {
-                        pid: process,
-                        force,
-                        with,
-                    },
-                    false,
-                )
-            }
-            ("pid", []) => Repl::Run(Cmd::Pid, false),
-            ("ps", []) => Repl::Run(Cmd::Ps, false),
-            ("ps", ["--json"]) => Repl::Run(Cmd::Ps, true),
-            ("stack", options) => {
-                let lower: Vec<String> = options.iter().map(|w| w.to_ascii_lowercase()).collect();
-                let options: Vec<&str> = lower.iter().map(String::as_str).collect();
-                let (json, options) = match options.as_slice() {
-                    [options @ .., "--json"] => (true, options),
-                    options => (false, options),
-                };
-                let (process, all) = match options {
-                    [] => (None, false),
-                    ["all" | "--all"] => (None, true),
-                    ["--pid", word] | [word] if !word.starts_with('-') => (Some(pid(word)?), false),
-                    _ => return Err(unknown()),
-                };
-                Repl::Run(Cmd::Stack { pid: process, all }, json)
-            }
-            ("status", []) => Repl::Run(Cmd::Status, false),
-            ("status", ["--json"]) => Repl::Run(Cmd::Status, true),
-            ("revoke", options) => {
-                let process = match options {
-                    [] => None,
-                    ["--pid", word] | [word] if !word.starts_with('-') => Some(pid(word)?),
-                    _ => return Err(unknown()),
-                };
-                Repl::Run(Cmd::Revoke { pid: process }, false)
-            }
-            ("terminate", []) => Repl::Run(Cmd::Terminate, false),
-            ("help" | "?", []) => Repl::Help,
-            ("quit" | "exit", []) => Repl::Quit,
-            _ => return Err(unknown()),
-        };
-    Ok(Some(command))
+    let parsed = Line::try_parse_from(&words).map_err(|err| match err.kind() {
+        ErrorKind::InvalidSubcommand
+        | ErrorKind::MissingSubcommand
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => unknown(),
+        // `attach --help`: clap's help of the command.
+        _ => err.to_string().trim_end().to_owned(),
+    })?;
+    Ok(Some(match parsed.command {
+        Word::Run(command) if parsed.json && !command.has_json() => {
+            return Err(format!(
+                "--json goes with status, ps and stack, not: {}",
+                line.trim()
+            ))
+        }
+        Word::Run(command) => Repl::Run(command, parsed.json),
+        Word::Help | Word::Quit if parsed.json => return Err(unknown()),
+        Word::Help => Repl::Help,
+        Word::Quit => Repl::Quit,
+    }))
 }
 
 /// The REPL's commands, for Tab completion.
@@ -395,6 +370,7 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
         [--json]          PID's, or every process's), read without stopping it
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
+  COMMAND --help          its options (the same as on the command line)
   help                    this help
   quit, exit, Ctrl-D      leave (the controller keeps running)
 ",
@@ -412,6 +388,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::command::{ProcessArg, ScopeArg};
+    use crate::core::protocol::Scope;
 
     fn run(line: &str) -> Option<Repl> {
         parse_line(line).unwrap_or_else(|message| panic!("{line:?}: {message}"))
@@ -424,7 +402,7 @@ mod tests {
     fn attach_to(pid: Option<u32>, force: bool, with: Option<&str>) -> Option<Repl> {
         Some(Repl::Run(
             Cmd::Attach {
-                pid: pid.map(self::pid),
+                process: ProcessArg(pid.map(self::pid)),
                 force,
                 with: with.map(str::to_owned),
             },
@@ -437,10 +415,14 @@ mod tests {
     }
 
     fn stack(pid: Option<u32>, all: bool, json: bool) -> Option<Repl> {
+        let scope = match (pid, all) {
+            (_, true) => Scope::All,
+            (Some(raw), false) => Scope::Process(self::pid(raw)),
+            (None, false) => Scope::Target,
+        };
         Some(Repl::Run(
             Cmd::Stack {
-                pid: pid.map(self::pid),
-                all,
+                scope: ScopeArg(scope),
             },
             json,
         ))
@@ -449,7 +431,7 @@ mod tests {
     fn revoke(pid: Option<u32>) -> Option<Repl> {
         Some(Repl::Run(
             Cmd::Revoke {
-                pid: pid.map(self::pid),
+                process: ProcessArg(pid.map(self::pid)),
             },
             false,
         ))
@@ -506,8 +488,14 @@ mod tests {
             run("attach '--with=strace -p {pid}'"),
             attach(false, Some("strace -p {pid}"))
         );
-        // The last --with wins.
-        assert_eq!(run("attach --with a --with b"), attach(false, Some("b")));
+        // As on the command line: one --with.
+        let twice = parse_line("attach --with a --with b").unwrap_err();
+        assert!(
+            twice.starts_with(
+                "error: the argument '--with <COMMAND>' cannot be used multiple times"
+            ),
+            "{twice}"
+        );
     }
 
     #[test]
@@ -523,26 +511,27 @@ mod tests {
             run("attach --with 'gdb -p {pid}' 4243"),
             attach_to(Some(4243), false, Some("gdb -p {pid}"))
         );
-        for line in [
-            "attach abc",
-            "attach --pid 0",
-            "attach --pid=x1",
-            "attach -- 12",
-        ] {
+        // `--` ends the options, as on the command line.
+        assert_eq!(run("attach -- 12"), attach_to(Some(12), false, None));
+        for line in ["attach abc", "attach --pid 0", "attach --pid=x1"] {
             let message = parse_line(line).unwrap_err();
             assert!(
-                message.starts_with("Not a PID: ") || message.starts_with("Unknown command"),
+                message.starts_with("error: invalid value ") && message.contains("Invalid PID"),
                 "{line}: {message}"
             );
         }
         assert_eq!(
             parse_line("attach abc"),
-            Err("Not a PID: abc (see ps for the tree's)".into())
+            Err("error: invalid value 'abc' for '[PID]': Invalid PID\n\n\
+                 For more information, try '--help'."
+                .into())
         );
-        assert_eq!(
-            parse_line("attach --pid"),
-            Err("attach --pid needs a PID".into())
+        let missing = parse_line("attach --pid").unwrap_err();
+        assert!(
+            missing.starts_with("error: a value is required for '--pid <PID>'"),
+            "{missing}"
         );
+        assert!(parse_line("attach 12 --pid 12").is_err());
         // One process per attach.
         assert!(parse_line("attach 12 13").is_err());
     }
@@ -557,13 +546,18 @@ mod tests {
         assert_eq!(run("stack --json"), stack(None, false, true));
         assert_eq!(run("stack all --json"), stack(None, true, true));
         assert_eq!(run("stack 12 --json"), stack(Some(12), false, true));
+        assert_eq!(run("stack --json all"), stack(None, true, true));
+        assert_eq!(run("--json stack all"), stack(None, true, true));
         assert_eq!(
             parse_line("stack abc"),
-            Err("Not a PID: abc (see ps for the tree's)".into())
+            Err("error: invalid value 'abc' for '[PID|all]': a PID or all \
+                 (see ps for the tree's pids)\n\nFor more information, try '--help'."
+                .into())
         );
         for line in [
             "stack 12 all",
-            "stack --json all",
+            "stack all --all",
+            "stack --all --pid 3",
             "stack --pid",
             "stack -3",
         ] {
@@ -581,25 +575,16 @@ mod tests {
 
     #[test]
     fn attach_with_needs_a_command() {
-        assert_eq!(
-            parse_line("attach --with"),
-            Err("attach --with needs a command, e.g. attach --with 'gdb -p {pid}'".into())
+        let message = parse_line("attach --with").unwrap_err();
+        assert!(
+            message.starts_with("error: a value is required for '--with <COMMAND>'"),
+            "{message}"
         );
     }
 
     #[test]
     fn unknown_commands_and_options() {
-        for line in [
-            "frobnicate",
-            "attach --bogus",
-            "pid 12",
-            "ps all",
-            "status --xml",
-            "status --json --json",
-            "help me",
-            "quit now",
-            "--json",
-        ] {
+        for line in ["frobnicate", "frobnicate now", "--json", "help --json"] {
             assert_eq!(
                 parse_line(line),
                 Err(format!(
@@ -613,6 +598,32 @@ mod tests {
             parse_line("  bogus  "),
             Err("Unknown command: bogus. Type 'help' for the list of commands.".into())
         );
+        // A known command with what it does not take: clap says what, and
+        // how the command is used.
+        for (line, usage) in [
+            ("attach --bogus", "attach [OPTIONS] [PID]"),
+            ("pid 12", "pid [OPTIONS]"),
+            ("ps all", "ps [OPTIONS]"),
+            ("status --xml", "status [OPTIONS]"),
+            ("status --json --json", "status [OPTIONS]"),
+            ("help me", "help [OPTIONS]"),
+            ("quit now", "quit [OPTIONS]"),
+        ] {
+            let message = parse_line(line).unwrap_err();
+            assert!(message.starts_with("error: "), "{line}: {message}");
+            assert!(
+                message.contains(&format!("\nUsage: {usage}\n")),
+                "{line}: {message}"
+            );
+        }
+        assert_eq!(
+            parse_line("pid --json"),
+            Err("--json goes with status, ps and stack, not: pid --json".into())
+        );
+        // `--help` is clap's help of the command.
+        let help = parse_line("attach --help").unwrap_err();
+        assert!(help.contains("Usage: attach [OPTIONS] [PID]"), "{help}");
+        assert!(help.contains("--with <COMMAND>"), "{help}");
     }
 
     #[test]
@@ -660,6 +671,21 @@ mod tests {
         );
         // Only what is before the cursor counts.
         assert_eq!(complete("st pid", 2), (0, strings(&["stack", "status"])));
+    }
+
+    #[test]
+    fn tab_completes_every_command_the_parser_knows() {
+        use clap::CommandFactory;
+        let line = Line::command();
+        let mut parsed: Vec<&str> = Vec::new();
+        for command in line.get_subcommands() {
+            parsed.push(command.get_name());
+            parsed.extend(command.get_all_aliases().filter(|alias| *alias != "?"));
+        }
+        parsed.sort_unstable();
+        let mut completed = COMMANDS.to_vec();
+        completed.sort_unstable();
+        assert_eq!(parsed, completed);
     }
 
     #[test]
@@ -757,7 +783,7 @@ mod tests {
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 15);
+        assert_eq!(text.lines().count(), 16);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"

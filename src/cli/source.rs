@@ -2,35 +2,43 @@
 //! controller never reads files for a client).
 //!
 //! A frame's file is the code object's `co_filename`: an absolute path, or
-//! one relative to the process's working directory (read through
-//! `/proc/PID/cwd`, which follows it even after a `chdir` of the client).
-//! Only regular files are read: a FIFO, a device or a directory named as a
-//! file name is skipped without being opened for reading (a FIFO would
-//! block, a device could act on the open). Each file is read once, at most
+//! one relative to the process's working directory. Files are opened by
+//! [`Proc::open_in_cwd`], which finds that directory through the process's
+//! own `/proc` entry (so it follows the process, not this client), opens
+//! regular files only and never blocks. Each file is read once, at most
 //! [`FILE_LIMIT`] bytes of it, and at most [`TOTAL_LIMIT`] bytes in all;
 //! a line past those gets no text. Anything unreadable gives no line, and
 //! no error.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::core::stacks::ProcessStacks;
 use crate::core::Pid;
+use crate::proc::Proc;
 
 /// The most read of one file.
 pub(crate) const FILE_LIMIT: usize = 1024 * 1024;
 /// The most read of all the files, for one stack output.
 pub(crate) const TOTAL_LIMIT: usize = 4 * 1024 * 1024;
 
+/// A source file as the processes name it: an absolute path (the same
+/// file for every process), or a relative one of one process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Named {
+    /// The process whose working directory a relative path is in; `None`
+    /// for an absolute path.
+    process: Option<Pid>,
+    path: PathBuf,
+}
+
 /// Source files read so far, each once.
 #[derive(Debug)]
 pub(crate) struct Sources {
-    /// By the path opened: a file's lines, or `None` when it could not be
-    /// read.
-    files: HashMap<PathBuf, Option<Vec<String>>>,
+    /// A file's lines, or `None` when it could not be read.
+    files: HashMap<Named, Option<Vec<String>>>,
     /// Bytes read from all files.
     read: usize,
     file_limit: usize,
@@ -69,21 +77,23 @@ impl Sources {
     /// Line `line` (from 1) of `file` as process `pid` names it, trimmed;
     /// `None` when it cannot be read or is blank.
     pub(crate) fn line(&mut self, pid: Pid, file: &str, line: u32) -> Option<String> {
-        let path = resolve(pid, file)?;
-        if !self.files.contains_key(&path) {
+        let named = resolve(pid, file)?;
+        if !self.files.contains_key(&named) {
             let budget = self
                 .file_limit
                 .min(self.total_limit.saturating_sub(self.read));
             if budget == 0 {
                 return None;
             }
-            let lines = read_lines(&path, budget).map(|(lines, read)| {
-                self.read += read;
-                lines
-            });
-            self.files.insert(path.clone(), lines.ok());
+            let lines = open(pid, &named.path)
+                .and_then(|file| read_lines(file, budget))
+                .map(|(lines, read)| {
+                    self.read += read;
+                    lines
+                });
+            self.files.insert(named.clone(), lines.ok());
         }
-        let lines = self.files.get(&path)?.as_ref()?;
+        let lines = self.files.get(&named)?.as_ref()?;
         let text = lines
             .get(usize::try_from(line).ok()?.checked_sub(1)?)?
             .trim();
@@ -91,35 +101,32 @@ impl Sources {
     }
 }
 
-/// Where `file` is, for process `pid`: an absolute path as it is, a
-/// relative one under `/proc/PID/cwd`; `None` for names that are no path
-/// (`<string>`, `<frozen importlib._bootstrap>`) and empty ones.
-pub(crate) fn resolve(pid: Pid, file: &str) -> Option<PathBuf> {
+/// Which file `file` is, for process `pid`; `None` for names that are no
+/// path (`<string>`, `<frozen importlib._bootstrap>`) and empty ones.
+pub(crate) fn resolve(pid: Pid, file: &str) -> Option<Named> {
     if file.is_empty() || file.starts_with('<') || file.contains('\0') {
         return None;
     }
-    let path = Path::new(file);
-    Some(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        Path::new("/proc")
-            .join(pid.to_string())
-            .join("cwd")
-            .join(path)
+    let path = PathBuf::from(file);
+    Some(Named {
+        process: (!path.is_absolute()).then_some(pid),
+        path,
     })
 }
 
-/// At most `limit` bytes of the regular file at `path`, as lines (UTF-8,
-/// invalid bytes replaced; a line cut by the limit left out), and the bytes
-/// read.
-fn read_lines(path: &Path, limit: usize) -> std::io::Result<(Vec<String>, usize)> {
-    // Not opened at all unless a regular file: opening a device may act.
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(not_regular());
-    }
-    let file = open_regular(path)?;
+/// Opens `path` as process `pid` names it: a regular file, without
+/// blocking.
+fn open(pid: Pid, path: &Path) -> std::io::Result<File> {
+    let process = Proc::open(pid)?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "gone"))?;
+    process.open_in_cwd(path)
+}
+
+/// At most `limit` bytes of `file`, as lines (UTF-8, invalid bytes
+/// replaced; a line cut by the limit left out), and the bytes read.
+fn read_lines(file: File, limit: usize) -> std::io::Result<(Vec<String>, usize)> {
     let mut bytes = Vec::new();
-    File::take(file, limit as u64 + 1).read_to_end(&mut bytes)?;
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
     let read = bytes.len().min(limit);
     if bytes.len() > limit {
         // Cut: the last line may be partial.
@@ -131,24 +138,6 @@ fn read_lines(path: &Path, limit: usize) -> std::io::Result<(Vec<String>, usize)
     }
     let text = String::from_utf8_lossy(&bytes);
     Ok((text.lines().map(str::to_owned).collect(), read))
-}
-
-/// Opens `path` for reading if it is a regular file. It may have been
-/// replaced by a FIFO since it was looked at: the open does not wait for a
-/// writer, and what was opened is checked.
-fn open_regular(path: &Path) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_regular());
-    }
-    Ok(file)
-}
-
-fn not_regular() -> std::io::Error {
-    std::io::Error::other("not a regular file")
 }
 
 #[cfg(test)]
@@ -243,16 +232,15 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("reading a FIFO named as a source file blocked");
         assert_eq!(line, None);
-        // Swapped in after the type check, it is opened without waiting
-        // for a writer, and refused.
+        // Opened (and refused) without waiting for a writer.
         let (done, opened) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = done.send(open_regular(&fifo).map(drop).map_err(|e| e.to_string()));
+            let _ = done.send(open(Pid::this(), &fifo).map(drop).map_err(|e| e.kind()));
         });
         let opened = opened
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("opening a FIFO blocked");
-        assert_eq!(opened, Err("not a regular file".to_owned()));
+        assert_eq!(opened, Err(std::io::ErrorKind::InvalidInput));
     }
 
     #[test]
@@ -298,10 +286,16 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(line.as_deref(), Some("print('here')"));
         assert_eq!(ours, None, "not ours");
+        // A relative path is each process's own; an absolute one is shared.
         assert_eq!(
             resolve(pid, "pkg/app.py"),
-            Some(PathBuf::from(format!("/proc/{pid}/cwd/pkg/app.py")))
+            Some(Named {
+                process: Some(pid),
+                path: PathBuf::from("pkg/app.py")
+            })
         );
+        assert_ne!(resolve(pid, "pkg/app.py"), resolve(me(), "pkg/app.py"));
+        assert_eq!(resolve(pid, "/srv/app.py"), resolve(me(), "/srv/app.py"));
     }
 
     #[test]
