@@ -151,7 +151,9 @@ impl Memory {
             return mem
                 .write_all_at(data, addr)
                 .map_err(|err| match err.raw_os_error() {
-                    Some(libc::EIO) | Some(libc::EFAULT) => self.unmapped("write", addr, data.len()),
+                    Some(libc::EIO) | Some(libc::EFAULT) => {
+                        self.unmapped("write", addr, data.len())
+                    }
                     // The memory the file was opened on is no more.
                     _ if err.kind() == io::ErrorKind::WriteZero => self.replaced(),
                     _ => self.error("write", err),
@@ -315,9 +317,8 @@ impl Proc {
             true => ".".to_owned(),
             false => format!("task/{via}"),
         };
-        let flags = rustix::fs::OFlags::PATH
-            | rustix::fs::OFlags::DIRECTORY
-            | rustix::fs::OFlags::CLOEXEC;
+        let flags =
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
         let opened = self.dir().open_relative_flags(&dir, flags);
         let dir = unless_gone(opened, format_args!("/proc/{pid}/{dir}"))?
             .ok_or_else(|| no_such_process(pid))?;
@@ -427,7 +428,10 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
         Memory::new(pid).write(after, &word.to_le_bytes()).unwrap();
         // Bound again: the new memory.
-        proc.memory().unwrap().write(after, &word.to_le_bytes()).unwrap();
+        proc.memory()
+            .unwrap()
+            .write(after, &word.to_le_bytes())
+            .unwrap();
         let _ = child.kill();
         let _ = child.wait();
         let err = proc.memory().unwrap_err();

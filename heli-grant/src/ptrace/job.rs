@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, Pid, Processes};
+use heli_core::{Deadline, Pid, ProcessId, Processes};
 use heli_proc::{Proc, ProcFs, ThreadStatus};
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -31,16 +31,17 @@ pub(super) fn inject(
     tracers: &Tracers<Job>,
     waits: &ChildWaits,
     allow_seccomp: bool,
-    pid: Pid,
+    process: ProcessId,
     nr: libc::c_long,
     args: [u64; 6],
     deadline: &Deadline,
 ) -> io::Result<Injection> {
+    let pid = process.pid;
     let handoff = Arc::new(Handoff::new()?);
     let job = Job {
         waits: waits.clone(),
         allow_seccomp,
-        pid,
+        process,
         nr,
         args,
         deadline: deadline.clone(),
@@ -82,7 +83,8 @@ const GRACE: Duration = Duration::from_millis(200);
 pub(super) struct Job {
     waits: ChildWaits,
     allow_seccomp: bool,
-    pid: heli_core::Pid,
+    /// The process to inject into, and no other.
+    process: ProcessId,
     nr: libc::c_long,
     args: [u64; 6],
     deadline: Deadline,
@@ -115,11 +117,11 @@ impl Work for Job {
                 Ok(injection) => warn!(
                     "system call {} injected into thread {} of PID {} ran after its caller had \
                      given up at the deadline: it returned {}",
-                    self.nr, injection.tid, self.pid, injection.ret
+                    self.nr, injection.tid, self.process.pid, injection.ret
                 ),
                 Err(err) => info!(
                     "the injection into PID {} ended after its caller had given up: {err}",
-                    self.pid
+                    self.process.pid
                 ),
             }
         }
@@ -140,8 +142,10 @@ impl Job {
         timer: Option<&ThreadTimer>,
         abandoned: &mut Option<Abandoned>,
     ) -> io::Result<Injection> {
-        let pid = self.pid.get();
-        let process = Proc::open(self.pid)?.ok_or_else(|| exited_before(pid))?;
+        let pid = self.process.pid.get();
+        // Bound to the process asked for: all that is read through it is
+        // that process's.
+        let process = Proc::open_id(self.process)?.ok_or_else(|| gone(self.process))?;
         // From here until the thread is let go, nobody else waits for our
         // children: the reaper would see its stops, and if the target dies
         // while traced, we reap it and hand its status on.
@@ -255,7 +259,7 @@ impl Job {
             main_exited,
             timer,
         } = attempt;
-        let pid = self.pid.get();
+        let pid = self.process.pid.get();
         if let Some(busy) = self.check(tid, status)? {
             return Ok((Outcome::Retry(busy), Vec::new()));
         }
@@ -274,9 +278,14 @@ impl Job {
         };
         let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
         match Tracee::seize(target, raw, waits) {
-            Ok(tracee) => Ok(tracee.run(self.nr, &self.args)),
+            Ok(tracee) => match self.seized_ours(process, tid) {
+                Ok(()) => Ok(tracee.run(self.nr, &self.args)),
+                // Not touched: not even interrupted. Ending the tracer
+                // thread lets it go as it was.
+                Err(err) => Ok((tracee.abandon(err), Vec::new())),
+            },
             // That thread exited in between: choose again.
-            Err(Errno::ESRCH) if tid != self.pid => Ok((
+            Err(Errno::ESRCH) if tid != self.process.pid => Ok((
                 Outcome::Retry(io::Error::other(format!(
                     "thread {tid} of PID {pid} exited before it was seized"
                 ))),
@@ -286,12 +295,41 @@ impl Job {
         }
     }
 
+    /// Whether thread `tid`, just seized (and not yet interrupted), is
+    /// one of the threads of `process` (opened as [`Job::process`]), traced
+    /// by this thread: `Ok` when it is, else the error to give it up with.
+    ///
+    /// Between the checks before the seize and the seize itself, the
+    /// process may have exited and been reaped by its parent (not us, for
+    /// a process of the tree that is not our child), and the thread's id
+    /// gone to another process. Asked now, through the process's own
+    /// `/proc` directory (which only finds its threads), the answer is
+    /// final: a thread we trace keeps its id until we have waited for its
+    /// death.
+    fn seized_ours(&self, process: &Proc, tid: Pid) -> io::Result<()> {
+        let me = nix::unistd::gettid().as_raw() as u32;
+        let lives = matches!(process.identity(), Ok(Some(id)) if id == self.process);
+        let traced = match process.thread_status(tid) {
+            Ok(Some(status)) => status.tracer.map(Pid::get) == Some(me),
+            _ => false,
+        };
+        if lives && traced {
+            return Ok(());
+        }
+        warn!(
+            "thread {tid} seized for PID {} is not a thread of it (PID {} exited, and the id \
+             went to another process?): letting it go untouched",
+            self.process.pid, self.process.pid
+        );
+        Err(gone(self.process))
+    }
+
     /// Checks thread `tid`, whose status is `status` (`None`: it exited),
     /// before seizing it: an error when it cannot be
     /// injected into; `Ok(Some)` when it is still traced by a tracer thread
     /// of ours that is ending (try again).
     fn check(&self, tid: Pid, status: Option<ThreadStatus>) -> io::Result<Option<io::Error>> {
-        let pid = self.pid.get();
+        let pid = self.process.pid.get();
         let Some(status) = status else {
             return Ok(Some(io::Error::other(format!(
                 "thread {tid} of PID {pid} exited before it was seized"
@@ -436,6 +474,18 @@ fn seize_error(process: &Proc, tid: Pid, err: Errno) -> io::Error {
     io::Error::new(
         kind,
         format!("cannot ptrace thread {tid} of PID {pid}: {err} ({scope})"),
+    )
+}
+
+/// The error for process `id` gone: its pid is free, or another process's.
+fn gone(id: ProcessId) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "PID {} is gone: it names no process started at tick {} any more (that one \
+             exited); nothing was injected",
+            id.pid, id.start_time
+        ),
     )
 }
 

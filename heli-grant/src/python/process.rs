@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use heli_core::Pid;
+use heli_core::{Pid, ProcessId};
 use heli_proc::{Mapping, Proc};
 use log::debug;
 
@@ -26,7 +26,9 @@ use super::version::{version_from_name, PyVersion};
 /// Opening reads the target's `/proc/PID/maps`, the ELF headers of the
 /// files it maps, and `_Py_DebugOffsets` in its memory; it never stops the
 /// target. The handle stays valid for the life of the target (a process
-/// does not move its `_PyRuntime`).
+/// does not move its `_PyRuntime`), and is bound to it: what it writes
+/// (remote execution) reaches that process or nothing, never a later one
+/// that reuses its pid, nor the program it runs after an `execve`.
 ///
 /// # Examples
 ///
@@ -64,20 +66,50 @@ impl PyProcess {
     /// [`FreeThreaded`](Pep768ErrorKind::FreeThreaded), and
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) or [`Io`](Pep768ErrorKind::Io).
     pub fn open(pid: Pid) -> Result<PyProcess, Pep768Error> {
-        let no_such_process = || {
-            Pep768Error::new(
-                Pep768ErrorKind::NoSuchProcess,
-                format!("no process with PID {pid}"),
-            )
-        };
         let process = Proc::open(pid)
             .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
-            .ok_or_else(no_such_process)?;
+            .ok_or_else(|| no_such_process(pid))?;
+        Self::from_proc(&process)
+    }
+
+    /// Finds and validates the CPython runtime of process `id` and no
+    /// other: [`open`](Self::open), refused when its pid names another
+    /// process now (one started at another time: `id` has exited).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess)
+    /// when `id` is gone.
+    pub fn open_id(id: ProcessId) -> Result<PyProcess, Pep768Error> {
+        let pid = id.pid;
+        let process = Proc::open_id(id)
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
+            .ok_or_else(|| {
+                Pep768Error::new(
+                    Pep768ErrorKind::NoSuchProcess,
+                    format!(
+                        "PID {pid} is gone: it names no process started at tick {} any more \
+                         (that one exited)",
+                        id.start_time
+                    ),
+                )
+            })?;
+        Self::from_proc(&process)
+    }
+
+    /// The CPython runtime of `process`, whose memory it is [bound
+    /// to](Proc::memory): whatever the handle later writes reaches that
+    /// process (or nothing, once it is gone), never one that reuses its
+    /// pid.
+    fn from_proc(process: &Proc) -> Result<PyProcess, Pep768Error> {
+        let pid = process.pid();
+        let no_such_process = || no_such_process(pid);
         // Through a live thread when the main one has exited.
-        let via = process
-            .memory_thread()
-            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?;
-        let memory = RemoteMemory::new(via.get());
+        let memory = process.memory().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => no_such_process(),
+            _ => Pep768Error::io(format!("cannot read /proc/{pid}"), err),
+        })?;
+        let memory = RemoteMemory::of(memory);
         let maps = process.maps().map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => no_such_process(),
             io::ErrorKind::PermissionDenied => {
@@ -259,6 +291,14 @@ impl PyProcess {
     }
 }
 
+/// The error for a process that is gone.
+fn no_such_process(pid: Pid) -> Pep768Error {
+    Pep768Error::new(
+        Pep768ErrorKind::NoSuchProcess,
+        format!("no process with PID {pid}"),
+    )
+}
+
 /// At most this many interpreters are walked (a loop in a corrupt list).
 pub(crate) const MAX_INTERPRETERS: usize = 4096;
 
@@ -422,6 +462,18 @@ mod tests {
     fn not_python() {
         let err = PyProcess::open(Pid::this()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
+        let me = heli_core::Processes::identity(&heli_proc::ProcFs, Pid::this())
+            .unwrap()
+            .unwrap();
+        let err = PyProcess::open_id(me).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
+        let later = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        let err = PyProcess::open_id(later).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
+        assert!(err.to_string().contains("is gone"), "{err}");
         let err = PyProcess::open(Pid::new(i32::MAX as u32).unwrap()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
     }
