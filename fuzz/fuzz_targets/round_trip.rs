@@ -79,6 +79,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
 /// carries any other finite number too, but a NaN not at all.
 fn tree_process(u: &mut Unstructured<'_>) -> Result<TreeProcess> {
     let mut process = TreeProcess::new(pid(u)?);
+    process.start_time = u.arbitrary()?;
     process.parent = some_pid(u)?;
     process.target = u.arbitrary()?;
     process.state = u.arbitrary()?;
@@ -87,6 +88,7 @@ fn tree_process(u: &mut Unstructured<'_>) -> Result<TreeProcess> {
     process.rss_bytes = u.arbitrary()?;
     process.uptime_secs = u.arbitrary()?;
     process.uid = u.arbitrary()?;
+    process.euid = u.arbitrary()?;
     process.python = u.arbitrary()?;
     process.holder = some_pid(u)?;
     process.command = u.arbitrary()?;
@@ -142,7 +144,11 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
             for _ in 0..u.choose_index(4)? {
                 processes.push(tree_process(u)?);
             }
-            Reply::Ps(Tree::new(processes, u.arbitrary()?))
+            Reply::Ps({
+                let mut tree = Tree::new(processes, u.arbitrary()?);
+                tree.forked = u.arbitrary()?;
+                tree
+            })
         }
         5 => {
             let mut stacks = Vec::new();

@@ -432,21 +432,19 @@ impl<S: Supervisor> Loop<S> {
     /// deadline: the work, or the refusal.
     fn inspect(&mut self, state: &mut State, ask: Ask) -> Result<Work, Refusal> {
         let target = state.run.target;
+        self.prune(state);
+        let root = match self.supervisor.identity(target) {
+            Ok(Some(root)) => root,
+            Ok(None) => return Err("Target process not running".into()),
+            Err(err) => return Err(format!("Cannot look up the target, PID {target}: {err}")),
+        };
         let (inspection, failed) = match ask {
             // Today's `STACK`: the target's threads, as text.
             Ask::Stack(Scope::Target) => (
-                Inspection::Threads(target),
+                Inspection::Threads(root),
                 "Cannot read the target's stacks".to_owned(),
             ),
             _ => {
-                self.prune(state);
-                let root = match self.supervisor.identity(target) {
-                    Ok(Some(root)) => root,
-                    Ok(None) => return Err("Target process not running".into()),
-                    Err(err) => {
-                        return Err(format!("Cannot look up the target, PID {target}: {err}"))
-                    }
-                };
                 let scope = match ask {
                     Ask::Ps => None,
                     Ask::Stack(scope) | Ask::Stacks(scope) => Some(scope),

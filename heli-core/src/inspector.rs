@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::process::{Pid, ProcessId};
+use crate::process::ProcessId;
 use crate::stacks::ThreadStack;
 use crate::tree::TreeProcess;
 
@@ -27,32 +27,39 @@ use crate::tree::TreeProcess;
 /// /// Knows one thing about every process.
 /// struct Sleepy;
 /// impl Inspector for Sleepy {
-///     fn stacks(&self, pid: Pid) -> std::io::Result<Vec<ThreadStack>> {
-///         let mut main = ThreadStack::new(pid.get().into());
+///     fn stacks(&self, process: ProcessId) -> std::io::Result<Vec<ThreadStack>> {
+///         let mut main = ThreadStack::new(process.pid.get().into());
 ///         main.frames.push(Frame::new("sleep", "time", None));
 ///         Ok(vec![main])
 ///     }
 /// }
-/// assert_eq!(Sleepy.stacks(Pid::this()).unwrap()[0].frames.len(), 1);
-/// let err = NoInspector.stacks(Pid::this()).unwrap_err();
-/// assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
 /// let me = ProcessId { pid: Pid::this(), start_time: 0 };
+/// assert_eq!(Sleepy.stacks(me).unwrap()[0].frames.len(), 1);
+/// let err = NoInspector.stacks(me).unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
 /// assert_eq!(Sleepy.tree(me).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+/// assert_eq!(Sleepy.process(me).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
 /// ```
 pub trait Inspector {
-    /// Every thread's stack in process `pid`, outermost call first.
+    /// Every thread's stack in `process`, outermost call first.
+    ///
+    /// It reads that process and no other: when its pid now names another
+    /// process (the one it named has ended and the pid was reused: its
+    /// start time differs), it fails and reads nothing. The controller
+    /// relies on that: it asks for processes it found in the tree earlier.
     ///
     /// # Errors
     ///
     /// When the process cannot be inspected; the message says why (not a
     /// Python 3.14 process, remote debugging disabled, gone...).
-    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>>;
+    fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>>;
 
-    /// `root` and every living descendant of it, parents before their
-    /// children, with the facts `PS` shows (the controller fills in
-    /// [`target`](TreeProcess::target) and
-    /// [`holder`](TreeProcess::holder)). Empty when `root` is no longer the
-    /// process it names.
+    /// `root` and every living descendant of it, with the facts `PS` shows
+    /// (the controller fills in [`target`](TreeProcess::target) and
+    /// [`holder`](TreeProcess::holder)), in depth-first order (the order of
+    /// `ps f`): `root` first, each process followed by its children's
+    /// subtrees, the children in pid order. Empty when `root` is no longer
+    /// the process it names.
     ///
     /// # Errors
     ///
@@ -65,6 +72,24 @@ pub trait Inspector {
             "this controller cannot list its target's tree",
         ))
     }
+
+    /// The facts of `process` alone, as [`tree`](Self::tree) gives them
+    /// (without [`parent`](TreeProcess::parent)'s own facts or its
+    /// children's): `None` when it is no longer running (or its pid names
+    /// another process now). By default the first process of
+    /// `tree(process)`; an inspector that can read one process without its
+    /// descendants should, so that a slow descendant does not hold it up.
+    ///
+    /// # Errors
+    ///
+    /// When its facts cannot be read; by default
+    /// [`io::ErrorKind::Unsupported`] as [`tree`](Self::tree)'s.
+    fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
+        Ok(self
+            .tree(process)?
+            .into_iter()
+            .find(|facts| facts.pid == process.pid))
+    }
 }
 
 /// The inspector of a controller that reads nothing: `STACK` is answered
@@ -73,7 +98,7 @@ pub trait Inspector {
 pub struct NoInspector;
 
 impl Inspector for NoInspector {
-    fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
+    fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "this controller cannot read its target's stacks",
@@ -84,11 +109,14 @@ impl Inspector for NoInspector {
 macro_rules! forward_inspector {
     ($($wrapper:ty),*) => {$(
         impl<I: Inspector + ?Sized> Inspector for $wrapper {
-            fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-                (**self).stacks(pid)
+            fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+                (**self).stacks(process)
             }
             fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
                 (**self).tree(root)
+            }
+            fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
+                (**self).process(process)
             }
         }
     )*};
@@ -99,35 +127,51 @@ forward_inspector!(&I, Box<I>, std::sync::Arc<I>);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Pid;
     use std::sync::Arc;
 
+    fn id(raw: u32) -> ProcessId {
+        ProcessId {
+            pid: Pid::new(raw).unwrap(),
+            start_time: 1,
+        }
+    }
+
+    /// Reads even pids; the tree of `n` is `n` and its child `n + 1`.
     struct Evens;
     impl Inspector for Evens {
-        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-            if pid.get() % 2 == 0 {
-                Ok(vec![ThreadStack::new(pid.get().into())])
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            let pid = process.pid.get();
+            if pid % 2 == 0 {
+                Ok(vec![ThreadStack::new(pid.into())])
             } else {
                 Err(io::Error::new(io::ErrorKind::NotFound, "odd"))
             }
         }
         fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-            Ok(vec![TreeProcess::new(root.pid)])
+            let mut child = TreeProcess::new(Pid::new(root.pid.get() + 1).unwrap());
+            child.parent = Some(root.pid);
+            Ok(vec![TreeProcess::new(root.pid), child])
         }
     }
 
     fn check(inspector: impl Inspector) {
-        let pid = |raw| Pid::new(raw).unwrap();
-        assert_eq!(inspector.stacks(pid(4)).unwrap()[0].native_thread_id, 4);
-        let err = inspector.stacks(pid(5)).unwrap_err();
+        assert_eq!(inspector.stacks(id(4)).unwrap()[0].native_thread_id, 4);
+        let err = inspector.stacks(id(5)).unwrap_err();
         assert_eq!(
             (err.kind(), err.to_string()),
             (io::ErrorKind::NotFound, "odd".into())
         );
-        let root = ProcessId {
-            pid: pid(6),
-            start_time: 1,
-        };
-        assert_eq!(inspector.tree(root).unwrap()[0].pid, pid(6));
+        let pids: Vec<_> = inspector
+            .tree(id(6))
+            .unwrap()
+            .iter()
+            .map(|p| p.pid.get())
+            .collect();
+        assert_eq!(pids, [6, 7]);
+        // One process's facts: its own, not its child's.
+        let one = inspector.process(id(6)).unwrap().unwrap();
+        assert_eq!((one.pid.get(), one.parent), (6, None));
     }
 
     #[test]
@@ -138,5 +182,23 @@ mod tests {
         check(Arc::new(Evens));
         let shared: Arc<dyn Inspector + Send + Sync> = Arc::new(Evens);
         check(shared);
+    }
+
+    #[test]
+    fn one_process_is_none_once_its_tree_is_empty() {
+        struct Gone;
+        impl Inspector for Gone {
+            fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+                Ok(Vec::new())
+            }
+            fn tree(&self, _root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+                Ok(Vec::new())
+            }
+        }
+        assert_eq!(Gone.process(id(6)).unwrap(), None);
+        assert_eq!(
+            NoInspector.process(id(6)).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::process::Pid;
+use crate::tree::Role;
 
 /// One Python frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,13 +169,11 @@ impl ProcessStacks {
         }
     }
 
-    /// Its role in the tree: `target`, or `child of <parent>`.
-    pub fn role(&self) -> String {
-        match (self.target, self.parent) {
-            (true, _) => "target".to_owned(),
-            (false, Some(parent)) => format!("child of {parent}"),
-            (false, None) => "orphan".to_owned(),
-        }
+    /// Its role in the tree: [`Role::Target`], or [`Role::ChildOf`] its
+    /// parent; `None` for a process that is not the target and whose
+    /// parent is not known.
+    pub fn role(&self) -> Option<Role> {
+        Role::of(self.target, self.parent)
     }
 }
 
@@ -202,10 +201,13 @@ pub fn threads_text(threads: &[ThreadStack]) -> String {
 }
 
 impl fmt::Display for ProcessStacks {
-    /// A header (pid, role, command), then the threads or why they were
-    /// skipped.
+    /// A header (pid, role when known, command), then the threads or why
+    /// they were skipped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Process {} ({})", self.pid, self.role())?;
+        write!(f, "Process {}", self.pid)?;
+        if let Some(role) = self.role() {
+            write!(f, " ({role})")?;
+        }
         if let Some(python) = &self.python {
             write!(f, " Python {python}")?;
         }

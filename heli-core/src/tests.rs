@@ -1673,8 +1673,8 @@ fn stack_is_the_inspectors_to_give() {
     /// Reads the stack of whichever process it is asked about.
     struct Reader;
     impl crate::Inspector for Reader {
-        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-            let mut thread = ThreadStack::new(pid.get().into());
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            let mut thread = ThreadStack::new(process.pid.get().into());
             thread.frames.push(Frame::new("<module>", "a.py", Some(1)));
             Ok(vec![thread])
         }
@@ -2182,7 +2182,7 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
     /// Reads a stack only after the test says so.
     struct Gated(Mutex<Receiver<()>>);
     impl crate::Inspector for Gated {
-        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
             let _ = self.0.lock().unwrap().recv_timeout(HANG);
             Ok(vec![ThreadStack::new(1)])
         }
@@ -2381,7 +2381,7 @@ fn work_past_its_deadline_is_given_up_alone() {
     /// Never reads a stack: a target that does not answer.
     struct Silent;
     impl crate::Inspector for Silent {
-        fn stacks(&self, _pid: Pid) -> io::Result<Vec<ThreadStack>> {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
             thread::sleep(HANG);
             Err(io::ErrorKind::TimedOut.into())
         }
@@ -2848,7 +2848,12 @@ impl Family {
 }
 
 impl crate::Inspector for Family {
-    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
+    fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+        let pid = process.pid;
+        // That process and no other.
+        if !self.table.is_running(process) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "gone"));
+        }
         if !self.python.contains(&pid.get()) {
             return Err(io::Error::other("not a Python 3.14 process"));
         }
@@ -2872,8 +2877,10 @@ impl crate::Inspector for Family {
             }
             let info = self.table.process(pid(raw))?.unwrap();
             let mut process = TreeProcess::new(pid(raw));
+            process.start_time = info.id.start_time;
             process.parent = info.parent;
             process.uid = info.uid;
+            process.euid = info.euid;
             process.command = format!("worker {raw}");
             process.python = self.python.contains(&raw).then(|| "3.14.0".to_owned());
             tree.push(process);
@@ -2934,7 +2941,10 @@ fn stacks_of_the_tree_list_every_process_and_skip_those_that_cannot_be_read() {
     let all = client.stacks(Scope::All).unwrap();
     let rows: Vec<(u32, String, usize, Option<String>)> = all
         .iter()
-        .map(|p| (p.pid.get(), p.role(), p.threads.len(), p.skipped.clone()))
+        .map(|p| {
+            let role = p.role().map(|role| role.to_string()).unwrap_or_default();
+            (p.pid.get(), role, p.threads.len(), p.skipped.clone())
+        })
         .collect();
     assert_eq!(
         rows,

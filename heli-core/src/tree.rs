@@ -5,9 +5,53 @@
 //! from `/proc`); the controller adds what only it knows: which process is
 //! the target and who holds a grant on each.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-use crate::process::Pid;
+use crate::process::{Pid, ProcessId};
+
+/// A process's place in the supervised tree, as headers and messages name
+/// it: `target`, or `child of <parent>`.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::tree::Role;
+/// use heli_core::Pid;
+///
+/// assert_eq!(Role::Target.to_string(), "target");
+/// assert_eq!(Role::ChildOf(Pid::new(42).unwrap()).to_string(), "child of 42");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The target: the process the controller runs.
+    Target,
+    /// Another process of the tree, child of the given process.
+    ChildOf(Pid),
+}
+
+impl Role {
+    /// The role of a process that is the target or not, with `parent`:
+    /// `None` for a process that is not the target and whose parent is not
+    /// known (a process of the tree always has one).
+    pub fn of(target: bool, parent: Option<Pid>) -> Option<Role> {
+        match (target, parent) {
+            (true, _) => Some(Role::Target),
+            (false, Some(parent)) => Some(Role::ChildOf(parent)),
+            (false, None) => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Target => f.write_str("target"),
+            Role::ChildOf(parent) => write!(f, "child of {parent}"),
+        }
+    }
+}
 
 /// One process of the supervised tree.
 ///
@@ -27,6 +71,11 @@ use crate::process::Pid;
 pub struct TreeProcess {
     /// Its process id.
     pub pid: Pid,
+    /// When it started, in clock ticks after boot, as
+    /// [`ProcessId::start_time`]: with `pid`, which process this is for
+    /// good (0 when not known).
+    #[serde(default)]
+    pub start_time: u64,
     /// Its parent's pid (`None` for a process whose parent is 0).
     pub parent: Option<Pid>,
     /// Whether it is the target (the root of the tree).
@@ -45,6 +94,9 @@ pub struct TreeProcess {
     pub uptime_secs: u64,
     /// Its real user id.
     pub uid: u32,
+    /// Its effective user id (differs from `uid` in a setuid program).
+    #[serde(default)]
+    pub euid: u32,
     /// The CPython version it runs (`3.14.0`), when it is a Python process
     /// whose stacks can be read; `None` otherwise.
     pub python: Option<String>,
@@ -60,6 +112,7 @@ impl TreeProcess {
     pub fn new(pid: Pid) -> TreeProcess {
         TreeProcess {
             pid,
+            start_time: 0,
             parent: None,
             target: false,
             state: '?',
@@ -68,6 +121,7 @@ impl TreeProcess {
             rss_bytes: 0,
             uptime_secs: 0,
             uid: 0,
+            euid: 0,
             python: None,
             holder: None,
             command: String::new(),
@@ -79,18 +133,43 @@ impl TreeProcess {
     pub fn is_python(&self) -> bool {
         self.python.is_some()
     }
+
+    /// Which process it is for good: its pid and start time.
+    pub fn id(&self) -> ProcessId {
+        ProcessId {
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
+
+    /// Its role in the tree: [`Role::Target`], or [`Role::ChildOf`] its
+    /// parent; `None` for a process that is not the target and whose
+    /// parent is not known.
+    pub fn role(&self) -> Option<Role> {
+        Role::of(self.target, self.parent)
+    }
 }
 
-/// The answer to `PS`: the tree, parents before their children.
+/// The answer to `PS`: the tree in depth-first order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Tree {
-    /// The target first, then its descendants, each after its parent.
+    /// The target first, then its descendants, in depth-first order (the
+    /// order of `ps f`): each process followed by its children's subtrees,
+    /// the children in pid order. When the controller is a subreaper, the
+    /// processes it adopted (descendants of the target whose parent died)
+    /// follow the target's subtree, each with its own subtree, their parent
+    /// being the controller.
     pub processes: Vec<TreeProcess>,
     /// Whether the controller is a child subreaper (`PR_SET_CHILD_SUBREAPER`,
     /// or PID 1): if not, a process that daemonises (double fork) leaves the
     /// tree and is not listed.
     pub subreaper: bool,
+    /// Whether the target has had a child since the controller started it
+    /// (some tree read saw more than one process): a client then says what
+    /// a controller that is not a subreaper cannot see.
+    #[serde(default)]
+    pub forked: bool,
 }
 
 impl Tree {
@@ -99,6 +178,7 @@ impl Tree {
         Tree {
             processes,
             subreaper,
+            forked: false,
         }
     }
 }

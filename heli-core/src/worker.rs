@@ -16,7 +16,7 @@ use log::warn;
 use crate::deadline::Deadline;
 use crate::granter::Granter;
 use crate::inspector::Inspector;
-use crate::process::{Pid, ProcessId};
+use crate::process::ProcessId;
 use crate::stacks::{ProcessStacks, ThreadStack};
 use crate::tree::TreeProcess;
 
@@ -88,8 +88,8 @@ pub(crate) enum Done {
 /// What the inspector's thread reads.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Inspection {
-    /// The threads of process `pid` (`STACK` of the target).
-    Threads(Pid),
+    /// The threads of a process (`STACK` of the target).
+    Threads(ProcessId),
     /// The tree under `root` (`PS`).
     Tree(ProcessId),
     /// The stacks of process `only` of the tree under `root`, or of every
@@ -255,7 +255,7 @@ fn inspect(
     deadline: &Deadline,
 ) -> io::Result<Inspected> {
     match inspection {
-        Inspection::Threads(pid) => inspector.stacks(pid).map(Inspected::Threads),
+        Inspection::Threads(process) => inspector.stacks(process).map(Inspected::Threads),
         Inspection::Tree(root) => inspector.tree(root).map(Inspected::Tree),
         Inspection::Stacks {
             root,
@@ -269,7 +269,7 @@ fn inspect(
                 .and_then(|tree| tree.into_iter().find(|facts| facts.pid == process.pid))
                 .unwrap_or_else(|| TreeProcess::new(process.pid));
             let mut stacks = stacks_header(&facts, root);
-            stacks.threads = inspector.stacks(process.pid)?;
+            stacks.threads = inspector.stacks(process)?;
             Ok(Inspected::Stacks(vec![stacks]))
         }
         Inspection::Stacks {
@@ -290,7 +290,7 @@ fn inspect(
                             process.uid
                         ))
                     } else {
-                        match inspector.stacks(process.pid) {
+                        match inspector.stacks(process.id()) {
                             Ok(threads) => {
                                 stacks.threads = threads;
                                 None
@@ -320,6 +320,8 @@ fn stacks_header(process: &TreeProcess, root: ProcessId) -> ProcessStacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Pid;
+    use crate::tree::Role;
 
     #[test]
     fn exactly_one_side_settles_a_claim() {
@@ -337,9 +339,9 @@ mod tests {
     /// processes, 11 is not.
     struct Forest;
     impl Inspector for Forest {
-        fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-            match pid.get() {
-                10 | 12 => Ok(vec![ThreadStack::new(pid.get().into())]),
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            match process.pid.get() {
+                10 | 12 => Ok(vec![ThreadStack::new(process.pid.get().into())]),
                 _ => Err(io::Error::other("not a Python process")),
             }
         }
@@ -407,7 +409,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(got[2].role(), "child of 11");
+        assert_eq!(got[2].role(), Some(Role::ChildOf(Pid::new(11).unwrap())));
         assert_eq!(got[2].python.as_deref(), Some("3.14.0"));
         assert_eq!(got[2].command, "cmd 12");
         // Past the deadline, what is left is listed, not read.
@@ -439,8 +441,8 @@ mod tests {
         // An inspector that cannot list the tree still reads the stacks.
         struct Bare;
         impl Inspector for Bare {
-            fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-                Forest.stacks(pid)
+            fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+                Forest.stacks(process)
             }
         }
         match inspect(&Bare, one(12), &soon).unwrap() {

@@ -5,7 +5,7 @@ use std::io;
 
 use heli_core::stacks::ThreadStack;
 use heli_core::tree::TreeProcess;
-use heli_core::{Inspector, Pid, ProcessId};
+use heli_core::{Inspector, ProcessId};
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
 /// its debug offsets (PEP 768), without stopping it or running anything in
@@ -22,11 +22,11 @@ use heli_core::{Inspector, Pid, ProcessId};
 /// use heli_core::{Inspector, Pid, Processes};
 /// use heli_grant::PythonInspector;
 ///
+/// let root = heli_proc::ProcFs.identity(Pid::new(4242).unwrap())?.unwrap();
 /// // Every thread, most recent call last.
-/// let threads = PythonInspector.stacks(Pid::new(4242).unwrap())?;
+/// let threads = PythonInspector.stacks(root)?;
 /// print!("{}", heli_core::stacks::threads_text(&threads));
 /// // The tree under it, and which of its processes run Python.
-/// let root = heli_proc::ProcFs.identity(Pid::new(4242).unwrap())?.unwrap();
 /// for process in PythonInspector.tree(root)? {
 ///     println!("{} {:?} {}", process.pid, process.python, process.command);
 /// }
@@ -38,8 +38,8 @@ pub struct PythonInspector;
 impl Inspector for PythonInspector {
     /// Every thread's stack ([`stack_dump`](crate::stack_dump)), with its
     /// activity and whether it holds the GIL where that can be told.
-    fn stacks(&self, pid: Pid) -> io::Result<Vec<ThreadStack>> {
-        Ok(crate::python::stack_dump(pid)?)
+    fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+        Ok(crate::python::stack_dump(process.pid)?)
     }
 
     /// `root` and its living descendants ([`heli_proc::members`]), each
@@ -65,6 +65,7 @@ impl Inspector for PythonInspector {
         heli_proc::members(root, |member| {
             let (proc, info, usage) = (&member.proc, &member.info, &member.usage);
             let mut process = TreeProcess::new(info.id.pid);
+            process.start_time = info.id.start_time;
             process.parent = info.parent;
             process.state = info.state.code();
             process.threads = usage.threads;
@@ -72,6 +73,7 @@ impl Inspector for PythonInspector {
             process.rss_bytes = usage.rss_bytes;
             process.uptime_secs = usage.uptime_secs;
             process.uid = info.uid;
+            process.euid = info.euid;
             process.command = proc.command_line()?;
             if process.command.is_empty() {
                 process.command = format!("[{}]", usage.name);

@@ -201,7 +201,7 @@ fn a_python_that_execs_another_program_is_no_longer_python() {
     assert_eq!(ProcFs.identity(target.0.pid).unwrap(), Some(root));
     assert_eq!(tree[0].python, None, "{tree:#?}");
     assert_eq!(PythonInspector.tree(root).unwrap()[0].python, None);
-    let err = PythonInspector.stacks(root.pid).unwrap_err();
+    let err = PythonInspector.stacks(root).unwrap_err();
     assert!(err.to_string().contains("not a Python process"), "{err}");
 }
 
@@ -232,7 +232,7 @@ fn the_busy_thread_runs_and_holds_the_gil_the_sleeping_ones_do_not() {
     let _serial = serial("the_busy_thread_runs_and_holds_the_gil_the_sleeping_ones_do_not");
     let dir = tempdir();
     let target = Group::python(&dir, GIL_PY);
-    let pid = target.0.pid;
+    let pid = target.id();
     // Every sleeper asleep in time.sleep (their last frame), the main
     // thread too.
     wait_for("the threads to settle", || {
