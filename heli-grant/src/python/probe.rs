@@ -51,7 +51,7 @@ pub(crate) fn python_version(
             return answer;
         }
     }
-    let answer = match PyProcess::open(id.pid) {
+    let answer = match PyProcess::open_id(id) {
         Ok(python) => Some(python.version()),
         Err(err) => match err.kind() {
             // What the process is, as long as it runs this program with

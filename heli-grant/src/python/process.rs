@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use heli_core::{Pid, ProcessId};
 use heli_proc::{Mapping, Proc};
@@ -44,6 +45,10 @@ use super::version::{version_from_name, PyVersion};
 /// ```
 #[derive(Clone, Debug)]
 pub struct PyProcess {
+    /// Its `/proc` directory, opened once (bound to it).
+    proc: Arc<Proc>,
+    /// Who it is: read through `proc` when it was opened.
+    id: ProcessId,
     memory: RemoteMemory,
     runtime: u64,
     debug: DebugOffsets,
@@ -69,7 +74,11 @@ impl PyProcess {
         let process = Proc::open(pid)
             .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
             .ok_or_else(|| no_such_process(pid))?;
-        Self::from_proc(&process)
+        let id = process
+            .identity()
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
+            .ok_or_else(|| no_such_process(pid))?;
+        Self::from_proc(process, id)
     }
 
     /// Finds and validates the CPython runtime of process `id` and no
@@ -94,14 +103,15 @@ impl PyProcess {
                     ),
                 )
             })?;
-        Self::from_proc(&process)
+        Self::from_proc(process, id)
     }
 
-    /// The CPython runtime of `process`, whose memory it is [bound
-    /// to](Proc::memory): whatever the handle later writes reaches that
-    /// process (or nothing, once it is gone), never one that reuses its
-    /// pid.
-    fn from_proc(process: &Proc) -> Result<PyProcess, Pep768Error> {
+    /// The CPython runtime of `process`, which is `id`, and whose memory it
+    /// is [bound to](Proc::memory): whatever the handle later writes
+    /// reaches that process (or nothing, once it is gone), never one that
+    /// reuses its pid.
+    fn from_proc(process: Proc, id: ProcessId) -> Result<PyProcess, Pep768Error> {
+        let process = Arc::new(process);
         let pid = process.pid();
         let no_such_process = || no_such_process(pid);
         // Through a live thread when the main one has exited.
@@ -132,7 +142,7 @@ impl PyProcess {
         }
         let mut first_error: Option<Pep768Error> = None;
         for mapped in &candidates {
-            match Self::try_file(&memory, mapped) {
+            match Self::try_file(&process, id, &memory, mapped) {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => debug!("PID {pid}: {} has no .PyRuntime", mapped.path),
                 Err(err) => {
@@ -180,7 +190,12 @@ impl PyProcess {
     }
 
     /// The runtime in `mapped`, if it holds one.
-    fn try_file(memory: &RemoteMemory, mapped: &Mapped) -> Result<Option<PyProcess>, Pep768Error> {
+    fn try_file(
+        process: &Arc<Proc>,
+        id: ProcessId,
+        memory: &RemoteMemory,
+        mapped: &Mapped,
+    ) -> Result<Option<PyProcess>, Pep768Error> {
         let pid = memory.pid();
         let (path, file) = mapped.open(pid)?;
         let section = match PyRuntimeSection::find_in(&file) {
@@ -210,6 +225,8 @@ impl PyProcess {
             mapped.path
         );
         Ok(Some(PyProcess {
+            proc: process.clone(),
+            id,
             memory: memory.clone(),
             runtime,
             debug,
@@ -220,7 +237,28 @@ impl PyProcess {
 
     /// The target's process id.
     pub fn pid(&self) -> Pid {
-        Pid::new(self.memory.pid()).expect("opened by pid")
+        self.id.pid
+    }
+
+    /// Who the target is: its pid and start time, as read when it was
+    /// opened.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// Whether the target still runs (it has not exited; an `execve` does
+    /// not count): what it read from memory meanwhile was its own, as its
+    /// pid was never another's.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn is_running(&self) -> Result<bool, Pep768Error> {
+        let running = self
+            .proc
+            .identity()
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{}", self.id.pid), err))?;
+        Ok(running == Some(self.id))
     }
 
     /// Its CPython version.
@@ -284,6 +322,11 @@ impl PyProcess {
 
     pub(crate) fn memory(&self) -> &RemoteMemory {
         &self.memory
+    }
+
+    /// Its `/proc` directory, opened once.
+    pub(crate) fn proc(&self) -> &Proc {
+        &self.proc
     }
 
     pub(crate) fn offsets(&self) -> &Offsets {
