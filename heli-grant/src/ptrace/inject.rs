@@ -32,10 +32,11 @@ use super::tracer::Tracers;
 /// one of that process's (through the same directory, which a later
 /// process with the pid does not share) and traced by it. Then the check
 /// is final: a traced thread's id stays its own until its tracer has
-/// waited for its death. A thread that turns out to be another process's
-/// is given up before it ever stops (the tracer thread ends, which lets
-/// it go as it was), and the injection fails with
-/// [`NotFound`](io::ErrorKind::NotFound), saying the process is gone.
+/// waited for its death. A thread that turns out not to be one of that
+/// process's is given up before it ever stops (the tracer thread ends,
+/// which lets it go as it was), and the injection fails, with
+/// [`NotFound`](io::ErrorKind::NotFound) saying the process is gone when
+/// it has exited.
 ///
 /// The caller must be allowed to ptrace the target: its parent under Yama
 /// `ptrace_scope` 1, any process of the same user under 0, or a process with

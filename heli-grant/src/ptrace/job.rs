@@ -278,7 +278,7 @@ impl Job {
         };
         let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
         match Tracee::seize(target, raw, waits) {
-            Ok(tracee) => match self.seized_ours(process, tid) {
+            Ok(tracee) => match seized_ours(self.process, process, tid) {
                 Ok(()) => Ok(tracee.run(self.nr, &self.args)),
                 // Not touched: not even interrupted. Ending the tracer
                 // thread lets it go as it was.
@@ -293,35 +293,6 @@ impl Job {
             )),
             Err(err) => Err(seize_error(process, tid, err)),
         }
-    }
-
-    /// Whether thread `tid`, just seized (and not yet interrupted), is
-    /// one of the threads of `process` (opened as [`Job::process`]), traced
-    /// by this thread: `Ok` when it is, else the error to give it up with.
-    ///
-    /// Between the checks before the seize and the seize itself, the
-    /// process may have exited and been reaped by its parent (not us, for
-    /// a process of the tree that is not our child), and the thread's id
-    /// gone to another process. Asked now, through the process's own
-    /// `/proc` directory (which only finds its threads), the answer is
-    /// final: a thread we trace keeps its id until we have waited for its
-    /// death.
-    fn seized_ours(&self, process: &Proc, tid: Pid) -> io::Result<()> {
-        let me = nix::unistd::gettid().as_raw() as u32;
-        let lives = matches!(process.identity(), Ok(Some(id)) if id == self.process);
-        let traced = match process.thread_status(tid) {
-            Ok(Some(status)) => status.tracer.map(Pid::get) == Some(me),
-            _ => false,
-        };
-        if lives && traced {
-            return Ok(());
-        }
-        warn!(
-            "thread {tid} seized for PID {} is not a thread of it (PID {} exited, and the id \
-             went to another process?): letting it go untouched",
-            self.process.pid, self.process.pid
-        );
-        Err(gone(self.process))
     }
 
     /// Checks thread `tid`, whose status is `status` (`None`: it exited),
@@ -371,6 +342,42 @@ struct Attempt<'a> {
     /// Whether the process's main thread has exited (others run on).
     main_exited: bool,
     timer: Option<&'a ThreadTimer>,
+}
+
+/// Whether thread `tid`, just seized (and not yet interrupted), is one of
+/// the threads of process `id`, opened as `process`, traced by this
+/// thread: `Ok` when it is, else the error to give it up with.
+///
+/// Between the checks before the seize and the seize itself, the
+/// process may have exited and been reaped by its parent (not us, for
+/// a process of the tree that is not our child), and the thread's id
+/// gone to another process. Asked now, through the process's own
+/// `/proc` directory (which only finds its threads), the answer is
+/// final: a thread we trace keeps its id until we have waited for its
+/// death.
+fn seized_ours(id: ProcessId, process: &Proc, tid: Pid) -> io::Result<()> {
+    let me = nix::unistd::gettid().as_raw() as u32;
+    let lives = matches!(process.identity(), Ok(Some(found)) if found == id);
+    let traced = match process.thread_status(tid) {
+        Ok(Some(status)) => status.tracer.map(Pid::get) == Some(me),
+        _ => false,
+    };
+    if lives && traced {
+        return Ok(());
+    }
+    let pid = id.pid;
+    if !lives {
+        warn!("PID {pid} ended as thread {tid} was seized for it: letting it go untouched");
+        return Err(gone(id));
+    }
+    warn!(
+        "thread {tid}, seized for PID {pid}, is not (or no longer) a thread of it traced by \
+         us: letting it go untouched"
+    );
+    Err(io::Error::other(format!(
+        "thread {tid} of PID {pid} ended, or its id went to another process, as it was \
+         seized: it was let go untouched and nothing was injected"
+    )))
 }
 
 /// The pause before another attempt, times the attempts so far (up to 20).
@@ -482,8 +489,8 @@ fn gone(id: ProcessId) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!(
-            "PID {} is gone: it names no process started at tick {} any more (that one \
-             exited); nothing was injected",
+            "PID {} (started at tick {}) is gone: it has exited, and its pid may name another \
+             process now; nothing was injected",
             id.pid, id.start_time
         ),
     )
@@ -494,4 +501,39 @@ fn exited_before(pid: u32) -> io::Error {
         io::ErrorKind::NotFound,
         format!("target PID {pid} is not running"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::ptrace;
+    use std::process::{Child, Command};
+
+    fn sleep() -> (Child, ProcessId, Proc) {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let id = ProcFs.identity(pid).unwrap().unwrap();
+        (child, id, Proc::open_id(id).unwrap().unwrap())
+    }
+
+    #[test]
+    fn a_thread_seized_is_checked_to_be_the_process_asked_for() {
+        let (mut a, a_id, a_proc) = sleep();
+        let (mut b, b_id, b_proc) = sleep();
+        let raw = nix::unistd::Pid::from_raw(b_id.pid.get() as i32);
+        // Not traced yet: not ours.
+        assert!(seized_ours(b_id, &b_proc, b_id.pid).is_err());
+        ptrace::seize(raw, ptrace::Options::empty()).unwrap();
+        assert!(seized_ours(b_id, &b_proc, b_id.pid).is_ok());
+        // B's thread, taken for one of A's: refused, A being alive.
+        let err = seized_ours(a_id, &a_proc, b_id.pid).unwrap_err();
+        assert!(err.to_string().contains("let go untouched"), "{err}");
+        // A gone: refused as gone.
+        let _ = a.kill();
+        let _ = a.wait();
+        let err = seized_ours(a_id, &a_proc, b_id.pid).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let _ = b.kill();
+        let _ = b.wait();
+    }
 }

@@ -97,8 +97,8 @@ impl PyProcess {
                 Pep768Error::new(
                     Pep768ErrorKind::NoSuchProcess,
                     format!(
-                        "PID {pid} is gone: it names no process started at tick {} any more \
-                         (that one exited)",
+                        "PID {pid} (started at tick {}) is gone: it has exited, and its pid \
+                         may name another process now",
                         id.start_time
                     ),
                 )
