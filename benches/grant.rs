@@ -115,6 +115,8 @@ impl Drop for Running {
 /// A target we spawned ourselves (we are its parent), for the bare injection.
 struct Bare {
     child: std::process::Child,
+    /// The target, as the injector names it.
+    id: heli::core::ProcessId,
     injector: SyscallInjector,
     _stdin: std::os::fd::OwnedFd,
 }
@@ -124,19 +126,24 @@ impl Bare {
         let (mut command, stdin) = target_command(code);
         let child = command.spawn().unwrap();
         thread::sleep(Duration::from_millis(300));
+        let pid = heli::core::Pid::new(child.id()).unwrap();
+        let id = heli::core::Processes::identity(&heli::proc::ProcFs, pid)
+            .unwrap()
+            .expect("it runs");
         Bare {
             child,
+            id,
             injector: SyscallInjector::new(ChildWaits::default()),
             _stdin: stdin,
         }
     }
 
     fn inject(&self) {
-        let pid = heli::core::Pid::new(self.child.id()).unwrap();
+        let pid = self.id.pid;
         assert_eq!(
             self.injector
                 .syscall(
-                    pid,
+                    self.id,
                     libc::SYS_getpid,
                     &[],
                     &heli::core::Deadline::after(Duration::from_secs(5))

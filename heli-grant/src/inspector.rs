@@ -1,11 +1,12 @@
 //! The inspector of CPython 3.14 targets: their stacks, read from memory,
-//! and their process tree, read from `/proc`.
+//! and their process tree (or one process of it), read from `/proc`.
 
 use std::io;
 
 use heli_core::stacks::ThreadStack;
 use heli_core::tree::TreeProcess;
 use heli_core::{Inspector, ProcessId};
+use heli_proc::Member;
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
 /// its debug offsets (PEP 768), without stopping it or running anything in
@@ -36,10 +37,15 @@ use heli_core::{Inspector, ProcessId};
 pub struct PythonInspector;
 
 impl Inspector for PythonInspector {
-    /// Every thread's stack ([`stack_dump`](crate::stack_dump)), with its
-    /// activity and whether it holds the GIL where that can be told.
+    /// Every thread's stack ([`PyProcess::stack_dump`](crate::PyProcess::stack_dump)),
+    /// with its activity and whether it holds the GIL where that can be
+    /// told, of `process` and no other: it is opened by its identity
+    /// ([`PyProcess::open_id`](crate::PyProcess::open_id): `/proc/PID`
+    /// opened, then its start time checked there) and the dump is
+    /// returned only if it still runs after it (its memory is read by pid:
+    /// a process that still runs held its pid all along).
     fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
-        Ok(crate::python::stack_dump(process.pid)?)
+        Ok(crate::PyProcess::open_id(process)?.stack_dump()?)
     }
 
     /// `root` and its living descendants ([`heli_proc::members`]), each
@@ -62,27 +68,41 @@ impl Inspector for PythonInspector {
     /// hold: call it where a wait is allowed (the controller does, on a
     /// thread of its own with a deadline).
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-        heli_proc::members(root, |member| {
-            let (proc, info, usage) = (&member.proc, &member.info, &member.usage);
-            let mut process = TreeProcess::new(info.id.pid);
-            process.start_time = info.id.start_time;
-            process.parent = info.parent;
-            process.state = info.state.code();
-            process.threads = usage.threads;
-            process.cpu_percent = usage.cpu_percent;
-            process.rss_bytes = usage.rss_bytes;
-            process.uptime_secs = usage.uptime_secs;
-            process.uid = info.uid;
-            process.euid = info.euid;
-            process.command = proc.command_line()?;
-            if process.command.is_empty() {
-                process.command = format!("[{}]", usage.name);
-            }
-            // Unreadable (another user's, a zombie leader): asked afresh.
-            let exe = proc.exe_id().ok().flatten();
-            process.python = crate::python::python_version(info.id, exe, usage.vm_bytes)
-                .map(|version| version.to_string());
-            Ok(process)
-        })
+        heli_proc::members(root, facts)
     }
+
+    /// The facts of `process` alone ([`heli_proc::member`]: the same read
+    /// as each process of [`tree`](Self::tree)), without reading its
+    /// descendants; `None` once it no longer runs.
+    ///
+    /// # Race conditions
+    ///
+    /// As [`tree`](Self::tree)'s, for this process only.
+    fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
+        heli_proc::member(process)?.as_ref().map(facts).transpose()
+    }
+}
+
+/// What `PS` shows of `member`.
+fn facts(member: &Member) -> io::Result<TreeProcess> {
+    let (proc, info, usage) = (&member.proc, &member.info, &member.usage);
+    let mut process = TreeProcess::new(info.id.pid);
+    process.start_time = info.id.start_time;
+    process.parent = info.parent;
+    process.state = info.state.code();
+    process.threads = usage.threads;
+    process.cpu_percent = usage.cpu_percent;
+    process.rss_bytes = usage.rss_bytes;
+    process.uptime_secs = usage.uptime_secs;
+    process.uid = info.uid;
+    process.euid = info.euid;
+    process.command = proc.command_line()?;
+    if process.command.is_empty() {
+        process.command = format!("[{}]", usage.name);
+    }
+    // Unreadable (another user's, a zombie leader): asked afresh.
+    let exe = proc.exe_id().ok().flatten();
+    process.python = crate::python::python_version(info.id, exe, usage.vm_bytes)
+        .map(|version| version.to_string());
+    Ok(process)
 }

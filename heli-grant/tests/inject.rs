@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    build_c, getpid_answers, python314, serial, wait_for, Supervised as Target, FILTER_PRCTL_C,
-    SOON,
+    build_c, getpid_answers, identity, python314, serial, wait_for, Supervised as Target,
+    FILTER_PRCTL_C, SOON,
 };
 
 use std::fs;
@@ -23,11 +23,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use heli_core::{
-    Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Processes, Supervisor,
+use heli_core::{Deadline, Exit, ExitStatus, Granter, Pid, ProcessId, ProcessState, Supervisor};
+use heli_grant::{
+    GrantMethod, Injection, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter,
 };
-use heli_grant::{Injection, ProcessSupervisor, PtraceScope, SyscallInjector, YamaGranter};
-use heli_proc::{Proc, ProcFs, Syscall};
+use heli_proc::{Proc, Syscall};
 
 // ---------------------------------------------------------------- harness
 
@@ -173,11 +173,6 @@ fn argument_address(pid: Pid, arg: &str) -> u64 {
     start + offset as u64 + 1
 }
 
-/// Who `pid` is now.
-fn identity(pid: Pid) -> ProcessId {
-    ProcFs.identity(pid).unwrap().expect("a running process")
-}
-
 /// This test process.
 fn me() -> ProcessId {
     identity(Pid::this())
@@ -196,7 +191,7 @@ const EPOLLS: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 /// Injects `prctl(PR_GET_DUMPABLE)` into `pid`.
 fn get_dumpable(injector: &SyscallInjector, pid: Pid) -> std::io::Result<Injection> {
     injector.inject(
-        pid,
+        identity(pid),
         libc::SYS_prctl,
         &[libc::PR_GET_DUMPABLE as u64],
         &soon(),
@@ -213,18 +208,18 @@ fn exercise(target: &Target) {
     assert_eq!(get_dumpable(&injector, pid).unwrap().ret, 1);
     // An errno comes back as the call's result, and as an error.
     let injection = injector
-        .inject(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
+        .inject(identity(pid), libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap();
     assert_eq!(injection.ret, -i64::from(libc::EINVAL));
     let err = injector
-        .syscall(pid, libc::SYS_prctl, &[0x7fff_0000], &soon())
+        .syscall(identity(pid), libc::SYS_prctl, &[0x7fff_0000], &soon())
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     // setpgid(0, 0): a process-wide effect, seen in /proc/PID/stat.
     assert_ne!(stat_field(pid, 5), pid.to_string());
     assert_eq!(
         injector
-            .syscall(pid, libc::SYS_setpgid, &[0, 0], &soon())
+            .syscall(identity(pid), libc::SYS_setpgid, &[0, 0], &soon())
             .unwrap(),
         0
     );
@@ -233,7 +228,7 @@ fn exercise(target: &Target) {
     let name = argument_address(pid, "heli-named");
     let injection = injector
         .inject(
-            pid,
+            identity(pid),
             libc::SYS_prctl,
             &[libc::PR_SET_NAME as u64, name],
             &soon(),
@@ -275,6 +270,47 @@ fn python_in_long_sleep() {
     target.wait_in(target.pid, SLEEPS);
     target.lines.none_within(Duration::from_millis(200));
     assert_eq!(target.state(), ProcessState::Sleeping);
+}
+
+/// A process named by its pid and a start time that is not its own (the
+/// process asked for has exited, and its pid went to this one) is never
+/// touched, by the injector or the granter: not seized, not stopped, its
+/// call not made.
+#[test]
+fn a_process_with_the_pid_of_one_gone_is_never_touched() {
+    let _serial = serial("a_process_with_the_pid_of_one_gone_is_never_touched");
+    let target = Target::asleep();
+    let pid = target.pid;
+    let id = identity(pid);
+    let gone = ProcessId {
+        start_time: id.start_time - 1,
+        ..id
+    };
+    let injector = target.injector();
+    let group = stat_field(pid, 5);
+    assert_ne!(group, pid.to_string());
+    let err = injector
+        .syscall(gone, libc::SYS_setpgid, &[0, 0], &soon())
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    let mut granter = YamaGranter::new(target.waits()).method(GrantMethod::Ptrace);
+    let err = granter.grant(gone, me(), &soon()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    // Untouched: its group, not traced, still in the same sleep.
+    assert_eq!(stat_field(pid, 5), group);
+    assert_eq!(target.proc.status().unwrap().unwrap().tracer, None);
+    assert!(blocked_in(&target.proc, pid, SLEEPS));
+    target.lines.none_within(Duration::from_millis(100));
+    target.assert_alive("after the refusals");
+    // By its own identity, the call is made (the check above can fail).
+    assert_eq!(
+        injector
+            .syscall(id, libc::SYS_setpgid, &[0, 0], &soon())
+            .unwrap(),
+        0
+    );
+    assert_eq!(stat_field(pid, 5), pid.to_string());
 }
 
 #[test]
@@ -331,7 +367,7 @@ time.sleep(600)",
     let mut used = Vec::new();
     for _ in 0..50 {
         let injection = injector
-            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .inject(identity(target.pid), libc::SYS_getpid, &[], &soon())
             .unwrap();
         assert_eq!(injection.ret, i64::from(target.pid));
         used.push(injection.tid);
@@ -368,7 +404,7 @@ ep.poll(600)",
     let injector = target.injector();
     for _ in 0..20 {
         let injection = injector
-            .inject(target.pid, libc::SYS_getpid, &[], &soon())
+            .inject(identity(target.pid), libc::SYS_getpid, &[], &soon())
             .unwrap();
         assert_eq!(
             injection.tid, sleeper,
@@ -485,7 +521,7 @@ fn signals_during_injections(mode: &str) {
         let delay = (round % 4 >= 2).then_some((seed >> 8) % 80_000);
         go.send((signal, delay)).unwrap();
         let injection = injector
-            .inject(pid, libc::SYS_getpid, &[], &soon())
+            .inject(identity(pid), libc::SYS_getpid, &[], &soon())
             .unwrap();
         assert_eq!(injection.ret, i64::from(pid));
         if !injection.redelivered.is_empty() {
@@ -528,7 +564,7 @@ fn seccomp_filtered_target_is_refused() {
     let pid = target.pid;
     let err = target
         .injector()
-        .inject(pid, libc::SYS_getpid, &[], &soon())
+        .inject(identity(pid), libc::SYS_getpid, &[], &soon())
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("seccomp"), "{err}");
@@ -603,7 +639,7 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         let worker = thread::spawn(move || {
             let mut done = 0;
             loop {
-                match injector.inject(pid, libc::SYS_getpid, &[], &soon()) {
+                match injector.inject(identity(pid), libc::SYS_getpid, &[], &soon()) {
                     Ok(injection) => {
                         assert_eq!(injection.ret, i64::from(pid));
                         done += 1;

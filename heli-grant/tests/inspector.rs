@@ -205,6 +205,66 @@ fn a_python_that_execs_another_program_is_no_longer_python() {
     assert!(err.to_string().contains("not a Python process"), "{err}");
 }
 
+const PARENT_PY: &str = r#"
+import subprocess, time
+child = subprocess.Popen(["sleep", "600"])
+print("ready", flush=True)
+print("child", child.pid, flush=True)
+time.sleep(600)
+"#;
+
+/// One process's facts are those the tree shows of it, read without its
+/// children; its stacks are its own; a pid whose start time is not the
+/// process's own (the process asked for is gone) gives nothing.
+#[test]
+fn one_process_of_the_tree_and_no_other() {
+    let _serial = serial("one_process_of_the_tree_and_no_other");
+    let dir = tempdir();
+    let target = Group::python(&dir, PARENT_PY);
+    let child = target.numbers("child")[0];
+    let root = target.id();
+    let child = ProcFs
+        .identity(heli_core::Pid::new(child).unwrap())
+        .unwrap()
+        .unwrap();
+    let tree = PythonInspector.tree(root).unwrap();
+    assert_eq!(tree.len(), 2, "{tree:#?}");
+    for (i, id) in [root, child].into_iter().enumerate() {
+        let one = PythonInspector.process(id).unwrap().unwrap();
+        let listed = &tree[i];
+        assert_eq!(one.id(), id);
+        assert_eq!(
+            (&one.pid, one.start_time, one.parent, one.uid, one.euid),
+            (
+                &listed.pid,
+                listed.start_time,
+                listed.parent,
+                listed.uid,
+                listed.euid
+            )
+        );
+        assert_eq!(
+            (&one.command, &one.python),
+            (&listed.command, &listed.python)
+        );
+    }
+    assert_eq!(tree[1].parent, Some(root.pid));
+    assert_eq!(tree[0].euid, nix::unistd::geteuid().as_raw());
+    assert!(tree[0].python.is_some() && tree[1].python.is_none());
+    // Its own stacks.
+    let stacks = PythonInspector.stacks(root).unwrap();
+    assert!(stacks.iter().any(|thread| thread.main), "{stacks:#?}");
+    // The pid of a process gone (another start time): nothing read.
+    let gone = ProcessId {
+        start_time: root.start_time - 1,
+        ..root
+    };
+    assert_eq!(PythonInspector.process(gone).unwrap(), None);
+    let err = PythonInspector.stacks(gone).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+}
+
 const GIL_PY: &str = r#"
 import threading, time
 def busy():

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::serial;
+use common::{identity, serial};
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +56,7 @@ fn signals_sent_again_during_injections_log_a_few_warnings_only() {
         let deadline = Deadline::after(Duration::from_millis(100));
         // Made, or given up when signals kept coming: either way the
         // target lives on.
-        let _ = injector.inject(pid, libc::SYS_getpid, &[], &deadline);
+        let _ = injector.inject(identity(pid), libc::SYS_getpid, &[], &deadline);
     }
     stop.store(true, Ordering::Relaxed);
     storm.join().unwrap();

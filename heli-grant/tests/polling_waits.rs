@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{getpid_answers, serial};
+use common::{getpid_answers, identity, serial};
 
 use std::fs;
 use std::io;
@@ -71,7 +71,7 @@ fn injections_poll_when_no_signal_is_free() {
         let start = Instant::now();
         let deadline = Deadline::after(Duration::from_millis(300));
         let err = injector
-            .syscall(pid, libc::SYS_getpid, &[], &deadline)
+            .syscall(identity(pid), libc::SYS_getpid, &[], &deadline)
             .unwrap_err();
         let took = start.elapsed();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");

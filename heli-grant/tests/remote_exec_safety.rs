@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, Pid};
-use heli_grant::{remote_exec, remote_prctl, Pep768ErrorKind, PyProcess};
-use heli_proc::Memory;
+use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
+use heli_grant::{
+    remote_exec, remote_prctl, ChildWaits, GrantMethod, Pep768ErrorKind, PyProcess, YamaGranter,
+};
+use heli_proc::{Memory, ProcFs};
 
 // ---------------------------------------------------------------- harness
 
@@ -588,6 +590,36 @@ fn a_grant_that_fails_after_its_request_withdraws_it() {
     );
     assert!(path.is_empty(), "{}", String::from_utf8_lossy(&path));
     target.assert_no_script_runs(&slack);
+}
+
+/// A process named by its pid and a start time that is not its own (the
+/// process asked for has exited, and its pid went to this one) is never
+/// written to: no request in its memory, no script run, by the handle or
+/// by the granter's remote execution.
+#[test]
+fn a_process_with_the_pid_of_one_gone_is_never_written() {
+    let _serial = serial("a_process_with_the_pid_of_one_gone_is_never_written");
+    let mut target = Target::python(BLOCKED_PY);
+    let slack = target.timerslack();
+    let id = ProcFs.identity(target.pid).unwrap().unwrap();
+    let gone = ProcessId {
+        start_time: id.start_time - 1,
+        ..id
+    };
+    let err = PyProcess::open_id(gone).unwrap_err();
+    assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    let mut granter = YamaGranter::new(ChildWaits::default()).method(GrantMethod::RemoteExec);
+    let me = ProcFs.identity(Pid::this()).unwrap().unwrap();
+    let err = granter.grant(gone, me, &Deadline::after(SOON)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert_eq!(main_request(target.pid), (0, Vec::new()));
+    target.assert_no_script_runs(&slack);
+    // By its own identity, it is the CPython it is (the check above can
+    // fail).
+    let python = PyProcess::open_id(id).unwrap();
+    assert_eq!(python.pid(), target.pid);
+    assert!(python.remote_debugging_enabled().unwrap());
 }
 
 /// Before the fix, the script's directory was `/tmp/heli-pep768-XXXXXX`,

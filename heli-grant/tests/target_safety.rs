@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{build_c, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
+use common::{build_c, identity, serial, wait_for, Supervised as Target, FILTER_PRCTL_C, SOON};
 
 use std::fs;
 use std::io::{self, Write};
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
+use heli_core::{Deadline, Granter, Pid, Processes};
 use heli_grant::{Injection, SyscallInjector, YamaGranter};
 use heli_proc::ProcFs;
 
@@ -388,9 +388,10 @@ fn inject(
 ) -> (io::Result<Injection>, Duration) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (injector, args, call_deadline) = (injector.clone(), args.to_vec(), deadline.clone());
+    let id = identity(pid);
     let start = Instant::now();
     thread::spawn(move || {
-        let _ = tx.send(injector.inject(pid, nr, &args, &call_deadline));
+        let _ = tx.send(injector.inject(id, nr, &args, &call_deadline));
     });
     let limit = deadline.remaining() + Duration::from_secs(2);
     match rx.recv_timeout(limit) {
@@ -423,11 +424,6 @@ fn retries(injection: &Injection) -> u32 {
 
 fn after(ms: u64) -> Deadline {
     Deadline::after(Duration::from_millis(ms))
-}
-
-/// Who `pid` is now.
-fn identity(pid: Pid) -> ProcessId {
-    ProcFs.identity(pid).unwrap().expect("a running process")
 }
 
 const SLEEPS: &[libc::c_long] = &[libc::SYS_clock_nanosleep, libc::SYS_nanosleep];

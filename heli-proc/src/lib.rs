@@ -18,7 +18,8 @@
 //!   has exited however soon its pid is reused (what a listener keeps of
 //!   a connected client).
 //! - [`descendants`]: a process and its living descendants, for a
-//!   supervisor's whole tree ([`members`]: with what `ps` shows of each);
+//!   supervisor's whole tree ([`members`]: with what `ps` shows of each;
+//!   [`member`]: one process alone, read as `members` reads each);
 //!   [`group_members`]: a process group's.
 //! - [`Memory`]: another process's memory, read (and written) without
 //!   stopping it.
@@ -60,5 +61,5 @@ pub use handle::ProcessHandle;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
-pub use tree::{descendants, group_members, members, Member};
+pub use tree::{descendants, group_members, member, members, Member};
 pub use usage::{FileId, Usage};

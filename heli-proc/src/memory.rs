@@ -4,6 +4,10 @@
 //! vDSO, that `process_vm_readv` refuses). Both need the
 //! right to ptrace the process (`PTRACE_MODE_ATTACH`), not a ptrace
 //! attachment: the process never stops.
+//!
+//! A memory [bound](crate::Proc::memory) to an opened process writes only
+//! through its `/proc/PID/mem`, opened through that process's own `/proc`
+//! directory: a write can reach no other process.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -15,7 +19,8 @@ use heli_core::Pid;
 use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 
-use crate::error::no_such_process;
+use crate::error::{no_such_process, unless_gone};
+use crate::process::Proc;
 
 /// Reads and writes the memory of process `pid`.
 ///
@@ -27,6 +32,24 @@ use crate::error::no_such_process;
 /// memory that is not what the caller thinks).
 ///
 /// Clones share the fallback's open file.
+///
+/// # Which process: by pid, or bound
+///
+/// [`Memory::new`] names a process by its pid, at each read and write:
+/// once that process has exited and its pid went to another, they reach
+/// the other. [`Proc::memory`] makes one bound to the process opened:
+///
+/// - its writes go only through `/proc/PID/mem` opened through the
+///   process's `/proc` directory (the one [`Proc`] holds, which a later
+///   process with the same pid does not share). That file reaches the
+///   memory the process had when it was opened, and nothing else: once the
+///   process has exited, or called `execve` (which gives it new memory),
+///   writes fail with [`NotFound`](io::ErrorKind::NotFound);
+/// - its reads are by pid (`process_vm_readv`, the faster call), with that
+///   file as the fallback: a caller that must know what it read came from
+///   the process checks, after reading, that the process still runs
+///   ([`Proc::identity`]): a process that runs after the reads ran during
+///   them, and its pid was never another's meanwhile.
 ///
 /// # Examples
 ///
@@ -51,7 +74,11 @@ pub struct Memory {
 struct Inner {
     /// `process_vm_*` are missing (ENOSYS): use `/proc/PID/mem` only.
     proc_only: AtomicBool,
-    /// `/proc/PID/mem`, opened for reading at the first fallback.
+    /// Bound to a process: its `/proc` directory (`O_PATH`), through which
+    /// `mem` is opened; `None`: by pid.
+    bound: Option<File>,
+    /// `/proc/PID/mem`, opened at the first fallback: for reading, or
+    /// bound, for reading and writing.
     mem: OnceLock<File>,
 }
 
@@ -98,13 +125,7 @@ impl Memory {
                 Ok(_) | Err(_) => {}
             }
         }
-        let mem = match self.inner.mem.get() {
-            Some(mem) => mem,
-            None => {
-                let mem = File::open(self.mem_path()).map_err(|err| self.error("read", err))?;
-                self.inner.mem.get_or_init(|| mem)
-            }
-        };
+        let mem = self.mem("read")?;
         mem.read_exact_at(buf, addr)
             .map_err(|err| match err.raw_os_error() {
                 Some(libc::EIO) | Some(libc::EFAULT) => self.unmapped("read", addr, buf.len()),
@@ -124,6 +145,20 @@ impl Memory {
         let Some(remote) = self.remote("write", addr, data.len())? else {
             return Ok(());
         };
+        if self.inner.bound.is_some() {
+            // Never by pid: only through the file bound to the process.
+            let mem = self.mem("write")?;
+            return mem
+                .write_all_at(data, addr)
+                .map_err(|err| match err.raw_os_error() {
+                    Some(libc::EIO) | Some(libc::EFAULT) => {
+                        self.unmapped("write", addr, data.len())
+                    }
+                    // The memory the file was opened on is no more.
+                    _ if err.kind() == io::ErrorKind::WriteZero => self.replaced(),
+                    _ => self.error("write", err),
+                });
+        }
         if !self.inner.proc_only.load(Ordering::Relaxed) {
             match process_vm_writev(self.target(), &[IoSlice::new(data)], &remote) {
                 Ok(n) if n == data.len() => return Ok(()),
@@ -179,6 +214,39 @@ impl Memory {
         Ok(i32::from_le_bytes(word))
     }
 
+    /// `/proc/PID/mem`, opened once for `what` (read or write): through the
+    /// process's directory when bound (for reading and writing), else by
+    /// path, for reading.
+    fn mem(&self, what: &str) -> io::Result<&File> {
+        if let Some(mem) = self.inner.mem.get() {
+            return Ok(mem);
+        }
+        let mem = match &self.inner.bound {
+            Some(dir) => rustix::fs::openat(
+                dir,
+                "mem",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from),
+            None => File::open(self.mem_path()),
+        }
+        .map_err(|err| self.error(what, err))?;
+        Ok(self.inner.mem.get_or_init(|| mem))
+    }
+
+    /// The error for a bound memory whose process is gone.
+    fn replaced(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the memory of PID {} is gone: the process exited, or called execve",
+                self.pid
+            ),
+        )
+    }
+
     fn target(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.pid.get() as i32)
     }
@@ -232,6 +300,38 @@ impl Memory {
     }
 }
 
+impl Proc {
+    /// Its memory, [bound](Memory#which-process-by-pid-or-bound) to it:
+    /// no write can reach another process, even one that later has its
+    /// pid. When its main thread has exited while others run on, through a
+    /// live thread ([`memory_thread`](Proc::memory_thread)).
+    ///
+    /// # Errors
+    ///
+    /// [`NotFound`](io::ErrorKind::NotFound) when it is gone, and when
+    /// `/proc` cannot be read.
+    pub fn memory(&self) -> io::Result<Memory> {
+        let pid = self.pid();
+        let via = self.memory_thread()?;
+        let dir = match via == pid {
+            true => ".".to_owned(),
+            false => format!("task/{via}"),
+        };
+        let flags =
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+        let opened = self.dir().open_relative_flags(&dir, flags);
+        let dir = unless_gone(opened, format_args!("/proc/{pid}/{dir}"))?
+            .ok_or_else(|| no_such_process(pid))?;
+        Ok(Memory {
+            pid: via,
+            inner: Arc::new(Inner {
+                bound: Some(dir),
+                ..Inner::default()
+            }),
+        })
+    }
+}
+
 /// Whether `len` bytes at `addr` lie where a process's memory can be: a
 /// pointer read while the target changed it can be anything, and
 /// `/proc/PID/mem` takes no offset past `i64::MAX` (EINVAL, which would
@@ -281,6 +381,61 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
             assert!(memory.read(8, &mut []).is_ok());
         }
+    }
+
+    #[test]
+    fn a_bound_memory_never_writes_into_another_program() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        // A shell that calls execve once it reads a line: the same pid and
+        // process, another memory.
+        let mut child = Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let proc = Proc::open_existing(pid).unwrap();
+        // Its own memory, before: read and written through it (what a
+        // shell that has not run execve yet maps from its stack).
+        let stack = |proc: &Proc| {
+            let maps = std::fs::read_to_string(format!("/proc/{}/maps", proc.pid())).unwrap();
+            let line = maps.lines().find(|line| line.ends_with("[stack]")).unwrap();
+            let end = line.split(['-', ' ']).nth(1).unwrap();
+            u64::from_str_radix(end, 16).unwrap() - 64
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let sh = Some(crate::FileId::of(&std::fs::metadata("/bin/sh").unwrap()));
+        while proc.exe_id().unwrap() != sh {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let bound = proc.memory().unwrap();
+        assert_eq!(bound.pid(), pid);
+        let before = stack(&proc);
+        let word = bound.read_u64(before).unwrap();
+        bound.write(before, &word.to_le_bytes()).unwrap();
+        // Now another program: the bound memory writes nowhere, where the
+        // pid alone would reach the new one.
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        while proc.exe_id().unwrap() == sh {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let after = stack(&proc);
+        let word = Memory::new(pid).read_u64(after).unwrap();
+        let err = bound.write(after, &word.to_le_bytes()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        Memory::new(pid).write(after, &word.to_le_bytes()).unwrap();
+        // Bound again: the new memory.
+        proc.memory()
+            .unwrap()
+            .write(after, &word.to_le_bytes())
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = proc.memory().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]

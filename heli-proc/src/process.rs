@@ -82,6 +82,25 @@ impl Proc {
         Ok(unless_gone(opened, format_args!("/proc/{pid}"))?.map(|dir| Proc { pid, dir }))
     }
 
+    /// Opens process `id` and no other: `None` when its pid is free, or
+    /// names a process with another start time (`id` has exited, and its
+    /// pid went to a later process), or a zombie.
+    ///
+    /// The identity is read through the directory opened, which stays
+    /// bound to the process it was opened for (a later process that reuses
+    /// the pid has another `/proc` entry): every fact read through the
+    /// [`Proc`] returned is `id`'s, or missing once `id` has exited.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn open_id(id: ProcessId) -> io::Result<Option<Proc>> {
+        let Some(proc) = Proc::open(id.pid)? else {
+            return Ok(None);
+        };
+        Ok((proc.identity()? == Some(id)).then_some(proc))
+    }
+
     /// Opens `pid`; a process that is gone is an error
     /// ([`NotFound`](io::ErrorKind::NotFound): "no process with PID ...").
     ///
@@ -672,6 +691,12 @@ mod tests {
         let pid = Pid::new(child.id()).unwrap();
         let id = ProcFs.identity(pid).unwrap().unwrap();
         assert!(ProcFs.is_running(id));
+        assert_eq!(Proc::open_id(id).unwrap().unwrap().pid(), pid);
+        let later = ProcessId {
+            start_time: id.start_time + 1,
+            ..id
+        };
+        assert!(Proc::open_id(later).unwrap().is_none());
         drop(child.stdin.take());
         // Exited, not yet reaped: a zombie, waitable still.
         let raw = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -679,6 +704,7 @@ mod tests {
         nix::sys::wait::waitid(nix::sys::wait::Id::Pid(raw), flags).unwrap();
         assert!(!ProcFs.is_running(id));
         assert_eq!(ProcFs.identity(pid).unwrap(), None);
+        assert!(Proc::open_id(id).unwrap().is_none());
         let info = ProcFs.process(pid).unwrap().unwrap();
         assert_eq!(info.state, ProcessState::Zombie);
         assert_eq!((info.id, info.parent), (id, Some(Pid::this())));

@@ -94,7 +94,7 @@ pub fn members<T>(
     mut visit: impl FnMut(&Member) -> io::Result<T>,
 ) -> io::Result<Vec<T>> {
     let mut tree = Vec::new();
-    let Some(first) = read(root.pid)?.filter(|member| member.info.id == root) else {
+    let Some(first) = member(root)? else {
         return Ok(tree);
     };
     // parent -> children, from a scan of /proc when the kernel has no
@@ -115,11 +115,35 @@ pub fn members<T>(
             break;
         };
         // A reused pid is younger than its supposed child.
-        next = read(pid)?.filter(|member| {
-            member.info.parent == Some(parent.pid) && member.info.id.start_time >= parent.start_time
+        next = read(pid)?.filter(|kid| {
+            kid.info.parent == Some(parent.pid) && kid.info.id.start_time >= parent.start_time
         });
     }
     Ok(tree)
+}
+
+/// Process `id` alone, as [`members`] shows each process of a tree (the
+/// same read), without looking at its children: `None` when it is no
+/// longer running (gone, a zombie, or its pid names another process now).
+///
+/// # Errors
+///
+/// When `/proc` cannot be read.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::{Pid, Processes};
+/// use heli_proc::{member, ProcFs};
+///
+/// let me = ProcFs.identity(Pid::this())?.unwrap();
+/// let member = member(me)?.expect("this process runs");
+/// assert_eq!(member.info.id, me);
+/// assert!(member.usage.threads >= 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn member(id: ProcessId) -> io::Result<Option<Member>> {
+    Ok(read(id.pid)?.filter(|member| member.info.id == id))
 }
 
 /// The children of `member`: from its children files, or from a scan of
@@ -187,7 +211,8 @@ fn scan() -> io::Result<HashMap<u32, Vec<Pid>>> {
     Ok(children)
 }
 
-/// `pid` read, unless it is gone or a zombie.
+/// `pid` read, unless it is gone or a zombie: a member of a tree, or
+/// [`member`].
 fn read(pid: Pid) -> io::Result<Option<Member>> {
     let Some(proc) = Proc::open(pid)? else {
         return Ok(None);
@@ -319,5 +344,11 @@ mod tests {
             start_time: 1,
         };
         assert!(descendants(gone).unwrap().is_empty());
+        // One process alone: the same answers.
+        assert!(member(other).unwrap().is_none());
+        assert!(member(gone).unwrap().is_none());
+        let alone = member(me).unwrap().unwrap().info;
+        let listed = &descendants(me).unwrap()[0];
+        assert_eq!((alone.id, alone.parent), (listed.id, listed.parent));
     }
 }

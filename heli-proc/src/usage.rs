@@ -8,7 +8,10 @@ use crate::error::{to_io, unless_gone};
 use crate::process::Proc;
 
 /// A process's use of the machine, from one read of `/proc/PID/stat`, as
-/// `ps` shows it.
+/// `ps` shows it. Who the process is and what it is doing (its identity,
+/// start time included, and its state) are its
+/// [`ProcessInfo`](heli_core::ProcessInfo)'s ([`Proc::info`]; a tree's
+/// [`Member`](crate::Member) has both, from the same read).
 ///
 /// # Examples
 ///
@@ -24,16 +27,10 @@ use crate::process::Proc;
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Usage {
-    /// The kernel's one-letter state of its main thread (`R`, `S`, `D`,
-    /// `Z`...).
-    pub state: char,
     /// Its name (`comm`: the program's base name, cut to 15 bytes).
     pub name: String,
     /// How many threads it has.
     pub threads: u32,
-    /// When it started, in clock ticks since boot (its identity's
-    /// [`start_time`](heli_core::ProcessId::start_time)).
-    pub start_time: u64,
     /// CPU time used (user and system) over its lifetime, as a percentage
     /// of one CPU: `ps`'s `%CPU`.
     pub cpu_percent: f64,
@@ -92,10 +89,8 @@ impl Usage {
             false => 0.0,
         };
         Usage {
-            state: stat.state,
             name: stat.comm,
             threads: u32::try_from(stat.num_threads).unwrap_or(0),
-            start_time: stat.starttime,
             cpu_percent,
             rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
             vm_bytes: stat.vsize,
@@ -196,20 +191,14 @@ mod tests {
         // Until its execve is done, it is a copy of this test; then it
         // waits.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(
-            proc.usage().unwrap().unwrap(),
-            Usage { state: 'S', ref name, .. } if name == "sh"
-        ) || proc.children().unwrap().is_some_and(|kids| kids.is_empty())
+        while proc.usage().unwrap().unwrap().name != "sh"
+            || proc.info().unwrap().unwrap().state != heli_core::ProcessState::Sleeping
+            || proc.children().unwrap().is_some_and(|kids| kids.is_empty())
         {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(5));
         }
         let usage = proc.usage().unwrap().unwrap();
-        let me = crate::ProcFs;
-        let id = heli_core::Processes::identity(&me, proc.pid())
-            .unwrap()
-            .unwrap();
-        assert_eq!(usage.start_time, id.start_time);
         assert_eq!(usage.threads, 1);
         assert!(usage.rss_bytes > 0 && usage.uptime_secs < 60, "{usage:?}");
         assert!(usage.vm_bytes > usage.rss_bytes, "{usage:?}");

@@ -154,13 +154,13 @@ impl YamaGranter {
     /// `method`; returns the method that made the call.
     fn set_ptracer(
         &mut self,
-        target: Pid,
+        target: ProcessId,
         ptracer: Option<Pid>,
         method: GrantMethod,
         deadline: &Deadline,
     ) -> io::Result<GrantMethod> {
         let named = ptracer.map_or(0, Pid::get);
-        let what = format!("prctl(PR_SET_PTRACER, {named}) in PID {target}");
+        let what = format!("prctl(PR_SET_PTRACER, {named}) in PID {}", target.pid);
         let cannot = |err: io::Error| {
             io::Error::new(
                 err.kind(),
@@ -190,12 +190,14 @@ impl YamaGranter {
         }
     }
 
-    /// Injects the call by `deadline` (a target that does not stop for it
-    /// in time, frozen or in uninterruptible sleep, is let go untouched):
+    /// Injects the call into process `target` and no other (the injector
+    /// checks its identity before and after it seizes a thread) by
+    /// `deadline` (a target that does not stop for it in time, frozen or
+    /// in uninterruptible sleep, is let go untouched):
     /// `Err` when it could not be made, else what it returned.
     fn by_ptrace(
         &self,
-        target: Pid,
+        target: ProcessId,
         ptracer: u32,
         what: &str,
         deadline: &Deadline,
@@ -219,21 +221,26 @@ impl YamaGranter {
         })
     }
 
-    /// Has the target run the call itself (PEP 768) and report it.
+    /// Has the target run the call itself (PEP 768) and report it: only
+    /// process `target`, whose memory the request is written into through
+    /// a handle bound to it ([`PyProcess::open_id`]).
     fn by_remote_exec(
         &mut self,
-        target: Pid,
+        target: ProcessId,
         ptracer: Option<Pid>,
         deadline: &Deadline,
     ) -> io::Result<()> {
         self.last_method = Some(GrantMethod::RemoteExec);
         let named = u64::from(ptracer.map_or(0, Pid::get));
-        let result = PyProcess::open(target)
+        let result = PyProcess::open_id(target)
             .and_then(|python| python.remote_prctl(libc::PR_SET_PTRACER, named, deadline))
             .map(drop);
         match result {
             Ok(()) => {
-                info!("prctl(PR_SET_PTRACER, {named}) in PID {target} returned 0 (remote exec)");
+                info!(
+                    "prctl(PR_SET_PTRACER, {named}) in PID {} returned 0 (remote exec)",
+                    target.pid
+                );
                 Ok(())
             }
             Err(err) => {
@@ -301,7 +308,7 @@ impl Granter for YamaGranter {
                 format!("client PID {} is not running", client.pid),
             ));
         }
-        let method = self.set_ptracer(target.pid, Some(client.pid), self.method, due)?;
+        let method = self.set_ptracer(target, Some(client.pid), self.method, due)?;
         // The client may have exited in the meantime, and its pid gone to
         // another process: then take the grant back.
         if !ProcFs.is_running(client) {
@@ -310,7 +317,7 @@ impl Granter for YamaGranter {
                 client.pid
             );
             self.grants.remove(&target);
-            let _ = self.set_ptracer(target.pid, None, method, &Deadline::after(UNDO_DEADLINE));
+            let _ = self.set_ptracer(target, None, method, &Deadline::after(UNDO_DEADLINE));
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("client PID {} exited during its grant", client.pid),
@@ -346,7 +353,7 @@ impl Granter for YamaGranter {
             return Ok(());
         }
         let method = grant.map_or(self.method, |grant| grant.method);
-        match self.set_ptracer(target.pid, None, method, deadline) {
+        match self.set_ptracer(target, None, method, deadline) {
             Ok(_) => {
                 if let Some(old) = grant {
                     info!(

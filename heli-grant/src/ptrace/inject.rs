@@ -3,7 +3,7 @@
 
 use std::io;
 
-use heli_core::Deadline;
+use heli_core::{Deadline, ProcessId};
 
 use crate::wait::ChildWaits;
 
@@ -20,6 +20,23 @@ use super::tracer::Tracers;
 /// thread interrupted in a sleep, a `read` or a `poll` restarts it as after
 /// a signal without a handler: a sleep ends on time, a read returns the data
 /// written later.
+///
+/// # Which process
+///
+/// The target is named by its [`ProcessId`] (pid and start time), and the
+/// injector reaches that process or none: a pid names whichever process
+/// has it now, and a process that is not the caller's child may exit and
+/// be reaped by its own parent, and its pid reused, at any moment. The
+/// injector opens the process's `/proc` directory and checks its identity
+/// there; after it has seized a thread it checks again that the thread is
+/// one of that process's (through the same directory, which a later
+/// process with the pid does not share) and traced by it. Then the check
+/// is final: a traced thread's id stays its own until its tracer has
+/// waited for its death. A thread that turns out not to be one of that
+/// process's is given up before it ever stops (the tracer thread ends,
+/// which lets it go as it was), and the injection fails, with
+/// [`NotFound`](io::ErrorKind::NotFound) saying the process is gone when
+/// it has exited.
 ///
 /// The caller must be allowed to ptrace the target: its parent under Yama
 /// `ptrace_scope` 1, any process of the same user under 0, or a process with
@@ -115,7 +132,7 @@ use super::tracer::Tracers;
 ///
 /// ```
 /// use heli_grant::{ProcessSupervisor, SyscallInjector};
-/// use heli_core::{Deadline, Supervisor};
+/// use heli_core::{Deadline, Processes, Supervisor};
 /// use std::process::Command;
 /// use std::time::Duration;
 ///
@@ -123,11 +140,12 @@ use super::tracer::Tracers;
 /// command.arg("600");
 /// let mut supervisor = ProcessSupervisor::new(command);
 /// let pid = supervisor.spawn()?;
+/// let sleep = supervisor.identity(pid)?.expect("it runs");
 /// let injector = SyscallInjector::new(supervisor.child_waits());
 /// # #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))] {
 /// // The sleep carries on, to its end, and has told us its pid.
 /// let deadline = Deadline::after(Duration::from_secs(1));
-/// assert_eq!(injector.syscall(pid, libc::SYS_getpid, &[], &deadline)?, u64::from(pid));
+/// assert_eq!(injector.syscall(sleep, libc::SYS_getpid, &[], &deadline)?, u64::from(pid));
 /// # }
 /// supervisor.kill()?;
 /// # Ok::<(), std::io::Error>(())
@@ -197,8 +215,8 @@ impl SyscallInjector {
         self
     }
 
-    /// Has a thread of process `pid` make system call `nr` with up to six
-    /// `args` by `deadline`, and returns its value.
+    /// Has a thread of process `process` make system call `nr` with up to
+    /// six `args` by `deadline`, and returns its value.
     ///
     /// Only for calls that return at once (no sleeping, no blocking I/O) and
     /// do not change the thread's registers or signal state.
@@ -209,17 +227,18 @@ impl SyscallInjector {
     /// that errno ([`io::Error::raw_os_error`]).
     pub fn syscall(
         &self,
-        pid: heli_core::Pid,
+        process: ProcessId,
         nr: libc::c_long,
         args: &[u64],
         deadline: &Deadline,
     ) -> io::Result<u64> {
-        self.inject(pid, nr, args, deadline)?.result()
+        self.inject(process, nr, args, deadline)?.result()
     }
 
-    /// Has a thread of process `pid` make system call `nr` with up to six
-    /// `args` by `deadline`, and tells what happened; see
-    /// [`syscall`](Self::syscall).
+    /// Has a thread of process `process` (and of no other process that
+    /// has its pid; see [which process](Self#which-process)) make system
+    /// call `nr` with up to six `args` by `deadline`, and tells what
+    /// happened; see [`syscall`](Self::syscall).
     ///
     /// # Errors
     ///
@@ -233,8 +252,9 @@ impl SyscallInjector {
     ///   (frozen then): it keeps the borrowed registers until it stops
     ///   again, when a thread of this process puts them back, and the call
     ///   may then run after all (its result is logged);
-    /// - [`NotFound`](io::ErrorKind::NotFound): no such process, or it exited
-    ///   during the injection (its status then went to the reaper);
+    /// - [`NotFound`](io::ErrorKind::NotFound): no such process (its pid is
+    ///   free, or names a later process: it is gone), or it exited during
+    ///   the injection (its status then went to the reaper);
     /// - [`PermissionDenied`](io::ErrorKind::PermissionDenied): not allowed
     ///   to ptrace it, or it runs under seccomp or Syscall User Dispatch;
     /// - [`ResourceBusy`](io::ErrorKind::ResourceBusy): another tracer (a
@@ -248,7 +268,7 @@ impl SyscallInjector {
     ///   call's registers, the process living on.
     pub fn inject(
         &self,
-        pid: heli_core::Pid,
+        process: ProcessId,
         nr: libc::c_long,
         args: &[u64],
         deadline: &Deadline,
@@ -270,7 +290,7 @@ impl SyscallInjector {
                 &self.tracers,
                 &self.waits,
                 self.allow_seccomp,
-                pid,
+                process,
                 nr,
                 all,
                 deadline,
@@ -278,7 +298,7 @@ impl SyscallInjector {
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (pid, nr, all, deadline, self.allow_seccomp, &self.waits);
+            let _ = (process, nr, all, deadline, self.allow_seccomp, &self.waits);
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "injecting a system call is implemented for x86_64 and aarch64 only",
@@ -294,6 +314,12 @@ mod tests {
 
     fn soon() -> Deadline {
         Deadline::after(Duration::from_secs(10))
+    }
+
+    fn me() -> ProcessId {
+        heli_core::Processes::identity(&heli_proc::ProcFs, heli_core::Pid::this())
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -312,21 +338,32 @@ mod tests {
     #[test]
     fn refuses_bad_requests() {
         let injector = SyscallInjector::new(ChildWaits::default());
-        let err = injector
-            .inject(heli_core::Pid::new(1).unwrap(), 0, &[0; 7], &soon())
-            .unwrap_err();
+        let err = injector.inject(me(), 0, &[0; 7], &soon()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             let err = injector
                 .inject(
-                    heli_core::Pid::new(i32::MAX as u32).unwrap(),
+                    ProcessId {
+                        pid: heli_core::Pid::new(i32::MAX as u32).unwrap(),
+                        start_time: 1,
+                    },
                     0,
                     &[],
                     &soon(),
                 )
                 .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::NotFound);
+            // This process's pid, another start time: a process gone.
+            let later = ProcessId {
+                start_time: me().start_time + 1,
+                ..me()
+            };
+            let err = injector
+                .inject(later, libc::SYS_getpid, &[], &soon())
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+            assert!(err.to_string().contains("is gone"), "{err}");
         }
     }
 
@@ -336,7 +373,7 @@ mod tests {
         // The kernel refuses to let a process trace its own threads.
         let injector = SyscallInjector::new(ChildWaits::default());
         let err = injector
-            .inject(heli_core::Pid::this(), libc::SYS_getpid, &[], &soon())
+            .inject(me(), libc::SYS_getpid, &[], &soon())
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     }
@@ -347,7 +384,7 @@ mod tests {
         let injector = SyscallInjector::new(ChildWaits::default());
         let gone = Deadline::after(Duration::ZERO);
         let err = injector
-            .inject(heli_core::Pid::this(), libc::SYS_getpid, &[], &gone)
+            .inject(me(), libc::SYS_getpid, &[], &gone)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, Pid, Processes};
+use heli_core::{Deadline, Pid, ProcessId, Processes};
 use heli_proc::{Proc, ProcFs, ThreadStatus};
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -31,16 +31,17 @@ pub(super) fn inject(
     tracers: &Tracers<Job>,
     waits: &ChildWaits,
     allow_seccomp: bool,
-    pid: Pid,
+    process: ProcessId,
     nr: libc::c_long,
     args: [u64; 6],
     deadline: &Deadline,
 ) -> io::Result<Injection> {
+    let pid = process.pid;
     let handoff = Arc::new(Handoff::new()?);
     let job = Job {
         waits: waits.clone(),
         allow_seccomp,
-        pid,
+        process,
         nr,
         args,
         deadline: deadline.clone(),
@@ -82,7 +83,8 @@ const GRACE: Duration = Duration::from_millis(200);
 pub(super) struct Job {
     waits: ChildWaits,
     allow_seccomp: bool,
-    pid: heli_core::Pid,
+    /// The process to inject into, and no other.
+    process: ProcessId,
     nr: libc::c_long,
     args: [u64; 6],
     deadline: Deadline,
@@ -115,11 +117,11 @@ impl Work for Job {
                 Ok(injection) => warn!(
                     "system call {} injected into thread {} of PID {} ran after its caller had \
                      given up at the deadline: it returned {}",
-                    self.nr, injection.tid, self.pid, injection.ret
+                    self.nr, injection.tid, self.process.pid, injection.ret
                 ),
                 Err(err) => info!(
                     "the injection into PID {} ended after its caller had given up: {err}",
-                    self.pid
+                    self.process.pid
                 ),
             }
         }
@@ -140,8 +142,10 @@ impl Job {
         timer: Option<&ThreadTimer>,
         abandoned: &mut Option<Abandoned>,
     ) -> io::Result<Injection> {
-        let pid = self.pid.get();
-        let process = Proc::open(self.pid)?.ok_or_else(|| exited_before(pid))?;
+        let pid = self.process.pid.get();
+        // Bound to the process asked for: all that is read through it is
+        // that process's.
+        let process = Proc::open_id(self.process)?.ok_or_else(|| gone(self.process))?;
         // From here until the thread is let go, nobody else waits for our
         // children: the reaper would see its stops, and if the target dies
         // while traced, we reap it and hand its status on.
@@ -255,7 +259,7 @@ impl Job {
             main_exited,
             timer,
         } = attempt;
-        let pid = self.pid.get();
+        let pid = self.process.pid.get();
         if let Some(busy) = self.check(tid, status)? {
             return Ok((Outcome::Retry(busy), Vec::new()));
         }
@@ -274,9 +278,14 @@ impl Job {
         };
         let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
         match Tracee::seize(target, raw, waits) {
-            Ok(tracee) => Ok(tracee.run(self.nr, &self.args)),
+            Ok(tracee) => match seized_ours(self.process, process, tid) {
+                Ok(()) => Ok(tracee.run(self.nr, &self.args)),
+                // Not touched: not even interrupted. Ending the tracer
+                // thread lets it go as it was.
+                Err(err) => Ok((tracee.abandon(err), Vec::new())),
+            },
             // That thread exited in between: choose again.
-            Err(Errno::ESRCH) if tid != self.pid => Ok((
+            Err(Errno::ESRCH) if tid != self.process.pid => Ok((
                 Outcome::Retry(io::Error::other(format!(
                     "thread {tid} of PID {pid} exited before it was seized"
                 ))),
@@ -291,7 +300,7 @@ impl Job {
     /// injected into; `Ok(Some)` when it is still traced by a tracer thread
     /// of ours that is ending (try again).
     fn check(&self, tid: Pid, status: Option<ThreadStatus>) -> io::Result<Option<io::Error>> {
-        let pid = self.pid.get();
+        let pid = self.process.pid.get();
         let Some(status) = status else {
             return Ok(Some(io::Error::other(format!(
                 "thread {tid} of PID {pid} exited before it was seized"
@@ -333,6 +342,42 @@ struct Attempt<'a> {
     /// Whether the process's main thread has exited (others run on).
     main_exited: bool,
     timer: Option<&'a ThreadTimer>,
+}
+
+/// Whether thread `tid`, just seized (and not yet interrupted), is one of
+/// the threads of process `id`, opened as `process`, traced by this
+/// thread: `Ok` when it is, else the error to give it up with.
+///
+/// Between the checks before the seize and the seize itself, the
+/// process may have exited and been reaped by its parent (not us, for
+/// a process of the tree that is not our child), and the thread's id
+/// gone to another process. Asked now, through the process's own
+/// `/proc` directory (which only finds its threads), the answer is
+/// final: a thread we trace keeps its id until we have waited for its
+/// death.
+fn seized_ours(id: ProcessId, process: &Proc, tid: Pid) -> io::Result<()> {
+    let me = nix::unistd::gettid().as_raw() as u32;
+    let lives = matches!(process.identity(), Ok(Some(found)) if found == id);
+    let traced = match process.thread_status(tid) {
+        Ok(Some(status)) => status.tracer.map(Pid::get) == Some(me),
+        _ => false,
+    };
+    if lives && traced {
+        return Ok(());
+    }
+    let pid = id.pid;
+    if !lives {
+        warn!("PID {pid} ended as thread {tid} was seized for it: letting it go untouched");
+        return Err(gone(id));
+    }
+    warn!(
+        "thread {tid}, seized for PID {pid}, is not (or no longer) a thread of it traced by \
+         us: letting it go untouched"
+    );
+    Err(io::Error::other(format!(
+        "thread {tid} of PID {pid} ended, or its id went to another process, as it was \
+         seized: it was let go untouched and nothing was injected"
+    )))
 }
 
 /// The pause before another attempt, times the attempts so far (up to 20).
@@ -439,9 +484,56 @@ fn seize_error(process: &Proc, tid: Pid, err: Errno) -> io::Error {
     )
 }
 
+/// The error for process `id` gone: its pid is free, or another process's.
+fn gone(id: ProcessId) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "PID {} (started at tick {}) is gone: it has exited, and its pid may name another \
+             process now; nothing was injected",
+            id.pid, id.start_time
+        ),
+    )
+}
+
 fn exited_before(pid: u32) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("target PID {pid} is not running"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::ptrace;
+    use std::process::{Child, Command};
+
+    fn sleep() -> (Child, ProcessId, Proc) {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = Pid::new(child.id()).unwrap();
+        let id = ProcFs.identity(pid).unwrap().unwrap();
+        (child, id, Proc::open_id(id).unwrap().unwrap())
+    }
+
+    #[test]
+    fn a_thread_seized_is_checked_to_be_the_process_asked_for() {
+        let (mut a, a_id, a_proc) = sleep();
+        let (mut b, b_id, b_proc) = sleep();
+        let raw = nix::unistd::Pid::from_raw(b_id.pid.get() as i32);
+        // Not traced yet: not ours.
+        assert!(seized_ours(b_id, &b_proc, b_id.pid).is_err());
+        ptrace::seize(raw, ptrace::Options::empty()).unwrap();
+        assert!(seized_ours(b_id, &b_proc, b_id.pid).is_ok());
+        // B's thread, taken for one of A's: refused, A being alive.
+        let err = seized_ours(a_id, &a_proc, b_id.pid).unwrap_err();
+        assert!(err.to_string().contains("let go untouched"), "{err}");
+        // A gone: refused as gone.
+        let _ = a.kill();
+        let _ = a.wait();
+        let err = seized_ours(a_id, &a_proc, b_id.pid).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let _ = b.kill();
+        let _ = b.wait();
+    }
 }

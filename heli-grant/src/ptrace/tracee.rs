@@ -190,6 +190,15 @@ impl<'a, 'w> Tracee<'a, 'w> {
         })
     }
 
+    /// Gives the thread up, just seized, before anything was asked of it:
+    /// the tracer thread must end, which lets it go as it was (it never
+    /// stopped).
+    pub(super) fn abandon(mut self, err: io::Error) -> Outcome {
+        debug_assert_eq!(self.phase, Phase::Seized);
+        self.phase = Phase::Abandoned;
+        Outcome::Abandoned(err)
+    }
+
     /// The whole injection: the call, then the thread given back; and the
     /// signals held meanwhile and delivered after it.
     pub(super) fn run(mut self, nr: libc::c_long, args: &[u64; 6]) -> (Outcome, Vec<i32>) {

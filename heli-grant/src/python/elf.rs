@@ -9,7 +9,6 @@
 //! ([`FileId`]: device, inode and last change), for the next process that
 //! maps the same file: a CPython's files are read once, not at every `PS`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -22,16 +21,17 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
 use object::read::{ReadCache, ReadRef, StringTable};
 use object::LittleEndian;
 
+use super::cache::Cache;
 use super::error::{Pep768Error, Pep768ErrorKind};
 
 /// The section CPython puts `_PyRuntime` in.
 pub(crate) const SECTION: &[u8] = b".PyRuntime";
 
 /// What the headers of the files read so far say, by file.
-static FILES: LazyLock<Mutex<HashMap<FileId, Option<PyRuntimeSection>>>> =
-    LazyLock::new(Mutex::default);
+static FILES: LazyLock<Mutex<Cache<FileId, Option<PyRuntimeSection>>>> =
+    LazyLock::new(|| Mutex::new(Cache::new(MAX_FILES)));
 /// At most this many files are remembered (a machine has a few CPythons;
-/// past this, the memory starts afresh).
+/// past this, the half used least recently is forgotten).
 const MAX_FILES: usize = 64;
 
 /// Where `.PyRuntime` lies in an ELF file (a `python3.14` executable or a
@@ -97,18 +97,15 @@ impl PyRuntimeSection {
     /// unless a file with its identity was read before.
     pub(crate) fn find_in(file: &File) -> Result<Option<PyRuntimeSection>, Pep768Error> {
         let id = file.metadata().ok().map(|meta| FileId::of(&meta));
-        let known = |files: &HashMap<FileId, Option<PyRuntimeSection>>| {
-            id.and_then(|id| files.get(&id).copied())
-        };
-        if let Some(found) = known(&FILES.lock().unwrap_or_else(PoisonError::into_inner)) {
-            return Ok(found);
+        if let Some(id) = id {
+            let mut files = FILES.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(&found) = files.get(&id) {
+                return Ok(found);
+            }
         }
         let found = Self::find_in_data(&ReadCache::new(file))?;
         if let Some(id) = id {
             let mut files = FILES.lock().unwrap_or_else(PoisonError::into_inner);
-            if files.len() >= MAX_FILES {
-                files.clear();
-            }
             files.insert(id, found);
         }
         Ok(found)
@@ -310,8 +307,17 @@ mod tests {
         };
         std::fs::write(&path, tiny(0, 0x1000, 0x5000)).unwrap();
         assert_eq!(find(&path), Some(0x5000));
-        // Remembered: the same answer.
-        assert_eq!(find(&path), Some(0x5000));
+        // Remembered: the answer comes without reading the file (opened
+        // for writing only, it cannot be read; opening it so changes
+        // nothing of its identity).
+        let unreadable = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let found = PyRuntimeSection::find_in(&unreadable).unwrap();
+        assert_eq!(found.map(|section| section.sh_addr), Some(0x5000));
+        // Another file of the same contents is another file: read.
+        let copy = dir.path().join("copy");
+        std::fs::copy(&path, &copy).unwrap();
+        let copy = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        assert!(PyRuntimeSection::find_in(&copy).is_err());
         // Rewritten in place (the same inode), another size.
         let mut other = tiny(0, 0x1000, 0x6000);
         other.push(0);

@@ -3,7 +3,6 @@
 
 use std::io;
 
-use heli_core::Pid;
 use heli_proc::Memory;
 
 use super::error::{Pep768Error, Pep768ErrorKind};
@@ -16,10 +15,20 @@ pub(crate) struct RemoteMemory {
 }
 
 impl RemoteMemory {
+    /// Process `pid`'s memory, by pid (for tests).
+    #[cfg(test)]
     pub(crate) fn new(pid: u32) -> RemoteMemory {
         RemoteMemory {
             pid,
-            memory: Pid::new(pid).map(Memory::new),
+            memory: heli_core::Pid::new(pid).map(Memory::new),
+        }
+    }
+
+    /// `memory` (bound to a process: [`heli_proc::Proc::memory`]).
+    pub(crate) fn of(memory: Memory) -> RemoteMemory {
+        RemoteMemory {
+            pid: memory.pid().get(),
+            memory: Some(memory),
         }
     }
 

@@ -21,14 +21,16 @@
 //! Offsets are never hard-coded: each is read from the target; only the
 //! order of the fields of `_Py_DebugOffsets` is known per minor version.
 //!
-//! The parts, from the bottom: `version.rs` ([`PyVersion`]) and `error.rs`
-//! ([`Pep768Error`]); `memory.rs` (the target's memory), `elf.rs` (the
+//! The parts, from the bottom: `version.rs` ([`PyVersion`]), `error.rs`
+//! ([`Pep768Error`]) and `cache.rs` (the bounded memory `elf.rs` and
+//! `probe.rs` keep between calls); `memory.rs` (the target's memory), `elf.rs` (the
 //! `.PyRuntime` section) and `offsets.rs` ([`DebugOffsets`]); `process.rs`
 //! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]), `probe.rs`
 //! (which processes are CPythons, remembered for `PS`) and
 //! `remote_exec.rs` ([`remote_exec()`]), which writes its scripts where
 //! `script_dir.rs` says.
 
+mod cache;
 mod elf;
 mod error;
 mod memory;

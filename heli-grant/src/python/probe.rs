@@ -19,12 +19,12 @@
 //! every time; errors that may pass (gone, no permission, a read torn by a
 //! change) are not remembered.
 
-use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use heli_core::ProcessId;
 use heli_proc::FileId;
 
+use super::cache::Cache;
 use super::error::Pep768ErrorKind;
 use super::process::PyProcess;
 use super::version::PyVersion;
@@ -51,7 +51,7 @@ pub(crate) fn python_version(
             return answer;
         }
     }
-    let answer = match PyProcess::open(id.pid) {
+    let answer = match PyProcess::open_id(id) {
         Ok(python) => Some(python.version()),
         Err(err) => match err.kind() {
             // What the process is, as long as it runs this program with
@@ -79,58 +79,31 @@ struct Key {
     exe: FileId,
 }
 
+/// An answer, and for a "no", the address space's size when it was found.
 #[derive(Clone, Copy, Debug)]
-struct Entry {
+struct Answer {
     version: Option<PyVersion>,
-    /// The address space's size when a "no" was found.
     vm_bytes: u64,
-    /// When it was last asked about (a count of questions).
-    used: u64,
 }
 
-/// The remembered answers, at most `capacity` of them.
+/// The remembered answers.
 #[derive(Debug)]
-struct Known {
-    entries: HashMap<Key, Entry>,
-    capacity: usize,
-    clock: u64,
-}
+struct Known(Cache<Key, Answer>);
 
 impl Known {
     fn new(capacity: usize) -> Known {
-        Known {
-            entries: HashMap::new(),
-            capacity,
-            clock: 0,
-        }
+        Known(Cache::new(capacity))
     }
 
-    /// The answer for `key`, if one is remembered and still holds.
+    /// The answer for `key`, if one is remembered and still holds (a "no"
+    /// holds while the address space keeps its size).
     fn get(&mut self, key: Key, vm_bytes: u64) -> Option<Option<PyVersion>> {
-        self.clock += 1;
-        let entry = self.entries.get_mut(&key)?;
-        if entry.version.is_none() && entry.vm_bytes != vm_bytes {
-            return None;
-        }
-        entry.used = self.clock;
-        Some(entry.version)
+        let answer = self.0.get(&key)?;
+        (answer.version.is_some() || answer.vm_bytes == vm_bytes).then_some(answer.version)
     }
 
     fn insert(&mut self, key: Key, vm_bytes: u64, version: Option<PyVersion>) {
-        self.clock += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            let mut ages: Vec<u64> = self.entries.values().map(|entry| entry.used).collect();
-            let (_, &mut median, _) = ages.select_nth_unstable(self.entries.len() / 2);
-            self.entries.retain(|_, entry| entry.used > median);
-        }
-        self.entries.insert(
-            key,
-            Entry {
-                version,
-                vm_bytes,
-                used: self.clock,
-            },
-        );
+        self.0.insert(key, Answer { version, vm_bytes });
     }
 }
 
@@ -206,15 +179,9 @@ mod tests {
         assert!(known.get(key(1, 1, 1), 0).is_some());
         assert!(known.get(key(2, 1, 1), 0).is_some());
         known.insert(key(9, 1, 1), 0, Some(V));
-        assert!(known.entries.len() <= 8, "{}", known.entries.len());
         for pid in [1, 2, 9] {
             assert!(known.get(key(pid, 1, 1), 0).is_some(), "{pid} forgotten");
         }
         assert!(known.get(key(3, 1, 1), 0).is_none());
-        // Bounded whatever comes.
-        for pid in 10..1000 {
-            known.insert(key(pid, 1, 1), 0, None);
-            assert!(known.entries.len() <= 8);
-        }
     }
 }

@@ -9,8 +9,9 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use heli_core::Pid;
+use heli_core::{Pid, ProcessId};
 use heli_proc::{Mapping, Proc};
 use log::debug;
 
@@ -26,7 +27,9 @@ use super::version::{version_from_name, PyVersion};
 /// Opening reads the target's `/proc/PID/maps`, the ELF headers of the
 /// files it maps, and `_Py_DebugOffsets` in its memory; it never stops the
 /// target. The handle stays valid for the life of the target (a process
-/// does not move its `_PyRuntime`).
+/// does not move its `_PyRuntime`), and is bound to it: what it writes
+/// (remote execution) reaches that process or nothing, never a later one
+/// that reuses its pid, nor the program it runs after an `execve`.
 ///
 /// # Examples
 ///
@@ -42,6 +45,10 @@ use super::version::{version_from_name, PyVersion};
 /// ```
 #[derive(Clone, Debug)]
 pub struct PyProcess {
+    /// Its `/proc` directory, opened once (bound to it).
+    proc: Arc<Proc>,
+    /// Who it is: read through `proc` when it was opened.
+    id: ProcessId,
     memory: RemoteMemory,
     runtime: u64,
     debug: DebugOffsets,
@@ -64,20 +71,55 @@ impl PyProcess {
     /// [`FreeThreaded`](Pep768ErrorKind::FreeThreaded), and
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) or [`Io`](Pep768ErrorKind::Io).
     pub fn open(pid: Pid) -> Result<PyProcess, Pep768Error> {
-        let no_such_process = || {
-            Pep768Error::new(
-                Pep768ErrorKind::NoSuchProcess,
-                format!("no process with PID {pid}"),
-            )
-        };
         let process = Proc::open(pid)
             .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
-            .ok_or_else(no_such_process)?;
+            .ok_or_else(|| no_such_process(pid))?;
+        let id = process
+            .identity()
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
+            .ok_or_else(|| no_such_process(pid))?;
+        Self::from_proc(process, id)
+    }
+
+    /// Finds and validates the CPython runtime of process `id` and no
+    /// other: [`open`](Self::open), refused when its pid names another
+    /// process now (one started at another time: `id` has exited).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess)
+    /// when `id` is gone.
+    pub fn open_id(id: ProcessId) -> Result<PyProcess, Pep768Error> {
+        let pid = id.pid;
+        let process = Proc::open_id(id)
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?
+            .ok_or_else(|| {
+                Pep768Error::new(
+                    Pep768ErrorKind::NoSuchProcess,
+                    format!(
+                        "PID {pid} (started at tick {}) is gone: it has exited, and its pid \
+                         may name another process now",
+                        id.start_time
+                    ),
+                )
+            })?;
+        Self::from_proc(process, id)
+    }
+
+    /// The CPython runtime of `process`, which is `id`, and whose memory it
+    /// is [bound to](Proc::memory): whatever the handle later writes
+    /// reaches that process (or nothing, once it is gone), never one that
+    /// reuses its pid.
+    fn from_proc(process: Proc, id: ProcessId) -> Result<PyProcess, Pep768Error> {
+        let process = Arc::new(process);
+        let pid = process.pid();
+        let no_such_process = || no_such_process(pid);
         // Through a live thread when the main one has exited.
-        let via = process
-            .memory_thread()
-            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{pid}"), err))?;
-        let memory = RemoteMemory::new(via.get());
+        let memory = process.memory().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => no_such_process(),
+            _ => Pep768Error::io(format!("cannot read /proc/{pid}"), err),
+        })?;
+        let memory = RemoteMemory::of(memory);
         let maps = process.maps().map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => no_such_process(),
             io::ErrorKind::PermissionDenied => {
@@ -100,7 +142,7 @@ impl PyProcess {
         }
         let mut first_error: Option<Pep768Error> = None;
         for mapped in &candidates {
-            match Self::try_file(&memory, mapped) {
+            match Self::try_file(&process, id, &memory, mapped) {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => debug!("PID {pid}: {} has no .PyRuntime", mapped.path),
                 Err(err) => {
@@ -148,7 +190,12 @@ impl PyProcess {
     }
 
     /// The runtime in `mapped`, if it holds one.
-    fn try_file(memory: &RemoteMemory, mapped: &Mapped) -> Result<Option<PyProcess>, Pep768Error> {
+    fn try_file(
+        process: &Arc<Proc>,
+        id: ProcessId,
+        memory: &RemoteMemory,
+        mapped: &Mapped,
+    ) -> Result<Option<PyProcess>, Pep768Error> {
         let pid = memory.pid();
         let (path, file) = mapped.open(pid)?;
         let section = match PyRuntimeSection::find_in(&file) {
@@ -178,6 +225,8 @@ impl PyProcess {
             mapped.path
         );
         Ok(Some(PyProcess {
+            proc: process.clone(),
+            id,
             memory: memory.clone(),
             runtime,
             debug,
@@ -188,7 +237,28 @@ impl PyProcess {
 
     /// The target's process id.
     pub fn pid(&self) -> Pid {
-        Pid::new(self.memory.pid()).expect("opened by pid")
+        self.id.pid
+    }
+
+    /// Who the target is: its pid and start time, as read when it was
+    /// opened.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// Whether the target still runs (it has not exited; an `execve` does
+    /// not count): what it read from memory meanwhile was its own, as its
+    /// pid was never another's.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read.
+    pub fn is_running(&self) -> Result<bool, Pep768Error> {
+        let running = self
+            .proc
+            .identity()
+            .map_err(|err| Pep768Error::io(format!("cannot read /proc/{}", self.id.pid), err))?;
+        Ok(running == Some(self.id))
     }
 
     /// Its CPython version.
@@ -254,9 +324,22 @@ impl PyProcess {
         &self.memory
     }
 
+    /// Its `/proc` directory, opened once.
+    pub(crate) fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
     pub(crate) fn offsets(&self) -> &Offsets {
         &self.offsets
     }
+}
+
+/// The error for a process that is gone.
+fn no_such_process(pid: Pid) -> Pep768Error {
+    Pep768Error::new(
+        Pep768ErrorKind::NoSuchProcess,
+        format!("no process with PID {pid}"),
+    )
 }
 
 /// At most this many interpreters are walked (a loop in a corrupt list).
@@ -422,6 +505,18 @@ mod tests {
     fn not_python() {
         let err = PyProcess::open(Pid::this()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
+        let me = heli_core::Processes::identity(&heli_proc::ProcFs, Pid::this())
+            .unwrap()
+            .unwrap();
+        let err = PyProcess::open_id(me).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::NotPython, "{err}");
+        let later = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        let err = PyProcess::open_id(later).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
+        assert!(err.to_string().contains("is gone"), "{err}");
         let err = PyProcess::open(Pid::new(i32::MAX as u32).unwrap()).unwrap_err();
         assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
     }

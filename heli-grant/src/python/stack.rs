@@ -114,21 +114,33 @@ impl PyProcess {
     ///
     /// # Errors
     ///
-    /// [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess) when it exited;
+    /// [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess) when it exited
+    /// (before or while its stacks were read: a dump is returned only if
+    /// the process still ran after it, so that all it read was that
+    /// process's);
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) when its list of threads kept
     /// changing (or is corrupt) three times in a row;
     /// [`PermissionDenied`](Pep768ErrorKind::PermissionDenied).
     pub fn stack_dump(&self) -> Result<Vec<ThreadStack>, Pep768Error> {
         let mut attempt = 0;
-        loop {
+        let threads = loop {
             let mut walker = Walker::new(self);
             match walker.dump() {
                 Err(err) if err.kind() == Pep768ErrorKind::Corrupt && attempt + 1 < ATTEMPTS => {
                     attempt += 1;
                 }
-                result => return result,
+                result => break result?,
             }
+        };
+        // Memory is read by pid: still running now, it ran all along, and
+        // the pid named no other process meanwhile.
+        if !self.is_running()? {
+            return Err(Pep768Error::new(
+                Pep768ErrorKind::NoSuchProcess,
+                format!("PID {} exited while its stacks were read", self.pid()),
+            ));
         }
+        Ok(threads)
     }
 }
 
@@ -163,7 +175,7 @@ struct Walker<'a> {
     py: &'a PyProcess,
     o: &'a Offsets,
     /// The target's `/proc` directory: its threads' names and states.
-    proc: Option<Proc>,
+    proc: &'a Proc,
     codes: HashMap<u64, Rc<Code>>,
     strings: HashMap<u64, Rc<str>>,
     /// Type objects known to be, or not to be, `code`.
@@ -177,7 +189,7 @@ impl<'a> Walker<'a> {
         Walker {
             py,
             o: py.offsets(),
-            proc: Proc::open(py.pid()).ok().flatten(),
+            proc: py.proc(),
             codes: HashMap::new(),
             strings: HashMap::new(),
             code_types: HashMap::new(),
@@ -270,15 +282,14 @@ impl<'a> Walker<'a> {
         stack.interpreter_id = interpreter_id;
         stack.main = main;
         stack.gil = gil.map(|gil| gil.held_by(tstate));
-        if let Some(proc) = &self.proc {
-            let tid = u32::try_from(native_thread_id).ok().and_then(Pid::new);
-            stack.name = proc.thread_name(native_thread_id);
-            stack.activity = match tid.map(|tid| proc.thread_state(tid)) {
-                Some(Ok(Some(ProcessState::Running))) => Some(Activity::Running),
-                Some(Ok(Some(state))) if !state.is_gone() => Some(Activity::Idle),
-                _ => None,
-            };
-        }
+        let proc = self.proc;
+        let tid = u32::try_from(native_thread_id).ok().and_then(Pid::new);
+        stack.name = proc.thread_name(native_thread_id);
+        stack.activity = match tid.map(|tid| proc.thread_state(tid)) {
+            Some(Ok(Some(ProcessState::Running))) => Some(Activity::Running),
+            Some(Ok(Some(state))) if !state.is_gone() => Some(Activity::Idle),
+            _ => None,
+        };
         let limit = match main {
             true => self.text_left,
             false => self.text_left.saturating_sub(MAIN_RESERVE),

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
 use crossbeam_channel::Receiver;
-use heli_core::{Deadline, Exit, Pid, Supervisor};
+use heli_core::{Deadline, Exit, Pid, ProcessId, Processes, Supervisor};
 use heli_grant::{ChildWaits, ProcessSupervisor, SyscallInjector};
 use heli_proc::Proc;
 use nix::fcntl::OFlag;
@@ -97,11 +97,19 @@ impl Drop for Supervised {
     }
 }
 
+/// Who runs as `pid` now (the identity an injector is given).
+pub(crate) fn identity(pid: Pid) -> ProcessId {
+    heli_proc::ProcFs
+        .identity(pid)
+        .unwrap()
+        .unwrap_or_else(|| panic!("PID {pid} is not running"))
+}
+
 /// An injected `getpid` in `pid` returns `pid`.
 pub(crate) fn getpid_answers(injector: &SyscallInjector, pid: Pid) {
     assert_eq!(
         injector
-            .syscall(pid, libc::SYS_getpid, &[], &Deadline::after(SOON))
+            .syscall(identity(pid), libc::SYS_getpid, &[], &Deadline::after(SOON))
             .unwrap(),
         u64::from(pid)
     );
