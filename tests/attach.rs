@@ -134,6 +134,14 @@ fn attached_session_in_shell(controller: &Controller) -> PtySession {
 }
 
 fn pdb_prompt(controller: &Controller, command: Command) -> PtySession {
+    // pdb -p fails ("Can't find the main thread in the remote process")
+    // while the target is still starting up, before CPython runs its
+    // __main__ (the interpreter's threads.main is set then): under load that
+    // takes a while. Wait for the work loop, as a user would see it.
+    wait_for("the target's work loop", SOON, || {
+        let (_, out, _) = controller.run_client(&["stack"]);
+        out.contains("in work_loop")
+    });
     let options = Options::new()
         .timeout_ms(Some(30_000))
         .strip_ansi_escape_codes(true);
