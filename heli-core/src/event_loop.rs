@@ -774,7 +774,7 @@ impl<S: Supervisor> Loop<S> {
                 }
                 let mut tree = Tree::new(processes, self.subreaper);
                 tree.forked = state.forked;
-                Reply::Ps(tree)
+                Reply::Ps(fit_tree(tree))
             }
             (Answer::Text, Inspected::Stacks(stacks)) => {
                 let text: Vec<String> = stacks.iter().map(ToString::to_string).collect();
@@ -1176,8 +1176,63 @@ pub(crate) fn not_running() -> Reply {
     Reply::Error("Target process not running".into())
 }
 
+/// How long a command line may stay in a reply that would not fit whole.
+const COMMAND_ROOM: usize = 4096;
+
+/// Cuts `command` to [`COMMAND_ROOM`] bytes, saying so at its end.
+fn cut_command(command: &mut String) {
+    if command.len() <= COMMAND_ROOM {
+        return;
+    }
+    let total = command.len();
+    let mut end = COMMAND_ROOM;
+    while !command.is_char_boundary(end) {
+        end -= 1;
+    }
+    command.truncate(end);
+    command.push_str(&format!("... (cut: the command line is {total} bytes)"));
+}
+
+/// Cuts a `PS` reply that would not fit in a reply line ([`MAX_REPLY`]):
+/// first long command lines, each saying so; then the last processes are
+/// left out, [`Tree::cut`] saying how many.
+pub(crate) fn fit_tree(mut tree: Tree) -> Tree {
+    const ROOM: usize = MAX_REPLY - 100;
+    let size = |tree: &Tree| serde_json::to_string(tree).map_or(usize::MAX, |json| json.len());
+    let mut total = size(&tree);
+    if total <= ROOM {
+        return tree;
+    }
+    for process in &mut tree.processes {
+        cut_command(&mut process.command);
+    }
+    total = size(&tree);
+    if total <= ROOM {
+        return tree;
+    }
+    let listed = tree.processes.len();
+    // Room for the note, then the processes that fit.
+    tree.cut = Some(format!(
+        "{listed} processes left out to fit a reply of {MAX_REPLY} bytes"
+    ));
+    total = size(&tree);
+    while total > ROOM {
+        let Some(last) = tree.processes.pop() else {
+            break;
+        };
+        // Its JSON and the comma before it.
+        total -= serde_json::to_string(&last).map_or(0, |json| json.len()) + 1;
+    }
+    let left_out = listed - tree.processes.len();
+    tree.cut = Some(format!(
+        "{left_out} processes left out to fit a reply of {MAX_REPLY} bytes"
+    ));
+    tree
+}
+
 /// Cuts a `STACKS` reply that would not fit in a reply line
-/// ([`MAX_REPLY`]): first the oldest frames of every thread go (the newest
+/// ([`MAX_REPLY`]): first long command lines, each saying so; then the
+/// oldest frames of every thread go (the newest
 /// stay, as many in each thread as fit), each thread saying so; if even
 /// one frame per thread does not fit, the last processes' threads are left
 /// out, each process saying so, until it fits.
@@ -1186,6 +1241,13 @@ pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
     let size = |stacks: &[ProcessStacks]| {
         serde_json::to_string(stacks).map_or(usize::MAX, |json| json.len())
     };
+    if size(&stacks) <= ROOM {
+        return stacks;
+    }
+    let mut stacks = stacks;
+    for process in &mut stacks {
+        cut_command(&mut process.command);
+    }
     if size(&stacks) <= ROOM {
         return stacks;
     }

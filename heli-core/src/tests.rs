@@ -3551,3 +3551,95 @@ fn inspections_are_one_per_connection_and_a_few_in_all() {
     assert!(String::from_utf8(again).unwrap().starts_with("PS "));
     running.terminate(&fake);
 }
+
+// ---------------------------------------------------------------------------
+// Replies of huge trees fit a reply line.
+
+/// Process `raw` of the tree, child of the target, with a command line of
+/// `command_len` bytes.
+fn with_command(raw: u32, command_len: usize) -> TreeProcess {
+    let mut process = TreeProcess::new(pid(raw));
+    process.parent = Some(PID);
+    process.command = format!("python3.14 -c {}", "x".repeat(command_len));
+    process
+}
+
+fn ps_fits_a_reply(tree: &Tree) {
+    let line = Reply::Ps(tree.clone()).encode(crate::protocol::Dialect::Upper);
+    assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Ps(tree.clone()));
+}
+
+#[test]
+fn a_ps_reply_with_huge_command_lines_cuts_them_and_keeps_every_process() {
+    // Three children with ~1.9 MB command lines, and a short one.
+    let mut processes: Vec<_> = (5000..5003)
+        .map(|raw| with_command(raw, 1_900_000))
+        .collect();
+    processes.push(with_command(5003, 10));
+    let short = processes[3].command.clone();
+    let tree = crate::event_loop::fit_tree(Tree::new(processes, false));
+    ps_fits_a_reply(&tree);
+    assert_eq!(tree.processes.len(), 4);
+    assert_eq!(tree.cut, None);
+    for process in &tree.processes[..3] {
+        assert!(process.command.len() < 5000, "{}", process.command.len());
+        assert!(
+            process
+                .command
+                .ends_with("... (cut: the command line is 1900014 bytes)"),
+            "{}",
+            &process.command[4000..]
+        );
+    }
+    assert_eq!(tree.processes[3].command, short);
+    // A tree that fits is left alone.
+    let small = Tree::new(vec![with_command(5000, 5000)], false);
+    assert_eq!(crate::event_loop::fit_tree(small.clone()), small);
+}
+
+#[test]
+fn a_ps_reply_of_too_many_processes_leaves_the_last_out_and_says_so() {
+    // 2000 workers with 3 KB command lines: 6 MB even cut.
+    let processes: Vec<_> = (5000..7000).map(|raw| with_command(raw, 3000)).collect();
+    let tree = crate::event_loop::fit_tree(Tree::new(processes, true));
+    ps_fits_a_reply(&tree);
+    let kept = tree.processes.len();
+    assert!((1000..2000).contains(&kept), "{kept}");
+    assert_eq!(tree.processes[0].pid, pid(5000));
+    assert_eq!(
+        tree.cut.as_deref(),
+        Some(
+            format!(
+                "{} processes left out to fit a reply of {} bytes",
+                2000 - kept,
+                crate::protocol::MAX_REPLY
+            )
+            .as_str()
+        )
+    );
+    // As few as need be: one more would not fit.
+    let json = serde_json::to_string(&tree).unwrap();
+    assert!(json.len() + 3100 > crate::protocol::MAX_REPLY - 100);
+}
+
+#[test]
+fn a_stacks_reply_with_huge_command_lines_cuts_them_first() {
+    let stacks: Vec<_> = (5000..5003)
+        .map(|raw| {
+            let mut process = deep(raw, 3, 10);
+            process.command = "y".repeat(1_900_000);
+            process
+        })
+        .collect();
+    let fitted = crate::event_loop::fit_stacks(stacks);
+    fits_a_reply(&fitted);
+    for process in &fitted {
+        // Every frame kept, the command cut.
+        assert_eq!(process.threads[0].frames.len(), 3);
+        assert_eq!(process.skipped, None);
+        assert!(process
+            .command
+            .ends_with("... (cut: the command line is 1900000 bytes)"));
+    }
+}
