@@ -650,10 +650,14 @@ impl<S: Supervisor> Loop<S> {
             Done::Grant {
                 work,
                 result,
+                undo_failed,
                 status_fields,
                 ..
             } => {
                 state.granter_fields = status_fields;
+                if let (true, GrantWork::Grant { target, client }) = (undo_failed, work) {
+                    self.late_grant_stays(state, target, client);
+                }
                 match (work, state.grants.take_pending(id), result) {
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.closed => {
                         self.closed_during(state, pending)
@@ -712,6 +716,29 @@ impl<S: Supervisor> Loop<S> {
                 }
             }
         }
+    }
+
+    /// A grant that completed after its client was told it failed could
+    /// not be withdrawn: it is in force, and listed, until a revoke of it
+    /// succeeds, unless a grant made on that process since replaced it.
+    fn late_grant_stays(&mut self, state: &mut State, process: ProcessId, client: ProcessId) {
+        let replaced = state.grants.is_pending(process)
+            || state
+                .grants
+                .in_force()
+                .any(|grant| grant.process == process);
+        if replaced {
+            return;
+        }
+        self.withdraw(
+            state,
+            GrantRecord {
+                holder: client,
+                process,
+                // No connection holds it: its client was told it failed.
+                connection: 0,
+            },
+        );
     }
 
     /// A revoke ended: the grant it withdrew is no longer in force; one it

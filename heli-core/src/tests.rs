@@ -3643,3 +3643,31 @@ fn a_stacks_reply_with_huge_command_lines_cuts_them_first() {
             .ends_with("... (cut: the command line is 1900000 bytes)"));
     }
 }
+
+#[test]
+fn a_late_grant_that_cannot_be_withdrawn_at_once_stays_listed_until_it_is() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(600))));
+    // The undo fails, and the first retry.
+    granter.fail_revokes(2);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(
+        reply.starts_with("ERROR: Grant failed: no answer"),
+        "{reply}"
+    );
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // The grant completes, its undo fails: it is in force, and listed.
+    wait_until("the undo tried", || granter.revoke_attempts() >= 1);
+    wait_until("the late grant listed", || {
+        grants_listed(&fake) == [(5001, 77)]
+    });
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}

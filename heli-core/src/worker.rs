@@ -105,6 +105,9 @@ pub(crate) enum Done {
         id: JobId,
         work: GrantWork,
         result: io::Result<()>,
+        /// A grant that completed too late could not be withdrawn: the
+        /// loop keeps trying.
+        undo_failed: bool,
         status_fields: Vec<(String, String)>,
     },
     /// A read of the inspector's ended.
@@ -175,14 +178,13 @@ impl GrantWorker {
                     }
                 };
                 on.set(None);
-                if !claim.finish() {
-                    undo_late(&mut granter, work, &result);
-                }
+                let undo_failed = !claim.finish() && !undo_late(&mut granter, work, &result);
                 let status_fields = granter.status_fields();
                 done.send(Done::Grant {
                     id,
                     work,
                     result,
+                    undo_failed,
                     status_fields,
                 })
                 .is_ok()
@@ -205,8 +207,8 @@ impl GrantWorker {
 
 /// A grant that completed after the loop gave up on it (its asker was told
 /// it failed) must not stay in force: it is withdrawn at once, before any
-/// later work.
-fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()>) {
+/// later work. False if that failed (the loop then keeps trying).
+fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()>) -> bool {
     if let (GrantWork::Grant { target, client }, Ok(())) = (work, result) {
         warn!(
             "the grant to PID {} completed after its deadline, its client told it failed: \
@@ -215,11 +217,13 @@ fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()
         );
         if let Err(err) = granter.revoke(target, &Deadline::after(UNDO_DEADLINE)) {
             warn!(
-                "cannot withdraw the late grant on PID {}: {err}",
+                "cannot withdraw the late grant on PID {}: {err}; trying again later",
                 target.pid
             );
+            return false;
         }
     }
+    true
 }
 
 /// Starts a thread named `name` that hands each job sent on the returned
