@@ -376,4 +376,46 @@ mod tests {
         assert!(!book.take_pending(2).unwrap().closed);
         assert!(!book.is_pending(target));
     }
+
+    #[test]
+    fn a_grant_being_withdrawn_is_in_force_until_its_revoke_succeeds() {
+        let holder = GrantHolder::default();
+        let mut book = GrantBook::new(holder.clone());
+        let (target, worker) = (id(10, 5), id(11, 6));
+        let on_worker = grant(worker, 77, 3);
+        book.record(on_worker);
+        let taken = book.take(|grant| grant.connection == 3);
+        book.revoke(taken[0], 1);
+        // Still in force, though its connection holds nothing.
+        assert_eq!(book.in_force().copied().collect::<Vec<_>>(), [on_worker]);
+        assert!(!holder.holds(3));
+        assert_eq!(book.next_retry(), None);
+        // It failed: tried again at its time.
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let failed = book.revoke_ended(1, false, |_| false, later).unwrap();
+        assert_eq!(failed.phase, RevokePhase::Retry(later));
+        assert_eq!(book.next_retry(), Some(later));
+        assert!(book.retries_due(now).is_empty());
+        assert_eq!(book.retries_due(later), [on_worker]);
+        // Not while a grant is being made on its process.
+        book.ask(pending(2, grant(worker, 88, 4)));
+        assert!(book.retries_due(later).is_empty());
+        assert_eq!(book.next_retry(), None);
+        book.take_pending(2);
+        book.revoke(on_worker, 3);
+        // Another job's end is not its.
+        assert!(book.revoke_ended(9, true, |_| false, later).is_none());
+        assert!(book.revoke_ended(3, true, |_| false, later).is_some());
+        assert_eq!(book.in_force().count(), 0);
+        // One whose process is gone is forgotten, failed or not.
+        book.revoke(grant(target, 77, 3), 4);
+        book.forget_gone(|process| process == target);
+        assert_eq!(book.in_force().count(), 0);
+        // A new grant on its process replaces a withdrawal.
+        book.revoke(on_worker, 5);
+        book.record(grant(worker, 99, 6));
+        assert_eq!(book.revoking().len(), 0);
+        assert_eq!(book.in_force().count(), 1);
+    }
 }
