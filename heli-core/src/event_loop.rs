@@ -308,9 +308,16 @@ impl<S: Supervisor> Loop<S> {
         self.retry_revokes(state);
     }
 
-    /// Tries again the revokes that failed and are due.
+    /// Tries again the revokes that failed and are due; one on a process
+    /// that is frozen or in state D waits (it would hold the granter up
+    /// until its deadline for nothing).
     fn retry_revokes(&mut self, state: &mut State) {
-        for grant in state.grants.retries_due(Instant::now()) {
+        let now = Instant::now();
+        for grant in state.grants.retries_due(now) {
+            if self.condition(grant.process.pid).is_some() {
+                state.grants.postpone(grant.process, now + REVOKE_RETRY);
+                continue;
+            }
             debug!(
                 "trying again to revoke the grant of client PID {} on PID {}",
                 grant.holder.pid, grant.process.pid

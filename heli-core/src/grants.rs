@@ -153,6 +153,15 @@ impl GrantBook {
             .collect()
     }
 
+    /// Puts the next try of the withdrawal on `process` off until `at`.
+    pub(crate) fn postpone(&mut self, process: ProcessId, at: Instant) {
+        for revoking in &mut self.revoking {
+            if revoking.record.process == process {
+                revoking.phase = RevokePhase::Retry(at);
+            }
+        }
+    }
+
     /// When the next failed withdrawal is to be tried again.
     pub(crate) fn next_retry(&self) -> Option<Instant> {
         self.revoking

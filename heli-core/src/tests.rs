@@ -3671,3 +3671,22 @@ fn a_late_grant_that_cannot_be_withdrawn_at_once_stays_listed_until_it_is() {
     assert!(grants_listed(&fake).is_empty());
     running.terminate(&fake);
 }
+
+#[test]
+fn a_failed_revoke_waits_while_its_process_is_frozen() {
+    let (fake, granter, target, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    target.0.frozen_others.lock().unwrap().push(5001);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() == 1);
+    // Past its retry time, frozen: not tried (it would hold the granter up).
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 1);
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    // Thawed: withdrawn.
+    target.0.frozen_others.lock().unwrap().clear();
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
