@@ -140,7 +140,8 @@ fn a_child_of_the_target_through_the_client() {
 
 /// A target whose names carry terminal escapes and line breaks: its
 /// child's argv, a thread's name (its `comm`), a function's name, a file's
-/// name and a source line. Run as `hostile.py DIR`.
+/// name and a source line. Run as `hostile.py DIR`. The child ends once
+/// orphaned.
 const HOSTILE: &str = r#"import subprocess, sys, threading, time
 EVIL = "\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED\nFAKE LINE\r\x9b0m\x7f"
 src = sys.argv[1] + "/evil" + EVIL + ".py"
@@ -155,7 +156,8 @@ def run():
         comm.write("t\x1b[2J\n\r\x9bx")
     f()
 threading.Thread(target=run, daemon=True).start()
-subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)", "arg" + EVIL])
+child = "import os, time\nparent = os.getppid()\nwhile os.getppid() == parent: time.sleep(0.05)"
+subprocess.Popen([sys.executable, "-c", child, "arg" + EVIL])
 while True:
     time.sleep(0.05)
 "#;
