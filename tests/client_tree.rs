@@ -137,3 +137,122 @@ fn a_child_of_the_target_through_the_client() {
     assert!(status.success(), "{out}{err}");
     assert!(out.contains("grants: none"), "{out}");
 }
+
+/// A target whose names carry terminal escapes and line breaks: its
+/// child's argv, a thread's name (its `comm`), a function's name, a file's
+/// name and a source line. Run as `hostile.py DIR`. The child ends once
+/// orphaned.
+const HOSTILE: &str = r#"import subprocess, sys, threading, time
+EVIL = "\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED\nFAKE LINE\r\x9b0m\x7f"
+src = sys.argv[1] + "/evil" + EVIL + ".py"
+with open(src, "w") as f:
+    f.write("def f():\n    while True:\n        time.sleep(0.05)  # \x1b[5mBLINK\x9b2J\x7f\n")
+ns = {"time": time}
+exec(compile(open(src).read(), src, "exec"), ns)
+f = ns["f"]
+f.__code__ = f.__code__.replace(co_name="fn" + EVIL, co_qualname="fn" + EVIL)
+def run():
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+        comm.write("t\x1b[2J\n\r\x9bx")
+    f()
+threading.Thread(target=run, daemon=True).start()
+child = "import os, time\nparent = os.getppid()\nwhile os.getppid() == parent: time.sleep(0.05)"
+subprocess.Popen([sys.executable, "-c", child, "arg" + EVIL])
+while True:
+    time.sleep(0.05)
+"#;
+
+/// [`HOSTILE`]'s `EVIL`, as the client shows it.
+const EVIL_SHOWN: &str = "\\x1b]0;TITLE\\x07\\x1b[2J\\x1b[31mRED\\nFAKE LINE\\r\\u{9b}0m\\x7f";
+
+/// The control characters of `text` (C0, DEL, C1) but its newlines.
+fn controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| c != '\n' && (c.is_ascii_control() || ('\u{80}'..='\u{9f}').contains(&c)))
+        .collect()
+}
+
+#[test]
+fn names_with_control_characters_are_escaped() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hostile.py");
+    std::fs::write(&script, HOSTILE).unwrap();
+    let controller = Controller::start_on(
+        Kind::Socket,
+        &[script.to_str().unwrap(), dir.path().to_str().unwrap()],
+    );
+    wait_for("the child in the tree", Duration::from_secs(20), || {
+        tree(&controller).0.len() == 2
+    });
+    wait_for("the thread in f", Duration::from_secs(20), || {
+        let (_, out, _) = controller.run_client(&["stack"]);
+        out.contains("BLINK")
+    });
+
+    // ps: the child's argv, escaped, on its one line.
+    let (status, out, err) = controller.run_client(&["ps"]);
+    assert!(status.success(), "{out}{err}");
+    assert_eq!(controls(&out), [], "{out:?}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.lines()
+            .nth(2)
+            .unwrap()
+            .ends_with(&format!(" arg{EVIL_SHOWN}")),
+        "{out}"
+    );
+
+    // stack (the target's threads) and stack all: every field escaped,
+    // each line one of the layout's own.
+    for args in [&["stack"][..], &["stack", "all"]] {
+        let (status, out, err) = controller.run_client(args);
+        assert!(status.success(), "{args:?}: {out}{err}");
+        assert_eq!(controls(&out), [], "{args:?}: {out:?}");
+        for line in out.lines() {
+            assert!(
+                ["Process ", "Thread ", "  File ", "    ", "  ("]
+                    .iter()
+                    .any(|start| line.starts_with(start))
+                    || line.is_empty(),
+                "{args:?}: a line of no layout: {line:?} in\n{out}"
+            );
+        }
+        assert!(out.contains("Thread "), "{out}");
+        assert!(
+            out.contains(r#" "t\x1b[2J\n\r\u{9b}x" ["#),
+            "{args:?}: thread name: {out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "/evil{EVIL_SHOWN}.py\", line 3, in fn{EVIL_SHOWN}\n"
+            )),
+            "{args:?}: file and function: {out}"
+        );
+        assert!(
+            out.contains("\n    time.sleep(0.05)  # \\x1b[5mBLINK\\u{9b}2J\\x7f\n"),
+            "{args:?}: source line: {out}"
+        );
+    }
+    let (_, out, _) = controller.run_client(&["stack", "all"]);
+    assert!(out.contains(&format!(" arg{EVIL_SHOWN}\n")), "{out}");
+
+    // JSON keeps the data as it is: serde escapes C0 controls (DEL and
+    // C1 pass through as they are).
+    let (status, out, err) = controller.run_client(&["stack", "--json"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(!out.contains(|c: char| c != '\n' && c < ' '), "{out:?}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    let evil = "\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED\nFAKE LINE\r\u{9b}0m\x7f";
+    let functions: Vec<&str> = json[0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|thread| thread["frames"].as_array().unwrap())
+        .map(|frame| frame["function"].as_str().unwrap())
+        .collect();
+    assert!(
+        functions.contains(&format!("fn{evil}").as_str()),
+        "{functions:?}"
+    );
+}

@@ -2,11 +2,12 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use heli_core::{Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 use procfs::process::Process;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, FsWord, Mode, OFlags};
 
 use crate::error::{no_such_process, to_io, unless_gone};
 use crate::maps::Mapping;
@@ -451,42 +452,62 @@ impl Proc {
     /// Opens for reading the regular file at `path` as this process names
     /// it: a relative path under its working directory, reached through its
     /// `/proc/PID/cwd` (which follows the process's `chdir`s, not ours); an
-    /// absolute path as it is.
+    /// absolute path as it is. What a frame's `co_filename` names is the
+    /// process's to choose, so nothing but a plain file is read:
     ///
-    /// Never blocks and never acts on a device: anything but a regular file
-    /// is refused without being opened for reading (a FIFO would wait for
-    /// a writer, a device could act on the open), and what was opened is
-    /// checked again (the open does not wait, `O_NONBLOCK`, should a FIFO
-    /// have replaced the file meanwhile). The working directory is taken
-    /// once, relative to the `/proc` directory opened, so a process that
-    /// reused the pid cannot lend its own.
+    /// - The path is opened first with `O_PATH`, which does nothing to the
+    ///   file (a FIFO does not wait for a writer, a device does not act),
+    ///   and that file is checked: a regular file, not on a kernel file
+    ///   system (`/proc`, `/sys` and the like, by the file system's magic
+    ///   number, wherever mounted) nor under `/proc`, `/sys` or `/dev` once
+    ///   every link is resolved (`devtmpfs` has `tmpfs`'s magic).
+    /// - Only then is that same file opened for reading, through
+    ///   `/proc/self/fd/N` (`O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC`),
+    ///   and checked to be the same (device and inode): a symlink swapped
+    ///   between the check and the open cannot lead elsewhere.
+    ///
+    /// The working directory is taken once, relative to the `/proc`
+    /// directory opened, so a process that reused the pid cannot lend its
+    /// own.
     ///
     /// # Errors
     ///
     /// When the process is gone ([`NotFound`](io::ErrorKind::NotFound)),
     /// its working directory cannot be read (another user's process), the
-    /// file cannot be opened, or it is not a regular file
-    /// ([`InvalidInput`](io::ErrorKind::InvalidInput)).
+    /// file cannot be opened, or it is refused
+    /// ([`InvalidInput`](io::ErrorKind::InvalidInput): not a regular file,
+    /// or a kernel's).
     pub fn open_in_cwd(&self, path: &Path) -> io::Result<File> {
         let pid = self.pid;
         let cwd = self
             .dir
             .open_relative_flags("cwd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)
             .map_err(|err| to_io(err, format_args!("/proc/{pid}/cwd")))?;
-        let not_regular = || {
+        let refused = |why: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: not a regular file", path.display()),
+                format!("{}: {why}", path.display()),
             )
         };
-        let stat = rustix::fs::statat(&cwd, path, AtFlags::empty())?;
+        let found = rustix::fs::openat(&cwd, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        let stat = rustix::fs::fstat(&found)?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(not_regular());
+            return Err(refused("not a regular file"));
+        }
+        let magic = rustix::fs::fstatfs(&found)?.f_type;
+        let link = format!("/proc/self/fd/{}", found.as_raw_fd());
+        let resolved = std::fs::read_link(&link)?;
+        if is_kernel_file_system(magic) || is_kernel_path(&resolved) {
+            return Err(refused(
+                "a kernel's file (/proc, /sys, /dev), not a source file",
+            ));
         }
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let file = File::from(rustix::fs::openat(&cwd, path, flags, Mode::empty())?);
-        if !file.metadata()?.is_file() {
-            return Err(not_regular());
+        let file = File::from(rustix::fs::open(&link, flags, Mode::empty())?);
+        let opened = rustix::fs::fstat(&file)?;
+        let same = (opened.st_dev, opened.st_ino) == (stat.st_dev, stat.st_ino);
+        if !same || FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile {
+            return Err(refused("changed while it was opened"));
         }
         Ok(file)
     }
@@ -529,6 +550,45 @@ impl Proc {
         let status = unless_gone(self.dir.status(), format_args!("/proc/{pid}/status"))?;
         Ok(status.map(|status| status.capeff))
     }
+}
+
+/// The magic numbers (`statfs`'s `f_type`, from Linux's `magic.h`) of the
+/// file systems whose files are the kernel's, not anyone's source: reading
+/// one may tell the reader's secrets (`/proc/self/environ`) or act.
+const KERNEL_FILE_SYSTEMS: [u32; 19] = [
+    libc::PROC_SUPER_MAGIC as u32,
+    libc::SYSFS_MAGIC as u32,
+    libc::DEBUGFS_MAGIC as u32,
+    libc::TRACEFS_MAGIC as u32,
+    libc::SECURITYFS_MAGIC as u32,
+    libc::CGROUP_SUPER_MAGIC as u32,
+    libc::CGROUP2_SUPER_MAGIC as u32,
+    libc::BPF_FS_MAGIC as u32,
+    libc::SELINUX_MAGIC as u32,
+    libc::SMACK_MAGIC as u32,
+    libc::DEVPTS_SUPER_MAGIC as u32,
+    libc::RDTGROUP_SUPER_MAGIC as u32,
+    libc::NSFS_MAGIC as u32,
+    libc::USBDEVICE_SUPER_MAGIC as u32,
+    libc::OPENPROM_SUPER_MAGIC as u32,
+    libc::XENFS_SUPER_MAGIC as u32,
+    0x6265_6570, // CONFIGFS_MAGIC
+    0xde5e_81e4, // EFIVARFS_MAGIC
+    0x6165_676c, // PSTOREFS_MAGIC
+];
+
+/// Whether a file system of type `magic` is one of the kernel's
+/// ([`KERNEL_FILE_SYSTEMS`]).
+fn is_kernel_file_system(magic: FsWord) -> bool {
+    // Magic numbers are 32 bits; `f_type`'s width depends on the platform.
+    KERNEL_FILE_SYSTEMS.contains(&(magic as u32))
+}
+
+/// Whether `path` (every link resolved) is under `/proc`, `/sys` or `/dev`.
+fn is_kernel_path(path: &Path) -> bool {
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|top| path.starts_with(top))
 }
 
 /// The process a `Tgid` names; `fallback` if it is not a pid.
@@ -796,6 +856,10 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
             assert!(err.to_string().ends_with(": not a regular file"), "{err}");
         }
+        // A symlink is followed to a regular file.
+        std::os::unix::fs::symlink(dir.path().join("pkg/app.py"), dir.path().join("link.py"))
+            .unwrap();
+        assert!(proc.open_in_cwd(Path::new("link.py")).is_ok());
         // Gone: nothing to open through.
         child.kill().unwrap();
         child.wait().unwrap();
@@ -803,19 +867,158 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
+    /// `open_in_cwd(path)` in this process, on a thread: panics if it
+    /// blocks.
+    fn open_here(path: &Path) -> io::Result<File> {
+        let (done, opened) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let me = Proc::open_existing(Pid::this()).unwrap();
+            let _ = done.send(me.open_in_cwd(&path));
+        });
+        opened
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a source file blocked")
+    }
+
     #[test]
     fn a_fifo_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("app.py");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let (done, opened) = std::sync::mpsc::channel();
+        let link = dir.path().join("link.py");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for path in [&fifo, &link] {
+            let err = open_here(path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        }
+    }
+
+    /// Opens of `fifo` (`IN_OPEN` events) from now on, if the kernel
+    /// reports none for an `O_PATH` open (Linux 6.x; older ones report it
+    /// as an open like any other, so cannot tell what this test asks).
+    fn fifo_opens(fifo: &Path) -> Option<impl FnMut() -> usize> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        inotify.add_watch(fifo, AddWatchFlags::IN_OPEN).unwrap();
+        let opens = move || match inotify.read_events() {
+            Ok(events) => events.len(),
+            Err(nix::errno::Errno::EAGAIN) => 0,
+            Err(err) => panic!("inotify: {err}"),
+        };
+        drop(rustix::fs::open(fifo, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).unwrap());
+        if opens() != 0 {
+            eprintln!("this kernel reports O_PATH opens: the FIFO's opens are not counted");
+            return None;
+        }
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        drop(rustix::fs::open(fifo, flags, Mode::empty()).unwrap());
+        assert_eq!(opens(), 1, "inotify did not see the FIFO opened");
+        Some(opens)
+    }
+
+    #[test]
+    fn a_symlink_swapped_to_a_fifo_never_opens_it() {
+        // A thread swaps `app.py` between a symlink to a regular file and
+        // one to a FIFO; every open gives the regular file or a refusal,
+        // never blocks, and never opens the FIFO (inotify would say so).
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("regular.py");
+        std::fs::write(&regular, "x = 1\n").unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut opens = fifo_opens(&fifo);
+        let path = dir.path().join("app.py");
+        std::os::unix::fs::symlink(&regular, &path).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, path, fifo) = (stop.clone(), path.clone(), fifo.clone());
+            let next = path.with_extension("next");
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for to in [&fifo, &regular] {
+                        std::os::unix::fs::symlink(to, &next).unwrap();
+                        std::fs::rename(&next, &path).unwrap();
+                    }
+                }
+            })
+        };
+        // On one thread, bounded: an open that blocked would hang it.
+        let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let me = Proc::open_existing(Pid::this()).unwrap();
-            let _ = done.send(me.open_in_cwd(&fifo).map(drop).map_err(|e| e.kind()));
+            let (mut opened, mut refused, mut fifo_opened) = (0, 0, 0);
+            for _ in 0..2000 {
+                match me.open_in_cwd(&path) {
+                    Ok(mut file) => {
+                        let mut text = String::new();
+                        std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+                        assert_eq!(text, "x = 1\n");
+                        opened += 1;
+                    }
+                    Err(err) => {
+                        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+                        refused += 1;
+                    }
+                }
+                fifo_opened += opens.as_mut().map_or(0, |opens| opens());
+            }
+            let _ = done.send((opened, refused, fifo_opened));
         });
-        let opened = opened
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("opening a FIFO blocked");
-        assert_eq!(opened, Err(io::ErrorKind::InvalidInput));
+        let (opened, refused, fifo_opened) = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a swapped symlink blocked");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(fifo_opened, 0, "the FIFO was opened {fifo_opened} times");
+        assert!(
+            opened > 0 && refused > 0,
+            "{opened} opened, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn the_kernel_s_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Regular files all, of /proc and /sys; through a symlink too
+        // (named as a source file); `/proc/self/environ` would be the
+        // reader's own environment.
+        let environ = dir.path().join("environ.py");
+        std::os::unix::fs::symlink("/proc/self/environ", &environ).unwrap();
+        let proc_root = dir.path().join("proc");
+        std::os::unix::fs::symlink("/proc", &proc_root).unwrap();
+        for path in [
+            Path::new("/proc/self/environ"),
+            Path::new("/proc/self/cmdline"),
+            &environ,
+            &proc_root.join("self/status"),
+            Path::new("/sys/kernel/mm/transparent_hugepage/enabled"),
+            Path::new("/sys/power/state"),
+        ] {
+            if !path.exists() {
+                continue;
+            }
+            let err = open_here(path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains("a kernel's file"), "{err}");
+        }
+        assert!(is_kernel_file_system(libc::PROC_SUPER_MAGIC as FsWord));
+        assert!(is_kernel_file_system(libc::SYSFS_MAGIC as FsWord));
+        assert!(!is_kernel_file_system(libc::EXT4_SUPER_MAGIC as FsWord));
+        assert!(!is_kernel_file_system(libc::TMPFS_MAGIC as FsWord));
+        assert!(!is_kernel_file_system(
+            libc::OVERLAYFS_SUPER_MAGIC as FsWord
+        ));
+        for path in ["/dev/shm/app.py", "/proc", "/sys/x", "/dev"] {
+            assert!(is_kernel_path(Path::new(path)), "{path}");
+        }
+        for path in [
+            "/srv/app.py",
+            "/device/app.py",
+            "/process.py",
+            "/tmp/dev/x.py",
+        ] {
+            assert!(!is_kernel_path(Path::new(path)), "{path}");
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::proc::{Proc, ProcFs};
 use super::exit::{ClientExit, Failure};
 use super::python::{configured_python, is_python_name, Python};
 use super::render::Paint;
+use super::sanitize::escape;
 use super::tool::{tool_name, Tool};
 
 /// What pdb prints when the target runs with remote debugging disabled.
@@ -122,7 +123,10 @@ impl Debugging {
         let result = self.debug(&debugger, process, scope);
         // The grant is no longer needed once the debugger is gone.
         if let Err(err) = session.revoke_grant(revoke) {
-            println!("Note: the grant was not withdrawn: {err}");
+            println!(
+                "Note: the grant was not withdrawn: {}",
+                escape(&err.to_string())
+            );
         }
         result
     }

@@ -32,6 +32,7 @@ use super::command::{Cmd, ProcessArg, ScopeArg};
 use super::exit::{ClientExit, Failure, START_HINT};
 use super::render::{self, Listed, Paint};
 use super::repl;
+use super::sanitize::escape;
 use super::source::Sources;
 use super::transport::TransportKind;
 
@@ -221,10 +222,14 @@ fn list_sessions(args: &Args) -> Result<ClientExit, Failure> {
             SessionState::Dead => {
                 eprintln!(
                     "removed the stale socket of session {} (its controller died)",
-                    entry.name
+                    escape(&entry.name)
                 )
             }
-            SessionState::Foreign(why) => eprintln!("ignored {}: {why}", entry.path.display()),
+            SessionState::Foreign(why) => eprintln!(
+                "ignored {}: {}",
+                escape(&entry.path.display().to_string()),
+                escape(why)
+            ),
             _ => {}
         }
     }
@@ -356,7 +361,7 @@ impl<T: Transport> App<T> {
             (Scope::Target, [target]) => match &target.skipped {
                 Some(why) => Err(Failure::new(
                     ClientExit::Failed,
-                    format!("Cannot read the target's stacks: {why}"),
+                    format!("Cannot read the target's stacks: {}", escape(why)),
                 )),
                 None => {
                     print!("{}", render::threads_stack_text(target));

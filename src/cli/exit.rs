@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use crate::core::{Error, ErrorKind, ExitStatus};
 
+use super::sanitize::escape;
+
 /// How the client exits. Scripts rely on these values: they do not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientExit {
@@ -161,11 +163,13 @@ impl Failure {
 }
 
 impl From<Error> for Failure {
-    /// The error's sentence, with a hint to start a controller when none
-    /// runs, and in plain words when the target is gone.
+    /// The error's sentence (its control characters escaped: the
+    /// controller's refusals quote the target's data), with a hint to start
+    /// a controller when none runs, and in plain words when the target is
+    /// gone.
     fn from(err: Error) -> Self {
         let exit = ClientExit::for_error(err.kind());
-        let mut message = err.to_string();
+        let mut message = escape(&err.to_string()).into_owned();
         if err.kind() == ErrorKind::NotRunning {
             message.push_str(START_HINT);
         }
@@ -183,8 +187,9 @@ impl From<Error> for Failure {
 }
 
 impl From<io::Error> for Failure {
+    /// The error's sentence, its control characters escaped.
     fn from(err: io::Error) -> Self {
-        Failure::new(ClientExit::Failed, err.to_string())
+        Failure::new(ClientExit::Failed, escape(&err.to_string()))
     }
 }
 
@@ -313,5 +318,19 @@ mod tests {
         );
         let other = Failure::from(Error::new(ErrorKind::Refused, "Access held by PID 7"));
         assert_eq!(other.message, "Access held by PID 7");
+    }
+
+    #[test]
+    fn what_an_error_quotes_is_escaped() {
+        let failure = Failure::from(Error::new(
+            ErrorKind::Refused,
+            "Cannot read the stacks of PID 9 (\x1b]0;T\x07\r): not Python",
+        ));
+        assert_eq!(
+            failure.message,
+            "Cannot read the stacks of PID 9 (\\x1b]0;T\\x07\\r): not Python"
+        );
+        let failure = Failure::from(io::Error::other("/tmp/a\nb: no"));
+        assert_eq!(failure.message, "/tmp/a\\nb: no");
     }
 }

@@ -22,6 +22,7 @@ mod exit;
 pub mod python;
 mod render;
 mod repl;
+mod sanitize;
 mod source;
 mod tool;
 mod transport;

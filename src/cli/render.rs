@@ -1,6 +1,9 @@
 //! What the client prints: `status`, `--list`, `ps` and `stack`, as text
 //! for people (coloured on a terminal) and as JSON for scripts. Each
-//! renderer returns the exact text to print, newlines included.
+//! renderer returns the exact text to print, newlines included. The text
+//! renderers escape the control characters of every field first (see
+//! [`sanitize`](super::sanitize)): what the target controls cannot act on
+//! the terminal or fake a line.
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -12,6 +15,8 @@ use crate::core::protocol::Status;
 use crate::core::stacks::{threads_text, ProcessStacks};
 use crate::core::tree::{Role, Tree, TreeProcess};
 use crate::core::Pid;
+
+use super::sanitize::{self, escape};
 
 /// ANSI colours for one output stream: only on a terminal, and only when
 /// `NO_COLOR` is unset or empty (<https://no-color.org>).
@@ -71,6 +76,8 @@ pub(crate) fn status_text(
     parent_of: impl Fn(Pid) -> Option<Pid>,
     out: Paint,
 ) -> String {
+    let mut status = status.clone();
+    sanitize::status(&mut status);
     let mut rows = Vec::new();
     if let Some(session) = status.get("session") {
         rows.push(("session", session.to_owned()));
@@ -174,20 +181,20 @@ pub(crate) fn list_table(sessions: &[Listed], out: Paint) -> String {
         .iter()
         .map(|session| match &session.answer {
             Ok(status) => [
-                session.name.clone(),
+                escape(&session.name).into_owned(),
                 status.pid.to_string(),
                 uptime(status.uptime_secs),
-                status.state.clone(),
+                escape(&status.state).into_owned(),
                 status.holder.map_or("-".to_owned(), |p| p.to_string()),
-                status.command.clone(),
+                escape(&status.command).into_owned(),
             ],
             Err(error) => [
-                session.name.clone(),
+                escape(&session.name).into_owned(),
                 "-".into(),
                 "-".into(),
                 "no answer".into(),
                 "-".into(),
-                format!("({error})"),
+                format!("({})", escape(error)),
             ],
         })
         .collect();
@@ -228,6 +235,8 @@ pub(crate) fn list_json_text(sessions: &[Listed]) -> String {
 
 /// `stack` of the target alone: its threads, as tracebacks.
 pub(crate) fn threads_stack_text(process: &ProcessStacks) -> String {
+    let mut process = process.clone();
+    sanitize::stacks(std::slice::from_mut(&mut process));
     threads_text(&process.threads)
 }
 
@@ -235,6 +244,8 @@ pub(crate) fn threads_stack_text(process: &ProcessStacks) -> String {
 /// role, Python version, command), then its threads or why they were
 /// skipped; a blank line between processes.
 pub(crate) fn processes_stack_text(stacks: &[ProcessStacks]) -> String {
+    let mut stacks = stacks.to_vec();
+    sanitize::stacks(&mut stacks);
     stacks
         .iter()
         .map(ProcessStacks::to_string)
@@ -258,6 +269,8 @@ pub(crate) const NOT_A_SUBREAPER: &str = "note: the controller is not a subreape
 /// controller is not a subreaper and the target has forked, what it cannot
 /// see.
 pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
+    let mut tree = tree.clone();
+    sanitize::tree(&mut tree);
     let rows: Vec<[String; 10]> = tree
         .processes
         .iter()
@@ -587,6 +600,22 @@ mod tests {
         assert!(
             painted.starts_with("\x1b[1mNAME          PID    UPTIME  STATE      HOLDER  COMMAND\x1b[0m\ntarget-1234  1240"),
             "{painted:?}"
+        );
+    }
+
+    #[test]
+    fn list_escapes_what_sessions_say() {
+        let mut sessions = sessions();
+        sessions[0].name = "evil\x1b[2J".into();
+        if let Ok(status) = &mut sessions[0].answer {
+            status.command = "python \x1b]0;T\x07\nFAKE".into();
+        }
+        sessions[1].answer = Err("no\r\u{9b}31m".into());
+        assert_eq!(
+            list_table(&sessions, Paint(false)),
+            "NAME          PID    UPTIME  STATE      HOLDER  COMMAND\n\
+             evil\\x1b[2J  1240  1h02m05s  running        99  python \\x1b]0;T\\x07\\nFAKE\n\
+             web-77          -         -  no answer       -  (no\\r\\u{9b}31m)\n"
         );
     }
 

@@ -5,7 +5,11 @@
 //! one relative to the process's working directory. Files are opened by
 //! [`Proc::open_in_cwd`], which finds that directory through the process's
 //! own `/proc` entry (so it follows the process, not this client), opens
-//! regular files only and never blocks. Each file is read once, at most
+//! regular files only, none of the kernel's (`/proc`, `/sys`, `/dev`: a
+//! frame naming `/proc/self/environ` would show this client's own
+//! environment), and never blocks or acts on a device, even when a symlink
+//! is swapped meanwhile. NUL bytes are dropped from the lines (the
+//! renderer escapes other control characters). Each file is read once, at most
 //! [`FILE_LIMIT`] bytes of it, and at most [`TOTAL_LIMIT`] bytes in all;
 //! a line past those gets no text. Anything unreadable gives no line, and
 //! no error.
@@ -123,7 +127,8 @@ fn open(pid: Pid, path: &Path) -> std::io::Result<File> {
 }
 
 /// At most `limit` bytes of `file`, as lines (UTF-8, invalid bytes
-/// replaced; a line cut by the limit left out), and the bytes read.
+/// replaced, NULs dropped; a line cut by the limit left out), and the
+/// bytes read.
 fn read_lines(file: File, limit: usize) -> std::io::Result<(Vec<String>, usize)> {
     let mut bytes = Vec::new();
     file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
@@ -136,6 +141,7 @@ fn read_lines(file: File, limit: usize) -> std::io::Result<(Vec<String>, usize)>
             .map_or(0, |at| at + 1);
         bytes.truncate(end);
     }
+    bytes.retain(|&b| b != 0);
     let text = String::from_utf8_lossy(&bytes);
     Ok((text.lines().map(str::to_owned).collect(), read))
 }
@@ -193,6 +199,34 @@ mod tests {
             Sources::new().line(me(), &path, 1).as_deref(),
             Some("s = '\u{fffd}t\u{fffd}'")
         );
+    }
+
+    #[test]
+    fn nuls_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "nul.py", b"x = 1\0\0  # one\n\0\n");
+        let mut sources = Sources::new();
+        assert_eq!(
+            sources.line(me(), &path, 1).as_deref(),
+            Some("x = 1  # one")
+        );
+        assert_eq!(sources.line(me(), &path, 2), None, "blank once dropped");
+    }
+
+    #[test]
+    fn the_kernel_s_files_give_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("environ.py");
+        std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
+        let mut sources = Sources::new();
+        for path in [
+            "/proc/self/environ",
+            link.to_str().unwrap(),
+            "/proc/self/status",
+        ] {
+            assert_eq!(sources.line(me(), path, 1), None, "{path}");
+        }
+        assert_eq!(sources.read, 0);
     }
 
     #[test]
