@@ -301,6 +301,9 @@ pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
         text.push_str(NOT_A_SUBREAPER);
         text.push('\n');
     }
+    if let Some(cut) = &tree.cut {
+        text.push_str(&format!("note: the list is cut: {cut}\n"));
+    }
     text
 }
 
@@ -718,6 +721,19 @@ mod tests {
         assert_eq!(
             ps_text(&Tree::default(), Paint(false)),
             "PID  PPID  S  THR  CPU%  RSS  UPTIME  PYTHON  GRANT  COMMAND\n"
+        );
+    }
+
+    #[test]
+    fn ps_says_when_the_controller_cut_the_list() {
+        let mut tree = tree();
+        tree.subreaper = true;
+        tree.cut = Some("3 processes left out to fit a reply".into());
+        let text = ps_text(&tree, Paint(false));
+        assert_eq!(
+            text.lines().last(),
+            Some("note: the list is cut: 3 processes left out to fit a reply"),
+            "{text}"
         );
     }
 

@@ -94,6 +94,7 @@ pub(crate) fn tree(tree: &mut Tree) {
         escape_string(&mut process.command);
         escape_option(&mut process.python);
     }
+    escape_option(&mut tree.cut);
 }
 
 /// Escapes every text field of a `STATUS` reply: the command, and the
