@@ -27,6 +27,10 @@
 //!     cargo bench --bench frozen
 //! ```
 //!
+//! Since the supervised-tree work, heli refuses a grant on a process that is
+//! frozen when asked at once ("is frozen (cgroup freezer)"): its grant time
+//! here is that refusal's, and the frozen window the 0.5 s after it.
+//!
 //! Without it, the peer is skipped. It needs root and a cgroup freezer (v1,
 //! else v2); without one it fails, saying so. On a kernel
 //! without Yama the injected `prctl` fails with EINVAL: the grant then ends
