@@ -180,6 +180,8 @@ fn a_process_that_left_the_tree_gets_no_grant_after_the_seize() {
     let result = granter.grant(id, me(), &Deadline::after(SOON));
     let alive = heli_proc::ProcFs.is_running(id);
     let traced = tracer_of(orphan);
+    // A revoke only takes a right back: made wherever the process is.
+    let revoked = granter.revoke(id, &Deadline::after(SOON));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(orphan.get() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -193,6 +195,14 @@ fn a_process_that_left_the_tree_gets_no_grant_after_the_seize() {
             Pid::this()
         );
         assert!(text.contains(&expected), "{text}");
+        match heli_grant::PtraceScope::current().unwrap() {
+            // prctl(PR_SET_PTRACER, 0) ran, and failed without Yama.
+            heli_grant::PtraceScope::NoYama => {
+                let err = revoked.unwrap_err().to_string();
+                assert!(err.contains("failed with errno 22"), "{err}");
+            }
+            _ => revoked.unwrap(),
+        }
     } else {
         // Yama may refuse the seize itself; either way, nothing was made.
         assert!(

@@ -47,7 +47,9 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// a thread ([`SyscallInjector::own_tree_only`]), and remote execution
 /// just before it writes the request. A process that left the tree or
 /// changed user since the grant was asked is let go untouched, and the
-/// grant fails (`PID N left the tree`, `PID N changed user`).
+/// grant fails (`PID N left the tree`, `PID N changed user`). A revoke,
+/// which only takes a right back, is made wherever the process now is
+/// (still that process, by its identity, and never under seccomp).
 ///
 /// # Seccomp
 ///
@@ -229,7 +231,16 @@ impl YamaGranter {
         what: &str,
         deadline: &Deadline,
     ) -> io::Result<io::Result<()>> {
-        let injection = self.injector.inject(
+        // A revoke only takes a right back: wherever the process now is.
+        let revoker;
+        let injector = match ptracer {
+            0 => {
+                revoker = self.injector.clone().own_tree_only(false);
+                &revoker
+            }
+            _ => &self.injector,
+        };
+        let injection = injector.inject(
             target,
             libc::SYS_prctl,
             &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
@@ -261,7 +272,7 @@ impl YamaGranter {
     ) -> io::Result<()> {
         self.last_method = Some(GrantMethod::RemoteExec);
         let named = u64::from(ptracer.map_or(0, Pid::get));
-        may_run_the_call_itself(target)?;
+        may_run_the_call_itself(target, ptracer.is_none())?;
         let result = PyProcess::open_id(target)
             .and_then(|python| python.remote_prctl(libc::PR_SET_PTRACER, named, deadline))
             .map(drop);
@@ -297,9 +308,9 @@ fn remote_exec_may_work(err: &io::Error) -> bool {
 }
 
 /// Refuses, untouched, process `target` unless it may be asked to run the
-/// call itself: none of its threads under seccomp, and still a descendant
-/// of this process running as its user.
-fn may_run_the_call_itself(target: ProcessId) -> io::Result<()> {
+/// call itself: none of its threads under seccomp, and (unless the call is
+/// a `revoke`'s) still a descendant of this process running as its user.
+fn may_run_the_call_itself(target: ProcessId, revoke: bool) -> io::Result<()> {
     let pid = target.pid;
     let gone = || {
         io::Error::new(
@@ -316,7 +327,10 @@ fn may_run_the_call_itself(target: ProcessId) -> io::Result<()> {
             }
         }
     }
-    crate::own_tree::check(target, &process)
+    match revoke {
+        true => Ok(()),
+        false => crate::own_tree::check(target, &process),
+    }
 }
 
 /// The refusal of process `pid`, under seccomp (`detail` says how).
