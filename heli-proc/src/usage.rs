@@ -107,7 +107,7 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn usage(&self) -> io::Result<Option<Usage>> {
         let pid = self.pid();
-        let stat = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))?;
+        let stat = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))?;
         Ok(stat.map(Usage::from_stat))
     }
 
