@@ -261,7 +261,9 @@ impl Proc {
 
     /// Its `/proc/PID/stat`, read by plain reads ([`read_text`]).
     pub(crate) fn stat(&self) -> procfs::ProcResult<procfs::process::Stat> {
-        self.dir.read::<_, StatFile>("stat").map(|StatFile(stat)| stat)
+        self.dir
+            .read::<_, StatFile>("stat")
+            .map(|StatFile(stat)| stat)
     }
 
     /// Its `/proc/PID` directory, opened once (for the other modules of
