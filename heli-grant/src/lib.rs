@@ -42,6 +42,7 @@
 
 mod granter;
 mod inspector;
+mod own_tree;
 mod ptrace;
 mod python;
 mod scope;

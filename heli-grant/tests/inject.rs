@@ -635,11 +635,13 @@ fn reaper_keeps_exit_status_of_target_killed_during_injections() {
         let mut target = Target::python(BUSY_PY);
         let pid = target.pid;
         let injector = target.injector();
+        // Taken once: read again after the kill, it would be gone.
+        let id = identity(pid);
         let (started, first) = bounded(1);
         let worker = thread::spawn(move || {
             let mut done = 0;
             loop {
-                match injector.inject(identity(pid), libc::SYS_getpid, &[], &soon()) {
+                match injector.inject(id, libc::SYS_getpid, &[], &soon()) {
                     Ok(injection) => {
                         assert_eq!(injection.ret, i64::from(pid));
                         done += 1;

@@ -12,8 +12,8 @@
 //!   [memory map](Proc::maps), auxiliary vector, program and capabilities,
 //!   and whether a cgroup freezer holds it ([`is_frozen`]); what `ps`
 //!   shows of it ([`usage`](Proc::usage),
-//!   [`command_line`](Proc::command_line)) and which program file it runs
-//!   ([`exe_id`](Proc::exe_id)).
+//!   [`command_line`](Proc::command_line), cut at [`MAX_COMMAND_LINE`])
+//!   and which program file it runs ([`exe_id`](Proc::exe_id)).
 //! - [`ProcessHandle`]: one process held by a pidfd, which tells when it
 //!   has exited however soon its pid is reused (what a listener keeps of
 //!   a connected client).
@@ -62,4 +62,4 @@ pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
 pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
 pub use tree::{descendants, group_members, member, members, Member};
-pub use usage::{FileId, Usage};
+pub use usage::{FileId, Usage, MAX_COMMAND_LINE};

@@ -127,7 +127,7 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn info(&self) -> io::Result<Option<ProcessInfo>> {
         let pid = self.pid;
-        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+        let Some(stat) = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))? else {
             return Ok(None);
         };
         self.info_from(&stat)
@@ -170,7 +170,7 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn identity(&self) -> io::Result<Option<ProcessId>> {
         let pid = self.pid;
-        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+        let Some(stat) = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))? else {
             return Ok(None);
         };
         Ok(self.state(&stat)?.map(|_| ProcessId {
@@ -231,7 +231,7 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn cpu_ticks(&self) -> io::Result<Option<u64>> {
         let pid = self.pid;
-        let stat = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))?;
+        let stat = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))?;
         Ok(stat.map(|stat| stat.utime + stat.stime))
     }
 
@@ -258,6 +258,13 @@ impl Proc {
             return Ok(None);
         };
         Ok(unless_gone(task.status(), what)?.map(|status| thread_status(&status, self.pid)))
+    }
+
+    /// Its `/proc/PID/stat`, read by plain reads ([`read_text`]).
+    pub(crate) fn stat(&self) -> procfs::ProcResult<procfs::process::Stat> {
+        self.dir
+            .read::<_, StatFile>("stat")
+            .map(|StatFile(stat)| stat)
     }
 
     /// Its `/proc/PID` directory, opened once (for the other modules of
@@ -416,7 +423,7 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn memory_thread(&self) -> io::Result<Pid> {
         let pid = self.pid;
-        let Some(stat) = unless_gone(self.dir.stat(), format_args!("/proc/{pid}/stat"))? else {
+        let Some(stat) = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))? else {
             return Ok(pid);
         };
         if !ProcessState::from_code(stat.state).is_gone() || stat.num_threads <= 1 {
@@ -621,9 +628,8 @@ struct StatusIds {
 }
 
 impl procfs::FromRead for StatusIds {
-    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
-        let mut text = String::new();
-        read.read_to_string(&mut text)?;
+    fn from_read<R: io::Read>(read: R) -> procfs::ProcResult<Self> {
+        let text = read_text(read)?;
         let mut tgid = None;
         for line in text.lines() {
             if let Some(value) = line.strip_prefix("Tgid:") {
@@ -643,13 +649,40 @@ impl procfs::FromRead for StatusIds {
     }
 }
 
+/// All of `read`, a `/proc` file, as text, by plain reads: a `File`'s
+/// `read_to_string` first asks the file's size (`statx`, `lseek`), which a
+/// `/proc` file does not know, then reads 32 bytes to probe: two reads
+/// here (the text, then its end) for a file under 4 KiB.
+fn read_text(mut read: impl io::Read) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match read.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    String::from_utf8(bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+}
+
+/// A `stat` file, read by [`read_text`].
+struct StatFile(procfs::process::Stat);
+
+impl procfs::FromRead for StatFile {
+    fn from_read<R: io::Read>(read: R) -> procfs::ProcResult<Self> {
+        let text = read_text(read)?;
+        <procfs::process::Stat as procfs::FromRead>::from_read(text.as_bytes()).map(StatFile)
+    }
+}
+
 /// A `children` file: pids separated by spaces.
 struct PidList(Vec<Pid>);
 
 impl procfs::FromRead for PidList {
-    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
-        let mut text = String::new();
-        read.read_to_string(&mut text)?;
+    fn from_read<R: io::Read>(read: R) -> procfs::ProcResult<Self> {
+        let text = read_text(read)?;
         text.split_whitespace()
             .map(|pid| pid.parse().ok().and_then(Pid::new))
             .collect::<Option<Vec<Pid>>>()
@@ -662,9 +695,8 @@ impl procfs::FromRead for PidList {
 struct Comm(String);
 
 impl procfs::FromRead for Comm {
-    fn from_read<R: io::Read>(mut read: R) -> procfs::ProcResult<Self> {
-        let mut text = String::new();
-        read.read_to_string(&mut text)?;
+    fn from_read<R: io::Read>(read: R) -> procfs::ProcResult<Self> {
+        let text = read_text(read)?;
         Ok(Comm(text))
     }
 }

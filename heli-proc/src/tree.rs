@@ -218,7 +218,7 @@ fn read(pid: Pid) -> io::Result<Option<Member>> {
         return Ok(None);
     };
     let what = format_args!("/proc/{pid}/stat");
-    let Some(stat) = crate::error::unless_gone(proc.dir().stat(), what)? else {
+    let Some(stat) = crate::error::unless_gone(proc.stat(), what)? else {
         return Ok(None);
     };
     let Some(info) = proc.info_from(&stat)? else {

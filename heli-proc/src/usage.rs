@@ -107,13 +107,18 @@ impl Proc {
     /// When `/proc` cannot be read.
     pub fn usage(&self) -> io::Result<Option<Usage>> {
         let pid = self.pid();
-        let stat = unless_gone(self.dir().stat(), format_args!("/proc/{pid}/stat"))?;
+        let stat = unless_gone(self.stat(), format_args!("/proc/{pid}/stat"))?;
         Ok(stat.map(Usage::from_stat))
     }
 
     /// Its command line (`/proc/PID/cmdline`), arguments joined by spaces,
     /// bytes that are not UTF-8 replaced; empty when it has none (a kernel
     /// thread, a zombie) or it is gone.
+    ///
+    /// At most [`MAX_COMMAND_LINE`] bytes of it are read (a process may
+    /// have megabytes of arguments, and a listing of a whole tree must fit
+    /// in one reply): a longer one is cut there, at a character's
+    /// boundary, and ends with `…`.
     ///
     /// # Race conditions
     ///
@@ -128,23 +133,37 @@ impl Proc {
     pub fn command_line(&self) -> io::Result<String> {
         let pid = self.pid();
         let what = format_args!("/proc/{pid}/cmdline");
-        let mut bytes = Vec::new();
+        // One byte more than shown tells whether there is more.
+        let mut bytes = vec![0; MAX_COMMAND_LINE + 1];
         let read = match self.dir().open_relative("cmdline") {
-            Ok(mut file) => file
-                .read_to_end(&mut bytes)
-                .map(drop)
-                .map_err(|err| procfs::ProcError::Io(err, None)),
+            Ok(file) => fill(file, &mut bytes).map_err(|err| procfs::ProcError::Io(err, None)),
             Err(err) => Err(err),
         };
-        if unless_gone(read, what)?.is_none() {
+        let Some(len) = unless_gone(read, what)? else {
             return Ok(String::new());
+        };
+        bytes.truncate(len);
+        let cut = len > MAX_COMMAND_LINE;
+        if cut {
+            bytes.truncate(MAX_COMMAND_LINE);
+            // Not half a character: drop an incomplete one at the end.
+            let last = bytes.iter().rposition(|&b| b == 0).map_or(0, |at| at + 1);
+            if let Err(err) = std::str::from_utf8(&bytes[last..]) {
+                if err.error_len().is_none() {
+                    bytes.truncate(last + err.valid_up_to());
+                }
+            }
         }
-        Ok(bytes
+        let mut line = bytes
             .split(|&b| b == 0)
             .filter(|arg| !arg.is_empty())
             .map(String::from_utf8_lossy)
             .collect::<Vec<_>>()
-            .join(" "))
+            .join(" ");
+        if cut {
+            line.push('…');
+        }
+        Ok(line)
     }
 
     /// The identity of the program file it runs (`/proc/PID/exe`, followed):
@@ -167,6 +186,25 @@ impl Proc {
         let meta = file.metadata()?;
         Ok(Some(FileId::of(&meta)))
     }
+}
+
+/// The most of a command line [`Proc::command_line`] reads, in bytes; a
+/// longer one is cut, and marked so (`…`).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// Reads `file` into `buf` until it is full or the file ends; how much was
+/// read. Nothing beyond `buf`'s length is asked of the kernel.
+fn fill(mut file: impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -227,6 +265,52 @@ mod tests {
         assert_eq!(proc.usage().unwrap(), None);
         assert_eq!(proc.command_line().unwrap(), "");
         assert_eq!(proc.exe_id().unwrap(), None);
+    }
+
+    #[test]
+    fn a_long_command_line_is_cut_and_marked() {
+        // 3 x 2000 bytes of arguments, one of two-byte characters, whose
+        // cut falls in the middle of one.
+        let long = "a".repeat(2000);
+        let wide = "é".repeat(1000);
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30", &long, &long])
+            .arg(&wide)
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            let line = proc.command_line().unwrap();
+            if line.starts_with("/bin/sh -c") || Instant::now() > deadline {
+                break line;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        // "/bin/sh\0-c\0sleep 30\0" is 20 bytes, the two long ones 4002:
+        // 74 bytes of the wide one fit, 37 characters.
+        let shown = format!("/bin/sh -c sleep 30 {long} {long} {}…", "é".repeat(37));
+        assert_eq!(line, shown);
+        assert!(!line.contains('\u{fffd}'));
+        // Exactly the limit: whole, unmarked.
+        let exact = "b".repeat(MAX_COMMAND_LINE - "/bin/sh\0-c\0sleep 30\0".len() - 1);
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30", &exact])
+            .spawn()
+            .unwrap();
+        let proc = Proc::open_existing(Pid::new(child.id()).unwrap()).unwrap();
+        let line = loop {
+            let line = proc.command_line().unwrap();
+            if line.starts_with("/bin/sh -c") || Instant::now() > deadline {
+                break line;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(line, format!("/bin/sh -c sleep 30 {exact}"));
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::io;
 use std::time::Duration;
 
 use heli_core::{Deadline, Granter, Pid, ProcessId, Processes};
-use heli_proc::ProcFs;
+use heli_proc::{Proc, ProcFs};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 
-use crate::ptrace::SyscallInjector;
+use crate::ptrace::{Refusal, SyscallInjector};
 use crate::python::PyProcess;
 use crate::wait::ChildWaits;
 
@@ -40,14 +40,37 @@ const PR_SET_PTRACER: u64 = libc::PR_SET_PTRACER as u64;
 /// The descendants of the client may attach too (Yama checks the declared
 /// process's descendants): a client may run the debugger as its child.
 ///
+/// # Which processes
+///
+/// Only a process that is, at the last moment, still a descendant of this
+/// process and runs as its user: the injector checks it once it has seized
+/// a thread ([`SyscallInjector::own_tree_only`]), and remote execution
+/// just before it writes the request. A process that left the tree or
+/// changed user since the grant was asked is let go untouched, and the
+/// grant fails (`PID N left the tree`, `PID N changed user`). A revoke,
+/// which only takes a right back, is made wherever the process now is
+/// (still that process, by its identity, and never under seccomp).
+///
+/// # Seccomp
+///
+/// A process under a seccomp filter (`Seccomp:` not 0 in its status) is
+/// refused, untouched: `PID N runs under a seccomp filter: heli injects
+/// nothing into it (the filter could kill it)`. The filter meets the
+/// `prctl` whoever makes it, so remote execution, which has the process
+/// make the call itself, is no way around it, and is never tried there
+/// (whatever thread carries the filter). A filter the process installs
+/// after the check, before it runs a remote execution's script, is beyond
+/// any check.
+///
 /// # Grant methods
 ///
-/// When the injection is impossible (another tracer, a debugger, is
-/// attached to the target, or it runs under seccomp), the default
-/// [`GrantMethod::Auto`] falls back to CPython 3.14's remote execution
-/// (PEP 768, [`remote_exec_prctl`](crate::remote_exec_prctl)): the target
-/// runs the `prctl` itself when it next executes Python code, and reports
-/// the result. [`method`](Self::method) forces one or the other; a grant is
+/// When the injection is impossible but the process could make the call
+/// itself (another tracer, a debugger, is attached to it, or it uses
+/// Syscall User Dispatch), the default [`GrantMethod::Auto`] falls back to
+/// CPython 3.14's remote execution (PEP 768,
+/// [`remote_exec_prctl`](crate::remote_exec_prctl)): the target runs the
+/// `prctl` itself when it next executes Python code, and reports the
+/// result. [`method`](Self::method) forces one or the other; a grant is
 /// revoked by the method that made it.
 ///
 /// # Examples
@@ -83,7 +106,8 @@ pub struct YamaGranter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GrantMethod {
     /// Ptrace injection; remote execution when the injection is impossible
-    /// (the target is already traced, or runs under seccomp).
+    /// but the target could make the call itself (it is already traced, or
+    /// uses Syscall User Dispatch); never for a target under seccomp.
     #[default]
     Auto,
     /// Ptrace injection only: works whatever the target runs and whatever
@@ -113,10 +137,12 @@ impl YamaGranter {
     }
 
     /// A granter that injects with `injector` (for instance one that
-    /// [allows seccomp](SyscallInjector::allow_seccomp)).
+    /// [allows seccomp](SyscallInjector::allow_seccomp): a filter known to
+    /// allow the call); the granter has it inject
+    /// [only into its own tree](SyscallInjector::own_tree_only).
     pub fn with_injector(injector: SyscallInjector) -> Self {
         YamaGranter {
-            injector,
+            injector: injector.own_tree_only(true),
             grants: HashMap::new(),
             method: GrantMethod::Auto,
             last_method: None,
@@ -175,7 +201,10 @@ impl YamaGranter {
         self.last_method = Some(GrantMethod::Ptrace);
         match self.by_ptrace(target, named, &what, deadline) {
             Ok(result) => result.map(|()| GrantMethod::Ptrace),
-            Err(err) if method == GrantMethod::Auto && injection_impossible(&err) => {
+            Err(err) if Refusal::of(&err) == Some(Refusal::Seccomp) => {
+                Err(under_seccomp(target.pid, &err))
+            }
+            Err(err) if method == GrantMethod::Auto && remote_exec_may_work(&err) => {
                 warn!("{what}: ptrace injection impossible ({err}): falling back to remote exec");
                 self.by_remote_exec(target, ptracer, deadline)
                     .map(|()| GrantMethod::RemoteExec)
@@ -202,7 +231,16 @@ impl YamaGranter {
         what: &str,
         deadline: &Deadline,
     ) -> io::Result<io::Result<()>> {
-        let injection = self.injector.inject(
+        // A revoke only takes a right back: wherever the process now is.
+        let revoker;
+        let injector = match ptracer {
+            0 => {
+                revoker = self.injector.clone().own_tree_only(false);
+                &revoker
+            }
+            _ => &self.injector,
+        };
+        let injection = injector.inject(
             target,
             libc::SYS_prctl,
             &[PR_SET_PTRACER, u64::from(ptracer), 0, 0, 0],
@@ -223,7 +261,9 @@ impl YamaGranter {
 
     /// Has the target run the call itself (PEP 768) and report it: only
     /// process `target`, whose memory the request is written into through
-    /// a handle bound to it ([`PyProcess::open_id`]).
+    /// a handle bound to it ([`PyProcess::open_id`]), and only if none of
+    /// its threads runs under seccomp, and it is still a descendant of
+    /// this process running as its user.
     fn by_remote_exec(
         &mut self,
         target: ProcessId,
@@ -232,6 +272,7 @@ impl YamaGranter {
     ) -> io::Result<()> {
         self.last_method = Some(GrantMethod::RemoteExec);
         let named = u64::from(ptracer.map_or(0, Pid::get));
+        may_run_the_call_itself(target, ptracer.is_none())?;
         let result = PyProcess::open_id(target)
             .and_then(|python| python.remote_prctl(libc::PR_SET_PTRACER, named, deadline))
             .map(drop);
@@ -254,12 +295,52 @@ impl YamaGranter {
     }
 }
 
-/// Whether an injection failed because it cannot be made at all (another
-/// tracer, seccomp), where remote execution may still work.
-fn injection_impossible(err: &io::Error) -> bool {
+/// Whether an injection was refused for a reason that does not stand in
+/// the way of the process making the call itself (another tracer, Syscall
+/// User Dispatch): then remote execution may work, and is safe. Not for a
+/// seccomp filter, nor for a process one may not ptrace (remote execution
+/// needs the same right), nor any other failure.
+fn remote_exec_may_work(err: &io::Error) -> bool {
     matches!(
-        err.kind(),
-        io::ErrorKind::ResourceBusy | io::ErrorKind::PermissionDenied
+        Refusal::of(err),
+        Some(Refusal::Traced | Refusal::UserDispatch)
+    )
+}
+
+/// Refuses, untouched, process `target` unless it may be asked to run the
+/// call itself: none of its threads under seccomp, and (unless the call is
+/// a `revoke`'s) still a descendant of this process running as its user.
+fn may_run_the_call_itself(target: ProcessId, revoke: bool) -> io::Result<()> {
+    let pid = target.pid;
+    let gone = || {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("target PID {pid} is not running"),
+        )
+    };
+    let process = Proc::open_id(target)?.ok_or_else(gone)?;
+    for tid in process.threads()? {
+        if let Some(status) = process.thread_status(tid)? {
+            if status.seccomp != 0 {
+                let why = format!("thread {tid} is in seccomp mode {}", status.seccomp);
+                return Err(under_seccomp(pid, &why));
+            }
+        }
+    }
+    match revoke {
+        true => Ok(()),
+        false => crate::own_tree::check(target, &process),
+    }
+}
+
+/// The refusal of process `pid`, under seccomp (`detail` says how).
+fn under_seccomp(pid: Pid, detail: &dyn std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "PID {pid} runs under a seccomp filter: heli injects nothing into it (the filter \
+             could kill it); {detail}"
+        ),
     )
 }
 

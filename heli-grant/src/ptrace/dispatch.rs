@@ -22,6 +22,8 @@ use nix::unistd::Pid;
 
 use crate::sys;
 
+use super::refusal::Refusal;
+
 /// `si_code` of a `SIGSYS` raised by Syscall User Dispatch.
 pub(super) const SYS_USER_DISPATCH: i32 = 2;
 
@@ -34,7 +36,8 @@ const DISPATCH_OFF: u64 = 0;
 /// # Errors
 ///
 /// [`PermissionDenied`](io::ErrorKind::PermissionDenied) when it has: the
-/// injection is impossible (a granter may try another way).
+/// injection is impossible (a granter may try another way: the error says
+/// [`Refusal::UserDispatch`]).
 pub(super) fn refuse_if_on(tid: Pid, pid: u32) -> io::Result<()> {
     let config = match sys::ptrace_get_config::<sys::SudConfig>(tid.as_raw()) {
         Ok(config) => config,
@@ -49,7 +52,7 @@ pub(super) fn refuse_if_on(tid: Pid, pid: u32) -> io::Result<()> {
     if config.mode == DISPATCH_OFF {
         return Ok(());
     }
-    Err(io::Error::new(
+    Err(Refusal::UserDispatch.error(
         io::ErrorKind::PermissionDenied,
         format!(
             "thread {tid} of PID {pid} uses Syscall User Dispatch (as Wine does: selector \

@@ -38,6 +38,12 @@ use super::tracer::Tracers;
 /// [`NotFound`](io::ErrorKind::NotFound) saying the process is gone when
 /// it has exited.
 ///
+/// With [`own_tree_only`](Self::own_tree_only), the process is checked
+/// there too, and given up the same way, unless it is still a descendant
+/// of this process and runs as its user: the error
+/// ([`PermissionDenied`](io::ErrorKind::PermissionDenied)) says
+/// `PID N left the tree` or `PID N changed user`.
+///
 /// The caller must be allowed to ptrace the target: its parent under Yama
 /// `ptrace_scope` 1, any process of the same user under 0, or a process with
 /// `CAP_SYS_PTRACE`.
@@ -153,9 +159,19 @@ use super::tracer::Tracers;
 #[derive(Clone, Debug)]
 pub struct SyscallInjector {
     waits: ChildWaits,
-    allow_seccomp: bool,
+    policy: Policy,
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     tracers: Tracers<super::job::Job>,
+}
+
+/// What an injector refuses beyond its rules for every target.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Policy {
+    /// Inject into threads under seccomp too.
+    pub(super) allow_seccomp: bool,
+    /// Only into a descendant of this process that runs as its user,
+    /// checked after the seize.
+    pub(super) own_tree: bool,
 }
 
 /// What an injected system call did.
@@ -202,7 +218,7 @@ impl SyscallInjector {
     pub fn new(waits: ChildWaits) -> Self {
         SyscallInjector {
             waits,
-            allow_seccomp: false,
+            policy: Policy::default(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             tracers: Tracers::default(),
         }
@@ -211,7 +227,18 @@ impl SyscallInjector {
     /// Whether to inject into threads under a seccomp filter (default: no;
     /// see the type's documentation).
     pub fn allow_seccomp(mut self, allow: bool) -> Self {
-        self.allow_seccomp = allow;
+        self.policy.allow_seccomp = allow;
+        self
+    }
+
+    /// Whether to inject only into a process that is still, once a thread
+    /// of it is seized, a descendant of this process running as its user
+    /// (real and effective user ids this process's effective one); default:
+    /// no. A granter acting for a client asks for it: a process may leave
+    /// the tree, or change user, between the request and the injection.
+    /// See [which process](Self#which-process).
+    pub fn own_tree_only(mut self, only: bool) -> Self {
+        self.policy.own_tree = only;
         self
     }
 
@@ -256,7 +283,9 @@ impl SyscallInjector {
     ///   free, or names a later process: it is gone), or it exited during
     ///   the injection (its status then went to the reaper);
     /// - [`PermissionDenied`](io::ErrorKind::PermissionDenied): not allowed
-    ///   to ptrace it, or it runs under seccomp or Syscall User Dispatch;
+    ///   to ptrace it, or it runs under seccomp or Syscall User Dispatch,
+    ///   or (with [`own_tree_only`](Self::own_tree_only)) it left this
+    ///   process's tree or changed user;
     /// - [`ResourceBusy`](io::ErrorKind::ResourceBusy): another tracer (a
     ///   debugger) is attached to the chosen thread;
     /// - [`Unsupported`](io::ErrorKind::Unsupported): another architecture,
@@ -289,7 +318,7 @@ impl SyscallInjector {
             super::job::inject(
                 &self.tracers,
                 &self.waits,
-                self.allow_seccomp,
+                self.policy,
                 process,
                 nr,
                 all,
@@ -298,7 +327,7 @@ impl SyscallInjector {
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (process, nr, all, deadline, self.allow_seccomp, &self.waits);
+            let _ = (process, nr, all, deadline, self.policy, &self.waits);
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "injecting a system call is implemented for x86_64 and aarch64 only",

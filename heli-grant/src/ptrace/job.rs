@@ -20,7 +20,8 @@ use crate::sys::ThreadTimer;
 use crate::wait::{ChildWaits, ChildWaitsGuard};
 
 use super::handoff::{Handoff, Stage};
-use super::inject::Injection;
+use super::inject::{Injection, Policy};
+use super::refusal::Refusal;
 use super::thread::choose_thread;
 use super::tracee::{Outcome, Target, Tracee};
 use super::tracer::{Tracers, Work};
@@ -30,7 +31,7 @@ use super::tracer::{Tracers, Work};
 pub(super) fn inject(
     tracers: &Tracers<Job>,
     waits: &ChildWaits,
-    allow_seccomp: bool,
+    policy: Policy,
     process: ProcessId,
     nr: libc::c_long,
     args: [u64; 6],
@@ -40,7 +41,7 @@ pub(super) fn inject(
     let handoff = Arc::new(Handoff::new()?);
     let job = Job {
         waits: waits.clone(),
-        allow_seccomp,
+        policy,
         process,
         nr,
         args,
@@ -82,7 +83,7 @@ const GRACE: Duration = Duration::from_millis(200);
 /// One injection, as its tracer thread runs it.
 pub(super) struct Job {
     waits: ChildWaits,
-    allow_seccomp: bool,
+    policy: Policy,
     /// The process to inject into, and no other.
     process: ProcessId,
     nr: libc::c_long,
@@ -278,7 +279,7 @@ impl Job {
         };
         let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
         match Tracee::seize(target, raw, waits) {
-            Ok(tracee) => match seized_ours(self.process, process, tid) {
+            Ok(tracee) => match self.seized_ours(process, tid) {
                 Ok(()) => Ok(tracee.run(self.nr, &self.args)),
                 // Not touched: not even interrupted. Ending the tracer
                 // thread lets it go as it was.
@@ -306,8 +307,8 @@ impl Job {
                 "thread {tid} of PID {pid} exited before it was seized"
             ))));
         };
-        if status.seccomp != 0 && !self.allow_seccomp {
-            return Err(io::Error::new(
+        if status.seccomp != 0 && !self.policy.allow_seccomp {
+            return Err(Refusal::Seccomp.error(
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "thread {tid} of PID {pid} runs under seccomp (mode {}), whose filter \
@@ -324,7 +325,7 @@ impl Job {
                      process, which is ending"
                 ))));
             }
-            return Err(io::Error::new(
+            return Err(Refusal::Traced.error(
                 io::ErrorKind::ResourceBusy,
                 format!(
                     "thread {tid} of PID {pid} is already traced by PID {tracer} (a debugger?)"
@@ -332,6 +333,22 @@ impl Job {
             ));
         }
         Ok(None)
+    }
+}
+
+impl Job {
+    /// Whether thread `tid`, just seized, is one of the process's, and
+    /// (with [`Policy::own_tree`]) the process still one of this process's
+    /// tree and user: `Ok` when it is, else the error to give the thread up
+    /// with, untouched.
+    fn seized_ours(&self, process: &Proc, tid: Pid) -> io::Result<()> {
+        seized_ours(self.process, process, tid)?;
+        if self.policy.own_tree {
+            crate::own_tree::check(self.process, process).inspect_err(|err| {
+                warn!("{err}; thread {tid}, seized for it, is let go untouched");
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -99,7 +99,9 @@
 //! asks `thread.rs` which thread to seize; `tracee.rs` follows the recipe
 //! on it, asking `insn.rs` which instruction to step over (step 3),
 //! `rseq.rs` and `dispatch.rs` about step 2; they read `/proc` and memory
-//! through `heli-proc`, and what differs per processor is in `arch/`.
+//! through `heli-proc`, and what differs per processor is in `arch/`. A
+//! refusal that another way of making the call might avoid (or not) says
+//! why inside its error (`refusal.rs`).
 
 #![cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -117,6 +119,7 @@ mod inject;
 mod insn;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod job;
+mod refusal;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod rseq;
 mod thread;
@@ -126,3 +129,4 @@ mod tracee;
 mod tracer;
 
 pub use inject::{Injection, SyscallInjector};
+pub(crate) use refusal::Refusal;

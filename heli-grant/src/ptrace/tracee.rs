@@ -17,6 +17,7 @@ use crate::sys::{self, ThreadTimer};
 use crate::wait::ChildWaitsGuard;
 
 use super::handoff::{Handoff, Stage};
+use super::refusal::Refusal;
 use super::{arch, dispatch, insn, rseq};
 
 /// `PTRACE_EVENT_STOP` in the high byte of a wait status: a stop after
@@ -289,7 +290,8 @@ impl<'a, 'w> Tracee<'a, 'w> {
                     let pc = arch::pc(&regs);
                     if pc == after {
                         return match refused_by {
-                            Some((by, did)) => Err(io::Error::new(
+                            Some((why, by, did)) => Err(Refusal::error(
+                                why,
                                 io::ErrorKind::PermissionDenied,
                                 format!(
                                     "{by} of PID {} {did} the injected system call {nr} (its \
@@ -312,7 +314,7 @@ impl<'a, 'w> Tracee<'a, 'w> {
                 } else if signal == libc::SIGSYS && info.si_code == SYS_SECCOMP {
                     // Our call's SIGSYS: suppress it, and step on to the trap
                     // that ends the step.
-                    refused_by = Some(("a seccomp filter", "trapped"));
+                    refused_by = Some((Refusal::Seccomp, "a seccomp filter", "trapped"));
                 } else if signal == libc::SIGSYS
                     && info.si_code == dispatch::SYS_USER_DISPATCH
                     // SAFETY: a SIGSYS from the kernel holds the _sigsys
@@ -320,7 +322,8 @@ impl<'a, 'w> Tracee<'a, 'w> {
                     && unsafe { info.si_addr() } as u64 == after
                 {
                     // Dispatched to the program's handler: drop it.
-                    refused_by = Some(("Syscall User Dispatch", "dispatched"));
+                    refused_by =
+                        Some((Refusal::UserDispatch, "Syscall User Dispatch", "dispatched"));
                 } else if from_kernel
                     && matches!(
                         signal,
