@@ -189,7 +189,22 @@ pub(crate) fn tree_member(
 /// as `me` (its effective user): `None` when both are `me`. A process of
 /// another user (a setuid child, say) is not let into, nor read for a
 /// client, though the controller, its ancestor, might be able to.
-pub(crate) fn other_user(uid: u32, euid: u32, me: u32) -> Option<String> {
+///
+/// The one statement of the rule: the controller applies it to a request,
+/// a granter again at the last moment before it acts on the process.
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::other_user;
+///
+/// assert_eq!(other_user(1000, 1000, 1000), None);
+/// assert_eq!(
+///     other_user(1000, 0, 1000).unwrap(),
+///     "runs as another user (uid 1000, euid 0; the controller runs as 1000)"
+/// );
+/// ```
+pub fn other_user(uid: u32, euid: u32, me: u32) -> Option<String> {
     (uid != me || euid != me).then(|| {
         format!("runs as another user (uid {uid}, euid {euid}; the controller runs as {me})")
     })

@@ -161,6 +161,7 @@ mod transport;
 pub mod tree;
 mod worker;
 
+pub use authorize::other_user;
 pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};
 pub use deadline::Deadline;

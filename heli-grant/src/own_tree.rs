@@ -34,14 +34,10 @@ pub(crate) fn check(id: ProcessId, process: &Proc) -> io::Result<()> {
         .filter(|info| info.id == id)
         .ok_or_else(gone)?;
     let me = nix::unistd::geteuid().as_raw();
-    if info.uid != me || info.euid != me {
+    if let Some(why) = heli_core::other_user(info.uid, info.euid, me) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!(
-                "PID {pid} changed user (it runs as uid {}, euid {}; the controller runs as \
-                 {me}): nothing was done to it",
-                info.uid, info.euid
-            ),
+            format!("PID {pid} changed user (it {why}): nothing was done to it"),
         ));
     }
     let this = ProcFs

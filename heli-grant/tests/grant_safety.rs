@@ -135,7 +135,8 @@ fn a_process_that_changed_user_gets_no_grant_after_the_seize() {
     let info = target.proc.info().unwrap().unwrap();
     assert_eq!((info.uid, info.euid), (65534, 65534));
     let before = heli_dirs();
-    let expected = format!("PID {pid} changed user (it runs as uid 65534, euid 65534; ");
+    let expected =
+        format!("PID {pid} changed user (it runs as another user (uid 65534, euid 65534; ");
     for method in [
         GrantMethod::Auto,
         GrantMethod::Ptrace,
