@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 
 use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
-use crate::grants::{GrantBook, Pending, RevokePhase};
+use crate::grants::{self, GrantBook, Pending, RevokePhase};
 use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::protocol::{
@@ -37,10 +37,6 @@ const WORKER_GRACE: Duration = Duration::from_millis(250);
 /// How often the loop looks whether a killed target that has not ended is
 /// frozen by a cgroup freezer (v1 lets such a process die only once thawed).
 const KILLED_CHECK: Duration = Duration::from_millis(500);
-
-/// How long after a revoke failed it is tried again (a grant stays in
-/// force until a revoke of it succeeded or its process is gone).
-const REVOKE_RETRY: Duration = Duration::from_secs(1);
 
 /// How many reads of the inspector's (`PS`, `STACK`, `STACKS`) may wait
 /// at once, all connections together; each connection may have one.
@@ -315,7 +311,9 @@ impl<S: Supervisor> Loop<S> {
         let now = Instant::now();
         for grant in state.grants.retries_due(now) {
             if self.condition(grant.process.pid).is_some() {
-                state.grants.postpone(grant.process, now + REVOKE_RETRY);
+                state
+                    .grants
+                    .postpone(grant.process, now + grants::FIRST_RETRY);
                 continue;
             }
             debug!(
@@ -761,7 +759,7 @@ impl<S: Supervisor> Loop<S> {
             id,
             result.is_ok(),
             |process| !self.supervisor.is_running(process),
-            Instant::now() + REVOKE_RETRY,
+            Instant::now(),
         );
         match result {
             Ok(()) => {
@@ -774,7 +772,7 @@ impl<S: Supervisor> Loop<S> {
                         "cannot revoke the grant of client PID {} on {}: {err}; trying again in {:?}",
                         revoking.record.holder.pid,
                         self.named(state, target.pid),
-                        REVOKE_RETRY
+                        grants::retry_delay(revoking.failures)
                     );
                     Reply::Error(format!(
                         "Revoke failed: {err} (the grant stays in force; the controller tries again)"

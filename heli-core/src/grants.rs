@@ -14,7 +14,7 @@
 //! Yama keeps one ptracer per process, so granting another client
 //! withdraws the old grant too (that grant is then its revoke).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::authorize::GrantRecord;
 use crate::process::{Pid, ProcessId};
@@ -46,6 +46,24 @@ pub(crate) struct Pending {
 pub(crate) struct Revoking {
     pub(crate) record: GrantRecord,
     pub(crate) phase: RevokePhase,
+    /// How many revokes of it failed in a row: each waits twice as long
+    /// before the next ([`retry_delay`]).
+    pub(crate) failures: u32,
+}
+
+/// The wait before the first retry of a failed revoke.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two retries.
+pub(crate) const LAST_RETRY: Duration = Duration::from_secs(60);
+
+/// The wait after `failures` revokes of one grant failed in a row: 1 s,
+/// 2 s, 4 s... up to a minute, so that a process a revoke cannot reach
+/// does not keep the granter busy.
+pub(crate) fn retry_delay(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(LAST_RETRY)
 }
 
 /// Where the withdrawal of a grant is.
@@ -103,23 +121,29 @@ impl GrantBook {
     /// Notes that the granter's work `job` withdraws `grant` (now or
     /// again), in place of any other withdrawal on its process.
     pub(crate) fn revoke(&mut self, grant: GrantRecord, job: JobId) {
+        let failures = self
+            .revoking
+            .iter()
+            .find(|revoking| revoking.record == grant)
+            .map_or(0, |revoking| revoking.failures);
         self.revoking
             .retain(|revoking| revoking.record.process != grant.process);
         self.revoking.push(Revoking {
             record: grant,
             phase: RevokePhase::Running(job),
+            failures,
         });
     }
 
     /// The granter's work `job` ended: a withdrawal it made (`done`) or
-    /// whose process is gone is over; one that failed is tried again at
-    /// `retry_at`. The withdrawal, if `job` was one.
+    /// whose process is gone is over; one that failed is tried again after
+    /// [`retry_delay`] from `now`. The withdrawal, if `job` was one.
     pub(crate) fn revoke_ended(
         &mut self,
         job: JobId,
         done: bool,
         gone: impl Fn(ProcessId) -> bool,
-        retry_at: Instant,
+        now: Instant,
     ) -> Option<Revoking> {
         let at = self
             .revoking
@@ -128,8 +152,10 @@ impl GrantBook {
         if done || gone(self.revoking[at].record.process) {
             return Some(self.revoking.remove(at));
         }
-        self.revoking[at].phase = RevokePhase::Retry(retry_at);
-        Some(self.revoking[at])
+        let revoking = &mut self.revoking[at];
+        revoking.failures = revoking.failures.saturating_add(1);
+        revoking.phase = RevokePhase::Retry(now + retry_delay(revoking.failures));
+        Some(*revoking)
     }
 
     /// Forgets the withdrawals of processes that are `gone` (a grant on a
@@ -401,8 +427,8 @@ mod tests {
         assert_eq!(book.next_retry(), None);
         // It failed: tried again at its time.
         let now = Instant::now();
-        let later = now + std::time::Duration::from_secs(1);
-        let failed = book.revoke_ended(1, false, |_| false, later).unwrap();
+        let later = now + FIRST_RETRY;
+        let failed = book.revoke_ended(1, false, |_| false, now).unwrap();
         assert_eq!(failed.phase, RevokePhase::Retry(later));
         assert_eq!(book.next_retry(), Some(later));
         assert!(book.retries_due(now).is_empty());
@@ -426,5 +452,27 @@ mod tests {
         book.record(grant(worker, 99, 6));
         assert_eq!(book.revoking().len(), 0);
         assert_eq!(book.in_force().count(), 1);
+    }
+
+    #[test]
+    fn each_failed_revoke_of_a_grant_waits_twice_as_long_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_delay(u32::MAX), LAST_RETRY);
+        let mut book = GrantBook::new(GrantHolder::default());
+        let on_worker = grant(id(11, 6), 77, 3);
+        let now = Instant::now();
+        for (job, failures) in (1..=4).zip(1..) {
+            book.revoke(on_worker, job);
+            let failed = book.revoke_ended(job, false, |_| false, now).unwrap();
+            assert_eq!(failed.failures, failures);
+            assert_eq!(
+                failed.phase,
+                RevokePhase::Retry(now + retry_delay(failures))
+            );
+        }
+        // A grant made again starts over.
+        book.revoke(grant(id(11, 6), 88, 4), 9);
+        assert_eq!(book.revoking()[0].failures, 0);
     }
 }

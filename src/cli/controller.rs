@@ -66,8 +66,9 @@ struct Args {
 
     /// How the yama granter has the target call prctl: auto (ptrace
     /// injection, else PEP 768 remote exec when the target cannot be
-    /// injected into: already traced, seccomp, Syscall User Dispatch),
-    /// ptrace, remote-exec (a CPython 3.14 target runs it itself)
+    /// injected into: already traced, Syscall User Dispatch; never under a
+    /// seccomp filter), ptrace, remote-exec (a CPython 3.14 target runs it
+    /// itself)
     #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
     grant_method: GrantMethod,
 

@@ -279,7 +279,12 @@ pub(crate) fn ps_text(tree: &Tree, out: Paint) -> String {
             [
                 process.pid.to_string(),
                 process.parent.map_or("-".to_owned(), |p| p.to_string()),
-                process.state.to_string(),
+                // A letter from /proc; anything else (a controller's
+                // reply says it) is shown as `?`.
+                Some(process.state)
+                    .filter(char::is_ascii_alphabetic)
+                    .unwrap_or('?')
+                    .to_string(),
                 process.threads.to_string(),
                 format!("{:.1}", process.cpu_percent),
                 size(process.rss_bytes),
@@ -722,6 +727,17 @@ mod tests {
             ps_text(&Tree::default(), Paint(false)),
             "PID  PPID  S  THR  CPU%  RSS  UPTIME  PYTHON  GRANT  COMMAND\n"
         );
+    }
+
+    #[test]
+    fn ps_shows_a_state_that_is_no_letter_as_a_question_mark() {
+        let mut tree = tree();
+        tree.subreaper = true;
+        tree.processes[0].state = '\u{9b}';
+        let text = ps_text(&tree, Paint(false));
+        assert!(!text.contains('\u{9b}'), "{text:?}");
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(row.split_whitespace().nth(2), Some("?"), "{row}");
     }
 
     #[test]
