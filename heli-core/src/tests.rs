@@ -3324,3 +3324,7 @@ fn a_stacks_reply_whose_newest_frames_alone_are_too_long_leaves_the_last_threads
         Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
     );
 }
+
+// Tests that keep cargo-mutants' mutants of the tree feature caught.
+#[path = "tests_tree.rs"]
+mod tree;
