@@ -46,6 +46,15 @@ impl Deadline {
         Deadline::at(Instant::now() + timeout)
     }
 
+    /// A deadline `timeout` from now that is called off with this one:
+    /// for work whose time counts from when it starts.
+    pub(crate) fn restarted(&self, timeout: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + timeout,
+            cancelled: Arc::clone(&self.cancelled),
+        }
+    }
+
     /// When it passes.
     pub fn instant(&self) -> Instant {
         self.at

@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 
 use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
-use crate::grants::{GrantBook, Pending};
+use crate::grants::{GrantBook, Pending, RevokePhase};
 use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::protocol::{
@@ -37,6 +37,14 @@ const WORKER_GRACE: Duration = Duration::from_millis(250);
 /// How often the loop looks whether a killed target that has not ended is
 /// frozen by a cgroup freezer (v1 lets such a process die only once thawed).
 const KILLED_CHECK: Duration = Duration::from_millis(500);
+
+/// How long after a revoke failed it is tried again (a grant stays in
+/// force until a revoke of it succeeded or its process is gone).
+const REVOKE_RETRY: Duration = Duration::from_secs(1);
+
+/// How many reads of the inspector's (`PS`, `STACK`, `STACKS`) may wait
+/// at once, all connections together; each connection may have one.
+const MAX_INSPECTIONS: usize = 8;
 
 /// The signal the kernel reports for a killed process.
 const SIGKILL: i32 = signal_hook::consts::signal::SIGKILL;
@@ -92,6 +100,7 @@ impl<S: Supervisor> Loop<S> {
             let stop_timer = timer(state.phase.stop_at());
             let respawn_timer = timer(state.phase.respawn_at());
             let work_timer = timer(state.next_give_up());
+            let retry_timer = timer(state.grants.next_retry());
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening {
@@ -124,6 +133,7 @@ impl<S: Supervisor> Loop<S> {
                     }
                 }
                 recv(work_timer) -> _ => self.give_up_late_work(&mut state),
+                recv(retry_timer) -> _ => self.retry_revokes(&mut state),
                 recv(inputs.signals) -> caught => {
                     if let Ok(caught) = caught {
                         self.on_signal(&mut state, caught);
@@ -148,7 +158,7 @@ impl<S: Supervisor> Loop<S> {
         // inherit one; its descendants that live on are no longer its
         // tree); grants still being made fail when they are reported.
         for grant in state.grants.take(|_| true) {
-            self.submit_revoke(state, grant.process);
+            self.withdraw(state, grant);
         }
         if let Phase::Stopping(_) = state.phase {
             info!("target process {} ended ({})", exit.pid, exit.status);
@@ -255,13 +265,17 @@ impl<S: Supervisor> Loop<S> {
                 Some(work) => Served::Later(work),
                 None => Served::Now(Reply::Ready),
             },
-            Request::Ps => Served::Later(self.inspect(state, Answer::Ps, Scope::All)?),
+            Request::Ps => Served::Later(self.inspect(state, &peer, Answer::Ps, Scope::All)?),
             // Today's `STACK`: the target's threads, as text.
             Request::Stack(Scope::Target) => {
-                Served::Later(self.inspect(state, Answer::Threads, Scope::Target)?)
+                Served::Later(self.inspect(state, &peer, Answer::Threads, Scope::Target)?)
             }
-            Request::Stack(scope) => Served::Later(self.inspect(state, Answer::Text, scope)?),
-            Request::Stacks(scope) => Served::Later(self.inspect(state, Answer::Json, scope)?),
+            Request::Stack(scope) => {
+                Served::Later(self.inspect(state, &peer, Answer::Text, scope)?)
+            }
+            Request::Stacks(scope) => {
+                Served::Later(self.inspect(state, &peer, Answer::Json, scope)?)
+            }
             Request::Status | Request::Terminate => {
                 return Err(format!("{request} is answered in every phase"))
             }
@@ -275,7 +289,8 @@ impl<S: Supervisor> Loop<S> {
     }
 
     /// Drops the grants on processes that exited (or whose pid now names
-    /// another process); the granter forgets them through a revoke.
+    /// another process); the granter forgets them through a revoke. Tries
+    /// again the revokes that failed and are due.
     fn prune(&mut self, state: &mut State) {
         let gone = state
             .grants
@@ -285,7 +300,29 @@ impl<S: Supervisor> Loop<S> {
                 "PID {} exited: the grant of client PID {} on it is dropped",
                 grant.process.pid, grant.holder.pid
             );
-            self.submit_revoke(state, grant.process);
+            self.send_revoke(state, grant.process);
+        }
+        state
+            .grants
+            .forget_gone(|process| !self.supervisor.is_running(process));
+        self.retry_revokes(state);
+    }
+
+    /// Tries again the revokes that failed and are due; one on a process
+    /// that is frozen or in state D waits (it would hold the granter up
+    /// until its deadline for nothing).
+    fn retry_revokes(&mut self, state: &mut State) {
+        let now = Instant::now();
+        for grant in state.grants.retries_due(now) {
+            if self.condition(grant.process.pid).is_some() {
+                state.grants.postpone(grant.process, now + REVOKE_RETRY);
+                continue;
+            }
+            debug!(
+                "trying again to revoke the grant of client PID {} on PID {}",
+                grant.holder.pid, grant.process.pid
+            );
+            self.withdraw(state, grant);
         }
     }
 
@@ -349,6 +386,36 @@ impl<S: Supervisor> Loop<S> {
                 }
             }
         };
+        // The granter does one piece of work at a time: a grant that would
+        // wait on a process that cannot answer, or a second one on the same
+        // process, would hold up every other client's.
+        match self.condition(process.pid) {
+            Some(Condition::Frozen) => {
+                return Err(refused(
+                    state,
+                    format!(
+                        "PID {} is frozen (cgroup freezer): it cannot be granted until thawed",
+                        process.pid
+                    ),
+                ))
+            }
+            Some(Condition::DiskSleep) => {
+                return Err(refused(
+                    state,
+                    format!(
+                        "PID {} is in uninterruptible sleep (state D): it cannot be granted now",
+                        process.pid
+                    ),
+                ))
+            }
+            None => {}
+        }
+        if state.grants.is_pending(process) {
+            return Err(refused(
+                state,
+                format!("a grant on PID {} is already in progress", process.pid),
+            ));
+        }
         let previous = state.grants.to_be(process, self.runs());
         if let Some(holder) = previous.filter(|grant| grant.holder != client && !request.force) {
             // The target as ever; another process with its place.
@@ -428,17 +495,20 @@ impl<S: Supervisor> Loop<S> {
             return Err(refusal);
         }
         // The revoke runs after the grants in progress: none of them on
-        // that process stays.
+        // that process stays. The grant stays in force (and listed) until
+        // the revoke succeeded.
         state.grants.withdraw_pending(process);
-        state.grants.take(|grant| grant.process == process);
-        let deadline = Deadline::after(self.grant_deadline);
-        let (id, claim) = state.new_job();
-        self.grants.submit(
-            id,
-            GrantWork::Revoke { target: process },
-            deadline.clone(),
-            claim.clone(),
-        );
+        let held = state.grants.take(|grant| grant.process == process);
+        let being_revoked = state
+            .grants
+            .revoking()
+            .iter()
+            .map(|revoking| revoking.record)
+            .find(|grant| grant.process == process);
+        let (id, deadline, claim) = match held.first().copied().or(being_revoked) {
+            Some(grant) => self.withdraw(state, grant),
+            None => self.send_revoke(state, process),
+        };
         Ok(Some(Work {
             id,
             deadline,
@@ -447,15 +517,30 @@ impl<S: Supervisor> Loop<S> {
         }))
     }
 
-    /// Withdraws the grant on `process` with nobody waiting for the answer.
-    fn submit_revoke(&mut self, state: &mut State, process: ProcessId) {
+    /// Has the granter withdraw any grant on `process`, the book keeping
+    /// no record of it (a process that is gone, or one no grant was
+    /// recorded on): the work.
+    fn send_revoke(&mut self, state: &mut State, process: ProcessId) -> (JobId, Deadline, Claim) {
         let (id, claim) = state.new_job();
-        self.grants.submit(
-            id,
-            GrantWork::Revoke { target: process },
-            Deadline::after(self.grant_deadline),
-            claim,
-        );
+        // The deadline counts from when the worker starts the revoke; this
+        // one is for the loop's waiting, and calls it off.
+        let deadline = Deadline::after(self.grant_deadline);
+        let work = GrantWork::Revoke {
+            target: process,
+            within: self.grant_deadline,
+        };
+        self.grants
+            .submit(id, work, deadline.clone(), claim.clone());
+        (id, deadline, claim)
+    }
+
+    /// Withdraws `grant`: it stays in force (and listed) until the revoke
+    /// succeeded or its process is gone; a revoke that fails is tried
+    /// again. The work.
+    fn withdraw(&mut self, state: &mut State, grant: GrantRecord) -> (JobId, Deadline, Claim) {
+        let work = self.send_revoke(state, grant.process);
+        state.grants.revoke(grant, work.0);
+        work
     }
 
     /// Starts a read of the inspector's, on its thread with the stack
@@ -464,10 +549,29 @@ impl<S: Supervisor> Loop<S> {
     fn inspect(
         &mut self,
         state: &mut State,
+        peer: &Peer,
         answer: Answer,
         scope: Scope,
     ) -> Result<Work, Refusal> {
         let target = state.run.target;
+        // One read at a time per connection, and a few in all: a flood of
+        // reads queued behind one that hangs would time out anyway.
+        let reads = || {
+            state
+                .waiting
+                .iter()
+                .filter(|waiting| matches!(waiting.what, Waiting::Inspect { .. }))
+        };
+        if peer.connection != 0
+            && reads().any(|waiting| waiting.incoming.peer().connection == peer.connection)
+        {
+            return Err("busy: this connection already waits for a PS, STACK or STACKS".into());
+        }
+        if reads().count() >= MAX_INSPECTIONS {
+            return Err(format!(
+                "busy: {MAX_INSPECTIONS} PS, STACK or STACKS requests already wait; try again later"
+            ));
+        }
         self.prune(state);
         let root = match self.supervisor.identity(target) {
             Ok(Some(root)) => root,
@@ -553,10 +657,14 @@ impl<S: Supervisor> Loop<S> {
             Done::Grant {
                 work,
                 result,
+                undo_failed,
                 status_fields,
                 ..
             } => {
                 state.granter_fields = status_fields;
+                if let (true, GrantWork::Grant { target, client }) = (undo_failed, work) {
+                    self.late_grant_stays(state, target, client);
+                }
                 match (work, state.grants.take_pending(id), result) {
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) if pending.closed => {
                         self.closed_during(state, pending)
@@ -585,12 +693,8 @@ impl<S: Supervisor> Loop<S> {
                     (GrantWork::Grant { .. }, None, Ok(())) => {
                         Reply::Error("Grant failed: it completed too late".into())
                     }
-                    (GrantWork::Revoke { target }, _, Ok(())) => {
-                        info!("revoked access to {}", self.named(state, target.pid));
-                        Reply::Ready
-                    }
-                    (GrantWork::Revoke { .. }, _, Err(err)) => {
-                        Reply::Error(format!("Revoke failed: {err}"))
+                    (GrantWork::Revoke { target, .. }, _, result) => {
+                        self.revoke_ended(state, id, target, result)
                     }
                 }
             }
@@ -621,6 +725,66 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
+    /// A grant that completed after its client was told it failed could
+    /// not be withdrawn: it is in force, and listed, until a revoke of it
+    /// succeeds, unless a grant made on that process since replaced it.
+    fn late_grant_stays(&mut self, state: &mut State, process: ProcessId, client: ProcessId) {
+        let replaced = state.grants.is_pending(process)
+            || state
+                .grants
+                .in_force()
+                .any(|grant| grant.process == process);
+        if replaced {
+            return;
+        }
+        self.withdraw(
+            state,
+            GrantRecord {
+                holder: client,
+                process,
+                // No connection holds it: its client was told it failed.
+                connection: 0,
+            },
+        );
+    }
+
+    /// A revoke ended: the grant it withdrew is no longer in force; one it
+    /// failed to withdraw stays, and is tried again.
+    fn revoke_ended(
+        &mut self,
+        state: &mut State,
+        id: JobId,
+        target: ProcessId,
+        result: io::Result<()>,
+    ) -> Reply {
+        let ended = state.grants.revoke_ended(
+            id,
+            result.is_ok(),
+            |process| !self.supervisor.is_running(process),
+            Instant::now() + REVOKE_RETRY,
+        );
+        match result {
+            Ok(()) => {
+                info!("revoked access to {}", self.named(state, target.pid));
+                Reply::Ready
+            }
+            Err(err) => match ended {
+                Some(revoking) if revoking.phase != RevokePhase::Running(id) => {
+                    warn!(
+                        "cannot revoke the grant of client PID {} on {}: {err}; trying again in {:?}",
+                        revoking.record.holder.pid,
+                        self.named(state, target.pid),
+                        REVOKE_RETRY
+                    );
+                    Reply::Error(format!(
+                        "Revoke failed: {err} (the grant stays in force; the controller tries again)"
+                    ))
+                }
+                _ => Reply::Error(format!("Revoke failed: {err}")),
+            },
+        }
+    }
+
     /// The reply for what the inspector read: what only the controller
     /// knows added (the target, who holds a grant where).
     fn inspected(&self, state: &State, answer: Answer, inspected: Inspected) -> Reply {
@@ -637,15 +801,14 @@ impl<S: Supervisor> Loop<S> {
                     // one whose pid it took).
                     process.holder = state
                         .grants
-                        .held()
-                        .iter()
+                        .in_force()
                         .filter(|grant| live && grant.process == process.id())
                         .find(|grant| self.supervisor.is_running(grant.holder))
                         .map(|grant| grant.holder.pid);
                 }
                 let mut tree = Tree::new(processes, self.subreaper);
                 tree.forked = state.forked;
-                Reply::Ps(tree)
+                Reply::Ps(fit_tree(tree))
             }
             (Answer::Text, Inspected::Stacks(stacks)) => {
                 let text: Vec<String> = stacks.iter().map(ToString::to_string).collect();
@@ -666,7 +829,7 @@ impl<S: Supervisor> Loop<S> {
         if !(state.phase.is_live() && pending.run == state.run.number) {
             // Whatever was granted on a process of a former target's tree
             // does not stay.
-            self.submit_revoke(state, record.process);
+            self.withdraw(state, record);
             return Reply::Error(format!(
                 "Grant failed: target PID {} exited during the grant",
                 pending.target
@@ -698,7 +861,7 @@ impl<S: Supervisor> Loop<S> {
         // The grant it took over is no more either.
         state.grants.take(|grant| grant.process == process);
         if !state.grants.is_pending(process) {
-            self.submit_revoke(state, process);
+            self.withdraw(state, pending.record);
         }
         Reply::Error("Grant failed: its connection closed".into())
     }
@@ -715,19 +878,25 @@ impl<S: Supervisor> Loop<S> {
                 continue;
             }
             let waiting = state.waiting.remove(index);
+            let granter = self.grants.busy();
+            let inspector = self.stacks.busy();
+            let id = waiting.id;
             let reply = match &waiting.what {
                 Waiting::Grant { on } => {
-                    let why = self.why_no_answer(state, *on);
+                    let why = self.why_no_answer(state, id, *on, granter, "granter");
                     state.grants.take_pending(waiting.id);
                     warn!("a grant got no answer in time: {why}");
                     Reply::Error(format!("Grant failed: {why}"))
                 }
                 Waiting::Revoke { on } => {
-                    let why = self.why_no_answer(state, *on);
-                    Reply::Error(format!("Revoke failed: {why}"))
+                    let why = self.why_no_answer(state, id, *on, granter, "granter");
+                    Reply::Error(format!(
+                        "Revoke failed: {why} (the grant stays in force until a revoke succeeds; \
+                         the controller goes on trying)"
+                    ))
                 }
                 Waiting::Inspect { failed, on, .. } => {
-                    let why = self.why_no_answer(state, *on);
+                    let why = self.why_no_answer(state, id, *on, inspector, "inspector");
                     Reply::Error(format!("{failed}: {why}"))
                 }
             };
@@ -735,23 +904,46 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
-    /// Why work on `process` (the target, or a process of its tree) got no
-    /// answer in time, as far as the supervisor can tell.
-    fn why_no_answer(&self, state: &State, process: Pid) -> String {
-        let name = match self.role_of(state, process) {
+    /// Why work `id` on `process` (the target, or a process of its tree)
+    /// got no answer in time, as far as the supervisor can tell: the
+    /// process the worker (`worker`, busy with `busy`) actually waited on
+    /// is the one named.
+    fn why_no_answer(
+        &self,
+        state: &State,
+        id: JobId,
+        process: Pid,
+        busy: Option<(JobId, ProcessId)>,
+        worker: &str,
+    ) -> String {
+        let name = |process| match self.role_of(state, process) {
             Some(Role::Target) => "the target".to_owned(),
             _ => format!("PID {process}"),
         };
-        let condition = match self.condition(process) {
-            Some("frozen") => format!("{name} is frozen (cgroup freezer)"),
-            Some(_) => format!("{name} is in uninterruptible sleep (state D)"),
-            None => match self.supervisor.process(process) {
-                Ok(Some(info)) => format!("{name} is in state {}", info.state.code()),
-                Ok(None) => format!("{name} is gone"),
-                Err(err) => format!("{name}'s state cannot be read: {err}"),
-            },
+        let condition = |process| {
+            let name = name(process);
+            match self.condition(process) {
+                Some(Condition::Frozen) => format!("{name} is frozen (cgroup freezer)"),
+                Some(Condition::DiskSleep) => {
+                    format!("{name} is in uninterruptible sleep (state D)")
+                }
+                None => match self.supervisor.process(process) {
+                    Ok(Some(info)) => format!("{name} is in state {}", info.state.code()),
+                    Ok(None) => format!("{name} is gone"),
+                    Err(err) => format!("{name}'s state cannot be read: {err}"),
+                },
+            }
         };
-        format!("no answer within its deadline: {condition}")
+        match busy {
+            Some((job, other)) if job != id => format!(
+                "not started within its deadline: the {worker} is still busy with earlier \
+                 work on {}: {}",
+                name(other.pid),
+                condition(other.pid)
+            ),
+            Some((_, on)) => format!("no answer within its deadline: {}", condition(on.pid)),
+            None => format!("no answer within its deadline: {}", condition(process)),
+        }
     }
 
     /// A connection closed: the grants it asked for, those still in force,
@@ -783,7 +975,7 @@ impl<S: Supervisor> Loop<S> {
                 grant.holder.pid,
                 self.named(state, grant.process.pid)
             );
-            self.submit_revoke(state, grant.process);
+            self.withdraw(state, grant);
         }
     }
 
@@ -803,7 +995,7 @@ impl<S: Supervisor> Loop<S> {
         }
         if state.phase.is_live() {
             if let Some(condition) = self.condition(state.run.target) {
-                extra.push(("target_state".to_owned(), condition.to_owned()));
+                extra.push(("target_state".to_owned(), condition.name().to_owned()));
             }
         }
         extra.extend(self.status_fields.iter().cloned());
@@ -818,8 +1010,7 @@ impl<S: Supervisor> Loop<S> {
         // The grants whose holders still run, the target's first.
         let mut grants: Vec<TreeGrant> = state
             .grants
-            .held()
-            .iter()
+            .in_force()
             .filter(|grant| state.phase.is_live() && self.supervisor.is_running(grant.holder))
             .map(|grant| TreeGrant {
                 process: grant.process.pid,
@@ -842,16 +1033,14 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
-    /// How the target is doing when that holds up work on it: frozen, or
-    /// in uninterruptible sleep.
-    fn condition(&self, target: Pid) -> Option<&'static str> {
-        if self.supervisor.is_frozen(target).unwrap_or(false) {
-            return Some("frozen");
+    /// How `process` (the target, or any other) is doing when that holds
+    /// up work on it: frozen, or in uninterruptible sleep.
+    fn condition(&self, process: Pid) -> Option<Condition> {
+        if self.supervisor.is_frozen(process).unwrap_or(false) {
+            return Some(Condition::Frozen);
         }
-        match self.supervisor.process(target) {
-            Ok(Some(info)) if info.state == ProcessState::DiskSleep => {
-                Some("uninterruptible-sleep")
-            }
+        match self.supervisor.process(process) {
+            Ok(Some(info)) if info.state == ProcessState::DiskSleep => Some(Condition::DiskSleep),
             _ => None,
         }
     }
@@ -969,6 +1158,25 @@ impl<S: Supervisor> Loop<S> {
     }
 }
 
+/// What holds up work on a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    /// A cgroup freezer holds it.
+    Frozen,
+    /// It is in uninterruptible sleep (state D).
+    DiskSleep,
+}
+
+impl Condition {
+    /// Its name in `STATUS` (`target_state=`).
+    fn name(self) -> &'static str {
+        match self {
+            Condition::Frozen => "frozen",
+            Condition::DiskSleep => "uninterruptible-sleep",
+        }
+    }
+}
+
 /// How messages name `process` of the tree, whose role is `role`:
 /// `target 4242`, `PID 5001 (child of 4242)`, or `PID 5001` when its role
 /// is not known.
@@ -1002,8 +1210,63 @@ pub(crate) fn not_running() -> Reply {
     Reply::Error("Target process not running".into())
 }
 
+/// How long a command line may stay in a reply that would not fit whole.
+const COMMAND_ROOM: usize = 4096;
+
+/// Cuts `command` to [`COMMAND_ROOM`] bytes, saying so at its end.
+fn cut_command(command: &mut String) {
+    if command.len() <= COMMAND_ROOM {
+        return;
+    }
+    let total = command.len();
+    let mut end = COMMAND_ROOM;
+    while !command.is_char_boundary(end) {
+        end -= 1;
+    }
+    command.truncate(end);
+    command.push_str(&format!("... (cut: the command line is {total} bytes)"));
+}
+
+/// Cuts a `PS` reply that would not fit in a reply line ([`MAX_REPLY`]):
+/// first long command lines, each saying so; then the last processes are
+/// left out, [`Tree::cut`] saying how many.
+pub(crate) fn fit_tree(mut tree: Tree) -> Tree {
+    const ROOM: usize = MAX_REPLY - 100;
+    let size = |tree: &Tree| serde_json::to_string(tree).map_or(usize::MAX, |json| json.len());
+    let mut total = size(&tree);
+    if total <= ROOM {
+        return tree;
+    }
+    for process in &mut tree.processes {
+        cut_command(&mut process.command);
+    }
+    total = size(&tree);
+    if total <= ROOM {
+        return tree;
+    }
+    let listed = tree.processes.len();
+    // Room for the note, then the processes that fit.
+    tree.cut = Some(format!(
+        "{listed} processes left out to fit a reply of {MAX_REPLY} bytes"
+    ));
+    total = size(&tree);
+    while total > ROOM {
+        let Some(last) = tree.processes.pop() else {
+            break;
+        };
+        // Its JSON and the comma before it.
+        total -= serde_json::to_string(&last).map_or(0, |json| json.len()) + 1;
+    }
+    let left_out = listed - tree.processes.len();
+    tree.cut = Some(format!(
+        "{left_out} processes left out to fit a reply of {MAX_REPLY} bytes"
+    ));
+    tree
+}
+
 /// Cuts a `STACKS` reply that would not fit in a reply line
-/// ([`MAX_REPLY`]): first the oldest frames of every thread go (the newest
+/// ([`MAX_REPLY`]): first long command lines, each saying so; then the
+/// oldest frames of every thread go (the newest
 /// stay, as many in each thread as fit), each thread saying so; if even
 /// one frame per thread does not fit, the last processes' threads are left
 /// out, each process saying so, until it fits.
@@ -1012,6 +1275,13 @@ pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
     let size = |stacks: &[ProcessStacks]| {
         serde_json::to_string(stacks).map_or(usize::MAX, |json| json.len())
     };
+    if size(&stacks) <= ROOM {
+        return stacks;
+    }
+    let mut stacks = stacks;
+    for process in &mut stacks {
+        cut_command(&mut process.command);
+    }
     if size(&stacks) <= ROOM {
         return stacks;
     }

@@ -6,6 +6,15 @@
 //!
 //! The book only keeps the facts; the event loop decides when they change
 //! and has the granter carry the changes out.
+//!
+//! A grant being withdrawn is still in force until its revoke succeeded
+//! (or its process is gone): it stays in the book as [`Revoking`], listed
+//! with the others, and a revoke that failed is tried again until one
+//! succeeds. It no longer blocks another client's grant on its process:
+//! Yama keeps one ptracer per process, so granting another client
+//! withdraws the old grant too (that grant is then its revoke).
+
+use std::time::Instant;
 
 use crate::authorize::GrantRecord;
 use crate::process::{Pid, ProcessId};
@@ -32,11 +41,29 @@ pub(crate) struct Pending {
     pub(crate) target: Pid,
 }
 
+/// A grant in force being withdrawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Revoking {
+    pub(crate) record: GrantRecord,
+    pub(crate) phase: RevokePhase,
+}
+
+/// Where the withdrawal of a grant is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RevokePhase {
+    /// The granter's work `JobId` withdraws it.
+    Running(JobId),
+    /// Its last revoke failed: tried again at this instant.
+    Retry(Instant),
+}
+
 /// The grants in force and in progress.
 #[derive(Debug)]
 pub(crate) struct GrantBook {
     /// In force, oldest first; one per process at most.
     held: Vec<GrantRecord>,
+    /// In force but being withdrawn, oldest first; one per process at most.
+    revoking: Vec<Revoking>,
     /// Being made, oldest first (the granter makes them in order).
     pending: Vec<Pending>,
     /// The connections of `held`, as the listener sees them.
@@ -50,14 +77,101 @@ impl GrantBook {
         holder.set([]);
         GrantBook {
             held: Vec::new(),
+            revoking: Vec::new(),
             pending: Vec::new(),
             holder,
         }
     }
 
-    /// The grants in force, oldest first.
+    /// The grants in force and not being withdrawn, oldest first.
+    #[cfg(test)]
     pub(crate) fn held(&self) -> &[GrantRecord] {
         &self.held
+    }
+
+    /// Every grant in force: those held, then those being withdrawn.
+    pub(crate) fn in_force(&self) -> impl Iterator<Item = &GrantRecord> {
+        let revoking = self.revoking.iter().map(|revoking| &revoking.record);
+        self.held.iter().chain(revoking)
+    }
+
+    /// The grants being withdrawn, oldest first.
+    pub(crate) fn revoking(&self) -> &[Revoking] {
+        &self.revoking
+    }
+
+    /// Notes that the granter's work `job` withdraws `grant` (now or
+    /// again), in place of any other withdrawal on its process.
+    pub(crate) fn revoke(&mut self, grant: GrantRecord, job: JobId) {
+        self.revoking
+            .retain(|revoking| revoking.record.process != grant.process);
+        self.revoking.push(Revoking {
+            record: grant,
+            phase: RevokePhase::Running(job),
+        });
+    }
+
+    /// The granter's work `job` ended: a withdrawal it made (`done`) or
+    /// whose process is gone is over; one that failed is tried again at
+    /// `retry_at`. The withdrawal, if `job` was one.
+    pub(crate) fn revoke_ended(
+        &mut self,
+        job: JobId,
+        done: bool,
+        gone: impl Fn(ProcessId) -> bool,
+        retry_at: Instant,
+    ) -> Option<Revoking> {
+        let at = self
+            .revoking
+            .iter()
+            .position(|revoking| revoking.phase == RevokePhase::Running(job))?;
+        if done || gone(self.revoking[at].record.process) {
+            return Some(self.revoking.remove(at));
+        }
+        self.revoking[at].phase = RevokePhase::Retry(retry_at);
+        Some(self.revoking[at])
+    }
+
+    /// Forgets the withdrawals of processes that are `gone` (a grant on a
+    /// process that exited is in force nowhere).
+    pub(crate) fn forget_gone(&mut self, gone: impl Fn(ProcessId) -> bool) {
+        self.revoking
+            .retain(|revoking| !gone(revoking.record.process));
+    }
+
+    /// The failed withdrawals to try again by `now`: none on a process a
+    /// grant is being made on (that grant replaces it, or, if it fails,
+    /// the withdrawal is tried after it).
+    pub(crate) fn retries_due(&self, now: Instant) -> Vec<GrantRecord> {
+        self.revoking
+            .iter()
+            .filter(|revoking| {
+                matches!(revoking.phase, RevokePhase::Retry(at) if at <= now)
+                    && !self.is_pending(revoking.record.process)
+            })
+            .map(|revoking| revoking.record)
+            .collect()
+    }
+
+    /// Puts the next try of the withdrawal on `process` off until `at`.
+    pub(crate) fn postpone(&mut self, process: ProcessId, at: Instant) {
+        for revoking in &mut self.revoking {
+            if revoking.record.process == process {
+                revoking.phase = RevokePhase::Retry(at);
+            }
+        }
+    }
+
+    /// When the next failed withdrawal is to be tried again.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.revoking
+            .iter()
+            .filter(|revoking| !self.is_pending(revoking.record.process))
+            .filter_map(|revoking| match revoking.phase {
+                RevokePhase::Retry(at) => Some(at),
+                RevokePhase::Running(_) => None,
+            })
+            .min()
     }
 
     /// The grant in force on `process`, if its holder `runs`.
@@ -141,9 +255,12 @@ impl GrantBook {
         }
     }
 
-    /// Records a grant in force, in place of any other on its process.
+    /// Records a grant in force, in place of any other on its process
+    /// (one being withdrawn included: Yama keeps one ptracer).
     pub(crate) fn record(&mut self, grant: GrantRecord) {
         self.held.retain(|held| held.process != grant.process);
+        self.revoking
+            .retain(|revoking| revoking.record.process != grant.process);
         self.held.push(grant);
         self.sync();
     }
@@ -267,5 +384,47 @@ mod tests {
         assert!(book.take_pending(1).unwrap().closed);
         assert!(!book.take_pending(2).unwrap().closed);
         assert!(!book.is_pending(target));
+    }
+
+    #[test]
+    fn a_grant_being_withdrawn_is_in_force_until_its_revoke_succeeds() {
+        let holder = GrantHolder::default();
+        let mut book = GrantBook::new(holder.clone());
+        let (target, worker) = (id(10, 5), id(11, 6));
+        let on_worker = grant(worker, 77, 3);
+        book.record(on_worker);
+        let taken = book.take(|grant| grant.connection == 3);
+        book.revoke(taken[0], 1);
+        // Still in force, though its connection holds nothing.
+        assert_eq!(book.in_force().copied().collect::<Vec<_>>(), [on_worker]);
+        assert!(!holder.holds(3));
+        assert_eq!(book.next_retry(), None);
+        // It failed: tried again at its time.
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let failed = book.revoke_ended(1, false, |_| false, later).unwrap();
+        assert_eq!(failed.phase, RevokePhase::Retry(later));
+        assert_eq!(book.next_retry(), Some(later));
+        assert!(book.retries_due(now).is_empty());
+        assert_eq!(book.retries_due(later), [on_worker]);
+        // Not while a grant is being made on its process.
+        book.ask(pending(2, grant(worker, 88, 4)));
+        assert!(book.retries_due(later).is_empty());
+        assert_eq!(book.next_retry(), None);
+        book.take_pending(2);
+        book.revoke(on_worker, 3);
+        // Another job's end is not its.
+        assert!(book.revoke_ended(9, true, |_| false, later).is_none());
+        assert!(book.revoke_ended(3, true, |_| false, later).is_some());
+        assert_eq!(book.in_force().count(), 0);
+        // One whose process is gone is forgotten, failed or not.
+        book.revoke(grant(target, 77, 3), 4);
+        book.forget_gone(|process| process == target);
+        assert_eq!(book.in_force().count(), 0);
+        // A new grant on its process replaces a withdrawal.
+        book.revoke(on_worker, 5);
+        book.record(grant(worker, 99, 6));
+        assert_eq!(book.revoking().len(), 0);
+        assert_eq!(book.in_force().count(), 1);
     }
 }

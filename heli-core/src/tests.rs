@@ -378,6 +378,10 @@ struct Grants {
     revoked: Vec<Pid>,
     /// When set, `grant` and `revoke` fail with this message.
     fail: Option<String>,
+    /// How many of the next revokes fail.
+    revokes_to_fail: usize,
+    /// Every call to `revoke`, failed or not.
+    revoke_attempts: usize,
     /// When set, the next grants wait on a target that does not answer.
     stuck: Option<Stuck>,
     /// Told when a grant starts (when set).
@@ -415,6 +419,13 @@ impl Recorder {
     }
     fn revoked(&self) -> Vec<Pid> {
         self.0.lock().unwrap().revoked.clone()
+    }
+    /// The next `count` revokes fail.
+    fn fail_revokes(&self, count: usize) {
+        self.0.lock().unwrap().revokes_to_fail = count;
+    }
+    fn revoke_attempts(&self) -> usize {
+        self.0.lock().unwrap().revoke_attempts
     }
     /// Grants wait on a target that does not answer (or no longer do);
     /// each start is told on the returned channel.
@@ -476,6 +487,11 @@ impl Granter for Recorder {
 
     fn revoke(&mut self, target: ProcessId, _deadline: &Deadline) -> io::Result<()> {
         let mut grants = self.0.lock().unwrap();
+        grants.revoke_attempts += 1;
+        if grants.revokes_to_fail > 0 {
+            grants.revokes_to_fail -= 1;
+            return Err(io::Error::other("the pretend revoke failed"));
+        }
         if let Some(message) = &grants.fail {
             return Err(io::Error::other(message.clone()));
         }
@@ -519,6 +535,8 @@ struct Target {
     frozen: AtomicBool,
     /// How often the controller looked whether it is frozen.
     frozen_looks: AtomicUsize,
+    /// Other processes of its world that are frozen.
+    frozen_others: Mutex<Vec<u32>>,
     /// `kill()` does not end it (a thread stuck in the kernel).
     ignore_kill: bool,
 }
@@ -575,6 +593,7 @@ impl Pretend {
             table,
             frozen: AtomicBool::new(false),
             frozen_looks: AtomicUsize::new(0),
+            frozen_others: Mutex::new(vec![]),
             ignore_kill: config.ignore_kill,
         }))
     }
@@ -638,7 +657,8 @@ impl Processes for Pretend {
 
     fn is_frozen(&self, pid: Pid) -> io::Result<bool> {
         self.0.frozen_looks.fetch_add(1, SeqCst);
-        Ok(pid == PID && self.0.frozen.load(SeqCst))
+        let other = self.0.frozen_others.lock().unwrap().contains(&pid.get());
+        Ok(other || (pid == PID && self.0.frozen.load(SeqCst)))
     }
 }
 
@@ -1048,7 +1068,6 @@ fn target_ignoring_terminate_is_killed_after_the_grace_period() {
 fn a_killed_target_that_stays_frozen_is_not_waited_for() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
-    target.0.frozen.store(true, SeqCst);
     let running = start(
         controller_over(&fake, &granter, &target)
             .grace(SHORT_GRACE)
@@ -1056,6 +1075,8 @@ fn a_killed_target_that_stays_frozen_is_not_waited_for() {
     );
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
+    // Frozen during the grant (one asked of a frozen target is refused).
+    target.0.frozen.store(true, SeqCst);
     let asked = Instant::now();
     assert_eq!(running.terminate(&fake), ExitStatus::Signal(9));
     let took = asked.elapsed();
@@ -2083,12 +2104,13 @@ fn libc_sigwinch() -> i32 {
 fn a_grant_waiting_on_a_frozen_target_holds_up_no_other_request() {
     let (fake, granter, target) = controller();
     let started = granter.stick(Some(Stuck::UntilDeadline));
-    target.0.frozen.store(true, SeqCst);
     let deadline = Duration::from_millis(1500);
     let running = start(controller_over(&fake, &granter, &target).grant_deadline(deadline));
     let asked = Instant::now();
     let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
     started.recv_timeout(HANG).expect("the grant did not start");
+    // Frozen during the grant (one asked of a frozen target is refused).
+    target.0.frozen.store(true, SeqCst);
     // Meanwhile everything else is answered at once.
     let client = fake.client().timeout(Duration::from_millis(500));
     for _ in 0..20 {
@@ -2128,11 +2150,11 @@ fn a_grant_the_granter_does_not_report_is_answered_at_its_deadline() {
     let running =
         start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
     assert_eq!(fake.client().target_pid().unwrap(), PID);
+    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started.recv_timeout(HANG).unwrap();
     target.table().edit(PID.get(), |info| {
         info.state = crate::ProcessState::DiskSleep
     });
-    let reply = fake.raw_async(b"GRANT_ACCESS 77\n");
-    started.recv_timeout(HANG).unwrap();
     assert_eq!(
         fake.client().status().unwrap().get("target_state"),
         Some("uninterruptible-sleep")
@@ -2289,21 +2311,22 @@ fn a_grant_in_progress_is_not_replaced_by_another_clients_grant() {
 
     let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
     // Yama keeps one ptracer: a second grant, made after the first, would
-    // take the first client's access away while it was told READY.
-    assert_eq!(
-        fake.raw(b"GRANT_ACCESS 88\n"),
-        "ERROR: target is being debugged by client PID 77 (attach --force takes it over)\n"
-    );
+    // take the first client's access away while it was told READY; and it
+    // would wait behind the first. Even with FORCE it is refused.
+    for line in [&b"GRANT_ACCESS 88\n"[..], b"GRANT_ACCESS 88 FORCE\n"] {
+        assert_eq!(
+            fake.raw(line),
+            "ERROR: a grant on PID 4242 is already in progress\n"
+        );
+    }
     let (reply, _first) = text(first);
     assert_eq!(reply, "READY\n");
     assert_eq!(granter.granted(), [(PID, 77)]);
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(77)));
-    // Taking it over stays possible, in progress or not.
-    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77\n");
+    // Once made, taking it over is possible.
     let mut second = fake.connect(HANG).unwrap();
     let reply = second.round_trip(b"GRANT_ACCESS 88 FORCE\n", Instant::now() + HANG);
     assert_eq!(reply.unwrap(), b"READY\n");
-    assert_eq!(text(first).0, "READY\n");
     assert_eq!(fake.client().status().unwrap().holder, Some(pid(88)));
 
     running.terminate(&fake);
@@ -3212,14 +3235,21 @@ fn a_hanging_tree_read_holds_up_no_other_request_and_gets_an_answer() {
     // Meanwhile the loop serves, grants included.
     assert_eq!(fake.client().target_pid().unwrap(), PID);
     let _session = granted_on(&fake, 77, 5000);
-    for reply in [ps, all] {
-        let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
-        assert_eq!(
-            reply,
-            "ERROR: Cannot list the target's tree: no answer within its deadline: the target is \
-             in state S\n"
-        );
-    }
+    // The read that hangs is blamed on the process it reads; the one
+    // behind it says it never started, and why.
+    let answers = [
+        "ERROR: Cannot list the target's tree: no answer within its deadline: the target is \
+         in state S\n",
+        "ERROR: Cannot list the target's tree: not started within its deadline: the inspector \
+         is still busy with earlier work on the target: the target is in state S\n",
+    ];
+    // (Which of the two reaches the loop first is not known.)
+    let mut replies: Vec<String> = [ps, all]
+        .into_iter()
+        .map(|reply| String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap())
+        .collect();
+    replies.sort();
+    assert_eq!(replies, answers);
     // Once the reader is free again, the next listing is answered.
     for _ in 0..3 {
         go.send(()).unwrap();
@@ -3237,11 +3267,11 @@ fn a_worker_grant_the_granter_does_not_report_names_the_worker() {
     let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
     let running =
         start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let reply = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5001\n");
+    started.recv_timeout(HANG).unwrap();
     target.table().edit(5001, |info| {
         info.state = crate::ProcessState::DiskSleep;
     });
-    let reply = fake.raw_async(b"GRANT_ACCESS 77 TARGET 5001\n");
-    started.recv_timeout(HANG).unwrap();
     let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
     assert_eq!(
         reply,
@@ -3323,6 +3353,342 @@ fn a_stacks_reply_whose_newest_frames_alone_are_too_long_leaves_the_last_threads
         fitted[5].skipped.as_deref(),
         Some("cut: the stacks of every process would not fit in a reply of 4194304 bytes")
     );
+}
+
+// ---------------------------------------------------------------------------
+// A grant stays in force until a revoke of it succeeded.
+
+#[test]
+fn a_revoke_that_fails_is_tried_again_and_the_grant_stays_listed_meanwhile() {
+    let (fake, granter, _, running) = started_tree();
+    // A closed connection's grant: its revokes fail twice.
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(2);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    // Still in force: still listed, by STATUS and PS alike.
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert_eq!(granter.revoke_attempts(), 3);
+    assert!(grants_listed(&fake).is_empty());
+    assert!(running
+        .logged()
+        .iter()
+        .any(|(_, line)| line.contains("cannot revoke the grant of client PID 77 on PID 5001")));
+
+    // An explicit REVOKE that fails says so; the controller goes on trying.
+    let mut session = granted_on(&fake, 88, 5000);
+    granter.fail_revokes(1);
+    let err = session.revoke_grant(RevokeRequest::new().process(pid(5000)));
+    assert!(err.unwrap_err().to_string().contains(
+        "Revoke failed: the pretend revoke failed (the grant stays in force; the controller \
+             tries again)"
+    ),);
+    assert_eq!(grants_listed(&fake), [(5000, 88)]);
+    wait_until("the grant revoked", || {
+        granter.revoked().contains(&pid(5000))
+    });
+    assert!(grants_listed(&fake).is_empty());
+    // Another client needs no FORCE.
+    let _other = granted_on(&fake, 99, 5000);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_being_revoked_is_forgotten_when_its_process_is_gone() {
+    let (fake, granter, target, running) = started_tree();
+    let session = granted_on(&fake, 77, 5002);
+    granter.fail_revokes(usize::MAX);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    assert_eq!(grants_listed(&fake), [(5002, 77)]);
+    // The process exits: no grant on it is in force any more.
+    target.table().remove(5002);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_revoke_queued_behind_a_slow_grant_gets_its_own_time() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let session = granted_on(&fake, 77, 5001);
+    // A grant that takes longer than the deadline holds up the granter.
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(800))));
+    let slow = fake.raw_async(b"GRANT_ACCESS 88 TARGET 5000\n");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // The revoke of the closed connection's grant waits behind it, longer
+    // than its deadline: its time counts from its start.
+    let dropped = Instant::now();
+    drop(session);
+    wait_until("the grant revoked", || {
+        granter.revoked().contains(&pid(5001))
+    });
+    // At its first try (a retry would come a second after a failure).
+    let took = dropped.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(granter.revoke_attempts(), granter.revoked().len());
+    let _ = slow.recv_timeout(HANG);
+    assert!(
+        !running
+            .logged()
+            .iter()
+            .any(|(_, line)| line.contains("cannot revoke")),
+        "{:?}",
+        running.logged()
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_on_a_frozen_or_d_state_process_is_refused_at_once() {
+    let (fake, granter, target, running) = started_tree();
+    target.0.frozen_others.lock().unwrap().push(5001);
+    target.table().edit(5002, |info| {
+        info.state = crate::ProcessState::DiskSleep;
+    });
+    let asked = Instant::now();
+    assert_grant_refused_raw(
+        &fake,
+        b"GRANT_ACCESS 77 TARGET 5001\n",
+        "PID 5001 is frozen (cgroup freezer): it cannot be granted until thawed",
+    );
+    assert_grant_refused_raw(
+        &fake,
+        b"GRANT_ACCESS 77 TARGET 5002 FORCE\n",
+        "PID 5002 is in uninterruptible sleep (state D): it cannot be granted now",
+    );
+    target.0.frozen.store(true, SeqCst);
+    assert_grant_refused_raw(
+        &fake,
+        b"GRANT_ACCESS 77\n",
+        "PID 4242 is frozen (cgroup freezer): it cannot be granted until thawed",
+    );
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    assert_eq!(granter.attempts(), 0);
+    // Thawed, it is granted.
+    target.0.frozen_others.lock().unwrap().clear();
+    let _session = granted_on(&fake, 77, 5001);
+    running.terminate(&fake);
+}
+
+fn assert_grant_refused_raw(fake: &Fake, line: &[u8], message: &str) {
+    assert_eq!(fake.raw(line), format!("ERROR: {message}\n"));
+}
+
+#[test]
+fn a_second_grant_on_a_process_while_one_is_pending_is_refused() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(controller_over(&fake, &granter, &target));
+    let first = grant_in_progress(&fake, &granter, b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert_grant_refused_raw(
+        &fake,
+        b"GRANT_ACCESS 88 TARGET 5001 FORCE\n",
+        "a grant on PID 5001 is already in progress",
+    );
+    // Another process is granted meanwhile.
+    let _other = granted_on(&fake, 88, 5000);
+    let (reply, _first) = text(first);
+    assert_eq!(reply, "READY\n");
+    assert_eq!(granter.attempts(), 2);
+    running.terminate(&fake);
+}
+
+#[test]
+fn inspections_are_one_per_connection_and_a_few_in_all() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let (go, gate) = unbounded();
+    let (entered_tx, entered) = unbounded();
+    let family = Family {
+        gate: Some(Arc::new(Mutex::new(gate))),
+        entered: Some(entered_tx),
+        ..Family::of(&target, &[4242])
+    };
+    let running = start(
+        controller_over(&fake, &granter, &target)
+            .inspector(family)
+            .stack_deadline(HANG),
+    );
+    // A connection whose read waits (its client gave up waiting) asks
+    // again: refused at once.
+    let mut connection = fake.connect(HANG).unwrap();
+    let first = connection.round_trip(b"PS\n", Instant::now() + Duration::from_millis(20));
+    assert_eq!(first.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    entered.recv_timeout(HANG).expect("the read started");
+    let again = connection.round_trip(b"STACKS ALL\n", Instant::now() + HANG);
+    assert_eq!(
+        String::from_utf8(again.unwrap()).unwrap(),
+        "ERROR: busy: this connection already waits for a PS, STACK or STACKS\n"
+    );
+    // Other connections fill the queue up to its bound.
+    while fake.0.queued.1.try_recv().is_ok() {}
+    let waiting: Vec<_> = (0..7).map(|_| fake.raw_async(b"PS\n")).collect();
+    for _ in 0..7 {
+        fake.0.queued.1.recv_timeout(HANG).unwrap();
+    }
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    assert_eq!(
+        fake.raw(b"STACK\n"),
+        "ERROR: busy: 8 PS, STACK or STACKS requests already wait; try again later\n"
+    );
+    // Each is answered once the reader goes on; then reads are served again.
+    for _ in 0..8 {
+        go.send(()).unwrap();
+    }
+    for reply in waiting {
+        let reply = String::from_utf8(reply.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+        assert!(reply.starts_with("PS "), "{reply}");
+    }
+    go.send(()).unwrap();
+    let again = connection
+        .round_trip(b"PS\n", Instant::now() + HANG)
+        .unwrap();
+    assert!(String::from_utf8(again).unwrap().starts_with("PS "));
+    running.terminate(&fake);
+}
+
+// ---------------------------------------------------------------------------
+// Replies of huge trees fit a reply line.
+
+/// Process `raw` of the tree, child of the target, with a command line of
+/// `command_len` bytes.
+fn with_command(raw: u32, command_len: usize) -> TreeProcess {
+    let mut process = TreeProcess::new(pid(raw));
+    process.parent = Some(PID);
+    process.command = format!("python3.14 -c {}", "x".repeat(command_len));
+    process
+}
+
+fn ps_fits_a_reply(tree: &Tree) {
+    let line = Reply::Ps(tree.clone()).encode(crate::protocol::Dialect::Upper);
+    assert!(line.len() <= crate::protocol::MAX_REPLY, "{}", line.len());
+    assert_eq!(Reply::parse(&line).unwrap(), Reply::Ps(tree.clone()));
+}
+
+#[test]
+fn a_ps_reply_with_huge_command_lines_cuts_them_and_keeps_every_process() {
+    // Three children with ~1.9 MB command lines, and a short one.
+    let mut processes: Vec<_> = (5000..5003)
+        .map(|raw| with_command(raw, 1_900_000))
+        .collect();
+    processes.push(with_command(5003, 10));
+    let short = processes[3].command.clone();
+    let tree = crate::event_loop::fit_tree(Tree::new(processes, false));
+    ps_fits_a_reply(&tree);
+    assert_eq!(tree.processes.len(), 4);
+    assert_eq!(tree.cut, None);
+    for process in &tree.processes[..3] {
+        assert!(process.command.len() < 5000, "{}", process.command.len());
+        assert!(
+            process
+                .command
+                .ends_with("... (cut: the command line is 1900014 bytes)"),
+            "{}",
+            &process.command[4000..]
+        );
+    }
+    assert_eq!(tree.processes[3].command, short);
+    // A tree that fits is left alone.
+    let small = Tree::new(vec![with_command(5000, 5000)], false);
+    assert_eq!(crate::event_loop::fit_tree(small.clone()), small);
+}
+
+#[test]
+fn a_ps_reply_of_too_many_processes_leaves_the_last_out_and_says_so() {
+    // 2000 workers with 3 KB command lines: 6 MB even cut.
+    let processes: Vec<_> = (5000..7000).map(|raw| with_command(raw, 3000)).collect();
+    let tree = crate::event_loop::fit_tree(Tree::new(processes, true));
+    ps_fits_a_reply(&tree);
+    let kept = tree.processes.len();
+    assert!((1000..2000).contains(&kept), "{kept}");
+    assert_eq!(tree.processes[0].pid, pid(5000));
+    assert_eq!(
+        tree.cut.as_deref(),
+        Some(
+            format!(
+                "{} processes left out to fit a reply of {} bytes",
+                2000 - kept,
+                crate::protocol::MAX_REPLY
+            )
+            .as_str()
+        )
+    );
+    // As few as need be: one more would not fit.
+    let json = serde_json::to_string(&tree).unwrap();
+    assert!(json.len() + 3100 > crate::protocol::MAX_REPLY - 100);
+}
+
+#[test]
+fn a_stacks_reply_with_huge_command_lines_cuts_them_first() {
+    let stacks: Vec<_> = (5000..5003)
+        .map(|raw| {
+            let mut process = deep(raw, 3, 10);
+            process.command = "y".repeat(1_900_000);
+            process
+        })
+        .collect();
+    let fitted = crate::event_loop::fit_stacks(stacks);
+    fits_a_reply(&fitted);
+    for process in &fitted {
+        // Every frame kept, the command cut.
+        assert_eq!(process.threads[0].frames.len(), 3);
+        assert_eq!(process.skipped, None);
+        assert!(process
+            .command
+            .ends_with("... (cut: the command line is 1900000 bytes)"));
+    }
+}
+
+#[test]
+fn a_late_grant_that_cannot_be_withdrawn_at_once_stays_listed_until_it_is() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(600))));
+    // The undo fails, and the first retry.
+    granter.fail_revokes(2);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(
+        reply.starts_with("ERROR: Grant failed: no answer"),
+        "{reply}"
+    );
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // The grant completes, its undo fails: it is in force, and listed.
+    wait_until("the undo tried", || granter.revoke_attempts() >= 1);
+    wait_until("the late grant listed", || {
+        grants_listed(&fake) == [(5001, 77)]
+    });
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_failed_revoke_waits_while_its_process_is_frozen() {
+    let (fake, granter, target, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    target.0.frozen_others.lock().unwrap().push(5001);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() == 1);
+    // Past its retry time, frozen: not tried (it would hold the granter up).
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 1);
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    // Thawed: withdrawn.
+    target.0.frozen_others.lock().unwrap().clear();
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
 }
 
 // Tests that keep cargo-mutants' mutants of the tree feature caught.

@@ -170,6 +170,14 @@ pub struct Tree {
     /// a controller that is not a subreaper cannot see.
     #[serde(default)]
     pub forked: bool,
+    /// Set when the whole tree would not fit in a reply: says what was
+    /// left out. The controller first cuts long command lines (each cut one
+    /// ends in `... (cut: the command line is N bytes)`), then leaves the
+    /// last processes out; `processes` then holds the first ones, and this
+    /// says how many were left out. `None` (and absent from the JSON) when
+    /// nothing was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 impl Tree {
@@ -179,6 +187,7 @@ impl Tree {
             processes,
             subreaper,
             forked: false,
+            cut: None,
         }
     }
 }

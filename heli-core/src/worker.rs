@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -66,8 +66,35 @@ pub(crate) enum GrantWork {
         target: ProcessId,
         client: ProcessId,
     },
-    /// Withdraws any grant on `target`.
-    Revoke { target: ProcessId },
+    /// Withdraws any grant on `target`, `within` this long from when it
+    /// starts (not from when it was queued: a revoke behind a slow grant
+    /// still gets its time).
+    Revoke { target: ProcessId, within: Duration },
+}
+
+impl GrantWork {
+    /// The process the work is on.
+    pub(crate) fn process(self) -> ProcessId {
+        match self {
+            GrantWork::Grant { target, .. } | GrantWork::Revoke { target, .. } => target,
+        }
+    }
+}
+
+/// What a worker is busy with now: the work and the process it waits on
+/// (the loop names that process when other work is late behind it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Busy(Arc<Mutex<Option<(JobId, ProcessId)>>>);
+
+impl Busy {
+    fn set(&self, now: Option<(JobId, ProcessId)>) {
+        *self.0.lock().unwrap_or_else(|poison| poison.into_inner()) = now;
+    }
+
+    /// The work the worker is on and its process, if any.
+    pub(crate) fn get(&self) -> Option<(JobId, ProcessId)> {
+        *self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
 }
 
 /// A result for the loop.
@@ -78,6 +105,9 @@ pub(crate) enum Done {
         id: JobId,
         work: GrantWork,
         result: io::Result<()>,
+        /// A grant that completed too late could not be withdrawn: the
+        /// loop keeps trying.
+        undo_failed: bool,
         status_fields: Vec<(String, String)>,
     },
     /// A read of the inspector's ended.
@@ -124,7 +154,7 @@ type InspectJob = (JobId, Inspection, Deadline, Claim);
 /// The granter, on a thread of its own that does one piece of work at a
 /// time, in order.
 #[derive(Debug)]
-pub(crate) struct GrantWorker(Sender<GrantJob>);
+pub(crate) struct GrantWorker(Sender<GrantJob>, Busy);
 
 impl GrantWorker {
     /// Moves `granter` to a new thread; results go to `done`.
@@ -132,27 +162,40 @@ impl GrantWorker {
         mut granter: G,
         done: Sender<Done>,
     ) -> io::Result<GrantWorker> {
+        let busy = Busy::default();
+        let on = busy.clone();
         let jobs = spawn_worker(
             "heli-granter",
             move |(id, work, deadline, claim): GrantJob| {
-                let result = unless_expired(&deadline, || match work {
-                    GrantWork::Grant { target, client } => granter.grant(target, client, &deadline),
-                    GrantWork::Revoke { target } => granter.revoke(target, &deadline),
-                });
-                if !claim.finish() {
-                    undo_late(&mut granter, work, &result);
-                }
+                on.set(Some((id, work.process())));
+                let result = match work {
+                    GrantWork::Grant { target, client } => {
+                        unless_expired(&deadline, || granter.grant(target, client, &deadline))
+                    }
+                    GrantWork::Revoke { target, within } => {
+                        let deadline = deadline.restarted(within);
+                        unless_expired(&deadline, || granter.revoke(target, &deadline))
+                    }
+                };
+                on.set(None);
+                let undo_failed = !claim.finish() && !undo_late(&mut granter, work, &result);
                 let status_fields = granter.status_fields();
                 done.send(Done::Grant {
                     id,
                     work,
                     result,
+                    undo_failed,
                     status_fields,
                 })
                 .is_ok()
             },
         )?;
-        Ok(GrantWorker(jobs))
+        Ok(GrantWorker(jobs, busy))
+    }
+
+    /// What the granter is busy with now.
+    pub(crate) fn busy(&self) -> Option<(JobId, ProcessId)> {
+        self.1.get()
     }
 
     /// Queues `work`; its result comes back as [`Done::Grant`] with `id`.
@@ -164,8 +207,8 @@ impl GrantWorker {
 
 /// A grant that completed after the loop gave up on it (its asker was told
 /// it failed) must not stay in force: it is withdrawn at once, before any
-/// later work.
-fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()>) {
+/// later work. False if that failed (the loop then keeps trying).
+fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()>) -> bool {
     if let (GrantWork::Grant { target, client }, Ok(())) = (work, result) {
         warn!(
             "the grant to PID {} completed after its deadline, its client told it failed: \
@@ -174,11 +217,13 @@ fn undo_late(granter: &mut impl Granter, work: GrantWork, result: &io::Result<()
         );
         if let Err(err) = granter.revoke(target, &Deadline::after(UNDO_DEADLINE)) {
             warn!(
-                "cannot withdraw the late grant on PID {}: {err}",
+                "cannot withdraw the late grant on PID {}: {err}; trying again later",
                 target.pid
             );
+            return false;
         }
     }
+    true
 }
 
 /// Starts a thread named `name` that hands each job sent on the returned
@@ -216,14 +261,14 @@ fn not_started(deadline: &Deadline) -> io::Error {
     } else {
         io::Error::new(
             io::ErrorKind::TimedOut,
-            "not started before its deadline: earlier work is still waiting on the target",
+            "not started before its deadline: earlier work took its time",
         )
     }
 }
 
 /// The inspector, on a thread of its own that does one read at a time.
 #[derive(Debug)]
-pub(crate) struct StackWorker(Sender<InspectJob>);
+pub(crate) struct StackWorker(Sender<InspectJob>, Busy);
 
 impl StackWorker {
     /// Shares `inspector` with a new thread; results go to `done`.
@@ -231,15 +276,26 @@ impl StackWorker {
         inspector: Arc<I>,
         done: Sender<Done>,
     ) -> io::Result<StackWorker> {
+        let busy = Busy::default();
+        let on = busy.clone();
         let jobs = spawn_worker(
             "heli-inspector",
             move |(id, inspection, deadline, claim): InspectJob| {
-                let result =
-                    unless_expired(&deadline, || inspect(&*inspector, inspection, &deadline));
+                let note = |process| on.set(Some((id, process)));
+                let result = unless_expired(&deadline, || {
+                    inspect(&*inspector, inspection, &deadline, note)
+                });
+                on.set(None);
                 !claim.finish() || done.send(Done::Inspect { id, result }).is_ok()
             },
         )?;
-        Ok(StackWorker(jobs))
+        Ok(StackWorker(jobs, busy))
+    }
+
+    /// What the inspector is busy with now: the read and the process it
+    /// reads.
+    pub(crate) fn busy(&self) -> Option<(JobId, ProcessId)> {
+        self.1.get()
     }
 
     /// Queues `inspection`; its result comes back as [`Done::Inspect`] with
@@ -257,18 +313,24 @@ impl StackWorker {
 
 /// Carries `inspection` out with `inspector`, within `deadline` as far as
 /// it can tell (a read that hangs is the loop's to give up on).
+/// Each process it is about to read is told to `reading`.
 fn inspect(
     inspector: &impl Inspector,
     inspection: Inspection,
     deadline: &Deadline,
+    reading: impl Fn(ProcessId),
 ) -> io::Result<Inspected> {
     match inspection {
-        Inspection::Tree(root) => read_tree(inspector, root).map(Inspected::Tree),
+        Inspection::Tree(root) => {
+            reading(root.target);
+            read_tree(inspector, root).map(Inspected::Tree)
+        }
         Inspection::Stacks {
             tree,
             only: Some(process),
             ..
         } => {
+            reading(process);
             // That process's facts alone for the header, as far as the
             // inspector can tell them; none of its tree's.
             let facts = match inspector.process(process) {
@@ -290,6 +352,7 @@ fn inspect(
             only: None,
             me,
         } => {
+            reading(tree.target);
             let processes = read_tree(inspector, tree)?;
             let stacks = processes
                 .iter()
@@ -304,6 +367,7 @@ fn inspect(
                     } else {
                         // The process the tree listed, not one that took
                         // its pid since.
+                        reading(process.id());
                         match inspector.stacks(process.id()) {
                             Ok(threads) => {
                                 stacks.threads = threads;
@@ -450,7 +514,7 @@ mod tests {
     }
 
     fn stacks(inspection: Inspection, deadline: &Deadline) -> Vec<ProcessStacks> {
-        match inspect(&Forest, inspection, deadline).unwrap() {
+        match inspect(&Forest, inspection, deadline, |_| {}).unwrap() {
             Inspected::Stacks(stacks) => stacks,
             other => panic!("{other:?}"),
         }
@@ -568,7 +632,7 @@ mod tests {
         };
         // Its facts are read without its tree's.
         for inspector in [&Forest as &dyn Inspector, &OneByOne] {
-            let got = match inspect(&inspector, one(12), &soon).unwrap() {
+            let got = match inspect(&inspector, one(12), &soon, |_| {}).unwrap() {
                 Inspected::Stacks(got) => got,
                 other => panic!("{other:?}"),
             };
@@ -579,7 +643,7 @@ mod tests {
             assert_eq!(got[0].threads.len(), 1);
         }
         assert!(stacks(one(10), &soon)[0].target);
-        let err = inspect(&Forest, one(11), &soon).unwrap_err();
+        let err = inspect(&Forest, one(11), &soon, |_| {}).unwrap_err();
         assert_eq!(err.to_string(), "not a Python process");
         // A process whose pid names another one now is not read.
         let reused = Inspection::Stacks {
@@ -590,7 +654,7 @@ mod tests {
             }),
             me: None,
         };
-        let err = inspect(&OneByOne, reused, &soon).unwrap_err();
+        let err = inspect(&OneByOne, reused, &soon, |_| {}).unwrap_err();
         assert_eq!(
             (err.kind(), err.to_string()),
             (io::ErrorKind::NotFound, "PID 12 is not running".into())
@@ -602,7 +666,7 @@ mod tests {
                 Forest.stacks(process)
             }
         }
-        match inspect(&Bare, one(12), &soon).unwrap() {
+        match inspect(&Bare, one(12), &soon, |_| {}).unwrap() {
             Inspected::Stacks(got) => {
                 assert_eq!((got[0].pid.get(), got[0].threads.len()), (12, 1));
                 assert_eq!(got[0].command, "");
@@ -615,7 +679,7 @@ mod tests {
             me: None,
         };
         assert_eq!(
-            inspect(&Bare, all, &soon).unwrap_err().kind(),
+            inspect(&Bare, all, &soon, |_| {}).unwrap_err().kind(),
             io::ErrorKind::Unsupported
         );
     }
