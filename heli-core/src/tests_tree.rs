@@ -40,3 +40,77 @@ fn client_sends_grants_and_revokes_of_the_tree_and_reports_refusals() {
         ]
     );
 }
+
+#[test]
+fn a_failed_revoke_on_a_frozen_process_waits_without_spinning_until_it_thaws() {
+    let (fake, granter, target, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    // Frozen before its retry is due (a second after the failure).
+    target.0.frozen_others.lock().unwrap().push(5001);
+    let looks = target.0.frozen_looks.load(SeqCst);
+    thread::sleep(Duration::from_millis(2500));
+    // Not tried again while frozen, and looked at about once a second,
+    // not in a busy loop.
+    assert_eq!(granter.revoke_attempts(), 1);
+    let looked = target.0.frozen_looks.load(SeqCst) - looks;
+    assert!((1..=10).contains(&looked), "{looked} looks at the freezer");
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    // Thawed, it is withdrawn.
+    target.0.frozen_others.lock().unwrap().clear();
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn stacks_of_the_whole_tree_skip_another_users_process() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    // 5005, a Python child of 5001, runs setuid root.
+    target.table().add(5005, 5001, 5005);
+    target.table().edit(5005, |info| info.euid = 0);
+    let family = Family::of(&target, &[4242, 5005]);
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    let all = fake.client().stacks(Scope::All).unwrap();
+    let rows: Vec<(u32, usize, Option<&str>)> = all
+        .iter()
+        .map(|p| (p.pid.get(), p.threads.len(), p.skipped.as_deref()))
+        .collect();
+    let not_python = Some("not a Python 3.14 process");
+    assert_eq!(
+        rows,
+        [
+            (4242, 1, None),
+            (5000, 0, not_python),
+            (5001, 0, not_python),
+            (5002, 0, not_python),
+            (
+                5005,
+                0,
+                Some("runs as another user (uid 1000, euid 0; the controller runs as 1000)")
+            ),
+        ]
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_revoke_of_the_targets_grant_whose_revoke_failed_withdraws_it_for_good() {
+    let (fake, granter, _, running) = started_tree();
+    let session = fake.granted(77);
+    granter.fail_revokes(1);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    assert_eq!(grants_listed(&fake), [(4242, 77)]);
+    // Asked again before its retry: that revoke is the withdrawal, and
+    // once it succeeded nothing is left to try again.
+    assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
+    assert_eq!(granter.revoked(), [PID]);
+    assert!(grants_listed(&fake).is_empty());
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 2);
+    running.terminate(&fake);
+}
