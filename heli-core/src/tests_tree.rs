@@ -114,3 +114,26 @@ fn a_revoke_of_the_targets_grant_whose_revoke_failed_withdraws_it_for_good() {
     assert_eq!(granter.revoke_attempts(), 2);
     running.terminate(&fake);
 }
+
+#[test]
+fn stacks_of_more_than_the_target_tell_ps_that_it_forked() {
+    let (fake, _, target) = controller();
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(Family::of(&target, &[4242])),
+    );
+    let client = fake.client();
+    // The target's stacks alone, of a target without children: no fork.
+    assert_eq!(client.stacks(Scope::All).unwrap().len(), 1);
+    assert_eq!(client.stacks(Scope::Target).unwrap().len(), 1);
+    assert!(!client.ps().unwrap().forked);
+    // Children seen by STACKS ALL only, gone before PS: it forked.
+    add_workers(&target);
+    assert_eq!(client.stacks(Scope::All).unwrap().len(), 4);
+    for worker in [5000, 5001, 5002] {
+        target.table().remove(worker);
+    }
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, true));
+    running.terminate(&fake);
+}
