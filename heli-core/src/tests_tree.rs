@@ -137,3 +137,69 @@ fn stacks_of_more_than_the_target_tell_ps_that_it_forked() {
     assert_eq!((tree.processes.len(), tree.forked), (1, true));
     running.terminate(&fake);
 }
+
+#[test]
+fn a_failed_revoke_is_tried_again_a_while_later_not_at_once() {
+    let (fake, granter, _, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    let dropped = Instant::now();
+    drop(session);
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert_eq!(granter.revoke_attempts(), 2);
+    // The retry came a second after the failure.
+    let took = dropped.elapsed();
+    assert!(took >= Duration::from_secs(1), "retried after {took:?}");
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_late_grant_that_cannot_be_withdrawn_is_listed_beside_other_processes_grants() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let _on_target = fake.granted(88);
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(600))));
+    // The undo fails, and the first retry.
+    granter.fail_revokes(2);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // A grant on another process does not replace it: it is listed, then
+    // withdrawn.
+    wait_until("the late grant listed", || {
+        grants_listed(&fake) == [(4242, 88), (5001, 77)]
+    });
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert_eq!(grants_listed(&fake), [(4242, 88)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_late_grant_whose_undo_failed_leaves_a_grant_made_after_it_alone() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(
+        controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(1000)),
+    );
+    // Late by a little: the grant asked after it has most of its time left.
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    granter.fail_revokes(1);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // Another client's grant on that process, queued behind the late one:
+    // it replaces the late grant, which is not withdrawn after it.
+    let _session = granted_on(&fake, 88, 5001);
+    assert_eq!(granter.revoke_attempts(), 1);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 1);
+    assert!(granter.revoked().is_empty());
+    assert_eq!(grants_listed(&fake), [(5001, 88)]);
+    running.terminate(&fake);
+}
