@@ -186,8 +186,9 @@ fn a_late_grant_whose_undo_failed_leaves_a_grant_made_after_it_alone() {
     let running = start(
         controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(1000)),
     );
-    // Late by a little: the grant asked after it has most of its time left.
-    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1200))));
+    // Late past the deadline and the worker's grace (250 ms), but not by so
+    // much that the grant asked after it runs out of time.
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1600))));
     granter.fail_revokes(1);
     let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
     assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
