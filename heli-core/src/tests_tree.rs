@@ -204,3 +204,60 @@ fn a_late_grant_whose_undo_failed_leaves_a_grant_made_after_it_alone() {
     assert_eq!(grants_listed(&fake), [(5001, 88)]);
     running.terminate(&fake);
 }
+
+#[test]
+fn a_ps_reply_that_fits_to_the_byte_once_one_process_is_out_keeps_every_other() {
+    use crate::protocol::MAX_REPLY;
+    const ROOM: usize = MAX_REPLY - 100;
+    let size = |tree: &Tree| serde_json::to_string(tree).unwrap().len();
+    let note =
+        |listed: usize| format!("{listed} processes left out to fit a reply of {MAX_REPLY} bytes");
+    // As many workers with 3 KB command lines (4-digit pids: all as long
+    // in JSON) as fit with the note of one more left out, the array's
+    // commas counted...
+    let each = serde_json::to_string(&with_command(5000, 3000))
+        .unwrap()
+        .len();
+    let mut empty = Tree::new(vec![], false);
+    empty.cut = Some(note(1000));
+    let base = size(&empty);
+    let count = (ROOM - base + 1) / (each + 1);
+    let mut kept: Vec<TreeProcess> = (0..count as u32)
+        .map(|n| with_command(5000 + n, 3000))
+        .collect();
+    // ...their command lines lengthened (never past what a reply keeps
+    // whole) until that is exactly the room a PS reply has.
+    let mut missing = ROOM - (base + count * (each + 1) - 1);
+    for process in kept.iter_mut().rev() {
+        let add = missing.min(1000);
+        process.command.push_str(&"y".repeat(add));
+        missing -= add;
+    }
+    let mut tree = Tree::new(kept.clone(), false);
+    tree.cut = Some(note(count + 1));
+    assert!((1000..10_000).contains(&(count + 1)), "the note's 4 digits");
+    assert_eq!(size(&tree), ROOM);
+    // And one more worker, which is left out, and it alone.
+    let mut all = kept.clone();
+    all.push(with_command(5000 + count as u32, 3000));
+    let fitted = crate::event_loop::fit_tree(Tree::new(all, false));
+    ps_fits_a_reply(&fitted);
+    assert_eq!(fitted.processes, kept);
+    assert_eq!(fitted.cut, Some(note(1)));
+}
+
+#[test]
+fn a_command_line_cut_inside_a_character_is_cut_before_it() {
+    // `é` is two bytes: the cut at 4096 bytes would fall inside one.
+    let mut process = TreeProcess::new(pid(5000));
+    process.command = format!("{}{}", "a".repeat(4095), "é".repeat(2_500_000));
+    let fitted = crate::event_loop::fit_tree(Tree::new(vec![process], false));
+    assert_eq!(
+        fitted.processes[0].command,
+        format!(
+            "{}... (cut: the command line is {} bytes)",
+            "a".repeat(4095),
+            4095 + 5_000_000
+        )
+    );
+}
