@@ -177,8 +177,9 @@ impl GrantWorker {
                         unless_expired(&deadline, || granter.revoke(target, &deadline))
                     }
                 };
-                on.set(None);
+                // Withdrawing a late grant waits on its process too.
                 let undo_failed = !claim.finish() && !undo_late(&mut granter, work, &result);
+                on.set(None);
                 let status_fields = granter.status_fields();
                 done.send(Done::Grant {
                     id,
