@@ -3690,3 +3690,7 @@ fn a_failed_revoke_waits_while_its_process_is_frozen() {
     assert!(grants_listed(&fake).is_empty());
     running.terminate(&fake);
 }
+
+// Tests that keep cargo-mutants' mutants of the tree feature caught.
+#[path = "tests_tree.rs"]
+mod tree;

@@ -1,0 +1,263 @@
+//! More unit tests of the tree feature (grants on the processes of the
+//! tree, PS, STACKS), written to catch mutants cargo-mutants found the
+//! other tests missed; they use the fakes of [`super`].
+
+use super::*;
+
+#[test]
+fn client_sends_grants_and_revokes_of_the_tree_and_reports_refusals() {
+    let (fake, server) = scripted(&[
+        Some(b"ERROR: PID 5000 is not running\n"),
+        Some(b"ERROR: REVOKE refused\n"),
+        Some(b"READY\n"),
+        Some(b"READY\n"),
+    ]);
+    let client = fake.client();
+    let results = within(move || {
+        [
+            client.grant(GrantRequest::new(pid(9)).process(pid(5000)).force(true)),
+            client.revoke_grant(RevokeRequest::new().client(pid(9)).process(pid(5000))),
+            client.grant(GrantRequest::new(pid(9)).process(pid(5000))),
+            client.revoke_grant(RevokeRequest::new().process(pid(5000))),
+        ]
+    });
+    let [grant, revoke, granted, revoked] = results;
+    let err = grant.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "PID 5000 is not running");
+    let err = revoke.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    assert_eq!(err.message(), "REVOKE refused");
+    granted.unwrap();
+    revoked.unwrap();
+    assert_eq!(
+        server.join().unwrap(),
+        [
+            "GRANT_ACCESS 9 TARGET 5000 FORCE\n",
+            "REVOKE 9 TARGET 5000\n",
+            "GRANT_ACCESS 9 TARGET 5000\n",
+            "REVOKE TARGET 5000\n",
+        ]
+    );
+}
+
+#[test]
+fn a_failed_revoke_on_a_frozen_process_waits_without_spinning_until_it_thaws() {
+    let (fake, granter, target, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    // Frozen before its retry is due (a second after the failure).
+    target.0.frozen_others.lock().unwrap().push(5001);
+    let looks = target.0.frozen_looks.load(SeqCst);
+    thread::sleep(Duration::from_millis(2500));
+    // Not tried again while frozen, and looked at about once a second,
+    // not in a busy loop.
+    assert_eq!(granter.revoke_attempts(), 1);
+    let looked = target.0.frozen_looks.load(SeqCst) - looks;
+    assert!((1..=10).contains(&looked), "{looked} looks at the freezer");
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    // Thawed, it is withdrawn.
+    target.0.frozen_others.lock().unwrap().clear();
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn stacks_of_the_whole_tree_skip_another_users_process() {
+    let (fake, _, target) = controller();
+    add_workers(&target);
+    // 5005, a Python child of 5001, runs setuid root.
+    target.table().add(5005, 5001, 5005);
+    target.table().edit(5005, |info| info.euid = 0);
+    let family = Family::of(&target, &[4242, 5005]);
+    let running = start(controller_over(&fake, &Recorder::default(), &target).inspector(family));
+    let all = fake.client().stacks(Scope::All).unwrap();
+    let rows: Vec<(u32, usize, Option<&str>)> = all
+        .iter()
+        .map(|p| (p.pid.get(), p.threads.len(), p.skipped.as_deref()))
+        .collect();
+    let not_python = Some("not a Python 3.14 process");
+    assert_eq!(
+        rows,
+        [
+            (4242, 1, None),
+            (5000, 0, not_python),
+            (5001, 0, not_python),
+            (5002, 0, not_python),
+            (
+                5005,
+                0,
+                Some("runs as another user (uid 1000, euid 0; the controller runs as 1000)")
+            ),
+        ]
+    );
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_revoke_of_the_targets_grant_whose_revoke_failed_withdraws_it_for_good() {
+    let (fake, granter, _, running) = started_tree();
+    let session = fake.granted(77);
+    granter.fail_revokes(1);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    assert_eq!(grants_listed(&fake), [(4242, 77)]);
+    // Asked again before its retry: that revoke is the withdrawal, and
+    // once it succeeded nothing is left to try again.
+    assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
+    assert_eq!(granter.revoked(), [PID]);
+    assert!(grants_listed(&fake).is_empty());
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 2);
+    running.terminate(&fake);
+}
+
+#[test]
+fn stacks_of_more_than_the_target_tell_ps_that_it_forked() {
+    let (fake, _, target) = controller();
+    let running = start(
+        controller_over(&fake, &Recorder::default(), &target)
+            .inspector(Family::of(&target, &[4242])),
+    );
+    let client = fake.client();
+    // The target's stacks alone, of a target without children: no fork.
+    assert_eq!(client.stacks(Scope::All).unwrap().len(), 1);
+    assert_eq!(client.stacks(Scope::Target).unwrap().len(), 1);
+    assert!(!client.ps().unwrap().forked);
+    // Children seen by STACKS ALL only, gone before PS: it forked.
+    add_workers(&target);
+    assert_eq!(client.stacks(Scope::All).unwrap().len(), 4);
+    for worker in [5000, 5001, 5002] {
+        target.table().remove(worker);
+    }
+    let tree = client.ps().unwrap();
+    assert_eq!((tree.processes.len(), tree.forked), (1, true));
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_failed_revoke_is_tried_again_a_while_later_not_at_once() {
+    let (fake, granter, _, running) = started_tree();
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    let dropped = Instant::now();
+    drop(session);
+    wait_until("the grant revoked", || granter.revoked() == [pid(5001)]);
+    assert_eq!(granter.revoke_attempts(), 2);
+    // The retry came a second after the failure.
+    let took = dropped.elapsed();
+    assert!(took >= Duration::from_secs(1), "retried after {took:?}");
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_late_grant_that_cannot_be_withdrawn_is_listed_beside_other_processes_grants() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(300)));
+    let _on_target = fake.granted(88);
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(600))));
+    // The undo fails, and the first retry.
+    granter.fail_revokes(2);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // A grant on another process does not replace it: it is listed, then
+    // withdrawn.
+    wait_until("the late grant listed", || {
+        grants_listed(&fake) == [(4242, 88), (5001, 77)]
+    });
+    wait_until("the late grant withdrawn", || {
+        granter.revoked() == [pid(5001)]
+    });
+    assert_eq!(grants_listed(&fake), [(4242, 88)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_late_grant_whose_undo_failed_leaves_a_grant_made_after_it_alone() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(
+        controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(1000)),
+    );
+    // Late past the deadline and the worker's grace (250 ms), but not by so
+    // much that the grant asked after it runs out of time.
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1600))));
+    granter.fail_revokes(1);
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    // Another client's grant on that process, queued behind the late one:
+    // it replaces the late grant, which is not withdrawn after it.
+    let _session = granted_on(&fake, 88, 5001);
+    assert_eq!(granter.revoke_attempts(), 1);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 1);
+    assert!(granter.revoked().is_empty());
+    assert_eq!(grants_listed(&fake), [(5001, 88)]);
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_ps_reply_that_fits_to_the_byte_once_one_process_is_out_keeps_every_other() {
+    use crate::protocol::MAX_REPLY;
+    const ROOM: usize = MAX_REPLY - 100;
+    let size = |tree: &Tree| serde_json::to_string(tree).unwrap().len();
+    let note =
+        |listed: usize| format!("{listed} processes left out to fit a reply of {MAX_REPLY} bytes");
+    // As many workers with 3 KB command lines (4-digit pids: all as long
+    // in JSON) as fit with the note of one more left out, the array's
+    // commas counted...
+    let each = serde_json::to_string(&with_command(5000, 3000))
+        .unwrap()
+        .len();
+    let mut empty = Tree::new(vec![], false);
+    empty.cut = Some(note(1000));
+    let base = size(&empty);
+    let count = (ROOM - base + 1) / (each + 1);
+    let mut kept: Vec<TreeProcess> = (0..count as u32)
+        .map(|n| with_command(5000 + n, 3000))
+        .collect();
+    // ...their command lines lengthened (never past what a reply keeps
+    // whole) until that is exactly the room a PS reply has.
+    let mut missing = ROOM - (base + count * (each + 1) - 1);
+    for process in kept.iter_mut().rev() {
+        let add = missing.min(1000);
+        process.command.push_str(&"y".repeat(add));
+        missing -= add;
+    }
+    let mut tree = Tree::new(kept.clone(), false);
+    tree.cut = Some(note(count + 1));
+    assert!((1000..10_000).contains(&(count + 1)), "the note's 4 digits");
+    assert_eq!(size(&tree), ROOM);
+    // And one more worker, which is left out, and it alone.
+    let mut all = kept.clone();
+    all.push(with_command(5000 + count as u32, 3000));
+    let fitted = crate::event_loop::fit_tree(Tree::new(all, false));
+    ps_fits_a_reply(&fitted);
+    assert_eq!(fitted.processes, kept);
+    assert_eq!(fitted.cut, Some(note(1)));
+}
+
+#[test]
+fn a_command_line_cut_inside_a_character_is_cut_before_it() {
+    // `é` is two bytes: the cut at 4096 bytes would fall inside one.
+    let mut process = TreeProcess::new(pid(5000));
+    process.command = format!("{}{}", "a".repeat(4095), "é".repeat(2_500_000));
+    let fitted = crate::event_loop::fit_tree(Tree::new(vec![process], false));
+    assert_eq!(
+        fitted.processes[0].command,
+        format!(
+            "{}... (cut: the command line is {} bytes)",
+            "a".repeat(4095),
+            4095 + 5_000_000
+        )
+    );
+}
