@@ -1225,11 +1225,16 @@ fn cut_command(command: &mut String) {
     command.push_str(&format!("... (cut: the command line is {total} bytes)"));
 }
 
+/// The room a `PS` or `STACKS` reply's JSON has in a reply line
+/// ([`MAX_REPLY`]), its word and newline counted (JSON strings escape every
+/// newline: nothing doubles).
+const JSON_ROOM: usize = MAX_REPLY - 100;
+
 /// Cuts a `PS` reply that would not fit in a reply line ([`MAX_REPLY`]):
 /// first long command lines, each saying so; then the last processes are
 /// left out, [`Tree::cut`] saying how many.
 pub(crate) fn fit_tree(mut tree: Tree) -> Tree {
-    const ROOM: usize = MAX_REPLY - 100;
+    const ROOM: usize = JSON_ROOM;
     let size = |tree: &Tree| serde_json::to_string(tree).map_or(usize::MAX, |json| json.len());
     let mut total = size(&tree);
     if total <= ROOM {
@@ -1269,7 +1274,7 @@ pub(crate) fn fit_tree(mut tree: Tree) -> Tree {
 /// one frame per thread does not fit, the last processes' threads are left
 /// out, each process saying so, until it fits.
 pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
-    const ROOM: usize = MAX_REPLY - 100;
+    const ROOM: usize = JSON_ROOM;
     let size = |stacks: &[ProcessStacks]| {
         serde_json::to_string(stacks).map_or(usize::MAX, |json| json.len())
     };

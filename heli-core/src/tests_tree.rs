@@ -3,6 +3,7 @@
 //! other tests missed; they use the fakes of [`super`].
 
 use super::*;
+use crate::stacks::ProcessStacks;
 
 #[test]
 fn client_sends_grants_and_revokes_of_the_tree_and_reports_refusals() {
@@ -260,4 +261,154 @@ fn a_command_line_cut_inside_a_character_is_cut_before_it() {
             4095 + 5_000_000
         )
     );
+}
+
+/// A tree of workers with command lines short enough to be kept whole,
+/// whose JSON is exactly `bytes` long.
+fn tree_of_size(bytes: usize) -> Tree {
+    let size = |tree: &Tree| serde_json::to_string(tree).unwrap().len();
+    // Every worker as long in JSON (4-digit pids), a comma between two.
+    let each = serde_json::to_string(&with_command(5000, 3000))
+        .unwrap()
+        .len();
+    let base = size(&Tree::new(vec![], false));
+    let count = (bytes - base).div_ceil(each + 1);
+    let mut tree = Tree::new(
+        (0..count as u32)
+            .map(|n| with_command(5000 + n, 3000))
+            .collect(),
+        false,
+    );
+    let over = size(&tree) - bytes;
+    let last = tree.processes.last_mut().unwrap();
+    last.command.truncate(last.command.len() - over);
+    assert_eq!(size(&tree), bytes);
+    tree
+}
+
+#[test]
+fn a_ps_reply_a_little_too_long_is_cut_to_fit_a_reply_line() {
+    use crate::protocol::{Dialect, MAX_REPLY};
+    for bytes in [MAX_REPLY - 3, MAX_REPLY + 50] {
+        let fitted = crate::event_loop::fit_tree(tree_of_size(bytes));
+        assert!(fitted.cut.is_some(), "{bytes}: nothing cut");
+        let line = Reply::Ps(fitted).encode(Dialect::Upper);
+        assert!(line.len() <= MAX_REPLY, "{bytes}: {}", line.len());
+    }
+}
+
+/// One process with one thread of `frames` frames, each with a file name
+/// of `name` bytes.
+fn deep_stack(frames: usize, name: usize) -> Vec<ProcessStacks> {
+    let mut thread = ThreadStack::new(5001);
+    thread.frames = (0..frames)
+        .map(|n| {
+            let file = format!("{n:06}{}", "f".repeat(name - 6));
+            crate::stacks::Frame::new("work", file, Some(1))
+        })
+        .collect();
+    let mut process = ProcessStacks::new(pid(5001));
+    process.threads.push(thread);
+    vec![process]
+}
+
+#[test]
+fn a_stacks_reply_too_long_keeps_as_many_of_the_newest_frames_as_fit() {
+    use crate::protocol::{Dialect, MAX_REPLY};
+    const ROOM: usize = MAX_REPLY - 100;
+    let size = |stacks: &[ProcessStacks]| serde_json::to_string(stacks).unwrap().len();
+    // A little more than a reply line holds, and much more.
+    for (frames, name) in [(1025, 4096), (2100, 4096)] {
+        let stacks = deep_stack(frames, name);
+        assert!(size(&stacks) > MAX_REPLY);
+        let fitted = crate::event_loop::fit_stacks(stacks.clone());
+        let line = Reply::Stacks(fitted.clone()).encode(Dialect::Upper);
+        assert!(line.len() <= MAX_REPLY, "{frames}: {}", line.len());
+        // Within the room a reply leaves for its word and escapes.
+        assert!(size(&fitted) <= ROOM, "{frames}: {}", size(&fitted));
+        let kept = &fitted[0].threads[0];
+        let newest = &stacks[0].threads[0].frames;
+        let count = kept.frames.len();
+        assert!(count > 0 && count < frames, "{frames}: {count}");
+        // The newest frames, and as many as fit: one more does not.
+        assert_eq!(kept.frames[..], newest[frames - count..]);
+        let mut one_more = fitted.clone();
+        one_more[0].threads[0]
+            .frames
+            .insert(0, newest[frames - count - 1].clone());
+        assert!(
+            size(&one_more) > ROOM,
+            "{frames}: {count} frames kept, one more fits"
+        );
+    }
+}
+
+#[test]
+fn a_late_grant_withdrawn_at_once_is_listed_nowhere_and_withdrawn_once() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(
+        controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(1000)),
+    );
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(1600))));
+    let reply = fake.raw(b"GRANT_ACCESS 77 TARGET 5001\n");
+    assert!(reply.starts_with("ERROR: Grant failed"), "{reply}");
+    started.recv_timeout(HANG).unwrap();
+    granter.stick(None);
+    wait_until("the late grant withdrawn", || {
+        granter.revoke_attempts() == 1
+    });
+    // Withdrawn: not in force, and not withdrawn again a second later.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(granter.revoke_attempts(), 1);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
+
+#[test]
+fn a_grant_not_started_in_time_names_the_process_the_granter_is_busy_with() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running =
+        start(controller_over(&fake, &granter, &target).grant_deadline(Duration::from_millis(800)));
+    let started = granter.stick(Some(Stuck::Late(Duration::from_millis(2500))));
+    let first = thread::spawn({
+        let client = fake.client();
+        move || client.grant(GrantRequest::new(pid(77)).process(pid(5001)))
+    });
+    started.recv_timeout(HANG).unwrap();
+    let err = fake
+        .client()
+        .grant(GrantRequest::new(pid(88)).process(pid(5002)))
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("the granter is still busy with earlier work on PID 5001"),
+        "{err}"
+    );
+    assert!(first.join().unwrap().is_err());
+    granter.stick(None);
+    running.terminate(&fake);
+}
+
+/// A grant made on a worker as its connection closes is withdrawn, and
+/// only it: another client's grant on another process stays in force.
+#[test]
+fn a_grant_made_as_its_connection_closes_takes_no_other_process_s_grant() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(controller_over(&fake, &granter, &target));
+    let _holder = granted_on(&fake, 88, 5002);
+    let (done, report) = granter.hold_next_report();
+    let mut connection = fake.connect(HANG).unwrap();
+    let asked = connection.round_trip(b"GRANT_ACCESS 77 TARGET 5001\n", Instant::now());
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    done.recv_timeout(HANG).expect("the grant was not made");
+    drop(connection);
+    // Once a later request is answered, the loop has seen the close.
+    assert_eq!(grants_listed(&fake), [(5002, 88)]);
+    report.send(()).unwrap();
+    wait_until("the grant withdrawn", || granter.revoked() == [pid(5001)]);
+    assert_eq!(grants_listed(&fake), [(5002, 88)]);
+    running.terminate(&fake);
 }
