@@ -235,12 +235,14 @@ impl GrantBook {
             .or_else(|| self.held_on(process, runs))
     }
 
-    /// The process of pid `pid` that a grant is on or is being made for.
+    /// The process of pid `pid` that a grant is on, is being made for, or
+    /// is being withdrawn from.
     pub(crate) fn process_of(&self, pid: Pid) -> Option<ProcessId> {
         let pending = self.pending.iter().rev().filter(|pending| !pending.revoked);
         pending
             .map(|pending| pending.record.process)
             .chain(self.held.iter().map(|grant| grant.process))
+            .chain(self.revoking.iter().map(|revoking| revoking.record.process))
             .find(|process| process.pid == pid)
     }
 

@@ -412,3 +412,22 @@ fn a_grant_made_as_its_connection_closes_takes_no_other_process_s_grant() {
     assert_eq!(grants_listed(&fake), [(5002, 88)]);
     running.terminate(&fake);
 }
+
+/// The same for a worker: its grant, still in force while its revoke is
+/// retried, is withdrawn by a REVOKE naming it (never a READY for nothing).
+#[test]
+fn a_revoke_of_a_workers_grant_whose_revoke_failed_withdraws_it() {
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    let running = start(controller_over(&fake, &granter, &target));
+    let session = granted_on(&fake, 77, 5001);
+    granter.fail_revokes(1);
+    drop(session);
+    wait_until("a revoke tried", || granter.revoke_attempts() >= 1);
+    assert_eq!(grants_listed(&fake), [(5001, 77)]);
+    assert_eq!(fake.raw(b"REVOKE TARGET 5001\n"), "READY\n");
+    assert_eq!(granter.revoke_attempts(), 2);
+    assert_eq!(granter.revoked(), [pid(5001)]);
+    assert!(grants_listed(&fake).is_empty());
+    running.terminate(&fake);
+}
