@@ -261,3 +261,32 @@ fn a_command_line_cut_inside_a_character_is_cut_before_it() {
         )
     );
 }
+
+#[test]
+fn a_stacks_reply_of_many_processes_cut_to_their_newest_frames_counts_each_cut() {
+    // 1000 processes with a newest frame of about 8 KB each: 8 MB, so
+    // about half go. Every process left out still takes some room (its
+    // note): counting it wrong by that much, 500 times over, is more than
+    // the room one process leaves.
+    let all: Vec<_> = (1..=1000).map(|raw| deep(raw, 2, 8000)).collect();
+    let fitted = crate::event_loop::fit_stacks(all.clone());
+    fits_a_reply(&fitted);
+    let kept = fitted.iter().filter(|p| !p.threads.is_empty()).count();
+    assert!((400..600).contains(&kept), "{kept}");
+    // The first processes kept, the last left out: as few as need be.
+    assert!(fitted[..kept].iter().all(|p| p.skipped.is_none()));
+    assert!(fitted[kept..].iter().all(|p| p.skipped.is_some()));
+    let mut one_more = fitted.clone();
+    let thread = &mut one_more[kept].threads;
+    thread.clone_from(&all[kept].threads);
+    thread[0].frames.remove(0);
+    thread[0].incomplete =
+        Some("its 1 oldest frames left out to fit a reply of 4194304 bytes".into());
+    one_more[kept].skipped = None;
+    let json = serde_json::to_string(&one_more).unwrap();
+    assert!(
+        json.len() > crate::protocol::MAX_REPLY - 100,
+        "{}",
+        json.len()
+    );
+}
