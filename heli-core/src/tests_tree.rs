@@ -290,3 +290,31 @@ fn a_stacks_reply_of_many_processes_cut_to_their_newest_frames_counts_each_cut()
         json.len()
     );
 }
+
+/// As [`super::a_grant_whose_target_ended_meanwhile_fails_and_does_not_stay`],
+/// with the target restarted before the controller hears of the grant:
+/// the new target is another run, whose grants this one is not.
+#[test]
+fn a_grant_whose_target_was_restarted_meanwhile_fails_and_does_not_stay() {
+    let (fake, granter, target, running) =
+        started_tree_with(|c| c.restart(restart_at_once(Restart::Always)));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    target.exit(ExitStatus::Code(1));
+    wait_until("the restart", || target.spawns() == 2);
+    let client = fake.client();
+    wait_until("the new target running", || {
+        client.status().is_ok_and(|s| s.state == "running")
+    });
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        grant,
+        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+    );
+    wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
+    let status = client.status().unwrap();
+    assert_eq!((status.holder, status.grants.len()), (None, 0));
+    running.terminate(&fake);
+}
