@@ -431,3 +431,60 @@ fn a_revoke_of_a_workers_grant_whose_revoke_failed_withdraws_it() {
     assert!(grants_listed(&fake).is_empty());
     running.terminate(&fake);
 }
+
+#[test]
+fn a_stacks_reply_of_many_processes_cut_to_their_newest_frames_counts_each_cut() {
+    // 1000 processes with a newest frame of about 8 KB each: 8 MB, so
+    // about half go. Every process left out still takes some room (its
+    // note): counting it wrong by that much, 500 times over, is more than
+    // the room one process leaves.
+    let all: Vec<_> = (1..=1000).map(|raw| deep(raw, 2, 8000)).collect();
+    let fitted = crate::event_loop::fit_stacks(all.clone());
+    fits_a_reply(&fitted);
+    let kept = fitted.iter().filter(|p| !p.threads.is_empty()).count();
+    assert!((400..600).contains(&kept), "{kept}");
+    // The first processes kept, the last left out: as few as need be.
+    assert!(fitted[..kept].iter().all(|p| p.skipped.is_none()));
+    assert!(fitted[kept..].iter().all(|p| p.skipped.is_some()));
+    let mut one_more = fitted.clone();
+    let thread = &mut one_more[kept].threads;
+    thread.clone_from(&all[kept].threads);
+    thread[0].frames.remove(0);
+    thread[0].incomplete =
+        Some("its 1 oldest frames left out to fit a reply of 4194304 bytes".into());
+    one_more[kept].skipped = None;
+    let json = serde_json::to_string(&one_more).unwrap();
+    assert!(
+        json.len() > crate::protocol::MAX_REPLY - 100,
+        "{}",
+        json.len()
+    );
+}
+
+/// As [`super::a_grant_whose_target_ended_meanwhile_fails_and_does_not_stay`],
+/// with the target restarted before the controller hears of the grant:
+/// the new target is another run, whose grants this one is not.
+#[test]
+fn a_grant_whose_target_was_restarted_meanwhile_fails_and_does_not_stay() {
+    let (fake, granter, target, running) =
+        started_tree_with(|c| c.restart(restart_at_once(Restart::Always)));
+    let (done, report) = granter.hold_next_report();
+    let grant = fake.raw_async(b"GRANT_ACCESS 77\n");
+    done.recv_timeout(HANG).expect("the grant was not made");
+    target.exit(ExitStatus::Code(1));
+    wait_until("the restart", || target.spawns() == 2);
+    let client = fake.client();
+    wait_until("the new target running", || {
+        client.status().is_ok_and(|s| s.state == "running")
+    });
+    report.send(()).unwrap();
+    let grant = String::from_utf8(grant.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        grant,
+        "ERROR: Grant failed: target PID 4242 exited during the grant\n"
+    );
+    wait_until("the late grant withdrawn", || granter.revoked() == [PID]);
+    let status = client.status().unwrap();
+    assert_eq!((status.holder, status.grants.len()), (None, 0));
+    running.terminate(&fake);
+}
