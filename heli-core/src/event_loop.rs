@@ -386,7 +386,10 @@ impl<S: Supervisor> Loop<S> {
         };
         // The granter does one piece of work at a time: a grant that would
         // wait on a process that cannot answer, or a second one on the same
-        // process, would hold up every other client's.
+        // process, would hold up every other client's. (A process in state
+        // D is not refused: that is mostly brief, a disk read or a page
+        // fault, e.g. while Python imports at start; a long one is let go
+        // at the grant's deadline.)
         match self.condition(process.pid) {
             Some(Condition::Frozen) => {
                 return Err(refused(
@@ -397,16 +400,7 @@ impl<S: Supervisor> Loop<S> {
                     ),
                 ))
             }
-            Some(Condition::DiskSleep) => {
-                return Err(refused(
-                    state,
-                    format!(
-                        "PID {} is in uninterruptible sleep (state D): it cannot be granted now",
-                        process.pid
-                    ),
-                ))
-            }
-            None => {}
+            Some(Condition::DiskSleep) | None => {}
         }
         if state.grants.is_pending(process) {
             return Err(refused(
