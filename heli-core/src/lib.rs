@@ -139,6 +139,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod agent;
 mod authorize;
 mod client;
 mod controller;
@@ -161,6 +162,7 @@ mod transport;
 pub mod tree;
 mod worker;
 
+pub use agent::{Agent, AgentSession, AgentState, NoAgent};
 pub use authorize::other_user;
 pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};
