@@ -40,6 +40,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
+mod agent;
 mod granter;
 mod inspector;
 mod own_tree;
@@ -50,6 +51,7 @@ mod supervisor;
 mod sys;
 mod wait;
 
+pub use agent::{AgentHost, CLIENT_SCRIPT};
 pub use granter::{auto, AutoGranter, GrantMethod, GranterChoice, NoopGranter, YamaGranter};
 pub use inspector::PythonInspector;
 pub use ptrace::{Injection, SyscallInjector};

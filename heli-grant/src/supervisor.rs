@@ -17,6 +17,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::agent::AgentHost;
 use crate::sys::{
     ignore_terminal_stops, kill_with_parent, pidfd_open, pidfd_send_signal, take_terminal_in_child,
 };
@@ -62,6 +63,7 @@ pub struct ProcessSupervisor {
     kill_group: Option<Duration>,
     foreground: bool,
     orphans: Option<OrphanReaper>,
+    agent: Option<AgentHost>,
 }
 
 #[derive(Debug)]
@@ -83,7 +85,17 @@ impl ProcessSupervisor {
             kill_group: None,
             foreground: false,
             orphans: None,
+            agent: None,
         }
+    }
+
+    /// Sets up heli's agent in the target at every start (a Python 3.14
+    /// target then serves `attach` and stacks from within, where no ptrace
+    /// is allowed): see [`AgentHost`]. Give the controller the same host
+    /// (`Controller::agent`).
+    pub fn agent(mut self, host: AgentHost) -> Self {
+        self.agent = Some(host);
+        self
     }
 
     /// Runs the target in a process group of its own and sends every signal
@@ -239,6 +251,10 @@ impl Supervisor for ProcessSupervisor {
         }
         // Registered as a target before anyone may reap it: an orphan reaper
         // waits for the same lock.
+        let prepared = match &self.agent {
+            Some(agent) => Some(agent.prepare(&mut self.command)?),
+            None => None,
+        };
         let mut waits = self.waits.lock();
         let mut child = match self.command.spawn() {
             Ok(child) => child,
@@ -294,9 +310,13 @@ impl Supervisor for ProcessSupervisor {
         drop(waits);
         // `child` only wraps the pid; dropping it neither waits nor kills.
         drop(child);
+        let pid_id = heli_core::Pid::new(pid).expect("the kernel gives pids from 1 to i32::MAX");
+        if let (Some(agent), Some(prepared)) = (&self.agent, prepared) {
+            agent.started(pid_id, prepared);
+        }
         debug!("spawned {:?} as PID {pid}", self.command.get_program());
         self.running = Some(Running { pid, pidfd, alive });
-        Ok(heli_core::Pid::new(pid).expect("the kernel gives pids from 1 to i32::MAX"))
+        Ok(pid_id)
     }
 
     fn shares_terminal(&self) -> bool {

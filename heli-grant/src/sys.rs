@@ -489,3 +489,18 @@ pub fn one_malloc_arena() -> bool {
         false
     }
 }
+
+/// Takes ownership of a descriptor the kernel just installed in this
+/// process for a received `SCM_RIGHTS` message.
+pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` for this message only; nothing else
+    // in this process knows its number, so this is its one owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Clears `FD_CLOEXEC` on `fd`: a program the next child runs keeps it.
+pub(crate) fn set_inheritable(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+# heli's agent: runs inside a Python process the heli controller started,
+# and talks only to that controller, through the socket the controller made
+# and passed down (no path, no port: nothing else can reach it).
+#
+# One daemon thread, "heli-agent", blocked in select(): idle, it never wakes.
+# On request it
+# - schedules pdb on the main thread at its next safe point (sys.remote_exec
+#   on this very process, which the kernel allows at every Yama scope; where
+#   remote debugging is disabled, _thread.interrupt_main with a handler of
+#   ours), pdb speaking to the client over the sockets the controller gave;
+# - reads every thread's stack (sys._current_frames).
+#
+# The channel: one JSON object a line. From the agent: {"hello": ...} once,
+# then answers {"id": n, "ok": true, ...} or {"id": n, "error": "..."}. From
+# the controller: {"id": n, "op": "attach", "colorize": bool} (with two file
+# descriptors: pdb's stream, the interrupt stream) or {"id": n, "op":
+# "stacks"}. A forked child gets an agent of its own over a new channel it
+# sends the controller ({"child": ...} with the channel's other end); it
+# never answers for its parent.
+
+import os
+import socket
+import sys
+import threading
+
+MAX_LINE = 64 * 1024
+MAX_FDS = 4
+# The signal whose Python handler runs pdb where remote debugging is
+# disabled: raised only by _thread.interrupt_main (no signal is sent), or by
+# someone sending it, in which case the previous handler gets it.
+TRIGGER_SIGNAL = None
+
+_agent = None
+
+
+def start(fd, directory):
+    """Starts the agent on the inherited channel `fd` (from sitecustomize,
+    on the main thread)."""
+    global _agent, TRIGGER_SIGNAL
+    channel = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    version = "%d.%d.%d" % sys.version_info[:3]
+    if sys.version_info < (3, 14):
+        _send(channel, '{"unsupported": {"pid": %d, "python": "%s"}}' % (os.getpid(), version))
+        channel.close()
+        return
+    if sys.is_remote_debug_enabled():
+        trigger = "remote_exec"
+    else:
+        import signal
+
+        TRIGGER_SIGNAL = signal.SIGRTMIN + 6
+        _Chained(signal, TRIGGER_SIGNAL)
+        trigger = "signal"
+    _agent = _Agent(channel, os.path.join(directory, "_heli_attach.py"), version, trigger)
+    os.register_at_fork(after_in_child=_forked)
+
+
+def ready():
+    """Says hello to the controller and starts serving: once start-up is
+    over (the process's own sitecustomize has run), so that pdb never
+    starts in the middle of it."""
+    agent = _agent
+    if agent is not None:
+        _send(agent.channel, agent.hello("hello"))
+        agent.run()
+
+
+def _send(sock, line):
+    sock.sendall(line.encode() + b"\n")
+
+
+class _Chained:
+    """The trigger signal's handler: pdb when one is pending, else what the
+    signal did before."""
+
+    def __init__(self, signal, signum):
+        self.signal = signal
+        self.signum = signum
+        self.previous = signal.signal(signum, self)
+
+    def __call__(self, signum, frame):
+        agent = _agent
+        if agent is not None and agent.pending is not None:
+            agent.run_pending(frame)
+            return
+        previous = self.previous
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == self.signal.SIG_DFL:
+            self.signal.signal(signum, self.signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+class _Agent:
+    def __init__(self, channel, script, version, trigger):
+        self.channel = channel
+        self.script = script
+        self.version = version
+        self.trigger = trigger
+        # Set by the agent thread, taken by the main thread.
+        self.pending = None
+        # The interrupt socket of the session on, watched by the agent thread.
+        self.interrupt = None
+        self.lock = threading.Lock()
+        self.thread = None
+
+    def hello(self, kind):
+        return '{"%s": {"pid": %d, "python": "%s", "trigger": "%s"}}' % (
+            kind,
+            os.getpid(),
+            self.version,
+            self.trigger,
+        )
+
+    def run(self):
+        self.thread = threading.Thread(target=self.serve, name="heli-agent", daemon=True)
+        self.thread.start()
+
+    # The agent thread.
+
+    def serve(self):
+        import select
+
+        buffer = b""
+        held = []
+        try:
+            while True:
+                watched = [self.channel]
+                interrupt = self.interrupt
+                if interrupt is not None:
+                    watched.append(interrupt)
+                readable, _, _ = select.select(watched, [], [])
+                if interrupt is not None and interrupt in readable:
+                    self.interrupted(interrupt)
+                if self.channel not in readable:
+                    continue
+                data, fds, _, _ = socket.recv_fds(self.channel, MAX_LINE, MAX_FDS)
+                if not data:
+                    break
+                held.extend(fds)
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self.answer(line, held)
+                    held = []
+                if len(buffer) > MAX_LINE:
+                    break
+        except Exception:
+            pass
+        finally:
+            for fd in held:
+                _close(fd)
+            self.closed()
+
+    def closed(self):
+        global _agent
+        try:
+            self.channel.close()
+        except OSError:
+            pass
+        if _agent is self:
+            _agent = None
+
+    def answer(self, line, fds):
+        import json
+
+        ident = None
+        try:
+            request = json.loads(line)
+            ident = request.get("id") if isinstance(request, dict) else None
+            if not isinstance(ident, int):
+                raise ValueError("no request id")
+            op = request.get("op")
+            if op == "attach":
+                reply = self.attach(request, fds)
+                fds = []
+            elif op == "stacks":
+                reply = {"threads": _stacks()}
+            else:
+                raise ValueError("unknown request")
+            reply["id"] = ident
+            reply["ok"] = True
+        except Exception as err:
+            reply = {"id": ident, "error": str(err) or type(err).__name__}
+        finally:
+            for fd in fds:
+                _close(fd)
+        _send(self.channel, json.dumps(reply))
+
+    def attach(self, request, fds):
+        if len(fds) != 2:
+            for fd in fds:
+                _close(fd)
+            raise ValueError("attach needs two sockets")
+        stream = socket.socket(fileno=fds[0])
+        interrupt = socket.socket(fileno=fds[1])
+        with self.lock:
+            busy = self.pending is not None or self.interrupt is not None
+            if not busy:
+                self.pending = (stream, bool(request.get("colorize")))
+                self.interrupt = interrupt
+        if busy:
+            stream.close()
+            interrupt.close()
+            raise ValueError("a debugger is already attached through the agent")
+        try:
+            if self.trigger == "remote_exec":
+                sys.remote_exec(os.getpid(), self.script)
+            else:
+                import _thread
+
+                _thread.interrupt_main(TRIGGER_SIGNAL)
+        except Exception:
+            with self.lock:
+                self.pending = None
+                self.interrupt = None
+            stream.close()
+            interrupt.close()
+            raise
+        return {}
+
+    def interrupted(self, interrupt):
+        try:
+            data = interrupt.recv(64)
+        except OSError:
+            data = b""
+        if data:
+            # As `pdb -p` does with os.kill(pid, SIGINT) on Unix: a blocking
+            # call in the main thread is interrupted too.
+            import signal
+
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return
+        # The client is gone: the session is over.
+        with self.lock:
+            if self.interrupt is interrupt:
+                self.interrupt = None
+            pending, self.pending = self.pending, None
+        interrupt.close()
+        if pending is not None:
+            pending[0].close()
+
+    # The main thread.
+
+    def run_pending(self, frame):
+        with self.lock:
+            pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        stream, colorize = pending
+        if _hung_up(stream):
+            # The client gave up before the main thread got here.
+            stream.close()
+            return
+        import pdb
+        import weakref
+
+        with stream:
+            sockfile = stream.makefile("rwb")
+        server = pdb._PdbServer(sockfile, colorize=colorize)
+        weakref.finalize(server, sockfile.close)
+        if pdb.Pdb._last_pdb_instance is not None:
+            server.error("Another PDB instance is already attached.")
+        else:
+            server.set_trace(frame=frame)
+
+
+def _hung_up(sock):
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_pending(frame):
+    """Runs the pending pdb session on the main thread (the attach script)."""
+    agent = _agent
+    if agent is not None:
+        agent.run_pending(frame)
+
+
+def _stacks():
+    main = threading.main_thread().ident
+    threads = {thread.ident: thread for thread in threading.enumerate()}
+    stacks = []
+    for ident, frame in sys._current_frames().items():
+        frames = []
+        while frame is not None:
+            code = frame.f_code
+            frames.append({"function": code.co_name, "file": code.co_filename, "line": frame.f_lineno})
+            frame = frame.f_back
+        frames.reverse()
+        thread = threads.get(ident)
+        stacks.append(
+            {
+                "native_thread_id": (thread.native_id if thread is not None else None) or 0,
+                "thread_id": ident,
+                "name": thread.name if thread is not None else None,
+                "interpreter_id": 0,
+                "main": ident == main,
+                "activity": None,
+                "gil": None,
+                "frames": frames,
+                "incomplete": None,
+            }
+        )
+    return stacks
+
+
+def _forked():
+    """In a forked child: the parent's channel and session are not ours. The
+    child gets an agent of its own, on a channel it hands the controller."""
+    global _agent
+    parent, _agent = _agent, None
+    if parent is None:
+        return
+    with parent.lock:
+        pending, parent.pending = parent.pending, None
+        interrupt, parent.interrupt = parent.interrupt, None
+    for sock in (pending[0] if pending else None, interrupt):
+        if sock is not None:
+            sock.close()
+    mine = None
+    try:
+        mine, theirs = socket.socketpair()
+        with theirs:
+            line = (parent.hello("child") + "\n").encode()
+            socket.send_fds(parent.channel, [line], [theirs.fileno()])
+    except OSError:
+        if mine is not None:
+            mine.close()
+        mine = None
+    finally:
+        parent.channel.close()
+    if mine is not None:
+        _agent = _Agent(mine, parent.script, parent.version, parent.trigger)
+        _agent.run()
