@@ -224,3 +224,169 @@ import time; time.sleep(30)
     assert_eq!(seen["argv"], json!(["--flag"]), "{seen}");
     assert_eq!(seen["main"], script.to_str().unwrap(), "{seen}");
 }
+
+fn start_with(
+    program: &str,
+    args: &[&str],
+) -> (ProcessSupervisor, AgentHost, ProcessId, tempfile::TempDir) {
+    let dir = tempdir();
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    let host = AgentHost::in_dir(dir.path()).unwrap();
+    let mut supervisor = ProcessSupervisor::new(command).agent(host.clone());
+    let pid = supervisor.spawn().unwrap();
+    let id = Proc::open(pid)
+        .unwrap()
+        .unwrap()
+        .identity()
+        .unwrap()
+        .unwrap();
+    (supervisor, host, id, dir)
+}
+
+#[test]
+fn a_forked_child_has_an_agent_of_its_own_and_never_answers_for_its_parent() {
+    let started = start(
+        r#"
+import os, sys, time
+counter = 0
+def parent_loop():
+    while True: time.sleep(0.01)
+def child_loop():
+    global counter
+    while True:
+        counter += 1
+        time.sleep(0.01)
+child = os.fork()
+if child == 0:
+    child_loop()
+open(sys.argv[0] + ".child", "w").write(str(child))
+parent_loop()
+"#,
+        &[],
+    );
+    ready(&started);
+    let script_dir = started._dir.path().join("agent_target.py.child");
+    wait_for("the child's pid", || {
+        std::fs::read_to_string(&script_dir).is_ok_and(|s| !s.is_empty())
+    });
+    let child: u32 = std::fs::read_to_string(&script_dir)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = Proc::open(heli_core::Pid::new(child).unwrap())
+        .unwrap()
+        .unwrap()
+        .identity()
+        .unwrap()
+        .unwrap();
+    wait_for("the child's agent", || started.host.state(child).is_ready());
+    let functions = |id| -> Vec<String> {
+        let threads = started.host.stacks(id, &due()).unwrap();
+        let main = threads.into_iter().find(|thread| thread.main).unwrap();
+        main.frames
+            .into_iter()
+            .map(|frame| frame.function)
+            .collect()
+    };
+    assert!(functions(child).contains(&"child_loop".to_owned()));
+    assert!(functions(started.id).contains(&"parent_loop".to_owned()));
+    // pdb in the child is the child's.
+    let session = started.host.attach(child, &due()).unwrap();
+    let mut fds = session.fds.into_iter();
+    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let _interrupt = UnixStream::from(fds.next().unwrap());
+    pdb.until_prompt();
+    pdb.say("p os.getpid(), counter > 0");
+    let shown = pdb.until_prompt();
+    assert!(shown.contains(&format!("({}, True)", child.pid)), "{shown}");
+    pdb.say("q");
+    let _ = libc_kill(child.pid.get());
+}
+
+fn libc_kill(pid: u32) -> i32 {
+    // The forked child is not the supervisor's: end it by hand.
+    Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .map_or(-1, |s| s.code().unwrap_or(-1))
+}
+
+#[test]
+fn an_older_python_says_so_and_a_non_python_target_never_answers() {
+    let (mut supervisor, host, id, _dir) = start_with(
+        "/root/.pyenv/versions/3.13.0/bin/python3.13",
+        &["-c", "import time; time.sleep(30)"],
+    );
+    wait_for("the agent's answer", || {
+        host.state(id) != AgentState::Starting
+    });
+    let state = host.state(id);
+    assert!(
+        matches!(&state, AgentState::Failed(why) if why.contains("runs Python 3.13.0; the agent needs Python 3.14")),
+        "{state}"
+    );
+    let err = host.attach(id, &due()).unwrap_err();
+    assert!(err.to_string().contains("3.13.0"), "{err}");
+    let _ = supervisor.signal(libc::SIGKILL);
+
+    let (mut supervisor, host, id, _dir) = start_with("sleep", &["30"]);
+    let short = Deadline::after(Duration::from_millis(500));
+    let err = host.attach(id, &short).unwrap_err();
+    assert!(err.to_string().contains("is not a Python process"), "{err}");
+    let _ = supervisor.signal(libc::SIGKILL);
+}
+
+#[test]
+fn hostile_input_on_the_channel_leaves_the_target_running() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    // The test plays the controller: it holds the channel's other end.
+    let host_dir = tempdir();
+    let host = AgentHost::in_dir(host_dir.path()).unwrap();
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    nix::fcntl::fcntl(
+        &theirs,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let mut target = Command::new(python314())
+        .args(["-c", "import time\nwhile True: time.sleep(0.01)"])
+        .env("PYTHONPATH", host.dir())
+        .env("HELI_AGENT_FD", theirs.as_raw_fd().to_string())
+        .env("HELI_AGENT_PARENT", std::process::id().to_string())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    let mut reader = BufReader::new(ours.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"hello\""), "{line}");
+    let mut answer = |request: &[u8]| {
+        ours.write_all(request).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    for garbage in [
+        &b"\xff\xfe not json\n"[..],
+        b"[1, 2, 3]\n",
+        b"{\"id\": 7}\n",
+        b"{\"id\": 8, \"op\": \"attach\"}\n",
+        b"{\"id\": 9, \"op\": \"rm -rf /\"}\n",
+        b"{\"id\": \"x\", \"op\": \"stacks\"}\n",
+    ] {
+        let line = answer(garbage);
+        assert!(line.contains("\"error\""), "{line}");
+    }
+    assert!(answer(b"{\"id\": 10, \"op\": \"stacks\"}\n").contains("\"ok\": true"));
+    // A line longer than any request: the agent lets the channel go.
+    ours.write_all(&vec![b'x'; 200 << 10]).unwrap_or(());
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(target.try_wait().unwrap().is_none(), "the target ended");
+    target.kill().unwrap();
+    target.wait().unwrap();
+}
