@@ -43,10 +43,61 @@ pub(crate) fn grantee(
     target: Pid,
     processes: &impl Processes,
 ) -> Result<ProcessId, Refusal> {
+    let asked = Asked {
+        refused: format!("GRANT_ACCESS {requested} refused"),
+        failed: "Grant failed",
+    };
+    vet(peer, requested, target, processes, &asked)
+}
+
+/// The process an `AGENT_ATTACH` from `peer` hands pdb's sockets to, by
+/// the rules of [`grantee`]: the process that asks stands for the client
+/// of a grant (the sockets give it what a grant would). `None` from a
+/// transport that cannot authenticate (named pipes), which the rules let
+/// anyone ask, as they do grants.
+pub(crate) fn agent_client(
+    peer: &Peer,
+    target: Pid,
+    processes: &impl Processes,
+) -> Result<Option<ProcessId>, Refusal> {
+    let Some(credentials) = &peer.credentials else {
+        return Ok(None);
+    };
+    let Some(asking) = credentials.process else {
+        return Err(
+            "AGENT_ATTACH refused: your PID is unknown (pdb's sockets go only to a process \
+             this controller knows)"
+                .to_owned(),
+        );
+    };
+    let asked = Asked {
+        refused: format!("AGENT_ATTACH from PID {} refused", asking.pid),
+        failed: "Attach failed",
+    };
+    vet(peer, asking.pid, target, processes, &asked).map(Some)
+}
+
+/// How refusals of a request name it.
+struct Asked {
+    /// `GRANT_ACCESS 77 refused`: before the rule it breaks.
+    refused: String,
+    /// `Grant failed`: before why it could not be decided.
+    failed: &'static str,
+}
+
+/// The rules of [`grantee`], for a request `asked` names.
+fn vet(
+    peer: &Peer,
+    requested: Pid,
+    target: Pid,
+    processes: &impl Processes,
+    asked: &Asked,
+) -> Result<ProcessId, Refusal> {
+    let failed = asked.failed;
     let lookup = |pid: Pid| {
         processes
             .process(pid)
-            .map_err(|err| format!("Grant failed: cannot look up PID {pid}: {err}"))
+            .map_err(|err| format!("{failed}: cannot look up PID {pid}: {err}"))
     };
     // A thread stands for its process, which is what a granter names.
     let process = match lookup(requested)? {
@@ -55,7 +106,7 @@ pub(crate) fn grantee(
         None => None,
     }
     .filter(|info| !info.state.is_gone());
-    let refused = |why: String| format!("GRANT_ACCESS {requested} refused: {why}");
+    let refused = |why: String| format!("{}: {why}", asked.refused);
     if let Some(credentials) = &peer.credentials {
         let allowed = match (&process, credentials.process) {
             (Some(process), Some(asking)) => descends(processes, process.id.pid, asking),
@@ -71,8 +122,7 @@ pub(crate) fn grantee(
             )));
         }
     }
-    let process =
-        process.ok_or_else(|| format!("Grant failed: no process with PID {requested}"))?;
+    let process = process.ok_or_else(|| format!("{failed}: no process with PID {requested}"))?;
     let pid = process.id.pid;
     let never = if pid == Pid::this() {
         Some("it is this controller".to_owned())
@@ -90,7 +140,7 @@ pub(crate) fn grantee(
     }
     let me = lookup(Pid::this())?
         .map(|me| me.euid)
-        .ok_or_else(|| "Grant failed: cannot tell who this controller runs as".to_owned())?;
+        .ok_or_else(|| format!("{failed}: cannot tell who this controller runs as"))?;
     if process.euid != me {
         return Err(refused(format!(
             "it runs as uid {} (effective), not as uid {me} like this controller{}",
@@ -456,6 +506,64 @@ mod tests {
         assert_eq!(
             ask(&peer, 300, &table),
             Err("Grant failed: cannot tell who this controller runs as".into())
+        );
+    }
+
+    #[test]
+    fn an_agent_attach_goes_to_the_process_that_asks_by_the_rules_of_grants() {
+        let (table, client) = world();
+        let attach = |peer: &Peer, table: &Table| agent_client(peer, pid(TARGET), table);
+        // The process that asks, verified.
+        assert_eq!(
+            attach(&authenticated(Some(client)), &table),
+            Ok(Some(client))
+        );
+        // A transport that cannot tell who asks: as for grants, anyone
+        // who reaches it (its files are private).
+        assert_eq!(attach(&Peer::default(), &table), Ok(None));
+        assert_eq!(
+            attach(&authenticated(None), &table),
+            Err(
+                "AGENT_ATTACH refused: your PID is unknown (pdb's sockets go only to a \
+                 process this controller knows)"
+                    .into()
+            )
+        );
+        // What may never be a client's, may not ask either.
+        let target = table.identity(pid(TARGET)).unwrap().unwrap();
+        assert_eq!(
+            attach(&authenticated(Some(target)), &table),
+            Err(format!(
+                "AGENT_ATTACH from PID {TARGET} refused: it is the target itself"
+            ))
+        );
+        table.edit(200, |info| info.euid = 0);
+        assert_eq!(
+            attach(&authenticated(Some(client)), &table),
+            Err(
+                "AGENT_ATTACH from PID 200 refused: it runs as uid 0 (effective), not as uid \
+                 1000 like this controller (a setuid program)"
+                    .into()
+            )
+        );
+        table.edit(200, |info| info.euid = 1000);
+        // A process that is not the one that connected (its pid reused).
+        let reused = ProcessId {
+            start_time: 99,
+            ..client
+        };
+        assert_eq!(
+            attach(&authenticated(Some(reused)), &table),
+            Err(
+                "AGENT_ATTACH from PID 200 refused: it must be your own process or one of its \
+                 descendants (you are PID 200)"
+                    .into()
+            )
+        );
+        table.remove(Pid::this().get());
+        assert_eq!(
+            attach(&authenticated(Some(client)), &table),
+            Err("Attach failed: cannot tell who this controller runs as".into())
         );
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, never, unbounded, Receiver, Sender};
 use log::{info, warn};
 
+use crate::agent::{Agent, NoAgent};
 use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
@@ -18,7 +19,7 @@ use crate::signals::Caught;
 use crate::signals::{self, SignalThread};
 use crate::supervisor::{ExitStatus, Supervisor};
 use crate::transport::{Event, GrantHolder, Listener, Stopper, Transport};
-use crate::worker::{GrantWorker, StackWorker};
+use crate::worker::{AgentStacks, AgentWorker, GrantWorker, StackWorker};
 
 /// How long a grant or revoke may take by default: the Yama granter's
 /// longest way, a remote execution, waits this long for the target to run
@@ -33,8 +34,9 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 ///
 /// It composes a [`Transport`] (how clients reach it), a [`Granter`] (how a
 /// client gets ptrace rights), a [`Supervisor`] (how the target runs) and,
-/// optionally, an [`Inspector`] (how to read the target's stacks), all
-/// chosen statically. [`run`](Controller::run) spawns the target and serves
+/// optionally, an [`Inspector`] (how to read the target's stacks) and an
+/// [`Agent`] (code it set up inside the target, for a debugger where no
+/// ptrace is allowed), all chosen statically. [`run`](Controller::run) spawns the target and serves
 /// until the target has ended, then returns its [`ExitStatus`].
 ///
 /// The event loop is a single `select!` over the listener's requests, the
@@ -83,6 +85,28 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 /// deadline (reading a frozen process's command line can block): the loop
 /// never waits on them.
 ///
+/// # The agent
+///
+/// - `AGENT_ATTACH [<pid>]` has the [`Agent`] in the target (or in process
+///   `<pid>` of its tree) run pdb, on the agent's thread with the grant
+///   deadline; the reply, `AGENT <pid> <python>`, carries the client's ends
+///   of pdb's sockets. It is allowed exactly when `GRANT_ACCESS <asker>
+///   TARGET <pid>` would be for the process that asks (the same rules and
+///   messages, the asker standing for the client), and refused on a
+///   transport that cannot pass file descriptors
+///   ([`Transport::passes_fds`]), or while the agent there does not serve
+///   (saying why: [`AgentState`](crate::AgentState)). Nothing is recorded:
+///   the session lasts as long as pdb's sockets, not the connection.
+/// - A stack read the inspector may not make (`PermissionDenied`), or any
+///   it fails while the controller [prefers the agent](Controller::prefer_agent),
+///   is asked of the agent in that process when it serves, within the
+///   stack deadline; the stacks say so
+///   ([`ProcessStacks::via`](crate::stacks::ProcessStacks::via)).
+/// - `STATUS` says `agent=<state>` for the target's agent
+///   ([`AgentState::word`](crate::AgentState::word)) and how a client
+///   attaches: `attach=ptrace` (a grant), `attach=agent`, or `attach=none`
+///   (the controller prefers the agent and it does not serve).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -99,11 +123,13 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Controller<T, G, S, I = NoInspector> {
+pub struct Controller<T, G, S, I = NoInspector, A = NoAgent> {
     transport: T,
     granter: G,
     supervisor: S,
     inspector: I,
+    agent: A,
+    prefer_agent: bool,
     grace: Duration,
     grant_deadline: Duration,
     stack_deadline: Duration,
@@ -152,6 +178,8 @@ where
             granter,
             supervisor,
             inspector: NoInspector,
+            agent: NoAgent,
+            prefer_agent: false,
             grace: signals::DEFAULT_GRACE,
             grant_deadline: DEFAULT_GRANT_DEADLINE,
             stack_deadline: DEFAULT_STACK_DEADLINE,
@@ -164,15 +192,16 @@ where
     }
 }
 
-impl<T, G, S, I> Controller<T, G, S, I>
+impl<T, G, S, I, A> Controller<T, G, S, I, A>
 where
     T: Transport,
     G: Granter + Send + 'static,
     S: Supervisor,
     I: Inspector + Send + Sync + 'static,
+    A: Agent + Send + Sync + 'static,
 {
     /// Reads the target's stacks (`STACK`) with `inspector`.
-    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J>
+    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J, A>
     where
         J: Inspector + Send + Sync + 'static,
     {
@@ -181,6 +210,36 @@ where
             granter: self.granter,
             supervisor: self.supervisor,
             inspector,
+            agent: self.agent,
+            prefer_agent: self.prefer_agent,
+            grace: self.grace,
+            grant_deadline: self.grant_deadline,
+            stack_deadline: self.stack_deadline,
+            signals: self.signals,
+            restart: self.restart,
+            status_fields: self.status_fields,
+            subreaper: self.subreaper,
+            shutdown: self.shutdown,
+        }
+    }
+
+    /// Reaches code inside the processes of its tree through `agent`
+    /// (`AGENT_ATTACH`, stacks the inspector may not read): see
+    /// [the agent](Controller#the-agent). Its
+    /// [`state`](Agent::state) is asked on the controller's loop and must
+    /// answer at once; [`attach`](Agent::attach) and
+    /// [`stacks`](Agent::stacks) run on worker threads, with a deadline.
+    pub fn agent<B>(self, agent: B) -> Controller<T, G, S, I, B>
+    where
+        B: Agent + Send + Sync + 'static,
+    {
+        Controller {
+            transport: self.transport,
+            granter: self.granter,
+            supervisor: self.supervisor,
+            inspector: self.inspector,
+            agent,
+            prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
@@ -261,6 +320,17 @@ where
         self
     }
 
+    /// Whether clients attach through the [agent](Controller::agent) rather
+    /// than with a ptrace grant (default no): set it where ptrace cannot
+    /// work (Yama's `ptrace_scope` 2 or 3). `STATUS` then says
+    /// `attach=agent` while the target's agent serves (`attach=none` while
+    /// it does not), and a stack read that fails for any reason is asked
+    /// of the agent too.
+    pub fn prefer_agent(mut self, yes: bool) -> Self {
+        self.prefer_agent = yes;
+        self
+    }
+
     /// Tells the controller whether it is a child subreaper
     /// (`PR_SET_CHILD_SUBREAPER`, or PID 1 of its namespace), default no.
     /// If it is, the processes it adopts (a process of the tree that
@@ -309,6 +379,8 @@ where
             granter,
             mut supervisor,
             inspector,
+            agent,
+            prefer_agent,
             grace,
             grant_deadline,
             stack_deadline,
@@ -333,7 +405,13 @@ where
         let granter_name = granter.name().to_owned();
         let (done_tx, done) = unbounded();
         let grants = GrantWorker::start(granter, done_tx.clone())?;
-        let stacks = StackWorker::start(Arc::new(inspector), done_tx)?;
+        let agent = Arc::new(agent);
+        let agent_stacks = AgentStacks {
+            agent: agent.clone(),
+            prefer: prefer_agent,
+        };
+        let stacks = StackWorker::start(Arc::new(inspector), agent_stacks, done_tx.clone())?;
+        let agents = AgentWorker::start(agent.clone(), done_tx)?;
         let exits = supervisor.exits();
         let target = supervisor.spawn()?;
         info!("target started with PID {target}; granter: {granter_name}");
@@ -353,6 +431,9 @@ where
             supervisor,
             grants,
             stacks,
+            agent,
+            agents,
+            prefer_agent,
             done,
             granter_name,
             grace,
@@ -361,6 +442,7 @@ where
             restart,
             status_fields,
             authenticates: transport.authenticates(),
+            passes_fds: transport.passes_fds(),
             subreaper,
             suspended,
         };

@@ -8,9 +8,13 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
+use crate::agent::{Agent, AgentSession, AgentState};
 use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
 use crate::grants::{self, GrantBook, Pending, RevokePhase};
@@ -26,7 +30,8 @@ use crate::supervisor::{Exit, ExitStatus, Supervisor};
 use crate::transport::{Event, GrantHolder, Incoming, Peer};
 use crate::tree::{Role, Tree};
 use crate::worker::{
-    Claim, Done, GrantWork, GrantWorker, Inspected, Inspection, JobId, StackWorker, TreeRoot,
+    AgentWorker, Claim, Done, GrantWork, GrantWorker, Inspected, Inspection, JobId, StackWorker,
+    TreeRoot,
 };
 
 /// How long after a piece of work's deadline the loop still waits for the
@@ -45,12 +50,23 @@ const MAX_INSPECTIONS: usize = 8;
 /// The signal the kernel reports for a killed process.
 const SIGKILL: i32 = signal_hook::consts::signal::SIGKILL;
 
-/// What the loop needs besides its state: the supervisor, the workers, and
-/// the controller's settings.
-pub(crate) struct Loop<S> {
+/// The refusal of `AGENT_ATTACH` on a transport that cannot pass file
+/// descriptors.
+pub(crate) const NO_FDS: &str =
+    "the FIFO transport cannot pass the agent's sockets: use the Unix socket transport";
+
+/// What the loop needs besides its state: the supervisor, the agent, the
+/// workers, and the controller's settings.
+pub(crate) struct Loop<S, A> {
     pub(crate) supervisor: S,
     pub(crate) grants: GrantWorker,
     pub(crate) stacks: StackWorker,
+    /// Asked on the loop for its state only (at once); its attaches run on
+    /// `agents`.
+    pub(crate) agent: Arc<A>,
+    pub(crate) agents: AgentWorker,
+    /// Clients attach through the agent, not with a grant.
+    pub(crate) prefer_agent: bool,
     pub(crate) done: Receiver<Done>,
     pub(crate) granter_name: String,
     pub(crate) grace: Duration,
@@ -59,6 +75,8 @@ pub(crate) struct Loop<S> {
     pub(crate) restart: RestartPolicy,
     pub(crate) status_fields: Vec<(String, String)>,
     pub(crate) authenticates: bool,
+    /// Whether the transport can send file descriptors with a reply.
+    pub(crate) passes_fds: bool,
     /// Whether the controller is a child subreaper (`PS` says so).
     pub(crate) subreaper: bool,
     /// Where suspensions are reported instead of stopping the process
@@ -74,7 +92,7 @@ pub(crate) struct Inputs {
     pub(crate) shutdown: Receiver<()>,
 }
 
-impl<S: Supervisor> Loop<S> {
+impl<S: Supervisor, A: Agent> Loop<S, A> {
     /// Serves from `target`'s start until the controller is done; returns
     /// how the target ended. Work still pending is called off and answered.
     pub(crate) fn run(
@@ -272,6 +290,9 @@ impl<S: Supervisor> Loop<S> {
             Request::Stacks(scope) => {
                 Served::Later(self.inspect(state, &peer, Answer::Json, scope)?)
             }
+            Request::AgentAttach(process) => {
+                Served::Later(self.agent_attach(state, peer, process)?)
+            }
             Request::Status | Request::Terminate => {
                 return Err(format!("{request} is answered in every phase"))
             }
@@ -449,6 +470,83 @@ impl<S: Supervisor> Loop<S> {
             deadline,
             claim,
             what: Waiting::Grant { on: process.pid },
+        })
+    }
+
+    /// Starts an attach through the agent in the target or in process
+    /// `requested` of its tree, for `peer`, if the policy lets it have
+    /// what a grant on that process would give it, the transport can pass
+    /// pdb's sockets, and the agent there serves: the work, or the refusal.
+    fn agent_attach(
+        &mut self,
+        state: &mut State,
+        peer: Peer,
+        requested: Option<Pid>,
+    ) -> Result<Work, Refusal> {
+        if !matches!(state.phase, Phase::Running) {
+            return Err("The controller is shutting down".into());
+        }
+        if !self.passes_fds {
+            return Err(NO_FDS.into());
+        }
+        let target = state.run.target;
+        let asked = Request::AgentAttach(requested);
+        let refused = |state: &mut State, refusal: String| {
+            state.warn_about(
+                &peer,
+                format_args!("refused {asked} from {peer:?}: {refusal}"),
+            );
+            refusal
+        };
+        if let Err(refusal) = authorize::agent_client(&peer, target, &self.supervisor) {
+            return Err(refused(state, refusal));
+        }
+        let target_id = match self.supervisor.identity(target) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Err(format!("Attach failed: target PID {target} is not running")),
+            Err(err) => return Err(format!("Attach failed: {err}")),
+        };
+        let process = match requested.filter(|&process| process != target) {
+            None => target_id,
+            Some(pid) => {
+                let adopter = self.adopter();
+                match authorize::tree_member(pid, target_id, adopter, &self.supervisor, Use::Grant)
+                {
+                    Ok(process) => process,
+                    Err(refusal) => return Err(refused(state, refusal)),
+                }
+            }
+        };
+        let named = self.named(state, process.pid);
+        if self.condition(process.pid) == Some(Condition::Frozen) {
+            return Err(format!(
+                "{named} is frozen (cgroup freezer): its agent cannot answer until thawed"
+            ));
+        }
+        let pending = state
+            .waiting
+            .iter()
+            .any(|waiting| matches!(waiting.what, Waiting::Agent { on } if on == process.pid));
+        if pending {
+            return Err(format!(
+                "an attach through the agent in {named} is already in progress"
+            ));
+        }
+        let agent = self.agent.state(process);
+        if !agent.is_ready() {
+            return Err(format!(
+                "Cannot attach through the agent in {named}: {agent}"
+            ));
+        }
+        let deadline = Deadline::after(self.grant_deadline);
+        let (id, claim) = state.new_job();
+        self.agents
+            .submit(id, process, deadline.clone(), claim.clone());
+        Ok(Work {
+            id,
+            deadline,
+            claim,
+            what: Waiting::Agent { on: process.pid },
         })
     }
 
@@ -641,10 +739,11 @@ impl<S: Supervisor> Loop<S> {
     /// A worker finished a piece of work the loop may still wait for.
     fn work_done(&mut self, state: &mut State, done: Done) {
         let id = match &done {
-            Done::Grant { id, .. } | Done::Inspect { id, .. } => *id,
+            Done::Grant { id, .. } | Done::Inspect { id, .. } | Done::Agent { id, .. } => *id,
         };
         // The request that waits for it, if the loop has not given up.
         let waiting = state.take_waiting(id);
+        let mut fds = Vec::new();
         let reply = match done {
             Done::Grant {
                 work,
@@ -706,9 +805,16 @@ impl<S: Supervisor> Loop<S> {
                 },
                 _ => Reply::Error("a read nobody waits for".into()),
             },
+            Done::Agent {
+                process, result, ..
+            } => {
+                let (reply, session_fds) = self.attached(state, process, result);
+                fds = session_fds;
+                reply
+            }
         };
         match waiting {
-            Some(waiting) => waiting.incoming.reply(reply),
+            Some(waiting) => waiting.incoming.reply_with_fds(reply, fds),
             None => {
                 if let Reply::Error(message) = reply {
                     debug!("work {id} that nobody waits for: {message}");
@@ -777,13 +883,43 @@ impl<S: Supervisor> Loop<S> {
         }
     }
 
+    /// The reply to an attach through the agent in `process` that ended
+    /// with `result`, and the file descriptors that go with it.
+    fn attached(
+        &self,
+        state: &State,
+        process: ProcessId,
+        result: io::Result<AgentSession>,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let named = self.named(state, process.pid);
+        match result {
+            Ok(session) => {
+                info!("pdb scheduled in {named} through its agent");
+                let reply = Reply::Agent {
+                    pid: process.pid,
+                    python: session.python,
+                };
+                (reply, session.fds)
+            }
+            Err(err) => {
+                warn!("an attach through the agent in {named} failed: {err}");
+                let reply = Reply::Error(format!("Attach through the agent failed: {err}"));
+                (reply, Vec::new())
+            }
+        }
+    }
+
     /// The reply for what the inspector read: what only the controller
     /// knows added (the target, who holds a grant where).
     fn inspected(&self, state: &State, answer: Answer, inspected: Inspected) -> Reply {
         match (answer, inspected) {
             (Answer::Threads, Inspected::Stacks(stacks)) => {
                 let threads = stacks.first().map_or(&[][..], |process| &process.threads);
-                Reply::Stack(fit_reply(threads_text(threads)))
+                let mut text = threads_text(threads);
+                if let Some(note) = stacks.first().and_then(ProcessStacks::via_note) {
+                    text = format!("{note}\n{text}");
+                }
+                Reply::Stack(fit_reply(text))
             }
             (Answer::Ps, Inspected::Tree(mut processes)) => {
                 let live = state.phase.is_live();
@@ -872,6 +1008,7 @@ impl<S: Supervisor> Loop<S> {
             let waiting = state.waiting.remove(index);
             let granter = self.grants.busy();
             let inspector = self.stacks.busy();
+            let agent = self.agents.busy();
             let id = waiting.id;
             let reply = match &waiting.what {
                 Waiting::Grant { on } => {
@@ -890,6 +1027,10 @@ impl<S: Supervisor> Loop<S> {
                 Waiting::Inspect { failed, on, .. } => {
                     let why = self.why_no_answer(state, id, *on, inspector, "inspector");
                     Reply::Error(format!("{failed}: {why}"))
+                }
+                Waiting::Agent { on } => {
+                    let why = self.why_no_answer(state, id, *on, agent, "agent's thread");
+                    Reply::Error(format!("Attach through the agent failed: {why}"))
                 }
             };
             waiting.incoming.reply(reply);
@@ -982,6 +1123,17 @@ impl<S: Supervisor> Loop<S> {
             ("restarts".to_owned(), self.restart.restarts().to_string()),
             ("clients".to_owned(), clients.to_owned()),
         ];
+        let agent = match self.supervisor.identity(state.run.target) {
+            Ok(Some(target)) if state.phase.is_live() => self.agent.state(target),
+            _ => AgentState::Absent("the target is not running".into()),
+        };
+        let attach = match (self.prefer_agent, agent.is_ready()) {
+            (false, _) => "ptrace",
+            (true, true) => "agent",
+            (true, false) => "none",
+        };
+        extra.push(("agent".to_owned(), agent.word().to_owned()));
+        extra.push(("attach".to_owned(), attach.to_owned()));
         if let Some(exit) = state.last_exit {
             extra.push(("last_exit".to_owned(), exit.shell_code().to_string()));
         }
@@ -1405,6 +1557,8 @@ enum Waiting {
         failed: String,
         on: Pid,
     },
+    /// An attach through the agent in process `on`.
+    Agent { on: Pid },
 }
 
 /// How the loop serves a request.

@@ -9,13 +9,15 @@
 //!
 //! This crate holds what does not depend on the platform, and no `unsafe`:
 //!
-//! - four traits, the extension points:
+//! - five traits, the extension points:
 //!   - [`Transport`]: how clients reach the controller (its [`Listener`] end
 //!     and a client's [`Connection`] end);
 //!   - [`Granter`]: how a client gets the right to ptrace the target;
 //!   - [`Supervisor`]: how the target is run, signalled and reaped, and what
 //!     the platform says about processes ([`Processes`]);
 //!   - [`Inspector`]: how the target's stacks are read without stopping it;
+//!   - [`Agent`]: code the controller set up inside a process of its tree,
+//!     which runs pdb there on request (where no ptrace is allowed);
 //! - the process vocabulary: [`Pid`], [`ProcessId`] (pid and start time, so
 //!   a reused pid is never taken for the process it once named),
 //!   [`ProcessState`] and [`ProcessInfo`];
@@ -70,7 +72,7 @@
 //!                 recv(self.0) -> msg => {
 //!                     let (line, reply_to) = msg.unwrap();
 //!                     let Some(reply) = exchange(events, Peer::default(), Ok(line)) else { return Ok(()) };
-//!                     let _ = reply_to.send(reply.into_bytes());
+//!                     let _ = reply_to.send(reply.line.into_bytes());
 //!                 }
 //!                 recv(self.2) -> _ => return Ok(()),
 //!             }
@@ -176,8 +178,8 @@ pub use restart::{Restart, RestartPolicy};
 pub use signals::{DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS};
 pub use supervisor::{Exit, ExitStatus, Supervisor};
 pub use transport::{
-    exchange, Connection, Credentials, Event, GrantHolder, Incoming, Listener, Peer, Stopper,
-    Transport,
+    exchange, Connection, Credentials, Event, GrantHolder, Incoming, Listener, Outgoing, Peer,
+    Stopper, Transport,
 };
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! | `STACK` | `STACK <text>`: every thread's Python stack in the target, read without running anything in it; newlines in the text are written `\n`, backslashes `\\` |
 //! | `STACK <pid>`, `STACK ALL` | the same for process `<pid>` of the tree, or for every process of it, each under a header `Process <pid> (<role>)...` |
 //! | `STACKS [<pid>\|ALL]` | `STACKS <json>`: the same stacks as a list of [`ProcessStacks`], one line of JSON (a process whose stacks cannot be read is listed with `skipped`, for `ALL`) |
+//! | `AGENT_ATTACH [<pid>]` | `AGENT <pid> <python-version>` once the agent in the target (or in process `<pid>` of its tree) has scheduled pdb in its main thread; the reply carries the client's ends of pdb's two sockets (`SCM_RIGHTS`, on a transport that can pass file descriptors); authorized as `GRANT_ACCESS` for the asking process on that process would be |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
@@ -86,6 +87,10 @@ pub enum Request {
     Revoke(RevokeRequest),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
+    /// `AGENT_ATTACH [<pid>]`: have the agent in the target (or in process
+    /// `<pid>` of its tree) run pdb, and pass the client pdb's sockets
+    /// (see [`Agent`](crate::Agent)).
+    AgentAttach(Option<Pid>),
 }
 
 /// What `GRANT_ACCESS` asks for.
@@ -192,6 +197,7 @@ impl Request {
             Request::Stacks(_) => "STACKS",
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
+            Request::AgentAttach(_) => "AGENT_ATTACH",
         };
         dialect.apply(upper)
     }
@@ -229,6 +235,11 @@ impl Request {
                 Scope::Process(pid) => word(&pid.to_string()),
                 Scope::All => word(dialect.apply("ALL")),
             },
+            Request::AgentAttach(process) => {
+                if let Some(process) = process {
+                    word(&process.to_string());
+                }
+            }
             Request::GetTargetPid | Request::Status | Request::Ps | Request::Terminate => {}
         }
         line.push('\n');
@@ -270,6 +281,16 @@ pub enum Reply {
     /// `STACKS <json>`: the stacks of the processes asked for, as one line
     /// of JSON (a list of [`ProcessStacks`]).
     Stacks(Vec<ProcessStacks>),
+    /// `AGENT <pid> <python-version>`: the agent in process `pid` has
+    /// scheduled pdb; the version (the rest of the line) is the CPython
+    /// the process runs, which the client's pdb must match. The client's
+    /// ends of pdb's sockets travel with the line, not in it.
+    Agent {
+        /// The process pdb runs in.
+        pid: Pid,
+        /// Its CPython version (`3.14.0`).
+        python: String,
+    },
 }
 
 /// The controller's answer to `STATUS`.
@@ -444,6 +465,11 @@ impl Reply {
             }
             Reply::Ps(tree) => format!("{} {}\n", dialect.apply("PS"), json(tree)),
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
+            Reply::Agent { pid, python } => format!(
+                "{} {pid} {}\n",
+                dialect.apply("AGENT"),
+                python.replace(['\n', '\r'], " ")
+            ),
             Reply::Error(message) => {
                 let message = message.replace(['\n', '\r'], " ");
                 match dialect {
@@ -495,6 +521,14 @@ impl Reply {
         }
         if word.eq_ignore_ascii_case("status") {
             return Status::parse(rest).map(Reply::Status).ok_or_else(malformed);
+        }
+        if word.eq_ignore_ascii_case("agent") {
+            // `AGENT <pid> <python>`: the version is the rest of the line.
+            let rest = rest.strip_prefix(' ').ok_or_else(malformed)?;
+            let (pid, python) = rest.split_once(' ').unwrap_or((rest, ""));
+            let pid = pid.parse().map_err(|_| malformed())?;
+            let python = python.to_owned();
+            return Ok(Reply::Agent { pid, python });
         }
         if word.eq_ignore_ascii_case("target_pid") {
             return match rest.trim().parse() {
@@ -551,6 +585,8 @@ impl Dialect {
             (Dialect::Lower, "ALL") => "all",
             (Dialect::Lower, "PS") => "ps",
             (Dialect::Lower, "STACKS") => "stacks",
+            (Dialect::Lower, "AGENT_ATTACH") => "agent_attach",
+            (Dialect::Lower, "AGENT") => "agent",
             (Dialect::Lower, other) => other,
         }
     }
@@ -610,6 +646,10 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         Request::Stack(scope(words.next())?)
     } else if command.eq_ignore_ascii_case("STACKS") {
         Request::Stacks(scope(words.next())?)
+    } else if command.eq_ignore_ascii_case("AGENT_ATTACH") {
+        // AGENT_ATTACH [<pid>]
+        let process = words.next().map(|word| word.parse::<Pid>());
+        Request::AgentAttach(process.transpose().map_err(|_| invalid_pid())?)
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
         // GRANT_ACCESS <client> [TARGET <pid>] [FORCE]
         let client = words.next().and_then(|word| word.parse::<Pid>().ok());
@@ -642,6 +682,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     if words.next().is_some() {
         let takes = match request {
             Request::Stack(_) | Request::Stacks(_) => "one argument at most (a PID or ALL)",
+            Request::AgentAttach(_) => "one argument at most (a PID)",
             _ => "no argument",
         };
         return Err(Error::new(
@@ -876,6 +917,8 @@ mod tests {
             (b"STACKS\n", Request::Stacks(Scope::Target)),
             (b"STACKS 0042\n", Request::Stacks(Scope::Process(p(42)))),
             (b"STACKS All\n", Request::Stacks(Scope::All)),
+            (b"AGENT_ATTACH\n", Request::AgentAttach(None)),
+            (b"Agent_Attach 4243\n", Request::AgentAttach(Some(p(4243)))),
         ];
         let lower: &[(&[u8], Request)] = &[
             (b"get_target_pid\n", Request::GetTargetPid),
@@ -893,6 +936,8 @@ mod tests {
             (b"ps\n", Request::Ps),
             (b"stack all\n", Request::Stack(Scope::All)),
             (b"stacks 6\n", Request::Stacks(Scope::Process(p(6)))),
+            (b"agent_attach\n", Request::AgentAttach(None)),
+            (b"agent_attach 0006\r\n", Request::AgentAttach(Some(p(6)))),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -926,6 +971,8 @@ mod tests {
             Request::Stacks(Scope::Process(p(11))),
             Request::Stacks(Scope::All),
             Request::Terminate,
+            Request::AgentAttach(None),
+            Request::AgentAttach(Some(p(12))),
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
                 let line = request.encode(dialect);
@@ -979,6 +1026,9 @@ mod tests {
                     b"STACKS -1\n",
                     b"STACK 0\n",
                     b"STACKS ALLE\n",
+                    b"AGENT_ATTACH 0\n",
+                    b"AGENT_ATTACH ALL\n",
+                    b"agent_attach -1\n",
                 ],
             ),
             (
@@ -1003,6 +1053,16 @@ mod tests {
                 ErrorKind::UnexpectedArgument,
                 "STACKS takes one argument at most (a PID or ALL)",
                 &[b"STACKS ALL ALL\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "AGENT_ATTACH takes one argument at most (a PID)",
+                &[b"AGENT_ATTACH 5 6\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "agent_attach takes one argument at most (a PID)",
+                &[b"agent_attach 5 force\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,
@@ -1072,6 +1132,17 @@ mod tests {
             "stack 7\n"
         );
         assert_eq!(Request::Ps.encode(Dialect::Lower), "ps\n");
+        assert_eq!(Request::AgentAttach(None).to_string(), "AGENT_ATTACH");
+        assert_eq!(
+            Request::AgentAttach(Some(p(7))).encode(Dialect::Lower),
+            "agent_attach 7\n"
+        );
+        let agent = Reply::Agent {
+            pid: p(7),
+            python: "3.14.0".into(),
+        };
+        assert_eq!(agent.to_string(), "AGENT 7 3.14.0");
+        assert_eq!(agent.encode(Dialect::Lower), "agent 7 3.14.0\n");
         assert_eq!(Reply::TargetPid(p(12)).to_string(), "TARGET_PID 12");
         assert_eq!(Reply::Error("x".into()).to_string(), "ERROR: x");
         assert_eq!(Reply::Ready.to_string(), "READY");
@@ -1211,6 +1282,7 @@ mod tests {
             Request::Ps,
             Request::Stack(Scope::Target),
             Request::Stacks(Scope::Process(p(9))),
+            Request::AgentAttach(Some(p(9))),
             revoke(Some(9), None),
             revoke(None, None),
             revoke(Some(9), Some(8)),
@@ -1253,6 +1325,44 @@ mod tests {
             "TARGET_PID x",
             "ERRORS: x",
             "hello",
+        ] {
+            assert_eq!(
+                Reply::parse(bad).unwrap_err().kind(),
+                ErrorKind::MalformedReply,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_replies_carry_the_pid_and_the_rest_of_the_line() {
+        let agent = |pid, python: &str| Reply::Agent {
+            pid: p(pid),
+            python: python.into(),
+        };
+        for dialect in [Dialect::Upper, Dialect::Lower] {
+            for reply in [
+                agent(4242, "3.14.0"),
+                agent(1, ""),
+                agent(5, "3.14.0+ (a build)"),
+            ] {
+                let line = reply.encode(dialect);
+                assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+                assert_eq!(Reply::parse(&line).unwrap(), reply, "{line:?}");
+            }
+        }
+        // Line breaks in the version are not the line's.
+        let line = agent(5, "3.14\n0\r").encode(Dialect::Upper);
+        assert_eq!(line, "AGENT 5 3.14 0 \n");
+        assert_eq!(Reply::parse(&line).unwrap(), agent(5, "3.14 0 "));
+        assert_eq!(Reply::parse("agent 9").unwrap(), agent(9, ""));
+        for bad in [
+            "AGENT",
+            "AGENT ",
+            "AGENT x 3.14",
+            "AGENT  5 3.14",
+            "AGENT 0 3.14",
+            "AGENT:5",
         ] {
             assert_eq!(
                 Reply::parse(bad).unwrap_err().kind(),

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::process::Pid;
 use crate::tree::Role;
 
+/// What a stack dump read by the agent in the process says of itself
+/// (see [`ProcessStacks::via`]): unlike the controller's own memory read,
+/// the agent's ran code in the process.
+pub const READ_BY_AGENT: &str = "(read by the agent inside the process: this ran code in it)";
+
 /// One Python frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -159,6 +164,11 @@ pub struct ProcessStacks {
     pub threads: Vec<ThreadStack>,
     /// Why its stacks were not read (not a Python process, gone...).
     pub skipped: Option<String>,
+    /// Who read them, when not the controller from the process's memory:
+    /// `agent` for the agent inside the process (see
+    /// [`Agent::stacks`](crate::Agent::stacks) and [`via_note`](Self::via_note)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl ProcessStacks {
@@ -172,7 +182,31 @@ impl ProcessStacks {
             python: None,
             threads: Vec::new(),
             skipped: None,
+            via: None,
         }
+    }
+
+    /// What a stack dump says of how it was read, when not from the
+    /// process's memory: [`READ_BY_AGENT`] for the agent's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use heli_core::stacks::{ProcessStacks, READ_BY_AGENT};
+    /// use heli_core::Pid;
+    ///
+    /// let mut stacks = ProcessStacks::new(Pid::new(7).unwrap());
+    /// assert_eq!(stacks.via_note(), None);
+    /// stacks.via = Some("agent".into());
+    /// assert_eq!(stacks.via_note().as_deref(), Some(READ_BY_AGENT));
+    /// stacks.via = Some("a core file".into());
+    /// assert_eq!(stacks.via_note().as_deref(), Some("(read by a core file)"));
+    /// ```
+    pub fn via_note(&self) -> Option<String> {
+        self.via.as_deref().map(|via| match via {
+            "agent" => READ_BY_AGENT.to_owned(),
+            other => format!("(read by {other})"),
+        })
     }
 
     /// Its role in the tree: [`Role::Target`], or [`Role::ChildOf`] its
@@ -218,6 +252,9 @@ impl fmt::Display for ProcessStacks {
             write!(f, " Python {python}")?;
         }
         writeln!(f, ": {}", self.command)?;
+        if let Some(note) = self.via_note() {
+            writeln!(f, "  {note}")?;
+        }
         match &self.skipped {
             Some(why) => writeln!(f, "  (skipped: {why})"),
             None => f.write_str(&threads_text(&self.threads)),
@@ -279,5 +316,28 @@ mod tests {
         assert!(process
             .to_string()
             .ends_with("  (skipped: not a Python process)\n"));
+    }
+
+    #[test]
+    fn stacks_the_agent_read_say_so_under_their_header() {
+        let mut process = ProcessStacks::new(Pid::new(12).unwrap());
+        process.command = "python app.py".into();
+        process.threads.push(ThreadStack::new(12));
+        process.via = Some("agent".into());
+        assert_eq!(
+            process.to_string(),
+            format!(
+                "Process 12: python app.py\n  {READ_BY_AGENT}\nThread 12, most recent call \
+                 last:\n  (no Python frame)\n"
+            )
+        );
+        // In JSON only when set, and optional when read.
+        let json = serde_json::to_string(&process).unwrap();
+        assert!(json.ends_with(r#","via":"agent"}"#), "{json}");
+        process.via = None;
+        let json = serde_json::to_string(&process).unwrap();
+        assert!(!json.contains("via"), "{json}");
+        let back: ProcessStacks = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, process);
     }
 }

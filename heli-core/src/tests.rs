@@ -19,6 +19,7 @@
 //! [`test_log`](crate::test_log)).
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -53,7 +54,11 @@ const LONG_GRACE: Duration = Duration::from_secs(600);
 
 /// Who sent it, and a request line with where its reply goes (`None`: the
 /// connection closed).
-type Wire = (Peer, Option<(Vec<u8>, Sender<Vec<u8>>)>);
+type Wire = (Peer, Option<(Vec<u8>, Sender<Delivered>)>);
+
+/// A reply line as the client gets it, with the file descriptors that came
+/// with it.
+type Delivered = (Vec<u8>, Vec<OwnedFd>);
 
 #[derive(Default)]
 struct FakeConfig {
@@ -68,6 +73,8 @@ struct FakeConfig {
     linger: Duration,
     /// `stop()` reports on the first channel, then waits for the second.
     stop_gate: Option<(Sender<()>, Receiver<()>)>,
+    /// Replies carry file descriptors (as a Unix socket's do).
+    passes_fds: bool,
 }
 
 struct Wires {
@@ -208,6 +215,10 @@ impl Transport for Fake {
     fn authenticates(&self) -> bool {
         self.0.credentials.lock().unwrap().is_some()
     }
+
+    fn passes_fds(&self) -> bool {
+        self.0.config.passes_fds
+    }
 }
 
 struct FakeListener {
@@ -233,7 +244,7 @@ impl FakeListener {
                         let Some(reply) = exchange(events, peer, Ok(line)) else {
                             return Ok(());
                         };
-                        let _ = reply_to.send(reply.into_bytes());
+                        let _ = reply_to.send((reply.line.into_bytes(), reply.fds));
                         continue;
                     }
                     let events = events.clone();
@@ -252,7 +263,7 @@ fn forward(
     events: Sender<Event>,
     peer: Peer,
     line: &[u8],
-    reply_to: Sender<Vec<u8>>,
+    reply_to: Sender<Delivered>,
 ) {
     let (incoming, reply) = Incoming::new(peer, line);
     if events.send(Event::Request(incoming)).is_err() {
@@ -260,8 +271,8 @@ fn forward(
     }
     let _ = wires.queued.0.send(());
     if let Ok(reply) = reply.recv() {
-        let _ = wires.delivered.0.send(reply.clone());
-        let _ = reply_to.send(reply.into_bytes());
+        let _ = wires.delivered.0.send(reply.line.clone());
+        let _ = reply_to.send((reply.line.into_bytes(), reply.fds));
     }
 }
 
@@ -320,14 +331,25 @@ impl Drop for FakeConnection {
 
 impl Connection for FakeConnection {
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+        Ok(self.round_trip_with_fds(line, deadline, 0)?.0)
+    }
+
+    fn round_trip_with_fds(
+        &mut self,
+        line: &[u8],
+        deadline: Instant,
+        max_fds: usize,
+    ) -> io::Result<Delivered> {
         let (tx, rx) = bounded(1);
         self.1
             .send((self.0, Some((line.to_vec(), tx))))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        rx.recv_deadline(deadline).map_err(|err| match err {
-            RecvTimeoutError::Timeout => io::ErrorKind::TimedOut.into(),
+        let (reply, mut fds) = rx.recv_deadline(deadline).map_err(|err| match err {
+            RecvTimeoutError::Timeout => io::Error::from(io::ErrorKind::TimedOut),
             RecvTimeoutError::Disconnected => io::ErrorKind::UnexpectedEof.into(),
-        })
+        })?;
+        fds.truncate(max_fds);
+        Ok((reply, fds))
     }
 }
 
@@ -353,7 +375,7 @@ fn scripted(replies: &[Option<&'static [u8]>]) -> (Fake, thread::JoinHandle<Vec<
             };
             seen.push(lossy(&line));
             if let Some(reply) = reply {
-                reply_to.send(reply.to_vec()).unwrap();
+                reply_to.send((reply.to_vec(), Vec::new())).unwrap();
             }
         }
         seen
@@ -1550,6 +1572,8 @@ fn status_reports_target_grant_and_extra_fields() {
         [
             field("restarts", "0"),
             field("clients", "unauthenticated"),
+            field("agent", "off"),
+            field("attach", "ptrace"),
             field("ptrace_scope", "1"),
             field("name", "demo"),
         ]
@@ -1837,7 +1861,7 @@ fn a_grant_made_over_named_pipes_outlives_every_connection() {
             Some((b"GRANT_ACCESS 88 FORCE\n".to_vec(), tx)),
         ))
         .unwrap();
-    assert_eq!(rx.recv_timeout(HANG).unwrap(), b"READY\n");
+    assert_eq!(rx.recv_timeout(HANG).unwrap().0, b"READY\n");
     wires.to_server.send((Peer::default(), None)).unwrap();
     thread::sleep(Duration::from_millis(50));
     assert_eq!(client.status().unwrap().holder, Some(pid(88)));

@@ -1,6 +1,7 @@
 //! How requests travel between clients and the controller.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,15 @@ pub trait Transport {
     /// ([`Peer::credentials`]); default: no. The controller says so in
     /// `STATUS` (`clients=authenticated` or `clients=unauthenticated`).
     fn authenticates(&self) -> bool {
+        false
+    }
+
+    /// Whether its listener can send file descriptors with a reply
+    /// ([`Outgoing::fds`], as a Unix socket's `SCM_RIGHTS` does) and its
+    /// connections receive them ([`Connection::round_trip_with_fds`]);
+    /// default: no. The controller refuses `AGENT_ATTACH` on a transport
+    /// that cannot: its reply is the client's ends of pdb's sockets.
+    fn passes_fds(&self) -> bool {
         false
     }
 }
@@ -141,6 +151,24 @@ pub trait Connection {
     /// `BrokenPipe` when the controller went away.
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>>;
 
+    /// As [`round_trip`](Connection::round_trip), and returns the file
+    /// descriptors that came with the reply too, `max_fds` at most (any
+    /// more are closed). By default none: a transport that cannot pass
+    /// them (see [`Transport::passes_fds`]) gets none.
+    ///
+    /// # Errors
+    ///
+    /// As [`round_trip`](Connection::round_trip).
+    fn round_trip_with_fds(
+        &mut self,
+        line: &[u8],
+        deadline: Instant,
+        max_fds: usize,
+    ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let _ = max_fds;
+        Ok((self.round_trip(line, deadline)?, Vec::new()))
+    }
+
     /// Sends `request` and parses its reply.
     ///
     /// # Errors
@@ -152,28 +180,57 @@ pub trait Connection {
         let line = request.encode(Dialect::Upper);
         let reply = self
             .round_trip(line.as_bytes(), Instant::now() + timeout)
-            .map_err(|err| match err.kind() {
-                io::ErrorKind::TimedOut => Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Timeout waiting for response to {request} ({:.1} s): the controller may be busy or hung",
-                        timeout.as_secs_f64()
-                    ),
-                ),
-                io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => Error::io(
-                    "The controller went away before answering",
-                    err,
-                ),
-                _ => Error::io(format!("Sending {request}"), err),
-            })?;
-        let text = String::from_utf8(reply).map_err(|_| {
-            Error::new(
-                ErrorKind::MalformedReply,
-                "The controller's reply is not UTF-8",
-            )
-        })?;
-        Reply::parse(&text)
+            .map_err(|err| sending_failed(request, timeout, err))?;
+        parse_reply(reply)
     }
+
+    /// As [`request`](Connection::request), and returns the file
+    /// descriptors that came with the reply too (`max_fds` at most; see
+    /// [`round_trip_with_fds`](Connection::round_trip_with_fds)).
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Connection::request).
+    fn request_with_fds(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+        max_fds: usize,
+    ) -> Result<(Reply, Vec<OwnedFd>), Error> {
+        let line = request.encode(Dialect::Upper);
+        let (reply, fds) = self
+            .round_trip_with_fds(line.as_bytes(), Instant::now() + timeout, max_fds)
+            .map_err(|err| sending_failed(request, timeout, err))?;
+        Ok((parse_reply(reply)?, fds))
+    }
+}
+
+/// The error for a round trip of `request` that failed with `err`.
+fn sending_failed(request: Request, timeout: Duration, err: io::Error) -> Error {
+    match err.kind() {
+        io::ErrorKind::TimedOut => Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "Timeout waiting for response to {request} ({:.1} s): the controller may be busy or hung",
+                timeout.as_secs_f64()
+            ),
+        ),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => {
+            Error::io("The controller went away before answering", err)
+        }
+        _ => Error::io(format!("Sending {request}"), err),
+    }
+}
+
+/// A reply line, parsed.
+fn parse_reply(reply: Vec<u8>) -> Result<Reply, Error> {
+    let text = String::from_utf8(reply).map_err(|_| {
+        Error::new(
+            ErrorKind::MalformedReply,
+            "The controller's reply is not UTF-8",
+        )
+    })?;
+    Reply::parse(&text)
 }
 
 /// Who sent a request, as far as the transport can tell.
@@ -226,13 +283,36 @@ pub struct Incoming {
     peer: Peer,
     dialect: Dialect,
     request: Result<Request, Error>,
-    reply_to: Sender<String>,
+    reply_to: Sender<Outgoing>,
+}
+
+/// A reply as a [`Listener`] writes it: the encoded line, and the file
+/// descriptors that go with it (none but for `AGENT_ATTACH`; a listener
+/// that cannot pass them drops them, which closes them).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Outgoing {
+    /// The reply line, newline included.
+    pub line: String,
+    /// The file descriptors to send with the line (a Unix socket's
+    /// `SCM_RIGHTS`), in order.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Outgoing {
+    /// A reply line without file descriptors.
+    pub fn line(line: String) -> Outgoing {
+        Outgoing {
+            line,
+            fds: Vec::new(),
+        }
+    }
 }
 
 impl Incoming {
     /// Parses `line` from `peer`; the returned receiver gets the encoded reply
     /// once the controller has answered, or is disconnected if it never will.
-    pub fn new(peer: Peer, line: &[u8]) -> (Incoming, Receiver<String>) {
+    pub fn new(peer: Peer, line: &[u8]) -> (Incoming, Receiver<Outgoing>) {
         let (reply_to, reply) = crossbeam_channel::bounded(1);
         let (request, dialect) = match parse_request(line) {
             Ok((request, dialect)) => (Ok(request), dialect),
@@ -264,8 +344,15 @@ impl Incoming {
 
     /// Answers the request.
     pub fn reply(self, reply: Reply) {
-        // The transport may have given up on the client already: nothing to do.
-        let _ = self.reply_to.send(reply.encode(self.dialect));
+        self.reply_with_fds(reply, Vec::new());
+    }
+
+    /// Answers the request with `fds` sent along (see [`Outgoing`]).
+    pub fn reply_with_fds(self, reply: Reply, fds: Vec<OwnedFd>) {
+        let line = reply.encode(self.dialect);
+        // The transport may have given up on the client already: nothing
+        // to do (the descriptors are closed).
+        let _ = self.reply_to.send(Outgoing { line, fds });
     }
 }
 
@@ -279,14 +366,14 @@ pub fn exchange(
     events: &Sender<Event>,
     peer: Peer,
     line: Result<Vec<u8>, Error>,
-) -> Option<String> {
+) -> Option<Outgoing> {
     match line {
         Ok(line) => {
             let (incoming, reply) = Incoming::new(peer, &line);
             events.send(Event::Request(incoming)).ok()?;
             reply.recv().ok()
         }
-        Err(err) => Some(Reply::error(&err).encode(Dialect::Upper)),
+        Err(err) => Some(Outgoing::line(Reply::error(&err).encode(Dialect::Upper))),
     }
 }
 
@@ -331,8 +418,52 @@ mod tests {
     }
 
     #[test]
-    fn by_default_a_transport_does_not_authenticate() {
+    fn by_default_a_transport_does_not_authenticate_nor_pass_fds() {
         assert!(!Nowhere.authenticates());
+        assert!(!Nowhere.passes_fds());
+    }
+
+    /// A connection that answers every line with `READY`.
+    struct Ready;
+    impl Connection for Ready {
+        fn round_trip(&mut self, _: &[u8], _: Instant) -> io::Result<Vec<u8>> {
+            Ok(b"READY\n".to_vec())
+        }
+    }
+
+    #[test]
+    fn by_default_a_connection_receives_no_fds() {
+        let (reply, fds) = Ready
+            .round_trip_with_fds(b"STATUS\n", Instant::now(), 2)
+            .unwrap();
+        assert_eq!((reply, fds.len()), (b"READY\n".to_vec(), 0));
+        let (reply, fds) = Ready
+            .request_with_fds(Request::AgentAttach(None), Duration::from_secs(1), 2)
+            .unwrap();
+        assert_eq!((reply, fds.len()), (Reply::Ready, 0));
+        let err = Quiet
+            .request_with_fds(Request::AgentAttach(None), Duration::from_secs(1), 2)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.message()
+                .starts_with("The controller went away before answering"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_reply_carries_its_fds_to_the_listener() {
+        let (incoming, replies) = Incoming::new(Peer::default(), b"agent_attach\n");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let agent = Reply::Agent {
+            pid: Pid::new(7).unwrap(),
+            python: "3.14.0".into(),
+        };
+        incoming.reply_with_fds(agent, vec![file.into()]);
+        let outgoing = replies.recv().unwrap();
+        assert_eq!(outgoing.line, "agent 7 3.14.0\n");
+        assert_eq!(outgoing.fds.len(), 1);
     }
 
     #[test]
@@ -360,7 +491,9 @@ mod tests {
             let (incoming, replies) = Incoming::new(Peer::default(), line);
             assert_eq!(incoming.dialect(), dialect);
             incoming.reply(Reply::Ready);
-            assert_eq!(replies.recv().unwrap(), reply);
+            let outgoing = replies.recv().unwrap();
+            assert_eq!(outgoing.line, reply);
+            assert!(outgoing.fds.is_empty());
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Work the controller runs off its loop, each piece with a deadline:
 //! grants and revokes on the granter's own thread, stack reads and tree
 //! listings on the inspector's (reading `/proc/PID/cmdline` or a process's
-//! memory can block on a frozen process's memory lock: never on the loop). The loop hands work over and goes on serving; the result
+//! memory can block on a frozen process's memory lock: never on the loop),
+//! attaches through the agent on the agent's (and, for a process whose
+//! memory the inspector may not read, stack reads through the agent on the
+//! inspector's). The loop hands work over and goes on serving; the result
 //! comes back on a channel, or the loop gives up on it at its deadline.
 
 use std::collections::HashSet;
@@ -14,12 +17,13 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Sender};
 use log::warn;
 
+use crate::agent::{Agent, AgentSession};
 use crate::authorize;
 use crate::deadline::Deadline;
 use crate::granter::Granter;
 use crate::inspector::Inspector;
 use crate::process::ProcessId;
-use crate::stacks::ProcessStacks;
+use crate::stacks::{ProcessStacks, ThreadStack};
 use crate::tree::TreeProcess;
 
 /// Tells a piece of work from the others.
@@ -115,6 +119,13 @@ pub(crate) enum Done {
         id: JobId,
         result: io::Result<Inspected>,
     },
+    /// An attach through the agent ended: the client's ends of pdb's
+    /// sockets, or why not.
+    Agent {
+        id: JobId,
+        process: ProcessId,
+        result: io::Result<AgentSession>,
+    },
 }
 
 /// What the inspector's thread reads.
@@ -150,6 +161,7 @@ pub(crate) enum Inspected {
 
 type GrantJob = (JobId, GrantWork, Deadline, Claim);
 type InspectJob = (JobId, Inspection, Deadline, Claim);
+type AgentJob = (JobId, ProcessId, Deadline, Claim);
 
 /// The granter, on a thread of its own that does one piece of work at a
 /// time, in order.
@@ -267,16 +279,61 @@ fn not_started(deadline: &Deadline) -> io::Error {
     }
 }
 
+/// Who reads stacks the inspector cannot: the agent in the process, when
+/// it serves, where the inspector may not read the process's memory
+/// (`PermissionDenied`: Yama's `ptrace_scope` 2 or 3), or after any failure
+/// of the inspector's when the controller prefers the agent (ptrace cannot
+/// work there at all).
+#[derive(Debug)]
+pub(crate) struct AgentStacks<A> {
+    pub(crate) agent: A,
+    pub(crate) prefer: bool,
+}
+
+impl<A: Agent> AgentStacks<A> {
+    /// The threads of `process`, read by `inspector`, or failing that by
+    /// the agent (within `deadline`): with who read them when not the
+    /// inspector (`agent`).
+    fn read(
+        &self,
+        inspector: &impl Inspector,
+        process: ProcessId,
+        deadline: &Deadline,
+    ) -> io::Result<(Vec<ThreadStack>, Option<String>)> {
+        let err = match inspector.stacks(process) {
+            Ok(threads) => return Ok((threads, None)),
+            Err(err) => err,
+        };
+        let denied = err.kind() == io::ErrorKind::PermissionDenied;
+        if !((denied || self.prefer) && self.agent.state(process).is_ready()) {
+            return Err(err);
+        }
+        match self.agent.stacks(process, deadline) {
+            Ok(threads) => Ok((threads, Some("agent".to_owned()))),
+            Err(agent_err) => Err(io::Error::new(
+                err.kind(),
+                format!("{err}; nor could the agent in it: {agent_err}"),
+            )),
+        }
+    }
+}
+
 /// The inspector, on a thread of its own that does one read at a time.
 #[derive(Debug)]
 pub(crate) struct StackWorker(Sender<InspectJob>, Busy);
 
 impl StackWorker {
-    /// Shares `inspector` with a new thread; results go to `done`.
-    pub(crate) fn start<I: Inspector + Send + Sync + 'static>(
+    /// Shares `inspector` and `agent` with a new thread; results go to
+    /// `done`.
+    pub(crate) fn start<I, A>(
         inspector: Arc<I>,
+        agent: AgentStacks<Arc<A>>,
         done: Sender<Done>,
-    ) -> io::Result<StackWorker> {
+    ) -> io::Result<StackWorker>
+    where
+        I: Inspector + Send + Sync + 'static,
+        A: Agent + Send + Sync + 'static,
+    {
         let busy = Busy::default();
         let on = busy.clone();
         let jobs = spawn_worker(
@@ -284,7 +341,7 @@ impl StackWorker {
             move |(id, inspection, deadline, claim): InspectJob| {
                 let note = |process| on.set(Some((id, process)));
                 let result = unless_expired(&deadline, || {
-                    inspect(&*inspector, inspection, &deadline, note)
+                    inspect(&*inspector, &agent, inspection, &deadline, note)
                 });
                 on.set(None);
                 !claim.finish() || done.send(Done::Inspect { id, result }).is_ok()
@@ -312,11 +369,60 @@ impl StackWorker {
     }
 }
 
-/// Carries `inspection` out with `inspector`, within `deadline` as far as
-/// it can tell (a read that hangs is the loop's to give up on).
-/// Each process it is about to read is told to `reading`.
+/// The agent, on a thread of its own that does one attach at a time.
+#[derive(Debug)]
+pub(crate) struct AgentWorker(Sender<AgentJob>, Busy);
+
+impl AgentWorker {
+    /// Shares `agent` with a new thread; results go to `done`.
+    pub(crate) fn start<A: Agent + Send + Sync + 'static>(
+        agent: Arc<A>,
+        done: Sender<Done>,
+    ) -> io::Result<AgentWorker> {
+        let busy = Busy::default();
+        let on = busy.clone();
+        let jobs = spawn_worker(
+            "heli-agent",
+            move |(id, process, deadline, claim): AgentJob| {
+                on.set(Some((id, process)));
+                let result = unless_expired(&deadline, || agent.attach(process, &deadline));
+                on.set(None);
+                // A session nobody waits for any more is dropped: its
+                // sockets close, and pdb in the process finds its client
+                // gone.
+                !claim.finish()
+                    || done
+                        .send(Done::Agent {
+                            id,
+                            process,
+                            result,
+                        })
+                        .is_ok()
+            },
+        )?;
+        Ok(AgentWorker(jobs, busy))
+    }
+
+    /// What the agent's thread is busy with now: the attach and its
+    /// process.
+    pub(crate) fn busy(&self) -> Option<(JobId, ProcessId)> {
+        self.1.get()
+    }
+
+    /// Queues an attach to `process`; its result comes back as
+    /// [`Done::Agent`] with `id`, unless the loop gave up on it.
+    pub(crate) fn submit(&self, id: JobId, process: ProcessId, deadline: Deadline, claim: Claim) {
+        let _ = self.0.send((id, process, deadline, claim));
+    }
+}
+
+/// Carries `inspection` out with `inspector` (or, where that cannot read a
+/// process, `agent`), within `deadline` as far as it can tell (a read that
+/// hangs is the loop's to give up on). Each process it is about to read is
+/// told to `reading`.
 fn inspect(
     inspector: &impl Inspector,
+    agent: &AgentStacks<impl Agent>,
     inspection: Inspection,
     deadline: &Deadline,
     reading: impl Fn(ProcessId),
@@ -345,7 +451,7 @@ fn inspect(
                 Err(_) => TreeProcess::new(process.pid),
             };
             let mut stacks = stacks_header(&facts, tree.target);
-            stacks.threads = inspector.stacks(process)?;
+            (stacks.threads, stacks.via) = agent.read(inspector, process, deadline)?;
             Ok(Inspected::Stacks(vec![stacks]))
         }
         Inspection::Stacks {
@@ -369,9 +475,9 @@ fn inspect(
                         // The process the tree listed, not one that took
                         // its pid since.
                         reading(process.id());
-                        match inspector.stacks(process.id()) {
-                            Ok(threads) => {
-                                stacks.threads = threads;
+                        match agent.read(inspector, process.id(), deadline) {
+                            Ok((threads, via)) => {
+                                (stacks.threads, stacks.via) = (threads, via);
                                 None
                             }
                             Err(err) => Some(err.to_string()),
@@ -431,8 +537,8 @@ fn stacks_header(process: &TreeProcess, root: ProcessId) -> ProcessStacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{AgentState, NoAgent};
     use crate::process::Pid;
-    use crate::stacks::ThreadStack;
     use crate::tree::Role;
 
     #[test]
@@ -514,8 +620,14 @@ mod tests {
         }
     }
 
+    /// No agent to ask.
+    const NONE: AgentStacks<NoAgent> = AgentStacks {
+        agent: NoAgent,
+        prefer: false,
+    };
+
     fn stacks(inspection: Inspection, deadline: &Deadline) -> Vec<ProcessStacks> {
-        match inspect(&Forest, inspection, deadline, |_| {}).unwrap() {
+        match inspect(&Forest, &NONE, inspection, deadline, |_| {}).unwrap() {
             Inspected::Stacks(stacks) => stacks,
             other => panic!("{other:?}"),
         }
@@ -633,7 +745,7 @@ mod tests {
         };
         // Its facts are read without its tree's.
         for inspector in [&Forest as &dyn Inspector, &OneByOne] {
-            let got = match inspect(&inspector, one(12), &soon, |_| {}).unwrap() {
+            let got = match inspect(&inspector, &NONE, one(12), &soon, |_| {}).unwrap() {
                 Inspected::Stacks(got) => got,
                 other => panic!("{other:?}"),
             };
@@ -644,7 +756,7 @@ mod tests {
             assert_eq!(got[0].threads.len(), 1);
         }
         assert!(stacks(one(10), &soon)[0].target);
-        let err = inspect(&Forest, one(11), &soon, |_| {}).unwrap_err();
+        let err = inspect(&Forest, &NONE, one(11), &soon, |_| {}).unwrap_err();
         assert_eq!(err.to_string(), "not a Python process");
         // A process whose pid names another one now is not read.
         let reused = Inspection::Stacks {
@@ -655,7 +767,7 @@ mod tests {
             }),
             me: None,
         };
-        let err = inspect(&OneByOne, reused, &soon, |_| {}).unwrap_err();
+        let err = inspect(&OneByOne, &NONE, reused, &soon, |_| {}).unwrap_err();
         assert_eq!(
             (err.kind(), err.to_string()),
             (io::ErrorKind::NotFound, "PID 12 is not running".into())
@@ -667,7 +779,7 @@ mod tests {
                 Forest.stacks(process)
             }
         }
-        match inspect(&Bare, one(12), &soon, |_| {}).unwrap() {
+        match inspect(&Bare, &NONE, one(12), &soon, |_| {}).unwrap() {
             Inspected::Stacks(got) => {
                 assert_eq!((got[0].pid.get(), got[0].threads.len()), (12, 1));
                 assert_eq!(got[0].command, "");
@@ -680,8 +792,156 @@ mod tests {
             me: None,
         };
         assert_eq!(
-            inspect(&Bare, all, &soon, |_| {}).unwrap_err().kind(),
+            inspect(&Bare, &NONE, all, &soon, |_| {})
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::Unsupported
+        );
+    }
+
+    /// Fails every read with an error of its kind.
+    struct Locked(io::ErrorKind);
+    impl Inspector for Locked {
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            Err(io::Error::new(
+                self.0,
+                format!("cannot read PID {}", process.pid),
+            ))
+        }
+        fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            Forest.tree(root)
+        }
+    }
+
+    /// An agent that serves in the processes of pids `ready`, and reads a
+    /// thread 100 + pid in each (or fails, when `broken`).
+    struct Inside {
+        ready: Vec<u32>,
+        broken: bool,
+    }
+    impl Agent for Inside {
+        fn state(&self, process: ProcessId) -> AgentState {
+            if self.ready.contains(&process.pid.get()) {
+                AgentState::Ready {
+                    python: "3.14.0".into(),
+                    trigger: "remote_exec".into(),
+                }
+            } else {
+                AgentState::Absent("not started with one".into())
+            }
+        }
+        fn attach(&self, _: ProcessId, _: &Deadline) -> io::Result<AgentSession> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn stacks(&self, process: ProcessId, _: &Deadline) -> io::Result<Vec<ThreadStack>> {
+            if self.broken {
+                return Err(io::Error::other("the agent broke"));
+            }
+            Ok(vec![ThreadStack::new(100 + u64::from(process.pid.get()))])
+        }
+    }
+
+    fn agent(ready: &[u32], prefer: bool) -> AgentStacks<Inside> {
+        AgentStacks {
+            agent: Inside {
+                ready: ready.to_vec(),
+                broken: false,
+            },
+            prefer,
+        }
+    }
+
+    /// What `agent` makes of `inspector`'s read of process 12: the first
+    /// thread's id and who read it, or the error.
+    fn read_12(
+        agent: &AgentStacks<Inside>,
+        inspector: &impl Inspector,
+    ) -> Result<(u64, Option<String>), (io::ErrorKind, String)> {
+        let soon = Deadline::after(Duration::from_secs(60));
+        agent
+            .read(inspector, id(12), &soon)
+            .map(|(threads, via)| (threads[0].native_thread_id, via))
+            .map_err(|err| (err.kind(), err.to_string()))
+    }
+
+    #[test]
+    fn the_agent_reads_what_the_inspector_may_not_when_it_serves() {
+        use io::ErrorKind::{Other, PermissionDenied};
+        let by_agent = Ok((112, Some("agent".to_owned())));
+        let denied = Err((PermissionDenied, "cannot read PID 12".to_owned()));
+        // What the inspector reads, it reads, whatever the agent.
+        assert_eq!(read_12(&agent(&[12], true), &Forest), Ok((12, None)));
+        // Its memory may not be read: the agent, if it serves there.
+        assert_eq!(
+            read_12(&agent(&[12], false), &Locked(PermissionDenied)),
+            by_agent
+        );
+        assert_eq!(
+            read_12(&agent(&[10], true), &Locked(PermissionDenied)),
+            denied
+        );
+        // Any other failure: the agent only when the controller prefers it.
+        assert_eq!(
+            read_12(&agent(&[12], false), &Locked(Other)),
+            Err((Other, "cannot read PID 12".to_owned()))
+        );
+        assert_eq!(read_12(&agent(&[12], true), &Locked(Other)), by_agent);
+        // When the agent fails too, both say why.
+        let mut broken = agent(&[12], false);
+        broken.agent.broken = true;
+        assert_eq!(
+            read_12(&broken, &Locked(PermissionDenied)),
+            Err((
+                PermissionDenied,
+                "cannot read PID 12; nor could the agent in it: the agent broke".to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn stacks_the_agent_read_are_labelled_so_one_process_or_all() {
+        let soon = Deadline::after(Duration::from_secs(60));
+        let denied = Locked(io::ErrorKind::PermissionDenied);
+        let agent = agent(&[10, 12], false);
+        let all = Inspection::Stacks {
+            tree: root(None),
+            only: None,
+            me: None,
+        };
+        let Inspected::Stacks(got) = inspect(&denied, &agent, all, &soon, |_| {}).unwrap() else {
+            panic!("not stacks");
+        };
+        let summary: Vec<_> = got
+            .iter()
+            .map(|p| {
+                (
+                    p.pid.get(),
+                    p.threads.len(),
+                    p.via.as_deref(),
+                    p.skipped.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (10, 1, Some("agent"), false),
+                (11, 0, None, true),
+                (12, 1, Some("agent"), false),
+                (13, 0, None, true),
+            ]
+        );
+        let one = Inspection::Stacks {
+            tree: root(None),
+            only: Some(id(12)),
+            me: None,
+        };
+        let Inspected::Stacks(got) = inspect(&denied, &agent, one, &soon, |_| {}).unwrap() else {
+            panic!("not stacks");
+        };
+        assert_eq!(
+            (got[0].threads[0].native_thread_id, got[0].via.as_deref()),
+            (112, Some("agent"))
         );
     }
 

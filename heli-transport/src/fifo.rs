@@ -580,7 +580,10 @@ impl Listener for FifoListener {
                 // Only one client at a time may use the pipes: a reply still
                 // unread belongs to one that gave up.
                 drain(&self.response);
-                let Some(reply) = exchange(events, peer, line) else {
+                // A pipe cannot pass file descriptors: the controller sends
+                // none here (it refuses AGENT_ATTACH: `passes_fds` is
+                // false), and any would be closed.
+                let Some(reply) = exchange(events, peer, line).map(|reply| reply.line) else {
                     return Ok(());
                 };
                 let deadline = Instant::now() + self.reply_timeout;

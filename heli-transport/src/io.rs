@@ -75,16 +75,29 @@ pub(crate) fn read_line(
     lines: &mut LineBuffer,
     deadline: Instant,
 ) -> io::Result<Vec<u8>> {
+    read_line_by(fd.as_fd(), lines, deadline, |buf| {
+        nix::unistd::read(fd.as_fd(), buf)
+    })
+}
+
+/// As [`read_line`], reading with `read` (which reads from `fd` into the
+/// buffer it is given, as `read(2)` does: `recvmsg(2)`, say).
+pub(crate) fn read_line_by(
+    fd: BorrowedFd<'_>,
+    lines: &mut LineBuffer,
+    deadline: Instant,
+    mut read: impl FnMut(&mut [u8]) -> nix::Result<usize>,
+) -> io::Result<Vec<u8>> {
     let mut buf = [0u8; 4096];
     loop {
         if let Some(line) = lines.next_line() {
             return line.map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err));
         }
-        match nix::unistd::read(fd.as_fd(), &mut buf) {
+        match read(&mut buf) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => lines.extend(&buf[..n]),
             Err(Errno::EAGAIN) => {
-                let seen = wait(fd.as_fd(), PollFlags::POLLIN, Some(deadline))?;
+                let seen = wait(fd, PollFlags::POLLIN, Some(deadline))?;
                 if !seen.contains(PollFlags::POLLIN)
                     && seen.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
                 {
@@ -139,25 +152,36 @@ pub(crate) fn send_all(
     while !data.is_empty() {
         match send(fd.as_fd().as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
             Ok(n) => data = &data[n..],
-            Err(Errno::EAGAIN) => match stop {
-                None => {
-                    wait(fd.as_fd(), PollFlags::POLLOUT, Some(deadline))?;
-                }
-                Some(stop) => {
-                    let seen = wait_any(
-                        &[(fd.as_fd(), PollFlags::POLLOUT), (stop, PollFlags::POLLIN)],
-                        Some(deadline),
-                    )?;
-                    if !seen[1].is_empty() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::Interrupted,
-                            "the listener is stopping",
-                        ));
-                    }
-                }
-            },
+            Err(Errno::EAGAIN) => wait_writable(fd.as_fd(), deadline, stop)?,
             Err(Errno::EINTR) => {}
             Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the socket `fd` takes more bytes, as [`send_all`] does:
+/// `TimedOut` at `deadline`, `Interrupted` as soon as `stop` is readable.
+pub(crate) fn wait_writable(
+    fd: BorrowedFd<'_>,
+    deadline: Instant,
+    stop: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    match stop {
+        None => {
+            wait(fd, PollFlags::POLLOUT, Some(deadline))?;
+        }
+        Some(stop) => {
+            let seen = wait_any(
+                &[(fd, PollFlags::POLLOUT), (stop, PollFlags::POLLIN)],
+                Some(deadline),
+            )?;
+            if !seen[1].is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the listener is stopping",
+                ));
+            }
         }
     }
     Ok(())

@@ -49,7 +49,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![forbid(unsafe_code)]
+// One call needs `unsafe`: adopting the file descriptors a reply brought
+// (`unix_socket/fds.rs`, `adopt`).
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod fifo;

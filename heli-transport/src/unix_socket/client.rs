@@ -2,6 +2,7 @@
 //! trips.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use heli_core::Connection;
 use nix::errno::Errno;
 use nix::unistd::Uid;
 
+use super::fds::read_line_with_fds;
 use super::peer::{connect_socket, credentials};
 use super::runtime_dir::{check_socket, open_private_dir, stat_at};
 use super::session::{file_names, socket_dir};
@@ -81,7 +83,24 @@ impl UnixSocketConnection {
     }
 
     fn read_reply(&mut self, deadline: Instant) -> io::Result<Vec<u8>> {
-        match read_line(&self.stream, &mut self.lines, deadline) {
+        let read = read_line(&self.stream, &mut self.lines, deadline);
+        self.settle(read)
+    }
+
+    /// Reads a reply with the file descriptors that came with it.
+    fn read_reply_with_fds(
+        &mut self,
+        deadline: Instant,
+        max_fds: usize,
+    ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let read = read_line_with_fds(self.stream.as_fd(), &mut self.lines, deadline, max_fds);
+        self.settle(read)
+    }
+
+    /// Counts a reply read (`Ok`) as answered; notes a failure other than
+    /// a timeout as breaking the connection.
+    fn settle<T>(&mut self, read: io::Result<T>) -> io::Result<T> {
+        match read {
             Ok(reply) => {
                 self.unanswered = self.unanswered.saturating_sub(1);
                 Ok(reply)
@@ -103,6 +122,33 @@ impl UnixSocketConnection {
 
 impl Connection for UnixSocketConnection {
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+        if let Some(why) = self.send_request(line, deadline)? {
+            return Ok(why);
+        }
+        self.read_reply(deadline)
+    }
+
+    /// As [`round_trip`](Connection::round_trip), reading the reply with
+    /// `recvmsg(2)`: the file descriptors that came with it (`max_fds` at
+    /// most, close-on-exec; any more are closed).
+    fn round_trip_with_fds(
+        &mut self,
+        line: &[u8],
+        deadline: Instant,
+        max_fds: usize,
+    ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        if let Some(why) = self.send_request(line, deadline)? {
+            return Ok((why, Vec::new()));
+        }
+        self.read_reply_with_fds(deadline, max_fds)
+    }
+}
+
+impl UnixSocketConnection {
+    /// Sends request `line` once the late replies to earlier requests are
+    /// read; `Some` reply when the controller closed the connection saying
+    /// why.
+    fn send_request(&mut self, line: &[u8], deadline: Instant) -> io::Result<Option<Vec<u8>>> {
         if self.broken {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -118,12 +164,12 @@ impl Connection for UnixSocketConnection {
             // Closed by the controller (idle too long, say), which may
             // have said why: that is the answer.
             if let Ok(why) = read_line(&self.stream, &mut self.lines, Instant::now()) {
-                return Ok(why);
+                return Ok(Some(why));
             }
             return Err(err);
         }
         self.unanswered += line.iter().filter(|&&b| b == b'\n').count();
-        self.read_reply(deadline)
+        Ok(None)
     }
 }
 

@@ -2,8 +2,9 @@
 //! authenticated peers.
 //!
 //! The files, from the ground up: `runtime_dir` (where the runtime
-//! directory is, private directories, file checks) and `peer` (connecting
-//! with a deadline, peer credentials); `session` (names, lock files, the
+//! directory is, private directories, file checks), `peer` (connecting
+//! with a deadline, peer credentials) and `fds` (file descriptors sent and
+//! received with a reply line); `session` (names, lock files, the
 //! session list, removing dead sockets), `connections` (the table of open
 //! connections: the limit, idle ones, making room) and `serve` (one
 //! accepted connection); `listener` (binding, the accept loop, admission) and
@@ -13,6 +14,7 @@
 
 mod client;
 mod connections;
+mod fds;
 mod listener;
 mod peer;
 mod runtime_dir;

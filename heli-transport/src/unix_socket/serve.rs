@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use heli_core::protocol::{Dialect, LineBuffer, Reply};
-use heli_core::{Credentials, Event, Incoming, LogLimit, Peer, Stopper};
+use heli_core::{Credentials, Event, Incoming, LogLimit, Outgoing, Peer, Stopper};
 use heli_proc::ProcessHandle;
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 
 use super::connections::{Connections, Slot};
-use crate::io::{send_all, wait_any};
+use super::fds::send_with_fds;
+use crate::io::wait_any;
 use crate::stop::StopSignal;
 
 /// How long a client may take to finish a request line it has begun.
@@ -53,7 +54,7 @@ pub(super) struct Served<'a> {
 
 /// What became of a request passed on to the controller.
 enum Answer {
-    Reply(String),
+    Reply(Outgoing),
     /// Close the connection (the listener is stopping).
     Close,
     /// The controller is gone: stop the listener.
@@ -118,7 +119,7 @@ impl Served<'_> {
                         "Request line not finished within {} s; closing the connection",
                         PARTIAL_LINE_DEADLINE.as_secs()
                     ));
-                    let _ = self.send(&reply.encode(Dialect::Upper));
+                    let _ = self.send(Outgoing::line(reply.encode(Dialect::Upper)));
                     return;
                 }
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => {
@@ -178,7 +179,7 @@ impl Served<'_> {
                         return;
                     }
                 };
-                if let Err(err) = self.send(&reply) {
+                if let Err(err) = self.send(reply) {
                     debug!("cannot answer {:?}: {err}", self.peer);
                     return;
                 }
@@ -195,10 +196,13 @@ impl Served<'_> {
         }
     }
 
-    fn send(&self, reply: &str) -> io::Result<()> {
-        send_all(
-            &self.slot.stream,
-            reply.as_bytes(),
+    /// Writes `reply`, and sends the file descriptors that go with it (then
+    /// closes them here).
+    fn send(&self, reply: Outgoing) -> io::Result<()> {
+        send_with_fds(
+            self.slot.stream.as_fd(),
+            reply.line.as_bytes(),
+            &reply.fds,
             Instant::now() + WRITE_DEADLINE,
             Some(self.stop.as_fd()),
         )
@@ -226,7 +230,9 @@ impl Served<'_> {
     fn answer(&self, line: Result<Vec<u8>, heli_core::Error>) -> Answer {
         let line = match line {
             Ok(line) => line,
-            Err(err) => return Answer::Reply(Reply::error(&err).encode(Dialect::Upper)),
+            Err(err) => {
+                return Answer::Reply(Outgoing::line(Reply::error(&err).encode(Dialect::Upper)))
+            }
         };
         let (incoming, reply) = Incoming::new(self.asking(), &line);
         let dialect = incoming.dialect();
@@ -246,8 +252,10 @@ impl Served<'_> {
             },
         };
         Answer::Reply(reply.unwrap_or_else(|| {
-            Reply::Error("The controller dropped the request without answering".into())
-                .encode(dialect)
+            Outgoing::line(
+                Reply::Error("The controller dropped the request without answering".into())
+                    .encode(dialect),
+            )
         }))
     }
 }

@@ -321,6 +321,13 @@ impl Transport for UnixSocketTransport {
     fn authenticates(&self) -> bool {
         true
     }
+
+    /// A reply's file descriptors go with its line (`SCM_RIGHTS`); a
+    /// [`UnixSocketConnection`] receives them with
+    /// [`round_trip_with_fds`](heli_core::Connection::round_trip_with_fds).
+    fn passes_fds(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
