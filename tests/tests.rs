@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod util;
 
+mod agent;
 mod attach;
 mod client_tree;
 mod dialect;

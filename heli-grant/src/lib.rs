@@ -61,5 +61,5 @@ pub use python::{
 };
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
 pub use supervisor::{become_subreaper, ProcessSupervisor};
-pub use sys::{kill_with_parent, one_malloc_arena};
+pub use sys::{kill_with_parent, one_malloc_arena, set_inheritable};
 pub use wait::{ChildWaits, ChildWaitsGuard};

@@ -498,8 +498,13 @@ pub(crate) fn adopt_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Clears `FD_CLOEXEC` on `fd`: a program the next child runs keeps it.
-pub(crate) fn set_inheritable(fd: &OwnedFd) -> io::Result<()> {
+/// Clears `FD_CLOEXEC` on `fd`: a program the next child runs keeps it
+/// (how the client passes pdb's sockets to the debugger it runs).
+///
+/// # Errors
+///
+/// When `fcntl` fails (not an open descriptor).
+pub fn set_inheritable(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok(())

@@ -3,6 +3,7 @@
 //! a debugger's failure.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,8 @@ use std::sync::Arc;
 
 use crate::core::protocol::{GrantRequest, RevokeRequest};
 use crate::core::tree::Role;
-use crate::core::{Client, Pid, Processes, Transport};
-use crate::grant::{kill_with_parent, PtraceScope};
+use crate::core::{Client, Connection, Pid, Processes, Session, Transport};
+use crate::grant::{kill_with_parent, set_inheritable, PtraceScope, CLIENT_SCRIPT};
 use crate::proc::{Proc, ProcFs};
 
 use super::exit::{ClientExit, Failure};
@@ -97,11 +98,20 @@ impl Debugging {
         force: bool,
         with: Option<&str>,
     ) -> Result<(), Failure> {
-        let scope = PtraceScope::current().unwrap_or(PtraceScope::Restricted);
-        check_scope(scope)?;
         let tool = with.map(Tool::parse).transpose()?;
         let mut session = client.session()?;
-        let target = session.target_pid()?;
+        let status = session.status()?;
+        let through_agent = status
+            .extra
+            .iter()
+            .any(|(key, value)| key == "attach" && value != "ptrace");
+        if through_agent {
+            let process = Attached::new(pid.unwrap_or(status.pid), status.pid);
+            return self.through_agent(&mut session, pid, process, tool.is_some());
+        }
+        let scope = PtraceScope::current().unwrap_or(PtraceScope::Restricted);
+        check_scope(scope)?;
+        let target = status.pid;
         let process = Attached::new(pid.unwrap_or(target), target);
         // Everything the debugger needs is checked before the grant.
         let debugger = match tool {
@@ -129,6 +139,87 @@ impl Debugging {
             );
         }
         result
+    }
+
+    /// Has the agent in `process` start pdb in its main thread, and runs
+    /// pdb's own remote client on the sockets the controller hands over:
+    /// no ptrace anywhere, so it works at every Yama scope.
+    fn through_agent<C: Connection>(
+        &self,
+        session: &mut Session<C>,
+        pid: Option<Pid>,
+        process: Attached,
+        tool: bool,
+    ) -> Result<(), Failure> {
+        if tool {
+            return Err(Failure::new(
+                ClientExit::Impossible,
+                format!(
+                    "The controller attaches through its agent in {process} (it set one up because \
+                     no ptrace works here): only pdb attaches that way; --with tools need ptrace."
+                ),
+            ));
+        }
+        let python = self.pdb_python(process.pid)?;
+        println!("Asking the agent in {process} to start pdb...");
+        let (_, version, fds) = session.agent_attach(pid)?;
+        let [stream, interrupt] = <[OwnedFd; 2]>::try_from(fds).map_err(|fds| {
+            Failure::new(
+                ClientExit::Failed,
+                format!(
+                    "the controller passed {} sockets, not pdb's two: is this transport able to \
+                     pass them?",
+                    fds.len()
+                ),
+            )
+        })?;
+        println!(
+            "{}",
+            self.out.good(&format!(
+                "✅ Attached through the agent in {process}: pdb runs in its main thread (no ptrace)"
+            ))
+        );
+        println!("Type pdb commands (list, next, print, etc.) or 'quit' to detach");
+        println!();
+        let mut command = Command::new(&python.exe);
+        command.arg("-c").arg(CLIENT_SCRIPT).arg(process.pid.to_string()).arg(&version);
+        for fd in [&stream, &interrupt] {
+            set_inheritable(fd).map_err(|err| {
+                Failure::new(ClientExit::Failed, format!("cannot pass pdb's sockets on: {err}"))
+            })?;
+            command.arg(fd.as_raw_fd().to_string());
+        }
+        kill_with_parent(&mut command);
+        let _ = std::io::stdout().flush();
+        self.at_prompt.store(false, Ordering::SeqCst);
+        let status = command.status();
+        self.at_prompt.store(true, Ordering::SeqCst);
+        drop((stream, interrupt));
+        let status = status.map_err(|err| {
+            Failure::new(
+                ClientExit::for_debugger_start(&err),
+                format!("cannot run pdb: {err}"),
+            )
+        })?;
+        println!();
+        match status.code() {
+            Some(0) => {
+                println!("Debugger detached");
+                Ok(())
+            }
+            Some(130) => Err(Failure::new(
+                ClientExit::Failed,
+                format!("Cancelled before pdb started in {process}"),
+            )),
+            Some(2) => Err(Failure::new(
+                ClientExit::Impossible,
+                format!("pdb cannot attach to {process} from this Python (see above)"),
+            )),
+            _ => Err(Failure::new(
+                ClientExit::Failed,
+                format!("pdb exited with {status}"),
+            )),
+        }
     }
 
     fn debug(

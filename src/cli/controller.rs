@@ -20,6 +20,7 @@ use log::{info, warn};
 
 use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
 use crate::grant::{
+    AgentHost,
     become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
     PythonInspector,
 };
@@ -71,6 +72,13 @@ struct Args {
     /// itself)
     #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
     grant_method: GrantMethod,
+
+    /// Set up heli's agent inside a Python 3.14 target (no change to its
+    /// code; pdb then attaches without any ptrace): auto (when the kernel's
+    /// ptrace_scope is 2 or 3, where no ptrace works), always (and attach
+    /// through it), never
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = AgentChoice::Auto)]
+    agent: AgentChoice,
 
     /// Start the target again when it ends: never, on-failure (non-zero exit
     /// or killed by a signal) or always; with back-off from 100 ms to 30 s
@@ -205,6 +213,14 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         .map_or("none".to_owned(), |method| method.to_string());
     info!("grant method: {grant_method}");
     let scope = PtraceScope::current()?;
+    let agent = if args.agent.wanted(scope) {
+        let host = AgentHost::new().map_err(|err| format!("cannot set up the agent: {err}"))?;
+        info!("agent files in {} (attach goes through the agent)", host.dir().display());
+        supervisor = supervisor.agent(host.clone());
+        Some(host)
+    } else {
+        None
+    };
     let mut restart = RestartPolicy::new(args.restart);
     if let Some(max) = args.max_restarts {
         restart = restart.max_restarts(max);
@@ -215,6 +231,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         scope,
         grant_method,
         subreaper: args.subreaper || init,
+        agent,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -235,6 +252,28 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
     }
 }
 
+/// When the controller sets up heli's agent in the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AgentChoice {
+    /// Where ptrace cannot work: Yama's ptrace_scope 2 or 3 at start
+    Auto,
+    /// Always, and clients attach through it
+    Always,
+    /// Never
+    Never,
+}
+
+impl AgentChoice {
+    /// Whether to set up the agent (and attach through it) at `scope`.
+    pub(crate) fn wanted(self, scope: PtraceScope) -> bool {
+        match self {
+            AgentChoice::Always => true,
+            AgentChoice::Never => false,
+            AgentChoice::Auto => matches!(scope, PtraceScope::AdminOnly | PtraceScope::NoAttach),
+        }
+    }
+}
+
 /// What the controller is set to, whichever transport it serves on.
 struct Settings {
     grace: Duration,
@@ -245,6 +284,8 @@ struct Settings {
     /// Whether orphans of the tree are re-parented to the controller (`PS`
     /// says so).
     subreaper: bool,
+    /// The agent set up in the target, if any: clients attach through it.
+    agent: Option<AgentHost>,
 }
 
 fn serve<T: Transport>(
@@ -270,7 +311,10 @@ fn serve<T: Transport>(
         info!("session {name}: attach with `client --session {name} attach`");
         controller = controller.status_field("session", name);
     }
-    let status = controller.run()?;
+    let status = match settings.agent {
+        Some(agent) => controller.agent(agent).prefer_agent(true).run()?,
+        None => controller.run()?,
+    };
     info!("exiting with status {}", status.shell_code());
     Ok(status)
 }
