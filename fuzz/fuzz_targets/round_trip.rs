@@ -48,7 +48,7 @@ fn scope(u: &mut Unstructured<'_>) -> Result<Scope> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    Ok(match u.choose_index(8)? {
+    Ok(match u.choose_index(9)? {
         0 => Request::GetTargetPid,
         1 => {
             let mut grant = GrantRequest::new(pid(u)?).force(u.arbitrary()?);
@@ -71,6 +71,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             }
             Request::Revoke(revoke)
         }
+        7 => Request::AgentAttach(some_pid(u)?),
         _ => Request::Terminate,
     })
 }
@@ -130,11 +131,12 @@ fn process_stacks(u: &mut Unstructured<'_>) -> Result<ProcessStacks> {
         stacks.threads.push(thread_stack(u)?);
     }
     stacks.skipped = u.arbitrary()?;
+    stacks.via = u.arbitrary()?;
     Ok(stacks)
 }
 
 fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
-    Ok(match u.choose_index(7)? {
+    Ok(match u.choose_index(8)? {
         0 => Reply::TargetPid(pid(u)?),
         1 => Reply::Ready,
         2 => Reply::Error(u.arbitrary()?),
@@ -157,6 +159,10 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
             }
             Reply::Stacks(stacks)
         }
+        6 => Reply::Agent {
+            pid: pid(u)?,
+            python: u.arbitrary()?,
+        },
         _ => {
             let mut grants = Vec::new();
             for _ in 0..u.choose_index(4)? {

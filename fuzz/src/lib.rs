@@ -94,6 +94,11 @@ pub fn normalized(reply: &Reply) -> Reply {
                 .collect(),
             command: one_line(&status.command),
         }),
+        // The version is the rest of the line.
+        Reply::Agent { pid, python } => Reply::Agent {
+            pid: *pid,
+            python: one_line(python),
+        },
         other => other.clone(),
     }
 }

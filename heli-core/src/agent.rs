@@ -16,9 +16,11 @@ use crate::stacks::ThreadStack;
 /// The agent talks only to its controller, through a channel the
 /// controller made and passed down when it started the process. `heli-grant`'s
 /// `AgentHost` sets one up in a Python 3.14 target (a `sitecustomize` on a
-/// private `PYTHONPATH` entry). An agent is used from the controller's
-/// worker threads, with a deadline: one that does not answer never holds up
-/// the controller.
+/// private `PYTHONPATH` entry). Its [`attach`](Agent::attach) and
+/// [`stacks`](Agent::stacks) are used from the controller's worker threads,
+/// with a deadline: one that does not answer never holds up the controller;
+/// its [`state`](Agent::state) is asked on the controller's loop (`STATUS`,
+/// `AGENT_ATTACH`) and must answer at once, from what the agent last said.
 ///
 /// # Examples
 ///
@@ -33,7 +35,8 @@ use crate::stacks::ThreadStack;
 /// assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
 /// ```
 pub trait Agent {
-    /// Whether `process` has an agent, and in what state.
+    /// Whether `process` has an agent, and in what state: at once, without
+    /// waiting on the process (the controller asks on its loop).
     fn state(&self, process: ProcessId) -> AgentState;
 
     /// Has the agent in `process` run pdb in its main thread at its next
@@ -217,6 +220,10 @@ mod tests {
                 .kind(),
             io::ErrorKind::Unsupported
         );
-        assert_eq!((&NoAgent).state(me), AgentState::Off);
+        fn state_of(agent: impl Agent, process: ProcessId) -> AgentState {
+            agent.state(process)
+        }
+        let by_reference: &NoAgent = &NoAgent;
+        assert_eq!(state_of(by_reference, me), AgentState::Off);
     }
 }

@@ -1,5 +1,6 @@
 //! The client side: one request per connection, each with a deadline.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
@@ -11,6 +12,11 @@ use crate::tree::Tree;
 
 /// How long a client waits for the controller by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many file descriptors an `AGENT` reply carries: the client's ends
+/// of pdb's stream and of its interrupt stream (see
+/// [`AgentSession`](crate::AgentSession)).
+pub const AGENT_FDS: usize = 2;
 
 /// How long a client waits for the answer to a grant or revoke at least:
 /// the controller gives one up to
@@ -225,6 +231,25 @@ impl<T: Transport> Client<T> {
     pub fn terminate(&self) -> Result<(), Error> {
         self.session()?.terminate()
     }
+
+    /// `AGENT_ATTACH [<pid>]`: has the agent in the target (or in process
+    /// `pid` of its tree) run pdb in its main thread; returns that
+    /// process, the CPython version it runs (the client's pdb must be of
+    /// the same minor version), and the client's ends of pdb's stream and
+    /// of its interrupt stream ([`AGENT_FDS`], in that order). The session
+    /// lasts as long as they are open, not as the connection.
+    ///
+    /// Waits as long as a grant (see
+    /// [`grant_timeout`](Client::grant_timeout)).
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request); [`ErrorKind::MalformedReply`] when
+    /// the reply came without both file descriptors (a transport that
+    /// cannot pass them).
+    pub fn agent_attach(&self, pid: Option<Pid>) -> Result<(Pid, String, Vec<OwnedFd>), Error> {
+        self.session()?.agent_attach(pid)
+    }
 }
 
 /// One connection to a controller, for several requests; see
@@ -244,13 +269,49 @@ impl<C: Connection> Session<C> {
     ///
     /// As [`Client::request`].
     pub fn request(&mut self, request: Request) -> Result<Reply, Error> {
-        let timeout = match request {
-            Request::GrantAccess(_) | Request::Revoke(_) => self.grant_timeout,
-            _ => self.timeout,
-        };
+        let timeout = self.timeout_for(request);
         match self.connection.request(request, timeout)? {
             Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
             reply => Ok(reply),
+        }
+    }
+
+    /// How long to wait for the reply to `request`.
+    fn timeout_for(&self, request: Request) -> Duration {
+        match request {
+            Request::GrantAccess(_) | Request::Revoke(_) | Request::AgentAttach(_) => {
+                self.grant_timeout
+            }
+            _ => self.timeout,
+        }
+    }
+
+    /// `AGENT_ATTACH [<pid>]`; see [`Client::agent_attach`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::agent_attach`].
+    pub fn agent_attach(
+        &mut self,
+        process: Option<Pid>,
+    ) -> Result<(Pid, String, Vec<OwnedFd>), Error> {
+        let request = Request::AgentAttach(process);
+        let timeout = self.timeout_for(request);
+        let (reply, fds) = self
+            .connection
+            .request_with_fds(request, timeout, AGENT_FDS)?;
+        match reply {
+            Reply::Agent { pid, python } if fds.len() == AGENT_FDS => Ok((pid, python, fds)),
+            Reply::Agent { .. } => Err(Error::new(
+                ErrorKind::MalformedReply,
+                format!(
+                    "The reply to {request} came with {} file descriptors, not {AGENT_FDS} \
+                     (pdb's sockets): the transport cannot pass them",
+                    fds.len()
+                ),
+            )),
+            Reply::Error(message) => Err(Error::new(ErrorKind::Refused, message)),
+            other => Err(unexpected(request, &other)),
         }
     }
 

@@ -364,8 +364,8 @@ where
     ///
     /// # Threads
     ///
-    /// The granter and the inspector run on threads of their own. `run`
-    /// does not wait for them when it returns: a piece of work stuck on a
+    /// The granter, the inspector and the agent's attaches run on threads
+    /// of their own. `run` does not wait for them when it returns: a piece of work stuck on a
     /// target that never answers (frozen for good) keeps its thread, which
     /// ends with the work.
     ///

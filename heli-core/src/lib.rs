@@ -166,7 +166,7 @@ mod worker;
 
 pub use agent::{Agent, AgentSession, AgentState, NoAgent};
 pub use authorize::other_user;
-pub use client::{Client, Session, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
+pub use client::{Client, Session, AGENT_FDS, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};
 pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};

@@ -748,9 +748,12 @@ impl Supervisor for Pretend {
 /// that thread, whose event loop logs as [`Running::logged`] shows.
 struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
-fn start<G: Granter + Send + 'static, I: crate::Inspector + Send + Sync + 'static>(
-    controller: Controller<Fake, G, Pretend, I>,
-) -> Running {
+fn start<G, I, A>(controller: Controller<Fake, G, Pretend, I, A>) -> Running
+where
+    G: Granter + Send + 'static,
+    I: crate::Inspector + Send + Sync + 'static,
+    A: crate::Agent + Send + Sync + 'static,
+{
     assert!(crate::test_log::capture(log::LevelFilter::Info));
     let (tx, rx) = bounded(1);
     let thread = thread::spawn(move || {
@@ -3716,3 +3719,7 @@ fn a_failed_revoke_waits_while_its_process_is_frozen() {
 // Tests that keep cargo-mutants' mutants of the tree feature caught.
 #[path = "tests_tree.rs"]
 mod tree;
+
+// The agent: AGENT_ATTACH, STATUS, stacks through it.
+#[path = "tests_agent.rs"]
+mod agent;

@@ -15,6 +15,7 @@ use common::{
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{chown, symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
@@ -38,6 +39,7 @@ crate::watched!(
     listen_never_follows_a_symlink_in_the_directory: 10,
     connect_without_a_controller_fails_at_once: 10,
     requests_round_trip_in_both_dialects: 10,
+    a_reply_with_descriptors_arrives_without_them: 10,
     no_reply_is_lost_when_the_controller_is_slow: 10,
     a_reply_written_before_the_client_reads_is_kept: 10,
     the_original_blocking_client_works: 10,
@@ -450,6 +452,23 @@ fn requests_round_trip_in_both_dialects() {
         assert_eq!(ask(&mut server.connect(), line.as_bytes()), reply);
     }
     assert_eq!(server.asked().len(), 10);
+    server.shut_down().unwrap();
+}
+
+fn a_reply_with_descriptors_arrives_without_them() {
+    // (The controller sends none here: it refuses AGENT_ATTACH.)
+    let (kept_tx, kept) = mpsc::channel();
+    let server = Server::answering_with_fds(move |request| {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        kept_tx.send(mine).unwrap();
+        (standard(request), vec![theirs.into()])
+    });
+    assert!(!server.transport.passes_fds());
+    assert_eq!(server.client().target_pid().unwrap(), TARGET);
+    // A pipe cannot pass it: it was closed.
+    let mut mine = kept.recv_timeout(Duration::from_secs(3)).unwrap();
+    mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(mine.read(&mut [0u8; 1]).unwrap(), 0);
     server.shut_down().unwrap();
 }
 

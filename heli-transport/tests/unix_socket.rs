@@ -17,6 +17,7 @@ use common::{
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{chown, symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -50,6 +51,7 @@ crate::watched!(
     garbage_and_over_long_lines_get_errors_and_the_connection_goes_on: 10,
     connections_beyond_the_limit_are_refused: 20,
     a_timed_out_round_trip_does_not_mix_up_replies: 20,
+    an_agent_reply_brings_working_sockets_and_plain_readers_still_read_it: 10,
     sessions_are_listed_and_dead_ones_removed: 20,
     a_second_controller_of_a_live_session_is_refused: 10,
     controllers_racing_for_one_name_get_it_once: 30,
@@ -637,6 +639,82 @@ fn connections_beyond_the_limit_are_refused() {
     );
     let mut again = server.connect();
     assert_eq!(ask(&mut again, b"GET_TARGET_PID\n"), "TARGET_PID 4242\n");
+    server.shut_down().unwrap();
+}
+
+/// The fake controller's answer to `AGENT_ATTACH`: the client's ends of
+/// two fresh socket pairs with the reply, the process's ends sent on
+/// `kept`; the [`standard`] answers to the rest.
+fn agent_answers(
+    kept: mpsc::Sender<(UnixStream, UnixStream)>,
+) -> impl FnMut(Result<Request, String>) -> (Reply, Vec<OwnedFd>) + Send + 'static {
+    move |request| match request {
+        Ok(Request::AgentAttach(process)) => {
+            let (pdb, pdb_client) = UnixStream::pair().unwrap();
+            let (interrupt, interrupt_client) = UnixStream::pair().unwrap();
+            kept.send((pdb, interrupt)).unwrap();
+            let reply = Reply::Agent {
+                pid: process.unwrap_or(TARGET),
+                python: "3.14.0".into(),
+            };
+            (reply, vec![pdb_client.into(), interrupt_client.into()])
+        }
+        other => (standard(other), Vec::new()),
+    }
+}
+
+/// What one end writes the other reads.
+fn assert_talk(writer: &UnixStream, reader: &UnixStream, what: &[u8]) {
+    (&*writer).write_all(what).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = vec![0u8; what.len()];
+    (&*reader).read_exact(&mut got).unwrap();
+    assert_eq!(got, what);
+}
+
+fn an_agent_reply_brings_working_sockets_and_plain_readers_still_read_it() {
+    let (kept_tx, kept) = mpsc::channel();
+    let server = Server::answering_with_fds(agent_answers(kept_tx));
+    assert!(server.transport.passes_fds());
+    let soon = || Instant::now() + Duration::from_secs(3);
+    // heli-core's client: the two sockets, each the other end of the
+    // process's, both ways.
+    let (process, python, fds) = server.client().agent_attach(None).unwrap();
+    assert_eq!((process, python.as_str(), fds.len()), (TARGET, "3.14.0", 2));
+    let (pdb, interrupt) = kept.recv_timeout(Duration::from_secs(3)).unwrap();
+    let mut fds = fds.into_iter().map(UnixStream::from);
+    let (pdb_client, interrupt_client) = (fds.next().unwrap(), fds.next().unwrap());
+    assert_talk(&pdb_client, &pdb, b"p counter\n");
+    assert_talk(&pdb, &pdb_client, b"(Pdb) ");
+    assert_talk(&interrupt_client, &interrupt, b"\x03");
+    // On one connection, replies without descriptors before and after one
+    // with, read either way.
+    let mut connection = server.connect();
+    let (reply, fds) = connection
+        .round_trip_with_fds(b"GET_TARGET_PID\n", soon(), 2)
+        .unwrap();
+    assert_eq!((reply, fds.len()), (b"TARGET_PID 4242\n".to_vec(), 0));
+    let (reply, fds) = connection
+        .round_trip_with_fds(b"agent_attach 5001\n", soon(), 2)
+        .unwrap();
+    assert_eq!((reply, fds.len()), (b"agent 5001 3.14.0\n".to_vec(), 2));
+    drop(kept.recv_timeout(Duration::from_secs(3)).unwrap());
+    assert_eq!(
+        ask(&mut connection, b"GET_TARGET_PID\n"),
+        "TARGET_PID 4242\n"
+    );
+    // A client that reads with read(2), as any program would: the line;
+    // the kernel closes the descriptors it did not take.
+    let mut raw = server.raw();
+    raw.write_all(b"AGENT_ATTACH\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&raw).read_line(&mut reply).unwrap();
+    assert_eq!(reply, "AGENT 4242 3.14.0\n");
+    let (mut pdb, _) = kept.recv_timeout(Duration::from_secs(3)).unwrap();
+    pdb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(pdb.read(&mut [0u8; 1]).unwrap(), 0);
     server.shut_down().unwrap();
 }
 

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,25 @@ impl<T: Fresh> Server<T> {
         transport: T,
         mut answer: impl FnMut(Result<Request, String>) -> Reply + Send + 'static,
     ) -> Server<T> {
+        Server::on_with_fds(tmp, transport, move |request| (answer(request), Vec::new()))
+    }
+
+    /// Serves a fresh transport in a temporary directory, answering with
+    /// `answer`'s replies and the file descriptors it sends with each.
+    pub(crate) fn answering_with_fds(
+        answer: impl FnMut(Result<Request, String>) -> (Reply, Vec<OwnedFd>) + Send + 'static,
+    ) -> Server<T> {
+        let tmp = tempfile::tempdir().unwrap();
+        let transport = T::in_dir(tmp.path());
+        Server::on_with_fds(Some(tmp), transport, answer)
+    }
+
+    /// As [`on`](Server::on), sending file descriptors with the replies.
+    pub(crate) fn on_with_fds(
+        tmp: Option<tempfile::TempDir>,
+        transport: T,
+        mut answer: impl FnMut(Result<Request, String>) -> (Reply, Vec<OwnedFd>) + Send + 'static,
+    ) -> Server<T> {
         let mut listener = transport.listen().expect("listen");
         let stop = listener.stopper();
         let (events_tx, events) = crossbeam_channel::bounded(64);
@@ -155,7 +175,8 @@ impl<T: Fresh> Server<T> {
                         seen.lock()
                             .unwrap()
                             .push(Seen::Request(request.clone(), incoming.peer()));
-                        incoming.reply(answer(request));
+                        let (reply, fds) = answer(request);
+                        incoming.reply_with_fds(reply, fds);
                     }
                     Event::Disconnected(peer) => {
                         seen.lock().unwrap().push(Seen::Disconnected(peer));
