@@ -18,7 +18,12 @@ fn agent_dirs(tmp: &Path) -> Vec<PathBuf> {
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|entry| entry.file_name().to_string_lossy().starts_with("heli-agent-"))
+                .filter(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("heli-agent-")
+                })
                 .map(|entry| entry.path())
                 .collect()
         })
@@ -69,7 +74,10 @@ fn pdb_through_the_agent_prompt_print_where_interrupt_detach_and_again() {
     let target = controller.target_pid();
     agent_ready(&controller);
     let (_, status, _) = controller.run_client(&["status"]);
-    assert!(status.contains("attach") && status.contains(" agent"), "{status}");
+    assert!(
+        status.contains("attach") && status.contains(" agent"),
+        "{status}"
+    );
 
     let mut first = 0;
     for round in 0..2 {
@@ -121,7 +129,11 @@ fn a_main_thread_blocked_in_c_makes_the_client_wait_and_ctrl_c_cancels_harmlessl
     let mut session = client_session(&controller, &["attach"]);
     expect_all(
         &mut session,
-        &["Attached through the agent", "Waiting for PID", "Ctrl-C cancels"],
+        &[
+            "Attached through the agent",
+            "Waiting for PID",
+            "Ctrl-C cancels",
+        ],
     );
     session.send_control('c').unwrap();
     expect_all(&mut session, &["Cancelled"]);
@@ -150,7 +162,8 @@ fn the_agent_directory_goes_with_the_controller_however_it_ends() {
         assert_eq!(agent_dirs(tmp.path()).len(), 1, "{how}");
         let dir = &agent_dirs(tmp.path())[0];
         assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(dir).unwrap().permissions()) & 0o777,
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(dir).unwrap().permissions())
+                & 0o777,
             0o700
         );
         match how {
@@ -208,14 +221,20 @@ fn fifo_clients_non_python_targets_and_tools_get_a_clear_message_never_a_hang() 
     agent_ready(&controller);
     let (status, out, err) = controller.run_client(&["attach"]);
     assert!(!status.success());
-    assert!(format!("{out}{err}").contains("FIFO transport cannot pass"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("FIFO transport cannot pass"),
+        "{out}{err}"
+    );
     drop(controller);
 
     let controller = with_agent(Kind::Socket, tmp.path(), &["sleep", "600"]);
     let started = std::time::Instant::now();
     let (status, out, err) = controller.run_client(&["attach"]);
     assert!(!status.success());
-    assert!(format!("{out}{err}").contains("not a Python process"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("not a Python process"),
+        "{out}{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(controller);
 
@@ -223,5 +242,8 @@ fn fifo_clients_non_python_targets_and_tools_get_a_clear_message_never_a_hang() 
     agent_ready(&controller);
     let (status, out, err) = controller.run_client(&["attach", "--with", "gdb -p {pid}"]);
     assert_eq!(status.code(), Some(5), "{out}{err}");
-    assert!(format!("{out}{err}").contains("only pdb attaches that way"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("only pdb attaches that way"),
+        "{out}{err}"
+    );
 }

@@ -532,8 +532,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 "an attach through the agent in {named} is already in progress"
             ));
         }
+        // A starting agent is asked all the same: the process may be about
+        // to load it, and the agent waits for it until the deadline.
         let agent = self.agent.state(process);
-        if !agent.is_ready() {
+        if !agent.is_ready() && agent != AgentState::Starting {
             return Err(format!(
                 "Cannot attach through the agent in {named}: {agent}"
             ));

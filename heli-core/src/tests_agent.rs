@@ -270,11 +270,6 @@ fn an_agent_attach_is_refused_while_the_agent_does_not_serve_saying_why() {
     let (fake, _, target, running) = started_agent(&insider, |c, _| c);
     assert_attach_refused(
         &fake,
-        b"AGENT_ATTACH\n",
-        "Cannot attach through the agent in target 4242: agent starting (not heard from yet)",
-    );
-    assert_attach_refused(
-        &fake,
         b"AGENT_ATTACH 5001\n",
         "Cannot attach through the agent in PID 5001 (child of 4242): agent failed: Python \
          3.11.9 has no pdb server",

@@ -182,10 +182,17 @@ impl Debugging {
         println!("Type pdb commands (list, next, print, etc.) or 'quit' to detach");
         println!();
         let mut command = Command::new(&python.exe);
-        command.arg("-c").arg(CLIENT_SCRIPT).arg(process.pid.to_string()).arg(&version);
+        command
+            .arg("-c")
+            .arg(CLIENT_SCRIPT)
+            .arg(process.pid.to_string())
+            .arg(&version);
         for fd in [&stream, &interrupt] {
             set_inheritable(fd).map_err(|err| {
-                Failure::new(ClientExit::Failed, format!("cannot pass pdb's sockets on: {err}"))
+                Failure::new(
+                    ClientExit::Failed,
+                    format!("cannot pass pdb's sockets on: {err}"),
+                )
             })?;
             command.arg(fd.as_raw_fd().to_string());
         }

@@ -20,9 +20,8 @@ use log::{info, warn};
 
 use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
 use crate::grant::{
-    AgentHost,
-    become_subreaper, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor, PtraceScope,
-    PythonInspector,
+    become_subreaper, AgentHost, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor,
+    PtraceScope, PythonInspector,
 };
 use crate::transport::{FifoTransport, UnixSocketTransport};
 
@@ -215,7 +214,10 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
     let scope = PtraceScope::current()?;
     let agent = if args.agent.wanted(scope) {
         let host = AgentHost::new().map_err(|err| format!("cannot set up the agent: {err}"))?;
-        info!("agent files in {} (attach goes through the agent)", host.dir().display());
+        info!(
+            "agent files in {} (attach goes through the agent)",
+            host.dir().display()
+        );
         supervisor = supervisor.agent(host.clone());
         Some(host)
     } else {
@@ -312,7 +314,11 @@ fn serve<T: Transport>(
         controller = controller.status_field("session", name);
     }
     let status = match settings.agent {
-        Some(agent) => controller.agent(agent).prefer_agent(true).run()?,
+        Some(agent) => {
+            let status = controller.agent(agent.clone()).prefer_agent(true).run();
+            agent.remove_files();
+            status?
+        }
         None => controller.run()?,
     };
     info!("exiting with status {}", status.shell_code());

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use heli_core::{Pid, ProcessId};
@@ -26,7 +26,9 @@ const PREFIX: &str = "heli-agent-";
 /// holding the agent's files; removed on drop.
 #[derive(Debug)]
 pub(crate) struct AgentDir {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// Until removed (see [`remove`](AgentDir::remove)).
+    dir: std::sync::Mutex<Option<tempfile::TempDir>>,
 }
 
 impl AgentDir {
@@ -40,6 +42,7 @@ impl AgentDir {
                 "{PREFIX}{}-{}-",
                 controller.pid, controller.start_time
             ))
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(parent)?;
         for (name, text) in FILES {
             let mut file = fs::OpenOptions::new()
@@ -50,12 +53,30 @@ impl AgentDir {
             io::Write::write_all(&mut file, text.as_bytes())?;
         }
         debug!("agent files in {}", dir.path().display());
-        Ok(AgentDir { dir })
+        Ok(AgentDir {
+            path: dir.path().to_owned(),
+            dir: std::sync::Mutex::new(Some(dir)),
+        })
     }
 
     /// Where it is.
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
+    }
+
+    /// Removes it now (a thread that still holds it may outlive the
+    /// program's last step); dropping it does the same.
+    pub(crate) fn remove(&self) {
+        let dir = self
+            .dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(dir) = dir {
+            if let Err(err) = dir.close() {
+                warn!("cannot remove {}: {err}", self.path.display());
+            }
+        }
     }
 }
 
@@ -140,8 +161,10 @@ mod tests {
         for (name, text) in FILES {
             assert_eq!(fs::read_to_string(path.join(name)).unwrap(), text);
         }
-        drop(dir);
+        dir.remove();
         assert!(!path.exists());
+        dir.remove();
+        drop(dir);
     }
 
     #[test]

@@ -127,6 +127,14 @@ impl AgentHost {
         self.dir.path()
     }
 
+    /// Removes the agent's directory now, whoever else holds a clone of
+    /// this host (a controller's worker thread may outlive its last step):
+    /// call it once the target has ended for good. Dropping the last clone
+    /// does the same.
+    pub fn remove_files(&self) {
+        self.dir.remove();
+    }
+
     /// Makes the channel for the next start of `command` and puts what the
     /// agent needs in its environment.
     pub(crate) fn prepare(&self, command: &mut Command) -> io::Result<Prepared> {
