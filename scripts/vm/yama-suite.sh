@@ -4,6 +4,7 @@
 #   bash scripts/vm/run.sh scripts/vm/yama-suite.sh EXAMPLES_DIR PYTHON [CYCLES]
 #
 # Sets ptrace_scope 1, 0, 2, 3 in turn (3 last: it cannot be lowered) and
+# (at 2 and 3: through heli's in-target agent)
 # runs the real controller, client and pdb as an unprivileged user; at scope
 # 1 also a real gunicorn's tree (from $HELI_GUNICORN_PATH, default
 # ${HELI_DEPS:-/opt/heli}/tools/gunicorn, as scripts/test.sh installs it). Ends with
@@ -297,20 +298,51 @@ if start_controller; then
   stop_controller
 fi
 
+# At scopes 2 and 3 no ptrace works for the unprivileged user: the
+# controller (--agent auto) sets up its agent in the target at start, and
+# attach goes through it. With --agent never, attach explains and exits 5.
 for scope in 2 3; do
   echo "--- ptrace_scope $scope (at ${SECONDS} s)"
-  start_controller || continue
   set_ptrace_scope $scope || fail "cannot set scope $scope"
-  start=$(date +%s)
-  out=$(client attach </dev/null 2>&1); rc=$?
-  took=$(($(date +%s) - start))
-  expect "scope $scope: client exits 5" "^5$" "$rc"
-  case $scope in
-    2) expect "scope 2: message names CAP_SYS_PTRACE" "ptrace_scope 2 \(admin-only\).*CAP_SYS_PTRACE" "$out" ;;
-    3) expect "scope 3: message says disabled until reboot" "disabled until reboot" "$out" ;;
-  esac
-  expect "scope $scope: client answered within its timeout" "^([0-9]|[12][0-9])$" "$took"
-  stop_controller
+  if start_controller; then
+    target=$(client pid)
+    for _ in $(seq 100); do client status 2>&1 | grep -Eq "agent +ready" && break; sleep 0.1; done
+    out=$(client status 2>&1)
+    expect "scope $scope: status shows the agent ready" "agent +ready" "$out"
+    expect "scope $scope: status says attach goes through the agent" "attach +agent" "$out"
+    for round in 1 2; do
+      out=$(attach)
+      expect "scope $scope: attach $round through the agent" "Attached through the agent in target PID $target" "$out"
+      expect "scope $scope: attach $round, pdb prints the target's counter" "\('counter', [0-9]+\)" "$out"
+      expect "scope $scope: attach $round, q detaches" "Debugger detached" "$out"
+      expect "scope $scope: the target runs on after attach $round" "^$target$" "$(client pid)"
+    done
+    out=$(client stack 2>&1)
+    expect "scope $scope: stack comes from the agent, labelled" "read by the agent.*work_loop|work_loop.*read by the agent" "$(tr '\n' ' ' <<<"$out")"
+    expect "scope $scope: pdb -p itself is still denied" "pdb denied" "$(yama_client pdb 2>&1)"
+    stop_controller
+  fi
+  # Remote debugging disabled in the target: the agent's own trigger.
+  target_env=(PYTHON_DISABLE_REMOTE_DEBUG=1)
+  if start_controller; then
+    for _ in $(seq 100); do client status 2>&1 | grep -Eq "agent +ready" && break; sleep 0.1; done
+    out=$(attach)
+    expect "scope $scope, remote debugging disabled: attach through the agent" "\('counter', [0-9]+\)" "$out"
+    stop_controller
+  fi
+  target_env=()
+  if start_controller --agent never; then
+    start=$(date +%s)
+    out=$(client attach </dev/null 2>&1); rc=$?
+    took=$(($(date +%s) - start))
+    expect "scope $scope, --agent never: client exits 5" "^5$" "$rc"
+    case $scope in
+      2) expect "scope 2: message names CAP_SYS_PTRACE" "ptrace_scope 2 \(admin-only\).*CAP_SYS_PTRACE" "$out" ;;
+      3) expect "scope 3: message says disabled until reboot" "disabled until reboot" "$out" ;;
+    esac
+    expect "scope $scope: client answered within its timeout" "^([0-9]|[12][0-9])$" "$took"
+    stop_controller
+  fi
 done
 
 echo "yama: $passes passed, $fails failed (in ${SECONDS} s)"
