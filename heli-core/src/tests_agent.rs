@@ -318,6 +318,49 @@ fn an_agent_attach_is_refused_while_the_agent_does_not_serve_saying_why() {
 }
 
 #[test]
+fn no_agent_attach_while_shutting_down_or_without_a_target() {
+    let insider = Insider::default();
+    insider.ready(PID.get());
+    let fake = Fake::with(FakeConfig {
+        passes_fds: true,
+        ..FakeConfig::default()
+    });
+    let (granter, target) = (Recorder::default(), Pretend::stubborn());
+    let controller = controller_over(&fake, &granter, &target).agent(insider.clone());
+    let running = start(controller.grace(LONG_GRACE));
+    // Once it runs, the table no longer knows the target (it is ending).
+    assert_eq!(fake.client().target_pid().unwrap(), PID);
+    target.table().remove(PID.get());
+    assert_attach_refused(
+        &fake,
+        b"AGENT_ATTACH\n",
+        "Attach failed: target PID 4242 is not running",
+    );
+    fake.client().terminate().unwrap();
+    assert_attach_refused(&fake, b"AGENT_ATTACH\n", "The controller is shutting down");
+    assert!(insider.attached().is_empty());
+    target.exit(ExitStatus::Code(0));
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+}
+
+#[test]
+fn a_client_waits_for_an_agent_attach_as_long_as_for_a_grant() {
+    let insider = Insider::default();
+    insider.ready(PID.get());
+    let (started, go) = insider.hang();
+    let (fake, _, _, running) = started_agent(&insider, |c, _| c);
+    let client = Client::new(fake.clone())
+        .timeout(Duration::from_millis(50))
+        .grant_timeout(HANG);
+    let attach = thread::spawn(move || client.agent_attach(None).map(|(pid, ..)| pid));
+    started.recv_timeout(HANG).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    go.send(()).unwrap();
+    assert_eq!(attach.join().unwrap().unwrap(), PID);
+    running.terminate(&fake);
+}
+
+#[test]
 fn a_transport_that_cannot_pass_the_sockets_gets_no_attach() {
     let insider = Insider::default();
     insider.ready(PID.get());

@@ -82,6 +82,7 @@ impl UnixSocketConnection {
         self.server_pid
     }
 
+    /// Reads a reply to an earlier request, which nobody waits for.
     fn read_reply(&mut self, deadline: Instant) -> io::Result<Vec<u8>> {
         let read = read_line(&self.stream, &mut self.lines, deadline);
         self.settle(read)
@@ -121,11 +122,10 @@ impl UnixSocketConnection {
 }
 
 impl Connection for UnixSocketConnection {
+    /// Reads the reply as [`round_trip_with_fds`](Self::round_trip_with_fds)
+    /// does: any file descriptor that came with it is closed.
     fn round_trip(&mut self, line: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
-        if let Some(why) = self.send_request(line, deadline)? {
-            return Ok(why);
-        }
-        self.read_reply(deadline)
+        Ok(self.round_trip_with_fds(line, deadline, 0)?.0)
     }
 
     /// As [`round_trip`](Connection::round_trip), reading the reply with

@@ -60,9 +60,14 @@ pub(super) fn send_with_fds(
 
 /// Reads from the non-blocking socket `fd` until `lines` holds a complete
 /// line or the deadline passes, as [`read_line`](crate::io::read_line)
-/// does, and returns that line with the descriptors that came with it:
-/// `max_fds` at most, the first ones; any more are closed. They are
-/// close-on-exec.
+/// does, and returns that line with the descriptors that arrived while
+/// reading it: `max_fds` at most, the first ones; any more are closed.
+/// They are close-on-exec.
+///
+/// A read brings the bytes that came before the descriptors' message with
+/// it: the descriptors are the line's when nothing else came before it (a
+/// client reads the late replies to earlier requests before it sends the
+/// next one).
 ///
 /// # Errors
 ///
@@ -218,6 +223,70 @@ mod tests {
         assert_eq!(line, b"AGENT 7 3.14.0\n");
         let mut buf = [0u8; 1];
         assert_eq!((&mine).read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_full_socket_is_waited_on_and_the_descriptors_still_come_with_their_line() {
+        let (server, client) = pair();
+        // Fill the socket with lines the client has not read yet.
+        let filler = [&b"x\n"[..]; 512].concat();
+        let mut lines_sent = 0;
+        while nix::sys::socket::send(
+            server.as_raw_fd(),
+            &filler,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok()
+        {
+            lines_sent += 512;
+        }
+        assert!(lines_sent > 0);
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut lines = LineBuffer::for_replies();
+            let (mut filler_lines, mut received) = (0, 0);
+            loop {
+                let (line, fds) =
+                    read_line_with_fds(client.as_fd(), &mut lines, soon(), 2).unwrap();
+                // (One read brings the lines before the descriptors'
+                // message with it.)
+                received += fds.len();
+                if line != b"x\n" {
+                    return (filler_lines, line, received, client);
+                }
+                filler_lines += 1;
+            }
+        });
+        let (_, theirs) = UnixStream::pair().unwrap();
+        send_with_fds(
+            server.as_fd(),
+            b"AGENT 7 3.14.0\n",
+            &[theirs.into()],
+            soon(),
+            None,
+        )
+        .unwrap();
+        let (filler_lines, line, fds, _client) = reader.join().unwrap();
+        assert_eq!(filler_lines, lines_sent);
+        assert_eq!((line, fds), (b"AGENT 7 3.14.0\n".to_vec(), 1));
+        // Past its deadline, a full socket is given up on.
+        while nix::sys::socket::send(
+            server.as_raw_fd(),
+            &filler,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok()
+        {}
+        let (_, theirs) = UnixStream::pair().unwrap();
+        let err = send_with_fds(
+            server.as_fd(),
+            b"x\n",
+            &[theirs.into()],
+            Instant::now(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
