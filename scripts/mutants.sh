@@ -6,7 +6,7 @@
 # mutants listed, each with its reason, in .cargo/mutants.toml.
 #
 #   scripts/mutants.sh                  every mutant of heli-core (about 20 min)
-#   scripts/mutants.sh --quick          one sixth of them, which sixth chosen by
+#   scripts/mutants.sh --quick          one twelfth of them, which twelfth chosen by
 #                                       the commit (a few minutes); scripts/test.sh
 #                                       runs this
 #   scripts/mutants.sh -f heli-core/src/controller.rs
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 cargo_tool cargo-mutants 27.1.0 mutants
 
 # Shards for --quick: each commit tests one, the next commit the next one.
-QUICK_SHARDS=6
+QUICK_SHARDS=12
 args=()
 for arg in "$@"; do
     if [ "$arg" = --quick ]; then
