@@ -441,3 +441,43 @@ fn churn(options: &[&str]) {
     wait_for("no grant left", SOON, || grants(&controller).is_empty());
     assert_eq!(controller.target_pid(), arbiter);
 }
+
+/// With the agent (`--agent always`; at Yama scope 2/3 `auto` does the
+/// same): each forked worker has an agent of its own, and pdb reaches a
+/// worker through it, in that worker, while the others serve.
+#[test]
+fn gunicorn_workers_are_attached_through_their_own_agents() {
+    let _serial = serial();
+    let (controller, port, _dir) = gunicorn(&["--agent", "always"], 2, &[]);
+    let arbiter = controller.target_pid();
+    let mut workers = Vec::new();
+    wait_for("gunicorn's 2 workers in ps, serving", SOON, || {
+        workers = workers_in(&ps(&controller), arbiter);
+        workers.len() == 2 && served_by(port).is_some()
+    });
+    let worker = workers[0];
+    let mut command = controller.client();
+    command.args(["attach", &worker.to_string()]);
+    let options = Options::new()
+        .timeout_ms(Some(30_000))
+        .strip_ansi_escape_codes(true);
+    let mut session = spawn_with_options(command, options).unwrap();
+    session
+        .exp_string(&format!("Attached through the agent in PID {worker}"))
+        .unwrap_or_else(|err| panic!("{err}\n{}", controller.log_text()));
+    session.exp_string("(Pdb) ").unwrap();
+    // pdb stopped that worker: the other one serves meanwhile.
+    let other = workers[1];
+    wait_for("the other worker serving", SOON, || {
+        served_by(port) == Some(other)
+    });
+    session
+        .send_line("p ('pid', __import__('os').getpid())")
+        .unwrap();
+    session.exp_string(&format!("('pid', {worker})")).unwrap();
+    session.exp_string("(Pdb) ").unwrap();
+    session.send_line("q").unwrap();
+    session.exp_string("Debugger detached").unwrap();
+    session.exp_eof().unwrap();
+    assert!(alive(worker) && alive(arbiter));
+}
