@@ -442,7 +442,7 @@ fn main() {
     let uncached = AgentHost::in_dir(dir.path()).unwrap();
     let script = dir.path().join("sleeper.py");
     std::fs::write(&script, SLEEPER).unwrap();
-    start_up(&host, &uncached, if bench { 30 } else { 2 });
+    start_up(&host, &uncached, if bench { 100 } else { 2 });
     idle_and_memory(
         &host,
         &script,
