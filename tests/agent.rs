@@ -90,6 +90,14 @@ fn pdb_through_the_agent_prompt_print_where_interrupt_detach_and_again() {
                 "(Pdb) ",
             ],
         );
+        // Tab completes from the target's namespace (pdb's own client
+        // asks the server).
+        session.send("p ('counter', coun").unwrap();
+        session.send("\t").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        session.send_line(")").unwrap();
+        session.exp_regex(r"\('counter', \d+\)").unwrap();
+        session.exp_string("(Pdb) ").unwrap();
         let counter = print_counter(&mut session);
         if round == 1 {
             assert!(counter >= first, "{first} then {counter}");

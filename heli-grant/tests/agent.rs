@@ -390,3 +390,19 @@ fn hostile_input_on_the_channel_leaves_the_target_running() {
     target.kill().unwrap();
     target.wait().unwrap();
 }
+
+#[test]
+fn a_second_attach_while_one_is_on_is_refused_and_the_first_goes_on() {
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let session = started.host.attach(started.id, &due()).unwrap();
+    let mut fds = session.fds.into_iter();
+    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let _interrupt = UnixStream::from(fds.next().unwrap());
+    pdb.until_prompt();
+    let err = started.host.attach(started.id, &due()).unwrap_err();
+    assert!(err.to_string().contains("already attached"), "{err}");
+    pdb.say("p counter > 0");
+    assert!(pdb.until_prompt().contains("True"));
+    pdb.say("q");
+}

@@ -233,11 +233,17 @@ pub(crate) fn list_json_text(sessions: &[Listed]) -> String {
     format!("{}\n", pretty(&Value::Array(objects)))
 }
 
-/// `stack` of the target alone: its threads, as tracebacks.
+/// `stack` of the target alone: its threads, as tracebacks; first, when
+/// the agent in the target read them (which ran code in it), a line saying
+/// so.
 pub(crate) fn threads_stack_text(process: &ProcessStacks) -> String {
     let mut process = process.clone();
     sanitize::stacks(std::slice::from_mut(&mut process));
-    threads_text(&process.threads)
+    let text = threads_text(&process.threads);
+    match process.via_note() {
+        Some(note) => format!("{note}\n{text}"),
+        None => text,
+    }
 }
 
 /// `stack --pid PID` and `stack --all`: each process under a header (pid,
@@ -851,6 +857,16 @@ Thread 4245 [idle], most recent call last:
     #[test]
     fn the_target_s_stack_is_its_threads() {
         assert_eq!(threads_stack_text(&stacks()[0]), ARBITER_THREADS);
+    }
+
+    #[test]
+    fn a_stack_the_agent_read_says_so_first() {
+        let mut target = stacks()[0].clone();
+        target.via = Some("agent".into());
+        assert_eq!(
+            threads_stack_text(&target),
+            format!("{}\n{ARBITER_THREADS}", crate::core::stacks::READ_BY_AGENT)
+        );
     }
 
     #[test]

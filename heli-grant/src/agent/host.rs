@@ -234,6 +234,15 @@ impl Book {
         };
         {
             let mut agents = lock(&self.agents);
+            if agents.len() >= MAX_AGENTS {
+                // What failed says why only while its process lives.
+                agents.retain(|_, entry| {
+                    !matches!(entry.state, AgentState::Failed(_))
+                        || entry
+                            .id
+                            .is_some_and(|id| matches!(Proc::open_id(id), Ok(Some(_))))
+                });
+            }
             if agents.len() >= MAX_AGENTS && !agents.contains_key(&pid) {
                 return Err(io::Error::other(format!("more than {MAX_AGENTS} agents")));
             }
@@ -324,13 +333,28 @@ impl Book {
         }
     }
 
+    /// The channel of `pid`'s agent closed: a serving agent's process has
+    /// ended (it goes); one that never said hello did not load it, and one
+    /// that failed keeps saying why.
     fn closed(&self, pid: Pid, channel: &Arc<Channel>) {
         let mut agents = lock(&self.agents);
-        if agents
-            .get(&pid)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.channel, channel))
-        {
-            agents.remove(&pid);
+        if let Some(entry) = agents.get_mut(&pid) {
+            if Arc::ptr_eq(&entry.channel, channel) {
+                match entry.state {
+                    AgentState::Failed(_) => {}
+                    AgentState::Starting => {
+                        entry.id = identity(pid);
+                        entry.state = AgentState::Failed(format!(
+                            "PID {pid} closed the agent's channel without loading the agent: it \
+                             is not a Python process, or its Python ignores PYTHONPATH (-E, -I) \
+                             or skips site (-S)"
+                        ));
+                    }
+                    _ => {
+                        agents.remove(&pid);
+                    }
+                }
+            }
         }
         drop(agents);
         self.changed.notify_all();
