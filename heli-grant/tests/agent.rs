@@ -406,3 +406,35 @@ fn a_second_attach_while_one_is_on_is_refused_and_the_first_goes_on() {
     assert!(pdb.until_prompt().contains("True"));
     pdb.say("q");
 }
+
+#[test]
+fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach() {
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    for _ in 0..2 {
+        let session = started.host.attach(started.id, &due()).unwrap();
+        let mut fds = session.fds.into_iter();
+        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let interrupt = UnixStream::from(fds.next().unwrap());
+        pdb.until_prompt();
+        // A breakpoint the target never reaches, then `continue`; then the
+        // client dies (both sockets close) while the target runs on.
+        pdb.say("b 1");
+        pdb.until_prompt();
+        pdb.say("c");
+        std::thread::sleep(Duration::from_millis(200));
+        drop((pdb, interrupt));
+    }
+    let mut shown = String::new();
+    wait_for("an attach taken again", || {
+        let session = started.host.attach(started.id, &due()).unwrap();
+        let mut fds = session.fds.into_iter();
+        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let _interrupt = UnixStream::from(fds.next().unwrap());
+        shown = pdb.until_prompt();
+        let fine = !shown.contains("Another PDB instance");
+        pdb.say("q");
+        fine
+    });
+    assert!(shown.contains("work"), "{shown}");
+}

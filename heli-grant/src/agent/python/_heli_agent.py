@@ -102,6 +102,11 @@ class _Agent:
         self.pending = None
         # The interrupt socket of the session on, watched by the agent thread.
         self.interrupt = None
+        # The pdb server of the session on, once started; and one whose
+        # client went away while the target ran on, for the main thread to
+        # let go of.
+        self.server = None
+        self.release = None
         self.lock = threading.Lock()
         self.thread = None
 
@@ -205,12 +210,7 @@ class _Agent:
             interrupt.close()
             raise ValueError("a debugger is already attached through the agent")
         try:
-            if self.trigger == "remote_exec":
-                sys.remote_exec(os.getpid(), self.script)
-            else:
-                import _thread
-
-                _thread.interrupt_main(TRIGGER_SIGNAL)
+            self.trigger_main()
         except Exception:
             with self.lock:
                 self.pending = None
@@ -219,6 +219,15 @@ class _Agent:
             interrupt.close()
             raise
         return {}
+
+    def trigger_main(self):
+        """Has the main thread call run_pending at its next safe point."""
+        if self.trigger == "remote_exec":
+            sys.remote_exec(os.getpid(), self.script)
+        else:
+            import _thread
+
+            _thread.interrupt_main(TRIGGER_SIGNAL)
 
     def interrupted(self, interrupt):
         try:
@@ -232,20 +241,35 @@ class _Agent:
 
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             return
-        # The client is gone: the session is over.
+        # The client is gone: the session is over. A pdb server it left
+        # attached while the target runs on (`continue`, then the client was
+        # killed) would refuse every later attach: the main thread lets go of
+        # it.
         with self.lock:
             if self.interrupt is interrupt:
                 self.interrupt = None
             pending, self.pending = self.pending, None
+            server, self.server = self.server, None
+            if pending is None and server is not None:
+                self.release = server
         interrupt.close()
         if pending is not None:
             pending[0].close()
+        elif server is not None:
+            try:
+                self.trigger_main()
+            except Exception:
+                pass
 
     # The main thread.
 
     def run_pending(self, frame):
         with self.lock:
             pending, self.pending = self.pending, None
+            release, self.release = self.release, None
+        if release is not None:
+            _release(release)
+            release = None
         if pending is None:
             return
         stream, colorize = pending
@@ -253,17 +277,36 @@ class _Agent:
             # The client gave up before the main thread got here.
             stream.close()
             return
+        import gc
         import pdb
-        import weakref
 
+        # What earlier sessions left goes now, not as garbage collected
+        # under the new session's trace (where pdb would stop in it).
+        gc.collect()
         with stream:
             sockfile = stream.makefile("rwb")
         server = pdb._PdbServer(sockfile, colorize=colorize)
-        weakref.finalize(server, sockfile.close)
         if pdb.Pdb._last_pdb_instance is not None:
             server.error("Another PDB instance is already attached.")
+            sockfile.close()
         else:
+            with self.lock:
+                self.server = server
             server.set_trace(frame=frame)
+
+
+def _release(server):
+    """Lets go of a pdb server whose client is gone (on the main thread):
+    no breakpoint or trace of it left, its instance no longer in the way."""
+    import pdb
+
+    if pdb.Pdb._last_pdb_instance is not server:
+        return
+    try:
+        server.clear_all_breaks()
+        server.set_continue()
+    finally:
+        server.detach()
 
 
 def _hung_up(sock):
