@@ -234,6 +234,10 @@ impl Book {
         };
         {
             let mut agents = lock(&self.agents);
+            if state == AgentState::Starting {
+                // A new start of the target: the failed one is gone.
+                agents.retain(|_, entry| !matches!(entry.state, AgentState::Failed(_)));
+            }
             if agents.len() >= MAX_AGENTS && !agents.contains_key(&pid) {
                 return Err(io::Error::other(format!("more than {MAX_AGENTS} agents")));
             }
@@ -326,10 +330,11 @@ impl Book {
 
     fn closed(&self, pid: Pid, channel: &Arc<Channel>) {
         let mut agents = lock(&self.agents);
-        if agents
-            .get(&pid)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.channel, channel))
-        {
+        // A failed agent (an older Python) closes its channel at once: its
+        // state stays to say why, until the next start of the target.
+        if agents.get(&pid).is_some_and(|entry| {
+            Arc::ptr_eq(&entry.channel, channel) && !matches!(entry.state, AgentState::Failed(_))
+        }) {
             agents.remove(&pid);
         }
         drop(agents);
