@@ -139,6 +139,34 @@ fn pdb_runs_on_the_main_thread_for_the_sockets_handed_over_and_again_after_it_de
 }
 
 #[test]
+fn a_target_with_more_files_open_than_select_takes_still_gets_pdb() {
+    // More than FD_SETSIZE (1024) files open: the sockets handed over get
+    // numbers select() cannot watch.
+    let code = format!(
+        "import os\nheld = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n{COUNTER}"
+    );
+    let started = start(&code, &[]);
+    ready(&started);
+    wait_for("the target's files", || {
+        std::fs::read_dir(format!("/proc/{}/fd", started.id.pid))
+            .is_ok_and(|entries| entries.count() > 1100)
+    });
+    for _ in 0..2 {
+        let session = started.host.attach(started.id, &due()).unwrap();
+        let mut fds = session.fds.into_iter();
+        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let _interrupt = UnixStream::from(fds.next().unwrap());
+        pdb.until_prompt();
+        pdb.say("p counter > 0");
+        assert!(pdb.until_prompt().contains("True"));
+        pdb.say("q");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut pdb.0, &mut rest).unwrap();
+    }
+    assert!(started.host.state(started.id).is_ready());
+}
+
+#[test]
 fn stacks_are_read_from_within() {
     let started = start(COUNTER, &[]);
     ready(&started);

@@ -234,6 +234,10 @@ impl Book {
         };
         {
             let mut agents = lock(&self.agents);
+            if state == AgentState::Starting {
+                // A new start of the target: what failed before is gone.
+                agents.retain(|_, entry| !matches!(entry.state, AgentState::Failed(_)));
+            }
             if agents.len() >= MAX_AGENTS {
                 // What failed says why only while its process lives.
                 agents.retain(|_, entry| {

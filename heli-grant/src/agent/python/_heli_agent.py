@@ -2,7 +2,7 @@
 # and talks only to that controller, through the socket the controller made
 # and passed down (no path, no port: nothing else can reach it).
 #
-# One daemon thread, "heli-agent", blocked in select(): idle, it never wakes.
+# One daemon thread, "heli-agent", blocked in poll(): idle, it never wakes.
 # On request it
 # - schedules pdb on the main thread at its next safe point (sys.remote_exec
 #   on this very process, which the kernel allows at every Yama scope; where
@@ -131,14 +131,17 @@ class _Agent:
         held = []
         try:
             while True:
-                watched = [self.channel]
+                # poll, not select: a process with more than FD_SETSIZE
+                # (1024) files open gets sockets numbered beyond it.
+                poller = select.poll()
+                poller.register(self.channel, select.POLLIN)
                 interrupt = self.interrupt
                 if interrupt is not None:
-                    watched.append(interrupt)
-                readable, _, _ = select.select(watched, [], [])
-                if interrupt is not None and interrupt in readable:
+                    poller.register(interrupt, select.POLLIN)
+                readable = {fd for fd, _ in poller.poll()}
+                if interrupt is not None and interrupt.fileno() in readable:
                     self.interrupted(interrupt)
-                if self.channel not in readable:
+                if self.channel.fileno() not in readable:
                     continue
                 data, fds, _, _ = socket.recv_fds(self.channel, MAX_LINE, MAX_FDS)
                 if not data:
@@ -312,8 +315,9 @@ def _release(server):
 def _hung_up(sock):
     import select
 
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
         return False
     try:
         return sock.recv(1, socket.MSG_PEEK) == b""
