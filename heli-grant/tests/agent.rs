@@ -466,3 +466,102 @@ fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach(
     });
     assert!(shown.contains("work"), "{shown}");
 }
+
+/// Runs its arguments under a seccomp filter that makes process_vm_readv
+/// and process_vm_writev fail with EPERM, as a container's profile may.
+const NO_VM_WRITES: &str = r#"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <stddef.h>
+#include <errno.h>
+#include <unistd.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_writev, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog program = { .len = sizeof filter / sizeof filter[0], .filter = filter };
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program)) {
+        perror("seccomp");
+        return 1;
+    }
+    execvp(argv[1], argv + 1);
+    perror("exec");
+    return 1;
+}
+"#;
+
+fn attach_and_print(host: &AgentHost, id: ProcessId) -> String {
+    let session = host.attach(id, &due()).unwrap();
+    let mut fds = session.fds.into_iter();
+    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let _interrupt = UnixStream::from(fds.next().unwrap());
+    pdb.until_prompt();
+    pdb.say("p ('pid', __import__('os').getpid())");
+    let shown = pdb.until_prompt();
+    pdb.say("q");
+    shown
+}
+
+#[test]
+fn under_a_seccomp_filter_forbidding_remote_exec_the_handler_runs_pdb() {
+    let wrapper = common::build_c("no_vm_writes", NO_VM_WRITES, &[]);
+    let python = python314();
+    let (mut supervisor, host, id, _dir) = start_with(
+        wrapper.to_str().unwrap(),
+        &[python.to_str().unwrap(), "-c", COUNTER],
+    );
+    wait_for("the agent's hello", || host.state(id).is_ready());
+    let shown = attach_and_print(&host, id);
+    assert!(shown.contains(&format!("('pid', {})", id.pid)), "{shown}");
+    let _ = supervisor.signal(libc::SIGKILL);
+}
+
+#[test]
+fn a_wrapper_that_runs_python_without_exec_is_named_not_waited_for() {
+    let python = python314();
+    let script = format!(
+        "{} -c 'import time; time.sleep(30)'; true",
+        python.display()
+    );
+    let (mut supervisor, host, id, _dir) = start_with("bash", &["-c", &script]);
+    wait_for("the child's word", || {
+        host.state(id) != AgentState::Starting
+    });
+    let err = host.attach(id, &due()).unwrap_err();
+    assert!(err.to_string().contains("is not Python itself"), "{err}");
+    let _ = supervisor.signal(libc::SIGKILL);
+}
+
+#[test]
+fn a_stopped_target_is_named_and_served_again_once_continued() {
+    let mut started = start(COUNTER, &[]);
+    ready(&started);
+    started.supervisor.signal(libc::SIGSTOP).unwrap();
+    wait_for("stopped", || {
+        Proc::open(started.id.pid)
+            .unwrap()
+            .unwrap()
+            .info()
+            .unwrap()
+            .unwrap()
+            .state
+            == heli_core::ProcessState::Stopped
+    });
+    let short = Deadline::after(Duration::from_secs(1));
+    let err = started.host.attach(started.id, &short).unwrap_err();
+    assert!(err.to_string().contains("is stopped"), "{err}");
+    started.supervisor.signal(libc::SIGCONT).unwrap();
+    let shown = attach_and_print(&started.host, started.id);
+    assert!(
+        shown.contains(&format!("('pid', {})", started.id.pid)),
+        "{shown}"
+    );
+}

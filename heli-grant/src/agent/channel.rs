@@ -63,17 +63,18 @@ impl Channel {
     }
 
     /// Reads the channel on a thread of its own, until it closes: an
-    /// answer goes to whoever waits for it, any other message to `other`;
-    /// then `closed` runs.
+    /// answer from `owner` (the process whose agent it is) goes to whoever
+    /// waits for it, any other message to `other`; then `closed` runs.
     pub(crate) fn listen(
         self: &Arc<Self>,
         name: String,
+        owner: Pid,
         mut other: impl FnMut(Message) + Send + 'static,
         closed: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
         let channel = self.clone();
         thread::Builder::new().name(name).spawn(move || {
-            channel.read(&mut other);
+            channel.read(owner, &mut other);
             // Nobody waits for an answer that will not come.
             channel.lock_answers().clear();
             closed();
@@ -81,7 +82,7 @@ impl Channel {
         Ok(())
     }
 
-    fn read(&self, other: &mut impl FnMut(Message)) {
+    fn read(&self, owner: Pid, other: &mut impl FnMut(Message)) {
         let mut buffers: HashMap<Pid, Vec<u8>> = HashMap::new();
         let mut held: HashMap<Pid, Vec<OwnedFd>> = HashMap::new();
         let mut data = vec![0u8; 64 << 10];
@@ -97,14 +98,19 @@ impl Channel {
             let Some(sender) = sender else {
                 continue;
             };
-            held.entry(sender).or_default().extend(fds);
+            // A line brings one descriptor at most (a forked child's
+            // channel): a process sending more without ending its line
+            // does not get to fill the controller's file table.
+            let kept = held.entry(sender).or_default();
+            kept.extend(fds);
+            kept.truncate(MAX_FDS);
             let buffer = buffers.entry(sender).or_default();
             buffer.extend_from_slice(&data[..bytes]);
             while let Some(end) = buffer.iter().position(|&byte| byte == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
                 let fds = held.remove(&sender).unwrap_or_default();
                 match serde_json::from_slice::<Value>(&line) {
-                    Ok(body) => self.take(Message { sender, body, fds }, other),
+                    Ok(body) => self.take(owner, Message { sender, body, fds }, other),
                     Err(err) => {
                         debug!("agent channel: a line from PID {sender} is not JSON: {err}")
                     }
@@ -158,8 +164,12 @@ impl Channel {
         }
     }
 
-    fn take(&self, message: Message, other: &mut impl FnMut(Message)) {
-        let id = message.body.get("id").and_then(Value::as_u64);
+    fn take(&self, owner: Pid, message: Message, other: &mut impl FnMut(Message)) {
+        // Only the agent's own process answers: a child that kept the
+        // channel (forked in C, or a wrapper's) may not answer for it.
+        let id = (message.sender == owner)
+            .then(|| message.body.get("id").and_then(Value::as_u64))
+            .flatten();
         let waiting = id.and_then(|id| self.lock_answers().remove(&id));
         match waiting {
             Some(answer) => {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use heli_core::stacks::ThreadStack;
-use heli_core::{Agent, AgentSession, AgentState, Deadline, Pid, ProcessId};
+use heli_core::{Agent, AgentSession, AgentState, Deadline, Pid, ProcessId, ProcessState};
 use heli_proc::Proc;
 use log::{debug, info, warn};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -147,8 +147,12 @@ impl AgentHost {
         let original = self.original_path(command);
         let mut path = OsString::from(self.dir.path());
         if let Some(original) = &original {
-            path.push(":");
-            path.push(original);
+            // An empty one adds nothing to sys.path (and "dir:" would add
+            // the current directory): it is only put back.
+            if !original.is_empty() {
+                path.push(":");
+                path.push(original);
+            }
             command.env("HELI_AGENT_ORIG_PYTHONPATH", original);
         } else {
             command.env_remove("HELI_AGENT_ORIG_PYTHONPATH");
@@ -166,13 +170,12 @@ impl AgentHost {
     fn original_path(&self, command: &Command) -> Option<OsString> {
         let mut original = lock(&self.book.original_path);
         original
-            .get_or_insert_with(|| {
-                match command.get_envs().find(|(key, _)| *key == "PYTHONPATH") {
+            .get_or_insert_with(
+                || match command.get_envs().find(|(key, _)| *key == "PYTHONPATH") {
                     Some((_, value)) => value.map(OsString::from),
                     None => std::env::var_os("PYTHONPATH"),
-                }
-                .filter(|path| !path.is_empty())
-            })
+                },
+            )
             .clone()
     }
 
@@ -265,6 +268,7 @@ impl Book {
         let serving = channel.clone();
         channel.listen(
             format!("heli-agent-{pid}"),
+            pid,
             move |message| book.take(pid, message),
             move || gone.closed(pid, &serving),
         )
@@ -279,6 +283,17 @@ impl Book {
         };
         if let Some(hello) = body.remove("child") {
             self.child(pid, sender, &hello, fds);
+            return;
+        }
+        if body.contains_key("not_target") && sender != pid && descends(sender, pid) {
+            self.set_if_starting(
+                pid,
+                AgentState::Failed(format!(
+                    "PID {pid} is not Python itself: it ran Python as its child PID {sender} \
+                     without exec, which takes no agent (have the wrapper exec it: `exec python3 \
+                     ...`)"
+                )),
+            );
             return;
         }
         if sender != pid {
@@ -301,6 +316,10 @@ impl Book {
         } else {
             return;
         };
+        self.set_if_starting(pid, state);
+    }
+
+    fn set_if_starting(&self, pid: Pid, state: AgentState) {
         let mut agents = lock(&self.agents);
         if let Some(entry) = agents.get_mut(&pid) {
             if entry.state == AgentState::Starting {
@@ -386,6 +405,49 @@ fn ready(hello: &Value) -> Option<AgentState> {
     })
 }
 
+/// Whether `process` descends from `ancestor` (a few generations up at
+/// most: a wrapper's child or grandchild).
+fn descends(process: Pid, ancestor: Pid) -> bool {
+    let mut current = process;
+    for _ in 0..8 {
+        let parent = Proc::open(current)
+            .ok()
+            .flatten()
+            .and_then(|proc| proc.info().ok().flatten())
+            .and_then(|info| info.parent);
+        match parent {
+            Some(parent) if parent == ancestor => return true,
+            Some(parent) => current = parent,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// `err`, or why the agent of `process` could not answer when it is
+/// stopped (SIGSTOP, a debugger) or frozen.
+fn explained(process: ProcessId, err: io::Error) -> io::Error {
+    if err.kind() != io::ErrorKind::TimedOut {
+        return err;
+    }
+    let state = Proc::open_id(process)
+        .ok()
+        .flatten()
+        .and_then(|proc| proc.info().ok().flatten())
+        .map(|info| info.state);
+    match state {
+        Some(ProcessState::Stopped | ProcessState::TracingStop) => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "PID {} is stopped (SIGSTOP, or a debugger holds it): its agent cannot answer \
+                 until it is continued (kill -CONT {})",
+                process.pid, process.pid
+            ),
+        ),
+        _ => err,
+    }
+}
+
 fn identity(pid: Pid) -> Option<ProcessId> {
     Proc::open(pid).ok()??.identity().ok()?
 }
@@ -411,7 +473,9 @@ impl Agent for AgentHost {
         let mut request = serde_json::Map::new();
         request.insert("op".into(), "attach".into());
         request.insert("colorize".into(), false.into());
-        let answer = channel.request(request, &[stream_theirs, interrupt_theirs], due)?;
+        let answer = channel
+            .request(request, &[stream_theirs, interrupt_theirs], due)
+            .map_err(|err| explained(process, err))?;
         answered(&answer)?;
         Ok(AgentSession {
             python,
@@ -423,7 +487,9 @@ impl Agent for AgentHost {
         let channel = self.ready_channel(process, due)?;
         let mut request = serde_json::Map::new();
         request.insert("op".into(), "stacks".into());
-        let mut answer = channel.request(request, &[], due)?;
+        let mut answer = channel
+            .request(request, &[], due)
+            .map_err(|err| explained(process, err))?;
         answered(&answer)?;
         let threads = answer
             .get_mut("threads")

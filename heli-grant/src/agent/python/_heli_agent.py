@@ -44,14 +44,16 @@ def start(fd, directory):
         _send(channel, '{"unsupported": {"pid": %d, "python": "%s"}}' % (os.getpid(), version))
         channel.close()
         return
-    if sys.is_remote_debug_enabled():
-        trigger = "remote_exec"
-    else:
+    remote = sys.is_remote_debug_enabled()
+    # A seccomp filter (a container's) may forbid the process_vm_writev
+    # that sys.remote_exec does even on this process: then the handler is
+    # the way, set up now (only the main thread may).
+    if not remote or _seccomp_filtered():
         import signal
 
         TRIGGER_SIGNAL = signal.SIGRTMIN + 6
         _Chained(signal, TRIGGER_SIGNAL)
-        trigger = "signal"
+    trigger = "remote_exec" if remote else "signal"
     _agent = _Agent(channel, os.path.join(directory, "_heli_attach.py"), version, trigger)
     os.register_at_fork(after_in_child=_forked)
 
@@ -64,6 +66,29 @@ def ready():
     if agent is not None:
         _send(agent.channel, agent.hello("hello"))
         agent.run()
+
+
+def _seccomp_filtered():
+    try:
+        with open("/proc/self/status") as status:
+            return any(line.split() == ["Seccomp:", "2"] for line in status)
+    except OSError:
+        return False
+
+
+def refuse(fd):
+    """Tells the controller this process does not take the agent (it is
+    not the one the controller started: a wrapper ran it without exec),
+    and closes the channel."""
+    try:
+        channel = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        _send(channel, '{"not_target": {"pid": %d}}' % os.getpid())
+    except OSError:
+        pass
+    channel.close()
 
 
 def _send(sock, line):
@@ -226,11 +251,18 @@ class _Agent:
     def trigger_main(self):
         """Has the main thread call run_pending at its next safe point."""
         if self.trigger == "remote_exec":
-            sys.remote_exec(os.getpid(), self.script)
-        else:
-            import _thread
+            try:
+                sys.remote_exec(os.getpid(), self.script)
+                return
+            except PermissionError as err:
+                if TRIGGER_SIGNAL is None:
+                    raise PermissionError(
+                        f"sys.remote_exec on this process is not permitted ({err}): a seccomp "
+                        "filter forbids process_vm_writev"
+                    ) from None
+        import _thread
 
-            _thread.interrupt_main(TRIGGER_SIGNAL)
+        _thread.interrupt_main(TRIGGER_SIGNAL)
 
     def interrupted(self, interrupt):
         try:
@@ -374,9 +406,11 @@ def _forked():
     parent, _agent = _agent, None
     if parent is None:
         return
-    with parent.lock:
-        pending, parent.pending = parent.pending, None
-        interrupt, parent.interrupt = parent.interrupt, None
+    # Not under parent.lock: the agent thread may have held it at the fork,
+    # and it does not exist here (this is the only thread).
+    pending, parent.pending = parent.pending, None
+    interrupt, parent.interrupt = parent.interrupt, None
+    parent.server = parent.release = None
     for sock in (pending[0] if pending else None, interrupt):
         if sock is not None:
             sock.close()

@@ -39,10 +39,16 @@ def _heli_load():
             finally:
                 del sys.path[0]
         else:
+            sys.path.insert(0, here)
             try:
-                os.close(int(fd))
-            except (OSError, ValueError):
+                import _heli_agent
+
+                _heli_agent.refuse(int(fd))
+            except Exception:
                 pass
+            finally:
+                del sys.path[0]
+                sys.modules.pop("_heli_agent", None)
     # The process's own sitecustomize, found on the rest of sys.path. When
     # this module's import ends, importlib takes whatever sys.modules holds
     # under the name: the user's module, as if heli had never been here; or
