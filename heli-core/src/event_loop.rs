@@ -378,13 +378,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         self.prune(state);
         let target = state.run.target;
         let asked = Request::GrantAccess(request);
-        let refused = |state: &mut State, refusal: String| {
-            state.warn_about(
-                &peer,
-                format_args!("refused {asked} from {peer:?}: {refusal}"),
-            );
-            refusal
-        };
+        let refused = |state: &mut State, refusal: String| state.refused(&peer, asked, refusal);
         let client = match authorize::grantee(&peer, request.client, target, &self.supervisor) {
             Ok(client) => client,
             Err(refusal) => return Err(refused(state, refusal)),
@@ -491,13 +485,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         }
         let target = state.run.target;
         let asked = Request::AgentAttach(requested);
-        let refused = |state: &mut State, refusal: String| {
-            state.warn_about(
-                &peer,
-                format_args!("refused {asked} from {peer:?}: {refusal}"),
-            );
-            refusal
-        };
+        let refused = |state: &mut State, refusal: String| state.refused(&peer, asked, refusal);
         if let Err(refusal) = authorize::agent_client(&peer, target, &self.supervisor) {
             return Err(refused(state, refusal));
         }
@@ -1597,6 +1585,16 @@ impl State {
             warnings: LogLimit::new(),
             forked: false,
         }
+    }
+
+    /// Logs (within the log's limit) that `asked` from `peer` was
+    /// refused, and gives the refusal back.
+    fn refused(&mut self, peer: &Peer, asked: Request, refusal: String) -> String {
+        self.warn_about(
+            peer,
+            format_args!("refused {asked} from {peer:?}: {refusal}"),
+        );
+        refusal
     }
 
     /// Logs `what` a peer caused, within the peer's allowance.

@@ -23,6 +23,7 @@ struct Started {
     host: AgentHost,
     id: ProcessId,
     _dir: tempfile::TempDir,
+    _agent_dir: tempfile::TempDir,
 }
 
 impl Drop for Started {
@@ -32,28 +33,19 @@ impl Drop for Started {
 }
 
 fn start(code: &str, env: &[(&str, &str)]) -> Started {
-    let dir = tempdir();
-    let script = dir.path().join("agent_target.py");
+    // A script file, not -c: the fork test finds it as sys.argv[0].
+    let scripts = tempdir();
+    let script = scripts.path().join("agent_target.py");
     std::fs::write(&script, code).unwrap();
-    let mut command = Command::new(python314());
-    command.arg(&script).stdin(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let host = AgentHost::in_dir(dir.path()).unwrap();
-    let mut supervisor = ProcessSupervisor::new(command).agent(host.clone());
-    let pid = supervisor.spawn().unwrap();
-    let id = Proc::open(pid)
-        .unwrap()
-        .unwrap()
-        .identity()
-        .unwrap()
-        .unwrap();
+    let python = python314();
+    let (supervisor, host, id, _agent_dir) =
+        start_env(python.to_str().unwrap(), &[script.to_str().unwrap()], env);
     Started {
         supervisor,
         host,
         id,
-        _dir: dir,
+        _dir: scripts,
+        _agent_dir,
     }
 }
 
@@ -257,9 +249,22 @@ fn start_with(
     program: &str,
     args: &[&str],
 ) -> (ProcessSupervisor, AgentHost, ProcessId, tempfile::TempDir) {
+    start_env(program, args, &[])
+}
+
+/// `program` with `args` (and more environment) under a supervisor that
+/// sets up the agent, its files in a new temporary directory.
+fn start_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ProcessSupervisor, AgentHost, ProcessId, tempfile::TempDir) {
     let dir = tempdir();
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .envs(env.iter().copied());
     let host = AgentHost::in_dir(dir.path()).unwrap();
     let mut supervisor = ProcessSupervisor::new(command).agent(host.clone());
     let pid = supervisor.spawn().unwrap();
