@@ -9,17 +9,17 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use heli_core::{Exit, ExitStatus, ProcessInfo, Processes, Supervisor};
+use heli_core::{Exit, ProcessInfo, Processes, Supervisor};
 use heli_proc::ProcFs;
 use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::agent::AgentHost;
 use crate::sys::{
-    ignore_terminal_stops, kill_with_parent, pidfd_open, pidfd_send_signal, take_terminal_in_child,
+    ignore_terminal_stops, kill_with_parent, pidfd_open, pidfd_send_signal, reap_exited,
+    take_terminal_in_child, Reaped,
 };
 use crate::wait::ChildWaits;
 
@@ -417,12 +417,8 @@ impl Reaper {
             if let Some(status) = waits.take(self.pid) {
                 break status;
             }
-            match waitid(
-                Id::PIDFd(self.pidfd.as_fd()),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
-            ) {
-                Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signal(signal as i32),
+            match reap_exited(Some(self.pidfd.as_fd())) {
+                Ok(Reaped::Ended(_, status)) => break status,
                 Err(Errno::EINTR) => continue,
                 // Exited (the pidfd is readable), yet not ours to reap yet:
                 // another tracer (a debugger) holds the dead child until it
@@ -561,17 +557,15 @@ fn reap_all(waits: &ChildWaits) {
     // No granter traces a child while we hold this: no stop to steal.
     let mut guard = waits.lock();
     loop {
-        let (pid, status) = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, ExitStatus::Signal(signal as i32)),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(_) | Err(Errno::EINTR) => continue,
+        let (pid, status) = match reap_exited(None) {
+            Ok(Reaped::Ended(pid, status)) => (pid, status),
+            Ok(Reaped::Nothing) | Err(Errno::ECHILD) => return,
+            Ok(Reaped::Other) | Err(Errno::EINTR) => continue,
             Err(err) => {
                 warn!("cannot reap children: {err}");
                 return;
             }
         };
-        let pid = pid.as_raw() as u32;
         match heli_core::Pid::new(pid).filter(|_| guard.is_target(pid)) {
             Some(target) => guard.reaped(target, status),
             None => debug!("reaped orphan PID {pid} ({status})"),

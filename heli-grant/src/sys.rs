@@ -509,3 +509,47 @@ pub fn set_inheritable(fd: &OwnedFd) -> io::Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok(())
 }
+
+/// What one [`reap_exited`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reaped {
+    /// No child (of those asked for) has ended yet.
+    Nothing,
+    /// A child ended, and how; it is reaped.
+    Ended(u32, heli_core::ExitStatus),
+    /// A child changed state without ending (not expected with
+    /// `WEXITED` alone).
+    Other,
+}
+
+/// One `waitid(2)` for an ended child, without waiting (`WNOHANG`): the
+/// child of `pidfd`, or any child. Unlike nix's `waitid`, any signal that
+/// killed it is reported, real-time ones too (nix's `WaitStatus` names
+/// none of them: its `waitid` reaps the child, then fails with EINVAL and
+/// the status is lost).
+pub(crate) fn reap_exited(pidfd: Option<BorrowedFd<'_>>) -> nix::Result<Reaped> {
+    let (idtype, id) = match pidfd {
+        Some(pidfd) => (libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t),
+        None => (libc::P_ALL, 0),
+    };
+    // SAFETY: an all-zero siginfo_t is valid (it is plain data), and
+    // waitid only writes into the one it is given.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live siginfo_t for waitid to fill in.
+    let res = unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOHANG) };
+    Errno::result(res)?;
+    // SAFETY: waitid filled `info` in for a child (SIGCHLD's fields), or
+    // left it zeroed when none had ended (si_pid 0).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(Reaped::Nothing);
+    }
+    let pid = pid.unsigned_abs();
+    Ok(match info.si_code {
+        libc::CLD_EXITED => Reaped::Ended(pid, heli_core::ExitStatus::Code(status)),
+        libc::CLD_KILLED | libc::CLD_DUMPED => {
+            Reaped::Ended(pid, heli_core::ExitStatus::Signal(status))
+        }
+        _ => Reaped::Other,
+    })
+}

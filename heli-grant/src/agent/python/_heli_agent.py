@@ -106,7 +106,10 @@ class _Chained:
 
     def __call__(self, signum, frame):
         agent = _agent
-        if agent is not None and agent.pending is not None:
+        if agent is not None and agent.triggered:
+            # Ours (interrupt_main): possibly for work an earlier call
+            # already did, as two triggers may come as one call.
+            agent.triggered = False
             agent.run_pending(frame)
             return
         previous = self.previous
@@ -132,6 +135,9 @@ class _Agent:
         # let go of.
         self.server = None
         self.release = None
+        # Set before each interrupt_main, so that the handler tells its own
+        # triggers from a real signal.
+        self.triggered = False
         self.lock = threading.Lock()
         self.thread = None
 
@@ -262,6 +268,7 @@ class _Agent:
                     ) from None
         import _thread
 
+        self.triggered = True
         _thread.interrupt_main(TRIGGER_SIGNAL)
 
     def interrupted(self, interrupt):
@@ -332,14 +339,25 @@ class _Agent:
 
 def _release(server):
     """Lets go of a pdb server whose client is gone (on the main thread):
-    no breakpoint or trace of it left, its instance no longer in the way."""
+    no breakpoint or trace of it left, its instance no longer in the way.
+    Never while pdb itself runs on this thread (its prompt is reading the
+    client's last words): it sees the client gone by itself."""
+    import bdb
     import pdb
 
     if pdb.Pdb._last_pdb_instance is not server:
         return
+    debugger = {pdb.__file__, bdb.__file__}
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename in debugger:
+            return
+        frame = frame.f_back
     try:
         server.clear_all_breaks()
         server.set_continue()
+    except Exception:
+        pass
     finally:
         server.detach()
 
