@@ -212,8 +212,9 @@ class _Agent:
                 raise ValueError("no request id")
             op = request.get("op")
             if op == "attach":
-                reply = self.attach(request, fds)
-                fds = []
+                # Handed over: attach closes them, once, whatever happens.
+                taken, fds = fds, []
+                reply = self.attach(request, taken)
             elif op == "stacks":
                 reply = {"threads": _stacks()}
             else:
