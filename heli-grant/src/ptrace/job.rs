@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heli_core::{Deadline, Pid, ProcessId, Processes};
+use heli_core::{Deadline, Pid, ProcessId, ProcessState, Processes};
 use heli_proc::{Proc, ProcFs, ThreadStatus};
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -278,6 +278,8 @@ impl Job {
             timer,
         };
         let raw = nix::unistd::Pid::from_raw(tid.get() as i32);
+        // The threads as they were just before: see EPERM below.
+        let threads = process.threads().ok();
         match Tracee::seize(target, raw, waits) {
             Ok(tracee) => match self.seized_ours(process, tid) {
                 Ok(()) => Ok(tracee.run(self.nr, &self.args)),
@@ -289,6 +291,18 @@ impl Job {
             Err(Errno::ESRCH) if tid != self.process.pid => Ok((
                 Outcome::Retry(io::Error::other(format!(
                     "thread {tid} of PID {pid} exited before it was seized"
+                ))),
+                Vec::new(),
+            )),
+            // A thread that is exiting cannot be seized (EPERM): so it is
+            // while another thread's execve ends the others (the old main
+            // thread keeps its pid until the new one takes it). The
+            // threads changed meanwhile: choose again. A refusal that lasts
+            // (Yama, another user) leaves them as they were.
+            Err(Errno::EPERM) if exiting(process, tid, threads.as_deref()) => Ok((
+                Outcome::Retry(io::Error::other(format!(
+                    "thread {tid} of PID {pid} was exiting when seized (the process's threads \
+                     changed: an execve?)"
                 ))),
                 Vec::new(),
             )),
@@ -479,6 +493,17 @@ fn gave_up(pid: Pid, nr: libc::c_long, stage: Stage, deadline: &Deadline) -> io:
         }
     };
     io::Error::new(io::ErrorKind::TimedOut, message)
+}
+
+/// Whether thread `tid` of `process` was exiting when a seize of it failed
+/// with EPERM: it is a zombie now, or the process's threads are no longer
+/// `before` (an execve ends every other thread).
+fn exiting(process: &Proc, tid: Pid, before: Option<&[Pid]>) -> bool {
+    let dead = matches!(
+        process.thread_state(tid),
+        Ok(None) | Ok(Some(ProcessState::Zombie | ProcessState::Dead))
+    );
+    dead || before.is_some_and(|before| process.threads().ok().as_deref() != Some(before))
 }
 
 fn seize_error(process: &Proc, tid: Pid, err: Errno) -> io::Error {
