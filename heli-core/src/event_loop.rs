@@ -57,6 +57,13 @@ pub(crate) const NO_FDS: &str =
 
 /// What the loop needs besides its state: the supervisor, the agent, the
 /// workers, and the controller's settings.
+/// Why [`Loop::requested_process`] gave no process: the policy refused it
+/// (logged as a refusal), or the target is not running.
+enum NotGiven {
+    Refused(Refusal),
+    Failed(String),
+}
+
 pub(crate) struct Loop<S, A> {
     pub(crate) supervisor: S,
     pub(crate) grants: GrantWorker,
@@ -362,6 +369,35 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         named(process, self.role_of(state, process))
     }
 
+    /// The process of the tree a request names (`None`: the target),
+    /// pinned by its start time: the one home of that choice for grants
+    /// and agent attaches. `failed` begins the message when the target is
+    /// not running.
+    fn requested_process(
+        &self,
+        requested: Option<Pid>,
+        target: Pid,
+        failed: &str,
+    ) -> Result<ProcessId, NotGiven> {
+        let target_id = match self.supervisor.identity(target) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return Err(NotGiven::Failed(format!(
+                    "{failed} failed: target PID {target} is not running"
+                )))
+            }
+            Err(err) => return Err(NotGiven::Failed(format!("{failed} failed: {err}"))),
+        };
+        match requested.filter(|&process| process != target) {
+            None => Ok(target_id),
+            Some(pid) => {
+                let adopter = self.adopter();
+                authorize::tree_member(pid, target_id, adopter, &self.supervisor, Use::Grant)
+                    .map_err(NotGiven::Refused)
+            }
+        }
+    }
+
     /// Starts granting the process `request` names access to the target or
     /// to a process of its tree, unless the policy refuses it, or another
     /// client holds the grant on that process and `FORCE` is not set (Yama
@@ -383,21 +419,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             Ok(client) => client,
             Err(refusal) => return Err(refused(state, refusal)),
         };
-        let target_id = match self.supervisor.identity(target) {
-            Ok(Some(id)) => id,
-            Ok(None) => return Err(format!("Grant failed: target PID {target} is not running")),
-            Err(err) => return Err(format!("Grant failed: {err}")),
-        };
-        let process = match request.process.filter(|&process| process != target) {
-            None => target_id,
-            Some(pid) => {
-                let adopter = self.adopter();
-                match authorize::tree_member(pid, target_id, adopter, &self.supervisor, Use::Grant)
-                {
-                    Ok(process) => process,
-                    Err(refusal) => return Err(refused(state, refusal)),
-                }
-            }
+        let process = match self.requested_process(request.process, target, "Grant") {
+            Ok(process) => process,
+            Err(NotGiven::Refused(refusal)) => return Err(refused(state, refusal)),
+            Err(NotGiven::Failed(why)) => return Err(why),
         };
         // The granter does one piece of work at a time: a grant that would
         // wait on a process that cannot answer, or a second one on the same
@@ -489,21 +514,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         if let Err(refusal) = authorize::agent_client(&peer, target, &self.supervisor) {
             return Err(refused(state, refusal));
         }
-        let target_id = match self.supervisor.identity(target) {
-            Ok(Some(id)) => id,
-            Ok(None) => return Err(format!("Attach failed: target PID {target} is not running")),
-            Err(err) => return Err(format!("Attach failed: {err}")),
-        };
-        let process = match requested.filter(|&process| process != target) {
-            None => target_id,
-            Some(pid) => {
-                let adopter = self.adopter();
-                match authorize::tree_member(pid, target_id, adopter, &self.supervisor, Use::Grant)
-                {
-                    Ok(process) => process,
-                    Err(refusal) => return Err(refused(state, refusal)),
-                }
-            }
+        let process = match self.requested_process(requested, target, "Attach") {
+            Ok(process) => process,
+            Err(NotGiven::Refused(refusal)) => return Err(refused(state, refusal)),
+            Err(NotGiven::Failed(why)) => return Err(why),
         };
         let named = self.named(state, process.pid);
         if self.condition(process.pid) == Some(Condition::Frozen) {
