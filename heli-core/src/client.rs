@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
+use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{GrantRequest, Reply, Request, RevokeRequest, Scope, Status};
 use crate::stacks::ProcessStacks;
 use crate::transport::{Connection, Transport};
@@ -431,6 +432,52 @@ impl<C: Connection> Session<C> {
     /// As [`Client::request`].
     pub fn terminate(&mut self) -> Result<(), Error> {
         self.expect_ready(Request::Terminate)
+    }
+
+    /// `PROFILE`: starts sampling the stacks `profile` names on this
+    /// session's connection; collect with [`samples`](Session::samples)
+    /// until one says it [`ended`](Samples::ended). Closing the session
+    /// stops it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use heli_core::profile::ProfileRequest;
+    /// use heli_core::protocol::Scope;
+    /// # fn profile<C: heli_core::Connection>(session: &mut heli_core::Session<C>) -> Result<(), heli_core::Error> {
+    /// session.profile(ProfileRequest::new(Scope::Target, 100).duration_ms(2_000))?;
+    /// loop {
+    ///     std::thread::sleep(std::time::Duration::from_millis(500));
+    ///     let samples = session.samples(false)?;
+    ///     println!("{} of {} samples taken", samples.taken, samples.due);
+    ///     if let Some(why) = samples.ended {
+    ///         println!("ended: {why}");
+    ///         return Ok(());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]; refused on the FIFO transport.
+    pub fn profile(&mut self, profile: ProfileRequest) -> Result<(), Error> {
+        self.expect_ready(Request::Profile(profile))
+    }
+
+    /// `SAMPLES [STOP]`: what this connection's profile counted since the
+    /// last call (stopping it first if `stop`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]; refused when no profile runs on this
+    /// connection.
+    pub fn samples(&mut self, stop: bool) -> Result<Samples, Error> {
+        let request = Request::Samples(stop);
+        match self.request(request)? {
+            Reply::Samples(samples) => Ok(samples),
+            other => Err(unexpected(request, &other)),
+        }
     }
 
     fn expect_ready(&mut self, request: Request) -> Result<(), Error> {

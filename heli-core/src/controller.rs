@@ -14,6 +14,7 @@ use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
 use crate::restart::RestartPolicy;
+use crate::sampler::Profiler;
 #[cfg(test)]
 use crate::signals::Caught;
 use crate::signals::{self, SignalThread};
@@ -410,7 +411,9 @@ where
             agent: agent.clone(),
             prefer: prefer_agent,
         };
-        let stacks = StackWorker::start(Arc::new(inspector), agent_stacks, done_tx.clone())?;
+        let inspector = Arc::new(inspector);
+        let profiler = Profiler::new(inspector.clone());
+        let stacks = StackWorker::start(inspector, agent_stacks, done_tx.clone())?;
         let agents = AgentWorker::start(agent.clone(), done_tx)?;
         let exits = supervisor.exits();
         let target = supervisor.spawn()?;
@@ -431,6 +434,7 @@ where
             supervisor,
             grants,
             stacks,
+            profiler,
             agent,
             agents,
             prefer_agent,

@@ -4,6 +4,7 @@
 //! listings run on worker threads, each with a deadline, and the loop serves
 //! every other request meanwhile.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
@@ -20,10 +21,12 @@ use crate::deadline::Deadline;
 use crate::grants::{self, GrantBook, Pending, RevokePhase};
 use crate::log_limit::LogLimit;
 use crate::process::{Pid, ProcessId, ProcessState};
+use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{
     GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
 };
 use crate::restart::RestartPolicy;
+use crate::sampler::{Plan, Profiler, Sampled, Sampling};
 use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::stacks::{threads_text, ProcessStacks};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
@@ -47,6 +50,12 @@ const KILLED_CHECK: Duration = Duration::from_millis(500);
 /// at once, all connections together; each connection may have one.
 const MAX_INSPECTIONS: usize = 8;
 
+/// How many profiles may run at once, all connections together.
+const MAX_PROFILES: usize = 4;
+
+/// The refusal of `PROFILE` on a transport without connections.
+pub(crate) const NO_CONNECTION: &str = "PROFILE needs a connection that stays open, which the FIFO transport has not (it cannot tell when its client goes away): use the Unix socket transport";
+
 /// The signal the kernel reports for a killed process.
 const SIGKILL: i32 = signal_hook::consts::signal::SIGKILL;
 
@@ -68,6 +77,8 @@ pub(crate) struct Loop<S, A> {
     pub(crate) supervisor: S,
     pub(crate) grants: GrantWorker,
     pub(crate) stacks: StackWorker,
+    /// Starts the samplers of `PROFILE`.
+    pub(crate) profiler: Profiler,
     /// Asked on the loop for its state only (at once); its attaches run on
     /// `agents`.
     pub(crate) agent: Arc<A>,
@@ -244,6 +255,12 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         debug!("request {request} from {peer:?}");
         let reply = match (request, &state.phase) {
             (Request::Status, _) => Reply::Status(self.status(state)),
+            // A profile's last batch is collected whatever became of its
+            // target.
+            (Request::Samples(stop), _) => match collect(state, peer, stop) {
+                Ok(samples) => Reply::Samples(samples),
+                Err(refusal) => Reply::Error(refusal),
+            },
             (Request::Terminate, _) => {
                 info!("TERMINATE requested by {peer:?}");
                 incoming.reply(Reply::Ready);
@@ -300,7 +317,8 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             Request::AgentAttach(process) => {
                 Served::Later(self.agent_attach(state, peer, process)?)
             }
-            Request::Status | Request::Terminate => {
+            Request::Profile(profile) => Served::Now(self.profile(state, peer, profile)?),
+            Request::Status | Request::Terminate | Request::Samples(_) => {
                 return Err(format!("{request} is answered in every phase"))
             }
         })
@@ -720,6 +738,63 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         })
     }
 
+    /// Starts a profile for `peer`'s connection, unless the policy
+    /// refuses it: `READY`, or the refusal.
+    fn profile(
+        &mut self,
+        state: &mut State,
+        peer: Peer,
+        profile: ProfileRequest,
+    ) -> Result<Reply, Refusal> {
+        let asked = Request::Profile(profile);
+        if peer.connection == 0 {
+            return Err(state.refused(&peer, asked, NO_CONNECTION.into()));
+        }
+        if state.profiles.contains_key(&peer.connection) {
+            return Err(
+                "a profile already runs on this connection (SAMPLES STOP ends it)".into(),
+            );
+        }
+        if state.profiles.len() >= MAX_PROFILES {
+            return Err(state.refused(
+                &peer,
+                asked,
+                format!("busy: {MAX_PROFILES} profiles already run; try again later"),
+            ));
+        }
+        let target = state.run.target;
+        let root = match self.supervisor.identity(target) {
+            Ok(Some(root)) => root,
+            Ok(None) => return Err("Target process not running".into()),
+            Err(err) => return Err(format!("Cannot look up the target, PID {target}: {err}")),
+        };
+        let (sampled, name) = match profile.scope {
+            Scope::Target => (Sampled::One(root), format!("target PID {target}")),
+            Scope::All => (Sampled::Tree(root), format!("target PID {target}")),
+            Scope::Process(pid) => {
+                let adopter = self.adopter();
+                let process =
+                    authorize::tree_member(pid, root, adopter, &self.supervisor, Use::Stacks)
+                        .map_err(|refusal| state.refused(&peer, asked, refusal))?;
+                (Sampled::One(process), self.named(state, pid))
+            }
+        };
+        let plan = Plan {
+            sampled,
+            rate: profile.rate,
+            duration: (profile.duration_ms != 0)
+                .then(|| Duration::from_millis(profile.duration_ms)),
+            name,
+        };
+        let sampling = self
+            .profiler
+            .start(plan)
+            .map_err(|err| format!("Cannot start sampling: {err}"))?;
+        info!("{asked} from {peer:?}: sampling");
+        state.profiles.insert(peer.connection, sampling);
+        Ok(Reply::Ready)
+    }
+
     /// The controller, when it is a subreaper: the processes of the
     /// target's tree it adopted are of the tree too.
     fn adopter(&self) -> Option<ProcessId> {
@@ -1102,6 +1177,8 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             },
             || Reply::Error("Grant failed: its connection closed".into()),
         );
+        // Its profile stops at once.
+        state.profiles.remove(&peer.connection);
         state.grants.close(peer.connection);
         let closed = state
             .grants
@@ -1328,6 +1405,23 @@ impl Condition {
 /// How messages name `process` of the tree, whose role is `role`:
 /// `target 4242`, `PID 5001 (child of 4242)`, or `PID 5001` when its role
 /// is not known.
+/// What the profile of `peer`'s connection counted since the last
+/// collection (stopped first if `stop`); the profile is forgotten once
+/// its last batch is collected.
+fn collect(state: &mut State, peer: Peer, stop: bool) -> Result<Samples, Refusal> {
+    let Some(sampling) = state.profiles.get_mut(&peer.connection) else {
+        return Err("no profile runs on this connection (PROFILE starts one)".into());
+    };
+    if stop {
+        sampling.stop("stopped by the client");
+    }
+    let samples = sampling.collect();
+    if samples.ended.is_some() {
+        state.profiles.remove(&peer.connection);
+    }
+    Ok(samples)
+}
+
 fn named(process: Pid, role: Option<Role>) -> String {
     match role {
         Some(Role::Target) => format!("target {process}"),
@@ -1518,6 +1612,9 @@ struct State {
     /// says so: a controller that is not a subreaper may miss processes
     /// of it).
     forked: bool,
+    /// The profiles running (or ended and not collected yet), by
+    /// connection.
+    profiles: HashMap<u64, Sampling>,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -1598,6 +1695,7 @@ impl State {
             next_job: 0,
             warnings: LogLimit::new(),
             forked: false,
+            profiles: HashMap::new(),
         }
     }
 

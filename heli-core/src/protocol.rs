@@ -15,6 +15,8 @@
 //! | `STACK <pid>`, `STACK ALL` | the same for process `<pid>` of the tree, or for every process of it, each under a header `Process <pid> (<role>)...` |
 //! | `STACKS [<pid>\|ALL]` | `STACKS <json>`: the same stacks as a list of [`ProcessStacks`], one line of JSON (a process whose stacks cannot be read is listed with `skipped`, for `ALL`) |
 //! | `AGENT_ATTACH [<pid>]` | `AGENT <pid> <python-version>` once the agent in the target (or in process `<pid>` of its tree) has scheduled pdb in its main thread; the reply carries the client's ends of pdb's two sockets (`SCM_RIGHTS`, on a transport that can pass file descriptors); authorized as `GRANT_ACCESS` for the asking process on that process would be |
+//! | `PROFILE <rate> <ms> [<pid>\|ALL]` | `READY` once a profile of the target (of process `<pid>`, or of every Python process of the tree) started on this connection: its stacks read `<rate>` times a second for `<ms>` milliseconds (0: until stopped), never stopping it; one profile per connection, on a transport with connections only (the FIFO's cannot tell when its client goes away); it ends when the connection closes |
+//! | `SAMPLES [STOP]` | `SAMPLES <json>`: what the connection's profile counted since the last `SAMPLES`, a [`Samples`] as one line of JSON; with `ended` set (why) once it is over, then the profile is gone; `STOP` ends it first |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
@@ -44,6 +46,7 @@ use std::fmt;
 
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
+use crate::profile::{ProfileRequest, Samples, MAX_RATE};
 use crate::stacks::ProcessStacks;
 use crate::tree::Tree;
 
@@ -91,6 +94,12 @@ pub enum Request {
     /// `<pid>` of its tree) run pdb, and pass the client pdb's sockets
     /// (see [`Agent`](crate::Agent)).
     AgentAttach(Option<Pid>),
+    /// `PROFILE <rate> <ms> [<pid>|ALL]`: start sampling stacks for this
+    /// connection (see [`profile`](crate::profile)).
+    Profile(ProfileRequest),
+    /// `SAMPLES [STOP]`: what the connection's profile counted since the
+    /// last collection; `true`: stop it first.
+    Samples(bool),
 }
 
 /// What `GRANT_ACCESS` asks for.
@@ -198,6 +207,8 @@ impl Request {
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
             Request::AgentAttach(_) => "AGENT_ATTACH",
+            Request::Profile(_) => "PROFILE",
+            Request::Samples(_) => "SAMPLES",
         };
         dialect.apply(upper)
     }
@@ -238,6 +249,20 @@ impl Request {
             Request::AgentAttach(process) => {
                 if let Some(process) = process {
                     word(&process.to_string());
+                }
+            }
+            Request::Profile(profile) => {
+                word(&profile.rate.to_string());
+                word(&profile.duration_ms.to_string());
+                match profile.scope {
+                    Scope::Target => {}
+                    Scope::Process(pid) => word(&pid.to_string()),
+                    Scope::All => word(dialect.apply("ALL")),
+                }
+            }
+            Request::Samples(stop) => {
+                if stop {
+                    word(dialect.apply("STOP"));
                 }
             }
             Request::GetTargetPid | Request::Status | Request::Ps | Request::Terminate => {}
@@ -291,6 +316,8 @@ pub enum Reply {
         /// Its CPython version (`3.14.0`).
         python: String,
     },
+    /// `SAMPLES <json>`: what a profile counted since the last collection.
+    Samples(Samples),
 }
 
 /// The controller's answer to `STATUS`.
@@ -465,6 +492,7 @@ impl Reply {
             }
             Reply::Ps(tree) => format!("{} {}\n", dialect.apply("PS"), json(tree)),
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
+            Reply::Samples(samples) => format!("{} {}\n", dialect.apply("SAMPLES"), json(samples)),
             Reply::Agent { pid, python } => format!(
                 "{} {pid} {}\n",
                 dialect.apply("AGENT"),
@@ -507,6 +535,11 @@ impl Reply {
         if word.eq_ignore_ascii_case("stacks") {
             return serde_json::from_str(rest)
                 .map(Reply::Stacks)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("samples") {
+            return serde_json::from_str(rest)
+                .map(Reply::Samples)
                 .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("ps") {
@@ -587,6 +620,9 @@ impl Dialect {
             (Dialect::Lower, "STACKS") => "stacks",
             (Dialect::Lower, "AGENT_ATTACH") => "agent_attach",
             (Dialect::Lower, "AGENT") => "agent",
+            (Dialect::Lower, "PROFILE") => "profile",
+            (Dialect::Lower, "SAMPLES") => "samples",
+            (Dialect::Lower, "STOP") => "stop",
             (Dialect::Lower, other) => other,
         }
     }
@@ -646,6 +682,33 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         Request::Stack(scope(words.next())?)
     } else if command.eq_ignore_ascii_case("STACKS") {
         Request::Stacks(scope(words.next())?)
+    } else if command.eq_ignore_ascii_case("PROFILE") {
+        // PROFILE <rate> <ms> [<pid>|ALL]
+        let rate = words.next().and_then(|word| word.parse::<u32>().ok());
+        let rate = rate.filter(|rate| (1..=MAX_RATE).contains(rate)).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedArgument,
+                format!("PROFILE takes a rate of 1 to {MAX_RATE} samples a second first"),
+            )
+        })?;
+        let duration_ms = words.next().and_then(|word| word.parse::<u64>().ok());
+        let duration_ms = duration_ms.ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedArgument,
+                "PROFILE takes a duration in milliseconds (0: until stopped) after the rate",
+            )
+        })?;
+        Request::Profile(ProfileRequest::new(scope(words.next())?, rate).duration_ms(duration_ms))
+    } else if command.eq_ignore_ascii_case("SAMPLES") {
+        // SAMPLES [STOP]
+        let stop = words.next();
+        if stop.is_some_and(|word| !word.eq_ignore_ascii_case("STOP")) {
+            return Err(Error::new(
+                ErrorKind::UnexpectedArgument,
+                "SAMPLES takes STOP or nothing",
+            ));
+        }
+        Request::Samples(stop.is_some())
     } else if command.eq_ignore_ascii_case("AGENT_ATTACH") {
         // AGENT_ATTACH [<pid>]
         let process = words.next().map(|word| word.parse::<Pid>());
@@ -682,6 +745,8 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     if words.next().is_some() {
         let takes = match request {
             Request::Stack(_) | Request::Stacks(_) => "one argument at most (a PID or ALL)",
+            Request::Profile(_) => "three arguments at most (a rate, milliseconds, a PID or ALL)",
+            Request::Samples(_) => "one argument at most (STOP)",
             Request::AgentAttach(_) => "one argument at most (a PID)",
             _ => "no argument",
         };
@@ -699,7 +764,7 @@ fn target_pid(word: Option<&str>) -> Result<Pid, Error> {
         .ok_or_else(|| Error::new(ErrorKind::InvalidPid, "Invalid PID after TARGET"))
 }
 
-/// The scope of `STACK` and `STACKS`: nothing (the target), a pid, or `ALL`.
+/// The scope of `STACK`, `STACKS` and `PROFILE`: nothing (the target), a pid, or `ALL`.
 fn scope(word: Option<&str>) -> Result<Scope, Error> {
     match word {
         None => Ok(Scope::Target),

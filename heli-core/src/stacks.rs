@@ -14,7 +14,7 @@ use crate::tree::Role;
 pub const READ_BY_AGENT: &str = "(read by the agent inside the process: this ran code in it)";
 
 /// One Python frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Frame {
     /// The function's qualified name (`co_qualname`: `Class.method`).

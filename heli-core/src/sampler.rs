@@ -1,0 +1,390 @@
+//! The samplers of `PROFILE`: a thread per profile reads the stacks of
+//! the processes profiled at the rate asked for (through the
+//! [`Inspector`], which never stops them) and counts them; the loop hands
+//! the counts to the client each time it collects (`SAMPLES`).
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use log::debug;
+
+use crate::inspector::Inspector;
+use crate::process::ProcessId;
+use crate::profile::{Aggregate, Samples};
+
+/// How long a process whose stacks were read before may fail to be read
+/// before its profile ends (a process that execs another program, or whose
+/// memory is no longer readable).
+const FAILING_FOR: Duration = Duration::from_secs(2);
+
+/// How often the processes of a whole tree's profile are looked up again
+/// (new workers are profiled from then on).
+const TREE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Which processes a profile samples.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sampled {
+    /// This one.
+    One(ProcessId),
+    /// The Python processes of the tree under this one, looked up again
+    /// every [`TREE_REFRESH`].
+    Tree(ProcessId),
+}
+
+/// A profile to start.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub(crate) sampled: Sampled,
+    /// Samples a second, at least 1.
+    pub(crate) rate: u32,
+    /// How long to sample; `None`: until stopped.
+    pub(crate) duration: Option<Duration>,
+    /// How messages name what is sampled (`target PID 4242`).
+    pub(crate) name: String,
+}
+
+/// Starts samplers: each gets a share of the controller's inspector.
+pub(crate) struct Profiler(Box<dyn Fn(Plan) -> std::io::Result<Sampling> + Send>);
+
+impl std::fmt::Debug for Profiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Profiler")
+    }
+}
+
+impl Profiler {
+    /// Samplers that read through `inspector`.
+    pub(crate) fn new<I: Inspector + Send + Sync + 'static>(inspector: Arc<I>) -> Profiler {
+        Profiler(Box::new(move |plan| Sampling::start(inspector.clone(), plan)))
+    }
+
+    /// Starts sampling as `plan` says, on a thread of its own.
+    pub(crate) fn start(&self, plan: Plan) -> std::io::Result<Sampling> {
+        (self.0)(plan)
+    }
+}
+
+/// What a sampler has counted since the last collection, and its totals.
+#[derive(Debug, Default)]
+struct Progress {
+    aggregate: Aggregate,
+    due: u64,
+    taken: u64,
+    dropped: u64,
+    /// Why it ended, and when (milliseconds after its start).
+    ended: Option<(String, u64)>,
+}
+
+/// A running (or ended, not yet collected) profile. Dropping it stops the
+/// sampler at once (a thread in the middle of a read ends after it).
+#[derive(Debug)]
+pub(crate) struct Sampling {
+    progress: Arc<Mutex<Progress>>,
+    /// Dropped to wake the sampler and stop it.
+    stop: Option<Sender<()>>,
+    started: Instant,
+}
+
+impl Sampling {
+    fn start<I: Inspector + Send + Sync + 'static>(
+        inspector: Arc<I>,
+        plan: Plan,
+    ) -> std::io::Result<Sampling> {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (stop, stopped) = bounded::<()>(0);
+        let started = Instant::now();
+        let shared = progress.clone();
+        thread::Builder::new()
+            .name("heli-sampler".into())
+            .spawn(move || {
+                let why = panic::catch_unwind(AssertUnwindSafe(|| {
+                    sample(&*inspector, &plan, started, &shared, &stopped)
+                }))
+                .unwrap_or_else(|_| "the sampler failed (see the controller's log)".into());
+                debug!("profile of {} ended: {why}", plan.name);
+                end(&mut lock(&shared), why, started);
+            })?;
+        Ok(Sampling {
+            progress,
+            stop: Some(stop),
+            started,
+        })
+    }
+
+    /// What was counted since the last collection, with the totals; its
+    /// [`ended`](Samples::ended) says why once the profile is over (it is
+    /// then the last).
+    pub(crate) fn collect(&self) -> Samples {
+        let mut progress = lock(&self.progress);
+        let (frames, stacks, dropped) = progress.aggregate.take();
+        progress.dropped += dropped;
+        let elapsed_ms = match &progress.ended {
+            Some((_, at)) => *at,
+            None => millis(self.started.elapsed()),
+        };
+        let mut samples = Samples::default();
+        samples.elapsed_ms = elapsed_ms;
+        samples.due = progress.due;
+        samples.taken = progress.taken;
+        samples.dropped = progress.dropped;
+        samples.frames = frames;
+        samples.stacks = stacks;
+        samples.ended = progress.ended.as_ref().map(|(why, _)| why.clone());
+        samples
+    }
+
+    /// Stops sampling, for `why` (unless it had ended already).
+    pub(crate) fn stop(&mut self, why: &str) {
+        end(&mut lock(&self.progress), why.to_owned(), self.started);
+        self.stop = None;
+    }
+}
+
+fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
+    progress.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Notes that the profile ended for `why`, unless it had already.
+fn end(progress: &mut Progress, why: String, started: Instant) {
+    if progress.ended.is_none() {
+        progress.ended = Some((why, millis(started.elapsed())));
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Samples as `plan` says from `started` on, until its time is over, its
+/// processes are gone, or `stopped` wakes it; returns why it ended.
+fn sample<I: Inspector>(
+    inspector: &I,
+    plan: &Plan,
+    started: Instant,
+    progress: &Mutex<Progress>,
+    stopped: &Receiver<()>,
+) -> String {
+    let period = Duration::from_secs(1) / plan.rate.max(1);
+    let end = plan.duration.map(|duration| started + duration);
+    let mut processes = match plan.sampled {
+        Sampled::One(process) => vec![process],
+        Sampled::Tree(_) => Vec::new(),
+    };
+    let mut refresh = started;
+    let mut failing_since: Option<Instant> = None;
+    // The sample due now: the one due `period * tick` after the start.
+    let mut tick: u64 = 0;
+    loop {
+        let now = Instant::now();
+        if end.is_some_and(|end| now >= end) {
+            let asked = plan.duration.unwrap_or_default();
+            return format!("the {} asked for are over", seconds(asked));
+        }
+        if let Sampled::Tree(root) = plan.sampled {
+            if now >= refresh {
+                refresh = now + TREE_REFRESH;
+                match inspector.tree(root) {
+                    Ok(tree) if tree.is_empty() => return format!("{} exited", plan.name),
+                    Ok(tree) => {
+                        processes = tree
+                            .iter()
+                            .filter(|process| process.is_python())
+                            .map(|process| ProcessId {
+                                pid: process.pid,
+                                start_time: process.start_time,
+                            })
+                            .collect();
+                    }
+                    Err(err) => return format!("cannot list the tree of {}: {err}", plan.name),
+                }
+                if processes.is_empty() && lock(progress).taken == 0 {
+                    return format!(
+                        "no process of the tree of {} runs a Python whose stacks can be read (3.14 or later)",
+                        plan.name
+                    );
+                }
+            }
+        }
+        let mut read = false;
+        let mut failed = None;
+        for &process in &processes {
+            match inspector.stacks(process) {
+                Ok(threads) => {
+                    read = true;
+                    lock(progress).aggregate.add(process.pid, &threads);
+                }
+                Err(err) => failed = Some((process, err)),
+            }
+        }
+        let taken = {
+            let mut progress = lock(progress);
+            progress.due = tick + 1;
+            progress.taken += u64::from(read);
+            progress.taken
+        };
+        if read {
+            failing_since = None;
+        } else if let (Sampled::One(_), Some((process, err))) = (plan.sampled, failed) {
+            if matches!(inspector.process(process), Ok(None)) {
+                return format!("{} exited", plan.name);
+            }
+            if taken == 0 {
+                return format!("cannot read the stacks of {}: {err}", plan.name);
+            }
+            if failing_since.get_or_insert(now).elapsed() >= FAILING_FOR {
+                return format!(
+                    "the stacks of {} could not be read for {}: {err}",
+                    plan.name,
+                    seconds(FAILING_FOR)
+                );
+            }
+        }
+        // The next sample due; those whose time passed meanwhile are lost.
+        let behind = started.elapsed().as_nanos() / period.as_nanos().max(1);
+        tick = (tick + 1).max(u64::try_from(behind).unwrap_or(u64::MAX));
+        let at = u32::try_from(tick)
+            .ok()
+            .and_then(|tick| period.checked_mul(tick))
+            .and_then(|after| started.checked_add(after));
+        let Some(at) = at else {
+            return "the profile ran for too long".into();
+        };
+        match stopped.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return "stopped".into(),
+        }
+    }
+}
+
+/// `30 s`, `1.5 s`.
+fn seconds(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::process::Pid;
+    use crate::stacks::{Frame, ThreadStack};
+    use crate::tree::TreeProcess;
+
+    /// A process whose main thread alternates between two functions, and
+    /// which is gone after `lives` reads (0: never).
+    #[derive(Default)]
+    struct Alternating {
+        reads: AtomicU32,
+        lives: u32,
+        fails: bool,
+    }
+
+    impl Inspector for Alternating {
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            let read = self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.fails || (self.lives != 0 && read >= self.lives) {
+                return Err(io::Error::other("not a Python process"));
+            }
+            let mut thread = ThreadStack::new(process.pid.get().into());
+            let function = if read % 2 == 0 { "even" } else { "odd" };
+            thread.frames.push(Frame::new(function, "app.py", Some(1)));
+            Ok(vec![thread])
+        }
+        fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
+            let gone = self.lives != 0 && self.reads.load(Ordering::SeqCst) >= self.lives;
+            Ok((!gone).then(|| TreeProcess::new(process.pid)))
+        }
+    }
+
+    fn plan(rate: u32, duration_ms: Option<u64>) -> Plan {
+        Plan {
+            sampled: Sampled::One(ProcessId {
+                pid: Pid::this(),
+                start_time: 1,
+            }),
+            rate,
+            duration: duration_ms.map(Duration::from_millis),
+            name: "target PID 1".into(),
+        }
+    }
+
+    fn until_ended(sampling: &Sampling) -> Vec<Samples> {
+        let mut batches = Vec::new();
+        loop {
+            let batch = sampling.collect();
+            let ended = batch.ended.is_some();
+            batches.push(batch);
+            if ended {
+                return batches;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn samples_at_the_rate_for_the_duration_and_says_so() {
+        let profiler = Profiler::new(Arc::new(Alternating::default()));
+        let sampling = profiler.start(plan(200, Some(500))).unwrap();
+        let batches = until_ended(&sampling);
+        let last = batches.last().unwrap();
+        assert_eq!(last.ended.as_deref(), Some("the 0.5 s asked for are over"));
+        assert_eq!(last.due, 100, "{last:?}");
+        assert!(last.taken >= 90 && last.taken <= last.due, "{last:?}");
+        let counted: u64 = batches.iter().flat_map(|b| &b.stacks).map(|s| s.count).sum();
+        assert_eq!(counted, last.taken);
+        assert!(last.elapsed_ms >= 500 && last.elapsed_ms < 1500, "{last:?}");
+        // Collected after its end, it says so again, with nothing new.
+        let again = sampling.collect();
+        assert!(again.stacks.is_empty() && again.ended == last.ended);
+    }
+
+    #[test]
+    fn a_process_that_goes_ends_the_profile_with_what_it_had() {
+        let inspector = Alternating {
+            lives: 10,
+            ..Alternating::default()
+        };
+        let sampling = Profiler::new(Arc::new(inspector))
+            .start(plan(1000, None))
+            .unwrap();
+        let batches = until_ended(&sampling);
+        let last = batches.last().unwrap();
+        assert_eq!(last.ended.as_deref(), Some("target PID 1 exited"));
+        assert_eq!(last.taken, 10);
+    }
+
+    #[test]
+    fn a_process_never_read_ends_the_profile_with_why() {
+        let inspector = Alternating {
+            fails: true,
+            ..Alternating::default()
+        };
+        let sampling = Profiler::new(Arc::new(inspector))
+            .start(plan(100, None))
+            .unwrap();
+        let last = until_ended(&sampling).pop().unwrap();
+        assert_eq!(
+            last.ended.as_deref(),
+            Some("cannot read the stacks of target PID 1: not a Python process")
+        );
+        assert_eq!(last.taken, 0);
+    }
+
+    #[test]
+    fn stopping_wakes_the_sampler_at_once() {
+        let sampling = Profiler::new(Arc::new(Alternating::default()));
+        // One sample a second: stopping must not wait for the next.
+        let mut sampling = sampling.start(plan(1, None)).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        sampling.stop("stopped by the client");
+        let last = sampling.collect();
+        assert_eq!(last.ended.as_deref(), Some("stopped by the client"));
+        assert_eq!(last.taken, 1);
+        assert!(asked.elapsed() < Duration::from_millis(500));
+    }
+}
