@@ -58,7 +58,9 @@ impl std::fmt::Debug for Profiler {
 impl Profiler {
     /// Samplers that read through `inspector`.
     pub(crate) fn new<I: Inspector + Send + Sync + 'static>(inspector: Arc<I>) -> Profiler {
-        Profiler(Box::new(move |plan| Sampling::start(inspector.clone(), plan)))
+        Profiler(Box::new(move |plan| {
+            Sampling::start(inspector.clone(), plan)
+        }))
     }
 
     /// Starts sampling as `plan` says, on a thread of its own.
@@ -125,15 +127,15 @@ impl Sampling {
             Some((_, at)) => *at,
             None => millis(self.started.elapsed()),
         };
-        let mut samples = Samples::default();
-        samples.elapsed_ms = elapsed_ms;
-        samples.due = progress.due;
-        samples.taken = progress.taken;
-        samples.dropped = progress.dropped;
-        samples.frames = frames;
-        samples.stacks = stacks;
-        samples.ended = progress.ended.as_ref().map(|(why, _)| why.clone());
-        samples
+        Samples {
+            elapsed_ms,
+            due: progress.due,
+            taken: progress.taken,
+            dropped: progress.dropped,
+            frames,
+            stacks,
+            ended: progress.ended.as_ref().map(|(why, _)| why.clone()),
+        }
     }
 
     /// Stops sampling, for `why` (unless it had ended already).
@@ -334,7 +336,11 @@ mod tests {
         assert_eq!(last.ended.as_deref(), Some("the 0.5 s asked for are over"));
         assert_eq!(last.due, 100, "{last:?}");
         assert!(last.taken >= 90 && last.taken <= last.due, "{last:?}");
-        let counted: u64 = batches.iter().flat_map(|b| &b.stacks).map(|s| s.count).sum();
+        let counted: u64 = batches
+            .iter()
+            .flat_map(|b| &b.stacks)
+            .map(|s| s.count)
+            .sum();
         assert_eq!(counted, last.taken);
         assert!(last.elapsed_ms >= 500 && last.elapsed_ms < 1500, "{last:?}");
         // Collected after its end, it says so again, with nothing new.
