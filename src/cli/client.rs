@@ -34,6 +34,7 @@ use super::render::{self, Listed, Paint};
 use super::repl;
 use super::sanitize::escape;
 use super::source::Sources;
+use super::top;
 use super::transport::TransportKind;
 
 /// Attaches pdb, or any ptrace tool, to the target of a running heli
@@ -288,6 +289,10 @@ impl<T: Transport> App<T> {
             Cmd::Stack {
                 scope: ScopeArg(scope),
             } => self.stack(*scope, json),
+            Cmd::Top {
+                scope: ScopeArg(scope),
+                options,
+            } => top::run(&self.client, *scope, options, json),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {

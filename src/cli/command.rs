@@ -6,6 +6,8 @@ use clap::{value_parser, Arg, ArgAction, ArgMatches, Args, FromArgMatches, Subco
 use crate::core::protocol::Scope;
 use crate::core::Pid;
 
+use super::top::TopOptions;
+
 /// A command of the client.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cmd {
@@ -37,6 +39,15 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         scope: ScopeArg,
     },
+    /// A live view of the functions the target spends its time in, by own
+    /// and total samples, like py-spy top (q quits; --iterations N prints
+    /// N tables as text; --json one object per refresh)
+    Top {
+        #[command(flatten)]
+        scope: ScopeArg,
+        #[command(flatten)]
+        options: TopOptions,
+    },
     /// Withdraw the ptrace permission given to this client
     Revoke {
         #[command(flatten)]
@@ -59,7 +70,10 @@ impl Cmd {
 
     /// Whether `--json` means something for it.
     pub(crate) fn has_json(&self) -> bool {
-        matches!(self, Cmd::Ps | Cmd::Status | Cmd::Stack { .. })
+        matches!(
+            self,
+            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Top { .. }
+        )
     }
 }
 

@@ -23,8 +23,10 @@ pub mod python;
 mod render;
 mod repl;
 mod sanitize;
+mod screen;
 mod source;
 mod tool;
+mod top;
 mod transport;
 
 pub use exit::{ClientExit, ControllerExit};
