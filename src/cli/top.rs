@@ -399,7 +399,8 @@ pub(crate) struct Shown {
 }
 
 /// The view of `table` as lines: a header, the columns' names, then a
-/// row per function (all of those seen in the view).
+/// row per function (all of those seen in the view; since the start once
+/// the profile has ended).
 pub(crate) fn layout(table: &Table, shown: &Shown) -> Vec<Line> {
     let mut lines = Vec::new();
     let seconds = |d: Duration| format!("{} s", d.as_secs_f64());
@@ -437,7 +438,13 @@ pub(crate) fn layout(table: &Table, shown: &Shown) -> Vec<Line> {
             count(table.processes.len(), "process"),
         ),
     ));
-    let view = match shown.view {
+    // Once the profile has ended, the last refresh may have seen little:
+    // the totals since the start are what is left to look at.
+    let shown_view = match table.ended() {
+        Some(_) => View::Cumulative,
+        None => shown.view,
+    };
+    let view = match shown_view {
         View::Interval => format!("% of the samples of the last {}", seconds(shown.interval)),
         View::Cumulative => "% of the samples since the start".to_owned(),
     };
@@ -456,12 +463,13 @@ pub(crate) fn layout(table: &Table, shown: &Shown) -> Vec<Line> {
             }
         })
         .join(" ");
+        lines.push(Line::new(Style::Plain, view));
         lines.push(Line::new(
             Style::Plain,
-            format!("{view}. Keys: sort {sorts}; c switches last/since start; q quits"),
+            format!("Sort: {sorts}   c: last/since start   q: quit"),
         ));
     } else {
-        lines.push(Line::new(Style::Plain, format!("{view}")));
+        lines.push(Line::new(Style::Plain, view));
     }
     lines.push(Line::new(Style::Plain, ""));
     lines.push(Line::new(
@@ -471,7 +479,7 @@ pub(crate) fn layout(table: &Table, shown: &Shown) -> Vec<Line> {
             "%Own", "%Total", "OwnTime", "TotalTime"
         ),
     ));
-    for row in table.rows(shown.view, shown.sort) {
+    for row in table.rows(shown_view, shown.sort) {
         lines.push(Line::new(
             Style::Plain,
             format!(
@@ -634,9 +642,11 @@ impl<C: Connection> Profile<C> {
         }
         match self.session.samples(false) {
             Ok(batch) => self.table.add(&batch),
-            Err(err) if self.table.taken() > 0 && gone(&err) => self.table.end(format!(
-                "the controller went away (its target exited, or it was stopped): {err}"
-            )),
+            Err(err) if self.table.taken() > 0 && gone(&err) => {
+                log::debug!("SAMPLES: {err}");
+                self.table
+                    .end("the controller went away (its target exited, or it was stopped)");
+            }
             Err(err) => return Err(err.into()),
         }
         match self.table.ended() {
@@ -945,13 +955,21 @@ mod tests {
         );
         let lines = layout(&table, &shown(true));
         assert_eq!(lines[0].style, Style::Strong);
-        assert!(lines[2].text.contains("[1 %Own] 2 %Total"), "{lines:?}");
-        assert_eq!(lines[4].style, Style::Heading);
-        table.end("target PID 4242 exited");
         assert_eq!(
-            layout(&table, &shown(true))[0].text,
+            lines[3].text,
+            "Sort: [1 %Own] 2 %Total 3 OwnTime 4 TotalTime   c: last/since start   q: quit"
+        );
+        assert_eq!(lines[5].style, Style::Heading);
+        table.next_interval();
+        table.end("target PID 4242 exited");
+        let lines = layout(&table, &shown(true));
+        assert_eq!(
+            lines[0].text,
             "Profile of target PID 4242 ended: target PID 4242 exited (q quits)"
         );
+        // The rows since the start, the last refresh having none.
+        assert_eq!(lines[2].text, "% of the samples since the start");
+        assert_eq!(lines.len(), 8, "{lines:?}");
     }
 
     #[test]
