@@ -27,6 +27,7 @@ mod repl;
 mod sessions;
 mod supervise;
 mod terminal;
+mod top;
 mod tree;
 mod with_tool;
 mod zombie_leader;

@@ -416,12 +416,7 @@ pub(crate) fn layout(table: &Table, shown: &Shown) -> Vec<Line> {
         )),
         Some(why) => lines.push(Line::new(
             Style::Strong,
-            format!(
-                "Profile of {} ended: {}{}",
-                shown.what,
-                escape(why),
-                if shown.keys { " (q quits)" } else { "" }
-            ),
+            format!("Profile of {} ended: {}", shown.what, escape(why)),
         )),
     }
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -965,7 +960,7 @@ mod tests {
         let lines = layout(&table, &shown(true));
         assert_eq!(
             lines[0].text,
-            "Profile of target PID 4242 ended: target PID 4242 exited (q quits)"
+            "Profile of target PID 4242 ended: target PID 4242 exited"
         );
         // The rows since the start, the last refresh having none.
         assert_eq!(lines[2].text, "% of the samples since the start");
