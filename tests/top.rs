@@ -317,3 +317,27 @@ fn what_cannot_be_profiled_is_a_failure() {
         assert_eq!(status.code(), Some(2), "{args:?}: {out}{err}");
     }
 }
+
+#[test]
+fn top_at_the_prompt() {
+    let _serial = serial();
+    let controller = shares(&[]);
+    let mut session = in_terminal(&controller, &[]);
+    expect(&mut session, ">>> ");
+    // Full screen, then back at the prompt.
+    session.send_line("top").unwrap();
+    expect(&mut session, "\x1b[?1049h");
+    expect(&mut session, "seventy (shares.py)");
+    session.send("q").unwrap();
+    session.flush().unwrap();
+    expect(&mut session, "\x1b[?1049l");
+    expect(&mut session, ">>> ");
+    // Printed once.
+    session.send_line("top --once").unwrap();
+    expect(&mut session, "Collecting samples from target PID");
+    expect(&mut session, "seventy (shares.py)");
+    expect(&mut session, ">>> ");
+    session.send_line("quit").unwrap();
+    expect(&mut session, "client ended: 0");
+    expect(&mut session, "terminal as before");
+}

@@ -1,7 +1,8 @@
 //! The client program: asks the controller for ptrace rights over its target
 //! (or any process of the target's tree) and attaches pdb (or another ptrace
-//! tool) to it; or shows the target's status, PID, process tree or Python
-//! stacks, lists the sessions, ends the target.
+//! tool) to it; or shows the target's status, PID, process tree, Python
+//! stacks or where its time goes (`top`), lists the sessions, ends the
+//! target.
 //!
 //! ```text
 //! cargo run --example client                # interactive: attach, status, quit, help
@@ -10,6 +11,7 @@
 //! cargo run --example client -- ps          # the supervised tree (--json for scripts)
 //! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
 //! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
+//! cargo run --example client -- top         # a live view of where the time goes (q quits)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
@@ -62,7 +64,7 @@ struct Args {
     #[arg(long)]
     list: bool,
 
-    /// Print `status`, `ps`, `stack` or `--list` as JSON, for scripts
+    /// Print `status`, `ps`, `stack`, `top` or `--list` as JSON, for scripts
     #[arg(long, global = true)]
     json: bool,
 
@@ -147,7 +149,7 @@ fn check(args: &Args) -> Result<(), Failure> {
     } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--json goes with status or --list (and ps, stack)",
+            "--json goes with status or --list (and ps, stack, top)",
         ))
     } else {
         Ok(())
@@ -392,6 +394,7 @@ impl<T: Transport> App<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::top::TopOptions;
     use super::*;
 
     fn parse(args: &[&str]) -> Args {
@@ -479,6 +482,72 @@ mod tests {
         Pid::new(raw).unwrap()
     }
 
+    fn top(args: &[&str]) -> (Scope, TopOptions) {
+        match parse(&[&["top"], args].concat()).command {
+            Some(Cmd::Top {
+                scope: ScopeArg(scope),
+                options,
+            }) => (scope, options),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn top_and_its_options() {
+        let (scope, options) = top(&[]);
+        assert_eq!(scope, Scope::Target);
+        assert_eq!(
+            options,
+            TopOptions {
+                rate: 100,
+                interval: Duration::from_secs(1),
+                idle: false,
+                cumulative: false,
+                iterations: None,
+                once: false,
+            }
+        );
+        assert_eq!(top(&["4243"]).0, Scope::Process(pid(4243)));
+        assert_eq!(top(&["--pid", "4243"]).0, Scope::Process(pid(4243)));
+        assert_eq!(top(&["all"]).0, Scope::All);
+        let (scope, options) = top(&[
+            "--all",
+            "--rate",
+            "250",
+            "--interval",
+            "500ms",
+            "--idle",
+            "--cumulative",
+            "--iterations",
+            "3",
+        ]);
+        assert_eq!(scope, Scope::All);
+        assert_eq!(
+            options,
+            TopOptions {
+                rate: 250,
+                interval: Duration::from_millis(500),
+                idle: true,
+                cumulative: true,
+                iterations: Some(3),
+                once: false,
+            }
+        );
+        assert!(top(&["--once"]).1.once);
+        for args in [
+            &["client", "top", "--rate", "0"][..],
+            &["client", "top", "--rate", "10001"],
+            &["client", "top", "--interval", "10ms"],
+            &["client", "top", "--interval", "soon"],
+            &["client", "top", "--iterations", "0"],
+            &["client", "top", "--once", "--iterations", "2"],
+            &["client", "top", "1", "--all"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+    }
+
     #[test]
     fn a_pid_that_is_no_pid_or_both_pid_and_all_is_bad_usage() {
         for args in [
@@ -546,6 +615,8 @@ mod tests {
             &["--json", "stack"],
             &["stack", "--all", "--json"],
             &["stack", "--json", "--pid", "3"],
+            &["top", "--json"],
+            &["--json", "top", "all", "--once"],
             &["--list", "--json"],
             &["--json", "--list"],
         ] {
@@ -559,7 +630,7 @@ mod tests {
         ] {
             assert_eq!(
                 usage(args),
-                "--json goes with status or --list (and ps, stack)"
+                "--json goes with status or --list (and ps, stack, top)"
             );
         }
     }

@@ -12,7 +12,8 @@
 //!
 //! What scripts may rely on: the exit statuses ([`ClientExit`],
 //! [`ControllerExit`]), and the JSON of `client status --json`,
-//! `client ps --json`, `client stack --json` and `client --list --json`.
+//! `client ps --json`, `client stack --json`, `client top --json` and
+//! `client --list --json`.
 
 mod attach;
 pub mod client;

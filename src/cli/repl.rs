@@ -189,12 +189,13 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "attach",
     "pid",
     "ps",
     "stack",
     "status",
+    "top",
     "revoke",
     "terminate",
     "help",
@@ -203,7 +204,7 @@ const COMMANDS: [&str; 10] = [
 ];
 
 /// What Tab offers with the cursor at `pos` in `line`: the command word,
-/// the commands' options, and after `attach`, `stack` and `revoke` the
+/// the commands' options, and after `attach`, `stack`, `top` and `revoke` the
 /// pids of the target's tree (`pids` is called only then). Returns where
 /// the word being completed starts, and its completions.
 pub(crate) fn completions(
@@ -240,6 +241,23 @@ pub(crate) fn completions(
         ["stack", last] if last == "all" || last == "--all" || is_pid(last) => {
             (vec!["--json"], false)
         }
+        ["top", ref given @ ..] => match given.last() {
+            Some(&"--pid") => (vec![], true),
+            Some(&("--rate" | "--interval" | "--iterations")) => (vec![], false),
+            _ => {
+                let scoped = given
+                    .iter()
+                    .any(|w| is_pid(w) || *w == "all" || *w == "--all" || w.starts_with("--pid"));
+                let mut options: Vec<&str> = TOP_OPTIONS
+                    .into_iter()
+                    .filter(|option| !given.contains(option) && !(scoped && *option == "--pid"))
+                    .collect();
+                if !scoped {
+                    options.insert(0, "all");
+                }
+                (options, !scoped)
+            }
+        },
         ["revoke"] => (vec![], true),
         ["revoke", "--pid"] => (vec![], true),
         ["status" | "ps"] => (vec!["--json"], false),
@@ -253,6 +271,18 @@ pub(crate) fn completions(
     candidates.retain(|choice| choice.starts_with(&word));
     (start, candidates)
 }
+
+/// `top`'s options, for Tab completion.
+const TOP_OPTIONS: [&str; 8] = [
+    "--rate",
+    "--interval",
+    "--idle",
+    "--cumulative",
+    "--iterations",
+    "--once",
+    "--json",
+    "--pid",
+];
 
 /// How long the tree's pids serve Tab before `PS` is asked again.
 const PIDS_FRESH: Duration = Duration::from_secs(1);
@@ -368,6 +398,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
   pid                     print the target's PID
   stack [PID|all]         every thread's Python stack (the target's, process
         [--json]          PID's, or every process's), read without stopping it
+  top [PID|all]           a live view of the functions taking the time, like
+                          py-spy top (q quits; --once prints the table once)
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
   COMMAND --help          its options (the same as on the command line)
@@ -449,6 +481,14 @@ mod tests {
         assert_eq!(run("status --json"), Some(Repl::Run(Cmd::Status, true)));
         assert_eq!(run("revoke"), revoke(None));
         assert_eq!(run("terminate"), Some(Repl::Run(Cmd::Terminate, false)));
+        assert!(matches!(
+            run("top"),
+            Some(Repl::Run(Cmd::Top { .. }, false))
+        ));
+        assert!(matches!(
+            run("top all --once --json"),
+            Some(Repl::Run(Cmd::Top { .. }, true))
+        ));
         assert_eq!(run("help"), Some(Repl::Help));
         assert_eq!(run("?"), Some(Repl::Help));
         assert_eq!(run("quit"), Some(Repl::Quit));
@@ -717,6 +757,31 @@ mod tests {
             (12, strings(&["4242", "4243"]))
         );
         assert_eq!(completions("revoke ", 7, tree), (7, all.clone()));
+        assert_eq!(
+            completions("top 42", 6, tree),
+            (4, strings(&["4242", "4243"]))
+        );
+        assert_eq!(completions("top --pid ", 10, tree), (10, all.clone()));
+        assert_eq!(completions("top a", 5, tree), (4, strings(&["all"])));
+        assert_eq!(
+            completions("top all --i", 11, tree),
+            (8, strings(&["--interval", "--idle", "--iterations"]))
+        );
+        assert_eq!(
+            completions("top 4242 --once --", 18, tree),
+            (
+                16,
+                strings(&[
+                    "--rate",
+                    "--interval",
+                    "--idle",
+                    "--cumulative",
+                    "--iterations",
+                    "--json",
+                ])
+            )
+        );
+        assert_eq!(completions("top --rate ", 11, tree), (11, strings(&[])));
         // An option being typed needs no pid; nor does a controller that
         // did not answer.
         assert_eq!(
@@ -778,12 +843,13 @@ mod tests {
             "ps [--json]",
             "status [--json]",
             "revoke [PID]",
+            "top [PID|all]",
         ]) {
             assert!(text.contains(command), "{command}: {text}");
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 16);
+        assert_eq!(text.lines().count(), 18);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"
