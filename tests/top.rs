@@ -7,9 +7,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{serial, temp_script, wait_for, Controller, Kind, SOON};
+use crate::util::{children_of, serial, temp_script, wait_for, Controller, Kind, SOON};
 
 /// A controller on `tests/shares.py` (with `args`), on the socket, once
 /// the target spins in its two functions.
@@ -122,7 +124,8 @@ fn top_shows_the_shares_of_a_70_30_target() {
     assert!((own("thirty") - 30.0).abs() <= 5.0, "{out}");
 }
 
-/// `client ARGS` run by a shell in a 100x30 terminal, as a user runs it;
+/// `client ARGS` run by a shell (which says `shell PID` first) in a 100x30
+/// terminal, as a user runs it;
 /// the shell then says how it ended and whether the terminal's modes are
 /// as they were (`stty -g`: raw mode undone), and waits.
 fn in_terminal(controller: &Controller, args: &[&str]) -> PtySession {
@@ -131,7 +134,7 @@ fn in_terminal(controller: &Controller, args: &[&str]) -> PtySession {
     command
         .args([
             "-c",
-            "stty cols 100 rows 30; before=$(stty -g); \"$@\"; echo \"client ended: $?\"; \
+            "echo \"shell $$\"; stty cols 100 rows 30; before=$(stty -g); \"$@\"; echo \"client ended: $?\"; \
              [ \"$(stty -g)\" = \"$before\" ] && echo 'terminal as before'; exec sleep 600",
             "sh",
         ])
@@ -165,11 +168,14 @@ fn terminal_given_back(session: &mut PtySession) {
 }
 
 #[test]
-fn top_draws_full_screen_and_q_or_ctrl_c_give_the_terminal_back() {
+fn top_draws_full_screen_and_q_ctrl_c_or_sigterm_give_the_terminal_back() {
     let _serial = serial();
     let controller = shares(&[]);
-    for quit in ['q', 'c'] {
+    // q, Ctrl-C, SIGTERM.
+    for quit in ['q', 'c', 't'] {
         let mut session = in_terminal(&controller, &["top"]);
+        let (_, shell) = session.exp_regex(r"shell \d+").unwrap();
+        let shell: u32 = shell["shell ".len()..].parse().unwrap();
         // The alternate screen, then the header and the rows.
         expect(&mut session, "\x1b[?1049h");
         expect(&mut session, "Collecting samples from target PID");
@@ -184,7 +190,13 @@ fn top_draws_full_screen_and_q_or_ctrl_c_give_the_terminal_back() {
                 session.send("q").unwrap();
                 session.flush().unwrap();
             }
-            _ => session.send_control('c').unwrap(),
+            'c' => session.send_control('c').unwrap(),
+            _ => {
+                let [client] = children_of(shell)[..] else {
+                    panic!("not one child of the shell: {:?}", children_of(shell));
+                };
+                kill(Pid::from_raw(client as i32), Signal::SIGTERM).unwrap();
+            }
         }
         terminal_given_back(&mut session);
     }
@@ -207,16 +219,20 @@ fn the_end_of_the_profile_is_shown() {
     let (status, out, err) = controller.run_client(&["top", "--iterations", "10"]);
     assert!(status.success(), "{out}{err}");
     assert!(started.elapsed() < Duration::from_secs(8), "{out}");
-    // The sampler sees the target go, or the controller goes with it
-    // first.
+    // The controller says its target ended; or its sampler saw the target
+    // go first; or it went away before the last collection.
     let pid = target_pid_in(&out);
+    let ended = out
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("Profile of target PID {pid} ended: ")))
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        out.contains(&format!(
-            "Profile of target PID {pid} ended: target PID {pid} exited\n"
-        )) || out.contains(&format!(
-            "Profile of target PID {pid} ended: the controller went away \
-             (its target exited, or it was stopped)\n"
-        )),
+        [
+            format!("target PID {pid} ended (exit code 0): the controller stops"),
+            format!("target PID {pid} exited"),
+            "the controller went away (its target exited, or it was stopped)".into(),
+        ]
+        .contains(&ended.to_owned()),
         "{out}"
     );
     let tables = tables(&out);
@@ -229,7 +245,7 @@ fn the_end_of_the_profile_is_shown() {
     let mut session = in_terminal(&controller, &["top"]);
     expect(&mut session, "seventy (shares.py)");
     session
-        .exp_regex(r"ended: (target PID \d+ exited|the controller went away)")
+        .exp_regex(r"ended: (target PID \d+ (exited|ended)|the controller went away)")
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     session.send("q").unwrap();

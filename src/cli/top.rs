@@ -699,10 +699,8 @@ impl<C: Connection> Profile<C> {
     /// was, on an error or a panic too.
     fn screen(&mut self, mut shown: Shown, started: Instant) -> Result<(), Failure> {
         let quit = Arc::new(AtomicBool::new(false));
-        for signal in [libc::SIGTERM, libc::SIGHUP] {
-            signal_hook::flag::register(signal, quit.clone())
-                .map_err(|err| screen_failure("cannot handle signals", &err))?;
-        }
+        let _handlers = Handlers::quit_on([libc::SIGTERM, libc::SIGHUP], &quit)
+            .map_err(|err| screen_failure("cannot handle signals", &err))?;
         let mut screen = Screen::open().map_err(|err| screen_failure("cannot open", &err))?;
         let mut refreshes = 1;
         let mut next = started + shown.interval;
@@ -742,6 +740,30 @@ impl<C: Connection> Profile<C> {
             }
         }
         Ok(())
+    }
+}
+
+/// Signal handlers that set a flag, removed when dropped (at the prompt,
+/// the signals act as before once `top` is over).
+struct Handlers(Vec<signal_hook::SigId>);
+
+impl Handlers {
+    fn quit_on<const N: usize>(signals: [i32; N], quit: &Arc<AtomicBool>) -> io::Result<Handlers> {
+        let mut handlers = Handlers(Vec::new());
+        for signal in signals {
+            handlers
+                .0
+                .push(signal_hook::flag::register(signal, quit.clone())?);
+        }
+        Ok(handlers)
+    }
+}
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
     }
 }
 
