@@ -250,7 +250,7 @@ pub(crate) fn completions(
                     .any(|w| is_pid(w) || *w == "all" || *w == "--all" || w.starts_with("--pid"));
                 let mut options: Vec<&str> = TOP_OPTIONS
                     .into_iter()
-                    .filter(|option| !given.contains(option) && !(scoped && *option == "--pid"))
+                    .filter(|option| !(given.contains(option) || scoped && *option == "--pid"))
                     .collect();
                 if !scoped {
                     options.insert(0, "all");
