@@ -588,6 +588,7 @@ pub(crate) fn run<T: Transport>(
     let what = match scope {
         Scope::Target => format!("target PID {target}"),
         Scope::Process(pid) => format!("PID {pid}"),
+        // All (Scope is non-exhaustive).
         _ => format!("the tree of target PID {target}"),
     };
     session.profile(ProfileRequest::new(scope, options.rate))?;
@@ -712,7 +713,11 @@ impl<C: Connection> Profile<C> {
                     .map_err(|err| screen_failure("cannot draw", &err))?;
                 draw = false;
             }
-            let wait = TICK.min(next.saturating_duration_since(Instant::now()));
+            let wait = match self.table.ended() {
+                // Nothing more to collect: only keys and signals.
+                Some(_) => TICK,
+                None => TICK.min(next.saturating_duration_since(Instant::now())),
+            };
             match screen
                 .input(wait)
                 .map_err(|err| screen_failure("cannot read the keys", &err))?
