@@ -12,6 +12,7 @@ use heli_core::protocol::{
     TreeGrant, MAX_LINE,
 };
 use heli_core::stacks::{Activity, Frame, ProcessStacks, ThreadStack};
+use heli_core::tasks::{AsyncTask, AsyncTasks};
 use heli_core::tree::{Tree, TreeProcess};
 use heli_core::Pid;
 use heli_fuzz::{assert_one_line, normalized, reply_in_domain, DIALECTS};
@@ -48,7 +49,7 @@ fn scope(u: &mut Unstructured<'_>) -> Result<Scope> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    Ok(match u.choose_index(9)? {
+    Ok(match u.choose_index(10)? {
         0 => Request::GetTargetPid,
         1 => {
             let mut grant = GrantRequest::new(pid(u)?).force(u.arbitrary()?);
@@ -72,6 +73,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             Request::Revoke(revoke)
         }
         7 => Request::AgentAttach(some_pid(u)?),
+        8 => Request::Tasks(some_pid(u)?),
         _ => Request::Terminate,
     })
 }
@@ -135,8 +137,27 @@ fn process_stacks(u: &mut Unstructured<'_>) -> Result<ProcessStacks> {
     Ok(stacks)
 }
 
+/// Asyncio tasks, with arbitrary names, frames and awaiters.
+fn async_tasks(u: &mut Unstructured<'_>) -> Result<AsyncTasks> {
+    let mut tasks = AsyncTasks::new(pid(u)?);
+    for _ in 0..u.choose_index(4)? {
+        let mut task = AsyncTask::new(u.arbitrary()?, u.arbitrary::<String>()?);
+        task.thread_id = u.arbitrary()?;
+        for _ in 0..u.choose_index(3)? {
+            let line = u.arbitrary()?;
+            let frame = Frame::new(u.arbitrary::<String>()?, u.arbitrary::<String>()?, line);
+            task.coroutine_stack.push(frame);
+        }
+        task.awaited_by = u.arbitrary()?;
+        tasks.tasks.push(task);
+    }
+    tasks.running_loops = u.arbitrary()?;
+    tasks.note = u.arbitrary()?;
+    Ok(tasks)
+}
+
 fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
-    Ok(match u.choose_index(8)? {
+    Ok(match u.choose_index(9)? {
         0 => Reply::TargetPid(pid(u)?),
         1 => Reply::Ready,
         2 => Reply::Error(u.arbitrary()?),
@@ -159,6 +180,7 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
             }
             Reply::Stacks(stacks)
         }
+        7 => Reply::Tasks(async_tasks(u)?),
         6 => Reply::Agent {
             pid: pid(u)?,
             python: u.arbitrary()?,

@@ -158,6 +158,7 @@ mod restart;
 mod signals;
 pub mod stacks;
 mod supervisor;
+pub mod tasks;
 #[cfg(any(test, feature = "test-log"))]
 pub mod test_log;
 mod transport;

@@ -14,6 +14,7 @@
 //! | `STACK` | `STACK <text>`: every thread's Python stack in the target, read without running anything in it; newlines in the text are written `\n`, backslashes `\\` |
 //! | `STACK <pid>`, `STACK ALL` | the same for process `<pid>` of the tree, or for every process of it, each under a header `Process <pid> (<role>)...` |
 //! | `STACKS [<pid>\|ALL]` | `STACKS <json>`: the same stacks as a list of [`ProcessStacks`], one line of JSON (a process whose stacks cannot be read is listed with `skipped`, for `ALL`) |
+//! | `TASKS [<pid>]` | `TASKS <json>`: the asyncio tasks of the target (or of process `<pid>` of its tree), read from its memory: an [`AsyncTasks`] as one line of JSON |
 //! | `AGENT_ATTACH [<pid>]` | `AGENT <pid> <python-version>` once the agent in the target (or in process `<pid>` of its tree) has scheduled pdb in its main thread; the reply carries the client's ends of pdb's two sockets (`SCM_RIGHTS`, on a transport that can pass file descriptors); authorized as `GRANT_ACCESS` for the asking process on that process would be |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
 //!
@@ -45,6 +46,7 @@ use std::fmt;
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
 use crate::stacks::ProcessStacks;
+use crate::tasks::AsyncTasks;
 use crate::tree::Tree;
 
 /// The longest request line a controller accepts, newline included.
@@ -87,6 +89,9 @@ pub enum Request {
     Revoke(RevokeRequest),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
+    /// `TASKS [<pid>]`: the asyncio tasks of the target, or of process
+    /// `<pid>` of its tree, as JSON (an [`AsyncTasks`]).
+    Tasks(Option<Pid>),
     /// `AGENT_ATTACH [<pid>]`: have the agent in the target (or in process
     /// `<pid>` of its tree) run pdb, and pass the client pdb's sockets
     /// (see [`Agent`](crate::Agent)).
@@ -198,6 +203,7 @@ impl Request {
             Request::Revoke(_) => "REVOKE",
             Request::Terminate => "TERMINATE",
             Request::AgentAttach(_) => "AGENT_ATTACH",
+            Request::Tasks(_) => "TASKS",
         };
         dialect.apply(upper)
     }
@@ -235,7 +241,7 @@ impl Request {
                 Scope::Process(pid) => word(&pid.to_string()),
                 Scope::All => word(dialect.apply("ALL")),
             },
-            Request::AgentAttach(process) => {
+            Request::AgentAttach(process) | Request::Tasks(process) => {
                 if let Some(process) = process {
                     word(&process.to_string());
                 }
@@ -281,6 +287,9 @@ pub enum Reply {
     /// `STACKS <json>`: the stacks of the processes asked for, as one line
     /// of JSON (a list of [`ProcessStacks`]).
     Stacks(Vec<ProcessStacks>),
+    /// `TASKS <json>`: the asyncio tasks of the process asked for, as one
+    /// line of JSON.
+    Tasks(AsyncTasks),
     /// `AGENT <pid> <python-version>`: the agent in process `pid` has
     /// scheduled pdb; the version (the rest of the line) is the CPython
     /// the process runs, which the client's pdb must match. The client's
@@ -465,6 +474,7 @@ impl Reply {
             }
             Reply::Ps(tree) => format!("{} {}\n", dialect.apply("PS"), json(tree)),
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
+            Reply::Tasks(tasks) => format!("{} {}\n", dialect.apply("TASKS"), json(tasks)),
             Reply::Agent { pid, python } => format!(
                 "{} {pid} {}\n",
                 dialect.apply("AGENT"),
@@ -507,6 +517,11 @@ impl Reply {
         if word.eq_ignore_ascii_case("stacks") {
             return serde_json::from_str(rest)
                 .map(Reply::Stacks)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("tasks") {
+            return serde_json::from_str(rest)
+                .map(Reply::Tasks)
                 .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("ps") {
@@ -587,6 +602,7 @@ impl Dialect {
             (Dialect::Lower, "STACKS") => "stacks",
             (Dialect::Lower, "AGENT_ATTACH") => "agent_attach",
             (Dialect::Lower, "AGENT") => "agent",
+            (Dialect::Lower, "TASKS") => "tasks",
             (Dialect::Lower, other) => other,
         }
     }
@@ -646,6 +662,10 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         Request::Stack(scope(words.next())?)
     } else if command.eq_ignore_ascii_case("STACKS") {
         Request::Stacks(scope(words.next())?)
+    } else if command.eq_ignore_ascii_case("TASKS") {
+        // TASKS [<pid>]
+        let process = words.next().map(|word| word.parse::<Pid>());
+        Request::Tasks(process.transpose().map_err(|_| invalid_pid())?)
     } else if command.eq_ignore_ascii_case("AGENT_ATTACH") {
         // AGENT_ATTACH [<pid>]
         let process = words.next().map(|word| word.parse::<Pid>());
@@ -682,7 +702,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     if words.next().is_some() {
         let takes = match request {
             Request::Stack(_) | Request::Stacks(_) => "one argument at most (a PID or ALL)",
-            Request::AgentAttach(_) => "one argument at most (a PID)",
+            Request::AgentAttach(_) | Request::Tasks(_) => "one argument at most (a PID)",
             _ => "no argument",
         };
         return Err(Error::new(
@@ -919,6 +939,8 @@ mod tests {
             (b"STACKS All\n", Request::Stacks(Scope::All)),
             (b"AGENT_ATTACH\n", Request::AgentAttach(None)),
             (b"Agent_Attach 4243\n", Request::AgentAttach(Some(p(4243)))),
+            (b"TASKS\n", Request::Tasks(None)),
+            (b"Tasks 4243\n", Request::Tasks(Some(p(4243)))),
         ];
         let lower: &[(&[u8], Request)] = &[
             (b"get_target_pid\n", Request::GetTargetPid),
@@ -938,6 +960,7 @@ mod tests {
             (b"stacks 6\n", Request::Stacks(Scope::Process(p(6)))),
             (b"agent_attach\n", Request::AgentAttach(None)),
             (b"agent_attach 0006\r\n", Request::AgentAttach(Some(p(6)))),
+            (b"tasks 6\n", Request::Tasks(Some(p(6)))),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -973,6 +996,8 @@ mod tests {
             Request::Terminate,
             Request::AgentAttach(None),
             Request::AgentAttach(Some(p(12))),
+            Request::Tasks(None),
+            Request::Tasks(Some(p(13))),
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
                 let line = request.encode(dialect);
@@ -1029,6 +1054,8 @@ mod tests {
                     b"AGENT_ATTACH 0\n",
                     b"AGENT_ATTACH ALL\n",
                     b"agent_attach -1\n",
+                    b"TASKS ALL\n",
+                    b"tasks 0\n",
                 ],
             ),
             (
@@ -1063,6 +1090,11 @@ mod tests {
                 ErrorKind::UnexpectedArgument,
                 "agent_attach takes one argument at most (a PID)",
                 &[b"agent_attach 5 force\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "TASKS takes one argument at most (a PID)",
+                &[b"TASKS 5 6\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,
@@ -1434,6 +1466,15 @@ mod tests {
         let mut skipped = ProcessStacks::new(p(4244));
         skipped.skipped = Some("not a Python process".into());
         skipped.command = "sh -c 'sleep 1'".into();
+        let mut task = crate::tasks::AsyncTask::new(0x7f00_dead_beef, "worker\n\"1\"");
+        task.coroutine_stack
+            .push(Frame::new("main", "/srv/app.py", Some(3)));
+        task.awaited_by.push(0x7f00_0000_0010);
+        task.thread_id = 4243;
+        let mut tasks = crate::tasks::AsyncTasks::new(p(4243));
+        tasks.tasks.push(task);
+        tasks.running_loops.push(4243);
+        tasks.note = Some("partial".into());
 
         for dialect in [Dialect::Upper, Dialect::Lower] {
             for reply in [
@@ -1441,6 +1482,8 @@ mod tests {
                 Reply::Ps(Tree::default()),
                 Reply::Stacks(vec![stacks.clone(), skipped.clone()]),
                 Reply::Stacks(Vec::new()),
+                Reply::Tasks(tasks.clone()),
+                Reply::Tasks(crate::tasks::AsyncTasks::new(p(9))),
             ] {
                 let line = reply.encode(dialect);
                 assert_eq!(line.matches('\n').count(), 1, "{line:?}");
@@ -1467,6 +1510,8 @@ mod tests {
             "STACKS {}",
             "STACKS [{\"pid\":0}]",
             "STACKS",
+            "TASKS",
+            "TASKS []",
             r#"PS {"processes":[{"pid":-1}],"subreaper":false}"#,
         ] {
             assert_eq!(
