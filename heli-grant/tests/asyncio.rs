@@ -193,3 +193,54 @@ fn a_program_that_is_not_python_is_refused_with_the_reason() {
     let err = PythonInspector.tasks(id(&sleep)).unwrap_err();
     assert!(err.to_string().contains("is not a Python process"), "{err}");
 }
+
+#[test]
+fn a_loop_in_another_thread_is_found_with_its_thread() {
+    let _serial = serial("a_loop_in_another_thread_is_found_with_its_thread");
+    let target = Target::python(
+        "import asyncio, threading\n\
+         async def serve():\n    await asyncio.Event().wait()\n\
+         async def main():\n    t = asyncio.create_task(serve(), name='served')\n\
+         \x20   asyncio.get_running_loop().call_later(0.2, lambda: print('ready', flush=True) or print(threading.get_native_id(), flush=True))\n\
+         \x20   await t\n\
+         threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()\n\
+         threading.Event().wait()\n",
+    );
+    let tid: u64 = target.lines.line().trim().parse().unwrap();
+    let tasks = PythonInspector.tasks(id(&target)).unwrap();
+    assert_eq!(tasks.running_loops, [tid]);
+    let served = tasks.tasks.iter().find(|t| t.name == "served").unwrap();
+    assert_eq!(served.thread_id, tid);
+    assert_eq!(served.awaited_by.len(), 1);
+    assert!(tasks.tasks.iter().all(|t| t.thread_id == tid));
+}
+
+#[test]
+fn a_target_that_churns_its_tasks_is_read_or_refused_never_hung() {
+    let _serial = serial("a_target_that_churns_its_tasks_is_read_or_refused_never_hung");
+    let target = Target::python(
+        "import asyncio\n\
+         async def leaf(n):\n    await asyncio.sleep(0)\n    return n\n\
+         async def main():\n    print('ready', flush=True)\n    while True:\n\
+         \x20       async with asyncio.TaskGroup() as tg:\n\
+         \x20           for n in range(50):\n                tg.create_task(leaf(n))\n\
+         \x20       await asyncio.gather(*(leaf(n) for n in range(50)))\n\
+         asyncio.run(main())\n",
+    );
+    let me = id(&target);
+    let (mut read, mut refused) = (0, 0);
+    for _ in 0..200 {
+        match PythonInspector.tasks(me) {
+            Ok(tasks) => {
+                read += 1;
+                assert!(tasks.tasks.len() <= 200, "{}", tasks.tasks.len());
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{read} read, {refused} refused");
+    assert!(read > 0, "{refused} reads refused, none read");
+}
