@@ -25,6 +25,7 @@
 //! [`MAX_CHAIN`], [`MAX_TEXT`]): a corrupt or changing target ends a read
 //! with an error or a note, never a hang, a panic or a huge answer.
 
+use std::collections::HashSet;
 use std::fs::File;
 
 use heli_core::stacks::Frame;
@@ -367,9 +368,14 @@ impl Reader<'_> {
         let link = self.o.llist_next;
         let next_of = |node: u64| memory.read_u64(node + link);
         let mut node = next_of(head)?;
+        let mut seen = HashSet::new();
         while node != head {
             if node == 0 {
                 return Err(corrupt("a task list is broken (a null link)"));
+            }
+            // A list that loops without its head: a task freed meanwhile.
+            if !seen.insert(node) {
+                return Err(corrupt("a task list loops"));
             }
             if tasks.tasks.len() >= MAX_TASKS {
                 tasks.note = Some(format!(
