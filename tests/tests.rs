@@ -26,6 +26,7 @@ mod remote_grant;
 mod repl;
 mod sessions;
 mod supervise;
+mod tasks;
 mod terminal;
 mod top;
 mod tree;

@@ -39,6 +39,14 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         scope: ScopeArg,
     },
+    /// Print the asyncio task tree of the target (or of a process of its
+    /// tree): each task, its coroutine stack, the tasks awaiting it; read
+    /// from memory as `python -m asyncio pstree` does, without a ptrace
+    /// right (--json for scripts)
+    Tasks {
+        #[command(flatten)]
+        process: ProcessArg,
+    },
     /// A live view of the functions the target spends its time in, by own
     /// and total samples, like py-spy top (q quits; --iterations N prints
     /// N tables as text; --json one object per refresh)
@@ -72,7 +80,7 @@ impl Cmd {
     pub(crate) fn has_json(&self) -> bool {
         matches!(
             self,
-            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Top { .. }
+            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Tasks { .. } | Cmd::Top { .. }
         )
     }
 }
