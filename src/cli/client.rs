@@ -65,7 +65,8 @@ struct Args {
     #[arg(long)]
     list: bool,
 
-    /// Print `status`, `ps`, `stack`, `top` or `--list` as JSON, for scripts
+    /// Print `status`, `ps`, `stack`, `tasks`, `top` or `--list` as JSON, for
+    /// scripts
     #[arg(long, global = true)]
     json: bool,
 
