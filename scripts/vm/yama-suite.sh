@@ -183,6 +183,8 @@ if start_controller; then
     sleep 0.1
   done
   expect "client tasks lists the tasks" "^└── \(T\) Task-1 \(0x.*\(T\) waiter \(0x" "$(tr '\n' ' ' <<<"$out")"
+  # Reading the tasks gave the client no right over the target.
+  expect "after client tasks: pdb -p still denied" "^pdb denied" "$(yama_client pdb)"
   stop_controller
 fi
 target_args=("$work/target.py")
