@@ -751,9 +751,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             return Err(state.refused(&peer, asked, NO_CONNECTION.into()));
         }
         if state.profiles.contains_key(&peer.connection) {
-            return Err(
-                "a profile already runs on this connection (SAMPLES STOP ends it)".into(),
-            );
+            return Err("a profile already runs on this connection (SAMPLES STOP ends it)".into());
         }
         if state.profiles.len() >= MAX_PROFILES {
             return Err(state.refused(

@@ -685,12 +685,14 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     } else if command.eq_ignore_ascii_case("PROFILE") {
         // PROFILE <rate> <ms> [<pid>|ALL]
         let rate = words.next().and_then(|word| word.parse::<u32>().ok());
-        let rate = rate.filter(|rate| (1..=MAX_RATE).contains(rate)).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnexpectedArgument,
-                format!("PROFILE takes a rate of 1 to {MAX_RATE} samples a second first"),
-            )
-        })?;
+        let rate = rate
+            .filter(|rate| (1..=MAX_RATE).contains(rate))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnexpectedArgument,
+                    format!("PROFILE takes a rate of 1 to {MAX_RATE} samples a second first"),
+                )
+            })?;
         let duration_ms = words.next().and_then(|word| word.parse::<u64>().ok());
         let duration_ms = duration_ms.ok_or_else(|| {
             Error::new(

@@ -58,7 +58,9 @@ impl std::fmt::Debug for Profiler {
 impl Profiler {
     /// Samplers that read through `inspector`.
     pub(crate) fn new<I: Inspector + Send + Sync + 'static>(inspector: Arc<I>) -> Profiler {
-        Profiler(Box::new(move |plan| Sampling::start(inspector.clone(), plan)))
+        Profiler(Box::new(move |plan| {
+            Sampling::start(inspector.clone(), plan)
+        }))
     }
 
     /// Starts sampling as `plan` says, on a thread of its own.
@@ -334,7 +336,11 @@ mod tests {
         assert_eq!(last.ended.as_deref(), Some("the 0.5 s asked for are over"));
         assert_eq!(last.due, 100, "{last:?}");
         assert!(last.taken >= 90 && last.taken <= last.due, "{last:?}");
-        let counted: u64 = batches.iter().flat_map(|b| &b.stacks).map(|s| s.count).sum();
+        let counted: u64 = batches
+            .iter()
+            .flat_map(|b| &b.stacks)
+            .map(|s| s.count)
+            .sum();
         assert_eq!(counted, last.taken);
         assert!(last.elapsed_ms >= 500 && last.elapsed_ms < 1500, "{last:?}");
         // Collected after its end, it says so again, with nothing new.

@@ -16,6 +16,7 @@
 //! Its exit statuses are [`ClientExit`].
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,8 +29,9 @@ use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
-use super::command::{Cmd, ProcessArg, ScopeArg};
+use super::command::{Cmd, ProcessArg, ProfileArgs, ScopeArg};
 use super::exit::{ClientExit, Failure, START_HINT};
+use super::profile::{self, Outcome};
 use super::render::{self, Listed, Paint};
 use super::repl;
 use super::sanitize::escape;
@@ -288,6 +290,10 @@ impl<T: Transport> App<T> {
             Cmd::Stack {
                 scope: ScopeArg(scope),
             } => self.stack(*scope, json),
+            Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            } => self.profile(*scope, options),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
@@ -372,6 +378,57 @@ impl<T: Transport> App<T> {
                 print!("{}", render::processes_stack_text(&stacks));
                 Ok(())
             }
+        }
+    }
+
+    /// `profile`: samples on a connection of its own until the profile
+    /// ends or Ctrl-C, showing its progress on a terminal, then writes
+    /// it. A profile that ended before any sample (a target that is not
+    /// Python) writes nothing and fails; one whose controller stopped
+    /// answering writes what it has and fails.
+    fn profile(&self, scope: Scope, options: &ProfileArgs) -> Result<(), Failure> {
+        let job = options.job(scope);
+        let mut session = self.client.session()?;
+        let status = session.status()?;
+        let title = profile::title(scope, status.pid, &status.command);
+        let terminal = std::io::stderr().is_terminal();
+        let (profile, outcome) = self.debugging.interruptible(|interrupted| {
+            profile::collect(&mut session, &job, interrupted, |profile| {
+                if terminal {
+                    eprint!("\r\x1b[K{}", profile::progress_line(profile));
+                }
+            })
+        })??;
+        drop(session);
+        if terminal {
+            eprint!("\r\x1b[K");
+        }
+        if let Some(failure) = profile::failed_before_any_sample(&profile, &outcome) {
+            return Err(failure);
+        }
+        let summary = profile::summary(&profile, &outcome);
+        let bytes = profile::render(&profile, &job, &title, &summary).map_err(|err| {
+            Failure::new(
+                ClientExit::Failed,
+                format!("Cannot render the profile: {err}"),
+            )
+        })?;
+        let shown = escape(&job.output.display().to_string()).into_owned();
+        profile::write_output(&job.output, &bytes).map_err(|err| {
+            Failure::new(ClientExit::Failed, format!("Cannot write {shown}: {err}"))
+        })?;
+        let written = if job.output.as_os_str() == "-" {
+            "Wrote the profile to standard output".to_owned()
+        } else {
+            format!("Wrote {shown}")
+        };
+        eprintln!("{written}: {summary}");
+        match outcome {
+            Outcome::Lost(failure) => Err(Failure::new(
+                failure.exit,
+                format!("The profile is incomplete: {}", failure.message),
+            )),
+            Outcome::Ended | Outcome::Interrupted => Ok(()),
         }
     }
 
