@@ -53,6 +53,10 @@ const MAX_INSPECTIONS: usize = 8;
 /// How many profiles may run at once, all connections together.
 const MAX_PROFILES: usize = 4;
 
+/// How long a controller whose target ended for good waits for the
+/// clients of running profiles to collect their last samples.
+const PROFILE_LINGER: Duration = Duration::from_secs(1);
+
 /// The refusal of `PROFILE` on a transport without connections.
 pub(crate) const NO_CONNECTION: &str = "PROFILE needs a connection that stays open, which the FIFO transport has not (it cannot tell when its client goes away): use the Unix socket transport";
 
@@ -122,8 +126,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         let mut state = State::new(target, holder);
         let mut listening = true;
         let status = loop {
-            if let Phase::Ended(result) = &mut state.phase {
-                break std::mem::replace(result, Ok(ExitStatus::Code(0)));
+            if !state.lingers() {
+                if let Phase::Ended(result) = &mut state.phase {
+                    break std::mem::replace(result, Ok(ExitStatus::Code(0)));
+                }
             }
             let timer = |at: Option<Instant>| match at {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
@@ -133,6 +139,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             let respawn_timer = timer(state.phase.respawn_at());
             let work_timer = timer(state.next_give_up());
             let retry_timer = timer(state.grants.next_retry());
+            let linger_timer = timer(state.linger);
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening {
@@ -173,6 +180,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 }
                 recv(inputs.shutdown) -> _ => self.begin_stop(&mut state, None),
                 recv(stop_timer) -> _ => self.stop_step(&mut state),
+                recv(linger_timer) -> _ => {}
             }
         };
         state.call_off_work(not_running);
@@ -1613,6 +1621,9 @@ struct State {
     /// The profiles running (or ended and not collected yet), by
     /// connection.
     profiles: HashMap<u64, Sampling>,
+    /// Until when the loop waits for the profiles' last collection once
+    /// the controller is done.
+    linger: Option<Instant>,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -1694,6 +1705,34 @@ impl State {
             warnings: LogLimit::new(),
             forked: false,
             profiles: HashMap::new(),
+            linger: None,
+        }
+    }
+
+    /// Whether the loop, its target ended for good, still waits for
+    /// clients to collect the last batch of their profiles (stopped then),
+    /// for [`PROFILE_LINGER`] at most.
+    fn lingers(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Ended(_)) || self.profiles.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        match self.linger {
+            Some(until) => now < until,
+            None => {
+                let why = match self.last_exit {
+                    Some(status) => format!(
+                        "target PID {} ended ({status}): the controller stops",
+                        self.run.target
+                    ),
+                    None => "the controller stops".to_owned(),
+                };
+                for sampling in self.profiles.values_mut() {
+                    sampling.stop(&why);
+                }
+                self.linger = Some(now + PROFILE_LINGER);
+                true
+            }
         }
     }
 

@@ -3723,3 +3723,7 @@ mod tree;
 // The agent: AGENT_ATTACH, STATUS, stacks through it.
 #[path = "tests_agent.rs"]
 mod agent;
+
+// Profiles: PROFILE and SAMPLES.
+#[path = "tests_profile.rs"]
+mod profile;
