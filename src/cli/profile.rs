@@ -289,7 +289,7 @@ impl Profile {
         // own frame.
         let mut process_frames: BTreeMap<Pid, usize> = BTreeMap::new();
         let mut profiles: BTreeMap<Option<(Pid, u64)>, SampledProfile> = BTreeMap::new();
-        let weight = 1.0 / f64::from(rate.max(1));
+        let rate = f64::from(rate.max(1));
         let mut keys: Vec<(&StackKey, &u64)> = self.stacks.iter().collect();
         keys.sort_unstable();
         for (key, &count) in keys {
@@ -325,7 +325,7 @@ impl Profile {
                     samples: Vec::new(),
                     weights: Vec::new(),
                 });
-            let seconds = count as f64 * weight;
+            let seconds = count as f64 / rate;
             profile.samples.push(sample);
             profile.weights.push(seconds);
             profile.end_value += seconds;
@@ -610,4 +610,382 @@ pub(crate) fn write_output(output: &Path, bytes: &[u8]) -> io::Result<()> {
         return stdout.flush();
     }
     std::fs::write(output, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::core::profile::SampledStack;
+
+    fn pid(raw: u32) -> Pid {
+        Pid::new(raw).unwrap()
+    }
+
+    fn frame(function: &str) -> Frame {
+        Frame::new(function, "app.py", Some(function.len() as u32))
+    }
+
+    /// A batch with `frames` (by function) and stacks of
+    /// (pid, thread, idle, frame indices, count).
+    fn batch(frames: &[&str], stacks: &[(u32, u64, bool, &[u32], u64)]) -> Samples {
+        let mut batch = Samples::default();
+        batch.frames = frames.iter().map(|f| frame(f)).collect();
+        batch.stacks = stacks
+            .iter()
+            .map(|&(p, thread, idle, frames, count)| {
+                let mut stack = SampledStack::new(pid(p), thread, idle, frames.to_vec(), count);
+                stack.thread_name = Some(format!("t{thread}"));
+                stack
+            })
+            .collect();
+        batch
+    }
+
+    fn shape(processes: bool, threads: bool, idle: bool) -> Shape {
+        Shape {
+            processes,
+            threads,
+            idle,
+        }
+    }
+
+    #[test]
+    fn batches_each_with_their_own_frame_table_merge_by_frame() {
+        let mut profile = Profile::new(Shape::default());
+        profile.add(&batch(
+            &["main", "work"],
+            &[(7, 7, false, &[0, 1], 5), (7, 7, false, &[0], 1)],
+        ));
+        // The same frames, numbered otherwise, and a new one.
+        profile.add(&batch(
+            &["other", "work", "main"],
+            &[(7, 7, false, &[2, 1], 2), (7, 7, false, &[2, 0], 3)],
+        ));
+        assert_eq!(
+            profile.collapsed(),
+            "main (app.py:4) 1\n\
+             main (app.py:4);other (app.py:5) 3\n\
+             main (app.py:4);work (app.py:4) 7\n"
+        );
+        assert_eq!(profile.counted(), 11);
+        assert_eq!(profile.frames.len(), 3);
+    }
+
+    #[test]
+    fn merged_data_grows_with_distinct_stacks_not_samples() {
+        let mut profile = Profile::new(shape(false, true, false));
+        let one = batch(
+            &["main", "a", "b"],
+            &[(7, 7, false, &[0, 1], 1), (7, 8, false, &[0, 2], 1)],
+        );
+        for _ in 0..10_000 {
+            profile.add(&one);
+        }
+        assert_eq!(profile.distinct_stacks(), 2);
+        assert_eq!(profile.frames.len(), 3);
+        assert_eq!(profile.counted(), 20_000);
+    }
+
+    #[test]
+    fn idle_samples_are_left_out_unless_asked_for() {
+        let idle = batch(
+            &["main", "sleep"],
+            &[(7, 7, false, &[0], 4), (7, 7, true, &[0, 1], 6)],
+        );
+        let mut profile = Profile::new(Shape::default());
+        profile.add(&idle);
+        assert_eq!(profile.collapsed(), "main (app.py:4) 4\n");
+        assert_eq!((profile.counted(), profile.idle_left_out()), (4, 6));
+        let mut profile = Profile::new(shape(false, false, true));
+        profile.add(&idle);
+        assert_eq!(
+            profile.collapsed(),
+            "main (app.py:4) 4\nmain (app.py:4);sleep (app.py:5) 6\n"
+        );
+        assert_eq!((profile.counted(), profile.idle_left_out()), (10, 0));
+    }
+
+    #[test]
+    fn threads_and_processes_get_root_frames() {
+        let two = batch(
+            &["main", "a"],
+            &[
+                (7, 7, false, &[0, 1], 2),
+                (7, 9, false, &[0, 1], 3),
+                (8, 8, false, &[0], 1),
+            ],
+        );
+        let mut merged = Profile::new(Shape::default());
+        merged.add(&two);
+        assert_eq!(
+            merged.collapsed(),
+            "main (app.py:4) 1\nmain (app.py:4);a (app.py:1) 5\n"
+        );
+        let mut threads = Profile::new(shape(false, true, false));
+        threads.add(&two);
+        assert_eq!(
+            threads.collapsed(),
+            "thread 7 \"t7\";main (app.py:4);a (app.py:1) 2\n\
+             thread 8 \"t8\";main (app.py:4) 1\n\
+             thread 9 \"t9\";main (app.py:4);a (app.py:1) 3\n"
+        );
+        let mut processes = Profile::new(shape(true, false, false));
+        processes.add(&two);
+        assert_eq!(
+            processes.collapsed(),
+            "process 7;main (app.py:4);a (app.py:1) 5\nprocess 8;main (app.py:4) 1\n"
+        );
+        let mut both = Profile::new(shape(true, true, false));
+        both.add(&two);
+        assert!(both
+            .collapsed()
+            .starts_with("process 7;thread 7 \"t7\";main (app.py:4);a (app.py:1) 2\n"));
+        // A thread without a name.
+        let mut nameless = batch(&["main"], &[(7, 3, false, &[0], 1)]);
+        nameless.stacks[0].thread_name = None;
+        let mut profile = Profile::new(shape(false, true, false));
+        profile.add(&nameless);
+        assert_eq!(profile.collapsed(), "thread 3;main (app.py:4) 1\n");
+    }
+
+    #[test]
+    fn names_never_break_a_folded_line() {
+        let mut odd = Samples::default();
+        odd.frames = vec![
+            Frame::new("f;g", "a\nb.py", Some(1)),
+            Frame::new("<module>", "x;y.py", None),
+        ];
+        let mut stack = SampledStack::new(pid(7), 7, false, vec![1, 0], 2);
+        stack.thread_name = Some("we;ird\r".into());
+        odd.stacks = vec![stack];
+        let mut profile = Profile::new(shape(false, true, false));
+        profile.add(&odd);
+        assert_eq!(
+            profile.collapsed(),
+            "thread 7 \"we\\x3bird\\r\";<module> (x\\x3by.py);f\\x3bg (a\\nb.py:1) 2\n"
+        );
+    }
+
+    #[test]
+    fn a_stack_naming_a_frame_its_batch_lacks_is_left_out() {
+        let mut profile = Profile::new(Shape::default());
+        profile.add(&batch(
+            &["main"],
+            &[(7, 7, false, &[0, 5], 9), (7, 7, false, &[0], 1)],
+        ));
+        assert_eq!(profile.collapsed(), "main (app.py:4) 1\n");
+        assert_eq!(profile.counted(), 1);
+    }
+
+    #[test]
+    fn totals_and_the_end_come_from_the_last_batch() {
+        let mut profile = Profile::new(Shape::default());
+        let mut first = batch(&[], &[]);
+        (first.elapsed_ms, first.due, first.taken, first.dropped) = (250, 25, 24, 0);
+        profile.add(&first);
+        assert_eq!(profile.ended(), None);
+        let mut last = batch(&[], &[]);
+        (last.elapsed_ms, last.due, last.taken, last.dropped) = (1500, 150, 140, 3);
+        last.ended = Some("target PID 7 exited".into());
+        profile.add(&last);
+        let totals = profile.totals();
+        assert_eq!((totals.due, totals.taken, totals.lost()), (150, 140, 10));
+        assert_eq!(profile.ended(), Some("target PID 7 exited"));
+        assert_eq!(
+            summary(&profile, &Outcome::Ended),
+            "140 samples (10 lost, 3 dropped: too many distinct stacks) over 1.5 s; \
+             the profile ended: target PID 7 exited"
+        );
+        assert_eq!(
+            summary(&profile, &Outcome::Interrupted),
+            "140 samples (10 lost, 3 dropped: too many distinct stacks) over 1.5 s; \
+             the profile ended: stopped (Ctrl-C)"
+        );
+        assert_eq!(
+            progress_line(&profile),
+            "profiling: 1.5 s, 140 of 150 samples taken, 10 lost, 3 dropped (Ctrl-C stops)"
+        );
+    }
+
+    #[test]
+    fn a_profile_that_ended_before_any_sample_failed_unless_stopped() {
+        let mut profile = Profile::new(Shape::default());
+        let mut only = batch(&[], &[]);
+        only.ended = Some("cannot read the stacks of target PID 7: not Python".into());
+        profile.add(&only);
+        let failure = failed_before_any_sample(&profile, &Outcome::Ended).unwrap();
+        assert_eq!(failure.exit, ClientExit::Failed);
+        assert_eq!(
+            failure.message,
+            "Nothing to profile: cannot read the stacks of target PID 7: not Python"
+        );
+        assert!(failed_before_any_sample(&profile, &Outcome::Interrupted).is_none());
+        only.taken = 1;
+        profile.add(&only);
+        assert!(failed_before_any_sample(&profile, &Outcome::Ended).is_none());
+    }
+
+    #[test]
+    fn all_idle_says_how_to_keep_them() {
+        let mut profile = Profile::new(Shape::default());
+        let mut idle = batch(&["main"], &[(7, 7, true, &[0], 5)]);
+        (idle.due, idle.taken, idle.elapsed_ms) = (5, 5, 50);
+        idle.ended = Some("stopped by the client".into());
+        profile.add(&idle);
+        assert!(summary(&profile, &Outcome::Ended).ends_with(
+            "the profile ended: stopped by the client; every thread sample was idle (5), \
+             left out: --idle keeps them"
+        ));
+    }
+
+    /// The titles of an SVG's frames: `(name, percent)`.
+    fn svg_titles(svg: &str) -> Vec<(String, f64)> {
+        svg.split("<title>")
+            .skip(1)
+            .filter_map(|rest| {
+                let title = &rest[..rest.find("</title>")?];
+                let (name, counts) = title.rsplit_once(" (")?;
+                let percent = counts.rsplit_once(", ")?.1.strip_suffix("%)")?;
+                Some((name.to_owned(), percent.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_flame_graph_shows_each_frame_with_its_share() {
+        let mut profile = Profile::new(Shape::default());
+        profile.add(&batch(
+            &["main", "seventy", "thirty"],
+            &[(7, 7, false, &[0, 1], 70), (7, 7, false, &[0, 2], 30)],
+        ));
+        let svg =
+            String::from_utf8(profile.svg("Profile of <x> & y", "100 samples").unwrap()).unwrap();
+        assert!(svg.starts_with("<?xml"), "{svg}");
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("Profile of &lt;x&gt; &amp; y"));
+        let titles = svg_titles(&svg);
+        assert!(
+            titles.contains(&("main (app.py:4)".into(), 100.0)),
+            "{titles:?}"
+        );
+        assert!(
+            titles.contains(&("seventy (app.py:7)".into(), 70.0)),
+            "{titles:?}"
+        );
+        assert!(
+            titles.contains(&("thirty (app.py:6)".into(), 30.0)),
+            "{titles:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_flame_graph_is_still_a_picture() {
+        let profile = Profile::new(Shape::default());
+        let svg = String::from_utf8(profile.svg("t", "0 samples").unwrap()).unwrap();
+        assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    }
+
+    #[test]
+    fn speedscope_has_a_profile_per_thread_with_weights_in_seconds() {
+        let two = batch(
+            &["main", "a"],
+            &[
+                (7, 7, false, &[0, 1], 2),
+                (7, 9, false, &[0], 3),
+                (8, 8, false, &[0], 1),
+            ],
+        );
+        let mut threads = Profile::new(shape(false, true, false));
+        threads.add(&two);
+        let json: Value = serde_json::from_str(&threads.speedscope("P", 100)).unwrap();
+        assert_eq!(json["$schema"], SPEEDSCOPE_SCHEMA);
+        assert_eq!(json["name"], "P");
+        assert_eq!(
+            json["shared"]["frames"][0],
+            serde_json::json!({"name": "main", "file": "app.py", "line": 4})
+        );
+        let profiles = json["profiles"].as_array().unwrap();
+        let names: Vec<&str> = profiles
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["thread 7 \"t7\"", "thread 9 \"t9\"", "thread 8 \"t8\""]
+        );
+        assert_eq!(profiles[0]["type"], "sampled");
+        assert_eq!(profiles[0]["unit"], "seconds");
+        assert_eq!(profiles[0]["samples"], serde_json::json!([[0, 1]]));
+        assert_eq!(profiles[0]["weights"], serde_json::json!([0.02]));
+        assert_eq!(profiles[0]["endValue"], 0.02);
+
+        // The whole tree in one profile: a frame per process at the root.
+        let mut tree = Profile::new(shape(true, false, false));
+        tree.add(&two);
+        let json: Value = serde_json::from_str(&tree.speedscope("P", 10)).unwrap();
+        let frames = json["shared"]["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[2], serde_json::json!({"name": "process 7"}));
+        assert_eq!(frames[3], serde_json::json!({"name": "process 8"}));
+        let profiles = json["profiles"].as_array().unwrap();
+        assert_eq!(profiles.len(), 1);
+        assert_eq!(
+            profiles[0]["samples"],
+            serde_json::json!([[2, 0], [2, 0, 1], [3, 0]])
+        );
+        assert_eq!(profiles[0]["weights"], serde_json::json!([0.3, 0.2, 0.1]));
+    }
+
+    #[test]
+    fn durations_read_like_30s_2m_500ms() {
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("500ms", 500),
+            ("1.5s", 1_500),
+            ("1h", 3_600_000),
+            ("10", 10_000),
+            (" 3 s ", 3_000),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for text in [
+            "", "s", "0", "0s", "-1s", "1d", "ten", "1.2.3s", "inf", "9999h",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn titles_name_what_was_profiled() {
+        let target = pid(42);
+        assert_eq!(
+            title(Scope::Target, target, "python3 app.py"),
+            "Profile of target PID 42 (python3 app.py)"
+        );
+        assert_eq!(
+            title(Scope::Process(pid(43)), target, ""),
+            "Profile of PID 43, in the tree of target PID 42"
+        );
+        assert_eq!(
+            title(Scope::All, target, "x\x1b"),
+            "Profile of every Python process in the tree of target PID 42 (x\\x1b)"
+        );
+    }
+
+    #[test]
+    fn each_format_has_its_default_file() {
+        assert_eq!(Format::Svg.default_output(), "profile.svg");
+        assert_eq!(Format::Collapsed.default_output(), "profile.txt");
+        assert_eq!(
+            Format::Speedscope.default_output(),
+            "profile.speedscope.json"
+        );
+    }
 }
