@@ -1,7 +1,7 @@
 //! The client program: asks the controller for ptrace rights over its target
 //! (or any process of the target's tree) and attaches pdb (or another ptrace
 //! tool) to it; or shows the target's status, PID, process tree or Python
-//! stacks, lists the sessions, ends the target.
+//! stacks, profiles it, lists the sessions, ends the target.
 //!
 //! ```text
 //! cargo run --example client                # interactive: attach, status, quit, help
@@ -10,6 +10,7 @@
 //! cargo run --example client -- ps          # the supervised tree (--json for scripts)
 //! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
 //! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
+//! cargo run --example client -- profile --duration 30s  # a flame graph: profile.svg
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
@@ -529,6 +530,81 @@ mod tests {
 
     fn pid(raw: u32) -> Pid {
         Pid::new(raw).unwrap()
+    }
+
+    fn profile_job(args: &[&str]) -> profile::Job {
+        match parse(&[&["profile"], args].concat()).command {
+            Some(Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            }) => options.job(scope),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn profile_and_its_options() {
+        use crate::core::profile::DEFAULT_RATE;
+        let job = profile_job(&[]);
+        assert_eq!(job.request.scope, Scope::Target);
+        assert_eq!(job.request.rate, DEFAULT_RATE);
+        // Until Ctrl-C.
+        assert_eq!(job.request.duration_ms, 0);
+        assert_eq!(job.format, profile::Format::Svg);
+        assert_eq!(job.output, PathBuf::from("profile.svg"));
+        assert_eq!(job.shape, profile::Shape::default());
+
+        let job = profile_job(&[
+            "--all",
+            "--duration",
+            "2m",
+            "--rate=250",
+            "--format",
+            "collapsed",
+            "--threads",
+            "--idle",
+        ]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!((job.request.rate, job.request.duration_ms), (250, 120_000));
+        assert_eq!(job.output, PathBuf::from("profile.txt"));
+        let shape = profile::Shape {
+            processes: true,
+            threads: true,
+            idle: true,
+        };
+        assert_eq!(job.shape, shape);
+
+        let job = profile_job(&["4243", "--format", "speedscope", "-o", "-"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("-"));
+        let job = profile_job(&["--pid", "4243", "--format", "speedscope"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("profile.speedscope.json"));
+        let job = profile_job(&["all", "--output", "x.svg", "--duration", "500ms"]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!(job.output, PathBuf::from("x.svg"));
+        assert_eq!(job.request.duration_ms, 500);
+        assert_eq!(profile_job(&["--rate", "10000"]).request.rate, 10_000);
+    }
+
+    #[test]
+    fn profile_options_out_of_range_are_bad_usage() {
+        for args in [
+            &["client", "profile", "--rate", "0"][..],
+            &["client", "profile", "--rate", "10001"],
+            &["client", "profile", "--duration", "0s"],
+            &["client", "profile", "--duration", "soon"],
+            &["client", "profile", "--format", "png"],
+            &["client", "profile", "--all", "--pid", "3"],
+            &["client", "profile", "-o"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+        assert_eq!(
+            usage(&["profile", "--json"]),
+            "--json goes with status or --list (and ps, stack)"
+        );
     }
 
     #[test]

@@ -189,11 +189,12 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "attach",
     "pid",
     "ps",
     "stack",
+    "profile",
     "status",
     "revoke",
     "terminate",
@@ -240,6 +241,31 @@ pub(crate) fn completions(
         ["stack", last] if last == "all" || last == "--all" || is_pid(last) => {
             (vec!["--json"], false)
         }
+        ["profile", ref given @ ..] => match given.last() {
+            Some(&"--pid") => (vec![], true),
+            Some(&"--duration" | &"--rate" | &"-o" | &"--output") => (vec![], false),
+            Some(&"--format") => (vec!["svg", "collapsed", "speedscope"], false),
+            _ => {
+                let has_scope = given
+                    .iter()
+                    .any(|w| is_pid(w) || *w == "all" || *w == "--all" || w.starts_with("--pid"));
+                let scope = if has_scope { &[][..] } else { &["all"][..] };
+                let options = scope
+                    .iter()
+                    .chain(&[
+                        "--duration",
+                        "--rate",
+                        "--output",
+                        "--format",
+                        "--threads",
+                        "--idle",
+                    ])
+                    .copied()
+                    .filter(|option| !given.contains(option))
+                    .collect();
+                (options, !has_scope)
+            }
+        },
         ["revoke"] => (vec![], true),
         ["revoke", "--pid"] => (vec![], true),
         ["status" | "ps"] => (vec!["--json"], false),
@@ -368,6 +394,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
   pid                     print the target's PID
   stack [PID|all]         every thread's Python stack (the target's, process
         [--json]          PID's, or every process's), read without stopping it
+  profile [PID|all]       sample the stacks (until Ctrl-C, or --duration 30s)
+          [-o FILE]       and write a flame graph (or --format collapsed|speedscope)
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
   COMMAND --help          its options (the same as on the command line)
@@ -653,7 +681,26 @@ mod tests {
         assert_eq!(complete("st", 2), (0, strings(&["stack", "status"])));
         assert_eq!(complete("ATT", 3), (0, strings(&["attach"])));
         assert_eq!(complete("e", 1), (0, strings(&["exit"])));
-        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps"])));
+        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps", "profile"])));
+        assert_eq!(
+            complete("profile all --", 14),
+            (
+                12,
+                strings(&[
+                    "--duration",
+                    "--rate",
+                    "--output",
+                    "--format",
+                    "--threads",
+                    "--idle"
+                ])
+            )
+        );
+        assert_eq!(
+            complete("profile --format s", 18),
+            (17, strings(&["svg", "speedscope"]))
+        );
+        assert_eq!(complete("profile --rate ", 15), (15, vec![]));
         assert_eq!(complete("attach --f", 10), (7, strings(&["--force"])));
         assert_eq!(
             complete("attach --force --", 17),
@@ -717,6 +764,11 @@ mod tests {
             (12, strings(&["4242", "4243"]))
         );
         assert_eq!(completions("revoke ", 7, tree), (7, all.clone()));
+        assert_eq!(completions("profile --pid ", 14, tree), (14, all.clone()));
+        assert_eq!(
+            completions("profile --idle 42", 17, tree),
+            (15, strings(&["4242", "4243"]))
+        );
         // An option being typed needs no pid; nor does a controller that
         // did not answer.
         assert_eq!(
@@ -778,12 +830,13 @@ mod tests {
             "ps [--json]",
             "status [--json]",
             "revoke [PID]",
+            "profile [PID|all]",
         ]) {
             assert!(text.contains(command), "{command}: {text}");
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 16);
+        assert_eq!(text.lines().count(), 18);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"
