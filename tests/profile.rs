@@ -151,15 +151,19 @@ fn assert_well_formed_xml(file: &Path) {
     );
 }
 
-/// The known target, profiled for 3 s at 500 samples a second, in each
-/// format: `seventy` and `thirty` have their shares within 5 points.
+/// The known target, profiled for 5 s at 500 samples a second: in the
+/// folded stacks and in the flame graph, `seventy` and `thirty` have their
+/// shares within 5 points; the speedscope file is well-formed and names
+/// them. (5 s rather than 3: on a loaded machine the target may lose the
+/// CPU for tens of milliseconds at a time, all sampled in one function;
+/// the longer profile evens these out.)
 #[test]
 fn a_known_target_s_shares_in_every_format() {
     let _serial = serial();
     let (dir, script) = temp_script("seventy.py", SEVENTY_THIRTY);
     let controller = started(&script);
-    let limit = Duration::from_secs(3) + SOON;
-    let common = ["--duration", "3s", "--rate", "500"];
+    let limit = Duration::from_secs(5) + SOON;
+    let common = ["--duration", "5s", "--rate", "500"];
 
     let txt = path(dir.path(), "p.txt");
     let (status, out, err) = profile(
@@ -177,7 +181,7 @@ fn a_known_target_s_shares_in_every_format() {
         "{err}"
     );
     assert!(
-        err.contains("over 3.0 s; the profile ended: the 3 s asked for are over"),
+        err.contains("over 5.0 s; the profile ended: the 5 s asked for are over"),
         "{err}"
     );
     let stacks = folded(&std::fs::read_to_string(&txt).unwrap());
@@ -212,10 +216,15 @@ fn a_known_target_s_shares_in_every_format() {
     let (status, out, err) = profile(
         &controller,
         &[
-            &common[..],
-            &["--format", "speedscope", "-o", json.to_str().unwrap()],
-        ]
-        .concat(),
+            "--duration",
+            "1s",
+            "--rate",
+            "500",
+            "--format",
+            "speedscope",
+            "-o",
+            json.to_str().unwrap(),
+        ],
         limit,
     );
     assert!(status.success(), "{out}{err}");
@@ -241,8 +250,8 @@ fn a_known_target_s_shares_in_every_format() {
         .iter()
         .map(|w| w.as_f64().unwrap())
         .sum();
-    // Seconds: a sample weighs 1/500 s; at most 3 s of them.
-    assert!(weights > 0.5 && weights <= 3.01, "{weights}");
+    // Seconds: a sample weighs 1/500 s; at most 1 s of them.
+    assert!(weights > 0.1 && weights <= 1.01, "{weights}");
 }
 
 /// `--threads`: a root frame per thread, each with its own functions
