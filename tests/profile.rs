@@ -497,3 +497,60 @@ fn the_fifo_transport_refuses() {
     assert!(err.contains("FIFO transport"), "{err}");
     assert!(!svg.exists());
 }
+
+/// `all`: every Python process of the tree, each under its own root
+/// frame.
+#[test]
+fn every_process_of_the_tree_under_its_own_root() {
+    let _serial = serial();
+    let (dir, script) = temp_script(
+        "parent.py",
+        "import subprocess, sys, time\n\
+         code = 'def child_work():\\n    while True: sum(range(1000))\\nchild_work()\\n'\n\
+         child = subprocess.Popen([sys.executable, '-c', code])\n\
+         def parent_work():\n    while True: sum(range(1000))\n\
+         time.sleep(0.5)\n\
+         print('ready', flush=True)\n\
+         parent_work()\n",
+    );
+    let controller = started(&script);
+    let target = controller.target_pid();
+    let txt = path(dir.path(), "a.txt");
+    let (status, out, err) = profile(
+        &controller,
+        &[
+            "all",
+            "--duration",
+            "1s",
+            "--format",
+            "collapsed",
+            "-o",
+            txt.to_str().unwrap(),
+        ],
+        SOON,
+    );
+    assert!(status.success(), "{out}{err}");
+    let stacks = folded(&std::fs::read_to_string(&txt).unwrap());
+    let parent = format!("process {target}");
+    assert!(
+        stacks
+            .iter()
+            .all(|(frames, _)| frames[0].starts_with("process ")),
+        "{stacks:?}"
+    );
+    assert!(
+        stacks.iter().any(|(frames, _)| frames[0] == parent
+            && frames.iter().any(|f| f.starts_with("parent_work ("))),
+        "{stacks:?}"
+    );
+    assert!(
+        stacks.iter().any(|(frames, _)| frames[0] != parent
+            && frames.iter().any(|f| f.starts_with("child_work ("))),
+        "{stacks:?}"
+    );
+    assert!(
+        !stacks.iter().any(|(frames, _)| frames[0] == parent
+            && frames.iter().any(|f| f.starts_with("child_work ("))),
+        "{stacks:?}"
+    );
+}
