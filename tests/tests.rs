@@ -27,6 +27,7 @@ mod remote_grant;
 mod repl;
 mod sessions;
 mod supervise;
+mod tasks;
 mod terminal;
 mod tree;
 mod with_tool;

@@ -30,6 +30,7 @@ use crate::sampler::{Plan, Profiler, Sampled, Sampling};
 use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::stacks::{threads_text, ProcessStacks};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
+use crate::tasks::AsyncTasks;
 use crate::transport::{Event, GrantHolder, Incoming, Peer};
 use crate::tree::{Role, Tree};
 use crate::worker::{
@@ -321,6 +322,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             }
             Request::Stacks(scope) => {
                 Served::Later(self.inspect(state, &peer, Answer::Json, scope)?)
+            }
+            Request::Tasks(process) => {
+                let scope = process.map_or(Scope::Target, Scope::Process);
+                Served::Later(self.inspect(state, &peer, Answer::Tasks, scope)?)
             }
             Request::AgentAttach(process) => {
                 Served::Later(self.agent_attach(state, peer, process)?)
@@ -710,6 +715,12 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         // The process read, when it is one.
         let (inspection, on) = match (answer, scope) {
             (Answer::Ps, _) => (Inspection::Tree(tree), None),
+            (Answer::Tasks, Scope::Process(pid)) => {
+                let process =
+                    authorize::tree_member(pid, root, tree.adopter, &self.supervisor, Use::Stacks)?;
+                (Inspection::Tasks(process), Some(process))
+            }
+            (Answer::Tasks, _) => (Inspection::Tasks(root), Some(root)),
             (_, Scope::All) => (
                 Inspection::Stacks {
                     tree,
@@ -726,6 +737,9 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             }
         };
         let failed = match on {
+            Some(process) if answer == Answer::Tasks => {
+                format!("Cannot read the asyncio tasks of PID {}", process.pid)
+            }
             None => "Cannot list the target's tree".to_owned(),
             Some(process) if process == root => "Cannot read the target's stacks".to_owned(),
             Some(process) => format!("Cannot read the stacks of PID {}", process.pid),
@@ -883,6 +897,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                         state.forked |= match &inspected {
                             Inspected::Tree(processes) => processes.len() > 1,
                             Inspected::Stacks(stacks) => stacks.len() > 1,
+                            Inspected::Tasks(_) => false,
                         };
                         self.inspected(state, *answer, inspected)
                     }
@@ -1028,6 +1043,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 Reply::Stack(fit_reply(text.join("\n")))
             }
             (Answer::Json, Inspected::Stacks(stacks)) => Reply::Stacks(fit_stacks(stacks)),
+            (Answer::Tasks, Inspected::Tasks(tasks)) => Reply::Tasks(fit_tasks(tasks)),
             (answer, inspected) => Reply::Error(format!(
                 "the inspector's thread read {inspected:?} for {answer:?}"
             )),
@@ -1577,6 +1593,36 @@ pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
     kept
 }
 
+/// Cuts a `TASKS` reply that would not fit in a reply line
+/// ([`MAX_REPLY`]): the last tasks are left out until it fits, its
+/// [`note`](AsyncTasks::note) saying how many.
+pub(crate) fn fit_tasks(mut tasks: AsyncTasks) -> AsyncTasks {
+    const ROOM: usize = JSON_ROOM - 200;
+    let size =
+        |value: &AsyncTasks| serde_json::to_string(value).map_or(usize::MAX, |json| json.len());
+    let mut total = size(&tasks);
+    if total <= ROOM {
+        return tasks;
+    }
+    let listed = tasks.tasks.len();
+    while total > ROOM {
+        let Some(last) = tasks.tasks.pop() else {
+            break;
+        };
+        // Its JSON and the comma before it.
+        total -= serde_json::to_string(&last).map_or(0, |json| json.len()) + 1;
+    }
+    let cut = format!(
+        "cut: {} of {listed} tasks left out to fit a reply of {MAX_REPLY} bytes",
+        listed - tasks.tasks.len()
+    );
+    tasks.note = Some(match tasks.note.take() {
+        Some(note) => format!("{note}; {cut}"),
+        None => cut,
+    });
+    tasks
+}
+
 /// `stacks` with at most the `keep` newest frames of each thread, each
 /// thread cut saying how many of its oldest frames were left out.
 fn newest_frames(stacks: &[ProcessStacks], keep: usize) -> Vec<ProcessStacks> {
@@ -1690,6 +1736,8 @@ enum Answer {
     Json,
     /// `PS`.
     Ps,
+    /// `TASKS`.
+    Tasks,
 }
 
 impl State {

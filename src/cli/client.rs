@@ -11,6 +11,7 @@
 //! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
 //! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
 //! cargo run --example client -- profile --duration 30s  # a flame graph: profile.svg
+//! cargo run --example client -- tasks       # the target's asyncio task tree (--json)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
@@ -149,7 +150,7 @@ fn check(args: &Args) -> Result<(), Failure> {
     } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--json goes with status or --list (and ps, stack)",
+            "--json goes with status or --list (and ps, stack, tasks)",
         ))
     } else {
         Ok(())
@@ -316,6 +317,9 @@ impl<T: Transport> App<T> {
             Cmd::Revoke {
                 process: ProcessArg(pid),
             } => self.revoke(*pid),
+            Cmd::Tasks {
+                process: ProcessArg(pid),
+            } => self.tasks(*pid, json),
             Cmd::Terminate => {
                 self.client.terminate()?;
                 println!("Controller is stopping the target and exiting");
@@ -433,6 +437,24 @@ impl<T: Transport> App<T> {
         }
     }
 
+    /// `tasks`: the asyncio task tree of the target (or of `pid`), as
+    /// `python -m asyncio pstree` draws it; tasks that await each other in
+    /// a cycle fail, naming the cycle (pstree's exit status 1 too).
+    fn tasks(&self, pid: Option<Pid>, json: bool) -> Result<(), Failure> {
+        let tasks = self.client.tasks(pid)?;
+        if json {
+            print!("{}", render::tasks_json_text(&tasks));
+            return Ok(());
+        }
+        match render::tasks_text(&tasks) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(cycles) => Err(Failure::new(ClientExit::Failed, cycles)),
+        }
+    }
+
     /// The pids of the target's tree, for Tab completion; none when the
     /// controller does not answer (within the client's timeout).
     fn tree_pids(&self) -> Vec<Pid> {
@@ -473,6 +495,24 @@ mod tests {
         assert_eq!(args.python, None);
         assert_eq!(args.command, None);
         assert!(check(&args).is_ok());
+    }
+
+    #[test]
+    fn tasks_of_the_target_or_of_a_process() {
+        let tasks = |raw: Option<u32>| {
+            Some(Cmd::Tasks {
+                process: ProcessArg(raw.map(|raw| Pid::new(raw).unwrap())),
+            })
+        };
+        assert_eq!(parse(&["tasks"]).command, tasks(None));
+        assert_eq!(parse(&["tasks", "4243"]).command, tasks(Some(4243)));
+        assert_eq!(
+            parse(&["tasks", "--pid", "4243"]).command,
+            tasks(Some(4243))
+        );
+        for bad in [&["tasks", "all"][..], &["tasks", "1", "--pid", "2"]] {
+            assert!(Args::try_parse_from([&["client"], bad].concat()).is_err());
+        }
     }
 
     fn stack(scope: Scope) -> Option<Cmd> {
@@ -603,7 +643,7 @@ mod tests {
         }
         assert_eq!(
             usage(&["profile", "--json"]),
-            "--json goes with status or --list (and ps, stack)"
+            "--json goes with status or --list (and ps, stack, tasks)"
         );
     }
 
@@ -674,6 +714,8 @@ mod tests {
             &["--json", "stack"],
             &["stack", "--all", "--json"],
             &["stack", "--json", "--pid", "3"],
+            &["tasks", "--json"],
+            &["tasks", "--pid", "3", "--json"],
             &["--list", "--json"],
             &["--json", "--list"],
         ] {
@@ -687,7 +729,7 @@ mod tests {
         ] {
             assert_eq!(
                 usage(args),
-                "--json goes with status or --list (and ps, stack)"
+                "--json goes with status or --list (and ps, stack, tasks)"
             );
         }
     }

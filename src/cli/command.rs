@@ -52,6 +52,14 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         options: ProfileArgs,
     },
+    /// Print the asyncio task tree of the target (or of a process of its
+    /// tree): each task, its coroutine stack, the tasks awaiting it; read
+    /// from memory as `python -m asyncio pstree` does, without a ptrace
+    /// right (--json for scripts)
+    Tasks {
+        #[command(flatten)]
+        process: ProcessArg,
+    },
     /// Withdraw the ptrace permission given to this client
     Revoke {
         #[command(flatten)]
@@ -74,7 +82,10 @@ impl Cmd {
 
     /// Whether `--json` means something for it.
     pub(crate) fn has_json(&self) -> bool {
-        matches!(self, Cmd::Ps | Cmd::Status | Cmd::Stack { .. })
+        matches!(
+            self,
+            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Tasks { .. }
+        )
     }
 }
 

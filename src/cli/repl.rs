@@ -131,7 +131,7 @@ pub(crate) enum Repl {
     disable_version_flag = true
 )]
 struct Line {
-    /// Print status, ps or stack as JSON
+    /// Print status, ps, stack or tasks as JSON
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -177,7 +177,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
     Ok(Some(match parsed.command {
         Word::Run(command) if parsed.json && !command.has_json() => {
             return Err(format!(
-                "--json goes with status, ps and stack, not: {}",
+                "--json goes with status, ps, stack and tasks, not: {}",
                 line.trim()
             ))
         }
@@ -189,11 +189,12 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "attach",
     "pid",
     "ps",
     "stack",
+    "tasks",
     "profile",
     "status",
     "revoke",
@@ -266,6 +267,9 @@ pub(crate) fn completions(
                 (options, !has_scope)
             }
         },
+        ["tasks"] => (vec!["--json"], true),
+        ["tasks", "--pid"] => (vec![], true),
+        ["tasks", last] if is_pid(last) => (vec!["--json"], false),
         ["revoke"] => (vec![], true),
         ["revoke", "--pid"] => (vec![], true),
         ["status" | "ps"] => (vec!["--json"], false),
@@ -394,6 +398,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
   pid                     print the target's PID
   stack [PID|all]         every thread's Python stack (the target's, process
         [--json]          PID's, or every process's), read without stopping it
+  tasks [PID] [--json]    the asyncio task tree (the target's or process PID's),
+                          read without stopping it, as python -m asyncio pstree
   profile [PID|all]       sample the stacks (until Ctrl-C, or --duration 30s)
           [-o FILE]       and write a flame graph (or --format collapsed|speedscope)
   revoke [PID]            withdraw this client's ptrace permission
@@ -454,6 +460,23 @@ mod tests {
             },
             json,
         ))
+    }
+
+    #[test]
+    fn tasks_of_the_target_or_of_one_process() {
+        let tasks = |raw: Option<u32>, json| {
+            Some(Repl::Run(
+                Cmd::Tasks {
+                    process: ProcessArg(raw.map(self::pid)),
+                },
+                json,
+            ))
+        };
+        assert_eq!(run("tasks"), tasks(None, false));
+        assert_eq!(run("tasks 12"), tasks(Some(12), false));
+        assert_eq!(run("TASKS --pid 12 --json"), tasks(Some(12), true));
+        assert!(parse_line("tasks all").is_err());
+        assert!(help_text(None).contains("tasks [PID] [--json]"));
     }
 
     fn revoke(pid: Option<u32>) -> Option<Repl> {
@@ -646,7 +669,7 @@ mod tests {
         }
         assert_eq!(
             parse_line("pid --json"),
-            Err("--json goes with status, ps and stack, not: pid --json".into())
+            Err("--json goes with status, ps, stack and tasks, not: pid --json".into())
         );
         // `--help` is clap's help of the command.
         let help = parse_line("attach --help").unwrap_err();
@@ -769,6 +792,8 @@ mod tests {
             completions("profile --idle 42", 17, tree),
             (15, strings(&["4242", "4243"]))
         );
+        assert_eq!(completions("tasks ", 6, tree), (6, with(&["--json"])));
+        assert_eq!(complete("tasks 12 ", 9), (9, strings(&["--json"])));
         // An option being typed needs no pid; nor does a controller that
         // did not answer.
         assert_eq!(
@@ -836,7 +861,7 @@ mod tests {
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 18);
+        assert_eq!(text.lines().count(), 20);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"
