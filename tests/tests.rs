@@ -21,6 +21,7 @@ mod frozen;
 mod gunicorn;
 mod init;
 mod inspect;
+mod profile;
 mod refusals;
 mod remote_grant;
 mod repl;

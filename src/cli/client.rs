@@ -1,8 +1,8 @@
 //! The client program: asks the controller for ptrace rights over its target
 //! (or any process of the target's tree) and attaches pdb (or another ptrace
 //! tool) to it; or shows the target's status, PID, process tree, Python
-//! stacks or where its time goes (`top`), lists the sessions, ends the
-//! target.
+//! stacks or asyncio tasks, profiles it or shows where its time goes
+//! (`top`), lists the sessions, ends the target.
 //!
 //! ```text
 //! cargo run --example client                # interactive: attach, status, quit, help
@@ -12,6 +12,7 @@
 //! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
 //! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
 //! cargo run --example client -- top         # a live view of where the time goes (q quits)
+//! cargo run --example client -- profile --duration 30s  # a flame graph: profile.svg
 //! cargo run --example client -- tasks       # the target's asyncio task tree (--json)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
@@ -19,6 +20,7 @@
 //! Its exit statuses are [`ClientExit`].
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,8 +33,9 @@ use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
-use super::command::{Cmd, ProcessArg, ScopeArg};
+use super::command::{Cmd, ProcessArg, ProfileArgs, ScopeArg};
 use super::exit::{ClientExit, Failure, START_HINT};
+use super::profile::{self, Outcome};
 use super::render::{self, Listed, Paint};
 use super::repl;
 use super::sanitize::escape;
@@ -297,6 +300,10 @@ impl<T: Transport> App<T> {
                 scope: ScopeArg(scope),
                 options,
             } => top::run(&self.client, *scope, options, json),
+            Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            } => self.profile(*scope, options),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
@@ -384,6 +391,57 @@ impl<T: Transport> App<T> {
                 print!("{}", render::processes_stack_text(&stacks));
                 Ok(())
             }
+        }
+    }
+
+    /// `profile`: samples on a connection of its own until the profile
+    /// ends or Ctrl-C, showing its progress on a terminal, then writes
+    /// it. A profile that ended before any sample (a target that is not
+    /// Python) writes nothing and fails; one whose controller stopped
+    /// answering writes what it has and fails.
+    fn profile(&self, scope: Scope, options: &ProfileArgs) -> Result<(), Failure> {
+        let job = options.job(scope);
+        let mut session = self.client.session()?;
+        let status = session.status()?;
+        let title = profile::title(scope, status.pid, &status.command);
+        let terminal = std::io::stderr().is_terminal();
+        let (profile, outcome) = self.debugging.interruptible(|interrupted| {
+            profile::collect(&mut session, &job, interrupted, |profile| {
+                if terminal {
+                    eprint!("\r\x1b[K{}", profile::progress_line(profile));
+                }
+            })
+        })??;
+        drop(session);
+        if terminal {
+            eprint!("\r\x1b[K");
+        }
+        if let Some(failure) = profile::failed_before_any_sample(&profile, &outcome) {
+            return Err(failure);
+        }
+        let summary = profile::summary(&profile, &outcome);
+        let bytes = profile::render(&profile, &job, &title, &summary).map_err(|err| {
+            Failure::new(
+                ClientExit::Failed,
+                format!("Cannot render the profile: {err}"),
+            )
+        })?;
+        let shown = escape(&job.output.display().to_string()).into_owned();
+        profile::write_output(&job.output, &bytes).map_err(|err| {
+            Failure::new(ClientExit::Failed, format!("Cannot write {shown}: {err}"))
+        })?;
+        let written = if job.output.as_os_str() == "-" {
+            "Wrote the profile to standard output".to_owned()
+        } else {
+            format!("Wrote {shown}")
+        };
+        eprintln!("{written}: {summary}");
+        match outcome {
+            Outcome::Lost(failure) => Err(Failure::new(
+                failure.exit,
+                format!("The profile is incomplete: {}", failure.message),
+            )),
+            Outcome::Ended | Outcome::Interrupted => Ok(()),
         }
     }
 
@@ -587,6 +645,81 @@ mod tests {
             let err = Args::try_parse_from(args).unwrap_err();
             assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
         }
+    }
+
+    fn profile_job(args: &[&str]) -> profile::Job {
+        match parse(&[&["profile"], args].concat()).command {
+            Some(Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            }) => options.job(scope),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn profile_and_its_options() {
+        use crate::core::profile::DEFAULT_RATE;
+        let job = profile_job(&[]);
+        assert_eq!(job.request.scope, Scope::Target);
+        assert_eq!(job.request.rate, DEFAULT_RATE);
+        // Until Ctrl-C.
+        assert_eq!(job.request.duration_ms, 0);
+        assert_eq!(job.format, profile::Format::Svg);
+        assert_eq!(job.output, PathBuf::from("profile.svg"));
+        assert_eq!(job.shape, profile::Shape::default());
+
+        let job = profile_job(&[
+            "--all",
+            "--duration",
+            "2m",
+            "--rate=250",
+            "--format",
+            "collapsed",
+            "--threads",
+            "--idle",
+        ]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!((job.request.rate, job.request.duration_ms), (250, 120_000));
+        assert_eq!(job.output, PathBuf::from("profile.txt"));
+        let shape = profile::Shape {
+            processes: true,
+            threads: true,
+            idle: true,
+        };
+        assert_eq!(job.shape, shape);
+
+        let job = profile_job(&["4243", "--format", "speedscope", "-o", "-"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("-"));
+        let job = profile_job(&["--pid", "4243", "--format", "speedscope"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("profile.speedscope.json"));
+        let job = profile_job(&["all", "--output", "x.svg", "--duration", "500ms"]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!(job.output, PathBuf::from("x.svg"));
+        assert_eq!(job.request.duration_ms, 500);
+        assert_eq!(profile_job(&["--rate", "10000"]).request.rate, 10_000);
+    }
+
+    #[test]
+    fn profile_options_out_of_range_are_bad_usage() {
+        for args in [
+            &["client", "profile", "--rate", "0"][..],
+            &["client", "profile", "--rate", "10001"],
+            &["client", "profile", "--duration", "0s"],
+            &["client", "profile", "--duration", "soon"],
+            &["client", "profile", "--format", "png"],
+            &["client", "profile", "--all", "--pid", "3"],
+            &["client", "profile", "-o"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+        assert_eq!(
+            usage(&["profile", "--json"]),
+            "--json goes with status or --list (and ps, stack, tasks, top)"
+        );
     }
 
     #[test]

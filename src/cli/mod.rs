@@ -20,6 +20,7 @@ pub mod client;
 mod command;
 pub mod controller;
 mod exit;
+mod profile;
 pub mod python;
 mod render;
 mod repl;

@@ -189,12 +189,13 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 13] = [
     "attach",
     "pid",
     "ps",
     "stack",
     "tasks",
+    "profile",
     "status",
     "top",
     "revoke",
@@ -205,7 +206,8 @@ const COMMANDS: [&str; 12] = [
 ];
 
 /// What Tab offers with the cursor at `pos` in `line`: the command word,
-/// the commands' options, and after `attach`, `stack`, `top` and `revoke` the
+/// the commands' options, and after `attach`, `stack`, `tasks`, `profile`,
+/// `top` and `revoke` the
 /// pids of the target's tree (`pids` is called only then). Returns where
 /// the word being completed starts, and its completions.
 pub(crate) fn completions(
@@ -242,23 +244,17 @@ pub(crate) fn completions(
         ["stack", last] if last == "all" || last == "--all" || is_pid(last) => {
             (vec!["--json"], false)
         }
-        ["top", ref given @ ..] => match given.last() {
-            Some(&"--pid") => (vec![], true),
-            Some(&("--rate" | "--interval" | "--iterations")) => (vec![], false),
-            _ => {
-                let scoped = given
-                    .iter()
-                    .any(|w| is_pid(w) || *w == "all" || *w == "--all" || w.starts_with("--pid"));
-                let mut options: Vec<&str> = TOP_OPTIONS
-                    .into_iter()
-                    .filter(|option| !(given.contains(option) || scoped && *option == "--pid"))
-                    .collect();
-                if !scoped {
-                    options.insert(0, "all");
-                }
-                (options, !scoped)
-            }
-        },
+        ["top", ref given @ ..] => scoped_options(
+            given,
+            &TOP_OPTIONS,
+            &["--rate", "--interval", "--iterations"],
+        ),
+        ["profile", .., "--format"] => (vec!["svg", "collapsed", "speedscope"], false),
+        ["profile", ref given @ ..] => scoped_options(
+            given,
+            &PROFILE_OPTIONS,
+            &["--duration", "--rate", "-o", "--output"],
+        ),
         ["tasks"] => (vec!["--json"], true),
         ["tasks", "--pid"] => (vec![], true),
         ["tasks", last] if is_pid(last) => (vec!["--json"], false),
@@ -275,6 +271,44 @@ pub(crate) fn completions(
     candidates.retain(|choice| choice.starts_with(&word));
     (start, candidates)
 }
+
+/// What completes after `top` or `profile` and the words `given`: the
+/// tree's pids after `--pid`, nothing after an option in `takes_value`;
+/// else `all` while no process is named, and the `options` not given yet
+/// (`--pid` only while no process is named).
+fn scoped_options<'a>(
+    given: &[&str],
+    options: &[&'a str],
+    takes_value: &[&str],
+) -> (Vec<&'a str>, bool) {
+    match given.last() {
+        Some(&"--pid") => return (vec![], true),
+        Some(last) if takes_value.contains(last) => return (vec![], false),
+        _ => {}
+    }
+    let scoped = given.iter().any(|w| {
+        w.parse::<Pid>().is_ok() || *w == "all" || *w == "--all" || w.starts_with("--pid")
+    });
+    let mut left: Vec<&str> = options
+        .iter()
+        .copied()
+        .filter(|option| !(given.contains(option) || scoped && *option == "--pid"))
+        .collect();
+    if !scoped {
+        left.insert(0, "all");
+    }
+    (left, !scoped)
+}
+
+/// The options of `profile` that Tab completes.
+const PROFILE_OPTIONS: [&str; 6] = [
+    "--duration",
+    "--rate",
+    "--output",
+    "--format",
+    "--threads",
+    "--idle",
+];
 
 /// `top`'s options, for Tab completion.
 const TOP_OPTIONS: [&str; 8] = [
@@ -406,6 +440,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
                           py-spy top (q quits; --once prints the table once)
   tasks [PID] [--json]    the asyncio task tree (the target's or process PID's),
                           read without stopping it, as python -m asyncio pstree
+  profile [PID|all]       sample the stacks (until Ctrl-C, or --duration 30s)
+          [-o FILE]       and write a flame graph (or --format collapsed|speedscope)
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
   COMMAND --help          its options (the same as on the command line)
@@ -716,7 +752,26 @@ mod tests {
         assert_eq!(complete("st", 2), (0, strings(&["stack", "status"])));
         assert_eq!(complete("ATT", 3), (0, strings(&["attach"])));
         assert_eq!(complete("e", 1), (0, strings(&["exit"])));
-        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps"])));
+        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps", "profile"])));
+        assert_eq!(
+            complete("profile all --", 14),
+            (
+                12,
+                strings(&[
+                    "--duration",
+                    "--rate",
+                    "--output",
+                    "--format",
+                    "--threads",
+                    "--idle"
+                ])
+            )
+        );
+        assert_eq!(
+            complete("profile --format s", 18),
+            (17, strings(&["svg", "speedscope"]))
+        );
+        assert_eq!(complete("profile --rate ", 15), (15, vec![]));
         assert_eq!(complete("attach --f", 10), (7, strings(&["--force"])));
         assert_eq!(
             complete("attach --force --", 17),
@@ -805,6 +860,11 @@ mod tests {
             )
         );
         assert_eq!(completions("top --rate ", 11, tree), (11, strings(&[])));
+        assert_eq!(completions("profile --pid ", 14, tree), (14, all.clone()));
+        assert_eq!(
+            completions("profile --idle 42", 17, tree),
+            (15, strings(&["4242", "4243"]))
+        );
         assert_eq!(completions("tasks ", 6, tree), (6, with(&["--json"])));
         assert_eq!(complete("tasks 12 ", 9), (9, strings(&["--json"])));
         // An option being typed needs no pid; nor does a controller that
@@ -869,12 +929,13 @@ mod tests {
             "status [--json]",
             "revoke [PID]",
             "top [PID|all]",
+            "profile [PID|all]",
         ]) {
             assert!(text.contains(command), "{command}: {text}");
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 20);
+        assert_eq!(text.lines().count(), 22);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"
