@@ -13,7 +13,8 @@ rounds are cut short against fewer of seventy's): such a target showed
 65/35 under load. Busy for its CPU time, each function is paused in
 proportion to its time, and the wall time keeps the 70/30 shares too.
 
-With an argument, it ends after that many seconds.
+With an argument, it ends after that many seconds. It prints `ready` as
+it starts its loop.
 """
 
 import random
@@ -35,6 +36,7 @@ def thirty(unit):
 
 def main():
     stop = time.perf_counter() + float(sys.argv[1]) if len(sys.argv) > 1 else None
+    print("ready", flush=True)
     while stop is None or time.perf_counter() < stop:
         unit = random.uniform(0.0005, 0.0015)
         seventy(unit)
