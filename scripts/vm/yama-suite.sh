@@ -170,6 +170,24 @@ for transport in socket fifo; do
 done
 
 transport=socket
+echo "--- ptrace_scope 1, a profile without a grant (at ${SECONDS} s)"
+# The controller samples its target's stacks; the client writes the flame
+# graph and gets no right over the target.
+if start_controller; then
+  out=$(cd "$work" && client profile --duration 2s -o "$work/profile.svg" 2>&1)
+  expect "client profile --duration 2s writes the SVG" "^Wrote $work/profile.svg: [1-9][0-9]* samples" "$out"
+  svg=$(as_user "$python" -c '
+import sys, xml.etree.ElementTree as tree
+root = tree.parse(sys.argv[1]).getroot()
+titles = [e.text or "" for e in root.iter() if e.tag.endswith("title")]
+print("svg", root.tag.endswith("svg"), any("work_loop" in t for t in titles))
+' "$work/profile.svg" 2>&1)
+  expect "the SVG parses and shows work_loop" "^svg True True$" "$svg"
+  expect "after client profile: pdb -p still denied" "^pdb denied" "$(yama_client pdb)"
+  expect "after client profile: no grant in force" '"grants": \[\]' "$(client status --json 2>&1)"
+  stop_controller
+fi
+
 echo "--- ptrace_scope 1, asyncio tasks (at ${SECONDS} s)"
 # The controller reads its target's task tree, as `python -m asyncio pstree`
 # would with a ptrace right the client does not have.
