@@ -59,24 +59,11 @@ pub(crate) struct TopOptions {
 /// The shortest and longest `--interval`.
 const INTERVALS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
 
-/// `--interval`: `1s`, `250ms`, `2.5` (seconds).
+/// `--interval`: a duration as `--duration` reads it (`1s`, `250ms`,
+/// `2.5`), from 100 ms to an hour.
 fn interval(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (text, 1.0)
-    };
-    let seconds = number
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * unit)
-        .filter(|s| s.is_finite());
-    match seconds.and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-        Some(interval) if (INTERVALS.0..=INTERVALS.1).contains(&interval) => Ok(interval),
+    match super::profile::parse_duration(text) {
+        Ok(interval) if (INTERVALS.0..=INTERVALS.1).contains(&interval) => Ok(interval),
         _ => Err("a time from 100ms to 3600s, as 1s, 250ms or 2.5 (seconds)".into()),
     }
 }
@@ -1029,7 +1016,8 @@ mod tests {
         assert_eq!(interval("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(interval("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(interval(" 3600s "), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "99ms", "0", "-1s", "1h", "inf", "NaN", "3601"] {
+        assert_eq!(interval("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "99ms", "0", "-1s", "inf", "NaN", "3601"] {
             assert!(interval(bad).is_err(), "{bad}");
         }
     }
