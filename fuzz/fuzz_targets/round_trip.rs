@@ -7,11 +7,13 @@
 //!   of the domain: only that it does not panic is checked).
 #![no_main]
 
+use heli_core::profile::{ProfileRequest, SampledStack, Samples, MAX_RATE};
 use heli_core::protocol::{
     dialect_of_line, parse_request, GrantRequest, Reply, Request, RevokeRequest, Scope, Status,
     TreeGrant, MAX_LINE,
 };
 use heli_core::stacks::{Activity, Frame, ProcessStacks, ThreadStack};
+use heli_core::tasks::{AsyncTask, AsyncTasks};
 use heli_core::tree::{Tree, TreeProcess};
 use heli_core::Pid;
 use heli_fuzz::{assert_one_line, normalized, reply_in_domain, DIALECTS};
@@ -48,7 +50,7 @@ fn scope(u: &mut Unstructured<'_>) -> Result<Scope> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    Ok(match u.choose_index(9)? {
+    Ok(match u.choose_index(12)? {
         0 => Request::GetTargetPid,
         1 => {
             let mut grant = GrantRequest::new(pid(u)?).force(u.arbitrary()?);
@@ -72,6 +74,13 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             Request::Revoke(revoke)
         }
         7 => Request::AgentAttach(some_pid(u)?),
+        8 => Request::Tasks(some_pid(u)?),
+        9 => {
+            let rate = u.int_in_range(1..=MAX_RATE)?;
+            let profile = ProfileRequest::new(scope(u)?, rate).duration_ms(u.arbitrary()?);
+            Request::Profile(profile)
+        }
+        10 => Request::Samples(u.arbitrary()?),
         _ => Request::Terminate,
     })
 }
@@ -135,8 +144,51 @@ fn process_stacks(u: &mut Unstructured<'_>) -> Result<ProcessStacks> {
     Ok(stacks)
 }
 
+/// Asyncio tasks, with arbitrary names, frames and awaiters.
+fn async_tasks(u: &mut Unstructured<'_>) -> Result<AsyncTasks> {
+    let mut tasks = AsyncTasks::new(pid(u)?);
+    for _ in 0..u.choose_index(4)? {
+        let mut task = AsyncTask::new(u.arbitrary()?, u.arbitrary::<String>()?);
+        task.thread_id = u.arbitrary()?;
+        for _ in 0..u.choose_index(3)? {
+            let line = u.arbitrary()?;
+            let frame = Frame::new(u.arbitrary::<String>()?, u.arbitrary::<String>()?, line);
+            task.coroutine_stack.push(frame);
+        }
+        task.awaited_by = u.arbitrary()?;
+        tasks.tasks.push(task);
+    }
+    tasks.running_loops = u.arbitrary()?;
+    tasks.note = u.arbitrary()?;
+    Ok(tasks)
+}
+
+/// A batch of samples with arbitrary frames and stacks.
+fn samples(u: &mut Unstructured<'_>) -> Result<Samples> {
+    let mut samples = Samples::default();
+    (
+        samples.elapsed_ms,
+        samples.due,
+        samples.taken,
+        samples.dropped,
+    ) = u.arbitrary()?;
+    for _ in 0..u.choose_index(4)? {
+        let line = u.arbitrary()?;
+        let frame = Frame::new(u.arbitrary::<String>()?, u.arbitrary::<String>()?, line);
+        samples.frames.push(frame);
+    }
+    for _ in 0..u.choose_index(4)? {
+        let (thread, idle, frames, count) = u.arbitrary()?;
+        let mut stack = SampledStack::new(pid(u)?, thread, idle, frames, count);
+        stack.thread_name = u.arbitrary()?;
+        samples.stacks.push(stack);
+    }
+    samples.ended = u.arbitrary()?;
+    Ok(samples)
+}
+
 fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
-    Ok(match u.choose_index(8)? {
+    Ok(match u.choose_index(10)? {
         0 => Reply::TargetPid(pid(u)?),
         1 => Reply::Ready,
         2 => Reply::Error(u.arbitrary()?),
@@ -159,6 +211,8 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
             }
             Reply::Stacks(stacks)
         }
+        7 => Reply::Tasks(async_tasks(u)?),
+        8 => Reply::Samples(samples(u)?),
         6 => Reply::Agent {
             pid: pid(u)?,
             python: u.arbitrary()?,

@@ -8,6 +8,7 @@ use crate::process::Pid;
 use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{GrantRequest, Reply, Request, RevokeRequest, Scope, Status};
 use crate::stacks::ProcessStacks;
+use crate::tasks::AsyncTasks;
 use crate::transport::{Connection, Transport};
 use crate::tree::Tree;
 
@@ -205,6 +206,17 @@ impl<T: Transport> Client<T> {
         self.session()?.stacks(scope)
     }
 
+    /// `TASKS [<pid>]`: the asyncio tasks of the target (or of process
+    /// `pid` of its tree), read from its memory without stopping it; draw
+    /// them with [`tasks_text`](crate::tasks::tasks_text).
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Client::request).
+    pub fn tasks(&self, pid: Option<Pid>) -> Result<AsyncTasks, Error> {
+        self.session()?.tasks(pid)
+    }
+
     /// `STATUS`: what the controller and its target are doing.
     ///
     /// # Errors
@@ -396,6 +408,19 @@ impl<C: Connection> Session<C> {
         let request = Request::Stacks(scope);
         match self.request(request)? {
             Reply::Stacks(stacks) => Ok(stacks),
+            other => Err(unexpected(request, &other)),
+        }
+    }
+
+    /// `TASKS [<pid>]`; see [`Client::tasks`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    pub fn tasks(&mut self, pid: Option<Pid>) -> Result<AsyncTasks, Error> {
+        let request = Request::Tasks(pid);
+        match self.request(request)? {
+            Reply::Tasks(tasks) => Ok(tasks),
             other => Err(unexpected(request, &other)),
         }
     }

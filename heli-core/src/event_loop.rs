@@ -30,6 +30,7 @@ use crate::sampler::{Plan, Profiler, Sampled, Sampling};
 use crate::signals::{self, Caught, STOP_SIGNALS, SUSPEND_SIGNALS};
 use crate::stacks::{threads_text, ProcessStacks};
 use crate::supervisor::{Exit, ExitStatus, Supervisor};
+use crate::tasks::AsyncTasks;
 use crate::transport::{Event, GrantHolder, Incoming, Peer};
 use crate::tree::{Role, Tree};
 use crate::worker::{
@@ -52,6 +53,10 @@ const MAX_INSPECTIONS: usize = 8;
 
 /// How many profiles may run at once, all connections together.
 const MAX_PROFILES: usize = 4;
+
+/// How long a controller whose target ended for good waits for the
+/// clients of running profiles to collect their last samples.
+const PROFILE_LINGER: Duration = Duration::from_secs(1);
 
 /// The refusal of `PROFILE` on a transport without connections.
 pub(crate) const NO_CONNECTION: &str = "PROFILE needs a connection that stays open, which the FIFO transport has not (it cannot tell when its client goes away): use the Unix socket transport";
@@ -122,8 +127,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         let mut state = State::new(target, holder);
         let mut listening = true;
         let status = loop {
-            if let Phase::Ended(result) = &mut state.phase {
-                break std::mem::replace(result, Ok(ExitStatus::Code(0)));
+            if !state.lingers() {
+                if let Phase::Ended(result) = &mut state.phase {
+                    break std::mem::replace(result, Ok(ExitStatus::Code(0)));
+                }
             }
             let timer = |at: Option<Instant>| match at {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
@@ -133,6 +140,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             let respawn_timer = timer(state.phase.respawn_at());
             let work_timer = timer(state.next_give_up());
             let retry_timer = timer(state.grants.next_retry());
+            let linger_timer = timer(state.linger);
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening {
@@ -173,6 +181,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 }
                 recv(inputs.shutdown) -> _ => self.begin_stop(&mut state, None),
                 recv(stop_timer) -> _ => self.stop_step(&mut state),
+                recv(linger_timer) -> _ => {}
             }
         };
         state.call_off_work(not_running);
@@ -313,6 +322,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             }
             Request::Stacks(scope) => {
                 Served::Later(self.inspect(state, &peer, Answer::Json, scope)?)
+            }
+            Request::Tasks(process) => {
+                let scope = process.map_or(Scope::Target, Scope::Process);
+                Served::Later(self.inspect(state, &peer, Answer::Tasks, scope)?)
             }
             Request::AgentAttach(process) => {
                 Served::Later(self.agent_attach(state, peer, process)?)
@@ -702,6 +715,12 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
         // The process read, when it is one.
         let (inspection, on) = match (answer, scope) {
             (Answer::Ps, _) => (Inspection::Tree(tree), None),
+            (Answer::Tasks, Scope::Process(pid)) => {
+                let process =
+                    authorize::tree_member(pid, root, tree.adopter, &self.supervisor, Use::Stacks)?;
+                (Inspection::Tasks(process), Some(process))
+            }
+            (Answer::Tasks, _) => (Inspection::Tasks(root), Some(root)),
             (_, Scope::All) => (
                 Inspection::Stacks {
                     tree,
@@ -718,6 +737,9 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             }
         };
         let failed = match on {
+            Some(process) if answer == Answer::Tasks => {
+                format!("Cannot read the asyncio tasks of PID {}", process.pid)
+            }
             None => "Cannot list the target's tree".to_owned(),
             Some(process) if process == root => "Cannot read the target's stacks".to_owned(),
             Some(process) => format!("Cannot read the stacks of PID {}", process.pid),
@@ -751,9 +773,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             return Err(state.refused(&peer, asked, NO_CONNECTION.into()));
         }
         if state.profiles.contains_key(&peer.connection) {
-            return Err(
-                "a profile already runs on this connection (SAMPLES STOP ends it)".into(),
-            );
+            return Err("a profile already runs on this connection (SAMPLES STOP ends it)".into());
         }
         if state.profiles.len() >= MAX_PROFILES {
             return Err(state.refused(
@@ -877,6 +897,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                         state.forked |= match &inspected {
                             Inspected::Tree(processes) => processes.len() > 1,
                             Inspected::Stacks(stacks) => stacks.len() > 1,
+                            Inspected::Tasks(_) => false,
                         };
                         self.inspected(state, *answer, inspected)
                     }
@@ -1022,6 +1043,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 Reply::Stack(fit_reply(text.join("\n")))
             }
             (Answer::Json, Inspected::Stacks(stacks)) => Reply::Stacks(fit_stacks(stacks)),
+            (Answer::Tasks, Inspected::Tasks(tasks)) => Reply::Tasks(fit_tasks(tasks)),
             (answer, inspected) => Reply::Error(format!(
                 "the inspector's thread read {inspected:?} for {answer:?}"
             )),
@@ -1571,6 +1593,36 @@ pub(crate) fn fit_stacks(stacks: Vec<ProcessStacks>) -> Vec<ProcessStacks> {
     kept
 }
 
+/// Cuts a `TASKS` reply that would not fit in a reply line
+/// ([`MAX_REPLY`]): the last tasks are left out until it fits, its
+/// [`note`](AsyncTasks::note) saying how many.
+pub(crate) fn fit_tasks(mut tasks: AsyncTasks) -> AsyncTasks {
+    const ROOM: usize = JSON_ROOM - 200;
+    let size =
+        |value: &AsyncTasks| serde_json::to_string(value).map_or(usize::MAX, |json| json.len());
+    let mut total = size(&tasks);
+    if total <= ROOM {
+        return tasks;
+    }
+    let listed = tasks.tasks.len();
+    while total > ROOM {
+        let Some(last) = tasks.tasks.pop() else {
+            break;
+        };
+        // Its JSON and the comma before it.
+        total -= serde_json::to_string(&last).map_or(0, |json| json.len()) + 1;
+    }
+    let cut = format!(
+        "cut: {} of {listed} tasks left out to fit a reply of {MAX_REPLY} bytes",
+        listed - tasks.tasks.len()
+    );
+    tasks.note = Some(match tasks.note.take() {
+        Some(note) => format!("{note}; {cut}"),
+        None => cut,
+    });
+    tasks
+}
+
 /// `stacks` with at most the `keep` newest frames of each thread, each
 /// thread cut saying how many of its oldest frames were left out.
 fn newest_frames(stacks: &[ProcessStacks], keep: usize) -> Vec<ProcessStacks> {
@@ -1615,6 +1667,9 @@ struct State {
     /// The profiles running (or ended and not collected yet), by
     /// connection.
     profiles: HashMap<u64, Sampling>,
+    /// Until when the loop waits for the profiles' last collection once
+    /// the controller is done.
+    linger: Option<Instant>,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -1681,6 +1736,8 @@ enum Answer {
     Json,
     /// `PS`.
     Ps,
+    /// `TASKS`.
+    Tasks,
 }
 
 impl State {
@@ -1696,6 +1753,34 @@ impl State {
             warnings: LogLimit::new(),
             forked: false,
             profiles: HashMap::new(),
+            linger: None,
+        }
+    }
+
+    /// Whether the loop, its target ended for good, still waits for
+    /// clients to collect the last batch of their profiles (stopped then),
+    /// for [`PROFILE_LINGER`] at most.
+    fn lingers(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Ended(_)) || self.profiles.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        match self.linger {
+            Some(until) => now < until,
+            None => {
+                let why = match self.last_exit {
+                    Some(status) => format!(
+                        "target PID {} ended ({status}): the controller stops",
+                        self.run.target
+                    ),
+                    None => "the controller stops".to_owned(),
+                };
+                for sampling in self.profiles.values_mut() {
+                    sampling.stop(&why);
+                }
+                self.linger = Some(now + PROFILE_LINGER);
+                true
+            }
         }
     }
 

@@ -4,6 +4,7 @@ use std::io;
 
 use crate::process::ProcessId;
 use crate::stacks::ThreadStack;
+use crate::tasks::AsyncTasks;
 use crate::tree::TreeProcess;
 
 /// Reads what the processes of the supervised tree are running, without
@@ -39,6 +40,7 @@ use crate::tree::TreeProcess;
 /// assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
 /// assert_eq!(Sleepy.tree(me).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
 /// assert_eq!(Sleepy.process(me).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+/// assert_eq!(Sleepy.tasks(me).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
 /// ```
 pub trait Inspector {
     /// Every thread's stack in `process`, outermost call first.
@@ -90,6 +92,24 @@ pub trait Inspector {
             .into_iter()
             .find(|facts| facts.pid == process.pid))
     }
+
+    /// The asyncio tasks of `process` (`TASKS`): every pending task, with
+    /// its name, its coroutine stack and the tasks that await it, read as
+    /// [`stacks`](Self::stacks) reads, from that process and no other.
+    /// No task (and a [`note`](AsyncTasks::note) saying why, when it can
+    /// tell) when it runs no event loop or does not use asyncio.
+    ///
+    /// # Errors
+    ///
+    /// When the process cannot be inspected (not a Python 3.14 process,
+    /// gone...); by default [`io::ErrorKind::Unsupported`].
+    fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
+        let _ = process;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this controller cannot read its target's asyncio tasks",
+        ))
+    }
 }
 
 /// The inspector of a controller that reads nothing: `STACK` is answered
@@ -117,6 +137,9 @@ macro_rules! forward_inspector {
             }
             fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
                 (**self).process(process)
+            }
+            fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
+                (**self).tasks(process)
             }
         }
     )*};
@@ -153,6 +176,9 @@ mod tests {
             child.parent = Some(root.pid);
             Ok(vec![TreeProcess::new(root.pid), child])
         }
+        fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
+            Ok(AsyncTasks::new(process.pid))
+        }
     }
 
     fn check(inspector: impl Inspector) {
@@ -172,6 +198,7 @@ mod tests {
         // One process's facts: its own, not its child's.
         let one = inspector.process(id(6)).unwrap().unwrap();
         assert_eq!((one.pid.get(), one.parent), (6, None));
+        assert_eq!(inspector.tasks(id(8)).unwrap().pid.get(), 8);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   - [`Granter`]: how a client gets the right to ptrace the target;
 //!   - [`Supervisor`]: how the target is run, signalled and reaped, and what
 //!     the platform says about processes ([`Processes`]);
-//!   - [`Inspector`]: how the target's stacks are read without stopping it;
+//!   - [`Inspector`]: how the target's stacks (and its [asyncio tasks](tasks))
+//!     are read without stopping it;
 //!   - [`Agent`]: code the controller set up inside a process of its tree,
 //!     which runs pdb there on request (where no ptrace is allowed);
 //! - the process vocabulary: [`Pid`], [`ProcessId`] (pid and start time, so
@@ -160,6 +161,7 @@ mod sampler;
 mod signals;
 pub mod stacks;
 mod supervisor;
+pub mod tasks;
 #[cfg(any(test, feature = "test-log"))]
 pub mod test_log;
 mod transport;

@@ -304,7 +304,10 @@ mod tests {
         let pid = Pid::new(40).unwrap();
         let mut aggregate = Aggregate::default();
         for _ in 0..7 {
-            aggregate.add(pid, &[thread(1, false, &["main", "a"]), thread(2, true, &[])]);
+            aggregate.add(
+                pid,
+                &[thread(1, false, &["main", "a"]), thread(2, true, &[])],
+            );
         }
         for _ in 0..3 {
             aggregate.add(pid, &[thread(1, false, &["main", "b"])]);
@@ -326,7 +329,9 @@ mod tests {
                 (vec![0, 2], true, 1)
             ]
         );
-        assert!(stacks.iter().all(|s| s.thread_name.as_deref() == Some("t1")));
+        assert!(stacks
+            .iter()
+            .all(|s| s.thread_name.as_deref() == Some("t1")));
         assert_eq!(aggregate.cost(), 0);
         assert_eq!(aggregate.take(), (vec![], vec![], 0));
     }

@@ -14,6 +14,7 @@
 //! | `STACK` | `STACK <text>`: every thread's Python stack in the target, read without running anything in it; newlines in the text are written `\n`, backslashes `\\` |
 //! | `STACK <pid>`, `STACK ALL` | the same for process `<pid>` of the tree, or for every process of it, each under a header `Process <pid> (<role>)...` |
 //! | `STACKS [<pid>\|ALL]` | `STACKS <json>`: the same stacks as a list of [`ProcessStacks`], one line of JSON (a process whose stacks cannot be read is listed with `skipped`, for `ALL`) |
+//! | `TASKS [<pid>]` | `TASKS <json>`: the asyncio tasks of the target (or of process `<pid>` of its tree), read from its memory: an [`AsyncTasks`] as one line of JSON |
 //! | `AGENT_ATTACH [<pid>]` | `AGENT <pid> <python-version>` once the agent in the target (or in process `<pid>` of its tree) has scheduled pdb in its main thread; the reply carries the client's ends of pdb's two sockets (`SCM_RIGHTS`, on a transport that can pass file descriptors); authorized as `GRANT_ACCESS` for the asking process on that process would be |
 //! | `PROFILE <rate> <ms> [<pid>\|ALL]` | `READY` once a profile of the target (of process `<pid>`, or of every Python process of the tree) started on this connection: its stacks read `<rate>` times a second for `<ms>` milliseconds (0: until stopped), never stopping it; one profile per connection, on a transport with connections only (the FIFO's cannot tell when its client goes away); it ends when the connection closes |
 //! | `SAMPLES [STOP]` | `SAMPLES <json>`: what the connection's profile counted since the last `SAMPLES`, a [`Samples`] as one line of JSON; with `ended` set (why) once it is over, then the profile is gone; `STOP` ends it first |
@@ -48,6 +49,7 @@ use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
 use crate::profile::{ProfileRequest, Samples, MAX_RATE};
 use crate::stacks::ProcessStacks;
+use crate::tasks::AsyncTasks;
 use crate::tree::Tree;
 
 /// The longest request line a controller accepts, newline included.
@@ -90,6 +92,9 @@ pub enum Request {
     Revoke(RevokeRequest),
     /// `TERMINATE`: stop the target and the controller.
     Terminate,
+    /// `TASKS [<pid>]`: the asyncio tasks of the target, or of process
+    /// `<pid>` of its tree, as JSON (an [`AsyncTasks`]).
+    Tasks(Option<Pid>),
     /// `AGENT_ATTACH [<pid>]`: have the agent in the target (or in process
     /// `<pid>` of its tree) run pdb, and pass the client pdb's sockets
     /// (see [`Agent`](crate::Agent)).
@@ -209,6 +214,7 @@ impl Request {
             Request::AgentAttach(_) => "AGENT_ATTACH",
             Request::Profile(_) => "PROFILE",
             Request::Samples(_) => "SAMPLES",
+            Request::Tasks(_) => "TASKS",
         };
         dialect.apply(upper)
     }
@@ -246,7 +252,7 @@ impl Request {
                 Scope::Process(pid) => word(&pid.to_string()),
                 Scope::All => word(dialect.apply("ALL")),
             },
-            Request::AgentAttach(process) => {
+            Request::AgentAttach(process) | Request::Tasks(process) => {
                 if let Some(process) = process {
                     word(&process.to_string());
                 }
@@ -306,6 +312,9 @@ pub enum Reply {
     /// `STACKS <json>`: the stacks of the processes asked for, as one line
     /// of JSON (a list of [`ProcessStacks`]).
     Stacks(Vec<ProcessStacks>),
+    /// `TASKS <json>`: the asyncio tasks of the process asked for, as one
+    /// line of JSON.
+    Tasks(AsyncTasks),
     /// `AGENT <pid> <python-version>`: the agent in process `pid` has
     /// scheduled pdb; the version (the rest of the line) is the CPython
     /// the process runs, which the client's pdb must match. The client's
@@ -493,6 +502,7 @@ impl Reply {
             Reply::Ps(tree) => format!("{} {}\n", dialect.apply("PS"), json(tree)),
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
             Reply::Samples(samples) => format!("{} {}\n", dialect.apply("SAMPLES"), json(samples)),
+            Reply::Tasks(tasks) => format!("{} {}\n", dialect.apply("TASKS"), json(tasks)),
             Reply::Agent { pid, python } => format!(
                 "{} {pid} {}\n",
                 dialect.apply("AGENT"),
@@ -540,6 +550,11 @@ impl Reply {
         if word.eq_ignore_ascii_case("samples") {
             return serde_json::from_str(rest)
                 .map(Reply::Samples)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("tasks") {
+            return serde_json::from_str(rest)
+                .map(Reply::Tasks)
                 .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("ps") {
@@ -623,6 +638,7 @@ impl Dialect {
             (Dialect::Lower, "PROFILE") => "profile",
             (Dialect::Lower, "SAMPLES") => "samples",
             (Dialect::Lower, "STOP") => "stop",
+            (Dialect::Lower, "TASKS") => "tasks",
             (Dialect::Lower, other) => other,
         }
     }
@@ -685,12 +701,14 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
     } else if command.eq_ignore_ascii_case("PROFILE") {
         // PROFILE <rate> <ms> [<pid>|ALL]
         let rate = words.next().and_then(|word| word.parse::<u32>().ok());
-        let rate = rate.filter(|rate| (1..=MAX_RATE).contains(rate)).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnexpectedArgument,
-                format!("PROFILE takes a rate of 1 to {MAX_RATE} samples a second first"),
-            )
-        })?;
+        let rate = rate
+            .filter(|rate| (1..=MAX_RATE).contains(rate))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnexpectedArgument,
+                    format!("PROFILE takes a rate of 1 to {MAX_RATE} samples a second first"),
+                )
+            })?;
         let duration_ms = words.next().and_then(|word| word.parse::<u64>().ok());
         let duration_ms = duration_ms.ok_or_else(|| {
             Error::new(
@@ -709,6 +727,10 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             ));
         }
         Request::Samples(stop.is_some())
+    } else if command.eq_ignore_ascii_case("TASKS") {
+        // TASKS [<pid>]
+        let process = words.next().map(|word| word.parse::<Pid>());
+        Request::Tasks(process.transpose().map_err(|_| invalid_pid())?)
     } else if command.eq_ignore_ascii_case("AGENT_ATTACH") {
         // AGENT_ATTACH [<pid>]
         let process = words.next().map(|word| word.parse::<Pid>());
@@ -747,7 +769,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             Request::Stack(_) | Request::Stacks(_) => "one argument at most (a PID or ALL)",
             Request::Profile(_) => "three arguments at most (a rate, milliseconds, a PID or ALL)",
             Request::Samples(_) => "one argument at most (STOP)",
-            Request::AgentAttach(_) => "one argument at most (a PID)",
+            Request::AgentAttach(_) | Request::Tasks(_) => "one argument at most (a PID)",
             _ => "no argument",
         };
         return Err(Error::new(
@@ -944,6 +966,10 @@ mod tests {
         Request::GrantAccess(GrantRequest::new(p(client)).force(true))
     }
 
+    fn profile(scope: Scope, rate: u32, duration_ms: u64) -> Request {
+        Request::Profile(ProfileRequest::new(scope, rate).duration_ms(duration_ms))
+    }
+
     fn grant_on(client: u32, process: u32) -> GrantRequest {
         GrantRequest::new(p(client)).process(p(process))
     }
@@ -984,6 +1010,19 @@ mod tests {
             (b"STACKS All\n", Request::Stacks(Scope::All)),
             (b"AGENT_ATTACH\n", Request::AgentAttach(None)),
             (b"Agent_Attach 4243\n", Request::AgentAttach(Some(p(4243)))),
+            (b"TASKS\n", Request::Tasks(None)),
+            (b"Tasks 4243\n", Request::Tasks(Some(p(4243)))),
+            (b"PROFILE 100 0\n", profile(Scope::Target, 100, 0)),
+            (
+                b"PROFILE 10000 30000 ALL\n",
+                profile(Scope::All, 10_000, 30_000),
+            ),
+            (
+                b"Profile 1 5 4243\n",
+                profile(Scope::Process(p(4243)), 1, 5),
+            ),
+            (b"SAMPLES\n", Request::Samples(false)),
+            (b"SAMPLES Stop\n", Request::Samples(true)),
         ];
         let lower: &[(&[u8], Request)] = &[
             (b"get_target_pid\n", Request::GetTargetPid),
@@ -1003,6 +1042,9 @@ mod tests {
             (b"stacks 6\n", Request::Stacks(Scope::Process(p(6)))),
             (b"agent_attach\n", Request::AgentAttach(None)),
             (b"agent_attach 0006\r\n", Request::AgentAttach(Some(p(6)))),
+            (b"tasks 6\n", Request::Tasks(Some(p(6)))),
+            (b"profile 250 1000 all\n", profile(Scope::All, 250, 1000)),
+            (b"samples stop\n", Request::Samples(true)),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -1038,6 +1080,13 @@ mod tests {
             Request::Terminate,
             Request::AgentAttach(None),
             Request::AgentAttach(Some(p(12))),
+            Request::Tasks(None),
+            Request::Tasks(Some(p(13))),
+            profile(Scope::Target, 100, 0),
+            profile(Scope::Process(p(14)), 1, 1),
+            profile(Scope::All, 10_000, u64::MAX),
+            Request::Samples(false),
+            Request::Samples(true),
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
                 let line = request.encode(dialect);
@@ -1094,6 +1143,8 @@ mod tests {
                     b"AGENT_ATTACH 0\n",
                     b"AGENT_ATTACH ALL\n",
                     b"agent_attach -1\n",
+                    b"TASKS ALL\n",
+                    b"tasks 0\n",
                 ],
             ),
             (
@@ -1128,6 +1179,11 @@ mod tests {
                 ErrorKind::UnexpectedArgument,
                 "agent_attach takes one argument at most (a PID)",
                 &[b"agent_attach 5 force\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "TASKS takes one argument at most (a PID)",
+                &[b"TASKS 5 6\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,
@@ -1499,6 +1555,27 @@ mod tests {
         let mut skipped = ProcessStacks::new(p(4244));
         skipped.skipped = Some("not a Python process".into());
         skipped.command = "sh -c 'sleep 1'".into();
+        let mut task = crate::tasks::AsyncTask::new(0x7f00_dead_beef, "worker\n\"1\"");
+        task.coroutine_stack
+            .push(Frame::new("main", "/srv/app.py", Some(3)));
+        task.awaited_by.push(0x7f00_0000_0010);
+        task.thread_id = 4243;
+        let mut tasks = crate::tasks::AsyncTasks::new(p(4243));
+        tasks.tasks.push(task);
+        tasks.running_loops.push(4243);
+        tasks.note = Some("partial".into());
+        let mut samples = crate::profile::Samples::default();
+        samples.frames.push(Frame::new("main", "app\n.py", Some(1)));
+        let mut stack = crate::profile::SampledStack::new(p(4243), 4244, true, vec![0], 7);
+        stack.thread_name = Some("w\"orker".into());
+        samples.stacks.push(stack);
+        samples.ended = Some("stopped by the client".into());
+        (
+            samples.due,
+            samples.taken,
+            samples.dropped,
+            samples.elapsed_ms,
+        ) = (10, 9, 1, 100);
 
         for dialect in [Dialect::Upper, Dialect::Lower] {
             for reply in [
@@ -1506,6 +1583,10 @@ mod tests {
                 Reply::Ps(Tree::default()),
                 Reply::Stacks(vec![stacks.clone(), skipped.clone()]),
                 Reply::Stacks(Vec::new()),
+                Reply::Tasks(tasks.clone()),
+                Reply::Tasks(crate::tasks::AsyncTasks::new(p(9))),
+                Reply::Samples(samples.clone()),
+                Reply::Samples(crate::profile::Samples::default()),
             ] {
                 let line = reply.encode(dialect);
                 assert_eq!(line.matches('\n').count(), 1, "{line:?}");
@@ -1532,6 +1613,10 @@ mod tests {
             "STACKS {}",
             "STACKS [{\"pid\":0}]",
             "STACKS",
+            "TASKS",
+            "TASKS []",
+            "SAMPLES",
+            "SAMPLES []",
             r#"PS {"processes":[{"pid":-1}],"subreaper":false}"#,
         ] {
             assert_eq!(

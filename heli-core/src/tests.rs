@@ -2932,6 +2932,28 @@ impl crate::Inspector for Family {
         Ok(vec![thread])
     }
 
+    /// A Python process has a task `main` awaited by nothing and a task
+    /// `child` it awaits.
+    fn tasks(&self, process: ProcessId) -> io::Result<crate::tasks::AsyncTasks> {
+        use crate::tasks::{AsyncTask, AsyncTasks};
+        // That process and no other.
+        if !self.table.is_running(process) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "gone"));
+        }
+        let raw = process.pid.get();
+        if !self.python.contains(&raw) {
+            return Err(io::Error::other("not a Python 3.14 process"));
+        }
+        let mut main = AsyncTask::new(0x100, format!("main-{raw}"));
+        main.coroutine_stack
+            .push(Frame::new("main", "app.py", Some(raw % 100)));
+        let mut child = AsyncTask::new(0x200, "child");
+        child.awaited_by.push(0x100);
+        let mut tasks = AsyncTasks::new(process.pid);
+        tasks.tasks = vec![main, child];
+        Ok(tasks)
+    }
+
     fn tree(&self, root: ProcessId) -> io::Result<Vec<TreeProcess>> {
         if let Some(entered) = &self.entered {
             let _ = entered.send(());
@@ -3716,6 +3738,10 @@ fn a_failed_revoke_waits_while_its_process_is_frozen() {
     running.terminate(&fake);
 }
 
+// TASKS: the asyncio tasks of a process of the tree.
+#[path = "tests_tasks.rs"]
+mod tasks;
+
 // Tests that keep cargo-mutants' mutants of the tree feature caught.
 #[path = "tests_tree.rs"]
 mod tree;
@@ -3723,3 +3749,7 @@ mod tree;
 // The agent: AGENT_ATTACH, STATUS, stacks through it.
 #[path = "tests_agent.rs"]
 mod agent;
+
+// Profiles: PROFILE and SAMPLES.
+#[path = "tests_profile.rs"]
+mod profile;

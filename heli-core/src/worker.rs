@@ -24,6 +24,7 @@ use crate::granter::Granter;
 use crate::inspector::Inspector;
 use crate::process::ProcessId;
 use crate::stacks::{ProcessStacks, ThreadStack};
+use crate::tasks::AsyncTasks;
 use crate::tree::TreeProcess;
 
 /// Tells a piece of work from the others.
@@ -141,6 +142,8 @@ pub(crate) enum Inspection {
         only: Option<ProcessId>,
         me: Option<u32>,
     },
+    /// The asyncio tasks of this process of the tree (`TASKS`).
+    Tasks(ProcessId),
 }
 
 /// Where the supervised tree is: under the target, and when the controller
@@ -157,6 +160,7 @@ pub(crate) struct TreeRoot {
 pub(crate) enum Inspected {
     Tree(Vec<TreeProcess>),
     Stacks(Vec<ProcessStacks>),
+    Tasks(AsyncTasks),
 }
 
 type GrantJob = (JobId, GrantWork, Deadline, Claim);
@@ -431,6 +435,10 @@ fn inspect(
         Inspection::Tree(root) => {
             reading(root.target);
             read_tree(inspector, root).map(Inspected::Tree)
+        }
+        Inspection::Tasks(process) => {
+            reading(process);
+            inspector.tasks(process).map(Inspected::Tasks)
         }
         Inspection::Stacks {
             tree,

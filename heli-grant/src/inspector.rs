@@ -4,6 +4,7 @@
 use std::io;
 
 use heli_core::stacks::ThreadStack;
+use heli_core::tasks::AsyncTasks;
 use heli_core::tree::TreeProcess;
 use heli_core::{Inspector, ProcessId};
 use heli_proc::Member;
@@ -80,6 +81,12 @@ impl Inspector for PythonInspector {
     /// As [`tree`](Self::tree)'s, for this process only.
     fn process(&self, process: ProcessId) -> io::Result<Option<TreeProcess>> {
         heli_proc::member(process)?.as_ref().map(facts).transpose()
+    }
+
+    /// Its asyncio tasks ([`PyProcess::async_tasks`](crate::PyProcess::async_tasks)),
+    /// of `process` and no other, as [`stacks`](Self::stacks) reads.
+    fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
+        Ok(crate::PyProcess::open_id(process)?.async_tasks()?)
     }
 }
 

@@ -170,6 +170,26 @@ for transport in socket fifo; do
 done
 
 transport=socket
+echo "--- ptrace_scope 1, asyncio tasks (at ${SECONDS} s)"
+# The controller reads its target's task tree, as `python -m asyncio pstree`
+# would with a ptrace right the client does not have.
+printf '%s\n' 'import asyncio' 'async def main():' '    async with asyncio.TaskGroup() as tg:' \
+  '        tg.create_task(asyncio.Event().wait(), name="waiter")' 'asyncio.run(main())' >"$work/tasks.py"
+chown "$user:" "$work/tasks.py"
+target_args=("$work/tasks.py")
+if start_controller; then
+  for _ in $(seq 100); do
+    out=$(client tasks 2>&1) && grep -q "(T) waiter" <<<"$out" && break
+    sleep 0.1
+  done
+  expect "client tasks lists the tasks" "^└── \(T\) Task-1 \(0x.*\(T\) waiter \(0x" "$(tr '\n' ' ' <<<"$out")"
+  # Reading the tasks gave the client no right over the target.
+  expect "after client tasks: pdb -p still denied" "^pdb denied" "$(yama_client pdb)"
+  stop_controller
+fi
+target_args=("$work/target.py")
+
+transport=socket
 echo "--- ptrace_scope 1, the tree: a real gunicorn's workers (at ${SECONDS} s)"
 # gunicorn from scripts/test.sh's private directory (the guest sees the
 # host's files), on a Unix socket, 2 sync workers that wake every 0.5 s.

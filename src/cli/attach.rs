@@ -87,6 +87,29 @@ impl Debugging {
         })
     }
 
+    /// Runs `work` with Ctrl-C setting the flag it is handed instead of
+    /// ending the client; a second Ctrl-C ends the client (status 130),
+    /// for when the work does not stop.
+    pub(crate) fn interruptible<R>(
+        &self,
+        work: impl FnOnce(&AtomicBool) -> R,
+    ) -> std::io::Result<R> {
+        use signal_hook::consts::SIGINT;
+        use signal_hook::flag;
+        let interrupted = Arc::new(AtomicBool::new(false));
+        // In this order: the second Ctrl-C finds the flag set.
+        let shutdown = flag::register_conditional_shutdown(SIGINT, 130, interrupted.clone())?;
+        let set = flag::register(SIGINT, interrupted.clone()).inspect_err(|_| {
+            signal_hook::low_level::unregister(shutdown);
+        })?;
+        self.at_prompt.store(false, Ordering::SeqCst);
+        let result = work(&interrupted);
+        self.at_prompt.store(true, Ordering::SeqCst);
+        signal_hook::low_level::unregister(set);
+        signal_hook::low_level::unregister(shutdown);
+        Ok(result)
+    }
+
     /// Asks for the grant on `pid` (the target when `None`) on a
     /// connection kept open while the debugger runs: with the socket
     /// transport the grant ends when that connection closes, even if this

@@ -1,7 +1,8 @@
 //! The client program: asks the controller for ptrace rights over its target
 //! (or any process of the target's tree) and attaches pdb (or another ptrace
-//! tool) to it; or shows the target's status, PID, process tree or Python
-//! stacks, lists the sessions, ends the target.
+//! tool) to it; or shows the target's status, PID, process tree, Python
+//! stacks or asyncio tasks, profiles it or shows where its time goes
+//! (`top`), lists the sessions, ends the target.
 //!
 //! ```text
 //! cargo run --example client                # interactive: attach, status, quit, help
@@ -10,12 +11,16 @@
 //! cargo run --example client -- ps          # the supervised tree (--json for scripts)
 //! cargo run --example client -- attach 4243 # a process of the tree (or --pid 4243)
 //! cargo run --example client -- stack all   # every process's stacks (--json for scripts)
+//! cargo run --example client -- top         # a live view of where the time goes (q quits)
+//! cargo run --example client -- profile --duration 30s  # a flame graph: profile.svg
+//! cargo run --example client -- tasks       # the target's asyncio task tree (--json)
 //! cargo run --example client -- --list      # the running sessions (--json for scripts)
 //! ```
 //!
 //! Its exit statuses are [`ClientExit`].
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,12 +33,14 @@ use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
 
 use super::attach::Debugging;
-use super::command::{Cmd, ProcessArg, ScopeArg};
+use super::command::{Cmd, ProcessArg, ProfileArgs, ScopeArg};
 use super::exit::{ClientExit, Failure, START_HINT};
+use super::profile::{self, Outcome};
 use super::render::{self, Listed, Paint};
 use super::repl;
 use super::sanitize::escape;
 use super::source::Sources;
+use super::top;
 use super::transport::TransportKind;
 
 /// Attaches pdb, or any ptrace tool, to the target of a running heli
@@ -61,7 +68,8 @@ struct Args {
     #[arg(long)]
     list: bool,
 
-    /// Print `status`, `ps`, `stack` or `--list` as JSON, for scripts
+    /// Print `status`, `ps`, `stack`, `tasks`, `top` or `--list` as JSON, for
+    /// scripts
     #[arg(long, global = true)]
     json: bool,
 
@@ -146,7 +154,7 @@ fn check(args: &Args) -> Result<(), Failure> {
     } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
-            "--json goes with status or --list (and ps, stack)",
+            "--json goes with status or --list (and ps, stack, tasks, top)",
         ))
     } else {
         Ok(())
@@ -288,6 +296,14 @@ impl<T: Transport> App<T> {
             Cmd::Stack {
                 scope: ScopeArg(scope),
             } => self.stack(*scope, json),
+            Cmd::Top {
+                scope: ScopeArg(scope),
+                options,
+            } => top::run(&self.client, *scope, options, json),
+            Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            } => self.profile(*scope, options),
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
@@ -309,6 +325,9 @@ impl<T: Transport> App<T> {
             Cmd::Revoke {
                 process: ProcessArg(pid),
             } => self.revoke(*pid),
+            Cmd::Tasks {
+                process: ProcessArg(pid),
+            } => self.tasks(*pid, json),
             Cmd::Terminate => {
                 self.client.terminate()?;
                 println!("Controller is stopping the target and exiting");
@@ -375,6 +394,75 @@ impl<T: Transport> App<T> {
         }
     }
 
+    /// `profile`: samples on a connection of its own until the profile
+    /// ends or Ctrl-C, showing its progress on a terminal, then writes
+    /// it. A profile that ended before any sample (a target that is not
+    /// Python) writes nothing and fails; one whose controller stopped
+    /// answering writes what it has and fails.
+    fn profile(&self, scope: Scope, options: &ProfileArgs) -> Result<(), Failure> {
+        let job = options.job(scope);
+        let mut session = self.client.session()?;
+        let status = session.status()?;
+        let title = profile::title(scope, status.pid, &status.command);
+        let terminal = std::io::stderr().is_terminal();
+        let (profile, outcome) = self.debugging.interruptible(|interrupted| {
+            profile::collect(&mut session, &job, interrupted, |profile| {
+                if terminal {
+                    eprint!("\r\x1b[K{}", profile::progress_line(profile));
+                }
+            })
+        })??;
+        drop(session);
+        if terminal {
+            eprint!("\r\x1b[K");
+        }
+        if let Some(failure) = profile::failed_before_any_sample(&profile, &outcome) {
+            return Err(failure);
+        }
+        let summary = profile::summary(&profile, &outcome);
+        let bytes = profile::render(&profile, &job, &title, &summary).map_err(|err| {
+            Failure::new(
+                ClientExit::Failed,
+                format!("Cannot render the profile: {err}"),
+            )
+        })?;
+        let shown = escape(&job.output.display().to_string()).into_owned();
+        profile::write_output(&job.output, &bytes).map_err(|err| {
+            Failure::new(ClientExit::Failed, format!("Cannot write {shown}: {err}"))
+        })?;
+        let written = if job.output.as_os_str() == "-" {
+            "Wrote the profile to standard output".to_owned()
+        } else {
+            format!("Wrote {shown}")
+        };
+        eprintln!("{written}: {summary}");
+        match outcome {
+            Outcome::Lost(failure) => Err(Failure::new(
+                failure.exit,
+                format!("The profile is incomplete: {}", failure.message),
+            )),
+            Outcome::Ended | Outcome::Interrupted => Ok(()),
+        }
+    }
+
+    /// `tasks`: the asyncio task tree of the target (or of `pid`), as
+    /// `python -m asyncio pstree` draws it; tasks that await each other in
+    /// a cycle fail, naming the cycle (pstree's exit status 1 too).
+    fn tasks(&self, pid: Option<Pid>, json: bool) -> Result<(), Failure> {
+        let tasks = self.client.tasks(pid)?;
+        if json {
+            print!("{}", render::tasks_json_text(&tasks));
+            return Ok(());
+        }
+        match render::tasks_text(&tasks) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(cycles) => Err(Failure::new(ClientExit::Failed, cycles)),
+        }
+    }
+
     /// The pids of the target's tree, for Tab completion; none when the
     /// controller does not answer (within the client's timeout).
     fn tree_pids(&self) -> Vec<Pid> {
@@ -387,6 +475,7 @@ impl<T: Transport> App<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::top::TopOptions;
     use super::*;
 
     fn parse(args: &[&str]) -> Args {
@@ -415,6 +504,24 @@ mod tests {
         assert_eq!(args.python, None);
         assert_eq!(args.command, None);
         assert!(check(&args).is_ok());
+    }
+
+    #[test]
+    fn tasks_of_the_target_or_of_a_process() {
+        let tasks = |raw: Option<u32>| {
+            Some(Cmd::Tasks {
+                process: ProcessArg(raw.map(|raw| Pid::new(raw).unwrap())),
+            })
+        };
+        assert_eq!(parse(&["tasks"]).command, tasks(None));
+        assert_eq!(parse(&["tasks", "4243"]).command, tasks(Some(4243)));
+        assert_eq!(
+            parse(&["tasks", "--pid", "4243"]).command,
+            tasks(Some(4243))
+        );
+        for bad in [&["tasks", "all"][..], &["tasks", "1", "--pid", "2"]] {
+            assert!(Args::try_parse_from([&["client"], bad].concat()).is_err());
+        }
     }
 
     fn stack(scope: Scope) -> Option<Cmd> {
@@ -472,6 +579,147 @@ mod tests {
 
     fn pid(raw: u32) -> Pid {
         Pid::new(raw).unwrap()
+    }
+
+    fn top(args: &[&str]) -> (Scope, TopOptions) {
+        match parse(&[&["top"], args].concat()).command {
+            Some(Cmd::Top {
+                scope: ScopeArg(scope),
+                options,
+            }) => (scope, options),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn top_and_its_options() {
+        let (scope, options) = top(&[]);
+        assert_eq!(scope, Scope::Target);
+        assert_eq!(
+            options,
+            TopOptions {
+                rate: 100,
+                interval: Duration::from_secs(1),
+                idle: false,
+                cumulative: false,
+                iterations: None,
+                once: false,
+            }
+        );
+        assert_eq!(top(&["4243"]).0, Scope::Process(pid(4243)));
+        assert_eq!(top(&["--pid", "4243"]).0, Scope::Process(pid(4243)));
+        assert_eq!(top(&["all"]).0, Scope::All);
+        let (scope, options) = top(&[
+            "--all",
+            "--rate",
+            "250",
+            "--interval",
+            "500ms",
+            "--idle",
+            "--cumulative",
+            "--iterations",
+            "3",
+        ]);
+        assert_eq!(scope, Scope::All);
+        assert_eq!(
+            options,
+            TopOptions {
+                rate: 250,
+                interval: Duration::from_millis(500),
+                idle: true,
+                cumulative: true,
+                iterations: Some(3),
+                once: false,
+            }
+        );
+        assert!(top(&["--once"]).1.once);
+        for args in [
+            &["client", "top", "--rate", "0"][..],
+            &["client", "top", "--rate", "10001"],
+            &["client", "top", "--interval", "10ms"],
+            &["client", "top", "--interval", "soon"],
+            &["client", "top", "--iterations", "0"],
+            &["client", "top", "--once", "--iterations", "2"],
+            &["client", "top", "1", "--all"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+    }
+
+    fn profile_job(args: &[&str]) -> profile::Job {
+        match parse(&[&["profile"], args].concat()).command {
+            Some(Cmd::Profile {
+                scope: ScopeArg(scope),
+                options,
+            }) => options.job(scope),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn profile_and_its_options() {
+        use crate::core::profile::DEFAULT_RATE;
+        let job = profile_job(&[]);
+        assert_eq!(job.request.scope, Scope::Target);
+        assert_eq!(job.request.rate, DEFAULT_RATE);
+        // Until Ctrl-C.
+        assert_eq!(job.request.duration_ms, 0);
+        assert_eq!(job.format, profile::Format::Svg);
+        assert_eq!(job.output, PathBuf::from("profile.svg"));
+        assert_eq!(job.shape, profile::Shape::default());
+
+        let job = profile_job(&[
+            "--all",
+            "--duration",
+            "2m",
+            "--rate=250",
+            "--format",
+            "collapsed",
+            "--threads",
+            "--idle",
+        ]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!((job.request.rate, job.request.duration_ms), (250, 120_000));
+        assert_eq!(job.output, PathBuf::from("profile.txt"));
+        let shape = profile::Shape {
+            processes: true,
+            threads: true,
+            idle: true,
+        };
+        assert_eq!(job.shape, shape);
+
+        let job = profile_job(&["4243", "--format", "speedscope", "-o", "-"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("-"));
+        let job = profile_job(&["--pid", "4243", "--format", "speedscope"]);
+        assert_eq!(job.request.scope, Scope::Process(pid(4243)));
+        assert_eq!(job.output, PathBuf::from("profile.speedscope.json"));
+        let job = profile_job(&["all", "--output", "x.svg", "--duration", "500ms"]);
+        assert_eq!(job.request.scope, Scope::All);
+        assert_eq!(job.output, PathBuf::from("x.svg"));
+        assert_eq!(job.request.duration_ms, 500);
+        assert_eq!(profile_job(&["--rate", "10000"]).request.rate, 10_000);
+    }
+
+    #[test]
+    fn profile_options_out_of_range_are_bad_usage() {
+        for args in [
+            &["client", "profile", "--rate", "0"][..],
+            &["client", "profile", "--rate", "10001"],
+            &["client", "profile", "--duration", "0s"],
+            &["client", "profile", "--duration", "soon"],
+            &["client", "profile", "--format", "png"],
+            &["client", "profile", "--all", "--pid", "3"],
+            &["client", "profile", "-o"],
+        ] {
+            let err = Args::try_parse_from(args).unwrap_err();
+            assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage, "{args:?}");
+        }
+        assert_eq!(
+            usage(&["profile", "--json"]),
+            "--json goes with status or --list (and ps, stack, tasks, top)"
+        );
     }
 
     #[test]
@@ -541,6 +789,10 @@ mod tests {
             &["--json", "stack"],
             &["stack", "--all", "--json"],
             &["stack", "--json", "--pid", "3"],
+            &["top", "--json"],
+            &["--json", "top", "all", "--once"],
+            &["tasks", "--json"],
+            &["tasks", "--pid", "3", "--json"],
             &["--list", "--json"],
             &["--json", "--list"],
         ] {
@@ -554,7 +806,7 @@ mod tests {
         ] {
             assert_eq!(
                 usage(args),
-                "--json goes with status or --list (and ps, stack)"
+                "--json goes with status or --list (and ps, stack, tasks, top)"
             );
         }
     }

@@ -3,8 +3,15 @@
 
 use clap::{value_parser, Arg, ArgAction, ArgMatches, Args, FromArgMatches, Subcommand};
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::core::profile::{ProfileRequest, DEFAULT_RATE, MAX_RATE};
 use crate::core::protocol::Scope;
 use crate::core::Pid;
+
+use super::profile::{self, Format, Job, Shape};
+use super::top::TopOptions;
 
 /// A command of the client.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -37,6 +44,32 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         scope: ScopeArg,
     },
+    /// Sample the Python stacks at a steady rate, never stopping the
+    /// processes, and write a flame graph (SVG), folded stacks or a
+    /// speedscope profile; Ctrl-C stops and writes what was sampled
+    Profile {
+        #[command(flatten)]
+        scope: ScopeArg,
+        #[command(flatten)]
+        options: ProfileArgs,
+    },
+    /// Print the asyncio task tree of the target (or of a process of its
+    /// tree): each task, its coroutine stack, the tasks awaiting it; read
+    /// from memory as `python -m asyncio pstree` does, without a ptrace
+    /// right (--json for scripts)
+    Tasks {
+        #[command(flatten)]
+        process: ProcessArg,
+    },
+    /// A live view of the functions the target spends its time in, by own
+    /// and total samples, like py-spy top (q quits; --iterations N prints
+    /// N tables as text; --json one object per refresh)
+    Top {
+        #[command(flatten)]
+        scope: ScopeArg,
+        #[command(flatten)]
+        options: TopOptions,
+    },
     /// Withdraw the ptrace permission given to this client
     Revoke {
         #[command(flatten)]
@@ -59,7 +92,10 @@ impl Cmd {
 
     /// Whether `--json` means something for it.
     pub(crate) fn has_json(&self) -> bool {
-        matches!(self, Cmd::Ps | Cmd::Status | Cmd::Stack { .. })
+        matches!(
+            self,
+            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Tasks { .. } | Cmd::Top { .. }
+        )
     }
 }
 
@@ -162,6 +198,54 @@ impl Args for ScopeArg {
 
     fn augment_args_for_update(command: clap::Command) -> clap::Command {
         ScopeArg::augment_args(command)
+    }
+}
+
+/// `profile`'s options.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProfileArgs {
+    /// How long to sample: 30s, 2m, 500ms [default: until Ctrl-C]
+    #[arg(long, value_name = "TIME", value_parser = profile::parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Samples a second
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE,
+          value_parser = value_parser!(u32).range(1..=i64::from(MAX_RATE)))]
+    pub(crate) rate: u32,
+    /// The file to write, - for standard output [default: profile.svg,
+    /// profile.txt or profile.speedscope.json, by --format]
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// What to write
+    #[arg(long, value_enum, default_value_t = Format::Svg)]
+    pub(crate) format: Format,
+    /// A root frame per thread (`thread TID "name"`): threads apart
+    #[arg(long)]
+    pub(crate) threads: bool,
+    /// Keep the samples of threads that were asleep or waiting (left out
+    /// by default)
+    #[arg(long)]
+    pub(crate) idle: bool,
+}
+
+impl ProfileArgs {
+    /// The profile these options ask for, of `scope`.
+    pub(crate) fn job(&self, scope: Scope) -> Job {
+        let duration_ms = self.duration.map_or(0, |duration| {
+            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+        });
+        Job {
+            request: ProfileRequest::new(scope, self.rate).duration_ms(duration_ms),
+            shape: Shape {
+                processes: scope == Scope::All,
+                threads: self.threads,
+                idle: self.idle,
+            },
+            format: self.format,
+            output: self
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(self.format.default_output())),
+        }
     }
 }
 

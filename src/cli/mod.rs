@@ -12,19 +12,23 @@
 //!
 //! What scripts may rely on: the exit statuses ([`ClientExit`],
 //! [`ControllerExit`]), and the JSON of `client status --json`,
-//! `client ps --json`, `client stack --json` and `client --list --json`.
+//! `client ps --json`, `client stack --json`, `client top --json` and
+//! `client --list --json`.
 
 mod attach;
 pub mod client;
 mod command;
 pub mod controller;
 mod exit;
+mod profile;
 pub mod python;
 mod render;
 mod repl;
 mod sanitize;
+mod screen;
 mod source;
 mod tool;
+mod top;
 mod transport;
 
 pub use exit::{ClientExit, ControllerExit};

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::protocol::Status;
 use crate::core::stacks::{threads_text, ProcessStacks};
+use crate::core::tasks::{self, AsyncTasks};
 use crate::core::tree::{Role, Tree, TreeProcess};
 use crate::core::Pid;
 
@@ -262,6 +263,20 @@ pub(crate) fn processes_stack_text(stacks: &[ProcessStacks]) -> String {
 /// `stack --json`: the processes' stacks, always a list.
 pub(crate) fn stacks_json_text(stacks: &[ProcessStacks]) -> String {
     let text = serde_json::to_string_pretty(stacks).expect("stacks always serialize");
+    format!("{text}\n")
+}
+
+/// `tasks`: the asyncio task tree ([`tasks::tasks_text`]), its names
+/// escaped; the cycles when tasks await each other in a circle.
+pub(crate) fn tasks_text(tasks: &AsyncTasks) -> Result<String, String> {
+    let mut tasks = tasks.clone();
+    sanitize::tasks(&mut tasks);
+    tasks::tasks_text(&tasks).map_err(|cycles| cycles.to_string().trim_end().to_owned())
+}
+
+/// `tasks --json`: the tasks as the controller sent them.
+pub(crate) fn tasks_json_text(tasks: &AsyncTasks) -> String {
+    let text = serde_json::to_string_pretty(tasks).expect("tasks always serialize");
     format!("{text}\n")
 }
 
@@ -881,6 +896,33 @@ Thread 4245 [idle], most recent call last:
             )
         );
         assert_eq!(processes_stack_text(&[]), "");
+    }
+
+    #[test]
+    fn tasks_draw_a_tree_with_names_escaped_or_name_the_cycle() {
+        use crate::core::stacks::Frame;
+        use crate::core::tasks::AsyncTask;
+        let mut tasks = AsyncTasks::new(Pid::new(42).unwrap());
+        let mut main = AsyncTask::new(0x10, "Task-1");
+        main.coroutine_stack
+            .push(Frame::new("main", "app.py", Some(7)));
+        let mut evil = AsyncTask::new(0x20, "evil\x1b[2Jname");
+        evil.awaited_by.push(0x10);
+        tasks.tasks = vec![main, evil];
+        assert_eq!(
+            tasks_text(&tasks).unwrap(),
+            "└── (T) Task-1 (0x10)\n    └──  main app.py:7\n        \
+             └── (T) evil\\x1b[2Jname (0x20)\n"
+        );
+        tasks.tasks[0].awaited_by.push(0x20);
+        let err = tasks_text(&tasks).unwrap_err();
+        assert!(
+            err.ends_with("cycle: Task-1 (0x10) → evil\\x1b[2Jname (0x20) → Task-1 (0x10)"),
+            "{err}"
+        );
+        let json: Value = serde_json::from_str(&tasks_json_text(&tasks)).unwrap();
+        assert_eq!(json["tasks"][1]["awaited_by"][0], 0x10);
+        assert_eq!(json["pid"], 42);
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub(crate) enum Repl {
     disable_version_flag = true
 )]
 struct Line {
-    /// Print status, ps or stack as JSON
+    /// Print status, ps, stack or tasks as JSON
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -177,7 +177,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
     Ok(Some(match parsed.command {
         Word::Run(command) if parsed.json && !command.has_json() => {
             return Err(format!(
-                "--json goes with status, ps and stack, not: {}",
+                "--json goes with status, ps, stack and tasks, not: {}",
                 line.trim()
             ))
         }
@@ -189,12 +189,15 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 13] = [
     "attach",
     "pid",
     "ps",
     "stack",
+    "tasks",
+    "profile",
     "status",
+    "top",
     "revoke",
     "terminate",
     "help",
@@ -203,7 +206,8 @@ const COMMANDS: [&str; 10] = [
 ];
 
 /// What Tab offers with the cursor at `pos` in `line`: the command word,
-/// the commands' options, and after `attach`, `stack` and `revoke` the
+/// the commands' options, and after `attach`, `stack`, `tasks`, `profile`,
+/// `top` and `revoke` the
 /// pids of the target's tree (`pids` is called only then). Returns where
 /// the word being completed starts, and its completions.
 pub(crate) fn completions(
@@ -240,6 +244,20 @@ pub(crate) fn completions(
         ["stack", last] if last == "all" || last == "--all" || is_pid(last) => {
             (vec!["--json"], false)
         }
+        ["top", ref given @ ..] => scoped_options(
+            given,
+            &TOP_OPTIONS,
+            &["--rate", "--interval", "--iterations"],
+        ),
+        ["profile", .., "--format"] => (vec!["svg", "collapsed", "speedscope"], false),
+        ["profile", ref given @ ..] => scoped_options(
+            given,
+            &PROFILE_OPTIONS,
+            &["--duration", "--rate", "-o", "--output"],
+        ),
+        ["tasks"] => (vec!["--json"], true),
+        ["tasks", "--pid"] => (vec![], true),
+        ["tasks", last] if is_pid(last) => (vec!["--json"], false),
         ["revoke"] => (vec![], true),
         ["revoke", "--pid"] => (vec![], true),
         ["status" | "ps"] => (vec!["--json"], false),
@@ -253,6 +271,56 @@ pub(crate) fn completions(
     candidates.retain(|choice| choice.starts_with(&word));
     (start, candidates)
 }
+
+/// What completes after `top` or `profile` and the words `given`: the
+/// tree's pids after `--pid`, nothing after an option in `takes_value`;
+/// else `all` while no process is named, and the `options` not given yet
+/// (`--pid` only while no process is named).
+fn scoped_options<'a>(
+    given: &[&str],
+    options: &[&'a str],
+    takes_value: &[&str],
+) -> (Vec<&'a str>, bool) {
+    match given.last() {
+        Some(&"--pid") => return (vec![], true),
+        Some(last) if takes_value.contains(last) => return (vec![], false),
+        _ => {}
+    }
+    let scoped = given.iter().any(|w| {
+        w.parse::<Pid>().is_ok() || *w == "all" || *w == "--all" || w.starts_with("--pid")
+    });
+    let mut left: Vec<&str> = options
+        .iter()
+        .copied()
+        .filter(|option| !(given.contains(option) || scoped && *option == "--pid"))
+        .collect();
+    if !scoped {
+        left.insert(0, "all");
+    }
+    (left, !scoped)
+}
+
+/// The options of `profile` that Tab completes.
+const PROFILE_OPTIONS: [&str; 6] = [
+    "--duration",
+    "--rate",
+    "--output",
+    "--format",
+    "--threads",
+    "--idle",
+];
+
+/// `top`'s options, for Tab completion.
+const TOP_OPTIONS: [&str; 8] = [
+    "--rate",
+    "--interval",
+    "--idle",
+    "--cumulative",
+    "--iterations",
+    "--once",
+    "--json",
+    "--pid",
+];
 
 /// How long the tree's pids serve Tab before `PS` is asked again.
 const PIDS_FRESH: Duration = Duration::from_secs(1);
@@ -368,6 +436,12 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
   pid                     print the target's PID
   stack [PID|all]         every thread's Python stack (the target's, process
         [--json]          PID's, or every process's), read without stopping it
+  top [PID|all]           a live view of the functions taking the time, like
+                          py-spy top (q quits; --once prints the table once)
+  tasks [PID] [--json]    the asyncio task tree (the target's or process PID's),
+                          read without stopping it, as python -m asyncio pstree
+  profile [PID|all]       sample the stacks (until Ctrl-C, or --duration 30s)
+          [-o FILE]       and write a flame graph (or --format collapsed|speedscope)
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
   COMMAND --help          its options (the same as on the command line)
@@ -428,6 +502,23 @@ mod tests {
         ))
     }
 
+    #[test]
+    fn tasks_of_the_target_or_of_one_process() {
+        let tasks = |raw: Option<u32>, json| {
+            Some(Repl::Run(
+                Cmd::Tasks {
+                    process: ProcessArg(raw.map(self::pid)),
+                },
+                json,
+            ))
+        };
+        assert_eq!(run("tasks"), tasks(None, false));
+        assert_eq!(run("tasks 12"), tasks(Some(12), false));
+        assert_eq!(run("TASKS --pid 12 --json"), tasks(Some(12), true));
+        assert!(parse_line("tasks all").is_err());
+        assert!(help_text(None).contains("tasks [PID] [--json]"));
+    }
+
     fn revoke(pid: Option<u32>) -> Option<Repl> {
         Some(Repl::Run(
             Cmd::Revoke {
@@ -449,6 +540,14 @@ mod tests {
         assert_eq!(run("status --json"), Some(Repl::Run(Cmd::Status, true)));
         assert_eq!(run("revoke"), revoke(None));
         assert_eq!(run("terminate"), Some(Repl::Run(Cmd::Terminate, false)));
+        assert!(matches!(
+            run("top"),
+            Some(Repl::Run(Cmd::Top { .. }, false))
+        ));
+        assert!(matches!(
+            run("top all --once --json"),
+            Some(Repl::Run(Cmd::Top { .. }, true))
+        ));
         assert_eq!(run("help"), Some(Repl::Help));
         assert_eq!(run("?"), Some(Repl::Help));
         assert_eq!(run("quit"), Some(Repl::Quit));
@@ -618,7 +717,7 @@ mod tests {
         }
         assert_eq!(
             parse_line("pid --json"),
-            Err("--json goes with status, ps and stack, not: pid --json".into())
+            Err("--json goes with status, ps, stack and tasks, not: pid --json".into())
         );
         // `--help` is clap's help of the command.
         let help = parse_line("attach --help").unwrap_err();
@@ -653,7 +752,26 @@ mod tests {
         assert_eq!(complete("st", 2), (0, strings(&["stack", "status"])));
         assert_eq!(complete("ATT", 3), (0, strings(&["attach"])));
         assert_eq!(complete("e", 1), (0, strings(&["exit"])));
-        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps"])));
+        assert_eq!(complete("p", 1), (0, strings(&["pid", "ps", "profile"])));
+        assert_eq!(
+            complete("profile all --", 14),
+            (
+                12,
+                strings(&[
+                    "--duration",
+                    "--rate",
+                    "--output",
+                    "--format",
+                    "--threads",
+                    "--idle"
+                ])
+            )
+        );
+        assert_eq!(
+            complete("profile --format s", 18),
+            (17, strings(&["svg", "speedscope"]))
+        );
+        assert_eq!(complete("profile --rate ", 15), (15, vec![]));
         assert_eq!(complete("attach --f", 10), (7, strings(&["--force"])));
         assert_eq!(
             complete("attach --force --", 17),
@@ -717,6 +835,38 @@ mod tests {
             (12, strings(&["4242", "4243"]))
         );
         assert_eq!(completions("revoke ", 7, tree), (7, all.clone()));
+        assert_eq!(
+            completions("top 42", 6, tree),
+            (4, strings(&["4242", "4243"]))
+        );
+        assert_eq!(completions("top --pid ", 10, tree), (10, all.clone()));
+        assert_eq!(completions("top a", 5, tree), (4, strings(&["all"])));
+        assert_eq!(
+            completions("top all --i", 11, tree),
+            (8, strings(&["--interval", "--idle", "--iterations"]))
+        );
+        assert_eq!(
+            completions("top 4242 --once --", 18, tree),
+            (
+                16,
+                strings(&[
+                    "--rate",
+                    "--interval",
+                    "--idle",
+                    "--cumulative",
+                    "--iterations",
+                    "--json",
+                ])
+            )
+        );
+        assert_eq!(completions("top --rate ", 11, tree), (11, strings(&[])));
+        assert_eq!(completions("profile --pid ", 14, tree), (14, all.clone()));
+        assert_eq!(
+            completions("profile --idle 42", 17, tree),
+            (15, strings(&["4242", "4243"]))
+        );
+        assert_eq!(completions("tasks ", 6, tree), (6, with(&["--json"])));
+        assert_eq!(complete("tasks 12 ", 9), (9, strings(&["--json"])));
         // An option being typed needs no pid; nor does a controller that
         // did not answer.
         assert_eq!(
@@ -778,12 +928,14 @@ mod tests {
             "ps [--json]",
             "status [--json]",
             "revoke [PID]",
+            "top [PID|all]",
+            "profile [PID|all]",
         ]) {
             assert!(text.contains(command), "{command}: {text}");
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 16);
+        assert_eq!(text.lines().count(), 22);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"

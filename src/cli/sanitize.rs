@@ -20,6 +20,7 @@ use std::fmt::Write;
 
 use crate::core::protocol::Status;
 use crate::core::stacks::{ProcessStacks, ThreadStack};
+use crate::core::tasks::AsyncTasks;
 use crate::core::tree::Tree;
 
 /// Whether `c` is a control character that a terminal may act on: C0,
@@ -86,6 +87,19 @@ fn thread(thread: &mut ThreadStack) {
         escape_string(&mut frame.file);
         escape_option(&mut frame.source);
     }
+}
+
+/// Escapes every text field of asyncio tasks: names, frames, the note.
+pub(crate) fn tasks(tasks: &mut AsyncTasks) {
+    for task in &mut tasks.tasks {
+        escape_string(&mut task.name);
+        for frame in &mut task.coroutine_stack {
+            escape_string(&mut frame.function);
+            escape_string(&mut frame.file);
+            escape_option(&mut frame.source);
+        }
+    }
+    escape_option(&mut tasks.note);
 }
 
 /// Escapes every text field of a `PS` tree: commands and Python versions.

@@ -90,7 +90,7 @@ impl PyRuntimeSection {
     ///
     /// As [`find`](Self::find).
     pub fn parse(elf: &[u8]) -> Result<Option<PyRuntimeSection>, Pep768Error> {
-        Self::find_in_data(elf)
+        Self::find_in_data(elf, SECTION)
     }
 
     /// [`find`](Self::find) on an open file, reading only its headers,
@@ -103,7 +103,7 @@ impl PyRuntimeSection {
                 return Ok(found);
             }
         }
-        let found = Self::find_in_data(&ReadCache::new(file))?;
+        let found = Self::find_in_data(&ReadCache::new(file), SECTION)?;
         if let Some(id) = id {
             let mut files = FILES.lock().unwrap_or_else(PoisonError::into_inner);
             files.insert(id, found);
@@ -111,8 +111,19 @@ impl PyRuntimeSection {
         Ok(found)
     }
 
+    /// Section `name` of an open file (not remembered: for the small
+    /// files of extension modules), found as [`find`](Self::find) finds
+    /// `.PyRuntime`.
+    pub(crate) fn find_named_in(
+        file: &File,
+        name: &[u8],
+    ) -> Result<Option<PyRuntimeSection>, Pep768Error> {
+        Self::find_in_data(&ReadCache::new(file), name)
+    }
+
     fn find_in_data<'data, R: ReadRef<'data>>(
         data: R,
+        name: &[u8],
     ) -> Result<Option<PyRuntimeSection>, Pep768Error> {
         let header = data
             .read_at::<FileHeader64<LittleEndian>>(0)
@@ -169,7 +180,7 @@ impl PyRuntimeSection {
             headers,
             StringTable::new(names, 0, size),
         );
-        let Some((_, section)) = sections.section_by_name(endian, SECTION) else {
+        let Some((_, section)) = sections.section_by_name(endian, name) else {
             return Ok(None);
         };
         let found = PyRuntimeSection {
@@ -181,7 +192,8 @@ impl PyRuntimeSection {
         };
         if found.sh_addr < load_base {
             return Err(corrupt(&format!(
-                ".PyRuntime at {:#x}, below the first PT_LOAD ({load_base:#x})",
+                "{} at {:#x}, below the first PT_LOAD ({load_base:#x})",
+                String::from_utf8_lossy(name),
                 found.sh_addr
             )));
         }

@@ -13,6 +13,9 @@
 //!   ([`PyRuntimeSection`]), and validates the [`DebugOffsets`] found there.
 //! - [`PyProcess::stack_dump`]: every thread's Python stack, as
 //!   [`heli_core::stacks::ThreadStack`]s.
+//! - [`PyProcess::async_tasks`]: its asyncio tasks, as
+//!   [`heli_core::tasks::AsyncTasks`] (`asyncio.rs`, through the
+//!   `_asyncio` module's own debug offsets).
 //! - [`PyProcess::remote_exec`]: `sys.remote_exec`'s write sequence, made
 //!   safe for the target (see `remote_exec.rs`);
 //!   [`PyProcess::remote_prctl`], [`remote_prctl`] and [`remote_exec_prctl`]
@@ -25,11 +28,13 @@
 //! ([`Pep768Error`]) and `cache.rs` (the bounded memory `elf.rs` and
 //! `probe.rs` keep between calls); `memory.rs` (the target's memory), `elf.rs` (the
 //! `.PyRuntime` section) and `offsets.rs` ([`DebugOffsets`]); `process.rs`
-//! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]), `probe.rs`
+//! ([`PyProcess`]); and on it `stack.rs` ([`stack_dump`]), `asyncio.rs` (which reads
+//! code objects and strings through `stack.rs`), `probe.rs`
 //! (which processes are CPythons, remembered for `PS`) and
 //! `remote_exec.rs` ([`remote_exec()`]), which writes its scripts where
 //! `script_dir.rs` says.
 
+mod asyncio;
 mod cache;
 mod elf;
 mod error;

@@ -348,9 +348,9 @@ pub(crate) const MAX_INTERPRETERS: usize = 4096;
 /// A file the target maps whose name contains `python`, and where its
 /// file offset 0 is mapped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Mapped {
-    path: String,
-    base: u64,
+pub(crate) struct Mapped {
+    pub(crate) path: String,
+    pub(crate) base: u64,
     end: u64,
     inode: u64,
 }
@@ -360,7 +360,7 @@ impl Mapped {
     /// target's root (mount namespaces), then as named; a deleted one
     /// through `/proc/PID/exe` (when it is the executable) or
     /// `/proc/PID/map_files`.
-    fn open(&self, pid: u32) -> Result<(PathBuf, fs::File), Pep768Error> {
+    pub(crate) fn open(&self, pid: u32) -> Result<(PathBuf, fs::File), Pep768Error> {
         let mut tries: Vec<PathBuf> = Vec::new();
         match self.path.strip_suffix(" (deleted)") {
             Some(_) => {
@@ -402,6 +402,12 @@ impl Mapped {
 /// The files in `maps` whose base name contains `python`, in order of first
 /// appearance, each with the start of its mapping of file offset 0.
 fn candidates(maps: &[Mapping]) -> Vec<Mapped> {
+    mapped_files(maps, b"python")
+}
+
+/// The files in `maps` whose base name contains `part`, in order of first
+/// appearance, each with the start of its mapping of file offset 0.
+pub(crate) fn mapped_files(maps: &[Mapping], part: &[u8]) -> Vec<Mapped> {
     let mut found: Vec<Mapped> = Vec::new();
     let mut seen: HashSet<&Path> = HashSet::new();
     for map in maps {
@@ -409,7 +415,7 @@ fn candidates(maps: &[Mapping]) -> Vec<Mapped> {
             continue;
         };
         let basename = path.file_name().unwrap_or(OsStr::new(""));
-        if !basename.as_bytes().windows(6).any(|w| w == b"python") {
+        if !basename.as_bytes().windows(part.len()).any(|w| w == part) {
             continue;
         }
         if map.offset != 0 || !seen.insert(path) {

@@ -146,9 +146,9 @@ impl PyProcess {
 
 /// A code object's parts that do not change.
 #[derive(Debug)]
-struct Code {
-    qualname: String,
-    filename: String,
+pub(super) struct Code {
+    pub(super) qualname: String,
+    pub(super) filename: String,
     linetable: Vec<u8>,
     firstlineno: i32,
     /// Where its bytecode (`co_code_adaptive`) starts.
@@ -170,8 +170,9 @@ impl Gil {
     }
 }
 
-/// One dump's reads, with what it learnt on the way.
-struct Walker<'a> {
+/// One dump's reads, with what it learnt on the way (the asyncio reader's
+/// too: code objects and strings are read here and nowhere else).
+pub(super) struct Walker<'a> {
     py: &'a PyProcess,
     o: &'a Offsets,
     /// The target's `/proc` directory: its threads' names and states.
@@ -185,7 +186,7 @@ struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    fn new(py: &'a PyProcess) -> Walker<'a> {
+    pub(super) fn new(py: &'a PyProcess) -> Walker<'a> {
         Walker {
             py,
             o: py.offsets(),
@@ -425,7 +426,7 @@ impl<'a> Walker<'a> {
         Ok((frames, false))
     }
 
-    fn code(&mut self, addr: u64) -> Result<Rc<Code>, Pep768Error> {
+    pub(super) fn code(&mut self, addr: u64) -> Result<Rc<Code>, Pep768Error> {
         if let Some(code) = self.codes.get(&addr) {
             return Ok(code.clone());
         }
@@ -462,7 +463,7 @@ impl<'a> Walker<'a> {
     }
 
     /// A `str` object's text.
-    fn string(&mut self, addr: u64) -> Result<Rc<str>, Pep768Error> {
+    pub(super) fn string(&mut self, addr: u64) -> Result<Rc<str>, Pep768Error> {
         if let Some(text) = self.strings.get(&addr) {
             return Ok(text.clone());
         }
@@ -547,7 +548,7 @@ impl<'a> Walker<'a> {
 
 impl Code {
     /// The line of the instruction at `instr_ptr`.
-    fn line_at(&self, instr_ptr: u64) -> Option<u32> {
+    pub(super) fn line_at(&self, instr_ptr: u64) -> Option<u32> {
         let line = if instr_ptr < self.bytecode {
             Some(self.firstlineno)
         } else {
