@@ -34,8 +34,9 @@
 //! of the samples taken at 100 Hz, the controller's RSS within 1 MB of
 //! idle). py-spy comes from `$HELI_PY_SPY` or scripts/test.sh's install
 //! and needs the right to ptrace the target (root here); heli needs none
-//! beyond the controller's. Under `cargo test` it runs each part for a
-//! second or two, to keep the bench code working.
+//! beyond the controller's. Under `cargo test` it runs each part once for
+//! a second or so (unpinned, at the ordinary priority), to keep the bench
+//! code working.
 
 #![allow(missing_docs)]
 
@@ -237,14 +238,28 @@ fn policy_of(pid: u32) -> &'static str {
     }
 }
 
-/// Puts thread `tid` in real time (`SCHED_FIFO`, priority 10) or back
-/// (`SCHED_OTHER`); the threads and processes it starts later inherit it.
-/// Quietly nothing where that is not allowed (not root).
-fn real_time(tid: u32, on: bool) {
-    let policy: &[&str] = if on { &["-f", "10"] } else { &["-o", "0"] };
-    let (flag, priority) = (policy[0], policy[1]);
+/// Puts the threads of `pid` (all of them if `all`, else the one whose id
+/// it is) in real time (`SCHED_FIFO`, priority 10) or back
+/// (`SCHED_OTHER`); the threads and processes they start later inherit it.
+/// Quietly nothing where that is not allowed (not root), and under `cargo
+/// test` (a spinning real-time target would starve a one-CPU machine's
+/// other tests but for the kernel's 5 %).
+///
+/// A spinning real-time target takes its CPU from every other thread of
+/// the same priority: put it in real time only once it is where it will
+/// stay, and the threads that must still run on its CPU first.
+fn real_time(pid: u32, all: bool, on: bool) {
+    if !benchmarking() {
+        return;
+    }
+    let mut args = vec![if on { "-f" } else { "-o" }];
+    if all {
+        args.push("-a");
+    }
+    let pid = pid.to_string();
+    args.extend(["-p", if on { "10" } else { "0" }, &pid]);
     let _ = Command::new("chrt")
-        .args([flag, "-p", priority, &tid.to_string()])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -537,13 +552,14 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
     if pinned {
         pin(me, "1");
     }
-    // The controller, its target, py-spy and the collecting threads
-    // inherit the main thread's policy.
-    real_time(me, true);
     let running = Running::start(WORK, &[counter.to_str().unwrap()], other);
     if pinned {
         pin(running.target.pid.get(), "0");
     }
+    // py-spy and the collecting threads inherit the main thread's policy.
+    real_time(me, false, true);
+    real_time(running.pid(), true, true);
+    real_time(running.target.pid.get(), true, true);
     let policy = policy_of(running.target.pid.get());
     // The target settles (and its work unit's code warms up).
     thread::sleep(Duration::from_secs(1));
@@ -577,7 +593,7 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
     if pinned {
         pin(me, "0-1");
     }
-    real_time(me, false);
+    real_time(me, false, false);
     let (load, _) = load_average();
     println!(
         "\nThroughput of a CPU-bound target (`unit()` calls a second), 100 Hz, {rounds} rounds \
@@ -631,8 +647,12 @@ fn samples_taken(rates: &[u32], duration: Duration, modes: &[Mode], in_real_time
     let counter = counter_dir.path().join("counter");
     std::fs::write(&counter, [0; 8]).unwrap();
     let me = std::process::id();
-    real_time(me, in_real_time);
     let running = Running::start(WORK, &[counter.to_str().unwrap()], Place::default());
+    if in_real_time {
+        real_time(me, false, true);
+        real_time(running.pid(), true, true);
+        real_time(running.target.pid.get(), true, true);
+    }
     println!(
         "\nSamples taken of those due, {} s each, CPU-bound target, unpinned, the target, \
          controller, py-spy and bench in {} (load average {})",
@@ -674,7 +694,7 @@ fn samples_taken(rates: &[u32], duration: Duration, modes: &[Mode], in_real_time
             );
         }
     }
-    real_time(me, false);
+    real_time(me, false, false);
 }
 
 /// The time of one `PythonInspector::stacks` read of `running`'s target,
@@ -788,25 +808,27 @@ fn main() {
     } else {
         (1, Duration::from_secs(1))
     };
-    if two_cpus {
+    if two_cpus && bench {
         overhead(rounds, window, true);
     }
     overhead(rounds, window, false);
-    let thirty = Duration::from_secs(if bench { 30 } else { 2 });
+    let thirty = Duration::from_secs(if bench { 30 } else { 1 });
     samples_taken(
         &[100, 1000],
         thirty,
         &[Mode::Heli, Mode::PySpy, Mode::PySpyNonblocking],
         false,
     );
-    samples_taken(
-        &[100, 1000],
-        thirty,
-        &[Mode::Heli, Mode::PySpyNonblocking],
-        true,
-    );
+    if bench {
+        samples_taken(
+            &[100, 1000],
+            thirty,
+            &[Mode::Heli, Mode::PySpyNonblocking],
+            true,
+        );
+    }
     inspector_reads(if bench { 2000 } else { 20 });
-    controller_memory(Duration::from_secs(if bench { 60 } else { 4 }));
+    controller_memory(Duration::from_secs(if bench { 60 } else { 3 }));
     println!("\nload average at the end {:?}", load_average());
     let _ = std::io::stdout().flush();
 }
