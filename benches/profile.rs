@@ -9,19 +9,14 @@
 //!   (which stops the target at each sample) and with `--nonblocking`;
 //!   the order of the four rotates every round, the loss is each round's
 //!   against the same round's unprofiled window. The target, the
-//!   controller, py-spy and the bench run in real time (`SCHED_FIFO`,
-//!   as root; the kernel's real-time throttling leaves others 5 % of each
-//!   CPU), so that a busy machine's other work takes none of their CPU:
-//!   what is measured is what a profiler costs the target on a machine
-//!   that has nothing else to do. Twice when the machine has two CPUs:
-//!   with the target on CPU 0 and the controller, py-spy and the bench on
-//!   CPU 1 (`taskset`), then unpinned;
+//!   controller, py-spy and the bench run at nice -19 (as root), so that a
+//!   busy machine's other work takes little of their CPU. Twice when the
+//!   machine has two CPUs: with the target on CPU 0 and the controller,
+//!   py-spy and the bench on CPU 1 (`taskset`), then unpinned;
 //! - the samples taken against those due at 100 Hz and 1,000 Hz over
 //!   30 s (heli's `Samples.due`/`taken`; py-spy's `Samples:` count against
 //!   the rate times how long it ran, its start-up included: it stops after
-//!   rate times duration samples, however long they take), at the
-//!   ordinary priority on the machine as it is, then for heli and py-spy
-//!   `--nonblocking` in real time as above;
+//!   rate times duration samples, however long they take);
 //! - the time of one `PythonInspector::stacks` call (the sampler's read)
 //!   on the same target and on a target with deep stacks;
 //! - the controller's resident memory (`VmRSS`) idle, then every 2 s
@@ -35,8 +30,7 @@
 //! idle). py-spy comes from `$HELI_PY_SPY` or scripts/test.sh's install
 //! and needs the right to ptrace the target (root here); heli needs none
 //! beyond the controller's. Under `cargo test` it runs each part once for
-//! a second or so (unpinned, at the ordinary priority), to keep the bench
-//! code working.
+//! a second or so (unpinned), to keep the bench code working.
 
 #![allow(missing_docs)]
 
@@ -224,42 +218,28 @@ impl Place {
     }
 }
 
-/// The scheduling policy of `pid`'s main thread: `SCHED_FIFO` or
-/// `SCHED_OTHER`.
-fn policy_of(pid: u32) -> &'static str {
+/// The niceness of `pid`'s main thread.
+fn nice_of(pid: u32) -> i64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let policy = stat.rsplit_once(')').and_then(|(_, fields)| {
-        // After the name: state is field 3, policy 41.
-        fields.split_whitespace().nth(38)?.parse::<u32>().ok()
-    });
-    match policy {
-        Some(1) => "SCHED_FIFO",
-        _ => "SCHED_OTHER",
-    }
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    // After the name: state is field 3, nice 19.
+    fields
+        .split_whitespace()
+        .nth(16)
+        .and_then(|nice| nice.parse().ok())
+        .unwrap_or(0)
 }
 
-/// Puts the threads of `pid` (all of them if `all`, else the one whose id
-/// it is) in real time (`SCHED_FIFO`, priority 10) or back
-/// (`SCHED_OTHER`); the threads and processes they start later inherit it.
-/// Quietly nothing where that is not allowed (not root), and under `cargo
-/// test` (a spinning real-time target would starve a one-CPU machine's
-/// other tests but for the kernel's 5 %).
-///
-/// A spinning real-time target takes its CPU from every other thread of
-/// the same priority: put it in real time only once it is where it will
-/// stay, and the threads that must still run on its CPU first.
-fn real_time(pid: u32, all: bool, on: bool) {
-    if !benchmarking() {
-        return;
-    }
-    let mut args = vec![if on { "-f" } else { "-o" }];
-    if all {
-        args.push("-a");
-    }
-    let pid = pid.to_string();
-    args.extend(["-p", if on { "10" } else { "0" }, &pid]);
-    let _ = Command::new("chrt")
-        .args(args)
+/// Sets the niceness of thread `tid` (the threads and processes it starts
+/// later inherit it). Not `SCHED_FIFO`: a first try with the target, the
+/// controller and the bench in real time stalled the shared machine (a
+/// load average of 160; a spinning real-time target leaves others 5 % of
+/// its CPU).
+fn renice(tid: u32, nice: i32) {
+    let _ = Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", &tid.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -552,15 +532,14 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
     if pinned {
         pin(me, "1");
     }
+    // The controller, its target, py-spy and the collecting threads
+    // inherit the main thread's niceness (where it may be raised: root).
+    renice(me, -19);
     let running = Running::start(WORK, &[counter.to_str().unwrap()], other);
     if pinned {
         pin(running.target.pid.get(), "0");
     }
-    // py-spy and the collecting threads inherit the main thread's policy.
-    real_time(me, false, true);
-    real_time(running.pid(), true, true);
-    real_time(running.target.pid.get(), true, true);
-    let policy = policy_of(running.target.pid.get());
+    let nice = nice_of(running.target.pid.get());
     // The target settles (and its work unit's code warms up).
     thread::sleep(Duration::from_secs(1));
     let target = running.target.pid.get();
@@ -593,11 +572,11 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
     if pinned {
         pin(me, "0-1");
     }
-    real_time(me, false, false);
+    renice(me, 0);
     let (load, _) = load_average();
     println!(
         "\nThroughput of a CPU-bound target (`unit()` calls a second), 100 Hz, {rounds} rounds \
-         of {} s in turns, {}, the target, controller, py-spy and bench in {policy} \
+         of {} s in turns, {}, the target, controller, py-spy and bench at nice {nice} \
          (load average {load})",
         window.as_secs(),
         if pinned {
@@ -639,31 +618,21 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
     }
 }
 
-/// Samples taken against those due by `modes` at `rates`, each for
-/// `duration`, on [`WORK`], one after the other; `in_real_time`: the
-/// target, the controller and py-spy in `SCHED_FIFO`.
-fn samples_taken(rates: &[u32], duration: Duration, modes: &[Mode], in_real_time: bool) {
+/// Samples taken against those due by heli and py-spy at `rates`, each for
+/// `duration`, on [`WORK`], one after the other.
+fn samples_taken(rates: &[u32], duration: Duration) {
     let counter_dir = tempfile::tempdir().unwrap();
     let counter = counter_dir.path().join("counter");
     std::fs::write(&counter, [0; 8]).unwrap();
-    let me = std::process::id();
     let running = Running::start(WORK, &[counter.to_str().unwrap()], Place::default());
-    if in_real_time {
-        real_time(me, false, true);
-        real_time(running.pid(), true, true);
-        real_time(running.target.pid.get(), true, true);
-    }
     println!(
-        "\nSamples taken of those due, {} s each, CPU-bound target, unpinned, the target, \
-         controller, py-spy and bench in {} (load average {})",
-        duration.as_secs(),
-        policy_of(running.target.pid.get()),
-        load_average().0
+        "\nSamples taken of those due, {} s each, CPU-bound target, unpinned",
+        duration.as_secs()
     );
     println!("| profiler | rate | due | taken | % taken | dropped | stacks counted | profiler CPU % of a core |");
     println!("|---|---|---|---|---|---|---|---|");
     for &rate in rates {
-        for &mode in modes {
+        for mode in [Mode::Heli, Mode::PySpy, Mode::PySpyNonblocking] {
             let profiling = Profiling::start(mode, &running, rate, duration, Place::default());
             let tally = if mode == Mode::Heli {
                 profiling.finish(true)
@@ -694,7 +663,6 @@ fn samples_taken(rates: &[u32], duration: Duration, modes: &[Mode], in_real_time
             );
         }
     }
-    real_time(me, false, false);
 }
 
 /// The time of one `PythonInspector::stacks` read of `running`'s target,
@@ -812,21 +780,10 @@ fn main() {
         overhead(rounds, window, true);
     }
     overhead(rounds, window, false);
-    let thirty = Duration::from_secs(if bench { 30 } else { 1 });
     samples_taken(
         &[100, 1000],
-        thirty,
-        &[Mode::Heli, Mode::PySpy, Mode::PySpyNonblocking],
-        false,
+        Duration::from_secs(if bench { 30 } else { 1 }),
     );
-    if bench {
-        samples_taken(
-            &[100, 1000],
-            thirty,
-            &[Mode::Heli, Mode::PySpyNonblocking],
-            true,
-        );
-    }
     inspector_reads(if bench { 2000 } else { 20 });
     controller_memory(Duration::from_secs(if bench { 60 } else { 3 }));
     println!("\nload average at the end {:?}", load_average());
