@@ -55,7 +55,7 @@ use common::{benchmarking, example_exe, percentiles, spawn_controller};
 /// has into the first 8 bytes of the file `argv[1]` after each call (one
 /// aligned 8-byte store, through a `memoryview` of the mapped file:
 /// `struct.pack_into` would write it byte by byte, and a reader could see
-/// half of an update). A unit is about a millisecond of pure-Python arithmetic,
+/// half of an update). A unit is about 0.1 ms of pure-Python arithmetic,
 /// three calls deep.
 const WORK: &str = r#"
 import mmap, sys
