@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::debug;
 
 use crate::inspector::Inspector;
@@ -240,6 +240,12 @@ fn sample<I: Inspector>(
         let mut read = false;
         let mut failed = None;
         for &process in &processes {
+            // A round over a large tree takes long: a profile stopped
+            // meanwhile ends now, not after it (its thread counts against
+            // MAX_SAMPLERS until it ends).
+            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                return "stopped".into();
+            }
             match inspector.stacks(process) {
                 Ok(threads) => {
                     read = true;
@@ -441,6 +447,46 @@ mod tests {
             Some("cannot read the stacks of target PID 1: not a Python process")
         );
         assert_eq!(last.taken, 0);
+    }
+
+    /// A tree of 20 Python processes, each read taking 50 ms.
+    struct SlowTree;
+
+    impl Inspector for SlowTree {
+        fn stacks(&self, _: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            thread::sleep(Duration::from_millis(50));
+            Ok(Vec::new())
+        }
+        fn tree(&self, _: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            Ok((1..=20)
+                .map(|pid| {
+                    let mut process = TreeProcess::new(Pid::new(pid).unwrap());
+                    process.python = Some("3.14.0".into());
+                    process
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn stopping_a_tree_profile_ends_its_sampler_within_a_read_not_a_round() {
+        let profiler = Profiler::new(Arc::new(SlowTree));
+        let mut sampled = plan(10_000, None);
+        sampled.sampled = Sampled::Tree(ProcessId {
+            pid: Pid::this(),
+            start_time: 1,
+        });
+        let mut sampling = profiler.start(sampled).unwrap();
+        // Into its first round (of 1 s: 20 reads of 50 ms).
+        thread::sleep(Duration::from_millis(120));
+        let asked = Instant::now();
+        sampling.stop("stopped by the client");
+        drop(sampling);
+        while profiler.running() != 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let took = asked.elapsed();
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 
     #[test]
