@@ -805,6 +805,7 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             duration: (profile.duration_ms != 0)
                 .then(|| Duration::from_millis(profile.duration_ms)),
             name,
+            me: self.controller_user(),
         };
         let sampling = self
             .profiler

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::debug;
 
+use crate::authorize::other_user;
 use crate::inspector::Inspector;
 use crate::process::ProcessId;
 use crate::profile::{Aggregate, Samples};
@@ -44,6 +45,10 @@ pub(crate) struct Plan {
     pub(crate) duration: Option<Duration>,
     /// How messages name what is sampled (`target PID 4242`).
     pub(crate) name: String,
+    /// The controller's effective user, when known: a process of a tree
+    /// that runs as another user is not sampled ([`other_user`], as
+    /// `STACKS ALL` skips it).
+    pub(crate) me: Option<u32>,
 }
 
 /// How many sampler threads may run at once: those of running profiles,
@@ -220,7 +225,12 @@ fn sample<I: Inspector>(
                     Ok(tree) => {
                         processes = tree
                             .iter()
-                            .filter(|process| process.is_python())
+                            .filter(|process| {
+                                process.is_python()
+                                    && plan.me.is_none_or(|me| {
+                                        other_user(process.uid, process.euid, me).is_none()
+                                    })
+                            })
                             .map(|process| ProcessId {
                                 pid: process.pid,
                                 start_time: process.start_time,
@@ -240,6 +250,12 @@ fn sample<I: Inspector>(
         let mut read = false;
         let mut failed = None;
         for &process in &processes {
+            // A round over a large tree takes long: a profile stopped
+            // meanwhile ends now, not after it (its thread counts against
+            // MAX_SAMPLERS until it ends).
+            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                return "stopped".into();
+            }
             match inspector.stacks(process) {
                 Ok(threads) => {
                     read = true;
@@ -338,6 +354,7 @@ mod tests {
             rate,
             duration: duration_ms.map(Duration::from_millis),
             name: "target PID 1".into(),
+            me: None,
         }
     }
 
@@ -441,6 +458,90 @@ mod tests {
             Some("cannot read the stacks of target PID 1: not a Python process")
         );
         assert_eq!(last.taken, 0);
+    }
+
+    /// A tree of 20 Python processes, each read taking 50 ms.
+    struct SlowTree;
+
+    impl Inspector for SlowTree {
+        fn stacks(&self, _: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            thread::sleep(Duration::from_millis(50));
+            Ok(Vec::new())
+        }
+        fn tree(&self, _: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            Ok((1..=20)
+                .map(|pid| {
+                    let mut process = TreeProcess::new(Pid::new(pid).unwrap());
+                    process.python = Some("3.14.0".into());
+                    process
+                })
+                .collect())
+        }
+    }
+
+    /// A tree of three Python processes, the second of another user,
+    /// each running a function named after its pid.
+    struct TwoUsers;
+
+    impl Inspector for TwoUsers {
+        fn stacks(&self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            let mut thread = ThreadStack::new(process.pid.get().into());
+            let function = format!("f{}", process.pid);
+            thread.frames.push(Frame::new(function, "app.py", Some(1)));
+            Ok(vec![thread])
+        }
+        fn tree(&self, _: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            Ok((1..=3)
+                .map(|pid| {
+                    let mut process = TreeProcess::new(Pid::new(pid).unwrap());
+                    process.python = Some("3.14.0".into());
+                    (process.uid, process.euid) = if pid == 2 { (1000, 0) } else { (0, 0) };
+                    process
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_tree_profile_samples_no_process_of_another_user() {
+        let profiler = Profiler::new(Arc::new(TwoUsers));
+        let mut sampled = plan(100, Some(300));
+        sampled.sampled = Sampled::Tree(ProcessId {
+            pid: Pid::this(),
+            start_time: 1,
+        });
+        sampled.me = Some(0);
+        let sampling = profiler.start(sampled).unwrap();
+        let batches = until_ended(&sampling);
+        let mut pids: Vec<u32> = batches
+            .iter()
+            .flat_map(|batch| &batch.stacks)
+            .map(|stack| stack.pid.get())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        assert_eq!(pids, [1, 3]);
+    }
+
+    #[test]
+    fn stopping_a_tree_profile_ends_its_sampler_within_a_read_not_a_round() {
+        let profiler = Profiler::new(Arc::new(SlowTree));
+        let mut sampled = plan(10_000, None);
+        sampled.sampled = Sampled::Tree(ProcessId {
+            pid: Pid::this(),
+            start_time: 1,
+        });
+        let mut sampling = profiler.start(sampled).unwrap();
+        // Into its first round (of 1 s: 20 reads of 50 ms).
+        thread::sleep(Duration::from_millis(120));
+        let asked = Instant::now();
+        sampling.stop("stopped by the client");
+        drop(sampling);
+        while profiler.running() != 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let took = asked.elapsed();
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 
     #[test]

@@ -150,13 +150,21 @@ enum Node {
     Coroutine(usize),
 }
 
+/// At most this many bytes of lines [`tree_lines`] draws: a task awaited
+/// by several tasks is drawn under each, so that a target's tasks of a few
+/// kilobytes may draw a tree of exponential size (tasks that each gather
+/// the same two tasks of the next layer), or of quadratic size (a long
+/// chain, each level indented further).
+pub const MAX_TREE_TEXT: usize = 128 << 20;
+
 /// The tree of `tasks`, as lines (the way `python -m asyncio pstree` draws
 /// it, each task followed by its id): one tree per task no task awaits,
 /// in the order of the tasks; under a task, its coroutine stack, outermost
 /// first, and under the innermost coroutine of an awaiting task, the tasks
 /// it awaits. A task awaited by several tasks is drawn under each. An
 /// awaiter that is not one of the tasks (a future that is not a task) is
-/// left out.
+/// left out. A tree past [`MAX_TREE_TEXT`] is cut there, its last line
+/// saying so.
 ///
 /// # Errors
 ///
@@ -234,12 +242,21 @@ pub fn tree_lines(tasks: &AsyncTasks) -> Result<Vec<String>, Cycles> {
         Node::Coroutine(i) => format!(" {}", labels[i]),
     };
     let mut lines = Vec::new();
+    let mut drawn = 0;
     for root in (0..tasks.tasks.len()).filter(|i| !awaited.contains(i)) {
         // Depth first, without recursion: (node, prefix, last).
         let mut pending = vec![(Node::Task(root), String::new(), true)];
         while let Some((node, prefix, last)) = pending.pop() {
             let branch = if last { "└── " } else { "├── " };
-            lines.push(format!("{prefix}{branch}{}", label(node)));
+            let line = format!("{prefix}{branch}{}", label(node));
+            drawn += line.len() + 1;
+            if drawn > MAX_TREE_TEXT {
+                lines.push(format!(
+                    "(cut: the tree passes {MAX_TREE_TEXT} bytes; `--json` lists each task once)"
+                ));
+                return Ok(lines);
+            }
+            lines.push(line);
             let prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
             let kids = children.get(&node).map_or(&[][..], Vec::as_slice);
             for (k, &kid) in kids.iter().enumerate().rev() {
@@ -421,6 +438,31 @@ mod tests {
         let err = tree_lines(&of(cyclic)).unwrap_err();
         assert_eq!(err.cycles.len(), 1);
         assert_eq!(err.cycles[0].len() as u64, n + 1);
+    }
+
+    #[test]
+    fn a_tree_that_would_explode_is_cut() {
+        // Layers of two tasks, each awaited by both tasks of the layer
+        // above: 2^60 paths from the top.
+        let mut tasks = vec![task(1, "top", &["main"], &[])];
+        let mut above = vec![1];
+        for layer in 0..60u64 {
+            let ids = [10 + 2 * layer, 11 + 2 * layer];
+            for id in ids {
+                tasks.push(task(id, "t", &["gather"], &above));
+            }
+            above = ids.to_vec();
+        }
+        let lines = tree_lines(&of(tasks)).unwrap();
+        let bytes: usize = lines.iter().map(|line| line.len() + 1).sum();
+        assert!(bytes <= MAX_TREE_TEXT + 200, "{bytes}");
+        assert!(lines.last().unwrap().starts_with("(cut: the tree passes"));
+        // A chain of 10,000, each level indented further.
+        let chain: Vec<AsyncTask> = (1..=10_000u64)
+            .map(|i| task(i, "t", &["f"], &[i - 1]))
+            .collect();
+        let lines = tree_lines(&of(chain)).unwrap();
+        assert!(lines.last().unwrap().starts_with("(cut: the tree passes"));
     }
 
     #[test]
