@@ -249,11 +249,12 @@ fn sample<I: Inspector>(
         }
         let mut read = false;
         let mut failed = None;
-        for &process in &processes {
+        for (i, &process) in processes.iter().enumerate() {
             // A round over a large tree takes long: a profile stopped
             // meanwhile ends now, not after it (its thread counts against
-            // MAX_SAMPLERS until it ends).
-            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+            // MAX_SAMPLERS until it ends). Before the first read, the wait
+            // below has just looked.
+            if i > 0 && !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
                 return "stopped".into();
             }
             match inspector.stacks(process) {
