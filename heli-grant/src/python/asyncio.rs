@@ -42,7 +42,8 @@ pub(crate) const MAX_TASKS: usize = 1 << 16;
 pub(crate) const MAX_AWAITERS: usize = 1 << 16;
 /// At most this many coroutines per task's stack.
 pub(crate) const MAX_CHAIN: usize = 1024;
-/// At most this much text (names and file names) per read.
+/// At most this much text (names and file names) and awaiter sets' slots
+/// per read.
 pub(crate) const MAX_TEXT: usize = 8 << 20;
 /// At most this many threads per interpreter.
 const MAX_THREADS: usize = 1 << 16;
@@ -313,7 +314,8 @@ struct Reader<'a> {
     walker: Walker<'a>,
     a: AsyncioOffsets,
     o: ObjectOffsets,
-    /// The text read so far, against [`MAX_TEXT`].
+    /// The text and awaiter slots read so far, against [`MAX_TEXT`] (a
+    /// corrupt target's sets cannot make a read go on for gigabytes).
     text: usize,
 }
 
@@ -388,7 +390,7 @@ impl Reader<'_> {
             tasks.tasks.push(read);
             if self.text > MAX_TEXT {
                 tasks.note = Some(format!(
-                    "cut: a read holds at most {MAX_TEXT} bytes of names; later tasks left out"
+                    "cut: a read holds at most {MAX_TEXT} bytes of names and awaiter sets; later tasks left out"
                 ));
                 return Ok(true);
             }
@@ -513,7 +515,9 @@ impl Reader<'_> {
             )));
         }
         // Slots of a key and its hash; a free slot has no key, a dummy
-        // (a removed key) the hash -1.
+        // (a removed key) the hash -1. They count against the read's
+        // budget, text or not.
+        self.text += 16 * slots as usize;
         let entries = memory.read_vec(table, 16 * slots as usize)?;
         Ok(entries
             .chunks_exact(16)
