@@ -49,7 +49,7 @@ use heli::core::{Client, Inspector, Pid, ProcessId, Processes};
 use heli::grant::PythonInspector;
 use heli::transport::UnixSocketTransport;
 
-use common::{benchmarking, example_exe, percentiles, spawn_controller};
+use common::{benchmarking, example_exe, percentiles, py_spy, spawn_controller};
 
 /// A CPU-bound target: calls `unit` for ever and writes how many times it
 /// has into the first 8 bytes of the file `argv[1]` after each call (one
@@ -253,19 +253,6 @@ fn pin(pid: u32, cpus: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "taskset -p -c {cpus} {pid}");
-}
-
-/// py-spy: `$HELI_PY_SPY`, else scripts/test.sh's install.
-fn py_spy() -> PathBuf {
-    let path = std::env::var_os("HELI_PY_SPY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/heli/tools/bin/py-spy".into());
-    assert!(
-        path.is_file(),
-        "py-spy not found at {}: run scripts/test.sh or set HELI_PY_SPY",
-        path.display()
-    );
-    path
 }
 
 /// Who samples the target during a window.

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{benchmarking, example_exe, percentiles, python, spawn_controller, time_each};
+use common::{benchmarking, example_exe, percentiles, py_spy, python, spawn_controller, time_each};
 
 /// A target that forks `argv[1]` Python children, each asleep in
 /// `worker_sleeps` until its parent goes, then sleeps in `main_sleeps`.
@@ -172,19 +172,6 @@ impl Connection {
         self.0.read_line(&mut line).unwrap();
         line.trim_end().to_owned()
     }
-}
-
-/// py-spy: `$HELI_PY_SPY`, else scripts/test.sh's install.
-fn py_spy() -> PathBuf {
-    let path = std::env::var_os("HELI_PY_SPY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/heli/tools/bin/py-spy".into());
-    assert!(
-        path.is_file(),
-        "py-spy not found at {}: run scripts/test.sh or set HELI_PY_SPY",
-        path.display()
-    );
-    path
 }
 
 fn row(what: &str, samples: Vec<Duration>) -> f64 {

@@ -13,6 +13,19 @@ pub(crate) fn python() -> PathBuf {
         .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
 }
 
+/// py-spy: `$HELI_PY_SPY`, else scripts/test.sh's install.
+pub(crate) fn py_spy() -> PathBuf {
+    let path = std::env::var_os("HELI_PY_SPY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/opt/heli/tools/bin/py-spy".into());
+    assert!(
+        path.is_file(),
+        "py-spy not found at {}: run scripts/test.sh or set HELI_PY_SPY",
+        path.display()
+    );
+    path
+}
+
 /// `target/<profile>`, where this bench runs from.
 pub(crate) fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

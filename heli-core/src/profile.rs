@@ -337,6 +337,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_costs_its_frames_once_and_seven_bytes_a_frame() {
+        let pid = Pid::new(42).unwrap();
+        let mut aggregate = Aggregate::default();
+        // One frame ("f" in "a.py": 1 + 4 + 48), a stack of ten of it.
+        let mut deep = ThreadStack::new(1);
+        deep.frames = vec![Frame::new("f", "a.py", Some(1)); 10];
+        aggregate.add(pid, &[deep.clone()]);
+        assert_eq!(aggregate.cost(), 53 + 10 * 7 + 96);
+        // Seen again, it costs nothing more; a name costs its JSON.
+        aggregate.add(pid, &[deep]);
+        assert_eq!(aggregate.cost(), 53 + 10 * 7 + 96);
+        let mut named = ThreadStack::new(2);
+        named.name = Some("w\"\n".into());
+        named.frames.push(Frame::new("f", "a.py", Some(1)));
+        aggregate.add(pid, &[named]);
+        assert_eq!(aggregate.cost(), 53 + 10 * 7 + 96 + 7 + 96 + (1 + 2 + 6));
+    }
+
+    #[test]
     fn the_budget_bounds_a_batch_and_counts_what_it_drops() {
         let pid = Pid::new(41).unwrap();
         let mut aggregate = Aggregate::default();

@@ -65,7 +65,9 @@ pub(crate) struct Profiler {
 
 impl std::fmt::Debug for Profiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Profiler")
+        f.debug_struct("Profiler")
+            .field("running", &self.running())
+            .finish_non_exhaustive()
     }
 }
 
@@ -377,6 +379,7 @@ mod tests {
         let profiler = Profiler::new(Arc::new(Alternating::default()));
         let sampling = profiler.start(plan(200, Some(500))).unwrap();
         assert_eq!(profiler.running(), 1);
+        assert_eq!(format!("{profiler:?}"), "Profiler { running: 1, .. }");
         let batches = until_ended(&sampling);
         let last = batches.last().unwrap();
         assert_eq!(last.ended.as_deref(), Some("the 0.5 s asked for are over"));

@@ -33,6 +33,7 @@ use heli_core::tasks::{AsyncTask, AsyncTasks};
 
 use super::elf::PyRuntimeSection;
 use super::error::{Pep768Error, Pep768ErrorKind};
+use super::offsets::{fits, MAX_STRUCT};
 use super::process::{mapped_files, PyProcess, MAX_INTERPRETERS};
 use super::stack::Walker;
 
@@ -53,8 +54,6 @@ const SECTION: &[u8] = b".AsyncioDebug";
 const SIZE: usize = 13 * 8;
 /// How often a read that met a changing target is tried.
 const ATTEMPTS: usize = 3;
-/// The largest structure believed.
-const MAX_STRUCT: u64 = 1 << 20;
 /// `_PyStackRef` and object pointer tag bits.
 const TAG_BITS: u64 = 0b11;
 /// `gi_frame_state` of a coroutine suspended in an `await`.
@@ -110,15 +109,6 @@ impl AsyncioOffsets {
             running_loop: w(10),
             running_task: w(11),
             tstate_tasks_head: w(12),
-        };
-        let fits = |what: &str, offset: u64, width: u64, size: u64| {
-            if size == 0 || size > MAX_STRUCT {
-                Err(format!("{what}: structure size {size:#x}"))
-            } else if offset.checked_add(width).is_none_or(|end| end > size) {
-                Err(format!("{what} at {offset:#x} + {width} > size {size:#x}"))
-            } else {
-                Ok(())
-            }
         };
         let checks = [
             ("task_name", o.task_name, 8, o.task_size),

@@ -529,21 +529,25 @@ pub(crate) struct DebuggerOffsets {
 
 /// The largest structure size believed (1 MiB; `_PyRuntimeState` is about
 /// 310 KiB on 3.14).
-const MAX_STRUCT: u64 = 1 << 20;
+pub(super) const MAX_STRUCT: u64 = 1 << 20;
+
+/// Whether `what`, `width` bytes at `offset`, lies inside a structure of
+/// `size` bytes (a size of 0 or past [`MAX_STRUCT`] is not believed); the
+/// error says why not.
+pub(super) fn fits(what: &str, offset: u64, width: u64, size: u64) -> Result<(), String> {
+    if size == 0 || size > MAX_STRUCT {
+        Err(format!("{what}: structure size {size:#x}"))
+    } else if offset.checked_add(width).is_none_or(|end| end > size) {
+        Err(format!("{what} at {offset:#x} + {width} > size {size:#x}"))
+    } else {
+        Ok(())
+    }
+}
 
 impl Offsets {
     /// Every offset heli uses must lie, with its width, inside its
     /// structure; the error names the first one that does not.
     fn check(&self) -> Result<(), String> {
-        let fits = |what: &str, offset: u64, width: u64, size: u64| {
-            if size == 0 || size > MAX_STRUCT {
-                Err(format!("{what}: structure size {size:#x}"))
-            } else if offset.checked_add(width).is_none_or(|end| end > size) {
-                Err(format!("{what} at {offset:#x} + {width} > size {size:#x}"))
-            } else {
-                Ok(())
-            }
-        };
         fits(
             "runtime_state.interpreters_head",
             self.interpreters_head,
