@@ -58,7 +58,8 @@ step "cargo test"
 # The end-to-end tests run the example binaries: build them as programs
 # (--all-targets alone builds examples as test harnesses).
 cargo build --examples --locked
-cargo test --workspace --all-targets --locked
+# Bounded: a hung test fails the run in minutes, not at CI's limit.
+bounded 1800 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 
 step "cargo doc -D warnings"

@@ -1187,6 +1187,16 @@ mod tests {
             ),
             (
                 ErrorKind::UnexpectedArgument,
+                "SAMPLES takes one argument at most (STOP)",
+                &[b"SAMPLES STOP now\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "PROFILE takes three arguments at most (a rate, milliseconds, a PID or ALL)",
+                &[b"PROFILE 100 1000 ALL 5\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
                 "PS takes no argument",
                 &[b"PS ALL\n", b"PS 5\n"],
             ),

@@ -234,6 +234,24 @@ fn the_controller_ending_with_its_target_waits_for_the_last_collection() {
 }
 
 #[test]
+fn a_request_while_the_controller_waits_for_a_collection_does_not_end_the_wait() {
+    let (fake, target, running, _) = profiled();
+    let mut session = fake.client().session().unwrap();
+    session
+        .profile(ProfileRequest::new(Scope::Target, 200))
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    target.exit(ExitStatus::Code(0));
+    thread::sleep(Duration::from_millis(200));
+    // Another client wakes the loop up while it waits.
+    let _ = fake.client().status();
+    thread::sleep(Duration::from_millis(200));
+    let batches = until_ended(&mut session);
+    assert!(batches.last().unwrap().taken > 0);
+    running.join().unwrap();
+}
+
+#[test]
 fn a_profile_nobody_collects_holds_the_controller_up_a_second_at_most() {
     let (fake, target, running, _) = profiled();
     let mut session = fake.client().session().unwrap();

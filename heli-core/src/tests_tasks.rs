@@ -82,3 +82,23 @@ fn a_tasks_reply_too_long_leaves_the_last_tasks_out_and_says_how_many() {
     tasks.tasks.truncate(3);
     assert_eq!(crate::event_loop::fit_tasks(tasks.clone()), tasks);
 }
+
+#[test]
+fn a_cut_tasks_reply_keeps_as_many_tasks_as_fit() {
+    use crate::tasks::{AsyncTask, AsyncTasks};
+    // Many small tasks: a byte miscounted for each one left out would add
+    // up to whole tasks.
+    let mut tasks = AsyncTasks::new(PID);
+    for id in 0..120_000 {
+        tasks.tasks.push(AsyncTask::new(id, format!("t{id}")));
+    }
+    let fitted = crate::event_loop::fit_tasks(tasks.clone());
+    let kept = fitted.tasks.len();
+    assert!(kept < tasks.tasks.len());
+    let room = MAX_REPLY - 300;
+    let mut one_more = fitted.clone();
+    one_more.note = None;
+    assert!(serde_json::to_string(&one_more).unwrap().len() <= room);
+    one_more.tasks.push(tasks.tasks[kept].clone());
+    assert!(serde_json::to_string(&one_more).unwrap().len() > room);
+}

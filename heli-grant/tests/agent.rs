@@ -33,13 +33,19 @@ impl Drop for Started {
 }
 
 fn start(code: &str, env: &[(&str, &str)]) -> Started {
+    start_args(code, &[], env)
+}
+
+/// As `start`, the script given `args`.
+fn start_args(code: &str, args: &[&str], env: &[(&str, &str)]) -> Started {
     // A script file, not -c: the fork test finds it as sys.argv[0].
     let scripts = tempdir();
     let script = scripts.path().join("agent_target.py");
     std::fs::write(&script, code).unwrap();
     let python = python314();
-    let (supervisor, host, id, _agent_dir) =
-        start_env(python.to_str().unwrap(), &[script.to_str().unwrap()], env);
+    let mut script_args = vec![script.to_str().unwrap()];
+    script_args.extend_from_slice(args);
+    let (supervisor, host, id, _agent_dir) = start_env(python.to_str().unwrap(), &script_args, env);
     Started {
         supervisor,
         host,
@@ -51,6 +57,23 @@ fn start(code: &str, env: &[(&str, &str)]) -> Started {
 
 fn due() -> Deadline {
     Deadline::after(Duration::from_secs(10))
+}
+
+/// A session through the agent, once the last one is over for it: the
+/// end of a session reaches the agent when every copy of the client's
+/// socket is closed, and a child another test is spawning holds copies
+/// until it execs.
+fn attach(host: &AgentHost, id: ProcessId) -> heli_core::AgentSession {
+    let mut tries = 0;
+    loop {
+        match host.attach(id, &due()) {
+            Err(err) if err.to_string().contains("already attached") && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            session => return session.unwrap(),
+        }
+    }
 }
 
 fn ready(started: &Started) -> AgentState {
@@ -75,18 +98,36 @@ work()
 struct Pdb(BufReader<UnixStream>);
 
 impl Pdb {
-    fn next(&mut self) -> Value {
+    /// pdb on `stream`, a stream that stays silent failing the test, not
+    /// hanging it.
+    fn on(stream: UnixStream) -> Pdb {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Pdb(BufReader::new(stream))
+    }
+
+    /// Everything up to the end of the stream.
+    fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.0, &mut rest).unwrap();
+        rest
+    }
+
+    /// The next message; None at the end of the stream.
+    fn next(&mut self) -> Option<Value> {
         let mut line = String::new();
         self.0.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "pdb's server closed the stream");
-        serde_json::from_str(&line).unwrap()
+        (!line.is_empty()).then(|| serde_json::from_str(&line).unwrap())
     }
 
     /// The messages up to the next prompt, as text.
     fn until_prompt(&mut self) -> String {
         let mut text = String::new();
         loop {
-            let message = self.next();
+            let Some(message) = self.next() else {
+                panic!("pdb's server closed the stream after: {text}");
+            };
             if message.get("prompt").is_some() {
                 return text;
             }
@@ -112,11 +153,11 @@ fn pdb_runs_on_the_main_thread_for_the_sockets_handed_over_and_again_after_it_de
         "{state}"
     );
     for _ in 0..2 {
-        let session = started.host.attach(started.id, &due()).unwrap();
+        let session = attach(&started.host, started.id);
         let mut fds = session.fds.into_iter();
         let stream = UnixStream::from(fds.next().unwrap());
         let _interrupt = UnixStream::from(fds.next().unwrap());
-        let mut pdb = Pdb(BufReader::new(stream));
+        let mut pdb = Pdb::on(stream);
         let shown = pdb.until_prompt();
         assert!(shown.contains("work"), "{shown}");
         pdb.say("p counter > 0, __name__");
@@ -124,8 +165,7 @@ fn pdb_runs_on_the_main_thread_for_the_sockets_handed_over_and_again_after_it_de
         assert!(shown.contains("(True, '__main__')"), "{shown}");
         // `q` detaches: the stream ends, the target runs on.
         pdb.say("q");
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut pdb.0, &mut rest).unwrap();
+        pdb.rest();
     }
     assert!(started.host.state(started.id).is_ready());
 }
@@ -144,17 +184,125 @@ fn a_target_with_more_files_open_than_select_takes_still_gets_pdb() {
             .is_ok_and(|entries| entries.count() > 1100)
     });
     for _ in 0..2 {
-        let session = started.host.attach(started.id, &due()).unwrap();
+        let session = attach(&started.host, started.id);
         let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
         let _interrupt = UnixStream::from(fds.next().unwrap());
         pdb.until_prompt();
         pdb.say("p counter > 0");
         assert!(pdb.until_prompt().contains("True"));
         pdb.say("q");
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut pdb.0, &mut rest).unwrap();
+        pdb.rest();
     }
+    assert!(started.host.state(started.id).is_ready());
+}
+
+/// Spends its first seconds in code of pdb's module (as pdb's tear-down
+/// at the end of a session would), having said so by creating the file
+/// named by its argument.
+const IN_PDB_FIRST: &str = r#"
+import os, pdb, sys, time
+exec("""
+def _heli_test_spin(seconds, marker):
+    os.close(os.open(marker, os.O_CREAT | os.O_WRONLY))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+""", pdb.__dict__)
+pdb.os, pdb.time = os, time
+pdb._heli_test_spin(3, sys.argv[1])
+"#;
+
+/// Spends its first seconds in the middle of `import logging` (a module
+/// pdb's own imports need), having said so as IN_PDB_FIRST does: logging's
+/// body calls threading.RLock, made slow for the while.
+const IN_LOGGING_S_IMPORT_FIRST: &str = r#"
+import os, sys, threading, time
+real_rlock = threading.RLock
+def slow_rlock():
+    os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY))
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        pass
+    return real_rlock()
+threading.RLock = slow_rlock
+import logging
+threading.RLock = real_rlock
+"#;
+
+#[test]
+fn pdb_waits_until_the_main_thread_is_out_of_pdb_s_own_code() {
+    // The main thread may take the request while pdb's code runs on it (a
+    // session ending as the next begins, under load): a session started
+    // there would stop inside pdb, or be switched off by the tear-down.
+    a_session_starts_once_the_main_thread_is_out_of(IN_PDB_FIRST);
+}
+
+#[test]
+fn pdb_waits_until_a_module_pdb_needs_is_imported() {
+    // pdb's own imports in the middle of the target's `import logging`
+    // found the module half made and failed, the client waiting for ever.
+    a_session_starts_once_the_main_thread_is_out_of(IN_LOGGING_S_IMPORT_FIRST);
+}
+
+#[test]
+fn a_program_that_runs_from_an_import_gets_pdb_where_it_runs() {
+    // Some programs run for good from an import (`python -c 'import app'`):
+    // their import never ends, and is no reason to wait.
+    let code = r#"
+import os
+with open(os.path.join(os.path.dirname(__file__), "app.py"), "w") as app:
+    app.write("""
+import time
+counter = 0
+def serve():
+    global counter
+    while True:
+        counter += 1
+        time.sleep(0.01)
+serve()
+""")
+import app
+"#;
+    let started = start(code, &[]);
+    ready(&started);
+    let session = attach(&started.host, started.id);
+    let mut fds = session.fds.into_iter();
+    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
+    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let shown = pdb.until_prompt();
+    assert!(
+        shown.contains("app.py") && shown.contains("serve()"),
+        "{shown}"
+    );
+    pdb.say("p counter > 0");
+    assert!(pdb.until_prompt().contains("True"));
+    pdb.say("q");
+    pdb.rest();
+}
+
+/// Attaches while the main thread runs `first` (which creates the file its
+/// argument names once in the code to wait out, then runs on for 3 s),
+/// followed by a counter: pdb's first stop is in the target's script.
+fn a_session_starts_once_the_main_thread_is_out_of(first: &str) {
+    let dir = tempdir();
+    let marker = dir.path().join("in");
+    let code = format!("{first}{COUNTER}");
+    let started = start_args(&code, &[marker.to_str().unwrap()], &[]);
+    ready(&started);
+    wait_for("the target in the code to wait out", || marker.exists());
+    let session = attach(&started.host, started.id);
+    let mut fds = session.fds.into_iter();
+    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
+    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let shown = pdb.until_prompt();
+    let here = shown.lines().find(|line| line.starts_with("> ")).unwrap();
+    assert!(here.contains("agent_target.py"), "{shown}");
+    pdb.say("p __import__('os').getpid()");
+    let shown = pdb.until_prompt();
+    assert_eq!(shown.trim(), started.id.pid.to_string());
+    pdb.say("q");
+    pdb.rest();
     assert!(started.host.state(started.id).is_ready());
 }
 
@@ -162,10 +310,16 @@ fn a_target_with_more_files_open_than_select_takes_still_gets_pdb() {
 fn stacks_are_read_from_within() {
     let started = start(COUNTER, &[]);
     ready(&started);
-    let threads = started.host.stacks(started.id, &due()).unwrap();
-    let main = threads.iter().find(|thread| thread.main).unwrap();
-    let functions: Vec<&str> = main.frames.iter().map(|f| f.function.as_str()).collect();
-    assert!(functions.contains(&"work"), "{functions:?}");
+    // The hello comes at the end of start-up: the main thread gets to `work`
+    // a moment later.
+    let mut threads = Vec::new();
+    wait_for("the main thread in work", || {
+        threads = started.host.stacks(started.id, &due()).unwrap();
+        // (A main thread with no Python frame yet is not listed at all.)
+        threads
+            .iter()
+            .any(|thread| thread.main && thread.frames.iter().any(|frame| frame.function == "work"))
+    });
     assert!(threads
         .iter()
         .any(|thread| thread.name.as_deref() == Some("heli-agent")));
@@ -319,18 +473,24 @@ parent_loop()
     wait_for("the child's agent", || started.host.state(child).is_ready());
     let functions = |id| -> Vec<String> {
         let threads = started.host.stacks(id, &due()).unwrap();
-        let main = threads.into_iter().find(|thread| thread.main).unwrap();
-        main.frames
+        threads
             .into_iter()
+            .filter(|thread| thread.main)
+            .flat_map(|thread| thread.frames)
             .map(|frame| frame.function)
             .collect()
     };
-    assert!(functions(child).contains(&"child_loop".to_owned()));
-    assert!(functions(started.id).contains(&"parent_loop".to_owned()));
+    // Ready at the fork: its main thread gets to the loops a moment later.
+    wait_for("the child's stack", || {
+        functions(child).contains(&"child_loop".to_owned())
+    });
+    wait_for("the parent's stack", || {
+        functions(started.id).contains(&"parent_loop".to_owned())
+    });
     // pdb in the child is the child's.
-    let session = started.host.attach(child, &due()).unwrap();
+    let session = attach(&started.host, child);
     let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
     let _interrupt = UnixStream::from(fds.next().unwrap());
     pdb.until_prompt();
     pdb.say("p os.getpid(), counter > 0");
@@ -395,6 +555,8 @@ fn hostile_input_on_the_channel_leaves_the_target_running() {
         .spawn()
         .unwrap();
     drop(theirs);
+    ours.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut reader = BufReader::new(ours.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -431,9 +593,9 @@ fn hostile_input_on_the_channel_leaves_the_target_running() {
 fn a_second_attach_while_one_is_on_is_refused_and_the_first_goes_on() {
     let started = start(COUNTER, &[]);
     ready(&started);
-    let session = started.host.attach(started.id, &due()).unwrap();
+    let session = attach(&started.host, started.id);
     let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
     let _interrupt = UnixStream::from(fds.next().unwrap());
     pdb.until_prompt();
     let err = started.host.attach(started.id, &due()).unwrap_err();
@@ -448,9 +610,9 @@ fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach(
     let started = start(COUNTER, &[]);
     ready(&started);
     for _ in 0..2 {
-        let session = started.host.attach(started.id, &due()).unwrap();
+        let session = attach(&started.host, started.id);
         let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
         let interrupt = UnixStream::from(fds.next().unwrap());
         pdb.until_prompt();
         // A breakpoint the target never reaches, then `continue`; then the
@@ -463,9 +625,9 @@ fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach(
     }
     let mut shown = String::new();
     wait_for("an attach taken again", || {
-        let session = started.host.attach(started.id, &due()).unwrap();
+        let session = attach(&started.host, started.id);
         let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
         let _interrupt = UnixStream::from(fds.next().unwrap());
         shown = pdb.until_prompt();
         let fine = !shown.contains("Another PDB instance");
@@ -507,9 +669,9 @@ int main(int argc, char **argv) {
 "#;
 
 fn attach_and_print(host: &AgentHost, id: ProcessId) -> String {
-    let session = host.attach(id, &due()).unwrap();
+    let session = attach(host, id);
     let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb(BufReader::new(UnixStream::from(fds.next().unwrap())));
+    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
     let _interrupt = UnixStream::from(fds.next().unwrap());
     pdb.until_prompt();
     pdb.say("p ('pid', __import__('os').getpid())");

@@ -25,6 +25,15 @@ import threading
 
 MAX_LINE = 64 * 1024
 MAX_FDS = 4
+# While work waits for the main thread, the agent thread looks every so
+# often whether the main thread put it off (it was in pdb's code or in an
+# import, see _busy): first after RETRY_FIRST seconds, then twice as long
+# each time, up to RETRY_MOST.
+RETRY_FIRST = 0.02
+RETRY_MOST = 1.0
+# How long the main thread puts work off at most: a main thread that stays
+# busy (a target run under its own pdb) then gets it anyway.
+DEFER_MOST = 10.0
 # The signal whose Python handler runs pdb where remote debugging is
 # disabled: raised only by _thread.interrupt_main (no signal is sent), or by
 # someone sending it, in which case the previous handler gets it.
@@ -138,6 +147,11 @@ class _Agent:
         # Set before each interrupt_main, so that the handler tells its own
         # triggers from a real signal.
         self.triggered = False
+        # Set by the main thread when it put the pending work off: the agent
+        # thread triggers it again.
+        self.deferred = False
+        # When the work outstanding was first put off (time.monotonic()).
+        self.deferred_since = None
         self.lock = threading.Lock()
         self.thread = None
 
@@ -160,6 +174,7 @@ class _Agent:
 
         buffer = b""
         held = []
+        retry = RETRY_FIRST
         try:
             while True:
                 # poll, not select: a process with more than FD_SETSIZE
@@ -169,7 +184,14 @@ class _Agent:
                 interrupt = self.interrupt
                 if interrupt is not None:
                     poller.register(interrupt, select.POLLIN)
-                readable = {fd for fd, _ in poller.poll()}
+                if self.outstanding():
+                    readable = {fd for fd, _ in poller.poll(retry * 1000)}
+                    retry = min(retry * 2, RETRY_MOST)
+                    self.retry_deferred()
+                else:
+                    # Idle: asleep until the controller or the client speaks.
+                    retry = RETRY_FIRST
+                    readable = {fd for fd, _ in poller.poll()}
                 if interrupt is not None and interrupt.fileno() in readable:
                     self.interrupted(interrupt)
                 if self.channel.fileno() not in readable:
@@ -191,6 +213,20 @@ class _Agent:
             for fd in held:
                 _close(fd)
             self.closed()
+
+    def outstanding(self):
+        return self.pending is not None or self.release is not None
+
+    def retry_deferred(self):
+        with self.lock:
+            deferred, self.deferred = self.deferred, False
+        if deferred:
+            try:
+                self.trigger_main()
+            except Exception:
+                # Asked again at the next look, the work never lost.
+                with self.lock:
+                    self.deferred = True
 
     def closed(self):
         global _agent
@@ -239,6 +275,8 @@ class _Agent:
             busy = self.pending is not None or self.interrupt is not None
             if not busy:
                 self.pending = (stream, bool(request.get("colorize")))
+                # New work: put off for DEFER_MOST from now at most.
+                self.deferred_since = None
                 self.interrupt = interrupt
         if busy:
             stream.close()
@@ -259,7 +297,7 @@ class _Agent:
         """Has the main thread call run_pending at its next safe point."""
         if self.trigger == "remote_exec":
             try:
-                sys.remote_exec(os.getpid(), self.script)
+                _remote_exec(self.script)
                 return
             except PermissionError as err:
                 if TRIGGER_SIGNAL is None:
@@ -307,9 +345,34 @@ class _Agent:
     # The main thread.
 
     def run_pending(self, frame):
+        import time
+
+        busy = _busy(frame)
+        now = time.monotonic()
         with self.lock:
+            if busy and self.outstanding():
+                since = self.deferred_since
+                if since is None:
+                    self.deferred_since = since = now
+                if now - since < DEFER_MOST:
+                    # Not now: the agent thread triggers this again.
+                    self.deferred = True
+                    return
+            self.deferred_since = None
+            self.deferred = False
             pending, self.pending = self.pending, None
             release, self.release = self.release, None
+        try:
+            self._run(frame, pending, release)
+        except BaseException as err:
+            # Never a client left waiting for a session that cannot start;
+            # nothing on the target's stderr (its client has the reason).
+            if pending is not None:
+                _refuse(pending[0], f"heli: pdb could not start in the target: {err!r}")
+            if not isinstance(err, Exception):
+                raise  # a real Ctrl-C or exit of the target's own goes on
+
+    def _run(self, frame, pending, release):
         if release is not None:
             _release(release)
             release = None
@@ -338,22 +401,69 @@ class _Agent:
             server.set_trace(frame=frame)
 
 
+def _busy(frame):
+    """Whether the main thread is, from `frame` down, in the middle of what
+    a pdb session must not start in: pdb's own code (a session ending,
+    whose tear-down switches tracing off and would end a new one at once),
+    or an import of a module pdb's own imports could need (the target's
+    first `import logging` runs as the agent is ready: pdb's imports would
+    find it half made). An import of the target's own module is no reason:
+    some programs run for good from one."""
+    modules = (sys.modules.get(name) for name in ("pdb", "bdb", "cmd"))
+    debugger = {id(module.__dict__) for module in modules if module is not None}
+    while frame is not None:
+        if id(frame.f_globals) in debugger:
+            return True
+        frame = frame.f_back
+    stdlib = os.path.dirname(os.__file__)
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        if getattr(spec, "_initializing", False):
+            origin = getattr(spec, "origin", None) or ""
+            if not os.path.isabs(origin) or origin.startswith(stdlib + os.sep):
+                return True
+    return False
+
+
+def _refuse(stream, message):
+    """Ends a session that cannot start, saying why in pdb's protocol."""
+    import json
+
+    try:
+        line = json.dumps({"message": message + "\n", "type": "error"}) + "\n"
+        stream.sendall(line.encode())
+    except OSError:
+        pass
+    finally:
+        stream.close()
+
+
+def _remote_exec(script):
+    """sys.remote_exec on this process, tried again on a RuntimeError: under
+    load it once failed with "Can't find the main thread in the remote
+    process" (once in 12 runs of the agent tests on a loaded machine)."""
+    import time
+
+    for delay in (0.01, 0.05, None):
+        try:
+            sys.remote_exec(os.getpid(), script)
+            return
+        except RuntimeError:
+            if delay is None:
+                raise
+            time.sleep(delay)
+
+
 def _release(server):
     """Lets go of a pdb server whose client is gone (on the main thread):
-    no breakpoint or trace of it left, its instance no longer in the way.
-    Never while pdb itself runs on this thread (its prompt is reading the
-    client's last words): it sees the client gone by itself."""
-    import bdb
+    no breakpoint or trace of it left, its instance no longer in the
+    way."""
     import pdb
 
     if pdb.Pdb._last_pdb_instance is not server:
+        # pdb let go of it by itself: its client said quit, or its prompt
+        # read the end of the stream.
         return
-    debugger = {pdb.__file__, bdb.__file__}
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename in debugger:
-            return
-        frame = frame.f_back
     try:
         server.clear_all_breaks()
         server.set_continue()

@@ -21,8 +21,9 @@ try:
     ready, _, _ = select.select([stream], [], [], 1.0)
     if not ready:
         print(
-            f"Waiting for PID {pid} to run Python code (its main thread is busy"
-            f" outside Python, e.g. in a sleep or a read); Ctrl-C cancels.",
+            f"Waiting for PID {pid}'s main thread to take the session (it is busy"
+            f" outside Python, e.g. in a sleep or a read, or in an import or pdb's"
+            f" own code); Ctrl-C cancels.",
             file=sys.stderr,
             flush=True,
         )
