@@ -98,13 +98,19 @@ work()
 struct Pdb(BufReader<UnixStream>);
 
 impl Pdb {
-    /// pdb on `stream`, a stream that stays silent failing the test, not
-    /// hanging it.
-    fn on(stream: UnixStream) -> Pdb {
+    /// A session through the agent (see `attach`): pdb on its stream (a
+    /// stream that stays silent failing the test, not hanging it), and
+    /// its interrupt stream.
+    fn attach(host: &AgentHost, id: ProcessId) -> (Pdb, UnixStream) {
+        let mut fds = attach(host, id).fds.into_iter();
+        let stream = UnixStream::from(fds.next().unwrap());
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        Pdb(BufReader::new(stream))
+        (
+            Pdb(BufReader::new(stream)),
+            UnixStream::from(fds.next().unwrap()),
+        )
     }
 
     /// Everything up to the end of the stream.
@@ -153,11 +159,7 @@ fn pdb_runs_on_the_main_thread_for_the_sockets_handed_over_and_again_after_it_de
         "{state}"
     );
     for _ in 0..2 {
-        let session = attach(&started.host, started.id);
-        let mut fds = session.fds.into_iter();
-        let stream = UnixStream::from(fds.next().unwrap());
-        let _interrupt = UnixStream::from(fds.next().unwrap());
-        let mut pdb = Pdb::on(stream);
+        let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
         let shown = pdb.until_prompt();
         assert!(shown.contains("work"), "{shown}");
         pdb.say("p counter > 0, __name__");
@@ -184,10 +186,7 @@ fn a_target_with_more_files_open_than_select_takes_still_gets_pdb() {
             .is_ok_and(|entries| entries.count() > 1100)
     });
     for _ in 0..2 {
-        let session = attach(&started.host, started.id);
-        let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-        let _interrupt = UnixStream::from(fds.next().unwrap());
+        let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
         pdb.until_prompt();
         pdb.say("p counter > 0");
         assert!(pdb.until_prompt().contains("True"));
@@ -266,10 +265,7 @@ import app
 "#;
     let started = start(code, &[]);
     ready(&started);
-    let session = attach(&started.host, started.id);
-    let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
     let shown = pdb.until_prompt();
     assert!(
         shown.contains("app.py") && shown.contains("serve()"),
@@ -291,10 +287,7 @@ fn a_session_starts_once_the_main_thread_is_out_of(first: &str) {
     let started = start_args(&code, &[marker.to_str().unwrap()], &[]);
     ready(&started);
     wait_for("the target in the code to wait out", || marker.exists());
-    let session = attach(&started.host, started.id);
-    let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
     let shown = pdb.until_prompt();
     let here = shown.lines().find(|line| line.starts_with("> ")).unwrap();
     assert!(here.contains("agent_target.py"), "{shown}");
@@ -488,10 +481,7 @@ parent_loop()
         functions(started.id).contains(&"parent_loop".to_owned())
     });
     // pdb in the child is the child's.
-    let session = attach(&started.host, child);
-    let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let (mut pdb, _interrupt) = Pdb::attach(&started.host, child);
     pdb.until_prompt();
     pdb.say("p os.getpid(), counter > 0");
     let shown = pdb.until_prompt();
@@ -593,10 +583,7 @@ fn hostile_input_on_the_channel_leaves_the_target_running() {
 fn a_second_attach_while_one_is_on_is_refused_and_the_first_goes_on() {
     let started = start(COUNTER, &[]);
     ready(&started);
-    let session = attach(&started.host, started.id);
-    let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
     pdb.until_prompt();
     let err = started.host.attach(started.id, &due()).unwrap_err();
     assert!(err.to_string().contains("already attached"), "{err}");
@@ -610,10 +597,7 @@ fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach(
     let started = start(COUNTER, &[]);
     ready(&started);
     for _ in 0..2 {
-        let session = attach(&started.host, started.id);
-        let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-        let interrupt = UnixStream::from(fds.next().unwrap());
+        let (mut pdb, interrupt) = Pdb::attach(&started.host, started.id);
         pdb.until_prompt();
         // A breakpoint the target never reaches, then `continue`; then the
         // client dies (both sockets close) while the target runs on.
@@ -625,10 +609,7 @@ fn a_client_gone_while_the_target_runs_on_in_pdb_does_not_block_the_next_attach(
     }
     let mut shown = String::new();
     wait_for("an attach taken again", || {
-        let session = attach(&started.host, started.id);
-        let mut fds = session.fds.into_iter();
-        let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-        let _interrupt = UnixStream::from(fds.next().unwrap());
+        let (mut pdb, _interrupt) = Pdb::attach(&started.host, started.id);
         shown = pdb.until_prompt();
         let fine = !shown.contains("Another PDB instance");
         pdb.say("q");
@@ -669,10 +650,7 @@ int main(int argc, char **argv) {
 "#;
 
 fn attach_and_print(host: &AgentHost, id: ProcessId) -> String {
-    let session = attach(host, id);
-    let mut fds = session.fds.into_iter();
-    let mut pdb = Pdb::on(UnixStream::from(fds.next().unwrap()));
-    let _interrupt = UnixStream::from(fds.next().unwrap());
+    let (mut pdb, _interrupt) = Pdb::attach(host, id);
     pdb.until_prompt();
     pdb.say("p ('pid', __import__('os').getpid())");
     let shown = pdb.until_prompt();

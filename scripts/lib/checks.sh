@@ -53,9 +53,7 @@ bounded() {
             kill -0 "$pid" 2>/dev/null || exit 0
         done
         printf '\n==> %s: still running after %s s: killing it and what it started\n' "$*" "$seconds" >&2
-        if [ -n "$group" ]; then
-            while read -r left; do kill -KILL "$left" 2>/dev/null || true; done <"$group/cgroup.procs"
-        fi
+        # Its process group; what left the group goes with the cgroup below.
         kill -KILL -- "-$pid" 2>/dev/null || true
     ) &
     local watchdog=$!
@@ -63,7 +61,7 @@ bounded() {
     kill "$watchdog" 2>/dev/null || true
     wait "$watchdog" 2>/dev/null || true
     if [ -n "$group" ]; then
-        # What the command left running ends with it.
+        # What the command left running ends with it (on time-out too).
         local tries
         for tries in 1 2 3 4 5 6 7 8 9 10; do
             while read -r left; do kill -KILL "$left" 2>/dev/null || true; done <"$group/cgroup.procs"
