@@ -17,14 +17,17 @@
 //!   30 s (heli's `Samples.due`/`taken`; py-spy's `Samples:` count against
 //!   the rate times how long it ran, its start-up included: it stops after
 //!   rate times duration samples, however long they take);
-//! - the time of one `PythonInspector::stacks` call (the sampler's read)
-//!   on the same target and on a target with deep stacks;
+//! - the time of one read of the target's stacks from the bench: by
+//!   `PythonInspector::stacks` (which opens the process each time, as a
+//!   `STACK` does) and by its `stack_reader` (which keeps it open: what a
+//!   profile samples with), on the same target and on a target with deep
+//!   stacks;
 //! - the controller's resident memory (`VmRSS`) idle, then every 2 s
 //!   during a 60 s profile at 100 Hz of a target whose stacks rarely
 //!   repeat (random call chains 1 to 30 deep through 40 functions), and
 //!   once it ended.
 //!
-//! `cargo bench --bench profile` prints the tables (about 11 minutes; the
+//! `cargo bench --bench profile` prints the tables (about 15 minutes; the
 //! issue's aims, never asserted: <= 1 % throughput lost at 100 Hz, >= 99 %
 //! of the samples taken at 100 Hz, the controller's RSS within 1 MB of
 //! idle). py-spy comes from `$HELI_PY_SPY` or scripts/test.sh's install
@@ -45,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use heli::core::profile::{ProfileRequest, Samples};
 use heli::core::protocol::Scope;
-use heli::core::{Client, Inspector, Pid, ProcessId, Processes};
+use heli::core::{Client, Inspector, Pid, ProcessId, Processes, StackReader};
 use heli::grant::PythonInspector;
 use heli::transport::UnixSocketTransport;
 
@@ -505,6 +508,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The mean of `values` and twice its standard error (about a 95 %
+/// interval around the mean, for rounds whose noise is independent).
+fn mean_and_error(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, 2.0 * (variance / n).sqrt())
+}
+
 /// The throughput of [`WORK`] in each [`Mode`] at 100 Hz, `rounds` times
 /// over `window`, in turns; `pinned`: the target on CPU 0, the rest on
 /// CPU 1.
@@ -573,11 +585,12 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
         }
     );
     println!(
-        "| mode | median calls/s | median loss % | losses % (each round) | target on a CPU % | \
+        "| mode | median calls/s | median loss % | mean loss % ± 2 standard errors | \
+         losses % (each round) | target on a CPU % | \
          median calls per CPU-s | median loss per CPU-s % | profiler CPU % of a core | \
          samples taken / due (last round) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let listed = |values: &[f64]| {
         let all: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
         all.join(", ")
@@ -592,8 +605,10 @@ fn overhead(rounds: usize, window: Duration, pinned: bool) {
             ),
         };
         let of = |f: fn(&Window) -> f64| median(windows[index].iter().map(f).collect());
+        let (mean, error) = mean_and_error(&losses[index]);
         println!(
-            "| {} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {:.2} | {profiler_cpu} | {samples} |",
+            "| {} | {:.1} | {:.2} | {mean:.2} ± {error:.2} | {} | {:.1} | {:.1} | {:.2} | \
+             {profiler_cpu} | {samples} |",
             mode.name(),
             of(|w| w.wall),
             median(losses[index].clone()),
@@ -655,12 +670,21 @@ fn samples_taken(rates: &[u32], duration: Duration) {
 /// The time of one `PythonInspector::stacks` read of `running`'s target,
 /// `calls` times: median, p99 and max in microseconds, and the frames
 /// read.
-fn stacks_call(running: &Running, calls: usize) -> Option<((f64, f64, f64), usize)> {
+fn stacks_call(
+    running: &Running,
+    calls: usize,
+    reader: Option<&mut (dyn StackReader + '_)>,
+) -> Option<((f64, f64, f64), usize)> {
     let mut took = Vec::with_capacity(calls);
     let mut frames = 0;
+    let mut reader = reader;
     for _ in 0..calls {
         let start = Instant::now();
-        match PythonInspector.stacks(running.target) {
+        let read = match reader.as_mut() {
+            Some(reader) => reader.stacks(running.target),
+            None => PythonInspector.stacks(running.target),
+        };
+        match read {
             Ok(threads) => frames += threads.iter().map(|t| t.frames.len()).sum::<usize>(),
             Err(err) => {
                 println!("\n(cannot read the target's stacks from the bench: {err})");
@@ -677,9 +701,13 @@ fn inspector_reads(calls: usize) {
     let counter_dir = tempfile::tempdir().unwrap();
     let counter = counter_dir.path().join("counter");
     std::fs::write(&counter, [0; 8]).unwrap();
-    println!("\n`PythonInspector::stacks`, one read of the target, from the bench, {calls} calls");
-    println!("| target | frames per read (mean) | median µs | p99 µs | max µs |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "\nOne read of the target's stacks from the bench, {calls} calls: \
+         `PythonInspector::stacks` (opens the process at each read: `STACK`) and a \
+         `stack_reader` (keeps it open: a profile's samples)"
+    );
+    println!("| target | read by | frames per read (mean) | median µs | p99 µs | max µs |");
+    println!("|---|---|---|---|---|---|");
     for (what, script, args) in [
         (
             "CPU-bound (3 calls deep)",
@@ -689,8 +717,12 @@ fn inspector_reads(calls: usize) {
         ("random call chains 1-30 deep", MANY, vec![]),
     ] {
         let running = Running::start(script, &args, Place::default());
-        if let Some(((median, p99, max), frames)) = stacks_call(&running, calls) {
-            println!("| {what} | {frames} | {median:.1} | {p99:.1} | {max:.1} |");
+        let inspector = PythonInspector;
+        let mut reader = inspector.stack_reader();
+        for (by, reader) in [("stacks", None), ("stack_reader", Some(reader.as_mut()))] {
+            if let Some(((median, p99, max), frames)) = stacks_call(&running, calls, reader) {
+                println!("| {what} | {by} | {frames} | {median:.1} | {p99:.1} | {max:.1} |");
+            }
         }
     }
 }
@@ -759,7 +791,7 @@ fn main() {
     );
     let two_cpus = thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
     let (rounds, window) = if bench {
-        (6, Duration::from_secs(6))
+        (12, Duration::from_secs(4))
     } else {
         (1, Duration::from_secs(1))
     };

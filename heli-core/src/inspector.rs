@@ -110,6 +110,58 @@ pub trait Inspector {
             "this controller cannot read its target's asyncio tasks",
         ))
     }
+
+    /// A reader of the same processes' stacks again and again: what a
+    /// profile samples with, from its own thread, for as long as it runs.
+    /// Each of its reads is one [`stacks`](Self::stacks) would give (the
+    /// same process and no other), and may cost less: an inspector that
+    /// must find its way into a process before reading it (open its
+    /// memory, find its runtime) can keep that from one read to the next.
+    /// By default, one that calls [`stacks`](Self::stacks) each time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use heli_core::stacks::ThreadStack;
+    /// use heli_core::{Inspector, Pid, ProcessId};
+    ///
+    /// struct Empty;
+    /// impl Inspector for Empty {
+    ///     fn stacks(&self, _: ProcessId) -> std::io::Result<Vec<ThreadStack>> {
+    ///         Ok(Vec::new())
+    ///     }
+    /// }
+    /// let me = ProcessId { pid: Pid::this(), start_time: 0 };
+    /// let mut reader = Empty.stack_reader();
+    /// for _ in 0..3 {
+    ///     assert!(reader.stacks(me)?.is_empty());
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    fn stack_reader(&self) -> Box<dyn StackReader + '_> {
+        Box::new(Rereads(self))
+    }
+}
+
+/// Reads stacks again and again ([`Inspector::stack_reader`]), keeping
+/// what it may between reads.
+pub trait StackReader {
+    /// Every thread's stack in `process`, as [`Inspector::stacks`] reads
+    /// them: from that process and no other.
+    ///
+    /// # Errors
+    ///
+    /// As [`Inspector::stacks`]'s.
+    fn stacks(&mut self, process: ProcessId) -> io::Result<Vec<ThreadStack>>;
+}
+
+/// The default [`StackReader`]: [`Inspector::stacks`] at each read.
+struct Rereads<'a, I: ?Sized>(&'a I);
+
+impl<I: Inspector + ?Sized> StackReader for Rereads<'_, I> {
+    fn stacks(&mut self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+        self.0.stacks(process)
+    }
 }
 
 /// The inspector of a controller that reads nothing: `STACK` is answered
@@ -140,6 +192,9 @@ macro_rules! forward_inspector {
             }
             fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
                 (**self).tasks(process)
+            }
+            fn stack_reader(&self) -> Box<dyn StackReader + '_> {
+                (**self).stack_reader()
             }
         }
     )*};
@@ -179,6 +234,17 @@ mod tests {
         fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
             Ok(AsyncTasks::new(process.pid))
         }
+        fn stack_reader(&self) -> Box<dyn StackReader + '_> {
+            Box::new(Tens)
+        }
+    }
+
+    /// Evens' reader: tells itself by its thread ids, ten times the pid.
+    struct Tens;
+    impl StackReader for Tens {
+        fn stacks(&mut self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            Ok(vec![ThreadStack::new(u64::from(process.pid.get()) * 10)])
+        }
     }
 
     fn check(inspector: impl Inspector) {
@@ -199,6 +265,19 @@ mod tests {
         let one = inspector.process(id(6)).unwrap().unwrap();
         assert_eq!((one.pid.get(), one.parent), (6, None));
         assert_eq!(inspector.tasks(id(8)).unwrap().pid.get(), 8);
+        // Its own reader, not the default one.
+        let mut reader = inspector.stack_reader();
+        assert_eq!(reader.stacks(id(4)).unwrap()[0].native_thread_id, 40);
+    }
+
+    #[test]
+    fn the_default_stack_reader_reads_as_stacks_does() {
+        let mut reader = NoInspector.stack_reader();
+        let err = reader.stacks(id(4)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        let empty = Gone;
+        let mut reader = empty.stack_reader();
+        assert!(reader.stacks(id(4)).unwrap().is_empty());
     }
 
     #[test]
@@ -211,17 +290,19 @@ mod tests {
         check(shared);
     }
 
+    /// Has no threads and no tree.
+    struct Gone;
+    impl Inspector for Gone {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            Ok(Vec::new())
+        }
+        fn tree(&self, _root: ProcessId) -> io::Result<Vec<TreeProcess>> {
+            Ok(Vec::new())
+        }
+    }
+
     #[test]
     fn one_process_is_none_once_its_tree_is_empty() {
-        struct Gone;
-        impl Inspector for Gone {
-            fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
-                Ok(Vec::new())
-            }
-            fn tree(&self, _root: ProcessId) -> io::Result<Vec<TreeProcess>> {
-                Ok(Vec::new())
-            }
-        }
         assert_eq!(Gone.process(id(6)).unwrap(), None);
         assert_eq!(
             NoInspector.process(id(6)).unwrap_err().kind(),

@@ -175,7 +175,7 @@ pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT
 pub use deadline::Deadline;
 pub use error::{Error, ErrorKind};
 pub use granter::Granter;
-pub use inspector::{Inspector, NoInspector};
+pub use inspector::{Inspector, NoInspector, StackReader};
 pub use log_limit::LogLimit;
 pub use process::{InvalidPid, Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 pub use restart::{Restart, RestartPolicy};

@@ -205,6 +205,7 @@ fn sample<I: Inspector>(
         Sampled::One(process) => vec![process],
         Sampled::Tree(_) => Vec::new(),
     };
+    let mut reader = inspector.stack_reader();
     let mut refresh = started;
     let mut failing_since: Option<Instant> = None;
     // The sample due now: the one due `period * tick` after the start.
@@ -259,7 +260,7 @@ fn sample<I: Inspector>(
             if i > 0 && !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
                 return "stopped".into();
             }
-            match inspector.stacks(process) {
+            match reader.stacks(process) {
                 Ok(threads) => {
                     read = true;
                     lock(progress).aggregate.add(process.pid, &threads);
@@ -399,6 +400,64 @@ mod tests {
         while profiler.running() != 0 {
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Reads only through its stack readers, and counts how many it made
+    /// and the reads each did.
+    #[derive(Default)]
+    struct Readers {
+        made: AtomicU32,
+    }
+
+    struct Counting<'a>(&'a Readers, u32);
+
+    impl crate::inspector::StackReader for Counting<'_> {
+        fn stacks(&mut self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            self.1 += 1;
+            let mut thread = ThreadStack::new(process.pid.get().into());
+            let function = format!(
+                "reader{}_read{}",
+                self.0.made.load(Ordering::SeqCst),
+                self.1
+            );
+            thread.frames.push(Frame::new(&function, "app.py", Some(1)));
+            Ok(vec![thread])
+        }
+    }
+
+    impl Inspector for Readers {
+        fn stacks(&self, _: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            Err(io::Error::other("read without a reader"))
+        }
+        fn stack_reader(&self) -> Box<dyn crate::inspector::StackReader + '_> {
+            self.made.fetch_add(1, Ordering::SeqCst);
+            Box::new(Counting(self, 0))
+        }
+    }
+
+    #[test]
+    fn a_profile_reads_through_one_stack_reader_from_start_to_end() {
+        let readers = Arc::new(Readers::default());
+        let profiler = Profiler::new(readers.clone());
+        let sampling = profiler.start(plan(200, Some(300))).unwrap();
+        let batches = until_ended(&sampling);
+        let last = batches.last().unwrap();
+        assert_eq!(last.ended.as_deref(), Some("the 0.3 s asked for are over"));
+        assert_eq!(readers.made.load(Ordering::SeqCst), 1);
+        let mut functions: Vec<String> = batches
+            .iter()
+            .flat_map(|batch| &batch.frames)
+            .map(|frame| frame.function.clone())
+            .collect();
+        functions.sort();
+        functions.dedup();
+        // Each sample the next read of the one reader.
+        let mut expected: Vec<String> = (1..=last.taken)
+            .map(|read| format!("reader1_read{read}"))
+            .collect();
+        expected.sort();
+        assert!(last.taken >= 2, "{last:?}");
+        assert_eq!(functions, expected);
     }
 
     /// Reads that block until the test lets them go.

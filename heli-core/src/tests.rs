@@ -2273,6 +2273,31 @@ fn a_slow_stack_read_holds_up_no_other_request_and_gets_an_answer() {
 }
 
 #[test]
+fn an_inspector_that_panics_gets_an_error_reply_and_the_next_read_an_answer() {
+    /// Panics at its first read (as a bug on a target's garbage would).
+    struct Buggy(AtomicBool);
+    impl crate::Inspector for Buggy {
+        fn stacks(&self, _process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+            if !self.0.swap(true, SeqCst) {
+                panic!("attempt to add with overflow");
+            }
+            Ok(vec![ThreadStack::new(1)])
+        }
+    }
+    let (fake, _, _, running) = started_with(|c| c.inspector(Buggy(AtomicBool::new(false))));
+    assert_eq!(
+        fake.raw(b"STACK\n"),
+        "ERROR: Cannot read the target's stacks: it failed: a bug in the controller \
+         (it panicked: attempt to add with overflow)\n"
+    );
+    assert_eq!(
+        fake.client().stack().unwrap(),
+        "Thread 1, most recent call last:\n  (no Python frame)\n"
+    );
+    running.terminate(&fake);
+}
+
+#[test]
 fn only_the_grants_connection_or_its_holder_may_revoke_it() {
     let (fake, granter, target, running) = started();
     let (holder, stranger) = (target.id_of(77), target.id_of(88));

@@ -9,13 +9,14 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
-use log::warn;
+use log::{error, warn};
 
 use crate::agent::{Agent, AgentSession};
 use crate::authorize;
@@ -262,13 +263,24 @@ fn spawn_worker<J: Send + 'static>(
 }
 
 /// Runs `work`, unless its deadline passed (or it was called off) before it
-/// could start.
+/// could start. A panic in it (a granter's, an inspector's or an agent's
+/// bug, whoever wrote them) is its error: the request that asked for it is
+/// answered, and the worker's thread goes on serving the next ones.
 fn unless_expired<T>(deadline: &Deadline, work: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     if deadline.expired() {
-        Err(not_started(deadline))
-    } else {
-        work()
+        return Err(not_started(deadline));
     }
+    panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!("a worker's job panicked: {what}");
+        Err(io::Error::other(format!(
+            "it failed: a bug in the controller (it panicked: {what})"
+        )))
+    })
 }
 
 /// The error for work whose deadline passed before it could start.

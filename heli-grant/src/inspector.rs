@@ -6,8 +6,12 @@ use std::io;
 use heli_core::stacks::ThreadStack;
 use heli_core::tasks::AsyncTasks;
 use heli_core::tree::TreeProcess;
-use heli_core::{Inspector, ProcessId};
+use heli_core::{Inspector, ProcessId, StackReader};
 use heli_proc::Member;
+use log::debug;
+
+use crate::python::Cache;
+use crate::PyProcess;
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
 /// its debug offsets (PEP 768), without stopping it or running anything in
@@ -88,6 +92,56 @@ impl Inspector for PythonInspector {
     fn tasks(&self, process: ProcessId) -> io::Result<AsyncTasks> {
         Ok(crate::PyProcess::open_id(process)?.async_tasks()?)
     }
+
+    /// A reader that keeps the processes it opened (at most 16, the ones
+    /// read most recently) from one read to the next: a read of one
+    /// it has is a [`stack_dump`](crate::PyProcess::stack_dump) alone,
+    /// without finding the runtime again (`/proc/PID`, its memory, its
+    /// maps, its files). Every read checks as [`stacks`](Self::stacks)'s
+    /// does that the process still runs, and that its runtime is still
+    /// the one found (a process that called `execve` has another); when a
+    /// read of a kept process fails, it is opened afresh and read again.
+    fn stack_reader(&self) -> Box<dyn StackReader + '_> {
+        Box::new(Reader::default())
+    }
+}
+
+/// How many opened processes a [`PythonInspector::stack_reader`] keeps
+/// (each holds two files open: its `/proc` directory and its memory's).
+const KEPT: usize = 16;
+
+/// [`PythonInspector`]'s [`StackReader`].
+#[derive(Debug)]
+struct Reader {
+    opened: Cache<ProcessId, PyProcess>,
+    /// How many times it opened a process.
+    opens: u64,
+}
+
+impl Default for Reader {
+    fn default() -> Reader {
+        Reader {
+            opened: Cache::new(KEPT),
+            opens: 0,
+        }
+    }
+}
+
+impl StackReader for Reader {
+    fn stacks(&mut self, process: ProcessId) -> io::Result<Vec<ThreadStack>> {
+        if let Some(opened) = self.opened.get(&process) {
+            match opened.stack_dump() {
+                Ok(threads) => return Ok(threads),
+                Err(err) => debug!("PID {}: opened again: {err}", process.pid),
+            }
+            self.opened.remove(&process);
+        }
+        self.opens += 1;
+        let opened = PyProcess::open_id(process)?;
+        let threads = opened.stack_dump()?;
+        self.opened.insert(process, opened);
+        Ok(threads)
+    }
 }
 
 /// What `PS` shows of `member`.
@@ -112,4 +166,103 @@ fn facts(member: &Member) -> io::Result<TreeProcess> {
     process.python = crate::python::python_version(info.id, exe, usage.vm_bytes)
         .map(|version| version.to_string());
     Ok(process)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::test_python::Target;
+
+    /// The functions of the main thread's stack, innermost last.
+    fn functions(threads: &[ThreadStack]) -> Vec<&str> {
+        threads[0]
+            .frames
+            .iter()
+            .map(|frame| frame.function.as_str())
+            .collect()
+    }
+
+    /// Reads until the main thread is in `function`, for 10 s at most.
+    fn read_until(reader: &mut Reader, id: ProcessId, function: &str) -> Vec<ThreadStack> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let read = reader.stacks(id);
+            if let Ok(threads) = &read {
+                if functions(threads).contains(&function) {
+                    return read.unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "never in {function}: {read:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Spins in `before()` until a line comes on stdin, then runs
+    /// `exec_args` (Python's `os.execv`) in the same process.
+    fn execs(exec_args: &str) -> String {
+        format!(
+            r#"
+import os, sys, threading
+go = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), go.set()), daemon=True).start()
+def before():
+    while not go.is_set():
+        pass
+print("ready", flush=True)
+before()
+os.execv({exec_args})
+"#
+        )
+    }
+
+    #[test]
+    fn a_reader_opens_a_process_once_for_all_its_reads() {
+        let mut target = Target::start(&execs("sys.executable, [sys.executable, '-c', 'pass']"));
+        assert_eq!(target.line(), "ready\n");
+        let id = target.id();
+        let mut reader = Reader::default();
+        read_until(&mut reader, id, "before");
+        for _ in 0..50 {
+            let threads = reader.stacks(id).unwrap();
+            assert!(functions(&threads).contains(&"before"), "{threads:?}");
+        }
+        assert_eq!(reader.opens, 1);
+    }
+
+    #[test]
+    fn a_reader_follows_a_process_that_runs_python_again() {
+        let after =
+            r#"'-c', 'import time\ndef after():\n    while True: time.sleep(0.01)\nafter()'"#;
+        let code = execs(&format!("sys.executable, [sys.executable, {after}]"));
+        let mut target = Target::start(&code);
+        assert_eq!(target.line(), "ready\n");
+        let id = target.id();
+        let mut reader = Reader::default();
+        read_until(&mut reader, id, "before");
+        writeln!(target.input, "go").unwrap();
+        let threads = read_until(&mut reader, id, "after");
+        assert_eq!(functions(&threads), ["<module>", "after"]);
+    }
+
+    #[test]
+    fn a_reader_says_when_a_process_runs_another_program() {
+        let mut target = Target::start(&execs("'/bin/sleep', ['sleep', '600']"));
+        assert_eq!(target.line(), "ready\n");
+        let id = target.id();
+        let mut reader = Reader::default();
+        read_until(&mut reader, id, "before");
+        writeln!(target.input, "go").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match reader.stacks(id) {
+                Ok(_) => assert!(Instant::now() < deadline, "still read as Python"),
+                Err(err) => break err,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(err.to_string().contains("not a Python process"), "{err}");
+    }
 }

@@ -49,6 +49,8 @@ mod python;
 mod scope;
 mod supervisor;
 mod sys;
+#[cfg(test)]
+mod test_python;
 mod wait;
 
 pub use agent::{AgentHost, CLIENT_SCRIPT};

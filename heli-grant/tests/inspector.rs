@@ -404,3 +404,62 @@ fn tree_of_a_hundred_processes() {
         PythonInspector.tree(root).unwrap().len()
     });
 }
+
+/// A thread blocked in C whose innermost frame is made, for a while, to
+/// point at a fake code object whose type pointer is near the end of the
+/// address space (what a torn read of a changing stack can give). The
+/// layout is checked before anything is written: `f_frame` after the
+/// frame object's header and `f_back`, `f_executable` first in it.
+const FAKE_CODE_PY: &str = r#"
+import ctypes, sys, threading, time
+ready, go = threading.Event(), threading.Event()
+def victim():
+    ready.set()
+    go.wait()
+thread = threading.Thread(target=victim, name="victim")
+thread.start()
+ready.wait()
+time.sleep(0.2)
+frame = sys._current_frames()[thread.ident]
+interpreter_frame = ctypes.c_uint64.from_address(id(frame) + 24).value
+executable = ctypes.c_uint64.from_address(interpreter_frame)
+original = executable.value
+assert original & ~7 == id(frame.f_code), (hex(original), hex(id(frame.f_code)))
+fake = ctypes.create_string_buffer(b"\xff" * 4096)
+fake_address = (ctypes.addressof(fake) + 15) & ~15
+print("ready", flush=True)
+executable.value = fake_address
+print("corrupted", flush=True)
+time.sleep(3)
+executable.value = original
+print("restored", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_frame_pointing_at_garbage_is_an_error_not_a_panic() {
+    let dir = tempdir();
+    let target = Group::python(&dir, FAKE_CODE_PY);
+    let id = target.id();
+    target.0.lines.skip_to("corrupted");
+    let mut reader = PythonInspector.stack_reader();
+    let read = |result: std::io::Result<Vec<ThreadStack>>| match result {
+        Ok(stacks) => format!("{:?}", thread(&stacks, "victim").frames),
+        Err(err) => format!("error: {err}"),
+    };
+    let during = [read(PythonInspector.stacks(id)), read(reader.stacks(id))];
+    // The fake code object is refused: no frame of it is shown.
+    for result in &during {
+        assert!(!result.contains("victim\""), "{during:?}");
+    }
+    target.0.lines.skip_to("restored");
+    // Read right again, by the same reader too.
+    for _ in 0..2 {
+        let after = [read(PythonInspector.stacks(id)), read(reader.stacks(id))];
+        assert!(
+            after.iter().all(|result| result.contains("victim\"")),
+            "{after:?}"
+        );
+    }
+    eprintln!("read while corrupted: {during:?}");
+}

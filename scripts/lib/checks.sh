@@ -3,8 +3,8 @@
 # scripts/mutants.sh): step headings, and cargo tools installed on demand.
 # From the repository's root, source it:  . scripts/lib/checks.sh
 
-# step <words...>: a heading on stderr.
-step() { printf '\n==> %s\n' "$*" >&2; }
+# step <words...>: a heading on stderr, with the seconds since the script began.
+step() { printf '\n==> %s  [%s s]\n' "$*" "$SECONDS" >&2; }
 
 # cargo_tool <crate> <version> [<args>...]: puts <crate> <version> on PATH,
 # from ${HELI_DEPS:-/opt/heli}/<crate>/bin; first installs it there from

@@ -112,7 +112,8 @@ pub(super) fn abort_critical_section(
     }
     // The thread is stopped: what it wrote is settled. A read that fails
     // leaves the kernel to deal with the area as it would anyway.
-    let Ok(descriptor) = memory.read_u64(config.rseq_abi_pointer + RSEQ_CS_OFFSET) else {
+    let Ok(descriptor) = memory.read_u64(config.rseq_abi_pointer.wrapping_add(RSEQ_CS_OFFSET))
+    else {
         return Ok(None);
     };
     if descriptor == 0 {

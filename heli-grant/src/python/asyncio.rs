@@ -33,6 +33,7 @@ use heli_core::tasks::{AsyncTask, AsyncTasks};
 
 use super::elf::PyRuntimeSection;
 use super::error::{Pep768Error, Pep768ErrorKind};
+use super::memory::at;
 use super::offsets::{fits, MAX_STRUCT};
 use super::process::{mapped_files, PyProcess, MAX_INTERPRETERS};
 use super::stack::Walker;
@@ -314,38 +315,39 @@ impl Reader<'_> {
         let memory = self.py.memory();
         let offsets = self.py.offsets();
         let mut tasks = AsyncTasks::new(self.py.pid());
-        let mut interp = memory.read_u64(self.py.runtime_address() + offsets.interpreters_head)?;
+        let mut interp =
+            memory.read_u64(at(self.py.runtime_address(), offsets.interpreters_head))?;
         let mut interpreters = Vec::new();
         while interp != 0 {
             if interpreters.len() >= MAX_INTERPRETERS {
                 return Err(corrupt("the list of interpreters does not end"));
             }
             interpreters.push(interp);
-            interp = memory.read_u64(interp + offsets.interp.next)?;
+            interp = memory.read_u64(at(interp, offsets.interp.next))?;
         }
         // The main interpreter (the oldest) first.
         for &interp in interpreters.iter().rev() {
-            let mut tstate = memory.read_u64(interp + offsets.interp.threads_head)?;
+            let mut tstate = memory.read_u64(at(interp, offsets.interp.threads_head))?;
             let mut threads = Vec::new();
             while tstate != 0 {
                 if threads.len() >= MAX_THREADS {
                     return Err(corrupt("the list of threads does not end"));
                 }
                 threads.push(tstate);
-                tstate = memory.read_u64(tstate + offsets.tstate.next)?;
+                tstate = memory.read_u64(at(tstate, offsets.tstate.next))?;
             }
             // Newest first in CPython's list: the main thread first here.
             for &tstate in threads.iter().rev() {
-                let tid = memory.read_u64(tstate + offsets.tstate.native_thread_id)?;
-                let running = memory.read_u64(tstate + self.a.running_loop)? & !TAG_BITS;
+                let tid = memory.read_u64(at(tstate, offsets.tstate.native_thread_id))?;
+                let running = memory.read_u64(at(tstate, self.a.running_loop))? & !TAG_BITS;
                 if running != 0 {
                     tasks.running_loops.push(tid);
                 }
-                if self.list(tstate + self.a.tstate_tasks_head, tid, &mut tasks)? {
+                if self.list(at(tstate, self.a.tstate_tasks_head), tid, &mut tasks)? {
                     return Ok(tasks);
                 }
             }
-            if self.list(interp + self.a.interp_tasks_head, 0, &mut tasks)? {
+            if self.list(at(interp, self.a.interp_tasks_head), 0, &mut tasks)? {
                 return Ok(tasks);
             }
         }
@@ -358,7 +360,7 @@ impl Reader<'_> {
     fn list(&mut self, head: u64, tid: u64, tasks: &mut AsyncTasks) -> Result<bool, Pep768Error> {
         let memory = self.py.memory();
         let link = self.o.llist_next;
-        let next_of = |node: u64| memory.read_u64(node + link);
+        let next_of = |node: u64| memory.read_u64(at(node, link));
         let mut node = next_of(head)?;
         let mut seen = HashSet::new();
         while node != head {
@@ -423,8 +425,8 @@ impl Reader<'_> {
     fn name(&mut self, object: u64) -> Result<String, Pep768Error> {
         let memory = self.py.memory();
         let offsets = self.py.offsets();
-        let ty = memory.read_u64(object + offsets.ob_type)?;
-        let flags = memory.read_u64(ty + self.o.tp_flags)?;
+        let ty = memory.read_u64(at(object, offsets.ob_type))?;
+        let flags = memory.read_u64(at(ty, self.o.tp_flags))?;
         if flags & UNICODE_SUBCLASS != 0 {
             return Ok(self.walker.string(object)?.to_string());
         }
@@ -439,7 +441,7 @@ impl Reader<'_> {
         if digits > 2 {
             return Err(corrupt(&format!("a task's number of {digits} digits")));
         }
-        let digits = memory.read_vec(object + self.o.ob_digit, 4 * digits as usize)?;
+        let digits = memory.read_vec(at(object, self.o.ob_digit), 4 * digits as usize)?;
         let value = digits.chunks_exact(4).rev().fold(0u64, |value, digit| {
             (value << 30) | u64::from(u32::from_le_bytes(digit.try_into().expect("4")))
         });
@@ -477,8 +479,8 @@ impl Reader<'_> {
             if top == 0 {
                 return Ok(frames);
             }
-            let awaited = memory.read_u64(top - 8)? & !TAG_BITS;
-            if awaited == 0 || memory.read_u64(awaited + offsets.ob_type)? != gen_type {
+            let awaited = memory.read_u64(top.wrapping_sub(8))? & !TAG_BITS;
+            if awaited == 0 || memory.read_u64(at(awaited, offsets.ob_type))? != gen_type {
                 // A future, a task, an iterator: the chain of coroutines
                 // ends here.
                 return Ok(frames);

@@ -7,6 +7,15 @@ use heli_proc::Memory;
 
 use super::error::{Pep768Error, Pep768ErrorKind};
 
+/// The address `offset` bytes past `base`. Addresses come from the
+/// target's memory, read while it runs: one can be anything, and an offset
+/// past it can pass the end of the address space. It then wraps around (as
+/// it does in a release build), to an address where a read fails as it
+/// does anywhere unmapped, instead of the overflow panic of a debug build.
+pub(crate) fn at(base: u64, offset: u64) -> u64 {
+    base.wrapping_add(offset)
+}
+
 /// Reads and writes process `pid`'s memory; see [`Memory`].
 #[derive(Clone, Debug)]
 pub(crate) struct RemoteMemory {

@@ -180,6 +180,11 @@ impl DebugOffsets {
     /// The size of CPython 3.14's `_Py_DebugOffsets`: 95 fields of 8 bytes.
     pub const SIZE: usize = 760;
 
+    /// The bytes it was parsed from.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// Validates and decodes the first [`SIZE`](Self::SIZE) bytes of a
     /// `_PyRuntime` (more are ignored; fewer are enough to tell the version).
     ///

@@ -17,7 +17,7 @@ use log::debug;
 
 use super::elf::PyRuntimeSection;
 use super::error::{Pep768Error, Pep768ErrorKind};
-use super::memory::RemoteMemory;
+use super::memory::{at, RemoteMemory};
 use super::offsets::{DebugOffsets, Offsets};
 use super::version::{version_from_name, PyVersion};
 
@@ -261,6 +261,34 @@ impl PyProcess {
         Ok(running == Some(self.id))
     }
 
+    /// Whether it still runs the runtime it was opened with: the same
+    /// `_Py_DebugOffsets` at the same address. An `execve` gives a process
+    /// new memory, its runtime elsewhere (address space layout
+    /// randomization) or none: at the old address is then something else,
+    /// or nothing mapped. One that ran the same Python again at the same
+    /// address (no randomization) has the same layout there: what is read
+    /// through these offsets is still right.
+    ///
+    /// # Errors
+    ///
+    /// [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess) when it exited,
+    /// [`PermissionDenied`](Pep768ErrorKind::PermissionDenied).
+    pub(crate) fn same_runtime(&self) -> Result<bool, Pep768Error> {
+        let expected = self.debug.bytes();
+        match self.memory.read_vec(self.runtime, expected.len()) {
+            Ok(found) => Ok(found == expected),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    Pep768ErrorKind::NoSuchProcess | Pep768ErrorKind::PermissionDenied
+                ) =>
+            {
+                Err(err)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Its CPython version.
     pub fn version(&self) -> PyVersion {
         self.debug.version()
@@ -292,7 +320,7 @@ impl PyProcess {
         let interp = self.main_interpreter()?;
         Ok(self
             .memory
-            .read_i32(interp + self.offsets.debugger.enabled)?
+            .read_i32(at(interp, self.offsets.debugger.enabled))?
             == 1)
     }
 
@@ -300,16 +328,16 @@ impl PyProcess {
     pub(crate) fn main_interpreter(&self) -> Result<u64, Pep768Error> {
         let mut interp = self
             .memory
-            .read_u64(self.runtime + self.offsets.interpreters_head)?;
+            .read_u64(at(self.runtime, self.offsets.interpreters_head))?;
         for _ in 0..MAX_INTERPRETERS {
             if interp == 0 {
                 break;
             }
-            let id = self.memory.read_u64(interp + self.offsets.interp.id)?;
+            let id = self.memory.read_u64(at(interp, self.offsets.interp.id))?;
             if id == 0 {
                 return Ok(interp);
             }
-            interp = self.memory.read_u64(interp + self.offsets.interp.next)?;
+            interp = self.memory.read_u64(at(interp, self.offsets.interp.next))?;
         }
         Err(Pep768Error::new(
             Pep768ErrorKind::NoThread,
@@ -434,7 +462,27 @@ pub(crate) fn mapped_files(maps: &[Mapping], part: &[u8]) -> Vec<Mapped> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_python::Target;
     use heli_proc::Mapped;
+
+    #[test]
+    fn a_runtime_no_longer_where_it_was_found_is_told() {
+        let mut target = Target::start("print('ready', flush=True); input()");
+        assert_eq!(target.line(), "ready\n");
+        let mut python = PyProcess::open_id(target.id()).unwrap();
+        assert!(python.same_runtime().unwrap());
+        assert!(python.stack_dump().is_ok());
+        // As if it ran another program: other bytes where its runtime
+        // was (the walk from there finds threads all the same, as a walk
+        // of another program's memory may), then nothing mapped there.
+        python.runtime += 8;
+        assert!(!python.same_runtime().unwrap());
+        let err = python.stack_dump().unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::NoSuchProcess, "{err}");
+        assert!(err.to_string().contains("has run another program"), "{err}");
+        python.runtime = 8;
+        assert!(!python.same_runtime().unwrap());
+    }
 
     fn map(range: (u64, u64), offset: u64, inode: u64, what: &str) -> Mapping {
         Mapping {

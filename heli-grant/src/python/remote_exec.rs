@@ -34,7 +34,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::error::{Pep768Error, Pep768ErrorKind};
-use super::memory::RemoteMemory;
+use super::memory::{at, RemoteMemory};
 use super::process::PyProcess;
 use super::script_dir::ScriptDir;
 
@@ -117,15 +117,15 @@ struct ThreadList {
 impl ThreadList {
     /// Whether `tstate` is in the list, as thread `tid`'s.
     fn holds(&self, memory: &RemoteMemory, tstate: u64, tid: u64) -> Result<bool, Pep768Error> {
-        let mut at = memory.read_u64(self.head_at)?;
+        let mut listed = memory.read_u64(self.head_at)?;
         for _ in 0..MAX_THREADS {
-            if at == 0 {
+            if listed == 0 {
                 return Ok(false);
             }
-            if at == tstate {
-                return Ok(memory.read_u64(at + self.native_thread_id)? == tid);
+            if listed == tstate {
+                return Ok(memory.read_u64(at(listed, self.native_thread_id))? == tid);
             }
-            at = memory.read_u64(at + self.next)?;
+            listed = memory.read_u64(at(listed, self.next))?;
         }
         Ok(false)
     }
@@ -258,18 +258,18 @@ impl PyProcess {
             }
         }
         let interp = self.main_interpreter()?;
-        let enabled = self.memory().read_i32(interp + d.enabled)?;
+        let enabled = self.memory().read_i32(at(interp, d.enabled))?;
         if enabled != 1 {
             return Err(disabled(pid.get(), enabled));
         }
         let thread = self.script_thread(interp)?;
         let memory = self.memory();
-        let support = thread.tstate + d.support;
+        let support = at(thread.tstate, d.support);
         let mut request = RemoteExec {
             memory: memory.clone(),
             thread,
-            pending: support + d.pending_call,
-            path_at: support + d.script_path,
+            pending: at(support, d.pending_call),
+            path_at: at(support, d.script_path),
             script,
             settled: true,
         };
@@ -281,7 +281,7 @@ impl PyProcess {
         request.settled = false;
         thread.write(memory, request.pending, &1i32.to_le_bytes())?;
         thread.check(memory)?;
-        request_stop(memory, thread.tstate + d.eval_breaker)?;
+        request_stop(memory, at(thread.tstate, d.eval_breaker))?;
         if let Err(err) = thread.check(memory) {
             // Writing anything more could land in freed memory.
             request.settled = true;
@@ -306,18 +306,18 @@ impl PyProcess {
         // state, reset for reuse but never freed.
         let kept = |tstate: u64| tstate >= runtime && tstate.saturating_add(t.size) <= runtime_end;
         let list = ThreadList {
-            head_at: interp + i.threads_head,
+            head_at: at(interp, i.threads_head),
             next: t.next,
             native_thread_id: t.native_thread_id,
         };
         let thread = |tstate: u64| -> Result<ScriptThread, Pep768Error> {
             Ok(ScriptThread {
                 tstate,
-                tid: memory.read_u64(tstate + t.native_thread_id)?,
+                tid: memory.read_u64(at(tstate, t.native_thread_id))?,
                 list: (!kept(tstate)).then_some(list),
             })
         };
-        let main = memory.read_u64(interp + i.threads_main)?;
+        let main = memory.read_u64(at(interp, i.threads_main))?;
         if main != 0 && kept(main) {
             return thread(main);
         }
@@ -333,11 +333,11 @@ impl PyProcess {
                 return thread(tstate);
             }
             if first.is_none()
-                && memory.read_u64(tstate + t.native_thread_id)? == u64::from(self.pid())
+                && memory.read_u64(at(tstate, t.native_thread_id))? == u64::from(self.pid())
             {
                 first = Some(tstate);
             }
-            tstate = memory.read_u64(tstate + t.next)?;
+            tstate = memory.read_u64(at(tstate, t.next))?;
         }
         if main != 0 {
             return thread(main);
@@ -381,7 +381,7 @@ fn request_stop(memory: &RemoteMemory, breaker_at: u64) -> Result<(), Pep768Erro
 /// in it.
 fn please_stop_byte(breaker_at: u64) -> (u64, u8) {
     (
-        breaker_at + u64::from(PLEASE_STOP_BIT / 8),
+        at(breaker_at, u64::from(PLEASE_STOP_BIT / 8)),
         1 << (PLEASE_STOP_BIT % 8),
     )
 }

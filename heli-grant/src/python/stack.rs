@@ -25,6 +25,7 @@ use heli_core::{Pid, ProcessState};
 use heli_proc::Proc;
 
 use super::error::{Pep768Error, Pep768ErrorKind};
+use super::memory::at;
 use super::offsets::Offsets;
 use super::process::{PyProcess, MAX_INTERPRETERS};
 
@@ -117,7 +118,8 @@ impl PyProcess {
     /// [`NoSuchProcess`](Pep768ErrorKind::NoSuchProcess) when it exited
     /// (before or while its stacks were read: a dump is returned only if
     /// the process still ran after it, so that all it read was that
-    /// process's);
+    /// process's), and when it has run another program since it was
+    /// opened (`execve`: its runtime is no longer where it was found);
     /// [`Corrupt`](Pep768ErrorKind::Corrupt) when its list of threads kept
     /// changing (or is corrupt) three times in a row;
     /// [`PermissionDenied`](Pep768ErrorKind::PermissionDenied).
@@ -138,6 +140,18 @@ impl PyProcess {
             return Err(Pep768Error::new(
                 Pep768ErrorKind::NoSuchProcess,
                 format!("PID {} exited while its stacks were read", self.pid()),
+            ));
+        }
+        // A handle kept from one dump to the next (a profile's) outlives
+        // an `execve`, after which the runtime it found is not there.
+        if !self.same_runtime()? {
+            return Err(Pep768Error::new(
+                Pep768ErrorKind::NoSuchProcess,
+                format!(
+                    "PID {} has run another program (execve) since it was opened: \
+                     the Python runtime it had is gone; open it again",
+                    self.pid()
+                ),
             ));
         }
         Ok(threads)
@@ -200,17 +214,18 @@ impl<'a> Walker<'a> {
 
     fn dump(&mut self) -> Result<Vec<ThreadStack>, Pep768Error> {
         let memory = self.py.memory();
-        let mut interp = memory.read_u64(self.py.runtime_address() + self.o.interpreters_head)?;
+        let mut interp =
+            memory.read_u64(at(self.py.runtime_address(), self.o.interpreters_head))?;
         let mut interpreters = Vec::new();
         while interp != 0 {
             if interpreters.len() >= MAX_INTERPRETERS {
                 return Err(corrupt("the list of interpreters does not end"));
             }
             let i = &self.o.interp;
-            let id = memory.read_u64(interp + i.id)?;
-            let next = memory.read_u64(interp + i.next)?;
-            let main = memory.read_u64(interp + i.threads_main)?;
-            let mut tstate = memory.read_u64(interp + i.threads_head)?;
+            let id = memory.read_u64(at(interp, i.id))?;
+            let next = memory.read_u64(at(interp, i.next))?;
+            let main = memory.read_u64(at(interp, i.threads_main))?;
+            let mut tstate = memory.read_u64(at(interp, i.threads_head))?;
             let gil = self.gil(interp);
             let mut threads = Vec::new();
             while tstate != 0 {
@@ -236,7 +251,7 @@ impl<'a> Walker<'a> {
     fn gil(&self, interp: u64) -> Option<Gil> {
         let g = self.o.gil?;
         let memory = self.py.memory();
-        let gil = memory.read_u64(interp + g.ceval_gil).ok()?;
+        let gil = memory.read_u64(at(interp, g.ceval_gil)).ok()?;
         if gil == 0 {
             return None;
         }
@@ -297,7 +312,7 @@ impl<'a> Walker<'a> {
         };
         for attempt in 1..=ATTEMPTS {
             let walked = self.frames(frame, chunk, limit);
-            let now = self.py.memory().read_u64(tstate + t.current_frame)?;
+            let now = self.py.memory().read_u64(at(tstate, t.current_frame))?;
             match walked {
                 Ok((frames, cut)) => {
                     stack.frames = frames;
@@ -320,7 +335,7 @@ impl<'a> Walker<'a> {
                 }
             }
             frame = now;
-            chunk = self.py.memory().read_u64(tstate + t.datastack_chunk)?;
+            chunk = self.py.memory().read_u64(at(tstate, t.datastack_chunk))?;
         }
         let spent: usize = stack.frames.iter().map(frame_text).sum();
         self.text_left = self.text_left.saturating_sub(spent);
@@ -345,13 +360,11 @@ impl<'a> Walker<'a> {
         let f = self.o.frame;
         let size = f.size;
         // The chunk's frames, up to the current one, in one read.
-        let block = (chunk != 0 && chunk <= frame && frame - chunk + size <= MAX_BLOCK)
-            .then(|| {
-                self.py
-                    .memory()
-                    .read_vec(chunk, (frame - chunk + size) as usize)
-            })
-            .and_then(Result::ok);
+        let span = frame
+            .checked_sub(chunk)
+            .and_then(|before| before.checked_add(size))
+            .filter(|&span| chunk != 0 && span <= MAX_BLOCK);
+        let block = span.and_then(|span| self.py.memory().read_vec(chunk, span as usize).ok());
         let mut single = vec![0u8; size as usize];
         let mut frames = Vec::new();
         let mut depth = 0;
@@ -359,7 +372,7 @@ impl<'a> Walker<'a> {
             depth += 1;
             let in_block = block.as_ref().and_then(|block| {
                 let start = usize::try_from(frame.checked_sub(chunk)?).ok()?;
-                block.get(start..start + size as usize)
+                block.get(start..start.checked_add(size as usize)?)
             });
             let result = if depth > MAX_DEPTH {
                 Err(corrupt(&format!("more than {MAX_DEPTH} frames")))
@@ -442,7 +455,7 @@ impl<'a> Walker<'a> {
             filename: self.string(word(c.filename))?.to_string(),
             linetable: self.bytes(word(c.linetable))?,
             firstlineno: i32::from_le_bytes(firstlineno.try_into().expect("4 bytes")),
-            bytecode: addr + c.co_code_adaptive,
+            bytecode: at(addr, c.co_code_adaptive),
         });
         self.codes.insert(addr, code.clone());
         Ok(code)
@@ -454,7 +467,7 @@ impl<'a> Walker<'a> {
             return Ok(known);
         }
         let memory = self.py.memory();
-        let name = memory.read_u64(ty + self.o.tp_name)?;
+        let name = memory.read_u64(at(ty, self.o.tp_name))?;
         let mut text = [0u8; 5];
         memory.read(name, &mut text)?;
         let is_code = &text == b"code\0";
@@ -493,12 +506,12 @@ impl<'a> Walker<'a> {
             u.size - 8
         };
         let data = if !compact {
-            let pointer = self.py.memory().read_u64(addr + u.size - 8)?;
+            let pointer = self.py.memory().read_u64(at(addr, u.size - 8))?;
             self.py.memory().read_vec(pointer, size)?
         } else if data_offset as usize + size <= head.len() {
             head[data_offset as usize..data_offset as usize + size].to_vec()
         } else {
-            self.py.memory().read_vec(addr + data_offset, size)?
+            self.py.memory().read_vec(at(addr, data_offset), size)?
         };
         let text: String = match kind {
             1 => data.iter().map(|&b| char::from(b)).collect(),
@@ -532,7 +545,9 @@ impl<'a> Walker<'a> {
         if end <= head.len() {
             Ok(head[start..end].to_vec())
         } else {
-            self.py.memory().read_vec(addr + b.ob_sval, length as usize)
+            self.py
+                .memory()
+                .read_vec(at(addr, b.ob_sval), length as usize)
         }
     }
 

@@ -1,0 +1,58 @@
+//! Python 3.14 targets for the crate's unit tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use heli_core::{ProcessId, Processes};
+
+/// Debian's CPython 3.14, which scripts/test.sh installs: missing, the
+/// test fails.
+fn python314() -> String {
+    std::env::var("HELI_PYTHON").unwrap_or_else(|_| "/opt/heli/py314/usr/bin/python3.14".into())
+}
+
+/// Runs Python 3.14 code, its stdin and stdout ours; killed when dropped.
+pub(crate) struct Target {
+    child: Child,
+    pub(crate) input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Target {
+    /// Python 3.14 running `code`.
+    pub(crate) fn start(code: &str) -> Target {
+        let mut child = Command::new(python314())
+            .args(["-c", code])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("Python 3.14 (HELI_PYTHON)");
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Target {
+            child,
+            input,
+            output,
+        }
+    }
+
+    /// The next line it prints.
+    pub(crate) fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Who it is.
+    pub(crate) fn id(&self) -> ProcessId {
+        let pid = heli_core::Pid::new(self.child.id()).unwrap();
+        heli_proc::ProcFs.identity(pid).unwrap().unwrap()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
