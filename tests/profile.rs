@@ -487,8 +487,10 @@ fn every_process_of_the_tree_under_its_own_root() {
     let _serial = serial();
     let (dir, script) = temp_script(
         "parent.py",
-        "import subprocess, sys, time\n\
-         code = 'def child_work():\\n    while True: sum(range(1000))\\nchild_work()\\n'\n\
+        // The child ends when its parent does (the controller ends only
+        // the target): a leftover would burn a CPU for ever.
+        "import os, subprocess, sys, time\n\
+         code = f'import os\\ndef child_work():\\n    while os.getppid() == {os.getpid()}: sum(range(1000))\\nchild_work()\\n'\n\
          child = subprocess.Popen([sys.executable, '-c', code])\n\
          def parent_work():\n    while True: sum(range(1000))\n\
          time.sleep(0.5)\n\
