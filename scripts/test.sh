@@ -68,7 +68,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "protocol fuzzing (cargo fuzz, a short run of every target in fuzz/)"
 scripts/fuzz.sh
 
-step "mutation testing (cargo mutants, a twelfth of heli-core's mutants)"
+step "mutation testing (cargo mutants, a 24th of heli-core's mutants)"
 scripts/mutants.sh --quick
 
 if [ -f scripts/vm/test-yama.sh ] && [ "${HELI_SKIP_VM:-0}" != 1 ]; then
