@@ -294,10 +294,11 @@ fn sample<I: Inspector>(
         // The next sample due; those whose time passed meanwhile are lost.
         let behind = started.elapsed().as_nanos() / period.as_nanos().max(1);
         tick = (tick + 1).max(u64::try_from(behind).unwrap_or(u64::MAX));
-        let at = u32::try_from(tick)
-            .ok()
-            .and_then(|tick| period.checked_mul(tick))
-            .and_then(|after| started.checked_add(after));
+        let at = period
+            .as_nanos()
+            .checked_mul(u128::from(tick))
+            .and_then(|nanos| u64::try_from(nanos).ok())
+            .and_then(|nanos| started.checked_add(Duration::from_nanos(nanos)));
         let Some(at) = at else {
             return "the profile ran for too long".into();
         };
