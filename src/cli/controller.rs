@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{info, warn};
 
 use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
@@ -27,6 +27,7 @@ use crate::transport::{FifoTransport, UnixSocketTransport};
 
 use super::exit::ControllerExit;
 use super::python::configured_python;
+use super::shell::{self, Shell};
 use super::transport::TransportKind;
 
 /// Runs a target process under supervision; clients can then get the right
@@ -101,6 +102,17 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
 
+    /// Print a shell completion script for the controller and exit: bash,
+    /// zsh, fish, elvish or powershell, e.g. `source <(controller
+    /// --completions bash)`
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<Shell>,
+
+    /// Print the controller's man page (roff) and exit, e.g. `controller
+    /// --man > ~/.local/share/man/man1/controller.1`
+    #[arg(long, exclusive = true)]
+    man: bool,
+
     /// A Python script and its arguments, or (after --) any command
     #[arg(
         required = true,
@@ -148,6 +160,9 @@ where
             return ControllerExit::for_clap(&err);
         }
     };
+    if let Some(printed) = about_itself(&args) {
+        return printed;
+    }
     match run(&args, explicit_command(&raw, &args.target)) {
         Ok(status) => ControllerExit::from(status),
         Err(err) => {
@@ -155,6 +170,30 @@ where
             ControllerExit::Failed
         }
     }
+}
+
+/// The controller's name in its completions and man page: the name of the
+/// program `cargo install --example controller` installs.
+const CONTROLLER: &str = "controller";
+
+/// `--completions SHELL` and `--man`, which print what the controller is
+/// instead of running a target; `None` without them.
+fn about_itself(args: &Args) -> Option<ControllerExit> {
+    let mut out = std::io::stdout().lock();
+    let written = if let Some(shell_name) = args.completions {
+        shell::completions(Args::command(), CONTROLLER, shell_name, &mut out)
+    } else if args.man {
+        shell::man_page(Args::command(), CONTROLLER, &mut out)
+    } else {
+        return None;
+    };
+    Some(match written {
+        Ok(()) => ControllerExit::Help,
+        Err(err) => {
+            report("controller", &err);
+            ControllerExit::Failed
+        }
+    })
 }
 
 /// Prints `err` and its chain of sources to stderr.
@@ -538,6 +577,43 @@ mod tests {
         assert_eq!(program, python);
         assert_eq!(args[0], "app.py");
         assert_eq!(args.last().map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn completions_and_man_stand_alone() {
+        let args = parse(&["--completions", "fish"]);
+        assert_eq!(args.completions, Some(Shell::Fish));
+        assert!(args.target.is_empty());
+        assert!(parse(&["--man"]).man);
+        // After the target, they are the target's.
+        let args = parse(&["a.py", "--man", "--completions", "zsh"]);
+        assert_eq!(args.target, ["a.py", "--man", "--completions", "zsh"]);
+        assert!(!args.man);
+        assert_eq!(args.completions, None);
+        // A target is still required without them, and they take nothing else.
+        for bad in [
+            &[][..],
+            &["--man", "a.py"],
+            &["--completions", "bash", "--man"],
+            &["--grace", "1", "--man"],
+        ] {
+            let err = Args::try_parse_from(raw(bad)).unwrap_err();
+            assert_eq!(
+                ControllerExit::for_clap(&err),
+                ControllerExit::Usage,
+                "{bad:?}"
+            );
+        }
+        let err = Args::try_parse_from(raw(&["--completions", "tcsh"])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid value 'tcsh' for '--completions <SHELL>'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+            "{text}"
+        );
     }
 
     #[test]
