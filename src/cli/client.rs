@@ -685,7 +685,7 @@ mod tests {
     }
 
     fn top(args: &[&str]) -> (Scope, TopOptions) {
-        match parse(&[&["top"], args].concat()).command {
+        match parse(&[&["top"], args].concat()).cmd() {
             Some(Cmd::Top {
                 scope: ScopeArg(scope),
                 options,
@@ -751,7 +751,7 @@ mod tests {
     }
 
     fn profile_job(args: &[&str]) -> profile::Job {
-        match parse(&[&["profile"], args].concat()).command {
+        match parse(&[&["profile"], args].concat()).cmd() {
             Some(Cmd::Profile {
                 scope: ScopeArg(scope),
                 options,
