@@ -5,7 +5,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{example, run};
+use rexpect::session::{spawn_with_options, Options};
+
+use crate::util::{example, expect_all, run};
 
 /// What `program args...` prints on stdout; it must succeed, silently.
 fn printed(program: &str, args: &[&str]) -> String {
@@ -85,6 +87,49 @@ fn bash_completes_the_clients_subcommands_and_options() {
         ["fish"]
     );
     assert_eq!(bash_completes(&script, "client", "client --li"), ["--list"]);
+}
+
+#[test]
+fn bash_completes_client_att_on_tab_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = saved(
+        dir.path(),
+        "client.bash",
+        &printed("client", &["completions", "bash"]),
+    );
+    // rexpect turns the terminal's echo off, and readline then shows
+    // nothing typed: `stty echo` first, as in a real terminal.
+    let rc = saved(
+        dir.path(),
+        "rc",
+        &format!(
+            "stty echo\nPS1='ready$ '\nbind 'set bell-style none'\n\
+             bind 'set enable-bracketed-paste off'\nsource {}\n",
+            script.display()
+        ),
+    );
+    let mut bash = Command::new("bash");
+    bash.args(["--noprofile", "--rcfile"])
+        .arg(&rc)
+        .arg("-i")
+        .env("TERM", "dumb");
+    let options = Options::new()
+        .timeout_ms(Some(20_000))
+        .strip_ansi_escape_codes(true);
+    let mut session = spawn_with_options(bash, options).unwrap();
+    expect_all(&mut session, &["ready$ "]);
+    // Tab completes the word: the shell shows it whole, a space after.
+    session.send("client att\t").unwrap();
+    session.flush().unwrap();
+    expect_all(&mut session, &["client attach "]);
+    session.send("--fo\t").unwrap();
+    session.flush().unwrap();
+    expect_all(&mut session, &["--force "]);
+    // Abandon the line, then leave.
+    session.send_control('c').unwrap();
+    expect_all(&mut session, &["ready$ "]);
+    session.send_line("exit").unwrap();
+    session.exp_eof().unwrap();
 }
 
 #[test]
