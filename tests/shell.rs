@@ -152,6 +152,18 @@ fn bash_completes_the_controllers_options() {
         bash_completes(&script, "controller", "controller --agent al"),
         ["always"]
     );
+    assert_eq!(
+        bash_completes(&script, "controller", "controller --restart on"),
+        ["on-failure"]
+    );
+    assert_eq!(
+        bash_completes(&script, "controller", "controller --granter y"),
+        ["yama"]
+    );
+    assert_eq!(
+        bash_completes(&script, "controller", "controller --grant-method r"),
+        ["remote-exec"]
+    );
 }
 
 /// `shell -n` reads `script` without running it: when the shell is here.

@@ -13,8 +13,10 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, Parser};
 use log::{info, warn};
 
@@ -62,7 +64,13 @@ struct Args {
 
     /// How clients get ptrace rights: auto (what the kernel's ptrace_scope
     /// needs), yama (inject prctl(PR_SET_PTRACER) into the target), noop
-    #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
+    #[arg(
+        long,
+        value_name = "GRANTER",
+        default_value_t = GranterChoice::Auto,
+        value_parser = named::<GranterChoice>(GRANTERS),
+        hide_possible_values = true
+    )]
     granter: GranterChoice,
 
     /// How the yama granter has the target call prctl: auto (ptrace
@@ -70,7 +78,13 @@ struct Args {
     /// injected into: already traced, Syscall User Dispatch; never under a
     /// seccomp filter), ptrace, remote-exec (a CPython 3.14 target runs it
     /// itself)
-    #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
+    #[arg(
+        long,
+        value_name = "METHOD",
+        default_value_t = GrantMethod::Auto,
+        value_parser = named::<GrantMethod>(GRANT_METHODS),
+        hide_possible_values = true
+    )]
     grant_method: GrantMethod,
 
     /// Set up heli's agent inside a Python 3.14 target (no change to its
@@ -82,7 +96,13 @@ struct Args {
 
     /// Start the target again when it ends: never, on-failure (non-zero exit
     /// or killed by a signal) or always; with back-off from 100 ms to 30 s
-    #[arg(long, value_name = "WHEN", default_value_t = Restart::Never)]
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value_t = Restart::Never,
+        value_parser = named::<Restart>(RESTARTS),
+        hide_possible_values = true
+    )]
     restart: Restart,
 
     /// Give up after this many restarts
@@ -121,6 +141,24 @@ struct Args {
         value_name = "TARGET"
     )]
     target: Vec<String>,
+}
+
+/// The names `--granter` takes, as [`GranterChoice`] parses them.
+const GRANTERS: &[&str] = &["auto", "yama", "noop"];
+/// The names `--grant-method` takes, as [`GrantMethod`] parses them.
+const GRANT_METHODS: &[&str] = &["auto", "ptrace", "remote-exec"];
+/// The names `--restart` takes, as [`Restart`] parses them.
+const RESTARTS: &[&str] = &["never", "on-failure", "always"];
+
+/// A parser of `T` by `names`, the names `T` parses from: listed to clap,
+/// they are what the completions offer and what a usage error names.
+fn named<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    PossibleValuesParser::new(names.iter().copied())
+        .try_map(|name| name.parse::<T>().map_err(|err| err.to_string()))
 }
 
 /// The controller program, as `cargo run --example controller` runs it:
@@ -614,6 +652,30 @@ mod tests {
             text.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn named_values_are_the_names_their_types_parse() {
+        fn each<T: FromStr + std::fmt::Display>(names: &[&str]) {
+            for name in names {
+                let parsed = name.parse::<T>().unwrap_or_else(|_| panic!("{name}"));
+                assert_eq!(parsed.to_string(), *name);
+            }
+        }
+        each::<GranterChoice>(GRANTERS);
+        each::<GrantMethod>(GRANT_METHODS);
+        each::<Restart>(RESTARTS);
+        for (option, names) in [
+            ("--granter", GRANTERS),
+            ("--grant-method", GRANT_METHODS),
+            ("--restart", RESTARTS),
+        ] {
+            let err = Args::try_parse_from(raw(&[option, "sometimes", "a.py"])).unwrap_err();
+            assert_eq!(ControllerExit::for_clap(&err), ControllerExit::Usage);
+            let text = err.to_string();
+            let listed = format!("[possible values: {}]", names.join(", "));
+            assert!(text.contains(&listed), "{text}");
+        }
     }
 
     #[test]
