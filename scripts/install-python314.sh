@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install CPython 3.14 from Debian *sid* binary packages into a private root:
 #
-#   ${HELI_DEPS:-/opt/heli}/py314/usr/bin/python3.14
+#   $DEPS/py314/usr/bin/python3.14
+#
+# DEPS is $HELI_DEPS, else /opt/heli for root, else $XDG_DATA_HOME/heli or
+# ~/.local/share/heli for any other user (scripts/lib/deps.sh): no root
+# needed (but patchelf must be installed).
 #
 # The .debs (python3.14 + the shared libraries it needs, including sid's newer
 # glibc) are fetched with `apt-get download` through a PRIVATE apt
@@ -16,7 +20,7 @@
 # Progress goes to stderr; the last line on stdout is the interpreter path.
 #
 # Environment:
-#   HELI_DEPS            base directory (default /opt/heli)
+#   HELI_DEPS            base directory (default: see above)
 #   HELI_PY314_FORCE=1   reinstall even if a verified install exists
 #   HELI_DEBIAN_MIRROR   Debian mirror URL (default: taken from the host's
 #                        /etc/apt/sources.list*, else http://deb.debian.org/debian)
@@ -70,7 +74,7 @@ if ! command -v patchelf >/dev/null; then
 fi
 
 # ---- staging dir ---------------------------------------------------------------
-mkdir -p "$DEPS" || die "cannot create $DEPS (run as root, or set HELI_DEPS)"
+mkdir -p "$DEPS" || die "cannot create $DEPS (set HELI_DEPS to a directory you can write)"
 chmod a+rx "$DEPS"
 # Remove leftovers of interrupted runs (their owning PID is gone).
 for old in "$DEPS"/.py314.tmp.* "$DEPS"/.py314.old.*; do

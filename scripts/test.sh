@@ -15,17 +15,18 @@ HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
 export HELI_PYTHON
 "$HELI_PYTHON" --version >&2
 
-step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI)"
+step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI); zsh, fish and groff for the completion and man page tests"
 missing=()
-for tool in gdb strace; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+declare -A package=([groff]=groff-base)
+for tool in gdb strace zsh fish groff; do
+    command -v "$tool" >/dev/null || missing+=("${package[$tool]:-$tool}")
 done
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
         || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
 fi
-HELI_TOOLS=${HELI_DEPS:-/opt/heli}/tools
+HELI_TOOLS=$(heli_deps)/tools
 HELI_PY_SPY=$HELI_TOOLS/bin/py-spy
 if [ ! -x "$HELI_PY_SPY" ]; then
     python3 -m venv "$HELI_TOOLS" >&2 \
@@ -61,6 +62,9 @@ cargo build --examples --locked
 # Bounded: a hung test fails the run in minutes, not at CI's limit.
 bounded 1800 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+
+step "the README's set-up and demo as a fresh unprivileged user (cargo install, install-python314.sh, completions, man pages)"
+scripts/test-as-user.sh
 
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

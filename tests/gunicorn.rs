@@ -30,10 +30,7 @@ const APP: &str = include_str!("gunicorn_app.py");
 fn gunicorn_path() -> PathBuf {
     let path = std::env::var_os("HELI_GUNICORN_PATH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HELI_DEPS").unwrap_or_else(|_| "/opt/heli".into()))
-                .join("tools/gunicorn")
-        });
+        .unwrap_or_else(|| crate::util::deps_dir().join("tools/gunicorn"));
     assert!(
         path.join("gunicorn/__init__.py").is_file(),
         "gunicorn not found in {}: run scripts/test.sh (it installs it) or set HELI_GUNICORN_PATH",

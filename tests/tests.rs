@@ -26,6 +26,7 @@ mod refusals;
 mod remote_grant;
 mod repl;
 mod sessions;
+mod shell;
 mod supervise;
 mod tasks;
 mod terminal;

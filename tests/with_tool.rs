@@ -15,7 +15,7 @@ pub fn py_spy() -> PathBuf {
     let candidates = std::env::var_os("HELI_PY_SPY")
         .map(PathBuf::from)
         .into_iter()
-        .chain([PathBuf::from("/opt/heli/tools/bin/py-spy")])
+        .chain([crate::util::deps_dir().join("tools/bin/py-spy")])
         .chain(
             std::env::var_os("PATH")
                 .map(|path| {

@@ -3,7 +3,7 @@
 //! exec), and per thread whether it runs and holds the GIL.
 //!
 //! The targets are Debian's CPython 3.14 (`$HELI_PYTHON` or
-//! `/opt/heli/py314/usr/bin/python3.14`); each test starts its tree in a
+//! `py314/usr/bin/python3.14` in scripts/lib/deps.sh's directory); each test starts its tree in a
 //! process group of its own and kills the whole group at the end.
 
 mod common;

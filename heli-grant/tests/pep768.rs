@@ -6,7 +6,7 @@
 //! target knows of itself.
 //!
 //! The targets are Debian's CPython 3.14 (`$HELI_PYTHON` or
-//! `/opt/heli/py314/usr/bin/python3.14`) and pyenv's 3.13
+//! `py314/usr/bin/python3.14` in scripts/lib/deps.sh's directory) and pyenv's 3.13
 //! (`$HELI_PYTHON313`); a test whose Python is missing fails saying how to
 //! get it (never a skip).
 //! Each test holds a global lock (timing tests must not overlap) and a
@@ -15,7 +15,8 @@
 mod common;
 
 use common::{
-    as_nobody, build_c, existing, heli_dirs, python314, serial, tempdir, wait_for, Target, SOON,
+    as_nobody, build_c, deps_dir, existing, heli_dirs, python314, serial, tempdir, wait_for,
+    Target, SOON,
 };
 
 use std::collections::HashMap;
@@ -890,7 +891,7 @@ fn stack_dump_of_a_multi_threaded_target() {
 #[test]
 fn stack_dump_agrees_with_py_spy() {
     let _serial = serial("stack_dump_agrees_with_py_spy");
-    let Some(py_spy) = existing("HELI_PY_SPY", "/opt/heli/tools/bin/py-spy") else {
+    let Some(py_spy) = existing("HELI_PY_SPY", deps_dir().join("tools/bin/py-spy")) else {
         panic!("no py-spy: run scripts/test.sh (it installs py-spy) or set HELI_PY_SPY");
     };
     let (_dir, file) = written("threads.py", THREADS_PY);

@@ -3,17 +3,20 @@
 # scripts/mutants.sh): step headings, and cargo tools installed on demand.
 # From the repository's root, source it:  . scripts/lib/checks.sh
 
+. "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
+
 # step <words...>: a heading on stderr, with the seconds since the script began.
 step() { printf '\n==> %s  [%s s]\n' "$*" "$SECONDS" >&2; }
 
 # cargo_tool <crate> <version> [<args>...]: puts <crate> <version> on PATH,
-# from ${HELI_DEPS:-/opt/heli}/<crate>/bin; first installs it there from
+# from $(heli_deps)/<crate>/bin (scripts/lib/deps.sh); first installs it there from
 # crates.io, unless `<crate> <args>... --version` there already says
 # "<crate> <version>".
 cargo_tool() {
     local crate=$1 version=$2
     shift 2
-    local root=${HELI_DEPS:-/opt/heli}/$crate
+    local root
+    root=$(heli_deps)/$crate
     if [ "$("$root/bin/$crate" "$@" --version 2>/dev/null)" != "$crate $version" ]; then
         step "$crate $version (crates.io, into $root)"
         cargo install --locked --version "$version" --root "$root" "$crate"

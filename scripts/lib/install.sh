@@ -5,13 +5,13 @@
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh" vm-setup
 #
-# It sets LOG_TAG to that tag and DEPS to the base directory,
-# ${HELI_DEPS:-/opt/heli} as an absolute path without a trailing slash.
+# It sets LOG_TAG to that tag and DEPS to the base directory, as
+# scripts/lib/deps.sh says: $HELI_DEPS, else /opt/heli for root, else
+# $XDG_DATA_HOME/heli or ~/.local/share/heli.
 
 LOG_TAG=${1:?install.sh: source it with the tag of its log lines}
-DEPS=${HELI_DEPS:-/opt/heli}
-[[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
-DEPS=${DEPS%/}
+. "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
+DEPS=$(heli_deps)
 
 # log <words...>: one line on stderr, after [$LOG_TAG].
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }

@@ -20,7 +20,7 @@
 #                 (then its path is printed).
 #
 # Environment:
-#   HELI_DEPS           base directory of setup.sh's install (default /opt/heli)
+#   HELI_DEPS           base directory of setup.sh's install (default: scripts/lib/deps.sh)
 #   HELI_VM_TIMEOUT     seconds for boot + script (default 900)
 #   HELI_VM_MEMORY      guest memory (default 2G)
 #   HELI_VM_CPUS        guest cpus (default 2)
@@ -40,9 +40,8 @@ script=$1; shift
 [[ -f $script && -r $script ]] || die "no such script: $script"
 script=$(realpath -- "$script")
 
-DEPS=${HELI_DEPS:-/opt/heli}
-[[ $DEPS == /* ]] || DEPS=$PWD/$DEPS
-DEPS=${DEPS%/}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/deps.sh"
+DEPS=$(heli_deps)
 VNG=$DEPS/venv/bin/vng
 TIMEOUT=${HELI_VM_TIMEOUT:-900}
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "HELI_VM_TIMEOUT must be a number of seconds"

@@ -3,9 +3,9 @@
 # Yama LSM) under qemu via virtme-ng:
 #
 #   apt:      qemu-system-x86 kmod busybox-static udev python3(-venv) util-linux binutils file
-#   venv:     ${HELI_DEPS:-/opt/heli}/venv        (virtme-ng, command `vng`)
-#   kernel:   ${HELI_DEPS:-/opt/heli}/kernel/vmlinuz-VERSION (+ config, System.map)
-#             ${HELI_DEPS:-/opt/heli}/kernel/version          (VERSION, one line)
+#   venv:     $DEPS/venv        (virtme-ng, command `vng`)
+#   kernel:   $DEPS/kernel/vmlinuz-VERSION (+ config, System.map)
+#             $DEPS/kernel/version          (VERSION, one line)
 #   modules:  /lib/modules/VERSION   (the guest uses the host's / as its root,
 #             so its modules must be where its own /lib/modules points)
 #
@@ -20,7 +20,7 @@
 # Progress goes to stderr.
 #
 # Environment:
-#   HELI_DEPS             base directory (default /opt/heli)
+#   HELI_DEPS             base directory DEPS (default: scripts/lib/deps.sh)
 #   HELI_VM_FORCE=1       reinstall the venv and the kernel
 #   HELI_VNG_VERSION      virtme-ng version to install (default 1.42)
 #   HELI_VM_PYTHON        python (>= 3.9) to build the venv with

@@ -8,6 +8,7 @@ scripts/vm/setup.sh
 cargo build --examples --locked
 examples=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/examples
 # The tree's checks run scripts/test.sh's gunicorn (its path passed in).
-export HELI_GUNICORN_PATH=${HELI_GUNICORN_PATH:-${HELI_DEPS:-/opt/heli}/tools/gunicorn}
+. scripts/lib/deps.sh
+export HELI_GUNICORN_PATH=${HELI_GUNICORN_PATH:-$(heli_deps)/tools/gunicorn}
 HELI_VM_PASSENV="${HELI_VM_PASSENV-RUST_BACKTRACE RUST_LOG} HELI_GUNICORN_PATH" \
     bash scripts/vm/run.sh scripts/vm/yama-suite.sh "$examples" "$python"

@@ -7,7 +7,7 @@
 # (at 2 and 3: through heli's in-target agent)
 # runs the real controller, client and pdb as an unprivileged user; at scope
 # 1 also a real gunicorn's tree (from $HELI_GUNICORN_PATH, default
-# ${HELI_DEPS:-/opt/heli}/tools/gunicorn, as scripts/test.sh installs it). Ends with
+# $(heli_deps)/tools/gunicorn, as scripts/test.sh installs it). Ends with
 # "yama: N passed, N failed" and exits non-zero if anything failed.
 set -uo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
@@ -213,7 +213,7 @@ transport=socket
 echo "--- ptrace_scope 1, the tree: a real gunicorn's workers (at ${SECONDS} s)"
 # gunicorn from scripts/test.sh's private directory (the guest sees the
 # host's files), on a Unix socket, 2 sync workers that wake every 0.5 s.
-gunicorn_path=${HELI_GUNICORN_PATH:-${HELI_DEPS:-/opt/heli}/tools/gunicorn}
+gunicorn_path=${HELI_GUNICORN_PATH:-$(. "$here/../lib/deps.sh" && heli_deps)/tools/gunicorn}
 # workers: the target's children that ps --json lists as Python processes.
 workers() {
   client ps --json | as_user "$python" -c 'import json, sys

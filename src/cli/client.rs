@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::core::protocol::{RevokeRequest, Scope};
 use crate::core::{Client, Pid, Processes, Transport};
@@ -39,6 +39,7 @@ use super::profile::{self, Outcome};
 use super::render::{self, Listed, Paint};
 use super::repl;
 use super::sanitize::escape;
+use super::shell::{self, Shell};
 use super::source::Sources;
 use super::top;
 use super::transport::TransportKind;
@@ -88,8 +89,35 @@ struct Args {
     python: Option<PathBuf>,
 
     #[command(subcommand)]
-    command: Option<Cmd>,
+    command: Option<Program>,
 }
+
+/// The client's subcommands: a [`Cmd`] for the controller (the same as at
+/// the prompt), or one about the program itself, which needs no
+/// controller.
+#[derive(Subcommand, Debug)]
+enum Program {
+    #[command(flatten)]
+    Session(Cmd),
+    /// Print a shell completion script for the client (bash, zsh, fish,
+    /// elvish, powershell), e.g. `source <(client completions bash)`
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the client's man page (roff), or write it and one page per
+    /// subcommand (client-attach.1, ...) into DIR
+    Man {
+        /// Write the pages into this directory, e.g. ~/.local/share/man/man1
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The client's name in its completions and man pages: the name of the
+/// program `cargo install --example client` installs.
+const CLIENT: &str = "client";
 
 /// The client program, as `cargo run --example client` runs it: logs
 /// warnings to stderr (`RUST_LOG` changes that), then
@@ -119,6 +147,11 @@ where
         }
     };
     let result = check(&args).and_then(|()| {
+        if let Some(program) = &args.command {
+            if let Some(done) = about_itself(program) {
+                return done;
+            }
+        }
         if args.list {
             list_sessions(&args)
         } else {
@@ -151,7 +184,7 @@ fn check(args: &Args) -> Result<(), Failure> {
             ClientExit::Usage,
             format!("--timeout must be a number of seconds above 0, at most {MAX_TIMEOUT}"),
         ))
-    } else if args.json && !args.list && !args.command.as_ref().is_some_and(Cmd::has_json) {
+    } else if args.json && !args.list && !session_command(args).is_some_and(Cmd::has_json) {
         Err(Failure::new(
             ClientExit::Usage,
             "--json goes with status or --list (and ps, stack, tasks, top)",
@@ -159,6 +192,43 @@ fn check(args: &Args) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// The command for the controller, if the command line has one.
+fn session_command(args: &Args) -> Option<&Cmd> {
+    match &args.command {
+        Some(Program::Session(command)) => Some(command),
+        _ => None,
+    }
+}
+
+/// `completions` and `man`, which print what the client is: `None` for a
+/// command for the controller.
+fn about_itself(program: &Program) -> Option<Result<ClientExit, Failure>> {
+    let written = match program {
+        Program::Session(_) => return None,
+        Program::Completions { shell } => shell::completions(
+            Args::command(),
+            CLIENT,
+            *shell,
+            &mut std::io::stdout().lock(),
+        ),
+        Program::Man { dir: None } => {
+            shell::man_page(Args::command(), CLIENT, &mut std::io::stdout().lock())
+        }
+        Program::Man { dir: Some(dir) } => {
+            shell::man_pages_to(Args::command(), CLIENT, dir).map(|files| {
+                for file in files {
+                    println!("{}", dir.join(file).display());
+                }
+            })
+        }
+    };
+    Some(
+        written
+            .map(|()| ClientExit::Success)
+            .map_err(|err| Failure::new(ClientExit::Failed, format!("could not write: {err}"))),
+    )
 }
 
 fn fifo_transport(args: &Args) -> Result<FifoTransport, Failure> {
@@ -200,7 +270,7 @@ fn socket_transport(args: &Args) -> Result<UnixSocketTransport, Failure> {
 
 fn run<T: Transport>(transport: T, args: &Args) -> Result<ClientExit, Failure> {
     let app = App::new(transport, args)?;
-    Ok(match &args.command {
+    Ok(match session_command(args) {
         Some(command) => {
             app.execute(command, args.json)?;
             ClientExit::Success
@@ -482,6 +552,42 @@ mod tests {
         Args::try_parse_from([&["client"], args].concat()).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    impl Args {
+        /// The command for the controller, as the prompt would parse it.
+        fn cmd(&self) -> Option<Cmd> {
+            session_command(self).cloned()
+        }
+    }
+
+    #[test]
+    fn completions_and_man_are_commands_of_the_client_alone() {
+        assert!(matches!(
+            parse(&["completions", "bash"]).command,
+            Some(Program::Completions { shell: Shell::Bash })
+        ));
+        assert!(matches!(
+            parse(&["man"]).command,
+            Some(Program::Man { dir: None })
+        ));
+        let dir = parse(&["man", "--dir", "/d"]);
+        assert!(
+            matches!(&dir.command, Some(Program::Man { dir: Some(d) }) if d == std::path::Path::new("/d"))
+        );
+        assert_eq!(dir.cmd(), None);
+        let err = Args::try_parse_from(["client", "completions", "tcsh"]).unwrap_err();
+        assert_eq!(ClientExit::for_clap(&err), ClientExit::Usage);
+        let text = err.to_string();
+        assert!(text.contains("invalid value 'tcsh'"), "{text}");
+        assert!(
+            text.contains("bash, elvish, fish, powershell, zsh"),
+            "{text}"
+        );
+        // `completions` needs its shell.
+        assert!(Args::try_parse_from(["client", "completions"]).is_err());
+        // --json means nothing for them.
+        assert!(usage(&["completions", "bash", "--json"]).contains("--json goes with"));
+    }
+
     fn usage(args: &[&str]) -> String {
         check(&parse(args)).map_or_else(
             |failure| {
@@ -502,7 +608,7 @@ mod tests {
         assert_eq!(args.fifo_dir, None);
         assert_eq!(args.timeout, 2.0);
         assert_eq!(args.python, None);
-        assert_eq!(args.command, None);
+        assert_eq!(args.cmd(), None);
         assert!(check(&args).is_ok());
     }
 
@@ -513,12 +619,9 @@ mod tests {
                 process: ProcessArg(raw.map(|raw| Pid::new(raw).unwrap())),
             })
         };
-        assert_eq!(parse(&["tasks"]).command, tasks(None));
-        assert_eq!(parse(&["tasks", "4243"]).command, tasks(Some(4243)));
-        assert_eq!(
-            parse(&["tasks", "--pid", "4243"]).command,
-            tasks(Some(4243))
-        );
+        assert_eq!(parse(&["tasks"]).cmd(), tasks(None));
+        assert_eq!(parse(&["tasks", "4243"]).cmd(), tasks(Some(4243)));
+        assert_eq!(parse(&["tasks", "--pid", "4243"]).cmd(), tasks(Some(4243)));
         for bad in [&["tasks", "all"][..], &["tasks", "1", "--pid", "2"]] {
             assert!(Args::try_parse_from([&["client"], bad].concat()).is_err());
         }
@@ -546,33 +649,33 @@ mod tests {
 
     #[test]
     fn commands_and_their_options() {
-        assert_eq!(parse(&["pid"]).command, Some(Cmd::Pid));
-        assert_eq!(parse(&["ps"]).command, Some(Cmd::Ps));
-        assert_eq!(parse(&["stack"]).command, stack(Scope::Target));
+        assert_eq!(parse(&["pid"]).cmd(), Some(Cmd::Pid));
+        assert_eq!(parse(&["ps"]).cmd(), Some(Cmd::Ps));
+        assert_eq!(parse(&["stack"]).cmd(), stack(Scope::Target));
         let one = stack(Scope::Process(pid(4243)));
-        assert_eq!(parse(&["stack", "--pid", "4243"]).command, one);
-        assert_eq!(parse(&["stack", "4243"]).command, one);
-        assert_eq!(parse(&["stack", "--all"]).command, stack(Scope::All));
-        assert_eq!(parse(&["stack", "all"]).command, stack(Scope::All));
-        assert_eq!(parse(&["stack", "ALL"]).command, stack(Scope::All));
-        assert_eq!(parse(&["revoke"]).command, revoke(None));
+        assert_eq!(parse(&["stack", "--pid", "4243"]).cmd(), one);
+        assert_eq!(parse(&["stack", "4243"]).cmd(), one);
+        assert_eq!(parse(&["stack", "--all"]).cmd(), stack(Scope::All));
+        assert_eq!(parse(&["stack", "all"]).cmd(), stack(Scope::All));
+        assert_eq!(parse(&["stack", "ALL"]).cmd(), stack(Scope::All));
+        assert_eq!(parse(&["revoke"]).cmd(), revoke(None));
         assert_eq!(
-            parse(&["revoke", "--pid", "4243"]).command,
+            parse(&["revoke", "--pid", "4243"]).cmd(),
             revoke(Some(4243))
         );
-        assert_eq!(parse(&["revoke", "4243"]).command, revoke(Some(4243)));
-        assert_eq!(parse(&["terminate"]).command, Some(Cmd::Terminate));
-        assert_eq!(parse(&["attach"]).command, Some(Cmd::attach()));
+        assert_eq!(parse(&["revoke", "4243"]).cmd(), revoke(Some(4243)));
+        assert_eq!(parse(&["terminate"]).cmd(), Some(Cmd::Terminate));
+        assert_eq!(parse(&["attach"]).cmd(), Some(Cmd::attach()));
         assert_eq!(
-            parse(&["attach", "--force", "--with", "gdb -p {pid}"]).command,
+            parse(&["attach", "--force", "--with", "gdb -p {pid}"]).cmd(),
             attach(None, true, Some("gdb -p {pid}"))
         );
         assert_eq!(
-            parse(&["attach", "--pid=4243", "--with", "gdb -p {pid}"]).command,
+            parse(&["attach", "--pid=4243", "--with", "gdb -p {pid}"]).cmd(),
             attach(Some(4243), false, Some("gdb -p {pid}"))
         );
         assert_eq!(
-            parse(&["attach", "4243", "--force"]).command,
+            parse(&["attach", "4243", "--force"]).cmd(),
             attach(Some(4243), true, None)
         );
     }
@@ -582,7 +685,7 @@ mod tests {
     }
 
     fn top(args: &[&str]) -> (Scope, TopOptions) {
-        match parse(&[&["top"], args].concat()).command {
+        match parse(&[&["top"], args].concat()).cmd() {
             Some(Cmd::Top {
                 scope: ScopeArg(scope),
                 options,
@@ -648,7 +751,7 @@ mod tests {
     }
 
     fn profile_job(args: &[&str]) -> profile::Job {
-        match parse(&[&["profile"], args].concat()).command {
+        match parse(&[&["profile"], args].concat()).cmd() {
             Some(Cmd::Profile {
                 scope: ScopeArg(scope),
                 options,
@@ -767,7 +870,7 @@ mod tests {
             assert_eq!(args.transport, TransportKind::Fifo);
             assert_eq!(args.fifo_dir, Some(PathBuf::from("/d")));
             assert_eq!(args.timeout, 0.5);
-            assert_eq!(args.command, Some(Cmd::Status));
+            assert_eq!(args.cmd(), Some(Cmd::Status));
         }
         let args = parse(&[
             "pid",

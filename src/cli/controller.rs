@@ -13,9 +13,11 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, Parser};
 use log::{info, warn};
 
 use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
@@ -27,6 +29,7 @@ use crate::transport::{FifoTransport, UnixSocketTransport};
 
 use super::exit::ControllerExit;
 use super::python::configured_python;
+use super::shell::{self, Shell};
 use super::transport::TransportKind;
 
 /// Runs a target process under supervision; clients can then get the right
@@ -61,7 +64,13 @@ struct Args {
 
     /// How clients get ptrace rights: auto (what the kernel's ptrace_scope
     /// needs), yama (inject prctl(PR_SET_PTRACER) into the target), noop
-    #[arg(long, value_name = "GRANTER", default_value_t = GranterChoice::Auto)]
+    #[arg(
+        long,
+        value_name = "GRANTER",
+        default_value_t = GranterChoice::Auto,
+        value_parser = named::<GranterChoice>(GRANTERS),
+        hide_possible_values = true
+    )]
     granter: GranterChoice,
 
     /// How the yama granter has the target call prctl: auto (ptrace
@@ -69,7 +78,13 @@ struct Args {
     /// injected into: already traced, Syscall User Dispatch; never under a
     /// seccomp filter), ptrace, remote-exec (a CPython 3.14 target runs it
     /// itself)
-    #[arg(long, value_name = "METHOD", default_value_t = GrantMethod::Auto)]
+    #[arg(
+        long,
+        value_name = "METHOD",
+        default_value_t = GrantMethod::Auto,
+        value_parser = named::<GrantMethod>(GRANT_METHODS),
+        hide_possible_values = true
+    )]
     grant_method: GrantMethod,
 
     /// Set up heli's agent inside a Python 3.14 target (no change to its
@@ -81,7 +96,13 @@ struct Args {
 
     /// Start the target again when it ends: never, on-failure (non-zero exit
     /// or killed by a signal) or always; with back-off from 100 ms to 30 s
-    #[arg(long, value_name = "WHEN", default_value_t = Restart::Never)]
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value_t = Restart::Never,
+        value_parser = named::<Restart>(RESTARTS),
+        hide_possible_values = true
+    )]
     restart: Restart,
 
     /// Give up after this many restarts
@@ -101,6 +122,17 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
 
+    /// Print a shell completion script for the controller and exit: bash,
+    /// zsh, fish, elvish or powershell, e.g. `source <(controller
+    /// --completions bash)`
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<Shell>,
+
+    /// Print the controller's man page (roff) and exit, e.g. `controller
+    /// --man > ~/.local/share/man/man1/controller.1`
+    #[arg(long, exclusive = true)]
+    man: bool,
+
     /// A Python script and its arguments, or (after --) any command
     #[arg(
         required = true,
@@ -109,6 +141,24 @@ struct Args {
         value_name = "TARGET"
     )]
     target: Vec<String>,
+}
+
+/// The names `--granter` takes, as [`GranterChoice`] parses them.
+const GRANTERS: &[&str] = &["auto", "yama", "noop"];
+/// The names `--grant-method` takes, as [`GrantMethod`] parses them.
+const GRANT_METHODS: &[&str] = &["auto", "ptrace", "remote-exec"];
+/// The names `--restart` takes, as [`Restart`] parses them.
+const RESTARTS: &[&str] = &["never", "on-failure", "always"];
+
+/// A parser of `T` by `names`, the names `T` parses from: listed to clap,
+/// they are what the completions offer and what a usage error names.
+fn named<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    PossibleValuesParser::new(names.iter().copied())
+        .try_map(|name| name.parse::<T>().map_err(|err| err.to_string()))
 }
 
 /// The controller program, as `cargo run --example controller` runs it:
@@ -148,6 +198,9 @@ where
             return ControllerExit::for_clap(&err);
         }
     };
+    if let Some(printed) = about_itself(&args) {
+        return printed;
+    }
     match run(&args, explicit_command(&raw, &args.target)) {
         Ok(status) => ControllerExit::from(status),
         Err(err) => {
@@ -155,6 +208,30 @@ where
             ControllerExit::Failed
         }
     }
+}
+
+/// The controller's name in its completions and man page: the name of the
+/// program `cargo install --example controller` installs.
+const CONTROLLER: &str = "controller";
+
+/// `--completions SHELL` and `--man`, which print what the controller is
+/// instead of running a target; `None` without them.
+fn about_itself(args: &Args) -> Option<ControllerExit> {
+    let mut out = std::io::stdout().lock();
+    let written = if let Some(shell_name) = args.completions {
+        shell::completions(Args::command(), CONTROLLER, shell_name, &mut out)
+    } else if args.man {
+        shell::man_page(Args::command(), CONTROLLER, &mut out)
+    } else {
+        return None;
+    };
+    Some(match written {
+        Ok(()) => ControllerExit::Help,
+        Err(err) => {
+            report("controller", &err);
+            ControllerExit::Failed
+        }
+    })
 }
 
 /// Prints `err` and its chain of sources to stderr.
@@ -538,6 +615,67 @@ mod tests {
         assert_eq!(program, python);
         assert_eq!(args[0], "app.py");
         assert_eq!(args.last().map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn completions_and_man_stand_alone() {
+        let args = parse(&["--completions", "fish"]);
+        assert_eq!(args.completions, Some(Shell::Fish));
+        assert!(args.target.is_empty());
+        assert!(parse(&["--man"]).man);
+        // After the target, they are the target's.
+        let args = parse(&["a.py", "--man", "--completions", "zsh"]);
+        assert_eq!(args.target, ["a.py", "--man", "--completions", "zsh"]);
+        assert!(!args.man);
+        assert_eq!(args.completions, None);
+        // A target is still required without them, and they take nothing else.
+        for bad in [
+            &[][..],
+            &["--man", "a.py"],
+            &["--completions", "bash", "--man"],
+            &["--grace", "1", "--man"],
+        ] {
+            let err = Args::try_parse_from(raw(bad)).unwrap_err();
+            assert_eq!(
+                ControllerExit::for_clap(&err),
+                ControllerExit::Usage,
+                "{bad:?}"
+            );
+        }
+        let err = Args::try_parse_from(raw(&["--completions", "tcsh"])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid value 'tcsh' for '--completions <SHELL>'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn named_values_are_the_names_their_types_parse() {
+        fn each<T: FromStr + std::fmt::Display>(names: &[&str]) {
+            for name in names {
+                let parsed = name.parse::<T>().unwrap_or_else(|_| panic!("{name}"));
+                assert_eq!(parsed.to_string(), *name);
+            }
+        }
+        each::<GranterChoice>(GRANTERS);
+        each::<GrantMethod>(GRANT_METHODS);
+        each::<Restart>(RESTARTS);
+        for (option, names) in [
+            ("--granter", GRANTERS),
+            ("--grant-method", GRANT_METHODS),
+            ("--restart", RESTARTS),
+        ] {
+            let err = Args::try_parse_from(raw(&[option, "sometimes", "a.py"])).unwrap_err();
+            assert_eq!(ControllerExit::for_clap(&err), ControllerExit::Usage);
+            let text = err.to_string();
+            let listed = format!("[possible values: {}]", names.join(", "));
+            assert!(text.contains(&listed), "{text}");
+        }
     }
 
     #[test]

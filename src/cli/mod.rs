@@ -26,6 +26,7 @@ mod render;
 mod repl;
 mod sanitize;
 mod screen;
+mod shell;
 mod source;
 mod tool;
 mod top;

@@ -13,7 +13,7 @@ mod target;
 mod users;
 
 pub(crate) use build::{build_c, FILTER_PRCTL_C};
-pub(crate) use python::{existing, python314, tempdir};
+pub(crate) use python::{deps_dir, existing, python314, tempdir};
 pub(crate) use serial::{heli_dirs, serial, wait_for, SOON};
 pub(crate) use supervised::{getpid_answers, identity, Supervised};
 pub(crate) use target::{Lines, Target};
