@@ -15,10 +15,10 @@ HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
 export HELI_PYTHON
 "$HELI_PYTHON" --version >&2
 
-step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI); zsh, fish and groff for the completion and man page tests"
+step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI); zsh, fish, groff and man for the completion and man page tests"
 missing=()
-declare -A package=([groff]=groff-base)
-for tool in gdb strace zsh fish groff; do
+declare -A package=([groff]=groff-base [man]=man-db)
+for tool in gdb strace zsh fish groff man; do
     command -v "$tool" >/dev/null || missing+=("${package[$tool]:-$tool}")
 done
 if ((${#missing[@]})); then

@@ -166,24 +166,20 @@ fn bash_completes_the_controllers_options() {
     );
 }
 
-/// `shell -n` reads `script` without running it: when the shell is here.
-fn syntax_checked(shell: &str, flag: &str, script: &Path) -> bool {
-    match Command::new(shell).arg(flag).arg(script).output() {
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "{shell} {flag} {}: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            true
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("{shell} is not installed: its script is checked as text only");
-            false
-        }
-        Err(err) => panic!("{shell}: {err}"),
-    }
+/// `shell -n` reads `script` without running it. The shell must be here
+/// (scripts/test.sh installs zsh and fish): missing, the test fails.
+fn syntax_checked(shell: &str, flag: &str, script: &Path) {
+    let out = Command::new(shell)
+        .arg(flag)
+        .arg(script)
+        .output()
+        .unwrap_or_else(|err| panic!("{shell} (scripts/test.sh installs it): {err}"));
+    assert!(
+        out.status.success(),
+        "{shell} {flag} {}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -215,13 +211,13 @@ fn zsh_and_fish_scripts_parse_and_name_every_subcommand() {
             }
         }
     }
-    // In fish itself, when it is here: `client att` completes to attach.
+    // In fish itself: `client att` completes to attach.
     let script = saved(
         dir.path(),
         "client.fish",
         &printed("client", &["completions", "fish"]),
     );
-    if let Ok(out) = Command::new("fish")
+    let out = Command::new("fish")
         .arg("--no-config")
         .arg("-c")
         .arg(format!(
@@ -229,11 +225,10 @@ fn zsh_and_fish_scripts_parse_and_name_every_subcommand() {
             script.display()
         ))
         .output()
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "fish: {text}");
-        assert!(text.starts_with("attach\t"), "{text}");
-    }
+        .expect("fish (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fish: {text}");
+    assert!(text.starts_with("attach\t"), "{text}");
 }
 
 /// `page` rendered by groff as man(1) would: the text, with no warning.
@@ -297,19 +292,18 @@ fn man_pages_render_with_their_options() {
         assert!(attach.contains(text), "no {text} in:\n{attach}");
     }
     // man(1) finds them through MANPATH, as it would in ~/.local/share/man.
-    if let Ok(out) = Command::new("man")
+    let out = Command::new("man")
         .env("MANPATH", dir.path().join("share/man"))
         .env("MANPAGER", "cat")
         .env("MANWIDTH", "80")
         .args(["client-attach"])
         .output()
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("--force"),
-            "man: {text}"
-        );
-    }
+        .expect("man (scripts/test.sh installs man-db)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("--force"),
+        "man: {text}"
+    );
 }
 
 #[test]
