@@ -7,6 +7,11 @@
 //! ```
 //!
 //! Its exit statuses are [`ControllerExit`].
+//!
+//! With `NOTIFY_SOCKET` set (systemd's `Type=notify`), it tells the service
+//! manager that it is ready, its status, that it stops, and pings the
+//! watchdog `WATCHDOG_USEC` asks for ([`SdNotifier`]); the target inherits
+//! none of those variables.
 
 use std::error::Error;
 use std::ffi::OsString;
