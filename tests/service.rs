@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    children_of, example, python314, repo, run_with_input, script, serial, wait_exit, wait_for,
-    Controller, Kind, SOON,
+    children_of, example, python314, repo, script, serial, wait_exit, wait_for, Controller, Kind,
+    SOON,
 };
 
 /// A datagram socket standing in for systemd's notification socket.
@@ -356,7 +356,38 @@ fn as_a_containers_entrypoint_the_controller_is_attached_to_from_inside() {
         .env("HELI_PYTHON", python314())
         .env("XDG_STATE_HOME", dir.path().join("state"))
         .env_remove("RUST_LOG");
-    let (status, out, err) = run_with_input(exec, b"p ('counter', counter)\nq\n");
+    // Once the app runs its loop (pdb attaches at its next Python line).
+    wait_for("the app started", SOON, || {
+        log().contains("target: started")
+    });
+    let input = dir.path().join("pdb-input");
+    std::fs::write(&input, "p ('counter', counter)\nq\n").unwrap();
+    let (out, err) = (dir.path().join("client.out"), dir.path().join("client.err"));
+    let mut client = exec
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!(
+                "client attach still running after {SOON:?}\nstdout: {}\nstderr: {}\ncontroller: {}",
+                read(&out),
+                read(&err),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (out, err) = (read(&out), read(&err));
     assert!(status.success(), "{out}{err}\n{}", log());
     assert!(out.contains("('counter', "), "{out}{err}");
 
