@@ -420,3 +420,43 @@ fn as_a_containers_entrypoint_the_controller_is_attached_to_from_inside() {
     let status = wait_exit(&mut namespace.0, SOON);
     assert!(status.code().is_some(), "{status}\n{}", log());
 }
+
+/// `contrib/heli-app.service`, with `ExecStart=` the controller built
+/// here, is a unit systemd accepts without a word (`systemd-analyze
+/// verify`).
+#[test]
+fn the_contrib_unit_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo().join("contrib/heli-app.service")).unwrap();
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    let controller = example("controller");
+    let unit = unit.replace("/usr/local/bin/controller", controller.to_str().unwrap());
+    let path = dir.path().join("heli-app.service");
+    std::fs::write(&path, unit).unwrap();
+    let mut verify = Command::new("systemd-analyze");
+    verify.args(["verify", "--man=no"]).arg(&path);
+    let (status, out, err) = crate::util::run(verify);
+    assert!(status.success(), "{out}{err}");
+    assert_eq!(format!("{out}{err}"), "");
+}
+
+/// What `contrib/Containerfile` copies from the repository is there, and
+/// its entrypoint is the controller (the image itself is not built here:
+/// that needs a registry's images).
+#[test]
+fn the_contrib_containerfile_copies_what_is_there() {
+    let text = std::fs::read_to_string(repo().join("contrib/Containerfile")).unwrap();
+    for line in text.lines().filter(|line| line.starts_with("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words[1].starts_with("--from=") {
+            continue;
+        }
+        let source = words[1];
+        assert!(repo().join(source).exists(), "{line}");
+    }
+    assert!(text.contains("\nENTRYPOINT [\"controller\", "), "{text}");
+    assert!(
+        text.contains("cargo build --release --locked --examples"),
+        "{text}"
+    );
+}
