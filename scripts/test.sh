@@ -15,10 +15,10 @@ HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
 export HELI_PYTHON
 "$HELI_PYTHON" --version >&2
 
-step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI)"
+step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI), systemd-analyze, unshare and nsenter for the service tests"
 missing=()
-for tool in gdb strace; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+for tool_package in gdb:gdb strace:strace systemd-analyze:systemd unshare:util-linux nsenter:util-linux; do
+    command -v "${tool_package%%:*}" >/dev/null || missing+=("${tool_package#*:}")
 done
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
