@@ -15,11 +15,11 @@ HELI_PYTHON=$(scripts/install-python314.sh | tail -n 1)
 export HELI_PYTHON
 "$HELI_PYTHON" --version >&2
 
-step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI); zsh, fish, groff and man for the completion and man page tests"
+step "ptrace tools for the attach --with tests (gdb, strace from apt; py-spy from PyPI); zsh, fish, groff and man for the completion and man page tests; systemd-analyze, unshare and nsenter for the service tests"
 missing=()
-declare -A package=([groff]=groff-base [man]=man-db)
-for tool in gdb strace zsh fish groff man; do
-    command -v "$tool" >/dev/null || missing+=("${package[$tool]:-$tool}")
+for tool_package in gdb:gdb strace:strace zsh:zsh fish:fish groff:groff-base man:man-db \
+    systemd-analyze:systemd unshare:util-linux nsenter:util-linux; do
+    command -v "${tool_package%%:*}" >/dev/null || missing+=("${tool_package#*:}")
 done
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive

@@ -25,6 +25,7 @@ mod profile;
 mod refusals;
 mod remote_grant;
 mod repl;
+mod service;
 mod sessions;
 mod shell;
 mod supervise;

@@ -13,6 +13,7 @@ use crate::agent::{Agent, NoAgent};
 use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
+use crate::notifier::{NoNotifier, Notifier, Notify};
 use crate::restart::RestartPolicy;
 use crate::sampler::Profiler;
 #[cfg(test)]
@@ -35,9 +36,10 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 ///
 /// It composes a [`Transport`] (how clients reach it), a [`Granter`] (how a
 /// client gets ptrace rights), a [`Supervisor`] (how the target runs) and,
-/// optionally, an [`Inspector`] (how to read the target's stacks) and an
+/// optionally, an [`Inspector`] (how to read the target's stacks), an
 /// [`Agent`] (code it set up inside the target, for a debugger where no
-/// ptrace is allowed), all chosen statically. [`run`](Controller::run) spawns the target and serves
+/// ptrace is allowed) and a [`Notifier`] (how a service manager such as
+/// systemd hears how it is doing), all chosen statically. [`run`](Controller::run) spawns the target and serves
 /// until the target has ended, then returns its [`ExitStatus`].
 ///
 /// The event loop is a single `select!` over the listener's requests, the
@@ -124,12 +126,13 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Controller<T, G, S, I = NoInspector, A = NoAgent> {
+pub struct Controller<T, G, S, I = NoInspector, A = NoAgent, N = NoNotifier> {
     transport: T,
     granter: G,
     supervisor: S,
     inspector: I,
     agent: A,
+    notifier: N,
     prefer_agent: bool,
     grace: Duration,
     grant_deadline: Duration,
@@ -180,6 +183,7 @@ where
             supervisor,
             inspector: NoInspector,
             agent: NoAgent,
+            notifier: NoNotifier,
             prefer_agent: false,
             grace: signals::DEFAULT_GRACE,
             grant_deadline: DEFAULT_GRANT_DEADLINE,
@@ -193,16 +197,17 @@ where
     }
 }
 
-impl<T, G, S, I, A> Controller<T, G, S, I, A>
+impl<T, G, S, I, A, N> Controller<T, G, S, I, A, N>
 where
     T: Transport,
     G: Granter + Send + 'static,
     S: Supervisor,
     I: Inspector + Send + Sync + 'static,
     A: Agent + Send + Sync + 'static,
+    N: Notifier,
 {
     /// Reads the target's stacks (`STACK`) with `inspector`.
-    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J, A>
+    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J, A, N>
     where
         J: Inspector + Send + Sync + 'static,
     {
@@ -212,6 +217,7 @@ where
             supervisor: self.supervisor,
             inspector,
             agent: self.agent,
+            notifier: self.notifier,
             prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
@@ -230,7 +236,7 @@ where
     /// [`state`](Agent::state) is asked on the controller's loop and must
     /// answer at once; [`attach`](Agent::attach) and
     /// [`stacks`](Agent::stacks) run on worker threads, with a deadline.
-    pub fn agent<B>(self, agent: B) -> Controller<T, G, S, I, B>
+    pub fn agent<B>(self, agent: B) -> Controller<T, G, S, I, B, N>
     where
         B: Agent + Send + Sync + 'static,
     {
@@ -240,6 +246,31 @@ where
             supervisor: self.supervisor,
             inspector: self.inspector,
             agent,
+            notifier: self.notifier,
+            prefer_agent: self.prefer_agent,
+            grace: self.grace,
+            grant_deadline: self.grant_deadline,
+            stack_deadline: self.stack_deadline,
+            signals: self.signals,
+            restart: self.restart,
+            status_fields: self.status_fields,
+            subreaper: self.subreaper,
+            shutdown: self.shutdown,
+        }
+    }
+
+    /// Tells a service manager (systemd's `Type=notify`) how the
+    /// controller is doing through `notifier`: that it is ready, its status
+    /// line, that it stops, and the watchdog's pings from its event loop
+    /// (see [`Notifier`]). Its calls are made on the controller's loop.
+    pub fn notifier<M: Notifier>(self, notifier: M) -> Controller<T, G, S, I, A, M> {
+        Controller {
+            transport: self.transport,
+            granter: self.granter,
+            supervisor: self.supervisor,
+            inspector: self.inspector,
+            agent: self.agent,
+            notifier,
             prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
@@ -381,6 +412,7 @@ where
             mut supervisor,
             inspector,
             agent,
+            notifier,
             prefer_agent,
             grace,
             grant_deadline,
@@ -432,6 +464,7 @@ where
 
         let mut event_loop = Loop {
             supervisor,
+            notify: Notify::new(notifier),
             grants,
             stacks,
             profiler,

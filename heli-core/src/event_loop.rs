@@ -20,6 +20,7 @@ use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
 use crate::grants::{self, GrantBook, Pending, RevokePhase};
 use crate::log_limit::LogLimit;
+use crate::notifier::{Notifier, Notify};
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{
@@ -78,8 +79,11 @@ enum NotGiven {
     Failed(String),
 }
 
-pub(crate) struct Loop<S, A> {
+pub(crate) struct Loop<S, A, N> {
     pub(crate) supervisor: S,
+    /// The service manager's line: told on the loop, so that a wedged loop
+    /// stops the watchdog's pings.
+    pub(crate) notify: Notify<N>,
     pub(crate) grants: GrantWorker,
     pub(crate) stacks: StackWorker,
     /// Starts the samplers of `PROFILE`.
@@ -115,7 +119,7 @@ pub(crate) struct Inputs {
     pub(crate) shutdown: Receiver<()>,
 }
 
-impl<S: Supervisor, A: Agent> Loop<S, A> {
+impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
     /// Serves from `target`'s start until the controller is done; returns
     /// how the target ended. Work still pending is called off and answered.
     pub(crate) fn run(
@@ -126,7 +130,10 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
     ) -> io::Result<ExitStatus> {
         let mut state = State::new(target, holder);
         let mut listening = true;
+        // The listener listens and the target runs: clients are served.
+        self.notify.ready();
         let status = loop {
+            self.tell(&state);
             if !state.lingers() {
                 if let Phase::Ended(result) = &mut state.phase {
                     break std::mem::replace(result, Ok(ExitStatus::Code(0)));
@@ -141,6 +148,8 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
             let work_timer = timer(state.next_give_up());
             let retry_timer = timer(state.grants.next_retry());
             let linger_timer = timer(state.linger);
+            // `never` without a watchdog: the loop does not wake for it.
+            let ping_timer = timer(self.notify.ping_at());
             // Once the listener has stopped, its closed channel would be
             // ready on every turn: stop watching it.
             let requests = if listening {
@@ -182,10 +191,21 @@ impl<S: Supervisor, A: Agent> Loop<S, A> {
                 recv(inputs.shutdown) -> _ => self.begin_stop(&mut state, None),
                 recv(stop_timer) -> _ => self.stop_step(&mut state),
                 recv(linger_timer) -> _ => {}
+                recv(ping_timer) -> _ => self.notify.ping(),
             }
         };
         state.call_off_work(not_running);
         status
+    }
+
+    /// Tells the service manager what changed since the last turn: that
+    /// the controller shuts down, and its status line.
+    fn tell(&mut self, state: &State) {
+        if matches!(state.phase, Phase::Stopping(_) | Phase::Ended(_)) {
+            self.notify.stopping();
+        }
+        self.notify
+            .status(service_status(state, self.restart.restarts()));
     }
 
     /// The target (or a former one) ended.
@@ -1469,6 +1489,35 @@ pub(crate) fn fit_reply(mut text: String) -> String {
         ));
     }
     text
+}
+
+/// The controller's status line for the service manager: the target's
+/// pid and state, the restarts, and who holds which grant (the target's
+/// first), from what the loop knows, without asking the system.
+fn service_status(state: &State, restarts: u32) -> String {
+    let target = state.run.target;
+    let ended = |status: Option<ExitStatus>| match status {
+        Some(status) => format!("ended ({status})"),
+        None => "ended".to_owned(),
+    };
+    let phase = match state.phase {
+        Phase::Running => "running".to_owned(),
+        Phase::Stopping(_) => "stopping".to_owned(),
+        Phase::Restarting { .. } => format!("{}, restarting", ended(state.last_exit)),
+        Phase::Ended(_) => ended(state.last_exit),
+    };
+    let mut grants: Vec<&GrantRecord> = state.grants.in_force().collect();
+    grants.sort_by_key(|grant| (grant.process.pid != target, grant.process.pid));
+    let grants = if grants.is_empty() {
+        "none".to_owned()
+    } else {
+        grants
+            .iter()
+            .map(|grant| format!("client {} on PID {}", grant.holder.pid, grant.process.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("target PID {target} {phase}; restarts: {restarts}; grants: {grants}")
 }
 
 pub(crate) fn not_running() -> Reply {

@@ -9,7 +9,7 @@
 //!
 //! This crate holds what does not depend on the platform, and no `unsafe`:
 //!
-//! - five traits, the extension points:
+//! - six traits, the extension points:
 //!   - [`Transport`]: how clients reach the controller (its [`Listener`] end
 //!     and a client's [`Connection`] end);
 //!   - [`Granter`]: how a client gets the right to ptrace the target;
@@ -19,6 +19,9 @@
 //!     are read without stopping it;
 //!   - [`Agent`]: code the controller set up inside a process of its tree,
 //!     which runs pdb there on request (where no ptrace is allowed);
+//!   - [`Notifier`]: how the controller tells a service manager (systemd's
+//!     `Type=notify`) that it is ready, how it is doing, that it stops,
+//!     and that its loop is alive (the watchdog);
 //! - the process vocabulary: [`Pid`], [`ProcessId`] (pid and start time, so
 //!   a reused pid is never taken for the process it once named),
 //!   [`ProcessState`] and [`ProcessInfo`];
@@ -153,6 +156,7 @@ mod granter;
 mod grants;
 mod inspector;
 pub mod log_limit;
+mod notifier;
 mod process;
 pub mod profile;
 pub mod protocol;
@@ -177,6 +181,7 @@ pub use error::{Error, ErrorKind};
 pub use granter::Granter;
 pub use inspector::{Inspector, NoInspector, StackReader};
 pub use log_limit::LogLimit;
+pub use notifier::{NoNotifier, Notifier};
 pub use process::{InvalidPid, Pid, ProcessId, ProcessInfo, ProcessState, Processes};
 pub use restart::{Restart, RestartPolicy};
 pub use signals::{DEFAULT_GRACE, PASS_SIGNALS, STOP_SIGNALS, SUSPEND_SIGNALS};

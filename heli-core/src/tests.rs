@@ -748,11 +748,12 @@ impl Supervisor for Pretend {
 /// that thread, whose event loop logs as [`Running::logged`] shows.
 struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
-fn start<G, I, A>(controller: Controller<Fake, G, Pretend, I, A>) -> Running
+fn start<G, I, A, N>(controller: Controller<Fake, G, Pretend, I, A, N>) -> Running
 where
     G: Granter + Send + 'static,
     I: crate::Inspector + Send + Sync + 'static,
     A: crate::Agent + Send + Sync + 'static,
+    N: crate::Notifier + Send + 'static,
 {
     assert!(crate::test_log::capture(log::LevelFilter::Info));
     let (tx, rx) = bounded(1);
@@ -3778,3 +3779,7 @@ mod agent;
 // Profiles: PROFILE and SAMPLES.
 #[path = "tests_profile.rs"]
 mod profile;
+
+// The service manager: ready, status, stopping, the watchdog.
+#[path = "tests_notify.rs"]
+mod notify;

@@ -14,7 +14,11 @@
 //!   and wire format of the original Python helicopter-parent, so its
 //!   clients work unchanged; it cannot authenticate its clients.
 //!
-//! All of them speak the line protocol of [`heli_core::protocol`], bound
+//! Beside them, [`SdNotifier`] is the controller's line to the service
+//! manager that runs it (a [`heli_core::Notifier`]): systemd's `Type=notify`
+//! protocol over the `AF_UNIX` datagram socket `NOTIFY_SOCKET` names.
+//!
+//! The transports speak the line protocol of [`heli_core::protocol`], bound
 //! every wait by a deadline, and are stopped through a [`StopHandle`].
 //!
 //! # Examples
@@ -56,10 +60,12 @@
 
 mod fifo;
 mod io;
+mod sd_notify;
 mod stop;
 mod unix_socket;
 
 pub use fifo::{FifoConnection, FifoListener, FifoTransport};
+pub use sd_notify::SdNotifier;
 pub use stop::StopHandle;
 pub use unix_socket::{
     SessionEntry, SessionState, UnixSocketConnection, UnixSocketListener, UnixSocketTransport,

@@ -7,6 +7,11 @@
 //! ```
 //!
 //! Its exit statuses are [`ControllerExit`].
+//!
+//! With `NOTIFY_SOCKET` set (systemd's `Type=notify`), it tells the service
+//! manager that it is ready, its status, that it stops, and pings the
+//! watchdog `WATCHDOG_USEC` asks for ([`SdNotifier`]); the target inherits
+//! none of those variables.
 
 use std::error::Error;
 use std::ffi::OsString;
@@ -20,12 +25,14 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, Parser};
 use log::{info, warn};
 
-use crate::core::{Controller, ExitStatus, Granter, Restart, RestartPolicy, Supervisor, Transport};
+use crate::core::{
+    Controller, ExitStatus, Granter, Notifier, Restart, RestartPolicy, Supervisor, Transport,
+};
 use crate::grant::{
     become_subreaper, AgentHost, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor,
     PtraceScope, PythonInspector,
 };
-use crate::transport::{FifoTransport, UnixSocketTransport};
+use crate::transport::{FifoTransport, SdNotifier, UnixSocketTransport};
 
 use super::exit::ControllerExit;
 use super::python::configured_python;
@@ -260,7 +267,8 @@ fn check(args: &Args) -> Result<(), Box<dyn Error>> {
 
 fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>> {
     check(args)?;
-    let command = target_command(args, explicit_command)?;
+    let mut command = target_command(args, explicit_command)?;
+    let notifier = service_manager(&mut command);
     let grace = Duration::from_secs_f64(args.grace);
     let mut supervisor = ProcessSupervisor::new(command)
         .kill_group(args.kill_group)
@@ -311,6 +319,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         grant_method,
         subreaper: args.subreaper || init,
         agent,
+        notifier,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -365,6 +374,36 @@ struct Settings {
     subreaper: bool,
     /// The agent set up in the target, if any: clients attach through it.
     agent: Option<AgentHost>,
+    /// The service manager's socket, when one listens (`NOTIFY_SOCKET`).
+    notifier: Option<SdNotifier>,
+}
+
+/// The line to the service manager that runs the controller, when
+/// `NOTIFY_SOCKET` names one (systemd's `Type=notify`; `None` with a
+/// warning when it names nothing this controller can reach); `command`,
+/// the target's, is set not to inherit systemd's variables, which are the
+/// controller's (`sd_notify(3)`).
+fn service_manager(command: &mut Command) -> Option<SdNotifier> {
+    for name in SdNotifier::VARIABLES {
+        command.env_remove(name);
+    }
+    match SdNotifier::from_env() {
+        Ok(Some(notifier)) => {
+            let watchdog = notifier
+                .watchdog_timeout()
+                .map_or("none".to_owned(), |timeout| format!("{timeout:?}"));
+            info!(
+                "service manager at {} (watchdog: {watchdog})",
+                notifier.address()
+            );
+            Some(notifier)
+        }
+        Ok(None) => None,
+        Err(err) => {
+            warn!("{err}: the service manager will not hear from the controller");
+            None
+        }
+    }
 }
 
 fn serve<T: Transport>(
@@ -377,6 +416,7 @@ fn serve<T: Transport>(
     let scope = settings.scope.value();
     let mut controller = Controller::new(transport, granter, supervisor)
         .inspector(PythonInspector)
+        .notifier(settings.notifier)
         .grace(settings.grace)
         .restart(settings.restart)
         .handle_signals(true)
