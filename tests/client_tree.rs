@@ -22,7 +22,9 @@ fn parent_script(dir: &std::path::Path) -> String {
     )
 }
 
-const CHILD: &str = "import time\n\ndef spin():\n    while True:\n        time.sleep(0.05)  # the child waits\n\nspin()\n";
+/// Ends when its parent does (the controller ends only the target): a
+/// leftover would run for ever.
+const CHILD: &str = "import os, time\nparent = os.getppid()\ndef spin():\n    while os.getppid() == parent:\n        time.sleep(0.05)  # the child waits\n\nspin()\n";
 
 /// The tree's (pid, parent) pairs, in `ps --json` order.
 fn tree(controller: &Controller) -> (Vec<(u64, u64)>, Value) {

@@ -160,7 +160,9 @@ fn orphan_maker(dir: &std::path::Path, count: u32, life: f64) -> std::path::Path
     script(
         dir,
         "orphans.sh",
-        &format!("for i in $(seq {count}); do (sleep {life} &); done\nsleep 600\n"),
+        // `exec`: the target itself waits, and ends with the controller
+        // (a child of its shell would be left running).
+        &format!("for i in $(seq {count}); do (sleep {life} &); done\nexec sleep 600\n"),
     )
 }
 
