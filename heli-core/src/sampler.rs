@@ -21,6 +21,11 @@ use crate::profile::{Aggregate, Samples};
 /// memory is no longer readable).
 const FAILING_FOR: Duration = Duration::from_secs(2);
 
+/// How long past its time a profile whose sampler is still in a read (of
+/// a process in uninterruptible sleep, or whose memory a read waits on)
+/// is ended without it, with what it has.
+const LATE: Duration = Duration::from_secs(1);
+
 /// How often the processes of a whole tree's profile are looked up again
 /// (new workers are profiled from then on).
 const TREE_REFRESH: Duration = Duration::from_secs(1);
@@ -116,6 +121,9 @@ pub(crate) struct Sampling {
     /// Dropped to wake the sampler and stop it.
     stop: Option<Sender<()>>,
     started: Instant,
+    /// How long it samples, and how often ([`Plan`]'s).
+    duration: Option<Duration>,
+    period: Duration,
 }
 
 impl Sampling {
@@ -127,6 +135,7 @@ impl Sampling {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let (stop, stopped) = bounded::<()>(0);
         let started = Instant::now();
+        let (duration, period) = (plan.duration, period(&plan));
         let shared = progress.clone();
         thread::Builder::new()
             .name("heli-sampler".into())
@@ -143,6 +152,8 @@ impl Sampling {
             progress,
             stop: Some(stop),
             started,
+            duration,
+            period,
         })
     }
 
@@ -151,6 +162,21 @@ impl Sampling {
     /// then the last).
     pub(crate) fn collect(&self) -> Samples {
         let mut progress = lock(&self.progress);
+        // Its time is over, but its sampler is still in a read that has
+        // not returned (or a round over a tree that takes long): the
+        // profile ends all the same; the thread ends after the read.
+        if let Some(duration) = self.duration {
+            if progress.ended.is_none() && self.started.elapsed() >= duration + LATE {
+                progress.due = due(duration, self.period);
+                let why = format!(
+                    "the {} asked for are over (the sampler was still reading {} later: a round \
+                     over a large tree, or a process in uninterruptible sleep)",
+                    seconds(duration),
+                    seconds(LATE)
+                );
+                end(&mut progress, why, self.started);
+            }
+        }
         let (frames, stacks, dropped) = progress.aggregate.take();
         progress.dropped += dropped;
         let elapsed_ms = match &progress.ended {
@@ -199,7 +225,7 @@ fn sample<I: Inspector>(
     progress: &Mutex<Progress>,
     stopped: &Receiver<()>,
 ) -> String {
-    let period = Duration::from_secs(1) / plan.rate.max(1);
+    let period = period(plan);
     let end = plan.duration.map(|duration| started + duration);
     let mut processes = match plan.sampled {
         Sampled::One(process) => vec![process],
@@ -214,10 +240,7 @@ fn sample<I: Inspector>(
         let now = Instant::now();
         if end.is_some_and(|end| now >= end) {
             let asked = plan.duration.unwrap_or_default();
-            // Every sample due within it, the last ones too if the thread
-            // woke late for them.
-            let due = asked.as_nanos().div_ceil(period.as_nanos().max(1));
-            lock(progress).due = u64::try_from(due).unwrap_or(u64::MAX);
+            lock(progress).due = due(asked, period);
             return format!("the {} asked for are over", seconds(asked));
         }
         if let Sampled::Tree(root) = plan.sampled {
@@ -307,6 +330,18 @@ fn sample<I: Inspector>(
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return "stopped".into(),
         }
     }
+}
+
+/// The time between two samples of `plan`.
+fn period(plan: &Plan) -> Duration {
+    Duration::from_secs(1) / plan.rate.max(1)
+}
+
+/// How many samples are due in `duration`: every one within it, the last
+/// ones too if the thread woke late for them.
+fn due(duration: Duration, period: Duration) -> u64 {
+    let due = duration.as_nanos().div_ceil(period.as_nanos().max(1));
+    u64::try_from(due).unwrap_or(u64::MAX)
 }
 
 /// `30 s`, `1.5 s`.
@@ -490,6 +525,41 @@ mod tests {
             thread::sleep(Duration::from_millis(5));
         }
         profiler.start(plan(100, Some(10))).unwrap();
+    }
+
+    #[test]
+    fn a_profile_ends_on_time_while_a_read_never_returns() {
+        let (release, stuck) = bounded::<()>(0);
+        let profiler = Profiler::new(Arc::new(Stuck(Mutex::new(stuck))));
+        let sampling = profiler.start(plan(100, Some(200))).unwrap();
+        let started = Instant::now();
+        let last = loop {
+            let batch = sampling.collect();
+            if batch.ended.is_some() {
+                break batch;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never ended: {batch:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(started.elapsed() >= Duration::from_millis(200) + LATE);
+        assert_eq!(
+            last.ended.as_deref(),
+            Some(
+                "the 0.2 s asked for are over (the sampler was still reading 1 s later: a round \
+                 over a large tree, or a process in uninterruptible sleep)"
+            )
+        );
+        assert_eq!((last.due, last.taken), (20, 0));
+        // The thread still counts until its read returns.
+        assert_eq!(profiler.running(), 1);
+        drop(release);
+        while profiler.running() != 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sampling.collect().ended, last.ended);
     }
 
     #[test]

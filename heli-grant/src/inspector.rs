@@ -107,7 +107,8 @@ impl Inspector for PythonInspector {
 }
 
 /// How many opened processes a [`PythonInspector::stack_reader`] keeps
-/// (each holds two files open: its `/proc` directory and its memory's).
+/// (each holds three files open: its `/proc` directory, its memory's, and
+/// that memory itself, pinned: see `PyProcess::same_runtime`).
 const KEPT: usize = 16;
 
 /// [`PythonInspector`]'s [`StackReader`].

@@ -214,6 +214,41 @@ impl Memory {
         Ok(i32::from_le_bytes(word))
     }
 
+    /// Opens its `/proc/PID/mem` now, if not yet (through the process's
+    /// own directory when bound): the file reaches the memory of the
+    /// program the process runs now and of no later one (an `execve`
+    /// gives a process new memory; the file keeps the old, gone). See
+    /// [`read_pinned`](Self::read_pinned).
+    ///
+    /// # Errors
+    ///
+    /// See [`Memory`].
+    pub fn pin(&self) -> io::Result<()> {
+        self.mem("read").map(|_| ())
+    }
+
+    /// Fills `buf` from `addr` in the memory [`pin`](Self::pin) reached
+    /// (opened now if it was not): that of the program the process ran
+    /// then, and no other.
+    ///
+    /// # Errors
+    ///
+    /// [`NotFound`](io::ErrorKind::NotFound) once that memory is gone (the
+    /// process called `execve`, or exited); else see [`Memory`].
+    pub fn read_pinned(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.remote("read", addr, buf.len())?.is_none() {
+            return Ok(());
+        }
+        let mem = self.mem("read")?;
+        mem.read_exact_at(buf, addr)
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::EIO) | Some(libc::EFAULT) => self.unmapped("read", addr, buf.len()),
+                // A memory no process uses any more reads as empty.
+                _ if err.kind() == io::ErrorKind::UnexpectedEof => self.replaced(),
+                _ => self.error("read", err),
+            })
+    }
+
     /// `/proc/PID/mem`, opened once for `what` (read or write): through the
     /// process's directory when bound (for reading and writing), else by
     /// path, for reading.

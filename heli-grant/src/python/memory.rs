@@ -59,6 +59,21 @@ impl RemoteMemory {
             .map_err(|err| self.error("write", err))
     }
 
+    /// `len` bytes from `addr` in the memory pinned ([`Memory::read_pinned`]):
+    /// `Ok(None)` when that memory is gone (`execve`, or exit).
+    pub(crate) fn read_pinned(
+        &self,
+        addr: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, Pep768Error> {
+        let mut buf = vec![0u8; len];
+        match self.memory()?.read_pinned(addr, &mut buf) {
+            Ok(()) => Ok(Some(buf)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(self.error("read", err)),
+        }
+    }
+
     pub(crate) fn read_vec(&self, addr: u64, len: usize) -> Result<Vec<u8>, Pep768Error> {
         let mut buf = vec![0u8; len];
         self.read(addr, &mut buf)?;

@@ -50,6 +50,10 @@ pub struct PyProcess {
     /// Who it is: read through `proc` when it was opened.
     id: ProcessId,
     memory: RemoteMemory,
+    /// Whether `memory` was [pinned](heli_proc::Memory::pin) before the
+    /// runtime was looked for: [`same_runtime`](Self::same_runtime) then
+    /// reads the program it was found in, and no later one.
+    pinned: bool,
     runtime: u64,
     debug: DebugOffsets,
     offsets: Offsets,
@@ -119,6 +123,15 @@ impl PyProcess {
             io::ErrorKind::NotFound => no_such_process(),
             _ => Pep768Error::io(format!("cannot read /proc/{pid}"), err),
         })?;
+        // Before anything is looked for: what is found is of this program
+        // or a later one, never an earlier one.
+        let pinned = match memory.pin() {
+            Ok(()) => true,
+            Err(err) => {
+                debug!("PID {pid}: its memory file cannot be opened: {err}");
+                false
+            }
+        };
         let memory = RemoteMemory::of(memory);
         let maps = process.maps().map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => no_such_process(),
@@ -142,7 +155,7 @@ impl PyProcess {
         }
         let mut first_error: Option<Pep768Error> = None;
         for mapped in &candidates {
-            match Self::try_file(&process, id, &memory, mapped) {
+            match Self::try_file(&process, id, &memory, pinned, mapped) {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => debug!("PID {pid}: {} has no .PyRuntime", mapped.path),
                 Err(err) => {
@@ -194,6 +207,7 @@ impl PyProcess {
         process: &Arc<Proc>,
         id: ProcessId,
         memory: &RemoteMemory,
+        pinned: bool,
         mapped: &Mapped,
     ) -> Result<Option<PyProcess>, Pep768Error> {
         let pid = memory.pid();
@@ -228,6 +242,7 @@ impl PyProcess {
             proc: process.clone(),
             id,
             memory: memory.clone(),
+            pinned,
             runtime,
             debug,
             offsets,
@@ -266,8 +281,12 @@ impl PyProcess {
     /// new memory, its runtime elsewhere (address space layout
     /// randomization) or none: at the old address is then something else,
     /// or nothing mapped. One that ran the same Python again at the same
-    /// address (no randomization) has the same layout there: what is read
-    /// through these offsets is still right.
+    /// address (no randomization) has the same layout there. The bytes
+    /// alone cannot tell programs apart (any program can hold these 760
+    /// bytes at that address: measured, a static one whose image holds
+    /// them was profiled as an empty Python): they are read through the
+    /// memory pinned when it was opened, which an `execve` leaves behind
+    /// (then `false`), unless it could not be pinned.
     ///
     /// # Errors
     ///
@@ -275,8 +294,14 @@ impl PyProcess {
     /// [`PermissionDenied`](Pep768ErrorKind::PermissionDenied).
     pub(crate) fn same_runtime(&self) -> Result<bool, Pep768Error> {
         let expected = self.debug.bytes();
-        match self.memory.read_vec(self.runtime, expected.len()) {
-            Ok(found) => Ok(found == expected),
+        let read = match self.pinned {
+            true => self.memory.read_pinned(self.runtime, expected.len()),
+            false => self.memory.read_vec(self.runtime, expected.len()).map(Some),
+        };
+        match read {
+            Ok(Some(found)) => Ok(found == expected),
+            // Its memory is gone: it called `execve` (or exited).
+            Ok(None) => Ok(false),
             Err(err)
                 if matches!(
                     err.kind(),
@@ -461,9 +486,35 @@ pub(crate) fn mapped_files(maps: &[Mapping], part: &[u8]) -> Vec<Mapped> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::test_python::Target;
     use heli_proc::Mapped;
+
+    #[test]
+    fn a_process_that_runs_the_same_python_again_has_another_runtime() {
+        // The same executable at the same address (Debian's python3.14 is
+        // not position-independent): the same 760 bytes where the runtime
+        // was, in another program's memory.
+        let mut target = Target::start(
+            "import os, sys\nprint('ready', flush=True)\ninput()\n\
+             os.execv(sys.executable, [sys.executable, '-c', \
+             'print(\"again\", flush=True); input()'])",
+        );
+        assert_eq!(target.line(), "ready\n");
+        let python = PyProcess::open_id(target.id()).unwrap();
+        assert!(python.same_runtime().unwrap());
+        writeln!(target.input, "go").unwrap();
+        assert_eq!(target.line(), "again\n");
+        let again = PyProcess::open_id(target.id()).unwrap();
+        assert_eq!(again.runtime, python.runtime);
+        assert_eq!(again.debug.bytes(), python.debug.bytes());
+        assert!(again.same_runtime().unwrap());
+        assert!(!python.same_runtime().unwrap());
+        let err = python.stack_dump().unwrap_err();
+        assert!(err.to_string().contains("has run another program"), "{err}");
+    }
 
     #[test]
     fn a_runtime_no_longer_where_it_was_found_is_told() {

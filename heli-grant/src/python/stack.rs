@@ -17,7 +17,7 @@
 //! whether it held the GIL from the interpreter's GIL (`locked` and
 //! `last_holder`, where the debug offsets place them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use heli_core::stacks::{Activity, Frame, ThreadStack};
@@ -50,6 +50,17 @@ const MAX_BLOCK: u64 = 1 << 20;
 pub const MAX_DUMP_TEXT: usize = 8 << 20;
 /// What a frame's line costs besides its names.
 const FRAME_TEXT: usize = 32;
+/// The most one dump reads of frames, in bytes: each frame walked counts
+/// its size (one taken from a block read at once too), and each block its
+/// own. The target decides where its frames and thread states point: a
+/// frame without code that is its own caller, in a thread state that is
+/// its own next (measured: a few lines of `ctypes`), had the walks go on
+/// to 65,536 frames in each of 65,536 threads, three times over, hours of
+/// a controller's core for one `STACK`, and a profile that never ended.
+/// Past this the frames left are not read, and their threads say so; a
+/// real dump comes nowhere near it: its text alone stops at
+/// [`MAX_DUMP_TEXT`], at most 262,144 frames with code.
+const MAX_DUMP_READ: u64 = 64 << 20;
 /// The part of [`MAX_DUMP_TEXT`] kept for main threads: threads are read
 /// newest first (as CPython lists them), and the main thread, the oldest,
 /// must not find nothing left.
@@ -100,7 +111,12 @@ impl PyProcess {
     /// the frames come to [`MAX_DUMP_TEXT`] bytes at most: past it, a
     /// thread keeps its most recent calls that fit, and the threads read
     /// after it (older ones; each interpreter's main thread has 1 MiB kept
-    /// for it) are listed without frames, each saying so.
+    /// for it) are listed without frames, each saying so. Its walks read
+    /// 64 MiB of frames at most (a target's frames can be made to loop,
+    /// or to go on for millions; a real dump stops at its text first):
+    /// past that, the threads not yet read say so instead of their frames;
+    /// a list of threads that comes back to one it listed is
+    /// [`Corrupt`](Pep768ErrorKind::Corrupt).
     ///
     /// Each thread also says, as read at that moment:
     /// [`name`](ThreadStack::name) (`/proc/PID/task/TID/comm`: what
@@ -197,6 +213,8 @@ pub(super) struct Walker<'a> {
     code_types: HashMap<u64, bool>,
     /// What is left of [`MAX_DUMP_TEXT`].
     text_left: usize,
+    /// What is left of [`MAX_DUMP_READ`].
+    read_left: u64,
 }
 
 impl<'a> Walker<'a> {
@@ -209,6 +227,7 @@ impl<'a> Walker<'a> {
             strings: HashMap::new(),
             code_types: HashMap::new(),
             text_left: MAX_DUMP_TEXT,
+            read_left: MAX_DUMP_READ,
         }
     }
 
@@ -228,9 +247,15 @@ impl<'a> Walker<'a> {
             let mut tstate = memory.read_u64(at(interp, i.threads_head))?;
             let gil = self.gil(interp);
             let mut threads = Vec::new();
+            let mut seen = HashSet::new();
             while tstate != 0 {
                 if threads.len() >= MAX_THREADS {
                     return Err(corrupt("the list of threads does not end"));
+                }
+                if !seen.insert(tstate) {
+                    return Err(corrupt(&format!(
+                        "the list of threads loops (back to {tstate:#x})"
+                    )));
                 }
                 let (thread, next) = self.thread(tstate, id, tstate == main, gil)?;
                 threads.push(thread);
@@ -363,8 +388,11 @@ impl<'a> Walker<'a> {
         let span = frame
             .checked_sub(chunk)
             .and_then(|before| before.checked_add(size))
-            .filter(|&span| chunk != 0 && span <= MAX_BLOCK);
-        let block = span.and_then(|span| self.py.memory().read_vec(chunk, span as usize).ok());
+            .filter(|&span| chunk != 0 && span <= MAX_BLOCK && span <= self.read_left);
+        let block = span.and_then(|span| {
+            self.read_left -= span;
+            self.py.memory().read_vec(chunk, span as usize).ok()
+        });
         let mut single = vec![0u8; size as usize];
         let mut frames = Vec::new();
         let mut depth = 0;
@@ -376,6 +404,12 @@ impl<'a> Walker<'a> {
             });
             let result = if depth > MAX_DEPTH {
                 Err(corrupt(&format!("more than {MAX_DEPTH} frames")))
+            } else if self.read_left < size {
+                Err(corrupt(&format!(
+                    "the dump's frames come to more than {} MiB: a chain of frames that \
+                     loops?",
+                    MAX_DUMP_READ >> 20
+                )))
             } else if let Some(bytes) = in_block {
                 Ok(bytes)
             } else {
@@ -384,6 +418,7 @@ impl<'a> Walker<'a> {
                     .read(frame, &mut single)
                     .map(|()| &single[..])
             };
+            self.read_left = self.read_left.saturating_sub(size);
             let buf = match result {
                 Ok(buf) => buf,
                 Err(err) => {
@@ -678,6 +713,11 @@ mod test_python;
 mod tests {
     use super::*;
     use std::process::Command;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use crate::test_python::Target;
 
     #[test]
     fn decodes_varints() {
@@ -704,6 +744,103 @@ mod tests {
                 let _ = line_for(&table, i32::MIN, unit);
             }
         }
+    }
+
+    /// A target that makes its stacks endless, through `ctypes`: a thread
+    /// blocked in C whose current frame is a frame without code (C stack)
+    /// that is its own caller, followed in the list of threads by
+    /// `COPIES` copies of its thread state, the last one followed by the
+    /// main thread (as the blocked thread was), or, with `LOOPS`, by the
+    /// blocked thread again.
+    const ENDLESS: &str = r#"
+import ctypes, threading, time
+rt = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+def offset(at):
+    return ctypes.c_uint64.from_address(rt + at).value
+def put(address, value):
+    ctypes.c_uint64.from_address(address).value = value
+ctypes.pythonapi.PyThreadState_Get.restype = ctypes.c_void_p
+# _Py_DebugOffsets: thread_state.size, next, current_frame,
+# datastack_chunk; interpreter_frame.previous, executable, owner.
+SIZE, NEXT, CURRENT, CHUNK = offset(176), offset(192), offset(208), offset(232)
+PREVIOUS, EXECUTABLE, OWNER = offset(256), offset(264), offset(288)
+lock = threading.Lock()
+lock.acquire()
+states = []
+def blocked():
+    states.append(ctypes.pythonapi.PyThreadState_Get())
+    lock.acquire()
+threading.Thread(target=blocked, daemon=True).start()
+while not states:
+    time.sleep(0.01)
+time.sleep(0.1)
+frame = ctypes.create_string_buffer(4096)
+address = ctypes.addressof(frame)
+put(address + PREVIOUS, address)
+put(address + EXECUTABLE, 0)
+ctypes.c_uint8.from_address(address + OWNER).value = 4
+state = states[0]
+after = ctypes.c_uint64.from_address(state + NEXT).value
+put(state + CHUNK, 0)
+put(state + CURRENT, address)
+copies = [ctypes.create_string_buffer(ctypes.string_at(state, SIZE), SIZE) for _ in range(COPIES)]
+chain = [state] + [ctypes.addressof(copy) for copy in copies]
+for this, following in zip(chain, chain[1:]):
+    put(this + NEXT, following)
+put(chain[-1] + NEXT, chain[0] if LOOPS else after)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"#;
+
+    /// The dump of `ENDLESS` with `copies` and `loops`, in 2 minutes at
+    /// most.
+    fn dump_endless(copies: usize, loops: bool) -> Result<Vec<ThreadStack>, Pep768Error> {
+        let code = ENDLESS
+            .replace("COPIES", &copies.to_string())
+            .replace("LOOPS", if loops { "True" } else { "False" });
+        let mut target = Target::start(&code);
+        assert_eq!(target.line(), "ready\n");
+        let python = PyProcess::open_id(target.id()).unwrap();
+        let (done, dumped) = mpsc::channel();
+        let started = Instant::now();
+        // Unbounded, hours: the test ends with this thread still in it.
+        thread::spawn(move || done.send(python.stack_dump()));
+        let dump = dumped
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the dump of endless stacks did not end in 2 minutes");
+        eprintln!("dumped in {:?}", started.elapsed());
+        dump
+    }
+
+    #[test]
+    fn a_dump_of_a_list_of_threads_that_loops_ends_at_once() {
+        let err = dump_endless(0, true).unwrap_err();
+        assert_eq!(err.kind(), Pep768ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.to_string().contains("the list of threads loops"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dump_reads_so_many_frames_and_no_more() {
+        // 65,536 frames a walk, three walks a thread: without a bound,
+        // 2,000 threads take a billion reads.
+        let threads = dump_endless(2000, false).unwrap();
+        assert_eq!(threads.len(), 2 + 2000, "{:?}", &threads[..3]);
+        let cut = threads
+            .iter()
+            .filter(|thread| {
+                thread
+                    .incomplete
+                    .as_deref()
+                    .is_some_and(|why| why.contains("frames come to more than 64 MiB"))
+            })
+            .count();
+        assert!(cut > 1900, "{cut} threads said the dump read enough");
+        // The main thread, listed first, read last: nothing left for it.
+        assert!(threads[0].main);
     }
 
     /// Every instruction's line of real code objects, as CPython 3.14 says
