@@ -1,6 +1,7 @@
 //! The inspector of CPython 3.14 targets: their stacks, read from memory,
 //! and their process tree (or one process of it), read from `/proc`.
 
+use std::collections::HashMap;
 use std::io;
 
 use heli_core::stacks::ThreadStack;
@@ -10,7 +11,6 @@ use heli_core::{Inspector, ProcessId, StackReader};
 use heli_proc::Member;
 use log::debug;
 
-use crate::python::Cache;
 use crate::PyProcess;
 
 /// Reads a CPython 3.14 process's Python stacks from its memory, through
@@ -93,9 +93,10 @@ impl Inspector for PythonInspector {
         Ok(crate::PyProcess::open_id(process)?.async_tasks()?)
     }
 
-    /// A reader that keeps the processes it opened (at most 16, the ones
-    /// read most recently) from one read to the next: a read of one
-    /// it has is a [`stack_dump`](crate::PyProcess::stack_dump) alone,
+    /// A reader that keeps the processes it opened (the first 16 it read
+    /// that still run: a profile going round a larger tree keeps opening
+    /// the others, rather than every one) from one read to the next: a
+    /// read of one it has is a [`stack_dump`](crate::PyProcess::stack_dump) alone,
     /// without finding the runtime again (`/proc/PID`, its memory, its
     /// maps, its files). Every read checks as [`stacks`](Self::stacks)'s
     /// does that the process still runs, and that its runtime is still
@@ -112,20 +113,12 @@ impl Inspector for PythonInspector {
 const KEPT: usize = 16;
 
 /// [`PythonInspector`]'s [`StackReader`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Reader {
-    opened: Cache<ProcessId, PyProcess>,
+    /// At most [`KEPT`]; one whose read fails is dropped.
+    opened: HashMap<ProcessId, PyProcess>,
     /// How many times it opened a process.
     opens: u64,
-}
-
-impl Default for Reader {
-    fn default() -> Reader {
-        Reader {
-            opened: Cache::new(KEPT),
-            opens: 0,
-        }
-    }
 }
 
 impl StackReader for Reader {
@@ -140,7 +133,9 @@ impl StackReader for Reader {
         self.opens += 1;
         let opened = PyProcess::open_id(process)?;
         let threads = opened.stack_dump()?;
-        self.opened.insert(process, opened);
+        if self.opened.len() < KEPT {
+            self.opened.insert(process, opened);
+        }
         Ok(threads)
     }
 }
@@ -178,10 +173,12 @@ mod tests {
     use crate::test_python::Target;
 
     /// The functions of the main thread's stack, innermost last.
+    /// (None yet while a new program starts.)
     fn functions(threads: &[ThreadStack]) -> Vec<&str> {
-        threads[0]
-            .frames
+        threads
+            .first()
             .iter()
+            .flat_map(|main| &main.frames)
             .map(|frame| frame.function.as_str())
             .collect()
     }
@@ -231,6 +228,31 @@ os.execv({exec_args})
             assert!(functions(&threads).contains(&"before"), "{threads:?}");
         }
         assert_eq!(reader.opens, 1);
+    }
+
+    #[test]
+    fn a_reader_going_round_more_processes_than_it_keeps_keeps_the_first() {
+        let mut targets: Vec<Target> = (0..KEPT + 2)
+            .map(|_| {
+                Target::start("print('ready', flush=True)\nimport time\nwhile True: time.sleep(1)")
+            })
+            .collect();
+        let ids: Vec<ProcessId> = targets
+            .iter_mut()
+            .map(|target| {
+                assert_eq!(target.line(), "ready\n");
+                target.id()
+            })
+            .collect();
+        let mut reader = Reader::default();
+        for _ in 0..3 {
+            for &id in &ids {
+                reader.stacks(id).unwrap();
+            }
+        }
+        // All opened once; then only the two it has no room for, at each
+        // round.
+        assert_eq!(reader.opens, (KEPT + 2 + 2 * 2) as u64);
     }
 
     #[test]

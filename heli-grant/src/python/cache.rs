@@ -1,7 +1,7 @@
 //! The one kind of memory the PEP 768 reader keeps between calls: a map of
 //! bounded size that, when full, forgets the half of its entries used
-//! least recently (what `elf.rs` remembers of files, `probe.rs` of
-//! processes, and the inspector's stack reader of the processes it opened).
+//! least recently (what `elf.rs` remembers of files, and `probe.rs` of
+//! processes).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -52,11 +52,6 @@ impl<K: Eq + Hash, V> Cache<K, V> {
         }
         let used = self.clock;
         self.entries.insert(key, Entry { value, used });
-    }
-
-    /// Forgets the value for `key`, if any.
-    pub(crate) fn remove(&mut self, key: &K) {
-        self.entries.remove(key);
     }
 
     /// How many values it holds.

@@ -47,7 +47,6 @@ mod script_dir;
 mod stack;
 mod version;
 
-pub(crate) use cache::Cache;
 pub use elf::PyRuntimeSection;
 pub use error::{Pep768Error, Pep768ErrorKind};
 pub use offsets::DebugOffsets;
