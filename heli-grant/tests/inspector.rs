@@ -294,10 +294,14 @@ fn the_busy_thread_runs_and_holds_the_gil_the_sleeping_ones_do_not() {
     let target = Group::python(&dir, GIL_PY);
     let pid = target.id();
     // Every sleeper asleep in time.sleep (their last frame), the main
-    // thread too.
+    // thread too, in 10 reads in a row over half a second: a thread about
+    // to call time.sleep may be waiting for the GIL the busy thread holds
+    // (idle, then running a moment when it gets it). The main thread waits
+    // for it after its print, on a loaded machine for a while.
+    let mut settled = 0;
     wait_for("the threads to settle", || {
         let stacks = PythonInspector.stacks(pid).unwrap();
-        stacks.len() == 4
+        let asleep = stacks.len() == 4
             && ["idle1", "idle2"].iter().all(|name| {
                 thread(&stacks, name)
                     .frames
@@ -307,7 +311,10 @@ fn the_busy_thread_runs_and_holds_the_gil_the_sleeping_ones_do_not() {
             })
             && stacks
                 .iter()
-                .any(|t| t.main && t.activity == Some(Activity::Idle))
+                .any(|t| t.main && t.activity == Some(Activity::Idle));
+        settled = if asleep { settled + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(50));
+        settled >= 10
     });
     // The busy thread holds the GIL nearly all the time (no other thread
     // asks for it); a sleeper never does. Read until the busy one has been
