@@ -29,6 +29,12 @@ const PID_FILE: &str = "controller.pid";
 /// the controller drops it, so the next client's line starts clean.
 const PARTIAL_LINE_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How often, while a line is unfinished, the controller reads the control
+/// pipe to see whether every writer has closed it: a writer that opened it
+/// before the controller's read end did (see `ControlPipe`) and closes it
+/// after leaves that read end no hang-up to see.
+const WRITERS_CHECK: Duration = Duration::from_millis(50);
+
 /// Two named pipes: `control` (client to controller) and `response`
 /// (controller to client), in a directory only the user can enter.
 ///
@@ -524,10 +530,13 @@ impl Listener for FifoListener {
         let mut busy = None;
         // Any writer can cause these warnings, as often as it likes.
         let mut dropped = LogLimit::new();
+        // When the last byte came.
+        let mut last_byte = Instant::now();
         loop {
+            let dropped_at = last_byte + PARTIAL_LINE_DEADLINE;
             let deadline = lines
                 .has_partial_line()
-                .then(|| Instant::now() + PARTIAL_LINE_DEADLINE);
+                .then(|| dropped_at.min(Instant::now() + WRITERS_CHECK));
             let seen = match wait_any(
                 &[
                     (self.control.as_fd(), PollFlags::POLLIN),
@@ -537,12 +546,18 @@ impl Listener for FifoListener {
             ) {
                 Ok(seen) => seen,
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                    if let Some(note) = dropped.check((), Instant::now()) {
-                        warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}{note}");
+                    if Instant::now() < dropped_at {
+                        // Read: 0 if every writer has closed the pipe,
+                        // EAGAIN while one holds it open.
+                        [PollFlags::empty(); 2]
+                    } else {
+                        if let Some(note) = dropped.check((), Instant::now()) {
+                            warn!("dropping a request line left unfinished for {PARTIAL_LINE_DEADLINE:?}{note}");
+                        }
+                        lines = LineBuffer::new();
+                        busy = None;
+                        continue;
                     }
-                    lines = LineBuffer::new();
-                    busy = None;
-                    continue;
                 }
                 Err(err) => return Err(err),
             };
@@ -567,7 +582,10 @@ impl Listener for FifoListener {
                     busy = None;
                     continue;
                 }
-                Ok(n) => lines.extend(&buf[..n]),
+                Ok(n) => {
+                    last_byte = Instant::now();
+                    lines.extend(&buf[..n]);
+                }
                 Err(Errno::EAGAIN | Errno::EINTR) => {
                     if !lines.has_partial_line() {
                         busy = None;
