@@ -8,6 +8,7 @@
 #![allow(unreachable_pub)]
 
 #[allow(dead_code)]
+mod deps;
 mod util;
 
 mod agent;

@@ -41,26 +41,7 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory scripts/install-python314.sh and scripts/test.sh install
-/// into, as scripts/lib/deps.sh decides it: `$HELI_DEPS`, else /opt/heli
-/// for root, else `$XDG_DATA_HOME/heli` or `~/.local/share/heli`.
-pub fn deps_dir() -> PathBuf {
-    if let Some(deps) = std::env::var_os("HELI_DEPS").filter(|d| !d.is_empty()) {
-        return PathBuf::from(deps);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/opt/heli");
-    }
-    match std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|data| data.is_absolute())
-    {
-        Some(data) => data.join("heli"),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/heli")
-        }
-    }
-}
+pub(crate) use crate::deps::deps_dir;
 
 /// Python 3.14, found as the programs find it ([`heli::cli::python::find`]).
 pub fn python314() -> PathBuf {

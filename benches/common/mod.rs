@@ -13,26 +13,9 @@ pub(crate) fn python() -> PathBuf {
         .expect("Python 3.14 not found: run scripts/install-python314.sh or set HELI_PYTHON")
 }
 
-/// The directory scripts/install-python314.sh and scripts/test.sh install
-/// into, as scripts/lib/deps.sh decides it: `$HELI_DEPS`, else /opt/heli
-/// for root, else `$XDG_DATA_HOME/heli` or `~/.local/share/heli`.
-fn deps_dir() -> PathBuf {
-    if let Some(deps) = std::env::var_os("HELI_DEPS").filter(|d| !d.is_empty()) {
-        return PathBuf::from(deps);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/opt/heli");
-    }
-    match std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|data| data.is_absolute())
-    {
-        Some(data) => data.join("heli"),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/heli")
-        }
-    }
-}
+#[path = "../../tests/deps.rs"]
+mod deps;
+use deps::deps_dir;
 
 /// py-spy: `$HELI_PY_SPY`, else scripts/test.sh's install.
 pub(crate) fn py_spy() -> PathBuf {

@@ -1,39 +1,16 @@
 //! Python 3.14 targets for the crate's unit tests.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use heli_core::{ProcessId, Processes};
 
-/// Debian's CPython 3.14, which scripts/test.sh installs: missing, the
-/// test fails.
-fn python314() -> PathBuf {
-    std::env::var_os("HELI_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| deps_dir().join("py314/usr/bin/python3.14"))
-}
-
-/// The directory scripts/install-python314.sh and scripts/test.sh install
-/// into, as scripts/lib/deps.sh decides it: `$HELI_DEPS`, else /opt/heli
-/// for root, else `$XDG_DATA_HOME/heli` or `~/.local/share/heli`.
-fn deps_dir() -> PathBuf {
-    if let Some(deps) = std::env::var_os("HELI_DEPS").filter(|d| !d.is_empty()) {
-        return PathBuf::from(deps);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/opt/heli");
-    }
-    match std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|data| data.is_absolute())
-    {
-        Some(data) => data.join("heli"),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/heli")
-        }
-    }
-}
+// How the tests find Python 3.14 (`$HELI_PYTHON`, else scripts/test.sh's
+// install; missing, the test fails): the integration tests' own way.
+#[allow(dead_code)]
+#[path = "../tests/common/python.rs"]
+mod shared;
+pub(crate) use shared::python314;
 
 /// Runs Python 3.14 code, its stdin and stdout ours; killed when dropped.
 pub(crate) struct Target {

@@ -703,12 +703,6 @@ fn corrupt(what: &str) -> Pep768Error {
     )
 }
 
-/// How the tests find Python 3.14: the integration tests' own way.
-#[cfg(test)]
-#[path = "../../tests/common/python.rs"]
-#[allow(dead_code)]
-mod test_python;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -847,7 +841,7 @@ while True:
     /// (`co_lines`), against ours from their `co_linetable`.
     #[test]
     fn lines_match_cpython() {
-        let python = test_python::python314();
+        let python = crate::test_python::python314();
         let script = r#"
 import dis, json, inspect, textwrap, collections
 def samples():
