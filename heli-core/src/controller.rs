@@ -13,6 +13,7 @@ use crate::agent::{Agent, NoAgent};
 use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
+use crate::limits::Graces;
 use crate::notifier::{NoNotifier, Notifier, Notify};
 use crate::restart::RestartPolicy;
 use crate::sampler::Profiler;
@@ -137,6 +138,8 @@ pub struct Controller<T, G, S, I = NoInspector, A = NoAgent, N = NoNotifier> {
     grace: Duration,
     grant_deadline: Duration,
     stack_deadline: Duration,
+    max_grant: Option<Duration>,
+    graces: Graces,
     signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
@@ -188,6 +191,8 @@ where
             grace: signals::DEFAULT_GRACE,
             grant_deadline: DEFAULT_GRANT_DEADLINE,
             stack_deadline: DEFAULT_STACK_DEADLINE,
+            max_grant: None,
+            graces: Graces::default(),
             signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
@@ -222,6 +227,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -251,6 +258,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -275,6 +284,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -306,6 +317,29 @@ where
     /// and why (default [`DEFAULT_STACK_DEADLINE`]).
     pub fn stack_deadline(mut self, deadline: Duration) -> Self {
         self.stack_deadline = deadline;
+        self
+    }
+
+    /// The longest a grant may last (default: no limit). A grant asked
+    /// for without a time limit gets this one, one asked for longer is
+    /// refused. Once a grant's time is up the controller withdraws it, and
+    /// a client the transport verified has [`CLIENT_GRACE`] to end its
+    /// debugger before the controller ends it (SIGTERM to the client's
+    /// descendants, SIGKILL 2 s later) and closes its connection.
+    /// `STATUS` shows the limit (`max_grant=<secs>`) and each grant's time
+    /// left (`time_left=<process>:<secs>,...`).
+    ///
+    /// [`CLIENT_GRACE`]: crate::CLIENT_GRACE
+    pub fn max_grant(mut self, most: Duration) -> Self {
+        self.max_grant = Some(most);
+        self
+    }
+
+    /// Shorter graces for a client whose time is up, for tests that wait
+    /// for them.
+    #[cfg(test)]
+    pub(crate) fn limit_graces(mut self, client: Duration, kill: Duration) -> Self {
+        self.graces = Graces { client, kill };
         self
     }
 
@@ -417,6 +451,8 @@ where
             grace,
             grant_deadline,
             stack_deadline,
+            max_grant,
+            graces,
             signals,
             restart,
             status_fields,
@@ -476,6 +512,8 @@ where
             grace,
             grant_deadline,
             stack_deadline,
+            max_grant,
+            graces,
             restart,
             status_fields,
             authenticates: transport.authenticates(),
