@@ -1010,6 +1010,10 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             Done::Agent {
                 process, result, ..
             } => {
+                let peer = waiting.as_ref().map(|waiting| waiting.incoming.peer());
+                if let (Some(peer), Ok(_)) = (peer, &result) {
+                    self.limit_agent_session(state, peer);
+                }
                 let (reply, session_fds) = self.attached(state, process, result);
                 fds = session_fds;
                 reply
@@ -1109,6 +1113,27 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 let reply = Reply::Error(format!("Attach through the agent failed: {err}"));
                 (reply, Vec::new())
             }
+        }
+    }
+
+    /// A session of pdb through the agent is over once the controller's
+    /// longest grant is: its verified client's debuggers are then ended as
+    /// those of a grant that ran out (the sockets it holds cannot be taken
+    /// back).
+    fn limit_agent_session(&self, state: &mut State, peer: Peer) {
+        if let (Some(most), Some(client)) = (self.max_grant, peer.process()) {
+            let expires = Instant::now() + most;
+            info!(
+                "the session of client PID {} through the agent lasts {} s",
+                client.pid,
+                most.as_secs()
+            );
+            state.limits.add(Limit::new(
+                client,
+                peer.connection,
+                expires,
+                self.graces.client,
+            ));
         }
     }
 

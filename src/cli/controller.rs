@@ -34,6 +34,7 @@ use crate::grant::{
 };
 use crate::transport::{FifoTransport, SdNotifier, UnixSocketTransport};
 
+use super::duration;
 use super::exit::ControllerExit;
 use super::python::configured_python;
 use super::shell::{self, Shell};
@@ -128,6 +129,13 @@ struct Args {
     /// Seconds the target gets to exit after SIGTERM before SIGKILL
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
+
+    /// The longest a grant may last (30s, 10m, 1h, up to a week; whole
+    /// seconds): clients get this unless they ask for less (attach --for),
+    /// longer is refused; once it is up the grant is withdrawn, and a
+    /// client still debugging 5 s later has its debugger ended
+    #[arg(long, value_name = "TIME", value_parser = duration::parse_grant_time)]
+    max_grant: Option<Duration>,
 
     /// Print a shell completion script for the controller and exit: bash,
     /// zsh, fish, elvish or powershell, e.g. `source <(controller
@@ -320,6 +328,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         subreaper: args.subreaper || init,
         agent,
         notifier,
+        max_grant: args.max_grant,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -376,6 +385,8 @@ struct Settings {
     agent: Option<AgentHost>,
     /// The service manager's socket, when one listens (`NOTIFY_SOCKET`).
     notifier: Option<SdNotifier>,
+    /// The longest a grant may last.
+    max_grant: Option<Duration>,
 }
 
 /// The line to the service manager that runs the controller, when
@@ -426,6 +437,9 @@ fn serve<T: Transport>(
             scope.map_or("none".to_owned(), |v| v.to_string()),
         )
         .status_field("grant_method", settings.grant_method);
+    if let Some(most) = settings.max_grant {
+        controller = controller.max_grant(most);
+    }
     if let Some(name) = session {
         info!("session {name}: attach with `client --session {name} attach`");
         controller = controller.status_field("session", name);
