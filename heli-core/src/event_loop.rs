@@ -395,6 +395,9 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         state
             .grants
             .forget_gone(|process| !self.supervisor.is_running(process));
+        state
+            .limits
+            .forget_gone(|holder| !self.supervisor.is_running(holder));
         self.retry_revokes(state);
     }
 

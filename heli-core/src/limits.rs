@@ -14,7 +14,9 @@
 //!
 //! A client may hold several sessions (a grant on another process of the
 //! tree, an attach through the agent): its debuggers are ended once the
-//! last of them is over, never while it holds a grant in force.
+//! last of them is over, never while it holds a grant without a time
+//! limit. A client that exited leaves nothing to find: what it ran was
+//! handed to another parent.
 
 use std::time::{Duration, Instant};
 
@@ -108,9 +110,26 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// Watches `limit`.
+    /// Watches `limit`. A client has one limit at most, up with the last
+    /// of its sessions (its connection then closed): however many grants
+    /// it asks for, the book holds one entry per client.
     pub(crate) fn add(&mut self, limit: Limit) {
-        self.limits.push(limit);
+        match self
+            .limits
+            .iter_mut()
+            .find(|other| other.holder == limit.holder)
+        {
+            Some(other) if other.expires >= limit.expires => {}
+            Some(other) => *other = limit,
+            None => self.limits.push(limit),
+        }
+    }
+
+    /// Forgets the limits of clients that are `gone`: what they leave
+    /// running is no longer theirs to find (it was handed to another
+    /// parent).
+    pub(crate) fn forget_gone(&mut self, gone: impl Fn(ProcessId) -> bool) {
+        self.limits.retain(|limit| !gone(limit.holder));
     }
 
     /// When the next step is due.
@@ -119,9 +138,8 @@ impl Limits {
     }
 
     /// The steps due by `now`, the watched limits moved on past them. A
-    /// limit whose client holds a grant in force (`holds`), or has another
-    /// session whose time is not up yet, is over without a step: its
-    /// debuggers may serve that session.
+    /// limit whose client holds a grant in force (`holds`: one without a
+    /// time limit) is over without a step: its debuggers may serve it.
     /// SIGKILL follows SIGTERM `kill_grace` later.
     pub(crate) fn due(
         &mut self,
@@ -139,12 +157,7 @@ impl Limits {
             }
             match limit.step {
                 Step::End(_) => {
-                    let serving = holds(limit.holder)
-                        || self
-                            .limits
-                            .iter()
-                            .any(|other| other.holder == limit.holder && other.expires > now);
-                    if serving {
+                    if holds(limit.holder) {
                         self.limits.remove(at);
                         continue;
                     }
@@ -212,35 +225,45 @@ mod tests {
     }
 
     #[test]
-    fn a_client_serving_another_session_keeps_its_debuggers() {
+    fn a_client_has_one_limit_up_with_its_last_session() {
         let start = Instant::now();
         let ends = |secs| start + Duration::from_secs(secs) + CLIENT_GRACE;
+        let limit = |holder, connection, secs| {
+            Limit::new(
+                id(holder),
+                connection,
+                start + Duration::from_secs(secs),
+                CLIENT_GRACE,
+            )
+        };
         let mut limits = Limits::default();
-        limits.add(Limit::new(
-            id(10),
-            3,
-            start + Duration::from_secs(10),
-            CLIENT_GRACE,
-        ));
-        limits.add(Limit::new(
-            id(10),
-            4,
-            start + Duration::from_secs(60),
-            CLIENT_GRACE,
-        ));
-        limits.add(Limit::new(
-            id(20),
-            5,
-            start + Duration::from_secs(10),
-            CLIENT_GRACE,
-        ));
-        // Client 10's second session runs on; client 20 holds a grant.
+        limits.add(limit(10, 3, 10));
+        limits.add(limit(10, 4, 60));
+        limits.add(limit(10, 5, 30));
+        limits.add(limit(20, 6, 10));
+        assert_eq!(limits.len(), 2);
+        // Client 20 holds a grant without a limit: its debuggers serve it.
         assert!(limits
             .due(ends(10), KILL_GRACE, |holder| holder == id(20))
             .is_empty());
         assert_eq!(limits.len(), 1);
-        // Once its last session is up, it is ended.
+        // Client 10 is ended once its last session is up, on its
+        // connection.
+        assert!(limits.due(ends(59), KILL_GRACE, |_| false).is_empty());
         let due = limits.due(ends(60), KILL_GRACE, |_| false);
         assert!(matches!(due[..], [Due::End(limit)] if limit.connection == 4));
+    }
+
+    #[test]
+    fn the_limits_of_clients_gone_are_forgotten() {
+        let start = Instant::now();
+        let mut limits = Limits::default();
+        for holder in [10, 20, 30] {
+            limits.add(Limit::new(id(holder), 1, start, CLIENT_GRACE));
+        }
+        limits.forget_gone(|holder| holder != id(20));
+        assert_eq!(limits.len(), 1);
+        let due = limits.due(start + CLIENT_GRACE, KILL_GRACE, |_| false);
+        assert!(matches!(due[..], [Due::End(limit)] if limit.holder == id(20)));
     }
 }
