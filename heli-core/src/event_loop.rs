@@ -25,7 +25,7 @@ use crate::notifier::{Notifier, Notify};
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{
-    GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
+    whole_seconds, GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
 };
 use crate::restart::RestartPolicy;
 use crate::sampler::{Plan, Profiler, Sampled, Sampling};
@@ -1409,9 +1409,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             .filter(|grant| state.phase.is_live() && self.supervisor.is_running(grant.holder))
             .filter_map(|grant| {
                 let left = grant.expires?.saturating_duration_since(now);
-                // Whole seconds, rounded up: 0 only once it is up.
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                Some(format!("{}:{secs}", grant.process.pid))
+                Some(format!("{}:{}", grant.process.pid, whole_seconds(left)))
             })
             .collect();
         if !time_left.is_empty() {

@@ -172,8 +172,20 @@ impl GrantRequest {
 /// week.
 pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// `duration` as whole seconds, rounded up (`FOR`'s unit).
-fn whole_seconds(duration: Duration) -> u64 {
+/// `duration` as whole seconds, rounded up: the unit of `FOR` and of
+/// `STATUS`'s `time_left` (0 only for no time at all).
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::protocol::whole_seconds;
+/// use std::time::Duration;
+///
+/// assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
+/// assert_eq!(whole_seconds(Duration::from_secs(60)), 60);
+/// assert_eq!(whole_seconds(Duration::ZERO), 0);
+/// ```
+pub fn whole_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 

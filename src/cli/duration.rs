@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::core::protocol::whole_seconds;
+
 /// A duration as the options take it: `30s`, `2m`, `500ms`, `1.5s`, `1h`;
 /// a bare number is seconds. From 1 ms to a week.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -42,8 +44,7 @@ pub(crate) fn parse_grant_time(text: &str) -> Result<Duration, String> {
     if time < Duration::from_secs(1) {
         return Err(format!("{text:?}: a grant lasts a second at least"));
     }
-    let secs = time.as_secs() + u64::from(time.subsec_nanos() > 0);
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_secs(whole_seconds(time)))
 }
 
 #[cfg(test)]

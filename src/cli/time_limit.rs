@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
+use crate::core::protocol::whole_seconds;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
 
@@ -118,7 +119,7 @@ fn wait_within(
             let _ = writeln!(
                 warn,
                 "\r\n⏳ The grant ends in {} s: {name} will then be detached (the target runs on)",
-                left.as_secs() + u64::from(left.subsec_nanos() > 0)
+                whole_seconds(left)
             );
         }
         match termed {
