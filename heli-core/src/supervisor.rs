@@ -209,4 +209,14 @@ mod tests {
         assert!(Bare.shares_terminal());
         assert_eq!(Bare.describe(), "");
     }
+
+    #[test]
+    fn by_default_the_descendants_of_a_process_cannot_be_signalled() {
+        let client = ProcessId {
+            pid: Pid::new(42).unwrap(),
+            start_time: 1,
+        };
+        let err = Bare.signal_descendants(client, 15).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
 }

@@ -433,6 +433,28 @@ mod tests {
     use super::*;
     use crate::process::Pid;
 
+    #[test]
+    fn a_grant_holder_closes_connections_through_its_listener_never_connection_0() {
+        let holder = GrantHolder::default();
+        holder.set([3, 0, 5, 3]);
+        assert_eq!(
+            format!("{holder:?}"),
+            "GrantHolder { held: [3, 5], closes: false }"
+        );
+        // No listener said how: nothing is closed.
+        assert!(!holder.close(3, "why"));
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let seen = closed.clone();
+        holder.clone().on_close(move |connection, why| {
+            seen.lock().unwrap().push((connection, why.to_owned()))
+        });
+        assert!(format!("{holder:?}").ends_with("closes: true }"));
+        assert!(holder.close(5, "time is up"));
+        // Named pipes' peers (0) have no connection to close.
+        assert!(!holder.close(0, "nothing"));
+        assert_eq!(*closed.lock().unwrap(), [(5, "time is up".to_owned())]);
+    }
+
     /// A transport that says only what it must, and reaches nothing.
     struct Nowhere;
     struct Deaf;
