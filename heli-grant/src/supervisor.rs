@@ -373,7 +373,18 @@ impl Supervisor for ProcessSupervisor {
 
     fn signal_descendants(&mut self, ancestor: ProcessId, signal: i32) -> io::Result<usize> {
         let mut signalled = 0;
+        // This process and what descends from it (the target's tree, the
+        // helpers it runs): a client that started the controller has them
+        // among its descendants, yet they are not its debuggers. Listed
+        // before its children, a process of them is known by its parent.
+        let me = heli_core::Pid::this();
+        let mut ours = Vec::new();
         for process in heli_proc::descendants(ancestor)? {
+            let parent_ours = process.parent.is_some_and(|parent| ours.contains(&parent));
+            if process.id.pid == me || parent_ours {
+                ours.push(process.id.pid);
+                continue;
+            }
             // Opened by its identity: a pid reused since the listing names
             // no process here, and the pidfd holds on to this one.
             let handle = match ProcessHandle::open(process.id)? {
