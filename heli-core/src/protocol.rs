@@ -174,7 +174,9 @@ pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `duration` as whole seconds, rounded up (`FOR`'s unit).
 fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// What `REVOKE` asks for.

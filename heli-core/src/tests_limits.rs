@@ -268,3 +268,21 @@ fn a_grant_still_being_made_when_the_clients_time_is_up_does_not_spare_its_debug
     drop(session);
     running.terminate(&fake);
 }
+
+#[test]
+fn absurd_durations_through_the_library_are_bounded_not_a_panic() {
+    // The protocol's FOR is bounded to a week; the library's own setters
+    // take any Duration. A client's line says FOR with a number the
+    // controller refuses, and a controller's longest grant is a week.
+    let line = Request::GrantAccess(GrantRequest::new(pid(9)).lasting(Duration::MAX)).to_string();
+    assert_eq!(line, format!("GRANT_ACCESS 9 FOR {}", u64::MAX));
+    let (fake, granter, _, running) = limited(Duration::MAX, None);
+    let status = fake.client().status().unwrap();
+    let week = crate::protocol::MAX_GRANT.as_secs();
+    assert_eq!(status.get("max_grant"), Some(week.to_string().as_str()));
+    let session = fake.granted(77);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(time_left(&fake), Some(format!("4242:{week}")));
+    drop(session);
+    running.terminate(&fake);
+}
