@@ -192,3 +192,79 @@ print("closed:", repr(lines.readline()), flush=True)
     let log = controller.log_text();
     assert!(log.contains("still debugs"), "{log}");
 }
+
+#[test]
+fn a_client_that_started_the_controller_never_has_the_controller_ended() {
+    let _serial = serial();
+    // The client started the controller itself (a script, a process
+    // manager, a shell function that also talks to it): the controller and
+    // its target descend from the client, yet they are not its debuggers.
+    // Its real debugger (here a `sleep`) is ended once its time is up.
+    let code = r#"
+import os, signal, socket, subprocess, sys, time
+runtime = sys.argv[2]
+controller = subprocess.Popen(
+    [sys.argv[1], "--transport", "socket", "--name", "test", "--", "sleep", "300"],
+    env=dict(os.environ, XDG_RUNTIME_DIR=runtime), stdin=subprocess.DEVNULL,
+    stdout=subprocess.DEVNULL, stderr=open(sys.argv[3], "w"))
+print(controller.pid, flush=True)
+path = os.path.join(runtime, "heli", "test.sock")
+while not os.path.exists(path):
+    time.sleep(0.01)
+debugger = subprocess.Popen(["sleep", "300"])
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(path)
+sock.sendall(f"GRANT_ACCESS {os.getpid()} FOR 1\n".encode())
+lines = sock.makefile()
+print(lines.readline().strip(), flush=True)
+print("told:", lines.readline().strip(), flush=True)
+print("debugger ended:", debugger.wait(), flush=True)
+time.sleep(1)
+print("controller:", controller.poll(), flush=True)
+controller.send_signal(signal.SIGTERM)
+controller.wait()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("controller.log");
+    let mut client = Command::new(python314())
+        .arg("-c")
+        .arg(code)
+        .arg(crate::util::example("controller"))
+        .arg(dir.path())
+        .arg(&log)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("the client said nothing").unwrap();
+    let controller: u32 = next().parse().unwrap();
+    let _cleanup = KillOnDrop(controller);
+    assert_eq!(next(), "READY");
+    let told = next();
+    assert!(
+        told.starts_with("told: ERROR: The time limit of your grant was up"),
+        "{told}"
+    );
+    assert_eq!(next(), "debugger ended: -15");
+    let after = next();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        after, "controller: None",
+        "the controller was ended:\n{log}"
+    );
+    assert!(client.wait().unwrap().success());
+}
+
+/// Kills process `.0` (a controller a test's client started) if the test
+/// failed before it ended.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

@@ -327,11 +327,13 @@ where
     /// debugger before the controller ends it (SIGTERM to the client's
     /// descendants, SIGKILL 2 s later) and closes its connection.
     /// `STATUS` shows the limit (`max_grant=<secs>`) and each grant's time
-    /// left (`time_left=<process>:<secs>,...`).
+    /// left (`time_left=<process>:<secs>,...`). A limit longer than a
+    /// client may ask for ([`MAX_GRANT`], a week) is a week.
     ///
     /// [`CLIENT_GRACE`]: crate::CLIENT_GRACE
+    /// [`MAX_GRANT`]: crate::protocol::MAX_GRANT
     pub fn max_grant(mut self, most: Duration) -> Self {
-        self.max_grant = Some(most);
+        self.max_grant = Some(most.min(crate::protocol::MAX_GRANT));
         self
     }
 

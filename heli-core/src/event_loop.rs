@@ -421,7 +421,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         let kill_grace = self.graces.kill;
         for due in state
             .limits
-            .due(now, kill_grace, |holder| grants.holds(holder))
+            .due(now, kill_grace, |holder| grants.holds_unlimited(holder))
         {
             let (limit, signal) = match due {
                 Due::End(limit) => (limit, SIGTERM),

@@ -308,13 +308,19 @@ impl GrantBook {
         taken
     }
 
-    /// Whether `holder` holds a grant in force, or is being granted one.
-    pub(crate) fn holds(&self, holder: ProcessId) -> bool {
-        let pending = self.pending.iter().filter(|pending| !pending.closed);
-        pending
-            .map(|pending| &pending.record)
-            .chain(&self.held)
-            .any(|grant| grant.holder == holder)
+    /// Whether `holder` holds a grant in force without a time limit, or is
+    /// being granted one (not withdrawn meanwhile). A grant with a time
+    /// limit, or one still being made with a limit, does not count: once
+    /// made, it brings its own limit; one that fails brings nothing, and
+    /// must not have spared its client's debuggers.
+    pub(crate) fn holds_unlimited(&self, holder: ProcessId) -> bool {
+        let pending = self
+            .pending
+            .iter()
+            .filter(|pending| !pending.closed && !pending.revoked && pending.lasts.is_none())
+            .map(|pending| &pending.record);
+        let held = self.held.iter().filter(|grant| grant.expires.is_none());
+        pending.chain(held).any(|grant| grant.holder == holder)
     }
 
     /// When the next grant in force runs out of time.

@@ -173,7 +173,7 @@ impl GrantRequest {
 pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `duration` as whole seconds, rounded up: the unit of `FOR` and of
-/// `STATUS`'s `time_left` (0 only for no time at all).
+/// `STATUS`'s `time_left` (0 only for no time at all; `u64::MAX` at most).
 ///
 /// # Examples
 ///
@@ -184,9 +184,12 @@ pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
 /// assert_eq!(whole_seconds(Duration::from_secs(60)), 60);
 /// assert_eq!(whole_seconds(Duration::ZERO), 0);
+/// assert_eq!(whole_seconds(Duration::MAX), u64::MAX);
 /// ```
 pub fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// What `REVOKE` asks for.

@@ -125,8 +125,11 @@ pub trait Supervisor: Processes {
     fn kill(&mut self) -> io::Result<()>;
 
     /// Sends signal number `signal` to every process descended from
-    /// `ancestor` that still runs (not to `ancestor` itself): how the
-    /// controller ends the debuggers a client runs past its time limit.
+    /// `ancestor` that still runs (not to `ancestor` itself, nor to the
+    /// calling process and its own descendants, the target's tree among
+    /// them: a client that started the controller has those below it too):
+    /// how the controller ends the debuggers a client runs past its time
+    /// limit.
     /// How many processes it signalled.
     ///
     /// Default: unsupported.

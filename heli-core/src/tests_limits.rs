@@ -237,3 +237,52 @@ fn an_unverified_client_has_its_grant_withdrawn_and_nothing_ended_on_its_word() 
     drop(session);
     running.terminate(&fake);
 }
+
+#[test]
+fn a_grant_still_being_made_when_the_clients_time_is_up_does_not_spare_its_debuggers() {
+    // A client outlives its time, then asks for another grant just before
+    // its grace is over, one that cannot be made (a process that does not
+    // answer, until the grant's deadline). A grant still being made is no
+    // grant without a time limit: its debuggers are ended on time, not
+    // spared for good once the grant fails.
+    let (fake, granter, target) = controller();
+    fake.authenticate(Some(target.id_of(77)));
+    let controller = controller_over(&fake, &granter, &target)
+        .max_grant(Duration::from_secs(1))
+        .limit_graces(CLIENT_GRACE, KILL_GRACE)
+        .grant_deadline(Duration::from_secs(3));
+    let running = start(controller);
+    let session = fake.granted(77);
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    let started = granter.stick(Some(Stuck::UntilDeadline));
+    let late = fake.raw_async(b"GRANT_ACCESS 77\n");
+    started
+        .recv_timeout(HANG)
+        .expect("the second grant did not start");
+    let signalled = || target.0.descendants_signalled.lock().unwrap().clone();
+    wait_until("SIGTERM", || !signalled().is_empty());
+    assert_eq!(signalled()[0], (target.id_of(77), SIGTERM));
+    let late = String::from_utf8(late.recv_timeout(HANG).unwrap().unwrap()).unwrap();
+    assert!(late.starts_with("ERROR"), "{late}");
+    wait_until("SIGKILL", || signalled().len() == 2);
+    drop(session);
+    running.terminate(&fake);
+}
+
+#[test]
+fn absurd_durations_through_the_library_are_bounded_not_a_panic() {
+    // The protocol's FOR is bounded to a week; the library's own setters
+    // take any Duration. A client's line says FOR with a number the
+    // controller refuses, and a controller's longest grant is a week.
+    let line = Request::GrantAccess(GrantRequest::new(pid(9)).lasting(Duration::MAX)).to_string();
+    assert_eq!(line, format!("GRANT_ACCESS 9 FOR {}", u64::MAX));
+    let (fake, granter, _, running) = limited(Duration::MAX, None);
+    let status = fake.client().status().unwrap();
+    let week = crate::protocol::MAX_GRANT.as_secs();
+    assert_eq!(status.get("max_grant"), Some(week.to_string().as_str()));
+    let session = fake.granted(77);
+    assert_eq!(granter.granted(), [(PID, 77)]);
+    assert_eq!(time_left(&fake), Some(format!("4242:{week}")));
+    drop(session);
+    running.terminate(&fake);
+}

@@ -62,6 +62,6 @@ pub use python::{
     Pep768ErrorKind, PyProcess, PyRuntimeSection, PyVersion, RemoteExec, MAX_DUMP_TEXT,
 };
 pub use scope::{PtraceScope, PTRACE_SCOPE_PATH};
-pub use supervisor::{become_subreaper, ProcessSupervisor};
+pub use supervisor::{become_subreaper, signal_descendants, ProcessSupervisor};
 pub use sys::{kill_with_parent, one_malloc_arena, set_inheritable};
 pub use wait::{ChildWaits, ChildWaitsGuard};

@@ -372,22 +372,54 @@ impl Supervisor for ProcessSupervisor {
     }
 
     fn signal_descendants(&mut self, ancestor: ProcessId, signal: i32) -> io::Result<usize> {
-        let mut signalled = 0;
-        for process in heli_proc::descendants(ancestor)? {
-            // Opened by its identity: a pid reused since the listing names
-            // no process here, and the pidfd holds on to this one.
-            let handle = match ProcessHandle::open(process.id)? {
-                Some(handle) if process.id != ancestor => handle,
-                _ => continue,
-            };
-            match pidfd_send_signal(handle.as_fd(), signal) {
-                Ok(()) => signalled += 1,
-                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(signalled)
+        signal_descendants(ancestor, signal)
     }
+}
+
+/// Sends signal number `signal` to every process descended from `ancestor`
+/// that still runs, not to `ancestor` itself, nor to this process and its
+/// own descendants (a client that started the controller has those below
+/// it too): how the controller ends the debuggers of a client whose time
+/// is up, and how a client ends what its debugger started. How many
+/// processes it signalled.
+///
+/// # Errors
+///
+/// When the processes could not be listed, or one could not be signalled
+/// (a process that ends meanwhile is no error).
+///
+/// # Race conditions
+///
+/// Each process is signalled through a pidfd opened by its identity: a pid
+/// reused since the listing is never signalled. A process that leaves the
+/// tree during the walk (re-parented elsewhere) may be missed.
+pub fn signal_descendants(ancestor: ProcessId, signal: i32) -> io::Result<usize> {
+    let mut signalled = 0;
+    // This process and what descends from it (the target's tree, the
+    // helpers it runs): a client that started the controller has them
+    // among its descendants, yet they are not its debuggers. Listed
+    // before its children, a process of them is known by its parent.
+    let me = heli_core::Pid::this();
+    let mut ours = Vec::new();
+    for process in heli_proc::descendants(ancestor)? {
+        let parent_ours = process.parent.is_some_and(|parent| ours.contains(&parent));
+        if process.id.pid == me || parent_ours {
+            ours.push(process.id.pid);
+            continue;
+        }
+        // Opened by its identity: a pid reused since the listing names
+        // no process here, and the pidfd holds on to this one.
+        let handle = match ProcessHandle::open(process.id)? {
+            Some(handle) if process.id != ancestor => handle,
+            _ => continue,
+        };
+        match pidfd_send_signal(handle.as_fd(), signal) {
+            Ok(()) => signalled += 1,
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(signalled)
 }
 
 /// The longest wait between two attempts to reap an exited child that

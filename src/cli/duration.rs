@@ -8,6 +8,19 @@ use crate::core::protocol::whole_seconds;
 /// A duration as the options take it: `30s`, `2m`, `500ms`, `1.5s`, `1h`;
 /// a bare number is seconds. From 1 ms to a week.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds = seconds(text)?;
+    if !(seconds >= 0.001 && seconds <= MAX_DURATION.as_secs_f64()) {
+        return Err(format!(
+            "{:?}: at least 1ms, at most {} h",
+            text.trim(),
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The seconds `text` says, in any range.
+fn seconds(text: &str) -> Result<f64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -23,28 +36,27 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?}: a duration like 30s, 2m, 500ms"))?;
-    let seconds = value * scale;
-    if !(seconds >= 0.001 && seconds <= MAX_DURATION.as_secs_f64()) {
-        return Err(format!(
-            "{text:?}: at least 1ms, at most {} h",
-            MAX_DURATION.as_secs() / 3600
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(value * scale)
 }
 
 /// The longest duration an option takes: a week.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A time limit of a grant (`attach --for`, `controller --max-grant`): as
-/// [`parse_duration`] reads it, at least a second, rounded up to whole
-/// seconds (the protocol's unit).
+/// [`parse_duration`] reads it, from a second to a week, rounded up to
+/// whole seconds (the protocol's unit).
 pub(crate) fn parse_grant_time(text: &str) -> Result<Duration, String> {
-    let time = parse_duration(text)?;
-    if time < Duration::from_secs(1) {
-        return Err(format!("{text:?}: a grant lasts a second at least"));
+    let seconds = seconds(text)?;
+    if !(seconds >= 1.0 && seconds <= MAX_DURATION.as_secs_f64()) {
+        return Err(format!(
+            "{:?}: a grant lasts 1 s at least, {} h at most",
+            text.trim(),
+            MAX_DURATION.as_secs() / 3600
+        ));
     }
-    Ok(Duration::from_secs(whole_seconds(time)))
+    Ok(Duration::from_secs(whole_seconds(Duration::from_secs_f64(
+        seconds,
+    ))))
 }
 
 #[cfg(test)]
@@ -86,6 +98,24 @@ mod tests {
         );
         for text in ["0", "0s", "999ms", "-5m", "169h", "forever", "1d"] {
             assert!(parse_grant_time(text).is_err(), "{text}");
+        }
+        // Too short or too long, the error says a grant's bounds (never
+        // "at least 1ms", which is refused too).
+        for text in [
+            "0",
+            "0s",
+            "0.0001s",
+            "999ms",
+            "169h",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_grant_time(text),
+                Err(format!(
+                    "{text:?}: a grant lasts 1 s at least, 168 h at most"
+                )),
+                "{text}"
+            );
         }
     }
 }

@@ -14,6 +14,9 @@ use crate::core::protocol::whole_seconds;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
 
+use crate::core::Processes;
+use crate::proc::ProcFs;
+
 /// How long before the end a grant of more than twice this is warned of.
 const WARN_BEFORE: Duration = Duration::from_secs(60);
 
@@ -129,11 +132,11 @@ fn wait_within(
                     "\r\n⌛ Time is up ({} s): detaching {name}; the target runs on",
                     limit.lasts.as_secs()
                 );
-                let _ = kill(pid, Signal::SIGTERM);
+                end(pid, Signal::SIGTERM);
                 termed = Some(now);
             }
             Some(at) if !killed && now >= at + term_grace => {
-                let _ = kill(pid, Signal::SIGKILL);
+                end(pid, Signal::SIGKILL);
                 killed = true;
             }
             _ => {}
@@ -149,6 +152,21 @@ fn wait_within(
                 .clamp(Duration::from_millis(1), TICK),
         );
     }
+}
+
+/// Sends `signal` to what the debugger `pid` started, then to the
+/// debugger: a tool run through a shell (`--with "sh -c 'tool; more'"`)
+/// would otherwise run on once the shell ended, handed to another parent
+/// and out of the controller's reach too.
+fn end(pid: nix::unistd::Pid, signal: Signal) {
+    let id = u32::try_from(pid.as_raw())
+        .ok()
+        .and_then(crate::core::Pid::new)
+        .and_then(|pid| ProcFs.identity(pid).ok().flatten());
+    if let Some(id) = id {
+        let _ = crate::grant::signal_descendants(id, signal as i32);
+    }
+    let _ = kill(pid, signal);
 }
 
 /// The terminal's settings, to be put back.
@@ -225,6 +243,38 @@ mod tests {
             Some(9)
         );
         assert!(took >= Duration::from_millis(1500), "{took:?}");
+    }
+
+    /// Whether process `pid` still runs (a zombie does not).
+    fn runs(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+    }
+
+    #[test]
+    fn a_tool_run_through_a_shell_is_ended_with_what_it_started() {
+        // `--with "sh -c 'tool; more'"`: the shell does not exec the tool;
+        // ending the shell alone would leave the tool running, handed to
+        // another parent, out of the controller's reach too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tool.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait; true", file.display());
+        let (ended, _, _) = run(&script, Duration::from_secs(1), TERM_GRACE);
+        assert!(ended.timed_out);
+        let tool: u32 = std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while runs(tool) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = runs(tool);
+        if left {
+            let _ = kill(nix::unistd::Pid::from_raw(tool as i32), Signal::SIGKILL);
+        }
+        assert!(!left, "the tool the shell started runs on");
     }
 
     #[test]
