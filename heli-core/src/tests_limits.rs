@@ -226,6 +226,43 @@ fn a_client_holding_a_later_grant_keeps_its_debuggers() {
 }
 
 #[test]
+fn a_client_holding_a_grant_without_a_limit_keeps_its_debuggers() {
+    // No --max-grant: a client limited its first grant itself, then asked
+    // for one without a limit, on the target; another client's limited
+    // grant on another process is ended as usual.
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    fake.authenticate(Some(target.id_of(77)));
+    let running =
+        start(controller_over(&fake, &granter, &target).limit_graces(CLIENT_GRACE, KILL_GRACE));
+    let mut first = fake.client().session().unwrap();
+    first
+        .grant(GrantRequest::new(pid(77)).lasting(Duration::from_secs(1)))
+        .unwrap();
+    wait_until("the grant withdrawn", || granter.revoked() == [PID]);
+    let unlimited = fake.granted(77);
+    assert_eq!(time_left(&fake), None);
+    fake.authenticate(Some(target.id_of(88)));
+    let mut other = fake.client().session().unwrap();
+    other
+        .grant(
+            GrantRequest::new(pid(88))
+                .process(pid(5001))
+                .lasting(Duration::from_secs(1)),
+        )
+        .unwrap();
+    let signalled = || target.0.descendants_signalled.lock().unwrap().clone();
+    wait_until("client 88 ended", || !signalled().is_empty());
+    thread::sleep(KILL_GRACE + Duration::from_millis(300));
+    assert_eq!(
+        signalled(),
+        [(target.id_of(88), SIGTERM), (target.id_of(88), SIGKILL)]
+    );
+    drop((first, unlimited, other));
+    running.terminate(&fake);
+}
+
+#[test]
 fn an_unverified_client_has_its_grant_withdrawn_and_nothing_ended_on_its_word() {
     // Named pipes: the pid in the request proves nothing.
     let (fake, granter, target, running) = limited(Duration::from_secs(1), None);
