@@ -146,6 +146,8 @@
 #![deny(missing_docs)]
 
 mod agent;
+pub mod audit;
+mod auditing;
 mod authorize;
 mod client;
 mod controller;
@@ -173,6 +175,7 @@ pub mod tree;
 mod worker;
 
 pub use agent::{Agent, AgentSession, AgentState, NoAgent};
+pub use audit::{Audit, AuditEvent, AuditRecord, AuditResult, NoAudit, ProcessFacts, RevokeCause};
 pub use authorize::other_user;
 pub use client::{Client, Session, AGENT_FDS, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};

@@ -19,6 +19,7 @@
 //! | `PROFILE <rate> <ms> [<pid>\|ALL]` | `READY` once a profile of the target (of process `<pid>`, or of every Python process of the tree) started on this connection: its stacks read `<rate>` times a second for `<ms>` milliseconds (0: until stopped), never stopping it; one profile per connection, on a transport with connections only (the FIFO's cannot tell when its client goes away); it ends when the connection closes |
 //! | `SAMPLES [STOP]` | `SAMPLES <json>`: what the connection's profile counted since the last `SAMPLES`, a [`Samples`] as one line of JSON; with `ended` set (why) once it is over, then the profile is gone; `STOP` ends it first |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
+//! | `AUDIT [<secs>]` | `AUDIT <json>`: this controller's newest [audit records](crate::audit) (of the last `<secs>` seconds), oldest first, as one line of JSON (a list of [`AuditRecord`](crate::AuditRecord) objects); as many of the newest as fit in a reply |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
 //!
@@ -105,6 +106,9 @@ pub enum Request {
     /// `SAMPLES [STOP]`: what the connection's profile counted since the
     /// last collection; `true`: stop it first.
     Samples(bool),
+    /// `AUDIT [<secs>]`: this controller's newest audit records, of the
+    /// last `<secs>` seconds (all it keeps without).
+    Audit(Option<u64>),
 }
 
 /// What `GRANT_ACCESS` asks for.
@@ -215,6 +219,7 @@ impl Request {
             Request::Profile(_) => "PROFILE",
             Request::Samples(_) => "SAMPLES",
             Request::Tasks(_) => "TASKS",
+            Request::Audit(_) => "AUDIT",
         };
         dialect.apply(upper)
     }
@@ -271,6 +276,11 @@ impl Request {
                     word(dialect.apply("STOP"));
                 }
             }
+            Request::Audit(since) => {
+                if let Some(since) = since {
+                    word(&since.to_string());
+                }
+            }
             Request::GetTargetPid | Request::Status | Request::Ps | Request::Terminate => {}
         }
         line.push('\n');
@@ -315,6 +325,9 @@ pub enum Reply {
     /// `TASKS <json>`: the asyncio tasks of the process asked for, as one
     /// line of JSON.
     Tasks(AsyncTasks),
+    /// `AUDIT <json>`: audit records, oldest first, each the JSON object
+    /// of an [`AuditRecord`](crate::AuditRecord).
+    Audit(Vec<serde_json::Value>),
     /// `AGENT <pid> <python-version>`: the agent in process `pid` has
     /// scheduled pdb; the version (the rest of the line) is the CPython
     /// the process runs, which the client's pdb must match. The client's
@@ -503,6 +516,7 @@ impl Reply {
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
             Reply::Samples(samples) => format!("{} {}\n", dialect.apply("SAMPLES"), json(samples)),
             Reply::Tasks(tasks) => format!("{} {}\n", dialect.apply("TASKS"), json(tasks)),
+            Reply::Audit(records) => format!("{} {}\n", dialect.apply("AUDIT"), json(records)),
             Reply::Agent { pid, python } => format!(
                 "{} {pid} {}\n",
                 dialect.apply("AGENT"),
@@ -555,6 +569,11 @@ impl Reply {
         if word.eq_ignore_ascii_case("tasks") {
             return serde_json::from_str(rest)
                 .map(Reply::Tasks)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("audit") {
+            return serde_json::from_str(rest)
+                .map(Reply::Audit)
                 .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("ps") {
@@ -727,6 +746,15 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             ));
         }
         Request::Samples(stop.is_some())
+    } else if command.eq_ignore_ascii_case("AUDIT") {
+        // AUDIT [<secs>]
+        let since = words.next().map(|word| word.parse::<u64>());
+        Request::Audit(since.transpose().map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedArgument,
+                "AUDIT takes a number of seconds or nothing",
+            )
+        })?)
     } else if command.eq_ignore_ascii_case("TASKS") {
         // TASKS [<pid>]
         let process = words.next().map(|word| word.parse::<Pid>());
@@ -770,6 +798,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             Request::Profile(_) => "three arguments at most (a rate, milliseconds, a PID or ALL)",
             Request::Samples(_) => "one argument at most (STOP)",
             Request::AgentAttach(_) | Request::Tasks(_) => "one argument at most (a PID)",
+            Request::Audit(_) => "one argument at most (seconds)",
             _ => "no argument",
         };
         return Err(Error::new(

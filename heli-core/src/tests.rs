@@ -748,8 +748,9 @@ impl Supervisor for Pretend {
 /// that thread, whose event loop logs as [`Running::logged`] shows.
 struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
-fn start<G, I, A, N>(controller: Controller<Fake, G, Pretend, I, A, N>) -> Running
+fn start<G, I, A, N, U>(controller: Controller<Fake, G, Pretend, I, A, N, U>) -> Running
 where
+    U: crate::Audit + Send + 'static,
     G: Granter + Send + 'static,
     I: crate::Inspector + Send + Sync + 'static,
     A: crate::Agent + Send + Sync + 'static,
@@ -3783,3 +3784,6 @@ mod profile;
 // The service manager: ready, status, stopping, the watchdog.
 #[path = "tests_notify.rs"]
 mod notify;
+
+#[path = "tests_audit.rs"]
+mod audit;
