@@ -32,7 +32,7 @@ use crate::grant::{
     become_subreaper, AgentHost, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor,
     PtraceScope, PythonInspector,
 };
-use crate::transport::{FifoTransport, SdNotifier, UnixSocketTransport};
+use crate::transport::{AuditLog, FifoTransport, SdNotifier, UnixSocketTransport};
 
 use super::exit::ControllerExit;
 use super::python::configured_python;
@@ -128,6 +128,16 @@ struct Args {
     /// Seconds the target gets to exit after SIGTERM before SIGKILL
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
+
+    /// Append an audit record (JSON Lines) for every grant, refusal,
+    /// revoke, stack dump, profile, STATUS and TERMINATE to FILE (created
+    /// 0600; refused at start if it is a symlink, not this user's, has
+    /// hard links, or its directory is another user's). Rotate it with
+    /// logrotate's default rename (not copytruncate): the controller
+    /// follows the new file. Without it the records are kept in memory
+    /// only (`client audit`)
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
 
     /// Print a shell completion script for the controller and exit: bash,
     /// zsh, fish, elvish or powershell, e.g. `source <(controller
@@ -267,6 +277,15 @@ fn check(args: &Args) -> Result<(), Box<dyn Error>> {
 
 fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>> {
     check(args)?;
+    // Before anything starts: a trail that cannot be kept is no trail.
+    let audit = match &args.audit_log {
+        Some(path) => {
+            let log = AuditLog::open(path)?;
+            info!("audit records appended to {}", path.display());
+            log
+        }
+        None => AuditLog::memory(),
+    };
     let mut command = target_command(args, explicit_command)?;
     let notifier = service_manager(&mut command);
     let grace = Duration::from_secs_f64(args.grace);
@@ -320,6 +339,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         subreaper: args.subreaper || init,
         agent,
         notifier,
+        audit,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -376,6 +396,8 @@ struct Settings {
     agent: Option<AgentHost>,
     /// The service manager's socket, when one listens (`NOTIFY_SOCKET`).
     notifier: Option<SdNotifier>,
+    /// The audit trail: a file, or in memory only.
+    audit: AuditLog,
 }
 
 /// The line to the service manager that runs the controller, when
@@ -414,9 +436,15 @@ fn serve<T: Transport>(
     session: Option<String>,
 ) -> Result<ExitStatus, Box<dyn Error>> {
     let scope = settings.scope.value();
+    let audit_log = settings
+        .audit
+        .path()
+        .map_or("none".to_owned(), |path| path.display().to_string());
     let mut controller = Controller::new(transport, granter, supervisor)
         .inspector(PythonInspector)
         .notifier(settings.notifier)
+        .audit(settings.audit)
+        .status_field("audit_log", audit_log)
         .grace(settings.grace)
         .restart(settings.restart)
         .handle_signals(true)

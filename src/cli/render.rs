@@ -945,3 +945,77 @@ Thread 4245 [idle], most recent call last:
         assert_eq!(stacks_json_text(&[]), "[]\n");
     }
 }
+
+/// `audit --json`: one record a line (JSON Lines), as the controller's
+/// `--audit-log` file has them.
+pub(crate) fn audit_json_lines(records: &[serde_json::Value]) -> String {
+    records.iter().map(|record| format!("{record}\n")).collect()
+}
+
+/// `audit`: one line per record, oldest first: its time, event and result,
+/// who asked (pid, user, executable; `unverified` where the transport could
+/// not tell), on which process, and the cause, duration or reason.
+pub(crate) fn audit_text(records: &[serde_json::Value]) -> String {
+    use std::fmt::Write as _;
+    if records.is_empty() {
+        return "No audit records\n".to_owned();
+    }
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or("").to_owned();
+    let mut out = format!(
+        "{:<24} {:<13} {:<8} {:<32} {:<10} DETAIL\n",
+        "TIME", "EVENT", "RESULT", "PEER", "PROCESS"
+    );
+    for record in records {
+        let peer = &record["peer"];
+        let who = if peer["verified"].as_bool() == Some(true) {
+            let user = peer["user"]
+                .as_str()
+                .map_or_else(|| format!("uid {}", peer["uid"]), str::to_owned);
+            let exe = peer["exe"]
+                .as_str()
+                .map_or("", |exe| exe.rsplit('/').next().unwrap_or(exe));
+            format!("{} {user} {exe}", peer["pid"])
+        } else {
+            match peer["claimed_pid"].as_u64() {
+                Some(pid) => format!("unverified (claims {pid})"),
+                None => "unverified".to_owned(),
+            }
+        };
+        let process = record["process"]["pid"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+        let mut detail = Vec::new();
+        if let Some(grantee) = record["grantee"].as_object() {
+            let mut what = format!("grantee {}", grantee["pid"]);
+            if let Some(cmdline) = grantee.get("cmdline").and_then(|c| c.as_str()) {
+                let _ = write!(what, " ({cmdline})");
+            }
+            detail.push(what);
+        }
+        if let Some(cause) = record["cause"].as_str() {
+            detail.push(format!("by {cause}"));
+        }
+        if let Some(ms) = record["duration_ms"].as_u64() {
+            detail.push(format!("after {:.1} s", ms as f64 / 1000.0));
+        }
+        if let Some(reason) = record["reason"].as_str() {
+            detail.push(reason.to_owned());
+        }
+        if detail.is_empty() {
+            if let Some(request) = record["request"].as_str() {
+                detail.push(request.to_owned());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} {:<13} {:<8} {:<32} {:<10} {}",
+            text(&record["time"]),
+            text(&record["event"]),
+            text(&record["result"]),
+            super::sanitize::escape(&who),
+            process,
+            super::sanitize::escape(&detail.join("; "))
+        );
+    }
+    out
+}
