@@ -35,7 +35,9 @@ const MAX_HANGING_READS: usize = 4;
 /// file with `O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC`, mode
 /// `0600` when it creates it, and checks the file opened again.
 ///
-/// Each record is written with one `write(2)` of the whole line: with
+/// Each record is written with one `write(2)` of the whole line (a write
+/// cut short by a full disk leaves a partial line, ended with a newline
+/// when one fits, and the record counts as failed): with
 /// `O_APPEND` the kernel places it at the end of the file atomically, so
 /// controllers sharing a file never interleave their lines. Nothing is
 /// buffered in the process (each record is in the file once `record`
@@ -129,6 +131,9 @@ impl Audit for AuditLog {
         // One write: O_APPEND puts it at the end whole.
         let written = file.write(line.as_bytes())?;
         if written != line.len() {
+            // End the partial line, so the next record starts a line of
+            // its own (a reader sees one line that does not parse).
+            let _ = file.write(b"\n");
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
