@@ -1581,6 +1581,7 @@ fn status_reports_target_grant_and_extra_fields() {
             field("attach", "ptrace"),
             field("ptrace_scope", "1"),
             field("name", "demo"),
+            field("audit", "ok"),
         ]
     );
     let _session = fake.granted(5);
