@@ -1264,7 +1264,9 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             self.named(state, process.pid)
         );
         // The grant it took over is no more either.
-        state.grants.take(|grant| grant.process == process);
+        for old in state.grants.take(|grant| grant.process == process) {
+            self.audit_grant_ended(&old, RevokeCause::TakenOver);
+        }
         if !state.grants.is_pending(process) {
             self.withdraw(state, pending.record);
         }

@@ -221,3 +221,41 @@ fn a_stuck_audit_never_blocks_the_loop_and_lost_records_are_counted() {
     *audit.stuck.lock().unwrap() = None;
     running.terminate(&fake);
 }
+
+#[test]
+fn a_grant_taken_over_and_one_ended_by_the_targets_exit_are_revokes_with_their_cause() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    let running = start(controller_over(&fake, &granter, &target).audit(audit.clone()));
+    let first = fake.granted(77);
+    let first_connection = fake.last_connection();
+    let mut second = fake.client().session().unwrap();
+    second.take_over(pid(88)).unwrap();
+    let records = audit.wait_for(3);
+    assert_eq!(
+        events(&records),
+        [
+            (AuditEvent::Grant, AuditResult::Ok, None),
+            (
+                AuditEvent::Revoke,
+                AuditResult::Ok,
+                Some(RevokeCause::TakenOver)
+            ),
+            (AuditEvent::Grant, AuditResult::Ok, None),
+        ]
+    );
+    // The revoke is of the first holder's grant, on its connection.
+    assert_eq!(records[1].grantee.as_ref().unwrap().pid, 77);
+    assert_eq!(records[1].connection, first_connection);
+    assert!(records[1].duration_ms.is_some());
+    assert_eq!(records[2].request.as_deref(), Some("GRANT_ACCESS 88 FORCE"));
+    // Its connection closing later records nothing more: it ended already.
+    drop(first);
+    target.exit(ExitStatus::Code(0));
+    assert_eq!(running.join().unwrap(), ExitStatus::Code(0));
+    let records = audit.wait_for(4);
+    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(records[3].cause, Some(RevokeCause::ProcessExit));
+    assert_eq!(records[3].grantee.as_ref().unwrap().pid, 88);
+    drop(second);
+}

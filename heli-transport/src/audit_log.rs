@@ -203,9 +203,12 @@ fn open_checked(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// `O_NOFOLLOW | O_CLOEXEC` (std sets `O_CLOEXEC` too).
+/// `O_NOFOLLOW | O_CLOEXEC` (std sets `O_CLOEXEC` too), and `O_NONBLOCK`:
+/// a FIFO put in the file's place between the check and the open fails
+/// (`ENXIO`) instead of blocking until someone reads it (a regular file's
+/// writes ignore the flag).
 fn libc_flags() -> i32 {
-    nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC
+    nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK
 }
 
 /// Why `meta` is no file to append the audit trail to, for user `me`.
@@ -331,6 +334,9 @@ mod tests {
         assert!(refusal(&dangling).contains("is a symlink"));
         assert!(!dir.path().join("nowhere").exists());
         assert!(refusal(dir.path()).contains("is not a regular file"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(refusal(&fifo).contains("is not a regular file"));
         let hard = dir.path().join("hard");
         std::fs::hard_link(&real, &hard).unwrap();
         assert!(refusal(&hard).contains("has 2 links"), "{}", refusal(&hard));
