@@ -311,3 +311,64 @@ fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Share
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::NoAudit;
+
+    #[test]
+    fn a_flood_of_records_keeps_memory_bounded_and_counts_what_is_lost() {
+        let mut auditing = Auditing::start(NoAudit, "1@1".into(), "test".into()).unwrap();
+        let peer = Peer::default();
+        let sent = 3 * RECENT_RECORDS;
+        for n in 0..sent {
+            let mut record = auditing.draft(AuditEvent::Status, &peer);
+            record.reason = Some(format!("{n} {}", "x".repeat(600)));
+            auditing.send(record);
+        }
+        // The thread catches up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let settled = || {
+            let kept = lock(&auditing.shared.recent).lines.len();
+            (kept, lock(&auditing.shared.recent).bytes)
+        };
+        let mut last = settled();
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let now = settled();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let (kept, bytes) = settled();
+        assert!(
+            kept <= RECENT_RECORDS && bytes <= RECENT_BYTES,
+            "{kept} {bytes}"
+        );
+        assert!(kept > 1000, "{kept}");
+        // What a reply gets fits one, newest kept.
+        let recent = auditing.recent(None);
+        assert!(!recent.is_empty() && recent.len() <= kept);
+        let encoded = serde_json::to_string(&recent).unwrap();
+        assert!(encoded.len() < MAX_REPLY, "{}", encoded.len());
+        let lost = auditing.shared.lost.load(Ordering::Relaxed);
+        let newest = recent.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if lost == 0 {
+            assert!(newest.starts_with(&format!("{} ", sent - 1)));
+        }
+        // `AUDIT 0`: none made in the last 0 seconds; an hour: all kept.
+        assert!(auditing.recent(Some(Duration::ZERO)).is_empty());
+        assert_eq!(
+            auditing.recent(Some(Duration::from_secs(3600))).len(),
+            recent.len()
+        );
+        let fields = auditing.status_fields();
+        assert_eq!(fields[0], ("audit".to_owned(), "ok".to_owned()));
+        assert_eq!(fields.len(), if lost > 0 { 2 } else { 1 }, "{fields:?}");
+    }
+}
