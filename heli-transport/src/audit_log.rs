@@ -29,8 +29,8 @@ const MAX_HANGING_READS: usize = 4;
 ///
 /// [`open`](AuditLog::open) refuses, saying why, a path that is a symlink,
 /// whose directory is owned by another user than this process's (root
-/// excepted), or a file that is not a regular file, not this user's, or has
-/// more than one link (another name could lead a reader astray, or be the
+/// excepted), or a file that is not a regular file, not this user's, has
+/// more than one link, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
 /// way a file of someone else's was made to look like ours). It opens the
 /// file with `O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC`, mode
 /// `0600` when it creates it, and checks the file opened again.
@@ -200,6 +200,11 @@ fn open_checked(path: &Path) -> io::Result<File> {
         })?;
     // What was opened, checked again: the path may have changed meanwhile.
     check_file(&file.metadata()?, me).map_err(refused)?;
+    if heli_proc::on_kernel_file_system(&file)? {
+        return Err(refused(
+            "is a kernel's file (/proc, /sys, ...), not a file to append to".into(),
+        ));
+    }
     Ok(file)
 }
 
@@ -337,6 +342,9 @@ mod tests {
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert!(refusal(&fifo).contains("is not a regular file"));
+        // /proc/self/status is a regular file of ours, to the kernel.
+        let status = refusal(Path::new("/proc/self/status"));
+        assert!(status.contains("is a kernel's file"), "{status}");
         let hard = dir.path().join("hard");
         std::fs::hard_link(&real, &hard).unwrap();
         assert!(refusal(&hard).contains("has 2 links"), "{}", refusal(&hard));
