@@ -44,8 +44,13 @@ use crate::process::{Pid, ProcessId};
 ///         Ok(())
 ///     }
 /// }
-/// let mut none = heli_core::NoAudit;
-/// assert!(none.describe(heli_core::ProcessId { pid: heli_core::Pid::this(), start_time: 1 }).is_none());
+/// let mut lines = Lines::default();
+/// lines.record(&AuditRecord::new(heli_core::AuditEvent::Status))?;
+/// assert!(lines.0[0].contains(r#""event":"status""#));
+/// // By default an audit cannot tell what a process runs.
+/// let me = heli_core::ProcessId { pid: heli_core::Pid::this(), start_time: 1 };
+/// assert!(lines.describe(me).is_none());
+/// # Ok::<(), std::io::Error>(())
 /// ```
 pub trait Audit {
     /// Records `record` for good (for a file: written and flushed).
