@@ -658,6 +658,7 @@ impl Dialect {
             (Dialect::Lower, "SAMPLES") => "samples",
             (Dialect::Lower, "STOP") => "stop",
             (Dialect::Lower, "TASKS") => "tasks",
+            (Dialect::Lower, "AUDIT") => "audit",
             (Dialect::Lower, other) => other,
         }
     }
@@ -1074,6 +1075,7 @@ mod tests {
             (b"tasks 6\n", Request::Tasks(Some(p(6)))),
             (b"profile 250 1000 all\n", profile(Scope::All, 250, 1000)),
             (b"samples stop\n", Request::Samples(true)),
+            (b"audit 60\n", Request::Audit(Some(60))),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -1116,6 +1118,8 @@ mod tests {
             profile(Scope::All, 10_000, u64::MAX),
             Request::Samples(false),
             Request::Samples(true),
+            Request::Audit(None),
+            Request::Audit(Some(3600)),
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
                 let line = request.encode(dialect);
@@ -1208,6 +1212,20 @@ mod tests {
                 ErrorKind::UnexpectedArgument,
                 "agent_attach takes one argument at most (a PID)",
                 &[b"agent_attach 5 force\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "AUDIT takes a number of seconds or nothing",
+                &[
+                    b"AUDIT 1h\n",
+                    b"audit -5\n",
+                    b"AUDIT 99999999999999999999\n",
+                ],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "audit takes one argument at most (seconds)",
+                &[b"audit 5 6\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,
