@@ -258,3 +258,55 @@ fn fifo_clients_non_python_targets_and_tools_get_a_clear_message_never_a_hang() 
         "{out}{err}"
     );
 }
+
+#[test]
+fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
+    // The client ends pdb's client on time (the controller would otherwise,
+    // the sockets handed over cannot be taken back); pdb in the target
+    // detaches and the target runs on.
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let controller = Controller::start_with_env(
+        Kind::Socket,
+        &[
+            "--agent",
+            "always",
+            "--max-grant",
+            "4s",
+            "examples/target.py",
+        ],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    let target = controller.target_pid();
+    agent_ready(&controller);
+    let mut session = client_session(&controller, &["attach"]);
+    expect_all(
+        &mut session,
+        &["Attached through the agent in target PID", "(Pdb) "],
+    );
+    let counter = print_counter(&mut session);
+    expect_all(
+        &mut session,
+        &[
+            "The grant ends in ",
+            "Time is up (4 s): detaching pdb; the target runs on",
+            "Debugger detached",
+        ],
+    );
+    session.exp_eof().unwrap();
+    let status = session.process().wait().unwrap();
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
+        "{status:?}"
+    );
+    assert!(alive(target));
+    // The target's main thread runs on, and a new session sees it moved.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut session = client_session(&controller, &["attach", "--for", "2s"]);
+    expect_all(&mut session, &["(Pdb) "]);
+    assert!(print_counter(&mut session) > counter);
+    expect_all(&mut session, &["Debugger detached"]);
+    session.exp_eof().unwrap();
+    let log = controller.log_text();
+    assert!(log.contains("through the agent lasts 4 s"), "{log}");
+}

@@ -33,6 +33,7 @@ mod shell;
 mod supervise;
 mod tasks;
 mod terminal;
+mod time_limit;
 mod top;
 mod tree;
 mod with_tool;

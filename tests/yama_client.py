@@ -14,7 +14,12 @@ it is gone or a zombie, printing `killed PID`; `other:REQUEST` sends REQUEST fro
 (a child on a connection of its own) and prints its reply; `handoff:FILE`
 forks, the parent writes its pid to FILE and exits, and the child carries on
 with the same connection (and the same `$PID`) once FILE.go exists, so that
-the suite can give the parent's pid to another process meanwhile; any other
+the suite can give the parent's pid to another process meanwhile;
+`mem` opens the target's `/proc/PID/mem` (Yama rules it as it rules
+ptrace: at once, without starting pdb) and prints `mem allowed` or `mem
+denied`; `until:TEXT` asks `STATUS` every 0.2 s until its reply holds TEXT
+(for a minute at most) and prints `until TEXT` (or `until TEXT: not
+seen`); any other
 step is sent as a request (`$PID` is this process's pid, `$CHILD` the pid of
 a child it keeps sleeping, another process a grant can go to) and its reply
 printed; `$PARENT` is this process's parent.
@@ -70,6 +75,23 @@ def pdb(python, target):
     if "insufficient permissions" in output or "Operation not permitted" in output:
         return "pdb denied"
     return f"pdb failed rc={run.returncode}: {output[-300:]}"
+
+
+def mem(target):
+    try:
+        with open(f"/proc/{target}/mem", "rb"):
+            return "mem allowed"
+    except PermissionError:
+        return "mem denied"
+
+
+def until(send, text):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if text in send("STATUS"):
+            return f"until {text}"
+        time.sleep(0.2)
+    return f"until {text}: not seen"
 
 
 def kill(pid):
@@ -133,6 +155,10 @@ if __name__ == "__main__":
                 print(other(python, address, step[len("other:") :]), flush=True)
             elif step.startswith("handoff:"):
                 handoff(step[len("handoff:") :])
+            elif step == "mem":
+                print(mem(target), flush=True)
+            elif step.startswith("until:"):
+                print(until(send, step[len("until:") :]), flush=True)
             else:
                 print(send(step), flush=True)
     finally:

@@ -7,6 +7,7 @@
 //! gets the same policy with nothing verified.
 
 use std::io;
+use std::time::Instant;
 
 use crate::process::{Pid, ProcessId, Processes};
 use crate::transport::Peer;
@@ -25,6 +26,9 @@ pub(crate) struct GrantRecord {
     /// The connection that asked for it (0 on a connectionless transport,
     /// where no grant is tied to a connection).
     pub(crate) connection: u64,
+    /// When its time limit ends it (`GRANT_ACCESS ... FOR`, or the
+    /// controller's longest grant); `None`: never.
+    pub(crate) expires: Option<Instant>,
 }
 
 /// The process a `GRANT_ACCESS <requested>` from `peer` would give rights
@@ -759,6 +763,7 @@ mod tests {
             holder: client,
             process: client,
             connection: 3,
+            expires: None,
         };
         let on = |connection: u64, process: Option<ProcessId>| Peer {
             connection,

@@ -15,6 +15,7 @@ use crate::auditing::Auditing;
 use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
+use crate::limits::Graces;
 use crate::notifier::{NoNotifier, Notifier, Notify};
 use crate::process::Pid;
 use crate::restart::RestartPolicy;
@@ -141,6 +142,8 @@ pub struct Controller<T, G, S, I = NoInspector, A = NoAgent, N = NoNotifier, U =
     grace: Duration,
     grant_deadline: Duration,
     stack_deadline: Duration,
+    max_grant: Option<Duration>,
+    graces: Graces,
     signals: Signals,
     restart: RestartPolicy,
     status_fields: Vec<(String, String)>,
@@ -193,6 +196,8 @@ where
             grace: signals::DEFAULT_GRACE,
             grant_deadline: DEFAULT_GRANT_DEADLINE,
             stack_deadline: DEFAULT_STACK_DEADLINE,
+            max_grant: None,
+            graces: Graces::default(),
             signals: Signals::Ignored,
             restart: RestartPolicy::default(),
             status_fields: Vec::new(),
@@ -229,6 +234,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -259,6 +266,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -284,6 +293,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -313,6 +324,8 @@ where
             grace: self.grace,
             grant_deadline: self.grant_deadline,
             stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
             signals: self.signals,
             restart: self.restart,
             status_fields: self.status_fields,
@@ -344,6 +357,29 @@ where
     /// and why (default [`DEFAULT_STACK_DEADLINE`]).
     pub fn stack_deadline(mut self, deadline: Duration) -> Self {
         self.stack_deadline = deadline;
+        self
+    }
+
+    /// The longest a grant may last (default: no limit). A grant asked
+    /// for without a time limit gets this one, one asked for longer is
+    /// refused. Once a grant's time is up the controller withdraws it, and
+    /// a client the transport verified has [`CLIENT_GRACE`] to end its
+    /// debugger before the controller ends it (SIGTERM to the client's
+    /// descendants, SIGKILL 2 s later) and closes its connection.
+    /// `STATUS` shows the limit (`max_grant=<secs>`) and each grant's time
+    /// left (`time_left=<process>:<secs>,...`).
+    ///
+    /// [`CLIENT_GRACE`]: crate::CLIENT_GRACE
+    pub fn max_grant(mut self, most: Duration) -> Self {
+        self.max_grant = Some(most);
+        self
+    }
+
+    /// Shorter graces for a client whose time is up, for tests that wait
+    /// for them.
+    #[cfg(test)]
+    pub(crate) fn limit_graces(mut self, client: Duration, kill: Duration) -> Self {
+        self.graces = Graces { client, kill };
         self
     }
 
@@ -456,6 +492,8 @@ where
             grace,
             grant_deadline,
             stack_deadline,
+            max_grant,
+            graces,
             signals,
             restart,
             status_fields,
@@ -523,6 +561,8 @@ where
             grace,
             grant_deadline,
             stack_deadline,
+            max_grant,
+            graces,
             restart,
             status_fields,
             authenticates: transport.authenticates(),

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     InvalidPid,
     /// A command came with arguments it does not take.
     UnexpectedArgument,
+    /// A time limit (`FOR <secs>`) that is not a whole number of seconds
+    /// within the limits.
+    InvalidDuration,
     /// The line was longer than [`MAX_LINE`](crate::protocol::MAX_LINE) bytes.
     LineTooLong,
     /// The line was not UTF-8.

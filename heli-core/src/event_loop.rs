@@ -21,12 +21,13 @@ use crate::auditing::Auditing;
 use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
 use crate::grants::{self, GrantBook, Pending, RevokePhase};
+use crate::limits::{Due, Graces, Limit, Limits};
 use crate::log_limit::LogLimit;
 use crate::notifier::{Notifier, Notify};
 use crate::process::{Pid, ProcessId, ProcessState};
 use crate::profile::{ProfileRequest, Samples};
 use crate::protocol::{
-    GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
+    whole_seconds, GrantRequest, Reply, Request, RevokeRequest, Scope, Status, TreeGrant, MAX_REPLY,
 };
 use crate::restart::RestartPolicy;
 use crate::sampler::{Plan, Profiler, Sampled, Sampling};
@@ -67,6 +68,9 @@ pub(crate) const NO_CONNECTION: &str = "PROFILE needs a connection that stays op
 /// The signal the kernel reports for a killed process.
 const SIGKILL: i32 = signal_hook::consts::signal::SIGKILL;
 
+/// The signal that asks a process to end.
+const SIGTERM: i32 = signal_hook::consts::signal::SIGTERM;
+
 /// The refusal of `AGENT_ATTACH` on a transport that cannot pass file
 /// descriptors.
 pub(crate) const NO_FDS: &str =
@@ -104,6 +108,10 @@ pub(crate) struct Loop<S, A, N> {
     pub(crate) grace: Duration,
     pub(crate) grant_deadline: Duration,
     pub(crate) stack_deadline: Duration,
+    /// The longest a grant may last (`None`: as long as its client likes).
+    pub(crate) max_grant: Option<Duration>,
+    /// What a client whose time is up is given.
+    pub(crate) graces: Graces,
     pub(crate) restart: RestartPolicy,
     pub(crate) status_fields: Vec<(String, String)>,
     pub(crate) authenticates: bool,
@@ -152,6 +160,12 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             let respawn_timer = timer(state.phase.respawn_at());
             let work_timer = timer(state.next_give_up());
             let retry_timer = timer(state.grants.next_retry());
+            let limit_timer = timer(
+                [state.grants.next_expiry(), state.limits.next_due()]
+                    .into_iter()
+                    .flatten()
+                    .min(),
+            );
             let linger_timer = timer(state.linger);
             // `never` without a watchdog: the loop does not wake for it.
             let ping_timer = timer(self.notify.ping_at());
@@ -188,6 +202,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 }
                 recv(work_timer) -> _ => self.give_up_late_work(&mut state),
                 recv(retry_timer) -> _ => self.retry_revokes(&mut state),
+                recv(limit_timer) -> _ => self.time_up(&mut state),
                 recv(inputs.signals) -> caught => {
                     if let Ok(caught) = caught {
                         self.on_signal(&mut state, caught);
@@ -511,7 +526,60 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         state
             .grants
             .forget_gone(|process| !self.supervisor.is_running(process));
+        state
+            .limits
+            .forget_gone(|holder| !self.supervisor.is_running(holder));
         self.retry_revokes(state);
+    }
+
+    /// Time is up for grants and clients: grants whose time limit passed are
+    /// withdrawn; the debuggers of clients that outlived their time, and
+    /// their connections, are ended (see [`limits`]).
+    fn time_up(&mut self, state: &mut State) {
+        let now = Instant::now();
+        let expired = state
+            .grants
+            .take(|grant| grant.expires.is_some_and(|expires| expires <= now));
+        for grant in expired {
+            info!(
+                "the time of client PID {} on {} is up: withdrawing its grant",
+                grant.holder.pid,
+                self.named(state, grant.process.pid)
+            );
+            self.audit_grant_ended(&grant, RevokeCause::Expired);
+            self.withdraw(state, grant);
+        }
+        let grants = &state.grants;
+        let kill_grace = self.graces.kill;
+        for due in state
+            .limits
+            .due(now, kill_grace, |holder| grants.holds(holder))
+        {
+            let (limit, signal) = match due {
+                Due::End(limit) => (limit, SIGTERM),
+                Due::Kill(limit) => (limit, SIGKILL),
+            };
+            match self.supervisor.signal_descendants(limit.holder, signal) {
+                Ok(0) => {}
+                Ok(ended) => warn!(
+                    "client PID {} still debugs {} s after its time was up: {} of its processes sent signal {signal}",
+                    limit.holder.pid,
+                    now.saturating_duration_since(limit.expires).as_secs(),
+                    ended
+                ),
+                Err(err) => warn!(
+                    "cannot end the debuggers of client PID {}, whose time is up: {err}",
+                    limit.holder.pid
+                ),
+            }
+            if matches!(due, Due::End(_)) {
+                let why = format!(
+                    "The time limit of your grant was up {} s ago: the controller ended your debugger",
+                    self.graces.client.as_secs()
+                );
+                state.grants.hang_up(limit.connection, &why);
+            }
+        }
     }
 
     /// Tries again the revokes that failed and are due; one on a process
@@ -606,6 +674,20 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             Err(NotGiven::Refused(refusal)) => return Err(refused(state, refusal)),
             Err(NotGiven::Failed(why)) => return Err(why),
         };
+        let lasts = match (request.duration, self.max_grant) {
+            (Some(asked), Some(most)) if asked > most => {
+                return Err(refused(
+                    state,
+                    format!(
+                        "GRANT_ACCESS {} refused: asked for {} s; this controller grants {} s at most (--max-grant)",
+                        request.client,
+                        asked.as_secs(),
+                        most.as_secs()
+                    ),
+                ))
+            }
+            (asked, most) => asked.or(most),
+        };
         // The granter does one piece of work at a time: a grant that would
         // wait on a process that cannot answer, or a second one on the same
         // process, would hold up every other client's. (A process in state
@@ -659,12 +741,15 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 holder: client,
                 process,
                 connection: peer.connection,
+                expires: None,
             },
             previous,
             revoked: false,
             closed: false,
             run: state.run.number,
             target,
+            lasts,
+            verified: peer.process().is_some(),
         });
         Ok(Work {
             id,
@@ -1066,6 +1151,10 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             Done::Agent {
                 process, result, ..
             } => {
+                let peer = waiting.as_ref().map(|waiting| waiting.incoming.peer());
+                if let (Some(peer), Ok(_)) = (peer, &result) {
+                    self.limit_agent_session(state, peer);
+                }
                 let (reply, session_fds) = self.attached(state, process, result);
                 fds = session_fds;
                 reply
@@ -1105,6 +1194,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 process,
                 // No connection holds it: its client was told it failed.
                 connection: 0,
+                expires: None,
             },
         );
     }
@@ -1172,6 +1262,27 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         }
     }
 
+    /// A session of pdb through the agent is over once the controller's
+    /// longest grant is: its verified client's debuggers are then ended as
+    /// those of a grant that ran out (the sockets it holds cannot be taken
+    /// back).
+    fn limit_agent_session(&self, state: &mut State, peer: Peer) {
+        if let (Some(most), Some(client)) = (self.max_grant, peer.process()) {
+            let expires = Instant::now() + most;
+            info!(
+                "the session of client PID {} through the agent lasts {} s",
+                client.pid,
+                most.as_secs()
+            );
+            state.limits.add(Limit::new(
+                client,
+                peer.connection,
+                expires,
+                self.graces.client,
+            ));
+        }
+    }
+
     /// The reply for what the inspector read: what only the controller
     /// knows added (the target, who holds a grant where).
     fn inspected(&self, state: &State, answer: Answer, inspected: Inspected) -> Reply {
@@ -1216,7 +1327,11 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
     /// A grant is in force: record it, unless its target ended meanwhile.
     fn granted(&mut self, state: &mut State, pending: Pending, peer: Peer) -> Reply {
         let Pending {
-            record, previous, ..
+            mut record,
+            previous,
+            lasts,
+            verified,
+            ..
         } = pending;
         if !(state.phase.is_live() && pending.run == state.run.number) {
             // Whatever was granted on a process of a former target's tree
@@ -1234,6 +1349,25 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 record.holder.pid, old.holder.pid
             ),
             _ => info!("granted PID {} access to {on}", record.holder.pid),
+        }
+        // Its time counts from now: its client, which counts from its
+        // request, is up first.
+        if let Some(lasts) = lasts {
+            let expires = Instant::now() + lasts;
+            record.expires = Some(expires);
+            info!(
+                "the grant of PID {} on {on} lasts {} s",
+                record.holder.pid,
+                lasts.as_secs()
+            );
+            if verified {
+                state.limits.add(Limit::new(
+                    record.holder,
+                    record.connection,
+                    expires,
+                    self.graces.client,
+                ));
+            }
         }
         // The grant it replaces (taken over, or the same holder's again).
         let replaced: Vec<GrantRecord> = state
@@ -1431,6 +1565,22 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             if let Some(condition) = self.condition(state.run.target) {
                 extra.push(("target_state".to_owned(), condition.name().to_owned()));
             }
+        }
+        if let Some(most) = self.max_grant {
+            extra.push(("max_grant".to_owned(), most.as_secs().to_string()));
+        }
+        let now = Instant::now();
+        let time_left: Vec<String> = state
+            .grants
+            .in_force()
+            .filter(|grant| state.phase.is_live() && self.supervisor.is_running(grant.holder))
+            .filter_map(|grant| {
+                let left = grant.expires?.saturating_duration_since(now);
+                Some(format!("{}:{}", grant.process.pid, whole_seconds(left)))
+            })
+            .collect();
+        if !time_left.is_empty() {
+            extra.push(("time_left".to_owned(), time_left.join(",")));
         }
         extra.extend(self.status_fields.iter().cloned());
         extra.extend(state.granter_fields.iter().cloned());
@@ -1887,6 +2037,8 @@ struct State {
     /// Until when the loop waits for the profiles' last collection once
     /// the controller is done.
     linger: Option<Instant>,
+    /// The time limits of verified clients' sessions.
+    limits: Limits,
 }
 
 /// A request whose answer waits for work off the loop.
@@ -1971,6 +2123,7 @@ impl State {
             forked: false,
             profiles: HashMap::new(),
             linger: None,
+            limits: Limits::default(),
         }
     }
 

@@ -39,6 +39,11 @@ pub(crate) struct Pending {
     /// grant made for a target that has since ended is no grant.
     pub(crate) run: u64,
     pub(crate) target: Pid,
+    /// How long it may last once made; `None`: until withdrawn.
+    pub(crate) lasts: Option<Duration>,
+    /// Whether the transport verified the client it is for (a limit then
+    /// ends its debuggers: see [`limits`](crate::limits)).
+    pub(crate) verified: bool,
 }
 
 /// A grant in force being withdrawn.
@@ -303,6 +308,25 @@ impl GrantBook {
         taken
     }
 
+    /// Whether `holder` holds a grant in force, or is being granted one.
+    pub(crate) fn holds(&self, holder: ProcessId) -> bool {
+        let pending = self.pending.iter().filter(|pending| !pending.closed);
+        pending
+            .map(|pending| &pending.record)
+            .chain(&self.held)
+            .any(|grant| grant.holder == holder)
+    }
+
+    /// When the next grant in force runs out of time.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.held.iter().filter_map(|grant| grant.expires).min()
+    }
+
+    /// Has the listener close `connection`, telling its client `why`.
+    pub(crate) fn hang_up(&self, connection: u64, why: &str) -> bool {
+        self.holder.close(connection, why)
+    }
+
     /// Keeps the listener's note equal to the connections holding grants.
     fn sync(&self) {
         self.holder
@@ -326,6 +350,7 @@ mod tests {
             holder: id(holder, 1),
             process,
             connection,
+            expires: None,
         }
     }
 
@@ -338,6 +363,8 @@ mod tests {
             closed: false,
             run: 1,
             target: Pid::new(10).unwrap(),
+            lasts: None,
+            verified: true,
         }
     }
 

@@ -7,7 +7,7 @@
 //! | request | reply |
 //! |---|---|
 //! | `GET_TARGET_PID` | `TARGET_PID <pid>` |
-//! | `GRANT_ACCESS <client> [TARGET <pid>] [FORCE]` | `READY` once process `<client>` may ptrace the target, or process `<pid>` of the target's tree (the target or a descendant of it at the moment of the grant); `FORCE` takes the grant on that process over from another client |
+//! | `GRANT_ACCESS <client> [TARGET <pid>] [FORCE] [FOR <secs>]` | `READY` once process `<client>` may ptrace the target, or process `<pid>` of the target's tree (the target or a descendant of it at the moment of the grant); `FORCE` takes the grant on that process over from another client; `FOR` limits the grant to `<secs>` seconds (1 to [`MAX_GRANT`]'s), within the controller's own limit if it has one |
 //! | `REVOKE [<client>] [TARGET <pid>]` | `READY` once the grant on the target (or on process `<pid>`) is withdrawn; with `<client>`, only if that process holds it |
 //! | `STATUS` | `STATUS pid=<pid> state=<state> ... holder=<client> grants=<process>:<client>,... command=<command line>`: `holder` is the client holding the grant on the target (`none`), `grants` every grant of the tree, the target's first (`none`) |
 //! | `PS` | `PS <json>`: the supervised tree, a [`Tree`] as one line of JSON |
@@ -45,6 +45,7 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::process::Pid;
@@ -135,6 +136,9 @@ pub struct GrantRequest {
     pub process: Option<Pid>,
     /// Take the grant over from another client that holds it.
     pub force: bool,
+    /// How long the grant may last (whole seconds on the wire); `None`:
+    /// as long as the controller allows.
+    pub duration: Option<Duration>,
 }
 
 impl GrantRequest {
@@ -144,6 +148,7 @@ impl GrantRequest {
             client,
             process: None,
             force: false,
+            duration: None,
         }
     }
 
@@ -158,6 +163,34 @@ impl GrantRequest {
         self.force = force;
         self
     }
+
+    /// The same grant, for `duration` at most (rounded up to whole
+    /// seconds when sent).
+    pub fn lasting(mut self, duration: Duration) -> GrantRequest {
+        self.duration = Some(duration);
+        self
+    }
+}
+
+/// The longest time limit a `GRANT_ACCESS ... FOR <secs>` may ask for: a
+/// week.
+pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `duration` as whole seconds, rounded up: the unit of `FOR` and of
+/// `STATUS`'s `time_left` (0 only for no time at all).
+///
+/// # Examples
+///
+/// ```
+/// use heli_core::protocol::whole_seconds;
+/// use std::time::Duration;
+///
+/// assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
+/// assert_eq!(whole_seconds(Duration::from_secs(60)), 60);
+/// assert_eq!(whole_seconds(Duration::ZERO), 0);
+/// ```
+pub fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// What `REVOKE` asks for.
@@ -241,6 +274,10 @@ impl Request {
                 }
                 if grant.force {
                     word(dialect.apply("FORCE"));
+                }
+                if let Some(duration) = grant.duration {
+                    word(dialect.apply("FOR"));
+                    word(&whole_seconds(duration).to_string());
                 }
             }
             Request::Revoke(revoke) => {
@@ -765,7 +802,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
         let process = words.next().map(|word| word.parse::<Pid>());
         Request::AgentAttach(process.transpose().map_err(|_| invalid_pid())?)
     } else if command.eq_ignore_ascii_case("GRANT_ACCESS") {
-        // GRANT_ACCESS <client> [TARGET <pid>] [FORCE]
+        // GRANT_ACCESS <client> [TARGET <pid>] [FORCE] [FOR <secs>]
         let client = words.next().and_then(|word| word.parse::<Pid>().ok());
         let mut grant = GrantRequest::new(client.ok_or_else(invalid_pid)?);
         let mut next = words.next();
@@ -773,13 +810,15 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             grant.process = Some(target_pid(words.next())?);
             next = words.next();
         }
-        if let Some(word) = next {
-            if !word.eq_ignore_ascii_case("FORCE") {
-                return Err(invalid_pid());
-            }
+        if next.is_some_and(|word| word.eq_ignore_ascii_case("FORCE")) {
             grant.force = true;
+            next = words.next();
         }
-        if words.next().is_some() {
+        if next.is_some_and(|word| word.eq_ignore_ascii_case("FOR")) {
+            grant.duration = Some(grant_duration(words.next())?);
+            next = words.next();
+        }
+        if next.is_some() {
             return Err(invalid_pid());
         }
         Request::GrantAccess(grant)
@@ -811,6 +850,20 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
 }
 
 /// The pid after `TARGET`.
+/// The seconds after `FOR`: 1 to [`MAX_GRANT`]'s.
+fn grant_duration(word: Option<&str>) -> Result<Duration, Error> {
+    let most = MAX_GRANT.as_secs();
+    word.and_then(|word| word.parse::<u64>().ok())
+        .filter(|secs| (1..=most).contains(secs))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidDuration,
+                format!("Invalid duration after FOR: whole seconds, 1 to {most} (a week)"),
+            )
+        })
+}
+
 fn target_pid(word: Option<&str>) -> Result<Pid, Error> {
     word.and_then(|word| word.parse().ok())
         .ok_or_else(|| Error::new(ErrorKind::InvalidPid, "Invalid PID after TARGET"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use crate::process::{Pid, Processes};
+use crate::process::{Pid, ProcessId, Processes};
 
 /// How a target process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +123,27 @@ pub trait Supervisor: Processes {
     ///
     /// As [`signal`](Supervisor::signal).
     fn kill(&mut self) -> io::Result<()>;
+
+    /// Sends signal number `signal` to every process descended from
+    /// `ancestor` that still runs (not to `ancestor` itself): how the
+    /// controller ends the debuggers a client runs past its time limit.
+    /// How many processes it signalled.
+    ///
+    /// Default: unsupported.
+    ///
+    /// # Errors
+    ///
+    /// When the processes could not be listed; a process that ends
+    /// meanwhile is no error.
+    ///
+    /// # Race conditions
+    ///
+    /// A descendant must be signalled as the process it was found to be,
+    /// never another process that took its pid since.
+    fn signal_descendants(&mut self, ancestor: ProcessId, signal: i32) -> io::Result<usize> {
+        let _ = (ancestor, signal);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 
     /// Asks the target to end, kills it if it still runs after `grace`, and
     /// returns how it ended.

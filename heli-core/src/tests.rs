@@ -97,6 +97,8 @@ struct Wires {
     /// The controller's note of which connection holds the grant, as
     /// [`Listener::watch_grant`] hands it over.
     grant_holder: Mutex<Option<GrantHolder>>,
+    /// The connections the controller had the listener close, and why.
+    closed: Mutex<Vec<(u64, String)>>,
 }
 
 /// An in-memory [`Transport`]; clones share the same "address".
@@ -124,6 +126,7 @@ impl Fake {
             connections: AtomicU64::new(0),
             credentials: Mutex::new(None),
             grant_holder: Mutex::new(None),
+            closed: Mutex::new(Vec::new()),
         }))
     }
 
@@ -287,6 +290,16 @@ impl Listener for FakeListener {
     }
 
     fn watch_grant(&mut self, holder: GrantHolder) {
+        let wires = Arc::downgrade(&self.wires);
+        holder.on_close(move |connection, why| {
+            if let Some(wires) = wires.upgrade() {
+                wires
+                    .closed
+                    .lock()
+                    .unwrap()
+                    .push((connection, why.to_owned()));
+            }
+        });
         *self.wires.grant_holder.lock().unwrap() = Some(holder);
     }
 
@@ -561,6 +574,8 @@ struct Target {
     frozen_others: Mutex<Vec<u32>>,
     /// `kill()` does not end it (a thread stuck in the kernel).
     ignore_kill: bool,
+    /// The signals sent to the descendants of processes, in order.
+    descendants_signalled: Mutex<Vec<(ProcessId, i32)>>,
 }
 
 /// A [`Supervisor`] whose target is pretend: it "runs" from `spawn` until
@@ -617,6 +632,7 @@ impl Pretend {
             frozen_looks: AtomicUsize::new(0),
             frozen_others: Mutex::new(vec![]),
             ignore_kill: config.ignore_kill,
+            descendants_signalled: Mutex::new(vec![]),
         }))
     }
 
@@ -730,6 +746,12 @@ impl Supervisor for Pretend {
             self.report(PID, ExitStatus::Signal(15));
         }
         Ok(())
+    }
+
+    fn signal_descendants(&mut self, ancestor: ProcessId, signal: i32) -> io::Result<usize> {
+        let mut signalled = self.0.descendants_signalled.lock().unwrap();
+        signalled.push((ancestor, signal));
+        Ok(1)
     }
 
     fn kill(&mut self) -> io::Result<()> {
@@ -3788,3 +3810,6 @@ mod notify;
 
 #[path = "tests_audit.rs"]
 mod audit;
+// Time limits: GRANT_ACCESS ... FOR, max_grant, the end of a client's time.
+#[path = "tests_limits.rs"]
+mod limits;

@@ -613,3 +613,43 @@ fn a_client_tells_an_agent_reply_without_its_sockets_from_one_with_them() {
         ["AGENT_ATTACH\n", "AGENT_ATTACH 5001\n", "AGENT_ATTACH\n"]
     );
 }
+
+#[test]
+fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
+    // The sockets cannot be taken back: once the time is up, the verified
+    // client's debuggers are ended, and its connection closed.
+    let insider = Insider::default();
+    insider.ready(PID.get());
+    let (fake, _, target, running) = started_agent(&insider, |c, _| {
+        c.max_grant(Duration::from_secs(1))
+            .limit_graces(Duration::from_millis(300), Duration::from_millis(200))
+    });
+    let client = fake.client();
+    let mut session = client.session().unwrap();
+    let asked = Instant::now();
+    let (_, _, fds) = session.agent_attach(None).unwrap();
+    let connection = fake.last_connection();
+    assert_eq!(fds.len(), 2);
+    let signalled = || target.0.descendants_signalled.lock().unwrap().clone();
+    wait_until("SIGTERM", || !signalled().is_empty());
+    assert!(asked.elapsed() >= Duration::from_millis(1300));
+    assert_eq!(signalled()[0], (target.id_of(77), 15));
+    assert_eq!(fake.0.closed.lock().unwrap()[0].0, connection);
+    wait_until("SIGKILL", || signalled().len() == 2);
+    drop(session);
+    running.terminate(&fake);
+}
+
+#[test]
+fn without_a_longest_grant_a_session_through_the_agent_is_not_ended() {
+    let insider = Insider::default();
+    insider.ready(PID.get());
+    let (fake, _, target, running) = started_agent(&insider, |c, _| {
+        c.limit_graces(Duration::from_millis(10), Duration::from_millis(10))
+    });
+    let (_, _, fds) = fake.client().agent_attach(None).unwrap();
+    assert_eq!(fds.len(), 2);
+    thread::sleep(Duration::from_millis(300));
+    assert!(target.0.descendants_signalled.lock().unwrap().is_empty());
+    running.terminate(&fake);
+}

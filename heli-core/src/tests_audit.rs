@@ -259,3 +259,34 @@ fn a_grant_taken_over_and_one_ended_by_the_targets_exit_are_revokes_with_their_c
     assert_eq!(records[3].grantee.as_ref().unwrap().pid, 88);
     drop(second);
 }
+
+#[test]
+fn a_grant_whose_time_is_up_is_a_revoke_by_expiry_with_its_duration() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    let controller = controller_over(&fake, &granter, &target)
+        .max_grant(Duration::from_secs(600))
+        .audit(audit.clone());
+    let running = start(controller);
+    let mut session = fake.client().session().unwrap();
+    session
+        .grant(GrantRequest::new(pid(77)).lasting(Duration::from_secs(1)))
+        .unwrap();
+    let records = audit.wait_for(2);
+    assert_eq!(records[0].request.as_deref(), Some("GRANT_ACCESS 77 FOR 1"));
+    let revoke = &records[1];
+    assert_eq!(
+        (revoke.event, revoke.cause),
+        (AuditEvent::Revoke, Some(RevokeCause::Expired))
+    );
+    assert!(revoke.duration_ms.unwrap() >= 1000, "{revoke:?}");
+    assert_eq!(revoke.grantee.as_ref().unwrap().pid, 77);
+    // Its connection closing later records nothing more.
+    drop(session);
+    running.terminate(&fake);
+    let records = audit.wait_for(3);
+    assert_eq!(
+        events(&records[2..]),
+        [(AuditEvent::Terminate, AuditResult::Ok, None)]
+    );
+}

@@ -1,5 +1,6 @@
 //! How requests travel between clients and the controller.
 
+use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -93,29 +94,66 @@ pub trait Listener: Send + 'static {
 }
 
 /// Which connections hold grants now, as the controller keeps it up to
-/// date for its listener (see [`Listener::watch_grant`]). Clones share it.
+/// date for its listener (see [`Listener::watch_grant`]), and the way back:
+/// how the controller has the listener close a connection (a client whose
+/// time limit is up). Clones share it.
 ///
 /// # Examples
 ///
 /// ```
 /// use heli_core::GrantHolder;
+/// use std::sync::{Arc, Mutex};
 ///
 /// let holders = GrantHolder::default();
 /// assert!(!holders.holds(7));
+///
+/// // A listener that can close its connections says how.
+/// let closed = Arc::new(Mutex::new(Vec::new()));
+/// let seen = closed.clone();
+/// holders.on_close(move |connection, why| seen.lock().unwrap().push((connection, why.to_owned())));
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct GrantHolder(Arc<Mutex<Vec<u64>>>);
+#[derive(Clone, Default)]
+pub struct GrantHolder(Arc<Mutex<Holders>>);
+
+/// What a [`GrantHolder`] shares.
+#[derive(Default)]
+struct Holders {
+    held: Vec<u64>,
+    closer: Option<Arc<Closer>>,
+}
+
+/// How a listener closes connection `.0`, telling its client `.1`.
+type Closer = dyn Fn(u64, &str) + Send + Sync;
+
+impl fmt::Debug for GrantHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let holders = self.lock();
+        f.debug_struct("GrantHolder")
+            .field("held", &holders.held)
+            .field("closes", &holders.closer.is_some())
+            .finish()
+    }
+}
 
 impl GrantHolder {
     /// Whether `connection` (a [`Peer::connection`]) holds a grant.
     pub fn holds(&self, connection: u64) -> bool {
-        connection != 0 && self.lock().contains(&connection)
+        connection != 0 && self.lock().held.contains(&connection)
+    }
+
+    /// How the listener closes one of its connections when the controller
+    /// asks: `close(connection, why)` must return at once (not wait for
+    /// the client), and tell the client `why` if it can. A listener
+    /// without it leaves its connections open (default).
+    pub fn on_close(&self, close: impl Fn(u64, &str) + Send + Sync + 'static) {
+        self.lock().closer = Some(Arc::new(close));
     }
 
     /// Notes that `connections` hold the grants now (connectionless peers,
     /// 0, hold none).
     pub(crate) fn set(&self, connections: impl IntoIterator<Item = u64>) {
-        let mut held = self.lock();
+        let mut holders = self.lock();
+        let held = &mut holders.held;
         held.clear();
         held.extend(
             connections
@@ -126,7 +164,20 @@ impl GrantHolder {
         held.dedup();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    /// Has the listener close `connection` (none for 0), telling its client
+    /// `why`; whether the listener can.
+    pub(crate) fn close(&self, connection: u64, why: &str) -> bool {
+        let closer = self.lock().closer.clone();
+        match closer {
+            Some(close) if connection != 0 => {
+                close(connection, why);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holders> {
         // The list is replaced whole: one a panic left is still a list.
         self.0
             .lock()

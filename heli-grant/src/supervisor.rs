@@ -9,8 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use heli_core::{Exit, ProcessInfo, Processes, Supervisor};
-use heli_proc::ProcFs;
+use heli_core::{Exit, ProcessId, ProcessInfo, Processes, Supervisor};
+use heli_proc::{ProcFs, ProcessHandle};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -369,6 +369,24 @@ impl Supervisor for ProcessSupervisor {
 
     fn kill(&mut self) -> io::Result<()> {
         self.signal(libc::SIGKILL)
+    }
+
+    fn signal_descendants(&mut self, ancestor: ProcessId, signal: i32) -> io::Result<usize> {
+        let mut signalled = 0;
+        for process in heli_proc::descendants(ancestor)? {
+            // Opened by its identity: a pid reused since the listing names
+            // no process here, and the pidfd holds on to this one.
+            let handle = match ProcessHandle::open(process.id)? {
+                Some(handle) if process.id != ancestor => handle,
+                _ => continue,
+            };
+            match pidfd_send_signal(handle.as_fd(), signal) {
+                Ok(()) => signalled += 1,
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(signalled)
     }
 }
 

@@ -169,6 +169,35 @@ for transport in socket fifo; do
   fi
 done
 
+for transport in socket fifo; do
+  echo "--- ptrace_scope 1, time-limited grants, $transport transport (at ${SECONDS} s)"
+  # Once its time is up the grant is withdrawn in the kernel: the client
+  # that held it is denied again (/proc/PID/mem, ruled by Yama as ptrace).
+  if start_controller --max-grant 60s; then
+    out=$(yama_client mem 'GRANT_ACCESS $PID FOR 61' 'GRANT_ACCESS $PID FOR 5' mem 'until:grants=none' mem)
+    expect "$transport: no grant: the target's memory denied" "^mem denied" "$(sed -n 1p <<<"$out")"
+    expect "$transport: a grant past --max-grant refused" \
+      "^ERROR: GRANT_ACCESS [0-9]+ refused: asked for 61 s; this controller grants 60 s at most" "$(sed -n 2p <<<"$out")"
+    expect "$transport: a grant for 5 s answered READY" "^READY$" "$(sed -n 3p <<<"$out")"
+    expect "$transport: within its time the target's memory allowed" "^mem allowed" "$(sed -n 4p <<<"$out")"
+    expect "$transport: the grant withdrawn when its time was up" "^until grants=none$" "$(sed -n 5p <<<"$out")"
+    expect "$transport: its time up, the target's memory denied again" "^mem denied" "$(sed -n 6p <<<"$out")"
+    # attach --for (once: the client's part is the same on both): pdb at
+    # its prompt is detached on time, the target runs on, and a later
+    # attach sees its counter moved (qemu's emulation is slow: pdb gets 20 s).
+    [[ $transport == socket ]] || { stop_controller; continue; }
+    first=$(attach | grep -Eo "\('counter', [0-9]+\)" | grep -Eo "[0-9]+")
+    out=$( (printf "p ('counter', counter)\n"; sleep 30) | client attach --for 20s 2>&1)
+    expect "$transport: attach --for 20s: pdb read the counter" "\('counter', [0-9]+\)" "$out"
+    expect "$transport: attach --for 20s: pdb detached when the time was up" \
+      "Time is up \(20 s\): detaching pdb; the target runs on" "$out"
+    second=$(attach | grep -Eo "\('counter', [0-9]+\)" | grep -Eo "[0-9]+")
+    expect "$transport: the target ran on after it ($first then $second)" "^yes$" \
+      "$( ((${second:-0} > ${first:-0})) && echo yes || echo no)"
+    stop_controller
+  fi
+done
+
 transport=socket
 echo "--- ptrace_scope 1, a profile without a grant (at ${SECONDS} s)"
 # The controller samples its target's stacks; the client writes the flame

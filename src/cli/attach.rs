@@ -5,9 +5,10 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::core::protocol::{GrantRequest, RevokeRequest};
 use crate::core::tree::Role;
@@ -19,6 +20,7 @@ use super::exit::{ClientExit, Failure};
 use super::python::{configured_python, is_python_name, Python};
 use super::render::Paint;
 use super::sanitize::escape;
+use super::time_limit::{self, Ended, TimeLimit};
 use super::tool::{tool_name, Tool};
 
 /// What pdb prints when the target runs with remote debugging disabled.
@@ -120,17 +122,21 @@ impl Debugging {
         pid: Option<Pid>,
         force: bool,
         with: Option<&str>,
+        lasts: Option<Duration>,
     ) -> Result<(), Failure> {
         let tool = with.map(Tool::parse).transpose()?;
         let mut session = client.session()?;
         let status = session.status()?;
+        // Asked for, or else the controller's longest grant.
+        let most = status.get("max_grant").and_then(|secs| secs.parse().ok());
+        let lasts = lasts.or(most.map(Duration::from_secs));
         let through_agent = status
             .extra
             .iter()
             .any(|(key, value)| key == "attach" && value != "ptrace");
         if through_agent {
             let process = Attached::new(pid.unwrap_or(status.pid), status.pid);
-            return self.through_agent(&mut session, pid, process, tool.is_some());
+            return self.through_agent(&mut session, pid, process, tool.is_some(), lasts);
         }
         let scope = PtraceScope::current().unwrap_or(PtraceScope::Restricted);
         check_scope(scope)?;
@@ -146,14 +152,26 @@ impl Debugging {
         // The target's grant asked for as always (no TARGET: any
         // controller understands it), another process's by its pid.
         let mut grant = GrantRequest::new(me).force(force);
+        if let Some(lasts) = lasts {
+            grant = grant.lasting(lasts);
+        }
         let mut revoke = RevokeRequest::new().client(me);
         if let Some(pid) = pid {
             grant = grant.process(pid);
             revoke = revoke.process(pid);
         }
+        let asked = Instant::now();
         session.grant(grant)?;
-        println!("{}", self.out.good("✅ Permission granted"));
-        let result = self.debug(&debugger, process, scope);
+        let limit = lasts.map(|lasts| TimeLimit::new(asked, lasts));
+        match lasts {
+            Some(lasts) => println!(
+                "{}",
+                self.out
+                    .good(&format!("✅ Permission granted for {} s", lasts.as_secs()))
+            ),
+            None => println!("{}", self.out.good("✅ Permission granted")),
+        }
+        let result = self.debug(&debugger, process, scope, limit);
         // The grant is no longer needed once the debugger is gone.
         if let Err(err) = session.revoke_grant(revoke) {
             println!(
@@ -173,6 +191,7 @@ impl Debugging {
         pid: Option<Pid>,
         process: Attached,
         tool: bool,
+        lasts: Option<Duration>,
     ) -> Result<(), Failure> {
         if tool {
             return Err(Failure::new(
@@ -185,7 +204,9 @@ impl Debugging {
         }
         let python = self.pdb_python(process.pid)?;
         println!("Asking the agent in {process} to start pdb...");
+        let asked = Instant::now();
         let (_, version, fds) = session.agent_attach(pid)?;
+        let limit = lasts.map(|lasts| TimeLimit::new(asked, lasts));
         let [stream, interrupt] = <[OwnedFd; 2]>::try_from(fds).map_err(|fds| {
             Failure::new(
                 ClientExit::Failed,
@@ -222,16 +243,23 @@ impl Debugging {
         kill_with_parent(&mut command);
         let _ = std::io::stdout().flush();
         self.at_prompt.store(false, Ordering::SeqCst);
-        let status = command.status();
+        let status = command.spawn().and_then(|mut child| {
+            time_limit::wait(&mut child, limit, "pdb", &mut std::io::stderr())
+        });
         self.at_prompt.store(true, Ordering::SeqCst);
         drop((stream, interrupt));
-        let status = status.map_err(|err| {
+        let ended = status.map_err(|err| {
             Failure::new(
                 ClientExit::for_debugger_start(&err),
                 format!("cannot run pdb: {err}"),
             )
         })?;
         println!();
+        let status = ended.status;
+        if ended.timed_out {
+            println!("Debugger detached");
+            return Ok(());
+        }
         match status.code() {
             Some(0) => {
                 println!("Debugger detached");
@@ -257,6 +285,7 @@ impl Debugging {
         debugger: &Debugger,
         process: Attached,
         scope: PtraceScope,
+        limit: Option<TimeLimit>,
     ) -> Result<(), Failure> {
         let pid = process.pid;
         println!();
@@ -286,9 +315,9 @@ impl Debugging {
         // pdb's errors go through us on their way to the terminal, to
         // recognise the ones we can explain.
         let scan = matches!(debugger, Debugger::Pdb(_));
-        let result = run_on_terminal(&mut command, scan);
+        let result = run_on_terminal(&mut command, scan, limit, &name);
         self.at_prompt.store(true, Ordering::SeqCst);
-        let (status, remote_debug_disabled) = result.map_err(|err| {
+        let (ended, remote_debug_disabled) = result.map_err(|err| {
             Failure::new(
                 ClientExit::for_debugger_start(&err),
                 format!("cannot run {name}: {err}"),
@@ -299,7 +328,9 @@ impl Debugging {
             Debugger::Pdb(_) => println!("Debugger detached"),
             Debugger::Tool(_) => println!("{name} exited"),
         }
-        if status.success() {
+        let status = ended.status;
+        // Ended on time, as asked.
+        if status.success() || ended.timed_out {
             return Ok(());
         }
         if remote_debug_disabled {
@@ -418,11 +449,20 @@ fn sigint_at_prompt_only(at_prompt: &Arc<AtomicBool>) -> std::io::Result<()> {
 
 /// Runs `command` on this terminal and waits for it. With `scan`, its
 /// standard error is copied to ours and searched for
-/// [`REMOTE_DEBUG_DISABLED`]; returns the exit status and whether it was
-/// found.
-fn run_on_terminal(command: &mut Command, scan: bool) -> std::io::Result<(ExitStatus, bool)> {
+/// [`REMOTE_DEBUG_DISABLED`]; with a `limit`, it is ended when the time
+/// is up. Returns how it ended and whether that was found.
+fn run_on_terminal(
+    command: &mut Command,
+    scan: bool,
+    limit: Option<TimeLimit>,
+    name: &str,
+) -> std::io::Result<(Ended, bool)> {
     if !scan {
-        return Ok((command.status()?, false));
+        let mut child = command.spawn()?;
+        return Ok((
+            time_limit::wait(&mut child, limit, name, &mut std::io::stderr())?,
+            false,
+        ));
     }
     let mut child = command.stderr(Stdio::piped()).spawn()?;
     let mut pipe = child.stderr.take().expect("stderr is piped");
@@ -447,8 +487,8 @@ fn run_on_terminal(command: &mut Command, scan: bool) -> std::io::Result<(ExitSt
         }
         String::from_utf8_lossy(&seen).contains(REMOTE_DEBUG_DISABLED)
     });
-    let status = child.wait()?;
-    Ok((status, copier.join().unwrap_or(false)))
+    let ended = time_limit::wait(&mut child, limit, name, &mut std::io::stderr())?;
+    Ok((ended, copier.join().unwrap_or(false)))
 }
 
 #[cfg(test)]
@@ -533,26 +573,26 @@ mod tests {
             "-c",
             &format!("echo 'Error: {REMOTE_DEBUG_DISABLED} in PID 1' >&2; exit 1"),
         ]);
-        let (status, disabled) = run_on_terminal(&mut pdb, true).unwrap();
-        assert_eq!(status.code(), Some(1));
+        let (status, disabled) = run_on_terminal(&mut pdb, true, None, "pdb").unwrap();
+        assert_eq!(status.status.code(), Some(1));
         assert!(disabled);
         let mut other = Command::new("sh");
         other.args(["-c", "echo 'Permission denied' >&2; exit 1"]);
-        let (status, disabled) = run_on_terminal(&mut other, true).unwrap();
-        assert_eq!(status.code(), Some(1));
+        let (status, disabled) = run_on_terminal(&mut other, true, None, "pdb").unwrap();
+        assert_eq!(status.status.code(), Some(1));
         assert!(!disabled);
         // Without scanning, standard error is the terminal's alone.
         let mut tool = Command::new("sh");
         tool.args(["-c", &format!("echo '{REMOTE_DEBUG_DISABLED}' >&2; exit 3")]);
-        let (status, disabled) = run_on_terminal(&mut tool, false).unwrap();
-        assert_eq!(status.code(), Some(3));
+        let (status, disabled) = run_on_terminal(&mut tool, false, None, "sh").unwrap();
+        assert_eq!(status.status.code(), Some(3));
         assert!(!disabled);
     }
 
     #[test]
     fn a_debugger_that_is_not_there_makes_attaching_impossible() {
         let mut missing = Command::new("/nonexistent/heli-debugger");
-        let err = run_on_terminal(&mut missing, true).unwrap_err();
+        let err = run_on_terminal(&mut missing, true, None, "pdb").unwrap_err();
         assert_eq!(ClientExit::for_debugger_start(&err), ClientExit::Impossible);
     }
 }

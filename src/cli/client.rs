@@ -347,9 +347,10 @@ impl<T: Transport> App<T> {
                 process: ProcessArg(pid),
                 force,
                 with,
+                for_,
             } => self
                 .debugging
-                .attach(&self.client, *pid, *force, with.as_deref()),
+                .attach(&self.client, *pid, *force, with.as_deref(), *for_),
             Cmd::Pid => {
                 println!("{}", self.client.target_pid()?);
                 Ok(())
@@ -655,6 +656,7 @@ mod tests {
             process: ProcessArg(pid.map(self::pid)),
             force,
             with: with.map(str::to_owned),
+            for_: None,
         })
     }
 

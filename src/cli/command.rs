@@ -10,7 +10,8 @@ use crate::core::profile::{ProfileRequest, DEFAULT_RATE, MAX_RATE};
 use crate::core::protocol::Scope;
 use crate::core::Pid;
 
-use super::profile::{self, Format, Job, Shape};
+use super::duration;
+use super::profile::{Format, Job, Shape};
 use super::top::TopOptions;
 
 /// A command of the client.
@@ -29,6 +30,12 @@ pub(crate) enum Cmd {
         /// {pid}' or 'py-spy dump --pid {pid}'
         #[arg(long, value_name = "COMMAND")]
         with: Option<String>,
+        /// End the debugger after this long (30s, 10m, 1h; whole seconds,
+        /// within the controller's --max-grant): warned a minute before
+        /// (halfway for two minutes or less), the debugger detaches and
+        /// the target runs on
+        #[arg(long = "for", value_name = "TIME", value_parser = duration::parse_grant_time)]
+        for_: Option<Duration>,
     },
     /// Print the target's PID
     Pid,
@@ -84,7 +91,7 @@ pub(crate) enum Cmd {
     Audit {
         /// Only the records of this last while: 30s, 10m, 1h [default: all
         /// the controller keeps]
-        #[arg(long, value_name = "TIME", value_parser = profile::parse_duration)]
+        #[arg(long, value_name = "TIME", value_parser = duration::parse_duration)]
         since: Option<Duration>,
     },
 }
@@ -97,6 +104,7 @@ impl Cmd {
             process: ProcessArg(None),
             force: false,
             with: None,
+            for_: None,
         }
     }
 
@@ -220,7 +228,7 @@ impl Args for ScopeArg {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProfileArgs {
     /// How long to sample: 30s, 2m, 500ms [default: until Ctrl-C]
-    #[arg(long, value_name = "TIME", value_parser = profile::parse_duration)]
+    #[arg(long, value_name = "TIME", value_parser = duration::parse_duration)]
     pub(crate) duration: Option<Duration>,
     /// Samples a second
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE,

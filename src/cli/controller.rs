@@ -34,6 +34,7 @@ use crate::grant::{
 };
 use crate::transport::{AuditLog, FifoTransport, SdNotifier, UnixSocketTransport};
 
+use super::duration;
 use super::exit::ControllerExit;
 use super::python::configured_python;
 use super::shell::{self, Shell};
@@ -138,6 +139,12 @@ struct Args {
     /// only (`client audit`)
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// The longest a grant may last (30s, 10m, 1h, up to a week; whole
+    /// seconds): clients get this unless they ask for less (attach --for),
+    /// longer is refused; once it is up the grant is withdrawn, and a
+    /// client still debugging 5 s later has its debugger ended
+    #[arg(long, value_name = "TIME", value_parser = duration::parse_grant_time)]
+    max_grant: Option<Duration>,
 
     /// Print a shell completion script for the controller and exit: bash,
     /// zsh, fish, elvish or powershell, e.g. `source <(controller
@@ -340,6 +347,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         agent,
         notifier,
         audit,
+        max_grant: args.max_grant,
     };
     match args.transport {
         TransportKind::Fifo => {
@@ -398,6 +406,8 @@ struct Settings {
     notifier: Option<SdNotifier>,
     /// The audit trail: a file, or in memory only.
     audit: AuditLog,
+    /// The longest a grant may last.
+    max_grant: Option<Duration>,
 }
 
 /// The line to the service manager that runs the controller, when
@@ -454,6 +464,9 @@ fn serve<T: Transport>(
             scope.map_or("none".to_owned(), |v| v.to_string()),
         )
         .status_field("grant_method", settings.grant_method);
+    if let Some(most) = settings.max_grant {
+        controller = controller.max_grant(most);
+    }
     if let Some(name) = session {
         info!("session {name}: attach with `client --session {name} attach`");
         controller = controller.status_field("session", name);

@@ -407,37 +407,6 @@ fn label(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// How long `--duration` is: `30s`, `2m`, `500ms`, `1.5s`, `1h`; a bare
-/// number is seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{text:?}: a duration like 30s, 2m, 500ms")),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: a duration like 30s, 2m, 500ms"))?;
-    let seconds = value * scale;
-    if !(seconds >= 0.001 && seconds <= MAX_DURATION.as_secs_f64()) {
-        return Err(format!(
-            "{text:?}: at least 1ms, at most {} h",
-            MAX_DURATION.as_secs() / 3600
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// The longest `--duration`: a week.
-const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// How often the client collects the samples.
 const COLLECT_EVERY: Duration = Duration::from_millis(250);
 
@@ -936,30 +905,6 @@ mod tests {
             serde_json::json!([[2, 0], [2, 0, 1], [3, 0]])
         );
         assert_eq!(profiles[0]["weights"], serde_json::json!([0.3, 0.2, 0.1]));
-    }
-
-    #[test]
-    fn durations_read_like_30s_2m_500ms() {
-        for (text, ms) in [
-            ("30s", 30_000),
-            ("2m", 120_000),
-            ("500ms", 500),
-            ("1.5s", 1_500),
-            ("1h", 3_600_000),
-            ("10", 10_000),
-            (" 3 s ", 3_000),
-        ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
-        }
-        for text in [
-            "", "s", "0", "0s", "-1s", "1d", "ten", "1.2.3s", "inf", "9999h",
-        ] {
-            assert!(parse_duration(text).is_err(), "{text}");
-        }
     }
 
     #[test]

@@ -101,10 +101,13 @@ pub(crate) fn status_text(
         ),
     ]);
     for (key, value) in &status.extra {
-        if key != "session" && key != "ptrace_scope" {
-            rows.push((key.as_str(), value.clone()));
+        match key.as_str() {
+            "session" | "ptrace_scope" | "time_left" => {}
+            "max_grant" => rows.push(("max_grant", format!("{value} s"))),
+            _ => rows.push((key.as_str(), value.clone())),
         }
     }
+    let left = time_left(&status);
     let width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     let mut text = String::new();
     for (key, value) in rows {
@@ -124,13 +127,36 @@ pub(crate) fn status_text(
                 parent_of(grant.process).map(Role::ChildOf)
             };
             let role = role.map_or_else(String::new, |role| format!(" ({role})"));
+            let left = match left(grant.process) {
+                Some(secs) => format!(" ({secs} s left)"),
+                None => String::new(),
+            };
             text.push_str(&format!(
-                "  PID {}{role}: client PID {}\n",
+                "  PID {}{role}: client PID {}{left}\n",
                 grant.process, grant.client
             ));
         }
     }
     text
+}
+
+/// The seconds left to the grant on a process, from `STATUS`'s
+/// `time_left=<process>:<secs>,...` (`None`: no limit).
+fn time_left(status: &Status) -> impl Fn(Pid) -> Option<u64> {
+    let left: Vec<(Pid, u64)> = status
+        .get("time_left")
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|pair| {
+            let (process, secs) = pair.split_once(':')?;
+            Some((process.parse().ok()?, secs.parse().ok()?))
+        })
+        .collect();
+    move |process| {
+        left.iter()
+            .find(|(pid, _)| *pid == process)
+            .map(|(_, secs)| *secs)
+    }
 }
 
 /// `status --json`.
@@ -148,13 +174,23 @@ fn status_json(status: &Status) -> Map<String, Value> {
     object.insert("granter".into(), status.granter.clone().into());
     object.insert("holder".into(), status.holder.map(|pid| pid.get()).into());
     object.insert("command".into(), status.command.clone().into());
+    let left = time_left(status);
     let grants = status
         .grants
         .iter()
-        .map(|grant| json!({"process": grant.process.get(), "client": grant.client.get()}))
+        .map(|grant| {
+            json!({
+                "process": grant.process.get(),
+                "client": grant.client.get(),
+                "time_left_secs": left(grant.process),
+            })
+        })
         .collect();
     object.insert("grants".into(), Value::Array(grants));
     for (key, value) in &status.extra {
+        if key == "time_left" {
+            continue;
+        }
         let value = match value.parse::<u64>() {
             Ok(number) => Value::from(number),
             Err(_) if value == "none" && key != "session" => Value::Null,
@@ -590,6 +626,19 @@ mod tests {
         // A process that is gone: its pid alone.
         let text = status_text(&status(), |_| None, Paint(false));
         assert!(text.ends_with("\n  PID 4250: client PID 8\n"), "{text}");
+        // Time-limited grants: their time left, and the controller's limit.
+        let mut limited = status();
+        limited.extra.push(("max_grant".into(), "600".into()));
+        limited.extra.push(("time_left".into(), "42:590".into()));
+        let text = status_text(&limited, |_| None, Paint(false));
+        assert!(text.contains("\nmax_grant    600 s\n"), "{text}");
+        assert!(!text.contains("time_left"), "{text}");
+        assert!(
+            text.ends_with(
+                "\n  PID 42 (target): client PID 7 (590 s left)\n  PID 4250: client PID 8\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -633,6 +682,8 @@ mod tests {
                 ("grant_method".into(), "none".into()),
                 // An extra fact cannot replace one of the protocol's.
                 ("pid".into(), "99".into()),
+                ("max_grant".into(), "600".into()),
+                ("time_left".into(), "4250:42".into()),
             ],
             ..status()
         };
@@ -645,14 +696,17 @@ mod tests {
   "grants": [
     {
       "client": 7,
-      "process": 42
+      "process": 42,
+      "time_left_secs": null
     },
     {
       "client": 8,
-      "process": 4250
+      "process": 4250,
+      "time_left_secs": 42
     }
   ],
   "holder": 7,
+  "max_grant": 600,
   "pid": 42,
   "ptrace_scope": 1,
   "session": "none",

@@ -482,6 +482,7 @@ mod tests {
                 process: ProcessArg(pid.map(self::pid)),
                 force,
                 with: with.map(str::to_owned),
+                for_: None,
             },
             false,
         ))

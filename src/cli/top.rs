@@ -62,7 +62,7 @@ const INTERVALS: (Duration, Duration) = (Duration::from_millis(100), Duration::f
 /// `--interval`: a duration as `--duration` reads it (`1s`, `250ms`,
 /// `2.5`), from 100 ms to an hour.
 fn interval(text: &str) -> Result<Duration, String> {
-    match super::profile::parse_duration(text) {
+    match super::duration::parse_duration(text) {
         Ok(interval) if (INTERVALS.0..=INTERVALS.1).contains(&interval) => Ok(interval),
         _ => Err("a time from 100ms to 3600s, as 1s, 250ms or 2.5 (seconds)".into()),
     }

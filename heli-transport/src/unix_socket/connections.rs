@@ -92,6 +92,20 @@ impl Slot {
             }
             *phase = Phase::Closed;
         }
+        self.shut(why);
+        true
+    }
+
+    /// Closes it whatever it is doing (a request being answered gets no
+    /// answer), telling the client `why` as [`close_if_idle`] does.
+    ///
+    /// [`close_if_idle`]: Slot::close_if_idle
+    pub(super) fn close(&self, why: &str) {
+        *self.phase() = Phase::Closed;
+        self.shut(why);
+    }
+
+    fn shut(&self, why: &str) {
         let line = Reply::Error(why.to_owned()).encode(Dialect::Upper);
         let _ = send(
             self.stream.as_raw_fd(),
@@ -99,7 +113,6 @@ impl Slot {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
         );
         let _ = self.stream.shutdown(Shutdown::Both);
-        true
     }
 }
 
@@ -199,6 +212,16 @@ impl Connections {
         false
     }
 
+    /// Closes connection `id`, if open, whatever it is doing (the
+    /// controller asked: its client's time is up), telling the client
+    /// `why`.
+    pub(super) fn close(&self, id: u64, why: &str) {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = open.iter().find(|slot| slot.id == id) {
+            slot.close(why);
+        }
+    }
+
     /// Counts connection `id` out (once its thread is done with it).
     pub(super) fn remove(&self, id: u64) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -265,6 +288,24 @@ mod tests {
         table.remove(1);
         table.remove(1);
         assert!(table.admit(6, pair().0).is_ok());
+    }
+
+    #[test]
+    fn the_controller_closes_a_connection_whatever_it_is_doing() {
+        let table = Connections::new("t", limits(3), GrantHolder::default());
+        let (a, mut a_client) = pair();
+        let (b, _b_client) = pair();
+        let a = table.admit(1, a).unwrap();
+        let b = table.admit(2, b).unwrap();
+        // Busy, even holding a grant: closed all the same.
+        assert!(a.begin());
+        table.close(1, "time is up");
+        table.close(7, "no such connection");
+        let mut told = String::new();
+        a_client.read_to_string(&mut told).unwrap();
+        assert_eq!(told, "ERROR: time is up\n");
+        assert!(!a.begin(), "A was closed");
+        assert!(b.begin(), "B was closed too");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -395,8 +395,9 @@ struct Serving<'env> {
     stopping: Receiver<()>,
     /// Its sender, dropped by the thread that ends accepting.
     accepting: Mutex<Option<Sender<()>>>,
-    /// The connections being served.
-    connections: Connections,
+    /// The connections being served (shared with the controller's way of
+    /// closing one, [`GrantHolder::on_close`]).
+    connections: Arc<Connections>,
     /// The last connection id given.
     next_id: AtomicU64,
     /// Why accepting ended, if it failed.
@@ -504,12 +505,23 @@ impl Listener for UnixSocketListener {
 
     fn serve(&mut self, events: &Sender<Event>) -> io::Result<()> {
         let (accepting, stopping) = crossbeam_channel::bounded::<()>(0);
+        let connections = Arc::new(Connections::new(
+            &self.name,
+            self.limits,
+            self.holder.clone(),
+        ));
+        let served = Arc::downgrade(&connections);
+        self.holder.on_close(move |id, why| {
+            if let Some(connections) = served.upgrade() {
+                connections.close(id, why);
+            }
+        });
         let serving = Serving {
             listener: &*self,
             events,
             stopping,
             accepting: Mutex::new(Some(accepting)),
-            connections: Connections::new(&self.name, self.limits, self.holder.clone()),
+            connections,
             next_id: AtomicU64::new(0),
             failure: Mutex::new(None),
             warnings: Mutex::new(LogLimit::new()),
