@@ -13,6 +13,7 @@ mod util;
 
 mod agent;
 mod attach;
+mod audit;
 mod client_tree;
 mod dialect;
 mod embed;

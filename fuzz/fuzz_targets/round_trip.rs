@@ -50,7 +50,7 @@ fn scope(u: &mut Unstructured<'_>) -> Result<Scope> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    Ok(match u.choose_index(12)? {
+    Ok(match u.choose_index(13)? {
         0 => Request::GetTargetPid,
         1 => {
             let mut grant = GrantRequest::new(pid(u)?).force(u.arbitrary()?);
@@ -81,6 +81,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             Request::Profile(profile)
         }
         10 => Request::Samples(u.arbitrary()?),
+        11 => Request::Audit(u.arbitrary()?),
         _ => Request::Terminate,
     })
 }
@@ -188,7 +189,7 @@ fn samples(u: &mut Unstructured<'_>) -> Result<Samples> {
 }
 
 fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
-    Ok(match u.choose_index(10)? {
+    Ok(match u.choose_index(11)? {
         0 => Reply::TargetPid(pid(u)?),
         1 => Reply::Ready,
         2 => Reply::Error(u.arbitrary()?),
@@ -213,6 +214,22 @@ fn reply(u: &mut Unstructured<'_>) -> Result<Reply> {
         }
         7 => Reply::Tasks(async_tasks(u)?),
         8 => Reply::Samples(samples(u)?),
+        9 => {
+            // Audit records: JSON objects (made through the parser, so the
+            // fuzz crate needs no JSON crate of its own).
+            let mut records = Vec::new();
+            for _ in 0..u.choose_index(4)? {
+                let connection: u64 = u.arbitrary()?;
+                let duration: u32 = u.arbitrary()?;
+                records.push(format!(
+                    r#"{{"event":"revoke","connection":{connection},"duration_ms":{duration}}}"#
+                ));
+            }
+            match Reply::parse(&format!("AUDIT [{}]", records.join(","))) {
+                Ok(reply) => reply,
+                Err(err) => panic!("audit records that do not parse: {err}"),
+            }
+        }
         6 => Reply::Agent {
             pid: pid(u)?,
             python: u.arbitrary()?,

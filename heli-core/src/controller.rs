@@ -10,11 +10,14 @@ use crossbeam_channel::{bounded, never, unbounded, Receiver, Sender};
 use log::{info, warn};
 
 use crate::agent::{Agent, NoAgent};
+use crate::audit::{Audit, NoAudit};
+use crate::auditing::Auditing;
 use crate::event_loop::{not_running, Inputs, Loop};
 use crate::granter::Granter;
 use crate::inspector::{Inspector, NoInspector};
 use crate::limits::Graces;
 use crate::notifier::{NoNotifier, Notifier, Notify};
+use crate::process::Pid;
 use crate::restart::RestartPolicy;
 use crate::sampler::Profiler;
 #[cfg(test)]
@@ -127,13 +130,14 @@ pub const DEFAULT_STACK_DEADLINE: Duration = Duration::from_millis(1500);
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Controller<T, G, S, I = NoInspector, A = NoAgent, N = NoNotifier> {
+pub struct Controller<T, G, S, I = NoInspector, A = NoAgent, N = NoNotifier, U = NoAudit> {
     transport: T,
     granter: G,
     supervisor: S,
     inspector: I,
     agent: A,
     notifier: N,
+    audit: U,
     prefer_agent: bool,
     grace: Duration,
     grant_deadline: Duration,
@@ -187,6 +191,7 @@ where
             inspector: NoInspector,
             agent: NoAgent,
             notifier: NoNotifier,
+            audit: NoAudit,
             prefer_agent: false,
             grace: signals::DEFAULT_GRACE,
             grant_deadline: DEFAULT_GRANT_DEADLINE,
@@ -202,7 +207,7 @@ where
     }
 }
 
-impl<T, G, S, I, A, N> Controller<T, G, S, I, A, N>
+impl<T, G, S, I, A, N, U> Controller<T, G, S, I, A, N, U>
 where
     T: Transport,
     G: Granter + Send + 'static,
@@ -210,9 +215,10 @@ where
     I: Inspector + Send + Sync + 'static,
     A: Agent + Send + Sync + 'static,
     N: Notifier,
+    U: Audit + Send + 'static,
 {
     /// Reads the target's stacks (`STACK`) with `inspector`.
-    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J, A, N>
+    pub fn inspector<J>(self, inspector: J) -> Controller<T, G, S, J, A, N, U>
     where
         J: Inspector + Send + Sync + 'static,
     {
@@ -223,6 +229,7 @@ where
             inspector,
             agent: self.agent,
             notifier: self.notifier,
+            audit: self.audit,
             prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
@@ -243,7 +250,7 @@ where
     /// [`state`](Agent::state) is asked on the controller's loop and must
     /// answer at once; [`attach`](Agent::attach) and
     /// [`stacks`](Agent::stacks) run on worker threads, with a deadline.
-    pub fn agent<B>(self, agent: B) -> Controller<T, G, S, I, B, N>
+    pub fn agent<B>(self, agent: B) -> Controller<T, G, S, I, B, N, U>
     where
         B: Agent + Send + Sync + 'static,
     {
@@ -254,6 +261,7 @@ where
             inspector: self.inspector,
             agent,
             notifier: self.notifier,
+            audit: self.audit,
             prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
@@ -272,7 +280,7 @@ where
     /// controller is doing through `notifier`: that it is ready, its status
     /// line, that it stops, and the watchdog's pings from its event loop
     /// (see [`Notifier`]). Its calls are made on the controller's loop.
-    pub fn notifier<M: Notifier>(self, notifier: M) -> Controller<T, G, S, I, A, M> {
+    pub fn notifier<M: Notifier>(self, notifier: M) -> Controller<T, G, S, I, A, M, U> {
         Controller {
             transport: self.transport,
             granter: self.granter,
@@ -280,6 +288,38 @@ where
             inspector: self.inspector,
             agent: self.agent,
             notifier,
+            audit: self.audit,
+            prefer_agent: self.prefer_agent,
+            grace: self.grace,
+            grant_deadline: self.grant_deadline,
+            stack_deadline: self.stack_deadline,
+            max_grant: self.max_grant,
+            graces: self.graces,
+            signals: self.signals,
+            restart: self.restart,
+            status_fields: self.status_fields,
+            subreaper: self.subreaper,
+            shutdown: self.shutdown,
+        }
+    }
+
+    /// Records the audit trail with `audit` (see [`Audit`]): every grant,
+    /// refusal, revoke, stack dump, profile, `STATUS`, `TERMINATE` and
+    /// attach through the agent. Its calls are made on an audit thread of
+    /// the controller's, never on its loop. Whatever the audit, the newest
+    /// records are kept in memory and answer `AUDIT`.
+    pub fn audit<V>(self, audit: V) -> Controller<T, G, S, I, A, N, V>
+    where
+        V: Audit + Send + 'static,
+    {
+        Controller {
+            transport: self.transport,
+            granter: self.granter,
+            supervisor: self.supervisor,
+            inspector: self.inspector,
+            agent: self.agent,
+            notifier: self.notifier,
+            audit,
             prefer_agent: self.prefer_agent,
             grace: self.grace,
             grant_deadline: self.grant_deadline,
@@ -449,6 +489,7 @@ where
             inspector,
             agent,
             notifier,
+            audit,
             prefer_agent,
             grace,
             grant_deadline,
@@ -474,6 +515,13 @@ where
             Signals::Fake(rx, suspended) => (None, rx, Some(suspended)),
         };
         let granter_name = granter.name().to_owned();
+        // This run of the controller, in every record: its pid and start
+        // time (a controller that reused the pid has another).
+        let session = match supervisor.identity(Pid::this()) {
+            Ok(Some(me)) => format!("{}@{}", me.pid, me.start_time),
+            _ => format!("{}@unknown", Pid::this()),
+        };
+        let audit = Auditing::start(audit, session, granter_name.clone())?;
         let (done_tx, done) = unbounded();
         let grants = GrantWorker::start(granter, done_tx.clone())?;
         let agent = Arc::new(agent);
@@ -503,6 +551,7 @@ where
         let mut event_loop = Loop {
             supervisor,
             notify: Notify::new(notifier),
+            audit,
             grants,
             stacks,
             profiler,

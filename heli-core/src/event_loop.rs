@@ -16,6 +16,8 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::agent::{Agent, AgentSession, AgentState};
+use crate::audit::{AuditEvent, AuditProcess, AuditResult, RevokeCause};
+use crate::auditing::Auditing;
 use crate::authorize::{self, GrantRecord, Refusal, Use};
 use crate::deadline::Deadline;
 use crate::grants::{self, GrantBook, Pending, RevokePhase};
@@ -88,6 +90,9 @@ pub(crate) struct Loop<S, A, N> {
     /// The service manager's line: told on the loop, so that a wedged loop
     /// stops the watchdog's pings.
     pub(crate) notify: Notify<N>,
+    /// The audit trail: records are handed to its thread, never waited
+    /// for.
+    pub(crate) audit: Auditing,
     pub(crate) grants: GrantWorker,
     pub(crate) stacks: StackWorker,
     /// Starts the samplers of `PROFILE`.
@@ -234,6 +239,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         // inherit one; its descendants that live on are no longer its
         // tree); grants still being made fail when they are reported.
         for grant in state.grants.take(|_| true) {
+            self.audit_grant_ended(&grant, RevokeCause::ProcessExit);
             self.withdraw(state, grant);
         }
         if let Phase::Stopping(_) = state.phase {
@@ -297,8 +303,12 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             }
         };
         debug!("request {request} from {peer:?}");
+        let mut refused = false;
         let reply = match (request, &state.phase) {
             (Request::Status, _) => Reply::Status(self.status(state)),
+            (Request::Audit(since), _) => {
+                Reply::Audit(self.audit.recent(since.map(Duration::from_secs)))
+            }
             // A profile's last batch is collected whatever became of its
             // target.
             (Request::Samples(stop), _) => match collect(state, peer, stop) {
@@ -307,6 +317,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             },
             (Request::Terminate, _) => {
                 info!("TERMINATE requested by {peer:?}");
+                self.audit_reply(state, &peer, request, &Reply::Ready, false);
                 incoming.reply(Reply::Ready);
                 self.begin_stop(state, None);
                 return;
@@ -325,11 +336,130 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                         state.wait_for(work, incoming);
                         return;
                     }
-                    Err(refusal) => Reply::Error(refusal),
+                    Err(refusal) => {
+                        refused = true;
+                        Reply::Error(refusal)
+                    }
                 }
             }
         };
+        self.audit_reply(state, &peer, request, &reply, refused);
         incoming.reply(reply);
+    }
+
+    /// Records in the audit trail what `request` from `peer` came to,
+    /// answered with `reply`: refused (by the policy, or busy: `refused`),
+    /// failed (an `ERROR` otherwise), or done. `GET_TARGET_PID` and `AUDIT`
+    /// are not recorded; a `REVOKE` that withdrew a grant was recorded as
+    /// the grant's end.
+    fn audit_reply(
+        &mut self,
+        state: &State,
+        peer: &Peer,
+        request: Request,
+        reply: &Reply,
+        refused: bool,
+    ) {
+        let event = match request {
+            Request::GrantAccess(_) => AuditEvent::Grant,
+            Request::Revoke(_) => AuditEvent::Revoke,
+            Request::Ps | Request::Stack(_) | Request::Stacks(_) | Request::Tasks(_) => {
+                AuditEvent::StackDump
+            }
+            Request::AgentAttach(_) => AuditEvent::AgentAttach,
+            Request::Profile(_) => AuditEvent::ProfileStart,
+            Request::Samples(_) => match reply {
+                Reply::Samples(samples) if samples.ended.is_some() => AuditEvent::ProfileEnd,
+                _ => return,
+            },
+            Request::Status => AuditEvent::Status,
+            Request::Terminate => AuditEvent::Terminate,
+            _ => return,
+        };
+        let error = match reply {
+            Reply::Error(message) => Some(message.clone()),
+            _ => None,
+        };
+        if event == AuditEvent::Revoke && error.is_none() {
+            return;
+        }
+        let mut record = self
+            .audit
+            .draft(if refused { AuditEvent::Refusal } else { event }, peer);
+        record.request = Some(request.to_string());
+        record.result = match (&error, refused) {
+            (None, _) => AuditResult::Ok,
+            (Some(_), true) => AuditResult::Refused,
+            (Some(_), false) => AuditResult::Failed,
+        };
+        record.reason = error;
+        let target = state.run.target;
+        let asked = match request {
+            Request::Stack(Scope::Process(pid))
+            | Request::Stacks(Scope::Process(pid))
+            | Request::Tasks(Some(pid))
+            | Request::AgentAttach(Some(pid)) => Some(pid),
+            Request::Profile(profile) => match profile.scope {
+                Scope::Process(pid) => Some(pid),
+                _ => Some(target),
+            },
+            Request::GrantAccess(grant) => Some(grant.process.unwrap_or(target)),
+            Request::Revoke(revoke) => Some(revoke.process.unwrap_or(target)),
+            Request::Ps | Request::Stack(_) | Request::Stacks(_) | Request::Tasks(None) => {
+                Some(target)
+            }
+            Request::AgentAttach(None) => Some(target),
+            _ => None,
+        };
+        record.process = asked.map(|pid| match self.supervisor.identity(pid) {
+            Ok(Some(id)) => AuditProcess::of(id),
+            _ => AuditProcess {
+                pid: pid.get(),
+                ..AuditProcess::default()
+            },
+        });
+        match (request, reply) {
+            (Request::GrantAccess(grant), _) => {
+                record.method = Some(self.audit.method().to_owned());
+                if peer.credentials.is_none() {
+                    // What the FIFO's request claimed: never verified.
+                    record.peer.claimed_pid = Some(grant.client);
+                }
+                let held = state
+                    .grants
+                    .in_force()
+                    .find(|held| held.holder.pid == grant.client && record.reason.is_none());
+                record.grantee = Some(match held {
+                    Some(held) => {
+                        record.process = Some(AuditProcess::of(held.process));
+                        AuditProcess::of(held.holder)
+                    }
+                    None => AuditProcess {
+                        pid: grant.client.get(),
+                        ..AuditProcess::default()
+                    },
+                });
+            }
+            (Request::AgentAttach(_), Reply::Agent { pid, .. }) => {
+                record.method = Some("agent".to_owned());
+                if let Ok(Some(id)) = self.supervisor.identity(*pid) {
+                    record.process = Some(AuditProcess::of(id));
+                }
+            }
+            (Request::AgentAttach(_), _) => record.method = Some("agent".to_owned()),
+            (Request::Profile(_), Reply::Ready) => self.audit.profile_started(peer.connection),
+            (Request::Samples(_), _) => {
+                record.duration_ms = self.audit.profile_ended(peer.connection);
+            }
+            _ => {}
+        }
+        self.audit.send(record);
+    }
+
+    /// Records in the audit trail that `grant` ended for `cause` (its
+    /// revoke is on its way): the hook of every way a grant ends.
+    pub(crate) fn audit_grant_ended(&mut self, grant: &GrantRecord, cause: RevokeCause) {
+        self.audit.grant_ended(grant, cause);
     }
 
     /// Serves `request` (any but `STATUS` and `TERMINATE`) while a target
@@ -366,7 +496,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 Served::Later(self.agent_attach(state, peer, process)?)
             }
             Request::Profile(profile) => Served::Now(self.profile(state, peer, profile)?),
-            Request::Status | Request::Terminate | Request::Samples(_) => {
+            Request::Status | Request::Terminate | Request::Samples(_) | Request::Audit(_) => {
                 return Err(format!("{request} is answered in every phase"))
             }
         })
@@ -390,6 +520,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 "PID {} exited: the grant of client PID {} on it is dropped",
                 grant.process.pid, grant.holder.pid
             );
+            self.audit_grant_ended(&grant, RevokeCause::ProcessExit);
             self.send_revoke(state, grant.process);
         }
         state
@@ -415,6 +546,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 grant.holder.pid,
                 self.named(state, grant.process.pid)
             );
+            self.audit_grant_ended(&grant, RevokeCause::Expired);
             self.withdraw(state, grant);
         }
         let grants = &state.grants;
@@ -734,6 +866,9 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             .iter()
             .map(|revoking| revoking.record)
             .find(|grant| grant.process == process);
+        for grant in &held {
+            self.audit_grant_ended(grant, RevokeCause::Request);
+        }
         let (id, deadline, claim) = match held.first().copied().or(being_revoked) {
             Some(grant) => self.withdraw(state, grant),
             None => self.send_revoke(state, process),
@@ -970,7 +1105,10 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                         )
                     }
                     (GrantWork::Grant { .. }, Some(pending), Ok(())) => {
-                        self.granted(state, pending)
+                        let peer = waiting
+                            .as_ref()
+                            .map_or_else(Peer::default, |waiting| waiting.incoming.peer());
+                        self.granted(state, pending, peer)
                     }
                     (GrantWork::Grant { client, .. }, _, Err(err)) => {
                         // A peer may ask for grants that fail as often as it
@@ -1023,7 +1161,12 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             }
         };
         match waiting {
-            Some(waiting) => waiting.incoming.reply_with_fds(reply, fds),
+            Some(waiting) => {
+                if let Ok(request) = waiting.incoming.request() {
+                    self.audit_reply(state, &waiting.incoming.peer(), request, &reply, false);
+                }
+                waiting.incoming.reply_with_fds(reply, fds)
+            }
             None => {
                 if let Reply::Error(message) = reply {
                     debug!("work {id} that nobody waits for: {message}");
@@ -1182,7 +1325,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
     }
 
     /// A grant is in force: record it, unless its target ended meanwhile.
-    fn granted(&mut self, state: &mut State, pending: Pending) -> Reply {
+    fn granted(&mut self, state: &mut State, pending: Pending, peer: Peer) -> Reply {
         let Pending {
             mut record,
             previous,
@@ -1226,6 +1369,19 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 ));
             }
         }
+        // The grant it replaces (taken over, or the same holder's again).
+        let replaced: Vec<GrantRecord> = state
+            .grants
+            .in_force()
+            .filter(|grant| grant.process == record.process)
+            .copied()
+            .collect();
+        for old in replaced {
+            if old.holder != record.holder {
+                self.audit_grant_ended(&old, RevokeCause::TakenOver);
+            }
+        }
+        self.audit.grant_started(&record, peer);
         state.grants.record(record);
         Reply::Ready
     }
@@ -1242,7 +1398,9 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             self.named(state, process.pid)
         );
         // The grant it took over is no more either.
-        state.grants.take(|grant| grant.process == process);
+        for old in state.grants.take(|grant| grant.process == process) {
+            self.audit_grant_ended(&old, RevokeCause::TakenOver);
+        }
         if !state.grants.is_pending(process) {
             self.withdraw(state, pending.record);
         }
@@ -1288,6 +1446,9 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                     Reply::Error(format!("Attach through the agent failed: {why}"))
                 }
             };
+            if let Ok(request) = waiting.incoming.request() {
+                self.audit_reply(state, &waiting.incoming.peer(), request, &reply, false);
+            }
             waiting.incoming.reply(reply);
         }
     }
@@ -1354,7 +1515,12 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             || Reply::Error("Grant failed: its connection closed".into()),
         );
         // Its profile stops at once.
-        state.profiles.remove(&peer.connection);
+        if state.profiles.remove(&peer.connection).is_some() {
+            let mut record = self.audit.draft(AuditEvent::ProfileEnd, &peer);
+            record.reason = Some("its connection closed".into());
+            record.duration_ms = self.audit.profile_ended(peer.connection);
+            self.audit.send(record);
+        }
         state.grants.close(peer.connection);
         let closed = state
             .grants
@@ -1365,6 +1531,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 grant.holder.pid,
                 self.named(state, grant.process.pid)
             );
+            self.audit_grant_ended(&grant, RevokeCause::Disconnect);
             self.withdraw(state, grant);
         }
     }
@@ -1417,6 +1584,7 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
         }
         extra.extend(self.status_fields.iter().cloned());
         extra.extend(state.granter_fields.iter().cloned());
+        extra.extend(self.audit.status_fields());
         let state_name = match state.phase {
             Phase::Running => "running",
             Phase::Stopping(_) => "stopping",

@@ -9,7 +9,7 @@
 //!
 //! This crate holds what does not depend on the platform, and no `unsafe`:
 //!
-//! - six traits, the extension points:
+//! - seven traits, the extension points:
 //!   - [`Transport`]: how clients reach the controller (its [`Listener`] end
 //!     and a client's [`Connection`] end);
 //!   - [`Granter`]: how a client gets the right to ptrace the target;
@@ -22,6 +22,9 @@
 //!   - [`Notifier`]: how the controller tells a service manager (systemd's
 //!     `Type=notify`) that it is ready, how it is doing, that it stops,
 //!     and that its loop is alive (the watchdog);
+//!   - [`Audit`]: where the controller's [audit trail](audit) goes (who was
+//!     granted, refused, revoked, or read what, when, and for how long),
+//!     recorded on a thread of its own, never waited for by the loop;
 //! - the process vocabulary: [`Pid`], [`ProcessId`] (pid and start time, so
 //!   a reused pid is never taken for the process it once named),
 //!   [`ProcessState`] and [`ProcessInfo`];
@@ -146,6 +149,8 @@
 #![deny(missing_docs)]
 
 mod agent;
+pub mod audit;
+mod auditing;
 mod authorize;
 mod client;
 mod controller;
@@ -174,6 +179,7 @@ pub mod tree;
 mod worker;
 
 pub use agent::{Agent, AgentSession, AgentState, NoAgent};
+pub use audit::{Audit, AuditEvent, AuditRecord, AuditResult, NoAudit, ProcessFacts, RevokeCause};
 pub use authorize::other_user;
 pub use client::{Client, Session, AGENT_FDS, DEFAULT_TIMEOUT, GRANT_TIMEOUT};
 pub use controller::{Controller, ShutdownHandle, DEFAULT_GRANT_DEADLINE, DEFAULT_STACK_DEADLINE};

@@ -19,6 +19,7 @@
 //! | `PROFILE <rate> <ms> [<pid>\|ALL]` | `READY` once a profile of the target (of process `<pid>`, or of every Python process of the tree) started on this connection: its stacks read `<rate>` times a second for `<ms>` milliseconds (0: until stopped), never stopping it; one profile per connection, on a transport with connections only (the FIFO's cannot tell when its client goes away); it ends when the connection closes |
 //! | `SAMPLES [STOP]` | `SAMPLES <json>`: what the connection's profile counted since the last `SAMPLES`, a [`Samples`] as one line of JSON; with `ended` set (why) once it is over, then the profile is gone; `STOP` ends it first |
 //! | `TERMINATE` | `READY`, then the controller stops the target and exits |
+//! | `AUDIT [<secs>]` | `AUDIT <json>`: this controller's newest [audit records](crate::audit) (of the last `<secs>` seconds), oldest first, as one line of JSON (a list of [`AuditRecord`](crate::AuditRecord) objects); as many of the newest as fit in a reply |
 //!
 //! Any request may instead be answered by `ERROR: <message>`.
 //!
@@ -106,6 +107,9 @@ pub enum Request {
     /// `SAMPLES [STOP]`: what the connection's profile counted since the
     /// last collection; `true`: stop it first.
     Samples(bool),
+    /// `AUDIT [<secs>]`: this controller's newest audit records, of the
+    /// last `<secs>` seconds (all it keeps without).
+    Audit(Option<u64>),
 }
 
 /// What `GRANT_ACCESS` asks for.
@@ -251,6 +255,7 @@ impl Request {
             Request::Profile(_) => "PROFILE",
             Request::Samples(_) => "SAMPLES",
             Request::Tasks(_) => "TASKS",
+            Request::Audit(_) => "AUDIT",
         };
         dialect.apply(upper)
     }
@@ -311,6 +316,11 @@ impl Request {
                     word(dialect.apply("STOP"));
                 }
             }
+            Request::Audit(since) => {
+                if let Some(since) = since {
+                    word(&since.to_string());
+                }
+            }
             Request::GetTargetPid | Request::Status | Request::Ps | Request::Terminate => {}
         }
         line.push('\n');
@@ -355,6 +365,9 @@ pub enum Reply {
     /// `TASKS <json>`: the asyncio tasks of the process asked for, as one
     /// line of JSON.
     Tasks(AsyncTasks),
+    /// `AUDIT <json>`: audit records, oldest first, each the JSON object
+    /// of an [`AuditRecord`](crate::AuditRecord).
+    Audit(Vec<serde_json::Value>),
     /// `AGENT <pid> <python-version>`: the agent in process `pid` has
     /// scheduled pdb; the version (the rest of the line) is the CPython
     /// the process runs, which the client's pdb must match. The client's
@@ -543,6 +556,7 @@ impl Reply {
             Reply::Stacks(stacks) => format!("{} {}\n", dialect.apply("STACKS"), json(stacks)),
             Reply::Samples(samples) => format!("{} {}\n", dialect.apply("SAMPLES"), json(samples)),
             Reply::Tasks(tasks) => format!("{} {}\n", dialect.apply("TASKS"), json(tasks)),
+            Reply::Audit(records) => format!("{} {}\n", dialect.apply("AUDIT"), json(records)),
             Reply::Agent { pid, python } => format!(
                 "{} {pid} {}\n",
                 dialect.apply("AGENT"),
@@ -595,6 +609,11 @@ impl Reply {
         if word.eq_ignore_ascii_case("tasks") {
             return serde_json::from_str(rest)
                 .map(Reply::Tasks)
+                .map_err(|_| malformed());
+        }
+        if word.eq_ignore_ascii_case("audit") {
+            return serde_json::from_str(rest)
+                .map(Reply::Audit)
                 .map_err(|_| malformed());
         }
         if word.eq_ignore_ascii_case("ps") {
@@ -679,6 +698,7 @@ impl Dialect {
             (Dialect::Lower, "SAMPLES") => "samples",
             (Dialect::Lower, "STOP") => "stop",
             (Dialect::Lower, "TASKS") => "tasks",
+            (Dialect::Lower, "AUDIT") => "audit",
             (Dialect::Lower, other) => other,
         }
     }
@@ -767,6 +787,15 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             ));
         }
         Request::Samples(stop.is_some())
+    } else if command.eq_ignore_ascii_case("AUDIT") {
+        // AUDIT [<secs>]
+        let since = words.next().map(|word| word.parse::<u64>());
+        Request::Audit(since.transpose().map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedArgument,
+                "AUDIT takes a number of seconds or nothing",
+            )
+        })?)
     } else if command.eq_ignore_ascii_case("TASKS") {
         // TASKS [<pid>]
         let process = words.next().map(|word| word.parse::<Pid>());
@@ -812,6 +841,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Dialect), Error> {
             Request::Profile(_) => "three arguments at most (a rate, milliseconds, a PID or ALL)",
             Request::Samples(_) => "one argument at most (STOP)",
             Request::AgentAttach(_) | Request::Tasks(_) => "one argument at most (a PID)",
+            Request::Audit(_) => "one argument at most (seconds)",
             _ => "no argument",
         };
         return Err(Error::new(
@@ -1101,6 +1131,7 @@ mod tests {
             (b"tasks 6\n", Request::Tasks(Some(p(6)))),
             (b"profile 250 1000 all\n", profile(Scope::All, 250, 1000)),
             (b"samples stop\n", Request::Samples(true)),
+            (b"audit 60\n", Request::Audit(Some(60))),
         ];
         for (dialect, cases) in [(Dialect::Upper, upper), (Dialect::Lower, lower)] {
             for (line, request) in cases {
@@ -1143,6 +1174,8 @@ mod tests {
             profile(Scope::All, 10_000, u64::MAX),
             Request::Samples(false),
             Request::Samples(true),
+            Request::Audit(None),
+            Request::Audit(Some(3600)),
         ] {
             for dialect in [Dialect::Upper, Dialect::Lower] {
                 let line = request.encode(dialect);
@@ -1235,6 +1268,20 @@ mod tests {
                 ErrorKind::UnexpectedArgument,
                 "agent_attach takes one argument at most (a PID)",
                 &[b"agent_attach 5 force\n"],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "AUDIT takes a number of seconds or nothing",
+                &[
+                    b"AUDIT 1h\n",
+                    b"audit -5\n",
+                    b"AUDIT 99999999999999999999\n",
+                ],
+            ),
+            (
+                ErrorKind::UnexpectedArgument,
+                "audit takes one argument at most (seconds)",
+                &[b"audit 5 6\n"],
             ),
             (
                 ErrorKind::UnexpectedArgument,

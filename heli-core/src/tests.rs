@@ -770,8 +770,9 @@ impl Supervisor for Pretend {
 /// that thread, whose event loop logs as [`Running::logged`] shows.
 struct Running(Receiver<io::Result<ExitStatus>>, thread::ThreadId);
 
-fn start<G, I, A, N>(controller: Controller<Fake, G, Pretend, I, A, N>) -> Running
+fn start<G, I, A, N, U>(controller: Controller<Fake, G, Pretend, I, A, N, U>) -> Running
 where
+    U: crate::Audit + Send + 'static,
     G: Granter + Send + 'static,
     I: crate::Inspector + Send + Sync + 'static,
     A: crate::Agent + Send + Sync + 'static,
@@ -1602,6 +1603,7 @@ fn status_reports_target_grant_and_extra_fields() {
             field("attach", "ptrace"),
             field("ptrace_scope", "1"),
             field("name", "demo"),
+            field("audit", "ok"),
         ]
     );
     let _session = fake.granted(5);
@@ -3806,6 +3808,8 @@ mod profile;
 #[path = "tests_notify.rs"]
 mod notify;
 
+#[path = "tests_audit.rs"]
+mod audit;
 // Time limits: GRANT_ACCESS ... FOR, max_grant, the end of a client's time.
 #[path = "tests_limits.rs"]
 mod limits;

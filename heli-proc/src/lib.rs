@@ -60,6 +60,6 @@ pub use freezer::is_frozen;
 pub use handle::ProcessHandle;
 pub use maps::{Mapped, Mapping};
 pub use memory::Memory;
-pub use process::{Proc, ProcFs, Syscall, ThreadStatus};
+pub use process::{on_kernel_file_system, Proc, ProcFs, Syscall, ThreadStatus};
 pub use tree::{descendants, group_members, member, members, Member};
 pub use usage::{FileId, Usage, MAX_COMMAND_LINE};

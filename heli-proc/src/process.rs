@@ -584,6 +584,17 @@ const KERNEL_FILE_SYSTEMS: [u32; 19] = [
     0x6165_676c, // PSTOREFS_MAGIC
 ];
 
+/// Whether `file` lies on one of the kernel's file systems (`/proc`,
+/// `/sys`, cgroups, debugfs and the like, by the file system's magic
+/// number, wherever mounted): what it holds is the kernel's, not a file's.
+///
+/// # Errors
+///
+/// When the file system cannot be asked (`fstatfs`).
+pub fn on_kernel_file_system(file: &impl std::os::fd::AsFd) -> io::Result<bool> {
+    Ok(is_kernel_file_system(rustix::fs::fstatfs(file)?.f_type))
+}
+
 /// Whether a file system of type `magic` is one of the kernel's
 /// ([`KERNEL_FILE_SYSTEMS`]).
 fn is_kernel_file_system(magic: FsWord) -> bool {

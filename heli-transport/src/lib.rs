@@ -14,7 +14,9 @@
 //!   and wire format of the original Python helicopter-parent, so its
 //!   clients work unchanged; it cannot authenticate its clients.
 //!
-//! Beside them, [`SdNotifier`] is the controller's line to the service
+//! Beside them, [`AuditLog`] is the controller's audit trail (a
+//! [`heli_core::Audit`]): a JSON Lines file appended to, with the rules
+//! that make it trustworthy, and [`SdNotifier`] is the controller's line to the service
 //! manager that runs it (a [`heli_core::Notifier`]): systemd's `Type=notify`
 //! protocol over the `AF_UNIX` datagram socket `NOTIFY_SOCKET` names.
 //!
@@ -58,12 +60,14 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod audit_log;
 mod fifo;
 mod io;
 mod sd_notify;
 mod stop;
 mod unix_socket;
 
+pub use audit_log::{AuditLog, DESCRIBE_DEADLINE};
 pub use fifo::{FifoConnection, FifoListener, FifoTransport};
 pub use sd_notify::SdNotifier;
 pub use stop::StopHandle;

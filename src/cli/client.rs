@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::core::protocol::{RevokeRequest, Scope};
+use crate::core::protocol::{Reply, Request, RevokeRequest, Scope};
 use crate::core::{Client, Pid, Processes, Transport};
 use crate::proc::ProcFs;
 use crate::transport::{FifoTransport, SessionState, UnixSocketTransport};
@@ -399,6 +399,23 @@ impl<T: Transport> App<T> {
             Cmd::Tasks {
                 process: ProcessArg(pid),
             } => self.tasks(*pid, json),
+            Cmd::Audit { since } => {
+                let since = since.map(|since| since.as_secs().max(1));
+                match self.client.request(Request::Audit(since))? {
+                    Reply::Audit(records) if json => {
+                        print!("{}", render::audit_json_lines(&records))
+                    }
+                    Reply::Audit(records) => print!("{}", render::audit_text(&records)),
+                    Reply::Error(message) => return Err(Failure::new(ClientExit::Failed, message)),
+                    other => {
+                        return Err(Failure::new(
+                            ClientExit::Failed,
+                            format!("Unexpected reply to AUDIT: {other}"),
+                        ))
+                    }
+                }
+                Ok(())
+            }
             Cmd::Terminate => {
                 self.client.terminate()?;
                 println!("Controller is stopping the target and exiting");

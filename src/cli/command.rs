@@ -84,6 +84,16 @@ pub(crate) enum Cmd {
     },
     /// Stop the target and the controller
     Terminate,
+    /// Show the controller's recent audit records: who was granted,
+    /// refused, revoked, read stacks or profiled what, and when (the
+    /// controller's memory of them; --json: JSON Lines, as in its
+    /// --audit-log file)
+    Audit {
+        /// Only the records of this last while: 30s, 10m, 1h [default: all
+        /// the controller keeps]
+        #[arg(long, value_name = "TIME", value_parser = duration::parse_duration)]
+        since: Option<Duration>,
+    },
 }
 
 impl Cmd {
@@ -102,7 +112,12 @@ impl Cmd {
     pub(crate) fn has_json(&self) -> bool {
         matches!(
             self,
-            Cmd::Ps | Cmd::Status | Cmd::Stack { .. } | Cmd::Tasks { .. } | Cmd::Top { .. }
+            Cmd::Ps
+                | Cmd::Status
+                | Cmd::Stack { .. }
+                | Cmd::Tasks { .. }
+                | Cmd::Top { .. }
+                | Cmd::Audit { .. }
         )
     }
 }

@@ -32,7 +32,7 @@ use crate::grant::{
     become_subreaper, AgentHost, AutoGranter, GrantMethod, GranterChoice, ProcessSupervisor,
     PtraceScope, PythonInspector,
 };
-use crate::transport::{FifoTransport, SdNotifier, UnixSocketTransport};
+use crate::transport::{AuditLog, FifoTransport, SdNotifier, UnixSocketTransport};
 
 use super::duration;
 use super::exit::ControllerExit;
@@ -130,6 +130,15 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     grace: f64,
 
+    /// Append an audit record (JSON Lines) for every grant, refusal,
+    /// revoke, stack dump, profile, STATUS and TERMINATE to FILE (created
+    /// 0600; refused at start if it is a symlink, not this user's, has
+    /// hard links, or its directory is another user's). Rotate it with
+    /// logrotate's default rename (not copytruncate): the controller
+    /// follows the new file. Without it the records are kept in memory
+    /// only (`client audit`)
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// The longest a grant may last (30s, 10m, 1h, up to a week; whole
     /// seconds): clients get this unless they ask for less (attach --for),
     /// longer is refused; once it is up the grant is withdrawn, and a
@@ -275,6 +284,15 @@ fn check(args: &Args) -> Result<(), Box<dyn Error>> {
 
 fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>> {
     check(args)?;
+    // Before anything starts: a trail that cannot be kept is no trail.
+    let audit = match &args.audit_log {
+        Some(path) => {
+            let log = AuditLog::open(path)?;
+            info!("audit records appended to {}", path.display());
+            log
+        }
+        None => AuditLog::memory(),
+    };
     let mut command = target_command(args, explicit_command)?;
     let notifier = service_manager(&mut command);
     let grace = Duration::from_secs_f64(args.grace);
@@ -328,6 +346,7 @@ fn run(args: &Args, explicit_command: bool) -> Result<ExitStatus, Box<dyn Error>
         subreaper: args.subreaper || init,
         agent,
         notifier,
+        audit,
         max_grant: args.max_grant,
     };
     match args.transport {
@@ -385,6 +404,8 @@ struct Settings {
     agent: Option<AgentHost>,
     /// The service manager's socket, when one listens (`NOTIFY_SOCKET`).
     notifier: Option<SdNotifier>,
+    /// The audit trail: a file, or in memory only.
+    audit: AuditLog,
     /// The longest a grant may last.
     max_grant: Option<Duration>,
 }
@@ -425,9 +446,15 @@ fn serve<T: Transport>(
     session: Option<String>,
 ) -> Result<ExitStatus, Box<dyn Error>> {
     let scope = settings.scope.value();
+    let audit_log = settings
+        .audit
+        .path()
+        .map_or("none".to_owned(), |path| path.display().to_string());
     let mut controller = Controller::new(transport, granter, supervisor)
         .inspector(PythonInspector)
         .notifier(settings.notifier)
+        .audit(settings.audit)
+        .status_field("audit_log", audit_log)
         .grace(settings.grace)
         .restart(settings.restart)
         .handle_signals(true)

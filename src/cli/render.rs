@@ -465,6 +465,80 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).expect("JSON values always serialize")
 }
 
+/// `audit --json`: one record a line (JSON Lines), as the controller's
+/// `--audit-log` file has them.
+pub(crate) fn audit_json_lines(records: &[serde_json::Value]) -> String {
+    records.iter().map(|record| format!("{record}\n")).collect()
+}
+
+/// `audit`: one line per record, oldest first: its time, event and result,
+/// who asked (pid, user, executable; `unverified` where the transport could
+/// not tell), on which process, and the cause, duration or reason.
+pub(crate) fn audit_text(records: &[serde_json::Value]) -> String {
+    use std::fmt::Write as _;
+    if records.is_empty() {
+        return "No audit records\n".to_owned();
+    }
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or("").to_owned();
+    let mut out = format!(
+        "{:<24} {:<13} {:<8} {:<32} {:<10} DETAIL\n",
+        "TIME", "EVENT", "RESULT", "PEER", "PROCESS"
+    );
+    for record in records {
+        let peer = &record["peer"];
+        let who = if peer["verified"].as_bool() == Some(true) {
+            let user = peer["user"]
+                .as_str()
+                .map_or_else(|| format!("uid {}", peer["uid"]), str::to_owned);
+            let exe = peer["exe"]
+                .as_str()
+                .map_or("", |exe| exe.rsplit('/').next().unwrap_or(exe));
+            format!("{} {user} {exe}", peer["pid"])
+        } else {
+            match peer["claimed_pid"].as_u64() {
+                Some(pid) => format!("unverified (claims {pid})"),
+                None => "unverified".to_owned(),
+            }
+        };
+        let process = record["process"]["pid"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+        let mut detail = Vec::new();
+        if let Some(grantee) = record["grantee"].as_object() {
+            let mut what = format!("grantee {}", grantee["pid"]);
+            if let Some(cmdline) = grantee.get("cmdline").and_then(|c| c.as_str()) {
+                let _ = write!(what, " ({cmdline})");
+            }
+            detail.push(what);
+        }
+        if let Some(cause) = record["cause"].as_str() {
+            detail.push(format!("by {cause}"));
+        }
+        if let Some(ms) = record["duration_ms"].as_u64() {
+            detail.push(format!("after {:.1} s", ms as f64 / 1000.0));
+        }
+        if let Some(reason) = record["reason"].as_str() {
+            detail.push(reason.to_owned());
+        }
+        if detail.is_empty() {
+            if let Some(request) = record["request"].as_str() {
+                detail.push(request.to_owned());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} {:<13} {:<8} {:<32} {:<10} {}",
+            text(&record["time"]),
+            text(&record["event"]),
+            text(&record["result"]),
+            super::sanitize::escape(&who),
+            process,
+            super::sanitize::escape(&detail.join("; "))
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -997,5 +1071,34 @@ Thread 4245 [idle], most recent call last:
         let back: Vec<ProcessStacks> = serde_json::from_str(&stacks_json_text(&stacks())).unwrap();
         assert_eq!(back, stacks());
         assert_eq!(stacks_json_text(&[]), "[]\n");
+    }
+
+    #[test]
+    fn audit_records_read_as_a_table_with_the_unverified_marked() {
+        assert_eq!(audit_text(&[]), "No audit records\n");
+        let records: Vec<serde_json::Value> = [
+            r#"{"time":"2026-12-02T15:20:23.042Z","event":"grant","result":"ok","peer":{"verified":true,"uid":1000,"pid":77,"user":"ann","exe":"/usr/bin/client"},"process":{"pid":4242},"grantee":{"pid":78,"cmdline":"python3.14 -m pdb -p 4242"}}"#,
+            r#"{"time":"2026-12-02T15:21:00.000Z","event":"revoke","result":"ok","cause":"disconnect","duration_ms":36958,"peer":{"verified":false,"claimed_pid":78},"process":{"pid":4242}}"#,
+            r#"{"time":"2026-12-02T15:21:01.000Z","event":"refusal","result":"refused","reason":"GRANT_ACCESS 1 refused: it is PID 1\u001b[2J","peer":{"verified":false}}"#,
+        ]
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+        let text = audit_text(&records);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("TIME "));
+        assert!(lines[1].contains(" grant ") && lines[1].contains("77 ann client"));
+        assert!(
+            lines[1].ends_with("grantee 78 (python3.14 -m pdb -p 4242)"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("unverified (claims 78)")
+                && lines[2].ends_with("by disconnect; after 37.0 s")
+        );
+        // What a peer chose is shown, never obeyed by the terminal.
+        assert!(!lines[3].contains('\u{1b}'), "{}", lines[3]);
+        assert_eq!(audit_json_lines(&records).lines().count(), 3);
     }
 }

@@ -189,7 +189,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Repl>, String> {
 }
 
 /// The REPL's commands, for Tab completion.
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 14] = [
     "attach",
     "pid",
     "ps",
@@ -200,6 +200,7 @@ const COMMANDS: [&str; 13] = [
     "top",
     "revoke",
     "terminate",
+    "audit",
     "help",
     "quit",
     "exit",
@@ -444,6 +445,8 @@ pub(crate) fn help_text(history: Option<&Path>) -> String {
           [-o FILE]       and write a flame graph (or --format collapsed|speedscope)
   revoke [PID]            withdraw this client's ptrace permission
   terminate               stop the target and the controller, and exit
+  audit [--since 1h]      the controller's recent audit records: who was
+        [--json]          granted, refused, revoked or read what, and when
   COMMAND --help          its options (the same as on the command line)
   help                    this help
   quit, exit, Ctrl-D      leave (the controller keeps running)
@@ -936,7 +939,7 @@ mod tests {
         }
         assert!(!text.contains("{{"), "{text}");
         assert!(text.ends_with("\nTab completes, Up/Down recall earlier commands.\n"));
-        assert_eq!(text.lines().count(), 22);
+        assert_eq!(text.lines().count(), 24);
         let text = help_text(Some(Path::new("/home/u/.local/state/heli/history")));
         assert!(text.ends_with(
             "\nTab completes, Up/Down recall earlier commands (kept in /home/u/.local/state/heli/history).\n"

@@ -1,0 +1,374 @@
+//! The controller's side of the [audit trail](crate::audit): the loop
+//! drafts records and hands them over without waiting; an audit thread
+//! completes them, keeps the newest in memory and records them.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use log::warn;
+
+use crate::audit::{
+    millis, Audit, AuditEvent, AuditPeer, AuditProcess, AuditRecord, ProcessFacts, RevokeCause,
+    AUDIT_QUEUE,
+};
+use crate::authorize::GrantRecord;
+use crate::process::ProcessId;
+use crate::protocol::MAX_REPLY;
+use crate::transport::Peer;
+
+/// How many records the controller keeps in memory for `AUDIT`.
+pub(crate) const RECENT_RECORDS: usize = 10_000;
+
+/// How many bytes of records it keeps in memory at most: what one reply
+/// holds.
+pub(crate) const RECENT_BYTES: usize = MAX_REPLY - 4096;
+
+/// How many processes' facts the audit thread remembers (a peer asking
+/// again is not read again).
+const FACTS_CACHE: usize = 256;
+
+/// How long the controller waits at its end for the audit thread to
+/// record what is queued.
+const FLUSH_AT_END: Duration = Duration::from_secs(2);
+
+/// What the loop and the audit thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The newest records, oldest first, with when they were made.
+    recent: Mutex<Recent>,
+    /// Why the last record failed, if it did.
+    failing: Mutex<Option<String>>,
+    /// Records dropped because the audit thread's queue was full.
+    lost: AtomicU64,
+    /// Records that [`Audit::record`] failed to record (they are in
+    /// memory, for `AUDIT`).
+    unrecorded: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    lines: VecDeque<(SystemTime, String)>,
+    bytes: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The loop's end of the audit trail.
+#[derive(Debug)]
+pub(crate) struct Auditing {
+    tx: Option<Sender<AuditRecord>>,
+    shared: Arc<Shared>,
+    thread: Option<(thread::JoinHandle<()>, Receiver<()>)>,
+    /// `<pid>@<start time>` of this controller.
+    session: String,
+    /// The granter's name: how grants are made.
+    method: String,
+    /// When each grant in force started, and who asked for it, by (its
+    /// process, its holder).
+    grants: HashMap<(ProcessId, ProcessId), (Instant, Peer)>,
+    /// When each connection's profile started.
+    profiles: HashMap<u64, Instant>,
+    /// Whether the loss of records was warned about since the last
+    /// record that was queued.
+    warned_lost: bool,
+}
+
+impl Auditing {
+    /// Starts the audit thread, recording with `audit`.
+    pub(crate) fn start<U: Audit + Send + 'static>(
+        audit: U,
+        session: String,
+        method: String,
+    ) -> io::Result<Auditing> {
+        let (tx, rx) = bounded(AUDIT_QUEUE);
+        let (done_tx, done_rx) = bounded(1);
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        let thread = thread::Builder::new()
+            .name("heli-audit".into())
+            .spawn(move || {
+                record_all(audit, &rx, &theirs);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Auditing {
+            tx: Some(tx),
+            shared,
+            thread: Some((thread, done_rx)),
+            session,
+            method,
+            grants: HashMap::new(),
+            profiles: HashMap::new(),
+            warned_lost: false,
+        })
+    }
+
+    /// A record of `event` asked by `peer`, with what the transport
+    /// verified of it.
+    pub(crate) fn draft(&self, event: AuditEvent, peer: &Peer) -> AuditRecord {
+        let mut record = AuditRecord::new(event);
+        record.session.clone_from(&self.session);
+        record.connection = peer.connection;
+        record.peer = match peer.credentials {
+            Some(credentials) => AuditPeer {
+                verified: true,
+                uid: Some(credentials.uid),
+                pid: credentials.process.map(|id| id.pid),
+                start_time: credentials.process.map(|id| id.start_time),
+                ..AuditPeer::default()
+            },
+            None => AuditPeer::default(),
+        };
+        record
+    }
+
+    /// The granter's name.
+    pub(crate) fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Hands `record` to the audit thread without waiting: one it has no
+    /// room for is counted as lost, and warned about.
+    pub(crate) fn send(&mut self, record: AuditRecord) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(record) {
+            Ok(()) => self.warned_lost = false,
+            Err(TrySendError::Full(record) | TrySendError::Disconnected(record)) => {
+                let lost = self.shared.lost.fetch_add(1, Ordering::Relaxed) + 1;
+                if !self.warned_lost {
+                    warn!(
+                        "audit: the audit thread is stuck (the audit log does not take \
+                         writes): a {:?} record is lost ({lost} in all; STATUS says audit_lost)",
+                        record.event
+                    );
+                    self.warned_lost = true;
+                }
+            }
+        }
+    }
+
+    /// Notes that `grant`, asked for by `peer`, is in force from now.
+    pub(crate) fn grant_started(&mut self, grant: &GrantRecord, peer: Peer) {
+        self.grants
+            .insert((grant.process, grant.holder), (Instant::now(), peer));
+    }
+
+    /// Records that `grant` ended for `cause`, with how long it lasted;
+    /// a grant whose start was not noted (never given to its client) or
+    /// whose end was recorded already, is not recorded.
+    pub(crate) fn grant_ended(&mut self, grant: &GrantRecord, cause: RevokeCause) {
+        let Some((started, peer)) = self.grants.remove(&(grant.process, grant.holder)) else {
+            return;
+        };
+        let mut record = self.draft(AuditEvent::Revoke, &peer);
+        record.cause = Some(cause);
+        record.grantee = Some(AuditProcess::of(grant.holder));
+        record.process = Some(AuditProcess::of(grant.process));
+        record.method = Some(self.method.clone());
+        record.duration_ms = Some(millis(started.elapsed()));
+        self.send(record);
+    }
+
+    /// Notes that a profile started on `connection`.
+    pub(crate) fn profile_started(&mut self, connection: u64) {
+        self.profiles.insert(connection, Instant::now());
+    }
+
+    /// How long the profile of `connection` ran, if one was noted; it is
+    /// forgotten.
+    pub(crate) fn profile_ended(&mut self, connection: u64) -> Option<u64> {
+        self.profiles
+            .remove(&connection)
+            .map(|at| millis(at.elapsed()))
+    }
+
+    /// The newest records made within `since` (all without), as JSON
+    /// values, oldest first, as many as fit in a reply.
+    pub(crate) fn recent(&self, since: Option<Duration>) -> Vec<serde_json::Value> {
+        let from = since.and_then(|since| SystemTime::now().checked_sub(since));
+        let recent = lock(&self.shared.recent);
+        let mut room = RECENT_BYTES;
+        let mut lines: Vec<&str> = Vec::new();
+        for (at, line) in recent.lines.iter().rev() {
+            if from.is_some_and(|from| *at < from) || line.len() + 1 > room {
+                break;
+            }
+            room -= line.len() + 1;
+            lines.push(line);
+        }
+        lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// `audit=ok` or `audit=failing:<why>`, and `audit_lost=<n>` once
+    /// records were lost: for `STATUS`.
+    pub(crate) fn status_fields(&self) -> Vec<(String, String)> {
+        let word = match &*lock(&self.shared.failing) {
+            None => "ok".to_owned(),
+            Some(why) => format!("failing:{why}"),
+        };
+        let mut fields = vec![("audit".to_owned(), word)];
+        let lost = self.shared.lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            fields.push(("audit_lost".to_owned(), lost.to_string()));
+        }
+        let unrecorded = self.shared.unrecorded.load(Ordering::Relaxed);
+        if unrecorded > 0 {
+            fields.push(("audit_unrecorded".to_owned(), unrecorded.to_string()));
+        }
+        fields
+    }
+}
+
+impl Drop for Auditing {
+    /// Lets the audit thread record what is queued, for a short while at
+    /// most (a stuck file must not keep the controller from ending).
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some((thread, done)) = self.thread.take() {
+            match done.recv_timeout(FLUSH_AT_END) {
+                Ok(()) => {
+                    let _ = thread.join();
+                }
+                Err(_) => warn!(
+                    "audit: the audit thread did not finish within {FLUSH_AT_END:?}: \
+                     the last records may not be recorded"
+                ),
+            }
+        }
+    }
+}
+
+/// The audit thread: completes, keeps and records every record until the
+/// loop's end is dropped.
+fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Shared) {
+    let mut facts: HashMap<ProcessId, Option<ProcessFacts>> = HashMap::new();
+    let mut describe = |audit: &mut U, id: ProcessId| {
+        if facts.len() >= FACTS_CACHE {
+            facts.clear();
+        }
+        facts
+            .entry(id)
+            .or_insert_with(|| audit.describe(id))
+            .clone()
+            .unwrap_or_default()
+    };
+    for mut record in rx {
+        if let (Some(pid), Some(start_time)) = (record.peer.pid, record.peer.start_time) {
+            record.peer.facts = describe(&mut audit, ProcessId { pid, start_time });
+        }
+        // The grantee's facts at its grant (the attach's start): what
+        // debugger, with what command line.
+        if let Some(grantee) = record.grantee.as_mut() {
+            let id = crate::process::Pid::new(grantee.pid)
+                .zip(grantee.start_time)
+                .map(|(pid, start_time)| ProcessId { pid, start_time });
+            if let (Some(id), AuditEvent::Grant) = (id, record.event) {
+                grantee.facts = describe(&mut audit, id);
+            }
+        }
+        let line = record.to_json_line();
+        {
+            let mut recent = lock(&shared.recent);
+            let kept = line.trim_end().to_owned();
+            recent.bytes += kept.len();
+            recent.lines.push_back((SystemTime::now(), kept));
+            while recent.lines.len() > RECENT_RECORDS || recent.bytes > RECENT_BYTES {
+                match recent.lines.pop_front() {
+                    Some((_, old)) => recent.bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        let result = audit.record(&record);
+        let mut failing = lock(&shared.failing);
+        match result {
+            Ok(()) => {
+                if let Some(why) = failing.take() {
+                    let unrecorded = shared.unrecorded.load(Ordering::Relaxed);
+                    log::info!(
+                        "audit: records are recorded again (after: {why}; {unrecorded} \
+                         records could not be recorded in all)"
+                    );
+                }
+            }
+            Err(err) => {
+                shared.unrecorded.fetch_add(1, Ordering::Relaxed);
+                if failing.is_none() {
+                    warn!("audit: cannot record a {:?} record: {err} (the controller runs on; STATUS says audit=failing)", record.event);
+                }
+                *failing = Some(err.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::NoAudit;
+
+    #[test]
+    fn a_flood_of_records_keeps_memory_bounded_and_counts_what_is_lost() {
+        let mut auditing = Auditing::start(NoAudit, "1@1".into(), "test".into()).unwrap();
+        let peer = Peer::default();
+        let sent = 3 * RECENT_RECORDS;
+        for n in 0..sent {
+            let mut record = auditing.draft(AuditEvent::Status, &peer);
+            record.reason = Some(format!("{n} {}", "x".repeat(600)));
+            auditing.send(record);
+        }
+        // The thread catches up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let settled = || {
+            let kept = lock(&auditing.shared.recent).lines.len();
+            (kept, lock(&auditing.shared.recent).bytes)
+        };
+        let mut last = settled();
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let now = settled();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let (kept, bytes) = settled();
+        assert!(
+            kept <= RECENT_RECORDS && bytes <= RECENT_BYTES,
+            "{kept} {bytes}"
+        );
+        assert!(kept > 1000, "{kept}");
+        // What a reply gets fits one, newest kept.
+        let recent = auditing.recent(None);
+        assert!(!recent.is_empty() && recent.len() <= kept);
+        let encoded = serde_json::to_string(&recent).unwrap();
+        assert!(encoded.len() < MAX_REPLY, "{}", encoded.len());
+        let lost = auditing.shared.lost.load(Ordering::Relaxed);
+        let newest = recent.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if lost == 0 {
+            assert!(newest.starts_with(&format!("{} ", sent - 1)));
+        }
+        // `AUDIT 0`: none made in the last 0 seconds; an hour: all kept.
+        assert!(auditing.recent(Some(Duration::ZERO)).is_empty());
+        assert_eq!(
+            auditing.recent(Some(Duration::from_secs(3600))).len(),
+            recent.len()
+        );
+        let fields = auditing.status_fields();
+        assert_eq!(fields[0], ("audit".to_owned(), "ok".to_owned()));
+        assert_eq!(fields.len(), if lost > 0 { 2 } else { 1 }, "{fields:?}");
+    }
+}
