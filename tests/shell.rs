@@ -73,6 +73,10 @@ fn bash_completes_the_clients_subcommands_and_options() {
     assert_eq!(bash_completes(&script, "client", "client att"), ["attach"]);
     assert_eq!(
         bash_completes(&script, "client", "client attach --fo"),
+        ["--force", "--for"]
+    );
+    assert_eq!(
+        bash_completes(&script, "client", "client attach --forc"),
         ["--force"]
     );
     let after_st = bash_completes(&script, "client", "client st");
@@ -122,7 +126,7 @@ fn bash_completes_client_att_on_tab_in_a_terminal() {
     session.send("client att\t").unwrap();
     session.flush().unwrap();
     expect_all(&mut session, &["client attach "]);
-    session.send("--fo\t").unwrap();
+    session.send("--forc\t").unwrap();
     session.flush().unwrap();
     expect_all(&mut session, &["--force "]);
     // Abandon the line, then leave.
