@@ -161,6 +161,11 @@ pub enum AuditEvent {
     Status,
     /// `TERMINATE`.
     Terminate,
+    /// The controller ended the debuggers of a client still debugging
+    /// after its time was up (see
+    /// [`Controller::max_grant`](crate::Controller::max_grant)):
+    /// [`AuditRecord::reason`] says how many processes got which signal.
+    DebuggersEnded,
 }
 
 /// Why a grant ended, in a [`AuditEvent::Revoke`] record.

@@ -13,8 +13,8 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::warn;
 
 use crate::audit::{
-    millis, Audit, AuditEvent, AuditPeer, AuditProcess, AuditRecord, ProcessFacts, RevokeCause,
-    AUDIT_QUEUE,
+    millis, Audit, AuditEvent, AuditPeer, AuditProcess, AuditRecord, AuditResult, ProcessFacts,
+    RevokeCause, AUDIT_QUEUE,
 };
 use crate::authorize::GrantRecord;
 use crate::process::ProcessId;
@@ -172,6 +172,42 @@ impl Auditing {
         record.process = Some(AuditProcess::of(grant.process));
         record.method = Some(self.method.clone());
         record.duration_ms = Some(millis(started.elapsed()));
+        self.send(record);
+    }
+
+    /// Records that the controller sent `signal` to the debuggers of the
+    /// verified client `holder` (on `connection`), whose time was up:
+    /// `ended` is how many processes got it, or why none could.
+    pub(crate) fn debuggers_ended(
+        &mut self,
+        holder: ProcessId,
+        connection: u64,
+        signal: i32,
+        ended: &io::Result<usize>,
+    ) {
+        let mut record = AuditRecord::new(AuditEvent::DebuggersEnded);
+        record.session.clone_from(&self.session);
+        record.connection = connection;
+        record.peer = AuditPeer {
+            verified: true,
+            pid: Some(holder.pid),
+            start_time: Some(holder.start_time),
+            ..AuditPeer::default()
+        };
+        record.grantee = Some(AuditProcess::of(holder));
+        match ended {
+            Ok(count) => {
+                record.reason = Some(format!(
+                    "its time was up: {count} of its processes sent signal {signal}"
+                ));
+            }
+            Err(err) => {
+                record.result = AuditResult::Failed;
+                record.reason = Some(format!(
+                    "its time was up, its debuggers cannot be ended: {err}"
+                ));
+            }
+        }
         self.send(record);
     }
 

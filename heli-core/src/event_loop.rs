@@ -559,7 +559,12 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 Due::End(limit) => (limit, SIGTERM),
                 Due::Kill(limit) => (limit, SIGKILL),
             };
-            match self.supervisor.signal_descendants(limit.holder, signal) {
+            let ended = self.supervisor.signal_descendants(limit.holder, signal);
+            if !matches!(ended, Ok(0)) {
+                self.audit
+                    .debuggers_ended(limit.holder, limit.connection, signal, &ended);
+            }
+            match ended {
                 Ok(0) => {}
                 Ok(ended) => warn!(
                     "client PID {} still debugs {} s after its time was up: {} of its processes sent signal {signal}",

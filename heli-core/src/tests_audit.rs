@@ -290,3 +290,41 @@ fn a_grant_whose_time_is_up_is_a_revoke_by_expiry_with_its_duration() {
         [(AuditEvent::Terminate, AuditResult::Ok, None)]
     );
 }
+
+#[test]
+fn the_end_of_a_verified_clients_debuggers_is_recorded() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    fake.authenticate(Some(target.id_of(77)));
+    let controller = controller_over(&fake, &granter, &target)
+        .max_grant(Duration::from_secs(1))
+        .limit_graces(Duration::from_millis(200), Duration::from_millis(200))
+        .audit(audit.clone());
+    let running = start(controller);
+    let session = fake.granted(77);
+    let connection = fake.last_connection();
+    // Grant, its revoke by expiry, then SIGTERM and SIGKILL to what the
+    // (pretend) client still runs.
+    let records = audit.wait_for(4);
+    let ended: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|record| record.event == AuditEvent::DebuggersEnded)
+        .collect();
+    assert_eq!(ended.len(), 2, "{records:?}");
+    for (record, signal) in ended.iter().zip([15, 9]) {
+        assert_eq!(record.result, AuditResult::Ok);
+        assert_eq!(record.connection, connection);
+        assert!(record.peer.verified);
+        assert_eq!(record.peer.pid, Some(pid(77)));
+        assert_eq!(record.grantee.as_ref().unwrap().pid, 77);
+        assert_eq!(
+            record.reason.as_deref(),
+            Some(format!("its time was up: 1 of its processes sent signal {signal}").as_str())
+        );
+        assert!(record
+            .to_json_line()
+            .contains(r#""event":"debuggers_ended""#));
+    }
+    drop(session);
+    running.terminate(&fake);
+}
