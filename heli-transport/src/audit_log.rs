@@ -57,7 +57,9 @@ const MAX_HANGING_READS: usize = 4;
 ///
 /// # Errors during the run
 ///
-/// A record that cannot be written (a full disk, a file replaced by one
+/// A record that cannot be written (a full disk, the file size limit
+/// `RLIMIT_FSIZE`: `open` catches `SIGXFSZ`, so the write fails with
+/// `EFBIG` instead of killing the controller; a file replaced by one
 /// refused) is an error of [`record`](Audit::record): the controller logs
 /// it, says `audit=failing:<why>` in `STATUS` until a record is written
 /// again, and runs on. A write that blocks (a hung NFS mount) holds up the
@@ -95,6 +97,7 @@ impl AuditLog {
     /// file cannot be opened: the message says which and why.
     pub fn open(path: impl AsRef<Path>) -> io::Result<AuditLog> {
         let path = path.as_ref();
+        catch_file_size_signal()?;
         let file = open_checked(path)?;
         Ok(AuditLog {
             file: Some((path.to_owned(), file)),
@@ -132,12 +135,16 @@ impl Audit for AuditLog {
         let written = file.write(line.as_bytes())?;
         if written != line.len() {
             // End the partial line, so the next record starts a line of
-            // its own (a reader sees one line that does not parse).
-            let _ = file.write(b"\n");
+            // its own (a reader sees one line that does not parse); if
+            // that fails too, its error says why (ENOSPC, EFBIG).
+            let why = match file.write(b"\n") {
+                Err(err) => err.to_string(),
+                Ok(_) => "disk full?".to_owned(),
+            };
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
-                    "only {written} of {} bytes written (disk full?): a partial line is in {}",
+                    "only {written} of {} bytes written ({why}): a partial line is in {}",
                     line.len(),
                     path.display()
                 ),
@@ -149,6 +156,25 @@ impl Audit for AuditLog {
     fn describe(&mut self, id: ProcessId) -> Option<ProcessFacts> {
         describe(id, &self.hanging)
     }
+}
+
+/// Catches `SIGXFSZ` (once for the process): a write past the file size
+/// limit (`RLIMIT_FSIZE`: `ulimit -f`, systemd's `LimitFSIZE=`) then fails
+/// with `EFBIG`, a record that failed, instead of killing the controller
+/// and leaving its target unsupervised. A handler that does nothing, not
+/// `SIG_IGN`: the programs the controller starts get the default action
+/// back when they `exec`.
+fn catch_file_size_signal() -> io::Result<()> {
+    static CAUGHT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CAUGHT
+        .get_or_init(|| {
+            let raised = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGXFSZ, raised)
+                .map(drop)
+                .map_err(|err| format!("cannot catch SIGXFSZ: {err}"))
+        })
+        .clone()
+        .map_err(io::Error::other)
 }
 
 /// Whether the file at `path` is no longer the one `file` has open.
