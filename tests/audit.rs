@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -211,6 +212,17 @@ fn an_audit_log_that_cannot_be_trusted_is_refused_at_start() {
     refused_at_start(&hard, "has 2 links");
     fs::remove_file(&hard).unwrap();
     refused_at_start(dir.path(), "is not a regular file");
+    let writable = dir.path().join("writable.jsonl");
+    fs::write(&writable, b"").unwrap();
+    fs::set_permissions(&writable, fs::Permissions::from_mode(0o666)).unwrap();
+    refused_at_start(&writable, "others can write to it (mode 666)");
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    refused_at_start(
+        &open.join("audit.jsonl"),
+        "anyone can write to its directory",
+    );
     refused_at_start(
         &dir.path().join("missing/audit.jsonl"),
         "its directory cannot be read",

@@ -29,8 +29,9 @@ const MAX_HANGING_READS: usize = 4;
 ///
 /// [`open`](AuditLog::open) refuses, saying why, a path that is a symlink,
 /// whose directory is owned by another user than this process's (root
-/// excepted), or a file that is not a regular file, not this user's, has
-/// more than one link, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
+/// excepted) or writable by anyone without its sticky bit, or a file that
+/// is not a regular file, not this user's, has more than one link, may be
+/// written by its group or others, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
 /// way a file of someone else's was made to look like ours). It opens the
 /// file with `O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC`, mode
 /// `0600` when it creates it, and checks the file opened again.
@@ -209,6 +210,17 @@ fn open_checked(path: &Path) -> io::Result<File> {
             dir_meta.uid()
         )));
     }
+    // Anyone may rename or delete a file in a directory anyone may write
+    // to, unless its sticky bit is set (as /tmp's).
+    let mode = dir_meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(refused(format!(
+            "anyone can write to its directory {} (mode {:o}, no sticky bit): \
+             they could delete the file or put their own in its place",
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => check_file(&meta, me).map_err(refused)?,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -261,6 +273,15 @@ fn check_file(meta: &Metadata, me: u32) -> Result<(), String> {
         return Err(format!(
             "has {} links (hard links): only a file with one name is used",
             meta.nlink()
+        ));
+    }
+    // Group or others' write bit (with an ACL, the group bits are its
+    // mask: a named user or group that may write shows there too).
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others can write to it (mode {:o}): they could forge or truncate records \
+             (chmod go-w it)",
+            meta.mode() & 0o7777
         ));
     }
     Ok(())
@@ -398,6 +419,38 @@ mod tests {
         nix::unistd::chown(&file, Some(nobody.uid), Some(nobody.gid)).unwrap();
         let message = refusal(&file);
         assert!(message.contains("belongs to another user"), "{message}");
+    }
+
+    #[test]
+    fn a_file_or_directory_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file others may write to: they could forge or truncate records.
+        for mode in [0o620, 0o602, 0o666] {
+            let file = dir.path().join(format!("writable-{mode:o}"));
+            std::fs::write(&file, b"").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let message = refusal(&file);
+            assert!(message.contains("others can write to it"), "{message}");
+        }
+        // Readable by others is the operator's choice.
+        let readable = dir.path().join("readable");
+        std::fs::write(&readable, b"").unwrap();
+        std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+        AuditLog::open(&readable).unwrap();
+        // A directory anyone may write to, without the sticky bit: anyone
+        // could rename or delete the file, or put their own in its place.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let message = refusal(&open.join("audit.jsonl"));
+        assert!(
+            message.contains("anyone can write to its directory"),
+            "{message}"
+        );
+        assert!(!open.join("audit.jsonl").exists());
+        // With the sticky bit (as /tmp): only the file's owner may.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        AuditLog::open(open.join("audit.jsonl")).unwrap();
     }
 
     #[test]
