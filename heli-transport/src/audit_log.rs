@@ -11,6 +11,9 @@ use std::time::Duration;
 use heli_core::audit::{Audit, AuditRecord, ProcessFacts};
 use heli_core::ProcessId;
 use heli_proc::Proc;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// How long the audit thread waits for a peer's command line and user
 /// name (the kernel reads a command line under the process's memory map
@@ -34,7 +37,9 @@ const MAX_HANGING_READS: usize = 4;
 /// written by its group or others, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
 /// way a file of someone else's was made to look like ours). It opens the
 /// file with `O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC`, mode
-/// `0600` when it creates it, and checks the file opened again.
+/// `0600` when it creates it, relative to the directory it checked (opened
+/// once, `openat`: a symlink on the path swapped after the checks cannot
+/// send the file to another directory), and checks the file opened again.
 ///
 /// Each record is written with one `write(2)` of the whole line (a write
 /// cut short by a full disk leaves a partial line, ended with a newline
@@ -201,7 +206,19 @@ fn open_checked(path: &Path) -> io::Result<File> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let dir_meta = std::fs::metadata(dir)
+    let Some(name) = path.file_name() else {
+        return Err(refused("names no file".into()));
+    };
+    // The directory opened once, checked and created in by that handle:
+    // a directory on the path swapped (a symlink in it changed) after the
+    // checks cannot receive the file.
+    let dir_file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|err| refused(format!("its directory cannot be read: {err}")))?;
+    let dir_meta = dir_file
+        .metadata()
         .map_err(|err| refused(format!("its directory cannot be read: {err}")))?;
     if dir_meta.uid() != me && dir_meta.uid() != 0 {
         return Err(refused(format!(
@@ -226,15 +243,16 @@ fn open_checked(path: &Path) -> io::Result<File> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(refused(format!("cannot be looked up: {err}"))),
     }
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc_flags())
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(code) if code == nix::libc::ELOOP => refused("is a symlink".into()),
-            _ => refused(format!("cannot be opened for appending: {err}")),
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::from_bits_retain(libc_flags());
+    let file = nix::fcntl::openat(&dir_file, name, flags, Mode::from_bits_truncate(0o600))
+        .map(File::from)
+        .map_err(|err| match err {
+            Errno::ELOOP => refused("is a symlink".into()),
+            _ => refused(format!(
+                "cannot be opened for appending: {}",
+                io::Error::from(err)
+            )),
         })?;
     // What was opened, checked again: the path may have changed meanwhile.
     check_file(&file.metadata()?, me).map_err(refused)?;
@@ -451,6 +469,65 @@ mod tests {
         // With the sticky bit (as /tmp): only the file's owner may.
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         AuditLog::open(open.join("audit.jsonl")).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_made_in_the_directory_that_was_checked() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to own a directory as nobody");
+            return;
+        }
+        // A path through a symlink someone swaps between a directory of
+        // ours and one of another user's (as in /tmp without
+        // fs.protected_symlinks): the file must never be made in theirs
+        // (they could delete it, records and all).
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        let link = dir.path().join("link");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dir, mine, theirs, link, stop) = (
+                dir.path().to_owned(),
+                mine.clone(),
+                theirs.clone(),
+                link.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let next = dir.join("next");
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let to = if n % 2 == 0 { &mine } else { &theirs };
+                    let _ = std::fs::remove_file(&next);
+                    std::os::unix::fs::symlink(to, &next).unwrap();
+                    std::fs::rename(&next, &link).unwrap();
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut opened = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let path = link.join(format!("audit-{opened}.jsonl"));
+            if AuditLog::open(&path).is_ok() {
+                opened += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        let made: Vec<_> = std::fs::read_dir(&theirs).unwrap().collect();
+        assert!(opened > 0);
+        assert!(
+            made.is_empty(),
+            "{} of {opened} files made in the other user's directory",
+            made.len()
+        );
     }
 
     #[test]
