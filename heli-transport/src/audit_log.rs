@@ -305,13 +305,35 @@ fn check_file(meta: &Metadata, me: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The note of a process that ended (or whose pid another process took)
+/// before the audit thread could describe it: a client that read its reply
+/// and left at once, or the audit thread behind.
+const GONE: &str = "ended before it could be described";
+
 /// The executable (a `readlink`, at once), user name and command line
 /// (on a thread of their own, within [`DESCRIBE_DEADLINE`]) of process
-/// `id`, and no other: a process that reused its pid is not described.
+/// `id`, and no other: a process that reused its pid is not described
+/// (only [`GONE`] is said, as of one that ended).
 fn describe(id: ProcessId, hanging: &Arc<AtomicUsize>) -> Option<ProcessFacts> {
-    let proc = Proc::open_id(id).ok()??;
+    let Some(proc) = Proc::open_id(id).ok()? else {
+        return Some(ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        });
+    };
+    let exe = proc.exe();
+    if exe
+        .as_ref()
+        .is_err_and(|err| err.kind() == io::ErrorKind::NotFound)
+    {
+        // Ended, not reaped yet: nothing more to read.
+        return Some(ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        });
+    }
     let mut facts = ProcessFacts {
-        exe: proc.exe().ok().map(|exe| exe.display().to_string()),
+        exe: exe.ok().map(|exe| exe.display().to_string()),
         ..ProcessFacts::default()
     };
     let uid = proc.info().ok().flatten().map(|info| info.uid);
@@ -582,6 +604,20 @@ mod tests {
         assert_eq!(counts, [1000, 1000]);
     }
 
+    /// Waits until process `pid` has ended (state `Z` in its `stat`).
+    fn wait_until_zombie(pid: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let state = stat.rsplit_once(") ").unwrap().1.chars().next();
+            if state == Some('Z') {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stat}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_process_is_described_by_its_identity_only() {
         let me = heli_proc::ProcFs;
@@ -603,7 +639,25 @@ mod tests {
             start_time: id.start_time + 1,
             ..id
         };
-        assert_eq!(log.describe(other), None);
+        let gone = ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        };
+        assert_eq!(log.describe(other), Some(gone.clone()));
+        // A peer that ended before the audit thread came to it (a client
+        // that read its reply and left): said so, not silently bare.
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = heli_core::Pid::new(child.id()).unwrap();
+        let id = heli_core::Processes::identity(&me, pid).unwrap().unwrap();
+        child.kill().unwrap();
+        // Ended, not reaped yet (a zombie), then reaped.
+        wait_until_zombie(child.id());
+        assert_eq!(log.describe(id), Some(gone.clone()));
+        child.wait().unwrap();
+        assert_eq!(log.describe(id), Some(gone));
         assert!(log.record(&AuditRecord::new(AuditEvent::Status)).is_ok());
     }
 }
