@@ -153,10 +153,14 @@ impl Auditing {
         }
     }
 
-    /// Notes that `grant`, asked for by `peer`, is in force from now.
+    /// Notes that `grant`, asked for by `peer`, is in force from now; a
+    /// grant its holder asks for again while it is in force goes on from
+    /// its first start (its revoke says how long the access lasted in all,
+    /// not since the last request).
     pub(crate) fn grant_started(&mut self, grant: &GrantRecord, peer: Peer) {
         self.grants
-            .insert((grant.process, grant.holder), (Instant::now(), peer));
+            .entry((grant.process, grant.holder))
+            .or_insert_with(|| (Instant::now(), peer));
     }
 
     /// Records that `grant` ended for `cause`, with how long it lasted;

@@ -328,3 +328,36 @@ fn the_end_of_a_verified_clients_debuggers_is_recorded() {
     drop(session);
     running.terminate(&fake);
 }
+
+#[test]
+fn a_grant_asked_for_again_keeps_its_start_and_the_revoke_its_whole_duration() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    let client_id = target.0.table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(client_id));
+    let running = start(controller_over(&fake, &granter, &target).audit(audit.clone()));
+    let mut session = fake.client().session().unwrap();
+    session.grant_access(pid(77)).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // Asked again just before its end: the grant goes on, it does not
+    // start anew (else a holder could make an hour's access look short).
+    session.grant_access(pid(77)).unwrap();
+    session.revoke(pid(77)).unwrap();
+    let records = audit.wait_for(3);
+    assert_eq!(
+        events(&records[..3]),
+        [
+            (AuditEvent::Grant, AuditResult::Ok, None),
+            (AuditEvent::Grant, AuditResult::Ok, None),
+            (
+                AuditEvent::Revoke,
+                AuditResult::Ok,
+                Some(RevokeCause::Request)
+            ),
+        ]
+    );
+    let lasted = records[2].duration_ms.unwrap();
+    assert!(lasted >= 300, "the revoke says {lasted} ms");
+    drop(session);
+    running.terminate(&fake);
+}
