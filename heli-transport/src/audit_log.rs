@@ -57,9 +57,11 @@ const MAX_HANGING_READS: usize = 4;
 /// changed inode, and the path is opened anew with the same checks. Every
 /// controller sharing the file follows it; nothing is lost (a record
 /// written between the rename and the reopen is in the renamed file).
-/// Do not use logrotate's `copytruncate`: what is written between its copy
-/// and its truncation is lost. (Reopening on `SIGHUP` is not possible: the
-/// controller forwards `SIGHUP` to its target.)
+/// A file deleted instead (no name left to it) is warned about: its
+/// records are gone. Do not use logrotate's `copytruncate`: what is
+/// written between its copy and its truncation is lost. (Reopening on
+/// `SIGHUP` is not possible: the controller forwards `SIGHUP` to its
+/// target.)
 ///
 /// # Errors during the run
 ///
@@ -133,7 +135,16 @@ impl Audit for AuditLog {
             return Ok(());
         };
         if rotated(path, file)? {
-            log::info!("audit log {} was rotated: opening it anew", path.display());
+            if file.metadata()?.nlink() == 0 {
+                // No name left: deleted, not renamed by a rotation.
+                log::warn!(
+                    "audit log {} was deleted (not renamed, as a rotation does): the \
+                     records in it are gone; opening it anew",
+                    path.display()
+                );
+            } else {
+                log::info!("audit log {} was rotated: opening it anew", path.display());
+            }
             *file = open_checked(path)?;
         }
         let line = record.to_json_line();
@@ -572,6 +583,37 @@ mod tests {
             .record(&AuditRecord::new(AuditEvent::Status))
             .unwrap_err();
         assert!(err.to_string().contains("is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_file_is_warned_about_not_taken_for_a_rotation() {
+        assert!(heli_core::test_log::capture(log::LevelFilter::Info));
+        let warned = || -> Vec<String> {
+            let me = std::thread::current().id();
+            heli_core::test_log::lines()
+                .into_iter()
+                .filter(|line| line.thread == me && line.level == log::Level::Warn)
+                .map(|line| line.text)
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Status)).unwrap();
+        // Renamed (rotated): followed, nothing to warn about.
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Status)).unwrap();
+        assert_eq!(warned(), Vec::<String>::new());
+        // Deleted (by someone who may write to the directory): the records
+        // in it are gone, which is no rotation.
+        std::fs::remove_file(&path).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Terminate))
+            .unwrap();
+        let warned = warned();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("was deleted"), "{warned:?}");
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(new.contains("terminate") && new.lines().count() == 1);
     }
 
     #[test]
