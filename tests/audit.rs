@@ -4,10 +4,12 @@
 //! revoke (its end, with its duration), by the verified peer on the socket
 //! and as unverified on named pipes; a refusal with its reason; a path
 //! refused at start (exit 125); a full disk during the run, in `STATUS` and
-//! on stderr, while the controller serves on.
+//! on stderr, while the controller serves on; a file size limit
+//! (`RLIMIT_FSIZE`) fails records and does not kill the controller.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -210,6 +212,17 @@ fn an_audit_log_that_cannot_be_trusted_is_refused_at_start() {
     refused_at_start(&hard, "has 2 links");
     fs::remove_file(&hard).unwrap();
     refused_at_start(dir.path(), "is not a regular file");
+    let writable = dir.path().join("writable.jsonl");
+    fs::write(&writable, b"").unwrap();
+    fs::set_permissions(&writable, fs::Permissions::from_mode(0o666)).unwrap();
+    refused_at_start(&writable, "others can write to it (mode 666)");
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    refused_at_start(
+        &open.join("audit.jsonl"),
+        "anyone can write to its directory",
+    );
     refused_at_start(
         &dir.path().join("missing/audit.jsonl"),
         "its directory cannot be read",
@@ -291,6 +304,78 @@ fn a_full_disk_during_the_run_is_in_status_and_stderr_and_serving_goes_on() {
     );
     let stderr = fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("audit: cannot record"), "{stderr}");
+    assert!(ask("TERMINATE").starts_with("READY"));
+    let deadline = Instant::now() + SOON;
+    while controller.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "controller did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_file_size_limit_fails_records_and_does_not_kill_the_controller() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = dir.path().join("controller.log");
+    // RLIMIT_FSIZE of 8 KiB (systemd's LimitFSIZE=, `ulimit -f`): a write
+    // past it raises SIGXFSZ, which kills a process that does not catch it.
+    let controller = Command::new("prlimit")
+        .arg("--fsize=8192:8192")
+        .arg("--")
+        .arg(example("controller"))
+        .args(["--transport", "socket", "--name", "test", "--audit-log"])
+        .arg(&path)
+        .args(["--", "sleep", "600"])
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut controller = KilledOnDrop(controller);
+    let socket = dir.path().join("heli/test.sock");
+    wait_for("the controller listening", SOON, || socket.exists());
+    let ask = |request: &str| -> String {
+        let Ok(stream) = UnixStream::connect(&socket) else {
+            return String::new();
+        };
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let _ = reader
+            .get_mut()
+            .write_all(format!("{request}\n").as_bytes());
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        line
+    };
+    // Each STATUS is a record of some 400 bytes: 8 KiB fill up.
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        let status = ask("STATUS");
+        if let Ok(Some(ended)) = controller.0.try_wait() {
+            panic!(
+                "the controller ended ({ended}) at the file size limit: {}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        if status.contains(" audit=failing:") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no audit=failing: {status}");
+    };
+    assert!(status.contains("File_too_large"), "{status}");
+    assert!(ask("GET_TARGET_PID").starts_with("TARGET_PID "));
+    // The records before the limit are in the file (the last line may be
+    // cut short, as on a full disk).
+    let text = fs::read_to_string(&path).unwrap();
+    let whole = text
+        .lines()
+        .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+        .count();
+    assert!(whole >= 10, "{text}");
+    assert!(fs::metadata(&path).unwrap().len() <= 8192);
     assert!(ask("TERMINATE").starts_with("READY"));
     let deadline = Instant::now() + SOON;
     while controller.0.try_wait().unwrap().is_none() {

@@ -29,7 +29,7 @@ pub(crate) const RECENT_RECORDS: usize = 10_000;
 pub(crate) const RECENT_BYTES: usize = MAX_REPLY - 4096;
 
 /// How many processes' facts the audit thread remembers (a peer asking
-/// again is not read again).
+/// again is not read again, except at a grant).
 const FACTS_CACHE: usize = 256;
 
 /// How long the controller waits at its end for the audit thread to
@@ -153,10 +153,14 @@ impl Auditing {
         }
     }
 
-    /// Notes that `grant`, asked for by `peer`, is in force from now.
+    /// Notes that `grant`, asked for by `peer`, is in force from now; a
+    /// grant its holder asks for again while it is in force goes on from
+    /// its first start (its revoke says how long the access lasted in all,
+    /// not since the last request).
     pub(crate) fn grant_started(&mut self, grant: &GrantRecord, peer: Peer) {
         self.grants
-            .insert((grant.process, grant.holder), (Instant::now(), peer));
+            .entry((grant.process, grant.holder))
+            .or_insert_with(|| (Instant::now(), peer));
     }
 
     /// Records that `grant` ended for `cause`, with how long it lasted;
@@ -288,9 +292,14 @@ impl Drop for Auditing {
 /// loop's end is dropped.
 fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Shared) {
     let mut facts: HashMap<ProcessId, Option<ProcessFacts>> = HashMap::new();
-    let mut describe = |audit: &mut U, id: ProcessId| {
+    // `anew`: not from the cache (a process that `exec`s keeps its pid and
+    // start time, so the cache would tell what it ran before).
+    let mut describe = |audit: &mut U, id: ProcessId, anew: bool| {
         if facts.len() >= FACTS_CACHE {
             facts.clear();
+        }
+        if anew {
+            facts.remove(&id);
         }
         facts
             .entry(id)
@@ -299,8 +308,11 @@ fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Share
             .unwrap_or_default()
     };
     for mut record in rx {
+        // A grant is described anew: what the debugger granted runs at its
+        // start matters more than a thread less.
+        let anew = record.event == AuditEvent::Grant;
         if let (Some(pid), Some(start_time)) = (record.peer.pid, record.peer.start_time) {
-            record.peer.facts = describe(&mut audit, ProcessId { pid, start_time });
+            record.peer.facts = describe(&mut audit, ProcessId { pid, start_time }, anew);
         }
         // The grantee's facts at its grant (the attach's start): what
         // debugger, with what command line.
@@ -309,7 +321,10 @@ fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Share
                 .zip(grantee.start_time)
                 .map(|(pid, start_time)| ProcessId { pid, start_time });
             if let (Some(id), AuditEvent::Grant) = (id, record.event) {
-                grantee.facts = describe(&mut audit, id);
+                // Described with the peer just now when it is the peer.
+                let same = record.peer.pid == Some(id.pid)
+                    && record.peer.start_time == Some(id.start_time);
+                grantee.facts = describe(&mut audit, id, !same);
             }
         }
         let line = record.to_json_line();

@@ -328,3 +328,89 @@ fn the_end_of_a_verified_clients_debuggers_is_recorded() {
     drop(session);
     running.terminate(&fake);
 }
+
+#[test]
+fn a_grant_asked_for_again_keeps_its_start_and_the_revoke_its_whole_duration() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    let client_id = target.0.table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(client_id));
+    let running = start(controller_over(&fake, &granter, &target).audit(audit.clone()));
+    let mut session = fake.client().session().unwrap();
+    session.grant_access(pid(77)).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // Asked again just before its end: the grant goes on, it does not
+    // start anew (else a holder could make an hour's access look short).
+    session.grant_access(pid(77)).unwrap();
+    session.revoke(pid(77)).unwrap();
+    let records = audit.wait_for(3);
+    assert_eq!(
+        events(&records[..3]),
+        [
+            (AuditEvent::Grant, AuditResult::Ok, None),
+            (AuditEvent::Grant, AuditResult::Ok, None),
+            (
+                AuditEvent::Revoke,
+                AuditResult::Ok,
+                Some(RevokeCause::Request)
+            ),
+        ]
+    );
+    let lasted = records[2].duration_ms.unwrap();
+    assert!(lasted >= 300, "the revoke says {lasted} ms");
+    drop(session);
+    running.terminate(&fake);
+}
+
+/// An audit whose processes run another program each time they are
+/// described (as a process that `exec`s does, same pid and start time).
+#[derive(Clone, Default)]
+struct Execing {
+    kept: Kept,
+    described: Arc<AtomicUsize>,
+}
+
+impl Audit for Execing {
+    fn record(&mut self, record: &AuditRecord) -> io::Result<()> {
+        self.kept.record(record)
+    }
+
+    fn describe(&mut self, _: ProcessId) -> Option<ProcessFacts> {
+        let n = self.described.fetch_add(1, SeqCst) + 1;
+        Some(ProcessFacts {
+            exe: Some(format!("/usr/bin/program{n}")),
+            ..ProcessFacts::default()
+        })
+    }
+}
+
+#[test]
+fn a_grant_describes_its_processes_anew_not_as_an_earlier_record_did() {
+    let audit = Execing::default();
+    let (fake, granter, target) = controller();
+    let client_id = target.0.table.identity(pid(77)).unwrap().unwrap();
+    fake.authenticate(Some(client_id));
+    let running = start(controller_over(&fake, &granter, &target).audit(audit.clone()));
+    let mut session = fake.client().session().unwrap();
+    // Described at its STATUS, then (having exec'd another program, same
+    // pid and start time) granted: the grant must say what runs now.
+    session.status().unwrap();
+    audit.kept.wait_for(1);
+    session.grant_access(pid(77)).unwrap();
+    let records = audit.kept.wait_for(2);
+    assert_eq!(
+        records[0].peer.facts.exe.as_deref(),
+        Some("/usr/bin/program1")
+    );
+    let grant = &records[1];
+    assert_eq!(grant.event, AuditEvent::Grant);
+    let grantee = grant.grantee.as_ref().unwrap();
+    assert_ne!(
+        grantee.facts.exe.as_deref(),
+        Some("/usr/bin/program1"),
+        "the grantee as it was at an earlier record: {grant:?}"
+    );
+    assert_ne!(grant.peer.facts.exe.as_deref(), Some("/usr/bin/program1"));
+    drop(session);
+    running.terminate(&fake);
+}

@@ -11,6 +11,9 @@ use std::time::Duration;
 use heli_core::audit::{Audit, AuditRecord, ProcessFacts};
 use heli_core::ProcessId;
 use heli_proc::Proc;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// How long the audit thread waits for a peer's command line and user
 /// name (the kernel reads a command line under the process's memory map
@@ -29,11 +32,14 @@ const MAX_HANGING_READS: usize = 4;
 ///
 /// [`open`](AuditLog::open) refuses, saying why, a path that is a symlink,
 /// whose directory is owned by another user than this process's (root
-/// excepted), or a file that is not a regular file, not this user's, has
-/// more than one link, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
+/// excepted) or writable by anyone without its sticky bit, or a file that
+/// is not a regular file, not this user's, has more than one link, may be
+/// written by its group or others, or is the kernel's (`/proc`, `/sys`) (another name could lead a reader astray, or be the
 /// way a file of someone else's was made to look like ours). It opens the
 /// file with `O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC`, mode
-/// `0600` when it creates it, and checks the file opened again.
+/// `0600` when it creates it, relative to the directory it checked (opened
+/// once, `openat`: a symlink on the path swapped after the checks cannot
+/// send the file to another directory), and checks the file opened again.
 ///
 /// Each record is written with one `write(2)` of the whole line (a write
 /// cut short by a full disk leaves a partial line, ended with a newline
@@ -51,13 +57,17 @@ const MAX_HANGING_READS: usize = 4;
 /// changed inode, and the path is opened anew with the same checks. Every
 /// controller sharing the file follows it; nothing is lost (a record
 /// written between the rename and the reopen is in the renamed file).
-/// Do not use logrotate's `copytruncate`: what is written between its copy
-/// and its truncation is lost. (Reopening on `SIGHUP` is not possible: the
-/// controller forwards `SIGHUP` to its target.)
+/// A file deleted instead (no name left to it) is warned about: its
+/// records are gone. Do not use logrotate's `copytruncate`: what is
+/// written between its copy and its truncation is lost. (Reopening on
+/// `SIGHUP` is not possible: the controller forwards `SIGHUP` to its
+/// target.)
 ///
 /// # Errors during the run
 ///
-/// A record that cannot be written (a full disk, a file replaced by one
+/// A record that cannot be written (a full disk, the file size limit
+/// `RLIMIT_FSIZE`: `open` catches `SIGXFSZ`, so the write fails with
+/// `EFBIG` instead of killing the controller; a file replaced by one
 /// refused) is an error of [`record`](Audit::record): the controller logs
 /// it, says `audit=failing:<why>` in `STATUS` until a record is written
 /// again, and runs on. A write that blocks (a hung NFS mount) holds up the
@@ -95,6 +105,7 @@ impl AuditLog {
     /// file cannot be opened: the message says which and why.
     pub fn open(path: impl AsRef<Path>) -> io::Result<AuditLog> {
         let path = path.as_ref();
+        catch_file_size_signal()?;
         let file = open_checked(path)?;
         Ok(AuditLog {
             file: Some((path.to_owned(), file)),
@@ -124,7 +135,16 @@ impl Audit for AuditLog {
             return Ok(());
         };
         if rotated(path, file)? {
-            log::info!("audit log {} was rotated: opening it anew", path.display());
+            if file.metadata()?.nlink() == 0 {
+                // No name left: deleted, not renamed by a rotation.
+                log::warn!(
+                    "audit log {} was deleted (not renamed, as a rotation does): the \
+                     records in it are gone; opening it anew",
+                    path.display()
+                );
+            } else {
+                log::info!("audit log {} was rotated: opening it anew", path.display());
+            }
             *file = open_checked(path)?;
         }
         let line = record.to_json_line();
@@ -132,12 +152,16 @@ impl Audit for AuditLog {
         let written = file.write(line.as_bytes())?;
         if written != line.len() {
             // End the partial line, so the next record starts a line of
-            // its own (a reader sees one line that does not parse).
-            let _ = file.write(b"\n");
+            // its own (a reader sees one line that does not parse); if
+            // that fails too, its error says why (ENOSPC, EFBIG).
+            let why = match file.write(b"\n") {
+                Err(err) => err.to_string(),
+                Ok(_) => "disk full?".to_owned(),
+            };
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
-                    "only {written} of {} bytes written (disk full?): a partial line is in {}",
+                    "only {written} of {} bytes written ({why}): a partial line is in {}",
                     line.len(),
                     path.display()
                 ),
@@ -149,6 +173,25 @@ impl Audit for AuditLog {
     fn describe(&mut self, id: ProcessId) -> Option<ProcessFacts> {
         describe(id, &self.hanging)
     }
+}
+
+/// Catches `SIGXFSZ` (once for the process): a write past the file size
+/// limit (`RLIMIT_FSIZE`: `ulimit -f`, systemd's `LimitFSIZE=`) then fails
+/// with `EFBIG`, a record that failed, instead of killing the controller
+/// and leaving its target unsupervised. A handler that does nothing, not
+/// `SIG_IGN`: the programs the controller starts get the default action
+/// back when they `exec`.
+fn catch_file_size_signal() -> io::Result<()> {
+    static CAUGHT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CAUGHT
+        .get_or_init(|| {
+            let raised = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGXFSZ, raised)
+                .map(drop)
+                .map_err(|err| format!("cannot catch SIGXFSZ: {err}"))
+        })
+        .clone()
+        .map_err(io::Error::other)
 }
 
 /// Whether the file at `path` is no longer the one `file` has open.
@@ -174,7 +217,19 @@ fn open_checked(path: &Path) -> io::Result<File> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let dir_meta = std::fs::metadata(dir)
+    let Some(name) = path.file_name() else {
+        return Err(refused("names no file".into()));
+    };
+    // The directory opened once, checked and created in by that handle:
+    // a directory on the path swapped (a symlink in it changed) after the
+    // checks cannot receive the file.
+    let dir_file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|err| refused(format!("its directory cannot be read: {err}")))?;
+    let dir_meta = dir_file
+        .metadata()
         .map_err(|err| refused(format!("its directory cannot be read: {err}")))?;
     if dir_meta.uid() != me && dir_meta.uid() != 0 {
         return Err(refused(format!(
@@ -183,20 +238,32 @@ fn open_checked(path: &Path) -> io::Result<File> {
             dir_meta.uid()
         )));
     }
+    // Anyone may rename or delete a file in a directory anyone may write
+    // to, unless its sticky bit is set (as /tmp's).
+    let mode = dir_meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(refused(format!(
+            "anyone can write to its directory {} (mode {:o}, no sticky bit): \
+             they could delete the file or put their own in its place",
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => check_file(&meta, me).map_err(refused)?,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(refused(format!("cannot be looked up: {err}"))),
     }
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc_flags())
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(code) if code == nix::libc::ELOOP => refused("is a symlink".into()),
-            _ => refused(format!("cannot be opened for appending: {err}")),
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::from_bits_retain(libc_flags());
+    let file = nix::fcntl::openat(&dir_file, name, flags, Mode::from_bits_truncate(0o600))
+        .map(File::from)
+        .map_err(|err| match err {
+            Errno::ELOOP => refused("is a symlink".into()),
+            _ => refused(format!(
+                "cannot be opened for appending: {}",
+                io::Error::from(err)
+            )),
         })?;
     // What was opened, checked again: the path may have changed meanwhile.
     check_file(&file.metadata()?, me).map_err(refused)?;
@@ -237,16 +304,47 @@ fn check_file(meta: &Metadata, me: u32) -> Result<(), String> {
             meta.nlink()
         ));
     }
+    // Group or others' write bit (with an ACL, the group bits are its
+    // mask: a named user or group that may write shows there too).
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others can write to it (mode {:o}): they could forge or truncate records \
+             (chmod go-w it)",
+            meta.mode() & 0o7777
+        ));
+    }
     Ok(())
 }
 
+/// The note of a process that ended (or whose pid another process took)
+/// before the audit thread could describe it: a client that read its reply
+/// and left at once, or the audit thread behind.
+const GONE: &str = "ended before it could be described";
+
 /// The executable (a `readlink`, at once), user name and command line
 /// (on a thread of their own, within [`DESCRIBE_DEADLINE`]) of process
-/// `id`, and no other: a process that reused its pid is not described.
+/// `id`, and no other: a process that reused its pid is not described
+/// (only [`GONE`] is said, as of one that ended).
 fn describe(id: ProcessId, hanging: &Arc<AtomicUsize>) -> Option<ProcessFacts> {
-    let proc = Proc::open_id(id).ok()??;
+    let Some(proc) = Proc::open_id(id).ok()? else {
+        return Some(ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        });
+    };
+    let exe = proc.exe();
+    if exe
+        .as_ref()
+        .is_err_and(|err| err.kind() == io::ErrorKind::NotFound)
+    {
+        // Ended, not reaped yet: nothing more to read.
+        return Some(ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        });
+    }
     let mut facts = ProcessFacts {
-        exe: proc.exe().ok().map(|exe| exe.display().to_string()),
+        exe: exe.ok().map(|exe| exe.display().to_string()),
         ..ProcessFacts::default()
     };
     let uid = proc.info().ok().flatten().map(|info| info.uid);
@@ -375,6 +473,97 @@ mod tests {
     }
 
     #[test]
+    fn a_file_or_directory_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file others may write to: they could forge or truncate records.
+        for mode in [0o620, 0o602, 0o666] {
+            let file = dir.path().join(format!("writable-{mode:o}"));
+            std::fs::write(&file, b"").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let message = refusal(&file);
+            assert!(message.contains("others can write to it"), "{message}");
+        }
+        // Readable by others is the operator's choice.
+        let readable = dir.path().join("readable");
+        std::fs::write(&readable, b"").unwrap();
+        std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+        AuditLog::open(&readable).unwrap();
+        // A directory anyone may write to, without the sticky bit: anyone
+        // could rename or delete the file, or put their own in its place.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let message = refusal(&open.join("audit.jsonl"));
+        assert!(
+            message.contains("anyone can write to its directory"),
+            "{message}"
+        );
+        assert!(!open.join("audit.jsonl").exists());
+        // With the sticky bit (as /tmp): only the file's owner may.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        AuditLog::open(open.join("audit.jsonl")).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_made_in_the_directory_that_was_checked() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to own a directory as nobody");
+            return;
+        }
+        // A path through a symlink someone swaps between a directory of
+        // ours and one of another user's (as in /tmp without
+        // fs.protected_symlinks): the file must never be made in theirs
+        // (they could delete it, records and all).
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        let link = dir.path().join("link");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dir, mine, theirs, link, stop) = (
+                dir.path().to_owned(),
+                mine.clone(),
+                theirs.clone(),
+                link.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let next = dir.join("next");
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let to = if n % 2 == 0 { &mine } else { &theirs };
+                    let _ = std::fs::remove_file(&next);
+                    std::os::unix::fs::symlink(to, &next).unwrap();
+                    std::fs::rename(&next, &link).unwrap();
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut opened = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let path = link.join(format!("audit-{opened}.jsonl"));
+            if AuditLog::open(&path).is_ok() {
+                opened += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        let made: Vec<_> = std::fs::read_dir(&theirs).unwrap().collect();
+        assert!(opened > 0);
+        assert!(
+            made.is_empty(),
+            "{} of {opened} files made in the other user's directory",
+            made.len()
+        );
+    }
+
+    #[test]
     fn a_rotated_file_is_followed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
@@ -394,6 +583,37 @@ mod tests {
             .record(&AuditRecord::new(AuditEvent::Status))
             .unwrap_err();
         assert!(err.to_string().contains("is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_file_is_warned_about_not_taken_for_a_rotation() {
+        assert!(heli_core::test_log::capture(log::LevelFilter::Info));
+        let warned = || -> Vec<String> {
+            let me = std::thread::current().id();
+            heli_core::test_log::lines()
+                .into_iter()
+                .filter(|line| line.thread == me && line.level == log::Level::Warn)
+                .map(|line| line.text)
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Status)).unwrap();
+        // Renamed (rotated): followed, nothing to warn about.
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Status)).unwrap();
+        assert_eq!(warned(), Vec::<String>::new());
+        // Deleted (by someone who may write to the directory): the records
+        // in it are gone, which is no rotation.
+        std::fs::remove_file(&path).unwrap();
+        log.record(&AuditRecord::new(AuditEvent::Terminate))
+            .unwrap();
+        let warned = warned();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("was deleted"), "{warned:?}");
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(new.contains("terminate") && new.lines().count() == 1);
     }
 
     #[test]
@@ -426,6 +646,20 @@ mod tests {
         assert_eq!(counts, [1000, 1000]);
     }
 
+    /// Waits until process `pid` has ended (state `Z` in its `stat`).
+    fn wait_until_zombie(pid: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let state = stat.rsplit_once(") ").unwrap().1.chars().next();
+            if state == Some('Z') {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stat}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_process_is_described_by_its_identity_only() {
         let me = heli_proc::ProcFs;
@@ -447,7 +681,25 @@ mod tests {
             start_time: id.start_time + 1,
             ..id
         };
-        assert_eq!(log.describe(other), None);
+        let gone = ProcessFacts {
+            note: Some(GONE.into()),
+            ..ProcessFacts::default()
+        };
+        assert_eq!(log.describe(other), Some(gone.clone()));
+        // A peer that ended before the audit thread came to it (a client
+        // that read its reply and left): said so, not silently bare.
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = heli_core::Pid::new(child.id()).unwrap();
+        let id = heli_core::Processes::identity(&me, pid).unwrap().unwrap();
+        child.kill().unwrap();
+        // Ended, not reaped yet (a zombie), then reaped.
+        wait_until_zombie(child.id());
+        assert_eq!(log.describe(id), Some(gone.clone()));
+        child.wait().unwrap();
+        assert_eq!(log.describe(id), Some(gone));
         assert!(log.record(&AuditRecord::new(AuditEvent::Status)).is_ok());
     }
 }
