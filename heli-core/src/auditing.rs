@@ -56,6 +56,37 @@ struct Recent {
     bytes: usize,
 }
 
+impl Recent {
+    /// Keeps `line`, made `at`, and forgets the oldest past `most` lines
+    /// or `room` bytes.
+    fn push(&mut self, at: SystemTime, line: String, most: usize, room: usize) {
+        self.bytes += line.len();
+        self.lines.push_back((at, line));
+        while self.lines.len() > most || self.bytes > room {
+            match self.lines.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The newest lines made at `from` or later (all without), oldest
+    /// first, as many as fit `room` bytes with a separator each.
+    fn newest(&self, from: Option<SystemTime>, room: usize) -> Vec<&str> {
+        let mut room = room;
+        let mut lines: Vec<&str> = Vec::new();
+        for (at, line) in self.lines.iter().rev() {
+            if from.is_some_and(|from| *at < from) || line.len() + 1 > room {
+                break;
+            }
+            room -= line.len() + 1;
+            lines.push(line);
+        }
+        lines.reverse();
+        lines
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -233,18 +264,9 @@ impl Auditing {
     pub(crate) fn recent(&self, since: Option<Duration>) -> Vec<serde_json::Value> {
         let from = since.and_then(|since| SystemTime::now().checked_sub(since));
         let recent = lock(&self.shared.recent);
-        let mut room = RECENT_BYTES;
-        let mut lines: Vec<&str> = Vec::new();
-        for (at, line) in recent.lines.iter().rev() {
-            if from.is_some_and(|from| *at < from) || line.len() + 1 > room {
-                break;
-            }
-            room -= line.len() + 1;
-            lines.push(line);
-        }
-        lines
-            .iter()
-            .rev()
+        recent
+            .newest(from, RECENT_BYTES)
+            .into_iter()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
     }
@@ -329,16 +351,8 @@ fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Share
         }
         let line = record.to_json_line();
         {
-            let mut recent = lock(&shared.recent);
             let kept = line.trim_end().to_owned();
-            recent.bytes += kept.len();
-            recent.lines.push_back((SystemTime::now(), kept));
-            while recent.lines.len() > RECENT_RECORDS || recent.bytes > RECENT_BYTES {
-                match recent.lines.pop_front() {
-                    Some((_, old)) => recent.bytes -= old.len(),
-                    None => break,
-                }
-            }
+            lock(&shared.recent).push(SystemTime::now(), kept, RECENT_RECORDS, RECENT_BYTES);
         }
         let result = audit.record(&record);
         let mut failing = lock(&shared.failing);
@@ -367,6 +381,59 @@ fn record_all<U: Audit>(mut audit: U, rx: &Receiver<AuditRecord>, shared: &Share
 mod tests {
     use super::*;
     use crate::audit::NoAudit;
+
+    #[test]
+    fn the_newest_records_are_kept_within_their_count_and_bytes() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut recent = Recent::default();
+        for n in 0..5u64 {
+            // Lines of 10 bytes: "record n.." padded.
+            recent.push(at(n), format!("record {n:03}"), 4, 35);
+        }
+        // 4 at most, 35 bytes at most: the 3 newest (30 bytes).
+        assert_eq!(recent.bytes, 30);
+        assert_eq!(
+            recent.newest(None, 100),
+            ["record 002", "record 003", "record 004"]
+        );
+        // Made at 3 s or later; exactly at the boundary is kept.
+        assert_eq!(
+            recent.newest(Some(at(3)), 100),
+            ["record 003", "record 004"]
+        );
+        // Room for two lines and their separators (11 bytes each): the
+        // newest two; a byte less, one.
+        assert_eq!(recent.newest(None, 22), ["record 003", "record 004"]);
+        assert_eq!(recent.newest(None, 21), ["record 004"]);
+        assert_eq!(recent.newest(None, 10), Vec::<&str>::new());
+        // A count limit alone.
+        let mut few = Recent::default();
+        for n in 0..3u64 {
+            few.push(at(n), format!("record {n:03}"), 2, 1000);
+        }
+        assert_eq!((few.lines.len(), few.bytes), (2, 20));
+    }
+
+    #[test]
+    fn status_says_lost_and_unrecorded_records_once_there_are_any() {
+        let auditing = Auditing::start(NoAudit, "1@1".into(), "test".into()).unwrap();
+        assert_eq!(
+            auditing.status_fields(),
+            [("audit".to_owned(), "ok".to_owned())]
+        );
+        auditing.shared.lost.store(1, Ordering::Relaxed);
+        auditing.shared.unrecorded.store(2, Ordering::Relaxed);
+        *lock(&auditing.shared.failing) = Some("disk full".into());
+        assert_eq!(
+            auditing.status_fields(),
+            [
+                ("audit".to_owned(), "failing:disk full".to_owned()),
+                ("audit_lost".to_owned(), "1".to_owned()),
+                ("audit_unrecorded".to_owned(), "2".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn a_flood_of_records_keeps_memory_bounded_and_counts_what_is_lost() {

@@ -316,6 +316,7 @@ fn the_end_of_a_verified_clients_debuggers_is_recorded() {
         assert_eq!(record.connection, connection);
         assert!(record.peer.verified);
         assert_eq!(record.peer.pid, Some(pid(77)));
+        assert_eq!(record.peer.start_time, Some(target.id_of(77).start_time));
         assert_eq!(record.grantee.as_ref().unwrap().pid, 77);
         assert_eq!(
             record.reason.as_deref(),
@@ -412,5 +413,132 @@ fn a_grant_describes_its_processes_anew_not_as_an_earlier_record_did() {
     );
     assert_ne!(grant.peer.facts.exe.as_deref(), Some("/usr/bin/program1"));
     drop(session);
+    running.terminate(&fake);
+}
+
+/// The only record of `event` among `records`.
+fn only(records: &[AuditRecord], event: AuditEvent, request: &str) -> AuditRecord {
+    let found: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|record| record.event == event && record.request.as_deref() == Some(request))
+        .collect();
+    assert_eq!(found.len(), 1, "{event:?} {request}: {records:#?}");
+    found[0].clone()
+}
+
+#[test]
+fn each_kind_of_request_is_recorded_with_the_process_it_is_about() {
+    let audit = Kept::default();
+    let (fake, granter, target) = controller();
+    add_workers(&target);
+    fake.authenticate(Some(target.id_of(77)));
+    let family = Family::of(&target, &[PID.get(), 5001]);
+    let controller = controller_over(&fake, &granter, &target)
+        .inspector(family)
+        .audit(audit.clone());
+    let running = start(controller);
+    let worker = target.id_of(5001);
+    // Reads of the tree, of the target and of one process.
+    for line in [
+        "PS",
+        "STACK",
+        "STACKS",
+        "TASKS",
+        "STACK 5001",
+        "STACKS 5001",
+        "TASKS 5001",
+    ] {
+        let reply = fake.raw(format!("{line}\n").as_bytes());
+        assert!(!reply.starts_with("ERROR"), "{line}: {reply}");
+    }
+    let root = target.identity();
+    // A REVOKE of nothing withdraws nothing: no record. One refused is.
+    assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
+    let session = granted_on(&fake, 77, 5001);
+    fake.authenticate(Some(target.id_of(88)));
+    assert!(fake.raw(b"REVOKE 77 TARGET 5001\n").starts_with("ERROR"));
+    fake.authenticate(Some(target.id_of(77)));
+    // A transport that cannot pass pdb's sockets: refused, recorded with
+    // its method.
+    assert!(fake.raw(b"AGENT_ATTACH\n").starts_with("ERROR"));
+    assert!(fake.raw(b"AGENT_ATTACH 5001\n").starts_with("ERROR"));
+    // A profile of one process, to its end.
+    let mut profile = fake.client().session().unwrap();
+    profile
+        .profile(
+            crate::profile::ProfileRequest::new(Scope::Process(pid(5001)), 100).duration_ms(300),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut collections = 0;
+    loop {
+        let samples = profile.samples(false).unwrap();
+        collections += 1;
+        if samples.ended.is_some() {
+            break;
+        }
+        assert!(started.elapsed() < HANG);
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(collections > 1, "the profile ended at its first collection");
+    let mut whole = fake.client().session().unwrap();
+    whole
+        .profile(crate::profile::ProfileRequest::new(Scope::All, 100).duration_ms(0))
+        .unwrap();
+    whole.samples(true).unwrap();
+    let records = audit.wait_for(15);
+    let about = |record: &AuditRecord| record.process.as_ref().map(|p| (p.pid, p.start_time));
+    let of = |id: ProcessId| Some((id.pid.get(), Some(id.start_time)));
+    for (line, id) in [
+        ("PS", root),
+        ("STACK", root),
+        ("STACKS", root),
+        ("TASKS", root),
+        ("STACK 5001", worker),
+        ("STACKS 5001", worker),
+        ("TASKS 5001", worker),
+    ] {
+        let record = only(&records, AuditEvent::StackDump, line);
+        assert_eq!(
+            (record.result, about(&record)),
+            (AuditResult::Ok, of(id)),
+            "{line}"
+        );
+    }
+    assert!(
+        !records
+            .iter()
+            .any(|record| record.request.as_deref() == Some("REVOKE")),
+        "{records:#?}"
+    );
+    let refused = only(&records, AuditEvent::Refusal, "REVOKE 77 TARGET 5001");
+    assert_eq!(
+        (refused.result, about(&refused)),
+        (AuditResult::Refused, of(worker))
+    );
+    let grant = only(&records, AuditEvent::Grant, "GRANT_ACCESS 77 TARGET 5001");
+    assert_eq!(about(&grant), of(worker));
+    assert_eq!(grant.grantee.as_ref().unwrap().pid, 77);
+    for (line, id) in [("AGENT_ATTACH", root), ("AGENT_ATTACH 5001", worker)] {
+        let record = only(&records, AuditEvent::Refusal, line);
+        assert_eq!(record.result, AuditResult::Refused, "{line}");
+        assert_eq!(record.method.as_deref(), Some("agent"), "{line}");
+        assert_eq!(about(&record), of(id), "{line}");
+    }
+    let start = only(&records, AuditEvent::ProfileStart, "PROFILE 100 300 5001");
+    assert_eq!(about(&start), of(worker));
+    let all = only(&records, AuditEvent::ProfileStart, "PROFILE 100 0 ALL");
+    assert_eq!(about(&all), of(root));
+    // One end per profile, however many collections: the first lasted its
+    // 300 ms, the second ended at once by SAMPLES STOP.
+    let ends: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|record| record.event == AuditEvent::ProfileEnd)
+        .collect();
+    assert_eq!(ends.len(), 2, "{records:#?}");
+    assert!(ends[0].duration_ms.unwrap() >= 300, "{:?}", ends[0]);
+    assert_eq!(ends[1].request.as_deref(), Some("SAMPLES STOP"));
+    assert!(ends[1].duration_ms.unwrap() < 300, "{:?}", ends[1]);
+    drop((session, profile, whole));
     running.terminate(&fake);
 }
