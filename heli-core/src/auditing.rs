@@ -436,6 +436,135 @@ mod tests {
     }
 
     #[test]
+    fn what_is_kept_fits_one_audit_reply() {
+        let mut recent = Recent::default();
+        for n in 0..6000 {
+            let line = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(1000));
+            recent.push(SystemTime::now(), line, RECENT_RECORDS, RECENT_BYTES);
+        }
+        let values: Vec<serde_json::Value> = recent
+            .newest(None, RECENT_BYTES)
+            .into_iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert!(values.len() > 3000, "{}", values.len());
+        let reply = crate::protocol::Reply::Audit(values).encode(crate::protocol::Dialect::Upper);
+        assert!(reply.len() <= MAX_REPLY, "{}", reply.len());
+    }
+
+    /// An audit that counts what it is asked to describe, and records
+    /// slowly when told to.
+    #[derive(Clone, Default)]
+    struct Counting {
+        described: Arc<Mutex<Vec<ProcessId>>>,
+        recorded: Arc<AtomicU64>,
+        slow: Option<Duration>,
+    }
+
+    impl Audit for Counting {
+        fn record(&mut self, _: &AuditRecord) -> io::Result<()> {
+            if let Some(slow) = self.slow {
+                thread::sleep(slow);
+            }
+            self.recorded.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn describe(&mut self, id: ProcessId) -> Option<ProcessFacts> {
+            lock(&self.described).push(id);
+            None
+        }
+    }
+
+    fn id(pid: u32, start_time: u64) -> ProcessId {
+        ProcessId {
+            pid: crate::process::Pid::new(pid).unwrap(),
+            start_time,
+        }
+    }
+
+    fn from(process: ProcessId) -> Peer {
+        Peer {
+            connection: 1,
+            credentials: Some(crate::transport::Credentials {
+                uid: 1000,
+                process: Some(process),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_process_is_described_once_but_anew_at_its_grant() {
+        let audit = Counting::default();
+        let mut auditing = Auditing::start(audit.clone(), "1@1".into(), "test".into()).unwrap();
+        let (client, child) = (id(77, 500), id(78, 500));
+        // Asking again: described once.
+        for _ in 0..3 {
+            let record = auditing.draft(AuditEvent::Status, &from(client));
+            auditing.send(record);
+        }
+        let record = auditing.draft(AuditEvent::Status, &from(child));
+        auditing.send(record);
+        // Its own grant: the client anew, not twice.
+        let mut grant = auditing.draft(AuditEvent::Grant, &from(client));
+        grant.grantee = Some(AuditProcess::of(client));
+        auditing.send(grant);
+        // A grant for its child (the same start time, another pid): the
+        // child anew too.
+        let mut grant = auditing.draft(AuditEvent::Grant, &from(client));
+        grant.grantee = Some(AuditProcess::of(child));
+        auditing.send(grant);
+        drop(auditing);
+        assert_eq!(audit.recorded.load(Ordering::SeqCst), 6);
+        assert_eq!(
+            *lock(&audit.described),
+            [client, child, client, client, child]
+        );
+    }
+
+    #[test]
+    fn the_end_waits_for_the_records_queued() {
+        let audit = Counting {
+            slow: Some(Duration::from_millis(20)),
+            ..Counting::default()
+        };
+        let mut auditing = Auditing::start(audit.clone(), "1@1".into(), "test".into()).unwrap();
+        for _ in 0..20 {
+            let record = auditing.draft(AuditEvent::Status, &Peer::default());
+            auditing.send(record);
+        }
+        drop(auditing);
+        assert_eq!(audit.recorded.load(Ordering::SeqCst), 20);
+    }
+
+    #[test]
+    fn lost_records_are_warned_about_once() {
+        assert!(crate::test_log::capture(log::LevelFilter::Info));
+        let me = thread::current().id();
+        let warnings = || {
+            crate::test_log::lines()
+                .into_iter()
+                .filter(|line| line.thread == me && line.text.contains("record is lost"))
+                .count()
+        };
+        let audit = Counting {
+            slow: Some(Duration::from_secs(3600)),
+            ..Counting::default()
+        };
+        let mut auditing = Auditing::start(audit, "1@1".into(), "test".into()).unwrap();
+        // The thread takes one and sticks; the queue fills; the rest are lost.
+        for _ in 0..AUDIT_QUEUE + 10 {
+            let record = auditing.draft(AuditEvent::Status, &Peer::default());
+            auditing.send(record);
+        }
+        assert!(auditing.shared.lost.load(Ordering::Relaxed) >= 8);
+        assert_eq!(warnings(), 1);
+        // Nothing is forgotten: the end gives up on the stuck thread.
+        auditing.tx = None;
+        auditing.thread = None;
+    }
+
+    #[test]
     fn a_flood_of_records_keeps_memory_bounded_and_counts_what_is_lost() {
         let mut auditing = Auditing::start(NoAudit, "1@1".into(), "test".into()).unwrap();
         let peer = Peer::default();

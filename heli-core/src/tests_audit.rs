@@ -452,6 +452,10 @@ fn each_kind_of_request_is_recorded_with_the_process_it_is_about() {
         assert!(!reply.starts_with("ERROR"), "{line}: {reply}");
     }
     let root = target.identity();
+    // A process that is not there; a grant for another process than the
+    // asker: refused, each recorded with the pid asked for.
+    assert!(fake.raw(b"STACK 99999\n").starts_with("ERROR"));
+    assert!(fake.raw(b"GRANT_ACCESS 5\n").starts_with("ERROR"));
     // A REVOKE of nothing withdraws nothing: no record. One refused is.
     assert_eq!(fake.raw(b"REVOKE\n"), "READY\n");
     let session = granted_on(&fake, 77, 5001);
@@ -486,7 +490,7 @@ fn each_kind_of_request_is_recorded_with_the_process_it_is_about() {
         .profile(crate::profile::ProfileRequest::new(Scope::All, 100).duration_ms(0))
         .unwrap();
     whole.samples(true).unwrap();
-    let records = audit.wait_for(15);
+    let records = audit.wait_for(17);
     let about = |record: &AuditRecord| record.process.as_ref().map(|p| (p.pid, p.start_time));
     let of = |id: ProcessId| Some((id.pid.get(), Some(id.start_time)));
     for (line, id) in [
@@ -505,6 +509,14 @@ fn each_kind_of_request_is_recorded_with_the_process_it_is_about() {
             "{line}"
         );
     }
+    let missing = records
+        .iter()
+        .find(|record| record.request.as_deref() == Some("STACK 99999"))
+        .unwrap();
+    assert_eq!(about(missing), Some((99999, None)), "{missing:?}");
+    let other = only(&records, AuditEvent::Refusal, "GRANT_ACCESS 5");
+    let grantee = other.grantee.as_ref().unwrap();
+    assert_eq!((grantee.pid, grantee.start_time), (5, None), "{other:?}");
     assert!(
         !records
             .iter()

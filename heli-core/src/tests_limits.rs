@@ -323,3 +323,17 @@ fn absurd_durations_through_the_library_are_bounded_not_a_panic() {
     drop(session);
     running.terminate(&fake);
 }
+
+#[test]
+fn the_time_left_of_a_grant_whose_client_exited_is_not_shown() {
+    let (fake, _, target, running) = limited(Duration::from_secs(60), None);
+    let session = fake.granted(77);
+    assert_eq!(time_left(&fake).as_deref(), Some("4242:60"));
+    // Its client exits: its grant is no longer listed, nor its time.
+    target.table().remove(77);
+    let status = fake.client().status().unwrap();
+    assert!(status.grants.is_empty(), "{status:?}");
+    assert_eq!(status.get("time_left"), None);
+    drop(session);
+    running.terminate(&fake);
+}
