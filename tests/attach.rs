@@ -134,14 +134,9 @@ fn attached_session_in_shell(controller: &Controller) -> PtySession {
 }
 
 fn pdb_prompt(controller: &Controller, command: Command) -> PtySession {
-    // pdb -p fails ("Can't find the main thread in the remote process")
-    // while the target is still starting up, before CPython runs its
-    // __main__ (the interpreter's threads.main is set then): under load that
-    // takes a while. Wait for the work loop, as a user would see it.
-    wait_for("the target's work loop", SOON, || {
-        let (_, out, _) = controller.run_client(&["stack"]);
-        out.contains("in work_loop")
-    });
+    // Under load the target takes a while to reach its work loop: wait for
+    // it, as a user would see it.
+    controller.wait_for_work_loop();
     let options = Options::new()
         .timeout_ms(Some(30_000))
         .strip_ansi_escape_codes(true);
@@ -152,17 +147,16 @@ fn pdb_prompt(controller: &Controller, command: Command) -> PtySession {
     session
 }
 
-/// How many iterations the demo target has logged.
-fn iterations(controller: &Controller) -> usize {
-    controller.log_text().matches("target: Iteration ").count()
-}
-
 /// Checks that the demo target, which logs an iteration a second, is
 /// stopped; returns how many iterations it logged.
 fn stopped_at(controller: &Controller) -> usize {
-    let stopped = iterations(controller);
+    let stopped = controller.iterations();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(iterations(controller), stopped, "the target is not stopped");
+    assert_eq!(
+        controller.iterations(),
+        stopped,
+        "the target is not stopped"
+    );
     stopped
 }
 
@@ -252,7 +246,7 @@ fn a_client_killed_while_attached_leaves_pdb_target_and_controller_working(kind:
     session.exp_string("client ended: 137").unwrap();
     wait_for("pdb gone", SOON, || !alive(pdb[0]));
     wait_for("the target running again", SOON, || {
-        iterations(&controller) > stopped
+        controller.iterations() > stopped
     });
     if kind == Kind::Socket {
         wait_for("the grant revoked", SOON, || {
@@ -267,7 +261,7 @@ fn a_client_killed_while_attached_leaves_pdb_target_and_controller_working(kind:
     let group = getpgid(Some(Pid::from_raw(granted(&controller) as i32))).unwrap();
     signal::killpg(group, Signal::SIGKILL).unwrap();
     wait_for("the target running again", SOON, || {
-        iterations(&controller) > stopped
+        controller.iterations() > stopped
     });
     drop(session);
 

@@ -62,10 +62,7 @@ fn an_attach_with_pdb_is_in_the_audit_trail(kind: Kind) {
     let path = dir.path().join("audit.jsonl");
     let path_text = path.to_str().unwrap();
     let controller = Controller::start_on(kind, &["--audit-log", path_text, "examples/target.py"]);
-    wait_for("the target's work loop", SOON, || {
-        let (_, out, _) = controller.run_client(&["stack"]);
-        out.contains("in work_loop")
-    });
+    controller.wait_for_work_loop();
     let mut attach = controller.client();
     attach.arg("attach");
     let options = Options::new()

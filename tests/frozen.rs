@@ -62,18 +62,13 @@ fn assert_let_go(pid: u32, when: &str) {
     }
 }
 
-/// The demo target's iterations so far (it logs one a second).
-fn iterations(controller: &Controller) -> usize {
-    controller.log_text().matches("target: Iteration ").count()
-}
-
 /// The controller on the demo target with the Yama granter, its target
 /// running Python and then frozen: the controller, the target's pid and
 /// its freezer.
 fn started_frozen() -> (Controller, u32, Freezer) {
     let controller = Controller::start_on(Kind::Socket, &YAMA_DEMO);
     wait_for("the target's first iteration", SOON, || {
-        iterations(&controller) > 0
+        controller.iterations() > 0
     });
     let target = controller.target_pid();
     let freezer = Freezer::new("e2e-frozen");
@@ -129,15 +124,15 @@ fn a_grant_on_a_frozen_target_is_refused_at_once_and_leaves_it_untouched() {
     // Let go untouched, and still frozen: the grant thawed nothing.
     assert_let_go(target, "after the grant, still frozen");
     assert!(freezer.frozen());
-    let before = iterations(&controller);
+    let before = controller.iterations();
     thread::sleep(Duration::from_millis(1200));
-    assert_eq!(iterations(&controller), before, "a frozen target counted");
+    assert_eq!(controller.iterations(), before, "a frozen target counted");
 
     // Thawed, it runs on, and a grant is answered at once (EINVAL without
     // Yama, READY with it: never a timeout).
     freezer.set(false);
     wait_for("the target to count again", SOON, || {
-        iterations(&controller) > before
+        controller.iterations() > before
     });
     assert_let_go(target, "thawed");
     let status = status_json(&controller);

@@ -18,25 +18,11 @@ crate::per_transport!(
     a_grant_longer_than_the_controllers_limit_is_refused,
 );
 
-/// How many iterations the demo target has logged.
-fn iterations(controller: &Controller) -> usize {
-    controller.log_text().matches("target: Iteration ").count()
-}
-
 /// Whether the demo target, which logs an iteration a second, is stopped.
 fn stopped(controller: &Controller) -> bool {
-    let before = iterations(controller);
+    let before = controller.iterations();
     std::thread::sleep(Duration::from_millis(1500));
-    iterations(controller) == before
-}
-
-/// Waits until the demo target runs its work loop (pdb -p cannot attach
-/// before CPython runs `__main__`).
-fn wait_for_work_loop(controller: &Controller) {
-    wait_for("the target's work loop", SOON, || {
-        let (_, out, _) = controller.run_client(&["stack"]);
-        out.contains("in work_loop")
-    });
+    controller.iterations() == before
 }
 
 fn in_terminal(command: Command) -> PtySession {
@@ -57,7 +43,7 @@ fn attach_for_detaches_pdb_on_time_and_the_target_runs_on(kind: Kind) {
     let _serial = serial();
     let controller = Controller::demo(kind);
     let target = controller.target_pid();
-    wait_for_work_loop(&controller);
+    controller.wait_for_work_loop();
     let mut client = controller.client();
     client.args(["attach", "--for", "4s"]);
     let started = Instant::now();
@@ -92,9 +78,9 @@ fn attach_for_detaches_pdb_on_time_and_the_target_runs_on(kind: Kind) {
     assert!(took >= Duration::from_secs(4), "{took:?}");
     // The target runs on, and no grant is left.
     assert!(alive(target));
-    let before = iterations(&controller);
+    let before = controller.iterations();
     wait_for("the target running again", SOON, || {
-        iterations(&controller) > before
+        controller.iterations() > before
     });
     wait_for("no grant left", SOON, || {
         status(&controller)["grants"]
@@ -131,7 +117,7 @@ fn the_controller_ends_the_debugger_of_a_client_that_outlives_its_time() {
     let controller =
         Controller::start_on(Kind::Socket, &["--max-grant", "4s", "examples/target.py"]);
     let target = controller.target_pid();
-    wait_for_work_loop(&controller);
+    controller.wait_for_work_loop();
     // A client that takes a grant, runs real pdb on the target, and then
     // neither ends it nor lets go of its connection.
     let code = r#"
@@ -185,9 +171,9 @@ print("closed:", repr(lines.readline()), flush=True)
     // The client itself was left alone: it ends as it likes.
     assert!(client.wait().unwrap().success());
     // The target runs on once pdb's session is gone.
-    let before = iterations(&controller);
+    let before = controller.iterations();
     wait_for("the target running again", SOON, || {
-        iterations(&controller) > before
+        controller.iterations() > before
     });
     let log = controller.log_text();
     assert!(log.contains("still debugs"), "{log}");

@@ -282,6 +282,22 @@ impl Controller {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many iterations the demo target (`examples/target.py`, one a
+    /// second, logged to the controller's log) has logged.
+    pub fn iterations(&self) -> usize {
+        self.log_text().matches("target: Iteration ").count()
+    }
+
+    /// Waits until the demo target runs its work loop: `pdb -p` fails
+    /// ("Can't find the main thread in the remote process") while it still
+    /// starts, before CPython runs its `__main__`.
+    pub fn wait_for_work_loop(&self) {
+        wait_for("the target's work loop", SOON, || {
+            let (_, out, _) = self.run_client(&["stack"]);
+            out.contains("in work_loop")
+        });
+    }
+
     pub fn target_output(&self) -> String {
         fs::read_to_string(self.dir.path().join("target.out")).unwrap_or_default()
     }

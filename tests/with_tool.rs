@@ -33,11 +33,6 @@ pub fn py_spy() -> PathBuf {
     panic!("py-spy not found: run scripts/test.sh (it installs it) or set HELI_PY_SPY");
 }
 
-/// The demo target logs one line per iteration (to the controller's log).
-fn iterations(controller: &Controller) -> usize {
-    controller.log_text().matches("target: Iteration").count()
-}
-
 fn holder(controller: &Controller) -> serde_json::Value {
     let (status, out, err) = controller.run_client(&["status", "--json"]);
     assert!(status.success(), "{err}");
@@ -72,9 +67,9 @@ fn gdb_attaches_through_the_grant_and_the_target_carries_on(kind: Kind) {
     assert!(out.contains("gdb exited"), "{out}");
     // gdb detached: the target carries on, and the grant is withdrawn.
     assert!(alive(target));
-    let before = iterations(&controller);
+    let before = controller.iterations();
     wait_for("the target to carry on", SOON, || {
-        iterations(&controller) > before
+        controller.iterations() > before
     });
     assert!(holder(&controller).is_null());
 }
@@ -86,7 +81,7 @@ fn py_spy_dumps_the_target_s_python_stack() {
     let target = controller.target_pid();
     // Past its imports: in its work loop.
     wait_for("the target's first iteration", SOON, || {
-        iterations(&controller) > 0
+        controller.iterations() > 0
     });
     let tool = format!("{} dump --pid {{pid}}", py_spy().display());
     let (status, out, err) = controller.run_client(&["attach", "--with", &tool]);
