@@ -552,8 +552,20 @@ mod tests {
             ..Counting::default()
         };
         let mut auditing = Auditing::start(audit, "1@1".into(), "test".into()).unwrap();
-        // The thread takes one and sticks; the queue fills; the rest are lost.
-        for _ in 0..AUDIT_QUEUE + 10 {
+        // The thread takes one and sticks (waited for: were it to take it
+        // after the queue filled, a later send would succeed and a new run
+        // of losses be warned about); the queue fills; the rest are lost.
+        let record = auditing.draft(AuditEvent::Status, &Peer::default());
+        auditing.send(record);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !auditing.tx.as_ref().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the audit thread never took a record"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..AUDIT_QUEUE + 9 {
             let record = auditing.draft(AuditEvent::Status, &Peer::default());
             auditing.send(record);
         }
