@@ -383,4 +383,79 @@ mod tests {
         .unwrap();
         assert!(json.len() < crate::protocol::MAX_REPLY, "{}", json.len());
     }
+
+    /// Stacks of one frame, each of another thread: the frame is paid for
+    /// once, and the stacks alone spend the budget.
+    #[test]
+    fn stacks_of_known_frames_are_bounded_by_the_budget_too() {
+        let pid = Pid::new(43).unwrap();
+        let mut aggregate = Aggregate::default();
+        let each = 7 + 96;
+        let threads = BATCH_BUDGET / each + 100;
+        for id in 0..threads as u64 {
+            let mut unnamed = ThreadStack::new(id);
+            unnamed.frames.push(Frame::new("f", "a.py", Some(1)));
+            aggregate.add(pid, &[unnamed]);
+            assert!(aggregate.cost() <= BATCH_BUDGET, "{}", aggregate.cost());
+        }
+        let (frames, stacks, dropped) = aggregate.take();
+        assert_eq!(frames.len(), 1);
+        assert!(stacks.len() >= BATCH_BUDGET / each - 1, "{}", stacks.len());
+        assert_eq!(stacks.len() as u64 + dropped, threads as u64);
+    }
+
+    /// A stack whose cost fills the budget to the byte is kept; the next
+    /// new one is dropped.
+    #[test]
+    fn a_stack_that_fits_the_budget_exactly_is_kept() {
+        let pid = Pid::new(44).unwrap();
+        let frame = Frame::new("f", "a.py", Some(1));
+        let stack = |id: u64, depth: usize| {
+            let mut thread = ThreadStack::new(id);
+            thread.frames = vec![frame.clone(); depth];
+            thread
+        };
+        let mut aggregate = Aggregate::default();
+        aggregate.add(pid, &[stack(0, 1)]);
+        // Stacks of one frame (7 + 96 bytes) until what is left is what a
+        // deeper stack costs (7 bytes a frame + 96).
+        let mut id = 1;
+        while (BATCH_BUDGET - aggregate.cost()) % 7 != 96 % 7
+            || BATCH_BUDGET - aggregate.cost() > 1000
+        {
+            aggregate.add(pid, &[stack(id, 1)]);
+            id += 1;
+        }
+        let depth = (BATCH_BUDGET - aggregate.cost() - 96) / 7;
+        aggregate.add(pid, &[stack(id, depth)]);
+        assert_eq!(aggregate.cost(), BATCH_BUDGET);
+        aggregate.add(pid, &[stack(id + 1, 1)]);
+        let (_, stacks, dropped) = aggregate.take();
+        assert_eq!((stacks.len() as u64, dropped), (id + 1, 1));
+    }
+
+    /// A new frame whose cost fills the budget to the byte is kept (its
+    /// stack, which does not fit then, is dropped).
+    #[test]
+    fn a_frame_that_fits_the_budget_exactly_is_kept() {
+        let pid = Pid::new(45).unwrap();
+        let mut aggregate = Aggregate::default();
+        let mut id = 0;
+        while BATCH_BUDGET - aggregate.cost() > 160 {
+            let mut thread = ThreadStack::new(id);
+            thread.frames.push(Frame::new("f", "a.py", Some(1)));
+            aggregate.add(pid, &[thread]);
+            id += 1;
+        }
+        // A frame costs its function's and file's JSON and 48 bytes.
+        let left = BATCH_BUDGET - aggregate.cost();
+        let mut thread = ThreadStack::new(id);
+        thread
+            .frames
+            .push(Frame::new("g".repeat(left - 4 - 48), "a.py", Some(1)));
+        aggregate.add(pid, &[thread]);
+        assert_eq!(aggregate.cost(), BATCH_BUDGET);
+        let (frames, stacks, dropped) = aggregate.take();
+        assert_eq!((frames.len(), stacks.len() as u64, dropped), (2, id, 1));
+    }
 }

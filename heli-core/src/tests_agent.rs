@@ -634,7 +634,10 @@ fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
     wait_until("SIGTERM", || !signalled().is_empty());
     assert!(asked.elapsed() >= Duration::from_millis(1300));
     assert_eq!(signalled()[0], (target.id_of(77), 15));
-    assert_eq!(fake.0.closed.lock().unwrap()[0].0, connection);
+    // The connection is closed right after the signal.
+    let closed = || fake.0.closed.lock().unwrap().clone();
+    wait_until("the connection closed", || !closed().is_empty());
+    assert_eq!(closed()[0].0, connection);
     wait_until("SIGKILL", || signalled().len() == 2);
     drop(session);
     running.terminate(&fake);

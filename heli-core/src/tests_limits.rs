@@ -173,7 +173,10 @@ fn a_verified_client_that_outlives_its_time_has_its_debuggers_ended_and_is_disco
     assert!(signalled().is_empty());
     wait_until("SIGTERM", || !signalled().is_empty());
     assert_eq!(signalled(), [(client, SIGTERM)]);
-    let closed = fake.0.closed.lock().unwrap().clone();
+    // The connection is closed right after the signal.
+    let closed = || fake.0.closed.lock().unwrap().clone();
+    wait_until("the connection closed", || !closed().is_empty());
+    let closed = closed();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].0, connection);
     assert!(closed[0].1.contains("time limit"), "{}", closed[0].1);
