@@ -86,3 +86,34 @@ fn a_stack_dump_longer_than_a_request_line_reaches_the_client(kind: Kind) {
     assert!(last.len() > 50_000, "{} bytes", last.len());
     assert_eq!(last.matches("Thread ").count(), 20, "{last}");
 }
+
+/// `client stack --all | head -1`: the client's output ends at a pipe its
+/// reader closed. The client ends quietly and well (no panic on EPIPE).
+#[test]
+fn a_client_whose_output_reader_went_away_ends_quietly() {
+    let _serial = serial();
+    let controller = Controller::demo(Kind::Fifo);
+    controller.wait_for_work_loop();
+    for args in [
+        &["stack", "--all"][..],
+        &["ps", "--json"],
+        &["status"],
+        &["pid"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = controller
+            .client()
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {err}",
+            output.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

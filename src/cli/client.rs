@@ -173,6 +173,15 @@ where
     }
 }
 
+/// Prints a command's output (see [`render::emit`]: a reader that went
+/// away is no failure).
+fn print_out(text: &str) -> Result<(), Failure> {
+    Ok(render::emit(
+        &mut std::io::stdout().lock(),
+        text.as_bytes(),
+    )?)
+}
+
 /// The longest `--timeout`: an hour.
 const MAX_TIMEOUT: f64 = 3600.0;
 
@@ -312,14 +321,11 @@ fn list_sessions(args: &Args) -> Result<ClientExit, Failure> {
         }
     }
     if args.json {
-        print!("{}", render::list_json_text(&listed));
+        print_out(&render::list_json_text(&listed))?;
     } else if listed.is_empty() {
-        print!(
-            "{}",
-            render::no_sessions(&UnixSocketTransport::runtime_dir()?)
-        );
+        print_out(&render::no_sessions(&UnixSocketTransport::runtime_dir()?))?;
     } else {
-        print!("{}", render::list_table(&listed, Paint::stdout()));
+        print_out(&render::list_table(&listed, Paint::stdout()))?;
     }
     Ok(ClientExit::Success)
 }
@@ -351,16 +357,13 @@ impl<T: Transport> App<T> {
             } => self
                 .debugging
                 .attach(&self.client, *pid, *force, with.as_deref(), *for_),
-            Cmd::Pid => {
-                println!("{}", self.client.target_pid()?);
-                Ok(())
-            }
+            Cmd::Pid => print_out(&format!("{}\n", self.client.target_pid()?)),
             Cmd::Ps => {
                 let tree = self.client.ps()?;
                 if json {
-                    print!("{}", render::ps_json_text(&tree));
+                    print_out(&render::ps_json_text(&tree))?;
                 } else {
-                    print!("{}", render::ps_text(&tree, self.out));
+                    print_out(&render::ps_text(&tree, self.out))?;
                 }
                 Ok(())
             }
@@ -378,7 +381,7 @@ impl<T: Transport> App<T> {
             Cmd::Status => {
                 let status = self.client.status()?;
                 if json {
-                    print!("{}", render::status_json_text(&status));
+                    print_out(&render::status_json_text(&status))?;
                 } else {
                     // A granted child's parent, read here: no PS, which
                     // would read the whole tree for a line or two.
@@ -389,7 +392,7 @@ impl<T: Transport> App<T> {
                             .flatten()
                             .and_then(|process| process.parent)
                     };
-                    print!("{}", render::status_text(&status, parent_of, self.out));
+                    print_out(&render::status_text(&status, parent_of, self.out))?;
                 }
                 Ok(())
             }
@@ -403,9 +406,9 @@ impl<T: Transport> App<T> {
                 let since = since.map(|since| since.as_secs().max(1));
                 match self.client.request(Request::Audit(since))? {
                     Reply::Audit(records) if json => {
-                        print!("{}", render::audit_json_lines(&records))
+                        print_out(&render::audit_json_lines(&records))?
                     }
-                    Reply::Audit(records) => print!("{}", render::audit_text(&records)),
+                    Reply::Audit(records) => print_out(&render::audit_text(&records))?,
                     Reply::Error(message) => return Err(Failure::new(ClientExit::Failed, message)),
                     other => {
                         return Err(Failure::new(
@@ -461,7 +464,7 @@ impl<T: Transport> App<T> {
         let mut stacks = self.client.stacks(scope)?;
         Sources::new().fill(&mut stacks);
         if json {
-            print!("{}", render::stacks_json_text(&stacks));
+            print_out(&render::stacks_json_text(&stacks))?;
             return Ok(());
         }
         match (scope, stacks.as_slice()) {
@@ -471,12 +474,12 @@ impl<T: Transport> App<T> {
                     format!("Cannot read the target's stacks: {}", escape(why)),
                 )),
                 None => {
-                    print!("{}", render::threads_stack_text(target));
+                    print_out(&render::threads_stack_text(target))?;
                     Ok(())
                 }
             },
             _ => {
-                print!("{}", render::processes_stack_text(&stacks));
+                print_out(&render::processes_stack_text(&stacks))?;
                 Ok(())
             }
         }
@@ -539,12 +542,12 @@ impl<T: Transport> App<T> {
     fn tasks(&self, pid: Option<Pid>, json: bool) -> Result<(), Failure> {
         let tasks = self.client.tasks(pid)?;
         if json {
-            print!("{}", render::tasks_json_text(&tasks));
+            print_out(&render::tasks_json_text(&tasks))?;
             return Ok(());
         }
         match render::tasks_text(&tasks) {
             Ok(text) => {
-                print!("{text}");
+                print_out(&text)?;
                 Ok(())
             }
             Err(cycles) => Err(Failure::new(ClientExit::Failed, cycles)),

@@ -11,8 +11,10 @@ use super::sanitize::escape;
 /// How the client exits. Scripts rely on these values: they do not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientExit {
-    /// 0: the command succeeded, the interactive client ended (`quit`,
-    /// Ctrl-D, `terminate`), or `--help` or `--version` printed its text.
+    /// 0: the command succeeded (its output's reader may have gone before
+    /// the end: `client stack --all | head -3`), the interactive client
+    /// ended (`quit`, Ctrl-D, `terminate`), or `--help` or `--version`
+    /// printed its text.
     Success = 0,
     /// 1: the controller refused the request, the debugger failed, the
     /// target exited, or another error (reading the terminal, listing the

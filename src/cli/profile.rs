@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -574,9 +574,7 @@ pub(crate) fn render(
 /// Writes `bytes` to `output`, or to standard output for `-`.
 pub(crate) fn write_output(output: &Path, bytes: &[u8]) -> io::Result<()> {
     if output == Path::new("-") {
-        let mut stdout = io::stdout().lock();
-        stdout.write_all(bytes)?;
-        return stdout.flush();
+        return super::render::emit(&mut io::stdout().lock(), bytes);
     }
     std::fs::write(output, bytes)
 }

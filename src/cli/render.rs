@@ -6,7 +6,7 @@
 //! the terminal or fake a line.
 
 use std::ffi::OsStr;
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -18,6 +18,16 @@ use crate::core::tree::{Role, Tree, TreeProcess};
 use crate::core::Pid;
 
 use super::sanitize::{self, escape};
+
+/// Writes what a command prints to `out` (standard output), flushed. A
+/// reader that went away (`client stack --all | head -3`) is no failure:
+/// it has what it wanted, and the command ends as if all was read.
+pub(crate) fn emit(out: &mut impl Write, text: &[u8]) -> io::Result<()> {
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}
 
 /// ANSI colours for one output stream: only on a terminal, and only when
 /// `NO_COLOR` is unset or empty (<https://no-color.org>).
@@ -546,6 +556,28 @@ mod tests {
 
     fn pid(raw: u32) -> crate::core::Pid {
         crate::core::Pid::new(raw).unwrap()
+    }
+
+    /// A writer that fails every write with `kind`.
+    struct Failing(io::ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_whose_reader_went_away_is_no_failure_but_a_full_disk_is() {
+        let mut out = Vec::new();
+        emit(&mut out, b"text\n").unwrap();
+        assert_eq!(out, b"text\n");
+        emit(&mut Failing(io::ErrorKind::BrokenPipe), b"text\n").unwrap();
+        let err = emit(&mut Failing(io::ErrorKind::StorageFull), b"text\n").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
     }
 
     /// A target's status, as the controller reports it.
