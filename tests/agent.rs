@@ -308,5 +308,82 @@ fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
     expect_all(&mut session, &["Debugger detached"]);
     session.exp_eof().unwrap();
     let log = controller.log_text();
-    assert!(log.contains("through the agent lasts 4 s"), "{log}");
+    assert!(
+        log.contains(&format!("through the agent in PID {target} lasts 4 s")),
+        "{log}"
+    );
+}
+
+/// A client that attaches through the agent itself (`AGENT_ATTACH` over
+/// the socket) and keeps pdb's sockets at the prompt without a word,
+/// printing `held` once pdb spoke and `ended` once its stream ends.
+const HOLDER: &str = r#"
+import socket, sys
+control = socket.socket(socket.AF_UNIX)
+control.connect(sys.argv[1])
+control.sendall(b"AGENT_ATTACH\n")
+reply, fds, _, _ = socket.recv_fds(control, 4096, 2)
+print(reply.decode().strip(), flush=True)
+stream = socket.socket(fileno=fds[0])
+interrupt = socket.socket(fileno=fds[1])
+stream.settimeout(120)
+if stream.recv(65536):
+    print("held", flush=True)
+while stream.recv(65536):
+    pass
+print("ended", flush=True)
+"#;
+
+#[test]
+fn a_client_that_keeps_pdbs_sockets_past_its_time_has_the_session_ended_from_inside() {
+    // The controller cannot take back the sockets it handed over, nor end
+    // the client itself: at the end of its grace, the agent in the target
+    // shuts the session down; pdb detaches, the target runs on.
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let controller = Controller::start_with_env(
+        Kind::Socket,
+        &[
+            "--agent",
+            "always",
+            "--max-grant",
+            "2s",
+            "examples/target.py",
+        ],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    let target = controller.target_pid();
+    agent_ready(&controller);
+    let mut holder = Command::new(crate::util::python314())
+        .args(["-c", HOLDER])
+        .arg(controller.fifo_dir.join("test.sock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+    let mut next = || lines.next().unwrap().unwrap();
+    assert!(next().starts_with(&format!("AGENT {target} ")));
+    assert_eq!(next(), "held");
+    // Held at pdb's prompt: the work loop (a line a second) stands
+    // still (a line in flight as pdb took over given time to arrive).
+    std::thread::sleep(Duration::from_millis(500));
+    let held = controller.iterations();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(controller.iterations(), held);
+    // 2 s, and the client's 5 s of grace: the session is ended.
+    let asked = std::time::Instant::now();
+    assert_eq!(next(), "ended");
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    assert!(holder.wait().unwrap().success());
+    assert!(alive(target));
+    wait_for("the target's work loop going on", SOON, || {
+        controller.iterations() > held
+    });
+    let log = controller.log_text();
+    assert!(
+        log.contains(&format!(
+            "session 1 of pdb through the agent in PID {target} ended"
+        )),
+        "{log}"
+    );
 }

@@ -713,3 +713,95 @@ fn a_stopped_target_is_named_and_served_again_once_continued() {
         "{shown}"
     );
 }
+
+/// pdb on the sockets of `session`, its number, and its interrupt stream.
+fn pdb_of(session: heli_core::AgentSession) -> (Pdb, UnixStream, u64) {
+    let mut fds = session.fds.into_iter();
+    let stream = UnixStream::from(fds.next().unwrap());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let interrupt = UnixStream::from(fds.next().unwrap());
+    (Pdb(BufReader::new(stream)), interrupt, session.id)
+}
+
+/// The counter of `COUNTER`, read by a session of its own.
+fn counter_of(started: &Started) -> u64 {
+    let (mut pdb, _interrupt, _) = pdb_of(attach(&started.host, started.id));
+    pdb.until_prompt();
+    pdb.say("p counter");
+    let shown = pdb.until_prompt();
+    pdb.say("q");
+    pdb.rest();
+    shown.trim().parse().unwrap()
+}
+
+#[test]
+fn a_session_whose_time_is_up_is_ended_from_inside_whoever_holds_its_sockets() {
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    // At pdb's prompt, the target held: its client keeps the sockets and
+    // says nothing.
+    let (mut pdb, mut interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    assert!(host.hang_up(id, session, &due()).unwrap());
+    pdb.rest();
+    interrupt
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(std::io::Read::read(&mut interrupt, &mut [0; 8]).unwrap(), 0);
+    // Over: asked again, nothing is done; the target runs on.
+    assert!(!host.hang_up(id, session, &due()).unwrap());
+    let before = counter_of(&started);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(counter_of(&started) > before);
+
+    // pdb attached while the target runs on (`continue`): let go of, and
+    // the next session starts.
+    let (mut pdb, _interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    pdb.say("b 1");
+    pdb.until_prompt();
+    pdb.say("c");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(host.hang_up(id, session, &due()).unwrap());
+    pdb.rest();
+    let mut shown = String::new();
+    wait_for("an attach taken again", || {
+        let (mut pdb, _interrupt, _) = pdb_of(attach(host, id));
+        shown = pdb.until_prompt();
+        pdb.say("q");
+        !shown.contains("Another PDB instance")
+    });
+    assert!(shown.contains("work"), "{shown}");
+}
+
+#[test]
+fn a_session_kept_on_after_its_interrupt_stream_closed_is_still_ended_and_named_as_on() {
+    // A hostile client keeps pdb's stream and closes the interrupt
+    // stream: the agent takes a new attach (the earlier one looks over to
+    // its thread), whose answer names the earlier session as still on.
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    let (mut held, interrupt, first) = pdb_of(attach(host, id));
+    held.until_prompt();
+    drop(interrupt);
+    let second = attach(host, id);
+    assert_eq!(second.earlier_on, [first]);
+    let (mut pdb, interrupt, second) = pdb_of(second);
+    // The main thread is at the held session's prompt: the second waits
+    // until the first is ended.
+    assert!(host.hang_up(id, first, &due()).unwrap());
+    held.rest();
+    let shown = pdb.until_prompt();
+    assert!(shown.contains("work"), "{shown}");
+    pdb.say("q");
+    pdb.rest();
+    drop(interrupt);
+    // Over, both: a third names none.
+    let third = attach(host, id);
+    assert!(third.earlier_on.is_empty(), "{:?}", third.earlier_on);
+    assert!(!host.hang_up(id, second, &due()).unwrap());
+}

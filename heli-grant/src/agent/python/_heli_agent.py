@@ -12,9 +12,12 @@
 #
 # The channel: one JSON object a line. From the agent: {"hello": ...} once,
 # then answers {"id": n, "ok": true, ...} or {"id": n, "error": "..."}. From
-# the controller: {"id": n, "op": "attach", "colorize": bool} (with two file
-# descriptors: pdb's stream, the interrupt stream) or {"id": n, "op":
-# "stacks"}. A forked child gets an agent of its own over a new channel it
+# the controller: {"id": n, "op": "attach", "session": s, "colorize": bool}
+# (with two file descriptors: pdb's stream, the interrupt stream; answered
+# with the earlier sessions still on, "earlier_on": [s, ...]), {"id": n,
+# "op": "stacks"}, or {"id": n, "op": "hangup", "session": s} (the time of
+# session s is up: its sockets are shut down, whoever holds the client's
+# ends; answered with whether it was on, "ended": bool). A forked child gets an agent of its own over a new channel it
 # sends the controller ({"child": ...} with the channel's other end); it
 # never answers for its parent.
 
@@ -139,6 +142,9 @@ class _Agent:
         self.pending = None
         # The interrupt socket of the session on, watched by the agent thread.
         self.interrupt = None
+        # The sockets of each session started, by number, until pdb's
+        # stream is closed: for hangup.
+        self.sessions = {}
         # The pdb server of the session on, once started; and one whose
         # client went away while the target ran on, for the main thread to
         # let go of.
@@ -253,6 +259,8 @@ class _Agent:
                 reply = self.attach(request, taken)
             elif op == "stacks":
                 reply = {"threads": _stacks()}
+            elif op == "hangup":
+                reply = {"ended": self.hang_up(request)}
             else:
                 raise ValueError("unknown request")
             reply["id"] = ident
@@ -265,10 +273,11 @@ class _Agent:
         _send(self.channel, json.dumps(reply))
 
     def attach(self, request, fds):
-        if len(fds) != 2:
+        session = request.get("session")
+        if len(fds) != 2 or not isinstance(session, int):
             for fd in fds:
                 _close(fd)
-            raise ValueError("attach needs two sockets")
+            raise ValueError("attach needs two sockets and a session number")
         stream = socket.socket(fileno=fds[0])
         interrupt = socket.socket(fileno=fds[1])
         with self.lock:
@@ -278,6 +287,14 @@ class _Agent:
                 # New work: put off for DEFER_MOST from now at most.
                 self.deferred_since = None
                 self.interrupt = interrupt
+                # Sessions whose stream pdb closed are over.
+                self.sessions = {
+                    number: sockets
+                    for number, sockets in self.sessions.items()
+                    if sockets[0].fileno() != -1
+                }
+                earlier_on = sorted(self.sessions)
+                self.sessions[session] = (stream, interrupt)
         if busy:
             stream.close()
             interrupt.close()
@@ -288,10 +305,29 @@ class _Agent:
             with self.lock:
                 self.pending = None
                 self.interrupt = None
+                self.sessions.pop(session, None)
             stream.close()
             interrupt.close()
             raise
-        return {}
+        return {"earlier_on": earlier_on}
+
+    def hang_up(self, request):
+        """Ends a session whose time is up: its sockets shut down, pdb in
+        the main thread reads the end of its stream and detaches (at its
+        prompt, or when it next reads), the agent thread finds the
+        interrupt stream ended as when a client goes away, and whoever
+        holds the client's ends reads their end. A session over is left
+        alone: a later one is never ended in its place."""
+        with self.lock:
+            sockets = self.sessions.pop(request.get("session"), None)
+        if sockets is None or sockets[0].fileno() == -1:
+            return False
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return True
 
     def trigger_main(self):
         """Has the main thread call run_pending at its next safe point."""
