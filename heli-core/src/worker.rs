@@ -431,9 +431,11 @@ impl AgentWorker {
                              when its time was up",
                         process.pid
                     ),
+                    // Asked, unanswered (a stopped process acts on it
+                    // once continued), or not asked (its agent is gone).
                     Err(err) => warn!(
-                        "cannot end session {session} of pdb through the agent in PID {}, \
-                             whose time is up: {err}",
+                        "the agent in PID {} did not say it ended session {session} of pdb, \
+                         whose time is up: {err}",
                         process.pid
                     ),
                 }

@@ -287,11 +287,9 @@ class _Agent:
                 # New work: put off for DEFER_MOST from now at most.
                 self.deferred_since = None
                 self.interrupt = interrupt
-                # Sessions whose stream pdb closed are over.
+                # Sessions whose sockets are both closed are over.
                 self.sessions = {
-                    number: sockets
-                    for number, sockets in self.sessions.items()
-                    if sockets[0].fileno() != -1
+                    number: sockets for number, sockets in self.sessions.items() if _open(sockets)
                 }
                 earlier_on = sorted(self.sessions)
                 self.sessions[session] = (stream, interrupt)
@@ -320,9 +318,12 @@ class _Agent:
         alone: a later one is never ended in its place."""
         with self.lock:
             sockets = self.sessions.pop(request.get("session"), None)
-        if sockets is None or sockets[0].fileno() == -1:
+        if sockets is None or not _open(sockets):
             return False
-        for sock in sockets:
+        # Either may be the one kept: pdb's stream (pdb at its prompt, or
+        # the target running on under it), or the interrupt stream alone
+        # (pdb quit, a byte written there still interrupts the target).
+        for sock in _open(sockets):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -509,6 +510,11 @@ def _release(server):
         server.detach()
 
 
+def _open(sockets):
+    """Those of `sockets` still open in this process."""
+    return [sock for sock in sockets if sock.fileno() != -1]
+
+
 def _hung_up(sock):
     import select
 
@@ -575,10 +581,26 @@ def _forked():
     # and it does not exist here (this is the only thread).
     pending, parent.pending = parent.pending, None
     interrupt, parent.interrupt = parent.interrupt, None
+    server = parent.server or parent.release
     parent.server = parent.release = None
     for sock in (pending[0] if pending else None, interrupt):
         if sock is not None:
             sock.close()
+    # Nor is a pdb session of the parent's, which the child inherited (a
+    # fork while pdb traces the parent: the child would stop at its
+    # breakpoints and talk over the parent's stream, out of reach of the
+    # end of that session once the parent lets go of it). The child lets
+    # go of it, and closes its copies of every session's sockets: the
+    # parent's sessions go on.
+    if server is not None:
+        try:
+            _release(server)
+        except Exception:
+            pass
+    for sockets in parent.sessions.values():
+        for sock in sockets:
+            sock.close()
+    parent.sessions = {}
     mine = None
     try:
         mine, theirs = socket.socketpair()
