@@ -662,6 +662,9 @@ fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
     let (_, _, fds) = session.agent_attach(None).unwrap();
     let connection = fake.last_connection();
     assert_eq!(fds.len(), 2);
+    // Up at 1 s, the session is left to its client for its grace.
+    thread::sleep((asked + Duration::from_millis(1100)).saturating_duration_since(Instant::now()));
+    assert!(insider.hang_ups().is_empty());
     let signalled = || target.0.descendants_signalled.lock().unwrap().clone();
     wait_until("SIGTERM", || !signalled().is_empty());
     assert!(asked.elapsed() >= Duration::from_millis(1300));
