@@ -62,6 +62,27 @@ pub trait Agent {
     ///
     /// As [`attach`](Agent::attach).
     fn stacks(&self, process: ProcessId, due: &Deadline) -> io::Result<Vec<ThreadStack>>;
+
+    /// Ends session `session` (its [`AgentSession::id`]) of pdb in
+    /// `process`, if it is still on, from inside the process: the agent
+    /// shuts pdb's sockets down, so pdb detaches and the target runs on,
+    /// whoever holds the client's ends (they then read their end). `Ok`
+    /// tells whether the session was on; a session over is left alone,
+    /// so a later session is never ended in its place. The controller
+    /// does this when the time of the session's client is up: the
+    /// sockets it handed over cannot be taken back otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`attach`](Agent::attach); by default
+    /// [`Unsupported`](io::ErrorKind::Unsupported).
+    fn hang_up(&self, process: ProcessId, session: u64, due: &Deadline) -> io::Result<bool> {
+        let _ = (process, session, due);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this agent cannot end a session",
+        ))
+    }
 }
 
 /// Whether a process has an agent, as [`Agent::state`] tells.
@@ -129,6 +150,12 @@ pub struct AgentSession {
     pub python: String,
     /// pdb's stream, then the interrupt stream.
     pub fds: Vec<OwnedFd>,
+    /// The session's number in the process, for
+    /// [`hang_up`](Agent::hang_up).
+    pub id: u64,
+    /// The numbers of the process's earlier sessions still on (their
+    /// sockets still open): the others are over.
+    pub earlier_on: Vec<u64>,
 }
 
 /// The agent of a controller that sets up none.
@@ -167,6 +194,9 @@ macro_rules! forward_agent {
             }
             fn stacks(&self, process: ProcessId, due: &Deadline) -> io::Result<Vec<ThreadStack>> {
                 (**self).stacks(process, due)
+            }
+            fn hang_up(&self, process: ProcessId, session: u64, due: &Deadline) -> io::Result<bool> {
+                (**self).hang_up(process, session, due)
             }
         }
     )*};
@@ -225,5 +255,31 @@ mod tests {
         }
         let by_reference: &NoAgent = &NoAgent;
         assert_eq!(state_of(by_reference, me), AgentState::Off);
+        // By default a session cannot be ended; an agent that can is
+        // reached through each wrapper.
+        let err = NoAgent.hang_up(me, 1, &due).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        struct EndsOdd;
+        impl Agent for EndsOdd {
+            fn state(&self, _: ProcessId) -> AgentState {
+                AgentState::Off
+            }
+            fn attach(&self, _: ProcessId, _: &Deadline) -> io::Result<AgentSession> {
+                Err(unsupported())
+            }
+            fn stacks(&self, _: ProcessId, _: &Deadline) -> io::Result<Vec<ThreadStack>> {
+                Err(unsupported())
+            }
+            fn hang_up(&self, _: ProcessId, session: u64, _: &Deadline) -> io::Result<bool> {
+                Ok(session % 2 == 1)
+            }
+        }
+        let ends = |agent: &dyn Fn(u64) -> bool| (agent(1), agent(2));
+        let hang_up = |agent: &dyn Agent, session| agent.hang_up(me, session, &due).unwrap();
+        assert_eq!(ends(&|session| hang_up(&&EndsOdd, session)), (true, false));
+        let boxed = Box::new(EndsOdd);
+        assert_eq!(ends(&|session| hang_up(&boxed, session)), (true, false));
+        let shared = std::sync::Arc::new(EndsOdd);
+        assert_eq!(ends(&|session| hang_up(&shared, session)), (true, false));
     }
 }

@@ -51,6 +51,10 @@ const WORKER_GRACE: Duration = Duration::from_millis(250);
 /// frozen by a cgroup freezer (v1 lets such a process die only once thawed).
 const KILLED_CHECK: Duration = Duration::from_millis(500);
 
+/// How long the agent has to end a session whose time is up (it answers
+/// at once unless its process is stopped).
+const HANG_UP_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How many reads of the inspector's (`PS`, `STACK`, `STACKS`) may wait
 /// at once, all connections together; each connection may have one.
 const MAX_INSPECTIONS: usize = 8;
@@ -548,6 +552,18 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
             );
             self.audit_grant_ended(&grant, RevokeCause::Expired);
             self.withdraw(state, grant);
+        }
+        for ended in state.limits.sessions_due(now) {
+            info!(
+                "the time of session {} through the agent in {} is up: ending it",
+                ended.session,
+                self.named(state, ended.process.pid)
+            );
+            self.agents.hang_up(
+                ended.process,
+                ended.session,
+                Deadline::after(HANG_UP_DEADLINE),
+            );
         }
         let grants = &state.grants;
         let kill_grace = self.graces.kill;
@@ -1157,8 +1173,8 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
                 process, result, ..
             } => {
                 let peer = waiting.as_ref().map(|waiting| waiting.incoming.peer());
-                if let (Some(peer), Ok(_)) = (peer, &result) {
-                    self.limit_agent_session(state, peer);
+                if let (Some(peer), Ok(session)) = (peer, &result) {
+                    self.limit_agent_session(state, peer, process, session);
                 }
                 let (reply, session_fds) = self.attached(state, process, result);
                 fds = session_fds;
@@ -1269,16 +1285,30 @@ impl<S: Supervisor, A: Agent, N: Notifier> Loop<S, A, N> {
 
     /// A session of pdb through the agent is over once the controller's
     /// longest grant is: its verified client's debuggers are then ended as
-    /// those of a grant that ran out (the sockets it holds cannot be taken
-    /// back).
-    fn limit_agent_session(&self, state: &mut State, peer: Peer) {
-        if let (Some(most), Some(client)) = (self.max_grant, peer.process()) {
-            let expires = Instant::now() + most;
-            info!(
-                "the session of client PID {} through the agent lasts {} s",
-                client.pid,
-                most.as_secs()
-            );
+    /// those of a grant that ran out, and the agent in `process` ends the
+    /// session from inside (whoever holds its sockets then).
+    fn limit_agent_session(
+        &self,
+        state: &mut State,
+        peer: Peer,
+        process: ProcessId,
+        session: &AgentSession,
+    ) {
+        let Some(most) = self.max_grant else { return };
+        let expires = Instant::now() + most;
+        info!(
+            "session {} through the agent in PID {} lasts {} s",
+            session.id,
+            process.pid,
+            most.as_secs()
+        );
+        state.limits.add_session(
+            process,
+            session.id,
+            expires + self.graces.client,
+            &session.earlier_on,
+        );
+        if let Some(client) = peer.process() {
             state.limits.add(Limit::new(
                 client,
                 peer.connection,

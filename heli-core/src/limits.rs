@@ -17,6 +17,12 @@
 //! last of them is over, never while it holds a grant without a time
 //! limit. A client that exited leaves nothing to find: what it ran was
 //! handed to another parent.
+//!
+//! A session of pdb through the agent has a limit of its own besides: its
+//! sockets were handed to the client, and whoever holds them now (the
+//! client itself, a process it passed them to) can go on. At the end of
+//! its grace the agent in the target shuts the session's sockets down
+//! from inside (see [`Agent::hang_up`](crate::Agent::hang_up)).
 
 use std::time::{Duration, Instant};
 
@@ -103,10 +109,22 @@ impl Limit {
     }
 }
 
+/// The limit of one session of pdb through the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SessionLimit {
+    /// The process the session is in.
+    pub(crate) process: ProcessId,
+    /// Its number there ([`AgentSession::id`](crate::AgentSession::id)).
+    pub(crate) session: u64,
+    /// When it is ended.
+    end: Instant,
+}
+
 /// The limits being watched.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
     limits: Vec<Limit>,
+    sessions: Vec<SessionLimit>,
 }
 
 impl Limits {
@@ -125,6 +143,33 @@ impl Limits {
         }
     }
 
+    /// Watches session `session` of pdb through the agent in `process`,
+    /// ended at `end`. The agent said which of the earlier sessions in
+    /// that process are `still_on`: the others are over, and no longer
+    /// watched (so a flood of sessions cannot grow the book).
+    pub(crate) fn add_session(
+        &mut self,
+        process: ProcessId,
+        session: u64,
+        end: Instant,
+        still_on: &[u64],
+    ) {
+        self.sessions
+            .retain(|limit| limit.process != process || still_on.contains(&limit.session));
+        self.sessions.push(SessionLimit {
+            process,
+            session,
+            end,
+        });
+    }
+
+    /// The sessions through the agent to end by `now`, no longer watched.
+    pub(crate) fn sessions_due(&mut self, now: Instant) -> Vec<SessionLimit> {
+        let (due, later) = self.sessions.drain(..).partition(|limit| limit.end <= now);
+        self.sessions = later;
+        due
+    }
+
     /// Forgets the limits of clients that are `gone`: what they leave
     /// running is no longer theirs to find (it was handed to another
     /// parent).
@@ -134,7 +179,8 @@ impl Limits {
 
     /// When the next step is due.
     pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.limits.iter().map(Limit::due_at).min()
+        let sessions = self.sessions.iter().map(|limit| limit.end);
+        self.limits.iter().map(Limit::due_at).chain(sessions).min()
     }
 
     /// The steps due by `now`, the watched limits moved on past them. A
@@ -265,5 +311,35 @@ mod tests {
         assert_eq!(limits.len(), 1);
         let due = limits.due(start + CLIENT_GRACE, KILL_GRACE, |_| false);
         assert!(matches!(due[..], [Due::End(limit)] if limit.holder == id(20)));
+    }
+
+    #[test]
+    fn sessions_through_the_agent_are_ended_at_their_time_those_over_forgotten() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut limits = Limits::default();
+        limits.add_session(id(10), 1, at(30), &[]);
+        limits.add_session(id(20), 1, at(20), &[]);
+        // Session 1 in PID 10 is still on (its sockets held): watched on.
+        limits.add_session(id(10), 2, at(40), &[1]);
+        assert_eq!(limits.next_due(), Some(at(20)));
+        // Session 2 is over: session 3 replaces it, not session 1.
+        limits.add_session(id(10), 3, at(50), &[1]);
+        assert_eq!(limits.sessions.len(), 3);
+        assert!(limits.sessions_due(at(19)).is_empty());
+        let ended = |due: Vec<SessionLimit>| {
+            due.iter()
+                .map(|limit| (limit.process.pid.get(), limit.session))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ended(limits.sessions_due(at(30))), [(10, 1), (20, 1)]);
+        assert_eq!(limits.next_due(), Some(at(50)));
+        assert!(limits.sessions_due(at(30)).is_empty());
+        assert_eq!(ended(limits.sessions_due(at(50))), [(10, 3)]);
+        assert_eq!(limits.next_due(), None);
+        // A client's limit and the sessions: the sooner is next.
+        limits.add_session(id(10), 4, at(60), &[]);
+        limits.add(Limit::new(id(30), 1, at(10), CLIENT_GRACE));
+        assert_eq!(limits.next_due(), Some(at(10) + CLIENT_GRACE));
     }
 }

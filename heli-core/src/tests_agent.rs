@@ -31,6 +31,9 @@ struct Inside {
     ends: Vec<(UnixStream, UnixStream)>,
     /// Every stack read.
     stacks: Vec<(ProcessId, Deadline)>,
+    /// Every hang-up: the process and the session (each session's id is
+    /// its place in `ends`, from 1).
+    hang_ups: Vec<(ProcessId, u64)>,
 }
 
 impl Insider {
@@ -78,6 +81,14 @@ impl Insider {
         reads.map(|(p, d)| (p.pid.get(), d.clone())).collect()
     }
 
+    fn hang_ups(&self) -> Vec<(u32, u64)> {
+        let inside = self.0.lock().unwrap();
+        let hang_ups = inside.hang_ups.iter();
+        hang_ups
+            .map(|(p, session)| (p.pid.get(), *session))
+            .collect()
+    }
+
     fn take_ends(&self) -> Vec<(UnixStream, UnixStream)> {
         std::mem::take(&mut self.0.lock().unwrap().ends)
     }
@@ -113,10 +124,31 @@ impl crate::Agent for Insider {
         let (pdb, pdb_client) = UnixStream::pair()?;
         let (interrupt, interrupt_client) = UnixStream::pair()?;
         inside.ends.push((pdb, interrupt));
+        let id = inside.ends.len() as u64;
+        let earlier_on = (1..id)
+            .filter(|earlier| !inside.hang_ups.iter().any(|(_, ended)| ended == earlier))
+            .collect();
         Ok(AgentSession {
             python: "3.14.0".into(),
             fds: vec![pdb_client.into(), interrupt_client.into()],
+            id,
+            earlier_on,
         })
+    }
+
+    /// Shuts the process's ends of the session down, as the agent does.
+    fn hang_up(&self, process: ProcessId, session: u64, _due: &Deadline) -> io::Result<bool> {
+        let mut inside = self.0.lock().unwrap();
+        inside.hang_ups.push((process, session));
+        let Some((pdb, interrupt)) = usize::try_from(session - 1)
+            .ok()
+            .and_then(|at| inside.ends.get(at))
+        else {
+            return Ok(false);
+        };
+        let on = pdb.shutdown(std::net::Shutdown::Both).is_ok();
+        let _ = interrupt.shutdown(std::net::Shutdown::Both);
+        Ok(on)
     }
 
     fn stacks(&self, process: ProcessId, due: &Deadline) -> io::Result<Vec<ThreadStack>> {
@@ -630,10 +662,21 @@ fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
     let (_, _, fds) = session.agent_attach(None).unwrap();
     let connection = fake.last_connection();
     assert_eq!(fds.len(), 2);
+    // Up at 1 s, the session is left to its client for its grace.
+    thread::sleep((asked + Duration::from_millis(1100)).saturating_duration_since(Instant::now()));
+    assert!(insider.hang_ups().is_empty());
     let signalled = || target.0.descendants_signalled.lock().unwrap().clone();
     wait_until("SIGTERM", || !signalled().is_empty());
     assert!(asked.elapsed() >= Duration::from_millis(1300));
     assert_eq!(signalled()[0], (target.id_of(77), 15));
+    // The agent ends the session from inside: whoever holds pdb's socket
+    // reads its end.
+    wait_until("the session ended", || {
+        insider.hang_ups() == [(PID.get(), 1)]
+    });
+    let mut pdb = UnixStream::from(fds.into_iter().next().unwrap());
+    pdb.set_read_timeout(Some(HANG)).unwrap();
+    assert_eq!(pdb.read(&mut [0; 16]).unwrap(), 0);
     // The connection is closed right after the signal.
     let closed = || fake.0.closed.lock().unwrap().clone();
     wait_until("the connection closed", || !closed().is_empty());
@@ -654,5 +697,6 @@ fn without_a_longest_grant_a_session_through_the_agent_is_not_ended() {
     assert_eq!(fds.len(), 2);
     thread::sleep(Duration::from_millis(300));
     assert!(target.0.descendants_signalled.lock().unwrap().is_empty());
+    assert!(insider.hang_ups().is_empty());
     running.terminate(&fake);
 }

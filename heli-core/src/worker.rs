@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
-use log::{error, warn};
+use log::{debug, error, info, warn};
 
 use crate::agent::{Agent, AgentSession};
 use crate::authorize;
@@ -166,7 +166,12 @@ pub(crate) enum Inspected {
 
 type GrantJob = (JobId, GrantWork, Deadline, Claim);
 type InspectJob = (JobId, Inspection, Deadline, Claim);
-type AgentJob = (JobId, ProcessId, Deadline, Claim);
+/// What the agent's thread does: an attach, or the end of a session whose
+/// time is up.
+enum AgentJob {
+    Attach(JobId, ProcessId, Deadline, Claim),
+    HangUp(ProcessId, u64, Deadline),
+}
 
 /// The granter, on a thread of its own that does one piece of work at a
 /// time, in order.
@@ -397,15 +402,14 @@ impl AgentWorker {
     ) -> io::Result<AgentWorker> {
         let busy = Busy::default();
         let on = busy.clone();
-        let jobs = spawn_worker(
-            "heli-agent",
-            move |(id, process, deadline, claim): AgentJob| {
+        let jobs = spawn_worker("heli-agent", move |job: AgentJob| match job {
+            AgentJob::Attach(id, process, deadline, claim) => {
                 on.set(Some((id, process)));
                 let result = unless_expired(&deadline, || agent.attach(process, &deadline));
                 on.set(None);
                 // A session nobody waits for any more is dropped: its
-                // sockets close, and pdb in the process finds its client
-                // gone.
+                // sockets close, and pdb in the process finds its
+                // client gone.
                 !claim.finish()
                     || done
                         .send(Done::Agent {
@@ -414,8 +418,30 @@ impl AgentWorker {
                             result,
                         })
                         .is_ok()
-            },
-        )?;
+            }
+            AgentJob::HangUp(process, session, deadline) => {
+                match unless_expired(&deadline, || agent.hang_up(process, session, &deadline)) {
+                    Ok(true) => info!(
+                        "session {session} of pdb through the agent in PID {} ended: \
+                             its time was up",
+                        process.pid
+                    ),
+                    Ok(false) => debug!(
+                        "session {session} of pdb through the agent in PID {} was over \
+                             when its time was up",
+                        process.pid
+                    ),
+                    // Asked, unanswered (a stopped process acts on it
+                    // once continued), or not asked (its agent is gone).
+                    Err(err) => warn!(
+                        "the agent in PID {} did not say it ended session {session} of pdb, \
+                         whose time is up: {err}",
+                        process.pid
+                    ),
+                }
+                true
+            }
+        })?;
         Ok(AgentWorker(jobs, busy))
     }
 
@@ -428,7 +454,13 @@ impl AgentWorker {
     /// Queues an attach to `process`; its result comes back as
     /// [`Done::Agent`] with `id`, unless the loop gave up on it.
     pub(crate) fn submit(&self, id: JobId, process: ProcessId, deadline: Deadline, claim: Claim) {
-        let _ = self.0.send((id, process, deadline, claim));
+        let _ = self.0.send(AgentJob::Attach(id, process, deadline, claim));
+    }
+
+    /// Queues the end of session `session` in `process` (see
+    /// [`Agent::hang_up`]), logged once done.
+    pub(crate) fn hang_up(&self, process: ProcessId, session: u64, deadline: Deadline) {
+        let _ = self.0.send(AgentJob::HangUp(process, session, deadline));
     }
 }
 

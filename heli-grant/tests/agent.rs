@@ -713,3 +713,166 @@ fn a_stopped_target_is_named_and_served_again_once_continued() {
         "{shown}"
     );
 }
+
+/// pdb on the sockets of `session`, its number, and its interrupt stream.
+fn pdb_of(session: heli_core::AgentSession) -> (Pdb, UnixStream, u64) {
+    let mut fds = session.fds.into_iter();
+    let stream = UnixStream::from(fds.next().unwrap());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let interrupt = UnixStream::from(fds.next().unwrap());
+    (Pdb(BufReader::new(stream)), interrupt, session.id)
+}
+
+/// The counter of `COUNTER`, read by a session of its own.
+fn counter_of(started: &Started) -> u64 {
+    let (mut pdb, _interrupt, _) = pdb_of(attach(&started.host, started.id));
+    pdb.until_prompt();
+    pdb.say("p counter");
+    let shown = pdb.until_prompt();
+    pdb.say("q");
+    pdb.rest();
+    shown.trim().parse().unwrap()
+}
+
+#[test]
+fn a_session_whose_time_is_up_is_ended_from_inside_whoever_holds_its_sockets() {
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    // At pdb's prompt, the target held: its client keeps the sockets and
+    // says nothing.
+    let (mut pdb, mut interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    assert!(host.hang_up(id, session, &due()).unwrap());
+    pdb.rest();
+    interrupt
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(std::io::Read::read(&mut interrupt, &mut [0; 8]).unwrap(), 0);
+    // Over: asked again, nothing is done; the target runs on.
+    assert!(!host.hang_up(id, session, &due()).unwrap());
+    let before = counter_of(&started);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(counter_of(&started) > before);
+
+    // pdb attached while the target runs on (`continue`): let go of, and
+    // the next session starts.
+    let (mut pdb, _interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    pdb.say("b 1");
+    pdb.until_prompt();
+    pdb.say("c");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(host.hang_up(id, session, &due()).unwrap());
+    pdb.rest();
+    let mut shown = String::new();
+    wait_for("an attach taken again", || {
+        let (mut pdb, _interrupt, _) = pdb_of(attach(host, id));
+        shown = pdb.until_prompt();
+        pdb.say("q");
+        !shown.contains("Another PDB instance")
+    });
+    assert!(shown.contains("work"), "{shown}");
+}
+
+#[test]
+fn a_session_kept_on_after_its_interrupt_stream_closed_is_still_ended_and_named_as_on() {
+    // A hostile client keeps pdb's stream and closes the interrupt
+    // stream: the agent takes a new attach (the earlier one looks over to
+    // its thread), whose answer names the earlier session as still on.
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    let (mut held, interrupt, first) = pdb_of(attach(host, id));
+    held.until_prompt();
+    drop(interrupt);
+    let second = attach(host, id);
+    assert_eq!(second.earlier_on, [first]);
+    let (mut pdb, interrupt, second) = pdb_of(second);
+    // The main thread is at the held session's prompt: the second waits
+    // until the first is ended.
+    assert!(host.hang_up(id, first, &due()).unwrap());
+    held.rest();
+    let shown = pdb.until_prompt();
+    assert!(shown.contains("work"), "{shown}");
+    pdb.say("q");
+    pdb.rest();
+    drop(interrupt);
+    // Over, both: a third names none.
+    let third = attach(host, id);
+    assert!(third.earlier_on.is_empty(), "{:?}", third.earlier_on);
+    assert!(!host.hang_up(id, second, &due()).unwrap());
+}
+
+#[test]
+fn a_session_whose_client_quit_pdb_but_keeps_the_interrupt_stream_is_still_ended() {
+    // pdb's stream is closed, yet a byte on the interrupt stream still
+    // interrupts the target (and keeps the agent busy): the session is on
+    // until both are closed, and its end shuts the interrupt stream down.
+    let started = start(COUNTER, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    let (mut pdb, mut interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    pdb.say("q");
+    pdb.rest();
+    assert!(host.hang_up(id, session, &due()).unwrap());
+    interrupt
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(std::io::Read::read(&mut interrupt, &mut [0; 8]).unwrap(), 0);
+    // Written now, the byte reaches nobody; the next client attaches.
+    let _ = interrupt.write_all(b"!");
+    let before = counter_of(&started);
+    assert!(before > 0);
+    assert!(started.host.state(id).is_ready());
+}
+
+/// Forks a child every 0.2 s that runs `child_work` for 0.5 s; the parent
+/// reaps them without waiting (as a pre-fork server does).
+const FORKING: &str = r#"
+import os, time
+def child_work():
+    end = time.time() + 0.5
+    while time.time() < end:
+        time.sleep(0.01)
+def work():
+    while True:
+        if os.fork() == 0:
+            child_work()
+            os._exit(0)
+        time.sleep(0.2)
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+work()
+"#;
+
+#[test]
+fn a_child_forked_under_pdb_never_takes_the_parents_session() {
+    // Out of reach of the session's end once the parent lets go of it, a
+    // child would debug over the parent's stream: it lets go of pdb at
+    // the fork instead.
+    let started = start(FORKING, &[]);
+    ready(&started);
+    let (host, id) = (&started.host, started.id);
+    let (mut pdb, _interrupt, session) = pdb_of(attach(host, id));
+    pdb.until_prompt();
+    pdb.say("b child_work");
+    pdb.until_prompt();
+    pdb.say("c");
+    // Children fork and run child_work: none stops there.
+    pdb.0
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut line = String::new();
+    let err = pdb.0.read_line(&mut line).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{line}");
+    assert!(host.hang_up(id, session, &due()).unwrap());
+}

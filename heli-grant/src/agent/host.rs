@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ struct Book {
     /// The target's `PYTHONPATH` before the agent's directory was put first
     /// (`None`: it had none), found at the first start.
     original_path: Mutex<Option<Option<OsString>>>,
+    /// The number of the last session started through an agent.
+    sessions: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -470,17 +473,38 @@ impl Agent for AgentHost {
         };
         let (stream, stream_theirs) = pair()?;
         let (interrupt, interrupt_theirs) = pair()?;
+        let id = self.book.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let mut request = serde_json::Map::new();
         request.insert("op".into(), "attach".into());
         request.insert("colorize".into(), false.into());
+        request.insert("session".into(), id.into());
         let answer = channel
             .request(request, &[stream_theirs, interrupt_theirs], due)
             .map_err(|err| explained(process, err))?;
         answered(&answer)?;
+        let earlier_on = answer
+            .get("earlier_on")
+            .and_then(Value::as_array)
+            .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
         Ok(AgentSession {
             python,
             fds: vec![stream, interrupt],
+            id,
+            earlier_on,
         })
+    }
+
+    fn hang_up(&self, process: ProcessId, session: u64, due: &Deadline) -> io::Result<bool> {
+        let channel = self.ready_channel(process, due)?;
+        let mut request = serde_json::Map::new();
+        request.insert("op".into(), "hangup".into());
+        request.insert("session".into(), session.into());
+        let answer = channel
+            .request(request, &[], due)
+            .map_err(|err| explained(process, err))?;
+        answered(&answer)?;
+        Ok(answer.get("ended") == Some(&Value::Bool(true)))
     }
 
     fn stacks(&self, process: ProcessId, due: &Deadline) -> io::Result<Vec<ThreadStack>> {

@@ -12,9 +12,12 @@
 #
 # The channel: one JSON object a line. From the agent: {"hello": ...} once,
 # then answers {"id": n, "ok": true, ...} or {"id": n, "error": "..."}. From
-# the controller: {"id": n, "op": "attach", "colorize": bool} (with two file
-# descriptors: pdb's stream, the interrupt stream) or {"id": n, "op":
-# "stacks"}. A forked child gets an agent of its own over a new channel it
+# the controller: {"id": n, "op": "attach", "session": s, "colorize": bool}
+# (with two file descriptors: pdb's stream, the interrupt stream; answered
+# with the earlier sessions still on, "earlier_on": [s, ...]), {"id": n,
+# "op": "stacks"}, or {"id": n, "op": "hangup", "session": s} (the time of
+# session s is up: its sockets are shut down, whoever holds the client's
+# ends; answered with whether it was on, "ended": bool). A forked child gets an agent of its own over a new channel it
 # sends the controller ({"child": ...} with the channel's other end); it
 # never answers for its parent.
 
@@ -139,6 +142,9 @@ class _Agent:
         self.pending = None
         # The interrupt socket of the session on, watched by the agent thread.
         self.interrupt = None
+        # The sockets of each session started, by number, until pdb's
+        # stream is closed: for hangup.
+        self.sessions = {}
         # The pdb server of the session on, once started; and one whose
         # client went away while the target ran on, for the main thread to
         # let go of.
@@ -253,6 +259,8 @@ class _Agent:
                 reply = self.attach(request, taken)
             elif op == "stacks":
                 reply = {"threads": _stacks()}
+            elif op == "hangup":
+                reply = {"ended": self.hang_up(request)}
             else:
                 raise ValueError("unknown request")
             reply["id"] = ident
@@ -265,10 +273,11 @@ class _Agent:
         _send(self.channel, json.dumps(reply))
 
     def attach(self, request, fds):
-        if len(fds) != 2:
+        session = request.get("session")
+        if len(fds) != 2 or not isinstance(session, int):
             for fd in fds:
                 _close(fd)
-            raise ValueError("attach needs two sockets")
+            raise ValueError("attach needs two sockets and a session number")
         stream = socket.socket(fileno=fds[0])
         interrupt = socket.socket(fileno=fds[1])
         with self.lock:
@@ -278,6 +287,12 @@ class _Agent:
                 # New work: put off for DEFER_MOST from now at most.
                 self.deferred_since = None
                 self.interrupt = interrupt
+                # Sessions whose sockets are both closed are over.
+                self.sessions = {
+                    number: sockets for number, sockets in self.sessions.items() if _open(sockets)
+                }
+                earlier_on = sorted(self.sessions)
+                self.sessions[session] = (stream, interrupt)
         if busy:
             stream.close()
             interrupt.close()
@@ -288,10 +303,32 @@ class _Agent:
             with self.lock:
                 self.pending = None
                 self.interrupt = None
+                self.sessions.pop(session, None)
             stream.close()
             interrupt.close()
             raise
-        return {}
+        return {"earlier_on": earlier_on}
+
+    def hang_up(self, request):
+        """Ends a session whose time is up: its sockets shut down, pdb in
+        the main thread reads the end of its stream and detaches (at its
+        prompt, or when it next reads), the agent thread finds the
+        interrupt stream ended as when a client goes away, and whoever
+        holds the client's ends reads their end. A session over is left
+        alone: a later one is never ended in its place."""
+        with self.lock:
+            sockets = self.sessions.pop(request.get("session"), None)
+        if sockets is None or not _open(sockets):
+            return False
+        # Either may be the one kept: pdb's stream (pdb at its prompt, or
+        # the target running on under it), or the interrupt stream alone
+        # (pdb quit, a byte written there still interrupts the target).
+        for sock in _open(sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return True
 
     def trigger_main(self):
         """Has the main thread call run_pending at its next safe point."""
@@ -473,6 +510,11 @@ def _release(server):
         server.detach()
 
 
+def _open(sockets):
+    """Those of `sockets` still open in this process."""
+    return [sock for sock in sockets if sock.fileno() != -1]
+
+
 def _hung_up(sock):
     import select
 
@@ -539,10 +581,26 @@ def _forked():
     # and it does not exist here (this is the only thread).
     pending, parent.pending = parent.pending, None
     interrupt, parent.interrupt = parent.interrupt, None
+    server = parent.server or parent.release
     parent.server = parent.release = None
     for sock in (pending[0] if pending else None, interrupt):
         if sock is not None:
             sock.close()
+    # Nor is a pdb session of the parent's, which the child inherited (a
+    # fork while pdb traces the parent: the child would stop at its
+    # breakpoints and talk over the parent's stream, out of reach of the
+    # end of that session once the parent lets go of it). The child lets
+    # go of it, and closes its copies of every session's sockets: the
+    # parent's sessions go on.
+    if server is not None:
+        try:
+            _release(server)
+        except Exception:
+            pass
+    for sockets in parent.sessions.values():
+        for sock in sockets:
+            sock.close()
+    parent.sessions = {}
     mine = None
     try:
         mine, theirs = socket.socketpair()
