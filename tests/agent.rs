@@ -274,16 +274,10 @@ fn a_session_through_the_agent_ends_with_the_controllers_longest_grant() {
     // detaches and the target runs on.
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let controller = Controller::start_with_env(
+    let controller = with_agent(
         Kind::Socket,
-        &[
-            "--agent",
-            "always",
-            "--max-grant",
-            "4s",
-            "examples/target.py",
-        ],
-        &[("TMPDIR", tmp.path().to_str().unwrap())],
+        tmp.path(),
+        &["--max-grant", "4s", "examples/target.py"],
     );
     let target = controller.target_pid();
     agent_ready(&controller);
@@ -349,16 +343,10 @@ fn a_client_that_keeps_pdbs_sockets_past_its_time_has_the_session_ended_from_ins
     // shuts the session down; pdb detaches, the target runs on.
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let controller = Controller::start_with_env(
+    let controller = with_agent(
         Kind::Socket,
-        &[
-            "--agent",
-            "always",
-            "--max-grant",
-            "2s",
-            "examples/target.py",
-        ],
-        &[("TMPDIR", tmp.path().to_str().unwrap())],
+        tmp.path(),
+        &["--max-grant", "2s", "examples/target.py"],
     );
     let target = controller.target_pid();
     agent_ready(&controller);

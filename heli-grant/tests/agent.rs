@@ -102,15 +102,8 @@ impl Pdb {
     /// stream that stays silent failing the test, not hanging it), and
     /// its interrupt stream.
     fn attach(host: &AgentHost, id: ProcessId) -> (Pdb, UnixStream) {
-        let mut fds = attach(host, id).fds.into_iter();
-        let stream = UnixStream::from(fds.next().unwrap());
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        (
-            Pdb(BufReader::new(stream)),
-            UnixStream::from(fds.next().unwrap()),
-        )
+        let (pdb, interrupt, _) = pdb_of(attach(host, id));
+        (pdb, interrupt)
     }
 
     /// Everything up to the end of the stream.
@@ -714,7 +707,8 @@ fn a_stopped_target_is_named_and_served_again_once_continued() {
     );
 }
 
-/// pdb on the sockets of `session`, its number, and its interrupt stream.
+/// pdb on the sockets of `session` (a stream that stays silent failing
+/// the test, not hanging it), its interrupt stream, and its number.
 fn pdb_of(session: heli_core::AgentSession) -> (Pdb, UnixStream, u64) {
     let mut fds = session.fds.into_iter();
     let stream = UnixStream::from(fds.next().unwrap());
